@@ -1,0 +1,84 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// migrations is the schema history: migrations[i] takes the database from
+// version i to version i+1. Later versions are appended; an entry that has
+// shipped is never edited, since databases in the field already ran it.
+//
+// The kv table is STRICT, so a value of the wrong type is an error rather
+// than a silent conversion, and WITHOUT ROWID, so that a Get is one lookup in
+// the primary-key B-tree, which holds the rows ordered by key.
+var migrations = []string{
+	// Version 1: the key space.
+	`PRAGMA application_id = ` + strconv.Itoa(applicationID) + `;
+CREATE TABLE kv (
+	key   TEXT PRIMARY KEY NOT NULL,
+	value BLOB NOT NULL
+) STRICT, WITHOUT ROWID;`,
+}
+
+// applicationID marks a database file as kmsd's ("kmsd" in ASCII) in the
+// SQLite header, so that Open refuses some other application's database
+// rather than migrating it.
+const applicationID = 0x6b6d7364
+
+// ErrSchemaTooNew is returned by Open for a database that a newer kmsd has
+// migrated past the versions this one knows. Running older code on it could
+// lose data, so it must be upgraded rather than opened.
+var ErrSchemaTooNew = errors.New("sqlite: database schema is newer than this kmsd")
+
+// migrate brings the schema of db to version len(migs) in one transaction,
+// so a failed migration leaves the database as it was.
+func migrate(ctx context.Context, db *sql.DB, migs []string) (err error) {
+	tx, err := db.BeginTx(ctx, nil) // IMMEDIATE: holds the write lock throughout
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+
+	var appID int64
+	if err := tx.QueryRowContext(ctx, "PRAGMA application_id").Scan(&appID); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if appID != 0 && appID != applicationID {
+		return fmt.Errorf("migrate: not a kmsd database (application_id %#x)", appID)
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    INTEGER PRIMARY KEY NOT NULL,
+	applied_at TEXT NOT NULL
+) STRICT`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(version), 0) FROM schema_migrations").Scan(&current); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if current > len(migs) {
+		return fmt.Errorf("%w: database is at version %d, this kmsd knows up to %d", ErrSchemaTooNew, current, len(migs))
+	}
+	for v := current + 1; v <= len(migs); v++ {
+		if _, err := tx.ExecContext(ctx, migs[v-1]); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))`,
+			v); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+// Package sqlite is kmsd's embedded storage driver: a storage.Store kept in
+// one SQLite database file, through the pure-Go modernc.org/sqlite, so that a
+// single node needs no database server and no cgo.
+//
+// The database runs in WAL mode with synchronous=FULL, so a write is on
+// stable storage before it is acknowledged, and readers never wait for the
+// writer. All writes go through one connection whose transactions begin
+// IMMEDIATE: writers queue in the process instead of deadlocking or failing
+// with SQLITE_BUSY, which makes every Update serializable. Get and List
+// outside a transaction use a separate pool of query-only connections.
+//
+// The schema is versioned (see migrate.go) and brought up to date by Open.
+// A storage/postgres driver (not written yet) will implement the same
+// storage contract, with the same schema, for several nodes sharing one
+// database; both drivers must pass storagetest.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// busyTimeoutMS is how long a connection waits for a lock held by another
+// process (a backup, the sqlite3 shell) before failing with SQLITE_BUSY.
+// Within the process writers queue for the one writer connection instead.
+const busyTimeoutMS = 5000
+
+// noEnd is an upper bound above every key: keys are valid UTF-8, in which the
+// byte 0xFF never occurs, and SQLite compares TEXT by its bytes.
+const noEnd = "\xff"
+
+var errClosed = errors.New("sqlite: store is closed")
+
+// Store is a storage.Store in one SQLite database file. It is safe for
+// concurrent use.
+type Store struct {
+	writer *sql.DB // exactly one connection: every write and every Update
+	reader *sql.DB // query-only connections for Get and List outside Update
+	w, r   *stmts  // prepared on writer and reader
+	closed atomic.Bool
+}
+
+var _ storage.Store = (*Store)(nil)
+
+// Open opens the database file at path, creating it with mode 0600 if it
+// does not exist (its directory must), and migrates its schema to the
+// version this code knows. It refuses a database whose schema is newer
+// (ErrSchemaTooNew) or that belongs to another application.
+func Open(ctx context.Context, path string) (*Store, error) {
+	return open(ctx, path, migrations)
+}
+
+// open is Open with the schema history as a parameter, for tests.
+func open(ctx context.Context, path string, migs []string) (_ *Store, err error) {
+	uri, err := fileURI(path)
+	if err != nil {
+		return nil, err
+	}
+	// SQLite creates the -wal and -shm files with the mode of the database
+	// file, so creating that one private keeps them all private.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+
+	s := &Store{}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", busyTimeoutMS)
+	s.writer, err = sql.Open("sqlite", uri+"?"+common+
+		"&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	// One connection, kept open for the life of the store.
+	s.writer.SetMaxOpenConns(1)
+	s.writer.SetMaxIdleConns(1)
+	s.writer.SetConnMaxLifetime(0)
+	s.writer.SetConnMaxIdleTime(0)
+
+	var mode string
+	if err := s.writer.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	if mode != "wal" {
+		return nil, fmt.Errorf("sqlite: open %s: journal mode is %q, want wal", path, mode)
+	}
+	if err := migrate(ctx, s.writer, migs); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+
+	// Readers are opened once the file is in WAL mode and migrated.
+	s.reader, err = sql.Open("sqlite", uri+"?"+common+"&_pragma=query_only(1)")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	n := max(4, runtime.GOMAXPROCS(0))
+	s.reader.SetMaxOpenConns(n)
+	s.reader.SetMaxIdleConns(n)
+
+	if s.w, err = prepare(ctx, s.writer, true); err != nil {
+		return nil, err
+	}
+	if s.r, err = prepare(ctx, s.reader, false); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// fileURI turns a file path into the SQLite URI that names it, escaping the
+// characters (?, #, %) that a URI would otherwise give a meaning.
+func fileURI(path string) (string, error) {
+	if path == "" || path == ":memory:" {
+		return "", fmt.Errorf("sqlite: %q is not a database file path", path)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("sqlite: %w", err)
+	}
+	return "file:" + (&url.URL{Path: filepath.ToSlash(abs)}).EscapedPath(), nil
+}
+
+// Close closes the database. It is safe to call more than once.
+func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	var errs []error
+	for _, st := range []*stmts{s.r, s.w} {
+		if st != nil {
+			errs = append(errs, st.close())
+		}
+	}
+	// The writer goes last: the last connection to close checkpoints the
+	// WAL into the database file.
+	for _, db := range []*sql.DB{s.reader, s.writer} {
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+// Get implements storage.Reader, reading the latest committed value.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
+	return ops{st: s.r}.get(ctx, key)
+}
+
+// List implements storage.Reader, reading one committed snapshot.
+func (s *Store) List(ctx context.Context, prefix, after string, limit int) ([]storage.Entry, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
+	return ops{st: s.r}.list(ctx, prefix, after, limit)
+}
+
+// Put implements storage.Tx as a transaction of its own.
+func (s *Store) Put(ctx context.Context, key string, value []byte) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	return ops{st: s.w}.put(ctx, key, value)
+}
+
+// Create implements storage.Tx as a transaction of its own.
+func (s *Store) Create(ctx context.Context, key string, value []byte) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	return ops{st: s.w}.create(ctx, key, value)
+}
+
+// Delete implements storage.Tx as a transaction of its own.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	return ops{st: s.w}.delete(ctx, key)
+}
+
+// Update implements storage.Store on the writer connection, in a
+// transaction begun IMMEDIATE so that it holds the write lock from the start.
+func (s *Store) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	sqlTx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin: %w", err)
+	}
+	t := &tx{ops: ops{st: s.w, tx: sqlTx}}
+	committed := false
+	defer func() {
+		t.done.Store(true)
+		if !committed {
+			// Rolls back after an error or a panic from fn; after a failed
+			// Commit it is a harmless no-op.
+			_ = sqlTx.Rollback()
+		}
+	}()
+	if err := fn(t); err != nil {
+		return err
+	}
+	t.done.Store(true)
+	if err := sqlTx.Commit(); err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// database/sql rolled the transaction back when ctx ended.
+			err = ctxErr
+		}
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	committed = true
+	return nil
+}
+
+// tx is the storage.Tx that Update passes to fn.
+type tx struct {
+	ops
+	done atomic.Bool
+}
+
+var errTxDone = errors.New("sqlite: transaction used after its Update returned")
+
+func (t *tx) Get(ctx context.Context, key string) ([]byte, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	return t.get(ctx, key)
+}
+
+func (t *tx) List(ctx context.Context, prefix, after string, limit int) ([]storage.Entry, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	return t.list(ctx, prefix, after, limit)
+}
+
+func (t *tx) Put(ctx context.Context, key string, value []byte) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	return t.put(ctx, key, value)
+}
+
+func (t *tx) Create(ctx context.Context, key string, value []byte) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	return t.create(ctx, key, value)
+}
+
+func (t *tx) Delete(ctx context.Context, key string) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	return t.delete(ctx, key)
+}
