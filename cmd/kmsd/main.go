@@ -1,0 +1,140 @@
+// Command kmsd is a self-hosted key management service that speaks the AWS
+// KMS API. `kmsd serve` (also what `kmsd` with no arguments does) serves it
+// on loopback with an embedded encrypted store.
+//
+// Every flag has a KMSD_… environment variable and a key in the optional
+// TOML config file (--config); flags win over the environment, which wins
+// over the file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/kmsd/kmsd/internal/server"
+)
+
+const usage = `usage: kmsd [serve] [flags]
+
+Serves the AWS KMS API. Flags (environment variable; config file key):
+`
+
+func main() {
+	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "serve" {
+		args = args[1:]
+	} else if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		fmt.Fprintf(os.Stderr, "kmsd: unknown command %q\n", args[0])
+		os.Exit(2)
+	}
+	if err := serve(args); err != nil {
+		fmt.Fprintln(os.Stderr, "kmsd:", err)
+		os.Exit(1)
+	}
+}
+
+// setting is one configuration value with its three sources.
+type setting struct {
+	flag, env, file string
+	help            string
+	dst             *string
+}
+
+func serve(args []string) error {
+	var cfg server.Config
+	var configFile, sweep string
+	settings := []setting{
+		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
+		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
+		{"default-region", "KMSD_DEFAULT_REGION", "default_region", "region printed for clients (default us-east-1); requests use the region they are signed for", &cfg.DefaultRegion},
+		{"account-id", "KMSD_ACCOUNT_ID", "account_id", "the default account (default 111122223333)", &cfg.AccountID},
+		{"auth", "KMSD_AUTH", "auth", "verify (check signatures against known access keys) or emulator (accept any well-formed SigV4)", &cfg.Auth},
+		{"log-level", "KMSD_LOG_LEVEL", "log_level", "debug, info, warn or error (default info)", &cfg.LogLevel},
+		{"root-key-file", "KMSD_ROOT_KEY_FILE", "root_key_file", "file holding the root key (default <data-dir>/root.key, created 0600)", &cfg.RootKeyFile},
+		{"metrics-listen", "KMSD_METRICS_LISTEN", "metrics_listen", "address for Prometheus /metrics (default: off)", &cfg.MetricsListen},
+		{"sweep-interval", "KMSD_SWEEP_INTERVAL", "sweep_interval", "how often due key deletions and rotations run (default 1m)", &sweep},
+	}
+	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&configFile, "config", os.Getenv("KMSD_CONFIG"), "optional TOML config file (KMSD_CONFIG)")
+	for _, s := range settings {
+		fs.StringVar(s.dst, s.flag, "", s.help+" ("+s.env+"; "+s.file+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	file := map[string]string{}
+	if configFile != "" {
+		md, err := toml.DecodeFile(configFile, &file)
+		if err != nil {
+			return fmt.Errorf("config %s: %w", configFile, err)
+		}
+		if keys := md.Undecoded(); len(keys) > 0 {
+			return fmt.Errorf("config %s: unknown keys %v", configFile, keys)
+		}
+	}
+	known := map[string]bool{}
+	for _, s := range settings {
+		known[s.file] = true
+		if set[s.flag] {
+			continue
+		}
+		if v, ok := os.LookupEnv(s.env); ok {
+			*s.dst = v
+		} else if v, ok := file[s.file]; ok {
+			*s.dst = v
+		}
+	}
+	for k := range file {
+		if !known[k] {
+			return fmt.Errorf("config %s: unknown key %q", configFile, k)
+		}
+	}
+	if sweep != "" {
+		d, err := time.ParseDuration(sweep)
+		if err != nil {
+			return fmt.Errorf("--sweep-interval: %w", err)
+		}
+		cfg.SweepInterval = d
+	}
+	if cfg.DataDir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return errors.New("--data-dir is required when there is no home directory")
+		}
+		cfg.DataDir = filepath.Join(home, ".kmsd")
+	}
+	cfg.RootKey = os.Getenv("KMSD_ROOT_KEY")
+	cfg.AdminKeyID = os.Getenv("KMSD_ADMIN_ACCESS_KEY_ID")
+	cfg.AdminSecret = os.Getenv("KMSD_ADMIN_SECRET_ACCESS_KEY")
+
+	var level slog.Level
+	if cfg.LogLevel != "" {
+		if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return server.Run(ctx, cfg, os.Stdout, log)
+}

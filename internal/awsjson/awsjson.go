@@ -1,0 +1,159 @@
+// Package awsjson implements the server side of the AWS JSON 1.1 protocol:
+// operation names from X-Amz-Target, strict decoding of request bodies into
+// wire shapes, the {"__type","message"} error envelope and the
+// x-amzn-RequestId header. It knows nothing of KMS.
+package awsjson
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// ContentType is the media type of requests and responses.
+const ContentType = "application/x-amz-json-1.1"
+
+// Error is an error as the client sees it: an exception name, a message
+// and the HTTP status it travels with.
+type Error struct {
+	Code    string
+	Message string
+	Status  int
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf returns a client fault (400) named code.
+func Errorf(code, msg string) *Error {
+	return &Error{Code: code, Message: msg, Status: http.StatusBadRequest}
+}
+
+// Target splits an X-Amz-Target header "Prefix.Operation". ok is false when
+// the header does not name an operation of prefix.
+func Target(h, prefix string) (op string, ok bool) {
+	if len(h) <= len(prefix)+1 || h[:len(prefix)] != prefix || h[len(prefix)] != '.' {
+		return "", false
+	}
+	return h[len(prefix)+1:], true
+}
+
+// Decode reads a request body into v. An empty body counts as {}. A body
+// that is not a JSON object, or a member of the wrong JSON type, is a
+// SerializationException; unknown members are ignored, as AWS does.
+func Decode(body []byte, v any) *Error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil
+	}
+	if body[0] != '{' {
+		return Errorf("SerializationException", "Start of structure or map found where not expected.")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return Errorf("SerializationException", typeMessage(te))
+		}
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return Errorf("SerializationException", "Could not parse request body into json: Unexpected character at offset "+itoa(int(se.Offset)))
+		}
+		// base64 errors and other value errors.
+		return Errorf("SerializationException", "Could not parse request body: "+sanitize(err.Error()))
+	}
+	return nil
+}
+
+func typeMessage(te *json.UnmarshalTypeError) string {
+	want := "STRING_VALUE"
+	switch te.Type.Kind().String() {
+	case "int32", "int64", "int":
+		want = "INTEGER_VALUE"
+	case "bool":
+		want = "BOOLEAN_VALUE"
+	case "struct", "map", "ptr":
+		want = "STRUCTURE"
+	case "slice":
+		if te.Type.Elem().Kind().String() == "uint8" {
+			want = "BLOB_VALUE"
+		} else {
+			want = "LIST"
+		}
+	}
+	field := te.Field
+	if field == "" {
+		field = "request"
+	}
+	return "Unexpected " + te.Value + " for member '" + field + "', expected " + want
+}
+
+// sanitize keeps decoder messages short and free of echoed input.
+func sanitize(s string) string {
+	if i := strings.Index(s, ": "); i >= 0 && strings.HasPrefix(s, "json") {
+		s = s[i+2:]
+	}
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// WriteJSON writes a 200 response with v as its body.
+func WriteJSON(w http.ResponseWriter, requestID string, v any) {
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		WriteError(w, requestID, &Error{Code: "InternalFailure", Message: "The request processing has failed because of an unknown error, exception or failure.", Status: 500})
+		return
+	}
+	b := buf.Bytes()
+	b = b[:len(b)-1] // Encode's newline
+	h := w.Header()
+	h["Content-Type"] = []string{ContentType}
+	h["X-Amzn-Requestid"] = []string{requestID}
+	h["Content-Length"] = []string{itoa(len(b))}
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+}
+
+type envelope struct {
+	Type    string `json:"__type"`
+	Message string `json:"message,omitempty"`
+}
+
+// WriteError writes e as the error envelope.
+func WriteError(w http.ResponseWriter, requestID string, e *Error) {
+	b, _ := json.Marshal(envelope{Type: e.Code, Message: e.Message})
+	h := w.Header()
+	h["Content-Type"] = []string{ContentType}
+	h["X-Amzn-Requestid"] = []string{requestID}
+	h["X-Amzn-Errortype"] = []string{e.Code}
+	h["Content-Length"] = []string{itoa(len(b))}
+	status := e.Status
+	if status == 0 {
+		status = http.StatusBadRequest
+	}
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}

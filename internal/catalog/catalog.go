@@ -1,0 +1,463 @@
+// Package catalog is the typed persistence of kmsd's KMS resources — keys
+// with their versions of key material, and aliases — over the storage
+// contract. Key material is only ever stored sealed by the barrier, with
+// the record's identity ("key/<id>/v<n>") as additional data, so a sealed
+// value moved to another record does not open.
+//
+// The catalog keeps a write-through cache of every record it has read or
+// written, and of the AES-GCM instances of opened key material, so the hot
+// path (Encrypt, Decrypt) touches no storage. The cache assumes this
+// process is the only writer; a multi-node driver must invalidate it.
+package catalog
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Errors returned by the catalog; storage errors are wrapped.
+var (
+	ErrNotFound = errors.New("catalog: not found")
+	ErrExists   = errors.New("catalog: already exists")
+)
+
+// Tag is a resource tag; order of insertion is kept.
+type Tag struct {
+	Key   string `json:"k"`
+	Value string `json:"v"`
+}
+
+// Version is one version of a key's material.
+type Version struct {
+	Number  uint32    `json:"n"`
+	Created time.Time `json:"created"`
+	Sealed  []byte    `json:"sealed"` // barrier-sealed key material
+}
+
+// Rotation records one completed rotation.
+type Rotation struct {
+	Date time.Time `json:"date"`
+	Type string    `json:"type"` // AUTOMATIC or ON_DEMAND
+}
+
+// Key is the stored record of one KMS key. Records handed out by the
+// catalog are shared snapshots: never modify one, use UpdateKey.
+type Key struct {
+	ID                   string     `json:"id"`
+	Account              string     `json:"account"`
+	Region               string     `json:"region"`
+	Created              time.Time  `json:"created"`
+	Description          string     `json:"description"`
+	KeyUsage             string     `json:"keyUsage"`
+	KeySpec              string     `json:"keySpec"`
+	Origin               string     `json:"origin"`
+	State                keys.State `json:"state"`
+	DeletionDate         *time.Time `json:"deletionDate,omitempty"`
+	PendingWindowInDays  int32      `json:"pendingWindow,omitempty"`
+	Policy               string     `json:"policy"`
+	Tags                 []Tag      `json:"tags,omitempty"`
+	RotationEnabled      bool       `json:"rotationEnabled,omitempty"`
+	RotationPeriodInDays int32      `json:"rotationPeriod,omitempty"`
+	NextRotation         *time.Time `json:"nextRotation,omitempty"`
+	Rotations            []Rotation `json:"rotations,omitempty"`
+	Versions             []Version  `json:"versions"`
+	Current              uint32     `json:"current"`
+}
+
+// ARN is the key's ARN.
+func (k *Key) ARN() string { return keys.KeyARN(k.Region, k.Account, k.ID) }
+
+// Alias is a stored alias.
+type Alias struct {
+	Name    string    `json:"name"` // "alias/…"
+	Account string    `json:"account"`
+	Region  string    `json:"region"`
+	KeyID   string    `json:"keyId"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// Catalog stores keys and aliases.
+type Catalog struct {
+	store   storage.Store
+	barrier *barrier.Barrier
+
+	mu      sync.RWMutex
+	keys    map[string]*Key        // by key id
+	aliases map[string]*Alias      // by aliasKey
+	aeads   map[string]cipher.AEAD // by material AAD
+	// writeMu serialises read-modify-write updates so the cache and the
+	// store never diverge.
+	writeMu sync.Mutex
+}
+
+// New returns a catalog over store, sealing material with b.
+func New(store storage.Store, b *barrier.Barrier) *Catalog {
+	return &Catalog{
+		store:   store,
+		barrier: b,
+		keys:    map[string]*Key{},
+		aliases: map[string]*Alias{},
+		aeads:   map[string]cipher.AEAD{},
+	}
+}
+
+func keyPath(id string) string { return "key/" + id }
+func keyIndexPath(account, region, id string) string {
+	return "keyidx/" + account + "/" + region + "/" + id
+}
+func aliasPath(account, region, name string) string {
+	return "alias/" + account + "/" + region + "/" + name
+}
+func materialAAD(id string, v uint32) string {
+	return "key/" + id + "/v" + strconv.FormatUint(uint64(v), 10)
+}
+
+// Seal wraps material for version v of key id, for a record about to be
+// written with CreateKey or UpdateKey.
+func (c *Catalog) Seal(id string, v uint32, material []byte) ([]byte, error) {
+	return c.barrier.Seal(materialAAD(id, v), material)
+}
+
+// CreateKey stores a new key record durably.
+func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
+	b, err := json.Marshal(k)
+	if err != nil {
+		return err
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		if err := tx.Create(ctx, keyPath(k.ID), b); err != nil {
+			return err
+		}
+		return tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{})
+	})
+	if errors.Is(err, storage.ErrExists) {
+		return ErrExists
+	}
+	if err != nil {
+		return fmt.Errorf("catalog: create key: %w", err)
+	}
+	c.mu.Lock()
+	c.keys[k.ID] = k
+	c.mu.Unlock()
+	return nil
+}
+
+// Key returns the record of key id.
+func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
+	c.mu.RLock()
+	k, ok := c.keys[id]
+	c.mu.RUnlock()
+	if ok {
+		if k == nil {
+			return nil, ErrNotFound
+		}
+		return k, nil
+	}
+	b, err := c.store.Get(ctx, keyPath(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("catalog: get key: %w", err)
+	}
+	k = new(Key)
+	if err := json.Unmarshal(b, k); err != nil {
+		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
+	}
+	c.mu.Lock()
+	if cur, ok := c.keys[id]; ok && cur != nil {
+		k = cur // a concurrent writer got there first
+	} else {
+		c.keys[id] = k
+	}
+	c.mu.Unlock()
+	return k, nil
+}
+
+// UpdateKey applies fn to a copy of key id's record and stores the result
+// durably. An error from fn leaves the record unchanged and is returned.
+func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) error) (*Key, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	cur, err := c.Key(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	next, err := clone(cur)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(next); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(next)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.store.Put(ctx, keyPath(id), b); err != nil {
+		return nil, fmt.Errorf("catalog: update key: %w", err)
+	}
+	c.mu.Lock()
+	c.keys[id] = next
+	c.mu.Unlock()
+	return next, nil
+}
+
+// DeleteKey removes key id, its index entry and every alias that points
+// to it, and forgets its material.
+func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	k, err := c.Key(ctx, id)
+	if err != nil {
+		return err
+	}
+	aliases, err := c.listAliases(ctx, k.Account, k.Region)
+	if err != nil {
+		return err
+	}
+	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		for _, a := range aliases {
+			if a.KeyID == id {
+				if err := tx.Delete(ctx, aliasPath(a.Account, a.Region, a.Name)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, id)); err != nil {
+			return err
+		}
+		return tx.Delete(ctx, keyPath(id))
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: delete key: %w", err)
+	}
+	c.mu.Lock()
+	c.keys[id] = nil
+	for _, a := range aliases {
+		if a.KeyID == id {
+			c.aliases[aliasPath(a.Account, a.Region, a.Name)] = nil
+		}
+	}
+	for _, v := range k.Versions {
+		delete(c.aeads, materialAAD(id, v.Number))
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// ListKeys returns up to limit key ids of account and region that sort
+// after the id "after" (empty: from the start).
+func (c *Catalog) ListKeys(ctx context.Context, account, region, after string, limit int) ([]string, error) {
+	prefix := keyIndexPath(account, region, "")
+	start := ""
+	if after != "" {
+		start = prefix + after
+	}
+	entries, err := c.store.List(ctx, prefix, start, limit)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: list keys: %w", err)
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = e.Key[len(prefix):]
+	}
+	return ids, nil
+}
+
+// AllKeys calls fn for every key record, in id order; used by sweepers.
+func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
+	after := ""
+	for {
+		entries, err := c.store.List(ctx, "key/", after, 500)
+		if err != nil {
+			return fmt.Errorf("catalog: scan keys: %w", err)
+		}
+		for _, e := range entries {
+			k, err := c.Key(ctx, e.Key[len("key/"):])
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := fn(k); err != nil {
+				return err
+			}
+		}
+		if len(entries) < 500 {
+			return nil
+		}
+		after = entries[len(entries)-1].Key
+	}
+}
+
+// AEAD returns the AES-GCM instance of version v of k's material.
+func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
+	aad := materialAAD(k.ID, v)
+	c.mu.RLock()
+	a, ok := c.aeads[aad]
+	c.mu.RUnlock()
+	if ok {
+		return a, nil
+	}
+	var sealed []byte
+	for _, ver := range k.Versions {
+		if ver.Number == v {
+			sealed = ver.Sealed
+		}
+	}
+	if sealed == nil {
+		return nil, ErrNotFound
+	}
+	material, err := c.barrier.Open(aad, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
+	}
+	defer clear(material)
+	block, err := aes.NewCipher(material)
+	if err != nil {
+		return nil, err
+	}
+	if a, err = cipher.NewGCM(block); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.aeads[aad] = a
+	c.mu.Unlock()
+	return a, nil
+}
+
+func aliasCacheKey(account, region, name string) string { return aliasPath(account, region, name) }
+
+// Alias returns the alias name in account and region.
+func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Alias, error) {
+	p := aliasCacheKey(account, region, name)
+	c.mu.RLock()
+	a, ok := c.aliases[p]
+	c.mu.RUnlock()
+	if ok {
+		if a == nil {
+			return nil, ErrNotFound
+		}
+		return a, nil
+	}
+	b, err := c.store.Get(ctx, p)
+	if errors.Is(err, storage.ErrNotFound) {
+		c.mu.Lock()
+		if _, ok := c.aliases[p]; !ok {
+			c.aliases[p] = nil
+		}
+		c.mu.Unlock()
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("catalog: get alias: %w", err)
+	}
+	a = new(Alias)
+	if err := json.Unmarshal(b, a); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.aliases[p] = a
+	c.mu.Unlock()
+	return a, nil
+}
+
+// CreateAlias stores a new alias; ErrExists if the name is taken.
+func (c *Catalog) CreateAlias(ctx context.Context, a *Alias) error {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	p := aliasPath(a.Account, a.Region, a.Name)
+	err = c.store.Create(ctx, p, b)
+	if errors.Is(err, storage.ErrExists) {
+		return ErrExists
+	}
+	if err != nil {
+		return fmt.Errorf("catalog: create alias: %w", err)
+	}
+	c.mu.Lock()
+	c.aliases[p] = a
+	c.mu.Unlock()
+	return nil
+}
+
+// PutAlias replaces an existing alias record.
+func (c *Catalog) PutAlias(ctx context.Context, a *Alias) error {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	p := aliasPath(a.Account, a.Region, a.Name)
+	if err := c.store.Put(ctx, p, b); err != nil {
+		return fmt.Errorf("catalog: update alias: %w", err)
+	}
+	c.mu.Lock()
+	c.aliases[p] = a
+	c.mu.Unlock()
+	return nil
+}
+
+// DeleteAlias removes an alias.
+func (c *Catalog) DeleteAlias(ctx context.Context, account, region, name string) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	p := aliasPath(account, region, name)
+	if err := c.store.Delete(ctx, p); err != nil {
+		return fmt.Errorf("catalog: delete alias: %w", err)
+	}
+	c.mu.Lock()
+	c.aliases[p] = nil
+	c.mu.Unlock()
+	return nil
+}
+
+// ListAliases returns the aliases of account and region in name order.
+func (c *Catalog) ListAliases(ctx context.Context, account, region string) ([]*Alias, error) {
+	return c.listAliases(ctx, account, region)
+}
+
+func (c *Catalog) listAliases(ctx context.Context, account, region string) ([]*Alias, error) {
+	entries, err := c.store.List(ctx, aliasPath(account, region, ""), "", 0)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: list aliases: %w", err)
+	}
+	out := make([]*Alias, 0, len(entries))
+	for _, e := range entries {
+		a := new(Alias)
+		if err := json.Unmarshal(e.Value, a); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func clone(k *Key) (*Key, error) {
+	b, err := json.Marshal(k)
+	if err != nil {
+		return nil, err
+	}
+	n := new(Key)
+	return n, json.Unmarshal(b, n)
+}

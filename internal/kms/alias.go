@@ -1,0 +1,37 @@
+package kms
+
+import (
+	"context"
+	"strings"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+)
+
+// checkAliasName applies AWS's rules for a new alias name.
+func checkAliasName(name string) error {
+	if !strings.HasPrefix(name, "alias/") || len(name) == len("alias/") {
+		return exc("ValidationException", `Alias must start with the prefix "alias/". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html`)
+	}
+	if strings.HasPrefix(name, "alias/aws/") {
+		return exc("NotAuthorizedException", "Cannot create alias with prefix 'alias/aws/'")
+	}
+	return nil
+}
+
+// aliasTarget resolves the TargetKeyId of CreateAlias/UpdateAlias: a key
+// id or key ARN, never an alias.
+func (s *Service) aliasTarget(ctx context.Context, c *Caller, target string) (*catalog.Key, error) {
+	ref, err := keys.Parse(target)
+	if err == nil && (ref.Kind == keys.KindAlias || ref.Kind == keys.KindAliasARN) {
+		return nil, exc("ValidationException", "Aliases must refer to keys. Not aliases")
+	}
+	k, err := s.resolve(ctx, c, target)
+	if err != nil {
+		return nil, err
+	}
+	if err := notPendingDeletion(k); err != nil {
+		return nil, err
+	}
+	return k, nil
+}

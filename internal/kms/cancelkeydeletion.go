@@ -1,0 +1,31 @@
+package kms
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// CancelKeyDeletion takes a key out of PendingDeletion; as in AWS it comes
+// back Disabled.
+func (s *Service) CancelKeyDeletion(ctx context.Context, c *Caller, in *kmsapi.CancelKeyDeletionRequest) (*kmsapi.CancelKeyDeletionResponse, error) {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+		if k.State != keys.PendingDeletion {
+			return exc("KMSInvalidStateException", k.ARN()+" is not pending deletion.")
+		}
+		k.State = keys.Disabled
+		k.DeletionDate = nil
+		k.PendingWindowInDays = 0
+		return nil
+	})
+	if err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.CancelKeyDeletionResponse{KeyId: kmsapi.String(k.ARN())}, nil
+}

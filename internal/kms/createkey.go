@@ -1,0 +1,89 @@
+package kms
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// CreateKey creates a symmetric encryption key with AES-256 material made
+// here (origin AWS_KMS).
+func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
+	spec := "SYMMETRIC_DEFAULT"
+	if in.KeySpec != nil {
+		spec = *in.KeySpec
+	} else if in.CustomerMasterKeySpec != nil {
+		spec = *in.CustomerMasterKeySpec
+	}
+	if in.KeySpec != nil && in.CustomerMasterKeySpec != nil {
+		return nil, exc("ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec parameter is deprecated. Use KeySpec instead.")
+	}
+	usage := "ENCRYPT_DECRYPT"
+	if in.KeyUsage != nil {
+		usage = *in.KeyUsage
+	}
+	if spec != "SYMMETRIC_DEFAULT" {
+		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported by kmsd yet; only SYMMETRIC_DEFAULT keys are.")
+	}
+	if usage != "ENCRYPT_DECRYPT" {
+		return nil, exc("ValidationException", "KeyUsage "+usage+" is not compatible with KeySpec "+spec)
+	}
+	origin := "AWS_KMS"
+	if in.Origin != nil {
+		origin = *in.Origin
+	}
+	if origin != "AWS_KMS" || in.CustomKeyStoreId != nil || in.XksKeyId != nil {
+		return nil, exc("UnsupportedOperationException", "Origin "+origin+" and custom key stores are not supported by kmsd yet.")
+	}
+	if in.MultiRegion != nil && *in.MultiRegion {
+		return nil, exc("UnsupportedOperationException", "Multi-Region keys are not supported by kmsd yet.")
+	}
+	policy := defaultPolicy(c.Account)
+	if in.Policy != nil {
+		if err := checkPolicy(*in.Policy); err != nil {
+			return nil, err
+		}
+		policy = *in.Policy
+	}
+	tags, err := checkTags(nil, in.Tags)
+	if err != nil {
+		return nil, err
+	}
+
+	id, err := uuid.NewRandomFromReader(s.rand)
+	if err != nil {
+		return nil, internal(err)
+	}
+	material, err := s.randomBytes(32)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(material)
+	k := &catalog.Key{
+		ID:          id.String(),
+		Account:     c.Account,
+		Region:      c.Region,
+		Created:     s.now().UTC().Truncate(time.Millisecond),
+		Description: derefStr(in.Description),
+		KeyUsage:    usage,
+		KeySpec:     spec,
+		Origin:      origin,
+		State:       keys.Enabled,
+		Policy:      policy,
+		Tags:        tags,
+		Current:     1,
+	}
+	sealed, err := s.cat.Seal(k.ID, 1, material)
+	if err != nil {
+		return nil, internal(err)
+	}
+	k.Versions = []catalog.Version{{Number: 1, Created: k.Created, Sealed: sealed}}
+	if err := s.cat.CreateKey(ctx, k); err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.CreateKeyResponse{KeyMetadata: metadata(k)}, nil
+}

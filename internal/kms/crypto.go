@@ -1,0 +1,85 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// seal encrypts plaintext under the current version of k, binding the
+// encryption context, and returns the ciphertext blob.
+func (s *Service) seal(k *catalog.Key, plaintext []byte, ctx map[string]string) ([]byte, error) {
+	aead, err := s.cat.AEAD(k, k.Current)
+	if err != nil {
+		return nil, internal(err)
+	}
+	blob := make([]byte, 0, 3+len(k.ID)+4+keys.NonceSize+len(plaintext)+keys.TagSize)
+	blob = keys.AppendHeader(blob, k.ID, k.Current)
+	hdr := len(blob)
+	blob = blob[:hdr+keys.NonceSize]
+	if _, err := s.rand.Read(blob[hdr:]); err != nil {
+		return nil, internal(err)
+	}
+	ap := aadPool.Get().(*[]byte)
+	aad := keys.AppendAAD((*ap)[:0], blob[:hdr], ctx)
+	blob = aead.Seal(blob, blob[hdr:hdr+keys.NonceSize], plaintext, aad)
+	*ap = aad
+	aadPool.Put(ap)
+	return blob, nil
+}
+
+var errCiphertext = kmsapi.NewException("InvalidCiphertextException", "")
+
+// open decrypts a ciphertext blob. keyID, when not empty, is the key the
+// caller says the blob is for. It returns the key and the plaintext.
+func (s *Service) open(ctx context.Context, c *Caller, blob []byte, keyID *string, ec map[string]string) (*catalog.Key, []byte, error) {
+	b, err := keys.ParseBlob(blob)
+	if err != nil {
+		return nil, nil, errCiphertext
+	}
+	var k *catalog.Key
+	if keyID != nil {
+		if k, err = s.resolve(ctx, c, *keyID); err != nil {
+			return nil, nil, err
+		}
+		if k.ID != b.KeyID {
+			return nil, nil, exc("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation.")
+		}
+	} else {
+		k, err = s.cat.Key(ctx, b.KeyID)
+		if errors.Is(err, catalog.ErrNotFound) || (err == nil && (k.Account != c.Account || k.Region != c.Region)) {
+			return nil, nil, errCiphertext
+		}
+		if err != nil {
+			return nil, nil, internal(err)
+		}
+	}
+	if err := usable(k); err != nil {
+		return nil, nil, err
+	}
+	if err := checkEncryptUsage(k); err != nil {
+		return nil, nil, err
+	}
+	aead, err := s.cat.AEAD(k, b.KeyVersion)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, nil, errCiphertext
+	}
+	if err != nil {
+		return nil, nil, internal(err)
+	}
+	ap := aadPool.Get().(*[]byte)
+	aad := keys.AppendAAD((*ap)[:0], b.Header, ec)
+	pt, err := aead.Open(nil, b.Nonce, b.Sealed, aad)
+	*ap = aad
+	aadPool.Put(ap)
+	if err != nil {
+		return nil, nil, errCiphertext
+	}
+	return k, pt, nil
+}

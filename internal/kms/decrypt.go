@@ -1,0 +1,31 @@
+package kms
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// Decrypt decrypts a ciphertext blob. KeyId is optional for symmetric keys:
+// the blob names its key.
+func (s *Service) Decrypt(ctx context.Context, c *Caller, in *kmsapi.DecryptRequest) (*kmsapi.DecryptResponse, error) {
+	if in.Recipient != nil {
+		return nil, exc("UnsupportedOperationException", "Recipient (Nitro Enclaves attestation) is not supported by kmsd.")
+	}
+	k, pt, err := s.open(ctx, c, in.CiphertextBlob, in.KeyId, in.EncryptionContext)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkAlgorithm(k, in.EncryptionAlgorithm); err != nil {
+		return nil, err
+	}
+	if err := dryRun(in.DryRun); err != nil {
+		return nil, err
+	}
+	arn := k.ARN()
+	return &kmsapi.DecryptResponse{
+		KeyId:               &arn,
+		Plaintext:           pt,
+		EncryptionAlgorithm: kmsapi.String("SYMMETRIC_DEFAULT"),
+	}, nil
+}

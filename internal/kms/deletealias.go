@@ -1,0 +1,25 @@
+package kms
+
+import (
+	"context"
+	"errors"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// DeleteAlias deletes an alias; the key is not affected.
+func (s *Service) DeleteAlias(ctx context.Context, c *Caller, in *kmsapi.DeleteAliasRequest) (*kmsapi.DeleteAliasResponse, error) {
+	_, err := s.cat.Alias(ctx, c.Account, c.Region, *in.AliasName)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")
+	}
+	if err != nil {
+		return nil, internal(err)
+	}
+	if err := s.cat.DeleteAlias(ctx, c.Account, c.Region, *in.AliasName); err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.DeleteAliasResponse{}, nil
+}

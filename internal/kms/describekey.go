@@ -1,0 +1,17 @@
+package kms
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// DescribeKey returns a key's metadata; the key may be named by id, ARN,
+// alias name or alias ARN.
+func (s *Service) DescribeKey(ctx context.Context, c *Caller, in *kmsapi.DescribeKeyRequest) (*kmsapi.DescribeKeyResponse, error) {
+	k, err := s.resolve(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	return &kmsapi.DescribeKeyResponse{KeyMetadata: metadata(k)}, nil
+}

@@ -1,0 +1,37 @@
+package kms
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// Encrypt encrypts up to 4 KiB of plaintext under a symmetric key.
+func (s *Service) Encrypt(ctx context.Context, c *Caller, in *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
+	k, err := s.resolve(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	if err := usable(k); err != nil {
+		return nil, err
+	}
+	if err := checkEncryptUsage(k); err != nil {
+		return nil, err
+	}
+	if err := checkAlgorithm(k, in.EncryptionAlgorithm); err != nil {
+		return nil, err
+	}
+	if err := dryRun(in.DryRun); err != nil {
+		return nil, err
+	}
+	blob, err := s.seal(k, in.Plaintext, in.EncryptionContext)
+	if err != nil {
+		return nil, err
+	}
+	arn := k.ARN()
+	return &kmsapi.EncryptResponse{
+		CiphertextBlob:      blob,
+		KeyId:               &arn,
+		EncryptionAlgorithm: kmsapi.String("SYMMETRIC_DEFAULT"),
+	}, nil
+}

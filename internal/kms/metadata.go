@@ -1,0 +1,32 @@
+package kms
+
+import (
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// metadata renders a key record as the KeyMetadata AWS returns.
+func metadata(k *catalog.Key) *kmsapi.KeyMetadata {
+	m := &kmsapi.KeyMetadata{
+		AWSAccountId:          kmsapi.String(k.Account),
+		KeyId:                 kmsapi.String(k.ID),
+		Arn:                   kmsapi.String(k.ARN()),
+		CreationDate:          kmsapi.NewTime(k.Created),
+		Enabled:               kmsapi.Bool(k.State == keys.Enabled),
+		Description:           kmsapi.String(k.Description),
+		KeyUsage:              kmsapi.String(k.KeyUsage),
+		KeyState:              kmsapi.String(string(k.State)),
+		Origin:                kmsapi.String(k.Origin),
+		KeyManager:            kmsapi.String("CUSTOMER"),
+		CustomerMasterKeySpec: kmsapi.String(k.KeySpec),
+		KeySpec:               kmsapi.String(k.KeySpec),
+		EncryptionAlgorithms:  []string{"SYMMETRIC_DEFAULT"},
+		MultiRegion:           kmsapi.Bool(false),
+	}
+	if k.DeletionDate != nil {
+		m.DeletionDate = kmsapi.NewTime(*k.DeletionDate)
+		m.PendingDeletionWindowInDays = kmsapi.Int32(k.PendingWindowInDays)
+	}
+	return m
+}

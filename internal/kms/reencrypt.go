@@ -1,0 +1,48 @@
+package kms
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// ReEncrypt decrypts a blob and encrypts its plaintext under another key
+// (or the same key with another context) without exposing the plaintext.
+func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncryptRequest) (*kmsapi.ReEncryptResponse, error) {
+	src, pt, err := s.open(ctx, c, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionContext)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pt)
+	if err := checkAlgorithm(src, in.SourceEncryptionAlgorithm); err != nil {
+		return nil, err
+	}
+	dst, err := s.resolve(ctx, c, *in.DestinationKeyId)
+	if err != nil {
+		return nil, err
+	}
+	if err := usable(dst); err != nil {
+		return nil, err
+	}
+	if err := checkEncryptUsage(dst); err != nil {
+		return nil, err
+	}
+	if err := checkAlgorithm(dst, in.DestinationEncryptionAlgorithm); err != nil {
+		return nil, err
+	}
+	if err := dryRun(in.DryRun); err != nil {
+		return nil, err
+	}
+	blob, err := s.seal(dst, pt, in.DestinationEncryptionContext)
+	if err != nil {
+		return nil, err
+	}
+	srcARN, dstARN := src.ARN(), dst.ARN()
+	return &kmsapi.ReEncryptResponse{
+		CiphertextBlob:                 blob,
+		SourceKeyId:                    &srcARN,
+		KeyId:                          &dstARN,
+		SourceEncryptionAlgorithm:      kmsapi.String("SYMMETRIC_DEFAULT"),
+		DestinationEncryptionAlgorithm: kmsapi.String("SYMMETRIC_DEFAULT"),
+	}, nil
+}

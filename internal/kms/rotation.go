@@ -1,0 +1,197 @@
+package kms
+
+import (
+	"context"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+const day = 24 * time.Hour
+
+// rotatable checks that rotation applies to k: a symmetric key with key
+// material made by KMS, in a state that allows it.
+func rotatable(k *catalog.Key) error {
+	if k.Origin != "AWS_KMS" || k.KeySpec != "SYMMETRIC_DEFAULT" {
+		return exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
+	}
+	switch k.State {
+	case keys.Enabled:
+		return nil
+	case keys.Disabled:
+		return exc("DisabledException", k.ARN()+" is disabled.")
+	}
+	return usable(k)
+}
+
+// rotate adds a new version of key material to k and makes it current.
+// Earlier versions stay, so their ciphertexts still decrypt.
+func (s *Service) rotate(k *catalog.Key, kind string, now time.Time) error {
+	material, err := s.randomBytes(32)
+	if err != nil {
+		return err
+	}
+	defer clear(material)
+	v := k.Current + 1
+	sealed, err := s.cat.Seal(k.ID, v, material)
+	if err != nil {
+		return internal(err)
+	}
+	k.Versions = append(k.Versions, catalog.Version{Number: v, Created: now, Sealed: sealed})
+	k.Current = v
+	k.Rotations = append(k.Rotations, catalog.Rotation{Date: now, Type: kind})
+	if k.RotationEnabled {
+		next := now.Add(time.Duration(k.RotationPeriodInDays) * day)
+		k.NextRotation = &next
+	}
+	return nil
+}
+
+// EnableKeyRotation turns on automatic rotation (every 365 days unless
+// RotationPeriodInDays says otherwise, 90–2560).
+func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.EnableKeyRotationRequest) (*kmsapi.EnableKeyRotationResponse, error) {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	period := int32(365)
+	if in.RotationPeriodInDays != nil {
+		period = *in.RotationPeriodInDays
+	}
+	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+		if err := rotatable(k); err != nil {
+			return err
+		}
+		k.RotationEnabled = true
+		k.RotationPeriodInDays = period
+		next := s.now().UTC().Truncate(time.Millisecond).Add(time.Duration(period) * day)
+		k.NextRotation = &next
+		return nil
+	})
+	if err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.EnableKeyRotationResponse{}, nil
+}
+
+// DisableKeyRotation turns off automatic rotation.
+func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.DisableKeyRotationRequest) (*kmsapi.DisableKeyRotationResponse, error) {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+		if err := rotatable(k); err != nil {
+			return err
+		}
+		k.RotationEnabled = false
+		k.RotationPeriodInDays = 0
+		k.NextRotation = nil
+		return nil
+	})
+	if err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.DisableKeyRotationResponse{}, nil
+}
+
+// GetKeyRotationStatus reports whether automatic rotation is on.
+func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsapi.GetKeyRotationStatusRequest) (*kmsapi.GetKeyRotationStatusResponse, error) {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	if err := notPendingDeletion(k); err != nil {
+		return nil, err
+	}
+	out := &kmsapi.GetKeyRotationStatusResponse{
+		KeyRotationEnabled: kmsapi.Bool(k.RotationEnabled),
+		KeyId:              kmsapi.String(k.ARN()),
+	}
+	if k.RotationEnabled {
+		out.RotationPeriodInDays = kmsapi.Int32(k.RotationPeriodInDays)
+		if k.NextRotation != nil {
+			out.NextRotationDate = kmsapi.NewTime(*k.NextRotation)
+		}
+	}
+	return out, nil
+}
+
+// RotateKeyOnDemand rotates the key material now.
+func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.RotateKeyOnDemandRequest) (*kmsapi.RotateKeyOnDemandResponse, error) {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+		if err := rotatable(k); err != nil {
+			return err
+		}
+		return s.rotate(k, "ON_DEMAND", s.now().UTC().Truncate(time.Millisecond))
+	})
+	if err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.RotateKeyOnDemandResponse{KeyId: kmsapi.String(k.ID)}, nil
+}
+
+// ListKeyRotations lists completed rotations, oldest first; the marker is
+// an index.
+func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.ListKeyRotationsRequest) (*kmsapi.ListKeyRotationsResponse, error) {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	if k.Origin != "AWS_KMS" || k.KeySpec != "SYMMETRIC_DEFAULT" {
+		return nil, exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
+	}
+	limit := pageLimit(in.Limit, 100)
+	start := 0
+	if in.Marker != nil {
+		n, ok := atoi(*in.Marker)
+		if !ok || n > len(k.Rotations) {
+			return nil, exc("InvalidMarkerException", "Invalid marker")
+		}
+		start = n
+	}
+	out := &kmsapi.ListKeyRotationsResponse{Rotations: []kmsapi.RotationsListEntry{}, Truncated: kmsapi.Bool(false)}
+	end := min(start+limit, len(k.Rotations))
+	for _, r := range k.Rotations[start:end] {
+		out.Rotations = append(out.Rotations, kmsapi.RotationsListEntry{
+			KeyId:        kmsapi.String(k.ID),
+			RotationDate: kmsapi.NewTime(r.Date),
+			RotationType: kmsapi.String(r.Type),
+		})
+	}
+	if end < len(k.Rotations) {
+		out.Truncated = kmsapi.Bool(true)
+		out.NextMarker = kmsapi.String(itoa(end))
+	}
+	return out, nil
+}
+
+// SweepRotations rotates every key whose automatic rotation is due.
+func (s *Service) SweepRotations(ctx context.Context) (int, error) {
+	now := s.now().UTC().Truncate(time.Millisecond)
+	var due []string
+	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
+		if k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) {
+			due = append(due, k.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range due {
+		_, err := s.cat.UpdateKey(ctx, id, func(k *catalog.Key) error {
+			return s.rotate(k, "AUTOMATIC", now)
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return len(due), nil
+}

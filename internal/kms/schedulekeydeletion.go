@@ -1,0 +1,65 @@
+package kms
+
+import (
+	"context"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// ScheduleKeyDeletion puts a key in PendingDeletion for 7–30 days (30 by
+// default); the sweeper deletes it when the window has passed.
+func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi.ScheduleKeyDeletionRequest) (*kmsapi.ScheduleKeyDeletionResponse, error) {
+	days := int32(30)
+	if in.PendingWindowInDays != nil {
+		days = *in.PendingWindowInDays
+	}
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+		if k.State == keys.PendingDeletion {
+			return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
+		}
+		when := s.now().UTC().Add(time.Duration(days) * 24 * time.Hour).Truncate(time.Millisecond)
+		k.State = keys.PendingDeletion
+		k.DeletionDate = &when
+		k.PendingWindowInDays = days
+		return nil
+	})
+	if err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.ScheduleKeyDeletionResponse{
+		KeyId:               kmsapi.String(k.ARN()),
+		DeletionDate:        kmsapi.NewTime(*k.DeletionDate),
+		KeyState:            kmsapi.String(string(keys.PendingDeletion)),
+		PendingWindowInDays: kmsapi.Int32(days),
+	}, nil
+}
+
+// SweepDeletions deletes every key whose deletion date has passed. It
+// returns how many keys it deleted.
+func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
+	now := s.now()
+	var due []string
+	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
+		if k.State == keys.PendingDeletion && k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
+			due = append(due, k.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range due {
+		if err := s.cat.DeleteKey(ctx, id); err != nil {
+			return 0, err
+		}
+		s.log.Info("key deleted after its waiting period", "keyId", id)
+	}
+	return len(due), nil
+}

@@ -1,0 +1,228 @@
+// Package kms is the application service of kmsd: one method per KMS
+// operation (one file each), taking and returning the wire shapes of
+// package kmsapi. It decides the behaviour AWS KMS documents — key states,
+// the errors each state gives, aliases, rotation, deletion windows — over
+// the catalog. It knows nothing of HTTP or of any database.
+package kms
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// Caller is who sent a request and where: the account and region it
+// addresses (region from the SigV4 credential scope).
+type Caller struct {
+	Account   string
+	Region    string
+	ARN       string // principal ARN
+	RequestID string
+}
+
+// Service implements the KMS operations.
+type Service struct {
+	cat  *catalog.Catalog
+	now  func() time.Time
+	rand io.Reader
+	log  *slog.Logger
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithClock sets the clock (tests move time to expire deletion windows).
+func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// WithRand sets the source of randomness for key material, nonces and ids.
+func WithRand(r io.Reader) Option { return func(s *Service) { s.rand = r } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
+
+// New returns a Service over cat.
+func New(cat *catalog.Catalog, opts ...Option) *Service {
+	s := &Service{cat: cat, now: time.Now, rand: rand.Reader, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Exception constructors used across operations.
+func exc(name, msg string) error { return kmsapi.NewException(name, msg) }
+
+func validation(msg string) error {
+	return exc("ValidationException", "1 validation error detected: "+msg)
+}
+
+func notFoundKey(c *Caller, id string) error {
+	return exc("NotFoundException", "Key '"+keys.KeyARN(c.Region, c.Account, id)+"' does not exist")
+}
+
+func internal(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *kmsapi.Exception
+	if errors.As(err, &e) {
+		return e
+	}
+	return &internalError{err}
+}
+
+// internalError hides its cause from the caller; the server logs the cause.
+type internalError struct{ cause error }
+
+func (e *internalError) Error() string { return "KMSInternalException: " + e.cause.Error() }
+func (e *internalError) Unwrap() error { return e.cause }
+
+// Exception is what the caller sees for any error returned by the service.
+func Exception(err error) *kmsapi.Exception {
+	var e *kmsapi.Exception
+	if errors.As(err, &e) {
+		return e
+	}
+	return kmsapi.NewException("KMSInternalException", "The request failed because of an internal error. Retry the request.")
+}
+
+// resolve finds the key a KeyId parameter names, in the caller's account
+// and region. Aliases are followed.
+func (s *Service) resolve(ctx context.Context, c *Caller, keyID string) (*catalog.Key, error) {
+	ref, err := keys.Parse(keyID)
+	if err != nil {
+		return nil, exc("NotFoundException", "Invalid keyId '"+keyID+"'")
+	}
+	if ref.Account != "" && (ref.Account != c.Account || ref.Region != c.Region) {
+		if ref.Kind == keys.KindAliasARN {
+			return nil, exc("NotFoundException", "Alias "+keyID+" is not found.")
+		}
+		return nil, exc("NotFoundException", "Key '"+keyID+"' does not exist")
+	}
+	id := ref.ID
+	if ref.Kind == keys.KindAlias || ref.Kind == keys.KindAliasARN {
+		a, err := s.cat.Alias(ctx, c.Account, c.Region, ref.AliasName)
+		if errors.Is(err, catalog.ErrNotFound) {
+			return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, ref.AliasName)+" is not found.")
+		}
+		if err != nil {
+			return nil, internal(err)
+		}
+		id = a.KeyID
+	}
+	k, err := s.cat.Key(ctx, id)
+	if errors.Is(err, catalog.ErrNotFound) || (err == nil && (k.Account != c.Account || k.Region != c.Region)) {
+		return nil, notFoundKey(c, id)
+	}
+	if err != nil {
+		return nil, internal(err)
+	}
+	return k, nil
+}
+
+// resolveKeyID is resolve for operations that accept only a key id or key
+// ARN, not an alias.
+func (s *Service) resolveKeyID(ctx context.Context, c *Caller, keyID string) (*catalog.Key, error) {
+	if ref, err := keys.Parse(keyID); err == nil && (ref.Kind == keys.KindAlias || ref.Kind == keys.KindAliasARN) {
+		return nil, exc("NotFoundException", "Invalid keyId '"+keyID+"'")
+	}
+	return s.resolve(ctx, c, keyID)
+}
+
+// usable checks that k can perform a cryptographic operation now.
+func usable(k *catalog.Key) error {
+	switch k.State {
+	case keys.Enabled:
+		return nil
+	case keys.Disabled:
+		return exc("DisabledException", k.ARN()+" is disabled.")
+	case keys.PendingDeletion:
+		return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
+	case keys.PendingImport:
+		return exc("KMSInvalidStateException", k.ARN()+" is pending import.")
+	case keys.Unavailable:
+		return exc("KMSInvalidStateException", k.ARN()+" is unavailable.")
+	}
+	return exc("KMSInvalidStateException", k.ARN()+" is in state "+string(k.State)+".")
+}
+
+// notPendingDeletion is the check of management operations that work on
+// any key except one scheduled for deletion.
+func notPendingDeletion(k *catalog.Key) error {
+	if k.State == keys.PendingDeletion {
+		return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
+	}
+	return nil
+}
+
+func dryRun(b *bool) error {
+	if b != nil && *b {
+		return exc("DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
+	}
+	return nil
+}
+
+// checkAlgorithm accepts only SYMMETRIC_DEFAULT for symmetric keys.
+func checkAlgorithm(k *catalog.Key, alg *string) error {
+	if alg == nil || *alg == "SYMMETRIC_DEFAULT" {
+		return nil
+	}
+	return exc("InvalidKeyUsageException", "The encryption algorithm "+*alg+" is not supported by "+k.ARN()+". Supported algorithms: SYMMETRIC_DEFAULT.")
+}
+
+func checkEncryptUsage(k *catalog.Key) error {
+	if k.KeyUsage != "ENCRYPT_DECRYPT" {
+		return exc("InvalidKeyUsageException", k.ARN()+" key usage is "+k.KeyUsage+" which is not valid for this operation.")
+	}
+	return nil
+}
+
+func (s *Service) randomBytes(n int) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(s.rand, b); err != nil {
+		return nil, internal(err)
+	}
+	return b, nil
+}
+
+func derefStr(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+func atoi(s string) (int, bool) {
+	n := 0
+	if s == "" || len(s) > 9 {
+		return 0, false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return 0, false
+		}
+		n = n*10 + int(r-'0')
+	}
+	return n, true
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}

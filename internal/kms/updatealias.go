@@ -1,0 +1,34 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// UpdateAlias points an existing alias at another key of the same key
+// type and usage.
+func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateAliasRequest) (*kmsapi.UpdateAliasResponse, error) {
+	a, err := s.cat.Alias(ctx, c.Account, c.Region, *in.AliasName)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")
+	}
+	if err != nil {
+		return nil, internal(err)
+	}
+	k, err := s.aliasTarget(ctx, c, *in.TargetKeyId)
+	if err != nil {
+		return nil, err
+	}
+	next := *a
+	next.KeyID = k.ID
+	next.Updated = s.now().UTC().Truncate(time.Millisecond)
+	if err := s.cat.PutAlias(ctx, &next); err != nil {
+		return nil, internal(err)
+	}
+	return &kmsapi.UpdateAliasResponse{}, nil
+}

@@ -1,0 +1,96 @@
+package server
+
+import (
+	"errors"
+	"sort"
+	"testing"
+
+	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// decodeCases are request bodies for the decoder, with the exception each
+// should give ("" for a valid input). They seed FuzzDecodeRequest.
+var decodeCases = []struct {
+	name, op, body, want string
+}{
+	{"valid encrypt", "Encrypt", `{"KeyId":"alias/a","Plaintext":"aGVsbG8="}`, ""},
+	{"empty body is {}", "ListKeys", ``, ""},
+	{"unknown members ignored", "ListKeys", `{"Limit":5,"Bogus":{"x":[1,2]}}`, ""},
+	{"not an object", "ListKeys", `[1]`, "SerializationException"},
+	{"malformed json", "ListKeys", `{"Limit":`, "SerializationException"},
+	{"wrong member type", "ListKeys", `{"Limit":"five"}`, "SerializationException"},
+	{"bad base64", "Encrypt", `{"KeyId":"k","Plaintext":"!!!"}`, "SerializationException"},
+	{"missing required", "Encrypt", `{"KeyId":"k"}`, "ValidationException"},
+	{"bad enum", "CreateKey", `{"KeySpec":"NOPE"}`, "ValidationException"},
+	{"range", "GenerateRandom", `{"NumberOfBytes":2000}`, "ValidationException"},
+	{"fraction for integer", "GenerateRandom", `{"NumberOfBytes":1.5}`, "SerializationException"},
+	{"null member", "Encrypt", `{"KeyId":null,"Plaintext":"aA=="}`, "ValidationException"},
+}
+
+func code(err error) string {
+	if err == nil {
+		return ""
+	}
+	var we *awsjson.Error
+	if errors.As(err, &we) {
+		return we.Code
+	}
+	var ke *kmsapi.Exception
+	if errors.As(err, &ke) {
+		return ke.Name
+	}
+	return "?"
+}
+
+func TestDecode(t *testing.T) {
+	for _, tt := range decodeCases {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := handlers[tt.op].decode([]byte(tt.body))
+			if got := code(err); got != tt.want {
+				t.Fatalf("decode(%s) = %q (%v), want %q", tt.body, got, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestEveryOperationRouted checks that the model's operations are all
+// either handled or answered UnsupportedOperationException, and that no
+// handler names an operation outside the model.
+func TestEveryOperationRouted(t *testing.T) {
+	for name := range handlers {
+		if kmsapi.Operations[name] == nil {
+			t.Errorf("handler for %s, which is not in the model", name)
+		}
+	}
+	u := unsupported()
+	sort.Strings(u)
+	if len(u)+len(handlers) != len(kmsapi.Operations) {
+		t.Fatalf("%d handled + %d unsupported != %d", len(handlers), len(u), len(kmsapi.Operations))
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	var ops []string
+	for name := range handlers {
+		ops = append(ops, name)
+	}
+	sort.Strings(ops)
+	for _, c := range decodeCases {
+		for i, name := range ops {
+			if name == c.op {
+				f.Add(uint8(i), []byte(c.body))
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, op uint8, body []byte) {
+		name := ops[int(op)%len(ops)]
+		in, err := handlers[name].decode(body)
+		if err == nil && in == nil {
+			t.Fatal("no input and no error")
+		}
+		if err != nil && code(err) == "?" {
+			t.Fatalf("untyped error %v", err)
+		}
+	})
+}

@@ -1,0 +1,74 @@
+package server
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/kms"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+)
+
+// handler decodes, validates and runs one operation.
+type handler struct {
+	// decode reads and validates the input shape.
+	decode func(body []byte) (any, error)
+	// call runs the operation on a decoded input.
+	call func(ctx context.Context, s *kms.Service, c *kms.Caller, in any) (any, error)
+}
+
+// op adapts a typed service method to a handler: strict decoding into the
+// input shape, the model's validation, then the method.
+func op[I any, O any, PI interface {
+	*I
+	kmsapi.Validator
+}](f func(*kms.Service, context.Context, *kms.Caller, PI) (*O, error)) handler {
+	return handler{
+		decode: func(body []byte) (any, error) {
+			in := PI(new(I))
+			if err := awsjson.Decode(body, in); err != nil {
+				return nil, err
+			}
+			if msg := kmsapi.Validate(in); msg != "" {
+				return nil, kmsapi.NewException("ValidationException", msg)
+			}
+			return in, nil
+		},
+		call: func(ctx context.Context, s *kms.Service, c *kms.Caller, in any) (any, error) {
+			return f(s, ctx, c, in.(PI))
+		},
+	}
+}
+
+// handlers holds the operations kmsd implements; every other operation of
+// the model answers UnsupportedOperationException.
+var handlers = map[string]handler{
+	"CancelKeyDeletion":               op((*kms.Service).CancelKeyDeletion),
+	"CreateAlias":                     op((*kms.Service).CreateAlias),
+	"CreateKey":                       op((*kms.Service).CreateKey),
+	"Decrypt":                         op((*kms.Service).Decrypt),
+	"DeleteAlias":                     op((*kms.Service).DeleteAlias),
+	"DescribeKey":                     op((*kms.Service).DescribeKey),
+	"DisableKey":                      op((*kms.Service).DisableKey),
+	"DisableKeyRotation":              op((*kms.Service).DisableKeyRotation),
+	"EnableKey":                       op((*kms.Service).EnableKey),
+	"EnableKeyRotation":               op((*kms.Service).EnableKeyRotation),
+	"Encrypt":                         op((*kms.Service).Encrypt),
+	"GenerateDataKey":                 op((*kms.Service).GenerateDataKey),
+	"GenerateDataKeyWithoutPlaintext": op((*kms.Service).GenerateDataKeyWithoutPlaintext),
+	"GenerateRandom":                  op((*kms.Service).GenerateRandom),
+	"GetKeyPolicy":                    op((*kms.Service).GetKeyPolicy),
+	"GetKeyRotationStatus":            op((*kms.Service).GetKeyRotationStatus),
+	"ListAliases":                     op((*kms.Service).ListAliases),
+	"ListKeyPolicies":                 op((*kms.Service).ListKeyPolicies),
+	"ListKeyRotations":                op((*kms.Service).ListKeyRotations),
+	"ListKeys":                        op((*kms.Service).ListKeys),
+	"ListResourceTags":                op((*kms.Service).ListResourceTags),
+	"PutKeyPolicy":                    op((*kms.Service).PutKeyPolicy),
+	"ReEncrypt":                       op((*kms.Service).ReEncrypt),
+	"RotateKeyOnDemand":               op((*kms.Service).RotateKeyOnDemand),
+	"ScheduleKeyDeletion":             op((*kms.Service).ScheduleKeyDeletion),
+	"TagResource":                     op((*kms.Service).TagResource),
+	"UntagResource":                   op((*kms.Service).UntagResource),
+	"UpdateAlias":                     op((*kms.Service).UpdateAlias),
+	"UpdateKeyDescription":            op((*kms.Service).UpdateKeyDescription),
+}

@@ -1,0 +1,262 @@
+// Package server is kmsd's composition root: it reads the configuration,
+// opens the data directory (root key, embedded database), wires the
+// catalog, identities and the KMS service to the HTTP listener, runs the
+// background sweepers, and shuts down gracefully. It is the only package
+// that picks concrete drivers.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/kms"
+	"github.com/kmsd/kmsd/internal/sigv4"
+	"github.com/kmsd/kmsd/internal/storage/sqlite"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultListen is where kmsd listens unless told otherwise: loopback
+// only, on a fixed port.
+const DefaultListen = "127.0.0.1:7480"
+
+// ProfileName is the shared-credentials profile kmsd writes for its
+// administrator.
+const ProfileName = "kmsd"
+
+// Config is kmsd's validated configuration.
+type Config struct {
+	Listen        string
+	DataDir       string
+	DefaultRegion string
+	AccountID     string
+	Auth          string // "verify" or "emulator"
+	LogLevel      string
+	RootKeyFile   string // default <data-dir>/root.key
+	RootKey       string // base64, from KMSD_ROOT_KEY; wins over the file
+	AdminKeyID    string // KMSD_ADMIN_ACCESS_KEY_ID
+	AdminSecret   string // KMSD_ADMIN_SECRET_ACCESS_KEY
+	MetricsListen string // empty: no metrics listener
+	SweepInterval time.Duration
+}
+
+// Validate checks c and fills defaults.
+func (c *Config) Validate() error {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	if c.DefaultRegion == "" {
+		c.DefaultRegion = "us-east-1"
+	}
+	if c.AccountID == "" {
+		c.AccountID = "111122223333"
+	}
+	if len(c.AccountID) != 12 || strings.Trim(c.AccountID, "0123456789") != "" {
+		return fmt.Errorf("--account-id %q: an account id is 12 digits", c.AccountID)
+	}
+	switch c.Auth {
+	case "":
+		c.Auth = "verify"
+	case "verify", "emulator":
+	default:
+		return fmt.Errorf("--auth %q: want verify or emulator", c.Auth)
+	}
+	if (c.AdminKeyID == "") != (c.AdminSecret == "") {
+		return errors.New("KMSD_ADMIN_ACCESS_KEY_ID and KMSD_ADMIN_SECRET_ACCESS_KEY go together")
+	}
+	if c.RootKeyFile == "" {
+		c.RootKeyFile = filepath.Join(c.DataDir, "root.key")
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = time.Minute
+	}
+	return nil
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully. ready,
+// if not nil, receives the listener's address once serving.
+func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	var rootKey []byte
+	var err error
+	if cfg.RootKey != "" {
+		rootKey, err = barrier.ParseRootKey(cfg.RootKey)
+	} else {
+		var created bool
+		rootKey, created, err = barrier.LoadOrCreateRootKey(cfg.RootKeyFile, rand.Reader)
+		if created {
+			log.Info("created root key", "file", cfg.RootKeyFile)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("root key: %w", err)
+	}
+	b, err := barrier.New(rootKey)
+	clear(rootKey)
+	if err != nil {
+		return err
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "kmsd.db"))
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer store.Close()
+
+	cat := catalog.New(store, b)
+	svc := kms.New(cat, kms.WithLogger(log))
+	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
+	a.verifier = &sigv4.Verifier{Service: "kms", Now: time.Now, MaxSkew: 5 * time.Minute}
+
+	var profileFile string
+	if cfg.Auth == "verify" {
+		ids, err := identity.Open(ctx, store, b)
+		if err != nil {
+			return err
+		}
+		if profileFile, err = bootstrapAdmin(ctx, cfg, ids); err != nil {
+			return err
+		}
+		a.ids = ids
+		a.verifier.Lookup = ids
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	endpoint := "http://" + ln.Addr().String()
+	printBanner(out, cfg, endpoint, profileFile)
+
+	srv := &http.Server{
+		Handler:           a,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+
+	var msrv *http.Server
+	if cfg.MetricsListen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+		msrv = &http.Server{Addr: cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := msrv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	defer stopSweep()
+	go sweep(sweepCtx, svc, cfg.SweepInterval, log)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if msrv != nil {
+		msrv.Shutdown(shutCtx)
+	}
+	return srv.Shutdown(shutCtx)
+}
+
+// sweep runs the deletion and rotation sweepers now and then.
+func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if _, err := svc.SweepDeletions(ctx); err != nil && ctx.Err() == nil {
+			log.Error("deletion sweep", "err", err)
+		}
+		if _, err := svc.SweepRotations(ctx); err != nil && ctx.Err() == nil {
+			log.Error("rotation sweep", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// bootstrapAdmin makes sure the default account has an administrator
+// access key: the one from the environment, or on first start a new one
+// written as a shared-credentials profile (mode 0600) in the data
+// directory. It returns the profile file when there is one.
+func bootstrapAdmin(ctx context.Context, cfg Config, ids *identity.Store) (string, error) {
+	admin := identity.Principal{Account: cfg.AccountID, ARN: "arn:aws:iam::" + cfg.AccountID + ":user/kmsd-admin", Name: "kmsd-admin"}
+	if cfg.AdminKeyID != "" {
+		return "", ids.Put(ctx, cfg.AdminKeyID, cfg.AdminSecret, admin)
+	}
+	file := filepath.Join(cfg.DataDir, "credentials")
+	if ids.Count() > 0 {
+		if _, err := os.Stat(file); err == nil {
+			return file, nil
+		}
+		return "", nil
+	}
+	akid, secret, err := identity.NewKeyPair(rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	content := fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = %s\n", ProfileName, akid, secret, cfg.DefaultRegion)
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return file, ids.Put(ctx, akid, secret, admin)
+}
+
+func printBanner(out io.Writer, cfg Config, endpoint, profileFile string) {
+	fmt.Fprintf(out, "kmsd serving the AWS KMS API at %s (account %s, default region %s, auth %s)\n", endpoint, cfg.AccountID, cfg.DefaultRegion, cfg.Auth)
+	switch {
+	case cfg.Auth == "emulator":
+		fmt.Fprintf(out, "any well-formed SigV4 signature is accepted, e.g.:\n  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --region %s --endpoint-url %s kms list-keys\n", cfg.DefaultRegion, endpoint)
+	case profileFile != "":
+		fmt.Fprintf(out, "administrator credentials: profile %q in %s\n  AWS_SHARED_CREDENTIALS_FILE=%s aws --profile %s --endpoint-url %s kms list-keys\n", ProfileName, profileFile, profileFile, ProfileName, endpoint)
+	default:
+		fmt.Fprintf(out, "administrator credentials: the access key from KMSD_ADMIN_ACCESS_KEY_ID\n  aws --endpoint-url %s kms list-keys\n", endpoint)
+	}
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every kmsd test on this machine, installing what the tests use when
+# it is absent: Debian's aws CLI v2 (awscli), boto3 (python3-boto3),
+# SoftHSM2 and OpenSC (pkcs11-tool), curl, and staticcheck from the Go
+# module proxy. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/bin/aws ] || need+=(awscli)
+/usr/bin/python3 -c 'import boto3' 2>/dev/null || need+=(python3-boto3)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${need[@]}"
+fi
+
+export PATH="$PATH:$(go env GOPATH)/bin"
+if ! command -v staticcheck >/dev/null; then
+  echo "== installing staticcheck"
+  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi
+
+echo "== gofmt"
+bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$bad" ]; then echo "gofmt would change: $bad"; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+staticcheck ./...
+
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+echo "== fuzz (briefly)"
+fuzz() { go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1"; }
+fuzz ./internal/sigv4 FuzzParseAuthorization
+fuzz ./internal/keys FuzzParseBlob
+fuzz ./internal/server FuzzDecodeRequest
+echo "== all tests passed"
