@@ -3,6 +3,7 @@ package server
 import (
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // metrics counts requests by operation and outcome.
@@ -21,7 +22,7 @@ func newMetrics() *metrics {
 		}, []string{"operation", "outcome"}),
 		okByOp: map[string]prometheus.Counter{},
 	}
-	m.reg.MustRegister(m.requests, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.requests, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for name := range kmsapi.Operations {
 		m.okByOp[name] = m.requests.WithLabelValues(name, "OK")
 	}
