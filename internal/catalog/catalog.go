@@ -179,12 +179,16 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
 	}
 	c.mu.Lock()
-	if cur, ok := c.keys[id]; ok && cur != nil {
-		k = cur // a concurrent writer got there first
-	} else {
-		c.keys[id] = k
+	defer c.mu.Unlock()
+	if cur, ok := c.keys[id]; ok {
+		// A concurrent writer got there first: its record (or its
+		// deletion) is newer than what was read.
+		if cur == nil {
+			return nil, ErrNotFound
+		}
+		return cur, nil
 	}
-	c.mu.Unlock()
+	c.keys[id] = k
 	return k, nil
 }
 
@@ -358,11 +362,8 @@ func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Ali
 	}
 	b, err := c.store.Get(ctx, p)
 	if errors.Is(err, storage.ErrNotFound) {
-		c.mu.Lock()
-		if _, ok := c.aliases[p]; !ok {
-			c.aliases[p] = nil
-		}
-		c.mu.Unlock()
+		// Misses are not cached: names a caller invents must not grow
+		// the cache.
 		return nil, ErrNotFound
 	}
 	if err != nil {
