@@ -12,6 +12,7 @@ need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
@@ -38,8 +39,11 @@ echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 
 echo "== fuzz (briefly)"
-fuzz() { go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1"; }
+fuzz() { echo "-- fuzz $1 $2"; go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1"; }
 fuzz ./internal/sigv4 FuzzParseAuthorization
 fuzz ./internal/keys FuzzParseBlob
 fuzz ./internal/server FuzzDecodeRequest
+fuzz ./internal/xks FuzzParseEncryptRequest
+fuzz ./internal/xks FuzzParseDecryptRequest
+fuzz ./internal/xks/xksserver FuzzRoute
 echo "== all tests passed"

@@ -1,0 +1,682 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/kmsd/kmsd/internal/xks/keyman"
+)
+
+// Available reports whether this build can use PKCS#11.
+const Available = true
+
+// A PKCS#11 library has process-wide state (C_Initialize / C_Finalize), so managers
+// on the same module share one initialised context, counted here.
+var (
+	modMu   sync.Mutex
+	modules = map[string]*module{}
+)
+
+type module struct {
+	ctx  *p11.Ctx
+	refs int
+}
+
+func acquireModule(path string) (*p11.Ctx, error) {
+	modMu.Lock()
+	defer modMu.Unlock()
+	if m, ok := modules[path]; ok {
+		m.refs++
+		return m.ctx, nil
+	}
+	ctx := p11.New(path)
+	if ctx == nil {
+		return nil, fmt.Errorf("pkcs11: cannot load module %s", path)
+	}
+	if err := ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		ctx.Destroy()
+		return nil, fmt.Errorf("pkcs11: C_Initialize: %w", err)
+	}
+	modules[path] = &module{ctx: ctx, refs: 1}
+	return ctx, nil
+}
+
+func releaseModule(path string) {
+	modMu.Lock()
+	defer modMu.Unlock()
+	m, ok := modules[path]
+	if !ok {
+		return
+	}
+	if m.refs--; m.refs == 0 {
+		m.ctx.Finalize()
+		m.ctx.Destroy()
+		delete(modules, path)
+	}
+}
+
+func isCode(err error, code uint) bool {
+	var e p11.Error
+	return errors.As(err, &e) && uint(e) == code
+}
+
+func code(err error) (uint, bool) {
+	var e p11.Error
+	if errors.As(err, &e) {
+		return uint(e), true
+	}
+	return 0, false
+}
+
+type session struct {
+	h   p11.SessionHandle
+	gen uint64
+}
+
+type cachedKey struct {
+	h   p11.ObjectHandle
+	key keyman.Key
+	gen uint64
+	at  time.Time
+}
+
+// Manager is a keyman.Manager over one PKCS#11 token.
+type Manager struct {
+	cfg Config
+	ctx *p11.Ctx
+
+	sem  chan struct{} // one token per open session, bounds the pool
+	idle chan *session // sessions ready for use
+
+	mu    sync.Mutex // guards slot, gen and token metadata during resets
+	slot  uint
+	gen   uint64
+	token p11.TokenInfo
+
+	cacheMu sync.RWMutex
+	cache   map[string]cachedKey
+}
+
+var _ keyman.Manager = (*Manager)(nil)
+
+// Open loads the module, finds the token by label and logs in once to prove the PIN.
+func Open(cfg Config) (*Manager, error) {
+	cfg.defaults()
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Module == "" || cfg.TokenLabel == "" {
+		return nil, errors.New("pkcs11: module and token label are required")
+	}
+	ctx, err := acquireModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, ctx: ctx, sem: make(chan struct{}, cfg.PoolSize),
+		idle: make(chan *session, cfg.PoolSize), cache: map[string]cachedKey{}}
+	if err := m.findSlot(); err != nil {
+		releaseModule(cfg.Module)
+		return nil, err
+	}
+	s, err := m.get(context.Background())
+	if err != nil {
+		releaseModule(cfg.Module)
+		return nil, err
+	}
+	m.put(s)
+	return m, nil
+}
+
+// findSlot locates the token by label; callers hold m.mu or own m exclusively.
+func (m *Manager) findSlot() error {
+	slots, err := m.ctx.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("pkcs11: C_GetSlotList: %w", err)
+	}
+	for _, s := range slots {
+		ti, err := m.ctx.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if strings.TrimRight(ti.Label, " \x00") == m.cfg.TokenLabel {
+			m.slot, m.token = s, ti
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: no token labelled %q", keyman.ErrUnavailable, m.cfg.TokenLabel)
+}
+
+// open opens a session on the current slot and makes sure the token is logged in.
+func (m *Manager) open() (*session, error) {
+	m.mu.Lock()
+	slot, gen := m.slot, m.gen
+	m.mu.Unlock()
+	h, err := m.ctx.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if err != nil {
+		return nil, fmt.Errorf("pkcs11: C_OpenSession: %w", err)
+	}
+	if err := m.ctx.Login(h, p11.CKU_USER, m.cfg.PIN); err != nil && !isCode(err, p11.CKR_USER_ALREADY_LOGGED_IN) {
+		m.ctx.CloseSession(h)
+		if isCode(err, p11.CKR_PIN_INCORRECT) || isCode(err, p11.CKR_PIN_LOCKED) {
+			return nil, fmt.Errorf("%w: C_Login: %v", keyman.ErrUnavailable, err)
+		}
+		return nil, fmt.Errorf("pkcs11: C_Login: %w", err)
+	}
+	return &session{h: h, gen: gen}, nil
+}
+
+// get takes an idle session or opens one, waiting for room in the pool until ctx ends.
+func (m *Manager) get(ctx context.Context) (*session, error) {
+	select {
+	case m.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for a PKCS#11 session: %v", keyman.ErrTimeout, ctx.Err())
+	}
+	for {
+		select {
+		case s := <-m.idle:
+			if m.stale(s) {
+				m.ctx.CloseSession(s.h)
+				continue
+			}
+			return s, nil
+		default:
+		}
+		s, err := m.open()
+		if err != nil {
+			<-m.sem
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+func (m *Manager) stale(s *session) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return s.gen != m.gen
+}
+
+// put returns a healthy session to the pool.
+func (m *Manager) put(s *session) {
+	if m.stale(s) {
+		m.ctx.CloseSession(s.h)
+	} else {
+		m.idle <- s
+	}
+	<-m.sem
+}
+
+// discard closes a broken session.
+func (m *Manager) discard(s *session) {
+	m.ctx.CloseSession(s.h)
+	<-m.sem
+}
+
+// reset handles a token restart: it drops every pooled session and the key cache and
+// finds the token again (its slot may have changed). Only the first caller for a
+// given generation resets.
+func (m *Manager) reset(seen uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.gen != seen {
+		return
+	}
+	m.gen++
+	m.cfg.Logger.Warn("pkcs11: resetting sessions after a token or login failure", "token", m.cfg.TokenLabel)
+	m.cacheMu.Lock()
+	clear(m.cache)
+	m.cacheMu.Unlock()
+	if err := m.findSlot(); err != nil {
+		if isCode(err, p11.CKR_CRYPTOKI_NOT_INITIALIZED) {
+			m.ctx.Initialize()
+			err = m.findSlot()
+		}
+		if err != nil {
+			m.cfg.Logger.Error("pkcs11: token not found after reset", "token", m.cfg.TokenLabel, "err", err)
+		}
+	}
+}
+
+// outcome classifies a PKCS#11 error for retry decisions.
+type outcome int
+
+const (
+	keep        outcome = iota // session fine; return err as is
+	dropSession                // session broken; retry on another
+	resetToken                 // token restarted or logged out; reset and retry
+	dropKey                    // stale object handle; forget the key and retry
+)
+
+func classify(err error) outcome {
+	c, ok := code(err)
+	if !ok {
+		return keep
+	}
+	switch c {
+	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_OPERATION_ACTIVE,
+		p11.CKR_DEVICE_ERROR, p11.CKR_DEVICE_MEMORY:
+		return dropSession
+	case p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_REMOVED, p11.CKR_CRYPTOKI_NOT_INITIALIZED,
+		p11.CKR_SLOT_ID_INVALID, p11.CKR_TOKEN_NOT_RECOGNIZED, p11.CKR_USER_NOT_LOGGED_IN:
+		return resetToken
+	case p11.CKR_KEY_HANDLE_INVALID, p11.CKR_OBJECT_HANDLE_INVALID:
+		return dropKey
+	}
+	return keep
+}
+
+// do runs fn on a pooled session, recovering once from broken sessions, token
+// restarts and stale handles. fn runs in its own goroutine so that the caller gets
+// ErrTimeout at ctx's deadline even when the HSM hangs; the session then returns to
+// the pool when the call finally completes.
+func (m *Manager) do(ctx context.Context, id string, fn func(s *session) error) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if e := ctx.Err(); e != nil {
+			return fmt.Errorf("%w: %v", keyman.ErrTimeout, e)
+		}
+		var s *session
+		s, err = m.get(ctx)
+		if err != nil {
+			if classify(err) == resetToken {
+				m.reset(m.generation())
+				continue
+			}
+			return err
+		}
+		done := make(chan error, 1)
+		go func() { done <- fn(s) }()
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			go func() { m.finish(s, <-done, id) }()
+			return fmt.Errorf("%w: PKCS#11 call: %v", keyman.ErrTimeout, ctx.Err())
+		}
+		if m.finish(s, err, id) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: %v", keyman.ErrUnavailable, err)
+}
+
+// finish returns s to the pool or drops it according to err, and reports whether err
+// is final (no retry).
+func (m *Manager) finish(s *session, err error, id string) bool {
+	switch classify(err) {
+	case dropSession:
+		m.discard(s)
+		return false
+	case resetToken:
+		m.discard(s)
+		m.reset(s.gen)
+		return false
+	case dropKey:
+		m.put(s)
+		m.forget(id)
+		return false
+	}
+	m.put(s)
+	return true
+}
+
+func (m *Manager) generation() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gen
+}
+
+func (m *Manager) forget(id string) {
+	m.cacheMu.Lock()
+	delete(m.cache, id)
+	m.cacheMu.Unlock()
+}
+
+// resolve finds key id on session s, using the cache when fresh.
+func (m *Manager) resolve(s *session, id string) (cachedKey, error) {
+	if m.cfg.KeyCacheTTL > 0 {
+		m.cacheMu.RLock()
+		c, ok := m.cache[id]
+		m.cacheMu.RUnlock()
+		if ok && c.gen == s.gen && time.Since(c.at) < m.cfg.KeyCacheTTL {
+			return c, nil
+		}
+	}
+	h, err := m.find(s, id, true)
+	if err != nil {
+		return cachedKey{}, err
+	}
+	k, err := m.describe(s, h, id)
+	if err != nil {
+		return cachedKey{}, err
+	}
+	c := cachedKey{h: h, key: k, gen: s.gen, at: time.Now()}
+	if m.cfg.KeyCacheTTL > 0 {
+		m.cacheMu.Lock()
+		m.cache[id] = c
+		m.cacheMu.Unlock()
+	}
+	return c, nil
+}
+
+// find returns the one secret key labelled label. Several keys with one label are a
+// configuration error of the token, reported as such rather than picking one.
+func (m *Manager) find(s *session, label string, token bool) (p11.ObjectHandle, error) {
+	tmpl := []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+		p11.NewAttribute(p11.CKA_LABEL, label),
+	}
+	if token {
+		tmpl = append(tmpl, p11.NewAttribute(p11.CKA_TOKEN, true))
+	}
+	if err := m.ctx.FindObjectsInit(s.h, tmpl); err != nil {
+		return 0, err
+	}
+	hs, _, err := m.ctx.FindObjects(s.h, 2)
+	if ferr := m.ctx.FindObjectsFinal(s.h); err == nil {
+		err = ferr
+	}
+	switch {
+	case err != nil:
+		return 0, err
+	case len(hs) == 0:
+		return 0, fmt.Errorf("%w: no secret key labelled %q", keyman.ErrKeyNotFound, label)
+	case len(hs) > 1:
+		return 0, fmt.Errorf("pkcs11: several secret keys are labelled %q; a label must name exactly one key", label)
+	}
+	return hs[0], nil
+}
+
+var usageAttrs = []struct {
+	attr uint
+	name string
+}{
+	{p11.CKA_ENCRYPT, "ENCRYPT"}, {p11.CKA_DECRYPT, "DECRYPT"}, {p11.CKA_SIGN, "SIGN"},
+	{p11.CKA_VERIFY, "VERIFY"}, {p11.CKA_WRAP, "WRAP"}, {p11.CKA_UNWRAP, "UNWRAP"},
+	{p11.CKA_DERIVE, "DERIVE"},
+}
+
+func ulong(b []byte) uint64 {
+	switch len(b) {
+	case 8:
+		return binary.NativeEndian.Uint64(b)
+	case 4:
+		return uint64(binary.NativeEndian.Uint32(b))
+	}
+	return 0
+}
+
+func (m *Manager) describe(s *session, h p11.ObjectHandle, id string) (keyman.Key, error) {
+	tmpl := []*p11.Attribute{p11.NewAttribute(p11.CKA_KEY_TYPE, nil), p11.NewAttribute(p11.CKA_VALUE_LEN, nil)}
+	for _, u := range usageAttrs {
+		tmpl = append(tmpl, p11.NewAttribute(u.attr, nil))
+	}
+	attrs, err := m.ctx.GetAttributeValue(s.h, h, tmpl)
+	if err != nil {
+		// Some modules refuse the whole template for one unsupported attribute: ask
+		// again for what GetKeyMetadata needs.
+		if attrs, err = m.ctx.GetAttributeValue(s.h, h, tmpl[:4]); err != nil {
+			return keyman.Key{}, err
+		}
+	}
+	k := keyman.Key{ID: id, Enabled: true, Usage: []string{}}
+	var keyType, valueLen uint64
+	for _, a := range attrs {
+		switch a.Type {
+		case p11.CKA_KEY_TYPE:
+			keyType = ulong(a.Value)
+		case p11.CKA_VALUE_LEN:
+			valueLen = ulong(a.Value)
+		default:
+			for _, u := range usageAttrs {
+				if a.Type == u.attr && len(a.Value) == 1 && a.Value[0] != 0 {
+					k.Usage = append(k.Usage, u.name)
+				}
+			}
+		}
+	}
+	if keyType == p11.CKK_AES {
+		k.Spec = fmt.Sprintf("AES_%d", valueLen*8)
+	} else {
+		k.Spec = fmt.Sprintf("CKK_0x%X_%d", keyType, valueLen*8)
+	}
+	return k, nil
+}
+
+// Describe reads the key's type, length and usage flags. PKCS#11 keys have no
+// disabled state; the proxy's configuration can disable them.
+func (m *Manager) Describe(ctx context.Context, id string) (keyman.Key, error) {
+	var k keyman.Key
+	err := m.do(ctx, id, func(s *session) error {
+		c, err := m.resolve(s, id)
+		k = c.key
+		return err
+	})
+	return k, err
+}
+
+func mapCryptoErr(err error, decrypt bool) error {
+	c, ok := code(err)
+	if !ok {
+		return err
+	}
+	switch c {
+	case p11.CKR_KEY_FUNCTION_NOT_PERMITTED, p11.CKR_KEY_TYPE_INCONSISTENT:
+		return fmt.Errorf("%w: %v", keyman.ErrKeyUsage, err)
+	}
+	if decrypt {
+		switch c {
+		// SoftHSM2 answers a wrong tag with CKR_GENERAL_ERROR, nShield with
+		// CKR_FUNCTION_FAILED, PKCS#11 3.0 modules with CKR_AEAD_DECRYPT_FAILED.
+		case p11.CKR_ENCRYPTED_DATA_INVALID, p11.CKR_ENCRYPTED_DATA_LEN_RANGE,
+			p11.CKR_FUNCTION_FAILED, p11.CKR_GENERAL_ERROR, 0x35:
+			return fmt.Errorf("%w: %v", keyman.ErrInvalidCiphertext, err)
+		}
+	}
+	if classify(err) != keep {
+		return err // let do() recover
+	}
+	return fmt.Errorf("%w: %v", keyman.ErrUnavailable, err)
+}
+
+// Encrypt runs CKM_AES_GCM with a 12-byte IV drawn by the proxy and splits the tag
+// the token appends.
+func (m *Manager) Encrypt(ctx context.Context, id string, plaintext, aad []byte) (keyman.Sealed, error) {
+	iv := make([]byte, 12)
+	if _, err := io.ReadFull(m.cfg.Rand, iv); err != nil {
+		return keyman.Sealed{}, fmt.Errorf("%w: random: %v", keyman.ErrUnavailable, err)
+	}
+	var out []byte
+	err := m.do(ctx, id, func(s *session) error {
+		c, err := m.resolve(s, id)
+		if err != nil {
+			return err
+		}
+		out, err = m.gcm(s, c.h, iv, aad, plaintext, false)
+		return mapCryptoErr(err, false)
+	})
+	if err != nil {
+		return keyman.Sealed{}, err
+	}
+	if len(out) != len(plaintext)+16 {
+		return keyman.Sealed{}, fmt.Errorf("%w: token returned %d bytes for %d of plaintext", keyman.ErrUnavailable, len(out), len(plaintext))
+	}
+	n := len(plaintext)
+	return keyman.Sealed{IV: iv, Ciphertext: out[:n:n], Tag: out[n:]}, nil
+}
+
+// Decrypt appends the tag to the ciphertext for CKM_AES_GCM.
+func (m *Manager) Decrypt(ctx context.Context, id string, iv, ciphertext, tag, aad []byte) ([]byte, error) {
+	in := make([]byte, 0, len(ciphertext)+len(tag))
+	in = append(append(in, ciphertext...), tag...)
+	var out []byte
+	err := m.do(ctx, id, func(s *session) error {
+		c, err := m.resolve(s, id)
+		if err != nil {
+			return err
+		}
+		out, err = m.gcm(s, c.h, iv, aad, in, true)
+		return mapCryptoErr(err, true)
+	})
+	return out, err
+}
+
+func (m *Manager) gcm(s *session, h p11.ObjectHandle, iv, aad, in []byte, decrypt bool) ([]byte, error) {
+	params := p11.NewGCMParams(iv, aad, 128)
+	defer params.Free()
+	mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}
+	if decrypt {
+		if err := m.ctx.DecryptInit(s.h, mech, h); err != nil {
+			return nil, err
+		}
+		return m.ctx.Decrypt(s.h, in)
+	}
+	if err := m.ctx.EncryptInit(s.h, mech, h); err != nil {
+		return nil, err
+	}
+	return m.ctx.Encrypt(s.h, in)
+}
+
+// Health proves the token can do AES-GCM: with the configured health key, or with an
+// ephemeral session key generated for the check and destroyed after it.
+func (m *Manager) Health(ctx context.Context) keyman.Health {
+	start := time.Now()
+	var ti p11.TokenInfo
+	err := m.do(ctx, "", func(s *session) error {
+		var err error
+		m.mu.Lock()
+		slot := m.slot
+		m.mu.Unlock()
+		if ti, err = m.ctx.GetTokenInfo(slot); err != nil {
+			return err
+		}
+		var h p11.ObjectHandle
+		if m.cfg.HealthKeyLabel != "" {
+			if h, err = m.find(s, m.cfg.HealthKeyLabel, true); err != nil {
+				return err
+			}
+		} else {
+			if h, err = m.ctx.GenerateKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)},
+				[]*p11.Attribute{
+					p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+					p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
+					p11.NewAttribute(p11.CKA_VALUE_LEN, 32),
+					p11.NewAttribute(p11.CKA_TOKEN, false),
+					p11.NewAttribute(p11.CKA_ENCRYPT, true),
+					p11.NewAttribute(p11.CKA_DECRYPT, true),
+					p11.NewAttribute(p11.CKA_SENSITIVE, true),
+					p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+					p11.NewAttribute(p11.CKA_LABEL, "xks-proxy-health-ephemeral"),
+				}); err != nil {
+				return err
+			}
+			defer m.ctx.DestroyObject(s.h, h)
+		}
+		probe, iv := make([]byte, 32), make([]byte, 12)
+		io.ReadFull(m.cfg.Rand, probe)
+		io.ReadFull(m.cfg.Rand, iv)
+		ct, err := m.gcm(s, h, iv, []byte("xks-proxy health"), probe, false)
+		if err != nil {
+			return err
+		}
+		pt, err := m.gcm(s, h, iv, []byte("xks-proxy health"), ct, true)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(pt, probe) {
+			return errors.New("pkcs11: health round trip returned different bytes")
+		}
+		return nil
+	})
+	m.mu.Lock()
+	tok := m.token
+	m.mu.Unlock()
+	if err == nil {
+		tok = ti
+	}
+	ekm := keyman.EKM{
+		ID: strings.TrimSpace(m.cfg.TokenLabel) + "/" + strings.TrimSpace(tok.SerialNumber),
+		Model: fmt.Sprintf("%s fw %d.%d hw %d.%d", strings.TrimSpace(tok.Model),
+			tok.FirmwareVersion.Major, tok.FirmwareVersion.Minor, tok.HardwareVersion.Major, tok.HardwareVersion.Minor),
+		Status: keyman.Active,
+	}
+	switch {
+	case err != nil:
+		ekm.Status, ekm.Detail = keyman.Unavailable, err.Error()
+	case time.Since(start) > 100*time.Millisecond:
+		ekm.Status, ekm.Detail = keyman.Degraded, fmt.Sprintf("health round trip took %v", time.Since(start))
+	}
+	vendor := strings.TrimSpace(tok.ManufacturerID)
+	if vendor == "" {
+		vendor = "unknown PKCS#11 vendor"
+	}
+	return keyman.Health{Vendor: vendor, EKMs: []keyman.EKM{ekm}}
+}
+
+// Close closes the pooled sessions and releases the module.
+func (m *Manager) Close() error {
+	for {
+		select {
+		case s := <-m.idle:
+			m.ctx.CloseSession(s.h)
+			continue
+		default:
+		}
+		break
+	}
+	releaseModule(m.cfg.Module)
+	return nil
+}
+
+// KeySpec describes a key for CreateKey.
+type KeySpec struct {
+	Label            string
+	Encrypt, Decrypt bool
+	Material         []byte // nil: generate a random key in the token
+}
+
+// CreateKey creates an AES-256 token key on the configured token. It exists for tests
+// and provisioning; the proxy itself never creates keys.
+func CreateKey(cfg Config, spec KeySpec) error {
+	m, err := Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return m.do(context.Background(), "", func(s *session) error {
+		tmpl := []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+			p11.NewAttribute(p11.CKA_PRIVATE, true),
+			p11.NewAttribute(p11.CKA_LABEL, spec.Label),
+			p11.NewAttribute(p11.CKA_ENCRYPT, spec.Encrypt),
+			p11.NewAttribute(p11.CKA_DECRYPT, spec.Decrypt),
+			p11.NewAttribute(p11.CKA_SIGN, false),
+			p11.NewAttribute(p11.CKA_VERIFY, false),
+			p11.NewAttribute(p11.CKA_WRAP, false),
+			p11.NewAttribute(p11.CKA_UNWRAP, false),
+			p11.NewAttribute(p11.CKA_SENSITIVE, true),
+			p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+		}
+		if spec.Material != nil {
+			_, err := m.ctx.CreateObject(s.h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, spec.Material)))
+			return err
+		}
+		_, err := m.ctx.GenerateKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)},
+			append(tmpl, p11.NewAttribute(p11.CKA_VALUE_LEN, 32)))
+		return err
+	})
+}
