@@ -8,6 +8,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 // CreateKey creates a symmetric encryption key with AES-256 material made
@@ -42,12 +43,12 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if in.MultiRegion != nil && *in.MultiRegion {
 		return nil, exc("UnsupportedOperationException", "Multi-Region keys are not supported by kmsd yet.")
 	}
-	policy := defaultPolicy(c.Account)
+	keyPolicy := policy.DefaultKeyPolicy(c.Account)
 	if in.Policy != nil {
-		if err := checkPolicy(*in.Policy); err != nil {
+		if err := checkPolicy(c, *in.Policy, in.BypassPolicyLockoutSafetyCheck); err != nil {
 			return nil, err
 		}
-		policy = *in.Policy
+		keyPolicy = *in.Policy
 	}
 	tags, err := checkTags(nil, in.Tags)
 	if err != nil {
@@ -73,7 +74,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		KeySpec:     spec,
 		Origin:      origin,
 		State:       keys.Enabled,
-		Policy:      policy,
+		Policy:      keyPolicy,
 		Tags:        tags,
 		Current:     1,
 	}

@@ -2,41 +2,45 @@ package kms
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
-// defaultPolicy is the key policy AWS writes when CreateKey has none:
-// the account's root may do everything, so IAM policies decide.
-func defaultPolicy(account string) string {
-	return `{
-  "Version" : "2012-10-17",
-  "Id" : "key-default-1",
-  "Statement" : [ {
-    "Sid" : "Enable IAM User Permissions",
-    "Effect" : "Allow",
-    "Principal" : {
-      "AWS" : "arn:aws:iam::` + account + `:root"
-    },
-    "Action" : "kms:*",
-    "Resource" : "*"
-  } ]
-}`
-}
-
-// checkPolicy accepts a document that is a JSON object with a Statement.
-// Evaluation of policies is the access-control issue's; here a document
-// must at least parse, as AWS rejects malformed ones.
-func checkPolicy(doc string) error {
-	var p struct {
-		Statement json.RawMessage `json:"Statement"`
+// checkPolicy applies CreateKey's and PutKeyPolicy's rules to a key
+// policy document: the size limit, the policy language, and — unless the
+// caller bypasses it — the lockout safety check (the new policy must still
+// let the caller change it). Enforcement of policies on requests is the
+// access-control issue's.
+func checkPolicy(c *Caller, doc string, bypass *bool) error {
+	if err := policy.CheckKeyPolicySize(doc); err != nil {
+		return exc("LimitExceededException", "The key policy exceeds the maximum size of 32768 bytes.")
 	}
-	if err := json.Unmarshal([]byte(doc), &p); err != nil || len(p.Statement) == 0 {
-		return exc("MalformedPolicyDocumentException", "The new key policy will not allow you to update the key policy in the future.")
+	p, err := policy.Parse(doc, policy.KeyPolicy)
+	if err != nil {
+		return exc("MalformedPolicyDocumentException", policyMessage(err))
+	}
+	if bypass != nil && *bypass {
+		return nil
+	}
+	principal, err := policy.PrincipalFromARN(c.ARN)
+	if err != nil {
+		principal = policy.RootPrincipal(c.Account)
+	}
+	if err := policy.CheckLockout(p, policy.NewRequest(principal, "kms:PutKeyPolicy", "*")); err != nil {
+		return exc("MalformedPolicyDocumentException", policyMessage(err))
 	}
 	return nil
+}
+
+func policyMessage(err error) string {
+	var pe *policy.Error
+	if errors.As(err, &pe) {
+		return pe.Message
+	}
+	return "The policy is malformed."
 }
 
 func policyName(p *string) error {
@@ -70,7 +74,7 @@ func (s *Service) PutKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.PutKey
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}
-	if err := checkPolicy(*in.Policy); err != nil {
+	if err := checkPolicy(c, *in.Policy, in.BypassPolicyLockoutSafetyCheck); err != nil {
 		return nil, err
 	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {

@@ -16,6 +16,13 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 	if in.PendingWindowInDays != nil {
 		days = *in.PendingWindowInDays
 	}
+	// The model allows 1–365; the service allows 7–30.
+	switch {
+	case days < 7:
+		return nil, validation("Value '" + itoa(int(days)) + "' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value greater than or equal to 7")
+	case days > 30:
+		return nil, validation("Value '" + itoa(int(days)) + "' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value less than or equal to 30")
+	}
 	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
 	if err != nil {
 		return nil, err

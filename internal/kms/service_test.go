@@ -14,6 +14,7 @@ import (
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -325,4 +326,36 @@ func TestKeysAreScopedToRegion(t *testing.T) {
 	other.Region = "eu-west-1"
 	_, err := f.svc.DescribeKey(context.Background(), &other, &kmsapi.DescribeKeyRequest{KeyId: &id})
 	wantException(t, err, "NotFoundException")
+}
+
+func TestKeyPolicyRules(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	got, err := f.svc.GetKeyPolicy(ctx, f.caller, &kmsapi.GetKeyPolicyRequest{KeyId: &id})
+	if err != nil || *got.Policy != policy.DefaultKeyPolicy("111122223333") {
+		t.Fatalf("default policy = %v, %v", got, err)
+	}
+	tests := []struct {
+		name, doc string
+		bypass    bool
+		want      string
+	}{
+		{"not json", "{", false, "MalformedPolicyDocumentException"},
+		{"locks the caller out", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:*","Resource":"*"}]}`, false, "MalformedPolicyDocumentException"},
+		{"lockout bypassed", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:*","Resource":"*"}]}`, true, ""},
+		{"allows the account", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kms:*","Resource":"*"}]}`, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.svc.PutKeyPolicy(ctx, f.caller, &kmsapi.PutKeyPolicyRequest{KeyId: &id, Policy: &tt.doc, BypassPolicyLockoutSafetyCheck: &tt.bypass})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantException(t, err, tt.want)
+		})
+	}
 }
