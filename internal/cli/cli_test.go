@@ -1,0 +1,210 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmsd/kmsd/internal/cli/model"
+)
+
+// TestShorthand checks the parser against results the aws CLI's own
+// ShorthandParser produced for the same inputs (testdata/shorthand.json).
+func TestShorthand(t *testing.T) {
+	raw, err := os.ReadFile("testdata/shorthand.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []struct {
+		In  string          `json:"in"`
+		Out json.RawMessage `json:"out"`
+		Err string          `json:"err"`
+	}
+	if err := json.Unmarshal(raw, &cases); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		t.Run(c.In, func(t *testing.T) {
+			got, err := ParseShorthand(c.In)
+			if c.Err != "" {
+				if err == nil || err.Error() != c.Err {
+					t.Fatalf("error %v, want %q", err, c.Err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error %v", err)
+			}
+			var b strings.Builder
+			pyJSON(&b, got, -1, false)
+			want, _ := decodeJSON(c.Out)
+			var w strings.Builder
+			pyJSON(&w, want, -1, false)
+			if b.String() != w.String() {
+				t.Errorf("got %s, want %s", b.String(), w.String())
+			}
+		})
+	}
+}
+
+// TestKebab checks the option and command names against botocore's
+// xform_name for every name in the kms and cloudhsmv2 models.
+func TestKebab(t *testing.T) {
+	raw, err := os.ReadFile("testdata/xform_names.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		name, want, _ := strings.Cut(line, " ")
+		if got := kebab(name); got != want {
+			t.Errorf("kebab(%q) = %q, want %q", name, got, want)
+		}
+	}
+}
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	rc := Run(context.Background(), args, Env{Stdout: &o, Stderr: &e})
+	return o.String(), e.String(), rc
+}
+
+// TestParams covers option parsing up to the request: file:// and
+// fileb://, shorthand for lists of structures, JSON, booleans, and
+// --cli-input-json merging (command-line values win), using
+// --generate-cli-skeleton output with --query to show the parameters.
+func TestParams(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "policy.json"), []byte(`{"Version":"2012-10-17"}`), 0o600)
+	os.WriteFile(filepath.Join(dir, "bin"), []byte{0, 0xff, 1}, 0o600)
+	os.WriteFile(filepath.Join(dir, "in.json"), []byte(`{"Description":"file","KeyUsage":"SIGN_VERIFY","Tags":[{"TagKey":"a","TagValue":"b"}]}`), 0o600)
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "none"))
+	c := newOpCommand(model.KMS, model.KMS.Op("CreateKey"))
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // JSON of the built parameters
+	}{
+		{"file", []string{"--policy", "file://" + filepath.Join(dir, "policy.json")}, `{"Policy": "{\"Version\":\"2012-10-17\"}"}`},
+		{"shorthand list of structures", []string{"--tags", "TagKey=a,TagValue=b", "TagKey=c,TagValue=d"}, `{"Tags": [{"TagKey": "a", "TagValue": "b"}, {"TagKey": "c", "TagValue": "d"}]}`},
+		{"json list", []string{"--tags", `[{"TagKey":"a","TagValue":"b"}]`}, `{"Tags": [{"TagKey": "a", "TagValue": "b"}]}`},
+		{"booleans", []string{"--multi-region", "--no-bypass-policy-lockout-safety-check"}, `{"BypassPolicyLockoutSafetyCheck": false, "MultiRegion": true}`},
+		{"cli-input-json merged under the command line", []string{"--cli-input-json", "file://" + filepath.Join(dir, "in.json"), "--description", "cmdline"}, `{"Description": "cmdline", "KeyUsage": "SIGN_VERIFY", "Tags": [{"TagKey": "a", "TagValue": "b"}]}`},
+		{"cli-input-yaml", []string{"--cli-input-yaml", "Description: y\nMultiRegion: true\n"}, `{"Description": "y", "MultiRegion": true}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := c.parse(tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			params, err := c.buildParams(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b strings.Builder
+			pyJSON(&b, params, -1, false)
+			if b.String() != tc.want {
+				t.Errorf("got %s\nwant %s", b.String(), tc.want)
+			}
+		})
+	}
+	t.Run("fileb blob", func(t *testing.T) {
+		e := newOpCommand(model.KMS, model.KMS.Op("Encrypt"))
+		p, err := e.parse([]string{"--key-id", "k", "--plaintext", "fileb://" + filepath.Join(dir, "bin")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		params, _ := e.buildParams(p)
+		v, err := e.decodeBlobs(model.KMS.Shape("EncryptRequest"), params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := v.(*Object).M["Plaintext"]; !bytes.Equal(got.([]byte), []byte{0, 0xff, 1}) {
+			t.Errorf("Plaintext = %v", got)
+		}
+		var b strings.Builder
+		pyJSON(&b, serialize(model.KMS, model.KMS.Shape("EncryptRequest"), v), -1, false)
+		if want := `{"KeyId": "k", "Plaintext": "AP8B"}`; b.String() != want {
+			t.Errorf("body %s, want %s", b.String(), want)
+		}
+	})
+	t.Run("missing file", func(t *testing.T) {
+		_, stderr, rc := run(t, "kms", "create-key", "--policy", "file:///nonexistent/p.json")
+		if rc != 252 || stderr != "\nError parsing parameter '--policy': Unable to load paramfile file:///nonexistent/p.json: [Errno 2] No such file or directory: '/nonexistent/p.json'\n" {
+			t.Errorf("rc %d stderr %q", rc, stderr)
+		}
+	})
+}
+
+// TestQuery checks JMESPath results and the key order of what they build.
+func TestQuery(t *testing.T) {
+	resp, _ := decodeJSON([]byte(`{"Keys":[{"KeyId":"b","KeyArn":"arn:b"},{"KeyId":"a","KeyArn":"arn:a"}],"Truncated":false,"Count":2}`))
+	for _, tc := range []struct{ expr, want string }{
+		{"Keys[0]", `{"KeyId": "b", "KeyArn": "arn:b"}`},
+		{"Keys[].KeyId", `["b", "a"]`},
+		{"Keys[].{Z: KeyId, A: KeyArn}", `[{"Z": "b", "A": "arn:b"}, {"Z": "a", "A": "arn:a"}]`},
+		{"sort_by(Keys, &KeyId)[0].KeyId", `"a"`},
+		{"length(Keys)", `2`},
+		{"Count", `2`},
+		{"Truncated", `false`},
+		{"Keys[?KeyId=='a'] | [0].KeyArn", `"arn:a"`},
+		{"Missing", `null`},
+	} {
+		t.Run(tc.expr, func(t *testing.T) {
+			q, err := compileQuery(tc.expr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := q.search(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b strings.Builder
+			pyJSON(&b, v, -1, false)
+			if b.String() != tc.want {
+				t.Errorf("got %s, want %s", b.String(), tc.want)
+			}
+		})
+	}
+	if _, err := compileQuery("foo("); err == nil || !strings.Contains(err.Error(), "Bad value for --query foo(: Invalid jmespath expression: Incomplete expression:\n\"foo(\"\n     ^") {
+		t.Errorf("bad query error: %v", err)
+	}
+}
+
+// TestExitCodes covers the aws CLI's exit codes that need no server.
+func TestExitCodes(t *testing.T) {
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	for _, tc := range []struct {
+		name string
+		args []string
+		rc   int
+		err  string
+	}{
+		{"missing required", []string{"kms", "describe-key"}, 252, "kmsctl: error: the following arguments are required: --key-id\n\n"},
+		{"unknown option", []string{"kms", "describe-key", "--key-id", "k", "--nope"}, 252, "\nUnknown options: --nope\n\n"},
+		{"bad int", []string{"kms", "generate-random", "--number-of-bytes", "x", "--region", "us-east-1"}, 255, "\ninvalid literal for int() with base 10: 'x'\n"},
+		{"no region", []string{"kms", "list-keys", "--region", ""}, 253, "You must specify a region"},
+		{"no credentials", []string{"kms", "list-keys", "--region", "us-east-1"}, 253, "\nUnable to locate credentials. You can configure credentials by running \"aws configure\".\n"},
+		{"cannot connect", []string{"kms", "list-keys", "--region", "us-east-1", "--no-sign-request", "--endpoint-url", "http://127.0.0.1:1"}, 255, "\nCould not connect to the endpoint URL: \"http://127.0.0.1:1/\"\n"},
+		{"skeleton", []string{"kms", "connect-custom-key-store", "--generate-cli-skeleton"}, 0, ""},
+		{"help", []string{"kms", "describe-key", "help"}, 0, ""},
+		{"completion", []string{"completion", "bash"}, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, rc := run(t, tc.args...)
+			if rc != tc.rc || !strings.Contains(stderr, tc.err) {
+				t.Errorf("rc %d stderr %q; want rc %d containing %q", rc, stderr, tc.rc, tc.err)
+			}
+		})
+	}
+}

@@ -1,0 +1,150 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"sort"
+	"strings"
+
+	jmespath "github.com/jmespath-community/go-jmespath"
+	"github.com/jmespath-community/go-jmespath/pkg/parsing"
+)
+
+// query is a compiled --query expression. JMESPath runs on plain Go maps;
+// query keeps what it needs to give the result back the key order Python
+// would have: the order of the response's own objects, and the order a
+// multi-select hash names its keys in.
+type query struct {
+	expr   string
+	jp     jmespath.JMESPath
+	hashes [][]string // key lists of the expression's multi-select hashes
+}
+
+func compileQuery(expr string) (*query, error) {
+	jp, err := jmespath.Compile(expr)
+	if err != nil {
+		// Python jmespath's wording: the kind of error, the expression,
+		// and a caret under the place it went wrong.
+		kind, off := "Invalid token", len(expr)
+		var se parsing.SyntaxError
+		if errors.As(err, &se) {
+			off = se.Offset
+		}
+		if off >= len(expr) {
+			kind, off = "Incomplete expression", len(expr)
+		}
+		return nil, &paramError{fmt.Sprintf("Bad value for --query %s: Invalid jmespath expression: %s:\n\"%s\"\n%s^", expr, kind, expr, strings.Repeat(" ", off+1))}
+	}
+	q := &query{expr: expr, jp: jp}
+	if ast, err := parsing.NewParser().Parse(expr); err == nil {
+		q.collect(ast)
+	}
+	return q, nil
+}
+
+func (q *query) collect(n parsing.ASTNode) {
+	if n.NodeType == parsing.ASTMultiSelectHash {
+		var keys []string
+		for _, c := range n.Children {
+			if k, ok := c.Value.(string); ok {
+				keys = append(keys, k)
+			}
+		}
+		q.hashes = append(q.hashes, keys)
+	}
+	for _, c := range n.Children {
+		q.collect(c)
+	}
+}
+
+// search applies the query to v (a response in kmsctl's value types).
+func (q *query) search(v any) (any, error) {
+	orders := map[uintptr][]string{}
+	plain := toPlain(v, orders)
+	res, err := q.jp.Search(plain)
+	if err != nil {
+		return nil, &generalError{err.Error()}
+	}
+	return q.fromPlain(res, orders), nil
+}
+
+func toPlain(v any, orders map[uintptr][]string) any {
+	switch t := v.(type) {
+	case *Object:
+		m := make(map[string]any, t.Len())
+		for _, k := range t.Keys {
+			m[k] = toPlain(t.M[k], orders)
+		}
+		orders[reflect.ValueOf(m).Pointer()] = t.Keys
+		return m
+	case []any:
+		l := make([]any, len(t))
+		for i := range t {
+			l[i] = toPlain(t[i], orders)
+		}
+		return l
+	case int64:
+		return float64(t)
+	case []byte:
+		return string(t)
+	}
+	return v
+}
+
+func (q *query) fromPlain(v any, orders map[uintptr][]string) any {
+	switch t := v.(type) {
+	case map[string]any:
+		keys, ok := orders[reflect.ValueOf(t).Pointer()]
+		if !ok || len(keys) != len(t) {
+			keys = q.orderFor(t)
+		}
+		o := NewObject()
+		for _, k := range keys {
+			if val, ok := t[k]; ok {
+				o.Set(k, q.fromPlain(val, orders))
+			}
+		}
+		return o
+	case []any:
+		l := make([]any, len(t))
+		for i := range t {
+			l[i] = q.fromPlain(t[i], orders)
+		}
+		return l
+	case float64:
+		if t == math.Trunc(t) && math.Abs(t) < 1<<53 {
+			return int64(t)
+		}
+	case int:
+		return int64(t)
+	}
+	return v
+}
+
+// orderFor picks the key order of a map the query built: a multi-select
+// hash's own order when the keys match one, else sorted.
+func (q *query) orderFor(m map[string]any) []string {
+	for _, h := range q.hashes {
+		if len(h) != len(m) {
+			continue
+		}
+		all := true
+		for _, k := range h {
+			if _, ok := m[k]; !ok {
+				all = false
+				break
+			}
+		}
+		if all {
+			return h
+		}
+	}
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
