@@ -25,8 +25,9 @@ func metadata(k *catalog.Key) *kmsapi.KeyMetadata {
 		MultiRegion:           kmsapi.Bool(false),
 	}
 	if k.DeletionDate != nil {
+		// PendingDeletionWindowInDays is only for multi-Region primary
+		// keys in PendingReplicaDeletion, which kmsd does not have.
 		m.DeletionDate = kmsapi.NewTime(*k.DeletionDate)
-		m.PendingDeletionWindowInDays = kmsapi.Int32(k.PendingWindowInDays)
 	}
 	return m
 }
