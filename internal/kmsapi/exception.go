@@ -17,12 +17,11 @@ func NewException(name, message string) *Exception {
 
 // statusOverrides holds the statuses that differ from the rule in Status.
 var statusOverrides = map[string]int{
-	"DryRunOperationException":            412,
-	"DependencyTimeoutException":          503,
-	"ServiceUnavailable":                  503,
-	"ThrottlingException":                 400,
-	"MissingAuthenticationTokenException": 403,
-	"RequestEntityTooLargeException":      413,
+	"DryRunOperationException":       412,
+	"DependencyTimeoutException":     503,
+	"ServiceUnavailable":             503,
+	"ThrottlingException":            400,
+	"RequestEntityTooLargeException": 413,
 }
 
 // Status is the HTTP status an exception travels with: 400 for every
