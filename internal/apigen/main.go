@@ -444,7 +444,7 @@ func (g *gen) checks(expr, path, shapeName string, required, elem bool) {
 		}
 	case "map":
 		if g.hasChecks(s.Key.Shape) || g.hasChecks(s.Value.Shape) {
-			g.p("\t\tfor k, mv := range %s {\n\t\t\t_ = k\n", val)
+			g.p("\t\tfor k, mv := range %s {\n\t\t\t_, _ = k, mv\n", val)
 			if g.hasChecks(s.Key.Shape) {
 				g.checks("k", fmt.Sprintf("%s+\".\"+k+\".key\"", path), s.Key.Shape, false, true)
 			}

@@ -107,8 +107,12 @@ func (r *runner) run(ctx context.Context, args []string) (int, error) {
 		return exitOK, nil
 	case "completion":
 		return r.completion(rest[1:])
+	case "audit":
+		return r.audit(ctx, rest[1:])
 	case "__complete":
 		return r.complete(rest[1:])
+	case "cloudhsm-cli": // [hsm] cloudhsmcli.go
+		return r.cloudhsmCLI(ctx, rest[1:])
 	}
 	svc, ok := model.Services[rest[0]]
 	if !ok {

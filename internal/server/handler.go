@@ -5,9 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
+	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -27,6 +30,12 @@ type api struct {
 	account  string          // default account (emulator mode)
 	log      *slog.Logger
 	metrics  *metrics
+	hsm      *hsmServer // [hsm] HSM clusters (cloudhsm.go); nil: off
+
+	audit *audit.Logger // nil: no audit log
+	// iamVerifier and stsVerifier check requests to the IAM and STS APIs
+	// (credential scopes naming iam and sts).
+	iamVerifier, stsVerifier *sigv4.Verifier
 }
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -38,7 +47,10 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reqID := uuid.NewString()
+	rec := newRecord(r, reqID)
+	defer a.audit.Log(rec)
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
+		rec.ErrorCode = "UnknownOperationException"
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "UnknownOperationException", Message: "", Status: 404})
 		return
 	}
@@ -48,54 +60,81 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	*bp = body
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
-			a.fail(w, reqID, "", &awsjson.Error{Code: "RequestEntityTooLargeException", Message: "Request body exceeds the maximum of 1048576 bytes.", Status: 413})
+			a.fail(w, rec, "", &awsjson.Error{Code: "RequestEntityTooLargeException", Message: "Request body exceeds the maximum of 1048576 bytes.", Status: 413})
 			return
 		}
-		a.fail(w, reqID, "", &awsjson.Error{Code: "SerializationException", Message: "Could not read request body.", Status: 400})
+		a.fail(w, rec, "", &awsjson.Error{Code: "SerializationException", Message: "Could not read request body.", Status: 400})
 		return
 	}
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+		a.serveQuery(w, r, body, rec) // IAM and STS (awsQuery protocol)
+		return
+	}
+	// [hsm] CloudHSM v2 (BaldrApiService.*) and admin (KmsdAdmin.*) targets: cloudhsm.go.
+	if a.serveHSM(w, r, body, reqID) {
+		return
+	}
+	rec.EventSource = "kms.amazonaws.com"
 
 	res, err := a.verifier.Verify(r, body)
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
-			a.fail(w, reqID, "", &awsjson.Error{Code: se.Code, Message: se.Message, Status: kmsapi.Status(se.Code)})
+			a.fail(w, rec, "", &awsjson.Error{Code: se.Code, Message: se.Message, Status: kmsapi.Status(se.Code)})
 			return
 		}
-		a.fail(w, reqID, "", &awsjson.Error{Code: "InternalFailure", Status: 500})
+		a.fail(w, rec, "", &awsjson.Error{Code: "InternalFailure", Status: 500})
 		return
 	}
-	caller := kms.Caller{Account: a.account, Region: res.Region, RequestID: reqID}
+	caller := kms.Caller{Account: a.account, Region: res.Region, RequestID: reqID, SourceIP: rec.SourceIPAddress, SecureTransport: r.TLS != nil}
+	rec.AWSRegion = res.Region
 	if a.ids != nil {
-		p, ok := a.ids.Principal(res.AccessKeyID)
-		if !ok { // removed between verification and now
-			a.fail(w, reqID, "", &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
+		id, ok := a.ids.Identity(res.AccessKeyID)
+		if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) { // removed between verification and now, or a bad token
+			a.fail(w, rec, "", &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
 			return
 		}
-		caller.Account, caller.ARN = p.Account, p.ARN
+		caller.Account, caller.ARN = id.Principal.Account, id.Principal.ARN
+		caller.Principal, caller.Policies = id.Principal, id.Policies
+		setIdentity(rec, id)
 	} else {
+		// Emulator mode: every caller is the account's root, allowed
+		// everything in its account.
 		caller.ARN = identity.Root(a.account).ARN
+		caller.Trusted = true
+		setRoot(rec, a.account, res.AccessKeyID)
 	}
 
 	opName, ok := awsjson.Target(r.Header.Get("X-Amz-Target"), kmsapi.TargetPrefix)
 	if !ok || kmsapi.Operations[opName] == nil {
-		a.fail(w, reqID, "", &awsjson.Error{Code: "UnknownOperationException", Status: 400})
+		a.fail(w, rec, "", &awsjson.Error{Code: "UnknownOperationException", Status: 400})
 		return
 	}
+	rec.EventName = opName
+	rec.ReadOnly = readOnly(opName)
 	h, ok := handlers[opName]
 	if !ok {
-		a.fail(w, reqID, opName, &awsjson.Error{Code: "UnsupportedOperationException", Message: "kmsd does not support " + opName + " yet.", Status: 400})
+		if err := a.svc.AuthorizeUnsupported(&caller, opName); err != nil {
+			a.fail(w, rec, opName, a.wireError(opName, reqID, err))
+			return
+		}
+		a.fail(w, rec, opName, &awsjson.Error{Code: "UnsupportedOperationException", Message: "kmsd does not support " + opName + " yet.", Status: 400})
 		return
 	}
 	in, err := h.decode(body)
 	if err != nil {
-		a.fail(w, reqID, opName, a.wireError(opName, reqID, err))
+		a.fail(w, rec, opName, a.wireError(opName, reqID, err))
 		return
 	}
+	rec.Params = in
 	out, err := h.call(r.Context(), a.svc, &caller, in)
+	setResources(rec, &caller)
 	if err != nil {
-		a.fail(w, reqID, opName, a.wireError(opName, reqID, err))
+		a.fail(w, rec, opName, a.wireError(opName, reqID, err))
 		return
+	}
+	if !rec.ReadOnly {
+		rec.Response = out
 	}
 	a.metrics.ok(opName)
 	awsjson.WriteJSON(w, reqID, out)
@@ -115,10 +154,27 @@ func (a *api) wireError(op, reqID string, err error) *awsjson.Error {
 	return &awsjson.Error{Code: e.Name, Message: e.Message, Status: kmsapi.Status(e.Name)}
 }
 
-func (a *api) fail(w http.ResponseWriter, reqID, op string, e *awsjson.Error) {
+func (a *api) fail(w http.ResponseWriter, rec *audit.Record, op string, e *awsjson.Error) {
 	a.metrics.fail(op, e.Code)
-	a.log.Debug("request failed", "op", op, "requestId", reqID, "code", e.Code)
-	awsjson.WriteError(w, reqID, e)
+	a.log.Debug("request failed", "op", op, "requestId", rec.RequestID, "code", e.Code)
+	rec.ErrorCode, rec.ErrorMessage = e.Code, e.Message
+	awsjson.WriteError(w, rec.RequestID, e)
+}
+
+// newRecord starts the audit record of a request.
+func newRecord(r *http.Request, reqID string) *audit.Record {
+	ip := r.RemoteAddr
+	if i := strings.LastIndexByte(ip, ':'); i >= 0 {
+		ip = strings.Trim(ip[:i], "[]")
+	}
+	return &audit.Record{
+		Time:            time.Now(),
+		RequestID:       reqID,
+		EventID:         uuid.NewString(),
+		SourceIPAddress: ip,
+		UserAgent:       r.UserAgent(),
+		ManagementEvent: true,
+	}
 }
 
 var errTooLarge = errors.New("body too large")

@@ -50,6 +50,14 @@ type Config struct {
 	AdminSecret   string // KMSD_ADMIN_SECRET_ACCESS_KEY
 	MetricsListen string // empty: no metrics listener
 	SweepInterval time.Duration
+	// AuditLog is the audit log file: default <data-dir>/audit.log, "-"
+	// for standard output, "off" for none. AuditLogMaxSize is the size
+	// at which it is rotated (default 100 MiB).
+	AuditLog        string
+	AuditLogMaxSize int64
+	// IAMConfig is an optional TOML file declaring accounts and
+	// identities (see identity.Config); it is read again on SIGHUP.
+	IAMConfig string
 }
 
 // Validate checks c and fills defaults.
@@ -126,6 +134,20 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	svc := kms.New(cat, kms.WithLogger(log))
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
 	a.verifier = &sigv4.Verifier{Service: "kms", Now: time.Now, MaxSkew: 5 * time.Minute}
+	a.iamVerifier = &sigv4.Verifier{Service: "iam", Now: time.Now, MaxSkew: 5 * time.Minute}
+	a.stsVerifier = &sigv4.Verifier{Service: "sts", Now: time.Now, MaxSkew: 5 * time.Minute}
+	auditLog, closeAudit, err := openAudit(cfg, out, log)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	// Deferred first, so it runs last: every request has been answered
+	// and its record queued before the log is flushed and synced.
+	defer func() {
+		if err := closeAudit(); err != nil {
+			log.Error("audit log close", "err", err)
+		}
+	}()
+	a.audit = auditLog
 
 	var profileFile string
 	if cfg.Auth == "verify" {
@@ -136,9 +158,27 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		if profileFile, err = bootstrapAdmin(ctx, cfg, ids); err != nil {
 			return err
 		}
+		if err := grantAdmin(ctx, cfg, ids); err != nil {
+			return err
+		}
+		if cfg.IAMConfig != "" {
+			if err := loadIAMConfig(ctx, cfg.IAMConfig, ids); err != nil {
+				return err
+			}
+			stopReload := reloadOnHUP(ctx, cfg.IAMConfig, ids, log)
+			defer stopReload()
+		}
 		a.ids = ids
 		a.verifier.Lookup = ids
+		a.iamVerifier.Lookup = ids
+		a.stsVerifier.Lookup = ids
 	}
+	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
+	stopHSM, err := a.startHSM(ctx, cfg, store, b, log)
+	if err != nil {
+		return err
+	}
+	defer stopHSM()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

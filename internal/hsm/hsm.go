@@ -1,0 +1,258 @@
+// Package hsm runs kmsd's HSM clusters, the backing store of CloudHSM key
+// stores. A cluster is a set of HSMs; an HSM is a PKCS#11 token. With the
+// built-in SoftHSM2 provider kmsd creates a token per HSM itself (under its
+// data directory), assigns it the Availability Zone of its subnet, and keeps
+// the cluster's crypto user and keys in sync across its HSMs, so that a new
+// HSM receives the cluster's keys as a CloudHSM HSM does.
+//
+// The package serves three audiences:
+//
+//   - the CloudHSM v2 API subset (CreateCluster, DescribeClusters,
+//     InitializeCluster, CreateHsm, DeleteHsm, DeleteCluster, tags), whose
+//     methods take and return hsmapi wire shapes, with the cluster and HSM
+//     states of the real service and small, configurable delays for the
+//     asynchronous steps;
+//   - the CloudHSM CLI side (cluster activation, crypto users, login and
+//     logout, key list and delete), reached through kmsd's admin API;
+//   - the key store layer above, which creates non-extractable AES-256 keys
+//     in a cluster, encrypts and decrypts with CKM_AES_GCM, draws random
+//     bytes and deletes keys, and gets typed errors (ErrUnreachable,
+//     ErrNoActiveHSM, ErrKeyNotFound, ErrNotLoggedIn, ErrPINLocked, …) to map
+//     to connection error codes and exceptions.
+//
+// Users map onto the token roles: the cluster's admin ("cluster activate
+// --password") is the token's Security Officer, and the one crypto user
+// (kmsuser) is the token's user, whose PIN is really checked with C_Login and
+// changed with C_SetPIN on every HSM. SoftHSM2 keeps no failed-login counter,
+// so kmsd keeps one per crypto user (persisted) and refuses logins after
+// five failures until the admin resets the password.
+//
+// Key material never leaves the HSMs in clear. Each cluster has a masking
+// key (sealed by the barrier in kmsd's store and imported, non-extractable,
+// into every HSM); a new key is generated inside one HSM, wrapped under the
+// masking key, made non-extractable, and unwrapped (non-extractable) into
+// every other HSM. The wrapped copy stays in kmsd's store, which is how a
+// new HSM receives the cluster's keys — the part CloudHSM does with its own
+// HSM-to-HSM synchronisation.
+package hsm
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Errors of the key, user and token operations, for the layer above to map
+// to ConnectionErrorCodes and exceptions. Test with errors.Is.
+var (
+	// ErrUnavailable: this build has no PKCS#11 (built without cgo), or the
+	// module cannot be loaded.
+	ErrUnavailable = errors.New("hsm: PKCS#11 is unavailable")
+	// ErrClusterNotFound: no cluster with that id in the account and Region.
+	ErrClusterNotFound = errors.New("hsm: cluster not found")
+	// ErrClusterNotActive: the cluster is not ACTIVE (not yet activated).
+	ErrClusterNotActive = errors.New("hsm: cluster not active")
+	// ErrNoActiveHSM: the cluster has no HSM in state ACTIVE.
+	ErrNoActiveHSM = errors.New("hsm: no active HSM in the cluster")
+	// ErrUnreachable: an HSM (its token) cannot be reached.
+	ErrUnreachable = errors.New("hsm: HSM unreachable")
+	// ErrKeyNotFound: no key with that label in the cluster.
+	ErrKeyNotFound = errors.New("hsm: key not found")
+	// ErrKeyExists: a key with that label exists already.
+	ErrKeyExists = errors.New("hsm: key already exists")
+	// ErrUserNotFound: no such user in the cluster.
+	ErrUserNotFound = errors.New("hsm: user not found")
+	// ErrUserExists: the user exists already, or the provider's one
+	// crypto-user slot is taken.
+	ErrUserExists = errors.New("hsm: user already exists")
+	// ErrInvalidCredentials: wrong password.
+	ErrInvalidCredentials = errors.New("hsm: invalid credentials")
+	// ErrPINLocked: the user is locked out after too many failed logins.
+	ErrPINLocked = errors.New("hsm: user locked out")
+	// ErrNotLoggedIn: the operation needs the crypto user logged in.
+	ErrNotLoggedIn = errors.New("hsm: user not logged in")
+	// ErrUserLoggedIn: the user is logged in, which the operation forbids.
+	ErrUserLoggedIn = errors.New("hsm: user logged in")
+	// ErrInvalidRequest: the request does not fit the cluster's state or
+	// the operation's rules; the wrapping error says why.
+	ErrInvalidRequest = errors.New("hsm: invalid request")
+)
+
+// MaxFailedLogins is how many consecutive failed logins lock a user out,
+// as CloudHSM does.
+const MaxFailedLogins = 5
+
+// DefaultModule is where Debian's softhsm2 package installs SoftHSM2.
+const DefaultModule = "/usr/lib/softhsm/libsofthsm2.so"
+
+// Config configures a Service.
+type Config struct {
+	// Dir is the HSM directory, normally <data-dir>/hsm: the SoftHSM2
+	// configuration (softhsm2.conf) and token directory live there.
+	Dir string
+	// Module is the SoftHSM2 PKCS#11 module; DefaultModule when empty.
+	Module string
+	// CreateDelay is how long a new cluster stays CREATE_IN_PROGRESS and a
+	// new HSM at least CREATE_IN_PROGRESS; InitializeDelay how long a
+	// cluster stays INITIALIZE_IN_PROGRESS; DeleteDelay how long a
+	// cluster or HSM stays DELETE_IN_PROGRESS. Zero means immediately
+	// (still asynchronously).
+	CreateDelay, InitializeDelay, DeleteDelay time.Duration
+	Rand                                      io.Reader        // crypto/rand when nil
+	Now                                       func() time.Time // time.Now when nil
+	Logger                                    *slog.Logger
+}
+
+// Caller is who calls a CloudHSM v2 operation: resources belong to an
+// account and Region.
+type Caller struct {
+	Account string
+	Region  string
+}
+
+// Cluster states (spec §13.3).
+const (
+	ClusterCreateInProgress     = "CREATE_IN_PROGRESS"
+	ClusterUninitialized        = "UNINITIALIZED"
+	ClusterInitializeInProgress = "INITIALIZE_IN_PROGRESS"
+	ClusterInitialized          = "INITIALIZED"
+	ClusterActive               = "ACTIVE"
+	ClusterDegraded             = "DEGRADED"
+	ClusterDeleteInProgress     = "DELETE_IN_PROGRESS"
+	ClusterDeleted              = "DELETED"
+)
+
+// HSM states (spec §13.3).
+const (
+	HSMCreateInProgress = "CREATE_IN_PROGRESS"
+	HSMActive           = "ACTIVE"
+	HSMDegraded         = "DEGRADED"
+	HSMDeleteInProgress = "DELETE_IN_PROGRESS"
+	HSMDeleted          = "DELETED"
+)
+
+// User roles, named as the CloudHSM CLI names them.
+const (
+	RoleAdmin      = "admin"
+	RoleCryptoUser = "crypto-user"
+)
+
+// record is the stored form of a cluster: one storage record per cluster
+// holds its HSMs, users, keys and tags, so that every change to a cluster
+// is one atomic write. Secrets are sealed by the barrier with their own
+// record path as associated data.
+type record struct {
+	ID            string            `json:"id"`
+	Account       string            `json:"account"`
+	Region        string            `json:"region"`
+	Created       time.Time         `json:"created"`
+	HsmType       string            `json:"hsmType"`
+	Mode          string            `json:"mode,omitempty"`
+	NetworkType   string            `json:"networkType"`
+	RetentionDays string            `json:"retentionDays"`
+	State         string            `json:"state"`
+	StateMessage  string            `json:"stateMessage,omitempty"`
+	Subnets       map[string]string `json:"subnets"` // AZ -> subnet id
+	SubnetOrder   []string          `json:"subnetOrder"`
+	VpcID         string            `json:"vpcId"`
+	SecurityGroup string            `json:"securityGroup"`
+	HSMs          []hsmRecord       `json:"hsms,omitempty"`
+	Tags          []tag             `json:"tags,omitempty"`
+	CSR           string            `json:"csr,omitempty"`
+	CSRKey        []byte            `json:"csrKey,omitempty"` // sealed PKCS#8
+	ClusterCert   string            `json:"clusterCert,omitempty"`
+	TrustAnchor   string            `json:"trustAnchor,omitempty"`
+	SOPIN         []byte            `json:"soPin,omitempty"`   // sealed; random until activation, then the admin password
+	Masking       []byte            `json:"masking,omitempty"` // sealed masking key
+	Users         []userRecord      `json:"users,omitempty"`
+	Keys          []keyRecord       `json:"keys,omitempty"`
+	NextIP        int               `json:"nextIp,omitempty"`
+}
+
+type hsmRecord struct {
+	ID           string    `json:"id"`
+	AZ           string    `json:"az"`
+	SubnetID     string    `json:"subnetId"`
+	EniID        string    `json:"eniId"`
+	EniIP        string    `json:"eniIp"`
+	State        string    `json:"state"`
+	StateMessage string    `json:"stateMessage,omitempty"`
+	Created      time.Time `json:"created"`
+}
+
+// label is the PKCS#11 token label of the HSM: its id, which is unique
+// and fits the 32 bytes of CK_TOKEN_INFO.label.
+func (h *hsmRecord) label() string { return h.ID }
+
+type tag struct {
+	Key   string `json:"k"`
+	Value string `json:"v"`
+}
+
+type userRecord struct {
+	Name         string    `json:"name"`
+	Role         string    `json:"role"`
+	Password     []byte    `json:"password"` // sealed
+	FailedLogins int       `json:"failedLogins,omitempty"`
+	Created      time.Time `json:"created"`
+}
+
+type keyRecord struct {
+	Label   string    `json:"label"`
+	Wrapped []byte    `json:"wrapped"` // wrapped by the masking key (CKM_AES_KEY_WRAP_PAD)
+	Created time.Time `json:"created"`
+}
+
+func (r *record) hsm(id string) *hsmRecord {
+	for i := range r.HSMs {
+		if r.HSMs[i].ID == id {
+			return &r.HSMs[i]
+		}
+	}
+	return nil
+}
+
+func (r *record) activeHSMs() []hsmRecord {
+	var out []hsmRecord
+	for _, h := range r.HSMs {
+		if h.State == HSMActive {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func (r *record) user(name string) *userRecord {
+	for i := range r.Users {
+		if r.Users[i].Name == name {
+			return &r.Users[i]
+		}
+	}
+	return nil
+}
+
+func (r *record) cryptoUser() *userRecord {
+	for i := range r.Users {
+		if r.Users[i].Role == RoleCryptoUser {
+			return &r.Users[i]
+		}
+	}
+	return nil
+}
+
+func (r *record) key(label string) *keyRecord {
+	for i := range r.Keys {
+		if r.Keys[i].Label == label {
+			return &r.Keys[i]
+		}
+	}
+	return nil
+}
+
+// Secret record paths: the associated data each sealed value is bound to.
+func recordPath(id string) string     { return "hsm/cluster/" + id }
+func soPINPath(id string) string      { return recordPath(id) + "/so-pin" }
+func maskingPath(id string) string    { return recordPath(id) + "/masking-key" }
+func csrKeyPath(id string) string     { return recordPath(id) + "/csr-key" }
+func userPath(id, name string) string { return recordPath(id) + "/user/" + name }

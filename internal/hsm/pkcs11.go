@@ -1,0 +1,681 @@
+//go:build cgo
+
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+
+	p11 "github.com/miekg/pkcs11"
+)
+
+// Available reports whether this build can use PKCS#11.
+const Available = true
+
+// A PKCS#11 library has process-wide state (C_Initialize reads, for
+// SoftHSM2, SOFTHSM2_CONF once), so one module path is loaded once per
+// process and shared.
+var (
+	modMu   sync.Mutex
+	modules = map[string]*module{}
+)
+
+// module is the tokens of one PKCS#11 library.
+type module struct {
+	path string
+	ctx  *p11.Ctx
+	refs int
+
+	mu     sync.Mutex
+	tokens map[string]*token // by label, while found
+	pins   map[string]string // user PIN of each token this process logged in to
+}
+
+// token is one found token: its slot, an anchor session that holds the
+// user's login (PKCS#11 logs a token out when its last session closes) and
+// idle sessions.
+type token struct {
+	slot   uint
+	anchor p11.SessionHandle
+	logged bool
+	idle   []p11.SessionHandle
+}
+
+const maxIdle = 8
+
+func openTokens(path string) (tokens, error) {
+	modMu.Lock()
+	defer modMu.Unlock()
+	if m, ok := modules[path]; ok {
+		m.refs++
+		return m, nil
+	}
+	ctx := p11.New(path)
+	if ctx == nil {
+		return nil, fmt.Errorf("%w: cannot load PKCS#11 module %s", ErrUnavailable, path)
+	}
+	if err := ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		ctx.Destroy()
+		return nil, fmt.Errorf("%w: C_Initialize of %s: %v", ErrUnavailable, path, err)
+	}
+	m := &module{path: path, ctx: ctx, refs: 1, tokens: map[string]*token{}, pins: map[string]string{}}
+	modules[path] = m
+	return m, nil
+}
+
+func (m *module) Close() error {
+	modMu.Lock()
+	defer modMu.Unlock()
+	if m.refs--; m.refs > 0 {
+		return nil
+	}
+	delete(modules, m.path)
+	m.mu.Lock()
+	for l := range m.tokens {
+		m.dropLocked(l)
+	}
+	m.mu.Unlock()
+	m.ctx.Finalize()
+	m.ctx.Destroy()
+	return nil
+}
+
+func isCode(err error, code uint) bool {
+	var e p11.Error
+	return errors.As(err, &e) && uint(e) == code
+}
+
+// mapErr turns a PKCS#11 error into this package's sentinels, keeping the
+// PKCS#11 text as the cause.
+func mapErr(err error) error {
+	var e p11.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	switch uint(e) {
+	case p11.CKR_PIN_INCORRECT, p11.CKR_PIN_INVALID, p11.CKR_PIN_LEN_RANGE:
+		return fmt.Errorf("%w: %v", ErrInvalidCredentials, err)
+	case p11.CKR_PIN_LOCKED:
+		return fmt.Errorf("%w: %v", ErrPINLocked, err)
+	case p11.CKR_USER_NOT_LOGGED_IN:
+		return fmt.Errorf("%w: %v", ErrNotLoggedIn, err)
+	case p11.CKR_USER_PIN_NOT_INITIALIZED:
+		return fmt.Errorf("%w: %v", ErrUserNotFound, err)
+	case p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_REMOVED, p11.CKR_SLOT_ID_INVALID,
+		p11.CKR_TOKEN_NOT_RECOGNIZED, p11.CKR_DEVICE_ERROR, p11.CKR_CRYPTOKI_NOT_INITIALIZED:
+		return fmt.Errorf("%w: %v", ErrUnreachable, err)
+	}
+	return fmt.Errorf("hsm: %w", err)
+}
+
+// retryable reports whether err means the session or the token changed
+// under us (a token that went away and came back), so that the token is
+// found again and the call retried once.
+func retryable(err error) bool {
+	var e p11.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch uint(e) {
+	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_TOKEN_NOT_PRESENT,
+		p11.CKR_DEVICE_REMOVED, p11.CKR_SLOT_ID_INVALID, p11.CKR_TOKEN_NOT_RECOGNIZED,
+		p11.CKR_DEVICE_ERROR, p11.CKR_OBJECT_HANDLE_INVALID, p11.CKR_KEY_HANDLE_INVALID,
+		p11.CKR_USER_NOT_LOGGED_IN:
+		return true
+	}
+	return false
+}
+
+// findSlot returns the slot of the initialised token labelled label.
+func (m *module) findSlot(label string) (uint, error) {
+	slots, err := m.ctx.GetSlotList(true)
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	for _, s := range slots {
+		ti, err := m.ctx.GetTokenInfo(s)
+		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		if strings.TrimRight(ti.Label, " \x00") == label {
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: no token labelled %q", ErrUnreachable, label)
+}
+
+// tokenLocked finds label's token (again, after a drop), restoring the
+// user's login when this process had logged in. Callers hold m.mu.
+func (m *module) tokenLocked(label string) (*token, error) {
+	if t, ok := m.tokens[label]; ok {
+		return t, nil
+	}
+	slot, err := m.findSlot(label)
+	if err != nil {
+		return nil, err
+	}
+	t := &token{slot: slot}
+	if pin, ok := m.pins[label]; ok {
+		h, err := m.ctx.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		if err := m.ctx.Login(h, p11.CKU_USER, pin); err != nil && !isCode(err, p11.CKR_USER_ALREADY_LOGGED_IN) {
+			// The PIN changed behind our back: stay logged out.
+			m.ctx.CloseSession(h)
+			delete(m.pins, label)
+		} else {
+			t.anchor, t.logged = h, true
+		}
+	}
+	m.tokens[label] = t
+	return t, nil
+}
+
+// dropLocked forgets label's token and closes its sessions (which logs the
+// token out in this process).
+func (m *module) dropLocked(label string) {
+	t, ok := m.tokens[label]
+	if !ok {
+		return
+	}
+	for _, h := range t.idle {
+		m.ctx.CloseSession(h)
+	}
+	if t.logged {
+		m.ctx.CloseSession(t.anchor)
+	}
+	delete(m.tokens, label)
+}
+
+// with runs fn on a pooled read-write session of label's token. If the
+// session or the token went away, the token is found again and fn retried
+// once, so a token that comes back is picked up.
+func (m *module) with(ctx context.Context, label string, fn func(h p11.SessionHandle) error) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		if e := ctx.Err(); e != nil {
+			return fmt.Errorf("%w: %v", ErrUnreachable, e)
+		}
+		var t *token
+		var h p11.SessionHandle
+		m.mu.Lock()
+		t, err = m.tokenLocked(label)
+		if err == nil {
+			if n := len(t.idle); n > 0 {
+				h, t.idle = t.idle[n-1], t.idle[:n-1]
+			} else if h, err = m.ctx.OpenSession(t.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION); err != nil {
+				m.dropLocked(label)
+			}
+		}
+		m.mu.Unlock()
+		if err != nil {
+			if attempt == 0 && retryable(err) {
+				continue
+			}
+			return mapErr(err)
+		}
+		err = fn(h)
+		m.mu.Lock()
+		switch {
+		case err != nil && retryable(err) && !isCode(err, p11.CKR_USER_NOT_LOGGED_IN):
+			m.ctx.CloseSession(h)
+			m.dropLocked(label)
+		case m.tokens[label] == t && len(t.idle) < maxIdle:
+			t.idle = append(t.idle, h)
+		default:
+			m.ctx.CloseSession(h)
+		}
+		m.mu.Unlock()
+		if err == nil || !retryable(err) || isCode(err, p11.CKR_USER_NOT_LOGGED_IN) {
+			break
+		}
+	}
+	if err != nil {
+		return mapErr(err)
+	}
+	return nil
+}
+
+func (m *module) InitToken(ctx context.Context, label, soPIN string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, err := m.findSlot(label); err == nil {
+		return fmt.Errorf("%w: a token labelled %q exists", ErrInvalidRequest, label)
+	}
+	slots, err := m.ctx.GetSlotList(true)
+	if err != nil {
+		return mapErr(err)
+	}
+	for _, s := range slots {
+		ti, err := m.ctx.GetTokenInfo(s)
+		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 {
+			continue
+		}
+		if err := m.ctx.InitToken(s, soPIN, label); err != nil {
+			return mapErr(err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: the module has no free slot for a new token", ErrUnreachable)
+}
+
+// DeleteToken removes a SoftHSM2 token with softhsm2-util, which deletes its
+// directory; the module notices at its next slot scan. Tokens of other
+// modules are left alone (an HSM is not ours to erase).
+func (m *module) DeleteToken(ctx context.Context, label string) error {
+	m.mu.Lock()
+	m.dropLocked(label)
+	delete(m.pins, label)
+	m.mu.Unlock()
+	if !strings.Contains(m.path, "softhsm") {
+		return nil
+	}
+	util, err := exec.LookPath("softhsm2-util")
+	if err != nil {
+		return fmt.Errorf("hsm: delete token %s: softhsm2-util not found", label)
+	}
+	cmd := exec.CommandContext(ctx, util, "--delete-token", "--token", label)
+	cmd.Env = os.Environ()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("hsm: softhsm2-util --delete-token %s: %v: %s", label, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (m *module) Present(ctx context.Context, label string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, err := m.findSlot(label)
+	if err != nil {
+		m.dropLocked(label)
+	}
+	return err
+}
+
+// soSession runs fn in a fresh session logged in as the SO; the user must
+// not be logged in at the same time, so a user login of this process is
+// suspended around it and restored afterwards.
+func (m *module) soSession(ctx context.Context, label, soPIN string, fn func(h p11.SessionHandle) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	pin, wasLogged := m.pins[label]
+	m.dropLocked(label)
+	slot, err := m.findSlot(label)
+	if err != nil {
+		return err
+	}
+	h, err := m.ctx.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if err != nil {
+		return mapErr(err)
+	}
+	err = m.ctx.Login(h, p11.CKU_SO, soPIN)
+	if err == nil {
+		err = fn(h)
+		m.ctx.Logout(h)
+	}
+	m.ctx.CloseSession(h)
+	if wasLogged {
+		m.pins[label] = pin
+	}
+	if err != nil {
+		return mapErr(err)
+	}
+	return nil
+}
+
+func (m *module) SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error {
+	return m.soSession(ctx, label, oldPIN, func(h p11.SessionHandle) error {
+		return m.ctx.SetPIN(h, oldPIN, newPIN)
+	})
+}
+
+func (m *module) InitUserPIN(ctx context.Context, label, soPIN, pin string) error {
+	err := m.soSession(ctx, label, soPIN, func(h p11.SessionHandle) error {
+		return m.ctx.InitPIN(h, pin)
+	})
+	if err == nil {
+		m.mu.Lock()
+		if _, ok := m.pins[label]; ok {
+			m.pins[label] = pin
+			m.dropLocked(label) // log in again with the new PIN
+		}
+		m.mu.Unlock()
+	}
+	return err
+}
+
+func (m *module) UserPINInitialized(ctx context.Context, label string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	slot, err := m.findSlot(label)
+	if err != nil {
+		return false, err
+	}
+	ti, err := m.ctx.GetTokenInfo(slot)
+	if err != nil {
+		return false, mapErr(err)
+	}
+	return ti.Flags&p11.CKF_USER_PIN_INITIALIZED != 0, nil
+}
+
+func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) error {
+	err := m.with(ctx, label, func(h p11.SessionHandle) error {
+		return m.ctx.SetPIN(h, oldPIN, newPIN)
+	})
+	if err == nil {
+		m.mu.Lock()
+		if _, ok := m.pins[label]; ok {
+			m.pins[label] = newPIN
+		}
+		m.mu.Unlock()
+	}
+	return err
+}
+
+func (m *module) Login(ctx context.Context, label, pin string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t, err := m.tokenLocked(label)
+	if err != nil {
+		return err
+	}
+	if t.logged {
+		// Already logged in (C_Login would answer
+		// CKR_USER_ALREADY_LOGGED_IN without looking at the PIN): check
+		// the PIN with C_SetPIN(pin, pin), which verifies the old PIN.
+		h, err := m.ctx.OpenSession(t.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+		if err != nil {
+			m.dropLocked(label)
+			return mapErr(err)
+		}
+		defer m.ctx.CloseSession(h)
+		if err := m.ctx.SetPIN(h, pin, pin); err != nil {
+			return mapErr(err)
+		}
+		m.pins[label] = pin
+		return nil
+	}
+	h, err := m.ctx.OpenSession(t.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if err != nil {
+		m.dropLocked(label)
+		return mapErr(err)
+	}
+	if err := m.ctx.Login(h, p11.CKU_USER, pin); err != nil && !isCode(err, p11.CKR_USER_ALREADY_LOGGED_IN) {
+		m.ctx.CloseSession(h)
+		return mapErr(err)
+	}
+	t.anchor, t.logged = h, true
+	m.pins[label] = pin
+	return nil
+}
+
+func (m *module) Logout(ctx context.Context, label string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t, ok := m.tokens[label]; ok && t.logged {
+		m.ctx.Logout(t.anchor)
+	}
+	delete(m.pins, label)
+	m.dropLocked(label)
+	return nil
+}
+
+// findKey returns the token's secret keys labelled keyLabel.
+func (m *module) findKey(h p11.SessionHandle, keyLabel string) ([]p11.ObjectHandle, error) {
+	tmpl := []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_LABEL, keyLabel),
+	}
+	if err := m.ctx.FindObjectsInit(h, tmpl); err != nil {
+		return nil, err
+	}
+	hs, _, err := m.ctx.FindObjects(h, 16)
+	if ferr := m.ctx.FindObjectsFinal(h); err == nil {
+		err = ferr
+	}
+	return hs, err
+}
+
+func (m *module) oneKey(h p11.SessionHandle, keyLabel string) (p11.ObjectHandle, error) {
+	hs, err := m.findKey(h, keyLabel)
+	if err != nil {
+		return 0, err
+	}
+	if len(hs) == 0 {
+		return 0, fmt.Errorf("%w: no key labelled %q", ErrKeyNotFound, keyLabel)
+	}
+	return hs[0], nil
+}
+
+// requireLogin reports ErrNotLoggedIn unless this process holds the user's
+// login on label (public sessions would otherwise silently see no private
+// objects).
+func (m *module) requireLogin(label string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.pins[label]; !ok {
+		return fmt.Errorf("%w: token %s", ErrNotLoggedIn, label)
+	}
+	return nil
+}
+
+func aesTemplate(keyLabel string, extractable bool) []*p11.Attribute {
+	return []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
+		p11.NewAttribute(p11.CKA_SENSITIVE, true),
+		p11.NewAttribute(p11.CKA_EXTRACTABLE, extractable),
+		p11.NewAttribute(p11.CKA_ENCRYPT, true),
+		p11.NewAttribute(p11.CKA_DECRYPT, true),
+		p11.NewAttribute(p11.CKA_WRAP, false),
+		p11.NewAttribute(p11.CKA_UNWRAP, false),
+		p11.NewAttribute(p11.CKA_LABEL, keyLabel),
+	}
+}
+
+var wrapMech = []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}
+
+func (m *module) ImportMasking(ctx context.Context, label string, material []byte) error {
+	if err := m.requireLogin(label); err != nil {
+		return err
+	}
+	return m.with(ctx, label, func(h p11.SessionHandle) error {
+		hs, err := m.findKey(h, maskingLabel)
+		if err != nil || len(hs) > 0 {
+			return err
+		}
+		_, err = m.ctx.CreateObject(h, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+			p11.NewAttribute(p11.CKA_PRIVATE, true),
+			p11.NewAttribute(p11.CKA_SENSITIVE, true),
+			p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+			p11.NewAttribute(p11.CKA_ENCRYPT, false),
+			p11.NewAttribute(p11.CKA_DECRYPT, false),
+			p11.NewAttribute(p11.CKA_WRAP, true),
+			p11.NewAttribute(p11.CKA_UNWRAP, true),
+			p11.NewAttribute(p11.CKA_LABEL, maskingLabel),
+			p11.NewAttribute(p11.CKA_VALUE, material),
+		})
+		return err
+	})
+}
+
+func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byte, error) {
+	if err := m.requireLogin(label); err != nil {
+		return nil, err
+	}
+	var wrapped []byte
+	err := m.with(ctx, label, func(h p11.SessionHandle) error {
+		mk, err := m.oneKey(h, maskingLabel)
+		if err != nil {
+			return err
+		}
+		// Generated extractable only so that it can be wrapped under the
+		// masking key for the other HSMs, then made non-extractable at
+		// once (PKCS#11 allows only that direction).
+		tmpl := append(aesTemplate(keyLabel, true), p11.NewAttribute(p11.CKA_VALUE_LEN, 32))
+		k, err := m.ctx.GenerateKey(h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, tmpl)
+		if err != nil {
+			return err
+		}
+		w, err := m.ctx.WrapKey(h, wrapMech, mk, k)
+		if err == nil {
+			err = m.ctx.SetAttributeValue(h, k, []*p11.Attribute{p11.NewAttribute(p11.CKA_EXTRACTABLE, false)})
+		}
+		if err != nil {
+			m.ctx.DestroyObject(h, k)
+			return err
+		}
+		wrapped = w
+		return nil
+	})
+	return wrapped, err
+}
+
+func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped []byte) error {
+	if err := m.requireLogin(label); err != nil {
+		return err
+	}
+	return m.with(ctx, label, func(h p11.SessionHandle) error {
+		hs, err := m.findKey(h, keyLabel)
+		if err != nil || len(hs) > 0 {
+			return err
+		}
+		mk, err := m.oneKey(h, maskingLabel)
+		if err != nil {
+			return err
+		}
+		tmpl := aesTemplate(keyLabel, false)
+		_, err = m.ctx.UnwrapKey(h, wrapMech, mk, wrapped, tmpl)
+		return err
+	})
+}
+
+func (m *module) HasKey(ctx context.Context, label, keyLabel string) (bool, error) {
+	if err := m.requireLogin(label); err != nil {
+		return false, err
+	}
+	var found bool
+	err := m.with(ctx, label, func(h p11.SessionHandle) error {
+		hs, err := m.findKey(h, keyLabel)
+		found = len(hs) > 0
+		return err
+	})
+	return found, err
+}
+
+func (m *module) DestroyKey(ctx context.Context, label, keyLabel string) error {
+	if err := m.requireLogin(label); err != nil {
+		return err
+	}
+	return m.with(ctx, label, func(h p11.SessionHandle) error {
+		hs, err := m.findKey(h, keyLabel)
+		if err != nil {
+			return err
+		}
+		if len(hs) == 0 {
+			return fmt.Errorf("%w: no key labelled %q", ErrKeyNotFound, keyLabel)
+		}
+		for _, k := range hs {
+			if err := m.ctx.DestroyObject(h, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (m *module) ListKeys(ctx context.Context, label string) ([]string, error) {
+	if err := m.requireLogin(label); err != nil {
+		return nil, err
+	}
+	var out []string
+	err := m.with(ctx, label, func(h p11.SessionHandle) error {
+		out = out[:0]
+		tmpl := []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+		}
+		if err := m.ctx.FindObjectsInit(h, tmpl); err != nil {
+			return err
+		}
+		defer m.ctx.FindObjectsFinal(h)
+		for {
+			hs, _, err := m.ctx.FindObjects(h, 64)
+			if err != nil {
+				return err
+			}
+			if len(hs) == 0 {
+				return nil
+			}
+			for _, o := range hs {
+				attrs, err := m.ctx.GetAttributeValue(h, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil)})
+				if err != nil {
+					return err
+				}
+				if l := string(attrs[0].Value); l != maskingLabel {
+					out = append(out, l)
+				}
+			}
+		}
+	})
+	return out, err
+}
+
+func (m *module) crypt(ctx context.Context, label, keyLabel string, iv, in, aad []byte, encrypt bool) ([]byte, error) {
+	if err := m.requireLogin(label); err != nil {
+		return nil, err
+	}
+	var out []byte
+	err := m.with(ctx, label, func(h p11.SessionHandle) error {
+		k, err := m.oneKey(h, keyLabel)
+		if err != nil {
+			return err
+		}
+		params := p11.NewGCMParams(iv, aad, 128)
+		defer params.Free()
+		mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}
+		if encrypt {
+			if err := m.ctx.EncryptInit(h, mech, k); err != nil {
+				return err
+			}
+			out, err = m.ctx.Encrypt(h, in)
+			return err
+		}
+		if err := m.ctx.DecryptInit(h, mech, k); err != nil {
+			return err
+		}
+		out, err = m.ctx.Decrypt(h, in)
+		return err
+	})
+	return out, err
+}
+
+func (m *module) Encrypt(ctx context.Context, label, keyLabel string, iv, plaintext, aad []byte) ([]byte, error) {
+	return m.crypt(ctx, label, keyLabel, iv, plaintext, aad, true)
+}
+
+func (m *module) Decrypt(ctx context.Context, label, keyLabel string, iv, ciphertext, aad []byte) ([]byte, error) {
+	return m.crypt(ctx, label, keyLabel, iv, ciphertext, aad, false)
+}
+
+func (m *module) Random(ctx context.Context, label string, n int) ([]byte, error) {
+	var out []byte
+	err := m.with(ctx, label, func(h p11.SessionHandle) error {
+		var err error
+		out, err = m.ctx.GenerateRandom(h, n)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,304 @@
+package hsm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Service runs the HSM clusters of one kmsd process.
+type Service struct {
+	cfg     Config
+	store   storage.Store
+	barrier *barrier.Barrier
+	log     *slog.Logger
+	now     func() time.Time
+	rand    io.Reader
+
+	ctx    context.Context // ends at Close; bounds background steps
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.RWMutex
+	clusters map[string]*record // by id; records are never modified in place
+	locks    map[string]*sync.Mutex
+	// logins holds, per cluster, the clients logged in as its crypto
+	// user (kmsctl's CLI session, a key store, …).
+	logins map[string]map[string]bool
+
+	tokMu sync.Mutex
+	toks  tokens // the SoftHSM2 module, loaded on first use
+}
+
+// New opens the clusters kept in store and resumes their pending
+// asynchronous steps. The PKCS#11 module is loaded on first use, so kmsd
+// starts (and serves everything but HSM operations) without one.
+func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Config) (*Service, error) {
+	if cfg.Module == "" {
+		cfg.Module = DefaultModule
+	}
+	s := &Service{cfg: cfg, store: store, barrier: b, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
+		clusters: map[string]*record{}, locks: map[string]*sync.Mutex{}, logins: map[string]map[string]bool{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.rand == nil {
+		s.rand = rand.Reader
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	entries, err := store.List(ctx, "hsm/cluster/", "", 0)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: load clusters: %w", err)
+	}
+	for _, e := range entries {
+		r := new(record)
+		if err := json.Unmarshal(e.Value, r); err != nil {
+			return nil, fmt.Errorf("hsm: decode %s: %w", e.Key, err)
+		}
+		s.clusters[r.ID] = r
+	}
+	for _, r := range s.clusters {
+		s.resume(r)
+	}
+	return s, nil
+}
+
+// Close stops the background steps and releases the PKCS#11 module.
+func (s *Service) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	s.tokMu.Lock()
+	defer s.tokMu.Unlock()
+	if s.toks != nil {
+		return s.toks.Close()
+	}
+	return nil
+}
+
+// tokens loads the SoftHSM2 module once: it writes the process's one
+// softhsm2.conf (token directory under Dir) and points SOFTHSM2_CONF at it
+// before C_Initialize, which is when SoftHSM2 reads it.
+func (s *Service) tokens() (tokens, error) {
+	s.tokMu.Lock()
+	defer s.tokMu.Unlock()
+	if s.toks != nil {
+		return s.toks, nil
+	}
+	if !Available {
+		return nil, fmt.Errorf("%w: kmsd was built without cgo", ErrUnavailable)
+	}
+	if s.cfg.Dir != "" {
+		tokdir := filepath.Join(s.cfg.Dir, "tokens")
+		if err := os.MkdirAll(tokdir, 0o700); err != nil {
+			return nil, err
+		}
+		conf := filepath.Join(s.cfg.Dir, "softhsm2.conf")
+		body := "# written by kmsd: the token directory of its HSM clusters\n" +
+			"directories.tokendir = " + tokdir + "\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			return nil, err
+		}
+		os.Setenv("SOFTHSM2_CONF", conf)
+	}
+	t, err := openTokens(s.cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	s.toks = t
+	return t, nil
+}
+
+// SoftHSMConf is the softhsm2.conf kmsd's tokens are described by, for
+// tools (softhsm2-util, pkcs11-tool) that want to look at them.
+func (s *Service) SoftHSMConf() string { return filepath.Join(s.cfg.Dir, "softhsm2.conf") }
+
+func (s *Service) lock(id string) func() {
+	s.mu.Lock()
+	l, ok := s.locks[id]
+	if !ok {
+		l = new(sync.Mutex)
+		s.locks[id] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// get returns cluster id's record if it belongs to c's account and Region.
+func (s *Service) get(c Caller, id string) (*record, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.clusters[id]
+	if !ok || r.Account != c.Account || r.Region != c.Region {
+		return nil, false
+	}
+	return r, true
+}
+
+// byID returns cluster id's record whatever its account (background steps).
+func (s *Service) byID(id string) (*record, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.clusters[id]
+	return r, ok
+}
+
+// list returns the records of c's account and Region, by id.
+func (s *Service) list(c Caller) []*record {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*record
+	for _, r := range s.clusters {
+		if r.Account == c.Account && r.Region == c.Region {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func clone(r *record) *record {
+	b, err := json.Marshal(r)
+	if err != nil {
+		panic(err)
+	}
+	out := new(record)
+	if err := json.Unmarshal(b, out); err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// put stores r durably and makes it current. Callers hold r's lock.
+func (s *Service) put(ctx context.Context, r *record, create bool) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if create {
+		err = s.store.Create(ctx, recordPath(r.ID), b)
+	} else {
+		err = s.store.Put(ctx, recordPath(r.ID), b)
+	}
+	if err != nil {
+		return fmt.Errorf("hsm: store cluster %s: %w", r.ID, err)
+	}
+	s.mu.Lock()
+	s.clusters[r.ID] = r
+	s.mu.Unlock()
+	return nil
+}
+
+// update applies fn to a copy of cluster id's record under its lock and
+// stores the result. An error from fn changes nothing.
+func (s *Service) update(ctx context.Context, id string, fn func(r *record) error) (*record, error) {
+	defer s.lock(id)()
+	cur, ok := s.byID(id)
+	if !ok {
+		return nil, ErrClusterNotFound
+	}
+	next := clone(cur)
+	if err := fn(next); err != nil {
+		return nil, err
+	}
+	if err := s.put(ctx, next, false); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// after runs fn in the background after d, unless the service closes.
+func (s *Service) after(d time.Duration, fn func(ctx context.Context)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if d > 0 {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				return
+			}
+		}
+		if s.ctx.Err() == nil {
+			fn(s.ctx)
+		}
+	}()
+}
+
+// resume schedules the pending steps of a record loaded at start.
+func (s *Service) resume(r *record) {
+	switch r.State {
+	case ClusterCreateInProgress:
+		s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCreate(ctx, r.ID) })
+	case ClusterInitializeInProgress:
+		s.after(s.cfg.InitializeDelay, func(ctx context.Context) { s.finishInitialize(ctx, r.ID) })
+	case ClusterDeleteInProgress:
+		s.after(s.cfg.DeleteDelay, func(ctx context.Context) { s.finishDeleteCluster(ctx, r.ID) })
+	}
+	for _, h := range r.HSMs {
+		switch h.State {
+		case HSMCreateInProgress:
+			id := h.ID
+			s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCreateHSM(ctx, r.ID, id) })
+		case HSMDeleteInProgress:
+			id := h.ID
+			s.after(s.cfg.DeleteDelay, func(ctx context.Context) { s.finishDeleteHSM(ctx, r.ID, id) })
+		}
+	}
+}
+
+// seal and open bind a secret to its record path.
+func (s *Service) seal(path string, secret []byte) ([]byte, error) {
+	return s.barrier.Seal(path, secret)
+}
+func (s *Service) open(path string, sealed []byte) ([]byte, error) {
+	if len(sealed) == 0 {
+		return nil, errors.New("hsm: no sealed value at " + path)
+	}
+	return s.barrier.Open(path, sealed)
+}
+
+func (s *Service) randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(s.rand, b); err != nil {
+		panic("hsm: randomness unavailable: " + err.Error())
+	}
+	return b
+}
+
+const idAlphabet = "abcdefghijklmnopqrstuvwxyz234567"
+
+// newID returns prefix + 11 characters of [a-z2-7], CloudHSM's id form.
+func (s *Service) newID(prefix string) string {
+	b := s.randomBytes(11)
+	for i := range b {
+		b[i] = idAlphabet[int(b[i])%len(idAlphabet)]
+	}
+	return prefix + string(b)
+}
+
+func (s *Service) newHex(prefix string, n int) string {
+	const hexdigits = "0123456789abcdef"
+	b := s.randomBytes(n)
+	for i := range b {
+		b[i] = hexdigits[b[i]%16]
+	}
+	return prefix + string(b)
+}

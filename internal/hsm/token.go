@@ -1,0 +1,61 @@
+package hsm
+
+import "context"
+
+// tokens is what the service needs from a PKCS#11 module: the tokens of
+// one module, addressed by label. The cgo build implements it on
+// github.com/miekg/pkcs11; the !cgo build's implementation reports
+// ErrUnavailable for everything. Errors are mapped to this package's
+// sentinels (ErrUnreachable, ErrInvalidCredentials, ErrKeyNotFound, …).
+type tokens interface {
+	// InitToken initialises a free slot's token as label with soPIN
+	// (C_InitToken).
+	InitToken(ctx context.Context, label, soPIN string) error
+	// DeleteToken removes the token (SoftHSM2: its directory).
+	DeleteToken(ctx context.Context, label string) error
+	// Present reports ErrUnreachable when no initialised token is label.
+	Present(ctx context.Context, label string) error
+	// SetSOPIN changes the SO PIN (C_Login as SO, C_SetPIN).
+	SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error
+	// InitUserPIN sets the user PIN as the SO (C_Login as SO, C_InitPIN):
+	// creates the user, or resets its password.
+	InitUserPIN(ctx context.Context, label, soPIN, pin string) error
+	// UserPINInitialized reports whether the token has a user.
+	UserPINInitialized(ctx context.Context, label string) (bool, error)
+	// SetUserPIN changes the user PIN from oldPIN (C_SetPIN); a wrong
+	// oldPIN is ErrInvalidCredentials.
+	SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) error
+	// Login logs the user in with pin (C_Login) and keeps the token logged
+	// in until Logout; when this process is logged in already, the PIN is
+	// still checked. A wrong pin is ErrInvalidCredentials.
+	Login(ctx context.Context, label, pin string) error
+	// Logout ends the user's login (C_Logout).
+	Logout(ctx context.Context, label string) error
+	// ImportMasking creates the cluster masking key from material unless
+	// the token has it. Needs the user logged in.
+	ImportMasking(ctx context.Context, label string, material []byte) error
+	// GenerateKey generates a non-extractable AES-256 key labelled
+	// keyLabel in the token and returns it wrapped under the masking key.
+	GenerateKey(ctx context.Context, label, keyLabel string) ([]byte, error)
+	// UnwrapKey creates keyLabel (non-extractable) from its wrapped form,
+	// unless the token has it.
+	UnwrapKey(ctx context.Context, label, keyLabel string, wrapped []byte) error
+	// HasKey reports whether the token holds keyLabel.
+	HasKey(ctx context.Context, label, keyLabel string) (bool, error)
+	// DestroyKey destroys keyLabel; a missing key is ErrKeyNotFound.
+	DestroyKey(ctx context.Context, label, keyLabel string) error
+	// ListKeys lists the labels of the user's secret keys (not the
+	// masking key).
+	ListKeys(ctx context.Context, label string) ([]string, error)
+	// Encrypt and Decrypt run CKM_AES_GCM with a 128-bit tag; the
+	// ciphertext carries the tag at its end.
+	Encrypt(ctx context.Context, label, keyLabel string, iv, plaintext, aad []byte) ([]byte, error)
+	Decrypt(ctx context.Context, label, keyLabel string, iv, ciphertext, aad []byte) ([]byte, error)
+	// Random draws n bytes from the token's generator (C_GenerateRandom).
+	Random(ctx context.Context, label string, n int) ([]byte, error)
+	// Close releases sessions and the module.
+	Close() error
+}
+
+// maskingLabel labels the cluster masking key in every token.
+const maskingLabel = "kmsd-cluster-masking-key"

@@ -1,0 +1,239 @@
+package server
+
+// HSM clusters on kmsd's listener: the CloudHSM v2 API subset
+// (X-Amz-Target: BaldrApiService.*, SigV4 signing name "cloudhsm") and
+// kmsd's admin API for kmsctl's cloudhsm-cli commands (KmsdAdmin.*, signing
+// name "kms", admin.go). api.ServeHTTP hands these targets to serveHSM
+// before its KMS verification.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/hsm"
+	"github.com/kmsd/kmsd/internal/hsmapi"
+	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/sigv4"
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// hsmPrincipals resolves a verified access key to its principal; nil in
+// emulator mode, where every caller is the account's root.
+type hsmPrincipals interface {
+	Principal(akid string) (identity.Principal, bool)
+}
+
+// hsmServer serves the HSM cluster APIs.
+type hsmServer struct {
+	svc         *hsm.Service
+	verifier    *sigv4.Verifier // service "cloudhsm"
+	kmsVerifier *sigv4.Verifier // service "kms", for the admin API
+	ids         hsmPrincipals
+	account     string
+	log         *slog.Logger
+}
+
+// hsmConfigFromEnv reads the HSM settings: KMSD_HSM_MODULE (the SoftHSM2
+// module), KMSD_HSM_CREATE_DELAY, KMSD_HSM_INITIALIZE_DELAY and
+// KMSD_HSM_DELETE_DELAY (Go durations; how long clusters and HSMs stay in
+// their *_IN_PROGRESS states, 2s by default).
+func hsmConfigFromEnv(dataDir string, log *slog.Logger) (hsm.Config, error) {
+	cfg := hsm.Config{Dir: filepath.Join(dataDir, "hsm"), Module: os.Getenv("KMSD_HSM_MODULE"), Logger: log,
+		CreateDelay: 2 * time.Second, InitializeDelay: 2 * time.Second, DeleteDelay: 2 * time.Second}
+	for env, d := range map[string]*time.Duration{
+		"KMSD_HSM_CREATE_DELAY": &cfg.CreateDelay, "KMSD_HSM_INITIALIZE_DELAY": &cfg.InitializeDelay, "KMSD_HSM_DELETE_DELAY": &cfg.DeleteDelay,
+	} {
+		if v := os.Getenv(env); v != "" {
+			p, err := time.ParseDuration(v)
+			if err != nil || p < 0 {
+				return cfg, errors.New(env + ": want a duration such as 500ms")
+			}
+			*d = p
+		}
+	}
+	return cfg, nil
+}
+
+// newHSMServer opens the HSM clusters kept in store. kmsVerifier is the
+// KMS listener's verifier; the cloudhsm one shares its access keys.
+func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barrier.Barrier, kmsVerifier *sigv4.Verifier, ids hsmPrincipals, log *slog.Logger) (*hsmServer, error) {
+	hcfg, err := hsmConfigFromEnv(cfg.DataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := hsm.New(ctx, store, b, hcfg)
+	if err != nil {
+		return nil, err
+	}
+	v := &sigv4.Verifier{Service: "cloudhsm", Lookup: kmsVerifier.Lookup, Now: kmsVerifier.Now, MaxSkew: kmsVerifier.MaxSkew}
+	return &hsmServer{svc: svc, verifier: v, kmsVerifier: kmsVerifier, ids: ids, account: cfg.AccountID, log: log}, nil
+}
+
+// Close stops the HSM service.
+func (h *hsmServer) Close() error { return h.svc.Close() }
+
+// serveHSM serves the request if its target belongs to the HSM APIs, and
+// reports whether it did.
+func (a *api) serveHSM(w http.ResponseWriter, r *http.Request, body []byte, reqID string) bool {
+	if a.hsm == nil {
+		return false
+	}
+	target := r.Header.Get("X-Amz-Target")
+	switch {
+	case strings.HasPrefix(target, hsmapi.TargetPrefix+"."):
+		a.hsm.serveCloudHSM(w, r, body, reqID, a.metrics)
+	case strings.HasPrefix(target, adminPrefix+"."):
+		a.hsm.serveAdmin(w, r, body, reqID, a.metrics)
+	default:
+		return false
+	}
+	return true
+}
+
+// caller verifies the request with v and returns who signed it.
+func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier) (hsm.Caller, identity.Principal, *hsmapi.Exception) {
+	res, err := v.Verify(r, body)
+	if err != nil {
+		var se *sigv4.Error
+		if errors.As(err, &se) {
+			return hsm.Caller{}, identity.Principal{}, hsmapi.NewException(se.Code, se.Message)
+		}
+		return hsm.Caller{}, identity.Principal{}, hsmapi.NewException("InternalFailure", "")
+	}
+	if h.ids == nil {
+		p := identity.Root(h.account)
+		return hsm.Caller{Account: h.account, Region: res.Region}, p, nil
+	}
+	p, ok := h.ids.Principal(res.AccessKeyID)
+	if !ok {
+		return hsm.Caller{}, p, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
+	}
+	return hsm.Caller{Account: p.Account, Region: res.Region}, p, nil
+}
+
+// hsmHandler decodes, validates and runs one CloudHSM v2 operation.
+type hsmHandler struct {
+	decode func(body []byte) (any, error)
+	call   func(ctx context.Context, s *hsm.Service, c hsm.Caller, in any) (any, error)
+}
+
+func hsmOp[I any, O any, PI interface {
+	*I
+	hsmapi.Validator
+}](f func(*hsm.Service, context.Context, hsm.Caller, PI) (*O, error)) hsmHandler {
+	return hsmHandler{
+		decode: func(body []byte) (any, error) {
+			in := PI(new(I))
+			if err := awsjson.Decode(body, in); err != nil {
+				return nil, hsmapi.NewException(err.Code, err.Message)
+			}
+			if msg := hsmapi.Validate(in); msg != "" {
+				return nil, hsmapi.NewException("ValidationException", msg)
+			}
+			return in, nil
+		},
+		call: func(ctx context.Context, s *hsm.Service, c hsm.Caller, in any) (any, error) {
+			return f(s, ctx, c, in.(PI))
+		},
+	}
+}
+
+// hsmHandlers are the CloudHSM v2 operations kmsd serves.
+var hsmHandlers = map[string]hsmHandler{
+	"CreateCluster":     hsmOp((*hsm.Service).CreateCluster),
+	"CreateHsm":         hsmOp((*hsm.Service).CreateHsm),
+	"DeleteCluster":     hsmOp((*hsm.Service).DeleteCluster),
+	"DeleteHsm":         hsmOp((*hsm.Service).DeleteHsm),
+	"DescribeClusters":  hsmOp((*hsm.Service).DescribeClusters),
+	"InitializeCluster": hsmOp((*hsm.Service).InitializeCluster),
+	"ListTags":          hsmOp((*hsm.Service).ListTags),
+	"TagResource":       hsmOp((*hsm.Service).TagResource),
+	"UntagResource":     hsmOp((*hsm.Service).UntagResource),
+	"DescribeBackups": hsmOp(func(*hsm.Service, context.Context, hsm.Caller, *hsmapi.DescribeBackupsRequest) (*hsmapi.DescribeBackupsResponse, error) {
+		return &hsmapi.DescribeBackupsResponse{Backups: []hsmapi.Backup{}}, nil // kmsd keeps no backups
+	}),
+}
+
+func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body []byte, reqID string, m *metrics) {
+	opName, _ := awsjson.Target(r.Header.Get("X-Amz-Target"), hsmapi.TargetPrefix)
+	fail := func(e *hsmapi.Exception) {
+		label := opName
+		if hsmapi.Operations[opName] == nil {
+			label = "unknown"
+		}
+		m.fail("cloudhsm:"+label, e.Name)
+		writeHSMError(w, reqID, e)
+	}
+	c, _, exc := h.caller(r, body, h.verifier)
+	if exc != nil {
+		fail(exc)
+		return
+	}
+	if hsmapi.Operations[opName] == nil {
+		fail(hsmapi.NewException("UnknownOperationException", ""))
+		return
+	}
+	op, ok := hsmHandlers[opName]
+	if !ok {
+		fail(hsmapi.NewException("CloudHsmServiceException", "kmsd does not support "+opName+"."))
+		return
+	}
+	in, err := op.decode(body)
+	if err == nil {
+		var out any
+		if out, err = op.call(r.Context(), h.svc, c, in); err == nil {
+			m.requests.WithLabelValues("cloudhsm:"+opName, "OK").Inc()
+			awsjson.WriteJSON(w, reqID, out)
+			return
+		}
+	}
+	var e *hsmapi.Exception
+	if !errors.As(err, &e) {
+		h.log.Error("cloudhsm internal error", "op", opName, "requestId", reqID, "err", err)
+		e = hsmapi.NewException("CloudHsmInternalFailureException", "The request was rejected because of an internal failure of kmsd.")
+	}
+	fail(e)
+}
+
+// writeHSMError writes CloudHSM's error envelope, which spells the message
+// member "Message" (spec §13).
+func writeHSMError(w http.ResponseWriter, reqID string, e *hsmapi.Exception) {
+	b, _ := json.Marshal(struct {
+		Type    string `json:"__type"`
+		Message string `json:"Message,omitempty"`
+	}{e.Name, e.Message})
+	hd := w.Header()
+	hd["Content-Type"] = []string{awsjson.ContentType}
+	hd["X-Amzn-Requestid"] = []string{reqID}
+	hd["X-Amzn-Errortype"] = []string{e.Name}
+	status := hsmapi.Status(e.Name)
+	if e.Name == "MissingAuthenticationTokenException" {
+		status = http.StatusForbidden
+	}
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// startHSM opens the HSM clusters and attaches them to a; the returned
+// function stops them. It runs after a's verifier and identities are set.
+func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *barrier.Barrier, log *slog.Logger) (func(), error) {
+	var ids hsmPrincipals
+	if a.ids != nil {
+		ids = a.ids
+	}
+	h, err := newHSMServer(ctx, cfg, store, b, a.verifier, ids, log)
+	if err != nil {
+		return nil, err
+	}
+	a.hsm = h
+	return func() { h.Close() }, nil
+}
