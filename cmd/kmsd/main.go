@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -52,7 +53,7 @@ type setting struct {
 
 func serve(args []string) error {
 	var cfg server.Config
-	var configFile, sweep string
+	var configFile, sweep, auditMax string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -63,6 +64,9 @@ func serve(args []string) error {
 		{"root-key-file", "KMSD_ROOT_KEY_FILE", "root_key_file", "file holding the root key (default <data-dir>/root.key, created 0600)", &cfg.RootKeyFile},
 		{"metrics-listen", "KMSD_METRICS_LISTEN", "metrics_listen", "address for Prometheus /metrics (default: off)", &cfg.MetricsListen},
 		{"sweep-interval", "KMSD_SWEEP_INTERVAL", "sweep_interval", "how often due key deletions and rotations run (default 1m)", &sweep},
+		{"audit-log", "KMSD_AUDIT_LOG", "audit_log", "audit log (CloudTrail-shaped JSON lines): a file, - for stdout, off (default <data-dir>/audit.log)", &cfg.AuditLog},
+		{"audit-log-max-size", "KMSD_AUDIT_LOG_MAX_SIZE", "audit_log_max_size", "size in bytes at which the audit log file is rotated (default 104857600)", &auditMax},
+		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -114,6 +118,13 @@ func serve(args []string) error {
 			return fmt.Errorf("--sweep-interval: %w", err)
 		}
 		cfg.SweepInterval = d
+	}
+	if auditMax != "" {
+		n, err := strconv.ParseInt(auditMax, 10, 64)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("--audit-log-max-size %q: want a positive number of bytes", auditMax)
+		}
+		cfg.AuditLogMaxSize = n
 	}
 	if cfg.DataDir == "" {
 		home, err := os.UserHomeDir()

@@ -19,6 +19,9 @@ func (s *Service) CreateAlias(ctx context.Context, c *Caller, in *kmsapi.CreateA
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:CreateAlias", k, nil, nil); err != nil {
+		return nil, err
+	}
 	now := s.now().UTC().Truncate(time.Millisecond)
 	err = s.cat.CreateAlias(ctx, &catalog.Alias{
 		Name: *in.AliasName, Account: c.Account, Region: c.Region,

@@ -14,6 +14,22 @@ import (
 // CreateKey creates a symmetric encryption key with AES-256 material made
 // here (origin AWS_KMS).
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
+	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
+		if in.KeySpec != nil {
+			r.Set(policy.KeyKeySpec, *in.KeySpec)
+		}
+		if in.KeyUsage != nil {
+			r.Set(policy.KeyKeyUsage, *in.KeyUsage)
+		}
+		if in.Origin != nil {
+			r.Set(policy.KeyKeyOrigin, *in.Origin)
+		}
+		if in.MultiRegion != nil {
+			r.SetBool(policy.KeyMultiRegion, *in.MultiRegion)
+		}
+	}); err != nil {
+		return nil, err
+	}
 	spec := "SYMMETRIC_DEFAULT"
 	if in.KeySpec != nil {
 		spec = *in.KeySpec

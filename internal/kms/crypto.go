@@ -38,14 +38,14 @@ var errCiphertext = kmsapi.NewException("InvalidCiphertextException", "")
 
 // open decrypts a ciphertext blob. keyID, when not empty, is the key the
 // caller says the blob is for. It returns the key and the plaintext.
-func (s *Service) open(ctx context.Context, c *Caller, blob []byte, keyID *string, ec map[string]string) (*catalog.Key, []byte, error) {
+func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string) (*catalog.Key, []byte, error) {
 	b, err := keys.ParseBlob(blob)
 	if err != nil {
 		return nil, nil, errCiphertext
 	}
 	var k *catalog.Key
 	if keyID != nil {
-		if k, err = s.resolve(ctx, c, *keyID); err != nil {
+		if k, err = s.resolveCross(ctx, c, *keyID); err != nil {
 			return nil, nil, err
 		}
 		if k.ID != b.KeyID {
@@ -53,12 +53,15 @@ func (s *Service) open(ctx context.Context, c *Caller, blob []byte, keyID *strin
 		}
 	} else {
 		k, err = s.cat.Key(ctx, b.KeyID)
-		if errors.Is(err, catalog.ErrNotFound) || (err == nil && (k.Account != c.Account || k.Region != c.Region)) {
+		if errors.Is(err, catalog.ErrNotFound) || (err == nil && k.Region != c.Region) {
 			return nil, nil, errCiphertext
 		}
 		if err != nil {
 			return nil, nil, internal(err)
 		}
+	}
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), algorithm(alg)); err != nil {
+		return nil, nil, err
 	}
 	if err := usable(k); err != nil {
 		return nil, nil, err

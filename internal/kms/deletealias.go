@@ -11,12 +11,17 @@ import (
 
 // DeleteAlias deletes an alias; the key is not affected.
 func (s *Service) DeleteAlias(ctx context.Context, c *Caller, in *kmsapi.DeleteAliasRequest) (*kmsapi.DeleteAliasResponse, error) {
-	_, err := s.cat.Alias(ctx, c.Account, c.Region, *in.AliasName)
+	a, err := s.cat.Alias(ctx, c.Account, c.Region, *in.AliasName)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")
 	}
 	if err != nil {
 		return nil, internal(err)
+	}
+	if k, err := s.cat.Key(ctx, a.KeyID); err == nil {
+		if err := s.authorizeKey(ctx, c, "kms:DeleteAlias", k, nil, nil); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.cat.DeleteAlias(ctx, c.Account, c.Region, *in.AliasName); err != nil {
 		return nil, internal(err)

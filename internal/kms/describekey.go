@@ -9,8 +9,11 @@ import (
 // DescribeKey returns a key's metadata; the key may be named by id, ARN,
 // alias name or alias ARN.
 func (s *Service) DescribeKey(ctx context.Context, c *Caller, in *kmsapi.DescribeKeyRequest) (*kmsapi.DescribeKeyResponse, error) {
-	k, err := s.resolve(ctx, c, *in.KeyId)
+	k, err := s.resolveCross(ctx, c, *in.KeyId)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:DescribeKey", k, nil, nil); err != nil {
 		return nil, err
 	}
 	return &kmsapi.DescribeKeyResponse{KeyMetadata: metadata(k)}, nil

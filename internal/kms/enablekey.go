@@ -10,8 +10,15 @@ import (
 
 // setEnabled moves a key between Enabled and Disabled.
 func (s *Service) setEnabled(ctx context.Context, c *Caller, keyID string, enable bool) error {
+	action := "kms:DisableKey"
+	if enable {
+		action = "kms:EnableKey"
+	}
 	k, err := s.resolveKeyID(ctx, c, keyID)
 	if err != nil {
+		return err
+	}
+	if err := s.authorizeKey(ctx, c, action, k, nil, nil); err != nil {
 		return err
 	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {

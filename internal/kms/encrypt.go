@@ -8,8 +8,11 @@ import (
 
 // Encrypt encrypts up to 4 KiB of plaintext under a symmetric key.
 func (s *Service) Encrypt(ctx context.Context, c *Caller, in *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
-	k, err := s.resolve(ctx, c, *in.KeyId)
+	k, err := s.resolveCross(ctx, c, *in.KeyId)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:Encrypt", k, ecOrEmpty(in.EncryptionContext), algorithm(in.EncryptionAlgorithm)); err != nil {
 		return nil, err
 	}
 	if err := usable(k); err != nil {

@@ -22,13 +22,16 @@ func dataKeyLength(spec *string, n *int32) (int, error) {
 }
 
 // dataKey makes a data key under keyID and returns the key and its blob.
-func (s *Service) dataKey(ctx context.Context, c *Caller, keyID string, spec *string, n *int32, alg *string, ec map[string]string, dry *bool) (*catalog.Key, []byte, []byte, error) {
+func (s *Service) dataKey(ctx context.Context, c *Caller, action, keyID string, spec *string, n *int32, alg *string, ec map[string]string, dry *bool) (*catalog.Key, []byte, []byte, error) {
 	size, err := dataKeyLength(spec, n)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	k, err := s.resolve(ctx, c, keyID)
+	k, err := s.resolveCross(ctx, c, keyID)
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), nil); err != nil {
 		return nil, nil, nil, err
 	}
 	if err := usable(k); err != nil {
@@ -60,7 +63,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, c *Caller, in *kmsapi.Gen
 	if in.Recipient != nil {
 		return nil, exc("UnsupportedOperationException", "Recipient (Nitro Enclaves attestation) is not supported by kmsd.")
 	}
-	k, pt, blob, err := s.dataKey(ctx, c, *in.KeyId, in.KeySpec, in.NumberOfBytes, nil, in.EncryptionContext, in.DryRun)
+	k, pt, blob, err := s.dataKey(ctx, c, "kms:GenerateDataKey", *in.KeyId, in.KeySpec, in.NumberOfBytes, nil, in.EncryptionContext, in.DryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +73,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, c *Caller, in *kmsapi.Gen
 
 // GenerateDataKeyWithoutPlaintext is GenerateDataKey without the plaintext.
 func (s *Service) GenerateDataKeyWithoutPlaintext(ctx context.Context, c *Caller, in *kmsapi.GenerateDataKeyWithoutPlaintextRequest) (*kmsapi.GenerateDataKeyWithoutPlaintextResponse, error) {
-	k, pt, blob, err := s.dataKey(ctx, c, *in.KeyId, in.KeySpec, in.NumberOfBytes, nil, in.EncryptionContext, in.DryRun)
+	k, pt, blob, err := s.dataKey(ctx, c, "kms:GenerateDataKeyWithoutPlaintext", *in.KeyId, in.KeySpec, in.NumberOfBytes, nil, in.EncryptionContext, in.DryRun)
 	if err != nil {
 		return nil, err
 	}

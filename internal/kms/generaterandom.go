@@ -8,6 +8,9 @@ import (
 
 // GenerateRandom returns random bytes.
 func (s *Service) GenerateRandom(ctx context.Context, c *Caller, in *kmsapi.GenerateRandomRequest) (*kmsapi.GenerateRandomResponse, error) {
+	if err := s.authorizeIAM(c, "kms:GenerateRandom", nil); err != nil {
+		return nil, err
+	}
 	if in.CustomKeyStoreId != nil {
 		return nil, exc("CustomKeyStoreNotFoundException", "Custom key store "+*in.CustomKeyStoreId+" does not exist.")
 	}

@@ -11,6 +11,9 @@ import (
 // one key, in name order; the marker is the last alias name returned.
 func (s *Service) ListAliases(ctx context.Context, c *Caller, in *kmsapi.ListAliasesRequest) (*kmsapi.ListAliasesResponse, error) {
 	limit := pageLimit(in.Limit, 100)
+	if err := s.authorizeIAM(c, "kms:ListAliases", nil); err != nil {
+		return nil, err
+	}
 	var keyID string
 	if in.KeyId != nil {
 		k, err := s.resolveKeyID(ctx, c, *in.KeyId)

@@ -19,6 +19,9 @@ func pageLimit(l *int32, def int) int {
 // order; the marker is the last key id of the previous page.
 func (s *Service) ListKeys(ctx context.Context, c *Caller, in *kmsapi.ListKeysRequest) (*kmsapi.ListKeysResponse, error) {
 	limit := pageLimit(in.Limit, 100)
+	if err := s.authorizeIAM(c, "kms:ListKeys", nil); err != nil {
+		return nil, err
+	}
 	after := ""
 	if in.Marker != nil {
 		after = *in.Marker

@@ -13,6 +13,9 @@ func (s *Service) ListResourceTags(ctx context.Context, c *Caller, in *kmsapi.Li
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:ListResourceTags", k, nil, nil); err != nil {
+		return nil, err
+	}
 	limit := pageLimit(in.Limit, 50)
 	start := 0
 	if in.Marker != nil {

@@ -56,6 +56,9 @@ func (s *Service) GetKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.GetKey
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:GetKeyPolicy", k, nil, nil); err != nil {
+		return nil, err
+	}
 	if err := policyName(in.PolicyName); err != nil {
 		return nil, err
 	}
@@ -66,6 +69,9 @@ func (s *Service) GetKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.GetKey
 func (s *Service) PutKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.PutKeyPolicyRequest) (*kmsapi.PutKeyPolicyResponse, error) {
 	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:PutKeyPolicy", k, nil, nil); err != nil {
 		return nil, err
 	}
 	if err := policyName(in.PolicyName); err != nil {
@@ -89,7 +95,11 @@ func (s *Service) PutKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.PutKey
 
 // ListKeyPolicies lists the key's policy names: always "default".
 func (s *Service) ListKeyPolicies(ctx context.Context, c *Caller, in *kmsapi.ListKeyPoliciesRequest) (*kmsapi.ListKeyPoliciesResponse, error) {
-	if _, err := s.resolveKeyID(ctx, c, *in.KeyId); err != nil {
+	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:ListKeyPolicies", k, nil, nil); err != nil {
 		return nil, err
 	}
 	return &kmsapi.ListKeyPoliciesResponse{PolicyNames: []string{"default"}, Truncated: kmsapi.Bool(false)}, nil

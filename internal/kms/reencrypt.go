@@ -9,7 +9,7 @@ import (
 // ReEncrypt decrypts a blob and encrypts its plaintext under another key
 // (or the same key with another context) without exposing the plaintext.
 func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncryptRequest) (*kmsapi.ReEncryptResponse, error) {
-	src, pt, err := s.open(ctx, c, in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionContext)
+	src, pt, err := s.open(ctx, c, "kms:ReEncryptFrom", in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionContext, in.SourceEncryptionAlgorithm)
 	if err != nil {
 		return nil, err
 	}
@@ -17,8 +17,11 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	if err := checkAlgorithm(src, in.SourceEncryptionAlgorithm); err != nil {
 		return nil, err
 	}
-	dst, err := s.resolve(ctx, c, *in.DestinationKeyId)
+	dst, err := s.resolveCross(ctx, c, *in.DestinationKeyId)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:ReEncryptTo", dst, ecOrEmpty(in.DestinationEncryptionContext), algorithm(in.DestinationEncryptionAlgorithm)); err != nil {
 		return nil, err
 	}
 	if err := usable(dst); err != nil {

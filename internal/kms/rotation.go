@@ -56,6 +56,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:EnableKeyRotation", k, nil, nil); err != nil {
+		return nil, err
+	}
 	period := int32(365)
 	if in.RotationPeriodInDays != nil {
 		period = *in.RotationPeriodInDays
@@ -82,6 +85,9 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:DisableKeyRotation", k, nil, nil); err != nil {
+		return nil, err
+	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
 		if err := rotatable(k); err != nil {
 			return err
@@ -101,6 +107,9 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsapi.GetKeyRotationStatusRequest) (*kmsapi.GetKeyRotationStatusResponse, error) {
 	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:GetKeyRotationStatus", k, nil, nil); err != nil {
 		return nil, err
 	}
 	if err := notPendingDeletion(k); err != nil {
@@ -125,6 +134,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:RotateKeyOnDemand", k, nil, nil); err != nil {
+		return nil, err
+	}
 	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
 		if err := rotatable(k); err != nil {
 			return err
@@ -142,6 +154,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.ListKeyRotationsRequest) (*kmsapi.ListKeyRotationsResponse, error) {
 	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeKey(ctx, c, "kms:ListKeyRotations", k, nil, nil); err != nil {
 		return nil, err
 	}
 	if k.Origin != "AWS_KMS" || k.KeySpec != "SYMMETRIC_DEFAULT" {

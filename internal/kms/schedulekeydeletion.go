@@ -27,6 +27,9 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:ScheduleKeyDeletion", k, nil, nil); err != nil {
+		return nil, err
+	}
 	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion {
 			return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
@@ -63,6 +66,9 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	for _, id := range due {
+		if err := s.cat.DeleteGrants(ctx, id); err != nil {
+			return 0, err
+		}
 		if err := s.cat.DeleteKey(ctx, id); err != nil {
 			return 0, err
 		}

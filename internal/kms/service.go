@@ -11,11 +11,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 // Caller is who sent a request and where: the account and region it
@@ -25,6 +27,24 @@ type Caller struct {
 	Region    string
 	ARN       string // principal ARN
 	RequestID string
+
+	// Principal is who the request acts as for authorization; when its
+	// Type is empty it is derived from ARN. Policies are the principal's
+	// identity policies, parsed.
+	Principal policy.Principal
+	Policies  []*policy.Policy
+	// Trusted skips authorization for the caller's own account (emulator
+	// mode, where every caller is the account's root and may do anything
+	// in it). Cross-account calls are still decided by key policies.
+	Trusted bool
+	// SourceIP and SecureTransport feed aws:SourceIp and
+	// aws:SecureTransport.
+	SourceIP        string
+	SecureTransport bool
+
+	// Resources is filled by the service: the ARNs of the keys the call
+	// acted on, for the audit record.
+	Resources []string
 }
 
 // Service implements the KMS operations.
@@ -33,6 +53,9 @@ type Service struct {
 	now  func() time.Time
 	rand io.Reader
 	log  *slog.Logger
+
+	policies policyCache // parsed key policies, by key id
+	lastTime atomic.Pointer[timeKeys]
 }
 
 // Option configures a Service.
@@ -61,10 +84,6 @@ func exc(name, msg string) error { return kmsapi.NewException(name, msg) }
 
 func validation(msg string) error {
 	return exc("ValidationException", "1 validation error detected: "+msg)
-}
-
-func notFoundKey(c *Caller, id string) error {
-	return exc("NotFoundException", "Key '"+keys.KeyARN(c.Region, c.Account, id)+"' does not exist")
 }
 
 func internal(err error) error {
@@ -96,11 +115,26 @@ func Exception(err error) *kmsapi.Exception {
 // resolve finds the key a KeyId parameter names, in the caller's account
 // and region. Aliases are followed.
 func (s *Service) resolve(ctx context.Context, c *Caller, keyID string) (*catalog.Key, error) {
+	return s.resolveIn(ctx, c, keyID, false)
+}
+
+// resolveCross is resolve for the operations that may use a key of
+// another account, named by its key ARN or alias ARN; the authorization
+// check that follows decides whether the caller may.
+func (s *Service) resolveCross(ctx context.Context, c *Caller, keyID string) (*catalog.Key, error) {
+	return s.resolveIn(ctx, c, keyID, true)
+}
+
+func (s *Service) resolveIn(ctx context.Context, c *Caller, keyID string, cross bool) (*catalog.Key, error) {
 	ref, err := keys.Parse(keyID)
 	if err != nil {
 		return nil, exc("NotFoundException", "Invalid keyId '"+keyID+"'")
 	}
-	if ref.Account != "" && (ref.Account != c.Account || ref.Region != c.Region) {
+	account := c.Account
+	if cross && ref.Account != "" && ref.Region == c.Region {
+		account = ref.Account
+	}
+	if ref.Account != "" && (ref.Account != account || ref.Region != c.Region) {
 		if ref.Kind == keys.KindAliasARN {
 			return nil, exc("NotFoundException", "Alias "+keyID+" is not found.")
 		}
@@ -108,9 +142,9 @@ func (s *Service) resolve(ctx context.Context, c *Caller, keyID string) (*catalo
 	}
 	id := ref.ID
 	if ref.Kind == keys.KindAlias || ref.Kind == keys.KindAliasARN {
-		a, err := s.cat.Alias(ctx, c.Account, c.Region, ref.AliasName)
+		a, err := s.cat.Alias(ctx, account, c.Region, ref.AliasName)
 		if errors.Is(err, catalog.ErrNotFound) {
-			return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, ref.AliasName)+" is not found.")
+			return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, account, ref.AliasName)+" is not found.")
 		}
 		if err != nil {
 			return nil, internal(err)
@@ -118,8 +152,8 @@ func (s *Service) resolve(ctx context.Context, c *Caller, keyID string) (*catalo
 		id = a.KeyID
 	}
 	k, err := s.cat.Key(ctx, id)
-	if errors.Is(err, catalog.ErrNotFound) || (err == nil && (k.Account != c.Account || k.Region != c.Region)) {
-		return nil, notFoundKey(c, id)
+	if errors.Is(err, catalog.ErrNotFound) || (err == nil && (k.Account != account || k.Region != c.Region)) {
+		return nil, exc("NotFoundException", "Key '"+keys.KeyARN(c.Region, account, id)+"' does not exist")
 	}
 	if err != nil {
 		return nil, internal(err)

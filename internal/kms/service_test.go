@@ -343,8 +343,9 @@ func TestKeyPolicyRules(t *testing.T) {
 	}{
 		{"not json", "{", false, "MalformedPolicyDocumentException"},
 		{"locks the caller out", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:*","Resource":"*"}]}`, false, "MalformedPolicyDocumentException"},
-		{"lockout bypassed", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:*","Resource":"*"}]}`, true, ""},
 		{"allows the account", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kms:*","Resource":"*"}]}`, false, ""},
+		// Last: once bypassed, the policy really locks the caller out.
+		{"lockout bypassed", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:*","Resource":"*"}]}`, true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

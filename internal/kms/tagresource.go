@@ -13,6 +13,9 @@ func (s *Service) TagResource(ctx context.Context, c *Caller, in *kmsapi.TagReso
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:TagResource", k, nil, nil); err != nil {
+		return nil, err
+	}
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}

@@ -13,6 +13,9 @@ func (s *Service) UntagResource(ctx context.Context, c *Caller, in *kmsapi.Untag
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:UntagResource", k, nil, nil); err != nil {
+		return nil, err
+	}
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}

@@ -24,6 +24,14 @@ func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateA
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:UpdateAlias", k, nil, nil); err != nil {
+		return nil, err
+	}
+	if old, err := s.cat.Key(ctx, a.KeyID); err == nil {
+		if err := s.authorizeKey(ctx, c, "kms:UpdateAlias", old, nil, nil); err != nil {
+			return nil, err
+		}
+	}
 	next := *a
 	next.KeyID = k.ID
 	next.Updated = s.now().UTC().Truncate(time.Millisecond)

@@ -13,6 +13,9 @@ func (s *Service) UpdateKeyDescription(ctx context.Context, c *Caller, in *kmsap
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeKey(ctx, c, "kms:UpdateKeyDescription", k, nil, nil); err != nil {
+		return nil, err
+	}
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// client sends signed KMS requests to one endpoint.
+type client struct {
+	url    *url.URL
+	http   *http.Client
+	creds  credentials
+	signer string
+	keys   dayKeys
+}
+
+func newClient(endpoint string, creds credentials, signerKind string, conns int) (*client, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("endpoint %q: want http://host:port", endpoint)
+	}
+	u.Path = "/"
+	if _, err := newSigner(signerKind, creds, nil); err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		Proxy:               nil, // never a proxy from the environment
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        2 * conns,
+		MaxIdleConnsPerHost: 2 * conns,
+		IdleConnTimeout:     5 * time.Minute,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+		WriteBufferSize:     8 << 10,
+		ReadBufferSize:      8 << 10,
+	}
+	return &client{
+		url:    u,
+		http:   &http.Client{Transport: tr, Timeout: 30 * time.Second},
+		creds:  creds,
+		signer: signerKind,
+	}, nil
+}
+
+// worker is one goroutine's sending state.
+type worker struct {
+	c    *client
+	s    signer
+	resp []byte
+}
+
+func (c *client) worker() *worker {
+	s, _ := newSigner(c.signer, c.creds, &c.keys) // kind checked in newClient
+	return &worker{c: c, s: s, resp: make([]byte, 0, 4096)}
+}
+
+// call sends one request for target ("TrentService.Encrypt") and returns the
+// status and response body, which is valid until the next call.
+func (w *worker) call(ctx context.Context, target string, body []byte) (int, []byte, error) {
+	r := (&http.Request{
+		Method:        http.MethodPost,
+		URL:           w.c.url,
+		Host:          w.c.url.Host,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		ContentLength: int64(len(body)),
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		Header: http.Header{
+			"Content-Type": {"application/x-amz-json-1.1"},
+			"X-Amz-Target": {target},
+		},
+	}).WithContext(ctx)
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	if err := w.s.sign(r, body, time.Now()); err != nil {
+		return 0, nil, err
+	}
+	resp, err := w.c.http.Do(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	buf := bytes.NewBuffer(w.resp[:0])
+	_, err = buf.ReadFrom(resp.Body)
+	w.resp = buf.Bytes()
+	return resp.StatusCode, w.resp, err
+}
+
+// callJSON sends in as the JSON body and decodes a 2xx answer into out.
+func (w *worker) callJSON(ctx context.Context, op string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	status, resp, err := w.call(ctx, "TrentService."+op, body)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if status/100 != 2 {
+		return fmt.Errorf("%s: HTTP %d: %s", op, status, resp)
+	}
+	return json.Unmarshal(resp, out)
+}
+
+// encryptionContext is the small context bound to every Encrypt,
+// GenerateDataKey and Decrypt.
+var encryptionContext = map[string]string{"purpose": "kmsbench", "tenant": "t-0001"}
+
+// workload holds the fixed request bodies of each benchmarked operation,
+// made once at setup so the measured loop only signs and sends.
+type workload struct {
+	keyID  string
+	bodies map[string][]byte // op name -> JSON body
+}
+
+// operations are the benchmarked KMS operations by flag name, in the order
+// they run.
+var operations = []struct{ flag, name string }{
+	{"encrypt", "Encrypt"},
+	{"decrypt", "Decrypt"},
+	{"generatedatakey", "GenerateDataKey"},
+	{"createkey", "CreateKey"},
+}
+
+// setup creates the key every operation uses and a ciphertext for Decrypt.
+func setup(ctx context.Context, c *client) (*workload, error) {
+	w := c.worker()
+	var ck struct{ KeyMetadata struct{ KeyId string } }
+	ckBody, err := createKeyBody()
+	if err != nil {
+		return nil, err
+	}
+	if err := w.callJSON(ctx, "CreateKey", ckBody, &ck); err != nil {
+		return nil, err
+	}
+	id := ck.KeyMetadata.KeyId
+	plaintext := make([]byte, 64)
+	for i := range plaintext {
+		plaintext[i] = byte(i)
+	}
+	pt := base64.StdEncoding.EncodeToString(plaintext)
+	var enc struct{ CiphertextBlob string }
+	if err := w.callJSON(ctx, "Encrypt", map[string]any{"KeyId": id, "Plaintext": pt, "EncryptionContext": encryptionContext}, &enc); err != nil {
+		return nil, err
+	}
+	mustJSON := func(v any) []byte { b, _ := json.Marshal(v); return b }
+	return &workload{keyID: id, bodies: map[string][]byte{
+		"Encrypt":         mustJSON(map[string]any{"KeyId": id, "Plaintext": pt, "EncryptionContext": encryptionContext}),
+		"Decrypt":         mustJSON(map[string]any{"KeyId": id, "CiphertextBlob": enc.CiphertextBlob, "EncryptionContext": encryptionContext}),
+		"GenerateDataKey": mustJSON(map[string]any{"KeyId": id, "KeySpec": "AES_256", "EncryptionContext": encryptionContext}),
+		"CreateKey":       mustJSON(map[string]string{"Description": "kmsbench"}),
+	}}, nil
+}
+
+// result is one op at one concurrency.
+type result struct {
+	Op          string  `json:"op"`
+	Concurrency int     `json:"concurrency"`
+	Seconds     float64 `json:"seconds"`
+	Requests    int64   `json:"requests"`
+	Errors      int64   `json:"errors"`
+	OpsPerSec   float64 `json:"ops_per_sec"`
+	P50us       float64 `json:"p50_us"`
+	P99us       float64 `json:"p99_us"`
+	// ServerCPUus is server CPU (user+system) per successful or failed
+	// request, in µs; -1 when the server's pid is unknown.
+	ServerCPUus float64 `json:"server_cpu_us_per_req"`
+	// ServerCPUPct and GenCPUPct are the CPU each side used during the run,
+	// in % of one core.
+	ServerCPUPct float64 `json:"server_cpu_pct"`
+	GenCPUPct    float64 `json:"generator_cpu_pct"`
+	// OtherCPUPct is what the rest of the machine used meanwhile (% of
+	// one core; the machine has NumCPU): more than a few % means the
+	// numbers are disturbed. Only meaningful when the server is local.
+	OtherCPUPct float64 `json:"other_cpu_pct"`
+	// ServerTicks is the raw measurement behind ServerCPUus, whose
+	// resolution is one tick (1/CLK_TCK s).
+	ServerTicks uint64 `json:"server_cpu_ticks"`
+	// Attempts is how many times the run was made (see -retries).
+	Attempts int `json:"attempts"`
+}
+
+// runConfig bounds one measured run.
+type runConfig struct {
+	warmup, duration time.Duration
+	maxRequests      int64
+	serverPID        int // 0: unknown
+	clkTck           int
+	maxErrorBodies   int
+}
+
+// run drives op at concurrency conc: a warm-up whose results are dropped,
+// then the measured phase, bounded by duration and maxRequests.
+func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc runConfig) (result, error) {
+	target, body := "TrentService."+op, wl.bodies[op]
+	workers := make([]*worker, conc)
+	for i := range workers {
+		workers[i] = c.worker()
+	}
+	var printed atomic.Int64
+	if rc.warmup > 0 {
+		phase(ctx, workers, target, body, rc.warmup, rc.maxRequests, nil, &printed, rc.maxErrorBodies)
+	}
+	if err := ctx.Err(); err != nil {
+		return result{}, err
+	}
+
+	var srv0, srv1 procTimes
+	var err error
+	if rc.serverPID > 0 {
+		if srv0, err = readProcTimes(rc.serverPID); err != nil {
+			return result{}, fmt.Errorf("server cpu: %w", err)
+		}
+	}
+	sys0, sysErr := readSystemBusy()
+	gen0 := selfCPU()
+	start := time.Now()
+	lat := make([][]time.Duration, conc)
+	errs := phase(ctx, workers, target, body, rc.duration, rc.maxRequests, lat, &printed, rc.maxErrorBodies)
+	wall := time.Since(start)
+	gen := selfCPU() - gen0
+	sys1, err := readSystemBusy()
+	if sysErr == nil {
+		sysErr = err
+	}
+	if rc.serverPID > 0 {
+		if srv1, err = readProcTimes(rc.serverPID); err != nil {
+			return result{}, fmt.Errorf("server cpu: %w", err)
+		}
+	}
+
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sortDurations(all)
+	n := int64(len(all))
+	res := result{
+		Op: op, Concurrency: conc, Seconds: wall.Seconds(),
+		Requests: n, Errors: errs,
+		OpsPerSec:   float64(n) / wall.Seconds(),
+		P50us:       us(percentile(all, 50)),
+		P99us:       us(percentile(all, 99)),
+		GenCPUPct:   100 * gen.Seconds() / wall.Seconds(),
+		ServerCPUus: -1,
+	}
+	if rc.serverPID > 0 {
+		res.ServerTicks = srv1.total() - srv0.total()
+		cpu := float64(res.ServerTicks) / float64(rc.clkTck) // seconds
+		res.ServerCPUPct = 100 * cpu / wall.Seconds()
+		if n > 0 {
+			res.ServerCPUus = cpu * 1e6 / float64(n)
+		}
+	}
+	if sysErr == nil {
+		busy := 100 * float64(sys1-sys0) / float64(rc.clkTck) / wall.Seconds()
+		res.OtherCPUPct = max(0, busy-res.ServerCPUPct-res.GenCPUPct)
+	}
+	return res, nil
+}
+
+// phase runs the workers for d or until max requests in all, recording each
+// request's latency in lat[i] for worker i when lat is not nil. Every
+// request counts, failed ones too; it returns how many failed.
+func phase(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, printed *atomic.Int64, maxPrinted int) int64 {
+	// Requests run under ctx, not under a context ending with the phase:
+	// cancelling one in flight would close its connection, and the next
+	// phase would then measure dials. The phase so ends when the last
+	// request that started before the deadline has its answer.
+	deadline := time.Now().Add(d)
+	var issued, failed atomic.Int64
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var l []time.Duration
+			if lat != nil {
+				l = make([]time.Duration, 0, 1<<14)
+			}
+			for time.Now().Before(deadline) && issued.Add(1) <= max {
+				t0 := time.Now()
+				status, resp, err := w.call(ctx, target, body)
+				el := time.Since(t0)
+				if err != nil && ctx.Err() != nil {
+					break // the whole benchmark's time is up
+				}
+				if err != nil || status/100 != 2 {
+					failed.Add(1)
+					if printed.Add(1) <= int64(maxPrinted) {
+						if err != nil {
+							fmt.Fprintf(os.Stderr, "kmsbench: %s: %v\n", target, err)
+						} else {
+							fmt.Fprintf(os.Stderr, "kmsbench: %s: HTTP %d: %s\n", target, status, resp)
+						}
+					}
+				}
+				if lat != nil {
+					l = append(l, el)
+				}
+			}
+			if lat != nil {
+				lat[i] = l
+			}
+		}()
+	}
+	wg.Wait()
+	return failed.Load()
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// selfCPU is the user+system CPU this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -1,0 +1,214 @@
+// Package audit records one event per request in the shape of a
+// CloudTrail record (eventVersion, userIdentity, eventTime, eventSource,
+// eventName, …, recipientAccountId) as JSON lines, and searches such logs.
+//
+// Records are handed to a Logger, which queues them and writes them from
+// one goroutine through a buffer, so that encoding and I/O stay off the
+// request path. The buffer is flushed whenever the queue runs empty and on
+// Close, which the server calls before it acknowledges a shutdown; a crash
+// (kill -9, power loss) can lose at most the records still queued or
+// buffered at that moment — never more than one queue's worth, and in
+// practice the few lines of the last milliseconds.
+//
+// Nothing secret is recorded: request and response parameters are copied
+// through Sanitize, which drops every binary field (plaintext, ciphertext,
+// key material, signatures) and every field named like a secret
+// (passwords, secret keys, session and grant tokens).
+package audit
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"sync"
+	"time"
+)
+
+// EventVersion is the CloudTrail record version kmsd writes.
+const EventVersion = "1.08"
+
+// Record is one CloudTrail-shaped event.
+type Record struct {
+	EventVersion        string         `json:"eventVersion"`
+	UserIdentity        UserIdentity   `json:"userIdentity"`
+	EventTime           string         `json:"eventTime"`
+	EventSource         string         `json:"eventSource"`
+	EventName           string         `json:"eventName"`
+	AWSRegion           string         `json:"awsRegion"`
+	SourceIPAddress     string         `json:"sourceIPAddress"`
+	UserAgent           string         `json:"userAgent"`
+	ErrorCode           string         `json:"errorCode,omitempty"`
+	ErrorMessage        string         `json:"errorMessage,omitempty"`
+	RequestParameters   any            `json:"requestParameters"`
+	ResponseElements    any            `json:"responseElements"`
+	AdditionalEventData map[string]any `json:"additionalEventData,omitempty"`
+	RequestID           string         `json:"requestID"`
+	EventID             string         `json:"eventID"`
+	ReadOnly            bool           `json:"readOnly"`
+	Resources           []Resource     `json:"resources,omitempty"`
+	EventType           string         `json:"eventType"`
+	ManagementEvent     bool           `json:"managementEvent"`
+	RecipientAccountID  string         `json:"recipientAccountId"`
+	EventCategory       string         `json:"eventCategory"`
+	ServiceEventDetails map[string]any `json:"serviceEventDetails,omitempty"`
+
+	// Time is when the request arrived; EventTime is formatted from it by
+	// the writer when left empty.
+	Time time.Time `json:"-"`
+	// Params and Response, when set, are the raw request and response
+	// shapes: the writer turns them into RequestParameters and
+	// ResponseElements through Sanitize, off the request path.
+	Params, Response any `json:"-"`
+}
+
+// UserIdentity is CloudTrail's userIdentity element.
+type UserIdentity struct {
+	Type           string          `json:"type,omitempty"`
+	PrincipalID    string          `json:"principalId,omitempty"`
+	ARN            string          `json:"arn,omitempty"`
+	AccountID      string          `json:"accountId,omitempty"`
+	AccessKeyID    string          `json:"accessKeyId,omitempty"`
+	UserName       string          `json:"userName,omitempty"`
+	SessionContext *SessionContext `json:"sessionContext,omitempty"`
+	InvokedBy      string          `json:"invokedBy,omitempty"`
+}
+
+// SessionContext describes the role behind an assumed-role session.
+type SessionContext struct {
+	SessionIssuer struct {
+		Type        string `json:"type"`
+		PrincipalID string `json:"principalId"`
+		ARN         string `json:"arn"`
+		AccountID   string `json:"accountId"`
+		UserName    string `json:"userName"`
+	} `json:"sessionIssuer"`
+	Attributes struct {
+		CreationDate     string `json:"creationDate,omitempty"`
+		MFAAuthenticated string `json:"mfaAuthenticated"`
+	} `json:"attributes"`
+}
+
+// Resource is one entry of a record's resources.
+type Resource struct {
+	AccountID string `json:"accountId"`
+	Type      string `json:"type"`
+	ARN       string `json:"ARN"`
+}
+
+// Logger queues records and writes them as JSON lines to one writer.
+type Logger struct {
+	q      chan *Record
+	done   chan struct{}
+	w      io.Writer
+	bw     *bufio.Writer
+	onErr  func(error)
+	closed sync.Once
+	mu     sync.Mutex // guards sends against Close
+	shut   bool
+}
+
+// QueueSize bounds the records waiting to be written; a full queue makes
+// requests wait rather than lose records.
+const QueueSize = 8192
+
+// New starts a Logger writing to w (a *File, os.Stdout, …). onErr, if not
+// nil, is told of write errors (the records are then lost).
+func New(w io.Writer, onErr func(error)) *Logger {
+	l := &Logger{q: make(chan *Record, QueueSize), done: make(chan struct{}), w: w, bw: bufio.NewWriterSize(w, 64<<10), onErr: onErr}
+	go l.run()
+	return l
+}
+
+// Log queues r. It never blocks on I/O, only on a full queue. r must not
+// be changed afterwards.
+func (l *Logger) Log(r *Record) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	if l.shut {
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	l.q <- r
+}
+
+func (l *Logger) run() {
+	defer close(l.done)
+	enc := json.NewEncoder(l.bw)
+	enc.SetEscapeHTML(false)
+	for r := range l.q {
+		l.write(enc, r)
+		// Flush when the queue runs empty: an idle server has written
+		// everything, a busy one batches its writes.
+		if len(l.q) == 0 {
+			l.flush()
+		}
+	}
+	l.flush()
+}
+
+func (l *Logger) write(enc *json.Encoder, r *Record) {
+	Fill(r)
+	if err := enc.Encode(r); err != nil && l.onErr != nil {
+		l.onErr(err)
+	}
+}
+
+func (l *Logger) flush() {
+	if err := l.bw.Flush(); err != nil && l.onErr != nil {
+		l.onErr(err)
+	}
+	if f, ok := l.w.(interface{ Flushed() }); ok {
+		f.Flushed()
+	}
+}
+
+// Close writes every queued record, flushes and syncs the writer (if it
+// can sync), and stops the Logger. Records logged afterwards are dropped.
+func (l *Logger) Close() error {
+	if l == nil {
+		return nil
+	}
+	l.closed.Do(func() {
+		l.mu.Lock()
+		l.shut = true
+		l.mu.Unlock()
+		close(l.q)
+	})
+	<-l.done
+	if s, ok := l.w.(interface{ Sync() error }); ok {
+		return s.Sync()
+	}
+	return nil
+}
+
+// Fill completes a record: defaults, event time, and the sanitized
+// request parameters and response elements.
+func Fill(r *Record) {
+	if r.EventVersion == "" {
+		r.EventVersion = EventVersion
+	}
+	if r.EventTime == "" {
+		t := r.Time
+		if t.IsZero() {
+			t = time.Now()
+		}
+		r.EventTime = t.UTC().Format("2006-01-02T15:04:05Z")
+	}
+	if r.EventType == "" {
+		r.EventType = "AwsApiCall"
+	}
+	if r.EventCategory == "" {
+		r.EventCategory = "Management"
+	}
+	if r.Params != nil {
+		r.RequestParameters = Sanitize(r.Params)
+		r.Params = nil
+	}
+	if r.Response != nil {
+		r.ResponseElements = Sanitize(r.Response)
+		r.Response = nil
+	}
+}

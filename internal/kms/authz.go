@@ -1,0 +1,297 @@
+package kms
+
+import (
+	"context"
+	"sync"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/policy"
+)
+
+// Scope says how an operation is authorised.
+type Scope uint8
+
+const (
+	// KeyScope: the key policy, the caller's identity policies and the
+	// key's grants decide (policy.Decide); the key may be in another
+	// account if its key policy and the caller's IAM policies allow.
+	KeyScope Scope = iota + 1
+	// IAMScope: identity policies alone decide (policy.DecideIAMOnly);
+	// the operation acts on no key (CreateKey, ListKeys, ListAliases,
+	// GenerateRandom, ListRetirableGrants).
+	IAMScope
+	// StoreScope: identity policies alone decide, and the resource (a
+	// custom key store or a CloudHSM cluster) must be in the caller's own
+	// account: these operations are never allowed across accounts, whatever
+	// any policy says.
+	StoreScope
+)
+
+// Authorization is the entry of one operation in the authorization table.
+type Authorization struct {
+	Action string // IAM action, "kms:Encrypt"
+	Scope  Scope
+	// CrossAccount: a key in another account may be named (by key ARN or
+	// alias ARN). Only the operations AWS documents as cross-account.
+	CrossAccount bool
+}
+
+// Authorizations is the authorization table: every KMS operation (and,
+// keyed "cloudhsm:Op", the CloudHSM v2 cluster operations, decided like
+// custom key store ones) with
+// its IAM action and how it is decided. ReEncrypt is authorised twice, as
+// kms:ReEncryptFrom on the source key and kms:ReEncryptTo on the
+// destination key.
+var Authorizations = map[string]Authorization{}
+
+func init() {
+	key := func(cross bool, ops ...string) {
+		for _, op := range ops {
+			Authorizations[op] = Authorization{Action: "kms:" + op, Scope: KeyScope, CrossAccount: cross}
+		}
+	}
+	key(true, "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
+		"GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
+		"Sign", "Verify", "GetPublicKey", "DescribeKey", "DeriveSharedSecret",
+		"CreateGrant", "ListGrants", "RetireGrant", "RevokeGrant", "ReEncryptFrom", "ReEncryptTo")
+	key(false, "CancelKeyDeletion", "CreateAlias", "DeleteAlias", "DeleteImportedKeyMaterial",
+		"DisableKey", "DisableKeyRotation", "EnableKey", "EnableKeyRotation", "GetKeyPolicy",
+		"GetKeyRotationStatus", "GetKeyLastUsage", "GetParametersForImport", "ImportKeyMaterial", "ListKeyPolicies",
+		"ListKeyRotations", "ListResourceTags", "PutKeyPolicy", "ReplicateKey", "RotateKeyOnDemand",
+		"ScheduleKeyDeletion", "TagResource", "UntagResource", "UpdateAlias", "UpdateKeyDescription",
+		"UpdatePrimaryRegion")
+	Authorizations["ReEncrypt"] = Authorization{Action: "kms:ReEncrypt*", Scope: KeyScope, CrossAccount: true}
+	for _, op := range []string{"CreateKey", "ListKeys", "ListAliases", "GenerateRandom", "ListRetirableGrants"} {
+		Authorizations[op] = Authorization{Action: "kms:" + op, Scope: IAMScope}
+	}
+	for _, op := range []string{"ConnectCustomKeyStore", "CreateCustomKeyStore", "DeleteCustomKeyStore",
+		"DescribeCustomKeyStores", "DisconnectCustomKeyStore", "UpdateCustomKeyStore"} {
+		Authorizations[op] = Authorization{Action: "kms:" + op, Scope: StoreScope}
+	}
+	for _, op := range []string{"CreateCluster", "DeleteCluster", "DescribeClusters", "InitializeCluster",
+		"CreateHsm", "DeleteHsm", "DescribeBackups", "CopyBackupToRegion", "DeleteBackup", "RestoreBackup",
+		"ModifyBackupAttributes", "ModifyCluster", "TagResource", "UntagResource", "ListTags"} {
+		// Keyed "cloudhsm:Op": some names (TagResource) are KMS's too.
+		Authorizations["cloudhsm:"+op] = Authorization{Action: "cloudhsm:" + op, Scope: StoreScope}
+	}
+}
+
+// principal is who the caller acts as for policy evaluation.
+func (c *Caller) principal() policy.Principal {
+	if c.Principal.Type != "" {
+		return c.Principal
+	}
+	if p, err := policy.PrincipalFromARN(c.ARN); err == nil {
+		return p
+	}
+	return policy.RootPrincipal(c.Account)
+}
+
+// request builds the policy request of a call with the global condition
+// keys kmsd knows. The principal's own keys are computed once per
+// principal and copied; the time keys once per second.
+func (s *Service) request(c *Caller, action, resource string) *policy.Request {
+	p := c.principal()
+	r := &policy.Request{Principal: p, Action: action, Resource: resource, Context: make(map[string][]string, 16)}
+	for k, v := range principalKeys(&p) {
+		r.Context[k] = v
+	}
+	if c.SourceIP != "" {
+		r.Context[policy.KeySourceIP] = []string{c.SourceIP}
+	}
+	if c.SecureTransport {
+		r.Context[policy.KeySecureTransport] = trueValue
+	} else {
+		r.Context[policy.KeySecureTransport] = falseValue
+	}
+	r.Context[policy.KeyRequestedRegion] = []string{c.Region}
+	t := s.timeKeys()
+	r.Context[policy.KeyCurrentTime], r.Context[policy.KeyEpochTime] = t.current, t.epoch
+	return r
+}
+
+var (
+	trueValue  = []string{"true"}
+	falseValue = []string{"false"}
+)
+
+// principalKeys caches, by principal ARN, the condition keys that follow
+// from the principal alone (policy.NewRequest's). The maps are shared and
+// never modified; a principal's keys change only with its ARN or id.
+func principalKeys(p *policy.Principal) map[string][]string {
+	key := string(p.Type) + "\x00" + p.ARN + "\x00" + p.UserID + "\x00" + p.RoleARN
+	if m, ok := principalKeyCache.Load(key); ok {
+		return m.(map[string][]string)
+	}
+	m := policy.NewRequest(*p, "", "").Context
+	principalKeyCache.Store(key, m)
+	return m
+}
+
+var principalKeyCache sync.Map
+
+type timeKeys struct {
+	sec            int64
+	current, epoch []string
+}
+
+// timeKeys returns aws:CurrentTime and aws:EpochTime for now, formatted
+// once per second.
+func (s *Service) timeKeys() *timeKeys {
+	now := s.now()
+	if t := s.lastTime.Load(); t != nil && t.sec == now.Unix() {
+		return t
+	}
+	r := policy.Request{}
+	r.SetTime(now)
+	t := &timeKeys{sec: now.Unix(), current: r.Context[policy.KeyCurrentTime], epoch: r.Context[policy.KeyEpochTime]}
+	s.lastTime.Store(t)
+	return t
+}
+
+func accessDenied(r *policy.Request, reason policy.Reason) error {
+	return exc("AccessDeniedException", policy.AccessDeniedMessage(r, reason))
+}
+
+// polEntry caches the parsed key policy of one key record. Records are
+// immutable snapshots replaced on every update, so a cached entry is valid
+// exactly while its record is the current one: PutKeyPolicy (any update)
+// invalidates it without further bookkeeping.
+type polEntry struct {
+	rec *catalog.Key
+	pol *policy.Policy
+}
+
+type policyCache struct{ m sync.Map } // key id → *polEntry
+
+// keyPolicy returns k's parsed key policy, parsing it once per record.
+// A stored policy that no longer parses allows nothing.
+func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
+	if e, ok := s.policies.m.Load(k.ID); ok && e.(*polEntry).rec == k {
+		return e.(*polEntry).pol
+	}
+	p, err := policy.Parse(k.Policy, policy.KeyPolicy)
+	if err != nil {
+		s.log.Error("stored key policy does not parse", "key", k.ID, "err", err)
+		p = nil
+	}
+	s.policies.m.Store(k.ID, &polEntry{rec: k, pol: p})
+	return p
+}
+
+// authorizeKey decides a call of action on key k (KeyScope). ec is the
+// encryption context of cryptographic operations (nil for others); extra,
+// if not nil, adds operation-specific condition keys. Grants are consulted
+// only when the policies do not allow, and never override an explicit
+// deny. The key's ARN is recorded on the caller for the audit record.
+func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k *catalog.Key, ec map[string]string, extra func(*policy.Request)) error {
+	c.addResource(k.ARN())
+	if c.Trusted && k.Account == c.Account {
+		return nil
+	}
+	r := s.request(c, action, k.ARN())
+	r.Set(policy.KeyKeySpec, k.KeySpec)
+	r.Set(policy.KeyKeyUsage, k.KeyUsage)
+	r.Set(policy.KeyKeyOrigin, k.Origin)
+	if ec != nil {
+		r.SetEncryptionContext(ec)
+	}
+	if extra != nil {
+		extra(r)
+	}
+	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	if ok {
+		return nil
+	}
+	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
+		allowed, err := s.grantsAllow(ctx, c, k, action, ec)
+		if err != nil {
+			return err
+		}
+		if allowed {
+			return nil
+		}
+	}
+	return accessDenied(r, reason)
+}
+
+// authorizeIAM decides an operation on no key from identity policies.
+func (s *Service) authorizeIAM(c *Caller, action string, extra func(*policy.Request)) error {
+	if c.Trusted {
+		return nil
+	}
+	r := s.request(c, action, "*")
+	if extra != nil {
+		extra(r)
+	}
+	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+		return accessDenied(r, reason)
+	}
+	return nil
+}
+
+// AuthorizeStore decides a custom key store or CloudHSM cluster operation
+// (StoreScope): from identity policies alone, and never across accounts —
+// a resource whose account is not the caller's is refused whatever any
+// policy says. resource is the store's or cluster's ARN ("*" for list
+// operations); resourceAccount its account ("" for list operations).
+func (s *Service) AuthorizeStore(c *Caller, op, resource, resourceAccount string) error {
+	a, ok := Authorizations[op]
+	if !ok || a.Scope != StoreScope {
+		return internal(errUnknownOperation(op))
+	}
+	return authorizeStore(s, c, a.Action, resource, resourceAccount)
+}
+
+func authorizeStore(s *Service, c *Caller, action, resource, resourceAccount string) error {
+	if resource == "" {
+		resource = "*"
+	}
+	r := s.request(c, action, resource)
+	if resourceAccount != "" && resourceAccount != c.Account {
+		return accessDenied(r, policy.NoIAMAllows)
+	}
+	if c.Trusted {
+		return nil
+	}
+	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+		return accessDenied(r, reason)
+	}
+	return nil
+}
+
+type errUnknownOperation string
+
+func (e errUnknownOperation) Error() string {
+	return "kms: no authorization for operation " + string(e)
+}
+
+// addResource records a key the call acted on, once.
+func (c *Caller) addResource(arn string) {
+	for _, r := range c.Resources {
+		if r == arn {
+			return
+		}
+	}
+	c.Resources = append(c.Resources, arn)
+}
+
+// AuthorizeUnsupported decides, from identity policies, an operation kmsd
+// does not implement yet but whose authorization needs no key (IAMScope
+// and StoreScope operations), so that a caller without permission hears
+// AccessDeniedException before UnsupportedOperationException, as the
+// order of checks will be once the operation exists. Other operations
+// are not decided (nil).
+func (s *Service) AuthorizeUnsupported(c *Caller, op string) error {
+	a, ok := Authorizations[op]
+	if !ok {
+		return nil
+	}
+	switch a.Scope {
+	case IAMScope:
+		return s.authorizeIAM(c, a.Action, nil)
+	case StoreScope:
+		return authorizeStore(s, c, a.Action, "*", "")
+	}
+	return nil
+}
