@@ -4,11 +4,10 @@
 //
 // Records are handed to a Logger, which queues them and writes them from
 // one goroutine through a buffer, so that encoding and I/O stay off the
-// request path. The buffer is flushed whenever the queue runs empty and on
-// Close, which the server calls before it acknowledges a shutdown; a crash
-// (kill -9, power loss) can lose at most the records still queued or
-// buffered at that moment — never more than one queue's worth, and in
-// practice the few lines of the last milliseconds.
+// request path. The buffer is flushed every 100 ms and on Close, which the
+// server calls before it acknowledges a shutdown; a crash (kill -9, power
+// loss) can lose at most the records still queued or buffered at that
+// moment — the last 100 ms or so.
 //
 // Nothing secret is recorded: request and response parameters are copied
 // through Sanitize, which drops every binary field (plaintext, ciphertext,
@@ -105,11 +104,15 @@ type Logger struct {
 	closed sync.Once
 	mu     sync.Mutex // guards sends against Close
 	shut   bool
+	buf    []byte // the record being written; owned by run
 }
 
 // QueueSize bounds the records waiting to be written; a full queue makes
 // requests wait rather than lose records.
 const QueueSize = 8192
+
+// flushEvery bounds how long a record waits in memory before it is written.
+const flushEvery = 100 * time.Millisecond
 
 // New starts a Logger writing to w (a *File, os.Stdout, …). onErr, if not
 // nil, is told of write errors (the records are then lost).
@@ -136,22 +139,34 @@ func (l *Logger) Log(r *Record) {
 
 func (l *Logger) run() {
 	defer close(l.done)
-	enc := json.NewEncoder(l.bw)
-	enc.SetEscapeHTML(false)
-	for r := range l.q {
-		l.write(enc, r)
-		// Flush when the queue runs empty: an idle server has written
-		// everything, a busy one batches its writes.
-		if len(l.q) == 0 {
-			l.flush()
+	// Records are flushed every flushEvery, not when the queue runs
+	// empty: under load the queue is empty after almost every record, and
+	// a write system call per request would sit on the hot path.
+	tick := time.NewTicker(flushEvery)
+	defer tick.Stop()
+	dirty := false
+	for {
+		select {
+		case r, ok := <-l.q:
+			if !ok {
+				l.flush()
+				return
+			}
+			l.write(r)
+			dirty = true
+		case <-tick.C:
+			if dirty {
+				l.flush()
+				dirty = false
+			}
 		}
 	}
-	l.flush()
 }
 
-func (l *Logger) write(enc *json.Encoder, r *Record) {
+func (l *Logger) write(r *Record) {
 	Fill(r)
-	if err := enc.Encode(r); err != nil && l.onErr != nil {
+	l.buf = append(appendRecord(l.buf[:0], r), '\n')
+	if _, err := l.bw.Write(l.buf); err != nil && l.onErr != nil {
 		l.onErr(err)
 	}
 }
@@ -204,11 +219,15 @@ func Fill(r *Record) {
 		r.EventCategory = "Management"
 	}
 	if r.Params != nil {
-		r.RequestParameters = Sanitize(r.Params)
+		if b, ok := AppendSanitized(nil, r.Params); ok {
+			r.RequestParameters = json.RawMessage(b)
+		}
 		r.Params = nil
 	}
 	if r.Response != nil {
-		r.ResponseElements = Sanitize(r.Response)
+		if b, ok := AppendSanitized(nil, r.Response); ok {
+			r.ResponseElements = json.RawMessage(b)
+		}
 		r.Response = nil
 	}
 }

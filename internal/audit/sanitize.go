@@ -3,7 +3,7 @@ package audit
 import (
 	"encoding"
 	"reflect"
-	"strings"
+	"sync"
 )
 
 // secretNames are field names (lower case, without separators) whose
@@ -21,8 +21,45 @@ var secretNames = map[string]bool{
 
 // IsSecret reports whether a parameter of this name is never recorded.
 func IsSecret(name string) bool {
-	n := strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(name))
-	return secretNames[n]
+	var buf [64]byte
+	b := buf[:0]
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '_' || c == '-':
+			continue
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	return secretNames[string(b)]
+}
+
+// field is how one struct field is recorded: its CloudTrail name, or
+// skipped (unexported or secret).
+type field struct {
+	index int
+	name  string
+}
+
+// plans caches, per struct type, the fields Sanitize records, so the
+// reflection and name checks run once per type, not once per request.
+var plans sync.Map // reflect.Type → []field
+
+func planOf(t reflect.Type) []field {
+	if p, ok := plans.Load(t); ok {
+		return p.([]field)
+	}
+	var fs []field
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.IsExported() && !IsSecret(f.Name) {
+			fs = append(fs, field{index: i, name: lowerCamel(f.Name)})
+		}
+	}
+	plans.Store(t, fs)
+	return fs
 }
 
 // Sanitize copies a request or response shape (a struct, a pointer to
@@ -59,14 +96,9 @@ func sanitize(v reflect.Value, depth int) any {
 			return v.Interface()
 		}
 		m := map[string]any{}
-		t := v.Type()
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if !f.IsExported() || IsSecret(f.Name) {
-				continue
-			}
-			if x := sanitize(v.Field(i), depth+1); x != nil {
-				m[lowerCamel(f.Name)] = x
+		for _, f := range planOf(v.Type()) {
+			if x := sanitize(v.Field(f.index), depth+1); x != nil {
+				m[f.name] = x
 			}
 		}
 		return m

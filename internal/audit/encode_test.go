@@ -1,0 +1,106 @@
+package audit
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+type inner struct {
+	Name   *string
+	Blob   []byte
+	Secret *string
+}
+
+type outer struct {
+	KeyId             *string
+	Plaintext         []byte
+	EncryptionContext map[string]string
+	GrantTokens       []string
+	Tags              []inner
+	Limit             *int32
+	DryRun            *bool
+	Nested            *inner
+	Password          *string
+	Empty             *inner
+}
+
+// TestAppendSanitizedMatchesSanitize checks the direct encoder against
+// the reference (maps through encoding/json): same JSON values.
+func TestAppendSanitizedMatchesSanitize(t *testing.T) {
+	s := func(v string) *string { return &v }
+	n := int32(7)
+	yes := true
+	tests := []struct {
+		name string
+		in   any
+	}{
+		{"full", &outer{
+			KeyId: s("alias/x"), Plaintext: []byte("secret"),
+			EncryptionContext: map[string]string{"b": "2", "a": "quote\" and \\ and \n and \x01"},
+			GrantTokens:       []string{"t"}, Tags: []inner{{Name: s("n"), Blob: []byte{1}}},
+			Limit: &n, DryRun: &yes, Nested: &inner{Name: s("ü")}, Password: s("hunter2"), Empty: &inner{},
+		}},
+		{"empty", &outer{}},
+		{"nil", (*outer)(nil)},
+		{"map of any", map[string]any{"Password": "x", "plain": "y", "n": 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := AppendSanitized(nil, tt.in)
+			want := Sanitize(tt.in)
+			if want == nil {
+				if ok {
+					t.Fatalf("got %s, want nothing", got)
+				}
+				return
+			}
+			wantJSON, _ := json.Marshal(want)
+			var g, w any
+			if err := json.Unmarshal(got, &g); err != nil {
+				t.Fatalf("invalid JSON %s: %v", got, err)
+			}
+			json.Unmarshal(wantJSON, &w)
+			if !reflect.DeepEqual(g, w) {
+				t.Fatalf("got  %s\nwant %s", got, wantJSON)
+			}
+		})
+	}
+}
+
+// TestAppendRecordMatchesEncodingJSON checks the hand-written record
+// encoder against encoding/json on the Record type.
+func TestAppendRecordMatchesEncodingJSON(t *testing.T) {
+	r := &Record{
+		EventVersion: EventVersion, EventTime: "2026-01-02T03:04:05Z", EventSource: "kms.amazonaws.com",
+		EventName: "Encrypt", AWSRegion: "us-east-1", SourceIPAddress: "127.0.0.1", UserAgent: "ua \"quoted\"",
+		UserIdentity: UserIdentity{Type: "IAMUser", ARN: "arn:aws:iam::111122223333:user/a", AccountID: "111122223333"},
+		ErrorCode:    "NotFoundException", ErrorMessage: "Key 'x' does not exist",
+		RequestParameters: json.RawMessage(`{"keyId":"k"}`),
+		RequestID:         "r", EventID: "e", ReadOnly: true,
+		Resources: []Resource{{AccountID: "111122223333", Type: "AWS::KMS::Key", ARN: "arn:k"}},
+		EventType: "AwsApiCall", ManagementEvent: true, RecipientAccountID: "111122223333", EventCategory: "Management",
+		AdditionalEventData: map[string]any{"x": 1},
+	}
+	want, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := appendRecord(nil, r)
+	var g, w any
+	if err := json.Unmarshal(got, &g); err != nil {
+		t.Fatalf("invalid JSON %s: %v", got, err)
+	}
+	json.Unmarshal(want, &w)
+	if !reflect.DeepEqual(g, w) {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	r.ErrorCode, r.ErrorMessage, r.Resources, r.AdditionalEventData, r.RequestParameters = "", "", nil, nil, nil
+	want, _ = json.Marshal(r)
+	got = appendRecord(nil, r)
+	json.Unmarshal(got, &g)
+	json.Unmarshal(want, &w)
+	if !reflect.DeepEqual(g, w) {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
