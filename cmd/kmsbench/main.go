@@ -80,8 +80,10 @@ func parseFlags(args []string) (*options, error) {
 	var ops, conc string
 	fs.StringVar(&o.spawn, "spawn", "kmsd", "kmsd binary to start (looked up in PATH when it has no slash); ignored with -endpoint")
 	fs.StringVar(&o.endpoint, "endpoint", "", "drive a running kmsd at this URL instead of spawning one")
-	fs.StringVar(&o.accessKey, "access-key", os.Getenv("AWS_ACCESS_KEY_ID"), "access key id, with -endpoint (default $AWS_ACCESS_KEY_ID)")
-	fs.StringVar(&o.secretKey, "secret-key", os.Getenv("AWS_SECRET_ACCESS_KEY"), "secret access key, with -endpoint (default $AWS_SECRET_ACCESS_KEY)")
+	// The environment is read after parsing, so that -h never prints a
+	// secret as a default.
+	fs.StringVar(&o.accessKey, "access-key", "", "access key id, with -endpoint (default $AWS_ACCESS_KEY_ID)")
+	fs.StringVar(&o.secretKey, "secret-key", "", "secret access key, with -endpoint (default $AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&o.region, "region", "us-east-1", "region requests are signed for")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "pid of the running kmsd, with -endpoint, for its CPU time")
 	fs.StringVar(&ops, "ops", "encrypt,decrypt,generatedatakey,createkey", "operations to run, comma-separated")
@@ -102,6 +104,12 @@ func parseFlags(args []string) (*options, error) {
 	registerPolicyFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.accessKey == "" {
+		o.accessKey = os.Getenv("AWS_ACCESS_KEY_ID")
+	}
+	if o.secretKey == "" {
+		o.secretKey = os.Getenv("AWS_SECRET_ACCESS_KEY")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -141,10 +149,9 @@ type report struct {
 	Auth       string    `json:"auth,omitempty"`
 	Signer     string    `json:"signer"`
 	Pinned     bool      `json:"pinned"`
-	GenCPU     int       `json:"generator_cpu,omitempty"`
-	ServerCPU  int       `json:"server_cpu,omitempty"`
+	GenCPU     int       `json:"generator_cpu"` // -1: not pinned
+	ServerCPU  int       `json:"server_cpu"`    // -1: not pinned by kmsbench
 	GOMAXPROCS int       `json:"generator_gomaxprocs"`
-	NumCPU     int       `json:"num_cpu"`
 	ClkTck     int       `json:"clk_tck"`
 	WarmupS    float64   `json:"warmup_s"`
 	DurationS  float64   `json:"duration_s"`
@@ -168,11 +175,15 @@ func run1(o *options) error {
 
 	rep := report{
 		Started: time.Now().UTC(), Signer: o.signer, Pinned: o.pin,
-		GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(), ClkTck: clockTicks(),
+		GOMAXPROCS: runtime.GOMAXPROCS(0), ClkTck: clockTicks(),
 		WarmupS: o.warmup.Seconds(), DurationS: o.duration.Seconds(),
+		GenCPU: -1, ServerCPU: -1,
 	}
 	if o.pin {
-		rep.GenCPU, rep.ServerCPU = o.genCPU, o.serverCPU
+		rep.GenCPU = o.genCPU
+		if o.endpoint == "" {
+			rep.ServerCPU = o.serverCPU
+		}
 	}
 	creds := credentials{accessKeyID: o.accessKey, secret: o.secretKey, region: o.region, service: "kms"}
 	pid := o.serverPID
@@ -200,8 +211,15 @@ func run1(o *options) error {
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
-	fmt.Printf("kmsbench: %s %s, signer %s, pinned %v (generator CPU %d, server CPU %d), GOMAXPROCS %d, CLK_TCK %d, %v warm-up + %v per run\n",
-		rep.Mode, rep.Endpoint, rep.Signer, rep.Pinned, rep.GenCPU, rep.ServerCPU, rep.GOMAXPROCS, rep.ClkTck, o.warmup, o.duration)
+	pinning := "not pinned"
+	switch {
+	case o.pin && o.endpoint == "":
+		pinning = fmt.Sprintf("generator on CPU %d, kmsd (pid %d) on CPU %d", o.genCPU, pid, o.serverCPU)
+	case o.pin:
+		pinning = fmt.Sprintf("generator on CPU %d", o.genCPU)
+	}
+	fmt.Printf("kmsbench: %s %s, signer %s, %s, GOMAXPROCS %d, CLK_TCK %d, %v warm-up + %v per run\n",
+		rep.Mode, rep.Endpoint, rep.Signer, pinning, rep.GOMAXPROCS, rep.ClkTck, o.warmup, o.duration)
 
 	rc := runConfig{warmup: o.warmup, duration: o.duration, maxRequests: o.maxRequests, serverPID: pid, clkTck: rep.ClkTck, maxErrorBodies: o.errorBodies}
 	tw := newTable(os.Stdout)

@@ -89,6 +89,9 @@ func spawn(ctx context.Context, path string, cpu int, logLevel string) (*server,
 	cmd.Env = kmsdEnv(os.Environ())
 	cmd.Stdout = io.Discard // the banner; kmsbench reads the credentials file instead
 	cmd.Stderr = os.Stderr
+	// If kmsbench dies without stopping it (SIGPIPE on a closed stdout,
+	// SIGKILL), the kernel sends kmsd SIGTERM. taskset's exec keeps it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err

@@ -53,8 +53,36 @@ var (
 	arnAccountRe = regexp.MustCompile(`^[0-9]{12}$`)
 )
 
-// IsKeyID reports whether s has the shape of a key id.
-func IsKeyID(s string) bool { return idPattern.MatchString(s) || mrkPattern.MatchString(s) }
+// IsKeyID reports whether s has the shape of a key id: a lower-case UUID,
+// or mrk- and 32 hex digits. It runs on every request, so it is a byte
+// loop rather than a regular expression (idPattern and mrkPattern state the
+// same rule; a test keeps them in agreement).
+func IsKeyID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	if s[:4] == "mrk-" {
+		for i := 4; i < len(s); i++ {
+			if !isLowerHex(s[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	for i := 0; i < 36; i++ {
+		c := s[i]
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if c != '-' {
+				return false
+			}
+		} else if !isLowerHex(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func isLowerHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
 
 // Parse reads a KeyId parameter.
 func Parse(s string) (Ref, error) {

@@ -104,3 +104,29 @@ func FuzzParseBlob(f *testing.F) {
 		}
 	})
 }
+
+// TestIsKeyIDMatchesPatterns keeps the byte loop of IsKeyID in agreement
+// with the regular expressions that state the rule.
+func TestIsKeyIDMatchesPatterns(t *testing.T) {
+	for _, s := range []string{
+		"1234abcd-12ab-34cd-56ef-1234567890ab", "1234ABCD-12ab-34cd-56ef-1234567890ab",
+		"1234abcd-12ab-34cd-56ef-1234567890a", "1234abcd-12ab-34cd-56ef-1234567890abc",
+		"1234abcd012ab-34cd-56ef-1234567890ab", "mrk-1234567890abcdef1234567890abcdef",
+		"mrk-1234567890abcdef1234567890abcdeg", "mrk-1234567890abcdef1234567890abcde", "", "g234abcd-12ab-34cd-56ef-1234567890ab",
+	} {
+		want := idPattern.MatchString(s) || mrkPattern.MatchString(s)
+		if got := IsKeyID(s); got != want {
+			t.Errorf("IsKeyID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func FuzzIsKeyID(f *testing.F) {
+	f.Add("1234abcd-12ab-34cd-56ef-1234567890ab")
+	f.Add("mrk-1234567890abcdef1234567890abcdef")
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := IsKeyID(s), idPattern.MatchString(s) || mrkPattern.MatchString(s); got != want {
+			t.Fatalf("IsKeyID(%q) = %v, want %v", s, got, want)
+		}
+	})
+}
