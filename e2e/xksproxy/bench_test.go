@@ -2,7 +2,10 @@ package xksproxy
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -28,15 +31,37 @@ func TestBench(t *testing.T) {
 	_, kfEnv := keyFile(t, dir)
 	cfg := writeConfig(t, dir, pk)
 	env := append(append(hsmEnv, kfEnv...), "E2E_SECRET_B="+secretB)
+	// A full run pins the proxy to CPU 1 (with GOMAXPROCS 1, as if started
+	// there) and the load generator to CPU 0, so the two do not compete
+	// for a core.
+	pin := full && runtime.NumCPU() >= 2
+	if pin {
+		env = append(env, "GOMAXPROCS=1")
+	}
 	p := start(t, env, "--config", cfg)
 	base := "https://localhost:" + strings.Split(p.addr, ":")[1]
+	if pin {
+		if out, err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(p.cmd.Process.Pid)).CombinedOutput(); err != nil {
+			t.Fatalf("taskset: %v\n%s", err, out)
+		}
+	}
 	for _, tc := range []struct{ name, prefix, key string }{
 		{"key file", "/soft", "both"},
 		{"SoftHSM2", "/hsm", "foo"},
 	} {
-		out := run(t, nil, "bench", "--url", base+tc.prefix, "--access-key-id", akidA,
+		args := []string{"bench", "--url", base + tc.prefix, "--access-key-id", akidA,
 			"--secret-access-key-file", filepath.Join(dir, "secretA"), "--ca-file", filepath.Join(pk, "ca.pem"),
-			"--key-id", tc.key, "--concurrency", conc, "--duration", dur, "--warmup", warm)
+			"--key-id", tc.key, "--concurrency", conc, "--duration", dur, "--warmup", warm}
+		var out string
+		if pin {
+			b, err := exec.Command("taskset", append([]string{"-c", "0", binPath}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("bench: %v\n%s", err, b)
+			}
+			out = string(b)
+		} else {
+			out = run(t, nil, args...)
+		}
 		t.Logf("%s (%s):\n%s", tc.name, tc.prefix, out)
 		if strings.Count(out, "ops/s") != 2*len(strings.Split(conc, ",")) {
 			t.Fatalf("bench output:\n%s", out)
