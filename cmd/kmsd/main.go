@@ -74,6 +74,7 @@ func serve(args []string) error {
 		{"audit-log", "KMSD_AUDIT_LOG", "audit_log", "audit log (CloudTrail-shaped JSON lines): a file, - for stdout, off (default <data-dir>/audit.log)", &cfg.AuditLog},
 		{"audit-log-max-size", "KMSD_AUDIT_LOG_MAX_SIZE", "audit_log_max_size", "size in bytes at which the audit log file is rotated (default 104857600)", &auditMax},
 		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
+		{"hsm-config", "KMSD_HSM_CONFIG", "hsm_config", "TOML file declaring HSM clusters over existing PKCS#11 tokens", &cfg.HSMConfig},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
 	fs.Usage = func() {

@@ -79,6 +79,12 @@ func freeAddr(t *testing.T) string {
 // start runs kmsd (auth verify: real SigV4 checks) with short HSM delays.
 func start(t *testing.T, bin string) *kmsd {
 	t.Helper()
+	return startWith(t, bin, nil)
+}
+
+// startWith is start with more environment variables and flags for kmsd.
+func startWith(t *testing.T, bin string, env []string, args ...string) *kmsd {
+	t.Helper()
 	tmp := t.TempDir()
 	k := &kmsd{dataDir: filepath.Join(tmp, "data")}
 	addr := freeAddr(t)
@@ -88,8 +94,9 @@ func start(t *testing.T, bin string) *kmsd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug")
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug"}, args...)...)
 	cmd.Env = append(os.Environ(), "KMSD_HSM_CREATE_DELAY=200ms", "KMSD_HSM_INITIALIZE_DELAY=200ms", "KMSD_HSM_DELETE_DELAY=200ms")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,12 @@ func invalid(format string, a ...any) error {
 	return hsmapi.NewException(excInvalid, fmt.Sprintf(format, a...))
 }
 
+// declaredRefusal answers what would change the hardware of a declared
+// cluster, which is managed outside kmsd.
+func declaredRefusal(id string) error {
+	return invalid("Cluster %s is declared in kmsd's HSM configuration over existing tokens; its HSMs are managed outside kmsd.", id)
+}
+
 func notFound(id string) error {
 	return hsmapi.NewException(excNotFound, "The resource "+id+" was not found.")
 }
@@ -254,8 +260,10 @@ var hsmStates = map[string]bool{ClusterUninitialized: true, ClusterInitialized: 
 // mapping: CREATE_IN_PROGRESS, then a background step creates its token,
 // gives it the cluster's users and keys, and makes it ACTIVE.
 func (s *Service) CreateHsm(ctx context.Context, c Caller, in *hsmapi.CreateHsmRequest) (*hsmapi.CreateHsmResponse, error) {
-	if _, ok := s.get(c, *in.ClusterId); !ok {
+	if r, ok := s.get(c, *in.ClusterId); !ok {
 		return nil, notFound(*in.ClusterId)
+	} else if r.Declared {
+		return nil, declaredRefusal(r.ID)
 	}
 	if _, err := s.tokens(); err != nil {
 		return nil, hsmapi.NewException(excService, "HSMs are unavailable on this kmsd: "+err.Error())
@@ -362,7 +370,7 @@ func (s *Service) finishCreateHSM(ctx context.Context, clusterID, hsmID string) 
 
 // createToken initialises h's token and syncs it. Callers hold r's lock.
 func (s *Service) createToken(ctx context.Context, r *record, h *hsmRecord) error {
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return err
 	}
@@ -386,7 +394,7 @@ func (s *Service) syncToken(ctx context.Context, r *record, label, so string) er
 	if u == nil {
 		return nil
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return err
 	}
@@ -411,7 +419,7 @@ func (s *Service) syncToken(ctx context.Context, r *record, label, so string) er
 // syncKeys imports the masking key and unwraps every key of the cluster
 // into token label, which must be logged in.
 func (s *Service) syncKeys(ctx context.Context, r *record, label string) error {
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return err
 	}
@@ -434,8 +442,10 @@ func (s *Service) syncKeys(ctx context.Context, r *record, label string) error {
 // DeleteHsm deletes the HSM named by HsmId, EniId or EniIp:
 // DELETE_IN_PROGRESS, then its token is deleted and it leaves the cluster.
 func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmRequest) (*hsmapi.DeleteHsmResponse, error) {
-	if _, ok := s.get(c, *in.ClusterId); !ok {
+	if r, ok := s.get(c, *in.ClusterId); !ok {
 		return nil, notFound(*in.ClusterId)
+	} else if r.Declared {
+		return nil, declaredRefusal(r.ID)
 	}
 	if in.HsmId == nil && in.EniId == nil && in.EniIp == nil {
 		return nil, invalid("One of HsmId, EniId or EniIp is required.")
@@ -478,7 +488,7 @@ func (s *Service) finishDeleteHSM(ctx context.Context, clusterID, hsmID string) 
 		if h == nil || h.State != HSMDeleteInProgress {
 			return errSkip
 		}
-		if toks, err := s.tokens(); err == nil {
+		if toks, err := s.tokensFor(r); err == nil {
 			if err := toks.DeleteToken(ctx, h.label()); err != nil {
 				s.log.Warn("hsm: delete token", "cluster", clusterID, "hsm", hsmID, "err", err)
 			}
@@ -500,8 +510,10 @@ func (s *Service) finishDeleteHSM(ctx context.Context, clusterID, hsmID string) 
 // DeleteCluster deletes a cluster that has no HSMs left:
 // DELETE_IN_PROGRESS, then DELETED, its secrets, users and keys erased.
 func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.DeleteClusterRequest) (*hsmapi.DeleteClusterResponse, error) {
-	if _, ok := s.get(c, *in.ClusterId); !ok {
+	if r, ok := s.get(c, *in.ClusterId); !ok {
 		return nil, notFound(*in.ClusterId)
+	} else if r.Declared {
+		return nil, declaredRefusal(r.ID)
 	}
 	r, err := s.update(ctx, *in.ClusterId, func(r *record) error {
 		switch r.State {

@@ -93,6 +93,18 @@ type Config struct {
 	Dir string
 	// Module is the SoftHSM2 PKCS#11 module; DefaultModule when empty.
 	Module string
+	// SoftHSMConf, when set, is the SoftHSM2 configuration to load the
+	// module with (normally SOFTHSM2_CONF from kmsd's environment) instead
+	// of the one kmsd writes under Dir: tokens prepared by the operator for
+	// declared clusters then share the module with kmsd's own.
+	SoftHSMConf string
+	// Declared are the clusters over existing tokens (Declaration), each
+	// registered, or brought up to date, at New.
+	Declared []Declaration
+	// ProbeInterval is how often the tokens of declared clusters are
+	// checked, their HSMs marked DEGRADED when gone and ACTIVE again when
+	// back; 10s when zero.
+	ProbeInterval time.Duration
 	// CreateDelay is how long a new cluster stays CREATE_IN_PROGRESS and a
 	// new HSM at least CREATE_IN_PROGRESS; InitializeDelay how long a
 	// cluster stays INITIALIZE_IN_PROGRESS; DeleteDelay how long a
@@ -168,6 +180,10 @@ type record struct {
 	Users         []userRecord      `json:"users,omitempty"`
 	Keys          []keyRecord       `json:"keys,omitempty"`
 	NextIP        int               `json:"nextIp,omitempty"`
+	// Declared marks a cluster over existing tokens (Declaration), whose
+	// HSMs are managed outside kmsd; Module is its PKCS#11 module.
+	Declared bool   `json:"declared,omitempty"`
+	Module   string `json:"module,omitempty"`
 }
 
 type hsmRecord struct {
@@ -179,11 +195,17 @@ type hsmRecord struct {
 	State        string    `json:"state"`
 	StateMessage string    `json:"stateMessage,omitempty"`
 	Created      time.Time `json:"created"`
+	Token        string    `json:"token,omitempty"` // declared token label
 }
 
-// label is the PKCS#11 token label of the HSM: its id, which is unique
-// and fits the 32 bytes of CK_TOKEN_INFO.label.
-func (h *hsmRecord) label() string { return h.ID }
+// label is the PKCS#11 token label of the HSM: the declared token's, else
+// its id, which is unique and fits the 32 bytes of CK_TOKEN_INFO.label.
+func (h *hsmRecord) label() string {
+	if h.Token != "" {
+		return h.Token
+	}
+	return h.ID
+}
 
 type tag struct {
 	Key   string `json:"k"`

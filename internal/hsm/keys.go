@@ -49,10 +49,11 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 	if label == "" || len(label) > MaxKeyLabel {
 		return fmt.Errorf("%w: a key label has 1 to %d bytes", ErrInvalidRequest, MaxKeyLabel)
 	}
-	if _, err := s.keyCluster(clusterID); err != nil {
+	kr, err := s.keyCluster(clusterID)
+	if err != nil {
 		return err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(kr)
 	if err != nil {
 		return err
 	}
@@ -64,6 +65,11 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 		if len(hs) == 0 {
 			return fmt.Errorf("%w: cluster %s", ErrNoActiveHSM, clusterID)
 		}
+		mk, err := s.open(maskingPath(r.ID), r.Masking)
+		if err != nil {
+			return err
+		}
+		defer clear(mk)
 		var wrapped []byte
 		var made []hsmRecord
 		undo := func() {
@@ -77,7 +83,7 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 				if err = s.syncKeys(ctx, r, h.label()); err == nil { // masking key present
 					wrapped, err = toks.GenerateKey(ctx, h.label(), label)
 				}
-			} else {
+			} else if err = toks.ImportMasking(ctx, h.label(), mk); err == nil {
 				err = toks.UnwrapKey(ctx, h.label(), label, wrapped)
 			}
 			if err != nil {
@@ -118,7 +124,7 @@ func (s *Service) Encrypt(ctx context.Context, clusterID, label string, plaintex
 	if r.key(label) == nil {
 		return nil, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, label)
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -143,7 +149,7 @@ func (s *Service) Decrypt(ctx context.Context, clusterID, label string, iv, ciph
 	if len(iv) != IVSize || len(ciphertext) < TagSize {
 		return nil, fmt.Errorf("%w: malformed ciphertext", ErrInvalidRequest)
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +167,7 @@ func (s *Service) GenerateRandom(ctx context.Context, clusterID string, n int) (
 	if err != nil {
 		return nil, err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return nil, err
 	}
@@ -177,10 +183,11 @@ func (s *Service) GenerateRandom(ctx context.Context, clusterID string, n int) (
 // already gone from an HSM is not an error; a key unknown to the cluster is
 // ErrKeyNotFound.
 func (s *Service) DeleteKey(ctx context.Context, clusterID, label string) error {
-	if _, err := s.keyCluster(clusterID); err != nil {
+	kr, err := s.keyCluster(clusterID)
+	if err != nil {
 		return err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(kr)
 	if err != nil {
 		return err
 	}
@@ -219,7 +226,7 @@ func (s *Service) Keys(ctx context.Context, clusterID string) ([]KeyInfo, error)
 	if err != nil {
 		return nil, err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return nil, err
 	}

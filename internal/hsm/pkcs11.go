@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
@@ -30,6 +31,12 @@ type module struct {
 	path string
 	ctx  *p11.Ctx
 	refs int
+	now  func() time.Time
+
+	// life is held shared around every call into the library and
+	// exclusively by reinit, which finalises and initialises it again.
+	life       sync.RWMutex
+	lastReinit time.Time // under life, held exclusively
 
 	mu     sync.Mutex
 	tokens map[string]*token // by label, while found
@@ -48,6 +55,14 @@ type token struct {
 
 const maxIdle = 8
 
+// reinitEvery bounds how often a module is re-initialised to look for a
+// token that went away: a token gone for good must not cost the module's
+// other tokens their sessions on every call.
+const reinitEvery = time.Second
+
+// errLost: the token went away under a call (its slot stopped answering).
+var errLost = fmt.Errorf("%w: the token went away", ErrUnreachable)
+
 func openTokens(path string) (tokens, error) {
 	modMu.Lock()
 	defer modMu.Unlock()
@@ -63,7 +78,7 @@ func openTokens(path string) (tokens, error) {
 		ctx.Destroy()
 		return nil, fmt.Errorf("%w: C_Initialize of %s: %v", ErrUnavailable, path, err)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, tokens: map[string]*token{}, pins: map[string]string{}}
+	m := &module{path: path, ctx: ctx, refs: 1, now: time.Now, tokens: map[string]*token{}, pins: map[string]string{}}
 	modules[path] = m
 	return m, nil
 }
@@ -75,6 +90,8 @@ func (m *module) Close() error {
 		return nil
 	}
 	delete(modules, m.path)
+	m.life.Lock()
+	defer m.life.Unlock()
 	m.mu.Lock()
 	for l := range m.tokens {
 		m.dropLocked(l)
@@ -193,10 +210,91 @@ func (m *module) dropLocked(label string) {
 	delete(m.tokens, label)
 }
 
+// aliveLocked reports whether label's token answers: its known slot, or
+// else a slot scan, shows it initialised. Callers hold m.mu.
+func (m *module) aliveLocked(label string) bool {
+	if t, ok := m.tokens[label]; ok {
+		ti, err := m.ctx.GetTokenInfo(t.slot)
+		if err == nil && ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 && strings.TrimRight(ti.Label, " \x00") == label {
+			return true
+		}
+		m.dropLocked(label)
+	}
+	_, err := m.findSlot(label)
+	return err == nil
+}
+
+// reinit finalises and initialises the library again (C_Finalize,
+// C_Initialize): that is when a PKCS#11 library scans its tokens anew, so
+// a token that went away and came back is found only then — SoftHSM2, for
+// one, marks a vanished token invalid for good and shows no token that
+// appears later. Every token's sessions end; tokenLocked logs the user in
+// again from pins. It runs at most once per reinitEvery, and reports
+// whether label's token answers afterwards.
+func (m *module) reinit(label string) bool {
+	m.life.Lock()
+	defer m.life.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.aliveLocked(label) { // re-initialised by another caller meanwhile
+		return true
+	}
+	now := m.now()
+	if now.Sub(m.lastReinit) < reinitEvery {
+		return false
+	}
+	m.lastReinit = now
+	for l := range m.tokens {
+		m.dropLocked(l)
+	}
+	m.ctx.Finalize()
+	if err := m.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		return false // calls fail CKR_CRYPTOKI_NOT_INITIALIZED until the next reinit
+	}
+	_, err := m.findSlot(label)
+	return err == nil
+}
+
+// shared runs fn holding the library's life shared.
+func (m *module) shared(fn func() error) error {
+	m.life.RLock()
+	defer m.life.RUnlock()
+	return fn()
+}
+
+// live runs fn (shared); when fn finds label's token unreachable, the
+// library is re-initialised (reinit) and fn runs once more, so that a
+// token that went away and came back is picked up without a restart.
+func (m *module) live(ctx context.Context, label string, fn func() error) error {
+	err := m.shared(fn)
+	if errors.Is(err, ErrUnreachable) && ctx.Err() == nil && m.reinit(label) {
+		err = m.shared(fn)
+	}
+	return err
+}
+
+// Refresh finds label's token again, re-initialising the library if it
+// went away; ErrUnreachable when it is still not there.
+func (m *module) Refresh(ctx context.Context, label string) error {
+	return m.live(ctx, label, func() error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if !m.aliveLocked(label) {
+			return fmt.Errorf("%w: no token labelled %q", ErrUnreachable, label)
+		}
+		return nil
+	})
+}
+
 // with runs fn on a pooled read-write session of label's token. If the
-// session or the token went away, the token is found again and fn retried
-// once, so a token that comes back is picked up.
+// session or the token went away, the token is found again — re-
+// initialising the library if need be — and fn retried, so a token that
+// comes back is picked up.
 func (m *module) with(ctx context.Context, label string, fn func(h p11.SessionHandle) error) error {
+	return m.live(ctx, label, func() error { return m.with1(ctx, label, fn) })
+}
+
+func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionHandle) error) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		if e := ctx.Err(); e != nil {
@@ -222,6 +320,16 @@ func (m *module) with(ctx context.Context, label string, fn func(h p11.SessionHa
 		}
 		err = fn(h)
 		m.mu.Lock()
+		if err != nil {
+			// A vanished token answers some calls as if it were empty
+			// (no such key): ask its slot whether it is still there.
+			if ti, e := m.ctx.GetTokenInfo(t.slot); e != nil || strings.TrimRight(ti.Label, " \x00") != label {
+				m.ctx.CloseSession(h)
+				m.dropLocked(label)
+				m.mu.Unlock()
+				return fmt.Errorf("%w (%v)", errLost, err)
+			}
+		}
 		switch {
 		case err != nil && retryable(err) && !isCode(err, p11.CKR_USER_NOT_LOGGED_IN):
 			m.ctx.CloseSession(h)
@@ -243,6 +351,8 @@ func (m *module) with(ctx context.Context, label string, fn func(h p11.SessionHa
 }
 
 func (m *module) InitToken(ctx context.Context, label, soPIN string) error {
+	m.life.RLock()
+	defer m.life.RUnlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, err := m.findSlot(label); err == nil {
@@ -269,10 +379,12 @@ func (m *module) InitToken(ctx context.Context, label, soPIN string) error {
 // directory; the module notices at its next slot scan. Tokens of other
 // modules are left alone (an HSM is not ours to erase).
 func (m *module) DeleteToken(ctx context.Context, label string) error {
+	m.life.RLock()
 	m.mu.Lock()
 	m.dropLocked(label)
 	delete(m.pins, label)
 	m.mu.Unlock()
+	m.life.RUnlock()
 	if !strings.Contains(m.path, "softhsm") {
 		return nil
 	}
@@ -289,6 +401,8 @@ func (m *module) DeleteToken(ctx context.Context, label string) error {
 }
 
 func (m *module) Present(ctx context.Context, label string) error {
+	m.life.RLock()
+	defer m.life.RUnlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	_, err := m.findSlot(label)
@@ -302,6 +416,8 @@ func (m *module) Present(ctx context.Context, label string) error {
 // not be logged in at the same time, so a user login of this process is
 // suspended around it and restored afterwards.
 func (m *module) soSession(ctx context.Context, label, soPIN string, fn func(h p11.SessionHandle) error) error {
+	m.life.RLock()
+	defer m.life.RUnlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	pin, wasLogged := m.pins[label]
@@ -351,6 +467,8 @@ func (m *module) InitUserPIN(ctx context.Context, label, soPIN, pin string) erro
 }
 
 func (m *module) UserPINInitialized(ctx context.Context, label string) (bool, error) {
+	m.life.RLock()
+	defer m.life.RUnlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	slot, err := m.findSlot(label)
@@ -379,8 +497,15 @@ func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) e
 }
 
 func (m *module) Login(ctx context.Context, label, pin string) error {
+	return m.live(ctx, label, func() error { return m.login(label, pin) })
+}
+
+func (m *module) login(label, pin string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if _, ok := m.tokens[label]; ok && !m.aliveLocked(label) {
+		return fmt.Errorf("%w: token %s", errLost, label)
+	}
 	t, err := m.tokenLocked(label)
 	if err != nil {
 		return err
@@ -416,6 +541,8 @@ func (m *module) Login(ctx context.Context, label, pin string) error {
 }
 
 func (m *module) Logout(ctx context.Context, label string) error {
+	m.life.RLock()
+	defer m.life.RUnlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if t, ok := m.tokens[label]; ok && t.logged {
@@ -570,6 +697,9 @@ func (m *module) HasKey(ctx context.Context, label, keyLabel string) (bool, erro
 	err := m.with(ctx, label, func(h p11.SessionHandle) error {
 		hs, err := m.findKey(h, keyLabel)
 		found = len(hs) > 0
+		if err == nil && !found {
+			err = m.check(h) // a vanished token shows no objects
+		}
 		return err
 	})
 	return found, err
@@ -617,7 +747,7 @@ func (m *module) ListKeys(ctx context.Context, label string) ([]string, error) {
 				return err
 			}
 			if len(hs) == 0 {
-				return nil
+				return m.check(h) // a vanished token shows no objects
 			}
 			for _, o := range hs {
 				attrs, err := m.ctx.GetAttributeValue(h, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil)})
@@ -631,6 +761,15 @@ func (m *module) ListKeys(ctx context.Context, label string) ([]string, error) {
 		}
 	})
 	return out, err
+}
+
+// check asks the token of session h whether it is still there.
+func (m *module) check(h p11.SessionHandle) error {
+	si, err := m.ctx.GetSessionInfo(h)
+	if err == nil {
+		_, err = m.ctx.GetTokenInfo(si.SlotID)
+	}
+	return err
 }
 
 func (m *module) crypt(ctx context.Context, label, keyLabel string, iv, in, aad []byte, encrypt bool) ([]byte, error) {

@@ -39,7 +39,8 @@ type Service struct {
 	logins map[string]map[string]bool
 
 	tokMu sync.Mutex
-	toks  tokens // the SoftHSM2 module, loaded on first use
+	toks  tokens            // the SoftHSM2 module, loaded on first use
+	mods  map[string]tokens // other modules of declared clusters, by path
 }
 
 // New opens the clusters kept in store and resumes their pending
@@ -50,7 +51,8 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		cfg.Module = DefaultModule
 	}
 	s := &Service{cfg: cfg, store: store, barrier: b, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
-		clusters: map[string]*record{}, locks: map[string]*sync.Mutex{}, logins: map[string]map[string]bool{}}
+		clusters: map[string]*record{}, locks: map[string]*sync.Mutex{}, logins: map[string]map[string]bool{},
+		mods: map[string]tokens{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -75,6 +77,10 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	for _, r := range s.clusters {
 		s.resume(r)
 	}
+	if err := s.declare(ctx, cfg.Declared); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -84,25 +90,36 @@ func (s *Service) Close() error {
 	s.wg.Wait()
 	s.tokMu.Lock()
 	defer s.tokMu.Unlock()
-	if s.toks != nil {
-		return s.toks.Close()
+	var err error
+	for _, t := range s.mods {
+		err = errors.Join(err, t.Close())
 	}
-	return nil
+	if s.toks != nil {
+		err = errors.Join(err, s.toks.Close())
+	}
+	return err
 }
 
 // tokens loads the SoftHSM2 module once: it writes the process's one
 // softhsm2.conf (token directory under Dir) and points SOFTHSM2_CONF at it
-// before C_Initialize, which is when SoftHSM2 reads it.
+// before C_Initialize, which is when SoftHSM2 reads it — or points it at
+// Config.SoftHSMConf when that is set.
 func (s *Service) tokens() (tokens, error) {
 	s.tokMu.Lock()
 	defer s.tokMu.Unlock()
+	return s.tokensLocked()
+}
+
+func (s *Service) tokensLocked() (tokens, error) {
 	if s.toks != nil {
 		return s.toks, nil
 	}
 	if !Available {
 		return nil, fmt.Errorf("%w: kmsd was built without cgo", ErrUnavailable)
 	}
-	if s.cfg.Dir != "" {
+	if s.cfg.SoftHSMConf != "" {
+		os.Setenv("SOFTHSM2_CONF", s.cfg.SoftHSMConf)
+	} else if s.cfg.Dir != "" {
 		tokdir := filepath.Join(s.cfg.Dir, "tokens")
 		if err := os.MkdirAll(tokdir, 0o700); err != nil {
 			return nil, err
@@ -123,9 +140,35 @@ func (s *Service) tokens() (tokens, error) {
 	return t, nil
 }
 
+// tokensFor returns the module of r's tokens: a declared cluster's own
+// module, else the SoftHSM2 one. Any module loads after the SoftHSM2
+// configuration is in place, in case it is SoftHSM2 under another path.
+func (s *Service) tokensFor(r *record) (tokens, error) {
+	s.tokMu.Lock()
+	defer s.tokMu.Unlock()
+	def, err := s.tokensLocked()
+	if r.Module == "" || r.Module == s.cfg.Module || err != nil {
+		return def, err
+	}
+	if t, ok := s.mods[r.Module]; ok {
+		return t, nil
+	}
+	t, err := openTokens(r.Module)
+	if err != nil {
+		return nil, err
+	}
+	s.mods[r.Module] = t
+	return t, nil
+}
+
 // SoftHSMConf is the softhsm2.conf kmsd's tokens are described by, for
 // tools (softhsm2-util, pkcs11-tool) that want to look at them.
-func (s *Service) SoftHSMConf() string { return filepath.Join(s.cfg.Dir, "softhsm2.conf") }
+func (s *Service) SoftHSMConf() string {
+	if s.cfg.SoftHSMConf != "" {
+		return s.cfg.SoftHSMConf
+	}
+	return filepath.Join(s.cfg.Dir, "softhsm2.conf")
+}
 
 func (s *Service) lock(id string) func() {
 	s.mu.Lock()

@@ -15,6 +15,10 @@ type tokens interface {
 	DeleteToken(ctx context.Context, label string) error
 	// Present reports ErrUnreachable when no initialised token is label.
 	Present(ctx context.Context, label string) error
+	// Refresh is Present, but finds a token that went away and came back:
+	// the module is re-initialised (at most once a second) when label is
+	// not found.
+	Refresh(ctx context.Context, label string) error
 	// SetSOPIN changes the SO PIN (C_Login as SO, C_SetPIN).
 	SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error
 	// InitUserPIN sets the user PIN as the SO (C_Login as SO, C_InitPIN):

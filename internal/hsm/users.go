@@ -63,7 +63,7 @@ func (s *Service) Activate(ctx context.Context, c Caller, clusterID, password st
 	if r.State != ClusterInitialized {
 		return fmt.Errorf("%w: cluster %s is %s; only an INITIALIZED cluster can be activated", ErrInvalidRequest, clusterID, r.State)
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(r)
 	if err != nil {
 		return err
 	}
@@ -101,8 +101,12 @@ func (s *Service) Activate(ctx context.Context, c Caller, clusterID, password st
 // the SO). The SoftHSM2 provider has one user PIN per token, so a cluster
 // has one crypto user (kmsuser); the admin is the cluster's SO.
 func (s *Service) CreateUser(ctx context.Context, c Caller, clusterID, username, role, password string) error {
-	if _, err := s.activeCluster(c, clusterID); err != nil {
+	ar, err := s.activeCluster(c, clusterID)
+	if err != nil {
 		return err
+	}
+	if ar.Declared {
+		return fmt.Errorf("%w: the crypto user of declared cluster %s is declared with it", ErrInvalidRequest, clusterID)
 	}
 	if err := checkUser(username, role); err != nil {
 		return err
@@ -110,7 +114,7 @@ func (s *Service) CreateUser(ctx context.Context, c Caller, clusterID, username,
 	if err := checkPassword(password); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.update(ctx, clusterID, func(r *record) error {
 		if u := r.cryptoUser(); u != nil {
 			if u.Name == username {
 				return fmt.Errorf("%w: %s", ErrUserExists, username)
@@ -154,13 +158,17 @@ func checkUser(username, role string) error {
 // random value nobody knows (SoftHSM2 cannot remove a token's user). A user
 // who is logged in, or owns keys, cannot be deleted.
 func (s *Service) DeleteUser(ctx context.Context, c Caller, clusterID, username, role string) error {
-	if _, err := s.activeCluster(c, clusterID); err != nil {
+	ar, err := s.activeCluster(c, clusterID)
+	if err != nil {
 		return err
+	}
+	if ar.Declared {
+		return fmt.Errorf("%w: the crypto user of declared cluster %s is managed on its HSMs", ErrInvalidRequest, clusterID)
 	}
 	if err := checkUser(username, role); err != nil {
 		return err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(ar)
 	if err != nil {
 		return err
 	}
@@ -202,7 +210,8 @@ func (s *Service) DeleteUser(ctx context.Context, c Caller, clusterID, username,
 // reset through the SO (C_InitPIN). It also clears the failed-login
 // counter, which is how the admin unlocks a locked-out user.
 func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, username, role, password string) error {
-	if _, err := s.activeCluster(c, clusterID); err != nil {
+	ar, err := s.activeCluster(c, clusterID)
+	if err != nil {
 		return err
 	}
 	if err := checkUser(username, role); err != nil {
@@ -211,7 +220,7 @@ func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, usern
 	if err := checkPassword(password); err != nil {
 		return err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(ar)
 	if err != nil {
 		return err
 	}
@@ -252,13 +261,14 @@ func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, usern
 // C_SetPIN on every HSM, as a key store does at connect. A wrong old
 // password counts as a failed login.
 func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, username, old, password string) error {
-	if _, err := s.activeCluster(c, clusterID); err != nil {
+	ar, err := s.activeCluster(c, clusterID)
+	if err != nil {
 		return err
 	}
 	if err := checkPassword(password); err != nil {
 		return err
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(ar)
 	if err != nil {
 		return err
 	}
@@ -303,13 +313,14 @@ func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, usern
 // against the user; after MaxFailedLogins the user is locked out
 // (ErrPINLocked) until the admin changes the password.
 func (s *Service) Login(ctx context.Context, c Caller, clusterID, username, role, password, client string) error {
-	if _, err := s.activeCluster(c, clusterID); err != nil {
+	ar, err := s.activeCluster(c, clusterID)
+	if err != nil {
 		return err
 	}
 	if role != RoleCryptoUser {
 		return checkUser(username, role)
 	}
-	toks, err := s.tokens()
+	toks, err := s.tokensFor(ar)
 	if err != nil {
 		return err
 	}
@@ -336,6 +347,15 @@ func (s *Service) Login(ctx context.Context, c Caller, clusterID, username, role
 					return nil // store the counter
 				}
 				return fmt.Errorf("HSM %s: %w", h.ID, err)
+			}
+		}
+		if r.Declared {
+			// The tokens of a declared cluster may have been away, or
+			// replaced, while keys were made: bring them in sync.
+			for _, h := range hs {
+				if err := s.syncKeys(ctx, r, h.label()); err != nil {
+					s.log.Warn("hsm: sync keys at login", "cluster", r.ID, "hsm", h.ID, "err", err)
+				}
 			}
 		}
 		if u.FailedLogins == 0 {
@@ -382,7 +402,7 @@ func (s *Service) Logout(ctx context.Context, c Caller, clusterID, username, rol
 	last := len(s.logins[clusterID]) == 0
 	s.mu.Unlock()
 	if last {
-		if toks, err := s.tokens(); err == nil {
+		if toks, err := s.tokensFor(r); err == nil {
 			for _, h := range r.HSMs {
 				toks.Logout(ctx, h.label())
 			}

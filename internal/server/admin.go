@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/hsmapi"
@@ -20,6 +21,17 @@ import (
 )
 
 const adminPrefix = "KmsdAdmin"
+
+// adminEventSource is the audit log's eventSource of admin operations.
+const adminEventSource = "kmsd-admin"
+
+// adminParams is what the audit log records of an admin request.
+type adminParams struct {
+	ClusterId string `json:"clusterId,omitempty"`
+	Username  string `json:"username,omitempty"`
+	Role      string `json:"role,omitempty"`
+	Label     string `json:"label,omitempty"`
+}
 
 // adminRequest is the input of every admin operation; each uses the
 // members it needs.
@@ -134,8 +146,14 @@ func isAdmin(p identity.Principal) bool {
 	return p.ARN == identity.Root(p.Account).ARN || p.ARN == "arn:aws:iam::"+p.Account+":user/kmsd-admin"
 }
 
-func (h *hsmServer) serveAdmin(w http.ResponseWriter, r *http.Request, body []byte, reqID string, m *metrics) {
+func (h *hsmServer) serveAdmin(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record, m *metrics) {
+	reqID := rec.RequestID
 	opName, _ := awsjson.Target(r.Header.Get("X-Amz-Target"), adminPrefix)
+	rec.EventSource = adminEventSource
+	if adminOps[opName] != nil {
+		rec.EventName = opName
+		rec.ReadOnly = strings.HasPrefix(opName, "List")
+	}
 	fail := func(code, msg string) {
 		label := opName
 		if adminOps[opName] == nil {
@@ -146,9 +164,10 @@ func (h *hsmServer) serveAdmin(w http.ResponseWriter, r *http.Request, body []by
 		if code == "InternalFailure" {
 			status = http.StatusInternalServerError
 		}
+		rec.ErrorCode, rec.ErrorMessage = code, msg
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: code, Message: msg, Status: status})
 	}
-	c, p, exc := h.caller(r, body, h.kmsVerifier)
+	c, p, exc := h.caller(r, body, h.kmsVerifier, rec)
 	if exc != nil {
 		fail(exc.Name, exc.Message)
 		return
@@ -167,6 +186,8 @@ func (h *hsmServer) serveAdmin(w http.ResponseWriter, r *http.Request, body []by
 		fail(e.Code, e.Message)
 		return
 	}
+	// Never the password.
+	rec.RequestParameters = adminParams{ClusterId: in.ClusterId, Username: in.Username, Role: in.Role, Label: in.Label}
 	if in.ClusterId == "" {
 		fail("ValidationException", "ClusterId is required.")
 		return

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/hsm"
@@ -26,10 +27,11 @@ import (
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
-// hsmPrincipals resolves a verified access key to its principal; nil in
-// emulator mode, where every caller is the account's root.
+// hsmPrincipals resolves a verified access key to its identity, as the
+// KMS path does; nil in emulator mode, where every caller is the
+// account's root.
 type hsmPrincipals interface {
-	Principal(akid string) (identity.Principal, bool)
+	Identity(akid string) (*identity.Identity, bool)
 }
 
 // hsmServer serves the HSM cluster APIs.
@@ -45,28 +47,42 @@ type hsmServer struct {
 // hsmConfigFromEnv reads the HSM settings: KMSD_HSM_MODULE (the SoftHSM2
 // module), KMSD_HSM_CREATE_DELAY, KMSD_HSM_INITIALIZE_DELAY and
 // KMSD_HSM_DELETE_DELAY (Go durations; how long clusters and HSMs stay in
-// their *_IN_PROGRESS states, 2s by default).
-func hsmConfigFromEnv(dataDir string, log *slog.Logger) (hsm.Config, error) {
-	cfg := hsm.Config{Dir: filepath.Join(dataDir, "hsm"), Module: os.Getenv("KMSD_HSM_MODULE"), Logger: log,
-		CreateDelay: 2 * time.Second, InitializeDelay: 2 * time.Second, DeleteDelay: 2 * time.Second}
+// their *_IN_PROGRESS states, 2s by default), KMSD_HSM_PROBE_INTERVAL (how
+// often declared clusters' tokens are checked, 10s by default), and
+// SOFTHSM2_CONF, which kmsd's SoftHSM2 module then uses instead of the
+// configuration it writes under the data directory. The clusters declared
+// in cfg.HSMConfig belong to kmsd's account and default Region unless they
+// name others.
+func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
+	hcfg := hsm.Config{Dir: filepath.Join(cfg.DataDir, "hsm"), Module: os.Getenv("KMSD_HSM_MODULE"), Logger: log,
+		SoftHSMConf: os.Getenv("SOFTHSM2_CONF"),
+		CreateDelay: 2 * time.Second, InitializeDelay: 2 * time.Second, DeleteDelay: 2 * time.Second, ProbeInterval: 10 * time.Second}
+	if cfg.HSMConfig != "" {
+		ds, err := hsm.LoadDeclarations(cfg.HSMConfig, cfg.AccountID, cfg.DefaultRegion)
+		if err != nil {
+			return hcfg, err
+		}
+		hcfg.Declared = ds
+	}
 	for env, d := range map[string]*time.Duration{
-		"KMSD_HSM_CREATE_DELAY": &cfg.CreateDelay, "KMSD_HSM_INITIALIZE_DELAY": &cfg.InitializeDelay, "KMSD_HSM_DELETE_DELAY": &cfg.DeleteDelay,
+		"KMSD_HSM_CREATE_DELAY": &hcfg.CreateDelay, "KMSD_HSM_INITIALIZE_DELAY": &hcfg.InitializeDelay, "KMSD_HSM_DELETE_DELAY": &hcfg.DeleteDelay,
+		"KMSD_HSM_PROBE_INTERVAL": &hcfg.ProbeInterval,
 	} {
 		if v := os.Getenv(env); v != "" {
 			p, err := time.ParseDuration(v)
 			if err != nil || p < 0 {
-				return cfg, errors.New(env + ": want a duration such as 500ms")
+				return hcfg, errors.New(env + ": want a duration such as 500ms")
 			}
 			*d = p
 		}
 	}
-	return cfg, nil
+	return hcfg, nil
 }
 
 // newHSMServer opens the HSM clusters kept in store. kmsVerifier is the
 // KMS listener's verifier; the cloudhsm one shares its access keys.
 func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barrier.Barrier, kmsVerifier *sigv4.Verifier, ids hsmPrincipals, log *slog.Logger) (*hsmServer, error) {
-	hcfg, err := hsmConfigFromEnv(cfg.DataDir, log)
+	hcfg, err := hsmConfigFromEnv(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -83,24 +99,26 @@ func (h *hsmServer) Close() error { return h.svc.Close() }
 
 // serveHSM serves the request if its target belongs to the HSM APIs, and
 // reports whether it did.
-func (a *api) serveHSM(w http.ResponseWriter, r *http.Request, body []byte, reqID string) bool {
+func (a *api) serveHSM(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record) bool {
 	if a.hsm == nil {
 		return false
 	}
 	target := r.Header.Get("X-Amz-Target")
 	switch {
 	case strings.HasPrefix(target, hsmapi.TargetPrefix+"."):
-		a.hsm.serveCloudHSM(w, r, body, reqID, a.metrics)
+		a.hsm.serveCloudHSM(w, r, body, rec, a.metrics)
 	case strings.HasPrefix(target, adminPrefix+"."):
-		a.hsm.serveAdmin(w, r, body, reqID, a.metrics)
+		a.hsm.serveAdmin(w, r, body, rec, a.metrics)
 	default:
 		return false
 	}
 	return true
 }
 
-// caller verifies the request with v and returns who signed it.
-func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier) (hsm.Caller, identity.Principal, *hsmapi.Exception) {
+// caller verifies the request with v and returns who signed it, resolved
+// as the KMS path does (temporary credentials need their session token),
+// and records them in rec.
+func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec *audit.Record) (hsm.Caller, identity.Principal, *hsmapi.Exception) {
 	res, err := v.Verify(r, body)
 	if err != nil {
 		var se *sigv4.Error
@@ -109,14 +127,17 @@ func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier) (hsm
 		}
 		return hsm.Caller{}, identity.Principal{}, hsmapi.NewException("InternalFailure", "")
 	}
+	rec.AWSRegion = res.Region
 	if h.ids == nil {
-		p := identity.Root(h.account)
-		return hsm.Caller{Account: h.account, Region: res.Region}, p, nil
+		setRoot(rec, h.account, res.AccessKeyID)
+		return hsm.Caller{Account: h.account, Region: res.Region}, identity.Root(h.account), nil
 	}
-	p, ok := h.ids.Principal(res.AccessKeyID)
-	if !ok {
-		return hsm.Caller{}, p, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
+	id, ok := h.ids.Identity(res.AccessKeyID)
+	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
+		return hsm.Caller{}, identity.Principal{}, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
 	}
+	setIdentity(rec, id)
+	p := identity.Principal{Account: id.Principal.Account, ARN: id.Principal.ARN, Name: id.Principal.Name}
 	return hsm.Caller{Account: p.Account, Region: res.Region}, p, nil
 }
 
@@ -163,17 +184,24 @@ var hsmHandlers = map[string]hsmHandler{
 	}),
 }
 
-func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body []byte, reqID string, m *metrics) {
+func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record, m *metrics) {
+	reqID := rec.RequestID
 	opName, _ := awsjson.Target(r.Header.Get("X-Amz-Target"), hsmapi.TargetPrefix)
+	rec.EventSource = "cloudhsm.amazonaws.com"
+	if hsmapi.Operations[opName] != nil {
+		rec.EventName = opName
+		rec.ReadOnly = strings.HasPrefix(opName, "Describe") || strings.HasPrefix(opName, "List")
+	}
 	fail := func(e *hsmapi.Exception) {
 		label := opName
 		if hsmapi.Operations[opName] == nil {
 			label = "unknown"
 		}
 		m.fail("cloudhsm:"+label, e.Name)
+		rec.ErrorCode, rec.ErrorMessage = e.Name, e.Message
 		writeHSMError(w, reqID, e)
 	}
-	c, _, exc := h.caller(r, body, h.verifier)
+	c, _, exc := h.caller(r, body, h.verifier, rec)
 	if exc != nil {
 		fail(exc)
 		return
@@ -189,6 +217,7 @@ func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body [
 	}
 	in, err := op.decode(body)
 	if err == nil {
+		rec.RequestParameters = in // CloudHSM v2 inputs carry no secrets
 		var out any
 		if out, err = op.call(r.Context(), h.svc, c, in); err == nil {
 			m.requests.WithLabelValues("cloudhsm:"+opName, "OK").Inc()

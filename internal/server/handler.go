@@ -71,7 +71,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// [hsm] CloudHSM v2 (BaldrApiService.*) and admin (KmsdAdmin.*) targets: cloudhsm.go.
-	if a.serveHSM(w, r, body, reqID) {
+	if a.serveHSM(w, r, body, rec) {
 		return
 	}
 	rec.EventSource = "kms.amazonaws.com"

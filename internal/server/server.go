@@ -58,6 +58,9 @@ type Config struct {
 	// IAMConfig is an optional TOML file declaring accounts and
 	// identities (see identity.Config); it is read again on SIGHUP.
 	IAMConfig string
+	// HSMConfig is an optional TOML file declaring HSM clusters over
+	// existing PKCS#11 tokens (see hsm.LoadDeclarations).
+	HSMConfig string
 }
 
 // Validate checks c and fills defaults.
