@@ -271,7 +271,9 @@ func generate(m *model, service, pkg, version string) ([]byte, error) {
 		}
 		g.p("// %s is the %s shape.\ntype %s struct {\n", name, name, name)
 		for _, mem := range s.Members {
-			g.p("\t%s %s `json:\"%s,omitempty\"`\n", goField(mem.Name), g.goType(mem.Shape), mem.Name)
+			// omitzero leaves out absent (nil) members but keeps an empty
+			// list or map that was set: AWS answers "Keys":[] for no keys.
+			g.p("\t%s %s `json:\"%s,omitzero\"`\n", goField(mem.Name), g.goType(mem.Shape), mem.Name)
 		}
 		g.p("}\n\n")
 		if g.inputs[name] {

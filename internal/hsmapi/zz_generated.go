@@ -93,26 +93,26 @@ var patternTagValue = regexp.MustCompile("^(?:^([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)
 
 // Backup is the Backup shape.
 type Backup struct {
-	BackupId        *string `json:"BackupId,omitempty"`
-	BackupArn       *string `json:"BackupArn,omitempty"`
-	BackupState     *string `json:"BackupState,omitempty"`
-	ClusterId       *string `json:"ClusterId,omitempty"`
-	CreateTimestamp *Time   `json:"CreateTimestamp,omitempty"`
-	CopyTimestamp   *Time   `json:"CopyTimestamp,omitempty"`
-	NeverExpires    *bool   `json:"NeverExpires,omitempty"`
-	SourceRegion    *string `json:"SourceRegion,omitempty"`
-	SourceBackup    *string `json:"SourceBackup,omitempty"`
-	SourceCluster   *string `json:"SourceCluster,omitempty"`
-	DeleteTimestamp *Time   `json:"DeleteTimestamp,omitempty"`
-	TagList         []Tag   `json:"TagList,omitempty"`
-	HsmType         *string `json:"HsmType,omitempty"`
-	Mode            *string `json:"Mode,omitempty"`
+	BackupId        *string `json:"BackupId,omitzero"`
+	BackupArn       *string `json:"BackupArn,omitzero"`
+	BackupState     *string `json:"BackupState,omitzero"`
+	ClusterId       *string `json:"ClusterId,omitzero"`
+	CreateTimestamp *Time   `json:"CreateTimestamp,omitzero"`
+	CopyTimestamp   *Time   `json:"CopyTimestamp,omitzero"`
+	NeverExpires    *bool   `json:"NeverExpires,omitzero"`
+	SourceRegion    *string `json:"SourceRegion,omitzero"`
+	SourceBackup    *string `json:"SourceBackup,omitzero"`
+	SourceCluster   *string `json:"SourceCluster,omitzero"`
+	DeleteTimestamp *Time   `json:"DeleteTimestamp,omitzero"`
+	TagList         []Tag   `json:"TagList,omitzero"`
+	HsmType         *string `json:"HsmType,omitzero"`
+	Mode            *string `json:"Mode,omitzero"`
 }
 
 // BackupRetentionPolicy is the BackupRetentionPolicy shape.
 type BackupRetentionPolicy struct {
-	Type  *string `json:"Type,omitempty"`
-	Value *string `json:"Value,omitempty"`
+	Type  *string `json:"Type,omitzero"`
+	Value *string `json:"Value,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -141,40 +141,40 @@ func (v *BackupRetentionPolicy) Validate(errs *Errors, path string) {
 
 // Certificates is the Certificates shape.
 type Certificates struct {
-	ClusterCsr                      *string `json:"ClusterCsr,omitempty"`
-	HsmCertificate                  *string `json:"HsmCertificate,omitempty"`
-	AwsHardwareCertificate          *string `json:"AwsHardwareCertificate,omitempty"`
-	ManufacturerHardwareCertificate *string `json:"ManufacturerHardwareCertificate,omitempty"`
-	ClusterCertificate              *string `json:"ClusterCertificate,omitempty"`
+	ClusterCsr                      *string `json:"ClusterCsr,omitzero"`
+	HsmCertificate                  *string `json:"HsmCertificate,omitzero"`
+	AwsHardwareCertificate          *string `json:"AwsHardwareCertificate,omitzero"`
+	ManufacturerHardwareCertificate *string `json:"ManufacturerHardwareCertificate,omitzero"`
+	ClusterCertificate              *string `json:"ClusterCertificate,omitzero"`
 }
 
 // Cluster is the Cluster shape.
 type Cluster struct {
-	BackupPolicy              *string                `json:"BackupPolicy,omitempty"`
-	BackupRetentionPolicy     *BackupRetentionPolicy `json:"BackupRetentionPolicy,omitempty"`
-	ClusterId                 *string                `json:"ClusterId,omitempty"`
-	CreateTimestamp           *Time                  `json:"CreateTimestamp,omitempty"`
-	Hsms                      []Hsm                  `json:"Hsms,omitempty"`
-	HsmType                   *string                `json:"HsmType,omitempty"`
-	HsmTypeRollbackExpiration *Time                  `json:"HsmTypeRollbackExpiration,omitempty"`
-	PreCoPassword             *string                `json:"PreCoPassword,omitempty"`
-	SecurityGroup             *string                `json:"SecurityGroup,omitempty"`
-	SourceBackupId            *string                `json:"SourceBackupId,omitempty"`
-	State                     *string                `json:"State,omitempty"`
-	StateMessage              *string                `json:"StateMessage,omitempty"`
-	SubnetMapping             map[string]string      `json:"SubnetMapping,omitempty"`
-	VpcId                     *string                `json:"VpcId,omitempty"`
-	NetworkType               *string                `json:"NetworkType,omitempty"`
-	Certificates              *Certificates          `json:"Certificates,omitempty"`
-	TagList                   []Tag                  `json:"TagList,omitempty"`
-	Mode                      *string                `json:"Mode,omitempty"`
+	BackupPolicy              *string                `json:"BackupPolicy,omitzero"`
+	BackupRetentionPolicy     *BackupRetentionPolicy `json:"BackupRetentionPolicy,omitzero"`
+	ClusterId                 *string                `json:"ClusterId,omitzero"`
+	CreateTimestamp           *Time                  `json:"CreateTimestamp,omitzero"`
+	Hsms                      []Hsm                  `json:"Hsms,omitzero"`
+	HsmType                   *string                `json:"HsmType,omitzero"`
+	HsmTypeRollbackExpiration *Time                  `json:"HsmTypeRollbackExpiration,omitzero"`
+	PreCoPassword             *string                `json:"PreCoPassword,omitzero"`
+	SecurityGroup             *string                `json:"SecurityGroup,omitzero"`
+	SourceBackupId            *string                `json:"SourceBackupId,omitzero"`
+	State                     *string                `json:"State,omitzero"`
+	StateMessage              *string                `json:"StateMessage,omitzero"`
+	SubnetMapping             map[string]string      `json:"SubnetMapping,omitzero"`
+	VpcId                     *string                `json:"VpcId,omitzero"`
+	NetworkType               *string                `json:"NetworkType,omitzero"`
+	Certificates              *Certificates          `json:"Certificates,omitzero"`
+	TagList                   []Tag                  `json:"TagList,omitzero"`
+	Mode                      *string                `json:"Mode,omitzero"`
 }
 
 // CopyBackupToRegionRequest is the CopyBackupToRegionRequest shape.
 type CopyBackupToRegionRequest struct {
-	DestinationRegion *string `json:"DestinationRegion,omitempty"`
-	BackupId          *string `json:"BackupId,omitempty"`
-	TagList           []Tag   `json:"TagList,omitempty"`
+	DestinationRegion *string `json:"DestinationRegion,omitzero"`
+	BackupId          *string `json:"BackupId,omitzero"`
+	TagList           []Tag   `json:"TagList,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -214,18 +214,18 @@ func (v *CopyBackupToRegionRequest) Validate(errs *Errors, path string) {
 
 // CopyBackupToRegionResponse is the CopyBackupToRegionResponse shape.
 type CopyBackupToRegionResponse struct {
-	DestinationBackup *DestinationBackup `json:"DestinationBackup,omitempty"`
+	DestinationBackup *DestinationBackup `json:"DestinationBackup,omitzero"`
 }
 
 // CreateClusterRequest is the CreateClusterRequest shape.
 type CreateClusterRequest struct {
-	BackupRetentionPolicy *BackupRetentionPolicy `json:"BackupRetentionPolicy,omitempty"`
-	HsmType               *string                `json:"HsmType,omitempty"`
-	SourceBackupId        *string                `json:"SourceBackupId,omitempty"`
-	SubnetIds             []string               `json:"SubnetIds,omitempty"`
-	NetworkType           *string                `json:"NetworkType,omitempty"`
-	TagList               []Tag                  `json:"TagList,omitempty"`
-	Mode                  *string                `json:"Mode,omitempty"`
+	BackupRetentionPolicy *BackupRetentionPolicy `json:"BackupRetentionPolicy,omitzero"`
+	HsmType               *string                `json:"HsmType,omitzero"`
+	SourceBackupId        *string                `json:"SourceBackupId,omitzero"`
+	SubnetIds             []string               `json:"SubnetIds,omitzero"`
+	NetworkType           *string                `json:"NetworkType,omitzero"`
+	TagList               []Tag                  `json:"TagList,omitzero"`
+	Mode                  *string                `json:"Mode,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -296,14 +296,14 @@ func (v *CreateClusterRequest) Validate(errs *Errors, path string) {
 
 // CreateClusterResponse is the CreateClusterResponse shape.
 type CreateClusterResponse struct {
-	Cluster *Cluster `json:"Cluster,omitempty"`
+	Cluster *Cluster `json:"Cluster,omitzero"`
 }
 
 // CreateHsmRequest is the CreateHsmRequest shape.
 type CreateHsmRequest struct {
-	ClusterId        *string `json:"ClusterId,omitempty"`
-	AvailabilityZone *string `json:"AvailabilityZone,omitempty"`
-	IpAddress        *string `json:"IpAddress,omitempty"`
+	ClusterId        *string `json:"ClusterId,omitzero"`
+	AvailabilityZone *string `json:"AvailabilityZone,omitzero"`
+	IpAddress        *string `json:"IpAddress,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -335,12 +335,12 @@ func (v *CreateHsmRequest) Validate(errs *Errors, path string) {
 
 // CreateHsmResponse is the CreateHsmResponse shape.
 type CreateHsmResponse struct {
-	Hsm *Hsm `json:"Hsm,omitempty"`
+	Hsm *Hsm `json:"Hsm,omitzero"`
 }
 
 // DeleteBackupRequest is the DeleteBackupRequest shape.
 type DeleteBackupRequest struct {
-	BackupId *string `json:"BackupId,omitempty"`
+	BackupId *string `json:"BackupId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -360,12 +360,12 @@ func (v *DeleteBackupRequest) Validate(errs *Errors, path string) {
 
 // DeleteBackupResponse is the DeleteBackupResponse shape.
 type DeleteBackupResponse struct {
-	Backup *Backup `json:"Backup,omitempty"`
+	Backup *Backup `json:"Backup,omitzero"`
 }
 
 // DeleteClusterRequest is the DeleteClusterRequest shape.
 type DeleteClusterRequest struct {
-	ClusterId *string `json:"ClusterId,omitempty"`
+	ClusterId *string `json:"ClusterId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -385,15 +385,15 @@ func (v *DeleteClusterRequest) Validate(errs *Errors, path string) {
 
 // DeleteClusterResponse is the DeleteClusterResponse shape.
 type DeleteClusterResponse struct {
-	Cluster *Cluster `json:"Cluster,omitempty"`
+	Cluster *Cluster `json:"Cluster,omitzero"`
 }
 
 // DeleteHsmRequest is the DeleteHsmRequest shape.
 type DeleteHsmRequest struct {
-	ClusterId *string `json:"ClusterId,omitempty"`
-	HsmId     *string `json:"HsmId,omitempty"`
-	EniId     *string `json:"EniId,omitempty"`
-	EniIp     *string `json:"EniIp,omitempty"`
+	ClusterId *string `json:"ClusterId,omitzero"`
+	HsmId     *string `json:"HsmId,omitzero"`
+	EniId     *string `json:"EniId,omitzero"`
+	EniIp     *string `json:"EniIp,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -428,12 +428,12 @@ func (v *DeleteHsmRequest) Validate(errs *Errors, path string) {
 
 // DeleteHsmResponse is the DeleteHsmResponse shape.
 type DeleteHsmResponse struct {
-	HsmId *string `json:"HsmId,omitempty"`
+	HsmId *string `json:"HsmId,omitzero"`
 }
 
 // DeleteResourcePolicyRequest is the DeleteResourcePolicyRequest shape.
 type DeleteResourcePolicyRequest struct {
-	ResourceArn *string `json:"ResourceArn,omitempty"`
+	ResourceArn *string `json:"ResourceArn,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -451,17 +451,17 @@ func (v *DeleteResourcePolicyRequest) Validate(errs *Errors, path string) {
 
 // DeleteResourcePolicyResponse is the DeleteResourcePolicyResponse shape.
 type DeleteResourcePolicyResponse struct {
-	ResourceArn *string `json:"ResourceArn,omitempty"`
-	Policy      *string `json:"Policy,omitempty"`
+	ResourceArn *string `json:"ResourceArn,omitzero"`
+	Policy      *string `json:"Policy,omitzero"`
 }
 
 // DescribeBackupsRequest is the DescribeBackupsRequest shape.
 type DescribeBackupsRequest struct {
-	NextToken     *string             `json:"NextToken,omitempty"`
-	MaxResults    *int32              `json:"MaxResults,omitempty"`
-	Filters       map[string][]string `json:"Filters,omitempty"`
-	Shared        *bool               `json:"Shared,omitempty"`
-	SortAscending *bool               `json:"SortAscending,omitempty"`
+	NextToken     *string             `json:"NextToken,omitzero"`
+	MaxResults    *int32              `json:"MaxResults,omitzero"`
+	Filters       map[string][]string `json:"Filters,omitzero"`
+	Shared        *bool               `json:"Shared,omitzero"`
+	SortAscending *bool               `json:"SortAscending,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -500,15 +500,15 @@ func (v *DescribeBackupsRequest) Validate(errs *Errors, path string) {
 
 // DescribeBackupsResponse is the DescribeBackupsResponse shape.
 type DescribeBackupsResponse struct {
-	Backups   []Backup `json:"Backups,omitempty"`
-	NextToken *string  `json:"NextToken,omitempty"`
+	Backups   []Backup `json:"Backups,omitzero"`
+	NextToken *string  `json:"NextToken,omitzero"`
 }
 
 // DescribeClustersRequest is the DescribeClustersRequest shape.
 type DescribeClustersRequest struct {
-	Filters    map[string][]string `json:"Filters,omitempty"`
-	NextToken  *string             `json:"NextToken,omitempty"`
-	MaxResults *int32              `json:"MaxResults,omitempty"`
+	Filters    map[string][]string `json:"Filters,omitzero"`
+	NextToken  *string             `json:"NextToken,omitzero"`
+	MaxResults *int32              `json:"MaxResults,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -547,21 +547,21 @@ func (v *DescribeClustersRequest) Validate(errs *Errors, path string) {
 
 // DescribeClustersResponse is the DescribeClustersResponse shape.
 type DescribeClustersResponse struct {
-	Clusters  []Cluster `json:"Clusters,omitempty"`
-	NextToken *string   `json:"NextToken,omitempty"`
+	Clusters  []Cluster `json:"Clusters,omitzero"`
+	NextToken *string   `json:"NextToken,omitzero"`
 }
 
 // DestinationBackup is the DestinationBackup shape.
 type DestinationBackup struct {
-	CreateTimestamp *Time   `json:"CreateTimestamp,omitempty"`
-	SourceRegion    *string `json:"SourceRegion,omitempty"`
-	SourceBackup    *string `json:"SourceBackup,omitempty"`
-	SourceCluster   *string `json:"SourceCluster,omitempty"`
+	CreateTimestamp *Time   `json:"CreateTimestamp,omitzero"`
+	SourceRegion    *string `json:"SourceRegion,omitzero"`
+	SourceBackup    *string `json:"SourceBackup,omitzero"`
+	SourceCluster   *string `json:"SourceCluster,omitzero"`
 }
 
 // GetResourcePolicyRequest is the GetResourcePolicyRequest shape.
 type GetResourcePolicyRequest struct {
-	ResourceArn *string `json:"ResourceArn,omitempty"`
+	ResourceArn *string `json:"ResourceArn,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -579,28 +579,28 @@ func (v *GetResourcePolicyRequest) Validate(errs *Errors, path string) {
 
 // GetResourcePolicyResponse is the GetResourcePolicyResponse shape.
 type GetResourcePolicyResponse struct {
-	Policy *string `json:"Policy,omitempty"`
+	Policy *string `json:"Policy,omitzero"`
 }
 
 // Hsm is the Hsm shape.
 type Hsm struct {
-	AvailabilityZone *string `json:"AvailabilityZone,omitempty"`
-	ClusterId        *string `json:"ClusterId,omitempty"`
-	SubnetId         *string `json:"SubnetId,omitempty"`
-	EniId            *string `json:"EniId,omitempty"`
-	EniIp            *string `json:"EniIp,omitempty"`
-	EniIpV6          *string `json:"EniIpV6,omitempty"`
-	HsmId            *string `json:"HsmId,omitempty"`
-	HsmType          *string `json:"HsmType,omitempty"`
-	State            *string `json:"State,omitempty"`
-	StateMessage     *string `json:"StateMessage,omitempty"`
+	AvailabilityZone *string `json:"AvailabilityZone,omitzero"`
+	ClusterId        *string `json:"ClusterId,omitzero"`
+	SubnetId         *string `json:"SubnetId,omitzero"`
+	EniId            *string `json:"EniId,omitzero"`
+	EniIp            *string `json:"EniIp,omitzero"`
+	EniIpV6          *string `json:"EniIpV6,omitzero"`
+	HsmId            *string `json:"HsmId,omitzero"`
+	HsmType          *string `json:"HsmType,omitzero"`
+	State            *string `json:"State,omitzero"`
+	StateMessage     *string `json:"StateMessage,omitzero"`
 }
 
 // InitializeClusterRequest is the InitializeClusterRequest shape.
 type InitializeClusterRequest struct {
-	ClusterId   *string `json:"ClusterId,omitempty"`
-	SignedCert  *string `json:"SignedCert,omitempty"`
-	TrustAnchor *string `json:"TrustAnchor,omitempty"`
+	ClusterId   *string `json:"ClusterId,omitzero"`
+	SignedCert  *string `json:"SignedCert,omitzero"`
+	TrustAnchor *string `json:"TrustAnchor,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -640,15 +640,15 @@ func (v *InitializeClusterRequest) Validate(errs *Errors, path string) {
 
 // InitializeClusterResponse is the InitializeClusterResponse shape.
 type InitializeClusterResponse struct {
-	State        *string `json:"State,omitempty"`
-	StateMessage *string `json:"StateMessage,omitempty"`
+	State        *string `json:"State,omitzero"`
+	StateMessage *string `json:"StateMessage,omitzero"`
 }
 
 // ListTagsRequest is the ListTagsRequest shape.
 type ListTagsRequest struct {
-	ResourceId *string `json:"ResourceId,omitempty"`
-	NextToken  *string `json:"NextToken,omitempty"`
-	MaxResults *int32  `json:"MaxResults,omitempty"`
+	ResourceId *string `json:"ResourceId,omitzero"`
+	NextToken  *string `json:"NextToken,omitzero"`
+	MaxResults *int32  `json:"MaxResults,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -684,14 +684,14 @@ func (v *ListTagsRequest) Validate(errs *Errors, path string) {
 
 // ListTagsResponse is the ListTagsResponse shape.
 type ListTagsResponse struct {
-	TagList   []Tag   `json:"TagList,omitempty"`
-	NextToken *string `json:"NextToken,omitempty"`
+	TagList   []Tag   `json:"TagList,omitzero"`
+	NextToken *string `json:"NextToken,omitzero"`
 }
 
 // ModifyBackupAttributesRequest is the ModifyBackupAttributesRequest shape.
 type ModifyBackupAttributesRequest struct {
-	BackupId     *string `json:"BackupId,omitempty"`
-	NeverExpires *bool   `json:"NeverExpires,omitempty"`
+	BackupId     *string `json:"BackupId,omitzero"`
+	NeverExpires *bool   `json:"NeverExpires,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -715,14 +715,14 @@ func (v *ModifyBackupAttributesRequest) Validate(errs *Errors, path string) {
 
 // ModifyBackupAttributesResponse is the ModifyBackupAttributesResponse shape.
 type ModifyBackupAttributesResponse struct {
-	Backup *Backup `json:"Backup,omitempty"`
+	Backup *Backup `json:"Backup,omitzero"`
 }
 
 // ModifyClusterRequest is the ModifyClusterRequest shape.
 type ModifyClusterRequest struct {
-	HsmType               *string                `json:"HsmType,omitempty"`
-	BackupRetentionPolicy *BackupRetentionPolicy `json:"BackupRetentionPolicy,omitempty"`
-	ClusterId             *string                `json:"ClusterId,omitempty"`
+	HsmType               *string                `json:"HsmType,omitzero"`
+	BackupRetentionPolicy *BackupRetentionPolicy `json:"BackupRetentionPolicy,omitzero"`
+	ClusterId             *string                `json:"ClusterId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -753,13 +753,13 @@ func (v *ModifyClusterRequest) Validate(errs *Errors, path string) {
 
 // ModifyClusterResponse is the ModifyClusterResponse shape.
 type ModifyClusterResponse struct {
-	Cluster *Cluster `json:"Cluster,omitempty"`
+	Cluster *Cluster `json:"Cluster,omitzero"`
 }
 
 // PutResourcePolicyRequest is the PutResourcePolicyRequest shape.
 type PutResourcePolicyRequest struct {
-	ResourceArn *string `json:"ResourceArn,omitempty"`
-	Policy      *string `json:"Policy,omitempty"`
+	ResourceArn *string `json:"ResourceArn,omitzero"`
+	Policy      *string `json:"Policy,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -785,13 +785,13 @@ func (v *PutResourcePolicyRequest) Validate(errs *Errors, path string) {
 
 // PutResourcePolicyResponse is the PutResourcePolicyResponse shape.
 type PutResourcePolicyResponse struct {
-	ResourceArn *string `json:"ResourceArn,omitempty"`
-	Policy      *string `json:"Policy,omitempty"`
+	ResourceArn *string `json:"ResourceArn,omitzero"`
+	Policy      *string `json:"Policy,omitzero"`
 }
 
 // RestoreBackupRequest is the RestoreBackupRequest shape.
 type RestoreBackupRequest struct {
-	BackupId *string `json:"BackupId,omitempty"`
+	BackupId *string `json:"BackupId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -811,13 +811,13 @@ func (v *RestoreBackupRequest) Validate(errs *Errors, path string) {
 
 // RestoreBackupResponse is the RestoreBackupResponse shape.
 type RestoreBackupResponse struct {
-	Backup *Backup `json:"Backup,omitempty"`
+	Backup *Backup `json:"Backup,omitzero"`
 }
 
 // Tag is the Tag shape.
 type Tag struct {
-	Key   *string `json:"Key,omitempty"`
-	Value *string `json:"Value,omitempty"`
+	Key   *string `json:"Key,omitzero"`
+	Value *string `json:"Value,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -856,8 +856,8 @@ func (v *Tag) Validate(errs *Errors, path string) {
 
 // TagResourceRequest is the TagResourceRequest shape.
 type TagResourceRequest struct {
-	ResourceId *string `json:"ResourceId,omitempty"`
-	TagList    []Tag   `json:"TagList,omitempty"`
+	ResourceId *string `json:"ResourceId,omitzero"`
+	TagList    []Tag   `json:"TagList,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -896,8 +896,8 @@ type TagResourceResponse struct {
 
 // UntagResourceRequest is the UntagResourceRequest shape.
 type UntagResourceRequest struct {
-	ResourceId *string  `json:"ResourceId,omitempty"`
-	TagKeyList []string `json:"TagKeyList,omitempty"`
+	ResourceId *string  `json:"ResourceId,omitzero"`
+	TagKeyList []string `json:"TagKeyList,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a

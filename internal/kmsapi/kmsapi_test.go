@@ -99,3 +99,24 @@ func TestOperationTable(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyListsKept checks the encoding rule for members: absent (nil)
+// members are left out, but a list that was set stays even when empty, as
+// AWS answers "Keys":[] for an account with no keys.
+func TestEmptyListsKept(t *testing.T) {
+	tests := []struct {
+		in   any
+		want string
+	}{
+		{&ListKeysResponse{Keys: []KeyListEntry{}, Truncated: Bool(false)}, `{"Keys":[],"Truncated":false}`},
+		{&ListKeysResponse{}, `{}`},
+		{&EncryptRequest{EncryptionContext: map[string]string{}}, `{"EncryptionContext":{}}`},
+		{&KeyMetadata{KeyId: String("k"), Description: String("")}, `{"KeyId":"k","Description":""}`},
+	}
+	for _, tt := range tests {
+		b, err := json.Marshal(tt.in)
+		if err != nil || string(b) != tt.want {
+			t.Errorf("Marshal(%T) = %s, %v; want %s", tt.in, b, err, tt.want)
+		}
+	}
+}

@@ -238,16 +238,16 @@ var patternXksProxyVpcEndpointServiceNameType = regexp.MustCompile("^(?:^(com|eu
 
 // AliasListEntry is the AliasListEntry shape.
 type AliasListEntry struct {
-	AliasName       *string `json:"AliasName,omitempty"`
-	AliasArn        *string `json:"AliasArn,omitempty"`
-	TargetKeyId     *string `json:"TargetKeyId,omitempty"`
-	CreationDate    *Time   `json:"CreationDate,omitempty"`
-	LastUpdatedDate *Time   `json:"LastUpdatedDate,omitempty"`
+	AliasName       *string `json:"AliasName,omitzero"`
+	AliasArn        *string `json:"AliasArn,omitzero"`
+	TargetKeyId     *string `json:"TargetKeyId,omitzero"`
+	CreationDate    *Time   `json:"CreationDate,omitzero"`
+	LastUpdatedDate *Time   `json:"LastUpdatedDate,omitzero"`
 }
 
 // CancelKeyDeletionRequest is the CancelKeyDeletionRequest shape.
 type CancelKeyDeletionRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -270,12 +270,12 @@ func (v *CancelKeyDeletionRequest) Validate(errs *Errors, path string) {
 
 // CancelKeyDeletionResponse is the CancelKeyDeletionResponse shape.
 type CancelKeyDeletionResponse struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // ConnectCustomKeyStoreRequest is the ConnectCustomKeyStoreRequest shape.
 type ConnectCustomKeyStoreRequest struct {
-	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitempty"`
+	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -302,8 +302,8 @@ type ConnectCustomKeyStoreResponse struct {
 
 // CreateAliasRequest is the CreateAliasRequest shape.
 type CreateAliasRequest struct {
-	AliasName   *string `json:"AliasName,omitempty"`
-	TargetKeyId *string `json:"TargetKeyId,omitempty"`
+	AliasName   *string `json:"AliasName,omitzero"`
+	TargetKeyId *string `json:"TargetKeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -339,17 +339,17 @@ func (v *CreateAliasRequest) Validate(errs *Errors, path string) {
 
 // CreateCustomKeyStoreRequest is the CreateCustomKeyStoreRequest shape.
 type CreateCustomKeyStoreRequest struct {
-	CustomKeyStoreName               *string                               `json:"CustomKeyStoreName,omitempty"`
-	CloudHsmClusterId                *string                               `json:"CloudHsmClusterId,omitempty"`
-	TrustAnchorCertificate           *string                               `json:"TrustAnchorCertificate,omitempty"`
-	KeyStorePassword                 *string                               `json:"KeyStorePassword,omitempty"`
-	CustomKeyStoreType               *string                               `json:"CustomKeyStoreType,omitempty"`
-	XksProxyUriEndpoint              *string                               `json:"XksProxyUriEndpoint,omitempty"`
-	XksProxyUriPath                  *string                               `json:"XksProxyUriPath,omitempty"`
-	XksProxyVpcEndpointServiceName   *string                               `json:"XksProxyVpcEndpointServiceName,omitempty"`
-	XksProxyVpcEndpointServiceOwner  *string                               `json:"XksProxyVpcEndpointServiceOwner,omitempty"`
-	XksProxyAuthenticationCredential *XksProxyAuthenticationCredentialType `json:"XksProxyAuthenticationCredential,omitempty"`
-	XksProxyConnectivity             *string                               `json:"XksProxyConnectivity,omitempty"`
+	CustomKeyStoreName               *string                               `json:"CustomKeyStoreName,omitzero"`
+	CloudHsmClusterId                *string                               `json:"CloudHsmClusterId,omitzero"`
+	TrustAnchorCertificate           *string                               `json:"TrustAnchorCertificate,omitzero"`
+	KeyStorePassword                 *string                               `json:"KeyStorePassword,omitzero"`
+	CustomKeyStoreType               *string                               `json:"CustomKeyStoreType,omitzero"`
+	XksProxyUriEndpoint              *string                               `json:"XksProxyUriEndpoint,omitzero"`
+	XksProxyUriPath                  *string                               `json:"XksProxyUriPath,omitzero"`
+	XksProxyVpcEndpointServiceName   *string                               `json:"XksProxyVpcEndpointServiceName,omitzero"`
+	XksProxyVpcEndpointServiceOwner  *string                               `json:"XksProxyVpcEndpointServiceOwner,omitzero"`
+	XksProxyAuthenticationCredential *XksProxyAuthenticationCredentialType `json:"XksProxyAuthenticationCredential,omitzero"`
+	XksProxyConnectivity             *string                               `json:"XksProxyConnectivity,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -456,19 +456,19 @@ func (v *CreateCustomKeyStoreRequest) Validate(errs *Errors, path string) {
 
 // CreateCustomKeyStoreResponse is the CreateCustomKeyStoreResponse shape.
 type CreateCustomKeyStoreResponse struct {
-	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitempty"`
+	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitzero"`
 }
 
 // CreateGrantRequest is the CreateGrantRequest shape.
 type CreateGrantRequest struct {
-	KeyId             *string           `json:"KeyId,omitempty"`
-	GranteePrincipal  *string           `json:"GranteePrincipal,omitempty"`
-	RetiringPrincipal *string           `json:"RetiringPrincipal,omitempty"`
-	Operations        []string          `json:"Operations,omitempty"`
-	Constraints       *GrantConstraints `json:"Constraints,omitempty"`
-	GrantTokens       []string          `json:"GrantTokens,omitempty"`
-	Name              *string           `json:"Name,omitempty"`
-	DryRun            *bool             `json:"DryRun,omitempty"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	GranteePrincipal  *string           `json:"GranteePrincipal,omitzero"`
+	RetiringPrincipal *string           `json:"RetiringPrincipal,omitzero"`
+	Operations        []string          `json:"Operations,omitzero"`
+	Constraints       *GrantConstraints `json:"Constraints,omitzero"`
+	GrantTokens       []string          `json:"GrantTokens,omitzero"`
+	Name              *string           `json:"Name,omitzero"`
+	DryRun            *bool             `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -555,23 +555,23 @@ func (v *CreateGrantRequest) Validate(errs *Errors, path string) {
 
 // CreateGrantResponse is the CreateGrantResponse shape.
 type CreateGrantResponse struct {
-	GrantToken *string `json:"GrantToken,omitempty"`
-	GrantId    *string `json:"GrantId,omitempty"`
+	GrantToken *string `json:"GrantToken,omitzero"`
+	GrantId    *string `json:"GrantId,omitzero"`
 }
 
 // CreateKeyRequest is the CreateKeyRequest shape.
 type CreateKeyRequest struct {
-	Policy                         *string `json:"Policy,omitempty"`
-	Description                    *string `json:"Description,omitempty"`
-	KeyUsage                       *string `json:"KeyUsage,omitempty"`
-	CustomerMasterKeySpec          *string `json:"CustomerMasterKeySpec,omitempty"`
-	KeySpec                        *string `json:"KeySpec,omitempty"`
-	Origin                         *string `json:"Origin,omitempty"`
-	CustomKeyStoreId               *string `json:"CustomKeyStoreId,omitempty"`
-	BypassPolicyLockoutSafetyCheck *bool   `json:"BypassPolicyLockoutSafetyCheck,omitempty"`
-	Tags                           []Tag   `json:"Tags,omitempty"`
-	MultiRegion                    *bool   `json:"MultiRegion,omitempty"`
-	XksKeyId                       *string `json:"XksKeyId,omitempty"`
+	Policy                         *string `json:"Policy,omitzero"`
+	Description                    *string `json:"Description,omitzero"`
+	KeyUsage                       *string `json:"KeyUsage,omitzero"`
+	CustomerMasterKeySpec          *string `json:"CustomerMasterKeySpec,omitzero"`
+	KeySpec                        *string `json:"KeySpec,omitzero"`
+	Origin                         *string `json:"Origin,omitzero"`
+	CustomKeyStoreId               *string `json:"CustomKeyStoreId,omitzero"`
+	BypassPolicyLockoutSafetyCheck *bool   `json:"BypassPolicyLockoutSafetyCheck,omitzero"`
+	Tags                           []Tag   `json:"Tags,omitzero"`
+	MultiRegion                    *bool   `json:"MultiRegion,omitzero"`
+	XksKeyId                       *string `json:"XksKeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -649,32 +649,32 @@ func (v *CreateKeyRequest) Validate(errs *Errors, path string) {
 
 // CreateKeyResponse is the CreateKeyResponse shape.
 type CreateKeyResponse struct {
-	KeyMetadata *KeyMetadata `json:"KeyMetadata,omitempty"`
+	KeyMetadata *KeyMetadata `json:"KeyMetadata,omitzero"`
 }
 
 // CustomKeyStoresListEntry is the CustomKeyStoresListEntry shape.
 type CustomKeyStoresListEntry struct {
-	CustomKeyStoreId       *string                    `json:"CustomKeyStoreId,omitempty"`
-	CustomKeyStoreName     *string                    `json:"CustomKeyStoreName,omitempty"`
-	CloudHsmClusterId      *string                    `json:"CloudHsmClusterId,omitempty"`
-	TrustAnchorCertificate *string                    `json:"TrustAnchorCertificate,omitempty"`
-	ConnectionState        *string                    `json:"ConnectionState,omitempty"`
-	ConnectionErrorCode    *string                    `json:"ConnectionErrorCode,omitempty"`
-	CreationDate           *Time                      `json:"CreationDate,omitempty"`
-	CustomKeyStoreType     *string                    `json:"CustomKeyStoreType,omitempty"`
-	XksProxyConfiguration  *XksProxyConfigurationType `json:"XksProxyConfiguration,omitempty"`
+	CustomKeyStoreId       *string                    `json:"CustomKeyStoreId,omitzero"`
+	CustomKeyStoreName     *string                    `json:"CustomKeyStoreName,omitzero"`
+	CloudHsmClusterId      *string                    `json:"CloudHsmClusterId,omitzero"`
+	TrustAnchorCertificate *string                    `json:"TrustAnchorCertificate,omitzero"`
+	ConnectionState        *string                    `json:"ConnectionState,omitzero"`
+	ConnectionErrorCode    *string                    `json:"ConnectionErrorCode,omitzero"`
+	CreationDate           *Time                      `json:"CreationDate,omitzero"`
+	CustomKeyStoreType     *string                    `json:"CustomKeyStoreType,omitzero"`
+	XksProxyConfiguration  *XksProxyConfigurationType `json:"XksProxyConfiguration,omitzero"`
 }
 
 // DecryptRequest is the DecryptRequest shape.
 type DecryptRequest struct {
-	CiphertextBlob      []byte            `json:"CiphertextBlob,omitempty"`
-	EncryptionContext   map[string]string `json:"EncryptionContext,omitempty"`
-	GrantTokens         []string          `json:"GrantTokens,omitempty"`
-	KeyId               *string           `json:"KeyId,omitempty"`
-	EncryptionAlgorithm *string           `json:"EncryptionAlgorithm,omitempty"`
-	Recipient           *RecipientInfo    `json:"Recipient,omitempty"`
-	DryRun              *bool             `json:"DryRun,omitempty"`
-	DryRunModifiers     []string          `json:"DryRunModifiers,omitempty"`
+	CiphertextBlob      []byte            `json:"CiphertextBlob,omitzero"`
+	EncryptionContext   map[string]string `json:"EncryptionContext,omitzero"`
+	GrantTokens         []string          `json:"GrantTokens,omitzero"`
+	KeyId               *string           `json:"KeyId,omitzero"`
+	EncryptionAlgorithm *string           `json:"EncryptionAlgorithm,omitzero"`
+	Recipient           *RecipientInfo    `json:"Recipient,omitzero"`
+	DryRun              *bool             `json:"DryRun,omitzero"`
+	DryRunModifiers     []string          `json:"DryRunModifiers,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -735,16 +735,16 @@ func (v *DecryptRequest) Validate(errs *Errors, path string) {
 
 // DecryptResponse is the DecryptResponse shape.
 type DecryptResponse struct {
-	KeyId                  *string `json:"KeyId,omitempty"`
-	Plaintext              []byte  `json:"Plaintext,omitempty"`
-	EncryptionAlgorithm    *string `json:"EncryptionAlgorithm,omitempty"`
-	CiphertextForRecipient []byte  `json:"CiphertextForRecipient,omitempty"`
-	KeyMaterialId          *string `json:"KeyMaterialId,omitempty"`
+	KeyId                  *string `json:"KeyId,omitzero"`
+	Plaintext              []byte  `json:"Plaintext,omitzero"`
+	EncryptionAlgorithm    *string `json:"EncryptionAlgorithm,omitzero"`
+	CiphertextForRecipient []byte  `json:"CiphertextForRecipient,omitzero"`
+	KeyMaterialId          *string `json:"KeyMaterialId,omitzero"`
 }
 
 // DeleteAliasRequest is the DeleteAliasRequest shape.
 type DeleteAliasRequest struct {
-	AliasName *string `json:"AliasName,omitempty"`
+	AliasName *string `json:"AliasName,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -770,7 +770,7 @@ func (v *DeleteAliasRequest) Validate(errs *Errors, path string) {
 
 // DeleteCustomKeyStoreRequest is the DeleteCustomKeyStoreRequest shape.
 type DeleteCustomKeyStoreRequest struct {
-	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitempty"`
+	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -797,8 +797,8 @@ type DeleteCustomKeyStoreResponse struct {
 
 // DeleteImportedKeyMaterialRequest is the DeleteImportedKeyMaterialRequest shape.
 type DeleteImportedKeyMaterialRequest struct {
-	KeyId         *string `json:"KeyId,omitempty"`
-	KeyMaterialId *string `json:"KeyMaterialId,omitempty"`
+	KeyId         *string `json:"KeyId,omitzero"`
+	KeyMaterialId *string `json:"KeyMaterialId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -832,18 +832,18 @@ func (v *DeleteImportedKeyMaterialRequest) Validate(errs *Errors, path string) {
 
 // DeleteImportedKeyMaterialResponse is the DeleteImportedKeyMaterialResponse shape.
 type DeleteImportedKeyMaterialResponse struct {
-	KeyId         *string `json:"KeyId,omitempty"`
-	KeyMaterialId *string `json:"KeyMaterialId,omitempty"`
+	KeyId         *string `json:"KeyId,omitzero"`
+	KeyMaterialId *string `json:"KeyMaterialId,omitzero"`
 }
 
 // DeriveSharedSecretRequest is the DeriveSharedSecretRequest shape.
 type DeriveSharedSecretRequest struct {
-	KeyId                 *string        `json:"KeyId,omitempty"`
-	KeyAgreementAlgorithm *string        `json:"KeyAgreementAlgorithm,omitempty"`
-	PublicKey             []byte         `json:"PublicKey,omitempty"`
-	GrantTokens           []string       `json:"GrantTokens,omitempty"`
-	DryRun                *bool          `json:"DryRun,omitempty"`
-	Recipient             *RecipientInfo `json:"Recipient,omitempty"`
+	KeyId                 *string        `json:"KeyId,omitzero"`
+	KeyAgreementAlgorithm *string        `json:"KeyAgreementAlgorithm,omitzero"`
+	PublicKey             []byte         `json:"PublicKey,omitzero"`
+	GrantTokens           []string       `json:"GrantTokens,omitzero"`
+	DryRun                *bool          `json:"DryRun,omitzero"`
+	Recipient             *RecipientInfo `json:"Recipient,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -901,19 +901,19 @@ func (v *DeriveSharedSecretRequest) Validate(errs *Errors, path string) {
 
 // DeriveSharedSecretResponse is the DeriveSharedSecretResponse shape.
 type DeriveSharedSecretResponse struct {
-	KeyId                  *string `json:"KeyId,omitempty"`
-	SharedSecret           []byte  `json:"SharedSecret,omitempty"`
-	CiphertextForRecipient []byte  `json:"CiphertextForRecipient,omitempty"`
-	KeyAgreementAlgorithm  *string `json:"KeyAgreementAlgorithm,omitempty"`
-	KeyOrigin              *string `json:"KeyOrigin,omitempty"`
+	KeyId                  *string `json:"KeyId,omitzero"`
+	SharedSecret           []byte  `json:"SharedSecret,omitzero"`
+	CiphertextForRecipient []byte  `json:"CiphertextForRecipient,omitzero"`
+	KeyAgreementAlgorithm  *string `json:"KeyAgreementAlgorithm,omitzero"`
+	KeyOrigin              *string `json:"KeyOrigin,omitzero"`
 }
 
 // DescribeCustomKeyStoresRequest is the DescribeCustomKeyStoresRequest shape.
 type DescribeCustomKeyStoresRequest struct {
-	CustomKeyStoreId   *string `json:"CustomKeyStoreId,omitempty"`
-	CustomKeyStoreName *string `json:"CustomKeyStoreName,omitempty"`
-	Limit              *int32  `json:"Limit,omitempty"`
-	Marker             *string `json:"Marker,omitempty"`
+	CustomKeyStoreId   *string `json:"CustomKeyStoreId,omitzero"`
+	CustomKeyStoreName *string `json:"CustomKeyStoreName,omitzero"`
+	Limit              *int32  `json:"Limit,omitzero"`
+	Marker             *string `json:"Marker,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -961,15 +961,15 @@ func (v *DescribeCustomKeyStoresRequest) Validate(errs *Errors, path string) {
 
 // DescribeCustomKeyStoresResponse is the DescribeCustomKeyStoresResponse shape.
 type DescribeCustomKeyStoresResponse struct {
-	CustomKeyStores []CustomKeyStoresListEntry `json:"CustomKeyStores,omitempty"`
-	NextMarker      *string                    `json:"NextMarker,omitempty"`
-	Truncated       *bool                      `json:"Truncated,omitempty"`
+	CustomKeyStores []CustomKeyStoresListEntry `json:"CustomKeyStores,omitzero"`
+	NextMarker      *string                    `json:"NextMarker,omitzero"`
+	Truncated       *bool                      `json:"Truncated,omitzero"`
 }
 
 // DescribeKeyRequest is the DescribeKeyRequest shape.
 type DescribeKeyRequest struct {
-	KeyId       *string  `json:"KeyId,omitempty"`
-	GrantTokens []string `json:"GrantTokens,omitempty"`
+	KeyId       *string  `json:"KeyId,omitzero"`
+	GrantTokens []string `json:"GrantTokens,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1007,12 +1007,12 @@ func (v *DescribeKeyRequest) Validate(errs *Errors, path string) {
 
 // DescribeKeyResponse is the DescribeKeyResponse shape.
 type DescribeKeyResponse struct {
-	KeyMetadata *KeyMetadata `json:"KeyMetadata,omitempty"`
+	KeyMetadata *KeyMetadata `json:"KeyMetadata,omitzero"`
 }
 
 // DisableKeyRequest is the DisableKeyRequest shape.
 type DisableKeyRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1035,7 +1035,7 @@ func (v *DisableKeyRequest) Validate(errs *Errors, path string) {
 
 // DisableKeyRotationRequest is the DisableKeyRotationRequest shape.
 type DisableKeyRotationRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1058,7 +1058,7 @@ func (v *DisableKeyRotationRequest) Validate(errs *Errors, path string) {
 
 // DisconnectCustomKeyStoreRequest is the DisconnectCustomKeyStoreRequest shape.
 type DisconnectCustomKeyStoreRequest struct {
-	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitempty"`
+	CustomKeyStoreId *string `json:"CustomKeyStoreId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1085,7 +1085,7 @@ type DisconnectCustomKeyStoreResponse struct {
 
 // EnableKeyRequest is the EnableKeyRequest shape.
 type EnableKeyRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1108,8 +1108,8 @@ func (v *EnableKeyRequest) Validate(errs *Errors, path string) {
 
 // EnableKeyRotationRequest is the EnableKeyRotationRequest shape.
 type EnableKeyRotationRequest struct {
-	KeyId                *string `json:"KeyId,omitempty"`
-	RotationPeriodInDays *int32  `json:"RotationPeriodInDays,omitempty"`
+	KeyId                *string `json:"KeyId,omitzero"`
+	RotationPeriodInDays *int32  `json:"RotationPeriodInDays,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1140,12 +1140,12 @@ func (v *EnableKeyRotationRequest) Validate(errs *Errors, path string) {
 
 // EncryptRequest is the EncryptRequest shape.
 type EncryptRequest struct {
-	KeyId               *string           `json:"KeyId,omitempty"`
-	Plaintext           []byte            `json:"Plaintext,omitempty"`
-	EncryptionContext   map[string]string `json:"EncryptionContext,omitempty"`
-	GrantTokens         []string          `json:"GrantTokens,omitempty"`
-	EncryptionAlgorithm *string           `json:"EncryptionAlgorithm,omitempty"`
-	DryRun              *bool             `json:"DryRun,omitempty"`
+	KeyId               *string           `json:"KeyId,omitzero"`
+	Plaintext           []byte            `json:"Plaintext,omitzero"`
+	EncryptionContext   map[string]string `json:"EncryptionContext,omitzero"`
+	GrantTokens         []string          `json:"GrantTokens,omitzero"`
+	EncryptionAlgorithm *string           `json:"EncryptionAlgorithm,omitzero"`
+	DryRun              *bool             `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1198,19 +1198,19 @@ func (v *EncryptRequest) Validate(errs *Errors, path string) {
 
 // EncryptResponse is the EncryptResponse shape.
 type EncryptResponse struct {
-	CiphertextBlob      []byte  `json:"CiphertextBlob,omitempty"`
-	KeyId               *string `json:"KeyId,omitempty"`
-	EncryptionAlgorithm *string `json:"EncryptionAlgorithm,omitempty"`
+	CiphertextBlob      []byte  `json:"CiphertextBlob,omitzero"`
+	KeyId               *string `json:"KeyId,omitzero"`
+	EncryptionAlgorithm *string `json:"EncryptionAlgorithm,omitzero"`
 }
 
 // GenerateDataKeyPairRequest is the GenerateDataKeyPairRequest shape.
 type GenerateDataKeyPairRequest struct {
-	EncryptionContext map[string]string `json:"EncryptionContext,omitempty"`
-	KeyId             *string           `json:"KeyId,omitempty"`
-	KeyPairSpec       *string           `json:"KeyPairSpec,omitempty"`
-	GrantTokens       []string          `json:"GrantTokens,omitempty"`
-	Recipient         *RecipientInfo    `json:"Recipient,omitempty"`
-	DryRun            *bool             `json:"DryRun,omitempty"`
+	EncryptionContext map[string]string `json:"EncryptionContext,omitzero"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	KeyPairSpec       *string           `json:"KeyPairSpec,omitzero"`
+	GrantTokens       []string          `json:"GrantTokens,omitzero"`
+	Recipient         *RecipientInfo    `json:"Recipient,omitzero"`
+	DryRun            *bool             `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1258,22 +1258,22 @@ func (v *GenerateDataKeyPairRequest) Validate(errs *Errors, path string) {
 
 // GenerateDataKeyPairResponse is the GenerateDataKeyPairResponse shape.
 type GenerateDataKeyPairResponse struct {
-	PrivateKeyCiphertextBlob []byte  `json:"PrivateKeyCiphertextBlob,omitempty"`
-	PrivateKeyPlaintext      []byte  `json:"PrivateKeyPlaintext,omitempty"`
-	PublicKey                []byte  `json:"PublicKey,omitempty"`
-	KeyId                    *string `json:"KeyId,omitempty"`
-	KeyPairSpec              *string `json:"KeyPairSpec,omitempty"`
-	CiphertextForRecipient   []byte  `json:"CiphertextForRecipient,omitempty"`
-	KeyMaterialId            *string `json:"KeyMaterialId,omitempty"`
+	PrivateKeyCiphertextBlob []byte  `json:"PrivateKeyCiphertextBlob,omitzero"`
+	PrivateKeyPlaintext      []byte  `json:"PrivateKeyPlaintext,omitzero"`
+	PublicKey                []byte  `json:"PublicKey,omitzero"`
+	KeyId                    *string `json:"KeyId,omitzero"`
+	KeyPairSpec              *string `json:"KeyPairSpec,omitzero"`
+	CiphertextForRecipient   []byte  `json:"CiphertextForRecipient,omitzero"`
+	KeyMaterialId            *string `json:"KeyMaterialId,omitzero"`
 }
 
 // GenerateDataKeyPairWithoutPlaintextRequest is the GenerateDataKeyPairWithoutPlaintextRequest shape.
 type GenerateDataKeyPairWithoutPlaintextRequest struct {
-	EncryptionContext map[string]string `json:"EncryptionContext,omitempty"`
-	KeyId             *string           `json:"KeyId,omitempty"`
-	KeyPairSpec       *string           `json:"KeyPairSpec,omitempty"`
-	GrantTokens       []string          `json:"GrantTokens,omitempty"`
-	DryRun            *bool             `json:"DryRun,omitempty"`
+	EncryptionContext map[string]string `json:"EncryptionContext,omitzero"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	KeyPairSpec       *string           `json:"KeyPairSpec,omitzero"`
+	GrantTokens       []string          `json:"GrantTokens,omitzero"`
+	DryRun            *bool             `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1318,22 +1318,22 @@ func (v *GenerateDataKeyPairWithoutPlaintextRequest) Validate(errs *Errors, path
 
 // GenerateDataKeyPairWithoutPlaintextResponse is the GenerateDataKeyPairWithoutPlaintextResponse shape.
 type GenerateDataKeyPairWithoutPlaintextResponse struct {
-	PrivateKeyCiphertextBlob []byte  `json:"PrivateKeyCiphertextBlob,omitempty"`
-	PublicKey                []byte  `json:"PublicKey,omitempty"`
-	KeyId                    *string `json:"KeyId,omitempty"`
-	KeyPairSpec              *string `json:"KeyPairSpec,omitempty"`
-	KeyMaterialId            *string `json:"KeyMaterialId,omitempty"`
+	PrivateKeyCiphertextBlob []byte  `json:"PrivateKeyCiphertextBlob,omitzero"`
+	PublicKey                []byte  `json:"PublicKey,omitzero"`
+	KeyId                    *string `json:"KeyId,omitzero"`
+	KeyPairSpec              *string `json:"KeyPairSpec,omitzero"`
+	KeyMaterialId            *string `json:"KeyMaterialId,omitzero"`
 }
 
 // GenerateDataKeyRequest is the GenerateDataKeyRequest shape.
 type GenerateDataKeyRequest struct {
-	KeyId             *string           `json:"KeyId,omitempty"`
-	EncryptionContext map[string]string `json:"EncryptionContext,omitempty"`
-	NumberOfBytes     *int32            `json:"NumberOfBytes,omitempty"`
-	KeySpec           *string           `json:"KeySpec,omitempty"`
-	GrantTokens       []string          `json:"GrantTokens,omitempty"`
-	Recipient         *RecipientInfo    `json:"Recipient,omitempty"`
-	DryRun            *bool             `json:"DryRun,omitempty"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	EncryptionContext map[string]string `json:"EncryptionContext,omitzero"`
+	NumberOfBytes     *int32            `json:"NumberOfBytes,omitzero"`
+	KeySpec           *string           `json:"KeySpec,omitzero"`
+	GrantTokens       []string          `json:"GrantTokens,omitzero"`
+	Recipient         *RecipientInfo    `json:"Recipient,omitzero"`
+	DryRun            *bool             `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1387,21 +1387,21 @@ func (v *GenerateDataKeyRequest) Validate(errs *Errors, path string) {
 
 // GenerateDataKeyResponse is the GenerateDataKeyResponse shape.
 type GenerateDataKeyResponse struct {
-	CiphertextBlob         []byte  `json:"CiphertextBlob,omitempty"`
-	Plaintext              []byte  `json:"Plaintext,omitempty"`
-	KeyId                  *string `json:"KeyId,omitempty"`
-	CiphertextForRecipient []byte  `json:"CiphertextForRecipient,omitempty"`
-	KeyMaterialId          *string `json:"KeyMaterialId,omitempty"`
+	CiphertextBlob         []byte  `json:"CiphertextBlob,omitzero"`
+	Plaintext              []byte  `json:"Plaintext,omitzero"`
+	KeyId                  *string `json:"KeyId,omitzero"`
+	CiphertextForRecipient []byte  `json:"CiphertextForRecipient,omitzero"`
+	KeyMaterialId          *string `json:"KeyMaterialId,omitzero"`
 }
 
 // GenerateDataKeyWithoutPlaintextRequest is the GenerateDataKeyWithoutPlaintextRequest shape.
 type GenerateDataKeyWithoutPlaintextRequest struct {
-	KeyId             *string           `json:"KeyId,omitempty"`
-	EncryptionContext map[string]string `json:"EncryptionContext,omitempty"`
-	KeySpec           *string           `json:"KeySpec,omitempty"`
-	NumberOfBytes     *int32            `json:"NumberOfBytes,omitempty"`
-	GrantTokens       []string          `json:"GrantTokens,omitempty"`
-	DryRun            *bool             `json:"DryRun,omitempty"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	EncryptionContext map[string]string `json:"EncryptionContext,omitzero"`
+	KeySpec           *string           `json:"KeySpec,omitzero"`
+	NumberOfBytes     *int32            `json:"NumberOfBytes,omitzero"`
+	GrantTokens       []string          `json:"GrantTokens,omitzero"`
+	DryRun            *bool             `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1452,18 +1452,18 @@ func (v *GenerateDataKeyWithoutPlaintextRequest) Validate(errs *Errors, path str
 
 // GenerateDataKeyWithoutPlaintextResponse is the GenerateDataKeyWithoutPlaintextResponse shape.
 type GenerateDataKeyWithoutPlaintextResponse struct {
-	CiphertextBlob []byte  `json:"CiphertextBlob,omitempty"`
-	KeyId          *string `json:"KeyId,omitempty"`
-	KeyMaterialId  *string `json:"KeyMaterialId,omitempty"`
+	CiphertextBlob []byte  `json:"CiphertextBlob,omitzero"`
+	KeyId          *string `json:"KeyId,omitzero"`
+	KeyMaterialId  *string `json:"KeyMaterialId,omitzero"`
 }
 
 // GenerateMacRequest is the GenerateMacRequest shape.
 type GenerateMacRequest struct {
-	Message      []byte   `json:"Message,omitempty"`
-	KeyId        *string  `json:"KeyId,omitempty"`
-	MacAlgorithm *string  `json:"MacAlgorithm,omitempty"`
-	GrantTokens  []string `json:"GrantTokens,omitempty"`
-	DryRun       *bool    `json:"DryRun,omitempty"`
+	Message      []byte   `json:"Message,omitzero"`
+	KeyId        *string  `json:"KeyId,omitzero"`
+	MacAlgorithm *string  `json:"MacAlgorithm,omitzero"`
+	GrantTokens  []string `json:"GrantTokens,omitzero"`
+	DryRun       *bool    `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1518,16 +1518,16 @@ func (v *GenerateMacRequest) Validate(errs *Errors, path string) {
 
 // GenerateMacResponse is the GenerateMacResponse shape.
 type GenerateMacResponse struct {
-	Mac          []byte  `json:"Mac,omitempty"`
-	MacAlgorithm *string `json:"MacAlgorithm,omitempty"`
-	KeyId        *string `json:"KeyId,omitempty"`
+	Mac          []byte  `json:"Mac,omitzero"`
+	MacAlgorithm *string `json:"MacAlgorithm,omitzero"`
+	KeyId        *string `json:"KeyId,omitzero"`
 }
 
 // GenerateRandomRequest is the GenerateRandomRequest shape.
 type GenerateRandomRequest struct {
-	NumberOfBytes    *int32         `json:"NumberOfBytes,omitempty"`
-	CustomKeyStoreId *string        `json:"CustomKeyStoreId,omitempty"`
-	Recipient        *RecipientInfo `json:"Recipient,omitempty"`
+	NumberOfBytes    *int32         `json:"NumberOfBytes,omitzero"`
+	CustomKeyStoreId *string        `json:"CustomKeyStoreId,omitzero"`
+	Recipient        *RecipientInfo `json:"Recipient,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1559,13 +1559,13 @@ func (v *GenerateRandomRequest) Validate(errs *Errors, path string) {
 
 // GenerateRandomResponse is the GenerateRandomResponse shape.
 type GenerateRandomResponse struct {
-	Plaintext              []byte `json:"Plaintext,omitempty"`
-	CiphertextForRecipient []byte `json:"CiphertextForRecipient,omitempty"`
+	Plaintext              []byte `json:"Plaintext,omitzero"`
+	CiphertextForRecipient []byte `json:"CiphertextForRecipient,omitzero"`
 }
 
 // GetKeyLastUsageRequest is the GetKeyLastUsageRequest shape.
 type GetKeyLastUsageRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1588,16 +1588,16 @@ func (v *GetKeyLastUsageRequest) Validate(errs *Errors, path string) {
 
 // GetKeyLastUsageResponse is the GetKeyLastUsageResponse shape.
 type GetKeyLastUsageResponse struct {
-	KeyId             *string           `json:"KeyId,omitempty"`
-	KeyLastUsage      *KeyLastUsageData `json:"KeyLastUsage,omitempty"`
-	TrackingStartDate *Time             `json:"TrackingStartDate,omitempty"`
-	KeyCreationDate   *Time             `json:"KeyCreationDate,omitempty"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	KeyLastUsage      *KeyLastUsageData `json:"KeyLastUsage,omitzero"`
+	TrackingStartDate *Time             `json:"TrackingStartDate,omitzero"`
+	KeyCreationDate   *Time             `json:"KeyCreationDate,omitzero"`
 }
 
 // GetKeyPolicyRequest is the GetKeyPolicyRequest shape.
 type GetKeyPolicyRequest struct {
-	KeyId      *string `json:"KeyId,omitempty"`
-	PolicyName *string `json:"PolicyName,omitempty"`
+	KeyId      *string `json:"KeyId,omitzero"`
+	PolicyName *string `json:"PolicyName,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1631,13 +1631,13 @@ func (v *GetKeyPolicyRequest) Validate(errs *Errors, path string) {
 
 // GetKeyPolicyResponse is the GetKeyPolicyResponse shape.
 type GetKeyPolicyResponse struct {
-	Policy     *string `json:"Policy,omitempty"`
-	PolicyName *string `json:"PolicyName,omitempty"`
+	Policy     *string `json:"Policy,omitzero"`
+	PolicyName *string `json:"PolicyName,omitzero"`
 }
 
 // GetKeyRotationStatusRequest is the GetKeyRotationStatusRequest shape.
 type GetKeyRotationStatusRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1660,18 +1660,18 @@ func (v *GetKeyRotationStatusRequest) Validate(errs *Errors, path string) {
 
 // GetKeyRotationStatusResponse is the GetKeyRotationStatusResponse shape.
 type GetKeyRotationStatusResponse struct {
-	KeyRotationEnabled        *bool   `json:"KeyRotationEnabled,omitempty"`
-	KeyId                     *string `json:"KeyId,omitempty"`
-	RotationPeriodInDays      *int32  `json:"RotationPeriodInDays,omitempty"`
-	NextRotationDate          *Time   `json:"NextRotationDate,omitempty"`
-	OnDemandRotationStartDate *Time   `json:"OnDemandRotationStartDate,omitempty"`
+	KeyRotationEnabled        *bool   `json:"KeyRotationEnabled,omitzero"`
+	KeyId                     *string `json:"KeyId,omitzero"`
+	RotationPeriodInDays      *int32  `json:"RotationPeriodInDays,omitzero"`
+	NextRotationDate          *Time   `json:"NextRotationDate,omitzero"`
+	OnDemandRotationStartDate *Time   `json:"OnDemandRotationStartDate,omitzero"`
 }
 
 // GetParametersForImportRequest is the GetParametersForImportRequest shape.
 type GetParametersForImportRequest struct {
-	KeyId             *string `json:"KeyId,omitempty"`
-	WrappingAlgorithm *string `json:"WrappingAlgorithm,omitempty"`
-	WrappingKeySpec   *string `json:"WrappingKeySpec,omitempty"`
+	KeyId             *string `json:"KeyId,omitzero"`
+	WrappingAlgorithm *string `json:"WrappingAlgorithm,omitzero"`
+	WrappingKeySpec   *string `json:"WrappingKeySpec,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1708,16 +1708,16 @@ func (v *GetParametersForImportRequest) Validate(errs *Errors, path string) {
 
 // GetParametersForImportResponse is the GetParametersForImportResponse shape.
 type GetParametersForImportResponse struct {
-	KeyId             *string `json:"KeyId,omitempty"`
-	ImportToken       []byte  `json:"ImportToken,omitempty"`
-	PublicKey         []byte  `json:"PublicKey,omitempty"`
-	ParametersValidTo *Time   `json:"ParametersValidTo,omitempty"`
+	KeyId             *string `json:"KeyId,omitzero"`
+	ImportToken       []byte  `json:"ImportToken,omitzero"`
+	PublicKey         []byte  `json:"PublicKey,omitzero"`
+	ParametersValidTo *Time   `json:"ParametersValidTo,omitzero"`
 }
 
 // GetPublicKeyRequest is the GetPublicKeyRequest shape.
 type GetPublicKeyRequest struct {
-	KeyId       *string  `json:"KeyId,omitempty"`
-	GrantTokens []string `json:"GrantTokens,omitempty"`
+	KeyId       *string  `json:"KeyId,omitzero"`
+	GrantTokens []string `json:"GrantTokens,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1755,20 +1755,20 @@ func (v *GetPublicKeyRequest) Validate(errs *Errors, path string) {
 
 // GetPublicKeyResponse is the GetPublicKeyResponse shape.
 type GetPublicKeyResponse struct {
-	KeyId                  *string  `json:"KeyId,omitempty"`
-	PublicKey              []byte   `json:"PublicKey,omitempty"`
-	CustomerMasterKeySpec  *string  `json:"CustomerMasterKeySpec,omitempty"`
-	KeySpec                *string  `json:"KeySpec,omitempty"`
-	KeyUsage               *string  `json:"KeyUsage,omitempty"`
-	EncryptionAlgorithms   []string `json:"EncryptionAlgorithms,omitempty"`
-	SigningAlgorithms      []string `json:"SigningAlgorithms,omitempty"`
-	KeyAgreementAlgorithms []string `json:"KeyAgreementAlgorithms,omitempty"`
+	KeyId                  *string  `json:"KeyId,omitzero"`
+	PublicKey              []byte   `json:"PublicKey,omitzero"`
+	CustomerMasterKeySpec  *string  `json:"CustomerMasterKeySpec,omitzero"`
+	KeySpec                *string  `json:"KeySpec,omitzero"`
+	KeyUsage               *string  `json:"KeyUsage,omitzero"`
+	EncryptionAlgorithms   []string `json:"EncryptionAlgorithms,omitzero"`
+	SigningAlgorithms      []string `json:"SigningAlgorithms,omitzero"`
+	KeyAgreementAlgorithms []string `json:"KeyAgreementAlgorithms,omitzero"`
 }
 
 // GrantConstraints is the GrantConstraints shape.
 type GrantConstraints struct {
-	EncryptionContextSubset map[string]string `json:"EncryptionContextSubset,omitempty"`
-	EncryptionContextEquals map[string]string `json:"EncryptionContextEquals,omitempty"`
+	EncryptionContextSubset map[string]string `json:"EncryptionContextSubset,omitzero"`
+	EncryptionContextEquals map[string]string `json:"EncryptionContextEquals,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1781,27 +1781,27 @@ func (v *GrantConstraints) Validate(errs *Errors, path string) {
 
 // GrantListEntry is the GrantListEntry shape.
 type GrantListEntry struct {
-	KeyId             *string           `json:"KeyId,omitempty"`
-	GrantId           *string           `json:"GrantId,omitempty"`
-	Name              *string           `json:"Name,omitempty"`
-	CreationDate      *Time             `json:"CreationDate,omitempty"`
-	GranteePrincipal  *string           `json:"GranteePrincipal,omitempty"`
-	RetiringPrincipal *string           `json:"RetiringPrincipal,omitempty"`
-	IssuingAccount    *string           `json:"IssuingAccount,omitempty"`
-	Operations        []string          `json:"Operations,omitempty"`
-	Constraints       *GrantConstraints `json:"Constraints,omitempty"`
+	KeyId             *string           `json:"KeyId,omitzero"`
+	GrantId           *string           `json:"GrantId,omitzero"`
+	Name              *string           `json:"Name,omitzero"`
+	CreationDate      *Time             `json:"CreationDate,omitzero"`
+	GranteePrincipal  *string           `json:"GranteePrincipal,omitzero"`
+	RetiringPrincipal *string           `json:"RetiringPrincipal,omitzero"`
+	IssuingAccount    *string           `json:"IssuingAccount,omitzero"`
+	Operations        []string          `json:"Operations,omitzero"`
+	Constraints       *GrantConstraints `json:"Constraints,omitzero"`
 }
 
 // ImportKeyMaterialRequest is the ImportKeyMaterialRequest shape.
 type ImportKeyMaterialRequest struct {
-	KeyId                  *string `json:"KeyId,omitempty"`
-	ImportToken            []byte  `json:"ImportToken,omitempty"`
-	EncryptedKeyMaterial   []byte  `json:"EncryptedKeyMaterial,omitempty"`
-	ValidTo                *Time   `json:"ValidTo,omitempty"`
-	ExpirationModel        *string `json:"ExpirationModel,omitempty"`
-	ImportType             *string `json:"ImportType,omitempty"`
-	KeyMaterialDescription *string `json:"KeyMaterialDescription,omitempty"`
-	KeyMaterialId          *string `json:"KeyMaterialId,omitempty"`
+	KeyId                  *string `json:"KeyId,omitzero"`
+	ImportToken            []byte  `json:"ImportToken,omitzero"`
+	EncryptedKeyMaterial   []byte  `json:"EncryptedKeyMaterial,omitzero"`
+	ValidTo                *Time   `json:"ValidTo,omitzero"`
+	ExpirationModel        *string `json:"ExpirationModel,omitzero"`
+	ImportType             *string `json:"ImportType,omitzero"`
+	KeyMaterialDescription *string `json:"KeyMaterialDescription,omitzero"`
+	KeyMaterialId          *string `json:"KeyMaterialId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1876,59 +1876,59 @@ func (v *ImportKeyMaterialRequest) Validate(errs *Errors, path string) {
 
 // ImportKeyMaterialResponse is the ImportKeyMaterialResponse shape.
 type ImportKeyMaterialResponse struct {
-	KeyId         *string `json:"KeyId,omitempty"`
-	KeyMaterialId *string `json:"KeyMaterialId,omitempty"`
+	KeyId         *string `json:"KeyId,omitzero"`
+	KeyMaterialId *string `json:"KeyMaterialId,omitzero"`
 }
 
 // KeyLastUsageData is the KeyLastUsageData shape.
 type KeyLastUsageData struct {
-	Operation         *string `json:"Operation,omitempty"`
-	Timestamp         *Time   `json:"Timestamp,omitempty"`
-	CloudTrailEventId *string `json:"CloudTrailEventId,omitempty"`
-	KmsRequestId      *string `json:"KmsRequestId,omitempty"`
+	Operation         *string `json:"Operation,omitzero"`
+	Timestamp         *Time   `json:"Timestamp,omitzero"`
+	CloudTrailEventId *string `json:"CloudTrailEventId,omitzero"`
+	KmsRequestId      *string `json:"KmsRequestId,omitzero"`
 }
 
 // KeyListEntry is the KeyListEntry shape.
 type KeyListEntry struct {
-	KeyId  *string `json:"KeyId,omitempty"`
-	KeyArn *string `json:"KeyArn,omitempty"`
+	KeyId  *string `json:"KeyId,omitzero"`
+	KeyArn *string `json:"KeyArn,omitzero"`
 }
 
 // KeyMetadata is the KeyMetadata shape.
 type KeyMetadata struct {
-	AWSAccountId                *string                   `json:"AWSAccountId,omitempty"`
-	KeyId                       *string                   `json:"KeyId,omitempty"`
-	Arn                         *string                   `json:"Arn,omitempty"`
-	CreationDate                *Time                     `json:"CreationDate,omitempty"`
-	Enabled                     *bool                     `json:"Enabled,omitempty"`
-	Description                 *string                   `json:"Description,omitempty"`
-	KeyUsage                    *string                   `json:"KeyUsage,omitempty"`
-	KeyState                    *string                   `json:"KeyState,omitempty"`
-	DeletionDate                *Time                     `json:"DeletionDate,omitempty"`
-	ValidTo                     *Time                     `json:"ValidTo,omitempty"`
-	Origin                      *string                   `json:"Origin,omitempty"`
-	CustomKeyStoreId            *string                   `json:"CustomKeyStoreId,omitempty"`
-	CloudHsmClusterId           *string                   `json:"CloudHsmClusterId,omitempty"`
-	ExpirationModel             *string                   `json:"ExpirationModel,omitempty"`
-	KeyManager                  *string                   `json:"KeyManager,omitempty"`
-	CustomerMasterKeySpec       *string                   `json:"CustomerMasterKeySpec,omitempty"`
-	KeySpec                     *string                   `json:"KeySpec,omitempty"`
-	EncryptionAlgorithms        []string                  `json:"EncryptionAlgorithms,omitempty"`
-	SigningAlgorithms           []string                  `json:"SigningAlgorithms,omitempty"`
-	KeyAgreementAlgorithms      []string                  `json:"KeyAgreementAlgorithms,omitempty"`
-	MultiRegion                 *bool                     `json:"MultiRegion,omitempty"`
-	MultiRegionConfiguration    *MultiRegionConfiguration `json:"MultiRegionConfiguration,omitempty"`
-	PendingDeletionWindowInDays *int32                    `json:"PendingDeletionWindowInDays,omitempty"`
-	MacAlgorithms               []string                  `json:"MacAlgorithms,omitempty"`
-	XksKeyConfiguration         *XksKeyConfigurationType  `json:"XksKeyConfiguration,omitempty"`
-	CurrentKeyMaterialId        *string                   `json:"CurrentKeyMaterialId,omitempty"`
+	AWSAccountId                *string                   `json:"AWSAccountId,omitzero"`
+	KeyId                       *string                   `json:"KeyId,omitzero"`
+	Arn                         *string                   `json:"Arn,omitzero"`
+	CreationDate                *Time                     `json:"CreationDate,omitzero"`
+	Enabled                     *bool                     `json:"Enabled,omitzero"`
+	Description                 *string                   `json:"Description,omitzero"`
+	KeyUsage                    *string                   `json:"KeyUsage,omitzero"`
+	KeyState                    *string                   `json:"KeyState,omitzero"`
+	DeletionDate                *Time                     `json:"DeletionDate,omitzero"`
+	ValidTo                     *Time                     `json:"ValidTo,omitzero"`
+	Origin                      *string                   `json:"Origin,omitzero"`
+	CustomKeyStoreId            *string                   `json:"CustomKeyStoreId,omitzero"`
+	CloudHsmClusterId           *string                   `json:"CloudHsmClusterId,omitzero"`
+	ExpirationModel             *string                   `json:"ExpirationModel,omitzero"`
+	KeyManager                  *string                   `json:"KeyManager,omitzero"`
+	CustomerMasterKeySpec       *string                   `json:"CustomerMasterKeySpec,omitzero"`
+	KeySpec                     *string                   `json:"KeySpec,omitzero"`
+	EncryptionAlgorithms        []string                  `json:"EncryptionAlgorithms,omitzero"`
+	SigningAlgorithms           []string                  `json:"SigningAlgorithms,omitzero"`
+	KeyAgreementAlgorithms      []string                  `json:"KeyAgreementAlgorithms,omitzero"`
+	MultiRegion                 *bool                     `json:"MultiRegion,omitzero"`
+	MultiRegionConfiguration    *MultiRegionConfiguration `json:"MultiRegionConfiguration,omitzero"`
+	PendingDeletionWindowInDays *int32                    `json:"PendingDeletionWindowInDays,omitzero"`
+	MacAlgorithms               []string                  `json:"MacAlgorithms,omitzero"`
+	XksKeyConfiguration         *XksKeyConfigurationType  `json:"XksKeyConfiguration,omitzero"`
+	CurrentKeyMaterialId        *string                   `json:"CurrentKeyMaterialId,omitzero"`
 }
 
 // ListAliasesRequest is the ListAliasesRequest shape.
 type ListAliasesRequest struct {
-	KeyId  *string `json:"KeyId,omitempty"`
-	Limit  *int32  `json:"Limit,omitempty"`
-	Marker *string `json:"Marker,omitempty"`
+	KeyId  *string `json:"KeyId,omitzero"`
+	Limit  *int32  `json:"Limit,omitzero"`
+	Marker *string `json:"Marker,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -1968,18 +1968,18 @@ func (v *ListAliasesRequest) Validate(errs *Errors, path string) {
 
 // ListAliasesResponse is the ListAliasesResponse shape.
 type ListAliasesResponse struct {
-	Aliases    []AliasListEntry `json:"Aliases,omitempty"`
-	NextMarker *string          `json:"NextMarker,omitempty"`
-	Truncated  *bool            `json:"Truncated,omitempty"`
+	Aliases    []AliasListEntry `json:"Aliases,omitzero"`
+	NextMarker *string          `json:"NextMarker,omitzero"`
+	Truncated  *bool            `json:"Truncated,omitzero"`
 }
 
 // ListGrantsRequest is the ListGrantsRequest shape.
 type ListGrantsRequest struct {
-	Limit            *int32  `json:"Limit,omitempty"`
-	Marker           *string `json:"Marker,omitempty"`
-	KeyId            *string `json:"KeyId,omitempty"`
-	GrantId          *string `json:"GrantId,omitempty"`
-	GranteePrincipal *string `json:"GranteePrincipal,omitempty"`
+	Limit            *int32  `json:"Limit,omitzero"`
+	Marker           *string `json:"Marker,omitzero"`
+	KeyId            *string `json:"KeyId,omitzero"`
+	GrantId          *string `json:"GrantId,omitzero"`
+	GranteePrincipal *string `json:"GranteePrincipal,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2040,16 +2040,16 @@ func (v *ListGrantsRequest) Validate(errs *Errors, path string) {
 
 // ListGrantsResponse is the ListGrantsResponse shape.
 type ListGrantsResponse struct {
-	Grants     []GrantListEntry `json:"Grants,omitempty"`
-	NextMarker *string          `json:"NextMarker,omitempty"`
-	Truncated  *bool            `json:"Truncated,omitempty"`
+	Grants     []GrantListEntry `json:"Grants,omitzero"`
+	NextMarker *string          `json:"NextMarker,omitzero"`
+	Truncated  *bool            `json:"Truncated,omitzero"`
 }
 
 // ListKeyPoliciesRequest is the ListKeyPoliciesRequest shape.
 type ListKeyPoliciesRequest struct {
-	KeyId  *string `json:"KeyId,omitempty"`
-	Limit  *int32  `json:"Limit,omitempty"`
-	Marker *string `json:"Marker,omitempty"`
+	KeyId  *string `json:"KeyId,omitzero"`
+	Limit  *int32  `json:"Limit,omitzero"`
+	Marker *string `json:"Marker,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2091,17 +2091,17 @@ func (v *ListKeyPoliciesRequest) Validate(errs *Errors, path string) {
 
 // ListKeyPoliciesResponse is the ListKeyPoliciesResponse shape.
 type ListKeyPoliciesResponse struct {
-	PolicyNames []string `json:"PolicyNames,omitempty"`
-	NextMarker  *string  `json:"NextMarker,omitempty"`
-	Truncated   *bool    `json:"Truncated,omitempty"`
+	PolicyNames []string `json:"PolicyNames,omitzero"`
+	NextMarker  *string  `json:"NextMarker,omitzero"`
+	Truncated   *bool    `json:"Truncated,omitzero"`
 }
 
 // ListKeyRotationsRequest is the ListKeyRotationsRequest shape.
 type ListKeyRotationsRequest struct {
-	KeyId              *string `json:"KeyId,omitempty"`
-	IncludeKeyMaterial *string `json:"IncludeKeyMaterial,omitempty"`
-	Limit              *int32  `json:"Limit,omitempty"`
-	Marker             *string `json:"Marker,omitempty"`
+	KeyId              *string `json:"KeyId,omitzero"`
+	IncludeKeyMaterial *string `json:"IncludeKeyMaterial,omitzero"`
+	Limit              *int32  `json:"Limit,omitzero"`
+	Marker             *string `json:"Marker,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2148,15 +2148,15 @@ func (v *ListKeyRotationsRequest) Validate(errs *Errors, path string) {
 
 // ListKeyRotationsResponse is the ListKeyRotationsResponse shape.
 type ListKeyRotationsResponse struct {
-	Rotations  []RotationsListEntry `json:"Rotations,omitempty"`
-	NextMarker *string              `json:"NextMarker,omitempty"`
-	Truncated  *bool                `json:"Truncated,omitempty"`
+	Rotations  []RotationsListEntry `json:"Rotations,omitzero"`
+	NextMarker *string              `json:"NextMarker,omitzero"`
+	Truncated  *bool                `json:"Truncated,omitzero"`
 }
 
 // ListKeysRequest is the ListKeysRequest shape.
 type ListKeysRequest struct {
-	Limit  *int32  `json:"Limit,omitempty"`
-	Marker *string `json:"Marker,omitempty"`
+	Limit  *int32  `json:"Limit,omitzero"`
+	Marker *string `json:"Marker,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2188,16 +2188,16 @@ func (v *ListKeysRequest) Validate(errs *Errors, path string) {
 
 // ListKeysResponse is the ListKeysResponse shape.
 type ListKeysResponse struct {
-	Keys       []KeyListEntry `json:"Keys,omitempty"`
-	NextMarker *string        `json:"NextMarker,omitempty"`
-	Truncated  *bool          `json:"Truncated,omitempty"`
+	Keys       []KeyListEntry `json:"Keys,omitzero"`
+	NextMarker *string        `json:"NextMarker,omitzero"`
+	Truncated  *bool          `json:"Truncated,omitzero"`
 }
 
 // ListResourceTagsRequest is the ListResourceTagsRequest shape.
 type ListResourceTagsRequest struct {
-	KeyId  *string `json:"KeyId,omitempty"`
-	Limit  *int32  `json:"Limit,omitempty"`
-	Marker *string `json:"Marker,omitempty"`
+	KeyId  *string `json:"KeyId,omitzero"`
+	Limit  *int32  `json:"Limit,omitzero"`
+	Marker *string `json:"Marker,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2239,16 +2239,16 @@ func (v *ListResourceTagsRequest) Validate(errs *Errors, path string) {
 
 // ListResourceTagsResponse is the ListResourceTagsResponse shape.
 type ListResourceTagsResponse struct {
-	Tags       []Tag   `json:"Tags,omitempty"`
-	NextMarker *string `json:"NextMarker,omitempty"`
-	Truncated  *bool   `json:"Truncated,omitempty"`
+	Tags       []Tag   `json:"Tags,omitzero"`
+	NextMarker *string `json:"NextMarker,omitzero"`
+	Truncated  *bool   `json:"Truncated,omitzero"`
 }
 
 // ListRetirableGrantsRequest is the ListRetirableGrantsRequest shape.
 type ListRetirableGrantsRequest struct {
-	Limit             *int32  `json:"Limit,omitempty"`
-	Marker            *string `json:"Marker,omitempty"`
-	RetiringPrincipal *string `json:"RetiringPrincipal,omitempty"`
+	Limit             *int32  `json:"Limit,omitzero"`
+	Marker            *string `json:"Marker,omitzero"`
+	RetiringPrincipal *string `json:"RetiringPrincipal,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2293,23 +2293,23 @@ func (v *ListRetirableGrantsRequest) Validate(errs *Errors, path string) {
 
 // MultiRegionConfiguration is the MultiRegionConfiguration shape.
 type MultiRegionConfiguration struct {
-	MultiRegionKeyType *string          `json:"MultiRegionKeyType,omitempty"`
-	PrimaryKey         *MultiRegionKey  `json:"PrimaryKey,omitempty"`
-	ReplicaKeys        []MultiRegionKey `json:"ReplicaKeys,omitempty"`
+	MultiRegionKeyType *string          `json:"MultiRegionKeyType,omitzero"`
+	PrimaryKey         *MultiRegionKey  `json:"PrimaryKey,omitzero"`
+	ReplicaKeys        []MultiRegionKey `json:"ReplicaKeys,omitzero"`
 }
 
 // MultiRegionKey is the MultiRegionKey shape.
 type MultiRegionKey struct {
-	Arn    *string `json:"Arn,omitempty"`
-	Region *string `json:"Region,omitempty"`
+	Arn    *string `json:"Arn,omitzero"`
+	Region *string `json:"Region,omitzero"`
 }
 
 // PutKeyPolicyRequest is the PutKeyPolicyRequest shape.
 type PutKeyPolicyRequest struct {
-	KeyId                          *string `json:"KeyId,omitempty"`
-	PolicyName                     *string `json:"PolicyName,omitempty"`
-	Policy                         *string `json:"Policy,omitempty"`
-	BypassPolicyLockoutSafetyCheck *bool   `json:"BypassPolicyLockoutSafetyCheck,omitempty"`
+	KeyId                          *string `json:"KeyId,omitzero"`
+	PolicyName                     *string `json:"PolicyName,omitzero"`
+	Policy                         *string `json:"Policy,omitzero"`
+	BypassPolicyLockoutSafetyCheck *bool   `json:"BypassPolicyLockoutSafetyCheck,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2356,16 +2356,16 @@ func (v *PutKeyPolicyRequest) Validate(errs *Errors, path string) {
 
 // ReEncryptRequest is the ReEncryptRequest shape.
 type ReEncryptRequest struct {
-	CiphertextBlob                 []byte            `json:"CiphertextBlob,omitempty"`
-	SourceEncryptionContext        map[string]string `json:"SourceEncryptionContext,omitempty"`
-	SourceKeyId                    *string           `json:"SourceKeyId,omitempty"`
-	DestinationKeyId               *string           `json:"DestinationKeyId,omitempty"`
-	DestinationEncryptionContext   map[string]string `json:"DestinationEncryptionContext,omitempty"`
-	SourceEncryptionAlgorithm      *string           `json:"SourceEncryptionAlgorithm,omitempty"`
-	DestinationEncryptionAlgorithm *string           `json:"DestinationEncryptionAlgorithm,omitempty"`
-	GrantTokens                    []string          `json:"GrantTokens,omitempty"`
-	DryRun                         *bool             `json:"DryRun,omitempty"`
-	DryRunModifiers                []string          `json:"DryRunModifiers,omitempty"`
+	CiphertextBlob                 []byte            `json:"CiphertextBlob,omitzero"`
+	SourceEncryptionContext        map[string]string `json:"SourceEncryptionContext,omitzero"`
+	SourceKeyId                    *string           `json:"SourceKeyId,omitzero"`
+	DestinationKeyId               *string           `json:"DestinationKeyId,omitzero"`
+	DestinationEncryptionContext   map[string]string `json:"DestinationEncryptionContext,omitzero"`
+	SourceEncryptionAlgorithm      *string           `json:"SourceEncryptionAlgorithm,omitzero"`
+	DestinationEncryptionAlgorithm *string           `json:"DestinationEncryptionAlgorithm,omitzero"`
+	GrantTokens                    []string          `json:"GrantTokens,omitzero"`
+	DryRun                         *bool             `json:"DryRun,omitzero"`
+	DryRunModifiers                []string          `json:"DryRunModifiers,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2438,19 +2438,19 @@ func (v *ReEncryptRequest) Validate(errs *Errors, path string) {
 
 // ReEncryptResponse is the ReEncryptResponse shape.
 type ReEncryptResponse struct {
-	CiphertextBlob                 []byte  `json:"CiphertextBlob,omitempty"`
-	SourceKeyId                    *string `json:"SourceKeyId,omitempty"`
-	KeyId                          *string `json:"KeyId,omitempty"`
-	SourceEncryptionAlgorithm      *string `json:"SourceEncryptionAlgorithm,omitempty"`
-	DestinationEncryptionAlgorithm *string `json:"DestinationEncryptionAlgorithm,omitempty"`
-	SourceKeyMaterialId            *string `json:"SourceKeyMaterialId,omitempty"`
-	DestinationKeyMaterialId       *string `json:"DestinationKeyMaterialId,omitempty"`
+	CiphertextBlob                 []byte  `json:"CiphertextBlob,omitzero"`
+	SourceKeyId                    *string `json:"SourceKeyId,omitzero"`
+	KeyId                          *string `json:"KeyId,omitzero"`
+	SourceEncryptionAlgorithm      *string `json:"SourceEncryptionAlgorithm,omitzero"`
+	DestinationEncryptionAlgorithm *string `json:"DestinationEncryptionAlgorithm,omitzero"`
+	SourceKeyMaterialId            *string `json:"SourceKeyMaterialId,omitzero"`
+	DestinationKeyMaterialId       *string `json:"DestinationKeyMaterialId,omitzero"`
 }
 
 // RecipientInfo is the RecipientInfo shape.
 type RecipientInfo struct {
-	KeyEncryptionAlgorithm *string `json:"KeyEncryptionAlgorithm,omitempty"`
-	AttestationDocument    []byte  `json:"AttestationDocument,omitempty"`
+	KeyEncryptionAlgorithm *string `json:"KeyEncryptionAlgorithm,omitzero"`
+	AttestationDocument    []byte  `json:"AttestationDocument,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2476,12 +2476,12 @@ func (v *RecipientInfo) Validate(errs *Errors, path string) {
 
 // ReplicateKeyRequest is the ReplicateKeyRequest shape.
 type ReplicateKeyRequest struct {
-	KeyId                          *string `json:"KeyId,omitempty"`
-	ReplicaRegion                  *string `json:"ReplicaRegion,omitempty"`
-	Policy                         *string `json:"Policy,omitempty"`
-	BypassPolicyLockoutSafetyCheck *bool   `json:"BypassPolicyLockoutSafetyCheck,omitempty"`
-	Description                    *string `json:"Description,omitempty"`
-	Tags                           []Tag   `json:"Tags,omitempty"`
+	KeyId                          *string `json:"KeyId,omitzero"`
+	ReplicaRegion                  *string `json:"ReplicaRegion,omitzero"`
+	Policy                         *string `json:"Policy,omitzero"`
+	BypassPolicyLockoutSafetyCheck *bool   `json:"BypassPolicyLockoutSafetyCheck,omitzero"`
+	Description                    *string `json:"Description,omitzero"`
+	Tags                           []Tag   `json:"Tags,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2543,17 +2543,17 @@ func (v *ReplicateKeyRequest) Validate(errs *Errors, path string) {
 
 // ReplicateKeyResponse is the ReplicateKeyResponse shape.
 type ReplicateKeyResponse struct {
-	ReplicaKeyMetadata *KeyMetadata `json:"ReplicaKeyMetadata,omitempty"`
-	ReplicaPolicy      *string      `json:"ReplicaPolicy,omitempty"`
-	ReplicaTags        []Tag        `json:"ReplicaTags,omitempty"`
+	ReplicaKeyMetadata *KeyMetadata `json:"ReplicaKeyMetadata,omitzero"`
+	ReplicaPolicy      *string      `json:"ReplicaPolicy,omitzero"`
+	ReplicaTags        []Tag        `json:"ReplicaTags,omitzero"`
 }
 
 // RetireGrantRequest is the RetireGrantRequest shape.
 type RetireGrantRequest struct {
-	GrantToken *string `json:"GrantToken,omitempty"`
-	KeyId      *string `json:"KeyId,omitempty"`
-	GrantId    *string `json:"GrantId,omitempty"`
-	DryRun     *bool   `json:"DryRun,omitempty"`
+	GrantToken *string `json:"GrantToken,omitzero"`
+	KeyId      *string `json:"KeyId,omitzero"`
+	GrantId    *string `json:"GrantId,omitzero"`
+	DryRun     *bool   `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2590,9 +2590,9 @@ func (v *RetireGrantRequest) Validate(errs *Errors, path string) {
 
 // RevokeGrantRequest is the RevokeGrantRequest shape.
 type RevokeGrantRequest struct {
-	KeyId   *string `json:"KeyId,omitempty"`
-	GrantId *string `json:"GrantId,omitempty"`
-	DryRun  *bool   `json:"DryRun,omitempty"`
+	KeyId   *string `json:"KeyId,omitzero"`
+	GrantId *string `json:"GrantId,omitzero"`
+	DryRun  *bool   `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2625,7 +2625,7 @@ func (v *RevokeGrantRequest) Validate(errs *Errors, path string) {
 
 // RotateKeyOnDemandRequest is the RotateKeyOnDemandRequest shape.
 type RotateKeyOnDemandRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2648,26 +2648,26 @@ func (v *RotateKeyOnDemandRequest) Validate(errs *Errors, path string) {
 
 // RotateKeyOnDemandResponse is the RotateKeyOnDemandResponse shape.
 type RotateKeyOnDemandResponse struct {
-	KeyId *string `json:"KeyId,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
 }
 
 // RotationsListEntry is the RotationsListEntry shape.
 type RotationsListEntry struct {
-	KeyId                  *string `json:"KeyId,omitempty"`
-	KeyMaterialId          *string `json:"KeyMaterialId,omitempty"`
-	KeyMaterialDescription *string `json:"KeyMaterialDescription,omitempty"`
-	ImportState            *string `json:"ImportState,omitempty"`
-	KeyMaterialState       *string `json:"KeyMaterialState,omitempty"`
-	ExpirationModel        *string `json:"ExpirationModel,omitempty"`
-	ValidTo                *Time   `json:"ValidTo,omitempty"`
-	RotationDate           *Time   `json:"RotationDate,omitempty"`
-	RotationType           *string `json:"RotationType,omitempty"`
+	KeyId                  *string `json:"KeyId,omitzero"`
+	KeyMaterialId          *string `json:"KeyMaterialId,omitzero"`
+	KeyMaterialDescription *string `json:"KeyMaterialDescription,omitzero"`
+	ImportState            *string `json:"ImportState,omitzero"`
+	KeyMaterialState       *string `json:"KeyMaterialState,omitzero"`
+	ExpirationModel        *string `json:"ExpirationModel,omitzero"`
+	ValidTo                *Time   `json:"ValidTo,omitzero"`
+	RotationDate           *Time   `json:"RotationDate,omitzero"`
+	RotationType           *string `json:"RotationType,omitzero"`
 }
 
 // ScheduleKeyDeletionRequest is the ScheduleKeyDeletionRequest shape.
 type ScheduleKeyDeletionRequest struct {
-	KeyId               *string `json:"KeyId,omitempty"`
-	PendingWindowInDays *int32  `json:"PendingWindowInDays,omitempty"`
+	KeyId               *string `json:"KeyId,omitzero"`
+	PendingWindowInDays *int32  `json:"PendingWindowInDays,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2698,20 +2698,20 @@ func (v *ScheduleKeyDeletionRequest) Validate(errs *Errors, path string) {
 
 // ScheduleKeyDeletionResponse is the ScheduleKeyDeletionResponse shape.
 type ScheduleKeyDeletionResponse struct {
-	KeyId               *string `json:"KeyId,omitempty"`
-	DeletionDate        *Time   `json:"DeletionDate,omitempty"`
-	KeyState            *string `json:"KeyState,omitempty"`
-	PendingWindowInDays *int32  `json:"PendingWindowInDays,omitempty"`
+	KeyId               *string `json:"KeyId,omitzero"`
+	DeletionDate        *Time   `json:"DeletionDate,omitzero"`
+	KeyState            *string `json:"KeyState,omitzero"`
+	PendingWindowInDays *int32  `json:"PendingWindowInDays,omitzero"`
 }
 
 // SignRequest is the SignRequest shape.
 type SignRequest struct {
-	KeyId            *string  `json:"KeyId,omitempty"`
-	Message          []byte   `json:"Message,omitempty"`
-	MessageType      *string  `json:"MessageType,omitempty"`
-	GrantTokens      []string `json:"GrantTokens,omitempty"`
-	SigningAlgorithm *string  `json:"SigningAlgorithm,omitempty"`
-	DryRun           *bool    `json:"DryRun,omitempty"`
+	KeyId            *string  `json:"KeyId,omitzero"`
+	Message          []byte   `json:"Message,omitzero"`
+	MessageType      *string  `json:"MessageType,omitzero"`
+	GrantTokens      []string `json:"GrantTokens,omitzero"`
+	SigningAlgorithm *string  `json:"SigningAlgorithm,omitzero"`
+	DryRun           *bool    `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2771,15 +2771,15 @@ func (v *SignRequest) Validate(errs *Errors, path string) {
 
 // SignResponse is the SignResponse shape.
 type SignResponse struct {
-	KeyId            *string `json:"KeyId,omitempty"`
-	Signature        []byte  `json:"Signature,omitempty"`
-	SigningAlgorithm *string `json:"SigningAlgorithm,omitempty"`
+	KeyId            *string `json:"KeyId,omitzero"`
+	Signature        []byte  `json:"Signature,omitzero"`
+	SigningAlgorithm *string `json:"SigningAlgorithm,omitzero"`
 }
 
 // Tag is the Tag shape.
 type Tag struct {
-	TagKey   *string `json:"TagKey,omitempty"`
-	TagValue *string `json:"TagValue,omitempty"`
+	TagKey   *string `json:"TagKey,omitzero"`
+	TagValue *string `json:"TagValue,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2812,8 +2812,8 @@ func (v *Tag) Validate(errs *Errors, path string) {
 
 // TagResourceRequest is the TagResourceRequest shape.
 type TagResourceRequest struct {
-	KeyId *string `json:"KeyId,omitempty"`
-	Tags  []Tag   `json:"Tags,omitempty"`
+	KeyId *string `json:"KeyId,omitzero"`
+	Tags  []Tag   `json:"Tags,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2845,8 +2845,8 @@ func (v *TagResourceRequest) Validate(errs *Errors, path string) {
 
 // UntagResourceRequest is the UntagResourceRequest shape.
 type UntagResourceRequest struct {
-	KeyId   *string  `json:"KeyId,omitempty"`
-	TagKeys []string `json:"TagKeys,omitempty"`
+	KeyId   *string  `json:"KeyId,omitzero"`
+	TagKeys []string `json:"TagKeys,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2883,8 +2883,8 @@ func (v *UntagResourceRequest) Validate(errs *Errors, path string) {
 
 // UpdateAliasRequest is the UpdateAliasRequest shape.
 type UpdateAliasRequest struct {
-	AliasName   *string `json:"AliasName,omitempty"`
-	TargetKeyId *string `json:"TargetKeyId,omitempty"`
+	AliasName   *string `json:"AliasName,omitzero"`
+	TargetKeyId *string `json:"TargetKeyId,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -2920,16 +2920,16 @@ func (v *UpdateAliasRequest) Validate(errs *Errors, path string) {
 
 // UpdateCustomKeyStoreRequest is the UpdateCustomKeyStoreRequest shape.
 type UpdateCustomKeyStoreRequest struct {
-	CustomKeyStoreId                 *string                               `json:"CustomKeyStoreId,omitempty"`
-	NewCustomKeyStoreName            *string                               `json:"NewCustomKeyStoreName,omitempty"`
-	KeyStorePassword                 *string                               `json:"KeyStorePassword,omitempty"`
-	CloudHsmClusterId                *string                               `json:"CloudHsmClusterId,omitempty"`
-	XksProxyUriEndpoint              *string                               `json:"XksProxyUriEndpoint,omitempty"`
-	XksProxyUriPath                  *string                               `json:"XksProxyUriPath,omitempty"`
-	XksProxyVpcEndpointServiceName   *string                               `json:"XksProxyVpcEndpointServiceName,omitempty"`
-	XksProxyVpcEndpointServiceOwner  *string                               `json:"XksProxyVpcEndpointServiceOwner,omitempty"`
-	XksProxyAuthenticationCredential *XksProxyAuthenticationCredentialType `json:"XksProxyAuthenticationCredential,omitempty"`
-	XksProxyConnectivity             *string                               `json:"XksProxyConnectivity,omitempty"`
+	CustomKeyStoreId                 *string                               `json:"CustomKeyStoreId,omitzero"`
+	NewCustomKeyStoreName            *string                               `json:"NewCustomKeyStoreName,omitzero"`
+	KeyStorePassword                 *string                               `json:"KeyStorePassword,omitzero"`
+	CloudHsmClusterId                *string                               `json:"CloudHsmClusterId,omitzero"`
+	XksProxyUriEndpoint              *string                               `json:"XksProxyUriEndpoint,omitzero"`
+	XksProxyUriPath                  *string                               `json:"XksProxyUriPath,omitzero"`
+	XksProxyVpcEndpointServiceName   *string                               `json:"XksProxyVpcEndpointServiceName,omitzero"`
+	XksProxyVpcEndpointServiceOwner  *string                               `json:"XksProxyVpcEndpointServiceOwner,omitzero"`
+	XksProxyAuthenticationCredential *XksProxyAuthenticationCredentialType `json:"XksProxyAuthenticationCredential,omitzero"`
+	XksProxyConnectivity             *string                               `json:"XksProxyConnectivity,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -3035,8 +3035,8 @@ type UpdateCustomKeyStoreResponse struct {
 
 // UpdateKeyDescriptionRequest is the UpdateKeyDescriptionRequest shape.
 type UpdateKeyDescriptionRequest struct {
-	KeyId       *string `json:"KeyId,omitempty"`
-	Description *string `json:"Description,omitempty"`
+	KeyId       *string `json:"KeyId,omitzero"`
+	Description *string `json:"Description,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -3069,8 +3069,8 @@ func (v *UpdateKeyDescriptionRequest) Validate(errs *Errors, path string) {
 
 // UpdatePrimaryRegionRequest is the UpdatePrimaryRegionRequest shape.
 type UpdatePrimaryRegionRequest struct {
-	KeyId         *string `json:"KeyId,omitempty"`
-	PrimaryRegion *string `json:"PrimaryRegion,omitempty"`
+	KeyId         *string `json:"KeyId,omitzero"`
+	PrimaryRegion *string `json:"PrimaryRegion,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -3106,12 +3106,12 @@ func (v *UpdatePrimaryRegionRequest) Validate(errs *Errors, path string) {
 
 // VerifyMacRequest is the VerifyMacRequest shape.
 type VerifyMacRequest struct {
-	Message      []byte   `json:"Message,omitempty"`
-	KeyId        *string  `json:"KeyId,omitempty"`
-	MacAlgorithm *string  `json:"MacAlgorithm,omitempty"`
-	Mac          []byte   `json:"Mac,omitempty"`
-	GrantTokens  []string `json:"GrantTokens,omitempty"`
-	DryRun       *bool    `json:"DryRun,omitempty"`
+	Message      []byte   `json:"Message,omitzero"`
+	KeyId        *string  `json:"KeyId,omitzero"`
+	MacAlgorithm *string  `json:"MacAlgorithm,omitzero"`
+	Mac          []byte   `json:"Mac,omitzero"`
+	GrantTokens  []string `json:"GrantTokens,omitzero"`
+	DryRun       *bool    `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -3176,20 +3176,20 @@ func (v *VerifyMacRequest) Validate(errs *Errors, path string) {
 
 // VerifyMacResponse is the VerifyMacResponse shape.
 type VerifyMacResponse struct {
-	KeyId        *string `json:"KeyId,omitempty"`
-	MacValid     *bool   `json:"MacValid,omitempty"`
-	MacAlgorithm *string `json:"MacAlgorithm,omitempty"`
+	KeyId        *string `json:"KeyId,omitzero"`
+	MacValid     *bool   `json:"MacValid,omitzero"`
+	MacAlgorithm *string `json:"MacAlgorithm,omitzero"`
 }
 
 // VerifyRequest is the VerifyRequest shape.
 type VerifyRequest struct {
-	KeyId            *string  `json:"KeyId,omitempty"`
-	Message          []byte   `json:"Message,omitempty"`
-	MessageType      *string  `json:"MessageType,omitempty"`
-	Signature        []byte   `json:"Signature,omitempty"`
-	SigningAlgorithm *string  `json:"SigningAlgorithm,omitempty"`
-	GrantTokens      []string `json:"GrantTokens,omitempty"`
-	DryRun           *bool    `json:"DryRun,omitempty"`
+	KeyId            *string  `json:"KeyId,omitzero"`
+	Message          []byte   `json:"Message,omitzero"`
+	MessageType      *string  `json:"MessageType,omitzero"`
+	Signature        []byte   `json:"Signature,omitzero"`
+	SigningAlgorithm *string  `json:"SigningAlgorithm,omitzero"`
+	GrantTokens      []string `json:"GrantTokens,omitzero"`
+	DryRun           *bool    `json:"DryRun,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -3259,20 +3259,20 @@ func (v *VerifyRequest) Validate(errs *Errors, path string) {
 
 // VerifyResponse is the VerifyResponse shape.
 type VerifyResponse struct {
-	KeyId            *string `json:"KeyId,omitempty"`
-	SignatureValid   *bool   `json:"SignatureValid,omitempty"`
-	SigningAlgorithm *string `json:"SigningAlgorithm,omitempty"`
+	KeyId            *string `json:"KeyId,omitzero"`
+	SignatureValid   *bool   `json:"SignatureValid,omitzero"`
+	SigningAlgorithm *string `json:"SigningAlgorithm,omitzero"`
 }
 
 // XksKeyConfigurationType is the XksKeyConfigurationType shape.
 type XksKeyConfigurationType struct {
-	Id *string `json:"Id,omitempty"`
+	Id *string `json:"Id,omitzero"`
 }
 
 // XksProxyAuthenticationCredentialType is the XksProxyAuthenticationCredentialType shape.
 type XksProxyAuthenticationCredentialType struct {
-	AccessKeyId        *string `json:"AccessKeyId,omitempty"`
-	RawSecretAccessKey *string `json:"RawSecretAccessKey,omitempty"`
+	AccessKeyId        *string `json:"AccessKeyId,omitzero"`
+	RawSecretAccessKey *string `json:"RawSecretAccessKey,omitzero"`
 }
 
 // Validate checks v against the model's constraints, appending a
@@ -3311,12 +3311,12 @@ func (v *XksProxyAuthenticationCredentialType) Validate(errs *Errors, path strin
 
 // XksProxyConfigurationType is the XksProxyConfigurationType shape.
 type XksProxyConfigurationType struct {
-	Connectivity            *string `json:"Connectivity,omitempty"`
-	AccessKeyId             *string `json:"AccessKeyId,omitempty"`
-	UriEndpoint             *string `json:"UriEndpoint,omitempty"`
-	UriPath                 *string `json:"UriPath,omitempty"`
-	VpcEndpointServiceName  *string `json:"VpcEndpointServiceName,omitempty"`
-	VpcEndpointServiceOwner *string `json:"VpcEndpointServiceOwner,omitempty"`
+	Connectivity            *string `json:"Connectivity,omitzero"`
+	AccessKeyId             *string `json:"AccessKeyId,omitzero"`
+	UriEndpoint             *string `json:"UriEndpoint,omitzero"`
+	UriPath                 *string `json:"UriPath,omitzero"`
+	VpcEndpointServiceName  *string `json:"VpcEndpointServiceName,omitzero"`
+	VpcEndpointServiceOwner *string `json:"VpcEndpointServiceOwner,omitzero"`
 }
 
 // CreateAliasResponse is the empty output of CreateAlias, which answers {}.
