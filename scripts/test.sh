@@ -46,4 +46,5 @@ fuzz ./internal/server FuzzDecodeRequest
 fuzz ./internal/xks FuzzParseEncryptRequest
 fuzz ./internal/xks FuzzParseDecryptRequest
 fuzz ./internal/xks/xksserver FuzzRoute
+fuzz ./internal/xks/xksclient FuzzParseResponse
 echo "== all tests passed"

@@ -1,0 +1,173 @@
+// Package xksclient_test holds end-to-end tests of internal/xks/xksclient, the KMS side of
+// the XKS Proxy API: the client drives the real xks-proxy binary over HTTPS on
+// loopback (development CA from `xks-proxy dev-cert`, a software key file, a SoftHSM2
+// token), and small in-test TLS servers for the misbehaviours a conforming proxy
+// cannot produce. Every failure is caused for real and checked through the mapping
+// helpers KMS uses.
+package xksclient_test
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "xksclient-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "xks-proxy")
+	out, err := exec.Command("go", "build", "-o", binPath, "github.com/kmsd/kmsd/cmd/xks-proxy").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building xks-proxy: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	akid   = "AKIDAAAAAAAAAAAAAAAAAAAA"
+	secret = "PleaseReplaceThisWithSomeSecretOfLength43To64"
+	pass   = "e2e key file passphrase"
+)
+
+// run runs the binary to completion.
+func run(t *testing.T, env []string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(binPath, args...)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("xks-proxy %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proxy is a running `xks-proxy serve`.
+type proxy struct {
+	cmd  *exec.Cmd
+	addr string
+	log  *syncBuf
+	done chan struct{}
+}
+
+// port is the proxy's loopback port.
+func (p *proxy) port() string { _, port, _ := net.SplitHostPort(p.addr); return port }
+
+// start runs `xks-proxy serve --listen <free loopback port> args…`, waits until it
+// serves, and stops it (by its pid) when the test ends.
+func start(t *testing.T, env []string, args ...string) *proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	p := &proxy{addr: addr, log: &syncBuf{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binPath, append([]string{"serve", "--listen", addr}, args...)...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("xks-proxy log:\n%s", p.log)
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-p.done:
+			t.Fatalf("xks-proxy exited early:\n%s", p.log)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			if strings.Contains(p.log.String(), "xks-proxy serving") {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("xks-proxy did not start:\n%s", p.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM to the proxy and waits for it to exit.
+func (p *proxy) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// pki writes a development PKI for hosts with the binary's dev-cert command and
+// returns its directory (ca.pem, cert.pem, key.pem, and client.pem / client-key.pem
+// when clientCN is set).
+func pki(t *testing.T, dir, hosts, clientCN string) string {
+	t.Helper()
+	args := []string{"dev-cert", "--hostname", hosts, "--out-dir", dir}
+	if clientCN != "" {
+		args = append(args, "--client-cn", clientCN)
+	}
+	run(t, nil, args...)
+	return dir
+}
+
+func read(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func write(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
