@@ -62,6 +62,7 @@ type Key struct {
 	KeyUsage             string     `json:"keyUsage"`
 	KeySpec              string     `json:"keySpec"`
 	Origin               string     `json:"origin"`
+	CustomKeyStoreID     string     `json:"customKeyStoreId,omitempty"`
 	State                keys.State `json:"state"`
 	DeletionDate         *time.Time `json:"deletionDate,omitempty"`
 	PendingWindowInDays  int32      `json:"pendingWindow,omitempty"`

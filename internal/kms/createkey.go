@@ -12,7 +12,8 @@ import (
 )
 
 // CreateKey creates a symmetric encryption key with AES-256 material made
-// here (origin AWS_KMS).
+// here (origin AWS_KMS), or in the cluster of a CONNECTED CloudHSM key
+// store (origin AWS_CLOUDHSM with CustomKeyStoreId).
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
 	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
 		if in.KeySpec != nil {
@@ -53,8 +54,9 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if in.Origin != nil {
 		origin = *in.Origin
 	}
-	if origin != "AWS_KMS" || in.CustomKeyStoreId != nil || in.XksKeyId != nil {
-		return nil, exc("UnsupportedOperationException", "Origin "+origin+" and custom key stores are not supported by kmsd yet.")
+	custom := origin == "AWS_CLOUDHSM" || origin == "EXTERNAL_KEY_STORE" || in.CustomKeyStoreId != nil
+	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || in.XksKeyId != nil {
+		return nil, exc("UnsupportedOperationException", "Origin "+origin+" with these custom key store parameters is not supported by kmsd yet.")
 	}
 	if in.MultiRegion != nil && *in.MultiRegion {
 		return nil, exc("UnsupportedOperationException", "Multi-Region keys are not supported by kmsd yet.")
@@ -75,11 +77,11 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if err != nil {
 		return nil, internal(err)
 	}
-	material, err := s.randomBytes(32)
-	if err != nil {
-		return nil, err
+	if custom {
+		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, keys.KeyARN(c.Region, c.Account, id.String())); err != nil {
+			return nil, err
+		}
 	}
-	defer clear(material)
 	k := &catalog.Key{
 		ID:          id.String(),
 		Account:     c.Account,
@@ -94,13 +96,23 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		Tags:        tags,
 		Current:     1,
 	}
-	sealed, err := s.cat.Seal(k.ID, 1, material)
-	if err != nil {
-		return nil, internal(err)
+	if custom {
+		// The material lives in the cluster, labelled with the key's ARN.
+		k.CustomKeyStoreID = *in.CustomKeyStoreId
+	} else {
+		material, err := s.randomBytes(32)
+		if err != nil {
+			return nil, err
+		}
+		defer clear(material)
+		sealed, err := s.cat.Seal(k.ID, 1, material)
+		if err != nil {
+			return nil, internal(err)
+		}
+		k.Versions = []catalog.Version{{Number: 1, Created: k.Created, Sealed: sealed}}
 	}
-	k.Versions = []catalog.Version{{Number: 1, Created: k.Created, Sealed: sealed}}
 	if err := s.cat.CreateKey(ctx, k); err != nil {
 		return nil, internal(err)
 	}
-	return &kmsapi.CreateKeyResponse{KeyMetadata: metadata(k)}, nil
+	return &kmsapi.CreateKeyResponse{KeyMetadata: s.storeMetadata(k, metadata(k))}, nil
 }

@@ -14,7 +14,10 @@ var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }
 
 // seal encrypts plaintext under the current version of k, binding the
 // encryption context, and returns the ciphertext blob.
-func (s *Service) seal(k *catalog.Key, plaintext []byte, ctx map[string]string) ([]byte, error) {
+func (s *Service) seal(cx context.Context, k *catalog.Key, plaintext []byte, ctx map[string]string) ([]byte, error) {
+	if k.CustomKeyStoreID != "" {
+		return s.sealHSM(cx, k, plaintext, ctx)
+	}
 	aead, err := s.cat.AEAD(k, k.Current)
 	if err != nil {
 		return nil, internal(err)
@@ -59,6 +62,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 		if err != nil {
 			return nil, nil, internal(err)
 		}
+		k = s.view(k)
 	}
 	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), algorithm(alg)); err != nil {
 		return nil, nil, err
@@ -68,6 +72,10 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 	}
 	if err := checkEncryptUsage(k); err != nil {
 		return nil, nil, err
+	}
+	if k.CustomKeyStoreID != "" {
+		pt, err := s.openHSM(ctx, k, b, ec)
+		return k, pt, err
 	}
 	aead, err := s.cat.AEAD(k, b.KeyVersion)
 	if errors.Is(err, catalog.ErrNotFound) {

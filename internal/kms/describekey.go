@@ -16,5 +16,5 @@ func (s *Service) DescribeKey(ctx context.Context, c *Caller, in *kmsapi.Describ
 	if err := s.authorizeKey(ctx, c, "kms:DescribeKey", k, nil, nil); err != nil {
 		return nil, err
 	}
-	return &kmsapi.DescribeKeyResponse{KeyMetadata: metadata(k)}, nil
+	return &kmsapi.DescribeKeyResponse{KeyMetadata: s.storeMetadata(k, metadata(k))}, nil
 }

@@ -56,14 +56,21 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	now := s.now()
 	var due []string
+	var backed []*catalog.Key // keys of custom key stores among them
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion && k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
 			due = append(due, k.ID)
+			if k.CustomKeyStoreID != "" {
+				backed = append(backed, k)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
+	}
+	for _, k := range backed {
+		s.deleteBackingKey(ctx, k)
 	}
 	for _, id := range due {
 		if err := s.cat.DeleteGrants(ctx, id); err != nil {

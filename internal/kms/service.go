@@ -16,6 +16,7 @@ import (
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/policy"
 )
@@ -53,6 +54,10 @@ type Service struct {
 	now  func() time.Time
 	rand io.Reader
 	log  *slog.Logger
+
+	stores   *keystore.Manager // custom key stores; nil without HSM support
+	clusters ClusterChecker
+	hsmKeys  HSMKeys
 
 	policies policyCache // parsed key policies, by key id
 	lastTime atomic.Pointer[timeKeys]
@@ -158,7 +163,7 @@ func (s *Service) resolveIn(ctx context.Context, c *Caller, keyID string, cross 
 	if err != nil {
 		return nil, internal(err)
 	}
-	return k, nil
+	return s.view(k), nil
 }
 
 // resolveKeyID is resolve for operations that accept only a key id or key

@@ -23,6 +23,7 @@ import (
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/hsmapi"
 	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/sigv4"
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -252,7 +253,9 @@ func writeHSMError(w http.ResponseWriter, reqID string, e *hsmapi.Exception) {
 	w.Write(b)
 }
 
-// startHSM opens the HSM clusters and attaches them to a; the returned
+// startHSM opens the HSM clusters and the custom key stores they back
+// (KMSD_KEYSTORE_CONNECT_DELAY: how long a store at least stays CONNECTING
+// or DISCONNECTING, 500ms by default) and attaches them to a; the returned
 // function stops them. It runs after a's verifier and identities are set.
 func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *barrier.Barrier, log *slog.Logger) (func(), error) {
 	var ids hsmPrincipals
@@ -264,5 +267,23 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 		return nil, err
 	}
 	a.hsm = h
-	return func() { h.Close() }, nil
+	// [keystore] Custom key stores, backed by these clusters.
+	delay := 500 * time.Millisecond
+	if v := os.Getenv("KMSD_KEYSTORE_CONNECT_DELAY"); v != "" {
+		if delay, err = time.ParseDuration(v); err != nil || delay < 0 {
+			h.Close()
+			return nil, errors.New("KMSD_KEYSTORE_CONNECT_DELAY: want a duration such as 500ms")
+		}
+	}
+	backing := &keystore.CloudHSM{Clusters: h.svc}
+	ks, err := keystore.New(ctx, store, b, keystore.Config{
+		Backings:     map[string]keystore.Backing{keystore.TypeCloudHSM: backing},
+		ConnectDelay: delay, Logger: log,
+	})
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	a.svc.SetKeyStores(ks, backing, h.svc)
+	return func() { ks.Close(); h.Close() }, nil
 }

@@ -43,6 +43,12 @@ func op[I any, O any, PI interface {
 // the model answers UnsupportedOperationException.
 var handlers = map[string]handler{
 	"CancelKeyDeletion":               op((*kms.Service).CancelKeyDeletion),
+	"ConnectCustomKeyStore":           op((*kms.Service).ConnectCustomKeyStore),
+	"CreateCustomKeyStore":            op((*kms.Service).CreateCustomKeyStore),
+	"DeleteCustomKeyStore":            op((*kms.Service).DeleteCustomKeyStore),
+	"DescribeCustomKeyStores":         op((*kms.Service).DescribeCustomKeyStores),
+	"DisconnectCustomKeyStore":        op((*kms.Service).DisconnectCustomKeyStore),
+	"UpdateCustomKeyStore":            op((*kms.Service).UpdateCustomKeyStore),
 	"CreateAlias":                     op((*kms.Service).CreateAlias),
 	"CreateGrant":                     op((*kms.Service).CreateGrant),
 	"CreateKey":                       op((*kms.Service).CreateKey),

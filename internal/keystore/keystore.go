@@ -1,0 +1,598 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Store is the record of one custom key store. Records handed out by the
+// Manager are copies; change a store through the Manager.
+type Store struct {
+	ID          string    `json:"id"` // cks- + 17 hex digits
+	Account     string    `json:"account"`
+	Region      string    `json:"region"`
+	Name        string    `json:"name"`
+	Type        string    `json:"type"`
+	Created     time.Time `json:"created"`
+	ClusterID   string    `json:"clusterId,omitempty"`
+	TrustAnchor string    `json:"trustAnchor,omitempty"`
+	// ClusterCert identifies the cluster's backup lineage (clusters
+	// restored from one backup share it).
+	ClusterCert string `json:"clusterCert,omitempty"`
+	// Password is kmsuser's password, sealed under passwordPath; Next, when
+	// set, the password a connect is rotating to (sealed under nextPath), so
+	// that a crash between the rotation and its record never loses it.
+	Password  []byte `json:"password,omitempty"`
+	Next      []byte `json:"next,omitempty"`
+	State     State  `json:"state"`
+	ErrorCode string `json:"errorCode,omitempty"`
+}
+
+func recordPath(id string) string   { return "keystore/" + id }
+func passwordPath(id string) string { return recordPath(id) + "/password" }
+func nextPath(id string) string     { return recordPath(id) + "/next" }
+
+// Backing is what connecting means for one store type.
+type Backing interface {
+	// Connect makes the connection to st's backing store with secret (the
+	// stored password) and, if the backing rotates it, leaves next as the
+	// new one. It returns whether it rotated; a failure is a *ConnectError
+	// carrying the ConnectionErrorCode (any other error: INTERNAL_ERROR).
+	Connect(ctx context.Context, st *Store, secret, next []byte) (rotated bool, err error)
+	// Disconnect ends the connection; the backing store is otherwise left
+	// as it is.
+	Disconnect(ctx context.Context, st *Store) error
+}
+
+// Checker is a Backing's optional synchronous check at ConnectCustomKeyStore
+// (spec §5.2: some problems fail the call and leave the store DISCONNECTED).
+type Checker interface {
+	CheckConnect(ctx context.Context, st *Store) error
+}
+
+// Config configures a Manager.
+type Config struct {
+	// Backings by store type (TypeCloudHSM, TypeExternal).
+	Backings map[string]Backing
+	// ConnectDelay is how long a store at least stays CONNECTING or
+	// DISCONNECTING, so clients can observe the transient states.
+	ConnectDelay time.Duration
+	// Limit is the number of stores per account and Region; 10 when zero.
+	Limit  int
+	Now    func() time.Time
+	Rand   io.Reader
+	Logger *slog.Logger
+}
+
+// Manager keeps the custom key stores of a kmsd process and runs their
+// connector: the asynchronous half of connect and disconnect.
+type Manager struct {
+	cfg     Config
+	store   storage.Store
+	barrier *barrier.Barrier
+	log     *slog.Logger
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	wmu    sync.Mutex // serialises writes (names and clusters stay unique)
+	mu     sync.RWMutex
+	stores map[string]*Store
+}
+
+// New loads the stores kept in store and resumes their connections:
+// CONNECTING and CONNECTED stores are (re)connected, DISCONNECTING ones
+// finish disconnecting, so none stays in a transient state.
+func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Config) (*Manager, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Limit == 0 {
+		cfg.Limit = 10
+	}
+	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{}}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	entries, err := store.List(ctx, "keystore/", "", 0)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: load: %w", err)
+	}
+	for _, e := range entries {
+		st := new(Store)
+		if err := json.Unmarshal(e.Value, st); err != nil {
+			return nil, fmt.Errorf("keystore: decode %s: %w", e.Key, err)
+		}
+		m.stores[st.ID] = st
+	}
+	loaded := make([]*Store, 0, len(m.stores))
+	for _, st := range m.stores {
+		loaded = append(loaded, st)
+	}
+	for _, st := range loaded { // the connector may write m.stores from here on
+		switch st.State {
+		case Connecting:
+			m.start(st.ID, 0, m.finishConnect)
+		case Connected:
+			if err := m.set(ctx, st.ID, func(s *Store) error { s.State = Connecting; return nil }); err != nil {
+				return nil, err
+			}
+			m.start(st.ID, 0, m.finishConnect)
+		case Disconnecting:
+			m.start(st.ID, 0, m.finishDisconnect)
+		}
+	}
+	return m, nil
+}
+
+// Close stops the connector.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Wait blocks until the connector has nothing in progress (tests).
+func (m *Manager) Wait() { m.wg.Wait() }
+
+func clone(st *Store) *Store {
+	c := *st
+	c.Password = bytes.Clone(st.Password)
+	c.Next = bytes.Clone(st.Next)
+	return &c
+}
+
+// Get returns store id of account and region.
+func (m *Manager) Get(account, region, id string) (*Store, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	st, ok := m.stores[id]
+	if !ok || st.Account != account || st.Region != region {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return clone(st), nil
+}
+
+// List returns the stores of account and region in creation order.
+func (m *Manager) List(account, region string) []*Store {
+	m.mu.RLock()
+	var out []*Store
+	for _, st := range m.stores {
+		if st.Account == account && st.Region == region {
+			out = append(out, clone(st))
+		}
+	}
+	m.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// put stores st durably and makes it current.
+func (m *Manager) put(ctx context.Context, st *Store, create bool) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if create {
+		err = m.store.Create(ctx, recordPath(st.ID), b)
+	} else {
+		err = m.store.Put(ctx, recordPath(st.ID), b)
+	}
+	if err != nil {
+		return fmt.Errorf("keystore: store %s: %w", st.ID, err)
+	}
+	m.mu.Lock()
+	m.stores[st.ID] = st
+	m.mu.Unlock()
+	return nil
+}
+
+// set applies fn to a copy of store id and stores the result; an error
+// from fn changes nothing.
+func (m *Manager) set(ctx context.Context, id string, fn func(st *Store) error) error {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	return m.setLocked(ctx, id, fn)
+}
+
+func (m *Manager) setLocked(ctx context.Context, id string, fn func(st *Store) error) error {
+	m.mu.RLock()
+	cur, ok := m.stores[id]
+	m.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	next := clone(cur)
+	if err := fn(next); err != nil {
+		return err
+	}
+	return m.put(ctx, next, false)
+}
+
+// Seal seals a store secret (kmsuser's password) for the record path.
+func (m *Manager) sealPassword(id string, pw []byte) ([]byte, error) {
+	return m.barrier.Seal(passwordPath(id), pw)
+}
+
+// Password opens store st's sealed password.
+func (m *Manager) Password(st *Store) ([]byte, error) {
+	if len(st.Password) == 0 {
+		return nil, errors.New("keystore: no password for " + st.ID)
+	}
+	return m.barrier.Open(passwordPath(st.ID), st.Password)
+}
+
+// newID returns "cks-" and 17 lowercase hex digits.
+func (m *Manager) newID() (string, error) {
+	b := make([]byte, 9)
+	if _, err := io.ReadFull(m.cfg.Rand, b); err != nil {
+		return "", err
+	}
+	return "cks-" + hex.EncodeToString(b)[:17], nil
+}
+
+// Create adds a store (DISCONNECTED) from st's account, region, name,
+// type and type-specific settings, with password sealed. A CloudHSM store
+// whose values all equal those of an existing DISCONNECTED store is not
+// created again: that store is returned (spec §5.1, idempotent retry).
+func (m *Manager) Create(ctx context.Context, st *Store, password string) (*Store, error) {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	n := 0
+	for _, o := range m.List(st.Account, st.Region) {
+		n++
+		if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM && o.State == Disconnected && o.Name == st.Name &&
+			o.ClusterID == st.ClusterID && o.TrustAnchor == st.TrustAnchor {
+			if pw, err := m.Password(o); err == nil && string(pw) == password {
+				return o, nil
+			}
+		}
+		if o.Name == st.Name {
+			return nil, fmt.Errorf("%w: %s", ErrNameInUse, st.Name)
+		}
+		if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM &&
+			(o.ClusterID == st.ClusterID || (st.ClusterCert != "" && o.ClusterCert == st.ClusterCert)) {
+			return nil, fmt.Errorf("%w: %s backs %s", ErrClusterInUse, st.ClusterID, o.ID)
+		}
+	}
+	if n >= m.cfg.Limit {
+		return nil, ErrLimitExceeded
+	}
+	s := clone(st)
+	id, err := m.newID()
+	if err != nil {
+		return nil, err
+	}
+	s.ID, s.State, s.ErrorCode, s.Next = id, Disconnected, "", nil
+	s.Created = m.cfg.Now().UTC().Truncate(time.Millisecond)
+	if password != "" {
+		if s.Password, err = m.sealPassword(id, []byte(password)); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.put(ctx, s, true); err != nil {
+		return nil, err
+	}
+	return clone(s), nil
+}
+
+// Update is a change to a store; nil members stay as they are.
+type Update struct {
+	Name        *string
+	Password    *string
+	ClusterID   *string
+	ClusterCert string // the new cluster's, with ClusterID
+}
+
+// Update applies u to store id, all or nothing, under the state rules:
+// a new name needs a state allowing OpUpdateLive, anything else OpUpdate.
+func (m *Manager) Update(ctx context.Context, account, region, id string, u Update) error {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	cur, err := m.Get(account, region, id)
+	if err != nil {
+		return err
+	}
+	op := OpUpdateLive
+	if u.Password != nil || u.ClusterID != nil {
+		op = OpUpdate
+	}
+	if !cur.State.Allows(op) {
+		return &StateError{Op: op, State: cur.State, ID: id}
+	}
+	if u.Name != nil && *u.Name != cur.Name {
+		for _, o := range m.List(account, region) {
+			if o.ID != id && o.Name == *u.Name {
+				return fmt.Errorf("%w: %s", ErrNameInUse, *u.Name)
+			}
+		}
+	}
+	return m.setLocked(ctx, id, func(st *Store) error {
+		if st.State != cur.State {
+			return &StateError{Op: op, State: st.State, ID: id}
+		}
+		if u.Name != nil {
+			st.Name = *u.Name
+		}
+		if u.ClusterID != nil {
+			st.ClusterID = *u.ClusterID
+			if u.ClusterCert != "" {
+				st.ClusterCert = u.ClusterCert
+			}
+		}
+		if u.Password != nil {
+			sealed, err := m.sealPassword(id, []byte(*u.Password))
+			if err != nil {
+				return err
+			}
+			st.Password, st.Next = sealed, nil
+		}
+		return nil
+	})
+}
+
+// Delete removes a DISCONNECTED store; hasKeys reports whether KMS keys
+// still live in it.
+func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKeys func(ctx context.Context, id string) (bool, error)) error {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	cur, err := m.Get(account, region, id)
+	if err != nil {
+		return err
+	}
+	if !cur.State.Allows(OpDelete) {
+		return &StateError{Op: OpDelete, State: cur.State, ID: id}
+	}
+	if hasKeys != nil {
+		has, err := hasKeys(ctx, id)
+		if err != nil {
+			return err
+		}
+		if has {
+			return fmt.Errorf("%w: %s", ErrHasKeys, id)
+		}
+	}
+	if err := m.store.Delete(ctx, recordPath(id)); err != nil {
+		return fmt.Errorf("keystore: delete %s: %w", id, err)
+	}
+	m.mu.Lock()
+	delete(m.stores, id)
+	m.mu.Unlock()
+	return nil
+}
+
+// Connect starts connecting store id: from DISCONNECTED it becomes
+// CONNECTING and the connector takes over; CONNECTING and CONNECTED are
+// left as they are. The backing's synchronous check, if any, runs first.
+func (m *Manager) Connect(ctx context.Context, account, region, id string) error {
+	cur, err := m.Get(account, region, id)
+	if err != nil {
+		return err
+	}
+	if !cur.State.Allows(OpConnect) {
+		return &StateError{Op: OpConnect, State: cur.State, ID: id}
+	}
+	if cur.State != Disconnected {
+		return nil // no-op
+	}
+	b, ok := m.cfg.Backings[cur.Type]
+	if !ok {
+		return fmt.Errorf("keystore: no backing for %s stores", cur.Type)
+	}
+	if c, ok := b.(Checker); ok {
+		if err := c.CheckConnect(ctx, cur); err != nil {
+			return err
+		}
+	}
+	started := false
+	err = m.set(ctx, id, func(st *Store) error {
+		switch st.State {
+		case Disconnected:
+			st.State, st.ErrorCode, started = Connecting, "", true
+			return nil
+		case Connecting, Connected:
+			return nil
+		}
+		return &StateError{Op: OpConnect, State: st.State, ID: id}
+	})
+	if err == nil && started {
+		m.start(id, m.cfg.ConnectDelay, m.finishConnect)
+	}
+	return err
+}
+
+// Disconnect starts disconnecting store id: CONNECTED, CONNECTING and
+// FAILED stores become DISCONNECTING, then DISCONNECTED with no error code.
+func (m *Manager) Disconnect(ctx context.Context, account, region, id string) error {
+	if _, err := m.Get(account, region, id); err != nil {
+		return err
+	}
+	err := m.set(ctx, id, func(st *Store) error {
+		if !st.State.Allows(OpDisconnect) {
+			return &StateError{Op: OpDisconnect, State: st.State, ID: id}
+		}
+		st.State = Disconnecting
+		return nil
+	})
+	if err == nil {
+		m.start(id, m.cfg.ConnectDelay, m.finishDisconnect)
+	}
+	return err
+}
+
+// start runs step for store id in the background after d, unless the
+// manager closes first (the record then resumes at the next start).
+func (m *Manager) start(id string, d time.Duration, step func(ctx context.Context, id string)) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if d > 0 {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-m.ctx.Done():
+				return
+			}
+		}
+		if m.ctx.Err() == nil {
+			step(m.ctx, id)
+		}
+	}()
+}
+
+// finishConnect is the connector's connect: it draws the next password,
+// records it sealed before the backing rotates to it, and records the
+// outcome — CONNECTED, or FAILED with the backing's error code. A store
+// that left CONNECTING meanwhile (disconnected) is not touched, and a
+// connection made for it is undone.
+func (m *Manager) finishConnect(ctx context.Context, id string) {
+	m.mu.RLock()
+	cur, ok := m.stores[id]
+	m.mu.RUnlock()
+	if !ok || cur.State != Connecting {
+		return
+	}
+	fail := func(code string, err error) {
+		m.log.Warn("keystore: connect failed", "store", id, "code", code, "err", err)
+		m.set(ctx, id, func(st *Store) error {
+			if st.State != Connecting {
+				return errSkip
+			}
+			st.State, st.ErrorCode = Failed, code
+			return nil
+		})
+	}
+	b, ok := m.cfg.Backings[cur.Type]
+	if !ok {
+		fail(CodeInternalError, fmt.Errorf("no backing for %s stores", cur.Type))
+		return
+	}
+	secret, err := m.Password(cur)
+	if err != nil {
+		fail(CodeInternalError, err)
+		return
+	}
+	defer clear(secret)
+	// A rotation whose outcome was never recorded: the cluster may hold
+	// either password. The backing is told of both.
+	var pending []byte
+	if len(cur.Next) > 0 {
+		if pending, err = m.barrier.Open(nextPath(id), cur.Next); err != nil {
+			fail(CodeInternalError, err)
+			return
+		}
+	}
+	next := []byte(hex.EncodeToString(randomBytes(m.cfg.Rand, 16)))
+	sealedNext, err := m.barrier.Seal(nextPath(id), next)
+	if err != nil {
+		fail(CodeInternalError, err)
+		return
+	}
+	if pending != nil {
+		// Try the pending one first; on success it is the password.
+		if _, err := b.Connect(ctx, cur, pending, nil); err == nil {
+			secret = pending
+			b.Disconnect(ctx, cur)
+		}
+	}
+	if err := m.set(ctx, id, func(st *Store) error {
+		if st.State != Connecting {
+			return errSkip
+		}
+		if pending != nil && bytes.Equal(secret, pending) {
+			sealed, err := m.sealPassword(id, pending)
+			if err != nil {
+				return err
+			}
+			st.Password = sealed
+		}
+		st.Next = sealedNext
+		return nil
+	}); err != nil {
+		if !errors.Is(err, errSkip) {
+			fail(CodeInternalError, err)
+		}
+		return
+	}
+	rotated, err := b.Connect(ctx, cur, secret, next)
+	if err != nil {
+		fail(code(err), err)
+		return
+	}
+	err = m.set(ctx, id, func(st *Store) error {
+		if st.State != Connecting {
+			return errSkip
+		}
+		if rotated {
+			sealed, err := m.sealPassword(id, next)
+			if err != nil {
+				return err
+			}
+			st.Password = sealed
+		}
+		st.Next, st.State, st.ErrorCode = nil, Connected, ""
+		return nil
+	})
+	if err != nil {
+		// Disconnected meanwhile, or not recorded: undo the connection.
+		b.Disconnect(ctx, cur)
+		if !errors.Is(err, errSkip) {
+			fail(CodeInternalError, err)
+		}
+	}
+}
+
+// finishDisconnect ends the connection and records DISCONNECTED.
+func (m *Manager) finishDisconnect(ctx context.Context, id string) {
+	m.mu.RLock()
+	cur, ok := m.stores[id]
+	m.mu.RUnlock()
+	if !ok || cur.State != Disconnecting {
+		return
+	}
+	if b, ok := m.cfg.Backings[cur.Type]; ok {
+		if err := b.Disconnect(ctx, cur); err != nil {
+			m.log.Warn("keystore: disconnect", "store", id, "err", err)
+		}
+	}
+	m.set(ctx, id, func(st *Store) error {
+		if st.State != Disconnecting {
+			return errSkip
+		}
+		st.State, st.ErrorCode = Disconnected, ""
+		return nil
+	})
+}
+
+var errSkip = errors.New("keystore: state changed meanwhile")
+
+func randomBytes(r io.Reader, n int) []byte {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		panic("keystore: randomness unavailable: " + err.Error())
+	}
+	return b
+}
