@@ -42,6 +42,7 @@ echo "== fuzz (briefly)"
 fuzz() { echo "-- fuzz $1 $2"; go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1"; }
 fuzz ./internal/sigv4 FuzzParseAuthorization
 fuzz ./internal/keys FuzzParseBlob
+fuzz ./internal/keys FuzzParseExternalBlob
 fuzz ./internal/server FuzzDecodeRequest
 fuzz ./internal/xks FuzzParseEncryptRequest
 fuzz ./internal/xks FuzzParseDecryptRequest

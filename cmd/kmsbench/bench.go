@@ -137,18 +137,23 @@ var operations = []struct{ flag, name string }{
 	{"createkey", "CreateKey"},
 }
 
-// setup creates the key every operation uses and a ciphertext for Decrypt.
-func setup(ctx context.Context, c *client) (*workload, error) {
+// setup creates the key every operation uses (unless keyID names an
+// existing one, e.g. a key in a custom key store) and a ciphertext for
+// Decrypt.
+func setup(ctx context.Context, c *client, keyID string) (*workload, error) {
 	w := c.worker()
-	var ck struct{ KeyMetadata struct{ KeyId string } }
-	ckBody, err := createKeyBody()
-	if err != nil {
-		return nil, err
+	id := keyID
+	if id == "" {
+		var ck struct{ KeyMetadata struct{ KeyId string } }
+		ckBody, err := createKeyBody()
+		if err != nil {
+			return nil, err
+		}
+		if err := w.callJSON(ctx, "CreateKey", ckBody, &ck); err != nil {
+			return nil, err
+		}
+		id = ck.KeyMetadata.KeyId
 	}
-	if err := w.callJSON(ctx, "CreateKey", ckBody, &ck); err != nil {
-		return nil, err
-	}
-	id := ck.KeyMetadata.KeyId
 	plaintext := make([]byte, 64)
 	for i := range plaintext {
 		plaintext[i] = byte(i)

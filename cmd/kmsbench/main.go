@@ -54,6 +54,9 @@ type options struct {
 	errorBodies                                   int
 	retries                                       int
 	maxOther                                      float64
+	keyID                                         string // -key-id: an existing key instead of a new one
+	connectStore                                  string // -connect-store: measure connect latency (connect.go)
+	connectRounds                                 int
 }
 
 func main() {
@@ -101,6 +104,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.errorBodies, "errors", 5, "print at most this many failed responses of each run")
 	fs.IntVar(&o.retries, "retries", 0, "on a shared machine: repeat a run up to this many times while the rest of the machine used more than -max-other, keeping the quietest")
 	fs.Float64Var(&o.maxOther, "max-other", 10, "with -retries: the CPU (% of one core) other processes may use during a run")
+	fs.StringVar(&o.keyID, "key-id", "", "use this existing key (id, ARN or alias; e.g. a key in a CloudHSM key store) instead of creating one")
+	fs.StringVar(&o.connectStore, "connect-store", "", "instead of the operations: measure ConnectCustomKeyStore -> CONNECTED of this DISCONNECTED custom key store, -connect-rounds times")
+	fs.IntVar(&o.connectRounds, "connect-rounds", 10, "connects measured with -connect-store")
 	registerPolicyFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -207,7 +213,10 @@ func run1(o *options) error {
 	if err != nil {
 		return err
 	}
-	wl, err := setup(ctx, c)
+	if o.connectStore != "" {
+		return connectLatency(ctx, c, o.connectStore, o.connectRounds)
+	}
+	wl, err := setup(ctx, c, o.keyID)
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}

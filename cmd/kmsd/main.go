@@ -75,6 +75,9 @@ func serve(args []string) error {
 		{"audit-log-max-size", "KMSD_AUDIT_LOG_MAX_SIZE", "audit_log_max_size", "size in bytes at which the audit log file is rotated (default 104857600)", &auditMax},
 		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
 		{"hsm-config", "KMSD_HSM_CONFIG", "hsm_config", "TOML file declaring HSM clusters over existing PKCS#11 tokens", &cfg.HSMConfig},
+		{"xks-ca-bundle", "KMSD_XKS_CA_BUNDLE", "xks_ca_bundle", "PEM file of CA certificates trusted for XKS proxies, beside the system roots", &cfg.XKSCABundle},
+		{"xks-vpc-endpoint-services", "KMSD_XKS_VPC_ENDPOINT_SERVICES", "xks_vpc_endpoint_services", "VPC endpoint service names of external key stores and the addresses they reach: name=host:port,...", &cfg.XKSVPCEndpointServices},
+		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -85,11 +88,15 @@ func serve(args []string) error {
 	for _, s := range settings {
 		fs.StringVar(s.dst, s.flag, "", s.help+" ("+s.env+"; "+s.file+")")
 	}
+	faultInjection := fs.Bool("fault-injection", false, "tests only: allow KmsdAdmin.InjectConnectFault (kmsctl kmsd inject-connect-fault) (KMSD_FAULT_INJECTION=1)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if *faultInjection {
+		os.Setenv("KMSD_FAULT_INJECTION", "1")
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

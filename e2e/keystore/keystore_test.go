@@ -67,6 +67,8 @@ type kmsd struct {
 	dataDir, endpoint, creds string
 	env                      []string
 	stop                     func()
+	proc                     *os.Process
+	extraEnv                 []string // kmsd's environment beyond the defaults (later values win)
 }
 
 func start(t *testing.T) *kmsd {
@@ -78,13 +80,13 @@ func start(t *testing.T) *kmsd {
 func (k *kmsd) restart() {
 	k.t.Helper()
 	k.stop()
-	*k = *startAt(k.t, k.dataDir)
+	*k = *startAt(k.t, k.dataDir, k.extraEnv...)
 }
 
-func startAt(t *testing.T, dataDir string) *kmsd {
+func startAt(t *testing.T, dataDir string, extraEnv ...string) *kmsd {
 	t.Helper()
 	tmp := t.TempDir()
-	k := &kmsd{t: t, dataDir: dataDir}
+	k := &kmsd{t: t, dataDir: dataDir, extraEnv: extraEnv}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -100,10 +102,12 @@ func startAt(t *testing.T, dataDir string) *kmsd {
 	cmd := exec.Command(kmsdBin, "serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug")
 	cmd.Env = append(os.Environ(), "KMSD_HSM_CREATE_DELAY=100ms", "KMSD_HSM_INITIALIZE_DELAY=100ms", "KMSD_HSM_DELETE_DELAY=100ms",
 		"KMSD_KEYSTORE_CONNECT_DELAY=300ms")
+	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	k.proc = cmd.Process
 	var once sync.Once
 	k.stop = func() {
 		once.Do(func() {

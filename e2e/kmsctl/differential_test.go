@@ -159,24 +159,37 @@ func TestDifferential(t *testing.T) {
 	results := make([]outcome, len(steps))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 4)
-	// Each step's two runs are sequential (aws first); steps whose
-	// effects do not matter to each other run concurrently.
+	run := func(i int, s step) {
+		args := []string{"--endpoint-url", k.endpoint}
+		if !s.noProfile {
+			args = append(args, "--profile", "kmsd")
+		}
+		args = append(args, s.args...)
+		results[i].aws = runBin(ctx, awsBin, env, args...)
+		results[i].ctl = runBin(ctx, kmsctlOracle, env, args...)
+	}
+	// Each step's two runs are sequential (aws first). Read-only steps run
+	// concurrently; steps that change what others read (a new key shows in
+	// list-keys, a tag in list-resource-tags) run one by one afterwards, so
+	// no read can fall between a step's aws run and its kmsctl run.
+	var later []int
 	for i, s := range steps {
+		if mutates(s.args) {
+			later = append(later, i)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			args := []string{"--endpoint-url", k.endpoint}
-			if !s.noProfile {
-				args = append(args, "--profile", "kmsd")
-			}
-			args = append(args, s.args...)
-			results[i].aws = runBin(ctx, awsBin, env, args...)
-			results[i].ctl = runBin(ctx, kmsctlOracle, env, args...)
+			run(i, s)
 		}()
 	}
 	wg.Wait()
+	for _, i := range later {
+		run(i, steps[i])
+	}
 	for i, s := range steps {
 		a, c := results[i].aws, results[i].ctl
 		a.stderr = asKmsctl(a.stderr)
@@ -199,4 +212,17 @@ func jsonB64(s string) ([]byte, error) {
 	var b []byte
 	err := json.Unmarshal([]byte(`"`+s+`"`), &b)
 	return b, err
+}
+
+// mutates reports whether a step changes state that other steps read.
+func mutates(args []string) bool {
+	if len(args) < 2 {
+		return false
+	}
+	switch args[1] {
+	case "create-key", "tag-resource", "untag-resource", "update-key-description", "enable-key", "disable-key",
+		"connect-custom-key-store", "disconnect-custom-key-store", "create-alias", "delete-alias", "update-alias":
+		return true
+	}
+	return false
 }

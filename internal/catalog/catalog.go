@@ -63,6 +63,7 @@ type Key struct {
 	KeySpec              string     `json:"keySpec"`
 	Origin               string     `json:"origin"`
 	CustomKeyStoreID     string     `json:"customKeyStoreId,omitempty"`
+	XksKeyID             string     `json:"xksKeyId,omitempty"` // external key stores
 	State                keys.State `json:"state"`
 	DeletionDate         *time.Time `json:"deletionDate,omitempty"`
 	PendingWindowInDays  int32      `json:"pendingWindow,omitempty"`

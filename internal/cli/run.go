@@ -113,6 +113,8 @@ func (r *runner) run(ctx context.Context, args []string) (int, error) {
 		return r.complete(rest[1:])
 	case "cloudhsm-cli": // [hsm] cloudhsmcli.go
 		return r.cloudhsmCLI(ctx, rest[1:])
+	case "kmsd": // kmsdcmd.go
+		return r.kmsdCommand(ctx, rest[1:])
 	}
 	svc, ok := model.Services[rest[0]]
 	if !ok {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/cli/model"
@@ -39,8 +40,8 @@ func (r *runner) wait(ctx context.Context, svc *model.Service, args []string) (i
 		case args[i] == "--custom-key-store-id" && i+1 < len(args):
 			id = args[i+1]
 			i++
-		case len(args[i]) > 23 && args[i][:23] == "--custom-key-store-id=":
-			id = args[i][23:]
+		case strings.HasPrefix(args[i], "--custom-key-store-id="):
+			id = strings.TrimPrefix(args[i], "--custom-key-store-id=")
 		default:
 			unknown = append(unknown, args[i])
 		}

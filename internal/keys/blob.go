@@ -35,10 +35,16 @@ type Blob struct {
 	Header     []byte // bytes bound as AAD along with the context
 	Nonce      []byte
 	Sealed     []byte // ciphertext || tag
+	// External is the proxy layer of a KindExternal blob (Nonce and
+	// Sealed are then nil: the inner layer is the proxy's plaintext).
+	External *ExternalLayer
 }
 
 // ParseBlob parses b without decrypting it.
 func ParseBlob(b []byte) (*Blob, error) {
+	if len(b) >= 2 && b[0] == BlobVersion && b[1] == KindExternal {
+		return parseExternal(b)
+	}
 	if len(b) < 3 || b[0] != BlobVersion || b[1] != KindSymmetric {
 		return nil, ErrMalformedBlob
 	}

@@ -39,6 +39,9 @@ type Store struct {
 	Next      []byte `json:"next,omitempty"`
 	State     State  `json:"state"`
 	ErrorCode string `json:"errorCode,omitempty"`
+	// XKS is the proxy configuration of an external key store (its secret
+	// is Password, sealed like kmsuser's).
+	XKS *XKSConfig `json:"xks,omitempty"`
 }
 
 func recordPath(id string) string   { return "keystore/" + id }
@@ -156,6 +159,10 @@ func clone(st *Store) *Store {
 	c := *st
 	c.Password = bytes.Clone(st.Password)
 	c.Next = bytes.Clone(st.Next)
+	if st.XKS != nil {
+		x := *st.XKS
+		c.XKS = &x
+	}
 	return &c
 }
 
@@ -271,6 +278,9 @@ func (m *Manager) Create(ctx context.Context, st *Store, password string) (*Stor
 		}
 		if o.Name == st.Name {
 			return nil, fmt.Errorf("%w: %s", ErrNameInUse, st.Name)
+		}
+		if err := xksConflict(st, o); err != nil {
+			return nil, err
 		}
 		if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM &&
 			(o.ClusterID == st.ClusterID || (st.ClusterCert != "" && o.ClusterCert == st.ClusterCert)) {

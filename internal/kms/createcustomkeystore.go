@@ -25,7 +25,7 @@ func (s *Service) CreateCustomKeyStore(ctx context.Context, c *Caller, in *kmsap
 		typ = *in.CustomKeyStoreType
 	}
 	if typ == keystore.TypeExternal {
-		return nil, exc("UnsupportedOperationException", "External key stores are not supported by kmsd yet.")
+		return s.createExternalStore(ctx, c, m, in)
 	}
 	if in.XksProxyUriEndpoint != nil || in.XksProxyUriPath != nil || in.XksProxyVpcEndpointServiceName != nil ||
 		in.XksProxyVpcEndpointServiceOwner != nil || in.XksProxyAuthenticationCredential != nil || in.XksProxyConnectivity != nil {

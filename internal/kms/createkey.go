@@ -55,7 +55,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		origin = *in.Origin
 	}
 	custom := origin == "AWS_CLOUDHSM" || origin == "EXTERNAL_KEY_STORE" || in.CustomKeyStoreId != nil
-	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || in.XksKeyId != nil {
+	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || (in.XksKeyId != nil && origin != "EXTERNAL_KEY_STORE") {
 		return nil, exc("UnsupportedOperationException", "Origin "+origin+" with these custom key store parameters is not supported by kmsd yet.")
 	}
 	if in.MultiRegion != nil && *in.MultiRegion {
@@ -77,7 +77,11 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if err != nil {
 		return nil, internal(err)
 	}
-	if custom {
+	if origin == "EXTERNAL_KEY_STORE" {
+		if err := s.createExternalKey(ctx, c, in.CustomKeyStoreId, in.XksKeyId); err != nil {
+			return nil, err
+		}
+	} else if custom {
 		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, keys.KeyARN(c.Region, c.Account, id.String())); err != nil {
 			return nil, err
 		}
@@ -99,7 +103,11 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if custom {
 		// The material lives in the cluster, labelled with the key's ARN.
 		k.CustomKeyStoreID = *in.CustomKeyStoreId
-	} else {
+		k.XksKeyID = derefStr(in.XksKeyId)
+	}
+	// External keys also hold kmsd material: the inner layer of their
+	// double encryption (spec §10.8).
+	if !custom || k.XksKeyID != "" {
 		material, err := s.randomBytes(32)
 		if err != nil {
 			return nil, err

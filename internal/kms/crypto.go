@@ -15,6 +15,9 @@ var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }
 // seal encrypts plaintext under the current version of k, binding the
 // encryption context, and returns the ciphertext blob.
 func (s *Service) seal(cx context.Context, k *catalog.Key, plaintext []byte, ctx map[string]string) ([]byte, error) {
+	if k.XksKeyID != "" {
+		return s.sealXKS(cx, k, plaintext, ctx)
+	}
 	if k.CustomKeyStoreID != "" {
 		return s.sealHSM(cx, k, plaintext, ctx)
 	}
@@ -72,6 +75,10 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 	}
 	if err := checkEncryptUsage(k); err != nil {
 		return nil, nil, err
+	}
+	if k.XksKeyID != "" || b.External != nil {
+		pt, err := s.openXKS(withCaller(ctx, c, action), k, b, ec)
+		return k, pt, err
 	}
 	if k.CustomKeyStoreID != "" {
 		pt, err := s.openHSM(ctx, k, b, ec)

@@ -92,6 +92,7 @@ func (s *Service) storeMetadata(k *catalog.Key, m *kmsapi.KeyMetadata) *kmsapi.K
 		return m
 	}
 	m.CustomKeyStoreId = kmsapi.String(k.CustomKeyStoreID)
+	m.XksKeyConfiguration = xksKeyConfiguration(k)
 	if st := s.keyStore(k); st != nil && st.ClusterID != "" {
 		m.CloudHsmClusterId = kmsapi.String(st.ClusterID)
 	}

@@ -86,6 +86,9 @@ func storeEntry(st *keystore.Store) kmsapi.CustomKeyStoresListEntry {
 	if st.Type == keystore.TypeCloudHSM {
 		e.CloudHsmClusterId, e.TrustAnchorCertificate = ptr(st.ClusterID), ptr(st.TrustAnchor)
 	}
+	if st.XKS != nil {
+		e.XksProxyConfiguration = xksEntry(st.XKS)
+	}
 	return e
 }
 

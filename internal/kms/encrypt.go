@@ -27,7 +27,7 @@ func (s *Service) Encrypt(ctx context.Context, c *Caller, in *kmsapi.EncryptRequ
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	blob, err := s.seal(ctx, k, in.Plaintext, in.EncryptionContext)
+	blob, err := s.seal(withCaller(ctx, c, "kms:Encrypt"), k, in.Plaintext, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}

@@ -50,7 +50,7 @@ func (s *Service) dataKey(ctx context.Context, c *Caller, action, keyID string, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	blob, err := s.seal(ctx, k, pt, ec)
+	blob, err := s.seal(withCaller(ctx, c, action), k, pt, ec)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -47,6 +47,10 @@ var storeExceptions = []struct {
 	{keystore.ErrClusterNotActive, "CloudHsmClusterNotActiveException", "The CloudHSM cluster is not active. Initialize and activate the cluster and try again."},
 	{keystore.ErrClusterInvalidConfig, "CloudHsmClusterInvalidConfigurationException", ""},
 	{keystore.ErrIncorrectTrustAnchor, "IncorrectTrustAnchorException", "The trust anchor certificate does not match the trust anchor certificate of the specified CloudHSM cluster."},
+	{keystore.ErrXKSURIInUse, "XksProxyUriInUseException", "The combination of XksProxyUriEndpoint and XksProxyUriPath is already used by another external key store in this account and Region."},
+	{keystore.ErrXKSEndpointInUse, "XksProxyUriEndpointInUseException", "The XksProxyUriEndpoint is already used by another external key store with VPC endpoint service connectivity."},
+	{keystore.ErrXKSVpcServiceInUse, "XksProxyVpcEndpointServiceInUseException", "The VPC endpoint service is already associated with another external key store in this Region."},
+	{keystore.ErrXKSVpcServiceNotFnd, "XksProxyVpcEndpointServiceNotFoundException", "The VPC endpoint service was not found (kmsd maps endpoint service names with --xks-vpc-endpoint-services)."},
 	{keystore.ErrClusterNotRelated, "CloudHsmClusterNotRelatedException", "The specified CloudHSM cluster does not share a backup history with the original cluster of the custom key store."},
 }
 

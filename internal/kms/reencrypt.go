@@ -36,7 +36,7 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	blob, err := s.seal(ctx, dst, pt, in.DestinationEncryptionContext)
+	blob, err := s.seal(withCaller(ctx, c, "kms:ReEncrypt"), dst, pt, in.DestinationEncryptionContext)
 	if err != nil {
 		return nil, err
 	}

@@ -112,6 +112,9 @@ func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsap
 	if err := s.authorizeKey(ctx, c, "kms:GetKeyRotationStatus", k, nil, nil); err != nil {
 		return nil, err
 	}
+	if k.CustomKeyStoreID != "" { // spec §5.11: no rotation in custom key stores
+		return nil, exc("UnsupportedOperationException", k.ARN()+" is in a custom key store, which does not support rotation.")
+	}
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}

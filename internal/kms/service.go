@@ -58,6 +58,7 @@ type Service struct {
 	stores   *keystore.Manager // custom key stores; nil without HSM support
 	clusters ClusterChecker
 	hsmKeys  HSMKeys
+	xks      *keystore.External // external key stores; nil without them
 
 	policies policyCache // parsed key policies, by key id
 	lastTime atomic.Pointer[timeKeys]

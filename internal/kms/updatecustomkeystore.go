@@ -23,6 +23,9 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *Caller, in *kmsap
 	if err != nil {
 		return nil, storeErr(err)
 	}
+	if st.Type == keystore.TypeExternal {
+		return s.updateExternalStore(ctx, c, m, st, in)
+	}
 	if in.XksProxyUriEndpoint != nil || in.XksProxyUriPath != nil || in.XksProxyVpcEndpointServiceName != nil ||
 		in.XksProxyVpcEndpointServiceOwner != nil || in.XksProxyAuthenticationCredential != nil || in.XksProxyConnectivity != nil {
 		return nil, validation("XksProxy* parameters are not valid for a custom key store of type " + st.Type + ".")

@@ -43,6 +43,8 @@ type hsmServer struct {
 	ids         hsmPrincipals
 	account     string
 	log         *slog.Logger
+	faults      *keystore.Faults  // fault injection (fault.go); nil when off
+	stores      *keystore.Manager // for fault injection
 }
 
 // hsmConfigFromEnv reads the HSM settings: KMSD_HSM_MODULE (the SoftHSM2
@@ -108,6 +110,8 @@ func (a *api) serveHSM(w http.ResponseWriter, r *http.Request, body []byte, rec 
 	switch {
 	case strings.HasPrefix(target, hsmapi.TargetPrefix+"."):
 		a.hsm.serveCloudHSM(w, r, body, rec, a.metrics)
+	case target == adminPrefix+"."+injectConnectFault:
+		a.hsm.serveInjectFault(w, r, body, rec, a.metrics)
 	case strings.HasPrefix(target, adminPrefix+"."):
 		a.hsm.serveAdmin(w, r, body, rec, a.metrics)
 	default:
@@ -276,14 +280,21 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 		}
 	}
 	backing := &keystore.CloudHSM{Clusters: h.svc}
+	ext, xksInterval, err := xksBacking(cfg)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
 	ks, err := keystore.New(ctx, store, b, keystore.Config{
-		Backings:     map[string]keystore.Backing{keystore.TypeCloudHSM: backing},
+		Backings:     h.faulty(map[string]keystore.Backing{keystore.TypeCloudHSM: backing, keystore.TypeExternal: ext}),
 		ConnectDelay: delay, Logger: log,
 	})
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
+	h.stores = ks
 	a.svc.SetKeyStores(ks, backing, h.svc)
+	a.startXKS(ks, ext, xksInterval, log)
 	return func() { ks.Close(); h.Close() }, nil
 }

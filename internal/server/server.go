@@ -61,6 +61,13 @@ type Config struct {
 	// HSMConfig is an optional TOML file declaring HSM clusters over
 	// existing PKCS#11 tokens (see hsm.LoadDeclarations).
 	HSMConfig string
+	// XKSCABundle is a PEM file of CAs trusted for XKS proxies beside the
+	// system roots; XKSVPCEndpointServices maps VPC endpoint service names
+	// to addresses ("name=host:port,..."); XKSHealthInterval is how often
+	// connected external key stores are health-checked (default 1m, 0 off).
+	XKSCABundle            string
+	XKSVPCEndpointServices string
+	XKSHealthInterval      string
 }
 
 // Validate checks c and fills defaults.

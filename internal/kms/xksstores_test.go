@@ -1,0 +1,115 @@
+package kms
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/storage/sqlite"
+)
+
+const (
+	xksAKID   = "AKIDAAAAAAAAAAAAAAAAAAAA"
+	xksSecret = "PleaseReplaceThisWithSomeSecretOfLength43To64"
+	xksSvc    = "com.amazonaws.vpce.us-east-1.vpce-svc-0000000000000001"
+)
+
+func newXKSFixture(t *testing.T) (*fixture, *keystore.Manager) {
+	t.Helper()
+	f := newFixture(t)
+	st, err := sqlite.Open(context.Background(), filepath.Join(f.dir, "stores.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ext := &keystore.External{VPCServices: map[string]string{xksSvc: "127.0.0.1:1"}}
+	m, err := keystore.New(context.Background(), st, f.barrier, keystore.Config{
+		Backings: map[string]keystore.Backing{keystore.TypeExternal: ext}, Now: f.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	f.svc.SetKeyStores(m, &fakeClusters{}, nil)
+	f.svc.SetExternal(ext)
+	return f, m
+}
+
+func xksReq(name, conn, endpoint, svc string) *kmsapi.CreateCustomKeyStoreRequest {
+	r := &kmsapi.CreateCustomKeyStoreRequest{CustomKeyStoreName: str(name), CustomKeyStoreType: str(keystore.TypeExternal),
+		XksProxyConnectivity: str(conn), XksProxyUriEndpoint: str(endpoint), XksProxyUriPath: str("/kms/xks/v1"),
+		XksProxyAuthenticationCredential: &kmsapi.XksProxyAuthenticationCredentialType{AccessKeyId: str(xksAKID), RawSecretAccessKey: str(xksSecret)}}
+	if svc != "" {
+		r.XksProxyVpcEndpointServiceName = str(svc)
+	}
+	return r
+}
+
+// TestExternalStoreCreate covers what needs no proxy: validation, the VPC
+// endpoint service map, an unreachable public proxy, Describe's members
+// (never the secret), updates of a disconnected store, and CreateKey into a
+// store that is not connected.
+func TestExternalStoreCreate(t *testing.T) {
+	ctx := context.Background()
+	f, _ := newXKSFixture(t)
+	create := func(r *kmsapi.CreateCustomKeyStoreRequest) (string, error) {
+		out, err := f.svc.CreateCustomKeyStore(ctx, f.caller, r)
+		if err != nil {
+			return "", err
+		}
+		return *out.CustomKeyStoreId, nil
+	}
+	_, err := create(xksReq("a", keystore.XKSVPC, "https://v.example", "com.amazonaws.vpce.us-east-1.vpce-svc-0000000000000009"))
+	wantException(t, err, "XksProxyVpcEndpointServiceNotFoundException")
+	_, err = create(xksReq("a", keystore.XKSPublic, "https://127.0.0.1:1", ""))
+	wantException(t, err, "XksProxyUriUnreachableException")
+	r := xksReq("a", keystore.XKSPublic, "https://127.0.0.1:1", "")
+	r.XksProxyAuthenticationCredential = nil
+	_, err = create(r)
+	wantException(t, err, "ValidationException")
+	r = xksReq("a", keystore.XKSVPC, "https://v.example", xksSvc)
+	r.KeyStorePassword = str("kmsPswd1")
+	_, err = create(r)
+	wantException(t, err, "ValidationException")
+	_, err = create(xksReq("a", keystore.XKSVPC, "https://v.example/path", xksSvc))
+	wantException(t, err, "ValidationException")
+
+	id, err := create(xksReq("vpc", keystore.XKSVPC, "https://v.example", xksSvc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = create(xksReq("vpc2", keystore.XKSVPC, "https://w.example", xksSvc))
+	wantException(t, err, "XksProxyVpcEndpointServiceInUseException")
+	_, err = create(xksReq("pub", keystore.XKSPublic, "https://v.example", ""))
+	wantException(t, err, "XksProxyUriEndpointInUseException")
+
+	ds, err := f.svc.DescribeCustomKeyStores(ctx, f.caller, &kmsapi.DescribeCustomKeyStoresRequest{CustomKeyStoreId: &id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ds.CustomKeyStores[0]
+	x := e.XksProxyConfiguration
+	if x == nil || *x.AccessKeyId != xksAKID || *x.UriEndpoint != "https://v.example" || *x.VpcEndpointServiceName != xksSvc ||
+		*x.VpcEndpointServiceOwner != f.caller.Account || e.CloudHsmClusterId != nil {
+		t.Fatalf("describe: %+v %+v", e, x)
+	}
+	if b, _ := json.Marshal(ds); strings.Contains(string(b), xksSecret) {
+		t.Fatal("describe shows the secret")
+	}
+	// Disconnected VPC store: updates are saved without a probe.
+	if _, err := f.svc.UpdateCustomKeyStore(ctx, f.caller, &kmsapi.UpdateCustomKeyStoreRequest{CustomKeyStoreId: &id,
+		XksProxyUriPath: str("/p/kms/xks/v1"), XksProxyUriEndpoint: str("https://v2.example")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.UpdateCustomKeyStore(ctx, f.caller, &kmsapi.UpdateCustomKeyStoreRequest{CustomKeyStoreId: &id,
+		KeyStorePassword: str("kmsPswd1")}); err == nil {
+		t.Fatal("KeyStorePassword accepted for an external key store")
+	}
+	_, err = f.svc.CreateKey(ctx, f.caller, &kmsapi.CreateKeyRequest{Origin: str("EXTERNAL_KEY_STORE"), CustomKeyStoreId: &id, XksKeyId: str("k1")})
+	wantException(t, err, "CustomKeyStoreInvalidStateException")
+	_, err = f.svc.CreateKey(ctx, f.caller, &kmsapi.CreateKeyRequest{XksKeyId: str("k1")})
+	wantException(t, err, "UnsupportedOperationException")
+}

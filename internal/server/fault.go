@@ -1,0 +1,111 @@
+package server
+
+// Fault injection for tests: started with --fault-injection (or
+// KMSD_FAULT_INJECTION=1), kmsd answers the admin operation
+// KmsdAdmin.InjectConnectFault, which makes the next connect of a custom key
+// store fail with a chosen ConnectionErrorCode and/or last longer
+// (kmsctl kmsd inject-connect-fault). Without it the operation answers
+// UnsupportedOperationException.
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/audit"
+	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/keystore"
+)
+
+const injectConnectFault = "InjectConnectFault"
+
+// faultInjection reports whether kmsd runs with fault injection on.
+func faultInjection() bool {
+	switch strings.ToLower(os.Getenv("KMSD_FAULT_INJECTION")) {
+	case "1", "true", "yes", "on":
+		return true
+	}
+	return false
+}
+
+// faulty wraps the key store backings with fault injection when it is on.
+func (h *hsmServer) faulty(bs map[string]keystore.Backing) map[string]keystore.Backing {
+	if !faultInjection() {
+		return bs
+	}
+	h.faults = new(keystore.Faults)
+	out := make(map[string]keystore.Backing, len(bs))
+	for t, b := range bs {
+		if b != nil {
+			b = h.faults.Wrap(b)
+		}
+		out[t] = b
+	}
+	return out
+}
+
+type injectFaultRequest struct {
+	CustomKeyStoreId    string `json:"CustomKeyStoreId"`
+	ConnectionErrorCode string `json:"ConnectionErrorCode"`
+	// Latency is a Go duration ("2s", "500ms").
+	Latency string `json:"Latency"`
+}
+
+// serveInjectFault serves KmsdAdmin.InjectConnectFault (administrator only).
+func (h *hsmServer) serveInjectFault(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record, m *metrics) {
+	rec.EventSource, rec.EventName = adminEventSource, injectConnectFault
+	fail := func(code, msg string) {
+		m.fail("admin:"+injectConnectFault, code)
+		rec.ErrorCode, rec.ErrorMessage = code, msg
+		awsjson.WriteError(w, rec.RequestID, &awsjson.Error{Code: code, Message: msg, Status: http.StatusBadRequest})
+	}
+	c, p, exc := h.caller(r, body, h.kmsVerifier, rec)
+	if exc != nil {
+		fail(exc.Name, exc.Message)
+		return
+	}
+	if !isAdmin(p) {
+		fail("AccessDeniedException", "User: "+p.ARN+" is not the account's administrator and may not use kmsd's admin API.")
+		return
+	}
+	if h.faults == nil || h.stores == nil {
+		fail("UnsupportedOperationException", "Fault injection is off; start kmsd with --fault-injection (KMSD_FAULT_INJECTION=1).")
+		return
+	}
+	in := new(injectFaultRequest)
+	if e := awsjson.Decode(body, in); e != nil {
+		fail(e.Code, e.Message)
+		return
+	}
+	rec.RequestParameters = in
+	if in.CustomKeyStoreId == "" {
+		fail("ValidationException", "CustomKeyStoreId is required.")
+		return
+	}
+	f := keystore.Fault{Code: in.ConnectionErrorCode}
+	if in.Latency != "" {
+		d, err := time.ParseDuration(in.Latency)
+		if err != nil {
+			fail("ValidationException", "Latency: want a duration such as 2s.")
+			return
+		}
+		f.Latency = d
+	}
+	if _, err := h.stores.Get(c.Account, c.Region, in.CustomKeyStoreId); err != nil {
+		fail("CustomKeyStoreNotFoundException", "The specified custom key store does not exist.")
+		return
+	}
+	if err := h.faults.Inject(in.CustomKeyStoreId, f); err != nil {
+		if errors.Is(err, keystore.ErrInvalidFault) {
+			fail("ValidationException", strings.TrimPrefix(err.Error(), "keystore: "))
+			return
+		}
+		fail("InternalFailure", "The request processing has failed because of an internal error.")
+		return
+	}
+	h.log.Warn("fault injected into the next connect", "customKeyStoreId", in.CustomKeyStoreId, "code", f.Code, "latency", f.Latency)
+	m.requests.WithLabelValues("admin:"+injectConnectFault, "OK").Inc()
+	awsjson.WriteJSON(w, rec.RequestID, map[string]any{})
+}

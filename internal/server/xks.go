@@ -1,0 +1,76 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// xksBacking is the backing of external key stores from cfg: the CA
+// bundle (--xks-ca-bundle), the VPC endpoint services
+// (--xks-vpc-endpoint-services) and the health-check interval.
+func xksBacking(cfg Config) (*keystore.External, time.Duration, error) {
+	ext := &keystore.External{VPCServices: map[string]string{}}
+	if cfg.XKSCABundle != "" {
+		pem, err := os.ReadFile(cfg.XKSCABundle)
+		if err != nil {
+			return nil, 0, fmt.Errorf("--xks-ca-bundle: %w", err)
+		}
+		if !strings.Contains(string(pem), "-----BEGIN CERTIFICATE-----") {
+			return nil, 0, fmt.Errorf("--xks-ca-bundle %s: no PEM certificate", cfg.XKSCABundle)
+		}
+		ext.CABundle = pem
+	}
+	for _, kv := range strings.Split(cfg.XKSVPCEndpointServices, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		name, addr, ok := strings.Cut(kv, "=")
+		if !ok || strings.TrimSpace(name) == "" || strings.TrimSpace(addr) == "" {
+			return nil, 0, fmt.Errorf("--xks-vpc-endpoint-services: %q: want name=host:port", kv)
+		}
+		ext.VPCServices[strings.TrimSpace(name)] = strings.TrimSpace(addr)
+	}
+	interval := time.Minute
+	if cfg.XKSHealthInterval != "" {
+		d, err := time.ParseDuration(cfg.XKSHealthInterval)
+		if err != nil || d < 0 {
+			return nil, 0, fmt.Errorf("--xks-health-interval %q: want a duration such as 1m", cfg.XKSHealthInterval)
+		}
+		interval = d
+	}
+	return ext, interval, nil
+}
+
+// startXKS gives the service its external key stores and starts their
+// background health check, exported as kmsd_xks_proxy_healthy{store}.
+func (a *api) startXKS(ks *keystore.Manager, ext *keystore.External, interval time.Duration, log *slog.Logger) {
+	a.svc.SetExternal(ext)
+	var gauge *prometheus.GaugeVec
+	if a.metrics != nil {
+		gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kmsd_xks_proxy_healthy",
+			Help: "1 when the last background GetHealthStatus of a connected external key store's proxy succeeded, else 0.",
+		}, []string{"custom_key_store_id"})
+		if err := a.metrics.reg.Register(gauge); err != nil {
+			log.Warn("xks: health gauge not registered", "err", err)
+			gauge = nil
+		}
+	}
+	ks.PollExternal(ext, interval, func(st *keystore.Store, err error) {
+		if gauge == nil {
+			return
+		}
+		v := 1.0
+		if err != nil {
+			v = 0
+		}
+		gauge.WithLabelValues(st.ID).Set(v)
+	})
+}
