@@ -1,8 +1,10 @@
 package keystore
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -135,6 +137,41 @@ func TestConnectionErrorCodes(t *testing.T) {
 		}
 		k.aws("kms", "connect-custom-key-store", "--custom-key-store-id", id)
 		k.waitStore(id, "CONNECTED", "")
+	})
+
+	// Every connection result is an audit event of its own.
+	t.Run("audited", func(t *testing.T) {
+		want := []string{"USER_LOCKED_OUT", "USER_NOT_FOUND", "INSUFFICIENT_CLOUDHSM_HSMS", "CLUSTER_NOT_FOUND", "NETWORK_ERRORS", "CONNECTED"}
+		var missing []string
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			b, _ := os.ReadFile(filepath.Join(k.dataDir, "audit.log"))
+			missing = missing[:0]
+			for _, w := range want {
+				found := false
+				for _, line := range strings.Split(string(b), "\n") {
+					var rec struct {
+						EventType, EventName string
+						ServiceEventDetails  map[string]any
+					}
+					if json.Unmarshal([]byte(line), &rec) != nil || rec.EventType != "AwsServiceEvent" || rec.EventName != "ConnectCustomKeyStore" {
+						continue
+					}
+					d := rec.ServiceEventDetails
+					if d["connectionErrorCode"] == w || (w == "CONNECTED" && d["connectionState"] == "CONNECTED") {
+						found = true
+					}
+				}
+				if !found {
+					missing = append(missing, w)
+				}
+			}
+			if len(missing) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no AwsServiceEvent audit record for connection results %v", missing)
+			}
+		}
 	})
 }
 

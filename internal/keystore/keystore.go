@@ -74,10 +74,14 @@ type Config struct {
 	// DISCONNECTING, so clients can observe the transient states.
 	ConnectDelay time.Duration
 	// Limit is the number of stores per account and Region; 10 when zero.
-	Limit  int
-	Now    func() time.Time
-	Rand   io.Reader
-	Logger *slog.Logger
+	Limit int
+	// OnConnectResult, if set, is told the outcome of every asynchronous
+	// connect: CONNECTED, or FAILED with its ConnectionErrorCode (the
+	// server records these as audit events).
+	OnConnectResult func(st Store, state, code string)
+	Now             func() time.Time
+	Rand            io.Reader
+	Logger          *slog.Logger
 }
 
 // Manager keeps the custom key stores of a kmsd process and runs their
@@ -487,13 +491,15 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 	}
 	fail := func(code string, err error) {
 		m.log.Warn("keystore: connect failed", "store", id, "code", code, "err", err)
-		m.set(ctx, id, func(st *Store) error {
+		if m.set(ctx, id, func(st *Store) error {
 			if st.State != Connecting {
 				return errSkip
 			}
 			st.State, st.ErrorCode = Failed, code
 			return nil
-		})
+		}) == nil {
+			m.report(cur, Failed, code)
+		}
 	}
 	b, ok := m.cfg.Backings[cur.Type]
 	if !ok {
@@ -566,6 +572,9 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		st.Next, st.State, st.ErrorCode = nil, Connected, ""
 		return nil
 	})
+	if err == nil {
+		m.report(cur, Connected, "")
+	}
 	if err != nil {
 		// Disconnected meanwhile, or not recorded: undo the connection.
 		b.Disconnect(ctx, cur)
@@ -605,4 +614,11 @@ func randomBytes(r io.Reader, n int) []byte {
 		panic("keystore: randomness unavailable: " + err.Error())
 	}
 	return b
+}
+
+// report passes a connect outcome to Config.OnConnectResult.
+func (m *Manager) report(st *Store, state State, code string) {
+	if m.cfg.OnConnectResult != nil {
+		m.cfg.OnConnectResult(*st, string(state), code)
+	}
 }

@@ -270,3 +270,38 @@ func TestResume(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// TestConnectResultsReported checks that every asynchronous connect
+// outcome reaches OnConnectResult (the server audits them): CONNECTED,
+// and FAILED with its code.
+func TestConnectResultsReported(t *testing.T) {
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	f := &fakeBacking{}
+	var mu sync.Mutex
+	var got []string
+	m, err := New(ctx, s, b, Config{Backings: map[string]Backing{TypeCloudHSM: f}, OnConnectResult: func(st Store, state, code string) {
+		mu.Lock()
+		got = append(got, st.Name+":"+state+":"+code)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	st := create(t, m, "audited", "cluster-bbbbbbbbbbb")
+	const acct, reg = "111122223333", "us-east-1"
+	m.Connect(ctx, acct, reg, st.ID)
+	m.Wait()
+	m.Disconnect(ctx, acct, reg, st.ID)
+	m.Wait()
+	f.fail = &ConnectError{Code: CodeUserLockedOut, Err: errors.New("locked")}
+	m.Connect(ctx, acct, reg, st.ID)
+	m.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"audited:CONNECTED:", "audited:FAILED:USER_LOCKED_OUT"}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("reported %q, want %q", got, want)
+	}
+}

@@ -288,6 +288,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	ks, err := keystore.New(ctx, store, b, keystore.Config{
 		Backings:     h.faulty(map[string]keystore.Backing{keystore.TypeCloudHSM: backing, keystore.TypeExternal: ext}),
 		ConnectDelay: delay, Logger: log,
+		OnConnectResult: a.auditConnectResult,
 	})
 	if err != nil {
 		h.Close()
