@@ -375,11 +375,20 @@ func (s *Service) probe(ctx context.Context, r *record, toks tokens) {
 		state, msg := HSMActive, ""
 		if err := toks.Refresh(ctx, h.label()); err != nil {
 			state, msg = HSMDegraded, fmt.Sprintf("Token %s cannot be reached in module %s.", h.Token, r.Module)
-		} else if ok, err := toks.UserPINInitialized(ctx, h.label()); err != nil || !ok {
-			state, msg = HSMDegraded, fmt.Sprintf("Token %s has no user PIN; initialise the token and its user PIN.", h.Token)
-		} else if h.State != HSMActive && s.loggedIn(r.ID) {
-			if err := s.resync(ctx, r, toks, h.label()); err != nil {
-				state, msg = HSMDegraded, fmt.Sprintf("Token %s could not be given the cluster's keys: %v", h.Token, err)
+			// A token another process holds open can be missed by one
+			// probe; an ACTIVE HSM turns DEGRADED only after
+			// probeMissLimit misses in a row.
+			if s.probeMiss(h.ID) < probeMissLimit && h.State == HSMActive {
+				state, msg = HSMActive, ""
+			}
+		} else {
+			s.probeReached(h.ID)
+			if ok, err := toks.UserPINInitialized(ctx, h.label()); err != nil || !ok {
+				state, msg = HSMDegraded, fmt.Sprintf("Token %s has no user PIN; initialise the token and its user PIN.", h.Token)
+			} else if h.State != HSMActive && s.loggedIn(r.ID) {
+				if err := s.resync(ctx, r, toks, h.label()); err != nil {
+					state, msg = HSMDegraded, fmt.Sprintf("Token %s could not be given the cluster's keys: %v", h.Token, err)
+				}
 			}
 		}
 		h.State, h.StateMessage = state, msg
@@ -414,4 +423,27 @@ func (s *Service) resync(ctx context.Context, r *record, toks tokens, label stri
 		return err
 	}
 	return s.syncKeys(ctx, r, label)
+}
+
+// probeMissLimit is how many probes in a row must miss a token before its
+// HSM is marked DEGRADED.
+const probeMissLimit = 3
+
+// probeMiss records one missed probe of HSM id and returns the count of
+// consecutive misses.
+func (s *Service) probeMiss(id string) int {
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	if s.probeMisses == nil {
+		s.probeMisses = map[string]int{}
+	}
+	s.probeMisses[id]++
+	return s.probeMisses[id]
+}
+
+// probeReached resets HSM id's count of missed probes.
+func (s *Service) probeReached(id string) {
+	s.probeMu.Lock()
+	delete(s.probeMisses, id)
+	s.probeMu.Unlock()
 }

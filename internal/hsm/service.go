@@ -31,6 +31,11 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// probeMisses counts, per HSM, the consecutive probes that could not
+	// reach its token; see probe.
+	probeMu     sync.Mutex
+	probeMisses map[string]int
+
 	mu       sync.RWMutex
 	clusters map[string]*record // by id; records are never modified in place
 	locks    map[string]*sync.Mutex
