@@ -137,9 +137,12 @@ func inEnum(set []string, v string) bool {
 	return false
 }
 
-// listString renders a list as Java's List.toString does, which is how AWS
+// listString is ListString for the generated validators.
+func listString[T any](l []T) string { return ListString(l) }
+
+// ListString renders a list as Java's List.toString does, which is how AWS
 // echoes list values in validation messages.
-func listString[T any](l []T) string {
+func ListString[T any](l []T) string {
 	var b strings.Builder
 	b.WriteByte('[')
 	for i, v := range l {
