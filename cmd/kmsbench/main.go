@@ -242,7 +242,10 @@ func run1(o *options) error {
 			tw.row(res)
 		}
 	}
-	printTarget(os.Stdout, rep.Results)
+	if o.keyID == "" {
+		// The target is about keys whose material kmsd holds, not HSM or XKS keys.
+		printTarget(os.Stdout, rep.Results)
+	}
 	if o.jsonFile != "" {
 		b, err := json.MarshalIndent(rep, "", "  ")
 		if err != nil {
