@@ -2,7 +2,9 @@
 // kmsd binary (started with --xks-ca-bundle and --xks-vpc-endpoint-services)
 // talking HTTPS to the real xks-proxy (development CA from `xks-proxy
 // dev-cert`, a software key file), driven by the aws CLI v2 and
-// aws-sdk-go-v2.
+// aws-sdk-go-v2. Proxies that misbehave in ways xks-proxy never does (an
+// answer that is not JSON, a slow answer, a dropped connection) are HTTPS
+// servers of the test itself (servers_test.go).
 package xks
 
 import (
@@ -34,15 +36,16 @@ const (
 	pass   = "e2e key file passphrase"
 )
 
-var kmsdBin, proxyBin string
+var kmsdBin, proxyBin, kmsctlBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "kmsd-e2e-xks-")
 	if err != nil {
 		panic(err)
 	}
-	kmsdBin, proxyBin = filepath.Join(dir, "kmsd"), filepath.Join(dir, "xks-proxy")
-	for bin, pkg := range map[string]string{kmsdBin: "github.com/kmsd/kmsd/cmd/kmsd", proxyBin: "github.com/kmsd/kmsd/cmd/xks-proxy"} {
+	kmsdBin, proxyBin, kmsctlBin = filepath.Join(dir, "kmsd"), filepath.Join(dir, "xks-proxy"), filepath.Join(dir, "kmsctl")
+	for bin, pkg := range map[string]string{kmsdBin: "github.com/kmsd/kmsd/cmd/kmsd", proxyBin: "github.com/kmsd/kmsd/cmd/xks-proxy",
+		kmsctlBin: "github.com/kmsd/kmsd/cmd/kmsctl"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -104,17 +107,25 @@ func (p *proxy) port() string { _, port, _ := net.SplitHostPort(p.addr); return 
 
 // startProxy serves keys (a key file) with certificate dir/cert.pem, the
 // test credential, at /kms/xks/v1; it is stopped (by pid) when the test ends.
-func startProxy(t *testing.T, pki, keys string) *proxy {
+// extra are more `serve` flags (e.g. --allowed-source-cidrs).
+func startProxy(t *testing.T, pki, keys string, extra ...string) *proxy {
 	t.Helper()
-	dir := t.TempDir()
-	sf := filepath.Join(dir, "secret")
+	sf := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(sf, []byte(secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return startProxyArgs(t, nil, append([]string{"--access-key-id", akid, "--secret-access-key-file", sf,
+		"--keys-file", keys, "--tls-cert", filepath.Join(pki, "cert.pem"), "--tls-key", filepath.Join(pki, "key.pem")}, extra...)...)
+}
+
+// startProxyArgs runs `xks-proxy serve --listen <free port> args…` with env
+// added (the key file passphrase is always set), e.g. with --config; it is
+// stopped (by pid) when the test ends.
+func startProxyArgs(t *testing.T, env []string, args ...string) *proxy {
+	t.Helper()
 	p := &proxy{addr: freeAddr(t), log: &syncBuf{}, done: make(chan struct{})}
-	p.cmd = exec.Command(proxyBin, "serve", "--listen", p.addr, "--access-key-id", akid, "--secret-access-key-file", sf,
-		"--keys-file", keys, "--tls-cert", filepath.Join(pki, "cert.pem"), "--tls-key", filepath.Join(pki, "key.pem"))
-	p.cmd.Env = append(os.Environ(), "XKS_PROXY_KEYS_PASSPHRASE="+pass)
+	p.cmd = exec.Command(proxyBin, append([]string{"serve", "--listen", p.addr}, args...)...)
+	p.cmd.Env = append(append(os.Environ(), "XKS_PROXY_KEYS_PASSPHRASE="+pass), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -144,6 +155,21 @@ func startProxy(t *testing.T, pki, keys string) *proxy {
 	}
 }
 
+// hup sends SIGHUP and waits until the proxy has reloaded.
+func (p *proxy) hup(t *testing.T) {
+	t.Helper()
+	n := strings.Count(p.log.String(), "reload done")
+	syscall.Kill(p.cmd.Process.Pid, syscall.SIGHUP)
+	for deadline := time.Now().Add(10 * time.Second); strings.Count(p.log.String(), "reload done") == n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("xks-proxy did not reload:\n%s", p.log)
+		}
+	}
+	if strings.Contains(p.log.String()[strings.LastIndex(p.log.String(), "SIGHUP"):], "rejected") {
+		t.Fatalf("xks-proxy rejected the reloaded configuration:\n%s", p.log)
+	}
+}
+
 func (p *proxy) stop() {
 	select {
 	case <-p.done:
@@ -165,12 +191,28 @@ type kmsd struct {
 	dataDir, endpoint, creds string
 	env                      []string
 	log                      string
+	proc                     *kmsdProc // shared by copies made for subtests
+}
+
+// kmsdProc is kmsd's process; exited closes when it has been waited for.
+type kmsdProc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 func startKMSD(t *testing.T, args ...string) *kmsd {
 	t.Helper()
+	return startKMSDAt(t, filepath.Join(t.TempDir(), "data"), args...)
+}
+
+// startKMSDAt starts kmsd on data directory dataDir (created when absent,
+// or one a kmsd used before: a restart) with args. Each start has its own
+// log file and listen port. It is stopped (SIGINT, by pid) when the test
+// ends unless kill stopped it first.
+func startKMSDAt(t *testing.T, dataDir string, args ...string) *kmsd {
+	t.Helper()
 	tmp := t.TempDir()
-	k := &kmsd{t: t, dataDir: filepath.Join(tmp, "data"), log: filepath.Join(tmp, "kmsd.log")}
+	k := &kmsd{t: t, dataDir: dataDir, log: filepath.Join(tmp, "kmsd.log")}
 	addr := freeAddr(t)
 	k.endpoint = "http://" + addr
 	logf, err := os.Create(k.log)
@@ -183,22 +225,30 @@ func startKMSD(t *testing.T, args ...string) *kmsd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var once sync.Once
+	k.proc = &kmsdProc{cmd: cmd, exited: make(chan struct{})}
+	go func() { cmd.Wait(); logf.Close(); close(k.proc.exited) }()
 	t.Cleanup(func() {
-		once.Do(func() {
+		select {
+		case <-k.proc.exited:
+		default:
 			cmd.Process.Signal(os.Interrupt)
-			cmd.Wait()
-			logf.Close()
-			if t.Failed() {
-				b, _ := os.ReadFile(k.log)
-				t.Logf("kmsd log:\n%s", b)
-			}
-		})
+			<-k.proc.exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(k.log)
+			t.Logf("kmsd log (%s):\n%s", k.endpoint, b)
+		}
 	})
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if resp, err := http.Get(k.endpoint + "/healthz"); err == nil {
 			resp.Body.Close()
 			break
+		}
+		select {
+		case <-k.proc.exited:
+			b, _ := os.ReadFile(k.log)
+			t.Fatalf("kmsd exited early:\n%s", b)
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("kmsd did not become healthy")
@@ -208,6 +258,42 @@ func startKMSD(t *testing.T, args ...string) *kmsd {
 	k.env = append(os.Environ(), "AWS_SHARED_CREDENTIALS_FILE="+k.creds, "AWS_CONFIG_FILE=/dev/null", "AWS_PROFILE=kmsd",
 		"AWS_DEFAULT_REGION="+region, "AWS_PAGER=", "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=")
 	return k
+}
+
+// kill stops kmsd with SIGKILL (by pid), as a crash would, and waits for it.
+func (k *kmsd) kill() {
+	k.t.Helper()
+	if err := k.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		k.t.Fatal(err)
+	}
+	<-k.proc.exited
+}
+
+// stop stops kmsd with SIGINT (by pid), as an operator would, and waits
+// for it.
+func (k *kmsd) stop() {
+	k.t.Helper()
+	if err := k.proc.cmd.Process.Signal(os.Interrupt); err != nil {
+		k.t.Fatal(err)
+	}
+	<-k.proc.exited
+}
+
+// kmsctl runs kmsctl against k and returns stdout, stderr and the exit code.
+func (k *kmsd) kmsctl(args ...string) (string, string, int) {
+	k.t.Helper()
+	cmd := exec.Command(kmsctlBin, append([]string{"--endpoint-url", k.endpoint}, args...)...)
+	cmd.Env = k.env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		k.t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
 }
 
 // sdk is an aws-sdk-go-v2 client of k from the kmsd profile, no retries.
@@ -309,4 +395,111 @@ func storeReq(name, conn, endpoint, path, akid, secret string) map[string]any {
 		"XksProxyAuthenticationCredential": map[string]string{"AccessKeyId": akid, "RawSecretAccessKey": secret},
 	}
 	return r
+}
+
+// cliRun is one aws CLI run of a batch.
+type cliRun struct {
+	args      []string
+	out, errs string
+	code      int
+}
+
+// cliBatch runs independent aws CLI calls, two at a time (each costs most
+// of a second of Python start-up), and returns them in order.
+func (k *kmsd) cliBatch(calls ...[]string) []cliRun {
+	k.t.Helper()
+	rs := make([]cliRun, len(calls))
+	errs := make([]error, len(calls))
+	sem := make(chan struct{}, 2)
+	var wg sync.WaitGroup
+	for i, args := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cmd := exec.Command(awsCLI, append([]string{"--endpoint-url", k.endpoint, "--output", "json"}, args...)...)
+			cmd.Env = k.env
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			err := cmd.Run()
+			rs[i] = cliRun{args: args, out: out.String(), errs: errb.String()}
+			if ee, ok := err.(*exec.ExitError); ok {
+				rs[i].code, err = ee.ExitCode(), nil
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			k.t.Fatalf("aws %s: %v", strings.Join(calls[i], " "), err)
+		}
+	}
+	return rs
+}
+
+// ok checks the run succeeded and decodes its JSON output.
+func (r cliRun) ok(t *testing.T) map[string]any {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("aws %s: exit %d\n%s", strings.Join(r.args, " "), r.code, r.errs)
+	}
+	v := map[string]any{}
+	if strings.TrimSpace(r.out) != "" {
+		if err := json.Unmarshal([]byte(r.out), &v); err != nil {
+			t.Fatalf("aws %s: %v\n%s", strings.Join(r.args, " "), err, r.out)
+		}
+	}
+	return v
+}
+
+// fails checks the run failed with exception code.
+func (r cliRun) fails(t *testing.T, code string) {
+	t.Helper()
+	if r.code == 0 || !strings.Contains(r.errs, "("+code+")") {
+		t.Fatalf("aws %s: exit %d, stdout %q, stderr %q; want %s", strings.Join(r.args, " "), r.code, r.out, r.errs, code)
+	}
+}
+
+// createArgs is create-custom-key-store with request req, for cliBatch.
+func createArgs(req map[string]any) []string {
+	b, _ := json.Marshal(req)
+	return []string{"kms", "create-custom-key-store", "--cli-input-json", string(b)}
+}
+
+// connectArgs is connect-custom-key-store of store id, for cliBatch.
+func connectArgs(id string) []string {
+	return []string{"kms", "connect-custom-key-store", "--custom-key-store-id", id}
+}
+
+// settle polls describe-custom-key-stores (every store at once) until none
+// of ids is CONNECTING or DISCONNECTING, and returns their entries by id.
+func (k *kmsd) settle(ids ...string) map[string]map[string]any {
+	k.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		v := k.aws("kms", "describe-custom-key-stores")
+		all := map[string]map[string]any{}
+		for _, e := range v["CustomKeyStores"].([]any) {
+			e := e.(map[string]any)
+			all[e["CustomKeyStoreId"].(string)] = e
+		}
+		out, busy := map[string]map[string]any{}, ""
+		for _, id := range ids {
+			e, ok := all[id]
+			if !ok {
+				k.t.Fatalf("store %s not described", id)
+			}
+			if s := e["ConnectionState"]; s == "CONNECTING" || s == "DISCONNECTING" {
+				busy = id
+			}
+			out[id] = e
+		}
+		if busy == "" {
+			return out
+		}
+		if time.Now().After(deadline) {
+			k.t.Fatalf("store %s stays %v", busy, out[busy]["ConnectionState"])
+		}
+	}
 }

@@ -36,9 +36,11 @@ func apiCode(err error) string {
 }
 
 // TestExternalKeyStore drives an external key store end to end: create
-// (and each create exception we can cause), connect (and each connection
-// error code), keys over external keys, double encryption, the external
-// key disabled in the proxy, disconnect and reconnect.
+// (and the create exceptions a stopped or well-behaved proxy causes),
+// connect (and the connection error codes those cause), keys over external
+// keys, double encryption, the external key disabled in the proxy,
+// disconnect and reconnect. The other codes and exceptions are caused in
+// TestConnectionErrorCodes, TestProxyRefusesKMS and TestVPCEndpointServices.
 func TestExternalKeyStore(t *testing.T) {
 	if _, err := os.Stat(awsCLI); err != nil {
 		t.Fatalf("%s is missing; run scripts/test.sh (Debian package awscli)", awsCLI)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +21,8 @@ const (
 
 // ConnectionErrorCodes of external key stores only kmsd itself decides.
 const (
-	CodeXKSVpcServiceNotFound = "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND"
+	CodeXKSVpcServiceNotFound      = "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND"
+	CodeXKSVpcServiceInvalidConfig = "XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION"
 )
 
 // XKSConfig is an external key store's proxy configuration (spec §10.2,
@@ -40,6 +42,9 @@ var (
 	ErrXKSEndpointInUse    = errors.New("keystore: XKS proxy endpoint already used by a VPC-connected external key store")
 	ErrXKSVpcServiceInUse  = errors.New("keystore: VPC endpoint service already backs another external key store")
 	ErrXKSVpcServiceNotFnd = errors.New("keystore: VPC endpoint service not found")
+	// ErrXKSVpcServiceInvalid: the service breaks a requirement of spec §10.4 —
+	// in kmsd, its private DNS name is not the store's endpoint host.
+	ErrXKSVpcServiceInvalid = errors.New("keystore: VPC endpoint service configuration invalid")
 )
 
 // xksConflict reports whether external store st may not coexist with o
@@ -72,6 +77,10 @@ type External struct {
 	// VPCServices maps VPC endpoint service names to the address
 	// ("host" or "host:port") kmsd dials for them.
 	VPCServices map[string]string
+	// VPCPrivateDNS maps VPC endpoint service names to their private DNS
+	// names. A store on a service listed here must have that name as its
+	// endpoint host (spec §10.4); services not listed are not checked.
+	VPCPrivateDNS map[string]string
 	// Timeout per proxy call; xksclient.DefaultTimeout when zero.
 	Timeout time.Duration
 
@@ -99,15 +108,14 @@ func (b *External) ClientConfig(st *Store, secret []byte) (xksclient.Config, err
 	cfg := xksclient.Config{Endpoint: x.Endpoint, URIPath: x.Path, AccessKeyID: x.AccessKeyID, Secret: string(secret),
 		Region: region, CABundle: b.CABundle, Timeout: b.Timeout}
 	if x.Connectivity == XKSVPC {
-		addr, ok := b.VPCServices[x.VpcServiceName]
-		if !ok {
-			return cfg, fmt.Errorf("%w: %s", ErrXKSVpcServiceNotFnd, x.VpcServiceName)
+		if err := b.CheckVPCService(x); err != nil {
+			return cfg, err
 		}
 		u, err := url.Parse(x.Endpoint)
 		if err != nil {
 			return cfg, err
 		}
-		cfg.Addresses = map[string]string{u.Hostname(): addr}
+		cfg.Addresses = map[string]string{u.Hostname(): b.VPCServices[x.VpcServiceName]}
 	}
 	return cfg, nil
 }
@@ -116,6 +124,33 @@ func (b *External) ClientConfig(st *Store, secret []byte) (xksclient.Config, err
 func (b *External) HasVPCService(name string) bool {
 	_, ok := b.VPCServices[name]
 	return ok
+}
+
+// CheckVPCService checks the VPC endpoint service of a VPC-connected
+// configuration as KMS does at create, update and connect: kmsd must know
+// it (ErrXKSVpcServiceNotFnd), and when its private DNS name is known it
+// must be the endpoint's host (ErrXKSVpcServiceInvalid, spec §10.4).
+// Configurations of other connectivity pass.
+func (b *External) CheckVPCService(x *XKSConfig) error {
+	if x.Connectivity != XKSVPC {
+		return nil
+	}
+	if !b.HasVPCService(x.VpcServiceName) {
+		return fmt.Errorf("%w: %s", ErrXKSVpcServiceNotFnd, x.VpcServiceName)
+	}
+	dns, ok := b.VPCPrivateDNS[x.VpcServiceName]
+	if !ok {
+		return nil
+	}
+	u, err := url.Parse(x.Endpoint)
+	if err != nil {
+		return err
+	}
+	if host := strings.TrimSuffix(u.Hostname(), "."); !strings.EqualFold(host, strings.TrimSuffix(dns, ".")) {
+		return fmt.Errorf("%w: the private DNS name of %s is %s, not the XksProxyUriEndpoint host %s",
+			ErrXKSVpcServiceInvalid, x.VpcServiceName, dns, host)
+	}
+	return nil
 }
 
 // NewClient builds a fresh (uncached) client for st with secret.
@@ -145,6 +180,9 @@ func (b *External) Connect(ctx context.Context, st *Store, secret, next []byte) 
 	cfg, err := b.ClientConfig(st, secret)
 	if errors.Is(err, ErrXKSVpcServiceNotFnd) {
 		return false, &ConnectError{Code: CodeXKSVpcServiceNotFound, Err: err}
+	}
+	if errors.Is(err, ErrXKSVpcServiceInvalid) {
+		return false, &ConnectError{Code: CodeXKSVpcServiceInvalidConfig, Err: err}
 	}
 	if err != nil {
 		return false, &ConnectError{Code: CodeInternalError, Err: err}

@@ -75,10 +75,13 @@ func TestExternalUniqueness(t *testing.T) {
 }
 
 // TestExternalConnectCodes: a VPC store whose endpoint service kmsd does
-// not know fails with XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND; one whose proxy
-// is unreachable with XKS_PROXY_NOT_REACHABLE.
+// not know fails with XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND; one whose
+// service's private DNS name is not its endpoint host with
+// XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION; one whose proxy is
+// unreachable with XKS_PROXY_NOT_REACHABLE.
 func TestExternalConnectCodes(t *testing.T) {
-	ext := &External{VPCServices: map[string]string{"svc-dead": "127.0.0.1:1"}}
+	ext := &External{VPCServices: map[string]string{"svc-dead": "127.0.0.1:1", "svc-dns": "127.0.0.1:1"},
+		VPCPrivateDNS: map[string]string{"svc-dns": "xks.example.com"}}
 	const sec = "PleaseReplaceThisWithSomeSecretOfLength43To64"
 	for _, c := range []struct {
 		st   *Store
@@ -86,6 +89,8 @@ func TestExternalConnectCodes(t *testing.T) {
 	}{
 		{xksStore("a", XKSVPC, "https://v.example", "/kms/xks/v1", "svc-unknown"), CodeXKSVpcServiceNotFound},
 		{xksStore("b", XKSVPC, "https://v.example", "/kms/xks/v1", "svc-dead"), xksclient.CodeNotReachable},
+		{xksStore("c", XKSVPC, "https://v.example", "/kms/xks/v1", "svc-dns"), CodeXKSVpcServiceInvalidConfig},
+		{xksStore("d", XKSVPC, "https://XKS.example.com.:8443", "/kms/xks/v1", "svc-dns"), xksclient.CodeNotReachable},
 	} {
 		_, err := ext.Connect(context.Background(), c.st, []byte(sec), nil)
 		if code(err) != c.want {

@@ -51,6 +51,7 @@ var storeExceptions = []struct {
 	{keystore.ErrXKSEndpointInUse, "XksProxyUriEndpointInUseException", "The XksProxyUriEndpoint is already used by another external key store with VPC endpoint service connectivity."},
 	{keystore.ErrXKSVpcServiceInUse, "XksProxyVpcEndpointServiceInUseException", "The VPC endpoint service is already associated with another external key store in this Region."},
 	{keystore.ErrXKSVpcServiceNotFnd, "XksProxyVpcEndpointServiceNotFoundException", "The VPC endpoint service was not found (kmsd maps endpoint service names with --xks-vpc-endpoint-services)."},
+	{keystore.ErrXKSVpcServiceInvalid, "XksProxyVpcEndpointServiceInvalidConfigurationException", "The VPC endpoint service does not meet the requirements for an external key store: its private DNS name must be the host of XksProxyUriEndpoint (kmsd maps endpoint service names with --xks-vpc-endpoint-services name=private.dns.name@host:port)."},
 	{keystore.ErrClusterNotRelated, "CloudHsmClusterNotRelatedException", "The specified CloudHSM cluster does not share a backup history with the original cluster of the custom key store."},
 }
 

@@ -49,7 +49,8 @@ func checkXKSCredential(cr *kmsapi.XksProxyAuthenticationCredentialType) (akid, 
 }
 
 // checkXKSConfig validates a complete proxy configuration (spec §5.1,
-// §10.2–10.4), including that kmsd knows a VPC endpoint service.
+// §10.2–10.4), including that kmsd knows a VPC endpoint service and that
+// the service's private DNS name is the endpoint's host.
 func (s *Service) checkXKSConfig(x *keystore.XKSConfig) error {
 	switch x.Connectivity {
 	case keystore.XKSPublic:
@@ -63,9 +64,6 @@ func (s *Service) checkXKSConfig(x *keystore.XKSConfig) error {
 		if x.VpcServiceOwner != "" && !xksOwnerRe.MatchString(x.VpcServiceOwner) {
 			return validation("XksProxyVpcEndpointServiceOwner must be a 12-digit account id.")
 		}
-		if !s.xks.HasVPCService(x.VpcServiceName) {
-			return storeErr(keystore.ErrXKSVpcServiceNotFnd)
-		}
 	default:
 		return validation("XksProxyConnectivity must be PUBLIC_ENDPOINT or VPC_ENDPOINT_SERVICE.")
 	}
@@ -74,6 +72,11 @@ func (s *Service) checkXKSConfig(x *keystore.XKSConfig) error {
 	}
 	if !xksPathRe.MatchString(x.Path) || len(x.Path) > 128 {
 		return validation("XksProxyUriPath must be /kms/xks/v<n> or /<prefix>/kms/xks/v<n>.")
+	}
+	// The endpoint service: known to kmsd, and its private DNS name (when
+	// configured) is the endpoint host (§10.4).
+	if err := s.xks.CheckVPCService(x); err != nil {
+		return storeErr(err)
 	}
 	return nil
 }

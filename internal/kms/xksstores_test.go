@@ -16,6 +16,7 @@ const (
 	xksAKID   = "AKIDAAAAAAAAAAAAAAAAAAAA"
 	xksSecret = "PleaseReplaceThisWithSomeSecretOfLength43To64"
 	xksSvc    = "com.amazonaws.vpce.us-east-1.vpce-svc-0000000000000001"
+	xksSvcDNS = "com.amazonaws.vpce.us-east-1.vpce-svc-0000000000000002" // private DNS name xks.example.com
 )
 
 func newXKSFixture(t *testing.T) (*fixture, *keystore.Manager) {
@@ -26,7 +27,8 @@ func newXKSFixture(t *testing.T) (*fixture, *keystore.Manager) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	ext := &keystore.External{VPCServices: map[string]string{xksSvc: "127.0.0.1:1"}}
+	ext := &keystore.External{VPCServices: map[string]string{xksSvc: "127.0.0.1:1", xksSvcDNS: "127.0.0.1:1"},
+		VPCPrivateDNS: map[string]string{xksSvcDNS: "xks.example.com"}}
 	m, err := keystore.New(context.Background(), st, f.barrier, keystore.Config{
 		Backings: map[string]keystore.Backing{keystore.TypeExternal: ext}, Now: f.clock.now})
 	if err != nil {
@@ -85,6 +87,16 @@ func TestExternalStoreCreate(t *testing.T) {
 	wantException(t, err, "XksProxyVpcEndpointServiceInUseException")
 	_, err = create(xksReq("pub", keystore.XKSPublic, "https://v.example", ""))
 	wantException(t, err, "XksProxyUriEndpointInUseException")
+	// A service with a private DNS name (§10.4): the endpoint must be it.
+	_, err = create(xksReq("dns", keystore.XKSVPC, "https://other.example.com", xksSvcDNS))
+	wantException(t, err, "XksProxyVpcEndpointServiceInvalidConfigurationException")
+	dnsID, err := create(xksReq("dns", keystore.XKSVPC, "https://xks.example.com", xksSvcDNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.UpdateCustomKeyStore(ctx, f.caller, &kmsapi.UpdateCustomKeyStoreRequest{CustomKeyStoreId: &dnsID,
+		XksProxyUriEndpoint: str("https://other.example.com")})
+	wantException(t, err, "XksProxyVpcEndpointServiceInvalidConfigurationException")
 
 	ds, err := f.svc.DescribeCustomKeyStores(ctx, f.caller, &kmsapi.DescribeCustomKeyStoresRequest{CustomKeyStoreId: &id})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -12,8 +13,9 @@ import (
 )
 
 // xksBacking is the backing of external key stores from cfg: the CA
-// bundle (--xks-ca-bundle), the VPC endpoint services
-// (--xks-vpc-endpoint-services) and the health-check interval.
+// bundle (--xks-ca-bundle), the VPC endpoint services with their addresses
+// and private DNS names (--xks-vpc-endpoint-services) and the health-check
+// interval.
 func xksBacking(cfg Config) (*keystore.External, time.Duration, error) {
 	ext := &keystore.External{VPCServices: map[string]string{}}
 	if cfg.XKSCABundle != "" {
@@ -26,16 +28,8 @@ func xksBacking(cfg Config) (*keystore.External, time.Duration, error) {
 		}
 		ext.CABundle = pem
 	}
-	for _, kv := range strings.Split(cfg.XKSVPCEndpointServices, ",") {
-		kv = strings.TrimSpace(kv)
-		if kv == "" {
-			continue
-		}
-		name, addr, ok := strings.Cut(kv, "=")
-		if !ok || strings.TrimSpace(name) == "" || strings.TrimSpace(addr) == "" {
-			return nil, 0, fmt.Errorf("--xks-vpc-endpoint-services: %q: want name=host:port", kv)
-		}
-		ext.VPCServices[strings.TrimSpace(name)] = strings.TrimSpace(addr)
+	if err := parseVPCServices(cfg.XKSVPCEndpointServices, ext); err != nil {
+		return nil, 0, err
 	}
 	interval := time.Minute
 	if cfg.XKSHealthInterval != "" {
@@ -46,6 +40,48 @@ func xksBacking(cfg Config) (*keystore.External, time.Duration, error) {
 		interval = d
 	}
 	return ext, interval, nil
+}
+
+// privateDNSRe is a DNS name of at least two labels (a private DNS name is
+// a sub-domain of a public domain, spec §10.4).
+var privateDNSRe = regexp.MustCompile(`^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
+
+// parseVPCServices reads --xks-vpc-endpoint-services: comma-separated
+// entries "name=host:port" (the address kmsd dials for VPC endpoint
+// service name) or "name=private.dns.name@host:port", which also gives the
+// service's private DNS name; stores on that service must then have
+// https://private.dns.name as XksProxyUriEndpoint (spec §10.4), checked
+// at create, update and connect.
+func parseVPCServices(v string, ext *keystore.External) error {
+	for _, kv := range strings.Split(v, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		name, addr, ok := strings.Cut(kv, "=")
+		name, addr = strings.TrimSpace(name), strings.TrimSpace(addr)
+		dns, rest, hasDNS := strings.Cut(addr, "@")
+		if hasDNS {
+			dns, addr = strings.TrimSpace(dns), strings.TrimSpace(rest)
+		}
+		switch {
+		case !ok || name == "" || addr == "":
+			return fmt.Errorf("--xks-vpc-endpoint-services: %q: want name=host:port or name=private.dns.name@host:port", kv)
+		case hasDNS && !privateDNSRe.MatchString(strings.TrimSuffix(dns, ".")):
+			return fmt.Errorf("--xks-vpc-endpoint-services: %q: %q is not a DNS name", kv, dns)
+		}
+		if _, dup := ext.VPCServices[name]; dup {
+			return fmt.Errorf("--xks-vpc-endpoint-services: %s is mapped twice", name)
+		}
+		ext.VPCServices[name] = addr
+		if hasDNS {
+			if ext.VPCPrivateDNS == nil {
+				ext.VPCPrivateDNS = map[string]string{}
+			}
+			ext.VPCPrivateDNS[name] = dns
+		}
+	}
+	return nil
 }
 
 // startXKS gives the service its external key stores and starts their

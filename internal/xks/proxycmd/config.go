@@ -75,6 +75,10 @@ type StoreConf struct {
 	Burst              int        `toml:"burst"`
 	Credentials        []CredConf `toml:"credentials"`
 	Authorization      []RuleConf `toml:"authorization"`
+	// AllowedSourceCIDRs, when not empty, are the only client networks (CIDR prefixes
+	// or addresses) this key store answers, on every API including GetHealthStatus;
+	// others get 403 AccessDeniedException (xksserver.Policy.Sources).
+	AllowedSourceCIDRs []string `toml:"allowed_source_cidrs"`
 }
 
 // CredConf is one SigV4 credential; the secret comes from a file or an environment
@@ -197,6 +201,11 @@ func (c *Config) policies() (map[string]xksserver.Policy, error) {
 			}
 			p.Credentials = append(p.Credentials, xksserver.Credential{AccessKeyID: cr.AccessKeyID, Secret: sec})
 		}
+		src, err := xksserver.ParseSources(s.AllowedSourceCIDRs)
+		if err != nil {
+			return nil, fmt.Errorf("key store %q: %w", s.URIPathPrefix, err)
+		}
+		p.Sources = src
 		for _, r := range s.Authorization {
 			p.Rules = append(p.Rules, xksserver.Rule{Name: r.Name, Effect: r.Effect, Principals: r.Principals,
 				Operations: r.Operations, KeyARNs: r.KeyARNs, SourceVPCs: r.SourceVPCs, SourceVPCEs: r.SourceVPCEs, KeyIDs: r.KeyIDs})

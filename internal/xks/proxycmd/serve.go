@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,7 +33,7 @@ type serveFlags struct {
 	config, listen, healthListen, metricsListen, region, logLevel, logFormat string
 	insecure                                                                 bool
 	tlsCert, tlsKey, clientCA, clientSubject                                 string
-	prefix, akid, secretFile                                                 string
+	prefix, akid, secretFile, sources                                        string
 	keysFile, passFile                                                       string
 	pkcs11Module, pkcs11Token, pkcs11PINFile                                 string
 	rateLimit                                                                float64
@@ -64,6 +65,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.StringVar(&f.pkcs11Module, "pkcs11-module", "", "single key store: PKCS#11 module path")
 	fs.StringVar(&f.pkcs11Token, "pkcs11-token-label", "", "single key store: PKCS#11 token label")
 	fs.StringVar(&f.pkcs11PINFile, "pkcs11-pin-file", "", "PKCS#11 user PIN file (else $XKS_PROXY_PKCS11_PIN)")
+	fs.StringVar(&f.sources, "allowed-source-cidrs", "", "single key store: the only client networks it answers, comma-separated CIDRs or addresses, on every API including health (others: 403 AccessDeniedException, which KMS reports as XKS_PROXY_ACCESS_DENIED at connect); empty: all")
 	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "single key store: requests per second (0: unlimited)")
 	fs.DurationVar(&f.ekmTimeout, "ekm-timeout", 0, "single key store: key manager time budget per request (default 200ms)")
 	if err := fs.Parse(args); err != nil {
@@ -80,7 +82,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 // storeFlags are the flags that define a key store, which a config file defines
 // instead.
 var storeFlags = []string{"uri-path-prefix", "access-key-id", "secret-access-key-file", "keys-file",
-	"pkcs11-module", "pkcs11-token-label", "pkcs11-pin-file", "rate-limit", "ekm-timeout"}
+	"pkcs11-module", "pkcs11-token-label", "pkcs11-pin-file", "rate-limit", "ekm-timeout", "allowed-source-cidrs"}
 
 // buildConfig merges file and flags: flags win for the global settings; key stores
 // come from the file or, without one, from the single-store flags.
@@ -113,8 +115,9 @@ func buildConfig(f *serveFlags) (*Config, error) {
 		}
 		c.KeyManagers = map[string]KMConf{"default": km}
 		c.KeyStores = []StoreConf{{URIPathPrefix: f.prefix, KeyManager: "default", RateLimit: f.rateLimit,
-			EKMTimeout:  duration{f.ekmTimeout},
-			Credentials: []CredConf{{AccessKeyID: f.akid, SecretAccessKeyFile: f.secretFile}}}}
+			EKMTimeout:         duration{f.ekmTimeout},
+			Credentials:        []CredConf{{AccessKeyID: f.akid, SecretAccessKeyFile: f.secretFile}},
+			AllowedSourceCIDRs: splitList(f.sources)}}
 	}
 	override := func(dst *string, v string) {
 		if v != "" {
@@ -138,6 +141,17 @@ func buildConfig(f *serveFlags) (*Config, error) {
 		c.Listen = "0.0.0.0:8443"
 	}
 	return c, c.validate()
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // openManagers opens every key manager the key stores use.
@@ -328,9 +342,9 @@ func shutdown(hs *http.Server, extra []*http.Server, log *slog.Logger) error {
 }
 
 // reload applies SIGHUP: the configuration (file and secret files) is read again and
-// the credentials, key lists, rules and quotas of every key store replaced; TLS files
-// and key files are re-read. Listeners and key managers stay; changing those needs a
-// restart. Any error keeps the running configuration.
+// the credentials, key lists, rules, allowed source networks and quotas of every key
+// store replaced; TLS files and key files are re-read. Listeners and key managers
+// stay; changing those needs a restart. Any error keeps the running configuration.
 func reload(f *serveFlags, srv *xksserver.Server, tlsr *xksserver.TLSReloader, managers map[string]keyman.Manager, log *slog.Logger) {
 	log.Info("SIGHUP: reloading")
 	cfg, err := buildConfig(f)

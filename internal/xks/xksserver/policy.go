@@ -3,6 +3,7 @@ package xksserver
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"slices"
 
@@ -36,6 +37,10 @@ type Policy struct {
 	Disabled bool
 	// Rules are the optional secondary authorization (see Rule).
 	Rules []Rule
+	// Sources, when not empty, are the only client networks this key store answers:
+	// a request from any other address gets 403 AccessDeniedException on every API,
+	// GetHealthStatus included (see checkSource). Empty: every address.
+	Sources []netip.Prefix
 	// RateLimit is the store's request quota in requests per second (0: none), with
 	// bursts of up to Burst requests (default: one second's worth).
 	RateLimit float64
@@ -68,6 +73,11 @@ func (p *Policy) Validate() error {
 	for i, r := range p.Rules {
 		if r.Effect != "" && r.Effect != Allow && r.Effect != Deny {
 			return fmt.Errorf("rule %d (%s): effect must be %q or %q", i, r.Name, Allow, Deny)
+		}
+	}
+	for _, pr := range p.Sources {
+		if !pr.IsValid() {
+			return fmt.Errorf("allowed source %v: not a valid CIDR prefix", pr)
 		}
 	}
 	if p.RateLimit < 0 || p.Burst < 0 {
@@ -103,7 +113,8 @@ const (
 // and the request's value must match one of them; empty fields match anything. A
 // request matches a rule when every non-empty field matches.
 //
-// Decision: GetHealthStatus is never subject to rules. Otherwise a matching deny rule
+// Decision: GetHealthStatus is never subject to rules (to refuse a KMS at health, use
+// the network rule, Policy.Sources). Otherwise a matching deny rule
 // denies; if any allow rule exists, some allow rule must match; with no rules at all,
 // everything is allowed. An absent metadata value is the empty string, so a rule on
 // kmsKeyArn never matches GetKeyMetadata calls made by CreateKey (which carry none)

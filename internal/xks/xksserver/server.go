@@ -296,6 +296,9 @@ func (s *Server) serve(r *http.Request, rq *request) (any, *xks.Error) {
 		return nil, xerr
 	}
 	policy := st.policy.Load()
+	if xerr := checkSource(r, rq, policy); xerr != nil { // network rule: every API, health too
+		return nil, xerr
+	}
 	if !st.bucket.allow(s.opts.Now()) {
 		return nil, xks.Errorf(xks.ThrottlingException, "request quota of this key store exceeded")
 	}
