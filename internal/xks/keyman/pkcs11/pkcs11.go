@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	p11 "github.com/miekg/pkcs11"
@@ -31,15 +33,68 @@ var (
 
 type module struct {
 	ctx  *p11.Ctx
-	refs int
+	refs int // guarded by modMu
+
+	// life is held shared by every PKCS#11 call and exclusively by reinit, since
+	// C_Finalize must not run under a call in progress.
+	life  sync.RWMutex
+	epoch atomic.Uint64 // counts reinits; sessions of an older epoch are gone
+
+	reinitMu   sync.Mutex
+	lastReinit time.Time // guarded by reinitMu
 }
 
-func acquireModule(path string) (*p11.Ctx, error) {
+// reinitEvery spaces out re-initialisations of a module while a token is missing.
+const reinitEvery = time.Second
+
+// reinitWait bounds how long reinit waits for calls in progress to finish.
+const reinitWait = 100 * time.Millisecond
+
+// reinit finalises and initialises the module again (C_Finalize, C_Initialize): a
+// module may scan its tokens only then. SoftHSM2 does: a deleted token stays in
+// C_GetSlotList with C_GetTokenInfo failing and C_FindObjects finding nothing, and a
+// token initialised later, even with the same label, appears (in a new slot) only
+// after C_Initialize. Every session on the module ends, those of other managers
+// too; they notice the new epoch and open new ones. It runs at most once per
+// reinitEvery and not while a call is stuck in the module, and reports whether it
+// ran.
+func (mod *module) reinit(log *slog.Logger, force bool) bool {
+	mod.reinitMu.Lock()
+	defer mod.reinitMu.Unlock()
+	if !force && time.Since(mod.lastReinit) < reinitEvery {
+		return false
+	}
+	mod.lastReinit = time.Now()
+	deadline := time.Now().Add(reinitWait)
+	for !mod.life.TryLock() {
+		if time.Now().After(deadline) {
+			log.Warn("pkcs11: not re-initialising the module: calls still in progress")
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	defer mod.life.Unlock()
+	mod.epoch.Add(1)
+	mod.ctx.Finalize()
+	if err := mod.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		// Calls fail with CKR_CRYPTOKI_NOT_INITIALIZED until the next reinit.
+		log.Error("pkcs11: C_Initialize after C_Finalize failed", "err", err)
+	}
+	return true
+}
+
+func (mod *module) refsNow() int {
+	modMu.Lock()
+	defer modMu.Unlock()
+	return mod.refs
+}
+
+func acquireModule(path string) (*module, error) {
 	modMu.Lock()
 	defer modMu.Unlock()
 	if m, ok := modules[path]; ok {
 		m.refs++
-		return m.ctx, nil
+		return m, nil
 	}
 	ctx := p11.New(path)
 	if ctx == nil {
@@ -49,8 +104,9 @@ func acquireModule(path string) (*p11.Ctx, error) {
 		ctx.Destroy()
 		return nil, fmt.Errorf("pkcs11: C_Initialize: %w", err)
 	}
-	modules[path] = &module{ctx: ctx, refs: 1}
-	return ctx, nil
+	m := &module{ctx: ctx, refs: 1}
+	modules[path] = m
+	return m, nil
 }
 
 func releaseModule(path string) {
@@ -61,6 +117,8 @@ func releaseModule(path string) {
 		return
 	}
 	if m.refs--; m.refs == 0 {
+		m.life.Lock()
+		defer m.life.Unlock()
 		m.ctx.Finalize()
 		m.ctx.Destroy()
 		delete(modules, path)
@@ -81,8 +139,11 @@ func code(err error) (uint, bool) {
 }
 
 type session struct {
-	h   p11.SessionHandle
-	gen uint64
+	h      p11.SessionHandle
+	gen    uint64 // the manager's generation when opened
+	epoch  uint64 // the module's epoch when opened
+	slot   uint
+	serial string // of the token the session is on
 }
 
 type cachedKey struct {
@@ -95,18 +156,24 @@ type cachedKey struct {
 // Manager is a keyman.Manager over one PKCS#11 token.
 type Manager struct {
 	cfg Config
-	ctx *p11.Ctx
+	mod *module
+	ctx *p11.Ctx // mod.ctx
 
 	sem  chan struct{} // one token per open session, bounds the pool
 	idle chan *session // sessions ready for use
 
-	mu    sync.Mutex // guards slot, gen and token metadata during resets
+	mu    sync.Mutex // guards slot, gen, epoch, lost and token metadata during resets
 	slot  uint
 	gen   uint64
+	epoch uint64 // the module's epoch when slot was found
+	lost  bool   // the token was not found at the last reset
 	token p11.TokenInfo
 
 	cacheMu sync.RWMutex
 	cache   map[string]cachedKey
+
+	overruns    atomic.Int64 // calls still running past their caller's deadline
+	lastOverrun atomic.Int64 // unix nanoseconds when the last overrun call returned
 }
 
 var _ keyman.Manager = (*Manager)(nil)
@@ -120,13 +187,20 @@ func Open(cfg Config) (*Manager, error) {
 	if cfg.Module == "" || cfg.TokenLabel == "" {
 		return nil, errors.New("pkcs11: module and token label are required")
 	}
-	ctx, err := acquireModule(cfg.Module)
+	mod, err := acquireModule(cfg.Module)
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, ctx: ctx, sem: make(chan struct{}, cfg.PoolSize),
+	m := &Manager{cfg: cfg, mod: mod, ctx: mod.ctx, sem: make(chan struct{}, cfg.PoolSize),
 		idle: make(chan *session, cfg.PoolSize), cache: map[string]cachedKey{}}
-	if err := m.findSlot(); err != nil {
+	m.mu.Lock()
+	err = m.findSlot()
+	if err != nil && mod.refsNow() > 1 && mod.reinit(cfg.Logger, true) {
+		// Another manager initialised the module before the token was made.
+		err = m.findSlot()
+	}
+	m.mu.Unlock()
+	if err != nil {
 		releaseModule(cfg.Module)
 		return nil, err
 	}
@@ -139,8 +213,11 @@ func Open(cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// findSlot locates the token by label; callers hold m.mu or own m exclusively.
+// findSlot locates the token by label, holding m.mu. A token whose C_GetTokenInfo
+// fails is not there (SoftHSM2 keeps deleted tokens in the slot list).
 func (m *Manager) findSlot() error {
+	m.mod.life.RLock()
+	defer m.mod.life.RUnlock()
 	slots, err := m.ctx.GetSlotList(true)
 	if err != nil {
 		return fmt.Errorf("pkcs11: C_GetSlotList: %w", err)
@@ -151,7 +228,7 @@ func (m *Manager) findSlot() error {
 			continue
 		}
 		if strings.TrimRight(ti.Label, " \x00") == m.cfg.TokenLabel {
-			m.slot, m.token = s, ti
+			m.slot, m.token, m.epoch, m.lost = s, ti, m.mod.epoch.Load(), false
 			return nil
 		}
 	}
@@ -159,11 +236,27 @@ func (m *Manager) findSlot() error {
 }
 
 // open opens a session on the current slot and makes sure the token is logged in.
+// After a reset that did not find the token, it tries to find it again first.
 func (m *Manager) open() (*session, error) {
 	m.mu.Lock()
-	slot, gen := m.slot, m.gen
+	ok, gen := !m.lost && m.epoch == m.mod.epoch.Load(), m.gen
 	m.mu.Unlock()
-	h, err := m.ctx.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if !ok {
+		m.reset(gen)
+	}
+	m.mu.Lock()
+	s := &session{slot: m.slot, gen: m.gen, epoch: m.epoch, serial: m.token.SerialNumber}
+	lost := m.lost
+	m.mu.Unlock()
+	if lost {
+		return nil, fmt.Errorf("%w: no token labelled %q", keyman.ErrUnavailable, m.cfg.TokenLabel)
+	}
+	m.mod.life.RLock()
+	defer m.mod.life.RUnlock()
+	if s.epoch != m.mod.epoch.Load() {
+		return nil, fmt.Errorf("%w: the PKCS#11 module was re-initialised", keyman.ErrUnavailable)
+	}
+	h, err := m.ctx.OpenSession(s.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: C_OpenSession: %w", err)
 	}
@@ -174,7 +267,8 @@ func (m *Manager) open() (*session, error) {
 		}
 		return nil, fmt.Errorf("pkcs11: C_Login: %w", err)
 	}
-	return &session{h: h, gen: gen}, nil
+	s.h = h
+	return s, nil
 }
 
 // get takes an idle session or opens one, waiting for room in the pool until ctx ends.
@@ -188,7 +282,7 @@ func (m *Manager) get(ctx context.Context) (*session, error) {
 		select {
 		case s := <-m.idle:
 			if m.stale(s) {
-				m.ctx.CloseSession(s.h)
+				m.close(s)
 				continue
 			}
 			return s, nil
@@ -206,13 +300,23 @@ func (m *Manager) get(ctx context.Context) (*session, error) {
 func (m *Manager) stale(s *session) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return s.gen != m.gen
+	return s.gen != m.gen || s.epoch != m.mod.epoch.Load()
+}
+
+// close closes s unless the module was re-initialised since it was opened: its
+// handle is void then, and may even name a newer session.
+func (m *Manager) close(s *session) {
+	m.mod.life.RLock()
+	defer m.mod.life.RUnlock()
+	if s.epoch == m.mod.epoch.Load() {
+		m.ctx.CloseSession(s.h)
+	}
 }
 
 // put returns a healthy session to the pool.
 func (m *Manager) put(s *session) {
 	if m.stale(s) {
-		m.ctx.CloseSession(s.h)
+		m.close(s)
 	} else {
 		m.idle <- s
 	}
@@ -221,13 +325,28 @@ func (m *Manager) put(s *session) {
 
 // discard closes a broken session.
 func (m *Manager) discard(s *session) {
-	m.ctx.CloseSession(s.h)
+	m.close(s)
 	<-m.sem
 }
 
+// gone reports whether the token s was opened on has left its slot or been replaced
+// (a new serial number). Some modules answer calls on a vanished token as if it
+// were empty, so errors that could mean that are checked here.
+func (m *Manager) gone(s *session) bool {
+	m.mod.life.RLock()
+	defer m.mod.life.RUnlock()
+	if s.epoch != m.mod.epoch.Load() {
+		return true
+	}
+	ti, err := m.ctx.GetTokenInfo(s.slot)
+	return err != nil || strings.TrimRight(ti.Label, " \x00") != m.cfg.TokenLabel || ti.SerialNumber != s.serial
+}
+
 // reset handles a token restart: it drops every pooled session and the key cache and
-// finds the token again (its slot may have changed). Only the first caller for a
-// given generation resets.
+// finds the token again (its slot may have changed), re-initialising the module when
+// the token is not in the slot list. Only the first caller for a given generation
+// resets. While the token is missing, every session request comes here again, and
+// the module is re-initialised at most once per reinitEvery.
 func (m *Manager) reset(seen uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -235,19 +354,24 @@ func (m *Manager) reset(seen uint64) {
 		return
 	}
 	m.gen++
-	m.cfg.Logger.Warn("pkcs11: resetting sessions after a token or login failure", "token", m.cfg.TokenLabel)
+	if !m.lost {
+		m.cfg.Logger.Warn("pkcs11: resetting sessions after a token or login failure", "token", m.cfg.TokenLabel)
+	}
 	m.cacheMu.Lock()
 	clear(m.cache)
 	m.cacheMu.Unlock()
-	if err := m.findSlot(); err != nil {
-		if isCode(err, p11.CKR_CRYPTOKI_NOT_INITIALIZED) {
-			m.ctx.Initialize()
-			err = m.findSlot()
-		}
-		if err != nil {
+	err := m.findSlot()
+	if err != nil && m.mod.reinit(m.cfg.Logger, false) {
+		err = m.findSlot()
+	}
+	if err != nil {
+		if !m.lost {
 			m.cfg.Logger.Error("pkcs11: token not found after reset", "token", m.cfg.TokenLabel, "err", err)
 		}
+		m.lost = true
+		return
 	}
+	m.cfg.Logger.Info("pkcs11: token found", "token", m.cfg.TokenLabel, "slot", m.slot, "serial", strings.TrimSpace(m.token.SerialNumber))
 }
 
 // outcome classifies a PKCS#11 error for retry decisions.
@@ -279,9 +403,21 @@ func classify(err error) outcome {
 }
 
 // do runs fn on a pooled session, recovering once from broken sessions, token
-// restarts and stale handles. fn runs in its own goroutine so that the caller gets
-// ErrTimeout at ctx's deadline even when the HSM hangs; the session then returns to
-// the pool when the call finally completes.
+// restarts and stale handles.
+//
+// fn runs in the calling goroutine. Handing it to a goroutine of its own, as an
+// earlier version did, costs a scheduler hand-off per call, and with GOMAXPROCS=1
+// those hand-offs kept net/http's per-request background reader queued behind every
+// other runnable goroutine: connections then never drained the run queue, so a
+// connection that did wait for its next request was noticed only by sysmon's netpoll
+// (every 10ms) and then sat in the global run queue, which a busy P serves once per
+// 61 schedules. That made the 1% tail of Decrypt at concurrency 16 10-80ms.
+//
+// A call cannot be abandoned while it runs in the caller's goroutine, so the manager
+// watches for calls that overrun their deadline (a hanging or very slow token). From
+// the first overrun until hangGrace after the last one has returned, fn runs in its
+// own goroutine again, and callers get ErrTimeout at their deadline while stuck calls
+// finish in the background.
 func (m *Manager) do(ctx context.Context, id string, fn func(s *session) error) error {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -297,19 +433,77 @@ func (m *Manager) do(ctx context.Context, id string, fn func(s *session) error) 
 			}
 			return err
 		}
-		done := make(chan error, 1)
-		go func() { done <- fn(s) }()
-		select {
-		case err = <-done:
-		case <-ctx.Done():
-			go func() { m.finish(s, <-done, id) }()
-			return fmt.Errorf("%w: PKCS#11 call: %v", keyman.ErrTimeout, ctx.Err())
+		if e := ctx.Err(); e != nil {
+			// The deadline passed while waiting for a session: do not start a
+			// call that would count as overrunning it.
+			m.put(s)
+			return fmt.Errorf("%w: %v", keyman.ErrTimeout, e)
+		}
+		if m.hanging() {
+			done := make(chan error, 1)
+			go func() { done <- m.watched(ctx, s, fn) }()
+			select {
+			case err = <-done:
+			case <-ctx.Done():
+				go func() { m.finish(s, <-done, id) }()
+				return fmt.Errorf("%w: PKCS#11 call: %v", keyman.ErrTimeout, ctx.Err())
+			}
+		} else {
+			err = m.watched(ctx, s, fn)
+		}
+		if err != nil && !errors.Is(err, keyman.ErrKeyUsage) && m.gone(s) {
+			m.discard(s)
+			m.reset(s.gen)
+			continue
 		}
 		if m.finish(s, err, id) {
 			return err
 		}
 	}
 	return fmt.Errorf("%w: %v", keyman.ErrUnavailable, err)
+}
+
+// hangGrace is how long calls keep running in goroutines of their own after the last
+// call that overran its deadline has returned.
+const hangGrace = 30 * time.Second
+
+// watched runs fn, counting it in m.overruns while it runs past ctx's deadline.
+func (m *Manager) watched(ctx context.Context, s *session, fn func(s *session) error) error {
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			m.overruns.Add(1)
+			m.cfg.Logger.Warn("pkcs11: a call is running past its deadline; the token may hang", "token", m.cfg.TokenLabel)
+		}
+	})
+	m.mod.life.RLock()
+	var err error
+	if s.epoch != m.mod.epoch.Load() {
+		// The module was re-initialised since s was opened: its handle is void.
+		err = p11.Error(p11.CKR_SESSION_HANDLE_INVALID)
+	} else {
+		err = fn(s)
+	}
+	m.mod.life.RUnlock()
+	overran := errors.Is(ctx.Err(), context.DeadlineExceeded)
+	if !stop() && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// The callback has counted this call, or is about to: the count may
+		// dip below zero briefly, which hanging treats as none.
+		m.overruns.Add(-1)
+		overran = true
+	}
+	if overran {
+		m.lastOverrun.Store(time.Now().UnixNano())
+	}
+	return err
+}
+
+// hanging reports whether a call is overrunning its deadline or did so recently.
+func (m *Manager) hanging() bool {
+	if m.overruns.Load() > 0 {
+		return true
+	}
+	last := m.lastOverrun.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < hangGrace
 }
 
 // finish returns s to the pool or drops it according to err, and reports whether err
@@ -556,10 +750,7 @@ func (m *Manager) Health(ctx context.Context) keyman.Health {
 	var ti p11.TokenInfo
 	err := m.do(ctx, "", func(s *session) error {
 		var err error
-		m.mu.Lock()
-		slot := m.slot
-		m.mu.Unlock()
-		if ti, err = m.ctx.GetTokenInfo(slot); err != nil {
+		if ti, err = m.ctx.GetTokenInfo(s.slot); err != nil {
 			return err
 		}
 		var h p11.ObjectHandle
@@ -630,7 +821,7 @@ func (m *Manager) Close() error {
 	for {
 		select {
 		case s := <-m.idle:
-			m.ctx.CloseSession(s.h)
+			m.close(s)
 			continue
 		default:
 		}
