@@ -37,6 +37,10 @@ const Service = "kms-xks-proxy"
 // (8 KiB of Base64 plaintext plus small fields), small enough to be harmless.
 const maxResponse = 1 << 20
 
+// maxConnsPerProxy bounds the connections a client keeps and opens to its
+// proxy.
+const maxConnsPerProxy = 128
+
 // Dialer opens TCP connections; *net.Dialer implements it.
 type Dialer interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
@@ -149,7 +153,13 @@ func New(cfg Config) (*Client, error) {
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return dialTLS(ctx, dialer, cfg.Addresses, tc, network, addr)
 		},
-		MaxIdleConnsPerHost: 32,
+		// Keep as many connections as run at once: a connection closed for
+		// want of an idle slot costs the next request a TLS handshake on
+		// both sides, which under load pushes calls past the 250 ms budget.
+		// The cap bounds what one store can open to its proxy; requests
+		// beyond it wait for a connection within their budget.
+		MaxIdleConnsPerHost: maxConnsPerProxy,
+		MaxConnsPerHost:     maxConnsPerProxy,
 		IdleConnTimeout:     60 * time.Second,
 		DisableCompression:  true,
 		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1
