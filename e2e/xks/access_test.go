@@ -81,8 +81,8 @@ func TestProxyRefusesKMS(t *testing.T) {
 	p := startProxyArgs(t, nil, "--config", conf)
 	const svc = "com.amazonaws.vpce.us-east-1.vpce-svc-00000000000000ac"
 	k := startKMSD(t, "--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0",
-		"--xks-vpc-endpoint-services", svc+"=walled.xks.test@"+p.addr)
-	endpoint := "https://localhost:" + p.port()
+		"--xks-vpc-endpoint-services", svc+"=walled.xks.test@"+p.Addr)
+	endpoint := "https://localhost:" + p.Port()
 
 	runs := k.cliBatch(
 		createArgs(storeReq("open", "PUBLIC_ENDPOINT", endpoint, "/open/kms/xks/v1", akid, secret)),
@@ -112,7 +112,9 @@ func TestProxyRefusesKMS(t *testing.T) {
 		t.Fatal(err)
 	}
 	configure(denyKMSD, `["127.0.0.2/32", "127.0.0.1/32"]`)
-	p.hup(t)
+	if !p.HUP(t) {
+		t.Fatalf("xks-proxy rejected its configuration:\n%s", p.Log)
+	}
 	runs = k.cliBatch(
 		[]string{"kms", "create-key", "--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id", open, "--xks-key-id", "k2"},
 		[]string{"kms", "encrypt", "--key-id", xk, "--plaintext", "YWZ0ZXIgdGhlIHJ1bGU="})
@@ -145,7 +147,7 @@ func proxyLogs(t *testing.T, p *proxy, want ...string) {
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		missing := ""
 		for _, w := range want {
-			if !strings.Contains(p.log.String(), w) {
+			if !strings.Contains(p.Log.String(), w) {
 				missing = w
 			}
 		}
@@ -153,7 +155,7 @@ func proxyLogs(t *testing.T, p *proxy, want ...string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the proxy's log lacks %s:\n%s", missing, p.log)
+			t.Fatalf("the proxy's log lacks %s:\n%s", missing, p.Log)
 		}
 	}
 }

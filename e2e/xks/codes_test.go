@@ -54,8 +54,8 @@ func TestConnectionErrorCodes(t *testing.T) {
 		"garbage":   garbageProxy(t, pk),
 		"slow":      slowProxy(t, pk, time.Second),
 		"drop":      dropProxy(t, pk),
-		"wronghost": startProxy(t, elsewhere, keyFile).addr,
-		"ekmdown":   unavailableProxy(t, filepath.Join(dir, "softhsm"), pk).addr,
+		"wronghost": startProxy(t, elsewhere, keyFile).Addr,
+		"ekmdown":   unavailableProxy(t, filepath.Join(dir, "softhsm"), pk).Addr,
 	}
 	addrs["fault"] = addrs["garbage"] // never dialled: the fault replaces the connect
 	var svcs []string

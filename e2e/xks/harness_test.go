@@ -12,7 +12,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 const (
@@ -58,33 +58,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // proxyRun runs an xks-proxy subcommand to completion.
 func proxyRun(t *testing.T, args ...string) {
 	t.Helper()
@@ -96,14 +69,7 @@ func proxyRun(t *testing.T, args ...string) {
 }
 
 // proxy is a running `xks-proxy serve`.
-type proxy struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *syncBuf
-	done chan struct{}
-}
-
-func (p *proxy) port() string { _, port, _ := net.SplitHostPort(p.addr); return port }
+type proxy = e2etest.Proxy
 
 // startProxy serves keys (a key file) with certificate dir/cert.pem, the
 // test credential, at /kms/xks/v1; it is stopped (by pid) when the test ends.
@@ -123,66 +89,7 @@ func startProxy(t *testing.T, pki, keys string, extra ...string) *proxy {
 // stopped (by pid) when the test ends.
 func startProxyArgs(t *testing.T, env []string, args ...string) *proxy {
 	t.Helper()
-	p := &proxy{addr: freeAddr(t), log: &syncBuf{}, done: make(chan struct{})}
-	p.cmd = exec.Command(proxyBin, append([]string{"serve", "--listen", p.addr}, args...)...)
-	p.cmd.Env = append(append(os.Environ(), "XKS_PROXY_KEYS_PASSPHRASE="+pass), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("xks-proxy %s log:\n%s", p.addr, p.log)
-		}
-	})
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		select {
-		case <-p.done:
-			t.Fatalf("xks-proxy exited early:\n%s", p.log)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", p.addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			if strings.Contains(p.log.String(), "xks-proxy serving") {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("xks-proxy did not start:\n%s", p.log)
-		}
-	}
-}
-
-// hup sends SIGHUP and waits until the proxy has reloaded.
-func (p *proxy) hup(t *testing.T) {
-	t.Helper()
-	n := strings.Count(p.log.String(), "reload done")
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGHUP)
-	for deadline := time.Now().Add(10 * time.Second); strings.Count(p.log.String(), "reload done") == n; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("xks-proxy did not reload:\n%s", p.log)
-		}
-	}
-	if strings.Contains(p.log.String()[strings.LastIndex(p.log.String(), "SIGHUP"):], "rejected") {
-		t.Fatalf("xks-proxy rejected the reloaded configuration:\n%s", p.log)
-	}
-}
-
-func (p *proxy) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
+	return e2etest.StartProxy(t, proxyBin, append([]string{"XKS_PROXY_KEYS_PASSPHRASE=" + pass}, env...), args...)
 }
 
 // kmsd is a running kmsd.
@@ -213,7 +120,7 @@ func startKMSDAt(t *testing.T, dataDir string, args ...string) *kmsd {
 	t.Helper()
 	tmp := t.TempDir()
 	k := &kmsd{t: t, dataDir: dataDir, log: filepath.Join(tmp, "kmsd.log")}
-	addr := freeAddr(t)
+	addr := e2etest.FreeAddr(t)
 	k.endpoint = "http://" + addr
 	logf, err := os.Create(k.log)
 	if err != nil {

@@ -26,7 +26,7 @@ func TestRestartWhileConnected(t *testing.T) {
 	p := startProxy(t, pk, keyFile)
 	const svc = "com.amazonaws.vpce.us-east-1.vpce-svc-00000000000000ad"
 	args := []string{"--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0",
-		"--xks-vpc-endpoint-services", svc + "=restart.xks.test@" + p.addr}
+		"--xks-vpc-endpoint-services", svc + "=restart.xks.test@" + p.Addr}
 	data := filepath.Join(dir, "data")
 	k := startKMSDAt(t, data, args...)
 
@@ -48,12 +48,12 @@ func TestRestartWhileConnected(t *testing.T) {
 	}
 
 	k.kill()
-	connects := strings.Count(p.log.String(), `"kmsOperation":"ConnectCustomKeyStore"`)
+	connects := strings.Count(p.Log.String(), `"kmsOperation":"ConnectCustomKeyStore"`)
 	k = startKMSDAt(t, data, args...)
 	if e := k.settle(id)[id]; e["ConnectionState"] != "CONNECTED" || e["ConnectionErrorCode"] != nil {
 		t.Fatalf("after the restart: %v", e)
 	}
-	n := func() int { return strings.Count(p.log.String(), `"kmsOperation":"ConnectCustomKeyStore"`) }
+	n := func() int { return strings.Count(p.Log.String(), `"kmsOperation":"ConnectCustomKeyStore"`) }
 	waitFor(t, "the restarted kmsd's health check in the proxy's log", func() bool { return n() > connects })
 	if n() != connects+1 {
 		t.Fatalf("the restarted kmsd made %d connect health checks, want 1", n()-connects)

@@ -5,16 +5,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
+	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/xks/keyman/pkcs11/pkcs11test"
 )
 
@@ -58,7 +56,7 @@ func TestExternalKeyStoreSoftHSM(t *testing.T) {
 	tk.AddKey(t, hsmBadUsageKey, true, false, nil)
 	p := startHSMProxy(t, tk, pk)
 	k := startKMSD(t, "--xks-ca-bundle", filepath.Join(pk, "ca.pem"))
-	endpoint := "https://localhost:" + p.port()
+	endpoint := "https://localhost:" + p.Port()
 
 	var fromCLI, fromBoto3 []hsmCiphertext
 	t.Run("aws CLI", func(t *testing.T) { fromCLI = hsmCLIFlow(t, hsmKMSD(k, t), p, endpoint) })
@@ -387,70 +385,29 @@ func (r *hsmAWSRun) fails(t *testing.T, code string) {
 // hsmProxy is a running `xks-proxy serve --config` whose key manager is a
 // SoftHSM2 token, with the key stores /cli and /boto3 (same credential).
 type hsmProxy struct {
-	cmd                               *exec.Cmd
-	addr, config, secretFile, logFile string
-	tls                               string // directory of cert.pem, key.pem
-	token                             *pkcs11test.Token
-	pinFile                           string
-	disabled                          map[string][]string // disabled_keys by key store
-	done                              chan struct{}
+	*e2etest.Proxy
+	config, secretFile string
+	tls                string // directory of cert.pem, key.pem
+	token              *pkcs11test.Token
+	pinFile            string
+	disabled           map[string][]string // disabled_keys by key store
 }
-
-func (p *hsmProxy) port() string { _, port, _ := net.SplitHostPort(p.addr); return port }
 
 // startHSMProxy serves the keys of token tk with the certificate in dir
 // pki; it is stopped (by pid) when the test ends.
 func startHSMProxy(t *testing.T, tk *pkcs11test.Token, pki string) *hsmProxy {
 	t.Helper()
 	dir := t.TempDir()
-	p := &hsmProxy{addr: freeAddr(t), config: filepath.Join(dir, "xks-proxy.toml"), secretFile: filepath.Join(dir, "secret"),
-		logFile: filepath.Join(dir, "xks-proxy.log"), tls: pki, token: tk, pinFile: filepath.Join(dir, "pin"),
-		disabled: map[string][]string{}, done: make(chan struct{})}
+	p := &hsmProxy{config: filepath.Join(dir, "xks-proxy.toml"), secretFile: filepath.Join(dir, "secret"),
+		tls: pki, token: tk, pinFile: filepath.Join(dir, "pin"), disabled: map[string][]string{}}
 	for f, s := range map[string]string{p.secretFile: secret + "\n", p.pinFile: tk.PIN + "\n"} {
 		if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	p.writeConfig(t)
-	logf, err := os.Create(p.logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close() // the child has its own descriptor
-	p.cmd = exec.Command(proxyBin, "serve", "--config", p.config, "--listen", p.addr)
-	p.cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+tk.Conf)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("xks-proxy %s log:\n%s", p.addr, p.log())
-		}
-	})
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		select {
-		case <-p.done:
-			t.Fatalf("xks-proxy exited early:\n%s", p.log())
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", p.addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			if strings.Contains(p.log(), "xks-proxy serving") {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("xks-proxy did not start:\n%s", p.log())
-		}
-	}
-}
-
-func (p *hsmProxy) log() string {
-	b, _ := os.ReadFile(p.logFile)
-	return string(b)
+	p.Proxy = e2etest.StartProxy(t, proxyBin, []string{"SOFTHSM2_CONF=" + tk.Conf}, "--config", p.config)
+	return p
 }
 
 // writeConfig writes the proxy configuration (atomically: a SIGHUP never
@@ -484,32 +441,8 @@ func (p *hsmProxy) setDisabled(t *testing.T, store string, keys ...string) {
 	t.Helper()
 	p.disabled[store] = keys
 	p.writeConfig(t)
-	before := strings.Count(p.log(), "reload done")
-	if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(10 * time.Second); strings.Count(p.log(), "reload done") == before; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("xks-proxy did not reload:\n%s", p.log())
-		}
-	}
-	if strings.Contains(p.log(), "configuration rejected") {
-		t.Fatalf("xks-proxy rejected its configuration:\n%s", p.log())
+	if !p.HUP(t) {
+		t.Fatalf("xks-proxy rejected its configuration:\n%s", p.Log)
 	}
 	t.Logf("xks-proxy %s: disabled_keys = %v (SIGHUP)", store, keys)
-}
-
-func (p *hsmProxy) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
 }

@@ -29,7 +29,7 @@ func TestVPCEndpointServices(t *testing.T) {
 	ca := filepath.Join(pk, "ca.pem")
 	data := filepath.Join(dir, "data")
 	k := startKMSDAt(t, data, "--xks-ca-bundle", ca, "--xks-health-interval", "0", "--xks-vpc-endpoint-services",
-		svcA+"=a.xks.test@"+p.addr+","+svcB+"=b.xks.test@"+p.addr+","+svcC+"="+p.addr)
+		svcA+"=a.xks.test@"+p.Addr+","+svcB+"=b.xks.test@"+p.Addr+","+svcC+"="+p.Addr)
 	vpcReq := func(name, host, svc string) map[string]any {
 		return withSvc(storeReq(name, "VPC_ENDPOINT_SERVICE", "https://"+host, path, akid, secret), svc)
 	}
@@ -58,7 +58,7 @@ func TestVPCEndpointServices(t *testing.T) {
 	// again through the CLI, it fails the same way; b cannot find its service.
 	k.stop()
 	k = startKMSDAt(t, data, "--xks-ca-bundle", ca, "--xks-health-interval", "0", "--xks-vpc-endpoint-services",
-		svcA+"=a2.xks.test@"+p.addr+","+svcC+"="+p.addr)
+		svcA+"=a2.xks.test@"+p.Addr+","+svcC+"="+p.Addr)
 	got := k.settle(a)
 	if e := got[a]; e["ConnectionState"] != "FAILED" || e["ConnectionErrorCode"] != "XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION" {
 		t.Fatalf("store a resumed after the restart: %v %v", e["ConnectionState"], e["ConnectionErrorCode"])

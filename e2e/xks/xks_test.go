@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
+	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/xks/xksclient"
 )
@@ -58,12 +59,12 @@ func TestExternalKeyStore(t *testing.T) {
 	proxyRun(t, "keys", "disable", "--keys-file", keyFile, "--id", "off")
 	p := startProxy(t, pk, keyFile)
 	untrusted := startProxy(t, other, filepath.Join(dir, "keys.json"))
-	dead := freeAddr(t)
+	dead := e2etest.FreeAddr(t)
 
-	metrics := freeAddr(t)
+	metrics := e2etest.FreeAddr(t)
 	k := startKMSD(t, "--metrics-listen", metrics, "--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "200ms",
-		"--xks-vpc-endpoint-services", svcGood+"=127.0.0.1:"+p.port()+","+svcOther+"="+untrusted.addr+","+svcDead+"="+dead)
-	endpoint := "https://localhost:" + p.port()
+		"--xks-vpc-endpoint-services", svcGood+"=127.0.0.1:"+p.Port()+","+svcOther+"="+untrusted.Addr+","+svcDead+"="+dead)
+	endpoint := "https://localhost:" + p.Port()
 	const path = "/kms/xks/v1"
 
 	// --- CreateCustomKeyStore and its exceptions.
@@ -75,7 +76,7 @@ func TestExternalKeyStore(t *testing.T) {
 		{"wrong access key", "XksProxyIncorrectAuthenticationCredentialException", storeReq("bad", "PUBLIC_ENDPOINT", endpoint, path, "AKIDBBBBBBBBBBBBBBBBBBBB", secret)},
 		{"wrong path", "XksProxyInvalidConfigurationException", storeReq("bad", "PUBLIC_ENDPOINT", endpoint, "/nope/kms/xks/v1", akid, secret)},
 		{"stopped proxy", "XksProxyUriUnreachableException", storeReq("bad", "PUBLIC_ENDPOINT", "https://"+strings.Replace(dead, "127.0.0.1", "localhost", 1), path, akid, secret)},
-		{"untrusted CA", "XksProxyUriUnreachableException", storeReq("bad", "PUBLIC_ENDPOINT", "https://localhost:"+untrusted.port(), path, akid, secret)},
+		{"untrusted CA", "XksProxyUriUnreachableException", storeReq("bad", "PUBLIC_ENDPOINT", "https://localhost:"+untrusted.Port(), path, akid, secret)},
 		{"unmapped VPC endpoint service", "XksProxyVpcEndpointServiceNotFoundException", withSvc(storeReq("bad", "VPC_ENDPOINT_SERVICE", "https://v5.xks.test", path, akid, secret), svcNotMap)},
 		{"secret with bad characters", "ValidationException", storeReq("bad", "PUBLIC_ENDPOINT", endpoint, path, akid, strings.Repeat("!", 44))},
 		{"endpoint with a path", "ValidationException", storeReq("bad", "PUBLIC_ENDPOINT", endpoint+"/x", path, akid, secret)},
@@ -173,7 +174,7 @@ func TestExternalKeyStore(t *testing.T) {
 	k.awsFails("XksProxyIncorrectAuthenticationCredentialException", "kms", "update-custom-key-store", "--custom-key-store-id", id,
 		"--xks-proxy-authentication-credential", "AccessKeyId="+akid+",RawSecretAccessKey="+strings.Repeat("D", 44))
 	k.awsFails("CustomKeyStoreInvalidStateException", "kms", "update-custom-key-store", "--custom-key-store-id", id,
-		"--xks-proxy-uri-endpoint", "https://127.0.0.1:"+p.port())
+		"--xks-proxy-uri-endpoint", "https://127.0.0.1:"+p.Port())
 	k.aws("kms", "update-custom-key-store", "--custom-key-store-id", id, "--new-custom-key-store-name", "xks-renamed",
 		"--xks-proxy-authentication-credential", "AccessKeyId="+akid+",RawSecretAccessKey="+secret)
 
@@ -317,7 +318,7 @@ func TestExternalKeyStore(t *testing.T) {
 
 	// --- A stopped proxy: the store stays CONNECTED, operations fail, the
 	// background health check logs it.
-	p.stop()
+	p.Stop()
 	if _, err := c.Encrypt(ctx, &kms.EncryptInput{KeyId: &xk, Plaintext: msg}); apiCode(err) != "KMSInvalidStateException" {
 		t.Fatalf("encrypt with the proxy stopped: %v", err)
 	}

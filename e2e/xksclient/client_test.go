@@ -124,7 +124,7 @@ func TestClientAgainstProxy(t *testing.T) {
 	// Calls to the real proxy get a generous budget so that a loaded CI machine (-race,
 	// packages in parallel) cannot turn them into timeouts; the 250 ms default is
 	// exercised by "proxy slower than 250 ms".
-	base := xksclient.Config{Endpoint: "https://localhost:" + p.port(), URIPath: "/soft/kms/xks/v1",
+	base := xksclient.Config{Endpoint: "https://localhost:" + p.Port(), URIPath: "/soft/kms/xks/v1",
 		AccessKeyID: akid, Secret: secret, Region: "us-east-1", CABundle: ca, Timeout: 5 * time.Second}
 	client := func(t *testing.T, edit func(*xksclient.Config)) *xksclient.Client {
 		t.Helper()
@@ -190,7 +190,7 @@ func TestClientAgainstProxy(t *testing.T) {
 	})
 	t.Run("address map", func(t *testing.T) {
 		c := client(t, func(c *xksclient.Config) {
-			c.Endpoint = "https://xks.example.test:" + p.port()
+			c.Endpoint = "https://xks.example.test:" + p.Port()
 			c.Addresses = map[string]string{"xks.example.test": "127.0.0.1"}
 		})
 		if _, err := c.Health(ctx, xksclient.Meta{}); err != nil {
@@ -239,7 +239,7 @@ func TestClientAgainstProxy(t *testing.T) {
 	})
 	t.Run("certificate for another host name", func(t *testing.T) {
 		c := client(t, func(c *xksclient.Config) {
-			c.Endpoint = "https://other.example.test:" + p.port()
+			c.Endpoint = "https://other.example.test:" + p.Port()
 			c.Addresses = map[string]string{"other.example.test": "127.0.0.1"}
 		})
 		_, err := c.Health(ctx, xksclient.Meta{})
@@ -286,7 +286,7 @@ func TestEveryKeyManagerUnavailable(t *testing.T) {
 	cfg := write(t, filepath.Join(dir, "xks-proxy.toml"),
 		strings.NewReplacer("PKI", pk, "DIR", dir, "MODULE", tk.Module, "AKID", akid).Replace(downConfig))
 	p := start(t, []string{"SOFTHSM2_CONF=" + conf}, "--config", cfg)
-	c, err := xksclient.New(xksclient.Config{Endpoint: "https://localhost:" + p.port(), URIPath: "/down/kms/xks/v1",
+	c, err := xksclient.New(xksclient.Config{Endpoint: "https://localhost:" + p.Port(), URIPath: "/down/kms/xks/v1",
 		AccessKeyID: akid, Secret: secret, Region: "us-east-1", CABundle: read(t, filepath.Join(pk, "ca.pem")),
 		Timeout: 5 * time.Second})
 	if err != nil {
@@ -318,7 +318,7 @@ func TestMTLSAndStoppedProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := xksclient.Config{Endpoint: "https://localhost:" + p.port(), URIPath: "/kms/xks/v1", AccessKeyID: akid,
+	cfg := xksclient.Config{Endpoint: "https://localhost:" + p.Port(), URIPath: "/kms/xks/v1", AccessKeyID: akid,
 		Secret: secret, Region: "us-east-1", CABundle: read(t, filepath.Join(pk, "ca.pem")), ClientCert: &cert,
 		Timeout: 10 * time.Second}
 	c, err := xksclient.New(cfg)
@@ -339,7 +339,7 @@ func TestMTLSAndStoppedProxy(t *testing.T) {
 	want(t, err, xksclient.KindTLS, outcome{xksclient.CodeInvalidTLSConfiguration, xksclient.ExcProxyUriUnreachable,
 		xksclient.ExcCustomKeyStoreInvalidState, xksclient.ExcInvalidState})
 
-	p.stop()
+	p.Stop()
 	_, err = c.Health(ctx, xksclient.Meta{})
 	want(t, err, xksclient.KindUnreachable, outcome{xksclient.CodeNotReachable, xksclient.ExcProxyUriUnreachable,
 		xksclient.ExcCustomKeyStoreInvalidState, xksclient.ExcInvalidState})

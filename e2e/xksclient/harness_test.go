@@ -7,17 +7,14 @@
 package xksclient_test
 
 import (
-	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 var binPath string
@@ -54,92 +51,14 @@ func run(t *testing.T, env []string, args ...string) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proxy is a running `xks-proxy serve`.
-type proxy struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *syncBuf
-	done chan struct{}
-}
-
-// port is the proxy's loopback port.
-func (p *proxy) port() string { _, port, _ := net.SplitHostPort(p.addr); return port }
+type proxy = e2etest.Proxy
 
 // start runs `xks-proxy serve --listen <free loopback port> args…`, waits until it
 // serves, and stops it (by its pid) when the test ends.
 func start(t *testing.T, env []string, args ...string) *proxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	p := &proxy{addr: addr, log: &syncBuf{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binPath, append([]string{"serve", "--listen", addr}, args...)...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("xks-proxy log:\n%s", p.log)
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-p.done:
-			t.Fatalf("xks-proxy exited early:\n%s", p.log)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			if strings.Contains(p.log.String(), "xks-proxy serving") {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("xks-proxy did not start:\n%s", p.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop sends SIGTERM to the proxy and waits for it to exit.
-func (p *proxy) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
+	return e2etest.StartProxy(t, binPath, env, args...)
 }
 
 // pki writes a development PKI for hosts with the binary's dev-cert command and

@@ -37,7 +37,7 @@ func TestAllowedSourceCIDRs(t *testing.T) {
 		p := start(t, env, "--access-key-id", akidA, "--secret-access-key-file", sec, "--keys-file", keys,
 			"--tls-cert", filepath.Join(pk, "cert.pem"), "--tls-key", filepath.Join(pk, "key.pem"),
 			"--uri-path-prefix", "/walled", "--allowed-source-cidrs", "127.0.0.2/32, 10.0.0.0/8")
-		base := "https://localhost:" + p.addr[strings.LastIndexByte(p.addr, ':')+1:]
+		base := "https://localhost:" + p.Port()
 		outsider := newClient(t, base+"/walled", akidA, secretA, tc) // from 127.0.0.1
 		_, err := outsider.health()
 		wantErr(t, err, xks.AccessDeniedException)
@@ -59,9 +59,9 @@ func TestAllowedSourceCIDRs(t *testing.T) {
 		// (The proxy logs a request just after answering it.)
 		for _, want := range []string{`"operation":"health","outcome":"AccessDeniedException","status":403`, `"rule":"allowed_source_cidrs"`,
 			`"cause":"source address 127.0.0.1:`, `"remote":"127.0.0.2:`} {
-			for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.log.String(), want); time.Sleep(20 * time.Millisecond) {
+			for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.Log.String(), want); time.Sleep(20 * time.Millisecond) {
 				if time.Now().After(deadline) {
-					t.Fatalf("log lacks %s:\n%s", want, p.log)
+					t.Fatalf("log lacks %s:\n%s", want, p.Log)
 				}
 			}
 		}
@@ -99,7 +99,7 @@ key_manager = "soft"
 		}
 		write(`["192.0.2.0/24"]`)
 		p := start(t, env, "--config", conf)
-		base := "https://localhost:" + p.addr[strings.LastIndexByte(p.addr, ':')+1:]
+		base := "https://localhost:" + p.Port()
 		walled, open := newClient(t, base+"/walled", akidA, secretA, tc), newClient(t, base+"/open", akidA, secretA, tc)
 		_, err := walled.health()
 		wantErr(t, err, xks.AccessDeniedException)
@@ -108,19 +108,19 @@ key_manager = "soft"
 		}
 		// A bad list is refused at reload; the running rule stays.
 		write(`["127.0.0.1/99"]`)
-		p.hup(t)
-		if !strings.Contains(p.log.String(), "configuration rejected") {
-			t.Fatalf("bad allowed_source_cidrs not rejected:\n%s", p.log)
+		p.HUP(t)
+		if !strings.Contains(p.Log.String(), "configuration rejected") {
+			t.Fatalf("bad allowed_source_cidrs not rejected:\n%s", p.Log)
 		}
 		_, err = walled.health()
 		wantErr(t, err, xks.AccessDeniedException)
 		write(`["192.0.2.0/24", "127.0.0.1"]`)
-		p.hup(t)
+		p.HUP(t)
 		if _, err := walled.health(); err != nil {
 			t.Fatalf("after allowing 127.0.0.1 and SIGHUP: %v", err)
 		}
 		write(`[]`)
-		p.hup(t)
+		p.HUP(t)
 		if _, err := walled.keyMetadata("both"); err != nil {
 			t.Fatalf("with an empty list (everyone): %v", err)
 		}

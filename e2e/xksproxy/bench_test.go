@@ -39,9 +39,9 @@ func TestBench(t *testing.T) {
 		env = append(env, "GOMAXPROCS=1")
 	}
 	p := start(t, env, "--config", cfg)
-	base := "https://localhost:" + strings.Split(p.addr, ":")[1]
+	base := "https://localhost:" + p.Port()
 	if pin {
-		if out, err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(p.cmd.Process.Pid)).CombinedOutput(); err != nil {
+		if out, err := exec.Command("taskset", "-a", "-p", "-c", "1", strconv.Itoa(p.Cmd.Process.Pid)).CombinedOutput(); err != nil {
 			t.Fatalf("taskset: %v\n%s", err, out)
 		}
 	}

@@ -11,16 +11,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/xks"
 	"github.com/kmsd/kmsd/internal/xks/xksbench"
 )
@@ -63,111 +61,14 @@ func run(t *testing.T, env []string, args ...string) string {
 	return string(out)
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-// Write keeps the first 8 MB of output, enough for every functional test, so that
-// benchmark runs do not hold their whole access log in memory.
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() < 8<<20 {
-		s.b.Write(p)
-	}
-	return len(p), nil
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proxy is a running xks-proxy serve.
-type proxy struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *syncBuf
-	done chan struct{}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+type proxy = e2etest.Proxy
 
 // start runs `xks-proxy serve` with args plus --listen on a free loopback port, waits
 // until it accepts connections, and stops it (by pid) when the test ends.
 func start(t *testing.T, env []string, args ...string) *proxy {
 	t.Helper()
-	addr := freePort(t)
-	p := &proxy{addr: addr, log: &syncBuf{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binPath, append([]string{"serve", "--listen", addr}, args...)...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stderr = p.log
-	p.cmd.Stdout = p.log
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.stop(t) })
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-p.done:
-			t.Fatalf("xks-proxy exited early:\n%s", p.log)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			if strings.Contains(p.log.String(), "xks-proxy serving") {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("xks-proxy did not start:\n%s", p.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (p *proxy) stop(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-	if t.Failed() {
-		t.Logf("xks-proxy log:\n%s", p.log)
-	}
-}
-
-// hup sends SIGHUP and waits for the reload to finish.
-func (p *proxy) hup(t *testing.T) {
-	t.Helper()
-	n := strings.Count(p.log.String(), "reload done")
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Count(p.log.String(), "reload done") == n {
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload after SIGHUP:\n%s", p.log)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return e2etest.StartProxy(t, binPath, env, args...)
 }
 
 // pki writes a development PKI with the binary's dev-cert command.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/xks"
 )
 
@@ -21,12 +22,12 @@ func TestKeyFileFromFlags(t *testing.T) {
 	pk := pki(t, dir)
 	keys, env := keyFile(t, dir)
 	secret := writeFile(t, filepath.Join(dir, "secret"), secretA+"\n")
-	healthAddr, metricsAddr := freePort(t), freePort(t)
+	healthAddr, metricsAddr := e2etest.FreeAddr(t), e2etest.FreeAddr(t)
 	p := start(t, env, "--uri-path-prefix", "/tenant-a", "--access-key-id", akidA, "--secret-access-key-file", secret,
 		"--tls-cert", filepath.Join(pk, "cert.pem"), "--tls-key", filepath.Join(pk, "key.pem"), "--keys-file", keys,
 		"--health-listen", healthAddr, "--metrics-listen", metricsAddr)
 	tc := tlsTo(t, filepath.Join(pk, "ca.pem"))
-	c := newClient(t, "https://localhost:"+strings.Split(p.addr, ":")[1]+"/tenant-a", akidA, secretA, tc)
+	c := newClient(t, "https://localhost:"+p.Port()+"/tenant-a", akidA, secretA, tc)
 
 	list := run(t, env, "keys", "list", "--keys-file", keys)
 	for _, want := range []string{"both", "DECRYPT,ENCRYPT", "enc ", "dec ", "none", "NONE", "ENABLED"} {
@@ -72,7 +73,7 @@ func TestKeyFileFromFlags(t *testing.T) {
 			t.Fatal(err)
 		}
 		run(t, env, "keys", "disable", "--keys-file", keys, "--id", "both")
-		p.hup(t)
+		p.HUP(t)
 		m, _ := c.keyMetadata("both")
 		if m.KeyStatus != "DISABLED" {
 			t.Fatalf("after disable: %+v", m)
@@ -82,16 +83,16 @@ func TestKeyFileFromFlags(t *testing.T) {
 		_, err = c.decrypt("both", e, nil)
 		wantErr(t, err, xks.InvalidStateException)
 		run(t, env, "keys", "enable", "--keys-file", keys, "--id", "both")
-		p.hup(t)
+		p.HUP(t)
 		if got, err := c.decrypt("both", e, nil); err != nil || string(got) != "keep" {
 			t.Fatalf("after enable: %q %v", got, err)
 		}
 	})
 	t.Run("errors", func(t *testing.T) {
-		other := newClient(t, "https://localhost:"+strings.Split(p.addr, ":")[1]+"/tenant-b", akidA, secretA, tc)
+		other := newClient(t, "https://localhost:"+p.Port()+"/tenant-b", akidA, secretA, tc)
 		_, err := other.health()
 		wantErr(t, err, xks.InvalidURIPathException)
-		unsigned := newClient(t, "https://localhost:"+strings.Split(p.addr, ":")[1]+"/tenant-b", akidA, "wrong-but-long-enough-secret-wrong-but-long-enough", tc)
+		unsigned := newClient(t, "https://localhost:"+p.Port()+"/tenant-b", akidA, "wrong-but-long-enough-secret-wrong-but-long-enough", tc)
 		_, err = unsigned.health() // unknown prefix wins over a bad signature
 		wantErr(t, err, xks.InvalidURIPathException)
 		bad := newClient(t, c.c.BaseURL, akidA, secretB, tc)
@@ -126,7 +127,7 @@ func TestKeyFileFromFlags(t *testing.T) {
 		}
 	})
 	t.Run("access log", func(t *testing.T) {
-		log := p.log.String()
+		log := p.Log.String()
 		found := false
 		for _, line := range strings.Split(log, "\n") {
 			var rec map[string]any

@@ -138,7 +138,7 @@ func TestConfigFileSoftHSMAndKeyFile(t *testing.T) {
 	env := append(append(hsmEnv, kfEnv...), "E2E_SECRET_B="+secretB)
 	p := start(t, env, "--config", cfg)
 	tc := tlsTo(t, filepath.Join(pk, "ca.pem"))
-	base := "https://localhost:" + strings.Split(p.addr, ":")[1]
+	base := "https://localhost:" + p.Port()
 	store := func(prefix string) *client { return newClient(t, base+prefix, akidA, secretA, tc) }
 	hsm := store("/hsm")
 	seen := map[string]bool{}

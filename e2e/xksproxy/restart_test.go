@@ -29,6 +29,8 @@ type = "pkcs11"
 module = "MODULE"
 token_label = "xks-restart"
 pin_file = "DIR/pin"
+key_cache_ttl = "500ms"
+COPIES
 
 [[key_stores]]
 uri_path_prefix = "/hsm"
@@ -44,7 +46,15 @@ key_manager = "hsm"
 // must answer during the outage with InternalException and an UNAVAILABLE health
 // status (rather than hang, crash or claim the key does not exist), and afterwards
 // report ACTIVE again, encrypt, and decrypt what it encrypted before the restart.
+// With session key copies (the default), SoftHSM2 goes on serving the copies of the
+// deleted token's keys until the key cache (500 ms here) is refreshed, so the
+// outage shows within that time rather than at the next request.
 func TestTokenRestart(t *testing.T) {
+	t.Run("session key copies", func(t *testing.T) { tokenRestart(t, true) })
+	t.Run("token objects", func(t *testing.T) { tokenRestart(t, false) })
+}
+
+func tokenRestart(t *testing.T, copies bool) {
 	dir := t.TempDir()
 	pk := pki(t, dir)
 	conf := pkcs11test.NewConf(t, dir)
@@ -52,11 +62,15 @@ func TestTokenRestart(t *testing.T) {
 	material := bytes.Repeat([]byte{0x5a}, 32)
 	tk := pkcs11test.NewToken(t, conf, label, pin)
 	tk.AddKey(t, "foo", true, true, material)
-	cfg := strings.NewReplacer("AKIDA", akidA, "PKI", pk, "DIR", dir, "MODULE", tk.Module).Replace(restartConfig)
+	setting := "" // the default
+	if !copies {
+		setting = "session_key_copies = false"
+	}
+	cfg := strings.NewReplacer("AKIDA", akidA, "PKI", pk, "DIR", dir, "MODULE", tk.Module, "COPIES", setting).Replace(restartConfig)
 	writeFile(t, filepath.Join(dir, "pin"), pin+"\n")
 	writeFile(t, filepath.Join(dir, "secretA"), secretA)
 	p := start(t, []string{"SOFTHSM2_CONF=" + conf}, "--config", writeFile(t, filepath.Join(dir, "xks-proxy.toml"), cfg))
-	hsm := newClient(t, "https://localhost:"+strings.Split(p.addr, ":")[1]+"/hsm", akidA, secretA, tlsTo(t, filepath.Join(pk, "ca.pem")))
+	hsm := newClient(t, "https://localhost:"+p.Port()+"/hsm", akidA, secretA, tlsTo(t, filepath.Join(pk, "ca.pem")))
 
 	status := func() string {
 		t.Helper()
@@ -73,7 +87,7 @@ func TestTokenRestart(t *testing.T) {
 		deadline := time.Now().Add(30 * time.Second)
 		for got := status(); got != want; got = status() {
 			if time.Now().After(deadline) {
-				t.Fatalf("health stays %s, want %s\n%s", got, want, p.log)
+				t.Fatalf("health stays %s, want %s\n%s", got, want, p.Log)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -98,6 +112,22 @@ func TestTokenRestart(t *testing.T) {
 	}
 
 	softhsm("--delete-token", "--token", label)
+	if copies {
+		// The copies serve until the cache entry (500 ms) is refreshed; the
+		// bound only keeps a broken proxy from stalling the suite.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := hsm.encrypt("foo", []byte("x"), nil)
+			if err != nil {
+				wantErr(t, err, xks.InternalException)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the deleted token's key still serves after 10s:\n%s", p.Log)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	// Requests while the token is away fail as the key manager failing, every
 	// time (the proxy re-initialises the module now and then meanwhile), and do
 	// not turn into KeyNotFoundException.
@@ -123,12 +153,12 @@ func TestTokenRestart(t *testing.T) {
 		}
 	}
 	select {
-	case <-p.done:
-		t.Fatalf("xks-proxy exited:\n%s", p.log)
+	case <-p.Done():
+		t.Fatalf("xks-proxy exited:\n%s", p.Log)
 	default:
 	}
-	if !strings.Contains(p.log.String(), "pkcs11: token found") {
-		t.Errorf("no log line about finding the token again:\n%s", p.log)
+	if !strings.Contains(p.Log.String(), "pkcs11: token found") {
+		t.Errorf("no log line about finding the token again:\n%s", p.Log)
 	}
 	var ae *xksbench.APIError
 	if _, err := hsm.encrypt("absent", []byte("x"), nil); !errors.As(err, &ae) || ae.ErrorName != xks.KeyNotFoundException {

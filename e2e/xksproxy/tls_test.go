@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/xks"
 	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
@@ -37,7 +38,7 @@ func TestMTLS(t *testing.T) {
 	p := start(t, env, "--access-key-id", akidA, "--secret-access-key-file", secret, "--keys-file", keys,
 		"--tls-cert", filepath.Join(g, "cert.pem"), "--tls-key", filepath.Join(g, "key.pem"),
 		"--tls-client-ca", filepath.Join(g, "ca.pem"), "--tls-client-subject", subject)
-	base := "https://localhost:" + strings.Split(p.addr, ":")[1]
+	base := "https://localhost:" + p.Port()
 
 	pair := func(cert, key []byte) []tls.Certificate {
 		c, err := tls.X509KeyPair(cert, key)
@@ -85,7 +86,7 @@ func TestTLSPolicyAndReload(t *testing.T) {
 	copyFile(t, filepath.Join(pk, "key.pem"), key)
 	p := start(t, env, "--access-key-id", akidA, "--secret-access-key-file", secret, "--keys-file", keys,
 		"--tls-cert", cert, "--tls-key", key)
-	base := "https://localhost:" + strings.Split(p.addr, ":")[1]
+	base := "https://localhost:" + p.Port()
 	ca := filepath.Join(pk, "ca.pem")
 
 	for _, tc := range []struct {
@@ -109,7 +110,7 @@ func TestTLSPolicyAndReload(t *testing.T) {
 		})
 	}
 	t.Run("plain HTTP to the TLS port", func(t *testing.T) {
-		res, err := http.Post("http://"+p.addr+"/kms/xks/v1/health", "application/json", strings.NewReader("{}"))
+		res, err := http.Post("http://"+p.Addr+"/kms/xks/v1/health", "application/json", strings.NewReader("{}"))
 		if err == nil {
 			body, _ := io.ReadAll(res.Body)
 			res.Body.Close()
@@ -123,7 +124,7 @@ func TestTLSPolicyAndReload(t *testing.T) {
 		run(t, nil, "dev-cert", "--hostname", "localhost", "--out-dir", pk2)
 		copyFile(t, filepath.Join(pk2, "cert.pem"), cert)
 		copyFile(t, filepath.Join(pk2, "key.pem"), key)
-		p.hup(t)
+		p.HUP(t)
 		if _, err := newClient(t, base, akidA, secretA, tlsTo(t, filepath.Join(pk2, "ca.pem"))).health(); err != nil {
 			t.Fatalf("new certificate not served: %v", err)
 		}
@@ -132,13 +133,13 @@ func TestTLSPolicyAndReload(t *testing.T) {
 		}
 	})
 	t.Run("insecure HTTP needs the flag", func(t *testing.T) {
-		cmd := []string{"serve", "--listen", freePort(t), "--access-key-id", akidA, "--secret-access-key-file", secret, "--keys-file", keys}
+		cmd := []string{"serve", "--listen", e2etest.FreeAddr(t), "--access-key-id", akidA, "--secret-access-key-file", secret, "--keys-file", keys}
 		out, err := runErr(env, cmd...)
 		if err == nil || !strings.Contains(out, "--insecure-http") {
 			t.Fatalf("started without TLS: %v %s", err, out)
 		}
 		ip := start(t, env, "--insecure-http", "--access-key-id", akidA, "--secret-access-key-file", secret, "--keys-file", keys)
-		if _, err := newClient(t, "http://"+ip.addr, akidA, secretA, nil).health(); err != nil {
+		if _, err := newClient(t, "http://"+ip.Addr, akidA, secretA, nil).health(); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -172,7 +173,7 @@ key_manager = "soft"
 	}
 	write("a")
 	p := start(t, env, "--config", cfgPath)
-	base := "https://localhost:" + strings.Split(p.addr, ":")[1] + "/rot"
+	base := "https://localhost:" + p.Port() + "/rot"
 	tc := tlsTo(t, filepath.Join(pk, "ca.pem"))
 	a, b := newClient(t, base, akidA, secretA, tc), newClient(t, base, akidB, secretB, tc)
 	check := func(c *client, ok bool) {
@@ -188,18 +189,18 @@ key_manager = "soft"
 	check(a, true)
 	check(b, false)
 	write("a", "b")
-	p.hup(t)
+	p.HUP(t)
 	check(a, true)
 	check(b, true)
 	write("b")
-	p.hup(t)
+	p.HUP(t)
 	check(a, false)
 	check(b, true)
 	// A broken file is rejected and the running credentials stay.
 	writeFile(t, cfgPath, "this is not toml = = =")
-	p.hup(t)
+	p.HUP(t)
 	check(b, true)
-	if !strings.Contains(p.log.String(), "configuration rejected") {
+	if !strings.Contains(p.Log.String(), "configuration rejected") {
 		t.Fatal("bad reload not logged")
 	}
 }

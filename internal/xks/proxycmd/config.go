@@ -56,11 +56,32 @@ type KMConf struct {
 	PINEnv          string `toml:"pin_env"`
 	SessionPoolSize int    `toml:"session_pool_size"`
 	HealthKeyLabel  string `toml:"health_key_label"`
+	// KeyCacheTTL is how long a key's handle and attributes are reused
+	// (default 5s; "-1s" turns the cache, and so the copies, off).
+	KeyCacheTTL string `toml:"key_cache_ttl"`
+	// SessionKeyCopies (default true) runs the cryptography on session-object
+	// copies of the token keys, refreshed with the cache (pkcs11.Config).
+	SessionKeyCopies *bool `toml:"session_key_copies"`
 	// keyfile
 	KeysFile       string `toml:"keys_file"`
 	PassphraseFile string `toml:"passphrase_file"`
 	PassphraseEnv  string `toml:"passphrase_env"`
 }
+
+// keyCacheTTL is key_cache_ttl (0: the key manager's default).
+func (km KMConf) keyCacheTTL() (time.Duration, error) {
+	if km.KeyCacheTTL == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(km.KeyCacheTTL)
+	if err != nil || d == 0 {
+		return 0, fmt.Errorf("key_cache_ttl %q: want a duration such as 5s (negative: no cache)", km.KeyCacheTTL)
+	}
+	return d, nil
+}
+
+// sessionKeyCopies is session_key_copies, true unless set to false.
+func (km KMConf) sessionKeyCopies() bool { return km.SessionKeyCopies == nil || *km.SessionKeyCopies }
 
 // StoreConf is one logical key store.
 type StoreConf struct {
@@ -168,6 +189,9 @@ func (c *Config) validate() error {
 		case "pkcs11":
 			if km.Module == "" || km.TokenLabel == "" {
 				return fmt.Errorf("key manager %s: module and token_label are required", name)
+			}
+			if _, err := km.keyCacheTTL(); err != nil {
+				return fmt.Errorf("key manager %s: %w", name, err)
 			}
 		case "keyfile":
 			if km.KeysFile == "" {

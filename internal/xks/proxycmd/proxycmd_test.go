@@ -22,6 +22,19 @@ func TestExampleConfigParses(t *testing.T) {
 	}
 }
 
+// TestSessionKeyCopiesSetting: on unless the configuration says false.
+func TestSessionKeyCopiesSetting(t *testing.T) {
+	off := false
+	if !(KMConf{}).sessionKeyCopies() || (KMConf{SessionKeyCopies: &off}).sessionKeyCopies() {
+		t.Fatal("session_key_copies: want true by default and false when set so")
+	}
+	for in, want := range map[string]int64{"": 0, "500ms": 5e8, "-1s": -1e9} {
+		if d, err := (KMConf{KeyCacheTTL: in}).keyCacheTTL(); err != nil || int64(d) != want {
+			t.Errorf("key_cache_ttl %q = %v, %v", in, d, err)
+		}
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	for name, tc := range map[string]struct{ file, want string }{
@@ -30,6 +43,7 @@ func TestConfigErrors(t *testing.T) {
 		"no tls":          {"listen = \"x\"\n[key_managers.k]\ntype=\"keyfile\"\nkeys_file=\"f\"\n[[key_stores]]\nkey_manager=\"k\"\n", "TLS certificate"},
 		"unknown manager": {"insecure_http = true\n[[key_stores]]\nkey_manager=\"nope\"\n", "unknown key manager"},
 		"bad type":        {"insecure_http = true\n[key_managers.k]\ntype=\"vault\"\n[[key_stores]]\nkey_manager=\"k\"\n", "type must be"},
+		"bad cache ttl":   {"insecure_http = true\n[key_managers.k]\ntype=\"pkcs11\"\nmodule=\"m\"\ntoken_label=\"t\"\nkey_cache_ttl=\"soon\"\n[[key_stores]]\nkey_manager=\"k\"\n", "key_cache_ttl"},
 		"bad prefix":      {"insecure_http = true\n[key_managers.k]\ntype=\"keyfile\"\nkeys_file=\"f\"\n[[key_stores]]\nuri_path_prefix=\"x/\"\nkey_manager=\"k\"\n", "invalid uri_path_prefix"},
 	} {
 		t.Run(name, func(t *testing.T) {

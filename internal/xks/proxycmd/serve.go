@@ -197,8 +197,10 @@ func openManagers(c *Config, log *slog.Logger) (map[string]keyman.Manager, error
 				closeAll()
 				return nil, fmt.Errorf("key manager %s: %w", name, err)
 			}
+			ttl, _ := kc.keyCacheTTL() // checked by validate
 			pm, err := pkcs11.Open(pkcs11.Config{Module: kc.Module, TokenLabel: kc.TokenLabel, PIN: pin,
-				PoolSize: kc.SessionPoolSize, HealthKeyLabel: kc.HealthKeyLabel, Logger: log.With("manager", name)})
+				PoolSize: kc.SessionPoolSize, HealthKeyLabel: kc.HealthKeyLabel, KeyCacheTTL: ttl,
+				SessionKeyCopies: kc.sessionKeyCopies(), Logger: log.With("manager", name)})
 			if err != nil {
 				closeAll()
 				return nil, fmt.Errorf("key manager %s: %w", name, err)

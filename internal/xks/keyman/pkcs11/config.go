@@ -29,8 +29,19 @@ type Config struct {
 	// KeyCacheTTL is how long a key's handle and attributes are reused (default 5s;
 	// negative disables caching).
 	KeyCacheTTL time.Duration
-	Logger      *slog.Logger
-	Rand        io.Reader // IV source; crypto/rand by default
+	// SessionKeyCopies runs the cryptography on a session-object copy of each token
+	// key (C_CopyObject, CKA_TOKEN false), made when the key is resolved and
+	// replaced when its cache entry is refreshed, instead of on the token object
+	// itself. Modules that consult a token object's store on every operation
+	// (SoftHSM2 reads the key's file on each C_EncryptInit and C_DecryptInit) then
+	// do so once per KeyCacheTTL. The price: the token no longer sees each
+	// operation, so a token key deleted or its usage changed, and on SoftHSM2 a
+	// token deleted, is noticed at the next refresh, within KeyCacheTTL, rather than
+	// at the next operation. Keys with CKA_COPYABLE false are used as before. It
+	// needs caching (KeyCacheTTL > 0) and one session more than PoolSize.
+	SessionKeyCopies bool
+	Logger           *slog.Logger
+	Rand             io.Reader // IV source; crypto/rand by default
 }
 
 func (c *Config) defaults() {

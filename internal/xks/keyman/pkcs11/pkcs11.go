@@ -147,7 +147,8 @@ type session struct {
 }
 
 type cachedKey struct {
-	h   p11.ObjectHandle
+	h   p11.ObjectHandle // the token object
+	cp  *keyCopy         // its session-object copy, nil if none (copies.go)
 	key keyman.Key
 	gen uint64
 	at  time.Time
@@ -169,8 +170,13 @@ type Manager struct {
 	lost  bool   // the token was not found at the last reset
 	token p11.TokenInfo
 
-	cacheMu sync.RWMutex
-	cache   map[string]cachedKey
+	cacheMu   sync.RWMutex
+	cache     map[string]*cachedKey
+	lastSweep time.Time // guarded by cacheMu
+
+	ownMu  sync.Mutex  // guards own
+	own    *owner      // the session holding key copies (copies.go)
+	noCopy atomic.Bool // the module has no C_CopyObject
 
 	overruns    atomic.Int64 // calls still running past their caller's deadline
 	lastOverrun atomic.Int64 // unix nanoseconds when the last overrun call returned
@@ -192,7 +198,7 @@ func Open(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, mod: mod, ctx: mod.ctx, sem: make(chan struct{}, cfg.PoolSize),
-		idle: make(chan *session, cfg.PoolSize), cache: map[string]cachedKey{}}
+		idle: make(chan *session, cfg.PoolSize), cache: map[string]*cachedKey{}}
 	m.mu.Lock()
 	err = m.findSlot()
 	if err != nil && mod.refsNow() > 1 && mod.reinit(cfg.Logger, true) {
@@ -532,14 +538,34 @@ func (m *Manager) generation() uint64 {
 	return m.gen
 }
 
+// forget drops key id from the cache; it runs outside m.do's calls.
 func (m *Manager) forget(id string) {
 	m.cacheMu.Lock()
+	c := m.cache[id]
 	delete(m.cache, id)
 	m.cacheMu.Unlock()
+	if c != nil && c.cp != nil {
+		m.mod.life.RLock()
+		m.retireCopy(c.cp)
+		m.mod.life.RUnlock()
+	}
 }
 
-// resolve finds key id on session s, using the cache when fresh.
-func (m *Manager) resolve(s *session, id string) (cachedKey, error) {
+// drop removes entry c of key id from the cache if it is still there, and retires
+// its copy.
+func (m *Manager) drop(id string, c *cachedKey) {
+	m.cacheMu.Lock()
+	if m.cache[id] == c {
+		delete(m.cache, id)
+	}
+	m.cacheMu.Unlock()
+	m.retireCopy(c.cp)
+}
+
+// resolve finds key id on session s, using the cache when fresh. With the cache on,
+// a key found anew is copied to a session object (copies.go).
+func (m *Manager) resolve(s *session, id string) (*cachedKey, error) {
+	var old *cachedKey
 	if m.cfg.KeyCacheTTL > 0 {
 		m.cacheMu.RLock()
 		c, ok := m.cache[id]
@@ -547,22 +573,51 @@ func (m *Manager) resolve(s *session, id string) (cachedKey, error) {
 		if ok && c.gen == s.gen && time.Since(c.at) < m.cfg.KeyCacheTTL {
 			return c, nil
 		}
+		old = c
+		m.sweep()
 	}
 	h, err := m.find(s, id, true)
-	if err != nil {
-		return cachedKey{}, err
+	if err == nil {
+		var k keyman.Key
+		if k, err = m.describe(s, h, id); err == nil {
+			c := &cachedKey{h: h, key: k, gen: s.gen, at: time.Now()}
+			if m.cfg.KeyCacheTTL > 0 {
+				c.cp = m.copyKey(s, h)
+				m.cacheMu.Lock()
+				old = m.cache[id]
+				m.cache[id] = c
+				m.cacheMu.Unlock()
+				if old != nil {
+					m.retireCopy(old.cp)
+				}
+			}
+			return c, nil
+		}
 	}
-	k, err := m.describe(s, h, id)
-	if err != nil {
-		return cachedKey{}, err
+	if old != nil {
+		// The expired entry is of no more use; its copy must not outlive
+		// the key's deletion.
+		m.drop(id, old)
 	}
-	c := cachedKey{h: h, key: k, gen: s.gen, at: time.Now()}
-	if m.cfg.KeyCacheTTL > 0 {
-		m.cacheMu.Lock()
-		m.cache[id] = c
-		m.cacheMu.Unlock()
+	return nil, err
+}
+
+// crypt runs an AES-GCM operation with key id, resolved as c, on its copy when it
+// has one.
+func (m *Manager) crypt(s *session, id string, c *cachedKey, iv, aad, in []byte, decrypt bool) ([]byte, error) {
+	h, cp := m.acquire(c)
+	out, err := m.gcm(s, h, iv, aad, in, decrypt)
+	if cp != nil {
+		m.release(cp)
+		if classify(err) == dropKey {
+			// The copy went with its owner session (a token restart, or every
+			// session closed): copy again next time, use the token key now.
+			m.dropOwner(cp.own)
+			m.drop(id, c)
+			out, err = m.gcm(s, c.h, iv, aad, in, decrypt)
+		}
 	}
-	return c, nil
+	return out, err
 }
 
 // find returns the one secret key labelled label. Several keys with one label are a
@@ -655,7 +710,9 @@ func (m *Manager) Describe(ctx context.Context, id string) (keyman.Key, error) {
 	var k keyman.Key
 	err := m.do(ctx, id, func(s *session) error {
 		c, err := m.resolve(s, id)
-		k = c.key
+		if err == nil {
+			k = c.key
+		}
 		return err
 	})
 	return k, err
@@ -698,7 +755,7 @@ func (m *Manager) Encrypt(ctx context.Context, id string, plaintext, aad []byte)
 		if err != nil {
 			return err
 		}
-		out, err = m.gcm(s, c.h, iv, aad, plaintext, false)
+		out, err = m.crypt(s, id, c, iv, aad, plaintext, false)
 		return mapCryptoErr(err, false)
 	})
 	if err != nil {
@@ -721,7 +778,7 @@ func (m *Manager) Decrypt(ctx context.Context, id string, iv, ciphertext, tag, a
 		if err != nil {
 			return err
 		}
-		out, err = m.gcm(s, c.h, iv, aad, in, true)
+		out, err = m.crypt(s, id, c, iv, aad, in, true)
 		return mapCryptoErr(err, true)
 	})
 	return out, err
@@ -816,8 +873,10 @@ func (m *Manager) Health(ctx context.Context) keyman.Health {
 	return keyman.Health{Vendor: vendor, EKMs: []keyman.EKM{ekm}}
 }
 
-// Close closes the pooled sessions and releases the module.
+// Close closes the pooled sessions and the one holding key copies, and releases the
+// module.
 func (m *Manager) Close() error {
+	m.closeOwners()
 	for {
 		select {
 		case s := <-m.idle:

@@ -1,0 +1,133 @@
+// Package e2etest holds what the end-to-end test packages share: a free
+// loopback address, a log buffer safe for a process's output, and a
+// running `xks-proxy serve` that the test stops (by its pid) when it ends.
+package e2etest
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// FreeAddr is a loopback address ("127.0.0.1:port") nothing listens on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Log collects a process's output for the test to read while it runs. It
+// keeps the first 8 MB, enough for every functional test, so that
+// benchmark runs do not hold a whole access log in memory.
+type Log struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *Log) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.b.Len() < 8<<20 {
+		l.b.Write(p)
+	}
+	return len(p), nil
+}
+
+func (l *Log) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Proxy is a running `xks-proxy serve`.
+type Proxy struct {
+	Addr string // 127.0.0.1:port
+	Cmd  *exec.Cmd
+	Log  *Log // stdout and stderr
+	done chan struct{}
+}
+
+// StartProxy runs `bin serve --listen <free loopback address> args…` with
+// env added to the environment, waits until it serves, and stops it when
+// the test ends, showing its log if the test failed.
+func StartProxy(t testing.TB, bin string, env []string, args ...string) *Proxy {
+	t.Helper()
+	p := &Proxy{Addr: FreeAddr(t), Log: &Log{}, done: make(chan struct{})}
+	p.Cmd = exec.Command(bin, append([]string{"serve", "--listen", p.Addr}, args...)...)
+	p.Cmd.Env = append(os.Environ(), env...)
+	p.Cmd.Stdout, p.Cmd.Stderr = p.Log, p.Log
+	if err := p.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.Cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("xks-proxy %s log:\n%s", p.Addr, p.Log)
+		}
+	})
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-p.done:
+			t.Fatalf("xks-proxy exited early:\n%s", p.Log)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", p.Addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			if strings.Contains(p.Log.String(), "xks-proxy serving") {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("xks-proxy did not start:\n%s", p.Log)
+		}
+	}
+}
+
+// Port is the proxy's loopback port.
+func (p *Proxy) Port() string { _, port, _ := net.SplitHostPort(p.Addr); return port }
+
+// Done is closed when the proxy has exited.
+func (p *Proxy) Done() <-chan struct{} { return p.done }
+
+// Stop sends SIGTERM and waits for the proxy to exit (SIGKILL after 10 s).
+func (p *Proxy) Stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	syscall.Kill(p.Cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.Cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// HUP sends SIGHUP, waits until the proxy has reloaded and reports
+// whether it accepted what it re-read (a rejected configuration or TLS
+// file is logged, and the running one kept).
+func (p *Proxy) HUP(t testing.TB) bool {
+	t.Helper()
+	n := strings.Count(p.Log.String(), "reload done")
+	syscall.Kill(p.Cmd.Process.Pid, syscall.SIGHUP)
+	for deadline := time.Now().Add(10 * time.Second); strings.Count(p.Log.String(), "reload done") == n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("xks-proxy did not reload after SIGHUP:\n%s", p.Log)
+		}
+	}
+	s := p.Log.String()
+	return !strings.Contains(s[strings.LastIndex(s, "SIGHUP"):], "rejected")
+}
