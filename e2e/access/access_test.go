@@ -11,15 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 const (
@@ -59,83 +57,24 @@ type kmsd struct {
 	dataDir  string
 	endpoint string
 	logPath  string
-	cmd      *exec.Cmd
-	done     chan struct{}
+	proc     *e2etest.KMSD
 	requests int // requests sent, to check the audit log against
-}
-
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func start(t *testing.T, iamConfig string) *kmsd {
 	tmp := t.TempDir()
-	s := &kmsd{t: t, dataDir: filepath.Join(tmp, "data"), logPath: filepath.Join(tmp, "kmsd.log"), done: make(chan struct{})}
 	cfg := filepath.Join(tmp, "iam.toml")
 	if err := os.WriteFile(cfg, []byte(iamConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	s.endpoint = "http://" + addr
-	logf, err := os.Create(s.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.cmd = exec.Command(kmsdBin, "serve", "--listen", addr, "--data-dir", s.dataDir, "--log-level", "debug", "--iam-config", cfg)
-	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + tmp}
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.cmd.Wait(); logf.Close(); close(s.done) }()
-	t.Cleanup(func() {
-		s.stop()
-		if t.Failed() {
-			b, _ := os.ReadFile(s.logPath)
-			t.Logf("kmsd output:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(s.endpoint + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return s
-			}
-		}
-		select {
-		case <-s.done:
-			b, _ := os.ReadFile(s.logPath)
-			t.Fatalf("kmsd exited:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("kmsd not healthy")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, Args: []string{"--iam-config", cfg},
+		Env: []string{"PATH=" + os.Getenv("PATH"), "HOME=" + tmp}})
+	return &kmsd{t: t, dataDir: p.DataDir, endpoint: p.Endpoint, logPath: p.LogFile, proc: p}
 }
 
-// stop shuts kmsd down with SIGTERM and waits: the audit log is flushed
-// before kmsd exits.
-func (s *kmsd) stop() {
-	if s.cmd.Process == nil {
-		return
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(15 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
-}
+// stop shuts kmsd down (SIGINT, which kmsd treats as SIGTERM) and waits:
+// the audit log is flushed before kmsd exits.
+func (s *kmsd) stop() { s.proc.Stop() }
 
 // profile is a set of credentials for the aws CLI.
 type profile struct {

@@ -8,14 +8,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 const (
@@ -67,15 +67,6 @@ type kmsd struct {
 	env                      []string // for aws, kmsctl
 }
 
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // start runs kmsd (auth verify: real SigV4 checks) with short HSM delays.
 func start(t *testing.T, bin string) *kmsd {
 	t.Helper()
@@ -85,44 +76,9 @@ func start(t *testing.T, bin string) *kmsd {
 // startWith is start with more environment variables and flags for kmsd.
 func startWith(t *testing.T, bin string, env []string, args ...string) *kmsd {
 	t.Helper()
-	tmp := t.TempDir()
-	k := &kmsd{dataDir: filepath.Join(tmp, "data")}
-	addr := freeAddr(t)
-	k.endpoint = "http://" + addr
-	logPath := filepath.Join(tmp, "kmsd.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug"}, args...)...)
-	cmd.Env = append(os.Environ(), "KMSD_HSM_CREATE_DELAY=200ms", "KMSD_HSM_INITIALIZE_DELAY=200ms", "KMSD_HSM_DELETE_DELAY=200ms")
-	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("kmsd log:\n%s", b)
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(k.endpoint + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("kmsd did not become healthy")
-		}
-	}
-	k.creds = filepath.Join(k.dataDir, "credentials")
-	k.env = append(os.Environ(), "AWS_SHARED_CREDENTIALS_FILE="+k.creds, "AWS_CONFIG_FILE=/dev/null", "AWS_PROFILE=kmsd",
-		"AWS_DEFAULT_REGION="+region, "AWS_PAGER=", "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=")
-	return k
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: bin, Args: args, Env: append(append(os.Environ(),
+		"KMSD_HSM_CREATE_DELAY=200ms", "KMSD_HSM_INITIALIZE_DELAY=200ms", "KMSD_HSM_DELETE_DELAY=200ms"), env...)})
+	return &kmsd{dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region)}
 }
 
 // run runs a command and returns its stdout, stderr and exit code.

@@ -8,15 +8,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 const (
@@ -85,55 +84,11 @@ func (k *kmsd) restart() {
 
 func startAt(t *testing.T, dataDir string, extraEnv ...string) *kmsd {
 	t.Helper()
-	tmp := t.TempDir()
-	k := &kmsd{t: t, dataDir: dataDir, extraEnv: extraEnv}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	k.endpoint = "http://" + addr
-	logPath := filepath.Join(tmp, "kmsd.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(kmsdBin, "serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug")
-	cmd.Env = append(os.Environ(), "KMSD_HSM_CREATE_DELAY=100ms", "KMSD_HSM_INITIALIZE_DELAY=100ms", "KMSD_HSM_DELETE_DELAY=100ms",
+	env := append(os.Environ(), "KMSD_HSM_CREATE_DELAY=100ms", "KMSD_HSM_INITIALIZE_DELAY=100ms", "KMSD_HSM_DELETE_DELAY=100ms",
 		"KMSD_KEYSTORE_CONNECT_DELAY=300ms")
-	cmd.Env = append(cmd.Env, extraEnv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	k.proc = cmd.Process
-	var once sync.Once
-	k.stop = func() {
-		once.Do(func() {
-			cmd.Process.Signal(os.Interrupt)
-			cmd.Wait()
-			logf.Close()
-			if t.Failed() {
-				b, _ := os.ReadFile(logPath)
-				t.Logf("kmsd log:\n%s", b)
-			}
-		})
-	}
-	t.Cleanup(k.stop)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(k.endpoint + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("kmsd did not become healthy")
-		}
-	}
-	k.creds = filepath.Join(k.dataDir, "credentials")
-	k.env = append(os.Environ(), "AWS_SHARED_CREDENTIALS_FILE="+k.creds, "AWS_CONFIG_FILE=/dev/null", "AWS_PROFILE=kmsd",
-		"AWS_DEFAULT_REGION="+region, "AWS_PAGER=", "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=")
-	return k
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: dataDir, Env: append(env, extraEnv...)})
+	return &kmsd{t: t, dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region),
+		stop: p.Stop, proc: p.Cmd.Process, extraEnv: extraEnv}
 }
 
 func run(t *testing.T, env []string, name string, args ...string) (string, string, int) {

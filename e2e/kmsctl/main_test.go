@@ -8,14 +8,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // awsBin is the oracle: Debian's aws CLI v2. The pip aws CLI v1 that may
@@ -116,50 +115,9 @@ type kmsd struct {
 // directory and waits for /healthz; it is stopped when the test ends.
 func startKMSD(t *testing.T, args ...string) *kmsd {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	k := &kmsd{endpoint: "http://" + addr, dataDir: filepath.Join(t.TempDir(), "data")}
-	logPath := filepath.Join(t.TempDir(), "kmsd.log")
-	logf, _ := os.Create(logPath)
-	cmd := exec.Command(kmsdBin, append([]string{"serve", "--listen", addr, "--data-dir", k.dataDir}, args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH")}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("kmsd log:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get(k.endpoint + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return k
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kmsd did not become healthy at %s: %v", k.endpoint, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, Args: args,
+		Env: []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH")}})
+	return &kmsd{endpoint: p.Endpoint, dataDir: p.DataDir}
 }
 
 // result is one run of a client.

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // hsmConnectDelay is how long kmsd keeps a custom key store CONNECTING
@@ -49,52 +49,10 @@ func startHSMKMSD(t *testing.T) *hsmKMSD {
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Fatal("openssl is missing; run scripts/test.sh (Debian package openssl)")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	k := &hsmKMSD{t: t, endpoint: "http://" + addr, dataDir: filepath.Join(t.TempDir(), "data")}
-	logPath := filepath.Join(t.TempDir(), "kmsd.log")
-	logf, _ := os.Create(logPath)
-	cmd := exec.Command(kmsdBin, "serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "KMSD_HSM_CREATE_DELAY=100ms", "KMSD_HSM_INITIALIZE_DELAY=100ms", "KMSD_HSM_DELETE_DELAY=100ms",
-		"KMSD_KEYSTORE_CONNECT_DELAY="+hsmConnectDelay.String())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	t.Cleanup(func() {
-		once.Do(func() {
-			cmd.Process.Signal(os.Interrupt)
-			done := make(chan struct{})
-			go func() { cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				cmd.Process.Kill()
-				<-done
-			}
-			logf.Close()
-			if t.Failed() {
-				b, _ := os.ReadFile(logPath)
-				t.Logf("kmsd log:\n%s", b)
-			}
-		})
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(k.endpoint + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("kmsd did not become healthy")
-		}
-	}
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, Env: append(os.Environ(),
+		"KMSD_HSM_CREATE_DELAY=100ms", "KMSD_HSM_INITIALIZE_DELAY=100ms", "KMSD_HSM_DELETE_DELAY=100ms",
+		"KMSD_KEYSTORE_CONNECT_DELAY="+hsmConnectDelay.String())})
+	k := &hsmKMSD{t: t, endpoint: p.Endpoint, dataDir: p.DataDir}
 	home := t.TempDir()
 	creds, err := os.ReadFile(filepath.Join(k.dataDir, "credentials"))
 	if err != nil {

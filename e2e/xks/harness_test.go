@@ -1,8 +1,8 @@
 // Package xks holds the end-to-end tests of external key stores: the real
 // kmsd binary (started with --xks-ca-bundle and --xks-vpc-endpoint-services)
 // talking HTTPS to the real xks-proxy (development CA from `xks-proxy
-// dev-cert`, a software key file), driven by the aws CLI v2 and
-// aws-sdk-go-v2. Proxies that misbehave in ways xks-proxy never does (an
+// dev-cert`, keys in a software key file or a SoftHSM2 token), driven by
+// the aws CLI v2, boto3 and aws-sdk-go-v2. Proxies that misbehave in ways xks-proxy never does (an
 // answer that is not JSON, a slow answer, a dropped connection) are HTTPS
 // servers of the test itself (servers_test.go).
 package xks
@@ -12,13 +12,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -98,13 +96,7 @@ type kmsd struct {
 	dataDir, endpoint, creds string
 	env                      []string
 	log                      string
-	proc                     *kmsdProc // shared by copies made for subtests
-}
-
-// kmsdProc is kmsd's process; exited closes when it has been waited for.
-type kmsdProc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
+	proc                     *e2etest.KMSD // shared by copies made for subtests
 }
 
 func startKMSD(t *testing.T, args ...string) *kmsd {
@@ -118,73 +110,17 @@ func startKMSD(t *testing.T, args ...string) *kmsd {
 // ends unless kill stopped it first.
 func startKMSDAt(t *testing.T, dataDir string, args ...string) *kmsd {
 	t.Helper()
-	tmp := t.TempDir()
-	k := &kmsd{t: t, dataDir: dataDir, log: filepath.Join(tmp, "kmsd.log")}
-	addr := e2etest.FreeAddr(t)
-	k.endpoint = "http://" + addr
-	logf, err := os.Create(k.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(kmsdBin, append([]string{"serve", "--listen", addr, "--data-dir", k.dataDir, "--log-level", "debug"}, args...)...)
-	cmd.Env = append(os.Environ(), "KMSD_KEYSTORE_CONNECT_DELAY=100ms")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	k.proc = &kmsdProc{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); logf.Close(); close(k.proc.exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-k.proc.exited:
-		default:
-			cmd.Process.Signal(os.Interrupt)
-			<-k.proc.exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(k.log)
-			t.Logf("kmsd log (%s):\n%s", k.endpoint, b)
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(k.endpoint + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		select {
-		case <-k.proc.exited:
-			b, _ := os.ReadFile(k.log)
-			t.Fatalf("kmsd exited early:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("kmsd did not become healthy")
-		}
-	}
-	k.creds = filepath.Join(k.dataDir, "credentials")
-	k.env = append(os.Environ(), "AWS_SHARED_CREDENTIALS_FILE="+k.creds, "AWS_CONFIG_FILE=/dev/null", "AWS_PROFILE=kmsd",
-		"AWS_DEFAULT_REGION="+region, "AWS_PAGER=", "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=")
-	return k
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: dataDir, Args: args,
+		Env: append(os.Environ(), "KMSD_KEYSTORE_CONNECT_DELAY=100ms")})
+	return &kmsd{t: t, dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region), log: p.LogFile, proc: p}
 }
 
 // kill stops kmsd with SIGKILL (by pid), as a crash would, and waits for it.
-func (k *kmsd) kill() {
-	k.t.Helper()
-	if err := k.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		k.t.Fatal(err)
-	}
-	<-k.proc.exited
-}
+func (k *kmsd) kill() { k.proc.Kill() }
 
 // stop stops kmsd with SIGINT (by pid), as an operator would, and waits
 // for it.
-func (k *kmsd) stop() {
-	k.t.Helper()
-	if err := k.proc.cmd.Process.Signal(os.Interrupt); err != nil {
-		k.t.Fatal(err)
-	}
-	<-k.proc.exited
-}
+func (k *kmsd) stop() { k.proc.Stop() }
 
 // kmsctl runs kmsctl against k and returns stdout, stderr and the exit code.
 func (k *kmsd) kmsctl(args ...string) (string, string, int) {
