@@ -5,9 +5,11 @@ package e2etest
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,4 +132,28 @@ func (p *Proxy) HUP(t testing.TB) bool {
 	}
 	s := p.Log.String()
 	return !strings.Contains(s[strings.LastIndex(s, "SIGHUP"):], "rejected")
+}
+
+// Main builds the project's commands named in bins (cmd/<name>) into a
+// temporary directory, points each *bins[name] at its binary, runs the
+// package's tests and exits with their status, removing the directory.
+func Main(m *testing.M, bins map[string]*string) {
+	dir, err := os.MkdirTemp("", "kmsd-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	for name, path := range bins {
+		*path = filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", *path, "github.com/kmsd/kmsd/cmd/"+name)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: building cmd/%s: %v\n", name, err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

@@ -24,26 +24,10 @@ const (
 	region = "us-east-1"
 )
 
-var kmsdBin, kmsctlBin, binDir string
+var kmsdBin, kmsctlBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kmsd-e2e-hsm-")
-	if err != nil {
-		panic(err)
-	}
-	binDir = dir
-	kmsdBin, kmsctlBin = filepath.Join(dir, "kmsd"), filepath.Join(dir, "kmsctl")
-	for bin, pkg := range map[string]string{kmsdBin: "github.com/kmsd/kmsd/cmd/kmsd", kmsctlBin: "github.com/kmsd/kmsd/cmd/kmsctl"} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e/hsm: build:", err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "kmsctl": &kmsctlBin})
 }
 
 // requireTools fails (never skips) when a tool the tests need is missing:
@@ -476,7 +460,7 @@ func TestClusterLifecycle(t *testing.T) {
 // unavailable when asked for a cluster.
 func TestNoCgo(t *testing.T) {
 	requireTools(t)
-	bin := filepath.Join(binDir, "kmsd-nocgo")
+	bin := filepath.Join(filepath.Dir(kmsdBin), "kmsd-nocgo")
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/kmsd/kmsd/cmd/kmsd")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -27,22 +27,7 @@ const (
 var kmsdBin, kmsctlBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kmsd-e2e-keystore-")
-	if err != nil {
-		panic(err)
-	}
-	kmsdBin, kmsctlBin = filepath.Join(dir, "kmsd"), filepath.Join(dir, "kmsctl")
-	for bin, pkg := range map[string]string{kmsdBin: "github.com/kmsd/kmsd/cmd/kmsd", kmsctlBin: "github.com/kmsd/kmsd/cmd/kmsctl"} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e/keystore: build:", err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "kmsctl": &kmsctlBin})
 }
 
 // requireTools fails (never skips) when a tool is missing: scripts/test.sh

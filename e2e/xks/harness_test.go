@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,23 +36,7 @@ const (
 var kmsdBin, proxyBin, kmsctlBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kmsd-e2e-xks-")
-	if err != nil {
-		panic(err)
-	}
-	kmsdBin, proxyBin, kmsctlBin = filepath.Join(dir, "kmsd"), filepath.Join(dir, "xks-proxy"), filepath.Join(dir, "kmsctl")
-	for bin, pkg := range map[string]string{kmsdBin: "github.com/kmsd/kmsd/cmd/kmsd", proxyBin: "github.com/kmsd/kmsd/cmd/xks-proxy",
-		kmsctlBin: "github.com/kmsd/kmsd/cmd/kmsctl"} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e/xks: build:", err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "xks-proxy": &proxyBin, "kmsctl": &kmsctlBin})
 }
 
 // proxyRun runs an xks-proxy subcommand to completion.

@@ -25,21 +25,7 @@ import (
 
 var binPath string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "xks-e2e-bin")
-	if err != nil {
-		panic(err)
-	}
-	binPath = filepath.Join(dir, "xks-proxy")
-	out, err := exec.Command("go", "build", "-o", binPath, "github.com/kmsd/kmsd/cmd/xks-proxy").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building xks-proxy: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { e2etest.Main(m, map[string]*string{"xks-proxy": &binPath}) }
 
 const (
 	akidA   = "AKIDAAAAAAAAAAAAAAAAAAAA"

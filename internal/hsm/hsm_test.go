@@ -2,20 +2,14 @@ package hsm
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/hsm/hsmtest"
 	"github.com/kmsd/kmsd/internal/hsmapi"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
@@ -96,31 +90,6 @@ func waitState(t *testing.T, s *Service, id, state string) *hsmapi.Cluster {
 	return nil
 }
 
-// signCSR plays the customer's CA: a self-signed root that signs the CSR.
-func signCSR(t *testing.T, csrPEM string) (cert, anchor string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	b, _ := pem.Decode([]byte(csrPEM))
-	csr, err := x509.ParseCertificateRequest(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: csr.Subject, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, csr.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
-}
-
 func str(s string) *string { return &s }
 
 // activeCluster makes an ACTIVE cluster with n HSMs and kmsuser.
@@ -140,7 +109,7 @@ func activeCluster(t *testing.T, s *Service, n int) string {
 		}
 	}
 	c := waitState(t, s, id, ClusterUninitialized)
-	cert, anchor := signCSR(t, *c.Certificates.ClusterCsr)
+	cert, anchor := hsmtest.SignCSR(t, *c.Certificates.ClusterCsr)
 	if _, err := s.InitializeCluster(ctx, caller, &hsmapi.InitializeClusterRequest{ClusterId: &id, SignedCert: &cert, TrustAnchor: &anchor}); err != nil {
 		t.Fatal(err)
 	}

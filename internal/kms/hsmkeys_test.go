@@ -2,13 +2,6 @@ package kms
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/hsm"
+	"github.com/kmsd/kmsd/internal/hsm/hsmtest"
 	"github.com/kmsd/kmsd/internal/hsmapi"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -77,7 +71,7 @@ func realCluster(t *testing.T) (*hsm.Service, string, string) {
 		}
 	}
 	cl := wait(id, hsm.ClusterUninitialized)
-	cert, anchor := signClusterCSR(t, *cl.Certificates.ClusterCsr)
+	cert, anchor := hsmtest.SignCSR(t, *cl.Certificates.ClusterCsr)
 	if _, err := s.InitializeCluster(ctx, c, &hsmapi.InitializeClusterRequest{ClusterId: &id, SignedCert: &cert, TrustAnchor: &anchor}); err != nil {
 		t.Fatal(err)
 	}
@@ -89,30 +83,6 @@ func realCluster(t *testing.T) (*hsm.Service, string, string) {
 		t.Fatal(err)
 	}
 	return s, id, anchor
-}
-
-func signClusterCSR(t *testing.T, csrPEM string) (cert, anchor string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	b, _ := pem.Decode([]byte(csrPEM))
-	csr, err := x509.ParseCertificateRequest(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: csr.Subject, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, csr.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
 }
 
 // TestHSMKeyRotationAndDeletion, over a real (SoftHSM2) cluster: rotation
