@@ -3,6 +3,7 @@ package xksproxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +72,9 @@ func tokenRestart(t *testing.T, copies bool) {
 	writeFile(t, filepath.Join(dir, "secretA"), secretA)
 	p := start(t, []string{"SOFTHSM2_CONF=" + conf}, "--config", writeFile(t, filepath.Join(dir, "xks-proxy.toml"), cfg))
 	hsm := newClient(t, "https://localhost:"+p.Port()+"/hsm", akidA, secretA, tlsTo(t, filepath.Join(pk, "ca.pem")))
+	if want := fmt.Sprintf(`"session_key_copies":%v`, copies); !strings.Contains(p.Log.String(), want) {
+		t.Fatalf("the key manager was not opened with %s:\n%s", want, p.Log)
+	}
 
 	status := func() string {
 		t.Helper()

@@ -216,6 +216,8 @@ func Open(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.put(s)
+	cfg.Logger.Info("pkcs11: key manager open", "token", cfg.TokenLabel, "slot", m.slot, "session_pool_size", cfg.PoolSize,
+		"key_cache_ttl", cfg.KeyCacheTTL.String(), "session_key_copies", cfg.SessionKeyCopies && cfg.KeyCacheTTL > 0)
 	return m, nil
 }
 
