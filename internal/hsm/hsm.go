@@ -235,6 +235,17 @@ func (r *record) hsm(id string) *hsmRecord {
 	return nil
 }
 
+// remainingHSMs counts the HSMs that are not being deleted.
+func (r *record) remainingHSMs() int {
+	n := 0
+	for _, h := range r.HSMs {
+		if h.State != HSMDeleteInProgress && h.State != HSMDeleted {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *record) activeHSMs() []hsmRecord {
 	var out []hsmRecord
 	for _, h := range r.HSMs {
