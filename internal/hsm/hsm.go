@@ -11,7 +11,8 @@
 //     InitializeCluster, CreateHsm, DeleteHsm, DeleteCluster, tags), whose
 //     methods take and return hsmapi wire shapes, with the cluster and HSM
 //     states of the real service and small, configurable delays for the
-//     asynchronous steps;
+//     asynchronous steps (the caller authorizes them; a StoreGuard keeps a
+//     cluster, and its last HSM, while a key store using it is connected);
 //   - the CloudHSM CLI side (cluster activation, crypto users, login and
 //     logout, key list and delete), reached through kmsd's admin API;
 //   - the key store layer above, which creates non-extractable AES-256 keys
