@@ -236,6 +236,15 @@ func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body [
 	}
 	op, ok := hsmHandlers[opName]
 	if !ok {
+		// As on the KMS path, a caller without permission hears so before
+		// hearing that kmsd lacks the operation (decided on "*": the
+		// input is not decoded).
+		if _, known := kms.Authorizations["cloudhsm:"+opName]; known {
+			if exc := h.authorize(&kc, opName, nil, rec); exc != nil {
+				fail(exc)
+				return
+			}
+		}
 		fail(hsmapi.NewException("CloudHsmServiceException", "kmsd does not support "+opName+"."))
 		return
 	}

@@ -308,6 +308,9 @@ func TestServeCloudHSMAuthorization(t *testing.T) {
 		{"allowed describe", "AKIACAROL", "DescribeClusters", `{}`, 200, "", ""},
 		{"allowed delete reaches the service", "AKIACAROL", "DeleteCluster", missing, 400, "CloudHsmResourceNotFoundException", "The resource cluster-zzzzzzzzzzz was not found."},
 		{"validation before authorization", "AKIABOB", "DeleteCluster", `{}`, 400, "ValidationException", ""},
+		{"unsupported op, denied", "AKIABOB", "ModifyCluster", `{"ClusterId":"` + hsmTestCluster + `"}`, 400, "AccessDeniedException", "cloudhsm:ModifyCluster on resource: * with an explicit deny"},
+		{"unsupported op, not allowed", "AKIACAROL", "RestoreBackup", `{"BackupId":"backup-abcdefghijk"}`, 400, "AccessDeniedException", "because no identity-based policy allows the cloudhsm:RestoreBackup action"},
+		{"unsupported op without an action", "AKIABOB", "GetResourcePolicy", `{}`, 400, "CloudHsmServiceException", "kmsd does not support GetResourcePolicy."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
