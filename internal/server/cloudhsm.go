@@ -302,6 +302,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	if err != nil {
 		return nil, err
 	}
+	h.authz = a.svc // before a.hsm: no request runs undecided
 	a.hsm = h
 	// [keystore] Custom key stores, backed by these clusters.
 	delay := 500 * time.Millisecond
@@ -327,7 +328,6 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 		return nil, err
 	}
 	h.stores = ks
-	h.authz = a.svc
 	// No cluster, nor its last HSM, goes while a store using it is
 	// connected or connecting.
 	h.svc.SetStoreGuard(ks.GuardCluster)
