@@ -49,6 +49,7 @@ func requireTools(t *testing.T) {
 type kmsd struct {
 	dataDir, endpoint, creds string
 	env                      []string // for aws, kmsctl
+	proc                     *e2etest.KMSD
 }
 
 // start runs kmsd (auth verify: real SigV4 checks) with short HSM delays.
@@ -62,7 +63,7 @@ func startWith(t *testing.T, bin string, env []string, args ...string) *kmsd {
 	t.Helper()
 	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: bin, Args: args, Env: append(append(os.Environ(),
 		"KMSD_HSM_CREATE_DELAY=200ms", "KMSD_HSM_INITIALIZE_DELAY=200ms", "KMSD_HSM_DELETE_DELAY=200ms"), env...)})
-	return &kmsd{dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region)}
+	return &kmsd{dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region), proc: p}
 }
 
 // run runs a command and returns its stdout, stderr and exit code.

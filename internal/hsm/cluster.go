@@ -441,6 +441,9 @@ func (s *Service) syncKeys(ctx context.Context, r *record, label string) error {
 
 // DeleteHsm deletes the HSM named by HsmId, EniId or EniIp:
 // DELETE_IN_PROGRESS, then its token is deleted and it leaves the cluster.
+// The cluster's last HSM (the last one not being deleted) is refused while
+// a custom key store using the cluster is CONNECTED or CONNECTING (the
+// StoreGuard's check and the deletion are one step for the guard).
 func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmRequest) (*hsmapi.DeleteHsmResponse, error) {
 	if r, ok := s.get(c, *in.ClusterId); !ok {
 		return nil, notFound(*in.ClusterId)
@@ -451,28 +454,34 @@ func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmR
 		return nil, invalid("One of HsmId, EniId or EniIp is required.")
 	}
 	var hsmID string
-	_, err := s.update(ctx, *in.ClusterId, func(r *record) error {
-		for i := range r.HSMs {
-			h := &r.HSMs[i]
-			if in.HsmId != nil && h.ID != *in.HsmId || in.EniId != nil && h.EniID != *in.EniId || in.EniIp != nil && h.EniIP != *in.EniIp {
-				continue
+	err := s.guarded(ctx, *in.ClusterId, func(storeID, state string) error {
+		_, err := s.update(ctx, *in.ClusterId, func(r *record) error {
+			for i := range r.HSMs {
+				h := &r.HSMs[i]
+				if in.HsmId != nil && h.ID != *in.HsmId || in.EniId != nil && h.EniID != *in.EniId || in.EniIp != nil && h.EniIP != *in.EniIp {
+					continue
+				}
+				if h.State == HSMDeleteInProgress || h.State == HSMDeleted {
+					return invalid("HSM %s is already being deleted.", h.ID)
+				}
+				if storeID != "" && r.remainingHSMs() == 1 {
+					return storeBusy(r.ID, storeID, state, h.ID)
+				}
+				h.State, h.StateMessage, hsmID = HSMDeleteInProgress, "", h.ID
+				return nil
 			}
-			if h.State == HSMDeleteInProgress || h.State == HSMDeleted {
-				return invalid("HSM %s is already being deleted.", h.ID)
+			name := ""
+			switch {
+			case in.HsmId != nil:
+				name = *in.HsmId
+			case in.EniId != nil:
+				name = *in.EniId
+			default:
+				name = *in.EniIp
 			}
-			h.State, h.StateMessage, hsmID = HSMDeleteInProgress, "", h.ID
-			return nil
-		}
-		name := ""
-		switch {
-		case in.HsmId != nil:
-			name = *in.HsmId
-		case in.EniId != nil:
-			name = *in.EniId
-		default:
-			name = *in.EniIp
-		}
-		return notFound(name)
+			return notFound(name)
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -509,22 +518,35 @@ func (s *Service) finishDeleteHSM(ctx context.Context, clusterID, hsmID string) 
 
 // DeleteCluster deletes a cluster that has no HSMs left:
 // DELETE_IN_PROGRESS, then DELETED, its secrets, users and keys erased.
+// It is refused while a custom key store using the cluster is CONNECTED or
+// CONNECTING; a cluster behind a DISCONNECTED store can be deleted, as in
+// AWS, and the store then fails to connect with CLUSTER_NOT_FOUND.
 func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.DeleteClusterRequest) (*hsmapi.DeleteClusterResponse, error) {
 	if r, ok := s.get(c, *in.ClusterId); !ok {
 		return nil, notFound(*in.ClusterId)
 	} else if r.Declared {
 		return nil, declaredRefusal(r.ID)
 	}
-	r, err := s.update(ctx, *in.ClusterId, func(r *record) error {
-		switch r.State {
-		case ClusterCreateInProgress, ClusterInitializeInProgress, ClusterDeleteInProgress, ClusterDeleted:
-			return invalid("Cluster %s is in state %s and cannot be deleted.", r.ID, r.State)
-		}
-		if len(r.HSMs) > 0 {
-			return invalid("Cluster %s still has HSMs; delete them before deleting the cluster.", r.ID)
-		}
-		r.State, r.StateMessage = ClusterDeleteInProgress, ""
-		return nil
+	var r *record
+	err := s.guarded(ctx, *in.ClusterId, func(storeID, state string) error {
+		var err error
+		r, err = s.update(ctx, *in.ClusterId, func(r *record) error {
+			switch r.State {
+			case ClusterCreateInProgress, ClusterInitializeInProgress, ClusterDeleteInProgress, ClusterDeleted:
+				return invalid("Cluster %s is in state %s and cannot be deleted.", r.ID, r.State)
+			}
+			// Before the HSM count: the store is what the caller must
+			// act on first.
+			if storeID != "" {
+				return storeBusy(r.ID, storeID, state, "")
+			}
+			if len(r.HSMs) > 0 {
+				return invalid("Cluster %s still has HSMs; delete them before deleting the cluster.", r.ID)
+			}
+			r.State, r.StateMessage = ClusterDeleteInProgress, ""
+			return nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -11,7 +11,8 @@
 //     InitializeCluster, CreateHsm, DeleteHsm, DeleteCluster, tags), whose
 //     methods take and return hsmapi wire shapes, with the cluster and HSM
 //     states of the real service and small, configurable delays for the
-//     asynchronous steps;
+//     asynchronous steps (the caller authorizes them; a StoreGuard keeps a
+//     cluster, and its last HSM, while a key store using it is connected);
 //   - the CloudHSM CLI side (cluster activation, crypto users, login and
 //     logout, key list and delete), reached through kmsd's admin API;
 //   - the key store layer above, which creates non-extractable AES-256 keys
@@ -233,6 +234,17 @@ func (r *record) hsm(id string) *hsmRecord {
 		}
 	}
 	return nil
+}
+
+// remainingHSMs counts the HSMs that are not being deleted.
+func (r *record) remainingHSMs() int {
+	n := 0
+	for _, h := range r.HSMs {
+		if h.State != HSMDeleteInProgress && h.State != HSMDeleted {
+			n++
+		}
+	}
+	return n
 }
 
 func (r *record) activeHSMs() []hsmRecord {

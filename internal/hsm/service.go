@@ -42,6 +42,8 @@ type Service struct {
 	// logins holds, per cluster, the clients logged in as its crypto
 	// user (kmsctl's CLI session, a key store, …).
 	logins map[string]map[string]bool
+	// guard protects clusters that custom key stores use (SetStoreGuard).
+	guard StoreGuard
 
 	tokMu sync.Mutex
 	toks  tokens            // the SoftHSM2 module, loaded on first use

@@ -146,6 +146,21 @@ func isAdmin(p identity.Principal) bool {
 	return p.ARN == identity.Root(p.Account).ARN || p.ARN == "arn:aws:iam::"+p.Account+":user/kmsd-admin"
 }
 
+// adminCaller verifies an admin API request (signed for "kms") and
+// returns its caller if it is the account's administrator. The gate is
+// that identity, not IAM policies (see the doc of cloudhsm.go): any other
+// principal is refused with AccessDeniedException whatever its policies.
+func (h *hsmServer) adminCaller(r *http.Request, body []byte, rec *audit.Record) (hsm.Caller, *hsmapi.Exception) {
+	kc, exc := h.caller(r, body, h.kmsVerifier, rec)
+	if exc != nil {
+		return hsm.Caller{}, exc
+	}
+	if !isAdmin(identity.Principal{Account: kc.Account, ARN: kc.ARN}) {
+		return hsm.Caller{}, hsmapi.NewException("AccessDeniedException", "User: "+kc.ARN+" is not the account's administrator and may not use kmsd's admin API.")
+	}
+	return hsmCaller(&kc), nil
+}
+
 func (h *hsmServer) serveAdmin(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record, m *metrics) {
 	reqID := rec.RequestID
 	opName, _ := awsjson.Target(r.Header.Get("X-Amz-Target"), adminPrefix)
@@ -167,13 +182,9 @@ func (h *hsmServer) serveAdmin(w http.ResponseWriter, r *http.Request, body []by
 		rec.ErrorCode, rec.ErrorMessage = code, msg
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: code, Message: msg, Status: status})
 	}
-	c, p, exc := h.caller(r, body, h.kmsVerifier, rec)
+	c, exc := h.adminCaller(r, body, rec)
 	if exc != nil {
 		fail(exc.Name, exc.Message)
-		return
-	}
-	if !isAdmin(p) {
-		fail("AccessDeniedException", "User: "+p.ARN+" is not the account's administrator and may not use kmsd's admin API.")
 		return
 	}
 	op, ok := adminOps[opName]

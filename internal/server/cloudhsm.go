@@ -5,6 +5,15 @@ package server
 // kmsd's admin API for kmsctl's cloudhsm-cli commands (KmsdAdmin.*, signing
 // name "kms", admin.go). api.ServeHTTP hands these targets to serveHSM
 // before its KMS verification.
+//
+// Who may do what: every CloudHSM v2 operation is authorized through the
+// KMS policy engine, from the caller's IAM identity policies
+// (cloudhsmauthz.go). The admin API stands for the CloudHSM CLI, which
+// talks to the HSMs with HSM-user credentials rather than IAM: its gate is
+// the account's administrator identity (root, or kmsd's kmsd-admin user;
+// isAdmin) plus the HSM user's password where the CLI asks for one. No
+// other IAM principal may call it whatever its policies allow, so a user
+// the policies deny cannot reach the clusters through it.
 
 import (
 	"context"
@@ -24,6 +33,7 @@ import (
 	"github.com/kmsd/kmsd/internal/hsmapi"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/sigv4"
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -41,6 +51,7 @@ type hsmServer struct {
 	verifier    *sigv4.Verifier // service "cloudhsm"
 	kmsVerifier *sigv4.Verifier // service "kms", for the admin API
 	ids         hsmPrincipals
+	authz       hsmAuthorizer // decides CloudHSM v2 calls (the KMS service)
 	account     string
 	log         *slog.Logger
 	faults      *keystore.Faults  // fault injection (fault.go); nil when off
@@ -121,30 +132,38 @@ func (a *api) serveHSM(w http.ResponseWriter, r *http.Request, body []byte, rec 
 }
 
 // caller verifies the request with v and returns who signed it, resolved
-// as the KMS path does (temporary credentials need their session token),
-// and records them in rec.
-func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec *audit.Record) (hsm.Caller, identity.Principal, *hsmapi.Exception) {
+// and built as the KMS path builds its kms.Caller (handler.go): the
+// principal and its identity policies, temporary credentials with their
+// session token; in emulator mode the account's root, trusted. It records
+// the caller in rec.
+func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec *audit.Record) (kms.Caller, *hsmapi.Exception) {
 	res, err := v.Verify(r, body)
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
-			return hsm.Caller{}, identity.Principal{}, hsmapi.NewException(se.Code, se.Message)
+			return kms.Caller{}, hsmapi.NewException(se.Code, se.Message)
 		}
-		return hsm.Caller{}, identity.Principal{}, hsmapi.NewException("InternalFailure", "")
+		return kms.Caller{}, hsmapi.NewException("InternalFailure", "")
 	}
 	rec.AWSRegion = res.Region
+	c := kms.Caller{Account: h.account, Region: res.Region, RequestID: rec.RequestID, SourceIP: rec.SourceIPAddress, SecureTransport: r.TLS != nil}
 	if h.ids == nil {
+		c.ARN, c.Trusted = identity.Root(h.account).ARN, true
 		setRoot(rec, h.account, res.AccessKeyID)
-		return hsm.Caller{Account: h.account, Region: res.Region}, identity.Root(h.account), nil
+		return c, nil
 	}
 	id, ok := h.ids.Identity(res.AccessKeyID)
 	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
-		return hsm.Caller{}, identity.Principal{}, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
+		return kms.Caller{}, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
 	}
+	c.Account, c.ARN = id.Principal.Account, id.Principal.ARN
+	c.Principal, c.Policies = id.Principal, id.Policies
 	setIdentity(rec, id)
-	p := identity.Principal{Account: id.Principal.Account, ARN: id.Principal.ARN, Name: id.Principal.Name}
-	return hsm.Caller{Account: p.Account, Region: res.Region}, p, nil
+	return c, nil
 }
+
+// hsmCaller is the hsm package's view of a caller: whose clusters.
+func hsmCaller(c *kms.Caller) hsm.Caller { return hsm.Caller{Account: c.Account, Region: c.Region} }
 
 // hsmHandler decodes, validates and runs one CloudHSM v2 operation.
 type hsmHandler struct {
@@ -206,7 +225,7 @@ func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body [
 		rec.ErrorCode, rec.ErrorMessage = e.Name, e.Message
 		writeHSMError(w, reqID, e)
 	}
-	c, _, exc := h.caller(r, body, h.verifier, rec)
+	kc, exc := h.caller(r, body, h.verifier, rec)
 	if exc != nil {
 		fail(exc)
 		return
@@ -217,14 +236,27 @@ func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body [
 	}
 	op, ok := hsmHandlers[opName]
 	if !ok {
+		// As on the KMS path, a caller without permission hears so before
+		// hearing that kmsd lacks the operation (decided on "*": the
+		// input is not decoded).
+		if _, known := kms.Authorizations["cloudhsm:"+opName]; known {
+			if exc := h.authorize(&kc, opName, nil, rec); exc != nil {
+				fail(exc)
+				return
+			}
+		}
 		fail(hsmapi.NewException("CloudHsmServiceException", "kmsd does not support "+opName+"."))
 		return
 	}
 	in, err := op.decode(body)
 	if err == nil {
 		rec.RequestParameters = in // CloudHSM v2 inputs carry no secrets
+		if exc := h.authorize(&kc, opName, in, rec); exc != nil {
+			fail(exc)
+			return
+		}
 		var out any
-		if out, err = op.call(r.Context(), h.svc, c, in); err == nil {
+		if out, err = op.call(r.Context(), h.svc, hsmCaller(&kc), in); err == nil {
 			m.requests.WithLabelValues("cloudhsm:"+opName, "OK").Inc()
 			awsjson.WriteJSON(w, reqID, out)
 			return
@@ -270,6 +302,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	if err != nil {
 		return nil, err
 	}
+	h.authz = a.svc // before a.hsm: no request runs undecided
 	a.hsm = h
 	// [keystore] Custom key stores, backed by these clusters.
 	delay := 500 * time.Millisecond
@@ -295,6 +328,9 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 		return nil, err
 	}
 	h.stores = ks
+	// No cluster, nor its last HSM, goes while a store using it is
+	// connected or connecting.
+	h.svc.SetStoreGuard(ks.GuardCluster)
 	a.svc.SetKeyStores(ks, backing, h.svc)
 	a.startXKS(ks, ext, xksInterval, log)
 	return func() { ks.Close(); h.Close() }, nil

@@ -61,13 +61,9 @@ func (h *hsmServer) serveInjectFault(w http.ResponseWriter, r *http.Request, bod
 		rec.ErrorCode, rec.ErrorMessage = code, msg
 		awsjson.WriteError(w, rec.RequestID, &awsjson.Error{Code: code, Message: msg, Status: http.StatusBadRequest})
 	}
-	c, p, exc := h.caller(r, body, h.kmsVerifier, rec)
+	c, exc := h.adminCaller(r, body, rec)
 	if exc != nil {
 		fail(exc.Name, exc.Message)
-		return
-	}
-	if !isAdmin(p) {
-		fail("AccessDeniedException", "User: "+p.ARN+" is not the account's administrator and may not use kmsd's admin API.")
 		return
 	}
 	if h.faults == nil || h.stores == nil {

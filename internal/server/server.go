@@ -3,6 +3,15 @@
 // catalog, identities and the KMS service to the HTTP listener, runs the
 // background sweepers, and shuts down gracefully. It is the only package
 // that picks concrete drivers.
+//
+// Who may do what: KMS and CloudHSM v2 requests alike are decided by the
+// KMS policy engine from the caller's policies (handler.go; for CloudHSM,
+// cloudhsmauthz.go: identity policies only, cloudhsm:* actions on cluster
+// ARNs). kmsd's admin API (admin.go), which stands for the CloudHSM CLI
+// talking to the HSMs, is not governed by IAM policies, as the CloudHSM
+// CLI is not: its gate is the account's administrator identity (root or
+// kmsd-admin) plus the HSM users' passwords, so no other principal
+// reaches the clusters through it, whatever its policies.
 package server
 
 import (
