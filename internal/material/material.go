@@ -1,0 +1,344 @@
+// Package material makes and uses the key material of every non-symmetric
+// KMS key spec: RSA, NIST and secp256k1 ECC, Ed25519 and ML-DSA key pairs,
+// and HMAC keys. It knows the byte encodings — DER SubjectPublicKeyInfo for
+// public keys (spec §2.2), and the private encodings kmsd seals at rest —
+// and nothing of storage or of the KMS API.
+//
+// Private encodings (always sealed by the barrier before storage):
+// PKCS #8 DER for RSA, NIST ECC and Ed25519; the 32-byte scalar for
+// secp256k1; the 32-byte FIPS 204 seed ξ for ML-DSA; the raw key for HMAC.
+package material
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rsa"
+	_ "crypto/sha256" // hashes named by the signing and MAC algorithms
+	_ "crypto/sha512"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cloudflare/circl/sign/mldsa/mldsa44"
+	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
+	"github.com/cloudflare/circl/sign/mldsa/mldsa87"
+	"github.com/decred/dcrd/dcrec/secp256k1/v4"
+	secpecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
+	"github.com/kmsd/kmsd/internal/keys"
+)
+
+// Errors of this package.
+var (
+	ErrSpec      = errors.New("material: unsupported key spec")
+	ErrAlgorithm = errors.New("material: algorithm does not fit the key")
+	ErrKey       = errors.New("material: malformed key material")
+)
+
+// Object identifiers of the public keys x509 does not know (spec §2.2).
+var (
+	oidECPublicKey = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
+	oidSecp256k1   = asn1.ObjectIdentifier{1, 3, 132, 0, 10}
+	oidMLDSA       = map[string]asn1.ObjectIdentifier{
+		"ML_DSA_44": {2, 16, 840, 1, 101, 3, 4, 3, 17},
+		"ML_DSA_65": {2, 16, 840, 1, 101, 3, 4, 3, 18},
+		"ML_DSA_87": {2, 16, 840, 1, 101, 3, 4, 3, 19},
+	}
+)
+
+// spki is RFC 5280's SubjectPublicKeyInfo.
+type spki struct {
+	Algorithm pkix.AlgorithmIdentifier
+	PublicKey asn1.BitString
+}
+
+func marshalSPKI(alg pkix.AlgorithmIdentifier, key []byte) ([]byte, error) {
+	return asn1.Marshal(spki{Algorithm: alg, PublicKey: asn1.BitString{Bytes: key, BitLength: 8 * len(key)}})
+}
+
+// hmacSizes is the length of generated HMAC key material: the digest
+// length of the spec's hash (spec §6, a kmsd choice).
+var hmacSizes = map[string]int{"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
+
+var rsaBits = map[string]int{"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
+
+var nistCurves = map[string]elliptic.Curve{
+	"ECC_NIST_P256": elliptic.P256(), "ECC_NIST_P384": elliptic.P384(), "ECC_NIST_P521": elliptic.P521(),
+}
+
+// Generate makes new material of key spec spec. It returns the private
+// encoding, to be sealed, and the public key as DER SubjectPublicKeyInfo
+// (nil for HMAC keys).
+func Generate(spec string, rand io.Reader) (private, public []byte, err error) {
+	if n, ok := hmacSizes[spec]; ok {
+		private = make([]byte, n)
+		if _, err := io.ReadFull(rand, private); err != nil {
+			return nil, nil, err
+		}
+		return private, nil, nil
+	}
+	var pub any
+	switch {
+	case rsaBits[spec] != 0:
+		k, err := rsa.GenerateKey(rand, rsaBits[spec])
+		if err != nil {
+			return nil, nil, err
+		}
+		private, err = x509.MarshalPKCS8PrivateKey(k)
+		pub = &k.PublicKey
+		if err != nil {
+			return nil, nil, err
+		}
+	case nistCurves[spec] != nil:
+		k, err := ecdsa.GenerateKey(nistCurves[spec], rand)
+		if err != nil {
+			return nil, nil, err
+		}
+		if private, err = x509.MarshalPKCS8PrivateKey(k); err != nil {
+			return nil, nil, err
+		}
+		pub = &k.PublicKey
+	case spec == "ECC_NIST_EDWARDS25519":
+		p, k, err := ed25519.GenerateKey(rand)
+		if err != nil {
+			return nil, nil, err
+		}
+		if private, err = x509.MarshalPKCS8PrivateKey(k); err != nil {
+			return nil, nil, err
+		}
+		pub = p
+	case spec == "ECC_SECG_P256K1":
+		k, err := secp256k1.GeneratePrivateKeyFromRand(rand)
+		if err != nil {
+			return nil, nil, err
+		}
+		private = k.Serialize()
+		k.Zero()
+	case oidMLDSA[spec] != nil:
+		private = make([]byte, 32)
+		if _, err := io.ReadFull(rand, private); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, fmt.Errorf("%w: %s", ErrSpec, spec)
+	}
+	if pub != nil {
+		public, err = x509.MarshalPKIXPublicKey(pub)
+	} else {
+		public, err = Public(spec, private)
+	}
+	if err != nil {
+		clear(private)
+		return nil, nil, err
+	}
+	return private, public, nil
+}
+
+// Public derives the DER SubjectPublicKeyInfo from a private encoding.
+func Public(spec string, private []byte) ([]byte, error) {
+	signer, err := parse(spec, private)
+	if err != nil {
+		return nil, err
+	}
+	switch k := signer.(type) {
+	case *secp256k1.PrivateKey:
+		return marshalSPKI(pkix.AlgorithmIdentifier{Algorithm: oidECPublicKey,
+			Parameters: asn1.RawValue{FullBytes: mustOID(oidSecp256k1)}}, k.PubKey().SerializeUncompressed())
+	case mldsaKey:
+		return marshalSPKI(pkix.AlgorithmIdentifier{Algorithm: oidMLDSA[spec]}, k.pub)
+	case crypto.Signer:
+		return x509.MarshalPKIXPublicKey(k.Public())
+	}
+	return nil, ErrKey
+}
+
+func mustOID(o asn1.ObjectIdentifier) []byte {
+	b, err := asn1.Marshal(o)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// mldsaKey is an ML-DSA private key of any parameter set.
+type mldsaKey struct {
+	sign func(msg []byte) ([]byte, error)
+	pub  []byte
+}
+
+// parse decodes a private encoding: *rsa.PrivateKey, *ecdsa.PrivateKey,
+// ed25519.PrivateKey, *secp256k1.PrivateKey or mldsaKey.
+func parse(spec string, private []byte) (any, error) {
+	switch {
+	case rsaBits[spec] != 0 || nistCurves[spec] != nil || spec == "ECC_NIST_EDWARDS25519":
+		k, err := x509.ParsePKCS8PrivateKey(private)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrKey, err)
+		}
+		return k, nil
+	case spec == "ECC_SECG_P256K1":
+		if len(private) != 32 {
+			return nil, ErrKey
+		}
+		return secp256k1.PrivKeyFromBytes(private), nil
+	case oidMLDSA[spec] != nil:
+		if len(private) != 32 {
+			return nil, ErrKey
+		}
+		seed := (*[32]byte)(private)
+		switch spec {
+		case "ML_DSA_44":
+			p, k := mldsa44.NewKeyFromSeed(seed)
+			return mldsaKey{pub: p.Bytes(), sign: func(m []byte) ([]byte, error) {
+				sig := make([]byte, mldsa44.SignatureSize)
+				return sig, mldsa44.SignTo(k, m, nil, true, sig)
+			}}, nil
+		case "ML_DSA_65":
+			p, k := mldsa65.NewKeyFromSeed(seed)
+			return mldsaKey{pub: p.Bytes(), sign: func(m []byte) ([]byte, error) {
+				sig := make([]byte, mldsa65.SignatureSize)
+				return sig, mldsa65.SignTo(k, m, nil, true, sig)
+			}}, nil
+		default:
+			p, k := mldsa87.NewKeyFromSeed(seed)
+			return mldsaKey{pub: p.Bytes(), sign: func(m []byte) ([]byte, error) {
+				sig := make([]byte, mldsa87.SignatureSize)
+				return sig, mldsa87.SignTo(k, m, nil, true, sig)
+			}}, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrSpec, spec)
+}
+
+// Sign signs input with the private key of spec under signing algorithm
+// alg. input is what the scheme signs: the digest for RSA and ECDSA, the
+// message for Ed25519 and ML-DSA, the SHA-512 prehash for Ed25519ph.
+func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader) ([]byte, error) {
+	a, ok := keys.Signing(alg)
+	if !ok {
+		return nil, ErrAlgorithm
+	}
+	k, err := parse(spec, private)
+	if err != nil {
+		return nil, err
+	}
+	switch k := k.(type) {
+	case *rsa.PrivateKey:
+		switch a.Scheme {
+		case keys.PKCS1v15:
+			return rsa.SignPKCS1v15(rand, k, a.Hash, input)
+		case keys.PSS:
+			return rsa.SignPSS(rand, k, a.Hash, input, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.Hash})
+		}
+	case *ecdsa.PrivateKey:
+		if a.Scheme == keys.ECDSA {
+			return ecdsa.SignASN1(rand, k, input)
+		}
+	case ed25519.PrivateKey:
+		switch a.Scheme {
+		case keys.Ed25519:
+			return k.Sign(nil, input, &ed25519.Options{})
+		case keys.Ed25519ph:
+			return k.Sign(nil, input, &ed25519.Options{Hash: crypto.SHA512})
+		}
+	case *secp256k1.PrivateKey:
+		if a.Scheme == keys.ECDSA {
+			defer k.Zero()
+			return secpecdsa.Sign(k, input).Serialize(), nil
+		}
+	case mldsaKey:
+		if a.Scheme == keys.MLDSA {
+			return k.sign(input)
+		}
+	}
+	return nil, ErrAlgorithm
+}
+
+// Verify reports whether sig is a valid signature of input (as for Sign)
+// under the public key public (DER SubjectPublicKeyInfo) of spec. A
+// malformed signature is simply not valid.
+func Verify(spec string, public []byte, alg string, input, sig []byte) (bool, error) {
+	a, ok := keys.Signing(alg)
+	if !ok {
+		return false, ErrAlgorithm
+	}
+	if spec == "ECC_SECG_P256K1" || oidMLDSA[spec] != nil {
+		var info spki
+		if rest, err := asn1.Unmarshal(public, &info); err != nil || len(rest) != 0 {
+			return false, ErrKey
+		}
+		key := info.PublicKey.RightAlign()
+		if spec == "ECC_SECG_P256K1" {
+			p, err := secp256k1.ParsePubKey(key)
+			if err != nil || a.Scheme != keys.ECDSA {
+				return false, ErrKey
+			}
+			s, err := secpecdsa.ParseDERSignature(sig)
+			return err == nil && s.Verify(input, p), nil
+		}
+		if a.Scheme != keys.MLDSA {
+			return false, ErrAlgorithm
+		}
+		switch spec {
+		case "ML_DSA_44":
+			var p mldsa44.PublicKey
+			if p.UnmarshalBinary(key) != nil {
+				return false, ErrKey
+			}
+			return mldsa44.Verify(&p, input, nil, sig), nil
+		case "ML_DSA_65":
+			var p mldsa65.PublicKey
+			if p.UnmarshalBinary(key) != nil {
+				return false, ErrKey
+			}
+			return mldsa65.Verify(&p, input, nil, sig), nil
+		default:
+			var p mldsa87.PublicKey
+			if p.UnmarshalBinary(key) != nil {
+				return false, ErrKey
+			}
+			return mldsa87.Verify(&p, input, nil, sig), nil
+		}
+	}
+	pub, err := x509.ParsePKIXPublicKey(public)
+	if err != nil {
+		return false, fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		switch a.Scheme {
+		case keys.PKCS1v15:
+			return rsa.VerifyPKCS1v15(p, a.Hash, input, sig) == nil, nil
+		case keys.PSS:
+			return rsa.VerifyPSS(p, a.Hash, input, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.Hash}) == nil, nil
+		}
+	case *ecdsa.PublicKey:
+		if a.Scheme == keys.ECDSA {
+			return ecdsa.VerifyASN1(p, input, sig), nil
+		}
+	case ed25519.PublicKey:
+		switch a.Scheme {
+		case keys.Ed25519:
+			return ed25519.VerifyWithOptions(p, input, sig, &ed25519.Options{}) == nil, nil
+		case keys.Ed25519ph:
+			return ed25519.VerifyWithOptions(p, input, sig, &ed25519.Options{Hash: crypto.SHA512}) == nil, nil
+		}
+	}
+	return false, ErrAlgorithm
+}
+
+// MAC computes HMAC (RFC 2104) of msg under key with MAC algorithm alg.
+func MAC(alg string, key, msg []byte) ([]byte, error) {
+	h, ok := keys.MACHash(alg)
+	if !ok {
+		return nil, ErrAlgorithm
+	}
+	m := hmac.New(h.New, key)
+	m.Write(msg)
+	return m.Sum(nil), nil
+}

@@ -1,0 +1,96 @@
+package material
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"testing"
+
+	"github.com/kmsd/kmsd/internal/keys"
+)
+
+func digest(h crypto.Hash, m []byte) []byte {
+	if h == 0 {
+		return m
+	}
+	d := h.New()
+	d.Write(m)
+	return d.Sum(nil)
+}
+
+// TestSignVerify signs and verifies with every signing algorithm of every
+// spec (SM2 aside), and checks a tampered input fails.
+func TestSignVerify(t *testing.T) {
+	msg := []byte("kmsd signs this")
+	for _, spec := range []string{"RSA_2048", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521",
+		"ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519", "ML_DSA_44", "ML_DSA_65", "ML_DSA_87"} {
+		t.Run(spec, func(t *testing.T) {
+			priv, pub, err := Generate(spec, rand.Reader)
+			if err != nil {
+				t.Fatalf("Generate: %v", err)
+			}
+			again, err := Public(spec, priv)
+			if err != nil || !bytes.Equal(again, pub) {
+				t.Fatalf("Public: %v; differs from Generate's: %v", err, !bytes.Equal(again, pub))
+			}
+			info, _ := keys.Spec(spec)
+			for _, alg := range info.Signing {
+				a, _ := keys.Signing(alg)
+				in := digest(a.Hash, msg)
+				if a.Scheme == keys.Ed25519ph {
+					in = digest(crypto.SHA512, digest(crypto.SHA512, msg))
+				}
+				sig, err := Sign(spec, priv, alg, in, rand.Reader)
+				if err != nil {
+					t.Fatalf("%s: Sign: %v", alg, err)
+				}
+				if ok, err := Verify(spec, pub, alg, in, sig); !ok || err != nil {
+					t.Errorf("%s: Verify = %v, %v; want true", alg, ok, err)
+				}
+				bad := bytes.Clone(in)
+				bad[0] ^= 1
+				if ok, _ := Verify(spec, pub, alg, bad, sig); ok {
+					t.Errorf("%s: Verify accepted a tampered input", alg)
+				}
+				if ok, _ := Verify(spec, pub, alg, in, sig[:len(sig)-1]); ok {
+					t.Errorf("%s: Verify accepted a truncated signature", alg)
+				}
+			}
+		})
+	}
+}
+
+func TestAlgorithmMismatch(t *testing.T) {
+	priv, _, err := Generate("ECC_NIST_P256", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Sign("ECC_NIST_P256", priv, "RSASSA_PSS_SHA_256", make([]byte, 32), rand.Reader); !errors.Is(err, ErrAlgorithm) {
+		t.Errorf("Sign with an RSA algorithm on a P-256 key: %v, want ErrAlgorithm", err)
+	}
+}
+
+// TestMAC checks the MAC against RFC 4231 test case 2.
+func TestMAC(t *testing.T) {
+	key, msg := []byte("Jefe"), []byte("what do ya want for nothing?")
+	want := "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+	got, err := MAC("HMAC_SHA_256", key, msg)
+	if err != nil || hex.EncodeToString(got) != want {
+		t.Fatalf("MAC = %x, %v; want %s", got, err, want)
+	}
+	for spec, n := range hmacSizes {
+		k, pub, err := Generate(spec, rand.Reader)
+		if err != nil || len(k) != n || pub != nil {
+			t.Errorf("Generate(%s): %d bytes, public %v, %v", spec, len(k), pub, err)
+		}
+	}
+	m := hmac.New(sha512.New384, key)
+	m.Write(msg)
+	if got, _ := MAC("HMAC_SHA_384", key, msg); !hmac.Equal(got, m.Sum(nil)) {
+		t.Error("HMAC_SHA_384 differs from crypto/hmac")
+	}
+}
