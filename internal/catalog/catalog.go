@@ -43,6 +43,10 @@ type Version struct {
 	Number  uint32    `json:"n"`
 	Created time.Time `json:"created"`
 	Sealed  []byte    `json:"sealed"` // barrier-sealed key material
+	// Public is the DER SubjectPublicKeyInfo of an asymmetric key's
+	// material, kept in clear to answer GetPublicKey and Verify without
+	// unsealing.
+	Public []byte `json:"public,omitempty"`
 }
 
 // Rotation records one completed rotation.
@@ -346,6 +350,31 @@ func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 	c.aeads[aad] = a
 	c.mu.Unlock()
 	return a, nil
+}
+
+// Material opens version v of k's sealed material: the private encoding
+// of an asymmetric key (package material) or an HMAC key. The caller
+// clears it after use.
+func (c *Catalog) Material(k *Key, v uint32) ([]byte, error) {
+	ver := k.Version(v)
+	if ver == nil {
+		return nil, ErrNotFound
+	}
+	material, err := c.barrier.Open(materialAAD(k.ID, v), ver.Sealed)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
+	}
+	return material, nil
+}
+
+// Version returns version v of k's material, nil if it has none.
+func (k *Key) Version(v uint32) *Version {
+	for i := range k.Versions {
+		if k.Versions[i].Number == v {
+			return &k.Versions[i]
+		}
+	}
+	return nil
 }
 
 func aliasCacheKey(account, region, name string) string { return aliasPath(account, region, name) }

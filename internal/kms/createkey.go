@@ -8,12 +8,14 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/policy"
 )
 
-// CreateKey creates a symmetric encryption key with AES-256 material made
-// here (origin AWS_KMS), or in the cluster of a CONNECTED CloudHSM key
-// store (origin AWS_CLOUDHSM with CustomKeyStoreId).
+// CreateKey creates a key of any KeySpec × KeyUsage of spec §2.1 with
+// material made here (origin AWS_KMS), or a symmetric encryption key in
+// the cluster of a CONNECTED CloudHSM key store (origin AWS_CLOUDHSM with
+// CustomKeyStoreId) or behind an external key store.
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
 	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
 		if in.KeySpec != nil {
@@ -40,21 +42,34 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if in.KeySpec != nil && in.CustomerMasterKeySpec != nil {
 		return nil, exc("ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec parameter is deprecated. Use KeySpec instead.")
 	}
-	usage := "ENCRYPT_DECRYPT"
+	info, _ := keys.Spec(spec) // the model's enum check came first
+	if in.KeyUsage == nil && spec != keys.Symmetric {
+		return nil, exc("ValidationException", "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
+	}
+	usage := keys.EncryptDecrypt
 	if in.KeyUsage != nil {
 		usage = *in.KeyUsage
 	}
-	if spec != "SYMMETRIC_DEFAULT" {
-		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported by kmsd yet; only SYMMETRIC_DEFAULT keys are.")
-	}
-	if usage != "ENCRYPT_DECRYPT" {
+	if !info.Allows(usage) {
 		return nil, exc("ValidationException", "KeyUsage "+usage+" is not compatible with KeySpec "+spec)
+	}
+	if info.ChinaOnly {
+		if !keys.InChina(c.Region) {
+			return nil, exc("UnsupportedOperationException", spec+" is not supported in this Region.")
+		}
+		// [U] SM2 cryptography (GM/T 0003) is not built yet.
+		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported by kmsd yet.")
 	}
 	origin := "AWS_KMS"
 	if in.Origin != nil {
 		origin = *in.Origin
 	}
 	custom := origin == "AWS_CLOUDHSM" || origin == "EXTERNAL_KEY_STORE" || in.CustomKeyStoreId != nil
+	if custom && spec != keys.Symmetric {
+		// Spec §2.4: custom key stores hold only symmetric encryption
+		// keys; refused before the store is contacted.
+		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported for KMS keys in a custom key store. Only SYMMETRIC_DEFAULT keys are.")
+	}
 	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || (in.XksKeyId != nil && origin != "EXTERNAL_KEY_STORE") {
 		return nil, exc("UnsupportedOperationException", "Origin "+origin+" with these custom key store parameters is not supported by kmsd yet.")
 	}
@@ -108,19 +123,37 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	// External keys also hold kmsd material: the inner layer of their
 	// double encryption (spec §10.8).
 	if !custom || k.XksKeyID != "" {
-		material, err := s.randomBytes(32)
+		v, err := s.newMaterial(k.ID, spec, k.Created)
 		if err != nil {
 			return nil, err
 		}
-		defer clear(material)
-		sealed, err := s.cat.Seal(k.ID, 1, material)
-		if err != nil {
-			return nil, internal(err)
-		}
-		k.Versions = []catalog.Version{{Number: 1, Created: k.Created, Sealed: sealed}}
+		k.Versions = []catalog.Version{v}
 	}
 	if err := s.cat.CreateKey(ctx, k); err != nil {
 		return nil, internal(err)
 	}
 	return &kmsapi.CreateKeyResponse{KeyMetadata: s.storeMetadata(k, metadata(k))}, nil
+}
+
+// newMaterial makes version 1 of a key's material, sealed under the
+// barrier: 32 random bytes (AES-256) for symmetric keys, the private
+// encoding of package material for the others, with the public key of a
+// key pair beside it in clear.
+func (s *Service) newMaterial(id, spec string, created time.Time) (catalog.Version, error) {
+	var priv, pub []byte
+	var err error
+	if spec == keys.Symmetric {
+		priv, err = s.randomBytes(32)
+	} else {
+		priv, pub, err = material.Generate(spec, s.rand)
+	}
+	if err != nil {
+		return catalog.Version{}, internal(err)
+	}
+	defer clear(priv)
+	sealed, err := s.cat.Seal(id, 1, priv)
+	if err != nil {
+		return catalog.Version{}, internal(err)
+	}
+	return catalog.Version{Number: 1, Created: created, Sealed: sealed, Public: pub}, nil
 }

@@ -73,7 +73,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 	if err := usable(k); err != nil {
 		return nil, nil, err
 	}
-	if err := checkEncryptUsage(k); err != nil {
+	if err := checkEncryptUsage(k, action); err != nil {
 		return nil, nil, err
 	}
 	if k.XksKeyID != "" || b.External != nil {

@@ -18,7 +18,7 @@ func (s *Service) Encrypt(ctx context.Context, c *Caller, in *kmsapi.EncryptRequ
 	if err := usable(k); err != nil {
 		return nil, err
 	}
-	if err := checkEncryptUsage(k); err != nil {
+	if err := checkEncryptUsage(k, "kms:Encrypt"); err != nil {
 		return nil, err
 	}
 	if err := checkAlgorithm(k, in.EncryptionAlgorithm); err != nil {

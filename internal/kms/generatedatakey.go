@@ -37,7 +37,7 @@ func (s *Service) dataKey(ctx context.Context, c *Caller, action, keyID string, 
 	if err := usable(k); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := checkEncryptUsage(k); err != nil {
+	if err := checkEncryptUsage(k, action); err != nil {
 		return nil, nil, nil, err
 	}
 	if err := checkAlgorithm(k, alg); err != nil {

@@ -1,6 +1,8 @@
 package kms
 
 import (
+	"slices"
+
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -21,8 +23,20 @@ func metadata(k *catalog.Key) *kmsapi.KeyMetadata {
 		KeyManager:            kmsapi.String("CUSTOMER"),
 		CustomerMasterKeySpec: kmsapi.String(k.KeySpec),
 		KeySpec:               kmsapi.String(k.KeySpec),
-		EncryptionAlgorithms:  []string{"SYMMETRIC_DEFAULT"},
 		MultiRegion:           kmsapi.Bool(false),
+	}
+	// Exactly one algorithm list, the one of the key's usage (spec §4).
+	info, _ := keys.Spec(k.KeySpec)
+	algs := slices.Clone(info.Algorithms(k.KeyUsage))
+	switch k.KeyUsage {
+	case keys.EncryptDecrypt:
+		m.EncryptionAlgorithms = algs
+	case keys.SignVerify:
+		m.SigningAlgorithms = algs
+	case keys.GenerateVerifyMAC:
+		m.MacAlgorithms = algs
+	case keys.KeyAgreement:
+		m.KeyAgreementAlgorithms = algs
 	}
 	if k.DeletionDate != nil {
 		// PendingDeletionWindowInDays is only for multi-Region primary

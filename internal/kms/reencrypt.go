@@ -27,7 +27,7 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	if err := usable(dst); err != nil {
 		return nil, err
 	}
-	if err := checkEncryptUsage(dst); err != nil {
+	if err := checkEncryptUsage(dst, "kms:ReEncryptTo"); err != nil {
 		return nil, err
 	}
 	if err := checkAlgorithm(dst, in.DestinationEncryptionAlgorithm); err != nil {

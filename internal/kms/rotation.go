@@ -12,18 +12,27 @@ import (
 const day = 24 * time.Hour
 
 // rotatable checks that rotation applies to k: a symmetric key with key
-// material made by KMS, in a state that allows it.
-func rotatable(k *catalog.Key) error {
-	if k.Origin != "AWS_KMS" || k.KeySpec != "SYMMETRIC_DEFAULT" {
-		return exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
-	}
+// material made by KMS, in a state that allows it. State is checked before
+// the key's type, as AWS does (spec §1.4). onDemand selects
+// RotateKeyOnDemand's answer for asymmetric and HMAC keys, which AWS
+// sends without a message [S].
+func rotatable(k *catalog.Key, onDemand bool) error {
 	switch k.State {
 	case keys.Enabled:
-		return nil
 	case keys.Disabled:
 		return exc("DisabledException", k.ARN()+" is disabled.")
+	default:
+		if err := usable(k); err != nil {
+			return err
+		}
 	}
-	return usable(k)
+	if onDemand && k.KeySpec != keys.Symmetric {
+		return exc("UnsupportedOperationException", "")
+	}
+	if k.Origin != "AWS_KMS" || k.KeySpec != keys.Symmetric {
+		return exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
+	}
+	return nil
 }
 
 // rotate adds a new version of key material to k and makes it current.
@@ -64,7 +73,7 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 		period = *in.RotationPeriodInDays
 	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
-		if err := rotatable(k); err != nil {
+		if err := rotatable(k, false); err != nil {
 			return err
 		}
 		k.RotationEnabled = true
@@ -89,7 +98,7 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 		return nil, err
 	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
-		if err := rotatable(k); err != nil {
+		if err := rotatable(k, false); err != nil {
 			return err
 		}
 		k.RotationEnabled = false
@@ -141,7 +150,7 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 		return nil, err
 	}
 	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
-		if err := rotatable(k); err != nil {
+		if err := rotatable(k, true); err != nil {
 			return err
 		}
 		return s.rotate(k, "ON_DEMAND", s.now().UTC().Truncate(time.Millisecond))

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -209,19 +211,40 @@ func dryRun(b *bool) error {
 	return nil
 }
 
-// checkAlgorithm accepts only SYMMETRIC_DEFAULT for symmetric keys.
+// checkAlgorithm checks an EncryptionAlgorithm (default SYMMETRIC_DEFAULT)
+// against the key's spec, with AWS's template (spec §1.3).
 func checkAlgorithm(k *catalog.Key, alg *string) error {
-	if alg == nil || *alg == "SYMMETRIC_DEFAULT" {
-		return nil
+	a := "SYMMETRIC_DEFAULT"
+	if alg != nil {
+		a = *alg
 	}
-	return exc("InvalidKeyUsageException", "The encryption algorithm "+*alg+" is not supported by "+k.ARN()+". Supported algorithms: SYMMETRIC_DEFAULT.")
-}
-
-func checkEncryptUsage(k *catalog.Key) error {
-	if k.KeyUsage != "ENCRYPT_DECRYPT" {
-		return exc("InvalidKeyUsageException", k.ARN()+" key usage is "+k.KeyUsage+" which is not valid for this operation.")
+	info, _ := keys.Spec(k.KeySpec)
+	if !slices.Contains(info.Encryption, a) {
+		return exc("InvalidKeyUsageException", "Algorithm "+a+" is incompatible with key spec "+k.KeySpec+".")
+	}
+	if k.KeySpec != keys.Symmetric {
+		return exc("UnsupportedOperationException", "Encryption with "+k.KeySpec+" keys is not supported by kmsd yet.")
 	}
 	return nil
+}
+
+// checkEncryptUsage checks that k is an encryption key; action is the IAM
+// action of the operation, whose API name the message carries.
+func checkEncryptUsage(k *catalog.Key, action string) error {
+	return checkUsage(k, keys.EncryptDecrypt, action)
+}
+
+// checkUsage checks k's key usage, with AWS's message naming the API
+// operation (spec §1.3): ReEncryptFrom and ReEncryptTo say ReEncrypt.
+func checkUsage(k *catalog.Key, usage, action string) error {
+	if k.KeyUsage == usage {
+		return nil
+	}
+	op := strings.TrimPrefix(action, "kms:")
+	if strings.HasPrefix(op, "ReEncrypt") {
+		op = "ReEncrypt"
+	}
+	return exc("InvalidKeyUsageException", k.ARN()+" key usage is "+k.KeyUsage+" which is not valid for "+op+".")
 }
 
 func (s *Service) randomBytes(n int) ([]byte, error) {
