@@ -65,6 +65,7 @@ var handlers = map[string]handler{
 	"GenerateRandom":                  op((*kms.Service).GenerateRandom),
 	"GetKeyPolicy":                    op((*kms.Service).GetKeyPolicy),
 	"GetKeyRotationStatus":            op((*kms.Service).GetKeyRotationStatus),
+	"GetPublicKey":                    op((*kms.Service).GetPublicKey),
 	"ListAliases":                     op((*kms.Service).ListAliases),
 	"ListGrants":                      op((*kms.Service).ListGrants),
 	"ListKeyPolicies":                 op((*kms.Service).ListKeyPolicies),
@@ -78,8 +79,10 @@ var handlers = map[string]handler{
 	"RevokeGrant":                     op((*kms.Service).RevokeGrant),
 	"RotateKeyOnDemand":               op((*kms.Service).RotateKeyOnDemand),
 	"ScheduleKeyDeletion":             op((*kms.Service).ScheduleKeyDeletion),
+	"Sign":                            op((*kms.Service).Sign),
 	"TagResource":                     op((*kms.Service).TagResource),
 	"UntagResource":                   op((*kms.Service).UntagResource),
 	"UpdateAlias":                     op((*kms.Service).UpdateAlias),
 	"UpdateKeyDescription":            op((*kms.Service).UpdateKeyDescription),
+	"Verify":                          op((*kms.Service).Verify),
 }

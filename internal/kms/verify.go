@@ -1,0 +1,37 @@
+package kms
+
+import (
+	"context"
+
+	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/material"
+)
+
+// errInvalidSignature is Verify's answer to a signature that does not
+// verify, malformed ones included: AWS sends it without a message and
+// never answers SignatureValid false (spec §5.2).
+var errInvalidSignature = kmsapi.NewException("KMSInvalidSignatureException", "")
+
+// Verify checks a signature with the public key of an asymmetric
+// SIGN_VERIFY key. The message type need not be the one used to sign.
+func (s *Service) Verify(ctx context.Context, c *Caller, in *kmsapi.VerifyRequest) (*kmsapi.VerifyResponse, error) {
+	k, alg, input, err := s.signingKey(ctx, c, "kms:Verify", in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
+	if err != nil {
+		return nil, err
+	}
+	if err := dryRun(in.DryRun); err != nil {
+		return nil, err
+	}
+	v := k.Version(k.Current)
+	if v == nil || v.Public == nil {
+		return nil, internal(errNoPublicKey)
+	}
+	ok, err := material.Verify(k.KeySpec, v.Public, alg, input, in.Signature)
+	if err != nil {
+		return nil, internal(err)
+	}
+	if !ok {
+		return nil, errInvalidSignature
+	}
+	return &kmsapi.VerifyResponse{KeyId: kmsapi.String(k.ARN()), SignatureValid: kmsapi.Bool(true), SigningAlgorithm: kmsapi.String(alg)}, nil
+}
