@@ -62,6 +62,7 @@ var handlers = map[string]handler{
 	"Encrypt":                         op((*kms.Service).Encrypt),
 	"GenerateDataKey":                 op((*kms.Service).GenerateDataKey),
 	"GenerateDataKeyWithoutPlaintext": op((*kms.Service).GenerateDataKeyWithoutPlaintext),
+	"GenerateMac":                     op((*kms.Service).GenerateMac),
 	"GenerateRandom":                  op((*kms.Service).GenerateRandom),
 	"GetKeyPolicy":                    op((*kms.Service).GetKeyPolicy),
 	"GetKeyRotationStatus":            op((*kms.Service).GetKeyRotationStatus),
@@ -85,4 +86,5 @@ var handlers = map[string]handler{
 	"UpdateAlias":                     op((*kms.Service).UpdateAlias),
 	"UpdateKeyDescription":            op((*kms.Service).UpdateKeyDescription),
 	"Verify":                          op((*kms.Service).Verify),
+	"VerifyMac":                       op((*kms.Service).VerifyMac),
 }
