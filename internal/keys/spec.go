@@ -163,3 +163,15 @@ func MACHash(name string) (crypto.Hash, bool) {
 	}
 	return 0, false
 }
+
+// EncryptionHash is the hash (for OAEP and its MGF1 alike) of an RSA
+// encryption algorithm; 0 for the others.
+func EncryptionHash(alg string) crypto.Hash {
+	switch alg {
+	case "RSAES_OAEP_SHA_1":
+		return crypto.SHA1
+	case "RSAES_OAEP_SHA_256":
+		return crypto.SHA256
+	}
+	return 0
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/material"
 )
 
 var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
@@ -45,14 +46,26 @@ var errCiphertext = kmsapi.NewException("InvalidCiphertextException", "")
 // open decrypts a ciphertext blob. keyID, when not empty, is the key the
 // caller says the blob is for. It returns the key and the plaintext.
 func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string) (*catalog.Key, []byte, error) {
-	b, err := keys.ParseBlob(blob)
-	if err != nil {
+	b, perr := keys.ParseBlob(blob)
+	if perr != nil && keyID == nil {
 		return nil, nil, errCiphertext
 	}
 	var k *catalog.Key
+	var err error
 	if keyID != nil {
 		if k, err = s.resolveCross(ctx, c, *keyID); err != nil {
+			if perr != nil {
+				return nil, nil, errCiphertext
+			}
 			return nil, nil, err
+		}
+		if keys.IsAsymmetric(k.KeySpec) {
+			// Raw RSAES-OAEP: no header, the caller names the key.
+			pt, err := s.openAsymmetric(ctx, c, action, k, blob, perr == nil, ec, alg)
+			return k, pt, err
+		}
+		if perr != nil {
+			return nil, nil, errCiphertext
 		}
 		if k.ID != b.KeyID {
 			return nil, nil, exc("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation.")
@@ -101,3 +114,78 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 	}
 	return k, pt, nil
 }
+
+// errAsymmetricContext refuses an encryption context with an asymmetric
+// key. [U] AWS's reaction is not recorded; spec §1.5 recommends this.
+var errAsymmetricContext = kmsapi.NewException("ValidationException", "Encryption context is not supported for asymmetric KMS keys.")
+
+// checkAsymmetricEncrypt makes the checks of encrypting n bytes under an
+// asymmetric key with algorithm alg (already checked against the spec):
+// no encryption context, and the plaintext limit of spec §5.4.
+func checkAsymmetricEncrypt(k *catalog.Key, alg string, ec map[string]string, n int) error {
+	if len(ec) > 0 {
+		return errAsymmetricContext
+	}
+	if limit := material.OAEPLimit(k.KeySpec, alg); n > limit {
+		return exc("ValidationException", "Algorithm "+alg+" and key spec "+k.KeySpec+" cannot encrypt data larger than "+itoa(limit)+" bytes.")
+	}
+	return nil
+}
+
+// sealAsymmetric encrypts plaintext under the public key of k: the raw
+// RSAES-OAEP output, with no kmsd header (spec §5.4).
+func (s *Service) sealAsymmetric(k *catalog.Key, alg string, plaintext []byte) ([]byte, error) {
+	v := k.Version(k.Current)
+	if v == nil || v.Public == nil {
+		return nil, internal(errNoPublicKey)
+	}
+	ct, err := material.EncryptOAEP(v.Public, alg, plaintext, s.rand)
+	if err != nil {
+		return nil, internal(err)
+	}
+	return ct, nil
+}
+
+// openAsymmetric decrypts a raw RSAES-OAEP ciphertext with k, after the
+// checks of Decrypt (authorization, state, usage, algorithm, context).
+// kmsdBlob says the bytes are one of kmsd's symmetric blobs.
+func (s *Service) openAsymmetric(ctx context.Context, c *Caller, action string, k *catalog.Key, ct []byte, kmsdBlob bool, ec map[string]string, alg *string) ([]byte, error) {
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), algorithm(alg)); err != nil {
+		return nil, err
+	}
+	if err := usable(k); err != nil {
+		return nil, err
+	}
+	if err := checkEncryptUsage(k, action); err != nil {
+		return nil, err
+	}
+	if err := checkAlgorithm(k, alg); err != nil {
+		return nil, err
+	}
+	if len(ec) > 0 {
+		return nil, errAsymmetricContext
+	}
+	// [R] spec §5.4: a kmsd blob, or OAEP decoding failing on bytes of the
+	// modulus length, is the wrong key; any other length a bad ciphertext.
+	if kmsdBlob {
+		return nil, errIncorrectKey
+	}
+	if len(ct) != material.ModulusLen(k.KeySpec) {
+		return nil, errCiphertext
+	}
+	priv, err := s.cat.Material(k, k.Current)
+	if err != nil {
+		return nil, internal(err)
+	}
+	defer clear(priv)
+	pt, err := material.DecryptOAEP(k.KeySpec, priv, *alg, ct)
+	if errors.Is(err, material.ErrDecrypt) {
+		return nil, errIncorrectKey
+	}
+	if err != nil {
+		return nil, internal(err)
+	}
+	return pt, nil
+}
+
+var errIncorrectKey = kmsapi.NewException("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation.")

@@ -6,8 +6,8 @@ import (
 	"github.com/kmsd/kmsd/internal/kmsapi"
 )
 
-// Decrypt decrypts a ciphertext blob. KeyId is optional for symmetric keys:
-// the blob names its key.
+// Decrypt decrypts a ciphertext blob. KeyId is optional for symmetric keys,
+// whose blobs name their key; RSA ciphertexts need it, and the algorithm.
 func (s *Service) Decrypt(ctx context.Context, c *Caller, in *kmsapi.DecryptRequest) (*kmsapi.DecryptResponse, error) {
 	if in.Recipient != nil {
 		return nil, exc("UnsupportedOperationException", "Recipient (Nitro Enclaves attestation) is not supported by kmsd.")
@@ -26,6 +26,6 @@ func (s *Service) Decrypt(ctx context.Context, c *Caller, in *kmsapi.DecryptRequ
 	return &kmsapi.DecryptResponse{
 		KeyId:               &arn,
 		Plaintext:           pt,
-		EncryptionAlgorithm: kmsapi.String("SYMMETRIC_DEFAULT"),
+		EncryptionAlgorithm: kmsapi.String(encryptionAlgorithm(in.EncryptionAlgorithm)),
 	}, nil
 }

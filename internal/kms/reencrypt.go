@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 
+	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 )
 
@@ -33,10 +34,22 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	if err := checkAlgorithm(dst, in.DestinationEncryptionAlgorithm); err != nil {
 		return nil, err
 	}
+	dstAlg := encryptionAlgorithm(in.DestinationEncryptionAlgorithm)
+	asymmetric := keys.IsAsymmetric(dst.KeySpec)
+	if asymmetric {
+		if err := checkAsymmetricEncrypt(dst, dstAlg, in.DestinationEncryptionContext, len(pt)); err != nil {
+			return nil, err
+		}
+	}
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	blob, err := s.seal(withCaller(ctx, c, "kms:ReEncrypt"), dst, pt, in.DestinationEncryptionContext)
+	var blob []byte
+	if asymmetric {
+		blob, err = s.sealAsymmetric(dst, dstAlg, pt)
+	} else {
+		blob, err = s.seal(withCaller(ctx, c, "kms:ReEncrypt"), dst, pt, in.DestinationEncryptionContext)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +58,7 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 		CiphertextBlob:                 blob,
 		SourceKeyId:                    &srcARN,
 		KeyId:                          &dstARN,
-		SourceEncryptionAlgorithm:      kmsapi.String("SYMMETRIC_DEFAULT"),
-		DestinationEncryptionAlgorithm: kmsapi.String("SYMMETRIC_DEFAULT"),
+		SourceEncryptionAlgorithm:      kmsapi.String(encryptionAlgorithm(in.SourceEncryptionAlgorithm)),
+		DestinationEncryptionAlgorithm: kmsapi.String(dstAlg),
 	}, nil
 }

@@ -222,10 +222,16 @@ func checkAlgorithm(k *catalog.Key, alg *string) error {
 	if !slices.Contains(info.Encryption, a) {
 		return exc("InvalidKeyUsageException", "Algorithm "+a+" is incompatible with key spec "+k.KeySpec+".")
 	}
-	if k.KeySpec != keys.Symmetric {
-		return exc("UnsupportedOperationException", "Encryption with "+k.KeySpec+" keys is not supported by kmsd yet.")
-	}
 	return nil
+}
+
+// encryptionAlgorithm is the algorithm an Encrypt-family request names,
+// SYMMETRIC_DEFAULT when it names none.
+func encryptionAlgorithm(alg *string) string {
+	if alg == nil {
+		return "SYMMETRIC_DEFAULT"
+	}
+	return *alg
 }
 
 // checkEncryptUsage checks that k is an encryption key; action is the IAM

@@ -94,3 +94,35 @@ func TestMAC(t *testing.T) {
 		t.Error("HMAC_SHA_384 differs from crypto/hmac")
 	}
 }
+
+// TestOAEP round-trips both OAEP algorithms at their plaintext limits and
+// checks ciphertexts made by crypto/rsa alone decrypt.
+func TestOAEP(t *testing.T) {
+	priv, pub, err := Generate("RSA_2048", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for alg, limit := range map[string]int{"RSAES_OAEP_SHA_1": 214, "RSAES_OAEP_SHA_256": 190} {
+		t.Run(alg, func(t *testing.T) {
+			if got := OAEPLimit("RSA_2048", alg); got != limit {
+				t.Fatalf("OAEPLimit = %d, want %d", got, limit)
+			}
+			pt := bytes.Repeat([]byte{7}, limit)
+			ct, err := EncryptOAEP(pub, alg, pt, rand.Reader)
+			if err != nil || len(ct) != 256 {
+				t.Fatalf("EncryptOAEP: %d bytes, %v", len(ct), err)
+			}
+			got, err := DecryptOAEP("RSA_2048", priv, alg, ct)
+			if err != nil || !bytes.Equal(got, pt) {
+				t.Fatalf("DecryptOAEP: %v", err)
+			}
+			other := "RSAES_OAEP_SHA_256"
+			if alg == other {
+				other = "RSAES_OAEP_SHA_1"
+			}
+			if _, err := DecryptOAEP("RSA_2048", priv, other, ct); !errors.Is(err, ErrDecrypt) {
+				t.Errorf("decrypt with the other hash: %v, want ErrDecrypt", err)
+			}
+		})
+	}
+}
