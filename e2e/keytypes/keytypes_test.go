@@ -291,3 +291,36 @@ func TestMac(t *testing.T) {
 	e.fails("InvalidKeyUsageException", "kms", "generate-mac", "--key-id", id, "--message", "fileb://"+msgFile,
 		"--mac-algorithm", "HMAC_SHA_512")
 }
+
+// TestRSAEncryptionWithOpenSSL encrypts with openssl and the public key
+// from get-public-key, for both OAEP hashes, and decrypts with aws kms
+// decrypt; and checks kmsd's own ciphertext is the modulus length.
+func TestRSAEncryptionWithOpenSSL(t *testing.T) {
+	e := start(t)
+	md := e.ok("kms", "create-key", "--key-spec", "RSA_2048", "--key-usage", "ENCRYPT_DECRYPT")["KeyMetadata"].(map[string]any)
+	id := md["KeyId"].(string)
+	pk := e.ok("kms", "get-public-key", "--key-id", id)
+	if algs, _ := pk["EncryptionAlgorithms"].([]any); len(algs) != 2 {
+		t.Fatalf("get-public-key EncryptionAlgorithms = %v", pk["EncryptionAlgorithms"])
+	}
+	pem := filepath.Join(e.dir, "rsa.pem")
+	e.openssl("pkey", "-pubin", "-inform", "DER", "-in", e.file("rsa.der", blob(t, pk, "PublicKey")), "-out", pem)
+	pt := []byte("kmsd e2e: encrypted by OpenSSL, decrypted by KMS")
+	ptFile := e.file("pt", pt)
+	for alg, hash := range map[string]string{"RSAES_OAEP_SHA_1": "sha1", "RSAES_OAEP_SHA_256": "sha256"} {
+		t.Run(alg, func(t *testing.T) {
+			ct := filepath.Join(e.dir, alg+".ct")
+			e.openssl("pkeyutl", "-encrypt", "-pubin", "-inkey", pem, "-in", ptFile, "-out", ct,
+				"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:"+hash, "-pkeyopt", "rsa_mgf1_md:"+hash)
+			d := e.ok("kms", "decrypt", "--key-id", id, "--ciphertext-blob", "fileb://"+ct, "--encryption-algorithm", alg)
+			if got := blob(t, d, "Plaintext"); !bytes.Equal(got, pt) || d["EncryptionAlgorithm"] != alg {
+				t.Fatalf("decrypt = %q, %v", got, d["EncryptionAlgorithm"])
+			}
+			enc := e.ok("kms", "encrypt", "--key-id", id, "--plaintext", "fileb://"+ptFile, "--encryption-algorithm", alg)
+			if n := len(blob(t, enc, "CiphertextBlob")); n != 256 {
+				t.Fatalf("encrypt: %d-byte ciphertext, want 256", n)
+			}
+		})
+	}
+	e.fails("InvalidKeyUsageException", "kms", "encrypt", "--key-id", id, "--plaintext", "fileb://"+ptFile)
+}
