@@ -175,3 +175,21 @@ func EncryptionHash(alg string) crypto.Hash {
 	}
 	return 0
 }
+
+// GrantOperations is the set of operations a grant on a non-symmetric key
+// of this spec and usage may allow (spec §12.2); symmetric keys' set is
+// kept with the grant code. [R] The KEY_AGREEMENT row is inferred.
+func GrantOperations(spec, usage string) []string {
+	common := []string{"CreateGrant", "DescribeKey", "RetireGrant"}
+	switch {
+	case IsHMAC(spec):
+		return append(common, "GenerateMac", "VerifyMac")
+	case usage == EncryptDecrypt:
+		return append(common, "Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey")
+	case usage == SignVerify:
+		return append(common, "Sign", "Verify", "GetPublicKey")
+	case usage == KeyAgreement:
+		return append(common, "DeriveSharedSecret", "GetPublicKey")
+	}
+	return common
+}

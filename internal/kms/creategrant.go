@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/policy"
 )
@@ -57,8 +58,16 @@ func (s *Service) CreateGrant(ctx context.Context, c *Caller, in *kmsapi.CreateG
 	if len(g.Operations) == 0 {
 		return nil, validation("Value null at 'operations' failed to satisfy constraint: Member must not be null")
 	}
+	if constraint != "" && k.KeySpec != keys.Symmetric {
+		// [U] AWS's text is not recorded (spec §12.2).
+		return nil, exc("ValidationException", "Grant constraints are not supported for asymmetric or HMAC KMS keys.")
+	}
+	allowed := grantOperations
+	if k.KeySpec != keys.Symmetric {
+		allowed = keys.GrantOperations(k.KeySpec, k.KeyUsage)
+	}
 	for _, op := range g.Operations {
-		if !slices.Contains(grantOperations, op) {
+		if !slices.Contains(allowed, op) {
 			return nil, exc("ValidationException", "Grant operations "+op+" are not valid for the key spec "+k.KeySpec+" and key usage "+k.KeyUsage+".")
 		}
 		if constraint != "" && !slices.Contains(ecOperations, op) {
