@@ -31,6 +31,10 @@ func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateA
 		if err := s.authorizeKey(ctx, c, "kms:UpdateAlias", old, nil, nil); err != nil {
 			return nil, err
 		}
+		if keyType(old.KeySpec) != keyType(k.KeySpec) || old.KeyUsage != k.KeyUsage {
+			// Spec §12.3; [U] AWS's text is not recorded.
+			return nil, exc("ValidationException", "The target key "+k.ARN()+" must have the same key type and key usage as the key alias "+*in.AliasName+" refers to.")
+		}
 	}
 	next := *a
 	next.KeyID = k.ID
@@ -39,4 +43,17 @@ func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateA
 		return nil, internal(err)
 	}
 	return &kmsapi.UpdateAliasResponse{}, nil
+}
+
+// keyType is the class of key an alias may move within (spec §12.3):
+// symmetric encryption, HMAC or asymmetric. RSA and ECC keys of the same
+// usage are the same type.
+func keyType(spec string) string {
+	switch {
+	case spec == keys.Symmetric:
+		return "symmetric"
+	case keys.IsHMAC(spec):
+		return "hmac"
+	}
+	return "asymmetric"
 }
