@@ -7,6 +7,7 @@ package keytypes
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -22,6 +23,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 	"github.com/kmsd/kmsd/e2e/e2etest"
 )
@@ -323,4 +328,65 @@ func TestRSAEncryptionWithOpenSSL(t *testing.T) {
 		})
 	}
 	e.fails("InvalidKeyUsageException", "kms", "encrypt", "--key-id", id, "--plaintext", "fileb://"+ptFile)
+}
+
+// sdk is an aws-sdk-go-v2 client from kmsd's profile, for the operations
+// the Debian aws CLI (2.9) predates.
+func (e *env) sdk() *kms.Client {
+	e.t.Helper()
+	cfg, err := config.LoadDefaultConfig(context.Background(),
+		config.WithSharedCredentialsFiles([]string{e.k.Creds}),
+		config.WithSharedConfigFiles([]string{filepath.Join(e.dir, "no-config")}),
+		config.WithSharedConfigProfile("kmsd"), config.WithRegion(region),
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(e.k.Endpoint) })
+}
+
+// TestDeriveSharedSecretWithOpenSSL checks kmsd's ECDH secret equals
+// what openssl pkeyutl -derive computes with the peer's private key and
+// the KMS public key, on every NIST curve.
+func TestDeriveSharedSecretWithOpenSSL(t *testing.T) {
+	e := start(t)
+	c := e.sdk()
+	ctx := context.Background()
+	for spec, curve := range map[types.KeySpec]string{
+		types.KeySpecEccNistP256: "P-256", types.KeySpecEccNistP384: "P-384", types.KeySpecEccNistP521: "P-521",
+	} {
+		t.Run(string(spec), func(t *testing.T) {
+			k, err := c.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: spec, KeyUsage: types.KeyUsageTypeKeyAgreement})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pk, err := c.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: k.KeyMetadata.KeyId})
+			if err != nil {
+				t.Fatal(err)
+			}
+			kmsPEM := filepath.Join(e.dir, curve+"-kms.pem")
+			e.openssl("pkey", "-pubin", "-inform", "DER", "-in", e.file(curve+"-kms.der", pk.PublicKey), "-out", kmsPEM)
+			peer, peerDER := filepath.Join(e.dir, curve+"-peer.pem"), filepath.Join(e.dir, curve+"-peer.der")
+			e.openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:"+curve, "-out", peer)
+			e.openssl("pkey", "-in", peer, "-pubout", "-outform", "DER", "-out", peerDER)
+			der, err := os.ReadFile(peerDER)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := c.DeriveSharedSecret(ctx, &kms.DeriveSharedSecretInput{KeyId: k.KeyMetadata.KeyId,
+				KeyAgreementAlgorithm: types.KeyAgreementAlgorithmSpecEcdh, PublicKey: der})
+			if err != nil {
+				t.Fatal(err)
+			}
+			z := filepath.Join(e.dir, curve+".z")
+			e.openssl("pkeyutl", "-derive", "-inkey", peer, "-peerkey", kmsPEM, "-out", z)
+			want, err := os.ReadFile(z)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(out.SharedSecret, want) || out.KeyOrigin != types.OriginTypeAwsKms {
+				t.Fatalf("SharedSecret %x, OpenSSL's %x; KeyOrigin %s", out.SharedSecret, want, out.KeyOrigin)
+			}
+		})
+	}
 }

@@ -54,6 +54,7 @@ var handlers = map[string]handler{
 	"CreateKey":                       op((*kms.Service).CreateKey),
 	"Decrypt":                         op((*kms.Service).Decrypt),
 	"DeleteAlias":                     op((*kms.Service).DeleteAlias),
+	"DeriveSharedSecret":              op((*kms.Service).DeriveSharedSecret),
 	"DescribeKey":                     op((*kms.Service).DescribeKey),
 	"DisableKey":                      op((*kms.Service).DisableKey),
 	"DisableKeyRotation":              op((*kms.Service).DisableKeyRotation),

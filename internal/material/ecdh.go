@@ -1,0 +1,47 @@
+package material
+
+import (
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+)
+
+// Errors of ECDH about the peer's public key.
+var (
+	ErrPeerKey   = errors.New("material: peer public key is not DER SubjectPublicKeyInfo")
+	ErrPeerCurve = errors.New("material: peer public key is not a point of the key's curve")
+)
+
+// ECDH derives the shared secret of the private key of a NIST curve spec
+// and a peer's public key (DER SubjectPublicKeyInfo): the raw
+// x-coordinate Z of d·Q, fixed length, no KDF (spec §5.6).
+func ECDH(spec string, private, peer []byte) ([]byte, error) {
+	if nistCurves[spec] == nil {
+		return nil, ErrSpec
+	}
+	k, err := parse(spec, private)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, ErrKey
+	}
+	pub, err := x509.ParsePKIXPublicKey(peer)
+	if err != nil {
+		return nil, ErrPeerKey
+	}
+	p, ok := pub.(*ecdsa.PublicKey)
+	if !ok || p.Curve != priv.Curve {
+		return nil, ErrPeerCurve
+	}
+	ep, err := p.ECDH()
+	if err != nil {
+		return nil, ErrPeerCurve
+	}
+	ek, err := priv.ECDH()
+	if err != nil {
+		return nil, err
+	}
+	return ek.ECDH(ep)
+}
