@@ -390,3 +390,28 @@ func TestDeriveSharedSecretWithOpenSSL(t *testing.T) {
 		})
 	}
 }
+
+// TestDataKeyPairWithOpenSSL checks that OpenSSL reads the PKCS #8
+// private key of aws kms generate-data-key-pair and derives from it the
+// public key returned beside it, and that decrypt returns the private key.
+func TestDataKeyPairWithOpenSSL(t *testing.T) {
+	e := start(t)
+	md := e.ok("kms", "create-key", "--description", "wraps data key pairs")["KeyMetadata"].(map[string]any)
+	id := md["KeyId"].(string)
+	for _, spec := range []string{"RSA_2048", "ECC_NIST_P384", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519"} {
+		t.Run(spec, func(t *testing.T) {
+			out := e.ok("kms", "generate-data-key-pair", "--key-id", id, "--key-pair-spec", spec, "--encryption-context", "pair="+spec)
+			priv, pub := blob(t, out, "PrivateKeyPlaintext"), blob(t, out, "PublicKey")
+			derived := filepath.Join(e.dir, spec+".derived")
+			e.openssl("pkey", "-inform", "DER", "-in", e.file(spec+".p8", priv), "-pubout", "-outform", "DER", "-out", derived)
+			if got, _ := os.ReadFile(derived); !bytes.Equal(got, pub) {
+				t.Fatal("OpenSSL derives another public key from PrivateKeyPlaintext")
+			}
+			ct := e.file(spec+".ct", blob(t, out, "PrivateKeyCiphertextBlob"))
+			d := e.ok("kms", "decrypt", "--ciphertext-blob", "fileb://"+ct, "--encryption-context", "pair="+spec)
+			if !bytes.Equal(blob(t, d, "Plaintext"), priv) {
+				t.Fatal("decrypt of PrivateKeyCiphertextBlob differs from PrivateKeyPlaintext")
+			}
+		})
+	}
+}

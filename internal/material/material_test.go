@@ -6,6 +6,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha512"
+	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"testing"
@@ -124,5 +126,43 @@ func TestOAEP(t *testing.T) {
 				t.Errorf("decrypt with the other hash: %v, want ErrDecrypt", err)
 			}
 		})
+	}
+}
+
+// TestGeneratePair checks each pair's PKCS #8 and SPKI belong together:
+// the secp256k1 one is parsed by hand (x509 does not know the curve).
+func TestGeneratePair(t *testing.T) {
+	for _, spec := range []string{"RSA_2048", "ECC_NIST_P256", "ECC_NIST_P521", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519"} {
+		t.Run(spec, func(t *testing.T) {
+			p8, pub, err := GeneratePair(spec, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spec == "ECC_SECG_P256K1" {
+				var info privateKeyInfo
+				var ec ecPrivateKey
+				if _, err := asn1.Unmarshal(p8, &info); err != nil || !info.Algorithm.Algorithm.Equal(oidECPublicKey) {
+					t.Fatalf("PKCS #8: %v", err)
+				}
+				if _, err := asn1.Unmarshal(info.PrivateKey, &ec); err != nil || len(ec.PrivateKey) != 32 {
+					t.Fatalf("ECPrivateKey: %v", err)
+				}
+				if again, err := Public(spec, ec.PrivateKey); err != nil || !bytes.Equal(again, pub) {
+					t.Fatalf("public key does not match: %v", err)
+				}
+				return
+			}
+			k, err := x509.ParsePKCS8PrivateKey(p8)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := x509.MarshalPKIXPublicKey(k.(crypto.Signer).Public())
+			if err != nil || !bytes.Equal(again, pub) {
+				t.Fatalf("public key does not match: %v", err)
+			}
+		})
+	}
+	if _, _, err := GeneratePair("ML_DSA_44", rand.Reader); !errors.Is(err, ErrSpec) {
+		t.Errorf("ML-DSA pair: %v, want ErrSpec", err)
 	}
 }
