@@ -277,3 +277,43 @@ func TestGetPublicKey(t *testing.T) {
 	_, err = f.svc.GetPublicKey(ctx, f.caller, &kmsapi.GetPublicKeyRequest{KeyId: ec.KeyId})
 	wantMessage(t, err, "DisabledException", *ec.Arn+" is disabled.")
 }
+
+// TestSigningConditionKeys checks kms:SigningAlgorithm and kms:MessageType
+// in a key policy, with MessageType RAW when the request names none
+// (spec §12.1).
+func TestSigningConditionKeys(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	doc := `{"Version":"2012-10-17","Statement":[
+ {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+ {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/bob"},"Action":"kms:Sign","Resource":"*",
+  "Condition":{"StringEquals":{"kms:SigningAlgorithm":"RSASSA_PSS_SHA_256","kms:MessageType":"RAW"}}}]}`
+	spec, usage := "RSA_2048", "SIGN_VERIFY"
+	out, err := f.svc.CreateKey(ctx, f.caller, &kmsapi.CreateKeyRequest{KeySpec: &spec, KeyUsage: &usage, Policy: &doc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := userCaller(t, "111122223333", "bob")
+	d := sha256.Sum256([]byte("m"))
+	for _, tc := range []struct {
+		name, alg string
+		mt        *string
+		msg       []byte
+		ok        bool
+	}{
+		{"allowed algorithm, RAW by default", "RSASSA_PSS_SHA_256", nil, []byte("m"), true},
+		{"allowed algorithm, RAW named", "RSASSA_PSS_SHA_256", str("RAW"), []byte("m"), true},
+		{"allowed algorithm, DIGEST", "RSASSA_PSS_SHA_256", str("DIGEST"), d[:], false},
+		{"other algorithm", "RSASSA_PKCS1_V1_5_SHA_256", nil, []byte("m"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := f.svc.Sign(ctx, bob, &kmsapi.SignRequest{KeyId: out.KeyMetadata.KeyId, Message: tc.msg, MessageType: tc.mt, SigningAlgorithm: &tc.alg})
+			if tc.ok && err != nil {
+				t.Fatalf("Sign: %v", err)
+			}
+			if !tc.ok {
+				wantException(t, err, "AccessDeniedException")
+			}
+		})
+	}
+}
