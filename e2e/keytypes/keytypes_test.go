@@ -27,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 	"github.com/kmsd/kmsd/e2e/e2etest"
 )
@@ -414,4 +415,58 @@ func TestDataKeyPairWithOpenSSL(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSDKErrors checks the Go SDK maps kmsd's answers to its typed
+// errors, with status 400: DryRunOperationException for Sign, Verify and
+// GenerateMac, KMSInvalidSignatureException and KMSInvalidMacException
+// (spec §17.1).
+func TestSDKErrors(t *testing.T) {
+	e := start(t)
+	c := e.sdk()
+	ctx := context.Background()
+	sk, err := c.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecEccNistP256, KeyUsage: types.KeyUsageTypeSignVerify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := c.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeGenerateVerifyMac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("m")
+	status400 := func(t *testing.T, err error) {
+		t.Helper()
+		var re *smithyhttp.ResponseError
+		if !errors.As(err, &re) || re.HTTPStatusCode() != 400 {
+			t.Errorf("status of %v: want 400", err)
+		}
+	}
+	t.Run("dry run", func(t *testing.T) {
+		var dry *types.DryRunOperationException
+		_, err := c.Sign(ctx, &kms.SignInput{KeyId: sk.KeyMetadata.KeyId, Message: msg, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256, DryRun: aws.Bool(true)})
+		if !errors.As(err, &dry) {
+			t.Fatalf("Sign with DryRun: %v", err)
+		}
+		status400(t, err)
+		_, err = c.GenerateMac(ctx, &kms.GenerateMacInput{KeyId: mk.KeyMetadata.KeyId, Message: msg, MacAlgorithm: types.MacAlgorithmSpecHmacSha256, DryRun: aws.Bool(true)})
+		if !errors.As(err, &dry) {
+			t.Fatalf("GenerateMac with DryRun: %v", err)
+		}
+	})
+	t.Run("invalid signature", func(t *testing.T) {
+		var bad *types.KMSInvalidSignatureException
+		_, err := c.Verify(ctx, &kms.VerifyInput{KeyId: sk.KeyMetadata.KeyId, Message: msg, Signature: []byte{0x30, 0}, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
+		if !errors.As(err, &bad) || bad.ErrorMessage() != "" {
+			t.Fatalf("Verify of a bad signature: %v", err)
+		}
+		status400(t, err)
+	})
+	t.Run("invalid mac", func(t *testing.T) {
+		var bad *types.KMSInvalidMacException
+		_, err := c.VerifyMac(ctx, &kms.VerifyMacInput{KeyId: mk.KeyMetadata.KeyId, Message: msg, Mac: make([]byte, 32), MacAlgorithm: types.MacAlgorithmSpecHmacSha256})
+		if !errors.As(err, &bad) || bad.ErrorMessage() != "" {
+			t.Fatalf("VerifyMac of a bad MAC: %v", err)
+		}
+		status400(t, err)
+	})
 }

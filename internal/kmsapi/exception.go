@@ -17,7 +17,8 @@ func NewException(name, message string) *Exception {
 
 // statusOverrides holds the statuses that differ from the rule in Status.
 var statusOverrides = map[string]int{
-	"DryRunOperationException":       412,
+	// AWS sends DryRunOperationException with 400, not the model's 412
+	// (recorded from AWS; key-types spec §1.2).
 	"DependencyTimeoutException":     503,
 	"ServiceUnavailable":             503,
 	"ThrottlingException":            400,
