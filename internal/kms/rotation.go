@@ -12,11 +12,16 @@ import (
 const day = 24 * time.Hour
 
 // rotatable checks that rotation applies to k: a symmetric key with key
-// material made by KMS, in a state that allows it. State is checked before
-// the key's type, as AWS does (spec §1.4). onDemand selects
+// material made by KMS, in a state that allows it. Custom-store keys never
+// rotate; for the others state is checked before the key's type, as AWS
+// does (spec §1.4). onDemand selects
 // RotateKeyOnDemand's answer for asymmetric and HMAC keys, which AWS
 // sends without a message [S].
 func rotatable(k *catalog.Key, onDemand bool) error {
+	noRotation := exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
+	if k.CustomKeyStoreID != "" {
+		return noRotation // in every state, connected or not (custom key stores spec §5.11)
+	}
 	switch k.State {
 	case keys.Enabled:
 	case keys.Disabled:
@@ -30,7 +35,7 @@ func rotatable(k *catalog.Key, onDemand bool) error {
 		return exc("UnsupportedOperationException", "")
 	}
 	if k.Origin != "AWS_KMS" || k.KeySpec != keys.Symmetric {
-		return exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
+		return noRotation
 	}
 	return nil
 }
