@@ -1,7 +1,8 @@
 // Package keytypes holds the end-to-end tests of asymmetric and HMAC keys:
 // they start the real kmsd, drive it with the real aws CLI v2, and check
 // its signatures with OpenSSL (and, where OpenSSL 3.0 has no
-// implementation — ML-DSA, Ed25519ph — with independent Go libraries)
+// implementation — ML-DSA, Ed25519ph — with independent Go libraries),
+// and with boto3 and Python's cryptography package as a third client
 // using only the public key `aws kms get-public-key` returned.
 package keytypes
 
@@ -469,4 +470,25 @@ func TestSDKErrors(t *testing.T) {
 		}
 		status400(t, err)
 	})
+}
+
+// TestBoto3 runs testdata/boto3_keytypes.py with Debian's python3, boto3
+// and cryptography: the third client and a third offline oracle.
+func TestBoto3(t *testing.T) {
+	const python = "/usr/bin/python3"
+	if err := exec.Command(python, "-c", "import boto3, cryptography").Run(); err != nil {
+		t.Fatalf("python3 with boto3 and cryptography (Debian python3-boto3, python3-cryptography) is required: %v", err)
+	}
+	e := start(t)
+	script, err := filepath.Abs(filepath.Join("testdata", "boto3_keytypes.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(python, script, e.k.Endpoint)
+	cmd.Env = append(e.k.CLIEnv(region), "HOME="+e.dir, "PYTHONDONTWRITEBYTECODE=1", "AWS_EC2_METADATA_DISABLED=true")
+	out, err := cmd.CombinedOutput()
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if err != nil || lines[len(lines)-1] != "boto3 keytypes ok" {
+		t.Fatalf("boto3_keytypes.py: %v\n%s", err, out)
+	}
 }
