@@ -1,9 +1,9 @@
 // Package keytypes holds the end-to-end tests of asymmetric and HMAC keys:
-// they start the real kmsd, drive it with the real aws CLI v2, and check
-// its signatures with OpenSSL (and, where OpenSSL 3.0 has no
-// implementation — ML-DSA, Ed25519ph — with independent Go libraries),
-// and with boto3 and Python's cryptography package as a third client
-// using only the public key `aws kms get-public-key` returned.
+// they start the real kmsd, drive it with the real aws CLI v2, the Go SDK
+// and boto3, and check its signatures, ciphertexts and shared secrets
+// offline — with OpenSSL, and where OpenSSL 3.0 has no implementation
+// (ML-DSA, Ed25519ph) with independent Go libraries, and with Python's
+// cryptography package — using only the public key kmsd returned.
 package keytypes
 
 import (
