@@ -249,7 +249,7 @@ func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader)
 	case *secp256k1.PrivateKey:
 		if a.Scheme == keys.ECDSA {
 			defer k.Zero()
-			return secpecdsa.Sign(k, input).Serialize(), nil
+			return signSecp256k1(k, input, rand)
 		}
 	case mldsaKey:
 		if a.Scheme == keys.MLDSA {

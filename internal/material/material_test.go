@@ -10,6 +10,7 @@ import (
 	"encoding/asn1"
 	"encoding/hex"
 	"errors"
+	"math/big"
 	"testing"
 
 	"github.com/kmsd/kmsd/internal/keys"
@@ -166,3 +167,37 @@ func TestGeneratePair(t *testing.T) {
 		t.Errorf("ML-DSA pair: %v, want ErrSpec", err)
 	}
 }
+
+// TestSecp256k1SignaturesAreRandomAndNotNormalised checks AWS's observed
+// behaviour (spec §5.1): two signatures of one digest differ, and some
+// have s in the high half; all verify with the decred library.
+func TestSecp256k1SignaturesAreRandomAndNotNormalised(t *testing.T) {
+	priv, pub, err := Generate("ECC_SECG_P256K1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := make([]byte, 32)
+	high, seen := 0, map[string]bool{}
+	for range 64 {
+		sig, err := Sign("ECC_SECG_P256K1", priv, "ECDSA_SHA_256", digest, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := Verify("ECC_SECG_P256K1", pub, "ECDSA_SHA_256", digest, sig); !ok || err != nil {
+			t.Fatalf("Verify: %v, %v", ok, err)
+		}
+		seen[string(sig)] = true
+		var rs struct{ R, S *big.Int }
+		if _, err := asn1.Unmarshal(sig, &rs); err != nil {
+			t.Fatal(err)
+		}
+		if rs.S.Cmp(secp256k1HalfOrder) > 0 {
+			high++
+		}
+	}
+	if len(seen) != 64 || high == 0 {
+		t.Fatalf("%d distinct signatures of 64, %d with a high s", len(seen), high)
+	}
+}
+
+var secp256k1HalfOrder, _ = new(big.Int).SetString("7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0", 16)
