@@ -255,7 +255,7 @@ func (s *Store) SetClock(now func() time.Time) { s.now = now }
 func (u *User) compile() error {
 	u.parsed = u.parsed[:0]
 	for _, name := range sortedKeys(u.Policies) {
-		p, err := policy.Parse(u.Policies[name], policy.IdentityPolicy)
+		p, err := parseIdentityPolicy(u.Policies[name])
 		if err != nil {
 			return err
 		}
@@ -267,7 +267,7 @@ func (u *User) compile() error {
 func (r *Role) compile() error {
 	r.parsed = r.parsed[:0]
 	for _, name := range sortedKeys(r.Policies) {
-		p, err := policy.Parse(r.Policies[name], policy.IdentityPolicy)
+		p, err := parseIdentityPolicy(r.Policies[name])
 		if err != nil {
 			return err
 		}
@@ -281,6 +281,19 @@ func (r *Role) compile() error {
 		r.trust = t
 	}
 	return nil
+}
+
+// parseIdentityPolicy parses an identity policy and refuses condition
+// keys kmsd cannot evaluate as AWS would (policy.CheckConditionKeys).
+func parseIdentityPolicy(doc string) (*policy.Policy, error) {
+	p, err := policy.Parse(doc, policy.IdentityPolicy)
+	if err != nil {
+		return nil, err
+	}
+	if err := policy.CheckConditionKeys(p); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func sortedKeys(m map[string]string) []string {
