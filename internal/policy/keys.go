@@ -71,7 +71,7 @@ var ConditionKeys = []ConditionKey{
 	{KeyUsername, Filled, []string{EveryRequest}}, // IAM users only, as AWS
 	{KeyPrincipalTagPrefix, Filled, []string{EveryRequest}},
 	{KeyPrincipalIsAWSService, Filled, []string{EveryRequest}},
-	{KeyPrincipalServiceName, Filled, []string{EveryRequest}}, // service principals only
+	{KeyPrincipalServiceName, NeverSet, nil}, // service principals, which never call kmsd
 	{KeyViaAWSService, Filled, []string{EveryRequest}},
 	{KeyMultiFactorAuthPresent, Filled, []string{EveryRequest}}, // temporary credentials only, as AWS
 	{KeySourceIP, Filled, []string{EveryRequest}},
@@ -117,7 +117,6 @@ var ConditionKeys = []ConditionKey{
 	{KeyCustomerMasterKeySpec, Filled, []string{"CreateKey", KeyOperations}},
 	{KeyCustomerMasterKeyUsage, Filled, []string{"CreateKey", KeyOperations}},
 	{KeyMultiRegion, Filled, []string{"CreateKey", KeyOperations}},
-	{KeyCustomKeyStoreID, Filled, []string{KeyOperations}}, // kmsd extension: keys in a custom key store
 	{KeyResourceAliases, Filled, []string{KeyOperations}},
 	{KeyRequestAlias, Filled, aliasOps}, // when the caller names an alias
 	{KeyEncryptionAlgorithm, Filled, encryptOps},

@@ -178,7 +178,7 @@ const (
 	KeyCustomerMasterKeySpec   = "kms:CustomerMasterKeySpec"  // deprecated name of kms:KeySpec
 	KeyCustomerMasterKeyUsage  = "kms:CustomerMasterKeyUsage" // deprecated name of kms:KeyUsage
 	KeyReEncryptOnSameKey      = "kms:ReEncryptOnSameKey"
-	KeyCustomKeyStoreID        = "kms:CustomKeyStoreId" // kmsd extension
+	KeyCustomKeyStoreID        = "kms:CustomKeyStoreId" // not AWS's, never set: CheckConditionKeys refuses it
 
 	KeyPrincipalArn     = "aws:PrincipalArn"
 	KeyPrincipalAccount = "aws:PrincipalAccount"
