@@ -179,6 +179,10 @@ func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
 	if err != nil {
 		s.log.Error("stored key policy does not parse", "key", k.ID, "err", err)
 		p = nil
+	} else if err := policy.CheckConditionKeys(p); err != nil {
+		// Stored before kmsd refused such keys: the key evaluates as
+		// absent. Refusing the policy would lock everyone out of the key.
+		s.log.Warn("stored key policy names a condition key kmsd cannot fill", "key", k.ID, "err", err)
 	}
 	s.policies.m.Store(k.ID, &polEntry{rec: k, pol: p})
 	return p
