@@ -33,8 +33,8 @@ type opArgs struct {
 	caller   func(c *Caller)
 }
 
-// matrixKey is a key the matrix acts on. "tagged" has alias alias/k1 and
-// tag env=prod; "plain" has neither.
+// matrixKey is a key the matrix acts on. "tagged" has aliases alias/k1
+// and alias/k1-second and tag env=prod; "plain" and "other" have neither.
 type matrixKey struct {
 	id, arn string
 }
@@ -212,6 +212,9 @@ var matrixCases = []matrixCase{
 	{key: "kms:MultiRegion", op: "Bool", right: "false", wrong: "true"},
 	{key: "kms:ResourceAliases", op: "ForAnyValue:StringEquals", right: "alias/k1", wrong: "alias/k2",
 		absent: func(a *opArgs) { a.keyID = byPlain }},
+	// Every alias of the key is a value: one that does not match fails
+	// ForAllValues.
+	{key: "kms:ResourceAliases", op: "ForAllValues:StringLike", right: "alias/k1*", wrong: "alias/k1"},
 	{key: "kms:RequestAlias", op: "StringEquals", right: "alias/k1", wrong: "alias/other",
 		args:   func(a *opArgs) { a.keyID = byAlias },
 		absent: func(a *opArgs) { a.keyID = byID }},
@@ -285,8 +288,10 @@ func newMatrixFixture(t *testing.T, keyPolicy string) *matrixFixture {
 		return matrixKey{id: *out.KeyMetadata.KeyId, arn: *out.KeyMetadata.Arn}
 	}
 	f.tagged, f.plain, f.other = mk(tag("env", "prod")), mk(nil), mk(nil)
-	if _, err := f.svc.CreateAlias(ctx, f.caller, &kmsapi.CreateAliasRequest{AliasName: kmsapi.String("alias/k1"), TargetKeyId: &f.tagged.id}); err != nil {
-		t.Fatal(err)
+	for _, a := range []string{"alias/k1", "alias/k1-second"} {
+		if _, err := f.svc.CreateAlias(ctx, f.caller, &kmsapi.CreateAliasRequest{AliasName: kmsapi.String(a), TargetKeyId: &f.tagged.id}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return f
 }
