@@ -251,7 +251,7 @@ func (p *Policy) References(key string) bool {
 	for i := range p.refs {
 		r := &p.refs[i]
 		if prefix {
-			if len(r.name) > len(key) && equalFoldASCII(r.name[:len(key)], key) {
+			if len(r.name) >= len(key) && equalFoldASCII(r.name[:len(key)], key) {
 				return true
 			}
 		} else if equalFoldASCII(r.name, key) {
