@@ -248,7 +248,7 @@ func (s *Store) PutUserPolicy(ctx context.Context, account, user, name, doc stri
 	if err := validName("policyName", name, 128); err != nil {
 		return err
 	}
-	if _, err := policy.Parse(doc, policy.IdentityPolicy); err != nil {
+	if _, err := parseIdentityPolicy(doc, true); err != nil {
 		return malformedPolicy(err)
 	}
 	s.mu.Lock()
@@ -382,7 +382,7 @@ func (s *Store) PutRolePolicy(ctx context.Context, account, role, name, doc stri
 	if err := validName("policyName", name, 128); err != nil {
 		return err
 	}
-	if _, err := policy.Parse(doc, policy.IdentityPolicy); err != nil {
+	if _, err := parseIdentityPolicy(doc, true); err != nil {
 		return malformedPolicy(err)
 	}
 	s.mu.Lock()

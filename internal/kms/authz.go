@@ -117,8 +117,13 @@ var (
 
 // principalKeys caches, by principal ARN, the condition keys that follow
 // from the principal alone (policy.NewRequest's). The maps are shared and
-// never modified; a principal's keys change only with its ARN or id.
+// never modified; a principal's keys change only with its ARN or id, or
+// with its tags, which bypass the cache.
 func principalKeys(p *policy.Principal) map[string][]string {
+	if len(p.Tags) > 0 {
+		// Tags are not part of the cache key; tagged principals are rare.
+		return policy.NewRequest(*p, "", "").Context
+	}
 	key := string(p.Type) + "\x00" + p.ARN + "\x00" + p.UserID + "\x00" + p.RoleARN
 	if m, ok := principalKeyCache.Load(key); ok {
 		return m.(map[string][]string)
@@ -174,6 +179,10 @@ func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
 	if err != nil {
 		s.log.Error("stored key policy does not parse", "key", k.ID, "err", err)
 		p = nil
+	} else if err := policy.CheckConditionKeys(p); err != nil {
+		// Stored before kmsd refused such keys: the key evaluates as
+		// absent. Refusing the policy would lock everyone out of the key.
+		s.log.Warn("stored key policy names a condition key kmsd cannot fill", "key", k.ID, "err", err)
 	}
 	s.policies.m.Store(k.ID, &polEntry{rec: k, pol: p})
 	return p
@@ -190,16 +199,17 @@ func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k 
 		return nil
 	}
 	r := s.request(c, action, k.ARN())
-	r.Set(policy.KeyKeySpec, k.KeySpec)
-	r.Set(policy.KeyKeyUsage, k.KeyUsage)
-	r.Set(policy.KeyKeyOrigin, k.Origin)
+	kp := s.keyPolicy(k)
+	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies}); err != nil {
+		return err
+	}
 	if ec != nil {
 		r.SetEncryptionContext(ec)
 	}
 	if extra != nil {
 		extra(r)
 	}
-	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	ok, reason := policy.Decide(kp, c.Policies, false, r)
 	if ok {
 		return nil
 	}

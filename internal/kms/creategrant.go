@@ -47,6 +47,14 @@ func (s *Service) CreateGrant(ctx context.Context, c *Caller, in *kmsapi.CreateG
 			r.Set(policy.KeyGrantConstraintType, constraint)
 		}
 		r.SetBool(policy.KeyGrantIsForAWSResource, false)
+		// The encryption context keys of CreateGrant are those of the
+		// grant's constraint, as in AWS.
+		switch {
+		case g.ECEquals != nil:
+			r.SetEncryptionContext(g.ECEquals)
+		case g.ECSubset != nil:
+			r.SetEncryptionContext(g.ECSubset)
+		}
 	}
 	if err := s.authorizeCreateGrant(ctx, c, k, g, extra); err != nil {
 		return nil, err
@@ -111,8 +119,12 @@ func (s *Service) authorizeCreateGrant(ctx context.Context, c *Caller, k *catalo
 		return nil
 	}
 	r := s.request(c, "kms:CreateGrant", k.ARN())
+	kp := s.keyPolicy(k)
+	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies}); err != nil {
+		return err
+	}
 	extra(r)
-	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	ok, reason := policy.Decide(kp, c.Policies, false, r)
 	if ok {
 		return nil
 	}

@@ -15,44 +15,44 @@ import (
 // here (origin AWS_KMS), or in the cluster of a CONNECTED CloudHSM key
 // store (origin AWS_CLOUDHSM with CustomKeyStoreId).
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
-	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
-		if in.KeySpec != nil {
-			r.Set(policy.KeyKeySpec, *in.KeySpec)
-		}
-		if in.KeyUsage != nil {
-			r.Set(policy.KeyKeyUsage, *in.KeyUsage)
-		}
-		if in.Origin != nil {
-			r.Set(policy.KeyKeyOrigin, *in.Origin)
-		}
-		if in.MultiRegion != nil {
-			r.SetBool(policy.KeyMultiRegion, *in.MultiRegion)
-		}
-	}); err != nil {
-		return nil, err
-	}
 	spec := "SYMMETRIC_DEFAULT"
 	if in.KeySpec != nil {
 		spec = *in.KeySpec
 	} else if in.CustomerMasterKeySpec != nil {
 		spec = *in.CustomerMasterKeySpec
 	}
-	if in.KeySpec != nil && in.CustomerMasterKeySpec != nil {
-		return nil, exc("ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec parameter is deprecated. Use KeySpec instead.")
-	}
 	usage := "ENCRYPT_DECRYPT"
 	if in.KeyUsage != nil {
 		usage = *in.KeyUsage
+	}
+	origin := "AWS_KMS"
+	if in.Origin != nil {
+		origin = *in.Origin
+	}
+	// The key's properties as the request makes them, defaults included,
+	// under their current and their deprecated names.
+	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
+		r.Set(policy.KeyKeySpec, spec)
+		r.Set(policy.KeyCustomerMasterKeySpec, spec)
+		r.Set(policy.KeyKeyUsage, usage)
+		r.Set(policy.KeyCustomerMasterKeyUsage, usage)
+		r.Set(policy.KeyKeyOrigin, origin)
+		setBool(r, policy.KeyMultiRegion, in.MultiRegion)
+		setBool(r, policy.KeyBypassLockoutCheck, in.BypassPolicyLockoutSafetyCheck)
+		if len(in.Tags) > 0 {
+			setRequestTags(r, in.Tags)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if in.KeySpec != nil && in.CustomerMasterKeySpec != nil {
+		return nil, exc("ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec parameter is deprecated. Use KeySpec instead.")
 	}
 	if spec != "SYMMETRIC_DEFAULT" {
 		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported by kmsd yet; only SYMMETRIC_DEFAULT keys are.")
 	}
 	if usage != "ENCRYPT_DECRYPT" {
 		return nil, exc("ValidationException", "KeyUsage "+usage+" is not compatible with KeySpec "+spec)
-	}
-	origin := "AWS_KMS"
-	if in.Origin != nil {
-		origin = *in.Origin
 	}
 	custom := origin == "AWS_CLOUDHSM" || origin == "EXTERNAL_KEY_STORE" || in.CustomKeyStoreId != nil
 	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || (in.XksKeyId != nil && origin != "EXTERNAL_KEY_STORE") {

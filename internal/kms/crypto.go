@@ -8,6 +8,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
@@ -43,8 +44,9 @@ func (s *Service) seal(cx context.Context, k *catalog.Key, plaintext []byte, ctx
 var errCiphertext = kmsapi.NewException("InvalidCiphertextException", "")
 
 // open decrypts a ciphertext blob. keyID, when not empty, is the key the
-// caller says the blob is for. It returns the key and the plaintext.
-func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string) (*catalog.Key, []byte, error) {
+// caller says the blob is for; extra, if not nil, adds condition keys of
+// the operation. It returns the key and the plaintext.
+func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string, extra func(*policy.Request)) (*catalog.Key, []byte, error) {
 	b, err := keys.ParseBlob(blob)
 	if err != nil {
 		return nil, nil, errCiphertext
@@ -67,7 +69,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 		}
 		k = s.view(k)
 	}
-	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), algorithm(alg)); err != nil {
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), both(cryptoKeys(keyID, alg), extra)); err != nil {
 		return nil, nil, err
 	}
 	if err := usable(k); err != nil {

@@ -24,14 +24,6 @@ func ecOrEmpty(ec map[string]string) map[string]string {
 	return ec
 }
 
-// algorithm adds kms:EncryptionAlgorithm when the request names one.
-func algorithm(alg *string) func(*policy.Request) {
-	if alg == nil {
-		return nil
-	}
-	return func(r *policy.Request) { r.Set(policy.KeyEncryptionAlgorithm, *alg) }
-}
-
 // grantOperations are the operations a grant on a symmetric encryption
 // key may allow; ecOperations those of them that take an encryption
 // context, the only ones grant constraints can apply to.

@@ -7,6 +7,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 const day = 24 * time.Hour
@@ -56,12 +57,14 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:EnableKeyRotation", k, nil, nil); err != nil {
-		return nil, err
-	}
 	period := int32(365)
 	if in.RotationPeriodInDays != nil {
 		period = *in.RotationPeriodInDays
+	}
+	if err := s.authorizeKey(ctx, c, "kms:EnableKeyRotation", k, nil, func(r *policy.Request) {
+		setInt(r, policy.KeyRotationPeriodInDays, period)
+	}); err != nil {
+		return nil, err
 	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
 		if err := rotatable(k); err != nil {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
@@ -70,6 +71,14 @@ func FuzzParse(f *testing.F) {
 			}
 			p.Principals()
 			p.Sids()
+			if err := CheckConditionKeys(p); err != nil && !errors.Is(err, ErrMalformed) {
+				t.Fatalf("CheckConditionKeys: %v", err)
+			}
+			for _, k := range p.ConditionKeyRefs() {
+				if !p.References(k) {
+					t.Fatalf("References(%q) = false for a key the policy reads", k)
+				}
+			}
 			for _, r := range reqs {
 				d := p.Evaluate(r)
 				if d2 := p.Explain(r).Decision; d2 != d {

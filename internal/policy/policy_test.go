@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -587,7 +588,7 @@ func TestPrincipalFromARN(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.want.ARN = c.arn
-			if got != c.want {
+			if !reflect.DeepEqual(got, c.want) {
 				t.Errorf("got  %+v\nwant %+v", got, c.want)
 			}
 		})
@@ -602,18 +603,29 @@ func TestNewRequestKeys(t *testing.T) {
 	}{
 		{"user", principals["alice"], map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:user/alice"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"User"}, KeyUsername: {"alice"}, KeyUserID: {"AIDAALICEEXAMPLE"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"User"}, KeyUsername: {"alice"}, KeyUserID: {"AIDAALICEEXAMPLE"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}}},
 		{"session", principals["app"], map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:role/App"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}, KeyMultiFactorAuthPresent: {"false"}}},
 		{"session-role-arn", principals["app-with-role-arn"], map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:role/service/App"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}, KeyMultiFactorAuthPresent: {"false"}}},
 		{"root", RootPrincipal("111122223333"), map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:root"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"Account"}, KeyUserID: {"111122223333"}}},
-		{"service", ServicePrincipal("logs.amazonaws.com"), map[string][]string{}},
-		{"anonymous", AnonymousPrincipal(), map[string][]string{KeyPrincipalType: {"Anonymous"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"Account"}, KeyUserID: {"111122223333"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}}},
+		{"tagged", Principal{Type: IAMUser, ARN: "arn:aws:iam::111122223333:user/tina", Account: "111122223333", Name: "tina",
+			UserID: "AIDATINA", Tags: map[string]string{"team": "blue"}}, map[string][]string{
+			KeyPrincipalArn: {"arn:aws:iam::111122223333:user/tina"}, KeyPrincipalAccount: {"111122223333"},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"User"}, KeyUsername: {"tina"}, KeyUserID: {"AIDATINA"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}, KeyPrincipalTagPrefix + "team": {"blue"}}},
+		{"service", ServicePrincipal("logs.amazonaws.com"), map[string][]string{
+			KeyPrincipalIsAWSService: {"true"}, KeyPrincipalServiceName: {"logs.amazonaws.com"}, KeyViaAWSService: {"false"}}},
+		{"anonymous", AnonymousPrincipal(), map[string][]string{KeyPrincipalType: {"Anonymous"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := NewRequest(c.p, "kms:Encrypt", keyK)
