@@ -44,6 +44,12 @@ type Principal struct {
 	// Provider is the identity provider of WebIdentityUser and SAMLUser
 	// principals, matched by a Federated principal element.
 	Provider string
+	// Tags are the session tags of a role session (aws:PrincipalTag/<key>),
+	// or the tags of a user or role. Shared, never modified.
+	Tags map[string]string
+	// SourceIdentity is the source identity set on a role session
+	// (aws:SourceIdentity); it persists through role chaining.
+	SourceIdentity string
 }
 
 // isAWS reports whether p is an identity of an AWS account, one that
@@ -185,6 +191,10 @@ const (
 	KeySecureTransport  = "aws:SecureTransport"
 	KeyRequestedRegion  = "aws:RequestedRegion"
 	KeyViaAWSService    = "aws:ViaAWSService"
+	// KeyPrincipalTagPrefix + tag key is the condition key of a principal
+	// (session) tag.
+	KeyPrincipalTagPrefix = "aws:PrincipalTag/"
+	KeySourceIdentity     = "aws:SourceIdentity"
 )
 
 // EncryptionContextKey is the condition key of one encryption context
@@ -205,7 +215,8 @@ type Request struct {
 // NewRequest starts a request and fills in the global condition keys that
 // follow from the principal: aws:PrincipalArn (the role ARN for a role
 // session), aws:PrincipalAccount, aws:PrincipalType, aws:userid,
-// aws:username (IAM users only) and kms:CallerAccount.
+// aws:username (IAM users only), kms:CallerAccount, aws:PrincipalTag/<key>
+// for each of the principal's tags and aws:SourceIdentity.
 func NewRequest(p Principal, action, resource string) *Request {
 	r := &Request{Principal: p, Action: action, Resource: resource, Context: map[string][]string{}}
 	if p.isAWS() {
@@ -238,6 +249,12 @@ func NewRequest(p Principal, action, resource string) *Request {
 		r.Set(KeyUserID, p.UserID)
 	case p.Type == Root:
 		r.Set(KeyUserID, p.Account)
+	}
+	for k, v := range p.Tags {
+		r.Set(KeyPrincipalTagPrefix+k, v)
+	}
+	if p.SourceIdentity != "" {
+		r.Set(KeySourceIdentity, p.SourceIdentity)
 	}
 	return r
 }
