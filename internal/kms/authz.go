@@ -76,6 +76,11 @@ func init() {
 	}
 }
 
+// identity is what the caller's policies contribute to a decision.
+func (c *Caller) identity() policy.Identity {
+	return policy.Identity{Policies: c.Policies, Session: c.SessionPolicies}
+}
+
 // principal is who the caller acts as for policy evaluation.
 func (c *Caller) principal() policy.Principal {
 	if c.Principal.Type != "" {
@@ -119,6 +124,12 @@ var (
 // from the principal alone (policy.NewRequest's). The maps are shared and
 // never modified; a principal's keys change only with its ARN or id.
 func principalKeys(p *policy.Principal) map[string][]string {
+	if len(p.Tags) > 0 || p.SourceIdentity != "" {
+		// Session tags and source identity belong to one session, not to
+		// its ARN (a role may be assumed again under the same session
+		// name with other tags): never cache them.
+		return policy.NewRequest(*p, "", "").Context
+	}
 	key := string(p.Type) + "\x00" + p.ARN + "\x00" + p.UserID + "\x00" + p.RoleARN
 	if m, ok := principalKeyCache.Load(key); ok {
 		return m.(map[string][]string)
@@ -199,16 +210,16 @@ func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k 
 	if extra != nil {
 		extra(r)
 	}
-	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	ok, reason := policy.Decide(s.keyPolicy(k), c.identity(), policy.NoGrant, r)
 	if ok {
 		return nil
 	}
-	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
-		allowed, err := s.grantsAllow(ctx, c, k, action, ec)
+	if reason.GrantMayAllow() {
+		g, err := s.grantsAllow(ctx, c, k, action, ec)
 		if err != nil {
 			return err
 		}
-		if allowed {
+		if ok, _ := policy.Decide(s.keyPolicy(k), c.identity(), g, r); ok && g != policy.NoGrant {
 			return nil
 		}
 	}
@@ -224,7 +235,7 @@ func (s *Service) authorizeIAM(c *Caller, action string, extra func(*policy.Requ
 	if extra != nil {
 		extra(r)
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), r); !ok {
 		return accessDenied(r, reason)
 	}
 	return nil
@@ -254,7 +265,7 @@ func authorizeStore(s *Service, c *Caller, action, resource, resourceAccount str
 	if c.Trusted {
 		return nil
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), r); !ok {
 		return accessDenied(r, reason)
 	}
 	return nil

@@ -112,16 +112,16 @@ func (s *Service) authorizeCreateGrant(ctx context.Context, c *Caller, k *catalo
 	}
 	r := s.request(c, "kms:CreateGrant", k.ARN())
 	extra(r)
-	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	ok, reason := policy.Decide(s.keyPolicy(k), c.identity(), policy.NoGrant, r)
 	if ok {
 		return nil
 	}
-	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
-		allowed, err := s.grantAllowing(ctx, c, k, "kms:CreateGrant", nil, g)
+	if reason.GrantMayAllow() {
+		gm, err := s.grantAllowing(ctx, c, k, "kms:CreateGrant", nil, g)
 		if err != nil {
 			return err
 		}
-		if allowed {
+		if ok, _ := policy.Decide(s.keyPolicy(k), c.identity(), gm, r); ok && gm != policy.NoGrant {
 			return nil
 		}
 	}

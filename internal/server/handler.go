@@ -96,6 +96,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		caller.Account, caller.ARN = id.Principal.Account, id.Principal.ARN
 		caller.Principal, caller.Policies = id.Principal, id.Policies
+		caller.SessionPolicies = id.SessionPolicies
 		setIdentity(rec, id)
 	} else {
 		// Emulator mode: every caller is the account's root, allowed
