@@ -136,9 +136,17 @@ func policyRune(c rune) bool { return c == '\t' || c == '\n' || c == '\r' || c >
 // validate checks the request's parameters as STS's model constrains them.
 func (in *AssumeRoleInput) validate() error {
 	var v validation
-	v.length(in.RoleARN, "roleArn", 20, 2048)
-	v.length(in.RoleSessionName, "roleSessionName", 2, 64)
-	v.pattern(in.RoleSessionName, "roleSessionName", `[\w+=,.@-]*`, sessionNameRune)
+	if in.RoleARN == "" {
+		v = append(v, "Value null at 'roleArn' failed to satisfy constraint: Member must not be null")
+	} else {
+		v.length(in.RoleARN, "roleArn", 20, 2048)
+	}
+	if in.RoleSessionName == "" {
+		v = append(v, "Value null at 'roleSessionName' failed to satisfy constraint: Member must not be null")
+	} else {
+		v.length(in.RoleSessionName, "roleSessionName", 2, 64)
+		v.pattern(in.RoleSessionName, "roleSessionName", `[\w+=,.@-]*`, sessionNameRune)
+	}
 	if len(in.PolicyARNs) > maxPolicyARNs {
 		v.add("["+strings.Join(in.PolicyARNs, ", ")+"]", "policyArns", "have length less than or equal to "+itoa(maxPolicyARNs))
 	}
@@ -291,7 +299,8 @@ func denied(caller *Identity, action, resource string) error {
 // the role's trust policy (and, where it trusts only the caller's account
 // or the caller is in another account, the caller's own policies) allow
 // sts:AssumeRole — and sts:TagSession when tags are passed,
-// sts:SetSourceIdentity when a source identity is. The trust policy sees
+// sts:SetSourceIdentity when the session gets a source identity (passed,
+// or inherited by role chaining). The trust policy sees
 // sts:ExternalId, sts:RoleSessionName, sts:SourceIdentity,
 // aws:RequestTag/<key>, aws:TagKeys and sts:TransitiveTagKeys besides the
 // global keys of the caller.
@@ -353,17 +362,18 @@ func (s *Store) AssumeRole(caller *Identity, in *AssumeRoleInput) (*Credentials,
 	if !ok || r.ARN() != in.RoleARN {
 		return nil, denied(caller, "sts:AssumeRole", in.RoleARN)
 	}
-	req := s.trustRequest(caller, in)
+	req := s.trustRequest(caller, in, sourceIdentity)
 	id := caller.AuthzIdentity()
 	if allowed, _ := policy.Decide(r.trust, id, policy.NoGrant, req); !allowed {
 		return nil, denied(caller, "sts:AssumeRole", in.RoleARN)
 	}
 	// Session tags and a source identity each need their own permission in
-	// the trust policy, evaluated with the same condition keys.
+	// the trust policy, evaluated with the same condition keys. A source
+	// identity inherited through role chaining needs it too, as in AWS.
 	for _, extra := range []struct {
 		action string
 		needed bool
-	}{{"sts:TagSession", len(in.Tags) > 0}, {"sts:SetSourceIdentity", in.SourceIdentity != nil}} {
+	}{{"sts:TagSession", len(in.Tags) > 0}, {"sts:SetSourceIdentity", sourceIdentity != ""}} {
 		if !extra.needed {
 			continue
 		}
@@ -417,7 +427,7 @@ func (s *Store) AssumeRole(caller *Identity, in *AssumeRoleInput) (*Credentials,
 
 // trustRequest is the sts:AssumeRole request the trust policy is
 // evaluated against.
-func (s *Store) trustRequest(caller *Identity, in *AssumeRoleInput) *policy.Request {
+func (s *Store) trustRequest(caller *Identity, in *AssumeRoleInput, sourceIdentity string) *policy.Request {
 	req := policy.NewRequest(caller.Principal, "sts:AssumeRole", in.RoleARN)
 	req.SetTime(s.now())
 	req.SetBool(policy.KeySecureTransport, in.SecureTransport)
@@ -428,8 +438,8 @@ func (s *Store) trustRequest(caller *Identity, in *AssumeRoleInput) *policy.Requ
 	if in.ExternalID != nil {
 		req.Set(keyExternalID, *in.ExternalID)
 	}
-	if in.SourceIdentity != nil {
-		req.Set(keyStsSourceIdentity, *in.SourceIdentity)
+	if sourceIdentity != "" {
+		req.Set(keyStsSourceIdentity, sourceIdentity)
 	}
 	keys := make([]string, 0, len(in.Tags))
 	for _, t := range in.Tags {

@@ -172,11 +172,15 @@ func TestAssumeRole(t *testing.T) {
 			has: "MFA"},
 		{name: "unsupported/provided-contexts", role: "plain", in: AssumeRoleInput{ProvidedContexts: 1}, code: "ValidationError", has: "ProvidedContexts"},
 		{name: "unknown-role", role: "nope", code: "AccessDenied"},
+		{name: "no-role", role: "", code: "ValidationError",
+			msg: "1 validation error detected: Value null at 'roleArn' failed to satisfy constraint: Member must not be null"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := newStore(t)
 			in := c.in
-			in.RoleARN = roleARN(c.role)
+			if c.role != "" {
+				in.RoleARN = roleARN(c.role)
+			}
 			if in.RoleSessionName == "" {
 				in.RoleSessionName = "s1"
 			}
@@ -207,7 +211,7 @@ func TestAssumeRole(t *testing.T) {
 func TestSessionIdentity(t *testing.T) {
 	s := newStore(t)
 	in := &AssumeRoleInput{RoleARN: roleARN("tags"), RoleSessionName: "s1",
-		Policy:            ptr(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole","Resource":"*"}]}`),
+		Policy:            ptr(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["sts:AssumeRole","sts:SetSourceIdentity"],"Resource":"*"}]}`),
 		Tags:              []Tag{{"team", "blue"}, {"cost", "42"}},
 		TransitiveTagKeys: []string{"team"},
 		SourceIdentity:    ptr("alice"),
@@ -232,10 +236,11 @@ func TestSessionIdentity(t *testing.T) {
 			t.Errorf("%s = %v, want %s", key, got, want)
 		}
 	}
-	// The session policy allows sts:AssumeRole, so the session may chain;
+	// The session policy allows sts:AssumeRole and sts:SetSourceIdentity,
+	// so the session may chain;
 	// the transitive tag and the source identity pass on, the other tag
 	// does not.
-	chained, err := s.AssumeRole(sess, &AssumeRoleInput{RoleARN: roleARN("plain"), RoleSessionName: "s2"})
+	chained, err := s.AssumeRole(sess, &AssumeRoleInput{RoleARN: roleARN("tags"), RoleSessionName: "s2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,13 +250,18 @@ func TestSessionIdentity(t *testing.T) {
 		t.Errorf("chained session: tags %v, transitive %v, source identity %q, session policies %v",
 			next.Principal.Tags, next.TransitiveTagKeys, next.Principal.SourceIdentity, next.SessionPolicies)
 	}
-	// A chained session cannot override a transitive tag, nor last more
-	// than an hour.
+	// The inherited source identity needs sts:SetSourceIdentity in the
+	// next role's trust policy. A chained session cannot override a
+	// transitive tag, nor last more than an hour.
+	_, err = s.AssumeRole(sess, &AssumeRoleInput{RoleARN: roleARN("plain"), RoleSessionName: "s3"})
+	if e := (*Error)(nil); !errors.As(err, &e) || !strings.Contains(e.Message, "sts:SetSourceIdentity") {
+		t.Errorf("chained source identity without sts:SetSourceIdentity: %v", err)
+	}
 	_, err = s.AssumeRole(sess, &AssumeRoleInput{RoleARN: roleARN("tags"), RoleSessionName: "s3", Tags: []Tag{{"Team", "blue"}}})
 	if e := (*Error)(nil); !errors.As(err, &e) || e.Code != "InvalidParameterValue" {
 		t.Errorf("override transitive tag: %v", err)
 	}
-	_, err = s.AssumeRole(sess, &AssumeRoleInput{RoleARN: roleARN("plain"), RoleSessionName: "s3", DurationSeconds: ptr(int64(3601))})
+	_, err = s.AssumeRole(sess, &AssumeRoleInput{RoleARN: roleARN("tags"), RoleSessionName: "s3", DurationSeconds: ptr(int64(3601))})
 	if e := (*Error)(nil); !errors.As(err, &e) || !strings.Contains(e.Message, "role chaining") {
 		t.Errorf("chained duration: %v", err)
 	}
