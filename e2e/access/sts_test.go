@@ -2,6 +2,7 @@ package access
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +12,9 @@ import (
 // stsConfig declares the roles of TestAssumeRoleParameters in the default
 // account: one allowed to encrypt and decrypt, two whose trust policies
 // check sts:ExternalId (StringEquals, and a Deny on StringNotEquals), and
-// one whose identity policy allows kms:Encrypt only to sessions tagged
-// team=blue.
+// one whose identity policy allows kms:Encrypt only to sessions with the
+// source identity alice-laptop, one whose identity policy allows it only
+// to sessions tagged team=blue.
 const stsConfig = `
 [[accounts]]
 id = "` + account + `"
@@ -32,6 +34,12 @@ id = "` + account + `"
   assume_role_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::` + account + `:root"},"Action":"sts:AssumeRole"},{"Effect":"Deny","Principal":{"AWS":"*"},"Action":"sts:AssumeRole","Condition":{"StringNotEquals":{"sts:ExternalId":"partner-7f3a"}}}]}'
 
   [[accounts.roles]]
+  name = "traced"
+  assume_role_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::` + account + `:root"},"Action":["sts:AssumeRole","sts:SetSourceIdentity"]}]}'
+  [accounts.roles.policies]
+  encrypt = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*","Condition":{"StringEquals":{"aws:SourceIdentity":"alice-laptop"}}}]}'
+
+  [[accounts.roles]]
   name = "team"
   assume_role_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::` + account + `:root"},"Action":["sts:AssumeRole","sts:TagSession"]}]}'
   [accounts.roles.policies]
@@ -42,7 +50,6 @@ id = "` + account + `"
 // session tags and DurationSeconds, through the aws CLI v2.
 func TestAssumeRoleParameters(t *testing.T) {
 	s := start(t, stsConfig)
-	defer s.stop()
 	admin := adminProfile(t, s)
 	adminARN := str(s.ok(admin, "sts", "get-caller-identity"), "Arn")
 	k := s.ok(admin, "kms", "create-key", "--description", "sts")
@@ -95,6 +102,16 @@ func TestAssumeRoleParameters(t *testing.T) {
 	// Tags need sts:TagSession in the trust policy.
 	s.denied(admin, adminARN, "sts:TagSession", "sts", "assume-role", "--role-arn", roleARN("crypto"), "--role-session-name", "t1", "--tags", "Key=team,Value=blue")
 
+	// A source identity is the session's aws:SourceIdentity, and its audit
+	// records carry it.
+	ar = s.ok(admin, "sts", "assume-role", "--role-arn", roleARN("traced"), "--role-session-name", "traced", "--source-identity", "alice-laptop")
+	if str(ar, "SourceIdentity") != "alice-laptop" {
+		t.Errorf("assume-role with a source identity: %v", ar)
+	}
+	s.ok(session(ar, "traced"), "kms", "encrypt", "--key-id", keyARN, "--plaintext", plain)
+	untraced := session(s.ok(admin, "sts", "assume-role", "--role-arn", roleARN("traced"), "--role-session-name", "untraced"), "untraced")
+	s.denied(untraced, "arn:aws:sts::"+account+":assumed-role/traced/untraced", "kms:Encrypt", "kms", "encrypt", "--key-id", keyARN, "--plaintext", plain)
+
 	// The CLI refuses a DurationSeconds below 900 itself; with its
 	// parameter validation off, kmsd answers as STS does.
 	cfg := filepath.Join(t.TempDir(), "config")
@@ -110,5 +127,27 @@ func TestAssumeRoleParameters(t *testing.T) {
 	code, _, errOut = s.aws(admin, "sts", "assume-role", "--role-arn", roleARN("crypto"), "--role-session-name", "long", "--duration-seconds", "7200")
 	if code != 254 || !strings.Contains(errOut, "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.") {
 		t.Errorf("duration 7200: exit %d %q", code, errOut)
+	}
+
+	s.stop()
+	b, err := os.ReadFile(filepath.Join(s.dataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	traced := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if str(r, "eventName") == "Encrypt" && str(r, "userIdentity", "arn") == "arn:aws:sts::"+account+":assumed-role/traced/traced" {
+			traced++
+			if got := str(r, "userIdentity", "sessionContext", "sourceIdentity"); got != "alice-laptop" {
+				t.Errorf("audit record of the traced session: sourceIdentity %q: %s", got, line)
+			}
+		}
+	}
+	if traced != 1 {
+		t.Errorf("%d Encrypt records of the traced session, want 1", traced)
 	}
 }
