@@ -122,7 +122,11 @@ const (
 // ARN, its account or "*". Only a key policy statement or grant naming the
 // session ARN itself (arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION) is
 // not limited; where IAM must agree as well (account delegation, another
-// account), the identity side is still limited.
+// account), the identity side is still limited. AWS documents the role ARN
+// and session ARN cases for resource-based policies; kmsd reads "*" like
+// the role ARN (limited), the safe side, and applies the same rule to
+// grants, which are resource-based permissions too: this is the one place
+// that decides it.
 //
 // The root user is governed by no identity policy, so where IAM must
 // agree its consent is implied. id.Policies are those attached to the
