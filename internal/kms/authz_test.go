@@ -293,3 +293,29 @@ func TestPrincipalTagsNotCached(t *testing.T) {
 		}
 	}
 }
+
+// TestRetireGrantSessionPolicies: a session may retire a grant that names
+// its role only if its session policies allow kms:RetireGrant.
+func TestRetireGrantSessionPolicies(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	role := "arn:aws:iam::111122223333:role/App"
+	p, _ := policy.PrincipalFromARN("arn:aws:sts::111122223333:assumed-role/App/s1")
+	p.RoleARN = role
+	session := func(doc string) *Caller {
+		return &Caller{Account: "111122223333", Region: "us-east-1", ARN: p.ARN, Principal: p,
+			SessionPolicies: []*policy.Policy{mustIdentityPolicy(t, doc)}}
+	}
+	g, err := f.svc.CreateGrant(ctx, f.caller, &kmsapi.CreateGrantRequest{KeyId: &id, GranteePrincipal: &role, RetiringPrincipal: &role, Operations: []string{"Encrypt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.RetireGrant(ctx, session(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}]}`),
+		&kmsapi.RetireGrantRequest{KeyId: &id, GrantId: g.GrantId})
+	wantException(t, err, "AccessDeniedException")
+	if _, err := f.svc.RetireGrant(ctx, session(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:RetireGrant","Resource":"*"}]}`),
+		&kmsapi.RetireGrantRequest{KeyId: &id, GrantId: g.GrantId}); err != nil {
+		t.Fatalf("retire with a session policy allowing it: %v", err)
+	}
+}
