@@ -52,10 +52,24 @@ type Identity struct {
 	// Policies are the identity policies attached to the user, or to the
 	// role of a session, parsed once.
 	Policies []*policy.Policy
+	// SessionPolicies are a role session's session policies (AssumeRole's
+	// Policy and PolicyArns), parsed: they limit Policies as
+	// policy.Decide describes. nil for sessions without them and for
+	// long-term keys. Every authorization must pass them on (AuthzIdentity).
+	SessionPolicies []*policy.Policy
+	// TransitiveTagKeys are the session tags (Principal.Tags) that pass on
+	// to the sessions this session creates by assuming another role.
+	TransitiveTagKeys []string
 	// SessionToken is set for temporary credentials; a request must carry
 	// it (X-Amz-Security-Token).
 	SessionToken string
 	Expires      time.Time // zero for long-term keys
+}
+
+// AuthzIdentity is what the identity's policies contribute to a policy
+// decision: its identity policies and its session policies.
+func (id *Identity) AuthzIdentity() policy.Identity {
+	return policy.Identity{Policies: id.Policies, Session: id.SessionPolicies}
 }
 
 // Temporary reports whether the identity comes from session credentials.

@@ -76,6 +76,11 @@ func init() {
 	}
 }
 
+// identity is what the caller's policies contribute to a decision.
+func (c *Caller) identity() policy.Identity {
+	return policy.Identity{Policies: c.Policies, Session: c.SessionPolicies}
+}
+
 // principal is who the caller acts as for policy evaluation.
 func (c *Caller) principal() policy.Principal {
 	if c.Principal.Type != "" {
@@ -120,8 +125,10 @@ var (
 // never modified; a principal's keys change only with its ARN or id, or
 // with its tags, which bypass the cache.
 func principalKeys(p *policy.Principal) map[string][]string {
-	if len(p.Tags) > 0 {
-		// Tags are not part of the cache key; tagged principals are rare.
+	if len(p.Tags) > 0 || p.SourceIdentity != "" {
+		// Session tags and source identity belong to one session, not to
+		// its ARN (a role may be assumed again under the same session
+		// name with other tags): never cache them.
 		return policy.NewRequest(*p, "", "").Context
 	}
 	key := string(p.Type) + "\x00" + p.ARN + "\x00" + p.UserID + "\x00" + p.RoleARN
@@ -200,7 +207,7 @@ func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k 
 	}
 	r := s.request(c, action, k.ARN())
 	kp := s.keyPolicy(k)
-	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies}); err != nil {
+	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies, c.SessionPolicies}); err != nil {
 		return err
 	}
 	if ec != nil {
@@ -209,16 +216,16 @@ func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k 
 	if extra != nil {
 		extra(r)
 	}
-	ok, reason := policy.Decide(kp, c.Policies, false, r)
+	ok, reason := policy.Decide(kp, c.identity(), policy.NoGrant, r)
 	if ok {
 		return nil
 	}
-	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
-		allowed, err := s.grantsAllow(ctx, c, k, action, ec)
+	if reason.GrantMayAllow() {
+		g, err := s.grantsAllow(ctx, c, k, action, ec)
 		if err != nil {
 			return err
 		}
-		if allowed {
+		if ok, _ := policy.Decide(s.keyPolicy(k), c.identity(), g, r); ok && g != policy.NoGrant {
 			return nil
 		}
 	}
@@ -234,7 +241,7 @@ func (s *Service) authorizeIAM(c *Caller, action string, extra func(*policy.Requ
 	if extra != nil {
 		extra(r)
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), r); !ok {
 		return accessDenied(r, reason)
 	}
 	return nil
@@ -264,7 +271,7 @@ func authorizeStore(s *Service, c *Caller, action, resource, resourceAccount str
 	if c.Trusted {
 		return nil
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), r); !ok {
 		return accessDenied(r, reason)
 	}
 	return nil

@@ -69,7 +69,7 @@ func (s *Service) AuthorizeCloudHSM(c *Caller, r CloudHSMRequest) error {
 	if c.Trusted {
 		return nil
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, req); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), req); !ok {
 		return accessDenied(req, reason)
 	}
 	return nil

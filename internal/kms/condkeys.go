@@ -17,6 +17,7 @@ import (
 type readers struct {
 	key      *policy.Policy
 	identity []*policy.Policy
+	session  []*policy.Policy // session policies of a role session
 }
 
 // reads reports whether any of the policies refers to key (a prefix such
@@ -27,6 +28,11 @@ func (p readers) reads(key string) bool {
 	}
 	for _, ip := range p.identity {
 		if ip.References(key) {
+			return true
+		}
+	}
+	for _, sp := range p.session {
+		if sp.References(key) {
 			return true
 		}
 	}

@@ -120,20 +120,20 @@ func (s *Service) authorizeCreateGrant(ctx context.Context, c *Caller, k *catalo
 	}
 	r := s.request(c, "kms:CreateGrant", k.ARN())
 	kp := s.keyPolicy(k)
-	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies}); err != nil {
+	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies, c.SessionPolicies}); err != nil {
 		return err
 	}
 	extra(r)
-	ok, reason := policy.Decide(kp, c.Policies, false, r)
+	ok, reason := policy.Decide(kp, c.identity(), policy.NoGrant, r)
 	if ok {
 		return nil
 	}
-	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
-		allowed, err := s.grantAllowing(ctx, c, k, "kms:CreateGrant", nil, g)
+	if reason.GrantMayAllow() {
+		gm, err := s.grantAllowing(ctx, c, k, "kms:CreateGrant", nil, g)
 		if err != nil {
 			return err
 		}
-		if allowed {
+		if ok, _ := policy.Decide(s.keyPolicy(k), c.identity(), gm, r); ok && gm != policy.NoGrant {
 			return nil
 		}
 	}

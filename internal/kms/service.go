@@ -34,6 +34,10 @@ type Caller struct {
 	// identity policies, parsed.
 	Principal policy.Principal
 	Policies  []*policy.Policy
+	// SessionPolicies are the session policies of a role session created
+	// with AssumeRole's Policy or PolicyArns; they limit what Policies
+	// (and key policies naming the role or account) allow. nil: none.
+	SessionPolicies []*policy.Policy
 	// Trusted skips authorization for the caller's own account (emulator
 	// mode, where every caller is the account's root and may do anything
 	// in it). Cross-account calls are still decided by key policies.

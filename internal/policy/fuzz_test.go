@@ -85,11 +85,13 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("Evaluate %v, Explain %v", d, d2)
 				}
 				if kind == KeyPolicy {
-					Decide(p, nil, false, r)
+					Decide(p, Identity{}, NoGrant, r)
 					_ = CheckLockout(p, r)
 				} else {
-					Decide(nil, []*Policy{p}, false, r)
-					DecideIAMOnly([]*Policy{p}, r)
+					Decide(nil, Identity{Policies: []*Policy{p}}, NoGrant, r)
+					Decide(p, Identity{Session: []*Policy{p}}, GrantToRole, r)
+					DecideIAMOnly(Identity{Policies: []*Policy{p}}, r)
+					DecideIAMOnly(Identity{Policies: []*Policy{p}, Session: []*Policy{p}}, r)
 				}
 			}
 		}

@@ -44,9 +44,12 @@ type Principal struct {
 	// Provider is the identity provider of WebIdentityUser and SAMLUser
 	// principals, matched by a Federated principal element.
 	Provider string
-	// Tags are the principal's tags, aws:PrincipalTag/<key>: an IAM
-	// user's or role's, or a session's session tags.
+	// Tags are the session tags of a role session (aws:PrincipalTag/<key>),
+	// or the tags of a user or role. Shared, never modified.
 	Tags map[string]string
+	// SourceIdentity is the source identity set on a role session
+	// (aws:SourceIdentity); it persists through role chaining.
+	SourceIdentity string
 }
 
 // isAWS reports whether p is an identity of an AWS account, one that
@@ -201,6 +204,7 @@ const (
 	KeyPrincipalTagPrefix = "aws:PrincipalTag/"
 	KeyResourceTagPrefix  = "aws:ResourceTag/"
 	KeyRequestTagPrefix   = "aws:RequestTag/"
+	KeySourceIdentity     = "aws:SourceIdentity"
 )
 
 // EncryptionContextKey is the condition key of one encryption context
@@ -224,7 +228,8 @@ type Request struct {
 // aws:username (IAM users only), kms:CallerAccount,
 // aws:PrincipalIsAWSService, aws:PrincipalServiceName (services only),
 // aws:ViaAWSService, aws:MultiFactorAuthPresent (temporary credentials
-// only) and aws:PrincipalTag/<key>.
+// only) and aws:PrincipalTag/<key> and
+// aws:SourceIdentity.
 func NewRequest(p Principal, action, resource string) *Request {
 	r := &Request{Principal: p, Action: action, Resource: resource, Context: map[string][]string{}}
 	if p.isAWS() {
@@ -271,6 +276,9 @@ func NewRequest(p Principal, action, resource string) *Request {
 	}
 	for k, v := range p.Tags {
 		r.Set(KeyPrincipalTagPrefix+k, v)
+	}
+	if p.SourceIdentity != "" {
+		r.Set(KeySourceIdentity, p.SourceIdentity)
 	}
 	return r
 }

@@ -156,8 +156,7 @@ func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec 
 	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
 		return kms.Caller{}, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
 	}
-	c.Account, c.ARN = id.Principal.Account, id.Principal.ARN
-	c.Principal, c.Policies = id.Principal, id.Policies
+	actAs(&c, id)
 	setIdentity(rec, id)
 	return c, nil
 }

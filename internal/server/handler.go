@@ -94,8 +94,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, rec, "", &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
 			return
 		}
-		caller.Account, caller.ARN = id.Principal.Account, id.Principal.ARN
-		caller.Principal, caller.Policies = id.Principal, id.Policies
+		actAs(&caller, id)
 		setIdentity(rec, id)
 	} else {
 		// Emulator mode: every caller is the account's root, allowed
@@ -138,6 +137,14 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	a.metrics.ok(opName)
 	awsjson.WriteJSON(w, reqID, out)
+}
+
+// actAs makes c act as id for authorization: its principal, identity
+// policies and session policies. Every kms.Caller built from an identity
+// goes through here, so that no path forgets a session's session policies.
+func actAs(c *kms.Caller, id *identity.Identity) {
+	c.Account, c.ARN = id.Principal.Account, id.Principal.ARN
+	c.Principal, c.Policies, c.SessionPolicies = id.Principal, id.Policies, id.SessionPolicies
 }
 
 // wireError turns a service error into what the client sees, logging the

@@ -65,6 +65,9 @@ type queryCall struct {
 	id     *identity.Identity
 	form   url.Values
 	action string
+	// sourceIP and secure feed aws:SourceIp and aws:SecureTransport.
+	sourceIP string
+	secure   bool
 }
 
 func (q *queryCall) get(name string) string { return q.form.Get(name) }
@@ -135,7 +138,7 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		rec.RequestParameters = params
 	}
 	rec.ReadOnly = strings.HasPrefix(action, "Get") || strings.HasPrefix(action, "List")
-	q := &queryCall{ctx: r.Context(), id: id, form: form, action: action}
+	q := &queryCall{ctx: r.Context(), id: id, form: form, action: action, sourceIP: rec.SourceIPAddress, secure: r.TLS != nil}
 	result, audited, err := op(a, q)
 	if err != nil {
 		a.queryFail(w, rec, ns, toQueryError(err))
@@ -207,7 +210,7 @@ func (q *queryCall) authorize(resource string) error {
 	action := "iam:" + q.action
 	r := policy.NewRequest(q.id.Principal, action, resource)
 	r.SetTime(time.Now())
-	if ok, reason := policy.DecideIAMOnly(q.id.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(q.id.AuthzIdentity(), r); !ok {
 		return &queryError{403, "AccessDenied", policy.AccessDeniedMessage(r, reason)}
 	}
 	return nil
