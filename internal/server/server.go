@@ -67,6 +67,11 @@ type Config struct {
 	XKSCABundle            string
 	XKSVPCEndpointServices string
 	XKSHealthInterval      string
+	// XKSAllowedEndpoints limits where PUBLIC_ENDPOINT external key
+	// stores' proxies may be: comma-separated host names, *.domain,
+	// addresses and CIDR networks, each with an optional :port (package
+	// netallow). Empty: anywhere, as in AWS.
+	XKSAllowedEndpoints string
 }
 
 // Validate checks c and fills defaults.
