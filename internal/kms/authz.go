@@ -53,10 +53,10 @@ func init() {
 	key(true, "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
 		"GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
 		"Sign", "Verify", "GetPublicKey", "DescribeKey", "DeriveSharedSecret",
-		"CreateGrant", "ListGrants", "RetireGrant", "RevokeGrant", "ReEncryptFrom", "ReEncryptTo")
+		"CreateGrant", "ListGrants", "RetireGrant", "RevokeGrant", "ReEncryptFrom", "ReEncryptTo", "GetKeyRotationStatus")
 	key(false, "CancelKeyDeletion", "CreateAlias", "DeleteAlias", "DeleteImportedKeyMaterial",
 		"DisableKey", "DisableKeyRotation", "EnableKey", "EnableKeyRotation", "GetKeyPolicy",
-		"GetKeyRotationStatus", "GetKeyLastUsage", "GetParametersForImport", "ImportKeyMaterial", "ListKeyPolicies",
+		"GetKeyLastUsage", "GetParametersForImport", "ImportKeyMaterial", "ListKeyPolicies",
 		"ListKeyRotations", "ListResourceTags", "PutKeyPolicy", "ReplicateKey", "RotateKeyOnDemand",
 		"ScheduleKeyDeletion", "TagResource", "UntagResource", "UpdateAlias", "UpdateKeyDescription",
 		"UpdatePrimaryRegion")

@@ -106,9 +106,11 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 	return &kmsapi.DisableKeyRotationResponse{}, nil
 }
 
-// GetKeyRotationStatus reports whether automatic rotation is on.
+// GetKeyRotationStatus reports whether automatic rotation is on. Like
+// AWS, it may name a key of another account by key ARN; that account's key
+// policy and the caller's IAM policies decide.
 func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsapi.GetKeyRotationStatusRequest) (*kmsapi.GetKeyRotationStatusResponse, error) {
-	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	k, err := s.resolveKeyIDCross(ctx, c, *in.KeyId)
 	if err != nil {
 		return nil, err
 	}

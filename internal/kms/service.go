@@ -180,6 +180,16 @@ func (s *Service) resolveKeyID(ctx context.Context, c *Caller, keyID string) (*c
 	return s.resolve(ctx, c, keyID)
 }
 
+// resolveKeyIDCross is resolveKeyID for the operations that take a key id
+// or key ARN and may use a key of another account, named by its key ARN
+// (GetKeyRotationStatus).
+func (s *Service) resolveKeyIDCross(ctx context.Context, c *Caller, keyID string) (*catalog.Key, error) {
+	if ref, err := keys.Parse(keyID); err == nil && (ref.Kind == keys.KindAlias || ref.Kind == keys.KindAliasARN) {
+		return nil, exc("NotFoundException", "Invalid keyId '"+keyID+"'")
+	}
+	return s.resolveCross(ctx, c, keyID)
+}
+
 // usable checks that k can perform a cryptographic operation now.
 func usable(k *catalog.Key) error {
 	switch k.State {

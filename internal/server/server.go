@@ -28,7 +28,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -77,6 +76,11 @@ type Config struct {
 	XKSCABundle            string
 	XKSVPCEndpointServices string
 	XKSHealthInterval      string
+	// XKSAllowedEndpoints limits where PUBLIC_ENDPOINT external key
+	// stores' proxies may be: comma-separated host names, *.domain,
+	// addresses and CIDR networks, each with an optional :port (package
+	// netallow). Empty: anywhere, as in AWS.
+	XKSAllowedEndpoints string
 }
 
 // Validate checks c and fills defaults.
@@ -124,30 +128,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	var rootKey []byte
-	var err error
-	if cfg.RootKey != "" {
-		rootKey, err = barrier.ParseRootKey(cfg.RootKey)
-	} else {
-		var created bool
-		rootKey, created, err = barrier.LoadOrCreateRootKey(cfg.RootKeyFile, rand.Reader)
-		if created {
-			log.Info("created root key", "file", cfg.RootKeyFile)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("root key: %w", err)
-	}
-	b, err := barrier.New(rootKey)
-	clear(rootKey)
-	if err != nil {
-		return err
-	}
-	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "kmsd.db"))
+	dbPath := filepath.Join(cfg.DataDir, "kmsd.db")
+	store, err := sqlite.Open(ctx, dbPath)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
 	defer store.Close()
+	b, err := openBarrier(ctx, cfg, store, dbPath, log)
+	if err != nil {
+		return err
+	}
 
 	cat := catalog.New(store, b)
 	svc := kms.New(cat, kms.WithLogger(log))
