@@ -166,12 +166,13 @@ func missingParams(missing int, h string) *Error {
 	return incomplete(b.String())
 }
 
-// signsHost reports whether the ';'-separated list names the host header.
-func signsHost(signed string) bool {
+// listed reports whether the ';'-separated list of signed headers names the
+// header name, in any case.
+func listed(signed, name string) bool {
 	for signed != "" {
-		var name string
-		name, signed, _ = strings.Cut(signed, ";")
-		if name == "host" {
+		var n string
+		n, signed, _ = strings.Cut(signed, ";")
+		if len(n) == len(name) && strings.EqualFold(n, name) {
 			return true
 		}
 	}

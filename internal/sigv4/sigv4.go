@@ -53,6 +53,10 @@ const (
 	msgMismatch     = "The request signature we calculated does not match the signature you provided. " +
 		"Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
 	msgHostNotSigned = "'Host' must be a 'SignedHeader' in the AWS Authorization."
+	// msgNotSigned follows the name of a header that the service requires
+	// to be signed and that SignedHeaders leaves out, in quotes: AWS's
+	// "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."
+	msgNotSigned = "' must be a 'SignedHeader' in the AWS Authorization."
 )
 
 // Error is a verification failure as the client sees it.
@@ -81,6 +85,14 @@ func invalid(msg string) *Error    { return &Error{Code: CodeInvalidSignature, M
 // mismatch is the signature-mismatch error; reason tells logs which check.
 func mismatch(reason string) *Error {
 	return &Error{Code: CodeInvalidSignature, Message: msgMismatch, Reason: reason}
+}
+
+// notSigned is the error for a header present in the request that the
+// Verifier's HeaderRule requires to be signed and SignedHeaders leaves
+// out. AWS JSON services answer it as InvalidSignatureException (query
+// services as SignatureDoesNotMatch), naming the header.
+func notSigned(name string) *Error {
+	return &Error{Code: CodeInvalidSignature, Message: "'" + name + msgNotSigned, Reason: "header not signed"}
 }
 
 // hashHex returns the lowercase hex SHA-256 of b.
