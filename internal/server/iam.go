@@ -114,7 +114,7 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		return
 	}
 	id, ok := a.ids.Identity(res.AccessKeyID)
-	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
+	if !ok || !tokenMatches(id, res.SessionToken) {
 		a.queryFail(w, rec, ns, &queryError{403, "InvalidClientTokenId", "The security token included in the request is invalid."})
 		return
 	}
