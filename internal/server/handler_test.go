@@ -213,3 +213,43 @@ func TestTokenMatches(t *testing.T) {
 		})
 	}
 }
+
+// TestQueryUTF8: the IAM and STS query APIs refuse parameter names and
+// values that are not UTF-8 once percent-decoded, before anything is
+// stored.
+func TestQueryUTF8(t *testing.T) {
+	a := newTestAPI(t)
+	query := func(body string) (int, string) {
+		r := httptest.NewRequest(http.MethodPost, "http://iam.amazonaws.com/", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+		sigv4.Sign(r, []byte(body), testAKID, testSecret, "", "us-east-1", "iam", time.Now())
+		w := httptest.NewRecorder()
+		a.ServeHTTP(w, r)
+		return w.Code, w.Body.String()
+	}
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"invalid byte in a value", "Action=CreateUser&Version=2010-05-08&UserName=a%FFb",
+			"<Code>ValidationError</Code><Message>1 validation error detected: Value at &#39;userName&#39; failed to satisfy constraint: Member must be valid UTF-8</Message>"},
+		{"encoded surrogate in a value", "Action=CreateUser&Version=2010-05-08&UserName=a%ED%A0%80&Path=%2F",
+			"<Code>ValidationError</Code><Message>1 validation error detected: Value at &#39;userName&#39; failed to satisfy constraint: Member must be valid UTF-8</Message>"},
+		{"invalid byte in a name", "Action=CreateUser&Version=2010-05-08&UserName=bob&%C0x=1",
+			"<Code>ValidationError</Code><Message>1 validation error detected: a parameter name is not valid UTF-8</Message>"},
+		{"raw invalid byte", "Action=CreateUser&Version=2010-05-08&UserName=a\xffb",
+			"<Code>ValidationError</Code>"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := query(tc.body)
+			if status != 400 || !strings.Contains(body, "<Type>Sender</Type>"+tc.want) {
+				t.Errorf("got %d %s\nwant 400 with %s", status, body, tc.want)
+			}
+		})
+	}
+	if status, body := query("Action=ListUsers&Version=2010-05-08"); status != 200 || strings.Count(body, "<UserName>") != 1 {
+		t.Errorf("ListUsers after the refusals: %d %s, want only kmsd-admin", status, body)
+	}
+	if status, body := query("Action=CreateUser&Version=2010-05-08&UserName=caf%C3%A9"); strings.Contains(body, "valid UTF-8") {
+		t.Errorf("valid UTF-8 refused: %d %s", status, body)
+	}
+}
