@@ -375,6 +375,48 @@ func TestUnsignedHeaders(t *testing.T) {
 	}
 }
 
+// TestInvalidText: a body that is not UTF-8 text, or escapes half a
+// surrogate pair, is refused instead of being stored with U+FFFD in place
+// of what was sent.
+func TestInvalidText(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	cr := s.Creds()
+	good := sigV4(cr.AccessKeyID, cr.SecretAccessKey, region, time.Now())
+	countKeys := func() int {
+		t.Helper()
+		r := post(t, s, "TrentService.ListKeys", `{}`, good)
+		var out struct{ Keys []any }
+		if err := json.Unmarshal(r.Body, &out); r.Status != 200 || err != nil {
+			t.Fatalf("ListKeys: %d %s", r.Status, r.Body)
+		}
+		return len(out.Keys)
+	}
+	before := countKeys()
+	for _, tc := range []struct{ name, body, msg string }{
+		{"lone high surrogate", `{"Description":"\ud800"}`, "Could not parse request body into json: Unexpected character at offset 16"},
+		{"lone low surrogate", `{"Description":"x\uDC00y"}`, "Could not parse request body into json: Unexpected character at offset 17"},
+		{"invalid UTF-8", "{\"Description\":\"\xff\"}", "Could not parse request body into json: Unexpected character at offset 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := post(t, s, "TrentService.CreateKey", tc.body, good)
+			code, msg := errorEnvelope(t, r)
+			if r.Status != 400 || code != "SerializationException" || msg != tc.msg {
+				t.Errorf("got %d %s %q, want 400 SerializationException %q", r.Status, code, msg, tc.msg)
+			}
+		})
+	}
+	if after := countKeys(); after != before {
+		t.Errorf("%d keys after the refused CreateKey calls, want %d", after, before)
+	}
+	// A surrogate pair is one character and is kept.
+	r := post(t, s, "TrentService.CreateKey", `{"Description":"\ud83d\ude00"}`, good)
+	var out struct{ KeyMetadata struct{ Description string } }
+	if err := json.Unmarshal(r.Body, &out); r.Status != 200 || err != nil || out.KeyMetadata.Description != "\U0001F600" {
+		t.Errorf("CreateKey with a surrogate pair: %d %s", r.Status, r.Body)
+	}
+}
+
 // TestEmulatorAuth checks --auth emulator: fake credentials work in any
 // region, and keys belong to the region they were created in.
 func TestEmulatorAuth(t *testing.T) {
