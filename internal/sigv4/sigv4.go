@@ -4,10 +4,13 @@
 // The server side, Verifier, authenticates every request kmsd serves (service
 // "kms", region taken from the credential scope) and every request an XKS
 // proxy serves (service "kms-xks-proxy", canonical URI taken from the raw
-// path). It checks in the order AWS services do — parse, date, clock skew,
-// credential scope, access key, canonical request, constant-time compare —
-// and reports a failure as an *Error carrying the AWS exception name and
-// message, so the aws CLI and the SDKs see what they would see from AWS.
+// path). It checks in the order AWS services do — parse, signed headers,
+// date, clock skew, credential scope, access key, canonical request,
+// constant-time compare — and reports a failure as an *Error carrying the
+// AWS exception name and message, so the aws CLI and the SDKs see what they
+// would see from AWS. The headers that choose what a request does
+// (X-Amz-Target, Content-Type, any X-Amz-*) must be signed, so that a
+// captured request cannot be replayed as another operation (see HeaderRule).
 //
 // The client side, Sign and Signer, signs the requests kmsd sends to XKS
 // proxies.

@@ -92,11 +92,12 @@ type Result struct {
 // or an *Error with the AWS exception name and message to send back.
 //
 // The checks run in the order AWS services run them: the Authorization
-// header (or presigned query) is parsed; the date is found and parsed; the
-// clock skew is checked; the credential scope must name Verifier.Service, a
-// valid region, the request's day and "aws4_request"; the access key is
-// looked up; the canonical request is built and the signature compared in
-// constant time.
+// header (or, if AllowPresigned, the presigned query) is parsed; host and
+// the headers Verifier.Headers requires must be among the signed headers;
+// the date is found and parsed; the clock skew is checked; the credential
+// scope must name Verifier.Service, a valid region, the request's day and
+// "aws4_request"; the access key is looked up; the canonical request is
+// built and the signature compared in constant time.
 func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 	var (
 		a         authz
@@ -233,20 +234,68 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 // if there is none. dateName is the header that gave the request time ("" if
 // it came from the query). Of several such headers it names the first in
 // sorted order, so the message does not depend on map order.
+//
+// It runs on every request: the required headers (three for a typical SDK
+// request) are collected in one pass over h, then matched in one pass over
+// signed.
 func (rule HeaderRule) unsigned(h http.Header, signed, dateName string) string {
+	var need [8]string
+	n := 0
+	if dateName != "" {
+		need[n] = dateName
+		n++
+	}
+	if rule == RequireAll {
+		for k := range h {
+			if k == dateName || !mustSign(k) {
+				continue
+			}
+			if n == len(need) {
+				return unsignedSlow(h, signed, dateName)
+			}
+			need[n] = k
+			n++
+		}
+	}
+	var found uint8 // bit x: need[x] is listed
+	for i := 0; i < len(signed) && n > 0; {
+		j := strings.IndexByte(signed[i:], ';')
+		if j < 0 {
+			j = len(signed) - i
+		}
+		e := signed[i : i+j]
+		for x := range n {
+			if len(e) == len(need[x]) && equalFoldASCII(e, need[x]) {
+				found |= 1 << x
+			}
+		}
+		i += j + 1
+	}
+	bad := ""
+	for x := range n {
+		if found&(1<<x) != 0 {
+			continue
+		}
+		// Keys of a received request are canonical already; a key set
+		// by code may not be, and is named as the client would see it.
+		if c := textproto.CanonicalMIMEHeaderKey(need[x]); bad == "" || c < bad {
+			bad = c
+		}
+	}
+	return bad
+}
+
+// unsignedSlow is RequireAll.unsigned for a request with more required
+// headers than unsigned collects: one pass over signed for each.
+func unsignedSlow(h http.Header, signed, dateName string) string {
 	bad := ""
 	if dateName != "" && !listed(signed, dateName) {
 		bad = dateName
-	}
-	if rule != RequireAll {
-		return bad
 	}
 	for k := range h {
 		if !mustSign(k) || listed(signed, k) {
 			continue
 		}
-		// Keys of a received request are canonical already; a key set
-		// by code may not be, and is named as the client would see it.
 		if c := textproto.CanonicalMIMEHeaderKey(k); bad == "" || c < bad {
 			bad = c
 		}
@@ -257,10 +306,17 @@ func (rule HeaderRule) unsigned(h http.Header, signed, dateName string) string {
 // mustSign reports whether RequireAll requires the header k to be signed:
 // Content-Type and X-Amz-* but for the two exempt ones, in any case.
 func mustSign(k string) bool {
-	if len(k) < len("x-amz-") || !strings.EqualFold(k[:len("x-amz-")], "x-amz-") {
-		return strings.EqualFold(k, "content-type")
+	const amz = "x-amz-"
+	if k == "" || (k[0] != 'X' && k[0] != 'x' && k[0] != 'C' && k[0] != 'c') {
+		return false // most headers, and cheaply
 	}
-	return !strings.EqualFold(k, "x-amz-security-token") && !strings.EqualFold(k, "x-amz-content-sha256")
+	if len(k) < len(amz) || !equalFoldASCII(k[:len(amz)], amz) {
+		return len(k) == len("content-type") && equalFoldASCII(k, "content-type")
+	}
+	if len(k) == len("x-amz-security-token") { // and of x-amz-content-sha256
+		return !equalFoldASCII(k, "x-amz-security-token") && !equalFoldASCII(k, "x-amz-content-sha256")
+	}
+	return true
 }
 
 // checkSkew rejects a request time further than MaxSkew from now (or, for a

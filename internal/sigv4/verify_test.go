@@ -70,6 +70,13 @@ var (
 
 func requireHostDate(v *Verifier) { v.Headers = RequireHostDate }
 
+// manyAmzHeaders adds ten X-Amz-* headers, which Sign signs.
+func manyAmzHeaders(r *http.Request) {
+	for c := 'a'; c < 'k'; c++ {
+		r.Header.Set("X-Amz-Meta-"+string(c), "v")
+	}
+}
+
 func hashString(s string) string { h := hashHex([]byte(s)); return string(h[:]) }
 
 const msgHeaderRequires = "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. "
@@ -274,6 +281,15 @@ var verifyCases = []verifyCase{
 		tamper:   func(r *http.Request, b []byte) []byte { r.Header["X-Amz-Foo"] = []string{""}; return b },
 		wantCode: CodeInvalidSignature,
 		wantMsg:  "'X-Amz-Foo' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{name: "valid with many x-amz headers signed", prepare: manyAmzHeaders},
+	{
+		// More required headers than the fast path collects.
+		name:     "many x-amz headers, one added after signing",
+		prepare:  manyAmzHeaders,
+		tamper:   setHeader("X-Amz-Added", "1"),
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Added' must be a 'SignedHeader' in the AWS Authorization.",
 	},
 	{
 		name:     "emulator mode checks signed headers",
