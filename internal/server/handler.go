@@ -90,7 +90,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.AWSRegion = res.Region
 	if a.ids != nil {
 		id, ok := a.ids.Identity(res.AccessKeyID)
-		if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) { // removed between verification and now, or a bad token
+		if !ok || !tokenMatches(id, res.SessionToken) { // removed between verification and now, or a bad token
 			a.fail(w, rec, "", &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/identity"
@@ -87,6 +88,14 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		ns, verifier, ops = stsNS, a.stsVerifier, stsOps
 		rec.EventSource = "sts.amazonaws.com"
 	}
+	if err == nil {
+		// url.ParseQuery passes any bytes through: refuse what is not
+		// text before it is stored, or replaced by U+FFFD on the way.
+		if qe := checkUTF8(form); qe != nil {
+			a.queryFail(w, rec, ns, qe)
+			return
+		}
+	}
 	action := form.Get("Action")
 	rec.EventName = action
 	if err != nil || action == "" {
@@ -117,7 +126,7 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		return
 	}
 	id, ok := a.ids.Identity(res.AccessKeyID)
-	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
+	if !ok || !tokenMatches(id, res.SessionToken) {
 		a.queryFail(w, rec, ns, &queryError{403, "InvalidClientTokenId", "The security token included in the request is invalid."})
 		return
 	}
@@ -147,6 +156,35 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 	rec.ResponseElements = audited
 	a.metrics.requests.WithLabelValues(action, "OK").Inc() // IAM and STS actions are not pre-resolved
 	writeQuery(w, ns, action, rec.RequestID, result)
+}
+
+// checkUTF8 refuses a form with a parameter name or value that is not
+// UTF-8, as IAM and STS refuse a value outside a member's constraints
+// (ValidationError, 400), naming the first such parameter in sorted order.
+func checkUTF8(form url.Values) *queryError {
+	bad, found, badKey := "", false, false
+	for k, vs := range form {
+		if !utf8.ValidString(k) {
+			badKey = true
+			continue
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) && (!found || k < bad) {
+				bad, found = k, true
+			}
+		}
+	}
+	switch {
+	case badKey:
+		return &queryError{400, "ValidationError", "1 validation error detected: a parameter name is not valid UTF-8"}
+	case found:
+		if bad != "" {
+			bad = strings.ToLower(bad[:1]) + bad[1:] // AWS names members in lower camel case
+		}
+		return &queryError{400, "ValidationError", "1 validation error detected: Value at '" + bad +
+			"' failed to satisfy constraint: Member must be valid UTF-8"}
+	}
+	return nil
 }
 
 // scopeService is the service named by the request's credential scope.
