@@ -18,6 +18,9 @@ import (
 	"github.com/kmsd/kmsd/internal/sigv4"
 )
 
+// queryContentType is the media type of the IAM and STS (awsQuery) APIs.
+const queryContentType = "application/x-www-form-urlencoded"
+
 // maxBody bounds a request body. The largest KMS input (a 32 KiB policy,
 // or 4 KiB of plaintext in base64) is far below it.
 const maxBody = 1 << 20
@@ -66,7 +69,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, rec, "", &awsjson.Error{Code: "SerializationException", Message: "Could not read request body.", Status: 400})
 		return
 	}
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), queryContentType) {
 		a.serveQuery(w, r, body, rec) // IAM and STS (awsQuery protocol)
 		return
 	}

@@ -54,9 +54,7 @@ func newTestAPI(t *testing.T) *api {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	a := &api{svc: kms.New(catalog.New(store, b), kms.WithLogger(log)), account: testAccount, log: log, metrics: newMetrics(), ids: ids}
-	a.verifier = &sigv4.Verifier{Service: "kms", Lookup: ids}
-	a.iamVerifier = &sigv4.Verifier{Service: "iam", Lookup: ids}
-	a.stsVerifier = &sigv4.Verifier{Service: "sts", Lookup: ids}
+	a.setVerifiers(ids)
 	return a
 }
 
@@ -110,6 +108,12 @@ func TestUnsignedTargetReplay(t *testing.T) {
 	}{
 		{name: "signed as sent", status: 200},
 		{name: "host and date signed, target changed", signer: sigv4.Signer{Headers: []string{}}, edit: toDeletion,
+			status: 400, typ: "InvalidSignatureException", message: "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."},
+		// The JSON protocol's own Content-Type may go unsigned, as the AWS
+		// SDK for JavaScript v2 sends it; no other value may.
+		{name: "content-type unsigned, as sent", signer: sigv4.Signer{Headers: []string{"x-amz-target"}}, status: 200},
+		{name: "content-type unsigned, changed", signer: sigv4.Signer{Headers: []string{"x-amz-target"}},
+			edit:   func(r *http.Request) { r.Header.Set("Content-Type", "application/json") },
 			status: 400, typ: "InvalidSignatureException", message: "'Content-Type' must be a 'SignedHeader' in the AWS Authorization."},
 		{name: "target unsigned, target changed", signer: sigv4.Signer{Headers: []string{"content-type"}}, edit: toDeletion,
 			status: 400, typ: "InvalidSignatureException", message: "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."},

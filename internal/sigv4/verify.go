@@ -49,6 +49,14 @@ type Verifier struct {
 	// answered as one without authentication: no AWS SDK presigns a JSON
 	// API call, and a presigned request could be replayed for up to a week.
 	AllowPresigned bool
+	// ProtocolContentType is the Content-Type of the protocol this
+	// verifier's API speaks ("application/x-amz-json-1.1"). Under
+	// RequireAll a request whose Content-Type is exactly that media type
+	// may leave it unsigned, as AWS accepts: the AWS SDK for JavaScript v2
+	// never signs Content-Type. Any other value must be signed, so an
+	// unsigned Content-Type cannot switch a signed request to another
+	// protocol. Empty: Content-Type must always be signed.
+	ProtocolContentType string
 
 	keys keyCache
 }
@@ -153,7 +161,7 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 	if !listed(a.signedHeaders, "host") {
 		return nil, incomplete(msgHostNotSigned)
 	}
-	if name := v.Headers.unsigned(r.Header, a.signedHeaders, dateName); name != "" {
+	if name := v.Headers.unsigned(r.Header, a.signedHeaders, dateName, v.ProtocolContentType); name != "" {
 		return nil, notSigned(name)
 	}
 
@@ -238,7 +246,7 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 // It runs on every request: the required headers (three for a typical SDK
 // request) are collected in one pass over h, then matched in one pass over
 // signed.
-func (rule HeaderRule) unsigned(h http.Header, signed, dateName string) string {
+func (rule HeaderRule) unsigned(h http.Header, signed, dateName, protoCT string) string {
 	var need [8]string
 	n := 0
 	if dateName != "" {
@@ -247,11 +255,11 @@ func (rule HeaderRule) unsigned(h http.Header, signed, dateName string) string {
 	}
 	if rule == RequireAll {
 		for k := range h {
-			if k == dateName || !mustSign(k) {
+			if k == dateName || !mustSign(k) || protocolType(h, k, protoCT) {
 				continue
 			}
 			if n == len(need) {
-				return unsignedSlow(h, signed, dateName)
+				return unsignedSlow(h, signed, dateName, protoCT)
 			}
 			need[n] = k
 			n++
@@ -287,13 +295,13 @@ func (rule HeaderRule) unsigned(h http.Header, signed, dateName string) string {
 
 // unsignedSlow is RequireAll.unsigned for a request with more required
 // headers than unsigned collects: one pass over signed for each.
-func unsignedSlow(h http.Header, signed, dateName string) string {
+func unsignedSlow(h http.Header, signed, dateName, protoCT string) string {
 	bad := ""
 	if dateName != "" && !listed(signed, dateName) {
 		bad = dateName
 	}
 	for k := range h {
-		if !mustSign(k) || listed(signed, k) {
+		if !mustSign(k) || protocolType(h, k, protoCT) || listed(signed, k) {
 			continue
 		}
 		if c := textproto.CanonicalMIMEHeaderKey(k); bad == "" || c < bad {
@@ -301,6 +309,22 @@ func unsignedSlow(h http.Header, signed, dateName string) string {
 		}
 	}
 	return bad
+}
+
+// protocolType reports whether header k of h is a Content-Type whose
+// media type is protoCT (parameters such as charset aside), which may be
+// left unsigned (Verifier.ProtocolContentType).
+func protocolType(h http.Header, k, protoCT string) bool {
+	if protoCT == "" || len(k) != len("content-type") || !equalFoldASCII(k, "content-type") {
+		return false
+	}
+	vs := h[k]
+	if len(vs) != 1 {
+		return false
+	}
+	mt, _, _ := strings.Cut(vs[0], ";")
+	mt = strings.TrimSpace(mt)
+	return len(mt) == len(protoCT) && equalFoldASCII(mt, protoCT)
 }
 
 // mustSign reports whether RequireAll requires the header k to be signed:

@@ -70,6 +70,10 @@ var (
 
 func requireHostDate(v *Verifier) { v.Headers = RequireHostDate }
 
+// jsonProtocol is kmsd's KMS verifier: the JSON protocol's own
+// Content-Type may be unsigned, as the AWS SDK for JavaScript v2 sends it.
+func jsonProtocol(v *Verifier) { v.ProtocolContentType = "application/x-amz-json-1.1" }
+
 // manyAmzHeaders adds ten X-Amz-* headers, which Sign signs.
 func manyAmzHeaders(r *http.Request) {
 	for c := 'a'; c < 'k'; c++ {
@@ -91,6 +95,9 @@ var verifyCases = []verifyCase{
 	{name: "valid with x-amz-target in upper case", signer: Signer{Headers: []string{"Content-Type", "X-Amz-Target"}}},
 	{name: "host-date rule: valid with only host and date signed", signer: hostDate, verifier: requireHostDate},
 	{name: "host-date rule: content-type need not be signed", signer: hostDate, tamper: setHeader("Content-Type", "application/json"), verifier: requireHostDate},
+	{name: "protocol content-type unsigned", signer: Signer{Headers: []string{"x-amz-target"}}, verifier: jsonProtocol},
+	{name: "protocol content-type unsigned, with charset", signer: Signer{Headers: []string{"x-amz-target"}},
+		tamper: setHeader("Content-Type", "Application/X-Amz-Json-1.1; charset=utf-8"), verifier: jsonProtocol},
 	{name: "unsigned header added", tamper: setHeader("User-Agent", "aws-cli/2.15.0")},
 	{name: "clock 5 min ahead of request", verifier: func(v *Verifier) { v.Now = clock(testTime.Add(5 * time.Minute)) }},
 	{name: "clock 5 min behind request", verifier: func(v *Verifier) { v.Now = clock(testTime.Add(-5 * time.Minute)) }},
@@ -223,6 +230,23 @@ var verifyCases = []verifyCase{
 		signer:   Signer{Headers: []string{"x-amz-target"}},
 		wantCode: CodeInvalidSignature,
 		wantMsg:  "'Content-Type' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		// Only the protocol's own Content-Type may be unsigned: another
+		// one could switch the request to another protocol.
+		name:     "other content-type unsigned",
+		signer:   Signer{Headers: []string{"x-amz-target"}},
+		tamper:   setHeader("Content-Type", "application/x-www-form-urlencoded"),
+		verifier: jsonProtocol,
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'Content-Type' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "only host and date signed, protocol content-type",
+		signer:   hostDate,
+		verifier: jsonProtocol,
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
 	},
 	{
 		// Of several unsigned headers the first in sorted order is named.
