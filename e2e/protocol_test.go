@@ -17,6 +17,7 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/kmsd/kmsd/internal/sigv4"
 )
 
 // rawResponse is an HTTP response read whole.
@@ -293,6 +294,135 @@ func TestProtocol(t *testing.T) {
 		isNumber("DescribeKey KeyMetadata.DeletionDate", pending["KeyMetadata"].(map[string]any)["DeletionDate"])
 		call("CancelKeyDeletion", `{"KeyId":"`+id+`"}`)
 	})
+}
+
+// TestUnsignedHeaders: headers that choose what a request does must be
+// signed, and a long-term key comes without a security token. The replay
+// case is the attack: a captured Encrypt signed with host;x-amz-date only,
+// sent again within the clock skew as ScheduleKeyDeletion.
+func TestUnsignedHeaders(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	cr := s.Creds()
+	now := time.Now()
+	good := sigV4(cr.AccessKeyID, cr.SecretAccessKey, region, now)
+
+	created := post(t, s, "TrentService.CreateKey", `{"Description":"replay target"}`, good)
+	if created.Status != 200 {
+		t.Fatalf("CreateKey: %d %s", created.Status, created.Body)
+	}
+	var out struct {
+		KeyMetadata struct{ KeyId, KeyState string }
+	}
+	if err := json.Unmarshal(created.Body, &out); err != nil {
+		t.Fatal(err)
+	}
+	id := out.KeyMetadata.KeyId
+	encrypt := `{"KeyId":"` + id + `","Plaintext":"aGVsbG8="}`
+
+	// signOnly signs with exactly host, x-amz-date and the given headers,
+	// then applies edit, as an attacker holding the signed request could.
+	signOnly := func(edit func(*http.Request), headers ...string) signer {
+		return func(t *testing.T, r *http.Request, body []byte) {
+			(&sigv4.Signer{Headers: append([]string{}, headers...)}).Sign(r, body, cr.AccessKeyID, cr.SecretAccessKey, "", region, "kms", now)
+			if edit != nil {
+				edit(r)
+			}
+		}
+	}
+	retarget := func(r *http.Request) { r.Header.Set("X-Amz-Target", "TrentService.ScheduleKeyDeletion") }
+	withToken := func(token string, signed bool) signer {
+		return func(t *testing.T, r *http.Request, body []byte) {
+			if signed {
+				r.Header.Set("X-Amz-Security-Token", token)
+			}
+			(&sigv4.Signer{}).Sign(r, body, cr.AccessKeyID, cr.SecretAccessKey, "", region, "kms", now)
+			r.Header.Set("X-Amz-Security-Token", token)
+		}
+	}
+	notSigned := func(h string) string { return "'" + h + "' must be a 'SignedHeader' in the AWS Authorization." }
+	for _, tc := range []struct {
+		name, target, body string
+		sign               signer
+		code, msg          string
+	}{
+		{name: "replay with host and date signed", target: "TrentService.Encrypt", body: encrypt,
+			sign: signOnly(retarget), code: "InvalidSignatureException", msg: notSigned("X-Amz-Target")},
+		{name: "replay with the target unsigned", target: "TrentService.Encrypt", body: encrypt,
+			sign: signOnly(retarget, "content-type"), code: "InvalidSignatureException", msg: notSigned("X-Amz-Target")},
+		{name: "unsigned content-type changed", target: "TrentService.ListKeys", body: `{}`,
+			sign: signOnly(func(r *http.Request) { r.Header.Set("Content-Type", "application/json") }, "x-amz-target"),
+			code: "InvalidSignatureException", msg: notSigned("Content-Type")},
+		{name: "x-amz header added after signing", target: "TrentService.ListKeys", body: `{}`,
+			sign: func(t *testing.T, r *http.Request, body []byte) { good(t, r, body); r.Header.Set("X-Amz-Foo", "bar") },
+			code: "InvalidSignatureException", msg: notSigned("X-Amz-Foo")},
+		{name: "long-term key with a signed token", target: "TrentService.ListKeys", body: `{}`,
+			sign: withToken("bogus", true), code: "UnrecognizedClientException", msg: "The security token included in the request is invalid."},
+		{name: "long-term key with an unsigned token", target: "TrentService.ListKeys", body: `{}`,
+			sign: withToken("bogus", false), code: "UnrecognizedClientException", msg: "The security token included in the request is invalid."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := post(t, s, tc.target, tc.body, tc.sign)
+			code, msg := errorEnvelope(t, r)
+			if r.Status != 400 || code != tc.code || msg != tc.msg {
+				t.Errorf("got %d %s %q, want 400 %s %q", r.Status, code, msg, tc.code, tc.msg)
+			}
+		})
+	}
+
+	// The AWS SDK for JavaScript v2 never signs Content-Type, and AWS KMS
+	// accepts its requests: the JSON protocol's own Content-Type may be
+	// unsigned (any other value may not, above).
+	if r := post(t, s, "TrentService.ListKeys", `{}`, signOnly(nil, "x-amz-target")); r.Status != 200 {
+		t.Errorf("ListKeys with the protocol's Content-Type unsigned: %d %s", r.Status, r.Body)
+	}
+
+	described := post(t, s, "TrentService.DescribeKey", `{"KeyId":"`+id+`"}`, good)
+	if err := json.Unmarshal(described.Body, &out); err != nil || out.KeyMetadata.KeyState != "Enabled" {
+		t.Errorf("after the replays: %d %s, want the key Enabled", described.Status, described.Body)
+	}
+}
+
+// TestInvalidText: a body that is not UTF-8 text, or escapes half a
+// surrogate pair, is refused instead of being stored with U+FFFD in place
+// of what was sent.
+func TestInvalidText(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	cr := s.Creds()
+	good := sigV4(cr.AccessKeyID, cr.SecretAccessKey, region, time.Now())
+	countKeys := func() int {
+		t.Helper()
+		r := post(t, s, "TrentService.ListKeys", `{}`, good)
+		var out struct{ Keys []any }
+		if err := json.Unmarshal(r.Body, &out); r.Status != 200 || err != nil {
+			t.Fatalf("ListKeys: %d %s", r.Status, r.Body)
+		}
+		return len(out.Keys)
+	}
+	before := countKeys()
+	for _, tc := range []struct{ name, body, msg string }{
+		{"lone high surrogate", `{"Description":"\ud800"}`, "Could not parse request body into json: Unexpected character at offset 16"},
+		{"lone low surrogate", `{"Description":"x\uDC00y"}`, "Could not parse request body into json: Unexpected character at offset 17"},
+		{"invalid UTF-8", "{\"Description\":\"\xff\"}", "Could not parse request body into json: Unexpected character at offset 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := post(t, s, "TrentService.CreateKey", tc.body, good)
+			code, msg := errorEnvelope(t, r)
+			if r.Status != 400 || code != "SerializationException" || msg != tc.msg {
+				t.Errorf("got %d %s %q, want 400 SerializationException %q", r.Status, code, msg, tc.msg)
+			}
+		})
+	}
+	if after := countKeys(); after != before {
+		t.Errorf("%d keys after the refused CreateKey calls, want %d", after, before)
+	}
+	// A surrogate pair is one character and is kept.
+	r := post(t, s, "TrentService.CreateKey", `{"Description":"\ud83d\ude00"}`, good)
+	var out struct{ KeyMetadata struct{ Description string } }
+	if err := json.Unmarshal(r.Body, &out); r.Status != 200 || err != nil || out.KeyMetadata.Description != "\U0001F600" {
+		t.Errorf("CreateKey with a surrogate pair: %d %s", r.Status, r.Body)
+	}
 }
 
 // TestEmulatorAuth checks --auth emulator: fake credentials work in any

@@ -49,7 +49,7 @@ echo "building into $work"
 
 akid=BENCHXKSACCESSKEYID234567
 secret=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
-printf '%s' "$secret" >"$work/secret"
+(umask 077 && printf '%s' "$secret" >"$work/secret") # xks-proxy refuses a readable secret file
 "$work/xks-proxy" dev-cert --hostname localhost,127.0.0.1 --out-dir "$work/pki" >/dev/null
 
 export XKS_PROXY_KEYS_PASSPHRASE="bench passphrase"

@@ -50,6 +50,11 @@ CGO_ENABLED=0 go test -count=1 -run '^(TestUnavailable|TestNoCgo)$' ./internal/h
 echo "== fuzz (briefly)"
 fuzz() { echo "-- fuzz $1 $2"; go test -run='^$' -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1"; }
 fuzz ./internal/sigv4 FuzzParseAuthorization
+fuzz ./internal/sigv4 FuzzVerify
+fuzz ./internal/awsjson FuzzDecode
+fuzz ./internal/policy FuzzParse
+fuzz ./internal/server FuzzAssumeRoleInput
+fuzz ./internal/netallow FuzzParse
 fuzz ./internal/keys FuzzParseBlob
 fuzz ./internal/keys FuzzParseExternalBlob
 fuzz ./internal/server FuzzDecodeRequest

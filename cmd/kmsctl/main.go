@@ -10,13 +10,17 @@ import (
 	"os/signal"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/term"
 
 	"github.com/kmsd/kmsd/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	env := cli.Env{Stdout: os.Stdout, Stderr: os.Stderr}
+	env := cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin}
+	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
+		env.ReadPassword = func() ([]byte, error) { return term.ReadPassword(fd) }
+	}
 	if ws, err := unix.IoctlGetWinsize(int(os.Stdout.Fd()), unix.TIOCGWINSZ); err == nil {
 		env.StdoutTTY, env.TermWidth = true, int(ws.Col)
 	}

@@ -78,8 +78,16 @@ func startAt(t *testing.T, dataDir string, extraEnv ...string) *kmsd {
 
 func run(t *testing.T, env []string, name string, args ...string) (string, string, int) {
 	t.Helper()
+	return runStdin(t, env, "", name, args...)
+}
+
+// runStdin is run with stdin as the command's standard input (not a
+// terminal).
+func runStdin(t *testing.T, env []string, stdin, name string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = env
+	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -124,8 +132,15 @@ func (k *kmsd) awsFails(code string, args ...string) {
 // cli runs a kmsctl cloudhsm-cli command and checks its outcome.
 func (k *kmsd) cli(ok bool, args ...string) {
 	k.t.Helper()
+	k.cliStdin(ok, "", args...)
+}
+
+// cliStdin is cli with stdin as kmsctl's standard input, which is where it
+// reads a password that --password leaves out.
+func (k *kmsd) cliStdin(ok bool, stdin string, args ...string) {
+	k.t.Helper()
 	args = append([]string{"--endpoint-url", k.endpoint, "cloudhsm-cli"}, args...)
-	out, errs, _ := run(k.t, k.env, kmsctlBin, args...)
+	out, errs, _ := runStdin(k.t, k.env, stdin, kmsctlBin, args...)
 	var v struct {
 		ErrorCode int `json:"error_code"`
 		Data      any `json:"data"`
@@ -300,8 +315,11 @@ func TestCloudHSMKeyStore(t *testing.T) {
 	k.awsFails("CustomKeyStoreNotFoundException", "kms", "describe-custom-key-stores", "--custom-key-store-name", "nope")
 	k.awsFails("CustomKeyStoreInvalidStateException", "kms", "disconnect-custom-key-store", "--custom-key-store-id", id)
 
-	// USER_LOGGED_IN: someone is logged in as kmsuser with the CLI.
-	k.cli(true, "login", "--cluster-id", clusterID, "--username", "kmsuser", "--role", "crypto-user", "--password", "kmsPswd1")
+	// USER_LOGGED_IN: someone is logged in as kmsuser with the CLI, the
+	// password read from standard input rather than given as an argument
+	// (where other users see it); a wrong one is refused.
+	k.cliStdin(false, "wrongPw1\n", "login", "--cluster-id", clusterID, "--username", "kmsuser", "--role", "crypto-user")
+	k.cliStdin(true, "kmsPswd1\n", "login", "--cluster-id", clusterID, "--username", "kmsuser", "--role", "crypto-user")
 	k.aws("kms", "connect-custom-key-store", "--custom-key-store-id", id)
 	k.waitStore(id, "FAILED", "USER_LOGGED_IN")
 	k.awsFails("CustomKeyStoreInvalidStateException", "kms", "connect-custom-key-store", "--custom-key-store-id", id)

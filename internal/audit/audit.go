@@ -85,6 +85,8 @@ type SessionContext struct {
 		CreationDate     string `json:"creationDate,omitempty"`
 		MFAAuthenticated string `json:"mfaAuthenticated"`
 	} `json:"attributes"`
+	// SourceIdentity is the source identity set on the session.
+	SourceIdentity string `json:"sourceIdentity,omitempty"`
 }
 
 // Resource is one entry of a record's resources.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // ContentType is the media type of requests and responses.
@@ -43,6 +44,10 @@ func Target(h, prefix string) (op string, ok bool) {
 // Decode reads a request body into v. An empty body counts as {}. A body
 // that is not a JSON object, or a member of the wrong JSON type, is a
 // SerializationException; unknown members are ignored, as AWS does.
+//
+// So is a body that is not UTF-8, or that escapes half of a UTF-16
+// surrogate pair ("\ud800" alone): encoding/json would store U+FFFD in its
+// place, and a Description or tag would then differ from what was sent.
 func Decode(body []byte, v any) *Error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
@@ -51,6 +56,9 @@ func Decode(body []byte, v any) *Error {
 	if body[0] != '{' {
 		return Errorf("SerializationException", "Start of structure or map found where not expected.")
 	}
+	if i := invalidText(body); i >= 0 {
+		return unexpectedAt(i)
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
@@ -58,12 +66,80 @@ func Decode(body []byte, v any) *Error {
 		}
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
-			return Errorf("SerializationException", "Could not parse request body into json: Unexpected character at offset "+itoa(int(se.Offset)))
+			return unexpectedAt(int(se.Offset))
 		}
 		// base64 errors and other value errors.
 		return Errorf("SerializationException", "Could not parse request body: "+sanitize(err.Error()))
 	}
 	return nil
+}
+
+// unexpectedAt is AWS's answer to a body that is not JSON text, with the
+// offset of the offending byte.
+func unexpectedAt(offset int) *Error {
+	return Errorf("SerializationException", "Could not parse request body into json: Unexpected character at offset "+itoa(offset))
+}
+
+// invalidText returns the offset of the first byte of body that is not
+// UTF-8, or of the first \u escape of a surrogate that is not the high half
+// of a pair followed by the escaped low half; -1 if there is none. Escapes
+// are found by their backslash: outside strings a backslash is a syntax
+// error the decoder reports anyway. The common body, ASCII without escapes,
+// costs one utf8.Valid pass and one IndexByte pass.
+func invalidText(body []byte) int {
+	if !utf8.Valid(body) {
+		for i := 0; i < len(body); {
+			r, n := utf8.DecodeRune(body[i:])
+			if r == utf8.RuneError && n <= 1 {
+				return i
+			}
+			i += n
+		}
+	}
+	for i := 0; i < len(body); {
+		j := bytes.IndexByte(body[i:], '\\')
+		if j < 0 {
+			return -1
+		}
+		i += j
+		r, ok := escapedUnit(body, i)
+		switch {
+		case !ok:
+			i += 2 // not \uXXXX: a one-character escape, or a syntax error
+		case r < 0xd800 || r > 0xdfff:
+			i += 6
+		case r <= 0xdbff:
+			if lo, ok := escapedUnit(body, i+6); ok && 0xdc00 <= lo && lo <= 0xdfff {
+				i += 12
+				continue
+			}
+			return i
+		default:
+			return i // a low half with no high half before it
+		}
+	}
+	return -1
+}
+
+// escapedUnit decodes the UTF-16 code unit of a \uXXXX escape at body[i:].
+func escapedUnit(body []byte, i int) (rune, bool) {
+	if i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
+		return 0, false
+	}
+	var r rune
+	for _, c := range body[i+2 : i+6] {
+		switch {
+		case '0' <= c && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case 'a' <= c && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
 }
 
 func typeMessage(te *json.UnmarshalTypeError) string {

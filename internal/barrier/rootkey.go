@@ -62,6 +62,18 @@ func LoadOrCreateRootKey(path string, rand io.Reader) (key []byte, created bool,
 	return key, true, nil
 }
 
+// LoadRootKey reads the root key from the file at path, like
+// LoadOrCreateRootKey, but never creates one: a missing file is an error
+// wrapping fs.ErrNotExist. kmsd uses it when a database already exists,
+// since a new key could not open it.
+func LoadRootKey(path string) ([]byte, error) {
+	key, err := loadRootKey(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("barrier: root key file %s: %w", path, err)
+	}
+	return key, err
+}
+
 func loadRootKey(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {

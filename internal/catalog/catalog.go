@@ -493,3 +493,29 @@ func clone(k *Key) (*Key, error) {
 	n := new(Key)
 	return n, json.Unmarshal(b, n)
 }
+
+// OpenAnyMaterial opens the sealed material of one stored key, the first in
+// id order that has any, and reports whether there was one. It tells at
+// start whether the root key opens a database that predates the barrier's
+// check value; an error wraps barrier.ErrOpen when the key does not.
+func (c *Catalog) OpenAnyMaterial(ctx context.Context) (found bool, err error) {
+	errFound := errors.New("found")
+	err = c.AllKeys(ctx, func(k *Key) error {
+		for _, v := range k.Versions {
+			if v.Sealed == nil {
+				continue
+			}
+			material, err := c.barrier.Open(materialAAD(k.ID, v.Number), v.Sealed)
+			if err != nil {
+				return fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
+			}
+			clear(material)
+			return errFound
+		}
+		return nil
+	})
+	if errors.Is(err, errFound) {
+		return true, nil
+	}
+	return false, err
+}

@@ -26,38 +26,59 @@ var adminService = &model.Service{
 }
 
 // cloudhsmCommand is one cloudhsm-cli command: its admin operation, the
-// options it takes (required ones marked with a trailing '!').
+// options it takes (required ones marked with a trailing '!'), and how it
+// asks for a password --password leaves out (see readPassword).
 type cloudhsmCommand struct {
-	op      string
-	options []string
+	op       string
+	options  []string
+	password passwordPrompt
 }
 
+// passwordPrompt says whether a command takes a password and, on a
+// terminal, whether it asks for it twice, as the CloudHSM CLI does for a
+// new password.
+type passwordPrompt uint8
+
+const (
+	noPassword passwordPrompt = iota
+	enterPassword
+	newPassword // entered and confirmed
+)
+
 var cloudhsmCommands = map[string]cloudhsmCommand{
-	"cluster activate":           {"ActivateCluster", []string{"cluster-id!", "password!"}},
-	"user create":                {"CreateUser", []string{"cluster-id!", "username!", "role!", "password!"}},
-	"user delete":                {"DeleteUser", []string{"cluster-id!", "username!", "role!"}},
-	"user change-password":       {"ChangePassword", []string{"cluster-id!", "username!", "role!", "password!"}},
-	"user list":                  {"ListUsers", []string{"cluster-id!"}},
-	"login":                      {"Login", []string{"cluster-id!", "username!", "role!", "password!"}},
-	"logout":                     {"Logout", []string{"cluster-id!", "username", "role"}},
-	"key list":                   {"ListKeys", []string{"cluster-id!"}},
-	"key delete":                 {"DeleteKey", []string{"cluster-id!", "filter!"}},
-	"key generate-symmetric aes": {"GenerateKey", []string{"cluster-id!", "label!", "key-length-bytes!"}},
+	"cluster activate":           {"ActivateCluster", []string{"cluster-id!", "password"}, newPassword},
+	"user create":                {"CreateUser", []string{"cluster-id!", "username!", "role!", "password"}, newPassword},
+	"user delete":                {"DeleteUser", []string{"cluster-id!", "username!", "role!"}, noPassword},
+	"user change-password":       {"ChangePassword", []string{"cluster-id!", "username!", "role!", "password"}, newPassword},
+	"user list":                  {"ListUsers", []string{"cluster-id!"}, noPassword},
+	"login":                      {"Login", []string{"cluster-id!", "username!", "role!", "password"}, enterPassword},
+	"logout":                     {"Logout", []string{"cluster-id!", "username", "role"}, noPassword},
+	"key list":                   {"ListKeys", []string{"cluster-id!"}, noPassword},
+	"key delete":                 {"DeleteKey", []string{"cluster-id!", "filter!"}, noPassword},
+	"key generate-symmetric aes": {"GenerateKey", []string{"cluster-id!", "label!", "key-length-bytes!"}, noPassword},
 }
 
 const cloudhsmUsage = `usage: kmsctl cloudhsm-cli <command> [options]
 
 commands:
-  cluster activate     --cluster-id <id> --password <admin password>
-  user create          --cluster-id <id> --username <name> --role crypto-user --password <pw>
+  cluster activate     --cluster-id <id> [--password <admin password>]
+  user create          --cluster-id <id> --username <name> --role crypto-user [--password <pw>]
   user delete          --cluster-id <id> --username <name> --role crypto-user
-  user change-password --cluster-id <id> --username <name> --role crypto-user --password <pw>
+  user change-password --cluster-id <id> --username <name> --role crypto-user [--password <pw>]
   user list            --cluster-id <id>
-  login                --cluster-id <id> --username <name> --role crypto-user --password <pw>
+  login                --cluster-id <id> --username <name> --role crypto-user [--password <pw>]
   logout               --cluster-id <id> [--username <name> --role crypto-user]
   key list             --cluster-id <id>
   key delete           --cluster-id <id> --filter attr.label=<label>
   key generate-symmetric aes --cluster-id <id> --label <label> --key-length-bytes 32
+
+Without --password, the password is asked for on the terminal without echo
+("Enter password:", and "Confirm password:" for a new one), or, when standard
+input is not a terminal, read as one line from it:
+  kmsctl cloudhsm-cli login ... < password-file
+A password given with --password is visible to other users of the machine
+(ps, /proc/<pid>/cmdline) and may be kept in shell history: prefer the prompt
+or standard input.
 `
 
 // cloudhsmCLI runs a cloudhsm-cli command.
@@ -101,6 +122,16 @@ func (r *runner) cloudhsmCLI(ctx context.Context, args []string) (int, error) {
 		if strings.HasSuffix(o, "!") && opts[strings.TrimSuffix(o, "!")] == "" {
 			return 0, &usageError{fmt.Sprintf("cloudhsm-cli %s: the following arguments are required: --%s", name, strings.TrimSuffix(o, "!"))}
 		}
+	}
+	if _, given := opts["password"]; cmd.password != noPassword && !given {
+		pw, err := r.readPassword(cmd.password == newPassword)
+		if err != nil {
+			return 0, err
+		}
+		opts["password"] = pw
+	}
+	if cmd.password != noPassword && opts["password"] == "" {
+		return 0, &usageError{fmt.Sprintf("cloudhsm-cli %s: the password is empty", name)}
 	}
 	in := map[string]string{"ClusterId": opts["cluster-id"], "Username": opts["username"], "Role": opts["role"], "Password": opts["password"]}
 	if name == "logout" {

@@ -29,6 +29,12 @@ type Env struct {
 	StdoutTTY      bool // colour and table width follow the terminal
 	StderrTTY      bool // wait progress only on a terminal
 	TermWidth      int  // 0: not a terminal (80 is used, as the aws CLI does)
+	// Stdin is standard input; cloudhsm-cli reads a password left out of
+	// its arguments from it, one line. nil reads as empty.
+	Stdin io.Reader
+	// ReadPassword reads a line from the terminal without echoing it. It
+	// is set only when standard input is a terminal.
+	ReadPassword func() ([]byte, error)
 }
 
 const usageText = `usage: kmsctl [options] <command> <subcommand> [<subcommand> ...] [parameters]

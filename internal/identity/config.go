@@ -95,7 +95,7 @@ func (s *Store) Apply(ctx context.Context, c *Config) error {
 				return fmt.Errorf("user %s: %w", uc.Name, err)
 			}
 			u := &User{Account: a.ID, Name: uc.Name, Path: path, ID: s.newID("AIDA"), Created: now, Policies: uc.Policies, config: true}
-			if err := u.compile(); err != nil {
+			if err := u.compile(true); err != nil {
 				return fmt.Errorf("user %s: policy: %w", uc.Name, err)
 			}
 			users[a.ID+"/"+uc.Name] = u
@@ -123,7 +123,7 @@ func (s *Store) Apply(ctx context.Context, c *Config) error {
 				ms = 3600
 			}
 			r := &Role{Account: a.ID, Name: rc.Name, Path: path, ID: s.newID("AROA"), Created: now, AssumeRolePolicy: rc.AssumeRolePolicy, MaxSession: ms, Policies: rc.Policies, config: true}
-			if err := r.compile(); err != nil {
+			if err := r.compile(true); err != nil {
 				return fmt.Errorf("role %s: policy: %w", rc.Name, err)
 			}
 			roles[a.ID+"/"+rc.Name] = r

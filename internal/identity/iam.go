@@ -248,7 +248,7 @@ func (s *Store) PutUserPolicy(ctx context.Context, account, user, name, doc stri
 	if err := validName("policyName", name, 128); err != nil {
 		return err
 	}
-	if _, err := policy.Parse(doc, policy.IdentityPolicy); err != nil {
+	if _, err := parseIdentityPolicy(doc, true); err != nil {
 		return malformedPolicy(err)
 	}
 	s.mu.Lock()
@@ -382,7 +382,7 @@ func (s *Store) PutRolePolicy(ctx context.Context, account, role, name, doc stri
 	if err := validName("policyName", name, 128); err != nil {
 		return err
 	}
-	if _, err := policy.Parse(doc, policy.IdentityPolicy); err != nil {
+	if _, err := parseIdentityPolicy(doc, true); err != nil {
 		return malformedPolicy(err)
 	}
 	s.mu.Lock()
@@ -457,70 +457,6 @@ func (s *Store) refreshSessions(r *Role) {
 		id.Policies = r.parsed
 		ss.ident = &id
 	}
-}
-
-// Credentials are temporary credentials of a role session.
-type Credentials struct {
-	AccessKeyID, SecretAccessKey, SessionToken string
-	Expiration                                 time.Time
-	AssumedRoleARN, AssumedRoleID              string
-}
-
-// AssumeRole issues temporary credentials for role roleARN to caller, if
-// the role's trust policy (and, where it trusts only the caller's account,
-// the caller's identity policies) allow sts:AssumeRole.
-func (s *Store) AssumeRole(caller *Identity, roleARN, sessionName string, duration int32) (*Credentials, error) {
-	if err := validName("roleSessionName", sessionName, 64); err != nil {
-		return nil, err
-	}
-	p, err := policy.PrincipalFromARN(roleARN)
-	if err != nil || p.Type != policy.Role {
-		return nil, &Error{"ValidationError", roleARN + " is invalid", ErrInvalid}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.roles[p.Account+"/"+p.Name]
-	if !ok || r.ARN() != roleARN {
-		return nil, &Error{"AccessDenied", "User: " + caller.Principal.ARN + " is not authorized to perform: sts:AssumeRole on resource: " + roleARN, ErrDenied}
-	}
-	req := policy.NewRequest(caller.Principal, "sts:AssumeRole", roleARN)
-	req.SetTime(s.now())
-	if allowed, _ := policy.Decide(r.trust, caller.Policies, false, req); !allowed {
-		return nil, &Error{"AccessDenied", "User: " + caller.Principal.ARN + " is not authorized to perform: sts:AssumeRole on resource: " + roleARN, ErrDenied}
-	}
-	if duration == 0 {
-		duration = 3600
-	}
-	if duration < 900 || duration > r.MaxSession {
-		return nil, &Error{"ValidationError", "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.", ErrInvalid}
-	}
-	akid, secret, err := newKeyPair(s.rand, "ASIA")
-	if err != nil {
-		return nil, err
-	}
-	tok := make([]byte, 96)
-	if _, err := s.rand.Read(tok); err != nil {
-		return nil, err
-	}
-	token := "IQoJb3JpZ2luX2Vj" + strings.TrimRight(b64(tok), "=")
-	sessARN := "arn:aws:sts::" + r.Account + ":assumed-role/" + r.Name + "/" + sessionName
-	exp := s.now().Add(time.Duration(duration) * time.Second).UTC().Truncate(time.Second)
-	id := &Identity{
-		AccessKeyID: akid,
-		Principal: policy.Principal{Type: policy.AssumedRole, ARN: sessARN, Account: r.Account, Name: r.Name,
-			Session: sessionName, UserID: r.ID + ":" + sessionName, RoleARN: r.ARN()},
-		Policies: r.parsed, SessionToken: token, Expires: exp,
-	}
-	// Forget expired sessions while here.
-	now := s.now()
-	for k, ss := range s.sessions {
-		if !now.Before(ss.expires) {
-			delete(s.sessions, k)
-		}
-	}
-	s.sessions[akid] = &session{secret: secret, token: token, expires: exp, ident: id}
-	return &Credentials{AccessKeyID: akid, SecretAccessKey: secret, SessionToken: token, Expiration: exp,
-		AssumedRoleARN: sessARN, AssumedRoleID: r.ID + ":" + sessionName}, nil
 }
 
 func b64(b []byte) string { return base64Std.EncodeToString(b) }

@@ -52,10 +52,24 @@ type Identity struct {
 	// Policies are the identity policies attached to the user, or to the
 	// role of a session, parsed once.
 	Policies []*policy.Policy
+	// SessionPolicies are a role session's session policies (AssumeRole's
+	// Policy and PolicyArns), parsed: they limit Policies as
+	// policy.Decide describes. nil for sessions without them and for
+	// long-term keys. Every authorization must pass them on (AuthzIdentity).
+	SessionPolicies []*policy.Policy
+	// TransitiveTagKeys are the session tags (Principal.Tags) that pass on
+	// to the sessions this session creates by assuming another role.
+	TransitiveTagKeys []string
 	// SessionToken is set for temporary credentials; a request must carry
 	// it (X-Amz-Security-Token).
 	SessionToken string
 	Expires      time.Time // zero for long-term keys
+}
+
+// AuthzIdentity is what the identity's policies contribute to a policy
+// decision: its identity policies and its session policies.
+func (id *Identity) AuthzIdentity() policy.Identity {
+	return policy.Identity{Policies: id.Policies, Session: id.SessionPolicies}
 }
 
 // Temporary reports whether the identity comes from session credentials.
@@ -197,7 +211,7 @@ func Open(ctx context.Context, st storage.Store, b *barrier.Barrier) (*Store, er
 		if err := json.Unmarshal(e.Value, u); err != nil {
 			return nil, fmt.Errorf("identity: decode %s: %w", e.Key, err)
 		}
-		if err := u.compile(); err != nil {
+		if err := u.compile(false); err != nil {
 			return nil, fmt.Errorf("identity: %s: %w", e.Key, err)
 		}
 		s.users[u.Account+"/"+u.Name] = u
@@ -211,7 +225,7 @@ func Open(ctx context.Context, st storage.Store, b *barrier.Barrier) (*Store, er
 		if err := json.Unmarshal(e.Value, r); err != nil {
 			return nil, fmt.Errorf("identity: decode %s: %w", e.Key, err)
 		}
-		if err := r.compile(); err != nil {
+		if err := r.compile(false); err != nil {
 			return nil, fmt.Errorf("identity: %s: %w", e.Key, err)
 		}
 		s.roles[r.Account+"/"+r.Name] = r
@@ -252,10 +266,13 @@ func Open(ctx context.Context, st storage.Store, b *barrier.Barrier) (*Store, er
 // SetClock sets the clock (sessions expire by it).
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
-func (u *User) compile() error {
+// compile parses the user's policies. strict also refuses condition keys
+// kmsd cannot evaluate (policy.CheckConditionKeys); policies stored by an
+// earlier kmsd are loaded without that check, so that kmsd still starts.
+func (u *User) compile(strict bool) error {
 	u.parsed = u.parsed[:0]
 	for _, name := range sortedKeys(u.Policies) {
-		p, err := policy.Parse(u.Policies[name], policy.IdentityPolicy)
+		p, err := parseIdentityPolicy(u.Policies[name], strict)
 		if err != nil {
 			return err
 		}
@@ -264,10 +281,11 @@ func (u *User) compile() error {
 	return nil
 }
 
-func (r *Role) compile() error {
+// compile parses the role's policies; strict as for User.compile.
+func (r *Role) compile(strict bool) error {
 	r.parsed = r.parsed[:0]
 	for _, name := range sortedKeys(r.Policies) {
-		p, err := policy.Parse(r.Policies[name], policy.IdentityPolicy)
+		p, err := parseIdentityPolicy(r.Policies[name], strict)
 		if err != nil {
 			return err
 		}
@@ -281,6 +299,20 @@ func (r *Role) compile() error {
 		r.trust = t
 	}
 	return nil
+}
+
+// parseIdentityPolicy parses an identity policy; strict also refuses
+// condition keys kmsd cannot evaluate as AWS would
+// (policy.CheckConditionKeys).
+func parseIdentityPolicy(doc string, strict bool) (*policy.Policy, error) {
+	p, err := policy.Parse(doc, policy.IdentityPolicy)
+	if err != nil {
+		return nil, err
+	}
+	if err := policy.CheckConditionKeys(p); strict && err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func sortedKeys(m map[string]string) []string {
@@ -395,7 +427,7 @@ func (s *Store) putKey(ctx context.Context, akid string, k *keyEntry) error {
 }
 
 func (s *Store) putUser(ctx context.Context, u *User) error {
-	if err := u.compile(); err != nil {
+	if err := u.compile(true); err != nil {
 		return err
 	}
 	if !u.config {
@@ -412,7 +444,7 @@ func (s *Store) putUser(ctx context.Context, u *User) error {
 }
 
 func (s *Store) putRole(ctx context.Context, r *Role) error {
-	if err := r.compile(); err != nil {
+	if err := r.compile(true); err != nil {
 		return err
 	}
 	if !r.config {

@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/netallow"
 	"github.com/kmsd/kmsd/internal/xks/xksclient"
 )
 
@@ -83,6 +85,18 @@ type External struct {
 	VPCPrivateDNS map[string]string
 	// Timeout per proxy call; xksclient.DefaultTimeout when zero.
 	Timeout time.Duration
+	// Allowed, when not nil, is where PUBLIC_ENDPOINT stores' proxies may
+	// be (--xks-allowed-endpoints): any other endpoint is never dialled
+	// and fails exactly as an unreachable proxy does (KindUnreachable:
+	// XksProxyUriUnreachableException, XKS_PROXY_NOT_REACHABLE), so that
+	// callers cannot use kmsd to tell open ports from closed ones.
+	// VPC_ENDPOINT_SERVICE stores dial the addresses the operator mapped
+	// and are not checked.
+	Allowed *netallow.List
+	// Resolver resolves endpoint host names for the Allowed check
+	// (net.DefaultResolver when nil); the checked addresses are the ones
+	// dialled.
+	Resolver netallow.Resolver
 
 	mu      sync.Mutex
 	clients map[string]xksEntry // by store id
@@ -116,6 +130,12 @@ func (b *External) ClientConfig(st *Store, secret []byte) (xksclient.Config, err
 			return cfg, err
 		}
 		cfg.Addresses = map[string]string{u.Hostname(): b.VPCServices[x.VpcServiceName]}
+	} else if b.Allowed != nil {
+		var r netallow.Resolver = net.DefaultResolver
+		if b.Resolver != nil {
+			r = b.Resolver
+		}
+		cfg.Dialer = b.Allowed.Dialer(&net.Dialer{KeepAlive: 30 * time.Second}, r)
 	}
 	return cfg, nil
 }

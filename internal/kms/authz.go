@@ -53,10 +53,10 @@ func init() {
 	key(true, "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
 		"GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
 		"Sign", "Verify", "GetPublicKey", "DescribeKey", "DeriveSharedSecret",
-		"CreateGrant", "ListGrants", "RetireGrant", "RevokeGrant", "ReEncryptFrom", "ReEncryptTo")
+		"CreateGrant", "ListGrants", "RetireGrant", "RevokeGrant", "ReEncryptFrom", "ReEncryptTo", "GetKeyRotationStatus")
 	key(false, "CancelKeyDeletion", "CreateAlias", "DeleteAlias", "DeleteImportedKeyMaterial",
 		"DisableKey", "DisableKeyRotation", "EnableKey", "EnableKeyRotation", "GetKeyPolicy",
-		"GetKeyRotationStatus", "GetKeyLastUsage", "GetParametersForImport", "ImportKeyMaterial", "ListKeyPolicies",
+		"GetKeyLastUsage", "GetParametersForImport", "ImportKeyMaterial", "ListKeyPolicies",
 		"ListKeyRotations", "ListResourceTags", "PutKeyPolicy", "ReplicateKey", "RotateKeyOnDemand",
 		"ScheduleKeyDeletion", "TagResource", "UntagResource", "UpdateAlias", "UpdateKeyDescription",
 		"UpdatePrimaryRegion")
@@ -74,6 +74,11 @@ func init() {
 		// Keyed "cloudhsm:Op": some names (TagResource) are KMS's too.
 		Authorizations["cloudhsm:"+op] = Authorization{Action: "cloudhsm:" + op, Scope: StoreScope}
 	}
+}
+
+// identity is what the caller's policies contribute to a decision.
+func (c *Caller) identity() policy.Identity {
+	return policy.Identity{Policies: c.Policies, Session: c.SessionPolicies}
 }
 
 // principal is who the caller acts as for policy evaluation.
@@ -117,8 +122,15 @@ var (
 
 // principalKeys caches, by principal ARN, the condition keys that follow
 // from the principal alone (policy.NewRequest's). The maps are shared and
-// never modified; a principal's keys change only with its ARN or id.
+// never modified; a principal's keys change only with its ARN or id, or
+// with its tags, which bypass the cache.
 func principalKeys(p *policy.Principal) map[string][]string {
+	if len(p.Tags) > 0 || p.SourceIdentity != "" {
+		// Session tags and source identity belong to one session, not to
+		// its ARN (a role may be assumed again under the same session
+		// name with other tags): never cache them.
+		return policy.NewRequest(*p, "", "").Context
+	}
 	key := string(p.Type) + "\x00" + p.ARN + "\x00" + p.UserID + "\x00" + p.RoleARN
 	if m, ok := principalKeyCache.Load(key); ok {
 		return m.(map[string][]string)
@@ -174,6 +186,10 @@ func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
 	if err != nil {
 		s.log.Error("stored key policy does not parse", "key", k.ID, "err", err)
 		p = nil
+	} else if err := policy.CheckConditionKeys(p); err != nil {
+		// Stored before kmsd refused such keys: the key evaluates as
+		// absent. Refusing the policy would lock everyone out of the key.
+		s.log.Warn("stored key policy names a condition key kmsd cannot fill", "key", k.ID, "err", err)
 	}
 	s.policies.m.Store(k.ID, &polEntry{rec: k, pol: p})
 	return p
@@ -190,25 +206,26 @@ func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k 
 		return nil
 	}
 	r := s.request(c, action, k.ARN())
-	r.Set(policy.KeyKeySpec, k.KeySpec)
-	r.Set(policy.KeyKeyUsage, k.KeyUsage)
-	r.Set(policy.KeyKeyOrigin, k.Origin)
+	kp := s.keyPolicy(k)
+	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies, c.SessionPolicies}); err != nil {
+		return err
+	}
 	if ec != nil {
 		r.SetEncryptionContext(ec)
 	}
 	if extra != nil {
 		extra(r)
 	}
-	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	ok, reason := policy.Decide(kp, c.identity(), policy.NoGrant, r)
 	if ok {
 		return nil
 	}
-	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
-		allowed, err := s.grantsAllow(ctx, c, k, action, ec)
+	if reason.GrantMayAllow() {
+		g, err := s.grantsAllow(ctx, c, k, action, ec)
 		if err != nil {
 			return err
 		}
-		if allowed {
+		if ok, _ := policy.Decide(s.keyPolicy(k), c.identity(), g, r); ok && g != policy.NoGrant {
 			return nil
 		}
 	}
@@ -224,7 +241,7 @@ func (s *Service) authorizeIAM(c *Caller, action string, extra func(*policy.Requ
 	if extra != nil {
 		extra(r)
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), r); !ok {
 		return accessDenied(r, reason)
 	}
 	return nil
@@ -254,7 +271,7 @@ func authorizeStore(s *Service, c *Caller, action, resource, resourceAccount str
 	if c.Trusted {
 		return nil
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), r); !ok {
 		return accessDenied(r, reason)
 	}
 	return nil

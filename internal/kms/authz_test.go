@@ -212,3 +212,110 @@ func TestKeyPolicyCache(t *testing.T) {
 		t.Fatalf("message %q", Exception(err).Message)
 	}
 }
+
+// TestSessionPolicies: a role session's session policies limit its
+// identity policies and grants to its role, not grants to the session.
+func TestSessionPolicies(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	pt := []byte("hello")
+	session := func(name string, session ...string) *Caller {
+		p, err := policy.PrincipalFromARN("arn:aws:sts::111122223333:assumed-role/App/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.RoleARN, p.UserID = "arn:aws:iam::111122223333:role/App", "AROAAPPEXAMPLE:"+name
+		c := &Caller{Account: "111122223333", Region: "us-east-1", ARN: p.ARN, Principal: p,
+			Policies: []*policy.Policy{mustIdentityPolicy(t, allowAll)}}
+		for _, d := range session {
+			c.SessionPolicies = append(c.SessionPolicies, mustIdentityPolicy(t, d))
+		}
+		return c
+	}
+	enc := func(c *Caller) error {
+		_, err := f.svc.Encrypt(ctx, c, &kmsapi.EncryptRequest{KeyId: &id, Plaintext: pt})
+		return err
+	}
+	decryptOnly := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}]}`
+	if err := enc(session("full")); err != nil {
+		t.Fatalf("session without session policies: %v", err)
+	}
+	limited := session("s1", decryptOnly)
+	err := enc(limited)
+	wantException(t, err, "AccessDeniedException")
+	if msg := Exception(err).Message; !strings.HasSuffix(msg, "because no session policy allows the kms:Encrypt action") {
+		t.Errorf("message %q", msg)
+	}
+	_, err = f.svc.ListKeys(ctx, limited, &kmsapi.ListKeysRequest{})
+	wantException(t, err, "AccessDeniedException")
+
+	// A grant to the role is limited by the session policy…
+	role := "arn:aws:iam::111122223333:role/App"
+	if _, err := f.svc.CreateGrant(ctx, f.caller, &kmsapi.CreateGrantRequest{KeyId: &id, GranteePrincipal: &role, Operations: []string{"Encrypt"}}); err != nil {
+		t.Fatal(err)
+	}
+	wantException(t, enc(limited), "AccessDeniedException")
+	// …one to the session is not.
+	if _, err := f.svc.CreateGrant(ctx, f.caller, &kmsapi.CreateGrantRequest{KeyId: &id, GranteePrincipal: &limited.ARN, Operations: []string{"Encrypt"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc(limited); err != nil {
+		t.Errorf("grant to the session: %v", err)
+	}
+	// An explicit deny in a session policy beats every grant.
+	denyEncrypt := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"},{"Effect":"Deny","Action":"kms:Encrypt","Resource":"*"}]}`
+	err = enc(session("s1", denyEncrypt))
+	wantException(t, err, "AccessDeniedException")
+	if msg := Exception(err).Message; !strings.HasSuffix(msg, "with an explicit deny in a session policy") {
+		t.Errorf("message %q", msg)
+	}
+}
+
+// TestPrincipalTagsNotCached: two sessions with one ARN but other tags
+// see their own aws:PrincipalTag values.
+func TestPrincipalTagsNotCached(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	byTag := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*","Condition":{"StringEquals":{"aws:PrincipalTag/team":"blue"}}}]}`
+	for _, c := range []struct {
+		team string
+		ok   bool
+	}{{"blue", true}, {"red", false}, {"blue", true}} {
+		p, _ := policy.PrincipalFromARN("arn:aws:sts::111122223333:assumed-role/App/s1")
+		p.Tags = map[string]string{"team": c.team}
+		caller := &Caller{Account: "111122223333", Region: "us-east-1", ARN: p.ARN, Principal: p,
+			Policies: []*policy.Policy{mustIdentityPolicy(t, byTag)}}
+		_, err := f.svc.Encrypt(ctx, caller, &kmsapi.EncryptRequest{KeyId: &id, Plaintext: []byte("x")})
+		if (err == nil) != c.ok {
+			t.Errorf("team %s: %v", c.team, err)
+		}
+	}
+}
+
+// TestRetireGrantSessionPolicies: a session may retire a grant that names
+// its role only if its session policies allow kms:RetireGrant.
+func TestRetireGrantSessionPolicies(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	role := "arn:aws:iam::111122223333:role/App"
+	p, _ := policy.PrincipalFromARN("arn:aws:sts::111122223333:assumed-role/App/s1")
+	p.RoleARN = role
+	session := func(doc string) *Caller {
+		return &Caller{Account: "111122223333", Region: "us-east-1", ARN: p.ARN, Principal: p,
+			SessionPolicies: []*policy.Policy{mustIdentityPolicy(t, doc)}}
+	}
+	g, err := f.svc.CreateGrant(ctx, f.caller, &kmsapi.CreateGrantRequest{KeyId: &id, GranteePrincipal: &role, RetiringPrincipal: &role, Operations: []string{"Encrypt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.RetireGrant(ctx, session(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}]}`),
+		&kmsapi.RetireGrantRequest{KeyId: &id, GrantId: g.GrantId})
+	wantException(t, err, "AccessDeniedException")
+	if _, err := f.svc.RetireGrant(ctx, session(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:RetireGrant","Resource":"*"}]}`),
+		&kmsapi.RetireGrantRequest{KeyId: &id, GrantId: g.GrantId}); err != nil {
+		t.Fatalf("retire with a session policy allowing it: %v", err)
+	}
+}

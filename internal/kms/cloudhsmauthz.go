@@ -6,17 +6,10 @@ import (
 	"github.com/kmsd/kmsd/internal/policy"
 )
 
-// Condition keys of the tag-based conditions CloudHSM supports (IAM's
-// global tag keys; AWS's service authorization reference lists them for
-// cloudhsm:CreateCluster, TagResource, UntagResource and the cluster and
-// backup resource types).
-const (
-	keyResourceTagPrefix = "aws:ResourceTag/"
-	keyRequestTagPrefix  = "aws:RequestTag/"
-	keyTagKeys           = "aws:TagKeys"
-)
-
-// CloudHSMRequest is what a CloudHSM v2 call is authorised on.
+// CloudHSMRequest is what a CloudHSM v2 call is authorised on. The tag
+// condition keys CloudHSM supports are IAM's global ones (AWS's service
+// authorization reference lists them for cloudhsm:CreateCluster,
+// TagResource, UntagResource and the cluster and backup resource types).
 type CloudHSMRequest struct {
 	// Op is the CloudHSM v2 operation, "DeleteCluster"; its entry in
 	// Authorizations is "cloudhsm:"+Op.
@@ -53,15 +46,15 @@ func (s *Service) AuthorizeCloudHSM(c *Caller, r CloudHSMRequest) error {
 	}
 	req := s.request(c, a.Action, r.Resource)
 	for k, v := range r.ResourceTags {
-		req.Set(keyResourceTagPrefix+k, v)
+		req.Set(policy.KeyResourceTagPrefix+k, v)
 	}
 	for k, v := range r.RequestTags {
-		req.Set(keyRequestTagPrefix+k, v)
+		req.Set(policy.KeyRequestTagPrefix+k, v)
 	}
 	if len(r.TagKeys) > 0 {
 		keys := append([]string(nil), r.TagKeys...)
 		sort.Strings(keys)
-		req.Set(keyTagKeys, keys...)
+		req.Set(policy.KeyTagKeys, keys...)
 	}
 	if r.ResourceAccount != "" && r.ResourceAccount != c.Account {
 		return accessDenied(req, policy.NoIAMAllows)
@@ -69,7 +62,7 @@ func (s *Service) AuthorizeCloudHSM(c *Caller, r CloudHSMRequest) error {
 	if c.Trusted {
 		return nil
 	}
-	if ok, reason := policy.DecideIAMOnly(c.Policies, req); !ok {
+	if ok, reason := policy.DecideIAMOnly(c.identity(), req); !ok {
 		return accessDenied(req, reason)
 	}
 	return nil

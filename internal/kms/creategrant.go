@@ -48,6 +48,14 @@ func (s *Service) CreateGrant(ctx context.Context, c *Caller, in *kmsapi.CreateG
 			r.Set(policy.KeyGrantConstraintType, constraint)
 		}
 		r.SetBool(policy.KeyGrantIsForAWSResource, false)
+		// The encryption context keys of CreateGrant are those of the
+		// grant's constraint, as in AWS.
+		switch {
+		case g.ECEquals != nil:
+			r.SetEncryptionContext(g.ECEquals)
+		case g.ECSubset != nil:
+			r.SetEncryptionContext(g.ECSubset)
+		}
 	}
 	if err := s.authorizeCreateGrant(ctx, c, k, g, extra); err != nil {
 		return nil, err
@@ -120,17 +128,21 @@ func (s *Service) authorizeCreateGrant(ctx context.Context, c *Caller, k *catalo
 		return nil
 	}
 	r := s.request(c, "kms:CreateGrant", k.ARN())
+	kp := s.keyPolicy(k)
+	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies, c.SessionPolicies}); err != nil {
+		return err
+	}
 	extra(r)
-	ok, reason := policy.Decide(s.keyPolicy(k), c.Policies, false, r)
+	ok, reason := policy.Decide(kp, c.identity(), policy.NoGrant, r)
 	if ok {
 		return nil
 	}
-	if reason == policy.NoKeyPolicyAllows || reason == policy.NoIAMAllows {
-		allowed, err := s.grantAllowing(ctx, c, k, "kms:CreateGrant", nil, g)
+	if reason.GrantMayAllow() {
+		gm, err := s.grantAllowing(ctx, c, k, "kms:CreateGrant", nil, g)
 		if err != nil {
 			return err
 		}
-		if allowed {
+		if ok, _ := policy.Decide(s.keyPolicy(k), c.identity(), gm, r); ok && gm != policy.NoGrant {
 			return nil
 		}
 	}

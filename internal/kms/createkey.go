@@ -17,27 +17,35 @@ import (
 // the cluster of a CONNECTED CloudHSM key store (origin AWS_CLOUDHSM with
 // CustomKeyStoreId) or behind an external key store.
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
-	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
-		if in.KeySpec != nil {
-			r.Set(policy.KeyKeySpec, *in.KeySpec)
-		}
-		if in.KeyUsage != nil {
-			r.Set(policy.KeyKeyUsage, *in.KeyUsage)
-		}
-		if in.Origin != nil {
-			r.Set(policy.KeyKeyOrigin, *in.Origin)
-		}
-		if in.MultiRegion != nil {
-			r.SetBool(policy.KeyMultiRegion, *in.MultiRegion)
-		}
-	}); err != nil {
-		return nil, err
-	}
 	spec := "SYMMETRIC_DEFAULT"
 	if in.KeySpec != nil {
 		spec = *in.KeySpec
 	} else if in.CustomerMasterKeySpec != nil {
 		spec = *in.CustomerMasterKeySpec
+	}
+	usage := keys.EncryptDecrypt
+	if in.KeyUsage != nil {
+		usage = *in.KeyUsage
+	}
+	origin := "AWS_KMS"
+	if in.Origin != nil {
+		origin = *in.Origin
+	}
+	// The key's properties as the request makes them, defaults included,
+	// under their current and their deprecated names.
+	if err := s.authorizeIAM(c, "kms:CreateKey", func(r *policy.Request) {
+		r.Set(policy.KeyKeySpec, spec)
+		r.Set(policy.KeyCustomerMasterKeySpec, spec)
+		r.Set(policy.KeyKeyUsage, usage)
+		r.Set(policy.KeyCustomerMasterKeyUsage, usage)
+		r.Set(policy.KeyKeyOrigin, origin)
+		setBool(r, policy.KeyMultiRegion, in.MultiRegion)
+		setBool(r, policy.KeyBypassLockoutCheck, in.BypassPolicyLockoutSafetyCheck)
+		if len(in.Tags) > 0 {
+			setRequestTags(r, in.Tags)
+		}
+	}); err != nil {
+		return nil, err
 	}
 	if in.KeySpec != nil && in.CustomerMasterKeySpec != nil {
 		return nil, exc("ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec parameter is deprecated. Use KeySpec instead.")
@@ -45,10 +53,6 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	info, _ := keys.Spec(spec) // the model's enum check came first
 	if in.KeyUsage == nil && spec != keys.Symmetric {
 		return nil, exc("ValidationException", "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
-	}
-	usage := keys.EncryptDecrypt
-	if in.KeyUsage != nil {
-		usage = *in.KeyUsage
 	}
 	if !info.Allows(usage) {
 		return nil, exc("ValidationException", "KeyUsage "+usage+" is not compatible with KeySpec "+spec)
@@ -59,10 +63,6 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		}
 		// [U] SM2 cryptography (GM/T 0003) is not built yet.
 		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported by kmsd yet.")
-	}
-	origin := "AWS_KMS"
-	if in.Origin != nil {
-		origin = *in.Origin
 	}
 	custom := origin == "AWS_CLOUDHSM" || origin == "EXTERNAL_KEY_STORE" || in.CustomKeyStoreId != nil
 	if custom && spec != keys.Symmetric {

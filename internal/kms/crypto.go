@@ -9,6 +9,7 @@ import (
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/material"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
@@ -44,8 +45,9 @@ func (s *Service) seal(cx context.Context, k *catalog.Key, plaintext []byte, ctx
 var errCiphertext = kmsapi.NewException("InvalidCiphertextException", "")
 
 // open decrypts a ciphertext blob. keyID, when not empty, is the key the
-// caller says the blob is for. It returns the key and the plaintext.
-func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string) (*catalog.Key, []byte, error) {
+// caller says the blob is for; extra, if not nil, adds condition keys of
+// the operation. It returns the key and the plaintext.
+func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string, extra func(*policy.Request)) (*catalog.Key, []byte, error) {
 	b, perr := keys.ParseBlob(blob)
 	if perr != nil && keyID == nil {
 		return nil, nil, errCiphertext
@@ -61,7 +63,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 		}
 		if keys.IsAsymmetric(k.KeySpec) {
 			// Raw RSAES-OAEP: no header, the caller names the key.
-			pt, err := s.openAsymmetric(ctx, c, action, k, blob, perr == nil, ec, alg)
+			pt, err := s.openAsymmetric(ctx, c, action, k, blob, perr == nil, ec, alg, both(cryptoKeys(keyID, alg), extra))
 			return k, pt, err
 		}
 		if perr != nil {
@@ -80,7 +82,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 		}
 		k = s.view(k)
 	}
-	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), algorithm(alg)); err != nil {
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), both(cryptoKeys(keyID, alg), extra)); err != nil {
 		return nil, nil, err
 	}
 	if err := usable(k); err != nil {
@@ -148,9 +150,10 @@ func (s *Service) sealAsymmetric(k *catalog.Key, alg string, plaintext []byte) (
 
 // openAsymmetric decrypts a raw RSAES-OAEP ciphertext with k, after the
 // checks of Decrypt (authorization, state, usage, algorithm, context).
-// kmsdBlob says the bytes are one of kmsd's symmetric blobs.
-func (s *Service) openAsymmetric(ctx context.Context, c *Caller, action string, k *catalog.Key, ct []byte, kmsdBlob bool, ec map[string]string, alg *string) ([]byte, error) {
-	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), algorithm(alg)); err != nil {
+// kmsdBlob says the bytes are one of kmsd's symmetric blobs; conds sets
+// the request's condition keys.
+func (s *Service) openAsymmetric(ctx context.Context, c *Caller, action string, k *catalog.Key, ct []byte, kmsdBlob bool, ec map[string]string, alg *string, conds func(*policy.Request)) ([]byte, error) {
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), conds); err != nil {
 		return nil, err
 	}
 	if err := usable(k); err != nil {

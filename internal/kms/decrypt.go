@@ -12,7 +12,7 @@ func (s *Service) Decrypt(ctx context.Context, c *Caller, in *kmsapi.DecryptRequ
 	if in.Recipient != nil {
 		return nil, exc("UnsupportedOperationException", "Recipient (Nitro Enclaves attestation) is not supported by kmsd.")
 	}
-	k, pt, err := s.open(ctx, c, "kms:Decrypt", in.CiphertextBlob, in.KeyId, in.EncryptionContext, in.EncryptionAlgorithm)
+	k, pt, err := s.open(ctx, c, "kms:Decrypt", in.CiphertextBlob, in.KeyId, in.EncryptionContext, in.EncryptionAlgorithm, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -18,9 +18,9 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, c *Caller, in *kmsapi.
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:DeriveSharedSecret", k, nil, func(r *policy.Request) {
+	if err := s.authorizeKey(ctx, c, "kms:DeriveSharedSecret", k, nil, both(aliasKey(*in.KeyId), func(r *policy.Request) {
 		r.Set(policy.KeyKeyAgreementAlgorithm, *in.KeyAgreementAlgorithm)
-	}); err != nil {
+	})); err != nil {
 		return nil, err
 	}
 	if err := usable(k); err != nil {

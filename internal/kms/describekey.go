@@ -13,7 +13,7 @@ func (s *Service) DescribeKey(ctx context.Context, c *Caller, in *kmsapi.Describ
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:DescribeKey", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:DescribeKey", k, nil, aliasKey(*in.KeyId)); err != nil {
 		return nil, err
 	}
 	return &kmsapi.DescribeKeyResponse{KeyMetadata: s.storeMetadata(k, metadata(k))}, nil

@@ -14,7 +14,7 @@ func (s *Service) Encrypt(ctx context.Context, c *Caller, in *kmsapi.EncryptRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:Encrypt", k, ecOrEmpty(in.EncryptionContext), algorithm(in.EncryptionAlgorithm)); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:Encrypt", k, ecOrEmpty(in.EncryptionContext), cryptoKeys(in.KeyId, in.EncryptionAlgorithm)); err != nil {
 		return nil, err
 	}
 	if err := usable(k); err != nil {

@@ -31,7 +31,7 @@ func (s *Service) dataKey(ctx context.Context, c *Caller, action, keyID string, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), nil); err != nil {
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), cryptoKeys(&keyID, alg)); err != nil {
 		return nil, nil, nil, err
 	}
 	if err := usable(k); err != nil {

@@ -37,9 +37,9 @@ func (s *Service) dataKeyPair(ctx context.Context, c *Caller, action, keyID, spe
 	if k, err = s.resolveCross(ctx, c, keyID); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), func(r *policy.Request) {
+	if err := s.authorizeKey(ctx, c, action, k, ecOrEmpty(ec), both(cryptoKeys(&keyID, nil), func(r *policy.Request) {
 		r.Set(policy.KeyDataKeyPairSpec, spec)
-	}); err != nil {
+	})); err != nil {
 		return nil, nil, nil, nil, err
 	}
 	if err := usable(k); err != nil {

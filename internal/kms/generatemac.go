@@ -28,9 +28,9 @@ func (s *Service) mac(ctx context.Context, c *Caller, action, keyID, alg string,
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := s.authorizeKey(ctx, c, action, k, nil, func(r *policy.Request) {
+	if err := s.authorizeKey(ctx, c, action, k, nil, both(aliasKey(keyID), func(r *policy.Request) {
 		r.Set(policy.KeyMacAlgorithm, alg)
-	}); err != nil {
+	})); err != nil {
 		return nil, nil, err
 	}
 	if err := usable(k); err != nil {

@@ -18,7 +18,7 @@ func (s *Service) GetPublicKey(ctx context.Context, c *Caller, in *kmsapi.GetPub
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:GetPublicKey", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:GetPublicKey", k, nil, aliasKey(*in.KeyId)); err != nil {
 		return nil, err
 	}
 	// Spec §5.3 and §11.2: a disabled key gives DisabledException (the

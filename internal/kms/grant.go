@@ -24,14 +24,6 @@ func ecOrEmpty(ec map[string]string) map[string]string {
 	return ec
 }
 
-// algorithm adds kms:EncryptionAlgorithm when the request names one.
-func algorithm(alg *string) func(*policy.Request) {
-	if alg == nil {
-		return nil
-	}
-	return func(r *policy.Request) { r.Set(policy.KeyEncryptionAlgorithm, *alg) }
-}
-
 // grantOperations are the operations a grant on a symmetric encryption
 // key may allow; ecOperations those of them that take an encryption
 // context, the only ones grant constraints can apply to.
@@ -75,26 +67,30 @@ func constraintsHold(g *catalog.Grant, ec map[string]string) bool {
 	return true
 }
 
-// grantsAllow reports whether a grant on k gives the caller action. Grant
-// changes apply at once (there is no eventual consistency to wait out), so
-// grant tokens need no special handling: they are accepted and ignored.
-func (s *Service) grantsAllow(ctx context.Context, c *Caller, k *catalog.Key, action string, ec map[string]string) (bool, error) {
+// grantsAllow reports whether a grant on k gives the caller action, and
+// through which grantee: policy.Decide limits a grant to the role of a
+// session by the session's session policies, and not one to the session
+// itself. Grant changes apply at once (there is no eventual consistency to
+// wait out), so grant tokens need no special handling: they are accepted
+// and ignored.
+func (s *Service) grantsAllow(ctx context.Context, c *Caller, k *catalog.Key, action string, ec map[string]string) (policy.GrantMatch, error) {
 	return s.grantAllowing(ctx, c, k, action, ec, nil)
 }
 
 // grantAllowing is grantsAllow; with child set (CreateGrant through a
 // grant) the allowing grant must also cover every operation of the new
 // grant, and the new grant's constraints must be at least as strict.
-func (s *Service) grantAllowing(ctx context.Context, c *Caller, k *catalog.Key, action string, ec map[string]string, child *catalog.Grant) (bool, error) {
+func (s *Service) grantAllowing(ctx context.Context, c *Caller, k *catalog.Key, action string, ec map[string]string, child *catalog.Grant) (policy.GrantMatch, error) {
 	list, err := s.cat.Grants(ctx, k.ID)
 	if err != nil {
-		return false, internal(err)
+		return policy.NoGrant, internal(err)
 	}
 	if len(list) == 0 {
-		return false, nil
+		return policy.NoGrant, nil
 	}
 	op := strings.TrimPrefix(action, "kms:")
 	p := c.principal()
+	best := policy.NoGrant
 	for _, g := range list {
 		if !granteeMatches(g, &p) || !slices.Contains(g.Operations, op) {
 			continue
@@ -106,9 +102,12 @@ func (s *Service) grantAllowing(ctx context.Context, c *Caller, k *catalog.Key, 
 		} else if !constraintsHold(g, ec) {
 			continue
 		}
-		return true, nil
+		if g.GranteePrincipal == p.ARN {
+			return policy.GrantToPrincipal, nil
+		}
+		best = policy.GrantToRole
 	}
-	return false, nil
+	return best, nil
 }
 
 // covers reports whether parent may create child: every operation of

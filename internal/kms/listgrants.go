@@ -13,7 +13,7 @@ func (s *Service) ListGrants(ctx context.Context, c *Caller, in *kmsapi.ListGran
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:ListGrants", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:ListGrants", k, nil, notForAWSResource); err != nil {
 		return nil, err
 	}
 	list, err := s.cat.Grants(ctx, k.ID)

@@ -19,6 +19,9 @@ func checkPolicy(c *Caller, doc string, bypass *bool) error {
 		return exc("LimitExceededException", "The key policy exceeds the maximum size of 32768 bytes.")
 	}
 	p, err := policy.Parse(doc, policy.KeyPolicy)
+	if err == nil {
+		err = policy.CheckConditionKeys(p)
+	}
 	if err != nil {
 		return exc("MalformedPolicyDocumentException", policyMessage(err))
 	}
@@ -71,7 +74,9 @@ func (s *Service) PutKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.PutKey
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:PutKeyPolicy", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:PutKeyPolicy", k, nil, func(r *policy.Request) {
+		setBool(r, policy.KeyBypassLockoutCheck, in.BypassPolicyLockoutSafetyCheck)
+	}); err != nil {
 		return nil, err
 	}
 	if err := policyName(in.PolicyName); err != nil {

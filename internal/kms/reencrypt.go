@@ -5,12 +5,21 @@ import (
 
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 // ReEncrypt decrypts a blob and encrypts its plaintext under another key
 // (or the same key with another context) without exposing the plaintext.
 func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncryptRequest) (*kmsapi.ReEncryptResponse, error) {
-	src, pt, err := s.open(ctx, c, "kms:ReEncryptFrom", in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionContext, in.SourceEncryptionAlgorithm)
+	// The destination is looked up first for kms:ReEncryptOnSameKey, which
+	// both authorizations see; its errors come after the source's.
+	dst, dstErr := s.resolveCross(ctx, c, *in.DestinationKeyId)
+	sameKey := func(r *policy.Request) {
+		if b, err := keys.ParseBlob(in.CiphertextBlob); err == nil && dstErr == nil {
+			r.SetBool(policy.KeyReEncryptOnSameKey, b.KeyID == dst.ID)
+		}
+	}
+	src, pt, err := s.open(ctx, c, "kms:ReEncryptFrom", in.CiphertextBlob, in.SourceKeyId, in.SourceEncryptionContext, in.SourceEncryptionAlgorithm, sameKey)
 	if err != nil {
 		return nil, err
 	}
@@ -18,11 +27,10 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	if err := checkAlgorithm(src, in.SourceEncryptionAlgorithm); err != nil {
 		return nil, err
 	}
-	dst, err := s.resolveCross(ctx, c, *in.DestinationKeyId)
-	if err != nil {
-		return nil, err
+	if dstErr != nil {
+		return nil, dstErr
 	}
-	if err := s.authorizeKey(ctx, c, "kms:ReEncryptTo", dst, ecOrEmpty(in.DestinationEncryptionContext), algorithm(in.DestinationEncryptionAlgorithm)); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:ReEncryptTo", dst, ecOrEmpty(in.DestinationEncryptionContext), both(cryptoKeys(in.DestinationKeyId, in.DestinationEncryptionAlgorithm), sameKey)); err != nil {
 		return nil, err
 	}
 	if err := usable(dst); err != nil {

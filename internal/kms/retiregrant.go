@@ -70,6 +70,16 @@ func (s *Service) RetireGrant(ctx context.Context, c *Caller, in *kmsapi.RetireG
 		r := s.request(c, "kms:RetireGrant", k.ARN())
 		return nil, accessDenied(r, policy.NoKeyPolicyAllows)
 	}
+	// A grant naming the role of a session is limited by the session's
+	// session policies, as policy.Decide has it for every grant.
+	direct := g.RetiringPrincipal == p.ARN || (g.GranteePrincipal == p.ARN && slices.Contains(g.Operations, "RetireGrant")) ||
+		(p.Type == policy.Root && g.IssuingAccount == p.ARN) || (c.Trusted && k.Account == c.Account)
+	if !direct && len(c.SessionPolicies) > 0 {
+		r := s.request(c, "kms:RetireGrant", k.ARN())
+		if ok, reason := policy.Decide(nil, policy.Identity{Session: c.SessionPolicies}, policy.GrantToRole, r); !ok {
+			return nil, accessDenied(r, reason)
+		}
+	}
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ func (s *Service) RevokeGrant(ctx context.Context, c *Caller, in *kmsapi.RevokeG
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:RevokeGrant", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:RevokeGrant", k, nil, notForAWSResource); err != nil {
 		return nil, err
 	}
 	if err := dryRun(in.DryRun); err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 const day = 24 * time.Hour
@@ -70,12 +71,14 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:EnableKeyRotation", k, nil, nil); err != nil {
-		return nil, err
-	}
 	period := int32(365)
 	if in.RotationPeriodInDays != nil {
 		period = *in.RotationPeriodInDays
+	}
+	if err := s.authorizeKey(ctx, c, "kms:EnableKeyRotation", k, nil, func(r *policy.Request) {
+		setInt(r, policy.KeyRotationPeriodInDays, period)
+	}); err != nil {
+		return nil, err
 	}
 	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
@@ -117,9 +120,11 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 	return &kmsapi.DisableKeyRotationResponse{}, nil
 }
 
-// GetKeyRotationStatus reports whether automatic rotation is on.
+// GetKeyRotationStatus reports whether automatic rotation is on. Like
+// AWS, it may name a key of another account by key ARN; that account's key
+// policy and the caller's IAM policies decide.
 func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsapi.GetKeyRotationStatusRequest) (*kmsapi.GetKeyRotationStatusResponse, error) {
-	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
+	k, err := s.resolveKeyIDCross(ctx, c, *in.KeyId)
 	if err != nil {
 		return nil, err
 	}

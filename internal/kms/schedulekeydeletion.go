@@ -7,6 +7,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 // ScheduleKeyDeletion puts a key in PendingDeletion for 7–30 days (30 by
@@ -27,7 +28,9 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:ScheduleKeyDeletion", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:ScheduleKeyDeletion", k, nil, func(r *policy.Request) {
+		setInt(r, policy.KeyPendingWindowInDays, days)
+	}); err != nil {
 		return nil, err
 	}
 	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {

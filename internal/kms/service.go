@@ -36,6 +36,10 @@ type Caller struct {
 	// identity policies, parsed.
 	Principal policy.Principal
 	Policies  []*policy.Policy
+	// SessionPolicies are the session policies of a role session created
+	// with AssumeRole's Policy or PolicyArns; they limit what Policies
+	// (and key policies naming the role or account) allow. nil: none.
+	SessionPolicies []*policy.Policy
 	// Trusted skips authorization for the caller's own account (emulator
 	// mode, where every caller is the account's root and may do anything
 	// in it). Cross-account calls are still decided by key policies.
@@ -176,6 +180,16 @@ func (s *Service) resolveKeyID(ctx context.Context, c *Caller, keyID string) (*c
 		return nil, exc("NotFoundException", "Invalid keyId '"+keyID+"'")
 	}
 	return s.resolve(ctx, c, keyID)
+}
+
+// resolveKeyIDCross is resolveKeyID for the operations that take a key id
+// or key ARN and may use a key of another account, named by its key ARN
+// (GetKeyRotationStatus).
+func (s *Service) resolveKeyIDCross(ctx context.Context, c *Caller, keyID string) (*catalog.Key, error) {
+	if ref, err := keys.Parse(keyID); err == nil && (ref.Kind == keys.KindAlias || ref.Kind == keys.KindAliasARN) {
+		return nil, exc("NotFoundException", "Invalid keyId '"+keyID+"'")
+	}
+	return s.resolveCross(ctx, c, keyID)
 }
 
 // usable checks that k can perform a cryptographic operation now.

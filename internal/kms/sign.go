@@ -47,10 +47,10 @@ func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyI
 	if messageType != nil {
 		mt = *messageType
 	}
-	if err := s.authorizeKey(ctx, c, action, k, nil, func(r *policy.Request) {
+	if err := s.authorizeKey(ctx, c, action, k, nil, both(aliasKey(*keyID), func(r *policy.Request) {
 		r.Set(policy.KeySigningAlgorithm, *alg)
 		r.Set(policy.KeyMessageType, mt)
-	}); err != nil {
+	})); err != nil {
 		return nil, "", nil, err
 	}
 	if err := usable(k); err != nil {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 // TagResource adds or replaces tags on a key.
@@ -13,7 +14,7 @@ func (s *Service) TagResource(ctx context.Context, c *Caller, in *kmsapi.TagReso
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:TagResource", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:TagResource", k, nil, func(r *policy.Request) { setRequestTags(r, in.Tags) }); err != nil {
 		return nil, err
 	}
 	if err := notPendingDeletion(k); err != nil {

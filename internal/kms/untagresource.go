@@ -5,6 +5,7 @@ import (
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 )
 
 // UntagResource removes tags by key; absent tag keys are ignored.
@@ -13,7 +14,7 @@ func (s *Service) UntagResource(ctx context.Context, c *Caller, in *kmsapi.Untag
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorizeKey(ctx, c, "kms:UntagResource", k, nil, nil); err != nil {
+	if err := s.authorizeKey(ctx, c, "kms:UntagResource", k, nil, func(r *policy.Request) { r.Set(policy.KeyTagKeys, in.TagKeys...) }); err != nil {
 		return nil, err
 	}
 	if err := notPendingDeletion(k); err != nil {

@@ -40,15 +40,15 @@ func BenchmarkEvaluate(b *testing.B) {
 // identity policy attached to the role.
 func BenchmarkDecide(b *testing.B) {
 	kp := mustParse(b, string(library["ec-bench"]), KeyPolicy)
-	ids := []*Policy{mustParse(b, string(library["iam-deny-outside-office"]), IdentityPolicy)}
+	ids := Identity{Policies: []*Policy{mustParse(b, string(library["iam-deny-outside-office"]), IdentityPolicy)}}
 	r := benchRequest()
-	if ok, reason := Decide(kp, ids, false, r); !ok {
+	if ok, reason := Decide(kp, ids, NoGrant, r); !ok {
 		b.Fatalf("denied: %v", reason)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		Decide(kp, ids, false, r)
+		Decide(kp, ids, NoGrant, r)
 	}
 }
 

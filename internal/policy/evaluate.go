@@ -10,6 +10,11 @@ type Result struct {
 	// principal only through its account (arn:aws:iam::ACCOUNT:root): KMS
 	// then requires the principal's IAM policies to allow the call too.
 	ViaAccount bool
+	// Session is set on an Allow from a key policy statement that names
+	// the caller's role session by its own ARN
+	// (arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION): session policies
+	// do not limit such a permission.
+	Session bool
 }
 
 // Evaluate decides the request against p alone: Deny if any statement
@@ -30,16 +35,20 @@ func (p *Policy) Explain(r *Request) Result {
 	direct := false
 	for i := range p.statements {
 		s := &p.statements[i]
-		ok, via := s.applies(r, p.kind)
-		if !ok {
+		m := s.applies(r, p.kind)
+		if m == noMatch {
 			continue
 		}
 		if s.deny {
 			return Result{Decision: Deny, Sid: s.sid}
 		}
+		via := m == matchAccount
+		if m == matchSession {
+			res.Session = true
+		}
 		switch {
 		case res.Decision == NotApplicable:
-			res = Result{Decision: Allow, Sid: s.sid, ViaAccount: via}
+			res = Result{Decision: Allow, Sid: s.sid, ViaAccount: via, Session: res.Session}
 			direct = !via
 		case !via && !direct:
 			res.Sid, res.ViaAccount, direct = s.sid, false, true
@@ -49,28 +58,30 @@ func (p *Policy) Explain(r *Request) Result {
 }
 
 // applies reports whether the statement covers the request, cheapest
-// tests first, and whether only through the principal's account.
-func (s *statement) applies(r *Request, kind Kind) (ok, viaAccount bool) {
+// tests first, and how it names the principal (matchDirect for identity
+// policies, which name none).
+func (s *statement) applies(r *Request, kind Kind) principalMatch {
 	if s.inert {
-		return false, false
+		return noMatch
 	}
 	if matchAnyPattern(s.actions, r.Action, r, foldASCII) == s.notAction {
-		return false, false
+		return noMatch
 	}
+	m := matchDirect
 	if kind == KeyPolicy {
-		if ok, viaAccount = s.principalApplies(&r.Principal); !ok {
-			return false, false
+		if m = s.principalApplies(&r.Principal); m == noMatch {
+			return noMatch
 		}
 	}
 	if matchAnyPattern(s.resources, r.Resource, r, exactCase) == s.notResource {
-		return false, false
+		return noMatch
 	}
 	for i := range s.conditions {
 		if !s.conditions[i].eval(r) {
-			return false, false
+			return noMatch
 		}
 	}
-	return true, viaAccount
+	return m
 }
 
 func matchAnyPattern(ps []pattern, s string, r *Request, fold foldMode) bool {

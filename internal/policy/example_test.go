@@ -20,13 +20,13 @@ func ExampleDecide() {
 	r.SetEncryptionContext(map[string]string{"purpose": "backup"})
 	r.SetTime(time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC))
 
-	allowed, reason := policy.Decide(keyPolicy, nil, false, r)
+	allowed, reason := policy.Decide(keyPolicy, policy.Identity{}, policy.NoGrant, r)
 	fmt.Println(allowed, reason)
 	fmt.Println(policy.AccessDeniedMessage(r, reason))
 
 	iam, _ := policy.Parse(`{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*",
 		"Condition": {"StringEquals": {"kms:EncryptionContext:purpose": "backup"}}}}`, policy.IdentityPolicy)
-	allowed, reason = policy.Decide(keyPolicy, []*policy.Policy{iam}, false, r)
+	allowed, reason = policy.Decide(keyPolicy, policy.Identity{Policies: []*policy.Policy{iam}}, policy.NoGrant, r)
 	fmt.Println(allowed, reason)
 	// Output:
 	// false no identity policy allows

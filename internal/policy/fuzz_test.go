@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
@@ -70,17 +71,27 @@ func FuzzParse(f *testing.F) {
 			}
 			p.Principals()
 			p.Sids()
+			if err := CheckConditionKeys(p); err != nil && !errors.Is(err, ErrMalformed) {
+				t.Fatalf("CheckConditionKeys: %v", err)
+			}
+			for _, k := range p.ConditionKeyRefs() {
+				if !p.References(k) {
+					t.Fatalf("References(%q) = false for a key the policy reads", k)
+				}
+			}
 			for _, r := range reqs {
 				d := p.Evaluate(r)
 				if d2 := p.Explain(r).Decision; d2 != d {
 					t.Fatalf("Evaluate %v, Explain %v", d, d2)
 				}
 				if kind == KeyPolicy {
-					Decide(p, nil, false, r)
+					Decide(p, Identity{}, NoGrant, r)
 					_ = CheckLockout(p, r)
 				} else {
-					Decide(nil, []*Policy{p}, false, r)
-					DecideIAMOnly([]*Policy{p}, r)
+					Decide(nil, Identity{Policies: []*Policy{p}}, NoGrant, r)
+					Decide(p, Identity{Session: []*Policy{p}}, GrantToRole, r)
+					DecideIAMOnly(Identity{Policies: []*Policy{p}}, r)
+					DecideIAMOnly(Identity{Policies: []*Policy{p}, Session: []*Policy{p}}, r)
 				}
 			}
 		}

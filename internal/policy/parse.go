@@ -98,6 +98,7 @@ func Parse(doc string, kind Kind) (*Policy, error) {
 			return nil, err
 		}
 	}
+	p.collectRefs()
 	return p, nil
 }
 

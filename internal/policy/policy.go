@@ -147,6 +147,7 @@ type Policy struct {
 	version    string
 	id         string
 	statements []statement
+	refs       []keyRef // condition keys read, for References
 }
 
 // Kind reports which sort of policy p was parsed as.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -270,7 +271,13 @@ type decideCase struct {
 	Name      string            `json:"name"`
 	KeyPolicy json.RawMessage   `json:"keyPolicy"`
 	Identity  []json.RawMessage `json:"identity"`
-	Grants    bool              `json:"grants"`
+	// Session lists the caller's session policies (AssumeRole's Policy
+	// and PolicyArns).
+	Session []json.RawMessage `json:"session"`
+	// Grants: a grant to the principal itself allows; GrantToRole: a
+	// grant to the role behind the session allows.
+	Grants      bool `json:"grants"`
+	GrantToRole bool `json:"grantToRole"`
 	reqSpec
 	Reason string `json:"reason"`
 	Safe   *bool  `json:"safe"`
@@ -283,16 +290,29 @@ type decideFile struct {
 	Lockout []decideCase `json:"lockout"`
 }
 
-func (c *decideCase) policies(t testing.TB) (*Policy, []*Policy) {
+func (c *decideCase) policies(t testing.TB) (*Policy, Identity) {
 	var kp *Policy
 	if c.KeyPolicy != nil && string(c.KeyPolicy) != "null" {
 		kp = mustParse(t, policyText(t, c.KeyPolicy), KeyPolicy)
 	}
-	var ids []*Policy
+	var id Identity
 	for _, ref := range c.Identity {
-		ids = append(ids, mustParse(t, policyText(t, ref), IdentityPolicy))
+		id.Policies = append(id.Policies, mustParse(t, policyText(t, ref), IdentityPolicy))
 	}
-	return kp, ids
+	for _, ref := range c.Session {
+		id.Session = append(id.Session, mustParse(t, policyText(t, ref), IdentityPolicy))
+	}
+	return kp, id
+}
+
+func (c *decideCase) grant() GrantMatch {
+	switch {
+	case c.Grants:
+		return GrantToPrincipal
+	case c.GrantToRole:
+		return GrantToRole
+	}
+	return NoGrant
 }
 
 var reasonByName = map[string]Reason{
@@ -300,6 +320,7 @@ var reasonByName = map[string]Reason{
 	"AllowedByGrant": AllowedByGrant, "AllowedByIAM": AllowedByIAM, "AllowedAsRoot": AllowedAsRoot,
 	"DeniedByKeyPolicy": DeniedByKeyPolicy, "DeniedByIAM": DeniedByIAM,
 	"NoKeyPolicyAllows": NoKeyPolicyAllows, "NoIAMAllows": NoIAMAllows,
+	"DeniedBySessionPolicy": DeniedBySessionPolicy, "NoSessionPolicyAllows": NoSessionPolicyAllows,
 }
 
 func reasonFor(t testing.TB, name string) Reason {
@@ -317,7 +338,7 @@ func TestDecide(t *testing.T) {
 		t.Run(c.Name, func(t *testing.T) {
 			kp, ids := c.policies(t)
 			want := reasonFor(t, c.Reason)
-			allowed, got := Decide(kp, ids, c.Grants, c.request(t))
+			allowed, got := Decide(kp, ids, c.grant(), c.request(t))
 			if got != want || allowed != want.Allowed() {
 				t.Errorf("Decide = %v, %v; want %v, %v", allowed, got, want.Allowed(), want)
 			}
@@ -438,7 +459,7 @@ func TestAccessDeniedMessages(t *testing.T) {
 	}
 	emit(f.Decide, func(c *decideCase, r *Request) (bool, Reason) {
 		kp, ids := c.policies(t)
-		return Decide(kp, ids, c.Grants, r)
+		return Decide(kp, ids, c.grant(), r)
 	})
 	emit(f.IAMOnly, func(c *decideCase, r *Request) (bool, Reason) {
 		_, ids := c.policies(t)
@@ -587,7 +608,7 @@ func TestPrincipalFromARN(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.want.ARN = c.arn
-			if got != c.want {
+			if !reflect.DeepEqual(got, c.want) {
 				t.Errorf("got  %+v\nwant %+v", got, c.want)
 			}
 		})
@@ -602,18 +623,29 @@ func TestNewRequestKeys(t *testing.T) {
 	}{
 		{"user", principals["alice"], map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:user/alice"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"User"}, KeyUsername: {"alice"}, KeyUserID: {"AIDAALICEEXAMPLE"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"User"}, KeyUsername: {"alice"}, KeyUserID: {"AIDAALICEEXAMPLE"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}}},
 		{"session", principals["app"], map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:role/App"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}, KeyMultiFactorAuthPresent: {"false"}}},
 		{"session-role-arn", principals["app-with-role-arn"], map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:role/service/App"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"AssumedRole"}, KeyUserID: {"AROAAPPEXAMPLE:s1"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}, KeyMultiFactorAuthPresent: {"false"}}},
 		{"root", RootPrincipal("111122223333"), map[string][]string{
 			KeyPrincipalArn: {"arn:aws:iam::111122223333:root"}, KeyPrincipalAccount: {"111122223333"},
-			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"Account"}, KeyUserID: {"111122223333"}}},
-		{"service", ServicePrincipal("logs.amazonaws.com"), map[string][]string{}},
-		{"anonymous", AnonymousPrincipal(), map[string][]string{KeyPrincipalType: {"Anonymous"}}},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"Account"}, KeyUserID: {"111122223333"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}}},
+		{"tagged", Principal{Type: IAMUser, ARN: "arn:aws:iam::111122223333:user/tina", Account: "111122223333", Name: "tina",
+			UserID: "AIDATINA", Tags: map[string]string{"team": "blue"}}, map[string][]string{
+			KeyPrincipalArn: {"arn:aws:iam::111122223333:user/tina"}, KeyPrincipalAccount: {"111122223333"},
+			KeyCallerAccount: {"111122223333"}, KeyPrincipalType: {"User"}, KeyUsername: {"tina"}, KeyUserID: {"AIDATINA"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}, KeyPrincipalTagPrefix + "team": {"blue"}}},
+		{"service", ServicePrincipal("logs.amazonaws.com"), map[string][]string{
+			KeyPrincipalIsAWSService: {"true"}, KeyPrincipalServiceName: {"logs.amazonaws.com"}, KeyViaAWSService: {"false"}}},
+		{"anonymous", AnonymousPrincipal(), map[string][]string{KeyPrincipalType: {"Anonymous"},
+			KeyPrincipalIsAWSService: {"false"}, KeyViaAWSService: {"false"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := NewRequest(c.p, "kms:Encrypt", keyK)

@@ -102,6 +102,7 @@ const (
 	noMatch principalMatch = iota
 	matchDirect
 	matchAccount // only through the principal's account (IAM delegation)
+	matchSession // by the exact ARN of the caller's role session
 )
 
 func (e *principalEntry) match(p *Principal) principalMatch {
@@ -126,7 +127,7 @@ func (e *principalEntry) match(p *Principal) principalMatch {
 		}
 	case pSession:
 		if p.Type == AssumedRole && p.ARN == e.value {
-			return matchDirect
+			return matchSession
 		}
 	case pFedUser:
 		if p.Type == FederatedUser && p.ARN == e.value {
@@ -144,24 +145,32 @@ func (e *principalEntry) match(p *Principal) principalMatch {
 	return noMatch
 }
 
-// principalApplies reports whether statement s applies to principal p,
-// and whether it does only through p's account.
+// principalApplies reports whether statement s applies to principal p:
+// matchSession when an entry names p's session ARN, else matchDirect when
+// one names p, else matchAccount when one names only p's account.
 //
 // With NotPrincipal, IAM treats a request as carrying several identities
 // — the session, the role behind it, and the account — and the statement
 // applies unless every one of them is listed.
-func (s *statement) principalApplies(p *Principal) (ok, viaAccount bool) {
+func (s *statement) principalApplies(p *Principal) principalMatch {
 	if !s.notPrincipal {
-		via := false
+		best := noMatch
 		for i := range s.principals {
-			switch s.principals[i].match(p) {
+			switch m := s.principals[i].match(p); m {
+			case matchSession:
+				return m
 			case matchDirect:
-				return true, false
+				if p.Type != AssumedRole {
+					return m
+				}
+				best = m
 			case matchAccount:
-				via = true
+				if best == noMatch {
+					best = m
+				}
 			}
 		}
-		return via, via
+		return best
 	}
 	self := false
 	role := p.Type != AssumedRole
@@ -170,7 +179,7 @@ func (s *statement) principalApplies(p *Principal) (ok, viaAccount bool) {
 		e := &s.principals[i]
 		switch e.kind {
 		case pAny:
-			return false, false
+			return noMatch
 		case pAccount:
 			if p.isAWS() && p.Account == e.account {
 				root = true
@@ -185,10 +194,13 @@ func (s *statement) principalApplies(p *Principal) (ok, viaAccount bool) {
 				self = true
 			}
 		default:
-			if e.match(p) == matchDirect {
+			if m := e.match(p); m == matchDirect || m == matchSession {
 				self = true
 			}
 		}
 	}
-	return !(self && role && root), false
+	if self && role && root {
+		return noMatch
+	}
+	return matchDirect
 }

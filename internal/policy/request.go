@@ -44,6 +44,12 @@ type Principal struct {
 	// Provider is the identity provider of WebIdentityUser and SAMLUser
 	// principals, matched by a Federated principal element.
 	Provider string
+	// Tags are the session tags of a role session (aws:PrincipalTag/<key>),
+	// or the tags of a user or role. Shared, never modified.
+	Tags map[string]string
+	// SourceIdentity is the source identity set on a role session
+	// (aws:SourceIdentity); it persists through role chaining.
+	SourceIdentity string
 }
 
 // isAWS reports whether p is an identity of an AWS account, one that
@@ -172,7 +178,10 @@ const (
 	KeyRotationPeriodInDays    = "kms:RotationPeriodInDays"
 	KeyPendingWindowInDays     = "kms:ScheduleKeyDeletionPendingWindowInDays"
 	KeyBypassLockoutCheck      = "kms:BypassPolicyLockoutSafetyCheck"
-	KeyCustomKeyStoreID        = "kms:CustomKeyStoreId" // kmsd extension
+	KeyCustomerMasterKeySpec   = "kms:CustomerMasterKeySpec"  // deprecated name of kms:KeySpec
+	KeyCustomerMasterKeyUsage  = "kms:CustomerMasterKeyUsage" // deprecated name of kms:KeyUsage
+	KeyReEncryptOnSameKey      = "kms:ReEncryptOnSameKey"
+	KeyCustomKeyStoreID        = "kms:CustomKeyStoreId" // not AWS's, never set: CheckConditionKeys refuses it
 
 	KeyPrincipalArn     = "aws:PrincipalArn"
 	KeyPrincipalAccount = "aws:PrincipalAccount"
@@ -185,6 +194,17 @@ const (
 	KeySecureTransport  = "aws:SecureTransport"
 	KeyRequestedRegion  = "aws:RequestedRegion"
 	KeyViaAWSService    = "aws:ViaAWSService"
+
+	KeyPrincipalIsAWSService  = "aws:PrincipalIsAWSService"
+	KeyPrincipalServiceName   = "aws:PrincipalServiceName"
+	KeyMultiFactorAuthPresent = "aws:MultiFactorAuthPresent"
+	KeyResourceAccount        = "aws:ResourceAccount"
+	KeyTagKeys                = "aws:TagKeys"
+	// Prefixes: the tag key follows ("aws:ResourceTag/env").
+	KeyPrincipalTagPrefix = "aws:PrincipalTag/"
+	KeyResourceTagPrefix  = "aws:ResourceTag/"
+	KeyRequestTagPrefix   = "aws:RequestTag/"
+	KeySourceIdentity     = "aws:SourceIdentity"
 )
 
 // EncryptionContextKey is the condition key of one encryption context
@@ -205,7 +225,11 @@ type Request struct {
 // NewRequest starts a request and fills in the global condition keys that
 // follow from the principal: aws:PrincipalArn (the role ARN for a role
 // session), aws:PrincipalAccount, aws:PrincipalType, aws:userid,
-// aws:username (IAM users only) and kms:CallerAccount.
+// aws:username (IAM users only), kms:CallerAccount,
+// aws:PrincipalIsAWSService, aws:PrincipalServiceName (services only),
+// aws:ViaAWSService, aws:MultiFactorAuthPresent (temporary credentials
+// only) and aws:PrincipalTag/<key> and
+// aws:SourceIdentity.
 func NewRequest(p Principal, action, resource string) *Request {
 	r := &Request{Principal: p, Action: action, Resource: resource, Context: map[string][]string{}}
 	if p.isAWS() {
@@ -238,6 +262,23 @@ func NewRequest(p Principal, action, resource string) *Request {
 		r.Set(KeyUserID, p.UserID)
 	case p.Type == Root:
 		r.Set(KeyUserID, p.Account)
+	}
+	// AWS sets these two on every request; no AWS service calls kmsd.
+	r.SetBool(KeyPrincipalIsAWSService, p.Type == AWSService)
+	r.SetBool(KeyViaAWSService, false)
+	switch p.Type {
+	case AWSService:
+		r.Set(KeyPrincipalServiceName, p.Name)
+	case AssumedRole, FederatedUser, WebIdentityUser, SAMLUser:
+		// Temporary credentials, issued without MFA. AWS leaves the key
+		// out for long-term access keys.
+		r.SetBool(KeyMultiFactorAuthPresent, false)
+	}
+	for k, v := range p.Tags {
+		r.Set(KeyPrincipalTagPrefix+k, v)
+	}
+	if p.SourceIdentity != "" {
+		r.Set(KeySourceIdentity, p.SourceIdentity)
 	}
 	return r
 }

@@ -27,6 +27,7 @@ func setIdentity(rec *audit.Record, id *identity.Identity) {
 		sc.SessionIssuer.AccountID = p.Account
 		sc.SessionIssuer.UserName = p.Name
 		sc.Attributes.MFAAuthenticated = "false"
+		sc.SourceIdentity = p.SourceIdentity
 		ui.SessionContext = sc
 	default:
 		ui.Type = string(p.Type)

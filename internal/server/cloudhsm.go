@@ -104,7 +104,8 @@ func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barri
 	if err != nil {
 		return nil, err
 	}
-	v := &sigv4.Verifier{Service: "cloudhsm", Lookup: kmsVerifier.Lookup, Now: kmsVerifier.Now, MaxSkew: kmsVerifier.MaxSkew}
+	v := &sigv4.Verifier{Service: "cloudhsm", Lookup: kmsVerifier.Lookup, Now: kmsVerifier.Now, MaxSkew: kmsVerifier.MaxSkew,
+		ProtocolContentType: kmsVerifier.ProtocolContentType}
 	return &hsmServer{svc: svc, verifier: v, kmsVerifier: kmsVerifier, ids: ids, account: cfg.AccountID, log: log}, nil
 }
 
@@ -153,11 +154,10 @@ func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec 
 		return c, nil
 	}
 	id, ok := h.ids.Identity(res.AccessKeyID)
-	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
+	if !ok || !tokenMatches(id, res.SessionToken) {
 		return kms.Caller{}, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
 	}
-	c.Account, c.ARN = id.Principal.Account, id.Principal.ARN
-	c.Principal, c.Policies = id.Principal, id.Policies
+	actAs(&c, id)
 	setIdentity(rec, id)
 	return c, nil
 }

@@ -26,6 +26,11 @@ var decodeCases = []struct {
 	{"range", "GenerateRandom", `{"NumberOfBytes":2000}`, "ValidationException"},
 	{"fraction for integer", "GenerateRandom", `{"NumberOfBytes":1.5}`, "SerializationException"},
 	{"null member", "Encrypt", `{"KeyId":null,"Plaintext":"aA=="}`, "ValidationException"},
+	{"invalid UTF-8 in a string", "CreateKey", "{\"Description\":\"a\xffb\"}", "SerializationException"},
+	{"invalid UTF-8 outside strings", "ListKeys", "{\"Limit\":5}\xff", "SerializationException"},
+	{"lone high surrogate", "CreateKey", `{"Description":"\ud800"}`, "SerializationException"},
+	{"lone low surrogate", "TagResource", `{"KeyId":"k","Tags":[{"TagKey":"\udc00","TagValue":"v"}]}`, "SerializationException"},
+	{"surrogate pair", "CreateKey", `{"Description":"\ud83d\ude00"}`, ""},
 }
 
 func code(err error) string {

@@ -18,6 +18,9 @@ import (
 	"github.com/kmsd/kmsd/internal/sigv4"
 )
 
+// queryContentType is the media type of the IAM and STS (awsQuery) APIs.
+const queryContentType = "application/x-www-form-urlencoded"
+
 // maxBody bounds a request body. The largest KMS input (a 32 KiB policy,
 // or 4 KiB of plaintext in base64) is far below it.
 const maxBody = 1 << 20
@@ -66,7 +69,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, rec, "", &awsjson.Error{Code: "SerializationException", Message: "Could not read request body.", Status: 400})
 		return
 	}
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), queryContentType) {
 		a.serveQuery(w, r, body, rec) // IAM and STS (awsQuery protocol)
 		return
 	}
@@ -90,12 +93,11 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.AWSRegion = res.Region
 	if a.ids != nil {
 		id, ok := a.ids.Identity(res.AccessKeyID)
-		if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) { // removed between verification and now, or a bad token
+		if !ok || !tokenMatches(id, res.SessionToken) { // removed between verification and now, or a bad token
 			a.fail(w, rec, "", &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
 			return
 		}
-		caller.Account, caller.ARN = id.Principal.Account, id.Principal.ARN
-		caller.Principal, caller.Policies = id.Principal, id.Policies
+		actAs(&caller, id)
 		setIdentity(rec, id)
 	} else {
 		// Emulator mode: every caller is the account's root, allowed
@@ -138,6 +140,14 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	a.metrics.ok(opName)
 	awsjson.WriteJSON(w, reqID, out)
+}
+
+// actAs makes c act as id for authorization: its principal, identity
+// policies and session policies. Every kms.Caller built from an identity
+// goes through here, so that no path forgets a session's session policies.
+func actAs(c *kms.Caller, id *identity.Identity) {
+	c.Account, c.ARN = id.Principal.Account, id.Principal.ARN
+	c.Principal, c.Policies, c.SessionPolicies = id.Principal, id.Policies, id.SessionPolicies
 }
 
 // wireError turns a service error into what the client sees, logging the

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/identity"
@@ -65,6 +66,9 @@ type queryCall struct {
 	id     *identity.Identity
 	form   url.Values
 	action string
+	// sourceIP and secure feed aws:SourceIp and aws:SecureTransport.
+	sourceIP string
+	secure   bool
 }
 
 func (q *queryCall) get(name string) string { return q.form.Get(name) }
@@ -83,6 +87,14 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 	if service == "sts" {
 		ns, verifier, ops = stsNS, a.stsVerifier, stsOps
 		rec.EventSource = "sts.amazonaws.com"
+	}
+	if err == nil {
+		// url.ParseQuery passes any bytes through: refuse what is not
+		// text before it is stored, or replaced by U+FFFD on the way.
+		if qe := checkUTF8(form); qe != nil {
+			a.queryFail(w, rec, ns, qe)
+			return
+		}
 	}
 	action := form.Get("Action")
 	rec.EventName = action
@@ -114,7 +126,7 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		return
 	}
 	id, ok := a.ids.Identity(res.AccessKeyID)
-	if !ok || (id.Temporary() && res.SessionToken != id.SessionToken) {
+	if !ok || !tokenMatches(id, res.SessionToken) {
 		a.queryFail(w, rec, ns, &queryError{403, "InvalidClientTokenId", "The security token included in the request is invalid."})
 		return
 	}
@@ -135,7 +147,7 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		rec.RequestParameters = params
 	}
 	rec.ReadOnly = strings.HasPrefix(action, "Get") || strings.HasPrefix(action, "List")
-	q := &queryCall{ctx: r.Context(), id: id, form: form, action: action}
+	q := &queryCall{ctx: r.Context(), id: id, form: form, action: action, sourceIP: rec.SourceIPAddress, secure: r.TLS != nil}
 	result, audited, err := op(a, q)
 	if err != nil {
 		a.queryFail(w, rec, ns, toQueryError(err))
@@ -144,6 +156,35 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 	rec.ResponseElements = audited
 	a.metrics.requests.WithLabelValues(action, "OK").Inc() // IAM and STS actions are not pre-resolved
 	writeQuery(w, ns, action, rec.RequestID, result)
+}
+
+// checkUTF8 refuses a form with a parameter name or value that is not
+// UTF-8, as IAM and STS refuse a value outside a member's constraints
+// (ValidationError, 400), naming the first such parameter in sorted order.
+func checkUTF8(form url.Values) *queryError {
+	bad, found, badKey := "", false, false
+	for k, vs := range form {
+		if !utf8.ValidString(k) {
+			badKey = true
+			continue
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) && (!found || k < bad) {
+				bad, found = k, true
+			}
+		}
+	}
+	switch {
+	case badKey:
+		return &queryError{400, "ValidationError", "1 validation error detected: a parameter name is not valid UTF-8"}
+	case found:
+		if bad != "" {
+			bad = strings.ToLower(bad[:1]) + bad[1:] // AWS names members in lower camel case
+		}
+		return &queryError{400, "ValidationError", "1 validation error detected: Value at '" + bad +
+			"' failed to satisfy constraint: Member must be valid UTF-8"}
+	}
+	return nil
 }
 
 // scopeService is the service named by the request's credential scope.
@@ -207,7 +248,7 @@ func (q *queryCall) authorize(resource string) error {
 	action := "iam:" + q.action
 	r := policy.NewRequest(q.id.Principal, action, resource)
 	r.SetTime(time.Now())
-	if ok, reason := policy.DecideIAMOnly(q.id.Policies, r); !ok {
+	if ok, reason := policy.DecideIAMOnly(q.id.AuthzIdentity(), r); !ok {
 		return &queryError{403, "AccessDenied", policy.AccessDeniedMessage(r, reason)}
 	}
 	return nil

@@ -28,7 +28,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -36,6 +36,17 @@ import (
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
+
+// setVerifiers gives a its SigV4 verifiers for the KMS, IAM and STS APIs,
+// with lookup resolving access keys (nil: set later, or emulator mode).
+// Each API accepts its own protocol's Content-Type unsigned (see
+// sigv4.Verifier.ProtocolContentType); any other value must be signed.
+func (a *api) setVerifiers(lookup sigv4.SecretLookup) {
+	v := func(service, contentType string) *sigv4.Verifier {
+		return &sigv4.Verifier{Service: service, Lookup: lookup, Now: time.Now, MaxSkew: 5 * time.Minute, ProtocolContentType: contentType}
+	}
+	a.verifier, a.iamVerifier, a.stsVerifier = v("kms", awsjson.ContentType), v("iam", queryContentType), v("sts", queryContentType)
+}
 
 // DefaultListen is where kmsd listens unless told otherwise: loopback
 // only, on a fixed port.
@@ -77,6 +88,11 @@ type Config struct {
 	XKSCABundle            string
 	XKSVPCEndpointServices string
 	XKSHealthInterval      string
+	// XKSAllowedEndpoints limits where PUBLIC_ENDPOINT external key
+	// stores' proxies may be: comma-separated host names, *.domain,
+	// addresses and CIDR networks, each with an optional :port (package
+	// netallow). Empty: anywhere, as in AWS.
+	XKSAllowedEndpoints string
 }
 
 // Validate checks c and fills defaults.
@@ -124,37 +140,21 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	var rootKey []byte
-	var err error
-	if cfg.RootKey != "" {
-		rootKey, err = barrier.ParseRootKey(cfg.RootKey)
-	} else {
-		var created bool
-		rootKey, created, err = barrier.LoadOrCreateRootKey(cfg.RootKeyFile, rand.Reader)
-		if created {
-			log.Info("created root key", "file", cfg.RootKeyFile)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("root key: %w", err)
-	}
-	b, err := barrier.New(rootKey)
-	clear(rootKey)
-	if err != nil {
-		return err
-	}
-	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "kmsd.db"))
+	dbPath := filepath.Join(cfg.DataDir, "kmsd.db")
+	store, err := sqlite.Open(ctx, dbPath)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
 	defer store.Close()
+	b, err := openBarrier(ctx, cfg, store, dbPath, log)
+	if err != nil {
+		return err
+	}
 
 	cat := catalog.New(store, b)
 	svc := kms.New(cat, kms.WithLogger(log))
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
-	a.verifier = &sigv4.Verifier{Service: "kms", Now: time.Now, MaxSkew: 5 * time.Minute}
-	a.iamVerifier = &sigv4.Verifier{Service: "iam", Now: time.Now, MaxSkew: 5 * time.Minute}
-	a.stsVerifier = &sigv4.Verifier{Service: "sts", Now: time.Now, MaxSkew: 5 * time.Minute}
+	a.setVerifiers(nil)
 	auditLog, closeAudit, err := openAudit(cfg, out, log)
 	if err != nil {
 		return fmt.Errorf("audit log: %w", err)

@@ -9,15 +9,21 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/netallow"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // xksBacking is the backing of external key stores from cfg: the CA
 // bundle (--xks-ca-bundle), the VPC endpoint services with their addresses
-// and private DNS names (--xks-vpc-endpoint-services) and the health-check
-// interval.
+// and private DNS names (--xks-vpc-endpoint-services), where public
+// proxies may be (--xks-allowed-endpoints) and the health-check interval.
 func xksBacking(cfg Config) (*keystore.External, time.Duration, error) {
 	ext := &keystore.External{VPCServices: map[string]string{}}
+	allowed, err := netallow.Parse(cfg.XKSAllowedEndpoints)
+	if err != nil {
+		return nil, 0, fmt.Errorf("--xks-allowed-endpoints: %w", err)
+	}
+	ext.Allowed = allowed
 	if cfg.XKSCABundle != "" {
 		pem, err := os.ReadFile(cfg.XKSCABundle)
 		if err != nil {
@@ -88,6 +94,9 @@ func parseVPCServices(v string, ext *keystore.External) error {
 // background health check, exported as kmsd_xks_proxy_healthy{store}.
 func (a *api) startXKS(ks *keystore.Manager, ext *keystore.External, interval time.Duration, log *slog.Logger) {
 	a.svc.SetExternal(ext)
+	if ext.Allowed != nil {
+		log.Info("xks: public proxy endpoints limited", "xks_allowed_endpoints", ext.Allowed.String())
+	}
 	var gauge *prometheus.GaugeVec
 	if a.metrics != nil {
 		gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/kmsd/kmsd/internal/keystore"
@@ -32,6 +33,33 @@ func TestParseVPCServices(t *testing.T) {
 			got := "error"
 			if err == nil {
 				got = fmt.Sprint(ext.VPCServices, " ", ext.VPCPrivateDNS)
+			}
+			if got != tc.want {
+				t.Fatalf("got %s (%v), want %s", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestXKSAllowedEndpointsFlag: --xks-allowed-endpoints is checked at start
+// and limits public proxies only when given.
+func TestXKSAllowedEndpointsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string // the list, or "error"
+	}{
+		{"", "(everything)"},
+		{"xks.example.com, *.corp.example,10.0.0.0/8,127.0.0.1:8443", "xks.example.com,*.corp.example,10.0.0.0/8,127.0.0.1:8443"},
+		{"https://xks.example.com", "error"},
+		{"10.0.0.0/8:http", "error"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			ext, _, err := xksBacking(Config{XKSAllowedEndpoints: tc.in})
+			got := "error"
+			if err == nil {
+				got = ext.Allowed.String()
+			} else if !strings.Contains(err.Error(), "--xks-allowed-endpoints") {
+				t.Fatalf("error %q does not name the flag", err)
 			}
 			if got != tc.want {
 				t.Fatalf("got %s (%v), want %s", got, err, tc.want)

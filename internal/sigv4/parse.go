@@ -166,14 +166,33 @@ func missingParams(missing int, h string) *Error {
 	return incomplete(b.String())
 }
 
-// signsHost reports whether the ';'-separated list names the host header.
-func signsHost(signed string) bool {
+// listed reports whether the ';'-separated list of signed headers names the
+// header name, in any ASCII case.
+func listed(signed, name string) bool {
 	for signed != "" {
-		var name string
-		name, signed, _ = strings.Cut(signed, ";")
-		if name == "host" {
+		var n string
+		n, signed, _ = strings.Cut(signed, ";")
+		if len(n) == len(name) && equalFoldASCII(n, name) {
 			return true
 		}
 	}
 	return false
+}
+
+// equalFoldASCII reports whether a and b, of equal length, are equal but
+// for the case of ASCII letters. Header names are ASCII.
+func equalFoldASCII(a, b string) bool {
+	for i := 0; i < len(a); i++ {
+		if lowerASCII(a[i]) != lowerASCII(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

@@ -188,6 +188,7 @@ func TestSDKPresigned(t *testing.T) {
 		expires  string        // X-Amz-Expires, "" for none
 		age      time.Duration // server clock minus signing time
 		tamper   func(q url.Values)
+		deny     bool // the Verifier does not allow presigned requests
 		wantCode string
 	}{
 		{name: "fresh"},
@@ -198,11 +199,12 @@ func TestSDKPresigned(t *testing.T) {
 		{name: "signature removed", tamper: func(q url.Values) { q.Del("X-Amz-Signature") }, wantCode: CodeIncompleteSignature},
 		{name: "credential removed", tamper: func(q url.Values) { q.Del("X-Amz-Credential") }, wantCode: CodeIncompleteSignature},
 		{name: "algorithm removed", tamper: func(q url.Values) { q.Del("X-Amz-Algorithm") }, wantCode: CodeMissingAuthenticationToken},
+		{name: "not allowed", deny: true, wantCode: CodeMissingAuthenticationToken},
 	}
 	signer := sdkv4.NewSigner()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := newVerifyServer(t, &Verifier{Service: "kms", Lookup: keyMap{testAKID: testSecret}, Now: clock(testTime.Add(tc.age))})
+			srv := newVerifyServer(t, &Verifier{Service: "kms", Lookup: keyMap{testAKID: testSecret}, Now: clock(testTime.Add(tc.age)), AllowPresigned: !tc.deny})
 			target := srv.URL + "/?Action=Encrypt"
 			if tc.expires != "" {
 				target += "&X-Amz-Expires=" + tc.expires

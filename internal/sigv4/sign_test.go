@@ -2,6 +2,7 @@ package sigv4
 
 import (
 	"crypto/sha256"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -32,9 +33,15 @@ func TestSignXKSVector(t *testing.T) {
 	if got := r.Header.Get("Authorization"); got != want {
 		t.Errorf("Authorization:\n got: %s\nwant: %s", got, want)
 	}
-	v := &Verifier{Service: "kms-xks-proxy", RawPath: true, Lookup: keyMap{xksAKID: xksSecret}, Now: clock(xksTime)}
+	// An XKS proxy's rule accepts what KMS signs; kmsd's own rule wants
+	// Content-Type signed too.
+	v := &Verifier{Service: "kms-xks-proxy", RawPath: true, Lookup: keyMap{xksAKID: xksSecret}, Now: clock(xksTime), Headers: RequireHostDate}
 	if _, err := v.Verify(r, body); err != nil {
 		t.Errorf("Verify: %v", err)
+	}
+	v.Headers = RequireAll
+	if _, err := v.Verify(r, body); !errors.Is(err, notSigned("Content-Type")) {
+		t.Errorf("Verify with RequireAll: %v", err)
 	}
 }
 

@@ -4,10 +4,13 @@
 // The server side, Verifier, authenticates every request kmsd serves (service
 // "kms", region taken from the credential scope) and every request an XKS
 // proxy serves (service "kms-xks-proxy", canonical URI taken from the raw
-// path). It checks in the order AWS services do — parse, date, clock skew,
-// credential scope, access key, canonical request, constant-time compare —
-// and reports a failure as an *Error carrying the AWS exception name and
-// message, so the aws CLI and the SDKs see what they would see from AWS.
+// path). It checks in the order AWS services do — parse, signed headers,
+// date, clock skew, credential scope, access key, canonical request,
+// constant-time compare — and reports a failure as an *Error carrying the
+// AWS exception name and message, so the aws CLI and the SDKs see what they
+// would see from AWS. The headers that choose what a request does
+// (X-Amz-Target, Content-Type, any X-Amz-*) must be signed, so that a
+// captured request cannot be replayed as another operation (see HeaderRule).
 //
 // The client side, Sign and Signer, signs the requests kmsd sends to XKS
 // proxies.
@@ -53,6 +56,10 @@ const (
 	msgMismatch     = "The request signature we calculated does not match the signature you provided. " +
 		"Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
 	msgHostNotSigned = "'Host' must be a 'SignedHeader' in the AWS Authorization."
+	// msgNotSigned follows the name of a header that the service requires
+	// to be signed and that SignedHeaders leaves out, in quotes: AWS's
+	// "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."
+	msgNotSigned = "' must be a 'SignedHeader' in the AWS Authorization."
 )
 
 // Error is a verification failure as the client sees it.
@@ -81,6 +88,14 @@ func invalid(msg string) *Error    { return &Error{Code: CodeInvalidSignature, M
 // mismatch is the signature-mismatch error; reason tells logs which check.
 func mismatch(reason string) *Error {
 	return &Error{Code: CodeInvalidSignature, Message: msgMismatch, Reason: reason}
+}
+
+// notSigned is the error for a header present in the request that the
+// Verifier's HeaderRule requires to be signed and SignedHeaders leaves
+// out. AWS JSON services answer it as InvalidSignatureException (query
+// services as SignatureDoesNotMatch), naming the header.
+func notSigned(name string) *Error {
+	return &Error{Code: CodeInvalidSignature, Message: "'" + name + msgNotSigned, Reason: "header not signed"}
 }
 
 // hashHex returns the lowercase hex SHA-256 of b.

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -39,9 +40,47 @@ type Verifier struct {
 	// as XKS proxies verify. Otherwise the AWS rule for services other than
 	// S3 applies: the path is normalised and each segment encoded again.
 	RawPath bool
+	// Headers says which headers present in a request must be signed
+	// besides host. The zero value, RequireAll, is the rule for kmsd's own
+	// APIs; an XKS proxy uses RequireHostDate, which is what AWS KMS signs.
+	Headers HeaderRule
+	// AllowPresigned accepts signatures in the query string (X-Amz-Algorithm
+	// and the other X-Amz-* parameters). Otherwise such a request is
+	// answered as one without authentication: no AWS SDK presigns a JSON
+	// API call, and a presigned request could be replayed for up to a week.
+	AllowPresigned bool
+	// ProtocolContentType is the Content-Type of the protocol this
+	// verifier's API speaks ("application/x-amz-json-1.1"). Under
+	// RequireAll a request whose Content-Type is exactly that media type
+	// may leave it unsigned, as AWS accepts: the AWS SDK for JavaScript v2
+	// never signs Content-Type. Any other value must be signed, so an
+	// unsigned Content-Type cannot switch a signed request to another
+	// protocol. Empty: Content-Type must always be signed.
+	ProtocolContentType string
 
 	keys keyCache
 }
+
+// HeaderRule says which headers present in a request must be signed. The
+// host header and the header that gives the request time (X-Amz-Date, or
+// Date without it) must be signed under every rule.
+type HeaderRule uint8
+
+const (
+	// RequireAll also requires Content-Type and every X-Amz-* header the
+	// request carries, so that a captured request cannot be replayed as
+	// another operation (X-Amz-Target) or another protocol (Content-Type)
+	// within the clock skew. Two headers are exempt, as AWS exempts them:
+	// X-Amz-Security-Token, which AWS allows to be added after signing
+	// (the test suite's post-sts-header-after) and which the caller
+	// checks against the access key anyway, and X-Amz-Content-Sha256,
+	// which Verify checks against the body it hashes itself.
+	RequireAll HeaderRule = iota
+	// RequireHostDate requires only host and the date header: AWS KMS signs
+	// exactly "host;x-amz-date" on the requests it sends to an XKS proxy
+	// (and leaves Content-Type unsigned), so a proxy can ask no more.
+	RequireHostDate
+)
 
 // Result identifies the signer of a verified request.
 type Result struct {
@@ -61,15 +100,17 @@ type Result struct {
 // or an *Error with the AWS exception name and message to send back.
 //
 // The checks run in the order AWS services run them: the Authorization
-// header (or presigned query) is parsed; the date is found and parsed; the
-// clock skew is checked; the credential scope must name Verifier.Service, a
-// valid region, the request's day and "aws4_request"; the access key is
-// looked up; the canonical request is built and the signature compared in
-// constant time.
+// header (or, if AllowPresigned, the presigned query) is parsed; host and
+// the headers Verifier.Headers requires must be among the signed headers;
+// the date is found and parsed; the clock skew is checked; the credential
+// scope must name Verifier.Service, a valid region, the request's day and
+// "aws4_request"; the access key is looked up; the canonical request is
+// built and the signature compared in constant time.
 func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 	var (
 		a         authz
 		amzDate   string
+		dateName  string // the header amzDate came from; "" if the query
 		token     string
 		presigned bool
 		expires   time.Duration // presigned lifetime; 0 if not given
@@ -78,9 +119,9 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 		if err := a.parse(h[0]); err != nil {
 			return nil, err
 		}
-		amzDate = first(r.Header["X-Amz-Date"])
+		amzDate, dateName = first(r.Header["X-Amz-Date"]), "X-Amz-Date"
 		if amzDate == "" {
-			amzDate = dateHeader(r)
+			amzDate, dateName = dateHeader(r), "Date"
 			if amzDate == "" {
 				a.missing |= missingDate
 			}
@@ -93,6 +134,10 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 		}
 		token = first(r.Header["X-Amz-Security-Token"])
 	} else if r.URL != nil && strings.Contains(r.URL.RawQuery, "X-Amz-Algorithm=") {
+		if !v.AllowPresigned {
+			return nil, &Error{Code: CodeMissingAuthenticationToken, Message: msgMissingToken,
+				Reason: "query-string (presigned) signatures are not accepted"}
+		}
 		q, err := presignedParams(r.URL.RawQuery, &a)
 		if err != nil {
 			return nil, err
@@ -113,8 +158,11 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 	} else {
 		return nil, &Error{Code: CodeMissingAuthenticationToken, Message: msgMissingToken}
 	}
-	if !signsHost(a.signedHeaders) {
+	if !listed(a.signedHeaders, "host") {
 		return nil, incomplete(msgHostNotSigned)
+	}
+	if name := v.Headers.unsigned(r.Header, a.signedHeaders, dateName, v.ProtocolContentType); name != "" {
+		return nil, notSigned(name)
 	}
 
 	t, ok := parseAmzDate(amzDate)
@@ -187,6 +235,112 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 		v.keys.put(secret, c.Date, c.Region, c.Service, key)
 	}
 	return res, nil
+}
+
+// unsigned returns the name of a header present in h that the rule
+// requires to be signed and the ';'-separated list signed leaves out, or ""
+// if there is none. dateName is the header that gave the request time ("" if
+// it came from the query). Of several such headers it names the first in
+// sorted order, so the message does not depend on map order.
+//
+// It runs on every request: the required headers (three for a typical SDK
+// request) are collected in one pass over h, then matched in one pass over
+// signed.
+func (rule HeaderRule) unsigned(h http.Header, signed, dateName, protoCT string) string {
+	var need [8]string
+	n := 0
+	if dateName != "" {
+		need[n] = dateName
+		n++
+	}
+	if rule == RequireAll {
+		for k := range h {
+			if k == dateName || !mustSign(k) || protocolType(h, k, protoCT) {
+				continue
+			}
+			if n == len(need) {
+				return unsignedSlow(h, signed, dateName, protoCT)
+			}
+			need[n] = k
+			n++
+		}
+	}
+	var found uint8 // bit x: need[x] is listed
+	for i := 0; i < len(signed) && n > 0; {
+		j := strings.IndexByte(signed[i:], ';')
+		if j < 0 {
+			j = len(signed) - i
+		}
+		e := signed[i : i+j]
+		for x := range n {
+			if len(e) == len(need[x]) && equalFoldASCII(e, need[x]) {
+				found |= 1 << x
+			}
+		}
+		i += j + 1
+	}
+	bad := ""
+	for x := range n {
+		if found&(1<<x) != 0 {
+			continue
+		}
+		// Keys of a received request are canonical already; a key set
+		// by code may not be, and is named as the client would see it.
+		if c := textproto.CanonicalMIMEHeaderKey(need[x]); bad == "" || c < bad {
+			bad = c
+		}
+	}
+	return bad
+}
+
+// unsignedSlow is RequireAll.unsigned for a request with more required
+// headers than unsigned collects: one pass over signed for each.
+func unsignedSlow(h http.Header, signed, dateName, protoCT string) string {
+	bad := ""
+	if dateName != "" && !listed(signed, dateName) {
+		bad = dateName
+	}
+	for k := range h {
+		if !mustSign(k) || protocolType(h, k, protoCT) || listed(signed, k) {
+			continue
+		}
+		if c := textproto.CanonicalMIMEHeaderKey(k); bad == "" || c < bad {
+			bad = c
+		}
+	}
+	return bad
+}
+
+// protocolType reports whether header k of h is a Content-Type whose
+// media type is protoCT (parameters such as charset aside), which may be
+// left unsigned (Verifier.ProtocolContentType).
+func protocolType(h http.Header, k, protoCT string) bool {
+	if protoCT == "" || len(k) != len("content-type") || !equalFoldASCII(k, "content-type") {
+		return false
+	}
+	vs := h[k]
+	if len(vs) != 1 {
+		return false
+	}
+	mt, _, _ := strings.Cut(vs[0], ";")
+	mt = strings.TrimSpace(mt)
+	return len(mt) == len(protoCT) && equalFoldASCII(mt, protoCT)
+}
+
+// mustSign reports whether RequireAll requires the header k to be signed:
+// Content-Type and X-Amz-* but for the two exempt ones, in any case.
+func mustSign(k string) bool {
+	const amz = "x-amz-"
+	if k == "" || (k[0] != 'X' && k[0] != 'x' && k[0] != 'C' && k[0] != 'c') {
+		return false // most headers, and cheaply
+	}
+	if len(k) < len(amz) || !equalFoldASCII(k[:len(amz)], amz) {
+		return len(k) == len("content-type") && equalFoldASCII(k, "content-type")
+	}
+	if len(k) == len("x-amz-security-token") { // and of x-amz-content-sha256
+		return !equalFoldASCII(k, "x-amz-security-token") && !equalFoldASCII(k, "x-amz-content-sha256")
+	}
+	return true
 }
 
 // checkSkew rejects a request time further than MaxSkew from now (or, for a

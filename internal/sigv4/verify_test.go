@@ -62,6 +62,27 @@ type verifyCase struct {
 	wantMsg  string          // checked when set; every message also goes to testdata/errors.golden
 }
 
+// Signers that leave headers of newKMSRequest unsigned.
+var (
+	hostDate   = Signer{Headers: []string{}}                               // host;x-amz-date, as AWS KMS signs for XKS
+	kmsHeaders = Signer{Headers: []string{"content-type", "x-amz-target"}} // no token
+)
+
+func requireHostDate(v *Verifier) { v.Headers = RequireHostDate }
+
+// jsonProtocol is kmsd's KMS verifier: the JSON protocol's own
+// Content-Type may be unsigned, as the AWS SDK for JavaScript v2 sends it.
+func jsonProtocol(v *Verifier) { v.ProtocolContentType = "application/x-amz-json-1.1" }
+
+// manyAmzHeaders adds ten X-Amz-* headers, which Sign signs.
+func manyAmzHeaders(r *http.Request) {
+	for c := 'a'; c < 'k'; c++ {
+		r.Header.Set("X-Amz-Meta-"+string(c), "v")
+	}
+}
+
+func hashString(s string) string { h := hashHex([]byte(s)); return string(h[:]) }
+
 const msgHeaderRequires = "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. "
 
 var verifyCases = []verifyCase{
@@ -69,7 +90,14 @@ var verifyCases = []verifyCase{
 	{name: "valid with session token", token: "FwoGZXIvYXdzEXAMPLETOKEN"},
 	{name: "valid with payload header", signer: Signer{PayloadHeader: true}},
 	{name: "valid with content-length signed", signer: Signer{Headers: []string{"content-length", "content-type", "x-amz-target"}}},
-	{name: "valid with only host and date signed", signer: Signer{Headers: []string{}}},
+	{name: "valid with session token unsigned", token: "FwoGZXIvYXdzEXAMPLETOKEN", signer: kmsHeaders},
+	{name: "valid with payload header unsigned", tamper: setHeader("X-Amz-Content-Sha256", hashString(encryptBody))},
+	{name: "valid with x-amz-target in upper case", signer: Signer{Headers: []string{"Content-Type", "X-Amz-Target"}}},
+	{name: "host-date rule: valid with only host and date signed", signer: hostDate, verifier: requireHostDate},
+	{name: "host-date rule: content-type need not be signed", signer: hostDate, tamper: setHeader("Content-Type", "application/json"), verifier: requireHostDate},
+	{name: "protocol content-type unsigned", signer: Signer{Headers: []string{"x-amz-target"}}, verifier: jsonProtocol},
+	{name: "protocol content-type unsigned, with charset", signer: Signer{Headers: []string{"x-amz-target"}},
+		tamper: setHeader("Content-Type", "Application/X-Amz-Json-1.1; charset=utf-8"), verifier: jsonProtocol},
 	{name: "unsigned header added", tamper: setHeader("User-Agent", "aws-cli/2.15.0")},
 	{name: "clock 5 min ahead of request", verifier: func(v *Verifier) { v.Now = clock(testTime.Add(5 * time.Minute)) }},
 	{name: "clock 5 min behind request", verifier: func(v *Verifier) { v.Now = clock(testTime.Add(-5 * time.Minute)) }},
@@ -190,6 +218,109 @@ var verifyCases = []verifyCase{
 		tamper:   replaceAuthz("host;", ""),
 		wantCode: CodeIncompleteSignature,
 		wantMsg:  "'Host' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "x-amz-target not signed",
+		signer:   Signer{Headers: []string{"content-type"}},
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "content-type not signed",
+		signer:   Signer{Headers: []string{"x-amz-target"}},
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'Content-Type' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		// Only the protocol's own Content-Type may be unsigned: another
+		// one could switch the request to another protocol.
+		name:     "other content-type unsigned",
+		signer:   Signer{Headers: []string{"x-amz-target"}},
+		tamper:   setHeader("Content-Type", "application/x-www-form-urlencoded"),
+		verifier: jsonProtocol,
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'Content-Type' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "only host and date signed, protocol content-type",
+		signer:   hostDate,
+		verifier: jsonProtocol,
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		// Of several unsigned headers the first in sorted order is named.
+		name:     "only host and date signed",
+		signer:   hostDate,
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'Content-Type' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		// The repro: a captured Encrypt signed with host;x-amz-date
+		// replayed as another operation within the clock skew.
+		name:     "replayed as another operation",
+		signer:   Signer{Headers: []string{"content-type"}},
+		tamper:   setHeader("X-Amz-Target", "TrentService.ScheduleKeyDeletion"),
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "x-amz-date not signed",
+		tamper:   replaceAuthz(";x-amz-date", ""),
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "host-date rule: x-amz-date not signed",
+		signer:   hostDate,
+		tamper:   replaceAuthz(";x-amz-date", ""),
+		verifier: requireHostDate,
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name: "date header not signed",
+		tamper: func(r *http.Request, b []byte) []byte {
+			r.Header.Del("X-Amz-Date")
+			r.Header.Set("Date", testTime.Format(http.TimeFormat))
+			return b
+		},
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'Date' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "x-amz header added after signing",
+		tamper:   setHeader("X-Amz-Foo", "bar"),
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Foo' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "x-amz header added in lower case",
+		tamper:   func(r *http.Request, b []byte) []byte { r.Header["x-amz-foo"] = []string{"bar"}; return b },
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Foo' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "x-amz header with empty value added",
+		tamper:   func(r *http.Request, b []byte) []byte { r.Header["X-Amz-Foo"] = []string{""}; return b },
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Foo' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{name: "valid with many x-amz headers signed", prepare: manyAmzHeaders},
+	{
+		// More required headers than the fast path collects.
+		name:     "many x-amz headers, one added after signing",
+		prepare:  manyAmzHeaders,
+		tamper:   setHeader("X-Amz-Added", "1"),
+		wantCode: CodeInvalidSignature,
+		wantMsg:  "'X-Amz-Added' must be a 'SignedHeader' in the AWS Authorization.",
+	},
+	{
+		name:     "emulator mode checks signed headers",
+		akid:     "ANYKEY",
+		signer:   hostDate,
+		verifier: func(v *Verifier) { v.Lookup = nil },
+		wantCode: CodeInvalidSignature,
 	},
 	{
 		name:     "missing Signature",

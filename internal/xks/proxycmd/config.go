@@ -10,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/kmsd/kmsd/internal/secretfile"
 	"github.com/kmsd/kmsd/internal/xks"
 	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
@@ -149,13 +150,14 @@ func loadFile(path string) (*Config, error) {
 }
 
 // readSecret reads a secret from a file (trailing newline removed) or an environment
-// variable.
+// variable. The file must be private to the user running the proxy (see
+// package secretfile).
 func readSecret(file, env, what string) (string, error) {
 	switch {
 	case file != "" && env != "":
 		return "", fmt.Errorf("%s: give a file or an environment variable, not both", what)
 	case file != "":
-		b, err := os.ReadFile(file)
+		b, err := secretfile.Read(file)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", what, err)
 		}

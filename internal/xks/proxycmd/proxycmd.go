@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/secretfile"
 	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
 	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
@@ -132,7 +133,7 @@ func keysCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		var mat []byte
 		if *material != "" {
-			raw, err := os.ReadFile(*material)
+			raw, err := secretfile.Read(*material)
 			if err != nil {
 				return err
 			}

@@ -42,7 +42,8 @@ func fake(t *testing.T, handler func(w http.ResponseWriter, r *http.Request), ed
 	t.Helper()
 	var mu sync.Mutex
 	var got []seen
-	v := &sigv4.Verifier{Service: Service, Lookup: secrets{testAKID: testSecret}, RawPath: true}
+	// A proxy's rule: the client signs only host and x-amz-date, as AWS KMS does.
+	v := &sigv4.Verifier{Service: Service, Lookup: secrets{testAKID: testSecret}, RawPath: true, Headers: sigv4.RequireHostDate}
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		s := seen{path: r.URL.EscapedPath(), header: r.Header.Clone()}

@@ -145,7 +145,8 @@ func New(opts Options) (*Server, error) {
 		if err := st.setPolicy(sc.Policy, opts.Now()); err != nil {
 			return nil, fmt.Errorf("key store %q: %w", sc.Prefix, err)
 		}
-		st.verifier = &sigv4.Verifier{Service: Service, Lookup: st, Now: opts.Now, RawPath: true}
+		// AWS KMS signs only host and x-amz-date on its requests to a proxy.
+		st.verifier = &sigv4.Verifier{Service: Service, Lookup: st, Now: opts.Now, RawPath: true, Headers: sigv4.RequireHostDate}
 		hc, ok := s.health[sc.Manager]
 		if !ok {
 			hc = &healthCache{manager: sc.Manager, name: sc.ManagerName}

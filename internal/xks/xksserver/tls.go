@@ -17,6 +17,8 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+
+	"github.com/kmsd/kmsd/internal/secretfile"
 )
 
 // TLSFiles names the PEM files of the proxy's TLS setup.
@@ -67,7 +69,18 @@ func NewTLSReloader(files TLSFiles) (*TLSReloader, error) {
 
 // Reload re-reads the files; on error the previous configuration stays in use.
 func (r *TLSReloader) Reload() error {
-	cert, err := tls.LoadX509KeyPair(r.files.CertFile, r.files.KeyFile)
+	// The private key must be private to this user (package secretfile);
+	// the certificate is public.
+	certPEM, err := os.ReadFile(r.files.CertFile)
+	if err != nil {
+		return fmt.Errorf("TLS certificate: %w", err)
+	}
+	keyPEM, err := secretfile.Read(r.files.KeyFile)
+	if err != nil {
+		return fmt.Errorf("TLS private key: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	clear(keyPEM)
 	if err != nil {
 		return fmt.Errorf("TLS certificate: %w", err)
 	}

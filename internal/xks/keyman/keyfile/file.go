@@ -33,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/secretfile"
 	"github.com/kmsd/kmsd/internal/xks"
 )
 
@@ -139,9 +140,10 @@ func parse(raw, passphrase []byte, derive func(kdfParams) ([]byte, error)) (*Con
 	return c, nil
 }
 
-// Load reads and decrypts the key file at path.
+// Load reads and decrypts the key file at path, which must be private to
+// this user (see package secretfile).
 func Load(path string, passphrase []byte) (*Contents, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := secretfile.Read(path)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/secretfile"
 	"github.com/kmsd/kmsd/internal/xks/keyman"
 )
 
@@ -107,7 +108,7 @@ func (m *Manager) Reload() error {
 	if m.keys.Load() != nil && st == m.stamp {
 		return nil
 	}
-	raw, err := os.ReadFile(m.path)
+	raw, err := secretfile.Read(m.path)
 	if err != nil {
 		m.setErr(err)
 		return err

@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Why kmsd refuses to start with a root key; the messages say what to do.
+var (
+	errRootKeyMissing  = errors.New("root key missing")
+	errRootKeyMismatch = errors.New("root key mismatch")
+)
+
+// openBarrier loads the root key and proves it is the one the database in
+// dbPath was created with, before anything else reads the database.
+//
+// A database that holds anything is never given a new root key: a missing
+// key file is an error rather than a new key that could open nothing. The
+// proof is the barrier's check value, written when the database is first
+// used; a database from before check values is proved by opening one
+// sealed record (key material and access-key secrets) and then given its
+// check value, so that upgrades start without help.
+func openBarrier(ctx context.Context, cfg Config, store storage.Store, dbPath string, log *slog.Logger) (*barrier.Barrier, error) {
+	existing, err := store.List(ctx, "", "", 1)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	hasData := len(existing) > 0
+
+	var rootKey []byte
+	where := "at " + cfg.RootKeyFile
+	switch {
+	case cfg.RootKey != "":
+		where = "in KMSD_ROOT_KEY"
+		rootKey, err = barrier.ParseRootKey(cfg.RootKey)
+	case hasData:
+		rootKey, err = barrier.LoadRootKey(cfg.RootKeyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: the database %s exists but the root key file %s is missing; "+
+				"kmsd will not create a new one, since a new key cannot open anything in that database. "+
+				"Restore the original root key file (mode 0600) to %s, point --root-key-file at it, "+
+				"or give the original key in KMSD_ROOT_KEY", errRootKeyMissing, dbPath, cfg.RootKeyFile, cfg.RootKeyFile)
+		}
+	default:
+		var created bool
+		rootKey, created, err = barrier.LoadOrCreateRootKey(cfg.RootKeyFile, rand.Reader)
+		if created {
+			log.Info("created root key", "file", cfg.RootKeyFile)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("root key: %w", err)
+	}
+	b, err := barrier.New(rootKey)
+	clear(rootKey)
+	if err != nil {
+		return nil, err
+	}
+	mismatch := func(cause error) error {
+		return fmt.Errorf("%w: the database in %s was created with another root key; the root key %s does not open it. "+
+			"Restore the original root key file to %s (or give the original key in KMSD_ROOT_KEY) and start kmsd again; "+
+			"a database whose root key is lost cannot be read (%w)", errRootKeyMismatch, dbPath, where, cfg.RootKeyFile, cause)
+	}
+
+	check, err := store.Get(ctx, barrier.CheckRecord)
+	switch {
+	case err == nil:
+		if err := b.VerifyCheck(check); err != nil {
+			return nil, mismatch(err)
+		}
+		return b, nil
+	case !errors.Is(err, storage.ErrNotFound):
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if hasData {
+		// A database from before check values: prove the key on what it
+		// sealed before vouching for it.
+		if _, err := catalog.New(store, b).OpenAnyMaterial(ctx); err != nil {
+			if errors.Is(err, barrier.ErrOpen) {
+				return nil, mismatch(err)
+			}
+			return nil, err
+		}
+		if _, err := identity.Open(ctx, store, b); err != nil {
+			if errors.Is(err, barrier.ErrOpen) {
+				return nil, mismatch(err)
+			}
+			return nil, err
+		}
+		log.Info("wrote the root key check value to a database that had none", "database", dbPath)
+	}
+	sealed, err := b.SealCheck()
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Create(ctx, barrier.CheckRecord, sealed); err != nil {
+		return nil, fmt.Errorf("write root key check value: %w", err)
+	}
+	return b, nil
+}
