@@ -317,3 +317,48 @@ func TestSigningConditionKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyStatesOfNewOperations checks spec §11.2 for a key pending
+// deletion: every new operation answers KMSInvalidStateException with
+// AWS's message, before its usage check.
+func TestKeyStatesOfNewOperations(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	sig := f.createSpec(t, "ECC_NIST_P256", "SIGN_VERIFY")
+	mac := f.createSpec(t, "HMAC_256", "GENERATE_VERIFY_MAC")
+	for _, m := range []*kmsapi.KeyMetadata{sig, mac} {
+		if _, err := f.svc.ScheduleKeyDeletion(ctx, f.caller, &kmsapi.ScheduleKeyDeletionRequest{KeyId: m.KeyId}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, call := range map[string]func() error{
+		"Sign": func() error {
+			_, err := f.svc.Sign(ctx, f.caller, &kmsapi.SignRequest{KeyId: sig.KeyId, Message: []byte("m"), SigningAlgorithm: str("ECDSA_SHA_256")})
+			return err
+		},
+		"Verify with a MAC algorithm": func() error {
+			_, err := f.svc.Verify(ctx, f.caller, &kmsapi.VerifyRequest{KeyId: sig.KeyId, Message: []byte("m"), Signature: []byte{1}, SigningAlgorithm: str("RSASSA_PSS_SHA_256")})
+			return err
+		},
+		"GetPublicKey": func() error {
+			_, err := f.svc.GetPublicKey(ctx, f.caller, &kmsapi.GetPublicKeyRequest{KeyId: sig.KeyId})
+			return err
+		},
+		"GenerateMac on a signing key": func() error {
+			_, err := f.svc.GenerateMac(ctx, f.caller, &kmsapi.GenerateMacRequest{KeyId: sig.KeyId, Message: []byte("m"), MacAlgorithm: str("HMAC_SHA_256")})
+			return err
+		},
+		"VerifyMac": func() error {
+			_, err := f.svc.VerifyMac(ctx, f.caller, &kmsapi.VerifyMacRequest{KeyId: mac.KeyId, Message: []byte("m"), Mac: []byte{1}, MacAlgorithm: str("HMAC_SHA_256")})
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			arn := *sig.Arn
+			if name == "VerifyMac" {
+				arn = *mac.Arn
+			}
+			wantMessage(t, call(), "KMSInvalidStateException", arn+" is pending deletion.")
+		})
+	}
+}
