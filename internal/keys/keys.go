@@ -1,7 +1,8 @@
 // Package keys holds what identifies and describes a KMS key, independent
 // of storage and transport: key ids, key and alias ARNs and how a KeyId
-// parameter resolves to one of them, the key-state machine, and the
-// ciphertext blob format.
+// parameter resolves to one of them, the key-state machine, the
+// ciphertext blob format, and what each key spec allows (spec.go: usages,
+// algorithms, grant operations).
 package keys
 
 import (
