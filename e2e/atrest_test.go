@@ -69,6 +69,10 @@ func TestNoSecretsAtRest(t *testing.T) {
 		}
 		others = append(others, aws.ToString(out.KeyMetadata.KeyId))
 	}
+	pair, err := c.GenerateDataKeyPair(ctx, &kms.GenerateDataKeyPairInput{KeyId: aws.String(k), KeyPairSpec: types.DataKeyPairSpecEccNistP256})
+	if err != nil {
+		t.Fatalf("GenerateDataKeyPair: %v", err)
+	}
 	s.Stop()
 	private := privateMaterial(t, s.DataDir, others)
 	s.Start()
@@ -82,6 +86,7 @@ func TestNoSecretsAtRest(t *testing.T) {
 		{"the data key plaintext in base64", []byte(base64.StdEncoding.EncodeToString(dk.Plaintext))},
 		{"the data key plaintext in hex", []byte(hex.EncodeToString(dk.Plaintext))},
 		{"an Encrypt plaintext", marker},
+		{"a data key pair's private key", pair.PrivateKeyPlaintext},
 		{"the admin secret access key", []byte(cr.SecretAccessKey)},
 	}
 	for _, p := range private {
