@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -62,6 +63,9 @@ func TestSM2InChina(t *testing.T) {
 		id := md["KeyId"].(string)
 		if algs, _ := md["SigningAlgorithms"].([]any); len(algs) != 1 || algs[0] != "SM2DSA" {
 			t.Fatalf("SigningAlgorithms = %v", md["SigningAlgorithms"])
+		}
+		if arn, _ := md["Arn"].(string); !strings.HasPrefix(arn, "arn:aws-cn:kms:cn-north-1:") {
+			t.Errorf("Arn %q is not in the aws-cn partition", arn)
 		}
 		pem, pub := e.sm2Public(id, "sm2-sign")
 		msg := []byte("kmsd e2e: SM2DSA in cn-north-1, checked by OpenSSL\n")

@@ -93,7 +93,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 			return nil, err
 		}
 	} else if custom {
-		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, keys.KeyARN(c.Region, c.Account, id.String())); err != nil {
+		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id.String())); err != nil {
 			return nil, err
 		}
 	}

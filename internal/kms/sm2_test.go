@@ -100,9 +100,17 @@ func TestSM2CreateKey(t *testing.T) {
 			}
 		})
 	}
-	// The key lives in its China Region only.
+	// The key's ARN is in the aws-cn partition, and the key lives in its
+	// China Region only.
 	m := f.createSM2(t, "SIGN_VERIFY")
-	_, err := f.svc.DescribeKey(ctx, f.caller, &kmsapi.DescribeKeyRequest{KeyId: m.KeyId})
+	if want := "arn:aws-cn:kms:cn-north-1:111122223333:key/" + *m.KeyId; *m.Arn != want {
+		t.Errorf("Arn = %s, want %s", *m.Arn, want)
+	}
+	d, err := f.svc.DescribeKey(ctx, f.china(), &kmsapi.DescribeKeyRequest{KeyId: m.Arn})
+	if err != nil || *d.KeyMetadata.Arn != *m.Arn {
+		t.Errorf("DescribeKey by its aws-cn ARN: %v", err)
+	}
+	_, err = f.svc.DescribeKey(ctx, f.caller, &kmsapi.DescribeKeyRequest{KeyId: m.KeyId})
 	wantException(t, err, "NotFoundException")
 }
 
