@@ -59,6 +59,9 @@ func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyI
 	if err := checkUsage(k, keys.SignVerify, action); err != nil {
 		return nil, "", nil, err
 	}
+	if err := chinaOnly(k.Region, *alg); err != nil {
+		return nil, "", nil, err
+	}
 	info, _ := keys.Spec(k.KeySpec)
 	if !slices.Contains(info.Signing, *alg) {
 		return nil, "", nil, exc("InvalidKeyUsageException", "Algorithm "+*alg+" is incompatible with key spec "+k.KeySpec+".")

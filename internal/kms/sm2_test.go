@@ -187,8 +187,17 @@ func TestSM2SignVerify(t *testing.T) {
 	enc := f.createSM2(t, "ENCRYPT_DECRYPT")
 	_, err = f.svc.Sign(ctx, cn, &kmsapi.SignRequest{KeyId: enc.KeyId, Message: msg, SigningAlgorithm: &alg})
 	wantMessage(t, err, "InvalidKeyUsageException", *enc.Arn+" key usage is ENCRYPT_DECRYPT which is not valid for Sign.")
+	// Outside China SM2DSA does not exist (spec §2.3); inside, it is an
+	// algorithm other specs do not take.
 	p256 := f.createSpec(t, "ECC_NIST_P256", "SIGN_VERIFY")
 	_, err = f.svc.Sign(ctx, f.caller, &kmsapi.SignRequest{KeyId: p256.KeyId, Message: msg, SigningAlgorithm: &alg})
+	wantMessage(t, err, "UnsupportedOperationException", "SM2DSA is not supported in this Region.")
+	spec, usage := "ECC_NIST_P256", "SIGN_VERIFY"
+	cnP256, err := f.svc.CreateKey(ctx, cn, &kmsapi.CreateKeyRequest{KeySpec: &spec, KeyUsage: &usage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.Verify(ctx, cn, &kmsapi.VerifyRequest{KeyId: cnP256.KeyMetadata.KeyId, Message: msg, Signature: []byte{1}, SigningAlgorithm: &alg})
 	wantMessage(t, err, "InvalidKeyUsageException", "Algorithm SM2DSA is incompatible with key spec ECC_NIST_P256.")
 }
 
@@ -230,6 +239,17 @@ func TestSM2Encryption(t *testing.T) {
 	wantMessage(t, err, "InvalidKeyUsageException", "Algorithm RSAES_OAEP_SHA_256 is incompatible with key spec SM2.")
 	_, err = f.svc.Encrypt(ctx, cn, &kmsapi.EncryptRequest{KeyId: m.KeyId, Plaintext: pt[:1], EncryptionAlgorithm: &alg, EncryptionContext: map[string]string{"a": "b"}})
 	wantException(t, err, "ValidationException")
+	// SM2PKE outside China (spec §2.3), and with an RSA key in China.
+	rsa := f.createSpec(t, "RSA_2048", "ENCRYPT_DECRYPT")
+	_, err = f.svc.Encrypt(ctx, f.caller, &kmsapi.EncryptRequest{KeyId: rsa.KeyId, Plaintext: pt[:1], EncryptionAlgorithm: &alg})
+	wantMessage(t, err, "UnsupportedOperationException", "SM2PKE is not supported in this Region.")
+	spec, usage := "RSA_2048", "ENCRYPT_DECRYPT"
+	cnRSA, err := f.svc.CreateKey(ctx, cn, &kmsapi.CreateKeyRequest{KeySpec: &spec, KeyUsage: &usage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.Encrypt(ctx, cn, &kmsapi.EncryptRequest{KeyId: cnRSA.KeyMetadata.KeyId, Plaintext: pt[:1], EncryptionAlgorithm: &alg})
+	wantMessage(t, err, "InvalidKeyUsageException", "Algorithm SM2PKE is incompatible with key spec RSA_2048.")
 
 	tampered := bytes.Clone(offline)
 	tampered[len(tampered)-1] ^= 1
