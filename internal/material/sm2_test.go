@@ -226,3 +226,29 @@ func TestSM2DataKeyPair(t *testing.T) {
 		t.Error("PublicKey is not the private key's public key")
 	}
 }
+
+// FuzzSM2Decrypt feeds arbitrary bytes to SM2PKE decryption: it must
+// answer ErrCiphertext or ErrDecrypt, never panic, and open only what was
+// encrypted under the key.
+func FuzzSM2Decrypt(f *testing.F) {
+	priv, pub, err := Generate("SM2", rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ct, err := Encrypt("SM2", pub, "SM2PKE", []byte("seed"), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(ct)
+	f.Add(append([]byte{4}, make([]byte, 100)...))
+	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pt, err := Decrypt("SM2", priv, "SM2PKE", b)
+		switch {
+		case err == nil && !bytes.Equal(b, ct):
+			t.Fatalf("decrypted bytes that were not encrypted here: %x → %q", b, pt)
+		case err != nil && !errors.Is(err, ErrCiphertext) && !errors.Is(err, ErrDecrypt):
+			t.Fatalf("unexpected error %v", err)
+		}
+	})
+}
