@@ -16,6 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
@@ -69,6 +71,13 @@ func TestNoSecretsAtRest(t *testing.T) {
 		}
 		others = append(others, aws.ToString(out.KeyMetadata.KeyId))
 	}
+	// SM2 keys exist only in the China Regions.
+	sm2Key, err := sdkClient(s, cr.AccessKeyID, cr.SecretAccessKey, "cn-north-1").CreateKey(ctx,
+		&kms.CreateKeyInput{KeySpec: types.KeySpecSm2, KeyUsage: types.KeyUsageTypeSignVerify})
+	if err != nil {
+		t.Fatalf("CreateKey SM2 in cn-north-1: %v", err)
+	}
+	others = append(others, aws.ToString(sm2Key.KeyMetadata.KeyId))
 	pair, err := c.GenerateDataKeyPair(ctx, &kms.GenerateDataKeyPairInput{KeyId: aws.String(k), KeyPairSpec: types.DataKeyPairSpecEccNistP256})
 	if err != nil {
 		t.Fatalf("GenerateDataKeyPair: %v", err)
@@ -188,6 +197,13 @@ func privateMaterial(t *testing.T, dataDir string, ids []string) []struct {
 			t.Fatalf("open material of %s: %v", k.KeySpec, err)
 		}
 		add("the private material of a "+k.KeySpec+" key", m)
+		if k.KeySpec == "SM2" {
+			pk, err := smx509.ParsePKCS8PrivateKey(m)
+			if err != nil {
+				t.Fatalf("SM2 material: %v", err)
+			}
+			add("the SM2 private scalar", pk.(*sm2.PrivateKey).D.FillBytes(make([]byte, 32)))
+		}
 		if pk, err := x509.ParsePKCS8PrivateKey(m); err == nil {
 			switch pk := pk.(type) {
 			case *rsa.PrivateKey:

@@ -110,12 +110,26 @@ func Parse(s string) (Ref, error) {
 	return Ref{}, ErrInvalidKeyID
 }
 
+// Partition is the ARN partition of region: aws-cn for the China Regions,
+// aws for every other Region kmsd serves.
+func Partition(region string) string {
+	if InChina(region) {
+		return "aws-cn"
+	}
+	return "aws"
+}
+
 // KeyARN is the ARN of key id in account and region.
 func KeyARN(region, account, id string) string {
-	return "arn:aws:kms:" + region + ":" + account + ":key/" + id
+	return KeyARNIn(Partition(region), region, account, id)
+}
+
+// KeyARNIn is the ARN of key id in account and region, in partition.
+func KeyARNIn(partition, region, account, id string) string {
+	return "arn:" + partition + ":kms:" + region + ":" + account + ":key/" + id
 }
 
 // AliasARN is the ARN of an alias ("alias/…") in account and region.
 func AliasARN(region, account, alias string) string {
-	return "arn:aws:kms:" + region + ":" + account + ":" + alias
+	return "arn:" + Partition(region) + ":kms:" + region + ":" + account + ":" + alias
 }

@@ -130,3 +130,27 @@ func FuzzIsKeyID(f *testing.F) {
 		}
 	})
 }
+
+// TestARNPartition checks that key and alias ARNs in the China Regions are
+// in the aws-cn partition, and that Parse reads them back.
+func TestARNPartition(t *testing.T) {
+	const id = "1234abcd-12ab-34cd-56ef-1234567890ab"
+	for _, tc := range []struct{ region, key, alias string }{
+		{"us-east-1", "arn:aws:kms:us-east-1:111122223333:key/" + id, "arn:aws:kms:us-east-1:111122223333:alias/a"},
+		{"cn-north-1", "arn:aws-cn:kms:cn-north-1:111122223333:key/" + id, "arn:aws-cn:kms:cn-north-1:111122223333:alias/a"},
+		{"cn-northwest-1", "arn:aws-cn:kms:cn-northwest-1:111122223333:key/" + id, "arn:aws-cn:kms:cn-northwest-1:111122223333:alias/a"},
+	} {
+		t.Run(tc.region, func(t *testing.T) {
+			if got := KeyARN(tc.region, "111122223333", id); got != tc.key {
+				t.Errorf("KeyARN = %s, want %s", got, tc.key)
+			}
+			if got := AliasARN(tc.region, "111122223333", "alias/a"); got != tc.alias {
+				t.Errorf("AliasARN = %s, want %s", got, tc.alias)
+			}
+			ref, err := Parse(tc.key)
+			if err != nil || ref.Kind != KindKeyARN || ref.ID != id || ref.Region != tc.region {
+				t.Errorf("Parse(%s) = %+v, %v", tc.key, ref, err)
+			}
+		})
+	}
+}

@@ -57,12 +57,8 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if !info.Allows(usage) {
 		return nil, exc("ValidationException", "KeyUsage "+usage+" is not compatible with KeySpec "+spec)
 	}
-	if info.ChinaOnly {
-		if !keys.InChina(c.Region) {
-			return nil, exc("UnsupportedOperationException", spec+" is not supported in this Region.")
-		}
-		// [U] SM2 cryptography (GM/T 0003) is not built yet.
-		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported by kmsd yet.")
+	if info.ChinaOnly && !keys.InChina(c.Region) {
+		return nil, exc("UnsupportedOperationException", spec+" is not supported in this Region.")
 	}
 	custom := origin == "AWS_CLOUDHSM" || origin == "EXTERNAL_KEY_STORE" || in.CustomKeyStoreId != nil
 	if custom && spec != keys.Symmetric {
@@ -97,7 +93,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 			return nil, err
 		}
 	} else if custom {
-		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, keys.KeyARN(c.Region, c.Account, id.String())); err != nil {
+		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id.String())); err != nil {
 			return nil, err
 		}
 	}

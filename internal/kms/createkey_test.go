@@ -114,8 +114,6 @@ func TestCreateKeyRefusals(t *testing.T) {
 			"ValidationException", "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec SM2"},
 		{"sm2 outside china", "", kmsapi.CreateKeyRequest{KeySpec: str("SM2"), KeyUsage: str("SIGN_VERIFY")},
 			"UnsupportedOperationException", "SM2 is not supported in this Region."},
-		{"sm2 in china", "cn-north-1", kmsapi.CreateKeyRequest{KeySpec: str("SM2"), KeyUsage: str("SIGN_VERIFY")},
-			"UnsupportedOperationException", "KeySpec SM2 is not supported by kmsd yet."},
 		{"rsa in a custom key store", "", kmsapi.CreateKeyRequest{KeySpec: str("RSA_2048"), KeyUsage: str("SIGN_VERIFY"),
 			Origin: str("AWS_CLOUDHSM"), CustomKeyStoreId: str("cks-1234567890abcdef0")},
 			"UnsupportedOperationException", "KeySpec RSA_2048 is not supported for KMS keys in a custom key store. Only SYMMETRIC_DEFAULT keys are."},

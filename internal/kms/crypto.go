@@ -128,27 +128,28 @@ func checkAsymmetricEncrypt(k *catalog.Key, alg string, ec map[string]string, n 
 	if len(ec) > 0 {
 		return errAsymmetricContext
 	}
-	if limit := material.OAEPLimit(k.KeySpec, alg); n > limit {
+	if limit := material.EncryptLimit(k.KeySpec, alg); n > limit {
 		return exc("ValidationException", "Algorithm "+alg+" and key spec "+k.KeySpec+" cannot encrypt data larger than "+itoa(limit)+" bytes.")
 	}
 	return nil
 }
 
 // sealAsymmetric encrypts plaintext under the public key of k: the raw
-// RSAES-OAEP output, with no kmsd header (spec §5.4).
+// RSAES-OAEP output or the SM2PKE ciphertext, with no kmsd header (spec
+// §5.4).
 func (s *Service) sealAsymmetric(k *catalog.Key, alg string, plaintext []byte) ([]byte, error) {
 	v := k.Version(k.Current)
 	if v == nil || v.Public == nil {
 		return nil, internal(errNoPublicKey)
 	}
-	ct, err := material.EncryptOAEP(v.Public, alg, plaintext, s.rand)
+	ct, err := material.Encrypt(k.KeySpec, v.Public, alg, plaintext, s.rand)
 	if err != nil {
 		return nil, internal(err)
 	}
 	return ct, nil
 }
 
-// openAsymmetric decrypts a raw RSAES-OAEP ciphertext with k, after the
+// openAsymmetric decrypts a raw RSAES-OAEP or SM2PKE ciphertext with k, after the
 // checks of Decrypt (authorization, state, usage, algorithm, context).
 // kmsdBlob says the bytes are one of kmsd's symmetric blobs; conds sets
 // the request's condition keys.
@@ -168,20 +169,21 @@ func (s *Service) openAsymmetric(ctx context.Context, c *Caller, action string, 
 	if len(ec) > 0 {
 		return nil, errAsymmetricContext
 	}
-	// [R] spec §5.4: a kmsd blob, or OAEP decoding failing on bytes of the
-	// modulus length, is the wrong key; any other length a bad ciphertext.
+	// [R] spec §5.4: a kmsd blob, or decryption failing on bytes of the
+	// algorithm's shape (RSA: the modulus length; SM2: a C1C3C2
+	// ciphertext), is the wrong key; other bytes a bad ciphertext.
 	if kmsdBlob {
 		return nil, errIncorrectKey
-	}
-	if len(ct) != material.ModulusLen(k.KeySpec) {
-		return nil, errCiphertext
 	}
 	priv, err := s.cat.Material(k, k.Current)
 	if err != nil {
 		return nil, internal(err)
 	}
 	defer clear(priv)
-	pt, err := material.DecryptOAEP(k.KeySpec, priv, *alg, ct)
+	pt, err := material.Decrypt(k.KeySpec, priv, *alg, ct)
+	if errors.Is(err, material.ErrCiphertext) {
+		return nil, errCiphertext
+	}
 	if errors.Is(err, material.ErrDecrypt) {
 		return nil, errIncorrectKey
 	}

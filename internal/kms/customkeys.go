@@ -31,7 +31,7 @@ func (s *Service) deleteBackingKey(ctx context.Context, k *catalog.Key) {
 		s.log.Info("backing key not deleted: custom key store not connected", "keyId", k.ID, "customKeyStoreId", k.CustomKeyStoreID)
 		return
 	}
-	if err := s.hsmKeys.DeleteKey(ctx, st.ClusterID, k.ARN()); err != nil {
+	if err := s.hsmKeys.DeleteKey(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID)); err != nil {
 		s.log.Warn("backing key not deleted", "keyId", k.ID, "cluster", st.ClusterID, "err", err)
 	}
 }
@@ -99,10 +99,17 @@ func (s *Service) storeMetadata(k *catalog.Key, m *kmsapi.KeyMetadata) *kmsapi.K
 	return m
 }
 
+// hsmLabel labels a CloudHSM key store key's AES key in its cluster: the
+// key's ARN, always in the aws partition as kmsd wrote it before it gave
+// the China Regions aws-cn ARNs, so that keys made then keep their label.
+func hsmLabel(region, account, id string) string {
+	return keys.KeyARNIn("aws", region, account, id)
+}
+
 // createStoreKey checks a CreateKey into custom key store id (spec §5.7)
-// and makes the key's AES-256 material in the store's cluster. It returns
-// the store's id for the key record.
-func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, id *string, keyARN string) error {
+// and makes the key's AES-256 material, labelled label, in the store's
+// cluster.
+func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, id *string, label string) error {
 	if id == nil {
 		return exc("UnsupportedOperationException", "Origin "+origin+" needs a CustomKeyStoreId.")
 	}
@@ -132,7 +139,7 @@ func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, 
 	if s.hsmKeys == nil {
 		return exc("UnsupportedOperationException", "CloudHSM keys are not available in this kmsd.")
 	}
-	if err := s.hsmKeys.CreateKey(ctx, st.ClusterID, keyARN); err != nil {
+	if err := s.hsmKeys.CreateKey(ctx, st.ClusterID, label); err != nil {
 		return s.hsmErr(st, err)
 	}
 	return nil
@@ -165,7 +172,7 @@ func (s *Service) sealHSM(ctx context.Context, k *catalog.Key, plaintext []byte,
 	}
 	hdr := keys.AppendHeader(nil, k.ID, 1)
 	aad := keys.AppendAAD(nil, hdr, ec)
-	iv, ct, err := s.hsmKeys.Encrypt(ctx, st.ClusterID, k.ARN(), plaintext, aad)
+	iv, ct, err := s.hsmKeys.Encrypt(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID), plaintext, aad)
 	if err != nil {
 		return nil, s.hsmErr(st, err)
 	}
@@ -186,7 +193,7 @@ func (s *Service) openHSM(ctx context.Context, k *catalog.Key, b *keys.Blob, ec 
 		return nil, errCiphertext
 	}
 	aad := keys.AppendAAD(nil, b.Header, ec)
-	pt, err := s.hsmKeys.Decrypt(ctx, st.ClusterID, k.ARN(), b.Nonce, b.Sealed, aad)
+	pt, err := s.hsmKeys.Decrypt(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID), b.Nonce, b.Sealed, aad)
 	if err != nil {
 		return nil, s.hsmErr(st, err)
 	}

@@ -61,10 +61,6 @@ func (s *Service) dataKeyPair(ctx context.Context, c *Caller, action, keyID, spe
 	if err := dryRun(dry); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	if spec == "SM2" {
-		// [U] SM2 cryptography is not built yet (spec §2.3).
-		return nil, nil, nil, nil, exc("UnsupportedOperationException", "KeyPairSpec SM2 is not supported by kmsd yet.")
-	}
 	if priv, pub, err = material.GeneratePair(spec, s.rand); err != nil {
 		return nil, nil, nil, nil, internal(err)
 	}

@@ -232,9 +232,21 @@ func checkAlgorithm(k *catalog.Key, alg *string) error {
 	if alg != nil {
 		a = *alg
 	}
+	if err := chinaOnly(k.Region, a); err != nil {
+		return err
+	}
 	info, _ := keys.Spec(k.KeySpec)
 	if !slices.Contains(info.Encryption, a) {
 		return exc("InvalidKeyUsageException", "Algorithm "+a+" is incompatible with key spec "+k.KeySpec+".")
+	}
+	return nil
+}
+
+// chinaOnly refuses the SM2 algorithms outside the China Regions, as
+// KeySpec SM2 is refused there (spec §2.3; [U] for AWS's answer).
+func chinaOnly(region, alg string) error {
+	if (alg == "SM2DSA" || alg == "SM2PKE") && !keys.InChina(region) {
+		return exc("UnsupportedOperationException", alg+" is not supported in this Region.")
 	}
 	return nil
 }

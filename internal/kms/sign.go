@@ -59,6 +59,9 @@ func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyI
 	if err := checkUsage(k, keys.SignVerify, action); err != nil {
 		return nil, "", nil, err
 	}
+	if err := chinaOnly(k.Region, *alg); err != nil {
+		return nil, "", nil, err
+	}
 	info, _ := keys.Spec(k.KeySpec)
 	if !slices.Contains(info.Signing, *alg) {
 		return nil, "", nil, exc("InvalidKeyUsageException", "Algorithm "+*alg+" is incompatible with key spec "+k.KeySpec+".")
@@ -67,12 +70,23 @@ func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyI
 	if err != nil {
 		return nil, "", nil, err
 	}
+	if *alg == "SM2DSA" && mt == "RAW" {
+		// SM2DSA signs e = SM3(Z_A ‖ M), and Z_A depends on the public key.
+		v := k.Version(k.Current)
+		if v == nil || v.Public == nil {
+			return nil, "", nil, internal(errNoPublicKey)
+		}
+		if input, err = material.SM2Digest(v.Public, msg); err != nil {
+			return nil, "", nil, internal(err)
+		}
+	}
 	return k, *alg, input, nil
 }
 
 // signingInput turns a Message of MessageType mt into what the signature
 // scheme of alg takes (spec §5.1): RAW is hashed with the algorithm's hash
-// (Ed25519 and ML-DSA take the message itself); DIGEST is taken as it is,
+// (Ed25519 and ML-DSA take the message itself, and SM2DSA's Z_A-prefixed
+// SM3 is done by the caller, which has the key); DIGEST is taken as it is,
 // after its length is checked; for ED25519_PH_SHA_512 the 64 bytes are the
 // message whose SHA-512 prehash is signed.
 //

@@ -12,10 +12,13 @@ var (
 	ErrPeerCurve = errors.New("material: peer public key is not a point of the key's curve")
 )
 
-// ECDH derives the shared secret of the private key of a NIST curve spec
-// and a peer's public key (DER SubjectPublicKeyInfo): the raw
+// ECDH derives the shared secret of the private key of a NIST curve or SM2
+// spec and a peer's public key (DER SubjectPublicKeyInfo): the raw
 // x-coordinate Z of d·Q, fixed length, no KDF (spec §5.6).
 func ECDH(spec string, private, peer []byte) ([]byte, error) {
+	if spec == "SM2" {
+		return ecdhSM2(private, peer)
+	}
 	if nistCurves[spec] == nil {
 		return nil, ErrSpec
 	}

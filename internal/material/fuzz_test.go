@@ -9,8 +9,8 @@ import (
 // Verify for every signing spec: it must answer, never panic, and never
 // accept what it did not sign.
 func FuzzVerify(f *testing.F) {
-	specs := []string{"ECC_NIST_P256", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519", "ML_DSA_44", "RSA_2048"}
-	algs := []string{"ECDSA_SHA_256", "ECDSA_SHA_256", "ED25519_SHA_512", "ML_DSA_SHAKE_256", "RSASSA_PSS_SHA_256"}
+	specs := []string{"ECC_NIST_P256", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519", "ML_DSA_44", "RSA_2048", "SM2"}
+	algs := []string{"ECDSA_SHA_256", "ECDSA_SHA_256", "ED25519_SHA_512", "ML_DSA_SHAKE_256", "RSASSA_PSS_SHA_256", "SM2DSA"}
 	pubs := make([][]byte, len(specs))
 	for i, spec := range specs {
 		_, pub, err := Generate(spec, rand.Reader)

@@ -1,11 +1,11 @@
 // Package material makes and uses the key material of every non-symmetric
-// KMS key spec: RSA, NIST and secp256k1 ECC, Ed25519 and ML-DSA key pairs,
-// and HMAC keys. It knows the byte encodings — DER SubjectPublicKeyInfo for
+// KMS key spec: RSA, NIST and secp256k1 ECC, Ed25519, ML-DSA and SM2 key
+// pairs, and HMAC keys. It knows the byte encodings — DER SubjectPublicKeyInfo for
 // public keys (spec §2.2), and the private encodings kmsd seals at rest —
 // and nothing of storage or of the KMS API.
 //
 // Private encodings (always sealed by the barrier before storage):
-// PKCS #8 DER for RSA, NIST ECC and Ed25519; the 32-byte scalar for
+// PKCS #8 DER for RSA, NIST ECC, Ed25519 and SM2; the 32-byte scalar for
 // secp256k1; the 32-byte FIPS 204 seed ξ for ML-DSA; the raw key for HMAC.
 package material
 
@@ -30,6 +30,8 @@ import (
 	"github.com/cloudflare/circl/sign/mldsa/mldsa87"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	secpecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/kmsd/kmsd/internal/keys"
 )
 
@@ -124,6 +126,8 @@ func Generate(spec string, rand io.Reader) (private, public []byte, err error) {
 		if _, err := io.ReadFull(rand, private); err != nil {
 			return nil, nil, err
 		}
+	case spec == "SM2":
+		return generateSM2(rand)
 	default:
 		return nil, nil, fmt.Errorf("%w: %s", ErrSpec, spec)
 	}
@@ -151,6 +155,8 @@ func Public(spec string, private []byte) ([]byte, error) {
 			Parameters: asn1.RawValue{FullBytes: mustOID(oidSecp256k1)}}, k.PubKey().SerializeUncompressed())
 	case mldsaKey:
 		return marshalSPKI(pkix.AlgorithmIdentifier{Algorithm: oidMLDSA[spec]}, k.pub)
+	case *sm2.PrivateKey:
+		return smx509.MarshalPKIXPublicKey(&k.PublicKey)
 	case crypto.Signer:
 		return x509.MarshalPKIXPublicKey(k.Public())
 	}
@@ -172,9 +178,11 @@ type mldsaKey struct {
 }
 
 // parse decodes a private encoding: *rsa.PrivateKey, *ecdsa.PrivateKey,
-// ed25519.PrivateKey, *secp256k1.PrivateKey or mldsaKey.
+// ed25519.PrivateKey, *secp256k1.PrivateKey, mldsaKey or *sm2.PrivateKey.
 func parse(spec string, private []byte) (any, error) {
 	switch {
+	case spec == "SM2":
+		return parseSM2(private)
 	case rsaBits[spec] != 0 || nistCurves[spec] != nil || spec == "ECC_NIST_EDWARDS25519":
 		k, err := x509.ParsePKCS8PrivateKey(private)
 		if err != nil {
@@ -217,7 +225,8 @@ func parse(spec string, private []byte) (any, error) {
 
 // Sign signs input with the private key of spec under signing algorithm
 // alg. input is what the scheme signs: the digest for RSA and ECDSA, the
-// message for Ed25519 and ML-DSA, the SHA-512 prehash for Ed25519ph.
+// message for Ed25519 and ML-DSA, the SHA-512 prehash for Ed25519ph, e =
+// SM3(Z_A ‖ M) for SM2DSA (see SM2Digest).
 func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader) ([]byte, error) {
 	a, ok := keys.Signing(alg)
 	if !ok {
@@ -255,6 +264,11 @@ func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader)
 		if a.Scheme == keys.MLDSA {
 			return k.sign(input)
 		}
+	case *sm2.PrivateKey:
+		if a.Scheme == keys.SM2DSA {
+			// input is e = SM3(Z_A ‖ M), signed as it is (no opts).
+			return sm2.SignASN1(rand, k, input, nil)
+		}
 	}
 	return nil, ErrAlgorithm
 }
@@ -266,6 +280,9 @@ func Verify(spec string, public []byte, alg string, input, sig []byte) (bool, er
 	a, ok := keys.Signing(alg)
 	if !ok {
 		return false, ErrAlgorithm
+	}
+	if spec == "SM2" {
+		return verifySM2(public, alg, input, sig)
 	}
 	if spec == "ECC_SECG_P256K1" || oidMLDSA[spec] != nil {
 		var info spki

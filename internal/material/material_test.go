@@ -26,7 +26,7 @@ func digest(h crypto.Hash, m []byte) []byte {
 }
 
 // TestSignVerify signs and verifies with every signing algorithm of every
-// spec (SM2 aside), and checks a tampered input fails.
+// spec (SM2 in sm2_test.go), and checks a tampered input fails.
 func TestSignVerify(t *testing.T) {
 	msg := []byte("kmsd signs this")
 	for _, spec := range []string{"RSA_2048", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521",

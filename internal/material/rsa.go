@@ -44,9 +44,10 @@ func EncryptOAEP(public []byte, alg string, plaintext []byte, rand io.Reader) ([
 	return rsa.EncryptOAEP(h.New(), rand, p, plaintext, nil)
 }
 
-// ErrDecrypt means OAEP decoding failed: wrong key, wrong algorithm or
-// corrupted ciphertext — indistinguishable by design.
-var ErrDecrypt = fmt.Errorf("material: RSAES-OAEP decryption failed")
+// ErrDecrypt means decryption failed (OAEP decoding, or the SM2 C3 check):
+// wrong key, wrong algorithm or corrupted ciphertext — indistinguishable
+// by design.
+var ErrDecrypt = fmt.Errorf("material: asymmetric decryption failed")
 
 // DecryptOAEP decrypts a raw RSAES-OAEP ciphertext with the private
 // encoding of an RSA key of spec.
