@@ -70,7 +70,8 @@ func init() {
 	}
 	for _, op := range []string{"CreateCluster", "DeleteCluster", "DescribeClusters", "InitializeCluster",
 		"CreateHsm", "DeleteHsm", "DescribeBackups", "CopyBackupToRegion", "DeleteBackup", "RestoreBackup",
-		"ModifyBackupAttributes", "ModifyCluster", "TagResource", "UntagResource", "ListTags"} {
+		"ModifyBackupAttributes", "ModifyCluster", "TagResource", "UntagResource", "ListTags",
+		"GetResourcePolicy", "PutResourcePolicy", "DeleteResourcePolicy"} {
 		// Keyed "cloudhsm:Op": some names (TagResource) are KMS's too.
 		Authorizations["cloudhsm:"+op] = Authorization{Action: "cloudhsm:" + op, Scope: StoreScope}
 	}

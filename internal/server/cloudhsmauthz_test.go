@@ -111,6 +111,17 @@ func TestCloudHSMOpsComplete(t *testing.T) {
 	}
 }
 
+// TestCloudHSMModelAuthorized: every operation of the CloudHSM v2 model,
+// served or not, has an authorization entry, so that a caller without
+// permission hears AccessDeniedException before kmsd says it lacks one.
+func TestCloudHSMModelAuthorized(t *testing.T) {
+	for op := range hsmapi.Operations {
+		if a, ok := kms.Authorizations["cloudhsm:"+op]; !ok || a.Action != "cloudhsm:"+op {
+			t.Errorf("%s: no authorization entry", op)
+		}
+	}
+}
+
 // TestCloudHSMAuthorization: every served operation under each kind of
 // caller, decided by the KMS policy engine.
 func TestCloudHSMAuthorization(t *testing.T) {
