@@ -65,7 +65,9 @@ func (s *Service) dataKeyPair(ctx context.Context, c *Caller, action, keyID, spe
 		// [U] SM2 cryptography is not built yet (spec §2.3).
 		return nil, nil, nil, nil, exc("UnsupportedOperationException", "KeyPairSpec SM2 is not supported by kmsd yet.")
 	}
-	if priv, pub, err = material.GeneratePair(spec, s.rand); err != nil {
+	if pair, ok := s.pairs.Take(spec); ok {
+		priv, pub = pair.Private, pair.Public
+	} else if priv, pub, err = material.GeneratePair(spec, s.rand); err != nil {
 		return nil, nil, nil, nil, internal(err)
 	}
 	if blob, err = s.seal(withCaller(ctx, c, action), k, priv, ec); err != nil {
