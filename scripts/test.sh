@@ -70,6 +70,7 @@ fuzz ./internal/sigv4 FuzzVerify
 fuzz ./internal/awsjson FuzzDecode
 fuzz ./internal/policy FuzzParse
 fuzz ./internal/server FuzzAssumeRoleInput
+fuzz ./internal/server FuzzKeyTypeOperations
 fuzz ./internal/netallow FuzzParse
 fuzz ./internal/keys FuzzParseBlob
 fuzz ./internal/keys FuzzParseExternalBlob

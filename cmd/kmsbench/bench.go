@@ -128,19 +128,49 @@ type workload struct {
 	bodies map[string][]byte // op name -> JSON body
 }
 
-// operations are the benchmarked KMS operations by flag name, in the order
-// they run.
-var operations = []struct{ flag, name string }{
-	{"encrypt", "Encrypt"},
-	{"decrypt", "Decrypt"},
-	{"generatedatakey", "GenerateDataKey"},
-	{"createkey", "CreateKey"},
+// operation is one benchmarked request: its -ops flag name, the name it
+// is reported under and the KMS operation it calls.
+type operation struct{ flag, name, target string }
+
+// operations are the benchmarked operations, in the order they run.
+var operations = []operation{
+	{"encrypt", "Encrypt", "Encrypt"},
+	{"decrypt", "Decrypt", "Decrypt"},
+	{"generatedatakey", "GenerateDataKey", "GenerateDataKey"},
+	{"createkey", "CreateKey", "CreateKey"},
+	{"sign-ecc", "Sign-ECC", "Sign"},                // ECC_NIST_P256, ECDSA_SHA_256
+	{"sign-rsa", "Sign-RSA", "Sign"},                // RSA_2048, RSASSA_PSS_SHA_256
+	{"verify-ecc", "Verify-ECC", "Verify"},          // ECC_NIST_P256, ECDSA_SHA_256
+	{"generatemac", "GenerateMac", "GenerateMac"},   // HMAC_256, HMAC_SHA_256
+	{"gdkp-rsa", "GDKP-RSA", "GenerateDataKeyPair"}, // RSA_2048 under the symmetric key
+	{"gdkp-ecc", "GDKP-ECC", "GenerateDataKeyPair"}, // ECC_NIST_P256 under the symmetric key
 }
+
+// opTarget is the KMS operation behind the reported name.
+func opTarget(name string) string {
+	for _, op := range operations {
+		if op.name == name {
+			return op.target
+		}
+	}
+	return name
+}
+
+// benchMessage is the message signed and MACed: 64 bytes, RAW, like the
+// primitive benchmarks of internal/material.
+var benchMessage = func() string {
+	m := make([]byte, 64)
+	for i := range m {
+		m[i] = byte(i)
+	}
+	return base64.StdEncoding.EncodeToString(m)
+}()
 
 // setup creates the key every operation uses (unless keyID names an
 // existing one, e.g. a key in a custom key store) and a ciphertext for
-// Decrypt.
-func setup(ctx context.Context, c *client, keyID string) (*workload, error) {
+// Decrypt, then the asymmetric and HMAC keys that the operations in ops
+// need, so a run of the symmetric operations creates nothing more.
+func setup(ctx context.Context, c *client, keyID string, ops []string) (*workload, error) {
 	w := c.worker()
 	id := keyID
 	if id == "" {
@@ -164,12 +194,62 @@ func setup(ctx context.Context, c *client, keyID string) (*workload, error) {
 		return nil, err
 	}
 	mustJSON := func(v any) []byte { b, _ := json.Marshal(v); return b }
-	return &workload{keyID: id, bodies: map[string][]byte{
+	wl := &workload{keyID: id, bodies: map[string][]byte{
 		"Encrypt":         mustJSON(map[string]any{"KeyId": id, "Plaintext": pt, "EncryptionContext": encryptionContext}),
 		"Decrypt":         mustJSON(map[string]any{"KeyId": id, "CiphertextBlob": enc.CiphertextBlob, "EncryptionContext": encryptionContext}),
 		"GenerateDataKey": mustJSON(map[string]any{"KeyId": id, "KeySpec": "AES_256", "EncryptionContext": encryptionContext}),
 		"CreateKey":       mustJSON(map[string]string{"Description": "kmsbench"}),
-	}}, nil
+		"GDKP-RSA":        mustJSON(map[string]any{"KeyId": id, "KeyPairSpec": "RSA_2048", "EncryptionContext": encryptionContext}),
+		"GDKP-ECC":        mustJSON(map[string]any{"KeyId": id, "KeyPairSpec": "ECC_NIST_P256", "EncryptionContext": encryptionContext}),
+	}}
+	created := map[string]string{} // KeySpec -> key id
+	key := func(spec, usage string) (string, error) {
+		if id, ok := created[spec]; ok {
+			return id, nil
+		}
+		var ck struct{ KeyMetadata struct{ KeyId string } }
+		if err := w.callJSON(ctx, "CreateKey", map[string]string{"Description": "kmsbench " + spec, "KeySpec": spec, "KeyUsage": usage}, &ck); err != nil {
+			return "", err
+		}
+		created[spec] = ck.KeyMetadata.KeyId
+		return ck.KeyMetadata.KeyId, nil
+	}
+	signBody := func(spec, alg string) (map[string]any, error) {
+		id, err := key(spec, "SIGN_VERIFY")
+		return map[string]any{"KeyId": id, "Message": benchMessage, "MessageType": "RAW", "SigningAlgorithm": alg}, err
+	}
+	for _, op := range ops {
+		switch op {
+		case "Sign-ECC", "Sign-RSA":
+			spec, alg := "ECC_NIST_P256", "ECDSA_SHA_256"
+			if op == "Sign-RSA" {
+				spec, alg = "RSA_2048", "RSASSA_PSS_SHA_256"
+			}
+			b, err := signBody(spec, alg)
+			if err != nil {
+				return nil, err
+			}
+			wl.bodies[op] = mustJSON(b)
+		case "Verify-ECC":
+			b, err := signBody("ECC_NIST_P256", "ECDSA_SHA_256")
+			if err != nil {
+				return nil, err
+			}
+			var sig struct{ Signature string }
+			if err := w.callJSON(ctx, "Sign", b, &sig); err != nil {
+				return nil, err
+			}
+			b["Signature"] = sig.Signature
+			wl.bodies[op] = mustJSON(b)
+		case "GenerateMac":
+			id, err := key("HMAC_256", "GENERATE_VERIFY_MAC")
+			if err != nil {
+				return nil, err
+			}
+			wl.bodies[op] = mustJSON(map[string]any{"KeyId": id, "Message": benchMessage, "MacAlgorithm": "HMAC_SHA_256"})
+		}
+	}
+	return wl, nil
 }
 
 // result is one op at one concurrency.
@@ -207,19 +287,29 @@ type runConfig struct {
 	serverPID        int // 0: unknown
 	clkTck           int
 	maxErrorBodies   int
+	// rate, when > 0, makes the run open-loop: requests start at this
+	// many a second whatever the answers take, and latency counts from
+	// when a request was due (see paced).
+	rate float64
 }
 
 // run drives op at concurrency conc: a warm-up whose results are dropped,
 // then the measured phase, bounded by duration and maxRequests.
 func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc runConfig) (result, error) {
-	target, body := "TrentService."+op, wl.bodies[op]
+	target, body := "TrentService."+opTarget(op), wl.bodies[op]
 	workers := make([]*worker, conc)
 	for i := range workers {
 		workers[i] = c.worker()
 	}
 	var printed atomic.Int64
+	drive := phase
+	if rc.rate > 0 {
+		drive = func(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, printed *atomic.Int64, maxPrinted int) int64 {
+			return paced(ctx, workers, target, body, d, rc.rate, max, lat, printed, maxPrinted)
+		}
+	}
 	if rc.warmup > 0 {
-		phase(ctx, workers, target, body, rc.warmup, rc.maxRequests, nil, &printed, rc.maxErrorBodies)
+		drive(ctx, workers, target, body, rc.warmup, rc.maxRequests, nil, &printed, rc.maxErrorBodies)
 	}
 	if err := ctx.Err(); err != nil {
 		return result{}, err
@@ -236,7 +326,7 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	gen0 := selfCPU()
 	start := time.Now()
 	lat := make([][]time.Duration, conc)
-	errs := phase(ctx, workers, target, body, rc.duration, rc.maxRequests, lat, &printed, rc.maxErrorBodies)
+	errs := drive(ctx, workers, target, body, rc.duration, rc.maxRequests, lat, &printed, rc.maxErrorBodies)
 	wall := time.Since(start)
 	gen := selfCPU() - gen0
 	sys1, err := readSystemBusy()
@@ -318,6 +408,58 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 				if lat != nil {
 					l = append(l, el)
 				}
+			}
+			if lat != nil {
+				lat[i] = l
+			}
+		}()
+	}
+	wg.Wait()
+	return failed.Load()
+}
+
+// paced is phase in open loop: request i is due at start + i/rate, for d,
+// and the first free worker sends it. A request's latency counts from
+// when it was due, not from when a worker got to it, so a server that
+// falls behind shows its queue in the percentiles instead of slowing the
+// generator down (no coordinated omission). With too few workers for the
+// rate, the queue builds up in kmsbench and shows the same way.
+func paced(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, rate float64, max int64, lat [][]time.Duration, printed *atomic.Int64, maxPrinted int) int64 {
+	n := min(max, int64(d.Seconds()*rate))
+	due := make(chan time.Time, n)
+	start := time.Now()
+	go func() {
+		defer close(due)
+		for i := range n {
+			at := start.Add(time.Duration(float64(i) * float64(time.Second) / rate))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(at)):
+			}
+			due <- at
+		}
+	}()
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var l []time.Duration
+			for at := range due {
+				status, resp, err := w.call(ctx, target, body)
+				el := time.Since(at)
+				if err != nil && ctx.Err() != nil {
+					break
+				}
+				if err != nil || status/100 != 2 {
+					failed.Add(1)
+					if printed.Add(1) <= int64(maxPrinted) {
+						fmt.Fprintf(os.Stderr, "kmsbench: %s: HTTP %d: %s %v\n", target, status, resp, err)
+					}
+				}
+				l = append(l, el)
 			}
 			if lat != nil {
 				lat[i] = l

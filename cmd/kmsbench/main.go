@@ -1,7 +1,11 @@
 // Command kmsbench is a load generator for kmsd. It sends SigV4-signed KMS
-// requests over loopback (Encrypt, Decrypt, GenerateDataKey, CreateKey) at
-// several concurrencies and reports, for each, operations per second, p50
-// and p99 latency, errors and the server's CPU time per request.
+// requests over loopback (Encrypt, Decrypt, GenerateDataKey, CreateKey;
+// Sign, Verify, GenerateMac and GenerateDataKeyPair with keys of their
+// own) at several concurrencies and reports, for each, operations per
+// second, p50 and p99 latency, errors and the server's CPU time per
+// request. By default each worker sends its next request when it has its
+// answer (closed loop); -rate paces requests at a fixed rate instead
+// (open loop), which is how a latency goal at a given load is measured.
 //
 // By default it starts the kmsd binary given by -spawn itself, on a free
 // port with a fresh data directory and --auth verify, reads the
@@ -57,6 +61,8 @@ type options struct {
 	keyID                                         string // -key-id: an existing key instead of a new one
 	connectStore                                  string // -connect-store: measure connect latency (connect.go)
 	connectRounds                                 int
+	rate                                          float64  // -rate: open-loop requests a second
+	kmsdArgs                                      []string // -kmsd-args: more flags for a spawned kmsd
 }
 
 func main() {
@@ -107,6 +113,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.keyID, "key-id", "", "use this existing key (id, ARN or alias; e.g. a key in a CloudHSM key store) instead of creating one")
 	fs.StringVar(&o.connectStore, "connect-store", "", "instead of the operations: measure ConnectCustomKeyStore -> CONNECTED of this DISCONNECTED custom key store, -connect-rounds times")
 	fs.IntVar(&o.connectRounds, "connect-rounds", 10, "connects measured with -connect-store")
+	fs.Float64Var(&o.rate, "rate", 0, "open loop: start this many requests a second whatever the answers take (latency counts from when each was due); 0: closed loop, each worker sends as soon as it has its answer")
+	var kmsdArgs string
+	fs.StringVar(&kmsdArgs, "kmsd-args", "", "more flags for a spawned kmsd, space-separated (e.g. \"--pair-pool-size 0\")")
 	registerPolicyFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -117,12 +126,16 @@ func parseFlags(args []string) (*options, error) {
 	if o.secretKey == "" {
 		o.secretKey = os.Getenv("AWS_SECRET_ACCESS_KEY")
 	}
+	o.kmsdArgs = strings.Fields(kmsdArgs)
+	if o.rate < 0 {
+		return nil, errors.New("-rate must not be negative")
+	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	for _, f := range strings.Split(ops, ",") {
 		f = strings.ToLower(strings.TrimSpace(f))
-		i := slices.IndexFunc(operations, func(op struct{ flag, name string }) bool { return op.flag == f })
+		i := slices.IndexFunc(operations, func(op operation) bool { return op.flag == f })
 		if i < 0 {
 			return nil, fmt.Errorf("-ops: unknown operation %q", f)
 		}
@@ -160,6 +173,8 @@ type report struct {
 	GOMAXPROCS int       `json:"generator_gomaxprocs"`
 	ClkTck     int       `json:"clk_tck"`
 	WarmupS    float64   `json:"warmup_s"`
+	Rate       float64   `json:"rate,omitempty"` // open loop, requests a second
+	KmsdArgs   []string  `json:"kmsd_args,omitempty"`
 	DurationS  float64   `json:"duration_s"`
 	Results    []result  `json:"results"`
 }
@@ -183,7 +198,7 @@ func run1(o *options) error {
 		Started: time.Now().UTC(), Signer: o.signer, Pinned: o.pin,
 		GOMAXPROCS: runtime.GOMAXPROCS(0), ClkTck: clockTicks(),
 		WarmupS: o.warmup.Seconds(), DurationS: o.duration.Seconds(),
-		GenCPU: -1, ServerCPU: -1,
+		GenCPU: -1, ServerCPU: -1, Rate: o.rate, KmsdArgs: o.kmsdArgs,
 	}
 	if o.pin {
 		rep.GenCPU = o.genCPU
@@ -200,7 +215,7 @@ func run1(o *options) error {
 		if o.pin {
 			cpu = o.serverCPU
 		}
-		srv, err := spawn(ctx, o.spawn, cpu, o.kmsdLogLevel)
+		srv, err := spawn(ctx, o.spawn, cpu, o.kmsdLogLevel, o.kmsdArgs...)
 		if err != nil {
 			return err
 		}
@@ -216,7 +231,7 @@ func run1(o *options) error {
 	if o.connectStore != "" {
 		return connectLatency(ctx, c, o.connectStore, o.connectRounds)
 	}
-	wl, err := setup(ctx, c, o.keyID)
+	wl, err := setup(ctx, c, o.keyID, o.ops)
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
@@ -230,7 +245,7 @@ func run1(o *options) error {
 	fmt.Printf("kmsbench: %s %s, signer %s, %s, GOMAXPROCS %d, CLK_TCK %d, %v warm-up + %v per run\n",
 		rep.Mode, rep.Endpoint, rep.Signer, pinning, rep.GOMAXPROCS, rep.ClkTck, o.warmup, o.duration)
 
-	rc := runConfig{warmup: o.warmup, duration: o.duration, maxRequests: o.maxRequests, serverPID: pid, clkTck: rep.ClkTck, maxErrorBodies: o.errorBodies}
+	rc := runConfig{warmup: o.warmup, duration: o.duration, maxRequests: o.maxRequests, serverPID: pid, clkTck: rep.ClkTck, maxErrorBodies: o.errorBodies, rate: o.rate}
 	tw := newTable(os.Stdout)
 	for _, op := range o.ops {
 		for _, n := range o.conc {

@@ -60,7 +60,7 @@ type server struct {
 // data directory, in --auth verify mode, pinned to cpu when cpu >= 0, and
 // waits until it answers /healthz and has written its administrator's
 // credentials. The pid of the process is kmsd's own: taskset execs it.
-func spawn(ctx context.Context, path string, cpu int, logLevel string) (*server, error) {
+func spawn(ctx context.Context, path string, cpu int, logLevel string, extra ...string) (*server, error) {
 	path, err := exec.LookPath(path)
 	if err != nil {
 		return nil, fmt.Errorf("kmsd binary: %w (build one: go build -o /tmp/kmsd ./cmd/kmsd, then -spawn /tmp/kmsd)", err)
@@ -77,6 +77,7 @@ func spawn(ctx context.Context, path string, cpu int, logLevel string) (*server,
 		return nil, err
 	}
 	args := []string{path, "--listen", addr, "--data-dir", dir, "--auth", "verify", "--log-level", logLevel}
+	args = append(args, extra...)
 	if cpu >= 0 {
 		taskset, err := exec.LookPath("taskset")
 		if err != nil {

@@ -78,6 +78,7 @@ func serve(args []string) error {
 		{"xks-ca-bundle", "KMSD_XKS_CA_BUNDLE", "xks_ca_bundle", "PEM file of CA certificates trusted for XKS proxies, beside the system roots", &cfg.XKSCABundle},
 		{"xks-vpc-endpoint-services", "KMSD_XKS_VPC_ENDPOINT_SERVICES", "xks_vpc_endpoint_services", "VPC endpoint service names of external key stores and the addresses they reach, optionally with the service's private DNS name, which must then be the store's XksProxyUriEndpoint host: name=host:port or name=private.dns.name@host:port, comma-separated", &cfg.XKSVPCEndpointServices},
 		{"xks-allowed-endpoints", "KMSD_XKS_ALLOWED_ENDPOINTS", "xks_allowed_endpoints", "where PUBLIC_ENDPOINT external key stores' proxies may be: comma-separated host names, *.domain, addresses and CIDR networks, each with an optional :port (e.g. xks.example.com,*.corp.example,10.0.0.0/8,127.0.0.1:8443); others fail as unreachable without being dialled (default: anywhere)", &cfg.XKSAllowedEndpoints},
+		{"pair-pool-size", "KMSD_PAIR_POOL_SIZE", "pair_pool_size", "RSA data key pairs of each KeyPairSpec kept pre-generated in memory for GenerateDataKeyPair, filled after a spec's first use (default 4; 0 disables)", &cfg.PairPoolSize},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)

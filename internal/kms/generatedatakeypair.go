@@ -61,7 +61,9 @@ func (s *Service) dataKeyPair(ctx context.Context, c *Caller, action, keyID, spe
 	if err := dryRun(dry); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	if priv, pub, err = material.GeneratePair(spec, s.rand); err != nil {
+	if pair, ok := s.pairs.Take(spec); ok {
+		priv, pub = pair.Private, pair.Public
+	} else if priv, pub, err = material.GeneratePair(spec, s.rand); err != nil {
 		return nil, nil, nil, nil, internal(err)
 	}
 	if blob, err = s.seal(withCaller(ctx, c, action), k, priv, ec); err != nil {

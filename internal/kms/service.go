@@ -20,6 +20,8 @@ import (
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/material"
+	"github.com/kmsd/kmsd/internal/pairpool"
 	"github.com/kmsd/kmsd/internal/policy"
 )
 
@@ -68,6 +70,9 @@ type Service struct {
 
 	policies policyCache // parsed key policies, by key id
 	lastTime atomic.Pointer[timeKeys]
+
+	pairSizes map[string]int // data key pairs pre-generated, by KeyPairSpec
+	pairs     *pairpool.Pool
 }
 
 // Option configures a Service.
@@ -82,14 +87,43 @@ func WithRand(r io.Reader) Option { return func(s *Service) { s.rand = r } }
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
 
-// New returns a Service over cat.
+// PairPool gives n as the pool size of every KeyPairSpec worth pooling:
+// only RSA. An RSA_2048 pair takes tens of milliseconds to make, RSA_4096
+// hundreds, while an EC or Ed25519 pair takes tens of microseconds — too
+// little to be worth background CPU spent on pairs nobody may ask for.
+func PairPool(n int) map[string]int {
+	return map[string]int{"RSA_2048": n, "RSA_3072": n, "RSA_4096": n}
+}
+
+// DefaultPairPoolSize is the per-spec pool size a Service has unless
+// WithPairPool says otherwise: enough to absorb a short burst.
+const DefaultPairPoolSize = 4
+
+// WithPairPool sets how many data key pairs of each KeyPairSpec are kept
+// pre-generated for GenerateDataKeyPair(WithoutPlaintext); nil or an
+// empty map turns the pool off. A spec is filled only after its first
+// use. The pairs live in memory only and each is used once.
+func WithPairPool(sizes map[string]int) Option {
+	return func(s *Service) { s.pairSizes = sizes }
+}
+
+// New returns a Service over cat. Close releases what it runs in the
+// background.
 func New(cat *catalog.Catalog, opts ...Option) *Service {
-	s := &Service{cat: cat, now: time.Now, rand: rand.Reader, log: slog.Default()}
+	s := &Service{cat: cat, now: time.Now, rand: rand.Reader, log: slog.Default(), pairSizes: PairPool(DefaultPairPoolSize)}
 	for _, o := range opts {
 		o(s)
 	}
+	if len(s.pairSizes) > 0 {
+		s.pairs = pairpool.New(material.GeneratePair, s.rand, s.pairSizes)
+	}
 	return s
 }
+
+// Close stops the Service's background work — the data key pair fillers
+// — and clears the pre-generated private keys. Requests still in flight
+// generate their pairs inline.
+func (s *Service) Close() { s.pairs.Close() }
 
 // Exception constructors used across operations.
 func exc(name, msg string) error { return kmsapi.NewException(name, msg) }

@@ -56,8 +56,10 @@ func newFixture(t *testing.T) *fixture {
 	}
 	clk := &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	cat := catalog.New(st, b)
+	svc := New(cat, WithClock(clk.now))
+	t.Cleanup(svc.Close)
 	return &fixture{
-		svc:     New(cat, WithClock(clk.now)),
+		svc:     svc,
 		cat:     cat,
 		barrier: b,
 		clock:   clk,

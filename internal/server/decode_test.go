@@ -31,6 +31,28 @@ var decodeCases = []struct {
 	{"lone high surrogate", "CreateKey", `{"Description":"\ud800"}`, "SerializationException"},
 	{"lone low surrogate", "TagResource", `{"KeyId":"k","Tags":[{"TagKey":"\udc00","TagValue":"v"}]}`, "SerializationException"},
 	{"surrogate pair", "CreateKey", `{"Description":"\ud83d\ude00"}`, ""},
+
+	// The asymmetric, HMAC and key agreement operations.
+	{"valid sign", "Sign", `{"KeyId":"k","Message":"aGVsbG8=","SigningAlgorithm":"ECDSA_SHA_256"}`, ""},
+	{"sign digest", "Sign", `{"KeyId":"k","Message":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","MessageType":"DIGEST","SigningAlgorithm":"RSASSA_PSS_SHA_256"}`, ""},
+	{"sign without algorithm", "Sign", `{"KeyId":"k","Message":"aGVsbG8="}`, "ValidationException"},
+	{"sign bad message type", "Sign", `{"KeyId":"k","Message":"aGVsbG8=","MessageType":"HASH","SigningAlgorithm":"ECDSA_SHA_256"}`, "ValidationException"},
+	{"sign empty message", "Sign", `{"KeyId":"k","Message":"","SigningAlgorithm":"ECDSA_SHA_256"}`, "ValidationException"},
+	{"valid verify", "Verify", `{"KeyId":"k","Message":"aGVsbG8=","Signature":"MEUCIQ==","SigningAlgorithm":"ECDSA_SHA_256"}`, ""},
+	{"verify without signature", "Verify", `{"KeyId":"k","Message":"aGVsbG8=","SigningAlgorithm":"ECDSA_SHA_256"}`, "ValidationException"},
+	{"valid get public key", "GetPublicKey", `{"KeyId":"k"}`, ""},
+	{"valid generate mac", "GenerateMac", `{"KeyId":"k","Message":"aGVsbG8=","MacAlgorithm":"HMAC_SHA_256"}`, ""},
+	{"generate mac bad algorithm", "GenerateMac", `{"KeyId":"k","Message":"aGVsbG8=","MacAlgorithm":"HMAC_MD5"}`, "ValidationException"},
+	{"valid verify mac", "VerifyMac", `{"KeyId":"k","Message":"aGVsbG8=","MacAlgorithm":"HMAC_SHA_256","Mac":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`, ""},
+	{"verify mac without mac", "VerifyMac", `{"KeyId":"k","Message":"aGVsbG8=","MacAlgorithm":"HMAC_SHA_256"}`, "ValidationException"},
+	{"valid derive shared secret", "DeriveSharedSecret", `{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEFI7EqMoSlQF6+S+qVO6Fhp6PfXIK7VSbmh1/eDUoBuClctlLo2Rl2qHmmv77Q2Vm3LQNh/q7UyfhbPcxWNL06g=="}`, ""},
+	{"derive shared secret P-384 peer", "DeriveSharedSecret", `{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAE4voiEvMvpC/g1dLvK1L6ONDM9MGcvKxa5VNFZNC0rs/9yE2pJGlW98eAwGMpQ+Kl3nkVkqnhz0giUdNoRfXxaIT91NQn+wiEhUT/tliyrrE5uFMX38cwHyHnavA20GTs"}`, ""},
+	{"derive shared secret bad algorithm", "DeriveSharedSecret", `{"KeyId":"k","KeyAgreementAlgorithm":"DH","PublicKey":"AAAA"}`, "ValidationException"},
+	{"valid generate data key pair", "GenerateDataKeyPair", `{"KeyId":"k","KeyPairSpec":"ECC_NIST_P256","EncryptionContext":{"a":"b"}}`, ""},
+	{"generate data key pair rsa", "GenerateDataKeyPair", `{"KeyId":"k","KeyPairSpec":"RSA_2048"}`, ""},
+	{"generate data key pair bad spec", "GenerateDataKeyPair", `{"KeyId":"k","KeyPairSpec":"RSA_1024"}`, "ValidationException"},
+	{"valid generate data key pair without plaintext", "GenerateDataKeyPairWithoutPlaintext", `{"KeyId":"k","KeyPairSpec":"ECC_NIST_EDWARDS25519","DryRun":false}`, ""},
+	{"generate data key pair without plaintext no spec", "GenerateDataKeyPairWithoutPlaintext", `{"KeyId":"k"}`, "ValidationException"},
 }
 
 func code(err error) string {

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -93,6 +94,11 @@ type Config struct {
 	// addresses and CIDR networks, each with an optional :port (package
 	// netallow). Empty: anywhere, as in AWS.
 	XKSAllowedEndpoints string
+	// PairPoolSize is how many RSA data key pairs of each KeyPairSpec are
+	// kept pre-generated in memory for GenerateDataKeyPair ("" for
+	// kms.DefaultPairPoolSize, "0" for none); PairPool is it parsed.
+	PairPoolSize string
+	PairPool     int
 }
 
 // Validate checks c and fills defaults.
@@ -128,6 +134,14 @@ func (c *Config) Validate() error {
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
 	}
+	c.PairPool = kms.DefaultPairPoolSize
+	if c.PairPoolSize != "" {
+		n, err := strconv.Atoi(c.PairPoolSize)
+		if err != nil || n < 0 || n > 1024 {
+			return fmt.Errorf("--pair-pool-size %q: want a number of pairs from 0 to 1024", c.PairPoolSize)
+		}
+		c.PairPool = n
+	}
 	return nil
 }
 
@@ -152,7 +166,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	}
 
 	cat := catalog.New(store, b)
-	svc := kms.New(cat, kms.WithLogger(log))
+	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)))
+	// Deferred before the listener's shutdown, so it runs after every
+	// request has been answered.
+	defer svc.Close()
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
 	a.setVerifiers(nil)
 	auditLog, closeAudit, err := openAudit(cfg, out, log)

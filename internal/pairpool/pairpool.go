@@ -1,0 +1,159 @@
+// Package pairpool keeps a small, bounded stock of pre-generated data key
+// pairs per KeyPairSpec, so that GenerateDataKeyPair does not pay for RSA
+// key generation (tens of milliseconds) on the request path.
+//
+// What it promises: every pair is handed out at most once (a pair leaves
+// the pool by a channel receive, which exactly one taker wins); a spec's
+// stock never holds more than its configured size; pairs live only in
+// memory and their private keys are cleared when the pool closes; a spec
+// is filled only after its first Take, so an idle server generates
+// nothing; and Take never waits for the filler — when the stock is empty
+// the caller generates inline.
+package pairpool
+
+import (
+	"context"
+	"io"
+	"sync"
+)
+
+// Generate makes one pair: the private key (DER PKCS #8) and the public
+// key (DER SPKI). material.GeneratePair has this shape.
+type Generate func(spec string, rand io.Reader) (private, public []byte, err error)
+
+// Pair is one pre-generated key pair. The taker owns it and clears
+// Private when done.
+type Pair struct {
+	Private, Public []byte
+}
+
+// Pool is a set of per-spec stocks. Its zero value is not usable; call New.
+type Pool struct {
+	gen   Generate
+	rand  io.Reader
+	specs map[string]*stock
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex // guards closed and every stock's started
+	closed bool
+}
+
+// stock is one spec's pairs and the signal that asks its filler to top
+// it up.
+type stock struct {
+	spec    string
+	pairs   chan Pair     // buffered: its capacity is the bound
+	wake    chan struct{} // buffered 1: a take happened
+	started bool
+}
+
+// New returns a pool holding up to sizes[spec] pairs of each spec; specs
+// absent or with size ≤ 0 are never pooled. rand is the randomness the
+// filler generates with. Nothing runs until the first Take of a spec;
+// Close stops the fillers.
+func New(gen Generate, rand io.Reader, sizes map[string]int) *Pool {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{gen: gen, rand: rand, specs: map[string]*stock{}, ctx: ctx, cancel: cancel}
+	for spec, n := range sizes {
+		if n > 0 {
+			p.specs[spec] = &stock{spec: spec, pairs: make(chan Pair, n), wake: make(chan struct{}, 1)}
+		}
+	}
+	return p
+}
+
+// Take returns a pre-generated pair of spec, or ok false when the spec is
+// not pooled, its stock is empty or the pool is closed; the caller then
+// generates one itself. Take never blocks on generation. The first Take
+// of a spec starts its filler; every Take asks it to refill.
+func (p *Pool) Take(spec string) (pair Pair, ok bool) {
+	if p == nil {
+		return Pair{}, false
+	}
+	s := p.specs[spec]
+	if s == nil {
+		return Pair{}, false
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return Pair{}, false
+	}
+	if !s.started {
+		s.started = true
+		p.wg.Add(1)
+		go p.fill(s)
+	}
+	p.mu.Unlock()
+	select {
+	case pair, ok = <-s.pairs:
+	default:
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+	return pair, ok
+}
+
+// fill keeps s topped up to its capacity until the pool closes. Only the
+// filler sends on s.pairs, so a send after seeing room never blocks and
+// the stock never exceeds its bound.
+func (p *Pool) fill(s *stock) {
+	defer p.wg.Done()
+	for {
+		for len(s.pairs) < cap(s.pairs) {
+			if p.ctx.Err() != nil {
+				return
+			}
+			priv, pub, err := p.gen(s.spec, p.rand)
+			if err != nil {
+				// Takers fall back to inline generation, which reports
+				// the error to its caller; wait for the next take.
+				break
+			}
+			s.pairs <- Pair{Private: priv, Public: pub}
+		}
+		select {
+		case <-s.wake:
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+// Len is the number of pairs of spec in stock now (for tests and metrics).
+func (p *Pool) Len(spec string) int {
+	if p == nil || p.specs[spec] == nil {
+		return 0
+	}
+	return len(p.specs[spec].pairs)
+}
+
+// Close stops the fillers, waits for them to return and clears the
+// private keys still in stock. Later Takes return ok false. Close is
+// idempotent.
+func (p *Pool) Close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	for _, s := range p.specs {
+		for {
+			select {
+			case pair := <-s.pairs:
+				clear(pair.Private)
+				continue
+			default:
+			}
+			break
+		}
+	}
+}
