@@ -27,7 +27,7 @@ func (s *Service) Sign(ctx context.Context, c *Caller, in *kmsapi.SignRequest) (
 		return nil, internal(err)
 	}
 	defer clear(priv)
-	sig, err := material.Sign(k.KeySpec, priv, alg, input, s.rand)
+	sig, err := material.Sign(k.KeySpec, priv, alg, "RAW", input, s.rand) // EXTERNAL_MU is refused by signingInput
 	if err != nil {
 		return nil, internal(err)
 	}
