@@ -12,8 +12,9 @@ import (
 	"github.com/kmsd/kmsd/internal/policy"
 )
 
-// Sign signs a message (RAW, hashed here with the algorithm's hash) or a
-// digest (DIGEST, never hashed again) with an asymmetric SIGN_VERIFY key.
+// Sign signs a message (RAW, hashed here with the algorithm's hash), a
+// digest (DIGEST, never hashed again) or ML-DSA's μ (EXTERNAL_MU, signed as
+// it is) with an asymmetric SIGN_VERIFY key.
 func (s *Service) Sign(ctx context.Context, c *Caller, in *kmsapi.SignRequest) (*kmsapi.SignResponse, error) {
 	k, alg, input, err := s.signingKey(ctx, c, "kms:Sign", in.KeyId, in.SigningAlgorithm, in.MessageType, in.Message)
 	if err != nil {
@@ -27,7 +28,7 @@ func (s *Service) Sign(ctx context.Context, c *Caller, in *kmsapi.SignRequest) (
 		return nil, internal(err)
 	}
 	defer clear(priv)
-	sig, err := material.Sign(k.KeySpec, priv, alg, input, s.rand)
+	sig, err := material.Sign(k.KeySpec, priv, alg, messageType(in.MessageType), input, s.rand)
 	if err != nil {
 		return nil, internal(err)
 	}
@@ -38,15 +39,12 @@ func (s *Service) Sign(ctx context.Context, c *Caller, in *kmsapi.SignRequest) (
 // §1.4, §5.1): resolve, authorize, state, usage, algorithm, message type
 // and digest length. It returns the key, the algorithm and the input the
 // signature scheme takes.
-func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyID, alg, messageType *string, msg []byte) (*catalog.Key, string, []byte, error) {
+func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyID, alg, mtype *string, msg []byte) (*catalog.Key, string, []byte, error) {
 	k, err := s.resolveCross(ctx, c, *keyID)
 	if err != nil {
 		return nil, "", nil, err
 	}
-	mt := "RAW"
-	if messageType != nil {
-		mt = *messageType
-	}
+	mt := messageType(mtype)
 	if err := s.authorizeKey(ctx, c, action, k, nil, both(aliasKey(*keyID), func(r *policy.Request) {
 		r.Set(policy.KeySigningAlgorithm, *alg)
 		r.Set(policy.KeyMessageType, mt)
@@ -83,16 +81,24 @@ func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyI
 	return k, *alg, input, nil
 }
 
+// messageType is a request's MessageType, RAW when absent.
+func messageType(mt *string) string {
+	if mt == nil {
+		return "RAW"
+	}
+	return *mt
+}
+
 // signingInput turns a Message of MessageType mt into what the signature
 // scheme of alg takes (spec §5.1): RAW is hashed with the algorithm's hash
 // (Ed25519 and ML-DSA take the message itself, and SM2DSA's Z_A-prefixed
 // SM3 is done by the caller, which has the key); DIGEST is taken as it is,
 // after its length is checked; for ED25519_PH_SHA_512 the 64 bytes are the
-// message whose SHA-512 prehash is signed.
+// message whose SHA-512 prehash is signed; EXTERNAL_MU is ML-DSA's μ,
+// taken as it is after its length is checked.
 //
 // [U] AWS's texts for a MessageType the algorithm does not take are not
-// recorded; kmsd's are below. EXTERNAL_MU for ML-DSA is refused: the ML-DSA
-// library kmsd uses cannot sign a precomputed μ.
+// recorded; kmsd's are below.
 func signingInput(alg, mt string, msg []byte) ([]byte, error) {
 	a, _ := keys.Signing(alg)
 	switch mt {
@@ -103,7 +109,7 @@ func signingInput(alg, mt string, msg []byte) ([]byte, error) {
 		if len(msg) != 64 {
 			return nil, exc("ValidationException", "An EXTERNAL_MU message must be 64 bytes long.")
 		}
-		return nil, exc("UnsupportedOperationException", "MessageType EXTERNAL_MU is not supported by kmsd yet.")
+		return msg, nil
 	case "DIGEST":
 		if a.DigestLen == 0 {
 			return nil, exc("ValidationException", "MessageType DIGEST is not valid for signing algorithm "+alg+".")

@@ -201,8 +201,12 @@ func TestSignRefusals(t *testing.T) {
 			"ValidationException", "MessageType EXTERNAL_MU is valid only with signing algorithm ML_DSA_SHAKE_256."},
 		{"external mu of 63 bytes", ml.KeyId, "ML_DSA_SHAKE_256", "EXTERNAL_MU", make([]byte, 63), false,
 			"ValidationException", "An EXTERNAL_MU message must be 64 bytes long."},
-		{"external mu not built", ml.KeyId, "ML_DSA_SHAKE_256", "EXTERNAL_MU", make([]byte, 64), false,
-			"UnsupportedOperationException", "MessageType EXTERNAL_MU is not supported by kmsd yet."},
+		{"external mu of 63 bytes in verify", ml.KeyId, "ML_DSA_SHAKE_256", "EXTERNAL_MU", make([]byte, 63), true,
+			"ValidationException", "An EXTERNAL_MU message must be 64 bytes long."},
+		{"digest with ml-dsa in verify", ml.KeyId, "ML_DSA_SHAKE_256", "DIGEST", d32[:], true,
+			"ValidationException", "MessageType DIGEST is not valid for signing algorithm ML_DSA_SHAKE_256."},
+		{"external mu in verify", ml.KeyId, "ML_DSA_SHAKE_256", "EXTERNAL_MU", make([]byte, 64), true,
+			"UnsupportedOperationException", "Verify with MessageType EXTERNAL_MU is not supported by kmsd yet: verify the signature with MessageType RAW over the message μ was computed from."},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error

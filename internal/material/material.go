@@ -25,9 +25,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/cloudflare/circl/sign/mldsa/mldsa44"
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
-	"github.com/cloudflare/circl/sign/mldsa/mldsa87"
+	"filippo.io/mldsa"
+	"filippo.io/mldsa/mldsacrypto"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	secpecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 	"github.com/emmansun/gmsm/sm2"
@@ -40,6 +39,7 @@ var (
 	ErrSpec      = errors.New("material: unsupported key spec")
 	ErrAlgorithm = errors.New("material: algorithm does not fit the key")
 	ErrKey       = errors.New("material: malformed key material")
+	ErrInput     = errors.New("material: input of the wrong length")
 )
 
 // Object identifiers of the public keys x509 does not know (spec §2.2).
@@ -52,6 +52,15 @@ var (
 		"ML_DSA_87": {2, 16, 840, 1, 101, 3, 4, 3, 19},
 	}
 )
+
+// mldsaParams is the FIPS 204 parameter set of each ML-DSA key spec.
+var mldsaParams = map[string]mldsa.Parameters{
+	"ML_DSA_44": mldsa.MLDSA44(), "ML_DSA_65": mldsa.MLDSA65(), "ML_DSA_87": mldsa.MLDSA87(),
+}
+
+// MessageTypeMu is the MessageType whose input is ML-DSA's external μ
+// (FIPS 204 Alg. 7 line 6) rather than the message; see Sign.
+const MessageTypeMu = "EXTERNAL_MU"
 
 // spki is RFC 5280's SubjectPublicKeyInfo.
 type spki struct {
@@ -153,8 +162,8 @@ func Public(spec string, private []byte) ([]byte, error) {
 	case *secp256k1.PrivateKey:
 		return marshalSPKI(pkix.AlgorithmIdentifier{Algorithm: oidECPublicKey,
 			Parameters: asn1.RawValue{FullBytes: mustOID(oidSecp256k1)}}, k.PubKey().SerializeUncompressed())
-	case mldsaKey:
-		return marshalSPKI(pkix.AlgorithmIdentifier{Algorithm: oidMLDSA[spec]}, k.pub)
+	case *mldsa.PrivateKey:
+		return marshalSPKI(pkix.AlgorithmIdentifier{Algorithm: oidMLDSA[spec]}, k.PublicKey().Bytes())
 	case *sm2.PrivateKey:
 		return smx509.MarshalPKIXPublicKey(&k.PublicKey)
 	case crypto.Signer:
@@ -171,14 +180,9 @@ func mustOID(o asn1.ObjectIdentifier) []byte {
 	return b
 }
 
-// mldsaKey is an ML-DSA private key of any parameter set.
-type mldsaKey struct {
-	sign func(msg []byte) ([]byte, error)
-	pub  []byte
-}
-
 // parse decodes a private encoding: *rsa.PrivateKey, *ecdsa.PrivateKey,
-// ed25519.PrivateKey, *secp256k1.PrivateKey, mldsaKey or *sm2.PrivateKey.
+// ed25519.PrivateKey, *secp256k1.PrivateKey, *mldsa.PrivateKey or
+// *sm2.PrivateKey.
 func parse(spec string, private []byte) (any, error) {
 	switch {
 	case spec == "SM2":
@@ -195,30 +199,13 @@ func parse(spec string, private []byte) (any, error) {
 		}
 		return secp256k1.PrivKeyFromBytes(private), nil
 	case oidMLDSA[spec] != nil:
-		if len(private) != 32 {
-			return nil, ErrKey
+		// filippo.io/mldsa expands the seed ξ as circl, kmsd's library
+		// before it, did (TestMLDSASeedCompat): stored keys keep working.
+		k, err := mldsa.NewPrivateKey(mldsaParams[spec], private)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrKey, err)
 		}
-		seed := (*[32]byte)(private)
-		switch spec {
-		case "ML_DSA_44":
-			p, k := mldsa44.NewKeyFromSeed(seed)
-			return mldsaKey{pub: p.Bytes(), sign: func(m []byte) ([]byte, error) {
-				sig := make([]byte, mldsa44.SignatureSize)
-				return sig, mldsa44.SignTo(k, m, nil, true, sig)
-			}}, nil
-		case "ML_DSA_65":
-			p, k := mldsa65.NewKeyFromSeed(seed)
-			return mldsaKey{pub: p.Bytes(), sign: func(m []byte) ([]byte, error) {
-				sig := make([]byte, mldsa65.SignatureSize)
-				return sig, mldsa65.SignTo(k, m, nil, true, sig)
-			}}, nil
-		default:
-			p, k := mldsa87.NewKeyFromSeed(seed)
-			return mldsaKey{pub: p.Bytes(), sign: func(m []byte) ([]byte, error) {
-				sig := make([]byte, mldsa87.SignatureSize)
-				return sig, mldsa87.SignTo(k, m, nil, true, sig)
-			}}, nil
-		}
+		return k, nil
 	}
 	return nil, fmt.Errorf("%w: %s", ErrSpec, spec)
 }
@@ -226,10 +213,21 @@ func parse(spec string, private []byte) (any, error) {
 // Sign signs input with the private key of spec under signing algorithm
 // alg. input is what the scheme signs: the digest for RSA and ECDSA, the
 // message for Ed25519 and ML-DSA, the SHA-512 prehash for Ed25519ph, e =
-// SM3(Z_A ‖ M) for SM2DSA (see SM2Digest).
-func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader) ([]byte, error) {
+// SM3(Z_A ‖ M) for SM2DSA (see SM2Digest). messageType is the request's
+// MessageType, and matters only as MessageTypeMu: then input is ML-DSA's
+// 64-byte μ, signed as it is (spec §5.1), and any other algorithm is
+// ErrAlgorithm. The signature is the same kind as one over the message:
+// it verifies over M with an empty context.
+//
+// ML-DSA signing is hedged, with randomness filippo.io/mldsa draws from
+// crypto/rand itself: rand is not used for it.
+func Sign(spec string, private []byte, alg, messageType string, input []byte, rand io.Reader) ([]byte, error) {
 	a, ok := keys.Signing(alg)
 	if !ok {
+		return nil, ErrAlgorithm
+	}
+	mu := messageType == MessageTypeMu
+	if mu && a.Scheme != keys.MLDSA {
 		return nil, ErrAlgorithm
 	}
 	k, err := parse(spec, private)
@@ -260,9 +258,15 @@ func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader)
 			defer k.Zero()
 			return signSecp256k1(k, input, rand)
 		}
-	case mldsaKey:
-		if a.Scheme == keys.MLDSA {
-			return k.sign(input)
+	case *mldsa.PrivateKey:
+		switch {
+		case a.Scheme != keys.MLDSA:
+		case !mu:
+			return k.Sign(nil, input, nil) // pure ML-DSA (FIPS 204 Alg. 2), empty context
+		case len(input) != 64:
+			return nil, ErrInput
+		default:
+			return k.Sign(nil, input, mldsacrypto.MLDSAMu)
 		}
 	case *sm2.PrivateKey:
 		if a.Scheme == keys.SM2DSA {
@@ -275,7 +279,9 @@ func Sign(spec string, private []byte, alg string, input []byte, rand io.Reader)
 
 // Verify reports whether sig is a valid signature of input (as for Sign)
 // under the public key public (DER SubjectPublicKeyInfo) of spec. A
-// malformed signature is simply not valid.
+// malformed signature is simply not valid. For ML-DSA input is always the
+// message, never μ: neither filippo.io/mldsa nor circl verifies from μ in
+// its public API.
 func Verify(spec string, public []byte, alg string, input, sig []byte) (bool, error) {
 	a, ok := keys.Signing(alg)
 	if !ok {
@@ -301,26 +307,11 @@ func Verify(spec string, public []byte, alg string, input, sig []byte) (bool, er
 		if a.Scheme != keys.MLDSA {
 			return false, ErrAlgorithm
 		}
-		switch spec {
-		case "ML_DSA_44":
-			var p mldsa44.PublicKey
-			if p.UnmarshalBinary(key) != nil {
-				return false, ErrKey
-			}
-			return mldsa44.Verify(&p, input, nil, sig), nil
-		case "ML_DSA_65":
-			var p mldsa65.PublicKey
-			if p.UnmarshalBinary(key) != nil {
-				return false, ErrKey
-			}
-			return mldsa65.Verify(&p, input, nil, sig), nil
-		default:
-			var p mldsa87.PublicKey
-			if p.UnmarshalBinary(key) != nil {
-				return false, ErrKey
-			}
-			return mldsa87.Verify(&p, input, nil, sig), nil
+		p, err := mldsa.NewPublicKey(mldsaParams[spec], key)
+		if err != nil {
+			return false, fmt.Errorf("%w: %v", ErrKey, err)
 		}
+		return mldsa.Verify(p, input, sig, nil) == nil, nil
 	}
 	pub, err := x509.ParsePKIXPublicKey(public)
 	if err != nil {

@@ -47,7 +47,7 @@ func TestSignVerify(t *testing.T) {
 				if a.Scheme == keys.Ed25519ph {
 					in = digest(crypto.SHA512, digest(crypto.SHA512, msg))
 				}
-				sig, err := Sign(spec, priv, alg, in, rand.Reader)
+				sig, err := Sign(spec, priv, alg, "RAW", in, rand.Reader)
 				if err != nil {
 					t.Fatalf("%s: Sign: %v", alg, err)
 				}
@@ -72,7 +72,7 @@ func TestAlgorithmMismatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Sign("ECC_NIST_P256", priv, "RSASSA_PSS_SHA_256", make([]byte, 32), rand.Reader); !errors.Is(err, ErrAlgorithm) {
+	if _, err := Sign("ECC_NIST_P256", priv, "RSASSA_PSS_SHA_256", "RAW", make([]byte, 32), rand.Reader); !errors.Is(err, ErrAlgorithm) {
 		t.Errorf("Sign with an RSA algorithm on a P-256 key: %v, want ErrAlgorithm", err)
 	}
 }
@@ -179,7 +179,7 @@ func TestSecp256k1SignaturesAreRandomAndNotNormalised(t *testing.T) {
 	digest := make([]byte, 32)
 	high, seen := 0, map[string]bool{}
 	for range 64 {
-		sig, err := Sign("ECC_SECG_P256K1", priv, "ECDSA_SHA_256", digest, rand.Reader)
+		sig, err := Sign("ECC_SECG_P256K1", priv, "ECDSA_SHA_256", "DIGEST", digest, rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}

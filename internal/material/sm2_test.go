@@ -73,7 +73,7 @@ func TestSM2DSA(t *testing.T) {
 	if err != nil || len(e) != 32 {
 		t.Fatalf("SM2Digest: %d bytes, %v", len(e), err)
 	}
-	sig, err := Sign("SM2", priv, "SM2DSA", e, rand.Reader)
+	sig, err := Sign("SM2", priv, "SM2DSA", "DIGEST", e, rand.Reader)
 	if err != nil {
 		t.Fatalf("Sign: %v", err)
 	}
@@ -106,7 +106,7 @@ func TestSM2DSA(t *testing.T) {
 	if ok, _ := Verify("SM2", other, "SM2DSA", e, sig); ok {
 		t.Error("Verify accepted a signature under another key")
 	}
-	if _, err := Sign("SM2", priv, "ECDSA_SHA_256", e, rand.Reader); !errors.Is(err, ErrAlgorithm) {
+	if _, err := Sign("SM2", priv, "ECDSA_SHA_256", "DIGEST", e, rand.Reader); !errors.Is(err, ErrAlgorithm) {
 		t.Errorf("Sign with ECDSA on an SM2 key: %v, want ErrAlgorithm", err)
 	}
 	if _, err := Verify("SM2", pub, "ECDSA_SHA_256", e, sig); !errors.Is(err, ErrAlgorithm) {
