@@ -71,7 +71,7 @@ func BenchmarkSign(b *testing.B) {
 		b.Run(tc.spec, func(b *testing.B) {
 			loop(b, func() error {
 				d := sha256.Sum256(benchMessage)
-				_, err := Sign(tc.spec, private, tc.alg, d[:], rand.Reader)
+				_, err := Sign(tc.spec, private, tc.alg, "DIGEST", d[:], rand.Reader)
 				return err
 			})
 		})
@@ -98,7 +98,7 @@ func BenchmarkVerify(b *testing.B) {
 	spec, alg := "ECC_NIST_P256", "ECDSA_SHA_256"
 	private, public := benchKey(b, spec)
 	d := sha256.Sum256(benchMessage)
-	sig, err := Sign(spec, private, alg, d[:], rand.Reader)
+	sig, err := Sign(spec, private, alg, "DIGEST", d[:], rand.Reader)
 	if err != nil {
 		b.Fatal(err)
 	}
