@@ -289,7 +289,7 @@ func newTestHSMServer(t *testing.T) *hsmServer {
 	ids := fakePrincipals{}
 	for akid, u := range map[string]*kms.Caller{
 		"AKIABOB":   hsmUser(t, "bob", statement("Deny", "*", "")),
-		"AKIACAROL": hsmUser(t, "carol", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["cloudhsm:DescribeClusters","cloudhsm:DeleteCluster"],"Resource":"*"}]}`),
+		"AKIACAROL": hsmUser(t, "carol", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["cloudhsm:DescribeClusters","cloudhsm:DeleteCluster","cloudhsm:GetResourcePolicy"],"Resource":"*"}]}`),
 	} {
 		ids[akid] = &identity.Identity{AccessKeyID: akid, Principal: u.Principal, Policies: u.Policies}
 	}
@@ -321,7 +321,8 @@ func TestServeCloudHSMAuthorization(t *testing.T) {
 		{"validation before authorization", "AKIABOB", "DeleteCluster", `{}`, 400, "ValidationException", ""},
 		{"unsupported op, denied", "AKIABOB", "ModifyCluster", `{"ClusterId":"` + hsmTestCluster + `"}`, 400, "AccessDeniedException", "cloudhsm:ModifyCluster on resource: * with an explicit deny"},
 		{"unsupported op, not allowed", "AKIACAROL", "RestoreBackup", `{"BackupId":"backup-abcdefghijk"}`, 400, "AccessDeniedException", "because no identity-based policy allows the cloudhsm:RestoreBackup action"},
-		{"unsupported op without an action", "AKIABOB", "GetResourcePolicy", `{}`, 400, "CloudHsmServiceException", "kmsd does not support GetResourcePolicy."},
+		{"unsupported resource-policy op, denied", "AKIABOB", "GetResourcePolicy", `{}`, 400, "AccessDeniedException", "cloudhsm:GetResourcePolicy on resource: * with an explicit deny"},
+		{"unsupported op, allowed", "AKIACAROL", "GetResourcePolicy", `{}`, 400, "CloudHsmServiceException", "kmsd does not support GetResourcePolicy."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
