@@ -8,8 +8,8 @@
 // written, of the AES-GCM instances of opened key material, and of the
 // decoded private and public keys of asymmetric and HMAC keys (Parsed), so
 // the hot paths (Encrypt, Decrypt, Sign, GenerateMac, …) touch no storage
-// and unseal nothing. The cache assumes this
-// process is the only writer; a multi-node driver must invalidate it.
+// and unseal nothing. The cache assumes this process is the only writer; a
+// multi-node driver must invalidate it.
 package catalog
 
 import (

@@ -30,8 +30,10 @@ type parsedEntry struct {
 // must copy what it keeps) or, with public, of the clear public key. The
 // result is kept in memory, never stored, while k is the key's current
 // record: an update, a deletion or any other change of the record drops
-// it, so a disabled or deleted key's material does not outlive the call
-// that changed it. Callers check the key's state before use, as for AEAD.
+// it, so the cache lets go of a disabled or deleted key's material in the
+// call that changed the key (calls already past their checks finish with
+// it; then it is garbage, which Go frees but does not overwrite). Callers
+// check the key's state before use, as for AEAD.
 // At most SetParsedLimit entries are kept; beyond, one is evicted at
 // random per insertion. A value must be safe for concurrent use.
 func (c *Catalog) Parsed(k *Key, v uint32, public bool, parse func(b []byte) (any, error)) (any, error) {
