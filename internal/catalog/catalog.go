@@ -5,9 +5,11 @@
 // value moved to another record does not open.
 //
 // The catalog keeps a write-through cache of every record it has read or
-// written, and of the AES-GCM instances of opened key material, so the hot
-// path (Encrypt, Decrypt) touches no storage. The cache assumes this
-// process is the only writer; a multi-node driver must invalidate it.
+// written, of the AES-GCM instances of opened key material, and of the
+// decoded private and public keys of asymmetric and HMAC keys (Parsed), so
+// the hot paths (Encrypt, Decrypt, Sign, GenerateMac, …) touch no storage
+// and unseal nothing. The cache assumes this process is the only writer; a
+// multi-node driver must invalidate it.
 package catalog
 
 import (
@@ -103,6 +105,9 @@ type Catalog struct {
 	keys    map[string]*Key        // by key id
 	aliases map[string]*Alias      // by aliasKey
 	aeads   map[string]cipher.AEAD // by material AAD
+	parsed  map[parsedKey]parsedEntry
+	// parsedLimit bounds len(parsed).
+	parsedLimit int
 	// writeMu serialises read-modify-write updates so the cache and the
 	// store never diverge.
 	writeMu sync.Mutex
@@ -116,6 +121,9 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 		keys:    map[string]*Key{},
 		aliases: map[string]*Alias{},
 		aeads:   map[string]cipher.AEAD{},
+		parsed:  map[parsedKey]parsedEntry{},
+
+		parsedLimit: DefaultParsedLimit,
 	}
 }
 
@@ -223,6 +231,7 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 	}
 	c.mu.Lock()
 	c.keys[id] = next
+	c.forgetParsed(cur)
 	c.mu.Unlock()
 	return next, nil
 }
@@ -266,6 +275,7 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 	for _, v := range k.Versions {
 		delete(c.aeads, materialAAD(id, v.Number))
 	}
+	c.forgetParsed(k)
 	c.mu.Unlock()
 	return nil
 }

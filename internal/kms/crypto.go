@@ -175,12 +175,11 @@ func (s *Service) openAsymmetric(ctx context.Context, c *Caller, action string, 
 	if kmsdBlob {
 		return nil, errIncorrectKey
 	}
-	priv, err := s.cat.Material(k, k.Current)
+	priv, err := s.privateKey(k)
 	if err != nil {
 		return nil, internal(err)
 	}
-	defer clear(priv)
-	pt, err := material.Decrypt(k.KeySpec, priv, *alg, ct)
+	pt, err := priv.Decrypt(*alg, ct)
 	if errors.Is(err, material.ErrCiphertext) {
 		return nil, errCiphertext
 	}
@@ -191,6 +190,34 @@ func (s *Service) openAsymmetric(ctx context.Context, c *Caller, action string, 
 		return nil, internal(err)
 	}
 	return pt, nil
+}
+
+// privateKey returns the decoded private key (or HMAC key) of k's current
+// version. The catalog decodes it once per record and keeps it in memory
+// while k is the key's current record; callers check k's state first.
+func (s *Service) privateKey(k *catalog.Key) (*material.Key, error) {
+	v, err := s.cat.Parsed(k, k.Current, catalog.Private, func(b []byte) (any, error) {
+		return material.ParseKey(k.KeySpec, b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*material.Key), nil
+}
+
+// publicKey returns the decoded public key of k's current version, cached
+// as privateKey's.
+func (s *Service) publicKey(k *catalog.Key) (*material.PublicKey, error) {
+	v, err := s.cat.Parsed(k, k.Current, catalog.Public, func(b []byte) (any, error) {
+		return material.ParsePublic(k.KeySpec, b)
+	})
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, errNoPublicKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v.(*material.PublicKey), nil
 }
 
 var errIncorrectKey = kmsapi.NewException("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation.")

@@ -32,14 +32,13 @@ func (s *Service) DeriveSharedSecret(ctx context.Context, c *Caller, in *kmsapi.
 	if in.Recipient != nil {
 		return nil, exc("UnsupportedOperationException", "Recipient (Nitro Enclaves attestation) is not supported by kmsd.")
 	}
-	priv, err := s.cat.Material(k, k.Current)
+	priv, err := s.privateKey(k)
 	if err != nil {
 		return nil, internal(err)
 	}
-	defer clear(priv)
 	// The peer key is checked before DryRun; deriving is cheap, so it is
 	// done here and its result dropped under DryRun.
-	z, err := material.ECDH(k.KeySpec, priv, in.PublicKey)
+	z, err := priv.ECDH(in.PublicKey)
 	switch {
 	case errors.Is(err, material.ErrPeerKey):
 		return nil, exc("ValidationException", "") // AWS sends no message [S]

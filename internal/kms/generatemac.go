@@ -7,7 +7,6 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
-	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/policy"
 )
 
@@ -45,12 +44,11 @@ func (s *Service) mac(ctx context.Context, c *Caller, action, keyID, alg string,
 	if err := dryRun(dry); err != nil {
 		return nil, nil, err
 	}
-	key, err := s.cat.Material(k, k.Current)
+	key, err := s.privateKey(k)
 	if err != nil {
 		return nil, nil, internal(err)
 	}
-	defer clear(key)
-	mac, err := material.MAC(alg, key, msg)
+	mac, err := key.MAC(alg, msg)
 	if err != nil {
 		return nil, nil, internal(err)
 	}

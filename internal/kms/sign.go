@@ -23,12 +23,11 @@ func (s *Service) Sign(ctx context.Context, c *Caller, in *kmsapi.SignRequest) (
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	priv, err := s.cat.Material(k, k.Current)
+	priv, err := s.privateKey(k)
 	if err != nil {
 		return nil, internal(err)
 	}
-	defer clear(priv)
-	sig, err := material.Sign(k.KeySpec, priv, alg, messageType(in.MessageType), input, s.rand)
+	sig, err := priv.Sign(alg, messageType(in.MessageType), input, s.rand)
 	if err != nil {
 		return nil, internal(err)
 	}

@@ -34,11 +34,11 @@ func (s *Service) Verify(ctx context.Context, c *Caller, in *kmsapi.VerifyReques
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	v := k.Version(k.Current)
-	if v == nil || v.Public == nil {
-		return nil, internal(errNoPublicKey)
+	pub, err := s.publicKey(k)
+	if err != nil {
+		return nil, internal(err)
 	}
-	ok, err := material.Verify(k.KeySpec, v.Public, alg, input, in.Signature)
+	ok, err := pub.Verify(alg, input, in.Signature)
 	if err != nil {
 		return nil, internal(err)
 	}

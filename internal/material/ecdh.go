@@ -1,8 +1,6 @@
 package material
 
 import (
-	"crypto/ecdsa"
-	"crypto/x509"
 	"errors"
 )
 
@@ -16,35 +14,12 @@ var (
 // spec and a peer's public key (DER SubjectPublicKeyInfo): the raw
 // x-coordinate Z of d·Q, fixed length, no KDF (spec §5.6).
 func ECDH(spec string, private, peer []byte) ([]byte, error) {
-	if spec == "SM2" {
-		return ecdhSM2(private, peer)
-	}
-	if nistCurves[spec] == nil {
+	if spec != "SM2" && nistCurves[spec] == nil {
 		return nil, ErrSpec
 	}
-	k, err := parse(spec, private)
+	k, err := ParseKey(spec, private)
 	if err != nil {
 		return nil, err
 	}
-	priv, ok := k.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, ErrKey
-	}
-	pub, err := x509.ParsePKIXPublicKey(peer)
-	if err != nil {
-		return nil, ErrPeerKey
-	}
-	p, ok := pub.(*ecdsa.PublicKey)
-	if !ok || p.Curve != priv.Curve {
-		return nil, ErrPeerCurve
-	}
-	ep, err := p.ECDH()
-	if err != nil {
-		return nil, ErrPeerCurve
-	}
-	ek, err := priv.ECDH()
-	if err != nil {
-		return nil, err
-	}
-	return ek.ECDH(ep)
+	return k.ECDH(peer)
 }

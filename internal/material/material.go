@@ -26,9 +26,7 @@ import (
 	"io"
 
 	"filippo.io/mldsa"
-	"filippo.io/mldsa/mldsacrypto"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
-	secpecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 	"github.com/emmansun/gmsm/sm2"
 	"github.com/emmansun/gmsm/smx509"
 	"github.com/kmsd/kmsd/internal/keys"
@@ -222,59 +220,15 @@ func parse(spec string, private []byte) (any, error) {
 // ML-DSA signing is hedged, with randomness filippo.io/mldsa draws from
 // crypto/rand itself: rand is not used for it.
 func Sign(spec string, private []byte, alg, messageType string, input []byte, rand io.Reader) ([]byte, error) {
-	a, ok := keys.Signing(alg)
-	if !ok {
+	if _, ok := keys.Signing(alg); !ok {
 		return nil, ErrAlgorithm
 	}
-	mu := messageType == MessageTypeMu
-	if mu && a.Scheme != keys.MLDSA {
-		return nil, ErrAlgorithm
-	}
-	k, err := parse(spec, private)
+	k, err := ParseKey(spec, private)
 	if err != nil {
 		return nil, err
 	}
-	switch k := k.(type) {
-	case *rsa.PrivateKey:
-		switch a.Scheme {
-		case keys.PKCS1v15:
-			return rsa.SignPKCS1v15(rand, k, a.Hash, input)
-		case keys.PSS:
-			return rsa.SignPSS(rand, k, a.Hash, input, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.Hash})
-		}
-	case *ecdsa.PrivateKey:
-		if a.Scheme == keys.ECDSA {
-			return ecdsa.SignASN1(rand, k, input)
-		}
-	case ed25519.PrivateKey:
-		switch a.Scheme {
-		case keys.Ed25519:
-			return k.Sign(nil, input, &ed25519.Options{})
-		case keys.Ed25519ph:
-			return k.Sign(nil, input, &ed25519.Options{Hash: crypto.SHA512})
-		}
-	case *secp256k1.PrivateKey:
-		if a.Scheme == keys.ECDSA {
-			defer k.Zero()
-			return signSecp256k1(k, input, rand)
-		}
-	case *mldsa.PrivateKey:
-		switch {
-		case a.Scheme != keys.MLDSA:
-		case !mu:
-			return k.Sign(nil, input, nil) // pure ML-DSA (FIPS 204 Alg. 2), empty context
-		case len(input) != 64:
-			return nil, ErrInput
-		default:
-			return k.Sign(nil, input, mldsacrypto.MLDSAMu)
-		}
-	case *sm2.PrivateKey:
-		if a.Scheme == keys.SM2DSA {
-			// input is e = SM3(Z_A ‖ M), signed as it is (no opts).
-			return sm2.SignASN1(rand, k, input, nil)
-		}
-	}
-	return nil, ErrAlgorithm
+	defer k.zero()
+	return k.Sign(alg, messageType, input, rand)
 }
 
 // Verify reports whether sig is a valid signature of input (as for Sign)
@@ -283,61 +237,14 @@ func Sign(spec string, private []byte, alg, messageType string, input []byte, ra
 // message, never μ: neither filippo.io/mldsa nor circl verifies from μ in
 // its public API.
 func Verify(spec string, public []byte, alg string, input, sig []byte) (bool, error) {
-	a, ok := keys.Signing(alg)
-	if !ok {
+	if _, ok := keys.Signing(alg); !ok {
 		return false, ErrAlgorithm
 	}
-	if spec == "SM2" {
-		return verifySM2(public, alg, input, sig)
-	}
-	if spec == "ECC_SECG_P256K1" || oidMLDSA[spec] != nil {
-		var info spki
-		if rest, err := asn1.Unmarshal(public, &info); err != nil || len(rest) != 0 {
-			return false, ErrKey
-		}
-		key := info.PublicKey.RightAlign()
-		if spec == "ECC_SECG_P256K1" {
-			p, err := secp256k1.ParsePubKey(key)
-			if err != nil || a.Scheme != keys.ECDSA {
-				return false, ErrKey
-			}
-			s, err := secpecdsa.ParseDERSignature(sig)
-			return err == nil && s.Verify(input, p), nil
-		}
-		if a.Scheme != keys.MLDSA {
-			return false, ErrAlgorithm
-		}
-		p, err := mldsa.NewPublicKey(mldsaParams[spec], key)
-		if err != nil {
-			return false, fmt.Errorf("%w: %v", ErrKey, err)
-		}
-		return mldsa.Verify(p, input, sig, nil) == nil, nil
-	}
-	pub, err := x509.ParsePKIXPublicKey(public)
+	p, err := ParsePublic(spec, public)
 	if err != nil {
-		return false, fmt.Errorf("%w: %v", ErrKey, err)
+		return false, err
 	}
-	switch p := pub.(type) {
-	case *rsa.PublicKey:
-		switch a.Scheme {
-		case keys.PKCS1v15:
-			return rsa.VerifyPKCS1v15(p, a.Hash, input, sig) == nil, nil
-		case keys.PSS:
-			return rsa.VerifyPSS(p, a.Hash, input, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.Hash}) == nil, nil
-		}
-	case *ecdsa.PublicKey:
-		if a.Scheme == keys.ECDSA {
-			return ecdsa.VerifyASN1(p, input, sig), nil
-		}
-	case ed25519.PublicKey:
-		switch a.Scheme {
-		case keys.Ed25519:
-			return ed25519.VerifyWithOptions(p, input, sig, &ed25519.Options{}) == nil, nil
-		case keys.Ed25519ph:
-			return ed25519.VerifyWithOptions(p, input, sig, &ed25519.Options{Hash: crypto.SHA512}) == nil, nil
-		}
-	}
-	return false, ErrAlgorithm
+	return p.Verify(alg, input, sig)
 }
 
 // MAC computes HMAC (RFC 2104) of msg under key with MAC algorithm alg.

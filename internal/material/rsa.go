@@ -52,21 +52,12 @@ var ErrDecrypt = fmt.Errorf("material: asymmetric decryption failed")
 // DecryptOAEP decrypts a raw RSAES-OAEP ciphertext with the private
 // encoding of an RSA key of spec.
 func DecryptOAEP(spec string, private []byte, alg string, ciphertext []byte) ([]byte, error) {
-	h := keys.EncryptionHash(alg)
-	if h == 0 || rsaBits[spec] == 0 {
+	if keys.EncryptionHash(alg) == 0 || rsaBits[spec] == 0 {
 		return nil, ErrAlgorithm
 	}
-	k, err := parse(spec, private)
+	k, err := ParseKey(spec, private)
 	if err != nil {
 		return nil, err
 	}
-	priv, ok := k.(*rsa.PrivateKey)
-	if !ok {
-		return nil, ErrKey
-	}
-	pt, err := rsa.DecryptOAEP(h.New(), nil, priv, ciphertext, nil)
-	if err != nil {
-		return nil, ErrDecrypt
-	}
-	return pt, nil
+	return k.Decrypt(alg, ciphertext)
 }

@@ -90,18 +90,6 @@ func SM2Digest(public, msg []byte) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// verifySM2 checks an SM2DSA signature (DER SEQUENCE{r, s}) of digest e.
-func verifySM2(public []byte, alg string, e, sig []byte) (bool, error) {
-	if alg != "SM2DSA" {
-		return false, ErrAlgorithm
-	}
-	pub, ok := parseSM2Public(public)
-	if !ok {
-		return false, ErrKey
-	}
-	return sm2.VerifyASN1(pub, e, sig), nil
-}
-
 // encryptSM2 is SM2 public-key encryption (GB/T 32918.4) with its output
 // in the GM/T 0009 ASN.1 form SEQUENCE{x, y, C3 hash, C2 ciphertext}, the
 // C1C3C2 order in DER. [U] AWS documents only "SM2PKE"; DER is what
@@ -133,47 +121,6 @@ func sm2WellFormed(ct []byte) bool {
 			c.X.Sign() >= 0 && c.Y.Sign() >= 0
 	}
 	return len(ct) > 1+64+32 && ct[0] == 0x04
-}
-
-func decryptSM2(private, ct []byte) ([]byte, error) {
-	if !sm2WellFormed(ct) {
-		return nil, ErrCiphertext
-	}
-	k, err := parseSM2(private)
-	if err != nil {
-		return nil, err
-	}
-	pt, err := sm2.Decrypt(k, ct)
-	if err != nil {
-		return nil, ErrDecrypt
-	}
-	return pt, nil
-}
-
-// ecdhSM2 is ECDH on the SM2 curve, as for the NIST curves (spec §5.6): the
-// raw 32-byte x-coordinate of d·Q, no KDF, no SM2 key-exchange protocol.
-func ecdhSM2(private, peer []byte) ([]byte, error) {
-	k, err := parseSM2(private)
-	if err != nil {
-		return nil, err
-	}
-	p, err := smx509.ParsePKIXPublicKey(peer)
-	if err != nil {
-		return nil, ErrPeerKey
-	}
-	pub, ok := p.(*ecdsa.PublicKey)
-	if !ok || !sm2.IsSM2PublicKey(pub) {
-		return nil, ErrPeerCurve
-	}
-	ep, err := sm2.PublicKeyToECDH(pub)
-	if err != nil {
-		return nil, ErrPeerCurve
-	}
-	ek, err := k.ECDH()
-	if err != nil {
-		return nil, err
-	}
-	return ek.ECDH(ep)
 }
 
 // EncryptLimit is the longest plaintext encryption algorithm alg
@@ -210,7 +157,14 @@ func Decrypt(spec string, private []byte, alg string, ct []byte) ([]byte, error)
 		if alg != "SM2PKE" {
 			return nil, ErrAlgorithm
 		}
-		return decryptSM2(private, ct)
+		if !sm2WellFormed(ct) {
+			return nil, ErrCiphertext
+		}
+		k, err := ParseKey(spec, private)
+		if err != nil {
+			return nil, err
+		}
+		return k.Decrypt(alg, ct)
 	}
 	if len(ct) != ModulusLen(spec) {
 		return nil, ErrCiphertext
