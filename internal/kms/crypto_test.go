@@ -28,19 +28,21 @@ func TestDecodedKeysFollowRecords(t *testing.T) {
 	}
 	macID, signID := create("HMAC_256", "GENERATE_VERIFY_MAC"), create("ECC_NIST_P256", "SIGN_VERIFY")
 	msg, macAlg, signAlg := []byte("message"), kmsapi.String("HMAC_SHA_256"), kmsapi.String("ECDSA_SHA_256")
+	// A Caller belongs to one request: each call gets its own copy.
+	caller := func() *Caller { c := *f.caller; c.Resources = nil; return &c }
 	mac := func() ([]byte, error) {
-		out, err := f.svc.GenerateMac(ctx, f.caller, &kmsapi.GenerateMacRequest{KeyId: &macID, Message: msg, MacAlgorithm: macAlg})
+		out, err := f.svc.GenerateMac(ctx, caller(), &kmsapi.GenerateMacRequest{KeyId: &macID, Message: msg, MacAlgorithm: macAlg})
 		if err != nil {
 			return nil, err
 		}
 		return out.Mac, nil
 	}
 	signVerify := func() error {
-		out, err := f.svc.Sign(ctx, f.caller, &kmsapi.SignRequest{KeyId: &signID, Message: msg, SigningAlgorithm: signAlg})
+		out, err := f.svc.Sign(ctx, caller(), &kmsapi.SignRequest{KeyId: &signID, Message: msg, SigningAlgorithm: signAlg})
 		if err != nil {
 			return err
 		}
-		_, err = f.svc.Verify(ctx, f.caller, &kmsapi.VerifyRequest{KeyId: &signID, Message: msg, SigningAlgorithm: signAlg, Signature: out.Signature})
+		_, err = f.svc.Verify(ctx, caller(), &kmsapi.VerifyRequest{KeyId: &signID, Message: msg, SigningAlgorithm: signAlg, Signature: out.Signature})
 		return err
 	}
 	want, err := mac()
@@ -68,7 +70,7 @@ func TestDecodedKeysFollowRecords(t *testing.T) {
 	for i := 0; i < 25; i++ {
 		for _, id := range []string{macID, signID} {
 			d := fmt.Sprint("description ", i)
-			if _, err := f.svc.UpdateKeyDescription(ctx, f.caller, &kmsapi.UpdateKeyDescriptionRequest{KeyId: &id, Description: &d}); err != nil {
+			if _, err := f.svc.UpdateKeyDescription(ctx, caller(), &kmsapi.UpdateKeyDescriptionRequest{KeyId: &id, Description: &d}); err != nil {
 				t.Fatal(err)
 			}
 		}
