@@ -29,7 +29,9 @@ func TestGenerateDataKeyPairPool(t *testing.T) {
 			sym := f.createKey(t)
 			spec := "RSA_2048"
 			call := func() []byte {
-				out, err := f.svc.GenerateDataKeyPairWithoutPlaintext(ctx, f.caller, &kmsapi.GenerateDataKeyPairWithoutPlaintextRequest{KeyId: &sym, KeyPairSpec: &spec})
+				c := *f.caller // a Caller belongs to one request
+				c.Resources = nil
+				out, err := f.svc.GenerateDataKeyPairWithoutPlaintext(ctx, &c, &kmsapi.GenerateDataKeyPairWithoutPlaintextRequest{KeyId: &sym, KeyPairSpec: &spec})
 				if err != nil {
 					t.Error(err)
 					return nil
