@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every kmsd test on this machine, installing what the tests use when
 # it is absent: a C toolchain for cgo and -race (gcc, libc6-dev), Debian's
-# aws CLI v2 (awscli), boto3 (python3-boto3), SoftHSM2 and OpenSC
+# aws CLI v2 (awscli), boto3 (python3-boto3), Python's cryptography (the
+# key-type tests' third oracle), SoftHSM2 and OpenSC
 # (pkcs11-tool), curl, and staticcheck from the Go module proxy. Exits
 # non-zero on any failure.
 set -euo pipefail
@@ -11,6 +12,7 @@ need=()
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 [ -x /usr/bin/aws ] || need+=(awscli)
 /usr/bin/python3 -c 'import boto3' 2>/dev/null || need+=(python3-boto3)
+/usr/bin/python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v curl >/dev/null || need+=(curl)
