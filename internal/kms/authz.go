@@ -265,7 +265,13 @@ func authorizeStore(s *Service, c *Caller, action, resource, resourceAccount str
 	if resource == "" {
 		resource = "*"
 	}
-	r := s.request(c, action, resource)
+	return decideStore(c, s.request(c, action, resource), resourceAccount)
+}
+
+// decideStore is the StoreScope decision of a built request: never across
+// accounts, trusted callers allowed in their own, else identity policies
+// (and session policies) alone.
+func decideStore(c *Caller, r *policy.Request, resourceAccount string) error {
 	if resourceAccount != "" && resourceAccount != c.Account {
 		return accessDenied(r, policy.NoIAMAllows)
 	}

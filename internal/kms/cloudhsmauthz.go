@@ -56,14 +56,5 @@ func (s *Service) AuthorizeCloudHSM(c *Caller, r CloudHSMRequest) error {
 		sort.Strings(keys)
 		req.Set(policy.KeyTagKeys, keys...)
 	}
-	if r.ResourceAccount != "" && r.ResourceAccount != c.Account {
-		return accessDenied(req, policy.NoIAMAllows)
-	}
-	if c.Trusted {
-		return nil
-	}
-	if ok, reason := policy.DecideIAMOnly(c.identity(), req); !ok {
-		return accessDenied(req, reason)
-	}
-	return nil
+	return decideStore(c, req, r.ResourceAccount)
 }

@@ -41,15 +41,6 @@ func (s *Service) GetPublicKey(ctx context.Context, c *Caller, in *kmsapi.GetPub
 		KeySpec:               kmsapi.String(k.KeySpec),
 		KeyUsage:              kmsapi.String(k.KeyUsage),
 	}
-	info, _ := keys.Spec(k.KeySpec)
-	algs := slices.Clone(info.Algorithms(k.KeyUsage))
-	switch k.KeyUsage {
-	case keys.EncryptDecrypt:
-		out.EncryptionAlgorithms = algs
-	case keys.SignVerify:
-		out.SigningAlgorithms = algs
-	case keys.KeyAgreement:
-		out.KeyAgreementAlgorithms = algs
-	}
+	out.EncryptionAlgorithms, out.SigningAlgorithms, _, out.KeyAgreementAlgorithms = algorithmLists(k)
 	return out, nil
 }

@@ -25,23 +25,29 @@ func metadata(k *catalog.Key) *kmsapi.KeyMetadata {
 		KeySpec:               kmsapi.String(k.KeySpec),
 		MultiRegion:           kmsapi.Bool(false),
 	}
-	// Exactly one algorithm list, the one of the key's usage (spec §4).
-	info, _ := keys.Spec(k.KeySpec)
-	algs := slices.Clone(info.Algorithms(k.KeyUsage))
-	switch k.KeyUsage {
-	case keys.EncryptDecrypt:
-		m.EncryptionAlgorithms = algs
-	case keys.SignVerify:
-		m.SigningAlgorithms = algs
-	case keys.GenerateVerifyMAC:
-		m.MacAlgorithms = algs
-	case keys.KeyAgreement:
-		m.KeyAgreementAlgorithms = algs
-	}
+	m.EncryptionAlgorithms, m.SigningAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = algorithmLists(k)
 	if k.DeletionDate != nil {
 		// PendingDeletionWindowInDays is only for multi-Region primary
 		// keys in PendingReplicaDeletion, which kmsd does not have.
 		m.DeletionDate = kmsapi.NewTime(*k.DeletionDate)
 	}
 	return m
+}
+
+// algorithmLists gives exactly one algorithm list, the one of the key's
+// usage (spec §4); the others are nil, so they are left out of the JSON.
+func algorithmLists(k *catalog.Key) (encryption, signing, mac, agreement []string) {
+	info, _ := keys.Spec(k.KeySpec)
+	algs := slices.Clone(info.Algorithms(k.KeyUsage))
+	switch k.KeyUsage {
+	case keys.EncryptDecrypt:
+		encryption = algs
+	case keys.SignVerify:
+		signing = algs
+	case keys.GenerateVerifyMAC:
+		mac = algs
+	case keys.KeyAgreement:
+		agreement = algs
+	}
+	return
 }
