@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"testing"
 
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -31,15 +33,6 @@ func TestGenerateDataKeyPair(t *testing.T) {
 			if *out.KeyPairSpec != spec || *out.KeyId != "arn:aws:kms:us-east-1:111122223333:key/"+sym {
 				t.Errorf("KeyPairSpec %s, KeyId %s", *out.KeyPairSpec, *out.KeyId)
 			}
-			if spec == "ECC_SECG_P256K1" {
-				// The signing path of package material proves the pair.
-				t.Skip("x509 cannot parse secp256k1; material's tests check the pair")
-			}
-			k, err := x509.ParsePKCS8PrivateKey(out.PrivateKeyPlaintext)
-			if err != nil {
-				t.Fatalf("PrivateKeyPlaintext is not PKCS #8: %v", err)
-			}
-			signer := k.(crypto.Signer)
 			d := sha256.Sum256([]byte("pair"))
 			alg, in := "ECDSA_SHA_256", d[:]
 			var opts crypto.SignerOpts = crypto.SHA256
@@ -49,7 +42,19 @@ func TestGenerateDataKeyPair(t *testing.T) {
 			case "ECC_NIST_EDWARDS25519":
 				alg, in, opts = "ED25519_SHA_512", []byte("pair"), crypto.Hash(0)
 			}
-			sig, err := signer.Sign(rand.Reader, in, opts)
+			var sig []byte
+			if spec == "ECC_SECG_P256K1" {
+				// x509 does not know the curve: read the scalar out of the
+				// PKCS #8 ECPrivateKey and sign with it through package
+				// material.
+				sig, err = signSecp256k1PKCS8(out.PrivateKeyPlaintext, d[:])
+			} else {
+				var k any
+				if k, err = x509.ParsePKCS8PrivateKey(out.PrivateKeyPlaintext); err != nil {
+					t.Fatalf("PrivateKeyPlaintext is not PKCS #8: %v", err)
+				}
+				sig, err = k.(crypto.Signer).Sign(rand.Reader, in, opts)
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -68,6 +73,29 @@ func TestGenerateDataKeyPair(t *testing.T) {
 			}
 		})
 	}
+}
+
+// signSecp256k1PKCS8 signs digest with the secp256k1 key inside a PKCS #8
+// PrivateKeyInfo holding an RFC 5915 ECPrivateKey.
+func signSecp256k1PKCS8(pkcs8, digest []byte) ([]byte, error) {
+	var info struct {
+		Version    int
+		Algorithm  pkix.AlgorithmIdentifier
+		PrivateKey []byte
+	}
+	if _, err := asn1.Unmarshal(pkcs8, &info); err != nil {
+		return nil, err
+	}
+	var ec struct {
+		Version    int
+		PrivateKey []byte
+		Params     asn1.ObjectIdentifier `asn1:"optional,explicit,tag:0"`
+		PublicKey  asn1.BitString        `asn1:"optional,explicit,tag:1"`
+	}
+	if _, err := asn1.Unmarshal(info.PrivateKey, &ec); err != nil {
+		return nil, err
+	}
+	return material.Sign("ECC_SECG_P256K1", ec.PrivateKey, "ECDSA_SHA_256", "DIGEST", digest, rand.Reader)
 }
 
 func TestGenerateDataKeyPairRefusals(t *testing.T) {
