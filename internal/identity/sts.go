@@ -19,8 +19,6 @@ const (
 	keyRoleSessionName   = "sts:RoleSessionName"
 	keyStsSourceIdentity = "sts:SourceIdentity"
 	keyTransitiveTagKeys = "sts:TransitiveTagKeys"
-	keyRequestTagPrefix  = "aws:RequestTag/"
-	keyTagKeys           = "aws:TagKeys"
 )
 
 // STS quotas, as AWS documents them.
@@ -443,10 +441,10 @@ func (s *Store) trustRequest(caller *Identity, in *AssumeRoleInput, sourceIdenti
 	}
 	keys := make([]string, 0, len(in.Tags))
 	for _, t := range in.Tags {
-		req.Set(keyRequestTagPrefix+t.Key, t.Value)
+		req.Set(policy.KeyRequestTagPrefix+t.Key, t.Value)
 		keys = append(keys, t.Key)
 	}
-	req.Set(keyTagKeys, keys...)
+	req.Set(policy.KeyTagKeys, keys...)
 	req.Set(keyTransitiveTagKeys, in.TransitiveTagKeys...)
 	return req
 }
