@@ -83,9 +83,13 @@ func (p *Pool) Take(spec string) (pair Pair, ok bool) {
 		return Pair{}, false
 	}
 	if !s.started {
+		// The first demand starts the filler; the stock was empty until
+		// now, so this caller generates its own pair.
 		s.started = true
 		p.wg.Add(1)
 		go p.fill(s)
+		p.mu.Unlock()
+		return Pair{}, false
 	}
 	p.mu.Unlock()
 	select {
