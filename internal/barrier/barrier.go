@@ -22,7 +22,9 @@ package barrier
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -55,6 +57,9 @@ type Barrier struct {
 	aead cipher.AEAD
 	term uint32
 	rand io.Reader
+	// derive is the HKDF pseudorandom key of the root key, from which
+	// Derive makes purpose-bound secrets.
+	derive []byte
 }
 
 // Option configures a Barrier.
@@ -81,7 +86,11 @@ func New(rootKey []byte, opts ...Option) (*Barrier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("barrier: %w", err)
 	}
-	b := &Barrier{aead: aead, term: currentTerm, rand: rand.Reader}
+	prk, err := hkdf.Extract(sha256.New, rootKey, []byte("kmsd barrier derive v1"))
+	if err != nil {
+		return nil, fmt.Errorf("barrier: %w", err)
+	}
+	b := &Barrier{aead: aead, term: currentTerm, rand: rand.Reader, derive: prk}
 	for _, opt := range opts {
 		opt(b)
 	}
@@ -153,4 +162,17 @@ func additionalData(version byte, term uint32, aad string) []byte {
 	ad = binary.BigEndian.AppendUint32(ad, term)
 	ad = binary.BigEndian.AppendUint32(ad, uint32(len(aad)))
 	return append(ad, aad...)
+}
+
+// Derive returns a 32-byte secret bound to the root key and to purpose
+// (HKDF-SHA256 expand), for keyed derivations that must be stable for the
+// deployment — key-material ids, working keys of imported material —
+// without storing another secret. Distinct purposes give independent
+// secrets; the caller clears the result after use.
+func (b *Barrier) Derive(purpose string) []byte {
+	out, err := hkdf.Expand(sha256.New, b.derive, purpose, 32)
+	if err != nil {
+		panic("barrier: derive: " + err.Error()) // only for lengths HKDF refuses
+	}
+	return out
 }

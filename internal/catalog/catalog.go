@@ -16,10 +16,14 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +53,10 @@ type Version struct {
 	// material, kept in clear to answer GetPublicKey and Verify without
 	// unsealing.
 	Public []byte `json:"public,omitempty"`
+	// MaterialID is the version's KeyMaterialId (64 lowercase hex),
+	// Catalog.MaterialID of the key id and the material; empty in records
+	// written before kmsd had it.
+	MaterialID string `json:"mid,omitempty"`
 }
 
 // Rotation records one completed rotation.
@@ -85,6 +93,38 @@ type Key struct {
 
 // ARN is the key's ARN.
 func (k *Key) ARN() string { return keys.KeyARN(k.Region, k.Account, k.ID) }
+
+// Name is the catalog's name of the key: see Name.
+func (k *Key) Name() string { return Name(k.Region, k.ID) }
+
+// Name is the name under which the catalog keeps key id of region: the
+// key id itself, except for multi-Region keys ("mrk-…"), whose related
+// keys in several Regions share one key id and are told apart by their
+// Region ("mrk-…@eu-west-1"). Key ids of single-Region keys are random
+// UUIDs, unique without their Region, so records written before
+// multi-Region keys existed keep their names.
+func Name(region, id string) string {
+	if strings.HasPrefix(id, "mrk-") {
+		return id + "@" + region
+	}
+	return id
+}
+
+// MaterialID is the KeyMaterialId of material for key id: hex of
+// HMAC-SHA256 under a deployment secret of "kms-key-material" ‖ key id ‖
+// material (spec §7.1). It is deterministic, so re-importing the same
+// bytes yields the same id, and equal across related multi-Region keys,
+// which share the key id; keyed, so it is no fingerprint anyone can test
+// a guessed material against.
+func (c *Catalog) MaterialID(keyID string, material []byte) string {
+	secret := c.barrier.Derive("kms-key-material")
+	defer clear(secret)
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("kms-key-material"))
+	m.Write([]byte(keyID))
+	m.Write(material)
+	return hex.EncodeToString(m.Sum(nil))
+}
 
 // Alias is a stored alias.
 type Alias struct {
