@@ -1,7 +1,8 @@
 // Package catalog is the typed persistence of kmsd's KMS resources — keys
 // with their versions of key material, and aliases — over the storage
 // contract. Key material is only ever stored sealed by the barrier, with
-// the record's identity ("key/<id>/v<n>") as additional data, so a sealed
+// the record's identity ("key/<name>/v<n>", name as in Name) as additional
+// data, so a sealed
 // value moved to another record does not open.
 //
 // The catalog keeps a write-through cache of every record it has read or
@@ -142,7 +143,7 @@ type Catalog struct {
 	barrier *barrier.Barrier
 
 	mu      sync.RWMutex
-	keys    map[string]*Key        // by key id
+	keys    map[string]*Key        // by key name (Name)
 	aliases map[string]*Alias      // by aliasKey
 	aeads   map[string]cipher.AEAD // by material AAD
 	parsed  map[parsedKey]parsedEntry
@@ -167,21 +168,21 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 	}
 }
 
-func keyPath(id string) string { return "key/" + id }
+func keyPath(name string) string { return "key/" + name }
 func keyIndexPath(account, region, id string) string {
 	return "keyidx/" + account + "/" + region + "/" + id
 }
 func aliasPath(account, region, name string) string {
 	return "alias/" + account + "/" + region + "/" + name
 }
-func materialAAD(id string, v uint32) string {
-	return "key/" + id + "/v" + strconv.FormatUint(uint64(v), 10)
+func materialAAD(name string, v uint32) string {
+	return "key/" + name + "/v" + strconv.FormatUint(uint64(v), 10)
 }
 
-// Seal wraps material for version v of key id, for a record about to be
-// written with CreateKey or UpdateKey.
-func (c *Catalog) Seal(id string, v uint32, material []byte) ([]byte, error) {
-	return c.barrier.Seal(materialAAD(id, v), material)
+// Seal wraps material for version v of the key named name (Name), for a
+// record about to be written with CreateKey or UpdateKey.
+func (c *Catalog) Seal(name string, v uint32, material []byte) ([]byte, error) {
+	return c.barrier.Seal(materialAAD(name, v), material)
 }
 
 // CreateKey stores a new key record durably.
@@ -193,7 +194,7 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
-		if err := tx.Create(ctx, keyPath(k.ID), b); err != nil {
+		if err := tx.Create(ctx, keyPath(k.Name()), b); err != nil {
 			return err
 		}
 		return tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{})
@@ -205,12 +206,13 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 		return fmt.Errorf("catalog: create key: %w", err)
 	}
 	c.mu.Lock()
-	c.keys[k.ID] = k
+	c.keys[k.Name()] = k
 	c.mu.Unlock()
 	return nil
 }
 
-// Key returns the record of key id.
+// Key returns the record of the key named id (Name: the key id, or for a
+// multi-Region key its id and Region).
 func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	c.mu.RLock()
 	k, ok := c.keys[id]
@@ -246,7 +248,7 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	return k, nil
 }
 
-// UpdateKey applies fn to a copy of key id's record and stores the result
+// UpdateKey applies fn to a copy of the record of the key named id (Name) and stores the result
 // durably. An error from fn leaves the record unchanged and is returned.
 func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) error) (*Key, error) {
 	c.writeMu.Lock()
@@ -276,8 +278,8 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 	return next, nil
 }
 
-// DeleteKey removes key id, its index entry and every alias that points
-// to it, and forgets its material.
+// DeleteKey removes the key named id (Name), its index entry and every
+// alias of its Region that points to it, and forgets its material.
 func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
@@ -291,13 +293,13 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 	}
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
 		for _, a := range aliases {
-			if a.KeyID == id {
+			if a.KeyID == k.ID {
 				if err := tx.Delete(ctx, aliasPath(a.Account, a.Region, a.Name)); err != nil {
 					return err
 				}
 			}
 		}
-		if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, id)); err != nil {
+		if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
 			return err
 		}
 		return tx.Delete(ctx, keyPath(id))
@@ -308,7 +310,7 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 	c.mu.Lock()
 	c.keys[id] = nil
 	for _, a := range aliases {
-		if a.KeyID == id {
+		if a.KeyID == k.ID {
 			c.aliases[aliasPath(a.Account, a.Region, a.Name)] = nil
 		}
 	}
@@ -339,7 +341,7 @@ func (c *Catalog) ListKeys(ctx context.Context, account, region, after string, l
 	return ids, nil
 }
 
-// AllKeys calls fn for every key record, in id order; used by sweepers.
+// AllKeys calls fn for every key record, in name order; used by sweepers.
 func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 	after := ""
 	for {
@@ -368,7 +370,7 @@ func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 
 // AEAD returns the AES-GCM instance of version v of k's material.
 func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
-	aad := materialAAD(k.ID, v)
+	aad := materialAAD(k.Name(), v)
 	c.mu.RLock()
 	a, ok := c.aeads[aad]
 	c.mu.RUnlock()
@@ -410,7 +412,7 @@ func (c *Catalog) Material(k *Key, v uint32) ([]byte, error) {
 	if ver == nil {
 		return nil, ErrNotFound
 	}
-	material, err := c.barrier.Open(materialAAD(k.ID, v), ver.Sealed)
+	material, err := c.barrier.Open(materialAAD(k.Name(), v), ver.Sealed)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
 	}
@@ -555,7 +557,7 @@ func (c *Catalog) OpenAnyMaterial(ctx context.Context) (found bool, err error) {
 			if v.Sealed == nil {
 				continue
 			}
-			material, err := c.barrier.Open(materialAAD(k.ID, v.Number), v.Sealed)
+			material, err := c.barrier.Open(materialAAD(k.Name(), v.Number), v.Sealed)
 			if err != nil {
 				return fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
 			}

@@ -14,8 +14,11 @@ import (
 // Grant is the stored record of one grant on a key. Records handed out are
 // shared snapshots: never modify one.
 type Grant struct {
-	ID                string            `json:"id"`
-	KeyID             string            `json:"keyId"`
+	ID    string `json:"id"`
+	KeyID string `json:"keyId"`
+	// Region is the key's Region; empty in grants written before
+	// multi-Region keys, whose key ids are unique without it.
+	Region            string            `json:"region,omitempty"`
 	Name              string            `json:"name,omitempty"`
 	Created           time.Time         `json:"created"`
 	GranteePrincipal  string            `json:"grantee"`
@@ -31,7 +34,7 @@ type Grant struct {
 // grants are read from storage once, then kept in step by every write.
 type grants struct {
 	mu    sync.RWMutex
-	byKey map[string][]*Grant // key id → grants in creation order
+	byKey map[string][]*Grant // key name (Name) → grants in creation order
 }
 
 var grantCaches sync.Map // *Catalog → *grants
@@ -44,10 +47,13 @@ func (c *Catalog) grantCache() *grants {
 	return g.(*grants)
 }
 
-func grantPath(keyID, id string) string { return "grant/" + keyID + "/" + id }
+func grantPath(keyName, id string) string { return "grant/" + keyName + "/" + id }
 
-// Grants returns the grants of key id, oldest first. The slice is shared:
-// never modify it.
+// KeyName is the name (Name) of the key the grant is on.
+func (g *Grant) KeyName() string { return Name(g.Region, g.KeyID) }
+
+// Grants returns the grants of the key named keyID (Name), oldest first.
+// The slice is shared: never modify it.
 func (c *Catalog) Grants(ctx context.Context, keyID string) ([]*Grant, error) {
 	g := c.grantCache()
 	g.mu.RLock()
@@ -95,11 +101,11 @@ func (c *Catalog) CreateGrant(ctx context.Context, gr *Grant) error {
 	}
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	cur, err := c.Grants(ctx, gr.KeyID)
+	cur, err := c.Grants(ctx, gr.KeyName())
 	if err != nil {
 		return err
 	}
-	if err := c.store.Create(ctx, grantPath(gr.KeyID, gr.ID), b); err != nil {
+	if err := c.store.Create(ctx, grantPath(gr.KeyName(), gr.ID), b); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			return ErrExists
 		}
@@ -108,12 +114,13 @@ func (c *Catalog) CreateGrant(ctx context.Context, gr *Grant) error {
 	next := append(append(make([]*Grant, 0, len(cur)+1), cur...), gr)
 	g := c.grantCache()
 	g.mu.Lock()
-	g.byKey[gr.KeyID] = next
+	g.byKey[gr.KeyName()] = next
 	g.mu.Unlock()
 	return nil
 }
 
-// DeleteGrant removes grant id of key keyID; ErrNotFound if absent.
+// DeleteGrant removes grant id of the key named keyID (Name); ErrNotFound
+// if absent.
 func (c *Catalog) DeleteGrant(ctx context.Context, keyID, id string) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
@@ -161,7 +168,8 @@ func (c *Catalog) AllGrants(ctx context.Context, fn func(*Grant) error) error {
 	return nil
 }
 
-// DeleteGrants removes every grant of a key (when the key is deleted).
+// DeleteGrants removes every grant of the key named keyID (Name), when
+// the key is deleted.
 func (c *Catalog) DeleteGrants(ctx context.Context, keyID string) error {
 	list, err := c.Grants(ctx, keyID)
 	if err != nil {

@@ -37,7 +37,7 @@ type parsedEntry struct {
 // At most SetParsedLimit entries are kept; beyond, one is evicted at
 // random per insertion. A value must be safe for concurrent use.
 func (c *Catalog) Parsed(k *Key, v uint32, public bool, parse func(b []byte) (any, error)) (any, error) {
-	pk := parsedKey{id: k.ID, v: v, public: public}
+	pk := parsedKey{id: k.Name(), v: v, public: public}
 	c.mu.RLock()
 	e, ok := c.parsed[pk]
 	c.mu.RUnlock()
@@ -56,7 +56,7 @@ func (c *Catalog) Parsed(k *Key, v uint32, public bool, parse func(b []byte) (an
 		}
 		val, err = parse(ver.Public)
 	} else {
-		b, oerr := c.barrier.Open(materialAAD(k.ID, v), ver.Sealed)
+		b, oerr := c.barrier.Open(materialAAD(k.Name(), v), ver.Sealed)
 		if oerr != nil {
 			return nil, fmt.Errorf("catalog: open material of %s: %w", k.ID, oerr)
 		}
@@ -70,7 +70,7 @@ func (c *Catalog) Parsed(k *Key, v uint32, public bool, parse func(b []byte) (an
 	defer c.mu.Unlock()
 	// Only a current record's decoding is kept: a stale k (updated since
 	// the caller read it) would leave an entry forgetParsed already ran for.
-	if c.keys[k.ID] != k {
+	if c.keys[k.Name()] != k {
 		return val, nil
 	}
 	if _, ok := c.parsed[pk]; !ok && len(c.parsed) >= c.parsedLimit {
@@ -103,7 +103,7 @@ func (c *Catalog) SetParsedLimit(n int) {
 // or deleted. c.mu is held.
 func (c *Catalog) forgetParsed(k *Key) {
 	for _, v := range k.Versions {
-		delete(c.parsed, parsedKey{id: k.ID, v: v.Number})
-		delete(c.parsed, parsedKey{id: k.ID, v: v.Number, public: true})
+		delete(c.parsed, parsedKey{id: k.Name(), v: v.Number})
+		delete(c.parsed, parsedKey{id: k.Name(), v: v.Number, public: true})
 	}
 }

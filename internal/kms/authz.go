@@ -180,7 +180,7 @@ type policyCache struct{ m sync.Map } // key id → *polEntry
 // keyPolicy returns k's parsed key policy, parsing it once per record.
 // A stored policy that no longer parses allows nothing.
 func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
-	if e, ok := s.policies.m.Load(k.ID); ok && e.(*polEntry).rec == k {
+	if e, ok := s.policies.m.Load(k.Name()); ok && e.(*polEntry).rec == k {
 		return e.(*polEntry).pol
 	}
 	p, err := policy.Parse(k.Policy, policy.KeyPolicy)
@@ -192,7 +192,7 @@ func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
 		// absent. Refusing the policy would lock everyone out of the key.
 		s.log.Warn("stored key policy names a condition key kmsd cannot fill", "key", k.ID, "err", err)
 	}
-	s.policies.m.Store(k.ID, &polEntry{rec: k, pol: p})
+	s.policies.m.Store(k.Name(), &polEntry{rec: k, pol: p})
 	return p
 }
 

@@ -18,7 +18,7 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, c *Caller, in *kmsapi.C
 	if err := s.authorizeKey(ctx, c, "kms:CancelKeyDeletion", k, nil, nil); err != nil {
 		return nil, err
 	}
-	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		if k.State != keys.PendingDeletion {
 			return exc("KMSInvalidStateException", k.ARN()+" is not pending deletion.")
 		}

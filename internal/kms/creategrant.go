@@ -21,6 +21,7 @@ func (s *Service) CreateGrant(ctx context.Context, c *Caller, in *kmsapi.CreateG
 	}
 	g := &catalog.Grant{
 		KeyID:             k.ID,
+		Region:            k.Region,
 		Name:              derefStr(in.Name),
 		GranteePrincipal:  *in.GranteePrincipal,
 		RetiringPrincipal: derefStr(in.RetiringPrincipal),
@@ -98,7 +99,7 @@ func (s *Service) CreateGrant(ctx context.Context, c *Caller, in *kmsapi.CreateG
 	// A named grant created again with the same parameters is the same
 	// grant (CreateGrant is idempotent by name).
 	if g.Name != "" {
-		list, err := s.cat.Grants(ctx, k.ID)
+		list, err := s.cat.Grants(ctx, k.Name())
 		if err != nil {
 			return nil, internal(err)
 		}

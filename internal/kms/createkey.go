@@ -119,7 +119,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	// External keys also hold kmsd material: the inner layer of their
 	// double encryption (spec §10.8).
 	if !custom || k.XksKeyID != "" {
-		v, err := s.newMaterial(k.ID, spec, k.Created)
+		v, err := s.newMaterial(k.Name(), spec, k.Created)
 		if err != nil {
 			return nil, err
 		}
@@ -135,7 +135,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 // barrier: 32 random bytes (AES-256) for symmetric keys, the private
 // encoding of package material for the others, with the public key of a
 // key pair beside it in clear.
-func (s *Service) newMaterial(id, spec string, created time.Time) (catalog.Version, error) {
+func (s *Service) newMaterial(name, spec string, created time.Time) (catalog.Version, error) {
 	var priv, pub []byte
 	var err error
 	if spec == keys.Symmetric {
@@ -147,7 +147,7 @@ func (s *Service) newMaterial(id, spec string, created time.Time) (catalog.Versi
 		return catalog.Version{}, internal(err)
 	}
 	defer clear(priv)
-	sealed, err := s.cat.Seal(id, 1, priv)
+	sealed, err := s.cat.Seal(name, 1, priv)
 	if err != nil {
 		return catalog.Version{}, internal(err)
 	}

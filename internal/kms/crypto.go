@@ -73,7 +73,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 			return nil, nil, exc("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation.")
 		}
 	} else {
-		k, err = s.cat.Key(ctx, b.KeyID)
+		k, err = s.cat.Key(ctx, catalog.Name(c.Region, b.KeyID))
 		if errors.Is(err, catalog.ErrNotFound) || (err == nil && k.Region != c.Region) {
 			return nil, nil, errCiphertext
 		}

@@ -18,7 +18,7 @@ func (s *Service) DeleteAlias(ctx context.Context, c *Caller, in *kmsapi.DeleteA
 	if err != nil {
 		return nil, internal(err)
 	}
-	if k, err := s.cat.Key(ctx, a.KeyID); err == nil {
+	if k, err := s.cat.Key(ctx, catalog.Name(a.Region, a.KeyID)); err == nil {
 		if err := s.authorizeKey(ctx, c, "kms:DeleteAlias", k, nil, nil); err != nil {
 			return nil, err
 		}

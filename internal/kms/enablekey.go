@@ -21,7 +21,7 @@ func (s *Service) setEnabled(ctx context.Context, c *Caller, keyID string, enabl
 	if err := s.authorizeKey(ctx, c, action, k, nil, nil); err != nil {
 		return err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		switch k.State {
 		case keys.Enabled, keys.Disabled:
 		default:

@@ -81,7 +81,7 @@ func (s *Service) grantsAllow(ctx context.Context, c *Caller, k *catalog.Key, ac
 // grant) the allowing grant must also cover every operation of the new
 // grant, and the new grant's constraints must be at least as strict.
 func (s *Service) grantAllowing(ctx context.Context, c *Caller, k *catalog.Key, action string, ec map[string]string, child *catalog.Grant) (policy.GrantMatch, error) {
-	list, err := s.cat.Grants(ctx, k.ID)
+	list, err := s.cat.Grants(ctx, k.Name())
 	if err != nil {
 		return policy.NoGrant, internal(err)
 	}

@@ -16,7 +16,7 @@ func (s *Service) ListGrants(ctx context.Context, c *Caller, in *kmsapi.ListGran
 	if err := s.authorizeKey(ctx, c, "kms:ListGrants", k, nil, notForAWSResource); err != nil {
 		return nil, err
 	}
-	list, err := s.cat.Grants(ctx, k.ID)
+	list, err := s.cat.Grants(ctx, k.Name())
 	if err != nil {
 		return nil, internal(err)
 	}

@@ -23,7 +23,7 @@ func (s *Service) ListRetirableGrants(ctx context.Context, c *Caller, in *kmsapi
 		if g.RetiringPrincipal != *in.RetiringPrincipal {
 			return nil
 		}
-		k, err := s.cat.Key(ctx, g.KeyID)
+		k, err := s.cat.Key(ctx, g.KeyName())
 		if err != nil || k.Account != c.Account || k.Region != c.Region {
 			return nil
 		}

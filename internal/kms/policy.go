@@ -88,7 +88,7 @@ func (s *Service) PutKeyPolicy(ctx context.Context, c *Caller, in *kmsapi.PutKey
 	if err := checkPolicy(c, *in.Policy, in.BypassPolicyLockoutSafetyCheck); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		k.Policy = *in.Policy
 		return nil
 	})

@@ -34,7 +34,7 @@ func (s *Service) RetireGrant(ctx context.Context, c *Caller, in *kmsapi.RetireG
 		if g == nil {
 			return nil, exc("InvalidGrantTokenException", "Grant token is not valid")
 		}
-		if k, err = s.cat.Key(ctx, g.KeyID); err != nil {
+		if k, err = s.cat.Key(ctx, g.KeyName()); err != nil {
 			return nil, exc("InvalidGrantTokenException", "Grant token is not valid")
 		}
 		if in.GrantId != nil && *in.GrantId != g.ID {
@@ -45,7 +45,7 @@ func (s *Service) RetireGrant(ctx context.Context, c *Caller, in *kmsapi.RetireG
 		if k, err = s.resolveCross(ctx, c, *in.KeyId); err != nil {
 			return nil, err
 		}
-		list, err := s.cat.Grants(ctx, k.ID)
+		list, err := s.cat.Grants(ctx, k.Name())
 		if err != nil {
 			return nil, internal(err)
 		}
@@ -83,7 +83,7 @@ func (s *Service) RetireGrant(ctx context.Context, c *Caller, in *kmsapi.RetireG
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	if err := s.cat.DeleteGrant(ctx, k.ID, g.ID); err != nil {
+	if err := s.cat.DeleteGrant(ctx, k.Name(), g.ID); err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
 			return nil, grantNotFound(g.ID)
 		}

@@ -21,7 +21,7 @@ func (s *Service) RevokeGrant(ctx context.Context, c *Caller, in *kmsapi.RevokeG
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
-	if err := s.cat.DeleteGrant(ctx, k.ID, *in.GrantId); err != nil {
+	if err := s.cat.DeleteGrant(ctx, k.Name(), *in.GrantId); err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
 			return nil, grantNotFound(*in.GrantId)
 		}

@@ -50,7 +50,7 @@ func (s *Service) rotate(k *catalog.Key, kind string, now time.Time) error {
 	}
 	defer clear(material)
 	v := k.Current + 1
-	sealed, err := s.cat.Seal(k.ID, v, material)
+	sealed, err := s.cat.Seal(k.Name(), v, material)
 	if err != nil {
 		return internal(err)
 	}
@@ -80,7 +80,7 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 	}); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
 			return err
 		}
@@ -105,7 +105,7 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 	if err := s.authorizeKey(ctx, c, "kms:DisableKeyRotation", k, nil, nil); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
 			return err
 		}
@@ -159,7 +159,7 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 	if err := s.authorizeKey(ctx, c, "kms:RotateKeyOnDemand", k, nil, nil); err != nil {
 		return nil, err
 	}
-	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		if err := rotatable(k, true); err != nil {
 			return err
 		}
@@ -215,7 +215,7 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	var due []string
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
 		if k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) {
-			due = append(due, k.ID)
+			due = append(due, k.Name())
 		}
 		return nil
 	})

@@ -33,7 +33,7 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 	}); err != nil {
 		return nil, err
 	}
-	k, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion {
 			return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
 		}
@@ -62,7 +62,7 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	var backed []*catalog.Key // keys of custom key stores among them
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion && k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
-			due = append(due, k.ID)
+			due = append(due, k.Name())
 			if k.CustomKeyStoreID != "" {
 				backed = append(backed, k)
 			}
@@ -82,7 +82,7 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 		if err := s.cat.DeleteKey(ctx, id); err != nil {
 			return 0, err
 		}
-		s.log.Info("key deleted after its waiting period", "keyId", id)
+		s.log.Info("key deleted after its waiting period", "key", id)
 	}
 	return len(due), nil
 }

@@ -184,6 +184,11 @@ func (s *Service) resolveIn(ctx context.Context, c *Caller, keyID string, cross 
 		if ref.Kind == keys.KindAliasARN {
 			return nil, exc("NotFoundException", "Alias "+keyID+" is not found.")
 		}
+		if ref.Region != c.Region {
+			// AWS names the ARN's Region, even when a related
+			// multi-Region key exists here (spec §1.3, §1.6).
+			return nil, exc("NotFoundException", "Invalid arn "+ref.Region)
+		}
 		return nil, exc("NotFoundException", "Key '"+keyID+"' does not exist")
 	}
 	id := ref.ID
@@ -197,7 +202,7 @@ func (s *Service) resolveIn(ctx context.Context, c *Caller, keyID string, cross 
 		}
 		id = a.KeyID
 	}
-	k, err := s.cat.Key(ctx, id)
+	k, err := s.cat.Key(ctx, catalog.Name(c.Region, id))
 	if errors.Is(err, catalog.ErrNotFound) || (err == nil && (k.Account != account || k.Region != c.Region)) {
 		return nil, exc("NotFoundException", "Key '"+keys.KeyARN(c.Region, account, id)+"' does not exist")
 	}

@@ -20,7 +20,7 @@ func (s *Service) TagResource(ctx context.Context, c *Caller, in *kmsapi.TagReso
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		tags, err := checkTags(k.Tags, in.Tags)
 		k.Tags = tags
 		return err

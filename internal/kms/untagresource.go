@@ -20,7 +20,7 @@ func (s *Service) UntagResource(ctx context.Context, c *Caller, in *kmsapi.Untag
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		drop := map[string]bool{}
 		for _, t := range in.TagKeys {
 			drop[t] = true

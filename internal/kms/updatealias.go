@@ -27,7 +27,7 @@ func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateA
 	if err := s.authorizeKey(ctx, c, "kms:UpdateAlias", k, nil, nil); err != nil {
 		return nil, err
 	}
-	if old, err := s.cat.Key(ctx, a.KeyID); err == nil {
+	if old, err := s.cat.Key(ctx, catalog.Name(a.Region, a.KeyID)); err == nil {
 		if err := s.authorizeKey(ctx, c, "kms:UpdateAlias", old, nil, nil); err != nil {
 			return nil, err
 		}

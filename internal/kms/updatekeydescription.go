@@ -19,7 +19,7 @@ func (s *Service) UpdateKeyDescription(ctx context.Context, c *Caller, in *kmsap
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.ID, func(k *catalog.Key) error {
+	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		k.Description = *in.Description
 		return nil
 	})
