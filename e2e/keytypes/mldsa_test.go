@@ -75,8 +75,8 @@ func offlineMLDSA(t *testing.T, spec string, pub, msg, sig []byte) {
 // signature over the message itself. The Go SDK drives every parameter
 // set, since the Debian aws CLI's model (2.9) predates EXTERNAL_MU; the
 // CLI signs one μ too, for botocore sends an enum value its model does
-// not list as it is. Verify takes the signature as RAW over M and still
-// refuses EXTERNAL_MU.
+// not list as it is. Verify takes the signature as RAW over M and as
+// EXTERNAL_MU over μ, and refuses it over another μ.
 func TestMLDSAExternalMu(t *testing.T) {
 	e := start(t)
 	c := e.sdk()
@@ -105,11 +105,16 @@ func TestMLDSAExternalMu(t *testing.T) {
 			if err != nil || !v.SignatureValid {
 				t.Fatalf("Verify RAW over M: %+v, %v", v, err)
 			}
-			var unsupported *types.UnsupportedOperationException
-			_, err = c.Verify(ctx, &kms.VerifyInput{KeyId: id, Message: externalMu(pub, msg), MessageType: types.MessageTypeExternalMu,
+			v, err = c.Verify(ctx, &kms.VerifyInput{KeyId: id, Message: externalMu(pub, msg), MessageType: types.MessageTypeExternalMu,
 				Signature: out.Signature, SigningAlgorithm: types.SigningAlgorithmSpecMlDsaShake256})
-			if !errors.As(err, &unsupported) {
-				t.Fatalf("Verify EXTERNAL_MU: %v, want UnsupportedOperationException", err)
+			if err != nil || !v.SignatureValid {
+				t.Fatalf("Verify EXTERNAL_MU over μ: %+v, %v", v, err)
+			}
+			var invalid *types.KMSInvalidSignatureException
+			_, err = c.Verify(ctx, &kms.VerifyInput{KeyId: id, Message: externalMu(pub, []byte("another message")), MessageType: types.MessageTypeExternalMu,
+				Signature: out.Signature, SigningAlgorithm: types.SigningAlgorithmSpecMlDsaShake256})
+			if !errors.As(err, &invalid) {
+				t.Fatalf("Verify EXTERNAL_MU over another μ: %v, want KMSInvalidSignatureException", err)
 			}
 		})
 	}

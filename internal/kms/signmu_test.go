@@ -61,8 +61,9 @@ func verifyMLDSA(spec string, pub, msg, sig []byte) []string {
 
 // TestSignExternalMu signs a μ computed by the client, as spec §5.1
 // describes, and checks the signature is an ordinary ML-DSA signature
-// over the message: circl, filippo.io/mldsa and kmsd's own Verify (RAW)
-// accept it over M, and Verify refuses it over another message.
+// over the message: circl, filippo.io/mldsa and kmsd's own Verify (RAW
+// over M, and EXTERNAL_MU over μ) accept it, and Verify refuses it over
+// another message or another μ.
 func TestSignExternalMu(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -92,6 +93,13 @@ func TestSignExternalMu(t *testing.T) {
 			}
 			_, err = f.svc.Verify(ctx, f.caller, &kmsapi.VerifyRequest{KeyId: m.KeyId, Message: []byte("another message"), MessageType: &raw, Signature: out.Signature, SigningAlgorithm: &alg})
 			wantMessage(t, err, "KMSInvalidSignatureException", "")
+			vm, err := f.svc.Verify(ctx, f.caller, &kmsapi.VerifyRequest{KeyId: m.KeyId, Message: in, MessageType: &mu, Signature: out.Signature, SigningAlgorithm: &alg})
+			if err != nil || !*vm.SignatureValid || *vm.KeyId != *m.Arn {
+				t.Fatalf("Verify EXTERNAL_MU over μ: %+v, %v", vm, err)
+			}
+			other, _ := externalMu(t, pk.PublicKey, []byte("another message"))
+			_, err = f.svc.Verify(ctx, f.caller, &kmsapi.VerifyRequest{KeyId: m.KeyId, Message: other, MessageType: &mu, Signature: out.Signature, SigningAlgorithm: &alg})
+			wantMessage(t, err, "KMSInvalidSignatureException", "")
 			// A RAW signature of M and a μ signature of M are the same kind.
 			rs, err := f.svc.Sign(ctx, f.caller, &kmsapi.SignRequest{KeyId: m.KeyId, Message: msg, MessageType: &raw, SigningAlgorithm: &alg})
 			if err != nil {
@@ -99,6 +107,9 @@ func TestSignExternalMu(t *testing.T) {
 			}
 			if refused := verifyMLDSA(spec, pub, msg, rs.Signature); refused != nil {
 				t.Errorf("%v refuse the RAW signature over M", refused)
+			}
+			if vm, err := f.svc.Verify(ctx, f.caller, &kmsapi.VerifyRequest{KeyId: m.KeyId, Message: in, MessageType: &mu, Signature: rs.Signature, SigningAlgorithm: &alg}); err != nil || !*vm.SignatureValid {
+				t.Fatalf("Verify EXTERNAL_MU of the RAW signature: %+v, %v", vm, err)
 			}
 		})
 	}

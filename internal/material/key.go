@@ -16,6 +16,8 @@ import (
 
 	"filippo.io/mldsa"
 	"filippo.io/mldsa/mldsacrypto"
+
+	mldsamu "github.com/kmsd/kmsd/internal/thirdparty/mldsa"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	secpecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 	"github.com/emmansun/gmsm/sm2"
@@ -277,6 +279,17 @@ func ParsePublic(spec string, public []byte) (*PublicKey, error) {
 		return nil, fmt.Errorf("%w: %v", ErrKey, err)
 	}
 	return &PublicKey{spec: spec, pub: p}, nil
+}
+
+// VerifyMu reports whether sig is an ML-DSA signature of the message
+// representative μ (MessageType EXTERNAL_MU) under p; ErrAlgorithm for a
+// key that is not ML-DSA.
+func (p *PublicKey) VerifyMu(mu, sig []byte) (bool, error) {
+	pub, ok := p.pub.(*mldsa.PublicKey)
+	if !ok {
+		return false, ErrAlgorithm
+	}
+	return mldsamu.VerifyMu(pub.Parameters().String(), pub.Bytes(), mu, sig) == nil, nil
 }
 
 // Verify is the package's Verify with public key p.

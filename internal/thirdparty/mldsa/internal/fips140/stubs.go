@@ -1,0 +1,3 @@
+package fips140
+
+func RecordApproved() {}
