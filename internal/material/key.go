@@ -17,12 +17,12 @@ import (
 	"filippo.io/mldsa"
 	"filippo.io/mldsa/mldsacrypto"
 
-	mldsamu "github.com/kmsd/kmsd/internal/thirdparty/mldsa"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	secpecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 	"github.com/emmansun/gmsm/sm2"
 	"github.com/emmansun/gmsm/smx509"
 	"github.com/kmsd/kmsd/internal/keys"
+	mldsamu "github.com/kmsd/kmsd/internal/thirdparty/mldsa"
 )
 
 // Key is the private key of one version of a KMS key's material, decoded

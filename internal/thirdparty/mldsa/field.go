@@ -106,9 +106,10 @@ func fieldMontgomeryMulSub(a, b, c fieldElement) fieldElement {
 	return fieldMontgomeryReduce(x)
 }
 
-//lint:ignore U1000 the copy is kept as upstream has it
 // fieldMontgomeryAddMul returns a * b + c * d. This operation is fused to save
 // a fieldReduceOnce and a fieldReduce.
+//
+//lint:ignore U1000 the copy is kept as upstream has it
 func fieldMontgomeryAddMul(a, b, c, d fieldElement) fieldElement {
 	x := uint64(a) * uint64(b)
 	x += uint64(c) * uint64(d)

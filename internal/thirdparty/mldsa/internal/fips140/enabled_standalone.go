@@ -1,4 +1,3 @@
-
 package fips140
 
 // Enabled returns false, as the standalone implementation used in this
