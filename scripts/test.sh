@@ -73,6 +73,7 @@ fuzz ./internal/awsjson FuzzDecode
 fuzz ./internal/policy FuzzParse
 fuzz ./internal/server FuzzAssumeRoleInput
 fuzz ./internal/server FuzzKeyTypeOperations
+fuzz ./internal/server FuzzOperations
 fuzz ./internal/netallow FuzzParse
 fuzz ./internal/keys FuzzParseBlob
 fuzz ./internal/keys FuzzParseExternalBlob
