@@ -147,6 +147,7 @@ type Catalog struct {
 	aliases map[string]*Alias      // by aliasKey
 	aeads   map[string]cipher.AEAD // by material AAD
 	parsed  map[parsedKey]parsedEntry
+	mids    sync.Map // sealed material → KeyMaterialId of versions stored without one (materialid.go)
 	// parsedLimit bounds len(parsed).
 	parsedLimit int
 	// writeMu serialises read-modify-write updates so the cache and the
