@@ -119,7 +119,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	// External keys also hold kmsd material: the inner layer of their
 	// double encryption (spec §10.8).
 	if !custom || k.XksKeyID != "" {
-		v, err := s.newMaterial(k.Name(), spec, k.Created)
+		v, err := s.newMaterial(k.Name(), k.ID, spec, k.Created)
 		if err != nil {
 			return nil, err
 		}
@@ -128,14 +128,19 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if err := s.cat.CreateKey(ctx, k); err != nil {
 		return nil, internal(err)
 	}
-	return &kmsapi.CreateKeyResponse{KeyMetadata: s.storeMetadata(k, metadata(k))}, nil
+	m, err := s.withMaterialID(k, s.storeMetadata(k, metadata(k)))
+	if err != nil {
+		return nil, err
+	}
+	return &kmsapi.CreateKeyResponse{KeyMetadata: m}, nil
 }
 
 // newMaterial makes version 1 of a key's material, sealed under the
 // barrier: 32 random bytes (AES-256) for symmetric keys, the private
 // encoding of package material for the others, with the public key of a
-// key pair beside it in clear.
-func (s *Service) newMaterial(name, spec string, created time.Time) (catalog.Version, error) {
+// key pair beside it in clear. name is the key's catalog name (Name), id
+// its key id, of which the KeyMaterialId is made.
+func (s *Service) newMaterial(name, id, spec string, created time.Time) (catalog.Version, error) {
 	var priv, pub []byte
 	var err error
 	if spec == keys.Symmetric {
@@ -151,5 +156,5 @@ func (s *Service) newMaterial(name, spec string, created time.Time) (catalog.Ver
 	if err != nil {
 		return catalog.Version{}, internal(err)
 	}
-	return catalog.Version{Number: 1, Created: created, Sealed: sealed, Public: pub}, nil
+	return catalog.Version{Number: 1, Created: created, Sealed: sealed, Public: pub, MaterialID: s.cat.MaterialID(id, priv)}, nil
 }

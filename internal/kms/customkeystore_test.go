@@ -250,6 +250,10 @@ func TestCloudHSMKeys(t *testing.T) {
 	if err != nil || string(dec.Plaintext) != "hello" {
 		t.Fatalf("decrypt: %v %v", err, dec)
 	}
+	// Custom-store keys have no KeyMaterialId (custom key stores spec §5.8, §5.9).
+	if md.CurrentKeyMaterialId != nil || dec.KeyMaterialId != nil {
+		t.Errorf("custom-store key: CurrentKeyMaterialId %v, Decrypt KeyMaterialId %v; want neither", md.CurrentKeyMaterialId, dec.KeyMaterialId)
+	}
 	_, err = f.svc.Decrypt(ctx, f.caller, &kmsapi.DecryptRequest{CiphertextBlob: enc.CiphertextBlob})
 	wantException(t, err, "InvalidCiphertextException")
 

@@ -22,10 +22,15 @@ func (s *Service) Decrypt(ctx context.Context, c *Caller, in *kmsapi.DecryptRequ
 	if err := dryRun(in.DryRun); err != nil {
 		return nil, err
 	}
+	mid, err := s.blobMaterialID(k, in.CiphertextBlob)
+	if err != nil {
+		return nil, err
+	}
 	arn := k.ARN()
 	return &kmsapi.DecryptResponse{
 		KeyId:               &arn,
 		Plaintext:           pt,
 		EncryptionAlgorithm: kmsapi.String(encryptionAlgorithm(in.EncryptionAlgorithm)),
+		KeyMaterialId:       mid,
 	}, nil
 }

@@ -16,5 +16,9 @@ func (s *Service) DescribeKey(ctx context.Context, c *Caller, in *kmsapi.Describ
 	if err := s.authorizeKey(ctx, c, "kms:DescribeKey", k, nil, aliasKey(*in.KeyId)); err != nil {
 		return nil, err
 	}
-	return &kmsapi.DescribeKeyResponse{KeyMetadata: s.storeMetadata(k, metadata(k))}, nil
+	m, err := s.withMaterialID(k, s.storeMetadata(k, metadata(k)))
+	if err != nil {
+		return nil, err
+	}
+	return &kmsapi.DescribeKeyResponse{KeyMetadata: m}, nil
 }

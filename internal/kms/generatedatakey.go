@@ -67,8 +67,12 @@ func (s *Service) GenerateDataKey(ctx context.Context, c *Caller, in *kmsapi.Gen
 	if err != nil {
 		return nil, err
 	}
+	mid, err := s.materialID(k, k.Current)
+	if err != nil {
+		return nil, err
+	}
 	arn := k.ARN()
-	return &kmsapi.GenerateDataKeyResponse{CiphertextBlob: blob, Plaintext: pt, KeyId: &arn}, nil
+	return &kmsapi.GenerateDataKeyResponse{CiphertextBlob: blob, Plaintext: pt, KeyId: &arn, KeyMaterialId: mid}, nil
 }
 
 // GenerateDataKeyWithoutPlaintext is GenerateDataKey without the plaintext.
@@ -78,6 +82,10 @@ func (s *Service) GenerateDataKeyWithoutPlaintext(ctx context.Context, c *Caller
 		return nil, err
 	}
 	clear(pt)
+	mid, err := s.materialID(k, k.Current)
+	if err != nil {
+		return nil, err
+	}
 	arn := k.ARN()
-	return &kmsapi.GenerateDataKeyWithoutPlaintextResponse{CiphertextBlob: blob, KeyId: &arn}, nil
+	return &kmsapi.GenerateDataKeyWithoutPlaintextResponse{CiphertextBlob: blob, KeyId: &arn, KeyMaterialId: mid}, nil
 }

@@ -18,7 +18,12 @@ func (s *Service) GenerateDataKeyPair(ctx context.Context, c *Caller, in *kmsapi
 	if err != nil {
 		return nil, err
 	}
+	mid, err := s.materialID(k, k.Current)
+	if err != nil {
+		return nil, err
+	}
 	return &kmsapi.GenerateDataKeyPairResponse{
+		KeyMaterialId:            mid,
 		PrivateKeyCiphertextBlob: blob,
 		PrivateKeyPlaintext:      priv,
 		PublicKey:                pub,

@@ -14,7 +14,12 @@ func (s *Service) GenerateDataKeyPairWithoutPlaintext(ctx context.Context, c *Ca
 		return nil, err
 	}
 	clear(priv)
+	mid, err := s.materialID(k, k.Current)
+	if err != nil {
+		return nil, err
+	}
 	return &kmsapi.GenerateDataKeyPairWithoutPlaintextResponse{
+		KeyMaterialId:            mid,
 		PrivateKeyCiphertextBlob: blob,
 		PublicKey:                pub,
 		KeyId:                    kmsapi.String(k.ARN()),

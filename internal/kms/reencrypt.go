@@ -61,8 +61,20 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	if err != nil {
 		return nil, err
 	}
+	srcMID, err := s.blobMaterialID(src, in.CiphertextBlob)
+	if err != nil {
+		return nil, err
+	}
+	var dstMID *string
+	if !asymmetric {
+		if dstMID, err = s.materialID(dst, dst.Current); err != nil {
+			return nil, err
+		}
+	}
 	srcARN, dstARN := src.ARN(), dst.ARN()
 	return &kmsapi.ReEncryptResponse{
+		SourceKeyMaterialId:            srcMID,
+		DestinationKeyMaterialId:       dstMID,
 		CiphertextBlob:                 blob,
 		SourceKeyId:                    &srcARN,
 		KeyId:                          &dstARN,
