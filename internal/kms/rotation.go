@@ -13,24 +13,25 @@ import (
 const day = 24 * time.Hour
 
 // rotatable checks that rotation applies to k: a symmetric key with key
-// material made by KMS, in a state that allows it. Custom-store keys never
-// rotate; for the others state is checked before the key's type, as AWS
-// does (spec §1.4). onDemand selects
+// material made by KMS, in a state that allows it. The key's state is
+// checked before its type — origin, custom key store, key spec — as AWS
+// does (spec §1.4: a disabled RSA key is DisabledException). Unavailable,
+// a state only custom-store keys have while their store is not connected,
+// falls through to the custom-store answer: those keys never rotate,
+// connected or not (custom key stores spec §5.11). onDemand selects
 // RotateKeyOnDemand's answer for asymmetric and HMAC keys, which AWS
 // sends without a message [S].
 func rotatable(k *catalog.Key, onDemand bool) error {
 	noRotation := exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
-	if k.CustomKeyStoreID != "" {
-		return noRotation // in every state, connected or not (custom key stores spec §5.11)
-	}
 	switch k.State {
-	case keys.Enabled:
-	case keys.Disabled:
-		return exc("DisabledException", k.ARN()+" is disabled.")
+	case keys.Enabled, keys.Unavailable:
 	default:
 		if err := usable(k); err != nil {
 			return err
 		}
+	}
+	if k.CustomKeyStoreID != "" {
+		return noRotation
 	}
 	if onDemand && k.KeySpec != keys.Symmetric {
 		return exc("UnsupportedOperationException", "")
@@ -54,10 +55,12 @@ func (s *Service) rotate(k *catalog.Key, kind string, now time.Time) error {
 	if err != nil {
 		return internal(err)
 	}
-	k.Versions = append(k.Versions, catalog.Version{Number: v, Created: now, Sealed: sealed})
+	k.Versions = append(k.Versions, catalog.Version{Number: v, Created: now, Sealed: sealed, MaterialID: s.cat.MaterialID(k.ID, material)})
 	k.Current = v
 	k.Rotations = append(k.Rotations, catalog.Rotation{Date: now, Type: kind})
-	if k.RotationEnabled {
+	// On-demand rotations do not change the automatic schedule (model
+	// documentation of RotateKeyOnDemand).
+	if k.RotationEnabled && kind == "AUTOMATIC" {
 		next := now.Add(time.Duration(k.RotationPeriodInDays) * day)
 		k.NextRotation = &next
 	}
@@ -134,14 +137,16 @@ func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsap
 	if k.CustomKeyStoreID != "" { // spec §5.11: no rotation in custom key stores
 		return nil, exc("UnsupportedOperationException", k.ARN()+" is in a custom key store, which does not support rotation.")
 	}
-	if err := notPendingDeletion(k); err != nil {
-		return nil, err
-	}
+	// While a key is pending deletion its rotation status reads false and
+	// KMS does not rotate it; cancelling the deletion brings the earlier
+	// status back (model documentation of GetKeyRotationStatus). The
+	// record keeps the setting, so only the answer changes.
+	enabled := k.RotationEnabled && k.State != keys.PendingDeletion
 	out := &kmsapi.GetKeyRotationStatusResponse{
-		KeyRotationEnabled: kmsapi.Bool(k.RotationEnabled),
+		KeyRotationEnabled: kmsapi.Bool(enabled),
 		KeyId:              kmsapi.String(k.ARN()),
 	}
-	if k.RotationEnabled {
+	if enabled {
 		out.RotationPeriodInDays = kmsapi.Int32(k.RotationPeriodInDays)
 		if k.NextRotation != nil {
 			out.NextRotationDate = kmsapi.NewTime(*k.NextRotation)
@@ -150,7 +155,28 @@ func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsap
 	return out, nil
 }
 
-// RotateKeyOnDemand rotates the key material now.
+// maxOnDemandRotations is the number of on-demand rotations a key allows:
+// 25 in the current model's documentation of RotateKeyOnDemand (AWS
+// enforced 10 in April 2025; spec §8, §16.7).
+const maxOnDemandRotations = 25
+
+// onDemandLimit refuses an on-demand rotation of k beyond
+// maxOnDemandRotations, with AWS's message [S] (no final period).
+func onDemandLimit(k *catalog.Key) error {
+	n := 0
+	for _, r := range k.Rotations {
+		if r.Type == "ON_DEMAND" {
+			n++
+		}
+	}
+	if n >= maxOnDemandRotations {
+		return exc("LimitExceededException", "The on-demand rotations limit has been reached for the given keyId. No more on-demand rotations can be performed for this key: "+k.ARN())
+	}
+	return nil
+}
+
+// RotateKeyOnDemand rotates the key material now and answers the key's
+// ARN, as AWS does.
 func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.RotateKeyOnDemandRequest) (*kmsapi.RotateKeyOnDemandResponse, error) {
 	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
 	if err != nil {
@@ -163,12 +189,15 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 		if err := rotatable(k, true); err != nil {
 			return err
 		}
+		if err := onDemandLimit(k); err != nil {
+			return err
+		}
 		return s.rotate(k, "ON_DEMAND", s.now().UTC().Truncate(time.Millisecond))
 	})
 	if err != nil {
 		return nil, internal(err)
 	}
-	return &kmsapi.RotateKeyOnDemandResponse{KeyId: kmsapi.String(k.ID)}, nil
+	return &kmsapi.RotateKeyOnDemandResponse{KeyId: kmsapi.String(k.ARN())}, nil
 }
 
 // ListKeyRotations lists completed rotations, oldest first; the marker is

@@ -73,3 +73,136 @@ func TestGetKeyRotationStatusCrossAccount(t *testing.T) {
 	_, err = f.svc.EnableKeyRotation(ctx, carol, &kmsapi.EnableKeyRotationRequest{KeyId: &arn})
 	wantException(t, err, "NotFoundException")
 }
+
+// TestRotateKeyOnDemand checks the answer of RotateKeyOnDemand (the key
+// ARN), that it leaves the automatic schedule alone, and AWS's limit of
+// 25 on-demand rotations per key (spec §8, §16.7), whose message is
+// verbatim [S].
+func TestRotateKeyOnDemand(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	arn := "arn:aws:kms:us-east-1:111122223333:key/" + id
+	if _, err := f.svc.EnableKeyRotation(ctx, f.caller, &kmsapi.EnableKeyRotationRequest{KeyId: &id, RotationPeriodInDays: kmsapi.Int32(90)}); err != nil {
+		t.Fatal(err)
+	}
+	status := func() *kmsapi.GetKeyRotationStatusResponse {
+		t.Helper()
+		st, err := f.svc.GetKeyRotationStatus(ctx, f.caller, &kmsapi.GetKeyRotationStatusRequest{KeyId: &id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	next := status().NextRotationDate
+	if next == nil {
+		t.Fatal("no NextRotationDate with rotation enabled")
+	}
+	for i := range maxOnDemandRotations {
+		f.clock.advance(day)
+		out, err := f.svc.RotateKeyOnDemand(ctx, f.caller, &kmsapi.RotateKeyOnDemandRequest{KeyId: &id})
+		if err != nil {
+			t.Fatalf("on-demand rotation %d: %v", i+1, err)
+		}
+		if *out.KeyId != arn {
+			t.Fatalf("RotateKeyOnDemand: KeyId = %q, want %q", *out.KeyId, arn)
+		}
+	}
+	if got := status().NextRotationDate; got == nil || !got.Equal(next.Time) {
+		t.Errorf("NextRotationDate after on-demand rotations = %v, want it unchanged at %v", got, next)
+	}
+	_, err := f.svc.RotateKeyOnDemand(ctx, f.caller, &kmsapi.RotateKeyOnDemandRequest{KeyId: &arn})
+	wantMessage(t, err, "LimitExceededException",
+		"The on-demand rotations limit has been reached for the given keyId. No more on-demand rotations can be performed for this key: "+arn)
+
+	// Automatic rotations do not count against the limit, and still move
+	// the schedule.
+	f.clock.advance(90 * day)
+	if n, err := f.svc.SweepRotations(ctx); err != nil || n != 1 {
+		t.Fatalf("SweepRotations = %d, %v; want 1", n, err)
+	}
+	if got := status().NextRotationDate; got == nil || !got.After(next.Time) {
+		t.Errorf("NextRotationDate after the automatic rotation = %v, want after %v", got, next)
+	}
+	lr, err := f.svc.ListKeyRotations(ctx, f.caller, &kmsapi.ListKeyRotationsRequest{KeyId: &id})
+	if err != nil || len(lr.Rotations) != maxOnDemandRotations+1 {
+		t.Fatalf("ListKeyRotations: %d rotations, %v; want %d", len(lr.Rotations), err, maxOnDemandRotations+1)
+	}
+}
+
+// TestRotationChecksStateFirst is spec §1.4's order for the rotation
+// operations: the key's state before its type.
+func TestRotationChecksStateFirst(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, spec, usage string
+		disable, delete   bool
+		want, msg         string // msg "" for the empty message, "-" not checked
+	}{
+		{"symmetric disabled", "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", true, false, "DisabledException", "disabled"},
+		{"symmetric pending deletion", "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", false, true, "KMSInvalidStateException", "pending deletion"},
+		{"RSA disabled", "RSA_2048", "SIGN_VERIFY", true, false, "DisabledException", "disabled"},
+		{"RSA pending deletion", "RSA_2048", "ENCRYPT_DECRYPT", false, true, "KMSInvalidStateException", "pending deletion"},
+		{"RSA enabled", "RSA_2048", "SIGN_VERIFY", false, false, "UnsupportedOperationException", ""},
+		{"HMAC enabled", "HMAC_384", "GENERATE_VERIFY_MAC", false, false, "UnsupportedOperationException", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := f.createSpec(t, tc.spec, tc.usage)
+			if tc.disable {
+				if _, err := f.svc.DisableKey(ctx, f.caller, &kmsapi.DisableKeyRequest{KeyId: m.KeyId}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.delete {
+				if _, err := f.svc.ScheduleKeyDeletion(ctx, f.caller, &kmsapi.ScheduleKeyDeletionRequest{KeyId: m.KeyId}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			msg := ""
+			if tc.msg != "" {
+				msg = *m.Arn + " is " + tc.msg + "."
+			}
+			_, err := f.svc.RotateKeyOnDemand(ctx, f.caller, &kmsapi.RotateKeyOnDemandRequest{KeyId: m.KeyId})
+			wantMessage(t, err, tc.want, msg)
+			if tc.msg != "" {
+				_, err = f.svc.EnableKeyRotation(ctx, f.caller, &kmsapi.EnableKeyRotationRequest{KeyId: m.KeyId})
+				wantMessage(t, err, tc.want, msg)
+			}
+		})
+	}
+}
+
+// TestGetKeyRotationStatusPendingDeletion: while a key is pending deletion
+// its rotation status reads false, and cancelling the deletion brings the
+// earlier status back (model documentation of GetKeyRotationStatus).
+func TestGetKeyRotationStatusPendingDeletion(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.createKey(t)
+	if _, err := f.svc.EnableKeyRotation(ctx, f.caller, &kmsapi.EnableKeyRotationRequest{KeyId: &id, RotationPeriodInDays: kmsapi.Int32(100)}); err != nil {
+		t.Fatal(err)
+	}
+	get := func() *kmsapi.GetKeyRotationStatusResponse {
+		t.Helper()
+		st, err := f.svc.GetKeyRotationStatus(ctx, f.caller, &kmsapi.GetKeyRotationStatusRequest{KeyId: &id})
+		if err != nil {
+			t.Fatalf("GetKeyRotationStatus: %v", err)
+		}
+		return st
+	}
+	before := get()
+	if _, err := f.svc.ScheduleKeyDeletion(ctx, f.caller, &kmsapi.ScheduleKeyDeletionRequest{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	if st := get(); *st.KeyRotationEnabled || st.RotationPeriodInDays != nil || st.NextRotationDate != nil {
+		t.Errorf("pending deletion: %+v, want only KeyRotationEnabled false", st)
+	}
+	if _, err := f.svc.CancelKeyDeletion(ctx, f.caller, &kmsapi.CancelKeyDeletionRequest{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	after := get()
+	if !*after.KeyRotationEnabled || *after.RotationPeriodInDays != 100 || !after.NextRotationDate.Equal(before.NextRotationDate.Time) {
+		t.Errorf("after CancelKeyDeletion: %+v, want the earlier status %+v", after, before)
+	}
+}
