@@ -16,7 +16,10 @@ func (s *Service) GenerateRandom(ctx context.Context, c *Caller, in *kmsapi.Gene
 		return nil, exc("UnsupportedOperationException", "Recipient (Nitro Enclaves attestation) is not supported by kmsd.")
 	}
 	if in.NumberOfBytes == nil {
-		return nil, validation("Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null")
+		// AWS's own text, not the model grammar (LocalStack snapshot
+		// test_generate_random_invalid_number_of_bytes[None], recorded
+		// against AWS 2023-04-13).
+		return nil, exc("ValidationException", "NumberOfBytes is required.")
 	}
 	if in.CustomKeyStoreId != nil {
 		b, err := s.storeRandom(ctx, c, *in.CustomKeyStoreId, int(*in.NumberOfBytes))
