@@ -11,6 +11,9 @@ import (
 
 // DeleteAlias deletes an alias; the key is not affected.
 func (s *Service) DeleteAlias(ctx context.Context, c *Caller, in *kmsapi.DeleteAliasRequest) (*kmsapi.DeleteAliasResponse, error) {
+	if reservedAlias(*in.AliasName) {
+		return nil, errAliasReserved
+	}
 	a, err := s.cat.Alias(ctx, c.Account, c.Region, *in.AliasName)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")

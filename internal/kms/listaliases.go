@@ -3,12 +3,15 @@ package kms
 import (
 	"context"
 
+	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 )
 
-// ListAliases lists the aliases of the caller's account and region, or of
-// one key, in name order; the marker is the last alias name returned.
+// ListAliases lists the aliases of the caller's account and region — its
+// own and the predefined AWS managed ones (awsManagedAliases), merged in
+// name order — or the aliases of one key, which never include predefined
+// ones; the marker is the last alias name returned.
 func (s *Service) ListAliases(ctx context.Context, c *Caller, in *kmsapi.ListAliasesRequest) (*kmsapi.ListAliasesResponse, error) {
 	limit := pageLimit(in.Limit, 100)
 	if err := s.authorizeIAM(c, "kms:ListAliases", nil); err != nil {
@@ -26,10 +29,15 @@ func (s *Service) ListAliases(ctx context.Context, c *Caller, in *kmsapi.ListAli
 	if err != nil {
 		return nil, internal(err)
 	}
+	var predefined []string
+	if keyID == "" {
+		predefined = awsManagedAliases
+	}
 	out := &kmsapi.ListAliasesResponse{Aliases: []kmsapi.AliasListEntry{}, Truncated: kmsapi.Bool(false)}
 	after := derefStr(in.Marker)
-	for _, a := range all {
-		if (keyID != "" && a.KeyID != keyID) || (after != "" && a.Name <= after) {
+	for e := range mergeAliases(all, predefined) {
+		name := e.name()
+		if (keyID != "" && (e.alias == nil || e.alias.KeyID != keyID)) || (after != "" && name <= after) {
 			continue
 		}
 		if len(out.Aliases) == limit {
@@ -37,13 +45,56 @@ func (s *Service) ListAliases(ctx context.Context, c *Caller, in *kmsapi.ListAli
 			out.NextMarker = out.Aliases[limit-1].AliasName
 			break
 		}
-		out.Aliases = append(out.Aliases, kmsapi.AliasListEntry{
-			AliasName:       kmsapi.String(a.Name),
-			AliasArn:        kmsapi.String(keys.AliasARN(c.Region, c.Account, a.Name)),
-			TargetKeyId:     kmsapi.String(a.KeyID),
-			CreationDate:    kmsapi.NewTime(a.Created),
-			LastUpdatedDate: kmsapi.NewTime(a.Updated),
-		})
+		entry := kmsapi.AliasListEntry{
+			AliasName: kmsapi.String(name),
+			AliasArn:  kmsapi.String(keys.AliasARN(c.Region, c.Account, name)),
+		}
+		if a := e.alias; a != nil {
+			entry.TargetKeyId = kmsapi.String(a.KeyID)
+			entry.CreationDate = kmsapi.NewTime(a.Created)
+			entry.LastUpdatedDate = kmsapi.NewTime(a.Updated)
+		}
+		out.Aliases = append(out.Aliases, entry)
 	}
 	return out, nil
+}
+
+// aliasEntry is one alias of a ListAliases answer: a stored alias, or
+// (alias nil) a predefined AWS managed alias.
+type aliasEntry struct {
+	alias      *catalog.Alias
+	predefined string
+}
+
+func (e aliasEntry) name() string {
+	if e.alias != nil {
+		return e.alias.Name
+	}
+	return e.predefined
+}
+
+// mergeAliases yields stored (in name order) and predefined (sorted)
+// aliases merged in name order; a stored alias hides a predefined one of
+// the same name.
+func mergeAliases(stored []*catalog.Alias, predefined []string) func(yield func(aliasEntry) bool) {
+	return func(yield func(aliasEntry) bool) {
+		i, j := 0, 0
+		for i < len(stored) || j < len(predefined) {
+			var e aliasEntry
+			switch {
+			case j == len(predefined) || (i < len(stored) && stored[i].Name <= predefined[j]):
+				if j < len(predefined) && stored[i].Name == predefined[j] {
+					j++
+				}
+				e = aliasEntry{alias: stored[i]}
+				i++
+			default:
+				e = aliasEntry{predefined: predefined[j]}
+				j++
+			}
+			if !yield(e) {
+				return
+			}
+		}
+	}
 }

@@ -13,6 +13,9 @@ import (
 // UpdateAlias points an existing alias at another key of the same key
 // type and usage.
 func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateAliasRequest) (*kmsapi.UpdateAliasResponse, error) {
+	if reservedAlias(*in.AliasName) {
+		return nil, errAliasReserved
+	}
 	a, err := s.cat.Alias(ctx, c.Account, c.Region, *in.AliasName)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")
