@@ -315,8 +315,8 @@ func TestSDKFlow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RotateKeyOnDemand: %v", err)
 	}
-	if got := aws.ToString(rot.KeyId); got != k1 {
-		t.Errorf("RotateKeyOnDemand: KeyId: got %q, want %q", got, k1)
+	if got := aws.ToString(rot.KeyId); got != arn1 {
+		t.Errorf("RotateKeyOnDemand: KeyId: got %q, want the key ARN %q", got, arn1)
 	}
 	decrypt(t, ctx, c, "", blob, ec, pt, arn1)
 	decrypt(t, ctx, c, k1, viaAlias, nil, pt, arn1)
