@@ -90,6 +90,13 @@ type Key struct {
 	Rotations            []Rotation `json:"rotations,omitempty"`
 	Versions             []Version  `json:"versions"`
 	Current              uint32     `json:"current"`
+	// Multi-Region keys (multiregion.go): the Region of the primary key
+	// and those of its replicas, in creation order — the same on every
+	// related key, which UpdateRelated writes together — and the
+	// asynchronous change the key is going through, if any.
+	PrimaryRegion  string      `json:"primaryRegion,omitempty"`
+	ReplicaRegions []string    `json:"replicaRegions,omitempty"`
+	Pending        *Transition `json:"pending,omitempty"`
 }
 
 // ARN is the key's ARN.

@@ -23,6 +23,9 @@ const (
 	PendingImport   State = "PendingImport"
 	Unavailable     State = "Unavailable"
 	Updating        State = "Updating"
+	// PendingReplicaDeletion: a multi-Region primary key scheduled for
+	// deletion while it still has replicas.
+	PendingReplicaDeletion State = "PendingReplicaDeletion"
 )
 
 // Kind says which form a KeyId parameter took.
