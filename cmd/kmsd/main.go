@@ -60,7 +60,7 @@ type setting struct {
 
 func serve(args []string) error {
 	var cfg server.Config
-	var configFile, sweep, auditMax string
+	var configFile, sweep, auditMax, replicaDelay string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -79,6 +79,7 @@ func serve(args []string) error {
 		{"xks-vpc-endpoint-services", "KMSD_XKS_VPC_ENDPOINT_SERVICES", "xks_vpc_endpoint_services", "VPC endpoint service names of external key stores and the addresses they reach, optionally with the service's private DNS name, which must then be the store's XksProxyUriEndpoint host: name=host:port or name=private.dns.name@host:port, comma-separated", &cfg.XKSVPCEndpointServices},
 		{"xks-allowed-endpoints", "KMSD_XKS_ALLOWED_ENDPOINTS", "xks_allowed_endpoints", "where PUBLIC_ENDPOINT external key stores' proxies may be: comma-separated host names, *.domain, addresses and CIDR networks, each with an optional :port (e.g. xks.example.com,*.corp.example,10.0.0.0/8,127.0.0.1:8443); others fail as unreachable without being dialled (default: anywhere)", &cfg.XKSAllowedEndpoints},
 		{"pair-pool-size", "KMSD_PAIR_POOL_SIZE", "pair_pool_size", "RSA data key pairs of each KeyPairSpec kept pre-generated in memory for GenerateDataKeyPair, filled after a spec's first use (default 4; 0 disables)", &cfg.PairPoolSize},
+		{"replica-delay", "KMSD_REPLICA_DELAY", "replica_delay", "how long a new multi-Region replica stays Creating and keys changing their primary Region stay Updating (default 2s; 0 to 1h)", &replicaDelay},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -135,6 +136,13 @@ func serve(args []string) error {
 			return fmt.Errorf("--sweep-interval: %w", err)
 		}
 		cfg.SweepInterval = d
+	}
+	if replicaDelay != "" {
+		d, err := time.ParseDuration(replicaDelay)
+		if err != nil {
+			return fmt.Errorf("--replica-delay: %w", err)
+		}
+		cfg.ReplicaDelay, cfg.ReplicaDelaySet = d, true
 	}
 	if auditMax != "" {
 		n, err := strconv.ParseInt(auditMax, 10, 64)

@@ -8,8 +8,9 @@ import (
 	"github.com/kmsd/kmsd/internal/kmsapi"
 )
 
-// CancelKeyDeletion takes a key out of PendingDeletion; as in AWS it comes
-// back Disabled.
+// CancelKeyDeletion takes a key out of PendingDeletion (or a multi-Region
+// primary out of PendingReplicaDeletion); as in AWS it comes back
+// Disabled.
 func (s *Service) CancelKeyDeletion(ctx context.Context, c *Caller, in *kmsapi.CancelKeyDeletionRequest) (*kmsapi.CancelKeyDeletionResponse, error) {
 	k, err := s.resolveKeyID(ctx, c, *in.KeyId)
 	if err != nil {
@@ -19,7 +20,7 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, c *Caller, in *kmsapi.C
 		return nil, err
 	}
 	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
-		if k.State != keys.PendingDeletion {
+		if k.State != keys.PendingDeletion && k.State != keys.PendingReplicaDeletion {
 			return exc("KMSInvalidStateException", k.ARN()+" is not pending deletion.")
 		}
 		k.State = keys.Disabled

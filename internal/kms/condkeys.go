@@ -58,7 +58,10 @@ func (s *Service) setKeyConditions(ctx context.Context, r *policy.Request, k *ca
 		r.Set(policy.KeyCustomerMasterKeyUsage, k.KeyUsage)
 	}
 	if p.reads(policy.KeyMultiRegion) {
-		r.SetBool(policy.KeyMultiRegion, false) // kmsd has no multi-Region keys
+		r.SetBool(policy.KeyMultiRegion, k.MultiRegion())
+	}
+	if t := multiRegionKeyType(k); t != "" && p.reads(policy.KeyMultiRegionKeyType) {
+		r.Set(policy.KeyMultiRegionKeyType, t) // absent for single-Region keys
 	}
 	if p.reads(policy.KeyResourceAccount) {
 		r.Set(policy.KeyResourceAccount, k.Account)

@@ -31,6 +31,8 @@ type opArgs struct {
 	grant    *kmsapi.GrantConstraints
 	otherDst bool // ReEncrypt to another key than the source
 	caller   func(c *Caller)
+	// multiRegion: CreateKey makes a multi-Region key.
+	multiRegion bool
 }
 
 // matrixKey is a key the matrix acts on. "tagged" has aliases alias/k1
@@ -42,6 +44,7 @@ type matrixKey struct {
 type matrixFixture struct {
 	*fixture
 	tagged, plain, other matrixKey
+	mrk                  matrixKey // a multi-Region primary key, no alias, no tags
 }
 
 // matrixOps runs one operation as caller c; it succeeds when authorised.
@@ -89,7 +92,26 @@ var matrixOps = map[string]func(ctx context.Context, f *matrixFixture, c *Caller
 		return err
 	},
 	"CreateKey": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
-		_, err := f.svc.CreateKey(ctx, c, &kmsapi.CreateKeyRequest{Tags: a.tags, BypassPolicyLockoutSafetyCheck: a.bypass})
+		in := &kmsapi.CreateKeyRequest{Tags: a.tags, BypassPolicyLockoutSafetyCheck: a.bypass}
+		if a.multiRegion {
+			in.MultiRegion = boolp(true)
+		}
+		_, err := f.svc.CreateKey(ctx, c, in)
+		return err
+	},
+	"ReplicateKey": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
+		id := a.keyID(f)
+		_, err := f.svc.ReplicateKey(ctx, c, &kmsapi.ReplicateKeyRequest{KeyId: &id, ReplicaRegion: kmsapi.String("eu-west-1")})
+		return err
+	},
+	"UpdatePrimaryRegion": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
+		// The account root replicates; the replica (default key
+		// policy) is Enabled at once (no replica delay).
+		if _, err := f.svc.ReplicateKey(ctx, f.caller, &kmsapi.ReplicateKeyRequest{KeyId: &f.mrk.id, ReplicaRegion: kmsapi.String("eu-west-1")}); err != nil {
+			return err
+		}
+		id := a.keyID(f)
+		_, err := f.svc.UpdatePrimaryRegion(ctx, c, &kmsapi.UpdatePrimaryRegionRequest{KeyId: &id, PrimaryRegion: kmsapi.String("eu-west-1")})
 		return err
 	},
 	"TagResource": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
@@ -157,6 +179,7 @@ type matrixCase struct {
 
 func byID(f *matrixFixture) string     { return f.tagged.id }
 func byPlain(f *matrixFixture) string  { return f.plain.id } // no alias, no tags
+func byMRK(f *matrixFixture) string    { return f.mrk.id }
 func byAlias(*matrixFixture) string    { return "alias/k1" }
 func byAliasARN(*matrixFixture) string { return "arn:aws:kms:us-east-1:111122223333:alias/k1" }
 func i32(v int32) *int32               { return &v }
@@ -210,6 +233,18 @@ var matrixCases = []matrixCase{
 	{key: "kms:CustomerMasterKeySpec", op: "StringEquals", right: "SYMMETRIC_DEFAULT", wrong: "RSA_2048"},
 	{key: "kms:CustomerMasterKeyUsage", op: "StringEquals", right: "ENCRYPT_DECRYPT", wrong: "SIGN_VERIFY"},
 	{key: "kms:MultiRegion", op: "Bool", right: "false", wrong: "true"},
+	{key: "kms:MultiRegion", op: "Bool", right: "true", wrong: "false",
+		args: func(a *opArgs) { a.keyID, a.multiRegion = byMRK, true }},
+	// Absent for single-Region keys.
+	{key: "kms:MultiRegionKeyType", op: "StringEquals", right: "PRIMARY", wrong: "REPLICA",
+		args:   func(a *opArgs) { a.keyID, a.multiRegion = byMRK, true },
+		absent: func(a *opArgs) { a.keyID, a.multiRegion = byID, false }},
+	// ReplicateKey also needs kms:CreateKey from IAM in the replica
+	// Region, which allowCreateKey gives.
+	{key: "kms:ReplicaRegion", op: "StringEquals", right: "eu-west-1", wrong: "ap-southeast-2",
+		args: func(a *opArgs) { a.keyID, a.caller = byMRK, allowCreateKey }},
+	{key: "kms:PrimaryRegion", op: "StringEquals", right: "eu-west-1", wrong: "us-west-2",
+		args: func(a *opArgs) { a.keyID = byMRK }},
 	{key: "kms:ResourceAliases", op: "ForAnyValue:StringEquals", right: "alias/k1", wrong: "alias/k2",
 		absent: func(a *opArgs) { a.keyID = byPlain }},
 	// Every alias of the key is a value: one that does not match fails
@@ -258,6 +293,15 @@ var matrixCases = []matrixCase{
 	{key: "kms:ScheduleKeyDeletionPendingWindowInDays", op: "NumericEquals", right: "30", wrong: "7"}, // default
 }
 
+// allowCreateKey adds an identity policy allowing kms:CreateKey.
+func allowCreateKey(c *Caller) {
+	p, err := policy.Parse(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:CreateKey","Resource":"*"}]}`, policy.IdentityPolicy)
+	if err != nil {
+		panic(err)
+	}
+	c.Policies = append(c.Policies, p)
+}
+
 // opsOf expands a table entry's operations into implemented operations.
 func opsOf(k *policy.ConditionKey) []string {
 	var out []string
@@ -288,6 +332,11 @@ func newMatrixFixture(t *testing.T, keyPolicy string) *matrixFixture {
 		return matrixKey{id: *out.KeyMetadata.KeyId, arn: *out.KeyMetadata.Arn}
 	}
 	f.tagged, f.plain, f.other = mk(tag("env", "prod")), mk(nil), mk(nil)
+	out, err := f.svc.CreateKey(ctx, f.caller, &kmsapi.CreateKeyRequest{Policy: &keyPolicy, MultiRegion: boolp(true), BypassPolicyLockoutSafetyCheck: boolp(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mrk = matrixKey{id: *out.KeyMetadata.KeyId, arn: *out.KeyMetadata.Arn}
 	for _, a := range []string{"alias/k1", "alias/k1-second"} {
 		if _, err := f.svc.CreateAlias(ctx, f.caller, &kmsapi.CreateAliasRequest{AliasName: kmsapi.String(a), TargetKeyId: &f.tagged.id}); err != nil {
 			t.Fatal(err)

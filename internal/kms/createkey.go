@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"encoding/hex"
 	"time"
 
 	"github.com/google/uuid"
@@ -40,6 +41,9 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		r.Set(policy.KeyCustomerMasterKeyUsage, usage)
 		r.Set(policy.KeyKeyOrigin, origin)
 		setBool(r, policy.KeyMultiRegion, in.MultiRegion)
+		if in.MultiRegion != nil && *in.MultiRegion {
+			r.Set(policy.KeyMultiRegionKeyType, "PRIMARY")
+		}
 		setBool(r, policy.KeyBypassLockoutCheck, in.BypassPolicyLockoutSafetyCheck)
 		if len(in.Tags) > 0 {
 			setRequestTags(r, in.Tags)
@@ -69,8 +73,10 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || (in.XksKeyId != nil && origin != "EXTERNAL_KEY_STORE") {
 		return nil, exc("UnsupportedOperationException", "Origin "+origin+" with these custom key store parameters is not supported by kmsd yet.")
 	}
-	if in.MultiRegion != nil && *in.MultiRegion {
-		return nil, exc("UnsupportedOperationException", "Multi-Region keys are not supported by kmsd yet.")
+	multiRegion := in.MultiRegion != nil && *in.MultiRegion
+	if multiRegion && custom {
+		// Spec §9.2 [G]: custom key stores hold no multi-Region keys.
+		return nil, exc("UnsupportedOperationException", "Multi-Region keys are not supported in custom key stores.")
 	}
 	keyPolicy := policy.DefaultKeyPolicy(c.Account)
 	if in.Policy != nil {
@@ -84,21 +90,26 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		return nil, err
 	}
 
-	id, err := uuid.NewRandomFromReader(s.rand)
+	uid, err := uuid.NewRandomFromReader(s.rand)
 	if err != nil {
 		return nil, internal(err)
+	}
+	id := uid.String()
+	if multiRegion {
+		// mrk- and the UUID's 32 hex digits (spec §1.6).
+		id = "mrk-" + hex.EncodeToString(uid[:])
 	}
 	if origin == "EXTERNAL_KEY_STORE" {
 		if err := s.createExternalKey(ctx, c, in.CustomKeyStoreId, in.XksKeyId); err != nil {
 			return nil, err
 		}
 	} else if custom {
-		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id.String())); err != nil {
+		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id)); err != nil {
 			return nil, err
 		}
 	}
 	k := &catalog.Key{
-		ID:          id.String(),
+		ID:          id,
 		Account:     c.Account,
 		Region:      c.Region,
 		Created:     s.now().UTC().Truncate(time.Millisecond),
@@ -110,6 +121,9 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		Policy:      keyPolicy,
 		Tags:        tags,
 		Current:     1,
+	}
+	if multiRegion {
+		k.PrimaryRegion = c.Region
 	}
 	if custom {
 		// The material lives in the cluster, labelled with the key's ARN.

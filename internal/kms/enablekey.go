@@ -25,7 +25,7 @@ func (s *Service) setEnabled(ctx context.Context, c *Caller, keyID string, enabl
 		switch k.State {
 		case keys.Enabled, keys.Disabled:
 		default:
-			return usable(k)
+			return settled(k)
 		}
 		if enable {
 			k.State = keys.Enabled

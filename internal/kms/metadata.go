@@ -27,9 +27,15 @@ func metadata(k *catalog.Key) *kmsapi.KeyMetadata {
 	}
 	m.EncryptionAlgorithms, m.SigningAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = algorithmLists(k)
 	if k.DeletionDate != nil {
-		// PendingDeletionWindowInDays is only for multi-Region primary
-		// keys in PendingReplicaDeletion, which kmsd does not have.
 		m.DeletionDate = kmsapi.NewTime(*k.DeletionDate)
+	}
+	if k.State == keys.PendingReplicaDeletion {
+		// The window starts when the last replica is deleted [M].
+		m.PendingDeletionWindowInDays = kmsapi.Int32(k.PendingWindowInDays)
+	}
+	if k.MultiRegion() {
+		m.MultiRegion = kmsapi.Bool(true)
+		m.MultiRegionConfiguration = multiRegionConfiguration(k)
 	}
 	return m
 }

@@ -83,7 +83,7 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 	}); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+	_, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
 			return err
 		}
@@ -108,7 +108,7 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 	if err := s.authorizeKey(ctx, c, "kms:DisableKeyRotation", k, nil, nil); err != nil {
 		return nil, err
 	}
-	_, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+	_, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
 			return err
 		}
@@ -185,7 +185,7 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 	if err := s.authorizeKey(ctx, c, "kms:RotateKeyOnDemand", k, nil, nil); err != nil {
 		return nil, err
 	}
-	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+	k, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key) error {
 		if err := rotatable(k, true); err != nil {
 			return err
 		}
@@ -243,7 +243,7 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	now := s.now().UTC().Truncate(time.Millisecond)
 	var due []string
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
-		if k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) {
+		if k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) && !k.IsReplica() {
 			due = append(due, k.Name())
 		}
 		return nil
@@ -252,7 +252,7 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	for _, id := range due {
-		_, err := s.cat.UpdateKey(ctx, id, func(k *catalog.Key) error {
+		_, err := s.updateShared(ctx, id, func(k *catalog.Key) error {
 			return s.rotate(k, "AUTOMATIC", now)
 		})
 		if err != nil {

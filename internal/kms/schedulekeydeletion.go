@@ -34,24 +34,36 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 		return nil, err
 	}
 	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
-		if k.State == keys.PendingDeletion {
-			return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
+		if err := notPendingDeletion(k); err != nil {
+			return err
+		}
+		if err := notUpdating(k); err != nil {
+			return err
+		}
+		k.PendingWindowInDays = days
+		if k.IsPrimary() && len(k.ReplicaRegions) > 0 {
+			// The window starts when the last replica is deleted
+			// (spec §9.6; SweepDeletions).
+			k.State = keys.PendingReplicaDeletion
+			return nil
 		}
 		when := s.now().UTC().Add(time.Duration(days) * 24 * time.Hour).Truncate(time.Millisecond)
 		k.State = keys.PendingDeletion
 		k.DeletionDate = &when
-		k.PendingWindowInDays = days
 		return nil
 	})
 	if err != nil {
 		return nil, internal(err)
 	}
-	return &kmsapi.ScheduleKeyDeletionResponse{
+	out := &kmsapi.ScheduleKeyDeletionResponse{
 		KeyId:               kmsapi.String(k.ARN()),
-		DeletionDate:        kmsapi.NewTime(*k.DeletionDate),
-		KeyState:            kmsapi.String(string(keys.PendingDeletion)),
+		KeyState:            kmsapi.String(string(k.State)),
 		PendingWindowInDays: kmsapi.Int32(days),
-	}, nil
+	}
+	if k.DeletionDate != nil {
+		out.DeletionDate = kmsapi.NewTime(*k.DeletionDate)
+	}
+	return out, nil
 }
 
 // SweepDeletions deletes every key whose deletion date has passed. It
@@ -79,7 +91,7 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 		if err := s.cat.DeleteGrants(ctx, id); err != nil {
 			return 0, err
 		}
-		if err := s.cat.DeleteKey(ctx, id); err != nil {
+		if err := s.deleteKey(ctx, id); err != nil {
 			return 0, err
 		}
 		s.log.Info("key deleted after its waiting period", "key", id)

@@ -73,6 +73,11 @@ type Service struct {
 
 	pairSizes map[string]int // data key pairs pre-generated, by KeyPairSpec
 	pairs     *pairpool.Pool
+
+	// replicaDelay is how long a new replica stays Creating and related
+	// keys stay Updating (multiregion.go); timers completes them.
+	replicaDelay time.Duration
+	timers       transitionTimers
 }
 
 // Option configures a Service.
@@ -123,7 +128,10 @@ func New(cat *catalog.Catalog, opts ...Option) *Service {
 // Close stops the Service's background work — the data key pair fillers
 // — and clears the pre-generated private keys. Requests still in flight
 // generate their pairs inline.
-func (s *Service) Close() { s.pairs.Close() }
+func (s *Service) Close() {
+	s.pairs.Close()
+	s.timers.stop()
+}
 
 // Exception constructors used across operations.
 func exc(name, msg string) error { return kmsapi.NewException(name, msg) }
@@ -244,6 +252,12 @@ func usable(k *catalog.Key) error {
 		return exc("KMSInvalidStateException", k.ARN()+" is pending import.")
 	case keys.Unavailable:
 		return exc("KMSInvalidStateException", k.ARN()+" is unavailable.")
+	case keys.Updating:
+		return nil // cryptography works while the primary Region changes
+	case keys.Creating:
+		return exc("KMSInvalidStateException", k.ARN()+" is creating.")
+	case keys.PendingReplicaDeletion:
+		return exc("KMSInvalidStateException", k.ARN()+" is pending replica deletion.") // [U] text
 	}
 	return exc("KMSInvalidStateException", k.ARN()+" is in state "+string(k.State)+".")
 }
@@ -251,8 +265,9 @@ func usable(k *catalog.Key) error {
 // notPendingDeletion is the check of management operations that work on
 // any key except one scheduled for deletion.
 func notPendingDeletion(k *catalog.Key) error {
-	if k.State == keys.PendingDeletion {
-		return exc("KMSInvalidStateException", k.ARN()+" is pending deletion.")
+	switch k.State {
+	case keys.PendingDeletion, keys.PendingReplicaDeletion:
+		return usable(k)
 	}
 	return nil
 }

@@ -131,9 +131,9 @@ var ConditionKeys = []ConditionKey{
 	{KeyBypassLockoutCheck, Filled, []string{"CreateKey", "PutKeyPolicy"}},
 	{KeyRotationPeriodInDays, Filled, []string{"EnableKeyRotation"}},
 	{KeyPendingWindowInDays, Filled, []string{"ScheduleKeyDeletion"}},
-	{KeyMultiRegionKeyType, Pending, []string{KeyOperations}}, // multi-Region keys only
-	{KeyPrimaryRegion, Pending, []string{"UpdatePrimaryRegion"}},
-	{KeyReplicaRegion, Pending, []string{"ReplicateKey"}},
+	{KeyMultiRegionKeyType, Filled, []string{"CreateKey", KeyOperations}}, // multi-Region keys only
+	{KeyPrimaryRegion, Filled, []string{"UpdatePrimaryRegion"}},
+	{KeyReplicaRegion, Filled, []string{"ReplicateKey"}},
 	{KeyDataKeyPairSpec, Pending, []string{"GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"}},
 	{KeySigningAlgorithm, Pending, []string{"Sign", "Verify"}},
 	{KeyMessageType, Pending, []string{"Sign", "Verify"}},

@@ -78,6 +78,7 @@ var handlers = map[string]handler{
 	"ListResourceTags":                    op((*kms.Service).ListResourceTags),
 	"ListRetirableGrants":                 op((*kms.Service).ListRetirableGrants),
 	"PutKeyPolicy":                        op((*kms.Service).PutKeyPolicy),
+	"ReplicateKey":                        op((*kms.Service).ReplicateKey),
 	"ReEncrypt":                           op((*kms.Service).ReEncrypt),
 	"RetireGrant":                         op((*kms.Service).RetireGrant),
 	"RevokeGrant":                         op((*kms.Service).RevokeGrant),
@@ -88,6 +89,7 @@ var handlers = map[string]handler{
 	"UntagResource":                       op((*kms.Service).UntagResource),
 	"UpdateAlias":                         op((*kms.Service).UpdateAlias),
 	"UpdateKeyDescription":                op((*kms.Service).UpdateKeyDescription),
+	"UpdatePrimaryRegion":                 op((*kms.Service).UpdatePrimaryRegion),
 	"Verify":                              op((*kms.Service).Verify),
 	"VerifyMac":                           op((*kms.Service).VerifyMac),
 }

@@ -53,6 +53,9 @@ func (a *api) setVerifiers(lookup sigv4.SecretLookup) {
 // only, on a fixed port.
 const DefaultListen = "127.0.0.1:7480"
 
+// DefaultReplicaDelay is Config.ReplicaDelay unless set.
+const DefaultReplicaDelay = 2 * time.Second
+
 // ProfileName is the shared-credentials profile kmsd writes for its
 // administrator.
 const ProfileName = "kmsd"
@@ -99,6 +102,11 @@ type Config struct {
 	// kms.DefaultPairPoolSize, "0" for none); PairPool is it parsed.
 	PairPoolSize string
 	PairPool     int
+	// ReplicaDelay is how long a new multi-Region replica stays Creating
+	// and keys changing their primary Region stay Updating (default 2s,
+	// as AWS takes seconds); ReplicaDelaySet says it was given (0 allowed).
+	ReplicaDelay    time.Duration
+	ReplicaDelaySet bool
 }
 
 // Validate checks c and fills defaults.
@@ -134,6 +142,12 @@ func (c *Config) Validate() error {
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
 	}
+	if !c.ReplicaDelaySet {
+		c.ReplicaDelay = DefaultReplicaDelay
+	}
+	if c.ReplicaDelay < 0 || c.ReplicaDelay > time.Hour {
+		return fmt.Errorf("--replica-delay %s: want a duration from 0 to 1h", c.ReplicaDelay)
+	}
 	c.PairPool = kms.DefaultPairPoolSize
 	if c.PairPoolSize != "" {
 		n, err := strconv.Atoi(c.PairPoolSize)
@@ -166,7 +180,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	}
 
 	cat := catalog.New(store, b)
-	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)))
+	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
 	// Deferred before the listener's shutdown, so it runs after every
 	// request has been answered.
 	defer svc.Close()
@@ -267,7 +281,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	return srv.Shutdown(shutCtx)
 }
 
-// sweep runs the deletion and rotation sweepers now and then.
+// sweep runs the deletion, rotation and multi-Region transition sweepers
+// now and then.
 func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -277,6 +292,11 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 		}
 		if _, err := svc.SweepRotations(ctx); err != nil && ctx.Err() == nil {
 			log.Error("rotation sweep", "err", err)
+		}
+		// First at start: what a killed process left Creating or
+		// Updating ends now if due; timers of this process do the rest.
+		if _, err := svc.SweepTransitions(ctx); err != nil && ctx.Err() == nil {
+			log.Error("multi-Region transition sweep", "err", err)
 		}
 		select {
 		case <-ctx.Done():
