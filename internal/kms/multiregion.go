@@ -212,14 +212,14 @@ func (s *Service) due() time.Time { return s.now().UTC().Add(s.replicaDelay) }
 // service's clock says the transition is due (a test clock) waits again.
 func (s *Service) schedule(name string) {
 	if s.replicaDelay <= 0 {
-		if _, err := s.completeTransition(context.Background(), name); err != nil {
+		if _, _, err := s.completeTransition(context.Background(), name); err != nil {
 			s.log.Error("multi-Region key transition", "key", name, "err", err)
 		}
 		return
 	}
 	var run func()
 	run = func() {
-		left, err := s.completeTransition(context.Background(), name)
+		_, left, err := s.completeTransition(context.Background(), name)
 		if err != nil {
 			s.log.Error("multi-Region key transition", "key", name, "err", err)
 			left = s.replicaDelay // retried; the sweeper also will
@@ -249,14 +249,14 @@ func (s *Service) SweepTransitions(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, name := range pending {
-		left, err := s.completeTransition(ctx, name)
+		done, _, err := s.completeTransition(ctx, name)
 		if errors.Is(err, catalog.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return n, err
 		}
-		if left == 0 {
+		if done {
 			n++
 		}
 	}
@@ -264,11 +264,11 @@ func (s *Service) SweepTransitions(ctx context.Context) (int, error) {
 }
 
 // completeTransition ends the transition of the key named name if it is
-// due, and otherwise returns how long it has left. A key with none (done
-// already, by a timer or the sweeper) is left alone.
-func (s *Service) completeTransition(ctx context.Context, name string) (time.Duration, error) {
-	var left time.Duration
-	_, err := s.cat.UpdateRelated(ctx, name, func(ks []*catalog.Key, _ *catalog.Batch) error {
+// due (done), and otherwise returns how long it has left. A key with none
+// (ended already, by a timer, the sweeper or with a related key's) is
+// left alone.
+func (s *Service) completeTransition(ctx context.Context, name string) (done bool, left time.Duration, err error) {
+	_, err = s.cat.UpdateRelated(ctx, name, func(ks []*catalog.Key, _ *catalog.Batch) error {
 		t := ks[0].Pending
 		if t == nil {
 			return catalog.ErrNoChange
@@ -294,9 +294,10 @@ func (s *Service) completeTransition(ctx context.Context, name string) (time.Dur
 		default:
 			ks[0].Pending = nil
 		}
+		done = true
 		return nil
 	})
-	return left, err
+	return done && err == nil, left, err
 }
 
 // swapPrimary makes the key of region the primary in every related
