@@ -169,7 +169,28 @@ func (s *Service) copyShared(p, r *catalog.Key) error {
 type transitionTimers struct {
 	mu     sync.Mutex
 	timers map[*time.Timer]struct{}
+	armed  map[string]bool // key names with a timer running
 	closed bool
+}
+
+// arm reports whether name had no timer, and marks it as having one.
+func (t *transitionTimers) arm(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.armed[name] || t.closed {
+		return false
+	}
+	if t.armed == nil {
+		t.armed = map[string]bool{}
+	}
+	t.armed[name] = true
+	return true
+}
+
+func (t *transitionTimers) disarm(name string) {
+	t.mu.Lock()
+	delete(t.armed, name)
+	t.mu.Unlock()
 }
 
 func (t *transitionTimers) after(d time.Duration, f func()) {
@@ -208,8 +229,7 @@ func (t *transitionTimers) stop() {
 func (s *Service) due() time.Time { return s.now().UTC().Add(s.replicaDelay) }
 
 // schedule completes the transition of the key named name when it is due:
-// at once with no delay, else from a timer. A timer that fires before the
-// service's clock says the transition is due (a test clock) waits again.
+// at once with no delay, else from a timer.
 func (s *Service) schedule(name string) {
 	if s.replicaDelay <= 0 {
 		if _, _, err := s.completeTransition(context.Background(), name); err != nil {
@@ -217,25 +237,38 @@ func (s *Service) schedule(name string) {
 		}
 		return
 	}
+	s.arm(name, s.replicaDelay)
+}
+
+// arm completes the transition of the key named name from a timer after
+// d, unless a timer is running for it already. A timer that fires before
+// the service's clock says the transition is due (a test clock) waits
+// again; one that fails retries.
+func (s *Service) arm(name string, d time.Duration) {
+	if !s.timers.arm(name) {
+		return
+	}
 	var run func()
 	run = func() {
 		_, left, err := s.completeTransition(context.Background(), name)
 		if err != nil {
 			s.log.Error("multi-Region key transition", "key", name, "err", err)
-			left = s.replicaDelay // retried; the sweeper also will
+			left = max(s.replicaDelay, time.Second)
 		}
 		if left > 0 {
 			s.timers.after(left, run)
+			return
 		}
+		s.timers.disarm(name)
 	}
-	s.timers.after(s.replicaDelay, run)
+	s.timers.after(d, run)
 }
 
 // SweepTransitions completes every transition of a multi-Region key that
 // is due (a new replica's Creating, an UpdatePrimaryRegion's Updating),
-// whoever started it: kmsd runs it at start, so what a killed process
-// left half-way ends, and then with the other sweepers. It returns how
-// many it completed.
+// whoever started it, and sets a timer for those not due yet: kmsd runs
+// it at start, so what a killed process left half-way ends on time, and
+// then with the other sweepers. It returns how many it completed.
 func (s *Service) SweepTransitions(ctx context.Context) (int, error) {
 	var pending []string
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
@@ -249,7 +282,7 @@ func (s *Service) SweepTransitions(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, name := range pending {
-		done, _, err := s.completeTransition(ctx, name)
+		done, left, err := s.completeTransition(ctx, name)
 		if errors.Is(err, catalog.ErrNotFound) {
 			continue
 		}
@@ -258,6 +291,11 @@ func (s *Service) SweepTransitions(ctx context.Context) (int, error) {
 		}
 		if done {
 			n++
+		}
+		if left > 0 {
+			// Started by a process that has stopped since: this one
+			// times it.
+			s.arm(name, left)
 		}
 	}
 	return n, nil
