@@ -186,11 +186,10 @@ func TestProtocol(t *testing.T) {
 			status: 400, code: "SerializationException", anyMessage: true},
 		{name: "blob that is not base64", target: "TrentService.Decrypt", body: `{"CiphertextBlob":"***"}`, sign: good,
 			status: 400, code: "SerializationException", anyMessage: true},
-		// An operation of the KMS model kmsd does not serve (multi-Region
-		// keys); change it when kmsd learns it.
-		{name: "operation not implemented", target: "TrentService.UpdatePrimaryRegion",
+		// A multi-Region operation on a well-formed key id of no key.
+		{name: "multi-Region key absent", target: "TrentService.UpdatePrimaryRegion",
 			body: `{"KeyId":"mrk-1234abcd12ab34cd56ef1234567890ab","PrimaryRegion":"eu-west-1"}`,
-			sign: good, status: 400, code: "UnsupportedOperationException", anyMessage: true},
+			sign: good, status: 400, code: "NotFoundException", anyMessage: true},
 		{name: "missing required member", target: "TrentService.DescribeKey", body: `{}`, sign: good,
 			status: 400, code: "ValidationException",
 			msg: "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null"},

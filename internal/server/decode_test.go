@@ -53,6 +53,13 @@ var decodeCases = []struct {
 	{"generate data key pair bad spec", "GenerateDataKeyPair", `{"KeyId":"k","KeyPairSpec":"RSA_1024"}`, "ValidationException"},
 	{"valid generate data key pair without plaintext", "GenerateDataKeyPairWithoutPlaintext", `{"KeyId":"k","KeyPairSpec":"ECC_NIST_EDWARDS25519","DryRun":false}`, ""},
 	{"generate data key pair without plaintext no spec", "GenerateDataKeyPairWithoutPlaintext", `{"KeyId":"k"}`, "ValidationException"},
+
+	// Multi-Region keys.
+	{"valid replicate key", "ReplicateKey", `{"KeyId":"mrk-1234abcd12ab34cd56ef1234567890ab","ReplicaRegion":"eu-west-1","Tags":[{"TagKey":"a","TagValue":"b"}]}`, ""},
+	{"replicate key bad region", "ReplicateKey", `{"KeyId":"mrk-1234abcd12ab34cd56ef1234567890ab","ReplicaRegion":"EU_WEST_1"}`, "ValidationException"},
+	{"replicate key without region", "ReplicateKey", `{"KeyId":"mrk-1234abcd12ab34cd56ef1234567890ab"}`, "ValidationException"},
+	{"valid update primary region", "UpdatePrimaryRegion", `{"KeyId":"mrk-1234abcd12ab34cd56ef1234567890ab","PrimaryRegion":"ap-southeast-2"}`, ""},
+	{"update primary region bad region", "UpdatePrimaryRegion", `{"KeyId":"k","PrimaryRegion":"x"}`, "ValidationException"},
 }
 
 func code(err error) string {
