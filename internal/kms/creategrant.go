@@ -64,6 +64,9 @@ func (s *Service) CreateGrant(ctx context.Context, c *Caller, in *kmsapi.CreateG
 	if err := notPendingDeletion(k); err != nil {
 		return nil, err
 	}
+	if k.State == keys.Creating { // a new replica (spec §11.2)
+		return nil, usable(k)
+	}
 	if len(g.Operations) == 0 {
 		return nil, validation("Value null at 'operations' failed to satisfy constraint: Member must not be null")
 	}

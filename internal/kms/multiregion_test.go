@@ -205,6 +205,8 @@ func TestReplicateKey(t *testing.T) {
 	wantMessage(t, err, "KMSInvalidStateException", keys.KeyARN(west, "111122223333", id)+" is creating.")
 	_, err = f.svc.DisableKey(ctx, w, &kmsapi.DisableKeyRequest{KeyId: &id})
 	wantException(t, err, "KMSInvalidStateException")
+	_, err = f.svc.CreateGrant(ctx, w, &kmsapi.CreateGrantRequest{KeyId: &id, GranteePrincipal: kmsapi.String(granteeARN), Operations: []string{"Decrypt"}})
+	wantException(t, err, "KMSInvalidStateException")
 	if _, err := f.svc.TagResource(ctx, w, &kmsapi.TagResourceRequest{KeyId: &id, Tags: tag("env", "west")}); err != nil {
 		t.Fatalf("TagResource on a Creating replica: %v", err)
 	}
