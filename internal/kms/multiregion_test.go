@@ -235,7 +235,7 @@ func TestReplicateKey(t *testing.T) {
 		bytes.Equal(r.Versions[0].Sealed, p.Versions[0].Sealed) {
 		t.Fatalf("replica versions %+v, primary %+v", r.Versions, p.Versions)
 	}
-	if derefStr(rm.CurrentKeyMaterialId) != derefStr(f.describe(t, east, id).CurrentKeyMaterialId) {
+	if rm.CurrentKeyMaterialId == nil || *rm.CurrentKeyMaterialId != derefStr(f.describe(t, east, id).CurrentKeyMaterialId) {
 		t.Fatal("CurrentKeyMaterialId differs between related keys")
 	}
 

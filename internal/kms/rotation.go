@@ -141,7 +141,7 @@ func (s *Service) GetKeyRotationStatus(ctx context.Context, c *Caller, in *kmsap
 	// KMS does not rotate it; cancelling the deletion brings the earlier
 	// status back (model documentation of GetKeyRotationStatus). The
 	// record keeps the setting, so only the answer changes.
-	enabled := k.RotationEnabled && k.State != keys.PendingDeletion
+	enabled := k.RotationEnabled && k.State != keys.PendingDeletion && k.State != keys.PendingReplicaDeletion
 	out := &kmsapi.GetKeyRotationStatusResponse{
 		KeyRotationEnabled: kmsapi.Bool(enabled),
 		KeyId:              kmsapi.String(k.ARN()),

@@ -166,4 +166,6 @@ var fuzzKeys = []fuzzKey{
 	{spec: "ML_DSA_44", usage: "SIGN_VERIFY"},
 	{spec: "HMAC_256", usage: "GENERATE_VERIFY_MAC"},
 	{spec: "SYMMETRIC_DEFAULT", usage: "ENCRYPT_DECRYPT", disabled: true},
+	{spec: "SYMMETRIC_DEFAULT", usage: "ENCRYPT_DECRYPT", multiRegion: true},
+	{spec: "ECC_NIST_P256", usage: "SIGN_VERIFY", multiRegion: true},
 }
