@@ -159,6 +159,7 @@ func TestCrashMidReplication(t *testing.T) {
 func converged(ctx context.Context, t *testing.T, client map[string]*kms.Client, id string, blob, pt []byte) string {
 	t.Helper()
 	var ref []string // primary, then replicas, as the first key found says
+	var mid *string  // CurrentKeyMaterialId, the same on every related key
 	found := map[string]bool{}
 	for _, r := range []string{east, west, apse} {
 		m, err := client[r].DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: &id})
@@ -177,6 +178,10 @@ func converged(ctx context.Context, t *testing.T, client map[string]*kms.Client,
 		for _, rk := range md.MultiRegionConfiguration.ReplicaKeys {
 			cfg = append(cfg, aws.ToString(rk.Region))
 		}
+		if md.CurrentKeyMaterialId == nil || (mid != nil && *mid != *md.CurrentKeyMaterialId) {
+			t.Fatalf("%s in %s: CurrentKeyMaterialId %v, another related key's %v", id, r, aws.ToString(md.CurrentKeyMaterialId), aws.ToString(mid))
+		}
+		mid = md.CurrentKeyMaterialId
 		if ref == nil {
 			ref = cfg
 		} else if !slices.Equal(ref, cfg) {
