@@ -58,11 +58,11 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 // returns how many keys it deleted.
 func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	now := s.now()
-	var due []string
+	var due []*catalog.Key
 	var backed []*catalog.Key // keys of custom key stores among them
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion && k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
-			due = append(due, k.ID)
+			due = append(due, k)
 			if k.CustomKeyStoreID != "" {
 				backed = append(backed, k)
 			}
@@ -75,11 +75,15 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	for _, k := range backed {
 		s.deleteBackingKey(ctx, k)
 	}
-	for _, id := range due {
+	for _, k := range due {
+		id := k.ID
 		if err := s.cat.DeleteGrants(ctx, id); err != nil {
 			return 0, err
 		}
 		if err := s.cat.DeleteKey(ctx, id); err != nil {
+			return 0, err
+		}
+		if err := s.forgetUsage(ctx, k); err != nil {
 			return 0, err
 		}
 		s.log.Info("key deleted after its waiting period", "keyId", id)
