@@ -153,10 +153,13 @@ func TestKeyLastUsage(t *testing.T) {
 	event := auditRecord(t, s, reqID)
 	s.Start()
 	used, _ = getUsage(keyID)
+	// The CLI prints the Timestamp as 2026-12-04T18:51:01.075000+00:00,
+	// the audit record its eventTime as 2026-12-04T18:51:01Z: one instant.
+	eventTime, _ := event["eventTime"].(string)
 	if used.KeyLastUsage.Operation != "Encrypt" || used.KeyLastUsage.KmsRequestId != reqID || event["eventName"] != "Encrypt" ||
-		event["eventID"] != used.KeyLastUsage.CloudTrailEventId {
-		t.Errorf("after a clean restart: KeyLastUsage %+v; audit record of request %s: eventName %v eventID %v",
-			used.KeyLastUsage, reqID, event["eventName"], event["eventID"])
+		event["eventID"] != used.KeyLastUsage.CloudTrailEventId || len(eventTime) < 19 || !strings.HasPrefix(used.KeyLastUsage.Timestamp, eventTime[:19]) {
+		t.Errorf("after a clean restart: KeyLastUsage %+v; audit record of request %s: eventName %v eventID %v eventTime %v",
+			used.KeyLastUsage, reqID, event["eventName"], event["eventID"], eventTime)
 	}
 
 	// kill -9 once the flush interval (1 s) has passed: the use was

@@ -63,17 +63,19 @@ func usageTracked(op string) bool {
 	return false
 }
 
-// RecordUse notes, for GetKeyLastUsage, that c's call of op succeeded:
-// the server calls it once the operation has returned without error,
-// with the eventID of the call's audit record. Every key the call acted
-// on (c.Resources; both keys of a ReEncrypt) counts as used. Calls of
-// other operations, and failed or dry-run calls (which return an error,
-// so the server never gets here), count for nothing. It does no I/O.
-func (s *Service) RecordUse(c *Caller, op, eventID string) {
+// RecordUse notes, for GetKeyLastUsage, that c's call of op, made at
+// time at, succeeded: the server calls it once the operation has returned
+// without error, with the eventTime and eventID of the call's audit
+// record, so that the use names that record exactly. Every key the call
+// acted on (c.Resources; both keys of a ReEncrypt) counts as used. Calls
+// of other operations, and failed or dry-run calls (which return an
+// error, so the server never gets here), count for nothing. It does no
+// I/O: it is on the path of every Encrypt.
+func (s *Service) RecordUse(c *Caller, op string, at time.Time, eventID string) {
 	if len(c.Resources) == 0 || !usageTracked(op) {
 		return
 	}
-	s.usage.Record(c.Resources, op, s.now(), eventID, c.RequestID)
+	s.usage.Record(c.Resources, op, at, eventID, c.RequestID)
 }
 
 // StartUsageTracking stores when key usage tracking began, once per

@@ -41,7 +41,7 @@ func (f *usageFixture) call(op string, fn func(c *Caller) error) (reqID, eventID
 	c := *f.caller
 	c.RequestID, c.Resources = reqID, nil
 	if err = fn(&c); err == nil {
-		f.svc.RecordUse(&c, op, eventID)
+		f.svc.RecordUse(&c, op, f.clock.now(), eventID)
 	}
 	return reqID, eventID, err
 }
@@ -287,7 +287,7 @@ func TestGetKeyLastUsagePersists(t *testing.T) {
 		if _, err := svc.Encrypt(ctx, &c, &kmsapi.EncryptRequest{KeyId: &keyID, Plaintext: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}
-		svc.RecordUse(&c, "Encrypt", "ev-"+reqID)
+		svc.RecordUse(&c, "Encrypt", clk.now(), "ev-"+reqID)
 	}
 	svc, cat, closeAll := open()
 	created, err := svc.CreateKey(ctx, caller, &kmsapi.CreateKeyRequest{})

@@ -52,7 +52,7 @@ type Tracker struct {
 	interval time.Duration
 
 	mu      sync.Mutex
-	uses    map[string]*entry // by key ARN
+	uses    map[string]*entry // by key ARN: the uses not yet stored
 	dirty   []*entry          // entries changed since the last flush
 	running bool              // the flusher has been started
 	closed  bool
@@ -83,7 +83,7 @@ func New(store Store, log *slog.Logger, started time.Time) *Tracker {
 // Record notes that one call of op, at time at, used the keys arns; the
 // call's audit record has eventID and its response requestID. A later
 // Record for the same key replaces the earlier one in memory. Record does
-// no I/O and allocates only for a key it has not seen before.
+// no I/O and allocates only for a key not used since the last flush.
 func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, requestID string) {
 	t.mu.Lock()
 	for _, arn := range arns {
@@ -155,18 +155,25 @@ func (t *Tracker) Flush(ctx context.Context) error {
 		return nil
 	}
 	err := t.store.PutLastUses(ctx, batch)
-	if err != nil {
-		// Write them next time, with whatever they hold by then (never
-		// older than what failed).
-		t.mu.Lock()
-		for _, e := range taken {
-			if !e.dirty && t.uses[e.arn] == e {
-				e.dirty = true
-				t.dirty = append(t.dirty, e)
-			}
+	t.mu.Lock()
+	for _, e := range taken {
+		switch {
+		case e.dirty || t.uses[e.arn] != e:
+			// Used again since, or deleted: nothing to do.
+		case err != nil:
+			// Write it next time, with whatever it holds by then (never
+			// older than what failed).
+			e.dirty = true
+			t.dirty = append(t.dirty, e)
+		default:
+			// Stored: Get reads it from the store, so memory holds only
+			// the keys used in the last interval, however many keys
+			// there are. A key in steady use costs one allocation per
+			// interval.
+			delete(t.uses, e.arn)
 		}
-		t.mu.Unlock()
 	}
+	t.mu.Unlock()
 	return err
 }
 

@@ -118,6 +118,9 @@ func TestBatching(t *testing.T) {
 	if st.writes() != 1 || len(st.batches[0]) != 2 {
 		t.Fatalf("writes %d (%v), want one batch of two keys", st.writes(), st.batches)
 	}
+	if n := len(tr.uses); n != 0 {
+		t.Errorf("%d stored uses still held in memory", n)
+	}
 	u, err := st.LastUse(context.Background(), accnt, region, idA)
 	if err != nil || u.Operation != "ReEncrypt" || u.EventID != "ev-re" || u.RequestID != "req-re" || !u.Time.Equal(t0.Add(time.Second)) {
 		t.Fatalf("stored %+v, %v", u, err)
