@@ -142,7 +142,8 @@ func (t *Tracker) Flush(ctx context.Context) error {
 		e.dirty = false
 		account, region, id, ok := split(e.arn)
 		if !ok {
-			continue // not a key ARN: nothing GetKeyLastUsage could ask for
+			delete(t.uses, e.arn) // not a key ARN: nothing GetKeyLastUsage could ask for
+			continue
 		}
 		batch = append(batch, catalog.LastUse{Account: account, Region: region, KeyID: id,
 			Operation: e.op, Time: e.at, EventID: e.eventID, RequestID: e.requestID})
