@@ -70,11 +70,11 @@ func (s *Service) ScheduleKeyDeletion(ctx context.Context, c *Caller, in *kmsapi
 // returns how many keys it deleted.
 func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	now := s.now()
-	var due []string
+	var due []*catalog.Key
 	var backed []*catalog.Key // keys of custom key stores among them
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion && k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
-			due = append(due, k.Name())
+			due = append(due, k)
 			if k.CustomKeyStoreID != "" {
 				backed = append(backed, k)
 			}
@@ -87,12 +87,18 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	for _, k := range backed {
 		s.deleteBackingKey(ctx, k)
 	}
-	for _, id := range due {
+	for _, k := range due {
+		id := k.Name()
 		if err := s.cat.DeleteGrants(ctx, id); err != nil {
 			return 0, err
 		}
 		if err := s.deleteKey(ctx, id); err != nil {
 			return 0, err
+		}
+		if err := s.forgetUsage(ctx, k); err != nil {
+			// The key is gone; its stale last-use record names a key
+			// nobody can ask about, so it is not worth failing the sweep.
+			s.log.Error("delete the last use of a deleted key", "key", id, "err", err)
 		}
 		s.log.Info("key deleted after its waiting period", "key", id)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/lastuse"
 	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/pairpool"
 	"github.com/kmsd/kmsd/internal/policy"
@@ -78,6 +79,8 @@ type Service struct {
 	// keys stay Updating (multiregion.go); timers completes them.
 	replicaDelay time.Duration
 	timers       transitionTimers
+
+	usage *lastuse.Tracker // GetKeyLastUsage (getkeylastusage.go)
 }
 
 // Option configures a Service.
@@ -122,15 +125,18 @@ func New(cat *catalog.Catalog, opts ...Option) *Service {
 	if len(s.pairSizes) > 0 {
 		s.pairs = pairpool.New(material.GeneratePair, s.rand, s.pairSizes)
 	}
+	s.usage = lastuse.New(cat, s.log, s.now())
 	return s
 }
 
-// Close stops the Service's background work — the data key pair fillers
-// — and clears the pre-generated private keys. Requests still in flight
-// generate their pairs inline.
+// Close stops the Service's background work — the data key pair fillers,
+// the transition timers and the key-usage flusher — clears the
+// pre-generated private keys and writes the key uses not yet stored.
+// Requests still in flight generate their pairs inline.
 func (s *Service) Close() {
 	s.pairs.Close()
 	s.timers.stop()
+	s.closeUsage()
 }
 
 // Exception constructors used across operations.

@@ -67,6 +67,7 @@ var handlers = map[string]handler{
 	"GenerateDataKeyPairWithoutPlaintext": op((*kms.Service).GenerateDataKeyPairWithoutPlaintext),
 	"GenerateMac":                         op((*kms.Service).GenerateMac),
 	"GenerateRandom":                      op((*kms.Service).GenerateRandom),
+	"GetKeyLastUsage":                     op((*kms.Service).GetKeyLastUsage),
 	"GetKeyPolicy":                        op((*kms.Service).GetKeyPolicy),
 	"GetKeyRotationStatus":                op((*kms.Service).GetKeyRotationStatus),
 	"GetPublicKey":                        op((*kms.Service).GetPublicKey),

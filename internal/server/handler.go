@@ -138,6 +138,9 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !rec.ReadOnly {
 		rec.Response = out
 	}
+	// GetKeyLastUsage: the call succeeded, with the event time and id its
+	// audit record carries. In memory only; stored in batches.
+	a.svc.RecordUse(&caller, opName, rec.Time, rec.EventID)
 	a.metrics.ok(opName)
 	awsjson.WriteJSON(w, reqID, out)
 }

@@ -29,7 +29,7 @@ const (
 
 // newTestAPI returns the KMS, IAM and STS handler of a kmsd in verify
 // mode, with one long-term access key (testAKID) for an administrator.
-func newTestAPI(t *testing.T) *api {
+func newTestAPI(t testing.TB) *api {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kmsd.db"))

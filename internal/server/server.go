@@ -182,8 +182,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	cat := catalog.New(store, b)
 	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
 	// Deferred before the listener's shutdown, so it runs after every
-	// request has been answered.
+	// request has been answered (and stores their key uses).
 	defer svc.Close()
+	if err := svc.StartUsageTracking(ctx); err != nil {
+		return fmt.Errorf("key usage tracking: %w", err)
+	}
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
 	a.setVerifiers(nil)
 	auditLog, closeAudit, err := openAudit(cfg, out, log)

@@ -1,0 +1,292 @@
+// Package lastuse keeps when each KMS key was last used successfully by
+// one of the operations GetKeyLastUsage tracks, and which call it was.
+//
+// Recording is cheap, because it sits on the hot path of every Encrypt,
+// Decrypt and Sign: Tracker.Record updates an entry in memory under a
+// mutex and never touches storage. A background flusher writes the entries
+// changed since its last run, all in one storage transaction, every
+// Interval (one second), so a key's record is written at most once a
+// second however often the key is used. Close stops the flusher and
+// writes what is left, so a clean shutdown loses nothing.
+//
+// A process that dies without Close (kill -9, power loss) loses the uses
+// of its last second at most: the stored record then names an earlier
+// successful use, or none. That is acceptable — AWS's own tracking is
+// approximate, and nothing in kmsd depends on the record for correctness.
+//
+// Records are keyed by key ARN, which names the account, the Region and
+// the key id, so related multi-Region keys (one key id, several Regions)
+// each track their own use.
+package lastuse
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/catalog"
+)
+
+// Interval is how often the flusher writes changed entries: the longest
+// that a use stays in memory only.
+const Interval = time.Second
+
+// Store is where a Tracker keeps uses durably; *catalog.Catalog is one.
+type Store interface {
+	LastUse(ctx context.Context, account, region, id string) (*catalog.LastUse, error)
+	PutLastUses(ctx context.Context, uses []catalog.LastUse) error
+	DeleteLastUse(ctx context.Context, account, region, id string) error
+	TrackingStart(ctx context.Context, now time.Time) (time.Time, error)
+}
+
+var _ Store = (*catalog.Catalog)(nil)
+
+// Tracker records the last use of keys. Its methods are safe for
+// concurrent use.
+type Tracker struct {
+	store    Store
+	log      *slog.Logger
+	interval time.Duration
+
+	mu      sync.Mutex
+	uses    map[string]*entry // by key ARN: the uses not yet stored
+	dirty   []*entry          // entries changed since the last flush
+	running bool              // the flusher has been started
+	closed  bool
+	started time.Time // when this Tracker was made
+	began   time.Time // cached TrackingStart; zero until known
+
+	flushMu sync.Mutex // one flush at a time; Delete waits for it
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// entry is the last use of one key seen by this process.
+type entry struct {
+	arn                    string
+	op, eventID, requestID string
+	at                     time.Time
+	dirty                  bool
+}
+
+// New returns a Tracker over store, tracking from started (when the
+// process began to serve). The flusher starts with the first Record, so
+// a Tracker that never records runs nothing in the background.
+func New(store Store, log *slog.Logger, started time.Time) *Tracker {
+	return &Tracker{store: store, log: log, interval: Interval, uses: map[string]*entry{},
+		started: started, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Record notes that one call of op, at time at, used the keys arns; the
+// call's audit record has eventID and its response requestID. A later
+// Record for the same key replaces the earlier one in memory. Record does
+// no I/O and allocates only for a key not used since the last flush.
+func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, requestID string) {
+	t.mu.Lock()
+	for _, arn := range arns {
+		e := t.uses[arn]
+		if e == nil {
+			e = &entry{arn: arn}
+			t.uses[arn] = e
+		} else if at.Before(e.at) {
+			continue // a concurrent call that finished later already recorded
+		}
+		e.op, e.at, e.eventID, e.requestID = op, at, eventID, requestID
+		if !e.dirty {
+			e.dirty = true
+			t.dirty = append(t.dirty, e)
+		}
+	}
+	if !t.running && !t.closed {
+		t.running = true
+		go t.run()
+	}
+	t.mu.Unlock()
+}
+
+// run flushes every interval until Close.
+func (t *Tracker) run() {
+	defer close(t.done)
+	tick := time.NewTicker(t.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*t.interval)
+			if err := t.Flush(ctx); err != nil {
+				t.log.Error("key last use: flush failed; retrying", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Flush writes every entry changed since the last flush, in one
+// transaction. Entries it could not write stay to be written next time.
+func (t *Tracker) Flush(ctx context.Context) error {
+	t.flushMu.Lock()
+	defer t.flushMu.Unlock()
+	t.mu.Lock()
+	if len(t.dirty) == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	batch := make([]catalog.LastUse, 0, len(t.dirty))
+	taken := make([]*entry, 0, len(t.dirty))
+	for _, e := range t.dirty {
+		e.dirty = false
+		account, region, id, ok := split(e.arn)
+		if !ok {
+			delete(t.uses, e.arn) // not a key ARN: nothing GetKeyLastUsage could ask for
+			continue
+		}
+		batch = append(batch, catalog.LastUse{Account: account, Region: region, KeyID: id,
+			Operation: e.op, Time: e.at, EventID: e.eventID, RequestID: e.requestID})
+		taken = append(taken, e)
+	}
+	clear(t.dirty)
+	t.dirty = t.dirty[:0]
+	t.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	err := t.store.PutLastUses(ctx, batch)
+	t.mu.Lock()
+	for _, e := range taken {
+		switch {
+		case e.dirty || t.uses[e.arn] != e:
+			// Used again since, or deleted: nothing to do.
+		case err != nil:
+			// Write it next time, with whatever it holds by then (never
+			// older than what failed).
+			e.dirty = true
+			t.dirty = append(t.dirty, e)
+		default:
+			// Stored: Get reads it from the store, so memory holds only
+			// the keys used in the last interval, however many keys
+			// there are. A key in steady use costs one allocation per
+			// interval.
+			delete(t.uses, e.arn)
+		}
+	}
+	t.mu.Unlock()
+	return err
+}
+
+// Get returns the last use of the key arn: the newer of what this
+// process has seen and what is stored (another node sharing the store
+// may have recorded a later one). It returns catalog.ErrNotFound when the
+// key has no recorded use.
+func (t *Tracker) Get(ctx context.Context, arn string) (*catalog.LastUse, error) {
+	account, region, id, ok := split(arn)
+	if !ok {
+		return nil, catalog.ErrNotFound
+	}
+	var mem *catalog.LastUse
+	t.mu.Lock()
+	if e := t.uses[arn]; e != nil {
+		mem = &catalog.LastUse{Account: account, Region: region, KeyID: id,
+			Operation: e.op, Time: e.at, EventID: e.eventID, RequestID: e.requestID}
+	}
+	t.mu.Unlock()
+	stored, err := t.store.LastUse(ctx, account, region, id)
+	switch {
+	case errors.Is(err, catalog.ErrNotFound):
+		if mem == nil {
+			return nil, catalog.ErrNotFound
+		}
+		return mem, nil
+	case err != nil:
+		return nil, err
+	case mem != nil && mem.Time.After(stored.Time):
+		return mem, nil
+	}
+	return stored, nil
+}
+
+// Delete forgets the key arn, in memory and in the store, as the key
+// itself is deleted. A flush in progress is waited for, so that it does
+// not write the record back.
+func (t *Tracker) Delete(ctx context.Context, arn string) error {
+	account, region, id, ok := split(arn)
+	if !ok {
+		return nil
+	}
+	t.flushMu.Lock()
+	defer t.flushMu.Unlock()
+	t.mu.Lock()
+	if e := t.uses[arn]; e != nil {
+		delete(t.uses, arn)
+		if e.dirty {
+			e.dirty = false
+			t.dirty = removeEntry(t.dirty, e)
+		}
+	}
+	t.mu.Unlock()
+	return t.store.DeleteLastUse(ctx, account, region, id)
+}
+
+func removeEntry(s []*entry, e *entry) []*entry {
+	for i, x := range s {
+		if x == e {
+			s[i] = s[len(s)-1]
+			s[len(s)-1] = nil
+			return s[:len(s)-1]
+		}
+	}
+	return s
+}
+
+// Began returns when tracking began: the started time of the first
+// Tracker that called it on a store, stored then, and the same ever
+// after — when the first kmsd that tracks usage started. Keys created
+// before it have no usage recorded from before it.
+func (t *Tracker) Began(ctx context.Context) (time.Time, error) {
+	t.mu.Lock()
+	b := t.began
+	t.mu.Unlock()
+	if !b.IsZero() {
+		return b, nil
+	}
+	b, err := t.store.TrackingStart(ctx, t.started)
+	if err != nil {
+		return time.Time{}, err
+	}
+	t.mu.Lock()
+	t.began = b
+	t.mu.Unlock()
+	return b, nil
+}
+
+// Close stops the flusher and writes what is left. Uses recorded after
+// Close stay in memory and are written by Flush only.
+func (t *Tracker) Close(ctx context.Context) error {
+	t.mu.Lock()
+	running, closed := t.running, t.closed
+	t.closed = true
+	t.mu.Unlock()
+	if running && !closed {
+		close(t.stop)
+		<-t.done
+	}
+	return t.Flush(ctx)
+}
+
+// split takes a key ARN, arn:<partition>:kms:<region>:<account>:key/<id>,
+// apart.
+func split(arn string) (account, region, id string, ok bool) {
+	parts := strings.SplitN(arn, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "kms" {
+		return "", "", "", false
+	}
+	id, ok = strings.CutPrefix(parts[5], "key/")
+	if !ok || id == "" || parts[3] == "" || parts[4] == "" {
+		return "", "", "", false
+	}
+	return parts[4], parts[3], id, true
+}
