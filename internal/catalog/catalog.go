@@ -58,6 +58,21 @@ type Version struct {
 	// Catalog.MaterialID of the key id and the material; empty in records
 	// written before kmsd had it.
 	MaterialID string `json:"mid,omitempty"`
+
+	// Imported key material (origin EXTERNAL, spec §7.1). A version of an
+	// EXTERNAL key is one key material: Sealed is nil while it is not
+	// imported (ImportState PENDING_IMPORT). Its KeyMaterialState follows
+	// from Number against the key's Current: equal CURRENT, below
+	// NON_CURRENT, above PENDING_ROTATION.
+	ImportState         string     `json:"importState,omitempty"` // IMPORTED or PENDING_IMPORT
+	ExpirationModel     string     `json:"expirationModel,omitempty"`
+	ValidTo             *time.Time `json:"validTo,omitempty"` // KEY_MATERIAL_EXPIRES only
+	MaterialDescription string     `json:"materialDescription,omitempty"`
+	// Derived: the version's AES-GCM key is not the sealed material but
+	// HKDF of it bound to the key id and MaterialID (WorkingKey), so
+	// whoever knows imported bytes cannot make or open kmsd ciphertexts
+	// (spec §7.9).
+	Derived bool `json:"derived,omitempty"`
 }
 
 // Rotation records one completed rotation.
@@ -382,29 +397,32 @@ func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 	c.mu.RLock()
 	a, ok := c.aeads[aad]
 	c.mu.RUnlock()
-	if ok {
+	if ok && fresh(a, k, v) {
 		return a, nil
 	}
-	var sealed []byte
-	for _, ver := range k.Versions {
-		if ver.Number == v {
-			sealed = ver.Sealed
-		}
-	}
-	if sealed == nil {
+	ver := k.Version(v)
+	if ver == nil || ver.Sealed == nil {
 		return nil, ErrNotFound
 	}
-	material, err := c.barrier.Open(aad, sealed)
+	material, err := c.barrier.Open(aad, ver.Sealed)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
 	}
 	defer clear(material)
-	block, err := aes.NewCipher(material)
+	key := material
+	if ver.Derived {
+		key = c.WorkingKey(k.ID, ver.MaterialID, material)
+		defer clear(key)
+	}
+	block, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, err
 	}
 	if a, err = cipher.NewGCM(block); err != nil {
 		return nil, err
+	}
+	if ver.Derived {
+		a = &derivedAEAD{AEAD: a, mid: ver.MaterialID}
 	}
 	c.mu.Lock()
 	c.aeads[aad] = a
