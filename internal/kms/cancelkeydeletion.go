@@ -24,6 +24,10 @@ func (s *Service) CancelKeyDeletion(ctx context.Context, c *Caller, in *kmsapi.C
 			return exc("KMSInvalidStateException", k.ARN()+" is not pending deletion.")
 		}
 		k.State = keys.Disabled
+		if k.Origin == originExternal && !allImported(k) {
+			// A key missing imported material comes back waiting for it.
+			k.State = keys.PendingImport
+		}
 		k.DeletionDate = nil
 		k.PendingWindowInDays = 0
 		return nil

@@ -14,7 +14,7 @@ import (
 )
 
 // CreateKey creates a key of any KeySpec × KeyUsage of spec §2.1 with
-// material made here (origin AWS_KMS), or a symmetric encryption key in
+// material made here (origin AWS_KMS) or imported later (origin EXTERNAL), or a symmetric encryption key in
 // the cluster of a CONNECTED CloudHSM key store (origin AWS_CLOUDHSM with
 // CustomKeyStoreId) or behind an external key store.
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
@@ -70,7 +70,13 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		// keys; refused before the store is contacted.
 		return nil, exc("UnsupportedOperationException", "KeySpec "+spec+" is not supported for KMS keys in a custom key store. Only SYMMETRIC_DEFAULT keys are.")
 	}
-	if (origin != "AWS_KMS" && !custom) || (custom && origin == "AWS_KMS") || (in.XksKeyId != nil && origin != "EXTERNAL_KEY_STORE") {
+	if origin == "EXTERNAL" && (in.CustomKeyStoreId != nil || in.XksKeyId != nil) {
+		// Spec §3.1 #7 [R]: keys in custom key stores have their material
+		// in the store; none can be imported.
+		return nil, exc("UnsupportedOperationException", "Origin EXTERNAL is not supported for KMS keys in a custom key store.")
+	}
+	external := origin == "EXTERNAL"
+	if (origin != "AWS_KMS" && !custom && !external) || (custom && origin == "AWS_KMS") || (in.XksKeyId != nil && origin != "EXTERNAL_KEY_STORE") {
 		return nil, exc("UnsupportedOperationException", "Origin "+origin+" with these custom key store parameters is not supported by kmsd yet.")
 	}
 	multiRegion := in.MultiRegion != nil && *in.MultiRegion
@@ -125,6 +131,11 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	if multiRegion {
 		k.PrimaryRegion = c.Region
 	}
+	if external {
+		// Spec §3.2: no material until ImportKeyMaterial; version 1 is
+		// made by the first import.
+		k.State, k.Current = keys.PendingImport, 0
+	}
 	if custom {
 		// The material lives in the cluster, labelled with the key's ARN.
 		k.CustomKeyStoreID = *in.CustomKeyStoreId
@@ -132,7 +143,7 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 	}
 	// External keys also hold kmsd material: the inner layer of their
 	// double encryption (spec §10.8).
-	if !custom || k.XksKeyID != "" {
+	if (!custom && !external) || k.XksKeyID != "" {
 		v, err := s.newMaterial(k.Name(), k.ID, spec, k.Created)
 		if err != nil {
 			return nil, err

@@ -99,6 +99,10 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 		pt, err := s.openHSM(ctx, k, b, ec)
 		return k, pt, err
 	}
+	if b.KeyVersion > k.Current {
+		// Material pending rotation encrypts nothing yet.
+		return nil, nil, errCiphertext
+	}
 	aead, err := s.cat.AEAD(k, b.KeyVersion)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, nil, errCiphertext

@@ -61,8 +61,13 @@ func (s *Service) storeRandom(ctx context.Context, c *Caller, id string, n int) 
 
 // view is k as callers see it: a key of a custom key store that is not
 // CONNECTED is Unavailable unless it is pending deletion (spec §7). The
-// stored record keeps its own state, which shows again on reconnect.
+// stored record keeps its own state, which shows again on reconnect. A key
+// with imported material past its ValidTo is as the expiry sweep will
+// leave it.
 func (s *Service) view(k *catalog.Key) *catalog.Key {
+	if k.Origin == originExternal {
+		return s.expiredView(k)
+	}
 	if k.CustomKeyStoreID == "" || k.State == keys.PendingDeletion || k.State == keys.Unavailable {
 		return k
 	}

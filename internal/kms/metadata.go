@@ -2,6 +2,7 @@ package kms
 
 import (
 	"slices"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
@@ -26,6 +27,9 @@ func metadata(k *catalog.Key) *kmsapi.KeyMetadata {
 		MultiRegion:           kmsapi.Bool(false),
 	}
 	m.EncryptionAlgorithms, m.SigningAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = algorithmLists(k)
+	if k.Origin == originExternal {
+		m.ExpirationModel, m.ValidTo = importedExpiry(k)
+	}
 	if k.DeletionDate != nil {
 		m.DeletionDate = kmsapi.NewTime(*k.DeletionDate)
 	}
@@ -56,4 +60,25 @@ func algorithmLists(k *catalog.Key) (encryption, signing, mac, agreement []strin
 		agreement = algs
 	}
 	return
+}
+
+// importedExpiry is the ExpirationModel and ValidTo of an EXTERNAL key
+// (spec §4): absent unless its current material is imported; ValidTo is
+// the earliest expiry among the materials permanently associated with it.
+func importedExpiry(k *catalog.Key) (*string, *kmsapi.Time) {
+	cur := k.Version(k.Current)
+	if cur == nil || cur.ImportState != importStateImported {
+		return nil, nil
+	}
+	var earliest *time.Time
+	for i := range k.Versions {
+		v := &k.Versions[i]
+		if v.Number <= k.Current && v.ValidTo != nil && (earliest == nil || v.ValidTo.Before(*earliest)) {
+			earliest = v.ValidTo
+		}
+	}
+	if earliest == nil {
+		return kmsapi.String(materialDoesNotExpire), nil
+	}
+	return kmsapi.String(materialExpires), kmsapi.NewTime(*earliest)
 }

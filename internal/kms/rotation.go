@@ -36,6 +36,14 @@ func rotatable(k *catalog.Key, onDemand bool) error {
 	if onDemand && k.KeySpec != keys.Symmetric {
 		return exc("UnsupportedOperationException", "")
 	}
+	if k.Origin == originExternal {
+		// Imported symmetric material rotates on demand only, by
+		// promoting material imported for it (spec §7.8).
+		if onDemand {
+			return nil
+		}
+		return exc("UnsupportedOperationException", k.ARN()+" origin is EXTERNAL which is not valid for this operation.")
+	}
 	if k.Origin != "AWS_KMS" || k.KeySpec != keys.Symmetric {
 		return noRotation
 	}
@@ -192,6 +200,9 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 		if err := onDemandLimit(k); err != nil {
 			return err
 		}
+		if k.Origin == originExternal {
+			return promoteImported(k, s.now().UTC().Truncate(time.Millisecond))
+		}
 		return s.rotate(k, "ON_DEMAND", s.now().UTC().Truncate(time.Millisecond))
 	})
 	if err != nil {
@@ -209,6 +220,9 @@ func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.Li
 	}
 	if err := s.authorizeKey(ctx, c, "kms:ListKeyRotations", k, nil, nil); err != nil {
 		return nil, err
+	}
+	if k.Origin == originExternal && k.KeySpec == keys.Symmetric {
+		return listImportedRotations(k, in)
 	}
 	if k.Origin != "AWS_KMS" || k.KeySpec != "SYMMETRIC_DEFAULT" {
 		return nil, exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")

@@ -139,10 +139,10 @@ var ConditionKeys = []ConditionKey{
 	{KeyMessageType, Pending, []string{"Sign", "Verify"}},
 	{KeyMacAlgorithm, Pending, []string{"GenerateMac", "VerifyMac"}},
 	{KeyKeyAgreementAlgorithm, Pending, []string{"DeriveSharedSecret"}},
-	{KeyExpirationModel, Pending, []string{"ImportKeyMaterial"}},
-	{KeyValidTo, Pending, []string{"ImportKeyMaterial"}},
-	{KeyWrappingAlgorithm, Pending, []string{"GetParametersForImport"}},
-	{KeyWrappingKeySpec, Pending, []string{"GetParametersForImport"}},
+	{KeyExpirationModel, Filled, []string{"ImportKeyMaterial"}},
+	{KeyValidTo, Filled, []string{"ImportKeyMaterial"}},
+	{KeyWrappingAlgorithm, Filled, []string{"GetParametersForImport"}},
+	{KeyWrappingKeySpec, Filled, []string{"GetParametersForImport"}},
 	{"kms:RecipientAttestation:", Pending, []string{"Decrypt", "GenerateDataKey", "GenerateDataKeyPair", "GenerateRandom", "DeriveSharedSecret"}},
 }
 

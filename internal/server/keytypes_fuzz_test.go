@@ -25,6 +25,21 @@ import (
 var keyTypeOps = []string{
 	"Sign", "Verify", "GetPublicKey", "GenerateMac", "VerifyMac", "DeriveSharedSecret",
 	"GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "Encrypt", "Decrypt",
+	"GetParametersForImport", "ImportKeyMaterial", "DeleteImportedKeyMaterial",
+}
+
+// importSeeds are requests of the import operations, for the keys of
+// origin EXTERNAL (and the others, which refuse them).
+var importSeeds = []struct{ op, body string }{
+	{"GetParametersForImport", `{"KeyId":"k","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}`},
+	{"GetParametersForImport", `{"KeyId":"k","WrappingAlgorithm":"RSA_AES_KEY_WRAP_SHA_1","WrappingKeySpec":"RSA_2048"}`},
+	{"GetParametersForImport", `{"KeyId":"k","WrappingAlgorithm":"SM2PKE","WrappingKeySpec":"SM2"}`},
+	{"GetParametersForImport", `{"KeyId":"k","WrappingAlgorithm":"RSAES_PKCS1_V1_5","WrappingKeySpec":"RSA_2048"}`},
+	{"ImportKeyMaterial", `{"KeyId":"k","ImportToken":"AQID","EncryptedKeyMaterial":"AQID","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE"}`},
+	{"ImportKeyMaterial", `{"KeyId":"k","ImportToken":"AQID","EncryptedKeyMaterial":"AQID","ValidTo":4102444800,"ImportType":"NEW_KEY_MATERIAL"}`},
+	{"ImportKeyMaterial", `{"KeyId":"k","ImportToken":"AQID","EncryptedKeyMaterial":"AQID","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","KeyMaterialId":"` + strings.Repeat("ab", 32) + `"}`},
+	{"DeleteImportedKeyMaterial", `{"KeyId":"k"}`},
+	{"DeleteImportedKeyMaterial", `{"KeyId":"k","KeyMaterialId":"` + strings.Repeat("0", 64) + `"}`},
 }
 
 // FuzzKeyTypeOperations runs random requests of keyTypeOps through the
@@ -52,22 +67,29 @@ func FuzzKeyTypeOperations(f *testing.F) {
 		return &kms.Caller{Account: testAccount, Region: "us-east-1", ARN: "arn:aws:iam::" + testAccount + ":root", Trusted: true}
 	}
 	var keyIDs []string
-	for _, k := range []struct{ spec, usage string }{
-		{"SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"},
-		{"RSA_2048", "SIGN_VERIFY"},
-		{"RSA_2048", "ENCRYPT_DECRYPT"},
-		{"ECC_NIST_P256", "SIGN_VERIFY"},
-		{"ECC_NIST_P384", "KEY_AGREEMENT"},
-		{"ECC_NIST_P256", "KEY_AGREEMENT"},
-		{"ECC_SECG_P256K1", "SIGN_VERIFY"},
-		{"ECC_NIST_EDWARDS25519", "SIGN_VERIFY"},
-		{"ML_DSA_44", "SIGN_VERIFY"},
-		{"HMAC_256", "GENERATE_VERIFY_MAC"},
-		{"HMAC_512", "GENERATE_VERIFY_MAC"},
-		{"ECC_NIST_P256", "SIGN_VERIFY"}, // disabled below
+	for _, k := range []struct{ spec, usage, origin string }{
+		{"SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", ""},
+		{"RSA_2048", "SIGN_VERIFY", ""},
+		{"RSA_2048", "ENCRYPT_DECRYPT", ""},
+		{"ECC_NIST_P256", "SIGN_VERIFY", ""},
+		{"ECC_NIST_P384", "KEY_AGREEMENT", ""},
+		{"ECC_NIST_P256", "KEY_AGREEMENT", ""},
+		{"ECC_SECG_P256K1", "SIGN_VERIFY", ""},
+		{"ECC_NIST_EDWARDS25519", "SIGN_VERIFY", ""},
+		{"ML_DSA_44", "SIGN_VERIFY", ""},
+		{"HMAC_256", "GENERATE_VERIFY_MAC", ""},
+		{"HMAC_512", "GENERATE_VERIFY_MAC", ""},
+		{"SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "EXTERNAL"},
+		{"HMAC_256", "GENERATE_VERIFY_MAC", "EXTERNAL"},
+		{"ECC_NIST_P256", "SIGN_VERIFY", "EXTERNAL"},
+		{"ECC_NIST_P256", "SIGN_VERIFY", ""}, // disabled below
 	} {
 		spec, usage := k.spec, k.usage
-		out, err := svc.CreateKey(ctx, caller(), &kmsapi.CreateKeyRequest{KeySpec: &spec, KeyUsage: &usage})
+		var origin *string
+		if k.origin != "" {
+			origin = &k.origin
+		}
+		out, err := svc.CreateKey(ctx, caller(), &kmsapi.CreateKeyRequest{KeySpec: &spec, KeyUsage: &usage, Origin: origin})
 		if err != nil {
 			f.Fatalf("CreateKey %s %s: %v", spec, usage, err)
 		}
@@ -90,6 +112,12 @@ func FuzzKeyTypeOperations(f *testing.F) {
 			f.Add(uint8(op), uint8(k), []byte(c.body))
 		}
 	}
+	for _, c := range importSeeds {
+		op := slices.Index(keyTypeOps, c.op)
+		for k := range keyIDs {
+			f.Add(uint8(op), uint8(k), []byte(c.body))
+		}
+	}
 	f.Fuzz(func(t *testing.T, op, key uint8, body []byte) {
 		name := keyTypeOps[int(op)%len(keyTypeOps)]
 		// A body that is a JSON object names one of the keys, unless key
@@ -102,6 +130,9 @@ func FuzzKeyTypeOperations(f *testing.F) {
 			// RSA_2048's with a larger number.
 			if s, _ := m["KeyPairSpec"].(string); strings.HasPrefix(s, "RSA_") {
 				m["KeyPairSpec"] = "RSA_2048"
+			}
+			if s, _ := m["WrappingKeySpec"].(string); strings.HasPrefix(s, "RSA_") {
+				m["WrappingKeySpec"] = "RSA_2048"
 			}
 			body, _ = json.Marshal(m)
 		}

@@ -284,8 +284,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	return srv.Shutdown(shutCtx)
 }
 
-// sweep runs the deletion, rotation and multi-Region transition sweepers
-// now and then.
+// sweep runs the deletion, rotation, multi-Region transition and
+// imported-material expiry sweepers now and then.
 func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -300,6 +300,9 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 		// Updating ends now if due; timers of this process do the rest.
 		if _, err := svc.SweepTransitions(ctx); err != nil && ctx.Err() == nil {
 			log.Error("multi-Region transition sweep", "err", err)
+		}
+		if _, err := svc.SweepImports(ctx); err != nil && ctx.Err() == nil {
+			log.Error("imported key material expiry sweep", "err", err)
 		}
 		select {
 		case <-ctx.Done():
