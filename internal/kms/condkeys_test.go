@@ -2,10 +2,15 @@ package kms
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/policy"
@@ -33,6 +38,11 @@ type opArgs struct {
 	caller   func(c *Caller)
 	// multiRegion: CreateKey makes a multi-Region key.
 	multiRegion bool
+	// GetParametersForImport and ImportKeyMaterial: the wrapping
+	// algorithm (default RSAES_OAEP_SHA_256) and the expiration.
+	wrapAlg  string
+	expModel *string
+	validTo  *time.Time
 }
 
 // matrixKey is a key the matrix acts on. "tagged" has aliases alias/k1
@@ -158,12 +168,71 @@ var matrixOps = map[string]func(ctx context.Context, f *matrixFixture, c *Caller
 		_, err := f.svc.EnableKeyRotation(ctx, c, &kmsapi.EnableKeyRotationRequest{KeyId: &id, RotationPeriodInDays: a.period})
 		return err
 	},
+	"GetParametersForImport": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
+		id, err := f.externalKey(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = f.svc.GetParametersForImport(ctx, c, &kmsapi.GetParametersForImportRequest{KeyId: &id,
+			WrappingAlgorithm: kmsapi.String(a.wrapping()), WrappingKeySpec: kmsapi.String("RSA_2048")})
+		return err
+	},
+	"ImportKeyMaterial": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
+		id, err := f.externalKey(ctx)
+		if err != nil {
+			return err
+		}
+		p, err := f.svc.GetParametersForImport(ctx, f.caller, &kmsapi.GetParametersForImportRequest{KeyId: &id,
+			WrappingAlgorithm: kmsapi.String("RSAES_OAEP_SHA_256"), WrappingKeySpec: kmsapi.String("RSA_2048")})
+		if err != nil {
+			return err
+		}
+		pub, err := x509.ParsePKIXPublicKey(p.PublicKey)
+		if err != nil {
+			return err
+		}
+		wrapped, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub.(*rsa.PublicKey), make([]byte, 32), nil)
+		if err != nil {
+			return err
+		}
+		in := &kmsapi.ImportKeyMaterialRequest{KeyId: &id, ImportToken: p.ImportToken, EncryptedKeyMaterial: wrapped, ExpirationModel: a.expModel}
+		if a.validTo != nil {
+			in.ValidTo = kmsapi.NewTime(*a.validTo)
+		}
+		_, err = f.svc.ImportKeyMaterial(ctx, c, in)
+		return err
+	},
 	"ScheduleKeyDeletion": func(ctx context.Context, f *matrixFixture, c *Caller, a *opArgs) error {
 		id := a.keyID(f)
 		_, err := f.svc.ScheduleKeyDeletion(ctx, c, &kmsapi.ScheduleKeyDeletionRequest{KeyId: &id, PendingWindowInDays: a.window})
 		return err
 	},
 }
+
+func (a *opArgs) wrapping() string {
+	if a.wrapAlg == "" {
+		return "RSAES_OAEP_SHA_256"
+	}
+	return a.wrapAlg
+}
+
+// externalKey makes a key of origin EXTERNAL, by the account root, with
+// the key policy of the fixture's keys.
+func (f *matrixFixture) externalKey(ctx context.Context) (string, error) {
+	kp, err := f.svc.GetKeyPolicy(ctx, f.caller, &kmsapi.GetKeyPolicyRequest{KeyId: &f.tagged.id})
+	if err != nil {
+		return "", err
+	}
+	out, err := f.svc.CreateKey(ctx, f.caller, &kmsapi.CreateKeyRequest{Origin: kmsapi.String("EXTERNAL"), Policy: kp.Policy, BypassPolicyLockoutSafetyCheck: boolp(true)})
+	if err != nil {
+		return "", err
+	}
+	return *out.KeyMetadata.KeyId, nil
+}
+
+// importValidTo is a ValidTo a day after the fixture's clock
+// (2026-01-02T03:04:05Z), 1767409445 in epoch seconds.
+var importValidTo = time.Date(2026, 1, 3, 3, 4, 5, 0, time.UTC)
 
 // matrixCase is one condition key: a condition on it that the request
 // built by args satisfies with right and not with wrong; absent, when
@@ -291,6 +360,17 @@ var matrixCases = []matrixCase{
 	{key: "kms:ScheduleKeyDeletionPendingWindowInDays", op: "NumericEquals", right: "7", wrong: "30",
 		args: func(a *opArgs) { a.window = i32(7) }},
 	{key: "kms:ScheduleKeyDeletionPendingWindowInDays", op: "NumericEquals", right: "30", wrong: "7"}, // default
+	{key: "kms:WrappingAlgorithm", op: "StringEquals", right: "RSAES_OAEP_SHA_256", wrong: "RSAES_OAEP_SHA_1"},
+	{key: "kms:WrappingAlgorithm", op: "StringEquals", right: "RSA_AES_KEY_WRAP_SHA_1", wrong: "RSA_AES_KEY_WRAP_SHA_256",
+		args: func(a *opArgs) { a.wrapAlg = "RSA_AES_KEY_WRAP_SHA_1" }},
+	{key: "kms:WrappingKeySpec", op: "StringEquals", right: "RSA_2048", wrong: "RSA_4096"},
+	{key: "kms:ExpirationModel", op: "StringEquals", right: "KEY_MATERIAL_DOES_NOT_EXPIRE", wrong: "KEY_MATERIAL_EXPIRES",
+		args: func(a *opArgs) { a.expModel = kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE") }},
+	{key: "kms:ExpirationModel", op: "StringEquals", right: "KEY_MATERIAL_EXPIRES", wrong: "KEY_MATERIAL_DOES_NOT_EXPIRE", // default
+		args: func(a *opArgs) { a.validTo = &importValidTo }},
+	{key: "kms:ValidTo", op: "NumericEquals", right: "1767409445", wrong: "1767409446",
+		args:   func(a *opArgs) { a.validTo = &importValidTo },
+		absent: func(a *opArgs) { a.validTo, a.expModel = nil, kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE") }},
 }
 
 // allowCreateKey adds an identity policy allowing kms:CreateKey.
