@@ -405,12 +405,6 @@ func TestImportKeyMaterialChecks(t *testing.T) {
 	})
 }
 
-// asymmetricCase is a key spec and usage with material to import.
-type asymmetricCase struct {
-	spec, usage string
-	gen         func(t *testing.T) (crypto.Signer, []byte) // the key and its PKCS #8
-}
-
 func pkcs8(t *testing.T, k any) []byte {
 	t.Helper()
 	b, err := x509.MarshalPKCS8PrivateKey(k)
