@@ -280,6 +280,29 @@ func TestBYOKWithCLIAndOpenSSL(t *testing.T) {
 	if got := blob(t, dec, "Plaintext"); string(got) != "imported material works" {
 		t.Fatalf("decrypt after a refused import: %q", got)
 	}
+
+	// The audit log records the imports, but neither the token, the
+	// wrapped material nor the material, in any encoding.
+	e.k.Stop() // flushes the audit log
+	log, err := os.ReadFile(filepath.Join(e.k.DataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(log, []byte(`"eventName":"ImportKeyMaterial"`)) || !bytes.Contains(log, []byte(`"eventName":"DeleteImportedKeyMaterial"`)) {
+		t.Fatal("no ImportKeyMaterial or DeleteImportedKeyMaterial audit record")
+	}
+	for name, secret := range map[string][]byte{"token": e.read("p1-token.bin"), "wrapped material": e.read("wrapped1.bin"), "material": e.read("material.bin")} {
+		for _, enc := range []string{base64.StdEncoding.EncodeToString(secret), hex.EncodeToString(secret), string(secret[:16])} {
+			if bytes.Contains(log, []byte(enc[:min(len(enc), 24)])) {
+				t.Fatalf("the audit log holds the %s", name)
+			}
+		}
+	}
+	for _, member := range []string{"importToken", "encryptedKeyMaterial"} {
+		if bytes.Contains(log, []byte(`"`+member+`"`)) {
+			t.Fatalf("the audit log names %s", member)
+		}
+	}
 }
 
 // TestExpiryBySweeper: material imported with a ValidTo a few seconds
