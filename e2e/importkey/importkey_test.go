@@ -307,7 +307,8 @@ func TestBYOKWithCLIAndOpenSSL(t *testing.T) {
 
 // TestExpiryBySweeper: material imported with a ValidTo a few seconds
 // ahead expires; kmsd's sweeper (every second here) deletes it — its log
-// says so — and the same bytes bring the key back.
+// says so, and the audit log has AWS's DeleteExpiredKeyMaterial event —
+// and the same bytes bring the key back.
 func TestExpiryBySweeper(t *testing.T) {
 	e := start(t, "--sweep-interval", "1s")
 	id := e.createExternal()
@@ -342,6 +343,14 @@ func TestExpiryBySweeper(t *testing.T) {
 		"--import-token", "fileb://"+token, "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE")
 	if got := blob(t, e.ok("kms", "decrypt", "--ciphertext-blob", "fileb://"+ct), "Plaintext"); !bytes.Equal(got, e.read("material.bin")) {
 		t.Fatal("old ciphertext after re-import")
+	}
+	e.k.Stop() // flushes the audit log
+	log, err := os.ReadFile(filepath.Join(e.k.DataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(log, []byte(`"eventName":"DeleteExpiredKeyMaterial"`)) {
+		t.Fatal("no DeleteExpiredKeyMaterial audit record")
 	}
 }
 

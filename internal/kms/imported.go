@@ -141,9 +141,16 @@ func (s *Service) expiredView(k *catalog.Key) *catalog.Key {
 	return &v
 }
 
+// ExpiredMaterial is what one expiry sweep deleted from one key, for the
+// audit record AWS writes (DeleteExpiredKeyMaterial, spec §7.6).
+type ExpiredMaterial struct {
+	Account, Region, KeyARN string
+	KeyMaterialIDs          []string
+}
+
 // SweepImports deletes imported key material whose ValidTo has passed
-// (spec §7.6) and returns how many keys lost material.
-func (s *Service) SweepImports(ctx context.Context) (int, error) {
+// (spec §7.6) and says from which keys.
+func (s *Service) SweepImports(ctx context.Context) ([]ExpiredMaterial, error) {
 	now := s.now()
 	var due []string
 	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
@@ -153,11 +160,19 @@ func (s *Service) SweepImports(ctx context.Context) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	var out []ExpiredMaterial
 	for _, name := range due {
-		_, err := s.cat.UpdateKey(ctx, name, func(k *catalog.Key) error {
+		var ids []string
+		k, err := s.cat.UpdateKey(ctx, name, func(k *catalog.Key) error {
+			ids = ids[:0]
+			for i := range k.Versions {
+				v := &k.Versions[i]
+				if v.ImportState == importStateImported && v.ValidTo != nil && !now.Before(*v.ValidTo) {
+					ids = append(ids, v.MaterialID)
+				}
+			}
 			if !expire(k, now) {
 				return errUnchanged
 			}
@@ -166,13 +181,13 @@ func (s *Service) SweepImports(ctx context.Context) (int, error) {
 		switch {
 		case errors.Is(err, errUnchanged):
 		case err != nil:
-			return n, err
+			return out, err
 		default:
-			n++
-			s.log.Info("imported key material expired", "key", name)
+			out = append(out, ExpiredMaterial{Account: k.Account, Region: k.Region, KeyARN: k.ARN(), KeyMaterialIDs: ids})
+			s.log.Info("imported key material expired", "key", k.ARN())
 		}
 	}
-	return n, nil
+	return out, nil
 }
 
 // errUnchanged aborts an update that has nothing to do.

@@ -674,8 +674,8 @@ func TestImportExpiry(t *testing.T) {
 	if md := f.describe(t, id); *md.ExpirationModel != "KEY_MATERIAL_EXPIRES" || !md.ValidTo.Equal(validTo) {
 		t.Fatalf("%v %v", md.ExpirationModel, md.ValidTo)
 	}
-	if n, err := f.svc.SweepImports(ctx); err != nil || n != 0 {
-		t.Fatalf("early sweep: %d %v", n, err)
+	if ex, err := f.svc.SweepImports(ctx); err != nil || len(ex) != 0 {
+		t.Fatalf("early sweep: %v %v", ex, err)
 	}
 	f.clock.advance(time.Hour)
 	// Not swept yet: the key is already unusable.
@@ -684,8 +684,10 @@ func TestImportExpiry(t *testing.T) {
 	}
 	_, err := f.decrypt(blob, nil)
 	wantException(t, err, "KMSInvalidStateException")
-	if n, err := f.svc.SweepImports(ctx); err != nil || n != 1 {
-		t.Fatalf("sweep: %d %v", n, err)
+	ex, err := f.svc.SweepImports(ctx)
+	if err != nil || len(ex) != 1 || ex[0].KeyARN != keys.KeyARN("us-east-1", f.caller.Account, id) ||
+		len(ex[0].KeyMaterialIDs) != 1 || ex[0].KeyMaterialIDs[0] != f.cat.MaterialID(id, m) {
+		t.Fatalf("sweep: %+v %v", ex, err)
 	}
 	k, err := f.cat.Key(ctx, id)
 	if err != nil || k.State != "PendingImport" || k.Versions[0].Sealed != nil {

@@ -6,6 +6,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/kms"
 )
 
 // auditConnectResult records the outcome of a custom key store's
@@ -44,6 +45,31 @@ func (a *api) auditConnectResult(st keystore.Store, state, code string) {
 	}
 	if code != "" {
 		rec.ErrorCode = code
+	}
+	a.audit.Log(rec)
+}
+
+// auditExpiry records the expiry sweep's deletion of imported key
+// material as AWS does, an AwsServiceEvent named DeleteExpiredKeyMaterial
+// (spec §7.6), with the key as resource and the material ids in the
+// details (never the material).
+func (a *api) auditExpiry(e kms.ExpiredMaterial) {
+	rec := &audit.Record{
+		Time:                time.Now(),
+		UserIdentity:        audit.UserIdentity{Type: "AWSService", InvokedBy: "kms.amazonaws.com"},
+		EventSource:         "kms.amazonaws.com",
+		EventName:           "DeleteExpiredKeyMaterial",
+		AWSRegion:           e.Region,
+		SourceIPAddress:     "kms.amazonaws.com",
+		UserAgent:           "kms.amazonaws.com",
+		RequestID:           uuid.NewString(),
+		EventID:             uuid.NewString(),
+		EventType:           "AwsServiceEvent",
+		ManagementEvent:     true,
+		RecipientAccountID:  e.Account,
+		EventCategory:       "Management",
+		Resources:           []audit.Resource{{AccountID: e.Account, Type: "AWS::KMS::Key", ARN: e.KeyARN}},
+		ServiceEventDetails: map[string]any{"keyMaterialIds": e.KeyMaterialIDs},
 	}
 	a.audit.Log(rec)
 }

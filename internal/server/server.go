@@ -266,7 +266,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	defer stopSweep()
-	go sweep(sweepCtx, svc, cfg.SweepInterval, log)
+	go sweep(sweepCtx, svc, cfg.SweepInterval, log, a.auditExpiry)
 
 	select {
 	case <-ctx.Done():
@@ -286,7 +286,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 // sweep runs the deletion, rotation, multi-Region transition and
 // imported-material expiry sweepers now and then.
-func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger) {
+func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger, expired func(kms.ExpiredMaterial)) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -301,8 +301,12 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 		if _, err := svc.SweepTransitions(ctx); err != nil && ctx.Err() == nil {
 			log.Error("multi-Region transition sweep", "err", err)
 		}
-		if _, err := svc.SweepImports(ctx); err != nil && ctx.Err() == nil {
+		gone, err := svc.SweepImports(ctx)
+		if err != nil && ctx.Err() == nil {
 			log.Error("imported key material expiry sweep", "err", err)
+		}
+		for _, e := range gone {
+			expired(e)
 		}
 		select {
 		case <-ctx.Done():
