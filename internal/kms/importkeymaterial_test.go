@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/mldsa"
+	mldsax509 "filippo.io/mldsa/x509"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/kwp"
@@ -842,5 +844,118 @@ func TestImportedCiphertextsNotForgeable(t *testing.T) {
 	}
 	if f.cat.MaterialID(a, m) == f.cat.MaterialID(b, m) || f.cat.MaterialID(a, m) != mid {
 		t.Fatal("KeyMaterialId not deterministic per key id and material")
+	}
+}
+
+// TestImportOtherSpecs: secp256k1, ML-DSA and (in a China Region, wrapped
+// with SM2PKE) SM2 material imports from PKCS #8 and signs as the
+// original key.
+func TestImportOtherSpecs(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	china := &Caller{Account: f.caller.Account, Region: "cn-north-1", ARN: "arn:aws-cn:iam::" + f.caller.Account + ":root"}
+	for _, tc := range []struct {
+		spec, alg string
+		c         *Caller
+		wrapAlg   string
+	}{
+		{"ECC_SECG_P256K1", "ECDSA_SHA_256", f.caller, "RSA_AES_KEY_WRAP_SHA_1"},
+		{"ML_DSA_44", "ML_DSA_SHAKE_256", f.caller, "RSA_AES_KEY_WRAP_SHA_256"},
+		{"SM2", "SM2DSA", china, "SM2PKE"},
+	} {
+		t.Run(tc.spec, func(t *testing.T) {
+			var der, pub []byte
+			if strings.HasPrefix(tc.spec, "ML_DSA") {
+				k, err := mldsa.GenerateKey(mldsa.MLDSA44())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if der, err = mldsax509.MarshalPKCS8PrivateKey(k); err != nil {
+					t.Fatal(err)
+				}
+				if pub, err = mldsax509.MarshalPKIXPublicKey(k.PublicKey()); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				var err error
+				if der, pub, err = material.GeneratePair(tc.spec, rand.Reader); err != nil {
+					t.Fatal(err)
+				}
+			}
+			spec, usage := tc.spec, "SIGN_VERIFY"
+			ck, err := f.svc.CreateKey(ctx, tc.c, &kmsapi.CreateKeyRequest{Origin: kmsapi.String("EXTERNAL"), KeySpec: &spec, KeyUsage: &usage})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := ck.KeyMetadata.KeyId
+			wspec := "RSA_2048"
+			if tc.wrapAlg == "SM2PKE" {
+				wspec = "SM2"
+			}
+			p, err := f.svc.GetParametersForImport(ctx, tc.c, &kmsapi.GetParametersForImportRequest{KeyId: id, WrappingAlgorithm: &tc.wrapAlg, WrappingKeySpec: &wspec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wrapped []byte
+			if tc.wrapAlg == "SM2PKE" {
+				if wrapped, err = material.Encrypt("SM2", p.PublicKey, "SM2PKE", der, rand.Reader); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				wrapped = wrapMaterial(t, p.PublicKey, tc.wrapAlg, der)
+			}
+			if _, err := f.svc.ImportKeyMaterial(ctx, tc.c, &kmsapi.ImportKeyMaterialRequest{KeyId: id, ImportToken: p.ImportToken,
+				EncryptedKeyMaterial: wrapped, ExpirationModel: kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE")}); err != nil {
+				t.Fatal(err)
+			}
+			gp, err := f.svc.GetPublicKey(ctx, tc.c, &kmsapi.GetPublicKeyRequest{KeyId: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(gp.PublicKey, pub) {
+				t.Fatal("GetPublicKey differs from the imported key's")
+			}
+			msg := []byte("imported " + tc.spec)
+			s, err := f.svc.Sign(ctx, tc.c, &kmsapi.SignRequest{KeyId: id, Message: msg, SigningAlgorithm: &tc.alg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := f.svc.Verify(ctx, tc.c, &kmsapi.VerifyRequest{KeyId: id, Message: msg, Signature: s.Signature, SigningAlgorithm: &tc.alg})
+			if err != nil || !*v.SignatureValid {
+				t.Fatalf("Verify: %v", err)
+			}
+			if tc.spec == "ML_DSA_44" {
+				pk, _ := mldsa.NewPublicKey(mldsa.MLDSA44(), pub[len(pub)-1312:])
+				if mldsa.Verify(pk, msg, s.Signature, nil) != nil {
+					t.Fatal("ML-DSA signature does not verify with the original public key")
+				}
+			}
+		})
+	}
+}
+
+// TestImportIntoDisabledKey: a Disabled key takes an import and stays
+// Disabled; the earliest ValidTo of its materials is the key's.
+func TestImportIntoDisabledKey(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	id := f.createExternal(t, "SYMMETRIC_DEFAULT", "")
+	m := random(32)
+	later := f.clock.now().Add(72 * time.Hour).Truncate(time.Second)
+	f.mustImport(t, id, m, importOpts{validTo: &later})
+	sooner := f.clock.now().Add(48 * time.Hour).Truncate(time.Second)
+	f.mustImport(t, id, random(32), importOpts{importType: kmsapi.String("NEW_KEY_MATERIAL"), validTo: &sooner})
+	if _, err := f.svc.RotateKeyOnDemand(ctx, f.caller, &kmsapi.RotateKeyOnDemandRequest{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	if md := f.describe(t, id); !md.ValidTo.Equal(sooner) {
+		t.Fatalf("ValidTo %v, want the earliest %v", md.ValidTo, sooner)
+	}
+	if _, err := f.svc.DisableKey(ctx, f.caller, &kmsapi.DisableKeyRequest{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	f.mustImport(t, id, m, importOpts{})
+	if md := f.describe(t, id); *md.KeyState != "Disabled" || !md.ValidTo.Equal(sooner) {
+		t.Fatalf("after import into a disabled key: %s %v", *md.KeyState, md.ValidTo)
 	}
 }
