@@ -81,6 +81,12 @@ func FuzzOperations(f *testing.F) {
 			}
 		}
 	}
+	for _, c := range importSeeds {
+		i := sort.SearchStrings(ops, c.op)
+		for k := range keyIDs {
+			f.Add(uint8(i), uint8(k), []byte(c.body))
+		}
+	}
 	f.Fuzz(func(t *testing.T, op, key uint8, body []byte) {
 		name := ops[int(op)%len(ops)]
 		// A body that is a JSON object names one of the keys, unless key
@@ -168,4 +174,7 @@ var fuzzKeys = []fuzzKey{
 	{spec: "SYMMETRIC_DEFAULT", usage: "ENCRYPT_DECRYPT", disabled: true},
 	{spec: "SYMMETRIC_DEFAULT", usage: "ENCRYPT_DECRYPT", multiRegion: true},
 	{spec: "ECC_NIST_P256", usage: "SIGN_VERIFY", multiRegion: true},
+	{spec: "SYMMETRIC_DEFAULT", usage: "ENCRYPT_DECRYPT", origin: "EXTERNAL"}, // PendingImport
+	{spec: "HMAC_256", usage: "GENERATE_VERIFY_MAC", origin: "EXTERNAL"},
+	{spec: "SYMMETRIC_DEFAULT", usage: "ENCRYPT_DECRYPT", origin: "EXTERNAL", multiRegion: true},
 }
