@@ -148,8 +148,8 @@ func TestCreateKeyExternal(t *testing.T) {
 			if *m.KeyState != "PendingImport" || *m.Enabled || *m.Origin != "EXTERNAL" {
 				t.Fatalf("state %s enabled %v origin %s", *m.KeyState, *m.Enabled, *m.Origin)
 			}
-			if m.ExpirationModel != nil || m.ValidTo != nil {
-				t.Fatalf("ExpirationModel %v before any import", m.ExpirationModel)
+			if m.ExpirationModel != nil || m.ValidTo != nil || m.CurrentKeyMaterialId != nil {
+				t.Fatalf("ExpirationModel %v, CurrentKeyMaterialId %v before any import", m.ExpirationModel, m.CurrentKeyMaterialId)
 			}
 			if len(m.EncryptionAlgorithms)+len(m.SigningAlgorithms)+len(m.MacAlgorithms)+len(m.KeyAgreementAlgorithms) == 0 {
 				t.Fatal("no algorithm list")
@@ -609,6 +609,9 @@ func TestDeleteAndReimport(t *testing.T) {
 	if *md.KeyState != "PendingImport" || md.ExpirationModel != nil || md.ValidTo != nil {
 		t.Fatalf("after delete: %s %v", *md.KeyState, md.ExpirationModel)
 	}
+	if md.CurrentKeyMaterialId == nil || *md.CurrentKeyMaterialId != *imp.KeyMaterialId {
+		t.Fatalf("CurrentKeyMaterialId after delete: %v, want it kept (spec §7.7)", md.CurrentKeyMaterialId)
+	}
 	_, err = f.decrypt(blob, nil)
 	wantMessage(t, err, "KMSInvalidStateException", arn+" is pending import.")
 	_, err = f.svc.Encrypt(ctx, f.caller, &kmsapi.EncryptRequest{KeyId: &id, Plaintext: []byte("x")})
@@ -749,8 +752,22 @@ func TestImportedRotation(t *testing.T) {
 	if k.Current != 1 {
 		t.Fatal("NEW import changed the current material")
 	}
+	if md := f.describe(t, id); *md.CurrentKeyMaterialId != *first.KeyMaterialId {
+		t.Fatal("CurrentKeyMaterialId changed by a NEW_KEY_MATERIAL import")
+	}
 	if err := rotate(); err != nil {
 		t.Fatal(err)
+	}
+	if md := f.describe(t, id); *md.CurrentKeyMaterialId != *second.KeyMaterialId {
+		t.Fatal("CurrentKeyMaterialId not the promoted material's")
+	}
+	gdk, err := f.svc.GenerateDataKey(ctx, f.caller, &kmsapi.GenerateDataKeyRequest{KeyId: &id, NumberOfBytes: kmsapi.Int32(16)})
+	if err != nil || gdk.KeyMaterialId == nil || *gdk.KeyMaterialId != *second.KeyMaterialId {
+		t.Fatalf("GenerateDataKey's KeyMaterialId after rotation: %v", err)
+	}
+	dec, err := f.svc.Decrypt(ctx, f.caller, &kmsapi.DecryptRequest{CiphertextBlob: old})
+	if err != nil || dec.KeyMaterialId == nil || *dec.KeyMaterialId != *first.KeyMaterialId {
+		t.Fatalf("Decrypt's KeyMaterialId of an old ciphertext: %v", err)
 	}
 	newer := f.encrypt(t, id, []byte("new"), nil)
 	for blob, want := range map[*[]byte]string{&old: "old", &newer: "new"} {
