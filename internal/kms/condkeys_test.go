@@ -360,6 +360,8 @@ var matrixCases = []matrixCase{
 	{key: "kms:ScheduleKeyDeletionPendingWindowInDays", op: "NumericEquals", right: "7", wrong: "30",
 		args: func(a *opArgs) { a.window = i32(7) }},
 	{key: "kms:ScheduleKeyDeletionPendingWindowInDays", op: "NumericEquals", right: "30", wrong: "7"}, // default
+	{key: "kms:KeyOrigin", op: "StringEquals", right: "EXTERNAL", wrong: "AWS_KMS", ops: []string{"GetParametersForImport", "ImportKeyMaterial"},
+		args: func(a *opArgs) { a.expModel = kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE") }},
 	{key: "kms:WrappingAlgorithm", op: "StringEquals", right: "RSAES_OAEP_SHA_256", wrong: "RSAES_OAEP_SHA_1"},
 	{key: "kms:WrappingAlgorithm", op: "StringEquals", right: "RSA_AES_KEY_WRAP_SHA_1", wrong: "RSA_AES_KEY_WRAP_SHA_256",
 		args: func(a *opArgs) { a.wrapAlg = "RSA_AES_KEY_WRAP_SHA_1" }},
