@@ -70,7 +70,7 @@ func serve(args []string) error {
 		{"log-level", "KMSD_LOG_LEVEL", "log_level", "debug, info, warn or error (default info)", &cfg.LogLevel},
 		{"root-key-file", "KMSD_ROOT_KEY_FILE", "root_key_file", "file holding the root key (default <data-dir>/root.key, created 0600)", &cfg.RootKeyFile},
 		{"metrics-listen", "KMSD_METRICS_LISTEN", "metrics_listen", "address for Prometheus /metrics (default: off)", &cfg.MetricsListen},
-		{"sweep-interval", "KMSD_SWEEP_INTERVAL", "sweep_interval", "how often due key deletions and rotations run (default 1m)", &sweep},
+		{"sweep-interval", "KMSD_SWEEP_INTERVAL", "sweep_interval", "how often due key deletions, rotations and imported key material expiries run (default 1m)", &sweep},
 		{"audit-log", "KMSD_AUDIT_LOG", "audit_log", "audit log (CloudTrail-shaped JSON lines): a file, - for stdout, off (default <data-dir>/audit.log)", &cfg.AuditLog},
 		{"audit-log-max-size", "KMSD_AUDIT_LOG_MAX_SIZE", "audit_log_max_size", "size in bytes at which the audit log file is rotated (default 104857600)", &auditMax},
 		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
