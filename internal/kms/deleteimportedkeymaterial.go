@@ -27,7 +27,7 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, c *Caller, in *
 		return nil, err
 	}
 	var deleted string
-	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+	updated, err := s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		expire(k, s.now())
 		deleted = ""
 		var target *catalog.Version
@@ -58,13 +58,11 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, c *Caller, in *
 		return nil
 	})
 	switch {
-	case errors.Is(err, errUnchanged):
-		k, err = s.resolveKeyID(ctx, c, *in.KeyId)
-		if err != nil {
-			return nil, err
-		}
+	case errors.Is(err, errUnchanged): // nothing to delete: k as it was
 	case err != nil:
 		return nil, internal(err)
+	default:
+		k = updated
 	}
 	out := &kmsapi.DeleteImportedKeyMaterialResponse{KeyId: kmsapi.String(k.ARN())}
 	if k.KeySpec == keys.Symmetric && deleted != "" {

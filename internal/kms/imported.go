@@ -190,8 +190,9 @@ func (s *Service) SweepImports(ctx context.Context) ([]ExpiredMaterial, error) {
 	return out, nil
 }
 
-// errUnchanged aborts an update that has nothing to do.
-var errUnchanged = exc("KMSInternalException", "unchanged")
+// errUnchanged aborts an update that has nothing to do; callers handle it
+// and never return it.
+var errUnchanged = errors.New("kms: nothing to change")
 
 // promoteImported is RotateKeyOnDemand of an EXTERNAL symmetric key: the
 // imported PENDING_ROTATION material becomes CURRENT, the current one
