@@ -659,6 +659,8 @@ func TestDeleteAndReimport(t *testing.T) {
 	if md := f.describe(t, id); *md.KeyState != "PendingImport" {
 		t.Fatalf("cancelled deletion of a key without material: %s", *md.KeyState)
 	}
+	_, err = f.svc.DeleteImportedKeyMaterial(ctx, f.caller, &kmsapi.DeleteImportedKeyMaterialRequest{KeyId: kmsapi.String("alias/x")})
+	wantMessage(t, err, "NotFoundException", "Invalid keyId 'alias/x'")
 	kmsKey := f.createKey(t)
 	_, err = f.svc.DeleteImportedKeyMaterial(ctx, f.caller, &kmsapi.DeleteImportedKeyMaterialRequest{KeyId: &kmsKey})
 	wantMessage(t, err, "UnsupportedOperationException", keys.KeyARN("us-east-1", f.caller.Account, kmsKey)+" origin is AWS_KMS which is not valid for this operation.")
