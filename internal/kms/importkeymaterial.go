@@ -1,8 +1,10 @@
 package kms
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -95,13 +97,18 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, c *Caller, in *kmsapi.I
 		idOf = public
 	}
 	mid := s.cat.MaterialID(k.ID, idOf)
+	im := importedMaterial{private: private, public: public, id: mid, model: model, validTo: validTo, now: now.Truncate(time.Millisecond)}
+	if k.IsReplica() {
+		if err := s.replicaMaterial(ctx, k, in, &im); err != nil {
+			return nil, err
+		}
+	}
 	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		expire(k, now)
 		if err := notPendingDeletion(k); err != nil {
 			return err
 		}
-		return s.applyImport(k, in, importedMaterial{private: private, public: public, id: mid,
-			model: model, validTo: validTo, now: now.Truncate(time.Millisecond)})
+		return s.applyImport(k, in, im)
 	})
 	if err != nil {
 		return nil, internal(err)
@@ -206,6 +213,35 @@ type importedMaterial struct {
 	model           string
 	validTo         *time.Time
 	now             time.Time
+	// For a multi-Region replica: the number of the primary's version
+	// with this material, and the primary's current version. 0 otherwise.
+	number, primaryCurrent uint32
+}
+
+// replicaMaterial checks an import into a multi-Region replica against its
+// primary (spec §9.7): the replica takes only material the primary has,
+// under the primary's version number, so that ciphertexts, which name the
+// key id and version, decrypt in every Region; new material goes into the
+// primary.
+func (s *Service) replicaMaterial(ctx context.Context, k *catalog.Key, in *kmsapi.ImportKeyMaterialRequest, im *importedMaterial) error {
+	if in.ImportType != nil && *in.ImportType == importNew {
+		// [U] exception and text.
+		return exc("UnsupportedOperationException", k.ARN()+" is a multi-Region replica key. Import new key material into its primary key.")
+	}
+	p, err := s.cat.Key(ctx, catalog.Name(k.PrimaryRegion, k.ID))
+	if errors.Is(err, catalog.ErrNotFound) {
+		return errIncorrectMaterial(k)
+	}
+	if err != nil {
+		return internal(err)
+	}
+	for i := range p.Versions {
+		if v := &p.Versions[i]; v.MaterialID == im.id {
+			im.number, im.primaryCurrent = v.Number, p.Current
+			return nil
+		}
+	}
+	return errIncorrectMaterial(k)
 }
 
 // applyImport makes m a material of k by the import-type rules of spec
@@ -230,8 +266,9 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 		if in.KeyMaterialId != nil && *in.KeyMaterialId != m.id {
 			return errIncorrectMaterial(k)
 		}
-		k.Versions = []catalog.Version{{Number: 1, Created: m.now}}
-		k.Current = 1
+		n := max(m.number, 1)
+		k.Versions = []catalog.Version{{Number: n, Created: m.now}}
+		k.Current = n
 		if err := set(&k.Versions[0]); err != nil {
 			return err
 		}
@@ -268,7 +305,22 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 	}
 	switch typ {
 	case importExisting:
-		if same == nil || (in.KeyMaterialId != nil && *in.KeyMaterialId != m.id) {
+		if in.KeyMaterialId != nil && *in.KeyMaterialId != m.id {
+			return errIncorrectMaterial(k)
+		}
+		if same == nil && m.number != 0 && k.Version(m.number) == nil {
+			// A replica takes another of its primary's materials, and
+			// follows the primary's current version as far as it has it.
+			k.Versions = append(k.Versions, catalog.Version{Number: m.number, Created: m.now})
+			slices.SortFunc(k.Versions, func(a, b catalog.Version) int { return cmp.Compare(a.Number, b.Number) })
+			same = k.Version(m.number)
+			for _, v := range k.Versions {
+				if v.Number <= m.primaryCurrent {
+					k.Current = max(k.Current, v.Number)
+				}
+			}
+		}
+		if same == nil {
 			return errIncorrectMaterial(k)
 		}
 		if err := set(same); err != nil {

@@ -978,3 +978,63 @@ func TestImportIntoDisabledKey(t *testing.T) {
 		t.Fatalf("after import into a disabled key: %s %v", *md.KeyState, md.ValidTo)
 	}
 }
+
+// importIn imports m into key id in region, as the region's caller.
+func (f *mrFixture) importIn(t *testing.T, region, id string, m []byte) (*kmsapi.ImportKeyMaterialResponse, error) {
+	t.Helper()
+	ctx := context.Background()
+	p, err := f.svc.GetParametersForImport(ctx, f.in(region), &kmsapi.GetParametersForImportRequest{KeyId: &id,
+		WrappingAlgorithm: kmsapi.String("RSAES_OAEP_SHA_256"), WrappingKeySpec: kmsapi.String("RSA_2048")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.svc.ImportKeyMaterial(ctx, f.in(region), &kmsapi.ImportKeyMaterialRequest{KeyId: &id, ImportToken: p.ImportToken,
+		EncryptedKeyMaterial: wrapMaterial(t, p.PublicKey, "RSAES_OAEP_SHA_256", m), ExpirationModel: kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE")})
+}
+
+// TestMultiRegionImportAgrees: related multi-Region keys import the same
+// material each for itself (spec §9.7) and then agree — same
+// KeyMaterialId, ciphertexts of one Region decrypt in the other — since
+// the id and the working key bind the key id, not the ARN. Other material
+// is refused by the replica, and a token of one Region does not serve
+// the other.
+func TestMultiRegionImportAgrees(t *testing.T) {
+	ctx := context.Background()
+	f := newMRFixture(t)
+	id := f.createMRK(t, &kmsapi.CreateKeyRequest{Origin: kmsapi.String("EXTERNAL")})
+	m := random(32)
+	one, err := f.importIn(t, east, id, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.replicate(t, f.svc, id, west)
+	if md := f.describe(t, west, id); *md.KeyState != "PendingImport" {
+		t.Fatalf("replica of an EXTERNAL key: %s", *md.KeyState)
+	}
+	if _, err := f.importIn(t, west, id, random(32)); err == nil {
+		t.Fatal("the replica took other material than the primary's")
+	} else {
+		wantException(t, err, "IncorrectKeyMaterialException")
+	}
+	// A token of the primary's Region is not the replica's.
+	p, err := f.svc.GetParametersForImport(ctx, f.in(east), &kmsapi.GetParametersForImportRequest{KeyId: &id,
+		WrappingAlgorithm: kmsapi.String("RSAES_OAEP_SHA_256"), WrappingKeySpec: kmsapi.String("RSA_2048")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.ImportKeyMaterial(ctx, f.in(west), &kmsapi.ImportKeyMaterialRequest{KeyId: &id, ImportToken: p.ImportToken,
+		EncryptedKeyMaterial: wrapMaterial(t, p.PublicKey, "RSAES_OAEP_SHA_256", m), ExpirationModel: kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE")})
+	wantException(t, err, "InvalidImportTokenException")
+
+	two, err := f.importIn(t, west, id, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *two.KeyMaterialId != *one.KeyMaterialId {
+		t.Fatal("related keys give the same material different KeyMaterialIds")
+	}
+	blob := f.encryptIn(t, east, id, []byte("across Regions"))
+	f.decryptIn(t, west, &id, blob, []byte("across Regions"))
+	back := f.encryptIn(t, west, id, []byte("and back"))
+	f.decryptIn(t, east, nil, back, []byte("and back"))
+}
