@@ -26,8 +26,14 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, c *Caller, in *
 	if err := requireExternal(k); err != nil {
 		return nil, err
 	}
+	if err := importStateCheck(k, "DeleteImportedKeyMaterial"); err != nil {
+		return nil, err
+	}
 	var deleted string
 	updated, err := s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+		if err := importStateCheck(k, "DeleteImportedKeyMaterial"); err != nil {
+			return err
+		}
 		expire(k, s.now())
 		deleted = ""
 		var target *catalog.Version

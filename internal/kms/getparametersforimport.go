@@ -44,7 +44,7 @@ func (s *Service) GetParametersForImport(ctx context.Context, c *Caller, in *kms
 	if err := requireExternal(k); err != nil {
 		return nil, err
 	}
-	if err := notPendingDeletion(k); err != nil {
+	if err := importStateCheck(k, "GetParametersForImport"); err != nil {
 		return nil, err
 	}
 	priv, pub, err := s.wrappingPair(spec)

@@ -44,6 +44,26 @@ func requireExternal(k *catalog.Key) error {
 	return nil
 }
 
+// importStateCheck is the key-state check of the import operations (spec
+// §7.2, §7.4, §7.7, §11.2): all three refuse a replica still Creating;
+// GetParametersForImport and ImportKeyMaterial a key pending deletion;
+// GetParametersForImport and DeleteImportedKeyMaterial a key Updating.
+func importStateCheck(k *catalog.Key, op string) error {
+	switch k.State {
+	case keys.Creating:
+		return usable(k)
+	case keys.Updating:
+		if op != "ImportKeyMaterial" {
+			return exc("KMSInvalidStateException", k.ARN()+" is updating.")
+		}
+	case keys.PendingDeletion, keys.PendingReplicaDeletion:
+		if op != "DeleteImportedKeyMaterial" {
+			return usable(k)
+		}
+	}
+	return nil
+}
+
 // materialState is the KeyMaterialState of version v of k.
 func materialState(k *catalog.Key, v *catalog.Version) string {
 	switch {
@@ -75,7 +95,9 @@ func allImported(k *catalog.Key) bool {
 // key stays Disabled), PendingDeletion untouched (spec §7.1, §7.7).
 func settle(k *catalog.Key) {
 	switch {
-	case k.State == keys.PendingDeletion:
+	case k.State != keys.Enabled && k.State != keys.Disabled && k.State != keys.PendingImport:
+		// PendingDeletion stays; so do the multi-Region transitions,
+		// which end in the state they began with.
 	case !allImported(k):
 		k.State = keys.PendingImport
 	case k.State == keys.PendingImport:

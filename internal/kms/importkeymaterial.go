@@ -60,7 +60,7 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, c *Caller, in *kmsapi.I
 	if err := requireExternal(k); err != nil {
 		return nil, err
 	}
-	if err := notPendingDeletion(k); err != nil {
+	if err := importStateCheck(k, "ImportKeyMaterial"); err != nil {
 		return nil, err
 	}
 	symmetric := k.KeySpec == keys.Symmetric
@@ -105,7 +105,7 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, c *Caller, in *kmsapi.I
 	}
 	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
 		expire(k, now)
-		if err := notPendingDeletion(k); err != nil {
+		if err := importStateCheck(k, "ImportKeyMaterial"); err != nil {
 			return err
 		}
 		return s.applyImport(k, in, im)

@@ -1038,3 +1038,28 @@ func TestMultiRegionImportAgrees(t *testing.T) {
 	back := f.encryptIn(t, west, id, []byte("and back"))
 	f.decryptIn(t, east, nil, back, []byte("and back"))
 }
+
+// TestImportStatesOfReplicas: the import operations on a replica still
+// Creating answer "is creating." (spec §11.2).
+func TestImportStatesOfReplicas(t *testing.T) {
+	ctx := context.Background()
+	f := newMRFixture(t)
+	id := f.createMRK(t, &kmsapi.CreateKeyRequest{Origin: kmsapi.String("EXTERNAL")})
+	if _, err := f.importIn(t, east, id, random(32)); err != nil {
+		t.Fatal(err)
+	}
+	f.replicate(t, f.slow, id, west)
+	msg := keys.KeyARN(west, f.caller.Account, id) + " is creating."
+	_, err := f.svc.GetParametersForImport(ctx, f.in(west), &kmsapi.GetParametersForImportRequest{KeyId: &id,
+		WrappingAlgorithm: kmsapi.String("RSAES_OAEP_SHA_256"), WrappingKeySpec: kmsapi.String("RSA_2048")})
+	wantMessage(t, err, "KMSInvalidStateException", msg)
+	_, err = f.svc.ImportKeyMaterial(ctx, f.in(west), &kmsapi.ImportKeyMaterialRequest{KeyId: &id, ImportToken: random(64),
+		EncryptedKeyMaterial: random(256), ExpirationModel: kmsapi.String("KEY_MATERIAL_DOES_NOT_EXPIRE")})
+	wantMessage(t, err, "KMSInvalidStateException", msg)
+	_, err = f.svc.DeleteImportedKeyMaterial(ctx, f.in(west), &kmsapi.DeleteImportedKeyMaterialRequest{KeyId: &id})
+	wantMessage(t, err, "KMSInvalidStateException", msg)
+	f.advance(t)
+	if md := f.describe(t, west, id); *md.KeyState != "PendingImport" {
+		t.Fatalf("replica after Creating: %s", *md.KeyState)
+	}
+}
