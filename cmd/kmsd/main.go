@@ -60,7 +60,8 @@ type setting struct {
 
 func serve(args []string) error {
 	var cfg server.Config
-	var configFile, sweep, auditMax, hsmProbe string
+	var configFile, sweep, auditMax string
+	var hsmProbe string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -137,19 +138,19 @@ func serve(args []string) error {
 		}
 		cfg.SweepInterval = d
 	}
-	if hsmProbe != "" {
-		d, err := time.ParseDuration(hsmProbe)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("--hsm-probe-interval %q: want a positive duration such as 10s", hsmProbe)
-		}
-		cfg.HSMProbeInterval = d
-	}
 	if auditMax != "" {
 		n, err := strconv.ParseInt(auditMax, 10, 64)
 		if err != nil || n <= 0 {
 			return fmt.Errorf("--audit-log-max-size %q: want a positive number of bytes", auditMax)
 		}
 		cfg.AuditLogMaxSize = n
+	}
+	if hsmProbe != "" {
+		d, err := time.ParseDuration(hsmProbe)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("--hsm-probe-interval %q: want a positive duration such as 10s", hsmProbe)
+		}
+		cfg.HSMProbeInterval = d
 	}
 	if cfg.DataDir == "" {
 		home, err := os.UserHomeDir()
