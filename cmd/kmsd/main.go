@@ -59,9 +59,9 @@ type setting struct {
 }
 
 func serve(args []string) error {
+	var hsmProbe string
 	var cfg server.Config
 	var configFile, sweep, auditMax string
-	var hsmProbe string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
