@@ -202,6 +202,22 @@ func TestHealthFollowsHSMs(t *testing.T) {
 	if st := k.kms(t, "describe-key", "--key-id", key)["KeyMetadata"].(map[string]any)["KeyState"]; st != "Enabled" {
 		t.Errorf("KeyState %v, want Enabled", st)
 	}
+	// The other operations' documented answers (spec §5.9, §5.11, §9.1):
+	// GenerateDataKey as Encrypt; GenerateRandom in the store
+	// CustomKeyStoreInvalidStateException; CreateKey in the store, which
+	// needs two ACTIVE HSMs, CloudHsmClusterInvalidConfigurationException.
+	for _, c := range []struct {
+		want string
+		args []string
+	}{
+		{"KMSInvalidStateException", []string{"generate-data-key", "--key-id", key, "--key-spec", "AES_256"}},
+		{"CustomKeyStoreInvalidStateException", []string{"generate-random", "--number-of-bytes", "16", "--custom-key-store-id", store}},
+		{"CloudHsmClusterInvalidConfigurationException", []string{"create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", store}},
+	} {
+		if _, errs := k.kmsTry(t, c.args...); !strings.Contains(errs, "("+c.want+")") {
+			t.Errorf("%s with every token away: %q, want %s", c.args[0], errs, c.want)
+		}
+	}
 
 	// The tokens come back: ACTIVE within three intervals, and the key
 	// works again with no restart and no reconnect.
@@ -220,6 +236,9 @@ func TestHealthFollowsHSMs(t *testing.T) {
 	}
 	if _, errs := encrypt(); errs != "" {
 		t.Fatalf("encrypt after the tokens came back: %s", errs)
+	}
+	if _, errs := k.kmsTry(t, "generate-random", "--number-of-bytes", "16", "--custom-key-store-id", store); errs != "" {
+		t.Fatalf("generate-random in the store after the tokens came back: %s", errs)
 	}
 	if out, errs := decrypt(); errs != "" || out["KeyId"] == nil {
 		t.Fatalf("decrypt after the tokens came back: %v %s", out, errs)
