@@ -18,7 +18,10 @@ import (
 // and the key operations (which run on ACTIVE HSMs of an ACTIVE cluster
 // only) see a broken HSM within probeMissLimit intervals, and a healed one
 // within an interval of its return, with no restart and no reconnect: the
-// module's session pool logs each returning token in again by itself.
+// module's session pool logs each returning token in again by itself. A
+// token gone for longGone probes is looked for with a re-initialisation of
+// its module (which ends the sessions of every token in it) only every third
+// probe, so its return is seen within three intervals.
 //
 // Custom key stores are not told: as in AWS, a store stays CONNECTED while
 // its cluster is broken, and its keys' operations fail one by one with
@@ -137,7 +140,14 @@ func (s *Service) probe(ctx context.Context, r *record, toks tokens) {
 		}
 		probedHSMs++
 		state, msg := HSMActive, ""
-		if err := toks.Refresh(ctx, h.label()); err != nil {
+		look := toks.Refresh
+		if n := s.misses(h.ID); h.State == HSMDegraded && n >= longGone && n%3 != 0 {
+			// Long gone: re-initialising the module (which ends every token's
+			// sessions) only every third probe still sees a return within
+			// three intervals.
+			look = toks.Present
+		}
+		if err := look(ctx, h.label()); err != nil {
 			state, msg = HSMDegraded, fmt.Sprintf("Token %s cannot be reached in %s.", h.label(), where)
 			if s.probeMiss(h.ID) < probeMissLimit && h.State == HSMActive {
 				state, msg = HSMActive, ""
@@ -201,6 +211,17 @@ func (s *Service) resync(ctx context.Context, r *record, toks tokens, label stri
 		toks.Logout(ctx, label)
 	}
 	return err
+}
+
+// longGone is how many probes in a row must miss a token before it is
+// looked for with a module re-initialisation only every third probe.
+const longGone = 6
+
+// misses returns HSM id's count of consecutive missed probes.
+func (s *Service) misses(id string) int {
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	return s.probeMisses[id]
 }
 
 // probeMiss records one missed probe of HSM id and returns the count of
