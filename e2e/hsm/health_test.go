@@ -76,7 +76,8 @@ func scrape(t *testing.T, addr, prefix string) string {
 // store stays CONNECTED, as in AWS, and its key's operations answer
 // KMSInvalidStateException; once the tokens are back the cluster is ACTIVE
 // again within three intervals and Encrypt and Decrypt work without a
-// restart or a reconnect.
+// restart or a reconnect. A kmsd restarted during such an outage keeps the
+// store CONNECTED, and it logs in by itself once the tokens are back.
 func TestHealthFollowsHSMs(t *testing.T) {
 	requireTools(t)
 	const every = time.Second
@@ -245,6 +246,57 @@ func TestHealthFollowsHSMs(t *testing.T) {
 	}
 	if s := storeState(); s != "CONNECTED" {
 		t.Errorf("store after the tokens came back: %s", s)
+	}
+
+	// Through a restart: the tokens go again and kmsd is restarted while
+	// they are away. The store, CONNECTED when kmsd stopped, cannot log in
+	// and still stays CONNECTED (an outage of the HSMs never fails a store
+	// in AWS); once the tokens are back it logs in by itself and its key
+	// works, with no disconnect and connect.
+	for i, d := range dirs {
+		if err := os.Rename(d, filepath.Join(away, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric("DEGRADED", time.Now())
+	k.proc.Stop()
+	metrics = e2etest.FreeAddr(t)
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: k.dataDir, Env: append(os.Environ(),
+		"KMSD_HSM_CREATE_DELAY=200ms", "KMSD_HSM_INITIALIZE_DELAY=200ms", "KMSD_HSM_DELETE_DELAY=200ms", "KMSD_KEYSTORE_CONNECT_DELAY=100ms"),
+		Args: []string{"--hsm-probe-interval", every.String(), "--metrics-listen", metrics}})
+	*k = kmsd{dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region), proc: p}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		st := storeState()
+		if st == "CONNECTED" && strings.Contains(k.proc.Log(), "backing cannot be reached") {
+			break
+		}
+		if st != "CONNECTING" && st != "CONNECTED" || time.Now().After(deadline) {
+			t.Fatalf("store resumed while its HSMs are away: %s\n%s", st, k.proc.Log())
+		}
+	}
+	if _, errs := encrypt(); !strings.Contains(errs, "(KMSInvalidStateException)") {
+		t.Errorf("encrypt after the restart with the tokens away: %q, want KMSInvalidStateException", errs)
+	}
+	for i, d := range dirs {
+		if err := os.Rename(filepath.Join(away, fmt.Sprint(i)), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := time.Now()
+	waitMetric("ACTIVE", back)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, errs := encrypt(); errs == "" {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the resumed store's key never worked again: %s\n%s", errs, k.proc.Log())
+		}
+	}
+	t.Logf("the resumed store's key encrypts %v after the tokens came back", time.Since(back))
+	if out, errs := decrypt(); errs != "" || out["KeyId"] == nil {
+		t.Fatalf("decrypt after the restart: %v %s", out, errs)
+	}
+	if s := storeState(); s != "CONNECTED" {
+		t.Errorf("store after the restart: %s", s)
 	}
 }
 

@@ -20,8 +20,8 @@ import (
 // within an interval of its return, with no restart and no reconnect: the
 // module's session pool logs each returning token in again by itself. A
 // token gone for longGone probes is looked for with a re-initialisation of
-// its module (which ends the sessions of every token in it) only every third
-// probe, so its return is seen within three intervals.
+// its module (which ends the sessions of every token in it) only every
+// second probe, so its return is still seen within two intervals.
 //
 // Custom key stores are not told: as in AWS, a store stays CONNECTED while
 // its cluster is broken, and its keys' operations fail one by one with
@@ -37,12 +37,17 @@ const DefaultProbeInterval = 10 * time.Second
 // intervals from a token's loss to DEGRADED.
 const probeMissLimit = 2
 
+// ProbeInterval is how often the tokens are probed.
+func (s *Service) ProbeInterval() time.Duration {
+	if s.cfg.ProbeInterval <= 0 {
+		return DefaultProbeInterval
+	}
+	return s.cfg.ProbeInterval
+}
+
 // startProbing runs the probe loop until the service closes.
 func (s *Service) startProbing() {
-	every := s.cfg.ProbeInterval
-	if every <= 0 {
-		every = DefaultProbeInterval
-	}
+	every := s.ProbeInterval()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -141,10 +146,10 @@ func (s *Service) probe(ctx context.Context, r *record, toks tokens) {
 		probedHSMs++
 		state, msg := HSMActive, ""
 		look := toks.Refresh
-		if n := s.misses(h.ID); h.State == HSMDegraded && n >= longGone && n%3 != 0 {
+		if n := s.misses(h.ID); h.State == HSMDegraded && n >= longGone && n%2 != 0 {
 			// Long gone: re-initialising the module (which ends every token's
-			// sessions) only every third probe still sees a return within
-			// three intervals.
+			// sessions) every second probe still sees a return within two
+			// intervals.
 			look = toks.Present
 		}
 		if err := look(ctx, h.label()); err != nil {
@@ -214,7 +219,7 @@ func (s *Service) resync(ctx context.Context, r *record, toks tokens, label stri
 }
 
 // longGone is how many probes in a row must miss a token before it is
-// looked for with a module re-initialisation only every third probe.
+// looked for with a module re-initialisation only every second probe.
 const longGone = 6
 
 // misses returns HSM id's count of consecutive missed probes.

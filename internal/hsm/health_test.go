@@ -119,7 +119,7 @@ func TestProbeFollowsTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The other, long gone and so looked for only every third probe,
+	// The other, long gone and so looked for only every second probe,
 	// comes back and is given what it missed, within three intervals.
 	for s.misses(r.HSMs[1].ID) < longGone+1 {
 		time.Sleep(every / 4)
