@@ -32,8 +32,6 @@ func waitState(t *testing.T, m *Manager, id string, want State, code string) {
 	}
 }
 
-func state_(t *testing.T, m *Manager, id string) *Store { return state(t, m, id) }
-
 // TestResumeThroughOutage: a store CONNECTED when kmsd stopped, whose HSMs
 // cannot be reached when it starts again, stays CONNECTED (as AWS keeps a
 // store CONNECTED through an outage of its cluster) and logs in by itself
