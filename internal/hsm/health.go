@@ -11,7 +11,7 @@ import (
 // Health that follows the HSMs. Every Config.ProbeInterval the token of
 // each HSM that is ACTIVE or DEGRADED is asked whether it is there (its
 // slot's C_GetTokenInfo; a token that went away is looked for again by
-// re-initialising the module, at most once a second). An HSM whose token
+// re-initialising the module, at most every 50ms). An HSM whose token
 // misses probeMissLimit probes in a row turns DEGRADED, and its cluster
 // with it once no HSM is ACTIVE; the first probe that reaches the token
 // again gives it the keys it missed and makes it ACTIVE. So DescribeClusters
