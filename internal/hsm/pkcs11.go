@@ -235,8 +235,8 @@ func (m *module) aliveLocked(label string) bool {
 // a token that went away and came back is found only then — SoftHSM2, for
 // one, marks a vanished token invalid for good and shows no token that
 // appears later. Every token's sessions end; tokenLocked logs the user in
-// again from pins. It runs at most once per reinitEvery, and reports
-// whether label's token answers afterwards. every is the rate limit.
+// again from pins. It runs at most once per every, and reports whether
+// label's token answers afterwards.
 func (m *module) reinit(label string, every time.Duration) bool {
 	m.life.Lock()
 	defer m.life.Unlock()

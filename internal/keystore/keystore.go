@@ -590,9 +590,7 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return nil
 	})
 	if err == nil {
-		m.mu.Lock()
-		delete(m.resumed, id)
-		m.mu.Unlock()
+		m.forgetResumed(id)
 		m.report(cur, Connected, "")
 	}
 	if err != nil {
