@@ -137,11 +137,38 @@ func (c *client) keyMetadata(id string) (xks.MetadataResponse, error) {
 	return m, err
 }
 
+// encrypt asks for a CDIV, as KMS does.
 func (c *client) encrypt(id string, pt, aad []byte) (xks.EncryptResponse, error) {
+	return c.encryptCDIV(id, pt, aad, "SHA_256")
+}
+
+// encryptCDIV is encrypt with ciphertextDataIntegrityValueAlgorithm alg
+// ("" for none).
+func (c *client) encryptCDIV(id string, pt, aad []byte, alg string) (xks.EncryptResponse, error) {
 	var r xks.EncryptResponse
 	err := c.call("/keys/"+id+"/encrypt", &xks.EncryptRequest{RequestMetadata: metadata("Encrypt"), Plaintext: pt,
-		EncryptionAlgorithm: "AES_GCM", AdditionalAuthenticatedData: aad, CiphertextDataIntegrityValueAlgorithm: "SHA_256"}, &r)
+		EncryptionAlgorithm: "AES_GCM", AdditionalAuthenticatedData: aad, CiphertextDataIntegrityValueAlgorithm: alg}, &r)
 	return r, err
+}
+
+// encryptOnly checks what an encrypt-only key does: with a CDIV asked for,
+// with and without AAD, InvalidKeyUsageException (no trial decrypt can back
+// the CDIV); without one, a ciphertext that the key then cannot decrypt.
+func encryptOnly(t *testing.T, c *client, id string) {
+	t.Helper()
+	for _, aad := range [][]byte{nil, []byte("project=nile")} {
+		_, err := c.encrypt(id, []byte("x"), aad)
+		wantErr(t, err, xks.InvalidKeyUsageException)
+	}
+	e, err := c.encryptCDIV(id, []byte("x"), []byte("aad"), "")
+	if err != nil {
+		t.Fatalf("encrypt-only key without a CDIV: %v", err)
+	}
+	if e.CiphertextDataIntegrityValue != nil {
+		t.Fatal("a CDIV nobody asked for")
+	}
+	_, err = c.decrypt(id, e, []byte("aad"))
+	wantErr(t, err, xks.InvalidKeyUsageException)
 }
 
 func (c *client) decrypt(id string, e xks.EncryptResponse, aad []byte) ([]byte, error) {

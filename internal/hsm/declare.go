@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/kmsd/kmsd/internal/hsmapi"
@@ -223,7 +222,7 @@ func deriveHex(prefix, seed string, n int) string {
 }
 
 // declare registers the declared clusters, or brings their records up to
-// date with the declarations, and starts probing their tokens.
+// date with the declarations; the probe (health.go) follows their tokens.
 func (s *Service) declare(ctx context.Context, ds []Declaration) error {
 	if len(ds) == 0 {
 		return nil
@@ -236,26 +235,6 @@ func (s *Service) declare(ctx context.Context, ds []Declaration) error {
 			return fmt.Errorf("hsm: declared cluster %s: %w", d.ID, err)
 		}
 	}
-	every := s.cfg.ProbeInterval
-	if every <= 0 {
-		every = 10 * time.Second
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-t.C:
-			}
-			for _, d := range ds {
-				s.probeDeclared(s.ctx, d.ID)
-			}
-		}
-	}()
 	return nil
 }
 
@@ -333,117 +312,4 @@ func (s *Service) declareOne(ctx context.Context, d Declaration) error {
 	}
 	s.log.Info("hsm: declared cluster", "cluster", r.ID, "module", r.Module, "hsms", len(r.HSMs), "state", r.State)
 	return s.put(ctx, r, !exists)
-}
-
-// probeDeclared checks the tokens of declared cluster id and stores the
-// HSM states when they changed.
-func (s *Service) probeDeclared(ctx context.Context, id string) {
-	cur, ok := s.byID(id)
-	if !ok {
-		return
-	}
-	toks, err := s.tokensFor(cur)
-	if err != nil {
-		return
-	}
-	_, err = s.update(ctx, id, func(r *record) error {
-		before := fmt.Sprint(r.State, r.HSMs)
-		s.probe(ctx, r, toks)
-		if fmt.Sprint(r.State, r.HSMs) == before {
-			return errSkip
-		}
-		for _, h := range r.HSMs {
-			s.log.Info("hsm: declared HSM state", "cluster", r.ID, "hsm", h.ID, "token", h.Token, "state", h.State, "reason", h.StateMessage)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errSkip) {
-		s.log.Error("hsm: probe declared cluster", "cluster", id, "err", err)
-	}
-}
-
-// probe sets the state of each HSM of declared cluster r from its token:
-// DEGRADED while the token cannot be found (Refresh re-initialises the
-// module to find a token that came back) or has no user PIN; ACTIVE again
-// once it answers, after receiving the cluster's keys when the crypto user
-// is logged in (else the next Login gives them). The cluster is ACTIVE
-// while one HSM is. Callers hold r's lock.
-func (s *Service) probe(ctx context.Context, r *record, toks tokens) {
-	active := 0
-	for i := range r.HSMs {
-		h := &r.HSMs[i]
-		state, msg := HSMActive, ""
-		if err := toks.Refresh(ctx, h.label()); err != nil {
-			state, msg = HSMDegraded, fmt.Sprintf("Token %s cannot be reached in module %s.", h.Token, r.Module)
-			// A token another process holds open can be missed by one
-			// probe; an ACTIVE HSM turns DEGRADED only after
-			// probeMissLimit misses in a row.
-			if s.probeMiss(h.ID) < probeMissLimit && h.State == HSMActive {
-				state, msg = HSMActive, ""
-			}
-		} else {
-			s.probeReached(h.ID)
-			if ok, err := toks.UserPINInitialized(ctx, h.label()); err != nil || !ok {
-				state, msg = HSMDegraded, fmt.Sprintf("Token %s has no user PIN; initialise the token and its user PIN.", h.Token)
-			} else if h.State != HSMActive && s.loggedIn(r.ID) {
-				if err := s.resync(ctx, r, toks, h.label()); err != nil {
-					state, msg = HSMDegraded, fmt.Sprintf("Token %s could not be given the cluster's keys: %v", h.Token, err)
-				}
-			}
-		}
-		h.State, h.StateMessage = state, msg
-		if state == HSMActive {
-			active++
-		}
-	}
-	r.State, r.StateMessage = ClusterActive, ""
-	if active == 0 {
-		r.State, r.StateMessage = ClusterDegraded, "No token of the cluster can be reached."
-	}
-}
-
-// resync gives token label, back after an absence, the cluster's keys,
-// logging it in with the crypto user's password if this process does
-// not hold its login.
-func (s *Service) resync(ctx context.Context, r *record, toks tokens, label string) error {
-	err := s.syncKeys(ctx, r, label)
-	if !errors.Is(err, ErrNotLoggedIn) {
-		return err
-	}
-	u := r.cryptoUser()
-	if u == nil {
-		return err
-	}
-	pw, err := s.open(userPath(r.ID, u.Name), u.Password)
-	if err != nil {
-		return err
-	}
-	defer clear(pw)
-	if err := toks.Login(ctx, label, string(pw)); err != nil {
-		return err
-	}
-	return s.syncKeys(ctx, r, label)
-}
-
-// probeMissLimit is how many probes in a row must miss a token before its
-// HSM is marked DEGRADED.
-const probeMissLimit = 3
-
-// probeMiss records one missed probe of HSM id and returns the count of
-// consecutive misses.
-func (s *Service) probeMiss(id string) int {
-	s.probeMu.Lock()
-	defer s.probeMu.Unlock()
-	if s.probeMisses == nil {
-		s.probeMisses = map[string]int{}
-	}
-	s.probeMisses[id]++
-	return s.probeMisses[id]
-}
-
-// probeReached resets HSM id's count of missed probes.
-func (s *Service) probeReached(id string) {
-	s.probeMu.Lock()
-	delete(s.probeMisses, id)
-	s.probeMu.Unlock()
 }

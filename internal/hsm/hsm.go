@@ -102,9 +102,9 @@ type Config struct {
 	// Declared are the clusters over existing tokens (Declaration), each
 	// registered, or brought up to date, at New.
 	Declared []Declaration
-	// ProbeInterval is how often the tokens of declared clusters are
-	// checked, their HSMs marked DEGRADED when gone and ACTIVE again when
-	// back; 10s when zero.
+	// ProbeInterval is how often the tokens of every cluster's HSMs are
+	// checked, the HSMs marked DEGRADED when gone and ACTIVE again when
+	// back (health.go); DefaultProbeInterval when zero.
 	ProbeInterval time.Duration
 	// CreateDelay is how long a new cluster stays CREATE_IN_PROGRESS and a
 	// new HSM at least CREATE_IN_PROGRESS; InitializeDelay how long a

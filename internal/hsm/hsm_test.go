@@ -33,12 +33,12 @@ func TestMain(m *testing.M) {
 // newService opens a Service over a fresh store. With PKCS#11 (cgo) the
 // SoftHSM2 module must be installed; tests that need tokens skip only in a
 // !cgo build, where PKCS#11 is absent by design (TestUnavailable covers it).
-func newService(t *testing.T) *Service {
+func newService(t *testing.T, opts ...func(*Config)) *Service {
 	t.Helper()
-	return openService(t, true)
+	return openService(t, true, opts...)
 }
 
-func openService(t *testing.T, needTokens bool) *Service {
+func openService(t *testing.T, needTokens bool, opts ...func(*Config)) *Service {
 	t.Helper()
 	if needTokens && !Available {
 		t.Skip("built without cgo: PKCS#11 unavailable")
@@ -58,7 +58,11 @@ func openService(t *testing.T, needTokens bool) *Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(ctx, st, b, Config{Dir: hsmDir})
+	cfg := Config{Dir: hsmDir}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := New(ctx, st, b, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,10 +55,16 @@ type token struct {
 
 const maxIdle = 8
 
-// reinitEvery bounds how often a module is re-initialised to look for a
-// token that went away: a token gone for good must not cost the module's
-// other tokens their sessions on every call.
-const reinitEvery = time.Second
+// reinitEvery bounds how often a key operation re-initialises a module to
+// look for a token that went away: a token gone for good must not cost the
+// module's other tokens their sessions on every call. The health probe
+// (Refresh), which runs once per probe interval, may re-initialise more
+// often, down to probeReinitEvery, so that a token that returns is seen
+// within an interval however short the interval is.
+const (
+	reinitEvery      = time.Second
+	probeReinitEvery = 50 * time.Millisecond
+)
 
 // errLost: the token went away under a call (its slot stopped answering).
 var errLost = fmt.Errorf("%w: the token went away", ErrUnreachable)
@@ -229,9 +235,9 @@ func (m *module) aliveLocked(label string) bool {
 // a token that went away and came back is found only then — SoftHSM2, for
 // one, marks a vanished token invalid for good and shows no token that
 // appears later. Every token's sessions end; tokenLocked logs the user in
-// again from pins. It runs at most once per reinitEvery, and reports
-// whether label's token answers afterwards.
-func (m *module) reinit(label string) bool {
+// again from pins. It runs at most once per every, and reports whether
+// label's token answers afterwards.
+func (m *module) reinit(label string, every time.Duration) bool {
 	m.life.Lock()
 	defer m.life.Unlock()
 	m.mu.Lock()
@@ -240,7 +246,7 @@ func (m *module) reinit(label string) bool {
 		return true
 	}
 	now := m.now()
-	if now.Sub(m.lastReinit) < reinitEvery {
+	if now.Sub(m.lastReinit) < every {
 		return false
 	}
 	m.lastReinit = now
@@ -263,11 +269,12 @@ func (m *module) shared(fn func() error) error {
 }
 
 // live runs fn (shared); when fn finds label's token unreachable, the
-// library is re-initialised (reinit) and fn runs once more, so that a
-// token that went away and came back is picked up without a restart.
-func (m *module) live(ctx context.Context, label string, fn func() error) error {
+// library is re-initialised (reinit, at most once per every) and fn runs
+// once more, so that a token that went away and came back is picked up
+// without a restart.
+func (m *module) live(ctx context.Context, label string, every time.Duration, fn func() error) error {
 	err := m.shared(fn)
-	if errors.Is(err, ErrUnreachable) && ctx.Err() == nil && m.reinit(label) {
+	if errors.Is(err, ErrUnreachable) && ctx.Err() == nil && m.reinit(label, every) {
 		err = m.shared(fn)
 	}
 	return err
@@ -276,7 +283,7 @@ func (m *module) live(ctx context.Context, label string, fn func() error) error 
 // Refresh finds label's token again, re-initialising the library if it
 // went away; ErrUnreachable when it is still not there.
 func (m *module) Refresh(ctx context.Context, label string) error {
-	return m.live(ctx, label, func() error {
+	return m.live(ctx, label, probeReinitEvery, func() error {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if !m.aliveLocked(label) {
@@ -291,7 +298,7 @@ func (m *module) Refresh(ctx context.Context, label string) error {
 // initialising the library if need be — and fn retried, so a token that
 // comes back is picked up.
 func (m *module) with(ctx context.Context, label string, fn func(h p11.SessionHandle) error) error {
-	return m.live(ctx, label, func() error { return m.with1(ctx, label, fn) })
+	return m.live(ctx, label, reinitEvery, func() error { return m.with1(ctx, label, fn) })
 }
 
 func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionHandle) error) error {
@@ -497,7 +504,7 @@ func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) e
 }
 
 func (m *module) Login(ctx context.Context, label, pin string) error {
-	return m.live(ctx, label, func() error { return m.login(label, pin) })
+	return m.live(ctx, label, reinitEvery, func() error { return m.login(label, pin) })
 }
 
 func (m *module) login(label, pin string) error {

@@ -32,7 +32,7 @@ type Service struct {
 	wg     sync.WaitGroup
 
 	// probeMisses counts, per HSM, the consecutive probes that could not
-	// reach its token; see probe.
+	// reach its token (health.go).
 	probeMu     sync.Mutex
 	probeMisses map[string]int
 
@@ -88,6 +88,7 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		s.Close()
 		return nil, err
 	}
+	s.startProbing()
 	return s, nil
 }
 

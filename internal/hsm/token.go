@@ -16,8 +16,8 @@ type tokens interface {
 	// Present reports ErrUnreachable when no initialised token is label.
 	Present(ctx context.Context, label string) error
 	// Refresh is Present, but finds a token that went away and came back:
-	// the module is re-initialised (at most once a second) when label is
-	// not found.
+	// the module is re-initialised when label is not found (at most every
+	// 50ms; the health probe calls it once per interval and HSM).
 	Refresh(ctx context.Context, label string) error
 	// SetSOPIN changes the SO PIN (C_Login as SO, C_SetPIN).
 	SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error

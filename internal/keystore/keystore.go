@@ -79,9 +79,13 @@ type Config struct {
 	// connect: CONNECTED, or FAILED with its ConnectionErrorCode (the
 	// server records these as audit events).
 	OnConnectResult func(st Store, state, code string)
-	Now             func() time.Time
-	Rand            io.Reader
-	Logger          *slog.Logger
+	// ResumeRetry is how often a store that was CONNECTED when kmsd
+	// stopped, and whose backing could not be reached when it started
+	// again, tries to log in once more (resumeRetry when zero).
+	ResumeRetry time.Duration
+	Now         func() time.Time
+	Rand        io.Reader
+	Logger      *slog.Logger
 }
 
 // Manager keeps the custom key stores of a kmsd process and runs their
@@ -99,6 +103,9 @@ type Manager struct {
 	wmu    sync.Mutex // serialises writes (names and clusters stay unique)
 	mu     sync.RWMutex
 	stores map[string]*Store
+	// resumed marks the stores that were CONNECTED when kmsd started and
+	// have not logged in to their backing since (resume.go).
+	resumed map[string]bool
 }
 
 // New loads the stores kept in store and resumes their connections:
@@ -114,7 +121,10 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	if cfg.Limit == 0 {
 		cfg.Limit = 10
 	}
-	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{}}
+	if cfg.ResumeRetry <= 0 {
+		cfg.ResumeRetry = resumeRetry
+	}
+	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{}, resumed: map[string]bool{}}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -142,6 +152,9 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 			if err := m.set(ctx, st.ID, func(s *Store) error { s.State = Connecting; return nil }); err != nil {
 				return nil, err
 			}
+			m.mu.Lock()
+			m.resumed[st.ID] = true
+			m.mu.Unlock()
 			m.start(st.ID, 0, m.finishConnect)
 		case Disconnecting:
 			m.start(st.ID, 0, m.finishDisconnect)
@@ -451,6 +464,7 @@ func (m *Manager) Disconnect(ctx context.Context, account, region, id string) er
 		return nil
 	})
 	if err == nil {
+		m.forgetResumed(id) // the next connect is the caller's own
 		m.start(id, m.cfg.ConnectDelay, m.finishDisconnect)
 	}
 	return err
@@ -490,6 +504,9 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return
 	}
 	fail := func(code string, err error) {
+		if m.keepResumed(ctx, cur, code, err) {
+			return
+		}
 		m.log.Warn("keystore: connect failed", "store", id, "code", code, "err", err)
 		if m.set(ctx, id, func(st *Store) error {
 			if st.State != Connecting {
@@ -573,6 +590,7 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return nil
 	})
 	if err == nil {
+		m.forgetResumed(id)
 		m.report(cur, Connected, "")
 	}
 	if err != nil {

@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/hsm"
@@ -137,7 +138,9 @@ func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, 
 	}
 	if _, err := s.clusters.CheckCluster(c.Account, c.Region, st.ClusterID, ""); err != nil {
 		if errors.Is(err, keystore.ErrClusterNotFound) || errors.Is(err, keystore.ErrClusterNotActive) {
-			err = errors.Join(keystore.ErrClusterInvalidConfig, err)
+			// CreateKey checks the HSMs, not the cluster's state (spec §9.1):
+			// a DEGRADED cluster is not told to be initialized and activated.
+			err = fmt.Errorf("%w: cluster %s has no ACTIVE HSMs in two Availability Zones (%v)", keystore.ErrClusterInvalidConfig, st.ClusterID, err)
 		}
 		return storeErr(err)
 	}

@@ -62,7 +62,8 @@ type hsmServer struct {
 // module), KMSD_HSM_CREATE_DELAY, KMSD_HSM_INITIALIZE_DELAY and
 // KMSD_HSM_DELETE_DELAY (Go durations; how long clusters and HSMs stay in
 // their *_IN_PROGRESS states, 2s by default), KMSD_HSM_PROBE_INTERVAL (how
-// often declared clusters' tokens are checked, 10s by default), and
+// often every HSM's token is checked, 10s by default; cfg.HSMProbeInterval,
+// from --hsm-probe-interval, wins), and
 // SOFTHSM2_CONF, which kmsd's SoftHSM2 module then uses instead of the
 // configuration it writes under the data directory. The clusters declared
 // in cfg.HSMConfig belong to kmsd's account and default Region unless they
@@ -89,6 +90,9 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 			}
 			*d = p
 		}
+	}
+	if cfg.HSMProbeInterval > 0 {
+		hcfg.ProbeInterval = cfg.HSMProbeInterval
 	}
 	return hcfg, nil
 }
@@ -304,6 +308,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	}
 	h.authz = a.svc // before a.hsm: no request runs undecided
 	a.hsm = h
+	a.metrics.reg.MustRegister(hsmCollector{h.svc})
 	// [keystore] Custom key stores, backed by these clusters.
 	delay := 500 * time.Millisecond
 	if v := os.Getenv("KMSD_KEYSTORE_CONNECT_DELAY"); v != "" {
@@ -321,6 +326,9 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	ks, err := keystore.New(ctx, store, b, keystore.Config{
 		Backings:     h.faulty(map[string]keystore.Backing{keystore.TypeCloudHSM: backing, keystore.TypeExternal: ext}),
 		ConnectDelay: delay, Logger: log,
+		// A store resumed while its HSMs are down logs in at most a probe
+		// interval after the probe finds them back.
+		ResumeRetry:     h.svc.ProbeInterval(),
 		OnConnectResult: a.auditConnectResult,
 	})
 	if err != nil {

@@ -85,6 +85,9 @@ type Config struct {
 	// HSMConfig is an optional TOML file declaring HSM clusters over
 	// existing PKCS#11 tokens (see hsm.LoadDeclarations).
 	HSMConfig string
+	// HSMProbeInterval is how often every HSM's token is probed (zero:
+	// KMSD_HSM_PROBE_INTERVAL, else hsm.DefaultProbeInterval).
+	HSMProbeInterval time.Duration
 	// XKSCABundle is a PEM file of CAs trusted for XKS proxies beside the
 	// system roots; XKSVPCEndpointServices maps VPC endpoint service names
 	// to addresses ("name=host:port,..."); XKSHealthInterval is how often

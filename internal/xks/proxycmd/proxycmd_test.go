@@ -3,6 +3,7 @@ package proxycmd
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,5 +116,21 @@ func TestRunUsage(t *testing.T) {
 	}
 	if code := Run(context.Background(), []string{"version"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "xks-proxy") {
 		t.Fatalf("version: %d %s", code, out.String())
+	}
+}
+
+// TestPprofLoopbackOnly: profiles are served on loopback addresses only.
+func TestPprofLoopbackOnly(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:6060": true, "[::1]:6060": true, "localhost:6060": true, "127.0.0.2:6060": true,
+		"0.0.0.0:6060": false, ":6060": false, "10.0.0.1:6060": false, "example.com:6060": false, "127.0.0.1": false,
+	} {
+		if err := loopback(addr); (err == nil) != ok {
+			t.Errorf("loopback(%q) = %v, want ok %v", addr, err, ok)
+		}
+	}
+	err := serve(context.Background(), []string{"--pprof", "0.0.0.0:6060"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--pprof") {
+		t.Fatalf("serve --pprof 0.0.0.0:6060: %v", err)
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -36,6 +38,7 @@ type serveFlags struct {
 	prefix, akid, secretFile, sources                                        string
 	keysFile, passFile                                                       string
 	pkcs11Module, pkcs11Token, pkcs11PINFile                                 string
+	pprof                                                                    string
 	rateLimit                                                                float64
 	ekmTimeout                                                               time.Duration
 	set                                                                      map[string]bool
@@ -50,6 +53,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.BoolVar(&f.insecure, "insecure-http", false, "serve plain HTTP, only behind a load balancer that terminates TLS")
 	fs.StringVar(&f.healthListen, "health-listen", "", "optional plain-HTTP address for GET /ping and /healthz")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "optional address for Prometheus GET /metrics")
+	fs.StringVar(&f.pprof, "pprof", "", "debugging: a loopback address (127.0.0.1:port, [::1]:port, localhost:port) serving Go's /debug/pprof/, with mutex and block profiling on")
 	fs.StringVar(&f.region, "region", "", "accept only this region in SigV4 credential scopes")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or text (default json)")
@@ -217,6 +221,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if f.pprof != "" {
+		if err := loopback(f.pprof); err != nil {
+			return usageErr("--pprof %s: %v", f.pprof, err)
+		}
+	}
 	cfg, err := buildConfig(f)
 	if err != nil {
 		return err
@@ -246,7 +255,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// go_sched_latencies_seconds (how long goroutines wait to run) tells a
+	// latency tail made in the proxy from one made by the HSM or the host.
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := xksserver.Options{Region: cfg.Region, FleetSize: cfg.FleetSize, HealthTTL: cfg.HealthCache.Duration,
 		Version: Version, Logger: log, Registerer: reg,
 		Limits: xks.Limits{MaxPlaintext: cfg.Limits.MaxPlaintextBytes, MaxAAD: cfg.Limits.MaxAADBytes}}
@@ -273,7 +285,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	if tlsr != nil {
 		hs.TLSConfig = tlsr.Config()
 		go func() { errc <- hs.ServeTLS(ln, "", "") }()
@@ -292,6 +304,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		extra = append(extra, listenPlain(cfg.MetricsListen, mux, errc))
+	}
+	if f.pprof != "" {
+		// Profiles of contention are what a latency tail needs; their cost
+		// is paid only by a proxy started with --pprof.
+		runtime.SetMutexProfileFraction(10)
+		runtime.SetBlockProfileRate(int(100 * time.Microsecond))
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		ps := &http.Server{Addr: f.pprof, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- ps.ListenAndServe() }()
+		extra = append(extra, ps)
+		log.Warn("serving Go profiles (--pprof): a debugging aid, not for production", "pprof", f.pprof)
 	}
 	log.Info("xks-proxy serving", "version", Version, "listen", ln.Addr().String(), "tls", tlsr != nil,
 		"mtls", cfg.TLS.ClientCAFile != "", "key_stores", len(opts.Stores), "health_listen", cfg.HealthListen,
@@ -318,6 +346,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			reload(f, srv, tlsr, managers, log)
 		}
 	}
+}
+
+// loopback checks that addr is host:port with a loopback host: profiles
+// show a process's internals and are never served beyond the machine.
+func loopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return errors.New("want a loopback address such as 127.0.0.1:6060")
+	}
+	return nil
 }
 
 func listenPlain(addr string, h http.Handler, errc chan<- error) *http.Server {

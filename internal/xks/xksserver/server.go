@@ -457,6 +457,14 @@ func (s *Server) encrypt(ctx context.Context, rq *request, p *Policy, req *xks.E
 	if xerr := usable(rq, k, keyman.UsageEncrypt); xerr != nil {
 		return nil, xerr
 	}
+	if req.CiphertextDataIntegrityValueAlgorithm != "" && !k.Can(keyman.UsageDecrypt) {
+		// A CDIV is the proxy's promise that decrypting exactly these values
+		// will succeed (spec §1.6); without DECRYPT the trial decrypt that
+		// backs it cannot run, so no unverified CDIV is handed out, and
+		// nothing is encrypted.
+		return nil, xks.Errorf(xks.InvalidKeyUsageException,
+			"external key does not permit DECRYPT, so the trial decrypt behind ciphertextDataIntegrityValue cannot be done")
+	}
 	meta := rq.store.CiphertextMetadata
 	aad, err := xks.EffectiveAAD(req.AdditionalAuthenticatedData, meta)
 	if err != nil {
@@ -475,14 +483,12 @@ func (s *Server) encrypt(ctx context.Context, rq *request, p *Policy, req *xks.E
 		// Spec order: CDIV over the EKM's output first, then a trial decrypt of
 		// exactly that output, so corruption in between cannot hide.
 		resp.CiphertextDataIntegrityValue = xks.CDIV(req.AdditionalAuthenticatedData, meta, sealed.IV, sealed.Ciphertext, sealed.Tag)
-		if k.Can(keyman.UsageDecrypt) {
-			pt, err := rq.store.Manager.Decrypt(ctx, rq.keyID, sealed.IV, sealed.Ciphertext, sealed.Tag, aad)
-			if err != nil {
-				return nil, managerError(rq, fmt.Errorf("trial decrypt: %w", err))
-			}
-			if !bytes.Equal(pt, req.Plaintext) {
-				return nil, managerError(rq, errors.New("trial decrypt returned different plaintext"))
-			}
+		pt, err := rq.store.Manager.Decrypt(ctx, rq.keyID, sealed.IV, sealed.Ciphertext, sealed.Tag, aad)
+		if err != nil {
+			return nil, managerError(rq, fmt.Errorf("trial decrypt: %w", err))
+		}
+		if !bytes.Equal(pt, req.Plaintext) {
+			return nil, managerError(rq, errors.New("trial decrypt returned different plaintext"))
 		}
 	}
 	return resp, nil

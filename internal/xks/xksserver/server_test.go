@@ -275,6 +275,19 @@ func TestSpecVectorsThroughProxy(t *testing.T) {
 	}
 }
 
+// withCDIV adds ciphertextDataIntegrityValueAlgorithm, and aad when not
+// nil, to an encrypt request.
+func withCDIV(req map[string]any, aad []byte) map[string]any {
+	out := map[string]any{"ciphertextDataIntegrityValueAlgorithm": "SHA_256"}
+	for k, v := range req {
+		out[k] = v
+	}
+	if aad != nil {
+		out["additionalAuthenticatedData"] = b64(aad)
+	}
+	return out
+}
+
 func TestErrors(t *testing.T) {
 	h := newHarness(t, nil)
 	enc := func(op string) map[string]any {
@@ -306,6 +319,11 @@ func TestErrors(t *testing.T) {
 		{"encrypt with decrypt-only", "POST", base + "/keys/dec/encrypt", enc("Encrypt"), akid1, secret1, 400, xks.InvalidKeyUsageException},
 		{"encrypt with no usage", "POST", base + "/keys/none/encrypt", enc("Encrypt"), akid1, secret1, 400, xks.InvalidKeyUsageException},
 		{"decrypt with encrypt-only", "POST", base + "/keys/enc/decrypt", dec, akid1, secret1, 400, xks.InvalidKeyUsageException},
+		// A CDIV needs the trial decrypt an encrypt-only key cannot do.
+		{"CDIV with encrypt-only", "POST", base + "/keys/enc/encrypt", withCDIV(enc("Encrypt"), nil), akid1, secret1, 400, xks.InvalidKeyUsageException},
+		{"CDIV with encrypt-only and AAD", "POST", base + "/keys/enc/encrypt", withCDIV(enc("Encrypt"), []byte("aad")), akid1, secret1, 400, xks.InvalidKeyUsageException},
+		{"encrypt-only without CDIV", "POST", base + "/keys/enc/encrypt", enc("Encrypt"), akid1, secret1, 200, ""},
+		{"CDIV with both", "POST", base + "/keys/both/encrypt", withCDIV(enc("Encrypt"), []byte("aad")), akid1, secret1, 200, ""},
 		{"disabled key (file)", "POST", base + "/keys/off/encrypt", enc("Encrypt"), akid1, secret1, 400, xks.InvalidStateException},
 		{"disabled key (policy)", "POST", "/kms/xks/v1/keys/vector/encrypt", enc("Encrypt"), akid1, secret1, 400, xks.InvalidStateException},
 		{"disabled store", "POST", "/off/kms/xks/v1/health", map[string]any{"requestMetadata": md("KmsHealthCheck")}, akid1, secret1, 400, xks.InvalidStateException},
