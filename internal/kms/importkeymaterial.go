@@ -269,6 +269,12 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 		n := max(m.number, 1)
 		k.Versions = []catalog.Version{{Number: n, Created: m.now}}
 		k.Current = n
+		if m.number != 0 {
+			// A replica's current material is its primary's: until it
+			// has imported that one (its first may be one pending
+			// rotation, or an older one) it stays PendingImport.
+			k.Current = m.primaryCurrent
+		}
 		if err := set(&k.Versions[0]); err != nil {
 			return err
 		}
@@ -309,16 +315,15 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 			return errIncorrectMaterial(k)
 		}
 		if same == nil && m.number != 0 && k.Version(m.number) == nil {
-			// A replica takes another of its primary's materials, and
-			// follows the primary's current version as far as it has it.
+			// A replica takes another of its primary's materials.
 			k.Versions = append(k.Versions, catalog.Version{Number: m.number, Created: m.now})
 			slices.SortFunc(k.Versions, func(a, b catalog.Version) int { return cmp.Compare(a.Number, b.Number) })
 			same = k.Version(m.number)
-			for _, v := range k.Versions {
-				if v.Number <= m.primaryCurrent {
-					k.Current = max(k.Current, v.Number)
-				}
-			}
+		}
+		if m.number != 0 {
+			// Its current material is the primary's (rotations reach
+			// every related key at once, spec §9.7).
+			k.Current = max(k.Current, m.primaryCurrent)
 		}
 		if same == nil {
 			return errIncorrectMaterial(k)
