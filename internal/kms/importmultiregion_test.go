@@ -367,3 +367,48 @@ func TestMissingMaterialWhileUpdating(t *testing.T) {
 	f.mustImportAs(t, east, id, m, nil)
 	f.decryptIn(t, east, nil, blob, []byte("x"))
 }
+
+// TestNewMaterialAcrossPrimaryChange: new material imported into a
+// primary that then hands its role to a replica without that material —
+// the new primary takes it as EXISTING_KEY_MATERIAL under the same
+// version, refuses other new material meanwhile, and its rotation makes
+// it current in both.
+func TestNewMaterialAcrossPrimaryChange(t *testing.T) {
+	ctx := context.Background()
+	f := newMRFixture(t)
+	id := f.createMRK(t, &kmsapi.CreateKeyRequest{Origin: kmsapi.String("EXTERNAL")})
+	m1, m2 := random(32), random(32)
+	newType := kmsapi.String("NEW_KEY_MATERIAL")
+	first := f.mustImportAs(t, east, id, m1, nil)
+	f.replicate(t, f.svc, id, west)
+	f.mustImportAs(t, west, id, m1, nil)
+	second := f.mustImportAs(t, east, id, m2, newType)
+	if _, err := f.svc.UpdatePrimaryRegion(ctx, f.in(east), &kmsapi.UpdatePrimaryRegionRequest{KeyId: &id, PrimaryRegion: kmsapi.String(west)}); err != nil {
+		t.Fatal(err)
+	}
+	f.wantMaterials(t, id, map[string]map[string]string{
+		east: {first: "CURRENT", second: pendingMR},
+		west: {first: "CURRENT"},
+	})
+	_, err := f.importAs(t, west, id, random(32), newType, nil)
+	wantException(t, err, "KMSInvalidStateException")
+	if got := f.mustImportAs(t, west, id, m2, kmsapi.String("EXISTING_KEY_MATERIAL")); got != second {
+		t.Fatalf("the new primary's id %s, want %s", got, second)
+	}
+	f.wantMaterials(t, id, map[string]map[string]string{
+		east: {first: "CURRENT", second: pendingR},
+		west: {first: "CURRENT", second: pendingR},
+	})
+	if err := f.rotateIn(west, id); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{east, west} {
+		if md := f.describe(t, r, id); *md.CurrentKeyMaterialId != second {
+			t.Fatalf("%s after the rotation: %s", r, *md.CurrentKeyMaterialId)
+		}
+	}
+	blob := f.encryptIn(t, west, id, []byte("after"))
+	f.decryptIn(t, east, nil, blob, []byte("after"))
+	blob = f.encryptIn(t, east, id, []byte("back"))
+	f.decryptIn(t, west, nil, blob, []byte("back"))
+}
