@@ -1,12 +1,17 @@
 package multiregion
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,6 +89,40 @@ func TestExternalMultiRegionKey(t *testing.T) {
 			second: types.KeyMaterialStateCurrent})
 	}
 	crossDecrypt(ctx, t, c, id, "after the rotation")
+
+	// The audit log has AWS's two records of the replication (spec §9.3):
+	// ReplicateKey in the primary's Region, CreateKey of the replica in
+	// the replica's, one request id, two event ids.
+	e.k.Stop() // flushes the audit log
+	log, err := os.ReadFile(filepath.Join(e.k.DataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type record struct {
+		EventName, AWSRegion, RequestID, EventID string
+		Resources                                []struct{ ARN string }
+	}
+	byRequest := map[string][]record{}
+	for _, line := range bytes.Split(log, []byte("\n")) {
+		var r record
+		if json.Unmarshal(line, &r) == nil && (r.EventName == "ReplicateKey" || r.EventName == "CreateKey") {
+			byRequest[r.RequestID] = append(byRequest[r.RequestID], r)
+		}
+	}
+	replica := *ck.KeyMetadata.Arn
+	replica = strings.Replace(replica, ":"+east+":", ":"+west+":", 1)
+	found := false
+	for _, rs := range byRequest {
+		if len(rs) == 2 && rs[0].EventName == "ReplicateKey" && rs[0].AWSRegion == east {
+			found = true
+			if r := rs[1]; r.EventName != "CreateKey" || r.AWSRegion != west || len(r.Resources) != 1 || r.Resources[0].ARN != replica || r.EventID == rs[0].EventID {
+				t.Fatalf("the replica Region's record of ReplicateKey: %+v", r)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no ReplicateKey with a CreateKey record in %s in the audit log", west)
+	}
 }
 
 func ptr[T any](v T) *T { return &v }
