@@ -271,7 +271,7 @@ func promoteImported(k *catalog.Key, related []*catalog.Key, now time.Time) erro
 	if next == nil {
 		return exc("KMSInvalidStateException", "No available key material pending rotation for the key: "+k.ARN()+".")
 	}
-	if k.MultiRegion() {
+	if k.IsPrimary() { // a replica is refused as not the primary
 		if regions := lacking(next.MaterialID, related, now); len(regions) > 0 {
 			return errAwaitingReplicas(k, next.MaterialID, regions)
 		}

@@ -125,6 +125,7 @@ func TestMultiRegionNewMaterial(t *testing.T) {
 		west: {first: "CURRENT", second: pendingMR},
 	})
 	wantException(t, f.rotateIn(east, id), "KMSInvalidStateException")
+	wantMessage(t, f.rotateIn(west, id), "UnsupportedOperationException", keys.KeyARN(west, f.caller.Account, id)+" is not a multi-region primary key.")
 	f.mustImportAs(t, apse, id, m2, existing)
 	all := map[string]map[string]string{}
 	for _, r := range []string{east, west, apse} {
