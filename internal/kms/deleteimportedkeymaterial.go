@@ -30,7 +30,8 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, c *Caller, in *
 		return nil, err
 	}
 	var deleted string
-	updated, err := s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+	ks, err := s.cat.UpdateRelated(ctx, k.Name(), func(ks []*catalog.Key, _ *catalog.Batch) error {
+		k := ks[0]
 		if err := importStateCheck(k, "DeleteImportedKeyMaterial"); err != nil {
 			return err
 		}
@@ -52,8 +53,18 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, c *Caller, in *
 		}
 		deleted = target.MaterialID
 		if target.Number > k.Current {
-			n := target.Number
-			k.Versions = slices.DeleteFunc(k.Versions, func(v catalog.Version) bool { return v.Number == n })
+			// Material pending rotation is not permanent: it goes
+			// entirely, and from a multi-Region primary it goes from
+			// every replica too (spec §7.7); from a replica, only there.
+			related := ks[:1]
+			if k.IsPrimary() {
+				related = ks
+			}
+			for _, x := range related {
+				x.Versions = slices.DeleteFunc(x.Versions, func(v catalog.Version) bool {
+					return v.MaterialID == deleted && v.Number > x.Current
+				})
+			}
 		} else {
 			if target.ImportState != importStateImported {
 				return errUnchanged
@@ -68,7 +79,7 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, c *Caller, in *
 	case err != nil:
 		return nil, internal(err)
 	default:
-		k = updated
+		k = ks[0]
 	}
 	out := &kmsapi.DeleteImportedKeyMaterialResponse{KeyId: kmsapi.String(k.ARN())}
 	if k.KeySpec == keys.Symmetric && deleted != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/catalog"
@@ -64,21 +65,57 @@ func importStateCheck(k *catalog.Key, op string) error {
 	return nil
 }
 
-// materialState is the KeyMaterialState of version v of k.
-func materialState(k *catalog.Key, v *catalog.Version) string {
+// materialState is the KeyMaterialState of version v of k, whose related
+// multi-Region keys are related (none for a single-Region key). Material
+// pending rotation in a multi-Region key is
+// PENDING_MULTI_REGION_IMPORT_AND_ROTATION while some related key, k
+// included, does not hold it imported; PENDING_ROTATION once all do
+// (spec §9.7).
+func materialState(k *catalog.Key, v *catalog.Version, related []*catalog.Key, now time.Time) string {
 	switch {
 	case v.Number == k.Current:
 		return "CURRENT"
 	case v.Number < k.Current:
 		return "NON_CURRENT"
+	case k.MultiRegion() && len(lacking(v.MaterialID, append([]*catalog.Key{k}, related...), now)) > 0:
+		return "PENDING_MULTI_REGION_IMPORT_AND_ROTATION"
 	}
 	return "PENDING_ROTATION"
 }
 
+// lacking returns the Regions of the keys among ks that do not hold the
+// material mid imported and unexpired at now.
+func lacking(mid string, ks []*catalog.Key, now time.Time) []string {
+	var out []string
+	for _, k := range ks {
+		held := false
+		for i := range k.Versions {
+			v := &k.Versions[i]
+			if v.MaterialID == mid && v.ImportState == importStateImported && (v.ValidTo == nil || now.Before(*v.ValidTo)) {
+				held = true
+			}
+		}
+		if !held {
+			out = append(out, k.Region)
+		}
+	}
+	return out
+}
+
+// errAwaitingReplicas refuses RotateKeyOnDemand of a multi-Region key
+// whose new material some related keys do not hold yet (spec §9.7). [U]
+// exception and text.
+func errAwaitingReplicas(k *catalog.Key, mid string, regions []string) error {
+	return exc("KMSInvalidStateException", "Key material (id: "+mid+") of the key: "+k.ARN()+
+		" is pending import into its related multi-Region keys in "+strings.Join(regions, ", ")+" and cannot be rotated yet.")
+}
+
 // allImported reports whether every material permanently associated with
-// k is imported: the condition of an EXTERNAL key being usable.
+// k is imported: the condition of an EXTERNAL key being usable. A key
+// without its current material (a replica that has imported only material
+// pending rotation) is not.
 func allImported(k *catalog.Key) bool {
-	if len(k.Versions) == 0 {
+	if len(k.Versions) == 0 || k.Version(k.Current) == nil {
 		return false
 	}
 	for i := range k.Versions {
@@ -219,7 +256,11 @@ var errUnchanged = errors.New("kms: nothing to change")
 // promoteImported is RotateKeyOnDemand of an EXTERNAL symmetric key: the
 // imported PENDING_ROTATION material becomes CURRENT, the current one
 // NON_CURRENT (still decrypting), spec §7.8.
-func promoteImported(k *catalog.Key, now time.Time) error {
+//
+// In a multi-Region key every related key must hold the material first
+// (spec §9.7); copyShared then makes it current in each of them, in the
+// same transaction.
+func promoteImported(k *catalog.Key, related []*catalog.Key, now time.Time) error {
 	var next *catalog.Version
 	for i := range k.Versions {
 		v := &k.Versions[i]
@@ -229,6 +270,11 @@ func promoteImported(k *catalog.Key, now time.Time) error {
 	}
 	if next == nil {
 		return exc("KMSInvalidStateException", "No available key material pending rotation for the key: "+k.ARN()+".")
+	}
+	if k.IsPrimary() { // a replica is refused as not the primary
+		if regions := lacking(next.MaterialID, related, now); len(regions) > 0 {
+			return errAwaitingReplicas(k, next.MaterialID, regions)
+		}
 	}
 	k.Current = next.Number
 	k.Rotations = append(k.Rotations, catalog.Rotation{Date: now, Type: "ON_DEMAND"})
@@ -240,7 +286,7 @@ func promoteImported(k *catalog.Key, now time.Time) error {
 // (ROTATIONS_ONLY) the materials that became current by a rotation, with
 // ALL_KEY_MATERIAL also the first material and pending ones. The marker
 // is an index into that list.
-func listImportedRotations(k *catalog.Key, in *kmsapi.ListKeyRotationsRequest) (*kmsapi.ListKeyRotationsResponse, error) {
+func listImportedRotations(k *catalog.Key, related []*catalog.Key, now time.Time, in *kmsapi.ListKeyRotationsRequest) (*kmsapi.ListKeyRotationsResponse, error) {
 	all := in.IncludeKeyMaterial != nil && *in.IncludeKeyMaterial == "ALL_KEY_MATERIAL"
 	var entries []kmsapi.RotationsListEntry
 	for i := range k.Versions {
@@ -253,7 +299,7 @@ func listImportedRotations(k *catalog.Key, in *kmsapi.ListKeyRotationsRequest) (
 			KeyId:            kmsapi.String(k.ID),
 			KeyMaterialId:    kmsapi.String(v.MaterialID),
 			ImportState:      kmsapi.String(v.ImportState),
-			KeyMaterialState: kmsapi.String(materialState(k, v)),
+			KeyMaterialState: kmsapi.String(materialState(k, v, related, now)),
 		}
 		if v.MaterialDescription != "" {
 			e.KeyMaterialDescription = kmsapi.String(v.MaterialDescription)

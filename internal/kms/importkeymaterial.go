@@ -103,16 +103,34 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, c *Caller, in *kmsapi.I
 			return nil, err
 		}
 	}
-	k, err = s.cat.UpdateKey(ctx, k.Name(), func(k *catalog.Key) error {
+	// Related keys are read and written in the same transaction, so what
+	// the primary holds cannot change between the check and the import.
+	ks, err := s.cat.UpdateRelated(ctx, k.Name(), func(ks []*catalog.Key, _ *catalog.Batch) error {
+		k, m := ks[0], im
 		expire(k, now)
 		if err := importStateCheck(k, "ImportKeyMaterial"); err != nil {
 			return err
 		}
-		return s.applyImport(k, in, im)
+		switch {
+		case k.IsReplica():
+			i := slices.IndexFunc(ks, func(x *catalog.Key) bool { return x.Region == k.PrimaryRegion })
+			if i < 0 {
+				return errIncorrectMaterial(k)
+			}
+			v := ks[i].Version(m.number)
+			if v == nil || v.MaterialID != m.id {
+				return errIncorrectMaterial(k) // deleted from the primary meanwhile
+			}
+			m.primaryCurrent = ks[i].Current
+		case k.IsPrimary():
+			primaryMaterial(k, ks[1:], &m)
+		}
+		return s.applyImport(k, in, m)
 	})
 	if err != nil {
 		return nil, internal(err)
 	}
+	k = ks[0]
 	out := &kmsapi.ImportKeyMaterialResponse{KeyId: kmsapi.String(k.ARN())}
 	if symmetric {
 		out.KeyMaterialId = kmsapi.String(mid)
@@ -216,6 +234,35 @@ type importedMaterial struct {
 	// For a multi-Region replica: the number of the primary's version
 	// with this material, and the primary's current version. 0 otherwise.
 	number, primaryCurrent uint32
+	// For a multi-Region primary: the highest version number any related
+	// key has, and a material pending rotation in a related key that the
+	// primary lacks (after UpdatePrimaryRegion made a replica primary).
+	above            uint32
+	pendingElsewhere string
+}
+
+// primaryMaterial prepares an import into a multi-Region primary from
+// what its related keys hold. Since UpdatePrimaryRegion, a primary may
+// lack material a replica has (imported while that replica's Region held
+// the primary, or pending rotation): it takes such material under the
+// same version number, and new material is numbered above every related
+// key's and refused while other material is pending rotation in one.
+func primaryMaterial(k *catalog.Key, related []*catalog.Key, im *importedMaterial) {
+	for _, r := range related {
+		for i := range r.Versions {
+			v := &r.Versions[i]
+			im.above = max(im.above, v.Number)
+			if k.Version(v.Number) != nil {
+				continue
+			}
+			switch {
+			case v.MaterialID == im.id:
+				im.number, im.primaryCurrent = v.Number, k.Current
+			case v.Number > k.Current && v.Number > r.Current:
+				im.pendingElsewhere = v.MaterialID
+			}
+		}
+	}
 }
 
 // replicaMaterial checks an import into a multi-Region replica against its
@@ -269,6 +316,12 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 		n := max(m.number, 1)
 		k.Versions = []catalog.Version{{Number: n, Created: m.now}}
 		k.Current = n
+		if m.number != 0 {
+			// A replica's current material is its primary's: until it
+			// has imported that one (its first may be one pending
+			// rotation, or an older one) it stays PendingImport.
+			k.Current = m.primaryCurrent
+		}
 		if err := set(&k.Versions[0]); err != nil {
 			return err
 		}
@@ -309,16 +362,15 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 			return errIncorrectMaterial(k)
 		}
 		if same == nil && m.number != 0 && k.Version(m.number) == nil {
-			// A replica takes another of its primary's materials, and
-			// follows the primary's current version as far as it has it.
+			// A replica takes another of its primary's materials.
 			k.Versions = append(k.Versions, catalog.Version{Number: m.number, Created: m.now})
 			slices.SortFunc(k.Versions, func(a, b catalog.Version) int { return cmp.Compare(a.Number, b.Number) })
 			same = k.Version(m.number)
-			for _, v := range k.Versions {
-				if v.Number <= m.primaryCurrent {
-					k.Current = max(k.Current, v.Number)
-				}
-			}
+		}
+		if m.number != 0 {
+			// Its current material is the primary's (rotations reach
+			// every related key at once, spec §9.7).
+			k.Current = max(k.Current, m.primaryCurrent)
 		}
 		if same == nil {
 			return errIncorrectMaterial(k)
@@ -330,11 +382,15 @@ func (s *Service) applyImport(k *catalog.Key, in *kmsapi.ImportKeyMaterialReques
 		if same != nil {
 			return errIncorrectMaterial(k)
 		}
+		other := m.pendingElsewhere
 		if pending != nil {
-			return exc("KMSInvalidStateException", "New key material (id: "+m.id+") cannot be imported into KMS key "+k.ID+
-				", because another key material (id: "+pending.MaterialID+") is pending rotation.")
+			other = pending.MaterialID
 		}
-		k.Versions = append(k.Versions, catalog.Version{Number: last + 1, Created: m.now})
+		if other != "" {
+			return exc("KMSInvalidStateException", "New key material (id: "+m.id+") cannot be imported into KMS key "+k.ID+
+				", because another key material (id: "+other+") is pending rotation.")
+		}
+		k.Versions = append(k.Versions, catalog.Version{Number: max(last, m.above) + 1, Created: m.now})
 		if err := set(&k.Versions[len(k.Versions)-1]); err != nil {
 			return err
 		}

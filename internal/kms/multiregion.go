@@ -104,14 +104,15 @@ func multiRegionKeyType(k *catalog.Key) string {
 // key's record, and for a multi-Region primary every replica then gets
 // the primary's shared properties in the same transaction. A replica is
 // refused (after fn's own checks, so state errors come first, spec §1.4):
-// those properties are set on the primary.
-func (s *Service) updateShared(ctx context.Context, name string, fn func(k *catalog.Key) error) (*catalog.Key, error) {
+// those properties are set on the primary. fn sees the related keys'
+// records too (nil for a single-Region key), to change nothing in them.
+func (s *Service) updateShared(ctx context.Context, name string, fn func(k *catalog.Key, related []*catalog.Key) error) (*catalog.Key, error) {
 	if !strings.HasPrefix(name, "mrk-") { // single-Region (catalog.Name)
-		return s.cat.UpdateKey(ctx, name, fn)
+		return s.cat.UpdateKey(ctx, name, func(k *catalog.Key) error { return fn(k, nil) })
 	}
 	ks, err := s.cat.UpdateRelated(ctx, name, func(ks []*catalog.Key, _ *catalog.Batch) error {
 		p := ks[0]
-		if err := fn(p); err != nil {
+		if err := fn(p, ks[1:]); err != nil {
 			return err
 		}
 		if !p.IsPrimary() {
@@ -134,12 +135,21 @@ func (s *Service) updateShared(ctx context.Context, name string, fn func(k *cata
 // rotation setting and history, and for keys whose material KMS made
 // (origin AWS_KMS) every version of material r lacks, with the same
 // number and KeyMaterialId, sealed under r's own name. Imported material
-// is never copied (spec §9.7).
+// is never copied (spec §9.7); an on-demand rotation of it, which waits
+// until every related key holds the new material, makes that material
+// current in r as in p.
 func (s *Service) copyShared(p, r *catalog.Key) error {
 	r.RotationEnabled = p.RotationEnabled
 	r.RotationPeriodInDays = p.RotationPeriodInDays
 	r.NextRotation = p.NextRotation
 	r.Rotations = slices.Clone(p.Rotations)
+	if p.Origin == originExternal {
+		if p.Current > r.Current && r.Version(p.Current) != nil {
+			r.Current = p.Current
+			settle(r)
+		}
+		return nil
+	}
 	if p.Origin != "AWS_KMS" {
 		return nil
 	}
@@ -161,6 +171,23 @@ func (s *Service) copyShared(p, r *catalog.Key) error {
 	}
 	r.Current = p.Current
 	return nil
+}
+
+// related is the records of k's related multi-Region keys that exist, as
+// callers see them (expired material gone); nil for a single-Region key.
+func (s *Service) related(ctx context.Context, k *catalog.Key) ([]*catalog.Key, error) {
+	var out []*catalog.Key
+	for _, r := range k.RelatedRegions() {
+		x, err := s.cat.Key(ctx, catalog.Name(r, k.ID))
+		if errors.Is(err, catalog.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s.view(x))
+	}
+	return out, nil
 }
 
 // transitionTimers are the timers that complete transitions in this
@@ -329,6 +356,13 @@ func (s *Service) completeTransition(ctx context.Context, name string) (done boo
 			}
 		case catalog.TransitionPrimary:
 			swapPrimary(ks, t.PrimaryRegion)
+			for _, k := range ks {
+				if k.Origin == originExternal {
+					// Material deleted or expired while Updating: the
+					// key lands in PendingImport, not Enabled.
+					settle(k)
+				}
+			}
 		default:
 			ks[0].Pending = nil
 		}

@@ -91,7 +91,7 @@ func (s *Service) EnableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.E
 	}); err != nil {
 		return nil, err
 	}
-	_, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key) error {
+	_, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key, related []*catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
 			return err
 		}
@@ -116,7 +116,7 @@ func (s *Service) DisableKeyRotation(ctx context.Context, c *Caller, in *kmsapi.
 	if err := s.authorizeKey(ctx, c, "kms:DisableKeyRotation", k, nil, nil); err != nil {
 		return nil, err
 	}
-	_, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key) error {
+	_, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key, related []*catalog.Key) error {
 		if err := rotatable(k, false); err != nil {
 			return err
 		}
@@ -193,7 +193,7 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 	if err := s.authorizeKey(ctx, c, "kms:RotateKeyOnDemand", k, nil, nil); err != nil {
 		return nil, err
 	}
-	k, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key) error {
+	k, err = s.updateShared(ctx, k.Name(), func(k *catalog.Key, related []*catalog.Key) error {
 		if err := rotatable(k, true); err != nil {
 			return err
 		}
@@ -201,7 +201,7 @@ func (s *Service) RotateKeyOnDemand(ctx context.Context, c *Caller, in *kmsapi.R
 			return err
 		}
 		if k.Origin == originExternal {
-			return promoteImported(k, s.now().UTC().Truncate(time.Millisecond))
+			return promoteImported(k, related, s.now().UTC().Truncate(time.Millisecond))
 		}
 		return s.rotate(k, "ON_DEMAND", s.now().UTC().Truncate(time.Millisecond))
 	})
@@ -222,7 +222,11 @@ func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.Li
 		return nil, err
 	}
 	if k.Origin == originExternal && k.KeySpec == keys.Symmetric {
-		return listImportedRotations(k, in)
+		related, err := s.related(ctx, k)
+		if err != nil {
+			return nil, internal(err)
+		}
+		return listImportedRotations(k, related, s.now(), in)
 	}
 	if k.Origin != "AWS_KMS" || k.KeySpec != "SYMMETRIC_DEFAULT" {
 		return nil, exc("UnsupportedOperationException", k.ARN()+" origin or key spec does not support rotation.")
@@ -266,7 +270,7 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	for _, id := range due {
-		_, err := s.updateShared(ctx, id, func(k *catalog.Key) error {
+		_, err := s.updateShared(ctx, id, func(k *catalog.Key, _ []*catalog.Key) error {
 			return s.rotate(k, "AUTOMATIC", now)
 		})
 		if err != nil {

@@ -249,6 +249,11 @@ func (s *Service) resolveKeyIDCross(ctx context.Context, c *Caller, keyID string
 func usable(k *catalog.Key) error {
 	switch k.State {
 	case keys.Enabled:
+		if k.Origin == originExternal && !allImported(k) {
+			// Never the case when settle set the state; a guard, so that
+			// missing material is never an internal error.
+			return exc("KMSInvalidStateException", k.ARN()+" is pending import.")
+		}
 		return nil
 	case keys.Disabled:
 		return exc("DisabledException", k.ARN()+" is disabled.")
@@ -259,7 +264,13 @@ func usable(k *catalog.Key) error {
 	case keys.Unavailable:
 		return exc("KMSInvalidStateException", k.ARN()+" is unavailable.")
 	case keys.Updating:
-		return nil // cryptography works while the primary Region changes
+		// Cryptography works while the primary Region changes — if the
+		// key has its material: imported material deleted or expired
+		// meanwhile leaves the state Updating until the change ends.
+		if k.Origin == originExternal && !allImported(k) {
+			return exc("KMSInvalidStateException", k.ARN()+" is pending import.")
+		}
+		return nil
 	case keys.Creating:
 		return exc("KMSInvalidStateException", k.ARN()+" is creating.")
 	case keys.PendingReplicaDeletion:

@@ -3,9 +3,11 @@ package server
 import (
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
+	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/policy"
 )
 
@@ -67,4 +69,27 @@ func readOnly(op string) bool {
 		return true
 	}
 	return strings.HasPrefix(op, "Describe") || strings.HasPrefix(op, "List") || strings.HasPrefix(op, "Get")
+}
+
+// replicaCreated is the second audit record of a successful ReplicateKey:
+// AWS records ReplicateKey in the primary's Region and CreateKey in the
+// replica's (spec §9.3 "Audit"). It is rec, the ReplicateKey record, as
+// seen from the replica's Region — same caller, time and request id, its
+// own event id — with the replica key as its only resource and the
+// replica's metadata as the response.
+func replicaCreated(rec *audit.Record, out any) *audit.Record {
+	res, ok := out.(*kmsapi.ReplicateKeyResponse)
+	if !ok || res.ReplicaKeyMetadata == nil || res.ReplicaKeyMetadata.Arn == nil {
+		return nil
+	}
+	arn := *res.ReplicaKeyMetadata.Arn
+	parts := strings.SplitN(arn, ":", 6)
+	if len(parts) != 6 {
+		return nil
+	}
+	c := *rec
+	c.EventName, c.AWSRegion, c.EventID = "CreateKey", parts[3], uuid.NewString()
+	c.Resources = []audit.Resource{{AccountID: parts[4], Type: "AWS::KMS::Key", ARN: arn}}
+	c.Response = &kmsapi.CreateKeyResponse{KeyMetadata: res.ReplicaKeyMetadata}
+	return &c
 }

@@ -51,7 +51,13 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	reqID := uuid.NewString()
 	rec := newRecord(r, reqID)
-	defer a.audit.Log(rec)
+	var also *audit.Record // a second record one request makes (ReplicateKey)
+	defer func() {
+		a.audit.Log(rec)
+		if also != nil {
+			a.audit.Log(also)
+		}
+	}()
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
 		rec.ErrorCode = "UnknownOperationException"
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "UnknownOperationException", Message: "", Status: 404})
@@ -137,6 +143,9 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !rec.ReadOnly {
 		rec.Response = out
+	}
+	if opName == "ReplicateKey" {
+		also = replicaCreated(rec, out)
 	}
 	// GetKeyLastUsage: the call succeeded, with the event time and id its
 	// audit record carries. In memory only; stored in batches.
