@@ -146,6 +146,15 @@ func wantAPIError(t *testing.T, what string, err error, code, msg string) {
 	}
 }
 
+// apiMessage is the message of API error err ("" for another error).
+func apiMessage(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorMessage()
+	}
+	return ""
+}
+
 // boto3 is a running testdata/boto3_paths.py: one Python process, one
 // JSON command and answer a line, so that the test can change the proxy
 // between boto3 calls without paying Python's start-up for each.
