@@ -402,16 +402,21 @@ func (m *Manager) PollExternal(b *External, interval time.Duration, report func(
 }
 
 // CheckExternal reports whether a new external store st would break a
-// uniqueness rule (name, spec §10.2), before its proxy is probed; Create
-// checks again.
+// uniqueness rule (name, spec §10.2) or the limit of stores per account
+// and Region (spec §11), before its proxy is probed, so that a create
+// refused anyway makes no call to the proxy; Create checks again.
 func (m *Manager) CheckExternal(st *Store) error {
-	for _, o := range m.List(st.Account, st.Region) {
+	others := m.List(st.Account, st.Region)
+	for _, o := range others {
 		if o.Name == st.Name {
 			return fmt.Errorf("%w: %s", ErrNameInUse, st.Name)
 		}
 		if err := xksConflict(st, o); err != nil {
 			return err
 		}
+	}
+	if len(others) >= m.cfg.Limit {
+		return ErrLimitExceeded
 	}
 	return nil
 }

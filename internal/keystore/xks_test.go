@@ -51,6 +51,12 @@ func TestExternalUniqueness(t *testing.T) {
 	if _, err := m.Create(ctx, xksStore("pub2", XKSPublic, "https://a.example", "/two/kms/xks/v1", ""), sec); err != nil {
 		t.Fatal(err)
 	}
+	// The limit per account and Region is known before any proxy call.
+	m.cfg.Limit = 3
+	if err := m.CheckExternal(xksStore("fourth", XKSPublic, "https://c.example", "/kms/xks/v1", "")); !errors.Is(err, ErrLimitExceeded) {
+		t.Errorf("a fourth store with a limit of 3: %v, want %v", err, ErrLimitExceeded)
+	}
+	m.cfg.Limit = 10
 	// Updates: the endpoint needs DISCONNECTED; uniqueness holds; the secret is resealed.
 	x := *pub.XKS
 	x.Path = "/two/kms/xks/v1"
