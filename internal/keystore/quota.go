@@ -30,9 +30,10 @@ type Quota struct {
 }
 
 type bucket struct {
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
+	mu        sync.Mutex
+	tokens    float64
+	last      time.Time
+	throttled uint64 // requests refused, for metrics
 }
 
 // NewQuota returns the quota of rps requests a second per store, read
@@ -75,6 +76,7 @@ func (q *Quota) Allow(id string) bool {
 		b.last = t
 	}
 	if b.tokens < 1 {
+		b.throttled++
 		return false
 	}
 	b.tokens--
@@ -101,4 +103,20 @@ func (q *Quota) Forget(id string) {
 	q.mu.Lock()
 	delete(q.buckets, id)
 	q.mu.Unlock()
+}
+
+// Each calls fn with every store's count of refused requests (a store
+// that was never throttled may be left out).
+func (q *Quota) Each(fn func(id string, throttled uint64)) {
+	if q == nil {
+		return
+	}
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	for id, b := range q.buckets {
+		b.mu.Lock()
+		n := b.throttled
+		b.mu.Unlock()
+		fn(id, n)
+	}
 }

@@ -66,6 +66,14 @@ func TestQuota(t *testing.T) {
 			}
 		})
 	}
+	t.Run("refusals are counted", func(t *testing.T) {
+		got := map[string]uint64{}
+		q.Each(func(id string, n uint64) { got[id] = n })
+		// a: 5 + 1 + 10 + 1 + 1 + 80 + 1 refused in the steps above; b: none.
+		if got[a] != 99 || got[b] != 0 {
+			t.Fatalf("refused: %v", got)
+		}
+	})
 	t.Run("forget drops the bucket", func(t *testing.T) {
 		q.Forget(b)
 		if got := allowN(q, b, 30); got != 20 {
@@ -78,6 +86,7 @@ func TestQuota(t *testing.T) {
 			t.Fatal("a zero quota limits")
 		}
 		none.Forget(a)
+		none.Each(func(string, uint64) { t.Fatal("a zero quota has buckets") })
 	})
 	t.Run("default clock", func(t *testing.T) {
 		if q := NewQuota(DefaultRPS, nil); q.RPS() != 1800 || allowN(q, a, 1800) != 1800 {

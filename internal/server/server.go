@@ -199,7 +199,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 	cat := catalog.New(store, b)
 	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
-	svc.SetStoreQuota(keystore.NewQuota(cfg.StoreRPS, nil))
+	quota := keystore.NewQuota(cfg.StoreRPS, nil)
+	svc.SetStoreQuota(quota)
 	// Deferred before the listener's shutdown, so it runs after every
 	// request has been answered (and stores their key uses).
 	defer svc.Close()
@@ -207,6 +208,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return fmt.Errorf("key usage tracking: %w", err)
 	}
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
+	a.metrics.reg.MustRegister(quotaCollector{quota})
 	a.setVerifiers(nil)
 	auditLog, closeAudit, err := openAudit(cfg, out, log)
 	if err != nil {
