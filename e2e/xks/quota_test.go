@@ -3,6 +3,9 @@ package xks
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -11,6 +14,7 @@ import (
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // TestCustomKeyStoreQuota: the request quota per custom key store (spec
@@ -18,8 +22,9 @@ import (
 // through aws-sdk-go-v2 (retries off) on an external key store's key gets
 // no more than the quota allows and ThrottlingException (AWS's message,
 // HTTP 400) for the rest, and the throttled requests never reach the
-// proxy; Encrypts on a plain key, sent at the same time, all succeed; a
-// second later the store's key works again.
+// proxy, and are counted by kmsd_custom_key_store_throttled_total; Encrypts
+// on a plain key, sent at the same time, all succeed; a second later the
+// store's key works again.
 func TestCustomKeyStoreQuota(t *testing.T) {
 	t.Parallel()
 	const rps = 20
@@ -29,7 +34,9 @@ func TestCustomKeyStoreQuota(t *testing.T) {
 	keyFile := filepath.Join(dir, "keys.json")
 	proxyRun(t, "keys", "create", "--keys-file", keyFile, "--id", "k1", "--kdf-iterations", "2000")
 	p := startProxy(t, pk, keyFile)
-	k := startKMSD(t, "--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0", "--custom-key-store-rps", "20")
+	metrics := e2etest.FreeAddr(t)
+	k := startKMSD(t, "--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0", "--custom-key-store-rps", "20",
+		"--metrics-listen", metrics)
 	id, errs, code := k.createStore(storeReq("quota", "PUBLIC_ENDPOINT", "https://localhost:"+p.Port(), "/kms/xks/v1", akid, secret))
 	if code != 0 {
 		t.Fatalf("create: %s", errs)
@@ -97,6 +104,16 @@ func TestCustomKeyStoreQuota(t *testing.T) {
 	waitFor(t, "the proxy's log of the allowed Encrypts", func() bool { return encrypts()-before >= ok })
 	if n := encrypts() - before; n != ok {
 		t.Fatalf("the proxy saw %d Encrypts, kmsd allowed %d: throttled requests reached it", n, ok)
+	}
+
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf(`kmsd_custom_key_store_throttled_total{custom_key_store_id=%q} %d`, id, throttled); !strings.Contains(string(b), want) {
+		t.Fatalf("metrics lack %s", want)
 	}
 
 	time.Sleep(time.Second)
