@@ -82,6 +82,7 @@ func serve(args []string) error {
 		{"xks-allowed-endpoints", "KMSD_XKS_ALLOWED_ENDPOINTS", "xks_allowed_endpoints", "where PUBLIC_ENDPOINT external key stores' proxies may be: comma-separated host names, *.domain, addresses and CIDR networks, each with an optional :port (e.g. xks.example.com,*.corp.example,10.0.0.0/8,127.0.0.1:8443); others fail as unreachable without being dialled (default: anywhere)", &cfg.XKSAllowedEndpoints},
 		{"pair-pool-size", "KMSD_PAIR_POOL_SIZE", "pair_pool_size", "RSA data key pairs of each KeyPairSpec kept pre-generated in memory for GenerateDataKeyPair, filled after a spec's first use (default 4; 0 disables)", &cfg.PairPoolSize},
 		{"replica-delay", "KMSD_REPLICA_DELAY", "replica_delay", "how long a new multi-Region replica stays Creating and keys changing their primary Region stay Updating (default 2s; 0 to 1h)", &replicaDelay},
+		{"custom-key-store-rps", "KMSD_CUSTOM_KEY_STORE_RPS", "custom_key_store_rps", "request quota of each custom key store: cryptographic requests a second shared by its keys, beyond which they get ThrottlingException (default 1800, AWS's; 0 for no limit)", &cfg.CustomKeyStoreRPS},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)

@@ -64,7 +64,14 @@ type Proxy struct {
 // the test ends, showing its log if the test failed.
 func StartProxy(t testing.TB, bin string, env []string, args ...string) *Proxy {
 	t.Helper()
-	p := &Proxy{Addr: FreeAddr(t), Log: &Log{}, done: make(chan struct{})}
+	return StartProxyAt(t, bin, FreeAddr(t), env, args...)
+}
+
+// StartProxyAt is StartProxy listening on addr, e.g. the address of a
+// proxy the test stopped, to restart it where its clients know it.
+func StartProxyAt(t testing.TB, bin, addr string, env []string, args ...string) *Proxy {
+	t.Helper()
+	p := &Proxy{Addr: addr, Log: &Log{}, done: make(chan struct{})}
 	p.Cmd = exec.Command(bin, append([]string{"serve", "--listen", p.Addr}, args...)...)
 	p.Cmd.Env = append(os.Environ(), env...)
 	p.Cmd.Stdout, p.Cmd.Stderr = p.Log, p.Log

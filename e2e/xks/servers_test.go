@@ -3,13 +3,17 @@ package xks
 import (
 	"bufio"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +106,64 @@ func dropProxy(t *testing.T, pki string) string {
 	t.Cleanup(func() { l.Close(); wg.Wait() })
 	return l.Addr().String()
 }
+
+// switchProxy is an HTTPS server of the test in front of a real
+// xks-proxy at upstream: in mode "pass" it forwards every request as it
+// came (Host header included, so kmsd's SigV4 signature still holds), in
+// the other modes it misbehaves as a broken proxy would while a store on
+// it is CONNECTED — "garbage": 200 with an HTML page; "html500": 500 with
+// an HTML page (an error body that is not the proxy API's JSON); "slow":
+// no answer before kmsd's 250 ms are up; "drop": the connection closed
+// after the request was read.
+type switchProxy struct {
+	addr string
+	mode atomic.Value // string
+}
+
+func newSwitchProxy(t *testing.T, pki, upstream string) *switchProxy {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(mustRead(t, filepath.Join(pki, "ca.pem"))) {
+		t.Fatal("no CA certificate in " + pki)
+	}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "https", Host: upstream})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	t.Cleanup(tr.CloseIdleConnections)
+	rp.Transport = tr
+	s := &switchProxy{}
+	s.set("pass")
+	s.addr = serveHTTPS(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		switch s.mode.Load() {
+		case "pass":
+			rp.ServeHTTP(w, r)
+			return
+		case "garbage", "html500":
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "text/html")
+			if s.mode.Load() == "html500" {
+				w.WriteHeader(http.StatusInternalServerError)
+			}
+			io.WriteString(w, "<html><body>Bad gateway, or so</body></html>\n")
+		case "slow":
+			io.Copy(io.Discard, r.Body)
+			select {
+			case <-time.After(5 * time.Second):
+			case <-r.Context().Done(): // kmsd gave up
+			}
+		case "drop":
+			io.Copy(io.Discard, r.Body)
+			if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				c.Close()
+			}
+		}
+	})
+	return s
+}
+
+// set switches the proxy's behaviour for the requests that follow.
+func (s *switchProxy) set(mode string) { s.mode.Store(mode) }
+
+func (s *switchProxy) port() string { _, port, _ := net.SplitHostPort(s.addr); return port }
 
 // unavailableProxy starts xks-proxy on a fresh SoftHSM2 token whose
 // configured health key label does not exist: every deep health check

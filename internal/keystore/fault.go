@@ -76,8 +76,9 @@ type faulty struct {
 
 func (f *faulty) Connect(ctx context.Context, st *Store, secret, next []byte) (bool, error) {
 	// The connector first probes a rotation left unrecorded by an earlier
-	// attempt (next == nil); the fault is for the connect proper.
-	if next == nil {
+	// attempt (next == nil); the fault is for the connect proper. External
+	// stores never rotate: their connect proper has no next either.
+	if next == nil && st.Type != TypeExternal {
 		return f.b.Connect(ctx, st, secret, next)
 	}
 	if ft, ok := f.fs.take(st.ID); ok {

@@ -49,6 +49,13 @@ func TestFaults(t *testing.T) {
 	if rotated, err := b.Connect(ctx, a, []byte("pw"), []byte("next")); err != nil || !rotated || inner.connects != 3 {
 		t.Fatalf("the fault was used twice: %v %v", rotated, err)
 	}
+	// An external store's connect proper has no next password (it never
+	// rotates one): the fault is still for it.
+	ext := &Store{ID: "cks-3", Type: TypeExternal}
+	fs.Inject(ext.ID, Fault{Code: "INTERNAL_ERROR"})
+	if _, err := b.Connect(ctx, ext, []byte("secret"), nil); code(err) != "INTERNAL_ERROR" || inner.connects != 3 {
+		t.Fatalf("external store's faulty connect: %v, %d connects", err, inner.connects)
+	}
 	if _, ok := b.(Checker); !ok {
 		t.Fatal("a wrapped backing is no Checker")
 	}

@@ -538,11 +538,15 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 			return
 		}
 	}
-	next := []byte(hex.EncodeToString(randomBytes(m.cfg.Rand, 16)))
-	sealedNext, err := m.barrier.Seal(nextPath(id), next)
-	if err != nil {
-		fail(CodeInternalError, err)
-		return
+	// External key stores never rotate their credential (spec §10.5):
+	// no next password, and no write to record one before the connect.
+	var next, sealedNext []byte
+	if cur.Type != TypeExternal {
+		next = []byte(hex.EncodeToString(randomBytes(m.cfg.Rand, 16)))
+		if sealedNext, err = m.barrier.Seal(nextPath(id), next); err != nil {
+			fail(CodeInternalError, err)
+			return
+		}
 	}
 	if pending != nil {
 		// Try the pending one first; on success it is the password.
@@ -551,24 +555,26 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 			b.Disconnect(ctx, cur)
 		}
 	}
-	if err := m.set(ctx, id, func(st *Store) error {
-		if st.State != Connecting {
-			return errSkip
-		}
-		if pending != nil && bytes.Equal(secret, pending) {
-			sealed, err := m.sealPassword(id, pending)
-			if err != nil {
-				return err
+	if next != nil {
+		if err := m.set(ctx, id, func(st *Store) error {
+			if st.State != Connecting {
+				return errSkip
 			}
-			st.Password = sealed
+			if pending != nil && bytes.Equal(secret, pending) {
+				sealed, err := m.sealPassword(id, pending)
+				if err != nil {
+					return err
+				}
+				st.Password = sealed
+			}
+			st.Next = sealedNext
+			return nil
+		}); err != nil {
+			if !errors.Is(err, errSkip) {
+				fail(CodeInternalError, err)
+			}
+			return
 		}
-		st.Next = sealedNext
-		return nil
-	}); err != nil {
-		if !errors.Is(err, errSkip) {
-			fail(CodeInternalError, err)
-		}
-		return
 	}
 	rotated, err := b.Connect(ctx, cur, secret, next)
 	if err != nil {

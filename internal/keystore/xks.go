@@ -211,7 +211,7 @@ func (b *External) Connect(ctx context.Context, st *Store, secret, next []byte) 
 	if err != nil {
 		return false, &ConnectError{Code: CodeInternalError, Err: err}
 	}
-	if _, err := c.Health(ctx, xksclient.Meta{Operation: xksclient.OpConnectCustomKeyStore}); err != nil {
+	if err := connectHealth(ctx, c); err != nil {
 		c.CloseIdleConnections()
 		return false, &ConnectError{Code: xksclient.ConnectionErrorCode(err), Err: err}
 	}
@@ -226,6 +226,34 @@ func (b *External) Connect(ctx context.Context, st *Store, secret, next []byte) 
 		old.c.CloseIdleConnections()
 	}
 	return false, nil
+}
+
+// Connect's GetHealthStatus is tried up to connectAttempts times, the
+// waits between doubling from connectRetryWait, while its failure is one
+// that may pass (a timeout, throttling, a broken or refused connection):
+// AWS's connect takes minutes, so one slow answer — a proxy or a kmsd
+// busy for a moment, say 100 stores connecting at once — is not its
+// outcome [R]. A proxy that is always slow is still XKS_PROXY_TIMED_OUT,
+// within a second; a lasting failure's code is its last attempt's.
+const (
+	connectAttempts  = 3
+	connectRetryWait = 100 * time.Millisecond
+)
+
+func connectHealth(ctx context.Context, c *xksclient.Client) error {
+	wait := connectRetryWait
+	for i := 1; ; i++ {
+		_, err := c.Health(ctx, xksclient.Meta{Operation: xksclient.OpConnectCustomKeyStore})
+		if err == nil || i == connectAttempts || !xksclient.Retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 }
 
 // Disconnect drops the store's client.
@@ -402,16 +430,21 @@ func (m *Manager) PollExternal(b *External, interval time.Duration, report func(
 }
 
 // CheckExternal reports whether a new external store st would break a
-// uniqueness rule (name, spec §10.2), before its proxy is probed; Create
-// checks again.
+// uniqueness rule (name, spec §10.2) or the limit of stores per account
+// and Region (spec §11), before its proxy is probed, so that a create
+// refused anyway makes no call to the proxy; Create checks again.
 func (m *Manager) CheckExternal(st *Store) error {
-	for _, o := range m.List(st.Account, st.Region) {
+	others := m.List(st.Account, st.Region)
+	for _, o := range others {
 		if o.Name == st.Name {
 			return fmt.Errorf("%w: %s", ErrNameInUse, st.Name)
 		}
 		if err := xksConflict(st, o); err != nil {
 			return err
 		}
+	}
+	if len(others) >= m.cfg.Limit {
+		return ErrLimitExceeded
 	}
 	return nil
 }

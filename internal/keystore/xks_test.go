@@ -2,8 +2,15 @@ package keystore
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/xks/xksclient"
 )
@@ -51,6 +58,12 @@ func TestExternalUniqueness(t *testing.T) {
 	if _, err := m.Create(ctx, xksStore("pub2", XKSPublic, "https://a.example", "/two/kms/xks/v1", ""), sec); err != nil {
 		t.Fatal(err)
 	}
+	// The limit per account and Region is known before any proxy call.
+	m.cfg.Limit = 3
+	if err := m.CheckExternal(xksStore("fourth", XKSPublic, "https://c.example", "/kms/xks/v1", "")); !errors.Is(err, ErrLimitExceeded) {
+		t.Errorf("a fourth store with a limit of 3: %v, want %v", err, ErrLimitExceeded)
+	}
+	m.cfg.Limit = 10
 	// Updates: the endpoint needs DISCONNECTED; uniqueness holds; the secret is resealed.
 	x := *pub.XKS
 	x.Path = "/two/kms/xks/v1"
@@ -96,5 +109,56 @@ func TestExternalConnectCodes(t *testing.T) {
 		if code(err) != c.want {
 			t.Errorf("%s: %v, want %s", c.st.Name, err, c.want)
 		}
+	}
+}
+
+// TestConnectRetries: connect tries GetHealthStatus again after a failure
+// that may pass (503, 429), up to three times, and not after one that
+// will not (401); the code is the last attempt's.
+func TestConnectRetries(t *testing.T) {
+	const healthy = `{"xksProxyFleetSize":1,"xksProxyVendor":"t","xksProxyModel":"t","ekmVendor":"t",` +
+		`"ekmFleetDetails":[{"id":"e","model":"t","healthStatus":"ACTIVE"}]}`
+	tests := []struct {
+		name     string
+		failures int // answers before a healthy one
+		status   int
+		errName  string
+		calls    int
+		code     string // "" for CONNECTED
+	}{
+		{"one 503, then healthy", 1, 503, "DependencyTimeoutException", 2, ""},
+		{"two 429s, then healthy", 2, 429, "ThrottlingException", 3, ""},
+		{"503 each time", 9, 503, "DependencyTimeoutException", 3, xksclient.CodeTimedOut},
+		{"401 is not tried again", 9, 401, "AuthenticationFailedException", 1, xksclient.CodeInvalidCredentials},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				if int(calls.Add(1)) <= tc.failures {
+					w.WriteHeader(tc.status)
+					fmt.Fprintf(w, `{"errorName":%q}`, tc.errName)
+					return
+				}
+				io.WriteString(w, healthy)
+			}))
+			defer srv.Close()
+			b := &External{CABundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), Timeout: 2 * time.Second}
+			st := xksStore("s", XKSPublic, srv.URL, "/kms/xks/v1", "")
+			st.ID = "cks-00000000000000001"
+			_, err := b.Connect(context.Background(), st, []byte("PleaseReplaceThisWithSomeSecretOfLength43To64"), nil)
+			var ce *ConnectError
+			switch {
+			case tc.code == "" && err != nil:
+				t.Fatalf("connect: %v", err)
+			case tc.code != "" && (!errors.As(err, &ce) || ce.Code != tc.code):
+				t.Fatalf("connect: %v, want %s", err, tc.code)
+			}
+			if n := int(calls.Load()); n != tc.calls {
+				t.Fatalf("%d health calls, want %d", n, tc.calls)
+			}
+			b.Disconnect(context.Background(), st)
+		})
 	}
 }

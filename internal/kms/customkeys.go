@@ -52,6 +52,9 @@ func (s *Service) storeRandom(ctx context.Context, c *Caller, id string, n int) 
 	if !st.State.Allows(keystore.OpGenerateRandom) {
 		return nil, exc("CustomKeyStoreInvalidStateException", "Custom key store "+id+" is in state "+string(st.State)+"; it must be CONNECTED.")
 	}
+	if err := s.throttle(st); err != nil {
+		return nil, err
+	}
 	b, err := s.hsmKeys.GenerateRandom(ctx, st.ClusterID, n)
 	if err != nil {
 		s.log.Warn("kms: CloudHSM GenerateRandom failed", "store", id, "err", err)
@@ -178,6 +181,9 @@ func (s *Service) sealHSM(ctx context.Context, k *catalog.Key, plaintext []byte,
 	if st == nil || s.hsmKeys == nil {
 		return nil, exc("KMSInvalidStateException", k.ARN()+" is unavailable.")
 	}
+	if err := s.throttle(st); err != nil {
+		return nil, err
+	}
 	hdr := keys.AppendHeader(nil, k.ID, 1)
 	aad := keys.AppendAAD(nil, hdr, ec)
 	iv, ct, err := s.hsmKeys.Encrypt(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID), plaintext, aad)
@@ -199,6 +205,9 @@ func (s *Service) openHSM(ctx context.Context, k *catalog.Key, b *keys.Blob, ec 
 	}
 	if b.KeyVersion != 1 {
 		return nil, errCiphertext
+	}
+	if err := s.throttle(st); err != nil {
+		return nil, err
 	}
 	aad := keys.AppendAAD(nil, b.Header, ec)
 	pt, err := s.hsmKeys.Decrypt(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID), b.Nonce, b.Sealed, aad)

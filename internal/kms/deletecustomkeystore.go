@@ -20,5 +20,6 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, c *Caller, in *kmsap
 	if err := m.Delete(ctx, c.Account, c.Region, *in.CustomKeyStoreId, s.storeHasKeys); err != nil {
 		return nil, storeErr(err)
 	}
+	s.quota.Forget(*in.CustomKeyStoreId)
 	return &kmsapi.DeleteCustomKeyStoreResponse{}, nil
 }

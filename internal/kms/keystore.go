@@ -120,3 +120,23 @@ func (s *Service) storeHasKeys(ctx context.Context, id string) (bool, error) {
 func (s *Service) storeAuthorize(c *Caller, op string) error {
 	return authorizeStore(s, c, Authorizations[op].Action, "*", "")
 }
+
+// SetStoreQuota sets the request quota of custom key stores (spec §11;
+// nil: no limit, the default of a Service). kmsd gives it
+// keystore.DefaultRPS unless told otherwise (--custom-key-store-rps).
+func (s *Service) SetStoreQuota(q *keystore.Quota) { s.quota = q }
+
+// errThrottled is AWS KMS's answer to a request over a rate quota (the
+// text AWS sends for its cryptographic quotas; spec §1.5 lists the code).
+var errThrottled = exc("ThrottlingException", "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.")
+
+// throttle takes one request of store st's quota for a call to its
+// backing, or answers ThrottlingException. Spec §5.9 orders it after the
+// key-state checks and right before the backing store is called, so a
+// refused request never reaches the HSM or the proxy.
+func (s *Service) throttle(st *keystore.Store) error {
+	if s.quota.Allow(st.ID) {
+		return nil
+	}
+	return errThrottled
+}

@@ -68,6 +68,7 @@ type Service struct {
 	clusters ClusterChecker
 	hsmKeys  HSMKeys
 	xks      *keystore.External // external key stores; nil without them
+	quota    *keystore.Quota    // request quota per custom key store; nil: none
 
 	policies policyCache // parsed key policies, by key id
 	lastTime atomic.Pointer[timeKeys]

@@ -128,6 +128,9 @@ func (s *Service) xksStore(k *catalog.Key) (*keystore.Store, *xksclient.Client, 
 	if st == nil || st.State != keystore.Connected || st.Type != keystore.TypeExternal {
 		return nil, nil, exc("KMSInvalidStateException", k.ARN()+" is in a custom key store that is not connected to its external key store proxy. Connect the custom key store and retry.")
 	}
+	if err := s.throttle(st); err != nil {
+		return nil, nil, err
+	}
 	cl, err := s.xks.ClientFor(s.stores, st)
 	if err != nil {
 		return nil, nil, internal(err)

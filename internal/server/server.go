@@ -32,6 +32,7 @@ import (
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/sigv4"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
@@ -110,6 +111,12 @@ type Config struct {
 	// as AWS takes seconds); ReplicaDelaySet says it was given (0 allowed).
 	ReplicaDelay    time.Duration
 	ReplicaDelaySet bool
+	// CustomKeyStoreRPS is the request quota of each custom key store:
+	// cryptographic requests a second shared by its keys, over which they
+	// get ThrottlingException ("" for AWS's keystore.DefaultRPS, "0" for
+	// no limit); StoreRPS is it parsed.
+	CustomKeyStoreRPS string
+	StoreRPS          int
 }
 
 // Validate checks c and fills defaults.
@@ -151,6 +158,14 @@ func (c *Config) Validate() error {
 	if c.ReplicaDelay < 0 || c.ReplicaDelay > time.Hour {
 		return fmt.Errorf("--replica-delay %s: want a duration from 0 to 1h", c.ReplicaDelay)
 	}
+	c.StoreRPS = keystore.DefaultRPS
+	if c.CustomKeyStoreRPS != "" {
+		n, err := strconv.Atoi(c.CustomKeyStoreRPS)
+		if err != nil || n < 0 {
+			return fmt.Errorf("--custom-key-store-rps %q: want a number of requests a second (0: no limit)", c.CustomKeyStoreRPS)
+		}
+		c.StoreRPS = n
+	}
 	c.PairPool = kms.DefaultPairPoolSize
 	if c.PairPoolSize != "" {
 		n, err := strconv.Atoi(c.PairPoolSize)
@@ -184,6 +199,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 	cat := catalog.New(store, b)
 	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
+	quota := keystore.NewQuota(cfg.StoreRPS, nil)
+	svc.SetStoreQuota(quota)
 	// Deferred before the listener's shutdown, so it runs after every
 	// request has been answered (and stores their key uses).
 	defer svc.Close()
@@ -191,6 +208,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return fmt.Errorf("key usage tracking: %w", err)
 	}
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
+	a.metrics.reg.MustRegister(quotaCollector{quota})
 	a.setVerifiers(nil)
 	auditLog, closeAudit, err := openAudit(cfg, out, log)
 	if err != nil {

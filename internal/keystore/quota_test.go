@@ -1,0 +1,141 @@
+package keystore
+
+import (
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a clock the test moves by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// allowN counts how many of n requests store id is allowed.
+func allowN(q *Quota, id string, n int) int {
+	ok := 0
+	for range n {
+		if q.Allow(id) {
+			ok++
+		}
+	}
+	return ok
+}
+
+// TestQuota: a store takes a burst of one second's worth of requests, then
+// rps a second as the clock moves; stores do not share buckets; an idle
+// store never saves more than one second's worth; rps 0 is no limit.
+func TestQuota(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 12, 4, 20, 0, 0, 0, time.UTC)}
+	q := NewQuota(20, clk.now)
+	const a, b = "cks-aaaaaaaaaaaaaaaaa", "cks-bbbbbbbbbbbbbbbbb"
+	steps := []struct {
+		name    string
+		advance time.Duration
+		id      string
+		ask     int
+		want    int
+	}{
+		{"burst of one second's worth", 0, a, 25, 20},
+		{"empty bucket, clock still", 0, a, 1, 0},
+		{"another store has its own bucket", 0, b, 20, 20},
+		{"half a second refills half", 500 * time.Millisecond, a, 20, 10},
+		{"a fraction of a token is not a token", 40 * time.Millisecond, a, 1, 0},
+		{"fractions add up", 10 * time.Millisecond, a, 2, 1},
+		{"an idle minute saves one second's worth", time.Minute, a, 100, 20},
+		{"the clock going back takes nothing and gives nothing", -time.Second, a, 1, 0},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			clk.add(s.advance)
+			if got := allowN(q, s.id, s.ask); got != s.want {
+				t.Fatalf("allowed %d of %d, want %d", got, s.ask, s.want)
+			}
+		})
+	}
+	t.Run("refusals are counted", func(t *testing.T) {
+		got := map[string]uint64{}
+		q.Each(func(id string, n uint64) { got[id] = n })
+		// a: 5 + 1 + 10 + 1 + 1 + 80 + 1 refused in the steps above; b: none.
+		if got[a] != 99 || got[b] != 0 {
+			t.Fatalf("refused: %v", got)
+		}
+	})
+	t.Run("forget drops the bucket", func(t *testing.T) {
+		q.Forget(b)
+		if got := allowN(q, b, 30); got != 20 {
+			t.Fatalf("a forgotten store's new bucket allowed %d, want 20", got)
+		}
+	})
+	t.Run("rps 0 is no limit", func(t *testing.T) {
+		var none *Quota = NewQuota(0, clk.now)
+		if none != nil || allowN(none, a, 10000) != 10000 || none.RPS() != 0 {
+			t.Fatal("a zero quota limits")
+		}
+		none.Forget(a)
+		none.Each(func(string, uint64) { t.Fatal("a zero quota has buckets") })
+	})
+	t.Run("default clock", func(t *testing.T) {
+		if q := NewQuota(DefaultRPS, nil); q.RPS() != 1800 || allowN(q, a, 1800) != 1800 {
+			t.Fatalf("default quota: rps %d", q.RPS())
+		}
+	})
+}
+
+// TestQuotaConcurrent: concurrent callers of one store share its bucket
+// exactly (run with -race).
+func TestQuotaConcurrent(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(0, 0)}
+	q := NewQuota(1000, clk.now)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	total := 0
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := allowN(q, "cks-ccccccccccccccccc", 500)
+			mu.Lock()
+			total += n
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if total != 1000 {
+		t.Fatalf("8×500 concurrent requests: %d allowed, want 1000", total)
+	}
+}
+
+// TestQuotaAllocs: after a store's first request, Allow allocates nothing.
+func TestQuotaAllocs(t *testing.T) {
+	q := NewQuota(DefaultRPS, nil)
+	id := "cks-ddddddddddddddddd"
+	q.Allow(id)
+	if n := testing.AllocsPerRun(1000, func() { q.Allow(id) }); n != 0 {
+		t.Fatalf("Allow allocates %v times a call", n)
+	}
+}
+
+func BenchmarkQuotaAllow(b *testing.B) {
+	q := NewQuota(1<<30, nil)
+	id := "cks-eeeeeeeeeeeeeeeee"
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			q.Allow(id)
+		}
+	})
+}

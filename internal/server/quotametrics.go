@@ -1,0 +1,22 @@
+package server
+
+import (
+	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var storeThrottledDesc = prometheus.NewDesc("kmsd_custom_key_store_throttled_total",
+	"Cryptographic requests refused with ThrottlingException because their custom key store was over --custom-key-store-rps (AWS's CloudWatch ExternalKeyStoreThrottle, for every store type).",
+	[]string{"custom_key_store_id"}, nil)
+
+// quotaCollector reports each custom key store's refused requests at each
+// scrape, read from the quota's buckets.
+type quotaCollector struct{ q *keystore.Quota }
+
+func (c quotaCollector) Describe(ch chan<- *prometheus.Desc) { ch <- storeThrottledDesc }
+
+func (c quotaCollector) Collect(ch chan<- prometheus.Metric) {
+	c.q.Each(func(id string, n uint64) {
+		ch <- prometheus.MustNewConstMetric(storeThrottledDesc, prometheus.CounterValue, float64(n), id)
+	})
+}
