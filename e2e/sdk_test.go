@@ -18,16 +18,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // sdkClient is an aws-sdk-go-v2 KMS client for s with static credentials,
-// signing for region, without retries (a failure must show at once).
+// signing for region, without retries (a failure must show at once) but
+// the one for a connection the client closed (e2etest.ClosedConnRetryer).
 func sdkClient(s *server, accessKeyID, secret, region string) *kms.Client {
 	return kms.New(kms.Options{
 		Region:       region,
 		BaseEndpoint: aws.String(s.Endpoint),
 		Credentials:  credentials.NewStaticCredentialsProvider(accessKeyID, secret, ""),
-		Retryer:      aws.NopRetryer{},
+		Retryer:      e2etest.ClosedConnRetryer(),
 	})
 }
 
@@ -40,7 +43,7 @@ func profileClient(t *testing.T, s *server) *kms.Client {
 		config.WithSharedCredentialsFiles([]string{filepath.Join(s.DataDir, "credentials")}),
 		config.WithSharedConfigFiles([]string{filepath.Join(t.TempDir(), "no-config")}),
 		config.WithSharedConfigProfile("kmsd"),
-		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
+		config.WithRetryer(e2etest.ClosedConnRetryer),
 	)
 	if err != nil {
 		t.Fatalf("load SDK config from the kmsd profile: %v", err)

@@ -31,7 +31,7 @@ func sdk(t *testing.T, k *e2etest.KMSD) *kms.Client {
 		config.WithSharedCredentialsFiles([]string{k.Creds}),
 		config.WithSharedConfigFiles([]string{filepath.Join(t.TempDir(), "no-config")}),
 		config.WithSharedConfigProfile("kmsd"), config.WithRegion(region),
-		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
+		config.WithRetryer(e2etest.ClosedConnRetryer))
 	if err != nil {
 		t.Fatal(err)
 	}

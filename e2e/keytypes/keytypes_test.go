@@ -340,7 +340,7 @@ func (e *env) sdk() *kms.Client {
 		config.WithSharedCredentialsFiles([]string{e.k.Creds}),
 		config.WithSharedConfigFiles([]string{filepath.Join(e.dir, "no-config")}),
 		config.WithSharedConfigProfile("kmsd"), config.WithRegion(region),
-		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
+		config.WithRetryer(e2etest.ClosedConnRetryer))
 	if err != nil {
 		e.t.Fatal(err)
 	}

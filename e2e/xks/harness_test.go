@@ -129,7 +129,7 @@ func (k *kmsd) sdk() *kms.Client {
 		config.WithSharedCredentialsFiles([]string{k.creds}),
 		config.WithSharedConfigFiles([]string{filepath.Join(k.t.TempDir(), "no-config")}),
 		config.WithSharedConfigProfile("kmsd"), config.WithRegion(region),
-		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
+		config.WithRetryer(e2etest.ClosedConnRetryer))
 	if err != nil {
 		k.t.Fatal(err)
 	}

@@ -98,6 +98,12 @@ func probed(r *record) bool {
 	return false
 }
 
+// ProbeCluster probes the HSMs of cluster id now, rather than at the next
+// interval: a key store connecting to a cluster whose HSMs were last seen
+// DEGRADED must find out whether their tokens are back (AWS's HSM states
+// are always current).
+func (s *Service) ProbeCluster(ctx context.Context, id string) { s.probeCluster(ctx, id) }
+
 // probeCluster checks the tokens of cluster id and stores the HSM and
 // cluster states when they changed.
 func (s *Service) probeCluster(ctx context.Context, id string) {

@@ -27,6 +27,14 @@ type Clusters interface {
 
 var _ Clusters = (*hsm.Service)(nil)
 
+// prober is what Clusters may also do: probe a cluster's HSMs at once
+// (hsm.Service does).
+type prober interface {
+	ProbeCluster(ctx context.Context, id string)
+}
+
+var _ prober = (*hsm.Service)(nil)
+
 // CloudHSM is the Backing of AWS_CLOUDHSM stores: connecting logs in to
 // the cluster as kmsuser (the store's id is the login client), rotates
 // kmsuser's password to one only kmsd knows, and stays logged in.
@@ -123,10 +131,26 @@ func (b *CloudHSM) Connect(ctx context.Context, st *Store, secret, next []byte) 
 	if err != nil {
 		return false, connectErr(err)
 	}
-	active := 0
+	active, degraded := 0, 0
 	for _, h := range ci.HSMs {
-		if h.State == hsm.HSMActive {
+		switch h.State {
+		case hsm.HSMActive:
 			active++
+		case hsm.HSMDegraded:
+			degraded++
+		}
+	}
+	if p, ok := b.Clusters.(prober); ok && active == 0 && degraded > 0 {
+		// The HSMs were last seen DEGRADED: look again now rather than
+		// fail on a state up to a probe interval old.
+		p.ProbeCluster(ctx, st.ClusterID)
+		if ci, err = b.Clusters.Describe(c, st.ClusterID); err != nil {
+			return false, connectErr(err)
+		}
+		for _, h := range ci.HSMs {
+			if h.State == hsm.HSMActive {
+				active++
+			}
 		}
 	}
 	if active == 0 {
