@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs openCryptoki's slot daemon (pkcsslotd) as a real service for the
+# tests, without systemd, and prepares its software tokens.
+#
+#   scripts/opencryptoki.sh start       configure SLOTS software-token slots
+#                                       (default 6) and start pkcsslotd
+#   scripts/opencryptoki.sh stop        stop the pkcsslotd this script started
+#   scripts/opencryptoki.sh status      exit 0 when pkcsslotd is running
+#   scripts/opencryptoki.sh init-token SLOT LABEL SO_PIN USER_PIN
+#                                       (re)initialise a slot's token: every
+#                                       object erased, the SO PIN set to
+#                                       SO_PIN, the user PIN to USER_PIN
+#
+# Every slot is the software token (libpkcs11_sw.so) with a token directory
+# of its own (tokname kmsd-swtok-N under /var/lib/opencryptoki), so that
+# the tests have several independent tokens: openCryptoki's slots are fixed
+# by its configuration, a PKCS#11 caller cannot create one. The daemon is
+# system wide and talks to the library over a unix socket
+# (/var/run/pkcsslotd.socket); it binds no network port. Needs root, like
+# the daemon. The configuration this script writes is marked, and an
+# operator's own configuration is kept as opencryptoki.conf.kmsd-saved.
+set -euo pipefail
+
+conf=/etc/opencryptoki/opencryptoki.conf
+marker="# written by kmsd scripts/opencryptoki.sh"
+pidfile=/var/run/pkcsslotd.pid
+# The library: 'module' answers its path for configuration files.
+lib=/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so
+# openCryptoki's swtok ships with this SO PIN (and user PIN 12345678).
+default_so=87654321
+
+running() {
+  [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+configure() {
+  local n=${SLOTS:-6}
+  if [ -e "$conf" ] && ! grep -qF "$marker" "$conf" && [ ! -e "$conf.kmsd-saved" ]; then
+    cp -p "$conf" "$conf.kmsd-saved"
+  fi
+  {
+    echo "$marker"
+    echo "version opencryptoki-3.1"
+    for ((i = 0; i < n; i++)); do
+      printf 'slot %d\n{\nstdll = libpkcs11_sw.so\ntokname = kmsd-swtok-%d\ndescription = "kmsd test software token %d"\n}\n' "$i" "$i" "$i"
+    done
+  } >"$conf.tmp"
+  mv "$conf.tmp" "$conf"
+  getent group pkcs11 >/dev/null || groupadd -r pkcs11
+  for d in /var/lib/opencryptoki /var/lock/opencryptoki /var/log/opencryptoki; do
+    install -d -m 0770 -g pkcs11 "$d"
+  done
+  for ((i = 0; i < n; i++)); do
+    install -d -m 0770 -g pkcs11 "/var/lib/opencryptoki/kmsd-swtok-$i" "/var/lib/opencryptoki/kmsd-swtok-$i/TOK_OBJ" \
+      "/var/lock/opencryptoki/kmsd-swtok-$i"
+  done
+}
+
+start() {
+  if running; then
+    echo "pkcsslotd already running (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  configure
+  # A daemon killed hard leaves its shared memory and socket behind; it
+  # starts cleanly over both.
+  /usr/sbin/pkcsslotd
+  for _ in $(seq 50); do
+    if running && [ -S /var/run/pkcsslotd.socket ]; then
+      echo "pkcsslotd running (pid $(cat "$pidfile")), ${SLOTS:-6} software-token slots"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "pkcsslotd did not start" >&2
+  return 1
+}
+
+stop() {
+  if ! running; then
+    echo "pkcsslotd not running"
+    return 0
+  fi
+  local pid
+  pid=$(cat "$pidfile")
+  kill "$pid"
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || { echo "pkcsslotd stopped"; return 0; }
+    sleep 0.1
+  done
+  echo "pkcsslotd (pid $pid) did not stop" >&2
+  return 1
+}
+
+# init_token wipes a slot's token and sets its PINs. C_InitToken needs the
+# current SO PIN: the shipped one on a fresh token, SO_PIN on one this
+# script initialised before; a token whose SO PIN is neither is reset by
+# removing its directory (the daemon must not be serving it meanwhile, so
+# it is restarted).
+init_token() {
+  local slot=$1 label=$2 so=$3 pin=$4
+  local p11=(pkcs11-tool --module "$lib" --slot "$slot")
+  if ! "${p11[@]}" --init-token --label "$label" --so-pin "$so" >/dev/null 2>&1 &&
+    ! "${p11[@]}" --init-token --label "$label" --so-pin "$default_so" >/dev/null 2>&1; then
+    stop >/dev/null
+    rm -rf "/var/lib/opencryptoki/kmsd-swtok-$slot"
+    start >/dev/null
+    "${p11[@]}" --init-token --label "$label" --so-pin "$default_so" >/dev/null
+  fi
+  # openCryptoki keeps the SO PIN across C_InitToken: set it now.
+  if [ "$so" != "$default_so" ]; then
+    "${p11[@]}" --login --login-type so --so-pin "$default_so" --change-pin --new-pin "$so" >/dev/null 2>&1 || true
+  fi
+  "${p11[@]}" --login --login-type so --so-pin "$so" --init-pin --new-pin "$pin" >/dev/null
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) running ;;
+  module) echo "$lib" ;;
+  init-token)
+    [ $# -eq 5 ] || { echo "usage: $0 init-token SLOT LABEL SO_PIN USER_PIN" >&2; exit 2; }
+    init_token "$2" "$3" "$4" "$5"
+    ;;
+  *)
+    echo "usage: $0 start|stop|status|module|init-token SLOT LABEL SO_PIN USER_PIN" >&2
+    exit 2
+    ;;
+esac
