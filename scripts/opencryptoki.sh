@@ -92,24 +92,24 @@ stop() {
   return 1
 }
 
-# init_token wipes a slot's token and sets its PINs. C_InitToken needs the
-# current SO PIN: the shipped one on a fresh token, SO_PIN on one this
-# script initialised before; a token whose SO PIN is neither is reset by
-# removing its directory (the daemon must not be serving it meanwhile, so
-# it is restarted).
+# init_token wipes a slot's token and sets its PINs. openCryptoki 3.8's
+# C_InitToken over an initialised software token leaves it unusable
+# (C_Login then answers CKR_FUNCTION_FAILED), so the token is wiped the way
+# it started: its directory emptied and its shared-memory image removed,
+# which the next C_Initialize of a process reloads from the (now absent)
+# files. No process may have the slot open meanwhile: test packages use
+# slots of their own. The fresh token is initialised with the shipped SO
+# PIN, which is then changed to SO_PIN, and the user PIN set.
 init_token() {
   local slot=$1 label=$2 so=$3 pin=$4
+  local dir=/var/lib/opencryptoki/kmsd-swtok-$slot
+  [ -d "$dir" ] || { echo "no software token slot $slot; run $0 start" >&2; return 1; }
   local p11=(pkcs11-tool --module "$lib" --slot "$slot")
-  if ! "${p11[@]}" --init-token --label "$label" --so-pin "$so" >/dev/null 2>&1 &&
-    ! "${p11[@]}" --init-token --label "$label" --so-pin "$default_so" >/dev/null 2>&1; then
-    stop >/dev/null
-    rm -rf "/var/lib/opencryptoki/kmsd-swtok-$slot"
-    start >/dev/null
-    "${p11[@]}" --init-token --label "$label" --so-pin "$default_so" >/dev/null
-  fi
-  # openCryptoki keeps the SO PIN across C_InitToken: set it now.
+  rm -rf "${dir:?}"/* "/dev/shm/var.lib.opencryptoki.kmsd-swtok-$slot"
+  install -d -m 0770 -g pkcs11 "$dir/TOK_OBJ"
+  "${p11[@]}" --init-token --label "$label" --so-pin "$default_so" >/dev/null
   if [ "$so" != "$default_so" ]; then
-    "${p11[@]}" --login --login-type so --so-pin "$default_so" --change-pin --new-pin "$so" >/dev/null 2>&1 || true
+    "${p11[@]}" --login --login-type so --so-pin "$default_so" --change-pin --new-pin "$so" >/dev/null
   fi
   "${p11[@]}" --login --login-type so --so-pin "$so" --init-pin --new-pin "$pin" >/dev/null
 }
