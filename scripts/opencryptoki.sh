@@ -5,7 +5,9 @@
 #   scripts/opencryptoki.sh start       configure SLOTS software-token slots
 #                                       (default 6) and start pkcsslotd
 #   scripts/opencryptoki.sh stop        stop the pkcsslotd this script started
-#   scripts/opencryptoki.sh status      exit 0 when pkcsslotd is running
+#   scripts/opencryptoki.sh status      exit 0 when pkcsslotd runs with the
+#                                       slots this script configures
+#   scripts/opencryptoki.sh module      print the PKCS#11 library's path
 #   scripts/opencryptoki.sh init-token SLOT LABEL SO_PIN USER_PIN
 #                                       (re)initialise a slot's token: every
 #                                       object erased, the SO PIN set to
@@ -58,6 +60,10 @@ configure() {
 
 start() {
   if running; then
+    if ! grep -qF "$marker" "$conf"; then
+      echo "pkcsslotd (pid $(cat "$pidfile")) runs with another configuration; stop it first" >&2
+      return 1
+    fi
     echo "pkcsslotd already running (pid $(cat "$pidfile"))"
     return 0
   fi
@@ -117,7 +123,7 @@ init_token() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) running ;;
+  status) running && grep -qF "$marker" "$conf" ;;
   module) echo "$lib" ;;
   init-token)
     [ $# -eq 5 ] || { echo "usage: $0 init-token SLOT LABEL SO_PIN USER_PIN" >&2; exit 2; }
