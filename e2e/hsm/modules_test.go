@@ -47,8 +47,8 @@ func declaredTokens(t *testing.T, impl string, labels [2]string, so, pin string)
 // (KMSD_TEST_PKCS11: SoftHSM2, openCryptoki's software token): connect
 // (a C_Login and a rotation of kmsuser's PIN on the tokens), a key made in
 // the HSMs, Encrypt and Decrypt through the aws CLI, disconnect and
-// reconnect (a second rotation), and a wrong password that fails the
-// connect with INVALID_CREDENTIALS.
+// reconnect (a second rotation), a wrong password that fails the connect
+// with INVALID_CREDENTIALS and then USER_LOCKED_OUT, and the admin's reset.
 func TestDeclaredKeyStore(t *testing.T) {
 	requireTools(t)
 	for _, impl := range pkcs11test.Modules() {
@@ -166,4 +166,38 @@ availability_zone = "us-east-1b"
 	kms("update-custom-key-store", "--custom-key-store-id", id, "--key-store-password", "wrongPw1")
 	kms("connect-custom-key-store", "--custom-key-store-id", id)
 	waitStore(id, "FAILED", "INVALID_CREDENTIALS")
+
+	// More wrong logins lock kmsuser out: by kmsd's count of five on
+	// SoftHSM2, by the token's own earlier lock (CKR_PIN_LOCKED after three)
+	// on openCryptoki; either way USER_LOCKED_OUT.
+	locked := false
+	for i := 0; i < 6 && !locked; i++ {
+		kms("disconnect-custom-key-store", "--custom-key-store-id", id)
+		waitStore(id, "DISCONNECTED", "")
+		kms("connect-custom-key-store", "--custom-key-store-id", id)
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			s := kms("describe-custom-key-stores", "--custom-key-store-id", id)["CustomKeyStores"].([]any)[0].(map[string]any)
+			if s["ConnectionState"] == "FAILED" {
+				locked = s["ConnectionErrorCode"] == "USER_LOCKED_OUT"
+				if !locked && s["ConnectionErrorCode"] != "INVALID_CREDENTIALS" {
+					t.Fatalf("wrong password: %v", s)
+				}
+				break
+			}
+		}
+	}
+	if !locked {
+		t.Fatal("six more connects with a wrong password never reached USER_LOCKED_OUT")
+	}
+	// The admin resets the password (an SO C_InitPIN, which also lifts the
+	// token's lock); the store takes it and connects.
+	kms("disconnect-custom-key-store", "--custom-key-store-id", id)
+	waitStore(id, "DISCONNECTED", "")
+	k.cliOK(t, "user", "change-password", "--cluster-id", clusterID, "--username", "kmsuser", "--role", "crypto-user", "--password", "kmsPswd3")
+	kms("update-custom-key-store", "--custom-key-store-id", id, "--key-store-password", "kmsPswd3")
+	kms("connect-custom-key-store", "--custom-key-store-id", id)
+	waitStore(id, "CONNECTED", "")
+	if pt := kms("decrypt", "--ciphertext-blob", ct, "--encryption-context", "a=b")["Plaintext"]; pt != "aGVsbG8gSFNN" {
+		t.Fatalf("decrypt after the reset: %v", pt)
+	}
 }

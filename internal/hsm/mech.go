@@ -158,3 +158,21 @@ func (m *module) fitPIN(label, pin string) string {
 	sum := sha256.Sum256([]byte(pin))
 	return base64.RawURLEncoding.EncodeToString(sum[:])[:ti.MaxPinLen]
 }
+
+// userLocked reports whether label's token shows its user PIN locked
+// (CKF_USER_PIN_LOCKED). openCryptoki locks it after three wrong PINs yet
+// still lets C_SetPIN change a locked PIN without lifting the lock, so
+// SetUserPIN asks first: a locked user's PIN is reset by the SO
+// (InitUserPIN), as on every module.
+func (m *module) userLocked(label string) bool {
+	m.life.RLock()
+	defer m.life.RUnlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	slot, err := m.findSlot(label)
+	if err != nil {
+		return false
+	}
+	ti, err := m.ctx.GetTokenInfo(slot)
+	return err == nil && ti.Flags&p11.CKF_USER_PIN_LOCKED != 0
+}

@@ -496,6 +496,9 @@ func (m *module) UserPINInitialized(ctx context.Context, label string) (bool, er
 
 func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) error {
 	oldPIN, newPIN = m.fitPIN(label, oldPIN), m.fitPIN(label, newPIN)
+	if m.userLocked(label) {
+		return fmt.Errorf("%w: token %s", ErrPINLocked, label)
+	}
 	err := m.with(ctx, label, func(h p11.SessionHandle) error {
 		return m.ctx.SetPIN(h, oldPIN, newPIN)
 	})
