@@ -1,4 +1,4 @@
-// Package ecbgcm composes AES-GCM (96-bit IV, 128-bit tag) from a
+// Package ecbgcm composes AES-GCM (128-bit tag) from a
 // block-encrypt oracle: a PKCS#11 token that has CKM_AES_ECB but not
 // CKM_AES_GCM (openCryptoki's software token as Debian ships it) encrypts,
 // in one call, the blocks GCM needs — the hash subkey's zero block and the
@@ -19,7 +19,8 @@ import (
 // ECB encrypts whole 16-byte blocks with the token's key (CKM_AES_ECB).
 type ECB func(blocks []byte) ([]byte, error)
 
-// NonceSize and Overhead are GCM's as the callers use it.
+// NonceSize is GCM's usual IV size, which costs one call to the token;
+// other sizes (XKS decrypts 16-byte IVs) cost two. Overhead is the tag.
 const (
 	NonceSize = 12
 	Overhead  = 16
@@ -64,10 +65,36 @@ var errMissed = errors.New("ecbgcm: GCM asked for a block that was not encrypted
 
 // prepare has the token encrypt every block GCM will ask for a message of
 // n bytes: the zero block (hash subkey), J0 (tag mask) and J0+1… (the
-// keystream), and returns a GCM over them.
+// keystream), and returns a GCM over them. With a 96-bit IV, J0 is the IV
+// and a counter of 1; with another size it is a GHASH of the IV under the
+// hash subkey, so the subkey is encrypted first and a dry run of Seal over
+// n zero bytes collects the blocks GCM asks for (which depend on the IV
+// and n only), which are then encrypted.
 func prepare(ecb ECB, iv []byte, n int) (cipher.AEAD, *table, error) {
+	if len(iv) == 0 {
+		return nil, nil, fmt.Errorf("ecbgcm: empty IV")
+	}
 	if len(iv) != NonceSize {
-		return nil, nil, fmt.Errorf("ecbgcm: IV of %d bytes, want %d", len(iv), NonceSize)
+		h, err := encrypt(ecb, make([]byte, 16))
+		if err != nil {
+			return nil, nil, err
+		}
+		t := &table{m: map[[16]byte][16]byte{{}: [16]byte(h)}, record: true}
+		g, err := cipher.NewGCMWithNonceSize(t, len(iv))
+		if err != nil {
+			return nil, nil, err
+		}
+		g.Seal(nil, iv, make([]byte, n), nil)
+		in := t.asked
+		t.asked, t.record, t.missed = nil, false, false
+		out, err := encrypt(ecb, in)
+		if err != nil {
+			return nil, nil, err
+		}
+		for i := 0; i < len(in); i += 16 {
+			t.m[[16]byte(in[i:])] = [16]byte(out[i:])
+		}
+		return g, t, nil
 	}
 	count := 2 + (n+15)/16
 	in := make([]byte, 16*count)
@@ -78,12 +105,9 @@ func prepare(ecb ECB, iv []byte, n int) (cipher.AEAD, *table, error) {
 		copy(b, j0[:12])
 		binary.BigEndian.PutUint32(b[12:], uint32(i))
 	}
-	out, err := ecb(in)
+	out, err := encrypt(ecb, in)
 	if err != nil {
 		return nil, nil, err
-	}
-	if len(out) != len(in) {
-		return nil, nil, fmt.Errorf("ecbgcm: %d bytes encrypted for %d", len(out), len(in))
 	}
 	t := &table{m: make(map[[16]byte][16]byte, count)}
 	for i := 0; i < count; i++ {
@@ -93,11 +117,25 @@ func prepare(ecb ECB, iv []byte, n int) (cipher.AEAD, *table, error) {
 	return g, t, err
 }
 
+// encrypt runs ecb and checks the length of its answer.
+func encrypt(ecb ECB, in []byte) ([]byte, error) {
+	out, err := ecb(in)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) != len(in) {
+		return nil, fmt.Errorf("ecbgcm: %d bytes encrypted for %d", len(out), len(in))
+	}
+	return out, nil
+}
+
 // table is a cipher.Block that knows the encryption of the blocks the
 // token encrypted, and nothing else.
 type table struct {
 	m      map[[16]byte][16]byte
 	missed bool
+	record bool   // collect the blocks asked for that it does not know
+	asked  []byte // those blocks, in order
 }
 
 func (t *table) BlockSize() int { return 16 }
@@ -106,6 +144,9 @@ func (t *table) Encrypt(dst, src []byte) {
 	v, ok := t.m[[16]byte(src)]
 	if !ok {
 		t.missed = true
+		if t.record {
+			t.asked = append(t.asked, src[:16]...)
+		}
 	}
 	copy(dst, v[:])
 }

@@ -49,8 +49,24 @@ func TestAgainstAES(t *testing.T) {
 			}
 		}
 	}
-	if _, err := Seal(ecb, make([]byte, 16), nil, nil); err == nil {
-		t.Fatal("a 16-byte IV was accepted")
+	// Other IV sizes (XKS decrypts 16-byte ones) take the two-call path.
+	for _, ivLen := range []int{1, 8, 16, 60} {
+		std, _ := cipher.NewGCMWithNonceSize(blk, ivLen)
+		for _, n := range []int{0, 17, 100} {
+			iv, pt := make([]byte, ivLen), make([]byte, n)
+			rand.Read(iv)
+			rand.Read(pt)
+			got, err := Seal(ecb, iv, pt, []byte("aad"))
+			if err != nil || !bytes.Equal(got, std.Seal(nil, iv, pt, []byte("aad"))) {
+				t.Fatalf("IV of %d bytes, n=%d: Seal differs from crypto/aes (%v)", ivLen, n, err)
+			}
+			if back, err := Open(ecb, iv, got, []byte("aad")); err != nil || !bytes.Equal(back, pt) {
+				t.Fatalf("IV of %d bytes, n=%d: Open: %v", ivLen, n, err)
+			}
+		}
+	}
+	if _, err := Seal(ecb, nil, nil, nil); err == nil {
+		t.Fatal("an empty IV was accepted")
 	}
 	if _, err := Open(ecb, make([]byte, 12), make([]byte, 15), nil); !errors.Is(err, ErrOpen) {
 		t.Fatalf("short input: %v", err)
