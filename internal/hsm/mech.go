@@ -152,11 +152,24 @@ func (m *module) fitPIN(label, pin string) string {
 		return pin
 	}
 	ti, err := m.ctx.GetTokenInfo(slot)
-	if err != nil || ti.MaxPinLen == 0 || uint(len(pin)) <= ti.MaxPinLen {
+	if err != nil {
+		return pin
+	}
+	return fitPIN(pin, ti.MaxPinLen)
+}
+
+// fitPIN is pin, or when longer than max (0: no limit) the first max
+// characters of the unpadded base64url of its SHA-256.
+func fitPIN(pin string, max uint) string {
+	if max == 0 || uint(len(pin)) <= max {
 		return pin
 	}
 	sum := sha256.Sum256([]byte(pin))
-	return base64.RawURLEncoding.EncodeToString(sum[:])[:ti.MaxPinLen]
+	enc := base64.RawURLEncoding.EncodeToString(sum[:])
+	if max > uint(len(enc)) {
+		max = uint(len(enc))
+	}
+	return enc[:max]
 }
 
 // userLocked reports whether label's token shows its user PIN locked
