@@ -2,7 +2,9 @@
 # Runs every kmsd test on this machine, installing what the tests use when
 # it is absent: a C toolchain for cgo and -race (gcc, libc6-dev), Debian's
 # aws CLI v2 (awscli), boto3 (python3-boto3), Python's cryptography (the
-# key-type tests' third oracle), SoftHSM2 and OpenSC
+# key-type tests' third oracle), SoftHSM2, openCryptoki (the second
+# PKCS#11 implementation; its pkcsslotd daemon runs during the tests,
+# started and stopped by scripts/opencryptoki.sh) and OpenSC
 # (pkcs11-tool), curl, and staticcheck from the Go module proxy. Exits
 # non-zero on any failure.
 set -euo pipefail
@@ -14,14 +16,15 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 /usr/bin/python3 -c 'import boto3' 2>/dev/null || need+=(python3-boto3)
 /usr/bin/python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+[ -x /usr/sbin/pkcsslotd ] || need+=(opencryptoki)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
@@ -40,8 +43,24 @@ go vet ./...
 echo "== staticcheck"
 staticcheck ./...
 
+echo "== openCryptoki's pkcsslotd"
+# A system-wide daemon (unix socket, no network port): started here unless
+# it runs already, and then stopped when this script ends.
+if ! $sudo scripts/opencryptoki.sh status; then
+  $sudo scripts/opencryptoki.sh start
+  trap '$sudo scripts/opencryptoki.sh stop' EXIT
+fi
+
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+
+echo "== PKCS#11 tests again on openCryptoki"
+# The tests parameterised by PKCS#11 implementation, on openCryptoki's
+# software token; one implementation per test process (see
+# internal/xks/keyman/pkcs11/pkcs11test).
+KMSD_TEST_PKCS11=opencryptoki go test -race -count=1 -timeout 10m \
+  -run '^(TestDeclaredKeyStore|TestConfigFileSoftHSMAndKeyFile|TestBench|TestConformance|TestWrongPIN)$' \
+  ./e2e/hsm/ ./e2e/xksproxy/ ./internal/xks/keyman/pkcs11/
 
 echo "== without cgo"
 # The PKCS#11 code has a stub for builds without cgo; these are its tests

@@ -13,15 +13,26 @@ import (
 	"testing"
 
 	"github.com/kmsd/kmsd/e2e/e2etest"
+	"github.com/kmsd/kmsd/internal/xks/keyman/pkcs11/pkcs11test"
 )
 
 // TestBench drives the proxy with the binary's own load generator (`xks-proxy
-// bench`), over HTTPS on loopback, against the software key file and SoftHSM2. By
+// bench`), over HTTPS on loopback, against the software key file and the PKCS#11 tokens. By
 // default it is a short smoke run; XKS_BENCH=1 runs the full measurement (concurrency
 // 1, 16 and 64, XKS_BENCH_DURATION per level, default 3s) and prints the figures:
 //
 //	XKS_BENCH=1 go test -run TestBench -v ./e2e/xksproxy/
+//
+// It runs once per PKCS#11 implementation (pkcs11test.Modules: SoftHSM2 and
+// openCryptoki's software token; KMSD_TEST_PKCS11 picks), each with a proxy of
+// its own; the key file is measured with the first.
 func TestBench(t *testing.T) {
+	for i, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { bench(t, impl, i == 0) })
+	}
+}
+
+func bench(t *testing.T, impl string, withKeyFile bool) {
 	full := os.Getenv("XKS_BENCH") == "1"
 	dur, conc, warm := "300ms", "1,4", "100ms"
 	if full {
@@ -32,9 +43,9 @@ func TestBench(t *testing.T) {
 	}
 	dir := t.TempDir()
 	pk := pki(t, dir)
-	_, hsmEnv := hsmSetup(t, dir)
+	tk, hsmEnv := hsmSetup(t, dir, impl)
 	_, kfEnv := keyFile(t, dir)
-	cfg := writeConfig(t, dir, pk)
+	cfg := writeConfig(t, dir, pk, tk.Module)
 	env := append(append(hsmEnv, kfEnv...), "E2E_SECRET_B="+secretB)
 	// A full run pins the proxy to CPU 1 (with GOMAXPROCS 1, as if started
 	// there) and the load generator to CPU 0, so the two do not compete
@@ -51,10 +62,11 @@ func TestBench(t *testing.T) {
 			t.Fatalf("taskset: %v\n%s", err, out)
 		}
 	}
-	for _, tc := range []struct{ name, prefix, key string }{
-		{"key file", "/soft", "both"},
-		{"SoftHSM2", "/hsm", "foo"},
-	} {
+	cases := []struct{ name, prefix, key string }{{impl, "/hsm", "foo"}}
+	if withKeyFile {
+		cases = append([]struct{ name, prefix, key string }{{"key file", "/soft", "both"}}, cases...)
+	}
+	for _, tc := range cases {
 		args := []string{"bench", "--url", base + tc.prefix, "--access-key-id", akidA,
 			"--secret-access-key-file", filepath.Join(dir, "secretA"), "--ca-file", filepath.Join(pk, "ca.pem"),
 			"--key-id", tc.key, "--concurrency", conc, "--duration", dur, "--warmup", warm}

@@ -13,19 +13,30 @@ import (
 	"github.com/kmsd/kmsd/internal/xks/keyman/pkcs11/pkcs11test"
 )
 
-// hsmSetup makes a SoftHSM2 token with the keys the tests use, and returns the env
-// the proxy needs to see it.
-func hsmSetup(t *testing.T, dir string) (*pkcs11test.Token, []string) {
+// hsmSetup makes a token of implementation impl (pkcs11test.SoftHSM2 or
+// pkcs11test.OpenCryptoki, whose slot 2 this package uses) with the keys the
+// tests use, and returns the env the proxy needs to see it.
+func hsmSetup(t *testing.T, dir, impl string) (*pkcs11test.Token, []string) {
 	t.Helper()
-	conf := pkcs11test.NewConf(t, dir)
-	tk := pkcs11test.NewToken(t, conf, "xks-e2e", "4321")
+	var tk *pkcs11test.Token
+	var env []string
+	switch impl {
+	case pkcs11test.SoftHSM2:
+		conf := pkcs11test.NewConf(t, dir)
+		tk = pkcs11test.NewToken(t, conf, "xks-e2e", "4321")
+		env = []string{"SOFTHSM2_CONF=" + conf}
+	case pkcs11test.OpenCryptoki:
+		tk = pkcs11test.NewOpenCryptokiToken(t, "2", "xks-e2e", "so-4321", "4321")
+	default:
+		t.Fatalf("unknown PKCS#11 implementation %q", impl)
+	}
 	tk.KeygenWithTool(t, "foo") // as operators do, with OpenSC
 	tk.AddKey(t, "enc", true, false, nil)
 	tk.AddKey(t, "dec", false, true, nil)
 	tk.AddKey(t, "vector", true, true, keymantest.VectorKey())
 	tk.AddKey(t, "twin", true, true, nil)
 	tk.AddKey(t, "twin", true, true, nil)
-	return tk, []string{"SOFTHSM2_CONF=" + conf}
+	return tk, env
 }
 
 const configTemplate = `
@@ -118,23 +129,38 @@ key_manager = "hsm"
   source_vpces = ["vpce-x*"]
 `
 
-func writeConfig(t *testing.T, dir, pk string) string {
+func writeConfig(t *testing.T, dir, pk, module string) string {
 	t.Helper()
-	cfg := strings.NewReplacer("AKIDA", akidA, "AKIDB", akidB, "PKI", pk, "DIR", dir, "MODULE", pkcs11test.Module(t)).Replace(configTemplate)
+	cfg := strings.NewReplacer("AKIDA", akidA, "AKIDB", akidB, "PKI", pk, "DIR", dir, "MODULE", module).Replace(configTemplate)
 	writeFile(t, filepath.Join(dir, "pin"), "4321\n")
 	writeFile(t, filepath.Join(dir, "secretA"), secretA)
 	return writeFile(t, filepath.Join(dir, "xks-proxy.toml"), cfg)
 }
 
 // TestConfigFileSoftHSMAndKeyFile runs several logical key stores from a config file,
-// over a SoftHSM2 token and a key file, and reaches every error of the spec's table
-// through the real binary.
+// over a PKCS#11 token and a key file, and reaches every error of the spec's table
+// through the real binary; once per PKCS#11 implementation (SoftHSM2 and
+// openCryptoki's software token; KMSD_TEST_PKCS11 picks).
 func TestConfigFileSoftHSMAndKeyFile(t *testing.T) {
+	for _, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { testConfigFile(t, impl) })
+	}
+}
+
+// vendors and defaultUsage tell the implementations apart: the EKM vendor the
+// proxy reports, and the usage pkcs11-tool's --keygen leaves on a key besides
+// ENCRYPT and DECRYPT.
+var (
+	vendors      = map[string]string{pkcs11test.SoftHSM2: "SoftHSM", pkcs11test.OpenCryptoki: "IBM"}
+	defaultUsage = map[string]string{pkcs11test.SoftHSM2: "ENCRYPT,DECRYPT,SIGN,VERIFY,WRAP,UNWRAP", pkcs11test.OpenCryptoki: "ENCRYPT,DECRYPT,SIGN,VERIFY,WRAP,UNWRAP"}
+)
+
+func testConfigFile(t *testing.T, impl string) {
 	dir := t.TempDir()
 	pk := pki(t, dir)
-	_, hsmEnv := hsmSetup(t, dir)
+	tk, hsmEnv := hsmSetup(t, dir, impl)
 	_, kfEnv := keyFile(t, dir)
-	cfg := writeConfig(t, dir, pk)
+	cfg := writeConfig(t, dir, pk, tk.Module)
 	env := append(append(hsmEnv, kfEnv...), "E2E_SECRET_B="+secretB)
 	p := start(t, env, "--config", cfg)
 	tc := tlsTo(t, filepath.Join(pk, "ca.pem"))
@@ -150,7 +176,7 @@ func TestConfigFileSoftHSMAndKeyFile(t *testing.T) {
 
 	t.Run("health", func(t *testing.T) {
 		h, err := hsm.health()
-		if err != nil || h.XksProxyFleetSize != 2 || !strings.Contains(h.EkmVendor, "SoftHSM") ||
+		if err != nil || h.XksProxyFleetSize != 2 || !strings.Contains(h.EkmVendor, vendors[impl]) ||
 			h.EkmFleetDetails[0].HealthStatus != "ACTIVE" || !strings.HasPrefix(h.EkmFleetDetails[0].ID, "xks-e2e/") {
 			t.Fatalf("health = %+v, %v", h, err)
 		}
@@ -161,9 +187,9 @@ func TestConfigFileSoftHSMAndKeyFile(t *testing.T) {
 		}
 	})
 	t.Run("metadata", func(t *testing.T) {
-		// pkcs11-tool leaves SoftHSM's defaults (SIGN, VERIFY, WRAP, UNWRAP) on "foo":
-		// the proxy reports them as they are.
-		for id, usage := range map[string]string{"foo": "ENCRYPT,DECRYPT,SIGN,VERIFY,WRAP,UNWRAP", "enc": "ENCRYPT", "dec": "DECRYPT"} {
+		// pkcs11-tool leaves the module's defaults (SoftHSM2: SIGN, VERIFY, WRAP,
+		// UNWRAP) on "foo": the proxy reports them as they are.
+		for id, usage := range map[string]string{"foo": defaultUsage[impl], "enc": "ENCRYPT", "dec": "DECRYPT"} {
 			m, err := hsm.keyMetadata(id)
 			if err != nil || m.KeySpec != "AES_256" || m.KeyStatus != "ENABLED" || strings.Join(m.KeyUsage, ",") != usage {
 				t.Errorf("metadata %s = %+v, %v", id, m, err)

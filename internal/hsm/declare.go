@@ -40,6 +40,11 @@ type Declaration struct {
 	// admin's password), by reference.
 	CryptoUser     string
 	SOPIN, UserPIN Secret
+	// TrustAnchor is the PEM certificate of the CA the operator's cluster
+	// certificate chains to (trust_anchor, a file): a custom key store
+	// over the cluster names it, as AWS's CreateCustomKeyStore requires.
+	// Without it the cluster cannot back a key store.
+	TrustAnchor string
 }
 
 // DeclaredHSM is one HSM of a declared cluster: a token, by label, in an
@@ -94,6 +99,7 @@ type declFile struct {
 		SOPIN         string        `toml:"so_pin"`
 		CryptoUser    string        `toml:"crypto_user"`
 		CryptoUserPIN string        `toml:"crypto_user_pin"`
+		TrustAnchor   string        `toml:"trust_anchor"`
 		HSM           []DeclaredHSM `toml:"hsm"`
 	} `toml:"cluster"`
 }
@@ -105,7 +111,8 @@ type declFile struct {
 //	module = "/usr/lib/vendor/libpkcs11.so"
 //	so_pin = "file:/etc/kmsd/payments.so-pin"
 //	crypto_user_pin = "env:PAYMENTS_KMSUSER_PIN"
-//	# account, region, hsm_type, crypto_user: optional
+//	trust_anchor = "/etc/kmsd/payments-ca.crt"  # for a custom key store
+//	# account, region, hsm_type, crypto_user, trust_anchor: optional
 //	[[cluster.hsm]]
 //	token = "payments-a"
 //	availability_zone = "us-east-1a"
@@ -129,6 +136,13 @@ func LoadDeclarations(path, account, region string) ([]Declaration, error) {
 		}
 		if d.Region == "" {
 			d.Region = region
+		}
+		if c.TrustAnchor != "" {
+			b, err := os.ReadFile(c.TrustAnchor)
+			if err != nil {
+				return nil, fmt.Errorf("hsm config %s: trust_anchor: %w", path, err)
+			}
+			d.TrustAnchor = string(b)
 		}
 		out = append(out, d)
 	}
@@ -186,6 +200,11 @@ func validateDeclarations(ds []Declaration) error {
 		for name, sec := range map[string]Secret{"so_pin": d.SOPIN, "crypto_user_pin": d.UserPIN} {
 			if _, err := sec.Resolve(); err != nil {
 				return fmt.Errorf("cluster %s: %s: %w", d.ID, name, err)
+			}
+		}
+		if d.TrustAnchor != "" {
+			if certs, err := parseCerts(d.TrustAnchor); err != nil || len(certs) != 1 || !certs[0].IsCA {
+				return fmt.Errorf("cluster %s: trust_anchor: want one PEM CA certificate", d.ID)
 			}
 		}
 		if len(d.HSMs) == 0 {
@@ -269,6 +288,9 @@ func (s *Service) declareOne(ctx context.Context, d Declaration) error {
 	r.Declared, r.Module, r.Account, r.Region, r.HsmType = true, d.Module, d.Account, d.Region, d.HsmType
 	r.VpcID, r.SecurityGroup = "vpc-"+hex.EncodeToString(vpc[:4]), deriveHex("sg-", r.ID, 17)
 	r.State, r.StateMessage = ClusterActive, ""
+	if d.TrustAnchor != "" {
+		r.TrustAnchor = strings.TrimSpace(d.TrustAnchor) + "\n"
+	}
 	r.Subnets, r.SubnetOrder = map[string]string{}, nil
 	azIndex := map[string]int{}
 	var hsms []hsmRecord

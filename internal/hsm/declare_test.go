@@ -1,11 +1,33 @@
 package hsm
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
+
+// testCA makes a self-signed CA certificate, PEM.
+func testCA(t *testing.T) string {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "declared CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
 
 func TestLoadDeclarations(t *testing.T) {
 	dir := t.TempDir()
@@ -20,6 +42,15 @@ func TestLoadDeclarations(t *testing.T) {
 		return "[[cluster]]\nmodule = \"" + module + "\"\nso_pin = \"file:" + pinFile + "\"\ncrypto_user_pin = \"env:DECL_TEST_PIN\"\n" + extra
 	}
 	hsmA := "[[cluster.hsm]]\ntoken = \"tok-a\"\navailability_zone = \"us-east-1a\"\n"
+	// A trust anchor: a self-signed CA certificate; and a leaf that is none.
+	caPEM := testCA(t)
+	anchor, notCA := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "leaf.crt")
+	if err := os.WriteFile(anchor, []byte(caPEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(notCA, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name, file, err string
 	}{
@@ -34,6 +65,9 @@ func TestLoadDeclarations(t *testing.T) {
 		{"token twice", cluster("name = \"x\"\n" + hsmA + hsmA), "distinct labels"},
 		{"relative module", strings.Replace(cluster("name = \"x\"\n"+hsmA), module, "libfoo.so", 1), "absolute path"},
 		{"unknown key", cluster("name = \"x\"\ncolour = \"blue\"\n" + hsmA), "unknown keys"},
+		{"trust anchor", cluster("name = \"x\"\ntrust_anchor = \"" + anchor + "\"\n" + hsmA), ""},
+		{"trust anchor not a certificate", cluster("name = \"x\"\ntrust_anchor = \"" + notCA + "\"\n" + hsmA), "one PEM CA certificate"},
+		{"trust anchor missing", cluster("name = \"x\"\ntrust_anchor = \"" + dir + "/none.crt\"\n" + hsmA), "trust_anchor"},
 		{"declared twice", cluster("name = \"x\"\n"+hsmA) + cluster("name = \"x\"\n"+hsmA), "declared twice"},
 	}
 	for _, tc := range cases {
@@ -58,6 +92,9 @@ func TestLoadDeclarations(t *testing.T) {
 			d := ds[0]
 			if !clusterIDPattern.MatchString(d.ID) || d.CryptoUser != "kmsuser" || d.HsmType != "hsm2m.medium" || d.Account != "111122223333" || d.Region != "us-east-1" {
 				t.Fatalf("declaration %+v", d)
+			}
+			if strings.Contains(tc.file, "trust_anchor") && !strings.Contains(d.TrustAnchor, "BEGIN CERTIFICATE") {
+				t.Fatalf("trust anchor %q", d.TrustAnchor)
 			}
 			if pin, _ := d.SOPIN.Resolve(); pin != "soPin1234" {
 				t.Fatalf("so_pin resolves to %q", pin)

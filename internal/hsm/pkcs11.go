@@ -41,6 +41,9 @@ type module struct {
 	mu     sync.Mutex
 	tokens map[string]*token // by label, while found
 	pins   map[string]string // user PIN of each token this process logged in to
+
+	mechMu sync.Mutex
+	mechs  map[uint]mechSet // what each slot's token offers (mech.go)
 }
 
 // token is one found token: its slot, an anchor session that holds the
@@ -453,12 +456,14 @@ func (m *module) soSession(ctx context.Context, label, soPIN string, fn func(h p
 }
 
 func (m *module) SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error {
+	oldPIN, newPIN = m.fitPIN(label, oldPIN), m.fitPIN(label, newPIN)
 	return m.soSession(ctx, label, oldPIN, func(h p11.SessionHandle) error {
 		return m.ctx.SetPIN(h, oldPIN, newPIN)
 	})
 }
 
 func (m *module) InitUserPIN(ctx context.Context, label, soPIN, pin string) error {
+	soPIN, pin = m.fitPIN(label, soPIN), m.fitPIN(label, pin)
 	err := m.soSession(ctx, label, soPIN, func(h p11.SessionHandle) error {
 		return m.ctx.InitPIN(h, pin)
 	})
@@ -490,6 +495,10 @@ func (m *module) UserPINInitialized(ctx context.Context, label string) (bool, er
 }
 
 func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) error {
+	oldPIN, newPIN = m.fitPIN(label, oldPIN), m.fitPIN(label, newPIN)
+	if m.userLocked(label) {
+		return fmt.Errorf("%w: token %s", ErrPINLocked, label)
+	}
 	err := m.with(ctx, label, func(h p11.SessionHandle) error {
 		return m.ctx.SetPIN(h, oldPIN, newPIN)
 	})
@@ -504,6 +513,7 @@ func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) e
 }
 
 func (m *module) Login(ctx context.Context, label, pin string) error {
+	pin = m.fitPIN(label, pin)
 	return m.live(ctx, label, reinitEvery, func() error { return m.login(label, pin) })
 }
 
@@ -616,8 +626,6 @@ func aesTemplate(keyLabel string, extractable bool) []*p11.Attribute {
 	}
 }
 
-var wrapMech = []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}
-
 func (m *module) ImportMasking(ctx context.Context, label string, material []byte) error {
 	if err := m.requireLogin(label); err != nil {
 		return err
@@ -663,7 +671,7 @@ func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byt
 		if err != nil {
 			return err
 		}
-		w, err := m.ctx.WrapKey(h, wrapMech, mk, k)
+		w, err := m.wrap(h, mk, k)
 		if err == nil {
 			err = m.ctx.SetAttributeValue(h, k, []*p11.Attribute{p11.NewAttribute(p11.CKA_EXTRACTABLE, false)})
 		}
@@ -691,7 +699,7 @@ func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped 
 			return err
 		}
 		tmpl := aesTemplate(keyLabel, false)
-		_, err = m.ctx.UnwrapKey(h, wrapMech, mk, wrapped, tmpl)
+		_, err = m.unwrap(h, mk, wrapped, tmpl)
 		return err
 	})
 }
@@ -789,20 +797,7 @@ func (m *module) crypt(ctx context.Context, label, keyLabel string, iv, in, aad 
 		if err != nil {
 			return err
 		}
-		params := p11.NewGCMParams(iv, aad, 128)
-		defer params.Free()
-		mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}
-		if encrypt {
-			if err := m.ctx.EncryptInit(h, mech, k); err != nil {
-				return err
-			}
-			out, err = m.ctx.Encrypt(h, in)
-			return err
-		}
-		if err := m.ctx.DecryptInit(h, mech, k); err != nil {
-			return err
-		}
-		out, err = m.ctx.Decrypt(h, in)
+		out, err = m.gcm(h, k, iv, in, aad, encrypt)
 		return err
 	})
 	return out, err

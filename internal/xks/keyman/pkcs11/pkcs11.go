@@ -177,6 +177,7 @@ type Manager struct {
 	ownMu  sync.Mutex  // guards own
 	own    *owner      // the session holding key copies (copies.go)
 	noCopy atomic.Bool // the module has no C_CopyObject
+	noGCM  atomic.Bool // the token lacks CKM_AES_GCM: composedGCM (mech.go)
 
 	overruns    atomic.Int64 // calls still running past their caller's deadline
 	lastOverrun atomic.Int64 // unix nanoseconds when the last overrun call returned
@@ -216,6 +217,10 @@ func Open(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.put(s)
+	if m.noGCM.Load() {
+		cfg.Logger.Warn("pkcs11: the token has no CKM_AES_GCM; GCM is composed from CKM_AES_ECB (the key stays in the token, the keystream passes through the proxy's memory)",
+			"token", cfg.TokenLabel)
+	}
 	cfg.Logger.Info("pkcs11: key manager open", "token", cfg.TokenLabel, "slot", m.slot, "session_pool_size", cfg.PoolSize,
 		"key_cache_ttl", cfg.KeyCacheTTL.String(), "session_key_copies", cfg.SessionKeyCopies && cfg.KeyCacheTTL > 0)
 	return m, nil
@@ -237,6 +242,7 @@ func (m *Manager) findSlot() error {
 		}
 		if strings.TrimRight(ti.Label, " \x00") == m.cfg.TokenLabel {
 			m.slot, m.token, m.epoch, m.lost = s, ti, m.mod.epoch.Load(), false
+			m.noGCM.Store(!hasGCM(m.ctx, s))
 			return nil
 		}
 	}
@@ -676,10 +682,16 @@ func (m *Manager) describe(s *session, h p11.ObjectHandle, id string) (keyman.Ke
 	}
 	attrs, err := m.ctx.GetAttributeValue(s.h, h, tmpl)
 	if err != nil {
-		// Some modules refuse the whole template for one unsupported attribute: ask
-		// again for what GetKeyMetadata needs.
-		if attrs, err = m.ctx.GetAttributeValue(s.h, h, tmpl[:4]); err != nil {
-			return keyman.Key{}, err
+		// Modules answer the whole template with an error for one attribute they
+		// lack (openCryptoki keeps no CKA_VALUE_LEN on a key imported without it):
+		// ask for each alone, and keep what is there.
+		attrs = attrs[:0]
+		for _, a := range tmpl {
+			one, e := m.ctx.GetAttributeValue(s.h, h, []*p11.Attribute{a})
+			if c, ok := code(e); e != nil && !(ok && (c == p11.CKR_ATTRIBUTE_TYPE_INVALID || c == p11.CKR_ATTRIBUTE_SENSITIVE)) {
+				return keyman.Key{}, e
+			}
+			attrs = append(attrs, one...)
 		}
 	}
 	k := keyman.Key{ID: id, Enabled: true, Usage: []string{}}
@@ -787,6 +799,9 @@ func (m *Manager) Decrypt(ctx context.Context, id string, iv, ciphertext, tag, a
 }
 
 func (m *Manager) gcm(s *session, h p11.ObjectHandle, iv, aad, in []byte, decrypt bool) ([]byte, error) {
+	if m.noGCM.Load() {
+		return m.composedGCM(s, h, iv, aad, in, decrypt)
+	}
 	params := p11.NewGCMParams(iv, aad, 128)
 	defer params.Free()
 	mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}
@@ -924,7 +939,14 @@ func CreateKey(cfg Config, spec KeySpec) error {
 			p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
 		}
 		if spec.Material != nil {
-			_, err := m.ctx.CreateObject(s.h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, spec.Material)))
+			// CKA_VALUE_LEN too: openCryptoki keeps no length of an imported key
+			// unless told, and the proxy reads it for the key spec. A module that
+			// refuses it (it is derived from CKA_VALUE) is asked without it.
+			tmpl = append(tmpl, p11.NewAttribute(p11.CKA_VALUE, spec.Material))
+			_, err := m.ctx.CreateObject(s.h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE_LEN, len(spec.Material))))
+			if err != nil {
+				_, err = m.ctx.CreateObject(s.h, tmpl)
+			}
 			return err
 		}
 		_, err := m.ctx.GenerateKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)},

@@ -24,8 +24,22 @@ func setup(t *testing.T) (*pkcs11test.Token, *pkcs11.Manager) {
 // setupWith makes a token with the keys of the conformance suite and opens a
 // manager on it, with session-object copies of the keys when copies is set.
 func setupWith(t *testing.T, copies bool) (*pkcs11test.Token, *pkcs11.Manager) {
-	conf := pkcs11test.NewConf(t, t.TempDir())
-	tk := pkcs11test.NewToken(t, conf, "xks-test", "1234")
+	return setupOn(t, pkcs11test.SoftHSM2, copies)
+}
+
+// newToken makes a token of implementation impl; openCryptoki's is slot 3
+// of the pkcsslotd scripts/opencryptoki.sh runs.
+func newToken(t *testing.T, impl, label, pin string) *pkcs11test.Token {
+	t.Helper()
+	if impl == pkcs11test.OpenCryptoki {
+		return pkcs11test.NewOpenCryptokiToken(t, "3", label, "so-"+pin, pin)
+	}
+	return pkcs11test.NewToken(t, pkcs11test.NewConf(t, t.TempDir()), label, pin)
+}
+
+// setupOn is setupWith on a token of implementation impl.
+func setupOn(t *testing.T, impl string, copies bool) (*pkcs11test.Token, *pkcs11.Manager) {
+	tk := newToken(t, impl, "xks-test", "1234")
 	tk.AddKey(t, "both", true, true, nil)
 	tk.AddKey(t, "enc", true, false, nil)
 	tk.AddKey(t, "dec", false, true, nil)
@@ -48,9 +62,17 @@ func modes(t *testing.T, test func(t *testing.T, copies bool)) {
 	t.Run("session copies", func(t *testing.T) { test(t, true) })
 }
 
+// TestConformance runs the key manager suite on each PKCS#11 implementation
+// under test (KMSD_TEST_PKCS11), with token objects and session copies.
 func TestConformance(t *testing.T) {
+	for _, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { conformance(t, impl) })
+	}
+}
+
+func conformance(t *testing.T, impl string) {
 	modes(t, func(t *testing.T, copies bool) {
-		_, m := setupWith(t, copies)
+		_, m := setupOn(t, impl, copies)
 		keymantest.Run(t, keymantest.Fixture{Manager: m, Both: "both", EncryptOnly: "enc", DecryptOnly: "dec",
 			NoUsage: "none", Vector: "vector", Missing: "nope", Concurrency: 16, EnforceUsage: true})
 		_, cp, _ := pkcs11.KeyHandles(m, "both")
@@ -109,8 +131,13 @@ func survivesTokenRestart(t *testing.T, copies bool) {
 }
 
 func TestWrongPIN(t *testing.T) {
-	conf := pkcs11test.NewConf(t, t.TempDir())
-	tk := pkcs11test.NewToken(t, conf, "xks-pin", "1234")
+	for _, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { wrongPIN(t, impl) })
+	}
+}
+
+func wrongPIN(t *testing.T, impl string) {
+	tk := newToken(t, impl, "xks-pin", "1234")
 	cfg := tk.Config()
 	cfg.PIN = "9999"
 	if _, err := pkcs11.Open(cfg); err == nil {
