@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	p11 "github.com/miekg/pkcs11"
@@ -41,6 +42,11 @@ func (m *module) mechsOf(slot uint) mechSet {
 		return slices.ContainsFunc(list, func(x *p11.Mechanism) bool { return x.Mechanism == t })
 	}
 	ms := mechSet{gcm: has(p11.CKM_AES_GCM), kwp: has(p11.CKM_AES_KEY_WRAP_PAD)}
+	if !ms.gcm {
+		// Said once per slot: the operator of a real HSM must know the
+		// key stays in it but GCM's keystream and hash subkey do not.
+		slog.Warn("hsm: the token has no CKM_AES_GCM; AES-GCM is composed from CKM_AES_ECB, so its keystream and hash subkey pass through kmsd's memory (the key stays in the token)", "slot", slot)
+	}
 	if m.mechs == nil {
 		m.mechs = map[uint]mechSet{}
 	}
