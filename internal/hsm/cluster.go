@@ -49,9 +49,6 @@ var supportedHsmTypes = map[string]bool{"hsm1.medium": true, "hsm2m.medium": tru
 // given (a, b, c, …): kmsd has no EC2 to ask, and CloudHSM wants one subnet
 // per zone.
 func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.CreateClusterRequest) (*hsmapi.CreateClusterResponse, error) {
-	if in.SourceBackupId != nil {
-		return nil, invalid("Restoring a cluster from a backup is not supported by kmsd.")
-	}
 	if !supportedHsmTypes[*in.HsmType] {
 		return nil, invalid("HsmType %s is not supported; use hsm1.medium or hsm2m.medium.", *in.HsmType)
 	}
@@ -65,16 +62,12 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 		}
 		seen[sn] = true
 	}
-	days := "90"
+	days := strconv.Itoa(defaultRetentionDays)
 	if p := in.BackupRetentionPolicy; p != nil {
-		if p.Type != nil && *p.Type != "DAYS" || p.Value == nil {
-			return nil, invalid("BackupRetentionPolicy must have Type DAYS and a Value.")
+		var err error
+		if days, err = retentionDays(p); err != nil {
+			return nil, err
 		}
-		n, err := strconv.Atoi(*p.Value)
-		if err != nil || n < 7 || n > 379 {
-			return nil, invalid("BackupRetentionPolicy Value must be between 7 and 379 days.")
-		}
-		days = strconv.Itoa(n)
 	}
 	tags, err := mergeTags(nil, in.TagList)
 	if err != nil {
@@ -101,13 +94,21 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 	for i, sn := range in.SubnetIds {
 		r.Subnets[c.Region+string(rune('a'+i))] = sn
 	}
-	so, err := s.seal(soPINPath(r.ID), []byte(hex.EncodeToString(s.randomBytes(16))))
-	if err != nil {
-		return nil, err
-	}
-	r.SOPIN = so
-	if r.Masking, err = s.seal(maskingPath(r.ID), s.randomBytes(32)); err != nil {
-		return nil, err
+	if in.SourceBackupId != nil {
+		// The backup's HSM contents and certificate lineage, in the same
+		// one write as the rest of the cluster.
+		if err := s.restoreInto(ctx, c, *in.SourceBackupId, r); err != nil {
+			return nil, err
+		}
+	} else {
+		so, err := s.seal(soPINPath(r.ID), []byte(hex.EncodeToString(s.randomBytes(16))))
+		if err != nil {
+			return nil, err
+		}
+		r.SOPIN = so
+		if r.Masking, err = s.seal(maskingPath(r.ID), s.randomBytes(32)); err != nil {
+			return nil, err
+		}
 	}
 	unlock := s.lock(r.ID)
 	err = s.put(ctx, r, true)
@@ -119,11 +120,17 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 	return &hsmapi.CreateClusterResponse{Cluster: toWire(r)}, nil
 }
 
-// finishCreate gives the cluster its key pair and CSR: UNINITIALIZED.
+// finishCreate gives the cluster its key pair and CSR: UNINITIALIZED. A
+// cluster restored from a backup has them already and takes the state of
+// the backed-up cluster.
 func (s *Service) finishCreate(ctx context.Context, id string) {
 	_, err := s.update(ctx, id, func(r *record) error {
 		if r.State != ClusterCreateInProgress {
 			return errSkip
+		}
+		if r.SourceBackup != "" {
+			r.State, r.StateMessage = r.RestoredState, ""
+			return nil
 		}
 		csr, key, err := s.newCSR(r.ID)
 		if err != nil {
@@ -572,6 +579,56 @@ func (s *Service) finishDeleteCluster(ctx context.Context, id string) {
 	}
 }
 
+// retentionDays checks a BackupRetentionPolicy: Type DAYS, 7 to 379.
+func retentionDays(p *hsmapi.BackupRetentionPolicy) (string, error) {
+	if p.Type != nil && *p.Type != "DAYS" || p.Value == nil {
+		return "", invalid("BackupRetentionPolicy must have Type DAYS and a Value.")
+	}
+	n, err := strconv.Atoi(*p.Value)
+	if err != nil || n < 7 || n > 379 {
+		return "", invalid("BackupRetentionPolicy Value must be between 7 and 379 days.")
+	}
+	return strconv.Itoa(n), nil
+}
+
+// ModifyCluster changes a cluster's backup retention policy, which the
+// backup sweeper honours from then on. Changing the HSM type (a migration
+// CloudHSM runs for hours) is not supported: only the current type is
+// accepted.
+func (s *Service) ModifyCluster(ctx context.Context, c Caller, in *hsmapi.ModifyClusterRequest) (*hsmapi.ModifyClusterResponse, error) {
+	cur, ok := s.get(c, *in.ClusterId)
+	if !ok || cur.State == ClusterDeleted {
+		return nil, notFound(*in.ClusterId)
+	}
+	if in.BackupRetentionPolicy == nil && in.HsmType == nil {
+		return nil, invalid("Give a BackupRetentionPolicy or an HsmType to modify.")
+	}
+	var days string
+	if in.BackupRetentionPolicy != nil {
+		var err error
+		if days, err = retentionDays(in.BackupRetentionPolicy); err != nil {
+			return nil, err
+		}
+	}
+	r, err := s.update(ctx, *in.ClusterId, func(r *record) error {
+		if in.HsmType != nil && *in.HsmType != r.HsmType {
+			return invalid("Changing the HSM type of cluster %s from %s to %s is not supported by kmsd.", r.ID, r.HsmType, *in.HsmType)
+		}
+		switch r.State {
+		case ClusterCreateInProgress, ClusterDeleteInProgress, ClusterDeleted:
+			return invalid("Cluster %s is in state %s and cannot be modified.", r.ID, r.State)
+		}
+		if days != "" {
+			r.RetentionDays = days
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hsmapi.ModifyClusterResponse{Cluster: toWire(r)}, nil
+}
+
 // mergeTags adds tags to cur (replacing values of existing keys).
 func mergeTags(cur []tag, in []hsmapi.Tag) ([]tag, error) {
 	out := append([]tag(nil), cur...)
@@ -718,6 +775,9 @@ func toWire(r *record) *hsmapi.Cluster {
 	}
 	if r.ClusterCert != "" {
 		w.Certificates.ClusterCertificate = hsmapi.String(r.ClusterCert)
+	}
+	if r.SourceBackup != "" {
+		w.SourceBackupId = hsmapi.String(r.SourceBackup)
 	}
 	for _, t := range r.Tags {
 		w.TagList = append(w.TagList, hsmapi.Tag{Key: hsmapi.String(t.Key), Value: hsmapi.String(t.Value)})

@@ -112,6 +112,14 @@ type Config struct {
 	// cluster or HSM stays DELETE_IN_PROGRESS. Zero means immediately
 	// (still asynchronously).
 	CreateDelay, InitializeDelay, DeleteDelay time.Duration
+	// BackupInterval is how often every initialized cluster is backed up
+	// (DefaultBackupInterval when zero); BackupDelay how long after a
+	// change of a cluster's keys or users its backup starts, one backup
+	// for the changes of that time (DefaultBackupDelay when zero);
+	// SweepInterval how often due backups and expired ones are looked
+	// for (DefaultSweepInterval when zero). A backup stays
+	// CREATE_IN_PROGRESS for CreateDelay.
+	BackupInterval, BackupDelay, SweepInterval time.Duration
 	Rand                                      io.Reader        // crypto/rand when nil
 	Now                                       func() time.Time // time.Now when nil
 	Logger                                    *slog.Logger
@@ -185,6 +193,11 @@ type record struct {
 	// HSMs are managed outside kmsd; Module is its PKCS#11 module.
 	Declared bool   `json:"declared,omitempty"`
 	Module   string `json:"module,omitempty"`
+	// SourceBackup is the backup a restored cluster was created from;
+	// RestoredState the state it takes once created (INITIALIZED or
+	// ACTIVE, the state of the backed-up cluster).
+	SourceBackup  string `json:"sourceBackup,omitempty"`
+	RestoredState string `json:"restoredState,omitempty"`
 }
 
 type hsmRecord struct {

@@ -65,7 +65,8 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 	switch in := in.(type) {
 	case *hsmapi.CreateClusterRequest:
 		if in.SourceBackupId != nil {
-			resource(*in.SourceBackupId)
+			id := *in.SourceBackupId // a backup id or ARN
+			resource(id[strings.LastIndex(id, "/")+1:])
 			r.ResourceTags = nil // the backup's, which kmsd does not keep
 		}
 		r.RequestTags, r.TagKeys = requestTags(in.TagList)
@@ -77,6 +78,17 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 		resource(*in.ClusterId)
 	case *hsmapi.InitializeClusterRequest:
 		resource(*in.ClusterId)
+	case *hsmapi.ModifyClusterRequest:
+		resource(*in.ClusterId)
+	case *hsmapi.DeleteBackupRequest:
+		resource(*in.BackupId)
+	case *hsmapi.RestoreBackupRequest:
+		resource(*in.BackupId)
+	case *hsmapi.ModifyBackupAttributesRequest:
+		resource(*in.BackupId)
+	case *hsmapi.CopyBackupToRegionRequest:
+		resource(*in.BackupId)
+		r.RequestTags, r.TagKeys = requestTags(in.TagList)
 	case *hsmapi.ListTagsRequest:
 		resource(*in.ResourceId)
 	case *hsmapi.TagResourceRequest:
@@ -86,7 +98,8 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 		resource(*in.ResourceId)
 		r.TagKeys = in.TagKeyList
 	}
-	// DescribeClusters, DescribeBackups: "*".
+	// DescribeClusters, DescribeBackups: "*" (CopyBackupToRegion: the
+	// source backup).
 	return r
 }
 
