@@ -120,9 +120,9 @@ type Config struct {
 	// for (DefaultSweepInterval when zero). A backup stays
 	// CREATE_IN_PROGRESS for CreateDelay.
 	BackupInterval, BackupDelay, SweepInterval time.Duration
-	Rand                                      io.Reader        // crypto/rand when nil
-	Now                                       func() time.Time // time.Now when nil
-	Logger                                    *slog.Logger
+	Rand                                       io.Reader        // crypto/rand when nil
+	Now                                        func() time.Time // time.Now when nil
+	Logger                                     *slog.Logger
 }
 
 // Caller is who calls a CloudHSM v2 operation: resources belong to an
