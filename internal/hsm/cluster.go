@@ -658,7 +658,8 @@ func mergeTags(cur []tag, in []hsmapi.Tag) ([]tag, error) {
 	return out, nil
 }
 
-// taggable finds a cluster for the tag operations; backups do not exist.
+// taggable finds a cluster for the tag operations; backups carry the
+// tags given when they were copied, which these operations do not reach.
 func (s *Service) taggable(c Caller, id string) error {
 	r, ok := s.get(c, id)
 	if !ok || r.State == ClusterDeleted {
