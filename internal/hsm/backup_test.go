@@ -403,3 +403,30 @@ func TestBackupCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestBackupTags: the tag operations reach backups as well as clusters.
+func TestBackupTags(t *testing.T) {
+	s := newService(t, fastBackups)
+	ctx := context.Background()
+	id := activeCluster(t, s, 1)
+	b := *waitBackup(t, s, id, time.Time{}).BackupId
+	if _, err := s.TagResource(ctx, caller, &hsmapi.TagResourceRequest{ResourceId: &b, TagList: []hsmapi.Tag{{Key: str("a"), Value: str("1")}, {Key: str("b"), Value: str("2")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UntagResource(ctx, caller, &hsmapi.UntagResourceRequest{ResourceId: &b, TagKeyList: []string{"a"}}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.ListTags(ctx, caller, &hsmapi.ListTagsRequest{ResourceId: &b})
+	if err != nil || len(out.TagList) != 1 || *out.TagList[0].Key != "b" {
+		t.Fatalf("ListTags of a backup = %+v, %v", out, err)
+	}
+	if bs := describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"backupIds": {b}}}); len(bs[0].TagList) != 1 {
+		t.Fatalf("describe-backups TagList %+v", bs[0].TagList)
+	}
+	if ct, err := s.ListTags(ctx, caller, &hsmapi.ListTagsRequest{ResourceId: &id}); err != nil || len(ct.TagList) != 0 {
+		t.Fatalf("the cluster's tags: %+v, %v", ct, err)
+	}
+	if _, err := s.ListTags(ctx, caller, &hsmapi.ListTagsRequest{ResourceId: str("backup-zzzzzzzzzzz")}); errName(err) != excNotFound {
+		t.Fatalf("ListTags of a missing backup: %v", err)
+	}
+}

@@ -658,46 +658,64 @@ func mergeTags(cur []tag, in []hsmapi.Tag) ([]tag, error) {
 	return out, nil
 }
 
-// taggable finds a cluster for the tag operations; backups carry the
-// tags given when they were copied, which these operations do not reach.
-func (s *Service) taggable(c Caller, id string) error {
+// tagsOf returns the tags of cluster or backup id of c's account and
+// Region.
+func (s *Service) tagsOf(c Caller, id string) ([]tag, error) {
+	if strings.HasPrefix(id, "backup-") {
+		b, err := s.callerBackup(c, id)
+		if err != nil {
+			return nil, err
+		}
+		return b.Tags, nil
+	}
 	r, ok := s.get(c, id)
 	if !ok || r.State == ClusterDeleted {
-		return notFound(id)
+		return nil, notFound(id)
 	}
-	return nil
+	return r.Tags, nil
 }
 
-// TagResource adds or replaces tags of a cluster.
-func (s *Service) TagResource(ctx context.Context, c Caller, in *hsmapi.TagResourceRequest) (*hsmapi.TagResourceResponse, error) {
-	if err := s.taggable(c, *in.ResourceId); err != nil {
-		return nil, err
+// retag replaces the tags of cluster or backup id with fn's result.
+func (s *Service) retag(ctx context.Context, c Caller, id string, fn func([]tag) ([]tag, error)) error {
+	if strings.HasPrefix(id, "backup-") {
+		_, err := s.updateBackup(ctx, c, id, func(b *backupRecord) error {
+			tags, err := fn(append([]tag(nil), b.Tags...))
+			b.Tags = tags
+			return err
+		})
+		return err
 	}
-	_, err := s.update(ctx, *in.ResourceId, func(r *record) error {
-		tags, err := mergeTags(r.Tags, in.TagList)
+	if _, err := s.tagsOf(c, id); err != nil {
+		return err
+	}
+	_, err := s.update(ctx, id, func(r *record) error {
+		tags, err := fn(r.Tags)
 		r.Tags = tags
 		return err
 	})
+	return err
+}
+
+// TagResource adds or replaces tags of a cluster or backup.
+func (s *Service) TagResource(ctx context.Context, c Caller, in *hsmapi.TagResourceRequest) (*hsmapi.TagResourceResponse, error) {
+	err := s.retag(ctx, c, *in.ResourceId, func(cur []tag) ([]tag, error) { return mergeTags(cur, in.TagList) })
 	if err != nil {
 		return nil, err
 	}
 	return &hsmapi.TagResourceResponse{}, nil
 }
 
-// UntagResource removes tags of a cluster by key; absent keys are ignored.
+// UntagResource removes tags of a cluster or backup by key; absent keys
+// are ignored.
 func (s *Service) UntagResource(ctx context.Context, c Caller, in *hsmapi.UntagResourceRequest) (*hsmapi.UntagResourceResponse, error) {
-	if err := s.taggable(c, *in.ResourceId); err != nil {
-		return nil, err
-	}
-	_, err := s.update(ctx, *in.ResourceId, func(r *record) error {
-		out := r.Tags[:0]
-		for _, t := range r.Tags {
+	err := s.retag(ctx, c, *in.ResourceId, func(cur []tag) ([]tag, error) {
+		out := cur[:0]
+		for _, t := range cur {
 			if !contains(in.TagKeyList, t.Key) {
 				out = append(out, t)
 			}
 		}
-		r.Tags = out
-		return nil
+		return out, nil
 	})
 	if err != nil {
 		return nil, err
@@ -705,12 +723,13 @@ func (s *Service) UntagResource(ctx context.Context, c Caller, in *hsmapi.UntagR
 	return &hsmapi.UntagResourceResponse{}, nil
 }
 
-// ListTags lists a cluster's tags a page at a time.
+// ListTags lists a cluster's or backup's tags a page at a time.
 func (s *Service) ListTags(ctx context.Context, c Caller, in *hsmapi.ListTagsRequest) (*hsmapi.ListTagsResponse, error) {
-	if err := s.taggable(c, *in.ResourceId); err != nil {
+	tags, err := s.tagsOf(c, *in.ResourceId)
+	if err != nil {
 		return nil, err
 	}
-	r, _ := s.get(c, *in.ResourceId)
+	r := &record{Tags: tags}
 	start := 0
 	if in.NextToken != nil && *in.NextToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(*in.NextToken)

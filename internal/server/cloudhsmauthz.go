@@ -35,7 +35,7 @@ type hsmAuthorizer interface {
 
 var _ hsmAuthorizer = (*kms.Service)(nil)
 
-// hsmResourceTags returns the tags of a caller's cluster (nil when it does
+// hsmResourceTags returns the tags of a caller's cluster or backup (nil when it does
 // not exist); *hsm.Service.ResourceTags.
 type hsmResourceTags func(c hsm.Caller, id string) map[string]string
 
@@ -58,7 +58,7 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 			kind = "backup"
 		}
 		r.Resource, r.ResourceAccount = cloudHSMARN(c, kind, id), c.Account
-		if kind == "cluster" && tags != nil {
+		if tags != nil {
 			r.ResourceTags = tags(c, id)
 		}
 	}
@@ -67,7 +67,6 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 		if in.SourceBackupId != nil {
 			id := *in.SourceBackupId // a backup id or ARN
 			resource(id[strings.LastIndex(id, "/")+1:])
-			r.ResourceTags = nil // the backup's, which kmsd does not keep
 		}
 		r.RequestTags, r.TagKeys = requestTags(in.TagList)
 	case *hsmapi.CreateHsmRequest:
