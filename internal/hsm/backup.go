@@ -414,8 +414,7 @@ func (s *Service) startBackups() {
 			case <-s.ctx.Done():
 				return
 			case <-t.C:
-				s.periodicBackups(s.ctx)
-				s.sweep(s.ctx)
+				s.tick(s.ctx)
 			}
 		}
 	}()
@@ -491,8 +490,8 @@ func (s *Service) sweep(ctx context.Context) {
 	}
 }
 
-// Sweep runs the periodic backups and the sweeper once, now (tests).
-func (s *Service) Sweep(ctx context.Context) {
+// tick is one turn of the backup loop: due backups, then the sweeper.
+func (s *Service) tick(ctx context.Context) {
 	s.periodicBackups(ctx)
 	s.sweep(ctx)
 }

@@ -319,7 +319,7 @@ func TestBackupOperations(t *testing.T) {
 	// The periodic backup: once a day (the default interval).
 	n := len(left)
 	clk.add(DefaultBackupInterval)
-	s.Sweep(ctx)
+	s.tick(ctx)
 	waitBackup(t, s, id, clk.now())
 	if bs := describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}}); len(bs) != n+1 {
 		t.Fatalf("after a day: %d backups, want %d", len(bs), n+1)
