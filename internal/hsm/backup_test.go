@@ -316,14 +316,35 @@ func TestBackupOperations(t *testing.T) {
 		t.Fatalf("RestoreBackup after the window: %v", err)
 	}
 
-	// The periodic backup: once a day (the default interval).
-	n := len(left)
+	// The periodic backups: the newest is 8 days old, so one is due at
+	// once; the next a day (the default interval) later.
+	count := func() int {
+		return len(describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}}))
+	}
+	s.periodicBackups(ctx)
+	nb1 := *waitBackup(t, s, id, clk.now()).BackupId
+	clk.add(DefaultBackupInterval - time.Minute)
+	n := count()
+	s.periodicBackups(ctx)
+	if count() != n {
+		t.Fatal("a periodic backup before the interval")
+	}
+	clk.add(time.Minute)
+	s.periodicBackups(ctx)
+	nb2 := *waitBackup(t, s, id, clk.now()).BackupId
+	// ids[2], no longer the newest, is older than the retention; nb1 is not.
+	s.sweep(ctx)
+	left = map[string]bool{}
+	for _, b := range describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}}) {
+		left[*b.BackupId] = true
+	}
+	if !left[ids[1]] || !left[nb1] || !left[nb2] || len(left) != 3 {
+		t.Fatalf("after the sweep: %v; want %s (never expires), %s and %s", left, ids[1], nb1, nb2)
+	}
+	// The loop's turn does both.
 	clk.add(DefaultBackupInterval)
 	s.tick(ctx)
 	waitBackup(t, s, id, clk.now())
-	if bs := describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}}); len(bs) != n+1 {
-		t.Fatalf("after a day: %d backups, want %d", len(bs), n+1)
-	}
 }
 
 // TestBackupCrash: a backup a crash caught in CREATE_IN_PROGRESS without
