@@ -126,6 +126,10 @@ func TestBackupRestore(t *testing.T) {
 	if err != nil || len(keys) != 1 || keys[0].Label != "rk1" || len(keys[0].HSMs) != 2 {
 		t.Fatalf("restored keys %+v, %v", keys, err)
 	}
+	// The restored cluster is backed up in its turn.
+	if nb := waitBackup(t, s, nid, time.Time{}); *nb.ClusterId != nid {
+		t.Fatalf("backup of the restored cluster: %+v", nb)
+	}
 
 	// Restoring from a backup that is not READY, or not there, fails.
 	if _, err := s.DeleteBackup(ctx, caller, &hsmapi.DeleteBackupRequest{BackupId: b.BackupId}); err != nil {

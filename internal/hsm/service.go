@@ -273,8 +273,8 @@ func (s *Service) put(ctx context.Context, r *record, create bool) error {
 	s.clusters[r.ID] = r
 	s.mu.Unlock()
 	switch {
-	case prev != nil && prev.State != ClusterInitialized && r.State == ClusterInitialized:
-		s.backupSoon(r.ID) // the first backup, at initialization
+	case prev != nil && !backedUp(prev) && backedUp(r):
+		s.backupSoon(r.ID) // the first backup: initialized, or restored
 	case contentChanged(prev, r):
 		s.backupSoon(r.ID)
 	}
