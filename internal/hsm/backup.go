@@ -644,7 +644,8 @@ func (s *Service) ModifyBackupAttributes(ctx context.Context, c Caller, in *hsma
 
 // CopyBackupToRegion copies a READY backup to another Region of the
 // caller's account: a new backup there (CREATE_IN_PROGRESS, then READY)
-// naming its source backup, cluster and Region.
+// naming its source backup, cluster and Region, with the source's
+// CreateTimestamp (as DestinationBackup has it) and its own CopyTimestamp.
 func (s *Service) CopyBackupToRegion(ctx context.Context, c Caller, in *hsmapi.CopyBackupToRegionRequest) (*hsmapi.CopyBackupToRegionResponse, error) {
 	src, err := s.callerBackup(c, *in.BackupId)
 	if err != nil {
@@ -677,7 +678,7 @@ func (s *Service) CopyBackupToRegion(ctx context.Context, c Caller, in *hsmapi.C
 	}
 	s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCopy(ctx, dst.ID) })
 	return &hsmapi.CopyBackupToRegionResponse{DestinationBackup: &hsmapi.DestinationBackup{
-		CreateTimestamp: hsmapi.NewTime(now), SourceRegion: hsmapi.String(c.Region),
+		CreateTimestamp: hsmapi.NewTime(src.Created), SourceRegion: hsmapi.String(c.Region),
 		SourceBackup: hsmapi.String(src.ID), SourceCluster: hsmapi.String(src.ClusterID)}}, nil
 }
 
