@@ -59,7 +59,7 @@ type setting struct {
 }
 
 func serve(args []string) error {
-	var hsmProbe string
+	var hsmProbe, hsmBackup string
 	var cfg server.Config
 	var configFile, sweep, auditMax, replicaDelay string
 	settings := []setting{
@@ -77,6 +77,7 @@ func serve(args []string) error {
 		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
 		{"hsm-config", "KMSD_HSM_CONFIG", "hsm_config", "TOML file declaring HSM clusters over existing PKCS#11 tokens", &cfg.HSMConfig},
 		{"hsm-probe-interval", "KMSD_HSM_PROBE_INTERVAL", "hsm_probe_interval", "how often every HSM's token is probed; an HSM whose token is gone turns DEGRADED within three intervals, ACTIVE again within one of its return (default 10s)", &hsmProbe},
+		{"hsm-backup-interval", "KMSD_HSM_BACKUP_INTERVAL", "hsm_backup_interval", "how often every initialized HSM cluster is backed up; backups are also taken at initialization and within a minute of a change of a cluster's keys or users (default 24h)", &hsmBackup},
 		{"xks-ca-bundle", "KMSD_XKS_CA_BUNDLE", "xks_ca_bundle", "PEM file of CA certificates trusted for XKS proxies, beside the system roots", &cfg.XKSCABundle},
 		{"xks-vpc-endpoint-services", "KMSD_XKS_VPC_ENDPOINT_SERVICES", "xks_vpc_endpoint_services", "VPC endpoint service names of external key stores and the addresses they reach, optionally with the service's private DNS name, which must then be the store's XksProxyUriEndpoint host: name=host:port or name=private.dns.name@host:port, comma-separated", &cfg.XKSVPCEndpointServices},
 		{"xks-allowed-endpoints", "KMSD_XKS_ALLOWED_ENDPOINTS", "xks_allowed_endpoints", "where PUBLIC_ENDPOINT external key stores' proxies may be: comma-separated host names, *.domain, addresses and CIDR networks, each with an optional :port (e.g. xks.example.com,*.corp.example,10.0.0.0/8,127.0.0.1:8443); others fail as unreachable without being dialled (default: anywhere)", &cfg.XKSAllowedEndpoints},
@@ -160,6 +161,13 @@ func serve(args []string) error {
 			return fmt.Errorf("--hsm-probe-interval %q: want a positive duration such as 10s", hsmProbe)
 		}
 		cfg.HSMProbeInterval = d
+	}
+	if hsmBackup != "" {
+		d, err := time.ParseDuration(hsmBackup)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("--hsm-backup-interval %q: want a positive duration such as 24h", hsmBackup)
+		}
+		cfg.HSMBackupInterval = d
 	}
 	if cfg.DataDir == "" {
 		home, err := os.UserHomeDir()

@@ -400,7 +400,7 @@ func TestClusterLifecycle(t *testing.T) {
 			{"CloudHsmResourceNotFoundException", []string{"initialize-cluster", "--cluster-id", missing, "--signed-cert", "x", "--trust-anchor", "y"}},
 			{"CloudHsmInvalidRequestException", []string{"create-cluster", "--hsm-type", "hsm9.huge", "--subnet-ids", "subnet-0a1b2c3d4e5f60001"}},
 			{"CloudHsmInvalidRequestException", []string{"create-cluster", "--hsm-type", "hsm1.medium", "--subnet-ids", "subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60001"}},
-			{"CloudHsmInvalidRequestException", []string{"create-cluster", "--hsm-type", "hsm1.medium", "--subnet-ids", "subnet-0a1b2c3d4e5f60001", "--source-backup-id", "backup-aaaaaaaaaaa"}},
+			{"CloudHsmResourceNotFoundException", []string{"create-cluster", "--hsm-type", "hsm1.medium", "--subnet-ids", "subnet-0a1b2c3d4e5f60001", "--source-backup-id", "backup-aaaaaaaaaaa"}},
 			{"ValidationException", []string{"create-cluster", "--hsm-type", "hsm1.medium", "--subnet-ids", "not-a-subnet"}},
 			{"CloudHsmTagException", []string{"tag-resource", "--resource-id", id, "--tag-list", "Key=aws:x,Value=y"}},
 			{"CloudHsmResourceNotFoundException", []string{"tag-resource", "--resource-id", missing, "--tag-list", "Key=a,Value=b"}},

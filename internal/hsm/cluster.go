@@ -49,9 +49,6 @@ var supportedHsmTypes = map[string]bool{"hsm1.medium": true, "hsm2m.medium": tru
 // given (a, b, c, …): kmsd has no EC2 to ask, and CloudHSM wants one subnet
 // per zone.
 func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.CreateClusterRequest) (*hsmapi.CreateClusterResponse, error) {
-	if in.SourceBackupId != nil {
-		return nil, invalid("Restoring a cluster from a backup is not supported by kmsd.")
-	}
 	if !supportedHsmTypes[*in.HsmType] {
 		return nil, invalid("HsmType %s is not supported; use hsm1.medium or hsm2m.medium.", *in.HsmType)
 	}
@@ -65,16 +62,12 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 		}
 		seen[sn] = true
 	}
-	days := "90"
+	days := strconv.Itoa(defaultRetentionDays)
 	if p := in.BackupRetentionPolicy; p != nil {
-		if p.Type != nil && *p.Type != "DAYS" || p.Value == nil {
-			return nil, invalid("BackupRetentionPolicy must have Type DAYS and a Value.")
+		var err error
+		if days, err = retentionDays(p); err != nil {
+			return nil, err
 		}
-		n, err := strconv.Atoi(*p.Value)
-		if err != nil || n < 7 || n > 379 {
-			return nil, invalid("BackupRetentionPolicy Value must be between 7 and 379 days.")
-		}
-		days = strconv.Itoa(n)
 	}
 	tags, err := mergeTags(nil, in.TagList)
 	if err != nil {
@@ -101,13 +94,21 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 	for i, sn := range in.SubnetIds {
 		r.Subnets[c.Region+string(rune('a'+i))] = sn
 	}
-	so, err := s.seal(soPINPath(r.ID), []byte(hex.EncodeToString(s.randomBytes(16))))
-	if err != nil {
-		return nil, err
-	}
-	r.SOPIN = so
-	if r.Masking, err = s.seal(maskingPath(r.ID), s.randomBytes(32)); err != nil {
-		return nil, err
+	if in.SourceBackupId != nil {
+		// The backup's HSM contents and certificate lineage, in the same
+		// one write as the rest of the cluster.
+		if err := s.restoreInto(ctx, c, *in.SourceBackupId, r); err != nil {
+			return nil, err
+		}
+	} else {
+		so, err := s.seal(soPINPath(r.ID), []byte(hex.EncodeToString(s.randomBytes(16))))
+		if err != nil {
+			return nil, err
+		}
+		r.SOPIN = so
+		if r.Masking, err = s.seal(maskingPath(r.ID), s.randomBytes(32)); err != nil {
+			return nil, err
+		}
 	}
 	unlock := s.lock(r.ID)
 	err = s.put(ctx, r, true)
@@ -119,11 +120,17 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 	return &hsmapi.CreateClusterResponse{Cluster: toWire(r)}, nil
 }
 
-// finishCreate gives the cluster its key pair and CSR: UNINITIALIZED.
+// finishCreate gives the cluster its key pair and CSR: UNINITIALIZED. A
+// cluster restored from a backup has them already and takes the state of
+// the backed-up cluster.
 func (s *Service) finishCreate(ctx context.Context, id string) {
 	_, err := s.update(ctx, id, func(r *record) error {
 		if r.State != ClusterCreateInProgress {
 			return errSkip
+		}
+		if r.SourceBackup != "" {
+			r.State, r.StateMessage = r.RestoredState, ""
+			return nil
 		}
 		csr, key, err := s.newCSR(r.ID)
 		if err != nil {
@@ -572,6 +579,56 @@ func (s *Service) finishDeleteCluster(ctx context.Context, id string) {
 	}
 }
 
+// retentionDays checks a BackupRetentionPolicy: Type DAYS, 7 to 379.
+func retentionDays(p *hsmapi.BackupRetentionPolicy) (string, error) {
+	if p.Type != nil && *p.Type != "DAYS" || p.Value == nil {
+		return "", invalid("BackupRetentionPolicy must have Type DAYS and a Value.")
+	}
+	n, err := strconv.Atoi(*p.Value)
+	if err != nil || n < 7 || n > 379 {
+		return "", invalid("BackupRetentionPolicy Value must be between 7 and 379 days.")
+	}
+	return strconv.Itoa(n), nil
+}
+
+// ModifyCluster changes a cluster's backup retention policy, which the
+// backup sweeper honours from then on. Changing the HSM type (a migration
+// CloudHSM runs for hours) is not supported: only the current type is
+// accepted.
+func (s *Service) ModifyCluster(ctx context.Context, c Caller, in *hsmapi.ModifyClusterRequest) (*hsmapi.ModifyClusterResponse, error) {
+	cur, ok := s.get(c, *in.ClusterId)
+	if !ok || cur.State == ClusterDeleted {
+		return nil, notFound(*in.ClusterId)
+	}
+	if in.BackupRetentionPolicy == nil && in.HsmType == nil {
+		return nil, invalid("Give a BackupRetentionPolicy or an HsmType to modify.")
+	}
+	var days string
+	if in.BackupRetentionPolicy != nil {
+		var err error
+		if days, err = retentionDays(in.BackupRetentionPolicy); err != nil {
+			return nil, err
+		}
+	}
+	r, err := s.update(ctx, *in.ClusterId, func(r *record) error {
+		if in.HsmType != nil && *in.HsmType != r.HsmType {
+			return invalid("Changing the HSM type of cluster %s from %s to %s is not supported by kmsd.", r.ID, r.HsmType, *in.HsmType)
+		}
+		switch r.State {
+		case ClusterCreateInProgress, ClusterDeleteInProgress, ClusterDeleted:
+			return invalid("Cluster %s is in state %s and cannot be modified.", r.ID, r.State)
+		}
+		if days != "" {
+			r.RetentionDays = days
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hsmapi.ModifyClusterResponse{Cluster: toWire(r)}, nil
+}
+
 // mergeTags adds tags to cur (replacing values of existing keys).
 func mergeTags(cur []tag, in []hsmapi.Tag) ([]tag, error) {
 	out := append([]tag(nil), cur...)
@@ -601,45 +658,64 @@ func mergeTags(cur []tag, in []hsmapi.Tag) ([]tag, error) {
 	return out, nil
 }
 
-// taggable finds a cluster for the tag operations; backups do not exist.
-func (s *Service) taggable(c Caller, id string) error {
+// tagsOf returns the tags of cluster or backup id of c's account and
+// Region.
+func (s *Service) tagsOf(c Caller, id string) ([]tag, error) {
+	if strings.HasPrefix(id, "backup-") {
+		b, err := s.callerBackup(c, id)
+		if err != nil {
+			return nil, err
+		}
+		return b.Tags, nil
+	}
 	r, ok := s.get(c, id)
 	if !ok || r.State == ClusterDeleted {
-		return notFound(id)
+		return nil, notFound(id)
 	}
-	return nil
+	return r.Tags, nil
 }
 
-// TagResource adds or replaces tags of a cluster.
-func (s *Service) TagResource(ctx context.Context, c Caller, in *hsmapi.TagResourceRequest) (*hsmapi.TagResourceResponse, error) {
-	if err := s.taggable(c, *in.ResourceId); err != nil {
-		return nil, err
+// retag replaces the tags of cluster or backup id with fn's result.
+func (s *Service) retag(ctx context.Context, c Caller, id string, fn func([]tag) ([]tag, error)) error {
+	if strings.HasPrefix(id, "backup-") {
+		_, err := s.updateBackup(ctx, c, id, func(b *backupRecord) error {
+			tags, err := fn(append([]tag(nil), b.Tags...))
+			b.Tags = tags
+			return err
+		})
+		return err
 	}
-	_, err := s.update(ctx, *in.ResourceId, func(r *record) error {
-		tags, err := mergeTags(r.Tags, in.TagList)
+	if _, err := s.tagsOf(c, id); err != nil {
+		return err
+	}
+	_, err := s.update(ctx, id, func(r *record) error {
+		tags, err := fn(r.Tags)
 		r.Tags = tags
 		return err
 	})
+	return err
+}
+
+// TagResource adds or replaces tags of a cluster or backup.
+func (s *Service) TagResource(ctx context.Context, c Caller, in *hsmapi.TagResourceRequest) (*hsmapi.TagResourceResponse, error) {
+	err := s.retag(ctx, c, *in.ResourceId, func(cur []tag) ([]tag, error) { return mergeTags(cur, in.TagList) })
 	if err != nil {
 		return nil, err
 	}
 	return &hsmapi.TagResourceResponse{}, nil
 }
 
-// UntagResource removes tags of a cluster by key; absent keys are ignored.
+// UntagResource removes tags of a cluster or backup by key; absent keys
+// are ignored.
 func (s *Service) UntagResource(ctx context.Context, c Caller, in *hsmapi.UntagResourceRequest) (*hsmapi.UntagResourceResponse, error) {
-	if err := s.taggable(c, *in.ResourceId); err != nil {
-		return nil, err
-	}
-	_, err := s.update(ctx, *in.ResourceId, func(r *record) error {
-		out := r.Tags[:0]
-		for _, t := range r.Tags {
+	err := s.retag(ctx, c, *in.ResourceId, func(cur []tag) ([]tag, error) {
+		out := cur[:0]
+		for _, t := range cur {
 			if !contains(in.TagKeyList, t.Key) {
 				out = append(out, t)
 			}
 		}
-		r.Tags = out
-		return nil
+		return out, nil
 	})
 	if err != nil {
 		return nil, err
@@ -647,12 +723,13 @@ func (s *Service) UntagResource(ctx context.Context, c Caller, in *hsmapi.UntagR
 	return &hsmapi.UntagResourceResponse{}, nil
 }
 
-// ListTags lists a cluster's tags a page at a time.
+// ListTags lists a cluster's or backup's tags a page at a time.
 func (s *Service) ListTags(ctx context.Context, c Caller, in *hsmapi.ListTagsRequest) (*hsmapi.ListTagsResponse, error) {
-	if err := s.taggable(c, *in.ResourceId); err != nil {
+	tags, err := s.tagsOf(c, *in.ResourceId)
+	if err != nil {
 		return nil, err
 	}
-	r, _ := s.get(c, *in.ResourceId)
+	r := &record{Tags: tags}
 	start := 0
 	if in.NextToken != nil && *in.NextToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(*in.NextToken)
@@ -718,6 +795,9 @@ func toWire(r *record) *hsmapi.Cluster {
 	}
 	if r.ClusterCert != "" {
 		w.Certificates.ClusterCertificate = hsmapi.String(r.ClusterCert)
+	}
+	if r.SourceBackup != "" {
+		w.SourceBackupId = hsmapi.String(r.SourceBackup)
 	}
 	for _, t := range r.Tags {
 		w.TagList = append(w.TagList, hsmapi.Tag{Key: hsmapi.String(t.Key), Value: hsmapi.String(t.Value)})

@@ -41,15 +41,15 @@ func storeBusy(clusterID, storeID, state, hsmID string) error {
 		"Disconnect the custom key store before deleting the cluster.", clusterID, storeID, state)
 }
 
-// ResourceTags returns the tags of c's cluster id, for the aws:ResourceTag
-// condition keys; nil when there is no such cluster (or it is deleted).
+// ResourceTags returns the tags of c's cluster or backup id, for the aws:ResourceTag
+// condition keys; nil when there is none (or the cluster is deleted).
 func (s *Service) ResourceTags(c Caller, id string) map[string]string {
-	r, ok := s.get(c, id)
-	if !ok || r.State == ClusterDeleted || len(r.Tags) == 0 {
+	tags, err := s.tagsOf(c, id)
+	if err != nil || len(tags) == 0 {
 		return nil
 	}
-	out := make(map[string]string, len(r.Tags))
-	for _, t := range r.Tags {
+	out := make(map[string]string, len(tags))
+	for _, t := range tags {
 		out[t.Key] = t.Value
 	}
 	return out

@@ -8,7 +8,8 @@
 // The package serves three audiences:
 //
 //   - the CloudHSM v2 API subset (CreateCluster, DescribeClusters,
-//     InitializeCluster, CreateHsm, DeleteHsm, DeleteCluster, tags), whose
+//     InitializeCluster, CreateHsm, DeleteHsm, DeleteCluster, ModifyCluster,
+//     the backup operations, tags), whose
 //     methods take and return hsmapi wire shapes, with the cluster and HSM
 //     states of the real service and small, configurable delays for the
 //     asynchronous steps (the caller authorizes them; a StoreGuard keeps a
@@ -35,6 +36,22 @@
 // every other HSM. The wrapped copy stays in kmsd's store, which is how a
 // new HSM receives the cluster's keys — the part CloudHSM does with its own
 // HSM-to-HSM synchronisation.
+//
+// Backups (backup.go) are taken at initialization, every
+// Config.BackupInterval and shortly after each change of keys or users,
+// and restored by CreateCluster with a SourceBackupId. What a backup holds
+// of the tokens is decided per module behind the snapshotter interface, so
+// that an HSM with a backup facility of its own can use it. For SoftHSM2
+// the keys cannot be exported through PKCS#11 (they are non-extractable),
+// and copying its token directories would tie a backup to one module's
+// file format and to the token labels of the original HSMs; so a backup
+// holds the token objects in the form kmsd already synchronises HSMs
+// with: each key as an HSM wrapped it under the cluster's masking key, the
+// masking key and the PINs — all sealed by the barrier, taken under the
+// cluster's lock so that no half-applied change is caught. A restored
+// cluster also keeps the original's CSR key, cluster certificate and
+// trust anchor: the same certificate lineage, which is what makes it
+// "related" for UpdateCustomKeyStore.
 package hsm
 
 import (
@@ -112,9 +129,17 @@ type Config struct {
 	// cluster or HSM stays DELETE_IN_PROGRESS. Zero means immediately
 	// (still asynchronously).
 	CreateDelay, InitializeDelay, DeleteDelay time.Duration
-	Rand                                      io.Reader        // crypto/rand when nil
-	Now                                       func() time.Time // time.Now when nil
-	Logger                                    *slog.Logger
+	// BackupInterval is how often every initialized cluster is backed up
+	// (DefaultBackupInterval when zero); BackupDelay how long after a
+	// change of a cluster's keys or users its backup starts, one backup
+	// for the changes of that time (DefaultBackupDelay when zero);
+	// SweepInterval how often due backups and expired ones are looked
+	// for (DefaultSweepInterval when zero). A backup stays
+	// CREATE_IN_PROGRESS for CreateDelay.
+	BackupInterval, BackupDelay, SweepInterval time.Duration
+	Rand                                       io.Reader        // crypto/rand when nil
+	Now                                        func() time.Time // time.Now when nil
+	Logger                                     *slog.Logger
 }
 
 // Caller is who calls a CloudHSM v2 operation: resources belong to an
@@ -185,6 +210,11 @@ type record struct {
 	// HSMs are managed outside kmsd; Module is its PKCS#11 module.
 	Declared bool   `json:"declared,omitempty"`
 	Module   string `json:"module,omitempty"`
+	// SourceBackup is the backup a restored cluster was created from;
+	// RestoredState the state it takes once created (INITIALIZED or
+	// ACTIVE, the state of the backed-up cluster).
+	SourceBackup  string `json:"sourceBackup,omitempty"`
+	RestoredState string `json:"restoredState,omitempty"`
 }
 
 type hsmRecord struct {

@@ -45,6 +45,11 @@ type Service struct {
 	// guard protects clusters that custom key stores use (SetStoreGuard).
 	guard StoreGuard
 
+	// backups by id, and the clusters with a backup scheduled (backup.go).
+	bkMu      sync.Mutex
+	backups   map[string]*backupRecord
+	bkPending map[string]bool
+
 	tokMu sync.Mutex
 	toks  tokens            // the SoftHSM2 module, loaded on first use
 	mods  map[string]tokens // other modules of declared clusters, by path
@@ -59,7 +64,16 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	}
 	s := &Service{cfg: cfg, store: store, barrier: b, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
 		clusters: map[string]*record{}, locks: map[string]*sync.Mutex{}, logins: map[string]map[string]bool{},
-		mods: map[string]tokens{}}
+		mods: map[string]tokens{}, backups: map[string]*backupRecord{}, bkPending: map[string]bool{}}
+	if s.cfg.BackupInterval <= 0 {
+		s.cfg.BackupInterval = DefaultBackupInterval
+	}
+	if s.cfg.BackupDelay <= 0 {
+		s.cfg.BackupDelay = DefaultBackupDelay
+	}
+	if s.cfg.SweepInterval <= 0 {
+		s.cfg.SweepInterval = DefaultSweepInterval
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -84,11 +98,16 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	for _, r := range s.clusters {
 		s.resume(r)
 	}
+	if err := s.loadBackups(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.declare(ctx, cfg.Declared); err != nil {
 		s.Close()
 		return nil, err
 	}
 	s.startProbing()
+	s.startBackups()
 	return s, nil
 }
 
@@ -250,8 +269,15 @@ func (s *Service) put(ctx context.Context, r *record, create bool) error {
 		return fmt.Errorf("hsm: store cluster %s: %w", r.ID, err)
 	}
 	s.mu.Lock()
+	prev := s.clusters[r.ID]
 	s.clusters[r.ID] = r
 	s.mu.Unlock()
+	switch {
+	case prev != nil && !backedUp(prev) && backedUp(r):
+		s.backupSoon(r.ID) // the first backup: initialized, or restored
+	case contentChanged(prev, r):
+		s.backupSoon(r.ID)
+	}
 	return nil
 }
 

@@ -63,7 +63,10 @@ type hsmServer struct {
 // KMSD_HSM_DELETE_DELAY (Go durations; how long clusters and HSMs stay in
 // their *_IN_PROGRESS states, 2s by default), KMSD_HSM_PROBE_INTERVAL (how
 // often every HSM's token is checked, 10s by default; cfg.HSMProbeInterval,
-// from --hsm-probe-interval, wins), and
+// from --hsm-probe-interval, wins), KMSD_HSM_BACKUP_DELAY (how long after
+// a change of a cluster's keys or users its backup starts, 30s by
+// default), KMSD_HSM_SWEEP_INTERVAL (how often due and expired backups
+// are looked for, 10m by default), and
 // SOFTHSM2_CONF, which kmsd's SoftHSM2 module then uses instead of the
 // configuration it writes under the data directory. The clusters declared
 // in cfg.HSMConfig belong to kmsd's account and default Region unless they
@@ -82,6 +85,7 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 	for env, d := range map[string]*time.Duration{
 		"KMSD_HSM_CREATE_DELAY": &hcfg.CreateDelay, "KMSD_HSM_INITIALIZE_DELAY": &hcfg.InitializeDelay, "KMSD_HSM_DELETE_DELAY": &hcfg.DeleteDelay,
 		"KMSD_HSM_PROBE_INTERVAL": &hcfg.ProbeInterval,
+		"KMSD_HSM_BACKUP_DELAY":   &hcfg.BackupDelay, "KMSD_HSM_SWEEP_INTERVAL": &hcfg.SweepInterval,
 	} {
 		if v := os.Getenv(env); v != "" {
 			p, err := time.ParseDuration(v)
@@ -94,6 +98,7 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 	if cfg.HSMProbeInterval > 0 {
 		hcfg.ProbeInterval = cfg.HSMProbeInterval
 	}
+	hcfg.BackupInterval = cfg.HSMBackupInterval
 	return hcfg, nil
 }
 
@@ -198,18 +203,21 @@ func hsmOp[I any, O any, PI interface {
 
 // hsmHandlers are the CloudHSM v2 operations kmsd serves.
 var hsmHandlers = map[string]hsmHandler{
-	"CreateCluster":     hsmOp((*hsm.Service).CreateCluster),
-	"CreateHsm":         hsmOp((*hsm.Service).CreateHsm),
-	"DeleteCluster":     hsmOp((*hsm.Service).DeleteCluster),
-	"DeleteHsm":         hsmOp((*hsm.Service).DeleteHsm),
-	"DescribeClusters":  hsmOp((*hsm.Service).DescribeClusters),
-	"InitializeCluster": hsmOp((*hsm.Service).InitializeCluster),
-	"ListTags":          hsmOp((*hsm.Service).ListTags),
-	"TagResource":       hsmOp((*hsm.Service).TagResource),
-	"UntagResource":     hsmOp((*hsm.Service).UntagResource),
-	"DescribeBackups": hsmOp(func(*hsm.Service, context.Context, hsm.Caller, *hsmapi.DescribeBackupsRequest) (*hsmapi.DescribeBackupsResponse, error) {
-		return &hsmapi.DescribeBackupsResponse{Backups: []hsmapi.Backup{}}, nil // kmsd keeps no backups
-	}),
+	"CopyBackupToRegion":     hsmOp((*hsm.Service).CopyBackupToRegion),
+	"CreateCluster":          hsmOp((*hsm.Service).CreateCluster),
+	"CreateHsm":              hsmOp((*hsm.Service).CreateHsm),
+	"DeleteBackup":           hsmOp((*hsm.Service).DeleteBackup),
+	"DeleteCluster":          hsmOp((*hsm.Service).DeleteCluster),
+	"DeleteHsm":              hsmOp((*hsm.Service).DeleteHsm),
+	"DescribeBackups":        hsmOp((*hsm.Service).DescribeBackups),
+	"DescribeClusters":       hsmOp((*hsm.Service).DescribeClusters),
+	"InitializeCluster":      hsmOp((*hsm.Service).InitializeCluster),
+	"ListTags":               hsmOp((*hsm.Service).ListTags),
+	"ModifyBackupAttributes": hsmOp((*hsm.Service).ModifyBackupAttributes),
+	"ModifyCluster":          hsmOp((*hsm.Service).ModifyCluster),
+	"RestoreBackup":          hsmOp((*hsm.Service).RestoreBackup),
+	"TagResource":            hsmOp((*hsm.Service).TagResource),
+	"UntagResource":          hsmOp((*hsm.Service).UntagResource),
 }
 
 func (h *hsmServer) serveCloudHSM(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record, m *metrics) {

@@ -35,7 +35,7 @@ type hsmAuthorizer interface {
 
 var _ hsmAuthorizer = (*kms.Service)(nil)
 
-// hsmResourceTags returns the tags of a caller's cluster (nil when it does
+// hsmResourceTags returns the tags of a caller's cluster or backup (nil when it does
 // not exist); *hsm.Service.ResourceTags.
 type hsmResourceTags func(c hsm.Caller, id string) map[string]string
 
@@ -58,15 +58,15 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 			kind = "backup"
 		}
 		r.Resource, r.ResourceAccount = cloudHSMARN(c, kind, id), c.Account
-		if kind == "cluster" && tags != nil {
+		if tags != nil {
 			r.ResourceTags = tags(c, id)
 		}
 	}
 	switch in := in.(type) {
 	case *hsmapi.CreateClusterRequest:
 		if in.SourceBackupId != nil {
-			resource(*in.SourceBackupId)
-			r.ResourceTags = nil // the backup's, which kmsd does not keep
+			id := *in.SourceBackupId // a backup id or ARN
+			resource(id[strings.LastIndex(id, "/")+1:])
 		}
 		r.RequestTags, r.TagKeys = requestTags(in.TagList)
 	case *hsmapi.CreateHsmRequest:
@@ -77,6 +77,17 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 		resource(*in.ClusterId)
 	case *hsmapi.InitializeClusterRequest:
 		resource(*in.ClusterId)
+	case *hsmapi.ModifyClusterRequest:
+		resource(*in.ClusterId)
+	case *hsmapi.DeleteBackupRequest:
+		resource(*in.BackupId)
+	case *hsmapi.RestoreBackupRequest:
+		resource(*in.BackupId)
+	case *hsmapi.ModifyBackupAttributesRequest:
+		resource(*in.BackupId)
+	case *hsmapi.CopyBackupToRegionRequest:
+		resource(*in.BackupId)
+		r.RequestTags, r.TagKeys = requestTags(in.TagList)
 	case *hsmapi.ListTagsRequest:
 		resource(*in.ResourceId)
 	case *hsmapi.TagResourceRequest:
@@ -86,7 +97,8 @@ func cloudHSMRequest(op string, in any, c hsm.Caller, tags hsmResourceTags) kms.
 		resource(*in.ResourceId)
 		r.TagKeys = in.TagKeyList
 	}
-	// DescribeClusters, DescribeBackups: "*".
+	// DescribeClusters, DescribeBackups: "*" (CopyBackupToRegion: the
+	// source backup).
 	return r
 }
 

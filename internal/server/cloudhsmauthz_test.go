@@ -31,28 +31,36 @@ const (
 	hsmTestRegion  = "us-east-1"
 	hsmTestCluster = "cluster-abcdefghijk"
 	clusterARN     = "arn:aws:cloudhsm:us-east-1:111122223333:cluster/" + hsmTestCluster
+	hsmTestBackup  = "backup-abcdefghijk"
+	backupARN      = "arn:aws:cloudhsm:us-east-1:111122223333:backup/" + hsmTestBackup
 )
 
 // hsmBodies holds a valid input of every CloudHSM v2 operation kmsd
 // serves, acting on hsmTestCluster where the operation names a resource.
 var hsmBodies = map[string]string{
-	"CreateCluster":     `{"HsmType":"hsm2m.medium","SubnetIds":["subnet-0123456789abcdef0"],"TagList":[{"Key":"team","Value":"crypto"}]}`,
-	"CreateHsm":         `{"ClusterId":"` + hsmTestCluster + `","AvailabilityZone":"us-east-1a"}`,
-	"DeleteCluster":     `{"ClusterId":"` + hsmTestCluster + `"}`,
-	"DeleteHsm":         `{"ClusterId":"` + hsmTestCluster + `","HsmId":"hsm-abcdefghijk"}`,
-	"DescribeClusters":  `{}`,
-	"DescribeBackups":   `{}`,
-	"InitializeCluster": `{"ClusterId":"` + hsmTestCluster + `","SignedCert":"x","TrustAnchor":"y"}`,
-	"ListTags":          `{"ResourceId":"` + hsmTestCluster + `"}`,
-	"TagResource":       `{"ResourceId":"` + hsmTestCluster + `","TagList":[{"Key":"team","Value":"crypto"}]}`,
-	"UntagResource":     `{"ResourceId":"` + hsmTestCluster + `","TagKeyList":["team"]}`,
+	"CreateCluster":          `{"HsmType":"hsm2m.medium","SubnetIds":["subnet-0123456789abcdef0"],"TagList":[{"Key":"team","Value":"crypto"}]}`,
+	"CreateHsm":              `{"ClusterId":"` + hsmTestCluster + `","AvailabilityZone":"us-east-1a"}`,
+	"DeleteCluster":          `{"ClusterId":"` + hsmTestCluster + `"}`,
+	"DeleteHsm":              `{"ClusterId":"` + hsmTestCluster + `","HsmId":"hsm-abcdefghijk"}`,
+	"DescribeClusters":       `{}`,
+	"DescribeBackups":        `{}`,
+	"InitializeCluster":      `{"ClusterId":"` + hsmTestCluster + `","SignedCert":"x","TrustAnchor":"y"}`,
+	"ListTags":               `{"ResourceId":"` + hsmTestCluster + `"}`,
+	"TagResource":            `{"ResourceId":"` + hsmTestCluster + `","TagList":[{"Key":"team","Value":"crypto"}]}`,
+	"UntagResource":          `{"ResourceId":"` + hsmTestCluster + `","TagKeyList":["team"]}`,
+	"ModifyCluster":          `{"ClusterId":"` + hsmTestCluster + `","BackupRetentionPolicy":{"Type":"DAYS","Value":"30"}}`,
+	"DeleteBackup":           `{"BackupId":"` + hsmTestBackup + `"}`,
+	"RestoreBackup":          `{"BackupId":"` + hsmTestBackup + `"}`,
+	"ModifyBackupAttributes": `{"BackupId":"` + hsmTestBackup + `","NeverExpires":true}`,
+	"CopyBackupToRegion":     `{"BackupId":"` + hsmTestBackup + `","DestinationRegion":"eu-west-3"}`,
 }
 
 // hsmResources is the resource each operation of hsmBodies is decided on.
 var hsmResources = map[string]string{
 	"CreateCluster": "*", "DescribeClusters": "*", "DescribeBackups": "*",
 	"CreateHsm": clusterARN, "DeleteCluster": clusterARN, "DeleteHsm": clusterARN, "InitializeCluster": clusterARN,
-	"ListTags": clusterARN, "TagResource": clusterARN, "UntagResource": clusterARN,
+	"ListTags": clusterARN, "TagResource": clusterARN, "UntagResource": clusterARN, "ModifyCluster": clusterARN,
+	"DeleteBackup": backupARN, "RestoreBackup": backupARN, "ModifyBackupAttributes": backupARN, "CopyBackupToRegion": backupARN,
 }
 
 func decodeHSM(t *testing.T, op, body string) any {
@@ -173,6 +181,7 @@ func TestCloudHSMResource(t *testing.T) {
 		{"cluster", "DeleteCluster", `{"ClusterId":"cluster-abcdefghijk"}`, "arn:aws:cloudhsm:eu-west-3:111122223333:cluster/cluster-abcdefghijk"},
 		{"hsm's cluster", "DeleteHsm", `{"ClusterId":"cluster-abcdefghijk","EniIp":"10.0.0.1"}`, "arn:aws:cloudhsm:eu-west-3:111122223333:cluster/cluster-abcdefghijk"},
 		{"tags of a backup", "ListTags", `{"ResourceId":"backup-abcdefghijk"}`, "arn:aws:cloudhsm:eu-west-3:111122223333:backup/backup-abcdefghijk"},
+		{"restore from a backup ARN", "CreateCluster", `{"HsmType":"hsm1.medium","SubnetIds":["subnet-0123456789abcdef0"],"SourceBackupId":"arn:aws:cloudhsm:eu-west-3:111122223333:backup/backup-abcdefghijk"}`, "arn:aws:cloudhsm:eu-west-3:111122223333:backup/backup-abcdefghijk"},
 		{"restore from a backup", "CreateCluster", `{"HsmType":"hsm1.medium","SubnetIds":["subnet-0123456789abcdef0"],"SourceBackupId":"backup-abcdefghijk"}`, "arn:aws:cloudhsm:eu-west-3:111122223333:backup/backup-abcdefghijk"},
 		{"new cluster", "CreateCluster", `{"HsmType":"hsm1.medium","SubnetIds":["subnet-0123456789abcdef0"]}`, "*"},
 		{"list", "DescribeClusters", `{"Filters":{"clusterIds":["cluster-abcdefghijk"]}}`, "*"},
@@ -319,8 +328,8 @@ func TestServeCloudHSMAuthorization(t *testing.T) {
 		{"allowed describe", "AKIACAROL", "DescribeClusters", `{}`, 200, "", ""},
 		{"allowed delete reaches the service", "AKIACAROL", "DeleteCluster", missing, 400, "CloudHsmResourceNotFoundException", "The resource cluster-zzzzzzzzzzz was not found."},
 		{"validation before authorization", "AKIABOB", "DeleteCluster", `{}`, 400, "ValidationException", ""},
-		{"unsupported op, denied", "AKIABOB", "ModifyCluster", `{"ClusterId":"` + hsmTestCluster + `"}`, 400, "AccessDeniedException", "cloudhsm:ModifyCluster on resource: * with an explicit deny"},
-		{"unsupported op, not allowed", "AKIACAROL", "RestoreBackup", `{"BackupId":"backup-abcdefghijk"}`, 400, "AccessDeniedException", "because no identity-based policy allows the cloudhsm:RestoreBackup action"},
+		{"denied modify", "AKIABOB", "ModifyCluster", `{"ClusterId":"` + hsmTestCluster + `"}`, 400, "AccessDeniedException", "cloudhsm:ModifyCluster on resource: " + clusterARN + " with an explicit deny"},
+		{"backup not allowed", "AKIACAROL", "RestoreBackup", `{"BackupId":"backup-abcdefghijk"}`, 400, "AccessDeniedException", "cloudhsm:RestoreBackup on resource: " + backupARN + " because no identity-based policy allows the cloudhsm:RestoreBackup action"},
 		{"unsupported resource-policy op, denied", "AKIABOB", "GetResourcePolicy", `{}`, 400, "AccessDeniedException", "cloudhsm:GetResourcePolicy on resource: * with an explicit deny"},
 		{"unsupported op, allowed", "AKIACAROL", "GetResourcePolicy", `{}`, 400, "CloudHsmServiceException", "kmsd does not support GetResourcePolicy."},
 	}

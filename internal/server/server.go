@@ -89,6 +89,9 @@ type Config struct {
 	// HSMProbeInterval is how often every HSM's token is probed (zero:
 	// KMSD_HSM_PROBE_INTERVAL, else hsm.DefaultProbeInterval).
 	HSMProbeInterval time.Duration
+	// HSMBackupInterval is how often every initialized HSM cluster is
+	// backed up (zero: hsm.DefaultBackupInterval).
+	HSMBackupInterval time.Duration
 	// XKSCABundle is a PEM file of CAs trusted for XKS proxies beside the
 	// system roots; XKSVPCEndpointServices maps VPC endpoint service names
 	// to addresses ("name=host:port,..."); XKSHealthInterval is how often
