@@ -9,11 +9,18 @@
 // is filled only after its first Take, so an idle server generates
 // nothing; and Take never waits for the filler — when the stock is empty
 // the caller generates inline.
+//
+// A spec is filled by one worker per CPU (GOMAXPROCS), so a burst of
+// takes is refilled as fast as the machine can make pairs: an RSA_2048
+// pair costs ~50 ms of one core, so one worker alone tops up fewer than
+// 20 a second. Workers reserve a place in the stock before generating,
+// which keeps the stock within its bound.
 package pairpool
 
 import (
 	"context"
 	"io"
+	"runtime"
 	"sync"
 )
 
@@ -46,8 +53,11 @@ type Pool struct {
 type stock struct {
 	spec    string
 	pairs   chan Pair     // buffered: its capacity is the bound
-	wake    chan struct{} // buffered 1: a take happened
+	wake    chan struct{} // closed and replaced by a take: wakes every worker
 	started bool
+
+	mu     sync.Mutex // guards making and wake
+	making int        // pairs workers are generating, each with a reserved place
 }
 
 // New returns a pool holding up to sizes[spec] pairs of each spec; specs
@@ -59,7 +69,7 @@ func New(gen Generate, rand io.Reader, sizes map[string]int) *Pool {
 	p := &Pool{gen: gen, rand: rand, specs: map[string]*stock{}, ctx: ctx, cancel: cancel}
 	for spec, n := range sizes {
 		if n > 0 {
-			p.specs[spec] = &stock{spec: spec, pairs: make(chan Pair, n), wake: make(chan struct{}, 1)}
+			p.specs[spec] = &stock{spec: spec, pairs: make(chan Pair, n), wake: make(chan struct{})}
 		}
 	}
 	return p
@@ -83,11 +93,14 @@ func (p *Pool) Take(spec string) (pair Pair, ok bool) {
 		return Pair{}, false
 	}
 	if !s.started {
-		// The first demand starts the filler; the stock was empty until
+		// The first demand starts the workers; the stock was empty until
 		// now, so this caller generates its own pair.
 		s.started = true
-		p.wg.Add(1)
-		go p.fill(s)
+		n := runtime.GOMAXPROCS(0)
+		p.wg.Add(n)
+		for range n {
+			go p.fill(s)
+		}
 		p.mu.Unlock()
 		return Pair{}, false
 	}
@@ -96,36 +109,67 @@ func (p *Pool) Take(spec string) (pair Pair, ok bool) {
 	case pair, ok = <-s.pairs:
 	default:
 	}
-	select {
-	case s.wake <- struct{}{}:
-	default: // a wake-up is already pending
-	}
+	s.mu.Lock()
+	close(s.wake)
+	s.wake = make(chan struct{})
+	s.mu.Unlock()
 	return pair, ok
 }
 
-// fill keeps s topped up to its capacity until the pool closes. Only the
-// filler sends on s.pairs, so a send after seeing room never blocks and
-// the stock never exceeds its bound.
+// reserve reserves a place in s for a pair about to be made, or returns
+// the channel that the next take closes when the stock (with the pairs
+// being made) is full.
+func (s *stock) reserve() (ok bool, wake <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pairs)+s.making >= cap(s.pairs) {
+		return false, s.wake
+	}
+	s.making++
+	return true, nil
+}
+
+// fill is one worker keeping s topped up to its capacity until the pool
+// closes. Only workers send on s.pairs, each into a place it reserved
+// (takers only receive), so a send never blocks and the stock never
+// exceeds its bound.
 func (p *Pool) fill(s *stock) {
 	defer p.wg.Done()
 	for {
-		for len(s.pairs) < cap(s.pairs) {
-			if p.ctx.Err() != nil {
-				return
-			}
-			priv, pub, err := p.gen(s.spec, p.rand)
-			if err != nil {
-				// Takers fall back to inline generation, which reports
-				// the error to its caller; wait for the next take.
-				break
-			}
-			s.pairs <- Pair{Private: priv, Public: pub}
-		}
-		select {
-		case <-s.wake:
-		case <-p.ctx.Done():
+		if p.ctx.Err() != nil {
 			return
 		}
+		ok, wake := s.reserve()
+		if !ok {
+			select {
+			case <-wake:
+				continue
+			case <-p.ctx.Done():
+				return
+			}
+		}
+		priv, pub, err := p.gen(s.spec, p.rand)
+		if err != nil {
+			// Takers fall back to inline generation, which reports the
+			// error to its caller; wait for the next take.
+			s.mu.Lock()
+			s.making--
+			wake := s.wake
+			s.mu.Unlock()
+			select {
+			case <-wake:
+				continue
+			case <-p.ctx.Done():
+				return
+			}
+		}
+		// Sent and unreserved in one step, so that no other worker sees
+		// the pair counted twice; the reserved place makes the send
+		// immediate.
+		s.mu.Lock()
+		s.pairs <- Pair{Private: priv, Public: pub}
+		s.making--
+		s.mu.Unlock()
 	}
 }
 
