@@ -247,6 +247,28 @@ func (s *Service) backupSoon(id string) {
 	})
 }
 
+// flushBackup takes at once the backup a change of cluster id scheduled
+// (backupSoon), for a cluster about to lose its contents: deleting it must
+// not lose its last change — a kmsuser password a key store's connect
+// rotated, say — to Config.BackupDelay, or restoring its newest backup
+// would give a cluster with the old password.
+func (s *Service) flushBackup(ctx context.Context, id string) {
+	s.bkMu.Lock()
+	pending := s.bkPending[id]
+	s.bkMu.Unlock()
+	r, ok := s.byID(id)
+	if !pending || !ok || !backedUp(r) {
+		return
+	}
+	b := &backupRecord{ID: s.newID("backup-"), Account: r.Account, Region: r.Region, ClusterID: r.ID,
+		State: BackupCreateInProgress, Created: s.now().UTC(), HsmType: r.HsmType, Mode: r.Mode}
+	if err := s.putBackup(ctx, b, true); err != nil {
+		s.log.Error("hsm: start backup", "cluster", id, "err", err)
+		return
+	}
+	s.finishBackup(ctx, b.ID)
+}
+
 // takeBackup backs cluster id up: a CREATE_IN_PROGRESS record, then after
 // Config.CreateDelay the contents, READY, in one write.
 func (s *Service) takeBackup(ctx context.Context, id string) {

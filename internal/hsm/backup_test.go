@@ -455,3 +455,52 @@ func TestBackupTags(t *testing.T) {
 		t.Fatalf("ListTags of a missing backup: %v", err)
 	}
 }
+
+// TestBackupBeforeDelete: a change still waiting for its backup (here a
+// kmsuser password rotation, as a key store's connect makes) is backed up
+// when the cluster is deleted, so the newest backup restores a cluster
+// with the rotated password.
+func TestBackupBeforeDelete(t *testing.T) {
+	s := newService(t, func(c *Config) { c.BackupDelay = time.Hour })
+	ctx := context.Background()
+	id := activeCluster(t, s, 1)
+	since := time.Now()
+	if err := s.RotatePassword(ctx, caller, id, "kmsuser", "kmspass1", "kmspass2"); err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Describe(caller, id)
+	if err != nil || len(info.HSMs) != 1 {
+		t.Fatalf("Describe: %+v, %v", info, err)
+	}
+	hsmID := info.HSMs[0].ID
+	if _, err := s.DeleteHsm(ctx, caller, &hsmapi.DeleteHsmRequest{ClusterId: &id, HsmId: &hsmID}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if info, _ := s.Describe(caller, id); len(info.HSMs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the HSM is not deleted")
+		}
+	}
+	if _, err := s.DeleteCluster(ctx, caller, &hsmapi.DeleteClusterRequest{ClusterId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	b := waitBackup(t, s, id, since)
+	out, err := s.CreateCluster(ctx, caller, &hsmapi.CreateClusterRequest{HsmType: str("hsm2m.medium"),
+		SubnetIds: []string{"subnet-0123456789abcdef2"}, SourceBackupId: b.BackupId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nid := *out.Cluster.ClusterId
+	waitState(t, s, nid, ClusterActive)
+	az := "us-east-1a"
+	if _, err := s.CreateHsm(ctx, caller, &hsmapi.CreateHsmRequest{ClusterId: &nid, AvailabilityZone: &az}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, s, nid, ClusterActive)
+	if err := s.Login(ctx, caller, nid, "kmsuser", RoleCryptoUser, "kmspass2", "kms"); err != nil {
+		t.Fatalf("the rotated password on the restored cluster: %v", err)
+	}
+}

@@ -534,6 +534,9 @@ func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.Delete
 	} else if r.Declared {
 		return nil, declaredRefusal(r.ID)
 	}
+	// A change still waiting for its backup is backed up first (it is
+	// harmless if the deletion is then refused).
+	s.flushBackup(ctx, *in.ClusterId)
 	var r *record
 	err := s.guarded(ctx, *in.ClusterId, func(storeID, state string) error {
 		var err error
