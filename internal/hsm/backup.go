@@ -411,7 +411,11 @@ func (s *Service) loadBackups(ctx context.Context) error {
 			s.backupSoon(b.ClusterID)
 			continue
 		}
+		// Under bkMu: a copy finished by an earlier iteration's timer
+		// may already read the map.
+		s.bkMu.Lock()
 		s.backups[b.ID] = b
+		s.bkMu.Unlock()
 		if b.State == BackupCreateInProgress {
 			id := b.ID
 			s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCopy(ctx, id) })
