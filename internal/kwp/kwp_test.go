@@ -92,7 +92,7 @@ func TestRoundTripAndTamper(t *testing.T) {
 func TestOpenSSL(t *testing.T) {
 	openssl, err := exec.LookPath("openssl")
 	if err != nil {
-		t.Skip("no openssl")
+		t.Fatal("openssl not found; scripts/test.sh installs it")
 	}
 	kek := make([]byte, 32)
 	rand.Read(kek)

@@ -136,35 +136,44 @@ func FuzzKeyTypeOperations(f *testing.F) {
 			}
 			body, _ = json.Marshal(m)
 		}
-		h := handlers[name]
-		in, err := h.decode(body)
-		if err != nil {
-			var we *awsjson.Error
-			var ke *kmsapi.Exception
-			if !errors.As(err, &we) && !errors.As(err, &ke) {
-				t.Fatalf("%s %s: untyped decode error %v", name, body, err)
-			}
-			return
-		}
-		done := make(chan struct{})
-		var out any
-		go func() {
-			defer close(done)
-			out, err = h.call(ctx, svc, caller(), in)
-		}()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s %s: no answer in 30s", name, body)
-		}
-		if err != nil {
-			if e := kms.Exception(err); e.Name == "KMSInternalException" {
-				t.Fatalf("%s %s: KMSInternalException: %v", name, body, err)
-			}
-			return
-		}
-		if out == nil {
-			t.Fatalf("%s %s: no output and no error", name, body)
-		}
+		fuzzCall(t, ctx, svc, caller(), name, body)
 	})
+}
+
+// fuzzCall decodes body as operation name and runs it on svc for c, and
+// fails t unless the answer is a success or an AWS exception: an untyped
+// decode error, KMSInternalException (a 500), no answer in 30 s, or no
+// output without an error all fail.
+func fuzzCall(t *testing.T, ctx context.Context, svc *kms.Service, c *kms.Caller, name string, body []byte) {
+	t.Helper()
+	h := handlers[name]
+	in, err := h.decode(body)
+	if err != nil {
+		var we *awsjson.Error
+		var ke *kmsapi.Exception
+		if !errors.As(err, &we) && !errors.As(err, &ke) {
+			t.Fatalf("%s %s: untyped decode error %v", name, body, err)
+		}
+		return
+	}
+	done := make(chan struct{})
+	var out any
+	go func() {
+		defer close(done)
+		out, err = h.call(ctx, svc, c, in)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s %s: no answer in 30s", name, body)
+	}
+	if err != nil {
+		if e := kms.Exception(err); e.Name == "KMSInternalException" {
+			t.Fatalf("%s %s: KMSInternalException: %v", name, body, err)
+		}
+		return
+	}
+	if out == nil {
+		t.Fatalf("%s %s: no output and no error", name, body)
+	}
 }

@@ -3,16 +3,13 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -109,36 +106,7 @@ func FuzzOperations(f *testing.F) {
 			}
 			body, _ = json.Marshal(m)
 		}
-		h := handlers[name]
-		in, err := h.decode(body)
-		if err != nil {
-			var we *awsjson.Error
-			var ke *kmsapi.Exception
-			if !errors.As(err, &we) && !errors.As(err, &ke) {
-				t.Fatalf("%s %s: untyped decode error %v", name, body, err)
-			}
-			return
-		}
-		done := make(chan struct{})
-		var out any
-		go func() {
-			defer close(done)
-			out, err = h.call(ctx, svc, caller(), in)
-		}()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s %s: no answer in 30s", name, body)
-		}
-		if err != nil {
-			if e := kms.Exception(err); e.Name == "KMSInternalException" {
-				t.Fatalf("%s %s: KMSInternalException: %v", name, body, err)
-			}
-			return
-		}
-		if out == nil {
-			t.Fatalf("%s %s: no output and no error", name, body)
-		}
+		fuzzCall(t, ctx, svc, caller(), name, body)
 	})
 }
 
