@@ -133,6 +133,13 @@ func TestDifferential(t *testing.T) {
 		{args: []string{"kms", "describe-key", "--key-id", "alias/diff-one", "--query", "KeyMetadata.[KeyId,Enabled,KeyState]", "--output", "text"}},
 		{args: []string{"kms", "describe-key", "--key-id", "alias/diff-one", "--query", "KeyMetadata.{Id:KeyId,State:KeyState,Usage:KeyUsage}", "--output", "table"}},
 		{args: []string{"kms", "describe-key", "--key-id", k2, "--query", "KeyMetadata.{Z:Enabled,A:KeyState}"}},
+		// Backtick literals that are not JSON, as AWS's documentation
+		// writes them: strings to the aws CLI, and so to kmsctl.
+		{args: []string{"kms", "list-aliases", "--query", "Aliases[?AliasName==`alias/diff-one`]"}},
+		{args: []string{"kms", "list-aliases", "--query", "Aliases[?AliasName==`alias/diff-one`].TargetKeyId", "--output", "text"}},
+		{args: []string{"kms", "list-aliases", "--query", "Aliases[?AliasName==` alias/diff-one`].AliasName | [0]", "--output", "table"}},
+		{args: []string{"kms", "describe-key", "--key-id", k2, "--query", "[KeyMetadata.KeyState==`Disabled`, KeyMetadata.KeyState==`\"Enabled\"`, `true`, `alias/x`]"}},
+		{args: []string{"kms", "list-keys", "--query", "Keys[?KeyId==`" + k1 + "`].KeyArn", "--output", "text"}},
 		{args: []string{"kms", "describe-key", "--key-id", "alias/nope"}},
 		{args: []string{"kms", "describe-key"}},
 		{args: []string{"kms", "describe-key", "--key-id", k1, "--bogus", "1"}},

@@ -25,6 +25,10 @@ to $KMSD_AUDIT_LOG, else ~/.kmsd/audit.log. Times are RFC 3339
 // audit runs `kmsctl audit …`. It reads the log file directly: the audit
 // log is kmsd's local file, not an API.
 func (r *runner) audit(_ context.Context, args []string) (int, error) {
+	if len(args) > 0 && isHelp(args[0]) {
+		io.WriteString(r.env.Stdout, auditUsage)
+		return exitOK, nil
+	}
 	if len(args) == 0 || args[0] != "search" {
 		io.WriteString(r.env.Stderr, auditUsage)
 		return exitClient, nil

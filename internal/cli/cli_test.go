@@ -155,6 +155,18 @@ func TestQuery(t *testing.T) {
 		{"Truncated", `false`},
 		{"Keys[?KeyId=='a'] | [0].KeyArn", `"arn:a"`},
 		{"Missing", `null`},
+		// Backtick literals that are not JSON are strings, as in Python's
+		// jmespath; JSON ones keep their type.
+		{"Keys[?KeyId==`a`].KeyArn", `["arn:a"]`},
+		{"Keys[?KeyArn==`  arn:b`] | [0].KeyId", `"b"`},
+		{"`alias/x`", `"alias/x"`},
+		{"`a\\`b`", `"a` + "`" + `b"`},
+		{"`tab\\tnext`", `"tab\tnext"`},
+		{"`true`", `true`},
+		{"`2`", `2`},
+		{"`\"quoted\"`", `"quoted"`},
+		{"'`raw`'", `"` + "`raw`" + `"`},
+		{"[Count, `{\"a\": 1}`]", `[2, {"a": 1}]`},
 	} {
 		t.Run(tc.expr, func(t *testing.T) {
 			q, err := compileQuery(tc.expr)
@@ -174,6 +186,11 @@ func TestQuery(t *testing.T) {
 	}
 	if _, err := compileQuery("foo("); err == nil || !strings.Contains(err.Error(), "Bad value for --query foo(: Invalid jmespath expression: Incomplete expression:\n\"foo(\"\n     ^") {
 		t.Errorf("bad query error: %v", err)
+	}
+	// Not JSON even as a string: an error, pointing into the expression as
+	// written.
+	if _, err := compileQuery("Keys[?KeyId==`a\"b`]"); err == nil {
+		t.Error("literal `a\"b` compiled")
 	}
 }
 
@@ -206,5 +223,59 @@ func TestExitCodes(t *testing.T) {
 				t.Errorf("rc %d stderr %q; want rc %d containing %q", rc, stderr, tc.rc, tc.err)
 			}
 		})
+	}
+}
+
+// TestHelp checks that --help is help at every level, and that the top
+// help lists every command group, each of which answers help itself.
+func TestHelp(t *testing.T) {
+	top, stderr, rc := run(t, "help")
+	if rc != 0 || stderr != "" {
+		t.Fatalf("help: rc %d stderr %q", rc, stderr)
+	}
+	var listed []string
+	for _, l := range strings.Split(top, "\n") {
+		if n, ok := strings.CutPrefix(l, "       o "); ok {
+			listed = append(listed, n)
+		}
+	}
+	want := []string{"audit", "cloudhsm-cli", "cloudhsmv2", "completion", "help", "kms", "kmsd"}
+	if strings.Join(listed, " ") != strings.Join(want, " ") {
+		t.Errorf("help lists %q, want %q", listed, want)
+	}
+	for _, args := range [][]string{
+		{"help"},
+		{"kms", "help"},
+		{"cloudhsmv2", "help"},
+		{"kms", "describe-key", "help"},
+		{"audit", "help"},
+		{"cloudhsm-cli", "help"},
+		{"kmsd", "help"},
+	} {
+		name := strings.Join(args, " ")
+		t.Run(name, func(t *testing.T) {
+			out, stderr, rc := run(t, args...)
+			if rc != 0 || stderr != "" || out == "" {
+				t.Fatalf("rc %d stderr %q stdout %q", rc, stderr, out)
+			}
+			dash := append(append([]string{}, args[:len(args)-1]...), "--help")
+			out2, stderr2, rc2 := run(t, dash...)
+			if rc2 != 0 || stderr2 != "" || out2 != out {
+				t.Errorf("%s: rc %d stderr %q, stdout differs from %s: %v", strings.Join(dash, " "), rc2, stderr2, name, out2 != out)
+			}
+		})
+	}
+	for _, g := range want {
+		if g == "help" || g == "completion" {
+			continue
+		}
+		if _, stderr, rc := run(t, g, "help"); rc != 0 {
+			t.Errorf("%s help: rc %d stderr %q", g, rc, stderr)
+		}
+	}
+	// An unknown command's error lists the same choices.
+	_, stderr, rc = run(t, "nope")
+	if rc != 252 || !strings.Contains(stderr, "cloudhsm-cli") || !strings.Contains(stderr, "kmsd") || !strings.Contains(stderr, "audit") {
+		t.Errorf("unknown command: rc %d stderr %q", rc, stderr)
 	}
 }

@@ -58,7 +58,7 @@ func (r *runner) complete(args []string) (int, error) {
 	var out []string
 	switch {
 	case len(words) == 0:
-		out = append(model.ServiceNames(), "completion", "help")
+		out = commandNames()
 	case len(words) == 1:
 		if svc, ok := model.Services[words[0]]; ok {
 			out = append(opNames(svc), "help")

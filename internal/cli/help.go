@@ -31,14 +31,27 @@ var globalHelp = []string{
 	"--no-cli-pager (boolean) Accepted for compatibility; kmsctl never pages.",
 }
 
+// commandNames is every top-level command: the AWS services kmsctl
+// speaks, kmsctl's own groups (audit, cloudhsm-cli, kmsd) and completion
+// and help, sorted as the aws CLI sorts its list.
+func commandNames() []string {
+	names := append(model.ServiceNames(), "audit", "cloudhsm-cli", "completion", "help", "kmsd")
+	sort.Strings(names)
+	return names
+}
+
+// isHelp reports whether a word asks for help: help, or --help, which
+// kmsctl takes wherever help is taken.
+func isHelp(s string) bool { return s == "help" || s == "--help" }
+
 func topHelp() string {
 	var b strings.Builder
 	b.WriteString("kmsctl\n\nSYNOPSIS\n       kmsctl [options] <command> <subcommand> [parameters]\n\n")
 	b.WriteString("AVAILABLE SERVICES\n")
-	for _, n := range model.ServiceNames() {
+	for _, n := range commandNames() {
 		fmt.Fprintf(&b, "       o %s\n", n)
 	}
-	b.WriteString("       o completion\n       o help\n\nGLOBAL OPTIONS\n")
+	b.WriteString("\nGLOBAL OPTIONS\n")
 	for _, h := range globalHelp {
 		b.WriteString("       " + h + "\n")
 	}

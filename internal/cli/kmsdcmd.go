@@ -34,7 +34,7 @@ var kmsdCommands = map[string]struct {
 
 // kmsdCommand runs a kmsd command.
 func (r *runner) kmsdCommand(ctx context.Context, args []string) (int, error) {
-	if len(args) == 0 || args[0] == "help" {
+	if len(args) == 0 || isHelp(args[0]) {
 		io.WriteString(r.env.Stdout, kmsdUsage)
 		return exitOK, nil
 	}

@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"reflect"
 	"sort"
 	"strings"
+	"unicode"
 
 	jmespath "github.com/jmespath-community/go-jmespath"
 	"github.com/jmespath-community/go-jmespath/pkg/parsing"
@@ -23,7 +25,12 @@ type query struct {
 }
 
 func compileQuery(expr string) (*query, error) {
-	jp, err := jmespath.Compile(expr)
+	src := legacyLiterals(expr)
+	jp, err := jmespath.Compile(src)
+	if err != nil && src != expr {
+		// Report the error against the expression as written.
+		_, err = jmespath.Compile(expr)
+	}
 	if err != nil {
 		// Python jmespath's wording: the kind of error, the expression,
 		// and a caret under the place it went wrong.
@@ -38,10 +45,54 @@ func compileQuery(expr string) (*query, error) {
 		return nil, &paramError{fmt.Sprintf("Bad value for --query %s: Invalid jmespath expression: %s:\n\"%s\"\n%s^", expr, kind, expr, strings.Repeat(" ", off+1))}
 	}
 	q := &query{expr: expr, jp: jp}
-	if ast, err := parsing.NewParser().Parse(expr); err == nil {
+	if ast, err := parsing.NewParser().Parse(src); err == nil {
 		q.collect(ast)
 	}
 	return q, nil
+}
+
+// legacyLiterals rewrites the backtick literals of expr that are not JSON
+// (`running`, `alias/x`) as the JSON strings Python's jmespath, and so the
+// aws CLI, takes them for: the text with leading white space removed,
+// between double quotes, parsed as JSON (a deprecated form, but the one
+// AWS's documentation uses everywhere). Literals that are JSON, and text
+// in raw strings ('...') and quoted identifiers ("..."), are left as they
+// are; a literal that is no JSON string either stays, to fail as before.
+func legacyLiterals(expr string) string {
+	var b strings.Builder
+	for i := 0; i < len(expr); i++ {
+		c := expr[i]
+		if c != '`' && c != '\'' && c != '"' {
+			b.WriteByte(c)
+			continue
+		}
+		// Find the closing delimiter as the lexer does: a backslash
+		// escapes the byte after it.
+		end := i + 1
+		for end < len(expr) && expr[end] != c {
+			if expr[end] == '\\' {
+				end++
+			}
+			end++
+		}
+		if end >= len(expr) {
+			b.WriteString(expr[i:]) // unclosed: the parser reports it
+			break
+		}
+		body := expr[i+1 : end]
+		if c == '`' {
+			lit := strings.ReplaceAll(body, "\\`", "`")
+			quoted := "\"" + strings.TrimLeftFunc(body, unicode.IsSpace) + "\""
+			if !json.Valid([]byte(lit)) && json.Valid([]byte(strings.ReplaceAll(quoted, "\\`", "`"))) {
+				body = quoted
+			}
+		}
+		b.WriteByte(c)
+		b.WriteString(body)
+		b.WriteByte(c)
+		i = end
+	}
+	return b.String()
 }
 
 func (q *query) collect(n parsing.ASTNode) {

@@ -108,7 +108,7 @@ func (r *runner) run(ctx context.Context, args []string) (int, error) {
 		return 0, &usageError{"the following arguments are required: command"}
 	}
 	switch rest[0] {
-	case "help":
+	case "help", "--help":
 		io.WriteString(r.env.Stdout, topHelp())
 		return exitOK, nil
 	case "completion":
@@ -124,12 +124,12 @@ func (r *runner) run(ctx context.Context, args []string) (int, error) {
 	}
 	svc, ok := model.Services[rest[0]]
 	if !ok {
-		return 0, &usageError{"argument command: Invalid choice, valid choices are:\n\n" + choiceTable(append(model.ServiceNames(), "completion", "help"))}
+		return 0, &usageError{"argument command: Invalid choice, valid choices are:\n\n" + choiceTable(commandNames())}
 	}
 	if len(rest) == 1 {
 		return 0, &usageError{"the following arguments are required: operation"}
 	}
-	if rest[1] == "help" {
+	if isHelp(rest[1]) {
 		io.WriteString(r.env.Stdout, serviceHelp(svc))
 		return exitOK, nil
 	}
@@ -146,7 +146,7 @@ func (r *runner) run(ctx context.Context, args []string) (int, error) {
 	}
 	cmd := newOpCommand(svc, op)
 	opArgs := rest[2:]
-	if len(opArgs) > 0 && opArgs[len(opArgs)-1] == "help" {
+	if len(opArgs) > 0 && isHelp(opArgs[len(opArgs)-1]) {
 		io.WriteString(r.env.Stdout, opHelp(cmd))
 		return exitOK, nil
 	}
