@@ -101,4 +101,6 @@ fuzz ./internal/xks FuzzParseEncryptRequest
 fuzz ./internal/xks FuzzParseDecryptRequest
 fuzz ./internal/xks/xksserver FuzzRoute
 fuzz ./internal/xks/xksclient FuzzParseResponse
+fuzz ./internal/server FuzzReadBackupHeader
+fuzz ./internal/cli FuzzLegacyLiterals
 echo "== all tests passed"

@@ -27,6 +27,8 @@ import (
 )
 
 const usage = `usage: kmsd [serve] [flags]
+       kmsd backup --out FILE [flags]
+       kmsd restore --from FILE --data-dir DIR [flags]
 
 Serves the AWS KMS API. Flags (environment variable; config file key):
 `
@@ -39,16 +41,226 @@ func main() {
 		debug.SetGCPercent(400)
 	}
 	args := os.Args[1:]
-	if len(args) > 0 && args[0] == "serve" {
+	run := serve
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "serve":
+		case "backup":
+			run = backup
+		case "restore":
+			run = restore
+		default:
+			fmt.Fprintf(os.Stderr, "kmsd: unknown command %q (want serve, backup or restore)\n", args[0])
+			os.Exit(2)
+		}
 		args = args[1:]
-	} else if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		fmt.Fprintf(os.Stderr, "kmsd: unknown command %q\n", args[0])
-		os.Exit(2)
 	}
-	if err := serve(args); err != nil {
-		fmt.Fprintln(os.Stderr, "kmsd:", err)
+	if err := run(args); err != nil {
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "kmsd %s: %v\n", command(), err)
 		os.Exit(1)
 	}
+}
+
+// errUsage is a bad command line, already reported by the flag package.
+var errUsage = errors.New("usage")
+
+// command is the command being run, for messages.
+func command() string {
+	if len(os.Args) > 1 && (os.Args[1] == "backup" || os.Args[1] == "restore") {
+		return os.Args[1]
+	}
+	return "serve"
+}
+
+const backupUsage = `usage: kmsd backup --out FILE [--data-dir DIR] [--max-rate BYTES]
+
+Writes a consistent snapshot of kmsd's embedded store (<data-dir>/kmsd.db) to
+FILE while kmsd may keep serving. The snapshot holds kmsd's records sealed
+under the root key; the root key is NOT in it: keep a copy of the key
+(<data-dir>/root.key, --root-key-file or KMSD_ROOT_KEY) apart from the backup.
+FILE is written under a temporary name beside it and renamed into place when
+whole, so a backup that dies leaves FILE as it was. A store in PostgreSQL
+is backed up with PostgreSQL's own tools, pg_dump or pg_basebackup (see the
+README).
+
+Flags (environment variable; config file key):
+`
+
+const restoreUsage = `usage: kmsd restore --from FILE --data-dir DIR [--root-key-file KEYFILE]
+
+Makes the data directory DIR (absent or empty) from a backup file written by
+kmsd backup, after checking the file's SHA-256, SQLite's integrity check and
+its schema version. Given the root key of the kmsd the backup came from
+(--root-key-file, copied to DIR/root.key, or KMSD_ROOT_KEY), it also checks
+that the key opens the backup. Then: kmsd serve --data-dir DIR.
+
+Flags (environment variable; config file key):
+`
+
+// offlineFlags parses the flags of backup and restore, which find the data
+// directory and root key as serve does (flag, KMSD_… variable, serve's
+// config file).
+func offlineFlags(name, use string, args []string, extra func(fs *flag.FlagSet), settings ...setting) error {
+	var configFile string
+	fs := flag.NewFlagSet("kmsd "+name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), use)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&configFile, "config", os.Getenv("KMSD_CONFIG"), "serve's optional TOML config file, for data_dir and root_key_file (KMSD_CONFIG)")
+	for _, s := range settings {
+		fs.StringVar(s.dst, s.flag, "", s.help+" ("+s.env+"; "+s.file+")")
+	}
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "kmsd %s: unexpected argument %q\n", name, fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return resolve(fs, settings, configFile, false)
+}
+
+// defaultDataDir is serve's default data directory.
+func defaultDataDir(dir string) (string, error) {
+	if dir != "" {
+		return dir, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", errors.New("--data-dir is required when there is no home directory")
+	}
+	return filepath.Join(home, ".kmsd"), nil
+}
+
+func backup(args []string) error {
+	var c server.BackupConfig
+	var rate string
+	err := offlineFlags("backup", backupUsage, args, func(fs *flag.FlagSet) {
+		fs.StringVar(&c.Out, "out", "", "the backup file to write (replaced whole if it exists)")
+		fs.StringVar(&rate, "max-rate", "", "at most this many bytes a second written to --out, e.g. 500k or 20M (default: no limit)")
+	},
+		setting{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory of the kmsd to back up (default ~/.kmsd)", &c.DataDir},
+		setting{"root-key-file", "KMSD_ROOT_KEY_FILE", "root_key_file", "root key file, only to report whether it opens the backup (default <data-dir>/root.key); never copied", &c.RootKeyFile},
+	)
+	if err != nil {
+		return err
+	}
+	if c.Out == "" {
+		return errors.New("--out is required")
+	}
+	if rate != "" {
+		if c.MaxRate, err = parseBytes(rate); err != nil || c.MaxRate <= 0 {
+			return fmt.Errorf("--max-rate %q: want a positive number of bytes a second, e.g. 500k or 20M", rate)
+		}
+	}
+	if c.DataDir, err = defaultDataDir(c.DataDir); err != nil {
+		return err
+	}
+	c.RootKey = os.Getenv("KMSD_ROOT_KEY")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return server.Backup(ctx, c, os.Stdout)
+}
+
+// parseBytes reads a byte count with an optional k, M or G (powers of 1024).
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "k"), strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, s[:len(s)-1]
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n > (1<<62)/mult {
+		return 0, errors.New("bad byte count")
+	}
+	return n * mult, nil
+}
+
+func restore(args []string) error {
+	var c server.RestoreConfig
+	err := offlineFlags("restore", restoreUsage, args, func(fs *flag.FlagSet) {
+		fs.StringVar(&c.From, "from", "", "the backup file")
+	},
+		setting{"data-dir", "KMSD_DATA_DIR", "data_dir", "the data directory to make; must be absent or empty", &c.DataDir},
+		setting{"root-key-file", "KMSD_ROOT_KEY_FILE", "root_key_file", "the root key of the kmsd the backup came from: checked against the backup and copied to <data-dir>/root.key", &c.RootKeyFile},
+	)
+	if err != nil {
+		return err
+	}
+	if c.From == "" {
+		return errors.New("--from is required")
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is required: restore makes a new data directory")
+	}
+	c.RootKey = os.Getenv("KMSD_ROOT_KEY")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return server.Restore(ctx, c, os.Stdout)
+}
+
+// resolve gives every setting not set by a flag of fs the value of its
+// environment variable, else of its key in the TOML file configFile (if
+// any). strict refuses keys in the file that no setting has; backup and
+// restore read serve's file, so they ignore serve's other keys.
+func resolve(fs *flag.FlagSet, settings []setting, configFile string, strict bool) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	file := map[string]string{}
+	if configFile != "" && strict {
+		md, err := toml.DecodeFile(configFile, &file)
+		if err != nil {
+			return fmt.Errorf("config %s: %w", configFile, err)
+		}
+		if keys := md.Undecoded(); len(keys) > 0 {
+			return fmt.Errorf("config %s: unknown keys %v", configFile, keys)
+		}
+	} else if configFile != "" {
+		var raw map[string]any
+		if _, err := toml.DecodeFile(configFile, &raw); err != nil {
+			return fmt.Errorf("config %s: %w", configFile, err)
+		}
+		for k, v := range raw {
+			if str, ok := v.(string); ok {
+				file[k] = str
+			}
+		}
+	}
+	known := map[string]bool{}
+	for _, s := range settings {
+		known[s.file] = true
+		if set[s.flag] {
+			continue
+		}
+		if v, ok := os.LookupEnv(s.env); ok {
+			*s.dst = v
+		} else if v, ok := file[s.file]; ok {
+			*s.dst = v
+		}
+	}
+	if strict {
+		for k := range file {
+			if !known[k] {
+				return fmt.Errorf("config %s: unknown key %q", configFile, k)
+			}
+		}
+	}
+	return nil
 }
 
 // setting is one configuration value with its three sources.
@@ -105,34 +317,8 @@ func serve(args []string) error {
 	if *faultInjection {
 		os.Setenv("KMSD_FAULT_INJECTION", "1")
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	file := map[string]string{}
-	if configFile != "" {
-		md, err := toml.DecodeFile(configFile, &file)
-		if err != nil {
-			return fmt.Errorf("config %s: %w", configFile, err)
-		}
-		if keys := md.Undecoded(); len(keys) > 0 {
-			return fmt.Errorf("config %s: unknown keys %v", configFile, keys)
-		}
-	}
-	known := map[string]bool{}
-	for _, s := range settings {
-		known[s.file] = true
-		if set[s.flag] {
-			continue
-		}
-		if v, ok := os.LookupEnv(s.env); ok {
-			*s.dst = v
-		} else if v, ok := file[s.file]; ok {
-			*s.dst = v
-		}
-	}
-	for k := range file {
-		if !known[k] {
-			return fmt.Errorf("config %s: unknown key %q", configFile, k)
-		}
+	if err := resolve(fs, settings, configFile, true); err != nil {
+		return err
 	}
 	if sweep != "" {
 		d, err := time.ParseDuration(sweep)

@@ -112,6 +112,23 @@ func loadRootKey(path string) ([]byte, error) {
 	return key, nil
 }
 
+// WriteRootKeyFile writes key, in standard base64, to a new file at path
+// with mode 0600, as LoadOrCreateRootKey creates one: whole or not at all.
+// It fails with an error wrapping fs.ErrExist if there is a file at path.
+// kmsd restore uses it to put a backup's root key beside the database.
+func WriteRootKeyFile(path string, key []byte) error {
+	if len(key) != KeySize {
+		return fmt.Errorf("barrier: root key must be %d bytes, got %d", KeySize, len(key))
+	}
+	if err := createKeyFile(path, key); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("barrier: root key file %s: %w", path, err)
+		}
+		return err
+	}
+	return nil
+}
+
 // createKeyFile writes key to a new file at path, failing with fs.ErrExist
 // if there is one. The key is written and synced under a temporary name
 // (created O_EXCL, mode 0600) and then hard-linked to path, which never

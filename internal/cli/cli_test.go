@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	jmespath "github.com/jmespath-community/go-jmespath"
+
 	"github.com/kmsd/kmsd/internal/cli/model"
 )
 
@@ -278,4 +280,20 @@ func TestHelp(t *testing.T) {
 	if rc != 252 || !strings.Contains(stderr, "cloudhsm-cli") || !strings.Contains(stderr, "kmsd") || !strings.Contains(stderr, "audit") {
 		t.Errorf("unknown command: rc %d stderr %q", rc, stderr)
 	}
+}
+
+// FuzzLegacyLiterals checks the backtick rewrite against the JMESPath
+// lexer: an expression that compiles as it is has only JSON literals, so
+// the rewrite must leave it unchanged (a scan that lost track of quotes
+// would not); and no input makes it panic.
+func FuzzLegacyLiterals(f *testing.F) {
+	for _, s := range []string{"Keys[?KeyId==`a`]", "`\"x\"`", "'`'", "\"`\"", "`a\\`b`", "[`1`, 'it''s', \"q\\\"`\"]", "foo(`"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, expr string) {
+		out := legacyLiterals(expr)
+		if _, err := jmespath.Compile(expr); err == nil && out != expr {
+			t.Fatalf("legacyLiterals(%q) = %q; it compiles as it is", expr, out)
+		}
+	})
 }
