@@ -178,6 +178,11 @@ func TestBackupUnderLoad(t *testing.T) {
 	s.Stop()
 	s2 := startServer(t, withDataDir(restored))
 	verifyAcked(t, ctx, sdkClient(s2, cr.AccessKeyID, cr.SecretAccessKey, region), before, 1)
+	// The banner says where the administrator's keys are: in the
+	// restored store, as the credentials file is not in backups.
+	if log, _ := os.ReadFile(s2.logPath); !bytes.Contains(log, []byte("the access keys already in the store")) {
+		t.Errorf("the restored kmsd's banner does not say its access keys are in the store:\n%s", log)
+	}
 
 	// Writes acknowledged after the backup ended are not in it.
 	c2 := sdkClient(s2, cr.AccessKeyID, cr.SecretAccessKey, region)

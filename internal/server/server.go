@@ -386,7 +386,11 @@ func printBanner(out io.Writer, cfg Config, endpoint, profileFile string) {
 		fmt.Fprintf(out, "any well-formed SigV4 signature is accepted, e.g.:\n  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --region %s --endpoint-url %s kms list-keys\n", cfg.DefaultRegion, endpoint)
 	case profileFile != "":
 		fmt.Fprintf(out, "administrator credentials: profile %q in %s\n  AWS_SHARED_CREDENTIALS_FILE=%s aws --profile %s --endpoint-url %s kms list-keys\n", ProfileName, profileFile, profileFile, ProfileName, endpoint)
-	default:
+	case cfg.AdminKeyID != "":
 		fmt.Fprintf(out, "administrator credentials: the access key from KMSD_ADMIN_ACCESS_KEY_ID\n  aws --endpoint-url %s kms list-keys\n", endpoint)
+	default:
+		// A restored data directory, or one whose credentials file was
+		// removed: the keys are in the store, the file is not here.
+		fmt.Fprintf(out, "administrator credentials: the access keys already in the store (no credentials file in %s)\n", cfg.DataDir)
 	}
 }
