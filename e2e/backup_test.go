@@ -216,6 +216,27 @@ func TestRestoreRefuses(t *testing.T) {
 	if out, code := kmsdCmd(t, ctx, []string{"KMSD_DATA_DIR=" + s.DataDir}, "backup", "--out", file); code != 0 {
 		t.Fatalf("kmsd backup (data directory from KMSD_DATA_DIR): exit %d\n%s", code, out)
 	}
+	// serve's config file, with keys backup has no use for, names the
+	// data directory as well.
+	conf := filepath.Join(dir, "kmsd.toml")
+	os.WriteFile(conf, []byte("listen = \"127.0.0.1:1\"\ndata_dir = \""+s.DataDir+"\"\n"), 0o600)
+	if out, code := kmsdCmd(t, ctx, nil, "backup", "--config", conf, "--out", filepath.Join(dir, "from-config")); code != 0 {
+		t.Errorf("kmsd backup --config: exit %d\n%s", code, out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"backup", "--data-dir", s.DataDir}, 1, "--out is required"},
+		{[]string{"backup", "--out", filepath.Join(dir, "x"), "--data-dir", dir}, 1, "no kmsd database in"},
+		{[]string{"backup", "--out", filepath.Join(dir, "x"), "--nope"}, 2, "flag provided but not defined"},
+		{[]string{"restore", "--from", file}, 1, "--data-dir is required"},
+	} {
+		if out, code := kmsdCmd(t, ctx, nil, tc.args...); code != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("kmsd %v: exit %d, output %q; want %d and %q", tc.args, code, out, tc.code, tc.want)
+		}
+	}
 	good, _ := os.ReadFile(file)
 	rootKey := filepath.Join(s.DataDir, "root.key")
 	wrongKey := filepath.Join(dir, "wrong.key")

@@ -355,12 +355,9 @@ func serve(args []string) error {
 		}
 		cfg.HSMBackupInterval = d
 	}
-	if cfg.DataDir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return errors.New("--data-dir is required when there is no home directory")
-		}
-		cfg.DataDir = filepath.Join(home, ".kmsd")
+	var err error
+	if cfg.DataDir, err = defaultDataDir(cfg.DataDir); err != nil {
+		return err
 	}
 	cfg.RootKey = os.Getenv("KMSD_ROOT_KEY")
 	cfg.AdminKeyID = os.Getenv("KMSD_ADMIN_ACCESS_KEY_ID")
