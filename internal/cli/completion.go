@@ -32,7 +32,16 @@ if [[ "$(basename -- ${(%):-%x})" != "_kmsctl" ]]; then
 fi
 `
 
+const completionUsage = `usage: kmsctl completion bash|zsh
+
+Prints a shell completion script for kmsctl, e.g. source <(kmsctl completion bash)
+`
+
 func (r *runner) completion(args []string) (int, error) {
+	if len(args) == 1 && isHelp(args[0]) {
+		io.WriteString(r.env.Stdout, completionUsage)
+		return exitOK, nil
+	}
 	if len(args) != 1 {
 		return 0, &usageError{"the following arguments are required: shell (bash or zsh)"}
 	}
