@@ -15,6 +15,19 @@
 // pair costs ~50 ms of one core, so one worker alone tops up fewer than
 // 20 a second. Workers reserve a place in the stock before generating,
 // which keeps the stock within its bound.
+//
+// Workers must not delay requests. Go's scheduler cannot preempt a worker
+// in the middle of a key generation for up to its 10 ms time slice, so a
+// request that becomes runnable while every P is generating waits that
+// long (GenerateDataKeyPair RSA_2048 at 20 req/s on two cores had a p99
+// of 11-14 ms for this reason alone). So each worker runs on an OS thread
+// of its own at the lowest CPU priority (nice 19 on Linux, see
+// background_linux.go), and the pool adds one P per running worker to
+// GOMAXPROCS while its workers run: request goroutines then always find
+// a free P, and the kernel, which preempts within a millisecond, gives
+// their threads the CPU ahead of the workers'. Workers use the CPU that
+// requests leave idle; when there is none, takers find the stock empty
+// and generate inline, as without a pool.
 package pairpool
 
 import (
@@ -44,8 +57,9 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex // guards closed and every stock's started
+	mu     sync.Mutex // guards closed, added and every stock's started
 	closed bool
+	added  int // Ps this pool's workers added to GOMAXPROCS
 }
 
 // stock is one spec's pairs and the signal that asks its filler to top
@@ -96,7 +110,12 @@ func (p *Pool) Take(spec string) (pair Pair, ok bool) {
 		// The first demand starts the workers; the stock was empty until
 		// now, so this caller generates its own pair.
 		s.started = true
-		n := runtime.GOMAXPROCS(0)
+		n := runtime.GOMAXPROCS(0) - extraPs()
+		if n < 1 {
+			n = 1
+		}
+		addPs(n)
+		p.added += n
 		p.wg.Add(n)
 		for range n {
 			go p.fill(s)
@@ -135,6 +154,11 @@ func (s *stock) reserve() (ok bool, wake <-chan struct{}) {
 // exceeds its bound.
 func (p *Pool) fill(s *stock) {
 	defer p.wg.Done()
+	// The thread stays locked to this goroutine until it returns, so the
+	// runtime ends the thread with it: no other goroutine ever runs at the
+	// lowered priority.
+	runtime.LockOSThread()
+	lowerThreadPriority()
 	for {
 		if p.ctx.Err() != nil {
 			return
@@ -193,6 +217,10 @@ func (p *Pool) Close() {
 	p.mu.Unlock()
 	p.cancel()
 	p.wg.Wait()
+	p.mu.Lock()
+	addPs(-p.added)
+	p.added = 0
+	p.mu.Unlock()
 	for _, s := range p.specs {
 		for {
 			select {
@@ -204,4 +232,33 @@ func (p *Pool) Close() {
 			break
 		}
 	}
+}
+
+// The Ps every pool's running workers added to GOMAXPROCS, and the value
+// GOMAXPROCS had before the first was added.
+var (
+	psMu    sync.Mutex
+	psExtra int
+	psBase  int
+)
+
+// addPs changes by n the number of Ps added for workers.
+func addPs(n int) {
+	if n == 0 {
+		return
+	}
+	psMu.Lock()
+	defer psMu.Unlock()
+	if psExtra == 0 {
+		psBase = runtime.GOMAXPROCS(0)
+	}
+	psExtra += n
+	runtime.GOMAXPROCS(psBase + psExtra)
+}
+
+// extraPs is the number of Ps added for workers now.
+func extraPs() int {
+	psMu.Lock()
+	defer psMu.Unlock()
+	return psExtra
 }
