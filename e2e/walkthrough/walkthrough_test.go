@@ -114,12 +114,13 @@ type runner struct {
 	dir                          string // the walkthrough's directory
 	binDir                       string // where the project's binaries are
 	env                          []string
+	timeout                      time.Duration // per step
 	prelude, state, pids, oldVar string
 }
 
 func newRunner(t *testing.T, binDir string) *runner {
 	root := t.TempDir()
-	r := &runner{t: t, dir: filepath.Join(root, "walk"), binDir: binDir,
+	r := &runner{t: t, dir: filepath.Join(root, "walk"), binDir: binDir, timeout: stepTimeout,
 		state: filepath.Join(root, "state.sh"), pids: filepath.Join(root, "pids"), oldVar: filepath.Join(root, "baseline")}
 	home := filepath.Join(root, "home")
 	for _, d := range []string{r.dir, home} {
@@ -178,7 +179,7 @@ func (r *runner) run(script string) (string, error) {
 		r.t.Fatal(err)
 	}
 	defer out.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", r.prelude+script)
 	cmd.Dir, cmd.Env = r.dir, r.env
@@ -193,7 +194,7 @@ func (r *runner) run(script string) (string, error) {
 	runErr := cmd.Run()
 	b, _ := os.ReadFile(out.Name())
 	if ctx.Err() != nil {
-		return string(b), fmt.Errorf("no end after %v", stepTimeout)
+		return string(b), fmt.Errorf("no end after %v", r.timeout)
 	}
 	if runErr != nil {
 		return string(b), runErr
@@ -251,5 +252,61 @@ func (r *runner) stopBackground() {
 			b = b[len(b)-8<<10:]
 		}
 		r.t.Logf("--- %s (end)\n%s", filepath.Base(l), b)
+	}
+}
+
+// TestRunner checks the runner itself: variables and the directory carry
+// from step to step, a failing command fails its step even mid-script,
+// a step that does not end is stopped, and what a step leaves running in
+// the background is stopped when the test ends.
+func TestRunner(t *testing.T) {
+	binDir := t.TempDir()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A copy of sleep stands for a project binary left running.
+	if err := os.WriteFile(filepath.Join(binDir, "sleep"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	t.Run("steps", func(t *testing.T) {
+		r := newRunner(t, binDir)
+		r.timeout = 2 * time.Second
+		for _, c := range []struct {
+			script, want string
+			fails        bool
+		}{
+			{script: "A=one; export B='two words'; C=(x y); mkdir sub; cd sub", want: ""},
+			{script: `echo "$A|$B|${C[1]}|${PWD##*/}"; bash -c 'echo "$B"'; echo err >&2`, want: "one|two words|y|sub\ntwo words\nerr\n"},
+			{script: "false; echo not reached", fails: true},
+			{script: "false | cat", fails: true},
+			{script: "echo still $A", want: "still one\n"},
+			{script: "sleep 30", fails: true},
+			{script: "sleep 300 >/dev/null 2>&1 & echo $! > ../bg.pid", want: ""},
+		} {
+			out, err := r.run(c.script)
+			if (err != nil) != c.fails || (!c.fails && out != c.want) {
+				t.Fatalf("%q: %q, %v; want %q (fails: %v)", c.script, out, err, c.want, c.fails)
+			}
+		}
+		b, err := os.ReadFile(filepath.Join(r.dir, "bg.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		if syscall.Kill(pid, 0) != nil {
+			t.Fatalf("the background sleep (pid %d) is not running", pid)
+		}
+	})
+	// The subtest's cleanup has run: the background process is gone (or a
+	// zombie waiting for its reaper).
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err == nil && !strings.Contains(string(st), ") Z") {
+		t.Fatalf("the background sleep (pid %d) still runs after the test: %s", pid, st)
 	}
 }
