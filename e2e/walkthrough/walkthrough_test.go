@@ -216,9 +216,13 @@ func (r *runner) stopBackground() {
 			pids = append(pids, pid)
 		}
 	}
+	binDir := r.binDir
+	if d, err := filepath.EvalSymlinks(binDir); err == nil {
+		binDir = d // /proc/<pid>/exe has no symbolic links
+	}
 	ours := func(pid int) bool {
 		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if err != nil || filepath.Dir(exe) != r.binDir {
+		if err != nil || filepath.Dir(exe) != binDir {
 			return false
 		}
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
