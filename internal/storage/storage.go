@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 	"unicode/utf8"
 )
 
@@ -31,6 +32,15 @@ var (
 	// ErrInvalidKey is returned when a key, prefix or cursor breaks the key
 	// rules in the package documentation.
 	ErrInvalidKey = errors.New("storage: invalid key")
+	// ErrCommitUnknown is returned (wrapped) by Update when the driver
+	// cannot tell whether the transaction committed.
+	ErrCommitUnknown = errors.New("storage: commit outcome unknown")
+	// ErrLeaseLost is returned by Leaser.Renew when the lease expired or
+	// another holder took it.
+	ErrLeaseLost = errors.New("storage: lease lost")
+	// ErrFenced is returned by Leaser.UpdateFenced when the lease it is
+	// fenced by is no longer held at that epoch; fn's writes are not kept.
+	ErrFenced = errors.New("storage: fenced: lease no longer held")
 )
 
 // MaxKeyLen is the longest key, in bytes, that every driver accepts. It keeps
@@ -74,10 +84,25 @@ type Store interface {
 	Tx
 	// Update runs fn in a serializable read-write transaction: reads in fn
 	// see fn's own writes, other callers see none of them until commit, and
-	// concurrent Updates behave as if run one after another. If fn returns an
+	// concurrent Updates behave as if run one after another, whichever
+	// handle or process on the same database runs them. If fn returns an
 	// error (or panics) nothing it wrote is kept and that error is returned
 	// unchanged. A nil result means the transaction committed durably
 	// (synced to stable storage) before Update returned.
+	//
+	// Drivers may run fn more than once: a database shared by several
+	// processes (PostgreSQL) aborts one of two conflicting serializable
+	// transactions, and the driver runs the aborted one again from the
+	// start. Only the writes of the run that commits are kept, so fn must
+	// act on the database only through tx and keep no state between runs
+	// that it does not reset at its start (results it hands out are those
+	// of its last run).
+	//
+	// If the driver cannot learn whether the commit took effect (the
+	// connection broke while COMMIT was in flight and the database could not
+	// be asked afterwards) Update returns an error wrapping
+	// ErrCommitUnknown: the writes may or may not be there, and a caller
+	// must not report success.
 	//
 	// tx is valid only until fn returns. fn must not call methods of the
 	// Store itself, which may wait for the transaction fn is running in, and
@@ -146,3 +171,94 @@ func PrefixEnd(prefix string) (end string, ok bool) {
 	}
 	return "", false
 }
+
+// Watcher is the optional change feed of a store whose database other
+// handles or processes write: it tells which keys changed, so that a cache
+// of them can be kept in step. Both drivers implement it.
+type Watcher interface {
+	// Changes returns the keys written (put, created or deleted) by
+	// transactions that committed after the position from, in commit-safe
+	// order: a change that becomes visible later is never ordered before
+	// the returned cursor, so resuming from Next never skips one. At most
+	// limit keys are returned (limit <= 0: a driver default); a key may
+	// appear more than once, and a change may be delivered again after a
+	// Reset. Next is the cursor to resume from.
+	//
+	// FreshAsOf, when not zero, is an instant on this process's clock such
+	// that every transaction committed before it is among the changes
+	// delivered up to Next.
+	//
+	// Reset is true when from is not a position this database can resume
+	// from: the zero Cursor (a new reader), a cursor of another database
+	// generation (the database was re-created or restored), or one older
+	// than what Prune removed. Keys is then empty and the caller must drop
+	// everything it cached and continue from Next; what it reads
+	// afterwards is at least as new as Next.
+	Changes(ctx context.Context, from Cursor, limit int) (Batch, error)
+	// Prune forgets the changes up to and including upTo, so that cursors
+	// before it get Reset. A cursor of another generation is ignored.
+	Prune(ctx context.Context, upTo Cursor) error
+}
+
+// Cursor is a position in a Watcher's change feed. Its fields are opaque
+// to callers, comparable only through the Watcher that made them; the zero
+// value stands for "no position yet".
+type Cursor struct {
+	Gen string // database generation, changed when it is re-created
+	XID uint64 // transaction position (PostgreSQL: xid8; SQLite: 0)
+	Seq int64  // change sequence within XID
+}
+
+// IsZero says c is the zero Cursor.
+func (c Cursor) IsZero() bool { return c == Cursor{} }
+
+// Batch is one answer of Watcher.Changes.
+type Batch struct {
+	Keys      []string
+	Next      Cursor
+	FreshAsOf time.Time
+	Reset     bool
+}
+
+// Leaser is the optional lease capability: named, expiring leases whose
+// expiry is decided by the database's clock (never the holders'), each
+// taking of a lease numbered by an epoch that only grows, and writes fenced
+// by a lease, so that at most one holder at a time acts for a name. Both
+// drivers implement it.
+type Leaser interface {
+	// TryAcquire takes the lease name for holder for ttl, if no one holds it
+	// or its holder let it expire or released it; the epoch is then one more
+	// than the last. If holder already holds it, it is renewed with the
+	// same epoch. ok is false (and err nil) when another holder has it.
+	TryAcquire(ctx context.Context, name, holder string, ttl time.Duration) (l Lease, ok bool, err error)
+	// Renew extends l for ttl from now (database time), or returns
+	// ErrLeaseLost if it expired or was taken meanwhile.
+	Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
+	// Release gives l up at once, if it is still held; the epoch is kept,
+	// so the next holder's is higher. Releasing a lost lease is not an error.
+	Release(ctx context.Context, l Lease) error
+	// Live returns the unexpired leases whose names start with prefix,
+	// ordered by name.
+	Live(ctx context.Context, prefix string) ([]Lease, error)
+	// UpdateFenced is Update whose transaction first checks, under a lock
+	// that holds off any takeover until it ends, that l is still held at
+	// its epoch and unexpired; if not, fn does not run (or its writes are
+	// dropped) and the error wraps ErrFenced.
+	UpdateFenced(ctx context.Context, l Lease, fn func(tx Tx) error) error
+}
+
+// Lease is one holding of a named lease.
+type Lease struct {
+	Name   string
+	Holder string
+	Epoch  int64
+	// Deadline is when the lease expires, on this process's clock: the
+	// local instant the acquiring or renewing request was sent plus its
+	// ttl, so that it is never later than the database's expiry whatever
+	// the clocks say. A holder acts only well before it.
+	Deadline time.Time
+}
+
+// ValidateLeaseName checks a lease name (or a Live prefix, which may be
+// empty) against the key rules.
+func ValidateLeaseName(name string) error { return validateBound("lease name", name) }

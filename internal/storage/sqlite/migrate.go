@@ -22,6 +22,31 @@ CREATE TABLE kv (
 	key   TEXT PRIMARY KEY NOT NULL,
 	value BLOB NOT NULL
 ) STRICT, WITHOUT ROWID;`,
+	// Version 2: the change feed, leases and database metadata
+	// (storage.Watcher, storage.Leaser). Every write to kv is recorded by a
+	// trigger, so no code path can forget it; seq is AUTOINCREMENT so that
+	// it is never reused after pruning, and since SQLite has one writer at
+	// a time its order is commit order. The generation is a random name of
+	// this database, which a restore from another copy would change.
+	`CREATE TABLE kv_changes (
+	seq INTEGER PRIMARY KEY AUTOINCREMENT,
+	key TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER kv_changes_insert AFTER INSERT ON kv BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
+CREATE TRIGGER kv_changes_update AFTER UPDATE ON kv BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
+CREATE TRIGGER kv_changes_delete AFTER DELETE ON kv BEGIN INSERT INTO kv_changes (key) VALUES (old.key); END;
+CREATE TABLE kmsd_leases (
+	name       TEXT PRIMARY KEY NOT NULL,
+	holder     TEXT NOT NULL,
+	epoch      INTEGER NOT NULL,
+	expires_at INTEGER NOT NULL -- Unix milliseconds
+) STRICT, WITHOUT ROWID;
+CREATE TABLE kmsd_meta (
+	name  TEXT PRIMARY KEY NOT NULL,
+	value BLOB NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO kmsd_meta (name, value) VALUES ('generation', CAST(lower(hex(randomblob(16))) AS BLOB));
+INSERT INTO kmsd_meta (name, value) VALUES ('changes_pruned', CAST('0' AS BLOB));`,
 }
 
 // applicationID marks a database file as kmsd's ("kmsd" in ASCII) in the

@@ -10,9 +10,13 @@
 // outside a transaction use a separate pool of query-only connections.
 //
 // The schema is versioned (see migrate.go) and brought up to date by Open.
-// A storage/postgres driver (not written yet) will implement the same
-// storage contract, with the same schema, for several nodes sharing one
-// database; both drivers must pass storagetest.
+// Package storage/postgres implements the same contract, with the same
+// tables, for several nodes sharing one database; both drivers pass
+// storagetest, including its two-handle suite (RunShared), since two
+// processes may open one SQLite file. The change feed (storage.Watcher)
+// and leases (storage.Leaser) are implemented here too (watch.go,
+// lease.go), so that one node and many run the same code; with SQLite's
+// single writer fn runs exactly once per Update.
 package sqlite
 
 import (
@@ -51,7 +55,11 @@ type Store struct {
 	closed atomic.Bool
 }
 
-var _ storage.Store = (*Store)(nil)
+var (
+	_ storage.Store   = (*Store)(nil)
+	_ storage.Watcher = (*Store)(nil)
+	_ storage.Leaser  = (*Store)(nil)
+)
 
 // Open opens the database file at path, creating it with mode 0600 if it
 // does not exist (its directory must), and migrates its schema to the
@@ -207,9 +215,22 @@ func (s *Store) Update(ctx context.Context, fn func(storage.Tx) error) error {
 	if s.closed.Load() {
 		return errClosed
 	}
+	return s.update(ctx, nil, fn)
+}
+
+// update is Update with check, if not nil, run first in the transaction.
+// The transaction holds SQLite's write lock from its start, so nothing
+// check reads can change before the commit. fn runs exactly once.
+func (s *Store) update(ctx context.Context, check func(*sql.Tx) error, fn func(storage.Tx) error) error {
 	sqlTx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin: %w", err)
+	}
+	if check != nil {
+		if err := check(sqlTx); err != nil {
+			_ = sqlTx.Rollback()
+			return err
+		}
 	}
 	t := &tx{ops: ops{st: s.w, tx: sqlTx}}
 	committed := false

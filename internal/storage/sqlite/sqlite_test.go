@@ -188,7 +188,9 @@ func TestOpenRefuses(t *testing.T) {
 func TestMigrations(t *testing.T) {
 	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "kmsd.db")
-	// Version 2 is not idempotent: running it twice would count two rows.
+	// The added version is not idempotent: running it twice would count
+	// two rows. have and upgraded are the version lists before and after it.
+	have, upgraded := seq(len(migrations)), seq(len(migrations)+1)
 	migs := append(append([]string(nil), migrations...),
 		`CREATE TABLE runs (n INTEGER NOT NULL) STRICT; INSERT INTO runs VALUES (1);`)
 
@@ -210,7 +212,7 @@ func TestMigrations(t *testing.T) {
 		return vs
 	}
 
-	t.Run("fresh database at version 1", func(t *testing.T) {
+	t.Run("fresh database at the current version", func(t *testing.T) {
 		s, err := open(ctx, path, migrations)
 		if err != nil {
 			t.Fatalf("open: %v", err)
@@ -219,8 +221,8 @@ func TestMigrations(t *testing.T) {
 			t.Fatalf("Put: %v", err)
 		}
 		s.Close()
-		if got := versions(t); fmt.Sprint(got) != "[1]" {
-			t.Fatalf("versions = %v, want [1]", got)
+		if got := versions(t); fmt.Sprint(got) != have {
+			t.Fatalf("versions = %v, want %s", got, have)
 		}
 	})
 	t.Run("upgrade runs only the new version", func(t *testing.T) {
@@ -238,11 +240,11 @@ func TestMigrations(t *testing.T) {
 			}
 			s.Close()
 			if runs != 1 {
-				t.Fatalf("version 2 ran %d times", runs)
+				t.Fatalf("the added version ran %d times", runs)
 			}
 		}
-		if got := versions(t); fmt.Sprint(got) != "[1 2]" {
-			t.Fatalf("versions = %v, want [1 2]", got)
+		if got := versions(t); fmt.Sprint(got) != upgraded {
+			t.Fatalf("versions = %v, want %s", got, upgraded)
 		}
 	})
 	t.Run("newer database refused", func(t *testing.T) {
@@ -260,8 +262,8 @@ func TestMigrations(t *testing.T) {
 			s.Close()
 			t.Fatalf("open with a failing migration succeeded")
 		}
-		if got := versions(t); fmt.Sprint(got) != "[1 2]" {
-			t.Fatalf("versions = %v, want [1 2]", got)
+		if got := versions(t); fmt.Sprint(got) != upgraded {
+			t.Fatalf("versions = %v, want %s", got, upgraded)
 		}
 		var n int
 		db := rawOpen(t, path)
@@ -380,4 +382,20 @@ func BenchmarkUpdate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestShared(t *testing.T) {
+	storagetest.RunShared(t, func(t *testing.T) (a, b storagetest.SharedStore) {
+		dir := t.TempDir()
+		return openAt(t, dir), openAt(t, dir)
+	})
+}
+
+// seq formats the version list 1..n as fmt prints a []int.
+func seq(n int) string {
+	vs := make([]int, n)
+	for i := range vs {
+		vs[i] = i + 1
+	}
+	return fmt.Sprint(vs)
 }

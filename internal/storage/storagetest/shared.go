@@ -1,0 +1,533 @@
+package storagetest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// SharedStore is what RunShared needs of a store: the contract plus the
+// change feed and leases, which both drivers implement.
+type SharedStore interface {
+	storage.Store
+	storage.Watcher
+	storage.Leaser
+}
+
+// RunShared tests what two handles on one database promise each other, as
+// two kmsd nodes sharing it have: serializable Updates across handles,
+// visibility of commits, writes of re-run transactions never kept twice, a
+// change feed that loses no change even when transactions commit out of
+// order, Reset after pruning, leases taken over only after expiry, and
+// fenced writes refused after a takeover.
+//
+// open must return two handles on one new, empty database. The counter
+// test runs 2 handles × 8 goroutines × KMSD_STORAGE_ROUNDS increments each
+// (default 100; MULTINODE.md's acceptance figure is 1000).
+func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	t.Run("Visibility", func(t *testing.T) { testSharedVisibility(t, open) })
+	t.Run("Counters", func(t *testing.T) { testSharedCounters(t, open) })
+	t.Run("ReRunKeepsOneRun", func(t *testing.T) { testSharedReRun(t, open) })
+	t.Run("FeedAllChanges", func(t *testing.T) { testFeedAll(t, open) })
+	t.Run("FeedOutOfOrderCommits", func(t *testing.T) { testFeedOutOfOrder(t, open) })
+	t.Run("FeedPruneResets", func(t *testing.T) { testFeedPrune(t, open) })
+	t.Run("LeaseTakeoverAfterExpiry", func(t *testing.T) { testLeaseTakeover(t, open) })
+	t.Run("LeaseLive", func(t *testing.T) { testLeaseLive(t, open) })
+	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })
+	t.Run("FencedTakeoverDuringTx", func(t *testing.T) { testFencedDuringTx(t, open) })
+}
+
+func testSharedVisibility(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	mustPut(t, a, "v/1", []byte("one"))
+	wantValue(t, b, "v/1", []byte("one"))
+	if err := b.Update(ctx, func(tx storage.Tx) error {
+		return tx.Put(ctx, "v/2", []byte("two"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantValue(t, a, "v/2", []byte("two"))
+	wantKeys(t, a, "v/", "", 0, []string{"v/1", "v/2"})
+	if err := a.Delete(ctx, "v/1"); err != nil {
+		t.Fatal(err)
+	}
+	wantNotFound(t, b, "v/1")
+}
+
+// rounds is the number of increments per goroutine in the counter test.
+func rounds(t *testing.T) int {
+	if v := os.Getenv("KMSD_STORAGE_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("KMSD_STORAGE_ROUNDS=%q: want a positive number", v)
+		}
+		return n
+	}
+	return 100
+}
+
+func testSharedCounters(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const workers = 8
+	n := rounds(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*workers)
+	for h, s := range []SharedStore{a, b} {
+		for w := range workers {
+			wg.Go(func() {
+				for range n {
+					if err := s.Update(ctx, func(tx storage.Tx) error {
+						if err := increment(ctx, tx, "c/shared"); err != nil {
+							return err
+						}
+						return increment(ctx, tx, fmt.Sprintf("c/worker/%d/%d", h, w))
+					}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Update: %v", err)
+	}
+	// 0 lost updates: every acknowledged increment is counted once.
+	wantValue(t, a, "c/shared", []byte(strconv.Itoa(2*workers*n)))
+	for h := range 2 {
+		for w := range workers {
+			wantValue(t, b, fmt.Sprintf("c/worker/%d/%d", h, w), []byte(strconv.Itoa(n)))
+		}
+	}
+}
+
+// testSharedReRun makes conflicting Updates on two handles; each run of fn
+// writes a key of its own besides the counter. Only the committed run's
+// writes may remain: exactly one run key per acknowledged Update.
+func testSharedReRun(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const workers, n = 4, 20
+	var runs atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*workers)
+	for h, s := range []SharedStore{a, b} {
+		for w := range workers {
+			wg.Go(func() {
+				for i := range n {
+					err := s.Update(ctx, func(tx storage.Tx) error {
+						r := runs.Add(1)
+						if err := tx.Put(ctx, fmt.Sprintf("run/%d/%d/%d/%d", h, w, i, r), nil); err != nil {
+							return err
+						}
+						return increment(ctx, tx, "rerun/count")
+					})
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Update: %v", err)
+	}
+	total := 2 * workers * n
+	wantValue(t, a, "rerun/count", []byte(strconv.Itoa(total)))
+	es := mustList(t, a, "run/", "", 0)
+	if len(es) != total {
+		t.Fatalf("%d run keys after %d acknowledged Updates (%d runs of fn): writes of a run that did not commit were kept", len(es), total, runs.Load())
+	}
+	t.Logf("%d Updates ran fn %d times", total, runs.Load())
+}
+
+// drain reads the feed from c until a batch shorter than the limit, and
+// returns the keys seen and the cursor reached.
+func drain(t *testing.T, w storage.Watcher, c storage.Cursor) ([]string, storage.Cursor) {
+	t.Helper()
+	var keys []string
+	for range 10000 {
+		b, err := w.Changes(t.Context(), c, 7)
+		if err != nil {
+			t.Fatalf("Changes: %v", err)
+		}
+		if b.Reset {
+			t.Fatalf("Changes(%+v): unexpected Reset", c)
+		}
+		keys = append(keys, b.Keys...)
+		c = b.Next
+		if len(b.Keys) < 7 {
+			return keys, c
+		}
+	}
+	t.Fatal("the change feed does not end")
+	return nil, c
+}
+
+// start returns the cursor at which a new reader begins (a Reset).
+func start(t *testing.T, w storage.Watcher) storage.Cursor {
+	t.Helper()
+	b, err := w.Changes(t.Context(), storage.Cursor{}, 0)
+	if err != nil {
+		t.Fatalf("Changes: %v", err)
+	}
+	if !b.Reset || len(b.Keys) != 0 {
+		t.Fatalf("Changes from the zero cursor = %+v, want a Reset with no keys", b)
+	}
+	return b.Next
+}
+
+func testFeedAll(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	c := start(t, b)
+	want := map[string]bool{}
+	for i := range 30 {
+		k := fmt.Sprintf("f/%02d", i)
+		mustPut(t, a, k, []byte("x"))
+		want[k] = true
+	}
+	if err := a.Update(ctx, func(tx storage.Tx) error {
+		if err := tx.Create(ctx, "f/created", nil); err != nil {
+			return err
+		}
+		return tx.Delete(ctx, "f/00")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want["f/created"] = true
+	// Poll until the feed is fresh as of a moment after the last commit.
+	after := time.Now()
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := b.Changes(ctx, c, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, b.Keys...)
+		c = b.Next
+		if !b.FreshAsOf.IsZero() && b.FreshAsOf.After(after) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("feed not fresh after 10s (last FreshAsOf %v)", b.FreshAsOf)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	seen := map[string]int{}
+	for _, k := range got {
+		seen[k]++
+	}
+	for k := range want {
+		if seen[k] == 0 {
+			t.Errorf("change of %s not delivered", k)
+		}
+	}
+	if seen["f/00"] < 2 {
+		t.Errorf("f/00 was put and deleted: %d changes delivered, want 2", seen["f/00"])
+	}
+	// Nothing more once drained.
+	if more, _ := drain(t, b, c); len(more) != 0 {
+		t.Errorf("after draining, Changes gave %v", more)
+	}
+}
+
+// testFeedOutOfOrder holds a transaction open on a (it wrote first) while
+// b commits a later one; a reader that reads the feed in between and
+// resumes from there must still get a's change once a commits.
+func testFeedOutOfOrder(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	c := start(t, b)
+	wrote, release := make(chan struct{}), make(chan struct{})
+	slowDone := make(chan error, 1)
+	go func() {
+		slowDone <- a.Update(ctx, func(tx storage.Tx) error {
+			if err := tx.Put(ctx, "ooo/slow", []byte("s")); err != nil {
+				return err
+			}
+			close(wrote)
+			<-release
+			return nil
+		})
+	}()
+	<-wrote
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- b.Put(ctx, "ooo/fast", []byte("f")) }()
+	var got []string
+	select {
+	case err := <-fastDone:
+		// A driver with concurrent writers: the later transaction is
+		// committed while the earlier is open. Read the feed now.
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ks []string
+		ks, c = drain(t, b, c)
+		got = append(got, ks...)
+		close(release)
+	case <-time.After(500 * time.Millisecond):
+		// A single-writer driver: the later transaction waits for the
+		// earlier, so commits cannot be out of order.
+		close(release)
+		if err := <-fastDone; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !(slices.Contains(got, "ooo/slow") && slices.Contains(got, "ooo/fast")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after both commits the feed gave %v, want ooo/slow and ooo/fast", got)
+		}
+		var ks []string
+		ks, c = drain(t, b, c)
+		got = append(got, ks...)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testFeedPrune(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	c0 := start(t, b)
+	mustPut(t, a, "p/1", nil)
+	_, c1 := waitKeys(t, b, c0, "p/1")
+	mustPut(t, a, "p/2", nil)
+	_, c2 := waitKeys(t, b, c1, "p/2")
+	if err := a.Prune(ctx, c1); err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	// From the pruned point: a Reset; from after it: the feed goes on.
+	r, err := b.Changes(ctx, c0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Reset || len(r.Keys) != 0 {
+		t.Errorf("Changes from before the pruning point = %+v, want a Reset", r)
+	}
+	if ks, _ := drain(t, b, c1); slices.Contains(ks, "p/1") {
+		t.Errorf("Changes from the pruning point gave %v, want no p/1", ks)
+	}
+	mustPut(t, a, "p/3", nil)
+	waitKeys(t, b, c2, "p/3")
+	// A resumed reader whose cursor is the Reset's Next sees later changes.
+	mustPut(t, a, "p/4", nil)
+	waitKeys(t, b, r.Next, "p/4")
+	// Another generation: a Reset.
+	other := c2
+	other.Gen += "-other"
+	if r, err := b.Changes(ctx, other, 0); err != nil || !r.Reset {
+		t.Errorf("Changes from another generation = %+v, %v; want a Reset", r, err)
+	}
+}
+
+// waitKeys reads the feed from c until every key in want was delivered.
+func waitKeys(t *testing.T, w storage.Watcher, c storage.Cursor, want ...string) ([]string, storage.Cursor) {
+	t.Helper()
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var ks []string
+		ks, c = drain(t, w, c)
+		got = append(got, ks...)
+		missing := false
+		for _, k := range want {
+			missing = missing || !slices.Contains(got, k)
+		}
+		if !missing {
+			return got, c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("feed gave %v, want %v among them", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testLeaseTakeover(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const ttl = 400 * time.Millisecond
+	la, ok, err := a.TryAcquire(ctx, "controller", "node-a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("TryAcquire by a = %v, %v", ok, err)
+	}
+	if la.Epoch < 1 || time.Until(la.Deadline) > ttl {
+		t.Errorf("lease %+v: want epoch >= 1 and a deadline within %s", la, ttl)
+	}
+	if _, ok, err := b.TryAcquire(ctx, "controller", "node-b", ttl); err != nil || ok {
+		t.Fatalf("TryAcquire by b while a holds it = %v, %v; want false", ok, err)
+	}
+	// a renews; b still cannot take it.
+	if la, err = a.Renew(ctx, la, ttl); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	again, ok, err := a.TryAcquire(ctx, "controller", "node-a", ttl)
+	if err != nil || !ok || again.Epoch != la.Epoch {
+		t.Fatalf("TryAcquire by the holder = %+v, %v, %v; want the same epoch %d", again, ok, err, la.Epoch)
+	}
+	time.Sleep(ttl / 2)
+	if _, ok, err := b.TryAcquire(ctx, "controller", "node-b", ttl); err != nil || ok {
+		t.Fatalf("TryAcquire by b before expiry = %v, %v; want false", ok, err)
+	}
+	time.Sleep(ttl + 100*time.Millisecond)
+	lb, ok, err := b.TryAcquire(ctx, "controller", "node-b", ttl)
+	if err != nil || !ok {
+		t.Fatalf("TryAcquire by b after expiry = %v, %v; want true", ok, err)
+	}
+	if lb.Epoch != la.Epoch+1 {
+		t.Errorf("epoch after takeover %d, want %d", lb.Epoch, la.Epoch+1)
+	}
+	if _, err := a.Renew(ctx, la, ttl); !errors.Is(err, storage.ErrLeaseLost) {
+		t.Errorf("Renew of the lost lease: %v, want ErrLeaseLost", err)
+	}
+	// Release: a released lease can be taken at once, with a higher epoch.
+	if err := b.Release(ctx, lb); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, la); err != nil {
+		t.Errorf("Release of a lost lease: %v, want nil", err)
+	}
+	lc, ok, err := a.TryAcquire(ctx, "controller", "node-a", ttl)
+	if err != nil || !ok || lc.Epoch != lb.Epoch+1 {
+		t.Fatalf("TryAcquire after Release = %+v, %v, %v; want epoch %d", lc, ok, err, lb.Epoch+1)
+	}
+}
+
+func testLeaseLive(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	for _, s := range []struct {
+		st   SharedStore
+		name string
+		ttl  time.Duration
+	}{{a, "node/a", time.Minute}, {b, "node/b", time.Minute}, {a, "node/c", 50 * time.Millisecond}, {b, "other", time.Minute}} {
+		if _, ok, err := s.st.TryAcquire(ctx, s.name, "h-"+s.name, s.ttl); err != nil || !ok {
+			t.Fatalf("TryAcquire %s = %v, %v", s.name, ok, err)
+		}
+	}
+	time.Sleep(150 * time.Millisecond)
+	ls, err := b.Live(ctx, "node/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.Name)
+		if l.Holder != "h-"+l.Name || l.Epoch != 1 || time.Until(l.Deadline) < 50*time.Second {
+			t.Errorf("live lease %+v", l)
+		}
+	}
+	if !slices.Equal(names, []string{"node/a", "node/b"}) {
+		t.Errorf("Live(node/) = %v, want [node/a node/b]", names)
+	}
+}
+
+// testFencedAfterTakeover: after another holder took the lease over, every
+// fenced write of the old holding is refused and leaves nothing.
+func testFencedAfterTakeover(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const ttl = 30 * time.Millisecond
+	const runs = 100
+	refused := 0
+	for i := range runs {
+		name := fmt.Sprintf("fence/%d", i)
+		la, ok, err := a.TryAcquire(ctx, name, "old", ttl)
+		if err != nil || !ok {
+			t.Fatalf("TryAcquire: %v, %v", ok, err)
+		}
+		if err := a.UpdateFenced(ctx, la, func(tx storage.Tx) error { return tx.Put(ctx, name, []byte("old")) }); err != nil {
+			t.Fatalf("UpdateFenced while held: %v", err)
+		}
+		time.Sleep(ttl + 5*time.Millisecond)
+		var lb storage.Lease
+		for {
+			if lb, ok, err = b.TryAcquire(ctx, name, "new", time.Minute); err != nil {
+				t.Fatal(err)
+			} else if ok {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		err = a.UpdateFenced(ctx, la, func(tx storage.Tx) error { return tx.Put(ctx, name, []byte("stale")) })
+		if errors.Is(err, storage.ErrFenced) {
+			refused++
+		} else {
+			t.Errorf("run %d: UpdateFenced with epoch %d after takeover (epoch %d): %v, want ErrFenced", i, la.Epoch, lb.Epoch, err)
+		}
+		wantValue(t, b, name, []byte("old"))
+		if err := b.UpdateFenced(ctx, lb, func(tx storage.Tx) error { return tx.Put(ctx, name, []byte("new")) }); err != nil {
+			t.Fatalf("UpdateFenced by the new holder: %v", err)
+		}
+	}
+	t.Logf("stale fenced writes refused in %d of %d runs", refused, runs)
+}
+
+// testFencedDuringTx: the takeover is attempted while a fenced transaction
+// that passed its check is still open. Either the old holder's commit comes
+// first and the new holder's write after it, or the old one is refused;
+// never may the old holder's write land after the new holder's.
+func testFencedDuringTx(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const ttl = 200 * time.Millisecond
+	for i := range 5 {
+		name := fmt.Sprintf("race/%d", i)
+		la, ok, err := a.TryAcquire(ctx, name, "old", ttl)
+		if err != nil || !ok {
+			t.Fatalf("TryAcquire: %v, %v", ok, err)
+		}
+		newDone := make(chan error, 1)
+		started := false
+		oldErr := a.UpdateFenced(ctx, la, func(tx storage.Tx) error {
+			if !started { // only the first run of fn starts the taker
+				started = true
+				go func() {
+					newDone <- func() error {
+						for {
+							lb, ok, err := b.TryAcquire(ctx, name, "new", time.Minute)
+							if err != nil {
+								return err
+							}
+							if ok {
+								return b.UpdateFenced(ctx, lb, func(tx storage.Tx) error { return tx.Put(ctx, name, []byte("new")) })
+							}
+							time.Sleep(5 * time.Millisecond)
+						}
+					}()
+				}()
+			}
+			// Outlive the lease inside the transaction.
+			time.Sleep(ttl + 100*time.Millisecond)
+			return tx.Put(ctx, name, []byte("old"))
+		})
+		if err := <-newDone; err != nil {
+			t.Fatalf("run %d: new holder: %v", i, err)
+		}
+		if oldErr != nil && !errors.Is(oldErr, storage.ErrFenced) {
+			t.Fatalf("run %d: old holder: %v", i, oldErr)
+		}
+		wantValue(t, a, name, []byte("new"))
+		t.Logf("run %d: old holder's fenced write: %v", i, oldErr)
+	}
+}
