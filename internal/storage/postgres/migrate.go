@@ -1,0 +1,97 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// migrations is the schema history: migrations[i] takes the database from
+// version i to version i+1. Later versions are appended; an entry that has
+// shipped is never edited. The tables are those of the SQLite driver
+// (MULTINODE.md §7.2): kv ordered by bytes (COLLATE "C"), kv_changes filled
+// by a trigger and stamped with the writing transaction's xid8, leases and
+// metadata (the database generation, the change feed's pruning point, the
+// root key canary).
+var migrations = []string{
+	// Version 1.
+	`CREATE TABLE kv (
+	key   text COLLATE "C" PRIMARY KEY,
+	value bytea NOT NULL
+);
+CREATE TABLE kv_changes (
+	xid xid8   NOT NULL DEFAULT pg_current_xact_id(),
+	seq bigint GENERATED ALWAYS AS IDENTITY,
+	key text   COLLATE "C" NOT NULL,
+	PRIMARY KEY (xid, seq)
+);
+CREATE FUNCTION kv_changes_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		INSERT INTO kv_changes (key) VALUES (OLD.key);
+	ELSE
+		INSERT INTO kv_changes (key) VALUES (NEW.key);
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER kv_changes AFTER INSERT OR UPDATE OR DELETE ON kv
+	FOR EACH ROW EXECUTE FUNCTION kv_changes_record();
+CREATE TABLE kmsd_leases (
+	name       text COLLATE "C" PRIMARY KEY,
+	holder     text NOT NULL,
+	epoch      bigint NOT NULL,
+	expires_at timestamptz NOT NULL
+);
+CREATE TABLE kmsd_meta (
+	name  text PRIMARY KEY,
+	value bytea NOT NULL
+);
+INSERT INTO kmsd_meta (name, value) VALUES
+	('generation', convert_to(gen_random_uuid()::text, 'UTF8')),
+	('changes_pruned', convert_to('0:0', 'UTF8'));`,
+}
+
+// migrateLock is the key of the transaction-scoped advisory lock that
+// serializes migrations of nodes starting at once ("kmsdmigr").
+const migrateLock = 0x6b6d73646d696772
+
+// ErrSchemaTooNew is returned by Open for a database that a newer kmsd has
+// migrated past the versions this one knows.
+var ErrSchemaTooNew = errors.New("postgres: database schema is newer than this kmsd")
+
+// migrate brings the schema to version len(migs) in one transaction under
+// pg_advisory_xact_lock: nodes starting together wait for one another, a
+// failed migration leaves the database as it was, and the lock goes with
+// the transaction, so a crashed node leaves no lock behind.
+func migrate(ctx context.Context, pool *pgxpool.Pool, migs []string) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrateLock)); err != nil {
+			return fmt.Errorf("migrate: lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS kmsd_schema_migrations (
+	version    integer PRIMARY KEY,
+	applied_at timestamptz NOT NULL DEFAULT now()
+)`); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		var current int
+		if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM kmsd_schema_migrations`).Scan(&current); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if current > len(migs) {
+			return fmt.Errorf("%w: database is at version %d, this kmsd knows up to %d", ErrSchemaTooNew, current, len(migs))
+		}
+		for v := current + 1; v <= len(migs); v++ {
+			if _, err := tx.Exec(ctx, migs[v-1]); err != nil {
+				return fmt.Errorf("migrate to version %d: %w", v, err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO kmsd_schema_migrations (version) VALUES ($1)`, v); err != nil {
+				return fmt.Errorf("migrate to version %d: %w", v, err)
+			}
+		}
+		return nil
+	})
+}

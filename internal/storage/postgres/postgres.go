@@ -1,0 +1,460 @@
+// Package postgres is kmsd's shared storage driver: a storage.Store in a
+// PostgreSQL (15 or later) database that several kmsd nodes use at once,
+// through pgx v5's connection pool. It is the only package that imports
+// the PostgreSQL driver.
+//
+// Update runs at SERIALIZABLE. PostgreSQL aborts one of two conflicting
+// serializable transactions (SQLSTATE 40001) and deadlocks (40P01) abort
+// one side; the driver then rolls back and runs fn again, up to maxTries
+// times with jittered backoff, which is why the contract lets fn run more
+// than once. Before COMMIT the driver learns the transaction's id
+// (pg_current_xact_id_if_assigned); if the connection breaks while COMMIT
+// is in flight it asks pg_xact_status on another connection whether that
+// transaction committed, and reports success, re-runs fn (aborted), or
+// returns storage.ErrCommitUnknown when the database cannot say.
+//
+// Get and List outside Update are single statements on the pool (each its
+// own snapshot). Put, Create and Delete on the Store are one-statement
+// Updates, so they get the same retry and commit resolution.
+//
+// The schema (migrate.go) is migrated by Open under a transaction-scoped
+// advisory lock; no session state is used anywhere (no session advisory
+// locks, no LISTEN), so the driver also works through a pooler in
+// transaction mode. The change feed (watch.go) reads kv_changes below the
+// xid horizon of finished transactions; leases (lease.go) expire by the
+// database's clock.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Options tune the connection pool and the sessions; zero values take the
+// defaults of MULTINODE.md §7.8.
+type Options struct {
+	MaxConns         int32         // default 16
+	MinConns         int32         // default 2
+	ConnectTimeout   time.Duration // default 3s
+	StatementTimeout time.Duration // default 5s
+	// Password, if not empty, replaces the URL's (given by reference:
+	// a file or KMSD_DATABASE_PASSWORD, never on the command line).
+	Password string
+}
+
+// maxTries bounds the runs of fn in one Update.
+const maxTries = 40
+
+var errClosed = errors.New("postgres: store is closed")
+
+// Store is a storage.Store in a PostgreSQL database. It is safe for
+// concurrent use, and any number of Stores (in any number of processes)
+// may share one database.
+type Store struct {
+	pool   *pgxpool.Pool
+	closed atomic.Bool
+
+	// fresh remembers recent change-feed polls for FreshAsOf (watch.go).
+	freshMu sync.Mutex
+	polls   []poll
+}
+
+var (
+	_ storage.Store   = (*Store)(nil)
+	_ storage.Watcher = (*Store)(nil)
+	_ storage.Leaser  = (*Store)(nil)
+)
+
+// Open connects to the database named by url (a postgres:// URL or a
+// key=value connection string, as libpq takes), migrates its schema and
+// returns the store. It refuses a database whose schema is newer than this
+// code (ErrSchemaTooNew).
+func Open(ctx context.Context, url string, o Options) (*Store, error) {
+	return open(ctx, url, o, migrations)
+}
+
+func open(ctx context.Context, url string, o Options, migs []string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// pgx's message may quote the URL, password included.
+		return nil, errors.New("postgres: the database URL does not parse")
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 16
+	}
+	if o.MinConns <= 0 {
+		o.MinConns = 2
+	}
+	o.MinConns = min(o.MinConns, o.MaxConns)
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 3 * time.Second
+	}
+	if o.StatementTimeout <= 0 {
+		o.StatementTimeout = 5 * time.Second
+	}
+	cfg.MaxConns, cfg.MinConns = o.MaxConns, o.MinConns
+	cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
+	if o.Password != "" {
+		cfg.ConnConfig.Password = o.Password
+	}
+	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	rp := cfg.ConnConfig.RuntimeParams
+	rp["statement_timeout"] = ms(o.StatementTimeout)
+	rp["lock_timeout"] = ms(min(2*time.Second, o.StatementTimeout))
+	rp["idle_in_transaction_session_timeout"] = ms(max(10*time.Second, 2*o.StatementTimeout))
+	rp["application_name"] = "kmsd"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if err := migrate(ctx, pool, migs); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Close closes the pool. It is safe to call more than once.
+func (s *Store) Close() error {
+	if s.closed.CompareAndSwap(false, true) {
+		s.pool.Close()
+	}
+	return nil
+}
+
+// Get implements storage.Reader.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
+	return get(ctx, s.pool, key)
+}
+
+// List implements storage.Reader, reading one snapshot.
+func (s *Store) List(ctx context.Context, prefix, after string, limit int) ([]storage.Entry, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
+	return list(ctx, s.pool, prefix, after, limit)
+}
+
+// Put implements storage.Tx as an Update of its own.
+func (s *Store) Put(ctx context.Context, key string, value []byte) error {
+	if err := storage.ValidateKey(key); err != nil {
+		return err
+	}
+	return s.Update(ctx, func(tx storage.Tx) error { return tx.Put(ctx, key, value) })
+}
+
+// Create implements storage.Tx as an Update of its own.
+func (s *Store) Create(ctx context.Context, key string, value []byte) error {
+	if err := storage.ValidateKey(key); err != nil {
+		return err
+	}
+	return s.Update(ctx, func(tx storage.Tx) error { return tx.Create(ctx, key, value) })
+}
+
+// Delete implements storage.Tx as an Update of its own.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := storage.ValidateKey(key); err != nil {
+		return err
+	}
+	return s.Update(ctx, func(tx storage.Tx) error { return tx.Delete(ctx, key) })
+}
+
+// Update implements storage.Store.
+func (s *Store) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	return s.update(ctx, nil, fn)
+}
+
+// update runs check (if not nil) and then fn in one serializable
+// transaction, retrying on serialization failures and deadlocks.
+func (s *Store) update(ctx context.Context, check func(pgx.Tx) error, fn func(storage.Tx) error) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	backoff := 2 * time.Millisecond
+	for try := 1; ; try++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := s.once(ctx, check, fn)
+		if !retryable(err) || try == maxTries {
+			return err
+		}
+		// Jittered exponential backoff so that the same two transactions
+		// do not collide again in lockstep.
+		d := backoff/2 + rand.N(backoff)
+		backoff = min(2*backoff, 100*time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+}
+
+// errRerun marks an attempt whose transaction is known not to have
+// committed and may be run again.
+var errRerun = errors.New("postgres: transaction aborted; run again")
+
+// retryable says err calls for another run of the transaction.
+func retryable(err error) bool {
+	if errors.Is(err, errRerun) {
+		return true
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+}
+
+// once is one run of an Update's transaction.
+func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(storage.Tx) error) (err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	defer conn.Release()
+	ptx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
+	if err != nil {
+		return fmt.Errorf("postgres: begin: %w", err)
+	}
+	t := &tx{tx: ptx}
+	committed := false
+	defer func() {
+		t.done.Store(true)
+		if !committed {
+			// After an error, a panic or a failed COMMIT. The context may
+			// be over: roll back without it.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = ptx.Rollback(rctx)
+			cancel()
+		}
+	}()
+	if check != nil {
+		if err := check(ptx); err != nil {
+			return err
+		}
+	}
+	if err := fn(t); err != nil {
+		if t.retry != nil {
+			// fn failed because the database aborted the transaction; its
+			// error may hide that, so the abort decides.
+			return t.retry
+		}
+		return err
+	}
+	t.done.Store(true)
+	// The transaction's id, if it wrote anything: the one question that
+	// settles a COMMIT whose answer is lost.
+	var xid *string
+	if err := ptx.QueryRow(ctx, `SELECT pg_current_xact_id_if_assigned()::text`).Scan(&xid); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	err = ptx.Commit(ctx)
+	if err == nil {
+		committed = true
+		return nil
+	}
+	committed = true // no rollback after a COMMIT was sent
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// The server answered: the commit failed (40001 at commit is
+		// retryable), nothing was kept.
+		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	if xid == nil {
+		// A read-only transaction: nothing to lose.
+		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	return s.resolve(ctx, *xid, err)
+}
+
+// resolve decides the outcome of transaction xid, whose COMMIT was sent
+// but whose answer was lost (cause), by asking pg_xact_status on another
+// connection. It keeps asking for a few seconds while the answer is "in
+// progress" (the old backend may not have noticed the broken connection).
+func (s *Store) resolve(ctx context.Context, xid string, cause error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	rctx := context.WithoutCancel(ctx)
+	for {
+		var status *string
+		qctx, cancel := context.WithTimeout(rctx, 3*time.Second)
+		err := s.pool.QueryRow(qctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
+		cancel()
+		switch {
+		case err != nil:
+		case status != nil && *status == "committed":
+			return nil
+		case status != nil && *status == "aborted":
+			return fmt.Errorf("%w (commit lost: %v)", errRerun, cause)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: transaction %s: connection lost during COMMIT (%v)", storage.ErrCommitUnknown, xid, cause)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// tx is the storage.Tx that Update passes to fn.
+type tx struct {
+	tx    pgx.Tx
+	done  atomic.Bool
+	retry error // a serialization failure or deadlock met by an operation
+}
+
+var errTxDone = errors.New("postgres: transaction used after its Update returned")
+
+// note records a retryable database error so that Update re-runs fn
+// whatever fn makes of the error.
+func (t *tx) note(err error) error {
+	if retryable(err) && t.retry == nil {
+		t.retry = err
+	}
+	return err
+}
+
+func (t *tx) Get(ctx context.Context, key string) ([]byte, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	v, err := get(ctx, t.tx, key)
+	return v, t.note(err)
+}
+
+func (t *tx) List(ctx context.Context, prefix, after string, limit int) ([]storage.Entry, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	es, err := list(ctx, t.tx, prefix, after, limit)
+	return es, t.note(err)
+}
+
+func (t *tx) Put(ctx context.Context, key string, value []byte) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	if err := storage.ValidateKey(key); err != nil {
+		return err
+	}
+	_, err := t.tx.Exec(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, bytea(value))
+	if err != nil {
+		return t.note(fmt.Errorf("postgres: put: %w", err))
+	}
+	return nil
+}
+
+func (t *tx) Create(ctx context.Context, key string, value []byte) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	if err := storage.ValidateKey(key); err != nil {
+		return err
+	}
+	tag, err := t.tx.Exec(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, bytea(value))
+	if err != nil {
+		return t.note(fmt.Errorf("postgres: create: %w", err))
+	}
+	if tag.RowsAffected() == 0 {
+		return storage.ErrExists
+	}
+	return nil
+}
+
+func (t *tx) Delete(ctx context.Context, key string) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	if err := storage.ValidateKey(key); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(ctx, `DELETE FROM kv WHERE key = $1`, key); err != nil {
+		return t.note(fmt.Errorf("postgres: delete: %w", err))
+	}
+	return nil
+}
+
+// querier is what get and list need: the pool or a transaction.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// bytea keeps an empty value an empty bytea: pgx sends a nil slice as NULL.
+func bytea(v []byte) []byte {
+	if v == nil {
+		return []byte{}
+	}
+	return v
+}
+
+func get(ctx context.Context, q querier, key string) ([]byte, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return nil, err
+	}
+	var v []byte
+	err := q.QueryRow(ctx, `SELECT value FROM kv WHERE key = $1`, key).Scan(&v)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, storage.ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("postgres: get: %w", err)
+	case v == nil:
+		v = []byte{}
+	}
+	return v, nil
+}
+
+// list scans the primary-key index range [lo, end), never with LIKE, whose
+// wildcards and collation would be wrong. The kv.key column is COLLATE "C",
+// so text comparison is byte comparison.
+func list(ctx context.Context, q querier, prefix, after string, limit int) ([]storage.Entry, error) {
+	if err := storage.ValidateRange(prefix, after); err != nil {
+		return nil, err
+	}
+	lo, op := prefix, ">="
+	if after >= prefix {
+		lo, op = after, ">"
+	}
+	args := []any{lo}
+	sql := `SELECT key, value FROM kv WHERE key ` + op + ` $1`
+	if end, ok := storage.PrefixEnd(prefix); ok {
+		args = append(args, end)
+		sql += ` AND key < $2`
+	}
+	sql += ` ORDER BY key`
+	if limit > 0 {
+		sql += ` LIMIT ` + strconv.Itoa(limit)
+	}
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list: %w", err)
+	}
+	defer rows.Close()
+	var es []storage.Entry
+	for rows.Next() {
+		var e storage.Entry
+		if err := rows.Scan(&e.Key, &e.Value); err != nil {
+			return nil, fmt.Errorf("postgres: list: %w", err)
+		}
+		if e.Value == nil {
+			e.Value = []byte{}
+		}
+		es = append(es, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: list: %w", err)
+	}
+	return es, nil
+}

@@ -1,0 +1,182 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// defaultChangeLimit is Changes' batch size when the caller gives none.
+const defaultChangeLimit = 1000
+
+// poll is what one Changes call learned: when it started (local clock) and
+// the xmax of its snapshot, above every transaction that had committed by
+// then (MULTINODE.md §4.3, measured freshness).
+type poll struct {
+	start time.Time
+	xmax  uint64
+}
+
+// Changes implements storage.Watcher with the xid horizon: rows of
+// kv_changes are delivered in (xid, seq) order, but only those of
+// transactions below the snapshot's xmin, which have all finished, so a
+// transaction that committed late (a smaller xid, committed after a larger
+// one) can never land behind the cursor. A long writing transaction holds
+// the horizon back, delaying (never losing) the changes after it.
+func (s *Store) Changes(ctx context.Context, from storage.Cursor, limit int) (storage.Batch, error) {
+	if s.closed.Load() {
+		return storage.Batch{}, errClosed
+	}
+	if limit <= 0 {
+		limit = defaultChangeLimit
+	}
+	start := time.Now()
+	var b storage.Batch
+	var xmin, xmax uint64
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		gen, pruned, err := feedState(ctx, tx)
+		if err != nil {
+			return err
+		}
+		var smin, smax string
+		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text`).
+			Scan(&smin, &smax); err != nil {
+			return fmt.Errorf("postgres: changes: %w", err)
+		}
+		if xmin, err = strconv.ParseUint(smin, 10, 64); err != nil {
+			return fmt.Errorf("postgres: changes: xmin %q: %w", smin, err)
+		}
+		if xmax, err = strconv.ParseUint(smax, 10, 64); err != nil {
+			return fmt.Errorf("postgres: changes: xmax %q: %w", smax, err)
+		}
+		horizon := storage.Cursor{Gen: gen, XID: xmin}
+		if from.IsZero() || from.Gen != gen || less(from, pruned) {
+			// Everything below the horizon is finished and visible to
+			// what the caller reads next; the rest is still to come.
+			b = storage.Batch{Next: maxCursor(horizon, pruned), Reset: true}
+			return nil
+		}
+		rows, err := tx.Query(ctx, `SELECT xid::text, seq, key FROM kv_changes
+WHERE (xid, seq) > ($1::text::xid8, $2) AND xid < $3::text::xid8
+ORDER BY xid, seq LIMIT $4`, strconv.FormatUint(from.XID, 10), from.Seq, smin, limit)
+		if err != nil {
+			return fmt.Errorf("postgres: changes: %w", err)
+		}
+		defer rows.Close()
+		b.Next = from
+		for rows.Next() {
+			var x, key string
+			if err := rows.Scan(&x, &b.Next.Seq, &key); err != nil {
+				return fmt.Errorf("postgres: changes: %w", err)
+			}
+			if b.Next.XID, err = strconv.ParseUint(x, 10, 64); err != nil {
+				return fmt.Errorf("postgres: changes: xid %q: %w", x, err)
+			}
+			b.Keys = append(b.Keys, key)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("postgres: changes: %w", err)
+		}
+		if len(b.Keys) < limit {
+			// Everything below the horizon is consumed: move up to it.
+			b.Next = maxCursor(b.Next, horizon)
+		}
+		return nil
+	})
+	if err != nil {
+		return storage.Batch{}, err
+	}
+	if b.Reset || len(b.Keys) < limit {
+		b.FreshAsOf = s.fresh(start, xmin, xmax)
+	}
+	return b, nil
+}
+
+// fresh records this poll and returns the latest start of a poll (this
+// one included) whose xmax is at or below the horizon now consumed: every
+// transaction that committed before that start had an xid below its xmax,
+// hence below the horizon, hence is delivered.
+func (s *Store) fresh(start time.Time, horizon, xmax uint64) time.Time {
+	s.freshMu.Lock()
+	defer s.freshMu.Unlock()
+	s.polls = append(s.polls, poll{start, xmax})
+	var best time.Time
+	keep := s.polls[:0]
+	for _, p := range s.polls {
+		if p.xmax <= horizon {
+			if p.start.After(best) {
+				best = p.start
+			}
+			continue // superseded by best
+		}
+		keep = append(keep, p)
+	}
+	s.polls = keep
+	if len(s.polls) > 64 {
+		s.polls = append(s.polls[:0], s.polls[len(s.polls)-64:]...)
+	}
+	return best
+}
+
+// less orders cursors of one generation.
+func less(a, b storage.Cursor) bool {
+	return a.XID < b.XID || a.XID == b.XID && a.Seq < b.Seq
+}
+
+func maxCursor(a, b storage.Cursor) storage.Cursor {
+	if less(a, b) {
+		return b
+	}
+	return a
+}
+
+// feedState reads the generation and the pruning point.
+func feedState(ctx context.Context, q querier) (gen string, pruned storage.Cursor, err error) {
+	var g, p []byte
+	if err := q.QueryRow(ctx, `SELECT value FROM kmsd_meta WHERE name = 'generation'`).Scan(&g); err != nil {
+		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
+	}
+	if err := q.QueryRow(ctx, `SELECT value FROM kmsd_meta WHERE name = 'changes_pruned'`).Scan(&p); err != nil {
+		return "", pruned, fmt.Errorf("postgres: changes: pruning point: %w", err)
+	}
+	x, sq, ok := strings.Cut(string(p), ":")
+	pruned.Gen = string(g)
+	if pruned.XID, err = strconv.ParseUint(x, 10, 64); err == nil && ok {
+		pruned.Seq, err = strconv.ParseInt(sq, 10, 64)
+	}
+	if err != nil || !ok {
+		return "", pruned, fmt.Errorf("postgres: changes: pruning point %q malformed", p)
+	}
+	return string(g), pruned, nil
+}
+
+// Prune implements storage.Watcher.
+func (s *Store) Prune(ctx context.Context, upTo storage.Cursor) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	return s.update(ctx, func(tx pgx.Tx) error {
+		gen, pruned, err := feedState(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if upTo.Gen != gen || !less(pruned, upTo) {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM kv_changes WHERE (xid, seq) <= ($1::text::xid8, $2)`,
+			strconv.FormatUint(upTo.XID, 10), upTo.Seq); err != nil {
+			return fmt.Errorf("postgres: prune: %w", err)
+		}
+		p := strconv.FormatUint(upTo.XID, 10) + ":" + strconv.FormatInt(upTo.Seq, 10)
+		if _, err := tx.Exec(ctx, `UPDATE kmsd_meta SET value = $1 WHERE name = 'changes_pruned'`, []byte(p)); err != nil {
+			return fmt.Errorf("postgres: prune: %w", err)
+		}
+		return nil
+	}, func(storage.Tx) error { return nil })
+}

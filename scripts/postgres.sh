@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs a private PostgreSQL 15 server (Debian's postgresql-15 binaries) for
+# the tests, in a directory of its own, as an unprivileged user.
+#
+#   scripts/postgres.sh start DIR [PORT]  create the cluster in DIR if absent
+#                                         and start it; prints its URL
+#   scripts/postgres.sh stop DIR          stop the server of DIR (fast mode)
+#   scripts/postgres.sh status DIR        exit 0 when the server of DIR runs
+#   scripts/postgres.sh url DIR           print the server's URL
+#
+# The server listens on 127.0.0.1:PORT only (PORT default: a free one picked
+# here) and on a unix socket in DIR/sock, never on another address. Its
+# superuser is "kmsd" with a random password kept in DIR/password (mode
+# 0600), scram-sha-256 for every connection; the URL printed names the
+# "postgres" database, in which tests create databases of their own. When
+# run as root (as CI does) the server runs as the system user kmsdtest,
+# created here if missing, since PostgreSQL refuses to run as root.
+set -euo pipefail
+
+bin=/usr/lib/postgresql/15/bin
+cmd=${1:-}
+dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,17p' "$0"; exit 2; }
+
+as_user() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u kmsdtest -- "$@"; else "$@"; fi
+}
+
+url() {
+  local port pass
+  port=$(cat "$dir/port")
+  pass=$(cat "$dir/password")
+  echo "postgres://kmsd:$pass@127.0.0.1:$port/postgres?sslmode=disable"
+}
+
+running() {
+  [ -d "$dir/data" ] && as_user "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
+}
+
+case "$cmd" in
+start)
+  [ -x "$bin/initdb" ] || { echo "postgres.sh: $bin/initdb missing (apt-get install postgresql)" >&2; exit 1; }
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  if [ "$(id -u)" -eq 0 ]; then
+    id kmsdtest >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin kmsdtest
+    chown kmsdtest "$dir"
+    # The server must reach DIR through its parents.
+    d=$dir; while [ "$d" != / ]; do d=$(dirname "$d"); chmod o+x "$d" 2>/dev/null || true; done
+  fi
+  if running; then url; exit 0; fi
+  if [ ! -d "$dir/data" ]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/password")
+    [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir/password"
+    as_user "$bin/initdb" -D "$dir/data" -U kmsd --pwfile="$dir/password" --auth=scram-sha-256 \
+      -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  fi
+  port=${3:-}
+  if [ -z "$port" ]; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  fi
+  echo "$port" > "$dir/port"
+  mkdir -p "$dir/sock"
+  [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir/sock" "$dir/port"
+  # fsync stays on: the tests prove durability across kill -9.
+  as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c max_connections=200 -c shared_buffers=64MB" \
+    start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+  url
+  ;;
+stop)
+  if running; then as_user "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
+  ;;
+status)
+  running
+  ;;
+url)
+  url
+  ;;
+*)
+  sed -n '2,17p' "$0"; exit 2
+  ;;
+esac
