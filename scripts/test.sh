@@ -5,7 +5,9 @@
 # key-type tests' third oracle), SoftHSM2, openCryptoki (the second
 # PKCS#11 implementation; its pkcsslotd daemon runs during the tests,
 # started and stopped by scripts/opencryptoki.sh) and OpenSC
-# (pkcs11-tool), curl, and staticcheck from the Go module proxy. Exits
+# (pkcs11-tool), curl, PostgreSQL 15 (postgresql; a private server runs
+# during the tests, started and stopped by scripts/postgres.sh, its URL in
+# KMSD_TEST_DATABASE_URL), and staticcheck from the Go module proxy. Exits
 # non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#need[@]} -gt 0 ]; then
@@ -43,12 +46,28 @@ go vet ./...
 echo "== staticcheck"
 staticcheck ./...
 
+# Services the tests use, stopped when this script ends (one EXIT trap
+# runs every stop registered here).
+stops=()
+trap 'for c in "${stops[@]}"; do eval "$c" || true; done' EXIT
+
 echo "== openCryptoki's pkcsslotd"
 # A system-wide daemon (unix socket, no network port): started here unless
 # it runs already, and then stopped when this script ends.
 if ! $sudo scripts/opencryptoki.sh status; then
   $sudo scripts/opencryptoki.sh start
-  trap '$sudo scripts/opencryptoki.sh stop' EXIT
+  stops+=('$sudo scripts/opencryptoki.sh stop')
+fi
+
+echo "== PostgreSQL"
+# A private server on 127.0.0.1 (a free port) and a socket in its own
+# directory, for the storage/postgres and e2e/postgres tests; each test
+# creates a database of its own on it.
+if [ -z "${KMSD_TEST_DATABASE_URL:-}" ]; then
+  pgdir=$(mktemp -d /tmp/kmsd-ci-pg.XXXXXX)
+  stops+=('scripts/postgres.sh stop "$pgdir"; rm -rf "$pgdir"')
+  KMSD_TEST_DATABASE_URL=$(scripts/postgres.sh start "$pgdir")
+  export KMSD_TEST_DATABASE_URL
 fi
 
 echo "== go test -race"
