@@ -274,6 +274,7 @@ func serve(args []string) error {
 	var hsmProbe, hsmBackup string
 	var cfg server.Config
 	var configFile, sweep, auditMax, replicaDelay string
+	var dbPasswordFile, dbMax, dbMin, dbConnect, dbStatement string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -296,6 +297,12 @@ func serve(args []string) error {
 		{"pair-pool-size", "KMSD_PAIR_POOL_SIZE", "pair_pool_size", "RSA data key pairs of each KeyPairSpec kept pre-generated in memory for GenerateDataKeyPair, filled after a spec's first use (default 4; 0 disables)", &cfg.PairPoolSize},
 		{"replica-delay", "KMSD_REPLICA_DELAY", "replica_delay", "how long a new multi-Region replica stays Creating and keys changing their primary Region stay Updating (default 2s; 0 to 1h)", &replicaDelay},
 		{"custom-key-store-rps", "KMSD_CUSTOM_KEY_STORE_RPS", "custom_key_store_rps", "request quota of each custom key store: cryptographic requests a second shared by its keys, beyond which they get ThrottlingException (default 1800, AWS's; 0 for no limit)", &cfg.CustomKeyStoreRPS},
+		{"database-url", "KMSD_DATABASE_URL", "database_url", "PostgreSQL database to keep state in instead of <data-dir>/kmsd.db, shared by every node given it: postgres://user@host:5432/db?sslmode=verify-full (several host:port for failover, with target_session_attrs=read-write); the password from KMSD_DATABASE_PASSWORD, --database-password-file, PGPASSWORD or PGPASSFILE rather than the URL. Needs the root key (KMSD_ROOT_KEY or --root-key-file), which is then never created", &cfg.DatabaseURL},
+		{"database-password-file", "KMSD_DATABASE_PASSWORD_FILE", "database_password_file", "file holding the --database-url password (its first line)", &dbPasswordFile},
+		{"db-max-conns", "KMSD_DB_MAX_CONNS", "db_max_conns", "PostgreSQL connections this node may open (default 16); keep nodes × this below max_connections", &dbMax},
+		{"db-min-conns", "KMSD_DB_MIN_CONNS", "db_min_conns", "PostgreSQL connections kept open when idle (default 2)", &dbMin},
+		{"db-connect-timeout", "KMSD_DB_CONNECT_TIMEOUT", "db_connect_timeout", "time to open one PostgreSQL connection (default 3s)", &dbConnect},
+		{"db-statement-timeout", "KMSD_DB_STATEMENT_TIMEOUT", "db_statement_timeout", "statement_timeout of kmsd's PostgreSQL sessions (default 5s; lock_timeout is min(2s, this), idle_in_transaction_session_timeout max(10s, twice this))", &dbStatement},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -354,6 +361,44 @@ func serve(args []string) error {
 			return fmt.Errorf("--hsm-backup-interval %q: want a positive duration such as 24h", hsmBackup)
 		}
 		cfg.HSMBackupInterval = d
+	}
+	for _, n := range []struct {
+		flag, v string
+		dst     *int
+	}{{"db-max-conns", dbMax, &cfg.DBMaxConns}, {"db-min-conns", dbMin, &cfg.DBMinConns}} {
+		if n.v == "" {
+			continue
+		}
+		v, err := strconv.Atoi(n.v)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("--%s %q: want a positive number of connections", n.flag, n.v)
+		}
+		*n.dst = v
+	}
+	for _, d := range []struct {
+		flag, v string
+		dst     *time.Duration
+	}{{"db-connect-timeout", dbConnect, &cfg.DBConnectTimeout}, {"db-statement-timeout", dbStatement, &cfg.DBStatementTimeout}} {
+		if d.v == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.v)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("--%s %q: want a positive duration such as 5s", d.flag, d.v)
+		}
+		*d.dst = v
+	}
+	cfg.DatabasePassword = os.Getenv("KMSD_DATABASE_PASSWORD")
+	if dbPasswordFile != "" {
+		b, err := os.ReadFile(dbPasswordFile)
+		if err != nil {
+			return fmt.Errorf("--database-password-file: %w", err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		cfg.DatabasePassword = strings.TrimRight(line, "\r")
+	}
+	if cfg.DatabaseURL == "" && (cfg.DatabasePassword != "" || dbMax+dbMin+dbConnect+dbStatement != "") {
+		return errors.New("the database password and --db-* settings need --database-url")
 	}
 	var err error
 	if cfg.DataDir, err = defaultDataDir(cfg.DataDir); err != nil {

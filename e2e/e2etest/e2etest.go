@@ -145,10 +145,16 @@ func (p *Proxy) HUP(t testing.TB) bool {
 // temporary directory, points each *bins[name] at its binary, runs the
 // package's tests and exits with their status, removing the directory.
 func Main(m *testing.M, bins map[string]*string) {
+	os.Exit(Run(m, bins))
+}
+
+// Run is Main returning the exit status instead of exiting, for a TestMain
+// with more to do after the tests.
+func Run(m *testing.M, bins map[string]*string) int {
 	dir, err := os.MkdirTemp("", "kmsd-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
+		return 1
 	}
 	for name, path := range bins {
 		*path = filepath.Join(dir, name)
@@ -157,10 +163,10 @@ func Main(m *testing.M, bins map[string]*string) {
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: building cmd/%s: %v\n", name, err)
 			os.RemoveAll(dir)
-			os.Exit(1)
+			return 1
 		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
-	os.Exit(code)
+	return code
 }

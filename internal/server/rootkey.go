@@ -20,16 +20,22 @@ var (
 	errRootKeyMismatch = errors.New("root key mismatch")
 )
 
-// openBarrier loads the root key and proves it is the one the database in
-// dbPath was created with, before anything else reads the database.
+// openBarrier loads the root key and proves it is the one the database
+// db was created with, before anything else reads the database.
 //
 // A database that holds anything is never given a new root key: a missing
 // key file is an error rather than a new key that could open nothing. The
-// proof is the barrier's check value, written when the database is first
-// used; a database from before check values is proved by opening one
-// sealed record (key material and access-key secrets) and then given its
-// check value, so that upgrades start without help.
-func openBarrier(ctx context.Context, cfg Config, store storage.Store, dbPath string, log *slog.Logger) (*barrier.Barrier, error) {
+// proof is the barrier's check value (the canary), written when the
+// database is first used; a database from before check values is proved by
+// opening one sealed record (key material and access-key secrets) and then
+// given its check value, so that upgrades start without help.
+//
+// A shared (PostgreSQL) database never gets a root key created for it,
+// even when empty: every node must be given the same key (KMSD_ROOT_KEY or
+// --root-key-file), and two nodes starting on an empty database with
+// different keys must not both succeed; the first canary written wins and
+// the other node is refused. A refused node writes nothing.
+func openBarrier(ctx context.Context, cfg Config, store storage.Store, db database, log *slog.Logger) (*barrier.Barrier, error) {
 	existing, err := store.List(ctx, "", "", 1)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
@@ -42,13 +48,21 @@ func openBarrier(ctx context.Context, cfg Config, store storage.Store, dbPath st
 	case cfg.RootKey != "":
 		where = "in KMSD_ROOT_KEY"
 		rootKey, err = barrier.ParseRootKey(cfg.RootKey)
+	case db.shared:
+		where = "in the file " + cfg.RootKeyFile + " (--root-key-file)"
+		rootKey, err = barrier.LoadRootKey(cfg.RootKeyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: with --database-url the root key must be given, and every node sharing %s must have the same one; "+
+				"the root key file %s is missing and kmsd will not create a root key for a shared database. "+
+				"Give the key in KMSD_ROOT_KEY or a file (mode 0600) at --root-key-file", errRootKeyMissing, db.desc, cfg.RootKeyFile)
+		}
 	case hasData:
 		rootKey, err = barrier.LoadRootKey(cfg.RootKeyFile)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: the database %s exists but the root key file %s is missing; "+
 				"kmsd will not create a new one, since a new key cannot open anything in that database. "+
 				"Restore the original root key file (mode 0600) to %s, point --root-key-file at it, "+
-				"or give the original key in KMSD_ROOT_KEY", errRootKeyMissing, dbPath, cfg.RootKeyFile, cfg.RootKeyFile)
+				"or give the original key in KMSD_ROOT_KEY", errRootKeyMissing, db.path, cfg.RootKeyFile, cfg.RootKeyFile)
 		}
 	default:
 		var created bool
@@ -66,20 +80,30 @@ func openBarrier(ctx context.Context, cfg Config, store storage.Store, dbPath st
 		return nil, err
 	}
 	mismatch := func(cause error) error {
-		return fmt.Errorf("%w: the database in %s was created with another root key; the root key %s does not open it. "+
+		return fmt.Errorf("%w: %s was created with another root key; the root key %s does not open it. "+
 			"Restore the original root key file to %s (or give the original key in KMSD_ROOT_KEY) and start kmsd again; "+
-			"a database whose root key is lost cannot be read (%w)", errRootKeyMismatch, dbPath, where, cfg.RootKeyFile, cause)
+			"a database whose root key is lost cannot be read (%w)", errRootKeyMismatch, db.desc, where, cfg.RootKeyFile, cause)
 	}
 
-	check, err := store.Get(ctx, barrier.CheckRecord)
-	switch {
-	case err == nil:
-		if err := b.VerifyCheck(check); err != nil {
-			return nil, mismatch(err)
+	verify := func() (bool, error) {
+		check, err := store.Get(ctx, barrier.CheckRecord)
+		switch {
+		case err == nil:
+			if err := b.VerifyCheck(check); err != nil {
+				return true, mismatch(err)
+			}
+			return true, nil
+		case errors.Is(err, storage.ErrNotFound):
+			return false, nil
+		default:
+			return false, fmt.Errorf("open database: %w", err)
+		}
+	}
+	if found, err := verify(); found || err != nil {
+		if err != nil {
+			return nil, err
 		}
 		return b, nil
-	case !errors.Is(err, storage.ErrNotFound):
-		return nil, fmt.Errorf("open database: %w", err)
 	}
 	if hasData {
 		// A database from before check values: prove the key on what it
@@ -96,13 +120,20 @@ func openBarrier(ctx context.Context, cfg Config, store storage.Store, dbPath st
 			}
 			return nil, err
 		}
-		log.Info("wrote the root key check value to a database that had none", "database", dbPath)
+		log.Info("wrote the root key check value to a database that had none", "database", db.desc)
 	}
 	sealed, err := b.SealCheck()
 	if err != nil {
 		return nil, err
 	}
 	if err := store.Create(ctx, barrier.CheckRecord, sealed); err != nil {
+		if errors.Is(err, storage.ErrExists) {
+			// Another node wrote the canary first: its key must be ours.
+			if _, err := verify(); err != nil {
+				return nil, err
+			}
+			return b, nil
+		}
 		return nil, fmt.Errorf("write root key check value: %w", err)
 	}
 	return b, nil

@@ -44,7 +44,7 @@ func (e *rootKeyEnv) open(t *testing.T, cfg Config) (*barrier.Barrier, error) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	return openBarrier(ctx, cfg, store, e.dbPath, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return openBarrier(ctx, cfg, store, database{desc: "the database in " + e.dbPath, path: e.dbPath}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // with runs fn on the environment's database with a barrier under key.

@@ -35,7 +35,6 @@ import (
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/sigv4"
-	"github.com/kmsd/kmsd/internal/storage/sqlite"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -114,6 +113,18 @@ type Config struct {
 	// as AWS takes seconds); ReplicaDelaySet says it was given (0 allowed).
 	ReplicaDelay    time.Duration
 	ReplicaDelaySet bool
+	// DatabaseURL, when set, is the PostgreSQL database (postgres:// URL
+	// or key=value string) kmsd keeps its state in instead of the SQLite
+	// file in DataDir; several nodes may share it. Its password may come
+	// from DatabasePassword (KMSD_DATABASE_PASSWORD or the file of
+	// --database-password-file) or PGPASSWORD / PGPASSFILE. The root key
+	// is then required and never created (see openBarrier).
+	DatabaseURL      string
+	DatabasePassword string
+	// DB* tune the PostgreSQL pool and sessions (zero: 16, 2, 3s, 5s).
+	DBMaxConns, DBMinConns int
+	DBConnectTimeout       time.Duration
+	DBStatementTimeout     time.Duration
 	// CustomKeyStoreRPS is the request quota of each custom key store:
 	// cryptographic requests a second shared by its keys, over which they
 	// get ThrottlingException ("" for AWS's keystore.DefaultRPS, "0" for
@@ -152,6 +163,12 @@ func (c *Config) Validate() error {
 	if c.RootKeyFile == "" {
 		c.RootKeyFile = filepath.Join(c.DataDir, "root.key")
 	}
+	if c.DBMaxConns < 0 || c.DBMinConns < 0 || c.DBMinConns > max(c.DBMaxConns, 16) || c.DBMaxConns > 1000 {
+		return fmt.Errorf("--db-max-conns %d / --db-min-conns %d: want 0 <= min <= max <= 1000", c.DBMaxConns, c.DBMinConns)
+	}
+	if c.DBConnectTimeout < 0 || c.DBStatementTimeout < 0 {
+		return errors.New("--db-connect-timeout and --db-statement-timeout must not be negative")
+	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
 	}
@@ -189,13 +206,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	dbPath := filepath.Join(cfg.DataDir, "kmsd.db")
-	store, err := sqlite.Open(ctx, dbPath)
+	store, db, err := openStore(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
+		return err
 	}
 	defer store.Close()
-	b, err := openBarrier(ctx, cfg, store, dbPath, log)
+	b, err := openBarrier(ctx, cfg, store, db, log)
 	if err != nil {
 		return err
 	}

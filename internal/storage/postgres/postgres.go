@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -457,4 +458,14 @@ func list(ctx context.Context, q querier, prefix, after string, limit int) ([]st
 		return nil, fmt.Errorf("postgres: list: %w", err)
 	}
 	return es, nil
+}
+
+// Describe names the database, user and host of a database URL for
+// messages and logs, without its password or other parameters.
+func Describe(url string) string {
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return "(database URL does not parse)"
+	}
+	return fmt.Sprintf("%q of user %q on %s", cfg.Database, cfg.User, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
 }

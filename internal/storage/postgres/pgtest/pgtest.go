@@ -39,14 +39,23 @@ var (
 // Use it in TestMain: os.Exit(pgtest.Main(m)).
 func Main(m *testing.M) int {
 	code := m.Run()
-	if ownDir != "" {
-		if out, err := exec.Command(script(), "stop", ownDir).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: stop PostgreSQL: %v\n%s", err, out)
-			code = 1
-		}
-		os.RemoveAll(ownDir)
+	if err := Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
 	}
 	return code
+}
+
+// Stop stops the server this process started, if any. Main calls it.
+func Stop() error {
+	if ownDir == "" {
+		return nil
+	}
+	defer os.RemoveAll(ownDir)
+	if out, err := exec.Command(script(), "stop", ownDir).CombinedOutput(); err != nil {
+		return fmt.Errorf("pgtest: stop PostgreSQL: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // script is scripts/postgres.sh of this repository.
