@@ -250,7 +250,7 @@ func TestRootKeyRefused(t *testing.T) {
 		args func(dir string) []string
 		want []string
 	}{
-		{"another key in KMSD_ROOT_KEY", env("KMSD_ROOT_KEY=" + newRootKey(t), "KMSD_DATABASE_URL=" + url), nil,
+		{"another key in KMSD_ROOT_KEY", env("KMSD_ROOT_KEY="+newRootKey(t), "KMSD_DATABASE_URL="+url), nil,
 			[]string{"root key mismatch", "in KMSD_ROOT_KEY", dbName, "PostgreSQL"}},
 		{"another key in a file", env("KMSD_DATABASE_URL=" + url), func(dir string) []string {
 			f := filepath.Join(dir, "other.key")
