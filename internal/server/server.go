@@ -35,6 +35,7 @@ import (
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/sigv4"
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -307,6 +308,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	defer stopSweep()
 	go sweep(sweepCtx, svc, cfg.SweepInterval, log, a.auditExpiry)
+	if w, ok := store.(storage.Watcher); ok {
+		go pruneChanges(sweepCtx, w, changeRetention/5, changeRetention, log)
+	}
 
 	select {
 	case <-ctx.Done():

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/postgres"
@@ -40,4 +42,45 @@ func openStore(ctx context.Context, cfg Config) (storage.Store, database, error)
 		return nil, database{}, fmt.Errorf("open %s: %w", db.desc, err)
 	}
 	return st, db, nil
+}
+
+// changeRetention is how long the change feed keeps a change at least: a
+// reader further behind gets a Reset (drops its cache) instead.
+const changeRetention = 10 * time.Minute
+
+// pruneChanges keeps the change feed (storage.Watcher) from growing without
+// bound: every interval it notes the feed's head, and prunes up to the head
+// it noted at least retention ago. No reader of the feed exists yet in
+// kmsd; when the cache subscribers and the controller lease come, pruning
+// moves to the controller and honours the live nodes' cursors.
+func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.Duration, log *slog.Logger) {
+	type mark struct {
+		at time.Time
+		c  storage.Cursor
+	}
+	var marks []mark
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if b, err := w.Changes(ctx, storage.Cursor{}, 1); err == nil {
+			marks = append(marks, mark{time.Now(), b.Next})
+		} else if ctx.Err() == nil {
+			log.Warn("change feed head", "err", err)
+		}
+		var upTo *storage.Cursor
+		for len(marks) > 0 && time.Since(marks[0].at) >= retention {
+			upTo = &marks[0].c
+			marks = marks[1:]
+		}
+		if upTo != nil {
+			if err := w.Prune(ctx, *upTo); err != nil && ctx.Err() == nil {
+				log.Warn("change feed prune", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
