@@ -5,8 +5,8 @@
 //
 // Update runs at SERIALIZABLE. PostgreSQL aborts one of two conflicting
 // serializable transactions (SQLSTATE 40001) and deadlocks (40P01) abort
-// one side; the driver then rolls back and runs fn again, up to maxTries
-// times with jittered backoff, which is why the contract lets fn run more
+// one side; the driver then rolls back and runs fn again, for up to retryFor
+// (at least minTries runs) with jittered backoff, which is why the contract lets fn run more
 // than once. Before COMMIT the driver learns the transaction's id
 // (pg_current_xact_id_if_assigned); if the connection breaks while COMMIT
 // is in flight it asks pg_xact_status on another connection whether that
@@ -55,8 +55,13 @@ type Options struct {
 	Password string
 }
 
-// maxTries bounds the runs of fn in one Update.
-const maxTries = 40
+// An Update whose transaction keeps being aborted (40001, 40P01) is run
+// again at least minTries times and for up to retryFor: a hot key written
+// by many nodes at once aborts most of its writers each round.
+const (
+	minTries = 10
+	retryFor = 20 * time.Second
+)
 
 var errClosed = errors.New("postgres: store is closed")
 
@@ -66,6 +71,9 @@ var errClosed = errors.New("postgres: store is closed")
 type Store struct {
 	pool   *pgxpool.Pool
 	closed atomic.Bool
+
+	// resolveFor is how long a lost COMMIT's outcome is asked for.
+	resolveFor time.Duration
 
 	// fresh remembers recent change-feed polls for FreshAsOf (watch.go).
 	freshMu sync.Mutex
@@ -124,7 +132,7 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	return &Store{pool: pool, resolveFor: 10 * time.Second}, nil
 }
 
 // Close closes the pool. It is safe to call more than once.
@@ -187,18 +195,19 @@ func (s *Store) update(ctx context.Context, check func(pgx.Tx) error, fn func(st
 		return errClosed
 	}
 	backoff := 2 * time.Millisecond
+	begun := time.Now()
 	for try := 1; ; try++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		err := s.once(ctx, check, fn)
-		if !retryable(err) || try == maxTries {
+		if !retryable(err) || try >= minTries && time.Since(begun) > retryFor {
 			return err
 		}
-		// Jittered exponential backoff so that the same two transactions
-		// do not collide again in lockstep.
+		// Jittered exponential backoff so that the same transactions do
+		// not collide again in lockstep.
 		d := backoff/2 + rand.N(backoff)
-		backoff = min(2*backoff, 100*time.Millisecond)
+		backoff = min(2*backoff, 250*time.Millisecond)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -287,7 +296,7 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 // connection. It keeps asking for a few seconds while the answer is "in
 // progress" (the old backend may not have noticed the broken connection).
 func (s *Store) resolve(ctx context.Context, xid string, cause error) error {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(s.resolveFor)
 	rctx := context.WithoutCancel(ctx)
 	for {
 		var status *string

@@ -1,0 +1,187 @@
+package postgres
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
+)
+
+// cutProxy forwards TCP connections to PostgreSQL and, when armed, breaks
+// the connection on which the client sends COMMIT: either after passing
+// the COMMIT on (the answer is lost), or before (the COMMIT is lost), and
+// optionally refusing every connection from then on (the database cannot
+// be asked).
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mode   atomic.Int32 // 0 pass, 1 lose answer, 2 lose commit, 3 lose answer and isolate
+	dead   atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+	cuts   atomic.Int32
+}
+
+func startProxy(t *testing.T, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.closeAll() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if p.dead.Load() {
+				c.Close()
+				continue
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) serve(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, s)
+	p.mu.Unlock()
+	var cut atomic.Bool // set: the server's answers are dropped
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := s.Read(buf)
+			if n > 0 && !cut.Load() {
+				if _, err := c.Write(buf[:n]); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			mode := p.mode.Load()
+			if mode != 0 && bytes.Contains(bytes.ToLower(chunk), []byte("commit")) && p.mode.CompareAndSwap(mode, 0) {
+				p.cuts.Add(1)
+				cut.Store(true)
+				if mode != 2 {
+					s.Write(chunk)
+					time.Sleep(300 * time.Millisecond) // the server commits meanwhile
+				}
+				if mode == 3 {
+					p.dead.Store(true)
+					p.closeAll()
+				}
+				c.Close()
+				s.Close()
+				return
+			}
+			if _, err := s.Write(chunk); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	c.Close()
+	s.Close()
+}
+
+// TestLostCommit: a COMMIT whose answer is lost is settled by asking the
+// database; Update then reports what really happened, runs fn again only
+// if the transaction did not commit, and reports ErrCommitUnknown when the
+// database cannot be asked.
+func TestLostCommit(t *testing.T) {
+	tests := []struct {
+		name     string
+		mode     int32
+		wantRuns int
+		wantErr  error
+	}{
+		{"answer lost, committed", 1, 1, nil},
+		{"commit lost, aborted, run again", 2, 2, nil},
+		{"database unreachable", 3, 1, storage.ErrCommitUnknown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			direct := pgtest.URL(t)
+			u, err := url.Parse(direct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := startProxy(t, u.Host)
+			u.Host = p.ln.Addr().String()
+			s, err := Open(t.Context(), u.String(), Options{MaxConns: 4, MinConns: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			s.resolveFor = 2 * time.Second
+			p.mode.Store(tt.mode)
+			runs := 0
+			err = s.Update(t.Context(), func(tx storage.Tx) error {
+				runs++
+				return increment(t, tx)
+			})
+			if p.cuts.Load() != 1 {
+				t.Fatalf("the proxy cut %d connections, want 1", p.cuts.Load())
+			}
+			if tt.wantErr == nil && err != nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Update = %v, want %v", err, tt.wantErr)
+			}
+			if runs != tt.wantRuns {
+				t.Errorf("fn ran %d times, want %d", runs, tt.wantRuns)
+			}
+			// What the database holds: the increment exactly once (it did
+			// commit in the unreachable case too, which is why success
+			// must not be claimed there either way).
+			check := openURL(t, direct)
+			if v, err := check.Get(t.Context(), "n"); err != nil || string(v) != "1" {
+				t.Errorf("counter = %q, %v; want 1", v, err)
+			}
+		})
+	}
+}
+
+func increment(t *testing.T, tx storage.Tx) error {
+	v, err := tx.Get(t.Context(), "n")
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		v = []byte("0")
+	case err != nil:
+		return err
+	}
+	return tx.Put(t.Context(), "n", []byte{v[0] + 1})
+}
