@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"errors"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/kmsd/kmsd/internal/storage"
@@ -41,4 +43,67 @@ func TestShared(t *testing.T) {
 		u := pgtest.URL(t)
 		return openURL(t, u), openURL(t, u)
 	})
+}
+
+// TestMigrate: nodes starting together on a new database migrate it once
+// (the advisory lock serializes them), and a database migrated past what
+// this code knows is refused.
+func TestMigrate(t *testing.T) {
+	u := pgtest.URL(t)
+	const nodes = 4
+	errs := make(chan error, nodes)
+	for range nodes {
+		go func() {
+			s, err := Open(t.Context(), u, Options{MaxConns: 2})
+			if err == nil {
+				s.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range nodes {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent Open: %v", err)
+		}
+	}
+	s := openURL(t, u)
+	var versions []int32
+	rows, err := s.pool.Query(t.Context(), `SELECT version FROM kmsd_schema_migrations ORDER BY version`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v int32
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		versions = append(versions, v)
+	}
+	if len(versions) != len(migrations) {
+		t.Fatalf("versions %v after %d concurrent Opens, want 1..%d once each", versions, nodes, len(migrations))
+	}
+	var gens int
+	if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FROM kmsd_meta WHERE name = 'generation'`).Scan(&gens); err != nil || gens != 1 {
+		t.Fatalf("generation rows = %d, %v", gens, err)
+	}
+	if _, err := s.pool.Exec(t.Context(), `INSERT INTO kmsd_schema_migrations (version) VALUES ($1)`, len(migrations)+1); err != nil {
+		t.Fatal(err)
+	}
+	if s2, err := Open(t.Context(), u, Options{}); !errors.Is(err, ErrSchemaTooNew) {
+		if s2 != nil {
+			s2.Close()
+		}
+		t.Fatalf("Open of a newer schema = %v, want ErrSchemaTooNew", err)
+	}
+}
+
+// TestDescribe: what messages show of a URL never includes the password.
+func TestDescribe(t *testing.T) {
+	got := Describe("postgres://kmsd:s3cret@db.example:6432/kmsd?sslmode=disable")
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "db.example:6432") || !strings.Contains(got, `"kmsd"`) {
+		t.Errorf("Describe = %q", got)
+	}
+	if got := Describe("postgres://kmsd:s3cret@[bad"); strings.Contains(got, "s3cret") {
+		t.Errorf("Describe of a bad URL = %q", got)
+	}
 }
