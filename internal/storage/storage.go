@@ -12,6 +12,16 @@
 // order), never by a locale's collation. Values are arbitrary bytes, empty
 // included. Values handed to and returned by a store are never shared with it:
 // callers may modify them freely.
+//
+// Two optional capabilities serve several processes on one database, and
+// both drivers implement them so that one node and many run the same code:
+// Watcher, a change feed that never skips a committed change (for caches),
+// and Leaser, expiring leases in database time with writes fenced by them
+// (for one controller at a time). They follow MULTINODE.md §7.1, except
+// that Watcher also has Prune (pruning is the feed owner's decision), that
+// a reader starts from the zero Cursor and gets a Reset carrying the
+// position to continue from, and that TryAcquire by the current holder
+// renews its lease at the same epoch.
 package storage
 
 import (
