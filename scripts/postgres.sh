@@ -45,8 +45,10 @@ start)
   if [ "$(id -u)" -eq 0 ]; then
     id kmsdtest >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin kmsdtest
     chown kmsdtest "$dir"
-    # The server must reach DIR through its parents.
-    d=$dir; while [ "$d" != / ]; do d=$(dirname "$d"); chmod o+x "$d" 2>/dev/null || true; done
+    runuser -u kmsdtest -- test -w "$dir" || {
+      echo "postgres.sh: the user kmsdtest cannot reach $dir (a parent directory is closed to others); use a directory under /tmp" >&2
+      exit 1
+    }
   fi
   if running; then url; exit 0; fi
   if [ ! -d "$dir/data" ]; then
