@@ -5,13 +5,14 @@
 //
 // Update runs at SERIALIZABLE. PostgreSQL aborts one of two conflicting
 // serializable transactions (SQLSTATE 40001) and deadlocks (40P01) abort
-// one side; the driver then rolls back and runs fn again, for up to retryFor
-// (at least minTries runs) with jittered backoff, which is why the contract lets fn run more
-// than once. Before COMMIT the driver learns the transaction's id
-// (pg_current_xact_id_if_assigned); if the connection breaks while COMMIT
-// is in flight it asks pg_xact_status on another connection whether that
-// transaction committed, and reports success, re-runs fn (aborted), or
-// returns storage.ErrCommitUnknown when the database cannot say.
+// one side; the driver then rolls back and runs fn again, for up to
+// retryFor (at least minTries runs) with jittered backoff, which is why the
+// contract lets fn run more than once. Every write returns the
+// transaction's id (pg_current_xact_id); if the connection breaks while
+// COMMIT is in flight the driver asks pg_xact_status on another connection
+// whether that transaction committed, and reports success, re-runs fn
+// (aborted), or returns storage.ErrCommitUnknown when the database cannot
+// say.
 //
 // Get and List outside Update are single statements on the pool (each its
 // own snapshot). Put, Create and Delete on the Store are one-statement
@@ -266,12 +267,6 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		return err
 	}
 	t.done.Store(true)
-	// The transaction's id, if it wrote anything: the one question that
-	// settles a COMMIT whose answer is lost.
-	var xid *string
-	if err := ptx.QueryRow(ctx, `SELECT pg_current_xact_id_if_assigned()::text`).Scan(&xid); err != nil {
-		return fmt.Errorf("postgres: %w", err)
-	}
 	err = ptx.Commit(ctx)
 	if err == nil {
 		committed = true
@@ -284,11 +279,11 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		// retryable), nothing was kept.
 		return fmt.Errorf("postgres: commit: %w", err)
 	}
-	if xid == nil {
-		// A read-only transaction: nothing to lose.
+	if t.xid == "" {
+		// Nothing was written: nothing to lose.
 		return fmt.Errorf("postgres: commit: %w", err)
 	}
-	return s.resolve(ctx, *xid, err)
+	return s.resolve(ctx, t.xid, err)
 }
 
 // resolve decides the outcome of transaction xid, whose COMMIT was sent
@@ -322,6 +317,11 @@ type tx struct {
 	tx    pgx.Tx
 	done  atomic.Bool
 	retry error // a serialization failure or deadlock met by an operation
+	// xid is the transaction's id once it has written something: every
+	// write statement returns it (RETURNING pg_current_xact_id()), which
+	// saves a round trip per Update, and it is the one question that
+	// settles a COMMIT whose answer is lost.
+	xid string
 }
 
 var errTxDone = errors.New("postgres: transaction used after its Update returned")
@@ -358,7 +358,8 @@ func (t *tx) Put(ctx context.Context, key string, value []byte) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
-	_, err := t.tx.Exec(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, bytea(value))
+	err := t.tx.QueryRow(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value
+RETURNING pg_current_xact_id()::text`, key, bytea(value)).Scan(&t.xid)
 	if err != nil {
 		return t.note(fmt.Errorf("postgres: put: %w", err))
 	}
@@ -372,13 +373,16 @@ func (t *tx) Create(ctx context.Context, key string, value []byte) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
-	tag, err := t.tx.Exec(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, bytea(value))
-	if err != nil {
+	var xid string
+	err := t.tx.QueryRow(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING
+RETURNING pg_current_xact_id()::text`, key, bytea(value)).Scan(&xid)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return storage.ErrExists
+	case err != nil:
 		return t.note(fmt.Errorf("postgres: create: %w", err))
 	}
-	if tag.RowsAffected() == 0 {
-		return storage.ErrExists
-	}
+	t.xid = xid
 	return nil
 }
 
@@ -389,8 +393,15 @@ func (t *tx) Delete(ctx context.Context, key string) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
-	if _, err := t.tx.Exec(ctx, `DELETE FROM kv WHERE key = $1`, key); err != nil {
+	var xid string
+	err := t.tx.QueryRow(ctx, `DELETE FROM kv WHERE key = $1 RETURNING pg_current_xact_id()::text`, key).Scan(&xid)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		// Nothing was there to delete.
+	case err != nil:
 		return t.note(fmt.Errorf("postgres: delete: %w", err))
+	default:
+		t.xid = xid
 	}
 	return nil
 }
