@@ -68,6 +68,11 @@ var ErrSchemaTooNew = errors.New("postgres: database schema is newer than this k
 // the transaction, so a crashed node leaves no lock behind.
 func migrate(ctx context.Context, pool *pgxpool.Pool, migs []string) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// A node may wait here while another migrates, and a migration may
+		// take longer than the sessions' short timeouts allow.
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5min'; SET LOCAL statement_timeout = '30min'`); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrateLock)); err != nil {
 			return fmt.Errorf("migrate: lock: %w", err)
 		}
