@@ -291,6 +291,19 @@ func TestRootKeyRefused(t *testing.T) {
 		})
 	}
 
+	// A new database is not even given kmsd's schema by a node without a
+	// root key.
+	t.Run("no key, new database", func(t *testing.T) {
+		fresh := pgtest.URL(t)
+		code, out := run(t, filepath.Join(t.TempDir(), "data"), env("KMSD_DATABASE_URL="+fresh))
+		if code == 0 || !strings.Contains(out, "root key missing") {
+			t.Fatalf("kmsd without a root key on a new database: exit %d:\n%s", code, out)
+		}
+		if n := count(t, fresh, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public'`); n != 0 {
+			t.Errorf("%d tables created by a refused node, want 0", n)
+		}
+	})
+
 	// The right key still opens it.
 	k2 := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: k.DataDir, Env: env("KMSD_ROOT_KEY="+rk, "KMSD_DATABASE_URL="+url)})
 	if n := len(awsCLI(t, k2, "list-keys")["Keys"].([]any)); n != 1 {

@@ -49,13 +49,7 @@ func openBarrier(ctx context.Context, cfg Config, store storage.Store, db databa
 		where = "in KMSD_ROOT_KEY"
 		rootKey, err = barrier.ParseRootKey(cfg.RootKey)
 	case db.shared:
-		where = "in the file " + cfg.RootKeyFile + " (--root-key-file)"
-		rootKey, err = barrier.LoadRootKey(cfg.RootKeyFile)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: with --database-url the root key must be given, and every node sharing %s must have the same one; "+
-				"the root key file %s is missing and kmsd will not create a root key for a shared database. "+
-				"Give the key in KMSD_ROOT_KEY or a file (mode 0600) at --root-key-file", errRootKeyMissing, db.desc, cfg.RootKeyFile)
-		}
+		where, rootKey, err = sharedRootKey(cfg, db)
 	case hasData:
 		rootKey, err = barrier.LoadRootKey(cfg.RootKeyFile)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -79,11 +73,7 @@ func openBarrier(ctx context.Context, cfg Config, store storage.Store, db databa
 	if err != nil {
 		return nil, err
 	}
-	mismatch := func(cause error) error {
-		return fmt.Errorf("%w: %s was created with another root key; the root key %s does not open it. "+
-			"Restore the original root key file to %s (or give the original key in KMSD_ROOT_KEY) and start kmsd again; "+
-			"a database whose root key is lost cannot be read (%w)", errRootKeyMismatch, db.desc, where, cfg.RootKeyFile, cause)
-	}
+	mismatch := func(cause error) error { return mismatchError(cfg, db, where, cause) }
 
 	verify := func() (bool, error) {
 		check, err := store.Get(ctx, barrier.CheckRecord)
@@ -137,4 +127,59 @@ func openBarrier(ctx context.Context, cfg Config, store storage.Store, db databa
 		return nil, fmt.Errorf("write root key check value: %w", err)
 	}
 	return b, nil
+}
+
+// mismatchError says that the root key found where does not open db.
+func mismatchError(cfg Config, db database, where string, cause error) error {
+	return fmt.Errorf("%w: %s was created with another root key; the root key %s does not open it. "+
+		"Restore the original root key file to %s (or give the original key in KMSD_ROOT_KEY) and start kmsd again; "+
+		"a database whose root key is lost cannot be read (%w)", errRootKeyMismatch, db.desc, where, cfg.RootKeyFile, cause)
+}
+
+// sharedRootKey loads the root key for a shared database: from
+// KMSD_ROOT_KEY or the root key file, never created. where names the source
+// for messages.
+func sharedRootKey(cfg Config, db database) (where string, key []byte, err error) {
+	if cfg.RootKey != "" {
+		key, err = barrier.ParseRootKey(cfg.RootKey)
+		return "in KMSD_ROOT_KEY", key, err
+	}
+	where = "in the file " + cfg.RootKeyFile + " (--root-key-file)"
+	key, err = barrier.LoadRootKey(cfg.RootKeyFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return where, nil, fmt.Errorf("%w: with --database-url the root key must be given, and every node sharing %s must have the same one; "+
+			"the root key file %s is missing and kmsd will not create a root key for a shared database. "+
+			"Give the key in KMSD_ROOT_KEY or a file (mode 0600) at --root-key-file", errRootKeyMissing, db.desc, cfg.RootKeyFile)
+	}
+	return where, key, err
+}
+
+// checkSharedRootKey runs before a shared database is migrated: the root
+// key must be given and must open the database's check value, if it has
+// one, so that a node with the wrong key (or none) writes nothing at all,
+// not even a schema upgrade. openBarrier does the full check afterwards.
+func checkSharedRootKey(ctx context.Context, cfg Config, db database, r storage.Reader) error {
+	where, key, err := sharedRootKey(cfg, db)
+	if err != nil {
+		if errors.Is(err, errRootKeyMissing) {
+			return err
+		}
+		return fmt.Errorf("root key: %w", err)
+	}
+	b, err := barrier.New(key)
+	clear(key)
+	if err != nil {
+		return err
+	}
+	check, err := r.Get(ctx, barrier.CheckRecord)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("open database: %w", err)
+	}
+	if err := b.VerifyCheck(check); err != nil {
+		return mismatchError(cfg, db, where, err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -31,13 +32,28 @@ func openStore(ctx context.Context, cfg Config) (storage.Store, database, error)
 		return st, database{desc: "the database in " + path, path: path}, nil
 	}
 	db := database{shared: true, desc: "the PostgreSQL database " + postgres.Describe(cfg.DatabaseURL)}
+	// No root key, no connection: not even a new database's schema is
+	// written for a node that cannot open it.
+	_, key, err := sharedRootKey(cfg, db)
+	clear(key)
+	if errors.Is(err, errRootKeyMissing) {
+		return nil, database{}, err
+	} else if err != nil {
+		return nil, database{}, fmt.Errorf("root key: %w", err)
+	}
 	st, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{
 		MaxConns:         int32(cfg.DBMaxConns),
 		MinConns:         int32(cfg.DBMinConns),
 		ConnectTimeout:   cfg.DBConnectTimeout,
 		StatementTimeout: cfg.DBStatementTimeout,
 		Password:         cfg.DatabasePassword,
+		Check: func(ctx context.Context, r storage.Reader) error {
+			return checkSharedRootKey(ctx, cfg, db, r)
+		},
 	})
+	if errors.Is(err, errRootKeyMissing) || errors.Is(err, errRootKeyMismatch) {
+		return nil, database{}, err
+	}
 	if err != nil {
 		return nil, database{}, fmt.Errorf("open %s: %w", db.desc, err)
 	}

@@ -54,6 +54,11 @@ type Options struct {
 	// Password, if not empty, replaces the URL's (given by reference:
 	// a file or KMSD_DATABASE_PASSWORD, never on the command line).
 	Password string
+	// Check, if not nil, is called before any migration on a database
+	// that already holds kmsd's key space, with a reader of it; if it
+	// fails, Open fails having written nothing. kmsd checks its root key
+	// there, so that a node with the wrong key does not even migrate.
+	Check func(ctx context.Context, r storage.Reader) error
 }
 
 // An Update whose transaction keeps being aborted (40001, 40P01) is run
@@ -128,6 +133,19 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if o.Check != nil {
+		var exists bool
+		if err := pool.QueryRow(ctx, `SELECT to_regclass('kv') IS NOT NULL`).Scan(&exists); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("postgres: %w", err)
+		}
+		if exists {
+			if err := o.Check(ctx, poolReader{pool}); err != nil {
+				pool.Close()
+				return nil, err
+			}
+		}
 	}
 	if err := migrate(ctx, pool, migs); err != nil {
 		pool.Close()
@@ -488,4 +506,15 @@ func Describe(url string) string {
 		return "(database URL does not parse)"
 	}
 	return fmt.Sprintf("%q of user %q on %s", cfg.Database, cfg.User, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
+}
+
+// poolReader reads the key space before Open has finished (Options.Check).
+type poolReader struct{ pool *pgxpool.Pool }
+
+func (r poolReader) Get(ctx context.Context, key string) ([]byte, error) {
+	return get(ctx, r.pool, key)
+}
+
+func (r poolReader) List(ctx context.Context, prefix, after string, limit int) ([]storage.Entry, error) {
+	return list(ctx, r.pool, prefix, after, limit)
 }

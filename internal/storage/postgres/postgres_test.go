@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"context"
 	"errors"
 	"os"
 	"strings"
@@ -106,4 +107,51 @@ func TestDescribe(t *testing.T) {
 	if got := Describe("postgres://kmsd:s3cret@[bad"); strings.Contains(got, "s3cret") {
 		t.Errorf("Describe of a bad URL = %q", got)
 	}
+}
+
+// TestCheckBeforeMigrating: a failing Options.Check leaves a database of an
+// older schema unmigrated (a node refused for its root key writes nothing).
+func TestCheckBeforeMigrating(t *testing.T) {
+	u := pgtest.URL(t)
+	openURL(t, u).Close()
+	errRefused := errors.New("refused")
+	var saw string
+	newer := append(append([]string(nil), migrations...), `CREATE TABLE newer (x int)`)
+	_, err := open(t.Context(), u, Options{Check: func(ctx context.Context, r storage.Reader) error {
+		v, err := r.Get(ctx, "canary")
+		saw = string(v)
+		if err != nil {
+			return err
+		}
+		return errRefused
+	}}, newer)
+	if !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("open with a check on a database without the key = %v, want ErrNotFound from the check", err)
+	}
+	s := openURL(t, u)
+	if err := s.Put(t.Context(), "canary", []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = open(t.Context(), u, Options{Check: func(ctx context.Context, r storage.Reader) error {
+		v, err := r.Get(ctx, "canary")
+		saw = string(v)
+		if err != nil {
+			return err
+		}
+		return errRefused
+	}}, newer)
+	if !errors.Is(err, errRefused) || saw != "c" {
+		t.Fatalf("open = %v (check saw %q), want the check's error after reading c", err, saw)
+	}
+	var n int
+	if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FROM kmsd_schema_migrations`).Scan(&n); err != nil || n != len(migrations) {
+		t.Fatalf("migrations after a refused open: %d, %v; want %d (nothing migrated)", n, err, len(migrations))
+	}
+	// A fresh database has no key space yet: nothing to check.
+	called := false
+	s2, err := open(t.Context(), pgtest.URL(t), Options{Check: func(context.Context, storage.Reader) error { called = true; return errRefused }}, migrations)
+	if err != nil || called {
+		t.Fatalf("open of a new database = %v (check called: %v), want success without a check", err, called)
+	}
+	s2.Close()
 }
