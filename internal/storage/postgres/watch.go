@@ -56,7 +56,11 @@ func (s *Store) Changes(ctx context.Context, from storage.Cursor, limit int) (st
 			return fmt.Errorf("postgres: changes: xmax %q: %w", smax, err)
 		}
 		horizon := storage.Cursor{Gen: gen, XID: xmin}
-		if from.IsZero() || from.Gen != gen || less(from, pruned) {
+		// A cursor beyond every transaction this database has begun comes
+		// from another history (a restore that kept the generation row):
+		// resuming from it would skip changes until the xids caught up.
+		future := from.XID > xmax
+		if from.IsZero() || from.Gen != gen || less(from, pruned) || future {
 			// Everything below the horizon is finished and visible to
 			// what the caller reads next; the rest is still to come.
 			b = storage.Batch{Next: maxCursor(horizon, pruned), Reset: true}
@@ -139,7 +143,11 @@ func maxCursor(a, b storage.Cursor) storage.Cursor {
 // feedState reads the generation and the pruning point.
 func feedState(ctx context.Context, q querier) (gen string, pruned storage.Cursor, err error) {
 	var g, p []byte
-	if err := q.QueryRow(ctx, `SELECT value FROM kmsd_meta WHERE name = 'generation'`).Scan(&g); err != nil {
+	// The generation is the random name written at creation plus the
+	// database's oid, so that a dump restored into another database is
+	// another generation even though it carries the same kmsd_meta rows.
+	if err := q.QueryRow(ctx, `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8')
+FROM kmsd_meta WHERE name = 'generation'`).Scan(&g); err != nil {
 		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
 	}
 	if err := q.QueryRow(ctx, `SELECT value FROM kmsd_meta WHERE name = 'changes_pruned'`).Scan(&p); err != nil {

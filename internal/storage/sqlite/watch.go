@@ -34,13 +34,15 @@ func (s *Store) Changes(ctx context.Context, from storage.Cursor, limit int) (_ 
 	if err != nil {
 		return storage.Batch{}, err
 	}
-	if from.IsZero() || from.Gen != gen || from.Seq < pruned {
+	// The highest seq ever given: a cursor beyond it comes from another
+	// history of this file (a restored backup) and cannot be resumed.
+	var last int64
+	if err := rtx.QueryRowContext(ctx, `SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'kv_changes'), 0)`).Scan(&last); err != nil {
+		return storage.Batch{}, fmt.Errorf("sqlite: changes: %w", err)
+	}
+	if from.IsZero() || from.Gen != gen || from.Seq < pruned || from.Seq > last {
 		// Every row that exists now is committed and visible to what the
 		// caller reads next, so the feed resumes at the newest one.
-		var last int64
-		if err := rtx.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM kv_changes`).Scan(&last); err != nil {
-			return storage.Batch{}, fmt.Errorf("sqlite: changes: %w", err)
-		}
 		return storage.Batch{Next: storage.Cursor{Gen: gen, Seq: max(last, pruned)}, FreshAsOf: start, Reset: true}, nil
 	}
 	rows, err := rtx.QueryContext(ctx, `SELECT seq, key FROM kv_changes WHERE seq > ? ORDER BY seq LIMIT ?`, from.Seq, limit)

@@ -332,6 +332,12 @@ func testFeedPrune(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	// A resumed reader whose cursor is the Reset's Next sees later changes.
 	mustPut(t, a, "p/4", nil)
 	waitKeys(t, b, r.Next, "p/4")
+	// A cursor from the future (another history of the database with the
+	// same generation, such as a restored copy): a Reset.
+	future := storage.Cursor{Gen: c2.Gen, XID: c2.XID + 1<<40, Seq: c2.Seq + 1<<40}
+	if r, err := b.Changes(ctx, future, 0); err != nil || !r.Reset {
+		t.Errorf("Changes from a cursor beyond the database's history = %+v, %v; want a Reset", r, err)
+	}
 	// Another generation: a Reset.
 	other := c2
 	other.Gen += "-other"
