@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // stsConfig declares the roles of TestAssumeRoleParameters in the default
@@ -149,5 +151,58 @@ func TestAssumeRoleParameters(t *testing.T) {
 	}
 	if traced != 1 {
 		t.Errorf("%d Encrypt records of the traced session, want 1", traced)
+	}
+}
+
+// TestSessionAcrossRestart: a role session's credentials, issued by one
+// kmsd process, are accepted by the next process on the same data (a
+// restart here; any node with the same root key and database in
+// multi-node), with the session policy they were issued with, because the
+// session token carries the session sealed; an altered token is refused
+// with STS's and KMS's error for an invalid token. Through the aws CLI v2.
+func TestSessionAcrossRestart(t *testing.T) {
+	s := start(t, stsConfig)
+	admin := adminProfile(t, s)
+	keyARN := str(s.ok(admin, "kms", "create-key", "--description", "restart"), "KeyMetadata", "Arn")
+	ar := s.ok(admin, "sts", "assume-role", "--role-arn", "arn:aws:iam::"+account+":role/crypto", "--role-session-name", "survivor",
+		"--policy", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:Encrypt","sts:GetCallerIdentity"],"Resource":"*"}]}`)
+	akid, secret, token := str(ar, "Credentials", "AccessKeyId"), str(ar, "Credentials", "SecretAccessKey"), str(ar, "Credentials", "SessionToken")
+	sess := credsProfile("survivor", akid, secret, token)
+	plain := base64.StdEncoding.EncodeToString([]byte("across a restart"))
+	s.ok(sess, "kms", "encrypt", "--key-id", keyARN, "--plaintext", plain)
+
+	// Restart on the same data directory: the new process has never seen
+	// the session.
+	s.stop()
+	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Args: s.proc.Cmd.Args[len(s.proc.Cmd.Args)-2:],
+		Env: s.proc.Cmd.Env})
+	s.endpoint, s.proc = p.Endpoint, p
+
+	sessARN := "arn:aws:sts::" + account + ":assumed-role/crypto/survivor"
+	if got := str(s.ok(sess, "sts", "get-caller-identity"), "Arn"); got != sessARN {
+		t.Errorf("after the restart, get-caller-identity of the session: %q, want %q", got, sessARN)
+	}
+	ct := str(s.ok(sess, "kms", "encrypt", "--key-id", keyARN, "--plaintext", plain), "CiphertextBlob")
+	// The session policy still limits the session after the restart.
+	s.denied(sess, sessARN, "kms:Decrypt on resource: "+keyARN, "kms", "decrypt", "--ciphertext-blob", ct)
+
+	// One character changed in the middle of the token, for KMS and STS.
+	mid := len(token) / 2
+	c := byte('A')
+	if token[mid] == 'A' {
+		c = 'B'
+	}
+	bad := credsProfile("tampered", akid, secret, token[:mid]+string(c)+token[mid+1:])
+	for _, call := range []struct {
+		args          []string
+		code, message string
+	}{
+		{[]string{"kms", "encrypt", "--key-id", keyARN, "--plaintext", plain}, "UnrecognizedClientException", "The security token included in the request is invalid."},
+		{[]string{"sts", "get-caller-identity"}, "InvalidClientTokenId", "The security token included in the request is invalid."},
+	} {
+		code, _, errOut := s.aws(bad, call.args...)
+		if code == 0 || !strings.Contains(errOut, "("+call.code+")") || !strings.Contains(errOut, call.message) {
+			t.Errorf("aws %s with a tampered token: exit %d, %q; want %s: %s", strings.Join(call.args, " "), code, errOut, call.code, call.message)
+		}
 	}
 }

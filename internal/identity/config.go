@@ -94,7 +94,7 @@ func (s *Store) Apply(ctx context.Context, c *Config) error {
 			if err != nil {
 				return fmt.Errorf("user %s: %w", uc.Name, err)
 			}
-			u := &User{Account: a.ID, Name: uc.Name, Path: path, ID: s.newID("AIDA"), Created: now, Policies: uc.Policies, config: true}
+			u := &User{Account: a.ID, Name: uc.Name, Path: path, ID: s.configID("AIDA", a.ID, uc.Name), Created: now, Policies: uc.Policies, config: true}
 			if err := u.compile(true); err != nil {
 				return fmt.Errorf("user %s: policy: %w", uc.Name, err)
 			}
@@ -122,7 +122,7 @@ func (s *Store) Apply(ctx context.Context, c *Config) error {
 			if ms == 0 {
 				ms = 3600
 			}
-			r := &Role{Account: a.ID, Name: rc.Name, Path: path, ID: s.newID("AROA"), Created: now, AssumeRolePolicy: rc.AssumeRolePolicy, MaxSession: ms, Policies: rc.Policies, config: true}
+			r := &Role{Account: a.ID, Name: rc.Name, Path: path, ID: s.configID("AROA", a.ID, rc.Name), Created: now, AssumeRolePolicy: rc.AssumeRolePolicy, MaxSession: ms, Policies: rc.Policies, config: true}
 			if err := r.compile(true); err != nil {
 				return fmt.Errorf("role %s: policy: %w", rc.Name, err)
 			}

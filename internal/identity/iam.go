@@ -3,7 +3,6 @@ package identity
 import (
 	"context"
 	"crypto/rand"
-	b64pkg "encoding/base64"
 	"errors"
 	"sort"
 	"strings"
@@ -458,7 +457,3 @@ func (s *Store) refreshSessions(r *Role) {
 		ss.ident = &id
 	}
 }
-
-func b64(b []byte) string { return base64Std.EncodeToString(b) }
-
-var base64Std = b64pkg.StdEncoding

@@ -8,13 +8,18 @@
 // Users, roles and long-term access keys are stored (secrets sealed by the
 // barrier); identities declared in the configuration file are held in
 // memory only and replaced as a whole on reload; session credentials are
-// held in memory only, so a restart ends every session. Everything a
+// sealed into their session tokens (token.go), so that every kmsd with the
+// same root key accepts them, across restarts, with no shared table; the
+// sessions held in memory are a cache of opened tokens. Everything a
 // request needs is answered from memory: each mutation rebuilds the
 // affected Identity values, so the hot path is one map lookup.
 package identity
 
 import (
 	"context"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base32"
 	"encoding/base64"
 	"encoding/json"
@@ -158,6 +163,12 @@ type Store struct {
 	sessions map[string]*session
 	idents   map[string]*Identity // akid → identity of long-term keys
 	accounts map[string]bool      // declared accounts
+
+	// tokenGCM seals session tokens (token.go), made once from the
+	// barrier.
+	tokenOnce sync.Once
+	tokenGCM  cipher.AEAD
+	tokenErr  error
 }
 
 const (
@@ -374,6 +385,40 @@ func (s *Store) Identity(akid string) (*Identity, bool) {
 	return id, ok
 }
 
+// SecretFor is Secret for a request that carries token as its session
+// token (X-Amz-Security-Token, "" when absent): a session's secret is
+// found only with its own token, by opening the token when this process
+// has not met it yet. It implements sigv4.TokenLookup.
+func (s *Store) SecretFor(akid, token string) (string, bool) {
+	s.mu.RLock()
+	_, ok := s.idents[akid]
+	secret := s.keys[akid]
+	s.mu.RUnlock()
+	if ok {
+		return secret.secret, true
+	}
+	if ss, ok := s.session(akid, token); ok {
+		return ss.secret, true
+	}
+	return "", false
+}
+
+// IdentityFor is Identity for a request that carries token as its session
+// token, as SecretFor. The caller still checks that a long-term key comes
+// without a token.
+func (s *Store) IdentityFor(akid, token string) (*Identity, bool) {
+	s.mu.RLock()
+	id, ok := s.idents[akid]
+	s.mu.RUnlock()
+	if ok {
+		return id, true
+	}
+	if ss, ok := s.session(akid, token); ok {
+		return ss.ident, true
+	}
+	return nil, false
+}
+
 // Principal returns the legacy principal akid belongs to.
 func (s *Store) Principal(akid string) (Principal, bool) {
 	id, ok := s.Identity(akid)
@@ -507,6 +552,20 @@ func (s *Store) newID(pfx string) string {
 	b := make([]byte, 12)
 	io.ReadFull(s.rand, b)
 	return pfx + base32.StdEncoding.EncodeToString(b)[:17]
+}
+
+// configID is the unique id (AIDA, AROA) of the user or role name of
+// account declared in the configuration file: derived from the root key,
+// so that every kmsd of a deployment, and the same kmsd after a restart,
+// gives it the same id (aws:userid, the role id that session tokens
+// carry) without storing it. Ids of entities created through the API are
+// random and stored.
+func (s *Store) configID(pfx, account, name string) string {
+	k := s.barrier.Derive("kmsd/identity/config-id")
+	defer clear(k)
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte(pfx + "\x00" + account + "\x00" + name))
+	return pfx + base32.StdEncoding.EncodeToString(m.Sum(nil))[:17]
 }
 
 // trustDocument adapts a role trust policy for evaluation as a

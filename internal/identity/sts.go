@@ -395,13 +395,14 @@ func (s *Store) AssumeRole(caller *Identity, in *AssumeRoleInput) (*Credentials,
 	if err != nil {
 		return nil, err
 	}
-	tok := make([]byte, 96)
-	if _, err := s.rand.Read(tok); err != nil {
+	sessARN := sessionARN(r, in.RoleSessionName)
+	exp := s.now().Add(time.Duration(duration) * time.Second).UTC().Truncate(time.Second)
+	token, err := s.sealToken(akid, &sealedSession{Secret: secret, Account: r.Account, Role: r.Name, RoleID: r.ID,
+		Session: in.RoleSessionName, Tags: tags, Transitive: transitive, Source: sourceIdentity, Policy: in.Policy,
+		Expires: exp.Unix()})
+	if err != nil {
 		return nil, err
 	}
-	token := "IQoJb3JpZ2luX2Vj" + strings.TrimRight(b64(tok), "=")
-	sessARN := "arn:aws:sts::" + r.Account + ":assumed-role/" + r.Name + "/" + in.RoleSessionName
-	exp := s.now().Add(time.Duration(duration) * time.Second).UTC().Truncate(time.Second)
 	sess := &Identity{
 		AccessKeyID: akid,
 		Principal: policy.Principal{Type: policy.AssumedRole, ARN: sessARN, Account: r.Account, Name: r.Name,
@@ -410,14 +411,7 @@ func (s *Store) AssumeRole(caller *Identity, in *AssumeRoleInput) (*Credentials,
 		Policies: r.parsed, SessionPolicies: sessionPolicies, TransitiveTagKeys: transitive,
 		SessionToken: token, Expires: exp,
 	}
-	// Forget expired sessions while here.
-	now := s.now()
-	for k, ss := range s.sessions {
-		if !now.Before(ss.expires) {
-			delete(s.sessions, k)
-		}
-	}
-	s.sessions[akid] = &session{secret: secret, token: token, expires: exp, ident: sess}
+	s.cacheSession(akid, &session{secret: secret, token: token, expires: exp, ident: sess}, s.now())
 	return &Credentials{AccessKeyID: akid, SecretAccessKey: secret, SessionToken: token, Expiration: exp,
 		AssumedRoleARN: sessARN, AssumedRoleID: r.ID + ":" + in.RoleSessionName,
 		PackedPolicySize: packed, SourceIdentity: sourceIdentity}, nil

@@ -42,7 +42,7 @@ import (
 // KMS path does; nil in emulator mode, where every caller is the
 // account's root.
 type hsmPrincipals interface {
-	Identity(akid string) (*identity.Identity, bool)
+	IdentityFor(akid, token string) (*identity.Identity, bool)
 }
 
 // hsmServer serves the HSM cluster APIs.
@@ -162,7 +162,7 @@ func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec 
 		setRoot(rec, h.account, res.AccessKeyID)
 		return c, nil
 	}
-	id, ok := h.ids.Identity(res.AccessKeyID)
+	id, ok := h.ids.IdentityFor(res.AccessKeyID, res.SessionToken)
 	if !ok || !tokenMatches(id, res.SessionToken) {
 		return kms.Caller{}, hsmapi.NewException("UnrecognizedClientException", "The security token included in the request is invalid.")
 	}

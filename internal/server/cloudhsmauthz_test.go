@@ -269,7 +269,7 @@ func TestCloudHSMCrossAccount(t *testing.T) {
 // fakePrincipals resolves access keys to identities.
 type fakePrincipals map[string]*identity.Identity
 
-func (f fakePrincipals) Identity(akid string) (*identity.Identity, bool) {
+func (f fakePrincipals) IdentityFor(akid, _ string) (*identity.Identity, bool) {
 	id, ok := f[akid]
 	return id, ok
 }

@@ -98,7 +98,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	caller := kms.Caller{Account: a.account, Region: res.Region, RequestID: reqID, SourceIP: rec.SourceIPAddress, SecureTransport: r.TLS != nil}
 	rec.AWSRegion = res.Region
 	if a.ids != nil {
-		id, ok := a.ids.Identity(res.AccessKeyID)
+		id, ok := a.ids.IdentityFor(res.AccessKeyID, res.SessionToken)
 		if !ok || !tokenMatches(id, res.SessionToken) { // removed between verification and now, or a bad token
 			a.fail(w, rec, "", &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
 			return

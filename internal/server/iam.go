@@ -125,7 +125,7 @@ func (a *api) serveQuery(w http.ResponseWriter, r *http.Request, body []byte, re
 		a.queryFail(w, rec, ns, &queryError{400, "InvalidAction", "kmsd serves IAM and STS only with --auth verify."})
 		return
 	}
-	id, ok := a.ids.Identity(res.AccessKeyID)
+	id, ok := a.ids.IdentityFor(res.AccessKeyID, res.SessionToken)
 	if !ok || !tokenMatches(id, res.SessionToken) {
 		a.queryFail(w, rec, ns, &queryError{403, "InvalidClientTokenId", "The security token included in the request is invalid."})
 		return

@@ -19,6 +19,14 @@ type SecretLookup interface {
 	Secret(accessKeyID string) (secret string, ok bool)
 }
 
+// TokenLookup is implemented by a SecretLookup whose temporary credentials
+// carry what is needed to find their secret in their session token (kmsd's
+// sealed STS session tokens): Verify then calls SecretFor with the
+// request's X-Amz-Security-Token ("" when absent) instead of Secret.
+type TokenLookup interface {
+	SecretFor(accessKeyID, sessionToken string) (secret string, ok bool)
+}
+
 // Verifier checks SigV4 signatures on incoming requests. Its exported
 // fields are configuration, set before first use; a Verifier is safe for
 // concurrent use and must not be copied after first use (it holds the
@@ -200,7 +208,12 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (*Result, error) {
 	if v.Lookup == nil {
 		return res, nil
 	}
-	secret, ok := v.Lookup.Secret(c.AccessKeyID)
+	var secret string
+	if tl, is := v.Lookup.(TokenLookup); is {
+		secret, ok = tl.SecretFor(c.AccessKeyID, token)
+	} else {
+		secret, ok = v.Lookup.Secret(c.AccessKeyID)
+	}
 	if !ok {
 		return nil, &Error{Code: CodeUnrecognizedClient, Message: msgUnrecognized, Reason: "unknown access key"}
 	}
