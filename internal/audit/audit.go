@@ -7,7 +7,15 @@
 // request path. The buffer is flushed every 100 ms and on Close, which the
 // server calls before it acknowledges a shutdown; a crash (kill -9, power
 // loss) can lose at most the records still queued or buffered at that
-// moment — the last 100 ms or so.
+// moment — the last 100 ms or so — except records logged with LogSync,
+// which returns only once its record is written and synced to stable
+// storage (several waiting records share one fsync).
+//
+// With several kmsd nodes each node keeps its own log; a Logger given a
+// node id writes it and a per-node sequence number (1, 2, … continued
+// across restarts from the log's last record) into every record's
+// additionalEventData as kmsdNode and kmsdSeq, so that the logs of all
+// nodes merge into one order (Merge) and a missing record shows as a gap.
 //
 // Nothing secret is recorded: request and response parameters are copied
 // through Sanitize, which drops every binary field (plaintext, ciphertext,
@@ -18,6 +26,7 @@ package audit
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"io"
 	"sync"
 	"time"
@@ -58,6 +67,10 @@ type Record struct {
 	// shapes: the writer turns them into RequestParameters and
 	// ResponseElements through Sanitize, off the request path.
 	Params, Response any `json:"-"`
+	// Node and Seq are set by the Logger (Options.Node) and written as
+	// additionalEventData's kmsdNode and kmsdSeq.
+	Node string `json:"-"`
+	Seq  uint64 `json:"-"`
 }
 
 // UserIdentity is CloudTrail's userIdentity element.
@@ -98,16 +111,42 @@ type Resource struct {
 
 // Logger queues records and writes them as JSON lines to one writer.
 type Logger struct {
-	q      chan *Record
+	q      chan item
 	done   chan struct{}
 	w      io.Writer
 	bw     *bufio.Writer
 	onErr  func(error)
+	node   string
+	seq    uint64 // of the last record written; owned by run
 	closed sync.Once
 	mu     sync.Mutex // guards sends against Close
 	shut   bool
 	buf    []byte // the record being written; owned by run
 }
+
+// item is a queued record; ack, when not nil, receives the outcome of
+// writing and syncing it (LogSync).
+type item struct {
+	r   *Record
+	ack chan error
+}
+
+// Options configure a Logger.
+type Options struct {
+	// OnErr, if not nil, is told of write errors (the records are then
+	// lost, and LogSync returns the error).
+	OnErr func(error)
+	// Node is the node id written into every record; "" for none (and
+	// then no sequence number either).
+	Node string
+	// LastSeq is the sequence number of the last record this node wrote
+	// before (LastSeq reads it from a log); the first record gets
+	// LastSeq+1.
+	LastSeq uint64
+}
+
+// ErrClosed is returned by LogSync after Close.
+var ErrClosed = errors.New("audit: logger closed")
 
 // QueueSize bounds the records waiting to be written; a full queue makes
 // requests wait rather than lose records.
@@ -119,7 +158,13 @@ const flushEvery = 100 * time.Millisecond
 // New starts a Logger writing to w (a *File, os.Stdout, …). onErr, if not
 // nil, is told of write errors (the records are then lost).
 func New(w io.Writer, onErr func(error)) *Logger {
-	l := &Logger{q: make(chan *Record, QueueSize), done: make(chan struct{}), w: w, bw: bufio.NewWriterSize(w, 64<<10), onErr: onErr}
+	return NewWith(w, Options{OnErr: onErr})
+}
+
+// NewWith starts a Logger writing to w with the options o.
+func NewWith(w io.Writer, o Options) *Logger {
+	l := &Logger{q: make(chan item, QueueSize), done: make(chan struct{}), w: w, bw: bufio.NewWriterSize(w, 64<<10),
+		onErr: o.OnErr, node: o.Node, seq: o.LastSeq}
 	go l.run()
 	return l
 }
@@ -127,35 +172,86 @@ func New(w io.Writer, onErr func(error)) *Logger {
 // Log queues r. It never blocks on I/O, only on a full queue. r must not
 // be changed afterwards.
 func (l *Logger) Log(r *Record) {
+	l.enqueue(item{r: r})
+}
+
+// LogSync queues r and waits until it is written and the writer synced
+// (when it can sync: a *File fsyncs), so that a crash after LogSync
+// returns nil cannot lose r. Records queued meanwhile share the sync. r
+// must not be changed afterwards.
+func (l *Logger) LogSync(r *Record) error {
 	if l == nil {
-		return
+		return nil
+	}
+	ack := make(chan error, 1)
+	if !l.enqueue(item{r: r, ack: ack}) {
+		return ErrClosed
+	}
+	return <-ack
+}
+
+func (l *Logger) enqueue(it item) bool {
+	if l == nil {
+		return false
 	}
 	l.mu.Lock()
 	if l.shut {
 		l.mu.Unlock()
-		return
+		return false
 	}
 	l.mu.Unlock()
-	l.q <- r
+	l.q <- it
+	return true
 }
 
 func (l *Logger) run() {
 	defer close(l.done)
 	// Records are flushed every flushEvery, not when the queue runs
 	// empty: under load the queue is empty after almost every record, and
-	// a write system call per request would sit on the hot path.
+	// a write system call per request would sit on the hot path. A record
+	// that waits for its sync is the exception: it is flushed and synced
+	// at once, with every record queued behind it (group commit).
 	tick := time.NewTicker(flushEvery)
 	defer tick.Stop()
 	dirty := false
+	var acks []chan error
 	for {
 		select {
-		case r, ok := <-l.q:
+		case it, ok := <-l.q:
 			if !ok {
 				l.flush()
 				return
 			}
-			l.write(r)
+			werr := l.write(it.r)
 			dirty = true
+			if it.ack == nil {
+				continue
+			}
+			acks = append(acks[:0], it.ack)
+		drain:
+			for {
+				select {
+				case more, ok := <-l.q:
+					if !ok {
+						break drain
+					}
+					if err := l.write(more.r); err != nil && werr == nil {
+						werr = err
+					}
+					if more.ack != nil {
+						acks = append(acks, more.ack)
+					}
+				default:
+					break drain
+				}
+			}
+			if err := l.sync(); werr == nil {
+				werr = err
+			}
+			dirty = false
+			for _, a := range acks {
+				a <- werr
+			}
 		case <-tick.C:
 			if dirty {
 				l.flush()
@@ -165,21 +261,45 @@ func (l *Logger) run() {
 	}
 }
 
-func (l *Logger) write(r *Record) {
+func (l *Logger) write(r *Record) error {
 	Fill(r)
+	if l.node != "" {
+		l.seq++
+		r.Node, r.Seq = l.node, l.seq
+	}
 	l.buf = append(appendRecord(l.buf[:0], r), '\n')
-	if _, err := l.bw.Write(l.buf); err != nil && l.onErr != nil {
+	_, err := l.bw.Write(l.buf)
+	if err != nil && l.onErr != nil {
 		l.onErr(err)
 	}
+	return err
 }
 
-func (l *Logger) flush() {
-	if err := l.bw.Flush(); err != nil && l.onErr != nil {
+func (l *Logger) flush() error {
+	err := l.bw.Flush()
+	if err != nil && l.onErr != nil {
 		l.onErr(err)
 	}
 	if f, ok := l.w.(interface{ Flushed() }); ok {
 		f.Flushed()
 	}
+	return err
+}
+
+// sync flushes and, when the writer can, syncs it to stable storage.
+func (l *Logger) sync() error {
+	if err := l.flush(); err != nil {
+		return err
+	}
+	if s, ok := l.w.(interface{ Sync() error }); ok {
+		if err := s.Sync(); err != nil {
+			if l.onErr != nil {
+				l.onErr(err)
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // Close writes every queued record, flushes and syncs the writer (if it

@@ -213,7 +213,17 @@ func appendRecord(b []byte, r *Record) []byte {
 	b = str(b, "errorMessage", r.ErrorMessage, true)
 	b = anyValue(b, "requestParameters", r.RequestParameters, false)
 	b = anyValue(b, "responseElements", r.ResponseElements, false)
-	if len(r.AdditionalEventData) > 0 {
+	if r.Node != "" {
+		// The record's own additional data, then the node and its
+		// sequence number; the map may be shared with another record
+		// (ReplicateKey's two), so it is copied rather than changed.
+		m := make(map[string]any, len(r.AdditionalEventData)+2)
+		for k, v := range r.AdditionalEventData {
+			m[k] = v
+		}
+		m["kmsdNode"], m["kmsdSeq"] = r.Node, r.Seq
+		b = anyValue(b, "additionalEventData", m, false)
+	} else if len(r.AdditionalEventData) > 0 {
 		b = anyValue(b, "additionalEventData", r.AdditionalEventData, false)
 	}
 	b = str(b, "requestID", r.RequestID, false)
