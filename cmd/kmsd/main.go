@@ -287,6 +287,8 @@ func serve(args []string) error {
 		{"sweep-interval", "KMSD_SWEEP_INTERVAL", "sweep_interval", "how often due key deletions, rotations and imported key material expiries run (default 1m)", &sweep},
 		{"audit-log", "KMSD_AUDIT_LOG", "audit_log", "audit log (CloudTrail-shaped JSON lines): a file, - for stdout, off (default <data-dir>/audit.log)", &cfg.AuditLog},
 		{"audit-log-max-size", "KMSD_AUDIT_LOG_MAX_SIZE", "audit_log_max_size", "size in bytes at which the audit log file is rotated (default 104857600)", &auditMax},
+		{"audit-sync", "KMSD_AUDIT_SYNC", "audit_sync", "which audit records are written and fsynced before their response: mutations (every operation that is not read-only), all, or none (default mutations)", &cfg.AuditSync},
+		{"node-id", "KMSD_NODE_ID", "node_id", "this node's id among nodes sharing one database, written with a per-node sequence number into every audit record (default: made on first start and kept in <data-dir>/node-id)", &cfg.NodeID},
 		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
 		{"hsm-config", "KMSD_HSM_CONFIG", "hsm_config", "TOML file declaring HSM clusters over existing PKCS#11 tokens", &cfg.HSMConfig},
 		{"hsm-probe-interval", "KMSD_HSM_PROBE_INTERVAL", "hsm_probe_interval", "how often every HSM's token is probed; an HSM whose token is gone turns DEGRADED within three intervals, ACTIVE again within one of its return (default 10s)", &hsmProbe},

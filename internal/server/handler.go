@@ -36,6 +36,9 @@ type api struct {
 	hsm      *hsmServer // [hsm] HSM clusters (cloudhsm.go); nil: off
 
 	audit *audit.Logger // nil: no audit log
+	// auditSync is the --audit-sync mode: which records are synced before
+	// their response (auditsync.go).
+	auditSync string
 	// iamVerifier and stsVerifier check requests to the IAM and STS APIs
 	// (credential scopes naming iam and sts).
 	iamVerifier, stsVerifier *sigv4.Verifier
@@ -52,12 +55,45 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reqID := uuid.NewString()
 	rec := newRecord(r, reqID)
 	var also *audit.Record // a second record one request makes (ReplicateKey)
-	defer func() {
-		a.audit.Log(rec)
-		if also != nil {
-			a.audit.Log(also)
-		}
-	}()
+	if a.audit != nil && a.auditSync != AuditSyncNone {
+		// The response waits for the record when it must be synced
+		// first (auditsync.go); whether it must is known at the end.
+		held := &heldResponse{w: w}
+		w = held
+		defer func() {
+			if !mustSync(a.auditSync, rec) {
+				a.audit.Log(rec)
+				if also != nil {
+					a.audit.Log(also)
+				}
+				held.release()
+				return
+			}
+			// Records are written in order, so syncing the last one
+			// syncs both.
+			last := rec
+			if also != nil {
+				a.audit.Log(rec)
+				last = also
+			}
+			if err := a.audit.LogSync(last); err != nil {
+				// The change is made but its record may be lost: the
+				// client is told of a failure rather than of success.
+				a.log.Error("audit log sync failed", "requestId", reqID, "err", err)
+				awsjson.WriteError(held.w, reqID, &awsjson.Error{Code: "KMSInternalException",
+					Message: "The audit record of the request could not be written.", Status: 500})
+				return
+			}
+			held.release()
+		}()
+	} else {
+		defer func() {
+			a.audit.Log(rec)
+			if also != nil {
+				a.audit.Log(also)
+			}
+		}()
+	}
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
 		rec.ErrorCode = "UnknownOperationException"
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "UnknownOperationException", Message: "", Status: 404})

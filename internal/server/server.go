@@ -80,6 +80,14 @@ type Config struct {
 	// at which it is rotated (default 100 MiB).
 	AuditLog        string
 	AuditLogMaxSize int64
+	// AuditSync says which audit records are synced to stable storage
+	// before their response: AuditSyncMutations (default), AuditSyncAll
+	// or AuditSyncNone.
+	AuditSync string
+	// NodeID names this kmsd among the nodes sharing one database: in
+	// every audit record (kmsdNode) and in logs. Default: the id kept in
+	// <data-dir>/node-id, made on first start (node.go).
+	NodeID string
 	// IAMConfig is an optional TOML file declaring accounts and
 	// identities (see identity.Config); it is read again on SIGHUP.
 	IAMConfig string
@@ -170,6 +178,16 @@ func (c *Config) Validate() error {
 	if c.DBConnectTimeout < 0 || c.DBStatementTimeout < 0 {
 		return errors.New("--db-connect-timeout and --db-statement-timeout must not be negative")
 	}
+	switch c.AuditSync {
+	case "":
+		c.AuditSync = AuditSyncMutations
+	case AuditSyncMutations, AuditSyncAll, AuditSyncNone:
+	default:
+		return fmt.Errorf("--audit-sync %q: want mutations, all or none", c.AuditSync)
+	}
+	if c.NodeID != "" && !validNodeID(c.NodeID) {
+		return fmt.Errorf("--node-id %q: want 1 to 64 letters, digits, '.', '_' or '-'", c.NodeID)
+	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
 	}
@@ -242,6 +260,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}
 	}()
 	a.audit = auditLog
+	a.auditSync = cfg.AuditSync
+	if cfg.AuditLog == "-" {
+		a.auditSync = AuditSyncNone // a pipe or terminal cannot be synced
+	}
 
 	var profileFile string
 	if cfg.Auth == "verify" {
