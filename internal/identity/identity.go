@@ -437,10 +437,29 @@ func (s *Store) Put(ctx context.Context, akid, secret string, p Principal) error
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.users[p.Account+"/"+p.Name]; !ok {
+		// Created only if absent: another kmsd on the same database may
+		// have created it meanwhile, and its id must stay the one stored.
 		u := &User{Account: p.Account, Name: p.Name, Path: "/", ID: s.newID("AIDA"), Created: s.now().UTC()}
-		if err := s.putUser(ctx, u); err != nil {
+		b, err := json.Marshal(u)
+		if err != nil {
 			return err
 		}
+		key := userPrefix + p.Account + "/" + p.Name
+		if err := s.store.Create(ctx, key, b); errors.Is(err, storage.ErrExists) {
+			if b, err = s.store.Get(ctx, key); err != nil {
+				return err
+			}
+			u = new(User)
+			if err := json.Unmarshal(b, u); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return fmt.Errorf("identity: store user: %w", err)
+		}
+		if err := u.compile(false); err != nil {
+			return err
+		}
+		s.users[p.Account+"/"+p.Name] = u
 	}
 	if err := s.putKey(ctx, akid, &keyEntry{secret: secret, account: p.Account, user: p.Name, status: "Active", created: s.now().UTC()}); err != nil {
 		return err

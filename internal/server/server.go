@@ -16,7 +16,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -383,42 +382,53 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 }
 
 // bootstrapAdmin makes sure the default account has an administrator
-// access key: the one from the environment, or on first start a new one
-// written as a shared-credentials profile (mode 0600) in the data
-// directory. It returns the profile file when there is one.
+// access key: the one from the environment, or on first start of the
+// database a new one (identity.Store.Bootstrap: created once even when
+// several nodes start at once on one database, and the same for all of
+// them), written as a shared-credentials profile (mode 0600) in the data
+// directory of every node. It returns the profile file when there is one.
 func bootstrapAdmin(ctx context.Context, cfg Config, ids *identity.Store) (string, error) {
 	admin := identity.Principal{Account: cfg.AccountID, ARN: "arn:aws:iam::" + cfg.AccountID + ":user/kmsd-admin", Name: "kmsd-admin"}
 	if cfg.AdminKeyID != "" {
 		return "", ids.Put(ctx, cfg.AdminKeyID, cfg.AdminSecret, admin)
 	}
 	file := filepath.Join(cfg.DataDir, "credentials")
-	if ids.Count() > 0 {
+	akid, secret, _, err := ids.Bootstrap(ctx, cfg.AccountID, admin.Name)
+	if errors.Is(err, identity.ErrNoBootstrap) {
+		// Keys from before, or the bootstrap key deleted: the profile
+		// file, if any, is left as it is.
 		if _, err := os.Stat(file); err == nil {
 			return file, nil
 		}
 		return "", nil
 	}
-	akid, secret, err := identity.NewKeyPair(rand.Reader)
 	if err != nil {
 		return "", err
 	}
 	content := fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = %s\n", ProfileName, akid, secret, cfg.DefaultRegion)
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if cur, err := os.ReadFile(file); err == nil && string(cur) == content {
+		return file, nil
+	}
+	// Written whole beside the file, then renamed over it.
+	tmp, err := os.CreateTemp(cfg.DataDir, ".credentials-*")
 	if err != nil {
 		return "", err
 	}
-	if _, err := f.WriteString(content); err != nil {
-		f.Close()
-		return "", err
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(content)
+	if serr := tmp.Sync(); err == nil {
+		err = serr
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
-		return "", err
+	if err == nil {
+		err = os.Rename(tmp.Name(), file)
 	}
-	return file, ids.Put(ctx, akid, secret, admin)
+	if err != nil {
+		return "", fmt.Errorf("administrator credentials: %w", err)
+	}
+	return file, nil
 }
 
 func printBanner(out io.Writer, cfg Config, endpoint, profileFile string) {
