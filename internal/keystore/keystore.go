@@ -104,13 +104,17 @@ type Manager struct {
 	mu     sync.RWMutex
 	stores map[string]*Store
 	// resumed marks the stores that were CONNECTED when kmsd started and
-	// have not logged in to their backing since (resume.go).
-	resumed map[string]bool
+	// have not logged in to their backing since (resume.go);
+	// unreachableLogged those of them whose unreachable backing was logged.
+	resumed           map[string]bool
+	unreachableLogged map[string]bool
 }
 
 // New loads the stores kept in store and resumes their connections:
-// CONNECTING and CONNECTED stores are (re)connected, DISCONNECTING ones
-// finish disconnecting, so none stays in a transient state.
+// CONNECTING stores are connected, CONNECTED ones logged in to their
+// backing again with their current password and left CONNECTED (their
+// record is not written), DISCONNECTING ones finish disconnecting, so none
+// stays in a transient state.
 func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -124,7 +128,7 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	if cfg.ResumeRetry <= 0 {
 		cfg.ResumeRetry = resumeRetry
 	}
-	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{}, resumed: map[string]bool{}}
+	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{}, resumed: map[string]bool{}, unreachableLogged: map[string]bool{}}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -149,13 +153,13 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		case Connecting:
 			m.start(st.ID, 0, m.finishConnect)
 		case Connected:
-			if err := m.set(ctx, st.ID, func(s *Store) error { s.State = Connecting; return nil }); err != nil {
-				return nil, err
-			}
+			// Logged in again as it is: no write, no new password
+			// (resume.go). Another kmsd on the same database may be
+			// using the store, logged in with that password.
 			m.mu.Lock()
 			m.resumed[st.ID] = true
 			m.mu.Unlock()
-			m.start(st.ID, 0, m.finishConnect)
+			m.start(st.ID, 0, m.retryResumed)
 		case Disconnecting:
 			m.start(st.ID, 0, m.finishDisconnect)
 		}
@@ -504,9 +508,6 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return
 	}
 	fail := func(code string, err error) {
-		if m.keepResumed(ctx, cur, code, err) {
-			return
-		}
 		m.log.Warn("keystore: connect failed", "store", id, "code", code, "err", err)
 		if m.set(ctx, id, func(st *Store) error {
 			if st.State != Connecting {

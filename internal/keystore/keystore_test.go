@@ -49,6 +49,7 @@ type fakeBacking struct {
 	connected   map[string]bool
 	block       chan struct{} // when not nil, Connect waits for it
 	disconnects int
+	rotations   int // Connect calls given a next password
 }
 
 func (f *fakeBacking) Connect(ctx context.Context, st *Store, secret, next []byte) (bool, error) {
@@ -58,6 +59,9 @@ func (f *fakeBacking) Connect(ctx context.Context, st *Store, secret, next []byt
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.secrets = append(f.secrets, string(secret))
+	if next != nil {
+		f.rotations++
+	}
 	if f.fail != nil {
 		return false, f.fail
 	}

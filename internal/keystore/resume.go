@@ -6,16 +6,23 @@ import (
 	"time"
 )
 
-// A store that was CONNECTED when kmsd stopped is connected again when it
-// starts. If its backing cannot be reached then — every HSM of its cluster
-// down or DEGRADED — failing it would turn an outage of the HSMs into a
-// FAILED store that only a disconnect and a connect repair, which AWS never
-// does: a store stays CONNECTED while its cluster is broken, and its keys'
+// A store that was CONNECTED when kmsd stopped is logged in to its backing
+// again when it starts, with its current password: it stays CONNECTED, its
+// record is not written and its password is not rotated. A restart is not
+// a connect: with several kmsd processes on one database another one may
+// be using the store, logged in with that password, and a rotation
+// (C_SetPIN) or a CONNECTED→CONNECTING flip by a restarting process would
+// pull the store from under it.
+//
+// If its backing cannot be reached then — every HSM of its cluster down or
+// DEGRADED — failing it would turn an outage of the HSMs into a FAILED
+// store that only a disconnect and a connect repair, which AWS never does:
+// a store stays CONNECTED while its cluster is broken, and its keys'
 // operations fail one by one (spec §6.2). So such a store stays CONNECTED,
 // not logged in (its keys answer KMSInvalidStateException), and logs in by
-// itself once the backing answers again. A backing that answers but refuses
-// (the password changed, the user is locked out, …) fails it with that code,
-// as a connect does.
+// itself once the backing answers again. A backing that answers but
+// refuses (the password changed, the user is locked out, …) fails it with
+// that code, as a connect does.
 
 // resumeRetry is Config.ResumeRetry's default.
 const resumeRetry = 5 * time.Second
@@ -24,32 +31,6 @@ const resumeRetry = 5 * time.Second
 // rather than that it refused the store.
 func unreachable(st *Store, code string) bool {
 	return st.Type == TypeCloudHSM && (code == CodeNetworkErrors || code == CodeInsufficientCloudHSMHSMs)
-}
-
-// keepResumed handles a failed connect of a resumed store: when the backing
-// was unreachable the store goes back to CONNECTED and a retry is
-// scheduled, and keepResumed reports true; otherwise the connect fails as
-// any does.
-func (m *Manager) keepResumed(ctx context.Context, cur *Store, code string, err error) bool {
-	m.mu.RLock()
-	resumed := m.resumed[cur.ID]
-	m.mu.RUnlock()
-	if !resumed || !unreachable(cur, code) {
-		return false
-	}
-	if m.set(ctx, cur.ID, func(st *Store) error {
-		if st.State != Connecting {
-			return errSkip
-		}
-		st.State, st.ErrorCode = Connected, ""
-		return nil
-	}) != nil {
-		return false
-	}
-	m.log.Warn("keystore: resumed CONNECTED, but the backing cannot be reached; retrying", "store", cur.ID, "code", code, "err", err,
-		"every", m.cfg.ResumeRetry.String())
-	m.start(cur.ID, m.cfg.ResumeRetry, m.retryResumed)
-	return true
 }
 
 // retryResumed logs a resumed store in to its backing, without rotating
@@ -90,6 +71,14 @@ func (m *Manager) retryResumed(ctx context.Context, id string) {
 	case err == nil:
 		m.loggedIn(ctx, b, cur, nil)
 	case unreachable(cur, c):
+		m.mu.Lock()
+		first := !m.unreachableLogged[id]
+		m.unreachableLogged[id] = true
+		m.mu.Unlock()
+		if first {
+			m.log.Warn("keystore: resumed CONNECTED, but the backing cannot be reached; retrying", "store", id, "code", c, "err", err,
+				"every", m.cfg.ResumeRetry.String())
+		}
 		m.start(id, m.cfg.ResumeRetry, m.retryResumed)
 	default:
 		m.forgetResumed(id)
@@ -138,5 +127,6 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 func (m *Manager) forgetResumed(id string) {
 	m.mu.Lock()
 	delete(m.resumed, id)
+	delete(m.unreachableLogged, id)
 	m.mu.Unlock()
 }

@@ -111,3 +111,71 @@ func TestResumeThroughOutage(t *testing.T) {
 	}
 	waitState(t, m, st.ID, Failed, CodeNetworkErrors)
 }
+
+// TestRestartLeavesStoreAlone: a kmsd process starting on a database in
+// which a store is CONNECTED — a restart, or a second node while the first
+// is using the store — logs in with the stored password and changes
+// nothing: the store is never seen CONNECTING, its record (state,
+// password) stays byte for byte the same, and no new password is tried.
+func TestRestartLeavesStoreAlone(t *testing.T) {
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	f := &fakeBacking{}
+	first := newManager(t, s, b, f)
+	st := create(t, first, "one", "cluster-aaaaaaaaaaa")
+	if err := first.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, first, st.ID, Connected, "")
+	before, err := s.Get(ctx, recordPath(st.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := first.Password(state(t, first, st.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	connects, rotations := len(f.secrets), f.rotations
+	f.mu.Unlock()
+	if rotations != 1 {
+		t.Fatalf("the connect rotated %d times, want 1", rotations)
+	}
+
+	// A second process starts over the same database; the first is still
+	// running and still has the store.
+	second := newManager(t, s, b, f)
+	if got := state(t, second, st.ID); got.State != Connected {
+		t.Fatalf("the second process sees the store %s as it starts", got.State)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		f.mu.Lock()
+		n := len(f.secrets)
+		f.mu.Unlock()
+		if n > connects {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second process never logged in to the store's backing")
+		}
+	}
+	second.Close() // waits for its connector
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rotations != rotations {
+		t.Errorf("the second process rotated the password (%d rotations, want %d)", f.rotations, rotations)
+	}
+	if got := f.secrets[len(f.secrets)-1]; got != string(pw) {
+		t.Error("the second process logged in with another password than the stored one")
+	}
+	after, err := s.Get(ctx, recordPath(st.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(after) != string(before) {
+		t.Errorf("the second process rewrote the store's record:\n%s\nwas\n%s", after, before)
+	}
+	if got := state(t, first, st.ID); got.State != Connected {
+		t.Errorf("the first process sees the store %s", got.State)
+	}
+}
