@@ -28,19 +28,18 @@ type bootstrapRecord struct {
 var ErrNoBootstrap = errors.New("identity: no bootstrap administrator key")
 
 // Bootstrap gives the database its first administrator: the user name of
-// account (created if absent) with a new access key — unless the database
-// has one already, whose key it then returns. It is one serializable
-// transaction of create-if-absent writes, so that of several kmsd
-// processes starting at once on one empty database exactly one creates
-// the administrator and every one of them returns the same key pair.
-// created says this call made it.
-func (s *Store) Bootstrap(ctx context.Context, account, name string) (akid, secret string, created bool, err error) {
+// account (created if absent) with the access key newAKID, newSecret (see
+// NewKeyPair) — unless the database has one already, whose key it then
+// returns. It is one serializable transaction of create-if-absent writes,
+// so that of several kmsd processes starting at once on one empty database
+// exactly one creates the administrator and every one of them returns the
+// same key pair. created says this call made it.
+func (s *Store) Bootstrap(ctx context.Context, account, name, newAKID, newSecret string) (akid, secret string, created bool, err error) {
+	if newAKID == "" || newSecret == "" {
+		return "", "", false, errors.New("identity: bootstrap: empty access key id or secret")
+	}
 	// Everything random is drawn before the transaction, which a driver
 	// may run more than once.
-	newAKID, newSecret, err := NewKeyPair(s.rand)
-	if err != nil {
-		return "", "", false, err
-	}
 	now := s.now().UTC()
 	u := &User{Account: account, Name: name, Path: "/", ID: s.newID("AIDA"), Created: now}
 	userJSON, err := json.Marshal(u)

@@ -39,7 +39,8 @@ func TestBootstrapConcurrent(t *testing.T) {
 				defer wg.Done()
 				<-start
 				r := &res[i]
-				r.akid, r.secret, r.created, r.err = stores[i].Bootstrap(ctx, acct, "kmsd-admin")
+				a, sec, _ := NewKeyPair(stores[i].rand)
+				r.akid, r.secret, r.created, r.err = stores[i].Bootstrap(ctx, acct, "kmsd-admin", a, sec)
 			}(i)
 		}
 		close(start)
@@ -79,7 +80,7 @@ func TestBootstrapConcurrent(t *testing.T) {
 			t.Fatalf("round %d: the nodes give the administrator different user ids %v", round, ids)
 		}
 		// A restart (a Store opened later) gets the same key, not a new one.
-		if akid, _, created, err := node(t, st, root, t0).Bootstrap(ctx, acct, "kmsd-admin"); err != nil || created || akid != res[0].akid {
+		if akid, _, created, err := node(t, st, root, t0).Bootstrap(ctx, acct, "kmsd-admin", "AKIARESTARTED0000001", "restarted-secret"); err != nil || created || akid != res[0].akid {
 			t.Fatalf("round %d: bootstrap after a restart: %s created=%v %v", round, akid, created, err)
 		}
 	}
@@ -98,7 +99,7 @@ func TestBootstrapRefuses(t *testing.T) {
 	if err := s.Put(ctx, "AKIAOLDADMIN00000001", "old-secret", Principal{Account: acct, Name: "kmsd-admin"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := s.Bootstrap(ctx, acct, "kmsd-admin"); !errors.Is(err, ErrNoBootstrap) {
+	if _, _, _, err := s.Bootstrap(ctx, acct, "kmsd-admin", "AKIANEWADMIN00000001", "new-secret"); !errors.Is(err, ErrNoBootstrap) {
 		t.Errorf("bootstrap over keys from before: %v, want ErrNoBootstrap", err)
 	}
 	if keys, _ := st.List(ctx, prefix, "", 0); len(keys) != 1 {
@@ -107,14 +108,14 @@ func TestBootstrapRefuses(t *testing.T) {
 
 	st = sharedStore(t)
 	s = node(t, st, root, t0)
-	akid, _, _, err := s.Bootstrap(ctx, acct, "kmsd-admin")
+	akid, _, _, err := s.Bootstrap(ctx, acct, "kmsd-admin", "AKIAFIRSTADMIN000001", "first-secret")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteAccessKey(ctx, acct, "kmsd-admin", akid); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := node(t, st, root, t0).Bootstrap(ctx, acct, "kmsd-admin"); !errors.Is(err, ErrNoBootstrap) {
+	if _, _, _, err := node(t, st, root, t0).Bootstrap(ctx, acct, "kmsd-admin", "AKIASECONDADMIN00001", "second-secret"); !errors.Is(err, ErrNoBootstrap) {
 		t.Errorf("bootstrap after its key was deleted: %v, want ErrNoBootstrap", err)
 	}
 }

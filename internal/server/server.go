@@ -16,6 +16,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -385,50 +386,93 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 // access key: the one from the environment, or on first start of the
 // database a new one (identity.Store.Bootstrap: created once even when
 // several nodes start at once on one database, and the same for all of
-// them), written as a shared-credentials profile (mode 0600) in the data
-// directory of every node. It returns the profile file when there is one.
+// them). The node that creates it writes it as a shared-credentials
+// profile (mode 0600) in its data directory; the others, like a data
+// directory restored from a backup, have the key in the store only. It
+// returns the profile file when there is one.
+//
+// The profile is written before the key is stored, as a pending file
+// renamed into place once the key is known to be the administrator's: a
+// crash in between leaves the pending file, whose key the next start
+// offers again, so the key of a stored administrator is never lost.
 func bootstrapAdmin(ctx context.Context, cfg Config, ids *identity.Store) (string, error) {
 	admin := identity.Principal{Account: cfg.AccountID, ARN: "arn:aws:iam::" + cfg.AccountID + ":user/kmsd-admin", Name: "kmsd-admin"}
 	if cfg.AdminKeyID != "" {
 		return "", ids.Put(ctx, cfg.AdminKeyID, cfg.AdminSecret, admin)
 	}
 	file := filepath.Join(cfg.DataDir, "credentials")
-	akid, secret, _, err := ids.Bootstrap(ctx, cfg.AccountID, admin.Name)
-	if errors.Is(err, identity.ErrNoBootstrap) {
-		// Keys from before, or the bootstrap key deleted: the profile
-		// file, if any, is left as it is.
-		if _, err := os.Stat(file); err == nil {
-			return file, nil
+	pending := filepath.Join(cfg.DataDir, ".credentials-pending")
+	akid, secret := readProfile(pending)
+	if akid == "" {
+		var err error
+		if akid, secret, err = identity.NewKeyPair(rand.Reader); err != nil {
+			return "", err
 		}
-		return "", nil
+		content := fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = %s\n", ProfileName, akid, secret, cfg.DefaultRegion)
+		if err := writeSynced(pending, content); err != nil {
+			return "", fmt.Errorf("administrator credentials: %w", err)
+		}
 	}
-	if err != nil {
+	got, _, _, err := ids.Bootstrap(ctx, cfg.AccountID, admin.Name, akid, secret)
+	if err != nil && !errors.Is(err, identity.ErrNoBootstrap) {
 		return "", err
 	}
-	content := fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = %s\n", ProfileName, akid, secret, cfg.DefaultRegion)
-	if cur, err := os.ReadFile(file); err == nil && string(cur) == content {
+	if err == nil && got == akid {
+		// This node's key is the administrator's (made now, or by a
+		// start that crashed before the rename).
+		if err := os.Rename(pending, file); err != nil {
+			return "", fmt.Errorf("administrator credentials: %w", err)
+		}
+		return file, syncDir(cfg.DataDir)
+	}
+	// Another node made the administrator, or keys from before exist:
+	// the profile file, if any, is left as it is.
+	os.Remove(pending)
+	if _, err := os.Stat(file); err == nil {
 		return file, nil
 	}
-	// Written whole beside the file, then renamed over it.
-	tmp, err := os.CreateTemp(cfg.DataDir, ".credentials-*")
+	return "", nil
+}
+
+// readProfile returns the key pair of the profile file at path, or ""
+// when there is none (or it is incomplete).
+func readProfile(path string) (akid, secret string) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", err
+		return "", ""
 	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.WriteString(content)
-	if serr := tmp.Sync(); err == nil {
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch strings.TrimSpace(k) {
+		case "aws_access_key_id":
+			akid = strings.TrimSpace(v)
+		case "aws_secret_access_key":
+			secret = strings.TrimSpace(v)
+		}
+	}
+	if akid == "" || secret == "" {
+		return "", ""
+	}
+	return akid, secret
+}
+
+// writeSynced writes content to path (mode 0600) whole and synced.
+func writeSynced(path, content string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(content)
+	if serr := f.Sync(); err == nil {
 		err = serr
 	}
-	if cerr := tmp.Close(); err == nil {
+	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), file)
-	}
 	if err != nil {
-		return "", fmt.Errorf("administrator credentials: %w", err)
+		os.Remove(path)
 	}
-	return file, nil
+	return err
 }
 
 func printBanner(out io.Writer, cfg Config, endpoint, profileFile string) {
