@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -204,5 +205,76 @@ func TestSessionAcrossRestart(t *testing.T) {
 		if code == 0 || !strings.Contains(errOut, "("+call.code+")") || !strings.Contains(errOut, call.message) {
 			t.Errorf("aws %s with a tampered token: exit %d, %q; want %s: %s", strings.Join(call.args, " "), code, errOut, call.code, call.message)
 		}
+	}
+}
+
+// TestSessionAcrossProcesses: two kmsd processes on one data directory
+// (one database, one root key; SQLite lets both open it) stand for two
+// nodes: a role session assumed through the first is accepted by the
+// second, which never saw it issued, with its session policy; an altered
+// token is refused there too. Their audit logs, one per node, merge
+// through kmsctl audit search.
+func TestSessionAcrossProcesses(t *testing.T) {
+	logs := t.TempDir()
+	tmp := t.TempDir()
+	cfg := filepath.Join(tmp, "iam.toml")
+	if err := os.WriteFile(cfg, []byte(stsConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + tmp}
+	pa := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, Env: env,
+		Args: []string{"--iam-config", cfg, "--node-id", "node-a", "--audit-log", filepath.Join(logs, "a.log")}})
+	a := &kmsd{t: t, dataDir: pa.DataDir, endpoint: pa.Endpoint, logPath: pa.LogFile, proc: pa}
+	admin := adminProfile(t, a)
+	keyARN := str(a.ok(admin, "kms", "create-key", "--description", "two nodes"), "KeyMetadata", "Arn")
+
+	pb := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, Env: env, DataDir: pa.DataDir,
+		Args: []string{"--iam-config", cfg, "--node-id", "node-b", "--audit-log", filepath.Join(logs, "b.log")}})
+	b := &kmsd{t: t, dataDir: pb.DataDir, endpoint: pb.Endpoint, logPath: pb.LogFile, proc: pb}
+
+	ar := a.ok(admin, "sts", "assume-role", "--role-arn", "arn:aws:iam::"+account+":role/crypto", "--role-session-name", "roamer",
+		"--policy", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:Encrypt","sts:GetCallerIdentity"],"Resource":"*"}]}`)
+	akid, secret, token := str(ar, "Credentials", "AccessKeyId"), str(ar, "Credentials", "SecretAccessKey"), str(ar, "Credentials", "SessionToken")
+	sess := credsProfile("roamer", akid, secret, token)
+	sessARN := "arn:aws:sts::" + account + ":assumed-role/crypto/roamer"
+	if got := str(b.ok(sess, "sts", "get-caller-identity"), "Arn"); got != sessARN {
+		t.Errorf("node b: get-caller-identity of a session from node a: %q, want %q", got, sessARN)
+	}
+	plain := base64.StdEncoding.EncodeToString([]byte("issued on a, used on b"))
+	ct := str(b.ok(sess, "kms", "encrypt", "--key-id", keyARN, "--plaintext", plain), "CiphertextBlob")
+	b.denied(sess, sessARN, "kms:Decrypt on resource: "+keyARN, "kms", "decrypt", "--ciphertext-blob", ct)
+	mid := len(token) / 2
+	c := byte('A')
+	if token[mid] == 'A' {
+		c = 'B'
+	}
+	bad := credsProfile("tampered", akid, secret, token[:mid]+string(c)+token[mid+1:])
+	if code, _, errOut := b.aws(bad, "kms", "encrypt", "--key-id", keyARN, "--plaintext", plain); code == 0 ||
+		!strings.Contains(errOut, "(UnrecognizedClientException)") || !strings.Contains(errOut, "The security token included in the request is invalid.") {
+		t.Errorf("node b, tampered token: exit %d %q", code, errOut)
+	}
+	a.stop()
+	b.stop()
+
+	out, err := exec.Command(kmsctlBin, "audit", "search", "--audit-log", logs, "--principal", akid).Output()
+	if err != nil {
+		t.Fatalf("kmsctl audit search: %v", err)
+	}
+	var nodes []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r struct {
+			Extra struct {
+				Node string `json:"kmsdNode"`
+			} `json:"additionalEventData"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		nodes = append(nodes, r.Extra.Node)
+	}
+	// The session's three authenticated calls, all served by node b (the
+	// one with the altered token names no principal).
+	if strings.Join(nodes, " ") != "node-b node-b node-b" {
+		t.Errorf("audit records of the session's calls come from nodes %v, want node-b three times:\n%s", nodes, out)
 	}
 }
