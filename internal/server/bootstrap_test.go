@@ -70,8 +70,8 @@ func TestBootstrapAdminThreeNodes(t *testing.T) {
 			if errs[i] != nil {
 				t.Fatalf("round %d, node %d: %v", round, i, errs[i])
 			}
-			if _, err := os.Stat(filepath.Join(cfgs[i].DataDir, ".credentials-pending")); err == nil {
-				t.Errorf("round %d, node %d left its pending profile", round, i)
+			if left, _ := filepath.Glob(filepath.Join(cfgs[i].DataDir, ".credentials-*")); len(left) > 0 {
+				t.Errorf("round %d, node %d left %v", round, i, left)
 			}
 			if files[i] == "" {
 				continue
@@ -107,7 +107,7 @@ func TestBootstrapAdminCrash(t *testing.T) {
 	cfg := Config{DataDir: t.TempDir(), AccountID: "111122223333", DefaultRegion: "us-east-1"}
 	akid, secret := "AKIACRASHEDADMIN0001", "crashed/admin/secret/0123456789abcdefghij"
 	content := fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = us-east-1\n", ProfileName, akid, secret)
-	if err := writeSynced(filepath.Join(cfg.DataDir, ".credentials-pending"), content); err != nil {
+	if err := writeSynced(filepath.Join(cfg.DataDir, ".credentials-pending-"+akid), content); err != nil {
 		t.Fatal(err)
 	}
 	// The crashed start: stored, not renamed.
@@ -128,5 +128,49 @@ func TestBootstrapAdminCrash(t *testing.T) {
 	}
 	if keys, _ := st.List(ctx, "identity/accesskey/", "", 0); len(keys) != 1 {
 		t.Errorf("%d access keys stored, want 1", len(keys))
+	}
+}
+
+// TestBootstrapAdminSharedDataDir: three processes starting at once on
+// one data directory (and its database) end with one stored key, and the
+// profile they share is that key's.
+func TestBootstrapAdminSharedDataDir(t *testing.T) {
+	ctx := context.Background()
+	for round := 0; round < 10; round++ {
+		st, b := bootstrapFixture(t)
+		cfg := Config{DataDir: t.TempDir(), AccountID: "111122223333", DefaultRegion: "us-east-1"}
+		const n = 3
+		idss := make([]*identity.Store, n)
+		for i := range idss {
+			idss[i] = openIDs(t, st, b)
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range idss {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				_, errs[i] = bootstrapAdmin(ctx, cfg, idss[i])
+			}(i)
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, process %d: %v", round, i, err)
+			}
+		}
+		akid, secret := readProfile(filepath.Join(cfg.DataDir, "credentials"))
+		keys, _ := st.List(ctx, "identity/accesskey/", "", 0)
+		if len(keys) != 1 || keys[0].Key != "identity/accesskey/"+akid {
+			t.Fatalf("round %d: stored %v, profile names %s", round, keys, akid)
+		}
+		for i, ids := range idss {
+			if got, ok := ids.Secret(akid); !ok || got != secret {
+				t.Fatalf("round %d: process %d does not accept the profile's key", round, i)
+			}
+		}
+		if left, _ := filepath.Glob(filepath.Join(cfg.DataDir, ".credentials-*")); len(left) > 0 {
+			t.Errorf("round %d: left %v", round, left)
+		}
 	}
 }

@@ -391,47 +391,85 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 // directory restored from a backup, have the key in the store only. It
 // returns the profile file when there is one.
 //
-// The profile is written before the key is stored, as a pending file
-// renamed into place once the key is known to be the administrator's: a
-// crash in between leaves the pending file, whose key the next start
-// offers again, so the key of a stored administrator is never lost.
+// The key offered is first written to a pending profile of its own
+// (.credentials-pending-<key id>), and the profile is written once the key
+// is known to be the administrator's: a crash in between leaves the
+// pending file, whose key the next start offers again, so the key of a
+// stored administrator is never lost. Processes starting at once on one
+// data directory each keep to their own pending file.
 func bootstrapAdmin(ctx context.Context, cfg Config, ids *identity.Store) (string, error) {
 	admin := identity.Principal{Account: cfg.AccountID, ARN: "arn:aws:iam::" + cfg.AccountID + ":user/kmsd-admin", Name: "kmsd-admin"}
 	if cfg.AdminKeyID != "" {
 		return "", ids.Put(ctx, cfg.AdminKeyID, cfg.AdminSecret, admin)
 	}
 	file := filepath.Join(cfg.DataDir, "credentials")
-	pending := filepath.Join(cfg.DataDir, ".credentials-pending")
-	akid, secret := readProfile(pending)
+	pendingPrefix := filepath.Join(cfg.DataDir, ".credentials-pending-")
+	profile := func(akid, secret string) string {
+		return fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = %s\n", ProfileName, akid, secret, cfg.DefaultRegion)
+	}
+	pendings, _ := filepath.Glob(pendingPrefix + "*")
+	var akid, secret string
+	for _, p := range pendings {
+		if akid, secret = readProfile(p); akid != "" {
+			break // a start that crashed: its key is offered again
+		}
+	}
 	if akid == "" {
 		var err error
 		if akid, secret, err = identity.NewKeyPair(rand.Reader); err != nil {
 			return "", err
 		}
-		content := fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = %s\n", ProfileName, akid, secret, cfg.DefaultRegion)
-		if err := writeSynced(pending, content); err != nil {
+		if err := writeSynced(pendingPrefix+akid, profile(akid, secret)); err != nil {
 			return "", fmt.Errorf("administrator credentials: %w", err)
 		}
 	}
-	got, _, _, err := ids.Bootstrap(ctx, cfg.AccountID, admin.Name, akid, secret)
+	mine := pendingPrefix + akid
+	defer os.Remove(mine)
+	got, gotSecret, _, err := ids.Bootstrap(ctx, cfg.AccountID, admin.Name, akid, secret)
 	if err != nil && !errors.Is(err, identity.ErrNoBootstrap) {
 		return "", err
 	}
-	if err == nil && got == akid {
-		// This node's key is the administrator's (made now, or by a
-		// start that crashed before the rename).
-		if err := os.Rename(pending, file); err != nil {
-			return "", fmt.Errorf("administrator credentials: %w", err)
+	if err == nil {
+		// The administrator's key is this start's, or a crashed start's
+		// of this data directory: the profile is written.
+		if _, statErr := os.Stat(pendingPrefix + got); got == akid || statErr == nil {
+			if err := writeAtomic(cfg.DataDir, file, profile(got, gotSecret)); err != nil {
+				return "", fmt.Errorf("administrator credentials: %w", err)
+			}
+			os.Remove(pendingPrefix + got)
+			return file, nil
 		}
-		return file, syncDir(cfg.DataDir)
 	}
 	// Another node made the administrator, or keys from before exist:
 	// the profile file, if any, is left as it is.
-	os.Remove(pending)
 	if _, err := os.Stat(file); err == nil {
 		return file, nil
 	}
 	return "", nil
+}
+
+// writeAtomic writes content to path (mode 0600) whole: to a file of its
+// own in dir, synced, then renamed over path.
+func writeAtomic(dir, path, content string) error {
+	tmp, err := os.CreateTemp(dir, ".credentials-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(content)
+	if serr := tmp.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(dir)
 }
 
 // readProfile returns the key pair of the profile file at path, or ""
