@@ -29,10 +29,10 @@ import (
 	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 )
 
-var kmsdBin string
+var kmsdBin, kmsctlBin string
 
 func TestMain(m *testing.M) {
-	code := e2etest.Run(m, map[string]*string{"kmsd": &kmsdBin})
+	code := e2etest.Run(m, map[string]*string{"kmsd": &kmsdBin, "kmsctl": &kmsctlBin})
 	if err := pgtest.Stop(); err != nil {
 		code = 1
 	}
