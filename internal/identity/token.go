@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
@@ -170,6 +171,7 @@ func (s *Store) session(akid, token string) (*session, bool) {
 		}
 		sessionPolicies = []*policy.Policy{p}
 	}
+	s.roleFromStore(sealed.Account, sealed.Role)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.roles[sealed.Account+"/"+sealed.Role]
@@ -206,6 +208,36 @@ func (s *Store) cacheSession(akid string, ss *session, now time.Time) {
 		}
 	}
 	s.sessions[akid] = ss
+}
+
+// roleFromStore reads role account/name from the database into memory
+// when this process does not know it: a role created through another
+// kmsd on the same database after this one started. Only a token that
+// opened leads here, so the read cannot be provoked without one. (A role
+// changed or deleted through another node is seen here only after a
+// restart, until changes are followed across nodes.)
+func (s *Store) roleFromStore(account, name string) {
+	s.mu.RLock()
+	_, known := s.roles[account+"/"+name]
+	s.mu.RUnlock()
+	if known {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := s.store.Get(ctx, rolePrefix+account+"/"+name)
+	if err != nil {
+		return
+	}
+	r := new(Role)
+	if json.Unmarshal(b, r) != nil || r.compile(false) != nil {
+		return
+	}
+	s.mu.Lock()
+	if _, ok := s.roles[account+"/"+name]; !ok {
+		s.roles[account+"/"+name] = r
+	}
+	s.mu.Unlock()
 }
 
 func sessionARN(r *Role, session string) string {

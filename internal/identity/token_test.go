@@ -198,3 +198,25 @@ func TestSessionTokenAfterRestart(t *testing.T) {
 		t.Error("a session of a deleted role is accepted once a role of the same name exists again")
 	}
 }
+
+// TestSessionOfRoleMadeElsewhere: a role created through one Store after
+// another Store (another node) started is found in the database when a
+// session of it comes to the other Store.
+func TestSessionOfRoleMadeElsewhere(t *testing.T) {
+	ctx := context.Background()
+	st := sharedStore(t)
+	root := make([]byte, barrier.KeySize)
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	a := node(t, st, root, t0)
+	b := node(t, st, root, t0)
+	if _, err := a.CreateRole(ctx, acct, "late-role", "/", trusts["plain"], "", 3600); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := a.AssumeRole(alice(t, a), &AssumeRoleInput{RoleARN: roleARN("late-role"), RoleSessionName: "late"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := b.IdentityFor(cr.AccessKeyID, cr.SessionToken); !ok || id.Principal.ARN != cr.AssumedRoleARN {
+		t.Errorf("the other store: %v %+v", ok, id)
+	}
+}
