@@ -7,8 +7,9 @@
 # started and stopped by scripts/opencryptoki.sh) and OpenSC
 # (pkcs11-tool), curl, PostgreSQL 15 (postgresql; a private server runs
 # during the tests, started and stopped by scripts/postgres.sh, its URL in
-# KMSD_TEST_DATABASE_URL), and staticcheck from the Go module proxy. Exits
-# non-zero on any failure.
+# KMSD_TEST_DATABASE_URL), Chromium (the web console's end-to-end tests
+# drive it headless through chromedp), and staticcheck from the Go module
+# proxy. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#need[@]} -gt 0 ]; then

@@ -273,7 +273,7 @@ type setting struct {
 func serve(args []string) error {
 	var hsmProbe, hsmBackup string
 	var cfg server.Config
-	var configFile, sweep, auditMax, replicaDelay string
+	var configFile, sweep, auditMax, replicaDelay, consoleIdle string
 	var dbPasswordFile, dbMax, dbMin, dbConnect, dbStatement string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
@@ -305,6 +305,8 @@ func serve(args []string) error {
 		{"db-min-conns", "KMSD_DB_MIN_CONNS", "db_min_conns", "PostgreSQL connections kept open when idle (default 2)", &dbMin},
 		{"db-connect-timeout", "KMSD_DB_CONNECT_TIMEOUT", "db_connect_timeout", "time to open one PostgreSQL connection (default 3s)", &dbConnect},
 		{"db-statement-timeout", "KMSD_DB_STATEMENT_TIMEOUT", "db_statement_timeout", "statement_timeout of kmsd's PostgreSQL sessions (default 5s; lock_timeout is min(2s, this), idle_in_transaction_session_timeout max(10s, twice this))", &dbStatement},
+		{"console", "KMSD_CONSOLE", "console", "the web console at /console/ on the listener: on or off (default on)", &cfg.Console},
+		{"console-idle-timeout", "KMSD_CONSOLE_IDLE_TIMEOUT", "console_idle_timeout", "how long a web console session lasts without requests (default 15m)", &consoleIdle},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -328,6 +330,13 @@ func serve(args []string) error {
 	}
 	if err := resolve(fs, settings, configFile, true); err != nil {
 		return err
+	}
+	if consoleIdle != "" {
+		d, err := time.ParseDuration(consoleIdle)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("--console-idle-timeout %q: want a duration such as 15m", consoleIdle)
+		}
+		cfg.ConsoleIdleTimeout = d
 	}
 	if sweep != "" {
 		d, err := time.ParseDuration(sweep)

@@ -147,7 +147,7 @@ func (a *api) serveHSM(w http.ResponseWriter, r *http.Request, body []byte, rec 
 // session token; in emulator mode the account's root, trusted. It records
 // the caller in rec.
 func (h *hsmServer) caller(r *http.Request, body []byte, v *sigv4.Verifier, rec *audit.Record) (kms.Caller, *hsmapi.Exception) {
-	res, err := v.Verify(r, body)
+	res, err := verify(v, r, body)
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -33,7 +34,8 @@ type api struct {
 	account  string          // default account (emulator mode)
 	log      *slog.Logger
 	metrics  *metrics
-	hsm      *hsmServer // [hsm] HSM clusters (cloudhsm.go); nil: off
+	hsm      *hsmServer       // [hsm] HSM clusters (cloudhsm.go); nil: off
+	console  *console.Console // the web console (console.go); nil: off
 
 	audit *audit.Logger // nil: no audit log
 	// auditSync is the --audit-sync mode: which records are synced before
@@ -94,6 +96,14 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}()
 	}
+	defer func() {
+		if op := rec.EventName; op != "" {
+			if rec.EventSource == "cloudhsm.amazonaws.com" {
+				op = "cloudhsm:" + op
+			}
+			a.metrics.observe(op, time.Since(rec.Time))
+		}
+	}()
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
 		rec.ErrorCode = "UnknownOperationException"
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "UnknownOperationException", Message: "", Status: 404})
@@ -121,7 +131,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.EventSource = "kms.amazonaws.com"
 
-	res, err := a.verifier.Verify(r, body)
+	res, err := verify(a.verifier, r, body)
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {

@@ -31,6 +31,7 @@ import (
 
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -140,6 +141,12 @@ type Config struct {
 	// no limit); StoreRPS is it parsed.
 	CustomKeyStoreRPS string
 	StoreRPS          int
+	// Console is "on" (the default) or "off": the web console at
+	// /console/ on the main listener (package console).
+	// ConsoleIdleTimeout ends console sessions without requests
+	// (default 15m).
+	Console            string
+	ConsoleIdleTimeout time.Duration
 }
 
 // Validate checks c and fills defaults.
@@ -204,6 +211,16 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--custom-key-store-rps %q: want a number of requests a second (0: no limit)", c.CustomKeyStoreRPS)
 		}
 		c.StoreRPS = n
+	}
+	switch c.Console {
+	case "":
+		c.Console = "on"
+	case "on", "off":
+	default:
+		return fmt.Errorf("--console %q: want on or off", c.Console)
+	}
+	if c.ConsoleIdleTimeout < 0 {
+		return fmt.Errorf("--console-idle-timeout %s: want a positive duration", c.ConsoleIdleTimeout)
 	}
 	c.PairPool = kms.DefaultPairPoolSize
 	if c.PairPoolSize != "" {
@@ -303,8 +320,23 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	endpoint := "http://" + ln.Addr().String()
 	printBanner(out, cfg, endpoint, profileFile)
 
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	defer stopSweep()
+	var handler http.Handler = a
+	if cfg.Console == "on" {
+		con, err := console.New(console.Config{Backend: &consoleBackend{a: a, region: cfg.DefaultRegion, auditPath: AuditLogPath(cfg)},
+			Region: cfg.DefaultRegion, IdleTimeout: cfg.ConsoleIdleTimeout, Log: log})
+		if err != nil {
+			return fmt.Errorf("console: %w", err)
+		}
+		a.console = con
+		go con.Run(sweepCtx)
+		handler = withConsole(a, con)
+		fmt.Fprintf(out, "web console: %s%s\n", endpoint, console.Prefix)
+	}
+
 	srv := &http.Server{
-		Handler:           a,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -327,8 +359,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}()
 	}
 
-	sweepCtx, stopSweep := context.WithCancel(ctx)
-	defer stopSweep()
 	go sweep(sweepCtx, svc, cfg.SweepInterval, log, a.auditExpiry)
 	if w, ok := store.(storage.Watcher); ok {
 		go pruneChanges(sweepCtx, w, changeRetention/5, changeRetention, log)
