@@ -45,6 +45,10 @@ func (c *Console) serveAudit(w http.ResponseWriter, r *http.Request, s *session)
 		form[k] = strings.TrimSpace(q.Get(k))
 	}
 	data := obj{"Form": form}
+	if r.URL.RawQuery == "" { // the form only, until a search
+		c.page(w, r, s, "audit", "Audit log", data)
+		return
+	}
 	if !s.principal.Admin {
 		w.WriteHeader(http.StatusForbidden)
 		data["Error"] = auditDenied(s.principal)
@@ -66,23 +70,38 @@ func (c *Console) serveAudit(w http.ResponseWriter, r *http.Request, s *session)
 	err = c.cfg.Backend.SearchAudit(&f, func(line []byte) error {
 		var rec struct {
 			EventID, EventTime, EventName, EventSource, ErrorCode string
-			UserIdentity                                          struct{ ARN string }
+			UserIdentity                                          struct{ ARN, Type, InvokedBy string }
 			Resources                                             []struct{ ARN string }
 			RequestParameters                                     map[string]any
+			// A key store's connection outcome (AwsServiceEvent).
+			ServiceEventDetails struct {
+				CustomKeyStoreID, ConnectionState, ConnectionErrorCode string
+			}
 		}
 		if json.Unmarshal(line, &rec) != nil {
 			return nil
 		}
+		row := auditRow{ID: rec.EventID, Time: rec.EventTime, Operation: rec.EventName, Source: rec.EventSource,
+			Principal: rec.UserIdentity.ARN, Outcome: "Success"}
+		if row.Principal == "" && rec.UserIdentity.Type != "" {
+			row.Principal = rec.UserIdentity.Type + " " + rec.UserIdentity.InvokedBy
+		}
+		code := rec.ErrorCode
+		if d := rec.ServiceEventDetails; d.ConnectionState != "" {
+			row.Outcome, row.Resource = d.ConnectionState, d.CustomKeyStoreID
+			if d.ConnectionState == "FAILED" {
+				code = d.ConnectionErrorCode
+				row.Outcome += " " + code
+			}
+		}
 		switch {
 		case outcome == "":
-		case outcome == "success" && rec.ErrorCode == "":
-		case outcome == "failure" && rec.ErrorCode != "":
-		case outcome != "success" && outcome != "failure" && strings.EqualFold(outcome, rec.ErrorCode):
+		case outcome == "success" && code == "":
+		case outcome == "failure" && code != "":
+		case outcome != "success" && outcome != "failure" && strings.EqualFold(outcome, code):
 		default:
 			return nil
 		}
-		row := auditRow{ID: rec.EventID, Time: rec.EventTime, Operation: rec.EventName, Source: rec.EventSource,
-			Principal: rec.UserIdentity.ARN, Outcome: "Success"}
 		for _, res := range rec.Resources {
 			row.Resource = res.ARN
 		}
@@ -94,9 +113,10 @@ func (c *Console) serveAudit(w http.ResponseWriter, r *http.Request, s *session)
 				}
 			}
 		}
-		if rec.ErrorCode != "" {
-			row.Outcome, row.Failed = rec.ErrorCode, true
+		if rec.ErrorCode != "" && rec.ServiceEventDetails.ConnectionState == "" {
+			row.Outcome = rec.ErrorCode
 		}
+		row.Failed = code != ""
 		rows = append(rows, row)
 		if len(rows) > 4*auditLimit { // keep the newest
 			rows = append(rows[:0], rows[len(rows)-auditLimit:]...)

@@ -42,14 +42,15 @@ function pollStores(table) {
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       try {
-        const resp = await fetch(form.action, {method: "POST", credentials: "same-origin",
+        // getAttribute: form.action is the form's input named "action".
+        const resp = await fetch(form.getAttribute("action"), {method: "POST", credentials: "same-origin",
           headers: {"Accept": "application/json"}, body: new URLSearchParams(new FormData(form))});
         const f = await resp.json();
         out.className = "flash " + (f.ok ? "ok" : "err");
         out.textContent = (f.code ? f.code + ": " : "") + (f.message || "");
       } catch (e) {
         out.className = "flash err";
-        out.textContent = "kmsd unreachable";
+        out.textContent = "The request failed: " + e.message;
       }
       tick();
     });
