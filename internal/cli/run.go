@@ -121,6 +121,8 @@ func (r *runner) run(ctx context.Context, args []string) (int, error) {
 		return r.cloudhsmCLI(ctx, rest[1:])
 	case "kmsd": // kmsdcmd.go
 		return r.kmsdCommand(ctx, rest[1:])
+	case "console-login": // consolelogin.go
+		return r.consoleLogin(ctx, rest[1:])
 	}
 	svc, ok := model.Services[rest[0]]
 	if !ok {

@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"errors"
 	"net/http"
 	"os"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/sigv4"
 )
 
@@ -161,4 +163,62 @@ func withConsole(a http.Handler, con *console.Console) http.Handler {
 		}
 		a.ServeHTTP(w, r)
 	})
+}
+
+// consolePrefix is the X-Amz-Target prefix of kmsctl console-login's
+// request (KmsdConsole.CreateLoginUrl), signed like a KMS request.
+const consolePrefix = "KmsdConsole"
+
+// serveConsoleLogin answers KmsdConsole.CreateLoginUrl: a one-time URL
+// that signs the caller into the console as the principal of the access
+// key that signed the request. It reports whether the target was its.
+// The URL is a credential: it is in neither the audit record nor the log.
+func (a *api) serveConsoleLogin(w http.ResponseWriter, r *http.Request, body []byte, rec *audit.Record) bool {
+	target := r.Header.Get("X-Amz-Target")
+	if !strings.HasPrefix(target, consolePrefix+".") {
+		return false
+	}
+	rec.EventSource, rec.EventName = "kmsd", "CreateConsoleLoginUrl"
+	if target != consolePrefix+".CreateLoginUrl" {
+		a.fail(w, rec, "", &awsjson.Error{Code: "UnknownOperationException", Status: 400})
+		return true
+	}
+	op := "console:CreateLoginUrl"
+	if a.console == nil {
+		a.fail(w, rec, op, &awsjson.Error{Code: "UnsupportedOperationException", Message: "The web console is off (kmsd --console off).", Status: 400})
+		return true
+	}
+	res, err := a.verifier.Verify(r, body) // never a console request: a signature only
+	if err != nil {
+		var se *sigv4.Error
+		if errors.As(err, &se) {
+			a.fail(w, rec, op, &awsjson.Error{Code: se.Code, Message: se.Message, Status: kmsapi.Status(se.Code)})
+			return true
+		}
+		a.fail(w, rec, op, &awsjson.Error{Code: "InternalFailure", Status: 500})
+		return true
+	}
+	rec.AWSRegion = res.Region
+	if a.ids != nil {
+		id, ok := a.ids.Identity(res.AccessKeyID)
+		if !ok || !tokenMatches(id, res.SessionToken) {
+			a.fail(w, rec, op, &awsjson.Error{Code: "UnrecognizedClientException", Message: "The security token included in the request is invalid.", Status: 400})
+			return true
+		}
+		setIdentity(rec, id)
+	} else {
+		setRoot(rec, a.account, res.AccessKeyID)
+	}
+	tok, err := a.console.IssueLoginToken(console.Credentials{AccessKeyID: res.AccessKeyID, SessionToken: res.SessionToken, Region: res.Region})
+	if err != nil {
+		a.fail(w, rec, op, &awsjson.Error{Code: "InternalFailure", Status: 500})
+		return true
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	a.metrics.requests.WithLabelValues(op, "OK").Inc()
+	awsjson.WriteJSON(w, rec.RequestID, map[string]string{"LoginUrl": scheme + "://" + r.Host + console.Prefix + "login/token?token=" + tok})
+	return true
 }

@@ -125,6 +125,10 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.serveQuery(w, r, body, rec) // IAM and STS (awsQuery protocol)
 		return
 	}
+	// kmsctl console-login (KmsdConsole.CreateLoginUrl): console.go.
+	if a.serveConsoleLogin(w, r, body, rec) {
+		return
+	}
 	// [hsm] CloudHSM v2 (BaldrApiService.*) and admin (KmsdAdmin.*) targets: cloudhsm.go.
 	if a.serveHSM(w, r, body, rec) {
 		return
