@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
@@ -101,6 +102,50 @@ func TestConsoleKeys(t *testing.T) {
 	draft := get(b, "draft kept", chromedp.Value(chromedp.ID("policy")))
 	if strings.TrimSpace(draft) != bad {
 		t.Fatalf("draft after refusal: %q", draft)
+	}
+
+	// Tags, and the keys page's tag filter.
+	b.run("tag", chromedp.Navigate(k.p.Endpoint+"/console/keys/"+keyID), chromedp.WaitVisible(chromedp.ID("tags")),
+		chromedp.SendKeys(chromedp.CSS(`input[name="tag_key"]`), "team"), chromedp.SendKeys(chromedp.CSS(`input[name="tag_value"]`), "crypto"),
+		chromedp.Submit(chromedp.CSS(`input[name="tag_key"]`)), chromedp.WaitVisible(chromedp.ID("flash")))
+	if got := b.text("#tags tbody"); b.text("#flash") != "Tag saved." || !strings.Contains(got, "team") || !strings.Contains(got, "crypto") {
+		t.Fatalf("tag: %q, tags %q", b.text("#flash"), got)
+	}
+	if tags := k.aws("kms", "list-resource-tags", "--key-id", keyID)["Tags"].([]any); len(tags) != 1 {
+		t.Fatalf("aws list-resource-tags: %v", tags)
+	}
+	b.run("filter by tag", chromedp.Navigate(k.p.Endpoint+"/console/keys?tag=team=crypto"), chromedp.WaitVisible(chromedp.ID("keys")))
+	if got := b.text(`#keys tbody`); !strings.Contains(got, keyID) {
+		t.Fatalf("tag filter team=crypto: %q", got)
+	}
+	b.run("filter by another tag", chromedp.Navigate(k.p.Endpoint+"/console/keys?tag=team=other"), chromedp.WaitVisible(chromedp.ID("keys")))
+	if got := b.text(`#keys tbody`); got != "No keys match." {
+		t.Fatalf("tag filter team=other: %q", got)
+	}
+	// Schedule deletion (7 days), cancel it, enable the key again.
+	for _, step := range []struct{ button, flash, state string }{
+		{"schedule-deletion", "Key deletion scheduled.", "PendingDeletion"},
+		{"cancel-deletion", "Key deletion cancelled; the key is disabled until you enable it.", "Disabled"},
+		{"enable", "Key enabled.", "Enabled"},
+	} {
+		b.run(step.button, chromedp.Navigate(k.p.Endpoint+"/console/keys/"+keyID), chromedp.WaitVisible(chromedp.ID(step.button)))
+		if step.button == "schedule-deletion" {
+			b.run("7 days", chromedp.SetValue(chromedp.CSS(`input[name="days"]`), "7"))
+		}
+		b.run(step.button, chromedp.Click(chromedp.ID(step.button)), chromedp.WaitVisible(chromedp.ID("flash")))
+		if got := b.text("#flash"); got != step.flash {
+			t.Fatalf("%s: %q", step.button, got)
+		}
+		md := k.aws("kms", "describe-key", "--key-id", keyID)["KeyMetadata"].(map[string]any)
+		if md["KeyState"] != step.state {
+			t.Fatalf("after %s: %v", step.button, md)
+		}
+		if step.state == "PendingDeletion" {
+			d, err := time.Parse(time.RFC3339, md["DeletionDate"].(string))
+			if days := time.Until(d).Hours() / 24; err != nil || days < 6.9 || days > 7.1 {
+				t.Fatalf("deletion date %v (%v): want in 7 days", md["DeletionDate"], err)
+			}
+		}
 	}
 
 	// A user whose identity policy does not allow kms:DisableKey.
