@@ -83,6 +83,9 @@ func TestConsoleKeys(t *testing.T) {
 	b.run("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
 		chromedp.Navigate(k.p.Endpoint+"/console/keys/"+keyID), chromedp.WaitVisible(chromedp.ID("metadata")))
 	b.screenshot("key-phone")
+	if w := eval[[]int](b, `[document.documentElement.scrollWidth, window.innerWidth]`); w[0] > w[1] {
+		t.Fatalf("at phone width the key page is %dpx wide in a %dpx window", w[0], w[1])
+	}
 	b.run("desktop width", chromedp.EmulateViewport(1280, 800))
 
 	// The policy editor: JSON that does not parse cannot be sent; a

@@ -115,6 +115,19 @@ func TestConsoleKeyStores(t *testing.T) {
 	}
 	b.screenshot("stores")
 
+	// Update: the failed external store is disconnected and renamed.
+	b.run("disconnect failed store", chromedp.Click(chromedp.CSS(row(xksStore)+" button.disconnect")))
+	waitState(xksStore, "DISCONNECTED")
+	b.run("rename", chromedp.Click(chromedp.CSS(row(xksStore)+" summary")),
+		chromedp.SendKeys(chromedp.CSS(row(xksStore)+` input[name="name"]`), "xks-renamed"),
+		chromedp.Submit(chromedp.CSS(row(xksStore)+` input[name="name"]`)), chromedp.WaitVisible(chromedp.ID("flash")))
+	if got := b.text("#flash"); got != "Key store "+xksStore+" updated." {
+		t.Fatalf("update: %q", got)
+	}
+	if s := k.store(xksStore); s["CustomKeyStoreName"] != "xks-renamed" {
+		t.Fatalf("aws says the store is named %v", s["CustomKeyStoreName"])
+	}
+
 	// A key in the CloudHSM key store, made in the console.
 	b.run("keys page", chromedp.Navigate(k.p.Endpoint+"/console/keys"), chromedp.WaitVisible(chromedp.ID("create-key")),
 		chromedp.SendKeys(chromedp.ID("new-alias"), "in-the-hsm"))
