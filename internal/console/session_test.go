@@ -47,7 +47,9 @@ func (f *fakeBackend) Call(_ *http.Request, c Credentials, target string, _ []by
 }
 
 func (f *fakeBackend) SearchAudit(*audit.Filter, func([]byte) error) error { return nil }
-func (f *fakeBackend) Metrics() (MetricsSnapshot, error)                    { return MetricsSnapshot{Time: time.Now()}, nil }
+func (f *fakeBackend) Metrics() (MetricsSnapshot, error) {
+	return MetricsSnapshot{Time: time.Now()}, nil
+}
 
 func (f *fakeBackend) called(target string) bool {
 	f.mu.Lock()
