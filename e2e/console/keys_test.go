@@ -36,6 +36,7 @@ func TestConsoleKeys(t *testing.T) {
 	if got := b.text("#error"); got != "The access key ID or secret access key is not valid." {
 		t.Fatalf("wrong secret: %q", got)
 	}
+	b.screenshot("sign-in")
 	b.signIn(k.p.Endpoint, k.akid, k.skey)
 	admin := "arn:aws:iam::111122223333:user/kmsd-admin"
 	if got := b.text("#principal"); got != admin {

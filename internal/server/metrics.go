@@ -19,7 +19,8 @@ type metrics struct {
 	// latency is how long requests take by operation (KMS operations by
 	// name, CloudHSM v2 ones as cloudhsm:Name), for the console's
 	// overview and any Prometheus dashboard.
-	latency *prometheus.HistogramVec
+	latency   *prometheus.HistogramVec
+	latencyOf map[string]prometheus.Observer // the KMS operations', resolved once
 }
 
 func newMetrics() *metrics {
@@ -37,8 +38,10 @@ func newMetrics() *metrics {
 		}, []string{"operation"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.latencyOf = map[string]prometheus.Observer{}
 	for name := range kmsapi.Operations {
 		m.okByOp[name] = m.requests.WithLabelValues(name, "OK")
+		m.latencyOf[name] = m.latency.WithLabelValues(name)
 	}
 	return m
 }
@@ -54,7 +57,11 @@ func (m *metrics) fail(op, code string) {
 
 // observe records how long a request of op took.
 func (m *metrics) observe(op string, d time.Duration) {
-	m.latency.WithLabelValues(op).Observe(d.Seconds())
+	o, ok := m.latencyOf[op]
+	if !ok {
+		o = m.latency.WithLabelValues(op)
+	}
+	o.Observe(d.Seconds())
 }
 
 // snapshot reads the request counters and latency histograms for the
