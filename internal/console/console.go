@@ -136,6 +136,7 @@ type Console struct {
 	mu       sync.Mutex
 	sessions map[[32]byte]*session // by SHA-256 of the session id
 	logins   map[[32]byte]loginToken
+	failed   map[string]*failures // failed sign-ins by remote address
 
 	metrics *sampler
 }
@@ -183,7 +184,7 @@ func New(cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, pages: pages, sessions: map[[32]byte]*session{}, logins: map[[32]byte]loginToken{},
+	c := &Console{cfg: cfg, pages: pages, sessions: map[[32]byte]*session{}, logins: map[[32]byte]loginToken{}, failed: map[string]*failures{},
 		files: http.StripPrefix(Prefix+"static/", http.FileServer(http.FS(sub)))}
 	c.metrics = newSampler(cfg.Backend, cfg.History)
 	return c, nil

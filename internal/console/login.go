@@ -3,6 +3,7 @@ package console
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -10,6 +11,56 @@ import (
 
 // loginTokenTTL is how long a one-time sign-in URL stays usable.
 const loginTokenTTL = 2 * time.Minute
+
+// Sign-in throttle: after maxFailures failed sign-ins from one address
+// within failureWindow, that address may not try again until the window
+// has passed since its first failure, so secrets cannot be guessed fast.
+const (
+	maxFailures   = 5
+	failureWindow = time.Minute
+)
+
+type failures struct {
+	first time.Time
+	n     int
+}
+
+// throttled reports whether addr may not sign in now.
+func (c *Console) throttled(addr string, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.failed[addr]
+	if ok && now.Sub(f.first) >= failureWindow {
+		delete(c.failed, addr)
+		return false
+	}
+	return ok && f.n >= maxFailures
+}
+
+// failedSignIn counts a failure of addr.
+func (c *Console) failedSignIn(addr string, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for a, f := range c.failed { // forget old ones
+		if now.Sub(f.first) >= failureWindow {
+			delete(c.failed, a)
+		}
+	}
+	f := c.failed[addr]
+	if f == nil {
+		f = &failures{first: now}
+		c.failed[addr] = f
+	}
+	f.n++
+}
+
+// remoteHost is the address part of r.RemoteAddr.
+func remoteHost(r *http.Request) string {
+	if h, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return h
+	}
+	return r.RemoteAddr
+}
 
 type loginToken struct {
 	creds   Credentials
@@ -33,6 +84,14 @@ func (c *Console) serveLogin(w http.ResponseWriter, r *http.Request) {
 			c.refuse(w, r, "The sign-in form's token is missing or wrong: sign in from the console's own page.")
 			return
 		}
+		host, now := remoteHost(r), c.cfg.Now()
+		if c.throttled(host, now) {
+			c.cfg.Log.Warn("console sign-in throttled", "remote", r.RemoteAddr)
+			w.WriteHeader(http.StatusTooManyRequests)
+			c.render(w, "login", obj{"Title": "Sign in", "Next": next,
+				"Error": "Too many failed sign-ins from your address: wait a minute and try again."})
+			return
+		}
 		akid := strings.TrimSpace(r.PostFormValue("access_key_id"))
 		creds := Credentials{AccessKeyID: akid, SessionToken: strings.TrimSpace(r.PostFormValue("session_token")), Region: c.cfg.Region}
 		p, ok := c.cfg.Backend.SignIn(akid, r.PostFormValue("secret_access_key"), creds.SessionToken)
@@ -45,6 +104,7 @@ func (c *Console) serveLogin(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, next, http.StatusSeeOther)
 			return
 		}
+		c.failedSignIn(host, now)
 		c.cfg.Log.Info("console sign-in refused", "accessKeyId", akid, "remote", r.RemoteAddr)
 		data["Error"] = "The access key ID or secret access key is not valid."
 		data["AccessKeyID"] = akid

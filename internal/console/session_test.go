@@ -271,3 +271,25 @@ func TestSessionEnds(t *testing.T) {
 		}
 	})
 }
+
+func TestSignInThrottle(t *testing.T) {
+	f := newFixture(t)
+	_, page := f.do("GET", "/console/login", nil, nil)
+	tok := csrfField.FindStringSubmatch(page)[1]
+	try := func(secret string) int {
+		resp, _ := f.do("POST", "/console/login", url.Values{"csrf": {tok}, "access_key_id": {"AKIDTEST"}, "secret_access_key": {secret}}, nil)
+		return resp.StatusCode
+	}
+	for i := range maxFailures {
+		if got := try("guess"); got != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d", i, got)
+		}
+	}
+	if got := try("s3cret"); got != http.StatusTooManyRequests {
+		t.Fatalf("after %d failures the right secret: %d, want 429", maxFailures, got)
+	}
+	f.advance(failureWindow)
+	if got := try("s3cret"); got != http.StatusSeeOther {
+		t.Fatalf("a minute later: %d", got)
+	}
+}
