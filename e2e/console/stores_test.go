@@ -1,6 +1,7 @@
 package console
 
 import (
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,6 +165,20 @@ func TestConsoleKeyStores(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("audit-count")))
 	if got, table := b.text("#audit-count"), b.text("#audit tbody"); !strings.HasPrefix(got, "1 records") || !strings.Contains(table, xksStore) {
 		t.Fatalf("audit search for failed connects: %q\n%s", got, table)
+	}
+	// By principal (the user name) and by time.
+	hour := func(d time.Duration) string { return url.QueryEscape(time.Now().UTC().Add(d).Format(time.RFC3339)) }
+	for _, c := range []struct{ query, want string }{
+		{"operation=ConnectCustomKeyStore&principal=kmsd-admin", "3 records"},
+		{"operation=ConnectCustomKeyStore&start=" + hour(-time.Hour) + "&end=" + hour(time.Hour), "6 records"},
+		{"operation=ConnectCustomKeyStore&start=" + hour(time.Hour), "0 records"},
+		{"operation=CreateKey&key=" + md["KeyId"].(string), "1 records"},
+		{"operation=CreateKey&key=alias/in-the-hsm", "0 records"}, // the key's alias is not in CreateKey's record
+	} {
+		b.run("audit "+c.query, chromedp.Navigate(k.p.Endpoint+"/console/audit?"+c.query), chromedp.WaitVisible(chromedp.ID("audit-count")))
+		if got := b.text("#audit-count"); !strings.HasPrefix(got, c.want) {
+			t.Fatalf("audit search %s: %q, want %s\n%s", c.query, got, c.want, b.text("#audit tbody"))
+		}
 	}
 	b.run("audit search again", chromedp.Navigate(k.p.Endpoint+"/console/audit?operation=ConnectCustomKeyStore"),
 		chromedp.WaitVisible(chromedp.ID("audit-count")))

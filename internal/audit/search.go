@@ -10,9 +10,10 @@ import (
 
 // Filter selects records; empty fields match everything.
 type Filter struct {
-	// Key matches a resource ARN, or a key id / alias named in the
-	// request parameters (keyId, sourceKeyId, destinationKeyId,
-	// targetKeyId). A bare key id matches the ARN ending in it.
+	// Key matches a resource ARN, a key id / alias named in the request
+	// parameters (keyId, sourceKeyId, destinationKeyId, targetKeyId), or
+	// the key a CreateKey or ReplicateKey response describes. A bare key
+	// id matches the ARN ending in it.
 	Key string
 	// Principal matches userIdentity.arn, the user name, the principal id
 	// or the access key id.
@@ -64,6 +65,17 @@ func (f *Filter) matchKey(r map[string]any) bool {
 	params, _ := r["requestParameters"].(map[string]any)
 	for _, k := range []string{"keyId", "sourceKeyId", "destinationKeyId", "targetKeyId", "aliasName"} {
 		if v := str(params[k]); v != "" && (v == f.Key || strings.HasSuffix(v, "/"+f.Key)) {
+			return true
+		}
+	}
+	// The key a CreateKey (or ReplicateKey) made is only in its response.
+	resp, _ := r["responseElements"].(map[string]any)
+	for _, m := range []string{"keyMetadata", "replicaKeyMetadata"} {
+		md, _ := resp[m].(map[string]any)
+		if id := str(md["keyId"]); id != "" && id == f.Key {
+			return true
+		}
+		if arn := str(md["arn"]); arn != "" && (arn == f.Key || strings.HasSuffix(arn, "/"+f.Key)) {
 			return true
 		}
 	}
