@@ -469,7 +469,10 @@ func (c *Console) keyAction(w http.ResponseWriter, r *http.Request, s *session, 
 			c.mu.Unlock()
 		}()
 	}
-	c.done(w, r, s, back+"#"+r.PostForm.Get("section"), msg, err)
+	if sec := r.PostForm.Get("section"); sec != "" && strings.Trim(sec, "abcdefghijklmnopqrstuvwxyz-") == "" {
+		back += "#" + sec // the page section to return to
+	}
+	c.done(w, r, s, back, msg, err)
 }
 
 // ---- custom key stores
