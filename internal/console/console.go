@@ -14,8 +14,9 @@
 // No framework: pages are server-rendered html/template (auto-escaping
 // is the XSS defence), every action is a plain HTML form POST answered by
 // a redirect, and about 150 lines of plain JavaScript (static/console.js)
-// add what forms cannot: the key store table polls its JSON every second
-// and updates in place, the overview's charts refresh, the policy editor
+// add what forms cannot: the key store table polls its JSON (every second
+// while a store is connecting or disconnecting, else every three) and
+// updates in place, the overview's charts refresh, the policy editor
 // checks JSON as it is typed. Without JavaScript every page still works
 // (reload to refresh). A framework would bring a build step, a
 // dependency tree and kilobytes the browser must trust, for a dozen
