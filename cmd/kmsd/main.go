@@ -307,6 +307,7 @@ func serve(args []string) error {
 		{"db-statement-timeout", "KMSD_DB_STATEMENT_TIMEOUT", "db_statement_timeout", "statement_timeout of kmsd's PostgreSQL sessions (default 5s; lock_timeout is min(2s, this), idle_in_transaction_session_timeout max(10s, twice this))", &dbStatement},
 		{"console", "KMSD_CONSOLE", "console", "the web console at /console/ on the listener: on or off (default on)", &cfg.Console},
 		{"console-idle-timeout", "KMSD_CONSOLE_IDLE_TIMEOUT", "console_idle_timeout", "how long a web console session lasts without requests (default 15m)", &consoleIdle},
+		{"seed", "KMSD_SEED", "seed", "seed file (YAML, or TOML if it ends in .toml; kmsd's layout or local-kms's) of keys and aliases made sure to exist at every start", &cfg.Seed},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)

@@ -112,6 +112,10 @@ type Key struct {
 	PrimaryRegion  string      `json:"primaryRegion,omitempty"`
 	ReplicaRegions []string    `json:"replicaRegions,omitempty"`
 	Pending        *Transition `json:"pending,omitempty"`
+	// LocalKMS marks a symmetric key seeded from a local-kms seed file:
+	// it also decrypts ciphertext blobs in local-kms's format
+	// (keys.ParseLocalKMSBlob), whose version i is the key's version i+1.
+	LocalKMS bool `json:"localKms,omitempty"`
 }
 
 // ARN is the key's ARN.
@@ -596,4 +600,56 @@ func (c *Catalog) OpenAnyMaterial(ctx context.Context) (found bool, err error) {
 		return true, nil
 	}
 	return false, err
+}
+
+// CreateAll stores new keys and aliases together in one transaction, as
+// the seed file's resources are applied: either every record is written
+// or none is (ErrExists if any key or alias is already there).
+func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias) error {
+	kb := make([][]byte, len(ks))
+	ab := make([][]byte, len(as))
+	var err error
+	for i, k := range ks {
+		if kb[i], err = json.Marshal(k); err != nil {
+			return err
+		}
+	}
+	for i, a := range as {
+		if ab[i], err = json.Marshal(a); err != nil {
+			return err
+		}
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		for i, k := range ks {
+			if err := tx.Create(ctx, keyPath(k.Name()), kb[i]); err != nil {
+				return err
+			}
+			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {
+				return err
+			}
+		}
+		for i, a := range as {
+			if err := tx.Create(ctx, aliasPath(a.Account, a.Region, a.Name), ab[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, storage.ErrExists) {
+		return ErrExists
+	}
+	if err != nil {
+		return fmt.Errorf("catalog: create seeded resources: %w", err)
+	}
+	c.mu.Lock()
+	for _, k := range ks {
+		c.keys[k.Name()] = k
+	}
+	for _, a := range as {
+		c.aliases[aliasPath(a.Account, a.Region, a.Name)] = a
+	}
+	c.mu.Unlock()
+	return nil
 }

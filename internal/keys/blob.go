@@ -38,6 +38,9 @@ type Blob struct {
 	// External is the proxy layer of a KindExternal blob (Nonce and
 	// Sealed are then nil: the inner layer is the proxy's plaintext).
 	External *ExternalLayer
+	// LocalKMS: a blob in local-kms's format (ParseLocalKMSBlob), whose
+	// additional data is LocalKMSAAD of the context, not AppendAAD.
+	LocalKMS bool
 }
 
 // ParseBlob parses b without decrypting it.

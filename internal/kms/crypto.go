@@ -48,7 +48,7 @@ var errCiphertext = kmsapi.NewException("InvalidCiphertextException", "")
 // caller says the blob is for; extra, if not nil, adds condition keys of
 // the operation. It returns the key and the plaintext.
 func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byte, keyID *string, ec map[string]string, alg *string, extra func(*policy.Request)) (*catalog.Key, []byte, error) {
-	b, perr := keys.ParseBlob(blob)
+	b, perr := parseBlob(blob)
 	if perr != nil && keyID == nil {
 		return nil, nil, errCiphertext
 	}
@@ -91,6 +91,9 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 	if err := checkEncryptUsage(k, action); err != nil {
 		return nil, nil, err
 	}
+	if localKMSMismatch(b, k) {
+		return nil, nil, errCiphertext
+	}
 	if k.XksKeyID != "" || b.External != nil {
 		pt, err := s.openXKS(withCaller(ctx, c, action), k, b, ec)
 		return k, pt, err
@@ -111,7 +114,7 @@ func (s *Service) open(ctx context.Context, c *Caller, action string, blob []byt
 		return nil, nil, internal(err)
 	}
 	ap := aadPool.Get().(*[]byte)
-	aad := keys.AppendAAD((*ap)[:0], b.Header, ec)
+	aad := blobAAD((*ap)[:0], b, ec)
 	pt, err := aead.Open(nil, b.Nonce, b.Sealed, aad)
 	*ap = aad
 	aadPool.Put(ap)

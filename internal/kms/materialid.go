@@ -50,7 +50,7 @@ func (s *Service) blobMaterialID(k *catalog.Key, blob []byte) (*string, error) {
 	if !hasMaterialID(k) {
 		return nil, nil
 	}
-	b, err := keys.ParseBlob(blob)
+	b, err := parseBlob(blob)
 	if err != nil {
 		return nil, nil // opened, so parsed before; never here
 	}

@@ -15,7 +15,7 @@ func (s *Service) ReEncrypt(ctx context.Context, c *Caller, in *kmsapi.ReEncrypt
 	// both authorizations see; its errors come after the source's.
 	dst, dstErr := s.resolveCross(ctx, c, *in.DestinationKeyId)
 	sameKey := func(r *policy.Request) {
-		if b, err := keys.ParseBlob(in.CiphertextBlob); err == nil && dstErr == nil {
+		if b, err := parseBlob(in.CiphertextBlob); err == nil && dstErr == nil {
 			r.SetBool(policy.KeyReEncryptOnSameKey, b.KeyID == dst.ID)
 		}
 	}

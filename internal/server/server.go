@@ -147,6 +147,9 @@ type Config struct {
 	// (default 15m).
 	Console            string
 	ConsoleIdleTimeout time.Duration
+	// Seed is an optional seed file (package seed) applied at every
+	// start and, in emulator mode, at every reset.
+	Seed string
 }
 
 // Validate checks c and fills defaults.
@@ -239,6 +242,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	seedFile, err := loadSeed(cfg)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
@@ -261,6 +268,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	defer svc.Close()
 	if err := svc.StartUsageTracking(ctx); err != nil {
 		return fmt.Errorf("key usage tracking: %w", err)
+	}
+	if err := applySeed(ctx, seedFile, svc, log); err != nil {
+		return err
 	}
 	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
 	a.metrics.reg.MustRegister(quotaCollector{quota})

@@ -1,0 +1,506 @@
+// Package seed reads kmsd's seed file (--seed), which declares resources
+// kmsd makes sure exist at every start: keys with fixed key ids and, for
+// tests, fixed key material, and aliases. Two layouts are read, in YAML
+// or (kmsd's own only) TOML:
+//
+// kmsd's own, a list of keys and a list of aliases:
+//
+//	Keys:
+//	  - KeyId: 0b7e4a3c-2f4e-4e8a-9d6b-1c2d3e4f5a6b
+//	    Description: orders
+//	    KeySpec: SYMMETRIC_DEFAULT        # default
+//	    KeyUsage: ENCRYPT_DECRYPT         # default for symmetric keys
+//	    KeyMaterial: [<64 hex digits>, …] # optional; oldest first
+//	    PrivateKeyPem: |                  # asymmetric keys, optional
+//	    Policy: '{…}'                     # optional
+//	    Tags: [{TagKey: team, TagValue: payments}]
+//	    RotationPeriodInDays: 365         # optional: enables rotation
+//	    Enabled: false                    # default true
+//	    Account: "111122223333"           # default: --account-id
+//	    Region: eu-west-1                 # default: --default-region
+//	Aliases:
+//	  - AliasName: alias/orders
+//	    TargetKeyId: 0b7e4a3c-2f4e-4e8a-9d6b-1c2d3e4f5a6b
+//
+// and local-kms's (github.com/nsmithuk/local-kms, its README's "Seeding
+// file format"), read as is: Keys: {Symmetric: {Aes, Hmac}, Asymmetric:
+// {Rsa, Ecc}}, each entry with Metadata {KeyId, Description, KeyUsage,
+// KeySpec} and BackingKeys (hex), PrivateKeyPem or PrivateKeyHex, plus
+// Aliases. Keys from a local-kms file also decrypt ciphertexts local-kms
+// made with their backing keys (kms.SeedKey.LocalKMS).
+//
+// Load checks the file's syntax and fields and decodes the material;
+// kms.Service.Seed checks the rest and applies it all or nothing. Errors
+// name the file and line.
+package seed
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/kms"
+	"go.yaml.in/yaml/v3"
+)
+
+// File is a seed file read and checked.
+type File struct {
+	Keys    []kms.SeedKey
+	Aliases []kms.SeedAlias
+	// LocalKMS says the file is in local-kms's layout.
+	LocalKMS bool
+}
+
+// Load reads the seed file at path (TOML if it ends in .toml, else
+// YAML); account and region are those of resources that name none.
+func Load(path, account, region string) (*File, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("seed file: %w", err)
+	}
+	l := &loader{file: path, account: account, region: region}
+	if strings.EqualFold(filepath.Ext(path), ".toml") {
+		err = l.toml(b)
+	} else {
+		err = l.yaml(b)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &l.out, nil
+}
+
+type loader struct {
+	file            string
+	account, region string
+	out             File
+}
+
+func (l *loader) errorf(line int, format string, args ...any) error {
+	if line > 0 {
+		return fmt.Errorf("seed file %s:%d: %s", l.file, line, fmt.Sprintf(format, args...))
+	}
+	return fmt.Errorf("seed file %s: %s", l.file, fmt.Sprintf(format, args...))
+}
+
+func (l *loader) where(line int) string { return fmt.Sprintf("seed file %s:%d", l.file, line) }
+
+// nativeKey is a key of kmsd's own layout.
+type nativeKey struct {
+	KeyId                string   `yaml:"KeyId" toml:"KeyId"`
+	Account              string   `yaml:"Account" toml:"Account"`
+	Region               string   `yaml:"Region" toml:"Region"`
+	Description          string   `yaml:"Description" toml:"Description"`
+	KeySpec              string   `yaml:"KeySpec" toml:"KeySpec"`
+	KeyUsage             string   `yaml:"KeyUsage" toml:"KeyUsage"`
+	Policy               string   `yaml:"Policy" toml:"Policy"`
+	Tags                 []tag    `yaml:"Tags" toml:"Tags"`
+	Enabled              *bool    `yaml:"Enabled" toml:"Enabled"`
+	RotationPeriodInDays int32    `yaml:"RotationPeriodInDays" toml:"RotationPeriodInDays"`
+	KeyMaterial          []string `yaml:"KeyMaterial" toml:"KeyMaterial"`
+	PrivateKeyPem        string   `yaml:"PrivateKeyPem" toml:"PrivateKeyPem"`
+}
+
+type tag struct {
+	TagKey   string `yaml:"TagKey" toml:"TagKey"`
+	TagValue string `yaml:"TagValue" toml:"TagValue"`
+}
+
+type alias struct {
+	AliasName   string `yaml:"AliasName" toml:"AliasName"`
+	TargetKeyId string `yaml:"TargetKeyId" toml:"TargetKeyId"`
+	Account     string `yaml:"Account" toml:"Account"`
+	Region      string `yaml:"Region" toml:"Region"`
+}
+
+// localKey is a key of local-kms's layout (its cmk.AesKey, RsaKey, …).
+type localKey struct {
+	Metadata struct {
+		KeyId       string `yaml:"KeyId"`
+		Description string `yaml:"Description"`
+		KeyUsage    string `yaml:"KeyUsage"`
+		KeySpec     string `yaml:"KeySpec"`
+		Origin      string `yaml:"Origin"`
+		Enabled     *bool  `yaml:"Enabled"`
+	} `yaml:"Metadata"`
+	BackingKeys     []string   `yaml:"BackingKeys"`
+	NextKeyRotation *time.Time `yaml:"NextKeyRotation"`
+	PrivateKeyPem   string     `yaml:"PrivateKeyPem"`
+	PrivateKeyHex   string     `yaml:"PrivateKeyHex"`
+}
+
+var (
+	nativeTop    = []string{"Keys", "Aliases"}
+	nativeFields = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem"}
+	tagFields    = []string{"TagKey", "TagValue"}
+	aliasFields  = []string{"AliasName", "TargetKeyId", "Account", "Region"}
+	localGroups  = map[string][]string{"Symmetric": {"Aes", "Hmac"}, "Asymmetric": {"Rsa", "Ecc"}}
+	localFields  = []string{"Metadata", "BackingKeys", "NextKeyRotation", "PrivateKeyPem", "PrivateKeyHex"}
+	localMeta    = []string{"KeyId", "Description", "KeyUsage", "KeySpec", "Origin", "Enabled"}
+	localAliases = []string{"AliasName", "TargetKeyId"}
+)
+
+func (l *loader) yaml(b []byte) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		var line int
+		if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
+			return l.errorf(line, "%s", strings.TrimSpace(msg[strings.Index(msg, ":")+1:]))
+		}
+		return l.errorf(0, "%s", msg)
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file declares nothing
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return l.errorf(root.Line, "want a mapping with Keys and Aliases")
+	}
+	if err := l.fields(root, append(nativeTop, "Version")); err != nil {
+		return err
+	}
+	if v := value(root, "Version"); v != nil {
+		return l.errorf(v.Line, "local-kms's seed format Version %s is not supported; use its documented layout (Keys: Symmetric/Asymmetric)", v.Value)
+	}
+	keysNode := value(root, "Keys")
+	l.out.LocalKMS = keysNode != nil && keysNode.Kind == yaml.MappingNode
+	if keysNode != nil && keysNode.Kind != yaml.MappingNode && !isNull(keysNode) {
+		if keysNode.Kind != yaml.SequenceNode {
+			return l.errorf(keysNode.Line, "Keys: want a list of keys (or local-kms's Symmetric/Asymmetric mapping)")
+		}
+		for _, n := range keysNode.Content {
+			if err := l.nativeYAML(n); err != nil {
+				return err
+			}
+		}
+	}
+	if l.out.LocalKMS {
+		if err := l.localYAML(keysNode); err != nil {
+			return err
+		}
+	}
+	if an := value(root, "Aliases"); an != nil && !isNull(an) {
+		if an.Kind != yaml.SequenceNode {
+			return l.errorf(an.Line, "Aliases: want a list of aliases")
+		}
+		allowed := aliasFields
+		if l.out.LocalKMS {
+			allowed = localAliases
+		}
+		for _, n := range an.Content {
+			if err := l.fields(n, allowed); err != nil {
+				return err
+			}
+			var a alias
+			if err := n.Decode(&a); err != nil {
+				return l.errorf(n.Line, "%s", decodeMessage(err))
+			}
+			if err := l.alias(a, n.Line); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (l *loader) nativeYAML(n *yaml.Node) error {
+	if err := l.fields(n, nativeFields); err != nil {
+		return err
+	}
+	if t := value(n, "Tags"); t != nil && t.Kind == yaml.SequenceNode {
+		for _, e := range t.Content {
+			if err := l.fields(e, tagFields); err != nil {
+				return err
+			}
+		}
+	}
+	var k nativeKey
+	if err := n.Decode(&k); err != nil {
+		return l.errorf(n.Line, "%s", decodeMessage(err))
+	}
+	return l.native(k, n.Line)
+}
+
+func (l *loader) native(k nativeKey, line int) error {
+	sk := kms.SeedKey{
+		Where: l.where(line), Account: or(k.Account, l.account), Region: or(k.Region, l.region),
+		ID: k.KeyId, Description: k.Description, KeySpec: k.KeySpec, KeyUsage: k.KeyUsage,
+		Policy: k.Policy, Disabled: k.Enabled != nil && !*k.Enabled, RotationPeriodInDays: k.RotationPeriodInDays,
+	}
+	if k.KeyId == "" {
+		return l.errorf(line, "KeyId is required")
+	}
+	for _, t := range k.Tags {
+		sk.Tags = append(sk.Tags, catalog.Tag{Key: t.TagKey, Value: t.TagValue})
+	}
+	if len(k.KeyMaterial) > 0 && k.PrivateKeyPem != "" {
+		return l.errorf(line, "key %s: KeyMaterial and PrivateKeyPem do not go together", k.KeyId)
+	}
+	for i, m := range k.KeyMaterial {
+		b, err := hex.DecodeString(m)
+		if err != nil {
+			return l.errorf(line, "key %s: KeyMaterial[%d] is not hex", k.KeyId, i)
+		}
+		sk.Material = append(sk.Material, b)
+	}
+	if k.PrivateKeyPem != "" {
+		der, spec, err := privateKey(k.PrivateKeyPem)
+		if err != nil {
+			return l.errorf(line, "key %s: PrivateKeyPem: %v", k.KeyId, err)
+		}
+		if sk.KeySpec == "" {
+			sk.KeySpec = spec
+		}
+		sk.Material = [][]byte{der}
+	}
+	l.out.Keys = append(l.out.Keys, sk)
+	return nil
+}
+
+func (l *loader) alias(a alias, line int) error {
+	if a.AliasName == "" || a.TargetKeyId == "" {
+		return l.errorf(line, "an alias needs AliasName and TargetKeyId")
+	}
+	l.out.Aliases = append(l.out.Aliases, kms.SeedAlias{
+		Where: l.where(line), Account: or(a.Account, l.account), Region: or(a.Region, l.region),
+		Name: a.AliasName, TargetKeyID: a.TargetKeyId,
+	})
+	return nil
+}
+
+// localYAML reads local-kms's Keys mapping.
+func (l *loader) localYAML(keysNode *yaml.Node) error {
+	if err := l.fields(keysNode, []string{"Symmetric", "Asymmetric"}); err != nil {
+		return err
+	}
+	for _, group := range []string{"Symmetric", "Asymmetric"} {
+		g := value(keysNode, group)
+		if g == nil || isNull(g) {
+			continue
+		}
+		if err := l.fields(g, localGroups[group]); err != nil {
+			return err
+		}
+		for _, kind := range localGroups[group] {
+			list := value(g, kind)
+			if list == nil || isNull(list) {
+				continue
+			}
+			if list.Kind != yaml.SequenceNode {
+				return l.errorf(list.Line, "%s: want a list of keys", kind)
+			}
+			for _, n := range list.Content {
+				if err := l.fields(n, localFields); err != nil {
+					return err
+				}
+				if m := value(n, "Metadata"); m != nil {
+					if err := l.fields(m, localMeta); err != nil {
+						return err
+					}
+				}
+				var k localKey
+				if err := n.Decode(&k); err != nil {
+					return l.errorf(n.Line, "%s", decodeMessage(err))
+				}
+				if err := l.local(kind, k, n.Line); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// local turns one local-kms key into a SeedKey as local-kms would make
+// it: AES keys are SYMMETRIC_DEFAULT with their BackingKeys as versions
+// (the last current), NextKeyRotation enables yearly rotation, RSA and
+// ECC keys take their spec from the private key.
+func (l *loader) local(kind string, k localKey, line int) error {
+	md := k.Metadata
+	if md.KeyId == "" {
+		return l.errorf(line, "Metadata.KeyId is required")
+	}
+	if md.Origin != "" && md.Origin != "AWS_KMS" {
+		return l.errorf(line, "key %s: Origin %s is not supported in kmsd's seed files", md.KeyId, md.Origin)
+	}
+	sk := kms.SeedKey{
+		Where: l.where(line), Account: l.account, Region: l.region, ID: md.KeyId,
+		Description: md.Description, KeyUsage: md.KeyUsage, KeySpec: md.KeySpec, LocalKMS: true,
+	}
+	switch kind {
+	case "Aes", "Hmac":
+		if len(k.BackingKeys) == 0 {
+			return l.errorf(line, "key %s: at least one backing key must be supplied", md.KeyId)
+		}
+		for i, s := range k.BackingKeys {
+			b, err := hex.DecodeString(s)
+			if err != nil {
+				return l.errorf(line, "key %s: BackingKeys[%d] is not hex", md.KeyId, i)
+			}
+			sk.Material = append(sk.Material, b)
+		}
+		if kind == "Aes" {
+			if sk.KeySpec == "" {
+				sk.KeySpec = "SYMMETRIC_DEFAULT"
+			}
+			if k.NextKeyRotation != nil {
+				sk.RotationPeriodInDays, sk.NextRotation = 365, k.NextKeyRotation
+			}
+		} else if sk.KeyUsage == "" {
+			sk.KeyUsage = "GENERATE_VERIFY_MAC"
+		}
+	case "Rsa", "Ecc":
+		switch {
+		case k.PrivateKeyPem != "":
+			der, spec, err := privateKey(k.PrivateKeyPem)
+			if err != nil {
+				return l.errorf(line, "key %s: PrivateKeyPem: %v", md.KeyId, err)
+			}
+			sk.KeySpec, sk.Material = spec, [][]byte{der}
+		case k.PrivateKeyHex != "" && kind == "Ecc":
+			b, err := hex.DecodeString(strings.TrimPrefix(k.PrivateKeyHex, "0x"))
+			if err != nil || len(b) != 32 {
+				return l.errorf(line, "key %s: PrivateKeyHex: want the 32-byte secp256k1 private key in hex", md.KeyId)
+			}
+			sk.KeySpec, sk.Material = "ECC_SECG_P256K1", [][]byte{b}
+		default:
+			return l.errorf(line, "key %s: PrivateKeyPem is required", md.KeyId)
+		}
+		if sk.KeyUsage == "" {
+			sk.KeyUsage = "SIGN_VERIFY"
+		}
+	}
+	l.out.Keys = append(l.out.Keys, sk)
+	return nil
+}
+
+// tomlFile is kmsd's own layout in TOML: [[Keys]] and [[Aliases]] tables.
+type tomlFile struct {
+	Keys    []nativeKey `toml:"Keys"`
+	Aliases []alias     `toml:"Aliases"`
+}
+
+func (l *loader) toml(b []byte) error {
+	var f tomlFile
+	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(&f)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return l.errorf(pe.Position.Line, "%s", pe.Message)
+		}
+		return l.errorf(0, "%v", err)
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		return l.errorf(0, "unknown field %s", u[0])
+	}
+	// TOML's decoder keeps no positions past parsing: resources are named
+	// by their place in the file.
+	for i, k := range f.Keys {
+		if err := l.native(k, 0); err != nil {
+			return err
+		}
+		l.out.Keys[len(l.out.Keys)-1].Where = fmt.Sprintf("seed file %s: Keys[%d]", l.file, i)
+	}
+	for i, a := range f.Aliases {
+		if err := l.alias(a, 0); err != nil {
+			return err
+		}
+		l.out.Aliases[len(l.out.Aliases)-1].Where = fmt.Sprintf("seed file %s: Aliases[%d]", l.file, i)
+	}
+	return nil
+}
+
+// fields refuses a mapping key of n not in allowed, naming its line.
+func (l *loader) fields(n *yaml.Node, allowed []string) error {
+	if n.Kind != yaml.MappingNode {
+		return l.errorf(n.Line, "want a mapping of %s", strings.Join(allowed, ", "))
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		ok := false
+		for _, a := range allowed {
+			ok = ok || k.Value == a
+		}
+		if !ok {
+			return l.errorf(k.Line, "unknown field %q (known: %s)", k.Value, strings.Join(allowed, ", "))
+		}
+	}
+	return nil
+}
+
+func value(n *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+// decodeMessage drops yaml's prefixes; its messages name the line.
+func decodeMessage(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		return strings.Join(te.Errors, "; ")
+	}
+	return strings.TrimPrefix(err.Error(), "yaml: ")
+}
+
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// privateKey reads a PEM private key — PKCS #8, SEC 1 EC or PKCS #1 RSA —
+// and returns it as DER PKCS #8 with the key spec it is of.
+func privateKey(p string) (der []byte, spec string, err error) {
+	blk, _ := pem.Decode([]byte(p))
+	if blk == nil {
+		return nil, "", errors.New("no PEM block")
+	}
+	var key any
+	switch blk.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(blk.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
+	default:
+		return nil, "", fmt.Errorf("PEM block %q is not a private key", blk.Type)
+	}
+	if err != nil {
+		return nil, "", errors.New("the private key does not parse")
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		spec = fmt.Sprintf("RSA_%d", k.N.BitLen())
+	case *ecdsa.PrivateKey:
+		spec = map[elliptic.Curve]string{elliptic.P256(): "ECC_NIST_P256", elliptic.P384(): "ECC_NIST_P384", elliptic.P521(): "ECC_NIST_P521"}[k.Curve]
+	case ed25519.PrivateKey:
+		spec = "ECC_NIST_EDWARDS25519"
+	}
+	if spec == "" {
+		return nil, "", errors.New("unsupported kind of private key")
+	}
+	der, err = x509.MarshalPKCS8PrivateKey(key)
+	return der, spec, err
+}
