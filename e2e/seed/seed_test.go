@@ -54,12 +54,18 @@ type env struct {
 
 func start(t *testing.T, dataDir, region string, args ...string) *env {
 	t.Helper()
+	return startEnv(t, dataDir, region, nil, args...)
+}
+
+// startEnv starts kmsd with env added to its environment.
+func startEnv(t *testing.T, dataDir, region string, extra []string, args ...string) *env {
+	t.Helper()
 	if _, err := exec.LookPath(awsCLI); err != nil {
 		t.Fatalf("%s is required: %v", awsCLI, err)
 	}
 	home := t.TempDir()
 	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: dataDir,
-		Env: []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, Args: append([]string{"--default-region", region}, args...)})
+		Env: append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, extra...), Args: append([]string{"--default-region", region}, args...)})
 	e := &env{t: t, k: k, region: region, home: home}
 	for _, a := range args {
 		e.emulator = e.emulator || a == "emulator"
@@ -74,7 +80,14 @@ func (e *env) aws(args ...string) (int, string, string) {
 	cmd := exec.Command(awsCLI, append([]string{"--endpoint-url", e.k.Endpoint, "--output", "json"}, args...)...)
 	cmd.Env = append(e.k.CLIEnv(e.region), "HOME="+e.home, "AWS_MAX_ATTEMPTS=1")
 	if e.emulator {
-		cmd.Env = append(cmd.Env, "AWS_PROFILE=", "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test")
+		// Fake credentials, as emulator users have, and no profile.
+		var env []string
+		for _, v := range cmd.Env {
+			if !strings.HasPrefix(v, "AWS_PROFILE=") && !strings.HasPrefix(v, "AWS_SHARED_CREDENTIALS_FILE=") {
+				env = append(env, v)
+			}
+		}
+		cmd.Env = append(env, "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test")
 	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -44,6 +44,11 @@ type api struct {
 	// iamVerifier and stsVerifier check requests to the IAM and STS APIs
 	// (credential scopes naming iam and sts).
 	iamVerifier, stsVerifier *sigv4.Verifier
+
+	// reset opens and replaces the services a reset renews (reset.go);
+	// resetMu is held shared by every request, exclusively by a reset.
+	reset   *resetter
+	resetMu sync.RWMutex
 }
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -54,6 +59,12 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 		return
 	}
+	if isReset(r) {
+		a.serveReset(w, r)
+		return
+	}
+	a.resetMu.RLock()
+	defer a.resetMu.RUnlock()
 	reqID := uuid.NewString()
 	rec := newRecord(r, reqID)
 	var also *audit.Record // a second record one request makes (ReplicateKey)

@@ -30,7 +30,6 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/awsjson"
-	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keystore"
@@ -259,21 +258,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return err
 	}
 
-	cat := catalog.New(store, b)
-	svc := kms.New(cat, kms.WithLogger(log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
-	quota := keystore.NewQuota(cfg.StoreRPS, nil)
-	svc.SetStoreQuota(quota)
-	// Deferred before the listener's shutdown, so it runs after every
-	// request has been answered (and stores their key uses).
-	defer svc.Close()
-	if err := svc.StartUsageTracking(ctx); err != nil {
-		return fmt.Errorf("key usage tracking: %w", err)
-	}
-	if err := applySeed(ctx, seedFile, svc, log); err != nil {
-		return err
-	}
-	a := &api{svc: svc, account: cfg.AccountID, log: log, metrics: newMetrics()}
-	a.metrics.reg.MustRegister(quotaCollector{quota})
+	a := &api{account: cfg.AccountID, log: log, metrics: newMetrics()}
 	a.setVerifiers(nil)
 	auditLog, closeAudit, err := openAudit(cfg, out, log)
 	if err != nil {
@@ -316,12 +301,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		a.iamVerifier.Lookup = ids
 		a.stsVerifier.Lookup = ids
 	}
-	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
-	stopHSM, err := a.startHSM(ctx, cfg, store, b, log)
-	if err != nil {
+	// The catalog, the KMS service, HSM clusters and key stores, with the
+	// seed file applied: what a reset replaces (reset.go). Deferred
+	// before the listener's shutdown, so it closes after every request
+	// has been answered (and their key uses are stored).
+	a.reset = &resetter{cfg: cfg, store: store, barrier: b, log: log, seed: seedFile}
+	if err := a.openCore(ctx); err != nil {
 		return err
 	}
-	defer stopHSM()
+	defer a.closeCore()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -369,7 +357,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}()
 	}
 
-	go sweep(sweepCtx, svc, cfg.SweepInterval, log, a.auditExpiry)
+	// The change feed is pruned whatever core is open (reset.go).
 	if w, ok := store.(storage.Watcher); ok {
 		go pruneChanges(sweepCtx, w, changeRetention/5, changeRetention, log)
 	}

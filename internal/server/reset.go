@@ -1,0 +1,205 @@
+package server
+
+// Reset for test suites, in emulator mode only: POST /_kmsd/reset, and the
+// same at POST /moto-api/reset, the path test suites written for moto's
+// server mode call between tests, return kmsd to its freshly started
+// state — no keys, aliases, grants, key stores or HSM clusters, the seed
+// file applied again. What a reset replaces is the "core": the catalog,
+// the KMS service, the HSM and key store services and their background
+// work, opened again over the wiped store exactly as at start, so no
+// cache or timer of the old state survives. In verify mode both paths
+// answer 403: a reset is no API call any identity could be allowed.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/kms"
+	"github.com/kmsd/kmsd/internal/seed"
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reset paths.
+const (
+	resetPath     = "/_kmsd/reset"
+	motoResetPath = "/moto-api/reset"
+)
+
+// resetter holds what opening the core takes, and how to close the open
+// one.
+type resetter struct {
+	ctx     context.Context // Run's: the core's background work lives as long
+	cfg     Config
+	store   storage.Store
+	barrier *barrier.Barrier
+	log     *slog.Logger
+	seed    *seed.File
+	// close stops the open core; with purge, it first deletes the tokens
+	// of kmsd's HSM clusters and returns the declared clusters' ids.
+	close      func(purge bool) (declared []string)
+	collectors []prometheus.Collector
+}
+
+// register adds a metrics collector of the core, unregistered as it
+// closes.
+func (a *api) register(c prometheus.Collector) {
+	a.metrics.reg.MustRegister(c)
+	a.reset.collectors = append(a.reset.collectors, c)
+}
+
+// openCore opens the catalog, the KMS service (with the seed file
+// applied), the HSM clusters and key stores, and the sweepers, and
+// attaches them to a.
+func (a *api) openCore(ctx context.Context) error {
+	r := a.reset
+	r.ctx = ctx
+	cfg := r.cfg
+	cat := catalog.New(r.store, r.barrier)
+	svc := kms.New(cat, kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
+	quota := keystore.NewQuota(cfg.StoreRPS, nil)
+	svc.SetStoreQuota(quota)
+	if err := svc.StartUsageTracking(ctx); err != nil {
+		svc.Close()
+		return fmt.Errorf("key usage tracking: %w", err)
+	}
+	if err := applySeed(ctx, r.seed, svc, r.log); err != nil {
+		svc.Close()
+		return err
+	}
+	a.svc = svc
+	a.register(quotaCollector{quota})
+	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
+	stopHSM, err := a.startHSM(ctx, cfg, r.store, r.barrier, r.log)
+	if err != nil {
+		a.unregister()
+		svc.Close()
+		return err
+	}
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		sweep(sweepCtx, svc, cfg.SweepInterval, r.log, a.auditExpiry)
+	}()
+	h := a.hsm
+	r.close = func(purge bool) (declared []string) {
+		stopSweep()
+		<-swept
+		if purge {
+			declared = h.svc.Purge(ctx)
+		}
+		stopHSM()
+		a.unregister()
+		svc.Close()
+		return declared
+	}
+	return nil
+}
+
+func (a *api) unregister() {
+	for _, c := range a.reset.collectors {
+		a.metrics.reg.Unregister(c)
+	}
+	a.reset.collectors = nil
+}
+
+// closeCore closes the open core at shutdown.
+func (a *api) closeCore() {
+	a.resetMu.Lock()
+	defer a.resetMu.Unlock()
+	if a.reset.close != nil {
+		a.reset.close(false)
+		a.reset.close = nil
+	}
+}
+
+// isReset reports whether r is for one of the reset paths.
+func isReset(r *http.Request) bool {
+	return r.URL.Path == resetPath || r.URL.Path == motoResetPath
+}
+
+// serveReset serves the reset paths. Requests in flight finish first;
+// those arriving meanwhile wait and then see the fresh state.
+func (a *api) serveReset(w http.ResponseWriter, r *http.Request) {
+	reqID := uuid.NewString()
+	if a.ids != nil {
+		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "AccessDeniedException", Status: http.StatusForbidden,
+			Message: "Reset is only available in emulator mode (--auth emulator); this kmsd verifies signatures."})
+		return
+	}
+	if r.Method != http.MethodPost {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"Error": "Need to POST to reset kmsd"})
+		return
+	}
+	if err := a.resetAll(); err != nil {
+		a.log.Error("reset failed", "err", err)
+		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "InternalFailure", Status: http.StatusInternalServerError,
+			Message: "The reset failed; see kmsd's log."})
+		return
+	}
+	a.log.Info("reset: kmsd is in its freshly started state", "path", r.URL.Path)
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// resetAll closes the core, wipes the store but for the barrier's check
+// value, identities and declared clusters' records, and opens the core
+// again.
+func (a *api) resetAll() error {
+	a.resetMu.Lock()
+	defer a.resetMu.Unlock()
+	r := a.reset
+	if r.close == nil {
+		return errors.New("no core open")
+	}
+	declared := r.close(true)
+	r.close = nil
+	keep := func(k string) bool {
+		if k == barrier.CheckRecord || strings.HasPrefix(k, "identity/") {
+			return true
+		}
+		for _, id := range declared {
+			p := "hsm/cluster/" + id
+			if k == p || strings.HasPrefix(k, p+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	ctx := r.ctx
+	entries, err := r.store.List(ctx, "", "", 0)
+	if err != nil {
+		return err
+	}
+	err = r.store.Update(ctx, func(tx storage.Tx) error {
+		for _, e := range entries {
+			if !keep(e.Key) {
+				if err := tx.Delete(ctx, e.Key); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("wipe: %w", err)
+	}
+	return a.openCore(ctx)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
