@@ -47,6 +47,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -71,8 +72,15 @@ func Load(path, account, region string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("seed file: %w", err)
 	}
-	l := &loader{file: path, account: account, region: region}
-	if strings.EqualFold(filepath.Ext(path), ".toml") {
+	return Parse(path, b, account, region)
+}
+
+// Parse reads the seed file named name (for messages and its extension)
+// whose content is b.
+func Parse(name string, b []byte, account, region string) (*File, error) {
+	l := &loader{file: name, account: account, region: region}
+	var err error
+	if strings.EqualFold(filepath.Ext(name), ".toml") {
 		err = l.toml(b)
 	} else {
 		err = l.yaml(b)
@@ -159,9 +167,9 @@ func (l *loader) yaml(b []byte) error {
 		msg := strings.TrimPrefix(err.Error(), "yaml: ")
 		var line int
 		if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
-			return l.errorf(line, "%s", strings.TrimSpace(msg[strings.Index(msg, ":")+1:]))
+			return l.errorf(line, "%s", sanitize(strings.TrimSpace(msg[strings.Index(msg, ":")+1:])))
 		}
-		return l.errorf(0, "%s", msg)
+		return l.errorf(0, "%s", sanitize(msg))
 	}
 	if len(doc.Content) == 0 {
 		return nil // an empty file declares nothing
@@ -174,7 +182,7 @@ func (l *loader) yaml(b []byte) error {
 		return err
 	}
 	if v := value(root, "Version"); v != nil {
-		return l.errorf(v.Line, "local-kms's seed format Version %s is not supported; use its documented layout (Keys: Symmetric/Asymmetric)", v.Value)
+		return l.errorf(v.Line, "local-kms's seed format Version %s is not supported; use its documented layout (Keys: Symmetric/Asymmetric)", strings.Trim(fieldName(v.Value), `"`))
 	}
 	keysNode := value(root, "Keys")
 	l.out.LocalKMS = keysNode != nil && keysNode.Kind == yaml.MappingNode
@@ -405,7 +413,7 @@ func (l *loader) toml(b []byte) error {
 		return l.errorf(0, "%v", err)
 	}
 	if u := md.Undecoded(); len(u) > 0 {
-		return l.errorf(0, "unknown field %s", u[0])
+		return l.errorf(0, "unknown field %s", strings.Trim(fieldName(u[0].String()), `"`))
 	}
 	// TOML's decoder keeps no positions past parsing: resources are named
 	// by their place in the file.
@@ -436,7 +444,7 @@ func (l *loader) fields(n *yaml.Node, allowed []string) error {
 			ok = ok || k.Value == a
 		}
 		if !ok {
-			return l.errorf(k.Line, "unknown field %q (known: %s)", k.Value, strings.Join(allowed, ", "))
+			return l.errorf(k.Line, "unknown field %s (known: %s)", fieldName(k.Value), strings.Join(allowed, ", "))
 		}
 	}
 	return nil
@@ -453,13 +461,35 @@ func value(n *yaml.Node, key string) *yaml.Node {
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
-// decodeMessage drops yaml's prefixes; its messages name the line.
+// decodeMessage drops yaml's prefixes (its messages name the line) and
+// the values it quotes, which may be key material in the wrong field.
 func decodeMessage(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var te *yaml.TypeError
 	if errors.As(err, &te) && len(te.Errors) > 0 {
-		return strings.Join(te.Errors, "; ")
+		msg = strings.Join(te.Errors, "; ")
 	}
-	return strings.TrimPrefix(err.Error(), "yaml: ")
+	return sanitize(msg)
+}
+
+// sanitize removes from a yaml message the values and tags it quotes.
+func sanitize(msg string) string {
+	msg = unmarshalled.ReplaceAllString(msg, "cannot unmarshal this value into")
+	return quoted.ReplaceAllString(msg, "a value")
+}
+
+var (
+	quoted       = regexp.MustCompile("`[^`]*`")
+	unmarshalled = regexp.MustCompile(`cannot unmarshal .*? into`)
+)
+
+// fieldName is how an unknown field is named in an error: long names are
+// not repeated, as they may be key material in the wrong place.
+func fieldName(s string) string {
+	if len(s) > 40 {
+		return fmt.Sprintf("of %d characters", len(s))
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 func or(a, b string) string {

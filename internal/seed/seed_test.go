@@ -1,0 +1,108 @@
+package seed
+
+import (
+	"strings"
+	"testing"
+)
+
+const id1, id2 = "0b7e4a3c-2f4e-4e8a-9d6b-1c2d3e4f5a6b", "1c8f5b4d-3a5f-4f9b-8e7c-2d3e4f5a6b7c"
+
+var material = strings.Repeat("ab", 32)
+
+func TestParse(t *testing.T) {
+	cases := []struct {
+		name, file, content string
+		keys, aliases       int
+		localKMS            bool
+		check               func(t *testing.T, f *File)
+	}{
+		{"empty", "s.yaml", "", 0, 0, false, nil},
+		{"native", "s.yaml", "Keys:\n  - KeyId: " + id1 + "\n    KeyMaterial: [" + material + ", " + material + "]\n    Region: eu-west-1\n    Enabled: false\nAliases:\n  - AliasName: alias/a\n    TargetKeyId: " + id1 + "\n", 1, 1, false,
+			func(t *testing.T, f *File) {
+				k := f.Keys[0]
+				if k.Region != "eu-west-1" || k.Account != "111122223333" || !k.Disabled || len(k.Material) != 2 || k.Where != "seed file s.yaml:2" {
+					t.Fatalf("key %+v", k)
+				}
+				if f.Aliases[0].Region != "us-east-1" || f.Aliases[0].Where != "seed file s.yaml:7" {
+					t.Fatalf("alias %+v", f.Aliases[0])
+				}
+			}},
+		{"local-kms", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: " + id1 + "\n        BackingKeys: [" + material + "]\n        NextKeyRotation: \"2019-09-12T15:19:21+00:00\"\n    Hmac:\n      - Metadata:\n          KeyId: " + id2 + "\n          KeySpec: HMAC_256\n        BackingKeys: [" + material + "]\nAliases:\n  - AliasName: alias/testing\n    TargetKeyId: " + id1 + "\n", 2, 1, true,
+			func(t *testing.T, f *File) {
+				a, h := f.Keys[0], f.Keys[1]
+				if !a.LocalKMS || a.KeySpec != "SYMMETRIC_DEFAULT" || a.RotationPeriodInDays != 365 || a.NextRotation == nil || a.NextRotation.Year() != 2019 {
+					t.Fatalf("aes %+v", a)
+				}
+				if h.KeySpec != "HMAC_256" || h.KeyUsage != "GENERATE_VERIFY_MAC" {
+					t.Fatalf("hmac %+v", h)
+				}
+			}},
+		{"local-kms secp256k1", "s.yaml", "Keys:\n  Asymmetric:\n    Ecc:\n      - Metadata:\n          KeyId: " + id1 + "\n          KeyUsage: SIGN_VERIFY\n        PrivateKeyHex: " + material + "\n", 1, 0, true,
+			func(t *testing.T, f *File) {
+				if k := f.Keys[0]; k.KeySpec != "ECC_SECG_P256K1" || len(k.Material[0]) != 32 {
+					t.Fatalf("ecc %+v", k)
+				}
+			}},
+		{"toml", "s.toml", "[[Keys]]\nKeyId = \"" + id1 + "\"\nKeyMaterial = [\"" + material + "\"]\n[[Aliases]]\nAliasName = \"alias/a\"\nTargetKeyId = \"" + id1 + "\"\n", 1, 1, false,
+			func(t *testing.T, f *File) {
+				if f.Keys[0].Where != "seed file s.toml: Keys[0]" {
+					t.Fatalf("where %q", f.Keys[0].Where)
+				}
+			}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, err := Parse(c.file, []byte(c.content), "111122223333", "us-east-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(f.Keys) != c.keys || len(f.Aliases) != c.aliases || f.LocalKMS != c.localKMS {
+				t.Fatalf("%d keys, %d aliases, local-kms %v", len(f.Keys), len(f.Aliases), f.LocalKMS)
+			}
+			if c.check != nil {
+				c.check(t, f)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	cases := []struct{ name, file, content, want string }{
+		{"syntax", "s.yaml", "Keys:\n  - KeyId: x\n    Description: \"open\n", "s.yaml:3: found unexpected end of stream"},
+		{"unknown top", "s.yaml", "Keys: []\nAliasses: []\n", `s.yaml:2: unknown field "Aliasses"`},
+		{"unknown key field", "s.yaml", "Keys:\n  - KeyId: x\n    Spec: RSA_2048\n", `s.yaml:3: unknown field "Spec"`},
+		{"type", "s.yaml", "Keys:\n  - KeyId: x\n    RotationPeriodInDays: often\n", "s.yaml:2: line 3: cannot unmarshal"},
+		{"no key id", "s.yaml", "Keys:\n  - Description: x\n", "s.yaml:2: KeyId is required"},
+		{"bad hex", "s.yaml", "Keys:\n  - KeyId: x\n    KeyMaterial: [zz]\n", "s.yaml:2: key x: KeyMaterial[0] is not hex"},
+		{"bad pem", "s.yaml", "Keys:\n  - KeyId: x\n    PrivateKeyPem: nope\n", "s.yaml:2: key x: PrivateKeyPem: no PEM block"},
+		{"alias without target", "s.yaml", "Aliases:\n  - AliasName: alias/a\n", "s.yaml:2: an alias needs AliasName and TargetKeyId"},
+		{"local-kms v2", "s.yaml", "Version: 2\nKeys: []\n", "s.yaml:1: local-kms's seed format Version 2 is not supported"},
+		{"local-kms no backing key", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: x\n", "s.yaml:4: key x: at least one backing key"},
+		{"local-kms external", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: x\n          Origin: EXTERNAL\n", "s.yaml:4: key x: Origin EXTERNAL is not supported"},
+		{"local-kms unknown group", "s.yaml", "Keys:\n  Symmetric:\n    Des: []\n", `s.yaml:3: unknown field "Des"`},
+		{"toml syntax", "s.toml", "[[Keys]]\nKeyId = \n", "s.toml:2"},
+		{"toml unknown", "s.toml", "[[Keys]]\nKeyId = \"x\"\nSpec = \"y\"\n", "unknown field Keys.Spec"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse(c.file, []byte(c.content), "111122223333", "us-east-1")
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+// FuzzParse: no seed file, however broken, panics the parser, and no
+// error names key material.
+func FuzzParse(f *testing.F) {
+	f.Add("s.yaml", []byte("Keys:\n  - KeyId: "+id1+"\n    KeyMaterial: ["+material+"]\n"))
+	f.Add("s.yaml", []byte("Keys:\n  Symmetric:\n    Aes:\n      - Metadata: {KeyId: "+id1+"}\n        BackingKeys: ["+material+"]\n"))
+	f.Add("s.toml", []byte("[[Keys]]\nKeyId = \""+id1+"\"\n"))
+	f.Fuzz(func(t *testing.T, name string, b []byte) {
+		_, err := Parse(name, b, "111122223333", "us-east-1")
+		if err != nil && strings.Contains(err.Error(), material) {
+			t.Fatalf("material in an error: %v", err)
+		}
+	})
+}
