@@ -199,7 +199,25 @@ Keys:
 Aliases:
   - AliasName: alias/orders
     TargetKeyId: ` + symID + `
+Grants:
+  - KeyId: ` + symID + `
+    Name: app
+    GranteePrincipal: arn:aws:iam::` + account + `:role/app
+    Operations: [Encrypt, Decrypt]
+    Constraints: {EncryptionContextSubset: {app: orders}}
 `
+
+// grants lists the names and ids of key id's grants.
+func (e *env) grants(id string) map[string]string {
+	e.t.Helper()
+	out := map[string]string{}
+	for _, g := range e.ok("kms", "list-grants", "--key-id", id)["Grants"].([]any) {
+		m := g.(map[string]any)
+		name, _ := m["Name"].(string)
+		out[name] = m["GrantId"].(string)
+	}
+	return out
+}
 
 // TestSeedTwice starts kmsd twice with the same seed file: the first start
 // creates what the file declares, with its fixed material; the second
@@ -225,6 +243,10 @@ func TestSeedTwice(t *testing.T) {
 	tags := e.ok("kms", "list-resource-tags", "--key-id", symID)["Tags"].([]any)
 	if len(tags) != 1 || tags[0].(map[string]any)["TagKey"] != "team" {
 		t.Fatalf("tags %v", tags)
+	}
+	grants := e.grants(symID)
+	if len(grants) != 1 || grants["app"] == "" {
+		t.Fatalf("grants %v", grants)
 	}
 	rot := e.ok("kms", "get-key-rotation-status", "--key-id", symID)
 	if rot["KeyRotationEnabled"] != true {
@@ -265,8 +287,11 @@ func TestSeedTwice(t *testing.T) {
 	if string(pt) != "hello" {
 		t.Fatalf("decrypt after restart: %q", pt)
 	}
+	if again := e.grants(symID); len(again) != 1 || again["app"] != grants["app"] {
+		t.Fatalf("grants after restart %v, before %v", again, grants)
+	}
 	log := e.k.Log()
-	if !strings.Contains(log, "created=0 existing=4 differences=1") || !strings.Contains(log, `Description is \"changed\", the seed file says \"orders\"`) {
+	if !strings.Contains(log, "created=0 existing=5 differences=1") || !strings.Contains(log, `Description is \"changed\", the seed file says \"orders\"`) {
 		t.Fatalf("second start's log lacks its report:\n%s", log)
 	}
 	if strings.Contains(log, symHex) || strings.Contains(log, macHex) {
@@ -477,6 +502,7 @@ func TestSeedBroken(t *testing.T) {
 		{"unknown field", "Keys:\n  - KeyId: " + symID + "\n  - KeyId: " + genID + "\n    KeySpek: RSA_2048\n", `seed.yaml:4: unknown field "KeySpek"`},
 		{"short material", "Keys:\n  - KeyId: " + symID + "\n  - KeyId: " + genID + "\n    KeyMaterial: [abcd]\n", "seed.yaml:3: key " + genID + ": key material 1 is 2 bytes"},
 		{"alias to nothing", "Keys:\n  - KeyId: " + symID + "\nAliases:\n  - AliasName: alias/x\n    TargetKeyId: " + genID + "\n", "seed.yaml:4: alias alias/x: TargetKeyId " + genID + " is no key"},
+		{"grant operation", "Keys:\n  - KeyId: " + symID + "\nGrants:\n  - KeyId: " + symID + "\n    GranteePrincipal: arn:aws:iam::" + account + ":role/app\n    Operations: [Sign]\n", "seed.yaml:4: grant on " + symID + ": grant operation Sign is not valid"},
 		{"local-kms bad backing key", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: " + symID + "\n        BackingKeys: [" + symHex + "]\n      - Metadata:\n          KeyId: " + genID + "\n        BackingKeys: [zz]\n", "seed.yaml:7: key " + genID + ": BackingKeys[0] is not hex"},
 	}
 	for _, c := range cases {

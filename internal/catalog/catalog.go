@@ -602,13 +602,19 @@ func (c *Catalog) OpenAnyMaterial(ctx context.Context) (found bool, err error) {
 	return false, err
 }
 
-// CreateAll stores new keys and aliases together in one transaction, as
-// the seed file's resources are applied: either every record is written
-// or none is (ErrExists if any key or alias is already there).
-func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias) error {
+// CreateAll stores new keys, aliases and grants together in one
+// transaction, as the seed file's resources are applied: either every
+// record is written or none is (ErrExists if any is already there).
+func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*Grant) error {
 	kb := make([][]byte, len(ks))
 	ab := make([][]byte, len(as))
+	gb := make([][]byte, len(gs))
 	var err error
+	for i, g := range gs {
+		if gb[i], err = json.Marshal(g); err != nil {
+			return err
+		}
+	}
 	for i, k := range ks {
 		if kb[i], err = json.Marshal(k); err != nil {
 			return err
@@ -635,6 +641,11 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias) error {
 				return err
 			}
 		}
+		for i, g := range gs {
+			if err := tx.Create(ctx, grantPath(g.KeyName(), g.ID), gb[i]); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if errors.Is(err, storage.ErrExists) {
@@ -651,5 +662,12 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias) error {
 		c.aliases[aliasPath(a.Account, a.Region, a.Name)] = a
 	}
 	c.mu.Unlock()
+	// The keys' grant lists are read again from the store when next asked.
+	gc := c.grantCache()
+	gc.mu.Lock()
+	for _, g := range gs {
+		delete(gc.byKey, g.KeyName())
+	}
+	gc.mu.Unlock()
 	return nil
 }

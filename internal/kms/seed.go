@@ -50,6 +50,20 @@ type SeedAlias struct {
 	TargetKeyID     string
 }
 
+// SeedGrant is a grant a seed file declares on one of its keys or an
+// existing key. A grant has no name of its own: one with the same
+// attributes on the key is the same grant; one with the same Name and
+// other attributes is reported as a difference.
+type SeedGrant struct {
+	Where                               string
+	Account, Region                     string
+	KeyID                               string
+	Name                                string
+	GranteePrincipal, RetiringPrincipal string
+	Operations                          []string
+	ECEquals, ECSubset                  map[string]string
+}
+
 // SeedReport says what applying a seed did: the ARNs of the resources it
 // created, and for those that already existed how they differ from the
 // file (they are left as they are).
@@ -65,7 +79,7 @@ type SeedReport struct {
 // transaction, so an error leaves nothing of the file applied. Resources
 // already present are left as they are and their differences from the
 // file reported.
-func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias) (*SeedReport, error) {
+func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []SeedGrant) (*SeedReport, error) {
 	rep := &SeedReport{}
 	var newKeys []*catalog.Key
 	declared := map[string]bool{}
@@ -124,13 +138,101 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias) (*Seed
 		newAliases = append(newAliases, &catalog.Alias{Name: sa.Name, Account: sa.Account, Region: sa.Region, KeyID: target, Created: now, Updated: now})
 		rep.Created = append(rep.Created, arn)
 	}
-	if len(newKeys) == 0 && len(newAliases) == 0 {
+	var newGrants []*catalog.Grant
+	for _, sg := range gs {
+		g, err := s.seedGrant(ctx, sg, newKeys, now, rep)
+		if err != nil {
+			return nil, fmt.Errorf("%s: grant on %s: %w", sg.Where, sg.KeyID, seedMessage(err))
+		}
+		if g != nil {
+			newGrants = append(newGrants, g)
+		}
+	}
+	if len(newKeys) == 0 && len(newAliases) == 0 && len(newGrants) == 0 {
 		return rep, nil
 	}
-	if err := s.cat.CreateAll(ctx, newKeys, newAliases); err != nil {
+	if err := s.cat.CreateAll(ctx, newKeys, newAliases, newGrants); err != nil {
 		return nil, err
 	}
 	return rep, nil
+}
+
+// seedGrant checks a declared grant as CreateGrant does and returns its
+// new record, or nil if the key has it already.
+func (s *Service) seedGrant(ctx context.Context, sg SeedGrant, newKeys []*catalog.Key, now time.Time, rep *SeedReport) (*catalog.Grant, error) {
+	id, err := s.seedTarget(ctx, SeedAlias{Account: sg.Account, Region: sg.Region, TargetKeyID: sg.KeyID}, newKeys)
+	if err != nil {
+		return nil, err
+	}
+	var k *catalog.Key
+	for _, nk := range newKeys {
+		if nk.ID == id && nk.Region == sg.Region {
+			k = nk
+		}
+	}
+	if k == nil {
+		if k, err = s.cat.Key(ctx, catalog.Name(sg.Region, id)); err != nil {
+			return nil, err
+		}
+	}
+	g := &catalog.Grant{
+		KeyID: k.ID, Region: k.Region, Name: sg.Name, GranteePrincipal: sg.GranteePrincipal,
+		RetiringPrincipal: sg.RetiringPrincipal, IssuingAccount: "arn:aws:iam::" + sg.Account + ":root",
+		Operations: slices.Clone(sg.Operations), ECEquals: sg.ECEquals, ECSubset: sg.ECSubset, Created: now,
+	}
+	if len(g.Operations) == 0 {
+		return nil, errors.New("Operations is required")
+	}
+	if g.ECEquals != nil && g.ECSubset != nil {
+		return nil, errors.New("give EncryptionContextEquals or EncryptionContextSubset, not both")
+	}
+	constrained := g.ECEquals != nil || g.ECSubset != nil
+	if constrained && k.KeySpec != keys.Symmetric {
+		return nil, errors.New("grant constraints are not supported for asymmetric or HMAC KMS keys")
+	}
+	allowed := grantOperations
+	if k.KeySpec != keys.Symmetric {
+		allowed = keys.GrantOperations(k.KeySpec, k.KeyUsage)
+	}
+	for _, op := range g.Operations {
+		if !slices.Contains(allowed, op) {
+			return nil, fmt.Errorf("grant operation %s is not valid for the key spec %s and key usage %s", op, k.KeySpec, k.KeyUsage)
+		}
+		if constrained && !slices.Contains(ecOperations, op) {
+			return nil, fmt.Errorf("grant constraints are not supported for the %s operation", op)
+		}
+	}
+	if !validGrantPrincipal(g.GranteePrincipal) {
+		return nil, fmt.Errorf("invalid GranteePrincipal %q", g.GranteePrincipal)
+	}
+	if g.RetiringPrincipal != "" && !validGrantPrincipal(g.RetiringPrincipal) {
+		return nil, fmt.Errorf("invalid RetiringPrincipal %q", g.RetiringPrincipal)
+	}
+	existing, err := s.cat.Grants(ctx, k.Name())
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range existing {
+		same := e.GranteePrincipal == g.GranteePrincipal && e.RetiringPrincipal == g.RetiringPrincipal &&
+			slices.Equal(e.Operations, g.Operations) && mapsEqual(e.ECEquals, g.ECEquals) && mapsEqual(e.ECSubset, g.ECSubset)
+		switch {
+		case e.Name == g.Name && same:
+			rep.Existing = append(rep.Existing, "grant "+e.ID+" on "+k.ARN())
+			return nil, nil
+		case g.Name != "" && e.Name == g.Name:
+			rep.Existing = append(rep.Existing, "grant "+e.ID+" on "+k.ARN())
+			rep.Differences = append(rep.Differences, "grant "+e.ID+" ("+g.Name+") on "+k.ARN()+": its grantee, operations or constraints differ from the seed file's")
+			return nil, nil
+		}
+	}
+	if g.ID, err = s.newGrantID(); err != nil {
+		return nil, err
+	}
+	if g.Token, err = s.newGrantToken(); err != nil {
+		return nil, err
+	}
+	rep.Created = append(rep.Created, "grant "+g.ID+" on "+k.ARN())
+	return g, nil
 }
 
 // seedMessage is the message of a KMS exception, or err.

@@ -21,6 +21,12 @@
 //	Aliases:
 //	  - AliasName: alias/orders
 //	    TargetKeyId: 0b7e4a3c-2f4e-4e8a-9d6b-1c2d3e4f5a6b
+//	Grants:
+//	  - KeyId: 0b7e4a3c-2f4e-4e8a-9d6b-1c2d3e4f5a6b
+//	    GranteePrincipal: arn:aws:iam::111122223333:role/app
+//	    Operations: [Encrypt, Decrypt]
+//	    Name: app                         # optional; also RetiringPrincipal,
+//	    Constraints: {EncryptionContextSubset: {app: orders}}  # optional
 //
 // and local-kms's (github.com/nsmithuk/local-kms, its README's "Seeding
 // file format"), read as is: Keys: {Symmetric: {Aes, Hmac}, Asymmetric:
@@ -61,6 +67,7 @@ import (
 type File struct {
 	Keys    []kms.SeedKey
 	Aliases []kms.SeedAlias
+	Grants  []kms.SeedGrant
 	// LocalKMS says the file is in local-kms's layout.
 	LocalKMS bool
 }
@@ -127,6 +134,20 @@ type tag struct {
 	TagValue string `yaml:"TagValue" toml:"TagValue"`
 }
 
+type grant struct {
+	KeyId             string   `yaml:"KeyId" toml:"KeyId"`
+	Name              string   `yaml:"Name" toml:"Name"`
+	GranteePrincipal  string   `yaml:"GranteePrincipal" toml:"GranteePrincipal"`
+	RetiringPrincipal string   `yaml:"RetiringPrincipal" toml:"RetiringPrincipal"`
+	Operations        []string `yaml:"Operations" toml:"Operations"`
+	Constraints       *struct {
+		EncryptionContextEquals map[string]string `yaml:"EncryptionContextEquals" toml:"EncryptionContextEquals"`
+		EncryptionContextSubset map[string]string `yaml:"EncryptionContextSubset" toml:"EncryptionContextSubset"`
+	} `yaml:"Constraints" toml:"Constraints"`
+	Account string `yaml:"Account" toml:"Account"`
+	Region  string `yaml:"Region" toml:"Region"`
+}
+
 type alias struct {
 	AliasName   string `yaml:"AliasName" toml:"AliasName"`
 	TargetKeyId string `yaml:"TargetKeyId" toml:"TargetKeyId"`
@@ -151,7 +172,9 @@ type localKey struct {
 }
 
 var (
-	nativeTop    = []string{"Keys", "Aliases"}
+	nativeTop    = []string{"Keys", "Aliases", "Grants"}
+	grantFields  = []string{"KeyId", "Name", "GranteePrincipal", "RetiringPrincipal", "Operations", "Constraints", "Account", "Region"}
+	constraints  = []string{"EncryptionContextEquals", "EncryptionContextSubset"}
 	nativeFields = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem"}
 	tagFields    = []string{"TagKey", "TagValue"}
 	aliasFields  = []string{"AliasName", "TargetKeyId", "Account", "Region"}
@@ -199,6 +222,28 @@ func (l *loader) yaml(b []byte) error {
 	if l.out.LocalKMS {
 		if err := l.localYAML(keysNode); err != nil {
 			return err
+		}
+	}
+	if gn := value(root, "Grants"); gn != nil && !isNull(gn) {
+		if gn.Kind != yaml.SequenceNode {
+			return l.errorf(gn.Line, "Grants: want a list of grants")
+		}
+		for _, n := range gn.Content {
+			if err := l.fields(n, grantFields); err != nil {
+				return err
+			}
+			if c := value(n, "Constraints"); c != nil {
+				if err := l.fields(c, constraints); err != nil {
+					return err
+				}
+			}
+			var g grant
+			if err := n.Decode(&g); err != nil {
+				return l.errorf(n.Line, "%s", decodeMessage(err))
+			}
+			if err := l.grant(g, n.Line); err != nil {
+				return err
+			}
 		}
 	}
 	if an := value(root, "Aliases"); an != nil && !isNull(an) {
@@ -276,6 +321,22 @@ func (l *loader) native(k nativeKey, line int) error {
 		sk.Material = [][]byte{der}
 	}
 	l.out.Keys = append(l.out.Keys, sk)
+	return nil
+}
+
+func (l *loader) grant(g grant, line int) error {
+	if g.KeyId == "" || g.GranteePrincipal == "" {
+		return l.errorf(line, "a grant needs KeyId and GranteePrincipal")
+	}
+	sg := kms.SeedGrant{
+		Where: l.where(line), Account: or(g.Account, l.account), Region: or(g.Region, l.region),
+		KeyID: g.KeyId, Name: g.Name, GranteePrincipal: g.GranteePrincipal, RetiringPrincipal: g.RetiringPrincipal,
+		Operations: g.Operations,
+	}
+	if g.Constraints != nil {
+		sg.ECEquals, sg.ECSubset = g.Constraints.EncryptionContextEquals, g.Constraints.EncryptionContextSubset
+	}
+	l.out.Grants = append(l.out.Grants, sg)
 	return nil
 }
 
@@ -400,6 +461,7 @@ func (l *loader) local(kind string, k localKey, line int) error {
 type tomlFile struct {
 	Keys    []nativeKey `toml:"Keys"`
 	Aliases []alias     `toml:"Aliases"`
+	Grants  []grant     `toml:"Grants"`
 }
 
 func (l *loader) toml(b []byte) error {
@@ -428,6 +490,12 @@ func (l *loader) toml(b []byte) error {
 			return err
 		}
 		l.out.Aliases[len(l.out.Aliases)-1].Where = fmt.Sprintf("seed file %s: Aliases[%d]", l.file, i)
+	}
+	for i, g := range f.Grants {
+		if err := l.grant(g, 0); err != nil {
+			return err
+		}
+		l.out.Grants[len(l.out.Grants)-1].Where = fmt.Sprintf("seed file %s: Grants[%d]", l.file, i)
 	}
 	return nil
 }

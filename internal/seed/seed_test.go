@@ -43,6 +43,12 @@ func TestParse(t *testing.T) {
 					t.Fatalf("ecc %+v", k)
 				}
 			}},
+		{"grants", "s.yaml", "Grants:\n  - KeyId: " + id1 + "\n    Name: app\n    GranteePrincipal: arn:aws:iam::111122223333:role/app\n    Operations: [Decrypt]\n    Constraints:\n      EncryptionContextEquals: {a: b}\n", 0, 0, false,
+			func(t *testing.T, f *File) {
+				if g := f.Grants; len(g) != 1 || g[0].Name != "app" || g[0].ECEquals["a"] != "b" || g[0].Operations[0] != "Decrypt" || g[0].Region != "us-east-1" {
+					t.Fatalf("grants %+v", g)
+				}
+			}},
 		{"toml", "s.toml", "[[Keys]]\nKeyId = \"" + id1 + "\"\nKeyMaterial = [\"" + material + "\"]\n[[Aliases]]\nAliasName = \"alias/a\"\nTargetKeyId = \"" + id1 + "\"\n", 1, 1, false,
 			func(t *testing.T, f *File) {
 				if f.Keys[0].Where != "seed file s.toml: Keys[0]" {
@@ -80,6 +86,8 @@ func TestParseErrors(t *testing.T) {
 		{"local-kms no backing key", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: x\n", "s.yaml:4: key x: at least one backing key"},
 		{"local-kms external", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: x\n          Origin: EXTERNAL\n", "s.yaml:4: key x: Origin EXTERNAL is not supported"},
 		{"local-kms unknown group", "s.yaml", "Keys:\n  Symmetric:\n    Des: []\n", `s.yaml:3: unknown field "Des"`},
+		{"grant without grantee", "s.yaml", "Grants:\n  - KeyId: x\n", "s.yaml:2: a grant needs KeyId and GranteePrincipal"},
+		{"grant constraint field", "s.yaml", "Grants:\n  - KeyId: x\n    Constraints: {Equals: {}}\n", `s.yaml:3: unknown field "Equals"`},
 		{"toml syntax", "s.toml", "[[Keys]]\nKeyId = \n", "s.toml:2"},
 		{"toml unknown", "s.toml", "[[Keys]]\nKeyId = \"x\"\nSpec = \"y\"\n", "unknown field Keys.Spec"},
 	}

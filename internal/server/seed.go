@@ -25,7 +25,7 @@ func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, log *slog.Lo
 	if f == nil {
 		return nil
 	}
-	rep, err := svc.Seed(ctx, f.Keys, f.Aliases)
+	rep, err := svc.Seed(ctx, f.Keys, f.Aliases, f.Grants)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
