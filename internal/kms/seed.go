@@ -181,7 +181,7 @@ func (s *Service) seedGrant(ctx context.Context, sg SeedGrant, newKeys []*catalo
 		Operations: slices.Clone(sg.Operations), ECEquals: sg.ECEquals, ECSubset: sg.ECSubset, Created: now,
 	}
 	if len(g.Operations) == 0 {
-		return nil, errors.New("Operations is required")
+		return nil, errors.New("a grant needs Operations")
 	}
 	if g.ECEquals != nil && g.ECSubset != nil {
 		return nil, errors.New("give EncryptionContextEquals or EncryptionContextSubset, not both")
