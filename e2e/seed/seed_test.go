@@ -81,13 +81,7 @@ func (e *env) aws(args ...string) (int, string, string) {
 	cmd.Env = append(e.k.CLIEnv(e.region), "HOME="+e.home, "AWS_MAX_ATTEMPTS=1")
 	if e.emulator {
 		// Fake credentials, as emulator users have, and no profile.
-		var env []string
-		for _, v := range cmd.Env {
-			if !strings.HasPrefix(v, "AWS_PROFILE=") && !strings.HasPrefix(v, "AWS_SHARED_CREDENTIALS_FILE=") {
-				env = append(env, v)
-			}
-		}
-		cmd.Env = append(env, "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test")
+		cmd.Env = append(withoutProfile(cmd.Env), "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test")
 	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -124,6 +118,18 @@ func (e *env) fails(exception string, args ...string) {
 	if code == 0 || !strings.Contains(errOut, "("+exception+")") {
 		e.t.Fatalf("aws %s: exit %d, want %s: %s", strings.Join(args, " "), code, exception, errOut)
 	}
+}
+
+// withoutProfile drops the administrator's profile from a CLI environment.
+func withoutProfile(env []string) []string {
+	var out []string
+	for _, v := range env {
+		if !strings.HasPrefix(v, "AWS_PROFILE=") && !strings.HasPrefix(v, "AWS_SHARED_CREDENTIALS_FILE=") &&
+			!strings.HasPrefix(v, "AWS_ACCESS_KEY_ID=") && !strings.HasPrefix(v, "AWS_SECRET_ACCESS_KEY=") {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func write(t *testing.T, name, content string) string {
@@ -503,6 +509,7 @@ func TestSeedBroken(t *testing.T) {
 		{"short material", "Keys:\n  - KeyId: " + symID + "\n  - KeyId: " + genID + "\n    KeyMaterial: [abcd]\n", "seed.yaml:3: key " + genID + ": key material 1 is 2 bytes"},
 		{"alias to nothing", "Keys:\n  - KeyId: " + symID + "\nAliases:\n  - AliasName: alias/x\n    TargetKeyId: " + genID + "\n", "seed.yaml:4: alias alias/x: TargetKeyId " + genID + " is no key"},
 		{"grant operation", "Keys:\n  - KeyId: " + symID + "\nGrants:\n  - KeyId: " + symID + "\n    GranteePrincipal: arn:aws:iam::" + account + ":role/app\n    Operations: [Sign]\n", "seed.yaml:4: grant on " + symID + ": grant operation Sign is not valid"},
+		{"user policy", "Keys:\n  - KeyId: " + symID + "\nUsers:\n  - UserName: bob\n    Policies: {p: '{\"Statement\":[]}'}\n", "seed.yaml:4: user bob: policy p:"},
 		{"local-kms bad backing key", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: " + symID + "\n        BackingKeys: [" + symHex + "]\n      - Metadata:\n          KeyId: " + genID + "\n        BackingKeys: [zz]\n", "seed.yaml:7: key " + genID + ": BackingKeys[0] is not hex"},
 	}
 	for _, c := range cases {

@@ -27,6 +27,14 @@
 //	    Operations: [Encrypt, Decrypt]
 //	    Name: app                         # optional; also RetiringPrincipal,
 //	    Constraints: {EncryptionContextSubset: {app: orders}}  # optional
+//	Users:                                # IAM identities (verify mode)
+//	  - UserName: alice
+//	    Policies: {kms: '{"Version":"2012-10-17","Statement":[…]}'}
+//	    AccessKeys: [{AccessKeyId: AKIA…, SecretAccessKey: …}]  # for tests
+//	Roles:
+//	  - RoleName: app
+//	    AssumeRolePolicyDocument: '{…}'
+//	    Policies: {…}
 //
 // and local-kms's (github.com/nsmithuk/local-kms, its README's "Seeding
 // file format"), read as is: Keys: {Symmetric: {Aes, Hmac}, Asymmetric:
@@ -59,6 +67,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"go.yaml.in/yaml/v3"
 )
@@ -68,6 +77,9 @@ type File struct {
 	Keys    []kms.SeedKey
 	Aliases []kms.SeedAlias
 	Grants  []kms.SeedGrant
+	// Users and Roles are IAM identities, used in verify mode.
+	Users []identity.SeedUser
+	Roles []identity.SeedRole
 	// LocalKMS says the file is in local-kms's layout.
 	LocalKMS bool
 }
@@ -148,6 +160,27 @@ type grant struct {
 	Region  string `yaml:"Region" toml:"Region"`
 }
 
+type user struct {
+	UserName   string            `yaml:"UserName" toml:"UserName"`
+	Path       string            `yaml:"Path" toml:"Path"`
+	Policies   map[string]string `yaml:"Policies" toml:"Policies"`
+	AccessKeys []struct {
+		AccessKeyId     string `yaml:"AccessKeyId" toml:"AccessKeyId"`
+		SecretAccessKey string `yaml:"SecretAccessKey" toml:"SecretAccessKey"`
+	} `yaml:"AccessKeys" toml:"AccessKeys"`
+	Account string `yaml:"Account" toml:"Account"`
+}
+
+type role struct {
+	RoleName                 string            `yaml:"RoleName" toml:"RoleName"`
+	Path                     string            `yaml:"Path" toml:"Path"`
+	AssumeRolePolicyDocument string            `yaml:"AssumeRolePolicyDocument" toml:"AssumeRolePolicyDocument"`
+	Description              string            `yaml:"Description" toml:"Description"`
+	MaxSessionDuration       int32             `yaml:"MaxSessionDuration" toml:"MaxSessionDuration"`
+	Policies                 map[string]string `yaml:"Policies" toml:"Policies"`
+	Account                  string            `yaml:"Account" toml:"Account"`
+}
+
 type alias struct {
 	AliasName   string `yaml:"AliasName" toml:"AliasName"`
 	TargetKeyId string `yaml:"TargetKeyId" toml:"TargetKeyId"`
@@ -172,7 +205,10 @@ type localKey struct {
 }
 
 var (
-	nativeTop    = []string{"Keys", "Aliases", "Grants"}
+	nativeTop    = []string{"Keys", "Aliases", "Grants", "Users", "Roles"}
+	userFields   = []string{"UserName", "Path", "Policies", "AccessKeys", "Account"}
+	keyFields    = []string{"AccessKeyId", "SecretAccessKey"}
+	roleFields   = []string{"RoleName", "Path", "AssumeRolePolicyDocument", "Description", "MaxSessionDuration", "Policies", "Account"}
 	grantFields  = []string{"KeyId", "Name", "GranteePrincipal", "RetiringPrincipal", "Operations", "Constraints", "Account", "Region"}
 	constraints  = []string{"EncryptionContextEquals", "EncryptionContextSubset"}
 	nativeFields = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem"}
@@ -244,6 +280,43 @@ func (l *loader) yaml(b []byte) error {
 			if err := l.grant(g, n.Line); err != nil {
 				return err
 			}
+		}
+	}
+	if un := value(root, "Users"); un != nil && !isNull(un) {
+		if un.Kind != yaml.SequenceNode {
+			return l.errorf(un.Line, "Users: want a list of users")
+		}
+		for _, n := range un.Content {
+			if err := l.fields(n, userFields); err != nil {
+				return err
+			}
+			if ks := value(n, "AccessKeys"); ks != nil && ks.Kind == yaml.SequenceNode {
+				for _, k := range ks.Content {
+					if err := l.fields(k, keyFields); err != nil {
+						return err
+					}
+				}
+			}
+			var u user
+			if err := n.Decode(&u); err != nil {
+				return l.errorf(n.Line, "%s", decodeMessage(err))
+			}
+			l.user(u, n.Line)
+		}
+	}
+	if rn := value(root, "Roles"); rn != nil && !isNull(rn) {
+		if rn.Kind != yaml.SequenceNode {
+			return l.errorf(rn.Line, "Roles: want a list of roles")
+		}
+		for _, n := range rn.Content {
+			if err := l.fields(n, roleFields); err != nil {
+				return err
+			}
+			var r role
+			if err := n.Decode(&r); err != nil {
+				return l.errorf(n.Line, "%s", decodeMessage(err))
+			}
+			l.role(r, n.Line)
 		}
 	}
 	if an := value(root, "Aliases"); an != nil && !isNull(an) {
@@ -338,6 +411,21 @@ func (l *loader) grant(g grant, line int) error {
 	}
 	l.out.Grants = append(l.out.Grants, sg)
 	return nil
+}
+
+func (l *loader) user(u user, line int) {
+	su := identity.SeedUser{Where: l.where(line), Account: or(u.Account, l.account), Name: u.UserName, Path: u.Path, Policies: u.Policies}
+	for _, k := range u.AccessKeys {
+		su.AccessKeys = append(su.AccessKeys, identity.SeedAccessKey{ID: k.AccessKeyId, Secret: k.SecretAccessKey})
+	}
+	l.out.Users = append(l.out.Users, su)
+}
+
+func (l *loader) role(r role, line int) {
+	l.out.Roles = append(l.out.Roles, identity.SeedRole{
+		Where: l.where(line), Account: or(r.Account, l.account), Name: r.RoleName, Path: r.Path,
+		AssumeRolePolicy: r.AssumeRolePolicyDocument, Description: r.Description, MaxSession: r.MaxSessionDuration, Policies: r.Policies,
+	})
 }
 
 func (l *loader) alias(a alias, line int) error {
@@ -462,6 +550,8 @@ type tomlFile struct {
 	Keys    []nativeKey `toml:"Keys"`
 	Aliases []alias     `toml:"Aliases"`
 	Grants  []grant     `toml:"Grants"`
+	Users   []user      `toml:"Users"`
+	Roles   []role      `toml:"Roles"`
 }
 
 func (l *loader) toml(b []byte) error {
@@ -490,6 +580,14 @@ func (l *loader) toml(b []byte) error {
 			return err
 		}
 		l.out.Aliases[len(l.out.Aliases)-1].Where = fmt.Sprintf("seed file %s: Aliases[%d]", l.file, i)
+	}
+	for i, u := range f.Users {
+		l.user(u, 0)
+		l.out.Users[i].Where = fmt.Sprintf("seed file %s: Users[%d]", l.file, i)
+	}
+	for i, r := range f.Roles {
+		l.role(r, 0)
+		l.out.Roles[i].Where = fmt.Sprintf("seed file %s: Roles[%d]", l.file, i)
 	}
 	for i, g := range f.Grants {
 		if err := l.grant(g, 0); err != nil {

@@ -49,6 +49,15 @@ func TestParse(t *testing.T) {
 					t.Fatalf("grants %+v", g)
 				}
 			}},
+		{"identities", "s.yaml", "Users:\n  - UserName: alice\n    Policies: {p: '{}'}\n    AccessKeys: [{AccessKeyId: AKIAEXAMPLE00000001, SecretAccessKey: s3cret-s3cret}]\nRoles:\n  - RoleName: app\n    AssumeRolePolicyDocument: '{}'\n    MaxSessionDuration: 7200\n", 0, 0, false,
+			func(t *testing.T, f *File) {
+				if u := f.Users; len(u) != 1 || u[0].Name != "alice" || u[0].Account != "111122223333" || u[0].AccessKeys[0].Secret != "s3cret-s3cret" || u[0].Where != "seed file s.yaml:2" {
+					t.Fatalf("users %+v", u)
+				}
+				if r := f.Roles; len(r) != 1 || r[0].Name != "app" || r[0].MaxSession != 7200 || r[0].Where != "seed file s.yaml:6" {
+					t.Fatalf("roles %+v", r)
+				}
+			}},
 		{"toml", "s.toml", "[[Keys]]\nKeyId = \"" + id1 + "\"\nKeyMaterial = [\"" + material + "\"]\n[[Aliases]]\nAliasName = \"alias/a\"\nTargetKeyId = \"" + id1 + "\"\n", 1, 1, false,
 			func(t *testing.T, f *File) {
 				if f.Keys[0].Where != "seed file s.toml: Keys[0]" {
@@ -88,6 +97,7 @@ func TestParseErrors(t *testing.T) {
 		{"local-kms unknown group", "s.yaml", "Keys:\n  Symmetric:\n    Des: []\n", `s.yaml:3: unknown field "Des"`},
 		{"grant without grantee", "s.yaml", "Grants:\n  - KeyId: x\n", "s.yaml:2: a grant needs KeyId and GranteePrincipal"},
 		{"grant constraint field", "s.yaml", "Grants:\n  - KeyId: x\n    Constraints: {Equals: {}}\n", `s.yaml:3: unknown field "Equals"`},
+		{"access key field", "s.yaml", "Users:\n  - UserName: a\n    AccessKeys: [{Id: x}]\n", `s.yaml:3: unknown field "Id"`},
 		{"toml syntax", "s.toml", "[[Keys]]\nKeyId = \n", "s.toml:2"},
 		{"toml unknown", "s.toml", "[[Keys]]\nKeyId = \"x\"\nSpec = \"y\"\n", "unknown field Keys.Spec"},
 	}

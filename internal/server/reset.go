@@ -73,7 +73,7 @@ func (a *api) openCore(ctx context.Context) error {
 		svc.Close()
 		return fmt.Errorf("key usage tracking: %w", err)
 	}
-	if err := applySeed(ctx, r.seed, svc, r.log); err != nil {
+	if err := applySeed(ctx, r.seed, svc, a.ids, r.log); err != nil {
 		svc.Close()
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/seed"
 )
@@ -21,16 +22,39 @@ func loadSeed(cfg Config) (*seed.File, error) {
 // applySeed applies the seed file all or nothing: what is missing is
 // created, what exists is left as it is, its differences from the file
 // logged.
-func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, log *slog.Logger) error {
+//
+// IAM users and roles (verify mode; emulator mode has no identities) are
+// checked with everything else before anything is written, but stored
+// after the KMS resources' transaction, by the identity store.
+func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, ids *identity.Store, log *slog.Logger) error {
 	if f == nil {
 		return nil
+	}
+	idents := len(f.Users)+len(f.Roles) > 0
+	if idents && ids == nil {
+		log.Warn("seed: the file's IAM users and roles are not used in emulator mode, where every caller is the account's root")
+		idents = false
+	}
+	if idents {
+		if err := identity.CheckSeed(f.Users, f.Roles); err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
 	}
 	rep, err := svc.Seed(ctx, f.Keys, f.Aliases, f.Grants)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
-	for _, arn := range rep.Created {
-		log.Info("seed: created", "arn", arn)
+	if idents {
+		created, existing, diffs, err := ids.Seed(ctx, f.Users, f.Roles)
+		if err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
+		rep.Created = append(rep.Created, created...)
+		rep.Existing = append(rep.Existing, existing...)
+		rep.Differences = append(rep.Differences, diffs...)
+	}
+	for _, r := range rep.Created {
+		log.Info("seed: created", "resource", r)
 	}
 	for _, d := range rep.Differences {
 		log.Warn("seed: an existing resource differs from the seed file and is left as it is", "difference", d)
