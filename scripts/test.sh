@@ -117,6 +117,8 @@ fuzz ./internal/server FuzzOperations
 fuzz ./internal/netallow FuzzParse
 fuzz ./internal/keys FuzzParseBlob
 fuzz ./internal/keys FuzzParseExternalBlob
+fuzz ./internal/keys FuzzParseLocalKMSBlob
+fuzz ./internal/seed FuzzParse
 fuzz ./internal/server FuzzDecodeRequest
 fuzz ./internal/xks FuzzParseEncryptRequest
 fuzz ./internal/xks FuzzParseDecryptRequest

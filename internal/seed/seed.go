@@ -62,6 +62,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -517,8 +518,16 @@ func (l *loader) local(kind string, k localKey, line int) error {
 			if k.NextKeyRotation != nil {
 				sk.RotationPeriodInDays, sk.NextRotation = 365, k.NextKeyRotation
 			}
-		} else if sk.KeyUsage == "" {
-			sk.KeyUsage = "GENERATE_VERIFY_MAC"
+		} else {
+			// local-kms makes MACs with an HMAC key's first backing key
+			// (its src/cmk/hmac_key.go), so that one is current here.
+			slices.Reverse(sk.Material)
+			if sk.KeySpec == "" {
+				sk.KeySpec = "HMAC_256" // local-kms's default size
+			}
+			if sk.KeyUsage == "" {
+				sk.KeyUsage = "GENERATE_VERIFY_MAC"
+			}
 		}
 	case "Rsa", "Ecc":
 		switch {

@@ -27,13 +27,13 @@ func TestParse(t *testing.T) {
 					t.Fatalf("alias %+v", f.Aliases[0])
 				}
 			}},
-		{"local-kms", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: " + id1 + "\n        BackingKeys: [" + material + "]\n        NextKeyRotation: \"2019-09-12T15:19:21+00:00\"\n    Hmac:\n      - Metadata:\n          KeyId: " + id2 + "\n          KeySpec: HMAC_256\n        BackingKeys: [" + material + "]\nAliases:\n  - AliasName: alias/testing\n    TargetKeyId: " + id1 + "\n", 2, 1, true,
+		{"local-kms", "s.yaml", "Keys:\n  Symmetric:\n    Aes:\n      - Metadata:\n          KeyId: " + id1 + "\n        BackingKeys: [" + material + "]\n        NextKeyRotation: \"2019-09-12T15:19:21+00:00\"\n    Hmac:\n      - Metadata:\n          KeyId: " + id2 + "\n        BackingKeys: [" + material + ", " + strings.Repeat("cd", 32) + "]\nAliases:\n  - AliasName: alias/testing\n    TargetKeyId: " + id1 + "\n", 2, 1, true,
 			func(t *testing.T, f *File) {
 				a, h := f.Keys[0], f.Keys[1]
 				if !a.LocalKMS || a.KeySpec != "SYMMETRIC_DEFAULT" || a.RotationPeriodInDays != 365 || a.NextRotation == nil || a.NextRotation.Year() != 2019 {
 					t.Fatalf("aes %+v", a)
 				}
-				if h.KeySpec != "HMAC_256" || h.KeyUsage != "GENERATE_VERIFY_MAC" {
+				if h.KeySpec != "HMAC_256" || h.KeyUsage != "GENERATE_VERIFY_MAC" || h.Material[1][0] != 0xab {
 					t.Fatalf("hmac %+v", h)
 				}
 			}},
