@@ -335,3 +335,8 @@ func (s *Service) declareOne(ctx context.Context, d Declaration) error {
 	s.log.Info("hsm: declared cluster", "cluster", r.ID, "module", r.Module, "hsms", len(r.HSMs), "state", r.State)
 	return s.put(ctx, r, !exists)
 }
+
+// ValidateDeclarations checks declarations made elsewhere than in a
+// declarations file (a seed file: package seed) as LoadDeclarations
+// checks its own, filling the same defaults (ID from Name, …).
+func ValidateDeclarations(ds []Declaration) error { return validateDeclarations(ds) }

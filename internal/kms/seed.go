@@ -413,3 +413,58 @@ func keyDifferences(cur, want *catalog.Key) []string {
 	}
 	return out
 }
+
+// SeedKeyStore is a CloudHSM key store a seed file declares, over a
+// cluster (one the file declares, or any other), optionally connected at
+// start. Password is kmsuser's current password (resolved from its
+// reference by package seed; never shown).
+type SeedKeyStore struct {
+	Where           string
+	Account, Region string
+	Name            string
+	ClusterID       string
+	TrustAnchor     string // PEM
+	Password        string
+	Connect         bool
+}
+
+// SeedKeyStores creates the declared key stores that do not exist (by
+// name) and starts connecting those marked Connect that are not
+// connected. They are applied after the keys' transaction, once the HSM
+// clusters are open, through CreateCustomKeyStore's own checks; an error
+// stops kmsd's start.
+func (s *Service) SeedKeyStores(ctx context.Context, ks []SeedKeyStore) (*SeedReport, error) {
+	rep := &SeedReport{}
+	for _, sk := range ks {
+		root := &Caller{Account: sk.Account, Region: sk.Region, ARN: identity.Root(sk.Account).ARN, Trusted: true}
+		var id, state string
+		out, err := s.DescribeCustomKeyStores(ctx, root, &kmsapi.DescribeCustomKeyStoresRequest{CustomKeyStoreName: kmsapi.String(sk.Name)})
+		if err == nil && len(out.CustomKeyStores) == 1 {
+			st := out.CustomKeyStores[0]
+			id, state = derefStr(st.CustomKeyStoreId), derefStr(st.ConnectionState)
+			rep.Existing = append(rep.Existing, "custom key store "+id+" ("+sk.Name+")")
+			if c := derefStr(st.CloudHsmClusterId); c != sk.ClusterID {
+				rep.Differences = append(rep.Differences, "custom key store "+id+": its cluster is "+c+", the seed file says "+sk.ClusterID)
+			}
+		} else {
+			created, err := s.CreateCustomKeyStore(ctx, root, &kmsapi.CreateCustomKeyStoreRequest{
+				CustomKeyStoreName: kmsapi.String(sk.Name), CloudHsmClusterId: kmsapi.String(sk.ClusterID),
+				TrustAnchorCertificate: kmsapi.String(sk.TrustAnchor), KeyStorePassword: kmsapi.String(sk.Password),
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s: custom key store %s: %w", sk.Where, sk.Name, seedMessage(err))
+			}
+			id, state = derefStr(created.CustomKeyStoreId), "DISCONNECTED"
+			rep.Created = append(rep.Created, "custom key store "+id+" ("+sk.Name+")")
+		}
+		switch {
+		case sk.Connect && state == "DISCONNECTED":
+			if _, err := s.ConnectCustomKeyStore(ctx, root, &kmsapi.ConnectCustomKeyStoreRequest{CustomKeyStoreId: kmsapi.String(id)}); err != nil {
+				return nil, fmt.Errorf("%s: custom key store %s: %w", sk.Where, sk.Name, seedMessage(err))
+			}
+		case sk.Connect && state == "FAILED":
+			rep.Differences = append(rep.Differences, "custom key store "+id+" is FAILED: disconnect it, then it connects at the next start")
+		}
+	}
+	return rep, nil
+}

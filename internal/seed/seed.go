@@ -68,6 +68,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"go.yaml.in/yaml/v3"
@@ -81,6 +82,10 @@ type File struct {
 	// Users and Roles are IAM identities, used in verify mode.
 	Users []identity.SeedUser
 	Roles []identity.SeedRole
+	// Clusters are HSM clusters over existing PKCS#11 tokens, declared
+	// as --hsm-config declares them; KeyStores CloudHSM key stores.
+	Clusters  []hsm.Declaration
+	KeyStores []kms.SeedKeyStore
 	// LocalKMS says the file is in local-kms's layout.
 	LocalKMS bool
 }
@@ -182,6 +187,34 @@ type role struct {
 	Account                  string            `yaml:"Account" toml:"Account"`
 }
 
+type cluster struct {
+	ClusterId     string `yaml:"ClusterId" toml:"ClusterId"`
+	Name          string `yaml:"Name" toml:"Name"`
+	Account       string `yaml:"Account" toml:"Account"`
+	Region        string `yaml:"Region" toml:"Region"`
+	HsmType       string `yaml:"HsmType" toml:"HsmType"`
+	Module        string `yaml:"Module" toml:"Module"`
+	SoPin         string `yaml:"SoPin" toml:"SoPin"`
+	CryptoUser    string `yaml:"CryptoUser" toml:"CryptoUser"`
+	CryptoUserPin string `yaml:"CryptoUserPin" toml:"CryptoUserPin"`
+	TrustAnchor   string `yaml:"TrustAnchor" toml:"TrustAnchor"`
+	Hsms          []struct {
+		Token            string `yaml:"Token" toml:"Token"`
+		AvailabilityZone string `yaml:"AvailabilityZone" toml:"AvailabilityZone"`
+	} `yaml:"Hsms" toml:"Hsms"`
+}
+
+type keyStore struct {
+	CustomKeyStoreName     string `yaml:"CustomKeyStoreName" toml:"CustomKeyStoreName"`
+	CloudHsmClusterId      string `yaml:"CloudHsmClusterId" toml:"CloudHsmClusterId"`
+	ClusterName            string `yaml:"ClusterName" toml:"ClusterName"`
+	TrustAnchorCertificate string `yaml:"TrustAnchorCertificate" toml:"TrustAnchorCertificate"`
+	KeyStorePassword       string `yaml:"KeyStorePassword" toml:"KeyStorePassword"`
+	Connect                bool   `yaml:"Connect" toml:"Connect"`
+	Account                string `yaml:"Account" toml:"Account"`
+	Region                 string `yaml:"Region" toml:"Region"`
+}
+
 type alias struct {
 	AliasName   string `yaml:"AliasName" toml:"AliasName"`
 	TargetKeyId string `yaml:"TargetKeyId" toml:"TargetKeyId"`
@@ -206,19 +239,22 @@ type localKey struct {
 }
 
 var (
-	nativeTop    = []string{"Keys", "Aliases", "Grants", "Users", "Roles"}
-	userFields   = []string{"UserName", "Path", "Policies", "AccessKeys", "Account"}
-	keyFields    = []string{"AccessKeyId", "SecretAccessKey"}
-	roleFields   = []string{"RoleName", "Path", "AssumeRolePolicyDocument", "Description", "MaxSessionDuration", "Policies", "Account"}
-	grantFields  = []string{"KeyId", "Name", "GranteePrincipal", "RetiringPrincipal", "Operations", "Constraints", "Account", "Region"}
-	constraints  = []string{"EncryptionContextEquals", "EncryptionContextSubset"}
-	nativeFields = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem"}
-	tagFields    = []string{"TagKey", "TagValue"}
-	aliasFields  = []string{"AliasName", "TargetKeyId", "Account", "Region"}
-	localGroups  = map[string][]string{"Symmetric": {"Aes", "Hmac"}, "Asymmetric": {"Rsa", "Ecc"}}
-	localFields  = []string{"Metadata", "BackingKeys", "NextKeyRotation", "PrivateKeyPem", "PrivateKeyHex"}
-	localMeta    = []string{"KeyId", "Description", "KeyUsage", "KeySpec", "Origin", "Enabled"}
-	localAliases = []string{"AliasName", "TargetKeyId"}
+	nativeTop     = []string{"Keys", "Aliases", "Grants", "Users", "Roles", "Clusters", "CustomKeyStores"}
+	clusterFields = []string{"ClusterId", "Name", "Account", "Region", "HsmType", "Module", "SoPin", "CryptoUser", "CryptoUserPin", "TrustAnchor", "Hsms"}
+	hsmFields     = []string{"Token", "AvailabilityZone"}
+	storeFields   = []string{"CustomKeyStoreName", "CloudHsmClusterId", "ClusterName", "TrustAnchorCertificate", "KeyStorePassword", "Connect", "Account", "Region"}
+	userFields    = []string{"UserName", "Path", "Policies", "AccessKeys", "Account"}
+	keyFields     = []string{"AccessKeyId", "SecretAccessKey"}
+	roleFields    = []string{"RoleName", "Path", "AssumeRolePolicyDocument", "Description", "MaxSessionDuration", "Policies", "Account"}
+	grantFields   = []string{"KeyId", "Name", "GranteePrincipal", "RetiringPrincipal", "Operations", "Constraints", "Account", "Region"}
+	constraints   = []string{"EncryptionContextEquals", "EncryptionContextSubset"}
+	nativeFields  = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem"}
+	tagFields     = []string{"TagKey", "TagValue"}
+	aliasFields   = []string{"AliasName", "TargetKeyId", "Account", "Region"}
+	localGroups   = map[string][]string{"Symmetric": {"Aes", "Hmac"}, "Asymmetric": {"Rsa", "Ecc"}}
+	localFields   = []string{"Metadata", "BackingKeys", "NextKeyRotation", "PrivateKeyPem", "PrivateKeyHex"}
+	localMeta     = []string{"KeyId", "Description", "KeyUsage", "KeySpec", "Origin", "Enabled"}
+	localAliases  = []string{"AliasName", "TargetKeyId"}
 )
 
 func (l *loader) yaml(b []byte) error {
@@ -320,6 +356,50 @@ func (l *loader) yaml(b []byte) error {
 			l.role(r, n.Line)
 		}
 	}
+	var clusters []cluster
+	var clusterLines []int
+	if cn := value(root, "Clusters"); cn != nil && !isNull(cn) {
+		if cn.Kind != yaml.SequenceNode {
+			return l.errorf(cn.Line, "Clusters: want a list of clusters")
+		}
+		for _, n := range cn.Content {
+			if err := l.fields(n, clusterFields); err != nil {
+				return err
+			}
+			if hs := value(n, "Hsms"); hs != nil && hs.Kind == yaml.SequenceNode {
+				for _, h := range hs.Content {
+					if err := l.fields(h, hsmFields); err != nil {
+						return err
+					}
+				}
+			}
+			var c cluster
+			if err := n.Decode(&c); err != nil {
+				return l.errorf(n.Line, "%s", decodeMessage(err))
+			}
+			clusters, clusterLines = append(clusters, c), append(clusterLines, n.Line)
+		}
+	}
+	var stores []keyStore
+	var storeLines []int
+	if sn := value(root, "CustomKeyStores"); sn != nil && !isNull(sn) {
+		if sn.Kind != yaml.SequenceNode {
+			return l.errorf(sn.Line, "CustomKeyStores: want a list of custom key stores")
+		}
+		for _, n := range sn.Content {
+			if err := l.fields(n, storeFields); err != nil {
+				return err
+			}
+			var ks keyStore
+			if err := n.Decode(&ks); err != nil {
+				return l.errorf(n.Line, "%s", decodeMessage(err))
+			}
+			stores, storeLines = append(stores, ks), append(storeLines, n.Line)
+		}
+	}
+	if err := l.hsm(clusters, clusterLines, stores, storeLines); err != nil {
+		return err
+	}
 	if an := value(root, "Aliases"); an != nil && !isNull(an) {
 		if an.Kind != yaml.SequenceNode {
 			return l.errorf(an.Line, "Aliases: want a list of aliases")
@@ -411,6 +491,71 @@ func (l *loader) grant(g grant, line int) error {
 		sg.ECEquals, sg.ECSubset = g.Constraints.EncryptionContextEquals, g.Constraints.EncryptionContextSubset
 	}
 	l.out.Grants = append(l.out.Grants, sg)
+	return nil
+}
+
+// hsm reads the declared clusters (checked as --hsm-config's are) and
+// key stores, whose cluster is one of them by name or any by id, and
+// resolves the stores' passwords from their references.
+func (l *loader) hsm(cs []cluster, cLines []int, ks []keyStore, kLines []int) error {
+	for i, c := range cs {
+		d := hsm.Declaration{ID: c.ClusterId, Name: c.Name, Account: or(c.Account, l.account), Region: or(c.Region, l.region),
+			HsmType: c.HsmType, Module: c.Module, CryptoUser: c.CryptoUser, SOPIN: hsm.Secret(c.SoPin), UserPIN: hsm.Secret(c.CryptoUserPin)}
+		for _, h := range c.Hsms {
+			d.HSMs = append(d.HSMs, hsm.DeclaredHSM{Token: h.Token, AvailabilityZone: h.AvailabilityZone})
+		}
+		if c.TrustAnchor != "" {
+			b, err := os.ReadFile(c.TrustAnchor)
+			if err != nil {
+				return l.errorf(cLines[i], "cluster %s: TrustAnchor: %v", or(c.Name, c.ClusterId), err)
+			}
+			d.TrustAnchor = string(b)
+		}
+		ds := []hsm.Declaration{d} // ValidateDeclarations fills defaults in place
+		if err := hsm.ValidateDeclarations(ds); err != nil {
+			return l.errorf(cLines[i], "%v", err)
+		}
+		l.out.Clusters = append(l.out.Clusters, ds[0])
+	}
+	if err := hsm.ValidateDeclarations(slices.Clone(l.out.Clusters)); err != nil {
+		return l.errorf(0, "Clusters: %v", err)
+	}
+	for i, k := range ks {
+		st := kms.SeedKeyStore{Where: l.where(kLines[i]), Account: or(k.Account, l.account), Region: or(k.Region, l.region),
+			Name: k.CustomKeyStoreName, ClusterID: k.CloudHsmClusterId, Connect: k.Connect}
+		if st.Name == "" {
+			return l.errorf(kLines[i], "a custom key store needs CustomKeyStoreName")
+		}
+		if k.ClusterName != "" {
+			for _, d := range l.out.Clusters {
+				if d.Name == k.ClusterName {
+					st.ClusterID, st.TrustAnchor = d.ID, d.TrustAnchor
+				}
+			}
+			if st.ClusterID == "" {
+				return l.errorf(kLines[i], "custom key store %s: ClusterName %q is no cluster of the seed file", st.Name, k.ClusterName)
+			}
+		}
+		if st.ClusterID == "" {
+			return l.errorf(kLines[i], "custom key store %s: give CloudHsmClusterId or ClusterName", st.Name)
+		}
+		if k.TrustAnchorCertificate != "" {
+			b, err := os.ReadFile(k.TrustAnchorCertificate)
+			if err != nil {
+				return l.errorf(kLines[i], "custom key store %s: TrustAnchorCertificate: %v", st.Name, err)
+			}
+			st.TrustAnchor = string(b)
+		}
+		if st.TrustAnchor == "" {
+			return l.errorf(kLines[i], "custom key store %s: TrustAnchorCertificate is required (or the cluster's TrustAnchor)", st.Name)
+		}
+		pw, err := hsm.Secret(k.KeyStorePassword).Resolve()
+		if err != nil {
+			return l.errorf(kLines[i], "custom key store %s: KeyStorePassword: %v", st.Name, err)
+		}
+		st.Password = pw
+		l.out.KeyStores = append(l.out.KeyStores, st)
+	}
 	return nil
 }
 

@@ -98,6 +98,11 @@ func TestParseErrors(t *testing.T) {
 		{"grant without grantee", "s.yaml", "Grants:\n  - KeyId: x\n", "s.yaml:2: a grant needs KeyId and GranteePrincipal"},
 		{"grant constraint field", "s.yaml", "Grants:\n  - KeyId: x\n    Constraints: {Equals: {}}\n", `s.yaml:3: unknown field "Equals"`},
 		{"access key field", "s.yaml", "Users:\n  - UserName: a\n    AccessKeys: [{Id: x}]\n", `s.yaml:3: unknown field "Id"`},
+		{"cluster module", "s.yaml", "Clusters:\n  - Name: c\n    Module: lib.so\n", "s.yaml:2: cluster cluster-"},
+		{"cluster hsm field", "s.yaml", "Clusters:\n  - Name: c\n    Hsms: [{Label: x}]\n", `s.yaml:3: unknown field "Label"`},
+		{"store without cluster", "s.yaml", "CustomKeyStores:\n  - CustomKeyStoreName: s\n", "s.yaml:2: custom key store s: give CloudHsmClusterId or ClusterName"},
+		{"store cluster name", "s.yaml", "CustomKeyStores:\n  - CustomKeyStoreName: s\n    ClusterName: nope\n", `s.yaml:2: custom key store s: ClusterName "nope" is no cluster`},
+		{"store inline password", "s.yaml", "CustomKeyStores:\n  - CustomKeyStoreName: s\n    CloudHsmClusterId: cluster-234567abcdefg\n    TrustAnchorCertificate: seed_test.go\n    KeyStorePassword: hunter2hunter2\n", "KeyStorePassword: want file:/path or env:NAME"},
 		{"toml syntax", "s.toml", "[[Keys]]\nKeyId = \n", "s.toml:2"},
 		{"toml unknown", "s.toml", "[[Keys]]\nKeyId = \"x\"\nSpec = \"y\"\n", "unknown field Keys.Spec"},
 	}

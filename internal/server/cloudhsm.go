@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -81,6 +82,14 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 			return hcfg, err
 		}
 		hcfg.Declared = ds
+	}
+	if len(cfg.seedClusters) > 0 {
+		// The seed file's clusters join --hsm-config's, checked together
+		// (an id declared in both is refused).
+		hcfg.Declared = append(hcfg.Declared, cfg.seedClusters...)
+		if err := hsm.ValidateDeclarations(hcfg.Declared); err != nil {
+			return hcfg, fmt.Errorf("seed file and hsm config: %w", err)
+		}
 	}
 	for env, d := range map[string]*time.Duration{
 		"KMSD_HSM_CREATE_DELAY": &hcfg.CreateDelay, "KMSD_HSM_INITIALIZE_DELAY": &hcfg.InitializeDelay, "KMSD_HSM_DELETE_DELAY": &hcfg.DeleteDelay,

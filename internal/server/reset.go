@@ -80,8 +80,17 @@ func (a *api) openCore(ctx context.Context) error {
 	a.svc = svc
 	a.register(quotaCollector{quota})
 	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
+	if r.seed != nil {
+		cfg.seedClusters = r.seed.Clusters
+	}
 	stopHSM, err := a.startHSM(ctx, cfg, r.store, r.barrier, r.log)
 	if err != nil {
+		a.unregister()
+		svc.Close()
+		return err
+	}
+	if err := applySeedStores(ctx, r.seed, svc, r.log); err != nil {
+		stopHSM()
 		a.unregister()
 		svc.Close()
 		return err

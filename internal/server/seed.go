@@ -62,3 +62,23 @@ func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, ids *identit
 	log.Info("seed applied", "created", len(rep.Created), "existing", len(rep.Existing), "differences", len(rep.Differences), "localKms", f.LocalKMS)
 	return nil
 }
+
+// applySeedStores creates and connects the seed file's custom key stores,
+// once the HSM clusters are open.
+func applySeedStores(ctx context.Context, f *seed.File, svc *kms.Service, log *slog.Logger) error {
+	if f == nil || len(f.KeyStores) == 0 {
+		return nil
+	}
+	rep, err := svc.SeedKeyStores(ctx, f.KeyStores)
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	for _, r := range rep.Created {
+		log.Info("seed: created", "resource", r)
+	}
+	for _, d := range rep.Differences {
+		log.Warn("seed: an existing resource differs from the seed file and is left as it is", "difference", d)
+	}
+	log.Info("seed: custom key stores applied", "created", len(rep.Created), "existing", len(rep.Existing), "differences", len(rep.Differences))
+	return nil
+}

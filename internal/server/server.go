@@ -31,6 +31,7 @@ import (
 
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/console"
+	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -149,6 +150,9 @@ type Config struct {
 	// Seed is an optional seed file (package seed) applied at every
 	// start and, in emulator mode, at every reset.
 	Seed string
+	// seedClusters are the seed file's HSM clusters, declared beside
+	// HSMConfig's.
+	seedClusters []hsm.Declaration
 }
 
 // Validate checks c and fills defaults.

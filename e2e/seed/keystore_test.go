@@ -1,0 +1,111 @@
+package seed
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so" // Debian's softhsm2, which scripts/test.sh installs
+
+func run(t *testing.T, env []string, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// TestSeedKeyStore: a seed file declares an HSM cluster over two SoftHSM2
+// tokens prepared beforehand, and a CloudHSM key store over it connected
+// at start; keys made in the store work, and a second start keeps the
+// store as it is.
+func TestSeedKeyStore(t *testing.T) {
+	for _, tool := range []string{"softhsm2-util", "openssl", softhsmModule} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if _, serr := os.Stat(tool); serr != nil {
+				t.Fatalf("%s is required: %v", tool, err)
+			}
+		}
+	}
+	dir := t.TempDir()
+	conf, tokens := filepath.Join(dir, "softhsm2.conf"), filepath.Join(dir, "tokens")
+	if err := os.Mkdir(tokens, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("softhsm2.conf", "directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n")
+	env := append(os.Environ(), "SOFTHSM2_CONF="+conf)
+	for _, label := range []string{"seed-a", "seed-b"} {
+		run(t, env, "softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "adminPw1", "--pin", "kmsPswd1")
+	}
+	anchor := filepath.Join(dir, "ca.crt")
+	run(t, env, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", filepath.Join(dir, "ca.key"), "-out", anchor,
+		"-days", "3", "-subj", "/CN=seedCA")
+	so := write("so.pin", "adminPw1\n")
+	file := write("seed.yaml", `Clusters:
+  - Name: seeded
+    Module: `+softhsmModule+`
+    SoPin: file:`+so+`
+    CryptoUserPin: env:SEED_KMSUSER_PIN
+    TrustAnchor: `+anchor+`
+    Hsms:
+      - {Token: seed-a, AvailabilityZone: us-east-1a}
+      - {Token: seed-b, AvailabilityZone: us-east-1b}
+CustomKeyStores:
+  - CustomKeyStoreName: seeded-store
+    ClusterName: seeded
+    KeyStorePassword: env:SEED_KMSUSER_PIN
+    Connect: true
+`)
+	data := filepath.Join(dir, "data")
+	extra := []string{"SOFTHSM2_CONF=" + conf, "SEED_KMSUSER_PIN=kmsPswd1", "KMSD_KEYSTORE_CONNECT_DELAY=50ms"}
+	var storeID string
+	for n := 1; n <= 2; n++ {
+		e := startEnv(t, data, "us-east-1", extra, "--seed", file)
+		st := waitConnected(t, e, "seeded-store")
+		if storeID == "" {
+			storeID = st["CustomKeyStoreId"].(string)
+		} else if st["CustomKeyStoreId"] != storeID {
+			t.Fatalf("start %d: store %v, was %s", n, st, storeID)
+		}
+		id := e.ok("kms", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", storeID)["KeyMetadata"].(map[string]any)["KeyId"].(string)
+		ct := b64(t, e.ok("kms", "encrypt", "--key-id", id, "--plaintext", fileb(t, []byte("in the HSM"))), "CiphertextBlob")
+		if pt := b64(t, e.ok("kms", "decrypt", "--ciphertext-blob", fileb(t, ct)), "Plaintext"); string(pt) != "in the HSM" {
+			t.Fatalf("start %d: decrypt %q", n, pt)
+		}
+		if n == 2 && !strings.Contains(e.k.Log(), "seed: custom key stores applied\" created=0 existing=1 differences=0") {
+			t.Fatalf("second start's report:\n%s", e.k.Log())
+		}
+		if strings.Contains(e.k.Log(), "kmsPswd1") || strings.Contains(e.k.Log(), "adminPw1") {
+			t.Fatal("a PIN in the log")
+		}
+		e.k.Stop()
+	}
+}
+
+func waitConnected(t *testing.T, e *env, name string) map[string]any {
+	t.Helper()
+	var st map[string]any
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		ss := e.ok("kms", "describe-custom-key-stores", "--custom-key-store-name", name)["CustomKeyStores"].([]any)
+		if len(ss) == 1 {
+			st = ss[0].(map[string]any)
+			if st["ConnectionState"] == "CONNECTED" {
+				return st
+			}
+		}
+	}
+	t.Fatalf("store %s never CONNECTED: %v", name, st)
+	return nil
+}
