@@ -91,20 +91,22 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 			return nil, fmt.Errorf("%s: key %s is declared twice", sk.Where, sk.ID)
 		}
 		declared[name] = true
-		k, err := s.seedKey(sk, now)
-		if err != nil {
-			return nil, fmt.Errorf("%s: key %s: %w", sk.Where, sk.ID, seedMessage(err))
-		}
 		cur, err := s.cat.Key(ctx, name)
-		if err == nil {
+		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+			return nil, err
+		}
+		// An existing key is only compared: its declaration is checked
+		// but no material is made or sealed for it.
+		k, kerr := s.seedKey(sk, now, cur == nil)
+		if kerr != nil {
+			return nil, fmt.Errorf("%s: key %s: %w", sk.Where, sk.ID, seedMessage(kerr))
+		}
+		if cur != nil {
 			rep.Existing = append(rep.Existing, cur.ARN())
 			for _, d := range keyDifferences(cur, k) {
 				rep.Differences = append(rep.Differences, cur.ARN()+": "+d)
 			}
 			continue
-		}
-		if !errors.Is(err, catalog.ErrNotFound) {
-			return nil, err
 		}
 		newKeys = append(newKeys, k)
 		rep.Created = append(rep.Created, k.ARN())
@@ -275,8 +277,9 @@ func (s *Service) seedTarget(ctx context.Context, sa SeedAlias, newKeys []*catal
 	return "", fmt.Errorf("TargetKeyId %s is no key of the seed file nor of account %s in %s", id, sa.Account, sa.Region)
 }
 
-// seedKey checks sk and builds its record, material sealed.
-func (s *Service) seedKey(sk *SeedKey, now time.Time) (*catalog.Key, error) {
+// seedKey checks sk and builds its record, with its material sealed if
+// withMaterial (given material is checked either way).
+func (s *Service) seedKey(sk *SeedKey, now time.Time, withMaterial bool) (*catalog.Key, error) {
 	if !keys.IsKeyID(sk.ID) || len(sk.ID) > 4 && sk.ID[:4] == "mrk-" {
 		return nil, errors.New("KeyId must be a lower-case UUID such as 1234abcd-12ab-34cd-56ef-1234567890ab")
 	}
@@ -342,6 +345,9 @@ func (s *Service) seedKey(sk *SeedKey, now time.Time) (*catalog.Key, error) {
 		k.NextRotation = &next
 	}
 	if len(sk.Material) == 0 {
+		if !withMaterial {
+			return k, nil
+		}
 		v, err := s.newMaterial(k.Name(), k.ID, spec, now)
 		if err != nil {
 			return nil, err
