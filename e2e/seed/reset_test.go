@@ -131,6 +131,21 @@ func TestResetVerifyMode(t *testing.T) {
 	if ids := e.keyIDs(); len(ids) != 1 || ids[0] != id {
 		t.Fatalf("keys after refused resets: %v", ids)
 	}
+	// Each refusal is in the audit log.
+	e.k.Stop()
+	b, err := os.ReadFile(filepath.Join(e.k.DataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, `"eventName":"Reset"`) && strings.Contains(line, `"errorCode":"AccessDeniedException"`) {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d refused resets in the audit log, want 2:\n%s", n, b)
+	}
 }
 
 func waitState(t *testing.T, e *env, cluster, state string) {

@@ -140,19 +140,27 @@ func isReset(r *http.Request) bool {
 
 // serveReset serves the reset paths. Requests in flight finish first;
 // those arriving meanwhile wait and then see the fresh state.
+// Every reset request, refused or not, is one audit record (eventSource
+// kmsd-admin, eventName Reset).
 func (a *api) serveReset(w http.ResponseWriter, r *http.Request) {
 	reqID := uuid.NewString()
+	rec := newRecord(r, reqID)
+	rec.EventSource, rec.EventName = adminEventSource, "Reset"
+	defer a.audit.Log(rec)
 	if a.ids != nil {
-		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "AccessDeniedException", Status: http.StatusForbidden,
+		rec.ErrorCode = "AccessDeniedException"
+		awsjson.WriteError(w, reqID, &awsjson.Error{Code: rec.ErrorCode, Status: http.StatusForbidden,
 			Message: "Reset is only available in emulator mode (--auth emulator); this kmsd verifies signatures."})
 		return
 	}
 	if r.Method != http.MethodPost {
+		rec.ErrorCode = "ValidationException"
 		writeJSON(w, http.StatusBadRequest, map[string]string{"Error": "Need to POST to reset kmsd"})
 		return
 	}
 	if err := a.resetAll(); err != nil {
 		a.log.Error("reset failed", "err", err)
+		rec.ErrorCode = "InternalFailure"
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: "InternalFailure", Status: http.StatusInternalServerError,
 			Message: "The reset failed; see kmsd's log."})
 		return
