@@ -1,6 +1,7 @@
 package seed
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,8 +23,9 @@ func run(t *testing.T, env []string, name string, args ...string) {
 
 // TestSeedKeyStore: a seed file declares an HSM cluster over two SoftHSM2
 // tokens prepared beforehand, and a CloudHSM key store over it connected
-// at start; keys made in the store work, and a second start keeps the
-// store as it is.
+// at start; keys made in the store work, a second start keeps the store
+// as it is, and after a reset the store is made and connected again
+// (with the crypto user's password as kmsd rotated it).
 func TestSeedKeyStore(t *testing.T) {
 	for _, tool := range []string{"softhsm2-util", "openssl", softhsmModule} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -45,12 +47,12 @@ func TestSeedKeyStore(t *testing.T) {
 		return p
 	}
 	write("softhsm2.conf", "directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n")
-	env := append(os.Environ(), "SOFTHSM2_CONF="+conf)
+	hsmEnv := append(os.Environ(), "SOFTHSM2_CONF="+conf)
 	for _, label := range []string{"seed-a", "seed-b"} {
-		run(t, env, "softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "adminPw1", "--pin", "kmsPswd1")
+		run(t, hsmEnv, "softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "adminPw1", "--pin", "kmsPswd1")
 	}
 	anchor := filepath.Join(dir, "ca.crt")
-	run(t, env, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", filepath.Join(dir, "ca.key"), "-out", anchor,
+	run(t, hsmEnv, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", filepath.Join(dir, "ca.key"), "-out", anchor,
 		"-days", "3", "-subj", "/CN=seedCA")
 	so := write("so.pin", "adminPw1\n")
 	file := write("seed.yaml", `Clusters:
@@ -71,21 +73,35 @@ CustomKeyStores:
 	data := filepath.Join(dir, "data")
 	extra := []string{"SOFTHSM2_CONF=" + conf, "SEED_KMSUSER_PIN=kmsPswd1", "KMSD_KEYSTORE_CONNECT_DELAY=50ms"}
 	var storeID string
-	for n := 1; n <= 2; n++ {
-		e := startEnv(t, data, "us-east-1", extra, "--seed", file)
+	useStore := func(e *env, phase string) {
+		t.Helper()
 		st := waitConnected(t, e, "seeded-store")
 		if storeID == "" {
 			storeID = st["CustomKeyStoreId"].(string)
-		} else if st["CustomKeyStoreId"] != storeID {
-			t.Fatalf("start %d: store %v, was %s", n, st, storeID)
 		}
-		id := e.ok("kms", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", storeID)["KeyMetadata"].(map[string]any)["KeyId"].(string)
+		if phase != "reset" && st["CustomKeyStoreId"] != storeID {
+			t.Fatalf("%s: store %v, was %s", phase, st, storeID)
+		}
+		id := e.ok("kms", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", st["CustomKeyStoreId"].(string))["KeyMetadata"].(map[string]any)["KeyId"].(string)
 		ct := b64(t, e.ok("kms", "encrypt", "--key-id", id, "--plaintext", fileb(t, []byte("in the HSM"))), "CiphertextBlob")
 		if pt := b64(t, e.ok("kms", "decrypt", "--ciphertext-blob", fileb(t, ct)), "Plaintext"); string(pt) != "in the HSM" {
-			t.Fatalf("start %d: decrypt %q", n, pt)
+			t.Fatalf("%s: decrypt %q", phase, pt)
 		}
-		if n == 2 && !strings.Contains(e.k.Log(), "seed: custom key stores applied\" created=0 existing=1 differences=0") {
-			t.Fatalf("second start's report:\n%s", e.k.Log())
+	}
+	for n := 1; n <= 2; n++ {
+		e := startEnv(t, data, "us-east-1", extra, "--auth", "emulator", "--seed", file)
+		useStore(e, fmt.Sprint("start ", n))
+		if n == 2 {
+			if !strings.Contains(e.k.Log(), "seed: custom key stores applied\" created=0 existing=1 differences=0") {
+				t.Fatalf("second start's report:\n%s", e.k.Log())
+			}
+			if code, body := post(t, "POST", e.k.Endpoint+"/_kmsd/reset"); code != 200 {
+				t.Fatalf("reset: %d %v", code, body)
+			}
+			if ks := e.ok("kms", "list-keys")["Keys"].([]any); len(ks) != 0 {
+				t.Fatalf("keys after reset: %v", ks)
+			}
+			useStore(e, "reset")
 		}
 		if strings.Contains(e.k.Log(), "kmsPswd1") || strings.Contains(e.k.Log(), "adminPw1") {
 			t.Fatal("a PIN in the log")

@@ -41,3 +41,25 @@ func (s *Service) Purge(ctx context.Context) (declared []string) {
 
 // RecordPrefix is the storage key of cluster id's record.
 func RecordPrefix(id string) string { return recordPath(id) }
+
+// CryptoUserPassword returns the current password of declared cluster
+// id's crypto user as kmsd keeps it — kmsd rotates it as a key store
+// connects — so that a seed file's key store over the cluster, made anew
+// after a reset, is given the password the tokens have rather than the
+// file's first one.
+func (s *Service) CryptoUserPassword(account, region, id string) (string, bool) {
+	r, ok := s.get(Caller{Account: account, Region: region}, id)
+	if !ok || !r.Declared {
+		return "", false
+	}
+	u := r.cryptoUser()
+	if u == nil {
+		return "", false
+	}
+	pw, err := s.open(userPath(r.ID, u.Name), u.Password)
+	if err != nil {
+		return "", false
+	}
+	defer clear(pw)
+	return string(pw), true
+}

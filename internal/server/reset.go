@@ -89,7 +89,7 @@ func (a *api) openCore(ctx context.Context) error {
 		svc.Close()
 		return err
 	}
-	if err := applySeedStores(ctx, r.seed, svc, r.log); err != nil {
+	if err := applySeedStores(ctx, r.seed, svc, a.hsm.svc, r.log); err != nil {
 		stopHSM()
 		a.unregister()
 		svc.Close()

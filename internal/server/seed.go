@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 
+	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/seed"
@@ -64,12 +66,20 @@ func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, ids *identit
 }
 
 // applySeedStores creates and connects the seed file's custom key stores,
-// once the HSM clusters are open.
-func applySeedStores(ctx context.Context, f *seed.File, svc *kms.Service, log *slog.Logger) error {
+// once the HSM clusters are open. A store over a declared cluster whose
+// crypto user's password kmsd has rotated (a reset of the emulator
+// removed the store that rotated it) is given the current password.
+func applySeedStores(ctx context.Context, f *seed.File, svc *kms.Service, clusters *hsm.Service, log *slog.Logger) error {
 	if f == nil || len(f.KeyStores) == 0 {
 		return nil
 	}
-	rep, err := svc.SeedKeyStores(ctx, f.KeyStores)
+	stores := slices.Clone(f.KeyStores)
+	for i, st := range stores {
+		if pw, ok := clusters.CryptoUserPassword(st.Account, st.Region, st.ClusterID); ok {
+			stores[i].Password = pw
+		}
+	}
+	rep, err := svc.SeedKeyStores(ctx, stores)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
