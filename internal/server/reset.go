@@ -146,7 +146,11 @@ func (a *api) serveReset(w http.ResponseWriter, r *http.Request) {
 	reqID := uuid.NewString()
 	rec := newRecord(r, reqID)
 	rec.EventSource, rec.EventName = adminEventSource, "Reset"
-	defer a.audit.Log(rec)
+	defer func() {
+		if rec != nil {
+			a.audit.Log(rec)
+		}
+	}()
 	if a.ids != nil {
 		rec.ErrorCode = "AccessDeniedException"
 		awsjson.WriteError(w, reqID, &awsjson.Error{Code: rec.ErrorCode, Status: http.StatusForbidden,
@@ -166,6 +170,18 @@ func (a *api) serveReset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("reset: kmsd is in its freshly started state", "path", r.URL.Path)
+	if a.audit != nil && mustSync(a.auditSync, rec) {
+		// A reset is a change: with --audit-sync its record is synced
+		// before the client hears of it, as for every other change.
+		err := a.audit.LogSync(rec)
+		rec = nil // logged
+		if err != nil {
+			a.log.Error("audit log sync failed", "requestId", reqID, "err", err)
+			awsjson.WriteError(w, reqID, &awsjson.Error{Code: "KMSInternalException",
+				Message: "The audit record of the request could not be written.", Status: 500})
+			return
+		}
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
