@@ -325,7 +325,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	}
 	h.authz = a.svc // before a.hsm: no request runs undecided
 	a.hsm = h
-	a.register(hsmCollector{h.svc})
+	a.mustRegister(hsmCollector{h.svc})
 	// [keystore] Custom key stores, backed by these clusters.
 	delay := 500 * time.Millisecond
 	if v := os.Getenv("KMSD_KEYSTORE_CONNECT_DELAY"); v != "" {

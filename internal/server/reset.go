@@ -52,10 +52,22 @@ type resetter struct {
 }
 
 // register adds a metrics collector of the core, unregistered as it
-// closes.
-func (a *api) register(c prometheus.Collector) {
-	a.metrics.reg.MustRegister(c)
-	a.reset.collectors = append(a.reset.collectors, c)
+// closes (so that the next core, after a reset, registers its own).
+func (a *api) register(c prometheus.Collector) error {
+	if err := a.metrics.reg.Register(c); err != nil {
+		return err
+	}
+	if a.reset != nil {
+		a.reset.collectors = append(a.reset.collectors, c)
+	}
+	return nil
+}
+
+// mustRegister is register for collectors that cannot clash.
+func (a *api) mustRegister(c prometheus.Collector) {
+	if err := a.register(c); err != nil {
+		panic(err)
+	}
 }
 
 // openCore opens the catalog, the KMS service (with the seed file
@@ -78,7 +90,7 @@ func (a *api) openCore(ctx context.Context) error {
 		return err
 	}
 	a.svc = svc
-	a.register(quotaCollector{quota})
+	a.mustRegister(quotaCollector{quota})
 	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
 	if r.seed != nil {
 		cfg.seedClusters = r.seed.Clusters
@@ -117,6 +129,9 @@ func (a *api) openCore(ctx context.Context) error {
 }
 
 func (a *api) unregister() {
+	if a.reset == nil {
+		return
+	}
 	for _, c := range a.reset.collectors {
 		a.metrics.reg.Unregister(c)
 	}

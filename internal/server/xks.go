@@ -103,7 +103,7 @@ func (a *api) startXKS(ks *keystore.Manager, ext *keystore.External, interval ti
 			Name: "kmsd_xks_proxy_healthy",
 			Help: "1 when the last background GetHealthStatus of a connected external key store's proxy succeeded, else 0.",
 		}, []string{"custom_key_store_id"})
-		if err := a.metrics.reg.Register(gauge); err != nil {
+		if err := a.register(gauge); err != nil {
 			log.Warn("xks: health gauge not registered", "err", err)
 			gauge = nil
 		}
