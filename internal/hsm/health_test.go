@@ -64,7 +64,7 @@ func waitStates(t *testing.T, s *Service, id, want string) time.Duration {
 // interval or so, with the keys made and the password rotated while it
 // was away, and the key operations work without a new login.
 func TestProbeFollowsTokens(t *testing.T) {
-	const every = 200 * time.Millisecond
+	const every = 500 * time.Millisecond
 	s := newService(t, func(c *Config) { c.ProbeInterval = every })
 	ctx := context.Background()
 	id := activeCluster(t, s, 2)
