@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/kmsd/kmsd/internal/xks/xksclient"
 )
 
 // A store that was CONNECTED when kmsd stopped is logged in to its backing
@@ -15,14 +17,20 @@ import (
 // pull the store from under it.
 //
 // If its backing cannot be reached then — every HSM of its cluster down or
-// DEGRADED — failing it would turn an outage of the HSMs into a FAILED
-// store that only a disconnect and a connect repair, which AWS never does:
-// a store stays CONNECTED while its cluster is broken, and its keys'
-// operations fail one by one (spec §6.2). So such a store stays CONNECTED,
-// not logged in (its keys answer KMSInvalidStateException), and logs in by
-// itself once the backing answers again. A backing that answers but
-// refuses (the password changed, the user is locked out, …) fails it with
-// that code, as a connect does.
+// DEGRADED, or the XKS proxy down, timing out or reporting every external
+// key manager UNAVAILABLE — failing it would turn an outage of the backing
+// into a FAILED store that only a disconnect and a connect repair, which
+// AWS never does: a store stays CONNECTED while its cluster or proxy is
+// broken, and its keys' operations fail one by one (spec §6.2). So such a
+// store stays CONNECTED and tries again by itself until the backing
+// answers. Meanwhile a CloudHSM store is not logged in (its keys answer
+// KMSInvalidStateException); an external store's keys call the proxy as
+// they always do, so they answer the proxy's unavailability
+// (KMSInvalidStateException, spec §10.7) and work again as soon as it is
+// back. A backing that answers but refuses (the password changed, the user
+// is locked out, the proxy rejects the credential or the URI path, its TLS
+// certificate is not trusted, …) fails the store with that code, as a
+// connect does.
 
 // resumeRetry is Config.ResumeRetry's default.
 const resumeRetry = 5 * time.Second
@@ -30,11 +38,20 @@ const resumeRetry = 5 * time.Second
 // unreachable reports whether code says the backing could not be reached
 // rather than that it refused the store.
 func unreachable(st *Store, code string) bool {
-	return st.Type == TypeCloudHSM && (code == CodeNetworkErrors || code == CodeInsufficientCloudHSMHSMs)
+	switch st.Type {
+	case TypeCloudHSM:
+		return code == CodeNetworkErrors || code == CodeInsufficientCloudHSMHSMs
+	case TypeExternal:
+		// Not reached, no answer in time (or 429/503), or a connection
+		// that broke after it was made (spec §8.1, §8.3, §10.7).
+		return code == xksclient.CodeNotReachable || code == xksclient.CodeTimedOut || code == xksclient.CodeNetworkErrors
+	}
+	return false
 }
 
-// retryResumed logs a resumed store in to its backing, without rotating
-// its password; unreachable again, it tries later.
+// retryResumed logs a resumed store in to its backing (for an external
+// store: a GetHealthStatus through its proxy), without rotating its
+// password; unreachable again, it tries later.
 func (m *Manager) retryResumed(ctx context.Context, id string) {
 	m.mu.RLock()
 	cur, ok := m.stores[id]

@@ -179,3 +179,78 @@ func TestRestartLeavesStoreAlone(t *testing.T) {
 		t.Errorf("the first process sees the store %s", got.State)
 	}
 }
+
+// TestResumeExternalThroughOutage: an external key store CONNECTED when
+// kmsd stopped, whose proxy is down (or too slow, or drops the connection)
+// when it starts again, stays CONNECTED and health-checks the proxy again
+// by itself until it answers; a proxy that answers but refuses fails the
+// store with the true code.
+func TestResumeExternalThroughOutage(t *testing.T) {
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	f := &fakeBacking{}
+	cfg := Config{Backings: map[string]Backing{TypeExternal: f}, ResumeRetry: 10 * time.Millisecond}
+	restart := func() *Manager {
+		t.Helper()
+		m, err := New(ctx, s, b, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		return m
+	}
+	m := restart()
+	st, err := m.Create(ctx, &Store{Account: "111122223333", Region: "us-east-1", Name: "ext", Type: TypeExternal,
+		XKS: &XKSConfig{Connectivity: XKSPublic, Endpoint: "https://proxy.example", Path: "/kms/xks/v1", AccessKeyID: "AKIDAAAAAAAAAAAAAAAA"}},
+		"PleaseReplaceThisWithSomeSecretOfLength43To64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, st.ID, Connected, "")
+	m.Close()
+
+	for _, down := range []string{"XKS_PROXY_NOT_REACHABLE", "XKS_PROXY_TIMED_OUT", "NETWORK_ERRORS"} {
+		f.setFail(&ConnectError{Code: down})
+		delete(f.connected, st.ID)
+		m = restart()
+		waitState(t, m, st.ID, Connected, "")
+		time.Sleep(50 * time.Millisecond) // a few retries
+		if f.isConnected(st.ID) || state(t, m, st.ID).State != Connected {
+			t.Fatalf("%s: resumed through the outage: %+v", down, state(t, m, st.ID))
+		}
+		f.setFail(nil)
+		for deadline := time.Now().Add(10 * time.Second); !f.isConnected(st.ID); time.Sleep(2 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the resumed store never checked its proxy again", down)
+			}
+		}
+		waitState(t, m, st.ID, Connected, "")
+		m.Close()
+	}
+
+	// Down at the start, then answering with a refusal: FAILED, its code.
+	for _, refusal := range []string{"XKS_PROXY_INVALID_CONFIGURATION", "INVALID_CREDENTIALS", "XKS_PROXY_INVALID_TLS_CONFIGURATION"} {
+		f.setFail(&ConnectError{Code: "XKS_PROXY_NOT_REACHABLE"})
+		m = restart()
+		waitState(t, m, st.ID, Connected, "")
+		f.setFail(&ConnectError{Code: refusal})
+		waitState(t, m, st.ID, Failed, refusal)
+		if err := m.Disconnect(ctx, st.Account, st.Region, st.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, m, st.ID, Disconnected, "")
+		f.setFail(nil)
+		if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, m, st.ID, Connected, "")
+		m.Close()
+	}
+	// Refusing already at the start: FAILED at once.
+	f.setFail(&ConnectError{Code: "XKS_PROXY_ACCESS_DENIED"})
+	m = restart()
+	waitState(t, m, st.ID, Failed, "XKS_PROXY_ACCESS_DENIED")
+}
