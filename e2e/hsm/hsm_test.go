@@ -203,22 +203,18 @@ func write(t *testing.T, path, content string) string {
 // ca makes a self-signed CA with openssl in dir and returns its files.
 func ca(t *testing.T, dir, name string) (crt, key string) {
 	t.Helper()
-	crt, key = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if out, _, code := run(t, os.Environ(), "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-		"-days", "3", "-subj", "/CN="+name); code != 0 {
-		t.Fatalf("openssl req: %s", out)
-	}
-	return crt, key
+	c := e2etest.NewCA(t, dir, name)
+	return c.Crt, c.Key
 }
 
+// sign signs csr (dir/cluster.csr) and returns the certificate's file.
 func sign(t *testing.T, dir, csr, caCrt, caKey string) string {
 	t.Helper()
-	out := filepath.Join(dir, "cluster.crt")
-	if o, e, code := run(t, os.Environ(), "openssl", "x509", "-req", "-days", "3", "-in", csr, "-CA", caCrt, "-CAkey", caKey,
-		"-CAcreateserial", "-out", out); code != 0 {
-		t.Fatalf("openssl x509 -req: %s %s", o, e)
+	crt, err := e2etest.CA{Crt: caCrt, Key: caKey}.Sign(csr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return crt
 }
 
 func TestClusterLifecycle(t *testing.T) {

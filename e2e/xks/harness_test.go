@@ -93,8 +93,14 @@ func startKMSD(t *testing.T, args ...string) *kmsd {
 // ends unless kill stopped it first.
 func startKMSDAt(t *testing.T, dataDir string, args ...string) *kmsd {
 	t.Helper()
+	return startKMSDEnv(t, dataDir, nil, args...)
+}
+
+// startKMSDEnv is startKMSDAt with more environment variables.
+func startKMSDEnv(t *testing.T, dataDir string, env []string, args ...string) *kmsd {
+	t.Helper()
 	p := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: dataDir, Args: args,
-		Env: append(os.Environ(), "KMSD_KEYSTORE_CONNECT_DELAY=100ms")})
+		Env: append(append(os.Environ(), "KMSD_KEYSTORE_CONNECT_DELAY=100ms"), env...)})
 	return &kmsd{t: t, dataDir: p.DataDir, endpoint: p.Endpoint, creds: p.Creds, env: p.CLIEnv(region), log: p.LogFile, proc: p}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // scaleConfig is an xks-proxy configuration with ten key stores, /p0 to
@@ -41,16 +43,30 @@ key_manager = "soft"
   secret_access_key_file = "SECRET"
 `
 
-// TestStoresAtScale (issue #15 item 6): 100 external key stores — 5
-// accounts × 2 Regions × AWS's limit of 10 — connect at once while a plain
-// key serves Encrypt. Every store reaches CONNECTED; the 11th store of an
-// account and Region is LimitExceededException; Encrypt's p99 on the plain
-// key during the connects is compared with its idle p99 (the issue's goal:
-// under twice). Through aws-sdk-go-v2, one client per account and Region.
+// TestStoresAtScale (issue #15 item 6): 100 custom key stores — 5
+// accounts × 2 Regions × AWS's limit of 10, of which hsmPerScope are
+// CloudHSM key stores over SoftHSM2-backed clusters of kmsd's own and the
+// rest external key stores through xks-proxy — connect at once while a
+// plain key serves Encrypt. Every store reaches CONNECTED, except the
+// CloudHSM stores made with a wrong kmsuser password, which reach their
+// true error (FAILED, INVALID_CREDENTIALS) without holding up the others;
+// the 11th store of an account and Region is LimitExceededException.
+// Encrypt's p99 on the plain key during the connects stays under twice its
+// idle p99 (no head-of-line blocking): on this shared machine one round
+// over the bound is repeated once (disconnect all, measure idle again,
+// connect all again) before the test fails, and XKS_SCALE_STRICT=1 allows
+// no repeat. Through aws-sdk-go-v2, one client per account and Region;
+// the clusters are made through kmsctl.
+//
+// It is not parallel: it runs before the package's parallel tests, alone,
+// so that their load does not count as the connects'.
 func TestStoresAtScale(t *testing.T) {
-	t.Parallel()
 	regions := []string{"us-east-1", "eu-west-1"}
-	const accounts, perRegion = 5, 10
+	// Three CloudHSM stores per account and Region: 30 clusters, 60
+	// SoftHSM2 tokens, each connect a real C_Login and C_SetPIN on two
+	// tokens. More make the test's setup (each cluster ~7 CloudHSM calls
+	// and an openssl signature) too slow for CI on two shared cores.
+	const accounts, perRegion, hsmPerScope = 5, 10, 3
 	dir := t.TempDir()
 	pk := filepath.Join(dir, "pki")
 	proxyRun(t, "dev-cert", "--hostname", "localhost,127.0.0.1", "--out-dir", pk)
@@ -69,7 +85,9 @@ func TestStoresAtScale(t *testing.T) {
 		endpoints[r] = "https://localhost:" + p.Port()
 	}
 
-	// Accounts 2000000000a0…, each with a user allowed kms:*.
+	// Accounts 2000000000a0…, each with its administrator (kmsd's admin
+	// API, which kmsctl's cloudhsm-cli uses, takes no other user), allowed
+	// kms:* and cloudhsm:*.
 	var iam strings.Builder
 	acct := func(a int) string { return fmt.Sprintf("20000000000%d", a) }
 	keyID := func(a int) string { return fmt.Sprintf("AKIASCALEEXAMPLE000%d", a) }
@@ -79,34 +97,81 @@ func TestStoresAtScale(t *testing.T) {
 [[accounts]]
 id = "%s"
   [[accounts.users]]
-  name = "ops"
+  name = "kmsd-admin"
   [accounts.users.policies]
-  all = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}'
+  all = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:*","cloudhsm:*"],"Resource":"*"}]}'
     [[accounts.users.access_keys]]
     id = "%s"
     secret = "%s"
 `, acct(a), keyID(a), userSecret)
 	}
-	k := startKMSD(t, "--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0",
+	k := startKMSDEnv(t, filepath.Join(dir, "data"),
+		[]string{"KMSD_HSM_CREATE_DELAY=100ms", "KMSD_HSM_INITIALIZE_DELAY=100ms"},
+		"--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0",
 		"--iam-config", writeFile(t, filepath.Join(dir, "iam.toml"), iam.String()))
 	ctx := context.Background()
 	type scope struct {
 		name, region string
 		c            *kms.Client
+		env          []string // kmsctl's
 		ids          []string
+		clusters     []string
 	}
 	var scopes []*scope
 	for a := range accounts {
 		for _, r := range regions {
 			c := kms.New(kms.Options{Region: r, BaseEndpoint: aws.String(k.endpoint),
 				Credentials: credentials.NewStaticCredentialsProvider(keyID(a), userSecret, ""),
-				Retryer:     aws.NopRetryer{}})
-			scopes = append(scopes, &scope{name: acct(a) + "/" + r, region: r, c: c})
+				Retryer:     e2etest.ClosedConnRetryer()})
+			env := append(os.Environ(), "AWS_ACCESS_KEY_ID="+keyID(a), "AWS_SECRET_ACCESS_KEY="+userSecret, "AWS_SESSION_TOKEN=",
+				"AWS_PROFILE=", "AWS_DEFAULT_REGION="+r, "AWS_REGION="+r, "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+			scopes = append(scopes, &scope{name: acct(a) + "/" + r, region: r, c: c, env: env})
 		}
 	}
 
-	// Create: 100 stores, each probing its Region's proxy, eight at a time.
+	// The clusters: hsmPerScope ACTIVE ones in each account and Region,
+	// four made at a time.
+	ca := e2etest.NewCA(t, dir, "customerCA")
+	anchor := string(mustRead(t, ca.Crt))
+	var mu sync.Mutex
+	t0 := time.Now()
+	parallel(t, 4, len(scopes)*hsmPerScope, func(j int) error {
+		s := scopes[j/hsmPerScope]
+		id, err := e2etest.ActiveCluster(e2etest.ClusterConfig{Kmsctl: kmsctlBin, Endpoint: k.endpoint, Env: s.env, Dir: dir, CA: ca})
+		if err != nil {
+			return fmt.Errorf("cluster in %s: %w", s.name, err)
+		}
+		mu.Lock()
+		s.clusters = append(s.clusters, id)
+		mu.Unlock()
+		return nil
+	})
+	t.Logf("%d ACTIVE clusters (2 SoftHSM2 tokens each) made in %v", len(scopes)*hsmPerScope, time.Since(t0).Round(time.Millisecond))
+
+	// The stores: in each account and Region hsmPerScope CloudHSM stores
+	// (store 0's kmsuser password wrong in every other scope) and the
+	// rest external, each probing its Region's proxy; eight at a time.
+	wrong := map[string]bool{}
 	storeIn := func(s *scope, i int) (string, error) {
+		if i < len(s.clusters) {
+			pw := "kmsPswd1"
+			bad := i == 0 && slices.Index(scopes, s)%2 == 1
+			if bad {
+				pw = "notThePswd"
+			}
+			out, err := s.c.CreateCustomKeyStore(ctx, &kms.CreateCustomKeyStoreInput{
+				CustomKeyStoreName: aws.String(fmt.Sprintf("scale-%d", i)), CloudHsmClusterId: &s.clusters[i],
+				TrustAnchorCertificate: &anchor, KeyStorePassword: &pw})
+			if err != nil {
+				return "", err
+			}
+			if bad {
+				mu.Lock()
+				wrong[*out.CustomKeyStoreId] = true
+				mu.Unlock()
+			}
+			return *out.CustomKeyStoreId, nil
+		}
 		endpoint := endpoints[s.region]
 		out, err := s.c.CreateCustomKeyStore(ctx, &kms.CreateCustomKeyStoreInput{
 			CustomKeyStoreName: aws.String(fmt.Sprintf("scale-%d", i)), CustomKeyStoreType: types.CustomKeyStoreTypeExternalKeyStore,
@@ -118,7 +183,6 @@ id = "%s"
 		}
 		return *out.CustomKeyStoreId, nil
 	}
-	var mu sync.Mutex
 	parallel(t, 8, len(scopes)*perRegion, func(j int) error {
 		s := scopes[j/perRegion]
 		id, err := storeIn(s, j%perRegion)
@@ -133,8 +197,9 @@ id = "%s"
 	if _, err := storeIn(scopes[0], perRegion); apiCode(err) != "LimitExceededException" {
 		t.Fatalf("an 11th store in %s: %v, want LimitExceededException", scopes[0].name, err)
 	}
+	total := len(scopes) * perRegion
 
-	// The plain key's Encrypt latency, idle.
+	// The plain key's Encrypt latency.
 	c := k.sdk()
 	plain, err := c.CreateKey(ctx, &kms.CreateKeyInput{})
 	if err != nil {
@@ -169,87 +234,165 @@ id = "%s"
 		wg.Wait()
 		return lat
 	}
-	for range 50 { // warm up
+	for range 100 { // warm up
 		encrypt()
 	}
-	idleEnd := time.Now().Add(time.Second)
-	idle := measure(func() bool { return time.Now().After(idleEnd) })
-
-	// Connect all 100 at once while the plain key serves Encrypt.
-	var done atomic.Bool
-	busyc := make(chan []time.Duration)
-	go func() { busyc <- measure(done.Load) }()
-	t0 := time.Now()
-	connected := map[string]time.Duration{}
-	var calls []time.Duration // ConnectCustomKeyStore's own latency
-	var wg sync.WaitGroup
-	for _, s := range scopes {
-		for _, id := range s.ids {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				t1 := time.Now()
-				if _, err := s.c.ConnectCustomKeyStore(ctx, &kms.ConnectCustomKeyStoreInput{CustomKeyStoreId: &id}); err != nil {
-					t.Errorf("connect %s in %s: %v", id, s.name, err)
-				}
-				mu.Lock()
-				calls = append(calls, time.Since(t1))
-				mu.Unlock()
-			}()
-		}
-	}
-	defer wg.Wait()
-	var failed []string
-	for deadline := time.Now().Add(60 * time.Second); len(connected)+len(failed) < len(scopes)*perRegion; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			done.Store(true)
-			t.Fatalf("after 60s: %d CONNECTED, %d FAILED of %d", len(connected), len(failed), len(scopes)*perRegion)
-		}
-		failed = failed[:0]
+	// states describes every store, by id, in every account and Region.
+	states := func() map[string]types.CustomKeyStoresListEntry {
+		all := map[string]types.CustomKeyStoresListEntry{}
 		for _, s := range scopes {
 			out, err := s.c.DescribeCustomKeyStores(ctx, &kms.DescribeCustomKeyStoresInput{})
 			if err != nil {
-				done.Store(true)
-				t.Fatal(err)
+				t.Error(err)
+				return nil
+			}
+			for _, e := range out.CustomKeyStores {
+				all[*e.CustomKeyStoreId] = e
+			}
+		}
+		return all
+	}
+
+	// idleFor measures Encrypt for d with the same describe-custom-key-stores
+	// polling as while the stores connect (every account and Region every
+	// 50ms), so that idle and busy differ only by the connects.
+	idleFor := func(d time.Duration) []time.Duration {
+		end := time.Now().Add(d)
+		polled := make(chan struct{})
+		go func() {
+			defer close(polled)
+			for time.Now().Before(end) {
+				states()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+		lat := measure(func() bool { return time.Now().After(end) })
+		<-polled
+		return lat
+	}
+
+	// round connects all the stores at once while measuring Encrypt,
+	// until every store is CONNECTED or FAILED, and returns Encrypt's p99
+	// then and idle: over two seconds before and two seconds after the
+	// connects together, so that a change of the machine's load (it is
+	// shared) shows in the idle value too.
+	round := func(n int) (idle99, busy99 time.Duration) {
+		before := idleFor(2 * time.Second)
+		var done atomic.Bool
+		busyc := make(chan []time.Duration)
+		go func() { busyc <- measure(done.Load) }()
+		defer func() {
+			if done.CompareAndSwap(false, true) {
+				<-busyc
+			}
+		}()
+		t0 := time.Now()
+		settled := map[string]time.Duration{}
+		var calls []time.Duration // ConnectCustomKeyStore's own latency
+		var wg sync.WaitGroup
+		for _, s := range scopes {
+			for _, id := range s.ids {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					t1 := time.Now()
+					if _, err := s.c.ConnectCustomKeyStore(ctx, &kms.ConnectCustomKeyStoreInput{CustomKeyStoreId: &id}); err != nil {
+						t.Errorf("connect %s in %s: %v", id, s.name, err)
+					}
+					mu.Lock()
+					calls = append(calls, time.Since(t1))
+					mu.Unlock()
+				}()
+			}
+		}
+		defer wg.Wait()
+		var all map[string]types.CustomKeyStoresListEntry
+		for deadline := time.Now().Add(90 * time.Second); len(settled) < total; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: after 90s only %d of %d stores left CONNECTING", n, len(settled), total)
+			}
+			if all = states(); all == nil {
+				t.FailNow()
 			}
 			now := time.Since(t0)
-			for _, e := range out.CustomKeyStores {
-				switch e.ConnectionState {
-				case types.ConnectionStateTypeConnected:
-					if _, ok := connected[*e.CustomKeyStoreId]; !ok {
-						connected[*e.CustomKeyStoreId] = now
-					}
-				case types.ConnectionStateTypeFailed:
-					failed = append(failed, *e.CustomKeyStoreId+" "+string(e.ConnectionErrorCode))
+			for id, e := range all {
+				if _, ok := settled[id]; !ok && (e.ConnectionState == types.ConnectionStateTypeConnected || e.ConnectionState == types.ConnectionStateTypeFailed) {
+					settled[id] = now
 				}
 			}
 		}
-	}
-	all := time.Since(t0)
-	done.Store(true)
-	busy := <-busyc
-	wg.Wait()
-	if len(failed) > 0 {
-		for _, l := range strings.Split(string(mustRead(t, k.log)), "\n") {
-			if strings.Contains(l, "connect failed") {
-				t.Log(l)
+		elapsed := time.Since(t0)
+		done.Store(true)
+		busy := <-busyc
+		wg.Wait()
+		var per []time.Duration
+		perType := map[types.CustomKeyStoreType][]time.Duration{}
+		var bad []string
+		for id, e := range all {
+			per = append(per, settled[id])
+			perType[e.CustomKeyStoreType] = append(perType[e.CustomKeyStoreType], settled[id])
+			want := types.ConnectionStateTypeConnected
+			if wrong[id] {
+				want = types.ConnectionStateTypeFailed
+			}
+			if e.ConnectionState != want || (wrong[id] && e.ConnectionErrorCode != types.ConnectionErrorCodeTypeInvalidCredentials) {
+				bad = append(bad, fmt.Sprintf("%s (%s) %s %s", id, e.CustomKeyStoreType, e.ConnectionState, e.ConnectionErrorCode))
 			}
 		}
-		t.Fatalf("%d stores FAILED: %v", len(failed), failed)
+		if len(bad) > 0 {
+			for _, l := range strings.Split(string(mustRead(t, k.log)), "\n") {
+				if strings.Contains(l, "connect failed") {
+					t.Log(l)
+				}
+			}
+			t.Fatalf("round %d: %d stores not as expected: %v", n, len(bad), bad)
+		}
+		after := idleFor(2 * time.Second)
+		idle := append(before, after...)
+		idle99, busy99 = pct(idle, 99), pct(busy, 99)
+		t.Logf("round %d: %d stores (%d CloudHSM, %d of them FAILED INVALID_CREDENTIALS as they must; %d external) settled in %v; per store p50 %v p99 %v (connect delay 100ms, polled every 50ms)",
+			n, len(all), len(scopes)*hsmPerScope, len(wrong), total-len(scopes)*hsmPerScope, elapsed.Round(time.Millisecond), pct(per, 50), pct(per, 99))
+		for _, ty := range []types.CustomKeyStoreType{types.CustomKeyStoreTypeAwsCloudhsm, types.CustomKeyStoreTypeExternalKeyStore} {
+			t.Logf("round %d: %s stores settled p50 %v p99 %v", n, ty, pct(perType[ty], 50), pct(perType[ty], 99))
+		}
+		t.Logf("round %d: ConnectCustomKeyStore calls, %d at once: p50 %v p99 %v", n, total, pct(calls, 50), pct(calls, 99))
+		t.Logf("round %d: plain-key Encrypt, %d clients: idle p50 %v p99 %v (%d calls; before p99 %v, after p99 %v); during the connects p50 %v p99 %v (%d calls): %.2f× idle p99",
+			n, loaders, pct(idle, 50), idle99, len(idle), pct(before, 99), pct(after, 99), pct(busy, 50), busy99, len(busy), float64(busy99)/float64(idle99))
+		return idle99, busy99
 	}
-	var per []time.Duration
-	for _, d := range connected {
-		per = append(per, d)
+	rounds := 2
+	if os.Getenv("XKS_SCALE_STRICT") != "" {
+		rounds = 1
 	}
-	idle50, idle99 := pct(idle, 50), pct(idle, 99)
-	busy50, busy99 := pct(busy, 50), pct(busy, 99)
-	t.Logf("%d stores (%d accounts × %d Regions × %d) CONNECTED in %v; per store p50 %v p99 %v (connect delay 100ms, polled every 50ms)",
-		len(connected), accounts, len(regions), perRegion, all.Round(time.Millisecond), pct(per, 50), pct(per, 99))
-	t.Logf("ConnectCustomKeyStore calls, 100 at once: p50 %v p99 %v", pct(calls, 50), pct(calls, 99))
-	t.Logf("plain-key Encrypt, %d clients: idle p50 %v p99 %v (%d calls); during the connects p50 %v p99 %v (%d calls)",
-		loaders, idle50, idle99, len(idle), busy50, busy99, len(busy))
-	if os.Getenv("XKS_SCALE_STRICT") != "" && busy99 > 2*idle99 {
-		t.Errorf("Encrypt p99 during the connects %v is more than twice its idle %v", busy99, idle99)
+	for n := 1; ; n++ {
+		idle99, busy99 := round(n)
+		if busy99 <= 2*idle99 {
+			break
+		}
+		if n == rounds {
+			t.Fatalf("Encrypt p99 during the connects %v is more than twice its idle %v (in %d rounds of %d)", busy99, idle99, n, rounds)
+		}
+		t.Logf("round %d: Encrypt p99 during the connects %v is more than twice its idle %v; once more", n, busy99, idle99)
+		// Disconnect every store and wait until all are DISCONNECTED.
+		for _, s := range scopes {
+			for _, id := range s.ids {
+				if _, err := s.c.DisconnectCustomKeyStore(ctx, &kms.DisconnectCustomKeyStoreInput{CustomKeyStoreId: &id}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		waitFor(t, "every store DISCONNECTED", func() bool {
+			all := states()
+			if all == nil {
+				t.FailNow()
+			}
+			for _, e := range all {
+				if e.ConnectionState != types.ConnectionStateTypeDisconnected {
+					return false
+				}
+			}
+			return true
+		})
 	}
 }
 
