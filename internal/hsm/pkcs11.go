@@ -44,6 +44,23 @@ type module struct {
 
 	mechMu sync.Mutex
 	mechs  map[uint]mechSet // what each slot's token offers (mech.go)
+
+	// serial, when set, serialises the library's operations (see
+	// serialModule); ops is the lock.
+	serial bool
+	ops    sync.Mutex
+}
+
+// serialModule reports whether the library described by info crashes when
+// it runs operations from several threads at once. openCryptoki's
+// software token (3.8, Debian's; C_GetInfo's manufacturer IBM) does,
+// although it accepts CKF_OS_LOCKING_OK: concurrent Decrypts in separate
+// sessions of one process end in SIGSEGV inside C_EncryptInit within a
+// second (e2e/hsm TestBench at concurrency 4 showed it on every run, with
+// a lock per token as well as without). kmsd therefore runs one
+// operation at a time in such a library.
+func serialModule(info p11.Info) bool {
+	return strings.TrimSpace(info.ManufacturerID) == "IBM"
 }
 
 // token is one found token: its slot, an anchor session that holds the
@@ -88,6 +105,9 @@ func openTokens(path string) (tokens, error) {
 		return nil, fmt.Errorf("%w: C_Initialize of %s: %v", ErrUnavailable, path, err)
 	}
 	m := &module{path: path, ctx: ctx, refs: 1, now: time.Now, tokens: map[string]*token{}, pins: map[string]string{}}
+	if info, err := ctx.GetInfo(); err == nil {
+		m.serial = serialModule(info)
+	}
 	modules[path] = m
 	return m, nil
 }
@@ -328,7 +348,13 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 			}
 			return mapErr(err)
 		}
-		err = fn(h)
+		if m.serial {
+			m.ops.Lock()
+			err = fn(h)
+			m.ops.Unlock()
+		} else {
+			err = fn(h)
+		}
 		m.mu.Lock()
 		if err != nil {
 			// A vanished token answers some calls as if it were empty
