@@ -12,6 +12,11 @@
 #                                       (re)initialise a slot's token: every
 #                                       object erased, the SO PIN set to
 #                                       SO_PIN, the user PIN to USER_PIN
+#   scripts/opencryptoki.sh wipe-token SLOT
+#                                       erase a slot's token and leave it
+#                                       uninitialised, with the shipped SO
+#                                       PIN: free for kmsd's CreateHsm
+#                                       (KMSD_HSM_SLOTS)
 #
 # Every slot is the software token (libpkcs11_sw.so) with a token directory
 # of its own (tokname kmsd-swtok-N under /var/lib/opencryptoki), so that
@@ -106,13 +111,18 @@ stop() {
 # files. No process may have the slot open meanwhile: test packages use
 # slots of their own. The fresh token is initialised with the shipped SO
 # PIN, which is then changed to SO_PIN, and the user PIN set.
-init_token() {
-  local slot=$1 label=$2 so=$3 pin=$4
+wipe_token() {
+  local slot=$1
   local dir=/var/lib/opencryptoki/kmsd-swtok-$slot
   [ -d "$dir" ] || { echo "no software token slot $slot; run $0 start" >&2; return 1; }
-  local p11=(pkcs11-tool --module "$lib" --slot "$slot")
   rm -rf "${dir:?}"/* "/dev/shm/var.lib.opencryptoki.kmsd-swtok-$slot"
   install -d -m 0770 -g pkcs11 "$dir/TOK_OBJ"
+}
+
+init_token() {
+  local slot=$1 label=$2 so=$3 pin=$4
+  local p11=(pkcs11-tool --module "$lib" --slot "$slot")
+  wipe_token "$slot"
   "${p11[@]}" --init-token --label "$label" --so-pin "$default_so" >/dev/null
   if [ "$so" != "$default_so" ]; then
     "${p11[@]}" --login --login-type so --so-pin "$default_so" --change-pin --new-pin "$so" >/dev/null
@@ -129,8 +139,12 @@ case "${1:-}" in
     [ $# -eq 5 ] || { echo "usage: $0 init-token SLOT LABEL SO_PIN USER_PIN" >&2; exit 2; }
     init_token "$2" "$3" "$4" "$5"
     ;;
+  wipe-token)
+    [ $# -eq 2 ] || { echo "usage: $0 wipe-token SLOT" >&2; exit 2; }
+    wipe_token "$2"
+    ;;
   *)
-    echo "usage: $0 start|stop|status|module|init-token SLOT LABEL SO_PIN USER_PIN" >&2
+    echo "usage: $0 start|stop|status|module|init-token SLOT LABEL SO_PIN USER_PIN|wipe-token SLOT" >&2
     exit 2
     ;;
 esac

@@ -80,7 +80,7 @@ echo "== PKCS#11 tests again on openCryptoki"
 # software token; one implementation per test process (see
 # internal/xks/keyman/pkcs11/pkcs11test).
 KMSD_TEST_PKCS11=opencryptoki go test -race -count=1 -timeout 10m \
-  -run '^(TestDeclaredKeyStore|TestConfigFileSoftHSMAndKeyFile|TestBench|TestConformance|TestWrongPIN)$' \
+  -run '^(TestDeclaredKeyStore|TestCreatedHSMKeyStore|TestConfigFileSoftHSMAndKeyFile|TestBench|TestConformance|TestWrongPIN)$' \
   ./e2e/hsm/ ./e2e/xksproxy/ ./internal/xks/keyman/pkcs11/
 
 echo "== without cgo"

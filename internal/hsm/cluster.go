@@ -387,7 +387,7 @@ func (s *Service) createToken(ctx context.Context, r *record, h *hsmRecord) erro
 	}
 	defer clear(so)
 	if toks.Present(ctx, h.label()) != nil {
-		if err := toks.InitToken(ctx, h.label(), string(so)); err != nil {
+		if err := toks.InitToken(ctx, h.label(), string(so), s.cfg.FreeSlots); err != nil {
 			return err
 		}
 	}

@@ -111,6 +111,9 @@ type Config struct {
 	Dir string
 	// Module is the SoftHSM2 PKCS#11 module; DefaultModule when empty.
 	Module string
+	// FreeSlots says which slots of Module the HSMs kmsd creates take
+	// (any free one when empty).
+	FreeSlots FreeSlots
 	// SoftHSMConf, when set, is the SoftHSM2 configuration to load the
 	// module with (normally SOFTHSM2_CONF from kmsd's environment) instead
 	// of the one kmsd writes under Dir: tokens prepared by the operator for

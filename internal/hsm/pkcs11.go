@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -386,7 +387,7 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 	return nil
 }
 
-func (m *module) InitToken(ctx context.Context, label, soPIN string) error {
+func (m *module) InitToken(ctx context.Context, label, soPIN string, free FreeSlots) error {
 	m.life.RLock()
 	defer m.life.RUnlock()
 	m.mu.Lock()
@@ -399,16 +400,41 @@ func (m *module) InitToken(ctx context.Context, label, soPIN string) error {
 		return mapErr(err)
 	}
 	for _, s := range slots {
+		if len(free.Slots) > 0 && !slices.Contains(free.Slots, s) {
+			continue
+		}
 		ti, err := m.ctx.GetTokenInfo(s)
 		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 {
 			continue
 		}
-		if err := m.ctx.InitToken(s, soPIN, label); err != nil {
+		so := fitPIN(soPIN, ti.MaxPinLen)
+		if free.FactorySOPIN == "" {
+			return mapErr(m.ctx.InitToken(s, so, label))
+		}
+		if err := m.ctx.InitToken(s, free.FactorySOPIN, label); err != nil {
 			return mapErr(err)
 		}
-		return nil
+		return mapErr(m.setFactorySOPIN(s, free.FactorySOPIN, so))
+	}
+	if len(free.Slots) > 0 {
+		return fmt.Errorf("%w: none of the module's slots %v has a free token for a new HSM", ErrUnreachable, free.Slots)
 	}
 	return fmt.Errorf("%w: the module has no free slot for a new token", ErrUnreachable)
+}
+
+// setFactorySOPIN changes the SO PIN of slot's token from factory to so.
+// Callers hold m.mu.
+func (m *module) setFactorySOPIN(slot uint, factory, so string) error {
+	h, err := m.ctx.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if err != nil {
+		return err
+	}
+	defer m.ctx.CloseSession(h)
+	if err := m.ctx.Login(h, p11.CKU_SO, factory); err != nil {
+		return err
+	}
+	defer m.ctx.Logout(h)
+	return m.ctx.SetPIN(h, factory, so)
 }
 
 // DeleteToken removes a SoftHSM2 token with softhsm2-util, which deletes its

@@ -9,8 +9,9 @@ import "context"
 // sentinels (ErrUnreachable, ErrInvalidCredentials, ErrKeyNotFound, …).
 type tokens interface {
 	// InitToken initialises a free slot's token as label with soPIN
-	// (C_InitToken).
-	InitToken(ctx context.Context, label, soPIN string) error
+	// (C_InitToken), a free slot being one of free.Slots (any slot when
+	// empty) whose token is not initialised.
+	InitToken(ctx context.Context, label, soPIN string, free FreeSlots) error
 	// DeleteToken removes the token (SoftHSM2: its directory).
 	DeleteToken(ctx context.Context, label string) error
 	// Present reports ErrUnreachable when no initialised token is label.
@@ -63,3 +64,17 @@ type tokens interface {
 
 // maskingLabel labels the cluster masking key in every token.
 const maskingLabel = "kmsd-cluster-masking-key"
+
+// FreeSlots says which slots of a module kmsd may take for the tokens of
+// the HSMs it creates (CreateHsm), and how.
+type FreeSlots struct {
+	// Slots, when not empty, are the only slots kmsd takes: a module whose
+	// slots are fixed by its own configuration (openCryptoki) may hold
+	// tokens of others in the rest.
+	Slots []uint
+	// FactorySOPIN, when set, is the SO PIN the module's uninitialised
+	// tokens take at C_InitToken (openCryptoki's software token checks it
+	// against the PIN it ships with); the token's SO PIN is changed to the
+	// cluster's right after (C_Login as SO, C_SetPIN).
+	FactorySOPIN string
+}

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,7 +68,12 @@ type hsmServer struct {
 // from --hsm-probe-interval, wins), KMSD_HSM_BACKUP_DELAY (how long after
 // a change of a cluster's keys or users its backup starts, 30s by
 // default), KMSD_HSM_SWEEP_INTERVAL (how often due and expired backups
-// are looked for, 10m by default), and
+// are looked for, 10m by default), KMSD_HSM_SLOTS (comma-separated slot
+// ids: the only slots of KMSD_HSM_MODULE whose free tokens CreateHsm takes,
+// for a module such as openCryptoki whose slots its own configuration
+// fixes), KMSD_HSM_FACTORY_SO_PIN (the SO PIN the module's uninitialised
+// tokens take at C_InitToken, e.g. openCryptoki's 87654321; changed to
+// the cluster's at once), and
 // SOFTHSM2_CONF, which kmsd's SoftHSM2 module then uses instead of the
 // configuration it writes under the data directory. The clusters declared
 // in cfg.HSMConfig belong to kmsd's account and default Region unless they
@@ -107,6 +113,16 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 	if cfg.HSMProbeInterval > 0 {
 		hcfg.ProbeInterval = cfg.HSMProbeInterval
 	}
+	if v := os.Getenv("KMSD_HSM_SLOTS"); v != "" {
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
+			if err != nil {
+				return hcfg, fmt.Errorf("KMSD_HSM_SLOTS %q: want slot ids such as 4,5", v)
+			}
+			hcfg.FreeSlots.Slots = append(hcfg.FreeSlots.Slots, uint(n))
+		}
+	}
+	hcfg.FreeSlots.FactorySOPIN = os.Getenv("KMSD_HSM_FACTORY_SO_PIN")
 	hcfg.BackupInterval = cfg.HSMBackupInterval
 	return hcfg, nil
 }

@@ -1,0 +1,135 @@
+package hsm
+
+import (
+	"encoding/base64"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/xks/keyman/pkcs11/pkcs11test"
+)
+
+// openCryptoki slots 4 and 5 (of the six scripts/opencryptoki.sh
+// configures) are the pool kmsd's CreateHsm takes tokens from in
+// TestCreatedHSMKeyStore; no other test uses them.
+var poolSlots = []string{"4", "5"}
+
+// TestCreatedHSMKeyStore runs a CloudHSM key store over a cluster whose
+// HSMs kmsd itself created (CreateHsm), on each PKCS#11 implementation
+// under test (KMSD_TEST_PKCS11). On SoftHSM2 kmsd creates the tokens; on
+// openCryptoki, whose slots its own configuration fixes, CreateHsm takes
+// the free (uninitialised) tokens of a pool of slots (KMSD_HSM_SLOTS=4,5),
+// initialising each with the software token's shipped SO PIN
+// (KMSD_HSM_FACTORY_SO_PIN) and changing it to the cluster's at once.
+// Then, through the aws CLI: the cluster initialized and activated,
+// kmsuser created, the store connected (kmsuser's PIN rotated on both
+// tokens), a key made in the HSMs, Encrypt, Decrypt and GenerateRandom,
+// the health probe keeping the cluster and its HSMs ACTIVE, a disconnect
+// and reconnect, and a kmsd restart that resumes the store.
+func TestCreatedHSMKeyStore(t *testing.T) {
+	requireTools(t)
+	for _, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { testCreatedHSMKeyStore(t, impl) })
+	}
+}
+
+func testCreatedHSMKeyStore(t *testing.T, impl string) {
+	env := []string{"KMSD_KEYSTORE_CONNECT_DELAY=100ms", "KMSD_HSM_PROBE_INTERVAL=250ms"}
+	var p11 func(args ...string) (string, int) // pkcs11-tool on the module's tokens
+	switch impl {
+	case pkcs11test.SoftHSM2:
+	case pkcs11test.OpenCryptoki:
+		mod := pkcs11test.RequireOpenCryptoki(t)
+		for _, s := range poolSlots {
+			if out, err := exec.Command(pkcs11test.Script(t), "wipe-token", s).CombinedOutput(); err != nil {
+				t.Fatalf("scripts/opencryptoki.sh wipe-token %s: %v\n%s", s, err, out)
+			}
+		}
+		env = append(env, "KMSD_HSM_MODULE="+mod, "KMSD_HSM_SLOTS="+strings.Join(poolSlots, ","), "KMSD_HSM_FACTORY_SO_PIN=87654321")
+		p11 = func(args ...string) (string, int) {
+			out, errs, code := run(t, nil, "pkcs11-tool", append([]string{"--module", mod}, args...)...)
+			return out + errs, code
+		}
+	default:
+		t.Fatalf("unknown PKCS#11 implementation %q", impl)
+	}
+	k := startWith(t, kmsdBin, env)
+	if p11 == nil {
+		p11 = func(args ...string) (string, int) { return k.p11(t, args...) }
+	}
+	dir := t.TempDir()
+	id, caCrt := newActiveCluster(t, k, dir, "created")
+	hsms := hsmIDs(cluster(t, k, id))
+	if len(hsms) != 2 {
+		t.Fatalf("cluster %s: HSMs %v", id, hsms)
+	}
+	// Each HSM is a token labelled with its id; on openCryptoki, in a pool
+	// slot.
+	for _, h := range hsms {
+		if impl == pkcs11test.OpenCryptoki {
+			found := false
+			for _, s := range poolSlots {
+				if out, _ := p11("--slot", s, "--list-token-slots"); strings.Contains(out, h) {
+					found = true
+				}
+			}
+			if !found {
+				out, _ := p11("--list-token-slots")
+				t.Fatalf("HSM %s is in none of the pool's slots %v:\n%s", h, poolSlots, out)
+			}
+		} else if out, _ := p11("--list-token-slots"); !strings.Contains(out, h) {
+			t.Fatalf("no token %s in:\n%s", h, out)
+		}
+	}
+	userLogin := func(h, pin string) bool {
+		_, code := p11("--token-label", h, "--login", "--pin", pin, "--list-objects")
+		return code == 0
+	}
+
+	store := k.kms(t, "create-custom-key-store", "--custom-key-store-name", "created", "--cloud-hsm-cluster-id", id,
+		"--trust-anchor-certificate", "file://"+caCrt, "--key-store-password", "kmsPswd1")["CustomKeyStoreId"].(string)
+	k.kms(t, "connect-custom-key-store", "--custom-key-store-id", store)
+	k.storeIs(t, store, "CONNECTED", "")
+	for _, h := range hsms {
+		if userLogin(h, "kmsPswd1") {
+			t.Fatalf("kmsuser still logs in to %s with the password given at create: the connect rotated nothing", h)
+		}
+	}
+	key := k.kms(t, "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", store)["KeyMetadata"].(map[string]any)["KeyId"].(string)
+	pt := write(t, filepath.Join(dir, "pt"), "kept in "+impl)
+	ct := write(t, filepath.Join(dir, "ct"), k.kms(t, "encrypt", "--key-id", key, "--plaintext", "fileb://"+pt,
+		"--encryption-context", "impl="+impl)["CiphertextBlob"].(string))
+	decrypts := func(what string) {
+		t.Helper()
+		got := k.kms(t, "decrypt", "--ciphertext-blob", "fileb://"+decodeB64(t, dir, ct), "--encryption-context", "impl="+impl)["Plaintext"]
+		if got != base64.StdEncoding.EncodeToString([]byte("kept in "+impl)) {
+			t.Fatalf("decrypt %s: %v", what, got)
+		}
+	}
+	decrypts("after the connect")
+	if n := len(k.kms(t, "generate-random", "--number-of-bytes", "32", "--custom-key-store-id", store)["Plaintext"].(string)); n != 44 {
+		t.Fatalf("generate-random: %d base64 characters", n)
+	}
+
+	// Several probe intervals: the probe finds both tokens, the cluster
+	// and its HSMs stay ACTIVE, the keys work.
+	time.Sleep(time.Second)
+	if c := cluster(t, k, id); states(c) != "ACTIVE ACTIVE ACTIVE" {
+		t.Fatalf("after probes: cluster and HSMs %s, want all ACTIVE", states(c))
+	}
+	decrypts("after probes")
+
+	k.kms(t, "disconnect-custom-key-store", "--custom-key-store-id", store)
+	k.storeIs(t, store, "DISCONNECTED", "")
+	k.kms(t, "connect-custom-key-store", "--custom-key-store-id", store)
+	k.storeIs(t, store, "CONNECTED", "")
+	decrypts("after a reconnect")
+
+	// A restarted kmsd resumes the store over the same tokens.
+	k.proc.Stop()
+	k = k.restart(t, env...)
+	k.storeIs(t, store, "CONNECTED", "")
+	decrypts("after kmsd restarted")
+}
