@@ -308,6 +308,7 @@ func serve(args []string) error {
 		{"console", "KMSD_CONSOLE", "console", "the web console at /console/ on the listener: on or off (default on)", &cfg.Console},
 		{"console-idle-timeout", "KMSD_CONSOLE_IDLE_TIMEOUT", "console_idle_timeout", "how long a web console session lasts without requests (default 15m)", &consoleIdle},
 		{"seed", "KMSD_SEED", "seed", "seed file (YAML, or TOML if it ends in .toml; kmsd's layout or local-kms's) of keys and aliases made sure to exist at every start", &cfg.Seed},
+		{"keystore-connectors", "KMSD_KEYSTORE_CONNECTORS", "keystore_connectors", "how many custom key stores connect at once; more stay CONNECTING until their turn, so that many connecting at once do not slow the requests served meanwhile (default: one per CPU)", &cfg.KeyStoreConnectors},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)

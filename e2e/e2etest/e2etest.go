@@ -141,9 +141,11 @@ func (p *Proxy) HUP(t testing.TB) bool {
 	return !strings.Contains(s[strings.LastIndex(s, "SIGHUP"):], "rejected")
 }
 
-// Main builds the project's commands named in bins (cmd/<name>) into a
-// temporary directory, points each *bins[name] at its binary, runs the
-// package's tests and exits with their status, removing the directory.
+// Main builds the project's commands named in bins (cmd/<name>, or a
+// test tool's directory such as e2e/e2etest/encload) into a temporary
+// directory, without the race detector whatever the test's build, points
+// each *bins[name] at its binary, runs the package's tests and exits with
+// their status, removing the directory.
 func Main(m *testing.M, bins map[string]*string) {
 	os.Exit(Run(m, bins))
 }
@@ -157,8 +159,12 @@ func Run(m *testing.M, bins map[string]*string) int {
 		return 1
 	}
 	for name, path := range bins {
-		*path = filepath.Join(dir, name)
-		cmd := exec.Command("go", "build", "-o", *path, "github.com/kmsd/kmsd/cmd/"+name)
+		*path = filepath.Join(dir, filepath.Base(name))
+		pkg := "github.com/kmsd/kmsd/cmd/" + name
+		if strings.Contains(name, "/") { // a test tool, e.g. e2e/e2etest/encload
+			pkg = "github.com/kmsd/kmsd/" + name
+		}
+		cmd := exec.Command("go", "build", "-o", *path, pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: building cmd/%s: %v\n", name, err)

@@ -33,10 +33,11 @@ const (
 	pass   = "e2e key file passphrase"
 )
 
-var kmsdBin, proxyBin, kmsctlBin string
+var kmsdBin, proxyBin, kmsctlBin, encloadBin string
 
 func TestMain(m *testing.M) {
-	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "xks-proxy": &proxyBin, "kmsctl": &kmsctlBin})
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "xks-proxy": &proxyBin, "kmsctl": &kmsctlBin,
+		"e2e/e2etest/encload": &encloadBin})
 }
 
 // proxyRun runs an xks-proxy subcommand to completion.

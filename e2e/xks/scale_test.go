@@ -1,15 +1,16 @@
 package xks
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,7 +53,8 @@ key_manager = "soft"
 // true error (FAILED, INVALID_CREDENTIALS) without holding up the others;
 // the 11th store of an account and Region is LimitExceededException.
 // Encrypt's p99 on the plain key during the connects stays under twice its
-// idle p99 (no head-of-line blocking): on this shared machine one round
+// idle p99 (no head-of-line blocking), measured by a client process of its
+// own (e2e/e2etest/encload, never race-instrumented): on this shared machine one round
 // over the bound is repeated once (disconnect all, measure idle again,
 // connect all again) before the test fails, and XKS_SCALE_STRICT=1 allows
 // no repeat. Through aws-sdk-go-v2, one client per account and Region;
@@ -199,44 +201,53 @@ id = "%s"
 	}
 	total := len(scopes) * perRegion
 
-	// The plain key's Encrypt latency.
-	c := k.sdk()
-	plain, err := c.CreateKey(ctx, &kms.CreateKeyInput{})
+	// The plain key's Encrypt latency, measured by encload: a client
+	// process of its own, never built with the race detector, so that
+	// neither this test's instrumented code nor its connect calls count as
+	// kmsd's latency. startLoad starts it (two callers, warmed up); the
+	// function it returns stops it and returns its calls.
+	plain, err := k.sdk().CreateKey(ctx, &kms.CreateKeyInput{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	encrypt := func() (time.Duration, error) {
-		t0 := time.Now()
-		_, err := c.Encrypt(ctx, &kms.EncryptInput{KeyId: plain.KeyMetadata.KeyId, Plaintext: []byte("while stores connect")})
-		return time.Since(t0), err
-	}
 	const loaders = 2
-	measure := func(stop func() bool) []time.Duration {
-		var lat []time.Duration
-		var lmu sync.Mutex
-		var wg sync.WaitGroup
-		for range loaders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for !stop() {
-					d, err := encrypt()
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					lmu.Lock()
-					lat = append(lat, d)
-					lmu.Unlock()
-				}
-			}()
+	startLoad := func() func() []latSample {
+		samples := filepath.Join(t.TempDir(), "encrypt-latencies")
+		load := exec.Command(encloadBin, "--endpoint", k.endpoint, "--key-id", *plain.KeyMetadata.KeyId,
+			"--clients", fmt.Sprint(loaders), "--out", samples)
+		load.Env, load.Stderr = k.env, os.Stderr
+		in, err := load.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-		wg.Wait()
-		return lat
+		out, err := load.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := load.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := false
+		t.Cleanup(func() {
+			if !done {
+				load.Process.Kill() // by pid
+				load.Wait()
+			}
+		})
+		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+			t.Fatalf("encload: %q %v", line, err)
+		}
+		return func() []latSample {
+			in.Close()
+			err := load.Wait()
+			done = true
+			if err != nil {
+				t.Fatalf("encload: %v", err)
+			}
+			return readSamples(t, samples)
+		}
 	}
-	for range 100 { // warm up
-		encrypt()
-	}
+
 	// states describes every store, by id, in every account and Region.
 	states := func() map[string]types.CustomKeyStoresListEntry {
 		all := map[string]types.CustomKeyStoresListEntry{}
@@ -253,42 +264,32 @@ id = "%s"
 		return all
 	}
 
-	// idleFor measures Encrypt for d with the same describe-custom-key-stores
+	// idleFor lets encload run for d with the same describe-custom-key-stores
 	// polling as while the stores connect (every account and Region every
-	// 50ms), so that idle and busy differ only by the connects.
-	idleFor := func(d time.Duration) []time.Duration {
-		end := time.Now().Add(d)
-		polled := make(chan struct{})
-		go func() {
-			defer close(polled)
-			for time.Now().Before(end) {
-				states()
-				time.Sleep(50 * time.Millisecond)
+	// 50ms), so that idle and busy differ only by the connects, and returns
+	// the window.
+	idleFor := func(d time.Duration) window {
+		w := window{from: time.Now()}
+		for end := w.from.Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			if states() == nil {
+				t.FailNow()
 			}
-		}()
-		lat := measure(func() bool { return time.Now().After(end) })
-		<-polled
-		return lat
+		}
+		w.to = time.Now()
+		return w
 	}
 
-	// round connects all the stores at once while measuring Encrypt,
-	// until every store is CONNECTED or FAILED, and returns Encrypt's p99
-	// then and idle: over two seconds before and two seconds after the
-	// connects together, so that a change of the machine's load (it is
-	// shared) shows in the idle value too.
+	// round connects all the stores at once while encload measures
+	// Encrypt, until every store is CONNECTED or FAILED, and returns
+	// Encrypt's p99 then and idle: over two seconds before and two seconds
+	// after the connects together, so that a change of the machine's load
+	// (it is shared) shows in the idle value too.
 	round := func(n int) (idle99, busy99 time.Duration) {
+		stopLoad := startLoad()
 		before := idleFor(2 * time.Second)
-		var done atomic.Bool
-		busyc := make(chan []time.Duration)
-		go func() { busyc <- measure(done.Load) }()
-		defer func() {
-			if done.CompareAndSwap(false, true) {
-				<-busyc
-			}
-		}()
 		t0 := time.Now()
 		settled := map[string]time.Duration{}
-		var calls []time.Duration // ConnectCustomKeyStore's own latency
+		var connects []time.Duration // ConnectCustomKeyStore's own latency
 		var wg sync.WaitGroup
 		for _, s := range scopes {
 			for _, id := range s.ids {
@@ -300,7 +301,7 @@ id = "%s"
 						t.Errorf("connect %s in %s: %v", id, s.name, err)
 					}
 					mu.Lock()
-					calls = append(calls, time.Since(t1))
+					connects = append(connects, time.Since(t1))
 					mu.Unlock()
 				}()
 			}
@@ -322,8 +323,7 @@ id = "%s"
 			}
 		}
 		elapsed := time.Since(t0)
-		done.Store(true)
-		busy := <-busyc
+		busyW := window{t0, time.Now()}
 		wg.Wait()
 		var per []time.Duration
 		perType := map[types.CustomKeyStoreType][]time.Duration{}
@@ -347,17 +347,19 @@ id = "%s"
 			}
 			t.Fatalf("round %d: %d stores not as expected: %v", n, len(bad), bad)
 		}
-		after := idleFor(2 * time.Second)
-		idle := append(before, after...)
+		afterW := idleFor(2 * time.Second)
+		calls := stopLoad()
+		beforeL, busy, afterL := startedIn(calls, before), startedIn(calls, busyW), startedIn(calls, afterW)
+		idle := append(append([]time.Duration(nil), beforeL...), afterL...)
 		idle99, busy99 = pct(idle, 99), pct(busy, 99)
 		t.Logf("round %d: %d stores (%d CloudHSM, %d of them FAILED INVALID_CREDENTIALS as they must; %d external) settled in %v; per store p50 %v p99 %v (connect delay 100ms, polled every 50ms)",
 			n, len(all), len(scopes)*hsmPerScope, len(wrong), total-len(scopes)*hsmPerScope, elapsed.Round(time.Millisecond), pct(per, 50), pct(per, 99))
 		for _, ty := range []types.CustomKeyStoreType{types.CustomKeyStoreTypeAwsCloudhsm, types.CustomKeyStoreTypeExternalKeyStore} {
 			t.Logf("round %d: %s stores settled p50 %v p99 %v", n, ty, pct(perType[ty], 50), pct(perType[ty], 99))
 		}
-		t.Logf("round %d: ConnectCustomKeyStore calls, %d at once: p50 %v p99 %v", n, total, pct(calls, 50), pct(calls, 99))
-		t.Logf("round %d: plain-key Encrypt, %d clients: idle p50 %v p99 %v (%d calls; before p99 %v, after p99 %v); during the connects p50 %v p99 %v (%d calls): %.2f× idle p99",
-			n, loaders, pct(idle, 50), idle99, len(idle), pct(before, 99), pct(after, 99), pct(busy, 50), busy99, len(busy), float64(busy99)/float64(idle99))
+		t.Logf("round %d: ConnectCustomKeyStore calls, %d at once: p50 %v p99 %v", n, total, pct(connects, 50), pct(connects, 99))
+		t.Logf("round %d: plain-key Encrypt, %d callers in encload: idle p50 %v p99 %v (%d calls; before p99 %v, after p99 %v); during the connects p50 %v p99 %v (%d calls): %.2f× idle p99",
+			n, loaders, pct(idle, 50), idle99, len(idle), pct(beforeL, 99), pct(afterL, 99), pct(busy, 50), busy99, len(busy), float64(busy99)/float64(idle99))
 		return idle99, busy99
 	}
 	rounds := 2
@@ -430,4 +432,38 @@ func pct(ds []time.Duration, p int) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := (len(s)*p+99)/100 - 1
 	return s[max(i, 0)].Round(10 * time.Microsecond)
+}
+
+// latSample is one Encrypt call of encload: when it started, how long it
+// took.
+type latSample struct {
+	start time.Time
+	lat   time.Duration
+}
+
+type window struct{ from, to time.Time }
+
+// readSamples reads encload's output file.
+func readSamples(t *testing.T, path string) []latSample {
+	t.Helper()
+	var out []latSample
+	for _, l := range strings.Split(strings.TrimSpace(string(mustRead(t, path))), "\n") {
+		var start, lat int64
+		if _, err := fmt.Sscan(l, &start, &lat); err != nil {
+			t.Fatalf("encload output %q: %v", l, err)
+		}
+		out = append(out, latSample{time.Unix(0, start), time.Duration(lat)})
+	}
+	return out
+}
+
+// startedIn returns the latencies of the calls that started in w.
+func startedIn(ss []latSample, w window) []time.Duration {
+	var out []time.Duration
+	for _, s := range ss {
+		if !s.start.Before(w.from) && s.start.Before(w.to) {
+			out = append(out, s.lat)
+		}
+	}
+	return out
 }

@@ -53,6 +53,11 @@ func unreachable(st *Store, code string) bool {
 // store: a GetHealthStatus through its proxy), without rotating its
 // password; unreachable again, it tries later.
 func (m *Manager) retryResumed(ctx context.Context, id string) {
+	release, ok := m.turn(ctx)
+	if !ok {
+		return
+	}
+	defer release()
 	m.mu.RLock()
 	cur, ok := m.stores[id]
 	resumed := m.resumed[id]

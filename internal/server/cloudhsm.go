@@ -358,7 +358,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 	}
 	ks, err := keystore.New(ctx, store, b, keystore.Config{
 		Backings:     h.faulty(map[string]keystore.Backing{keystore.TypeCloudHSM: backing, keystore.TypeExternal: ext}),
-		ConnectDelay: delay, Logger: log,
+		ConnectDelay: delay, Connectors: cfg.Connectors, Logger: log,
 		// A store resumed while its HSMs are down logs in at most a probe
 		// interval after the probe finds them back.
 		ResumeRetry:     h.svc.ProbeInterval(),

@@ -153,6 +153,10 @@ type Config struct {
 	// seedClusters are the seed file's HSM clusters, declared beside
 	// HSMConfig's.
 	seedClusters []hsm.Declaration
+	// KeyStoreConnectors is how many custom key stores connect at once
+	// ("" for one per CPU); Connectors is it parsed (0 for one per CPU).
+	KeyStoreConnectors string
+	Connectors         int
 }
 
 // Validate checks c and fills defaults.
@@ -227,6 +231,14 @@ func (c *Config) Validate() error {
 	}
 	if c.ConsoleIdleTimeout < 0 {
 		return fmt.Errorf("--console-idle-timeout %s: want a positive duration", c.ConsoleIdleTimeout)
+	}
+	c.Connectors = 0
+	if c.KeyStoreConnectors != "" {
+		n, err := strconv.Atoi(c.KeyStoreConnectors)
+		if err != nil || n < 1 || n > 1024 {
+			return fmt.Errorf("--keystore-connectors %q: want a number of stores from 1 to 1024", c.KeyStoreConnectors)
+		}
+		c.Connectors = n
 	}
 	c.PairPool = kms.DefaultPairPoolSize
 	if c.PairPoolSize != "" {
