@@ -4,7 +4,10 @@
 #
 #   scripts/postgres.sh start DIR [PORT]  create the cluster in DIR if absent
 #                                         and start it; prints its URL
-#   scripts/postgres.sh stop DIR          stop the server of DIR (fast mode)
+#   scripts/postgres.sh stop DIR [MODE]   stop the server of DIR (MODE: fast, the
+#                                         default, or smart or immediate)
+#   scripts/postgres.sh restart DIR [MODE] stop (MODE as for stop) and start
+#                                         again with the same options and port
 #   scripts/postgres.sh status DIR        exit 0 when the server of DIR runs
 #   scripts/postgres.sh url DIR           print the server's URL
 #
@@ -20,7 +23,7 @@ set -euo pipefail
 bin=/usr/lib/postgresql/15/bin
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,17p' "$0"; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,20p' "$0"; exit 2; }
 
 as_user() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u kmsdtest -- "$@"; else "$@"; fi
@@ -71,7 +74,14 @@ start)
   url
   ;;
 stop)
-  if running; then as_user "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
+  if running; then as_user "$bin/pg_ctl" -D "$dir/data" -m "${3:-fast}" -w stop >/dev/null; fi
+  ;;
+restart)
+  # pg_ctl restart keeps the options of the last start (postmaster.opts),
+  # so the server comes back on the same port and socket directory; -w
+  # returns once it accepts connections.
+  as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m "${3:-fast}" -w -t 60 restart >/dev/null \
+    || { cat "$dir/server.log" >&2; exit 1; }
   ;;
 status)
   running
@@ -80,6 +90,6 @@ url)
   url
   ;;
 *)
-  sed -n '2,17p' "$0"; exit 2
+  sed -n '2,20p' "$0"; exit 2
   ;;
 esac
