@@ -29,7 +29,8 @@ type durLog struct {
 	aliasAcked   map[string]string
 	aliasUnknown map[string][]string
 	blobs        []blob
-	ops          map[string]int // acknowledged operations by name
+	ops          map[string]int    // acknowledged operations by name
+	created      map[string]string // key id -> which node acknowledged its CreateKey, and when
 }
 
 type blob struct {
@@ -53,7 +54,8 @@ type blob struct {
 // other nodes' writes), and after every node is killed and started again,
 // which shows what the database kept.
 //
-// CI: 25 s, 2 kills, 1 PostgreSQL immediate stop/start. With
+// CI: 25 s, 2 kills, a reset of one node's database connections, one
+// node frozen (SIGSTOP) for 2 s, 1 PostgreSQL immediate stop/start. With
 // KMSD_MULTINODE_FULL=1: 150 s, 10 kills (every ~8 s), 2 PostgreSQL
 // immediate stops/starts. Promotion of a synchronous standby is not part
 // of it yet.
@@ -79,6 +81,8 @@ func TestA4NoLostWrites(t *testing.T) {
 		schedule = []fault{
 			{at: time.Duration(4000+rng.IntN(2000)) * time.Millisecond, what: "kill", node: rng.IntN(3), dur: time.Second},
 			{at: time.Duration(10000+rng.IntN(2000)) * time.Millisecond, what: "kill", node: rng.IntN(3), dur: time.Second},
+			{at: time.Duration(7000+rng.IntN(2000)) * time.Millisecond, what: "reset", node: rng.IntN(3)},
+			{at: time.Duration(13000+rng.IntN(2000)) * time.Millisecond, what: "pause", node: rng.IntN(3), dur: 2 * time.Second},
 			{at: time.Duration(16000+rng.IntN(2000)) * time.Millisecond, what: "pg-stop", dur: time.Second},
 		}
 	}
@@ -89,7 +93,7 @@ func TestA4NoLostWrites(t *testing.T) {
 
 	// One alias per client, made before the faults.
 	const clients = 6
-	l := &durLog{scheduled: map[string]bool{}, aliasAcked: map[string]string{}, aliasUnknown: map[string][]string{}, ops: map[string]int{}}
+	l := &durLog{scheduled: map[string]bool{}, aliasAcked: map[string]string{}, aliasUnknown: map[string][]string{}, ops: map[string]int{}, created: map[string]string{}}
 	setup := c.client(c.nodes[0])
 	for i := range clients {
 		k, err := setup.CreateKey(t.Context(), &kms.CreateKeyInput{})
@@ -176,7 +180,7 @@ func verifyDurable(t *testing.T, c *cluster, l *durLog, label string) (missing, 
 			out, err := cl.DescribeKey(t.Context(), &kms.DescribeKeyInput{KeyId: aws.String(id)})
 			switch {
 			case err != nil:
-				report(&missing, "%s: acknowledged key %s: %v", n.id, id, err)
+				report(&missing, "%s: key %s (CreateKey acknowledged by %s): %v", n.id, id, l.created[id], err)
 			case want != "" && out.KeyMetadata.KeyState != want:
 				report(&bad, "%s: key %s is %s, want %s", n.id, id, out.KeyMetadata.KeyState, want)
 			}
@@ -246,6 +250,7 @@ func durClient(ctx context.Context, c *cluster, l *durLog, rng *mrand.Rand, alia
 			var out *kms.CreateKeyOutput
 			if out, err = cl.CreateKey(octx, &kms.CreateKeyInput{}); err == nil {
 				l.mu.Lock()
+				l.created[aws.ToString(out.KeyMetadata.KeyId)] = fmt.Sprintf("%s at %s", node, time.Since(start).Round(time.Millisecond))
 				if rng.IntN(3) == 0 {
 					l.doomed = append(l.doomed, aws.ToString(out.KeyMetadata.KeyId))
 				} else {

@@ -78,6 +78,15 @@ func seed(t *testing.T) uint64 {
 	return s
 }
 
+// artifactDir is where a failing test leaves what explains it:
+// KMSD_TEST_ARTIFACTS, or the system's temporary directory.
+func artifactDir() string {
+	if d := os.Getenv("KMSD_TEST_ARTIFACTS"); d != "" {
+		return d
+	}
+	return os.TempDir()
+}
+
 // script is scripts/postgres.sh of this repository.
 func script() string {
 	wd, _ := os.Getwd()
@@ -171,19 +180,6 @@ func (s *pgServer) URL(db, addr string) string {
 	return u.String()
 }
 
-// Query runs a one-value query on database db, directly (not through a
-// proxy).
-func (s *pgServer) Query(ctx context.Context, db, sql string, dst any, args ...any) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, s.URL(db, s.Addr()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	return conn.QueryRow(ctx, sql, args...).Scan(dst)
-}
-
 // node is one kmsd process of a cluster, always on the same port, data
 // directory and node id, reaching the database through its own fault
 // proxy.
@@ -271,6 +267,12 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 					b = b[len(b)-6000:]
 				}
 				t.Logf("%s log (end):\n%s", n.id, b)
+				if all, err := os.ReadFile(n.log); err == nil {
+					keep := filepath.Join(artifactDir(), fmt.Sprintf("%s-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), n.id, time.Now().Unix()))
+					if os.WriteFile(keep, all, 0o600) == nil {
+						t.Logf("%s's whole log: %s", n.id, keep)
+					}
+				}
 			}
 		})
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -439,11 +438,7 @@ func runLin(t *testing.T, nodes int, dur time.Duration, nkeys, naliases int, sch
 	res, info := porcupine.CheckOperationsVerbose(model, h.ops, 60*time.Second)
 	t.Logf("porcupine: %s in %s", res, time.Since(t0).Round(time.Millisecond))
 	if res != porcupine.Ok {
-		dir := os.Getenv("KMSD_TEST_ARTIFACTS")
-		if dir == "" {
-			dir = os.TempDir()
-		}
-		path := filepath.Join(dir, fmt.Sprintf("kmsd-a2-linearizability-%d.html", time.Now().UnixNano()))
+		path := filepath.Join(artifactDir(), fmt.Sprintf("kmsd-a2-linearizability-%d.html", time.Now().UnixNano()))
 		if err := porcupine.VisualizePath(model, info, path); err != nil {
 			t.Errorf("write visualization: %v", err)
 		}
