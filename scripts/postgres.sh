@@ -8,6 +8,14 @@
 #                                         default, or smart or immediate)
 #   scripts/postgres.sh restart DIR [MODE] stop (MODE as for stop) and start
 #                                         again with the same options and port
+#   scripts/postgres.sh standby DIR PRIMARY_DIR
+#                                         make DIR a synchronous streaming
+#                                         standby of the server of PRIMARY_DIR
+#                                         (pg_basebackup -R, application_name
+#                                         s1, synchronous_standby_names
+#                                         'FIRST 1 (s1)' on the primary), start
+#                                         it on a free port, print its URL
+#   scripts/postgres.sh promote DIR       promote the standby of DIR
 #   scripts/postgres.sh status DIR        exit 0 when the server of DIR runs
 #   scripts/postgres.sh url DIR           print the server's URL
 #
@@ -23,7 +31,7 @@ set -euo pipefail
 bin=/usr/lib/postgresql/15/bin
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,20p' "$0"; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,28p' "$0"; exit 2; }
 
 as_user() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u kmsdtest -- "$@"; else "$@"; fi
@@ -83,6 +91,39 @@ restart)
   as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m "${3:-fast}" -w -t 60 restart >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
   ;;
+standby)
+  primary=${3:-}
+  [ -n "$primary" ] && [ -f "$primary/port" ] || { echo "postgres.sh: standby needs the primary's DIR" >&2; exit 2; }
+  primary=$(cd "$primary" && pwd)
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir"
+  pport=$(cat "$primary/port")
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (umask 077; cp "$primary/password" "$dir/password"
+   printf '*:*:*:kmsd:%s\n' "$(cat "$primary/password")" > "$dir/pgpass")
+  echo "$port" > "$dir/port"
+  mkdir -p "$dir/sock"
+  [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir/password" "$dir/pgpass" "$dir/port" "$dir/sock"
+  # The password reaches the tools through a passfile, never argv; -R
+  # writes primary_conninfo (with application_name s1) into the standby.
+  as_user env PGPASSFILE="$dir/pgpass" "$bin/pg_basebackup" -d "host=127.0.0.1 port=$pport user=kmsd application_name=s1" \
+    -D "$dir/data" -R -X stream -c fast >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; exit 1; }
+  as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c max_connections=200 -c shared_buffers=64MB" \
+    start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+  psql() { as_user env PGPASSFILE="$dir/pgpass" "$bin/psql" -X -q -t -A -h 127.0.0.1 -p "$pport" -U kmsd -d postgres "$@"; }
+  psql -c "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (s1)'" -c "SELECT pg_reload_conf()" >/dev/null
+  for _ in $(seq 300); do
+    [ "$(psql -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = 's1' AND sync_state = 'sync'")" = 1 ] && { url; exit 0; }
+    sleep 0.1
+  done
+  echo "postgres.sh: the standby did not become synchronous in 30 s" >&2
+  exit 1
+  ;;
+promote)
+  as_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null
+  ;;
 status)
   running
   ;;
@@ -90,6 +131,6 @@ url)
   url
   ;;
 *)
-  sed -n '2,20p' "$0"; exit 2
+  sed -n '2,28p' "$0"; exit 2
   ;;
 esac

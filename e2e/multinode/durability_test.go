@@ -31,6 +31,7 @@ type durLog struct {
 	blobs        []blob
 	ops          map[string]int    // acknowledged operations by name
 	created      map[string]string // key id -> which node acknowledged its CreateKey, and when
+	lastAck      time.Time
 }
 
 type blob struct {
@@ -55,10 +56,11 @@ type blob struct {
 // which shows what the database kept.
 //
 // CI: 25 s, 2 kills, a reset of one node's database connections, one
-// node frozen (SIGSTOP) for 2 s, 1 PostgreSQL immediate stop/start. With
-// KMSD_MULTINODE_FULL=1: 150 s, 10 kills (every ~8 s), 2 PostgreSQL
-// immediate stops/starts. Promotion of a synchronous standby is not part
-// of it yet.
+// node frozen (SIGSTOP) for 2 s, 1 PostgreSQL immediate stop/start, then
+// the primary stopped for good (immediate) and its synchronous standby
+// promoted (the nodes' URL lists both hosts, target_session_attrs=
+// read-write). With KMSD_MULTINODE_FULL=1: 150 s, 10 kills (every ~8 s),
+// 2 PostgreSQL immediate stops/starts, the promotion at 130 s.
 func TestA4NoLostWrites(t *testing.T) {
 	dur := 25 * time.Second
 	if full() {
@@ -66,7 +68,7 @@ func TestA4NoLostWrites(t *testing.T) {
 	}
 	rng := mrand.New(mrand.NewPCG(seed(t), 4))
 	pg := startPG(t)
-	c := newCluster(t, pg, clusterOpts{nodes: 3})
+	c := newCluster(t, pg, clusterOpts{nodes: 3, standby: pg.StartStandby(t)})
 
 	var schedule []fault
 	if full() {
@@ -76,14 +78,16 @@ func TestA4NoLostWrites(t *testing.T) {
 		}
 		schedule = append(schedule,
 			fault{at: 95 * time.Second, what: "pg-stop", dur: 2 * time.Second},
-			fault{at: 125 * time.Second, what: "pg-stop", dur: 2 * time.Second})
+			fault{at: 115 * time.Second, what: "pg-stop", dur: 2 * time.Second},
+			fault{at: 130 * time.Second, what: "promote"})
 	} else {
 		schedule = []fault{
 			{at: time.Duration(4000+rng.IntN(2000)) * time.Millisecond, what: "kill", node: rng.IntN(3), dur: time.Second},
 			{at: time.Duration(10000+rng.IntN(2000)) * time.Millisecond, what: "kill", node: rng.IntN(3), dur: time.Second},
 			{at: time.Duration(7000+rng.IntN(2000)) * time.Millisecond, what: "reset", node: rng.IntN(3)},
 			{at: time.Duration(13000+rng.IntN(2000)) * time.Millisecond, what: "pause", node: rng.IntN(3), dur: 2 * time.Second},
-			{at: time.Duration(16000+rng.IntN(2000)) * time.Millisecond, what: "pg-stop", dur: time.Second},
+			{at: time.Duration(15000+rng.IntN(1000)) * time.Millisecond, what: "pg-stop", dur: time.Second},
+			{at: time.Duration(20000+rng.IntN(1000)) * time.Millisecond, what: "promote"},
 		}
 	}
 	sort.Slice(schedule, func(i, j int) bool { return schedule[i].at < schedule[j].at })
@@ -118,9 +122,12 @@ func TestA4NoLostWrites(t *testing.T) {
 		alias := fmt.Sprint("alias/durable-", i)
 		wg.Go(func() { durClient(ctx, c, l, r, alias, start) })
 	}
-	c.runFaults(ctx, start, schedule)
+	faultsDone := c.runFaults(ctx, start, schedule)
 	<-ctx.Done()
 	wg.Wait()
+	if !l.lastAck.After(faultsDone) {
+		t.Errorf("no operation acknowledged after the last fault (at %s): the nodes did not recover", faultsDone.Sub(start).Round(time.Millisecond))
+	}
 	t.Logf("acknowledged: %v; keys %d live + %d to delete (%d scheduled), %d ciphertexts", l.ops, len(l.live), len(l.doomed), len(l.scheduled), len(l.blobs))
 	if len(l.blobs) == 0 || l.ops["CreateKey"] == 0 || l.ops["UpdateAlias"] == 0 || l.ops["ScheduleKeyDeletion"] == 0 {
 		t.Errorf("the load did not exercise every operation: %v", l.ops)
@@ -302,6 +309,7 @@ func durClient(ctx context.Context, c *cluster, l *durLog, rng *mrand.Rand, alia
 		ocancel()
 		if err == nil {
 			l.mu.Lock()
+			l.lastAck = time.Now()
 			l.ops[op]++
 			l.mu.Unlock()
 		} else if ctx.Err() == nil {

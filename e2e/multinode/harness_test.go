@@ -130,6 +130,37 @@ func startPG(t *testing.T) *pgServer {
 	return &pgServer{dir: dir, base: u}
 }
 
+// StartStandby makes a synchronous streaming standby of s
+// (scripts/postgres.sh standby: pg_basebackup -R, synchronous_standby_names
+// 'FIRST 1 (s1)' on s) on a free port, stopped when t ends.
+func (s *pgServer) StartStandby(t *testing.T) *pgServer {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kmsd-multinode-standby-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command(script(), "stop", dir, "immediate").Run()
+		os.RemoveAll(dir)
+	})
+	out, err := exec.Command(script(), "standby", dir, s.dir).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("scripts/postgres.sh standby: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatal(err)
+	}
+	u, err := neturl.Parse(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pgServer{dir: dir, base: u}
+}
+
+// Promote promotes a standby to primary (pg_ctl promote).
+func (s *pgServer) Promote(t *testing.T) { s.run(t, "promote") }
+
 // Addr is the server's 127.0.0.1:port.
 func (s *pgServer) Addr() string { return s.base.Host }
 
@@ -205,11 +236,12 @@ type node struct {
 
 // cluster is N kmsd nodes on one database with one root key.
 type cluster struct {
-	t     *testing.T
-	pg    *pgServer
-	db    string
-	nodes []*node
-	creds aws.Credentials // the bootstrap administrator
+	t       *testing.T
+	pg      *pgServer
+	standby *pgServer
+	db      string
+	nodes   []*node
+	creds   aws.Credentials // the bootstrap administrator
 }
 
 type clusterOpts struct {
@@ -219,6 +251,10 @@ type clusterOpts struct {
 	// together starts every node at the same moment on the empty
 	// database (else node 0 first, then the others).
 	together bool
+	// standby, when set, is a synchronous standby of the server: the
+	// nodes' URL names both (the primary through the node's proxy, the
+	// standby directly) with target_session_attrs=read-write.
+	standby *pgServer
 }
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
@@ -244,7 +280,7 @@ func newRootKey() string {
 // until every one serves.
 func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 	t.Helper()
-	c := &cluster{t: t, pg: pg, db: pg.NewDB(t)}
+	c := &cluster{t: t, pg: pg, standby: o.standby, db: pg.NewDB(t)}
 	root := newRootKey()
 	tmp := t.TempDir()
 	if o.dbMaxConns == 0 {
@@ -257,7 +293,11 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 		n.proxy = e2etest.StartFaultProxy(t, pg.Addr())
 		n.args = append([]string{"serve", "--listen", n.addr, "--data-dir", n.dir, "--node-id", n.id,
 			"--db-max-conns", strconv.Itoa(o.dbMaxConns), "--db-min-conns", "1", "--db-connect-timeout", "2s"}, o.extra...)
-		n.env = env("KMSD_ROOT_KEY="+root, "KMSD_DATABASE_URL="+pg.URL(c.db, n.proxy.Addr), "HOME="+tmp)
+		url := pg.URL(c.db, n.proxy.Addr)
+		if o.standby != nil {
+			url = pg.URL(c.db, n.proxy.Addr+","+o.standby.Addr()) + "&target_session_attrs=read-write"
+		}
+		n.env = env("KMSD_ROOT_KEY="+root, "KMSD_DATABASE_URL="+url, "HOME="+tmp)
 		c.nodes = append(c.nodes, n)
 		t.Cleanup(func() {
 			n.Stop(t)
@@ -493,18 +533,22 @@ func (f fault) String() string {
 		return fmt.Sprintf("@%s pg_ctl restart -m immediate", f.at)
 	case "pg-stop":
 		return fmt.Sprintf("@%s pg_ctl stop -m immediate, start after %s", f.at, f.dur)
+	case "promote":
+		return fmt.Sprintf("@%s primary stopped (-m immediate), synchronous standby promoted", f.at)
 	}
 	return fmt.Sprintf("@%s %s node-%d for %s", f.at, f.what, f.node, f.dur)
 }
 
 // runFaults performs schedule (sorted by at) from start until ctx ends or
 // the schedule does; each step is logged. Nodes killed are started again
-// after their dur.
-func (c *cluster) runFaults(ctx context.Context, start time.Time, schedule []fault) {
+// after their dur. It returns when the last step finished.
+func (c *cluster) runFaults(ctx context.Context, start time.Time, schedule []fault) (done time.Time) {
 	t := c.t
+	defer func() { done = time.Now() }()
 	for _, f := range schedule {
 		select {
 		case <-ctx.Done():
+			t.Errorf("the run ended before fault %s", f)
 			return
 		case <-time.After(time.Until(start.Add(f.at))):
 		}
@@ -534,11 +578,15 @@ func (c *cluster) runFaults(ctx context.Context, start time.Time, schedule []fau
 			c.pg.StopImmediate(t)
 			time.Sleep(f.dur)
 			c.pg.Start(t)
+		case "promote":
+			c.pg.StopImmediate(t)
+			c.standby.Promote(t)
 		default:
 			t.Errorf("unknown fault %q", f.what)
 		}
 		t.Logf("fault %s done (t=%.1fs)", f.what, time.Since(start).Seconds())
 	}
+	return
 }
 
 // pgScan runs a one-row query on database db directly and scans it.
