@@ -73,6 +73,11 @@ if [ -z "${KMSD_TEST_DATABASE_URL:-}" ]; then
 fi
 
 echo "== go test -race"
+# e2e/multinode (the multi-node acceptance tests of MULTINODE §8) starts
+# PostgreSQL servers of its own with scripts/postgres.sh, since it crashes,
+# restarts and fails them over; its short versions run here (about 2 min).
+# KMSD_MULTINODE_FULL=1 runs the full-length ones; KMSD_MULTINODE_PENDING=1
+# the ones known to fail until the multi-node caches are merged.
 go test -race -count=1 -timeout 20m ./...
 
 echo "== PKCS#11 tests again on openCryptoki"
