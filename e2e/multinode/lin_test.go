@@ -242,10 +242,14 @@ func linClient(ctx context.Context, c *cluster, h *history, w linWorkload, rng *
 		out, err := linDo(octx, cl, in)
 		cancel()
 		ret := h.now()
-		if ctx.Err() != nil && err != nil {
-			return // the run ended mid-call: nothing learnt
-		}
 		read := in.op == "describe" || in.op == "read"
+		if ctx.Err() != nil && err != nil {
+			// The run ended mid-call: a write may still have taken effect.
+			if !read {
+				h.add(porcupine.Operation{ClientId: id, Input: in, Call: call, Output: linOut{unknown: true}, Return: math.MaxInt64})
+			}
+			return
+		}
 		if err != nil {
 			code := errCode(err)
 			definite := refused(err) || (in.alias && (code == "NotFoundException" || code == "AlreadyExistsException"))
