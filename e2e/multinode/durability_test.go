@@ -60,7 +60,7 @@ type blob struct {
 // PostgreSQL immediate stop/start, then the primary stopped for good
 // (immediate) and its synchronous standby promoted (the nodes' URL lists
 // both hosts, target_session_attrs=read-write). With KMSD_MULTINODE_FULL=1:
-// 150 s, 10 kills (every ~8 s), (pending:) 2 PostgreSQL immediate
+// 150 s, 10 kills (every ~8 s), a reset, a 3 s freeze, (pending:) 2 PostgreSQL immediate
 // stops/starts and the promotion at 130 s.
 func TestA4NoLostWrites(t *testing.T) {
 	dur := 25 * time.Second
@@ -89,6 +89,9 @@ func TestA4NoLostWrites(t *testing.T) {
 			schedule = append(schedule, fault{at: time.Duration(5+8*i)*time.Second + time.Duration(rng.IntN(2000))*time.Millisecond,
 				what: "kill", node: rng.IntN(3), dur: time.Duration(500+rng.IntN(1500)) * time.Millisecond})
 		}
+		schedule = append(schedule,
+			fault{at: 50 * time.Second, what: "reset", node: rng.IntN(3)},
+			fault{at: 88 * time.Second, what: "pause", node: rng.IntN(3), dur: 3 * time.Second})
 		if pgCrashes {
 			schedule = append(schedule,
 				fault{at: 95 * time.Second, what: "pg-stop", dur: 2 * time.Second},
