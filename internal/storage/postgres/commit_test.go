@@ -10,12 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 )
 
 // cutProxy forwards TCP connections to PostgreSQL and, when armed, breaks
-// the connection on which the client sends COMMIT: either after passing
+// the connection on which the client sends COMMIT (the statement, ended by
+// its NUL, not the commit marker's INSERT into kmsd_commits): either after passing
 // the COMMIT on (the answer is lost), or before (the COMMIT is lost), and
 // optionally refusing every connection from then on (the database cannot
 // be asked).
@@ -92,7 +96,7 @@ func (p *cutProxy) serve(c net.Conn) {
 		if n > 0 {
 			chunk := buf[:n]
 			mode := p.mode.Load()
-			if mode != 0 && bytes.Contains(bytes.ToLower(chunk), []byte("commit")) && p.mode.CompareAndSwap(mode, 0) {
+			if mode != 0 && bytes.Contains(bytes.ToLower(chunk), []byte("commit\x00")) && p.mode.CompareAndSwap(mode, 0) {
 				p.cuts.Add(1)
 				cut.Store(true)
 				if mode != 2 {
@@ -184,4 +188,37 @@ func increment(t *testing.T, tx storage.Tx) error {
 		return err
 	}
 	return tx.Put(t.Context(), "n", []byte{v[0] + 1})
+}
+
+// TestResolveReusedXid: after a crash that lost a transaction's WAL,
+// PostgreSQL gives its xid to a later transaction. resolve must then not
+// take that transaction's commit for the lost one's: it answers by the
+// lost transaction's own marker (absent: run again), whatever
+// pg_xact_status says of the xid.
+func TestResolveReusedXid(t *testing.T) {
+	s := openURL(t, pgtest.URL(t))
+	ctx := t.Context()
+	// A committed transaction standing for the one that reused the xid.
+	var xid string
+	if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cause := errors.New("connection lost")
+	if err := s.resolve(ctx, xid, uuid.NewString(), cause); !errors.Is(err, errRerun) {
+		t.Fatalf("resolve of a committed xid without the marker = %v, want errRerun", err)
+	}
+	token := uuid.NewString()
+	if _, err := s.pool.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, token); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.resolve(ctx, xid, token, cause); err != nil {
+		t.Fatalf("resolve with the marker = %v, want nil", err)
+	}
+	// An xid beyond the counter (the counter restarted below it) was
+	// never committed.
+	if err := s.resolve(ctx, "99999999999", uuid.NewString(), cause); !errors.Is(err, errRerun) {
+		t.Fatalf("resolve of a future xid = %v, want errRerun", err)
+	}
 }

@@ -15,7 +15,7 @@ import (
 // (MULTINODE.md §7.2): kv ordered by bytes (COLLATE "C"), kv_changes filled
 // by a trigger and stamped with the writing transaction's xid8, leases and
 // metadata (the database generation, the change feed's pruning point, the
-// root key canary).
+// root key canary), and the commit markers that settle lost COMMITs.
 var migrations = []string{
 	// Version 1.
 	`CREATE TABLE kv (
@@ -52,6 +52,17 @@ CREATE TABLE kmsd_meta (
 INSERT INTO kmsd_meta (name, value) VALUES
 	('generation', convert_to(gen_random_uuid()::text, 'UTF8')),
 	('changes_pruned', convert_to('0:0', 'UTF8'));`,
+	// Version 2: commit markers. A transaction id alone cannot settle a
+	// COMMIT whose answer was lost: after a crash (or a promotion) that
+	// lost the transaction's WAL, PostgreSQL hands the same xid to the
+	// next transaction, and pg_xact_status then answers for that one. So
+	// every writing transaction also inserts a random token, committed or
+	// lost with it, and the token is what resolve looks for.
+	`CREATE TABLE kmsd_commits (
+	token uuid PRIMARY KEY,
+	at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX kmsd_commits_at ON kmsd_commits (at);`,
 }
 
 // migrateLock is the key of the transaction-scoped advisory lock that

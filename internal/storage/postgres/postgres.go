@@ -8,11 +8,16 @@
 // one side; the driver then rolls back and runs fn again, for up to
 // retryFor (at least minTries runs) with jittered backoff, which is why the
 // contract lets fn run more than once. Every write returns the
-// transaction's id (pg_current_xact_id); if the connection breaks while
-// COMMIT is in flight the driver asks pg_xact_status on another connection
-// whether that transaction committed, and reports success, re-runs fn
-// (aborted), or returns storage.ErrCommitUnknown when the database cannot
-// say.
+// transaction's id (pg_current_xact_id), and a writing transaction
+// inserts a random commit marker just before COMMIT; if the connection
+// breaks while COMMIT is in flight the driver waits on another connection
+// until that transaction is no longer in progress and then looks for its
+// marker: found, the write is acknowledged; absent, fn runs again; and
+// when the database cannot be asked it returns storage.ErrCommitUnknown.
+// The xid alone would not do: a crash that loses a transaction's WAL
+// makes PostgreSQL give its xid to a later transaction, whose outcome
+// pg_xact_status would then report (found by e2e/multinode's A4 test).
+// Markers older than markerRetention are deleted as writes go on.
 //
 // Get and List outside Update are single statements on the pool (each its
 // own snapshot). Put, Create and Delete on the Store are one-statement
@@ -37,6 +42,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -80,6 +86,8 @@ type Store struct {
 
 	// resolveFor is how long a lost COMMIT's outcome is asked for.
 	resolveFor time.Duration
+	// lastPrune is when commit markers were last pruned (UnixNano).
+	lastPrune atomic.Int64
 
 	// fresh remembers recent change-feed polls for FreshAsOf (watch.go).
 	freshMu sync.Mutex
@@ -284,10 +292,20 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		}
 		return err
 	}
+	var token string
+	if t.xid != "" {
+		token = uuid.NewString()
+		if _, err := ptx.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, token); err != nil {
+			return t.note(fmt.Errorf("postgres: commit marker: %w", err))
+		}
+	}
 	t.done.Store(true)
 	err = ptx.Commit(ctx)
 	if err == nil {
 		committed = true
+		if token != "" {
+			s.pruneMarkers(ctx)
+		}
 		return nil
 	}
 	committed = true // no rollback after a COMMIT was sent
@@ -301,33 +319,76 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		// Nothing was written: nothing to lose.
 		return fmt.Errorf("postgres: commit: %w", err)
 	}
-	return s.resolve(ctx, t.xid, err)
+	return s.resolve(ctx, t.xid, token, err)
 }
 
 // resolve decides the outcome of transaction xid, whose COMMIT was sent
-// but whose answer was lost (cause), by asking pg_xact_status on another
-// connection. It keeps asking for a few seconds while the answer is "in
-// progress" (the old backend may not have noticed the broken connection).
-func (s *Store) resolve(ctx context.Context, xid string, cause error) error {
+// but whose answer was lost (cause): once pg_xact_status no longer says
+// the xid is in progress (the old backend may not yet have noticed the
+// broken connection), the transaction committed if and only if its marker
+// token is in kmsd_commits. pg_xact_status only tells when to look: after
+// a crash that lost the transaction, the xid may name another one.
+func (s *Store) resolve(ctx context.Context, xid, token string, cause error) error {
 	deadline := time.Now().Add(s.resolveFor)
 	rctx := context.WithoutCancel(ctx)
 	for {
-		var status *string
-		qctx, cancel := context.WithTimeout(rctx, 3*time.Second)
-		err := s.pool.QueryRow(qctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
-		cancel()
-		switch {
-		case err != nil:
-		case status != nil && *status == "committed":
+		if found, err := s.marker(rctx, token); err == nil && found {
 			return nil
-		case status != nil && *status == "aborted":
-			return fmt.Errorf("%w (commit lost: %v)", errRerun, cause)
+		} else if err == nil {
+			var status *string
+			qctx, cancel := context.WithTimeout(rctx, 3*time.Second)
+			err := s.pool.QueryRow(qctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
+			cancel()
+			var pe *pgconn.PgError
+			// An xid "in the future" was never committed durably: the
+			// counter restarted below it.
+			settled := err == nil && (status == nil || *status != "in progress") ||
+				errors.As(err, &pe) && pe.Code == "22023"
+			if settled {
+				// Looked for again: the transaction may have committed
+				// between the first look and the status.
+				if found, err := s.marker(rctx, token); err == nil {
+					if found {
+						return nil
+					}
+					return fmt.Errorf("%w (commit lost: %v)", errRerun, cause)
+				}
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: transaction %s: connection lost during COMMIT (%v)", storage.ErrCommitUnknown, xid, cause)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// marker says whether the commit marker token is in the database.
+func (s *Store) marker(ctx context.Context, token string) (bool, error) {
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var found bool
+	err := s.pool.QueryRow(qctx, `SELECT EXISTS (SELECT 1 FROM kmsd_commits WHERE token = $1)`, token).Scan(&found)
+	return found, err
+}
+
+// markerRetention is how long commit markers are kept: far longer than any
+// resolve waits (resolveFor), so a marker is never gone while an Update
+// may still look for it.
+const markerRetention = time.Hour
+
+// pruneMarkers deletes old commit markers, at most once a minute per
+// Store, in a statement of its own (not in any Update's transaction).
+func (s *Store) pruneMarkers(ctx context.Context) {
+	now := time.Now().UnixNano()
+	last := s.lastPrune.Load()
+	if now-last < int64(time.Minute) || !s.lastPrune.CompareAndSwap(last, now) {
+		return
+	}
+	go func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_, _ = s.pool.Exec(pctx, `DELETE FROM kmsd_commits WHERE at < now() - make_interval(secs => $1)`, markerRetention.Seconds())
+	}()
 }
 
 // tx is the storage.Tx that Update passes to fn.
