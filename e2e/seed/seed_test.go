@@ -37,10 +37,10 @@ const (
 	account = "111122223333"
 )
 
-var kmsdBin string
+var kmsdBin, proxyBin string
 
 func TestMain(m *testing.M) {
-	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin})
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "xks-proxy": &proxyBin})
 }
 
 type env struct {

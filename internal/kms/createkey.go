@@ -18,6 +18,12 @@ import (
 // the cluster of a CONNECTED CloudHSM key store (origin AWS_CLOUDHSM with
 // CustomKeyStoreId) or behind an external key store.
 func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest) (*kmsapi.CreateKeyResponse, error) {
+	return s.createKey(ctx, c, in, "")
+}
+
+// createKey is CreateKey making the key with key id fixedID if not empty
+// (a seed file's key in a custom key store).
+func (s *Service) createKey(ctx context.Context, c *Caller, in *kmsapi.CreateKeyRequest, fixedID string) (*kmsapi.CreateKeyResponse, error) {
 	spec := "SYMMETRIC_DEFAULT"
 	if in.KeySpec != nil {
 		spec = *in.KeySpec
@@ -101,6 +107,9 @@ func (s *Service) CreateKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		return nil, internal(err)
 	}
 	id := uid.String()
+	if fixedID != "" {
+		id = fixedID
+	}
 	if multiRegion {
 		// mrk- and the UUID's 32 hex digits (spec §1.6).
 		id = "mrk-" + hex.EncodeToString(uid[:])

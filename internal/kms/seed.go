@@ -10,6 +10,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/policy"
@@ -40,6 +41,18 @@ type SeedKey struct {
 	// LocalKMS: from a local-kms seed file; the key also opens
 	// local-kms's ciphertext blobs (localkms.go).
 	LocalKMS bool
+	// Origin AWS_CLOUDHSM or EXTERNAL_KEY_STORE: a key in the custom key
+	// store StoreName (or StoreID), with XksKeyID its key in the external
+	// store's proxy. Seed only checks such a key; SeedKeyStores makes it,
+	// once its store is connected. Empty: AWS_KMS.
+	Origin             string
+	StoreName, StoreID string
+	XksKeyID           string
+}
+
+// custom reports whether sk is a key in a custom key store.
+func (sk *SeedKey) custom() bool {
+	return sk.Origin == "AWS_CLOUDHSM" || sk.Origin == "EXTERNAL_KEY_STORE"
 }
 
 // SeedAlias is an alias a seed file declares.
@@ -107,6 +120,9 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 				rep.Differences = append(rep.Differences, cur.ARN()+": "+d)
 			}
 			continue
+		}
+		if sk.custom() {
+			continue // made by SeedKeyStores in its connected store
 		}
 		newKeys = append(newKeys, k)
 		rep.Created = append(rep.Created, k.ARN())
@@ -306,6 +322,27 @@ func (s *Service) seedKey(sk *SeedKey, now time.Time, withMaterial bool) (*catal
 	if sk.LocalKMS && spec != keys.Symmetric && len(sk.Material) == 0 {
 		return nil, errors.New("local-kms asymmetric keys need PrivateKeyPem or PrivateKeyHex")
 	}
+	origin := "AWS_KMS"
+	switch {
+	case sk.custom():
+		origin = sk.Origin
+		switch {
+		case spec != keys.Symmetric:
+			return nil, fmt.Errorf("KeySpec %s is not supported for KMS keys in a custom key store. only SYMMETRIC_DEFAULT keys are", spec)
+		case len(sk.Material) > 0:
+			return nil, errors.New("a key in a custom key store has its material in the store: no KeyMaterial")
+		case sk.RotationPeriodInDays != 0:
+			return nil, errors.New("keys in custom key stores do not support automatic rotation")
+		case sk.StoreName == "" && sk.StoreID == "":
+			return nil, fmt.Errorf("a key of Origin %s needs CustomKeyStoreName or CustomKeyStoreId", origin)
+		case (sk.Origin == "EXTERNAL_KEY_STORE") != (sk.XksKeyID != ""):
+			return nil, errors.New("XksKeyId is required with Origin EXTERNAL_KEY_STORE, and only there")
+		}
+	case sk.Origin != "" && sk.Origin != "AWS_KMS":
+		return nil, fmt.Errorf("the Origin %s is not supported in seed files (AWS_KMS, AWS_CLOUDHSM or EXTERNAL_KEY_STORE)", sk.Origin)
+	case sk.StoreName != "" || sk.StoreID != "" || sk.XksKeyID != "":
+		return nil, errors.New("CustomKeyStoreName, CustomKeyStoreId and XksKeyId need Origin AWS_CLOUDHSM or EXTERNAL_KEY_STORE")
+	}
 	root := &Caller{Account: sk.Account, Region: sk.Region, ARN: identity.Root(sk.Account).ARN, Trusted: true}
 	keyPolicy := policy.DefaultKeyPolicy(sk.Account)
 	if sk.Policy != "" {
@@ -324,7 +361,7 @@ func (s *Service) seedKey(sk *SeedKey, now time.Time, withMaterial bool) (*catal
 	}
 	k := &catalog.Key{
 		ID: sk.ID, Account: sk.Account, Region: sk.Region, Created: now,
-		Description: sk.Description, KeyUsage: usage, KeySpec: spec, Origin: "AWS_KMS",
+		Description: sk.Description, KeyUsage: usage, KeySpec: spec, Origin: origin, XksKeyID: sk.XksKeyID,
 		State: keys.Enabled, Policy: keyPolicy, Tags: tags, LocalKMS: sk.LocalKMS,
 	}
 	if sk.Disabled {
@@ -345,7 +382,7 @@ func (s *Service) seedKey(sk *SeedKey, now time.Time, withMaterial bool) (*catal
 		k.NextRotation = &next
 	}
 	if len(sk.Material) == 0 {
-		if !withMaterial {
+		if !withMaterial || sk.custom() {
 			return k, nil
 		}
 		v, err := s.newMaterial(k.Name(), k.ID, spec, now)
@@ -407,6 +444,8 @@ func keyDifferences(cur, want *catalog.Key) []string {
 	diff("KeySpec", cur.KeySpec, want.KeySpec)
 	diff("KeyUsage", cur.KeyUsage, want.KeyUsage)
 	diff("KeyState", string(cur.State), string(want.State))
+	diff("Origin", cur.Origin, want.Origin)
+	diff("XksKeyId", cur.XksKeyID, want.XksKeyID)
 	if cur.Policy != want.Policy {
 		out = append(out, "the key policy differs from the seed file's")
 	}
@@ -420,26 +459,88 @@ func keyDifferences(cur, want *catalog.Key) []string {
 	return out
 }
 
-// SeedKeyStore is a CloudHSM key store a seed file declares, over a
-// cluster (one the file declares, or any other), optionally connected at
-// start. Password is kmsuser's current password (resolved from its
-// reference by package seed; never shown).
+// SeedKeyStore is a custom key store a seed file declares, optionally
+// connected at start: a CloudHSM key store (Type AWS_CLOUDHSM or empty)
+// over a cluster (one the file declares, or any other), whose Password
+// is kmsuser's current password, or an external key store
+// (EXTERNAL_KEY_STORE) behind the xks proxy XKS names, whose Secret is
+// the proxy credential's. Package seed resolves both from their
+// references; they are never shown.
 type SeedKeyStore struct {
 	Where           string
 	Account, Region string
 	Name            string
+	Type            string
 	ClusterID       string
 	TrustAnchor     string // PEM
 	Password        string
+	XKS             SeedXKS
 	Connect         bool
 }
 
+// SeedXKS is an external key store's proxy, in CreateCustomKeyStore's
+// terms.
+type SeedXKS struct {
+	Endpoint, Path, Connectivity string
+	VpcServiceName               string
+	AccessKeyID, Secret          string
+}
+
+func (sk *SeedKeyStore) external() bool { return sk.Type == keystore.TypeExternal }
+
+// request is the CreateCustomKeyStore request that makes sk.
+func (sk *SeedKeyStore) request() *kmsapi.CreateCustomKeyStoreRequest {
+	in := &kmsapi.CreateCustomKeyStoreRequest{CustomKeyStoreName: kmsapi.String(sk.Name)}
+	if !sk.external() {
+		in.CloudHsmClusterId, in.TrustAnchorCertificate, in.KeyStorePassword = kmsapi.String(sk.ClusterID), kmsapi.String(sk.TrustAnchor), kmsapi.String(sk.Password)
+		return in
+	}
+	x := sk.XKS
+	in.CustomKeyStoreType = kmsapi.String(keystore.TypeExternal)
+	in.XksProxyUriEndpoint, in.XksProxyUriPath, in.XksProxyConnectivity = kmsapi.String(x.Endpoint), kmsapi.String(x.Path), kmsapi.String(x.Connectivity)
+	if x.VpcServiceName != "" {
+		in.XksProxyVpcEndpointServiceName = kmsapi.String(x.VpcServiceName)
+	}
+	in.XksProxyAuthenticationCredential = &kmsapi.XksProxyAuthenticationCredentialType{AccessKeyId: kmsapi.String(x.AccessKeyID), RawSecretAccessKey: kmsapi.String(x.Secret)}
+	return in
+}
+
+// CheckSeedKeyStores checks the declared external key stores by
+// CreateCustomKeyStore's own rules (the request's model and AWS's rules
+// for the proxy's parameters) without contacting the proxy or writing
+// anything, so a broken entry stops kmsd before any of the file is
+// applied. Their proxies are contacted when SeedKeyStores creates them.
+func (s *Service) CheckSeedKeyStores(ks []SeedKeyStore) error {
+	for _, sk := range ks {
+		if !sk.external() {
+			continue
+		}
+		in := sk.request()
+		var errs kmsapi.Errors
+		in.Validate(&errs, "")
+		if errs.Len() > 0 {
+			return fmt.Errorf("%s: custom key store %s: %s", sk.Where, sk.Name, errs.Message())
+		}
+		root := &Caller{Account: sk.Account, Region: sk.Region, ARN: identity.Root(sk.Account).ARN, Trusted: true}
+		if _, _, err := s.checkExternalRequest(root, in); err != nil {
+			return fmt.Errorf("%s: custom key store %s: %w", sk.Where, sk.Name, seedMessage(err))
+		}
+	}
+	return nil
+}
+
+// SeedConnectTimeout bounds how long SeedKeyStores waits for a store to
+// be CONNECTED before it makes the file's keys in it.
+var SeedConnectTimeout = 60 * time.Second
+
 // SeedKeyStores creates the declared key stores that do not exist (by
 // name) and starts connecting those marked Connect that are not
-// connected. They are applied after the keys' transaction, once the HSM
-// clusters are open, through CreateCustomKeyStore's own checks; an error
-// stops kmsd's start.
-func (s *Service) SeedKeyStores(ctx context.Context, ks []SeedKeyStore) (*SeedReport, error) {
+// connected; then it makes the declared keys in custom key stores that
+// do not exist, each once its store is CONNECTED. They are applied after
+// the keys' transaction, once the HSM clusters and external stores are
+// open, through CreateCustomKeyStore's and CreateKey's own checks; an
+// error stops kmsd's start.
+func (s *Service) SeedKeyStores(ctx context.Context, ks []SeedKeyStore, sks []SeedKey) (*SeedReport, error) {
 	rep := &SeedReport{}
 	for _, sk := range ks {
 		root := &Caller{Account: sk.Account, Region: sk.Region, ARN: identity.Root(sk.Account).ARN, Trusted: true}
@@ -449,14 +550,11 @@ func (s *Service) SeedKeyStores(ctx context.Context, ks []SeedKeyStore) (*SeedRe
 			st := out.CustomKeyStores[0]
 			id, state = derefStr(st.CustomKeyStoreId), derefStr(st.ConnectionState)
 			rep.Existing = append(rep.Existing, "custom key store "+id+" ("+sk.Name+")")
-			if c := derefStr(st.CloudHsmClusterId); c != sk.ClusterID {
-				rep.Differences = append(rep.Differences, "custom key store "+id+": its cluster is "+c+", the seed file says "+sk.ClusterID)
+			for _, d := range storeDifferences(&sk, &st) {
+				rep.Differences = append(rep.Differences, "custom key store "+id+": "+d)
 			}
 		} else {
-			created, err := s.CreateCustomKeyStore(ctx, root, &kmsapi.CreateCustomKeyStoreRequest{
-				CustomKeyStoreName: kmsapi.String(sk.Name), CloudHsmClusterId: kmsapi.String(sk.ClusterID),
-				TrustAnchorCertificate: kmsapi.String(sk.TrustAnchor), KeyStorePassword: kmsapi.String(sk.Password),
-			})
+			created, err := s.CreateCustomKeyStore(ctx, root, sk.request())
 			if err != nil {
 				return nil, fmt.Errorf("%s: custom key store %s: %w", sk.Where, sk.Name, seedMessage(err))
 			}
@@ -472,5 +570,116 @@ func (s *Service) SeedKeyStores(ctx context.Context, ks []SeedKeyStore) (*SeedRe
 			rep.Differences = append(rep.Differences, "custom key store "+id+" is FAILED: disconnect it, then it connects at the next start")
 		}
 	}
+	for i := range sks {
+		sk := &sks[i]
+		if !sk.custom() {
+			continue
+		}
+		if _, err := s.cat.Key(ctx, catalog.Name(sk.Region, sk.ID)); err == nil {
+			continue // reported by Seed
+		} else if !errors.Is(err, catalog.ErrNotFound) {
+			return nil, err
+		}
+		arn, err := s.seedStoreKey(ctx, sk)
+		if err != nil {
+			return nil, fmt.Errorf("%s: key %s: %w", sk.Where, sk.ID, err)
+		}
+		rep.Created = append(rep.Created, arn)
+	}
 	return rep, nil
+}
+
+// storeDifferences lists how an existing store differs from the file's;
+// secrets are never compared nor shown.
+func storeDifferences(sk *SeedKeyStore, st *kmsapi.CustomKeyStoresListEntry) []string {
+	var out []string
+	diff := func(field, have, file string) {
+		if have != file {
+			out = append(out, fmt.Sprintf("%s is %q, the seed file says %q", field, have, file))
+		}
+	}
+	typ := sk.Type
+	if typ == "" {
+		typ = keystore.TypeCloudHSM
+	}
+	diff("CustomKeyStoreType", derefStr(st.CustomKeyStoreType), typ)
+	if !sk.external() {
+		diff("CloudHsmClusterId", derefStr(st.CloudHsmClusterId), sk.ClusterID)
+		return out
+	}
+	x := st.XksProxyConfiguration
+	if x == nil {
+		x = &kmsapi.XksProxyConfigurationType{}
+	}
+	diff("XksProxyConnectivity", derefStr(x.Connectivity), sk.XKS.Connectivity)
+	diff("XksProxyUriEndpoint", derefStr(x.UriEndpoint), sk.XKS.Endpoint)
+	diff("XksProxyUriPath", derefStr(x.UriPath), sk.XKS.Path)
+	diff("XksProxyVpcEndpointServiceName", derefStr(x.VpcEndpointServiceName), sk.XKS.VpcServiceName)
+	diff("XksProxyAuthenticationCredential.AccessKeyId", derefStr(x.AccessKeyId), sk.XKS.AccessKeyID)
+	return out
+}
+
+// seedStoreKey makes a declared key in its custom key store through
+// CreateKey's own checks, with the file's key id, once the store is
+// CONNECTED (within SeedConnectTimeout), and returns its ARN.
+func (s *Service) seedStoreKey(ctx context.Context, sk *SeedKey) (string, error) {
+	root := &Caller{Account: sk.Account, Region: sk.Region, ARN: identity.Root(sk.Account).ARN, Trusted: true}
+	req := &kmsapi.DescribeCustomKeyStoresRequest{}
+	what := sk.StoreID
+	if sk.StoreID != "" {
+		req.CustomKeyStoreId = kmsapi.String(sk.StoreID)
+	} else {
+		req.CustomKeyStoreName, what = kmsapi.String(sk.StoreName), sk.StoreName
+	}
+	deadline := time.Now().Add(SeedConnectTimeout)
+	var storeID string
+	for {
+		out, err := s.DescribeCustomKeyStores(ctx, root, req)
+		if err != nil || len(out.CustomKeyStores) != 1 {
+			return "", fmt.Errorf("custom key store %s does not exist", what)
+		}
+		st := out.CustomKeyStores[0]
+		storeID = derefStr(st.CustomKeyStoreId)
+		state := derefStr(st.ConnectionState)
+		if state == "CONNECTED" {
+			break
+		}
+		if state == "FAILED" {
+			return "", fmt.Errorf("custom key store %s is FAILED (%s): keys are made in a CONNECTED store", what, derefStr(st.ConnectionErrorCode))
+		}
+		if state == "DISCONNECTED" {
+			return "", fmt.Errorf("custom key store %s is DISCONNECTED: keys are made in a CONNECTED store (give it Connect: true)", what)
+		}
+		if !time.Now().Before(deadline) {
+			return "", fmt.Errorf("custom key store %s is still %s after %s: keys are made in a CONNECTED store", what, state, SeedConnectTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	in := &kmsapi.CreateKeyRequest{Origin: kmsapi.String(sk.Origin), CustomKeyStoreId: kmsapi.String(storeID)}
+	if sk.XksKeyID != "" {
+		in.XksKeyId = kmsapi.String(sk.XksKeyID)
+	}
+	if sk.Description != "" {
+		in.Description = kmsapi.String(sk.Description)
+	}
+	if sk.Policy != "" {
+		in.Policy = kmsapi.String(sk.Policy)
+	}
+	for _, t := range sk.Tags {
+		in.Tags = append(in.Tags, kmsapi.Tag{TagKey: kmsapi.String(t.Key), TagValue: kmsapi.String(t.Value)})
+	}
+	out, err := s.createKey(ctx, root, in, sk.ID)
+	if err != nil {
+		return "", seedMessage(err)
+	}
+	if sk.Disabled {
+		if _, err := s.DisableKey(ctx, root, &kmsapi.DisableKeyRequest{KeyId: kmsapi.String(sk.ID)}); err != nil {
+			return "", seedMessage(err)
+		}
+	}
+	return derefStr(out.KeyMetadata.Arn), nil
 }

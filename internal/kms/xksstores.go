@@ -74,7 +74,11 @@ func (s *Service) checkXKSConfig(x *keystore.XKSConfig) error {
 		return validation("XksProxyUriPath must be /kms/xks/v<n> or /<prefix>/kms/xks/v<n>.")
 	}
 	// The endpoint service: known to kmsd, and its private DNS name (when
-	// configured) is the endpoint host (§10.4).
+	// configured) is the endpoint host (§10.4). Before the external
+	// stores are open (a seed file's check) that waits for the create.
+	if s.xks == nil {
+		return nil
+	}
 	if err := s.xks.CheckVPCService(x); err != nil {
 		return storeErr(err)
 	}
@@ -89,31 +93,8 @@ func (s *Service) createExternalStore(ctx context.Context, c *Caller, m *keystor
 	if s.xks == nil {
 		return nil, exc("UnsupportedOperationException", "External key stores are not available in this kmsd.")
 	}
-	if in.CloudHsmClusterId != nil || in.TrustAnchorCertificate != nil || in.KeyStorePassword != nil {
-		return nil, validation("CloudHsmClusterId, TrustAnchorCertificate and KeyStorePassword are not valid for a custom key store of type EXTERNAL_KEY_STORE.")
-	}
-	for _, p := range []struct {
-		ok   bool
-		name string
-	}{{in.XksProxyConnectivity != nil, "xksProxyConnectivity"}, {in.XksProxyUriEndpoint != nil, "xksProxyUriEndpoint"},
-		{in.XksProxyUriPath != nil, "xksProxyUriPath"}, {in.XksProxyAuthenticationCredential != nil, "xksProxyAuthenticationCredential"}} {
-		if !p.ok {
-			return nil, validation("Value null at '" + p.name + "' failed to satisfy constraint: Member must not be null for a custom key store of type EXTERNAL_KEY_STORE")
-		}
-	}
-	akid, secret, err := checkXKSCredential(in.XksProxyAuthenticationCredential)
+	x, secret, err := s.checkExternalRequest(c, in)
 	if err != nil {
-		return nil, err
-	}
-	x := &keystore.XKSConfig{Connectivity: *in.XksProxyConnectivity, Endpoint: *in.XksProxyUriEndpoint, Path: *in.XksProxyUriPath,
-		VpcServiceName: derefStr(in.XksProxyVpcEndpointServiceName), AccessKeyID: akid}
-	if in.XksProxyVpcEndpointServiceOwner != nil {
-		x.VpcServiceOwner = *in.XksProxyVpcEndpointServiceOwner
-	}
-	if x.Connectivity == keystore.XKSVPC && x.VpcServiceOwner == "" {
-		x.VpcServiceOwner = c.Account
-	}
-	if err := s.checkXKSConfig(x); err != nil {
 		return nil, err
 	}
 	st := &keystore.Store{Account: c.Account, Region: c.Region, Name: *in.CustomKeyStoreName, Type: keystore.TypeExternal, XKS: x}
@@ -131,6 +112,43 @@ func (s *Service) createExternalStore(ctx context.Context, c *Caller, m *keystor
 		return nil, storeErr(err)
 	}
 	return &kmsapi.CreateCustomKeyStoreResponse{CustomKeyStoreId: &created.ID}, nil
+}
+
+// checkExternalRequest checks a CreateCustomKeyStore request for an
+// external store — AWS's rules for its parameters, and the endpoint
+// service if kmsd's external stores are open — and returns the proxy
+// configuration it asks for and the credential's secret. Nothing is
+// contacted or written: the seed file's stores are checked with it
+// before anything of the file is applied.
+func (s *Service) checkExternalRequest(c *Caller, in *kmsapi.CreateCustomKeyStoreRequest) (*keystore.XKSConfig, string, error) {
+	if in.CloudHsmClusterId != nil || in.TrustAnchorCertificate != nil || in.KeyStorePassword != nil {
+		return nil, "", validation("CloudHsmClusterId, TrustAnchorCertificate and KeyStorePassword are not valid for a custom key store of type EXTERNAL_KEY_STORE.")
+	}
+	for _, p := range []struct {
+		ok   bool
+		name string
+	}{{in.XksProxyConnectivity != nil, "xksProxyConnectivity"}, {in.XksProxyUriEndpoint != nil, "xksProxyUriEndpoint"},
+		{in.XksProxyUriPath != nil, "xksProxyUriPath"}, {in.XksProxyAuthenticationCredential != nil, "xksProxyAuthenticationCredential"}} {
+		if !p.ok {
+			return nil, "", validation("Value null at '" + p.name + "' failed to satisfy constraint: Member must not be null for a custom key store of type EXTERNAL_KEY_STORE")
+		}
+	}
+	akid, secret, err := checkXKSCredential(in.XksProxyAuthenticationCredential)
+	if err != nil {
+		return nil, "", err
+	}
+	x := &keystore.XKSConfig{Connectivity: *in.XksProxyConnectivity, Endpoint: *in.XksProxyUriEndpoint, Path: *in.XksProxyUriPath,
+		VpcServiceName: derefStr(in.XksProxyVpcEndpointServiceName), AccessKeyID: akid}
+	if in.XksProxyVpcEndpointServiceOwner != nil {
+		x.VpcServiceOwner = *in.XksProxyVpcEndpointServiceOwner
+	}
+	if x.Connectivity == keystore.XKSVPC && x.VpcServiceOwner == "" {
+		x.VpcServiceOwner = c.Account
+	}
+	if err := s.checkXKSConfig(x); err != nil {
+		return nil, "", err
+	}
+	return x, secret, nil
 }
 
 // updateExternalStore is UpdateCustomKeyStore for an external store (spec

@@ -145,6 +145,10 @@ type nativeKey struct {
 	RotationPeriodInDays int32    `yaml:"RotationPeriodInDays" toml:"RotationPeriodInDays"`
 	KeyMaterial          []string `yaml:"KeyMaterial" toml:"KeyMaterial"`
 	PrivateKeyPem        string   `yaml:"PrivateKeyPem" toml:"PrivateKeyPem"`
+	Origin               string   `yaml:"Origin" toml:"Origin"`
+	CustomKeyStoreName   string   `yaml:"CustomKeyStoreName" toml:"CustomKeyStoreName"`
+	CustomKeyStoreId     string   `yaml:"CustomKeyStoreId" toml:"CustomKeyStoreId"`
+	XksKeyId             string   `yaml:"XksKeyId" toml:"XksKeyId"`
 }
 
 type tag struct {
@@ -210,9 +214,20 @@ type keyStore struct {
 	ClusterName            string `yaml:"ClusterName" toml:"ClusterName"`
 	TrustAnchorCertificate string `yaml:"TrustAnchorCertificate" toml:"TrustAnchorCertificate"`
 	KeyStorePassword       string `yaml:"KeyStorePassword" toml:"KeyStorePassword"`
-	Connect                bool   `yaml:"Connect" toml:"Connect"`
-	Account                string `yaml:"Account" toml:"Account"`
-	Region                 string `yaml:"Region" toml:"Region"`
+	CustomKeyStoreType     string `yaml:"CustomKeyStoreType" toml:"CustomKeyStoreType"`
+	XksProxyUriEndpoint    string `yaml:"XksProxyUriEndpoint" toml:"XksProxyUriEndpoint"`
+	XksProxyUriPath        string `yaml:"XksProxyUriPath" toml:"XksProxyUriPath"`
+	XksProxyConnectivity   string `yaml:"XksProxyConnectivity" toml:"XksProxyConnectivity"`
+	// XksProxyVpcEndpointServiceName is named as --xks-vpc-endpoint-services
+	// maps it.
+	XksProxyVpcEndpointServiceName   string `yaml:"XksProxyVpcEndpointServiceName" toml:"XksProxyVpcEndpointServiceName"`
+	XksProxyAuthenticationCredential *struct {
+		AccessKeyId        string `yaml:"AccessKeyId" toml:"AccessKeyId"`
+		RawSecretAccessKey string `yaml:"RawSecretAccessKey" toml:"RawSecretAccessKey"`
+	} `yaml:"XksProxyAuthenticationCredential" toml:"XksProxyAuthenticationCredential"`
+	Connect bool   `yaml:"Connect" toml:"Connect"`
+	Account string `yaml:"Account" toml:"Account"`
+	Region  string `yaml:"Region" toml:"Region"`
 }
 
 type alias struct {
@@ -242,19 +257,22 @@ var (
 	nativeTop     = []string{"Keys", "Aliases", "Grants", "Users", "Roles", "Clusters", "CustomKeyStores"}
 	clusterFields = []string{"ClusterId", "Name", "Account", "Region", "HsmType", "Module", "SoPin", "CryptoUser", "CryptoUserPin", "TrustAnchor", "Hsms"}
 	hsmFields     = []string{"Token", "AvailabilityZone"}
-	storeFields   = []string{"CustomKeyStoreName", "CloudHsmClusterId", "ClusterName", "TrustAnchorCertificate", "KeyStorePassword", "Connect", "Account", "Region"}
-	userFields    = []string{"UserName", "Path", "Policies", "AccessKeys", "Account"}
-	keyFields     = []string{"AccessKeyId", "SecretAccessKey"}
-	roleFields    = []string{"RoleName", "Path", "AssumeRolePolicyDocument", "Description", "MaxSessionDuration", "Policies", "Account"}
-	grantFields   = []string{"KeyId", "Name", "GranteePrincipal", "RetiringPrincipal", "Operations", "Constraints", "Account", "Region"}
-	constraints   = []string{"EncryptionContextEquals", "EncryptionContextSubset"}
-	nativeFields  = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem"}
-	tagFields     = []string{"TagKey", "TagValue"}
-	aliasFields   = []string{"AliasName", "TargetKeyId", "Account", "Region"}
-	localGroups   = map[string][]string{"Symmetric": {"Aes", "Hmac"}, "Asymmetric": {"Rsa", "Ecc"}}
-	localFields   = []string{"Metadata", "BackingKeys", "NextKeyRotation", "PrivateKeyPem", "PrivateKeyHex"}
-	localMeta     = []string{"KeyId", "Description", "KeyUsage", "KeySpec", "Origin", "Enabled"}
-	localAliases  = []string{"AliasName", "TargetKeyId"}
+	storeFields   = []string{"CustomKeyStoreName", "CustomKeyStoreType", "CloudHsmClusterId", "ClusterName", "TrustAnchorCertificate", "KeyStorePassword",
+		"XksProxyUriEndpoint", "XksProxyUriPath", "XksProxyConnectivity", "XksProxyVpcEndpointServiceName", "XksProxyAuthenticationCredential", "Connect", "Account", "Region"}
+	credFields   = []string{"AccessKeyId", "RawSecretAccessKey"}
+	userFields   = []string{"UserName", "Path", "Policies", "AccessKeys", "Account"}
+	keyFields    = []string{"AccessKeyId", "SecretAccessKey"}
+	roleFields   = []string{"RoleName", "Path", "AssumeRolePolicyDocument", "Description", "MaxSessionDuration", "Policies", "Account"}
+	grantFields  = []string{"KeyId", "Name", "GranteePrincipal", "RetiringPrincipal", "Operations", "Constraints", "Account", "Region"}
+	constraints  = []string{"EncryptionContextEquals", "EncryptionContextSubset"}
+	nativeFields = []string{"KeyId", "Account", "Region", "Description", "KeySpec", "KeyUsage", "Policy", "Tags", "Enabled", "RotationPeriodInDays", "KeyMaterial", "PrivateKeyPem",
+		"Origin", "CustomKeyStoreName", "CustomKeyStoreId", "XksKeyId"}
+	tagFields    = []string{"TagKey", "TagValue"}
+	aliasFields  = []string{"AliasName", "TargetKeyId", "Account", "Region"}
+	localGroups  = map[string][]string{"Symmetric": {"Aes", "Hmac"}, "Asymmetric": {"Rsa", "Ecc"}}
+	localFields  = []string{"Metadata", "BackingKeys", "NextKeyRotation", "PrivateKeyPem", "PrivateKeyHex"}
+	localMeta    = []string{"KeyId", "Description", "KeyUsage", "KeySpec", "Origin", "Enabled"}
+	localAliases = []string{"AliasName", "TargetKeyId"}
 )
 
 func (l *loader) yaml(b []byte) error {
@@ -390,6 +408,11 @@ func (l *loader) yaml(b []byte) error {
 			if err := l.fields(n, storeFields); err != nil {
 				return err
 			}
+			if c := value(n, "XksProxyAuthenticationCredential"); c != nil {
+				if err := l.fields(c, credFields); err != nil {
+					return err
+				}
+			}
 			var ks keyStore
 			if err := n.Decode(&ks); err != nil {
 				return l.errorf(n.Line, "%s", decodeMessage(err))
@@ -398,6 +421,9 @@ func (l *loader) yaml(b []byte) error {
 		}
 	}
 	if err := l.hsm(clusters, clusterLines, stores, storeLines); err != nil {
+		return err
+	}
+	if err := l.storeKeys(); err != nil {
 		return err
 	}
 	if an := value(root, "Aliases"); an != nil && !isNull(an) {
@@ -447,6 +473,7 @@ func (l *loader) native(k nativeKey, line int) error {
 		Where: l.where(line), Account: or(k.Account, l.account), Region: or(k.Region, l.region),
 		ID: k.KeyId, Description: k.Description, KeySpec: k.KeySpec, KeyUsage: k.KeyUsage,
 		Policy: k.Policy, Disabled: k.Enabled != nil && !*k.Enabled, RotationPeriodInDays: k.RotationPeriodInDays,
+		Origin: k.Origin, StoreName: k.CustomKeyStoreName, StoreID: k.CustomKeyStoreId, XksKeyID: k.XksKeyId,
 	}
 	if k.KeyId == "" {
 		return l.errorf(line, "KeyId is required")
@@ -526,6 +553,20 @@ func (l *loader) hsm(cs []cluster, cLines []int, ks []keyStore, kLines []int) er
 		if st.Name == "" {
 			return l.errorf(kLines[i], "a custom key store needs CustomKeyStoreName")
 		}
+		switch k.CustomKeyStoreType {
+		case "", "AWS_CLOUDHSM":
+			if k.XksProxyUriEndpoint != "" || k.XksProxyUriPath != "" || k.XksProxyConnectivity != "" || k.XksProxyVpcEndpointServiceName != "" || k.XksProxyAuthenticationCredential != nil {
+				return l.errorf(kLines[i], "custom key store %s: XksProxy* parameters are not valid for a custom key store of type AWS_CLOUDHSM", st.Name)
+			}
+		case "EXTERNAL_KEY_STORE":
+			if err := l.external(&st, k); err != nil {
+				return l.errorf(kLines[i], "custom key store %s: %v", st.Name, err)
+			}
+			l.out.KeyStores = append(l.out.KeyStores, st)
+			continue
+		default:
+			return l.errorf(kLines[i], "custom key store %s: CustomKeyStoreType must be AWS_CLOUDHSM or EXTERNAL_KEY_STORE", st.Name)
+		}
 		if k.ClusterName != "" {
 			for _, d := range l.out.Clusters {
 				if d.Name == k.ClusterName {
@@ -555,6 +596,53 @@ func (l *loader) hsm(cs []cluster, cLines []int, ks []keyStore, kLines []int) er
 		}
 		st.Password = pw
 		l.out.KeyStores = append(l.out.KeyStores, st)
+	}
+	return nil
+}
+
+// external reads an external key store's proxy parameters, its
+// credential's secret from its reference (file:/path or env:NAME).
+// CreateCustomKeyStore's rules are applied by kms.CheckSeedKeyStores.
+func (l *loader) external(st *kms.SeedKeyStore, k keyStore) error {
+	if k.CloudHsmClusterId != "" || k.ClusterName != "" || k.TrustAnchorCertificate != "" || k.KeyStorePassword != "" {
+		return errors.New("CloudHsmClusterId, ClusterName, TrustAnchorCertificate and KeyStorePassword are not valid for a custom key store of type EXTERNAL_KEY_STORE")
+	}
+	if k.XksProxyUriEndpoint == "" || k.XksProxyUriPath == "" || k.XksProxyConnectivity == "" || k.XksProxyAuthenticationCredential == nil {
+		return errors.New("an external key store needs XksProxyUriEndpoint, XksProxyUriPath, XksProxyConnectivity and XksProxyAuthenticationCredential")
+	}
+	cr := k.XksProxyAuthenticationCredential
+	if cr.AccessKeyId == "" || cr.RawSecretAccessKey == "" {
+		return errors.New("XksProxyAuthenticationCredential needs AccessKeyId and RawSecretAccessKey")
+	}
+	secret, err := hsm.Secret(cr.RawSecretAccessKey).Resolve()
+	if err != nil {
+		return fmt.Errorf("XksProxyAuthenticationCredential.RawSecretAccessKey: %v", err)
+	}
+	st.Type = "EXTERNAL_KEY_STORE"
+	st.XKS = kms.SeedXKS{Endpoint: k.XksProxyUriEndpoint, Path: k.XksProxyUriPath, Connectivity: k.XksProxyConnectivity,
+		VpcServiceName: k.XksProxyVpcEndpointServiceName, AccessKeyID: cr.AccessKeyId, Secret: secret}
+	return nil
+}
+
+// storeKeys checks that a key in a custom key store the file declares is
+// in one marked Connect (CreateKey needs it CONNECTED) and, for an
+// external store's key, that the store is external.
+func (l *loader) storeKeys() error {
+	for _, k := range l.out.Keys {
+		if k.StoreName == "" {
+			continue
+		}
+		for _, st := range l.out.KeyStores {
+			if st.Name != k.StoreName || st.Account != k.Account || st.Region != k.Region {
+				continue
+			}
+			if !st.Connect {
+				return fmt.Errorf("%s: key %s: custom key store %s needs Connect: true (keys are made in a CONNECTED store)", k.Where, k.ID, st.Name)
+			}
+			if ext := st.Type == "EXTERNAL_KEY_STORE"; ext != (k.Origin == "EXTERNAL_KEY_STORE") {
+				return fmt.Errorf("%s: key %s: Origin %s does not go with custom key store %s", k.Where, k.ID, or(k.Origin, "AWS_KMS"), st.Name)
+			}
+		}
 	}
 	return nil
 }

@@ -42,6 +42,9 @@ func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, ids *identit
 			return fmt.Errorf("seed: %w", err)
 		}
 	}
+	if err := svc.CheckSeedKeyStores(f.KeyStores); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
 	rep, err := svc.Seed(ctx, f.Keys, f.Aliases, f.Grants)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
@@ -66,20 +69,24 @@ func applySeed(ctx context.Context, f *seed.File, svc *kms.Service, ids *identit
 }
 
 // applySeedStores creates and connects the seed file's custom key stores,
-// once the HSM clusters are open. A store over a declared cluster whose
+// once the HSM clusters and external stores are open, then makes its keys
+// in custom key stores. A store over a declared cluster whose
 // crypto user's password kmsd has rotated (a reset of the emulator
 // removed the store that rotated it) is given the current password.
 func applySeedStores(ctx context.Context, f *seed.File, svc *kms.Service, clusters *hsm.Service, log *slog.Logger) error {
-	if f == nil || len(f.KeyStores) == 0 {
+	if f == nil || len(f.KeyStores) == 0 && !slices.ContainsFunc(f.Keys, func(k kms.SeedKey) bool { return k.Origin != "" && k.Origin != "AWS_KMS" }) {
 		return nil
 	}
 	stores := slices.Clone(f.KeyStores)
 	for i, st := range stores {
+		if st.ClusterID == "" {
+			continue // an external key store
+		}
 		if pw, ok := clusters.CryptoUserPassword(st.Account, st.Region, st.ClusterID); ok {
 			stores[i].Password = pw
 		}
 	}
-	rep, err := svc.SeedKeyStores(ctx, stores)
+	rep, err := svc.SeedKeyStores(ctx, stores, f.Keys)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
