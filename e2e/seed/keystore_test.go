@@ -10,6 +10,8 @@ import (
 	"time"
 )
 
+const hsmKeyID = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+
 const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so" // Debian's softhsm2, which scripts/test.sh installs
 
 func run(t *testing.T, env []string, name string, args ...string) {
@@ -69,6 +71,11 @@ CustomKeyStores:
     ClusterName: seeded
     KeyStorePassword: env:SEED_KMSUSER_PIN
     Connect: true
+Keys:
+  - KeyId: `+hsmKeyID+`
+    Description: in the HSM
+    Origin: AWS_CLOUDHSM
+    CustomKeyStoreName: seeded-store
 `)
 	data := filepath.Join(dir, "data")
 	extra := []string{"SOFTHSM2_CONF=" + conf, "SEED_KMSUSER_PIN=kmsPswd1", "KMSD_KEYSTORE_CONNECT_DELAY=50ms"}
@@ -81,6 +88,15 @@ CustomKeyStores:
 		}
 		if phase != "reset" && st["CustomKeyStoreId"] != storeID {
 			t.Fatalf("%s: store %v, was %s", phase, st, storeID)
+		}
+		// The file's key, with its fixed id, made in the store at start.
+		md := e.ok("kms", "describe-key", "--key-id", hsmKeyID)["KeyMetadata"].(map[string]any)
+		if md["Origin"] != "AWS_CLOUDHSM" || md["CustomKeyStoreId"] != st["CustomKeyStoreId"] || md["Description"] != "in the HSM" {
+			t.Fatalf("%s: seeded key %v", phase, md)
+		}
+		hct := b64(t, e.ok("kms", "encrypt", "--key-id", hsmKeyID, "--plaintext", fileb(t, []byte("seeded in the HSM"))), "CiphertextBlob")
+		if pt := b64(t, e.ok("kms", "decrypt", "--ciphertext-blob", fileb(t, hct)), "Plaintext"); string(pt) != "seeded in the HSM" {
+			t.Fatalf("%s: decrypt with the seeded key %q", phase, pt)
 		}
 		id := e.ok("kms", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", st["CustomKeyStoreId"].(string))["KeyMetadata"].(map[string]any)["KeyId"].(string)
 		ct := b64(t, e.ok("kms", "encrypt", "--key-id", id, "--plaintext", fileb(t, []byte("in the HSM"))), "CiphertextBlob")
@@ -98,7 +114,8 @@ CustomKeyStores:
 			if code, body := post(t, "POST", e.k.Endpoint+"/_kmsd/reset"); code != 200 {
 				t.Fatalf("reset: %d %v", code, body)
 			}
-			if ks := e.ok("kms", "list-keys")["Keys"].([]any); len(ks) != 0 {
+			// The reset made the store and its seeded key again.
+			if ks := e.keyIDs(); len(ks) != 1 || ks[0] != hsmKeyID {
 				t.Fatalf("keys after reset: %v", ks)
 			}
 			useStore(e, "reset")

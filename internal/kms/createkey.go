@@ -119,7 +119,7 @@ func (s *Service) createKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 			return nil, err
 		}
 	} else if custom {
-		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id)); err != nil {
+		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id), fixedID != ""); err != nil {
 			return nil, err
 		}
 	}

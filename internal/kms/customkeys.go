@@ -118,7 +118,11 @@ func hsmLabel(region, account, id string) string {
 // createStoreKey checks a CreateKey into custom key store id (spec §5.7)
 // and makes the key's AES-256 material, labelled label, in the store's
 // cluster.
-func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, id *string, label string) error {
+//
+// With adopt (a seed file's key of fixed key id), a key the cluster
+// holds under the label already is taken as the key's: the same key
+// before a reset of the emulator, which leaves the HSMs' keys alone.
+func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, id *string, label string, adopt bool) error {
 	if id == nil {
 		return exc("UnsupportedOperationException", "Origin "+origin+" needs a CustomKeyStoreId.")
 	}
@@ -151,6 +155,9 @@ func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, 
 		return exc("UnsupportedOperationException", "CloudHSM keys are not available in this kmsd.")
 	}
 	if err := s.hsmKeys.CreateKey(ctx, st.ClusterID, label); err != nil {
+		if adopt && errors.Is(err, hsm.ErrKeyExists) {
+			return nil
+		}
 		return s.hsmErr(st, err)
 	}
 	return nil

@@ -257,6 +257,9 @@ func (s *Service) seedGrant(ctx context.Context, sg SeedGrant, newKeys []*catalo
 func seedMessage(err error) error {
 	var e *kmsapi.Exception
 	if errors.As(err, &e) {
+		if e.Message == "" {
+			return errors.New(e.Name) // e.g. an HSM's failure, logged apart
+		}
 		return errors.New(e.Message)
 	}
 	return err
