@@ -149,6 +149,8 @@ func TestSeedExternalKeyStoreBroken(t *testing.T) {
 			"seed.yaml:2: custom key store seeded-xks: XksProxyAuthenticationCredential.RawSecretAccessKey: want file:/path or env:NAME"},
 		{"not connected", strings.Replace(good, "    Connect: true\n", "", 1),
 			"seed.yaml:11: key " + xksKeyID + ": custom key store seeded-xks needs Connect: true"},
+		{"alias of the store's key", strings.Replace(good, "TargetKeyId: "+symID, "TargetKeyId: "+xksKeyID, 1),
+			"seed.yaml:20: alias alias/plain: keys of the seed file in custom key stores are made once their stores are connected"},
 		{"no xks key id", strings.Replace(good, "    XksKeyId: k1\n", "", 1),
 			"seed.yaml:12: key " + xksKeyID + ": XksKeyId is required with Origin EXTERNAL_KEY_STORE"},
 	}

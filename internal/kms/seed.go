@@ -96,6 +96,7 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 	rep := &SeedReport{}
 	var newKeys []*catalog.Key
 	declared := map[string]bool{}
+	pending := map[string]bool{} // new keys in custom key stores
 	now := s.now().UTC().Truncate(time.Millisecond)
 	for i := range ks {
 		sk := &ks[i]
@@ -122,6 +123,7 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 			continue
 		}
 		if sk.custom() {
+			pending[name] = true
 			continue // made by SeedKeyStores in its connected store
 		}
 		newKeys = append(newKeys, k)
@@ -138,6 +140,9 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 			return nil, fmt.Errorf("%s: alias %s is declared twice", sa.Where, sa.Name)
 		}
 		seen[arn] = true
+		if pendingTarget(pending, sa.Region, sa.TargetKeyID) {
+			return nil, fmt.Errorf("%s: alias %s: %w", sa.Where, sa.Name, errPendingTarget)
+		}
 		target, err := s.seedTarget(ctx, sa, newKeys)
 		if err != nil {
 			return nil, fmt.Errorf("%s: alias %s: %w", sa.Where, sa.Name, err)
@@ -158,6 +163,9 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 	}
 	var newGrants []*catalog.Grant
 	for _, sg := range gs {
+		if pendingTarget(pending, sg.Region, sg.KeyID) {
+			return nil, fmt.Errorf("%s: grant on %s: %w", sg.Where, sg.KeyID, errPendingTarget)
+		}
 		g, err := s.seedGrant(ctx, sg, newKeys, now, rep)
 		if err != nil {
 			return nil, fmt.Errorf("%s: grant on %s: %w", sg.Where, sg.KeyID, seedMessage(err))
@@ -173,6 +181,17 @@ func (s *Service) Seed(ctx context.Context, ks []SeedKey, as []SeedAlias, gs []S
 		return nil, err
 	}
 	return rep, nil
+}
+
+var errPendingTarget = errors.New("keys of the seed file in custom key stores are made once their stores are connected, after its aliases and grants, which cannot name them at the first start")
+
+// pendingTarget reports whether target (a key id or ARN) is a key of the
+// file to be made in a custom key store.
+func pendingTarget(pending map[string]bool, region, target string) bool {
+	if ref, err := keys.Parse(target); err == nil && ref.Kind == keys.KindKeyARN {
+		region, target = ref.Region, ref.ID
+	}
+	return pending[catalog.Name(region, target)]
 }
 
 // seedGrant checks a declared grant as CreateGrant does and returns its
