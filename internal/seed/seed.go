@@ -18,6 +18,17 @@
 //	    Enabled: false                    # default true
 //	    Account: "111122223333"           # default: --account-id
 //	    Region: eu-west-1                 # default: --default-region
+//	    Origin: EXTERNAL_KEY_STORE        # or AWS_CLOUDHSM: a key in a custom
+//	    CustomKeyStoreName: ledger        # key store (or CustomKeyStoreId),
+//	    XksKeyId: k1                      # made once the store is CONNECTED
+//	CustomKeyStores:                      # see hsm(); external stores:
+//	  - CustomKeyStoreName: ledger
+//	    CustomKeyStoreType: EXTERNAL_KEY_STORE
+//	    XksProxyUriEndpoint: https://xks.example.com
+//	    XksProxyUriPath: /kms/xks/v1
+//	    XksProxyConnectivity: PUBLIC_ENDPOINT
+//	    XksProxyAuthenticationCredential: {AccessKeyId: AKID…, RawSecretAccessKey: env:NAME}
+//	    Connect: true
 //	Aliases:
 //	  - AliasName: alias/orders
 //	    TargetKeyId: 0b7e4a3c-2f4e-4e8a-9d6b-1c2d3e4f5a6b

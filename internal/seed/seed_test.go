@@ -129,3 +129,36 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseExternalKeyStore: an external key store entry and a key in it
+// are read with the secret resolved from its reference; wrong entries are
+// refused naming their line, never echoing the secret.
+func TestParseExternalKeyStore(t *testing.T) {
+	const secret = "PleaseReplaceThisWithSomeSecretOfLength43To64"
+	t.Setenv("SEED_XKS_SECRET", secret)
+	store := "CustomKeyStores:\n  - CustomKeyStoreName: x\n    CustomKeyStoreType: EXTERNAL_KEY_STORE\n    XksProxyUriEndpoint: https://127.0.0.1:8443\n    XksProxyUriPath: /kms/xks/v1\n    XksProxyConnectivity: PUBLIC_ENDPOINT\n    XksProxyAuthenticationCredential:\n      AccessKeyId: AKIDAAAAAAAAAAAAAAAAAAAA\n      RawSecretAccessKey: env:SEED_XKS_SECRET\n    Connect: true\n"
+	key := "Keys:\n  - KeyId: " + id1 + "\n    Origin: EXTERNAL_KEY_STORE\n    CustomKeyStoreName: x\n    XksKeyId: k1\n"
+	f, err := Parse("s.yaml", []byte(key+store), "111122223333", "us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, k := f.KeyStores[0], f.Keys[0]
+	if st.Type != "EXTERNAL_KEY_STORE" || st.XKS.Secret != secret || st.XKS.AccessKeyID != "AKIDAAAAAAAAAAAAAAAAAAAA" || st.XKS.Path != "/kms/xks/v1" || !st.Connect || st.Where != "seed file s.yaml:7" {
+		t.Fatalf("store %+v", st)
+	}
+	if k.Origin != "EXTERNAL_KEY_STORE" || k.StoreName != "x" || k.XksKeyID != "k1" {
+		t.Fatalf("key %+v", k)
+	}
+	for _, c := range []struct{ content, want string }{
+		{key + strings.Replace(store, "env:SEED_XKS_SECRET", secret, 1), "s.yaml:7: custom key store x: XksProxyAuthenticationCredential.RawSecretAccessKey: want file:/path or env:NAME"},
+		{key + strings.Replace(store, "      AccessKeyId:", "      SecretKey: "+secret+"\n      AccessKeyId:", 1), `s.yaml:13: unknown field "SecretKey"`},
+		{key + strings.Replace(store, "    Connect: true\n", "", 1), "s.yaml:2: key " + id1 + ": custom key store x needs Connect: true"},
+		{strings.Replace(key, "EXTERNAL_KEY_STORE", "AWS_CLOUDHSM", 1) + store, "s.yaml:2: key " + id1 + ": Origin AWS_CLOUDHSM does not go with custom key store x"},
+		{key + strings.Replace(store, "    XksProxyUriPath: /kms/xks/v1\n", "", 1), "s.yaml:7: custom key store x: an external key store needs XksProxyUriEndpoint"},
+	} {
+		_, err := Parse("s.yaml", []byte(c.content), "111122223333", "us-east-1")
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), secret) {
+			t.Errorf("%v, want %q", err, c.want)
+		}
+	}
+}
