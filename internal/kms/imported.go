@@ -212,7 +212,7 @@ type ExpiredMaterial struct {
 func (s *Service) SweepImports(ctx context.Context) ([]ExpiredMaterial, error) {
 	now := s.now()
 	var due []string
-	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
+	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
 		if expiring(k, now) {
 			due = append(due, k.Name())
 		}

@@ -104,7 +104,7 @@ func invalidStateMessage(se *keystore.StateError) string {
 // custom key store id.
 func (s *Service) storeHasKeys(ctx context.Context, id string) (bool, error) {
 	errFound := errors.New("found")
-	err := s.cat.AllKeys(ctx, func(k *catalog.Key) error {
+	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
 		if k.CustomKeyStoreID == id {
 			return errFound
 		}

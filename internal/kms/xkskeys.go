@@ -90,7 +90,7 @@ func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID
 		return exc("CustomKeyStoreInvalidStateException", "Custom key store "+st.ID+" is in state "+string(st.State)+"; keys can be created only while it is CONNECTED.")
 	}
 	errFound := errors.New("found")
-	err = s.cat.AllKeys(ctx, func(k *catalog.Key) error {
+	err = s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
 		if k.CustomKeyStoreID == st.ID && k.XksKeyID == *xksKeyID {
 			return errFound
 		}
