@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/policy"
 )
@@ -166,22 +168,41 @@ func accessDenied(r *policy.Request, reason policy.Reason) error {
 	return exc("AccessDeniedException", policy.AccessDeniedMessage(r, reason))
 }
 
-// polEntry caches the parsed key policy of one key record. Records are
-// immutable snapshots replaced on every update, so a cached entry is valid
-// exactly while its record is the current one: PutKeyPolicy (any update)
-// invalidates it without further bookkeeping.
-type polEntry struct {
-	rec *catalog.Key
-	pol *policy.Policy
+// policyCacheSize bounds the parsed key policies kept: distinct policy
+// texts, which on a large store are far fewer than keys (most keys have
+// their account's default policy).
+const policyCacheSize = 4096
+
+// policyCache keeps parsed key policies by their text, so that a key read
+// for the first time (on a store of a million keys, most keys of a random
+// request) reuses the parse of an equal policy, and memory is bounded by
+// policyCacheSize texts whatever the number of keys. A policy is a pure
+// function of its text, so an entry never goes stale: PutKeyPolicy stores
+// another text. (It was kept by key id, holding each key's record, which
+// grew with every key ever read.)
+type policyCache struct {
+	once sync.Once
+	c    *lru.Cache[string, *policy.Policy]
 }
 
-type policyCache struct{ m sync.Map } // key id → *polEntry
+func (pc *policyCache) cache() *lru.Cache[string, *policy.Policy] {
+	pc.once.Do(func() {
+		c, err := lru.New[string, *policy.Policy](policyCacheSize)
+		if err != nil {
+			panic(err) // only for a size <= 0
+		}
+		pc.c = c
+	})
+	return pc.c
+}
 
-// keyPolicy returns k's parsed key policy, parsing it once per record.
-// A stored policy that no longer parses allows nothing.
+// keyPolicy returns k's parsed key policy, parsing each policy text once
+// while it stays cached. A stored policy that no longer parses allows
+// nothing.
 func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
-	if e, ok := s.policies.m.Load(k.Name()); ok && e.(*polEntry).rec == k {
-		return e.(*polEntry).pol
+	c := s.policies.cache()
+	if p, ok := c.Get(k.Policy); ok {
+		return p
 	}
 	p, err := policy.Parse(k.Policy, policy.KeyPolicy)
 	if err != nil {
@@ -192,7 +213,7 @@ func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
 		// absent. Refusing the policy would lock everyone out of the key.
 		s.log.Warn("stored key policy names a condition key kmsd cannot fill", "key", k.ID, "err", err)
 	}
-	s.policies.m.Store(k.Name(), &polEntry{rec: k, pol: p})
+	c.Add(k.Policy, p)
 	return p
 }
 

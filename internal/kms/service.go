@@ -70,7 +70,7 @@ type Service struct {
 	xks      *keystore.External // external key stores; nil without them
 	quota    *keystore.Quota    // request quota per custom key store; nil: none
 
-	policies policyCache // parsed key policies, by key id
+	policies policyCache // parsed key policies, by policy text
 	lastTime atomic.Pointer[timeKeys]
 
 	pairSizes map[string]int // data key pairs pre-generated, by KeyPairSpec
