@@ -212,7 +212,7 @@ type ExpiredMaterial struct {
 func (s *Service) SweepImports(ctx context.Context) ([]ExpiredMaterial, error) {
 	now := s.now()
 	var due []string
-	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
+	err := s.sweepKeys(ctx, func(k *catalog.Key) error {
 		if expiring(k, now) {
 			due = append(due, k.Name())
 		}
@@ -239,6 +239,9 @@ func (s *Service) SweepImports(ctx context.Context) ([]ExpiredMaterial, error) {
 		})
 		switch {
 		case errors.Is(err, errUnchanged):
+		case errors.Is(err, catalog.ErrNotFound):
+			// Deleted since it was found (by SweepDeletions of the same
+			// round): no material left to expire.
 		case err != nil:
 			return out, err
 		default:

@@ -298,7 +298,7 @@ func (s *Service) arm(name string, d time.Duration) {
 // then with the other sweepers. It returns how many it completed.
 func (s *Service) SweepTransitions(ctx context.Context) (int, error) {
 	var pending []string
-	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
+	err := s.sweepKeys(ctx, func(k *catalog.Key) error {
 		if k.Pending != nil {
 			pending = append(pending, k.Name())
 		}

@@ -260,7 +260,7 @@ func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.Li
 func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	now := s.now().UTC().Truncate(time.Millisecond)
 	var due []string
-	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
+	err := s.sweepKeys(ctx, func(k *catalog.Key) error {
 		if k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) && !k.IsReplica() {
 			due = append(due, k.Name())
 		}

@@ -72,7 +72,7 @@ func (s *Service) SweepDeletions(ctx context.Context) (int, error) {
 	now := s.now()
 	var due []*catalog.Key
 	var backed []*catalog.Key // keys of custom key stores among them
-	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
+	err := s.sweepKeys(ctx, func(k *catalog.Key) error {
 		if k.State == keys.PendingDeletion && k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
 			due = append(due, k)
 			if k.CustomKeyStoreID != "" {

@@ -400,18 +400,23 @@ func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if _, err := svc.SweepDeletions(ctx); err != nil && ctx.Err() == nil {
+		// One scan of the store for the four sweepers (kms.SweepRound).
+		round, err := svc.SweepRound(ctx)
+		if err != nil && ctx.Err() == nil {
+			log.Error("sweep scan", "err", err)
+		}
+		if _, err := svc.SweepDeletions(round); err != nil && ctx.Err() == nil {
 			log.Error("deletion sweep", "err", err)
 		}
-		if _, err := svc.SweepRotations(ctx); err != nil && ctx.Err() == nil {
+		if _, err := svc.SweepRotations(round); err != nil && ctx.Err() == nil {
 			log.Error("rotation sweep", "err", err)
 		}
 		// First at start: what a killed process left Creating or
 		// Updating ends now if due; timers of this process do the rest.
-		if _, err := svc.SweepTransitions(ctx); err != nil && ctx.Err() == nil {
+		if _, err := svc.SweepTransitions(round); err != nil && ctx.Err() == nil {
 			log.Error("multi-Region transition sweep", "err", err)
 		}
-		gone, err := svc.SweepImports(ctx)
+		gone, err := svc.SweepImports(round)
 		if err != nil && ctx.Err() == nil {
 			log.Error("imported key material expiry sweep", "err", err)
 		}
