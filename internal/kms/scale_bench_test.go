@@ -24,7 +24,7 @@ func BenchmarkDescribeKeyRandom(b *testing.B) {
 	f := newFixture(t)
 	ctx := context.Background()
 	pol := policy.DefaultKeyPolicy("111122223333")
-	const n = 200000
+	const n = 50000
 	ids := make([]string, 0, n)
 	material := make([]byte, 32)
 	for len(ids) < n {
