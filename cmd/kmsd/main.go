@@ -274,7 +274,7 @@ func serve(args []string) error {
 	var hsmProbe, hsmBackup string
 	var cfg server.Config
 	var configFile, sweep, auditMax, replicaDelay, consoleIdle string
-	var dbPasswordFile, dbMax, dbMin, dbConnect, dbStatement string
+	var dbPasswordFile, dbMax, dbMin, dbConnect, dbStatement, leaseTTL string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -309,6 +309,8 @@ func serve(args []string) error {
 		{"console-idle-timeout", "KMSD_CONSOLE_IDLE_TIMEOUT", "console_idle_timeout", "how long a web console session lasts without requests (default 15m)", &consoleIdle},
 		{"seed", "KMSD_SEED", "seed", "seed file (YAML, or TOML if it ends in .toml; kmsd's layout or local-kms's) of keys and aliases made sure to exist at every start", &cfg.Seed},
 		{"keystore-connectors", "KMSD_KEYSTORE_CONNECTORS", "keystore_connectors", "how many custom key stores connect at once; more stay CONNECTING until their turn, so that many connecting at once do not slow the requests served meanwhile (default: one per CPU)", &cfg.KeyStoreConnectors},
+		{"lease-ttl", "KMSD_LEASE_TTL", "lease_ttl", "time to live of the controller and node leases, renewed every fifth of it; a dead controller is replaced within about this (default 15s; 1s to 10m)", &leaseTTL},
+		{"controller", "KMSD_CONTROLLER", "controller", "auto (this node may become the controller, which alone runs sweeps and other background duties) or never (default auto)", &cfg.Controller},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -346,6 +348,13 @@ func serve(args []string) error {
 			return fmt.Errorf("--sweep-interval: %w", err)
 		}
 		cfg.SweepInterval = d
+	}
+	if leaseTTL != "" {
+		d, err := time.ParseDuration(leaseTTL)
+		if err != nil {
+			return fmt.Errorf("--lease-ttl: %w", err)
+		}
+		cfg.LeaseTTL = d
 	}
 	if replicaDelay != "" {
 		d, err := time.ParseDuration(replicaDelay)

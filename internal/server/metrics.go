@@ -21,6 +21,8 @@ type metrics struct {
 	// overview and any Prometheus dashboard.
 	latency   *prometheus.HistogramVec
 	latencyOf map[string]prometheus.Observer // the KMS operations', resolved once
+	// sweeps counts the sweep rounds this node ran (as controller).
+	sweeps prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -36,8 +38,12 @@ func newMetrics() *metrics {
 			Help:    "How long API requests take, by operation, from the request read to the response written.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"operation"}),
+		sweeps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsd_sweep_runs_total",
+			Help: "Rounds of the deletion, rotation, transition and import expiry sweeps this node ran as the controller.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.requests, m.latency, m.sweeps, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.latencyOf = map[string]prometheus.Observer{}
 	for name := range kmsapi.Operations {
 		m.okByOp[name] = m.requests.WithLabelValues(name, "OK")

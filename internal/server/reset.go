@@ -23,6 +23,7 @@ import (
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/seed"
@@ -77,7 +78,9 @@ func (a *api) openCore(ctx context.Context) error {
 	r := a.reset
 	r.ctx = ctx
 	cfg := r.cfg
-	cat := catalog.New(r.store, r.barrier)
+	// The catalog's writes made by the controller's duties are fenced by
+	// its lease (controller.Fence); API requests' writes are not.
+	cat := catalog.New(controller.Fence(r.store), r.barrier)
 	svc := kms.New(cat, kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
 	quota := keystore.NewQuota(cfg.StoreRPS, nil)
 	svc.SetStoreQuota(quota)
@@ -111,7 +114,7 @@ func (a *api) openCore(ctx context.Context) error {
 	swept := make(chan struct{})
 	go func() {
 		defer close(swept)
-		sweep(sweepCtx, svc, cfg.SweepInterval, r.log, a.auditExpiry)
+		sweep(sweepCtx, svc, cfg.SweepInterval, r.log, a.auditExpiry, a.metrics.sweeps)
 	}()
 	h := a.hsm
 	r.close = func(purge bool) (declared []string) {

@@ -31,12 +31,14 @@ import (
 
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/console"
+	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/sigv4"
 	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -157,6 +159,11 @@ type Config struct {
 	// ("" for one per CPU); Connectors is it parsed (0 for one per CPU).
 	KeyStoreConnectors string
 	Connectors         int
+	// LeaseTTL is the controller and node leases' time to live (default
+	// 15s); Controller is "auto" or "never" (this node never runs the
+	// background duties). The node id (NodeID) is the lease holder.
+	LeaseTTL   time.Duration
+	Controller string
 }
 
 // Validate checks c and fills defaults.
@@ -204,6 +211,19 @@ func (c *Config) Validate() error {
 	}
 	if c.NodeID != "" && !validNodeID(c.NodeID) {
 		return fmt.Errorf("--node-id %q: want 1 to 64 letters, digits, '.', '_' or '-'", c.NodeID)
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = controller.DefaultTTL
+	}
+	if c.LeaseTTL < time.Second || c.LeaseTTL > 10*time.Minute {
+		return fmt.Errorf("--lease-ttl %s: want a duration from 1s to 10m", c.LeaseTTL)
+	}
+	switch controller.Mode(c.Controller) {
+	case "":
+		c.Controller = string(controller.Auto)
+	case controller.Auto, controller.Never:
+	default:
+		return fmt.Errorf("--controller %q: want auto or never", c.Controller)
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
@@ -373,10 +393,27 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}()
 	}
 
-	// The change feed is pruned whatever core is open (reset.go).
-	if w, ok := store.(storage.Watcher); ok {
-		go pruneChanges(sweepCtx, w, changeRetention/5, changeRetention, log)
+	// The background duties run on the one node holding the controller
+	// lease (on SQLite: always this process).
+	ctl, err := newController(cfg, store, ln.Addr().String(), log)
+	if err != nil {
+		return err
 	}
+	a.metrics.reg.MustRegister(controllerCollector{ctl}, poolCollector{store})
+	if w, ok := store.(storage.Watcher); ok {
+		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, log) })
+	}
+	ctlCtx, stopCtl := context.WithCancel(ctx)
+	ctlDone := make(chan struct{})
+	go func() {
+		defer close(ctlDone)
+		ctl.Run(ctlCtx)
+	}()
+	// Stopped (duties ended, leases released) before the store closes.
+	defer func() {
+		stopCtl()
+		<-ctlDone
+	}()
 
 	select {
 	case <-ctx.Done():
@@ -396,10 +433,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 // sweep runs the deletion, rotation, multi-Region transition and
 // imported-material expiry sweepers now and then.
-func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger, expired func(kms.ExpiredMaterial)) {
+func sweep(ctx context.Context, svc *kms.Service, every time.Duration, log *slog.Logger, expired func(kms.ExpiredMaterial), runs prometheus.Counter) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
+		runs.Inc()
 		// One scan of the store for the four sweepers (kms.SweepRound).
 		round, err := svc.SweepRound(ctx)
 		if err != nil && ctx.Err() == nil {

@@ -1,0 +1,447 @@
+// Package controller elects, among the kmsd nodes sharing one database, the
+// one node that runs the background duties (sweeps, change-feed pruning,
+// …), by a fenced lease (MULTINODE.md §4.5, §4.6, §7.3). Every node also
+// holds a node lease (node/<id>) and publishes a node record (address,
+// heartbeat, cache lag) that `kmsd status` reads.
+//
+// The controller lease is taken with storage.Leaser.TryAcquire, renewed
+// every TTL/5 with a per-call timeout of TTL/3, and given up at once when a
+// renewal fails or its local deadline (minus a margin) passes: the context
+// of every duty is then cancelled, and the duties have returned before the
+// lease is tried for again. A duty's database writes made with its context
+// go through Fence's store, which turns them into UpdateFenced calls: a
+// controller that was paused past its lease and resumed has every write
+// refused, whatever its own clock believes.
+//
+// On SQLite one process holds the database, so it always wins the lease
+// at start and behaves as kmsd always has.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Defaults of MULTINODE.md §7.3 / §7.8.
+const (
+	DefaultTTL = 15 * time.Second
+	// LeaseName is the controller lease; node leases are NodeLeasePrefix+id.
+	LeaseName       = "controller"
+	NodeLeasePrefix = "node/"
+	// NodePrefix holds one record per node (Node, JSON); HistoryPrefix
+	// one record per controller epoch (Term, JSON), the last keepTerms.
+	NodePrefix    = "kmsd/node/"
+	HistoryPrefix = "kmsd/controller/"
+	keepTerms     = 100
+)
+
+// Mode says whether a node may become the controller.
+type Mode string
+
+const (
+	Auto  Mode = "auto"  // take the lease when it is free
+	Never Mode = "never" // serve only; never run background duties
+)
+
+// Config is a Controller's configuration.
+type Config struct {
+	Leaser storage.Leaser
+	Store  storage.Store // for node and history records
+	NodeID string
+	// Address is where this node serves the API, for status.
+	Address string
+	TTL     time.Duration // default DefaultTTL
+	Mode    Mode          // default Auto
+	Log     *slog.Logger
+	// CacheLag, if not nil, tells how far this node's caches are behind
+	// the database; it is published in the node record.
+	CacheLag func() (time.Duration, bool)
+}
+
+// Duty is background work run only while this node is the controller. It
+// must return soon after ctx is cancelled; writes it makes with ctx (through
+// a store wrapped by Fence) are fenced by the lease.
+type Duty func(ctx context.Context)
+
+// Controller runs the node heartbeat and the controller election.
+type Controller struct {
+	cfg    Config
+	holder string
+
+	mu     sync.Mutex
+	duties []namedDuty
+
+	epoch        atomic.Int64 // of the lease held now or last
+	leader       atomic.Bool
+	acquisitions atomic.Int64
+	stepDowns    atomic.Int64
+	started      time.Time
+}
+
+type namedDuty struct {
+	name string
+	fn   Duty
+}
+
+// New returns a Controller; Run starts it.
+func New(cfg Config) (*Controller, error) {
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 300*time.Millisecond {
+		return nil, fmt.Errorf("lease ttl %s: want at least 300ms", cfg.TTL)
+	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = Auto
+	case Auto, Never:
+	default:
+		return nil, fmt.Errorf("controller mode %q: want auto or never", cfg.Mode)
+	}
+	if err := ValidNodeID(cfg.NodeID); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now()}, nil
+}
+
+// ValidNodeID checks a node id: 1 to 64 of [A-Za-z0-9._-].
+func ValidNodeID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("node id %q: want 1 to 64 characters", id)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("node id %q: want only letters, digits, '.', '_' and '-'", id)
+		}
+	}
+	return nil
+}
+
+// Add registers a duty; duties added after Run start with the next term.
+func (c *Controller) Add(name string, d Duty) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.duties = append(c.duties, namedDuty{name, d})
+}
+
+// IsController says this node holds the controller lease now.
+func (c *Controller) IsController() bool { return c.leader.Load() }
+
+// Epoch is the epoch of the controller lease this node holds or last held
+// (0: never).
+func (c *Controller) Epoch() int64 { return c.epoch.Load() }
+
+// Counts returns how often this node took the controller lease and how
+// often it stepped down.
+func (c *Controller) Counts() (acquired, steppedDown int64) {
+	return c.acquisitions.Load(), c.stepDowns.Load()
+}
+
+// NodeID is this node's id.
+func (c *Controller) NodeID() string { return c.cfg.NodeID }
+
+// Run heartbeats and campaigns until ctx is cancelled, then stops the
+// duties and releases the leases, so another node takes over at once.
+func (c *Controller) Run(ctx context.Context) {
+	// The heartbeat outlives the campaign, so that the last node record
+	// says whether this node still holds the controller lease: it does not.
+	hctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.heartbeat(hctx)
+	}()
+	if c.cfg.Mode == Auto {
+		c.campaign(ctx)
+	} else {
+		<-ctx.Done()
+	}
+	stop()
+	<-done
+}
+
+// interval is how often leases are renewed and tried for.
+func (c *Controller) interval() time.Duration { return c.cfg.TTL / 5 }
+
+// margin is how long before its local deadline a holder stops acting.
+func (c *Controller) margin() time.Duration { return min(2*time.Second, c.cfg.TTL/5) }
+
+// campaign tries for the controller lease, and while holding it runs the
+// duties and renews it.
+func (c *Controller) campaign(ctx context.Context) {
+	for ctx.Err() == nil {
+		l, ok, err := c.cfg.Leaser.TryAcquire(ctx, LeaseName, c.holder, c.cfg.TTL)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			c.cfg.Log.Warn("controller lease: acquire", "err", err)
+		case ok:
+			c.term(ctx, l)
+			continue
+		}
+		// Jittered, so that nodes started together do not ask in step.
+		d := c.interval() + rand.N(c.interval()/2+1)
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+	}
+}
+
+// term runs one holding of the controller lease: duties started, lease
+// renewed until a renewal fails, the local deadline passes or ctx ends;
+// then the duties are cancelled and waited for.
+func (c *Controller) term(ctx context.Context, l storage.Lease) {
+	c.epoch.Store(l.Epoch)
+	c.leader.Store(true)
+	c.acquisitions.Add(1)
+	c.cfg.Log.Info("controller lease acquired", "node", c.cfg.NodeID, "epoch", l.Epoch)
+	dctx, cancel := context.WithCancel(WithLease(ctx, l))
+	// Fenced: a record of the term, for status and for tracing that no two
+	// terms overlap.
+	if err := c.recordTerm(dctx, l); err != nil && dctx.Err() == nil {
+		c.cfg.Log.Warn("controller: record term", "epoch", l.Epoch, "err", err)
+	}
+	var wg sync.WaitGroup
+	c.mu.Lock()
+	for _, d := range c.duties {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.fn(dctx)
+		}()
+	}
+	c.mu.Unlock()
+
+	reason := "shutdown"
+	for {
+		wait := time.NewTimer(min(c.interval(), time.Until(l.Deadline.Add(-c.margin()))))
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+		case <-wait.C:
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Until(l.Deadline) <= c.margin() {
+			// Paused, or renewals too slow: acting now could overlap the
+			// next holder.
+			reason = "local deadline passed"
+			break
+		}
+		rctx, rcancel := context.WithTimeout(ctx, min(c.cfg.TTL/3, time.Until(l.Deadline.Add(-c.margin()))))
+		nl, err := c.cfg.Leaser.Renew(rctx, l, c.cfg.TTL)
+		rcancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				reason = "renew: " + err.Error()
+			}
+			break
+		}
+		l = nl
+	}
+	cancel()
+	c.leader.Store(false)
+	c.stepDowns.Add(1)
+	wg.Wait()
+	c.cfg.Log.Info("controller lease given up", "node", c.cfg.NodeID, "epoch", l.Epoch, "reason", reason)
+	if ctx.Err() != nil {
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := c.cfg.Leaser.Release(rctx, l); err != nil {
+			c.cfg.Log.Warn("controller lease: release", "err", err)
+		}
+		rcancel()
+	}
+}
+
+// Term is the record of one controller epoch.
+type Term struct {
+	Epoch    int64     `json:"epoch"`
+	Node     string    `json:"node"`
+	Address  string    `json:"address,omitempty"`
+	Acquired time.Time `json:"acquired"` // the holder's clock
+}
+
+// termKey orders terms by epoch.
+func termKey(epoch int64) string { return fmt.Sprintf("%s%020d", HistoryPrefix, epoch) }
+
+func (c *Controller) recordTerm(ctx context.Context, l storage.Lease) error {
+	b, err := json.Marshal(Term{Epoch: l.Epoch, Node: c.cfg.NodeID, Address: c.cfg.Address, Acquired: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	return c.cfg.Leaser.UpdateFenced(ctx, l, func(tx storage.Tx) error {
+		if err := tx.Put(ctx, termKey(l.Epoch), b); err != nil {
+			return err
+		}
+		if l.Epoch > keepTerms {
+			return tx.Delete(ctx, termKey(l.Epoch-keepTerms))
+		}
+		return nil
+	})
+}
+
+// Node is the record a node publishes about itself.
+type Node struct {
+	ID        string    `json:"id"`
+	Address   string    `json:"address,omitempty"`
+	Started   time.Time `json:"started"`
+	Heartbeat time.Time `json:"heartbeat"` // the node's clock
+	// Controller and Epoch: whether it held the controller lease at the
+	// heartbeat, and the epoch it holds or last held.
+	Controller bool  `json:"controller"`
+	Epoch      int64 `json:"epoch,omitempty"`
+	// CacheLagSeconds is how far its caches were behind the database,
+	// when it knows.
+	CacheLagSeconds *float64 `json:"cacheLagSeconds,omitempty"`
+	// Stopped says the node shut down cleanly at Heartbeat.
+	Stopped bool `json:"stopped,omitempty"`
+}
+
+// heartbeat holds the node lease and writes the node record every
+// interval; it releases the lease when ctx ends.
+func (c *Controller) heartbeat(ctx context.Context) {
+	name := NodeLeasePrefix + c.cfg.NodeID
+	var l storage.Lease
+	held := false
+	for {
+		var err error
+		if held {
+			l, err = c.cfg.Leaser.Renew(ctx, l, c.cfg.TTL)
+			held = err == nil
+		}
+		if !held && ctx.Err() == nil {
+			// Lost (or never had): the node may have been paused. A node
+			// lease held by another process of the same id means a
+			// misconfiguration, which the log shows.
+			var ok bool
+			l, ok, err = c.cfg.Leaser.TryAcquire(ctx, name, c.holder, c.cfg.TTL)
+			held = err == nil && ok
+			if err == nil && !ok {
+				c.cfg.Log.Warn("node lease held by another process with this node id", "node", c.cfg.NodeID)
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			c.cfg.Log.Warn("node lease", "err", err)
+		}
+		if err := c.writeNode(ctx, false); err != nil && ctx.Err() == nil {
+			c.cfg.Log.Warn("node record", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			// A clean stop says so, for status.
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := c.writeNode(rctx, true); err != nil {
+				c.cfg.Log.Warn("node record", "err", err)
+			}
+			if held {
+				c.cfg.Leaser.Release(rctx, l)
+			}
+			return
+		case <-time.After(c.interval()):
+		}
+	}
+}
+
+func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
+	n := Node{ID: c.cfg.NodeID, Address: c.cfg.Address, Started: c.started.UTC(), Heartbeat: time.Now().UTC(),
+		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped}
+	if c.cfg.CacheLag != nil {
+		if d, ok := c.cfg.CacheLag(); ok {
+			s := d.Seconds()
+			n.CacheLagSeconds = &s
+		}
+	}
+	b, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	return c.cfg.Store.Put(ctx, NodePrefix+c.cfg.NodeID, b)
+}
+
+// Status is what status reports: the nodes' records, the live leases and
+// the controller history, newest last.
+type Status struct {
+	Now        time.Time       `json:"now"`
+	Nodes      []NodeStatus    `json:"nodes"`
+	Leases     []LeaseStatus   `json:"leases"`
+	Terms      []Term          `json:"controllerHistory"`
+	Current    *ControllerInfo `json:"controller"`
+}
+
+// NodeStatus is a node's record and whether its node lease is live.
+type NodeStatus struct {
+	Node
+	Live bool `json:"live"`
+}
+
+// LeaseStatus is one live lease.
+type LeaseStatus struct {
+	Name             string  `json:"name"`
+	Holder           string  `json:"holder"`
+	Epoch            int64   `json:"epoch"`
+	ExpiresInSeconds float64 `json:"expiresInSeconds"`
+}
+
+// ControllerInfo is the live controller lease.
+type ControllerInfo struct {
+	Node  string `json:"node"`
+	Epoch int64  `json:"epoch"`
+}
+
+// ReadStatus reads the status of the nodes sharing st.
+func ReadStatus(ctx context.Context, st storage.Store, ls storage.Leaser) (*Status, error) {
+	s := &Status{Now: time.Now().UTC(), Nodes: []NodeStatus{}, Leases: []LeaseStatus{}, Terms: []Term{}}
+	live, err := ls.Live(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	liveNodes := map[string]bool{}
+	for _, l := range live {
+		s.Leases = append(s.Leases, LeaseStatus{Name: l.Name, Holder: l.Holder, Epoch: l.Epoch,
+			ExpiresInSeconds: time.Until(l.Deadline).Round(time.Millisecond).Seconds()})
+		if l.Name == LeaseName {
+			s.Current = &ControllerInfo{Node: l.Holder, Epoch: l.Epoch}
+		}
+		if id, ok := strings.CutPrefix(l.Name, NodeLeasePrefix); ok {
+			liveNodes[id] = true
+		}
+	}
+	nodes, err := st.List(ctx, NodePrefix, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range nodes {
+		var n Node
+		if err := json.Unmarshal(e.Value, &n); err != nil {
+			return nil, fmt.Errorf("node record %s: %w", e.Key, err)
+		}
+		s.Nodes = append(s.Nodes, NodeStatus{Node: n, Live: liveNodes[n.ID]})
+	}
+	terms, err := st.List(ctx, HistoryPrefix, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range terms {
+		var t Term
+		if err := json.Unmarshal(e.Value, &t); err != nil {
+			return nil, fmt.Errorf("controller record %s: %w", e.Key, err)
+		}
+		s.Terms = append(s.Terms, t)
+	}
+	return s, nil
+}
+

@@ -1,0 +1,248 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/sqlite"
+)
+
+// open returns n handles on one SQLite database, as n nodes would share
+// one PostgreSQL database.
+func open(t *testing.T, n int) []*sqlite.Store {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kmsd.db")
+	var out []*sqlite.Store
+	for range n {
+		st, err := sqlite.Open(context.Background(), path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		out = append(out, st)
+	}
+	return out
+}
+
+// span is one run of a duty on a node.
+type span struct {
+	node       string
+	epoch      int64
+	start, end time.Time
+}
+
+type recorder struct {
+	mu    sync.Mutex
+	spans []span
+}
+
+// duty records when it ran and with which lease, until cancelled.
+func (r *recorder) duty(node string) Duty {
+	return func(ctx context.Context) {
+		l, _ := LeaseFrom(ctx)
+		s := span{node: node, epoch: l.Epoch, start: time.Now()}
+		<-ctx.Done()
+		s.end = time.Now()
+		r.mu.Lock()
+		r.spans = append(r.spans, s)
+		r.mu.Unlock()
+	}
+}
+
+type node struct {
+	c      *Controller
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func start(t *testing.T, st *sqlite.Store, id string, ttl time.Duration, r *recorder) *node {
+	t.Helper()
+	c, err := New(Config{Leaser: st, Store: st, NodeID: id, Address: "127.0.0.1:1", TTL: ttl, Log: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Add("record", r.duty(id))
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{c: c, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(n.done)
+		c.Run(ctx)
+	}()
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *node) stop() {
+	n.cancel()
+	<-n.done
+}
+
+// waitLeader waits until exactly one of nodes is the controller.
+func waitLeader(t *testing.T, nodes []*node, within time.Duration) *node {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		var leaders []*node
+		for _, n := range nodes {
+			if n.c.IsController() {
+				leaders = append(leaders, n)
+			}
+		}
+		if len(leaders) > 1 {
+			t.Fatalf("%d controllers at once", len(leaders))
+		}
+		if len(leaders) == 1 {
+			return leaders[0]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no controller within %s", within)
+	return nil
+}
+
+// TestOneController: of three nodes one runs the duties; when it stops,
+// another takes over with a higher epoch, and no two terms overlap.
+func TestOneController(t *testing.T) {
+	const ttl = time.Second
+	sts := open(t, 3)
+	r := &recorder{}
+	var nodes []*node
+	for i, id := range []string{"a", "b", "c"} {
+		nodes = append(nodes, start(t, sts[i], id, ttl, r))
+	}
+	var epochs []int64
+	for range 2 {
+		l := waitLeader(t, nodes, 3*ttl)
+		epochs = append(epochs, l.c.Epoch())
+		l.stop() // released: the next takes over within an acquire retry
+		var rest []*node
+		for _, n := range nodes {
+			if n != l {
+				rest = append(rest, n)
+			}
+		}
+		nodes = rest
+	}
+	last := waitLeader(t, nodes, 3*ttl)
+	epochs = append(epochs, last.c.Epoch())
+	last.stop()
+	for i := 1; i < len(epochs); i++ {
+		if epochs[i] <= epochs[i-1] {
+			t.Errorf("epochs %v: not strictly increasing", epochs)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.spans) != 3 {
+		t.Fatalf("duty ran %d times, want 3 (one per term): %+v", len(r.spans), r.spans)
+	}
+	for i, a := range r.spans {
+		for _, b := range r.spans[i+1:] {
+			if a.start.Before(b.end) && b.start.Before(a.end) {
+				t.Errorf("terms overlap: %+v and %+v", a, b)
+			}
+		}
+	}
+	st, err := ReadStatus(context.Background(), sts[0], sts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Nodes) != 3 || len(st.Terms) != 3 {
+		t.Errorf("status: %d nodes, %d terms; want 3 and 3: %+v", len(st.Nodes), len(st.Terms), st)
+	}
+	if st.Current != nil {
+		t.Errorf("status: controller %+v after every node stopped", st.Current)
+	}
+}
+
+// TestFence: a write with a lease taken over by another holder is refused
+// and changes nothing; writes without a lease pass.
+func TestFence(t *testing.T) {
+	ctx := context.Background()
+	sts := open(t, 2)
+	old, ok, err := sts[0].TryAcquire(ctx, LeaseName, "a", 50*time.Millisecond)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	fa, fb := Fence(sts[0]), Fence(sts[1])
+	if err := fa.Put(WithLease(ctx, old), "k", []byte("1")); err != nil {
+		t.Fatalf("fenced write while held: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond) // "a" paused past its lease
+	cur, ok, err := sts[1].TryAcquire(ctx, LeaseName, "b", time.Minute)
+	if err != nil || !ok || cur.Epoch != old.Epoch+1 {
+		t.Fatalf("takeover: %+v %v %v", cur, ok, err)
+	}
+	for name, write := range map[string]func() error{
+		"Put":    func() error { return fa.Put(WithLease(ctx, old), "k", []byte("2")) },
+		"Delete": func() error { return fa.Delete(WithLease(ctx, old), "k") },
+		"Create": func() error { return fa.Create(WithLease(ctx, old), "k2", []byte("2")) },
+		"Update": func() error {
+			return fa.Update(WithLease(ctx, old), func(tx storage.Tx) error { return tx.Put(ctx, "k", []byte("2")) })
+		},
+	} {
+		if err := write(); !errors.Is(err, storage.ErrFenced) {
+			t.Errorf("%s with the old lease: %v, want ErrFenced", name, err)
+		}
+	}
+	if v, err := sts[1].Get(ctx, "k"); err != nil || string(v) != "1" {
+		t.Errorf("k = %q, %v; want the value written before the takeover", v, err)
+	}
+	if _, err := sts[1].Get(ctx, "k2"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("k2: %v, want absent", err)
+	}
+	if err := fb.Put(WithLease(ctx, cur), "k", []byte("3")); err != nil {
+		t.Errorf("write with the current lease: %v", err)
+	}
+	if err := fa.Put(ctx, "k", []byte("4")); err != nil {
+		t.Errorf("unfenced write: %v", err)
+	}
+}
+
+// TestStepDownOnLostLease: a controller whose lease is taken over (it was
+// paused, or the database expired it) cancels its duties at once.
+func TestStepDownOnLostLease(t *testing.T) {
+	const ttl = time.Second
+	sts := open(t, 2)
+	r := &recorder{}
+	n := start(t, sts[0], "a", ttl, r)
+	waitLeader(t, []*node{n}, 3*ttl)
+	// Another process expires and takes the lease behind a's back, as a
+	// takeover after a pause does.
+	ctx := context.Background()
+	if err := sts[1].Release(ctx, storage.Lease{Name: LeaseName, Holder: "a", Epoch: n.c.Epoch()}); err != nil {
+		t.Fatal(err)
+	}
+	l, ok, err := sts[1].TryAcquire(ctx, LeaseName, "b", time.Minute)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	deadline := time.Now().Add(ttl)
+	for n.c.IsController() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n.c.IsController() {
+		t.Fatal("still controller a renewal interval after losing the lease")
+	}
+	time.Sleep(50 * time.Millisecond)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.spans) != 1 || r.spans[0].epoch >= l.Epoch {
+		t.Errorf("spans %+v: want one ended term before epoch %d", r.spans, l.Epoch)
+	}
+}
+
+// tWriter logs to the test's log.
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}

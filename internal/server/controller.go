@@ -1,0 +1,96 @@
+package server
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// newController makes this node's controller (node lease, controller
+// election) on store, which must be a storage.Leaser (both drivers are).
+func newController(cfg Config, store storage.Store, addr string, log *slog.Logger) (*controller.Controller, error) {
+	ls, ok := store.(storage.Leaser)
+	if !ok {
+		return nil, errors.New("the store has no leases")
+	}
+	id, err := nodeID(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
+		Mode: controller.Mode(cfg.Controller), Log: log})
+}
+
+// controllerCollector exports the controller lease's state.
+type controllerCollector struct{ c *controller.Controller }
+
+var (
+	descEpoch = prometheus.NewDesc("kmsd_controller_lease_epoch",
+		"Epoch of the controller lease this node holds or last held (0: never held).", []string{"node"}, nil)
+	descLeader = prometheus.NewDesc("kmsd_controller_is_leader",
+		"1 while this node holds the controller lease and runs the background duties.", []string{"node"}, nil)
+	descAcquired = prometheus.NewDesc("kmsd_controller_acquisitions_total",
+		"Times this node took the controller lease.", []string{"node"}, nil)
+	descStepDowns = prometheus.NewDesc("kmsd_controller_step_downs_total",
+		"Times this node gave the controller lease up (renewal failed, deadline passed or shutdown).", []string{"node"}, nil)
+)
+
+func (c controllerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descEpoch
+	ch <- descLeader
+	ch <- descAcquired
+	ch <- descStepDowns
+}
+
+func (c controllerCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.c.NodeID()
+	leader := 0.0
+	if c.c.IsController() {
+		leader = 1
+	}
+	acq, down := c.c.Counts()
+	ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(c.c.Epoch()), n)
+	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader, n)
+	ch <- prometheus.MustNewConstMetric(descAcquired, prometheus.CounterValue, float64(acq), n)
+	ch <- prometheus.MustNewConstMetric(descStepDowns, prometheus.CounterValue, float64(down), n)
+}
+
+// poolCollector exports the PostgreSQL connection pool's statistics; it
+// exports nothing on SQLite.
+type poolCollector struct{ store storage.Store }
+
+var (
+	descPoolConns = prometheus.NewDesc("kmsd_db_pool_connections",
+		"PostgreSQL pool connections by state (acquired, idle, total, max).", []string{"state"}, nil)
+	descPoolAcquires = prometheus.NewDesc("kmsd_db_pool_acquires_total",
+		"Connections taken from the PostgreSQL pool.", nil, nil)
+	descPoolEmpty = prometheus.NewDesc("kmsd_db_pool_empty_acquires_total",
+		"Connections taken from the PostgreSQL pool that had to wait for one.", nil, nil)
+	descPoolWait = prometheus.NewDesc("kmsd_db_pool_acquire_wait_seconds_total",
+		"Total time spent taking connections from the PostgreSQL pool.", nil, nil)
+)
+
+func (p poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPoolConns
+	ch <- descPoolAcquires
+	ch <- descPoolEmpty
+	ch <- descPoolWait
+}
+
+func (p poolCollector) Collect(ch chan<- prometheus.Metric) {
+	pg, ok := p.store.(*postgres.Store)
+	if !ok {
+		return
+	}
+	s := pg.PoolStats()
+	for state, v := range map[string]int32{"acquired": s.Acquired, "idle": s.Idle, "total": s.Total, "max": s.Max} {
+		ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(v), state)
+	}
+	ch <- prometheus.MustNewConstMetric(descPoolAcquires, prometheus.CounterValue, float64(s.Acquires))
+	ch <- prometheus.MustNewConstMetric(descPoolEmpty, prometheus.CounterValue, float64(s.EmptyAcquires))
+	ch <- prometheus.MustNewConstMetric(descPoolWait, prometheus.CounterValue, s.AcquireWait.Seconds())
+}
