@@ -29,6 +29,7 @@ import (
 const usage = `usage: kmsd [serve] [flags]
        kmsd backup --out FILE [flags]
        kmsd restore --from FILE --data-dir DIR [flags]
+       kmsd status [--data-dir DIR | --database-url URL] [--output text|json]
 
 Serves the AWS KMS API. Flags (environment variable; config file key):
 `
@@ -49,8 +50,10 @@ func main() {
 			run = backup
 		case "restore":
 			run = restore
+		case "status":
+			run = status
 		default:
-			fmt.Fprintf(os.Stderr, "kmsd: unknown command %q (want serve, backup or restore)\n", args[0])
+			fmt.Fprintf(os.Stderr, "kmsd: unknown command %q (want serve, backup, restore or status)\n", args[0])
 			os.Exit(2)
 		}
 		args = args[1:]
@@ -69,7 +72,7 @@ var errUsage = errors.New("usage")
 
 // command is the command being run, for messages.
 func command() string {
-	if len(os.Args) > 1 && (os.Args[1] == "backup" || os.Args[1] == "restore") {
+	if len(os.Args) > 1 && (os.Args[1] == "backup" || os.Args[1] == "restore" || os.Args[1] == "status") {
 		return os.Args[1]
 	}
 	return "serve"
@@ -189,6 +192,51 @@ func parseBytes(s string) (int64, error) {
 		return 0, errors.New("bad byte count")
 	}
 	return n * mult, nil
+}
+
+const statusUsage = `usage: kmsd status [--data-dir DIR | --database-url URL] [--output text|json]
+
+Prints the kmsd nodes sharing the database: each node's address, last
+heartbeat, whether its node lease is live (or it stopped cleanly), the
+controller lease's epoch it holds or last held and the cache lag it
+published; then the controller, the live leases and the last controller
+terms. Needs no root key; reads, and writes nothing.
+
+Flags (environment variable; config file key):
+`
+
+func status(args []string) error {
+	var c server.StatusConfig
+	var dbPasswordFile string
+	err := offlineFlags("status", statusUsage, args, func(fs *flag.FlagSet) {
+		fs.StringVar(&c.Output, "output", "text", "text or json")
+	},
+		setting{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory whose embedded database to read (default ~/.kmsd)", &c.DataDir},
+		setting{"database-url", "KMSD_DATABASE_URL", "database_url", "the PostgreSQL database the nodes share (password from KMSD_DATABASE_PASSWORD, --database-password-file, PGPASSWORD or PGPASSFILE)", &c.DatabaseURL},
+		setting{"database-password-file", "KMSD_DATABASE_PASSWORD_FILE", "database_password_file", "file holding the --database-url password (its first line)", &dbPasswordFile},
+	)
+	if err != nil {
+		return err
+	}
+	c.DatabasePassword = os.Getenv("KMSD_DATABASE_PASSWORD")
+	if dbPasswordFile != "" {
+		b, err := os.ReadFile(dbPasswordFile)
+		if err != nil {
+			return fmt.Errorf("--database-password-file: %w", err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		c.DatabasePassword = strings.TrimRight(line, "\r")
+	}
+	if c.DatabaseURL == "" {
+		if c.DataDir, err = defaultDataDir(c.DataDir); err != nil {
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return server.Status(ctx, c, os.Stdout)
 }
 
 func restore(args []string) error {
