@@ -375,11 +375,11 @@ func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
 // Status is what status reports: the nodes' records, the live leases and
 // the controller history, newest last.
 type Status struct {
-	Now        time.Time       `json:"now"`
-	Nodes      []NodeStatus    `json:"nodes"`
-	Leases     []LeaseStatus   `json:"leases"`
-	Terms      []Term          `json:"controllerHistory"`
-	Current    *ControllerInfo `json:"controller"`
+	Now     time.Time       `json:"now"`
+	Nodes   []NodeStatus    `json:"nodes"`
+	Leases  []LeaseStatus   `json:"leases"`
+	Terms   []Term          `json:"controllerHistory"`
+	Current *ControllerInfo `json:"controller"`
 }
 
 // NodeStatus is a node's record and whether its node lease is live.
@@ -444,4 +444,3 @@ func ReadStatus(ctx context.Context, st storage.Store, ls storage.Leaser) (*Stat
 	}
 	return s, nil
 }
-
