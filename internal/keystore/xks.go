@@ -384,49 +384,49 @@ func (m *Manager) UpdateExternal(ctx context.Context, account, region, id string
 }
 
 // PollExternal checks every CONNECTED external key store's proxy every
-// interval (GetHealthStatus, kmsOperation KmsHealthCheck) until the
-// manager closes. A failure is logged and reported; the store stays
-// CONNECTED, as AWS's do (spec §6.2). report may be nil.
-func (m *Manager) PollExternal(b *External, interval time.Duration, report func(st *Store, err error)) {
+// interval (GetHealthStatus, kmsOperation KmsHealthCheck) until ctx ends or
+// the manager closes; it returns then. A failure is logged and reported;
+// the store stays CONNECTED, as AWS's do (spec §6.2). report may be nil.
+// kmsd runs it on the controller only.
+func (m *Manager) PollExternal(ctx context.Context, b *External, interval time.Duration, report func(st *Store, err error)) {
 	if interval <= 0 || b == nil {
 		return
 	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-m.ctx.Done():
-				return
-			case <-t.C:
-			}
-			m.mu.RLock()
-			var live []*Store
-			for _, st := range m.stores {
-				if st.Type == TypeExternal && st.State == Connected {
-					live = append(live, clone(st))
-				}
-			}
-			m.mu.RUnlock()
-			for _, st := range live {
-				c, err := b.ClientFor(m, st)
-				if err == nil {
-					_, err = c.Health(m.ctx, xksclient.Meta{Operation: xksclient.OpKmsHealthCheck})
-				}
-				if err != nil && m.ctx.Err() == nil {
-					m.log.Warn("keystore: XKS proxy health check failed", "store", st.ID,
-						"code", xksclient.ConnectionErrorCode(err), "err", err)
-				} else if err == nil {
-					m.log.Debug("keystore: XKS proxy healthy", "store", st.ID)
-				}
-				if report != nil {
-					report(st, err)
-				}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(m.ctx, cancel)()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.mu.RLock()
+		var live []*Store
+		for _, st := range m.stores {
+			if st.Type == TypeExternal && st.State == Connected {
+				live = append(live, clone(st))
 			}
 		}
-	}()
+		m.mu.RUnlock()
+		for _, st := range live {
+			c, err := b.ClientFor(m, st)
+			if err == nil {
+				_, err = c.Health(ctx, xksclient.Meta{Operation: xksclient.OpKmsHealthCheck})
+			}
+			if err != nil && ctx.Err() == nil {
+				m.log.Warn("keystore: XKS proxy health check failed", "store", st.ID,
+					"code", xksclient.ConnectionErrorCode(err), "err", err)
+			} else if err == nil {
+				m.log.Debug("keystore: XKS proxy healthy", "store", st.ID)
+			}
+			if report != nil && ctx.Err() == nil {
+				report(st, err)
+			}
+		}
+	}
 }
 
 // CheckExternal reports whether a new external store st would break a

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -49,6 +50,9 @@ type api struct {
 	// resetMu is held shared by every request, exclusively by a reset.
 	reset   *resetter
 	resetMu sync.RWMutex
+	// xksHealth checks external key stores' proxies until its context
+	// ends: a controller duty; nil when off.
+	xksHealth func(ctx context.Context)
 }
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

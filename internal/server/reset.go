@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/google/uuid"
 	"github.com/kmsd/kmsd/internal/awsjson"
@@ -114,7 +115,12 @@ func (a *api) openCore(ctx context.Context) error {
 	swept := make(chan struct{})
 	go func() {
 		defer close(swept)
+		var wg sync.WaitGroup
+		if xks := a.xksHealth; xks != nil {
+			wg.Go(func() { xks(sweepCtx) })
+		}
 		sweep(sweepCtx, svc, cfg.SweepInterval, r.log, a.auditExpiry, a.metrics.sweeps)
+		wg.Wait()
 	}()
 	h := a.hsm
 	r.close = func(purge bool) (declared []string) {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -108,14 +109,17 @@ func (a *api) startXKS(ks *keystore.Manager, ext *keystore.External, interval ti
 			gauge = nil
 		}
 	}
-	ks.PollExternal(ext, interval, func(st *keystore.Store, err error) {
-		if gauge == nil {
-			return
-		}
-		v := 1.0
-		if err != nil {
-			v = 0
-		}
-		gauge.WithLabelValues(st.ID).Set(v)
-	})
+	// A controller duty (server.go): one node checks the proxies.
+	a.xksHealth = func(ctx context.Context) {
+		ks.PollExternal(ctx, ext, interval, func(st *keystore.Store, err error) {
+			if gauge == nil {
+				return
+			}
+			v := 1.0
+			if err != nil {
+				v = 0
+			}
+			gauge.WithLabelValues(st.ID).Set(v)
+		})
+	}
 }
