@@ -33,13 +33,19 @@ type Store struct {
 	// ClusterCert identifies the cluster's backup lineage (clusters
 	// restored from one backup share it).
 	ClusterCert string `json:"clusterCert,omitempty"`
-	// Password is kmsuser's password, sealed under passwordPath; Next, when
-	// set, the password a connect is rotating to (sealed under nextPath), so
-	// that a crash between the rotation and its record never loses it.
-	Password  []byte `json:"password,omitempty"`
-	Next      []byte `json:"next,omitempty"`
-	State     State  `json:"state"`
-	ErrorCode string `json:"errorCode,omitempty"`
+	// Password is kmsuser's password, sealed under passwordPath. Pending
+	// are the passwords connects were rotating to (each sealed under
+	// nextPath), oldest first, recorded before the rotation and kept until
+	// its outcome is, so that neither a crash nor a paused connector whose
+	// rotation lands after another's ever loses the password
+	// (MULTINODE.md §4.7): a connect tries them, newest first, before
+	// rotating. Next is the single pending password of records written
+	// before Pending, read as its first element.
+	Password  []byte   `json:"password,omitempty"`
+	Pending   [][]byte `json:"pending,omitempty"`
+	Next      []byte   `json:"next,omitempty"`
+	State     State    `json:"state"`
+	ErrorCode string   `json:"errorCode,omitempty"`
 	// XKS is the proxy configuration of an external key store (its secret
 	// is Password, sealed like kmsuser's).
 	XKS *XKSConfig `json:"xks,omitempty"`
@@ -48,6 +54,37 @@ type Store struct {
 func recordPath(id string) string   { return "keystore/" + id }
 func passwordPath(id string) string { return recordPath(id) + "/password" }
 func nextPath(id string) string     { return recordPath(id) + "/next" }
+
+// maxPending bounds the pending passwords kept and tried: far below the
+// five failed logins that lock CloudHSM's kmsuser out.
+const maxPending = 3
+
+// pending returns st's pending passwords, sealed, newest first.
+func pending(st *Store) [][]byte {
+	var out [][]byte
+	for i := len(st.Pending) - 1; i >= 0 && len(out) < maxPending; i-- {
+		out = append(out, st.Pending[i])
+	}
+	if len(st.Next) > 0 && len(out) < maxPending {
+		out = append(out, st.Next)
+	}
+	return out
+}
+
+// addPending records sealed as the newest pending password of st.
+func addPending(st *Store, sealed []byte) {
+	if len(st.Next) > 0 {
+		st.Pending = append([][]byte{st.Next}, st.Pending...)
+		st.Next = nil
+	}
+	st.Pending = append(st.Pending, sealed)
+	if len(st.Pending) > maxPending {
+		st.Pending = st.Pending[len(st.Pending)-maxPending:]
+	}
+}
+
+// settled records that st's password is known again: nothing pending.
+func settled(st *Store) { st.Pending, st.Next = nil, nil }
 
 // Backing is what connecting means for one store type.
 type Backing interface {
@@ -201,6 +238,10 @@ func clone(st *Store) *Store {
 	c := *st
 	c.Password = bytes.Clone(st.Password)
 	c.Next = bytes.Clone(st.Next)
+	c.Pending = make([][]byte, len(st.Pending))
+	for i, p := range st.Pending {
+		c.Pending[i] = bytes.Clone(p)
+	}
 	if st.XKS != nil {
 		x := *st.XKS
 		c.XKS = &x
@@ -337,7 +378,8 @@ func (m *Manager) Create(ctx context.Context, st *Store, password string) (*Stor
 	if err != nil {
 		return nil, err
 	}
-	s.ID, s.State, s.ErrorCode, s.Next = id, Disconnected, "", nil
+	s.ID, s.State, s.ErrorCode = id, Disconnected, ""
+	settled(s)
 	s.Created = m.cfg.Now().UTC().Truncate(time.Millisecond)
 	if password != "" {
 		if s.Password, err = m.sealPassword(id, []byte(password)); err != nil {
@@ -399,7 +441,8 @@ func (m *Manager) Update(ctx context.Context, account, region, id string, u Upda
 			if err != nil {
 				return err
 			}
-			st.Password, st.Next = sealed, nil
+			st.Password = sealed
+			settled(st)
 		}
 		return nil
 	})
@@ -556,14 +599,25 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return
 	}
 	defer clear(secret)
-	// A rotation whose outcome was never recorded: the cluster may hold
-	// either password. The backing is told of both.
-	var pending []byte
-	if len(cur.Next) > 0 {
-		if pending, err = m.barrier.Open(nextPath(id), cur.Next); err != nil {
+	// Rotations whose outcome was never recorded: the cluster may hold
+	// any of their passwords, or the stored one.
+	var adopted []byte
+	for _, sealed := range pending(cur) {
+		p, err := m.barrier.Open(nextPath(id), sealed)
+		if err != nil {
 			fail(CodeInternalError, err)
 			return
 		}
+		if _, err := b.Connect(ctx, cur, p, nil); err == nil {
+			adopted = p
+			b.Disconnect(ctx, cur)
+			break
+		}
+		clear(p)
+	}
+	if adopted != nil {
+		defer clear(adopted)
+		secret = adopted
 	}
 	// External key stores never rotate their credential (spec §10.5):
 	// no next password, and no write to record one before the connect.
@@ -575,26 +629,24 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 			return
 		}
 	}
-	if pending != nil {
-		// Try the pending one first; on success it is the password.
-		if _, err := b.Connect(ctx, cur, pending, nil); err == nil {
-			secret = pending
-			b.Disconnect(ctx, cur)
-		}
-	}
-	if next != nil {
+	if next != nil || adopted != nil {
+		// The intent, durable before the rotation; a pending password
+		// that logged in becomes the password.
 		if err := m.set(ctx, id, func(st *Store) error {
 			if st.State != Connecting {
 				return errSkip
 			}
-			if pending != nil && bytes.Equal(secret, pending) {
-				sealed, err := m.sealPassword(id, pending)
+			if adopted != nil {
+				sealed, err := m.sealPassword(id, adopted)
 				if err != nil {
 					return err
 				}
 				st.Password = sealed
+				settled(st)
 			}
-			st.Next = sealedNext
+			if next != nil {
+				addPending(st, sealedNext)
+			}
 			return nil
 		}); err != nil {
 			if !errors.Is(err, errSkip) {
@@ -619,7 +671,8 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 			}
 			st.Password = sealed
 		}
-		st.Next, st.State, st.ErrorCode = nil, Connected, ""
+		settled(st)
+		st.State, st.ErrorCode = Connected, ""
 		return nil
 	})
 	if err == nil {

@@ -76,17 +76,19 @@ func (m *Manager) retryResumed(ctx context.Context, id string) {
 		return
 	}
 	defer clear(secret)
-	if len(cur.Next) > 0 {
-		// A rotation whose outcome was never recorded: try its password
-		// first, and keep it when it is the one.
-		if pending, err := m.barrier.Open(nextPath(id), cur.Next); err == nil {
-			if _, err := b.Connect(ctx, cur, pending, nil); err == nil {
-				m.loggedIn(ctx, b, cur, pending)
-				clear(pending)
-				return
-			}
-			clear(pending)
+	// Rotations whose outcome was never recorded: try their passwords
+	// first, newest first, and keep the one that logs in.
+	for _, sealed := range pending(cur) {
+		p, err := m.barrier.Open(nextPath(id), sealed)
+		if err != nil {
+			continue
 		}
+		if _, err := b.Connect(ctx, cur, p, nil); err == nil {
+			m.loggedIn(ctx, b, cur, p)
+			clear(p)
+			return
+		}
+		clear(p)
 	}
 	_, err = b.Connect(ctx, cur, secret, nil)
 	switch c := code(err); {
@@ -130,7 +132,8 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 			if err != nil {
 				return err
 			}
-			st.Password, st.Next = sealed, nil
+			st.Password = sealed
+			settled(st)
 		}
 		return nil
 	})

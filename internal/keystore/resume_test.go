@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 )
@@ -253,4 +254,83 @@ func TestResumeExternalThroughOutage(t *testing.T) {
 	f.setFail(&ConnectError{Code: "XKS_PROXY_ACCESS_DENIED"})
 	m = restart()
 	waitState(t, m, st.ID, Failed, "XKS_PROXY_ACCESS_DENIED")
+}
+
+// pinBacking is a token with one user PIN: Connect logs in with secret
+// and, given next, changes the PIN to it (C_Login, C_SetPIN).
+type pinBacking struct {
+	mu     sync.Mutex
+	pin    string
+	failed int // logins refused
+}
+
+func (p *pinBacking) Connect(ctx context.Context, st *Store, secret, next []byte) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if string(secret) != p.pin {
+		p.failed++
+		return false, &ConnectError{Code: CodeInvalidCredentials}
+	}
+	if next != nil {
+		p.pin = string(next)
+	}
+	return next != nil, nil
+}
+
+func (p *pinBacking) Disconnect(ctx context.Context, st *Store) error { return nil }
+
+// TestPendingPasswords: two connectors rotated one store's password at
+// once (a paused controller and its successor): the record holds the
+// stored password and both intended ones, the token the older intended
+// one (the paused connector's C_SetPIN landed last). The next connect
+// finds it among the pending passwords, rotates from it, and the stored
+// password logs in afterwards; a single pending slot would have lost it.
+func TestPendingPasswords(t *testing.T) {
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	tok := &pinBacking{pin: "kmsPswd1"}
+	m, err := New(ctx, s, b, Config{Backings: map[string]Backing{TypeCloudHSM: tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	st := create(t, m, "one", "cluster-aaaaaaaaaaa")
+	// The two intents, as the two connectors recorded them, and the PIN
+	// the first one set.
+	if err := m.set(ctx, st.ID, func(r *Store) error {
+		for _, pw := range []string{"intentA", "intentB"} {
+			sealed, err := b.Seal(nextPath(st.ID), []byte(pw))
+			if err != nil {
+				return err
+			}
+			addPending(r, sealed)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tok.pin = "intentA"
+	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, st.ID, Connected, "")
+	got := state(t, m, st.ID)
+	pw, err := m.Password(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.mu.Lock()
+	defer tok.mu.Unlock()
+	if string(pw) != tok.pin {
+		t.Errorf("stored password does not log in: the token's PIN was rotated to something else")
+	}
+	if tok.pin == "intentA" {
+		t.Errorf("not rotated on connect")
+	}
+	if len(got.Pending) != 0 || len(got.Next) != 0 {
+		t.Errorf("pending passwords left after a recorded rotation: %d", len(got.Pending))
+	}
+	if tok.failed > 2 {
+		t.Errorf("%d failed logins, want at most 2 (intentB, then intentA logs in)", tok.failed)
+	}
 }

@@ -377,7 +377,8 @@ func (m *Manager) UpdateExternal(ctx context.Context, account, region, id string
 			if err != nil {
 				return err
 			}
-			st.Password, st.Next = sealed, nil
+			st.Password = sealed
+			settled(st)
 		}
 		return nil
 	})
