@@ -20,6 +20,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -65,6 +66,9 @@ type Config struct {
 	// CacheLag, if not nil, tells how far this node's caches are behind
 	// the database; it is published in the node record.
 	CacheLag func() (time.Duration, bool)
+	// LiveNodes, if not nil, is told after each heartbeat how many nodes
+	// hold a live node lease (this one included), e.g. to split a quota.
+	LiveNodes func(n int)
 }
 
 // Duty is background work run only while this node is the controller. It
@@ -203,16 +207,19 @@ func (c *Controller) campaign(ctx context.Context) {
 // renewed until a renewal fails, the local deadline passes or ctx ends;
 // then the duties are cancelled and waited for.
 func (c *Controller) term(ctx context.Context, l storage.Lease) {
+	// Fenced: a record of the term, for status and for tracing that no two
+	// terms overlap. A lease lost already is not acted on at all.
+	if err := c.recordTerm(ctx, l); errors.Is(err, storage.ErrFenced) {
+		c.cfg.Log.Warn("controller lease lost before its term began", "node", c.cfg.NodeID, "epoch", l.Epoch)
+		return
+	} else if err != nil && ctx.Err() == nil {
+		c.cfg.Log.Warn("controller: record term", "epoch", l.Epoch, "err", err)
+	}
 	c.epoch.Store(l.Epoch)
 	c.leader.Store(true)
 	c.acquisitions.Add(1)
 	c.cfg.Log.Info("controller lease acquired", "node", c.cfg.NodeID, "epoch", l.Epoch)
 	dctx, cancel := context.WithCancel(WithLease(ctx, l))
-	// Fenced: a record of the term, for status and for tracing that no two
-	// terms overlap.
-	if err := c.recordTerm(dctx, l); err != nil && dctx.Err() == nil {
-		c.cfg.Log.Warn("controller: record term", "epoch", l.Epoch, "err", err)
-	}
 	var wg sync.WaitGroup
 	c.mu.Lock()
 	for _, d := range c.duties {
@@ -338,6 +345,13 @@ func (c *Controller) heartbeat(ctx context.Context) {
 		}
 		if err := c.writeNode(ctx, false); err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node record", "err", err)
+		}
+		if c.cfg.LiveNodes != nil && held {
+			if ls, err := c.cfg.Leaser.Live(ctx, NodeLeasePrefix); err == nil && len(ls) > 0 {
+				c.cfg.LiveNodes(len(ls))
+			} else if err != nil && ctx.Err() == nil {
+				c.cfg.Log.Warn("live nodes", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

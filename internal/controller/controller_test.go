@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -245,4 +246,47 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestLiveNodes: every node learns how many nodes are live, and the count
+// drops when one stops.
+func TestLiveNodes(t *testing.T) {
+	sts := open(t, 3)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var stops []func()
+	for i, id := range []string{"a", "b", "c"} {
+		c, err := New(Config{Leaser: sts[i], Store: sts[i], NodeID: id, TTL: 500 * time.Millisecond, Mode: Never,
+			LiveNodes: func(n int) { mu.Lock(); seen[id] = n; mu.Unlock() }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); c.Run(ctx) }()
+		stop := func() { cancel(); <-done }
+		t.Cleanup(stop)
+		stops = append(stops, stop)
+	}
+	wait := func(want map[string]int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			mu.Lock()
+			ok := true
+			for id, n := range want {
+				ok = ok && seen[id] == n
+			}
+			got := fmt.Sprint(seen)
+			mu.Unlock()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("live node counts %s, want %v", got, want)
+			}
+		}
+	}
+	wait(map[string]int{"a": 3, "b": 3, "c": 3})
+	stops[2]() // released: gone at once, not after its TTL
+	wait(map[string]int{"a": 2, "b": 2})
 }

@@ -1,7 +1,9 @@
 package keystore
 
 import (
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,8 +24,11 @@ const DefaultRPS = 1800
 // nothing and takes one read lock and the store's own mutex. A nil *Quota
 // allows everything (--custom-key-store-rps 0).
 type Quota struct {
-	rate float64 // tokens a second, also the bucket's capacity
-	now  func() time.Time
+	rate float64 // the quota: tokens a second, shared by the nodes
+	// share is this node's part of rate (float64 bits; 1 alone), set by
+	// SetShare: each bucket fills at, and holds at most, rate × share.
+	share atomic.Uint64
+	now   func() time.Time
 
 	mu      sync.RWMutex
 	buckets map[string]*bucket // by custom key store id
@@ -45,8 +50,31 @@ func NewQuota(rps int, now func() time.Time) *Quota {
 	if now == nil {
 		now = time.Now
 	}
-	return &Quota{rate: float64(rps), now: now, buckets: map[string]*bucket{}}
+	q := &Quota{rate: float64(rps), now: now, buckets: map[string]*bucket{}}
+	q.share.Store(math.Float64bits(1))
+	return q
 }
+
+// SetShare sets this node's part of every store's quota, in (0, 1]: with
+// n nodes serving, each takes 1/n, so that the cluster never exceeds the
+// quota (MULTINODE.md §4.7, with equal shares).
+func (q *Quota) SetShare(share float64) {
+	if q == nil || !(share > 0 && share <= 1) {
+		return
+	}
+	q.share.Store(math.Float64bits(share))
+}
+
+// Share is this node's part of the quota.
+func (q *Quota) Share() float64 {
+	if q == nil {
+		return 1
+	}
+	return math.Float64frombits(q.share.Load())
+}
+
+// local is this node's rate: tokens a second and bucket capacity.
+func (q *Quota) local() float64 { return q.rate * math.Float64frombits(q.share.Load()) }
 
 // RPS is the quota's rate (0: unlimited).
 func (q *Quota) RPS() int {
@@ -69,12 +97,14 @@ func (q *Quota) Allow(id string) bool {
 		b = q.add(id)
 	}
 	t := q.now()
+	rate := q.local()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if d := t.Sub(b.last); d > 0 {
-		b.tokens = min(q.rate, b.tokens+d.Seconds()*q.rate)
+		b.tokens = b.tokens + d.Seconds()*rate
 		b.last = t
 	}
+	b.tokens = min(rate, b.tokens) // also when the share shrank
 	if b.tokens < 1 {
 		b.throttled++
 		return false
@@ -90,7 +120,7 @@ func (q *Quota) add(id string) *bucket {
 	if b := q.buckets[id]; b != nil {
 		return b
 	}
-	b := &bucket{tokens: q.rate, last: q.now()}
+	b := &bucket{tokens: q.local(), last: q.now()}
 	q.buckets[id] = b
 	return b
 }

@@ -139,3 +139,36 @@ func BenchmarkQuotaAllow(b *testing.B) {
 		}
 	})
 }
+
+// TestQuotaShare: with a share of 1/3 (three nodes) a store's bucket
+// holds and refills a third of the quota; a grown share refills at the
+// higher rate, a shrunk one caps the saved tokens at once.
+func TestQuotaShare(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 12, 4, 20, 0, 0, 0, time.UTC)}
+	q := NewQuota(1800, clk.now)
+	q.SetShare(1.0 / 3)
+	const a = "cks-aaaaaaaaaaaaaaaaa"
+	if got := allowN(q, a, 1000); got != 600 {
+		t.Errorf("burst with a third: %d, want 600", got)
+	}
+	clk.add(time.Second)
+	if got := allowN(q, a, 1000); got != 600 {
+		t.Errorf("one second with a third: %d, want 600", got)
+	}
+	q.SetShare(0.5)
+	clk.add(time.Second)
+	if got := allowN(q, a, 1000); got != 900 {
+		t.Errorf("one second with a half: %d, want 900", got)
+	}
+	clk.add(time.Second)
+	q.SetShare(0.25)
+	if got := allowN(q, a, 1000); got != 450 {
+		t.Errorf("a full bucket after the share shrank to a quarter: %d, want 450", got)
+	}
+	for _, bad := range []float64{0, -1, 1.5} {
+		q.SetShare(bad)
+		if q.Share() != 0.25 {
+			t.Errorf("SetShare(%v) changed the share to %v", bad, q.Share())
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/postgres"
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,7 +13,7 @@ import (
 
 // newController makes this node's controller (node lease, controller
 // election) on store, which must be a storage.Leaser (both drivers are).
-func newController(cfg Config, store storage.Store, addr string, log *slog.Logger) (*controller.Controller, error) {
+func newController(cfg Config, store storage.Store, addr string, quota *keystore.Quota, log *slog.Logger) (*controller.Controller, error) {
 	ls, ok := store.(storage.Leaser)
 	if !ok {
 		return nil, errors.New("the store has no leases")
@@ -21,8 +22,19 @@ func newController(cfg Config, store storage.Store, addr string, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	// Each custom key store's request quota is split equally between the
+	// live nodes, so that together they never exceed it.
+	live := func(n int) {
+		if s := 1 / float64(n); s != quota.Share() {
+			quota.SetShare(s)
+			log.Info("custom key store quota shared", "nodes", n, "rps", float64(quota.RPS())*s)
+		}
+	}
+	if quota == nil {
+		live = nil
+	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
-		Mode: controller.Mode(cfg.Controller), Log: log})
+		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live})
 }
 
 // controllerCollector exports the controller lease's state.
