@@ -332,6 +332,23 @@ func TestControllerFailover(t *testing.T) {
 	if live != 3 {
 		t.Fatalf("status: %d live nodes, want 3: %+v", live, s.Nodes)
 	}
+	// Each node takes a third of each custom key store's quota.
+	for id, n := range c.nodes {
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(n.k.Log(), `msg="custom key store quota shared" nodes=3 rps=600`) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not take a third of the custom key store quota", id)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	text, err := exec.Command(kmsdBin, "status", "--database-url", c.url).Output()
+	if err != nil {
+		t.Fatalf("kmsd status: %v %s", err, stderr(err))
+	}
+	if !strings.Contains(string(text), fmt.Sprintf("controller: %s (epoch %d)\n", first, e1)) {
+		t.Errorf("kmsd status:\n%s", text)
+	}
 	var others []string
 	for id := range c.nodes {
 		if id != first {
