@@ -424,26 +424,22 @@ func (s *Service) loadBackups(ctx context.Context) error {
 	return nil
 }
 
-// startBackups runs the backup loop: due periodic backups and the sweeper.
-func (s *Service) startBackups() {
+// backupLoop runs due periodic backups and the sweeper until ctx ends.
+func (s *Service) backupLoop(ctx context.Context) {
 	tick := s.cfg.SweepInterval
 	if s.cfg.BackupInterval < tick {
 		tick = s.cfg.BackupInterval
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		t := time.NewTicker(tick)
-		defer t.Stop()
-		for {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-t.C:
-				s.tick(s.ctx)
-			}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.tick(ctx)
 		}
-	}()
+	}
 }
 
 // periodicBackups backs up every cluster whose newest backup is older

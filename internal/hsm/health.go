@@ -45,23 +45,18 @@ func (s *Service) ProbeInterval() time.Duration {
 	return s.cfg.ProbeInterval
 }
 
-// startProbing runs the probe loop until the service closes.
-func (s *Service) startProbing() {
-	every := s.ProbeInterval()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-t.C:
-			}
-			s.probeAll(s.ctx)
+// probeLoop probes every interval until ctx ends.
+func (s *Service) probeLoop(ctx context.Context) {
+	t := time.NewTicker(s.ProbeInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-	}()
+		s.probeAll(ctx)
+	}
 }
 
 // probeAll probes the HSMs of every cluster once.

@@ -140,6 +140,10 @@ type Config struct {
 	// for (DefaultSweepInterval when zero). A backup stays
 	// CREATE_IN_PROGRESS for CreateDelay.
 	BackupInterval, BackupDelay, SweepInterval time.Duration
+	// Controlled leaves the probe and backup loops to RunBackground,
+	// which kmsd runs on its controller node only; otherwise New starts
+	// them.
+	Controlled bool
 	Rand                                       io.Reader        // crypto/rand when nil
 	Now                                        func() time.Time // time.Now when nil
 	Logger                                     *slog.Logger

@@ -106,9 +106,29 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		s.Close()
 		return nil, err
 	}
-	s.startProbing()
-	s.startBackups()
+	if !cfg.Controlled {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.RunBackground(s.ctx)
+		}()
+	}
 	return s, nil
+}
+
+// RunBackground runs the probe loop (health.go) and the backup loop
+// (backup.go) until ctx ends or the service closes. With
+// Config.Controlled, kmsd runs it on the controller only, and stops it
+// before Close.
+func (s *Service) RunBackground(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.probeLoop(ctx) }()
+	go func() { defer wg.Done(); s.backupLoop(ctx) }()
+	wg.Wait()
 }
 
 // Close stops the background steps and releases the PKCS#11 module.

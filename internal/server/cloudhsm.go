@@ -124,6 +124,8 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 	}
 	hcfg.FreeSlots.FactorySOPIN = os.Getenv("KMSD_HSM_FACTORY_SO_PIN")
 	hcfg.BackupInterval = cfg.HSMBackupInterval
+	// The probe and backup loops are controller duties (server.go).
+	hcfg.Controlled = true
 	return hcfg, nil
 }
 

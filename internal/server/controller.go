@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"log/slog"
+	"sync"
 
 	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/keystore"
@@ -13,7 +14,7 @@ import (
 
 // newController makes this node's controller (node lease, controller
 // election) on store, which must be a storage.Leaser (both drivers are).
-func newController(cfg Config, store storage.Store, addr string, quota *keystore.Quota, log *slog.Logger) (*controller.Controller, error) {
+func newController(cfg Config, store storage.Store, addr string, share *quotaShare, log *slog.Logger) (*controller.Controller, error) {
 	ls, ok := store.(storage.Leaser)
 	if !ok {
 		return nil, errors.New("the store has no leases")
@@ -22,19 +23,44 @@ func newController(cfg Config, store storage.Store, addr string, quota *keystore
 	if err != nil {
 		return nil, err
 	}
-	// Each custom key store's request quota is split equally between the
-	// live nodes, so that together they never exceed it.
 	live := func(n int) {
-		if s := 1 / float64(n); s != quota.Share() {
-			quota.SetShare(s)
-			log.Info("custom key store quota shared", "nodes", n, "rps", float64(quota.RPS())*s)
+		if share.set(1/float64(n)) && cfg.StoreRPS > 0 {
+			log.Info("custom key store quota shared", "nodes", n, "rps", float64(cfg.StoreRPS)/float64(n))
 		}
-	}
-	if quota == nil {
-		live = nil
 	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
 		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live})
+}
+
+// quotaShare is this node's share of every custom key store's quota: one
+// over the live nodes, applied to the quota of the open core (a reset
+// replaces it) and to the next.
+type quotaShare struct {
+	mu    sync.Mutex
+	share float64
+	quota *keystore.Quota
+}
+
+// set records share and applies it; it reports whether it changed.
+func (q *quotaShare) set(share float64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if share == q.share {
+		return false
+	}
+	q.share = share
+	q.quota.SetShare(share)
+	return true
+}
+
+// use applies the share to quota, the open core's.
+func (q *quotaShare) use(quota *keystore.Quota) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.quota = quota
+	if q.share > 0 {
+		quota.SetShare(q.share)
+	}
 }
 
 // controllerCollector exports the controller lease's state.

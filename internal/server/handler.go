@@ -53,6 +53,8 @@ type api struct {
 	// xksHealth checks external key stores' proxies until its context
 	// ends: a controller duty; nil when off.
 	xksHealth func(ctx context.Context)
+	// quotaShare splits the key stores' quota between the live nodes.
+	quotaShare quotaShare
 }
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

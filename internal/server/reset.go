@@ -85,6 +85,7 @@ func (a *api) openCore(ctx context.Context) error {
 	svc := kms.New(cat, kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
 	quota := keystore.NewQuota(cfg.StoreRPS, nil)
 	svc.SetStoreQuota(quota)
+	a.quotaShare.use(quota)
 	if err := svc.StartUsageTracking(ctx); err != nil {
 		svc.Close()
 		return fmt.Errorf("key usage tracking: %w", err)
@@ -118,6 +119,9 @@ func (a *api) openCore(ctx context.Context) error {
 		var wg sync.WaitGroup
 		if xks := a.xksHealth; xks != nil {
 			wg.Go(func() { xks(sweepCtx) })
+		}
+		if h := a.hsm; h != nil {
+			wg.Go(func() { h.svc.RunBackground(sweepCtx) })
 		}
 		sweep(sweepCtx, svc, cfg.SweepInterval, r.log, a.auditExpiry, a.metrics.sweeps)
 		wg.Wait()

@@ -395,7 +395,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 	// The background duties run on the one node holding the controller
 	// lease (on SQLite: always this process).
-	ctl, err := newController(cfg, store, ln.Addr().String(), quota, log)
+	ctl, err := newController(cfg, store, ln.Addr().String(), &a.quotaShare, log)
 	if err != nil {
 		return err
 	}
