@@ -144,9 +144,9 @@ type Config struct {
 	// which kmsd runs on its controller node only; otherwise New starts
 	// them.
 	Controlled bool
-	Rand                                       io.Reader        // crypto/rand when nil
-	Now                                        func() time.Time // time.Now when nil
-	Logger                                     *slog.Logger
+	Rand       io.Reader        // crypto/rand when nil
+	Now        func() time.Time // time.Now when nil
+	Logger     *slog.Logger
 }
 
 // Caller is who calls a CloudHSM v2 operation: resources belong to an
