@@ -287,6 +287,9 @@ func TestLiveNodes(t *testing.T) {
 		}
 	}
 	wait(map[string]int{"a": 3, "b": 3, "c": 3})
+	if ls, err := sts[0].Live(context.Background(), LeaseName); err != nil || len(ls) != 0 {
+		t.Errorf("nodes with --controller=never took the controller lease: %v %v", ls, err)
+	}
 	stops[2]() // released: gone at once, not after its TTL
 	wait(map[string]int{"a": 2, "b": 2})
 }

@@ -66,9 +66,8 @@ const changeRetention = 10 * time.Minute
 
 // pruneChanges keeps the change feed (storage.Watcher) from growing without
 // bound: every interval it notes the feed's head, and prunes up to the head
-// it noted at least retention ago. No reader of the feed exists yet in
-// kmsd; when the cache subscribers and the controller lease come, pruning
-// moves to the controller and honours the live nodes' cursors.
+// it noted at least retention ago. It is a controller duty; it does not
+// yet honour the nodes' cursors (a reader further behind gets a Reset).
 func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.Duration, log *slog.Logger) {
 	type mark struct {
 		at time.Time
