@@ -51,10 +51,22 @@ const (
 	region = "us-east-1"
 	akid   = "AKIAE2EMULTINODE0001"
 	secret = "e2eMultinodeAdminSecretKey/0123456789abc"
-	// ttl is the lease TTL the nodes run with: short, to keep the test
-	// short; takeover is then bounded by about ttl + a retry.
-	ttl = 2 * time.Second
 )
+
+// ttl is the lease TTL the nodes run with: short (2s), to keep the test
+// short, unless KMSD_TEST_LEASE_TTL says otherwise (15s, the default of
+// kmsd, for MULTINODE.md A5's 20 s bound); takeover is bounded by about
+// ttl plus a retry.
+var ttl = func() time.Duration {
+	if v := os.Getenv("KMSD_TEST_LEASE_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second {
+			panic("KMSD_TEST_LEASE_TTL: want a duration of at least 1s")
+		}
+		return d
+	}
+	return 2 * time.Second
+}()
 
 // cluster is kmsd nodes sharing one database.
 type cluster struct {
@@ -321,7 +333,7 @@ func (c *cluster) terms(t *testing.T, killed map[string]time.Time) []term {
 // the lease back.
 func TestControllerFailover(t *testing.T) {
 	c := newCluster(t, "n1", "n2", "n3")
-	first, e1 := c.waitController(15 * time.Second)
+	first, e1 := c.waitController(5*time.Second + 2*ttl)
 	s := c.status()
 	live := 0
 	for _, n := range s.Nodes {
@@ -406,7 +418,7 @@ func TestControllerFailover(t *testing.T) {
 		}
 	}()
 	pausedAt := time.Now()
-	got, e3 := c.waitController(20*time.Second, first, second)
+	got, e3 := c.waitController(10*time.Second+2*ttl, first, second)
 	if got != third || e3 <= e2 {
 		t.Errorf("after SIGSTOP of %s: controller %s epoch %d, want %s with epoch > %d", second, got, e3, third, e2)
 	}
@@ -424,7 +436,7 @@ func TestControllerFailover(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(2 * ttl)
-	if now, e := c.waitController(5*time.Second, first); now != third || e != e3 {
+	if now, e := c.waitController(5*time.Second+ttl, first); now != third || e != e3 {
 		t.Errorf("after SIGCONT: controller %s epoch %d, want %s still at %d", now, e, third, e3)
 	}
 	if got := c.expiries(t, key2); len(got) != 1 || got[third] != 1 {
