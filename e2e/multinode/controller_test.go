@@ -214,9 +214,9 @@ func client(t *testing.T, n *node) *kms.Client {
 		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, "")})
 }
 
-// importExpiring makes an EXTERNAL key on n whose material expires at
-// validTo.
-func importExpiring(t *testing.T, c *kms.Client, validTo time.Time) string {
+// importExpiring makes an EXTERNAL key whose material expires in about
+// in (at the whole second after, as ValidTo has seconds).
+func importExpiring(t *testing.T, c *kms.Client, in time.Duration) string {
 	ctx := t.Context()
 	out, err := c.CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
 	if err != nil {
@@ -238,6 +238,7 @@ func importExpiring(t *testing.T, c *kms.Client, validTo time.Time) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	validTo := time.Now().Add(in).Truncate(time.Second).Add(time.Second)
 	if _, err := c.ImportKeyMaterial(ctx, &kms.ImportKeyMaterialInput{KeyId: &id, ImportToken: p.ImportToken,
 		EncryptedKeyMaterial: wrapped, ExpirationModel: types.ExpirationModelTypeKeyMaterialExpires, ValidTo: &validTo}); err != nil {
 		t.Fatal(err)
@@ -380,8 +381,7 @@ func TestControllerFailover(t *testing.T) {
 	kc := client(t, c.nodes[others[0]])
 
 	// Due a few seconds after the kill: only a survivor can expire it.
-	validTo := time.Now().Add(4 * time.Second).Truncate(time.Second).Add(time.Second)
-	key1 := importExpiring(t, kc, validTo)
+	key1 := importExpiring(t, kc, 4*time.Second)
 	killedAt := time.Now()
 	c.nodes[first].k.Kill()
 	killed := map[string]time.Time{first: killedAt}
@@ -407,7 +407,7 @@ func TestControllerFailover(t *testing.T) {
 	}
 	p := c.nodes[second].k.Cmd.Process
 	kc = client(t, c.nodes[third]) // second will be stopped
-	key2 := importExpiring(t, kc, time.Now().Add(3*time.Second).Truncate(time.Second).Add(time.Second))
+	key2 := importExpiring(t, kc, 3*time.Second)
 	if err := p.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

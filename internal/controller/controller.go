@@ -192,7 +192,6 @@ func (c *Controller) campaign(ctx context.Context) {
 			c.cfg.Log.Warn("controller lease: acquire", "err", err)
 		case ok:
 			c.term(ctx, l)
-			continue
 		}
 		// Jittered, so that nodes started together do not ask in step.
 		d := c.interval() + rand.N(c.interval()/2+1)

@@ -31,6 +31,7 @@ import (
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/hsmapi"
 	"github.com/kmsd/kmsd/internal/identity"
@@ -136,7 +137,9 @@ func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barri
 	if err != nil {
 		return nil, err
 	}
-	svc, err := hsm.New(ctx, store, b, hcfg)
+	// Writes of the probe and backup loops, controller duties, are
+	// fenced by its lease (controller.Fence); API requests' are not.
+	svc, err := hsm.New(ctx, controller.Fence(store), b, hcfg)
 	if err != nil {
 		return nil, err
 	}
