@@ -83,12 +83,23 @@ type Controller struct {
 
 	mu     sync.Mutex
 	duties []namedDuty
+	// cur is the term in progress (nil: not the controller); changed is
+	// closed and replaced whenever cur changes, for Serve.
+	cur     *termState
+	changed chan struct{}
 
 	epoch        atomic.Int64 // of the lease held now or last
 	leader       atomic.Bool
 	acquisitions atomic.Int64
 	stepDowns    atomic.Int64
 	started      time.Time
+	address      atomic.Value // string
+}
+
+// termState is one term's duty context and the duties running in it.
+type termState struct {
+	ctx context.Context
+	wg  sync.WaitGroup
 }
 
 type namedDuty struct {
@@ -117,7 +128,9 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now()}, nil
+	c := &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now(), changed: make(chan struct{})}
+	c.address.Store(cfg.Address)
+	return c, nil
 }
 
 // ValidNodeID checks a node id: 1 to 64 of [A-Za-z0-9._-].
@@ -131,6 +144,47 @@ func ValidNodeID(id string) error {
 		}
 	}
 	return nil
+}
+
+// SetAddress sets the address published in the node record.
+func (c *Controller) SetAddress(addr string) { c.address.Store(addr) }
+
+func (c *Controller) addr() string { s, _ := c.address.Load().(string); return s }
+
+// Serve runs fn whenever this node is the controller, until ctx ends: once
+// per term, with a context that carries the term's lease (WithLease) and
+// ends when the term does or ctx ends; the term's end waits for fn to
+// return. It is Add for work whose owner starts and stops it (a service
+// that a reset replaces).
+func (c *Controller) Serve(ctx context.Context, fn Duty) {
+	for {
+		c.mu.Lock()
+		ts, changed := c.cur, c.changed
+		ok := ts != nil && ts.ctx.Err() == nil
+		if ok {
+			ts.wg.Add(1)
+		}
+		c.mu.Unlock()
+		if !ok {
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		dctx, cancel := context.WithCancel(ts.ctx)
+		stop := context.AfterFunc(ctx, cancel)
+		fn(dctx)
+		stop()
+		cancel()
+		ts.wg.Done()
+		select {
+		case <-ts.ctx.Done(): // once per term
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // Add registers a duty; duties added after Run start with the next term.
@@ -219,15 +273,18 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 	c.acquisitions.Add(1)
 	c.cfg.Log.Info("controller lease acquired", "node", c.cfg.NodeID, "epoch", l.Epoch)
 	dctx, cancel := context.WithCancel(WithLease(ctx, l))
-	var wg sync.WaitGroup
+	ts := &termState{ctx: dctx}
 	c.mu.Lock()
 	for _, d := range c.duties {
-		wg.Add(1)
+		ts.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer ts.wg.Done()
 			d.fn(dctx)
 		}()
 	}
+	c.cur = ts
+	close(c.changed)
+	c.changed = make(chan struct{})
 	c.mu.Unlock()
 
 	reason := "shutdown"
@@ -261,7 +318,12 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 	cancel()
 	c.leader.Store(false)
 	c.stepDowns.Add(1)
-	wg.Wait()
+	c.mu.Lock()
+	c.cur = nil
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	ts.wg.Wait()
 	c.cfg.Log.Info("controller lease given up", "node", c.cfg.NodeID, "epoch", l.Epoch, "reason", reason)
 	if ctx.Err() != nil {
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -284,7 +346,7 @@ type Term struct {
 func termKey(epoch int64) string { return fmt.Sprintf("%s%020d", HistoryPrefix, epoch) }
 
 func (c *Controller) recordTerm(ctx context.Context, l storage.Lease) error {
-	b, err := json.Marshal(Term{Epoch: l.Epoch, Node: c.cfg.NodeID, Address: c.cfg.Address, Acquired: time.Now().UTC()})
+	b, err := json.Marshal(Term{Epoch: l.Epoch, Node: c.cfg.NodeID, Address: c.addr(), Acquired: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
@@ -370,7 +432,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 }
 
 func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
-	n := Node{ID: c.cfg.NodeID, Address: c.cfg.Address, Started: c.started.UTC(), Heartbeat: time.Now().UTC(),
+	n := Node{ID: c.cfg.NodeID, Address: c.addr(), Started: c.started.UTC(), Heartbeat: time.Now().UTC(),
 		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped}
 	if c.cfg.CacheLag != nil {
 		if d, ok := c.cfg.CacheLag(); ok {

@@ -293,3 +293,35 @@ func TestLiveNodes(t *testing.T) {
 	stops[2]() // released: gone at once, not after its TTL
 	wait(map[string]int{"a": 2, "b": 2})
 }
+
+// TestServe: work started by its owner with Serve runs only while the node
+// is the controller, once a term, with the term's lease, and stops when
+// its owner's context ends.
+func TestServe(t *testing.T) {
+	sts := open(t, 2)
+	r := &recorder{}
+	a := start(t, sts[0], "a", time.Second, &recorder{})
+	b := start(t, sts[1], "b", time.Second, &recorder{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	for _, n := range []*node{a, b} {
+		go func() { n.c.Serve(ctx, r.duty(n.c.NodeID())); done <- struct{}{} }()
+	}
+	l := waitLeader(t, []*node{a, b}, 3*time.Second)
+	l.stop()
+	other := a
+	if l == a {
+		other = b
+	}
+	waitLeader(t, []*node{other}, 3*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	<-done
+	<-done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.spans) != 2 || r.spans[0].node != l.c.NodeID() || r.spans[1].node != other.c.NodeID() ||
+		r.spans[0].epoch == 0 || r.spans[1].epoch <= r.spans[0].epoch || r.spans[1].start.Before(r.spans[0].end) {
+		t.Errorf("served spans %+v: want one on %s, then one on %s with a higher epoch", r.spans, l.c.NodeID(), other.c.NodeID())
+	}
+}
