@@ -14,6 +14,7 @@ import (
 	"github.com/kmsd/kmsd/internal/audit"
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/console"
+	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -55,6 +56,8 @@ type api struct {
 	xksHealth func(ctx context.Context)
 	// quotaShare splits the key stores' quota between the live nodes.
 	quotaShare quotaShare
+	// ctl elects the node that runs the background duties (controller.go).
+	ctl *controller.Controller
 }
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

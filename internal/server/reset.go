@@ -116,14 +116,18 @@ func (a *api) openCore(ctx context.Context) error {
 	swept := make(chan struct{})
 	go func() {
 		defer close(swept)
+		// Controller duties: run while this node holds the lease, their
+		// writes fenced by it.
 		var wg sync.WaitGroup
 		if xks := a.xksHealth; xks != nil {
-			wg.Go(func() { xks(sweepCtx) })
+			wg.Go(func() { a.ctl.Serve(sweepCtx, xks) })
 		}
 		if h := a.hsm; h != nil {
-			wg.Go(func() { h.svc.RunBackground(sweepCtx) })
+			wg.Go(func() { a.ctl.Serve(sweepCtx, h.svc.RunBackground) })
 		}
-		sweep(sweepCtx, svc, cfg.SweepInterval, r.log, a.auditExpiry, a.metrics.sweeps)
+		a.ctl.Serve(sweepCtx, func(ctx context.Context) {
+			sweep(ctx, svc, cfg.SweepInterval, r.log, a.auditExpiry, a.metrics.sweeps)
+		})
 		wg.Wait()
 	}()
 	h := a.hsm

@@ -337,6 +337,30 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		a.iamVerifier.Lookup = ids
 		a.stsVerifier.Lookup = ids
 	}
+	// The background duties run on the one node holding the controller
+	// lease (on SQLite: always this process).
+	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, log)
+	if err != nil {
+		return err
+	}
+	a.ctl = ctl
+	a.metrics.reg.MustRegister(controllerCollector{ctl}, poolCollector{store})
+	if w, ok := store.(storage.Watcher); ok {
+		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, log) })
+	}
+	ctlCtx, stopCtl := context.WithCancel(ctx)
+	ctlDone := make(chan struct{})
+	go func() {
+		defer close(ctlDone)
+		ctl.Run(ctlCtx)
+	}()
+	// Stopped (duties ended, leases released) after the core closed and
+	// before the store closes.
+	defer func() {
+		stopCtl()
+		<-ctlDone
+	}()
+
 	// The catalog, the KMS service, HSM clusters and key stores, with the
 	// seed file applied: what a reset replaces (reset.go). Deferred
 	// before the listener's shutdown, so it closes after every request
@@ -393,27 +417,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}()
 	}
 
-	// The background duties run on the one node holding the controller
-	// lease (on SQLite: always this process).
-	ctl, err := newController(cfg, store, ln.Addr().String(), &a.quotaShare, log)
-	if err != nil {
-		return err
-	}
-	a.metrics.reg.MustRegister(controllerCollector{ctl}, poolCollector{store})
-	if w, ok := store.(storage.Watcher); ok {
-		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, log) })
-	}
-	ctlCtx, stopCtl := context.WithCancel(ctx)
-	ctlDone := make(chan struct{})
-	go func() {
-		defer close(ctlDone)
-		ctl.Run(ctlCtx)
-	}()
-	// Stopped (duties ended, leases released) before the store closes.
-	defer func() {
-		stopCtl()
-		<-ctlDone
-	}()
+	ctl.SetAddress(ln.Addr().String())
 
 	select {
 	case <-ctx.Done():
