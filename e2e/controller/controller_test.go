@@ -1,10 +1,10 @@
-// Package multinode tests several kmsd nodes on one PostgreSQL database
+// Package controller tests several kmsd nodes on one PostgreSQL database
 // (internal/storage/postgres/pgtest): one controller elected by a fenced
 // lease runs the background duties; when it is killed (kill -9) or paused
 // (SIGSTOP) past its lease, another node takes over with a higher epoch,
 // and a due duty (imported key material expiry) is done exactly once.
 // State is read with `kmsd status --output json` and the nodes' metrics.
-package multinode
+package controller
 
 import (
 	"bufio"
