@@ -3,7 +3,7 @@
 # tests, without systemd, and prepares its software tokens.
 #
 #   scripts/opencryptoki.sh start       configure SLOTS software-token slots
-#                                       (default 6) and start pkcsslotd
+#                                       (default 8) and start pkcsslotd
 #   scripts/opencryptoki.sh stop        stop the pkcsslotd this script started
 #   scripts/opencryptoki.sh status      exit 0 when pkcsslotd runs with the
 #                                       slots this script configures
@@ -40,8 +40,15 @@ running() {
   [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
+# ours: the configuration is this script's, with at least SLOTS slots
+# (a daemon started by an older version with fewer would not serve the
+# tests' higher slots).
+ours() {
+  grep -qF "$marker" "$conf" && grep -qx "slot $((${SLOTS:-8} - 1))" "$conf"
+}
+
 configure() {
-  local n=${SLOTS:-6}
+  local n=${SLOTS:-8}
   if [ -e "$conf" ] && ! grep -qF "$marker" "$conf" && [ ! -e "$conf.kmsd-saved" ]; then
     cp -p "$conf" "$conf.kmsd-saved"
   fi
@@ -65,8 +72,8 @@ configure() {
 
 start() {
   if running; then
-    if ! grep -qF "$marker" "$conf"; then
-      echo "pkcsslotd (pid $(cat "$pidfile")) runs with another configuration; stop it first" >&2
+    if ! ours; then
+      echo "pkcsslotd (pid $(cat "$pidfile")) runs with another configuration (or fewer than ${SLOTS:-8} slots); stop it first" >&2
       return 1
     fi
     echo "pkcsslotd already running (pid $(cat "$pidfile"))"
@@ -78,7 +85,7 @@ start() {
   /usr/sbin/pkcsslotd
   for _ in $(seq 50); do
     if running && [ -S /var/run/pkcsslotd.socket ]; then
-      echo "pkcsslotd running (pid $(cat "$pidfile")), ${SLOTS:-6} software-token slots"
+      echo "pkcsslotd running (pid $(cat "$pidfile")), ${SLOTS:-8} software-token slots"
       return 0
     fi
     sleep 0.1
@@ -133,7 +140,7 @@ init_token() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) running && grep -qF "$marker" "$conf" ;;
+  status) running && ours ;;
   module) echo "$lib" ;;
   init-token)
     [ $# -eq 5 ] || { echo "usage: $0 init-token SLOT LABEL SO_PIN USER_PIN" >&2; exit 2; }

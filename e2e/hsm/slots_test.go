@@ -1,7 +1,9 @@
 package hsm
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,11 @@ import (
 // configures) are the pool kmsd's CreateHsm takes tokens from in
 // TestCreatedHSMKeyStore; no other test uses them.
 var poolSlots = []string{"4", "5"}
+
+// lifecyclePool is the pool of TestClusterLifecycle (three HSMs at once):
+// slots 4 to 6 of the eight scripts/opencryptoki.sh configures; the tests
+// of a package run one after another.
+var lifecyclePool = []string{"4", "5", "6"}
 
 // TestCreatedHSMKeyStore runs a CloudHSM key store over a cluster whose
 // HSMs kmsd itself created (CreateHsm), on each PKCS#11 implementation
@@ -132,4 +139,71 @@ func testCreatedHSMKeyStore(t *testing.T, impl string) {
 	k = k.restart(t, env...)
 	k.storeIs(t, store, "CONNECTED", "")
 	decrypts("after kmsd restarted")
+}
+
+// hsmModule is the PKCS#11 implementation a test's kmsd creates its HSMs'
+// tokens on (KMSD_TEST_PKCS11): SoftHSM2, where kmsd makes and deletes the
+// tokens itself, or openCryptoki, whose fixed slots pool lends kmsd's
+// CreateHsm (KMSD_HSM_SLOTS).
+type hsmModule struct {
+	impl string
+	env  []string // for kmsd
+	mod  string   // openCryptoki's library; "" on SoftHSM2
+}
+
+// newHSMModule prepares impl for a test. On openCryptoki the pool's
+// tokens are wiped now and again when the test ends (after its kmsd
+// stopped: cleanups run last registered first, so call this before
+// starting kmsd), since DeleteHsm leaves a token initialised.
+func newHSMModule(t *testing.T, impl string, pool []string) hsmModule {
+	t.Helper()
+	switch impl {
+	case pkcs11test.SoftHSM2:
+		return hsmModule{impl: impl}
+	case pkcs11test.OpenCryptoki:
+		mod := pkcs11test.RequireOpenCryptoki(t)
+		wipe := func() error {
+			for _, s := range pool {
+				if out, err := exec.Command(pkcs11test.Script(t), "wipe-token", s).CombinedOutput(); err != nil {
+					return fmt.Errorf("scripts/opencryptoki.sh wipe-token %s: %v\n%s", s, err, out)
+				}
+			}
+			return nil
+		}
+		if err := wipe(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := wipe(); err != nil {
+				t.Error(err)
+			}
+		})
+		return hsmModule{impl: impl, mod: mod,
+			env: []string{"KMSD_HSM_MODULE=" + mod, "KMSD_HSM_SLOTS=" + strings.Join(pool, ","), "KMSD_HSM_FACTORY_SO_PIN=87654321"}}
+	default:
+		t.Fatalf("unknown PKCS#11 implementation %q", impl)
+		return hsmModule{}
+	}
+}
+
+// p11 runs pkcs11-tool on k's tokens.
+func (m hsmModule) p11(t *testing.T, k *kmsd, args ...string) (string, int) {
+	t.Helper()
+	if m.mod == "" {
+		return k.p11(t, args...)
+	}
+	out, errs, code := run(t, nil, "pkcs11-tool", append([]string{"--module", m.mod}, args...)...)
+	return out + errs, code
+}
+
+// pin is the token PIN kmsd sets for password pw: pw itself, or on
+// openCryptoki (PINs of at most 8 bytes) a longer pw's derived PIN, the
+// first 8 characters of the base64url SHA-256 of it (README, PKCS#11
+// modules).
+func (m hsmModule) pin(pw string) string {
+	if m.mod == "" || len(pw) <= 8 {
+		return pw
+	}
+	sum := sha256.Sum256([]byte(pw))
+	return base64.RawURLEncoding.EncodeToString(sum[:])[:8]
 }

@@ -388,8 +388,30 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 }
 
 func (m *module) InitToken(ctx context.Context, label, soPIN string, free FreeSlots) error {
-	m.life.RLock()
-	defer m.life.RUnlock()
+	if m.serial {
+		// openCryptoki 3.8's C_InitToken crashes (SIGSEGV) in a process
+		// that has another slot's token objects loaded (a user logged in,
+		// a key made): CreateHsm of a cluster's third HSM did, every
+		// time. A fresh C_Initialize loads none, so the library is
+		// re-initialised first, with no operation in flight (life held
+		// exclusively); every token's sessions end and tokenLocked logs
+		// the user in again from pins, as after reinit.
+		m.life.Lock()
+		defer m.life.Unlock()
+		m.mu.Lock()
+		for l := range m.tokens {
+			m.dropLocked(l)
+		}
+		m.ctx.Finalize()
+		err := m.ctx.Initialize()
+		m.mu.Unlock()
+		if err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			return mapErr(err)
+		}
+	} else {
+		m.life.RLock()
+		defer m.life.RUnlock()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, err := m.findSlot(label); err == nil {
@@ -751,9 +773,62 @@ func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped 
 			return err
 		}
 		tmpl := aesTemplate(keyLabel, false)
-		_, err = m.unwrap(h, mk, wrapped, tmpl)
-		return err
+		k, err := m.unwrap(h, mk, wrapped, tmpl)
+		if err != nil {
+			return err
+		}
+		if err := m.seal(h, k); err != nil {
+			m.ctx.DestroyObject(h, k)
+			return err
+		}
+		return nil
 	})
+}
+
+// seal makes sure an unwrapped key is sensitive and not extractable, as
+// its template asked: openCryptoki 3.8's C_UnwrapKey ignores both in the
+// template (the copy came out extractable, its value readable). Both
+// changes go the one direction PKCS#11 allows; a key that still shows
+// otherwise is an error, never kept.
+func (m *module) seal(h p11.SessionHandle, k p11.ObjectHandle) error {
+	want := []*p11.Attribute{p11.NewAttribute(p11.CKA_SENSITIVE, nil), p11.NewAttribute(p11.CKA_EXTRACTABLE, nil)}
+	got, err := m.ctx.GetAttributeValue(h, k, want)
+	if err != nil {
+		return err
+	}
+	if sealed(got) {
+		return nil
+	}
+	if err := m.ctx.SetAttributeValue(h, k, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_SENSITIVE, true), p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+	}); err != nil {
+		return err
+	}
+	if got, err = m.ctx.GetAttributeValue(h, k, want); err != nil {
+		return err
+	}
+	if !sealed(got) {
+		return errors.New("hsm: the module left an unwrapped key extractable")
+	}
+	return nil
+}
+
+// sealed reports CKA_SENSITIVE true and CKA_EXTRACTABLE false in attrs.
+func sealed(attrs []*p11.Attribute) bool {
+	on := func(a *p11.Attribute) bool { return len(a.Value) > 0 && a.Value[0] != 0 }
+	for _, a := range attrs {
+		switch a.Type {
+		case p11.CKA_SENSITIVE:
+			if !on(a) {
+				return false
+			}
+		case p11.CKA_EXTRACTABLE:
+			if on(a) {
+				return false
+			}
+		}
+	}
+	return len(attrs) == 2
 }
 
 func (m *module) HasKey(ctx context.Context, label, keyLabel string) (bool, error) {
