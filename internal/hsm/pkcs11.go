@@ -773,62 +773,9 @@ func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped 
 			return err
 		}
 		tmpl := aesTemplate(keyLabel, false)
-		k, err := m.unwrap(h, mk, wrapped, tmpl)
-		if err != nil {
-			return err
-		}
-		if err := m.seal(h, k); err != nil {
-			m.ctx.DestroyObject(h, k)
-			return err
-		}
-		return nil
+		_, err = m.unwrap(h, mk, wrapped, tmpl)
+		return err
 	})
-}
-
-// seal makes sure an unwrapped key is sensitive and not extractable, as
-// its template asked: openCryptoki 3.8's C_UnwrapKey ignores both in the
-// template (the copy came out extractable, its value readable). Both
-// changes go the one direction PKCS#11 allows; a key that still shows
-// otherwise is an error, never kept.
-func (m *module) seal(h p11.SessionHandle, k p11.ObjectHandle) error {
-	want := []*p11.Attribute{p11.NewAttribute(p11.CKA_SENSITIVE, nil), p11.NewAttribute(p11.CKA_EXTRACTABLE, nil)}
-	got, err := m.ctx.GetAttributeValue(h, k, want)
-	if err != nil {
-		return err
-	}
-	if sealed(got) {
-		return nil
-	}
-	if err := m.ctx.SetAttributeValue(h, k, []*p11.Attribute{
-		p11.NewAttribute(p11.CKA_SENSITIVE, true), p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
-	}); err != nil {
-		return err
-	}
-	if got, err = m.ctx.GetAttributeValue(h, k, want); err != nil {
-		return err
-	}
-	if !sealed(got) {
-		return errors.New("hsm: the module left an unwrapped key extractable")
-	}
-	return nil
-}
-
-// sealed reports CKA_SENSITIVE true and CKA_EXTRACTABLE false in attrs.
-func sealed(attrs []*p11.Attribute) bool {
-	on := func(a *p11.Attribute) bool { return len(a.Value) > 0 && a.Value[0] != 0 }
-	for _, a := range attrs {
-		switch a.Type {
-		case p11.CKA_SENSITIVE:
-			if !on(a) {
-				return false
-			}
-		case p11.CKA_EXTRACTABLE:
-			if on(a) {
-				return false
-			}
-		}
-	}
-	return len(attrs) == 2
 }
 
 func (m *module) HasKey(ctx context.Context, label, keyLabel string) (bool, error) {
