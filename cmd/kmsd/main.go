@@ -323,6 +323,7 @@ func serve(args []string) error {
 	var cfg server.Config
 	var configFile, sweep, auditMax, replicaDelay, consoleIdle string
 	var dbPasswordFile, dbMax, dbMin, dbConnect, dbStatement, leaseTTL string
+	var cacheStale, cachePoll string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -359,6 +360,8 @@ func serve(args []string) error {
 		{"keystore-connectors", "KMSD_KEYSTORE_CONNECTORS", "keystore_connectors", "how many custom key stores connect at once; more stay CONNECTING until their turn, so that many connecting at once do not slow the requests served meanwhile (default: one per CPU)", &cfg.KeyStoreConnectors},
 		{"lease-ttl", "KMSD_LEASE_TTL", "lease_ttl", "time to live of the controller and node leases, renewed every fifth of it; a dead controller is replaced within about this (default 15s; 1s to 10m)", &leaseTTL},
 		{"controller", "KMSD_CONTROLLER", "controller", "auto (this node may become the controller, which alone runs sweeps and other background duties) or never (default auto)", &cfg.Controller},
+		{"cache-max-staleness", "KMSD_CACHE_MAX_STALENESS", "cache_max_staleness", "how far behind the database (as the change feed proves it) this node's cache of keys, aliases and grants may be when it serves a cryptographic operation; past it the node reads the database and refuses (KMSInternalException) if that fails (default 5s)", &cacheStale},
+		{"cache-poll-interval", "KMSD_CACHE_POLL_INTERVAL", "cache_poll_interval", "how often the change feed is read to evict what other nodes changed (default 200ms)", &cachePoll},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -448,7 +451,8 @@ func serve(args []string) error {
 	for _, d := range []struct {
 		flag, v string
 		dst     *time.Duration
-	}{{"db-connect-timeout", dbConnect, &cfg.DBConnectTimeout}, {"db-statement-timeout", dbStatement, &cfg.DBStatementTimeout}} {
+	}{{"db-connect-timeout", dbConnect, &cfg.DBConnectTimeout}, {"db-statement-timeout", dbStatement, &cfg.DBStatementTimeout},
+		{"cache-max-staleness", cacheStale, &cfg.CacheMaxStaleness}, {"cache-poll-interval", cachePoll, &cfg.CachePollInterval}} {
 		if d.v == "" {
 			continue
 		}

@@ -9,8 +9,19 @@
 // written, of the AES-GCM instances of opened key material, and of the
 // decoded private and public keys of asymmetric and HMAC keys (Parsed), so
 // the hot paths (Encrypt, Decrypt, Sign, GenerateMac, …) touch no storage
-// and unseal nothing. The cache assumes this process is the only writer; a
-// multi-node driver must invalidate it.
+// and unseal nothing.
+//
+// Several processes may write the same database (cache.go): every
+// read-modify-write runs inside one storage.Update, reading the record
+// from the transaction, never from the cache, so no process-wide lock is
+// needed for correctness; the cache is filled and updated only after a
+// commit, under per-record generations that keep an older record from
+// replacing a newer one; a change-feed follower evicts what other
+// processes changed (Invalidate, Reset). Reads made with WithFresh come
+// from the database (control plane); others come from the cache as long
+// as the feed is fresher than the bound given to SetFreshness, and from
+// the database past it (data plane, failing closed when the database
+// cannot answer).
 package catalog
 
 import (
@@ -26,6 +37,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
@@ -176,9 +188,13 @@ type Catalog struct {
 	mids    sync.Map // sealed material → KeyMaterialId of versions stored without one (materialid.go)
 	// parsedLimit bounds len(parsed).
 	parsedLimit int
-	// writeMu serialises read-modify-write updates so the cache and the
-	// store never diverge.
-	writeMu sync.Mutex
+	// grants is the per-key grant cache (grant.go), under mu.
+	grants map[string][]*Grant
+	// gens holds, under mu, the generation of every cached path that was
+	// written or invalidated (cache.go).
+	gens genTable
+	// freshness is the change feed's horizon and its bound (cache.go).
+	freshness atomic.Pointer[freshness]
 }
 
 // New returns a catalog over store, sealing material with b.
@@ -190,6 +206,8 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 		aliases: map[string]*Alias{},
 		aeads:   map[string]cipher.AEAD{},
 		parsed:  map[parsedKey]parsedEntry{},
+		grants:  map[string][]*Grant{},
+		gens:    genTable{m: map[string]uint64{}},
 
 		parsedLimit: DefaultParsedLimit,
 	}
@@ -218,10 +236,10 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	if err != nil {
 		return err
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	p := keyPath(k.Name())
+	g := c.stamp(p)
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
-		if err := tx.Create(ctx, keyPath(k.Name()), b); err != nil {
+		if err := tx.Create(ctx, p, b); err != nil {
 			return err
 		}
 		return tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{})
@@ -232,99 +250,138 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	if err != nil {
 		return fmt.Errorf("catalog: create key: %w", err)
 	}
-	c.mu.Lock()
-	c.keys[k.Name()] = k
-	c.mu.Unlock()
+	c.install(p, g, func() { c.keys[k.Name()] = k })
 	return nil
 }
 
 // Key returns the record of the key named id (Name: the key id, or for a
-// multi-Region key its id and Region).
+// multi-Region key its id and Region): from the cache when it may be
+// trusted (see the package documentation), else from the database.
 func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
-	c.mu.RLock()
-	k, ok := c.keys[id]
-	c.mu.RUnlock()
-	if ok {
-		if k == nil {
-			return nil, ErrNotFound
+	if c.cacheOK(ctx) {
+		c.mu.RLock()
+		k, ok := c.keys[id]
+		c.mu.RUnlock()
+		if ok {
+			if k == nil {
+				return nil, ErrNotFound
+			}
+			return k, nil
 		}
-		return k, nil
 	}
-	b, err := c.store.Get(ctx, keyPath(id))
+	p := keyPath(id)
+	g := c.stamp(p)
+	b, err := c.store.Get(ctx, p)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("catalog: get key: %w", err)
 	}
-	k = new(Key)
+	k := new(Key)
 	if err := json.Unmarshal(b, k); err != nil {
 		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if cur, ok := c.keys[id]; ok {
-		// A concurrent writer got there first: its record (or its
-		// deletion) is newer than what was read.
-		if cur == nil {
-			return nil, ErrNotFound
+	c.fill(p, g, func() {
+		if old := c.keys[id]; old != nil {
+			c.forgetParsed(old)
 		}
-		return cur, nil
-	}
-	c.keys[id] = k
+		c.keys[id] = k
+	})
 	return k, nil
 }
 
-// UpdateKey applies fn to a copy of the record of the key named id (Name) and stores the result
-// durably. An error from fn leaves the record unchanged and is returned.
+// UpdateKey applies fn to a copy of the record of the key named id (Name),
+// read in the same transaction that stores the result durably. fn may run
+// more than once (storage.Store.Update) and must keep no state between
+// runs. An error from fn leaves the record unchanged and is returned.
 func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) error) (*Key, error) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	cur, err := c.Key(ctx, id)
+	p := keyPath(id)
+	g := c.stamp(p)
+	var cur, next *Key
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		var err error
+		if cur, err = getKey(ctx, tx, id); err != nil {
+			return err
+		}
+		if next, err = clone(cur); err != nil {
+			return err
+		}
+		if err := fn(next); err != nil {
+			return callerError{err}
+		}
+		b, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		return tx.Put(ctx, p, b)
+	})
 	if err != nil {
-		return nil, err
+		return nil, unwrapUpdate("update key", err)
 	}
-	next, err := clone(cur)
-	if err != nil {
-		return nil, err
-	}
-	if err := fn(next); err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(next)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.store.Put(ctx, keyPath(id), b); err != nil {
-		return nil, fmt.Errorf("catalog: update key: %w", err)
-	}
-	c.mu.Lock()
-	c.keys[id] = next
-	c.forgetParsed(cur)
-	c.mu.Unlock()
+	c.install(p, g, func() {
+		if old := c.keys[id]; old != nil {
+			c.forgetParsed(old)
+		}
+		c.forgetParsed(cur)
+		c.keys[id] = next
+	})
 	return next, nil
 }
 
+// getKey reads and decodes the key named id in tx.
+func getKey(ctx context.Context, tx storage.Reader, id string) (*Key, error) {
+	b, err := tx.Get(ctx, keyPath(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	k := new(Key)
+	if err := json.Unmarshal(b, k); err != nil {
+		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
+	}
+	return k, nil
+}
+
+// callerError carries an error of a caller's fn out of storage.Update, so
+// that it is returned unchanged rather than wrapped as a storage error.
+type callerError struct{ err error }
+
+func (e callerError) Error() string { return e.err.Error() }
+
+// unwrapUpdate returns what a catalog write returns for err from
+// storage.Update: the caller's own error, a catalog sentinel, or the
+// storage error wrapped.
+func unwrapUpdate(what string, err error) error {
+	var ce callerError
+	switch {
+	case errors.As(err, &ce):
+		return ce.err
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrExists):
+		return err
+	case errors.Is(err, storage.ErrExists):
+		return ErrExists
+	}
+	return fmt.Errorf("catalog: %s: %w", what, err)
+}
+
 // DeleteKey removes the key named id (Name), its index entry and every
-// alias of its Region that points to it, and forgets its material.
+// alias of its Region that points to it — all read and written in one
+// transaction, so an alias made meanwhile on another node is not left
+// behind — and forgets its material.
 func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	k, err := c.Key(ctx, id)
-	if err != nil {
-		return err
-	}
-	aliases, err := c.listAliases(ctx, k.Account, k.Region)
-	if err != nil {
-		return err
-	}
-	err = c.store.Update(ctx, func(tx storage.Tx) error {
-		for _, a := range aliases {
-			if a.KeyID == k.ID {
-				if err := tx.Delete(ctx, aliasPath(a.Account, a.Region, a.Name)); err != nil {
-					return err
-				}
-			}
+	var k *Key
+	var dropped []string
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		var err error
+		if k, err = getKey(ctx, tx, id); err != nil {
+			return err
+		}
+		dropped, err = deleteAliasesOf(ctx, tx, k)
+		if err != nil {
+			return err
 		}
 		if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
 			return err
@@ -332,21 +389,40 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 		return tx.Delete(ctx, keyPath(id))
 	})
 	if err != nil {
-		return fmt.Errorf("catalog: delete key: %w", err)
+		return unwrapUpdate("delete key", err)
 	}
+	c.Invalidate(append(dropped, keyPath(id)))
 	c.mu.Lock()
-	c.keys[id] = nil
-	for _, a := range aliases {
-		if a.KeyID == k.ID {
-			c.aliases[aliasPath(a.Account, a.Region, a.Name)] = nil
-		}
-	}
 	for _, v := range k.Versions {
 		delete(c.aeads, materialAAD(id, v.Number))
 	}
 	c.forgetParsed(k)
 	c.mu.Unlock()
 	return nil
+}
+
+// deleteAliasesOf deletes in tx the aliases of k's account and Region that
+// point to k, returning their paths.
+func deleteAliasesOf(ctx context.Context, tx storage.Tx, k *Key) ([]string, error) {
+	entries, err := tx.List(ctx, aliasPath(k.Account, k.Region, ""), "", 0)
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	for _, e := range entries {
+		a := new(Alias)
+		if err := json.Unmarshal(e.Value, a); err != nil {
+			return nil, err
+		}
+		if a.KeyID != k.ID {
+			continue
+		}
+		if err := tx.Delete(ctx, e.Key); err != nil {
+			return nil, err
+		}
+		dropped = append(dropped, e.Key)
+	}
+	return dropped, nil
 }
 
 // ListKeys returns up to limit key ids of account and region that sort
@@ -368,7 +444,8 @@ func (c *Catalog) ListKeys(ctx context.Context, account, region, after string, l
 	return ids, nil
 }
 
-// AllKeys calls fn for every key record, in name order; used by sweepers.
+// AllKeys calls fn for every key record, in name order, as the database
+// has it; used by sweepers.
 func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 	after := ""
 	for {
@@ -377,12 +454,9 @@ func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 			return fmt.Errorf("catalog: scan keys: %w", err)
 		}
 		for _, e := range entries {
-			k, err := c.Key(ctx, e.Key[len("key/"):])
-			if errors.Is(err, ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
+			k := new(Key)
+			if err := json.Unmarshal(e.Value, k); err != nil {
+				return fmt.Errorf("catalog: decode %s: %w", e.Key, err)
 			}
 			if err := fn(k); err != nil {
 				return err
@@ -461,34 +535,37 @@ func (k *Key) Version(v uint32) *Version {
 
 func aliasCacheKey(account, region, name string) string { return aliasPath(account, region, name) }
 
-// Alias returns the alias name in account and region.
+// Alias returns the alias name in account and region: from the cache
+// when it may be trusted, else from the database.
 func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Alias, error) {
 	p := aliasCacheKey(account, region, name)
-	c.mu.RLock()
-	a, ok := c.aliases[p]
-	c.mu.RUnlock()
-	if ok {
-		if a == nil {
-			return nil, ErrNotFound
+	if c.cacheOK(ctx) {
+		c.mu.RLock()
+		a, ok := c.aliases[p]
+		c.mu.RUnlock()
+		if ok {
+			if a == nil {
+				return nil, ErrNotFound
+			}
+			return a, nil
 		}
-		return a, nil
 	}
+	g := c.stamp(p)
 	b, err := c.store.Get(ctx, p)
 	if errors.Is(err, storage.ErrNotFound) {
 		// Misses are not cached: names a caller invents must not grow
 		// the cache.
+		c.fill(p, g, func() { delete(c.aliases, p) })
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("catalog: get alias: %w", err)
 	}
-	a = new(Alias)
+	a := new(Alias)
 	if err := json.Unmarshal(b, a); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	c.aliases[p] = a
-	c.mu.Unlock()
+	c.fill(p, g, func() { c.aliases[p] = a })
 	return a, nil
 }
 
@@ -498,9 +575,8 @@ func (c *Catalog) CreateAlias(ctx context.Context, a *Alias) error {
 	if err != nil {
 		return err
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	p := aliasPath(a.Account, a.Region, a.Name)
+	g := c.stamp(p)
 	err = c.store.Create(ctx, p, b)
 	if errors.Is(err, storage.ErrExists) {
 		return ErrExists
@@ -508,41 +584,41 @@ func (c *Catalog) CreateAlias(ctx context.Context, a *Alias) error {
 	if err != nil {
 		return fmt.Errorf("catalog: create alias: %w", err)
 	}
-	c.mu.Lock()
-	c.aliases[p] = a
-	c.mu.Unlock()
+	c.install(p, g, func() { c.aliases[p] = a })
 	return nil
 }
 
-// PutAlias replaces an existing alias record.
+// PutAlias replaces an existing alias record; ErrNotFound if it is gone
+// (deleted meanwhile, perhaps through another node).
 func (c *Catalog) PutAlias(ctx context.Context, a *Alias) error {
 	b, err := json.Marshal(a)
 	if err != nil {
 		return err
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	p := aliasPath(a.Account, a.Region, a.Name)
-	if err := c.store.Put(ctx, p, b); err != nil {
-		return fmt.Errorf("catalog: update alias: %w", err)
+	g := c.stamp(p)
+	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Get(ctx, p); errors.Is(err, storage.ErrNotFound) {
+			return ErrNotFound
+		} else if err != nil {
+			return err
+		}
+		return tx.Put(ctx, p, b)
+	})
+	if err != nil {
+		return unwrapUpdate("update alias", err)
 	}
-	c.mu.Lock()
-	c.aliases[p] = a
-	c.mu.Unlock()
+	c.install(p, g, func() { c.aliases[p] = a })
 	return nil
 }
 
 // DeleteAlias removes an alias.
 func (c *Catalog) DeleteAlias(ctx context.Context, account, region, name string) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	p := aliasPath(account, region, name)
 	if err := c.store.Delete(ctx, p); err != nil {
 		return fmt.Errorf("catalog: delete alias: %w", err)
 	}
-	c.mu.Lock()
-	c.aliases[p] = nil
-	c.mu.Unlock()
+	c.Invalidate([]string{p})
 	return nil
 }
 
@@ -625,8 +701,6 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*G
 			return err
 		}
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
 		for i, k := range ks {
 			if err := tx.Create(ctx, keyPath(k.Name()), kb[i]); err != nil {
@@ -654,20 +728,18 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*G
 	if err != nil {
 		return fmt.Errorf("catalog: create seeded resources: %w", err)
 	}
-	c.mu.Lock()
+	// Evicted rather than installed (read again when next asked): the
+	// generations a fill would need were not taken before the commit.
+	var paths []string
 	for _, k := range ks {
-		c.keys[k.Name()] = k
+		paths = append(paths, keyPath(k.Name()))
 	}
 	for _, a := range as {
-		c.aliases[aliasPath(a.Account, a.Region, a.Name)] = a
+		paths = append(paths, aliasPath(a.Account, a.Region, a.Name))
 	}
-	c.mu.Unlock()
-	// The keys' grant lists are read again from the store when next asked.
-	gc := c.grantCache()
-	gc.mu.Lock()
 	for _, g := range gs {
-		delete(gc.byKey, g.KeyName())
+		paths = append(paths, grantPath(g.KeyName(), g.ID))
 	}
-	gc.mu.Unlock()
+	c.Invalidate(paths)
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/storage"
@@ -30,43 +29,30 @@ type Grant struct {
 	Token             string            `json:"token"`
 }
 
-// grants is the per-key grant cache, kept beside the key cache. A key's
-// grants are read from storage once, then kept in step by every write.
-type grants struct {
-	mu    sync.RWMutex
-	byKey map[string][]*Grant // key name (Name) → grants in creation order
-}
-
-var grantCaches sync.Map // *Catalog → *grants
-
-func (c *Catalog) grantCache() *grants {
-	if g, ok := grantCaches.Load(c); ok {
-		return g.(*grants)
-	}
-	g, _ := grantCaches.LoadOrStore(c, &grants{byKey: map[string][]*Grant{}})
-	return g.(*grants)
-}
-
 func grantPath(keyName, id string) string { return "grant/" + keyName + "/" + id }
 
 // KeyName is the name (Name) of the key the grant is on.
 func (g *Grant) KeyName() string { return Name(g.Region, g.KeyID) }
 
-// Grants returns the grants of the key named keyID (Name), oldest first.
-// The slice is shared: never modify it.
+// Grants returns the grants of the key named keyID (Name), oldest first:
+// from the cache when it may be trusted (see the package documentation),
+// else from the database. The slice is shared: never modify it.
 func (c *Catalog) Grants(ctx context.Context, keyID string) ([]*Grant, error) {
-	g := c.grantCache()
-	g.mu.RLock()
-	list, ok := g.byKey[keyID]
-	g.mu.RUnlock()
-	if ok {
-		return list, nil
+	if c.cacheOK(ctx) {
+		c.mu.RLock()
+		list, ok := c.grants[keyID]
+		c.mu.RUnlock()
+		if ok {
+			return list, nil
+		}
 	}
-	entries, err := c.store.List(ctx, "grant/"+keyID+"/", "", 0)
+	p := "grant/" + keyID + "/"
+	g := c.stamp(p)
+	entries, err := c.store.List(ctx, p, "", 0)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: list grants: %w", err)
 	}
-	list = make([]*Grant, 0, len(entries))
+	list := make([]*Grant, 0, len(entries))
 	for _, e := range entries {
 		gr := new(Grant)
 		if err := json.Unmarshal(e.Value, gr); err != nil {
@@ -75,13 +61,7 @@ func (c *Catalog) Grants(ctx context.Context, keyID string) ([]*Grant, error) {
 		list = append(list, gr)
 	}
 	sortGrants(list)
-	g.mu.Lock()
-	if cur, ok := g.byKey[keyID]; ok {
-		list = cur
-	} else {
-		g.byKey[keyID] = list
-	}
-	g.mu.Unlock()
+	c.fill(p, g, func() { c.grants[keyID] = list })
 	return list, nil
 }
 
@@ -99,54 +79,33 @@ func (c *Catalog) CreateGrant(ctx context.Context, gr *Grant) error {
 	if err != nil {
 		return err
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	cur, err := c.Grants(ctx, gr.KeyName())
-	if err != nil {
-		return err
-	}
-	if err := c.store.Create(ctx, grantPath(gr.KeyName(), gr.ID), b); err != nil {
+	p := grantPath(gr.KeyName(), gr.ID)
+	if err := c.store.Create(ctx, p, b); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			return ErrExists
 		}
 		return fmt.Errorf("catalog: create grant: %w", err)
 	}
-	next := append(append(make([]*Grant, 0, len(cur)+1), cur...), gr)
-	g := c.grantCache()
-	g.mu.Lock()
-	g.byKey[gr.KeyName()] = next
-	g.mu.Unlock()
+	c.Invalidate([]string{p})
 	return nil
 }
 
 // DeleteGrant removes grant id of the key named keyID (Name); ErrNotFound
 // if absent.
 func (c *Catalog) DeleteGrant(ctx context.Context, keyID, id string) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	cur, err := c.Grants(ctx, keyID)
-	if err != nil {
-		return err
-	}
-	next := make([]*Grant, 0, len(cur))
-	found := false
-	for _, gr := range cur {
-		if gr.ID == id {
-			found = true
-			continue
+	p := grantPath(keyID, id)
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Get(ctx, p); errors.Is(err, storage.ErrNotFound) {
+			return ErrNotFound
+		} else if err != nil {
+			return err
 		}
-		next = append(next, gr)
+		return tx.Delete(ctx, p)
+	})
+	if err != nil {
+		return unwrapUpdate("delete grant", err)
 	}
-	if !found {
-		return ErrNotFound
-	}
-	if err := c.store.Delete(ctx, grantPath(keyID, id)); err != nil {
-		return fmt.Errorf("catalog: delete grant: %w", err)
-	}
-	g := c.grantCache()
-	g.mu.Lock()
-	g.byKey[keyID] = next
-	g.mu.Unlock()
+	c.Invalidate([]string{p})
 	return nil
 }
 
@@ -169,16 +128,27 @@ func (c *Catalog) AllGrants(ctx context.Context, fn func(*Grant) error) error {
 }
 
 // DeleteGrants removes every grant of the key named keyID (Name), when
-// the key is deleted.
+// the key is deleted, in one transaction.
 func (c *Catalog) DeleteGrants(ctx context.Context, keyID string) error {
-	list, err := c.Grants(ctx, keyID)
-	if err != nil {
-		return err
-	}
-	for _, gr := range list {
-		if err := c.DeleteGrant(ctx, keyID, gr.ID); err != nil && !errors.Is(err, ErrNotFound) {
+	p := "grant/" + keyID + "/"
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		entries, err := tx.List(ctx, p, "", 0)
+		if err != nil {
 			return err
 		}
+		for _, e := range entries {
+			if err := tx.Delete(ctx, e.Key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: delete grants: %w", err)
 	}
+	c.mu.Lock()
+	c.evictLocked(p)
+	c.bump(p)
+	c.mu.Unlock()
 	return nil
 }

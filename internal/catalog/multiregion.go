@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -82,107 +81,91 @@ var ErrNoChange = errors.New("catalog: no change")
 // UpdateRelated applies fn to copies of the record of the key named name
 // and of its related multi-Region keys — ks[0] is name's, then those of
 // name's RelatedRegions that exist — and stores the results, with what fn
-// adds to its Batch, in one storage transaction: either every related key
-// changes or none does. It is UpdateKey for a set of records, and like it
-// holds the write lock, so the set read is the set written. An error from
-// fn leaves every record unchanged and is returned. For a single-Region
-// key ks holds its record alone.
+// adds to its Batch, in one storage transaction that also read them:
+// either every related key changes or none does, and the set read is the
+// set written. It is UpdateKey for a set of records, and like it may run
+// fn more than once (each time with a fresh Batch). An error from fn
+// leaves every record unchanged and is returned. For a single-Region key
+// ks holds its record alone.
 func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*Key, b *Batch) error) ([]*Key, error) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	first, err := c.Key(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	curs := []*Key{first}
-	for _, r := range first.RelatedRegions() {
-		k, err := c.Key(ctx, Name(r, first.ID))
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		curs = append(curs, k)
-	}
-	nexts := make([]*Key, len(curs))
-	for i, k := range curs {
-		if nexts[i], err = clone(k); err != nil {
-			return nil, err
-		}
-	}
+	var curs, nexts []*Key
 	var b Batch
-	if err := fn(nexts, &b); err != nil {
-		if errors.Is(err, ErrNoChange) {
-			return curs, nil
-		}
-		return nil, err
-	}
-	deleted := map[string]bool{}
-	for _, n := range b.deletes {
-		deleted[n] = true
-	}
-	type write struct {
-		path string
-		val  []byte
-	}
-	var puts, creates []write
-	for _, k := range nexts {
-		if deleted[k.Name()] {
-			continue
-		}
-		v, err := json.Marshal(k)
+	var deleted map[string]bool
+	var dropped []string
+	gens := map[string]uint64{}
+	noChange := false
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		curs, nexts, b, dropped, noChange = nil, nil, Batch{}, nil, false
+		deleted = map[string]bool{}
+		first, err := getKey(ctx, tx, name)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		puts = append(puts, write{keyPath(k.Name()), v})
-	}
-	for _, k := range b.creates {
-		v, err := json.Marshal(k)
-		if err != nil {
-			return nil, err
+		curs = []*Key{first}
+		for _, r := range first.RelatedRegions() {
+			k, err := getKey(ctx, tx, Name(r, first.ID))
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			curs = append(curs, k)
 		}
-		creates = append(creates, write{keyPath(k.Name()), v})
-	}
-	// The aliases of each deleted key's Region that point to it.
-	var dropAliases []*Alias
-	var dropKeys []*Key
-	for _, k := range curs {
-		if !deleted[k.Name()] {
-			continue
-		}
-		dropKeys = append(dropKeys, k)
-		list, err := c.listAliases(ctx, k.Account, k.Region)
-		if err != nil {
-			return nil, err
-		}
-		for _, a := range list {
-			if a.KeyID == k.ID {
-				dropAliases = append(dropAliases, a)
+		nexts = make([]*Key, len(curs))
+		for i, k := range curs {
+			if nexts[i], err = clone(k); err != nil {
+				return err
+			}
+			if _, ok := gens[k.Name()]; !ok {
+				gens[k.Name()] = c.stamp(keyPath(k.Name()))
 			}
 		}
-	}
-	err = c.store.Update(ctx, func(tx storage.Tx) error {
-		for _, w := range puts {
-			if err := tx.Put(ctx, w.path, w.val); err != nil {
+		if err := fn(nexts, &b); err != nil {
+			if errors.Is(err, ErrNoChange) {
+				noChange = true
+				return nil
+			}
+			return callerError{err}
+		}
+		for _, n := range b.deletes {
+			deleted[n] = true
+		}
+		for _, k := range nexts {
+			if deleted[k.Name()] {
+				continue
+			}
+			v, err := json.Marshal(k)
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(ctx, keyPath(k.Name()), v); err != nil {
 				return err
 			}
 		}
-		for i, w := range creates {
-			if err := tx.Create(ctx, w.path, w.val); err != nil {
+		for _, k := range b.creates {
+			v, err := json.Marshal(k)
+			if err != nil {
 				return err
 			}
-			k := b.creates[i]
+			if err := tx.Create(ctx, keyPath(k.Name()), v); err != nil {
+				return err
+			}
 			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {
 				return err
 			}
 		}
-		for _, a := range dropAliases {
-			if err := tx.Delete(ctx, aliasPath(a.Account, a.Region, a.Name)); err != nil {
+		// Each deleted key goes with the aliases of its Region that
+		// point to it, read in this transaction.
+		for _, k := range curs {
+			if !deleted[k.Name()] {
+				continue
+			}
+			d, err := deleteAliasesOf(ctx, tx, k)
+			if err != nil {
 				return err
 			}
-		}
-		for _, k := range dropKeys {
+			dropped = append(dropped, d...)
 			if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
 				return err
 			}
@@ -192,31 +175,38 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 		}
 		return nil
 	})
-	if errors.Is(err, storage.ErrExists) {
-		return nil, ErrExists
-	}
 	if err != nil {
-		return nil, fmt.Errorf("catalog: update related keys: %w", err)
+		return nil, unwrapUpdate("update related keys", err)
 	}
-	c.mu.Lock()
+	if noChange {
+		return curs, nil
+	}
+	evict := dropped
 	for i, k := range nexts {
+		p := keyPath(k.Name())
 		if deleted[k.Name()] {
-			c.keys[k.Name()] = nil
+			evict = append(evict, p)
+			c.mu.Lock()
 			for _, v := range curs[i].Versions {
 				delete(c.aeads, materialAAD(k.Name(), v.Number))
 			}
-		} else {
-			c.keys[k.Name()] = k
+			c.forgetParsed(curs[i])
+			c.mu.Unlock()
+			continue
 		}
-		c.forgetParsed(curs[i])
-	}
-	for _, a := range dropAliases {
-		c.aliases[aliasPath(a.Account, a.Region, a.Name)] = nil
+		c.install(p, gens[k.Name()], func() {
+			if old := c.keys[k.Name()]; old != nil {
+				c.forgetParsed(old)
+			}
+			c.forgetParsed(curs[i])
+			c.keys[k.Name()] = k
+		})
 	}
 	for _, k := range b.creates {
-		c.keys[k.Name()] = k
+		// Not stamped before the transaction: evicted, read on first use.
+		evict = append(evict, keyPath(k.Name()))
 	}
-	c.mu.Unlock()
+	c.Invalidate(evict)
 	out := nexts[:0:0]
 	for _, k := range nexts {
 		if !deleted[k.Name()] {

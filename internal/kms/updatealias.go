@@ -42,7 +42,10 @@ func (s *Service) UpdateAlias(ctx context.Context, c *Caller, in *kmsapi.UpdateA
 	next := *a
 	next.KeyID = k.ID
 	next.Updated = s.now().UTC().Truncate(time.Millisecond)
-	if err := s.cat.PutAlias(ctx, &next); err != nil {
+	if err := s.cat.PutAlias(ctx, &next); errors.Is(err, catalog.ErrNotFound) {
+		// Deleted meanwhile, perhaps through another node.
+		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")
+	} else if err != nil {
 		return nil, internal(err)
 	}
 	return &kmsapi.UpdateAliasResponse{}, nil

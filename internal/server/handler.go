@@ -205,7 +205,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.Params = in
-	out, err := h.call(r.Context(), a.svc, &caller, in)
+	out, err := h.call(kms.ReadContext(r.Context(), opName, in), a.svc, &caller, in)
 	setResources(rec, &caller)
 	if err != nil {
 		a.fail(w, rec, opName, a.wireError(opName, reqID, err))

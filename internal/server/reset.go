@@ -19,12 +19,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/seed"
@@ -82,6 +84,16 @@ func (a *api) openCore(ctx context.Context) error {
 	// The catalog's writes made by the controller's duties are fenced by
 	// its lease (controller.Fence); API requests' writes are not.
 	cat := catalog.New(controller.Fence(r.store), r.barrier)
+	// The catalog follows the change feed from before the first request:
+	// the first poll resets it and proves it fresh.
+	var follower *feed.Follower
+	if w, ok := r.store.(storage.Watcher); ok {
+		follower = feed.New(w, cfg.CachePollInterval, r.log, cat)
+		if err := follower.Poll(ctx); err != nil {
+			return fmt.Errorf("change feed: %w", err)
+		}
+		cat.SetFreshness(follower.FreshAsOf, cfg.CacheMaxStaleness)
+	}
 	svc := kms.New(cat, kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
 	quota := keystore.NewQuota(cfg.StoreRPS, nil)
 	svc.SetStoreQuota(quota)
@@ -96,6 +108,12 @@ func (a *api) openCore(ctx context.Context) error {
 	}
 	a.svc = svc
 	a.mustRegister(quotaCollector{quota})
+	if follower != nil {
+		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kmsd_cache_horizon_lag_seconds",
+			Help: "How far behind the database this node's caches may be: now minus the instant before which every committed change has been applied. Cryptographic operations read the database once it passes --cache-max-staleness.",
+		}, func() float64 { return min(follower.Lag(), 24*time.Hour).Seconds() }))
+	}
 	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
 	if r.seed != nil {
 		cfg.seedClusters = r.seed.Clusters
@@ -130,10 +148,18 @@ func (a *api) openCore(ctx context.Context) error {
 		})
 		wg.Wait()
 	}()
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		if follower != nil {
+			follower.Run(sweepCtx)
+		}
+	}()
 	h := a.hsm
 	r.close = func(purge bool) (declared []string) {
 		stopSweep()
 		<-swept
+		<-followed
 		if purge {
 			declared = h.svc.Purge(ctx)
 		}

@@ -32,6 +32,7 @@ import (
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/keystore"
@@ -164,7 +165,17 @@ type Config struct {
 	// background duties). The node id (NodeID) is the lease holder.
 	LeaseTTL   time.Duration
 	Controller string
+	// CacheMaxStaleness bounds how far behind the database a node's
+	// cache may be when it serves a cryptographic operation from it; past
+	// it the node reads the database, and refuses when that fails (zero:
+	// DefaultCacheMaxStaleness). CachePollInterval is how often the change
+	// feed is read (zero: feed.DefaultInterval).
+	CacheMaxStaleness time.Duration
+	CachePollInterval time.Duration
 }
+
+// DefaultCacheMaxStaleness is Config.CacheMaxStaleness unless set.
+const DefaultCacheMaxStaleness = 5 * time.Second
 
 // Validate checks c and fills defaults.
 func (c *Config) Validate() error {
@@ -227,6 +238,18 @@ func (c *Config) Validate() error {
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
+	}
+	if c.CacheMaxStaleness < 0 || c.CachePollInterval < 0 {
+		return errors.New("--cache-max-staleness and --cache-poll-interval must not be negative")
+	}
+	if c.CacheMaxStaleness == 0 {
+		c.CacheMaxStaleness = DefaultCacheMaxStaleness
+	}
+	if c.CachePollInterval == 0 {
+		c.CachePollInterval = feed.DefaultInterval
+	}
+	if c.CachePollInterval >= c.CacheMaxStaleness {
+		return fmt.Errorf("--cache-poll-interval %s must be shorter than --cache-max-staleness %s", c.CachePollInterval, c.CacheMaxStaleness)
 	}
 	if !c.ReplicaDelaySet {
 		c.ReplicaDelay = DefaultReplicaDelay

@@ -1,0 +1,179 @@
+package catalog
+
+import (
+	"context"
+	"strings"
+	"time"
+)
+
+// The catalog's caches are kept correct with several writers by three
+// rules:
+//
+//   - Generations. Every cached path ("key/<name>", the alias path,
+//     "grant/<key name>/") has a generation, bumped whenever this process
+//     installs a record it wrote or the change feed says the path changed.
+//     A reader that fills the cache from the database notes the generation
+//     before reading and installs only if it is unchanged (fill), so a
+//     record read before a newer write committed never replaces it; a
+//     writer installs its own record only if no other write or
+//     invalidation happened since it began (install), and otherwise evicts
+//     the path, to be read again.
+//   - Change feed. A follower (package feed) calls Invalidate with the
+//     storage keys other processes (and this one) changed, and Reset when
+//     the feed cannot say what changed; then it publishes the feed's
+//     horizon, which SetFreshness handed to the catalog.
+//   - Freshness. A read trusts the cache only while the horizon is younger
+//     than the bound, and never under WithFresh (control-plane reads).
+
+// genTable is the generation of every path written or invalidated since
+// the last Reset; a path not in m has generation base.
+type genTable struct {
+	m    map[string]uint64
+	seq  uint64 // the last generation given
+	base uint64 // the generation of every path after a Reset
+}
+
+// stamp is path's current generation.
+func (c *Catalog) stamp(path string) uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.stampLocked(path)
+}
+
+func (c *Catalog) stampLocked(path string) uint64 {
+	if g, ok := c.gens.m[path]; ok {
+		return g
+	}
+	return c.gens.base
+}
+
+// bump gives path a new generation. c.mu is held.
+func (c *Catalog) bump(path string) {
+	c.gens.seq++
+	c.gens.m[path] = c.gens.seq
+}
+
+// fill runs set (under c.mu) to cache what was read from the database at
+// path, if nothing changed path since its generation was g.
+func (c *Catalog) fill(path string, g uint64, set func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stampLocked(path) == g {
+		set()
+	}
+}
+
+// install runs set (under c.mu) to cache what this process just committed
+// at path, if nothing changed path since its generation was g; otherwise
+// it evicts path. Either way path gets a new generation, so a fill begun
+// before the commit cannot install an older record afterwards.
+func (c *Catalog) install(path string, g uint64, set func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stampLocked(path) == g {
+		set()
+	} else {
+		c.evictLocked(path)
+	}
+	c.bump(path)
+}
+
+// Invalidate evicts what the catalog caches for the storage keys paths,
+// which changed in the database; keys it does not cache are ignored. The
+// change-feed follower calls it for every change, this process's own
+// included.
+func (c *Catalog) Invalidate(paths []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range paths {
+		if cp, ok := cachePath(p); ok {
+			c.evictLocked(cp)
+			c.bump(cp)
+		}
+	}
+}
+
+// cachePath maps a storage key to the cache path it affects.
+func cachePath(key string) (string, bool) {
+	switch {
+	case strings.HasPrefix(key, "key/"), strings.HasPrefix(key, "alias/"):
+		return key, true
+	case strings.HasPrefix(key, "grant/"):
+		// grant/<key name>/<grant id>: the key's whole list.
+		if i := strings.LastIndexByte(key, '/'); i > len("grant/") {
+			return key[:i+1], true
+		}
+	}
+	return "", false
+}
+
+// evictLocked drops what is cached at path. c.mu is held.
+func (c *Catalog) evictLocked(path string) {
+	switch {
+	case strings.HasPrefix(path, "key/"):
+		name := path[len("key/"):]
+		if k := c.keys[name]; k != nil {
+			c.forgetParsed(k)
+			for _, v := range k.Versions {
+				delete(c.aeads, materialAAD(name, v.Number))
+			}
+		}
+		delete(c.keys, name)
+	case strings.HasPrefix(path, "alias/"):
+		delete(c.aliases, path)
+	case strings.HasPrefix(path, "grant/"):
+		delete(c.grants, strings.TrimSuffix(path[len("grant/"):], "/"))
+	}
+}
+
+// Reset drops every cached record, for when the change feed cannot say
+// what changed (a new reader, a pruned cursor, a restored database).
+func (c *Catalog) Reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.keys)
+	clear(c.aliases)
+	clear(c.grants)
+	clear(c.aeads)
+	clear(c.parsed)
+	clear(c.gens.m)
+	c.gens.seq++
+	c.gens.base = c.gens.seq
+}
+
+type freshness struct {
+	asOf     func() time.Time
+	maxStale time.Duration
+}
+
+// SetFreshness makes cached reads depend on the change feed: asOf returns
+// the instant (on this process's clock) before which every committed
+// change has been passed to Invalidate, and a read not made WithFresh uses
+// the cache only while that instant is at most maxStale ago; past it, it
+// reads the database, so a node cut off from the database (or whose feed
+// stalls) stops serving from its cache. Without it the cache is trusted
+// always (one process, no feed). Call it before serving.
+func (c *Catalog) SetFreshness(asOf func() time.Time, maxStale time.Duration) {
+	c.freshness.Store(&freshness{asOf: asOf, maxStale: maxStale})
+}
+
+// cacheOK says whether a read for ctx may be served from the cache.
+func (c *Catalog) cacheOK(ctx context.Context) bool {
+	if ctx.Value(freshKey{}) != nil {
+		return false
+	}
+	f := c.freshness.Load()
+	return f == nil || time.Since(f.asOf()) <= f.maxStale
+}
+
+type freshKey struct{}
+
+// WithFresh marks reads made with the returned context as control-plane
+// reads: the catalog reads them from the database (refreshing its cache),
+// so that a change acknowledged by any node is seen at once.
+func WithFresh(ctx context.Context) context.Context {
+	return context.WithValue(ctx, freshKey{}, true)
+}
+
+// IsFresh says whether ctx was made by WithFresh.
+func IsFresh(ctx context.Context) bool { return ctx.Value(freshKey{}) != nil }

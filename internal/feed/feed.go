@@ -1,0 +1,133 @@
+// Package feed follows a store's change feed (storage.Watcher) on behalf
+// of the in-memory caches of one kmsd node: it hands every changed key to
+// the subscribers, tells them to drop everything when the feed cannot say
+// what changed (Reset), and publishes the node's freshness — the instant
+// before which every committed change has been handed over
+// (MULTINODE.md §4.3, §7.4). Data-plane reads trust a cache only while
+// that instant is recent enough; the lag is exported as the
+// kmsd_cache_horizon_lag_seconds metric.
+package feed
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Subscriber is a cache kept in step with the database.
+type Subscriber interface {
+	// Invalidate forgets what is cached for the storage keys keys, which
+	// changed; keys the subscriber does not cache are ignored.
+	Invalidate(keys []string)
+	// Reset forgets everything cached.
+	Reset()
+}
+
+// DefaultInterval is how often the feed is polled unless told otherwise.
+const DefaultInterval = 200 * time.Millisecond
+
+// batchLimit is how many changes one poll asks for.
+const batchLimit = 1000
+
+// Follower polls a change feed and dispatches it to its subscribers.
+type Follower struct {
+	w        storage.Watcher
+	subs     []Subscriber
+	interval time.Duration
+	log      *slog.Logger
+
+	cursor storage.Cursor
+	fresh  atomic.Pointer[time.Time]
+}
+
+// New returns a follower of w for subs, polling every interval (zero:
+// DefaultInterval). Nothing is fresh until its first poll.
+func New(w storage.Watcher, interval time.Duration, log *slog.Logger, subs ...Subscriber) *Follower {
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	f := &Follower{w: w, subs: subs, interval: interval, log: log}
+	f.fresh.Store(&time.Time{})
+	return f
+}
+
+// FreshAsOf is the instant, on this process's monotonic clock, before
+// which every committed change has been handed to the subscribers; the
+// zero time before the first successful poll.
+func (f *Follower) FreshAsOf() time.Time { return *f.fresh.Load() }
+
+// Lag is how far behind now the node's caches may be.
+func (f *Follower) Lag() time.Duration {
+	t := f.FreshAsOf()
+	if t.IsZero() {
+		return time.Duration(1<<63 - 1)
+	}
+	return time.Since(t)
+}
+
+// Run polls until ctx ends. Errors are logged and retried at the next
+// interval; meanwhile freshness ages, which is what makes the node stop
+// trusting its caches.
+func (f *Follower) Run(ctx context.Context) {
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	failing := false
+	for {
+		if err := f.Poll(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if !failing {
+				f.log.Warn("change feed poll failed; caches age until it works again", "err", err)
+			}
+			failing = true
+		} else if failing {
+			f.log.Info("change feed poll works again")
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Poll reads the feed until it has caught up, dispatching every change,
+// then publishes the freshness the last batch proved.
+func (f *Follower) Poll(ctx context.Context) error {
+	for {
+		b, err := f.w.Changes(ctx, f.cursor, batchLimit)
+		if err != nil {
+			return err
+		}
+		switch {
+		case b.Reset:
+			for _, s := range f.subs {
+				s.Reset()
+			}
+		case len(b.Keys) > 0:
+			for _, s := range f.subs {
+				s.Invalidate(b.Keys)
+			}
+		}
+		f.cursor = b.Next
+		if !b.FreshAsOf.IsZero() {
+			// Published only after every subscriber has the changes.
+			if b.FreshAsOf.After(f.FreshAsOf()) {
+				t := b.FreshAsOf
+				f.fresh.Store(&t)
+			}
+			return nil
+		}
+		if len(b.Keys) == 0 && !b.Reset {
+			return nil
+		}
+	}
+}
