@@ -166,6 +166,20 @@ func (c *Catalog) cacheOK(ctx context.Context) bool {
 	return f == nil || time.Since(f.asOf()) <= f.maxStale
 }
 
+// staleReadTimeout bounds a database read made because the cache was too
+// stale to trust: a node cut off from its database refuses within it
+// rather than holding the request until TCP gives up.
+const staleReadTimeout = time.Second
+
+// readCtx is the context of a database read for ctx after cacheOK said
+// no: bounded by staleReadTimeout unless it is a control-plane read.
+func readCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Value(freshKey{}) != nil {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, staleReadTimeout)
+}
+
 type freshKey struct{}
 
 // WithFresh marks reads made with the returned context as control-plane

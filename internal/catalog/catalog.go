@@ -268,6 +268,10 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 			}
 			return k, nil
 		}
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = readCtx(ctx)
+		defer cancel()
 	}
 	p := keyPath(id)
 	g := c.stamp(p)
@@ -549,6 +553,10 @@ func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Ali
 			}
 			return a, nil
 		}
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = readCtx(ctx)
+		defer cancel()
 	}
 	g := c.stamp(p)
 	b, err := c.store.Get(ctx, p)

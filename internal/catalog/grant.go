@@ -45,6 +45,10 @@ func (c *Catalog) Grants(ctx context.Context, keyID string) ([]*Grant, error) {
 		if ok {
 			return list, nil
 		}
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = readCtx(ctx)
+		defer cancel()
 	}
 	p := "grant/" + keyID + "/"
 	g := c.stamp(p)

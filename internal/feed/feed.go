@@ -29,6 +29,10 @@ type Subscriber interface {
 // DefaultInterval is how often the feed is polled unless told otherwise.
 const DefaultInterval = 200 * time.Millisecond
 
+// pollTimeout bounds one Poll, so that a connection that stops answering
+// is given up and the next poll can open another.
+const pollTimeout = 5 * time.Second
+
 // batchLimit is how many changes one poll asks for.
 const batchLimit = 1000
 
@@ -79,7 +83,10 @@ func (f *Follower) Run(ctx context.Context) {
 	defer t.Stop()
 	failing := false
 	for {
-		if err := f.Poll(ctx); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, pollTimeout)
+		err := f.Poll(pctx)
+		cancel()
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
