@@ -81,8 +81,13 @@ func (c *Catalog) install(path string, g uint64, set func()) {
 // Invalidate evicts what the catalog caches for the storage keys paths,
 // which changed in the database; keys it does not cache are ignored. The
 // change-feed follower calls it for every change, this process's own
-// included.
-func (c *Catalog) Invalidate(paths []string) {
+// included (feed.Subscriber; it never fails).
+func (c *Catalog) Invalidate(_ context.Context, paths []string) error {
+	c.invalidate(paths)
+	return nil
+}
+
+func (c *Catalog) invalidate(paths []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range paths {
@@ -128,7 +133,12 @@ func (c *Catalog) evictLocked(path string) {
 
 // Reset drops every cached record, for when the change feed cannot say
 // what changed (a new reader, a pruned cursor, a restored database).
-func (c *Catalog) Reset() {
+func (c *Catalog) Reset(context.Context) error {
+	c.reset()
+	return nil
+}
+
+func (c *Catalog) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.keys)

@@ -208,13 +208,13 @@ func TestFillLosesToNewerWrite(t *testing.T) {
 	c := newCatalog(t)
 	old := &Key{ID: "k1"}
 	g := c.stamp(keyPath("k1"))
-	c.Invalidate([]string{keyPath("k1")})
+	c.invalidate([]string{keyPath("k1")})
 	c.fill(keyPath("k1"), g, func() { c.keys["k1"] = old })
 	if _, ok := c.keys["k1"]; ok {
 		t.Errorf("a fill begun before an invalidation installed its record")
 	}
 	g = c.stamp(keyPath("k1"))
-	c.Reset()
+	c.reset()
 	c.fill(keyPath("k1"), g, func() { c.keys["k1"] = old })
 	if _, ok := c.keys["k1"]; ok {
 		t.Errorf("a fill begun before a Reset installed its record")

@@ -395,7 +395,7 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 	if err != nil {
 		return unwrapUpdate("delete key", err)
 	}
-	c.Invalidate(append(dropped, keyPath(id)))
+	c.invalidate(append(dropped, keyPath(id)))
 	c.mu.Lock()
 	for _, v := range k.Versions {
 		delete(c.aeads, materialAAD(id, v.Number))
@@ -626,7 +626,7 @@ func (c *Catalog) DeleteAlias(ctx context.Context, account, region, name string)
 	if err := c.store.Delete(ctx, p); err != nil {
 		return fmt.Errorf("catalog: delete alias: %w", err)
 	}
-	c.Invalidate([]string{p})
+	c.invalidate([]string{p})
 	return nil
 }
 
@@ -748,6 +748,6 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*G
 	for _, g := range gs {
 		paths = append(paths, grantPath(g.KeyName(), g.ID))
 	}
-	c.Invalidate(paths)
+	c.invalidate(paths)
 	return nil
 }

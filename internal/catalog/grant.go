@@ -90,7 +90,7 @@ func (c *Catalog) CreateGrant(ctx context.Context, gr *Grant) error {
 		}
 		return fmt.Errorf("catalog: create grant: %w", err)
 	}
-	c.Invalidate([]string{p})
+	c.invalidate([]string{p})
 	return nil
 }
 
@@ -109,7 +109,7 @@ func (c *Catalog) DeleteGrant(ctx context.Context, keyID, id string) error {
 	if err != nil {
 		return unwrapUpdate("delete grant", err)
 	}
-	c.Invalidate([]string{p})
+	c.invalidate([]string{p})
 	return nil
 }
 

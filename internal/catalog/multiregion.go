@@ -206,7 +206,7 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 		// Not stamped before the transaction: evicted, read on first use.
 		evict = append(evict, keyPath(k.Name()))
 	}
-	c.Invalidate(evict)
+	c.invalidate(evict)
 	out := nexts[:0:0]
 	for _, k := range nexts {
 		if !deleted[k.Name()] {

@@ -19,11 +19,12 @@ import (
 
 // Subscriber is a cache kept in step with the database.
 type Subscriber interface {
-	// Invalidate forgets what is cached for the storage keys keys, which
-	// changed; keys the subscriber does not cache are ignored.
-	Invalidate(keys []string)
-	// Reset forgets everything cached.
-	Reset()
+	// Invalidate forgets (or reloads) what is cached for the storage keys
+	// keys, which changed; keys the subscriber does not cache are ignored.
+	// An error leaves the batch unconsumed: it is offered again.
+	Invalidate(ctx context.Context, keys []string) error
+	// Reset forgets (or reloads) everything cached.
+	Reset(ctx context.Context) error
 }
 
 // DefaultInterval is how often the feed is polled unless told otherwise.
@@ -114,14 +115,18 @@ func (f *Follower) Poll(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case b.Reset:
-			for _, s := range f.subs {
-				s.Reset()
+		for _, s := range f.subs {
+			switch {
+			case b.Reset:
+				err = s.Reset(ctx)
+			case len(b.Keys) > 0:
+				err = s.Invalidate(ctx, b.Keys)
 			}
-		case len(b.Keys) > 0:
-			for _, s := range f.subs {
-				s.Invalidate(b.Keys)
+			if err != nil {
+				// The cursor stays: the batch comes again, and
+				// subscribers that took it already take it twice,
+				// which invalidation allows.
+				return err
 			}
 		}
 		f.cursor = b.Next

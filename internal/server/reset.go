@@ -84,11 +84,15 @@ func (a *api) openCore(ctx context.Context) error {
 	// The catalog's writes made by the controller's duties are fenced by
 	// its lease (controller.Fence); API requests' writes are not.
 	cat := catalog.New(controller.Fence(r.store), r.barrier)
-	// The catalog follows the change feed from before the first request:
-	// the first poll resets it and proves it fresh.
+	// The catalog and the identities follow the change feed from before
+	// the first request: the first poll resets them and proves them fresh.
 	var follower *feed.Follower
 	if w, ok := r.store.(storage.Watcher); ok {
-		follower = feed.New(w, cfg.CachePollInterval, r.log, cat)
+		subs := []feed.Subscriber{cat}
+		if a.ids != nil {
+			subs = append(subs, a.ids)
+		}
+		follower = feed.New(w, cfg.CachePollInterval, r.log, subs...)
 		if err := follower.Poll(ctx); err != nil {
 			return fmt.Errorf("change feed: %w", err)
 		}
