@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -49,6 +50,9 @@ type Store struct {
 	// XKS is the proxy configuration of an external key store (its secret
 	// is Password, sealed like kmsuser's).
 	XKS *XKSConfig `json:"xks,omitempty"`
+	// Rev counts the record's writes, so that a node never replaces the
+	// record it holds with an older one (install).
+	Rev int64 `json:"rev,omitempty"`
 }
 
 func recordPath(id string) string   { return "keystore/" + id }
@@ -270,37 +274,23 @@ func (m *Manager) List(account, region string) []*Store {
 		}
 	}
 	m.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Created.Equal(out[j].Created) {
-			return out[i].Created.Before(out[j].Created)
-		}
-		return out[i].ID < out[j].ID
-	})
+	sort.Slice(out, func(i, j int) bool { return storeLess(out[i], out[j]) })
 	return out
 }
 
-// put stores st durably and makes it current.
-func (m *Manager) put(ctx context.Context, st *Store, create bool) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if create {
-		err = m.store.Create(ctx, recordPath(st.ID), b)
-	} else {
-		err = m.store.Put(ctx, recordPath(st.ID), b)
-	}
-	if err != nil {
-		return fmt.Errorf("keystore: store %s: %w", st.ID, err)
-	}
+// install makes st, read from or written to the database, the record
+// this process holds, unless it holds a newer one (a higher Rev).
+func (m *Manager) install(st *Store) {
 	m.mu.Lock()
-	m.stores[st.ID] = st
-	m.mu.Unlock()
-	return nil
+	defer m.mu.Unlock()
+	if cur, ok := m.stores[st.ID]; !ok || st.Rev >= cur.Rev {
+		m.stores[st.ID] = st
+	}
 }
 
-// set applies fn to a copy of store id and stores the result; an error
-// from fn changes nothing.
+// set applies fn to a copy of store id, read in the transaction that
+// stores the result; an error from fn changes nothing. fn may run more
+// than once (storage.Store.Update) and must keep no state between runs.
 func (m *Manager) set(ctx context.Context, id string, fn func(st *Store) error) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
@@ -308,17 +298,92 @@ func (m *Manager) set(ctx context.Context, id string, fn func(st *Store) error) 
 }
 
 func (m *Manager) setLocked(ctx context.Context, id string, fn func(st *Store) error) error {
-	m.mu.RLock()
-	cur, ok := m.stores[id]
-	m.mu.RUnlock()
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	return m.update(ctx, id, func(st *Store, _ []*Store) error { return fn(st) })
+}
+
+// update is set whose fn also sees every other store of the record's
+// account and Region as the same transaction reads them, for the
+// uniqueness rules (names, clusters, proxies), which then hold across
+// nodes.
+func (m *Manager) update(ctx context.Context, id string, fn func(st *Store, others []*Store) error) error {
+	var next *Store
+	err := m.store.Update(ctx, func(tx storage.Tx) error {
+		cur, err := getStore(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		others, err := listStores(ctx, tx, cur.Account, cur.Region)
+		if err != nil {
+			return err
+		}
+		others = slices.DeleteFunc(others, func(o *Store) bool { return o.ID == id })
+		next = clone(cur)
+		if err := fn(next, others); err != nil {
+			return callerError{err}
+		}
+		next.Rev = cur.Rev + 1
+		b, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		return tx.Put(ctx, recordPath(id), b)
+	})
+	if err != nil {
+		return storeError(id, err)
 	}
-	next := clone(cur)
-	if err := fn(next); err != nil {
-		return err
+	m.install(next)
+	return nil
+}
+
+// getStore reads store id in tx.
+func getStore(ctx context.Context, tx storage.Reader, id string) (*Store, error) {
+	b, err := tx.Get(ctx, recordPath(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, callerError{fmt.Errorf("%w: %s", ErrNotFound, id)}
 	}
-	return m.put(ctx, next, false)
+	if err != nil {
+		return nil, err
+	}
+	st := new(Store)
+	if err := json.Unmarshal(b, st); err != nil {
+		return nil, fmt.Errorf("keystore: decode %s: %w", id, err)
+	}
+	return st, nil
+}
+
+// listStores reads the stores of account and region in tx.
+func listStores(ctx context.Context, tx storage.Reader, account, region string) ([]*Store, error) {
+	entries, err := tx.List(ctx, "keystore/", "", 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Store
+	for _, e := range entries {
+		st := new(Store)
+		if err := json.Unmarshal(e.Value, st); err != nil {
+			return nil, fmt.Errorf("keystore: decode %s: %w", e.Key, err)
+		}
+		if st.Account == account && st.Region == region {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// callerError carries an error that is the caller's answer (a state or
+// uniqueness rule, or fn's own) out of storage.Update unchanged.
+type callerError struct{ err error }
+
+func (e callerError) Error() string { return e.err.Error() }
+
+// storeError is what a write of store id returns for err from
+// storage.Update.
+func storeError(id string, err error) error {
+	var ce callerError
+	if errors.As(err, &ce) {
+		return ce.err
+	}
+	return fmt.Errorf("keystore: store %s: %w", id, err)
 }
 
 // Seal seals a store secret (kmsuser's password) for the record path.
@@ -350,35 +415,12 @@ func (m *Manager) newID() (string, error) {
 func (m *Manager) Create(ctx context.Context, st *Store, password string) (*Store, error) {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	n := 0
-	for _, o := range m.List(st.Account, st.Region) {
-		n++
-		if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM && o.State == Disconnected && o.Name == st.Name &&
-			o.ClusterID == st.ClusterID && o.TrustAnchor == st.TrustAnchor {
-			if pw, err := m.Password(o); err == nil && string(pw) == password {
-				return o, nil
-			}
-		}
-		if o.Name == st.Name {
-			return nil, fmt.Errorf("%w: %s", ErrNameInUse, st.Name)
-		}
-		if err := xksConflict(st, o); err != nil {
-			return nil, err
-		}
-		if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM &&
-			(o.ClusterID == st.ClusterID || (st.ClusterCert != "" && o.ClusterCert == st.ClusterCert)) {
-			return nil, fmt.Errorf("%w: %s backs %s", ErrClusterInUse, st.ClusterID, o.ID)
-		}
-	}
-	if n >= m.cfg.Limit {
-		return nil, ErrLimitExceeded
-	}
 	s := clone(st)
 	id, err := m.newID()
 	if err != nil {
 		return nil, err
 	}
-	s.ID, s.State, s.ErrorCode = id, Disconnected, ""
+	s.ID, s.State, s.ErrorCode, s.Rev = id, Disconnected, "", 1
 	settled(s)
 	s.Created = m.cfg.Now().UTC().Truncate(time.Millisecond)
 	if password != "" {
@@ -386,10 +428,61 @@ func (m *Manager) Create(ctx context.Context, st *Store, password string) (*Stor
 			return nil, err
 		}
 	}
-	if err := m.put(ctx, s, true); err != nil {
+	b, err := json.Marshal(s)
+	if err != nil {
 		return nil, err
 	}
+	// The uniqueness rules are checked in the transaction that creates the
+	// record, so two nodes cannot both create a name.
+	var existing *Store
+	err = m.store.Update(ctx, func(tx storage.Tx) error {
+		existing = nil
+		others, err := listStores(ctx, tx, st.Account, st.Region)
+		if err != nil {
+			return err
+		}
+		sort.Slice(others, func(i, j int) bool { return storeLess(others[i], others[j]) })
+		for _, o := range others {
+			if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM && o.State == Disconnected && o.Name == st.Name &&
+				o.ClusterID == st.ClusterID && o.TrustAnchor == st.TrustAnchor {
+				if pw, err := m.Password(o); err == nil && string(pw) == password {
+					existing = o
+					return nil
+				}
+			}
+			if o.Name == st.Name {
+				return callerError{fmt.Errorf("%w: %s", ErrNameInUse, st.Name)}
+			}
+			if err := xksConflict(st, o); err != nil {
+				return callerError{err}
+			}
+			if st.Type == TypeCloudHSM && o.Type == TypeCloudHSM &&
+				(o.ClusterID == st.ClusterID || (st.ClusterCert != "" && o.ClusterCert == st.ClusterCert)) {
+				return callerError{fmt.Errorf("%w: %s backs %s", ErrClusterInUse, st.ClusterID, o.ID)}
+			}
+		}
+		if len(others) >= m.cfg.Limit {
+			return callerError{ErrLimitExceeded}
+		}
+		return tx.Create(ctx, recordPath(id), b)
+	})
+	if err != nil {
+		return nil, storeError(id, err)
+	}
+	if existing != nil {
+		m.install(existing)
+		return clone(existing), nil
+	}
+	m.install(s)
 	return clone(s), nil
+}
+
+// storeLess orders stores by creation, then id.
+func storeLess(a, b *Store) bool {
+	if !a.Created.Equal(b.Created) {
+		return a.Created.Before(b.Created)
+	}
+	return a.ID < b.ID
 }
 
 // Update is a change to a store; nil members stay as they are.
@@ -416,16 +509,16 @@ func (m *Manager) Update(ctx context.Context, account, region, id string, u Upda
 	if !cur.State.Allows(op) {
 		return &StateError{Op: op, State: cur.State, ID: id}
 	}
-	if u.Name != nil && *u.Name != cur.Name {
-		for _, o := range m.List(account, region) {
-			if o.ID != id && o.Name == *u.Name {
-				return fmt.Errorf("%w: %s", ErrNameInUse, *u.Name)
-			}
-		}
-	}
-	return m.setLocked(ctx, id, func(st *Store) error {
+	return m.update(ctx, id, func(st *Store, others []*Store) error {
 		if st.State != cur.State {
 			return &StateError{Op: op, State: st.State, ID: id}
+		}
+		if u.Name != nil && *u.Name != st.Name {
+			for _, o := range others {
+				if o.Name == *u.Name {
+					return fmt.Errorf("%w: %s", ErrNameInUse, *u.Name)
+				}
+			}
 		}
 		if u.Name != nil {
 			st.Name = *u.Name
@@ -469,8 +562,18 @@ func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKey
 			return fmt.Errorf("%w: %s", ErrHasKeys, id)
 		}
 	}
-	if err := m.store.Delete(ctx, recordPath(id)); err != nil {
-		return fmt.Errorf("keystore: delete %s: %w", id, err)
+	err = m.store.Update(ctx, func(tx storage.Tx) error {
+		st, err := getStore(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if !st.State.Allows(OpDelete) {
+			return callerError{&StateError{Op: OpDelete, State: st.State, ID: id}}
+		}
+		return tx.Delete(ctx, recordPath(id))
+	})
+	if err != nil {
+		return storeError(id, err)
 	}
 	m.mu.Lock()
 	delete(m.stores, id)
@@ -503,6 +606,7 @@ func (m *Manager) Connect(ctx context.Context, account, region, id string) error
 	}
 	started := false
 	err = m.set(ctx, id, func(st *Store) error {
+		started = false
 		switch st.State {
 		case Disconnected:
 			st.State, st.ErrorCode, started = Connecting, "", true

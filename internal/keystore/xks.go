@@ -343,27 +343,26 @@ func (m *Manager) UpdateExternal(ctx context.Context, account, region, id string
 	if !cur.State.Allows(u.Op) {
 		return &StateError{Op: u.Op, State: cur.State, ID: id}
 	}
-	probe := clone(cur)
-	if u.XKS != nil {
-		x := *u.XKS
-		probe.XKS = &x
-	}
-	for _, o := range m.List(account, region) {
-		if o.ID == id {
-			continue
-		}
-		if u.Name != nil && o.Name == *u.Name {
-			return fmt.Errorf("%w: %s", ErrNameInUse, *u.Name)
-		}
-		if u.XKS != nil {
-			if err := xksConflict(probe, o); err != nil {
-				return err
-			}
-		}
-	}
-	return m.setLocked(ctx, id, func(st *Store) error {
+	return m.update(ctx, id, func(st *Store, others []*Store) error {
 		if st.State != cur.State {
 			return &StateError{Op: u.Op, State: st.State, ID: id}
+		}
+		// The uniqueness rules, against the other stores as this
+		// transaction reads them.
+		probe := clone(st)
+		if u.XKS != nil {
+			x := *u.XKS
+			probe.XKS = &x
+		}
+		for _, o := range others {
+			if u.Name != nil && o.Name == *u.Name {
+				return fmt.Errorf("%w: %s", ErrNameInUse, *u.Name)
+			}
+			if u.XKS != nil {
+				if err := xksConflict(probe, o); err != nil {
+					return err
+				}
+			}
 		}
 		if u.Name != nil {
 			st.Name = *u.Name

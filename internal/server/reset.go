@@ -84,20 +84,6 @@ func (a *api) openCore(ctx context.Context) error {
 	// The catalog's writes made by the controller's duties are fenced by
 	// its lease (controller.Fence); API requests' writes are not.
 	cat := catalog.New(controller.Fence(r.store), r.barrier)
-	// The catalog and the identities follow the change feed from before
-	// the first request: the first poll resets them and proves them fresh.
-	var follower *feed.Follower
-	if w, ok := r.store.(storage.Watcher); ok {
-		subs := []feed.Subscriber{cat}
-		if a.ids != nil {
-			subs = append(subs, a.ids)
-		}
-		follower = feed.New(w, cfg.CachePollInterval, r.log, subs...)
-		if err := follower.Poll(ctx); err != nil {
-			return fmt.Errorf("change feed: %w", err)
-		}
-		cat.SetFreshness(follower.FreshAsOf, cfg.CacheMaxStaleness)
-	}
 	svc := kms.New(cat, kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay))
 	quota := keystore.NewQuota(cfg.StoreRPS, nil)
 	svc.SetStoreQuota(quota)
@@ -112,12 +98,6 @@ func (a *api) openCore(ctx context.Context) error {
 	}
 	a.svc = svc
 	a.mustRegister(quotaCollector{quota})
-	if follower != nil {
-		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "kmsd_cache_horizon_lag_seconds",
-			Help: "How far behind the database this node's caches may be: now minus the instant before which every committed change has been applied. Cryptographic operations read the database once it passes --cache-max-staleness.",
-		}, func() float64 { return min(follower.Lag(), 24*time.Hour).Seconds() }))
-	}
 	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
 	if r.seed != nil {
 		cfg.seedClusters = r.seed.Clusters
@@ -127,6 +107,31 @@ func (a *api) openCore(ctx context.Context) error {
 		a.unregister()
 		svc.Close()
 		return err
+	}
+	// The catalog, the identities and the key stores follow the change
+	// feed from before the first request: the first poll resets them
+	// (dropping what they cached or loaded before) and proves them fresh.
+	var follower *feed.Follower
+	if w, ok := r.store.(storage.Watcher); ok {
+		subs := []feed.Subscriber{cat}
+		if a.ids != nil {
+			subs = append(subs, a.ids)
+		}
+		if a.hsm != nil && a.hsm.stores != nil {
+			subs = append(subs, a.hsm.stores)
+		}
+		follower = feed.New(w, cfg.CachePollInterval, r.log, subs...)
+		if err := follower.Poll(ctx); err != nil {
+			stopHSM()
+			a.unregister()
+			svc.Close()
+			return fmt.Errorf("change feed: %w", err)
+		}
+		cat.SetFreshness(follower.FreshAsOf, cfg.CacheMaxStaleness)
+		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kmsd_cache_horizon_lag_seconds",
+			Help: "How far behind the database this node's caches may be: now minus the instant before which every committed change has been applied. Cryptographic operations read the database once it passes --cache-max-staleness.",
+		}, func() float64 { return min(follower.Lag(), 24*time.Hour).Seconds() }))
 	}
 	if err := applySeedStores(ctx, r.seed, svc, a.hsm.svc, r.log); err != nil {
 		stopHSM()
