@@ -3,12 +3,14 @@ package identity
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/policy"
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 type cryptoRand struct{}
@@ -98,9 +100,17 @@ func (s *Store) CreateUser(ctx context.Context, account, name, path string) (*Us
 		return nil, &Error{"EntityAlreadyExists", "User with name " + name + " already exists.", ErrExists}
 	}
 	u := &User{Account: account, Name: name, Path: path, ID: s.newID("AIDA"), Created: s.now().UTC().Truncate(time.Second)}
-	if err := s.putUser(ctx, u); err != nil {
+	if err := u.compile(true); err != nil {
 		return nil, err
 	}
+	b, err := json.Marshal(u)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.createStored(ctx, userPrefix, account, name, b, &Error{"EntityAlreadyExists", "User with name " + name + " already exists.", ErrExists}); err != nil {
+		return nil, err
+	}
+	s.users[account+"/"+name] = u
 	return u, nil
 }
 
@@ -155,15 +165,36 @@ func (s *Store) DeleteUser(ctx context.Context, account, name string) error {
 		return &Error{"UnmodifiableEntity", "User " + name + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
 	}
 	for _, k := range s.keys {
-		if k.account == account && k.user == name {
+		if k.account == account && k.user == name && k.config {
 			return &Error{"DeleteConflict", "Cannot delete entity, must delete access keys first.", ErrConflict}
 		}
 	}
-	if len(u.Policies) > 0 {
-		return &Error{"DeleteConflict", "Cannot delete entity, must delete policies first.", ErrConflict}
-	}
-	if err := s.store.Delete(ctx, userPrefix+account+"/"+name); err != nil {
-		return err
+	// The conflicts as the database has them, checked where the user is
+	// deleted.
+	err := s.store.Update(ctx, func(tx storage.Tx) error {
+		b, err := tx.Get(ctx, userPrefix+account+"/"+name)
+		if errors.Is(err, storage.ErrNotFound) {
+			return callerError{noSuchUser(name)}
+		}
+		if err != nil {
+			return err
+		}
+		var stored User
+		if err := json.Unmarshal(b, &stored); err != nil {
+			return err
+		}
+		if keys, err := storedKeysOf(ctx, tx, account, name); err != nil {
+			return err
+		} else if len(keys) > 0 {
+			return callerError{&Error{"DeleteConflict", "Cannot delete entity, must delete access keys first.", ErrConflict}}
+		}
+		if len(stored.Policies) > 0 {
+			return callerError{&Error{"DeleteConflict", "Cannot delete entity, must delete policies first.", ErrConflict}}
+		}
+		return tx.Delete(ctx, userPrefix+account+"/"+name)
+	})
+	if err != nil {
+		return txError(err)
 	}
 	delete(s.users, account+"/"+name)
 	s.rebuild()
@@ -196,9 +227,28 @@ func (s *Store) CreateAccessKey(ctx context.Context, account, user string) (Acce
 		return AccessKey{}, "", err
 	}
 	k := &keyEntry{secret: secret, account: account, user: user, status: "Active", created: s.now().UTC().Truncate(time.Second)}
-	if err := s.putKey(ctx, akid, k); err != nil {
+	b, err := s.keyRecord(akid, k)
+	if err != nil {
 		return AccessKey{}, "", err
 	}
+	// The user and the quota as the database has them.
+	err = s.store.Update(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Get(ctx, userPrefix+account+"/"+user); errors.Is(err, storage.ErrNotFound) {
+			return callerError{noSuchUser(user)}
+		} else if err != nil {
+			return err
+		}
+		if keys, err := storedKeysOf(ctx, tx, account, user); err != nil {
+			return err
+		} else if len(keys) >= MaxKeysPerUser {
+			return callerError{&Error{"LimitExceeded", "Cannot exceed quota for AccessKeysPerUser: 2", ErrLimit}}
+		}
+		return tx.Create(ctx, prefix+akid, b)
+	})
+	if err != nil {
+		return AccessKey{}, "", txError(err)
+	}
+	s.keys[akid] = k
 	s.rebuild()
 	return AccessKey{ID: akid, User: user, Status: k.status, Created: k.created}, secret, nil
 }
@@ -217,8 +267,16 @@ func (s *Store) DeleteAccessKey(ctx context.Context, account, user, akid string)
 	if k.config {
 		return &Error{"UnmodifiableEntity", "Access key " + akid + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
 	}
-	if err := s.store.Delete(ctx, prefix+akid); err != nil {
-		return err
+	err := s.store.Update(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Get(ctx, prefix+akid); errors.Is(err, storage.ErrNotFound) {
+			return callerError{&Error{"NoSuchEntity", "The Access Key with id " + akid + " cannot be found.", ErrNoSuchEntity}}
+		} else if err != nil {
+			return err
+		}
+		return tx.Delete(ctx, prefix+akid)
+	})
+	if err != nil {
+		return txError(err)
 	}
 	delete(s.keys, akid)
 	s.rebuild()
@@ -259,11 +317,11 @@ func (s *Store) PutUserPolicy(ctx context.Context, account, user, name, doc stri
 	if u.config {
 		return &Error{"UnmodifiableEntity", "User " + user + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
 	}
-	n := copyUser(u)
-	n.Policies[name] = doc
-	if err := s.putUser(ctx, n); err != nil {
+	n, err := s.txUser(ctx, account, user, func(n *User) error { n.Policies[name] = doc; return nil })
+	if err != nil {
 		return err
 	}
+	s.users[account+"/"+user] = n
 	s.rebuild()
 	return nil
 }
@@ -308,11 +366,17 @@ func (s *Store) DeleteUserPolicy(ctx context.Context, account, user, name string
 	if u.config {
 		return &Error{"UnmodifiableEntity", "User " + user + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
 	}
-	n := copyUser(u)
-	delete(n.Policies, name)
-	if err := s.putUser(ctx, n); err != nil {
+	n, err := s.txUser(ctx, account, user, func(n *User) error {
+		if _, ok := n.Policies[name]; !ok {
+			return &Error{"NoSuchEntity", "The user policy with name " + name + " cannot be found.", ErrNoSuchEntity}
+		}
+		delete(n.Policies, name)
+		return nil
+	})
+	if err != nil {
 		return err
 	}
+	s.users[account+"/"+user] = n
 	s.rebuild()
 	return nil
 }
@@ -344,9 +408,17 @@ func (s *Store) CreateRole(ctx context.Context, account, name, path, trust, desc
 	}
 	r := &Role{Account: account, Name: name, Path: path, ID: s.newID("AROA"), Created: s.now().UTC().Truncate(time.Second),
 		AssumeRolePolicy: trust, Description: description, MaxSession: maxSession}
-	if err := s.putRole(ctx, r); err != nil {
+	if err := r.compile(true); err != nil {
 		return nil, err
 	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.createStored(ctx, rolePrefix, account, name, b, &Error{"EntityAlreadyExists", "Role with name " + name + " already exists.", ErrExists}); err != nil {
+		return nil, err
+	}
+	s.roles[account+"/"+name] = r
 	return r, nil
 }
 
@@ -393,11 +465,11 @@ func (s *Store) PutRolePolicy(ctx context.Context, account, role, name, doc stri
 	if r.config {
 		return &Error{"UnmodifiableEntity", "Role " + role + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
 	}
-	n := copyRole(r)
-	n.Policies[name] = doc
-	if err := s.putRole(ctx, n); err != nil {
+	n, err := s.txRole(ctx, account, role, func(n *Role) error { n.Policies[name] = doc; return nil })
+	if err != nil {
 		return err
 	}
+	s.roles[account+"/"+role] = n
 	s.refreshSessions(n)
 	return nil
 }
@@ -413,11 +485,20 @@ func (s *Store) DeleteRolePolicy(ctx context.Context, account, role, name string
 	if _, ok := r.Policies[name]; !ok {
 		return &Error{"NoSuchEntity", "The role policy with name " + name + " cannot be found.", ErrNoSuchEntity}
 	}
-	n := copyRole(r)
-	delete(n.Policies, name)
-	if err := s.putRole(ctx, n); err != nil {
+	if r.config {
+		return &Error{"UnmodifiableEntity", "Role " + role + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
+	}
+	n, err := s.txRole(ctx, account, role, func(n *Role) error {
+		if _, ok := n.Policies[name]; !ok {
+			return &Error{"NoSuchEntity", "The role policy with name " + name + " cannot be found.", ErrNoSuchEntity}
+		}
+		delete(n.Policies, name)
+		return nil
+	})
+	if err != nil {
 		return err
 	}
+	s.roles[account+"/"+role] = n
 	s.refreshSessions(n)
 	return nil
 }
@@ -430,11 +511,28 @@ func (s *Store) DeleteRole(ctx context.Context, account, name string) error {
 	if !ok {
 		return noSuchRole(name)
 	}
-	if len(r.Policies) > 0 {
-		return &Error{"DeleteConflict", "Cannot delete entity, must delete policies first.", ErrConflict}
+	if r.config {
+		return &Error{"UnmodifiableEntity", "Role " + name + " is declared in kmsd's configuration file and cannot be changed through the API.", ErrInvalid}
 	}
-	if err := s.store.Delete(ctx, rolePrefix+account+"/"+name); err != nil {
-		return err
+	err := s.store.Update(ctx, func(tx storage.Tx) error {
+		b, err := tx.Get(ctx, rolePrefix+account+"/"+name)
+		if errors.Is(err, storage.ErrNotFound) {
+			return callerError{noSuchRole(name)}
+		}
+		if err != nil {
+			return err
+		}
+		var stored Role
+		if err := json.Unmarshal(b, &stored); err != nil {
+			return err
+		}
+		if len(stored.Policies) > 0 {
+			return callerError{&Error{"DeleteConflict", "Cannot delete entity, must delete policies first.", ErrConflict}}
+		}
+		return tx.Delete(ctx, rolePrefix+account+"/"+name)
+	})
+	if err != nil {
+		return txError(err)
 	}
 	delete(s.roles, account+"/"+name)
 	s.refreshSessions(&Role{Account: account, Name: name})

@@ -468,17 +468,23 @@ func (s *Store) Put(ctx context.Context, akid, secret string, p Principal) error
 	return nil
 }
 
+// keyRecord is the stored form of access key akid, its secret sealed.
+// Callers hold mu.
+func (s *Store) keyRecord(akid string, k *keyEntry) ([]byte, error) {
+	sealed, err := s.barrier.Seal(prefix+akid, []byte(k.secret))
+	if err != nil {
+		return nil, err
+	}
+	arn := "arn:aws:iam::" + k.account + ":user/" + k.user
+	if u, ok := s.users[k.account+"/"+k.user]; ok {
+		arn = u.ARN()
+	}
+	return json.Marshal(record{Principal: Principal{Account: k.account, ARN: arn, Name: k.user}, User: k.user, Status: k.status, Created: k.created, Secret: sealed})
+}
+
 func (s *Store) putKey(ctx context.Context, akid string, k *keyEntry) error {
 	if !k.config {
-		sealed, err := s.barrier.Seal(prefix+akid, []byte(k.secret))
-		if err != nil {
-			return err
-		}
-		arn := "arn:aws:iam::" + k.account + ":user/" + k.user
-		if u, ok := s.users[k.account+"/"+k.user]; ok {
-			arn = u.ARN()
-		}
-		b, err := json.Marshal(record{Principal: Principal{Account: k.account, ARN: arn, Name: k.user}, User: k.user, Status: k.status, Created: k.created, Secret: sealed})
+		b, err := s.keyRecord(akid, k)
 		if err != nil {
 			return err
 		}

@@ -77,6 +77,8 @@ func (s *Store) applyLocked(key string, val []byte) error {
 		}
 		if val == nil {
 			delete(s.roles, id)
+			account, name, _ := strings.Cut(id, "/")
+			s.refreshSessions(&Role{Account: account, Name: name}) // ends them
 			return nil
 		}
 		r := new(Role)
@@ -87,6 +89,7 @@ func (s *Store) applyLocked(key string, val []byte) error {
 			return fmt.Errorf("identity: %s: %w", key, err)
 		}
 		s.roles[id] = r
+		s.refreshSessions(r)
 	case strings.HasPrefix(key, prefix):
 		akid := key[len(prefix):]
 		if cur, ok := s.keys[akid]; ok && cur.config {

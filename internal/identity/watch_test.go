@@ -3,7 +3,10 @@ package identity
 import (
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,5 +90,64 @@ func TestFollowsOtherNode(t *testing.T) {
 	}
 	if _, ok := b.Identity(ak.ID); ok {
 		t.Errorf("the deleted key is back after B's Reset")
+	}
+}
+
+// TestConcurrentIAMWrites: policies put on one user through two nodes at
+// once are all kept, and a user name created through both at once is
+// created once.
+func TestConcurrentIAMWrites(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	root := make([]byte, 32)
+	rand.Read(root)
+	var stores []*Store
+	for range 2 {
+		st, err := sqlite.Open(ctx, filepath.Join(dir, "kmsd.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		b, err := barrier.New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(ctx, st, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores = append(stores, s)
+	}
+	if _, err := stores[0].CreateUser(ctx, "111122223333", "bob", "/"); err != nil {
+		t.Fatal(err)
+	}
+	// B learns of bob at start, as a node does through its feed.
+	if err := stores[1].Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const doc = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*"}]}`
+	var wg sync.WaitGroup
+	for i := range 10 {
+		s := stores[i%2]
+		wg.Go(func() {
+			if err := s.PutUserPolicy(ctx, "111122223333", "bob", fmt.Sprintf("p%d", i), doc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := stores[1].Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := stores[1].ListUserPolicies("111122223333", "bob"); len(got) != 10 {
+		t.Errorf("%d policies after 10 concurrent PutUserPolicy through two nodes: %v", len(got), got)
+	}
+	errs := make([]error, 2)
+	for j, s := range stores {
+		wg.Go(func() { _, errs[j] = s.CreateUser(ctx, "111122223333", []string{"Carol", "carol"}[j], "/") })
+	}
+	wg.Wait()
+	if (errs[0] == nil) == (errs[1] == nil) || !errors.Is(errors.Join(errs...), ErrExists) {
+		t.Errorf("CreateUser Carol/carol through two nodes at once: %v; want one EntityAlreadyExists", errs)
 	}
 }
