@@ -65,26 +65,6 @@ func malformedPolicy(err error) error {
 	return &Error{"MalformedPolicyDocument", msg, ErrMalformed}
 }
 
-func copyUser(u *User) *User {
-	n := *u
-	n.Policies = make(map[string]string, len(u.Policies))
-	for k, v := range u.Policies {
-		n.Policies[k] = v
-	}
-	n.parsed = nil
-	return &n
-}
-
-func copyRole(r *Role) *Role {
-	n := *r
-	n.Policies = make(map[string]string, len(r.Policies))
-	for k, v := range r.Policies {
-		n.Policies[k] = v
-	}
-	n.parsed, n.trust = nil, nil
-	return &n
-}
-
 // CreateUser creates user name in account.
 func (s *Store) CreateUser(ctx context.Context, account, name, path string) (*User, error) {
 	if err := validName("userName", name, 64); err != nil {

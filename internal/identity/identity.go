@@ -513,23 +513,6 @@ func (s *Store) putUser(ctx context.Context, u *User) error {
 	return nil
 }
 
-func (s *Store) putRole(ctx context.Context, r *Role) error {
-	if err := r.compile(true); err != nil {
-		return err
-	}
-	if !r.config {
-		b, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		if err := s.store.Put(ctx, rolePrefix+r.Account+"/"+r.Name, b); err != nil {
-			return fmt.Errorf("identity: store role: %w", err)
-		}
-	}
-	s.roles[r.Account+"/"+r.Name] = r
-	return nil
-}
-
 // Count reports how many long-term access keys exist.
 func (s *Store) Count() int {
 	s.mu.RLock()
