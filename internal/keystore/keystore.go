@@ -321,9 +321,19 @@ func (m *Manager) update(ctx context.Context, id string, fn func(st *Store, othe
 		if err := fn(next, others); err != nil {
 			return callerError{err}
 		}
-		next.Rev = cur.Rev + 1
+		was, err := json.Marshal(cur)
+		if err != nil {
+			return err
+		}
 		b, err := json.Marshal(next)
 		if err != nil {
+			return err
+		}
+		if bytes.Equal(b, was) {
+			return nil // nothing changed: no write, no new Rev
+		}
+		next.Rev = cur.Rev + 1
+		if b, err = json.Marshal(next); err != nil {
 			return err
 		}
 		return tx.Put(ctx, recordPath(id), b)
