@@ -184,7 +184,7 @@ func TestDeleteKeyTakesOtherNodesAlias(t *testing.T) {
 	ctx := t.Context()
 	a, b := twoNodes(t, time.Hour)
 	sharedKey(t, a, "k1")
-	if _, err := a.cat.Key(ctx, "k1"); err != nil {
+	if _, err := b.cat.Key(ctx, "k1"); err != nil {
 		t.Fatal(err)
 	}
 	al := &Alias{Name: "alias/x", Account: "111122223333", Region: "us-east-1", KeyID: "k1"}
@@ -199,6 +199,11 @@ func TestDeleteKeyTakesOtherNodesAlias(t *testing.T) {
 	}
 	if err := b.cat.PutAlias(ctx, al); !errors.Is(err, ErrNotFound) {
 		t.Errorf("PutAlias of the deleted alias: %v, want ErrNotFound", err)
+	}
+	// B still has the key cached; the alias is refused all the same.
+	al2 := &Alias{Name: "alias/y", Account: al.Account, Region: al.Region, KeyID: "k1"}
+	if err := b.cat.CreateAlias(ctx, al2); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CreateAlias through B to the key A deleted: %v, want ErrNotFound", err)
 	}
 }
 

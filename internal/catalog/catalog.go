@@ -577,7 +577,10 @@ func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Ali
 	return a, nil
 }
 
-// CreateAlias stores a new alias; ErrExists if the name is taken.
+// CreateAlias stores a new alias; ErrExists if the name is taken,
+// ErrNotFound if its key is gone. The key is read in the transaction
+// that creates the alias, so a DeleteKey on another node (which deletes
+// the key's aliases in its own) cannot leave it pointing at nothing.
 func (c *Catalog) CreateAlias(ctx context.Context, a *Alias) error {
 	b, err := json.Marshal(a)
 	if err != nil {
@@ -585,19 +588,21 @@ func (c *Catalog) CreateAlias(ctx context.Context, a *Alias) error {
 	}
 	p := aliasPath(a.Account, a.Region, a.Name)
 	g := c.stamp(p)
-	err = c.store.Create(ctx, p, b)
-	if errors.Is(err, storage.ErrExists) {
-		return ErrExists
-	}
+	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		if _, err := getKey(ctx, tx, Name(a.Region, a.KeyID)); err != nil {
+			return err
+		}
+		return tx.Create(ctx, p, b)
+	})
 	if err != nil {
-		return fmt.Errorf("catalog: create alias: %w", err)
+		return unwrapUpdate("create alias", err)
 	}
 	c.install(p, g, func() { c.aliases[p] = a })
 	return nil
 }
 
-// PutAlias replaces an existing alias record; ErrNotFound if it is gone
-// (deleted meanwhile, perhaps through another node).
+// PutAlias replaces an existing alias record; ErrNotFound if it or its
+// new key is gone (deleted meanwhile, perhaps through another node).
 func (c *Catalog) PutAlias(ctx context.Context, a *Alias) error {
 	b, err := json.Marshal(a)
 	if err != nil {
@@ -610,6 +615,9 @@ func (c *Catalog) PutAlias(ctx context.Context, a *Alias) error {
 			return ErrNotFound
 		} else if err != nil {
 			return err
+		}
+		if _, err := getKey(ctx, tx, Name(a.Region, a.KeyID)); err != nil {
+			return err // the new target is gone
 		}
 		return tx.Put(ctx, p, b)
 	})

@@ -30,6 +30,10 @@ func (s *Service) CreateAlias(ctx context.Context, c *Caller, in *kmsapi.CreateA
 	if errors.Is(err, catalog.ErrExists) {
 		return nil, exc("AlreadyExistsException", "An alias with the name "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" already exists")
 	}
+	if errors.Is(err, catalog.ErrNotFound) {
+		// The key was deleted meanwhile, perhaps through another node.
+		return nil, exc("NotFoundException", "Key '"+k.ARN()+"' does not exist")
+	}
 	if err != nil {
 		return nil, internal(err)
 	}
