@@ -1,4 +1,4 @@
-// Package multinode tests several kmsd processes serving one PostgreSQL
+// Package cache tests several kmsd processes serving one PostgreSQL
 // database (internal/storage/postgres/pgtest) with one root key, driven by
 // the real aws CLI v2 and aws-sdk-go-v2: a key made through one node is
 // usable through another at once; a key disabled through one is refused
@@ -9,7 +9,9 @@
 // --cache-max-staleness; and killing one node leaves the other serving.
 //
 // KMSD_MULTINODE_TRIALS sets the number of DisableKey trials (default 50).
-package multinode
+// The acceptance tests with fault injection (A2, A4, A9, A12) are in
+// e2e/multinode; these are the cache's own, short enough for every CI run.
+package cache
 
 import (
 	"context"
