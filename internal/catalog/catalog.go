@@ -628,11 +628,21 @@ func (c *Catalog) PutAlias(ctx context.Context, a *Alias) error {
 	return nil
 }
 
-// DeleteAlias removes an alias.
+// DeleteAlias removes an alias; ErrNotFound if it is gone already
+// (deleted meanwhile, perhaps through another node), checked in the
+// transaction that deletes it.
 func (c *Catalog) DeleteAlias(ctx context.Context, account, region, name string) error {
 	p := aliasPath(account, region, name)
-	if err := c.store.Delete(ctx, p); err != nil {
-		return fmt.Errorf("catalog: delete alias: %w", err)
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Get(ctx, p); errors.Is(err, storage.ErrNotFound) {
+			return ErrNotFound
+		} else if err != nil {
+			return err
+		}
+		return tx.Delete(ctx, p)
+	})
+	if err != nil {
+		return unwrapUpdate("delete alias", err)
 	}
 	c.invalidate([]string{p})
 	return nil

@@ -26,7 +26,10 @@ func (s *Service) DeleteAlias(ctx context.Context, c *Caller, in *kmsapi.DeleteA
 			return nil, err
 		}
 	}
-	if err := s.cat.DeleteAlias(ctx, c.Account, c.Region, *in.AliasName); err != nil {
+	if err := s.cat.DeleteAlias(ctx, c.Account, c.Region, *in.AliasName); errors.Is(err, catalog.ErrNotFound) {
+		// Deleted meanwhile, perhaps through another node.
+		return nil, exc("NotFoundException", "Alias "+keys.AliasARN(c.Region, c.Account, *in.AliasName)+" is not found.")
+	} else if err != nil {
 		return nil, internal(err)
 	}
 	return &kmsapi.DeleteAliasResponse{}, nil
