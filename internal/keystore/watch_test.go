@@ -67,9 +67,15 @@ func TestTwoNodes(t *testing.T) {
 	// the other node, once its feed has it, shows the winner's name.
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	others := a.List(st.Account, st.Region)
+	var other string // another store than st, whatever the creation order
+	for _, o := range a.List(st.Account, st.Region) {
+		if o.ID != st.ID {
+			other = o.ID
+			break
+		}
+	}
 	for j, m := range []*Manager{a, n} {
-		id := []string{st.ID, others[0].ID}[j]
+		id := []string{st.ID, other}[j]
 		wg.Go(func() {
 			name := "the-one-name"
 			errs[j] = m.Update(ctx, st.Account, st.Region, id, Update{Name: &name})
