@@ -51,8 +51,7 @@ type blob struct {
 // acknowledged target (or at one whose UpdateAlias had an unknown
 // outcome), and every acknowledged ciphertext decrypts to its plaintext on
 // every node. Checked twice: on the nodes as they run after the faults
-// (only with KMSD_MULTINODE_PENDING=1: on main a node's caches miss the
-// other nodes' writes), and after every node is killed and started again,
+// (their caches follow the other nodes' writes), and after every node is killed and started again,
 // which shows what the database kept.
 //
 // CI: 25 s, 2 kills, a reset of one node's database connections, one
@@ -60,8 +59,8 @@ type blob struct {
 // PostgreSQL immediate stop/start, then the primary stopped for good
 // (immediate) and its synchronous standby promoted (the nodes' URL lists
 // both hosts, target_session_attrs=read-write). With KMSD_MULTINODE_FULL=1:
-// 150 s, 10 kills (every ~8 s), a reset, a 3 s freeze, (pending:) 2 PostgreSQL immediate
-// stops/starts and the promotion at 130 s.
+// 150 s, 10 kills (every ~8 s), a reset, a 3 s freeze, 2 PostgreSQL immediate
+// stops/starts and the promotion at 130 s (pending).
 func TestA4NoLostWrites(t *testing.T) {
 	dur := 25 * time.Second
 	if full() {
@@ -71,17 +70,16 @@ func TestA4NoLostWrites(t *testing.T) {
 	pg := startPG(t)
 	c := newCluster(t, pg, clusterOpts{nodes: 3, standby: pg.StartStandby(t)})
 
-	// A COMMIT in flight when PostgreSQL crashes can be acknowledged by
-	// kmsd although it was lost: the driver settles it with
-	// pg_xact_status(xid), but PostgreSQL hands the same xid to another
-	// transaction after crash recovery when the lost one's WAL never
-	// reached disk, and then answers "committed" for it. Seen as an
-	// acknowledged CreateKey missing after the run (about 1 run in 8), so
-	// until the driver settles commits otherwise, the PostgreSQL crashes
-	// and the promotion run only with KMSD_MULTINODE_PENDING=1.
+	// PostgreSQL crashes and the promotion: a COMMIT in flight then was
+	// acknowledged although lost when the driver settled it by xid (which
+	// PostgreSQL reuses after such a crash); it is now settled by the
+	// transaction's own commit marker (storage/postgres). Even so, about
+	// one run in two with these faults still shows one acknowledged write
+	// missing or wrong on every node (seen 2026-12-04, cause not found
+	// yet), so they run only with KMSD_MULTINODE_PENDING=1.
 	pgCrashes := os.Getenv("KMSD_MULTINODE_PENDING") == "1"
 	if !pgCrashes {
-		t.Log("PENDING: PostgreSQL crash and promotion faults run only with KMSD_MULTINODE_PENDING=1 (an in-flight COMMIT settled through a reused xid)")
+		t.Log("PENDING: PostgreSQL crash and promotion faults run only with KMSD_MULTINODE_PENDING=1 (an acknowledged write lost in about one run in two, cause not found)")
 	}
 	var schedule []fault
 	if full() {
@@ -165,14 +163,10 @@ func TestA4NoLostWrites(t *testing.T) {
 	}
 
 	// Each running node, as it is after the faults, must show every
-	// acknowledged write: on main the nodes' caches do not follow writes
-	// of the others, so this part runs only with KMSD_MULTINODE_PENDING=1.
-	if os.Getenv("KMSD_MULTINODE_PENDING") == "1" {
-		if missing, bad := verifyDurable(t, c, l, "running"); missing+bad > 0 {
-			t.Errorf("running nodes: %d acknowledged writes missing and %d wrong across %d nodes", missing, bad, len(c.nodes))
-		}
-	} else {
-		t.Log("PENDING: the check of the running nodes (stale caches on main) runs only with KMSD_MULTINODE_PENDING=1")
+	// acknowledged write: its caches follow the others' writes through
+	// the change feed.
+	if missing, bad := verifyDurable(t, c, l, "running"); missing+bad > 0 {
+		t.Errorf("running nodes: %d acknowledged writes missing and %d wrong across %d nodes", missing, bad, len(c.nodes))
 	}
 
 	// What the database holds: every node killed (kill -9) and started

@@ -330,7 +330,6 @@ func TestA2BaselineKeys(t *testing.T) {
 // UpdateAlias racing a DeleteAlias can put the alias back (MULTINODE §4.4:
 // every read-modify-write moves into Update).
 func TestA2BaselineAliases(t *testing.T) {
-	pendingFix(t, "alias read-modify-writes run in one storage transaction (DeleteAlias/UpdateAlias check then act)")
 	runLin(t, 1, 5*time.Second, 0, 3, nil, mrand.New(mrand.NewPCG(seed(t), 2)))
 }
 
@@ -348,7 +347,7 @@ func TestA2BaselineAliases(t *testing.T) {
 // KMSD_MULTINODE_FULL=1: 60 s, 16 keys, 8 aliases, 2 kills, 1 PostgreSQL
 // restart, 2 × 3 s blackholes, ≥ 5,000 operations.
 func TestA2Linearizability(t *testing.T) {
-	pendingFix(t, "catalog caches are fed by the change feed (a node serves stale DescribeKey after a write on another)")
+	pendingFix(t, "porcupine decides the faulted history within its budget: with caches fed by the change feed it answers Unknown after 60 s (partitions of ~4,000 operations, ~600 of unknown outcome), not Illegal as before")
 	dur, nkeys, naliases := 20*time.Second, 6, 4
 	if full() {
 		dur, nkeys, naliases = 60*time.Second, 16, 8
