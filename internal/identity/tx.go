@@ -32,58 +32,43 @@ func txError(err error) error {
 // txUser applies fn to user account/name as stored, and stores it, in one
 // transaction.
 func (s *Store) txUser(ctx context.Context, account, name string, fn func(u *User) error) (*User, error) {
-	key := userPrefix + account + "/" + name
-	var next *User
-	err := s.store.Update(ctx, func(tx storage.Tx) error {
-		b, err := tx.Get(ctx, key)
-		if errors.Is(err, storage.ErrNotFound) {
-			return callerError{noSuchUser(name)}
-		}
-		if err != nil {
-			return err
-		}
-		next = new(User)
-		if err := json.Unmarshal(b, next); err != nil {
-			return err
-		}
-		if next.Policies == nil {
-			next.Policies = map[string]string{}
-		}
-		if err := fn(next); err != nil {
-			return callerError{err}
-		}
-		if err := next.compile(true); err != nil {
-			return callerError{malformedPolicy(err)}
-		}
-		if b, err = json.Marshal(next); err != nil {
-			return err
-		}
-		return tx.Put(ctx, key, b)
-	})
-	if err != nil {
-		return nil, txError(err)
-	}
-	return next, nil
+	return txPolicyHolder(ctx, s, userPrefix+account+"/"+name, noSuchUser(name), fn)
 }
 
 // txRole is txUser for roles.
 func (s *Store) txRole(ctx context.Context, account, name string, fn func(r *Role) error) (*Role, error) {
-	key := rolePrefix + account + "/" + name
-	var next *Role
+	return txPolicyHolder(ctx, s, rolePrefix+account+"/"+name, noSuchRole(name), fn)
+}
+
+// policyHolder is a stored User or Role: a record with inline policies.
+type policyHolder[T any] interface {
+	*T
+	compile(strict bool) error
+	policies() *map[string]string
+}
+
+func (u *User) policies() *map[string]string { return &u.Policies }
+func (r *Role) policies() *map[string]string { return &r.Policies }
+
+// txPolicyHolder reads the record at key (missing: the caller's error when
+// it is absent), applies fn, checks its policies and stores it, in one
+// transaction.
+func txPolicyHolder[T any, P policyHolder[T]](ctx context.Context, s *Store, key string, missing error, fn func(P) error) (P, error) {
+	var next P
 	err := s.store.Update(ctx, func(tx storage.Tx) error {
 		b, err := tx.Get(ctx, key)
 		if errors.Is(err, storage.ErrNotFound) {
-			return callerError{noSuchRole(name)}
+			return callerError{missing}
 		}
 		if err != nil {
 			return err
 		}
-		next = new(Role)
+		next = new(T)
 		if err := json.Unmarshal(b, next); err != nil {
 			return err
 		}
-		if next.Policies == nil {
-			next.Policies = map[string]string{}
+		if pm := next.policies(); *pm == nil {
+			*pm = map[string]string{}
 		}
 		if err := fn(next); err != nil {
 			return callerError{err}
