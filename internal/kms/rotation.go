@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/catalog"
@@ -256,12 +257,29 @@ func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.Li
 	return out, nil
 }
 
-// SweepRotations rotates every key whose automatic rotation is due.
+// errNotDue ends a sweep's update of a key whose rotation is no longer
+// due when the transaction reads it: nothing is written.
+var errNotDue = errors.New("kms: rotation no longer due")
+
+// rotationDue says k's automatic rotation is due at now.
+func rotationDue(k *catalog.Key, now time.Time) bool {
+	return k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) && !k.IsReplica()
+}
+
+// SweepRotations rotates every key whose automatic rotation is due, and
+// returns how many it rotated. The candidates come from a scan that may be
+// stale by the time each is updated — another controller may have rotated
+// the key before this one was given the lease, or the key been disabled,
+// deleted or had its rotation turned off since — so each key's update
+// checks again, on the record it read in its transaction, that the
+// rotation is due, and writes the new material and the next rotation date
+// together: a sweep cut off and run again (on this node or the next
+// controller) rotates every due key exactly once (MULTINODE.md §4.6).
 func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	now := s.now().UTC().Truncate(time.Millisecond)
 	var due []string
 	err := s.sweepKeys(ctx, func(k *catalog.Key) error {
-		if k.RotationEnabled && k.State == keys.Enabled && k.NextRotation != nil && !now.Before(*k.NextRotation) && !k.IsReplica() {
+		if rotationDue(k, now) {
 			due = append(due, k.Name())
 		}
 		return nil
@@ -269,13 +287,21 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	n := 0
 	for _, id := range due {
 		_, err := s.updateShared(ctx, id, func(k *catalog.Key, _ []*catalog.Key) error {
+			if !rotationDue(k, now) {
+				return errNotDue
+			}
 			return s.rotate(k, "AUTOMATIC", now)
 		})
-		if err != nil {
-			return 0, err
+		switch {
+		case errors.Is(err, errNotDue), errors.Is(err, catalog.ErrNotFound):
+			continue
+		case err != nil:
+			return n, err
 		}
+		n++
 	}
-	return len(due), nil
+	return n, nil
 }

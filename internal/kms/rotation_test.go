@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 )
 
@@ -204,5 +205,61 @@ func TestGetKeyRotationStatusPendingDeletion(t *testing.T) {
 	after := get()
 	if !*after.KeyRotationEnabled || *after.RotationPeriodInDays != 100 || !after.NextRotationDate.Equal(before.NextRotationDate.Time) {
 		t.Errorf("after CancelKeyDeletion: %+v, want the earlier status %+v", after, before)
+	}
+}
+
+// TestSweepRotationsRechecksDue: a sweep acts on candidates scanned
+// earlier (SweepRound), which may be stale by the time it updates them. A
+// key rotated already (a sweep cut off and run again, or run by the next
+// controller), disabled, with rotation turned off or deleted since the
+// scan is left alone; every key still due is rotated exactly once.
+func TestSweepRotationsRechecksDue(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ids := map[string]string{}
+	for _, name := range []string{"due", "disabled", "rotation off", "deleted", "rotated by the last sweep"} {
+		id := f.createKey(t)
+		if _, err := f.svc.EnableKeyRotation(ctx, f.caller, &kmsapi.EnableKeyRotationRequest{KeyId: &id, RotationPeriodInDays: kmsapi.Int32(90)}); err != nil {
+			t.Fatal(err)
+		}
+		ids[name] = id
+	}
+	f.clock.advance(91 * day)
+	round, err := f.svc.SweepRound(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What happens between the scan and the sweep's updates.
+	id := ids["disabled"]
+	if _, err := f.svc.DisableKey(ctx, f.caller, &kmsapi.DisableKeyRequest{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	id = ids["rotation off"]
+	if _, err := f.svc.DisableKeyRotation(ctx, f.caller, &kmsapi.DisableKeyRotationRequest{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cat.DeleteKey(ctx, catalog.Name("us-east-1", ids["deleted"])); err != nil {
+		t.Fatal(err)
+	}
+	first, err := f.svc.SweepRound(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.svc.SweepRotations(first); err != nil || n != 2 {
+		t.Fatalf("first sweep: %d rotated, %v; want 2 (due, and rotated by the last sweep)", n, err)
+	}
+	// The stale round again: nothing is still due.
+	if n, err := f.svc.SweepRotations(round); err != nil || n != 0 {
+		t.Fatalf("sweep of the stale round: %d rotated, %v; want 0", n, err)
+	}
+	for name, want := range map[string]int{"due": 1, "disabled": 0, "rotation off": 0, "rotated by the last sweep": 1} {
+		id := ids[name]
+		k, err := f.cat.Key(ctx, catalog.Name("us-east-1", id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Rotations) != want || int(k.Current) != want+1 {
+			t.Errorf("%s: %d rotations, current version %d; want %d, %d", name, len(k.Rotations), k.Current, want, want+1)
+		}
 	}
 }
