@@ -199,8 +199,10 @@ const statusUsage = `usage: kmsd status [--data-dir DIR | --database-url URL] [-
 Prints the kmsd nodes sharing the database: each node's address, last
 heartbeat, whether its node lease is live (or it stopped cleanly), the
 controller lease's epoch it holds or last held and the cache lag it
-published; then the controller, the live leases and the last controller
-terms. Needs no root key; reads, and writes nothing.
+published (how far behind the database its caches were at that
+heartbeat); then the controller, the live leases and the last controller
+terms. Needs no root key; reads, and writes nothing: on a PostgreSQL
+database no node has started on it says there is no kmsd schema there.
 
 Flags (environment variable; config file key):
 `

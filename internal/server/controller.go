@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/keystore"
@@ -14,7 +15,9 @@ import (
 
 // newController makes this node's controller (node lease, controller
 // election) on store, which must be a storage.Leaser (both drivers are).
-func newController(cfg Config, store storage.Store, addr string, share *quotaShare, log *slog.Logger) (*controller.Controller, error) {
+// lag, if not nil, is how far this node's caches are behind the database
+// (false: not known yet), published in the node record for kmsd status.
+func newController(cfg Config, store storage.Store, addr string, share *quotaShare, lag func() (time.Duration, bool), log *slog.Logger) (*controller.Controller, error) {
 	ls, ok := store.(storage.Leaser)
 	if !ok {
 		return nil, errors.New("the store has no leases")
@@ -29,7 +32,7 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 		}
 	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
-		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live})
+		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag})
 }
 
 // quotaShare is this node's share of every custom key store's quota: one
@@ -131,4 +134,15 @@ func (p poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPoolAcquires, prometheus.CounterValue, float64(s.Acquires))
 	ch <- prometheus.MustNewConstMetric(descPoolEmpty, prometheus.CounterValue, float64(s.EmptyAcquires))
 	ch <- prometheus.MustNewConstMetric(descPoolWait, prometheus.CounterValue, s.AcquireWait.Seconds())
+}
+
+// cacheLag is the open core's change-feed lag (feed.Follower.Lag), as the
+// node record publishes it: false until the core's follower has proved
+// the caches fresh once.
+func (a *api) cacheLag() (time.Duration, bool) {
+	f := a.follower.Load()
+	if f == nil || f.FreshAsOf().IsZero() {
+		return 0, false
+	}
+	return f.Lag(), true
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,6 +16,7 @@ import (
 	"github.com/kmsd/kmsd/internal/awsjson"
 	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -58,6 +60,9 @@ type api struct {
 	quotaShare quotaShare
 	// ctl elects the node that runs the background duties (controller.go).
 	ctl *controller.Controller
+	// follower is the open core's change-feed follower (reset.go), whose
+	// lag the node record publishes; nil before the core opens.
+	follower atomic.Pointer[feed.Follower]
 }
 
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

@@ -128,6 +128,7 @@ func (a *api) openCore(ctx context.Context) error {
 			return fmt.Errorf("change feed: %w", err)
 		}
 		cat.SetFreshness(follower.FreshAsOf, cfg.CacheMaxStaleness)
+		a.follower.Store(follower)
 		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kmsd_cache_horizon_lag_seconds",
 			Help: "How far behind the database this node's caches may be: now minus the instant before which every committed change has been applied. Cryptographic operations read the database once it passes --cache-max-staleness.",

@@ -362,7 +362,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	}
 	// The background duties run on the one node holding the controller
 	// lease (on SQLite: always this process).
-	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, log)
+	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, a.cacheLag, log)
 	if err != nil {
 		return err
 	}

@@ -49,7 +49,12 @@ func Status(ctx context.Context, c StatusConfig, out io.Writer) error {
 		}
 		st = s
 	} else {
-		s, err := postgres.Open(ctx, c.DatabaseURL, postgres.Options{MaxConns: 2, MinConns: 1, Password: c.DatabasePassword})
+		// Read-only: status on a database no node has started on says so
+		// and leaves it empty, rather than creating kmsd's schema.
+		s, err := postgres.Open(ctx, c.DatabaseURL, postgres.Options{MaxConns: 2, MinConns: 1, Password: c.DatabasePassword, ReadOnly: true})
+		if errors.Is(err, postgres.ErrNoSchema) {
+			return fmt.Errorf("no kmsd schema in the PostgreSQL database %s: no kmsd node has started on it", postgres.Describe(c.DatabaseURL))
+		}
 		if err != nil {
 			return fmt.Errorf("open the PostgreSQL database %s: %w", postgres.Describe(c.DatabaseURL), err)
 		}

@@ -65,7 +65,15 @@ type Options struct {
 	// fails, Open fails having written nothing. kmsd checks its root key
 	// there, so that a node with the wrong key does not even migrate.
 	Check func(ctx context.Context, r storage.Reader) error
+	// ReadOnly opens the database as it is, for tools that only read it
+	// (kmsd status): no schema is created or migrated, and a database
+	// without kmsd's schema makes Open fail with ErrNoSchema.
+	ReadOnly bool
 }
+
+// ErrNoSchema is returned by Open with ReadOnly for a database that holds
+// no kmsd schema (no kmsd node has started on it).
+var ErrNoSchema = errors.New("postgres: the database holds no kmsd schema")
 
 // An Update whose transaction keeps being aborted (40001, 40P01) is run
 // again at least minTries times and for up to retryFor: a hot key written
@@ -155,7 +163,20 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 			}
 		}
 	}
-	if err := migrate(ctx, pool, migs); err != nil {
+	if o.ReadOnly {
+		var exists bool
+		err := pool.QueryRow(ctx, `SELECT to_regclass('kmsd_schema_migrations') IS NOT NULL AND to_regclass('kv') IS NOT NULL AND to_regclass('kmsd_leases') IS NOT NULL`).Scan(&exists)
+		if err == nil && !exists {
+			err = ErrNoSchema
+		}
+		if err != nil {
+			pool.Close()
+			if errors.Is(err, ErrNoSchema) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("postgres: %w", err)
+		}
+	} else if err := migrate(ctx, pool, migs); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %w", err)
 	}

@@ -155,3 +155,35 @@ func TestCheckBeforeMigrating(t *testing.T) {
 	}
 	s2.Close()
 }
+
+// TestReadOnly: a read-only Open of a database no kmsd has migrated fails
+// with ErrNoSchema and creates nothing; once a node has migrated it, a
+// read-only Open reads what the node wrote.
+func TestReadOnly(t *testing.T) {
+	u := pgtest.URL(t)
+	if s, err := Open(t.Context(), u, Options{ReadOnly: true}); !errors.Is(err, ErrNoSchema) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("read-only Open of an empty database: %v; want ErrNoSchema", err)
+	}
+	s := openURL(t, u) // migrates
+	var tables int
+	if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'`).Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(t.Context(), "a", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := Open(t.Context(), u, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only Open of a migrated database: %v", err)
+	}
+	defer ro.Close()
+	if v, err := ro.Get(t.Context(), "a"); err != nil || string(v) != "1" {
+		t.Fatalf("read-only Get = %q, %v", v, err)
+	}
+	if tables == 0 {
+		t.Fatal("no tables after a migrating Open")
+	}
+}
