@@ -6,7 +6,10 @@
 // A3 wants p99 <= 1 s, max <= 2 s); concurrent writes of one alias, or of
 // one key's policy and tags, through two nodes lose nothing; a node cut
 // off from the database refuses cryptography within its
-// --cache-max-staleness; and killing one node leaves the other serving.
+// --cache-max-staleness; killing one node leaves the other serving; and
+// a writing transaction that holds the change feed's horizon back for 20 s
+// (MULTINODE.md A14) neither lets a node serve a disabled key past its
+// staleness bound nor makes it refuse the keys still enabled.
 //
 // KMSD_MULTINODE_TRIALS sets the number of DisableKey trials (default 50).
 // The acceptance tests with fault injection (A2, A4, A9, A12) are in
