@@ -375,7 +375,8 @@ func serve(args []string) error {
 	for _, s := range settings {
 		fs.StringVar(s.dst, s.flag, "", s.help+" ("+s.env+"; "+s.file+")")
 	}
-	faultInjection := fs.Bool("fault-injection", false, "tests only: allow KmsdAdmin.InjectConnectFault (kmsctl kmsd inject-connect-fault) (KMSD_FAULT_INJECTION=1)")
+	faultInjection := fs.Bool("fault-injection", false, "tests only: allow KmsdAdmin.InjectConnectFault (kmsctl kmsd inject-connect-fault) and --fault-clock-offset (KMSD_FAULT_INJECTION=1)")
+	clockOffset := fs.String("fault-clock-offset", os.Getenv("KMSD_FAULT_CLOCK_OFFSET"), "tests only, with --fault-injection: run the clock of key rotation, deletion and expiry dates this far ahead of the system clock (a Go duration, e.g. 8784h to make keys with yearly rotation due) (KMSD_FAULT_CLOCK_OFFSET)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -384,6 +385,13 @@ func serve(args []string) error {
 	}
 	if *faultInjection {
 		os.Setenv("KMSD_FAULT_INJECTION", "1")
+	}
+	if *clockOffset != "" {
+		d, err := time.ParseDuration(*clockOffset)
+		if err != nil {
+			return fmt.Errorf("--fault-clock-offset %q: want a duration such as 8784h", *clockOffset)
+		}
+		cfg.ClockOffset = d
 	}
 	if err := resolve(fs, settings, configFile, true); err != nil {
 		return err

@@ -126,6 +126,12 @@ type Config struct {
 	// as AWS takes seconds); ReplicaDelaySet says it was given (0 allowed).
 	ReplicaDelay    time.Duration
 	ReplicaDelaySet bool
+	// ClockOffset moves the clock of key life cycles (rotation and
+	// deletion dates, imported material expiry, last usage) this far from
+	// the system clock, so that tests can make automatic rotations due
+	// without waiting 90 days (--fault-clock-offset). Fault injection
+	// only: it needs KMSD_FAULT_INJECTION (--fault-injection).
+	ClockOffset time.Duration
 	// DatabaseURL, when set, is the PostgreSQL database (postgres:// URL
 	// or key=value string) kmsd keeps its state in instead of the SQLite
 	// file in DataDir; several nodes may share it. Its password may come
@@ -251,6 +257,9 @@ func (c *Config) Validate() error {
 	if c.CachePollInterval >= c.CacheMaxStaleness {
 		return fmt.Errorf("--cache-poll-interval %s must be shorter than --cache-max-staleness %s", c.CachePollInterval, c.CacheMaxStaleness)
 	}
+	if c.ClockOffset != 0 && !faultInjection() {
+		return errors.New("--fault-clock-offset is for tests only and needs --fault-injection")
+	}
 	if !c.ReplicaDelaySet {
 		c.ReplicaDelay = DefaultReplicaDelay
 	}
@@ -299,6 +308,9 @@ func (c *Config) Validate() error {
 func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if cfg.ClockOffset != 0 {
+		log.Warn("fault injection: the clock of key rotation, deletion and expiry dates runs off the system clock", "offset", cfg.ClockOffset)
 	}
 	seedFile, err := loadSeed(cfg)
 	if err != nil {
