@@ -112,13 +112,33 @@ func TestHorizonStall(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 				continue
 			}
-			if code(err) != "DisabledException" {
-				t.Fatalf("Encrypt on B of a disabled key during the stall: %v, want DisabledException", err)
+			switch code(err) {
+			case "DisabledException":
+				return max(0, lastOK.Sub(acked))
+			case "KMSInternalException":
+				// A read-through that did not answer within its 1s
+				// bound (a loaded machine): refused, not served.
+				t.Logf("Encrypt on B during the stall: %v", err)
+				continue
 			}
-			return max(0, lastOK.Sub(acked))
+			t.Fatalf("Encrypt on B of a disabled key during the stall: %v, want DisabledException", err)
 		}
 		t.Fatalf("B still encrypts with key %s 15s after DisableKey on A", id)
 		return 0
+	}
+
+	// serves encrypts with id through B, up to three times: a
+	// read-through may exceed its 1s bound on a loaded machine
+	// (KMSInternalException) without B failing closed.
+	serves := func(id string) error {
+		var err error
+		for range 3 {
+			if err = encrypt(ctx, cb, id); err == nil || code(err) != "KMSInternalException" {
+				return err
+			}
+			t.Logf("Encrypt on B during the stall: %v", err)
+		}
+		return err
 	}
 
 	time.Sleep(time.Until(began.Add(time.Second)))
@@ -129,7 +149,7 @@ func TestHorizonStall(t *testing.T) {
 	if d > staleness+time.Second {
 		t.Errorf("B honoured a DisableKey made during the stall after %v, want within --cache-max-staleness + 1s = %v", d, staleness+time.Second)
 	}
-	if err := encrypt(ctx, cb, live); err != nil {
+	if err := serves(live); err != nil {
 		t.Errorf("Encrypt on B of an enabled key during the stall (lag %.1fs): %v; want it served by reading the database", lag(), err)
 	}
 
@@ -147,7 +167,7 @@ func TestHorizonStall(t *testing.T) {
 	if st := status(t, url); st["b"] == nil || *st["b"] < 14 {
 		t.Errorf("kmsd status: B's cache lag %v %.0fs into the stall, want >= 14s (published at B's last heartbeat)", st["b"], time.Since(began).Seconds())
 	}
-	if err := encrypt(ctx, cb, live); err != nil {
+	if err := serves(live); err != nil {
 		t.Errorf("Encrypt on B of an enabled key late in the stall: %v", err)
 	}
 
