@@ -50,6 +50,7 @@ func TestStatusShowsCacheLag(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kmsd status: %v %s", err, stderr(err))
 	}
+	t.Logf("kmsd status:\n%s", text)
 	// One row per node, its last column the lag (a duration, not "-").
 	for _, id := range []string{"n1", "n2"} {
 		if !regexp.MustCompile(`(?m)^` + id + `\s.*\s[0-9.]+(ns|µs|ms|s)\s*$`).Match(text) {
