@@ -3,9 +3,12 @@ package multinode
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/controller"
 )
 
@@ -41,7 +45,7 @@ func TestA8SweepsExactlyOnce(t *testing.T) {
 		// room on a loaded machine (2s saw a controller step down
 		// mid-sweep), and the new controller takes over within about it.
 		ttl   = 4 * time.Second
-		every = 5 * time.Second // --sweep-interval
+		every = 6 * time.Second // --sweep-interval
 	)
 	pg := startPG(t)
 	c := newCluster(t, pg, clusterOpts{nodes: 3, extra: []string{"--lease-ttl", ttl.String(), "--sweep-interval", every.String()}})
@@ -85,7 +89,10 @@ func TestA8SweepsExactlyOnce(t *testing.T) {
 	for _, n := range c.nodes {
 		n.Stop(t)
 	}
+	metrics := map[string]string{} // node id -> its /metrics address
 	for _, n := range c.nodes {
+		metrics[n.id] = e2etest.FreeAddr(t)
+		n.args = append(n.args, "--metrics-listen", metrics[n.id])
 		n.env = append(n.env, "KMSD_FAULT_INJECTION=1", "KMSD_FAULT_CLOCK_OFFSET=8784h")
 		n.Start(t)
 	}
@@ -140,8 +147,14 @@ func TestA8SweepsExactlyOnce(t *testing.T) {
 	}
 	t.Logf("all %d keys rotated %v after the takeover (bound 2 sweep intervals, %v)", keys, done.Sub(took).Round(time.Millisecond), 2*every)
 
-	// Two more sweep intervals: sweeps that find nothing due.
-	time.Sleep(2 * every)
+	// The new controller starts two more sweep rounds, so at least one
+	// whole round runs after the last rotation and finds nothing due.
+	runs := func() float64 { return scrape(t, "http://"+metrics[next]+"/metrics", "kmsd_sweep_runs_total") }
+	for r0, deadline := runs(), time.Now().Add(4*every); runs() < r0+2; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s started %v sweep rounds in %v after the last rotation, want 2", next, runs()-r0, 4*every)
+		}
+	}
 	var doubles, misses int
 	cl := c.client(c.byID(t, next))
 	for _, id := range ids {
@@ -213,4 +226,29 @@ func (c *cluster) byID(t *testing.T, id string) *node {
 	}
 	t.Fatalf("no node %q", id)
 	return nil
+}
+
+// scrape reads one unlabelled sample from a Prometheus text page.
+func scrape(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s: no %s", url, name)
+	return 0
 }
