@@ -12,12 +12,38 @@
 // inserts a random commit marker just before COMMIT; if the connection
 // breaks while COMMIT is in flight the driver waits on another connection
 // until that transaction is no longer in progress and then looks for its
-// marker: found, the write is acknowledged; absent, fn runs again; and
-// when the database cannot be asked it returns storage.ErrCommitUnknown.
-// The xid alone would not do: a crash that loses a transaction's WAL
-// makes PostgreSQL give its xid to a later transaction, whose outcome
+// marker: absent, fn runs again; found, the write is acknowledged once it
+// is proven replicated (below); and when the database cannot be asked or
+// the proof does not come it returns storage.ErrCommitUnknown. The xid
+// alone would not do: a crash that loses a transaction's WAL makes
+// PostgreSQL give its xid to a later transaction, whose outcome
 // pg_xact_status would then report (found by e2e/multinode's A4 test).
 // Markers older than markerRetention are deleted as writes go on.
+//
+// Synchronous standbys. With synchronous_standby_names set, a COMMIT
+// answered with success and no warning is on the standbys, but PostgreSQL
+// also makes transactions visible that are on the primary only: those in
+// its WAL when it crashed (recovery replays them, whether or not a standby
+// got them), and those whose wait for the standbys was cancelled
+// (pg_cancel_backend, pg_terminate_backend: COMMIT then succeeds with a
+// WARNING). A promotion of the standby loses them. So the driver
+// acknowledges a COMMIT only when it succeeded without a warning (a
+// warning sends it to the resolution above), a marker found is
+// acknowledged only after a transaction of the driver's own that writes
+// only if the marker is visible has committed without a warning (its
+// COMMIT waits until the standbys have the WAL up to it, the marker's
+// commit included), and every new connection first commits such a
+// barrier before it serves anything, so that after a crash nothing is
+// read — no key, no state — that the standbys may not have. statement_
+// timeout does not bound a COMMIT's wait for the standbys (PostgreSQL
+// turns it off for COMMIT), so these barriers are bounded by the client
+// and their backends sent a cancel request when they give up. (Not
+// covered: a transaction's wait cancelled by someone else on a primary
+// that keeps running is visible on the connections opened before; kmsd
+// itself never cancels one.) Found by e2e/multinode's A4 test. This
+// departs from MULTINODE.md ("Ambiguous commits"), which takes a commit
+// found committed after the fact to survive a failover: found committed
+// on the primary is not yet on the standby.
 //
 // Get and List outside Update are single statements on the pool (each its
 // own snapshot). Put, Create and Delete on the Store are one-statement
@@ -146,6 +172,12 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	rp["lock_timeout"] = ms(min(2*time.Second, o.StatementTimeout))
 	rp["idle_in_transaction_session_timeout"] = ms(max(10*time.Second, 2*o.StatementTimeout))
 	rp["application_name"] = "kmsd"
+	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
+		noteWarning(c, n)
+	}
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		return connectBarrier(ctx, c, o.ConnectTimeout)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -321,44 +353,72 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		}
 	}
 	t.done.Store(true)
+	pc := conn.Conn().PgConn()
+	warned := watchWarnings(pc)
 	err = ptx.Commit(ctx)
-	if err == nil {
-		committed = true
+	committed = true // no rollback after a COMMIT was sent
+	if err == nil && !warned() {
 		if token != "" {
 			s.pruneMarkers(ctx)
 		}
 		return nil
 	}
-	committed = true // no rollback after a COMMIT was sent
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		// The server answered: the commit failed (40001 at commit is
-		// retryable), nothing was kept.
-		return fmt.Errorf("postgres: commit: %w", err)
-	}
 	if t.xid == "" {
 		// Nothing was written: nothing to lose.
+		if err == nil {
+			return nil
+		}
 		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Severity == "ERROR" {
+		// The server answered with an error: the transaction was rolled
+		// back (40001 at commit is retryable), nothing was kept. A FATAL
+		// or PANIC ends the session and says nothing about the commit.
+		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	if err == nil {
+		// COMMIT succeeded with a warning: PostgreSQL's way of saying that
+		// the wait for the synchronous standbys was cancelled (or the
+		// session is being ended) after the transaction committed
+		// locally. It may not be on any standby, so a promotion could
+		// lose it: not acknowledged until proven.
+		err = errUnreplicated
 	}
 	return s.resolve(ctx, t.xid, token, err)
 }
 
+// errUnreplicated is the cause of a resolution after a COMMIT that
+// succeeded with a warning.
+var errUnreplicated = errors.New("COMMIT answered with a warning (wait for synchronous replication cancelled)")
+
 // resolve decides the outcome of transaction xid, whose COMMIT was sent
-// but whose answer was lost (cause): once pg_xact_status no longer says
-// the xid is in progress (the old backend may not yet have noticed the
-// broken connection), the transaction committed if and only if its marker
-// token is in kmsd_commits. pg_xact_status only tells when to look: after
-// a crash that lost the transaction, the xid may name another one.
+// but whose answer was lost or came with a warning (cause). Once
+// pg_xact_status no longer says the xid is in progress (the old backend
+// may not yet have noticed the broken connection), the transaction
+// committed if and only if its marker token is in kmsd_commits.
+// pg_xact_status only tells when to look: after a crash that lost the
+// transaction, the xid may name another one.
+//
+// A marker found is not yet an acknowledgement: a transaction whose
+// COMMIT was interrupted may be committed on this server only — in its
+// WAL before a crash and visible after recovery, or committed locally
+// when its wait for the synchronous standbys was cancelled — and then lost
+// when a standby is promoted. proveMarker settles that: it commits a
+// transaction of its own that writes only if the marker is visible, and
+// whose COMMIT waits for the synchronous standbys to have the WAL up to
+// it, the marker's commit included. Until that succeeds the outcome stays
+// unknown; an unacknowledged write is allowed, a lost acknowledged one is
+// not.
 func (s *Store) resolve(ctx context.Context, xid, token string, cause error) error {
 	deadline := time.Now().Add(s.resolveFor)
 	rctx := context.WithoutCancel(ctx)
 	for {
-		if found, err := s.marker(rctx, token); err == nil && found {
-			return nil
-		} else if err == nil {
+		found, err := s.marker(rctx, token)
+		if err == nil && !found {
 			var status *string
 			qctx, cancel := context.WithTimeout(rctx, 3*time.Second)
-			err := s.pool.QueryRow(qctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
+			err = s.pool.QueryRow(qctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
 			cancel()
 			var pe *pgconn.PgError
 			// An xid "in the future" was never committed durably: the
@@ -368,19 +428,115 @@ func (s *Store) resolve(ctx context.Context, xid, token string, cause error) err
 			if settled {
 				// Looked for again: the transaction may have committed
 				// between the first look and the status.
-				if found, err := s.marker(rctx, token); err == nil {
-					if found {
-						return nil
-					}
+				found, err = s.marker(rctx, token)
+				if err == nil && !found {
 					return fmt.Errorf("%w (commit lost: %v)", errRerun, cause)
 				}
+			} else {
+				err = errors.New("in progress")
+			}
+		}
+		if err == nil && found {
+			proven, _ := s.proveMarker(rctx, token, time.Until(deadline))
+			if proven {
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: transaction %s: connection lost during COMMIT (%v)", storage.ErrCommitUnknown, xid, cause)
+			return fmt.Errorf("%w: transaction %s: COMMIT interrupted (%v) and its outcome not confirmed", storage.ErrCommitUnknown, xid, cause)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// proveMarker reports whether the commit marker token is on this server
+// and synchronously replicated (see resolve). It waits up to wait (at
+// least a second) for the synchronous standbys.
+func (s *Store) proveMarker(ctx context.Context, token string, wait time.Duration) (bool, error) {
+	qctx, cancel := context.WithTimeout(ctx, max(wait, time.Second))
+	defer cancel()
+	conn, err := s.pool.Acquire(qctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Release()
+	var inserted bool
+	err = replicated(qctx, conn.Conn(), func(ctx context.Context) error {
+		err := conn.QueryRow(ctx, `INSERT INTO kmsd_commits (token)
+SELECT $1 WHERE EXISTS (SELECT 1 FROM kmsd_commits WHERE token = $2) RETURNING true`, uuid.NewString(), token).Scan(&inserted)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // the marker is not here (any more)
+		}
+		return err
+	})
+	return err == nil && inserted, err
+}
+
+// warnedKey marks, in a connection's CustomData, a WARNING received.
+const warnedKey = "kmsd.warned"
+
+// noteWarning is the pool's notice handler. It runs on the goroutine
+// that reads the connection, that is the one running the statement.
+func noteWarning(c *pgconn.PgConn, n *pgconn.Notice) {
+	if n.SeverityUnlocalized == "WARNING" || n.SeverityUnlocalized == "" && n.Severity == "WARNING" {
+		c.CustomData()[warnedKey] = true
+	}
+}
+
+// watchWarnings forgets c's earlier warnings and returns a function that
+// says whether one came since.
+func watchWarnings(c *pgconn.PgConn) func() bool {
+	delete(c.CustomData(), warnedKey)
+	return func() bool { return c.CustomData()[warnedKey] == true }
+}
+
+// replicated runs stmt, a single writing statement in a transaction of its
+// own (autocommit), on conn and succeeds only if it committed without a
+// warning: with synchronous_standby_names set, that COMMIT returned only
+// once the synchronous standbys had flushed the WAL up to it, everything
+// committed on this server before it included. statement_timeout does not
+// bound that wait (PostgreSQL disables it for COMMIT), so ctx does; when
+// ctx ends first, the waiting backend is sent a cancel request so that it
+// does not wait on (holding a connection slot) after the client is gone.
+func replicated(ctx context.Context, conn *pgx.Conn, stmt func(context.Context) error) error {
+	pc := conn.PgConn()
+	warned := watchWarnings(pc)
+	err := stmt(ctx)
+	if err != nil && ctx.Err() != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = pc.CancelRequest(cctx)
+		cancel()
+	}
+	if err == nil && warned() {
+		err = errUnreplicated
+	}
+	return err
+}
+
+// connectBarrier is run on every new connection before it serves
+// anything: a commit that waits for the synchronous standbys (see
+// replicated). After a crash of the primary, recovery makes visible
+// transactions that were in its WAL but perhaps never reached a standby;
+// reading them and answering from them (a key that exists, a state
+// already changed) would be answering from what a promotion may lose. A
+// connection is only used once everything before its barrier is
+// replicated. On a database not yet migrated (no kmsd_commits) there is
+// nothing of kmsd's to read and the barrier is skipped.
+func connectBarrier(ctx context.Context, c *pgx.Conn, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	err := replicated(ctx, c, func(ctx context.Context) error {
+		_, err := c.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, uuid.NewString())
+		return err
+	})
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42P01" {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("postgres: replication barrier: %w", err)
+	}
+	return nil
 }
 
 // marker says whether the commit marker token is in the database.
