@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	mrand "math/rand/v2"
-	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -55,12 +54,18 @@ type blob struct {
 // which shows what the database kept.
 //
 // CI: 25 s, 2 kills, a reset of one node's database connections, one
-// node frozen (SIGSTOP) for 2 s; with KMSD_MULTINODE_PENDING=1 also 1
-// PostgreSQL immediate stop/start, then the primary stopped for good
-// (immediate) and its synchronous standby promoted (the nodes' URL lists
-// both hosts, target_session_attrs=read-write). With KMSD_MULTINODE_FULL=1:
-// 150 s, 10 kills (every ~8 s), a reset, a 3 s freeze, 2 PostgreSQL immediate
-// stops/starts and the promotion at 130 s (pending).
+// node frozen (SIGSTOP) for 2 s, 1 PostgreSQL immediate stop/start, then
+// the primary stopped for good (immediate) and its synchronous standby
+// promoted (the nodes' URL lists both hosts, target_session_attrs=
+// read-write). With KMSD_MULTINODE_FULL=1: 150 s, 10 kills (every ~8 s),
+// a reset, a 3 s freeze, 2 PostgreSQL immediate stops/starts and the
+// promotion at 130 s.
+//
+// The PostgreSQL faults found acknowledged writes that a promotion lost:
+// a COMMIT interrupted by the crash was settled by its commit marker,
+// visible on the restarted primary (recovered from its WAL) before the
+// standby had it; storage/postgres now acknowledges only what the
+// synchronous standby is proven to have.
 func TestA4NoLostWrites(t *testing.T) {
 	dur := 25 * time.Second
 	if full() {
@@ -70,17 +75,6 @@ func TestA4NoLostWrites(t *testing.T) {
 	pg := startPG(t)
 	c := newCluster(t, pg, clusterOpts{nodes: 3, standby: pg.StartStandby(t)})
 
-	// PostgreSQL crashes and the promotion: a COMMIT in flight then was
-	// acknowledged although lost when the driver settled it by xid (which
-	// PostgreSQL reuses after such a crash); it is now settled by the
-	// transaction's own commit marker (storage/postgres). Even so, about
-	// one run in two with these faults still shows one acknowledged write
-	// missing or wrong on every node (seen 2026-12-04, cause not found
-	// yet), so they run only with KMSD_MULTINODE_PENDING=1.
-	pgCrashes := os.Getenv("KMSD_MULTINODE_PENDING") == "1"
-	if !pgCrashes {
-		t.Log("PENDING: PostgreSQL crash and promotion faults run only with KMSD_MULTINODE_PENDING=1 (an acknowledged write lost in about one run in two, cause not found)")
-	}
 	var schedule []fault
 	if full() {
 		for i := range 10 {
@@ -89,24 +83,18 @@ func TestA4NoLostWrites(t *testing.T) {
 		}
 		schedule = append(schedule,
 			fault{at: 50 * time.Second, what: "reset", node: rng.IntN(3)},
-			fault{at: 88 * time.Second, what: "pause", node: rng.IntN(3), dur: 3 * time.Second})
-		if pgCrashes {
-			schedule = append(schedule,
-				fault{at: 95 * time.Second, what: "pg-stop", dur: 2 * time.Second},
-				fault{at: 115 * time.Second, what: "pg-stop", dur: 2 * time.Second},
-				fault{at: 130 * time.Second, what: "promote"})
-		}
+			fault{at: 88 * time.Second, what: "pause", node: rng.IntN(3), dur: 3 * time.Second},
+			fault{at: 95 * time.Second, what: "pg-stop", dur: 2 * time.Second},
+			fault{at: 115 * time.Second, what: "pg-stop", dur: 2 * time.Second},
+			fault{at: 130 * time.Second, what: "promote"})
 	} else {
 		schedule = []fault{
 			{at: time.Duration(4000+rng.IntN(2000)) * time.Millisecond, what: "kill", node: rng.IntN(3), dur: time.Second},
 			{at: time.Duration(10000+rng.IntN(2000)) * time.Millisecond, what: "kill", node: rng.IntN(3), dur: time.Second},
 			{at: time.Duration(7000+rng.IntN(2000)) * time.Millisecond, what: "reset", node: rng.IntN(3)},
 			{at: time.Duration(13000+rng.IntN(2000)) * time.Millisecond, what: "pause", node: rng.IntN(3), dur: 2 * time.Second},
-		}
-		if pgCrashes {
-			schedule = append(schedule,
-				fault{at: time.Duration(15000+rng.IntN(1000)) * time.Millisecond, what: "pg-stop", dur: time.Second},
-				fault{at: time.Duration(20000+rng.IntN(1000)) * time.Millisecond, what: "promote"})
+			{at: time.Duration(15000+rng.IntN(1000)) * time.Millisecond, what: "pg-stop", dur: time.Second},
+			{at: time.Duration(20000+rng.IntN(1000)) * time.Millisecond, what: "promote"},
 		}
 	}
 	sort.Slice(schedule, func(i, j int) bool { return schedule[i].at < schedule[j].at })
