@@ -319,7 +319,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	store, db, err := openStore(ctx, cfg)
+	store, db, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

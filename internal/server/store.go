@@ -22,7 +22,7 @@ type database struct {
 
 // openStore opens the SQLite file in the data directory, or the
 // PostgreSQL database of cfg.DatabaseURL.
-func openStore(ctx context.Context, cfg Config) (storage.Store, database, error) {
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (storage.Store, database, error) {
 	if cfg.DatabaseURL == "" {
 		path := filepath.Join(cfg.DataDir, "kmsd.db")
 		st, err := sqlite.Open(ctx, path)
@@ -47,6 +47,7 @@ func openStore(ctx context.Context, cfg Config) (storage.Store, database, error)
 		ConnectTimeout:   cfg.DBConnectTimeout,
 		StatementTimeout: cfg.DBStatementTimeout,
 		Password:         cfg.DatabasePassword,
+		Log:              log,
 		Check: func(ctx context.Context, r storage.Reader) error {
 			return checkSharedRootKey(ctx, cfg, db, r)
 		},

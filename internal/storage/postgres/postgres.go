@@ -61,6 +61,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -95,6 +96,9 @@ type Options struct {
 	// (kmsd status): no schema is created or migrated, and a database
 	// without kmsd's schema makes Open fail with ErrNoSchema.
 	ReadOnly bool
+	// Log, if not nil, is told how each interrupted COMMIT was settled
+	// (transaction id and outcome; never data).
+	Log *slog.Logger
 }
 
 // ErrNoSchema is returned by Open with ReadOnly for a database that holds
@@ -120,6 +124,7 @@ type Store struct {
 
 	// resolveFor is how long a lost COMMIT's outcome is asked for.
 	resolveFor time.Duration
+	log        *slog.Logger
 	// lastPrune is when commit markers were last pruned (UnixNano).
 	lastPrune atomic.Int64
 
@@ -212,7 +217,11 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	return &Store{pool: pool, resolveFor: 10 * time.Second}, nil
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{pool: pool, resolveFor: 10 * time.Second, log: log}, nil
 }
 
 // Close closes the pool. It is safe to call more than once.
@@ -410,7 +419,19 @@ var errUnreplicated = errors.New("COMMIT answered with a warning (wait for synch
 // it, the marker's commit included. Until that succeeds the outcome stays
 // unknown; an unacknowledged write is allowed, a lost acknowledged one is
 // not.
-func (s *Store) resolve(ctx context.Context, xid, token string, cause error) error {
+func (s *Store) resolve(ctx context.Context, xid, token string, cause error) (err error) {
+	begun := time.Now()
+	defer func() {
+		outcome := "committed and replicated: acknowledged"
+		switch {
+		case errors.Is(err, errRerun):
+			outcome = "not committed: run again"
+		case err != nil:
+			outcome = "unknown: not acknowledged"
+		}
+		s.log.Warn("postgres: interrupted COMMIT settled", "xid", xid, "outcome", outcome,
+			"cause", cause.Error(), "took", time.Since(begun).Round(time.Millisecond))
+	}()
 	deadline := time.Now().Add(s.resolveFor)
 	rctx := context.WithoutCancel(ctx)
 	for {

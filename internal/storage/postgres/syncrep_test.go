@@ -1,8 +1,10 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,7 +149,9 @@ func TestSyncStandbyDurability(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := startPair(t)
 			ctx := t.Context()
-			s, err := Open(ctx, p.primaryURL, Options{MaxConns: 4, MinConns: 1, ConnectTimeout: time.Second})
+			var logged bytes.Buffer // written by Update's goroutine, read after it returned
+			s, err := Open(ctx, p.primaryURL, Options{MaxConns: 4, MinConns: 1, ConnectTimeout: time.Second,
+				Log: slog.New(slog.NewTextHandler(&logged, nil))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -207,6 +211,13 @@ func TestSyncStandbyDurability(t *testing.T) {
 				t.Errorf("Update = %v, want ErrCommitUnknown", uerr)
 			}
 			s.Close()
+			want := "outcome=\"unknown: not acknowledged\""
+			if tt.wantAcked {
+				want = "outcome=\"committed and replicated: acknowledged\""
+			}
+			if !strings.Contains(logged.String(), "interrupted COMMIT settled") || !strings.Contains(logged.String(), want) {
+				t.Errorf("the store's log does not say how the COMMIT was settled (%s):\n%s", want, logged.String())
+			}
 
 			// What a promotion keeps: everything acknowledged.
 			url := p.failover(t)
