@@ -180,8 +180,12 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
 		noteWarning(c, n)
 	}
-	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		return connectBarrier(ctx, c, o.ConnectTimeout)
+	if !o.ReadOnly {
+		// A read-only store (kmsd status) writes nothing, barriers
+		// included: what it shows is not acknowledged to anyone.
+		cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			return connectBarrier(ctx, c, o.ConnectTimeout)
+		}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
