@@ -384,7 +384,7 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		return fmt.Errorf("postgres: commit: %w", err)
 	}
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Severity == "ERROR" {
+	if errors.As(err, &pe) && severity(pe) == "ERROR" {
 		// The server answered with an error: the transaction was rolled
 		// back (40001 at commit is retryable), nothing was kept. A FATAL
 		// or PANIC ends the session and says nothing about the commit.
@@ -503,9 +503,18 @@ const warnedKey = "kmsd.warned"
 // noteWarning is the pool's notice handler. It runs on the goroutine
 // that reads the connection, that is the one running the statement.
 func noteWarning(c *pgconn.PgConn, n *pgconn.Notice) {
-	if n.SeverityUnlocalized == "WARNING" || n.SeverityUnlocalized == "" && n.Severity == "WARNING" {
+	if severity((*pgconn.PgError)(n)) == "WARNING" {
 		c.CustomData()[warnedKey] = true
 	}
+}
+
+// severity is a message's severity in English (servers before 9.6 send
+// only the localized one).
+func severity(e *pgconn.PgError) string {
+	if e.SeverityUnlocalized != "" {
+		return e.SeverityUnlocalized
+	}
+	return e.Severity
 }
 
 // watchWarnings forgets c's earlier warnings and returns a function that
