@@ -184,60 +184,91 @@ func TestA4NoLostWrites(t *testing.T) {
 
 // verifyDurable checks every acknowledged write of l on every node of c
 // and returns how many were missing and how many wrong (each reported,
-// the first ten of a kind in full).
+// the first ten of a kind in full). The nodes are checked at once, each
+// by a few clients, since the checks are many round trips.
 func verifyDurable(t *testing.T, c *cluster, l *durLog, label string) (missing, bad int) {
 	t.Helper()
+	begun := time.Now()
+	var mu sync.Mutex
 	report := func(n *int, format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
 		*n++
 		if *n <= 10 {
 			t.Errorf(label+" "+format, args...)
 		}
 	}
-	for _, n := range c.nodes {
-		cl := c.client(n)
-		check := func(id string, want types.KeyState) {
+	// One check per acknowledged write, run against a node.
+	type check func(cl *kms.Client, node string)
+	var checks []check
+	key := func(id string, want types.KeyState) check {
+		return func(cl *kms.Client, node string) {
 			out, err := cl.DescribeKey(t.Context(), &kms.DescribeKeyInput{KeyId: aws.String(id)})
 			switch {
 			case err != nil:
-				report(&missing, "%s: key %s (CreateKey acknowledged by %s): %v", n.id, id, l.created[id], err)
+				report(&missing, "%s: key %s (CreateKey acknowledged by %s): %v", node, id, l.created[id], err)
 			case want != "" && out.KeyMetadata.KeyState != want:
-				report(&bad, "%s: key %s is %s, want %s", n.id, id, out.KeyMetadata.KeyState, want)
-			}
-		}
-		for _, id := range l.live {
-			check(id, types.KeyStateEnabled)
-		}
-		for _, id := range l.doomed {
-			if l.scheduled[id] {
-				check(id, types.KeyStatePendingDeletion)
-			} else {
-				// An unknown-outcome ScheduleKeyDeletion may have taken
-				// effect; the key must exist either way.
-				check(id, "")
-			}
-		}
-		for a, want := range l.aliasAcked {
-			out, err := cl.DescribeKey(t.Context(), &kms.DescribeKeyInput{KeyId: aws.String(a)})
-			if err != nil {
-				report(&missing, "%s: alias %s: %v", n.id, a, err)
-				continue
-			}
-			if got := aws.ToString(out.KeyMetadata.KeyId); got != want && !slices.Contains(l.aliasUnknown[a], got) {
-				report(&bad, "%s: alias %s points at %s, want its last acknowledged target %s (or one of %d unknown-outcome updates)", n.id, a, got, want, len(l.aliasUnknown[a]))
-			}
-		}
-		for _, b := range l.blobs {
-			out, err := cl.Decrypt(t.Context(), &kms.DecryptInput{CiphertextBlob: b.ciphertext})
-			switch {
-			case err != nil:
-				report(&missing, "%s: ciphertext acknowledged by %s at %s under %s does not decrypt: %v", n.id, b.node, b.acknowledge, b.key, err)
-			case !bytes.Equal(out.Plaintext, b.plaintext):
-				report(&bad, "%s: ciphertext under %s decrypts to other bytes", n.id, b.key)
+				report(&bad, "%s: key %s is %s, want %s", node, id, out.KeyMetadata.KeyState, want)
 			}
 		}
 	}
-	t.Logf("%s nodes: checked %d keys, %d aliases, %d ciphertexts on each of %d nodes: %d missing, %d wrong",
-		label, len(l.live)+len(l.doomed), len(l.aliasAcked), len(l.blobs), len(c.nodes), missing, bad)
+	for _, id := range l.live {
+		checks = append(checks, key(id, types.KeyStateEnabled))
+	}
+	for _, id := range l.doomed {
+		if l.scheduled[id] {
+			checks = append(checks, key(id, types.KeyStatePendingDeletion))
+		} else {
+			// An unknown-outcome ScheduleKeyDeletion may have taken
+			// effect; the key must exist either way.
+			checks = append(checks, key(id, ""))
+		}
+	}
+	for a, want := range l.aliasAcked {
+		checks = append(checks, func(cl *kms.Client, node string) {
+			out, err := cl.DescribeKey(t.Context(), &kms.DescribeKeyInput{KeyId: aws.String(a)})
+			if err != nil {
+				report(&missing, "%s: alias %s: %v", node, a, err)
+				return
+			}
+			if got := aws.ToString(out.KeyMetadata.KeyId); got != want && !slices.Contains(l.aliasUnknown[a], got) {
+				report(&bad, "%s: alias %s points at %s, want its last acknowledged target %s (or one of %d unknown-outcome updates)", node, a, got, want, len(l.aliasUnknown[a]))
+			}
+		})
+	}
+	for _, b := range l.blobs {
+		checks = append(checks, func(cl *kms.Client, node string) {
+			out, err := cl.Decrypt(t.Context(), &kms.DecryptInput{CiphertextBlob: b.ciphertext})
+			switch {
+			case err != nil:
+				report(&missing, "%s: ciphertext acknowledged by %s at %s under %s does not decrypt: %v", node, b.node, b.acknowledge, b.key, err)
+			case !bytes.Equal(out.Plaintext, b.plaintext):
+				report(&bad, "%s: ciphertext under %s decrypts to other bytes", node, b.key)
+			}
+		})
+	}
+	const perNode = 4
+	var wg sync.WaitGroup
+	for _, n := range c.nodes {
+		cl := c.client(n)
+		next := make(chan check)
+		for range perNode {
+			wg.Go(func() {
+				for ch := range next {
+					ch(cl, n.id)
+				}
+			})
+		}
+		wg.Go(func() {
+			for _, ch := range checks {
+				next <- ch
+			}
+			close(next)
+		})
+	}
+	wg.Wait()
+	t.Logf("%s nodes: checked %d keys, %d aliases, %d ciphertexts on each of %d nodes in %s: %d missing, %d wrong",
+		label, len(l.live)+len(l.doomed), len(l.aliasAcked), len(l.blobs), len(c.nodes), time.Since(begun).Round(time.Millisecond), missing, bad)
 	return missing, bad
 }
 
