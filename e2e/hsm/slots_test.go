@@ -94,6 +94,20 @@ func testCreatedHSMKeyStore(t *testing.T, impl string) {
 		_, code := p11("--token-label", h, "--login", "--pin", pin, "--list-objects")
 		return code == 0
 	}
+	// A key generated in one HSM and copied (unwrapped) into the other is
+	// sensitive and not extractable on both: the crypto user cannot read
+	// it through PKCS#11 (openCryptoki's C_UnwrapKey ignores the template,
+	// so kmsd makes its copies itself there; issue #15).
+	k.cliOK(t, "login", "--cluster-id", id, "--username", "kmsuser", "--role", "crypto-user", "--password", "kmsPswd1")
+	k.cliOK(t, "key", "generate-symmetric", "aes", "--cluster-id", id, "--label", "copy-check", "--key-length-bytes", "32")
+	unreadable := func(what string) {
+		t.Helper()
+		for _, h := range hsms {
+			unreadableKey(t, p11, h, "kmsPswd1", "copy-check", what)
+		}
+	}
+	unreadable("after the copy")
+	k.cliOK(t, "logout", "--cluster-id", id, "--username", "kmsuser", "--role", "crypto-user")
 
 	store := k.kms(t, "create-custom-key-store", "--custom-key-store-name", "created", "--cloud-hsm-cluster-id", id,
 		"--trust-anchor-certificate", "file://"+caCrt, "--key-store-password", "kmsPswd1")["CustomKeyStoreId"].(string)
@@ -134,11 +148,38 @@ func testCreatedHSMKeyStore(t *testing.T, impl string) {
 	k.storeIs(t, store, "CONNECTED", "")
 	decrypts("after a reconnect")
 
-	// A restarted kmsd resumes the store over the same tokens.
+	// A restarted kmsd resumes the store over the same tokens; the key
+	// works on both HSMs (Decrypt takes them in turn), the generated one
+	// and the copy: both kept their value through the module's reload.
 	k.proc.Stop()
 	k = k.restart(t, env...)
 	k.storeIs(t, store, "CONNECTED", "")
-	decrypts("after kmsd restarted")
+	for range 4 {
+		decrypts("after kmsd restarted")
+	}
+}
+
+// unreadableKey fails t unless the secret key keyLabel on token h is
+// sensitive and not extractable: pkcs11-tool, logged in as the crypto
+// user with pin in a process of its own, lists it without "extractable"
+// among its access flags and cannot read its value (C_GetAttributeValue
+// answers CKR_ATTRIBUTE_SENSITIVE).
+func unreadableKey(t *testing.T, p11 func(args ...string) (string, int), h, pin, keyLabel, what string) {
+	t.Helper()
+	o, code := p11("--token-label", h, "--login", "--pin", pin, "--list-objects", "--type", "secrkey", "--label", keyLabel)
+	if code != 0 || !strings.Contains(o, "label:      "+keyLabel) {
+		t.Fatalf("%s: list %s on %s: exit %d\n%s", what, keyLabel, h, code, o)
+	}
+	for _, line := range strings.Split(o, "\n") {
+		if a, ok := strings.CutPrefix(strings.TrimSpace(line), "Access:"); ok &&
+			(!strings.Contains(a, "sensitive") || strings.Contains(strings.ReplaceAll(a, "never extractable", ""), "extractable")) {
+			t.Fatalf("%s: %s on %s is readable (%s):\n%s", what, keyLabel, h, strings.TrimSpace(a), o)
+		}
+	}
+	o, code = p11("--token-label", h, "--login", "--pin", pin, "--read-object", "--type", "secrkey", "--label", keyLabel)
+	if code == 0 || !strings.Contains(o, "CKR_ATTRIBUTE_SENSITIVE") {
+		t.Fatalf("%s: read the value of %s from %s (exit %d):\n%s", what, keyLabel, h, code, o)
+	}
 }
 
 // hsmModule is the PKCS#11 implementation a test's kmsd creates its HSMs'

@@ -439,7 +439,7 @@ func (s *Service) syncKeys(ctx context.Context, r *record, label string) error {
 		return err
 	}
 	for _, k := range r.Keys {
-		if err := toks.UnwrapKey(ctx, label, k.Label, k.Wrapped); err != nil {
+		if err := toks.UnwrapKey(ctx, label, k.Label, k.Wrapped, mk); err != nil {
 			return fmt.Errorf("key %s: %w", k.Label, err)
 		}
 	}

@@ -35,7 +35,27 @@
 // masking key, made non-extractable, and unwrapped (non-extractable) into
 // every other HSM. The wrapped copy stays in kmsd's store, which is how a
 // new HSM receives the cluster's keys — the part CloudHSM does with its own
-// HSM-to-HSM synchronisation.
+// HSM-to-HSM synchronisation. Every key kmsd leaves in a token is checked
+// to be CKA_SENSITIVE and not CKA_EXTRACTABLE.
+//
+// A module whose C_UnwrapKey ignores the template's CKA_SENSITIVE and
+// CKA_EXTRACTABLE (openCryptoki 3.8's software token: its copies come out
+// readable by the crypto user, and setting the two afterwards is not
+// something kmsd relies on) gets its copies another way, decided once per
+// module (mech.go, unwrapProtected): kmsd unwraps the wrapped form in its
+// own memory with the masking key's material, creates the key in the
+// token with C_CreateObject and the protected template, and clears the
+// plaintext. This does not widen who can reach key material. kmsd holds
+// the masking key already — sealed in its store, opened in its memory to
+// import it into every HSM — and anyone who has it and a wrapped key from
+// the store has the key; unwrapping in kmsd's memory only makes kmsd use
+// what it already holds, for the moment of one C_CreateObject. What does
+// change on such a module is that a key's plaintext passes through kmsd's
+// memory (and the module's C buffers of the call, which the binding frees
+// without clearing) once per copy, as the masking key itself does once
+// per HSM; a memory dump of kmsd at that moment would show it, as it would
+// show the masking key at an import. On a module that honours the
+// template nothing changes: copies are unwrapped inside the token.
 //
 // Backups (backup.go) are taken at initialization, every
 // Config.BackupInterval and shortly after each change of keys or users,

@@ -84,7 +84,7 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 					wrapped, err = toks.GenerateKey(ctx, h.label(), label)
 				}
 			} else if err = toks.ImportMasking(ctx, h.label(), mk); err == nil {
-				err = toks.UnwrapKey(ctx, h.label(), label, wrapped)
+				err = toks.UnwrapKey(ctx, h.label(), label, wrapped, mk)
 			}
 			if err != nil {
 				undo()

@@ -3,7 +3,10 @@
 package hsm
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -13,6 +16,7 @@ import (
 	p11 "github.com/miekg/pkcs11"
 
 	"github.com/kmsd/kmsd/internal/ecbgcm"
+	"github.com/kmsd/kmsd/internal/kwp"
 )
 
 // What PKCS#11 modules differ in, and how kmsd meets each. SoftHSM2 has
@@ -124,6 +128,167 @@ func (m *module) wrap(h p11.SessionHandle, mk, k p11.ObjectHandle) ([]byte, erro
 		return nil, err
 	}
 	return append(iv, w...), nil
+}
+
+// What kmsd found of a module's C_UnwrapKey: whether the key it creates
+// takes the template's CKA_SENSITIVE=true and CKA_EXTRACTABLE=false.
+// openCryptoki 3.8's software token ignores both (the copy is readable by
+// the crypto user); SoftHSM2 honours them.
+const (
+	unwrapUnknown = iota
+	unwrapHonours
+	unwrapIgnores
+)
+
+// unwrapFinding is what kmsd knows of the module's C_UnwrapKey.
+func (m *module) unwrapFinding() int {
+	m.mechMu.Lock()
+	defer m.mechMu.Unlock()
+	return m.unwrapTmpl
+}
+
+// setUnwrapFinding records f; the first finding that the module ignores
+// the template is logged, once (no material in it).
+func (m *module) setUnwrapFinding(f int) {
+	m.mechMu.Lock()
+	defer m.mechMu.Unlock()
+	if f == unwrapIgnores && m.unwrapTmpl != unwrapIgnores {
+		slog.Warn("hsm: the module's C_UnwrapKey ignores the template's CKA_SENSITIVE/CKA_EXTRACTABLE; key copies are unwrapped in kmsd's memory with the cluster's masking key and created protected (C_CreateObject)", "module", m.path)
+	}
+	m.unwrapTmpl = f
+}
+
+// protected reports whether key k is sensitive and not extractable.
+func (m *module) protected(h p11.SessionHandle, k p11.ObjectHandle) (bool, error) {
+	attrs, err := m.ctx.GetAttributeValue(h, k, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_SENSITIVE, nil),
+		p11.NewAttribute(p11.CKA_EXTRACTABLE, nil),
+	})
+	if err != nil {
+		return false, err
+	}
+	isTrue := func(v []byte) bool { return len(v) == 1 && v[0] == 1 }
+	return isTrue(attrs[0].Value) && !isTrue(attrs[1].Value), nil
+}
+
+// unwrapProtected creates key keyLabel (aesTemplate(keyLabel, false)) from
+// wrap's output under the token's masking key mk, and makes sure the
+// token holds it sensitive and not extractable.
+//
+// Where the module honours C_UnwrapKey's template, the key is unwrapped
+// in the token, as always. Where it does not (decided once per module;
+// openCryptoki 3.8), kmsd unwraps the wrapped form in its own memory with
+// masking, the material of mk, and creates the key with C_CreateObject and
+// the protected template — which such a module does keep (it is how mk
+// itself got there) — then clears the plaintext. Deciding needs one
+// unwrap whose outcome is unknown: it is made a session object
+// (CKA_TOKEN=false), which never reaches the token's storage nor any
+// other process's session, and destroyed at once. Every token object an
+// in-token unwrap makes is checked too, so a module that changed its mind
+// never leaves a readable copy behind.
+func (m *module) unwrapProtected(h p11.SessionHandle, mk p11.ObjectHandle, keyLabel string, wrapped, masking []byte) error {
+	tmpl := aesTemplate(keyLabel, false)
+	if m.unwrapFinding() == unwrapUnknown {
+		probe := aesTemplate(keyLabel, false)
+		for i, a := range probe {
+			if a.Type == p11.CKA_TOKEN {
+				probe[i] = p11.NewAttribute(p11.CKA_TOKEN, false)
+			}
+		}
+		k, err := m.unwrap(h, mk, wrapped, probe)
+		if err != nil {
+			return err
+		}
+		ok, err := m.protected(h, k)
+		if derr := m.ctx.DestroyObject(h, k); err == nil {
+			err = derr
+		}
+		if err != nil {
+			return err
+		}
+		if ok {
+			m.setUnwrapFinding(unwrapHonours)
+		} else {
+			m.setUnwrapFinding(unwrapIgnores)
+		}
+	}
+	if m.unwrapFinding() == unwrapHonours {
+		k, err := m.unwrap(h, mk, wrapped, tmpl)
+		if err != nil {
+			return err
+		}
+		ok, err := m.protected(h, k)
+		if err == nil && ok {
+			return nil
+		}
+		if derr := m.ctx.DestroyObject(h, k); derr != nil {
+			return fmt.Errorf("hsm: destroy the key copy %s the module unwrapped unprotected: %w", keyLabel, derr)
+		}
+		if err != nil {
+			return err
+		}
+		m.setUnwrapFinding(unwrapIgnores)
+	}
+	ms, err := m.sessionMechs(h)
+	if err != nil {
+		return err
+	}
+	value, err := openWrapped(ms, masking, wrapped)
+	if err != nil {
+		return err
+	}
+	defer clear(value)
+	_, err = m.ctx.CreateObject(h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, value)))
+	return err
+}
+
+// errWrapped: a wrapped key that does not open under the masking key.
+var errWrapped = errors.New("hsm: the wrapped key does not open under the cluster's masking key")
+
+// openWrapped is unwrap in kmsd's memory: the key material inside wrap's
+// output, under masking (the masking key's material). With ms.kwp the form
+// is CKM_AES_KEY_WRAP_PAD's (RFC 5649, internal/kwp); else CKM_AES_CBC_PAD's
+// (PKCS#7 padding) after a 16-byte IV. Only an AES key (16, 24 or 32
+// bytes) is accepted. The caller clears the result.
+func openWrapped(ms mechSet, masking, wrapped []byte) ([]byte, error) {
+	var value []byte
+	if ms.kwp {
+		v, err := kwp.Unwrap(masking, wrapped)
+		if err != nil {
+			return nil, errWrapped
+		}
+		value = v
+	} else {
+		b, err := aes.NewCipher(masking)
+		if err != nil {
+			return nil, fmt.Errorf("hsm: masking key: %w", err)
+		}
+		if len(wrapped) < 32 || len(wrapped)%aes.BlockSize != 0 {
+			return nil, errWrapped
+		}
+		buf := make([]byte, len(wrapped)-aes.BlockSize)
+		cipher.NewCBCDecrypter(b, wrapped[:aes.BlockSize]).CryptBlocks(buf, wrapped[aes.BlockSize:])
+		// PKCS#7: the last byte n (1 to 16) and n bytes of it, checked
+		// over the whole last block without an early exit.
+		n := int(buf[len(buf)-1])
+		good := subtle.ConstantTimeLessOrEq(1, n) & subtle.ConstantTimeLessOrEq(n, aes.BlockSize)
+		last := buf[len(buf)-aes.BlockSize:]
+		for i := range last {
+			inPad := subtle.ConstantTimeLessOrEq(aes.BlockSize-n, i)
+			good &= subtle.ConstantTimeSelect(inPad, subtle.ConstantTimeByteEq(last[i], byte(n)), 1)
+		}
+		if good != 1 {
+			clear(buf)
+			return nil, errWrapped
+		}
+		value = buf[:len(buf)-n]
+	}
+	switch len(value) {
+	case 16, 24, 32:
+		return value, nil
+	}
+	clear(value)
+	return nil, errWrapped
 }
 
 // unwrap creates a key from wrap's output with template tmpl.

@@ -43,8 +43,9 @@ type module struct {
 	tokens map[string]*token // by label, while found
 	pins   map[string]string // user PIN of each token this process logged in to
 
-	mechMu sync.Mutex
-	mechs  map[uint]mechSet // what each slot's token offers (mech.go)
+	mechMu     sync.Mutex
+	mechs      map[uint]mechSet // what each slot's token offers (mech.go)
+	unwrapTmpl int              // whether C_UnwrapKey honours its template (mech.go)
 
 	// serial, when set, serialises the library's operations (see
 	// serialModule); ops is the lock.
@@ -749,6 +750,16 @@ func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byt
 		if err == nil {
 			err = m.ctx.SetAttributeValue(h, k, []*p11.Attribute{p11.NewAttribute(p11.CKA_EXTRACTABLE, false)})
 		}
+		if err == nil {
+			// Read back: a module that ignored the template or the
+			// change would leave a readable key; kmsd refuses it.
+			// (openCryptoki 3.8 keeps both, and the key's value
+			// survives a reload.)
+			var ok bool
+			if ok, err = m.protected(h, k); err == nil && !ok {
+				err = fmt.Errorf("hsm: the module generated key %s sensitive=false or extractable despite the template", keyLabel)
+			}
+		}
 		if err != nil {
 			m.ctx.DestroyObject(h, k)
 			return err
@@ -759,7 +770,7 @@ func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byt
 	return wrapped, err
 }
 
-func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped []byte) error {
+func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped, masking []byte) error {
 	if err := m.requireLogin(label); err != nil {
 		return err
 	}
@@ -772,9 +783,7 @@ func (m *module) UnwrapKey(ctx context.Context, label, keyLabel string, wrapped 
 		if err != nil {
 			return err
 		}
-		tmpl := aesTemplate(keyLabel, false)
-		_, err = m.unwrap(h, mk, wrapped, tmpl)
-		return err
+		return m.unwrapProtected(h, mk, keyLabel, wrapped, masking)
 	})
 }
 

@@ -42,9 +42,11 @@ type tokens interface {
 	// GenerateKey generates a non-extractable AES-256 key labelled
 	// keyLabel in the token and returns it wrapped under the masking key.
 	GenerateKey(ctx context.Context, label, keyLabel string) ([]byte, error)
-	// UnwrapKey creates keyLabel (non-extractable) from its wrapped form,
-	// unless the token has it.
-	UnwrapKey(ctx context.Context, label, keyLabel string, wrapped []byte) error
+	// UnwrapKey creates keyLabel (sensitive, non-extractable) from its
+	// wrapped form, unless the token has it. masking is the material of
+	// the cluster's masking key, for a module whose C_UnwrapKey ignores
+	// the template (mech.go, unwrapProtected).
+	UnwrapKey(ctx context.Context, label, keyLabel string, wrapped, masking []byte) error
 	// HasKey reports whether the token holds keyLabel.
 	HasKey(ctx context.Context, label, keyLabel string) (bool, error)
 	// DestroyKey destroys keyLabel; a missing key is ErrKeyNotFound.
