@@ -237,6 +237,17 @@ func (m hsmModule) p11(t *testing.T, k *kmsd, args ...string) (string, int) {
 	return out + errs, code
 }
 
+// lockAfter is how many wrong kmsuser passwords in a row kmsd reports as
+// INVALID_CREDENTIALS before USER_LOCKED_OUT: kmsd's count of five
+// (CloudHSM's), or three on openCryptoki, whose token locks its user PIN
+// after three wrong PINs by itself.
+func (m hsmModule) lockAfter() int {
+	if m.impl == pkcs11test.OpenCryptoki {
+		return 3
+	}
+	return 5
+}
+
 // pin is the token PIN kmsd sets for password pw: pw itself, or on
 // openCryptoki (PINs of at most 8 bytes) a longer pw's derived PIN, the
 // first 8 characters of the base64url SHA-256 of it (README, PKCS#11

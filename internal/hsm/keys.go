@@ -81,7 +81,7 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 			var err error
 			if wrapped == nil {
 				if err = s.syncKeys(ctx, r, h.label()); err == nil { // masking key present
-					wrapped, err = toks.GenerateKey(ctx, h.label(), label)
+					wrapped, err = toks.GenerateKey(ctx, h.label(), label, mk)
 				}
 			} else if err = toks.ImportMasking(ctx, h.label(), mk); err == nil {
 				err = toks.UnwrapKey(ctx, h.label(), label, wrapped, mk)

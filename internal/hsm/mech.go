@@ -171,49 +171,74 @@ func (m *module) protected(h p11.SessionHandle, k p11.ObjectHandle) (bool, error
 	return isTrue(attrs[0].Value) && !isTrue(attrs[1].Value), nil
 }
 
+// sessionTemplate is aesTemplate for a session object (CKA_TOKEN=false):
+// one that never reaches the token's storage nor another process.
+func sessionTemplate(keyLabel string, extractable bool) []*p11.Attribute {
+	tmpl := aesTemplate(keyLabel, extractable)
+	for i, a := range tmpl {
+		if a.Type == p11.CKA_TOKEN {
+			tmpl[i] = p11.NewAttribute(p11.CKA_TOKEN, false)
+		}
+	}
+	return tmpl
+}
+
+// unwrapHonoured reports whether the module's C_UnwrapKey honours the
+// template's CKA_SENSITIVE=true and CKA_EXTRACTABLE=false, finding out
+// once per module with a throw-away key: generated as a session object,
+// wrapped under mk, unwrapped into another session object, checked, and
+// both destroyed. No key of the cluster takes part.
+func (m *module) unwrapHonoured(h p11.SessionHandle, mk p11.ObjectHandle) (bool, error) {
+	switch m.unwrapFinding() {
+	case unwrapHonours:
+		return true, nil
+	case unwrapIgnores:
+		return false, nil
+	}
+	g, err := m.ctx.GenerateKey(h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)},
+		append(sessionTemplate("kmsd-unwrap-probe", true), p11.NewAttribute(p11.CKA_VALUE_LEN, 32)))
+	if err != nil {
+		return false, err
+	}
+	defer m.ctx.DestroyObject(h, g)
+	w, err := m.wrap(h, mk, g)
+	if err != nil {
+		return false, err
+	}
+	u, err := m.unwrap(h, mk, w, sessionTemplate("kmsd-unwrap-probe", false))
+	if err != nil {
+		return false, err
+	}
+	defer m.ctx.DestroyObject(h, u)
+	ok, err := m.protected(h, u)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		m.setUnwrapFinding(unwrapHonours)
+	} else {
+		m.setUnwrapFinding(unwrapIgnores)
+	}
+	return ok, nil
+}
+
 // unwrapProtected creates key keyLabel (aesTemplate(keyLabel, false)) from
 // wrap's output under the token's masking key mk, and makes sure the
 // token holds it sensitive and not extractable.
 //
 // Where the module honours C_UnwrapKey's template, the key is unwrapped
-// in the token, as always. Where it does not (decided once per module;
-// openCryptoki 3.8), kmsd unwraps the wrapped form in its own memory with
-// masking, the material of mk, and creates the key with C_CreateObject and
-// the protected template — which such a module does keep (it is how mk
-// itself got there) — then clears the plaintext. Deciding needs one
-// unwrap whose outcome is unknown: it is made a session object
-// (CKA_TOKEN=false), which never reaches the token's storage nor any
-// other process's session, and destroyed at once. Every token object an
-// in-token unwrap makes is checked too, so a module that changed its mind
-// never leaves a readable copy behind.
+// in the token, as always, and checked: a module that unwraps it readable
+// after all has the copy destroyed and is taken to ignore the template
+// from then on. Where it does not (openCryptoki 3.8), kmsd unwraps the
+// wrapped form in its own memory with masking, the material of mk
+// (createFromWrapped).
 func (m *module) unwrapProtected(h p11.SessionHandle, mk p11.ObjectHandle, keyLabel string, wrapped, masking []byte) error {
-	tmpl := aesTemplate(keyLabel, false)
-	if m.unwrapFinding() == unwrapUnknown {
-		probe := aesTemplate(keyLabel, false)
-		for i, a := range probe {
-			if a.Type == p11.CKA_TOKEN {
-				probe[i] = p11.NewAttribute(p11.CKA_TOKEN, false)
-			}
-		}
-		k, err := m.unwrap(h, mk, wrapped, probe)
-		if err != nil {
-			return err
-		}
-		ok, err := m.protected(h, k)
-		if derr := m.ctx.DestroyObject(h, k); err == nil {
-			err = derr
-		}
-		if err != nil {
-			return err
-		}
-		if ok {
-			m.setUnwrapFinding(unwrapHonours)
-		} else {
-			m.setUnwrapFinding(unwrapIgnores)
-		}
+	honoured, err := m.unwrapHonoured(h, mk)
+	if err != nil {
+		return err
 	}
-	if m.unwrapFinding() == unwrapHonours {
-		k, err := m.unwrap(h, mk, wrapped, tmpl)
+	if honoured {
+		k, err := m.unwrap(h, mk, wrapped, aesTemplate(keyLabel, false))
 		if err != nil {
 			return err
 		}
@@ -229,6 +254,16 @@ func (m *module) unwrapProtected(h p11.SessionHandle, mk p11.ObjectHandle, keyLa
 		}
 		m.setUnwrapFinding(unwrapIgnores)
 	}
+	return m.createFromWrapped(h, keyLabel, wrapped, masking)
+}
+
+// createFromWrapped creates key keyLabel with the protected template
+// (C_CreateObject) from its wrapped form, opened in kmsd's memory with
+// masking, and clears the plaintext. A module that does not honour the
+// protective attributes at unwrap (or when set later: openCryptoki 3.8
+// then loses the key's value when it reloads the object) keeps them on a
+// created object, as it keeps the masking key's.
+func (m *module) createFromWrapped(h p11.SessionHandle, keyLabel string, wrapped, masking []byte) error {
 	ms, err := m.sessionMechs(h)
 	if err != nil {
 		return err
@@ -238,8 +273,18 @@ func (m *module) unwrapProtected(h p11.SessionHandle, mk p11.ObjectHandle, keyLa
 		return err
 	}
 	defer clear(value)
-	_, err = m.ctx.CreateObject(h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, value)))
-	return err
+	k, err := m.ctx.CreateObject(h, append(aesTemplate(keyLabel, false), p11.NewAttribute(p11.CKA_VALUE, value)))
+	if err != nil {
+		return err
+	}
+	if ok, err := m.protected(h, k); err != nil || !ok {
+		m.ctx.DestroyObject(h, k)
+		if err == nil {
+			err = fmt.Errorf("hsm: the module created key %s readable despite the template", keyLabel)
+		}
+		return err
+	}
+	return nil
 }
 
 // errWrapped: a wrapped key that does not open under the masking key.

@@ -728,7 +728,7 @@ func (m *module) ImportMasking(ctx context.Context, label string, material []byt
 	})
 }
 
-func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byte, error) {
+func (m *module) GenerateKey(ctx context.Context, label, keyLabel string, masking []byte) ([]byte, error) {
 	if err := m.requireLogin(label); err != nil {
 		return nil, err
 	}
@@ -738,9 +738,39 @@ func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byt
 		if err != nil {
 			return err
 		}
+		honoured, err := m.unwrapHonoured(h, mk)
+		if err != nil {
+			return err
+		}
+		if !honoured {
+			// A module that does not honour the protective attributes
+			// at unwrap does not keep them when set later either
+			// (openCryptoki 3.8 loses the value of a key whose
+			// CKA_EXTRACTABLE was cleared when it reloads it): the key
+			// is generated as a session object, wrapped, destroyed,
+			// and created protected from its wrapped form, as its
+			// copies on the other HSMs are.
+			g, err := m.ctx.GenerateKey(h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)},
+				append(sessionTemplate(keyLabel, true), p11.NewAttribute(p11.CKA_VALUE_LEN, 32)))
+			if err != nil {
+				return err
+			}
+			w, err := m.wrap(h, mk, g)
+			if derr := m.ctx.DestroyObject(h, g); err == nil {
+				err = derr
+			}
+			if err == nil {
+				err = m.createFromWrapped(h, keyLabel, w, masking)
+			}
+			if err != nil {
+				return err
+			}
+			wrapped = w
+			return nil
+		}
 		// Generated extractable only so that it can be wrapped under the
 		// masking key for the other HSMs, then made non-extractable at
-		// once (PKCS#11 allows only that direction).
+		// once (PKCS#11 allows only that direction), and read back.
 		tmpl := append(aesTemplate(keyLabel, true), p11.NewAttribute(p11.CKA_VALUE_LEN, 32))
 		k, err := m.ctx.GenerateKey(h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, tmpl)
 		if err != nil {
@@ -751,13 +781,9 @@ func (m *module) GenerateKey(ctx context.Context, label, keyLabel string) ([]byt
 			err = m.ctx.SetAttributeValue(h, k, []*p11.Attribute{p11.NewAttribute(p11.CKA_EXTRACTABLE, false)})
 		}
 		if err == nil {
-			// Read back: a module that ignored the template or the
-			// change would leave a readable key; kmsd refuses it.
-			// (openCryptoki 3.8 keeps both, and the key's value
-			// survives a reload.)
 			var ok bool
 			if ok, err = m.protected(h, k); err == nil && !ok {
-				err = fmt.Errorf("hsm: the module generated key %s sensitive=false or extractable despite the template", keyLabel)
+				err = fmt.Errorf("hsm: the module left key %s readable despite the template", keyLabel)
 			}
 		}
 		if err != nil {

@@ -40,8 +40,9 @@ type tokens interface {
 	// the token has it. Needs the user logged in.
 	ImportMasking(ctx context.Context, label string, material []byte) error
 	// GenerateKey generates a non-extractable AES-256 key labelled
-	// keyLabel in the token and returns it wrapped under the masking key.
-	GenerateKey(ctx context.Context, label, keyLabel string) ([]byte, error)
+	// keyLabel in the token and returns it wrapped under the masking key,
+	// whose material is masking (used as by UnwrapKey).
+	GenerateKey(ctx context.Context, label, keyLabel string, masking []byte) ([]byte, error)
 	// UnwrapKey creates keyLabel (sensitive, non-extractable) from its
 	// wrapped form, unless the token has it. masking is the material of
 	// the cluster's masking key, for a module whose C_UnwrapKey ignores
