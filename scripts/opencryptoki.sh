@@ -3,7 +3,7 @@
 # tests, without systemd, and prepares its software tokens.
 #
 #   scripts/opencryptoki.sh start       configure SLOTS software-token slots
-#                                       (default 8) and start pkcsslotd
+#                                       (default 10) and start pkcsslotd
 #   scripts/opencryptoki.sh stop        stop the pkcsslotd this script started
 #   scripts/opencryptoki.sh status      exit 0 when pkcsslotd runs with the
 #                                       slots this script configures
@@ -44,11 +44,11 @@ running() {
 # (a daemon started by an older version with fewer would not serve the
 # tests' higher slots).
 ours() {
-  grep -qF "$marker" "$conf" && grep -qx "slot $((${SLOTS:-8} - 1))" "$conf"
+  grep -qF "$marker" "$conf" && grep -qx "slot $((${SLOTS:-10} - 1))" "$conf"
 }
 
 configure() {
-  local n=${SLOTS:-8}
+  local n=${SLOTS:-10}
   if [ -e "$conf" ] && ! grep -qF "$marker" "$conf" && [ ! -e "$conf.kmsd-saved" ]; then
     cp -p "$conf" "$conf.kmsd-saved"
   fi
@@ -72,10 +72,16 @@ configure() {
 
 start() {
   if running; then
-    if ! ours; then
-      echo "pkcsslotd (pid $(cat "$pidfile")) runs with another configuration (or fewer than ${SLOTS:-8} slots); stop it first" >&2
+    if grep -qF "$marker" "$conf" && ! ours; then
+      # Started by an older version of this script with fewer slots.
+      echo "pkcsslotd (pid $(cat "$pidfile")) serves fewer than ${SLOTS:-10} slots: restarting it"
+      stop
+    elif ! ours; then
+      echo "pkcsslotd (pid $(cat "$pidfile")) runs with another configuration; stop it first" >&2
       return 1
     fi
+  fi
+  if running; then
     echo "pkcsslotd already running (pid $(cat "$pidfile"))"
     return 0
   fi
@@ -85,7 +91,7 @@ start() {
   /usr/sbin/pkcsslotd
   for _ in $(seq 50); do
     if running && [ -S /var/run/pkcsslotd.socket ]; then
-      echo "pkcsslotd running (pid $(cat "$pidfile")), ${SLOTS:-8} software-token slots"
+      echo "pkcsslotd running (pid $(cat "$pidfile")), ${SLOTS:-10} software-token slots"
       return 0
     fi
     sleep 0.1

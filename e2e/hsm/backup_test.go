@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/e2e/e2etest"
+	"github.com/kmsd/kmsd/internal/xks/keyman/pkcs11/pkcs11test"
 )
 
 // backupEnv makes backups start 100ms after a change and custom key
@@ -161,9 +162,20 @@ func created(b map[string]any) time.Time {
 // disconnected is restored from its backup; the store, pointed at the
 // restored (related) cluster, connects and decrypts the old ciphertext,
 // while an unrelated cluster is refused. Then the backup operations.
+//
+// On openCryptoki (KMSD_TEST_PKCS11) the six HSMs (the original cluster's
+// two, whose tokens DeleteHsm leaves initialised, the restored cluster's
+// and the unrelated one's) come from pool slots 4 to 9.
 func TestBackupRepairPath(t *testing.T) {
 	requireTools(t)
-	k := startWith(t, kmsdBin, backupEnv)
+	for _, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { testBackupRepairPath(t, impl) })
+	}
+}
+
+func testBackupRepairPath(t *testing.T, impl string) {
+	m := newHSMModule(t, impl, backupPool)
+	k := startWith(t, kmsdBin, append(backupEnv, m.env...))
 	dir := t.TempDir()
 	id, caCrt := newActiveCluster(t, k, dir, "orig")
 
@@ -291,9 +303,20 @@ func read(t *testing.T, path string) string {
 // while a cluster is being restored: after a restart the backup is
 // complete or absent, never left CREATE_IN_PROGRESS, and the restored
 // cluster is whole — its HSMs receive the backed-up users and keys.
+//
+// On openCryptoki (KMSD_TEST_PKCS11) its three HSMs come from pool slots
+// 4 to 9.
 func TestBackupCrash(t *testing.T) {
 	requireTools(t)
-	k := startWith(t, kmsdBin, backupEnv)
+	for _, impl := range pkcs11test.Modules() {
+		t.Run(impl, func(t *testing.T) { testBackupCrash(t, impl) })
+	}
+}
+
+func testBackupCrash(t *testing.T, impl string) {
+	m := newHSMModule(t, impl, backupPool)
+	env := append(append([]string{}, backupEnv...), m.env...)
+	k := startWith(t, kmsdBin, env)
 	dir := t.TempDir()
 	id, _ := k.activeCluster(t, k.fast, dir, "crash")
 	before := time.Now()
@@ -305,7 +328,7 @@ func TestBackupCrash(t *testing.T) {
 
 	// Backups now stay CREATE_IN_PROGRESS for 5s: kill kmsd in that time.
 	slow := "KMSD_HSM_CREATE_DELAY=5s"
-	k = k.restart(t, append(backupEnv, slow)...)
+	k = k.restart(t, append(env, slow)...)
 	changed := time.Now()
 	k.cliOK(t, "user", "change-password", "--cluster-id", id, "--username", "kmsuser", "--role", "crypto-user", "--password", "kmsPswd2")
 	var killed string
@@ -318,7 +341,7 @@ func TestBackupCrash(t *testing.T) {
 		}
 	}
 	k.proc.Kill()
-	k = k.restart(t, backupEnv...)
+	k = k.restart(t, env...)
 	for _, b := range k.backups(t, false, "") {
 		if b["BackupId"] == killed {
 			t.Fatalf("the backup killed in CREATE_IN_PROGRESS is still there: %v", b)
@@ -330,14 +353,14 @@ func TestBackupCrash(t *testing.T) {
 	k.proc.Stop()
 
 	// Kill kmsd while the restored cluster is CREATE_IN_PROGRESS.
-	k = k.restart(t, append(backupEnv, slow)...)
+	k = k.restart(t, append(env, slow)...)
 	restored := k.fast(t, "create-cluster", "--hsm-type", "hsm2m.medium", "--source-backup-id", backupID,
 		"--subnet-ids", "subnet-0a1b2c3d4e5f60003", "subnet-0a1b2c3d4e5f60004")["Cluster"].(map[string]any)["ClusterId"].(string)
 	if s := list(k.fast(t, "describe-clusters", "--filters", "clusterIds="+restored)["Clusters"])[0].(map[string]any)["State"]; s != "CREATE_IN_PROGRESS" {
 		t.Fatalf("restored cluster %s before the kill", s)
 	}
 	k.proc.Kill()
-	k = k.restart(t, backupEnv...)
+	k = k.restart(t, env...)
 	cs := list(k.aws(t, "describe-clusters", "--filters", "clusterIds="+restored)["Clusters"])
 	if len(cs) == 0 {
 		t.Logf("the cluster restored when kmsd was killed is not there") // also allowed

@@ -13,15 +13,19 @@ import (
 	"github.com/kmsd/kmsd/internal/xks/keyman/pkcs11/pkcs11test"
 )
 
-// openCryptoki slots 4 and 5 (of the six scripts/opencryptoki.sh
-// configures) are the pool kmsd's CreateHsm takes tokens from in
-// TestCreatedHSMKeyStore; no other test uses them.
-var poolSlots = []string{"4", "5"}
-
-// lifecyclePool is the pool of TestClusterLifecycle (three HSMs at once):
-// slots 4 to 6 of the eight scripts/opencryptoki.sh configures; the tests
-// of a package run one after another.
-var lifecyclePool = []string{"4", "5", "6"}
+// The openCryptoki slots (of the ten scripts/opencryptoki.sh configures)
+// kmsd's CreateHsm takes tokens from: slots 4 to 9 are this package's
+// pool, no other package uses them, and the tests of a package run one
+// after another, each wiping its pool before and after it.
+var (
+	// poolSlots: TestCreatedHSMKeyStore's two HSMs.
+	poolSlots = []string{"4", "5"}
+	// lifecyclePool: TestClusterLifecycle's three HSMs.
+	lifecyclePool = []string{"4", "5", "6"}
+	// backupPool: TestBackupRepairPath's six HSMs (three clusters),
+	// TestBackupCrash's three.
+	backupPool = []string{"4", "5", "6", "7", "8", "9"}
+)
 
 // TestCreatedHSMKeyStore runs a CloudHSM key store over a cluster whose
 // HSMs kmsd itself created (CreateHsm), on each PKCS#11 implementation

@@ -74,9 +74,9 @@ func RequireOpenCryptoki(t testing.TB) string {
 // slot slot as label with user PIN pin and SO PIN soPIN (openCryptoki's
 // PINs are 4 to 8 bytes). Its slots are fixed by the daemon's
 // configuration, so test packages that run at once use different slots
-// (scripts/opencryptoki.sh configures six): e2e/hsm 0 and 1 (and 4 and 5,
-// the pool TestCreatedHSMKeyStore hands kmsd's CreateHsm, wiped there),
-// e2e/xksproxy 2, internal/xks/keyman/pkcs11 3.
+// (scripts/opencryptoki.sh configures ten): e2e/hsm 0 and 1 (and 4 to 9,
+// the pool its tests hand kmsd's CreateHsm, wiped there), e2e/xksproxy 2,
+// internal/xks/keyman/pkcs11 3.
 func NewOpenCryptokiToken(t testing.TB, slot, label, soPIN, pin string) *Token {
 	t.Helper()
 	mod := RequireOpenCryptoki(t)
