@@ -48,9 +48,12 @@ type module struct {
 	unwrapTmpl int              // whether C_UnwrapKey honours its template (mech.go)
 
 	// serial, when set, serialises the library's operations (see
-	// serialModule); ops is the lock.
+	// serialModule); ops is the lock, taken before mu.
 	serial bool
 	ops    sync.Mutex
+	// current is, in a serial library, the token whose user the
+	// library's one login belongs to (see holdLoginLocked); under mu.
+	current string
 }
 
 // serialModule reports whether the library described by info crashes when
@@ -61,6 +64,16 @@ type module struct {
 // second (e2e/hsm TestBench at concurrency 4 showed it on every run, with
 // a lock per token as well as without). kmsd therefore runs one
 // operation at a time in such a library.
+//
+// Its user login is per process, too, not per token: after C_Login on one
+// slot's token, C_Login on another's answers CKR_USER_ALREADY_LOGGED_IN
+// without looking at the PIN, and the objects then created on the second
+// token are encrypted under the first token's master key — no other
+// process can read them (pkcs11-tool's C_GetAttributeValue(CKA_CLASS)
+// answers CKR_ATTRIBUTE_SENSITIVE), nor this one after a restart. So in
+// such a library kmsd keeps one token logged in at a time
+// (holdLoginLocked): before an operation on another token it logs the
+// library out and that token's user in.
 func serialModule(info p11.Info) bool {
 	return strings.TrimSpace(info.ManufacturerID) == "IBM"
 }
@@ -219,6 +232,9 @@ func (m *module) tokenLocked(label string) (*token, error) {
 			delete(m.pins, label)
 		} else {
 			t.anchor, t.logged = h, true
+			if err == nil && m.serial {
+				m.current = label // a real login (not another token's)
+			}
 		}
 	}
 	m.tokens[label] = t
@@ -231,6 +247,9 @@ func (m *module) dropLocked(label string) {
 	t, ok := m.tokens[label]
 	if !ok {
 		return
+	}
+	if m.current == label {
+		m.current = "" // whether closing its sessions ends the login is the library's business
 	}
 	for _, h := range t.idle {
 		m.ctx.CloseSession(h)
@@ -278,6 +297,7 @@ func (m *module) reinit(label string, every time.Duration) bool {
 	for l := range m.tokens {
 		m.dropLocked(l)
 	}
+	m.current = ""
 	m.ctx.Finalize()
 	if err := m.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		return false // calls fail CKR_CRYPTOKI_NOT_INITIALIZED until the next reinit
@@ -334,6 +354,9 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 		}
 		var t *token
 		var h p11.SessionHandle
+		if m.serial {
+			m.ops.Lock()
+		}
 		m.mu.Lock()
 		t, err = m.tokenLocked(label)
 		if err == nil {
@@ -343,20 +366,23 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 				m.dropLocked(label)
 			}
 		}
+		if err == nil {
+			if err = m.holdLoginLocked(label, t); err != nil {
+				m.ctx.CloseSession(h)
+				m.dropLocked(label)
+			}
+		}
 		m.mu.Unlock()
 		if err != nil {
+			if m.serial {
+				m.ops.Unlock()
+			}
 			if attempt == 0 && retryable(err) {
 				continue
 			}
 			return mapErr(err)
 		}
-		if m.serial {
-			m.ops.Lock()
-			err = fn(h)
-			m.ops.Unlock()
-		} else {
-			err = fn(h)
-		}
+		err = fn(h)
 		m.mu.Lock()
 		if err != nil {
 			// A vanished token answers some calls as if it were empty
@@ -365,6 +391,9 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 				m.ctx.CloseSession(h)
 				m.dropLocked(label)
 				m.mu.Unlock()
+				if m.serial {
+					m.ops.Unlock()
+				}
 				return fmt.Errorf("%w (%v)", errLost, err)
 			}
 		}
@@ -378,6 +407,9 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 			m.ctx.CloseSession(h)
 		}
 		m.mu.Unlock()
+		if m.serial {
+			m.ops.Unlock()
+		}
 		if err == nil || !retryable(err) || isCode(err, p11.CKR_USER_NOT_LOGGED_IN) {
 			break
 		}
@@ -386,6 +418,46 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 		return mapErr(err)
 	}
 	return nil
+}
+
+// holdLoginLocked makes, in a serial library (whose one user login is the
+// process's, see serialModule), the library's login label's user's
+// before an operation on label's token: the library is logged out (of
+// whichever token) and label's user logged in with the PIN this process
+// logged in with. A token this process is not logged in to is left as it
+// is (public operations). Other libraries keep a login per token; nothing
+// to do. Callers hold m.ops and m.mu.
+func (m *module) holdLoginLocked(label string, t *token) error {
+	if !m.serial || !t.logged || m.current == label {
+		return nil
+	}
+	pin, ok := m.pins[label]
+	if !ok {
+		return nil
+	}
+	m.current = ""
+	m.ctx.Logout(t.anchor) // whichever token the login was for
+	if err := m.ctx.Login(t.anchor, p11.CKU_USER, pin); err != nil {
+		return err
+	}
+	m.current = label
+	return nil
+}
+
+// logoutAllLocked ends, in a serial library, the library's one user login
+// (whichever token it is for), so that a login or an SO session that
+// follows is a real one. Callers hold m.ops and m.mu.
+func (m *module) logoutAllLocked() {
+	if !m.serial {
+		return
+	}
+	for _, t := range m.tokens {
+		if t.logged {
+			m.ctx.Logout(t.anchor)
+			break
+		}
+	}
+	m.current = ""
 }
 
 func (m *module) InitToken(ctx context.Context, label, soPIN string, free FreeSlots) error {
@@ -403,6 +475,7 @@ func (m *module) InitToken(ctx context.Context, label, soPIN string, free FreeSl
 		for l := range m.tokens {
 			m.dropLocked(l)
 		}
+		m.current = ""
 		m.ctx.Finalize()
 		err := m.ctx.Initialize()
 		m.mu.Unlock()
@@ -503,8 +576,13 @@ func (m *module) Present(ctx context.Context, label string) error {
 func (m *module) soSession(ctx context.Context, label, soPIN string, fn func(h p11.SessionHandle) error) error {
 	m.life.RLock()
 	defer m.life.RUnlock()
+	if m.serial {
+		m.ops.Lock()
+		defer m.ops.Unlock()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.logoutAllLocked()
 	pin, wasLogged := m.pins[label]
 	m.dropLocked(label)
 	slot, err := m.findSlot(label)
@@ -593,6 +671,10 @@ func (m *module) Login(ctx context.Context, label, pin string) error {
 }
 
 func (m *module) login(label, pin string) error {
+	if m.serial {
+		m.ops.Lock()
+		defer m.ops.Unlock()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.tokens[label]; ok && !m.aliveLocked(label) {
@@ -601,6 +683,32 @@ func (m *module) login(label, pin string) error {
 	t, err := m.tokenLocked(label)
 	if err != nil {
 		return err
+	}
+	if m.serial {
+		// The library's one login may be another token's, and then
+		// C_Login answers CKR_USER_ALREADY_LOGGED_IN without checking
+		// the PIN: log the library out and the user in for real. A
+		// wrong PIN leaves the token's earlier login to be restored
+		// (holdLoginLocked) with the PIN it had.
+		m.logoutAllLocked()
+		h, fresh := t.anchor, !t.logged
+		if fresh {
+			if h, err = m.ctx.OpenSession(t.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION); err != nil {
+				m.dropLocked(label)
+				return mapErr(err)
+			}
+		}
+		m.ctx.Logout(h)
+		if err := m.ctx.Login(h, p11.CKU_USER, pin); err != nil {
+			if fresh {
+				m.ctx.CloseSession(h)
+			}
+			return mapErr(err)
+		}
+		t.anchor, t.logged = h, true
+		m.pins[label] = pin
+		m.current = label
+		return nil
 	}
 	if t.logged {
 		// Already logged in (C_Login would answer
@@ -635,10 +743,17 @@ func (m *module) login(label, pin string) error {
 func (m *module) Logout(ctx context.Context, label string) error {
 	m.life.RLock()
 	defer m.life.RUnlock()
+	if m.serial {
+		m.ops.Lock()
+		defer m.ops.Unlock()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if t, ok := m.tokens[label]; ok && t.logged {
+	if t, ok := m.tokens[label]; ok && t.logged && (!m.serial || m.current == label) {
 		m.ctx.Logout(t.anchor)
+	}
+	if m.current == label {
+		m.current = ""
 	}
 	delete(m.pins, label)
 	m.dropLocked(label)
