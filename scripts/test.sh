@@ -84,9 +84,10 @@ go test -race -count=1 -timeout 20m ./...
 echo "== PKCS#11 tests again on openCryptoki"
 # The tests parameterised by PKCS#11 implementation, on openCryptoki's
 # software token; one implementation per test process (see
-# internal/xks/keyman/pkcs11/pkcs11test).
-KMSD_TEST_PKCS11=opencryptoki go test -race -count=1 -timeout 10m \
-  -run '^(TestDeclaredKeyStore|TestCreatedHSMKeyStore|TestConfigFileSoftHSMAndKeyFile|TestBench|TestConformance|TestWrongPIN)$' \
+# internal/xks/keyman/pkcs11/pkcs11test). e2e/hsm's tests take the slots
+# 0, 1 and 4-9 scripts/opencryptoki.sh configures, one test at a time.
+KMSD_TEST_PKCS11=opencryptoki go test -race -count=1 -timeout 15m \
+  -run '^(TestDeclaredKeyStore|TestCreatedHSMKeyStore|TestClusterLifecycle|TestDeclaredCluster|TestBackupRepairPath|TestBackupCrash|TestConfigFileSoftHSMAndKeyFile|TestBench|TestConformance|TestWrongPIN)$' \
   ./e2e/hsm/ ./e2e/xksproxy/ ./internal/xks/keyman/pkcs11/
 
 echo "== without cgo"
