@@ -325,7 +325,7 @@ func serve(args []string) error {
 	var cfg server.Config
 	var configFile, sweep, auditMax, replicaDelay, consoleIdle string
 	var dbPasswordFile, dbMax, dbMin, dbConnect, dbStatement, leaseTTL string
-	var cacheStale, cachePoll string
+	var cacheStale, cachePoll, cacheSize string
 	settings := []setting{
 		{"listen", "KMSD_LISTEN", "listen", "address to listen on (default " + server.DefaultListen + ")", &cfg.Listen},
 		{"data-dir", "KMSD_DATA_DIR", "data_dir", "data directory (default ~/.kmsd)", &cfg.DataDir},
@@ -364,6 +364,7 @@ func serve(args []string) error {
 		{"controller", "KMSD_CONTROLLER", "controller", "auto (this node may become the controller, which alone runs sweeps and other background duties) or never (default auto)", &cfg.Controller},
 		{"cache-max-staleness", "KMSD_CACHE_MAX_STALENESS", "cache_max_staleness", "how far behind the database (as the change feed proves it) this node's cache of keys, aliases and grants may be when it serves a cryptographic operation; past it the node reads the database and refuses (KMSInternalException) if that fails (default 5s)", &cacheStale},
 		{"cache-poll-interval", "KMSD_CACHE_POLL_INTERVAL", "cache_poll_interval", "how often the change feed is read to evict what other nodes changed (default 200ms)", &cachePoll},
+		{"cache-size", "KMSD_CACHE_SIZE", "cache_size", "how many keys this node caches (their records, AES-GCM instances and decoded keys), and as many grant lists and aliases; the least recently used are evicted and read again from the database when next used. About 2 KiB of memory per cached symmetric key (default 100000)", &cacheSize},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -471,6 +472,13 @@ func serve(args []string) error {
 			return fmt.Errorf("--%s %q: want a positive duration such as 5s", d.flag, d.v)
 		}
 		*d.dst = v
+	}
+	if cacheSize != "" {
+		v, err := strconv.Atoi(cacheSize)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("--cache-size %q: want a positive number of keys", cacheSize)
+		}
+		cfg.CacheSize = v
 	}
 	cfg.DatabasePassword = os.Getenv("KMSD_DATABASE_PASSWORD")
 	if dbPasswordFile != "" {

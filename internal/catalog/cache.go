@@ -2,8 +2,11 @@ package catalog
 
 import (
 	"context"
+	"crypto/cipher"
 	"strings"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // The catalog's caches are kept correct with several writers by three
@@ -24,13 +27,109 @@ import (
 //     horizon, which SetFreshness handed to the catalog.
 //   - Freshness. A read trusts the cache only while the horizon is younger
 //     than the bound, and never under WithFresh (control-plane reads).
+//
+// The caches are bounded (SetCacheSize): key records, grant lists and
+// aliases are each kept in a least-recently-used list of at most the
+// cache size. Eviction for room needs no generation: an evicted path is
+// read again, and a fill in flight for it still installs only if its
+// generation is unchanged. The generation table, which grows with every
+// path written or invalidated, is bounded too: past its limit it is
+// emptied and its base raised above every generation given so far, so a
+// fill or write begun before that simply does not install (it is read
+// again), and no generation a filler noted can match a path's again.
+
+// DefaultCacheSize is how many key records (and as many grant lists and
+// aliases) a catalog caches unless SetCacheSize says otherwise: at a few
+// KiB per cached key (see TestCacheMemoryPerKey), a few hundred MiB.
+const DefaultCacheSize = 100_000
+
+// minGenLimit is the least number of paths the generation table holds
+// before it is emptied.
+const minGenLimit = 4096
 
 // genTable is the generation of every path written or invalidated since
-// the last Reset; a path not in m has generation base.
+// the last Reset or prune; a path not in m has generation base.
 type genTable struct {
 	m    map[string]uint64
 	seq  uint64 // the last generation given
-	base uint64 // the generation of every path after a Reset
+	base uint64 // the generation of every path after a Reset or prune
+}
+
+// mustLRU is a least-recently-used cache of size entries (at least 1)
+// calling evicted, if not nil, for each entry it drops.
+func mustLRU[K comparable, V any](size int, evicted func(K, V)) *lru.Cache[K, V] {
+	c, err := lru.NewWithEvict(max(size, 1), evicted)
+	if err != nil {
+		panic(err) // only for a size <= 0
+	}
+	return c
+}
+
+// SetCacheSize bounds the catalog's caches to n key records (at least 1),
+// as many per-key grant lists and as many aliases, evicting the least
+// recently used at once if they hold more. Call it before serving.
+func (c *Catalog) SetCacheSize(n int) {
+	n = max(n, 1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cacheSize = n
+	c.keys.Resize(n)
+	c.aliases.Resize(n)
+	c.grants.Resize(n)
+}
+
+// CacheLen is how many key records, grant lists and aliases the catalog
+// caches now.
+func (c *Catalog) CacheLen() (keys, grants, aliases int) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.keys.Len(), c.grants.Len(), c.aliases.Len()
+}
+
+// putKey caches k as the record of the key named name, replacing (and
+// forgetting the decodings of) the one cached. c.mu is held.
+func (c *Catalog) putKey(name string, k *Key) {
+	if old, ok := c.keys.Peek(name); ok && old != nil && old != k {
+		c.forgetParsed(old)
+	}
+	c.keys.Add(name, k)
+}
+
+// keyEvicted drops what goes with a key record leaving the cache, for
+// room or on eviction: its AES-GCM instances and decoded keys. c.mu is
+// held (every change of c.keys is made under it).
+func (c *Catalog) keyEvicted(name string, k *Key) {
+	delete(c.aeads, name)
+	if k != nil {
+		c.forgetParsed(k)
+	}
+}
+
+// versionAEAD is the AES-GCM instance of one version of a key's material.
+type versionAEAD struct {
+	v uint32
+	a cipher.AEAD
+}
+
+func findAEAD(l []versionAEAD, v uint32) cipher.AEAD {
+	for _, e := range l {
+		if e.v == v {
+			return e.a
+		}
+	}
+	return nil
+}
+
+// withAEAD is a copy of l with a as version v's instance: readers may
+// hold l.
+func withAEAD(l []versionAEAD, v uint32, a cipher.AEAD) []versionAEAD {
+	out := make([]versionAEAD, 0, len(l)+1)
+	for _, e := range l {
+		if e.v != v {
+			out = append(out, e)
+		}
+	}
+	return append(out, versionAEAD{v: v, a: a})
 }
 
 // stamp is path's current generation.
@@ -47,8 +146,14 @@ func (c *Catalog) stampLocked(path string) uint64 {
 	return c.gens.base
 }
 
-// bump gives path a new generation. c.mu is held.
+// bump gives path a new generation. c.mu is held. A full table is
+// emptied first, under a new base above every generation given so far.
 func (c *Catalog) bump(path string) {
+	if len(c.gens.m) >= max(2*c.cacheSize, minGenLimit) {
+		clear(c.gens.m)
+		c.gens.seq++
+		c.gens.base = c.gens.seq
+	}
 	c.gens.seq++
 	c.gens.m[path] = c.gens.seq
 }
@@ -117,17 +222,12 @@ func (c *Catalog) evictLocked(path string) {
 	switch {
 	case strings.HasPrefix(path, "key/"):
 		name := path[len("key/"):]
-		if k := c.keys[name]; k != nil {
-			c.forgetParsed(k)
-			for _, v := range k.Versions {
-				delete(c.aeads, materialAAD(name, v.Number))
-			}
-		}
-		delete(c.keys, name)
+		c.keys.Remove(name) // keyEvicted drops its instances and decodings
+		delete(c.aeads, name)
 	case strings.HasPrefix(path, "alias/"):
-		delete(c.aliases, path)
+		c.aliases.Remove(path)
 	case strings.HasPrefix(path, "grant/"):
-		delete(c.grants, strings.TrimSuffix(path[len("grant/"):], "/"))
+		c.grants.Remove(strings.TrimSuffix(path[len("grant/"):], "/"))
 	}
 }
 
@@ -141,11 +241,11 @@ func (c *Catalog) Reset(context.Context) error {
 func (c *Catalog) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	clear(c.keys)
-	clear(c.aliases)
-	clear(c.grants)
 	clear(c.aeads)
 	clear(c.parsed)
+	c.keys.Purge()
+	c.aliases.Purge()
+	c.grants.Purge()
 	clear(c.gens.m)
 	c.gens.seq++
 	c.gens.base = c.gens.seq

@@ -214,14 +214,14 @@ func TestFillLosesToNewerWrite(t *testing.T) {
 	old := &Key{ID: "k1"}
 	g := c.stamp(keyPath("k1"))
 	c.invalidate([]string{keyPath("k1")})
-	c.fill(keyPath("k1"), g, func() { c.keys["k1"] = old })
-	if _, ok := c.keys["k1"]; ok {
+	c.fill(keyPath("k1"), g, func() { c.keys.Add("k1", old) })
+	if c.keys.Contains("k1") {
 		t.Errorf("a fill begun before an invalidation installed its record")
 	}
 	g = c.stamp(keyPath("k1"))
 	c.reset()
-	c.fill(keyPath("k1"), g, func() { c.keys["k1"] = old })
-	if _, ok := c.keys["k1"]; ok {
+	c.fill(keyPath("k1"), g, func() { c.keys.Add("k1", old) })
+	if c.keys.Contains("k1") {
 		t.Errorf("a fill begun before a Reset installed its record")
 	}
 }

@@ -5,11 +5,15 @@
 // data, so a sealed
 // value moved to another record does not open.
 //
-// The catalog keeps a write-through cache of every record it has read or
+// The catalog keeps a write-through cache of the records it has read or
 // written, of the AES-GCM instances of opened key material, and of the
 // decoded private and public keys of asymmetric and HMAC keys (Parsed), so
 // the hot paths (Encrypt, Decrypt, Sign, GenerateMac, …) touch no storage
-// and unseal nothing.
+// and unseal nothing. The cache is bounded (SetCacheSize, kmsd's
+// --cache-size): at most that many key records, as many per-key grant
+// lists and as many aliases are kept, least recently used evicted first;
+// a key's AES-GCM instances and decoded keys go with its record. An
+// evicted record is simply read again (cache.go).
 //
 // Several processes may write the same database (cache.go): every
 // read-modify-write runs inside one storage.Update, reading the record
@@ -39,6 +43,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/keys"
@@ -180,16 +186,23 @@ type Catalog struct {
 	store   storage.Store
 	barrier *barrier.Barrier
 
-	mu      sync.RWMutex
-	keys    map[string]*Key        // by key name (Name)
-	aliases map[string]*Alias      // by aliasKey
-	aeads   map[string]cipher.AEAD // by material AAD
-	parsed  map[parsedKey]parsedEntry
-	mids    sync.Map // sealed material → KeyMaterialId of versions stored without one (materialid.go)
+	mu sync.RWMutex
+	// The bounded caches (cache.go): read under mu.RLock (each has its
+	// own lock for its recency list), changed only under mu.Lock, so that
+	// their eviction callbacks run with mu held.
+	keys    *lru.Cache[string, *Key]   // by key name (Name)
+	aliases *lru.Cache[string, *Alias] // by aliasKey
+	// aeads holds the AES-GCM instances of the versions of cached keys
+	// only, by key name; a slice is replaced, never changed in place.
+	aeads  map[string][]versionAEAD
+	parsed map[parsedKey]parsedEntry
+	mids   sync.Map // sealed material → KeyMaterialId of versions stored without one (materialid.go)
 	// parsedLimit bounds len(parsed).
 	parsedLimit int
-	// grants is the per-key grant cache (grant.go), under mu.
-	grants map[string][]*Grant
+	// grants is the per-key grant cache (grant.go), bounded like keys.
+	grants *lru.Cache[string, []*Grant]
+	// cacheSize bounds keys, aliases and grants (SetCacheSize).
+	cacheSize int
 	// gens holds, under mu, the generation of every cached path that was
 	// written or invalidated (cache.go).
 	gens genTable
@@ -197,20 +210,23 @@ type Catalog struct {
 	freshness atomic.Pointer[freshness]
 }
 
-// New returns a catalog over store, sealing material with b.
+// New returns a catalog over store, sealing material with b, caching at
+// most DefaultCacheSize keys (SetCacheSize).
 func New(store storage.Store, b *barrier.Barrier) *Catalog {
-	return &Catalog{
+	c := &Catalog{
 		store:   store,
 		barrier: b,
-		keys:    map[string]*Key{},
-		aliases: map[string]*Alias{},
-		aeads:   map[string]cipher.AEAD{},
+		aeads:   map[string][]versionAEAD{},
 		parsed:  map[parsedKey]parsedEntry{},
-		grants:  map[string][]*Grant{},
 		gens:    genTable{m: map[string]uint64{}},
 
 		parsedLimit: DefaultParsedLimit,
+		cacheSize:   DefaultCacheSize,
 	}
+	c.keys = mustLRU(c.cacheSize, c.keyEvicted)
+	c.aliases = mustLRU[string, *Alias](c.cacheSize, nil)
+	c.grants = mustLRU[string, []*Grant](c.cacheSize, nil)
+	return c
 }
 
 func keyPath(name string) string { return "key/" + name }
@@ -250,7 +266,7 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	if err != nil {
 		return fmt.Errorf("catalog: create key: %w", err)
 	}
-	c.install(p, g, func() { c.keys[k.Name()] = k })
+	c.install(p, g, func() { c.putKey(k.Name(), k) })
 	return nil
 }
 
@@ -260,7 +276,7 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	if c.cacheOK(ctx) {
 		c.mu.RLock()
-		k, ok := c.keys[id]
+		k, ok := c.keys.Get(id)
 		c.mu.RUnlock()
 		if ok {
 			if k == nil {
@@ -286,12 +302,7 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	if err := json.Unmarshal(b, k); err != nil {
 		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
 	}
-	c.fill(p, g, func() {
-		if old := c.keys[id]; old != nil {
-			c.forgetParsed(old)
-		}
-		c.keys[id] = k
-	})
+	c.fill(p, g, func() { c.putKey(id, k) })
 	return k, nil
 }
 
@@ -324,11 +335,8 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 		return nil, unwrapUpdate("update key", err)
 	}
 	c.install(p, g, func() {
-		if old := c.keys[id]; old != nil {
-			c.forgetParsed(old)
-		}
 		c.forgetParsed(cur)
-		c.keys[id] = next
+		c.putKey(id, next)
 	})
 	return next, nil
 }
@@ -397,9 +405,6 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 	}
 	c.invalidate(append(dropped, keyPath(id)))
 	c.mu.Lock()
-	for _, v := range k.Versions {
-		delete(c.aeads, materialAAD(id, v.Number))
-	}
 	c.forgetParsed(k)
 	c.mu.Unlock()
 	return nil
@@ -475,11 +480,12 @@ func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 
 // AEAD returns the AES-GCM instance of version v of k's material.
 func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
-	aad := materialAAD(k.Name(), v)
+	name := k.Name()
+	aad := materialAAD(name, v)
 	c.mu.RLock()
-	a, ok := c.aeads[aad]
+	a := findAEAD(c.aeads[name], v)
 	c.mu.RUnlock()
-	if ok && fresh(a, k, v) {
+	if a != nil && fresh(a, k, v) {
 		return a, nil
 	}
 	ver := k.Version(v)
@@ -507,7 +513,12 @@ func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 		a = &derivedAEAD{AEAD: a, mid: ver.MaterialID}
 	}
 	c.mu.Lock()
-	c.aeads[aad] = a
+	// Kept only beside k's record in the cache, and dropped with it, so
+	// that the instances are bounded by the cache and a record read before
+	// a change cannot leave an instance behind once the change evicted it.
+	if cur, ok := c.keys.Peek(name); ok && cur == k {
+		c.aeads[name] = withAEAD(c.aeads[name], v, a)
+	}
 	c.mu.Unlock()
 	return a, nil
 }
@@ -545,7 +556,7 @@ func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Ali
 	p := aliasCacheKey(account, region, name)
 	if c.cacheOK(ctx) {
 		c.mu.RLock()
-		a, ok := c.aliases[p]
+		a, ok := c.aliases.Get(p)
 		c.mu.RUnlock()
 		if ok {
 			if a == nil {
@@ -563,7 +574,7 @@ func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Ali
 	if errors.Is(err, storage.ErrNotFound) {
 		// Misses are not cached: names a caller invents must not grow
 		// the cache.
-		c.fill(p, g, func() { delete(c.aliases, p) })
+		c.fill(p, g, func() { c.aliases.Remove(p) })
 		return nil, ErrNotFound
 	}
 	if err != nil {
@@ -573,7 +584,7 @@ func (c *Catalog) Alias(ctx context.Context, account, region, name string) (*Ali
 	if err := json.Unmarshal(b, a); err != nil {
 		return nil, err
 	}
-	c.fill(p, g, func() { c.aliases[p] = a })
+	c.fill(p, g, func() { c.aliases.Add(p, a) })
 	return a, nil
 }
 
@@ -597,7 +608,7 @@ func (c *Catalog) CreateAlias(ctx context.Context, a *Alias) error {
 	if err != nil {
 		return unwrapUpdate("create alias", err)
 	}
-	c.install(p, g, func() { c.aliases[p] = a })
+	c.install(p, g, func() { c.aliases.Add(p, a) })
 	return nil
 }
 
@@ -624,7 +635,7 @@ func (c *Catalog) PutAlias(ctx context.Context, a *Alias) error {
 	if err != nil {
 		return unwrapUpdate("update alias", err)
 	}
-	c.install(p, g, func() { c.aliases[p] = a })
+	c.install(p, g, func() { c.aliases.Add(p, a) })
 	return nil
 }
 

@@ -40,7 +40,7 @@ func (g *Grant) KeyName() string { return Name(g.Region, g.KeyID) }
 func (c *Catalog) Grants(ctx context.Context, keyID string) ([]*Grant, error) {
 	if c.cacheOK(ctx) {
 		c.mu.RLock()
-		list, ok := c.grants[keyID]
+		list, ok := c.grants.Get(keyID)
 		c.mu.RUnlock()
 		if ok {
 			return list, nil
@@ -65,7 +65,7 @@ func (c *Catalog) Grants(ctx context.Context, keyID string) ([]*Grant, error) {
 		list = append(list, gr)
 	}
 	sortGrants(list)
-	c.fill(p, g, func() { c.grants[keyID] = list })
+	c.fill(p, g, func() { c.grants.Add(keyID, list) })
 	return list, nil
 }
 

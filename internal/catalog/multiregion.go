@@ -187,19 +187,13 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 		if deleted[k.Name()] {
 			evict = append(evict, p)
 			c.mu.Lock()
-			for _, v := range curs[i].Versions {
-				delete(c.aeads, materialAAD(k.Name(), v.Number))
-			}
 			c.forgetParsed(curs[i])
 			c.mu.Unlock()
 			continue
 		}
 		c.install(p, gens[k.Name()], func() {
-			if old := c.keys[k.Name()]; old != nil {
-				c.forgetParsed(old)
-			}
 			c.forgetParsed(curs[i])
-			c.keys[k.Name()] = k
+			c.putKey(k.Name(), k)
 		})
 	}
 	for _, k := range b.creates {

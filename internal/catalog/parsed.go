@@ -70,7 +70,7 @@ func (c *Catalog) Parsed(k *Key, v uint32, public bool, parse func(b []byte) (an
 	defer c.mu.Unlock()
 	// Only a current record's decoding is kept: a stale k (updated since
 	// the caller read it) would leave an entry forgetParsed already ran for.
-	if c.keys[k.Name()] != k {
+	if cur, ok := c.keys.Peek(k.Name()); !ok || cur != k {
 		return val, nil
 	}
 	if _, ok := c.parsed[pk]; !ok && len(c.parsed) >= c.parsedLimit {

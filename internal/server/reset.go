@@ -84,6 +84,7 @@ func (a *api) openCore(ctx context.Context) error {
 	// The catalog's writes made by the controller's duties are fenced by
 	// its lease (controller.Fence); API requests' writes are not.
 	cat := catalog.New(controller.Fence(r.store), r.barrier)
+	cat.SetCacheSize(cfg.CacheSize)
 	opts := []kms.Option{kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay)}
 	if off := cfg.ClockOffset; off != 0 {
 		opts = append(opts, kms.WithClock(func() time.Time { return time.Now().Add(off) }))

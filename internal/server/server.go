@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/awsjson"
+	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/feed"
@@ -178,6 +179,9 @@ type Config struct {
 	// feed is read (zero: feed.DefaultInterval).
 	CacheMaxStaleness time.Duration
 	CachePollInterval time.Duration
+	// CacheSize bounds how many keys (and as many grant lists and
+	// aliases) the catalog caches (zero: catalog.DefaultCacheSize).
+	CacheSize int
 }
 
 // DefaultCacheMaxStaleness is Config.CacheMaxStaleness unless set.
@@ -250,6 +254,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CacheMaxStaleness == 0 {
 		c.CacheMaxStaleness = DefaultCacheMaxStaleness
+	}
+	if c.CacheSize < 0 {
+		return fmt.Errorf("--cache-size %d: want a positive number of keys", c.CacheSize)
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = catalog.DefaultCacheSize
 	}
 	if c.CachePollInterval == 0 {
 		c.CachePollInterval = feed.DefaultInterval
