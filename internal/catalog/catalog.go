@@ -208,6 +208,9 @@ type Catalog struct {
 	gens genTable
 	// freshness is the change feed's horizon and its bound (cache.go).
 	freshness atomic.Pointer[freshness]
+	// sweepIndexed: the store's key records are all in the sweep index
+	// (sweepindex.go).
+	sweepIndexed atomic.Bool
 }
 
 // New returns a catalog over store, sealing material with b, caching at
@@ -256,6 +259,9 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	g := c.stamp(p)
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
 		if err := tx.Create(ctx, p, b); err != nil {
+			return err
+		}
+		if err := indexSweep(ctx, tx, nil, k); err != nil {
 			return err
 		}
 		return tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{})
@@ -329,6 +335,9 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 		if err != nil {
 			return err
 		}
+		if err := indexSweep(ctx, tx, cur, next); err != nil {
+			return err
+		}
 		return tx.Put(ctx, p, b)
 	})
 	if err != nil {
@@ -396,6 +405,9 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 			return err
 		}
 		if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
+			return err
+		}
+		if err := indexSweep(ctx, tx, k, nil); err != nil {
 			return err
 		}
 		return tx.Delete(ctx, keyPath(id))
@@ -741,6 +753,9 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*G
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
 		for i, k := range ks {
 			if err := tx.Create(ctx, keyPath(k.Name()), kb[i]); err != nil {
+				return err
+			}
+			if err := indexSweep(ctx, tx, nil, k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {

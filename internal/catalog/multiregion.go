@@ -131,12 +131,15 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 		for _, n := range b.deletes {
 			deleted[n] = true
 		}
-		for _, k := range nexts {
+		for i, k := range nexts {
 			if deleted[k.Name()] {
 				continue
 			}
 			v, err := json.Marshal(k)
 			if err != nil {
+				return err
+			}
+			if err := indexSweep(ctx, tx, curs[i], k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyPath(k.Name()), v); err != nil {
@@ -149,6 +152,9 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 				return err
 			}
 			if err := tx.Create(ctx, keyPath(k.Name()), v); err != nil {
+				return err
+			}
+			if err := indexSweep(ctx, tx, nil, k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {
@@ -167,6 +173,9 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 			}
 			dropped = append(dropped, d...)
 			if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
+				return err
+			}
+			if err := indexSweep(ctx, tx, k, nil); err != nil {
 				return err
 			}
 			if err := tx.Delete(ctx, keyPath(k.Name())); err != nil {
