@@ -26,6 +26,13 @@
 // as the feed is fresher than the bound given to SetFreshness, and from
 // the database past it (data plane, failing closed when the database
 // cannot answer).
+//
+// Every key a sweeper may act on is also listed, by due time, in a sweep
+// index written in the transaction that writes its record
+// (sweepindex.go), so that a sweep round reads the keys due rather than
+// every key. (MULTINODE.md §7.6 calls these "sched/" entries; they are
+// "sweep/<due>/<name>" here, and one entry per key covers the four
+// sweepers.)
 package catalog
 
 import (
