@@ -163,6 +163,39 @@ func (c *Catalog) dropSweepEntry(ctx context.Context, p, name string) error {
 	return nil
 }
 
+// InitSweepIndex marks a store that has no keys yet as indexed, so that
+// keys made before the first sweep round need no indexing pass; on a store
+// with keys it leaves the indexing to the first round (DueKeys). kmsd
+// calls it at start, before serving.
+func (c *Catalog) InitSweepIndex(ctx context.Context) error {
+	if c.sweepIndexed.Load() {
+		return nil
+	}
+	marked := false
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		marked = false
+		if _, err := tx.Get(ctx, sweepIndexedPath); err == nil {
+			marked = true
+			return nil
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		ks, err := tx.List(ctx, "key/", "", 1)
+		if err != nil || len(ks) > 0 {
+			return err
+		}
+		marked = true
+		return tx.Put(ctx, sweepIndexedPath, []byte{})
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: mark the sweep index: %w", err)
+	}
+	if marked {
+		c.sweepIndexed.Store(true)
+	}
+	return nil
+}
+
 // ensureSweepIndex indexes, once per store, key records written before
 // the sweep index existed: page by page, each page's records read in the
 // transaction that writes their entries, then marks the store indexed. A

@@ -212,6 +212,13 @@ func TestDueKeysReadsOnlyDue(t *testing.T) {
 	c0 := newCatalog(t)
 	cs := &countingStore{Store: c0.store}
 	c := New(cs, c0.barrier)
+	// kmsd's start on an empty store marks it indexed.
+	if err := c.InitSweepIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c0.store.Get(ctx, sweepIndexedPath); err != nil {
+		t.Fatalf("an empty store is not marked indexed at start: %v", err)
+	}
 	makeKeys(t, c, 5000)
 	now := time.Now()
 	past := now.Add(-time.Hour)
@@ -283,6 +290,13 @@ func TestDueKeysReadsOnlyDue(t *testing.T) {
 		}
 	}
 	oc := New(ocs, old.barrier)
+	// Its start leaves the indexing to the first round.
+	if err := oc.InitSweepIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.store.Get(ctx, sweepIndexedPath); err == nil {
+		t.Fatal("a store with keys from before the index was marked indexed at start")
+	}
 	if stored, _ := indexOf(t, oc); len(stored) != 0 {
 		t.Fatalf("the store from before the index has %d index entries", len(stored))
 	}

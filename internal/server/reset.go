@@ -85,6 +85,9 @@ func (a *api) openCore(ctx context.Context) error {
 	// its lease (controller.Fence); API requests' writes are not.
 	cat := catalog.New(controller.Fence(r.store), r.barrier)
 	cat.SetCacheSize(cfg.CacheSize)
+	if err := cat.InitSweepIndex(ctx); err != nil {
+		return err
+	}
 	opts := []kms.Option{kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay)}
 	if off := cfg.ClockOffset; off != 0 {
 		opts = append(opts, kms.WithClock(func() time.Time { return time.Now().Add(off) }))
@@ -103,6 +106,16 @@ func (a *api) openCore(ctx context.Context) error {
 	}
 	a.svc = svc
 	a.mustRegister(quotaCollector{quota})
+	for i, kind := range []string{"keys", "grants", "aliases"} {
+		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "kmsd_cache_entries",
+			Help:        "Records this node's catalog caches, by kind (key records, per-key grant lists, aliases); each kind holds at most --cache-size.",
+			ConstLabels: prometheus.Labels{"cache": kind},
+		}, func() float64 {
+			k, g, al := cat.CacheLen()
+			return float64([]int{k, g, al}[i])
+		}))
+	}
 	// [hsm] HSM clusters: the CloudHSM v2 API and the admin API (cloudhsm.go).
 	if r.seed != nil {
 		cfg.seedClusters = r.seed.Clusters

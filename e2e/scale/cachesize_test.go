@@ -1,0 +1,119 @@
+package scale
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
+)
+
+// TestCacheSizeBound: kmsd started with --cache-size 1000 on a store of
+// 5,000 keys answers DescribeKey and Encrypt for every key, each time with
+// that key (read twice over, so evicted keys are read again), while its
+// caches (kmsd_cache_entries on /metrics) never hold more than 1,000
+// records of a kind.
+func TestCacheSizeBound(t *testing.T) {
+	const n, size = 5000, 1000
+	s := prepare(t, sqliteDriver, n, false)
+	metrics := e2etest.FreeAddr(t)
+	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Env: s.env,
+		Args: append([]string{"--cache-size", strconv.Itoa(size), "--metrics-listen", metrics, "--log-level", "warn"}, s.args...)})
+	client := kms.New(kms.Options{
+		Region:       region,
+		BaseEndpoint: aws.String(k.Endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider(s.akid, s.secret, ""),
+		Retryer:      e2etest.ClosedConnRetryer(),
+	})
+	ctx := context.Background()
+	cached := func() map[string]float64 {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out := map[string]float64{}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			line, ok := strings.CutPrefix(sc.Text(), `kmsd_cache_entries{cache="`)
+			if !ok {
+				continue
+			}
+			kind, v, _ := strings.Cut(line, `"} `)
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", sc.Text(), err)
+			}
+			out[kind] = f
+		}
+		if len(out) != 3 {
+			t.Fatalf("kmsd_cache_entries for %v, want keys, grants and aliases", out)
+		}
+		return out
+	}
+	plaintext := []byte("cache bound")
+	for pass := range 2 {
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for w := range 8 {
+			wg.Go(func() {
+				for i := w; i < n; i += 8 {
+					id := s.ids[i]
+					d, err := client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(id)})
+					if err != nil {
+						errs <- err
+						return
+					}
+					if got := aws.ToString(d.KeyMetadata.KeyId); got != id {
+						t.Errorf("pass %d: DescribeKey %s answered for %s", pass, id, got)
+					}
+					e, err := client.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String(id), Plaintext: plaintext})
+					if err != nil {
+						errs <- err
+						return
+					}
+					if got := aws.ToString(e.KeyId); !strings.HasSuffix(got, ":key/"+id) {
+						t.Errorf("pass %d: Encrypt with %s used %s", pass, id, got)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("pass %d: %v", pass, err)
+		}
+		c := cached()
+		t.Logf("after pass %d over %d keys with --cache-size %d: cached %v", pass, n, size, c)
+		for kind, v := range c {
+			if v > size {
+				t.Errorf("pass %d: %v %s cached, over --cache-size %d", pass, v, kind, size)
+			}
+		}
+		if c["keys"] < size/2 {
+			t.Errorf("pass %d: only %v keys cached after reading %d", pass, c["keys"], n)
+		}
+	}
+	// Decrypt of a ciphertext of an evicted key: the key is read again.
+	e, err := client.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String(s.ids[0]), Plaintext: plaintext})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range s.ids[1 : 2*size] {
+		if _, err := client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(id)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: e.CiphertextBlob})
+	if err != nil || string(d.Plaintext) != string(plaintext) || !strings.HasSuffix(aws.ToString(d.KeyId), ":key/"+s.ids[0]) {
+		t.Fatalf("Decrypt after the key was evicted: %v", err)
+	}
+}
