@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,22 @@ import (
 // records of a kind.
 func TestCacheSizeBound(t *testing.T) {
 	const n, size = 5000, 1000
+	// Bad sizes are refused before anything starts, from the flag or
+	// the environment.
+	for _, bad := range []struct{ arg, env string }{{"--cache-size=0", ""}, {"", "KMSD_CACHE_SIZE=many"}} {
+		cmd := exec.Command(kmsdBin, "serve", "--listen", e2etest.FreeAddr(t), "--data-dir", t.TempDir())
+		if bad.arg != "" {
+			cmd.Args = append(cmd.Args, bad.arg)
+		}
+		cmd.Env = env()
+		if bad.env != "" {
+			cmd.Env = env(bad.env)
+		}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "--cache-size") {
+			t.Errorf("kmsd with %s%s: %v, %q; want a refusal naming --cache-size", bad.arg, bad.env, err, out)
+		}
+	}
 	s := prepare(t, sqliteDriver, n, false)
 	metrics := e2etest.FreeAddr(t)
 	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Env: s.env,
