@@ -497,9 +497,12 @@ func testScale(t *testing.T, d driver) {
 	// Generous margins: the machine is shared and each measurement short.
 	// On the large store most random keys are read for the first time
 	// (a storage read and a decode the small store, all cached at once,
-	// does not pay), which costs 2-4× here: the margin catches what grows
-	// with the number of keys (a scan per request would be 20× and more),
-	// not the 1.2×, which is reported, not met. A CI run over a
+	// does not pay, and for Encrypt a first last-use record). With 1M
+	// keys that measured DescribeKey p50 1.09×, Encrypt 1.58× once sweep
+	// rounds stopped scanning every key (2.74× before: the first round's
+	// scan ran beside the load). The margin catches what grows with the
+	// number of keys (a scan per request would be 20× and more), not the
+	// issue's 1.2×, which is reported, not asserted. A CI run over a
 	// margin measures both stores once more (other tests share the cores)
 	// and keeps the better; a real regression fails both.
 	const random, paging = 5, 3
