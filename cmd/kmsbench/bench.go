@@ -11,30 +11,38 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// client sends signed KMS requests to one endpoint.
+// client sends signed KMS requests to one endpoint, or spreads them over
+// several (worker i uses endpoint i mod n).
 type client struct {
-	url    *url.URL
+	urls   []*url.URL
 	http   *http.Client
 	creds  credentials
 	signer string
 	keys   dayKeys
 }
 
-func newClient(endpoint string, creds credentials, signerKind string, conns int) (*client, error) {
-	u, err := url.Parse(endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("endpoint: %w", err)
+// newClient is a client of endpoints, one URL or several separated by
+// commas.
+func newClient(endpoints string, creds credentials, signerKind string, conns int) (*client, error) {
+	var urls []*url.URL
+	for _, endpoint := range strings.Split(endpoints, ",") {
+		u, err := url.Parse(strings.TrimSpace(endpoint))
+		if err != nil {
+			return nil, fmt.Errorf("endpoint: %w", err)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("endpoint %q: want http://host:port", endpoint)
+		}
+		u.Path = "/"
+		urls = append(urls, u)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("endpoint %q: want http://host:port", endpoint)
-	}
-	u.Path = "/"
 	if _, err := newSigner(signerKind, creds, nil); err != nil {
 		return nil, err
 	}
@@ -50,7 +58,7 @@ func newClient(endpoint string, creds credentials, signerKind string, conns int)
 		ReadBufferSize:      8 << 10,
 	}
 	return &client{
-		url:    u,
+		urls:   urls,
 		http:   &http.Client{Transport: tr, Timeout: 30 * time.Second},
 		creds:  creds,
 		signer: signerKind,
@@ -60,13 +68,19 @@ func newClient(endpoint string, creds credentials, signerKind string, conns int)
 // worker is one goroutine's sending state.
 type worker struct {
 	c    *client
+	url  *url.URL // the endpoint it sends to
 	s    signer
 	resp []byte
 }
 
-func (c *client) worker() *worker {
+// worker is a worker on the first endpoint.
+func (c *client) worker() *worker { return c.workerOn(0) }
+
+// workerOn is worker i of a run, on endpoint i mod n: a run's workers are
+// spread evenly over the endpoints.
+func (c *client) workerOn(i int) *worker {
 	s, _ := newSigner(c.signer, c.creds, &c.keys) // kind checked in newClient
-	return &worker{c: c, s: s, resp: make([]byte, 0, 4096)}
+	return &worker{c: c, url: c.urls[i%len(c.urls)], s: s, resp: make([]byte, 0, 4096)}
 }
 
 // call sends one request for target ("TrentService.Encrypt") and returns the
@@ -74,8 +88,8 @@ func (c *client) worker() *worker {
 func (w *worker) call(ctx context.Context, target string, body []byte) (int, []byte, error) {
 	r := (&http.Request{
 		Method:        http.MethodPost,
-		URL:           w.c.url,
-		Host:          w.c.url.Host,
+		URL:           w.url,
+		Host:          w.url.Host,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
@@ -259,9 +273,15 @@ type result struct {
 	Seconds     float64 `json:"seconds"`
 	Requests    int64   `json:"requests"`
 	Errors      int64   `json:"errors"`
-	OpsPerSec   float64 `json:"ops_per_sec"`
-	P50us       float64 `json:"p50_us"`
-	P99us       float64 `json:"p99_us"`
+	// ErrorTypes counts the failed requests by the __type of kmsd's answer
+	// (e.g. ThrottlingException), "HTTP <status>" when it has none, or
+	// "transport" when there was no answer.
+	ErrorTypes map[string]int64 `json:"error_types,omitempty"`
+	// WarmupRequests is how many requests the unmeasured warm-up sent.
+	WarmupRequests int64   `json:"warmup_requests"`
+	OpsPerSec      float64 `json:"ops_per_sec"`
+	P50us          float64 `json:"p50_us"`
+	P99us          float64 `json:"p99_us"`
 	// ServerCPUus is server CPU (user+system) per successful or failed
 	// request, in µs; -1 when the server's pid is unknown.
 	ServerCPUus float64 `json:"server_cpu_us_per_req"`
@@ -299,17 +319,18 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	target, body := "TrentService."+opTarget(op), wl.bodies[op]
 	workers := make([]*worker, conc)
 	for i := range workers {
-		workers[i] = c.worker()
+		workers[i] = c.workerOn(i)
 	}
 	var printed atomic.Int64
 	drive := phase
 	if rc.rate > 0 {
-		drive = func(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, printed *atomic.Int64, maxPrinted int) int64 {
-			return paced(ctx, workers, target, body, d, rc.rate, max, lat, printed, maxPrinted)
+		drive = func(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
+			return paced(ctx, workers, target, body, d, rc.rate, max, lat, tl, printed, maxPrinted)
 		}
 	}
+	var warm tally
 	if rc.warmup > 0 {
-		drive(ctx, workers, target, body, rc.warmup, rc.maxRequests, nil, &printed, rc.maxErrorBodies)
+		drive(ctx, workers, target, body, rc.warmup, rc.maxRequests, nil, &warm, &printed, rc.maxErrorBodies)
 	}
 	if err := ctx.Err(); err != nil {
 		return result{}, err
@@ -326,7 +347,8 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	gen0 := selfCPU()
 	start := time.Now()
 	lat := make([][]time.Duration, conc)
-	errs := drive(ctx, workers, target, body, rc.duration, rc.maxRequests, lat, &printed, rc.maxErrorBodies)
+	var tl tally
+	errs := drive(ctx, workers, target, body, rc.duration, rc.maxRequests, lat, &tl, &printed, rc.maxErrorBodies)
 	wall := time.Since(start)
 	gen := selfCPU() - gen0
 	sys1, err := readSystemBusy()
@@ -347,7 +369,7 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	n := int64(len(all))
 	res := result{
 		Op: op, Concurrency: conc, Seconds: wall.Seconds(),
-		Requests: n, Errors: errs,
+		Requests: n, Errors: errs, ErrorTypes: tl.types, WarmupRequests: warm.sent.Load(),
 		OpsPerSec:   float64(n) / wall.Seconds(),
 		P50us:       us(percentile(all, 50)),
 		P99us:       us(percentile(all, 99)),
@@ -369,10 +391,41 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	return res, nil
 }
 
+// tally counts failed requests by kind (see result.ErrorTypes) and all
+// requests sent.
+type tally struct {
+	sent  atomic.Int64
+	mu    sync.Mutex
+	types map[string]int64
+}
+
+// fail records a failed request: err, or a non-2xx answer.
+func (t *tally) fail(status int, resp []byte, err error) {
+	kind := "transport"
+	if err == nil {
+		var e struct {
+			Type string `json:"__type"`
+		}
+		kind = fmt.Sprintf("HTTP %d", status)
+		if json.Unmarshal(resp, &e) == nil && e.Type != "" {
+			kind = e.Type
+			if i := strings.LastIndexByte(kind, '#'); i >= 0 { // a namespaced type
+				kind = kind[i+1:]
+			}
+		}
+	}
+	t.mu.Lock()
+	if t.types == nil {
+		t.types = map[string]int64{}
+	}
+	t.types[kind]++
+	t.mu.Unlock()
+}
+
 // phase runs the workers for d or until max requests in all, recording each
 // request's latency in lat[i] for worker i when lat is not nil. Every
 // request counts, failed ones too; it returns how many failed.
-func phase(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, printed *atomic.Int64, maxPrinted int) int64 {
+func phase(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
 	// Requests run under ctx, not under a context ending with the phase:
 	// cancelling one in flight would close its connection, and the next
 	// phase would then measure dials. The phase so ends when the last
@@ -390,6 +443,7 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 			}
 			for time.Now().Before(deadline) && issued.Add(1) <= max {
 				t0 := time.Now()
+				tl.sent.Add(1)
 				status, resp, err := w.call(ctx, target, body)
 				el := time.Since(t0)
 				if err != nil && ctx.Err() != nil {
@@ -397,6 +451,7 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 				}
 				if err != nil || status/100 != 2 {
 					failed.Add(1)
+					tl.fail(status, resp, err)
 					if printed.Add(1) <= int64(maxPrinted) {
 						if err != nil {
 							fmt.Fprintf(os.Stderr, "kmsbench: %s: %v\n", target, err)
@@ -424,7 +479,7 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 // falls behind shows its queue in the percentiles instead of slowing the
 // generator down (no coordinated omission). With too few workers for the
 // rate, the queue builds up in kmsbench and shows the same way.
-func paced(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, rate float64, max int64, lat [][]time.Duration, printed *atomic.Int64, maxPrinted int) int64 {
+func paced(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, rate float64, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
 	n := min(max, int64(d.Seconds()*rate))
 	due := make(chan time.Time, n)
 	start := time.Now()
@@ -448,6 +503,7 @@ func paced(ctx context.Context, workers []*worker, target string, body []byte, d
 			defer wg.Done()
 			var l []time.Duration
 			for at := range due {
+				tl.sent.Add(1)
 				status, resp, err := w.call(ctx, target, body)
 				el := time.Since(at)
 				if err != nil && ctx.Err() != nil {
@@ -455,6 +511,7 @@ func paced(ctx context.Context, workers []*worker, target string, body []byte, d
 				}
 				if err != nil || status/100 != 2 {
 					failed.Add(1)
+					tl.fail(status, resp, err)
 					if printed.Add(1) <= int64(maxPrinted) {
 						fmt.Fprintf(os.Stderr, "kmsbench: %s: HTTP %d: %s %v\n", target, status, resp, err)
 					}

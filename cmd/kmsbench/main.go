@@ -10,7 +10,8 @@
 // By default it starts the kmsd binary given by -spawn itself, on a free
 // port with a fresh data directory and --auth verify, reads the
 // administrator's key from the credentials file kmsd writes, and stops it
-// at the end. With -endpoint it drives a running server instead, with the
+// at the end. With -endpoint it drives a running server instead (or several,
+// comma-separated: a run's workers are spread evenly over them), with the
 // given access key; the server's CPU is then read from -server-pid.
 //
 // With -pin (the default, on machines with two or more CPUs) the generator
@@ -88,7 +89,7 @@ func parseFlags(args []string) (*options, error) {
 	}
 	var ops, conc string
 	fs.StringVar(&o.spawn, "spawn", "kmsd", "kmsd binary to start (looked up in PATH when it has no slash); ignored with -endpoint")
-	fs.StringVar(&o.endpoint, "endpoint", "", "drive a running kmsd at this URL instead of spawning one")
+	fs.StringVar(&o.endpoint, "endpoint", "", "drive a running kmsd at this URL instead of spawning one; several comma-separated URLs (nodes of one cluster) share a run's workers evenly")
 	// The environment is read after parsing, so that -h never prints a
 	// secret as a default.
 	fs.StringVar(&o.accessKey, "access-key", "", "access key id, with -endpoint (default $AWS_ACCESS_KEY_ID)")
