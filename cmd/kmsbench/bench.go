@@ -399,8 +399,9 @@ type tally struct {
 	types map[string]int64
 }
 
-// fail records a failed request: err, or a non-2xx answer.
-func (t *tally) fail(status int, resp []byte, err error) {
+// fail records a failed request: err, or a non-2xx answer; it reports
+// whether it was the first of its kind.
+func (t *tally) fail(status int, resp []byte, err error) bool {
 	kind := "transport"
 	if err == nil {
 		var e struct {
@@ -419,7 +420,9 @@ func (t *tally) fail(status int, resp []byte, err error) {
 		t.types = map[string]int64{}
 	}
 	t.types[kind]++
+	first := t.types[kind] == 1
 	t.mu.Unlock()
+	return first
 }
 
 // phase runs the workers for d or until max requests in all, recording each
@@ -451,8 +454,9 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 				}
 				if err != nil || status/100 != 2 {
 					failed.Add(1)
-					tl.fail(status, resp, err)
-					if printed.Add(1) <= int64(maxPrinted) {
+					// The first failure of each kind is printed, and
+					// maxPrinted more.
+					if tl.fail(status, resp, err) || printed.Add(1) <= int64(maxPrinted) {
 						if err != nil {
 							fmt.Fprintf(os.Stderr, "kmsbench: %s: %v\n", target, err)
 						} else {
@@ -511,8 +515,7 @@ func paced(ctx context.Context, workers []*worker, target string, body []byte, d
 				}
 				if err != nil || status/100 != 2 {
 					failed.Add(1)
-					tl.fail(status, resp, err)
-					if printed.Add(1) <= int64(maxPrinted) {
+					if tl.fail(status, resp, err) || printed.Add(1) <= int64(maxPrinted) {
 						fmt.Fprintf(os.Stderr, "kmsbench: %s: HTTP %d: %s %v\n", target, status, resp, err)
 					}
 				}

@@ -108,7 +108,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.signer, "signer", "fast", "SigV4 signer: fast (kmsbench's own, caching the signing key) or sdk (aws-sdk-go-v2)")
 	fs.StringVar(&o.jsonFile, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&o.kmsdLogLevel, "kmsd-log-level", "warn", "--log-level of a spawned kmsd")
-	fs.IntVar(&o.errorBodies, "errors", 5, "print at most this many failed responses of each run")
+	fs.IntVar(&o.errorBodies, "errors", 5, "print the first failed response of each kind (exception name) of each run, and at most this many more")
 	fs.IntVar(&o.retries, "retries", 0, "on a shared machine: repeat a run up to this many times while the rest of the machine used more than -max-other, keeping the quietest")
 	fs.Float64Var(&o.maxOther, "max-other", 10, "with -retries: the CPU (% of one core) other processes may use during a run")
 	fs.StringVar(&o.keyID, "key-id", "", "use this existing key (id, ARN or alias; e.g. a key in a CloudHSM key store) instead of creating one")

@@ -1,0 +1,214 @@
+package load
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
+)
+
+// The XKS proxy's credential and key file passphrase (test values).
+const (
+	xksAKID   = "AKIDAAAAAAAAAAAAAAAAAAAA"
+	xksSecret = "PleaseReplaceThisWithSomeSecretOfLength43To64"
+	xksPass   = "e2e key file passphrase"
+)
+
+// startXKS makes a development CA and certificate and a key file with the
+// key k1, and starts xks-proxy on them; it returns the proxy and the CA
+// bundle kmsd must trust.
+func startXKS(t *testing.T) (*e2etest.Proxy, string) {
+	t.Helper()
+	dir := t.TempDir()
+	pki, keys, sf := filepath.Join(dir, "pki"), filepath.Join(dir, "keys.json"), filepath.Join(dir, "secret")
+	run := func(args ...string) {
+		cmd := exec.Command(proxyBin, args...)
+		cmd.Env = append(env(), "XKS_PROXY_KEYS_PASSPHRASE="+xksPass)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("xks-proxy %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("dev-cert", "--hostname", "localhost,127.0.0.1", "--out-dir", pki)
+	run("keys", "create", "--keys-file", keys, "--id", "k1", "--kdf-iterations", "2000")
+	if err := os.WriteFile(sf, []byte(xksSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := e2etest.StartProxy(t, proxyBin, []string{"XKS_PROXY_KEYS_PASSPHRASE=" + xksPass}, "--access-key-id", xksAKID,
+		"--secret-access-key-file", sf, "--keys-file", keys,
+		"--tls-cert", filepath.Join(pki, "cert.pem"), "--tls-key", filepath.Join(pki, "key.pem"))
+	return p, filepath.Join(pki, "ca.pem")
+}
+
+// quotaRun is what one kmsbench run per node measured, summed.
+type quotaRun struct {
+	offered, accepted float64 // requests a second, all nodes
+	acceptedN         float64 // requests the quota let through
+	throttled         int64
+	proxyFailed       int64 // let through, then failed by the proxy
+	other             int64 // any other failure
+	perNode           []string
+}
+
+func sumQuota(rs []benchResult) quotaRun {
+	var q quotaRun
+	for i, r := range rs {
+		thr, inv := r.ErrorTypes["ThrottlingException"], r.ErrorTypes["KMSInvalidStateException"]
+		ok := r.Requests - thr
+		q.offered += float64(r.Requests) / r.Seconds
+		q.accepted += float64(ok) / r.Seconds
+		q.acceptedN += float64(ok)
+		q.throttled += thr
+		q.proxyFailed += inv
+		q.other += r.Errors - thr - inv
+		q.perNode = append(q.perNode, fmt.Sprintf("node-%d: %d sent in %.1fs (%.0f/s), %d accepted (%.0f/s), %d throttled; errors %v",
+			i, r.Requests, r.Seconds, float64(r.Requests)/r.Seconds, ok, float64(ok)/r.Seconds, thr, r.ErrorTypes))
+	}
+	return q
+}
+
+// TestA11StoreQuota is MULTINODE.md §8 A11: three nodes share one external
+// key store's request quota (--custom-key-store-rps): with more offered to
+// every node than its share, in open loop (one kmsbench process per node,
+// Encrypt on a key of the store), the nodes together accept the quota —
+// within [0.9, 1.05] × quota after a 3 s warm-up — and answer
+// ThrottlingException for the rest, nothing else. Then one node is killed
+// (kill -9): within the node lease's TTL the two others take half the
+// quota each and, offered the dead node's load too (as a load balancer
+// would send it), together accept the whole quota again.
+//
+// CI: quota 300 req/s, 200 req/s offered to each node for 3 s + 10 s, then
+// 2 × 300 for 3 s + 6 s after the kill. KMSD_MULTINODE_FULL=1: quota 1,800,
+// 1,000 req/s to each node for 3 s + 17 s (MULTINODE's 20 s), accepted
+// within [1,620, 1,890]; then 2 × 1,500 for 3 s + 10 s. The warm-up must
+// outlast a full bucket (one second of the node's share) drained by the
+// excess offered: 100 tokens at 100/s in CI, 900 at 600/s after the kill
+// in the full run. The offered rate is checked too: a machine that cannot
+// deliver it fails the test rather than passing it for the wrong reason.
+func TestA11StoreQuota(t *testing.T) {
+	quota, perNode := 300, 200
+	warm, dur, dur2 := 3*time.Second, 10*time.Second, 6*time.Second
+	if full() {
+		quota, perNode = 1800, 1000
+		dur, dur2 = 17*time.Second, 10*time.Second
+	}
+	const ttl = 5 * time.Second // node leases: a dead node's share returns within about this
+	p, ca := startXKS(t)
+	url := pgtest.URL(t)
+	nodes := startNodes(t, url, 3, "--xks-ca-bundle", ca, "--custom-key-store-rps", fmt.Sprint(quota),
+		"--lease-ttl", ttl.String(), "--xks-health-interval", "0")
+	share3 := fmt.Sprintf(`msg="custom key store quota shared" nodes=3 rps=%v`, float64(quota)/3)
+	for _, k := range nodes {
+		waitLog(t, k, 0, share3, 2*ttl)
+	}
+	file := nodes[0].Creds
+	akid, secret := creds(t, file)
+
+	// The store, connected through node 0 and seen CONNECTED by all.
+	req, _ := json.Marshal(map[string]any{
+		"CustomKeyStoreName": "a11", "CustomKeyStoreType": "EXTERNAL_KEY_STORE", "XksProxyConnectivity": "PUBLIC_ENDPOINT",
+		"XksProxyUriEndpoint": "https://localhost:" + p.Port(), "XksProxyUriPath": "/kms/xks/v1",
+		"XksProxyAuthenticationCredential": map[string]string{"AccessKeyId": xksAKID, "RawSecretAccessKey": xksSecret},
+	})
+	id := awsCLI(t, file, nodes[0].Endpoint, "create-custom-key-store", "--cli-input-json", string(req))["CustomKeyStoreId"].(string)
+	awsCLI(t, file, nodes[0].Endpoint, "connect-custom-key-store", "--custom-key-store-id", id)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		st := awsCLI(t, file, nodes[0].Endpoint, "describe-custom-key-stores", "--custom-key-store-id", id)["CustomKeyStores"].([]any)[0].(map[string]any)
+		if st["ConnectionState"] == "CONNECTED" {
+			break
+		}
+		if s := st["ConnectionState"]; s != "CONNECTING" || time.Now().After(deadline) {
+			t.Fatalf("store %s: %v", id, st)
+		}
+	}
+	key := awsCLI(t, file, nodes[0].Endpoint, "create-key", "--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id", id,
+		"--xks-key-id", "k1")["KeyMetadata"].(map[string]any)["KeyId"].(string)
+	for i, k := range nodes {
+		c := client(t, file, k)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, err := c.Encrypt(t.Context(), &kms.EncryptInput{KeyId: aws.String(key), Plaintext: []byte("a11")})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node-%d: Encrypt with the store's key: %v", i, err)
+			}
+		}
+	}
+
+	// check checks one run. Requests the quota let through count as
+	// accepted even when the proxy then failed them: on an overloaded
+	// machine a proxy call can pass XKS's 250 ms budget (kmsd answers
+	// KMSInvalidStateException, as AWS does for a proxy timeout). Such
+	// failures are logged with kmsd's cause and may be at most 1% of them.
+	check := func(what string, rs []benchResult, offered float64) {
+		t.Helper()
+		q := sumQuota(rs)
+		for _, l := range q.perNode {
+			t.Logf("%s: %s", what, l)
+		}
+		t.Logf("%s: offered %.0f req/s, accepted %.0f req/s = %.3f × the quota of %d; %d ThrottlingException, %d failed by the proxy",
+			what, q.offered, q.accepted, q.accepted/float64(quota), quota, q.throttled, q.proxyFailed)
+		if q.proxyFailed > 0 {
+			for i, k := range nodes {
+				n := 0
+				for _, l := range strings.Split(k.Log(), "\n") {
+					if strings.Contains(l, "XKS proxy call failed") && n < 3 {
+						t.Logf("node-%d: %s", i, l)
+						n++
+					}
+				}
+			}
+		}
+		if q.other != 0 {
+			t.Errorf("%s: %d errors other than ThrottlingException and KMSInvalidStateException", what, q.other)
+		}
+		if float64(q.proxyFailed) > 0.01*q.acceptedN {
+			t.Errorf("%s: %d of %.0f accepted requests failed by the proxy, want at most 1%%", what, q.proxyFailed, q.acceptedN)
+		}
+		if q.offered < 0.9*offered {
+			t.Errorf("%s: the generators sent %.0f req/s, not the %.0f asked for: this machine cannot offer the load", what, q.offered, offered)
+		}
+		if q.accepted < 0.9*float64(quota) || q.accepted > 1.05*float64(quota) {
+			t.Errorf("%s: accepted %.0f req/s, want [%.0f, %.0f] (0.9 to 1.05 × the quota)", what, q.accepted, 0.9*float64(quota), 1.05*float64(quota))
+		}
+		if q.throttled == 0 {
+			t.Errorf("%s: nothing throttled with %.0f req/s offered against a quota of %d", what, q.offered, quota)
+		}
+	}
+	args := func(rate int, dur time.Duration) []string {
+		return []string{"-ops", "encrypt", "-key-id", key, "-rate", fmt.Sprint(rate), "-c", "32",
+			"-warmup", warm.String(), "-duration", dur.String()}
+	}
+	var eps []string
+	for _, k := range nodes {
+		eps = append(eps, k.Endpoint)
+	}
+	check("3 nodes", benchAll(t, akid, secret, eps, args(perNode, dur)...), float64(3*perNode))
+
+	// kill -9 of node 2: its lease expires, the others see two live nodes
+	// and take half each.
+	from := []int{len(nodes[0].Log()), len(nodes[1].Log())}
+	killed := time.Now()
+	nodes[2].Kill()
+	share2 := fmt.Sprintf(`msg="custom key store quota shared" nodes=2 rps=%v`, float64(quota)/2)
+	var took time.Duration
+	for i, k := range nodes[:2] {
+		at := waitLog(t, k, from[i], share2, 3*ttl)
+		took = max(took, at.Sub(killed))
+	}
+	t.Logf("after kill -9 of node-2, both others took half the quota within %s (lease TTL %s)", took.Round(10*time.Millisecond), ttl)
+	if bound := ttl + 2*ttl/5 + time.Second; took > bound {
+		t.Errorf("the dead node's share came back after %s, want within %s (TTL + two heartbeats + 1 s)", took, bound)
+	}
+	check("2 nodes after the kill", benchAll(t, akid, secret, eps[:2], args(3*perNode/2, dur2)...), float64(3*perNode))
+}
