@@ -4,6 +4,17 @@
 // connection means for a store type — logging in to an HSM cluster as
 // kmsuser, probing an XKS proxy — is a Backing, so external key stores plug
 // in beside CloudHSM key stores without touching the state machine.
+//
+// The request quota of each store (Quota) is enforced by every node for
+// itself. Nodes sharing one database take equal shares, one over the live
+// nodes, recomputed at each node heartbeat (internal/server), so a dead
+// node's share returns to the others once its lease expires.
+// MULTINODE.md §4.7 proposes shares by each node's demand instead; that is
+// not done: a node receiving all of a store's requests can use only its
+// equal share, and a node joining takes its share at once while the others
+// shrink theirs at their next heartbeat, so for up to a fifth of
+// --lease-ttl the nodes together may accept up to 1 + 1/n times the quota.
+// e2e/multinode/load measures the split and the return.
 package keystore
 
 import (
