@@ -69,6 +69,13 @@ type Config struct {
 	// LiveNodes, if not nil, is told after each heartbeat how many nodes
 	// hold a live node lease (this one included), e.g. to split a quota.
 	LiveNodes func(n int)
+	// Demand, if not nil, is published in the node record at each
+	// heartbeat: requests a second asked of each custom key store.
+	Demand func() map[string]float64
+	// Peers, if not nil, is told after each heartbeat the records of the
+	// nodes holding a live node lease (this one's included; a node whose
+	// record is not written yet is left out) and how many hold one.
+	Peers func(nodes []Node, live int)
 }
 
 // Duty is background work run only while this node is the controller. It
@@ -376,6 +383,9 @@ type Node struct {
 	CacheLagSeconds *float64 `json:"cacheLagSeconds,omitempty"`
 	// Stopped says the node shut down cleanly at Heartbeat.
 	Stopped bool `json:"stopped,omitempty"`
+	// StoreDemand is the requests a second the node was asked of each
+	// custom key store (by id), for splitting their quotas by demand.
+	StoreDemand map[string]float64 `json:"storeDemand,omitempty"`
 }
 
 // heartbeat holds the node lease and writes the node record every
@@ -407,9 +417,18 @@ func (c *Controller) heartbeat(ctx context.Context) {
 		if err := c.writeNode(ctx, false); err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node record", "err", err)
 		}
-		if c.cfg.LiveNodes != nil && held {
+		if (c.cfg.LiveNodes != nil || c.cfg.Peers != nil) && held {
 			if ls, err := c.cfg.Leaser.Live(ctx, NodeLeasePrefix); err == nil && len(ls) > 0 {
-				c.cfg.LiveNodes(len(ls))
+				if c.cfg.LiveNodes != nil {
+					c.cfg.LiveNodes(len(ls))
+				}
+				if c.cfg.Peers != nil {
+					if nodes, err := c.liveRecords(ctx, ls); err == nil {
+						c.cfg.Peers(nodes, len(ls))
+					} else if ctx.Err() == nil {
+						c.cfg.Log.Warn("node records", "err", err)
+					}
+				}
 			} else if err != nil && ctx.Err() == nil {
 				c.cfg.Log.Warn("live nodes", "err", err)
 			}
@@ -431,9 +450,36 @@ func (c *Controller) heartbeat(ctx context.Context) {
 	}
 }
 
+// liveRecords reads the node records of the holders of live node leases
+// ls.
+func (c *Controller) liveRecords(ctx context.Context, ls []storage.Lease) ([]Node, error) {
+	live := map[string]bool{}
+	for _, l := range ls {
+		live[strings.TrimPrefix(l.Name, NodeLeasePrefix)] = true
+	}
+	es, err := c.cfg.Store.List(ctx, NodePrefix, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []Node
+	for _, e := range es {
+		var n Node
+		if err := json.Unmarshal(e.Value, &n); err != nil {
+			return nil, fmt.Errorf("node record %s: %w", e.Key, err)
+		}
+		if live[n.ID] && !n.Stopped {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
 func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
 	n := Node{ID: c.cfg.NodeID, Address: c.addr(), Started: c.started.UTC(), Heartbeat: time.Now().UTC(),
 		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped}
+	if c.cfg.Demand != nil && !stopped {
+		n.StoreDemand = c.cfg.Demand()
+	}
 	if c.cfg.CacheLag != nil {
 		if d, ok := c.cfg.CacheLag(); ok {
 			s := d.Seconds()

@@ -28,7 +28,10 @@ type Quota struct {
 	// share is this node's part of rate (float64 bits; 1 alone), set by
 	// SetShare: each bucket fills at, and holds at most, rate × share.
 	share atomic.Uint64
-	now   func() time.Time
+	// shares, when set (SetStoreShares), overrides share for the stores
+	// it names: this node's part of each by the nodes' demand.
+	shares atomic.Pointer[map[string]float64]
+	now    func() time.Time
 
 	mu      sync.RWMutex
 	buckets map[string]*bucket // by custom key store id
@@ -39,6 +42,11 @@ type bucket struct {
 	tokens    float64
 	last      time.Time
 	throttled uint64 // requests refused, for metrics
+	// offered counts every request asked for; Demand turns it into a
+	// rate (demand, requests a second) at each call (seen, at).
+	offered, seen uint64
+	at            time.Time
+	demand        float64
 }
 
 // NewQuota returns the quota of rps requests a second per store, read
@@ -73,8 +81,71 @@ func (q *Quota) Share() float64 {
 	return math.Float64frombits(q.share.Load())
 }
 
-// local is this node's rate: tokens a second and bucket capacity.
-func (q *Quota) local() float64 { return q.rate * math.Float64frombits(q.share.Load()) }
+// SetStoreShares sets this node's part of the quota of the stores in
+// shares (each in [0, 1]), replacing the last call's; other stores keep
+// the share of SetShare. Several nodes split a store's quota by their
+// demand this way (see Demand).
+func (q *Quota) SetStoreShares(shares map[string]float64) {
+	if q == nil {
+		return
+	}
+	m := make(map[string]float64, len(shares))
+	for id, s := range shares {
+		if s >= 0 && s <= 1 {
+			m[id] = s
+		}
+	}
+	q.shares.Store(&m)
+}
+
+// StoreShare is this node's part of store id's quota.
+func (q *Quota) StoreShare(id string) float64 {
+	if q == nil {
+		return 1
+	}
+	return q.local(id) / q.rate
+}
+
+// local is this node's rate for store id: tokens a second and bucket
+// capacity.
+func (q *Quota) local(id string) float64 {
+	if m := q.shares.Load(); m != nil {
+		if s, ok := (*m)[id]; ok {
+			return q.rate * s
+		}
+	}
+	return q.rate * math.Float64frombits(q.share.Load())
+}
+
+// Demand returns the requests a second asked of each store on this node
+// (allowed or not), averaged since the previous call and smoothed with
+// the ones before it (each call's rate weighs half); stores asked nothing
+// recently are left out. Call it at a steady interval (the node heartbeat).
+func (q *Quota) Demand() map[string]float64 {
+	if q == nil {
+		return nil
+	}
+	t := q.now()
+	out := map[string]float64{}
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	for id, b := range q.buckets {
+		b.mu.Lock()
+		if d := t.Sub(b.at).Seconds(); d > 0 {
+			r := float64(b.offered-b.seen) / d
+			b.demand = (b.demand + r) / 2
+			if b.demand < 0.01 {
+				b.demand = 0
+			}
+			b.seen, b.at = b.offered, t
+		}
+		if b.demand > 0 {
+			out[id] = b.demand
+		}
+		b.mu.Unlock()
+	}
+	return out
+}
 
 // RPS is the quota's rate (0: unlimited).
 func (q *Quota) RPS() int {
@@ -97,9 +168,10 @@ func (q *Quota) Allow(id string) bool {
 		b = q.add(id)
 	}
 	t := q.now()
-	rate := q.local()
+	rate := q.local(id)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.offered++
 	if d := t.Sub(b.last); d > 0 {
 		b.tokens = b.tokens + d.Seconds()*rate
 		b.last = t
@@ -120,7 +192,8 @@ func (q *Quota) add(id string) *bucket {
 	if b := q.buckets[id]; b != nil {
 		return b
 	}
-	b := &bucket{tokens: q.local(), last: q.now()}
+	t := q.now()
+	b := &bucket{tokens: q.local(id), last: t, at: t}
 	q.buckets[id] = b
 	return b
 }
@@ -149,4 +222,36 @@ func (q *Quota) Each(fn func(id string, throttled uint64)) {
 		b.mu.Unlock()
 		fn(id, n)
 	}
+}
+
+// floorShare is the part of its equal share a node keeps of a store's
+// quota whatever its demand, so that a node asked nothing until now can
+// serve a few requests before the others see its demand.
+const floorShare = 0.1
+
+// DemandShares is node self's share of each store's quota among n live
+// nodes (self included), split by demand (MULTINODE.md §4.7): demand holds
+// each live node's last published Demand, by node id. Every node keeps
+// floorShare/n; the rest goes in proportion to demand. Stores no live
+// node asks for are left out (they keep the equal share). Computed from
+// the same records, every node's shares of a store add up to 1; records
+// read at different moments differ by at most a heartbeat's change.
+func DemandShares(self string, n int, demand map[string]map[string]float64) map[string]float64 {
+	if n < 1 {
+		return nil
+	}
+	total := map[string]float64{}
+	for _, d := range demand {
+		for id, r := range d {
+			if r > 0 {
+				total[id] += r
+			}
+		}
+	}
+	floor := floorShare / float64(n)
+	out := make(map[string]float64, len(total))
+	for id, sum := range total {
+		out[id] = floor + (1-float64(n)*floor)*max(0, demand[self][id])/sum
+	}
+	return out
 }

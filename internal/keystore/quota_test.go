@@ -172,3 +172,98 @@ func TestQuotaShare(t *testing.T) {
 		}
 	}
 }
+
+// TestDemandShares: a store's quota is split by the live nodes' demand,
+// every node keeping a tenth of its equal share; the shares of one store
+// add up to 1; a store nobody asks for is left to the equal share.
+func TestDemandShares(t *testing.T) {
+	const s1, s2 = "cks-11111111111111111", "cks-22222222222222222"
+	demand := map[string]map[string]float64{
+		"a": {s1: 900, s2: 10},
+		"b": {s1: 100},
+		"c": nil, // live, asked nothing
+	}
+	sum := map[string]float64{}
+	got := map[string]map[string]float64{}
+	for _, n := range []string{"a", "b", "c"} {
+		got[n] = DemandShares(n, 3, demand)
+		for id, s := range got[n] {
+			sum[id] += s
+		}
+	}
+	near := func(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+	floor := 0.1 / 3
+	cases := []struct {
+		name      string
+		node, id  string
+		want      float64
+		wantFound bool
+	}{
+		{"the busiest node takes most", "a", s1, floor + 0.9*0.9, true},
+		{"a smaller demand, a smaller share", "b", s1, floor + 0.9*0.1, true},
+		{"a node asked nothing keeps the floor", "c", s1, floor, true},
+		{"the only node asking takes all but the floors", "a", s2, floor + 0.9, true},
+		{"others keep the floor", "b", s2, floor, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, ok := got[c.node][c.id]
+			if ok != c.wantFound || !near(s, c.want) {
+				t.Fatalf("%s's share of %s: %v (found %v), want %v", c.node, c.id, s, ok, c.want)
+			}
+		})
+	}
+	for id, s := range sum {
+		if !near(s, 1) {
+			t.Errorf("shares of %s add up to %v, want 1", id, s)
+		}
+	}
+	if _, ok := got["a"]["cks-33333333333333333"]; ok {
+		t.Error("a store nobody asks for has a share")
+	}
+	if DemandShares("a", 0, demand) != nil {
+		t.Error("no live nodes: shares")
+	}
+}
+
+// TestStoreShares: a store's share by demand sets its bucket's rate and
+// capacity; other stores keep the equal share; Demand reports what each
+// store was asked (allowed or not), smoothed, and forgets an idle store.
+func TestStoreShares(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 12, 5, 1, 0, 0, 0, time.UTC)}
+	q := NewQuota(100, clk.now)
+	const a, b = "cks-aaaaaaaaaaaaaaaaa", "cks-bbbbbbbbbbbbbbbbb"
+	q.SetShare(0.5)
+	q.SetStoreShares(map[string]float64{a: 0.8})
+	if got := allowN(q, a, 200); got != 80 {
+		t.Fatalf("store a with share 0.8 of 100: burst %d, want 80", got)
+	}
+	if got := allowN(q, b, 200); got != 50 {
+		t.Fatalf("store b with the equal share 0.5: burst %d, want 50", got)
+	}
+	if s := q.StoreShare(a); s != 0.8 {
+		t.Fatalf("StoreShare(a) = %v", s)
+	}
+	clk.add(2 * time.Second)
+	d := q.Demand() // 200 asked of each in 2 s: 100/s, halved by smoothing from 0
+	if d[a] != 50 || d[b] != 50 {
+		t.Fatalf("demand %v, want 50/s each (100/s smoothed with the 0 before)", d)
+	}
+	clk.add(time.Second)
+	allowN(q, a, 100)
+	d = q.Demand()
+	if d[a] != 75 || d[b] != 25 {
+		t.Fatalf("demand %v, want a 75/s and b 25/s", d)
+	}
+	for range 20 {
+		clk.add(time.Second)
+		d = q.Demand()
+	}
+	if _, ok := d[b]; ok {
+		t.Fatalf("an idle store still has demand: %v", d)
+	}
+	q.SetStoreShares(nil)
+	if s := q.StoreShare(a); s != 0.5 {
+		t.Fatalf("StoreShare(a) after the shares by demand were dropped: %v, want the equal 0.5", s)
+	}
+}

@@ -31,17 +31,42 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 			log.Info("custom key store quota shared", "nodes", n, "rps", float64(cfg.StoreRPS)/float64(n))
 		}
 	}
+	peers := func(nodes []controller.Node, n int) {
+		demand := map[string]map[string]float64{}
+		for _, p := range nodes {
+			demand[p.ID] = p.StoreDemand
+		}
+		share.byDemand(keystore.DemandShares(id, n, demand))
+	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
-		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag})
+		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers})
 }
 
 // quotaShare is this node's share of every custom key store's quota: one
-// over the live nodes, applied to the quota of the open core (a reset
-// replaces it) and to the next.
+// over the live nodes, and for the stores some node is asked for, a share
+// by the nodes' demand (keystore.DemandShares); applied to the quota of
+// the open core (a reset replaces it) and to the next.
 type quotaShare struct {
-	mu    sync.Mutex
-	share float64
-	quota *keystore.Quota
+	mu     sync.Mutex
+	share  float64
+	shares map[string]float64
+	quota  *keystore.Quota
+}
+
+// byDemand applies this node's shares of the stores the nodes ask for.
+func (q *quotaShare) byDemand(shares map[string]float64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.shares = shares
+	q.quota.SetStoreShares(shares)
+}
+
+// demand is what the open core's quota was asked of each store lately.
+func (q *quotaShare) demand() map[string]float64 {
+	q.mu.Lock()
+	quota := q.quota
+	q.mu.Unlock()
+	return quota.Demand()
 }
 
 // set records share and applies it; it reports whether it changed.
@@ -63,6 +88,9 @@ func (q *quotaShare) use(quota *keystore.Quota) {
 	q.quota = quota
 	if q.share > 0 {
 		quota.SetShare(q.share)
+	}
+	if q.shares != nil {
+		quota.SetStoreShares(q.shares)
 	}
 }
 

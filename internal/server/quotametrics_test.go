@@ -9,7 +9,8 @@ import (
 )
 
 // TestQuotaCollector: a store's refused requests show as
-// kmsd_custom_key_store_throttled_total{custom_key_store_id}; no quota
+// kmsd_custom_key_store_throttled_total{custom_key_store_id} and this
+// node's share of its quota as kmsd_custom_key_store_quota_share; no quota
 // (--custom-key-store-rps 0), no series.
 func TestQuotaCollector(t *testing.T) {
 	now := time.Unix(0, 0)
@@ -17,18 +18,27 @@ func TestQuotaCollector(t *testing.T) {
 	for range 5 {
 		q.Allow("cks-aaaaaaaaaaaaaaaaa")
 	}
+	q.SetStoreShares(map[string]float64{"cks-aaaaaaaaaaaaaaaaa": 0.25})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(quotaCollector{q})
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 1 || mfs[0].GetName() != "kmsd_custom_key_store_throttled_total" || len(mfs[0].Metric) != 1 {
+	want := map[string]float64{"kmsd_custom_key_store_throttled_total": 3, "kmsd_custom_key_store_quota_share": 0.25}
+	if len(mfs) != len(want) {
 		t.Fatalf("gathered %v", mfs)
 	}
-	m := mfs[0].Metric[0]
-	if l := m.GetLabel(); len(l) != 1 || l[0].GetName() != "custom_key_store_id" || l[0].GetValue() != "cks-aaaaaaaaaaaaaaaaa" || m.GetCounter().GetValue() != 3 {
-		t.Fatalf("series %v", m)
+	for _, mf := range mfs {
+		v, ok := want[mf.GetName()]
+		if !ok || len(mf.Metric) != 1 {
+			t.Fatalf("gathered %v", mf)
+		}
+		m := mf.Metric[0]
+		got := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		if l := m.GetLabel(); len(l) != 1 || l[0].GetName() != "custom_key_store_id" || l[0].GetValue() != "cks-aaaaaaaaaaaaaaaaa" || got != v {
+			t.Fatalf("series %s %v, want %v", mf.GetName(), m, v)
+		}
 	}
 	none := prometheus.NewRegistry()
 	none.MustRegister(quotaCollector{nil})
