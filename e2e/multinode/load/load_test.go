@@ -198,9 +198,9 @@ func bench(ctx context.Context, t *testing.T, akid, secret, endpoints string, ar
 	return rep.Results, nil
 }
 
-// benchAll runs one kmsbench per endpoint at once, each with args, and
-// returns the first result of each, in order.
-func benchAll(t *testing.T, akid, secret string, endpoints []string, args ...string) []benchResult {
+// benchAll runs one kmsbench per endpoint at once, endpoint i with
+// args(i), and returns the first result of each, in order.
+func benchAll(t *testing.T, akid, secret string, endpoints []string, args func(i int) []string) []benchResult {
 	t.Helper()
 	rs := make([]benchResult, len(endpoints))
 	errs := make([]error, len(endpoints))
@@ -209,7 +209,7 @@ func benchAll(t *testing.T, akid, secret string, endpoints []string, args ...str
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := bench(t.Context(), t, akid, secret, ep, args...)
+			r, err := bench(t.Context(), t, akid, secret, ep, args(i)...)
 			if err == nil && len(r) == 0 {
 				err = errors.New("kmsbench reported no result")
 			}

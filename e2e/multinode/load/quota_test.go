@@ -187,17 +187,34 @@ func TestA11StoreQuota(t *testing.T) {
 			t.Errorf("%s: nothing throttled with %.0f req/s offered against a quota of %d", what, q.offered, quota)
 		}
 	}
-	args := func(rate int, dur time.Duration) []string {
-		// Enough workers for the rate at 16 ms a request: an open loop
-		// that runs out of workers queues in kmsbench and offers less.
-		return []string{"-ops", "encrypt", "-key-id", key, "-rate", fmt.Sprint(rate), "-c", fmt.Sprint(max(32, rate/16)),
-			"-warmup", warm.String(), "-duration", dur.String()}
+	// args offers rates[i] to node i.
+	args := func(warm, dur time.Duration, rates ...int) func(i int) []string {
+		return func(i int) []string {
+			// Enough workers for the rate at 16 ms a request: an open
+			// loop that runs out of workers queues in kmsbench and
+			// offers less.
+			return []string{"-ops", "encrypt", "-key-id", key, "-rate", fmt.Sprint(rates[i]), "-c", fmt.Sprint(max(32, rates[i]/16)),
+				"-warmup", warm.String(), "-duration", dur.String()}
+		}
 	}
 	var eps []string
 	for _, k := range nodes {
 		eps = append(eps, k.Endpoint)
 	}
-	check("3 nodes", benchAll(t, akid, secret, eps, args(perNode, dur)...), float64(3*perNode))
+	check("3 nodes", benchAll(t, akid, secret, eps, args(warm, dur, perNode, perNode, perNode)), float64(3*perNode))
+
+	// Skewed: node 0 is asked 4/3 of the quota, the others a fifteenth
+	// each. Shares follow demand (smoothed over heartbeats, a fifth of the
+	// TTL apart), so node 0 may take most of the quota; with equal shares
+	// the nodes would accept less than half of it.
+	big, small := 4*quota/3, quota/15
+	rs := benchAll(t, akid, secret, eps, args(6*time.Second, dur, big, small, small))
+	check("3 nodes, skewed", rs, float64(big+2*small))
+	for i, r := range rs[1:] {
+		if ok := r.Requests - r.Errors; float64(ok) < 0.9*float64(r.Requests) {
+			t.Errorf("node-%d, asked %d req/s: %d of %d accepted, want at least 90%% (its demand's share)", i+1, small, ok, r.Requests)
+		}
+	}
 
 	// kill -9 of node 2: its lease expires, the others see two live nodes
 	// and take half each.
@@ -215,5 +232,5 @@ func TestA11StoreQuota(t *testing.T) {
 	if bound := ttl + 2*ttl/5 + 3*time.Second; took > bound {
 		t.Errorf("the dead node's share came back after %s, want within %s (TTL + two heartbeats + 3 s)", took, bound)
 	}
-	check("2 nodes after the kill", benchAll(t, akid, secret, eps[:2], args(3*perNode/2, dur2)...), float64(3*perNode))
+	check("2 nodes after the kill", benchAll(t, akid, secret, eps[:2], args(4*time.Second, dur2, 3*perNode/2, 3*perNode/2)), float64(3*perNode))
 }
