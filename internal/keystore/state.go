@@ -6,15 +6,20 @@
 // in beside CloudHSM key stores without touching the state machine.
 //
 // The request quota of each store (Quota) is enforced by every node for
-// itself. Nodes sharing one database take equal shares, one over the live
-// nodes, recomputed at each node heartbeat (internal/server), so a dead
-// node's share returns to the others once its lease expires.
-// MULTINODE.md §4.7 proposes shares by each node's demand instead; that is
-// not done: a node receiving all of a store's requests can use only its
-// equal share, and a node joining takes its share at once while the others
-// shrink theirs at their next heartbeat, so for up to a fifth of
-// --lease-ttl the nodes together may accept up to 1 + 1/n times the quota.
-// e2e/multinode/load measures the split and the return.
+// itself. Nodes sharing one database split it as MULTINODE.md §4.7
+// proposes, with these choices: each node publishes in its heartbeat
+// record the requests a second asked of each store (smoothed, each
+// heartbeat's rate weighing half), and at each heartbeat takes a tenth of
+// its equal share plus the rest in proportion to its demand
+// (DemandShares), computed by the node itself from the live nodes' records
+// rather than by the controller; a store nobody asks for keeps equal
+// shares, one over the live nodes. A dead node's share returns to the
+// others once its lease expires. Records read a heartbeat apart may add up
+// to a little more than the quota while demand shifts, and a node joining
+// takes its share at once while the others shrink theirs at their next
+// heartbeat, so for up to a fifth of --lease-ttl the nodes together may
+// accept up to 1 + 1/n times the quota. e2e/multinode/load measures the
+// split, the skewed split and the return.
 package keystore
 
 import (

@@ -81,19 +81,24 @@ func sumQuota(rs []benchResult) quotaRun {
 // every node than its share, in open loop (one kmsbench process per node,
 // Encrypt on a key of the store), the nodes together accept the quota —
 // within [0.9, 1.05] × quota after a 3 s warm-up — and answer
-// ThrottlingException for the rest, nothing else. Then one node is killed
-// (kill -9): within the node lease's TTL the two others take half the
-// quota each and, offered the dead node's load too (as a load balancer
-// would send it), together accept the whole quota again.
+// ThrottlingException for the rest, nothing else. Then the same with
+// skewed demand (4/3 of the quota to node 0, a fifteenth to each other):
+// shares follow demand, so together they still accept the quota, and the
+// small nodes lose almost nothing. Then one node is killed (kill -9):
+// within the node lease's TTL the two others take half the quota each and,
+// offered the dead node's load too (as a load balancer would send it),
+// together accept the whole quota again.
 //
-// CI: quota 300 req/s, 200 req/s offered to each node for 3 s + 10 s, then
-// 2 × 300 for 3 s + 6 s after the kill. KMSD_MULTINODE_FULL=1: quota 1,800,
-// 1,000 req/s to each node for 3 s + 17 s (MULTINODE's 20 s), accepted
-// within [1,620, 1,890]; then 2 × 1,500 for 3 s + 10 s. The warm-up must
-// outlast a full bucket (one second of the node's share) drained by the
-// excess offered: 100 tokens at 100/s in CI, 900 at 600/s after the kill
-// in the full run. The offered rate is checked too: a machine that cannot
-// deliver it fails the test rather than passing it for the wrong reason.
+// CI: quota 300 req/s, 200 req/s offered to each node for 3 s + 10 s;
+// 400/20/20 for 6 s + 10 s; 2 × 300 for 4 s + 6 s after the kill.
+// KMSD_MULTINODE_FULL=1: quota 1,800, 1,000 req/s to each node for 3 s +
+// 17 s (MULTINODE's 20 s), accepted within [1,620, 1,890]; 2,400/120/120;
+// then 2 × 1,500 for 4 s + 10 s. The warm-up must outlast a full bucket
+// (one second of the node's share) drained by the excess offered — 100
+// tokens at 100/s in CI, 900 at 600/s after the kill in the full run — and
+// the skewed one also the shares' move (a few heartbeats). The offered
+// rate is checked too: a machine that cannot deliver it fails the test
+// rather than passing it for the wrong reason.
 func TestA11StoreQuota(t *testing.T) {
 	quota, perNode := 300, 200
 	warm, dur, dur2 := 3*time.Second, 10*time.Second, 6*time.Second
