@@ -65,7 +65,8 @@ func NewQuota(rps int, now func() time.Time) *Quota {
 
 // SetShare sets this node's part of every store's quota, in (0, 1]: with
 // n nodes serving, each takes 1/n, so that the cluster never exceeds the
-// quota (MULTINODE.md §4.7, with equal shares).
+// quota; SetStoreShares overrides it for the stores the nodes are asked
+// for (MULTINODE.md §4.7).
 func (q *Quota) SetShare(share float64) {
 	if q == nil || !(share > 0 && share <= 1) {
 		return
