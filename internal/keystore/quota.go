@@ -252,7 +252,11 @@ func DemandShares(self string, n int, demand map[string]map[string]float64) map[
 	floor := floorShare / float64(n)
 	out := make(map[string]float64, len(total))
 	for id, sum := range total {
-		out[id] = floor + (1-float64(n)*floor)*max(0, demand[self][id])/sum
+		if n == 1 {
+			out[id] = 1 // exactly: a node alone has the whole bucket
+			continue
+		}
+		out[id] = min(1, floor+(1-float64(n)*floor)*max(0, demand[self][id])/sum)
 	}
 	return out
 }

@@ -221,6 +221,9 @@ func TestDemandShares(t *testing.T) {
 	if _, ok := got["a"]["cks-33333333333333333"]; ok {
 		t.Error("a store nobody asks for has a share")
 	}
+	if s := DemandShares("a", 1, map[string]map[string]float64{"a": {s1: 3}}); s[s1] != 1 {
+		t.Errorf("a node alone: share %v, want exactly 1", s[s1])
+	}
 	if DemandShares("a", 0, demand) != nil {
 		t.Error("no live nodes: shares")
 	}
