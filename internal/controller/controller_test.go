@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -292,6 +293,61 @@ func TestLiveNodes(t *testing.T) {
 	}
 	stops[2]() // released: gone at once, not after its TTL
 	wait(map[string]int{"a": 2, "b": 2})
+}
+
+// TestPeersSeeDemand: every node publishes its demand in its record and
+// learns the live nodes' records with theirs, so each can split a quota by
+// demand; a node that stops drops out of the others' view.
+func TestPeersSeeDemand(t *testing.T) {
+	sts := open(t, 3)
+	var mu sync.Mutex
+	seen := map[string]string{} // node -> "id=demand ..." of the records it saw, and the live count
+	var stops []func()
+	for i, id := range []string{"a", "b", "c"} {
+		c, err := New(Config{Leaser: sts[i], Store: sts[i], NodeID: id, TTL: 500 * time.Millisecond, Mode: Never,
+			Demand: func() map[string]float64 { return map[string]float64{"cks-x": float64(10 * (i + 1))} },
+			Peers: func(nodes []Node, live int) {
+				var parts []string
+				for _, n := range nodes {
+					parts = append(parts, fmt.Sprintf("%s=%v", n.ID, n.StoreDemand["cks-x"]))
+				}
+				sort.Strings(parts)
+				mu.Lock()
+				seen[id] = fmt.Sprint(strings.Join(parts, " "), " of ", live)
+				mu.Unlock()
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); c.Run(ctx) }()
+		stop := func() { cancel(); <-done }
+		t.Cleanup(stop)
+		stops = append(stops, stop)
+	}
+	wait := func(want map[string]string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			mu.Lock()
+			ok := true
+			for id, v := range want {
+				ok = ok && seen[id] == v
+			}
+			got := fmt.Sprint(seen)
+			mu.Unlock()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("peers seen %s, want %v", got, want)
+			}
+		}
+	}
+	all := "a=10 b=20 c=30 of 3"
+	wait(map[string]string{"a": all, "b": all, "c": all})
+	stops[2]()
+	wait(map[string]string{"a": "a=10 b=20 of 2", "b": "a=10 b=20 of 2"})
 }
 
 // TestServe: work started by its owner with Serve runs only while the node
