@@ -18,8 +18,10 @@
 // to a little more than the quota while demand shifts, and a node joining
 // takes its share at once while the others shrink theirs at their next
 // heartbeat, so for up to a fifth of --lease-ttl the nodes together may
-// accept up to 1 + 1/n times the quota. e2e/multinode/load measures the
-// split, the skewed split and the return.
+// accept up to 1 + 0.1/n times the quota of a store they are busy with (the
+// joiner asks nothing yet), or 1 + 1/n times that of a store nobody was
+// asking for. e2e/multinode/load measures the split, the skewed split and
+// the return.
 package keystore
 
 import (
