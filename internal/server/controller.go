@@ -36,6 +36,7 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 		for _, p := range nodes {
 			demand[p.ID] = p.StoreDemand
 		}
+		demand[id] = share.claim()
 		share.byDemand(keystore.DemandShares(id, n, demand))
 	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
@@ -51,6 +52,25 @@ type quotaShare struct {
 	share  float64
 	shares map[string]float64
 	quota  *keystore.Quota
+	// last and before are the demands this node published at its last
+	// two heartbeats.
+	last, before map[string]float64
+}
+
+// claim is the demand this node counts for itself when it splits the
+// quotas: the lower of its last two published demands. The others' records
+// are up to a heartbeat old; counting its own fresh demand against them
+// would let every node over-claim while demand rises (and the shares add
+// up to more than the quota); the lower of the two errs the safe way both
+// while demand rises and while it falls.
+func (q *quotaShare) claim() map[string]float64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := map[string]float64{}
+	for id, d := range q.last {
+		out[id] = min(d, q.before[id])
+	}
+	return out
 }
 
 // byDemand applies this node's shares of the stores the nodes ask for.
@@ -66,7 +86,11 @@ func (q *quotaShare) demand() map[string]float64 {
 	q.mu.Lock()
 	quota := q.quota
 	q.mu.Unlock()
-	return quota.Demand()
+	d := quota.Demand()
+	q.mu.Lock()
+	q.before, q.last = q.last, d
+	q.mu.Unlock()
+	return d
 }
 
 // set records share and applies it; it reports whether it changed.
