@@ -11,8 +11,9 @@
 // record the requests a second asked of each store (smoothed, each
 // heartbeat's rate weighing half), and at each heartbeat takes a tenth of
 // its equal share plus the rest in proportion to its demand
-// (DemandShares), computed by the node itself from the live nodes' records
-// rather than by the controller; a store nobody asks for keeps equal
+// (DemandShares; its own demand counted as the lower of its last two, as
+// the others' records are up to a heartbeat old), computed by the node
+// itself from the live nodes' records rather than by the controller; a store nobody asks for keeps equal
 // shares, one over the live nodes. A dead node's share returns to the
 // others once its lease expires. Records read a heartbeat apart may add up
 // to a little more than the quota while demand shifts, and a node joining
