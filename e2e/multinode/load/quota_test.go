@@ -213,6 +213,9 @@ func TestA11StoreQuota(t *testing.T) {
 	// TTL apart), so node 0 may take most of the quota; with equal shares
 	// the nodes would accept less than half of it.
 	big, small := 4*quota/3, quota/15
+	// The last run left every bucket empty; kmsbench's setup makes one
+	// Encrypt, which must not be throttled.
+	time.Sleep(time.Second)
 	rs := benchAll(t, akid, secret, eps, args(6*time.Second, dur, big, small, small))
 	check("3 nodes, skewed", rs, float64(big+2*small))
 	for i, r := range rs[1:] {
