@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/hsmapi"
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 // Backup states.
@@ -286,7 +287,8 @@ func (s *Service) takeBackup(ctx context.Context, id string) {
 }
 
 // finishBackup takes the contents of a CREATE_IN_PROGRESS backup under
-// its cluster's lock and makes it READY.
+// its cluster's lock and makes it READY, in a transaction that finds the
+// backup still CREATE_IN_PROGRESS.
 func (s *Service) finishBackup(ctx context.Context, id string) {
 	b, ok := s.backup(id)
 	if !ok || b.State != BackupCreateInProgress {
@@ -294,9 +296,12 @@ func (s *Service) finishBackup(ctx context.Context, id string) {
 	}
 	err := func() error {
 		defer s.lock(b.ClusterID)()
-		r, ok := s.byID(b.ClusterID)
-		if !ok || !backedUp(r) {
+		r, err := s.fresh(ctx, b.ClusterID)
+		if errors.Is(err, ErrClusterNotFound) || err == nil && !backedUp(r) {
 			return errSkip
+		}
+		if err != nil {
+			return err
 		}
 		c, err := s.snapshotterFor(r).snapshot(ctx, r)
 		if err != nil {
@@ -308,12 +313,18 @@ func (s *Service) finishBackup(ctx context.Context, id string) {
 			return err
 		}
 		defer clear(plain)
-		next := *b
-		if next.Contents, err = s.seal(backupContentsPath(b.ID), plain); err != nil {
+		sealed, err := s.seal(backupContentsPath(b.ID), plain)
+		if err != nil {
 			return err
 		}
-		next.State = BackupReady
-		return s.putBackup(ctx, &next, false)
+		_, err = s.writeBackup(ctx, b.ID, func(next *backupRecord) error {
+			if next.State != BackupCreateInProgress {
+				return errSkip
+			}
+			next.Contents, next.State = sealed, BackupReady
+			return nil
+		})
+		return err
 	}()
 	if errors.Is(err, errSkip) {
 		s.dropBackup(ctx, b.ID)
@@ -327,6 +338,8 @@ func (s *Service) finishBackup(ctx context.Context, id string) {
 	s.log.Info("hsm: backup ready", "cluster", b.ClusterID, "backup", b.ID)
 }
 
+// putBackup stores a new backup record b (create) or overwrites it, and
+// caches it.
 func (s *Service) putBackup(ctx context.Context, b *backupRecord, create bool) error {
 	v, err := json.Marshal(b)
 	if err != nil {
@@ -342,6 +355,97 @@ func (s *Service) putBackup(ctx context.Context, b *backupRecord, create bool) e
 	}
 	s.bkMu.Lock()
 	s.backups[b.ID] = b
+	s.bkMu.Unlock()
+	return nil
+}
+
+// writeBackup applies fn to a copy of backup id as the transaction that
+// stores the result reads it (fn may run more than once); an error from
+// fn changes nothing.
+func (s *Service) writeBackup(ctx context.Context, id string, fn func(b *backupRecord) error) (*backupRecord, error) {
+	var next *backupRecord
+	err := s.store.Update(ctx, func(tx storage.Tx) error {
+		cur, err := readBackup(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		next = cur
+		if err := fn(next); err != nil {
+			return callerError{err}
+		}
+		v, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		return tx.Put(ctx, backupPath(id), v)
+	})
+	if err != nil {
+		return nil, unwrapCaller(id, err)
+	}
+	s.bkMu.Lock()
+	s.backups[id] = next
+	s.bkMu.Unlock()
+	return next, nil
+}
+
+// readBackup reads backup id in r; a missing one is the caller's
+// notFound.
+func readBackup(ctx context.Context, r storage.Reader, id string) (*backupRecord, error) {
+	v, err := r.Get(ctx, backupPath(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, callerError{notFound(id)}
+	}
+	if err != nil {
+		return nil, err
+	}
+	b := new(backupRecord)
+	if err := json.Unmarshal(v, b); err != nil {
+		return nil, fmt.Errorf("hsm: decode backup %s: %w", id, err)
+	}
+	return b, nil
+}
+
+func backupIDOf(key string) (string, bool) {
+	id, ok := strings.CutPrefix(key, "hsm/backup/")
+	return id, ok && id != "" && !strings.Contains(id, "/")
+}
+
+// reloadBackup refreshes the cached backup id from the store.
+func (s *Service) reloadBackup(ctx context.Context, id string) error {
+	b, err := readBackup(ctx, s.store, id)
+	s.bkMu.Lock()
+	defer s.bkMu.Unlock()
+	var ce callerError
+	switch {
+	case errors.As(err, &ce):
+		delete(s.backups, id)
+	case err != nil:
+		return fmt.Errorf("hsm: reload backup %s: %w", id, err)
+	default:
+		s.backups[id] = b
+	}
+	return nil
+}
+
+// reloadBackups replaces the cached backups with the store's.
+func (s *Service) reloadBackups(ctx context.Context) error {
+	entries, err := s.store.List(ctx, "hsm/backup/", "", 0)
+	if err != nil {
+		return fmt.Errorf("hsm: list backups: %w", err)
+	}
+	bs := map[string]*backupRecord{}
+	for _, e := range entries {
+		if _, ok := backupIDOf(e.Key); !ok {
+			continue
+		}
+		b := new(backupRecord)
+		if err := json.Unmarshal(e.Value, b); err != nil {
+			return fmt.Errorf("hsm: decode %s: %w", e.Key, err)
+		}
+		bs[b.ID] = b
+	}
+	s.bkMu.Lock()
+	s.backups = bs
 	s.bkMu.Unlock()
 	return nil
 }
@@ -364,30 +468,28 @@ func (s *Service) backup(id string) (*backupRecord, bool) {
 	return b, ok
 }
 
-// callerBackup returns backup id if it belongs to c's account and Region.
-func (s *Service) callerBackup(c Caller, id string) (*backupRecord, error) {
-	b, ok := s.backup(id)
-	if !ok || b.Account != c.Account || b.Region != c.Region || b.State == BackupDeleted {
+// callerBackup returns backup id, read from the store, if it belongs to
+// c's account and Region.
+func (s *Service) callerBackup(ctx context.Context, c Caller, id string) (*backupRecord, error) {
+	b, err := readBackup(ctx, s.store, id)
+	if err != nil {
+		return nil, unwrapCaller(id, err)
+	}
+	if b.Account != c.Account || b.Region != c.Region || b.State == BackupDeleted {
 		return nil, notFound(id)
 	}
 	return b, nil
 }
 
-// updateBackup applies fn to a copy of backup id and stores it.
+// updateBackup applies fn to a copy of c's backup id, as the transaction
+// that stores the result reads it.
 func (s *Service) updateBackup(ctx context.Context, c Caller, id string, fn func(b *backupRecord) error) (*backupRecord, error) {
-	defer s.lock(backupPath(id))()
-	b, err := s.callerBackup(c, id)
-	if err != nil {
-		return nil, err
-	}
-	next := *b
-	if err := fn(&next); err != nil {
-		return nil, err
-	}
-	if err := s.putBackup(ctx, &next, false); err != nil {
-		return nil, err
-	}
-	return &next, nil
+	return s.writeBackup(ctx, id, func(b *backupRecord) error {
+		if b.Account != c.Account || b.Region != c.Region || b.State == BackupDeleted {
+			return notFound(id)
+		}
+		return fn(b)
+	})
 }
 
 // loadBackups reads the backups at start: a backup caught without its
@@ -570,6 +672,9 @@ func (s *Service) DescribeBackups(ctx context.Context, c Caller, in *hsmapi.Desc
 		}
 	}
 	asc := in.SortAscending != nil && *in.SortAscending
+	if err := s.reloadBackups(ctx); err != nil { // control plane: fresh
+		return nil, err
+	}
 	var bs []*backupRecord
 	s.bkMu.Lock()
 	for _, b := range s.backups {
@@ -669,7 +774,7 @@ func (s *Service) ModifyBackupAttributes(ctx context.Context, c Caller, in *hsma
 // naming its source backup, cluster and Region, with the source's
 // CreateTimestamp (as DestinationBackup has it) and its own CopyTimestamp.
 func (s *Service) CopyBackupToRegion(ctx context.Context, c Caller, in *hsmapi.CopyBackupToRegionRequest) (*hsmapi.CopyBackupToRegionResponse, error) {
-	src, err := s.callerBackup(c, *in.BackupId)
+	src, err := s.callerBackup(ctx, c, *in.BackupId)
 	if err != nil {
 		return nil, err
 	}
@@ -705,16 +810,22 @@ func (s *Service) CopyBackupToRegion(ctx context.Context, c Caller, in *hsmapi.C
 }
 
 func (s *Service) finishCopy(ctx context.Context, id string) {
-	defer s.lock(backupPath(id))()
-	b, ok := s.backup(id)
-	if !ok || b.State != BackupCreateInProgress {
-		return
-	}
-	next := *b
-	next.State = BackupReady
-	if err := s.putBackup(ctx, &next, false); err != nil {
+	_, err := s.writeBackup(ctx, id, func(b *backupRecord) error {
+		if b.State != BackupCreateInProgress {
+			return errSkip
+		}
+		b.State = BackupReady
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) && !isNotFound(err) {
 		s.log.Error("hsm: finish copying backup", "backup", id, "err", err)
 	}
+}
+
+// isNotFound says err is a CloudHsmResourceNotFoundException.
+func isNotFound(err error) bool {
+	var e *hsmapi.Exception
+	return errors.As(err, &e) && e.Name == excNotFound
 }
 
 // restoreInto fills the new cluster r from backup id of caller c: the
@@ -722,7 +833,7 @@ func (s *Service) finishCopy(ctx context.Context, id string) {
 // one write, so a restored cluster is whole or absent.
 func (s *Service) restoreInto(ctx context.Context, c Caller, id string, r *record) error {
 	id = id[strings.LastIndex(id, "/")+1:] // a backup ARN names the backup
-	b, err := s.callerBackup(c, id)
+	b, err := s.callerBackup(ctx, c, id)
 	if err != nil {
 		return err
 	}

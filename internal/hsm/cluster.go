@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/hsmapi"
 )
@@ -88,7 +89,7 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 	r := &record{
 		ID: s.newID("cluster-"), Account: c.Account, Region: c.Region, Created: s.now().UTC(),
 		HsmType: *in.HsmType, Mode: mode, NetworkType: netType, RetentionDays: days,
-		State: ClusterCreateInProgress, Subnets: map[string]string{}, SubnetOrder: in.SubnetIds,
+		State: ClusterCreateInProgress, Due: s.now().UTC().Add(s.cfg.CreateDelay), Subnets: map[string]string{}, SubnetOrder: in.SubnetIds,
 		VpcID: "vpc-" + hex.EncodeToString(vpc[:4]), SecurityGroup: s.newHex("sg-", 17), Tags: tags,
 	}
 	for i, sn := range in.SubnetIds {
@@ -110,13 +111,10 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 			return nil, err
 		}
 	}
-	unlock := s.lock(r.ID)
-	err = s.put(ctx, r, true)
-	unlock()
-	if err != nil {
+	if err := s.put(ctx, r, true); err != nil {
 		return nil, err
 	}
-	s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCreate(ctx, r.ID) })
+	s.kick()
 	return &hsmapi.CreateClusterResponse{Cluster: toWire(r)}, nil
 }
 
@@ -128,6 +126,7 @@ func (s *Service) finishCreate(ctx context.Context, id string) {
 		if r.State != ClusterCreateInProgress {
 			return errSkip
 		}
+		r.Due = time.Time{}
 		if r.SourceBackup != "" {
 			r.State, r.StateMessage = r.RestoredState, ""
 			return nil
@@ -175,8 +174,12 @@ func (s *Service) DescribeClusters(ctx context.Context, c Caller, in *hsmapi.Des
 	if in.MaxResults != nil {
 		limit = int(*in.MaxResults)
 	}
+	rs, err := s.list(ctx, c)
+	if err != nil {
+		return nil, err
+	}
 	out := &hsmapi.DescribeClustersResponse{Clusters: []hsmapi.Cluster{}}
-	for _, r := range s.list(c) {
+	for _, r := range rs {
 		if r.ID <= after {
 			continue
 		}
@@ -226,10 +229,15 @@ func decodeToken(t *string) (string, error) {
 // chains to TrustAnchor, stores both, and moves the cluster to
 // INITIALIZE_IN_PROGRESS (then INITIALIZED after Config.InitializeDelay).
 func (s *Service) InitializeCluster(ctx context.Context, c Caller, in *hsmapi.InitializeClusterRequest) (*hsmapi.InitializeClusterResponse, error) {
-	if _, ok := s.get(c, *in.ClusterId); !ok {
+	if _, ok, err := s.get(ctx, c, *in.ClusterId); err != nil {
+		return nil, err
+	} else if !ok {
 		return nil, notFound(*in.ClusterId)
 	}
 	r, err := s.update(ctx, *in.ClusterId, func(r *record) error {
+		if r.Account != c.Account || r.Region != c.Region {
+			return notFound(r.ID)
+		}
 		if r.State != ClusterUninitialized {
 			return invalid("Cluster %s is in state %s; only an UNINITIALIZED cluster can be initialized.", r.ID, r.State)
 		}
@@ -238,12 +246,13 @@ func (s *Service) InitializeCluster(ctx context.Context, c Caller, in *hsmapi.In
 		}
 		r.ClusterCert, r.TrustAnchor = strings.TrimSpace(*in.SignedCert)+"\n", strings.TrimSpace(*in.TrustAnchor)+"\n"
 		r.State, r.StateMessage = ClusterInitializeInProgress, "Cluster is initializing. State will change to INITIALIZED upon completion."
+		r.Due = s.now().UTC().Add(s.cfg.InitializeDelay)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.after(s.cfg.InitializeDelay, func(ctx context.Context) { s.finishInitialize(ctx, r.ID) })
+	s.kick()
 	return &hsmapi.InitializeClusterResponse{State: hsmapi.String(r.State), StateMessage: hsmapi.String(r.StateMessage)}, nil
 }
 
@@ -252,7 +261,7 @@ func (s *Service) finishInitialize(ctx context.Context, id string) {
 		if r.State != ClusterInitializeInProgress {
 			return errSkip
 		}
-		r.State, r.StateMessage = ClusterInitialized, ""
+		r.State, r.StateMessage, r.Due = ClusterInitialized, "", time.Time{}
 		return nil
 	})
 	if err != nil && !errors.Is(err, errSkip) {
@@ -267,7 +276,9 @@ var hsmStates = map[string]bool{ClusterUninitialized: true, ClusterInitialized: 
 // mapping: CREATE_IN_PROGRESS, then a background step creates its token,
 // gives it the cluster's users and keys, and makes it ACTIVE.
 func (s *Service) CreateHsm(ctx context.Context, c Caller, in *hsmapi.CreateHsmRequest) (*hsmapi.CreateHsmResponse, error) {
-	if r, ok := s.get(c, *in.ClusterId); !ok {
+	if r, ok, err := s.get(ctx, c, *in.ClusterId); err != nil {
+		return nil, err
+	} else if !ok {
 		return nil, notFound(*in.ClusterId)
 	} else if r.Declared {
 		return nil, declaredRefusal(r.ID)
@@ -299,7 +310,7 @@ func (s *Service) CreateHsm(ctx context.Context, c Caller, in *hsmapi.CreateHsmR
 			return err
 		}
 		h = hsmRecord{ID: s.newID("hsm-"), AZ: az, SubnetID: subnet, EniID: s.newHex("eni-", 17), EniIP: ip,
-			State: HSMCreateInProgress, Created: s.now().UTC()}
+			State: HSMCreateInProgress, Created: s.now().UTC(), Due: s.now().UTC().Add(s.cfg.CreateDelay)}
 		r.HSMs = append(r.HSMs, h)
 		return nil
 	})
@@ -307,7 +318,7 @@ func (s *Service) CreateHsm(ctx context.Context, c Caller, in *hsmapi.CreateHsmR
 		return nil, err
 	}
 	clusterID := *in.ClusterId
-	s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCreateHSM(ctx, clusterID, h.ID) })
+	s.kick()
 	return &hsmapi.CreateHsmResponse{Hsm: hsmWire(clusterID, h)}, nil
 }
 
@@ -352,19 +363,25 @@ func (r *record) pickIP(subnet string, want *string) (string, error) {
 }
 
 // finishCreateHSM creates the HSM's token and brings it in sync with the
-// cluster: SO PIN, the crypto user, the masking key and every key.
+// cluster: SO PIN, the crypto user, the masking key and every key. It runs
+// on the controller (steps.go), and again if the controller that ran it
+// died before recording the result: a token already labelled as the HSM
+// is found and reused.
 func (s *Service) finishCreateHSM(ctx context.Context, clusterID, hsmID string) {
 	var syncErr error
-	_, err := s.update(ctx, clusterID, func(r *record) error {
+	_, err := s.act(ctx, clusterID, func(r *record) error {
 		h := r.hsm(hsmID)
 		if h == nil || h.State != HSMCreateInProgress {
 			return errSkip
 		}
 		if syncErr = s.createToken(ctx, r, h); syncErr != nil {
-			h.State, h.StateMessage = HSMDegraded, "The HSM could not be created: "+syncErr.Error()
+			if ctx.Err() != nil {
+				return ctx.Err() // this controller's term ended: the next one goes on
+			}
+			h.State, h.StateMessage, h.Due = HSMDegraded, "The HSM could not be created: "+syncErr.Error(), time.Time{}
 			return nil
 		}
-		h.State, h.StateMessage = HSMActive, ""
+		h.State, h.StateMessage, h.Due = HSMActive, "", time.Time{}
 		return nil
 	})
 	if syncErr != nil {
@@ -386,7 +403,10 @@ func (s *Service) createToken(ctx context.Context, r *record, h *hsmRecord) erro
 		return err
 	}
 	defer clear(so)
-	if toks.Present(ctx, h.label()) != nil {
+	// Refresh, not Present: a token another process made (a node that
+	// died after C_InitToken, on a shared token directory) is found only
+	// once this process's module has scanned its slots again.
+	if toks.Refresh(ctx, h.label()) != nil {
 		if err := toks.InitToken(ctx, h.label(), string(so), s.cfg.FreeSlots); err != nil {
 			return err
 		}
@@ -452,7 +472,9 @@ func (s *Service) syncKeys(ctx context.Context, r *record, label string) error {
 // a custom key store using the cluster is CONNECTED or CONNECTING (the
 // StoreGuard's check and the deletion are one step for the guard).
 func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmRequest) (*hsmapi.DeleteHsmResponse, error) {
-	if r, ok := s.get(c, *in.ClusterId); !ok {
+	if r, ok, err := s.get(ctx, c, *in.ClusterId); err != nil {
+		return nil, err
+	} else if !ok {
 		return nil, notFound(*in.ClusterId)
 	} else if r.Declared {
 		return nil, declaredRefusal(r.ID)
@@ -475,6 +497,7 @@ func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmR
 					return storeBusy(r.ID, storeID, state, h.ID)
 				}
 				h.State, h.StateMessage, hsmID = HSMDeleteInProgress, "", h.ID
+				h.Due = s.now().UTC().Add(s.cfg.DeleteDelay)
 				return nil
 			}
 			name := ""
@@ -493,13 +516,12 @@ func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmR
 	if err != nil {
 		return nil, err
 	}
-	clusterID := *in.ClusterId
-	s.after(s.cfg.DeleteDelay, func(ctx context.Context) { s.finishDeleteHSM(ctx, clusterID, hsmID) })
+	s.kick()
 	return &hsmapi.DeleteHsmResponse{HsmId: hsmapi.String(hsmID)}, nil
 }
 
 func (s *Service) finishDeleteHSM(ctx context.Context, clusterID, hsmID string) {
-	_, err := s.update(ctx, clusterID, func(r *record) error {
+	_, err := s.act(ctx, clusterID, func(r *record) error {
 		h := r.hsm(hsmID)
 		if h == nil || h.State != HSMDeleteInProgress {
 			return errSkip
@@ -529,7 +551,9 @@ func (s *Service) finishDeleteHSM(ctx context.Context, clusterID, hsmID string) 
 // CONNECTING; a cluster behind a DISCONNECTED store can be deleted, as in
 // AWS, and the store then fails to connect with CLUSTER_NOT_FOUND.
 func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.DeleteClusterRequest) (*hsmapi.DeleteClusterResponse, error) {
-	if r, ok := s.get(c, *in.ClusterId); !ok {
+	if r, ok, err := s.get(ctx, c, *in.ClusterId); err != nil {
+		return nil, err
+	} else if !ok {
 		return nil, notFound(*in.ClusterId)
 	} else if r.Declared {
 		return nil, declaredRefusal(r.ID)
@@ -554,6 +578,7 @@ func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.Delete
 				return invalid("Cluster %s still has HSMs; delete them before deleting the cluster.", r.ID)
 			}
 			r.State, r.StateMessage = ClusterDeleteInProgress, ""
+			r.Due = s.now().UTC().Add(s.cfg.DeleteDelay)
 			return nil
 		})
 		return err
@@ -561,7 +586,7 @@ func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.Delete
 	if err != nil {
 		return nil, err
 	}
-	s.after(s.cfg.DeleteDelay, func(ctx context.Context) { s.finishDeleteCluster(ctx, r.ID) })
+	s.kick()
 	return &hsmapi.DeleteClusterResponse{Cluster: toWire(r)}, nil
 }
 
@@ -570,7 +595,7 @@ func (s *Service) finishDeleteCluster(ctx context.Context, id string) {
 		if r.State != ClusterDeleteInProgress {
 			return errSkip
 		}
-		r.State, r.StateMessage = ClusterDeleted, ""
+		r.State, r.StateMessage, r.Due = ClusterDeleted, "", time.Time{}
 		r.SOPIN, r.Masking, r.CSRKey, r.Users, r.Keys = nil, nil, nil, nil, nil
 		return nil
 	})
@@ -599,7 +624,10 @@ func retentionDays(p *hsmapi.BackupRetentionPolicy) (string, error) {
 // CloudHSM runs for hours) is not supported: only the current type is
 // accepted.
 func (s *Service) ModifyCluster(ctx context.Context, c Caller, in *hsmapi.ModifyClusterRequest) (*hsmapi.ModifyClusterResponse, error) {
-	cur, ok := s.get(c, *in.ClusterId)
+	cur, ok, err := s.get(ctx, c, *in.ClusterId)
+	if err != nil {
+		return nil, err
+	}
 	if !ok || cur.State == ClusterDeleted {
 		return nil, notFound(*in.ClusterId)
 	}
@@ -663,15 +691,18 @@ func mergeTags(cur []tag, in []hsmapi.Tag) ([]tag, error) {
 
 // tagsOf returns the tags of cluster or backup id of c's account and
 // Region.
-func (s *Service) tagsOf(c Caller, id string) ([]tag, error) {
+func (s *Service) tagsOf(ctx context.Context, c Caller, id string) ([]tag, error) {
 	if strings.HasPrefix(id, "backup-") {
-		b, err := s.callerBackup(c, id)
+		b, err := s.callerBackup(ctx, c, id)
 		if err != nil {
 			return nil, err
 		}
 		return b.Tags, nil
 	}
-	r, ok := s.get(c, id)
+	r, ok, err := s.get(ctx, c, id)
+	if err != nil {
+		return nil, err
+	}
 	if !ok || r.State == ClusterDeleted {
 		return nil, notFound(id)
 	}
@@ -688,7 +719,7 @@ func (s *Service) retag(ctx context.Context, c Caller, id string, fn func([]tag)
 		})
 		return err
 	}
-	if _, err := s.tagsOf(c, id); err != nil {
+	if _, err := s.tagsOf(ctx, c, id); err != nil {
 		return err
 	}
 	_, err := s.update(ctx, id, func(r *record) error {
@@ -728,7 +759,7 @@ func (s *Service) UntagResource(ctx context.Context, c Caller, in *hsmapi.UntagR
 
 // ListTags lists a cluster's or backup's tags a page at a time.
 func (s *Service) ListTags(ctx context.Context, c Caller, in *hsmapi.ListTagsRequest) (*hsmapi.ListTagsResponse, error) {
-	tags, err := s.tagsOf(c, *in.ResourceId)
+	tags, err := s.tagsOf(ctx, c, *in.ResourceId)
 	if err != nil {
 		return nil, err
 	}

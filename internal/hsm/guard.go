@@ -44,7 +44,9 @@ func storeBusy(clusterID, storeID, state, hsmID string) error {
 // ResourceTags returns the tags of c's cluster or backup id, for the aws:ResourceTag
 // condition keys; nil when there is none (or the cluster is deleted).
 func (s *Service) ResourceTags(c Caller, id string) map[string]string {
-	tags, err := s.tagsOf(c, id)
+	ctx, cancel := s.readCtx()
+	defer cancel()
+	tags, err := s.tagsOf(ctx, c, id)
 	if err != nil || len(tags) == 0 {
 		return nil
 	}

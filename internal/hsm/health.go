@@ -110,7 +110,7 @@ func (s *Service) probeCluster(ctx context.Context, id string) {
 	if err != nil {
 		return // no PKCS#11 here: nothing can be probed
 	}
-	_, err = s.update(ctx, id, func(r *record) error {
+	_, err = s.act(ctx, id, func(r *record) error {
 		before := fmt.Sprint(r.State, r.StateMessage, r.HSMs)
 		s.probe(ctx, r, toks)
 		if fmt.Sprint(r.State, r.StateMessage, r.HSMs) == before {

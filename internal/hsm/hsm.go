@@ -129,6 +129,11 @@ type Config struct {
 	// Dir is the HSM directory, normally <data-dir>/hsm: the SoftHSM2
 	// configuration (softhsm2.conf) and token directory live there.
 	Dir string
+	// TokenDir, when set, is the SoftHSM2 token directory instead of
+	// Dir/tokens: with several kmsd nodes on one database, every node
+	// names the same directory (a shared file system), so that an HSM
+	// created through one node is a token every node reaches.
+	TokenDir string
 	// Module is the SoftHSM2 PKCS#11 module; DefaultModule when empty.
 	Module string
 	// FreeSlots says which slots of Module the HSMs kmsd creates take
@@ -242,6 +247,13 @@ type record struct {
 	// ACTIVE, the state of the backed-up cluster).
 	SourceBackup  string `json:"sourceBackup,omitempty"`
 	RestoredState string `json:"restoredState,omitempty"`
+	// Due is when the cluster's asynchronous step (its *_IN_PROGRESS
+	// state) is to be finished: the step's intent is the state, and
+	// whichever node is the controller then finishes it (steps.go).
+	Due time.Time `json:"due,omitzero"`
+	// Rev counts the record's writes: a cache never replaces a record
+	// with an older one.
+	Rev int64 `json:"rev,omitempty"`
 }
 
 type hsmRecord struct {
@@ -254,6 +266,9 @@ type hsmRecord struct {
 	StateMessage string    `json:"stateMessage,omitempty"`
 	Created      time.Time `json:"created"`
 	Token        string    `json:"token,omitempty"` // declared token label
+	// Due is when the HSM's CREATE_IN_PROGRESS or DELETE_IN_PROGRESS is
+	// to be finished (steps.go).
+	Due time.Time `json:"due,omitzero"`
 }
 
 // label is the PKCS#11 token label of the HSM: the declared token's, else

@@ -253,7 +253,15 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 			return err
 		}, excTag},
 	}
-	before, _ := s.byID(id)
+	// The record as stored: a failed request writes nothing (no new Rev).
+	stored := func() string {
+		b, err := s.store.Get(ctx, recordPath(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	before := stored()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var e *hsmapi.Exception
@@ -262,8 +270,8 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 			}
 		})
 	}
-	if after, _ := s.byID(id); after != before {
-		t.Fatal("a failed request changed the cluster")
+	if after := stored(); after != before {
+		t.Fatalf("a failed request changed the cluster:\n%s\n%s", before, after)
 	}
 }
 

@@ -26,6 +26,14 @@ var rr atomic.Uint64 // spreads crypto calls over a cluster's HSMs
 // ACTIVE HSM, and the crypto user logged in.
 func (s *Service) keyCluster(clusterID string) (*record, error) {
 	r, ok := s.byID(clusterID)
+	if !ok {
+		// Not cached yet (made through another node a moment ago, and
+		// the change feed has not told this one): read it.
+		ctx, cancel := s.readCtx()
+		fr, err := s.fresh(ctx, clusterID)
+		cancel()
+		r, ok = fr, err == nil
+	}
 	if !ok || r.State == ClusterDeleted {
 		return nil, fmt.Errorf("%w: %s", ErrClusterNotFound, clusterID)
 	}
@@ -57,7 +65,7 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 	if err != nil {
 		return err
 	}
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		if r.key(label) != nil {
 			return fmt.Errorf("%w: %s", ErrKeyExists, label)
 		}
@@ -191,7 +199,7 @@ func (s *Service) DeleteKey(ctx context.Context, clusterID, label string) error 
 	if err != nil {
 		return err
 	}
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		if r.key(label) == nil {
 			return fmt.Errorf("%w: %s", ErrKeyNotFound, label)
 		}
@@ -276,7 +284,9 @@ type ClusterInfo struct {
 
 // Describe returns cluster id of c's account and Region.
 func (s *Service) Describe(c Caller, id string) (ClusterInfo, error) {
-	r, err := s.cluster(c, id)
+	ctx, cancel := s.readCtx()
+	defer cancel()
+	r, err := s.cluster(ctx, c, id)
 	if err != nil {
 		return ClusterInfo{}, err
 	}

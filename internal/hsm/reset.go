@@ -48,8 +48,10 @@ func RecordPrefix(id string) string { return recordPath(id) }
 // after a reset, is given the password the tokens have rather than the
 // file's first one.
 func (s *Service) CryptoUserPassword(account, region, id string) (string, bool) {
-	r, ok := s.get(Caller{Account: account, Region: region}, id)
-	if !ok || !r.Declared {
+	ctx, cancel := s.readCtx()
+	defer cancel()
+	r, ok, err := s.get(ctx, Caller{Account: account, Region: region}, id)
+	if err != nil || !ok || !r.Declared {
 		return "", false
 	}
 	u := r.cryptoUser()

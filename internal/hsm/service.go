@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -50,6 +49,9 @@ type Service struct {
 	backups   map[string]*backupRecord
 	bkPending map[string]bool
 
+	// kickc wakes the steps loop when this node records a step.
+	kickc chan struct{}
+
 	tokMu sync.Mutex
 	toks  tokens            // the SoftHSM2 module, loaded on first use
 	mods  map[string]tokens // other modules of declared clusters, by path
@@ -64,7 +66,8 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	}
 	s := &Service{cfg: cfg, store: store, barrier: b, log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
 		clusters: map[string]*record{}, locks: map[string]*sync.Mutex{}, logins: map[string]map[string]bool{},
-		mods: map[string]tokens{}, backups: map[string]*backupRecord{}, bkPending: map[string]bool{}}
+		mods: map[string]tokens{}, backups: map[string]*backupRecord{}, bkPending: map[string]bool{},
+		kickc: make(chan struct{}, 1)}
 	if s.cfg.BackupInterval <= 0 {
 		s.cfg.BackupInterval = DefaultBackupInterval
 	}
@@ -84,19 +87,14 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		s.rand = rand.Reader
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	entries, err := store.List(ctx, "hsm/cluster/", "", 0)
+	// The pending asynchronous steps of the records are the steps
+	// loop's (steps.go), which runs on the controller.
+	rs, err := s.all(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: load clusters: %w", err)
+		return nil, err
 	}
-	for _, e := range entries {
-		r := new(record)
-		if err := json.Unmarshal(e.Value, r); err != nil {
-			return nil, fmt.Errorf("hsm: decode %s: %w", e.Key, err)
-		}
+	for _, r := range rs {
 		s.clusters[r.ID] = r
-	}
-	for _, r := range s.clusters {
-		s.resume(r)
 	}
 	if err := s.loadBackups(ctx); err != nil {
 		s.Close()
@@ -116,8 +114,9 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	return s, nil
 }
 
-// RunBackground runs the probe loop (health.go) and the backup loop
-// (backup.go) until ctx ends or the service closes. With
+// RunBackground runs the probe loop (health.go), the backup loop
+// (backup.go) and the steps loop that finishes the clusters' and HSMs'
+// asynchronous steps (steps.go) until ctx ends or the service closes. With
 // Config.Controlled, kmsd runs it on the controller only, and stops it
 // before Close.
 func (s *Service) RunBackground(ctx context.Context) {
@@ -125,9 +124,10 @@ func (s *Service) RunBackground(ctx context.Context) {
 	defer cancel()
 	defer context.AfterFunc(s.ctx, cancel)()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.probeLoop(ctx) }()
 	go func() { defer wg.Done(); s.backupLoop(ctx) }()
+	go func() { defer wg.Done(); s.stepLoop(ctx) }()
 	wg.Wait()
 }
 
@@ -167,7 +167,10 @@ func (s *Service) tokensLocked() (tokens, error) {
 	if s.cfg.SoftHSMConf != "" {
 		os.Setenv("SOFTHSM2_CONF", s.cfg.SoftHSMConf)
 	} else if s.cfg.Dir != "" {
-		tokdir := filepath.Join(s.cfg.Dir, "tokens")
+		tokdir := s.cfg.TokenDir
+		if tokdir == "" {
+			tokdir = filepath.Join(s.cfg.Dir, "tokens")
+		}
 		if err := os.MkdirAll(tokdir, 0o700); err != nil {
 			return nil, err
 		}
@@ -229,37 +232,9 @@ func (s *Service) lock(id string) func() {
 	return l.Unlock
 }
 
-// get returns cluster id's record if it belongs to c's account and Region.
-func (s *Service) get(c Caller, id string) (*record, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	r, ok := s.clusters[id]
-	if !ok || r.Account != c.Account || r.Region != c.Region {
-		return nil, false
-	}
-	return r, true
-}
-
-// byID returns cluster id's record whatever its account (background steps).
-func (s *Service) byID(id string) (*record, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	r, ok := s.clusters[id]
-	return r, ok
-}
-
-// list returns the records of c's account and Region, by id.
-func (s *Service) list(c Caller) []*record {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []*record
-	for _, r := range s.clusters {
-		if r.Account == c.Account && r.Region == c.Region {
-			out = append(out, r)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+// readCtx bounds a store read made for a caller that gives no context.
+func (s *Service) readCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
 }
 
 func clone(r *record) *record {
@@ -272,51 +247,6 @@ func clone(r *record) *record {
 		panic(err)
 	}
 	return out
-}
-
-// put stores r durably and makes it current. Callers hold r's lock.
-func (s *Service) put(ctx context.Context, r *record, create bool) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if create {
-		err = s.store.Create(ctx, recordPath(r.ID), b)
-	} else {
-		err = s.store.Put(ctx, recordPath(r.ID), b)
-	}
-	if err != nil {
-		return fmt.Errorf("hsm: store cluster %s: %w", r.ID, err)
-	}
-	s.mu.Lock()
-	prev := s.clusters[r.ID]
-	s.clusters[r.ID] = r
-	s.mu.Unlock()
-	switch {
-	case prev != nil && !backedUp(prev) && backedUp(r):
-		s.backupSoon(r.ID) // the first backup: initialized, or restored
-	case contentChanged(prev, r):
-		s.backupSoon(r.ID)
-	}
-	return nil
-}
-
-// update applies fn to a copy of cluster id's record under its lock and
-// stores the result. An error from fn changes nothing.
-func (s *Service) update(ctx context.Context, id string, fn func(r *record) error) (*record, error) {
-	defer s.lock(id)()
-	cur, ok := s.byID(id)
-	if !ok {
-		return nil, ErrClusterNotFound
-	}
-	next := clone(cur)
-	if err := fn(next); err != nil {
-		return nil, err
-	}
-	if err := s.put(ctx, next, false); err != nil {
-		return nil, err
-	}
-	return next, nil
 }
 
 // after runs fn in the background after d, unless the service closes.
@@ -337,28 +267,6 @@ func (s *Service) after(d time.Duration, fn func(ctx context.Context)) {
 			fn(s.ctx)
 		}
 	}()
-}
-
-// resume schedules the pending steps of a record loaded at start.
-func (s *Service) resume(r *record) {
-	switch r.State {
-	case ClusterCreateInProgress:
-		s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCreate(ctx, r.ID) })
-	case ClusterInitializeInProgress:
-		s.after(s.cfg.InitializeDelay, func(ctx context.Context) { s.finishInitialize(ctx, r.ID) })
-	case ClusterDeleteInProgress:
-		s.after(s.cfg.DeleteDelay, func(ctx context.Context) { s.finishDeleteCluster(ctx, r.ID) })
-	}
-	for _, h := range r.HSMs {
-		switch h.State {
-		case HSMCreateInProgress:
-			id := h.ID
-			s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishCreateHSM(ctx, r.ID, id) })
-		case HSMDeleteInProgress:
-			id := h.ID
-			s.after(s.cfg.DeleteDelay, func(ctx context.Context) { s.finishDeleteHSM(ctx, r.ID, id) })
-		}
-	}
 }
 
 // seal and open bind a secret to its record path.

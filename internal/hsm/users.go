@@ -26,8 +26,11 @@ func checkPassword(pw string) error {
 }
 
 // cluster returns c's cluster id, or ErrClusterNotFound.
-func (s *Service) cluster(c Caller, id string) (*record, error) {
-	r, ok := s.get(c, id)
+func (s *Service) cluster(ctx context.Context, c Caller, id string) (*record, error) {
+	r, ok, err := s.get(ctx, c, id)
+	if err != nil {
+		return nil, err
+	}
 	if !ok || r.State == ClusterDeleted {
 		return nil, fmt.Errorf("%w: %s", ErrClusterNotFound, id)
 	}
@@ -35,8 +38,8 @@ func (s *Service) cluster(c Caller, id string) (*record, error) {
 }
 
 // activeCluster is cluster plus: it is ACTIVE and has an ACTIVE HSM.
-func (s *Service) activeCluster(c Caller, id string) (*record, error) {
-	r, err := s.cluster(c, id)
+func (s *Service) activeCluster(ctx context.Context, c Caller, id string) (*record, error) {
+	r, err := s.cluster(ctx, c, id)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +56,7 @@ func (s *Service) activeCluster(c Caller, id string) (*record, error) {
 // changed with C_SetPIN — and makes an INITIALIZED cluster ACTIVE, as the
 // CloudHSM CLI's "cluster activate" does.
 func (s *Service) Activate(ctx context.Context, c Caller, clusterID, password string) error {
-	r, err := s.cluster(c, clusterID)
+	r, err := s.cluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -67,7 +70,7 @@ func (s *Service) Activate(ctx context.Context, c Caller, clusterID, password st
 	if err != nil {
 		return err
 	}
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		if r.State != ClusterInitialized {
 			return fmt.Errorf("%w: cluster %s is %s", ErrInvalidRequest, clusterID, r.State)
 		}
@@ -101,7 +104,7 @@ func (s *Service) Activate(ctx context.Context, c Caller, clusterID, password st
 // the SO). The SoftHSM2 provider has one user PIN per token, so a cluster
 // has one crypto user (kmsuser); the admin is the cluster's SO.
 func (s *Service) CreateUser(ctx context.Context, c Caller, clusterID, username, role, password string) error {
-	ar, err := s.activeCluster(c, clusterID)
+	ar, err := s.activeCluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -114,7 +117,7 @@ func (s *Service) CreateUser(ctx context.Context, c Caller, clusterID, username,
 	if err := checkPassword(password); err != nil {
 		return err
 	}
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		if u := r.cryptoUser(); u != nil {
 			if u.Name == username {
 				return fmt.Errorf("%w: %s", ErrUserExists, username)
@@ -158,7 +161,7 @@ func checkUser(username, role string) error {
 // random value nobody knows (SoftHSM2 cannot remove a token's user). A user
 // who is logged in, or owns keys, cannot be deleted.
 func (s *Service) DeleteUser(ctx context.Context, c Caller, clusterID, username, role string) error {
-	ar, err := s.activeCluster(c, clusterID)
+	ar, err := s.activeCluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -172,7 +175,7 @@ func (s *Service) DeleteUser(ctx context.Context, c Caller, clusterID, username,
 	if err != nil {
 		return err
 	}
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		u := r.user(username)
 		if u == nil || u.Role != role {
 			return fmt.Errorf("%w: %s", ErrUserNotFound, username)
@@ -210,7 +213,7 @@ func (s *Service) DeleteUser(ctx context.Context, c Caller, clusterID, username,
 // reset through the SO (C_InitPIN). It also clears the failed-login
 // counter, which is how the admin unlocks a locked-out user.
 func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, username, role, password string) error {
-	ar, err := s.activeCluster(c, clusterID)
+	ar, err := s.activeCluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -224,7 +227,7 @@ func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, usern
 	if err != nil {
 		return err
 	}
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		u := r.user(username)
 		if u == nil || u.Role != role {
 			return fmt.Errorf("%w: %s", ErrUserNotFound, username)
@@ -261,7 +264,7 @@ func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, usern
 // C_SetPIN on every HSM, as a key store does at connect. A wrong old
 // password counts as a failed login.
 func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, username, old, password string) error {
-	ar, err := s.activeCluster(c, clusterID)
+	ar, err := s.activeCluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -273,7 +276,7 @@ func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, usern
 		return err
 	}
 	var failed bool
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		u := r.user(username)
 		if u == nil || u.Role != RoleCryptoUser {
 			return fmt.Errorf("%w: %s", ErrUserNotFound, username)
@@ -313,7 +316,7 @@ func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, usern
 // against the user; after MaxFailedLogins the user is locked out
 // (ErrPINLocked) until the admin changes the password.
 func (s *Service) Login(ctx context.Context, c Caller, clusterID, username, role, password, client string) error {
-	ar, err := s.activeCluster(c, clusterID)
+	ar, err := s.activeCluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -325,7 +328,7 @@ func (s *Service) Login(ctx context.Context, c Caller, clusterID, username, role
 		return err
 	}
 	var failed bool
-	_, err = s.update(ctx, clusterID, func(r *record) error {
+	_, err = s.act(ctx, clusterID, func(r *record) error {
 		u := r.user(username)
 		if u == nil || u.Role != role {
 			return fmt.Errorf("%w: %s", ErrUserNotFound, username)
@@ -385,7 +388,7 @@ func (s *Service) Login(ctx context.Context, c Caller, clusterID, username, role
 // Logout ends client's login; the HSMs are logged out (C_Logout) when no
 // client remains logged in.
 func (s *Service) Logout(ctx context.Context, c Caller, clusterID, username, role, client string) error {
-	r, err := s.cluster(c, clusterID)
+	r, err := s.cluster(ctx, c, clusterID)
 	if err != nil {
 		return err
 	}
@@ -442,7 +445,7 @@ type User struct {
 
 // Users lists the cluster's users: the admin and the crypto user.
 func (s *Service) Users(ctx context.Context, c Caller, clusterID string) ([]User, error) {
-	r, err := s.cluster(c, clusterID)
+	r, err := s.cluster(ctx, c, clusterID)
 	if err != nil {
 		return nil, err
 	}
