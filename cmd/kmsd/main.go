@@ -342,6 +342,7 @@ func serve(args []string) error {
 		{"node-id", "KMSD_NODE_ID", "node_id", "this node's id among nodes sharing one database, written with a per-node sequence number into every audit record (default: made on first start and kept in <data-dir>/node-id)", &cfg.NodeID},
 		{"iam-config", "KMSD_IAM_CONFIG", "iam_config", "TOML file declaring accounts, users, roles and access keys; reloaded on SIGHUP", &cfg.IAMConfig},
 		{"hsm-config", "KMSD_HSM_CONFIG", "hsm_config", "TOML file declaring HSM clusters over existing PKCS#11 tokens", &cfg.HSMConfig},
+		{"hsm-token-dir", "KMSD_HSM_TOKEN_DIR", "hsm_token_dir", "SoftHSM2 token directory of the HSMs kmsd creates (default <data-dir>/hsm/tokens); with several nodes on one database, every node names the same shared directory", &cfg.HSMTokenDir},
 		{"hsm-probe-interval", "KMSD_HSM_PROBE_INTERVAL", "hsm_probe_interval", "how often every HSM's token is probed; an HSM whose token is gone turns DEGRADED within three intervals, ACTIVE again within one of its return (default 10s)", &hsmProbe},
 		{"hsm-backup-interval", "KMSD_HSM_BACKUP_INTERVAL", "hsm_backup_interval", "how often every initialized HSM cluster is backed up; backups are also taken at initialization and within a minute of a change of a cluster's keys or users (default 24h)", &hsmBackup},
 		{"xks-ca-bundle", "KMSD_XKS_CA_BUNDLE", "xks_ca_bundle", "PEM file of CA certificates trusted for XKS proxies, beside the system roots", &cfg.XKSCABundle},

@@ -72,6 +72,23 @@
 // cluster also keeps the original's CSR key, cluster certificate and
 // trust anchor: the same certificate lineage, which is what makes it
 // "related" for UpdateCustomKeyStore.
+//
+// Several nodes. With kmsd nodes sharing one PostgreSQL database, cluster
+// and backup records are read and changed in the database (records.go),
+// the asynchronous steps are finished by the controller (steps.go), and
+// the HSMs CreateHsm makes are SoftHSM2 tokens in Config.TokenDir, which
+// every node names (--hsm-token-dir). This departs from MULTINODE.md
+// §4.7, which kept token creation a single-host feature because SoftHSM2
+// shows a process no token created after its C_Initialize (PR#192) and
+// heavy parallel use has failed token integrity checks (issue #757). kmsd
+// meets the first: a token not found is looked for again after the module
+// is re-initialised (pkcs11.go, live/reinit), at most every reinitEvery,
+// and the controller finishing a dead node's CreateHsm finds that node's
+// token with Refresh and reuses it. The second stays a risk of SoftHSM2
+// itself: SoftHSM2 is a development HSM; a production deployment declares
+// clusters over a network HSM's module (--hsm-config). The per-process
+// login registry (who is logged in as kmsuser, USER_LOGGED_IN) is not yet
+// shared between nodes.
 package hsm
 
 import (

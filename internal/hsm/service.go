@@ -171,6 +171,9 @@ func (s *Service) tokensLocked() (tokens, error) {
 		if tokdir == "" {
 			tokdir = filepath.Join(s.cfg.Dir, "tokens")
 		}
+		if abs, err := filepath.Abs(tokdir); err == nil {
+			tokdir = abs
+		}
 		if err := os.MkdirAll(tokdir, 0o700); err != nil {
 			return nil, err
 		}

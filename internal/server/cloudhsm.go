@@ -80,7 +80,7 @@ type hsmServer struct {
 // in cfg.HSMConfig belong to kmsd's account and default Region unless they
 // name others.
 func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
-	hcfg := hsm.Config{Dir: filepath.Join(cfg.DataDir, "hsm"), Module: os.Getenv("KMSD_HSM_MODULE"), Logger: log,
+	hcfg := hsm.Config{Dir: filepath.Join(cfg.DataDir, "hsm"), TokenDir: cfg.HSMTokenDir, Module: os.Getenv("KMSD_HSM_MODULE"), Logger: log,
 		SoftHSMConf: os.Getenv("SOFTHSM2_CONF"),
 		CreateDelay: 2 * time.Second, InitializeDelay: 2 * time.Second, DeleteDelay: 2 * time.Second, ProbeInterval: 10 * time.Second}
 	if cfg.HSMConfig != "" {

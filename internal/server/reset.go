@@ -135,8 +135,13 @@ func (a *api) openCore(ctx context.Context) error {
 		if a.ids != nil {
 			subs = append(subs, a.ids)
 		}
-		if a.hsm != nil && a.hsm.stores != nil {
-			subs = append(subs, a.hsm.stores)
+		if a.hsm != nil {
+			// HSM cluster records first: a key store's connect, seen
+			// next, needs its cluster as the database has it.
+			subs = append(subs, a.hsm.svc)
+			if a.hsm.stores != nil {
+				subs = append(subs, a.hsm.stores)
+			}
 		}
 		follower = feed.New(w, cfg.CachePollInterval, r.log, subs...)
 		if err := follower.Poll(ctx); err != nil {

@@ -99,6 +99,10 @@ type Config struct {
 	// HSMConfig is an optional TOML file declaring HSM clusters over
 	// existing PKCS#11 tokens (see hsm.LoadDeclarations).
 	HSMConfig string
+	// HSMTokenDir is the SoftHSM2 token directory of the HSMs kmsd
+	// creates (empty: <data-dir>/hsm/tokens); nodes sharing a database
+	// share it.
+	HSMTokenDir string
 	// HSMProbeInterval is how often every HSM's token is probed (zero:
 	// KMSD_HSM_PROBE_INTERVAL, else hsm.DefaultProbeInterval).
 	HSMProbeInterval time.Duration
