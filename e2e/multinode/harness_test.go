@@ -40,10 +40,10 @@ import (
 	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
-var kmsdBin string
+var kmsdBin, kmsctlBin string
 
 func TestMain(m *testing.M) {
-	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin})
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "kmsctl": &kmsctlBin})
 }
 
 const region = "us-east-1"
@@ -251,6 +251,8 @@ type clusterOpts struct {
 	// together starts every node at the same moment on the empty
 	// database (else node 0 first, then the others).
 	together bool
+	// env, when set, gives node i more environment (KMSD_… settings).
+	env func(i int) []string
 	// standby, when set, is a synchronous standby of the server: the
 	// nodes' URL names both (the primary through the node's proxy, the
 	// standby directly) with target_session_attrs=read-write.
@@ -298,6 +300,9 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 			url = pg.URL(c.db, n.proxy.Addr+","+o.standby.Addr()) + "&target_session_attrs=read-write"
 		}
 		n.env = env("KMSD_ROOT_KEY="+root, "KMSD_DATABASE_URL="+url, "HOME="+tmp)
+		if o.env != nil {
+			n.env = append(n.env, o.env(i)...)
+		}
 		c.nodes = append(c.nodes, n)
 		t.Cleanup(func() {
 			n.Stop(t)

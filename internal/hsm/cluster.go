@@ -410,6 +410,9 @@ func (s *Service) createToken(ctx context.Context, r *record, h *hsmRecord) erro
 		if err := toks.InitToken(ctx, h.label(), string(so), s.cfg.FreeSlots); err != nil {
 			return err
 		}
+		if s.cfg.Failpoint != nil {
+			s.cfg.Failpoint("hsm.after-init-token")
+		}
 	}
 	return s.syncToken(ctx, r, h.label(), string(so))
 }

@@ -186,9 +186,13 @@ type Config struct {
 	// which kmsd runs on its controller node only; otherwise New starts
 	// them.
 	Controlled bool
-	Rand       io.Reader        // crypto/rand when nil
-	Now        func() time.Time // time.Now when nil
-	Logger     *slog.Logger
+	// Failpoint, when set, is called at named points of the asynchronous
+	// steps (test-only: kmsd's KMSD_FAILPOINT kills the process there, to
+	// test that another node finishes the step).
+	Failpoint func(name string)
+	Rand      io.Reader        // crypto/rand when nil
+	Now       func() time.Time // time.Now when nil
+	Logger    *slog.Logger
 }
 
 // Caller is who calls a CloudHSM v2 operation: resources belong to an

@@ -106,6 +106,28 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 	return err
 }
 
+// withKey returns r, or r read afresh from the store when the cached r
+// lacks key label: a key made through another node a moment ago is in
+// the store before the change feed brings it here.
+func (s *Service) withKey(r *record, label string) (*record, error) {
+	if r.key(label) != nil {
+		return r, nil
+	}
+	ctx, cancel := s.readCtx()
+	defer cancel()
+	fr, err := s.fresh(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if fr.key(label) == nil {
+		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, label)
+	}
+	if fr.State != ClusterActive || len(fr.activeHSMs()) == 0 {
+		return s.keyCluster(r.ID) // the state changed too: say how
+	}
+	return fr, nil
+}
+
 // onHSM runs fn on the cluster's ACTIVE HSMs in turn until one answers
 // with something other than ErrUnreachable.
 func (s *Service) onHSM(r *record, fn func(label string) error) error {
@@ -129,8 +151,8 @@ func (s *Service) Encrypt(ctx context.Context, clusterID, label string, plaintex
 	if err != nil {
 		return nil, nil, err
 	}
-	if r.key(label) == nil {
-		return nil, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, label)
+	if r, err = s.withKey(r, label); err != nil {
+		return nil, nil, err
 	}
 	toks, err := s.tokensFor(r)
 	if err != nil {
@@ -151,8 +173,8 @@ func (s *Service) Decrypt(ctx context.Context, clusterID, label string, iv, ciph
 	if err != nil {
 		return nil, err
 	}
-	if r.key(label) == nil {
-		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, label)
+	if r, err = s.withKey(r, label); err != nil {
+		return nil, err
 	}
 	if len(iv) != IVSize || len(ciphertext) < TagSize {
 		return nil, fmt.Errorf("%w: malformed ciphertext", ErrInvalidRequest)

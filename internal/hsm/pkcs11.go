@@ -289,6 +289,12 @@ func (m *module) reinit(label string, every time.Duration) bool {
 	if m.aliveLocked(label) { // re-initialised by another caller meanwhile
 		return true
 	}
+	return m.reinitLocked(label, every)
+}
+
+// reinitLocked is reinit's work, whether or not label's token answers.
+// Callers hold m.life exclusively and m.mu.
+func (m *module) reinitLocked(label string, every time.Duration) bool {
 	now := m.now()
 	if now.Sub(m.lastReinit) < every {
 		return false
@@ -304,6 +310,35 @@ func (m *module) reinit(label string, every time.Duration) bool {
 	}
 	_, err := m.findSlot(label)
 	return err == nil
+}
+
+// pinStale reports whether err may come from this process's stale view
+// of label's PINs: SoftHSM2 reads a token's PIN blobs when the module is
+// initialised, so a PIN set (C_InitPIN, C_SetPIN) by another process —
+// another kmsd node on a shared token directory — is seen only after a
+// re-initialisation. (Its objects it does re-read.)
+func pinStale(err error) bool {
+	return errors.Is(err, ErrInvalidCredentials) || errors.Is(err, ErrUserNotFound)
+}
+
+// freshPINs runs fn and, when it fails as a stale view of PINs would,
+// re-initialises the library (at most every probeReinitEvery) and runs it
+// once more. A wrong PIN costs a re-initialisation; kmsd's failed-login
+// limit keeps those few.
+func (m *module) freshPINs(label string, fn func() error) error {
+	err := fn()
+	if !pinStale(err) {
+		return err
+	}
+	m.life.Lock()
+	m.mu.Lock()
+	again := m.reinitLocked(label, probeReinitEvery)
+	m.mu.Unlock()
+	m.life.Unlock()
+	if !again {
+		return err
+	}
+	return fn()
 }
 
 // shared runs fn holding the library's life shared.
@@ -610,15 +645,19 @@ func (m *module) soSession(ctx context.Context, label, soPIN string, fn func(h p
 
 func (m *module) SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error {
 	oldPIN, newPIN = m.fitPIN(label, oldPIN), m.fitPIN(label, newPIN)
-	return m.soSession(ctx, label, oldPIN, func(h p11.SessionHandle) error {
-		return m.ctx.SetPIN(h, oldPIN, newPIN)
+	return m.freshPINs(label, func() error {
+		return m.soSession(ctx, label, oldPIN, func(h p11.SessionHandle) error {
+			return m.ctx.SetPIN(h, oldPIN, newPIN)
+		})
 	})
 }
 
 func (m *module) InitUserPIN(ctx context.Context, label, soPIN, pin string) error {
 	soPIN, pin = m.fitPIN(label, soPIN), m.fitPIN(label, pin)
-	err := m.soSession(ctx, label, soPIN, func(h p11.SessionHandle) error {
-		return m.ctx.InitPIN(h, pin)
+	err := m.freshPINs(label, func() error {
+		return m.soSession(ctx, label, soPIN, func(h p11.SessionHandle) error {
+			return m.ctx.InitPIN(h, pin)
+		})
 	})
 	if err == nil {
 		m.mu.Lock()
@@ -652,8 +691,10 @@ func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) e
 	if m.userLocked(label) {
 		return fmt.Errorf("%w: token %s", ErrPINLocked, label)
 	}
-	err := m.with(ctx, label, func(h p11.SessionHandle) error {
-		return m.ctx.SetPIN(h, oldPIN, newPIN)
+	err := m.freshPINs(label, func() error {
+		return m.with(ctx, label, func(h p11.SessionHandle) error {
+			return m.ctx.SetPIN(h, oldPIN, newPIN)
+		})
 	})
 	if err == nil {
 		m.mu.Lock()
@@ -667,7 +708,9 @@ func (m *module) SetUserPIN(ctx context.Context, label, oldPIN, newPIN string) e
 
 func (m *module) Login(ctx context.Context, label, pin string) error {
 	pin = m.fitPIN(label, pin)
-	return m.live(ctx, label, reinitEvery, func() error { return m.login(label, pin) })
+	return m.freshPINs(label, func() error {
+		return m.live(ctx, label, reinitEvery, func() error { return m.login(label, pin) })
+	})
 }
 
 func (m *module) login(label, pin string) error {

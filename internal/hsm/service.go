@@ -174,8 +174,10 @@ func (s *Service) tokensLocked() (tokens, error) {
 		if abs, err := filepath.Abs(tokdir); err == nil {
 			tokdir = abs
 		}
-		if err := os.MkdirAll(tokdir, 0o700); err != nil {
-			return nil, err
+		for _, d := range []string{s.cfg.Dir, tokdir} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return nil, err
+			}
 		}
 		conf := filepath.Join(s.cfg.Dir, "softhsm2.conf")
 		body := "# written by kmsd: the token directory of its HSM clusters\n" +

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/audit"
@@ -74,7 +75,8 @@ type hsmServer struct {
 // for a module such as openCryptoki whose slots its own configuration
 // fixes), KMSD_HSM_FACTORY_SO_PIN (the SO PIN the module's uninitialised
 // tokens take at C_InitToken, e.g. openCryptoki's 87654321; changed to
-// the cluster's at once), and
+// the cluster's at once), KMSD_FAILPOINT (tests only: hsm.after-init-token
+// kills kmsd with SIGKILL right after it made an HSM's token), and
 // SOFTHSM2_CONF, which kmsd's SoftHSM2 module then uses instead of the
 // configuration it writes under the data directory. The clusters declared
 // in cfg.HSMConfig belong to kmsd's account and default Region unless they
@@ -124,6 +126,15 @@ func hsmConfigFromEnv(cfg Config, log *slog.Logger) (hsm.Config, error) {
 		}
 	}
 	hcfg.FreeSlots.FactorySOPIN = os.Getenv("KMSD_HSM_FACTORY_SO_PIN")
+	if fp := os.Getenv("KMSD_FAILPOINT"); fp != "" {
+		// Test-only: the process dies at that point, as kill -9 would.
+		hcfg.Failpoint = func(name string) {
+			if name == fp {
+				log.Warn("failpoint reached: killing this process", "failpoint", name)
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
 	hcfg.BackupInterval = cfg.HSMBackupInterval
 	// The probe and backup loops are controller duties (server.go).
 	hcfg.Controlled = true
