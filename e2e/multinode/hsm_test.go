@@ -186,7 +186,29 @@ func TestHSMClusterAcrossNodes(t *testing.T) {
 
 	// A key made through C; encrypt through each node, decrypt each
 	// ciphertext through every node.
-	key := ctl(cn, "kms", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", store)["KeyMetadata"].(map[string]any)["KeyId"].(string)
+	// (A restarted node logs in to the store in the background: until
+	// then its HSM operations answer KMSInvalidStateException.)
+	var key string
+	for deadline := time.Now().Add(20 * time.Second); key == ""; time.Sleep(100 * time.Millisecond) {
+		out, err := e2etest.Kmsctl(kmsctlBin, cn.endpoint, ctlEnv, "kms", "create-key", "--origin", "AWS_CLOUDHSM", "--custom-key-store-id", store)
+		switch {
+		case err == nil:
+			key = out["KeyMetadata"].(map[string]any)["KeyId"].(string)
+		case !strings.Contains(err.Error(), "KMSInvalidStateException") || time.Now().After(deadline):
+			t.Fatalf("create-key through %s: %v", cn.id, err)
+		}
+	}
+	for _, n := range []*node{a, cn} { // A too has logged in
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, err := e2etest.Kmsctl(kmsctlBin, n.endpoint, ctlEnv, "kms", "generate-random", "--number-of-bytes", "8", "--custom-key-store-id", store)
+			if err == nil {
+				break
+			}
+			if !strings.Contains(err.Error(), "KMSInvalidStateException") && !strings.Contains(err.Error(), "CustomKeyStoreInvalidState") || time.Now().After(deadline) {
+				t.Fatalf("generate-random through %s: %v", n.id, err)
+			}
+		}
+	}
 	for _, en := range c.nodes {
 		msg := "sealed through " + en.id
 		pt := filepath.Join(dir, "pt-"+en.id)
