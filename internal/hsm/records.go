@@ -149,18 +149,6 @@ func (s *Service) list(ctx context.Context, c Caller) ([]*record, error) {
 	return out, nil
 }
 
-// cached returns the cached records, by id.
-func (s *Service) cached() []*record {
-	s.mu.RLock()
-	out := make([]*record, 0, len(s.clusters))
-	for _, r := range s.clusters {
-		out = append(out, r)
-	}
-	s.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
-}
-
 // install makes r the cached record of its cluster unless a newer one
 // (higher Rev) is cached, and reports the record it replaced.
 func (s *Service) install(r *record) (prev *record, ok bool) {
