@@ -65,6 +65,12 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 	if err != nil {
 		return err
 	}
+	var made []hsmRecord
+	undo := func() {
+		for _, h := range made {
+			toks.DestroyKey(ctx, h.label(), label)
+		}
+	}
 	_, err = s.act(ctx, clusterID, func(r *record) error {
 		if r.key(label) != nil {
 			return fmt.Errorf("%w: %s", ErrKeyExists, label)
@@ -79,12 +85,6 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 		}
 		defer clear(mk)
 		var wrapped []byte
-		var made []hsmRecord
-		undo := func() {
-			for _, h := range made {
-				toks.DestroyKey(ctx, h.label(), label)
-			}
-		}
 		for _, h := range hs {
 			var err error
 			if wrapped == nil {
@@ -103,6 +103,11 @@ func (s *Service) CreateKey(ctx context.Context, clusterID, label string) error 
 		r.Keys = append(r.Keys, keyRecord{Label: label, Wrapped: wrapped, Created: s.now().UTC()})
 		return nil
 	})
+	if errors.Is(err, errConflict) {
+		// Another node changed the cluster's keys meanwhile: the key made
+		// here is not recorded, so it goes.
+		undo()
+	}
 	return err
 }
 

@@ -145,10 +145,18 @@ func TestMerge(t *testing.T) {
 	if len(got.Keys) != 1 || got.HSMs[0].State != HSMDegraded || got.Rev != 4 {
 		t.Fatalf("merged: keys %v, HSM %s, rev %d; want the key, DEGRADED (theirs), 4", got.Keys, got.HSMs[0].State, got.Rev)
 	}
+	// Keys made through two nodes at once are both kept.
 	cur.Keys = []keyRecord{{Label: "other"}}
-	if _, err := merge(base, mine, cur); !errors.Is(err, errConflict) {
-		t.Fatalf("both changed the keys: %v, want errConflict", err)
+	got, err = merge(base, mine, cur)
+	if err != nil || len(got.Keys) != 2 {
+		t.Fatalf("keys made through two nodes at once: %v %v, want both", got, err)
 	}
+	// Both changed the tags differently: refused.
+	mine.Tags, cur.Tags = []tag{{"a", "2"}}, []tag{{"a", "3"}}
+	if _, err := merge(base, mine, cur); !errors.Is(err, errConflict) {
+		t.Fatalf("both changed the tags: %v, want errConflict", err)
+	}
+	mine.Tags = base.Tags
 	same := clone(mine)
 	same.Rev = 5
 	if _, err := merge(base, mine, same); err != nil {

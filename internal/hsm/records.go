@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -310,7 +311,18 @@ func merge(base, mine, cur *record) (*record, error) {
 			continue // not mine to change
 		}
 		if !bytes.Equal(fb[k], fc[k]) && !bytes.Equal(fm[k], fc[k]) {
-			return nil, fmt.Errorf("%w (%s)", errConflict, k)
+			if k != "keys" {
+				return nil, fmt.Errorf("%w (%s)", errConflict, k)
+			}
+			// Keys made or deleted through two nodes at once: both sets
+			// of changes, key by key.
+			keys, err := mergeKeys(base.Keys, mine.Keys, cur.Keys)
+			if err != nil {
+				return nil, err
+			}
+			if fm[k], err = json.Marshal(keys); err != nil {
+				return nil, err
+			}
 		}
 		if fm[k] == nil {
 			delete(fc, k)
@@ -327,6 +339,38 @@ func merge(base, mine, cur *record) (*record, error) {
 		return nil, err
 	}
 	out.Rev = cur.Rev
+	return out, nil
+}
+
+// mergeKeys applies the keys mine added to and removed from base onto
+// cur; a key both added (differently) is errConflict.
+func mergeKeys(base, mine, cur []keyRecord) ([]keyRecord, error) {
+	in := func(ks []keyRecord, label string) *keyRecord {
+		for i := range ks {
+			if ks[i].Label == label {
+				return &ks[i]
+			}
+		}
+		return nil
+	}
+	out := append([]keyRecord(nil), cur...)
+	for _, k := range mine {
+		if in(base, k.Label) != nil {
+			continue
+		}
+		if c := in(cur, k.Label); c != nil {
+			if !bytes.Equal(c.Wrapped, k.Wrapped) {
+				return nil, fmt.Errorf("%w (key %s)", errConflict, k.Label)
+			}
+			continue
+		}
+		out = append(out, k)
+	}
+	for _, k := range base {
+		if in(mine, k.Label) == nil {
+			out = slices.DeleteFunc(out, func(x keyRecord) bool { return x.Label == k.Label })
+		}
+	}
 	return out, nil
 }
 
