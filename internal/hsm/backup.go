@@ -15,6 +15,16 @@ package hsm
 // CREATE_IN_PROGRESS without contents is removed and a fresh backup taken:
 // a backup is complete or absent. A copy (CopyBackupToRegion) is written
 // whole at once and only finishes its CREATE_IN_PROGRESS at start.
+//
+// Several nodes. Backup records are read from the store by the API
+// (DescribeBackups, and before every change) and changed in storage.Update
+// transactions; the backup and sweep loops run on the controller. A
+// backup scheduled after a change (BackupDelay) is still timed by the
+// node that made the change: if that node dies first, the next periodic
+// backup covers the change. A node that starts while another is taking a
+// backup removes it as unfinished (the rule above); the other node's
+// finishing write then finds it gone, and the starting node schedules a
+// fresh one.
 
 import (
 	"context"
