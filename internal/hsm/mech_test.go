@@ -54,7 +54,7 @@ func TestOpenWrapped(t *testing.T) {
 	if err := s.Login(ctx, caller, id, "kmsuser", RoleCryptoUser, "kmspass1", "test"); err != nil {
 		t.Fatal(err)
 	}
-	r, _ := s.get(caller, id)
+	r, _, _ := s.get(context.Background(), caller, id)
 	toks, err := s.tokensFor(r)
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func TestUnwrapFallback(t *testing.T) {
 	if err := s.Login(ctx, caller, id, "kmsuser", RoleCryptoUser, "kmspass1", "test"); err != nil {
 		t.Fatal(err)
 	}
-	r, _ := s.get(caller, id)
+	r, _, _ := s.get(context.Background(), caller, id)
 	toks, err := s.tokensFor(r)
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func TestUnwrapFallback(t *testing.T) {
 			t.Fatalf("Decrypt = %q, %v", pt, err)
 		}
 	}
-	r, _ = s.get(caller, id)
+	r, _, _ = s.get(context.Background(), caller, id)
 	for _, hr := range r.HSMs {
 		err := m.with(ctx, hr.label(), func(h p11.SessionHandle) error {
 			k, err := m.oneKey(h, "in-memory")
