@@ -11,7 +11,6 @@ package material
 
 import (
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/hmac"
@@ -104,14 +103,7 @@ func Generate(spec string, rand io.Reader) (private, public []byte, err error) {
 			return nil, nil, err
 		}
 	case nistCurves[spec] != nil:
-		k, err := ecdsa.GenerateKey(nistCurves[spec], rand)
-		if err != nil {
-			return nil, nil, err
-		}
-		if private, err = x509.MarshalPKCS8PrivateKey(k); err != nil {
-			return nil, nil, err
-		}
-		pub = &k.PublicKey
+		return generateNIST(spec, rand)
 	case spec == "ECC_NIST_EDWARDS25519":
 		p, k, err := ed25519.GenerateKey(rand)
 		if err != nil {

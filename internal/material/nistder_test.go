@@ -1,0 +1,47 @@
+package material
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/x509"
+	"testing"
+)
+
+// TestNISTEncoding: the private and public encodings of generated NIST
+// keys are byte for byte what x509 makes of the same key, so that moving
+// off x509 changed nothing a client or the database sees.
+func TestNISTEncoding(t *testing.T) {
+	for spec := range nistEncodings {
+		t.Run(spec, func(t *testing.T) {
+			for range 64 {
+				private, public, err := Generate(spec, rand.Reader)
+				if err != nil {
+					t.Fatal(err)
+				}
+				k, err := x509.ParsePKCS8PrivateKey(private)
+				if err != nil {
+					t.Fatalf("ParsePKCS8PrivateKey: %v", err)
+				}
+				ek, ok := k.(*ecdsa.PrivateKey)
+				if !ok || ek.Curve != nistCurves[spec] {
+					t.Fatalf("parsed %T, want an ECDSA key on %s", k, spec)
+				}
+				want, err := x509.MarshalPKCS8PrivateKey(ek)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(private, want) {
+					t.Fatalf("private key\n got %x\nwant %x", private, want)
+				}
+				wantPub, err := x509.MarshalPKIXPublicKey(&ek.PublicKey)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(public, wantPub) {
+					t.Fatalf("public key\n got %x\nwant %x", public, wantPub)
+				}
+			}
+		})
+	}
+}
