@@ -59,6 +59,9 @@ func Decode(body []byte, v any) *Error {
 	if i := invalidText(body); i >= 0 {
 		return unexpectedAt(i)
 	}
+	if fastDecode(body, v) {
+		return nil
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {

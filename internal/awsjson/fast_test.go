@@ -1,0 +1,113 @@
+package awsjson
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"reflect"
+	"testing"
+	"unicode/utf8"
+)
+
+// fastShape has members fastDecode stores and members it leaves to
+// encoding/json.
+type fastShape struct {
+	KeyId             *string           `json:"KeyId,omitzero"`
+	Message           []byte            `json:"Message,omitzero"`
+	Signature         []byte            `json:"Signature,omitzero"`
+	Description       *string           // no tag: the field name
+	EncryptionContext map[string]string `json:"EncryptionContext,omitzero"`
+	GrantTokens       []string          `json:"GrantTokens,omitzero"`
+	DryRun            *bool             `json:"DryRun,omitzero"`
+	Limit             *int32            `json:"Limit,omitzero"`
+	Skipped           *string           `json:"-"`
+	Name              string            `json:"Name,omitzero"`
+	hidden            *string           //lint:ignore U1000 an unexported field encoding/json never sets
+}
+
+var fastSeeds = []string{
+	`{}`, ` { } `, `{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Message":"aGVsbG8=","Signature":"AAAA"}`,
+	`{"KeyId":"alias/x","Message":""}`, `{"KeyId":"a","KeyId":"b"}`, `{"keyid":"a"}`, `{"KEYID":"a","KeyId":"b"}`,
+	`{"KeyId":"a\"b"}`, `{"KeyId":"a\u0041"}`, `{"Message":"aGVsbG8"}`, `{"Message":"aGVs bG8="}`, `{"KeyId":null}`,
+	`{"KeyId":"a","EncryptionContext":{"k":"v"}}`, `{"KeyId":"a","DryRun":true}`, `{"Limit":5}`, `{"KeyId":"a"} x`,
+	`{"KeyId":"a",}`, `{"KeyId" : "a" , "Description":"caf` + "\u00e9" + `"}`, "{\"KeyId\":\"a\tb\"}", `{"Skipped":"s"}`,
+	`{"hidden":"h"}`, `{"Name":"n"}`, `{"Unknown":"u"}`, `[]`, `{"KeyId":"a"`, `{"KeyId":1}`, "\n{\"Message\":\"AA==\"}\r\n",
+	`{"Message":"////"}`, `{"Message":"A==="}`, `{"Message":"QQ"}`,
+}
+
+// FuzzFastDecode: whatever fastDecode accepts, it decodes exactly as
+// json.Unmarshal does; whatever it declines, it leaves untouched.
+func FuzzFastDecode(f *testing.F) {
+	for _, s := range fastSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if !utf8.Valid(body) {
+			return // Decode refuses it before fastDecode
+		}
+		var got fastShape
+		if !fastDecode(body, &got) {
+			if !reflect.DeepEqual(got, fastShape{}) {
+				t.Fatalf("declined %q but stored %+v", body, got)
+			}
+			return
+		}
+		var want fastShape
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatalf("fastDecode accepted %q, json.Unmarshal refuses it: %v", body, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\nfastDecode     %+v\njson.Unmarshal %+v", body, got, want)
+		}
+	})
+}
+
+// TestFastDecodeCommon: the bodies kmsd serves most take the fast path.
+func TestFastDecodeCommon(t *testing.T) {
+	sig := base64.StdEncoding.EncodeToString(make([]byte, 71))
+	for _, body := range []string{
+		`{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Message":"aGVsbG8=","Signature":"` + sig + `"}`,
+		`{ "KeyId" : "alias/x" ,` + "\n" + `"Message":"aGVsbG8=" }`,
+		`{}`,
+	} {
+		var v fastShape
+		if !fastDecode([]byte(body), &v) {
+			t.Errorf("%s: not decoded on the fast path", body)
+		}
+	}
+	for _, body := range []string{`{"KeyId":"a","DryRun":true}`, `{"KeyId":"a","KeyId":"b"}`, `{"keyid":"a"}`, `{"KeyId":"\u0041"}`} {
+		var v fastShape
+		if fastDecode([]byte(body), &v) {
+			t.Errorf("%s: decoded on the fast path", body)
+		}
+	}
+}
+
+// BenchmarkFastDecode compares Decode on a Verify body (all members
+// strings, the fast path) with json.Unmarshal of the same body.
+func BenchmarkFastDecode(b *testing.B) {
+	body := []byte(`{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Message":"` +
+		base64.StdEncoding.EncodeToString(make([]byte, 64)) + `","Signature":"` +
+		base64.StdEncoding.EncodeToString(make([]byte, 71)) + `","SigningAlgorithm":"ECDSA_SHA_256"}`)
+	type verify struct {
+		KeyId, SigningAlgorithm *string
+		Message, Signature      []byte
+	}
+	b.Run("Decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var v verify
+			if err := Decode(body, &v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("json.Unmarshal", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var v verify
+			if err := json.Unmarshal(body, &v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
