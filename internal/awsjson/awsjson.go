@@ -186,14 +186,19 @@ func WriteJSON(w http.ResponseWriter, requestID string, v any) {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
-	enc := json.NewEncoder(buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		WriteError(w, requestID, &Error{Code: "InternalFailure", Message: "The request processing has failed because of an unknown error, exception or failure.", Status: 500})
-		return
+	b, ok := appendFast(buf.AvailableBuffer(), v)
+	if ok {
+		buf.Write(b) // keeps the grown array in the pool
+	} else {
+		enc := json.NewEncoder(buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(v); err != nil {
+			WriteError(w, requestID, &Error{Code: "InternalFailure", Message: "The request processing has failed because of an unknown error, exception or failure.", Status: 500})
+			return
+		}
+		b = buf.Bytes()
+		b = b[:len(b)-1] // Encode's newline
 	}
-	b := buf.Bytes()
-	b = b[:len(b)-1] // Encode's newline
 	h := w.Header()
 	h["Content-Type"] = []string{ContentType}
 	h["X-Amzn-Requestid"] = []string{requestID}
