@@ -2,6 +2,7 @@ package awsjson
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"reflect"
 	"sync"
 )
@@ -120,8 +121,9 @@ type fastPlan struct {
 var fastPlans sync.Map // reflect.Type → *fastPlan (nil: no fast path)
 
 var (
-	stringPtrType = reflect.TypeFor[*string]()
-	bytesType     = reflect.TypeFor[[]byte]()
+	unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+	stringPtrType   = reflect.TypeFor[*string]()
+	bytesType       = reflect.TypeFor[[]byte]()
 )
 
 // planFor returns t's plan, nil when t has an embedded field (whose
@@ -131,8 +133,8 @@ func planFor(t reflect.Type) *fastPlan {
 		return p.(*fastPlan)
 	}
 	p := &fastPlan{fields: map[string]*fastField{}}
-	if t.NumField() > 64 {
-		p = nil
+	if t.NumField() > 64 || reflect.PointerTo(t).Implements(unmarshalerType) {
+		p = nil // encoding/json would call its UnmarshalJSON
 	}
 	names := map[string]bool{}
 	for i := 0; p != nil && i < t.NumField(); i++ {

@@ -61,6 +61,15 @@ func FuzzFastDecode(f *testing.F) {
 	})
 }
 
+// unmarshalerShape has an UnmarshalJSON of its own.
+type unmarshalerShape struct{ KeyId *string }
+
+func (u *unmarshalerShape) UnmarshalJSON([]byte) error {
+	s := "own"
+	u.KeyId = &s
+	return nil
+}
+
 // TestFastDecodeCommon: the bodies kmsd serves most take the fast path.
 func TestFastDecodeCommon(t *testing.T) {
 	sig := base64.StdEncoding.EncodeToString(make([]byte, 71))
@@ -73,6 +82,10 @@ func TestFastDecodeCommon(t *testing.T) {
 		if !fastDecode([]byte(body), &v) {
 			t.Errorf("%s: not decoded on the fast path", body)
 		}
+	}
+	var u unmarshalerShape
+	if fastDecode([]byte(`{"KeyId":"a"}`), &u) {
+		t.Errorf("a shape with its own UnmarshalJSON: decoded on the fast path")
 	}
 	for _, body := range []string{`{"KeyId":"a","DryRun":true}`, `{"KeyId":"a","KeyId":"b"}`, `{"keyid":"a"}`, `{"KeyId":"\u0041"}`} {
 		var v fastShape

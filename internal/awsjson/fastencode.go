@@ -1,7 +1,9 @@
 package awsjson
 
 import (
+	"encoding"
 	"encoding/base64"
+	"encoding/json"
 	"reflect"
 	"strings"
 	"sync"
@@ -100,7 +102,11 @@ type encField struct {
 
 var encPlans sync.Map // reflect.Type → []encField (nil: no fast path)
 
-var boolPtrType = reflect.TypeFor[*bool]()
+var (
+	boolPtrType       = reflect.TypeFor[*bool]()
+	marshalerType     = reflect.TypeFor[json.Marshaler]()
+	textMarshalerType = reflect.TypeFor[encoding.TextMarshaler]()
+)
 
 // encPlanFor returns t's fields in order, nil when t has a field
 // appendFast cannot write or a tag option other than omitzero.
@@ -109,8 +115,11 @@ func encPlanFor(t reflect.Type) []encField {
 		return p.([]encField)
 	}
 	p := make([]encField, 0, t.NumField())
+	if pt := reflect.PointerTo(t); pt.Implements(marshalerType) || pt.Implements(textMarshalerType) {
+		p = nil // encoding/json would call its MarshalJSON or MarshalText
+	}
 	names := map[string]bool{}
-	for i := 0; i < t.NumField(); i++ {
+	for i := 0; p != nil && i < t.NumField(); i++ {
 		sf := t.Field(i)
 		name, ok := memberName(sf)
 		if !ok {

@@ -31,6 +31,11 @@ type (
 	}
 )
 
+// marshalerShape has a MarshalJSON of its own.
+type marshalerShape struct{ KeyId *string }
+
+func (*marshalerShape) MarshalJSON() ([]byte, error) { return []byte(`{"own":true}`), nil }
+
 func encodeJSON(t *testing.T, v any) []byte {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -99,6 +104,7 @@ func TestFastEncodeTakes(t *testing.T) {
 		{&omitEmptyShape{KeyId: &id}, false},
 		{encShape{KeyId: &id}, false},
 		{(*encShape)(nil), false},
+		{&marshalerShape{KeyId: &id}, false},
 	} {
 		if _, ok := appendFast(nil, tc.v); ok != tc.fast {
 			t.Errorf("%#v: fast path %v, want %v", tc.v, ok, tc.fast)
