@@ -223,11 +223,12 @@ func (s *Service) keyPolicy(k *catalog.Key) *policy.Policy {
 // only when the policies do not allow, and never override an explicit
 // deny. The key's ARN is recorded on the caller for the audit record.
 func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k *catalog.Key, ec map[string]string, extra func(*policy.Request)) error {
-	c.addResource(k.ARN())
+	arn := k.ARN()
+	c.addResource(arn)
 	if c.Trusted && k.Account == c.Account {
 		return nil
 	}
-	r := s.request(c, action, k.ARN())
+	r := s.request(c, action, arn)
 	kp := s.keyPolicy(k)
 	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies, c.SessionPolicies}); err != nil {
 		return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
@@ -45,9 +47,9 @@ func (p readers) reads(key string) bool {
 // them. A failed alias lookup fails the call: evaluating
 // kms:ResourceAliases as absent could skip a Deny.
 func (s *Service) setKeyConditions(ctx context.Context, r *policy.Request, k *catalog.Key, p readers) error {
-	r.Context[policy.KeyKeySpec] = []string{k.KeySpec}
-	r.Context[policy.KeyKeyUsage] = []string{k.KeyUsage}
-	r.Context[policy.KeyKeyOrigin] = []string{k.Origin}
+	r.Context[policy.KeyKeySpec] = shared(k.KeySpec)
+	r.Context[policy.KeyKeyUsage] = shared(k.KeyUsage)
+	r.Context[policy.KeyKeyOrigin] = shared(k.Origin)
 	if p.key == nil && len(p.identity) == 0 {
 		return nil
 	}
@@ -98,6 +100,33 @@ func setSymmetricDefault(r *policy.Request) {
 }
 
 var symmetricDefault = []string{"SYMMETRIC_DEFAULT"}
+
+// shared returns the condition value {v}, one slice per distinct v, for
+// values of the model's enumerations (key specs, usages, origins,
+// algorithms, message types) that every call sets: policy evaluation never
+// modifies a request's values (the principal's keys are shared the same
+// way), and a slice made per call is an allocation on every request.
+// Past sharedMax distinct values it makes a new slice, so that no input
+// can grow the table.
+func shared(v string) []string {
+	if s, ok := sharedValues.Load(v); ok {
+		return s.([]string)
+	}
+	s := []string{v}
+	if sharedCount.Load() < sharedMax {
+		if _, loaded := sharedValues.LoadOrStore(v, s); !loaded {
+			sharedCount.Add(1)
+		}
+	}
+	return s
+}
+
+const sharedMax = 256
+
+var (
+	sharedValues sync.Map // string → []string
+	sharedCount  atomic.Int32
+)
 
 // cryptoKeys returns the request's condition keys of a cryptographic
 // operation: kms:EncryptionAlgorithm (SYMMETRIC_DEFAULT unless alg names

@@ -45,8 +45,8 @@ func (s *Service) signingKey(ctx context.Context, c *Caller, action string, keyI
 	}
 	mt := messageType(mtype)
 	if err := s.authorizeKey(ctx, c, action, k, nil, both(aliasKey(*keyID), func(r *policy.Request) {
-		r.Set(policy.KeySigningAlgorithm, *alg)
-		r.Set(policy.KeyMessageType, mt)
+		r.Context[policy.KeySigningAlgorithm] = shared(*alg)
+		r.Context[policy.KeyMessageType] = shared(mt)
 	})); err != nil {
 		return nil, "", nil, err
 	}
