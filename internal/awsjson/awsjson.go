@@ -2,6 +2,12 @@
 // operation names from X-Amz-Target, strict decoding of request bodies into
 // wire shapes, the {"__type","message"} error envelope and the
 // x-amzn-RequestId header. It knows nothing of KMS.
+//
+// Flat bodies and answers (string and blob members only: Encrypt, Sign,
+// Verify, GenerateMac, data keys and pairs) skip encoding/json's
+// reflection (fast.go, fastencode.go); fuzz tests hold those paths to
+// encoding/json's results byte for byte, and anything else goes through
+// encoding/json.
 package awsjson
 
 import (
