@@ -53,6 +53,10 @@ type Store struct {
 	// Rev counts the record's writes, so that a node never replaces the
 	// record it holds with an older one (install).
 	Rev int64 `json:"rev,omitempty"`
+	// Gen is the connection generation: one more at every connect that
+	// succeeds. A node logs in to a CONNECTED store's backing once per
+	// generation (nodes.go).
+	Gen int64 `json:"gen,omitempty"`
 }
 
 func recordPath(id string) string   { return "keystore/" + id }
@@ -137,6 +141,28 @@ type Config struct {
 	Now         func() time.Time
 	Rand        io.Reader
 	Logger      *slog.Logger
+
+	// NodeID names this node among those sharing the database ("local"
+	// when empty): its logins are published under it (nodes.go).
+	NodeID string
+	// Serve, when set, runs fn whenever this node is the controller, with
+	// a context that ends with the controller's term and whose writes are
+	// fenced by its lease (controller.Controller.Serve over a store
+	// wrapped by controller.Fence); the manager's controller work —
+	// connects, password rotations, completing disconnects — runs only
+	// there. When nil the manager is its own controller (one node).
+	Serve func(ctx context.Context, fn func(ctx context.Context))
+	// LiveNodes lists the nodes that hold a live node lease; a disconnect
+	// waits for each of them to log out. nil: this node only.
+	LiveNodes func(ctx context.Context) ([]string, error)
+	// ActUntil, when set, tells until when a controller context's lease
+	// lets it act (its local deadline); a password rotation does not start
+	// unless rotateMargin remains.
+	ActUntil func(ctx context.Context) (time.Time, bool)
+	// Failpoint, when set, is called at the named points of the
+	// controller's connect and disconnect (fault-injection tests make the
+	// process exit there).
+	Failpoint func(name string)
 }
 
 // maxTurn is how long a connect holds its turn at most: one that takes
@@ -154,18 +180,37 @@ type Manager struct {
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     tasks // the steps in progress
 
 	connectors chan struct{} // a token per connect in progress
 
 	wmu    sync.Mutex // serialises writes (names and clusters stay unique)
 	mu     sync.RWMutex
 	stores map[string]*Store
-	// resumed marks the stores that were CONNECTED when kmsd started and
-	// have not logged in to their backing since (resume.go);
-	// unreachableLogged those of them whose unreachable backing was logged.
-	resumed           map[string]bool
+	// unreachableLogged marks the CONNECTED stores whose backing this node
+	// could not reach to log in, once that was logged (resume.go).
 	unreachableLogged map[string]bool
+
+	// This node's side of the stores (nodes.go), under mu: local holds the
+	// generation of each store this node is logged in to; rowIn the stores
+	// whose node row says it may be; following the stores with a login or
+	// logout of this node in progress; refused the Rev of the record whose
+	// password the backing refused to this node (not tried again).
+	local     map[string]int64
+	rowIn     map[string]bool
+	following map[string]bool
+	refused   map[string]int64
+
+	// The controller's side: ctlCtx is the current term's context (nil:
+	// not the controller), running the stores with a controller step
+	// scheduled or in progress, ctlWG those steps.
+	ctlMu   sync.Mutex
+	ctlCtx  context.Context
+	running map[string]bool
+	ctlWG   sync.WaitGroup
+
+	ctlKick, nodeKick chan struct{}
+	loops             sync.WaitGroup // the control and follow loops
 }
 
 // New loads the stores kept in store and resumes their connections:
@@ -189,8 +234,13 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	if cfg.Connectors <= 0 {
 		cfg.Connectors = runtime.GOMAXPROCS(0)
 	}
-	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{}, resumed: map[string]bool{},
-		unreachableLogged: map[string]bool{}, connectors: make(chan struct{}, cfg.Connectors)}
+	if cfg.NodeID == "" {
+		cfg.NodeID = "local"
+	}
+	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{},
+		unreachableLogged: map[string]bool{}, connectors: make(chan struct{}, cfg.Connectors),
+		local: map[string]int64{}, rowIn: map[string]bool{}, following: map[string]bool{}, refused: map[string]int64{},
+		running: map[string]bool{}, ctlKick: make(chan struct{}, 1), nodeKick: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -206,25 +256,22 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		}
 		m.stores[st.ID] = st
 	}
-	loaded := make([]*Store, 0, len(m.stores))
-	for _, st := range m.stores {
-		loaded = append(loaded, st)
+	if err := m.loadRows(ctx); err != nil {
+		return nil, err
 	}
-	for _, st := range loaded { // the connector may write m.stores from here on
-		switch st.State {
-		case Connecting:
-			m.start(st.ID, 0, m.finishConnect)
-		case Connected:
-			// Logged in again as it is: no write, no new password
-			// (resume.go). Another kmsd on the same database may be
-			// using the store, logged in with that password.
-			m.mu.Lock()
-			m.resumed[st.ID] = true
-			m.mu.Unlock()
-			m.start(st.ID, 0, m.retryResumed)
-		case Disconnecting:
-			m.start(st.ID, 0, m.finishDisconnect)
-		}
+	// This node logs in to the CONNECTED stores again as they are — no
+	// write, no new password (resume.go): other nodes may be using them,
+	// logged in with that password — and out of the others (nodes.go).
+	m.reconcile()
+	m.loops.Add(2)
+	go func() { defer m.loops.Done(); m.follow() }()
+	if cfg.Serve == nil {
+		// Its own controller: CONNECTING stores are connected and
+		// DISCONNECTING ones finish disconnecting from here on.
+		m.takeControl(m.ctx)
+		go func() { defer m.loops.Done(); m.controlLoop(m.ctx) }()
+	} else {
+		go func() { defer m.loops.Done(); cfg.Serve(m.ctx, m.control) }()
 	}
 	return m, nil
 }
@@ -232,11 +279,43 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 // Close stops the connector.
 func (m *Manager) Close() {
 	m.cancel()
+	m.loops.Wait()
 	m.wg.Wait()
 }
 
 // Wait blocks until the connector has nothing in progress (tests).
 func (m *Manager) Wait() { m.wg.Wait() }
+
+// tasks counts the steps in progress. Unlike a sync.WaitGroup it may be
+// added to while waited on: the control and follow loops start steps at
+// any time, and Wait returns once none is left.
+type tasks struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	n    int
+}
+
+func (t *tasks) Add(d int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n += d
+	if t.n == 0 && t.cond != nil {
+		t.cond.Broadcast()
+	}
+}
+
+func (t *tasks) Done() { t.Add(-1) }
+
+func (t *tasks) Wait() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cond == nil {
+		t.cond = sync.NewCond(&t.mu)
+	}
+	for t.n > 0 {
+		t.cond.Wait()
+	}
+}
 
 func clone(st *Store) *Store {
 	c := *st
@@ -279,12 +358,18 @@ func (m *Manager) List(account, region string) []*Store {
 }
 
 // install makes st, read from or written to the database, the record
-// this process holds, unless it holds a newer one (a higher Rev).
+// this process holds, unless it holds a newer one (a higher Rev). A new
+// state or connection generation wakes the control and follow loops.
 func (m *Manager) install(st *Store) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if cur, ok := m.stores[st.ID]; !ok || st.Rev >= cur.Rev {
+	cur, ok := m.stores[st.ID]
+	if !ok || st.Rev >= cur.Rev {
 		m.stores[st.ID] = st
+	}
+	changed := !ok || (st.Rev >= cur.Rev && (cur.State != st.State || cur.Gen != st.Gen))
+	m.mu.Unlock()
+	if changed {
+		m.kick()
 	}
 }
 
@@ -306,6 +391,14 @@ func (m *Manager) setLocked(ctx context.Context, id string, fn func(st *Store) e
 // uniqueness rules (names, clusters, proxies), which then hold across
 // nodes.
 func (m *Manager) update(ctx context.Context, id string, fn func(st *Store, others []*Store) error) error {
+	return m.updateWith(ctx, id, fn, nil)
+}
+
+// updateWith is update whose also, when not nil, runs in the same
+// transaction after fn, with the record as it will be stored, to read and
+// write other records (node rows); an error from it changes nothing.
+func (m *Manager) updateWith(ctx context.Context, id string, fn func(st *Store, others []*Store) error,
+	also func(tx storage.Tx, next *Store) error) error {
 	var next *Store
 	err := m.store.Update(ctx, func(tx storage.Tx) error {
 		cur, err := getStore(ctx, tx, id)
@@ -320,6 +413,11 @@ func (m *Manager) update(ctx context.Context, id string, fn func(st *Store, othe
 		next = clone(cur)
 		if err := fn(next, others); err != nil {
 			return callerError{err}
+		}
+		if also != nil {
+			if err := also(tx, next); err != nil {
+				return callerError{err}
+			}
 		}
 		was, err := json.Marshal(cur)
 		if err != nil {
@@ -580,6 +678,9 @@ func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKey
 		if !st.State.Allows(OpDelete) {
 			return callerError{&StateError{Op: OpDelete, State: st.State, ID: id}}
 		}
+		if err := deleteRows(ctx, tx, id); err != nil {
+			return err
+		}
 		return tx.Delete(ctx, recordPath(id))
 	})
 	if err != nil {
@@ -627,7 +728,8 @@ func (m *Manager) Connect(ctx context.Context, account, region, id string) error
 		return &StateError{Op: OpConnect, State: st.State, ID: id}
 	})
 	if err == nil && started {
-		m.start(id, m.cfg.ConnectDelay, m.finishConnect)
+		// At once on the controller; through the change feed on others.
+		m.schedule(id, m.cfg.ConnectDelay, m.finishConnect)
 	}
 	return err
 }
@@ -647,37 +749,48 @@ func (m *Manager) Disconnect(ctx context.Context, account, region, id string) er
 	})
 	if err == nil {
 		m.forgetResumed(id) // the next connect is the caller's own
-		m.start(id, m.cfg.ConnectDelay, m.finishDisconnect)
+		m.schedule(id, m.cfg.ConnectDelay, m.finishDisconnect)
 	}
 	return err
 }
 
-// start runs step for store id in the background after d, unless the
-// manager closes first (the record then resumes at the next start).
-func (m *Manager) start(id string, d time.Duration, step func(ctx context.Context, id string)) {
+// start runs step for store id in the background after d, with ctx,
+// unless ctx ends first (the record then resumes at the next start, or
+// the next controller's term); done, when not nil, runs at the end either
+// way.
+func (m *Manager) start(ctx context.Context, id string, d time.Duration, step func(ctx context.Context, id string), done func()) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		if done != nil {
+			defer done()
+		}
 		if d > 0 {
 			t := time.NewTimer(d)
 			defer t.Stop()
 			select {
 			case <-t.C:
-			case <-m.ctx.Done():
+			case <-ctx.Done():
 				return
 			}
 		}
-		if m.ctx.Err() == nil {
-			step(m.ctx, id)
+		if ctx.Err() == nil {
+			step(ctx, id)
 		}
 	}()
 }
 
-// finishConnect is the connector's connect: it draws the next password,
-// records it sealed before the backing rotates to it, and records the
-// outcome — CONNECTED, or FAILED with the backing's error code. A store
-// that left CONNECTING meanwhile (disconnected) is not touched, and a
-// connection made for it is undone.
+// finishConnect is the controller's connect (ctx is its term's: every
+// write is fenced by its lease). It waits until no other live node is
+// logged in to the store, draws the next password, records it sealed
+// before the backing rotates to it (the intent), and records the outcome
+// — CONNECTED with the next connection generation and this node's login,
+// or FAILED with the backing's error code. Rotations whose outcome was
+// never recorded (a controller killed or paused between intent and
+// record) are resolved first: their passwords are tried, newest first,
+// and the one that logs in is adopted. A store that left CONNECTING
+// meanwhile (disconnected) is not touched, and a connection made for it
+// is undone.
 func (m *Manager) finishConnect(ctx context.Context, id string) {
 	release, ok := m.turn(ctx)
 	if !ok {
@@ -706,6 +819,22 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 	if !ok {
 		fail(CodeInternalError, fmt.Errorf("no backing for %s stores", cur.Type))
 		return
+	}
+	if cur.Type == TypeCloudHSM {
+		// One kmsuser login per node: another node still logged in would
+		// be logged out from under by the rotation (MULTINODE.md §4.7).
+		others, err := m.waitOthersLoggedOut(ctx, id)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			fail(CodeInternalError, err)
+			return
+		}
+		if len(others) > 0 {
+			fail(CodeUserLoggedIn, fmt.Errorf("nodes %v are still logged in", others))
+			return
+		}
 	}
 	secret, err := m.Password(cur)
 	if err != nil {
@@ -743,6 +872,7 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 			return
 		}
 	}
+	m.failpoint("keystore-connect-before-intent")
 	if next != nil || adopted != nil {
 		// The intent, durable before the rotation; a pending password
 		// that logged in becomes the password.
@@ -763,18 +893,35 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 			}
 			return nil
 		}); err != nil {
-			if !errors.Is(err, errSkip) {
+			if !errors.Is(err, errSkip) && ctx.Err() == nil {
 				fail(CodeInternalError, err)
 			}
 			return
 		}
 	}
+	m.failpoint("keystore-connect-after-intent")
+	if next != nil && m.cfg.ActUntil != nil {
+		// C_SetPIN cannot be fenced: it starts only while the lease
+		// surely lasts longer than it takes (MULTINODE.md §4.5). The next
+		// term tries again, the intent recorded.
+		if until, ok := m.cfg.ActUntil(ctx); ok && time.Until(until) < rotateMargin {
+			m.log.Warn("keystore: controller lease too close to its end to rotate a password; left to the next term", "store", id)
+			return
+		}
+	}
+	// This node's login is set before the record says CONNECTED, so that
+	// its follow loop does not log in a second time.
+	gen := cur.Gen + 1
 	rotated, err := b.Connect(ctx, cur, secret, next)
 	if err != nil {
 		fail(code(err), err)
 		return
 	}
-	err = m.set(ctx, id, func(st *Store) error {
+	if rotated {
+		m.failpoint("keystore-connect-after-setpin")
+	}
+	m.setLocal(id, gen, true)
+	err = m.updateWith(ctx, id, func(st *Store, _ []*Store) error {
 		if st.State != Connecting {
 			return errSkip
 		}
@@ -787,20 +934,33 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		}
 		settled(st)
 		st.State, st.ErrorCode = Connected, ""
+		st.Gen = max(st.Gen, cur.Gen) + 1
+		gen = st.Gen
 		return nil
+	}, func(tx storage.Tx, next *Store) error {
+		return putRow(ctx, tx, id, m.cfg.NodeID, next.Gen, true)
 	})
 	if err == nil {
+		m.setLocal(id, gen, true)
+		m.mu.Lock()
+		m.rowIn[id] = true
+		m.mu.Unlock()
 		m.forgetResumed(id)
 		m.report(cur, Connected, "")
+		m.failpoint("keystore-connect-after-record")
+		return
 	}
-	if err != nil {
-		// Disconnected meanwhile, or not recorded: undo the connection.
-		b.Disconnect(ctx, cur)
-		if !errors.Is(err, errSkip) {
-			fail(CodeInternalError, err)
-		}
+	// Disconnected meanwhile, or not recorded: undo the connection.
+	m.setLocal(id, 0, false)
+	b.Disconnect(ctx, cur)
+	if !errors.Is(err, errSkip) && ctx.Err() == nil {
+		fail(CodeInternalError, err)
 	}
 }
+
+// rotateMargin is how long the controller's lease must still last for a
+// password rotation to start.
+const rotateMargin = time.Second
 
 // turn waits for a connector's turn (Config.Connectors) and returns its
 // release, which also runs by itself after maxTurn; ok is false when the
@@ -817,7 +977,10 @@ func (m *Manager) turn(ctx context.Context) (release func(), ok bool) {
 	return func() { t.Stop(); free() }, true
 }
 
-// finishDisconnect ends the connection and records DISCONNECTED.
+// finishDisconnect is the controller's disconnect: this node logs out
+// and says so, and once every live node has said so (nodes.go) the store
+// is DISCONNECTED. A node that died is not waited for: its logins ended
+// with its process.
 func (m *Manager) finishDisconnect(ctx context.Context, id string) {
 	m.mu.RLock()
 	cur, ok := m.stores[id]
@@ -825,19 +988,33 @@ func (m *Manager) finishDisconnect(ctx context.Context, id string) {
 	if !ok || cur.State != Disconnecting {
 		return
 	}
-	if b, ok := m.cfg.Backings[cur.Type]; ok {
-		if err := b.Disconnect(ctx, cur); err != nil {
+	m.logoutLocal(cur)
+	m.failpoint("keystore-disconnect-acks")
+	var waiting []string
+	for {
+		err := m.completeDisconnect(ctx, id)
+		var w *waitError
+		switch {
+		case err == nil, errors.Is(err, errSkip), ctx.Err() != nil:
+			return
+		case errors.As(err, &w):
+			if !slices.Equal(w.nodes, waiting) {
+				m.log.Info("keystore: disconnect waits for nodes to log out", "store", id, "nodes", w.nodes)
+				waiting = w.nodes
+			}
+		default:
 			m.log.Warn("keystore: disconnect", "store", id, "err", err)
 		}
-	}
-	m.set(ctx, id, func(st *Store) error {
-		if st.State != Disconnecting {
-			return errSkip
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(ackPoll):
 		}
-		st.State, st.ErrorCode = Disconnected, ""
-		return nil
-	})
+	}
 }
+
+// ackPoll is how often a disconnect looks for the nodes' logouts.
+var ackPoll = 100 * time.Millisecond
 
 var errSkip = errors.New("keystore: state changed meanwhile")
 

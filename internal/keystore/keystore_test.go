@@ -50,6 +50,8 @@ type fakeBacking struct {
 	block       chan struct{} // when not nil, Connect waits for it
 	disconnects int
 	rotations   int // Connect calls given a next password
+	// holdDisconnect, when not nil, is what Disconnect waits for.
+	holdDisconnect chan struct{}
 }
 
 func (f *fakeBacking) Connect(ctx context.Context, st *Store, secret, next []byte) (bool, error) {
@@ -73,6 +75,16 @@ func (f *fakeBacking) Connect(ctx context.Context, st *Store, secret, next []byt
 }
 
 func (f *fakeBacking) Disconnect(ctx context.Context, st *Store) error {
+	f.mu.Lock()
+	hold := f.holdDisconnect
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.connected, st.ID)

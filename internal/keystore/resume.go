@@ -49,10 +49,25 @@ func unreachable(st *Store, code string) bool {
 	return false
 }
 
-// retryResumed logs a resumed store in to its backing (for an external
-// store: a GetHealthStatus through its proxy), without rotating its
-// password; unreachable again, it tries later.
-func (m *Manager) retryResumed(ctx context.Context, id string) {
+// followLogin logs this node in to CONNECTED store id's backing with its
+// current password (for an external store: a GetHealthStatus through its
+// proxy), without rotating it, once per connection generation: after this
+// node started, or when another node (the controller) connected it. The
+// node's row says it may be logged in before it logs in, so that a
+// disconnect committed meanwhile waits for its logout (nodes.go).
+// Unreachable, it tries again later; refused, the controller fails the
+// store with the code, another node leaves it to the controller and does
+// not try that record's password again (a wrong password counts towards
+// kmsuser's lockout).
+func (m *Manager) followLogin(ctx context.Context, id string) {
+	again := false
+	defer func() {
+		if !again {
+			m.mu.Lock()
+			delete(m.following, id)
+			m.mu.Unlock()
+		}
+	}()
 	release, ok := m.turn(ctx)
 	if !ok {
 		return
@@ -60,14 +75,24 @@ func (m *Manager) retryResumed(ctx context.Context, id string) {
 	defer release()
 	m.mu.RLock()
 	cur, ok := m.stores[id]
-	resumed := m.resumed[id]
+	gen, in := m.local[id]
 	m.mu.RUnlock()
-	if !ok || !resumed || cur.State != Connected {
-		m.forgetResumed(id)
+	if !ok || cur.State != Connected || (in && gen == cur.Gen) {
 		return
 	}
 	b, ok := m.cfg.Backings[cur.Type]
 	if !ok {
+		return
+	}
+	retry := func() {
+		again = true
+		m.start(ctx, id, m.cfg.ResumeRetry, m.followLogin, nil)
+	}
+	if err := m.markLoggedIn(ctx, cur); errors.Is(err, errSkip) {
+		return
+	} else if err != nil {
+		m.log.Warn("keystore: node row", "store", id, "err", err)
+		retry()
 		return
 	}
 	secret, err := m.Password(cur)
@@ -100,13 +125,21 @@ func (m *Manager) retryResumed(ctx context.Context, id string) {
 		m.unreachableLogged[id] = true
 		m.mu.Unlock()
 		if first {
-			m.log.Warn("keystore: resumed CONNECTED, but the backing cannot be reached; retrying", "store", id, "code", c, "err", err,
+			m.log.Warn("keystore: store CONNECTED, but its backing cannot be reached from this node; retrying", "store", id, "code", c, "err", err,
 				"every", m.cfg.ResumeRetry.String())
 		}
-		m.start(id, m.cfg.ResumeRetry, m.retryResumed)
+		retry()
 	default:
 		m.forgetResumed(id)
-		m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err)
+		m.unmarkLoggedIn(cur)
+		m.log.Warn("keystore: CONNECTED store refused by its backing", "store", id, "code", c, "err", err)
+		if !m.leading() {
+			// The controller decides the store's state.
+			m.mu.Lock()
+			m.refused[id] = cur.Rev
+			m.mu.Unlock()
+			return
+		}
 		if m.set(ctx, id, func(st *Store) error {
 			if st.State != Connected {
 				return errSkip
@@ -119,10 +152,11 @@ func (m *Manager) retryResumed(ctx context.Context, id string) {
 	}
 }
 
-// loggedIn records that resumed store cur is logged in again (with
-// password pw when that is a pending rotation's), or undoes the login when
-// the store was disconnected meanwhile.
+// loggedIn records that CONNECTED store cur is logged in on this node
+// (with password pw when that is a pending rotation's), or undoes the
+// login when the store was disconnected meanwhile.
 func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte) {
+	m.setLocal(cur.ID, cur.Gen, true)
 	err := m.set(ctx, cur.ID, func(st *Store) error {
 		if st.State != Connected {
 			return errSkip
@@ -139,19 +173,18 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 	})
 	m.forgetResumed(cur.ID)
 	if err != nil {
-		b.Disconnect(ctx, cur)
+		m.logoutLocal(cur)
 		if !errors.Is(err, errSkip) {
 			m.log.Error("keystore: resumed store", "store", cur.ID, "err", err)
 		}
 		return
 	}
-	m.log.Info("keystore: resumed store logged in to its backing again", "store", cur.ID)
+	m.log.Info("keystore: this node is logged in to the store's backing", "store", cur.ID, "gen", cur.Gen)
 	m.report(cur, Connected, "")
 }
 
 func (m *Manager) forgetResumed(id string) {
 	m.mu.Lock()
-	delete(m.resumed, id)
 	delete(m.unreachableLogged, id)
 	m.mu.Unlock()
 }
