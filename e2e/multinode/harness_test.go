@@ -40,10 +40,10 @@ import (
 	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
-var kmsdBin, kmsctlBin string
+var kmsdBin, kmsctlBin, proxyBin string
 
 func TestMain(m *testing.M) {
-	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "kmsctl": &kmsctlBin})
+	e2etest.Main(m, map[string]*string{"kmsd": &kmsdBin, "kmsctl": &kmsctlBin, "xks-proxy": &proxyBin})
 }
 
 const region = "us-east-1"
@@ -257,6 +257,8 @@ type clusterOpts struct {
 	// nodes' URL names both (the primary through the node's proxy, the
 	// standby directly) with target_session_attrs=read-write.
 	standby *pgServer
+	// nodeArgs, when set, gives more kmsd flags for node i.
+	nodeArgs func(i int) []string
 }
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
@@ -295,6 +297,9 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 		n.proxy = e2etest.StartFaultProxy(t, pg.Addr())
 		n.args = append([]string{"serve", "--listen", n.addr, "--data-dir", n.dir, "--node-id", n.id,
 			"--db-max-conns", strconv.Itoa(o.dbMaxConns), "--db-min-conns", "1", "--db-connect-timeout", "2s"}, o.extra...)
+		if o.nodeArgs != nil {
+			n.args = append(n.args, o.nodeArgs(i)...)
+		}
 		url := pg.URL(c.db, n.proxy.Addr)
 		if o.standby != nil {
 			url = pg.URL(c.db, n.proxy.Addr+","+o.standby.Addr()) + "&target_session_attrs=read-write"

@@ -96,6 +96,7 @@ type Controller struct {
 	changed chan struct{}
 
 	epoch        atomic.Int64 // of the lease held now or last
+	deadline     atomic.Int64 // the held lease's local deadline (unix ns), 0 when none
 	leader       atomic.Bool
 	acquisitions atomic.Int64
 	stepDowns    atomic.Int64
@@ -214,6 +215,19 @@ func (c *Controller) Counts() (acquired, steppedDown int64) {
 	return c.acquisitions.Load(), c.stepDowns.Load()
 }
 
+// Deadline returns until when the controller lease of epoch lets this node
+// act — its local deadline as last renewed, less the margin at which the
+// node steps down — and false if this node no longer holds that lease.
+// The lease a duty's context carries (LeaseFrom) keeps the deadline it was
+// acquired with; this one follows the renewals.
+func (c *Controller) Deadline(epoch int64) (time.Time, bool) {
+	d := c.deadline.Load()
+	if d == 0 || !c.leader.Load() || c.epoch.Load() != epoch {
+		return time.Time{}, false
+	}
+	return time.Unix(0, d).Add(-c.margin()), true
+}
+
 // NodeID is this node's id.
 func (c *Controller) NodeID() string { return c.cfg.NodeID }
 
@@ -276,6 +290,7 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 		c.cfg.Log.Warn("controller: record term", "epoch", l.Epoch, "err", err)
 	}
 	c.epoch.Store(l.Epoch)
+	c.deadline.Store(l.Deadline.UnixNano())
 	c.leader.Store(true)
 	c.acquisitions.Add(1)
 	c.cfg.Log.Info("controller lease acquired", "node", c.cfg.NodeID, "epoch", l.Epoch)
@@ -321,9 +336,11 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 			break
 		}
 		l = nl
+		c.deadline.Store(l.Deadline.UnixNano())
 	}
 	cancel()
 	c.leader.Store(false)
+	c.deadline.Store(0)
 	c.stepDowns.Add(1)
 	c.mu.Lock()
 	c.cur = nil

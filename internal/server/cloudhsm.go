@@ -372,14 +372,38 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 		h.Close()
 		return nil, err
 	}
-	ks, err := keystore.New(ctx, store, b, keystore.Config{
+	kcfg := keystore.Config{
 		Backings:     h.faulty(map[string]keystore.Backing{keystore.TypeCloudHSM: backing, keystore.TypeExternal: ext}),
 		ConnectDelay: delay, Connectors: cfg.Connectors, Logger: log,
 		// A store resumed while its HSMs are down logs in at most a probe
 		// interval after the probe finds them back.
 		ResumeRetry:     h.svc.ProbeInterval(),
 		OnConnectResult: a.auditConnectResult,
-	})
+	}
+	ksStore := store
+	if a.ctl != nil {
+		// Connects and disconnects are the controller's (MULTINODE.md
+		// §4.7): they run under its lease, their writes fenced by it.
+		ctl := a.ctl
+		ksStore = controller.Fence(store)
+		kcfg.NodeID = ctl.NodeID()
+		kcfg.Serve = func(ctx context.Context, fn func(ctx context.Context)) { ctl.Serve(ctx, fn) }
+		kcfg.ActUntil = func(ctx context.Context) (time.Time, bool) {
+			l, ok := controller.LeaseFrom(ctx)
+			if !ok {
+				return time.Time{}, false
+			}
+			if d, ok := ctl.Deadline(l.Epoch); ok {
+				return d, true
+			}
+			return time.Now(), true // no longer held: do not act
+		}
+		if ls, ok := store.(storage.Leaser); ok {
+			kcfg.LiveNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, ls) }
+		}
+	}
+	kcfg.Failpoint = failpoint(log)
+	ks, err := keystore.New(ctx, ksStore, b, kcfg)
 	if err != nil {
 		h.Close()
 		return nil, err

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +43,19 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
 		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers})
+}
+
+// liveNodes lists the nodes holding a live node lease.
+func liveNodes(ctx context.Context, ls storage.Leaser) ([]string, error) {
+	leases, err := ls.Live(ctx, controller.NodeLeasePrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(leases))
+	for _, l := range leases {
+		out = append(out, strings.TrimPrefix(l.Name, controller.NodeLeasePrefix))
+	}
+	return out, nil
 }
 
 // quotaShare is this node's share of every custom key store's quota: one

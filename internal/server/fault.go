@@ -9,6 +9,8 @@ package server
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -29,6 +31,29 @@ func faultInjection() bool {
 	}
 	return false
 }
+
+// failpoint returns, with fault injection on and KMSD_FAILPOINT set to
+// one of the key store controller's named points (keystore.Config.
+// Failpoint: keystore-connect-before-intent, keystore-connect-after-intent,
+// keystore-connect-after-setpin, keystore-connect-after-record,
+// keystore-disconnect-acks), what makes the process exit at once there,
+// as if killed: no lease released, nothing flushed. Otherwise nil.
+func failpoint(log *slog.Logger) func(name string) {
+	want := os.Getenv("KMSD_FAILPOINT")
+	if want == "" || !faultInjection() {
+		return nil
+	}
+	return func(name string) {
+		if name == want {
+			log.Error("failpoint reached: exiting", "failpoint", name)
+			fmt.Fprintf(os.Stderr, "kmsd: failpoint %s: exiting\n", name)
+			os.Exit(failpointExit)
+		}
+	}
+}
+
+// failpointExit is the exit status at a failpoint.
+const failpointExit = 86
 
 // faulty wraps the key store backings with fault injection when it is on.
 func (h *hsmServer) faulty(bs map[string]keystore.Backing) map[string]keystore.Backing {
