@@ -242,6 +242,7 @@ type cluster struct {
 	db      string
 	nodes   []*node
 	creds   aws.Credentials // the bootstrap administrator
+	root    string          // the root key, base64
 }
 
 type clusterOpts struct {
@@ -286,6 +287,7 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 	t.Helper()
 	c := &cluster{t: t, pg: pg, standby: o.standby, db: pg.NewDB(t)}
 	root := newRootKey()
+	c.root = root
 	tmp := t.TempDir()
 	if o.dbMaxConns == 0 {
 		o.dbMaxConns = 4

@@ -1,0 +1,318 @@
+package multinode
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
+	"github.com/kmsd/kmsd/internal/barrier"
+)
+
+// softhsmModule is Debian's SoftHSM2 PKCS#11 module.
+const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
+
+// a6Failpoints are the points of the controller's connect and disconnect
+// where A6 kills it (kmsd's KMSD_FAILPOINT, with fault injection on).
+var a6Failpoints = []string{
+	"keystore-connect-before-intent",
+	"keystore-connect-after-intent",
+	"keystore-connect-after-setpin",
+	"keystore-connect-after-record",
+	"keystore-disconnect-acks",
+}
+
+func requireHSMTools(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(softhsmModule); err != nil {
+		t.Fatalf("%s is missing; run scripts/test.sh (Debian package softhsm2)", softhsmModule)
+	}
+	for _, tool := range []string{"openssl", "pkcs11-tool", "softhsm2-util"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is missing; run scripts/test.sh (Debian packages openssl, opensc, softhsm2)", tool)
+		}
+	}
+}
+
+// sharedTokens is a SoftHSM2 token directory every node of a test uses
+// (one softhsm2.conf): the HSMs of a declared cluster.
+type sharedTokens struct{ conf string }
+
+func newSharedTokens(t *testing.T, so, pin string, labels ...string) sharedTokens {
+	t.Helper()
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "tokens")
+	if err := os.Mkdir(tok, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := sharedTokens{conf: filepath.Join(dir, "softhsm2.conf")}
+	if err := os.WriteFile(s.conf, []byte("directories.tokendir = "+tok+"\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range labels {
+		if out, err := s.cmd("softhsm2-util", "--init-token", "--free", "--label", l, "--so-pin", so, "--pin", pin).CombinedOutput(); err != nil {
+			t.Fatalf("softhsm2-util --init-token %s: %v\n%s", l, err, out)
+		}
+	}
+	return s
+}
+
+func (s sharedTokens) cmd(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+s.conf)
+	return cmd
+}
+
+// loginWorks reports whether pin logs in as the user of token label (a
+// real C_Login, by pkcs11-tool).
+func (s sharedTokens) loginWorks(label, pin string) bool {
+	return s.cmd("pkcs11-tool", "--module", softhsmModule, "--token-label", label, "--login", "--pin", pin, "--list-objects").Run() == nil
+}
+
+// storedPassword opens kmsuser's password as the database holds it for
+// store id (sealed under the cluster's root key), and reports whether
+// rotations are still pending on the record.
+func (c *cluster) storedPassword(t *testing.T, id string) (pw string, pending int) {
+	t.Helper()
+	var raw []byte
+	if err := pgScan(t, c.pg, c.db, "SELECT value FROM kv WHERE key = 'keystore/"+id+"'", &raw); err != nil {
+		t.Fatalf("read store record: %v", err)
+	}
+	var rec struct {
+		Password []byte   `json:"password"`
+		Pending  [][]byte `json:"pending"`
+		Next     []byte   `json:"next"`
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		t.Fatal(err)
+	}
+	key, err := base64.StdEncoding.DecodeString(c.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := barrier.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.Open("keystore/"+id+"/password", rec.Password)
+	if err != nil {
+		t.Fatalf("open the stored password: %v", err)
+	}
+	n := len(rec.Pending)
+	if len(rec.Next) > 0 {
+		n++
+	}
+	return string(p), n
+}
+
+// TestA6KeyStoreConnectVsNodeLoss is MULTINODE.md §8 A6: three nodes over
+// one PostgreSQL, a CloudHSM key store over a cluster declared on every
+// node over one SoftHSM2 token directory. The controller (node-0, started
+// first) is made to exit (KMSD_FAILPOINT) before the rotation's intent is
+// recorded, after it, after C_SetPIN, after the CONNECTED record, and
+// while a disconnect waits for the nodes' logouts. Each time the store
+// ends CONNECTED (DISCONNECTED for the disconnect) on every node within
+// 30 s of the exit — another node took the controller lease and finished
+// the work — and every node answers DescribeCustomKeyStores alike within
+// 1 s of the first; the password the database holds logs in on both
+// tokens (a real C_Login); no USER_LOCKED_OUT anywhere; and every node,
+// the restarted one included, serves the store's keys. CI runs each
+// failpoint once, KMSD_MULTINODE_FULL=1 four times (20 runs).
+func TestA6KeyStoreConnectVsNodeLoss(t *testing.T) {
+	requireHSMTools(t)
+	pg := startPG(t)
+	runs := 1
+	if full() {
+		runs = 4
+	}
+	for _, fp := range a6Failpoints {
+		for r := range runs {
+			t.Run(fmt.Sprintf("%s/%d", fp, r+1), func(t *testing.T) { a6Run(t, pg, fp) })
+		}
+	}
+}
+
+func a6Run(t *testing.T, pg *pgServer, fp string) {
+	ctx := t.Context()
+	const so, pin = "adminPswd1", "kmsPswd1"
+	labels := []string{"a6-a", "a6-b"}
+	toks := newSharedTokens(t, so, pin, labels...)
+	dir := t.TempDir()
+	anchor := e2etest.NewCA(t, dir, "customerCA")
+	soFile := filepath.Join(dir, "so.pin")
+	if err := os.WriteFile(soFile, []byte(so+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const clusterID = "cluster-aaaaaaaaaaa"
+	cfg := filepath.Join(dir, "hsm.toml")
+	if err := os.WriteFile(cfg, []byte(`
+[[cluster]]
+id = "`+clusterID+`"
+module = "`+softhsmModule+`"
+so_pin = "file:`+soFile+`"
+crypto_user_pin = "env:A6_KMSUSER_PIN"
+trust_anchor = "`+anchor.Crt+`"
+
+[[cluster.hsm]]
+token = "a6-a"
+availability_zone = "us-east-1a"
+
+[[cluster.hsm]]
+token = "a6-b"
+availability_zone = "us-east-1b"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, pg, clusterOpts{nodes: 3, extra: []string{"--hsm-config", cfg, "--lease-ttl", "3s"},
+		env: func(i int) []string {
+			e := []string{"SOFTHSM2_CONF=" + toks.conf, "A6_KMSUSER_PIN=" + pin, "KMSD_KEYSTORE_CONNECT_DELAY=100ms", "KMSD_FAULT_INJECTION=1"}
+			if i == 0 {
+				e = append(e, "KMSD_FAILPOINT="+fp)
+			}
+			return e
+		}})
+	n0, n1, n2 := c.nodes[0], c.nodes[1], c.nodes[2]
+	for deadline := time.Now().Add(10 * time.Second); c.controllerHolder(t) != n0.id; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node-0, started first, is not the controller")
+		}
+	}
+	anchorPEM, err := os.ReadFile(anchor.Crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.client(n1).CreateCustomKeyStore(ctx, &kms.CreateCustomKeyStoreInput{CustomKeyStoreName: aws.String("a6"),
+		CloudHsmClusterId: aws.String(clusterID), TrustAnchorCertificate: aws.String(string(anchorPEM)), KeyStorePassword: aws.String(pin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(st.CustomKeyStoreId)
+	connect := func(n *node) {
+		t.Helper()
+		if _, err := c.client(n).ConnectCustomKeyStore(ctx, &kms.ConnectCustomKeyStoreInput{CustomKeyStoreId: aws.String(id)}); err != nil {
+			t.Fatalf("ConnectCustomKeyStore through %s: %v", n.id, err)
+		}
+	}
+	want := types.ConnectionStateTypeConnected
+	if fp == "keystore-disconnect-acks" {
+		connect(n1)
+		c.waitAllNodes(ctx, id, types.ConnectionStateTypeConnected, 30*time.Second)
+		if _, err := c.client(n1).DisconnectCustomKeyStore(ctx, &kms.DisconnectCustomKeyStoreInput{CustomKeyStoreId: aws.String(id)}); err != nil {
+			t.Fatal(err)
+		}
+		want = types.ConnectionStateTypeDisconnected
+	} else {
+		connect(n1)
+	}
+
+	// The controller exits at the failpoint.
+	n0.mu.Lock()
+	exited := n0.exited
+	n0.mu.Unlock()
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("node-0 did not reach failpoint %s", fp)
+	}
+	killed := time.Now()
+	if !strings.Contains(n0.tail(), "failpoint "+fp) {
+		t.Fatalf("node-0 exited, but not at failpoint %s:\n%s", fp, n0.tail())
+	}
+	seen := c.waitAllNodes(ctx, id, want, 30*time.Second)
+	var last time.Time
+	for _, s := range seen {
+		if s.After(last) {
+			last = s
+		}
+	}
+	t.Logf("%s: node-0 exited; store %s on every live node %v later (first to last node %v); controller now %s",
+		fp, want, last.Sub(killed).Round(time.Millisecond), spread(seen).Round(time.Millisecond), c.controllerHolder(t))
+	if d := last.Sub(killed); d > 30*time.Second {
+		t.Errorf("store %s %v after the controller's exit, want within 30s", want, d)
+	}
+	if d := spread(seen); d > time.Second {
+		t.Errorf("nodes saw %s %v apart, want within 1s", want, d)
+	}
+
+	// node-0 starts again, without the failpoint.
+	n0.env = slicesWithout(n0.env, "KMSD_FAILPOINT="+fp)
+	n0.Start(t)
+	n0.WaitHealthy(t, 60*time.Second)
+	if want == types.ConnectionStateTypeDisconnected {
+		connect(n2) // the password survived: the next connect logs in and rotates
+		c.waitAllNodes(ctx, id, types.ConnectionStateTypeConnected, 30*time.Second)
+	}
+
+	// The password the database holds logs in on every token.
+	pw, pending := c.storedPassword(t, id)
+	if pending != 0 {
+		t.Errorf("%d rotations still pending on a CONNECTED store", pending)
+	}
+	if pw == pin {
+		t.Errorf("kmsuser's password was never rotated")
+	}
+	for _, l := range labels {
+		if !toks.loginWorks(l, pw) {
+			t.Errorf("the stored password does not log in on token %s", l)
+		}
+	}
+
+	// Every node, the restarted one too, is logged in to the store's
+	// cluster and serves it: GenerateRandom from the store's HSMs. (A key
+	// is checked on the node that made it only: the HSM layer's key index
+	// does not follow the change feed yet, so another node does not know
+	// a key made after it started.)
+	for _, n := range c.nodes {
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			var out *kms.GenerateRandomOutput
+			if out, err = c.client(n).GenerateRandom(ctx, &kms.GenerateRandomInput{NumberOfBytes: aws.Int32(16), CustomKeyStoreId: aws.String(id)}); err == nil && len(out.Plaintext) == 16 {
+				break
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("GenerateRandom from the store on %s: %v", n.id, err)
+		}
+	}
+	key, err := c.client(n2).CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm, CustomKeyStoreId: aws.String(id)})
+	if err != nil {
+		t.Fatalf("CreateKey in the store through %s: %v", n2.id, err)
+	}
+	enc, err := c.client(n2).Encrypt(ctx, &kms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("a6")})
+	if err != nil {
+		t.Fatalf("Encrypt through %s: %v", n2.id, err)
+	}
+	if dec, err := c.client(n2).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob}); err != nil || !bytes.Equal(dec.Plaintext, []byte("a6")) {
+		t.Errorf("Decrypt through %s: %v", n2.id, err)
+	}
+	for _, n := range c.nodes {
+		if b, _ := os.ReadFile(n.log); bytes.Contains(b, []byte("USER_LOCKED_OUT")) {
+			t.Errorf("%s's log shows USER_LOCKED_OUT", n.id)
+		}
+	}
+}
+
+// slicesWithout returns s without the elements equal to x.
+func slicesWithout(s []string, x string) []string {
+	var out []string
+	for _, v := range s {
+		if v != x {
+			out = append(out, v)
+		}
+	}
+	return out
+}
