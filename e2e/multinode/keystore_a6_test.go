@@ -143,10 +143,17 @@ func TestA6KeyStoreConnectVsNodeLoss(t *testing.T) {
 	}
 }
 
-func a6Run(t *testing.T, pg *pgServer, fp string) {
-	ctx := t.Context()
-	const so, pin = "adminPswd1", "kmsPswd1"
-	labels := []string{"a6-a", "a6-b"}
+// a6ClusterID is the declared cluster of the key store tests.
+const a6ClusterID = "cluster-aaaaaaaaaaa"
+
+// declaredCluster makes two SoftHSM2 tokens, labels, in a token directory
+// of their own (SO PIN adminPswd1, user PIN pin) and a declarations file
+// (--hsm-config) of cluster a6ClusterID over them, whose crypto user's
+// password is the environment variable A6_KMSUSER_PIN; it returns the
+// tokens, the file and the trust anchor's certificate file.
+func declaredCluster(t *testing.T, pin string, labels []string) (sharedTokens, string, string) {
+	t.Helper()
+	const so = "adminPswd1"
 	toks := newSharedTokens(t, so, pin, labels...)
 	dir := t.TempDir()
 	anchor := e2etest.NewCA(t, dir, "customerCA")
@@ -154,26 +161,33 @@ func a6Run(t *testing.T, pg *pgServer, fp string) {
 	if err := os.WriteFile(soFile, []byte(so+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	const clusterID = "cluster-aaaaaaaaaaa"
 	cfg := filepath.Join(dir, "hsm.toml")
 	if err := os.WriteFile(cfg, []byte(`
 [[cluster]]
-id = "`+clusterID+`"
+id = "`+a6ClusterID+`"
 module = "`+softhsmModule+`"
 so_pin = "file:`+soFile+`"
 crypto_user_pin = "env:A6_KMSUSER_PIN"
 trust_anchor = "`+anchor.Crt+`"
 
 [[cluster.hsm]]
-token = "a6-a"
+token = "`+labels[0]+`"
 availability_zone = "us-east-1a"
 
 [[cluster.hsm]]
-token = "a6-b"
+token = "`+labels[1]+`"
 availability_zone = "us-east-1b"
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return toks, cfg, anchor.Crt
+}
+
+func a6Run(t *testing.T, pg *pgServer, fp string) {
+	ctx := t.Context()
+	const pin = "kmsPswd1"
+	labels := []string{"a6-a", "a6-b"}
+	toks, cfg, anchor := declaredCluster(t, pin, labels)
 	c := newCluster(t, pg, clusterOpts{nodes: 3, extra: []string{"--hsm-config", cfg, "--lease-ttl", "3s"},
 		env: func(i int) []string {
 			e := []string{"SOFTHSM2_CONF=" + toks.conf, "A6_KMSUSER_PIN=" + pin, "KMSD_KEYSTORE_CONNECT_DELAY=100ms", "KMSD_FAULT_INJECTION=1"}
@@ -188,12 +202,12 @@ availability_zone = "us-east-1b"
 			t.Fatalf("node-0, started first, is not the controller")
 		}
 	}
-	anchorPEM, err := os.ReadFile(anchor.Crt)
+	anchorPEM, err := os.ReadFile(anchor)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st, err := c.client(n1).CreateCustomKeyStore(ctx, &kms.CreateCustomKeyStoreInput{CustomKeyStoreName: aws.String("a6"),
-		CloudHsmClusterId: aws.String(clusterID), TrustAnchorCertificate: aws.String(string(anchorPEM)), KeyStorePassword: aws.String(pin)})
+		CloudHsmClusterId: aws.String(a6ClusterID), TrustAnchorCertificate: aws.String(string(anchorPEM)), KeyStorePassword: aws.String(pin)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,4 +329,50 @@ func slicesWithout(s []string, x string) []string {
 		}
 	}
 	return out
+}
+
+// TestDeclaredClusterOnNodesStartedTogether: three nodes started at the
+// same moment on an empty database, each declaring the same cluster from
+// the same --hsm-config, all start (no race over the cluster's record);
+// a CloudHSM key store over it, connected through one node, is CONNECTED
+// and logged in on all three.
+func TestDeclaredClusterOnNodesStartedTogether(t *testing.T) {
+	requireHSMTools(t)
+	ctx := t.Context()
+	const pin = "kmsPswd1"
+	toks, cfg, anchor := declaredCluster(t, pin, []string{"tog-a", "tog-b"})
+	pg := startPG(t)
+	c := newCluster(t, pg, clusterOpts{nodes: 3, together: true, extra: []string{"--hsm-config", cfg},
+		env: []string{"SOFTHSM2_CONF=" + toks.conf, "A6_KMSUSER_PIN=" + pin, "KMSD_KEYSTORE_CONNECT_DELAY=100ms"}})
+	anchorPEM, err := os.ReadFile(anchor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.client(c.nodes[2]).CreateCustomKeyStore(ctx, &kms.CreateCustomKeyStoreInput{CustomKeyStoreName: aws.String("together"),
+		CloudHsmClusterId: aws.String(a6ClusterID), TrustAnchorCertificate: aws.String(string(anchorPEM)), KeyStorePassword: aws.String(pin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(st.CustomKeyStoreId)
+	if _, err := c.client(c.nodes[1]).ConnectCustomKeyStore(ctx, &kms.ConnectCustomKeyStoreInput{CustomKeyStoreId: aws.String(id)}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitAllNodes(ctx, id, types.ConnectionStateTypeConnected, 30*time.Second)
+	for _, n := range c.nodes {
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if _, err = c.client(n).GenerateRandom(ctx, &kms.GenerateRandomInput{NumberOfBytes: aws.Int32(8), CustomKeyStoreId: aws.String(id)}); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("GenerateRandom from the store on %s: %v", n.id, err)
+		}
+	}
+	pw, _ := c.storedPassword(t, id)
+	for _, l := range []string{"tog-a", "tog-b"} {
+		if !toks.loginWorks(l, pw) {
+			t.Errorf("the stored password does not log in on token %s", l)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/kmsd/kmsd/internal/hsmapi"
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 // Declared clusters: clusters over tokens that exist already — a real HSM's
@@ -250,10 +252,37 @@ func (s *Service) declare(ctx context.Context, ds []Declaration) error {
 		return fmt.Errorf("hsm: %w", err)
 	}
 	for _, d := range ds {
-		if err := s.declareOne(ctx, d); err != nil {
+		err := s.declareOne(ctx, d)
+		if errors.Is(err, storage.ErrExists) {
+			// Another node, started at the same moment on the same
+			// database, declared the cluster first: its record is taken
+			// in, and declared over like one found at start.
+			if err = s.adopt(ctx, d.ID); err == nil {
+				err = s.declareOne(ctx, d)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("hsm: declared cluster %s: %w", d.ID, err)
 		}
 	}
+	return nil
+}
+
+// adopt reads cluster id's record from the store into the service.
+func (s *Service) adopt(ctx context.Context, id string) error {
+	b, err := s.store.Get(ctx, recordPath(id))
+	if err != nil {
+		return err
+	}
+	r := new(record)
+	if err := json.Unmarshal(b, r); err != nil {
+		return fmt.Errorf("hsm: decode cluster %s: %w", id, err)
+	}
+	s.mu.Lock()
+	if _, ok := s.clusters[id]; !ok {
+		s.clusters[id] = r
+	}
+	s.mu.Unlock()
 	return nil
 }
 

@@ -343,6 +343,26 @@ func (m *Manager) Get(account, region, id string) (*Store, error) {
 	return clone(st), nil
 }
 
+// getFresh is Get for the operations that change a store: a store this
+// node does not know yet (made through another node, its change feed not
+// yet read) is read from the database.
+func (m *Manager) getFresh(ctx context.Context, account, region, id string) (*Store, error) {
+	st, err := m.Get(account, region, id)
+	if !errors.Is(err, ErrNotFound) {
+		return st, err
+	}
+	db, gerr := getStore(ctx, m.store, id)
+	if gerr != nil {
+		var ce callerError
+		if errors.As(gerr, &ce) {
+			return nil, err
+		}
+		return nil, gerr
+	}
+	m.install(db)
+	return m.Get(account, region, id)
+}
+
 // List returns the stores of account and region in creation order.
 func (m *Manager) List(account, region string) []*Store {
 	m.mu.RLock()
@@ -606,7 +626,7 @@ type Update struct {
 func (m *Manager) Update(ctx context.Context, account, region, id string, u Update) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	cur, err := m.Get(account, region, id)
+	cur, err := m.getFresh(ctx, account, region, id)
 	if err != nil {
 		return err
 	}
@@ -654,7 +674,7 @@ func (m *Manager) Update(ctx context.Context, account, region, id string, u Upda
 func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKeys func(ctx context.Context, id string) (bool, error)) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	cur, err := m.Get(account, region, id)
+	cur, err := m.getFresh(ctx, account, region, id)
 	if err != nil {
 		return err
 	}
@@ -696,7 +716,7 @@ func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKey
 // CONNECTING and the connector takes over; CONNECTING and CONNECTED are
 // left as they are. The backing's synchronous check, if any, runs first.
 func (m *Manager) Connect(ctx context.Context, account, region, id string) error {
-	cur, err := m.Get(account, region, id)
+	cur, err := m.getFresh(ctx, account, region, id)
 	if err != nil {
 		return err
 	}
@@ -737,7 +757,7 @@ func (m *Manager) Connect(ctx context.Context, account, region, id string) error
 // Disconnect starts disconnecting store id: CONNECTED, CONNECTING and
 // FAILED stores become DISCONNECTING, then DISCONNECTED with no error code.
 func (m *Manager) Disconnect(ctx context.Context, account, region, id string) error {
-	if _, err := m.Get(account, region, id); err != nil {
+	if _, err := m.getFresh(ctx, account, region, id); err != nil {
 		return err
 	}
 	err := m.set(ctx, id, func(st *Store) error {

@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -199,5 +200,31 @@ func TestConnectWaitsForOtherLogins(t *testing.T) {
 	waitState(t, a.m, st.ID, Failed, CodeUserLoggedIn)
 	if _, rot := a.f.snapshot(); rot != 0 {
 		t.Errorf("rotated %d times while another node was logged in", rot)
+	}
+}
+
+// TestChangeThroughAnotherNode: a store made through one node can be
+// connected, renamed and disconnected through another at once, before
+// that node's change feed has brought it (it is read from the database).
+func TestChangeThroughAnotherNode(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sa, b := open(t, dir)
+	sb, _ := open(t, dir)
+	a := newManager(t, sa, b, &fakeBacking{})
+	n := newManager(t, sb, b, &fakeBacking{}) // no change feed at all
+	st := create(t, a, "made-on-a", "cluster-aaaaaaaaaaa")
+	if err := n.Update(ctx, st.Account, st.Region, st.ID, Update{Name: ptr("renamed-on-b")}); err != nil {
+		t.Fatalf("rename through the other node: %v", err)
+	}
+	if err := n.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatalf("connect through the other node: %v", err)
+	}
+	waitState(t, n, st.ID, Connected, "")
+	if err := n.Disconnect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatalf("disconnect through the other node: %v", err)
+	}
+	if _, err := n.getFresh(ctx, st.Account, st.Region, "cks-00000000000000000"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a store that does not exist: %v", err)
 	}
 }

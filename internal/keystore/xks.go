@@ -336,7 +336,7 @@ type ExternalUpdate struct {
 func (m *Manager) UpdateExternal(ctx context.Context, account, region, id string, u ExternalUpdate) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	cur, err := m.Get(account, region, id)
+	cur, err := m.getFresh(ctx, account, region, id)
 	if err != nil {
 		return err
 	}
