@@ -180,7 +180,11 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 		return
 	}
 	m.log.Info("keystore: this node is logged in to the store's backing", "store", cur.ID, "gen", cur.Gen)
-	m.report(cur, Connected, "")
+	if m.cfg.Serve == nil || m.leading() {
+		// The connect's outcome is the controller's to report; the other
+		// nodes' logins are their own business.
+		m.report(cur, Connected, "")
+	}
 }
 
 func (m *Manager) forgetResumed(id string) {

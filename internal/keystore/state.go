@@ -23,6 +23,14 @@
 // joiner asks nothing yet), or 1 + 1/n times that of a store nobody was
 // asking for. e2e/multinode/load measures the split, the skewed split and
 // the return.
+//
+// With several kmsd nodes on one database, only the controller runs the
+// asynchronous half of connect and disconnect, under its fenced lease;
+// every node logs in to a CONNECTED store's backing itself and publishes
+// that it did, and a disconnect completes once every live node has logged
+// out (nodes.go). Unlike MULTINODE.md §4.7, which puts the per-node records
+// under keystore/<id>/node/<node>, they live under keystorenode/<id>/<node>,
+// so that listing the stores' records reads no node records.
 package keystore
 
 import (
