@@ -200,7 +200,7 @@ func TestKeyStoreConnectByController(t *testing.T) {
 	}
 	// The non-controller nodes opened their own client of the store.
 	for _, n := range []*node{b, cn} {
-		if !strings.Contains(n.tail(), "this node is logged in to the store's backing") {
+		if !strings.Contains(n.tail(), "resumed store logged in to its backing again") {
 			t.Errorf("%s never logged in to the store itself", n.id)
 		}
 	}

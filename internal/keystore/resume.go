@@ -125,14 +125,14 @@ func (m *Manager) followLogin(ctx context.Context, id string) {
 		m.unreachableLogged[id] = true
 		m.mu.Unlock()
 		if first {
-			m.log.Warn("keystore: store CONNECTED, but its backing cannot be reached from this node; retrying", "store", id, "code", c, "err", err,
+			m.log.Warn("keystore: resumed CONNECTED, but the backing cannot be reached; retrying", "store", id, "code", c, "err", err,
 				"every", m.cfg.ResumeRetry.String())
 		}
 		retry()
 	default:
 		m.forgetResumed(id)
 		m.unmarkLoggedIn(cur)
-		m.log.Warn("keystore: CONNECTED store refused by its backing", "store", id, "code", c, "err", err)
+		m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err)
 		if !m.leading() {
 			// The controller decides the store's state.
 			m.mu.Lock()
@@ -179,7 +179,7 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 		}
 		return
 	}
-	m.log.Info("keystore: this node is logged in to the store's backing", "store", cur.ID, "gen", cur.Gen)
+	m.log.Info("keystore: resumed store logged in to its backing again", "store", cur.ID, "gen", cur.Gen)
 	if m.cfg.Serve == nil || m.leading() {
 		// The connect's outcome is the controller's to report; the other
 		// nodes' logins are their own business.
