@@ -75,8 +75,10 @@ fi
 echo "== go test -race"
 # e2e/multinode (the multi-node acceptance tests of MULTINODE §8) starts
 # PostgreSQL servers of its own with scripts/postgres.sh, since it crashes,
-# restarts and fails them over; its short versions run here (about 2.5 min;
-# A8, 1,000 keys rotated exactly once across a controller kill, is ~30 s).
+# restarts and fails them over; its short versions run here (about 3.5 min;
+# A8, 1,000 keys rotated exactly once across a controller kill, is ~30 s;
+# A6, the key store controller killed at five failpoints, 20-60 s; the
+# other key store tests on several nodes 15-40 s).
 # KMSD_MULTINODE_FULL=1 runs the full-length ones; KMSD_MULTINODE_PENDING=1
 # the ones known to fail until the multi-node caches are merged.
 # e2e/multinode/load (A11, a custom key store's quota shared by three nodes,
