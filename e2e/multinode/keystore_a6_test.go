@@ -343,7 +343,9 @@ func TestDeclaredClusterOnNodesStartedTogether(t *testing.T) {
 	toks, cfg, anchor := declaredCluster(t, pin, []string{"tog-a", "tog-b"})
 	pg := startPG(t)
 	c := newCluster(t, pg, clusterOpts{nodes: 3, together: true, extra: []string{"--hsm-config", cfg},
-		env: []string{"SOFTHSM2_CONF=" + toks.conf, "A6_KMSUSER_PIN=" + pin, "KMSD_KEYSTORE_CONNECT_DELAY=100ms"}})
+		env: func(int) []string {
+			return []string{"SOFTHSM2_CONF=" + toks.conf, "A6_KMSUSER_PIN=" + pin, "KMSD_KEYSTORE_CONNECT_DELAY=100ms"}
+		}})
 	anchorPEM, err := os.ReadFile(anchor)
 	if err != nil {
 		t.Fatal(err)
