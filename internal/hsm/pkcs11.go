@@ -312,6 +312,32 @@ func (m *module) reinitLocked(label string, every time.Duration) bool {
 	return err == nil
 }
 
+// Reload finalises and initialises the library again (C_Finalize,
+// C_Initialize) at once, whatever its tokens' state and however recently it
+// was done, so that it reads every token's PINs anew (pinStale). For a
+// login refused with a password kmsd knows another node has just set,
+// where freshPINs' rate limit might leave the stale view in place.
+func (m *module) Reload(ctx context.Context) error {
+	m.life.Lock()
+	defer m.life.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lastReinit = m.now()
+	for l := range m.tokens {
+		m.dropLocked(l)
+	}
+	m.current = ""
+	m.ctx.Finalize()
+	if err := m.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		return mapErr(err)
+	}
+	return nil
+}
+
+// CachesPINs reports whether the library keeps a token's PINs as it first
+// read them (SoftHSM2; see freshPINs).
+func (m *module) CachesPINs() bool { return strings.Contains(m.path, "softhsm") }
+
 // pinStale reports whether err may come from this process's stale view
 // of label's PINs: SoftHSM2 reads a token's PIN blobs when the module is
 // initialised, so a PIN set (C_InitPIN, C_SetPIN) by another process —

@@ -311,6 +311,13 @@ func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, usern
 	return err
 }
 
+// reloader is what tokens may also do: read the tokens anew at once
+// (module.Reload), when the library keeps PINs as it first read them.
+type reloader interface {
+	Reload(ctx context.Context) error
+	CachesPINs() bool
+}
+
 // Login logs the crypto user in on every active HSM with a real C_Login,
 // for client (ClientCLI, or a key store's id). A wrong password counts
 // against the user; after MaxFailedLogins the user is locked out
@@ -338,7 +345,17 @@ func (s *Service) Login(ctx context.Context, c Caller, clusterID, username, role
 		}
 		hs := r.activeHSMs()
 		for _, h := range hs {
-			if err := toks.Login(ctx, h.label(), password); err != nil {
+			err := toks.Login(ctx, h.label(), password)
+			if rl, ok := toks.(reloader); ok && rl.CachesPINs() && r.Declared && errors.Is(err, ErrInvalidCredentials) && !s.loggedIn(r.ID) {
+				// The library may still hold the PIN as it was before
+				// another kmsd node rotated it, freshPINs' rate limit
+				// notwithstanding: read the tokens anew and try once more;
+				// a wrong password still counts once.
+				if rerr := rl.Reload(ctx); rerr == nil {
+					err = toks.Login(ctx, h.label(), password)
+				}
+			}
+			if err != nil {
 				if !s.loggedIn(r.ID) {
 					for _, x := range hs {
 						toks.Logout(ctx, x.label())
