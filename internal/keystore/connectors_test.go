@@ -80,7 +80,10 @@ func TestConnectors(t *testing.T) {
 		t.Fatalf("at most %d connects at once, want 2", most)
 	}
 
-	// Hanging connects hold their turn for maxTurn only.
+	// Hanging connects hold their turn for maxTurn only. The first
+	// manager is closed first: on the same store it would be a second
+	// node, and it would pick up the CONNECTING stores itself.
+	m.Close()
 	defer func(d time.Duration) { maxTurn = d }(maxTurn)
 	maxTurn = 30 * time.Millisecond
 	g2 := &gateBacking{open: make(chan struct{})}
