@@ -300,11 +300,22 @@ func (s *Service) takeBackup(ctx context.Context, id string) {
 // its cluster's lock and makes it READY, in a transaction that finds the
 // backup still CREATE_IN_PROGRESS.
 func (s *Service) finishBackup(ctx context.Context, id string) {
-	b, ok := s.backup(id)
-	if !ok || b.State != BackupCreateInProgress {
+	// Read from the store, not the cache: a Reset of the cache (reloadBackups)
+	// that listed the backups just before this one was created replaces the
+	// map without it, and a backup skipped here would stay
+	// CREATE_IN_PROGRESS for good (TestBackupRestore under CI's load).
+	b, err := readBackup(ctx, s.store, id)
+	if err != nil {
+		var ce callerError
+		if !errors.As(err, &ce) {
+			s.log.Error("hsm: read backup", "backup", id, "err", err)
+		}
 		return
 	}
-	err := func() error {
+	if b.State != BackupCreateInProgress {
+		return
+	}
+	err = func() error {
 		defer s.lock(b.ClusterID)()
 		r, err := s.fresh(ctx, b.ClusterID)
 		if errors.Is(err, ErrClusterNotFound) || err == nil && !backedUp(r) {
@@ -343,6 +354,11 @@ func (s *Service) finishBackup(ctx context.Context, id string) {
 	if err != nil {
 		s.log.Error("hsm: take backup", "cluster", b.ClusterID, "backup", b.ID, "err", err)
 		s.dropBackup(ctx, b.ID)
+		// The change that called for this backup is not backed up yet: try
+		// again, or it would wait for the next periodic backup.
+		if ctx.Err() == nil {
+			s.backupSoon(b.ClusterID)
+		}
 		return
 	}
 	s.log.Info("hsm: backup ready", "cluster", b.ClusterID, "backup", b.ID)

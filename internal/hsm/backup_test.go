@@ -42,11 +42,15 @@ func describeBackups(t *testing.T, s *Service, c Caller, in *hsmapi.DescribeBack
 // after since and none in progress, and returns the newest.
 func waitBackup(t *testing.T, s *Service, id string, since time.Time) hsmapi.Backup {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		bs := describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}})
+	var bs []hsmapi.Backup
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		bs = describeBackups(t, s, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}})
 		if len(bs) > 0 && *bs[0].BackupState == BackupReady && !bs[0].CreateTimestamp.Before(since) {
 			return bs[0]
 		}
+	}
+	for _, b := range bs {
+		t.Logf("backup %s %s created %v", *b.BackupId, *b.BackupState, b.CreateTimestamp)
 	}
 	t.Fatalf("cluster %s: no READY backup since %v", id, since)
 	return hsmapi.Backup{}
