@@ -328,6 +328,11 @@ func (m *Manager) reconcile() {
 	for id := range m.running {
 		running[id] = true
 	}
+	// A store this node's login was refused for while another node (or
+	// none yet) was controller is not tried again — unless this node is
+	// the controller now, which must decide the store's state: a single
+	// node's resume at start can run before it takes the lease.
+	leading := m.ctlCtx != nil && m.ctlCtx.Err() == nil
 	m.ctlMu.Unlock()
 	type job struct {
 		st    *Store
@@ -342,7 +347,7 @@ func (m *Manager) reconcile() {
 		gen, in := m.local[id]
 		switch st.State {
 		case Connected:
-			if (!in || gen != st.Gen) && m.refused[id] != st.Rev {
+			if (!in || gen != st.Gen) && (leading || m.refused[id] != st.Rev) {
 				jobs = append(jobs, job{clone(st), true})
 				m.following[id] = true
 			}
