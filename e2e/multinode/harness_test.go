@@ -264,16 +264,7 @@ type clusterOpts struct {
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
 // plus extra.
-func env(extra ...string) []string {
-	var e []string
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "KMSD_") || strings.HasPrefix(k, "PG") {
-			continue
-		}
-		e = append(e, kv)
-	}
-	return append(e, extra...)
-}
+func env(extra ...string) []string { return e2etest.CleanEnv(extra...) }
 
 func newRootKey() string {
 	k := make([]byte, 32)

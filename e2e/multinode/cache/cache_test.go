@@ -18,7 +18,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,7 +25,6 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,7 +34,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
@@ -62,16 +59,7 @@ const rootKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
 // plus extra.
-func env(extra ...string) []string {
-	var e []string
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "KMSD_") || strings.HasPrefix(k, "PG") {
-			continue
-		}
-		e = append(e, kv)
-	}
-	return append(e, extra...)
-}
+func env(extra ...string) []string { return e2etest.CleanEnv(extra...) }
 
 // cluster starts n nodes on the database at url, one after another (the
 // first bootstraps the administrator; the others load it), each with
@@ -93,42 +81,13 @@ func cluster(t *testing.T, url string, n int, args func(i int) []string) []*e2et
 // client is an SDK client of node k with the administrator's credentials
 // (written by the first node); no retries, so every answer is seen.
 func client(t *testing.T, creds string, k *e2etest.KMSD) *kms.Client {
-	t.Helper()
-	cfg, err := config.LoadDefaultConfig(t.Context(), config.WithRegion(region),
-		config.WithSharedCredentialsFiles([]string{creds}), config.WithSharedConfigProfile("kmsd"),
-		config.WithSharedConfigFiles([]string{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kms.NewFromConfig(cfg, func(o *kms.Options) {
-		o.BaseEndpoint = aws.String(k.Endpoint)
-		o.RetryMaxAttempts = 1
-	})
+	return e2etest.KMSClient(t, creds, region, k.Endpoint)
 }
 
 // awsCLI runs the aws CLI against endpoint with the credentials in creds
 // and returns its JSON output decoded.
 func awsCLI(t *testing.T, creds, endpoint string, args ...string) map[string]any {
-	t.Helper()
-	cmd := exec.Command("/usr/bin/aws", append([]string{"--endpoint-url", endpoint, "--output", "json", "kms"}, args...)...)
-	cmd.Env = append(env(), "AWS_SHARED_CREDENTIALS_FILE="+creds, "AWS_CONFIG_FILE=/dev/null", "AWS_PROFILE=kmsd",
-		"AWS_DEFAULT_REGION="+region, "AWS_PAGER=")
-	out, err := cmd.Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Fatalf("aws kms %s: %v\n%s", strings.Join(args, " "), err, ee.Stderr)
-		}
-		t.Fatalf("aws kms %s: %v", strings.Join(args, " "), err)
-	}
-	var m map[string]any
-	if len(out) == 0 {
-		return m
-	}
-	if err := json.Unmarshal(out, &m); err != nil {
-		t.Fatalf("aws kms %s: output %q: %v", args[0], out, err)
-	}
-	return m
+	return e2etest.AWSKMS(t, creds, region, endpoint, args...)
 }
 
 // code is the AWS error code of err ("" for none).

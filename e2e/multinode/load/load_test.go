@@ -28,8 +28,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/kmsd/kmsd/e2e/e2etest"
@@ -57,16 +55,7 @@ const rootKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
 // plus extra.
-func env(extra ...string) []string {
-	var e []string
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "KMSD_") || strings.HasPrefix(k, "PG") {
-			continue
-		}
-		e = append(e, kv)
-	}
-	return append(e, extra...)
-}
+func env(extra ...string) []string { return e2etest.CleanEnv(extra...) }
 
 // startNodes starts n nodes on the database at url, one after another
 // (the first makes the administrator; the others load it), with args.
@@ -107,41 +96,13 @@ func creds(t *testing.T, file string) (akid, secret string) {
 // client is an aws-sdk-go-v2 client of node k with the credentials in
 // file; no retries, so every answer is seen.
 func client(t *testing.T, file string, k *e2etest.KMSD) *kms.Client {
-	t.Helper()
-	cfg, err := config.LoadDefaultConfig(t.Context(), config.WithRegion(region),
-		config.WithSharedCredentialsFiles([]string{file}), config.WithSharedConfigProfile("kmsd"),
-		config.WithSharedConfigFiles([]string{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kms.NewFromConfig(cfg, func(o *kms.Options) {
-		o.BaseEndpoint = aws.String(k.Endpoint)
-		o.RetryMaxAttempts = 1
-	})
+	return e2etest.KMSClient(t, file, region, k.Endpoint)
 }
 
 // awsCLI runs the aws CLI v2 against endpoint with the credentials in
 // file, which must succeed, and returns its JSON output decoded.
 func awsCLI(t *testing.T, file, endpoint string, args ...string) map[string]any {
-	t.Helper()
-	cmd := exec.Command("/usr/bin/aws", append([]string{"--endpoint-url", endpoint, "--output", "json", "kms"}, args...)...)
-	cmd.Env = append(env(), "AWS_SHARED_CREDENTIALS_FILE="+file, "AWS_CONFIG_FILE=/dev/null", "AWS_PROFILE=kmsd",
-		"AWS_DEFAULT_REGION="+region, "AWS_PAGER=")
-	out, err := cmd.Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Fatalf("aws kms %s: %v\n%s", strings.Join(args, " "), err, ee.Stderr)
-		}
-		t.Fatalf("aws kms %s: %v", strings.Join(args, " "), err)
-	}
-	m := map[string]any{}
-	if len(bytes.TrimSpace(out)) > 0 {
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatalf("aws kms %s: output %q: %v", args[0], out, err)
-		}
-	}
-	return m
+	return e2etest.AWSKMS(t, file, region, endpoint, args...)
 }
 
 // waitLog waits until k's log, from byte offset from on, holds s, and
