@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -332,5 +333,75 @@ func TestPendingPasswords(t *testing.T) {
 	}
 	if tok.failed > 2 {
 		t.Errorf("%d failed logins, want at most 2 (intentB, then intentA logs in)", tok.failed)
+	}
+}
+
+// TestResumeRefusedBeforeLeading: a single node whose resume at start
+// runs before it holds the controller lease (a previous process's lease
+// not yet expired) is refused by the store's backing. While it does not
+// lead it leaves the store CONNECTED to the controller and does not try
+// the refused password again; once it leads it must decide the store's
+// state itself: FAILED with the backing's code. Without that the store
+// stayed CONNECTED for good (commit 1ade0d6).
+func TestResumeRefusedBeforeLeading(t *testing.T) {
+	defer func(d time.Duration) { followTick = d }(followTick)
+	followTick = 20 * time.Millisecond
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	f := &fakeBacking{}
+	m := newManager(t, s, b, f)
+	st := create(t, m, "one", "cluster-aaaaaaaaaaa")
+	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, st.ID, Connected, "")
+	m.Close()
+
+	// The password changed behind kmsd's back while it was stopped.
+	f.mu.Lock()
+	f.fail = &ConnectError{Code: CodeInvalidCredentials, Err: errors.New("wrong password")}
+	delete(f.connected, st.ID)
+	tries := len(f.secrets)
+	f.mu.Unlock()
+	logins := func() int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.secrets) - tries
+	}
+	lead := make(chan struct{})
+	serve := func(ctx context.Context, fn func(ctx context.Context)) {
+		select {
+		case <-lead:
+			fn(ctx)
+		case <-ctx.Done():
+		}
+	}
+	m, err := New(ctx, s, b, Config{Backings: map[string]Backing{TypeCloudHSM: f}, NodeID: "b", Serve: serve,
+		ResumeRetry: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	eventually(t, "the resume's refused login", func() bool {
+		m.mu.RLock()
+		defer m.mu.RUnlock()
+		_, refused := m.refused[st.ID]
+		return refused
+	})
+	// Not the controller: the store is left as it is, and the refused
+	// password is not tried again (kmsuser's lockout counts it).
+	time.Sleep(10 * followTick)
+	if got := state(t, m, st.ID); got.State != Connected || got.ErrorCode != "" {
+		t.Fatalf("decided without the lease: %s %q", got.State, got.ErrorCode)
+	}
+	if n := logins(); n != 1 {
+		t.Fatalf("%d logins before the node led, want 1", n)
+	}
+
+	// The lease is taken: the controller tries again and fails the store.
+	close(lead)
+	waitState(t, m, st.ID, Failed, CodeInvalidCredentials)
+	if n := logins(); n != 2 {
+		t.Errorf("%d logins in all, want 2 (one refused before the node led, one after)", n)
 	}
 }
