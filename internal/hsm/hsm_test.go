@@ -11,6 +11,7 @@ import (
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/hsm/hsmtest"
 	"github.com/kmsd/kmsd/internal/hsmapi"
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -40,6 +41,13 @@ func newService(t *testing.T, opts ...func(*Config)) *Service {
 
 func openService(t *testing.T, needTokens bool, opts ...func(*Config)) *Service {
 	t.Helper()
+	return openServiceOn(t, needTokens, func(st storage.Store) storage.Store { return st }, opts...)
+}
+
+// openServiceOn opens a Service over a fresh store as wrap returns it (a
+// test's fault-injecting wrapper, say).
+func openServiceOn(t *testing.T, needTokens bool, wrap func(storage.Store) storage.Store, opts ...func(*Config)) *Service {
+	t.Helper()
 	if needTokens && !Available {
 		t.Skip("built without cgo: PKCS#11 unavailable")
 	}
@@ -62,7 +70,7 @@ func openService(t *testing.T, needTokens bool, opts ...func(*Config)) *Service 
 	for _, o := range opts {
 		o(&cfg)
 	}
-	s, err := New(ctx, st, b, cfg)
+	s, err := New(ctx, wrap(st), b, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
