@@ -1,0 +1,91 @@
+package hsm
+
+import (
+	"context"
+	"database/sql"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"testing"
+	"time"
+
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, to reach kmsd's database
+)
+
+// TestBackupRetriedAfterFailedWrite: a backup whose write fails is removed
+// and tried again, so the change of keys that called for it is backed up
+// without waiting for the next periodic backup (a day by default). The
+// fault is real and outside kmsd: a trigger in kmsd's own SQLite database
+// aborts every write that would make a backup READY. Backups of a key
+// generated meanwhile fail, and are tried again, until the trigger is
+// dropped; then a READY backup taken after the key's creation is there,
+// as the aws CLI's describe-backups lists it, and the failed attempts are
+// not. Without commit 0a4bffc only one attempt was made.
+func TestBackupRetriedAfterFailedWrite(t *testing.T) {
+	requireTools(t)
+	k := startWith(t, kmsdBin, backupEnv)
+	id, _ := k.activeCluster(t, k.fast, t.TempDir(), "retry")
+	k.waitBackup(t, id, time.Time{})
+
+	// The backups of the cluster's creation settle first.
+	inProgress := func() bool {
+		for _, b := range k.backups(t, true, `{"clusterIds":["`+id+`"]}`) {
+			if b["BackupState"] == "CREATE_IN_PROGRESS" {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline, quiet := time.Now().Add(20*time.Second), 0; quiet < 3; time.Sleep(200 * time.Millisecond) {
+		if quiet++; inProgress() {
+			quiet = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster's backups never settled")
+		}
+	}
+
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(k.dataDir, "kmsd.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TRIGGER test_fail_backup BEFORE INSERT ON kv
+		WHEN NEW.key LIKE 'hsm/backup/%' AND CAST(NEW.value AS TEXT) LIKE '%"state":"READY"%'
+		BEGIN SELECT RAISE(ABORT, 'injected fault: backup write refused'); END`); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	k.cliOK(t, "login", "--cluster-id", id, "--username", "kmsuser", "--role", "crypto-user", "--password", "kmsPswd1")
+	k.cliOK(t, "key", "generate-symmetric", "aes", "--cluster-id", id, "--label", "retried-key", "--key-length-bytes", "32")
+	k.cliOK(t, "logout", "--cluster-id", id, "--username", "kmsuser", "--role", "crypto-user")
+
+	// Each failed attempt is logged with its backup id; wait for two.
+	failedRE := regexp.MustCompile(`msg="hsm: take backup" cluster=` + id + ` backup=(backup-[a-z2-7]+) err=".*injected fault`)
+	var failed []string
+	for deadline := time.Now().Add(15 * time.Second); len(failed) < 2; time.Sleep(100 * time.Millisecond) {
+		failed = failed[:0]
+		for _, m := range failedRE.FindAllStringSubmatch(k.proc.Log(), -1) {
+			failed = append(failed, m[1])
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d failed backup attempts in kmsd's log, want 2: a failed backup is not tried again\n%s", len(failed), k.proc.Log())
+		}
+	}
+	if _, err := db.ExecContext(ctx, `DROP TRIGGER test_fail_backup`); err != nil {
+		t.Fatal(err)
+	}
+
+	b := k.waitBackup(t, id, since)
+	var all []string
+	for _, x := range k.backups(t, false, `{"clusterIds":["`+id+`"]}`) { // the aws CLI
+		all = append(all, x["BackupId"].(string))
+		if slices.Contains(failed, x["BackupId"].(string)) {
+			t.Errorf("failed backup %s is listed: %v", x["BackupId"], x)
+		}
+	}
+	if !slices.Contains(all, b["BackupId"].(string)) {
+		t.Fatalf("the aws CLI does not list backup %s: %v", b["BackupId"], all)
+	}
+}
