@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,13 +17,26 @@ import (
 // and tried again, so the change of keys that called for it is backed up
 // without waiting for the next periodic backup (a day by default). The
 // fault is real and outside kmsd: a trigger in kmsd's own SQLite database
-// aborts every write that would make a backup READY. Backups of a key
-// generated meanwhile fail, and are tried again, until the trigger is
-// dropped; then a READY backup taken after the key's creation is there,
-// as the aws CLI's describe-backups lists it, and the failed attempts are
-// not. Without commit 0a4bffc only one attempt was made.
+// aborts every write that starts a backup (CREATE_IN_PROGRESS) or makes it
+// READY. Backups of a key generated meanwhile fail, and are tried again,
+// until the trigger is dropped; then a READY backup taken after the key's
+// creation is there, as the aws CLI's describe-backups lists it, and the
+// failed attempts are not. Without commit 0a4bffc a failed READY write was
+// tried only once; a failed start was not tried again before this test.
 func TestBackupRetriedAfterFailedWrite(t *testing.T) {
 	requireTools(t)
+	for _, tc := range []struct {
+		name, state string
+		logged      string // the log line of a failed attempt, up to its error
+	}{
+		{"start", "CREATE_IN_PROGRESS", `msg="hsm: start backup" cluster=CLUSTER err="hsm: store backup (backup-[a-z2-7]+): `},
+		{"ready", "READY", `msg="hsm: take backup" cluster=CLUSTER backup=(backup-[a-z2-7]+) err="`},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testBackupRetried(t, tc.state, tc.logged) })
+	}
+}
+
+func testBackupRetried(t *testing.T, state, logged string) {
 	k := startWith(t, kmsdBin, backupEnv)
 	id, _ := k.activeCluster(t, k.fast, t.TempDir(), "retry")
 	k.waitBackup(t, id, time.Time{})
@@ -52,7 +66,7 @@ func TestBackupRetriedAfterFailedWrite(t *testing.T) {
 	defer db.Close()
 	ctx := context.Background()
 	if _, err := db.ExecContext(ctx, `CREATE TRIGGER test_fail_backup BEFORE INSERT ON kv
-		WHEN NEW.key LIKE 'hsm/backup/%' AND CAST(NEW.value AS TEXT) LIKE '%"state":"READY"%'
+		WHEN NEW.key LIKE 'hsm/backup/%' AND CAST(NEW.value AS TEXT) LIKE '%"state":"`+state+`"%'
 		BEGIN SELECT RAISE(ABORT, 'injected fault: backup write refused'); END`); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +76,7 @@ func TestBackupRetriedAfterFailedWrite(t *testing.T) {
 	k.cliOK(t, "logout", "--cluster-id", id, "--username", "kmsuser", "--role", "crypto-user")
 
 	// Each failed attempt is logged with its backup id; wait for two.
-	failedRE := regexp.MustCompile(`msg="hsm: take backup" cluster=` + id + ` backup=(backup-[a-z2-7]+) err=".*injected fault`)
+	failedRE := regexp.MustCompile(strings.Replace(logged, "CLUSTER", id, 1) + `.*injected fault`)
 	var failed []string
 	for deadline := time.Now().Add(15 * time.Second); len(failed) < 2; time.Sleep(100 * time.Millisecond) {
 		failed = failed[:0]

@@ -6,6 +6,9 @@ package hsm
 // plus "/contents"). Backups are taken at initialization, every
 // Config.BackupInterval, and Config.BackupDelay after a change of the
 // cluster's keys or users (debounced: one backup for a burst of changes).
+// A backup whose start, snapshot or write fails is removed and tried
+// again Config.BackupDelay later, so that the change it was for does not
+// wait for the next periodic backup.
 //
 // Crash safety. A backup is written first without contents in
 // CREATE_IN_PROGRESS; its contents are taken under the cluster's lock —
@@ -291,6 +294,10 @@ func (s *Service) takeBackup(ctx context.Context, id string) {
 		State: BackupCreateInProgress, Created: s.now().UTC(), HsmType: r.HsmType, Mode: r.Mode}
 	if err := s.putBackup(ctx, b, true); err != nil {
 		s.log.Error("hsm: start backup", "cluster", id, "err", err)
+		// Tried again, as a failed snapshot or write is (finishBackup).
+		if ctx.Err() == nil {
+			s.backupSoon(id)
+		}
 		return
 	}
 	s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishBackup(ctx, b.ID) })

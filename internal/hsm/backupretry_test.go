@@ -25,9 +25,9 @@ type faultyStore struct {
 	mu     sync.Mutex
 	left   int // failures still to inject
 	failed int // failures injected
-	// fail says whether a Get (put false: value is what it read) or a
-	// transaction's Put (put true, r the transaction) of key with value
-	// should fail.
+	// fail says whether a Get (put false: value is what it read), a
+	// Create or a transaction's Put (put true; r is the transaction) of
+	// key with value should fail.
 	fail faultRule
 }
 
@@ -65,6 +65,13 @@ func (f *faultyStore) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+func (f *faultyStore) Create(ctx context.Context, key string, value []byte) error {
+	if err := f.inject(f.Store, true, key, value); err != nil {
+		return err
+	}
+	return f.Store.Create(ctx, key, value)
 }
 
 func (f *faultyStore) Update(ctx context.Context, fn func(tx storage.Tx) error) error {
@@ -160,12 +167,13 @@ func backupHolds(t *testing.T, s *Service, id, label string) bool {
 	return slices.ContainsFunc(c.Keys, func(k keyRecord) bool { return k.Label == label })
 }
 
-// TestBackupRetried: a backup whose snapshot or write fails is removed and
-// tried again at once, so the change that called for it is backed up
-// without waiting for the next periodic backup (commit 0a4bffc; the
-// periodic interval here is the default day). Each case makes the first
-// two attempts to back up a new key fail — the snapshot's read of the
-// cluster, or the write that makes the backup READY — after the backups
+// TestBackupRetried: a backup whose start, snapshot or write fails is
+// removed and tried again at once, so the change that called for it is
+// backed up without waiting for the next periodic backup (commit 0a4bffc;
+// the periodic interval here is the default day). Each case makes the
+// first two attempts to back up a new key fail — the write of the backup
+// in CREATE_IN_PROGRESS, the snapshot's read of the cluster, or the write
+// that makes the backup READY — after the backups
 // of the cluster's creation have settled, so that only a retry can back
 // the key up. DescribeBackups then lists a new READY backup holding the
 // key, and no trace of the failed attempts.
@@ -175,6 +183,16 @@ func TestBackupRetried(t *testing.T) {
 		name string
 		fail func(id string) faultRule
 	}{
+		{"start", func(id string) faultRule {
+			return func(r storage.Reader, put bool, key string, value []byte) bool {
+				var b backupRecord
+				if !put || !strings.HasPrefix(key, "hsm/backup/") || json.Unmarshal(value, &b) != nil || b.State != BackupCreateInProgress {
+					return false
+				}
+				c, err := r.Get(context.Background(), recordPath(id))
+				return err == nil && holdsKey(c, "rk1")
+			}
+		}},
 		{"snapshot", func(id string) faultRule {
 			return func(_ storage.Reader, put bool, key string, value []byte) bool {
 				return !put && key == recordPath(id) && holdsKey(value, "rk1") && calledFrom("(*Service).finishBackup")
