@@ -39,7 +39,7 @@ func TestResumeRefusedBeforeLead(t *testing.T) {
 
 	// Long enough that n1's lease outlives n2's start (its resume runs
 	// in it) even on a loaded machine.
-	const ttl = 8 * time.Second
+	const ttl = 12 * time.Second
 	args := func(node string) []string {
 		return []string{"--xks-ca-bundle", filepath.Join(pk, "ca.pem"), "--xks-health-interval", "0",
 			"--node-id", node, "--lease-ttl", ttl.String()}
