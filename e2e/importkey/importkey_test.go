@@ -316,8 +316,10 @@ func TestExpiryBySweeper(t *testing.T) {
 	e.openssl("rand", "-out", material, "32")
 	pub, token := e.params(id, "RSAES_OAEP_SHA_1", "RSA_2048", "p")
 	wrapped := e.oaep(material, pub, "sha1", "wrapped.bin")
-	// Far enough ahead for the CLI calls in between (each a second or so).
-	validTo := time.Now().Add(15 * time.Second).UTC().Truncate(time.Second)
+	// Far enough ahead for the CLI calls in between: each takes a second
+	// or so alone, but 15 s did not cover the import and a describe in
+	// CI's full -race run on 2 cores.
+	validTo := time.Now().Add(45 * time.Second).UTC().Truncate(time.Second)
 	e.ok("kms", "import-key-material", "--key-id", id, "--encrypted-key-material", "fileb://"+wrapped,
 		"--import-token", "fileb://"+token, "--expiration-model", "KEY_MATERIAL_EXPIRES", "--valid-to", validTo.Format(time.RFC3339))
 	md := e.describe(id)
@@ -325,7 +327,7 @@ func TestExpiryBySweeper(t *testing.T) {
 		t.Fatalf("after import: %v", md)
 	}
 	ct := e.file("ct.bin", blob(t, e.ok("kms", "encrypt", "--key-id", id, "--plaintext", "fileb://"+material), "CiphertextBlob"))
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := validTo.Add(30 * time.Second)
 	for !strings.Contains(e.k.Log(), "imported key material expired") {
 		if time.Now().After(deadline) {
 			t.Fatal("the sweeper did not expire the material")
