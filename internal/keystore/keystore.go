@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
@@ -211,7 +212,17 @@ type Manager struct {
 
 	ctlKick, nodeKick chan struct{}
 	loops             sync.WaitGroup // the control and follow loops
+
+	// rotations counts the kmsuser password rotations (C_SetPIN) this
+	// process made (Rotations).
+	rotations atomic.Int64
 }
+
+// Rotations is how many times this process changed a key store's kmsuser
+// password on its cluster (C_SetPIN at connect), for metrics and tests:
+// only the controller rotates, and a controller paused past its lease
+// must not once it runs again.
+func (m *Manager) Rotations() int64 { return m.rotations.Load() }
 
 // New loads the stores kept in store and resumes their connections:
 // CONNECTING stores are connected, CONNECTED ones logged in to their
@@ -938,6 +949,8 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return
 	}
 	if rotated {
+		m.rotations.Add(1)
+		m.log.Info("keystore: kmsuser password rotated", "store", id, "cluster", cur.ClusterID)
 		m.failpoint("keystore-connect-after-setpin")
 	}
 	m.setLocal(id, gen, true)

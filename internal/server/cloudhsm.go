@@ -409,6 +409,7 @@ func (a *api) startHSM(ctx context.Context, cfg Config, store storage.Store, b *
 		return nil, err
 	}
 	h.stores = ks
+	a.mustRegister(rotationsCollector{ks})
 	// No cluster, nor its last HSM, goes while a store using it is
 	// connected or connecting.
 	h.svc.SetStoreGuard(ks.GuardCluster)

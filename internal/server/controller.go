@@ -133,8 +133,16 @@ func (q *quotaShare) use(quota *keystore.Quota) {
 	}
 }
 
-// controllerCollector exports the controller lease's state.
-type controllerCollector struct{ c *controller.Controller }
+// controllerCollector exports the controller lease's state, and how many
+// fenced writes the store refused.
+type controllerCollector struct {
+	c     *controller.Controller
+	store storage.Store
+}
+
+// fencedCounter is a store that counts its refused fenced writes (both
+// drivers).
+type fencedCounter interface{ FencedRefused() int64 }
 
 var (
 	descEpoch = prometheus.NewDesc("kmsd_controller_lease_epoch",
@@ -145,6 +153,8 @@ var (
 		"Times this node took the controller lease.", []string{"node"}, nil)
 	descStepDowns = prometheus.NewDesc("kmsd_controller_step_downs_total",
 		"Times this node gave the controller lease up (renewal failed, deadline passed or shutdown).", []string{"node"}, nil)
+	descFencedRefused = prometheus.NewDesc("kmsd_fenced_writes_refused_total",
+		"Writes of this node fenced by the controller lease that the database refused: the lease was no longer held at their epoch (a controller paused or cut off past its lease).", []string{"node"}, nil)
 )
 
 func (c controllerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -152,6 +162,7 @@ func (c controllerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descLeader
 	ch <- descAcquired
 	ch <- descStepDowns
+	ch <- descFencedRefused
 }
 
 func (c controllerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -165,6 +176,9 @@ func (c controllerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader, n)
 	ch <- prometheus.MustNewConstMetric(descAcquired, prometheus.CounterValue, float64(acq), n)
 	ch <- prometheus.MustNewConstMetric(descStepDowns, prometheus.CounterValue, float64(down), n)
+	if f, ok := c.store.(fencedCounter); ok {
+		ch <- prometheus.MustNewConstMetric(descFencedRefused, prometheus.CounterValue, float64(f.FencedRefused()), n)
+	}
 }
 
 // poolCollector exports the PostgreSQL connection pool's statistics; it

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/audit"
@@ -37,18 +39,33 @@ func faultInjection() bool {
 // Failpoint: keystore-connect-before-intent, keystore-connect-after-intent,
 // keystore-connect-after-setpin, keystore-connect-after-record,
 // keystore-disconnect-acks), what makes the process exit at once there,
-// as if killed: no lease released, nothing flushed. Otherwise nil.
+// as if killed: no lease released, nothing flushed. With ":stop" after
+// the name (keystore-connect-after-intent:stop) the process instead
+// freezes itself there with SIGSTOP, the first time it gets there, and
+// goes on from that point when it is sent SIGCONT: a controller paused
+// mid-connect (MULTINODE.md §8 A7). Otherwise nil.
 func failpoint(log *slog.Logger) func(name string) {
 	want := os.Getenv("KMSD_FAILPOINT")
 	if want == "" || !faultInjection() {
 		return nil
 	}
+	want, stop := strings.CutSuffix(want, ":stop")
+	var stopped atomic.Bool
 	return func(name string) {
-		if name == want {
+		if name != want {
+			return
+		}
+		if !stop {
 			log.Error("failpoint reached: exiting", "failpoint", name)
 			fmt.Fprintf(os.Stderr, "kmsd: failpoint %s: exiting\n", name)
 			os.Exit(failpointExit)
 		}
+		if stopped.Swap(true) {
+			return
+		}
+		log.Warn("failpoint reached: stopping", "failpoint", name)
+		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		log.Warn("failpoint: continued", "failpoint", name)
 	}
 }
 

@@ -56,3 +56,16 @@ func is(a, b string) float64 {
 	}
 	return 0
 }
+
+var rotationsDesc = prometheus.NewDesc("kmsd_keystore_password_rotations_total",
+	"kmsuser password rotations (C_SetPIN at a CloudHSM key store's connect) this process made; only the controller rotates.",
+	nil, nil)
+
+// rotationsCollector reports the key store manager's password rotations.
+type rotationsCollector struct{ ks interface{ Rotations() int64 } }
+
+func (c rotationsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rotationsDesc }
+
+func (c rotationsCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(rotationsDesc, prometheus.CounterValue, float64(c.ks.Rotations()))
+}

@@ -393,7 +393,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return err
 	}
 	a.ctl = ctl
-	a.metrics.reg.MustRegister(controllerCollector{ctl}, poolCollector{store})
+	a.metrics.reg.MustRegister(controllerCollector{ctl, store}, poolCollector{store})
 	if w, ok := store.(storage.Watcher); ok {
 		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, log) })
 	}

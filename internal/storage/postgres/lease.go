@@ -118,7 +118,7 @@ FROM kmsd_leases WHERE name >= $1 AND expires_at > clock_timestamp()`
 // after this transaction's snapshot makes the lock fail with a
 // serialization error, and the re-run then finds the new epoch.
 func (s *Store) UpdateFenced(ctx context.Context, l storage.Lease, fn func(storage.Tx) error) error {
-	return s.update(ctx, func(tx pgx.Tx) error {
+	err := s.update(ctx, func(tx pgx.Tx) error {
 		var one int
 		err := tx.QueryRow(ctx, `SELECT 1 FROM kmsd_leases
 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp() FOR SHARE`, l.Name, l.Holder, l.Epoch).Scan(&one)
@@ -130,7 +130,15 @@ WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp(
 		}
 		return nil
 	}, fn)
+	if errors.Is(err, storage.ErrFenced) {
+		s.fencedRefused.Add(1)
+	}
+	return err
 }
+
+// FencedRefused counts the UpdateFenced calls refused because the lease
+// was no longer held at their epoch (a paused or cut-off former holder).
+func (s *Store) FencedRefused() int64 { return s.fencedRefused.Load() }
 
 // checkLease validates the arguments common to the lease methods.
 func checkLease(name, holder string, ttl time.Duration) error {

@@ -131,6 +131,9 @@ type Store struct {
 	// fresh remembers recent change-feed polls for FreshAsOf (watch.go).
 	freshMu sync.Mutex
 	polls   []poll
+
+	// fencedRefused counts fenced writes refused (FencedRefused).
+	fencedRefused atomic.Int64
 }
 
 var (
@@ -176,7 +179,10 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	rp["statement_timeout"] = ms(o.StatementTimeout)
 	rp["lock_timeout"] = ms(min(2*time.Second, o.StatementTimeout))
 	rp["idle_in_transaction_session_timeout"] = ms(max(10*time.Second, 2*o.StatementTimeout))
-	rp["application_name"] = "kmsd"
+	if rp["application_name"] == "" {
+		// The URL may name the node (pg_stat_activity, logs, triggers).
+		rp["application_name"] = "kmsd"
+	}
 	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
 		noteWarning(c, n)
 	}

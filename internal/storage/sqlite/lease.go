@@ -143,7 +143,7 @@ func (s *Store) UpdateFenced(ctx context.Context, l storage.Lease, fn func(stora
 	if s.closed.Load() {
 		return errClosed
 	}
-	return s.update(ctx, func(tx *sql.Tx) error {
+	err := s.update(ctx, func(tx *sql.Tx) error {
 		var one int
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM kmsd_leases WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > `+sqlNow,
 			l.Name, l.Holder, l.Epoch).Scan(&one)
@@ -155,7 +155,15 @@ func (s *Store) UpdateFenced(ctx context.Context, l storage.Lease, fn func(stora
 		}
 		return nil
 	}, fn)
+	if errors.Is(err, storage.ErrFenced) {
+		s.fencedRefused.Add(1)
+	}
+	return err
 }
+
+// FencedRefused counts the UpdateFenced calls refused because the lease
+// was no longer held at their epoch.
+func (s *Store) FencedRefused() int64 { return s.fencedRefused.Load() }
 
 // checkLease validates the arguments common to the lease methods.
 func checkLease(name, holder string, ttl time.Duration) error {

@@ -53,6 +53,8 @@ type Store struct {
 	reader *sql.DB // query-only connections for Get and List outside Update
 	w, r   *stmts  // prepared on writer and reader
 	closed atomic.Bool
+	// fencedRefused counts fenced writes refused (FencedRefused).
+	fencedRefused atomic.Int64
 }
 
 var (
