@@ -297,6 +297,9 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 		if o.standby != nil {
 			url = pg.URL(c.db, n.proxy.Addr+","+o.standby.Addr()) + "&target_session_attrs=read-write"
 		}
+		// The node's sessions carry its id (pg_stat_activity, and the
+		// write trace of TestA7FencingUnderPause).
+		url += "&application_name=" + n.id
 		n.env = env("KMSD_ROOT_KEY="+root, "KMSD_DATABASE_URL="+url, "HOME="+tmp)
 		if o.env != nil {
 			n.env = append(n.env, o.env(i)...)
@@ -484,6 +487,25 @@ func (n *node) signal(sig syscall.Signal, ending bool) {
 
 // Kill is kill -9 of the node.
 func (n *node) Kill() { n.signal(syscall.SIGKILL, true) }
+
+// Stopped reports whether the node's process is stopped (SIGSTOP, state
+// T in /proc/<pid>/stat), as a KMSD_FAILPOINT=<name>:stop leaves it.
+func (n *node) Stopped() bool {
+	n.mu.Lock()
+	cmd := n.cmd
+	n.mu.Unlock()
+	if cmd == nil || !n.Alive() {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state …: comm may hold spaces, so from the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	return len(f) > 0 && (f[0] == "T" || f[0] == "t")
+}
 
 // Pause and Resume freeze and thaw the node (SIGSTOP, SIGCONT).
 func (n *node) Pause()  { n.signal(syscall.SIGSTOP, false) }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -63,8 +64,15 @@ func failpoint(log *slog.Logger) func(name string) {
 		if stopped.Swap(true) {
 			return
 		}
+		// The stop reaches the process's threads asynchronously: this
+		// goroutine waits for the SIGCONT, so that it goes no further
+		// than the failpoint before the process is continued.
+		cont := make(chan os.Signal, 1)
+		signal.Notify(cont, syscall.SIGCONT)
+		defer signal.Stop(cont)
 		log.Warn("failpoint reached: stopping", "failpoint", name)
 		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		<-cont
 		log.Warn("failpoint: continued", "failpoint", name)
 	}
 }

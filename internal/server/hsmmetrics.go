@@ -62,7 +62,9 @@ var rotationsDesc = prometheus.NewDesc("kmsd_keystore_password_rotations_total",
 	nil, nil)
 
 // rotationsCollector reports the key store manager's password rotations.
-type rotationsCollector struct{ ks interface{ Rotations() int64 } }
+type rotationsCollector struct {
+	ks interface{ Rotations() int64 }
+}
 
 func (c rotationsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rotationsDesc }
 
