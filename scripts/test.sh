@@ -77,7 +77,8 @@ echo "== go test -race"
 # PostgreSQL servers of its own with scripts/postgres.sh, since it crashes,
 # restarts and fails them over; its short versions run here (about 3.5 min;
 # A8, 1,000 keys rotated exactly once across a controller kill, is ~30 s;
-# A6, the key store controller killed at five failpoints, 20-60 s; the
+# A6, the key store controller killed at five failpoints, 20-60 s; A7, the
+# controller frozen mid-connect past 2 × its lease TTL twice, 35-45 s; the
 # other key store tests on several nodes 15-40 s).
 # KMSD_MULTINODE_FULL=1 runs the full-length ones; KMSD_MULTINODE_PENDING=1
 # the ones known to fail until the multi-node caches are merged.
