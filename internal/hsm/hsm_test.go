@@ -210,7 +210,13 @@ func TestClusterKeysAndUsers(t *testing.T) {
 	if err := s.Login(ctx, caller, id, "kmsuser", RoleCryptoUser, "kmspass2", "kms"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RotatePassword(ctx, caller, id, "kmsuser", "kmspass2", "kmspass3"); err != nil {
+	// A rotation whose guard refuses changes no PIN: the old password
+	// still rotates after it.
+	errGone := errors.New("lease gone")
+	if err := s.RotatePassword(WithActGuard(ctx, func() error { return errGone }), caller, id, "kmsuser", "kmspass2", "kmspass9"); !errors.Is(err, errGone) {
+		t.Fatalf("RotatePassword with a refusing guard: %v", err)
+	}
+	if err := s.RotatePassword(WithActGuard(ctx, func() error { return nil }), caller, id, "kmsuser", "kmspass2", "kmspass3"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteKey(ctx, id, "k1"); err != nil {

@@ -262,7 +262,9 @@ func (s *Service) ChangePassword(ctx context.Context, c Caller, clusterID, usern
 
 // RotatePassword changes the crypto user's password from old to new with
 // C_SetPIN on every HSM, as a key store does at connect. A wrong old
-// password counts as a failed login.
+// password counts as a failed login. The check ctx carries
+// (WithActGuard) runs immediately before each C_SetPIN; its error stops
+// the rotation there (the HSMs already changed are set back).
 func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, username, old, password string) error {
 	ar, err := s.activeCluster(ctx, c, clusterID)
 	if err != nil {
@@ -286,7 +288,13 @@ func (s *Service) RotatePassword(ctx context.Context, c Caller, clusterID, usern
 		}
 		hs := r.activeHSMs()
 		for i, h := range hs {
-			if err := toks.SetUserPIN(ctx, h.label(), old, password); err != nil {
+			// The caller's last word, immediately before the irreversible
+			// step (a controller whose lease ended meanwhile: A7).
+			err := ActGuard(ctx)
+			if err == nil {
+				err = toks.SetUserPIN(ctx, h.label(), old, password)
+			}
+			if err != nil {
 				for _, done := range hs[:i] {
 					toks.SetUserPIN(ctx, done.label(), password, old)
 				}
@@ -472,4 +480,25 @@ func (s *Service) Users(ctx context.Context, c Caller, clusterID string) ([]User
 			Locked: u.FailedLogins >= MaxFailedLogins, LoggedIn: s.loggedIn(r.ID)})
 	}
 	return out, nil
+}
+
+type actGuardKey struct{}
+
+// WithActGuard returns ctx carrying check, which RotatePassword calls
+// immediately before each C_SetPIN: a key store's controller passes "my
+// lease still lets me act", so that a controller paused between deciding
+// to rotate and rotating (past its lease, while the next controller took
+// over) changes no PIN once it runs again. The database fences its
+// writes; an HSM's PIN has no such fence.
+func WithActGuard(ctx context.Context, check func() error) context.Context {
+	return context.WithValue(ctx, actGuardKey{}, check)
+}
+
+// ActGuard runs the check ctx carries (WithActGuard), if any: what a
+// cluster implementation calls immediately before changing a PIN.
+func ActGuard(ctx context.Context) error {
+	if check, ok := ctx.Value(actGuardKey{}).(func() error); ok {
+		return check()
+	}
+	return nil
 }

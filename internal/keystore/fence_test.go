@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,5 +56,61 @@ func TestConnectFencedByLease(t *testing.T) {
 	}
 	if rs, err := rows(ctx, s, st.ID); err != nil || len(rs) != 0 {
 		t.Fatalf("node rows %v (%v), want none", rs, err)
+	}
+}
+
+// TestRotationGuardedByLease: a controller whose lease ends while its
+// connect is in the backing, between the check before the rotation and the
+// rotation itself (a pause during the login), changes no password: the
+// backing's last check before C_SetPIN (hsm.ActGuard) refuses, and the
+// store stays CONNECTING with the intent kept — not FAILED — for the next
+// controller.
+func TestRotationGuardedByLease(t *testing.T) {
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	ls := s.(storage.Leaser)
+	l, ok, err := ls.TryAcquire(ctx, controller.LeaseName, "a", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	var ending atomic.Bool
+	f := &fakeBacking{block: make(chan struct{}), guarded: true}
+	serve := func(ctx context.Context, fn func(ctx context.Context)) { fn(controller.WithLease(ctx, l)) }
+	actUntil := func(ctx context.Context) (time.Time, bool) {
+		if ending.Load() {
+			return time.Now(), true
+		}
+		return time.Now().Add(time.Minute), true
+	}
+	m, err := New(ctx, controller.Fence(s), b, Config{Backings: map[string]Backing{TypeCloudHSM: f}, NodeID: "a", Serve: serve, ActUntil: actUntil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := create(t, m, "guarded", "cluster-aaaaaaaaaaa")
+	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the rotation's intent", func() bool {
+		got, err := getStore(ctx, s, st.ID)
+		return err == nil && len(got.Pending) == 1
+	})
+	ending.Store(true)
+	close(f.block)
+	eventually(t, "the connect's end", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.secrets) == 1
+	})
+	m.Close()
+	if f.rotations != 0 {
+		t.Errorf("%d rotations after the lease's end, want 0", f.rotations)
+	}
+	got, err := getStore(ctx, s, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != Connecting || len(got.Pending) != 1 || got.Gen != 0 {
+		t.Fatalf("after a rotation refused by the guard: %s %s, %d pending, gen %d; want CONNECTING, the intent kept, gen 0",
+			got.State, got.ErrorCode, len(got.Pending), got.Gen)
 	}
 }

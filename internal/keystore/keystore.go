@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
@@ -931,19 +932,33 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		}
 	}
 	m.failpoint("keystore-connect-after-intent")
+	connectCtx := ctx
 	if next != nil && m.cfg.ActUntil != nil {
 		// C_SetPIN cannot be fenced: it starts only while the lease
-		// surely lasts longer than it takes (MULTINODE.md §4.5). The next
-		// term tries again, the intent recorded.
-		if until, ok := m.cfg.ActUntil(ctx); ok && time.Until(until) < rotateMargin {
+		// surely lasts longer than it takes (MULTINODE.md §4.5), checked
+		// here and again immediately before each C_SetPIN (the login
+		// before it takes time; a pause may fall in it). The next term
+		// tries again, the intent recorded.
+		mayAct := func() error {
+			if until, ok := m.cfg.ActUntil(ctx); ok && time.Until(until) < rotateMargin {
+				return errLeaseEnding
+			}
+			return nil
+		}
+		if mayAct() != nil {
 			m.log.Warn("keystore: controller lease too close to its end to rotate a password; left to the next term", "store", id)
 			return
 		}
+		connectCtx = hsm.WithActGuard(ctx, mayAct)
 	}
 	// This node's login is set before the record says CONNECTED, so that
 	// its follow loop does not log in a second time.
 	gen := cur.Gen + 1
-	rotated, err := b.Connect(ctx, cur, secret, next)
+	rotated, err := b.Connect(connectCtx, cur, secret, next)
+	if errors.Is(err, errLeaseEnding) {
+		m.log.Warn("keystore: controller lease too close to its end to rotate a password; left to the next term", "store", id)
+		return
+	}
 	if err != nil {
 		fail(code(err), err)
 		return
@@ -994,6 +1009,10 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 // rotateMargin is how long the controller's lease must still last for a
 // password rotation to start.
 const rotateMargin = time.Second
+
+// errLeaseEnding stops a password rotation whose controller lease ends
+// within rotateMargin.
+var errLeaseEnding = errors.New("keystore: controller lease too close to its end to rotate a password")
 
 // turn waits for a connector's turn (Config.Connectors) and returns its
 // release, which also runs by itself after maxTurn; ok is false when the

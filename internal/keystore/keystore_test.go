@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
@@ -43,11 +44,14 @@ func TestValidity(t *testing.T) {
 
 // fakeBacking records connects; fail, when set, is the error of Connect.
 type fakeBacking struct {
-	mu          sync.Mutex
-	fail        error
-	secrets     []string
-	connected   map[string]bool
-	block       chan struct{} // when not nil, Connect waits for it
+	mu        sync.Mutex
+	fail      error
+	secrets   []string
+	connected map[string]bool
+	block     chan struct{} // when not nil, Connect waits for it
+	// guarded: Connect checks the context's act guard before it rotates,
+	// as hsm.Service.RotatePassword does before C_SetPIN.
+	guarded     bool
 	disconnects int
 	rotations   int // Connect calls given a next password
 	// holdDisconnect, when not nil, is what Disconnect waits for.
@@ -61,6 +65,11 @@ func (f *fakeBacking) Connect(ctx context.Context, st *Store, secret, next []byt
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.secrets = append(f.secrets, string(secret))
+	if next != nil && f.guarded {
+		if err := hsm.ActGuard(ctx); err != nil {
+			return false, err
+		}
+	}
 	if next != nil {
 		f.rotations++
 	}
