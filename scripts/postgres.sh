@@ -37,6 +37,34 @@ as_user() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u kmsdtest -- "$@"; else "$@"; fi
 }
 
+# free_port prints a free port on 127.0.0.1 below the kernel's ephemeral
+# range: a port bound with ":0" and closed may be taken next by an outgoing
+# connection, and the server restarts on its port (restart, stop + start).
+free_port() {
+  python3 - <<'PY'
+import random, socket
+lo, hi = 32768, 60999
+try:
+    lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+except Exception:
+    pass
+a, z = (20000, lo - 1) if lo > 21000 else (1024, 65535)
+for _ in range(200):
+    p = random.randint(a, z)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+PY
+}
+
 url() {
   local port pass
   port=$(cat "$dir/port")
@@ -70,7 +98,7 @@ start)
   fi
   port=${3:-}
   if [ -z "$port" ]; then
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
   fi
   echo "$port" > "$dir/port"
   mkdir -p "$dir/sock"
@@ -99,7 +127,7 @@ standby)
   dir=$(cd "$dir" && pwd)
   [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir"
   pport=$(cat "$primary/port")
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   (umask 077; cp "$primary/password" "$dir/password"
    printf '*:*:*:kmsd:%s\n' "$(cat "$primary/password")" > "$dir/pgpass")
   echo "$port" > "$dir/port"

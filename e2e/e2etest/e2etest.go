@@ -6,6 +6,7 @@ package e2etest
 import (
 	"bytes"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -17,15 +18,48 @@ import (
 	"time"
 )
 
-// FreeAddr is a loopback address ("127.0.0.1:port") nothing listens on.
+// FreeAddr is a loopback address ("127.0.0.1:port") nothing listens on,
+// on a port outside the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range). A port the kernel handed out for
+// "127.0.0.1:0" is one it may hand out next as the local port of an
+// outgoing connection, which then holds it when the process the test
+// starts — or restarts on the same address — binds it (seen as a
+// "address already in use" of a restarted node on a busy machine).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	lo, hi := freePortRange()
+	for range 200 {
+		addr := fmt.Sprintf("127.0.0.1:%d", lo+mrand.IntN(hi-lo+1))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// freePortRange is where FreeAddr picks ports: below the ephemeral range
+// (from 20000), or above it when it starts too low.
+func freePortRange() (lo, hi int) {
+	elo, ehi := 32768, 60999 // Linux's default
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var a, z int
+		if n, _ := fmt.Sscan(string(b), &a, &z); n == 2 && a > 0 && z >= a {
+			elo, ehi = a, z
+		}
+	}
+	if elo > 21000 {
+		return 20000, elo - 1
+	}
+	if ehi < 64000 {
+		return ehi + 1, 65535
+	}
+	return 1024, 65535
 }
 
 // Log collects a process's output for the test to read while it runs. It
