@@ -274,8 +274,10 @@ func a6Run(t *testing.T, pg *pgServer, fp string) {
 	n0.Start(t)
 	n0.WaitHealthy(t, 60*time.Second)
 	if want == types.ConnectionStateTypeDisconnected {
+		again := time.Now()
 		connect(n2) // the password survived: the next connect logs in and rotates
 		c.waitAllNodes(ctx, id, types.ConnectionStateTypeConnected, 30*time.Second)
+		t.Logf("%s: connected again through node-2 in %v", fp, time.Since(again).Round(time.Millisecond))
 	}
 
 	// The password the database holds logs in on every token.
