@@ -255,10 +255,23 @@ func a7Run(t *testing.T, pg *pgServer, fp string, ttl, pause time.Duration) {
 
 	// 0 writes accepted from the old epoch.
 	var after []tracedWrite
+	own := map[string]int{}
 	for _, w := range writesBy(t, pg, c.db, n0.id, mark) {
-		if !ownRecord(w.key, n0.id) {
+		if ownRecord(w.key, n0.id) {
+			own[w.key]++
+		} else {
 			after = append(after, w)
 		}
+	}
+	t.Logf("%s: node-0's committed writes after it stopped: %d to shared records, its own records %v", fp, len(after), own)
+	// The trace names the writers: the new controller's CONNECTED record
+	// is in it under its name.
+	traced := false
+	for _, w := range writesBy(t, pg, c.db, holder, mark) {
+		traced = traced || w.key == "keystore/"+id
+	}
+	if !traced || own["kmsd/node/"+n0.id] == 0 {
+		t.Errorf("the write trace does not show %s's write of the store's record (%v) or node-0's heartbeats after SIGCONT (%v)", holder, traced, own)
 	}
 	if len(after) > 0 {
 		t.Errorf("node-0 committed %d writes to shared records after it stopped as controller of epoch %d: %+v", len(after), oldEpoch, after)
