@@ -335,15 +335,22 @@ func (c *cluster) terms(t *testing.T, killed map[string]time.Time) []term {
 func TestControllerFailover(t *testing.T) {
 	c := newCluster(t, "n1", "n2", "n3")
 	first, e1 := c.waitController(5*time.Second + 2*ttl)
-	s := c.status()
-	live := 0
-	for _, n := range s.Nodes {
-		if n.Live {
-			live++
+	// A node takes its node lease at its first heartbeat, which may come
+	// after the controller was elected (seen on a loaded machine).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		s := c.status()
+		live := 0
+		for _, n := range s.Nodes {
+			if n.Live {
+				live++
+			}
 		}
-	}
-	if live != 3 {
-		t.Fatalf("status: %d live nodes, want 3: %+v", live, s.Nodes)
+		if live == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status: %d live nodes, want 3: %+v", live, s.Nodes)
+		}
 	}
 	// Each node takes a third of each custom key store's quota.
 	for id, n := range c.nodes {
