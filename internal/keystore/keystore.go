@@ -389,6 +389,27 @@ func (m *Manager) List(account, region string) []*Store {
 	return out
 }
 
+// ListFresh is List for DescribeCustomKeyStores, a control-plane read: the
+// stores as the database has them now, so that every node answers alike —
+// a store made or deleted through another node a moment ago, whose change
+// this node's feed has not brought yet, is listed (or not) as it is
+// (MULTINODE.md §4.7). What it reads is installed in the cache (a newer
+// record held is kept there, by Rev); a store it no longer finds is left
+// to the change feed to drop, so that a create committed after the read
+// began is never dropped from the cache by it.
+func (m *Manager) ListFresh(ctx context.Context, account, region string) ([]*Store, error) {
+	out, err := listStores(ctx, m.store, account, region)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: list: %w", err)
+	}
+	for i, st := range out {
+		m.install(st)
+		out[i] = clone(st)
+	}
+	sort.Slice(out, func(i, j int) bool { return storeLess(out[i], out[j]) })
+	return out, nil
+}
+
 // install makes st, read from or written to the database, the record
 // this process holds, unless it holds a newer one (a higher Rev). A new
 // state or connection generation wakes the control and follow loops.

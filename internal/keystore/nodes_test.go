@@ -228,3 +228,57 @@ func TestChangeThroughAnotherNode(t *testing.T) {
 		t.Fatalf("a store that does not exist: %v", err)
 	}
 }
+
+// TestDescribeThroughAnotherNode: a store made through one node is listed
+// by another at once, before that node's change feed has brought it —
+// DescribeCustomKeyStores reads the database — and a store deleted
+// through the first is no longer listed by the second.
+func TestDescribeThroughAnotherNode(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sa, b := open(t, dir)
+	sb, _ := open(t, dir)
+	a := newManager(t, sa, b, &fakeBacking{})
+	n := newManager(t, sb, b, &fakeBacking{}) // no change feed at all
+	first := create(t, a, "first", "cluster-aaaaaaaaaaa")
+	second := create(t, a, "second", "cluster-bbbbbbbbbbb")
+	if got := n.List(first.Account, first.Region); len(got) != 0 {
+		t.Fatalf("the other node's cache already holds %d stores; the test needs it not to", len(got))
+	}
+	ids := func(sts []*Store) []string {
+		var out []string
+		for _, st := range sts {
+			out = append(out, st.ID+"/"+st.Name+"/"+string(st.State))
+		}
+		return out
+	}
+	got, err := n.ListFresh(ctx, first.Account, first.Region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{first.ID + "/first/DISCONNECTED", second.ID + "/second/DISCONNECTED"}
+	if !slices.Equal(ids(got), want) {
+		t.Fatalf("ListFresh through the other node = %v, want %v (creation order)", ids(got), want)
+	}
+	if got, err := n.ListFresh(ctx, first.Account, "eu-west-1"); err != nil || len(got) != 0 {
+		t.Fatalf("ListFresh of another Region = %v, %v; want none", ids(got), err)
+	}
+	// What it read is cached: the data plane finds it too.
+	if _, err := n.Get(first.Account, first.Region, first.ID); err != nil {
+		t.Fatalf("Get after ListFresh: %v", err)
+	}
+	// A rename and a delete through the first node are seen at once.
+	if err := a.Update(ctx, second.Account, second.Region, second.ID, Update{Name: ptr("renamed")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, first.Account, first.Region, first.ID, func(context.Context, string) (bool, error) { return false, nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, err = n.ListFresh(ctx, first.Account, first.Region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{second.ID + "/renamed/DISCONNECTED"}; !slices.Equal(ids(got), want) {
+		t.Fatalf("ListFresh after a rename and a delete through the other node = %v, want %v", ids(got), want)
+	}
+}

@@ -13,8 +13,8 @@ import (
 const defaultStoreLimit = 100
 
 // DescribeCustomKeyStores lists the caller's stores in creation order, or
-// the one named by id or name (spec §5.3). Markers are opaque: the id of
-// the last store of the previous page.
+// the one named by id or name (spec §5.3), as the database has them.
+// Markers are opaque: the id of the last store of the previous page.
 func (s *Service) DescribeCustomKeyStores(ctx context.Context, c *Caller, in *kmsapi.DescribeCustomKeyStoresRequest) (*kmsapi.DescribeCustomKeyStoresResponse, error) {
 	if err := s.storeAuthorize(c, "DescribeCustomKeyStores"); err != nil {
 		return nil, err
@@ -26,7 +26,13 @@ func (s *Service) DescribeCustomKeyStores(ctx context.Context, c *Caller, in *km
 	if in.CustomKeyStoreId != nil && in.CustomKeyStoreName != nil {
 		return nil, validation("Specify either CustomKeyStoreId or CustomKeyStoreName, not both.")
 	}
-	all := m.List(c.Account, c.Region)
+	// Read from the database, not this node's cache: a store made through
+	// another node a moment ago is found at once (as Connect, Update and
+	// Delete find it), and every node lists the same stores.
+	all, err := m.ListFresh(ctx, c.Account, c.Region)
+	if err != nil {
+		return nil, err
+	}
 	var stores []*keystore.Store
 	for _, st := range all {
 		if (in.CustomKeyStoreId == nil || st.ID == *in.CustomKeyStoreId) &&
