@@ -13,6 +13,14 @@
 // controller that was paused past its lease and resumed has every write
 // refused, whatever its own clock believes.
 //
+// Every node also publishes in its node record the change-feed position up
+// to which it has applied every change (Node.FeedCursor); the pruning duty
+// prunes no further than the earliest such position of the nodes holding
+// a live node lease (FeedFloor, MULTINODE.md §4.3). MULTINODE.md §7.2 put
+// the cursor in the node lease's holder string; it is in the node record
+// instead, which already carries the other per-node facts, so that the
+// lease row stays a lease.
+//
 // On SQLite one process holds the database, so it always wins the lease
 // at start and behaves as kmsd always has.
 package controller
@@ -76,6 +84,11 @@ type Config struct {
 	// nodes holding a live node lease (this one's included; a node whose
 	// record is not written yet is left out) and how many hold one.
 	Peers func(nodes []Node, live int)
+	// FeedCursor, if not nil, is this node's change-feed position
+	// (false: none yet), published in the node record at each heartbeat
+	// so that the feed is not pruned past it while the node lives
+	// (FeedFloor).
+	FeedCursor func() (storage.Cursor, bool)
 }
 
 // Duty is background work run only while this node is the controller. It
@@ -403,6 +416,9 @@ type Node struct {
 	// StoreDemand is the requests a second the node was asked of each
 	// custom key store (by id), for splitting their quotas by demand.
 	StoreDemand map[string]float64 `json:"storeDemand,omitempty"`
+	// FeedCursor is the change-feed position up to which the node had
+	// applied every change at Heartbeat (Config.FeedCursor).
+	FeedCursor *storage.Cursor `json:"feedCursor,omitempty"`
 }
 
 // heartbeat holds the node lease and writes the node record every
@@ -497,6 +513,11 @@ func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
 	if c.cfg.Demand != nil && !stopped {
 		n.StoreDemand = c.cfg.Demand()
 	}
+	if c.cfg.FeedCursor != nil {
+		if cur, ok := c.cfg.FeedCursor(); ok {
+			n.FeedCursor = &cur
+		}
+	}
 	if c.cfg.CacheLag != nil {
 		if d, ok := c.cfg.CacheLag(); ok {
 			s := d.Seconds()
@@ -508,6 +529,52 @@ func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
 		return err
 	}
 	return c.cfg.Store.Put(ctx, NodePrefix+c.cfg.NodeID, b)
+}
+
+// ErrFeedFloorUnknown says a node holding a live node lease has published
+// no change-feed cursor yet (it is starting): the feed must not be pruned
+// until it has.
+var ErrFeedFloorUnknown = errors.New("controller: a live node has published no change-feed cursor yet")
+
+// FeedFloor is how far the change feed of generation gen may be pruned
+// without taking from a live node a change it has not applied: the
+// earliest cursor of gen published by a node holding a live node lease.
+// bounded is false when no live node holds a cursor of gen (one of another
+// generation will be Reset anyway). A node whose lease expired — dead, or
+// cut off from the database for longer than the lease TTL — does not hold
+// the feed back: when it comes back, its cursor is older than the pruning
+// point and it reloads everything (storage.Watcher's Reset). The error
+// wraps ErrFeedFloorUnknown when a live node has published no cursor.
+func FeedFloor(ctx context.Context, st storage.Store, ls storage.Leaser, gen string) (floor storage.Cursor, bounded bool, err error) {
+	leases, err := ls.Live(ctx, NodeLeasePrefix)
+	if err != nil {
+		return storage.Cursor{}, false, err
+	}
+	for _, l := range leases {
+		id := strings.TrimPrefix(l.Name, NodeLeasePrefix)
+		b, err := st.Get(ctx, NodePrefix+id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return storage.Cursor{}, false, fmt.Errorf("%w (node %s has no record)", ErrFeedFloorUnknown, id)
+		}
+		if err != nil {
+			return storage.Cursor{}, false, err
+		}
+		var n Node
+		if err := json.Unmarshal(b, &n); err != nil {
+			return storage.Cursor{}, false, fmt.Errorf("node record %s: %w", id, err)
+		}
+		switch {
+		case n.Stopped:
+			// Stopped cleanly after its lease was last renewed: its
+			// next start begins with a Reset.
+		case n.FeedCursor == nil:
+			return storage.Cursor{}, false, fmt.Errorf("%w (node %s)", ErrFeedFloorUnknown, id)
+		case n.FeedCursor.Gen != gen:
+		case !bounded || n.FeedCursor.Before(floor):
+			floor, bounded = *n.FeedCursor, true
+		}
+	}
+	return floor, bounded, nil
 }
 
 // Status is what status reports: the nodes' records, the live leases and

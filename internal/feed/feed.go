@@ -45,6 +45,7 @@ type Follower struct {
 	log      *slog.Logger
 
 	cursor storage.Cursor
+	pos    atomic.Pointer[storage.Cursor] // cursor, for Cursor
 	fresh  atomic.Pointer[time.Time]
 }
 
@@ -59,8 +60,15 @@ func New(w storage.Watcher, interval time.Duration, log *slog.Logger, subs ...Su
 	}
 	f := &Follower{w: w, subs: subs, interval: interval, log: log}
 	f.fresh.Store(&time.Time{})
+	f.pos.Store(&storage.Cursor{})
 	return f
 }
+
+// Cursor is the feed position up to which every change has been handed to
+// the subscribers (the zero Cursor before the first poll). The node
+// publishes it, so that the feed is never pruned past it while the node
+// lives (a pruned cursor would cost it a Reset).
+func (f *Follower) Cursor() storage.Cursor { return *f.pos.Load() }
 
 // FreshAsOf is the instant, on this process's monotonic clock, before
 // which every committed change has been handed to the subscribers; the
@@ -130,6 +138,8 @@ func (f *Follower) Poll(ctx context.Context) error {
 			}
 		}
 		f.cursor = b.Next
+		next := b.Next
+		f.pos.Store(&next)
 		if !b.FreshAsOf.IsZero() {
 			// Published only after every subscriber has the changes.
 			if b.FreshAsOf.After(f.FreshAsOf()) {

@@ -19,7 +19,8 @@ import (
 // election) on store, which must be a storage.Leaser (both drivers are).
 // lag, if not nil, is how far this node's caches are behind the database
 // (false: not known yet), published in the node record for kmsd status.
-func newController(cfg Config, store storage.Store, addr string, share *quotaShare, lag func() (time.Duration, bool), log *slog.Logger) (*controller.Controller, error) {
+func newController(cfg Config, store storage.Store, addr string, share *quotaShare, lag func() (time.Duration, bool),
+	cursor func() (storage.Cursor, bool), log *slog.Logger) (*controller.Controller, error) {
 	ls, ok := store.(storage.Leaser)
 	if !ok {
 		return nil, errors.New("the store has no leases")
@@ -42,7 +43,8 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 		share.byDemand(keystore.DemandShares(id, n, demand))
 	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
-		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers})
+		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers,
+		FeedCursor: cursor})
 }
 
 // liveNodes lists the nodes holding a live node lease.
@@ -215,6 +217,17 @@ func (p poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPoolAcquires, prometheus.CounterValue, float64(s.Acquires))
 	ch <- prometheus.MustNewConstMetric(descPoolEmpty, prometheus.CounterValue, float64(s.EmptyAcquires))
 	ch <- prometheus.MustNewConstMetric(descPoolWait, prometheus.CounterValue, s.AcquireWait.Seconds())
+}
+
+// feedCursor is the open core's change-feed position (feed.Follower.Cursor),
+// as the node record publishes it: false until its follower has polled.
+func (a *api) feedCursor() (storage.Cursor, bool) {
+	f := a.follower.Load()
+	if f == nil {
+		return storage.Cursor{}, false
+	}
+	c := f.Cursor()
+	return c, !c.IsZero()
 }
 
 // cacheLag is the open core's change-feed lag (feed.Follower.Lag), as the

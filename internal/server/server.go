@@ -388,14 +388,18 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	}
 	// The background duties run on the one node holding the controller
 	// lease (on SQLite: always this process).
-	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, a.cacheLag, log)
+	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, a.cacheLag, a.feedCursor, log)
 	if err != nil {
 		return err
 	}
 	a.ctl = ctl
 	a.metrics.reg.MustRegister(controllerCollector{ctl, store}, poolCollector{store})
 	if w, ok := store.(storage.Watcher); ok {
-		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, log) })
+		ls := store.(storage.Leaser)
+		floor := func(ctx context.Context, gen string) (storage.Cursor, bool, error) {
+			return controller.FeedFloor(ctx, store, ls, gen)
+		}
+		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, floor, log) })
 	}
 	ctlCtx, stopCtl := context.WithCancel(ctx)
 	ctlDone := make(chan struct{})

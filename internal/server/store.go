@@ -67,14 +67,20 @@ const changeRetention = 10 * time.Minute
 
 // pruneChanges keeps the change feed (storage.Watcher) from growing without
 // bound: every interval it notes the feed's head, and prunes up to the head
-// it noted at least retention ago. It is a controller duty; it does not
-// yet honour the nodes' cursors (a reader further behind gets a Reset).
-func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.Duration, log *slog.Logger) {
+// it noted at least retention ago — but never past floor, the earliest
+// cursor of the live nodes (controller.FeedFloor), so that a live node
+// that lags (a slow or briefly stalled feed) is never made to reload
+// everything. A node whose node lease expired is not waited for; it gets a
+// Reset when it comes back. floor nil: no other reader (tests). It is a
+// controller duty.
+func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.Duration,
+	floor func(ctx context.Context, gen string) (storage.Cursor, bool, error), log *slog.Logger) {
 	type mark struct {
 		at time.Time
 		c  storage.Cursor
 	}
 	var marks []mark
+	held := false // the floor held pruning back at the last turn (logged once)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -83,15 +89,43 @@ func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.
 		} else if ctx.Err() == nil {
 			log.Warn("change feed head", "err", err)
 		}
-		var upTo *storage.Cursor
-		for len(marks) > 0 && time.Since(marks[0].at) >= retention {
-			upTo = &marks[0].c
-			marks = marks[1:]
+		// The newest mark old enough.
+		n := 0
+		for n < len(marks) && time.Since(marks[n].at) >= retention {
+			n++
 		}
-		if upTo != nil {
-			if err := w.Prune(ctx, *upTo); err != nil && ctx.Err() == nil {
-				log.Warn("change feed prune", "err", err)
+		if n > 0 {
+			upTo := marks[n-1].c
+			ok, capped := true, false
+			if floor != nil {
+				f, bounded, err := floor(ctx, upTo.Gen)
+				switch {
+				case err != nil:
+					ok = false
+					if ctx.Err() == nil && !held {
+						log.Info("change feed not pruned: the live nodes' cursors are not known", "err", err)
+					}
+				case bounded && f.Before(upTo):
+					upTo, capped = f, true
+				}
 			}
+			if ok {
+				if err := w.Prune(ctx, upTo); err != nil && ctx.Err() == nil {
+					log.Warn("change feed prune", "err", err)
+				}
+			}
+			switch {
+			case capped && !held:
+				log.Info("change feed pruning held back by a live node's cursor", "upTo", upTo)
+				fallthrough
+			case capped || !ok:
+				// The old mark is kept, to be pruned up to once the
+				// lagging node has caught up (or its lease expired).
+				marks = marks[n-1:]
+			default:
+				marks = marks[n:]
+			}
+			held = capped || !ok
 		}
 		select {
 		case <-ctx.Done():

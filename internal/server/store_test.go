@@ -2,15 +2,24 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
+
+// TestMain stops the private PostgreSQL server pgtest started, if it
+// started one (KMSD_TEST_DATABASE_URL unset outside CI).
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // TestPruneChanges: the change feed is pruned once its changes are older
 // than the retention, so the table does not grow without bound, and a
@@ -33,7 +42,7 @@ func TestPruneChanges(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() {
-		pruneChanges(ctx, st, 20*time.Millisecond, 100*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		pruneChanges(ctx, st, 20*time.Millisecond, 100*time.Millisecond, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		close(done)
 	}()
 	stopped := false
@@ -68,5 +77,178 @@ func TestPruneChanges(t *testing.T) {
 	}
 	if b, err := st.Changes(ctx, head.Next, 0); err != nil || b.Reset || len(b.Keys) != 1 {
 		t.Fatalf("Changes from a fresh cursor = %+v, %v; want k/new without a Reset", b, err)
+	}
+}
+
+// sharedStore is a store that is also a change feed and a leaser, as both
+// drivers are.
+type sharedStore interface {
+	storage.Store
+	storage.Watcher
+	storage.Leaser
+}
+
+// TestPruneHonoursLiveCursors: the change feed is pruned only up to the
+// earliest cursor of the nodes holding a live node lease — a lagging live
+// node keeps every change it has not applied, and a live node that has
+// published no cursor yet holds pruning back — while a node whose lease
+// expired is not waited for: its cursor is pruned past, and reading from
+// it gives a Reset (reload everything), never a skipped change. On both
+// drivers.
+func TestPruneHonoursLiveCursors(t *testing.T) {
+	for _, d := range []struct {
+		name string
+		open func(t *testing.T) sharedStore
+	}{
+		{"sqlite", func(t *testing.T) sharedStore {
+			st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "kmsd.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+		{"postgres", func(t *testing.T) sharedStore {
+			st, err := postgres.Open(t.Context(), pgtest.URL(t), postgres.Options{MaxConns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+	} {
+		t.Run(d.name, func(t *testing.T) { testPruneHonoursLiveCursors(t, d.open(t)) })
+	}
+}
+
+func testPruneHonoursLiveCursors(t *testing.T, st sharedStore) {
+	ctx := t.Context()
+	publish := func(id string, c *storage.Cursor) {
+		t.Helper()
+		b, err := json.Marshal(controller.Node{ID: id, Heartbeat: time.Now().UTC(), FeedCursor: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Put(ctx, controller.NodePrefix+id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lease := func(id string) storage.Lease {
+		t.Helper()
+		l, ok, err := st.TryAcquire(ctx, controller.NodeLeasePrefix+id, id, time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("node lease %s: %v %v", id, ok, err)
+		}
+		return l
+	}
+	// drain reads the feed from c to its end; reset says it gave a Reset.
+	drain := func(c storage.Cursor) (keys []string, next storage.Cursor, reset bool) {
+		t.Helper()
+		for {
+			b, err := st.Changes(ctx, c, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.Reset {
+				return nil, b.Next, true
+			}
+			keys, c = append(keys, b.Keys...), b.Next
+			if len(b.Keys) == 0 {
+				return keys, c, false
+			}
+		}
+	}
+	count := func(keys []string, prefix string) int {
+		n := 0
+		for _, k := range keys {
+			if len(k) > len(prefix) && k[:len(prefix)] == prefix {
+				n++
+			}
+		}
+		return n
+	}
+	put := func(prefix string, n int) {
+		t.Helper()
+		for i := range n {
+			if err := st.Put(ctx, prefix+string(rune('a'+i)), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// Node "lagging" read the feed up to c0 and stopped there; node
+	// "starting" holds its lease but has published no cursor yet.
+	_, c0, _ := drain(storage.Cursor{})
+	if _, c0, _ = drain(c0); c0.IsZero() {
+		t.Fatal("no cursor")
+	}
+	lagging := lease("lagging")
+	publish("lagging", &c0)
+	lease("starting")
+	publish("starting", nil)
+	put("a/", 20)
+
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pruneChanges(pctx, st, 20*time.Millisecond, 100*time.Millisecond, func(ctx context.Context, gen string) (storage.Cursor, bool, error) {
+			return controller.FeedFloor(ctx, st, st, gen)
+		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	defer func() { cancel(); <-done }()
+
+	// Pruning runs (25 turns past the retention), held back by both.
+	time.Sleep(600 * time.Millisecond)
+	if keys, _, reset := drain(c0); reset || count(keys, "a/") != 20 {
+		t.Fatalf("from the lagging live node's cursor: reset %v, %d of the 20 changes; want all 20, no Reset", reset, count(keys, "a/"))
+	}
+	// "starting" publishes the head; "lagging" still holds the feed back.
+	_, head, _ := drain(c0)
+	publish("starting", &head)
+	time.Sleep(600 * time.Millisecond)
+	keys, c1, reset := drain(c0)
+	if reset || count(keys, "a/") != 20 {
+		t.Fatalf("from the lagging live node's cursor, once every live node published one: reset %v, %d of the 20 changes; want all 20, no Reset", reset, count(keys, "a/"))
+	}
+
+	// Both catch up to c1: the feed is pruned up to c1, not past.
+	publish("lagging", &c1)
+	publish("starting", &c1)
+	put("b/", 5)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, reset := drain(c0); reset {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the feed was not pruned up to the cursor the live nodes published")
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	keys, c2, reset := drain(c1)
+	if reset || count(keys, "b/") != 5 {
+		t.Fatalf("from the live nodes' cursor: reset %v, %d of the 5 later changes; want all 5, no Reset", reset, count(keys, "b/"))
+	}
+
+	// "starting" moves on to c2; "lagging" dies: its lease is not renewed
+	// and expires. Its cursor no longer holds the feed back, and reading
+	// from it gives a Reset.
+	publish("starting", &c2)
+	if _, err := st.Renew(ctx, lagging, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, reset := drain(c1); reset {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the feed was not pruned past the cursor of a node whose lease expired")
+		}
+	}
+	if keys, _, reset := drain(c2); reset {
+		t.Fatalf("from the live node's cursor c2: a Reset (keys %v)", keys)
+	}
+	if ls, err := st.Live(ctx, controller.NodeLeasePrefix); err != nil || len(ls) != 1 {
+		t.Fatalf("live node leases: %v %v; want only starting's", ls, err)
 	}
 }

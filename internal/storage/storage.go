@@ -222,6 +222,13 @@ type Cursor struct {
 // IsZero says c is the zero Cursor.
 func (c Cursor) IsZero() bool { return c == Cursor{} }
 
+// Before says c is an earlier position than d in the feed of one
+// generation: both drivers order their cursors by XID, then Seq. Cursors
+// of different generations are not ordered (false either way).
+func (c Cursor) Before(d Cursor) bool {
+	return c.Gen == d.Gen && (c.XID < d.XID || c.XID == d.XID && c.Seq < d.Seq)
+}
+
 // Batch is one answer of Watcher.Changes.
 type Batch struct {
 	Keys      []string
