@@ -7,8 +7,9 @@ package hsm
 // Config.BackupInterval, and Config.BackupDelay after a change of the
 // cluster's keys or users (debounced: one backup for a burst of changes).
 // A backup whose start, snapshot or write fails is removed and tried
-// again Config.BackupDelay later, so that the change it was for does not
-// wait for the next periodic backup.
+// again Config.BackupDelay later (the cluster's BackupDue marker is put
+// that far ahead), so that the change it was for does not wait for the
+// next periodic backup.
 //
 // Crash safety. A backup is written first without contents in
 // CREATE_IN_PROGRESS; its contents are taken under the cluster's lock —
@@ -21,13 +22,22 @@ package hsm
 //
 // Several nodes. Backup records are read from the store by the API
 // (DescribeBackups, and before every change) and changed in storage.Update
-// transactions; the backup and sweep loops run on the controller. A
-// backup scheduled after a change (BackupDelay) is still timed by the
-// node that made the change: if that node dies first, the next periodic
-// backup covers the change. A node that starts while another is taking a
-// backup removes it as unfinished (the rule above); the other node's
-// finishing write then finds it gone, and the starting node schedules a
-// fresh one.
+// transactions; the backup and sweep loops run on the controller. The
+// backup a change of keys or users calls for is owned by the controller
+// too: the change records, in its own transaction, when a backup falls
+// due (record.BackupDue, BackupDelay after the first change of a burst),
+// whichever node made it; the controller's steps loop takes the backup
+// once it is due, and the backup clears the marker in a transaction that
+// finds the cluster's contents as the backup holds them (a change made
+// meanwhile keeps it, due again BackupDelay later). A node that dies
+// after a change, or a controller that dies during the backup, leaves the
+// marker: the next controller takes the backup (MULTINODE.md §4.6 puts
+// HSM background steps on the controller; it names no backup rule, and
+// this one is kmsd's). A backup left CREATE_IN_PROGRESS by a dead
+// controller is removed by the sweeper once it is older than
+// orphanedBackupAge, or by a node that starts (the rule above); the other
+// node's finishing write then finds it gone, and the marker, still set,
+// brings a fresh one.
 
 import (
 	"context"
@@ -243,35 +253,42 @@ func contentChanged(prev, next *record) bool {
 	return false
 }
 
-// backupSoon schedules a backup of cluster id Config.BackupDelay from now
-// unless one is scheduled already.
-func (s *Service) backupSoon(id string) {
+// orphanedBackupAge is how old a backup still CREATE_IN_PROGRESS without
+// contents must be, beyond Config.CreateDelay, before the sweeper takes it
+// for one whose node died taking it and removes it.
+const orphanedBackupAge = 5 * time.Minute
+
+// dueBackup starts the backup that cluster r's BackupDue marker calls for,
+// unless this node is taking one of r already. It runs on the controller
+// (runSteps).
+func (s *Service) dueBackup(ctx context.Context, r *record) {
 	s.bkMu.Lock()
-	if s.bkPending[id] {
+	if s.bkPending[r.ID] {
 		s.bkMu.Unlock()
 		return
 	}
-	s.bkPending[id] = true
+	s.bkPending[r.ID] = true
 	s.bkMu.Unlock()
-	s.after(s.cfg.BackupDelay, func(ctx context.Context) {
-		s.bkMu.Lock()
-		delete(s.bkPending, id) // a change from now on schedules another
-		s.bkMu.Unlock()
-		s.takeBackup(ctx, id)
-	})
+	if !s.takeBackup(ctx, r.ID) {
+		s.settleBackup(r.ID)
+	}
 }
 
-// flushBackup takes at once the backup a change of cluster id scheduled
-// (backupSoon), for a cluster about to lose its contents: deleting it must
+// settleBackup ends this node's backup of cluster id in progress.
+func (s *Service) settleBackup(id string) {
+	s.bkMu.Lock()
+	delete(s.bkPending, id)
+	s.bkMu.Unlock()
+}
+
+// flushBackup takes at once the backup a change of cluster id marked due
+// (markBackup), for a cluster about to lose its contents: deleting it must
 // not lose its last change — a kmsuser password a key store's connect
 // rotated, say — to Config.BackupDelay, or restoring its newest backup
 // would give a cluster with the old password.
 func (s *Service) flushBackup(ctx context.Context, id string) {
-	s.bkMu.Lock()
-	pending := s.bkPending[id]
-	s.bkMu.Unlock()
-	r, ok := s.byID(id)
-	if !pending || !ok || !backedUp(r) {
+	r, err := s.fresh(ctx, id)
+	if err != nil || r.BackupDue == nil || !backedUp(r) {
 		return
 	}
 	b := &backupRecord{ID: s.newID("backup-"), Account: r.Account, Region: r.Region, ClusterID: r.ID,
@@ -280,15 +297,16 @@ func (s *Service) flushBackup(ctx context.Context, id string) {
 		s.log.Error("hsm: start backup", "cluster", id, "err", err)
 		return
 	}
-	s.finishBackup(ctx, b.ID)
+	s.finishBackup(ctx, b.ID, r)
 }
 
 // takeBackup backs cluster id up: a CREATE_IN_PROGRESS record, then after
-// Config.CreateDelay the contents, READY, in one write.
-func (s *Service) takeBackup(ctx context.Context, id string) {
+// Config.CreateDelay the contents, READY, in one write. It reports whether
+// the backup was started.
+func (s *Service) takeBackup(ctx context.Context, id string) bool {
 	r, ok := s.byID(id)
 	if !ok || !backedUp(r) {
-		return
+		return false
 	}
 	b := &backupRecord{ID: s.newID("backup-"), Account: r.Account, Region: r.Region, ClusterID: r.ID,
 		State: BackupCreateInProgress, Created: s.now().UTC(), HsmType: r.HsmType, Mode: r.Mode}
@@ -296,17 +314,78 @@ func (s *Service) takeBackup(ctx context.Context, id string) {
 		s.log.Error("hsm: start backup", "cluster", id, "err", err)
 		// Tried again, as a failed snapshot or write is (finishBackup).
 		if ctx.Err() == nil {
-			s.backupSoon(id)
+			s.backupFailed(ctx, id)
 		}
-		return
+		return false
 	}
-	s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishBackup(ctx, b.ID) })
+	s.after(s.cfg.CreateDelay, func(ctx context.Context) { s.finishBackup(ctx, b.ID, r) })
+	return true
+}
+
+// backedUpThrough clears cluster id's BackupDue marker now that a backup
+// created when the record was snap holds its contents — unless the
+// record's contents changed since, in which case the backup of that change
+// is due Config.BackupDelay from now. A marker left by a failed write is taken up
+// again by the steps loop.
+func (s *Service) backedUpThrough(ctx context.Context, id string, snap *record) {
+	_, err := s.update(ctx, id, func(r *record) error {
+		if r.BackupDue == nil {
+			return errSkip
+		}
+		if contentChanged(snap, r) {
+			due := s.now().UTC().Add(s.cfg.BackupDelay)
+			r.BackupDue = &due
+			return nil
+		}
+		r.BackupDue = nil
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, ErrClusterNotFound) {
+		s.log.Warn("hsm: clear the backup marker", "cluster", id, "err", err)
+	}
+}
+
+// markDue marks a backup of cluster id due now, unless one is due already.
+func (s *Service) markDue(ctx context.Context, id string) {
+	_, err := s.update(ctx, id, func(r *record) error {
+		if !backedUp(r) || r.BackupDue != nil {
+			return errSkip
+		}
+		now := s.now().UTC()
+		r.BackupDue = &now
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, ErrClusterNotFound) {
+		s.log.Warn("hsm: mark a backup due", "cluster", id, "err", err)
+	}
+}
+
+// backupFailed puts the cluster's BackupDue marker Config.BackupDelay
+// ahead after a backup failed, so that the change it was for is backed up
+// by a later try (not only by the next periodic backup), without trying
+// again at every turn of the steps loop.
+func (s *Service) backupFailed(ctx context.Context, id string) {
+	_, err := s.update(ctx, id, func(r *record) error {
+		if !backedUp(r) {
+			return errSkip
+		}
+		due := s.now().UTC().Add(s.cfg.BackupDelay)
+		r.BackupDue = &due
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, ErrClusterNotFound) {
+		s.log.Warn("hsm: mark the backup due again", "cluster", id, "err", err)
+	}
 }
 
 // finishBackup takes the contents of a CREATE_IN_PROGRESS backup under
 // its cluster's lock and makes it READY, in a transaction that finds the
-// backup still CREATE_IN_PROGRESS.
-func (s *Service) finishBackup(ctx context.Context, id string) {
+// backup still CREATE_IN_PROGRESS; then it clears the cluster's BackupDue
+// marker unless its contents changed since begun, the cluster's record
+// when the backup was created (so that every change has a backup created
+// after it).
+func (s *Service) finishBackup(ctx context.Context, id string, begun *record) {
+	defer s.settleBackup(begun.ID)
 	// Read from the store, not the cache: a Reset of the cache (reloadBackups)
 	// that listed the backups just before this one was created replaces the
 	// map without it, and a backup skipped here would stay
@@ -364,11 +443,12 @@ func (s *Service) finishBackup(ctx context.Context, id string) {
 		// The change that called for this backup is not backed up yet: try
 		// again, or it would wait for the next periodic backup.
 		if ctx.Err() == nil {
-			s.backupSoon(b.ClusterID)
+			s.backupFailed(ctx, b.ClusterID)
 		}
 		return
 	}
 	s.log.Info("hsm: backup ready", "cluster", b.ClusterID, "backup", b.ID)
+	s.backedUpThrough(ctx, b.ClusterID, begun)
 }
 
 // putBackup stores a new backup record b (create) or overwrites it, and
@@ -494,6 +574,13 @@ func (s *Service) dropBackup(ctx context.Context, id string) {
 	s.bkMu.Unlock()
 }
 
+// takingBackup says this node is taking a backup of cluster id.
+func (s *Service) takingBackup(id string) bool {
+	s.bkMu.Lock()
+	defer s.bkMu.Unlock()
+	return s.bkPending[id]
+}
+
 func (s *Service) backup(id string) (*backupRecord, bool) {
 	s.bkMu.Lock()
 	defer s.bkMu.Unlock()
@@ -543,7 +630,8 @@ func (s *Service) loadBackups(ctx context.Context) error {
 				return fmt.Errorf("hsm: remove unfinished backup %s: %w", b.ID, err)
 			}
 			s.log.Warn("hsm: removed a backup left unfinished by a crash", "backup", b.ID, "cluster", b.ClusterID)
-			s.backupSoon(b.ClusterID)
+			// A fresh one, due at once: the controller takes it.
+			s.markDue(ctx, b.ClusterID)
 			continue
 		}
 		// Under bkMu: a copy finished by an earlier iteration's timer
@@ -621,6 +709,10 @@ func (s *Service) sweep(ctx context.Context) {
 	for _, b := range all {
 		switch {
 		case b.State == BackupPendingDeletion && b.DeleteAt != nil && !now.Before(*b.DeleteAt):
+		case b.State == BackupCreateInProgress && len(b.Contents) == 0 && b.SourceBackup == "" &&
+			now.Sub(b.Created) > s.cfg.CreateDelay+orphanedBackupAge && !s.takingBackup(b.ClusterID):
+			// Left by a node that died taking it; its cluster's marker
+			// brought (or brings) another.
 		case b.State == BackupReady && !b.NeverExpires:
 			days := defaultRetentionDays
 			r, ok := s.byID(b.ClusterID)

@@ -156,6 +156,9 @@ func TestBackupOperations(t *testing.T) {
 	s := newService(t, fastBackups, func(c *Config) { c.Now = clk.now })
 	ctx := context.Background()
 	id := activeCluster(t, s, 1)
+	// The first backup falls due BackupDelay after the initialization
+	// on the service's clock.
+	clk.add(time.Second)
 	waitBackup(t, s, id, time.Time{})
 	// Three more backups, a day apart.
 	var ids []string

@@ -560,10 +560,13 @@ func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.Delete
 		return nil, notFound(*in.ClusterId)
 	} else if r.Declared {
 		return nil, declaredRefusal(r.ID)
+	} else if len(r.HSMs) == 0 && backedUp(r) {
+		// A change still waiting for its backup is backed up first (it
+		// is harmless if the deletion is then refused). Not for a
+		// request refused anyway, which must change nothing: the backup
+		// clears the record's marker.
+		s.flushBackup(ctx, *in.ClusterId)
 	}
-	// A change still waiting for its backup is backed up first (it is
-	// harmless if the deletion is then refused).
-	s.flushBackup(ctx, *in.ClusterId)
 	var r *record
 	err := s.guarded(ctx, *in.ClusterId, func(storeID, state string) error {
 		var err error

@@ -272,6 +272,13 @@ type record struct {
 	// state) is to be finished: the step's intent is the state, and
 	// whichever node is the controller then finishes it (steps.go).
 	Due time.Time `json:"due,omitzero"`
+	// BackupDue, when set, is when a backup of the cluster falls due
+	// because its keys or users changed (or it was initialized): written
+	// in the transaction of the change, by whichever node made it, and
+	// cleared by the backup that covers the change, which the controller
+	// takes (backup.go). Durable, so a node that dies after a change does
+	// not take the change's backup with it.
+	BackupDue *time.Time `json:"backupDue,omitempty"`
 	// Rev counts the record's writes: a cache never replaces a record
 	// with an older one.
 	Rev int64 `json:"rev,omitempty"`

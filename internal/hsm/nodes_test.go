@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -161,5 +162,102 @@ func TestMerge(t *testing.T) {
 	same.Rev = 5
 	if _, err := merge(base, mine, same); err != nil {
 		t.Fatalf("both made the same change: %v", err)
+	}
+}
+
+// TestBackupByController: the backup a change of keys calls for is
+// marked due in the cluster's record, in the change's transaction, by the
+// node that made it — here A, which never runs the background loops —
+// and taken by the controller. A dies right after the change, and no
+// controller runs at that moment (the last one lost its lease): the node
+// that takes the controller role next finds the marker and takes the
+// backup within the delay, holding the change; the marker is then
+// cleared. (Before, the delay's timer ran on the node that made the
+// change and died with it, leaving the change to the next periodic
+// backup, a day later.)
+func TestBackupByController(t *testing.T) {
+	const delay = 500 * time.Millisecond
+	ctx := context.Background()
+	a, b, sb := twoNodes(t, func(c *Config) { controlled(c); c.BackupDelay = delay },
+		func(c *Config) { controlled(c); c.BackupDelay = delay })
+	// B is the controller while the cluster is made.
+	term := func() (stop func()) {
+		tctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); b.RunBackground(tctx) }()
+		return func() { cancel(); <-done }
+	}
+	stop := term()
+	id := activeCluster(t, a, 1)
+	if err := a.Login(ctx, caller, id, "kmsuser", RoleCryptoUser, "kmspass1", "kms"); err != nil {
+		t.Fatal(err)
+	}
+	waitBackup(t, b, id, time.Time{})
+	marker := func() *time.Time {
+		t.Helper()
+		r, err := readRecord(ctx, sb, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.BackupDue
+	}
+	for deadline := time.Now().Add(10 * time.Second); marker() != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the backups of the cluster's making left the marker set: %v", marker())
+		}
+	}
+	stop() // B loses the controller lease: no controller runs now
+
+	since := time.Now()
+	if err := a.CreateKey(ctx, id, "made-on-a"); err != nil {
+		t.Fatal(err)
+	}
+	due := marker()
+	if due == nil || due.Before(since.Add(delay-time.Millisecond)) || due.After(time.Now().Add(delay)) {
+		t.Fatalf("backup marker after the change through A: %v, want about %v", due, since.Add(delay))
+	}
+	a.cancel() // A dies: nothing of it runs any more
+	time.Sleep(2 * delay)
+	if bs := describeBackups(t, b, caller, &hsmapi.DescribeBackupsRequest{Filters: map[string][]string{"clusterIds": {id}}}); len(bs) == 0 || !bs[0].CreateTimestamp.Before(since) {
+		t.Fatalf("a backup was taken with no controller running: %+v", bs[0])
+	}
+
+	// B takes the controller role again: it takes the backup at once, the
+	// marker being past due.
+	took := time.Now()
+	defer term()()
+	bk := waitBackup(t, b, id, since)
+	t.Logf("backup %s READY %v after the new controller started (%v after the change; delay %v)",
+		*bk.BackupId, time.Since(took).Round(time.Millisecond), time.Since(since).Round(time.Millisecond), delay)
+	if d := time.Since(took); d > 10*time.Second {
+		t.Fatalf("the new controller took %v to take the backup a change had marked due", d)
+	}
+	raw, err := sb.Get(ctx, backupPath(*bk.BackupId))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var br backupRecord
+	if err := json.Unmarshal(raw, &br); err != nil {
+		t.Fatal(err)
+	}
+	plain, err := b.open(backupContentsPath(br.ID), br.Contents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c backupContents
+	if err := json.Unmarshal(plain, &c); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, k := range c.Keys {
+		keys = append(keys, k.Label)
+	}
+	if !slices.Contains(keys, "made-on-a") {
+		t.Fatalf("the backup holds keys %v, want made-on-a among them", keys)
+	}
+	for deadline := time.Now().Add(10 * time.Second); marker() != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the marker is still set after the backup: %v", marker())
+		}
 	}
 }

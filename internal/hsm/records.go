@@ -164,14 +164,28 @@ func (s *Service) install(r *record) (prev *record, ok bool) {
 }
 
 // written installs next, which this node has just stored over prev, and
-// schedules the backup a change of contents calls for.
+// wakes the steps loop (if it runs here) for a backup it marked due.
 func (s *Service) written(prev, next *record) {
 	s.install(next)
-	switch {
-	case prev != nil && !backedUp(prev) && backedUp(next):
-		s.backupSoon(next.ID) // the first backup: initialized, or restored
-	case contentChanged(prev, next):
-		s.backupSoon(next.ID)
+	if next.BackupDue != nil && (prev == nil || prev.BackupDue == nil) {
+		s.kick()
+	}
+}
+
+// markBackup records in next, which a transaction is about to store over
+// prev, that a backup is due Config.BackupDelay from now, when the change
+// is one a backup must cover — the first contents (initialized, or
+// restored) or a change of keys or users — unless one is due already
+// (debounced: a burst of changes gets one backup, within BackupDelay of
+// its first change). The marker is durable, in the transaction of the
+// change; the controller takes the backup (runSteps).
+func (s *Service) markBackup(prev, next *record) {
+	if next.BackupDue != nil || prev == nil {
+		return
+	}
+	if !backedUp(prev) && backedUp(next) || contentChanged(prev, next) {
+		due := s.now().UTC().Add(s.cfg.BackupDelay)
+		next.BackupDue = &due
 	}
 }
 
@@ -188,6 +202,12 @@ func (s *Service) put(ctx context.Context, r *record, create bool) error {
 			if cur != nil {
 				prev = cur
 				r.Rev = cur.Rev + 1
+				// A whole record put over one whose backup is due
+				// keeps the marker.
+				if r.BackupDue == nil {
+					r.BackupDue = cur.BackupDue
+				}
+				s.markBackup(prev, r)
 			}
 		}
 		b, err := json.Marshal(r)
@@ -223,6 +243,7 @@ func (s *Service) update(ctx context.Context, id string, fn func(r *record) erro
 		if err := fn(next); err != nil {
 			return callerError{err}
 		}
+		s.markBackup(prev, next)
 		next.Rev = cur.Rev + 1
 		b, err := json.Marshal(next)
 		if err != nil {
@@ -269,6 +290,7 @@ func (s *Service) act(ctx context.Context, id string, fn func(r *record) error) 
 			}
 		}
 		prev, next = cur, clone(merged)
+		s.markBackup(prev, next)
 		next.Rev = cur.Rev + 1
 		b, err := json.Marshal(next)
 		if err != nil {

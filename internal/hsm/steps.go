@@ -88,6 +88,10 @@ func (s *Service) runSteps(ctx context.Context) time.Duration {
 				s.finishDeleteCluster(ctx, r.ID)
 			}
 		}
+		// A backup a change marked due, whichever node made the change.
+		if r.BackupDue != nil && backedUp(r) && due(*r.BackupDue) {
+			s.dueBackup(ctx, r)
+		}
 		for _, h := range r.HSMs {
 			switch h.State {
 			case HSMCreateInProgress:
