@@ -313,6 +313,14 @@ func testFeedPrune(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	_, c1 := waitKeys(t, b, c0, "p/1")
 	mustPut(t, a, "p/2", nil)
 	_, c2 := waitKeys(t, b, c1, "p/2")
+	// Cursor.Before orders the positions of one generation, as pruning
+	// up to the earliest cursor of several readers needs.
+	if !c0.Before(c1) || !c1.Before(c2) || c2.Before(c1) || c1.Before(c1) {
+		t.Errorf("Cursor.Before: %+v, %+v, %+v read in this order are not ordered so", c0, c1, c2)
+	}
+	if other := (storage.Cursor{Gen: c2.Gen + "-other", XID: c2.XID + 1, Seq: c2.Seq + 1}); c2.Before(other) || other.Before(c2) {
+		t.Errorf("Cursor.Before orders cursors of two generations")
+	}
 	if err := a.Prune(ctx, c1); err != nil {
 		t.Fatalf("Prune: %v", err)
 	}
