@@ -436,21 +436,31 @@ func (m *Manager) set(ctx context.Context, id string, fn func(st *Store) error) 
 }
 
 func (m *Manager) setLocked(ctx context.Context, id string, fn func(st *Store) error) error {
-	return m.update(ctx, id, func(st *Store, _ []*Store) error { return fn(st) })
+	return m.updateWith(ctx, id, fn, nil)
 }
 
 // update is set whose fn also sees every other store of the record's
 // account and Region as the same transaction reads them, for the
 // uniqueness rules (names, clusters, proxies), which then hold across
-// nodes.
+// nodes. Only the changes those rules concern use it: reading the peers
+// decodes every store record, and a connect's writes — a hundred stores
+// connecting at once — have no rule to check against them.
 func (m *Manager) update(ctx context.Context, id string, fn func(st *Store, others []*Store) error) error {
-	return m.updateWith(ctx, id, fn, nil)
+	return m.write(ctx, id, true, fn, nil)
 }
 
-// updateWith is update whose also, when not nil, runs in the same
-// transaction after fn, with the record as it will be stored, to read and
-// write other records (node rows); an error from it changes nothing.
-func (m *Manager) updateWith(ctx context.Context, id string, fn func(st *Store, others []*Store) error,
+// updateWith is set (without its lock) whose also, when not nil, runs in
+// the same transaction after fn, with the record as it will be stored, to
+// read and write other records (node rows); an error from it changes
+// nothing.
+func (m *Manager) updateWith(ctx context.Context, id string, fn func(st *Store) error,
+	also func(tx storage.Tx, next *Store) error) error {
+	return m.write(ctx, id, false, func(st *Store, _ []*Store) error { return fn(st) }, also)
+}
+
+// write is update (peers true) or updateWith (peers false: fn is given no
+// other stores).
+func (m *Manager) write(ctx context.Context, id string, peers bool, fn func(st *Store, others []*Store) error,
 	also func(tx storage.Tx, next *Store) error) error {
 	var next *Store
 	err := m.store.Update(ctx, func(tx storage.Tx) error {
@@ -458,11 +468,13 @@ func (m *Manager) updateWith(ctx context.Context, id string, fn func(st *Store, 
 		if err != nil {
 			return err
 		}
-		others, err := listStores(ctx, tx, cur.Account, cur.Region)
-		if err != nil {
-			return err
+		var others []*Store
+		if peers {
+			if others, err = listStores(ctx, tx, cur.Account, cur.Region); err != nil {
+				return err
+			}
+			others = slices.DeleteFunc(others, func(o *Store) bool { return o.ID == id })
 		}
-		others = slices.DeleteFunc(others, func(o *Store) bool { return o.ID == id })
 		next = clone(cur)
 		if err := fn(next, others); err != nil {
 			return callerError{err}
@@ -990,7 +1002,7 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		m.failpoint("keystore-connect-after-setpin")
 	}
 	m.setLocal(id, gen, true)
-	err = m.updateWith(ctx, id, func(st *Store, _ []*Store) error {
+	err = m.updateWith(ctx, id, func(st *Store) error {
 		if st.State != Connecting {
 			return errSkip
 		}

@@ -240,7 +240,7 @@ func (m *Manager) completeDisconnect(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return m.updateWith(ctx, id, func(st *Store, _ []*Store) error {
+	return m.updateWith(ctx, id, func(st *Store) error {
 		if st.State != Disconnecting {
 			return errSkip
 		}
