@@ -127,14 +127,16 @@ type Config struct {
 	// connect: CONNECTED, or FAILED with its ConnectionErrorCode (the
 	// server records these as audit events).
 	OnConnectResult func(st Store, state, code string)
-	// Connectors is how many stores connect at once (one per CPU,
-	// GOMAXPROCS, when zero); more wait, CONNECTING, for their turn. Many
-	// stores connecting at once — TLS handshakes with their proxies,
-	// logins to their HSMs — would otherwise take the CPU from the
-	// requests kmsd serves meanwhile (e2e/xks TestStoresAtScale on two
-	// CPUs: 100 stores at once raised plain-key Encrypt's p99 2.2–2.3×
-	// unlimited, 1.4–1.8× at 4 at once, 1.3× at 2, and took 1.2–2.2 s,
-	// 1.4–2.4 s and 2.4–2.9 s to settle).
+	// Connectors is how many stores connect at once (DefaultConnectors
+	// when zero); more wait, CONNECTING, for their turn. Many stores
+	// connecting at once — TLS handshakes with their proxies, logins to
+	// their HSMs and password rotations, the records written — would
+	// otherwise take the CPU from the requests kmsd serves meanwhile
+	// (e2e/xks TestStoresAtScale on two CPUs: 100 stores at once raised
+	// plain-key Encrypt's p99 2.2–2.3× unlimited, 1.4–1.8× at 4 at once,
+	// 1.3× at 2, and took 1.2–2.2 s, 1.4–2.4 s and 2.4–2.9 s to settle —
+	// while every connect's writes still queued behind the
+	// ConnectCustomKeyStore calls' for one lock; see DefaultConnectors).
 	Connectors int
 	// ResumeRetry is how often a store that was CONNECTED when kmsd
 	// stopped, and whose backing could not be reached when it started
@@ -166,6 +168,19 @@ type Config struct {
 	// process exit there).
 	Failpoint func(name string)
 }
+
+// DefaultConnectors is Config.Connectors when zero: one per two CPUs
+// (GOMAXPROCS), at least one, so that stores connecting at once keep at
+// most about half the CPUs busy and the requests kmsd serves meanwhile
+// keep the rest. One per CPU sufficed while the connector's writes queued
+// behind every ConnectCustomKeyStore call's for one lock (Manager.wmu),
+// each write decoding every store record: that paced a mass connect (100
+// stores settled in 2.1–3.2 s on two CPUs, Encrypt p99 1.3–1.6× idle).
+// The controller's writes no longer take that lock and read one record,
+// so only the connectors' number paces them: at one per CPU the 100
+// stores settled in ~0.9 s on a quiet two-CPU host with plain-key
+// Encrypt's p99 2.6–2.9× idle meanwhile.
+func DefaultConnectors() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
 // maxTurn is how long a connect holds its turn at most: one that takes
 // longer (a backing that hangs) keeps running, but lets the next store
@@ -244,7 +259,7 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 		cfg.ResumeRetry = resumeRetry
 	}
 	if cfg.Connectors <= 0 {
-		cfg.Connectors = runtime.GOMAXPROCS(0)
+		cfg.Connectors = DefaultConnectors()
 	}
 	if cfg.NodeID == "" {
 		cfg.NodeID = "local"

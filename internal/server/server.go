@@ -168,7 +168,8 @@ type Config struct {
 	// HSMConfig's.
 	seedClusters []hsm.Declaration
 	// KeyStoreConnectors is how many custom key stores connect at once
-	// ("" for one per CPU); Connectors is it parsed (0 for one per CPU).
+	// ("" for keystore.DefaultConnectors, one per two CPUs); Connectors is
+	// it parsed (0 for the default).
 	KeyStoreConnectors string
 	Connectors         int
 	// LeaseTTL is the controller and node leases' time to live (default
