@@ -872,6 +872,23 @@ func (m *Manager) start(ctx context.Context, id string, d time.Duration, step fu
 // meanwhile (disconnected) is not touched, and a connection made for it
 // is undone.
 func (m *Manager) finishConnect(ctx context.Context, id string) {
+	m.mu.RLock()
+	pre, ok := m.stores[id]
+	m.mu.RUnlock()
+	if !ok || pre.State != Connecting {
+		return
+	}
+	// One kmsuser login per node: another node still logged in would be
+	// logged out from under by the rotation (MULTINODE.md §4.7). Waiting
+	// for it needs no turn: it would hold up the other stores' connects
+	// (nodes log in only to CONNECTED stores, so none logs in meanwhile).
+	var others []string
+	var othersErr error
+	if pre.Type == TypeCloudHSM {
+		if others, othersErr = m.waitOthersLoggedOut(ctx, id); ctx.Err() != nil {
+			return
+		}
+	}
 	release, ok := m.turn(ctx)
 	if !ok {
 		return
@@ -901,14 +918,8 @@ func (m *Manager) finishConnect(ctx context.Context, id string) {
 		return
 	}
 	if cur.Type == TypeCloudHSM {
-		// One kmsuser login per node: another node still logged in would
-		// be logged out from under by the rotation (MULTINODE.md §4.7).
-		others, err := m.waitOthersLoggedOut(ctx, id)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			fail(CodeInternalError, err)
+		if othersErr != nil {
+			fail(CodeInternalError, othersErr)
 			return
 		}
 		if len(others) > 0 {

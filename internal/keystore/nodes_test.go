@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -201,6 +202,39 @@ func TestConnectWaitsForOtherLogins(t *testing.T) {
 	if _, rot := a.f.snapshot(); rot != 0 {
 		t.Errorf("rotated %d times while another node was logged in", rot)
 	}
+}
+
+// TestLoginWaitHoldsNoTurn: a CloudHSM store whose connect waits for
+// another node to log out does not hold a connector's turn meanwhile: with
+// one connector, another store connects while it waits.
+func TestLoginWaitHoldsNoTurn(t *testing.T) {
+	defer func(d time.Duration) { loggedInWait = d }(loggedInWait)
+	loggedInWait = 3 * time.Second
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // one connector (DefaultConnectors)
+	ctx := context.Background()
+	nodes, _ := startNodes(t, "a", "b")
+	a, b := nodes[0], nodes[1]
+	busy := create(t, a.m, "busy", "cluster-aaaaaaaaaaa")
+	free := create(t, a.m, "free", "cluster-bbbbbbbbbbb")
+	if err := b.m.store.Update(ctx, func(tx storage.Tx) error { return putRow(ctx, tx, busy.ID, "b", 7, true) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.Connect(ctx, busy.Account, busy.Region, busy.ID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // busy's connect is waiting
+	start := time.Now()
+	if err := a.m.Connect(ctx, free.Account, free.Region, free.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, a.m, free.ID, Connected, "")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the free store connected after %v, behind the waiting one", d)
+	}
+	if st := state(t, a.m, busy.ID); st.State != Connecting {
+		t.Fatalf("the waiting store is %s, want CONNECTING", st.State)
+	}
+	waitState(t, a.m, busy.ID, Failed, CodeUserLoggedIn)
 }
 
 // TestChangeThroughAnotherNode: a store made through one node can be
