@@ -3,6 +3,8 @@ package kms
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
+	"crypto/sha512"
 	"slices"
 
 	"github.com/kmsd/kmsd/internal/catalog"
@@ -117,9 +119,7 @@ func signingInput(alg, mt string, msg []byte) ([]byte, error) {
 			return nil, exc("ValidationException", "Digest is invalid length for algorithm "+alg+".")
 		}
 		if a.Scheme == keys.Ed25519ph {
-			h := crypto.SHA512.New()
-			h.Write(msg)
-			return h.Sum(nil), nil
+			return digest(crypto.SHA512, msg), nil
 		}
 		return msg, nil
 	}
@@ -129,7 +129,24 @@ func signingInput(alg, mt string, msg []byte) ([]byte, error) {
 	if a.Hash == 0 {
 		return msg, nil
 	}
-	h := a.Hash.New()
-	h.Write(msg)
-	return h.Sum(nil), nil
+	return digest(a.Hash, msg), nil
+}
+
+// digest is the hash h of msg. The SHA-2 hashes of the signing algorithms
+// are computed in one call, without a hash.Hash state on the heap.
+func digest(h crypto.Hash, msg []byte) []byte {
+	switch h {
+	case crypto.SHA256:
+		d := sha256.Sum256(msg)
+		return d[:]
+	case crypto.SHA384:
+		d := sha512.Sum384(msg)
+		return d[:]
+	case crypto.SHA512:
+		d := sha512.Sum512(msg)
+		return d[:]
+	}
+	s := h.New()
+	s.Write(msg)
+	return s.Sum(nil)
 }
