@@ -32,6 +32,11 @@ var fastSeeds = []string{
 	`{"KeyId":"a",}`, `{"KeyId" : "a" , "Description":"caf` + "\u00e9" + `"}`, "{\"KeyId\":\"a\tb\"}", `{"Skipped":"s"}`,
 	`{"hidden":"h"}`, `{"Name":"n"}`, `{"Unknown":"u"}`, `[]`, `{"KeyId":"a"`, `{"KeyId":1}`, "\n{\"Message\":\"AA==\"}\r\n",
 	`{"Message":"////"}`, `{"Message":"A==="}`, `{"Message":"QQ"}`,
+	// Blob members are read by blobString: raw newlines (the base64
+	// decoder would skip them), escapes and control characters in them.
+	"{\"Message\":\"aGVs\nbG8=\"}", "{\"Message\":\"aGVs\rbG8=\"}", "{\"Message\":\"aGVs\tbG8=\"}",
+	`{"Message":"aGVs\nbG8="}`, `{"Message":"aGVs\"","KeyId":"a"}`, `{"Message":"\u0041AAA"}`, `{"Message":"AAAA\\"}`,
+	`{"Message":"AAAA`, `{"Message":"AAAA"`, `{"Message":AAAA"}`,
 }
 
 // FuzzFastDecode: whatever fastDecode accepts, it decodes exactly as
