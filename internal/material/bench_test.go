@@ -17,7 +17,11 @@ import (
 // hashed with SHA-256 — so that kmsd's cost per request above the
 // primitive can be computed. The plain names parse the key on every call;
 // .../parsed use a Key or PublicKey decoded once, the calls kmsd makes
-// with the keys its catalog keeps decoded.
+// with the keys its catalog keeps decoded: they are the primitives to
+// subtract. Sign and Verify include the SHA-256 of the message, which
+// kmsd computes once for a RAW message; GeneratePair does not include the
+// AES-GCM seal of the private key that GenerateDataKeyPair adds (a few
+// hundred ns, Encrypt's primitive; server's BenchmarkServe includes it).
 
 // loop runs f b.N times and reports, beside the wall time, the CPU time
 // the process spent per call (cpu-ns/op): on a shared machine wall time
