@@ -21,9 +21,13 @@ func ClosedConnRetryer() aws.Retryer { return closedConnRetryer{} }
 type closedConnRetryer struct{}
 
 func (closedConnRetryer) IsErrorRetryable(err error) bool { return errors.Is(err, net.ErrClosed) }
-func (closedConnRetryer) MaxAttempts() int                { return 2 }
-func (closedConnRetryer) RetryDelay(int, error) (time.Duration, error) {
-	return 0, nil
+func (closedConnRetryer) MaxAttempts() int                { return 4 }
+
+// RetryDelay waits a little more each time: an immediate single retry
+// failed the same way (TestStoresAtScale, 5 of ~32 runs on a loaded
+// machine, both attempts closed).
+func (closedConnRetryer) RetryDelay(attempt int, _ error) (time.Duration, error) {
+	return time.Duration(attempt) * 25 * time.Millisecond, nil
 }
 func (closedConnRetryer) GetRetryToken(context.Context, error) (func(error) error, error) {
 	return func(error) error { return nil }, nil
