@@ -41,8 +41,9 @@ type span struct {
 }
 
 type recorder struct {
-	mu    sync.Mutex
-	spans []span
+	mu      sync.Mutex
+	spans   []span
+	started map[string]int // duties begun, by node
 }
 
 // duty records when it ran and with which lease, until cancelled.
@@ -50,6 +51,12 @@ func (r *recorder) duty(node string) Duty {
 	return func(ctx context.Context) {
 		l, _ := LeaseFrom(ctx)
 		s := span{node: node, epoch: l.Epoch, start: time.Now()}
+		r.mu.Lock()
+		if r.started == nil {
+			r.started = map[string]int{}
+		}
+		r.started[node]++
+		r.mu.Unlock()
 		<-ctx.Done()
 		s.end = time.Now()
 		r.mu.Lock()
@@ -364,6 +371,19 @@ func TestServe(t *testing.T) {
 		go func() { n.c.Serve(ctx, r.duty(n.c.NodeID())); done <- struct{}{} }()
 	}
 	l := waitLeader(t, []*node{a, b}, 3*time.Second)
+	// Stopped only once its Serve work has begun: a term ended before
+	// the work starts rightly runs nothing (it failed once in CI so).
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		r.mu.Lock()
+		n := r.started[l.c.NodeID()]
+		r.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s leads but its Serve work did not start", l.c.NodeID())
+		}
+	}
 	l.stop()
 	other := a
 	if l == a {
