@@ -370,24 +370,26 @@ func (m *Manager) Get(account, region, id string) (*Store, error) {
 	return clone(st), nil
 }
 
-// getFresh is Get for the operations that change a store: a store this
-// node does not know yet (made through another node, its change feed not
-// yet read) is read from the database.
+// getFresh is Get read from the database, for the operations that change
+// a store: they decide on the record as stored now, not as this node's
+// change feed last brought it. (A Connect that found a store CONNECTED in
+// a stale copy answered success as a no-op although another node had
+// disconnected it: not linearizable, MULTINODE §4.2.) The record read is
+// installed.
 func (m *Manager) getFresh(ctx context.Context, account, region, id string) (*Store, error) {
-	st, err := m.Get(account, region, id)
-	if !errors.Is(err, ErrNotFound) {
-		return st, err
-	}
-	db, gerr := getStore(ctx, m.store, id)
-	if gerr != nil {
+	db, err := getStore(ctx, m.store, id)
+	if err != nil {
 		var ce callerError
-		if errors.As(gerr, &ce) {
-			return nil, err
+		if errors.As(err, &ce) {
+			return nil, ce.err
 		}
-		return nil, gerr
+		return nil, err
 	}
 	m.install(db)
-	return m.Get(account, region, id)
+	if db.Account != account || db.Region != region {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return clone(db), nil
 }
 
 // List returns the stores of account and region in creation order.

@@ -316,3 +316,53 @@ func TestDescribeThroughAnotherNode(t *testing.T) {
 		t.Fatalf("ListFresh after a rename and a delete through the other node = %v, want %v", ids(got), want)
 	}
 }
+
+// TestFreshReads: DescribeCustomKeyStores (ListFresh) and the decisions of
+// Connect read the store from the database, not from this node's copy,
+// which its change feed (none here) may not have brought up to date: a
+// node must never show a state older than one another node acknowledged,
+// nor answer a Connect of a DISCONNECTING store with success because its
+// copy says CONNECTED (A2 found both with three kmsd nodes).
+func TestFreshReads(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sa, b := open(t, dir)
+	sb, _ := open(t, dir)
+	fa := &fakeBacking{}
+	a := newManager(t, sa, b, fa)
+	n := newManager(t, sb, b, &fakeBacking{}) // no change feed at all
+	st := create(t, a, "fresh", "cluster-aaaaaaaaaaa")
+	list := func() State {
+		t.Helper()
+		all, err := n.ListFresh(ctx, st.Account, st.Region)
+		if err != nil || len(all) != 1 {
+			t.Fatalf("ListFresh: %v, %d stores", err, len(all))
+		}
+		return all[0].State
+	}
+	if got := list(); got != Disconnected {
+		t.Fatalf("the other node lists %s, want %s", got, Disconnected)
+	}
+	if err := a.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, a, st.ID, Connected, "")
+	if got := list(); got != Connected {
+		t.Fatalf("after a connect acknowledged by A, the other node lists %s, want %s", got, Connected)
+	}
+	// A's disconnect held in its backing: the store stays DISCONNECTING.
+	hold := make(chan struct{})
+	defer close(hold)
+	fa.mu.Lock()
+	fa.holdDisconnect = hold
+	fa.mu.Unlock()
+	if err := a.Disconnect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Connect(ctx, st.Account, st.Region, st.ID); !errors.Is(err, ErrInvalidState) {
+		t.Fatalf("connect through the other node while DISCONNECTING: %v, want %v", err, ErrInvalidState)
+	}
+	if got := list(); got != Disconnecting {
+		t.Fatalf("the other node lists %s, want %s", got, Disconnecting)
+	}
+}
