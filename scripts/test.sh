@@ -80,8 +80,9 @@ echo "== go test -race"
 # A6, the key store controller killed at five failpoints, 20-60 s; A7, the
 # controller frozen mid-connect past 2 × its lease TTL twice, 35-45 s; the
 # other key store tests on several nodes 15-40 s).
-# KMSD_MULTINODE_FULL=1 runs the full-length ones; KMSD_MULTINODE_PENDING=1
-# the ones known to fail until the multi-node caches are merged.
+# A2, porcupine over 8 paced clients with kills, a PostgreSQL restart and a
+# blackhole, is ~25 s here. KMSD_MULTINODE_FULL=1 runs the full-length ones;
+# KMSD_MULTINODE_PENDING=1 any gated as known to fail (none now).
 # e2e/multinode/load (A11, a custom key store's quota shared by three nodes,
 # at a sixth of AWS's rates: about 40 s) runs here too; its A10 throughput
 # measurement only with KMSD_A10=1.

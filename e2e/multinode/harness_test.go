@@ -7,8 +7,8 @@
 //
 // The short versions run in CI; KMSD_MULTINODE_FULL=1 runs the durations
 // and counts of MULTINODE §8. KMSD_MULTINODE_SEED=n replays a fault
-// schedule. Tests known to fail until the change-feed caches are merged
-// run only with KMSD_MULTINODE_PENDING=1 (see each test).
+// schedule. A test known to fail until a fix lands may be gated with
+// pendingFix (KMSD_MULTINODE_PENDING=1); none is now.
 package multinode
 
 import (
