@@ -406,9 +406,12 @@ const (
 //     transaction or inside it, and an error returned from the transaction
 //     function discards its writes (storage.Store.Update: "If fn returns an
 //     error … nothing it wrote is kept"). The alias operations
-//     (internal/kms/createalias.go, updatealias.go, deletealias.go) and
-//     the key store operations (internal/keystore Connect, Disconnect:
-//     StateError from m.set's function) decide their 4xx inside Update.
+//     (internal/kms/createalias.go, updatealias.go, deletealias.go:
+//     catalog CreateAlias, PutAlias, DeleteAlias) answer NotFound or
+//     AlreadyExists from a read before their transaction (writing nothing)
+//     or from inside it; the key store operations (internal/keystore
+//     Connect, Disconnect) their StateError from the record read from the
+//     database (getFresh, writing nothing) or from m.set's function.
 //   - Anything else is unknown. kmsd does not tell a failure before commit
 //     from an unknown commit on the wire: every storage error, a refused
 //     BEGIN as much as storage.ErrCommitUnknown (internal/storage/postgres
