@@ -198,10 +198,18 @@ func TestKeyStoreConnectByController(t *testing.T) {
 			t.Fatalf("Decrypt on %s: %v", n.id, err)
 		}
 	}
-	// The non-controller nodes opened their own client of the store.
+	// The non-controller nodes opened their own client of the store. They
+	// do so once their change feed brings CONNECTED, which may come a
+	// little after they first show it: DescribeCustomKeyStores reads the
+	// database, not the node's copy.
 	for _, n := range []*node{b, cn} {
-		if !strings.Contains(n.tail(), "resumed store logged in to its backing again") {
-			t.Errorf("%s never logged in to the store itself", n.id)
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(n.tail(), "resumed store logged in to its backing again") {
+			if time.Now().After(deadline) {
+				t.Errorf("%s never logged in to the store itself", n.id)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 
