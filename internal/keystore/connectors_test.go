@@ -96,7 +96,7 @@ func TestConnectors(t *testing.T) {
 	// manager is closed first: on the same store it would be a second
 	// node, and it would pick up the CONNECTING stores itself.
 	m.Close()
-	defer func(d time.Duration) { maxTurn = d }(maxTurn)
+	t.Cleanup(func(d time.Duration) func() { return func() { maxTurn = d } }(maxTurn)) // after the managers' Close, which are cleanups too
 	maxTurn = 30 * time.Millisecond
 	g2 := &gateBacking{open: make(chan struct{})}
 	defer close(g2.open)

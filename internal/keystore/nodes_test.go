@@ -185,7 +185,7 @@ func TestControllerConnects(t *testing.T) {
 // logged in (its process would be logged out from under); it fails
 // USER_LOGGED_IN if that does not change.
 func TestConnectWaitsForOtherLogins(t *testing.T) {
-	defer func(d time.Duration) { loggedInWait = d }(loggedInWait)
+	t.Cleanup(func(d time.Duration) func() { return func() { loggedInWait = d } }(loggedInWait)) // after the managers' Close, which are cleanups too
 	loggedInWait = 300 * time.Millisecond
 	ctx := context.Background()
 	nodes, _ := startNodes(t, "a", "b")
@@ -208,7 +208,7 @@ func TestConnectWaitsForOtherLogins(t *testing.T) {
 // another node to log out does not hold a connector's turn meanwhile: with
 // one connector, another store connects while it waits.
 func TestLoginWaitHoldsNoTurn(t *testing.T) {
-	defer func(d time.Duration) { loggedInWait = d }(loggedInWait)
+	t.Cleanup(func(d time.Duration) func() { return func() { loggedInWait = d } }(loggedInWait)) // after the managers' Close, which are cleanups too
 	loggedInWait = 3 * time.Second
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // one connector (DefaultConnectors)
 	ctx := context.Background()

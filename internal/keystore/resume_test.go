@@ -344,7 +344,7 @@ func TestPendingPasswords(t *testing.T) {
 // state itself: FAILED with the backing's code. Without that the store
 // stayed CONNECTED for good (commit 1ade0d6).
 func TestResumeRefusedBeforeLeading(t *testing.T) {
-	defer func(d time.Duration) { followTick = d }(followTick)
+	t.Cleanup(func(d time.Duration) func() { return func() { followTick = d } }(followTick)) // after the managers' Close, which are cleanups too
 	followTick = 20 * time.Millisecond
 	ctx := context.Background()
 	s, b := open(t, t.TempDir())
