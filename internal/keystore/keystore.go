@@ -370,6 +370,12 @@ func (m *Manager) Get(account, region, id string) (*Store, error) {
 	return clone(st), nil
 }
 
+// GetFresh is Get read from the database (getFresh), for a caller that
+// decides on a store's state before it changes the store.
+func (m *Manager) GetFresh(ctx context.Context, account, region, id string) (*Store, error) {
+	return m.getFresh(ctx, account, region, id)
+}
+
 // getFresh is Get read from the database, for the operations that change
 // a store: they decide on the record as stored now, not as this node's
 // change feed last brought it. (A Connect that found a store CONNECTED in

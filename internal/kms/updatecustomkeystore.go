@@ -19,7 +19,9 @@ func (s *Service) UpdateCustomKeyStore(ctx context.Context, c *Caller, in *kmsap
 	if err != nil {
 		return nil, err
 	}
-	st, err := m.Get(c.Account, c.Region, *in.CustomKeyStoreId)
+	// Read from the database: the state decides what may change, and this
+	// node's copy may be behind another node's connect or disconnect.
+	st, err := m.GetFresh(ctx, c.Account, c.Region, *in.CustomKeyStoreId)
 	if err != nil {
 		return nil, storeErr(err)
 	}
