@@ -145,9 +145,33 @@ type store struct {
 // prepare makes a store of n keys: kmsd starts once on it empty (root key,
 // administrator, schema), then the test writes the keys through the
 // catalog while no kmsd runs.
+//
+// With KMSD_SCALE_DIR set, a SQLite store is kept in that directory (one
+// subdirectory per size, its key ids beside it) and used again by later
+// runs instead of being generated anew: generating a million keys takes
+// minutes, measuring them seconds. A kept store also holds what earlier
+// runs wrote (last-use records of the keys they touched).
 func prepare(t *testing.T, d driver, n int, full bool) *store {
 	t.Helper()
 	s := &store{n: n, dataDir: filepath.Join(t.TempDir(), "data")}
+	keep := os.Getenv("KMSD_SCALE_DIR")
+	if keep != "" && d.name == sqliteDriver.name {
+		s.dataDir = filepath.Join(keep, fmt.Sprintf("%s-%d", d.name, n), "data")
+		if b, err := os.ReadFile(filepath.Join(s.dataDir, "..", "ids")); err == nil {
+			s.ids = strings.Fields(string(b))
+			if len(s.ids) != n {
+				t.Fatalf("%s holds %d key ids, want %d: remove it", s.dataDir, len(s.ids), n)
+			}
+			s.env = env()
+			s.akid, s.secret = readProfile(t, filepath.Join(s.dataDir, "credentials"))
+			s.sorted = slices.Sorted(slices.Values(s.ids))
+			t.Logf("%s: using the %d keys kept in %s", d.name, n, s.dataDir)
+			return s
+		}
+		if err := os.RemoveAll(filepath.Dir(s.dataDir)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var open func() (storage.Store, *barrier.Barrier)
 	s.env, s.args, open = d.fresh(t, s.dataDir)
 	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Env: s.env, Args: s.args})
@@ -162,6 +186,13 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 	}
 	s.ids, s.gen = ids, gs
 	s.sorted = slices.Sorted(slices.Values(ids))
+	if keep != "" && d.name == sqliteDriver.name {
+		// Written last: a run killed while generating leaves no ids, and
+		// the next one generates again.
+		if err := os.WriteFile(filepath.Join(s.dataDir, "..", "ids"), []byte(strings.Join(ids, "\n")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Logf("%s: generated %d keys in %v (making records %v, writing %v in %d transactions)",
 		d.name, n, gs.Total.Round(time.Millisecond), gs.Make.Round(time.Millisecond), gs.Write.Round(time.Millisecond), gs.Transactions)
 	if !full {
@@ -247,8 +278,9 @@ type load struct {
 	throughput float64
 }
 
-// measure starts kmsd on s and measures it; kmsd is stopped at the end.
-func measure(t *testing.T, s *store, warmup, dur time.Duration) result {
+// measure starts kmsd (the binary bin) on s and measures it; kmsd is
+// stopped at the end.
+func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) result {
 	t.Helper()
 	r := result{keys: s.n}
 	addr := e2etest.FreeAddr(t)
@@ -258,7 +290,7 @@ func measure(t *testing.T, s *store, warmup, dur time.Duration) result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.cmd = exec.Command(kmsdBin, append([]string{"serve", "--listen", addr, "--data-dir", s.dataDir, "--log-level", "warn", "--audit-log", filepath.Join(t.TempDir(), "audit.log")}, s.args...)...)
+	n.cmd = exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", s.dataDir, "--log-level", "warn", "--audit-log", filepath.Join(t.TempDir(), "audit.log")}, s.args...)...)
 	n.cmd.Env = s.env
 	n.cmd.Stdout, n.cmd.Stderr = logf, logf
 	start := time.Now()
@@ -494,6 +526,10 @@ func testScale(t *testing.T, d driver) {
 	}
 	small := prepare(t, d, smallKeys, full)
 	large := prepare(t, d, n, full)
+	if base := os.Getenv("KMSD_SCALE_BASE_BIN"); base != "" {
+		compare(t, d.name, n, small, large, dur, base)
+		return
+	}
 	// Generous margins: the machine is shared and each measurement short.
 	// On the large store most random keys are read for the first time
 	// (a storage read and a decode the small store, all cached at once,
@@ -509,8 +545,8 @@ func testScale(t *testing.T, d driver) {
 	ratio := func(a, b time.Duration) float64 { return float64(a) / float64(b) }
 	var rs, rl result
 	for attempt := 1; ; attempt++ {
-		rs = measure(t, small, time.Second, dur)
-		rl = measure(t, large, time.Second, dur)
+		rs = measure(t, kmsdBin, small, time.Second, dur)
+		rl = measure(t, kmsdBin, large, time.Second, dur)
 		report(t, d.name, n, rs, rl)
 		over := ratio(rl.describe.p50, rs.describe.p50) > random || ratio(rl.encrypt.p50, rs.encrypt.p50) > random ||
 			ratio(rl.listDeep, rl.list1) > paging
@@ -531,6 +567,39 @@ func testScale(t *testing.T, d driver) {
 	if rl.firstOK > 10*time.Second {
 		t.Errorf("cold start on %d keys took %v, want under 10 s", n, rl.firstOK)
 	}
+}
+
+// compare measures, on the same two stores, the kmsd this test built and
+// the one at base (built from another tree, e.g. main before a change),
+// KMSD_SCALE_ROUNDS times each (default 2), alternating which goes first
+// so that the machine's drift falls on both; it logs every round and then
+// each binary's ratios side by side. It asserts nothing: a timed
+// comparison on a shared machine is reported, not judged.
+func compare(t *testing.T, name string, n int, small, large *store, dur time.Duration, base string) {
+	rounds := 2
+	if s := os.Getenv("KMSD_SCALE_ROUNDS"); s != "" {
+		var err error
+		if rounds, err = strconv.Atoi(s); err != nil || rounds < 1 {
+			t.Fatalf("KMSD_SCALE_ROUNDS=%q: want a number of rounds >= 1", s)
+		}
+	}
+	bins := []struct{ label, path string }{{"base", base}, {"new", kmsdBin}}
+	ratio := func(a, b time.Duration) float64 { return float64(a) / float64(b) }
+	var lines []string
+	for round := range rounds {
+		for i := range bins {
+			b := bins[(i+round)%2]
+			rs := measure(t, b.path, small, time.Second, dur)
+			rl := measure(t, b.path, large, time.Second, dur)
+			report(t, name+" "+b.label, n, rs, rl)
+			lines = append(lines, fmt.Sprintf("round %d %-4s: DescribeKey p50 %.2f CPU %.2f; Encrypt p50 %.2f CPU %.2f; ListKeys deep/first %.2f; cold start %v, RSS after %d MiB",
+				round+1, b.label, ratio(rl.describe.p50, rs.describe.p50), ratio(rl.describe.cpuPerReq, rs.describe.cpuPerReq),
+				ratio(rl.encrypt.p50, rs.encrypt.p50), ratio(rl.encrypt.cpuPerReq, rs.encrypt.cpuPerReq),
+				ratio(rl.listDeep, rl.list1), rl.firstOK.Round(time.Millisecond), rl.rssAfter>>20))
+		}
+	}
+	slices.Sort(lines)
+	t.Logf("%s %d/%d keys, base %s vs new:\n%s", name, n, smallKeys, base, strings.Join(lines, "\n"))
 }
 
 // report logs the measurements of the small store rs and the large rl.
