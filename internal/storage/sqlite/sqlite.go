@@ -94,8 +94,11 @@ func open(ctx context.Context, path string, migs []string) (_ *Store, err error)
 		}
 	}()
 	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", busyTimeoutMS)
+	// temp_store(MEMORY): the statement journals of upserts with triggers
+	// (every Put) stay in memory instead of a temporary file written and
+	// read back by syscalls; they live for one statement only.
 	s.writer, err = sql.Open("sqlite", uri+"?"+common+
-		"&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate")
+		"&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=temp_store(MEMORY)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
