@@ -218,6 +218,8 @@ type Catalog struct {
 	// sweepIndexed: the store's key records are all in the sweep index
 	// (sweepindex.go).
 	sweepIndexed atomic.Bool
+	// policies shares the policy texts of the key records read (intern.go).
+	policies policyTexts
 }
 
 // New returns a catalog over store, sealing material with b, caching at
@@ -232,6 +234,7 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 
 		parsedLimit: DefaultParsedLimit,
 		cacheSize:   DefaultCacheSize,
+		policies:    newPolicyTexts(),
 	}
 	c.keys = mustLRU(c.cacheSize, c.keyEvicted)
 	c.aliases = mustLRU[string, *Alias](c.cacheSize, nil)
@@ -315,6 +318,7 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	if err := json.Unmarshal(b, k); err != nil {
 		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
 	}
+	k.Policy = c.policies.share(k.Policy)
 	c.fill(p, g, func() { c.putKey(id, k) })
 	return k, nil
 }
