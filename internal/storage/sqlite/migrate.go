@@ -13,14 +13,8 @@ import (
 // shipped is never edited, since databases in the field already ran it.
 //
 // The kv table is STRICT, so a value of the wrong type is an error rather
-// than a silent conversion. Since version 3 it is a rowid table with a
-// unique index on key (what PostgreSQL's heap and primary key are), no
-// longer WITHOUT ROWID: a WITHOUT ROWID table keeps whole rows in every
-// level of its B-tree, and with key records of ~1 KiB in 4 KiB pages that
-// gave a fan-out of about 4 and a tree ten levels deep at a million keys,
-// so each Get read ~10 pages and each new row (a key's first last-use
-// record) rewrote as many. The index holds only the keys (fan-out ~80,
-// three or four levels), the table only rowids above its leaves.
+// than a silent conversion, and WITHOUT ROWID, so that a Get is one lookup in
+// the primary-key B-tree, which holds the rows ordered by key.
 var migrations = []string{
 	// Version 1: the key space.
 	`PRAGMA application_id = ` + strconv.Itoa(applicationID) + `;
@@ -53,21 +47,6 @@ CREATE TABLE kmsd_meta (
 ) STRICT, WITHOUT ROWID;
 INSERT INTO kmsd_meta (name, value) VALUES ('generation', CAST(lower(hex(randomblob(16))) AS BLOB));
 INSERT INTO kmsd_meta (name, value) VALUES ('changes_pruned', CAST('0' AS BLOB));`,
-	// Version 3: kv as a rowid table with a unique index on key (see
-	// above). The rows are copied in key order, which no change feed
-	// records (they did not change); dropping the old table drops its
-	// triggers, which are made again on the new one.
-	`CREATE TABLE kv_v3 (
-	key   TEXT NOT NULL,
-	value BLOB NOT NULL
-) STRICT;
-INSERT INTO kv_v3 (key, value) SELECT key, value FROM kv ORDER BY key;
-DROP TABLE kv;
-ALTER TABLE kv_v3 RENAME TO kv;
-CREATE UNIQUE INDEX kv_key ON kv (key);
-CREATE TRIGGER kv_changes_insert AFTER INSERT ON kv BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
-CREATE TRIGGER kv_changes_update AFTER UPDATE ON kv BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
-CREATE TRIGGER kv_changes_delete AFTER DELETE ON kv BEGIN INSERT INTO kv_changes (key) VALUES (old.key); END;`,
 }
 
 // applicationID marks a database file as kmsd's ("kmsd" in ASCII) in the

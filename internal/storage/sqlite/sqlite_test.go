@@ -54,7 +54,6 @@ func TestPragmas(t *testing.T) {
 	}{
 		{"journal_mode", s.writer, "wal"},
 		{"synchronous", s.writer, "2"}, // FULL
-		{"temp_store", s.writer, "2"},  // MEMORY
 		{"foreign_keys", s.writer, "1"},
 		{"busy_timeout", s.writer, fmt.Sprint(busyTimeoutMS)},
 		{"foreign_keys", s.reader, "1"},
@@ -82,17 +81,17 @@ func TestReaderCannotWrite(t *testing.T) {
 	}
 }
 
-// TestQueryPlan guards the promise that prefix scans and lookups are
-// searches of the index on key, not table scans.
+// TestQueryPlan guards the promise that prefix scans and lookups are index
+// searches on the primary key, not table scans.
 func TestQueryPlan(t *testing.T) {
 	s := openAt(t, t.TempDir())
 	tests := []struct {
 		name, query string
 		want        string
 	}{
-		{"get", sqlGet, "SEARCH kv USING INDEX kv_key (key=?)"},
-		{"list from", sqlListFrom, "SEARCH kv USING INDEX kv_key (key>? AND key<?)"},
-		{"list after", sqlListAfter, "SEARCH kv USING INDEX kv_key (key>? AND key<?)"},
+		{"get", sqlGet, "SEARCH kv USING PRIMARY KEY (key=?)"},
+		{"list from", sqlListFrom, "SEARCH kv USING PRIMARY KEY (key>? AND key<?)"},
+		{"list after", sqlListAfter, "SEARCH kv USING PRIMARY KEY (key>? AND key<?)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -399,91 +398,4 @@ func seq(n int) string {
 		vs[i] = i + 1
 	}
 	return fmt.Sprint(vs)
-}
-
-// TestMigrationRowidTable: a database written at version 2 (kv WITHOUT
-// ROWID) keeps every record, their order and its change feed through
-// version 3 (kv a rowid table with an index on key): the copy records no
-// change, and writes afterwards are recorded as before.
-func TestMigrationRowidTable(t *testing.T) {
-	ctx := t.Context()
-	path := filepath.Join(t.TempDir(), "kmsd.db")
-	old, err := open(ctx, path, migrations[:2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	wr := func(s *Store) (n int) {
-		if err := s.reader.QueryRowContext(ctx, "SELECT count(*) FROM pragma_table_list WHERE name = 'kv' AND wr = 1").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	if wr(old) != 1 {
-		t.Fatal("kv is not WITHOUT ROWID at version 2")
-	}
-	want := map[string]string{}
-	for i := range 500 {
-		k, v := fmt.Sprintf("key/%03d", (i*7)%500), strings.Repeat(fmt.Sprint(i), 300) // some rows past a page
-		want[k] = v
-		if err := old.Put(ctx, k, []byte(v)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := old.Delete(ctx, "key/000"); err != nil {
-		t.Fatal(err)
-	}
-	delete(want, "key/000")
-	b, err := old.Changes(ctx, storage.Cursor{}, 0)
-	if err != nil || !b.Reset {
-		t.Fatalf("Changes from zero: %+v, %v", b, err)
-	}
-	cursor := b.Next
-	old.Close()
-
-	s, err := open(ctx, path, migrations)
-	if err != nil {
-		t.Fatalf("open at version %d: %v", len(migrations), err)
-	}
-	defer s.Close()
-	if wr(s) != 0 {
-		t.Fatal("kv still WITHOUT ROWID after the migration")
-	}
-	got, err := s.List(ctx, "key/", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != len(want) {
-		t.Fatalf("List after the migration: %d records, want %d", len(got), len(want))
-	}
-	for i, e := range got {
-		if i > 0 && got[i-1].Key >= e.Key {
-			t.Fatalf("List out of order: %q then %q", got[i-1].Key, e.Key)
-		}
-		if string(e.Value) != want[e.Key] {
-			t.Fatalf("%s after the migration: %d bytes, want %d", e.Key, len(e.Value), len(want[e.Key]))
-		}
-	}
-	if _, err := s.Get(ctx, "key/000"); !errors.Is(err, storage.ErrNotFound) {
-		t.Fatalf("deleted record after the migration: %v", err)
-	}
-	// The cursor taken before the migration is still valid, sees nothing
-	// new, then sees the next write, an update and a delete.
-	if b, err = s.Changes(ctx, cursor, 0); err != nil || b.Reset || len(b.Keys) != 0 {
-		t.Fatalf("Changes after the migration: %+v, %v; want none", b, err)
-	}
-	for _, op := range []func() error{
-		func() error { return s.Create(ctx, "key/000", []byte("again")) },
-		func() error { return s.Put(ctx, "key/001", []byte("changed")) },
-		func() error { return s.Delete(ctx, "key/002") },
-	} {
-		if err := op(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if b, err = s.Changes(ctx, b.Next, 0); err != nil || fmt.Sprint(b.Keys) != "[key/000 key/001 key/002]" {
-		t.Fatalf("Changes after writes: %+v, %v", b, err)
-	}
-	if err := s.Create(ctx, "key/001", []byte("x")); !errors.Is(err, storage.ErrExists) {
-		t.Fatalf("Create of an existing key after the migration: %v, want ErrExists", err)
-	}
 }
