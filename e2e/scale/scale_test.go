@@ -534,11 +534,10 @@ func testScale(t *testing.T, d driver) {
 	// On the large store most random keys are read for the first time:
 	// Encrypt, which the small store answers from its cache, pays a
 	// storage read (~20-30 µs of CPU on SQLite), a decode (~10 µs) and the
-	// key's first last-use record (~24 µs a row on SQLite's schema 3, ~37
-	// on 2); DescribeKey, a management read, reads the store on both. With
-	// 1M keys on SQLite that measured, over nine runs each on this shared
-	// machine, DescribeKey p50 median 1.25× (schema 2) and 1.19× (3),
-	// Encrypt 1.72× and 1.82× (server CPU per Encrypt 3.18× and 2.74×);
+	// key's first last-use record (~37 µs a row on SQLite); DescribeKey,
+	// a management read, reads the store on both. With 1M keys on SQLite
+	// that measured, over nine runs on this shared machine, DescribeKey
+	// p50 median 1.25×, Encrypt 1.72× (server CPU per Encrypt 3.18×);
 	// 2.74× before sweep rounds stopped scanning every key (README,
 	// "Measuring a large store"). The margin catches what grows with the
 	// number of keys (a scan per request would be 20× and more), not the
