@@ -42,6 +42,10 @@ type module struct {
 	mu     sync.Mutex
 	tokens map[string]*token // by label, while found
 	pins   map[string]string // user PIN of each token this process logged in to
+	// slots is where findSlot last found each label's token, with the
+	// token's serial number: one C_GetTokenInfo on that slot confirms it
+	// (see findSlot); under mu.
+	slots map[string]slotSeen
 
 	mechMu     sync.Mutex
 	mechs      map[uint]mechSet // what each slot's token offers (mech.go)
@@ -119,7 +123,7 @@ func openTokens(path string) (tokens, error) {
 		ctx.Destroy()
 		return nil, fmt.Errorf("%w: C_Initialize of %s: %v", ErrUnavailable, path, err)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, now: time.Now, tokens: map[string]*token{}, pins: map[string]string{}}
+	m := &module{path: path, ctx: ctx, refs: 1, now: time.Now, tokens: map[string]*token{}, pins: map[string]string{}, slots: map[string]slotSeen{}}
 	if info, err := ctx.GetInfo(); err == nil {
 		m.serial = serialModule(info)
 	}
@@ -192,8 +196,39 @@ func retryable(err error) bool {
 	return false
 }
 
+// slotSeen is the slot a label's token was found in, and its serial.
+type slotSeen struct {
+	slot   uint
+	serial string
+}
+
 // findSlot returns the slot of the initialised token labelled label.
+// Callers hold m.mu.
+//
+// A full search asks every slot for its token's info (C_GetSlotList, then
+// C_GetTokenInfo per slot) — with many tokens, a noticeable share of a
+// burst of logins. So the slot and serial number where label was last
+// found are remembered, and the token there is taken when one
+// C_GetTokenInfo shows it still initialised, still labelled label and
+// still with that serial; otherwise (the token was deleted, re-created —
+// SoftHSM2 gives a new token a new serial — or the slots renumbered after
+// a re-initialisation) the slots are searched again. A cached slot never
+// yields a token that a full search would not: only a token with the
+// label is taken, and only the very token found before.
 func (m *module) findSlot(label string) (uint, error) {
+	if c, ok := m.slots[label]; ok {
+		ti, err := m.ctx.GetTokenInfo(c.slot)
+		if err == nil && ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 &&
+			strings.TrimRight(ti.Label, " \x00") == label && ti.SerialNumber == c.serial {
+			return c.slot, nil
+		}
+		delete(m.slots, label)
+	}
+	return m.searchSlot(label)
+}
+
+// searchSlot is findSlot's full search; it remembers what it finds.
+func (m *module) searchSlot(label string) (uint, error) {
 	slots, err := m.ctx.GetSlotList(true)
 	if err != nil {
 		return 0, mapErr(err)
@@ -204,6 +239,7 @@ func (m *module) findSlot(label string) (uint, error) {
 			continue
 		}
 		if strings.TrimRight(ti.Label, " \x00") == label {
+			m.slots[label] = slotSeen{slot: s, serial: ti.SerialNumber}
 			return s, nil
 		}
 	}
@@ -304,6 +340,7 @@ func (m *module) reinitLocked(label string, every time.Duration) bool {
 		m.dropLocked(l)
 	}
 	m.current = ""
+	clear(m.slots) // slot numbers may change (SoftHSM2 numbers its tokens at C_Initialize)
 	m.ctx.Finalize()
 	if err := m.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		return false // calls fail CKR_CRYPTOKI_NOT_INITIALIZED until the next reinit
@@ -327,6 +364,7 @@ func (m *module) Reload(ctx context.Context) error {
 		m.dropLocked(l)
 	}
 	m.current = ""
+	clear(m.slots) // slot numbers may change (SoftHSM2 numbers its tokens at C_Initialize)
 	m.ctx.Finalize()
 	if err := m.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		return mapErr(err)
@@ -539,6 +577,7 @@ func (m *module) InitToken(ctx context.Context, label, soPIN string, free FreeSl
 			m.dropLocked(l)
 		}
 		m.current = ""
+		clear(m.slots)
 		m.ctx.Finalize()
 		err := m.ctx.Initialize()
 		m.mu.Unlock()
@@ -604,6 +643,7 @@ func (m *module) DeleteToken(ctx context.Context, label string) error {
 	m.mu.Lock()
 	m.dropLocked(label)
 	delete(m.pins, label)
+	delete(m.slots, label)
 	m.mu.Unlock()
 	m.life.RUnlock()
 	if !strings.Contains(m.path, "softhsm") {
@@ -671,7 +711,30 @@ func (m *module) soSession(ctx context.Context, label, soPIN string, fn func(h p
 	return nil
 }
 
+// seen finds label's token, re-initialising the library (at most every
+// probeReinitEvery) when it is not there: SoftHSM2 lists the tokens of its
+// directory at C_Initialize, so a token another process created since —
+// another kmsd node on a shared token directory (Config.TokenDir) — is
+// found only after a re-initialisation. The SO's calls (activating a
+// cluster, creating a user) may be the first this process makes on such a
+// token; key operations and logins re-initialise through live.
+func (m *module) seen(ctx context.Context, label string) error {
+	err := m.shared(func() error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		_, err := m.findSlot(label)
+		return err
+	})
+	if errors.Is(err, ErrUnreachable) && ctx.Err() == nil && m.reinit(label, probeReinitEvery) {
+		err = nil
+	}
+	return err
+}
+
 func (m *module) SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) error {
+	if err := m.seen(ctx, label); err != nil {
+		return err
+	}
 	oldPIN, newPIN = m.fitPIN(label, oldPIN), m.fitPIN(label, newPIN)
 	return m.freshPINs(label, func() error {
 		return m.soSession(ctx, label, oldPIN, func(h p11.SessionHandle) error {
@@ -681,6 +744,9 @@ func (m *module) SetSOPIN(ctx context.Context, label, oldPIN, newPIN string) err
 }
 
 func (m *module) InitUserPIN(ctx context.Context, label, soPIN, pin string) error {
+	if err := m.seen(ctx, label); err != nil {
+		return err
+	}
 	soPIN, pin = m.fitPIN(label, soPIN), m.fitPIN(label, pin)
 	err := m.freshPINs(label, func() error {
 		return m.soSession(ctx, label, soPIN, func(h p11.SessionHandle) error {
@@ -699,6 +765,9 @@ func (m *module) InitUserPIN(ctx context.Context, label, soPIN, pin string) erro
 }
 
 func (m *module) UserPINInitialized(ctx context.Context, label string) (bool, error) {
+	if err := m.seen(ctx, label); err != nil {
+		return false, err
+	}
 	m.life.RLock()
 	defer m.life.RUnlock()
 	m.mu.Lock()
