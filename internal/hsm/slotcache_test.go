@@ -140,3 +140,25 @@ func TestFindSlotCache(t *testing.T) {
 		m.DeleteToken(ctx, l)
 	}
 }
+
+// BenchmarkFindSlot is the token lookup alone among benchTokens tokens:
+// search, every slot asked (what findSlot did before the cache), against
+// cached, one C_GetTokenInfo on the remembered slot.
+func BenchmarkFindSlot(b *testing.B) {
+	m := benchModule(b)
+	labels := withTokens(b, m, benchTokens)
+	for _, c := range []struct {
+		name string
+		find func(string) (uint, error)
+	}{{"search", m.searchSlot}, {"cached", m.findSlot}} {
+		b.Run(c.name, func(b *testing.B) {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			for i := 0; i < b.N; i++ {
+				if _, err := c.find(labels[i%len(labels)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
