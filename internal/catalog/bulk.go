@@ -29,7 +29,7 @@ func (c *Catalog) CreateKeys(ctx context.Context, ks []*Key) error {
 			if err := tx.Create(ctx, keyPath(k.Name()), bs[i]); err != nil {
 				return err
 			}
-			if err := indexSweep(ctx, tx, nil, k); err != nil {
+			if err := indexRecord(ctx, tx, nil, k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {

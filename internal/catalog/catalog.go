@@ -32,7 +32,10 @@
 // (sweepindex.go), so that a sweep round reads the keys due rather than
 // every key. (MULTINODE.md §7.6 calls these "sched/" entries; they are
 // "sweep/<due>/<name>" here, and one entry per key covers the four
-// sweepers.)
+// sweepers.) Likewise every key of a custom key store is listed under its
+// store, and every external key under its store and XksKeyId
+// (storeindex.go), so that DeleteCustomKeyStore and CreateKey in an
+// external key store read one index entry rather than every key.
 package catalog
 
 import (
@@ -218,6 +221,10 @@ type Catalog struct {
 	// sweepIndexed: the store's key records are all in the sweep index
 	// (sweepindex.go).
 	sweepIndexed atomic.Bool
+	// storeIndexed: the store's key records are all in the store index
+	// (storeindex.go); storeIndexing keeps one indexing pass per process.
+	storeIndexed  atomic.Bool
+	storeIndexing sync.Mutex
 	// policies shares the policy texts of the key records read (intern.go).
 	policies policyTexts
 }
@@ -271,7 +278,7 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 		if err := tx.Create(ctx, p, b); err != nil {
 			return err
 		}
-		if err := indexSweep(ctx, tx, nil, k); err != nil {
+		if err := indexRecord(ctx, tx, nil, k); err != nil {
 			return err
 		}
 		return tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{})
@@ -346,7 +353,7 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 		if err != nil {
 			return err
 		}
-		if err := indexSweep(ctx, tx, cur, next); err != nil {
+		if err := indexRecord(ctx, tx, cur, next); err != nil {
 			return err
 		}
 		return tx.Put(ctx, p, b)
@@ -418,7 +425,7 @@ func (c *Catalog) DeleteKey(ctx context.Context, id string) error {
 		if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
 			return err
 		}
-		if err := indexSweep(ctx, tx, k, nil); err != nil {
+		if err := indexRecord(ctx, tx, k, nil); err != nil {
 			return err
 		}
 		return tx.Delete(ctx, keyPath(id))
@@ -766,7 +773,7 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*G
 			if err := tx.Create(ctx, keyPath(k.Name()), kb[i]); err != nil {
 				return err
 			}
-			if err := indexSweep(ctx, tx, nil, k); err != nil {
+			if err := indexRecord(ctx, tx, nil, k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {

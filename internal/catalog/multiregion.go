@@ -139,7 +139,7 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 			if err != nil {
 				return err
 			}
-			if err := indexSweep(ctx, tx, curs[i], k); err != nil {
+			if err := indexRecord(ctx, tx, curs[i], k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyPath(k.Name()), v); err != nil {
@@ -154,7 +154,7 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 			if err := tx.Create(ctx, keyPath(k.Name()), v); err != nil {
 				return err
 			}
-			if err := indexSweep(ctx, tx, nil, k); err != nil {
+			if err := indexRecord(ctx, tx, nil, k); err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, keyIndexPath(k.Account, k.Region, k.ID), []byte{}); err != nil {
@@ -175,7 +175,7 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 			if err := tx.Delete(ctx, keyIndexPath(k.Account, k.Region, k.ID)); err != nil {
 				return err
 			}
-			if err := indexSweep(ctx, tx, k, nil); err != nil {
+			if err := indexRecord(ctx, tx, k, nil); err != nil {
 				return err
 			}
 			if err := tx.Delete(ctx, keyPath(k.Name())); err != nil {

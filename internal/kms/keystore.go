@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 
-	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keystore"
 )
 
@@ -100,20 +99,11 @@ func invalidStateMessage(se *keystore.StateError) string {
 	return "Custom key store " + se.ID + " is in state " + string(se.State) + "."
 }
 
-// storeHasKeys reports whether any KMS key, in any key state, lives in
-// custom key store id.
+// storeHasKeys reports whether any KMS key, in any key state (pending
+// deletion included), lives in custom key store id: one entry of the
+// catalog's store index, not a read of every key.
 func (s *Service) storeHasKeys(ctx context.Context, id string) (bool, error) {
-	errFound := errors.New("found")
-	err := s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
-		if k.CustomKeyStoreID == id {
-			return errFound
-		}
-		return nil
-	})
-	if errors.Is(err, errFound) {
-		return true, nil
-	}
-	return false, err
+	return s.cat.StoreHasKeys(ctx, id)
 }
 
 // storeAuthorize decides a custom key store operation (StoreScope).

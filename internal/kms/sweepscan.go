@@ -23,7 +23,15 @@ type sweepScanKey struct{}
 // once, by the first round). Each sweeper still decides on the
 // candidate's record and acts through an update that reads the current
 // one.
+//
+// A round also builds the catalog's store index of a store made before it
+// (catalog.EnsureStoreIndex; a no-op once built), so that an upgraded
+// store is indexed in the background soon after start rather than by the
+// first DeleteCustomKeyStore or CreateKey in an external key store.
 func (s *Service) SweepRound(ctx context.Context) (context.Context, error) {
+	if err := s.cat.EnsureStoreIndex(ctx); err != nil {
+		return ctx, err
+	}
 	var cands []*catalog.Key
 	err := s.cat.DueKeys(ctx, s.now(), func(k *catalog.Key) error {
 		if sweepCandidate(k) {

@@ -89,18 +89,14 @@ func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID
 	if !st.State.Allows(keystore.OpCreateKey) {
 		return exc("CustomKeyStoreInvalidStateException", "Custom key store "+st.ID+" is in state "+string(st.State)+"; keys can be created only while it is CONNECTED.")
 	}
-	errFound := errors.New("found")
-	err = s.cat.ScanKeys(ctx, func(k *catalog.Key) error {
-		if k.CustomKeyStoreID == st.ID && k.XksKeyID == *xksKeyID {
-			return errFound
-		}
-		return nil
-	})
-	if errors.Is(err, errFound) {
-		return exc("XksKeyAlreadyInUseException", "The external key "+*xksKeyID+" is already associated with a KMS key in custom key store "+st.ID+".")
-	}
+	// The catalog's store index answers from one entry, not a read of
+	// every key.
+	inUse, err := s.cat.XksKeyInUse(ctx, st.ID, *xksKeyID)
 	if err != nil {
 		return internal(err)
+	}
+	if inUse {
+		return exc("XksKeyAlreadyInUseException", "The external key "+*xksKeyID+" is already associated with a KMS key in custom key store "+st.ID+".")
 	}
 	cl, err := s.xks.ClientFor(m, st)
 	if err != nil {

@@ -88,6 +88,9 @@ func (a *api) openCore(ctx context.Context) error {
 	if err := cat.InitSweepIndex(ctx); err != nil {
 		return err
 	}
+	if err := cat.InitStoreIndex(ctx); err != nil {
+		return err
+	}
 	opts := []kms.Option{kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay)}
 	if off := cfg.ClockOffset; off != 0 {
 		opts = append(opts, kms.WithClock(func() time.Time { return time.Now().Add(off) }))

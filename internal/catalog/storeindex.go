@@ -1,0 +1,218 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// The store index answers the two questions about a custom key store's
+// keys that once needed a read of every key record (on a million keys,
+// close to a minute each): whether the store still holds any KMS key
+// (DeleteCustomKeyStore's CustomKeyStoreHasCMKsException) and whether an
+// external key is already used by a KMS key of the store (CreateKey's
+// XksKeyAlreadyInUseException). Every key record in a custom key store
+// has the entries
+//
+//	storekey/<storeId>/<name>                   (StoreHasKeys)
+//	xkskey/<storeId>/<xksKeyId>/<name>          (external keys; XksKeyInUse)
+//
+// with <xksKeyId> path-escaped, so no id can reach into another's entries.
+// Like the sweep index (sweepindex.go) they are written and deleted in the
+// transaction that writes or deletes the record, from the record it
+// replaces as read in that transaction, so the index is exactly the
+// records' — a key in any state, PendingDeletion included, is in it until
+// its record is deleted at the end of its waiting period, which is what
+// AWS counts. The xkskey entries name the key, so that two keys using one
+// external key (possible in a store written before the index, where the
+// check and the create were not one transaction) are both counted.
+// Stores made before the index are indexed once, page by page, by the
+// first reader or sweep round (storeIndexedPath marks them done); kmsd
+// marks an empty store indexed at start (InitStoreIndex).
+
+const (
+	storeKeyPrefix = "storekey/"
+	xksKeyPrefix   = "xkskey/"
+	// storeIndexedPath marks a store whose key records are all indexed.
+	storeIndexedPath = "storekey-indexed"
+)
+
+// storeIndexPaths are k's store index entries; none for a nil k or a key
+// in no custom key store.
+func storeIndexPaths(k *Key) []string {
+	if k == nil || k.CustomKeyStoreID == "" {
+		return nil
+	}
+	ps := []string{storeKeyPrefix + k.CustomKeyStoreID + "/" + k.Name()}
+	if k.XksKeyID != "" {
+		ps = append(ps, xksKeyIndexPrefix(k.CustomKeyStoreID, k.XksKeyID)+k.Name())
+	}
+	return ps
+}
+
+// xksKeyIndexPrefix is the prefix of the xkskey entries of external key
+// xksKeyID in store storeID.
+func xksKeyIndexPrefix(storeID, xksKeyID string) string {
+	return xksKeyPrefix + storeID + "/" + url.PathEscape(xksKeyID) + "/"
+}
+
+// indexStore keeps the store index of a record replaced in tx: old is the
+// record as read in tx (nil: none), next the one written (nil: deleted).
+func indexStore(ctx context.Context, tx storage.Tx, old, next *Key) error {
+	ops, nps := storeIndexPaths(old), storeIndexPaths(next)
+	for _, p := range ops {
+		if !contains(nps, p) {
+			if err := tx.Delete(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range nps {
+		if !contains(ops, p) {
+			if err := tx.Put(ctx, p, []byte{}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func contains(ps []string, p string) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// indexRecord keeps every index of a key record replaced in tx (the sweep
+// index and the store index); old and next as for indexSweep.
+func indexRecord(ctx context.Context, tx storage.Tx, old, next *Key) error {
+	if err := indexSweep(ctx, tx, old, next); err != nil {
+		return err
+	}
+	return indexStore(ctx, tx, old, next)
+}
+
+// StoreHasKeys reports whether any KMS key, in any key state, lives in
+// custom key store storeID, reading one index entry rather than every key.
+func (c *Catalog) StoreHasKeys(ctx context.Context, storeID string) (bool, error) {
+	return c.anyEntry(ctx, storeKeyPrefix+storeID+"/")
+}
+
+// XksKeyInUse reports whether a KMS key of external key store storeID, in
+// any key state, uses external key xksKeyID, reading one index entry
+// rather than every key.
+func (c *Catalog) XksKeyInUse(ctx context.Context, storeID, xksKeyID string) (bool, error) {
+	return c.anyEntry(ctx, xksKeyIndexPrefix(storeID, xksKeyID))
+}
+
+func (c *Catalog) anyEntry(ctx context.Context, prefix string) (bool, error) {
+	if err := c.EnsureStoreIndex(ctx); err != nil {
+		return false, err
+	}
+	es, err := c.store.List(ctx, prefix, "", 1)
+	if err != nil {
+		return false, fmt.Errorf("catalog: read the store index: %w", err)
+	}
+	return len(es) > 0, nil
+}
+
+// InitStoreIndex marks a store that has no keys yet as indexed, so that
+// keys made later need no indexing pass; on a store with keys it leaves
+// the indexing to the first reader or sweep round (EnsureStoreIndex). kmsd
+// calls it at start, before serving. Several nodes may call it at once:
+// the mark is read and written in one transaction.
+func (c *Catalog) InitStoreIndex(ctx context.Context) error {
+	if c.storeIndexed.Load() {
+		return nil
+	}
+	marked := false
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		marked = false
+		if _, err := tx.Get(ctx, storeIndexedPath); err == nil {
+			marked = true
+			return nil
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		ks, err := tx.List(ctx, "key/", "", 1)
+		if err != nil || len(ks) > 0 {
+			return err
+		}
+		marked = true
+		return tx.Put(ctx, storeIndexedPath, []byte{})
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: mark the store index: %w", err)
+	}
+	if marked {
+		c.storeIndexed.Store(true)
+	}
+	return nil
+}
+
+// EnsureStoreIndex indexes, once per store, key records written before
+// the store index existed: page by page, each page's records read in the
+// transaction that writes their entries, then marks the store indexed.
+// It is idempotent (entries are put, never created), so several nodes
+// starting on one PostgreSQL store may run it at once; a key written or
+// deleted meanwhile keeps its own entries in its own transaction.
+func (c *Catalog) EnsureStoreIndex(ctx context.Context) error {
+	if c.storeIndexed.Load() {
+		return nil
+	}
+	c.storeIndexing.Lock()
+	defer c.storeIndexing.Unlock()
+	if c.storeIndexed.Load() {
+		return nil
+	}
+	if _, err := c.store.Get(ctx, storeIndexedPath); err == nil {
+		c.storeIndexed.Store(true)
+		return nil
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("catalog: read the store index mark: %w", err)
+	}
+	const page = 500
+	after := ""
+	for {
+		var n int
+		var last string
+		err := c.store.Update(ctx, func(tx storage.Tx) error {
+			entries, err := tx.List(ctx, "key/", after, page)
+			if err != nil {
+				return err
+			}
+			n = len(entries)
+			for _, e := range entries {
+				k := new(Key)
+				if err := json.Unmarshal(e.Value, k); err != nil {
+					return fmt.Errorf("decode %s: %w", e.Key, err)
+				}
+				for _, p := range storeIndexPaths(k) {
+					if err := tx.Put(ctx, p, []byte{}); err != nil {
+						return err
+					}
+				}
+				last = e.Key
+			}
+			if n < page {
+				return tx.Put(ctx, storeIndexedPath, []byte{})
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("catalog: build the store index: %w", err)
+		}
+		if n < page {
+			c.storeIndexed.Store(true)
+			return nil
+		}
+		after = last
+	}
+}
