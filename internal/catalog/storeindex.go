@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -65,29 +67,20 @@ func xksKeyIndexPrefix(storeID, xksKeyID string) string {
 func indexStore(ctx context.Context, tx storage.Tx, old, next *Key) error {
 	ops, nps := storeIndexPaths(old), storeIndexPaths(next)
 	for _, p := range ops {
-		if !contains(nps, p) {
+		if !slices.Contains(nps, p) {
 			if err := tx.Delete(ctx, p); err != nil {
 				return err
 			}
 		}
 	}
 	for _, p := range nps {
-		if !contains(ops, p) {
+		if !slices.Contains(ops, p) {
 			if err := tx.Put(ctx, p, []byte{}); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
-}
-
-func contains(ps []string, p string) bool {
-	for _, q := range ps {
-		if q == p {
-			return true
-		}
-	}
-	return false
 }
 
 // indexRecord keeps every index of a key record replaced in tx (the sweep
@@ -112,15 +105,57 @@ func (c *Catalog) XksKeyInUse(ctx context.Context, storeID, xksKeyID string) (bo
 	return c.anyEntry(ctx, xksKeyIndexPrefix(storeID, xksKeyID))
 }
 
+// anyEntry says whether an entry under prefix belongs to a stored key
+// record: each entry found is checked against its record (one read), and
+// one the record does not have — left by a writer that did not keep the
+// index — is dropped, so that it cannot block a store for ever.
 func (c *Catalog) anyEntry(ctx context.Context, prefix string) (bool, error) {
 	if err := c.EnsureStoreIndex(ctx); err != nil {
 		return false, err
 	}
-	es, err := c.store.List(ctx, prefix, "", 1)
-	if err != nil {
-		return false, fmt.Errorf("catalog: read the store index: %w", err)
+	after := ""
+	for {
+		es, err := c.store.List(ctx, prefix, after, 16)
+		if err != nil {
+			return false, fmt.Errorf("catalog: read the store index: %w", err)
+		}
+		for _, e := range es {
+			name := e.Key[strings.LastIndexByte(e.Key, '/')+1:]
+			k, err := getKey(ctx, c.store, name)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return false, fmt.Errorf("catalog: read key %s: %w", name, err)
+			}
+			if slices.Contains(storeIndexPaths(k), e.Key) {
+				return true, nil
+			}
+			if err := c.dropStoreEntry(ctx, e.Key, name); err != nil {
+				return false, err
+			}
+		}
+		if len(es) < 16 {
+			return false, nil
+		}
+		after = es[len(es)-1].Key
 	}
-	return len(es) > 0, nil
+}
+
+// dropStoreEntry deletes store index entry p of the key named name if,
+// read in the same transaction, the key's record does not have it.
+func (c *Catalog) dropStoreEntry(ctx context.Context, p, name string) error {
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		k, err := getKey(ctx, tx, name)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if slices.Contains(storeIndexPaths(k), p) {
+			return nil
+		}
+		return tx.Delete(ctx, p)
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: drop a stale store index entry: %w", err)
+	}
+	return nil
 }
 
 // InitStoreIndex marks a store that has no keys yet as indexed, so that

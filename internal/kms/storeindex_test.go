@@ -158,7 +158,9 @@ func TestStoreChecksReadIndex(t *testing.T) {
 	reads := func(op func()) int64 {
 		counter.n.Store(0)
 		op()
-		return counter.n.Load()
+		n := counter.n.Load()
+		t.Logf("%d records read", n)
+		return n
 	}
 	const most = 20 // far below the 3,000 a scan reads
 
