@@ -65,6 +65,9 @@ import (
 var (
 	ErrNotFound = errors.New("catalog: not found")
 	ErrExists   = errors.New("catalog: already exists")
+	// ErrXksKeyInUse: CreateKey of an external key whose XksKeyId another
+	// KMS key of its store uses (storeindex.go).
+	ErrXksKeyInUse = errors.New("catalog: external key already in use")
 )
 
 // Tag is a resource tag; order of insertion is kept.
@@ -275,6 +278,9 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	p := keyPath(k.Name())
 	g := c.stamp(p)
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		if err := checkXksKeyFree(ctx, tx, k); err != nil {
+			return err
+		}
 		if err := tx.Create(ctx, p, b); err != nil {
 			return err
 		}
@@ -285,6 +291,9 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	})
 	if errors.Is(err, storage.ErrExists) {
 		return ErrExists
+	}
+	if errors.Is(err, ErrXksKeyInUse) {
+		return ErrXksKeyInUse
 	}
 	if err != nil {
 		return fmt.Errorf("catalog: create key: %w", err)

@@ -158,6 +158,36 @@ func (c *Catalog) dropStoreEntry(ctx context.Context, p, name string) error {
 	return nil
 }
 
+// checkXksKeyFree returns ErrXksKeyInUse if external key k's XksKeyId is
+// used by another key record of its store, read in tx, the transaction
+// that creates k: two CreateKey calls racing on one XksKeyId (on two
+// nodes) cannot both commit. Entries no record has are not counted. It
+// relies on the index, so on a store not indexed yet it checks nothing
+// (kms checks with XksKeyInUse first, which indexes the store).
+func checkXksKeyFree(ctx context.Context, tx storage.Tx, k *Key) error {
+	if k.CustomKeyStoreID == "" || k.XksKeyID == "" {
+		return nil
+	}
+	prefix := xksKeyIndexPrefix(k.CustomKeyStoreID, k.XksKeyID)
+	es, err := tx.List(ctx, prefix, "", 0)
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		other, err := getKey(ctx, tx, e.Key[len(prefix):])
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if slices.Contains(storeIndexPaths(other), e.Key) {
+			return ErrXksKeyInUse
+		}
+	}
+	return nil
+}
+
 // InitStoreIndex marks a store that has no keys yet as indexed, so that
 // keys made later need no indexing pass; on a store with keys it leaves
 // the indexing to the first reader or sweep round (EnsureStoreIndex). kmsd

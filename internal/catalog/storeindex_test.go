@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -173,6 +174,19 @@ func TestStoreIndexFollowsWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after reuse")
+	// CreateKey itself refuses an XksKeyId in use in the store, in its
+	// transaction (a race past kms's check), and stores nothing; another
+	// store may use it.
+	if err := c.CreateKey(ctx, storeKey(t, c, ids(7), xks, "ext-a")); !errors.Is(err, ErrXksKeyInUse) {
+		t.Fatalf("CreateKey with ext-a in use: %v, want ErrXksKeyInUse", err)
+	}
+	if _, err := c.Key(ctx, ids(7)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("refused key stored: %v", err)
+	}
+	if err := c.CreateKey(ctx, storeKey(t, c, ids(8), "cks-11111111111111111", "ext-a")); err != nil {
+		t.Fatalf("ext-a in another store: %v", err)
+	}
+	check("after a refused CreateKey")
 	if _, inUse := storeAnswers(t, c, xks, "ext-a"); !inUse {
 		t.Error("ext-a not in use after a new key took it")
 	}

@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -159,7 +160,11 @@ func (s *Service) createKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		}
 		k.Versions = []catalog.Version{v}
 	}
-	if err := s.cat.CreateKey(ctx, k); err != nil {
+	if err := s.cat.CreateKey(ctx, k); errors.Is(err, catalog.ErrXksKeyInUse) {
+		// Taken since createExternalKey's check, by a CreateKey racing
+		// this one (perhaps on another node).
+		return nil, xksKeyInUse(k.XksKeyID, k.CustomKeyStoreID)
+	} else if err != nil {
 		return nil, internal(err)
 	}
 	m, err := s.withMaterialID(k, s.storeMetadata(k, metadata(k)))

@@ -96,7 +96,7 @@ func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID
 		return internal(err)
 	}
 	if inUse {
-		return exc("XksKeyAlreadyInUseException", "The external key "+*xksKeyID+" is already associated with a KMS key in custom key store "+st.ID+".")
+		return xksKeyInUse(*xksKeyID, st.ID)
 	}
 	cl, err := s.xks.ClientFor(m, st)
 	if err != nil {
@@ -115,6 +115,12 @@ func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID
 		return exc(name, xksclient.Message(err))
 	}
 	return nil
+}
+
+// xksKeyInUse is CreateKey's answer when external key xksKeyID is used by
+// another KMS key of store storeID.
+func xksKeyInUse(xksKeyID, storeID string) error {
+	return exc("XksKeyAlreadyInUseException", "The external key "+xksKeyID+" is already associated with a KMS key in custom key store "+storeID+".")
 }
 
 // xksStore returns the CONNECTED store of external key k and its client,
