@@ -213,6 +213,19 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 		t.Fatalf("DueKeys found %d due keys among %d new ones: %v", seen, n, err)
 	}
 	t.Logf("%s: one sweep round's read of the due keys (sweep index, none due): %v", d.name, time.Since(t0).Round(time.Microsecond))
+	// What DeleteCustomKeyStore's and CreateKey's (EXTERNAL_KEY_STORE)
+	// checks read: the store index, where a scan of every key was before.
+	cat := catalog.New(st, b)
+	t0 = time.Now()
+	has, err := cat.StoreHasKeys(context.Background(), "cks-0123456789abcdef0")
+	if err != nil || has {
+		t.Fatalf("StoreHasKeys of a store with no keys: %v, %v", has, err)
+	}
+	inUse, err := cat.XksKeyInUse(context.Background(), "cks-0123456789abcdef0", "ext")
+	if err != nil || inUse {
+		t.Fatalf("XksKeyInUse in a store with no keys: %v, %v", inUse, err)
+	}
+	t.Logf("%s: the custom key store checks (store index: StoreHasKeys and XksKeyInUse): %v", d.name, time.Since(t0).Round(time.Microsecond))
 	return s
 }
 
