@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -194,32 +193,7 @@ func checkXksKeyFree(ctx context.Context, tx storage.Tx, k *Key) error {
 // calls it at start, before serving. Several nodes may call it at once:
 // the mark is read and written in one transaction.
 func (c *Catalog) InitStoreIndex(ctx context.Context) error {
-	if c.storeIndexed.Load() {
-		return nil
-	}
-	marked := false
-	err := c.store.Update(ctx, func(tx storage.Tx) error {
-		marked = false
-		if _, err := tx.Get(ctx, storeIndexedPath); err == nil {
-			marked = true
-			return nil
-		} else if !errors.Is(err, storage.ErrNotFound) {
-			return err
-		}
-		ks, err := tx.List(ctx, "key/", "", 1)
-		if err != nil || len(ks) > 0 {
-			return err
-		}
-		marked = true
-		return tx.Put(ctx, storeIndexedPath, []byte{})
-	})
-	if err != nil {
-		return fmt.Errorf("catalog: mark the store index: %w", err)
-	}
-	if marked {
-		c.storeIndexed.Store(true)
-	}
-	return nil
+	return c.storeIndex().markIfEmpty(ctx, c.store)
 }
 
 // EnsureStoreIndex indexes, once per store, key records written before
@@ -237,47 +211,10 @@ func (c *Catalog) EnsureStoreIndex(ctx context.Context) error {
 	if c.storeIndexed.Load() {
 		return nil
 	}
-	if _, err := c.store.Get(ctx, storeIndexedPath); err == nil {
-		c.storeIndexed.Store(true)
-		return nil
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("catalog: read the store index mark: %w", err)
-	}
-	const page = 500
-	after := ""
-	for {
-		var n int
-		var last string
-		err := c.store.Update(ctx, func(tx storage.Tx) error {
-			entries, err := tx.List(ctx, "key/", after, page)
-			if err != nil {
-				return err
-			}
-			n = len(entries)
-			for _, e := range entries {
-				k := new(Key)
-				if err := json.Unmarshal(e.Value, k); err != nil {
-					return fmt.Errorf("decode %s: %w", e.Key, err)
-				}
-				for _, p := range storeIndexPaths(k) {
-					if err := tx.Put(ctx, p, []byte{}); err != nil {
-						return err
-					}
-				}
-				last = e.Key
-			}
-			if n < page {
-				return tx.Put(ctx, storeIndexedPath, []byte{})
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("catalog: build the store index: %w", err)
-		}
-		if n < page {
-			c.storeIndexed.Store(true)
-			return nil
-		}
-		after = last
-	}
+	return c.storeIndex().build(ctx, c.store)
+}
+
+// storeIndex is the store index as a keyIndex.
+func (c *Catalog) storeIndex() keyIndex {
+	return keyIndex{name: "store", mark: storeIndexedPath, done: &c.storeIndexed, paths: storeIndexPaths}
 }

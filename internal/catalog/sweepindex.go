@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -168,32 +167,7 @@ func (c *Catalog) dropSweepEntry(ctx context.Context, p, name string) error {
 // with keys it leaves the indexing to the first round (DueKeys). kmsd
 // calls it at start, before serving.
 func (c *Catalog) InitSweepIndex(ctx context.Context) error {
-	if c.sweepIndexed.Load() {
-		return nil
-	}
-	marked := false
-	err := c.store.Update(ctx, func(tx storage.Tx) error {
-		marked = false
-		if _, err := tx.Get(ctx, sweepIndexedPath); err == nil {
-			marked = true
-			return nil
-		} else if !errors.Is(err, storage.ErrNotFound) {
-			return err
-		}
-		ks, err := tx.List(ctx, "key/", "", 1)
-		if err != nil || len(ks) > 0 {
-			return err
-		}
-		marked = true
-		return tx.Put(ctx, sweepIndexedPath, []byte{})
-	})
-	if err != nil {
-		return fmt.Errorf("catalog: mark the sweep index: %w", err)
-	}
-	if marked {
-		c.sweepIndexed.Store(true)
-	}
-	return nil
+	return c.sweepIndex().markIfEmpty(ctx, c.store)
 }
 
 // ensureSweepIndex indexes, once per store, key records written before
@@ -201,50 +175,15 @@ func (c *Catalog) InitSweepIndex(ctx context.Context) error {
 // transaction that writes their entries, then marks the store indexed. A
 // store with no keys is marked at once.
 func (c *Catalog) ensureSweepIndex(ctx context.Context) error {
-	if c.sweepIndexed.Load() {
-		return nil
-	}
-	if _, err := c.store.Get(ctx, sweepIndexedPath); err == nil {
-		c.sweepIndexed.Store(true)
-		return nil
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("catalog: read the sweep index mark: %w", err)
-	}
-	const page = 500
-	after := ""
-	for {
-		var n int
-		var last string
-		err := c.store.Update(ctx, func(tx storage.Tx) error {
-			entries, err := tx.List(ctx, "key/", after, page)
-			if err != nil {
-				return err
-			}
-			n = len(entries)
-			for _, e := range entries {
-				k := new(Key)
-				if err := json.Unmarshal(e.Value, k); err != nil {
-					return fmt.Errorf("decode %s: %w", e.Key, err)
-				}
-				if p := sweepPath(k); p != "" {
-					if err := tx.Put(ctx, p, []byte{}); err != nil {
-						return err
-					}
-				}
-				last = e.Key
-			}
-			if n < page {
-				return tx.Put(ctx, sweepIndexedPath, []byte{})
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("catalog: build the sweep index: %w", err)
+	return c.sweepIndex().build(ctx, c.store)
+}
+
+// sweepIndex is the sweep index as a keyIndex: a key has at most one entry.
+func (c *Catalog) sweepIndex() keyIndex {
+	return keyIndex{name: "sweep", mark: sweepIndexedPath, done: &c.sweepIndexed, paths: func(k *Key) []string {
+		if p := sweepPath(k); p != "" {
+			return []string{p}
 		}
-		if n < page {
-			c.sweepIndexed.Store(true)
-			return nil
-		}
-		after = last
-	}
+		return nil
+	}}
 }
