@@ -2,6 +2,7 @@ package multinode
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -312,37 +313,7 @@ func a6Run(t *testing.T, pg *pgServer, fp string) {
 			t.Errorf("GenerateRandom from the store on %s: %v", n.id, err)
 		}
 	}
-	key, err := c.client(n2).CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm, CustomKeyStoreId: aws.String(id)})
-	if err != nil {
-		t.Fatalf("CreateKey in the store through %s: %v", n2.id, err)
-	}
-	enc, err := c.client(n2).Encrypt(ctx, &kms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("a6")})
-	if err != nil {
-		t.Fatalf("Encrypt through %s: %v", n2.id, err)
-	}
-	for _, n := range c.nodes {
-		var err error
-		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			var dec *kms.DecryptOutput
-			if dec, err = c.client(n).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob}); err == nil {
-				if !bytes.Equal(dec.Plaintext, []byte("a6")) {
-					t.Fatalf("Decrypt on %s: wrong plaintext", n.id)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				break
-			}
-		}
-		if err != nil {
-			t.Errorf("Decrypt on %s: %v", n.id, err)
-		}
-	}
-	for _, n := range c.nodes {
-		if b, _ := os.ReadFile(n.log); bytes.Contains(b, []byte("USER_LOCKED_OUT")) {
-			t.Errorf("%s's log shows USER_LOCKED_OUT", n.id)
-		}
-	}
+	c.storeKeyServedEverywhere(ctx, t, id, n2, "a6")
 }
 
 // slicesWithout returns s without the elements equal to x.
@@ -400,6 +371,44 @@ func TestDeclaredClusterOnNodesStartedTogether(t *testing.T) {
 	for _, l := range []string{"tog-a", "tog-b"} {
 		if !toks.loginWorks(t, l, pw) {
 			t.Errorf("the stored password does not log in on token %s", l)
+		}
+	}
+}
+
+// storeKeyServedEverywhere creates a key in CloudHSM store id through
+// node via, encrypts with it there and checks that every node decrypts it
+// within 15 s, and that no node's log shows USER_LOCKED_OUT (A6, A7).
+func (c *cluster) storeKeyServedEverywhere(ctx context.Context, t *testing.T, id string, via *node, plaintext string) {
+	t.Helper()
+	key, err := c.client(via).CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm, CustomKeyStoreId: aws.String(id)})
+	if err != nil {
+		t.Fatalf("CreateKey in the store through %s: %v", via.id, err)
+	}
+	enc, err := c.client(via).Encrypt(ctx, &kms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte(plaintext)})
+	if err != nil {
+		t.Fatalf("Encrypt through %s: %v", via.id, err)
+	}
+	for _, n := range c.nodes {
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			var dec *kms.DecryptOutput
+			if dec, err = c.client(n).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob}); err == nil {
+				if !bytes.Equal(dec.Plaintext, []byte(plaintext)) {
+					t.Fatalf("Decrypt on %s: wrong plaintext", n.id)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("Decrypt on %s: %v", n.id, err)
+		}
+	}
+	for _, n := range c.nodes {
+		if b, _ := os.ReadFile(n.log); bytes.Contains(b, []byte("USER_LOCKED_OUT")) {
+			t.Errorf("%s's log shows USER_LOCKED_OUT", n.id)
 		}
 	}
 }

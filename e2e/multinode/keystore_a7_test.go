@@ -324,37 +324,7 @@ func a7Run(t *testing.T, pg *pgServer, fp string, ttl, pause time.Duration) {
 	// CONNECTED on every node, and every node, the resumed one too,
 	// serves the store's keys.
 	c.waitAllNodes(ctx, id, types.ConnectionStateTypeConnected, 10*time.Second)
-	key, err := c.client(n2).CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeAwsCloudhsm, CustomKeyStoreId: aws.String(id)})
-	if err != nil {
-		t.Fatalf("CreateKey in the store through %s: %v", n2.id, err)
-	}
-	enc, err := c.client(n2).Encrypt(ctx, &kms.EncryptInput{KeyId: key.KeyMetadata.KeyId, Plaintext: []byte("a7")})
-	if err != nil {
-		t.Fatalf("Encrypt through %s: %v", n2.id, err)
-	}
-	for _, n := range c.nodes {
-		var err error
-		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			var dec *kms.DecryptOutput
-			if dec, err = c.client(n).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob}); err == nil {
-				if !bytes.Equal(dec.Plaintext, []byte("a7")) {
-					t.Fatalf("Decrypt on %s: wrong plaintext", n.id)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				break
-			}
-		}
-		if err != nil {
-			t.Errorf("Decrypt on %s: %v", n.id, err)
-		}
-	}
-	for _, n := range c.nodes {
-		if b, _ := os.ReadFile(n.log); bytes.Contains(b, []byte("USER_LOCKED_OUT")) {
-			t.Errorf("%s's log shows USER_LOCKED_OUT", n.id)
-		}
-	}
+	c.storeKeyServedEverywhere(ctx, t, id, n2, "a7")
 }
 
 // logSince is the lines of log file path from offset on that contain one
