@@ -43,6 +43,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("LeaseLive", func(t *testing.T) { testLeaseLive(t, open) })
 	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })
 	t.Run("FencedTakeoverDuringTx", func(t *testing.T) { testFencedDuringTx(t, open) })
+	t.Run("FencedRefusedCounted", func(t *testing.T) { testFencedRefusedCounted(t, open) })
 }
 
 func testSharedVisibility(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
@@ -546,5 +547,36 @@ func testFencedDuringTx(t *testing.T, open func(t *testing.T) (a, b SharedStore)
 		}
 		wantValue(t, a, name, []byte("new"))
 		t.Logf("run %d: old holder's fenced write: %v", i, oldErr)
+	}
+}
+
+// testFencedRefusedCounted: a handle's FencedRefused (the
+// kmsd_fenced_writes_refused_total metric) counts the fenced writes it had
+// refused after a takeover, and only those.
+func testFencedRefusedCounted(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, _ := open(t)
+	s, ok := a.(interface{ FencedRefused() int64 })
+	if !ok {
+		t.Fatalf("%T does not count refused fenced writes (FencedRefused)", a)
+	}
+	ctx := t.Context()
+	la, ok, err := a.TryAcquire(ctx, "controller", "a", 50*time.Millisecond)
+	if err != nil || !ok {
+		t.Fatalf("a acquires: %v %v", ok, err)
+	}
+	if err := a.UpdateFenced(ctx, la, func(tx storage.Tx) error { return tx.Put(ctx, "k", []byte("a")) }); err != nil {
+		t.Fatalf("fenced write while held: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, ok, err := a.TryAcquire(ctx, "controller", "b", time.Minute); err != nil || !ok {
+		t.Fatalf("b takes over: %v %v", ok, err)
+	}
+	for range 2 {
+		if err := a.UpdateFenced(ctx, la, func(tx storage.Tx) error { return tx.Put(ctx, "k", []byte("stale")) }); !errors.Is(err, storage.ErrFenced) {
+			t.Fatalf("fenced write after the takeover: %v, want ErrFenced", err)
+		}
+	}
+	if n := s.FencedRefused(); n != 2 {
+		t.Errorf("FencedRefused = %d, want 2", n)
 	}
 }
