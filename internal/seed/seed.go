@@ -813,9 +813,9 @@ func (l *loader) toml(b []byte) error {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return l.errorf(pe.Position.Line, "%s", pe.Message)
+			return l.errorf(pe.Position.Line, "%s", sanitize(pe.Message))
 		}
-		return l.errorf(0, "%v", err)
+		return l.errorf(0, "%s", sanitize(err.Error()))
 	}
 	if u := md.Undecoded(); len(u) > 0 {
 		return l.errorf(0, "unknown field %s", strings.Trim(fieldName(u[0].String()), `"`))
@@ -892,14 +892,20 @@ func decodeMessage(err error) string {
 }
 
 // sanitize removes from a yaml message the values and tags it quotes.
+// sanitize makes a YAML or TOML library's message safe to show: the
+// libraries quote the input they stopped at (a value, an anchor's name, a
+// bare key), which may be key material or a password in the wrong place,
+// so every quoted part and every long token is replaced.
 func sanitize(msg string) string {
 	msg = unmarshalled.ReplaceAllString(msg, "cannot unmarshal this value into")
-	return quoted.ReplaceAllString(msg, "a value")
+	msg = quoted.ReplaceAllString(msg, "a value")
+	return longToken.ReplaceAllString(msg, "(a value)")
 }
 
 var (
-	quoted       = regexp.MustCompile("`[^`]*`")
+	quoted       = regexp.MustCompile("`[^`]*`|'[^']*'|\"(?:[^\"\\\\]|\\\\.)*\"")
 	unmarshalled = regexp.MustCompile(`cannot unmarshal .*? into`)
+	longToken    = regexp.MustCompile(`[A-Za-z0-9+/=_.:-]{17,}`)
 )
 
 // fieldName is how an unknown field is named in an error: long names are

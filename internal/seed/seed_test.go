@@ -105,12 +105,21 @@ func TestParseErrors(t *testing.T) {
 		{"store inline password", "s.yaml", "CustomKeyStores:\n  - CustomKeyStoreName: s\n    CloudHsmClusterId: cluster-234567abcdefg\n    TrustAnchorCertificate: seed_test.go\n    KeyStorePassword: hunter2hunter2\n", "KeyStorePassword: want file:/path or env:NAME"},
 		{"toml syntax", "s.toml", "[[Keys]]\nKeyId = \n", "s.toml:2"},
 		{"toml unknown", "s.toml", "[[Keys]]\nKeyId = \"x\"\nSpec = \"y\"\n", "unknown field Keys.Spec"},
+		// The YAML and TOML libraries quote the input they stopped at; an
+		// anchor or bare key may be key material in the wrong place.
+		{"yaml unknown anchor", "s.yaml", "Keys: *" + material + "\n", "s.yaml: unknown anchor a value referenced"},
+		{"yaml unknown anchor unquoted", "s.yaml", "Keys:\n  - KeyId: x\n    KeyMaterial: [*" + material + "00]\n", "s.yaml: unknown anchor a value"},
+		{"toml bare key", "s.toml", "[[Keys]]\n" + material + "~ = 1\n", "s.toml:2"},
+		{"toml value", "s.toml", "[[Keys]]\nKeyId = " + material + "\n", "s.toml:2"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Parse(c.file, []byte(c.content), "111122223333", "us-east-1")
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), material) {
+				t.Fatalf("material in an error: %v", err)
 			}
 		})
 	}
@@ -122,6 +131,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("s.yaml", []byte("Keys:\n  - KeyId: "+id1+"\n    KeyMaterial: ["+material+"]\n"))
 	f.Add("s.yaml", []byte("Keys:\n  Symmetric:\n    Aes:\n      - Metadata: {KeyId: "+id1+"}\n        BackingKeys: ["+material+"]\n"))
 	f.Add("s.toml", []byte("[[Keys]]\nKeyId = \""+id1+"\"\n"))
+	f.Add("s.yaml", []byte("Keys: [*"+material+"00]\n"))
 	f.Fuzz(func(t *testing.T, name string, b []byte) {
 		_, err := Parse(name, b, "111122223333", "us-east-1")
 		if err != nil && strings.Contains(err.Error(), material) {
