@@ -200,8 +200,10 @@ type Watcher interface {
 	//
 	// Reset is true when from is not a position this database can resume
 	// from: the zero Cursor (a new reader), a cursor of another database
-	// generation (the database was re-created or restored), or one older
-	// than what Prune removed. Keys is then empty and the caller must drop
+	// generation (the database was re-created or restored, or — where a
+	// server's history can fork, as PostgreSQL's does when a standby is
+	// promoted — the history the cursor was made in may have had changes
+	// this one lacks), or one older than what Prune removed. Keys is then empty and the caller must drop
 	// everything it cached and continue from Next; what it reads
 	// afterwards is at least as new as Next.
 	Changes(ctx context.Context, from Cursor, limit int) (Batch, error)
@@ -214,7 +216,7 @@ type Watcher interface {
 // to callers, comparable only through the Watcher that made them; the zero
 // value stands for "no position yet".
 type Cursor struct {
-	Gen string // database generation, changed when it is re-created
+	Gen string // database generation: changed when it is re-created, restored or its history forks
 	XID uint64 // transaction position (PostgreSQL: xid8; SQLite: 0)
 	Seq int64  // change sequence within XID
 }

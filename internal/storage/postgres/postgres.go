@@ -55,6 +55,21 @@
 // transaction mode. The change feed (watch.go) reads kv_changes below the
 // xid horizon of finished transactions; leases (lease.go) expire by the
 // database's clock.
+//
+// Change feed across failovers. A feed reader may have read a transaction
+// that is on the primary alone (a cancelled wait for the standbys, above)
+// and moved its cursor past it; the promoted standby then gives that xid,
+// and the ones after it, to new transactions, which a cursor compared by
+// xid alone would skip for good. So a cursor's generation names the
+// server's history too — system identifier, current timeline (a promotion
+// or a point-in-time recovery starts a new one) and postmaster start time
+// (a restart may follow a crash that lost WAL) — and a cursor made in
+// another history is Reset: after a failover or a restart of PostgreSQL
+// every node reloads its caches once. A standby in recovery serves no
+// feed. Not covered: synchronous_commit = off, under which a commit is
+// visible before its WAL is flushed and a crash that the postmaster
+// survives (a backend's crash) loses it with neither mark changing — and
+// under which Update's "committed durably" does not hold either.
 package postgres
 
 import (
@@ -131,6 +146,7 @@ type Store struct {
 	// fresh remembers recent change-feed polls for FreshAsOf (watch.go).
 	freshMu sync.Mutex
 	polls   []poll
+	pollGen string // the generation polls were made in
 
 	// fencedRefused counts fenced writes refused (FencedRefused).
 	fencedRefused atomic.Int64

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -39,11 +40,13 @@ func (s *Store) Changes(ctx context.Context, from storage.Cursor, limit int) (st
 	start := time.Now()
 	var b storage.Batch
 	var xmin, xmax uint64
+	var gen string
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		gen, pruned, err := feedState(ctx, tx)
+		g, pruned, err := feedState(ctx, tx)
 		if err != nil {
 			return err
 		}
+		gen = g
 		var smin, smax string
 		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text`).
 			Scan(&smin, &smax); err != nil {
@@ -97,7 +100,7 @@ ORDER BY xid, seq LIMIT $4`, strconv.FormatUint(from.XID, 10), from.Seq, smin, l
 		return storage.Batch{}, err
 	}
 	if b.Reset || len(b.Keys) < limit {
-		b.FreshAsOf = s.fresh(start, xmin, xmax)
+		b.FreshAsOf = s.fresh(gen, start, xmin, xmax)
 	}
 	return b, nil
 }
@@ -105,10 +108,14 @@ ORDER BY xid, seq LIMIT $4`, strconv.FormatUint(from.XID, 10), from.Seq, smin, l
 // fresh records this poll and returns the latest start of a poll (this
 // one included) whose xmax is at or below the horizon now consumed: every
 // transaction that committed before that start had an xid below its xmax,
-// hence below the horizon, hence is delivered.
-func (s *Store) fresh(start time.Time, horizon, xmax uint64) time.Time {
+// hence below the horizon, hence is delivered. Polls of another generation
+// are forgotten: their xids belong to another history.
+func (s *Store) fresh(gen string, start time.Time, horizon, xmax uint64) time.Time {
 	s.freshMu.Lock()
 	defer s.freshMu.Unlock()
+	if gen != s.pollGen {
+		s.polls, s.pollGen = s.polls[:0], gen
+	}
 	s.polls = append(s.polls, poll{start, xmax})
 	var best time.Time
 	keep := s.polls[:0]
@@ -141,28 +148,57 @@ func maxCursor(a, b storage.Cursor) storage.Cursor {
 }
 
 // feedState reads the generation and the pruning point.
+//
+// The generation names one history of the database's transaction ids,
+// since cursors are positions in it: the random name written at creation,
+// the database's oid (a dump restored into another database carries the
+// same kmsd_meta rows), and the identity of the server's history — its
+// system identifier, its current timeline and its postmaster's start
+// time. A promoted standby (and a point-in-time recovery) starts a new
+// timeline, and a restart may follow a crash that lost the tail of the WAL
+// (synchronous_commit off, a restored file-system snapshot); in each the
+// xids after the point where the histories part are given again to other
+// transactions, so a cursor made before is Reset rather than resumed: its
+// reader may have consumed, and moved past, transactions that the new
+// history does not have, and would skip the new ones with those xids.
+// A standby in recovery has no timeline of its own yet and serves no
+// feed.
 func feedState(ctx context.Context, q querier) (gen string, pruned storage.Cursor, err error) {
 	var g, p []byte
-	// The generation is the random name written at creation plus the
-	// database's oid, so that a dump restored into another database is
-	// another generation even though it carries the same kmsd_meta rows.
 	if err := q.QueryRow(ctx, `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8')
 FROM kmsd_meta WHERE name = 'generation'`).Scan(&g); err != nil {
 		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
+	}
+	var server *string
+	// pg_walfile_name's first 8 hex digits are the timeline WAL is
+	// written on now; pg_control_checkpoint's would lag until the first
+	// checkpoint after a promotion.
+	if err := q.QueryRow(ctx, `SELECT CASE WHEN NOT pg_is_in_recovery() THEN
+	(SELECT system_identifier FROM pg_control_system())::text
+	|| '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+	|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END`).Scan(&server); err != nil {
+		return "", pruned, fmt.Errorf("postgres: changes: server history: %w", err)
+	}
+	if server == nil {
+		return "", pruned, errInRecovery
 	}
 	if err := q.QueryRow(ctx, `SELECT value FROM kmsd_meta WHERE name = 'changes_pruned'`).Scan(&p); err != nil {
 		return "", pruned, fmt.Errorf("postgres: changes: pruning point: %w", err)
 	}
 	x, sq, ok := strings.Cut(string(p), ":")
-	pruned.Gen = string(g)
+	gen = string(g) + "/" + *server
+	pruned.Gen = gen
 	if pruned.XID, err = strconv.ParseUint(x, 10, 64); err == nil && ok {
 		pruned.Seq, err = strconv.ParseInt(sq, 10, 64)
 	}
 	if err != nil || !ok {
 		return "", pruned, fmt.Errorf("postgres: changes: pruning point %q malformed", p)
 	}
-	return string(g), pruned, nil
+	return gen, pruned, nil
 }
+
+// errInRecovery is returned by Changes and Prune on a standby.
+var errInRecovery = errors.New("postgres: changes: the server is a standby in recovery; the change feed is read from the primary")
 
 // Prune implements storage.Watcher.
 func (s *Store) Prune(ctx context.Context, upTo storage.Cursor) error {
