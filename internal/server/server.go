@@ -400,7 +400,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		floor := func(ctx context.Context, gen string) (storage.Cursor, bool, error) {
 			return controller.FeedFloor(ctx, store, ls, gen)
 		}
-		ctl.Add("prune", func(ctx context.Context) { pruneChanges(ctx, w, changeRetention/5, changeRetention, floor, log) })
+		ctl.Add("prune", func(ctx context.Context) {
+			pruneChanges(ctx, w, changeRetention/5, changeRetention, changeMaxRetention, floor, log)
+		})
 	}
 	ctlCtx, stopCtl := context.WithCancel(ctx)
 	ctlDone := make(chan struct{})

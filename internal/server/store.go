@@ -65,22 +65,33 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (storage.Store
 // reader further behind gets a Reset (drops its cache) instead.
 const changeRetention = 10 * time.Minute
 
+// changeMaxRetention is how long a live node's feed cursor may hold
+// pruning back: past it the feed is pruned anyway, so that a node that
+// heartbeats but whose feed is stuck cannot make kv_changes grow without
+// bound; when its feed moves again its cursor is older than the pruned
+// point and it reloads its caches (a Reset), never skips a change. Its
+// caches have long stopped being trusted by then (--cache-max-staleness).
+const changeMaxRetention = time.Hour
+
 // pruneChanges keeps the change feed (storage.Watcher) from growing without
 // bound: every interval it notes the feed's head, and prunes up to the head
-// it noted at least retention ago — but never past floor, the earliest
+// it noted at least retention ago — but not past floor, the earliest
 // cursor of the live nodes (controller.FeedFloor), so that a live node
-// that lags (a slow or briefly stalled feed) is never made to reload
-// everything. A node whose node lease expired is not waited for; it gets a
-// Reset when it comes back. floor nil: no other reader (tests). It is a
-// controller duty.
-func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.Duration,
+// that lags (a slow or briefly stalled feed) is not made to reload
+// everything, unless that cursor (or a live node's missing one) has held
+// pruning back for longer than maxRetention: then the feed is pruned up to
+// the head noted maxRetention ago. A node whose node lease expired is not
+// waited for; it gets a Reset when it comes back. floor nil: no other
+// reader (tests). It is a controller duty.
+func pruneChanges(ctx context.Context, w storage.Watcher, every, retention, maxRetention time.Duration,
 	floor func(ctx context.Context, gen string) (storage.Cursor, bool, error), log *slog.Logger) {
 	type mark struct {
 		at time.Time
 		c  storage.Cursor
 	}
 	var marks []mark
-	held := false // the floor held pruning back at the last turn (logged once)
+	held := false    // the floor held pruning back at the last turn (logged once)
+	forcing := false // pruning went past the floor at the last turn (logged once)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -89,24 +100,36 @@ func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.
 		} else if ctx.Err() == nil {
 			log.Warn("change feed head", "err", err)
 		}
-		// The newest mark old enough.
-		n := 0
+		// The newest mark old enough, and the newest too old to wait for.
+		n, m := 0, 0
 		for n < len(marks) && time.Since(marks[n].at) >= retention {
+			if time.Since(marks[n].at) >= maxRetention {
+				m = n + 1
+			}
 			n++
 		}
 		if n > 0 {
 			upTo := marks[n-1].c
-			ok, capped := true, false
+			ok, capped, forced := true, false, false
+			var floorErr error
 			if floor != nil {
 				f, bounded, err := floor(ctx, upTo.Gen)
 				switch {
 				case err != nil:
-					ok = false
+					ok, floorErr = false, err
 					if ctx.Err() == nil && !held {
 						log.Info("change feed not pruned: the live nodes' cursors are not known", "err", err)
 					}
 				case bounded && f.Before(upTo):
 					upTo, capped = f, true
+				}
+			}
+			if (capped || !ok) && m > 0 && (!ok || upTo.Before(marks[m-1].c)) {
+				// Held back for longer than maxRetention.
+				upTo, ok, forced = marks[m-1].c, true, true
+				if !forcing {
+					log.Warn("change feed pruned past a live node's cursor that held it back for longer than the maximum retention; that node reloads its caches when its feed moves again",
+						"maxRetention", maxRetention, "upTo", upTo, "floorErr", floorErr)
 				}
 			}
 			if ok {
@@ -115,17 +138,18 @@ func pruneChanges(ctx context.Context, w storage.Watcher, every, retention time.
 				}
 			}
 			switch {
-			case capped && !held:
+			case capped && !forced && !held:
 				log.Info("change feed pruning held back by a live node's cursor", "upTo", upTo)
 				fallthrough
-			case capped || !ok:
-				// The old mark is kept, to be pruned up to once the
-				// lagging node has caught up (or its lease expired).
-				marks = marks[n-1:]
+			case capped || !ok || forced:
+				// The old marks are kept, to be pruned up to once the
+				// lagging node has caught up (or its lease expired), down
+				// to the newest one older than maxRetention.
+				marks = marks[max(m-1, 0):]
 			default:
 				marks = marks[n:]
 			}
-			held = capped || !ok
+			held, forcing = capped || !ok || forced, forced
 		}
 		select {
 		case <-ctx.Done():

@@ -42,7 +42,7 @@ func TestPruneChanges(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() {
-		pruneChanges(ctx, st, 20*time.Millisecond, 100*time.Millisecond, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		pruneChanges(ctx, st, 20*time.Millisecond, 100*time.Millisecond, time.Hour, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		close(done)
 	}()
 	stopped := false
@@ -192,7 +192,7 @@ func testPruneHonoursLiveCursors(t *testing.T, st sharedStore) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pruneChanges(pctx, st, 20*time.Millisecond, 100*time.Millisecond, func(ctx context.Context, gen string) (storage.Cursor, bool, error) {
+		pruneChanges(pctx, st, 20*time.Millisecond, 100*time.Millisecond, time.Hour, func(ctx context.Context, gen string) (storage.Cursor, bool, error) {
 			return controller.FeedFloor(ctx, st, st, gen)
 		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
@@ -250,5 +250,138 @@ func testPruneHonoursLiveCursors(t *testing.T, st sharedStore) {
 	}
 	if ls, err := st.Live(ctx, controller.NodeLeasePrefix); err != nil || len(ls) != 1 {
 		t.Fatalf("live node leases: %v %v; want only starting's", ls, err)
+	}
+}
+
+// TestPruneBoundsStuckNodes: a live node whose feed cursor stays put (its
+// watcher is stuck while it heartbeats), or that never publishes one,
+// holds pruning back only for the maximum retention: then the feed is
+// pruned past it, and reading from its cursor gives a Reset (reload
+// everything), never a skipped change; a node that keeps up is not reset.
+// On both drivers.
+func TestPruneBoundsStuckNodes(t *testing.T) {
+	for _, d := range []struct {
+		name string
+		open func(t *testing.T) sharedStore
+	}{
+		{"sqlite", func(t *testing.T) sharedStore {
+			st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "kmsd.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+		{"postgres", func(t *testing.T) sharedStore {
+			st, err := postgres.Open(t.Context(), pgtest.URL(t), postgres.Options{MaxConns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+	} {
+		for _, stuck := range []string{"stuck cursor", "no cursor"} {
+			t.Run(d.name+"/"+stuck, func(t *testing.T) { testPruneBoundsStuckNodes(t, d.open(t), stuck == "no cursor") })
+		}
+	}
+}
+
+func testPruneBoundsStuckNodes(t *testing.T, st sharedStore, noCursor bool) {
+	ctx := t.Context()
+	publish := func(id string, c *storage.Cursor) {
+		t.Helper()
+		b, err := json.Marshal(controller.Node{ID: id, Heartbeat: time.Now().UTC(), FeedCursor: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Put(ctx, controller.NodePrefix+id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"stuck", "live"} {
+		if _, ok, err := st.TryAcquire(ctx, controller.NodeLeasePrefix+id, id, time.Minute); err != nil || !ok {
+			t.Fatalf("node lease %s: %v %v", id, ok, err)
+		}
+	}
+	// drain reads the feed from c to its end.
+	drain := func(c storage.Cursor) (n int, next storage.Cursor, reset bool) {
+		t.Helper()
+		for {
+			b, err := st.Changes(ctx, c, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.Reset {
+				return 0, b.Next, true
+			}
+			n, c = n+len(b.Keys), b.Next
+			if len(b.Keys) == 0 {
+				return n, c, false
+			}
+		}
+	}
+	_, c0, _ := drain(storage.Cursor{})
+	if _, c0, _ = drain(c0); c0.IsZero() {
+		t.Fatal("no cursor")
+	}
+	if noCursor {
+		publish("stuck", nil)
+	} else {
+		publish("stuck", &c0)
+	}
+	for i := range 20 {
+		if err := st.Put(ctx, "a/"+string(rune('a'+i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, head, _ := drain(c0)
+	publish("live", &head)
+
+	const maxRetention = 2 * time.Second
+	started := time.Now()
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pruneChanges(pctx, st, 20*time.Millisecond, 100*time.Millisecond, maxRetention, func(ctx context.Context, gen string) (storage.Cursor, bool, error) {
+			return controller.FeedFloor(ctx, st, st, gen)
+		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	defer func() { cancel(); <-done }()
+
+	// Within the maximum retention (25 turns past the retention) the
+	// stuck node holds pruning back.
+	time.Sleep(600 * time.Millisecond)
+	n, _, reset := drain(c0)
+	if time.Since(started) < maxRetention && (reset || n < 20) {
+		t.Fatalf("before the maximum retention, from the stuck node's cursor: reset %v, %d changes; want the 20, no Reset", reset, n)
+	}
+	// Past it, the feed is pruned past the stuck node's cursor, while the
+	// live node, which reads the feed and publishes its cursor at every
+	// heartbeat, is never reset.
+	live := head
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var reset bool
+		if _, live, reset = drain(live); reset {
+			t.Fatalf("the live node's feed was reset after %v", time.Since(started))
+		}
+		publish("live", &live)
+		if _, _, reset := drain(c0); reset {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the feed was not pruned past a stuck node's cursor %v after the maximum retention", time.Since(started))
+		}
+	}
+	if held := time.Since(started); held < maxRetention {
+		t.Fatalf("the feed was pruned past the stuck node's cursor after %v, before the maximum retention %v", held, maxRetention)
+	}
+	// The node that keeps up is not reset.
+	if err := st.Put(ctx, "b/1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, reset := drain(live); reset || n < 1 {
+		t.Fatalf("from the live node's cursor: reset %v, %d changes; want b/1 without a Reset", reset, n)
 	}
 }
