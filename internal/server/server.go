@@ -12,6 +12,13 @@
 // CLI is not: its gate is the account's administrator identity (root or
 // kmsd-admin) plus the HSM users' passwords, so no other principal
 // reaches the clusters through it, whatever its policies.
+//
+// Change-feed pruning (store.go, a controller duty) departs from
+// MULTINODE.md §4.3, which keeps every change down to the earliest cursor
+// of the live nodes: a live node's cursor holds pruning back for at most
+// changeMaxRetention (an hour), so that a node that heartbeats while its
+// feed is stuck cannot make the change table grow without bound; that
+// node gets a Reset (reloads its caches) when its feed moves again.
 package server
 
 import (

@@ -65,8 +65,9 @@
 // or a point-in-time recovery starts a new one) and postmaster start time
 // (a restart may follow a crash that lost WAL) — and a cursor made in
 // another history is Reset: after a failover or a restart of PostgreSQL
-// every node reloads its caches once. A standby in recovery serves no
-// feed. Not covered: synchronous_commit = off, under which a commit is
+// every node reloads its caches once. (MULTINODE.md §4.3 changes the
+// generation only on a restore or re-initialisation; a failover needs it
+// too.) A standby in recovery serves no feed. Not covered: synchronous_commit = off, under which a commit is
 // visible before its WAL is flushed and a crash that the postmaster
 // survives (a backend's crash) loses it with neither mark changing — and
 // under which Update's "committed durably" does not hold either.
