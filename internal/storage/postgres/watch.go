@@ -165,19 +165,17 @@ func maxCursor(a, b storage.Cursor) storage.Cursor {
 // feed.
 func feedState(ctx context.Context, q querier) (gen string, pruned storage.Cursor, err error) {
 	var g, p []byte
-	if err := q.QueryRow(ctx, `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8')
-FROM kmsd_meta WHERE name = 'generation'`).Scan(&g); err != nil {
-		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
-	}
 	var server *string
 	// pg_walfile_name's first 8 hex digits are the timeline WAL is
 	// written on now; pg_control_checkpoint's would lag until the first
 	// checkpoint after a promotion.
-	if err := q.QueryRow(ctx, `SELECT CASE WHEN NOT pg_is_in_recovery() THEN
-	(SELECT system_identifier FROM pg_control_system())::text
-	|| '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
-	|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END`).Scan(&server); err != nil {
-		return "", pruned, fmt.Errorf("postgres: changes: server history: %w", err)
+	if err := q.QueryRow(ctx, `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8'),
+	CASE WHEN NOT pg_is_in_recovery() THEN
+		(SELECT system_identifier FROM pg_control_system())::text
+		|| '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+		|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END
+FROM kmsd_meta WHERE name = 'generation'`).Scan(&g, &server); err != nil {
+		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
 	}
 	if server == nil {
 		return "", pruned, errInRecovery
