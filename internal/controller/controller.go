@@ -16,7 +16,9 @@
 // Every node also publishes in its node record the change-feed position up
 // to which it has applied every change (Node.FeedCursor); the pruning duty
 // prunes no further than the earliest such position of the nodes holding
-// a live node lease (FeedFloor, MULTINODE.md §4.3). MULTINODE.md §7.2 put
+// a live node lease (FeedFloor, MULTINODE.md §4.3), for at most a bounded
+// time (server's changeMaxRetention, so that a stuck node cannot hold it
+// forever). MULTINODE.md §7.2 put
 // the cursor in the node lease's holder string; it is in the node record
 // instead, which already carries the other per-node facts, so that the
 // lease row stays a lease.
