@@ -271,6 +271,17 @@ func (c *Catalog) Seal(name string, v uint32, material []byte) ([]byte, error) {
 
 // CreateKey stores a new key record durably.
 func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
+	return c.CreateKeyIf(ctx, k, nil)
+}
+
+// CreateKeyIf is CreateKey whose transaction first runs check, when not
+// nil, reading through tx: a non-nil error from it stores nothing and is
+// returned unchanged. A key of a custom key store checks the store's
+// record there (keystore.CheckCreateKey), so that a store disconnected or
+// deleted through another node cannot get the key: whichever of the two
+// transactions commits second sees the other. check may run more than
+// once (storage.Store.Update) and must read only through tx.
+func (c *Catalog) CreateKeyIf(ctx context.Context, k *Key, check func(ctx context.Context, tx storage.Reader) error) error {
 	b, err := json.Marshal(k)
 	if err != nil {
 		return err
@@ -278,6 +289,11 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	p := keyPath(k.Name())
 	g := c.stamp(p)
 	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		if check != nil {
+			if err := check(ctx, tx); err != nil {
+				return callerError{err}
+			}
+		}
 		if err := checkXksKeyFree(ctx, tx, k); err != nil {
 			return err
 		}
@@ -294,6 +310,10 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 	}
 	if errors.Is(err, ErrXksKeyInUse) {
 		return ErrXksKeyInUse
+	}
+	var ce callerError
+	if errors.As(err, &ce) {
+		return ce.err
 	}
 	if err != nil {
 		return fmt.Errorf("catalog: create key: %w", err)

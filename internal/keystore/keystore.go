@@ -737,6 +737,38 @@ func (m *Manager) Update(ctx context.Context, account, region, id string, u Upda
 	})
 }
 
+// CheckCreateKey checks, reading through tx — the transaction that writes
+// a new KMS key into store want.ID (catalog.CreateKeyIf) — that the store
+// is still the one the key was made for: present in want's account and
+// Region, in a state that allows CreateKey (CONNECTED), of want's type and
+// cluster, and not reconnected since (the same connection generation). A
+// CreateKey checks want, read fresh, before it makes the key's material;
+// this check makes the decision one with the write, so that a store
+// disconnected or deleted through another node a moment before cannot get
+// the key (with DeleteCustomKeyStore's check of keys in its own
+// transaction, whichever commits second sees the other). It returns
+// ErrNotFound, a *StateError for OpCreateKey, or ErrInvalidState.
+func CheckCreateKey(ctx context.Context, tx storage.Reader, want *Store) error {
+	st, err := getStore(ctx, tx, want.ID)
+	if err != nil {
+		var ce callerError
+		if errors.As(err, &ce) {
+			return ce.err
+		}
+		return err
+	}
+	if st.Account != want.Account || st.Region != want.Region {
+		return fmt.Errorf("%w: %s", ErrNotFound, want.ID)
+	}
+	if !st.State.Allows(OpCreateKey) {
+		return &StateError{Op: OpCreateKey, State: st.State, ID: st.ID}
+	}
+	if st.Type != want.Type || st.ClusterID != want.ClusterID || st.Gen != want.Gen {
+		return fmt.Errorf("%w: custom key store %s was disconnected and connected again while the key was being created; retry", ErrInvalidState, st.ID)
+	}
+	return nil
+}
+
 // Delete removes a DISCONNECTED store; hasKeys reports whether KMS keys
 // still live in it.
 func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKeys func(ctx context.Context, id string) (bool, error)) error {

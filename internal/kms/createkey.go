@@ -9,9 +9,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/policy"
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 // CreateKey creates a key of any KeySpec × KeyUsage of spec §2.1 with
@@ -115,12 +117,16 @@ func (s *Service) createKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		// mrk- and the UUID's 32 hex digits (spec §1.6).
 		id = "mrk-" + hex.EncodeToString(uid[:])
 	}
+	// store is the key's custom key store as read from the database; the
+	// transaction that writes the key checks it again (CreateKeyIf).
+	var store *keystore.Store
+	madeHSMKey := false
 	if origin == "EXTERNAL_KEY_STORE" {
-		if err := s.createExternalKey(ctx, c, in.CustomKeyStoreId, in.XksKeyId); err != nil {
+		if store, err = s.createExternalKey(ctx, c, in.CustomKeyStoreId, in.XksKeyId); err != nil {
 			return nil, err
 		}
 	} else if custom {
-		if err := s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id), fixedID != ""); err != nil {
+		if store, madeHSMKey, err = s.createStoreKey(ctx, c, origin, in.CustomKeyStoreId, hsmLabel(c.Region, c.Account, id), fixedID != ""); err != nil {
 			return nil, err
 		}
 	}
@@ -160,11 +166,25 @@ func (s *Service) createKey(ctx context.Context, c *Caller, in *kmsapi.CreateKey
 		}
 		k.Versions = []catalog.Version{v}
 	}
-	if err := s.cat.CreateKey(ctx, k); errors.Is(err, catalog.ErrXksKeyInUse) {
-		// Taken since createExternalKey's check, by a CreateKey racing
-		// this one (perhaps on another node).
-		return nil, xksKeyInUse(k.XksKeyID, k.CustomKeyStoreID)
-	} else if err != nil {
+	var check func(ctx context.Context, tx storage.Reader) error
+	if store != nil {
+		check = func(ctx context.Context, tx storage.Reader) error { return keystore.CheckCreateKey(ctx, tx, store) }
+	}
+	if err := s.cat.CreateKeyIf(ctx, k, check); err != nil {
+		if madeHSMKey {
+			// No KMS key will use the material made in the cluster.
+			s.deleteHSMKey(ctx, store, k)
+		}
+		switch {
+		case errors.Is(err, catalog.ErrXksKeyInUse):
+			// Taken since createExternalKey's check, by a CreateKey racing
+			// this one (perhaps on another node).
+			return nil, xksKeyInUse(k.XksKeyID, k.CustomKeyStoreID)
+		case errors.Is(err, keystore.ErrNotFound), errors.Is(err, keystore.ErrInvalidState):
+			// The store was disconnected or deleted (perhaps through
+			// another node) since it was read.
+			return nil, storeErr(err)
+		}
 		return nil, internal(err)
 	}
 	m, err := s.withMaterialID(k, s.storeMetadata(k, metadata(k)))

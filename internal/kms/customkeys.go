@@ -37,6 +37,14 @@ func (s *Service) deleteBackingKey(ctx context.Context, k *catalog.Key) {
 	}
 }
 
+// deleteHSMKey deletes, best effort, the material createStoreKey made in
+// store st's cluster for key k, which was not stored after all.
+func (s *Service) deleteHSMKey(ctx context.Context, st *keystore.Store, k *catalog.Key) {
+	if err := s.hsmKeys.DeleteKey(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID)); err != nil {
+		s.log.Warn("material of a key not created left in its cluster", "keyId", k.ID, "cluster", st.ClusterID, "err", err)
+	}
+}
+
 // storeRandom is GenerateRandom in custom key store id (spec §5.11).
 func (s *Service) storeRandom(ctx context.Context, c *Caller, id string, n int) ([]byte, error) {
 	if s.stores == nil {
@@ -122,26 +130,32 @@ func hsmLabel(region, account, id string) string {
 // With adopt (a seed file's key of fixed key id), a key the cluster
 // holds under the label already is taken as the key's: the same key
 // before a reset of the emulator, which leaves the HSMs' keys alone.
-func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, id *string, label string, adopt bool) error {
+//
+// It returns the store as read from the database (a control-plane read:
+// a store connected or disconnected through another node a moment ago is
+// seen as it is), for the check in the transaction that writes the key
+// (keystore.CheckCreateKey), and whether it made the material (not an
+// adopted key), for the cleanup if that check fails.
+func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, id *string, label string, adopt bool) (*keystore.Store, bool, error) {
 	if id == nil {
-		return exc("UnsupportedOperationException", "Origin "+origin+" needs a CustomKeyStoreId.")
+		return nil, false, exc("UnsupportedOperationException", "Origin "+origin+" needs a CustomKeyStoreId.")
 	}
 	if origin != keystore.TypeCloudHSM {
-		return exc("UnsupportedOperationException", "Origin "+origin+" is not supported by kmsd yet.")
+		return nil, false, exc("UnsupportedOperationException", "Origin "+origin+" is not supported by kmsd yet.")
 	}
 	m, err := s.keyStores()
 	if err != nil {
-		return err
+		return nil, false, err
 	}
-	st, err := m.Get(c.Account, c.Region, *id)
+	st, err := m.GetFresh(ctx, c.Account, c.Region, *id)
 	if err != nil {
-		return storeErr(err)
+		return nil, false, storeErr(err)
 	}
 	if st.Type != keystore.TypeCloudHSM {
-		return exc("UnsupportedOperationException", "Origin "+origin+" does not match custom key store "+st.ID+" of type "+st.Type+".")
+		return nil, false, exc("UnsupportedOperationException", "Origin "+origin+" does not match custom key store "+st.ID+" of type "+st.Type+".")
 	}
 	if !st.State.Allows(keystore.OpCreateKey) {
-		return exc("CustomKeyStoreInvalidStateException", "Custom key store "+st.ID+" is in state "+string(st.State)+"; keys can be created only while it is CONNECTED.")
+		return nil, false, storeErr(&keystore.StateError{Op: keystore.OpCreateKey, State: st.State, ID: st.ID})
 	}
 	if _, err := s.clusters.CheckCluster(c.Account, c.Region, st.ClusterID, ""); err != nil {
 		if errors.Is(err, keystore.ErrClusterNotFound) || errors.Is(err, keystore.ErrClusterNotActive) {
@@ -149,18 +163,18 @@ func (s *Service) createStoreKey(ctx context.Context, c *Caller, origin string, 
 			// a DEGRADED cluster is not told to be initialized and activated.
 			err = fmt.Errorf("%w: cluster %s has no ACTIVE HSMs in two Availability Zones (%v)", keystore.ErrClusterInvalidConfig, st.ClusterID, err)
 		}
-		return storeErr(err)
+		return nil, false, storeErr(err)
 	}
 	if s.hsmKeys == nil {
-		return exc("UnsupportedOperationException", "CloudHSM keys are not available in this kmsd.")
+		return nil, false, exc("UnsupportedOperationException", "CloudHSM keys are not available in this kmsd.")
 	}
 	if err := s.hsmKeys.CreateKey(ctx, st.ClusterID, label); err != nil {
 		if adopt && errors.Is(err, hsm.ErrKeyExists) {
-			return nil
+			return st, false, nil
 		}
-		return s.hsmErr(st, err)
+		return nil, false, s.hsmErr(st, err)
 	}
-	return nil
+	return st, true, nil
 }
 
 // hsmErr is the exception of a failed HSM call of a key operation: the

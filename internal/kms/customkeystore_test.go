@@ -6,14 +6,12 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
-	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
 // TestStoreExceptions: every keystore error maps to an exception of the
@@ -56,9 +54,15 @@ func (f *fakeBacking) Disconnect(ctx context.Context, st *keystore.Store) error 
 type fakeHSM struct {
 	mu   sync.Mutex
 	keys map[string]cipher.AEAD
+	// made, when set, runs after CreateKey made a key, before it returns:
+	// between CreateKey's check of the store and its write of the key.
+	made func()
 }
 
 func (f *fakeHSM) CreateKey(ctx context.Context, clusterID, label string) error {
+	if f.made != nil {
+		defer f.made()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := make([]byte, 32)
@@ -117,11 +121,7 @@ func (f *fakeHSM) DeleteKey(ctx context.Context, clusterID, label string) error 
 func newStoreFixture(t *testing.T) (*fixture, *keystore.Manager, *fakeHSM, *fakeBacking) {
 	t.Helper()
 	f := newFixture(t)
-	st, err := sqlite.Open(context.Background(), filepath.Join(f.dir, "stores.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := f.db // the catalog's database, as in kmsd
 	back := &fakeBacking{}
 	m, err := keystore.New(context.Background(), st, f.barrier, keystore.Config{
 		Backings: map[string]keystore.Backing{keystore.TypeCloudHSM: back}, Now: f.clock.now})

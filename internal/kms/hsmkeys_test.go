@@ -93,11 +93,7 @@ func TestHSMKeyRotationAndDeletion(t *testing.T) {
 	ctx := context.Background()
 	h, clusterID, anchor := realCluster(t)
 	f := newFixture(t)
-	st, err := sqlite.Open(ctx, filepath.Join(f.dir, "stores.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := f.db // the catalog's database, as in kmsd
 	backing := &keystore.CloudHSM{Clusters: h}
 	m, err := keystore.New(ctx, st, f.barrier, keystore.Config{Backings: map[string]keystore.Backing{keystore.TypeCloudHSM: backing}, Now: f.clock.now})
 	if err != nil {

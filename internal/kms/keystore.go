@@ -89,6 +89,8 @@ func invalidStateMessage(se *keystore.StateError) string {
 		return "Custom key store " + se.ID + " is in state " + string(se.State) + ". A key store in a FAILED state must be disconnected before it can be connected; one that is DISCONNECTING must finish first."
 	case keystore.OpDisconnect:
 		return "Custom key store " + se.ID + " is in state " + string(se.State) + " and cannot be disconnected."
+	case keystore.OpCreateKey:
+		return "Custom key store " + se.ID + " is in state " + string(se.State) + "; keys can be created only while it is CONNECTED."
 	case keystore.OpDelete:
 		return "Custom key store " + se.ID + " is in state " + string(se.State) + ". Disconnect it before deleting it."
 	case keystore.OpUpdate:

@@ -15,6 +15,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/policy"
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -35,9 +36,12 @@ type fixture struct {
 	svc     *Service
 	cat     *catalog.Catalog
 	barrier *barrier.Barrier
-	clock   *clock
-	dir     string
-	caller  *Caller
+	// db is the catalog's database, which custom key stores share as in
+	// kmsd: a key's transaction checks its store's record there.
+	db     storage.Store
+	clock  *clock
+	dir    string
+	caller *Caller
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -62,6 +66,7 @@ func newFixture(t *testing.T) *fixture {
 		svc:     svc,
 		cat:     cat,
 		barrier: b,
+		db:      st,
 		clock:   clk,
 		dir:     dir,
 		caller:  &Caller{Account: "111122223333", Region: "us-east-1", ARN: "arn:aws:iam::111122223333:root"},

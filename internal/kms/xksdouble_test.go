@@ -15,7 +15,6 @@ import (
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
-	"github.com/kmsd/kmsd/internal/storage/sqlite"
 	"github.com/kmsd/kmsd/internal/xks"
 	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
 	"github.com/kmsd/kmsd/internal/xks/xksserver"
@@ -53,11 +52,7 @@ func TestDoubleEncryption(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	// kmsd with an external key store on that proxy, connected.
-	st, err := sqlite.Open(ctx, filepath.Join(f.dir, "stores.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := f.db // the catalog's database, as in kmsd
 	ext := &keystore.External{CABundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}),
 		Timeout: 5 * time.Second}
 	m, err := keystore.New(ctx, st, f.barrier, keystore.Config{Backings: map[string]keystore.Backing{keystore.TypeExternal: ext}})

@@ -71,36 +71,39 @@ func xksRequestID(id string) string {
 // CONNECTED, no other key of the store uses xksKeyID, and the proxy's
 // GetKeyMetadata says the external key is AES_256, ENABLED and allows
 // ENCRYPT and DECRYPT.
-func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID *string) error {
+//
+// It returns the store as read from the database, for the check in the
+// transaction that writes the key (keystore.CheckCreateKey).
+func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID *string) (*keystore.Store, error) {
 	if id == nil || xksKeyID == nil {
-		return validation("Origin EXTERNAL_KEY_STORE needs a CustomKeyStoreId and an XksKeyId.")
+		return nil, validation("Origin EXTERNAL_KEY_STORE needs a CustomKeyStoreId and an XksKeyId.")
 	}
 	m, err := s.keyStores()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	st, err := m.Get(c.Account, c.Region, *id)
+	st, err := m.GetFresh(ctx, c.Account, c.Region, *id)
 	if err != nil {
-		return storeErr(err)
+		return nil, storeErr(err)
 	}
 	if st.Type != keystore.TypeExternal {
-		return exc("UnsupportedOperationException", "Origin EXTERNAL_KEY_STORE does not match custom key store "+st.ID+" of type "+st.Type+".")
+		return nil, exc("UnsupportedOperationException", "Origin EXTERNAL_KEY_STORE does not match custom key store "+st.ID+" of type "+st.Type+".")
 	}
 	if !st.State.Allows(keystore.OpCreateKey) {
-		return exc("CustomKeyStoreInvalidStateException", "Custom key store "+st.ID+" is in state "+string(st.State)+"; keys can be created only while it is CONNECTED.")
+		return nil, storeErr(&keystore.StateError{Op: keystore.OpCreateKey, State: st.State, ID: st.ID})
 	}
 	// The catalog's store index answers from one entry, not a read of
 	// every key.
 	inUse, err := s.cat.XksKeyInUse(ctx, st.ID, *xksKeyID)
 	if err != nil {
-		return internal(err)
+		return nil, internal(err)
 	}
 	if inUse {
-		return xksKeyInUse(*xksKeyID, st.ID)
+		return nil, xksKeyInUse(*xksKeyID, st.ID)
 	}
 	cl, err := s.xks.ClientFor(m, st)
 	if err != nil {
-		return internal(err)
+		return nil, internal(err)
 	}
 	md, err := cl.Metadata(ctx, *xksKeyID, xksclient.Meta{Principal: c.ARN, Operation: xksclient.OpCreateKey, RequestID: xksRequestID(c.RequestID)})
 	if err == nil {
@@ -110,11 +113,11 @@ func (s *Service) createExternalKey(ctx context.Context, c *Caller, id, xksKeyID
 		name := xksclient.CreateKeyException(err)
 		s.log.Warn("kms: XKS GetKeyMetadata failed", "store", st.ID, "xksKeyId", *xksKeyID, "exception", name, "err", err)
 		if name == xksclient.ExcInternal {
-			return internal(err)
+			return nil, internal(err)
 		}
-		return exc(name, xksclient.Message(err))
+		return nil, exc(name, xksclient.Message(err))
 	}
-	return nil
+	return st, nil
 }
 
 // xksKeyInUse is CreateKey's answer when external key xksKeyID is used by

@@ -3,13 +3,11 @@ package kms
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
-	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
 const (
@@ -22,11 +20,7 @@ const (
 func newXKSFixture(t *testing.T) (*fixture, *keystore.Manager) {
 	t.Helper()
 	f := newFixture(t)
-	st, err := sqlite.Open(context.Background(), filepath.Join(f.dir, "stores.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := f.db // the catalog's database, as in kmsd
 	ext := &keystore.External{VPCServices: map[string]string{xksSvc: "127.0.0.1:1", xksSvcDNS: "127.0.0.1:1"},
 		VPCPrivateDNS: map[string]string{xksSvcDNS: "xks.example.com"}}
 	m, err := keystore.New(context.Background(), st, f.barrier, keystore.Config{

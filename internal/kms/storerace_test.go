@@ -1,0 +1,224 @@
+package kms
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
+	"github.com/kmsd/kmsd/internal/storage/sqlite"
+)
+
+// TestMain stops the private PostgreSQL server pgtest started, if any.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// storeNode is one kmsd node of a test: a Service with its own catalog and
+// key store manager on its own handle of a database other nodes share,
+// each with its own caches and no change feed — what another node changed
+// reaches it only through reads of the database.
+type storeNode struct {
+	svc *Service
+	cat *catalog.Catalog
+	m   *keystore.Manager
+}
+
+// sharedDrivers opens two handles on one new database of each driver.
+var sharedDrivers = []struct {
+	name string
+	open func(t *testing.T) (a, b storage.Store)
+}{
+	{"sqlite", func(t *testing.T) (a, b storage.Store) {
+		path := filepath.Join(t.TempDir(), "kmsd.db")
+		open := func() storage.Store {
+			st, err := sqlite.Open(t.Context(), path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}
+		return open(), open()
+	}},
+	{"postgres", func(t *testing.T) (a, b storage.Store) {
+		u := pgtest.URL(t)
+		open := func() storage.Store {
+			st, err := postgres.Open(t.Context(), u, postgres.Options{MaxConns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}
+		return open(), open()
+	}},
+}
+
+// newStoreNode is a node on db (its catalog on cdb, the same database,
+// when not nil), with the HSM h every node reaches.
+func newStoreNode(t *testing.T, db, cdb storage.Store, b *barrier.Barrier, h *fakeHSM) *storeNode {
+	t.Helper()
+	if cdb == nil {
+		cdb = db
+	}
+	m, err := keystore.New(t.Context(), db, b, keystore.Config{
+		Backings: map[string]keystore.Backing{keystore.TypeCloudHSM: &fakeBacking{}}, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	cat := catalog.New(cdb, b)
+	if err := cat.InitStoreIndex(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	svc := New(cat)
+	t.Cleanup(svc.Close)
+	svc.SetKeyStores(m, &fakeClusters{}, h)
+	return &storeNode{svc: svc, cat: cat, m: m}
+}
+
+func newBarrier(t *testing.T) *barrier.Barrier {
+	root := make([]byte, 32)
+	rand.Read(root)
+	b, err := barrier.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+var raceCaller = &Caller{Account: "111122223333", Region: "us-east-1", ARN: "arn:aws:iam::111122223333:root"}
+
+func (n *storeNode) createStore(t *testing.T, name string) string {
+	t.Helper()
+	out, err := n.svc.CreateCustomKeyStore(t.Context(), raceCaller, &kmsapi.CreateCustomKeyStoreRequest{
+		CustomKeyStoreName: str(name), CloudHsmClusterId: str("cluster-" + name), TrustAnchorCertificate: str("anchor"),
+		KeyStorePassword: str("kmsPswd1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *out.CustomKeyStoreId
+}
+
+func (n *storeNode) connect(t *testing.T, id string) {
+	t.Helper()
+	if _, err := n.svc.ConnectCustomKeyStore(t.Context(), raceCaller, &kmsapi.ConnectCustomKeyStoreRequest{CustomKeyStoreId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	n.m.Wait()
+	n.wantState(t, id, keystore.Connected)
+}
+
+func (n *storeNode) disconnect(t *testing.T, id string) {
+	t.Helper()
+	if _, err := n.svc.DisconnectCustomKeyStore(t.Context(), raceCaller, &kmsapi.DisconnectCustomKeyStoreRequest{CustomKeyStoreId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	n.m.Wait()
+	n.wantState(t, id, keystore.Disconnected)
+}
+
+func (n *storeNode) delete(id string) error {
+	_, err := n.svc.DeleteCustomKeyStore(context.Background(), raceCaller, &kmsapi.DeleteCustomKeyStoreRequest{CustomKeyStoreId: &id})
+	return err
+}
+
+// wantState fails t unless store id is in state as the database has it.
+func (n *storeNode) wantState(t *testing.T, id string, state keystore.State) {
+	t.Helper()
+	st, err := n.m.GetFresh(t.Context(), raceCaller.Account, raceCaller.Region, id)
+	if err != nil || st.State != state {
+		t.Fatalf("store %s: %v, %v; want %s", id, st, err, state)
+	}
+}
+
+func (n *storeNode) createKey(id string) (*kmsapi.CreateKeyResponse, error) {
+	origin := "AWS_CLOUDHSM"
+	return n.svc.CreateKey(context.Background(), raceCaller, &kmsapi.CreateKeyRequest{Origin: &origin, CustomKeyStoreId: &id})
+}
+
+// keysIn returns the ids of the key records, read from the database,
+// that name custom key store id.
+func keysIn(t *testing.T, db storage.Store, b *barrier.Barrier, id string) []string {
+	t.Helper()
+	var out []string
+	if err := catalog.New(db, b).AllKeys(t.Context(), func(k *catalog.Key) error {
+		if k.CustomKeyStoreID == id {
+			out = append(out, k.ID)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestCreateKeyChecksStoreInDatabase (issue #16, gap 1): a CreateKey in a
+// CloudHSM key store through node B decides on the store as the database
+// has it, in the transaction that writes the key — not on B's cached
+// copy — so a store disconnected or deleted through node A a moment
+// before (here: while B makes the key's material in the cluster) gets no
+// key, the caller gets the store's exception, and the material made is
+// deleted from the cluster.
+func TestCreateKeyChecksStoreInDatabase(t *testing.T) {
+	for _, d := range sharedDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			da, db := d.open(t)
+			b := newBarrier(t)
+			h := &fakeHSM{keys: map[string]cipher.AEAD{}}
+			a, n := newStoreNode(t, da, nil, b, h), newStoreNode(t, db, nil, b, h)
+			id := a.createStore(t, "gap1")
+			a.connect(t, id)
+			n.wantState(t, id, keystore.Connected) // B's cache: CONNECTED
+
+			// Disconnected through A after B's check, before B's write.
+			h.made = func() { h.made = nil; a.disconnect(t, id) }
+			_, err := n.createKey(id)
+			wantException(t, err, "CustomKeyStoreInvalidStateException")
+			if ks := keysIn(t, da, b, id); len(ks) != 0 || len(h.keys) != 0 {
+				t.Fatalf("disconnected store: keys %v, HSM keys %d; want none", ks, len(h.keys))
+			}
+
+			// B's cache still says CONNECTED; the database does not.
+			if st, err := n.m.Get(raceCaller.Account, raceCaller.Region, id); err != nil || st.State != keystore.Connected {
+				t.Fatalf("B's cached store: %v %v; the test needs it stale (CONNECTED)", st, err)
+			}
+			_, err = n.createKey(id)
+			wantException(t, err, "CustomKeyStoreInvalidStateException")
+
+			// Connected again, then deleted through A while B makes the key.
+			a.connect(t, id)
+			n.wantState(t, id, keystore.Connected)
+			h.made = func() {
+				h.made = nil
+				a.disconnect(t, id)
+				if err := a.delete(id); err != nil {
+					t.Errorf("delete through A: %v", err)
+				}
+			}
+			_, err = n.createKey(id)
+			wantException(t, err, "CustomKeyStoreNotFoundException")
+			if ks := keysIn(t, da, b, id); len(ks) != 0 || len(h.keys) != 0 {
+				t.Fatalf("deleted store: keys %v, HSM keys %d; want none", ks, len(h.keys))
+			}
+
+			// Unhindered, B creates the key in a store A connected.
+			id = a.createStore(t, "gap1-ok")
+			a.connect(t, id)
+			if _, err := n.createKey(id); err != nil {
+				t.Fatal(err)
+			}
+			if ks := keysIn(t, da, b, id); len(ks) != 1 || len(h.keys) != 1 {
+				t.Fatalf("connected store: keys %v, HSM keys %d; want 1", ks, len(h.keys))
+			}
+		})
+	}
+}
