@@ -97,6 +97,40 @@ func (c *Catalog) StoreHasKeys(ctx context.Context, storeID string) (bool, error
 	return c.anyEntry(ctx, storeKeyPrefix+storeID+"/")
 }
 
+// StoreHasKeysIn is StoreHasKeys read through tx, the transaction that
+// deletes custom key store storeID, so that a key created meanwhile
+// through another node is seen here or the create sees the store gone
+// (catalog.CreateKeyIf with keystore.CheckCreateKey): never a key left in
+// a deleted store. It reads only through tx and writes nothing — an entry
+// its record does not have is skipped, not dropped — and relies on the
+// index, so call StoreHasKeys first, which indexes an older store.
+func StoreHasKeysIn(ctx context.Context, tx storage.Reader, storeID string) (bool, error) {
+	prefix := storeKeyPrefix + storeID + "/"
+	after := ""
+	for {
+		es, err := tx.List(ctx, prefix, after, 16)
+		if err != nil {
+			return false, fmt.Errorf("catalog: read the store index: %w", err)
+		}
+		for _, e := range es {
+			k, err := getKey(ctx, tx, e.Key[len(prefix):])
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return false, err
+			}
+			if slices.Contains(storeIndexPaths(k), e.Key) {
+				return true, nil
+			}
+		}
+		if len(es) < 16 {
+			return false, nil
+		}
+		after = es[len(es)-1].Key
+	}
+}
+
 // XksKeyInUse reports whether a KMS key of external key store storeID, in
 // any key state, uses external key xksKeyID, reading one index entry
 // rather than every key.

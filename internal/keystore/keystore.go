@@ -769,9 +769,21 @@ func CheckCreateKey(ctx context.Context, tx storage.Reader, want *Store) error {
 	return nil
 }
 
-// Delete removes a DISCONNECTED store; hasKeys reports whether KMS keys
-// still live in it.
-func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKeys func(ctx context.Context, id string) (bool, error)) error {
+// KeyCheck tells Delete whether KMS keys live in a store.
+type KeyCheck struct {
+	// Before answers first, outside any transaction, and may write (the
+	// catalog indexes an older store there, and drops stale entries).
+	Before func(ctx context.Context, id string) (bool, error)
+	// In answers again in the transaction that deletes the store, reading
+	// only through tx, so that a key created concurrently through another
+	// node is seen here or sees the store gone (CheckCreateKey): never a
+	// key left in a deleted store.
+	In func(ctx context.Context, tx storage.Reader, id string) (bool, error)
+}
+
+// Delete removes a DISCONNECTED store; keys, when not nil, reports whether
+// KMS keys still live in it (ErrHasKeys).
+func (m *Manager) Delete(ctx context.Context, account, region, id string, keys *KeyCheck) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
 	cur, err := m.getFresh(ctx, account, region, id)
@@ -781,8 +793,8 @@ func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKey
 	if !cur.State.Allows(OpDelete) {
 		return &StateError{Op: OpDelete, State: cur.State, ID: id}
 	}
-	if hasKeys != nil {
-		has, err := hasKeys(ctx, id)
+	if keys != nil && keys.Before != nil {
+		has, err := keys.Before(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -797,6 +809,15 @@ func (m *Manager) Delete(ctx context.Context, account, region, id string, hasKey
 		}
 		if !st.State.Allows(OpDelete) {
 			return callerError{&StateError{Op: OpDelete, State: st.State, ID: id}}
+		}
+		if keys != nil && keys.In != nil {
+			has, err := keys.In(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			if has {
+				return callerError{fmt.Errorf("%w: %s", ErrHasKeys, id)}
+			}
 		}
 		if err := deleteRows(ctx, tx, id); err != nil {
 			return err

@@ -216,7 +216,7 @@ func TestConnectLifecycle(t *testing.T) {
 	}
 	m.Disconnect(ctx, acct, reg, st.ID)
 	m.Wait()
-	if err := m.Delete(ctx, acct, reg, st.ID, func(context.Context, string) (bool, error) { return true, nil }); !errors.Is(err, ErrHasKeys) {
+	if err := m.Delete(ctx, acct, reg, st.ID, &KeyCheck{Before: func(context.Context, string) (bool, error) { return true, nil }}); !errors.Is(err, ErrHasKeys) {
 		t.Fatalf("delete with keys: %v", err)
 	}
 	if err := m.Delete(ctx, acct, reg, st.ID, nil); err != nil {

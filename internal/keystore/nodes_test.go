@@ -305,7 +305,7 @@ func TestDescribeThroughAnotherNode(t *testing.T) {
 	if err := a.Update(ctx, second.Account, second.Region, second.ID, Update{Name: ptr("renamed")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Delete(ctx, first.Account, first.Region, first.ID, func(context.Context, string) (bool, error) { return false, nil }); err != nil {
+	if err := a.Delete(ctx, first.Account, first.Region, first.ID, &KeyCheck{Before: func(context.Context, string) (bool, error) { return false, nil }}); err != nil {
 		t.Fatal(err)
 	}
 	got, err = n.ListFresh(ctx, first.Account, first.Region)

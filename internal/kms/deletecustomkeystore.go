@@ -3,6 +3,8 @@ package kms
 import (
 	"context"
 
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 )
 
@@ -17,7 +19,11 @@ func (s *Service) DeleteCustomKeyStore(ctx context.Context, c *Caller, in *kmsap
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Delete(ctx, c.Account, c.Region, *in.CustomKeyStoreId, s.storeHasKeys); err != nil {
+	// The keys are counted again in the delete's own transaction, so that
+	// a key created meanwhile through another node is not left in a
+	// deleted store (CreateKey checks the store in its transaction too).
+	keys := &keystore.KeyCheck{Before: s.storeHasKeys, In: catalog.StoreHasKeysIn}
+	if err := m.Delete(ctx, c.Account, c.Region, *in.CustomKeyStoreId, keys); err != nil {
 		return nil, storeErr(err)
 	}
 	s.quota.Forget(*in.CustomKeyStoreId)

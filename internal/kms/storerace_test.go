@@ -4,9 +4,14 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
@@ -219,6 +224,91 @@ func TestCreateKeyChecksStoreInDatabase(t *testing.T) {
 			if ks := keysIn(t, da, b, id); len(ks) != 1 || len(h.keys) != 1 {
 				t.Fatalf("connected store: keys %v, HSM keys %d; want 1", ks, len(h.keys))
 			}
+		})
+	}
+}
+
+// listHook is a storage handle that calls hook once, after the first
+// List (outside a transaction) of keys starting with prefix has read them.
+type listHook struct {
+	storage.Store
+	prefix string
+	once   sync.Once
+	hook   func()
+}
+
+func (l *listHook) List(ctx context.Context, prefix, after string, limit int) ([]storage.Entry, error) {
+	es, err := l.Store.List(ctx, prefix, after, limit)
+	if strings.HasPrefix(prefix, l.prefix) {
+		l.once.Do(l.hook)
+	}
+	return es, err
+}
+
+// TestDeleteCustomKeyStoreChecksKeysInTransaction (issue #16, gap 2):
+// DeleteCustomKeyStore through node A counts the store's keys again in
+// the transaction that deletes it. Here, after A's first count found
+// none, node B connects the store, creates a key in it and disconnects
+// it: A's delete then answers CustomKeyStoreHasCMKsException and the
+// store stays. Then both race for real, a round at a time: whatever
+// wins, never a key whose store is deleted.
+func TestDeleteCustomKeyStoreChecksKeysInTransaction(t *testing.T) {
+	for _, d := range sharedDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			da, db := d.open(t)
+			b := newBarrier(t)
+			h := &fakeHSM{keys: map[string]cipher.AEAD{}}
+			hooked := &listHook{Store: da}
+			a, n := newStoreNode(t, da, hooked, b, h), newStoreNode(t, db, nil, b, h)
+			id := a.createStore(t, "gap2")
+			hooked.prefix = "storekey/" + id + "/"
+			hooked.hook = func() {
+				n.connect(t, id)
+				if _, err := n.createKey(id); err != nil {
+					t.Errorf("create through B: %v", err)
+				}
+				n.disconnect(t, id)
+			}
+			wantException(t, a.delete(id), "CustomKeyStoreHasCMKsException")
+			a.wantState(t, id, keystore.Disconnected)
+			if ks := keysIn(t, da, b, id); len(ks) != 1 {
+				t.Fatalf("keys of the store: %v; want B's one", ks)
+			}
+
+			// The race, for real: B creates keys while A disconnects and
+			// deletes the store.
+			rounds := 10
+			deleted, refused := 0, 0
+			for r := range rounds {
+				id := a.createStore(t, fmt.Sprintf("race-%d", r))
+				a.connect(t, id)
+				n.wantState(t, id, keystore.Connected)
+				var wg sync.WaitGroup
+				wg.Go(func() {
+					time.Sleep(time.Duration(r) * time.Millisecond)
+					n.createKey(id) // fails once the store is disconnected
+				})
+				a.disconnect(t, id)
+				err := a.delete(id)
+				wg.Wait()
+				ks := keysIn(t, da, b, id)
+				var e *kmsapi.Exception
+				switch {
+				case err == nil:
+					deleted++
+					if len(ks) != 0 {
+						t.Fatalf("round %d: store %s deleted with keys %v", r, id, ks)
+					}
+				case errors.As(err, &e) && e.Name == "CustomKeyStoreHasCMKsException":
+					refused++
+					if len(ks) == 0 {
+						t.Fatalf("round %d: delete refused, no keys", r)
+					}
+				default:
+					t.Fatalf("round %d: delete: %v", r, err)
+				}
+			}
+			t.Logf("%d rounds: %d stores deleted with no keys, %d refused with keys", rounds, deleted, refused)
 		})
 	}
 }
