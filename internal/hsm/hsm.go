@@ -96,6 +96,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 // Errors of the key, user and token operations, for the layer above to map
@@ -192,7 +194,12 @@ type Config struct {
 	Failpoint func(name string)
 	Rand      io.Reader        // crypto/rand when nil
 	Now       func() time.Time // time.Now when nil
-	Logger    *slog.Logger
+	// DBClock, when set, is the database's clock, on which the times the
+	// controller schedules by are taken (clock.go): kmsd gives it the
+	// store's (storage.Clock), so that nodes whose clocks differ agree on
+	// when a step or backup is due.
+	DBClock storage.Clock
+	Logger  *slog.Logger
 }
 
 // Caller is who calls a CloudHSM v2 operation: resources belong to an

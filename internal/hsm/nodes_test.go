@@ -39,7 +39,8 @@ func twoNodes(t *testing.T, cfgA, cfgB func(*Config)) (a, b *Service, sb storage
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		cfg := Config{Dir: hsmDir}
+		// Scheduling on the database's clock, as kmsd does.
+		cfg := Config{Dir: hsmDir, DBClock: st}
 		if adj != nil {
 			adj(&cfg)
 		}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -179,12 +180,12 @@ func (s *Service) written(prev, next *record) {
 // (debounced: a burst of changes gets one backup, within BackupDelay of
 // its first change). The marker is durable, in the transaction of the
 // change; the controller takes the backup (runSteps).
-func (s *Service) markBackup(prev, next *record) {
+func (s *Service) markBackup(prev, next *record, now time.Time) {
 	if next.BackupDue != nil || prev == nil {
 		return
 	}
 	if !backedUp(prev) && backedUp(next) || contentChanged(prev, next) {
-		due := s.now().UTC().Add(s.cfg.BackupDelay)
+		due := now.Add(s.cfg.BackupDelay)
 		next.BackupDue = &due
 	}
 }
@@ -192,6 +193,7 @@ func (s *Service) markBackup(prev, next *record) {
 // put stores a new record r (create), or overwrites it, and caches it.
 func (s *Service) put(ctx context.Context, r *record, create bool) error {
 	var prev *record
+	now := s.dbNow(ctx) // when a backup falls due: markBackup
 	err := s.store.Update(ctx, func(tx storage.Tx) error {
 		prev = nil
 		if !create {
@@ -207,7 +209,7 @@ func (s *Service) put(ctx context.Context, r *record, create bool) error {
 				if r.BackupDue == nil {
 					r.BackupDue = cur.BackupDue
 				}
-				s.markBackup(prev, r)
+				s.markBackup(prev, r, now)
 			}
 		}
 		b, err := json.Marshal(r)
@@ -234,6 +236,7 @@ func (s *Service) put(ctx context.Context, r *record, create bool) error {
 func (s *Service) update(ctx context.Context, id string, fn func(r *record) error) (*record, error) {
 	defer s.lock(id)()
 	var prev, next *record
+	now := s.dbNow(ctx) // when a backup falls due: markBackup
 	err := s.store.Update(ctx, func(tx storage.Tx) error {
 		cur, err := readRecord(ctx, tx, id)
 		if err != nil {
@@ -243,7 +246,7 @@ func (s *Service) update(ctx context.Context, id string, fn func(r *record) erro
 		if err := fn(next); err != nil {
 			return callerError{err}
 		}
-		s.markBackup(prev, next)
+		s.markBackup(prev, next, now)
 		next.Rev = cur.Rev + 1
 		b, err := json.Marshal(next)
 		if err != nil {
@@ -278,6 +281,7 @@ func (s *Service) act(ctx context.Context, id string, fn func(r *record) error) 
 		return nil, err
 	}
 	var prev, next *record
+	now := s.dbNow(ctx) // when a backup falls due: markBackup
 	err = s.store.Update(ctx, func(tx storage.Tx) error {
 		cur, err := readRecord(ctx, tx, id)
 		if err != nil {
@@ -290,7 +294,7 @@ func (s *Service) act(ctx context.Context, id string, fn func(r *record) error) 
 			}
 		}
 		prev, next = cur, clone(merged)
-		s.markBackup(prev, next)
+		s.markBackup(prev, next, now)
 		next.Rev = cur.Rev + 1
 		b, err := json.Marshal(next)
 		if err != nil {

@@ -24,6 +24,7 @@ type Service struct {
 	barrier *barrier.Barrier
 	log     *slog.Logger
 	now     func() time.Time
+	clock   *dbClock // the database's clock, for scheduling (clock.go)
 	rand    io.Reader
 
 	ctx    context.Context // ends at Close; bounds background steps
@@ -83,6 +84,7 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.clock = &dbClock{local: s.now, db: cfg.DBClock}
 	if s.rand == nil {
 		s.rand = rand.Reader
 	}

@@ -148,6 +148,11 @@ func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barri
 	if err != nil {
 		return nil, err
 	}
+	// Steps and backups fall due on the database's clock, which every
+	// node agrees on, not on the clock of the node that scheduled them.
+	if c, ok := store.(storage.Clock); ok {
+		hcfg.DBClock = c
+	}
 	// Writes of the probe and backup loops, controller duties, are
 	// fenced by its lease (controller.Fence); API requests' are not.
 	svc, err := hsm.New(ctx, controller.Fence(store), b, hcfg)

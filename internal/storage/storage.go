@@ -266,6 +266,16 @@ type Leaser interface {
 	UpdateFenced(ctx context.Context, l Lease, fn func(tx Tx) error) error
 }
 
+// Clock is the optional capability of telling the database's time: the
+// clock every node sharing the database agrees on, whatever its own says
+// (a lease's expiry is decided by it). A timestamp one node stores for
+// another to compare with "now" — when a step falls due — is to be taken
+// and compared on it. Both drivers implement it.
+type Clock interface {
+	// Now returns the database's current time.
+	Now(ctx context.Context) (time.Time, error)
+}
+
 // Lease is one holding of a named lease.
 type Lease struct {
 	Name   string

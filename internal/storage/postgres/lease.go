@@ -156,3 +156,13 @@ func checkLease(name, holder string, ttl time.Duration) error {
 	}
 	return nil
 }
+
+// Now implements storage.Clock: the server's clock_timestamp(), the clock
+// leases expire by.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	var t time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&t); err != nil {
+		return time.Time{}, fmt.Errorf("postgres: now: %w", err)
+	}
+	return t, nil
+}

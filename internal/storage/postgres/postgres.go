@@ -157,6 +157,7 @@ var (
 	_ storage.Store   = (*Store)(nil)
 	_ storage.Watcher = (*Store)(nil)
 	_ storage.Leaser  = (*Store)(nil)
+	_ storage.Clock   = (*Store)(nil)
 )
 
 // Open connects to the database named by url (a postgres:// URL or a

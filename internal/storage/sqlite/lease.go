@@ -178,3 +178,13 @@ func checkLease(name, holder string, ttl time.Duration) error {
 	}
 	return nil
 }
+
+// Now implements storage.Clock: the database's clock, which for SQLite is
+// the clock of the machine every handle runs on (sqlNow).
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	var ms int64
+	if err := s.reader.QueryRowContext(ctx, `SELECT `+sqlNow).Scan(&ms); err != nil {
+		return time.Time{}, fmt.Errorf("sqlite: now: %w", err)
+	}
+	return time.UnixMilli(ms), nil
+}

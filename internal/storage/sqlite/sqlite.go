@@ -61,6 +61,7 @@ var (
 	_ storage.Store   = (*Store)(nil)
 	_ storage.Watcher = (*Store)(nil)
 	_ storage.Leaser  = (*Store)(nil)
+	_ storage.Clock   = (*Store)(nil)
 )
 
 // Open opens the database file at path, creating it with mode 0600 if it
