@@ -25,11 +25,29 @@ type HSMKeys interface {
 
 // deleteBackingKey is the best-effort deletion of a deleted KMS key's
 // material from its store's cluster (spec §5.10): it fails quietly (logged)
-// when the store is not connected or the cluster refuses.
+// when the store is not connected or the cluster refuses. The external key
+// of a key in an external key store is never touched (spec §5.10: KMS
+// deletes only its own metadata and material).
 func (s *Service) deleteBackingKey(ctx context.Context, k *catalog.Key) {
+	if k.Origin == keystore.TypeExternal || k.XksKeyID != "" {
+		s.log.Info("external key left in the external key store proxy: deleting a KMS key never deletes it",
+			"keyId", k.ID, "customKeyStoreId", k.CustomKeyStoreID, "xksKeyId", k.XksKeyID)
+		return
+	}
 	st := s.keyStore(k)
-	if st == nil || s.hsmKeys == nil || st.Type != keystore.TypeCloudHSM || st.State != keystore.Connected {
-		s.log.Info("backing key not deleted: custom key store not connected", "keyId", k.ID, "customKeyStoreId", k.CustomKeyStoreID)
+	var why string
+	switch {
+	case st == nil:
+		why = "custom key store not found"
+	case s.hsmKeys == nil:
+		why = "CloudHSM keys are not available in this kmsd"
+	case st.Type != keystore.TypeCloudHSM:
+		why = "custom key store of type " + st.Type
+	case st.State != keystore.Connected:
+		why = "custom key store not connected (" + string(st.State) + ")"
+	}
+	if why != "" {
+		s.log.Info("backing key not deleted: "+why, "keyId", k.ID, "customKeyStoreId", k.CustomKeyStoreID)
 		return
 	}
 	if err := s.hsmKeys.DeleteKey(ctx, st.ClusterID, hsmLabel(k.Region, k.Account, k.ID)); err != nil {
