@@ -15,11 +15,13 @@ import (
 )
 
 // SharedStore is what RunShared needs of a store: the contract plus the
-// change feed and leases, which both drivers implement.
+// change feed, leases and the database's clock, which both drivers
+// implement.
 type SharedStore interface {
 	storage.Store
 	storage.Watcher
 	storage.Leaser
+	storage.Clock
 }
 
 // RunShared tests what two handles on one database promise each other, as
@@ -44,6 +46,38 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })
 	t.Run("FencedTakeoverDuringTx", func(t *testing.T) { testFencedDuringTx(t, open) })
 	t.Run("FencedRefusedCounted", func(t *testing.T) { testFencedRefusedCounted(t, open) })
+	t.Run("ClockShared", func(t *testing.T) { testClockShared(t, open) })
+}
+
+// testClockShared: both handles tell the database's time, one clock: each
+// reading lies between the local instants around it (the test's database
+// runs on this machine, so they share the clock, give or take the
+// driver's precision), and a reading through one handle after one
+// through the other is not earlier.
+func testClockShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const slack = 5 * time.Millisecond // SQLite's clock has millisecond precision
+	var last time.Time
+	for i := range 10 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		before := time.Now()
+		now, err := h.Now(ctx)
+		after := time.Now()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now.Before(before.Add(-slack)) || now.After(after.Add(slack)) {
+			t.Fatalf("reading %d: database time %v outside [%v, %v]", i, now, before, after)
+		}
+		if now.Before(last.Add(-slack)) {
+			t.Fatalf("reading %d: database time %v before the previous reading %v", i, now, last)
+		}
+		last = now
+	}
 }
 
 func testSharedVisibility(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
