@@ -4,12 +4,16 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +25,8 @@ import (
 	"github.com/kmsd/kmsd/internal/storage/postgres"
 	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
+	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
+	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
 
 // TestMain stops the private PostgreSQL server pgtest started, if any.
@@ -70,12 +76,21 @@ var sharedDrivers = []struct {
 // newStoreNode is a node on db (its catalog on cdb, the same database,
 // when not nil), with the HSM h every node reaches.
 func newStoreNode(t *testing.T, db, cdb storage.Store, b *barrier.Barrier, h *fakeHSM) *storeNode {
+	return newStoreNodeXKS(t, db, cdb, b, h, nil)
+}
+
+// newStoreNodeXKS is newStoreNode whose external key stores reach their
+// proxies through ext (none when nil).
+func newStoreNodeXKS(t *testing.T, db, cdb storage.Store, b *barrier.Barrier, h *fakeHSM, ext *keystore.External) *storeNode {
 	t.Helper()
 	if cdb == nil {
 		cdb = db
 	}
-	m, err := keystore.New(t.Context(), db, b, keystore.Config{
-		Backings: map[string]keystore.Backing{keystore.TypeCloudHSM: &fakeBacking{}}, Limit: 100})
+	backings := map[string]keystore.Backing{keystore.TypeCloudHSM: &fakeBacking{}}
+	if ext != nil {
+		backings[keystore.TypeExternal] = ext
+	}
+	m, err := keystore.New(t.Context(), db, b, keystore.Config{Backings: backings, Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +102,9 @@ func newStoreNode(t *testing.T, db, cdb storage.Store, b *barrier.Barrier, h *fa
 	svc := New(cat)
 	t.Cleanup(svc.Close)
 	svc.SetKeyStores(m, &fakeClusters{}, h)
+	if ext != nil {
+		svc.SetExternal(ext)
+	}
 	return &storeNode{svc: svc, cat: cat, m: m}
 }
 
@@ -223,6 +241,89 @@ func TestCreateKeyChecksStoreInDatabase(t *testing.T) {
 			}
 			if ks := keysIn(t, da, b, id); len(ks) != 1 || len(h.keys) != 1 {
 				t.Fatalf("connected store: keys %v, HSM keys %d; want 1", ks, len(h.keys))
+			}
+		})
+	}
+}
+
+// TestCreateExternalKeyChecksStoreInDatabase is TestCreateKeyChecksStoreInDatabase
+// for an external key store, with the real XKS proxy handler over HTTPS:
+// the store is disconnected through node A while node B's CreateKey asks
+// the proxy about the external key, after B's check of the store; B's
+// write of the key then finds the store DISCONNECTED.
+func TestCreateExternalKeyChecksStoreInDatabase(t *testing.T) {
+	kf := filepath.Join(t.TempDir(), "keys.json")
+	pass := []byte("pass")
+	if err := keyfile.CreateKey(kf, pass, keyfile.MinIterations, "ext", []string{"ENCRYPT", "DECRYPT"}, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	km, err := keyfile.Open(kf, pass, keyfile.Options{PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { km.Close() })
+	proxy, err := xksserver.New(xksserver.Options{Stores: []xksserver.StoreConfig{{Manager: km, ManagerName: "file",
+		Policy: xksserver.Policy{Credentials: []xksserver.Credential{{AccessKeyID: xksAKID, Secret: xksSecret}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// asked runs (once) when the proxy is asked for a key's metadata,
+	// before it answers.
+	var asked atomic.Pointer[func()]
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/metadata") {
+			if f := asked.Swap(nil); f != nil {
+				(*f)()
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	ext := &keystore.External{CABundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}),
+		Timeout: 5 * time.Second}
+
+	for _, d := range sharedDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			da, db := d.open(t)
+			b := newBarrier(t)
+			a := newStoreNodeXKS(t, da, nil, b, nil, ext)
+			n := newStoreNodeXKS(t, db, nil, b, nil, ext)
+			cs, err := a.svc.CreateCustomKeyStore(t.Context(), raceCaller, xksReq("xks-"+d.name, keystore.XKSPublic, "https://"+srv.Listener.Addr().String(), ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := *cs.CustomKeyStoreId
+			a.connect(t, id)
+			n.wantState(t, id, keystore.Connected)
+			createExt := func() error {
+				_, err := n.svc.CreateKey(context.Background(), raceCaller, &kmsapi.CreateKeyRequest{Origin: str("EXTERNAL_KEY_STORE"),
+					CustomKeyStoreId: &id, XksKeyId: str("ext")})
+				return err
+			}
+
+			var hookErr error
+			disconnect := func() {
+				_, hookErr = a.svc.DisconnectCustomKeyStore(context.Background(), raceCaller, &kmsapi.DisconnectCustomKeyStoreRequest{CustomKeyStoreId: &id})
+				a.m.Wait()
+			}
+			asked.Store(&disconnect)
+			err = createExt()
+			if hookErr != nil {
+				t.Fatalf("disconnect through A: %v", hookErr)
+			}
+			a.wantState(t, id, keystore.Disconnected)
+			wantException(t, err, "CustomKeyStoreInvalidStateException")
+			if ks := keysIn(t, da, b, id); len(ks) != 0 {
+				t.Fatalf("disconnected store: keys %v; want none", ks)
+			}
+
+			// Connected again and unhindered, B creates the key.
+			a.connect(t, id)
+			if err := createExt(); err != nil {
+				t.Fatal(err)
+			}
+			if ks := keysIn(t, da, b, id); len(ks) != 1 {
+				t.Fatalf("connected store: keys %v; want 1", ks)
 			}
 		})
 	}
