@@ -191,10 +191,16 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 func WriteJSON(w http.ResponseWriter, requestID string, v any) {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
-	defer bufPool.Put(buf)
-	b, ok := appendFast(buf.AvailableBuffer(), v)
+	// The body may carry a plaintext or a private key: it is cleared
+	// before the buffer goes back to the pool.
+	defer func() { clear(buf.Bytes()); bufPool.Put(buf) }()
+	avail := buf.AvailableBuffer()
+	b, ok := appendFast(avail, v)
 	if ok {
 		buf.Write(b) // keeps the grown array in the pool
+		if cap(b) != cap(avail) {
+			defer clear(b) // appendFast outgrew the buffer: an array of its own
+		}
 	} else {
 		enc := json.NewEncoder(buf)
 		enc.SetEscapeHTML(false)

@@ -1,8 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"net/http"
+	"sync"
 
 	"github.com/kmsd/kmsd/internal/audit"
 )
@@ -41,8 +41,19 @@ func mustSync(mode string, rec *audit.Record) bool {
 type heldResponse struct {
 	w      http.ResponseWriter
 	status int
-	body   bytes.Buffer
+	body   *[]byte // from heldBodies, on the first Write
 }
+
+// heldBodies recycles the buffers responses are held in: a new one per
+// request cost an allocation of the whole body, the largest of the
+// request for a response with several blobs (GenerateDataKeyPair's ~900
+// bytes), and garbage holding what it carried. A buffer is cleared before
+// it goes back — a body may carry a plaintext or a private key — and one
+// grown past maxHeldBody is left to the collector, so that one large
+// listing does not stay in memory.
+var heldBodies = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+const maxHeldBody = 64 << 10
 
 func (h *heldResponse) Header() http.Header { return h.w.Header() }
 
@@ -56,14 +67,35 @@ func (h *heldResponse) Write(p []byte) (int, error) {
 	if h.status == 0 {
 		h.status = http.StatusOK
 	}
-	return h.body.Write(p)
+	if h.body == nil {
+		h.body = heldBodies.Get().(*[]byte)
+	}
+	*h.body = append(*h.body, p...)
+	return len(p), nil
 }
 
-// release sends the held response.
+// release sends the held response and recycles its body.
 func (h *heldResponse) release() {
-	if h.status == 0 {
+	if h.status != 0 {
+		h.w.WriteHeader(h.status)
+		if h.body != nil {
+			h.w.Write(*h.body)
+		}
+	}
+	h.drop()
+}
+
+// drop recycles the held body, cleared, without sending it.
+func (h *heldResponse) drop() {
+	if h.body == nil {
 		return
 	}
-	h.w.WriteHeader(h.status)
-	h.w.Write(h.body.Bytes())
+	bp := h.body
+	h.body = nil
+	clear(*bp)
+	if cap(*bp) > maxHeldBody {
+		return
+	}
+	*bp = (*bp)[:0]
+	heldBodies.Put(bp)
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"errors"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -74,5 +75,43 @@ func TestAuditSyncHandler(t *testing.T) {
 	status, _, b = a.raw(t, "CreateKey", `{}`)
 	if status != 500 || !strings.Contains(string(b), `"__type":"KMSInternalException"`) {
 		t.Errorf("CreateKey with a failing audit sync: %d %s, want 500 KMSInternalException", status, b)
+	}
+}
+
+// TestHeldResponseBody: a held body reaches the client whole, written in
+// several pieces, and its buffer is cleared once sent or dropped (it may
+// have carried a private key); a dropped body is never sent.
+func TestHeldResponseBody(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send bool
+	}{{"released", true}, {"dropped", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			h := &heldResponse{w: rec}
+			secret := strings.Repeat("PrivateKeyPlaintext", 100) // past the pooled buffer's first size
+			h.Write([]byte(`{"a":"`))
+			h.Write([]byte(secret))
+			h.Write([]byte(`"}`))
+			body := (*h.body)[:cap(*h.body)]
+			if tc.send {
+				h.release()
+			} else {
+				h.drop()
+			}
+			want, code := `{"a":"`+secret+`"}`, 200
+			if !tc.send {
+				want, code = "", 200 // the recorder's default: nothing was written
+			}
+			if got := rec.Body.String(); got != want || rec.Code != code {
+				t.Errorf("client got %d %.40q…, want %d %.40q…", rec.Code, got, code, want)
+			}
+			if h.body != nil {
+				t.Error("the held body was not given back")
+			}
+			if i := bytes.IndexFunc(body, func(r rune) bool { return r != 0 }); i >= 0 {
+				t.Errorf("the held buffer was not cleared: byte %d is %q", i, body[i])
+			}
+		})
 	}
 }

@@ -107,6 +107,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				// The change is made but its record may be lost: the
 				// client is told of a failure rather than of success.
 				a.log.Error("audit log sync failed", "requestId", reqID, "err", err)
+				held.drop()
 				awsjson.WriteError(held.w, reqID, &awsjson.Error{Code: "KMSInternalException",
 					Message: "The audit record of the request could not be written.", Status: 500})
 				return
