@@ -2,6 +2,7 @@ package material
 
 import (
 	"crypto/ecdh"
+	"errors"
 	"io"
 )
 
@@ -15,16 +16,47 @@ import (
 // RFC 5915 ECPrivateKey version 1 with the fixed-length scalar and the
 // uncompressed point, without the optional curve parameters.
 
-// nistCurve is what encoding a key of one NIST curve needs.
+// nistCurve is what encoding a key of one NIST curve needs: the two
+// encodings of a key whose scalar and point are zero, and where in them
+// the scalar and the point go. A new pair's encodings are copies of these
+// with the key's bytes put in: two copies and three small moves instead
+// of a DER writer's length arithmetic, so that GenerateDataKeyPair runs
+// little code besides the curve's (the handler's own code and data are
+// evicted by the key generation, and every line the encoding touches
+// must come back from L2).
 type nistCurve struct {
-	curve ecdh.Curve
-	oid   []byte // DER of the curve's object identifier
+	curve      ecdh.Curve
+	oid        []byte // DER of the curve's object identifier
+	private    []byte // PKCS #8 of the zero key
+	public     []byte // SubjectPublicKeyInfo of the zero point
+	dAt, qAt   int    // where the scalar and the point start in private
+	dLen, qLen int    // the scalar's and the uncompressed point's lengths
+	publicQAt  int    // where the point starts in public
 }
 
-var nistEncodings = map[string]nistCurve{
-	"ECC_NIST_P256": {ecdh.P256(), []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}},
-	"ECC_NIST_P384": {ecdh.P384(), []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}},
-	"ECC_NIST_P521": {ecdh.P521(), []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23}},
+var nistEncodings = map[string]*nistCurve{
+	"ECC_NIST_P256": newNISTCurve(ecdh.P256(), []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, 32),
+	"ECC_NIST_P384": newNISTCurve(ecdh.P384(), []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}, 48),
+	"ECC_NIST_P521": newNISTCurve(ecdh.P521(), []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23}, 66),
+}
+
+// newNISTCurve makes the templates of a curve whose scalars are dLen
+// bytes long (its points 1+2·dLen uncompressed).
+func newNISTCurve(curve ecdh.Curve, oid []byte, dLen int) *nistCurve {
+	c := &nistCurve{curve: curve, oid: oid, dLen: dLen, qLen: 1 + 2*dLen}
+	d, q := make([]byte, c.dLen), make([]byte, c.qLen)
+	c.private, c.public = encodeNISTPrivate(oid, d, q), encodeNISTPublic(oid, q)
+	// The point ends both encodings; the scalar is where an encoding of
+	// an all-ones scalar first differs from the zero one.
+	c.qAt, c.publicQAt = len(c.private)-c.qLen, len(c.public)-c.qLen
+	for i := range d {
+		d[i] = 0xff
+	}
+	ones := encodeNISTPrivate(oid, d, q)
+	for c.dAt < len(ones) && ones[c.dAt] == c.private[c.dAt] {
+		c.dAt++
+	}
+	return c
 }
 
 // derECPublicKey is the DER of id-ecPublicKey, 1.2.840.10045.2.1.
@@ -32,7 +64,9 @@ var derECPublicKey = []byte{0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01
 
 // generateNIST makes a key pair on the curve of spec: a scalar drawn
 // uniformly from [1, n-1] and its point, which is what an ECDSA key is.
-// It returns the PKCS #8 private key and the SubjectPublicKeyInfo.
+// It returns the PKCS #8 private key and the SubjectPublicKeyInfo, in one
+// allocation: private is capped, so that neither can write into the
+// other, and clearing private leaves public alone.
 func generateNIST(spec string, rand io.Reader) (private, public []byte, err error) {
 	c := nistEncodings[spec]
 	k, err := c.curve.GenerateKey(rand)
@@ -42,7 +76,17 @@ func generateNIST(spec string, rand io.Reader) (private, public []byte, err erro
 	d := k.Bytes()
 	defer clear(d)
 	q := k.PublicKey().Bytes()
-	return encodeNISTPrivate(c.oid, d, q), encodeNISTPublic(c.oid, q), nil
+	if len(d) != c.dLen || len(q) != c.qLen {
+		return nil, nil, errors.New("material: unexpected " + spec + " key length")
+	}
+	b := make([]byte, len(c.private)+len(c.public))
+	private, public = b[:len(c.private):len(c.private)], b[len(c.private):]
+	copy(private, c.private)
+	copy(private[c.dAt:], d)
+	copy(private[c.qAt:], q)
+	copy(public, c.public)
+	copy(public[c.publicQAt:], q)
+	return private, public, nil
 }
 
 // encodeNISTPrivate is x509.MarshalPKCS8PrivateKey of the key (d, q) on
