@@ -228,6 +228,18 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.svc.RecordUse(&caller, opName, rec.Time, rec.EventID)
 	a.metrics.ok(opName)
 	awsjson.WriteJSON(w, reqID, out)
+	clearWritten(out)
+}
+
+// clearWritten clears the plaintext private key of a response once it is
+// written: it leaves kmsd only in the response body (whose buffers are
+// cleared too), while the response itself stays reachable from the audit
+// record until the audit writer has recorded it — which reads no []byte
+// member, so clearing one's contents does not race with it.
+func clearWritten(out any) {
+	if r, ok := out.(*kmsapi.GenerateDataKeyPairResponse); ok {
+		clear(r.PrivateKeyPlaintext)
+	}
 }
 
 // actAs makes c act as id for authorization: its principal, identity
