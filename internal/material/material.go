@@ -103,7 +103,7 @@ func Generate(spec string, rand io.Reader) (private, public []byte, err error) {
 			return nil, nil, err
 		}
 	case nistCurves[spec] != nil:
-		return generateNIST(spec, rand)
+		return nistEncodings[spec].generate(rand)
 	case spec == "ECC_NIST_EDWARDS25519":
 		p, k, err := ed25519.GenerateKey(rand)
 		if err != nil {

@@ -59,16 +59,19 @@ func newNISTCurve(curve ecdh.Curve, oid []byte, dLen int) *nistCurve {
 	return c
 }
 
+// errKeyLength reports a scalar or point of another length than the
+// curve's, which crypto/ecdh never returns.
+var errKeyLength = errors.New("material: unexpected EC key length")
+
 // derECPublicKey is the DER of id-ecPublicKey, 1.2.840.10045.2.1.
 var derECPublicKey = []byte{0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01}
 
-// generateNIST makes a key pair on the curve of spec: a scalar drawn
-// uniformly from [1, n-1] and its point, which is what an ECDSA key is.
-// It returns the PKCS #8 private key and the SubjectPublicKeyInfo, in one
-// allocation: private is capped, so that neither can write into the
-// other, and clearing private leaves public alone.
-func generateNIST(spec string, rand io.Reader) (private, public []byte, err error) {
-	c := nistEncodings[spec]
+// generate makes a key pair on the curve: a scalar drawn uniformly from
+// [1, n-1] and its point, which is what an ECDSA key is. It returns the
+// PKCS #8 private key and the SubjectPublicKeyInfo, in one allocation:
+// private is capped, so that neither can write into the other, and
+// clearing private leaves public alone.
+func (c *nistCurve) generate(rand io.Reader) (private, public []byte, err error) {
 	k, err := c.curve.GenerateKey(rand)
 	if err != nil {
 		return nil, nil, err
@@ -77,7 +80,7 @@ func generateNIST(spec string, rand io.Reader) (private, public []byte, err erro
 	defer clear(d)
 	q := k.PublicKey().Bytes()
 	if len(d) != c.dLen || len(q) != c.qLen {
-		return nil, nil, errors.New("material: unexpected " + spec + " key length")
+		return nil, nil, errKeyLength
 	}
 	b := make([]byte, len(c.private)+len(c.public))
 	private, public = b[:len(c.private):len(c.private)], b[len(c.private):]
