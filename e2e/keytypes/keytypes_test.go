@@ -400,7 +400,7 @@ func TestDataKeyPairWithOpenSSL(t *testing.T) {
 	e := start(t)
 	md := e.ok("kms", "create-key", "--description", "wraps data key pairs")["KeyMetadata"].(map[string]any)
 	id := md["KeyId"].(string)
-	for _, spec := range []string{"RSA_2048", "ECC_NIST_P384", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519"} {
+	for _, spec := range []string{"RSA_2048", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519"} {
 		t.Run(spec, func(t *testing.T) {
 			out := e.ok("kms", "generate-data-key-pair", "--key-id", id, "--key-pair-spec", spec, "--encryption-context", "pair="+spec)
 			priv, pub := blob(t, out, "PrivateKeyPlaintext"), blob(t, out, "PublicKey")
