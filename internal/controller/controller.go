@@ -23,6 +23,23 @@
 // instead, which already carries the other per-node facts, so that the
 // lease row stays a lease.
 //
+// Version gate (MULTINODE.md §7.3): every node has a data format level
+// (release.DataLevel; Config.DataLevel) and the database a minimum
+// (MinLevelRecord), raised by every node that starts (kmsd's server does
+// it, and refuses to start a node below it). At each heartbeat a node
+// reads the minimum (one read by primary key); once a newer node has
+// raised it above this node's level, the node stops campaigning, gives the
+// controller lease up if it holds it and calls Config.Outdated (kmsd then
+// shuts down and exits non-zero). The term record of every new controller
+// term is written in a transaction that reads the minimum too, so a node
+// below it never begins a term, even between two heartbeats. Departure
+// from §7.3: the gate is a data format level (an integer bumped when
+// writes start keeping something older nodes would not), not a version
+// string; an outdated node does not merely stay out of the lease but
+// stops serving, since what it must not do is write keys without what
+// newer nodes keep; and the minimum is raised by every newer node at
+// start, not by the controller.
+//
 // On SQLite one process holds the database, so it always wins the lease
 // at start and behaves as kmsd always has.
 package controller
@@ -91,6 +108,19 @@ type Config struct {
 	// so that the feed is not pruned past it while the node lives
 	// (FeedFloor).
 	FeedCursor func() (storage.Cursor, bool)
+	// Version and DataLevel are this node's version and data format
+	// level (release.Version, release.DataLevel), published in the node
+	// record. DataLevel 0 turns the version gate off (tests of other
+	// things); else a node whose DataLevel is below the database's
+	// minimum (MinLevel) takes no controller term and gives up the one it
+	// holds.
+	Version   string
+	DataLevel int
+	// Outdated, if not nil, is called once, from the heartbeat, when a
+	// newer node has raised the database's minimum data format level to
+	// min, above DataLevel (the controller lease is given up by then or
+	// is being given up).
+	Outdated func(min int)
 }
 
 // Duty is background work run only while this node is the controller. It
@@ -117,6 +147,10 @@ type Controller struct {
 	stepDowns    atomic.Int64
 	started      time.Time
 	address      atomic.Value // string
+	// outdated is closed once the database's minimum data format level
+	// is found above this node's (markOutdated).
+	outdated     chan struct{}
+	outdatedOnce sync.Once
 }
 
 // termState is one term's duty context and the duties running in it.
@@ -151,7 +185,10 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now(), changed: make(chan struct{})}
+	if cfg.DataLevel < 0 {
+		return nil, fmt.Errorf("data format level %d: want 0 or more", cfg.DataLevel)
+	}
+	c := &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now(), changed: make(chan struct{}), outdated: make(chan struct{})}
 	c.address.Store(cfg.Address)
 	return c, nil
 }
@@ -258,10 +295,9 @@ func (c *Controller) Run(ctx context.Context) {
 		c.heartbeat(hctx)
 	}()
 	if c.cfg.Mode == Auto {
-		c.campaign(ctx)
-	} else {
-		<-ctx.Done()
+		c.campaign(ctx) // returns early once outdated: heartbeats go on
 	}
+	<-ctx.Done()
 	stop()
 	<-done
 }
@@ -275,7 +311,7 @@ func (c *Controller) margin() time.Duration { return min(2*time.Second, c.cfg.TT
 // campaign tries for the controller lease, and while holding it runs the
 // duties and renews it.
 func (c *Controller) campaign(ctx context.Context) {
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !c.Outdated() {
 		l, ok, err := c.cfg.Leaser.TryAcquire(ctx, LeaseName, c.holder, c.cfg.TTL)
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -287,6 +323,7 @@ func (c *Controller) campaign(ctx context.Context) {
 		d := c.interval() + rand.N(c.interval()/2+1)
 		select {
 		case <-ctx.Done():
+		case <-c.outdated:
 		case <-time.After(d):
 		}
 	}
@@ -300,6 +337,19 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 	// terms overlap. A lease lost already is not acted on at all.
 	if err := c.recordTerm(ctx, l); errors.Is(err, storage.ErrFenced) {
 		c.cfg.Log.Warn("controller lease lost before its term began", "node", c.cfg.NodeID, "epoch", l.Epoch)
+		return
+	} else if errors.Is(err, ErrOutdated) {
+		// Version-gated: a newer node raised the minimum between this
+		// node's heartbeats. The lease is handed back unused.
+		c.cfg.Log.Warn("controller lease not taken: "+err.Error(), "node", c.cfg.NodeID, "epoch", l.Epoch)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		if err := c.cfg.Leaser.Release(rctx, l); err != nil {
+			c.cfg.Log.Warn("controller lease: release", "err", err)
+		}
+		rcancel()
+		if min, err := MinLevel(ctx, c.cfg.Store); err == nil && min > c.cfg.DataLevel {
+			c.markOutdated(min)
+		}
 		return
 	} else if err != nil && ctx.Err() == nil {
 		c.cfg.Log.Warn("controller: record term", "epoch", l.Epoch, "err", err)
@@ -330,9 +380,15 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 		select {
 		case <-ctx.Done():
 			wait.Stop()
+		case <-c.outdated:
+			wait.Stop()
 		case <-wait.C:
 		}
 		if ctx.Err() != nil {
+			break
+		}
+		if c.Outdated() {
+			reason = "a newer node raised the database's data format level above this node's"
 			break
 		}
 		if time.Until(l.Deadline) <= c.margin() {
@@ -364,7 +420,7 @@ func (c *Controller) term(ctx context.Context, l storage.Lease) {
 	c.mu.Unlock()
 	ts.wg.Wait()
 	c.cfg.Log.Info("controller lease given up", "node", c.cfg.NodeID, "epoch", l.Epoch, "reason", reason)
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || c.Outdated() {
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := c.cfg.Leaser.Release(rctx, l); err != nil {
 			c.cfg.Log.Warn("controller lease: release", "err", err)
@@ -390,6 +446,18 @@ func (c *Controller) recordTerm(ctx context.Context, l storage.Lease) error {
 		return err
 	}
 	return c.cfg.Leaser.UpdateFenced(ctx, l, func(tx storage.Tx) error {
+		if c.cfg.DataLevel > 0 {
+			// In the term's own transaction: a newer node's raise
+			// commits either before it (and the term is refused) or
+			// after it (and the heartbeat sees it).
+			min, err := MinLevel(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if min > c.cfg.DataLevel {
+				return fmt.Errorf("%w: the database's minimum is %d, this node's level %d", ErrOutdated, min, c.cfg.DataLevel)
+			}
+		}
 		if err := tx.Put(ctx, termKey(l.Epoch), b); err != nil {
 			return err
 		}
@@ -421,6 +489,10 @@ type Node struct {
 	// FeedCursor is the change-feed position up to which the node had
 	// applied every change at Heartbeat (Config.FeedCursor).
 	FeedCursor *storage.Cursor `json:"feedCursor,omitempty"`
+	// Version and DataLevel are the node's version and data format
+	// level (Config.Version, Config.DataLevel).
+	Version   string `json:"version,omitempty"`
+	DataLevel int    `json:"dataLevel,omitempty"`
 }
 
 // heartbeat holds the node lease and writes the node record every
@@ -449,6 +521,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node lease", "err", err)
 		}
+		c.checkLevel(ctx)
 		if err := c.writeNode(ctx, false); err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node record", "err", err)
 		}
@@ -485,6 +558,49 @@ func (c *Controller) heartbeat(ctx context.Context) {
 	}
 }
 
+// checkLevel reads the database's minimum data format level and, when it
+// is above this node's, marks the node outdated. A failed read changes
+// nothing: the next heartbeat reads again.
+func (c *Controller) checkLevel(ctx context.Context) {
+	if c.cfg.DataLevel == 0 || c.Outdated() {
+		return
+	}
+	min, err := MinLevel(ctx, c.cfg.Store)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.cfg.Log.Warn("data format level", "err", err)
+		}
+		return
+	}
+	if min > c.cfg.DataLevel {
+		c.markOutdated(min)
+	}
+}
+
+// markOutdated stops the campaign and the term in progress, once, and
+// tells Config.Outdated.
+func (c *Controller) markOutdated(min int) {
+	c.outdatedOnce.Do(func() {
+		c.cfg.Log.Error("a newer kmsd raised the database's data format level above this node's: this node takes no controller term and stops",
+			"node", c.cfg.NodeID, "level", c.cfg.DataLevel, "databaseMinimum", min, "version", c.cfg.Version)
+		close(c.outdated)
+		if c.cfg.Outdated != nil {
+			c.cfg.Outdated(min)
+		}
+	})
+}
+
+// Outdated says a newer node has raised the database's minimum data format
+// level above this node's (seen at a heartbeat).
+func (c *Controller) Outdated() bool {
+	select {
+	case <-c.outdated:
+		return true
+	default:
+		return false
+	}
+}
+
 // liveRecords reads the node records of the holders of live node leases
 // ls.
 func (c *Controller) liveRecords(ctx context.Context, ls []storage.Lease) ([]Node, error) {
@@ -511,7 +627,7 @@ func (c *Controller) liveRecords(ctx context.Context, ls []storage.Lease) ([]Nod
 
 func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
 	n := Node{ID: c.cfg.NodeID, Address: c.addr(), Started: c.started.UTC(), Heartbeat: time.Now().UTC(),
-		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped}
+		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped, Version: c.cfg.Version, DataLevel: c.cfg.DataLevel}
 	if c.cfg.Demand != nil && !stopped {
 		n.StoreDemand = c.cfg.Demand()
 	}
@@ -587,6 +703,9 @@ type Status struct {
 	Leases  []LeaseStatus   `json:"leases"`
 	Terms   []Term          `json:"controllerHistory"`
 	Current *ControllerInfo `json:"controller"`
+	// MinDataLevel is the database's minimum data format level (0: none
+	// recorded).
+	MinDataLevel int `json:"minDataLevel"`
 }
 
 // NodeStatus is a node's record and whether its node lease is live.
@@ -614,6 +733,9 @@ func ReadStatus(ctx context.Context, st storage.Store, ls storage.Leaser) (*Stat
 	s := &Status{Now: time.Now().UTC(), Nodes: []NodeStatus{}, Leases: []LeaseStatus{}, Terms: []Term{}}
 	live, err := ls.Live(ctx, "")
 	if err != nil {
+		return nil, err
+	}
+	if s.MinDataLevel, err = MinLevel(ctx, st); err != nil {
 		return nil, err
 	}
 	liveNodes := map[string]bool{}

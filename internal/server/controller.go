@@ -10,6 +10,7 @@ import (
 
 	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/keystore"
+	"github.com/kmsd/kmsd/internal/release"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/postgres"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,8 +20,10 @@ import (
 // election) on store, which must be a storage.Leaser (both drivers are).
 // lag, if not nil, is how far this node's caches are behind the database
 // (false: not known yet), published in the node record for kmsd status.
+// outdated is told when a newer node raised the database's data format
+// level above this node's (controller.Config.Outdated).
 func newController(cfg Config, store storage.Store, addr string, share *quotaShare, lag func() (time.Duration, bool),
-	cursor func() (storage.Cursor, bool), log *slog.Logger) (*controller.Controller, error) {
+	cursor func() (storage.Cursor, bool), log *slog.Logger, outdated func(min int)) (*controller.Controller, error) {
 	ls, ok := store.(storage.Leaser)
 	if !ok {
 		return nil, errors.New("the store has no leases")
@@ -44,7 +47,7 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 	}
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
 		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers,
-		FeedCursor: cursor})
+		FeedCursor: cursor, Version: release.Version(), DataLevel: cfg.dataLevel, Outdated: outdated})
 }
 
 // liveNodes lists the nodes holding a live node lease.

@@ -280,8 +280,8 @@ func (a *api) serveReset(w http.ResponseWriter, r *http.Request) {
 }
 
 // resetAll closes the core, wipes the store but for the barrier's check
-// value, identities and declared clusters' records, and opens the core
-// again.
+// value, the data format level, identities and declared clusters'
+// records, and opens the core again.
 func (a *api) resetAll() error {
 	a.resetMu.Lock()
 	defer a.resetMu.Unlock()
@@ -292,7 +292,7 @@ func (a *api) resetAll() error {
 	declared := r.close(true)
 	r.close = nil
 	keep := func(k string) bool {
-		if k == barrier.CheckRecord || strings.HasPrefix(k, "identity/") {
+		if k == barrier.CheckRecord || k == controller.MinLevelRecord || strings.HasPrefix(k, "identity/") {
 			return true
 		}
 		for _, id := range declared {

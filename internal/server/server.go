@@ -194,6 +194,9 @@ type Config struct {
 	// CacheSize bounds how many keys (and as many grant lists and
 	// aliases) the catalog caches (zero: catalog.DefaultCacheSize).
 	CacheSize int
+	// dataLevel is this node's data format level (datalevel.go), set by
+	// Validate.
+	dataLevel int
 }
 
 // DefaultCacheMaxStaleness is Config.CacheMaxStaleness unless set.
@@ -279,6 +282,11 @@ func (c *Config) Validate() error {
 	if c.CachePollInterval >= c.CacheMaxStaleness {
 		return fmt.Errorf("--cache-poll-interval %s must be shorter than --cache-max-staleness %s", c.CachePollInterval, c.CacheMaxStaleness)
 	}
+	level, err := dataLevel()
+	if err != nil {
+		return err
+	}
+	c.dataLevel = level
 	if c.ClockOffset != 0 && !faultInjection() {
 		return errors.New("--fault-clock-offset is for tests only and needs --fault-injection")
 	}
@@ -346,8 +354,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return err
 	}
 	defer store.Close()
+	// Version gate: a node older than the database refuses before it
+	// writes anything; a newer one raises the database's level.
+	if err := checkDataLevel(ctx, store, db, cfg.dataLevel); err != nil {
+		return err
+	}
 	b, err := openBarrier(ctx, cfg, store, db, log)
 	if err != nil {
+		return err
+	}
+	if err := raiseDataLevel(ctx, store, db, cfg.dataLevel, log); err != nil {
 		return err
 	}
 
@@ -396,7 +412,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	}
 	// The background duties run on the one node holding the controller
 	// lease (on SQLite: always this process).
-	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, a.cacheLag, a.feedCursor, log)
+	// A newer node raising the data format level (seen at a heartbeat)
+	// shuts this one down, with an error: exit status 1.
+	outdated := make(chan int, 1)
+	ctl, err := newController(cfg, store, cfg.Listen, &a.quotaShare, a.cacheLag, a.feedCursor, log, func(min int) {
+		select {
+		case outdated <- min:
+		default:
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -482,8 +506,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 
 	ctl.SetAddress(ln.Addr().String())
 
+	var stopErr error
 	select {
 	case <-ctx.Done():
+	case min := <-outdated:
+		stopErr = outdatedError(db, cfg.dataLevel, min)
+		log.Error("stopping: a newer kmsd joined the database and raised its data format level above this node's; upgrade this node",
+			"level", cfg.dataLevel, "databaseMinimum", min)
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -495,7 +524,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if msrv != nil {
 		msrv.Shutdown(shutCtx)
 	}
-	return srv.Shutdown(shutCtx)
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return err
+	}
+	return stopErr
 }
 
 // sweep runs the deletion, rotation, multi-Region transition and

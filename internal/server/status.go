@@ -87,8 +87,11 @@ func printStatus(out io.Writer, s *controller.Status) error {
 	} else {
 		fmt.Fprintln(out, "controller: none (no live controller lease)")
 	}
+	if s.MinDataLevel > 0 {
+		fmt.Fprintf(out, "data format level: %d (nodes below it do not start)\n", s.MinDataLevel)
+	}
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "\nNODE\tADDRESS\tSTATE\tLAST HEARTBEAT\tSTARTED\tEPOCH\tCACHE LAG")
+	fmt.Fprintln(w, "\nNODE\tADDRESS\tSTATE\tLAST HEARTBEAT\tSTARTED\tEPOCH\tCACHE LAG\tVERSION\tLEVEL")
 	for _, n := range s.Nodes {
 		state := "dead"
 		switch {
@@ -103,7 +106,14 @@ func printStatus(out io.Writer, s *controller.Status) error {
 		if n.CacheLagSeconds != nil {
 			lag = (time.Duration(*n.CacheLagSeconds * float64(time.Second))).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.ID, n.Address, state, ago(n.Heartbeat), n.Started.Format(time.RFC3339), n.Epoch, lag)
+		version, level := "-", "-"
+		if n.Version != "" {
+			version = n.Version
+		}
+		if n.DataLevel > 0 {
+			level = fmt.Sprint(n.DataLevel)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", n.ID, n.Address, state, ago(n.Heartbeat), n.Started.Format(time.RFC3339), n.Epoch, lag, version, level)
 	}
 	fmt.Fprintln(w, "\nLEASE\tHOLDER\tEPOCH\tEXPIRES IN")
 	for _, l := range s.Leases {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/postgres"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
@@ -49,10 +50,15 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (storage.Store
 		Password:         cfg.DatabasePassword,
 		Log:              log,
 		Check: func(ctx context.Context, r storage.Reader) error {
-			return checkSharedRootKey(ctx, cfg, db, r)
+			if err := checkSharedRootKey(ctx, cfg, db, r); err != nil {
+				return err
+			}
+			// Before any migration: a node older than the database
+			// writes nothing, not even a schema upgrade.
+			return checkDataLevel(ctx, r, db, cfg.dataLevel)
 		},
 	})
-	if errors.Is(err, errRootKeyMissing) || errors.Is(err, errRootKeyMismatch) {
+	if errors.Is(err, errRootKeyMissing) || errors.Is(err, errRootKeyMismatch) || errors.Is(err, controller.ErrOutdated) {
 		return nil, database{}, err
 	}
 	if err != nil {

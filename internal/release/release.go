@@ -1,0 +1,71 @@
+// Package release says which kmsd this is: its version, and the data
+// format level of what it writes to the database, which nodes sharing a
+// database compare so that an older node does not write into a database a
+// newer one has moved on (MULTINODE.md §7.3, min_node_version).
+package release
+
+import (
+	"runtime/debug"
+	"sync"
+)
+
+// DataLevel is the data format level of this kmsd: what it keeps in the
+// database beside the records themselves. The rule: bump it by one in the
+// change that makes writes keep something an older kmsd would not (an
+// index entry, a field other nodes rely on, a record written in the same
+// transaction as another), so that a node whose level is lower than the
+// database's minimum refuses to start, and a running one stops once a
+// newer node joins. A change older nodes can live with (a new optional
+// field they ignore, a new record they never read) does not bump it.
+//
+// What each level added:
+//
+//	0  kmsd from before levels: writes no level, checks none.
+//	1  every key write keeps, in its own transaction, the sweep index
+//	   (sched/…) and the custom key store index (storekey/…, xkskey/…)
+//	   that sweeps, DeleteCustomKeyStore and CreateKey in an external key
+//	   store read instead of every key record.
+const DataLevel = 1
+
+// version is set at build time with
+// -ldflags "-X github.com/kmsd/kmsd/internal/release.version=v1.2.3".
+var version string
+
+var buildVersion = sync.OnceValue(func() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return "dev-" + rev
+})
+
+// Version is this kmsd's version: the one set at build time, the module
+// version it was built at, or "dev-<commit>" for a build from a checkout
+// ("dev" when not even the commit is known).
+func Version() string {
+	if version != "" {
+		return version
+	}
+	return buildVersion()
+}
