@@ -24,7 +24,11 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	c, err := controller.New(controller.Config{Leaser: st, Store: st, NodeID: "n1", Address: "127.0.0.1:7480", TTL: time.Second})
+	if _, err := controller.RaiseMinLevel(ctx, st, 1); err != nil {
+		t.Fatal(err)
+	}
+	c, err := controller.New(controller.Config{Leaser: st, Store: st, NodeID: "n1", Address: "127.0.0.1:7480", TTL: time.Second,
+		Version: "v9.9.9", DataLevel: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +48,8 @@ func TestStatus(t *testing.T) {
 	}
 	text := out.String()
 	t.Logf("kmsd status:\n%s", text)
-	for _, want := range []string{"controller: n1 (epoch 1)\n", "live, controller", "127.0.0.1:7480", "node/n1", "\ncontroller  "} {
+	for _, want := range []string{"controller: n1 (epoch 1)\n", "live, controller", "127.0.0.1:7480", "node/n1", "\ncontroller  ",
+		"data format level: 1", "VERSION", "v9.9.9"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status text lacks %q:\n%s", want, text)
 		}
@@ -58,7 +63,7 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("status json %q: %v", out.String(), err)
 	}
 	if s.Current == nil || s.Current.Node != "n1" || s.Current.Epoch != 1 || len(s.Nodes) != 1 || !s.Nodes[0].Live ||
-		len(s.Terms) != 1 || s.Terms[0].Node != "n1" {
+		len(s.Terms) != 1 || s.Terms[0].Node != "n1" || s.Nodes[0].Version != "v9.9.9" || s.Nodes[0].DataLevel != 1 || s.MinDataLevel != 1 {
 		t.Errorf("status json: %s", out.String())
 	}
 

@@ -1,0 +1,181 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/release"
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
+)
+
+// TestDataLevelEnv: KMSD_FAULT_DATA_LEVEL is a test hook, refused unless
+// fault injection is on; without it the node's level is release.DataLevel.
+func TestDataLevelEnv(t *testing.T) {
+	for _, tc := range []struct {
+		name, faults, level string
+		want                int // 0: an error
+	}{
+		{"default", "", "", release.DataLevel},
+		{"override", "1", "7", 7},
+		{"override without fault injection", "", "7", 0},
+		{"zero", "1", "0", 0},
+		{"not a number", "1", "two", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KMSD_FAULT_INJECTION", tc.faults)
+			t.Setenv(dataLevelEnv, tc.level)
+			cfg := Config{DataDir: t.TempDir()}
+			err := cfg.Validate()
+			if tc.want == 0 {
+				if err == nil || !strings.Contains(err.Error(), dataLevelEnv) {
+					t.Fatalf("Validate: %v; want an error naming %s", err, dataLevelEnv)
+				}
+				return
+			}
+			if err != nil || cfg.dataLevel != tc.want {
+				t.Fatalf("Validate: %v, level %d; want level %d", err, cfg.dataLevel, tc.want)
+			}
+		})
+	}
+}
+
+// dbState is everything a refused node could have written: every record,
+// the live leases, and the records changed since the change-feed cursor
+// from (PostgreSQL's connection barriers, which every node's pool writes
+// to kmsd_commits, are not records and are left out).
+func dbState(t *testing.T, st storage.Store, from storage.Cursor) string {
+	t.Helper()
+	ctx := context.Background()
+	es, err := st.List(ctx, "", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := st.(storage.Watcher).Changes(ctx, from, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := st.(storage.Leaser).Live(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range es {
+		fmt.Fprintf(&b, "%s=%x\n", e.Key, e.Value)
+	}
+	fmt.Fprintf(&b, "changed since %v: %v (reset %v)\nleases %d\n", from.XID, ch.Keys, ch.Reset, len(ls))
+	return b.String()
+}
+
+// feedHead is the change feed's position now.
+func feedHead(t *testing.T, st storage.Store) storage.Cursor {
+	t.Helper()
+	b, err := st.(storage.Watcher).Changes(context.Background(), storage.Cursor{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Next
+}
+
+// TestDataLevelStart (issue #16): on both drivers, a node starting on a
+// database raises its minimum data format level to its own; a node of a
+// lower level refuses to start, naming both levels, and writes nothing —
+// no record, no change, no lease, no node id — and an equal level raises
+// nothing.
+func TestDataLevelStart(t *testing.T) {
+	for _, d := range []struct {
+		name string
+		cfg  func(t *testing.T) Config
+	}{
+		{"sqlite", func(t *testing.T) Config { return Config{} }},
+		{"postgres", func(t *testing.T) Config {
+			return Config{DatabaseURL: pgtest.URL(t), RootKey: keyB64(7), DBMaxConns: 4, DBMinConns: 1}
+		}},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			t.Setenv("KMSD_FAULT_INJECTION", "1")
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			base := d.cfg(t)
+			base.DataDir = t.TempDir()
+			base.Listen = "127.0.0.1:0"
+
+			// A "newer" node (level 2) opens the database: the start-up
+			// steps of Run up to the raise.
+			t.Setenv(dataLevelEnv, "2")
+			cfg := base
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			st, db, err := openStore(ctx, cfg, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if err := checkDataLevel(ctx, st, db, 2); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := openBarrier(ctx, cfg, st, db, log); err != nil {
+				t.Fatal(err)
+			}
+			if err := raiseDataLevel(ctx, st, db, 2, log); err != nil {
+				t.Fatal(err)
+			}
+			if min, err := controller.MinLevel(ctx, st); err != nil || min != 2 {
+				t.Fatalf("minimum after a level-2 start = %d, %v", min, err)
+			}
+			head := feedHead(t, st)
+			before := dbState(t, st, head)
+			if err := raiseDataLevel(ctx, st, db, 2, log); err != nil {
+				t.Fatal(err)
+			}
+			if after := dbState(t, st, head); after != before {
+				t.Errorf("a second start at the same level wrote:\n%s\n->\n%s", before, after)
+			}
+
+			// An "older" node (level 1) is refused by Run itself.
+			t.Setenv(dataLevelEnv, "1")
+			old := base
+			if d.name == "postgres" {
+				old.DataDir = t.TempDir() // a node of its own
+			}
+			filesBefore, _ := os.ReadDir(old.DataDir)
+			err = Run(ctx, old, io.Discard, log)
+			if !errors.Is(err, controller.ErrOutdated) {
+				t.Fatalf("Run at level 1 on a level-2 database: %v; want ErrOutdated", err)
+			}
+			for _, w := range []string{"data format level 2", "writes level 1", db.desc, "Upgrade this node"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("refusal %q lacks %q", err, w)
+				}
+			}
+			if after := dbState(t, st, head); after != before {
+				t.Errorf("a refused node wrote:\n%s\n->\n%s", before, after)
+			}
+			filesAfter, _ := os.ReadDir(old.DataDir)
+			if !reflect.DeepEqual(names(filesBefore), names(filesAfter)) {
+				t.Errorf("data directory %v -> %v: the refused node wrote files", names(filesBefore), names(filesAfter))
+			}
+			if _, err := os.Stat(filepath.Join(old.DataDir, nodeIDFile)); err == nil && d.name == "postgres" {
+				t.Error("the refused node made a node id")
+			}
+		})
+	}
+}
+
+func names(es []os.DirEntry) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
