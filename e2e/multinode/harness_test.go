@@ -263,6 +263,9 @@ type clusterOpts struct {
 	standby *pgServer
 	// nodeArgs, when set, gives more kmsd flags for node i.
 	nodeArgs func(i int) []string
+	// unstarted is how many of the last nodes are made but not started:
+	// the test starts them (node.Start) when it wants.
+	unstarted int
 }
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
@@ -325,25 +328,26 @@ func newCluster(t *testing.T, pg *pgServer, o clusterOpts) *cluster {
 			}
 		})
 	}
+	started := c.nodes[:len(c.nodes)-o.unstarted]
 	if o.together {
-		for _, n := range c.nodes {
+		for _, n := range started {
 			n.Start(t)
 		}
-		for _, n := range c.nodes {
+		for _, n := range started {
 			n.WaitHealthy(t, 60*time.Second)
 		}
 	} else {
-		c.nodes[0].Start(t)
-		c.nodes[0].WaitHealthy(t, 60*time.Second)
-		for _, n := range c.nodes[1:] {
+		started[0].Start(t)
+		started[0].WaitHealthy(t, 60*time.Second)
+		for _, n := range started[1:] {
 			n.Start(t)
 		}
-		for _, n := range c.nodes[1:] {
+		for _, n := range started[1:] {
 			n.WaitHealthy(t, 60*time.Second)
 		}
 	}
 	var found []int
-	for _, n := range c.nodes {
+	for _, n := range started {
 		if akid, secret, ok := readProfile(filepath.Join(n.dir, "credentials")); ok {
 			c.creds = aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret}
 			found = append(found, n.i)
@@ -403,6 +407,23 @@ func (n *node) Start(t *testing.T) {
 		n.mu.Unlock()
 		close(exited)
 	}()
+}
+
+// Exited waits up to within for the node's process to exit on its own and
+// returns its exit code; false if it still runs.
+func (n *node) Exited(within time.Duration) (int, bool) {
+	n.mu.Lock()
+	cmd, ch := n.cmd, n.exited
+	n.mu.Unlock()
+	if ch == nil {
+		return 0, false
+	}
+	select {
+	case <-ch:
+		return cmd.ProcessState.ExitCode(), true
+	case <-time.After(within):
+		return 0, false
+	}
 }
 
 // Died is how many times the node's process exited without the test

@@ -1,0 +1,137 @@
+package multinode
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kmsd/kmsd/internal/release"
+)
+
+// TestVersionGatedUpgrade (issue #16, MULTINODE §7.3 min_node_version):
+// two nodes of data format level N serve; a node of level N+1 (the
+// test-only KMSD_FAULT_DATA_LEVEL) joins; both old nodes shut down on
+// their own within a heartbeat or two, exit 1 and say why, and the new
+// node leads and serves what they made; a node of level N started
+// afterwards refuses to start, names both levels, and writes nothing to
+// the database. --lease-ttl 3s: a heartbeat every 600ms.
+func TestVersionGatedUpgrade(t *testing.T) {
+	const ttl = 3 * time.Second
+	heartbeat := ttl / 5
+	n := release.DataLevel
+	pg := startPG(t)
+	c := newCluster(t, pg, clusterOpts{nodes: 4, unstarted: 2, extra: []string{"--lease-ttl", ttl.String()},
+		env: func(i int) []string {
+			level := n
+			if i == 2 {
+				level = n + 1 // the upgraded node
+			}
+			return []string{"KMSD_FAULT_INJECTION=1", fmt.Sprintf("KMSD_FAULT_DATA_LEVEL=%d", level)}
+		}})
+	old, newer, late := c.nodes[:2], c.nodes[2], c.nodes[3]
+	url := pg.URL(c.db, pg.Addr())
+	ctx := t.Context()
+
+	// Level N serving: a key made on one old node is used on the other.
+	k, err := c.client(old[0]).CreateKey(ctx, &kms.CreateKeyInput{Description: aws.String("before the upgrade")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := c.client(old[1]).Encrypt(ctx, &kms.EncryptInput{KeyId: k.KeyMetadata.KeyId, Plaintext: []byte("kept")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := status(t, url); s.MinDataLevel != n || s.Current == nil {
+		t.Fatalf("status before the upgrade: level %d, controller %+v; want %d and one", s.MinDataLevel, s.Current, n)
+	}
+
+	newer.Start(t)
+	joined := time.Now()
+	newer.WaitHealthy(t, 30*time.Second)
+	for _, o := range old {
+		code, ok := o.Exited(time.Until(joined.Add(2*heartbeat + 10*time.Second)))
+		if !ok {
+			t.Fatalf("%s still runs %.1fs after a level-%d node joined", o.id, time.Since(joined).Seconds(), n+1)
+		}
+		t.Logf("%s exited %d, %.1fs after the new node was started", o.id, code, time.Since(joined).Seconds())
+		if code != 1 {
+			t.Errorf("%s exit code %d, want 1 (a supervisor must notice)", o.id, code)
+		}
+		if log := o.tail(); !strings.Contains(log, "newer kmsd") || !strings.Contains(log, fmt.Sprintf("data format level %d", n+1)) {
+			t.Errorf("%s's log does not say why it stopped:\n%s", o.id, log)
+		}
+	}
+	// The new node leads and serves what the old ones made.
+	for deadline := time.Now().Add(2 * ttl); ; time.Sleep(100 * time.Millisecond) {
+		s := status(t, url)
+		if s.Current != nil && s.Current.Node == newer.id {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("controller %+v, want %s", s.Current, newer.id)
+		}
+	}
+	t.Logf("%s leads %.1fs after it was started", newer.id, time.Since(joined).Seconds())
+	pt, err := c.client(newer).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob})
+	if err != nil || string(pt.Plaintext) != "kept" {
+		t.Fatalf("Decrypt on the new node: %v", err)
+	}
+	s := status(t, url)
+	if s.MinDataLevel != n+1 {
+		t.Errorf("status: data format level %d, want %d", s.MinDataLevel, n+1)
+	}
+	for _, ns := range s.Nodes {
+		want := n
+		if ns.ID == newer.id {
+			want = n + 1
+		}
+		if ns.DataLevel != want || ns.Version == "" {
+			t.Errorf("status: node %s level %d version %q; want level %d and a version", ns.ID, ns.DataLevel, ns.Version, want)
+		}
+		if ns.ID != newer.id && (!ns.Stopped || ns.Live) {
+			t.Errorf("status: old node %s stopped %v, live %v; want stopped", ns.ID, ns.Stopped, ns.Live)
+		}
+	}
+
+	// A level-N node started now refuses and writes nothing. The new node
+	// is frozen meanwhile, so that any row written is the late node's.
+	newer.Pause()
+	counts := func() string {
+		var kv, changes, leases, migrations int
+		if err := pgScan(t, pg, c.db, `SELECT (SELECT count(*) FROM kv)::int, (SELECT count(*) FROM kv_changes)::int,
+	(SELECT count(*) FROM kmsd_leases)::int, (SELECT count(*) FROM kmsd_schema_migrations)::int`, &kv, &changes, &leases, &migrations); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("kv %d, kv_changes %d, leases %d, migrations %d", kv, changes, leases, migrations)
+	}
+	before := counts()
+	late.Start(t)
+	code, ok := late.Exited(20 * time.Second)
+	if !ok {
+		t.Fatalf("%s (level %d) still runs on a level-%d database", late.id, n, n+1)
+	}
+	if code != 1 {
+		t.Errorf("%s exit code %d, want 1", late.id, code)
+	}
+	if after := counts(); after != before {
+		t.Errorf("database %s -> %s: the refused node wrote", before, after)
+	}
+	log := late.tail()
+	for _, w := range []string{fmt.Sprintf("data format level %d", n+1), fmt.Sprintf("writes level %d", n), "Upgrade this node"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("%s's refusal lacks %q:\n%s", late.id, w, log)
+		}
+	}
+	if _, err := os.Stat(late.dir + "/node-id"); err == nil {
+		t.Errorf("%s made a node id before refusing", late.id)
+	}
+	newer.Resume()
+	if _, err := c.client(newer).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: ct.CiphertextBlob}); err != nil {
+		t.Errorf("Decrypt on the new node after the refusal: %v", err)
+	}
+}
