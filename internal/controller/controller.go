@@ -37,8 +37,9 @@
 // writes start keeping something older nodes would not), not a version
 // string; an outdated node does not merely stay out of the lease but
 // stops serving, since what it must not do is write keys without what
-// newer nodes keep; and the minimum is raised by every newer node at
-// start, not by the controller.
+// newer nodes keep; the minimum is raised by every newer node at start,
+// not by the controller; and it is a record of the key space
+// (MinLevelRecord), not a kmsd_meta row.
 //
 // On SQLite one process holds the database, so it always wins the lease
 // at start and behaves as kmsd always has.

@@ -19,6 +19,19 @@
 // changeMaxRetention (an hour), so that a node that heartbeats while its
 // feed is stuck cannot make the change table grow without bound; that
 // node gets a Reset (reloads its caches) when its feed moves again.
+//
+// Version gate (datalevel.go; MULTINODE.md §7.3 min_node_version): at
+// start a node whose data format level (release.DataLevel) is below the
+// database's minimum refuses before it writes anything — on PostgreSQL
+// before any migration, beside the root key check — and a node above it
+// raises the minimum once its root key is proved. A running node that
+// finds the minimum raised at a heartbeat (controller.Config.Outdated)
+// shuts down like on SIGTERM and Run returns an error (exit status 1).
+// Departures from §7.3, recorded in the controller package doc too: the
+// gate is a level, not a version; it stops the node serving, not only
+// campaigning; every newer node raises it at start, not the controller;
+// and it is a record of the key space (controller.MinLevelRecord), not a
+// kmsd_meta row.
 package server
 
 import (
