@@ -91,7 +91,7 @@ func printStatus(out io.Writer, s *controller.Status) error {
 		fmt.Fprintf(out, "data format level: %d (nodes below it do not start)\n", s.MinDataLevel)
 	}
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "\nNODE\tADDRESS\tSTATE\tLAST HEARTBEAT\tSTARTED\tEPOCH\tCACHE LAG\tVERSION\tLEVEL")
+	fmt.Fprintln(w, "\nNODE\tADDRESS\tSTATE\tLAST HEARTBEAT\tSTARTED\tEPOCH\tVERSION\tLEVEL\tCACHE LAG")
 	for _, n := range s.Nodes {
 		state := "dead"
 		switch {
@@ -113,7 +113,7 @@ func printStatus(out io.Writer, s *controller.Status) error {
 		if n.DataLevel > 0 {
 			level = fmt.Sprint(n.DataLevel)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", n.ID, n.Address, state, ago(n.Heartbeat), n.Started.Format(time.RFC3339), n.Epoch, lag, version, level)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", n.ID, n.Address, state, ago(n.Heartbeat), n.Started.Format(time.RFC3339), n.Epoch, version, level, lag)
 	}
 	fmt.Fprintln(w, "\nLEASE\tHOLDER\tEPOCH\tEXPIRES IN")
 	for _, l := range s.Leases {
