@@ -31,7 +31,9 @@ type Quota struct {
 	// shares, when set (SetStoreShares), overrides share for the stores
 	// it names: this node's part of each by the nodes' demand.
 	shares atomic.Pointer[map[string]float64]
-	now    func() time.Time
+	// held, set by Hold, makes every store's rate 0 whatever the shares.
+	held atomic.Bool
+	now  func() time.Time
 
 	mu      sync.RWMutex
 	buckets map[string]*bucket // by custom key store id
@@ -99,6 +101,21 @@ func (q *Quota) SetStoreShares(shares map[string]float64) {
 	q.shares.Store(&m)
 }
 
+// Hold makes this node refuse every store's requests (held) or apply its
+// shares again (!held), without changing them: a node that joins other
+// nodes holds until they all count it, as until then their shares add up
+// to the whole quota already (server's quotaShare). A held store's bucket
+// is emptied; released, it refills at the node's share.
+func (q *Quota) Hold(held bool) {
+	if q == nil {
+		return
+	}
+	q.held.Store(held)
+}
+
+// Held reports whether Hold holds the quota.
+func (q *Quota) Held() bool { return q != nil && q.held.Load() }
+
 // StoreShare is this node's part of store id's quota.
 func (q *Quota) StoreShare(id string) float64 {
 	if q == nil {
@@ -110,6 +127,9 @@ func (q *Quota) StoreShare(id string) float64 {
 // local is this node's rate for store id: tokens a second and bucket
 // capacity.
 func (q *Quota) local(id string) float64 {
+	if q.held.Load() {
+		return 0
+	}
 	if m := q.shares.Load(); m != nil {
 		if s, ok := (*m)[id]; ok {
 			return q.rate * s

@@ -270,3 +270,45 @@ func TestStoreShares(t *testing.T) {
 		t.Fatalf("StoreShare(a) after the shares by demand were dropped: %v, want the equal 0.5", s)
 	}
 }
+
+// TestQuotaHold: a held quota refuses every request of every store, still
+// counts them as demand, and keeps the shares it was given; released, a
+// store's bucket holds and refills the node's share again.
+func TestQuotaHold(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 12, 4, 20, 0, 0, 0, time.UTC)}
+	q := NewQuota(1800, clk.now)
+	q.SetShare(1.0 / 3)
+	const a, b = "cks-aaaaaaaaaaaaaaaaa", "cks-bbbbbbbbbbbbbbbbb"
+	q.SetStoreShares(map[string]float64{b: 0.5})
+	if got := allowN(q, a, 100); got != 100 {
+		t.Fatalf("before the hold: %d of 100, want 100", got)
+	}
+	q.Hold(true)
+	if !q.Held() {
+		t.Error("Held after Hold(true): false")
+	}
+	clk.add(time.Second)
+	for _, id := range []string{a, b, "cks-ccccccccccccccccc"} {
+		if got := allowN(q, id, 100); got != 0 {
+			t.Errorf("held, store %s: %d of 100 let through, want 0", id, got)
+		}
+		if s := q.StoreShare(id); s != 0 {
+			t.Errorf("held, store %s: share %v, want 0", id, s)
+		}
+	}
+	clk.add(time.Second)
+	if d := q.Demand(); d[a] < 50 || d[b] < 50 {
+		t.Errorf("held: demand %v, want the refused requests counted", d)
+	}
+	q.Hold(false)
+	if q.Held() || q.Share() != 1.0/3 || q.StoreShare(b) != 0.5 {
+		t.Errorf("released: held %v, share %v, store share %v; want false, 1/3, 1/2", q.Held(), q.Share(), q.StoreShare(b))
+	}
+	if got := allowN(q, a, 1000); got != 600 {
+		t.Errorf("released after a second: %d, want 600 (a full bucket of a third)", got)
+	}
+	clk.add(time.Second)
+	if got := allowN(q, a, 1000); got != 600 {
+		t.Errorf("one second after release with a third: %d, want 600", got)
+	}
+}
