@@ -98,8 +98,10 @@ type Config struct {
 	// hold a live node lease (this one included), e.g. to split a quota.
 	LiveNodes func(n int)
 	// Demand, if not nil, is published in the node record at each
-	// heartbeat: requests a second asked of each custom key store.
-	Demand func() map[string]float64
+	// heartbeat: requests a second asked of each custom key store. at is
+	// the record's Heartbeat, which names this demand in the others'
+	// Node.Counts.
+	Demand func(at time.Time) map[string]float64
 	// Peers, if not nil, is told after each heartbeat the records of the
 	// nodes holding a live node lease (this one's included; a node whose
 	// record is not written yet is left out) and how many hold one.
@@ -152,6 +154,9 @@ type Controller struct {
 	// is found above this node's (markOutdated).
 	outdated     chan struct{}
 	outdatedOnce sync.Once
+	// counts is the live node set last told to LiveNodes and Peers
+	// (Node.Counts); only the heartbeat goroutine uses it.
+	counts map[string]time.Time
 }
 
 // termState is one term's duty context and the duties running in it.
@@ -494,6 +499,16 @@ type Node struct {
 	// level (Config.Version, Config.DataLevel).
 	Version   string `json:"version,omitempty"`
 	DataLevel int    `json:"dataLevel,omitempty"`
+	// Counts names the nodes that held a live node lease at the node's
+	// last read of them, told to LiveNodes and Peers before the record was
+	// written — what the quota shares it applies account for — each with
+	// the Heartbeat of its record then read (zero: none yet), whose
+	// StoreDemand they were split by. A node that has just joined waits
+	// until every other counts it before it takes a share, and a node
+	// claims no more demand than the others count it for (server's
+	// quotaShare). Absent from a node that has not read them yet, and
+	// from versions before it was published.
+	Counts map[string]time.Time `json:"counts,omitempty"`
 }
 
 // heartbeat holds the node lease and writes the node record every
@@ -523,19 +538,55 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			c.cfg.Log.Warn("node lease", "err", err)
 		}
 		c.checkLevel(ctx)
-		if err := c.writeNode(ctx, false); err != nil && ctx.Err() == nil {
+		at := time.Now().UTC()
+		var demand map[string]float64
+		if c.cfg.Demand != nil {
+			demand = c.cfg.Demand(at)
+		}
+		if err := c.writeNode(ctx, false, at, demand); err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node record", "err", err)
 		}
 		if (c.cfg.LiveNodes != nil || c.cfg.Peers != nil) && held {
 			if ls, err := c.cfg.Leaser.Live(ctx, NodeLeasePrefix); err == nil && len(ls) > 0 {
+				told := c.cfg.Peers == nil
+				var nodes []Node
 				if c.cfg.LiveNodes != nil {
 					c.cfg.LiveNodes(len(ls))
 				}
 				if c.cfg.Peers != nil {
-					if nodes, err := c.liveRecords(ctx, ls); err == nil {
+					var err error
+					if nodes, err = c.liveRecords(ctx, ls); err == nil {
 						c.cfg.Peers(nodes, len(ls))
+						told = true
 					} else if ctx.Err() == nil {
 						c.cfg.Log.Warn("node records", "err", err)
+					}
+				}
+				// A node newly counted waits for this record to say so
+				// (Node.Counts): written now rather than a heartbeat later,
+				// with the demand just published (Demand is a rate per
+				// heartbeat, so it is not asked twice).
+				if told {
+					counts := make(map[string]time.Time, len(ls))
+					for _, l := range ls {
+						counts[strings.TrimPrefix(l.Name, NodeLeasePrefix)] = time.Time{}
+					}
+					for _, n := range nodes {
+						if _, ok := counts[n.ID]; ok {
+							counts[n.ID] = n.Heartbeat
+						}
+					}
+					grew := false
+					for id := range counts {
+						if _, ok := c.counts[id]; !ok {
+							grew = true
+						}
+					}
+					c.counts = counts
+					if grew {
+						if err := c.writeNode(ctx, false, at, demand); err != nil && ctx.Err() == nil {
+							c.cfg.Log.Warn("node record", "err", err)
+						}
 					}
 				}
 			} else if err != nil && ctx.Err() == nil {
@@ -547,7 +598,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			// A clean stop says so, for status.
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			if err := c.writeNode(rctx, true); err != nil {
+			if err := c.writeNode(rctx, true, time.Now().UTC(), nil); err != nil {
 				c.cfg.Log.Warn("node record", "err", err)
 			}
 			if held {
@@ -626,12 +677,12 @@ func (c *Controller) liveRecords(ctx context.Context, ls []storage.Lease) ([]Nod
 	return out, nil
 }
 
-func (c *Controller) writeNode(ctx context.Context, stopped bool) error {
-	n := Node{ID: c.cfg.NodeID, Address: c.addr(), Started: c.started.UTC(), Heartbeat: time.Now().UTC(),
-		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped, Version: c.cfg.Version, DataLevel: c.cfg.DataLevel}
-	if c.cfg.Demand != nil && !stopped {
-		n.StoreDemand = c.cfg.Demand()
-	}
+// writeNode writes this node's record of heartbeat at, with demand as
+// its StoreDemand.
+func (c *Controller) writeNode(ctx context.Context, stopped bool, at time.Time, demand map[string]float64) error {
+	n := Node{ID: c.cfg.NodeID, Address: c.addr(), Started: c.started.UTC(), Heartbeat: at,
+		Controller: c.IsController(), Epoch: c.Epoch(), Stopped: stopped, StoreDemand: demand, Counts: c.counts,
+		Version: c.cfg.Version, DataLevel: c.cfg.DataLevel}
 	if c.cfg.FeedCursor != nil {
 		if cur, ok := c.cfg.FeedCursor(); ok {
 			n.FeedCursor = &cur

@@ -304,24 +304,42 @@ func TestLiveNodes(t *testing.T) {
 
 // TestPeersSeeDemand: every node publishes its demand in its record and
 // learns the live nodes' records with theirs, so each can split a quota by
-// demand; a node that stops drops out of the others' view.
+// demand; a node that stops drops out of the others' view. Every record
+// says which live nodes its node counts (Node.Counts), each with the
+// Heartbeat of the record whose demand it used: one its node published.
 func TestPeersSeeDemand(t *testing.T) {
 	sts := open(t, 3)
 	var mu sync.Mutex
-	seen := map[string]string{} // node -> "id=demand ..." of the records it saw, and the live count
+	seen := map[string]string{} // node -> "id=demand[counted] ..." of the records it saw, and the live count
+	published := map[string]map[time.Time]bool{}
+	var bad []string
 	var stops []func()
 	for i, id := range []string{"a", "b", "c"} {
+		published[id] = map[time.Time]bool{}
 		c, err := New(Config{Leaser: sts[i], Store: sts[i], NodeID: id, TTL: 500 * time.Millisecond, Mode: Never,
-			Demand: func() map[string]float64 { return map[string]float64{"cks-x": float64(10 * (i + 1))} },
+			Demand: func(at time.Time) map[string]float64 {
+				mu.Lock()
+				published[id][at] = true
+				mu.Unlock()
+				return map[string]float64{"cks-x": float64(10 * (i + 1))}
+			},
 			Peers: func(nodes []Node, live int) {
 				var parts []string
+				mu.Lock()
+				defer mu.Unlock()
 				for _, n := range nodes {
-					parts = append(parts, fmt.Sprintf("%s=%v", n.ID, n.StoreDemand["cks-x"]))
+					var counted []string
+					for c, at := range n.Counts {
+						counted = append(counted, c)
+						if !at.IsZero() && !published[c][at] {
+							bad = append(bad, fmt.Sprintf("%s counts %s at %s, which it never published", n.ID, c, at))
+						}
+					}
+					sort.Strings(counted)
+					parts = append(parts, fmt.Sprintf("%s=%v%v", n.ID, n.StoreDemand["cks-x"], counted))
 				}
 				sort.Strings(parts)
-				mu.Lock()
 				seen[id] = fmt.Sprint(strings.Join(parts, " "), " of ", live)
-				mu.Unlock()
 			}})
 		if err != nil {
 			t.Fatal(err)
@@ -351,10 +369,15 @@ func TestPeersSeeDemand(t *testing.T) {
 			}
 		}
 	}
-	all := "a=10 b=20 c=30 of 3"
+	all := "a=10[a b c] b=20[a b c] c=30[a b c] of 3"
 	wait(map[string]string{"a": all, "b": all, "c": all})
 	stops[2]()
-	wait(map[string]string{"a": "a=10 b=20 of 2", "b": "a=10 b=20 of 2"})
+	wait(map[string]string{"a": "a=10[a b] b=20[a b] of 2", "b": "a=10[a b] b=20[a b] of 2"})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Error(strings.Join(bad, "\n"))
+	}
 }
 
 // TestServe: work started by its owner with Serve runs only while the node
