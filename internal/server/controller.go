@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,22 +33,36 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 	if err != nil {
 		return nil, err
 	}
-	live := func(n int) {
-		if share.set(1/float64(n)) && cfg.StoreRPS > 0 {
-			log.Info("custom key store quota shared", "nodes", n, "rps", float64(cfg.StoreRPS)/float64(n))
-		}
-	}
-	peers := func(nodes []controller.Node, n int) {
-		demand := map[string]map[string]float64{}
-		for _, p := range nodes {
-			demand[p.ID] = p.StoreDemand
-		}
-		demand[id] = share.claim()
-		share.byDemand(keystore.DemandShares(id, n, demand))
-	}
+	// The store of several nodes (PostgreSQL) starts held: see quotaShare.
+	share.start(id, cfg.DatabaseURL != "")
+	live, peers := quotaCallbacks(cfg.StoreRPS, share, log)
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
 		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers,
 		FeedCursor: cursor, Version: release.Version(), DataLevel: cfg.dataLevel, Outdated: outdated})
+}
+
+// quotaCallbacks are the controller's LiveNodes and Peers callbacks,
+// which split the quota of rps requests a second through share.
+func quotaCallbacks(rps int, share *quotaShare, log *slog.Logger) (live func(int), peers func([]controller.Node, int)) {
+	report := func(n int, waiting []string) {
+		held, changed := share.applied()
+		switch {
+		case !changed || rps <= 0:
+		case held:
+			log.Info("custom key store quota held until every other node counts this one", "nodes", n, "waiting", waiting)
+		default:
+			log.Info("custom key store quota shared", "nodes", n, "rps", float64(rps)/float64(n))
+		}
+	}
+	live = func(n int) {
+		if held := share.set(1 / float64(n)); !held {
+			report(n, nil) // a held node's is reported by peers, with whom it waits for
+		}
+	}
+	peers = func(nodes []controller.Node, n int) {
+		report(n, share.peers(nodes, n))
+	}
+	return live, peers
 }
 
 // liveNodes lists the nodes holding a live node lease.
@@ -67,69 +82,226 @@ func liveNodes(ctx context.Context, ls storage.Leaser) ([]string, error) {
 // over the live nodes, and for the stores some node is asked for, a share
 // by the nodes' demand (keystore.DemandShares); applied to the quota of
 // the open core (a reset replaces it) and to the next.
+//
+// The shares the nodes apply never add up to more than the quota, also
+// while a node joins and while demand moves (issue #16), by two rules:
+//
+//   - A node joining others holds its quota (keystore.Quota.Hold: refuses
+//     every store's requests) until every other live node counts it.
+//     Until then each of them applies shares computed over the nodes it
+//     counted before, which add up to the whole quota already: whatever the
+//     joiner took — the whole quota before its first heartbeat, 1/n or its
+//     demand's share after it, as kmsd did before — was accepted on top of
+//     the quota, for up to a heartbeat of the others' and more. Each node
+//     says in its node record which nodes its shares count
+//     (controller.Node.Counts, written at once when a node appears), and
+//     the joiner, reading the records at its own heartbeats, takes its
+//     share from the first at which every other record counts it: one to
+//     two heartbeat intervals (--lease-ttl/5) after it took its node lease,
+//     during which it answers ThrottlingException for the stores (clients
+//     retry it).
+//   - A node claims for itself, in the split by demand, no more of a
+//     store than every other node counts it for: the others split by the
+//     demand of the record of this node they last read, named in their
+//     Counts, or by any it published since (they read it anew at each
+//     heartbeat), so it claims the lowest it published from the oldest of
+//     those on (claim); and before publishing a new demand it applies it
+//     (demand), so that nobody counts a lower demand than it claims.
+//
+// Why the sum stays within 1: the nodes applying a share are all counted
+// by each of them (rule 1), so each one's live count n is at least their
+// number and the tenths of equal shares every node keeps add up to at most
+// a tenth; each splits the rest in proportion to its claim over a total of
+// demands that (rule 2) is at least the sum of all their claims, so these
+// parts add up to at most the rest. A node alone (and SQLite's single
+// process) waits for nobody: it holds nothing past its first heartbeat
+// (SQLite: not at all). A node publishing no Counts (an older version) is
+// taken to count a joiner once its record was written twice since the
+// joiner first read it — it writes its record, then reads the live nodes
+// and applies its shares, so the second write follows a read that saw the
+// joiner — and to have read a record at most a heartbeat old, as kmsd
+// assumed before Counts.
 type quotaShare struct {
 	mu     sync.Mutex
+	self   string // this node's id
 	share  float64
 	shares map[string]float64
 	quota  *keystore.Quota
-	// last and before are the demands this node published at its last
-	// two heartbeats.
-	last, before map[string]float64
+	// held: not every other live node counted this node at the last
+	// look; logged says what report last logged.
+	held, logged, loggedHeld bool
+	loggedShare              float64
+	// beats follows the records of nodes publishing no Counts: the
+	// heartbeat first seen, and how many times it changed since.
+	beats map[string]beats
+	// published is the demand this node published at its last
+	// heartbeats, oldest first, by the Heartbeat of the record.
+	published []published
+	// nodes and n are the live nodes' records and count the controller
+	// last told (Peers), which demand splits the quotas by again.
+	nodes []controller.Node
+	n     int
+}
+
+type beats struct {
+	at      time.Time
+	changes int
+}
+
+type published struct {
+	at     time.Time
+	demand map[string]float64
+}
+
+// keepPublished is how many of its published demands a node remembers:
+// another node's Counts naming an older one makes it claim nothing.
+const keepPublished = 32
+
+// start names this node and sets whether it starts held: with other nodes
+// on the database, until its first heartbeat shows who counts it.
+func (q *quotaShare) start(self string, held bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.self, q.held = self, held
+	q.quota.Hold(held)
+}
+
+// peers applies the live nodes' records (this node's own included or
+// not): the split by demand, and the hold while any other live node does
+// not count this node; it returns those.
+func (q *quotaShare) peers(nodes []controller.Node, n int) (waiting []string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.nodes, q.n = nodes, n
+	q.split()
+	seen := map[string]beats{}
+	for _, p := range nodes {
+		switch {
+		case p.ID == q.self:
+		case p.Counts != nil:
+			if _, ok := p.Counts[q.self]; !ok {
+				waiting = append(waiting, p.ID)
+			}
+		default:
+			b, ok := q.beats[p.ID]
+			if !ok {
+				b.at = p.Heartbeat
+			} else if !p.Heartbeat.Equal(b.at) {
+				b.at, b.changes = p.Heartbeat, b.changes+1
+			}
+			seen[p.ID] = b
+			if b.changes < 2 {
+				waiting = append(waiting, p.ID)
+			}
+		}
+	}
+	q.beats = seen
+	q.held = len(waiting) > 0
+	q.quota.Hold(q.held)
+	return waiting
+}
+
+// split applies this node's shares of the stores the nodes ask for, by
+// the last records and this node's claim. q.mu is held.
+func (q *quotaShare) split() {
+	if q.n < 1 {
+		return
+	}
+	demand := map[string]map[string]float64{}
+	for _, p := range q.nodes {
+		demand[p.ID] = p.StoreDemand
+	}
+	demand[q.self] = q.claim()
+	q.shares = keystore.DemandShares(q.self, q.n, demand)
+	q.quota.SetStoreShares(q.shares)
 }
 
 // claim is the demand this node counts for itself when it splits the
-// quotas: the lower of its last two published demands. The others' records
-// are up to a heartbeat old; counting its own fresh demand against them
-// would let every node over-claim while demand rises (and the shares add
-// up to more than the quota); the lower of the two errs the safe way both
-// while demand rises and while it falls.
+// quotas: of each store, the lowest it published since the oldest of its
+// records the other live nodes split by (rule 2 of quotaShare); nothing
+// when one of them split by none of them or by one too old to remember.
+// q.mu is held.
 func (q *quotaShare) claim() map[string]float64 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	last := len(q.published) - 1
+	from := last
+	for _, p := range q.nodes {
+		if p.ID == q.self {
+			continue
+		}
+		if p.Counts == nil {
+			from = min(from, last-1) // an older version: at most a heartbeat old
+			continue
+		}
+		at := p.Counts[q.self]
+		i := slices.IndexFunc(q.published, func(v published) bool { return v.at.Equal(at) })
+		if at.IsZero() || i < 0 {
+			return map[string]float64{}
+		}
+		from = min(from, i)
+	}
 	out := map[string]float64{}
-	for id, d := range q.last {
-		out[id] = min(d, q.before[id])
+	if from < 0 {
+		return out
+	}
+	for id, d := range q.published[last].demand {
+		for _, v := range q.published[from:last] {
+			d = min(d, v.demand[id])
+		}
+		if d > 0 {
+			out[id] = d
+		}
 	}
 	return out
 }
 
-// byDemand applies this node's shares of the stores the nodes ask for.
-func (q *quotaShare) byDemand(shares map[string]float64) {
+// applied reports whether the quota is held, and whether that or the
+// equal share changed since the last call.
+func (q *quotaShare) applied() (held, changed bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.shares = shares
-	q.quota.SetStoreShares(shares)
+	changed = !q.logged || q.held != q.loggedHeld || (!q.held && q.share != q.loggedShare)
+	q.logged, q.loggedHeld = true, q.held
+	if !q.held {
+		q.loggedShare = q.share
+	}
+	return q.held, changed
 }
 
-// demand is what the open core's quota was asked of each store lately.
-func (q *quotaShare) demand() map[string]float64 {
+// demand is what the open core's quota was asked of each store lately,
+// to be published in the node record of heartbeat at. It is applied to
+// this node's claim before it is returned: published, the others may
+// split by it at once.
+func (q *quotaShare) demand(at time.Time) map[string]float64 {
 	q.mu.Lock()
 	quota := q.quota
 	q.mu.Unlock()
 	d := quota.Demand()
 	q.mu.Lock()
-	q.before, q.last = q.last, d
-	q.mu.Unlock()
+	defer q.mu.Unlock()
+	q.published = append(q.published, published{at: at, demand: d})
+	if len(q.published) > keepPublished {
+		q.published = slices.Delete(q.published, 0, len(q.published)-keepPublished)
+	}
+	q.split()
 	return d
 }
 
-// set records share and applies it; it reports whether it changed.
-func (q *quotaShare) set(share float64) bool {
+// set records the equal share and applies it; it reports whether the
+// quota is held.
+func (q *quotaShare) set(share float64) (held bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if share == q.share {
-		return false
-	}
 	q.share = share
 	q.quota.SetShare(share)
-	return true
+	return q.held
 }
 
-// use applies the share to quota, the open core's.
+// use applies the shares to quota, the open core's.
 func (q *quotaShare) use(quota *keystore.Quota) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.quota = quota
+	quota.Hold(q.held)
 	if q.share > 0 {
 		quota.SetShare(q.share)
 	}
