@@ -11,18 +11,16 @@
 // record the requests a second asked of each store (smoothed, each
 // heartbeat's rate weighing half), and at each heartbeat takes a tenth of
 // its equal share plus the rest in proportion to its demand
-// (DemandShares; its own demand counted as the lower of its last two, as
-// the others' records are up to a heartbeat old), computed by the node
-// itself from the live nodes' records rather than by the controller; a store nobody asks for keeps equal
+// (DemandShares), computed by the node itself from the live nodes' records
+// rather than by the controller; a store nobody asks for keeps equal
 // shares, one over the live nodes. A dead node's share returns to the
-// others once its lease expires. Records read a heartbeat apart may add up
-// to a little more than the quota while demand shifts, and a node joining
-// takes its share at once while the others shrink theirs at their next
-// heartbeat, so for up to a fifth of --lease-ttl the nodes together may
-// accept up to 1 + 0.1/n times the quota of a store they are busy with (the
-// joiner asks nothing yet), or 1 + 1/n times that of a store nobody was
-// asking for. e2e/multinode/load measures the split, the skewed split and
-// the return.
+// others once its lease expires. The shares never add up to more than the
+// quota: a node joining others holds its quota (Quota.Hold) until they all
+// count it, and a node claims for itself no more demand than the others
+// split by — unlike MULTINODE.md §4.7's "cold start = equal shares", a
+// joiner takes none until counted (server's quotaShare has the rules and
+// why they suffice). e2e/multinode/load measures the split, the skewed
+// split and the return.
 //
 // With several kmsd nodes on one database, only the controller runs the
 // asynchronous half of connect and disconnect, under its fenced lease;

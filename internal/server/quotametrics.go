@@ -10,7 +10,7 @@ var storeThrottledDesc = prometheus.NewDesc("kmsd_custom_key_store_throttled_tot
 	[]string{"custom_key_store_id"}, nil)
 
 var storeShareDesc = prometheus.NewDesc("kmsd_custom_key_store_quota_share",
-	"This node's part (0 to 1) of the custom key store's request quota: one over the live nodes, or by their demand once the store is asked for.",
+	"This node's part (0 to 1) of the custom key store's request quota: one over the live nodes, or by their demand once the store is asked for; 0 while the node holds it, having joined nodes that do not count it yet.",
 	[]string{"custom_key_store_id"}, nil)
 
 // quotaCollector reports each custom key store's refused requests and
