@@ -500,10 +500,10 @@ type Node struct {
 	Version   string `json:"version,omitempty"`
 	DataLevel int    `json:"dataLevel,omitempty"`
 	// Counts names the nodes that held a live node lease at the node's
-	// last read of them, told to LiveNodes and Peers before the record was
-	// written — what the quota shares it applies account for — each with
-	// the Heartbeat of its record then read (zero: none yet), whose
-	// StoreDemand they were split by. A node that has just joined waits
+	// last read of them (at this heartbeat, before the record was written),
+	// told to LiveNodes and Peers — what the quota shares it applies
+	// account for — each with the Heartbeat of its record then read (zero:
+	// none yet), whose StoreDemand they were split by. A node that has just joined waits
 	// until every other counts it before it takes a share, and a node
 	// claims no more demand than the others count it for (server's
 	// quotaShare). Absent from a node that has not read them yet, and
@@ -511,8 +511,8 @@ type Node struct {
 	Counts map[string]time.Time `json:"counts,omitempty"`
 }
 
-// heartbeat holds the node lease and writes the node record every
-// interval; it releases the lease when ctx ends.
+// heartbeat holds the node lease, tells the live nodes (tell) and writes
+// the node record every interval; it releases the lease when ctx ends.
 func (c *Controller) heartbeat(ctx context.Context) {
 	name := NodeLeasePrefix + c.cfg.NodeID
 	var l storage.Lease
@@ -538,60 +538,20 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			c.cfg.Log.Warn("node lease", "err", err)
 		}
 		c.checkLevel(ctx)
+		// The demand first (Demand applies it to this node's claim), then
+		// the live nodes told, then the record written: its Counts name
+		// what the shares applied now count, so that the others know it
+		// a heartbeat sooner than if it were written first.
 		at := time.Now().UTC()
 		var demand map[string]float64
 		if c.cfg.Demand != nil {
 			demand = c.cfg.Demand(at)
 		}
+		if (c.cfg.LiveNodes != nil || c.cfg.Peers != nil) && held {
+			c.tell(ctx)
+		}
 		if err := c.writeNode(ctx, false, at, demand); err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node record", "err", err)
-		}
-		if (c.cfg.LiveNodes != nil || c.cfg.Peers != nil) && held {
-			if ls, err := c.cfg.Leaser.Live(ctx, NodeLeasePrefix); err == nil && len(ls) > 0 {
-				told := c.cfg.Peers == nil
-				var nodes []Node
-				if c.cfg.LiveNodes != nil {
-					c.cfg.LiveNodes(len(ls))
-				}
-				if c.cfg.Peers != nil {
-					var err error
-					if nodes, err = c.liveRecords(ctx, ls); err == nil {
-						c.cfg.Peers(nodes, len(ls))
-						told = true
-					} else if ctx.Err() == nil {
-						c.cfg.Log.Warn("node records", "err", err)
-					}
-				}
-				// A node newly counted waits for this record to say so
-				// (Node.Counts): written now rather than a heartbeat later,
-				// with the demand just published (Demand is a rate per
-				// heartbeat, so it is not asked twice).
-				if told {
-					counts := make(map[string]time.Time, len(ls))
-					for _, l := range ls {
-						counts[strings.TrimPrefix(l.Name, NodeLeasePrefix)] = time.Time{}
-					}
-					for _, n := range nodes {
-						if _, ok := counts[n.ID]; ok {
-							counts[n.ID] = n.Heartbeat
-						}
-					}
-					grew := false
-					for id := range counts {
-						if _, ok := c.counts[id]; !ok {
-							grew = true
-						}
-					}
-					c.counts = counts
-					if grew {
-						if err := c.writeNode(ctx, false, at, demand); err != nil && ctx.Err() == nil {
-							c.cfg.Log.Warn("node record", "err", err)
-						}
-					}
-				}
-			} else if err != nil && ctx.Err() == nil {
-				c.cfg.Log.Warn("live nodes", "err", err)
-			}
 		}
 		select {
 		case <-ctx.Done():
@@ -651,6 +611,41 @@ func (c *Controller) Outdated() bool {
 	default:
 		return false
 	}
+}
+
+// tell reads the live nodes and their records and tells LiveNodes and
+// Peers; once both were told, c.counts is what they count.
+func (c *Controller) tell(ctx context.Context) {
+	ls, err := c.cfg.Leaser.Live(ctx, NodeLeasePrefix)
+	if err != nil || len(ls) == 0 {
+		if err != nil && ctx.Err() == nil {
+			c.cfg.Log.Warn("live nodes", "err", err)
+		}
+		return
+	}
+	if c.cfg.LiveNodes != nil {
+		c.cfg.LiveNodes(len(ls))
+	}
+	var nodes []Node
+	if c.cfg.Peers != nil {
+		if nodes, err = c.liveRecords(ctx, ls); err != nil {
+			if ctx.Err() == nil {
+				c.cfg.Log.Warn("node records", "err", err)
+			}
+			return
+		}
+		c.cfg.Peers(nodes, len(ls))
+	}
+	counts := make(map[string]time.Time, len(ls))
+	for _, l := range ls {
+		counts[strings.TrimPrefix(l.Name, NodeLeasePrefix)] = time.Time{}
+	}
+	for _, n := range nodes {
+		if _, ok := counts[n.ID]; ok {
+			counts[n.ID] = n.Heartbeat
+		}
+	}
+	c.counts = counts
 }
 
 // liveRecords reads the node records of the holders of live node leases

@@ -93,13 +93,13 @@ func liveNodes(ctx context.Context, ls storage.Leaser) ([]string, error) {
 //     joiner took — the whole quota before its first heartbeat, 1/n or its
 //     demand's share after it, as kmsd did before — was accepted on top of
 //     the quota, for up to a heartbeat of the others' and more. Each node
-//     says in its node record which nodes its shares count
-//     (controller.Node.Counts, written at once when a node appears), and
-//     the joiner, reading the records at its own heartbeats, takes its
-//     share from the first at which every other record counts it: one to
-//     two heartbeat intervals (--lease-ttl/5) after it took its node lease,
-//     during which it answers ThrottlingException for the stores (clients
-//     retry it).
+//     says in its node record which nodes the shares it applies count
+//     (controller.Node.Counts, written at each heartbeat after it applied
+//     them), and the joiner, reading the records at its own heartbeats,
+//     takes its share from the first at which every other record counts
+//     it: one to two heartbeat intervals (--lease-ttl/5) after it took its
+//     node lease, during which it answers ThrottlingException for the
+//     stores (clients retry it).
 //   - A node claims for itself, in the split by demand, no more of a
 //     store than every other node counts it for: the others split by the
 //     demand of the record of this node they last read, named in their

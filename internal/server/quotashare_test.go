@@ -110,17 +110,16 @@ func (c *simCluster) write(n *simNode) {
 }
 
 // beat runs node n's heartbeat's next step, as the controller orders
-// them: take the lease and write the record (with the demand of this
-// heartbeat), read the live leases, read their records, apply them
-// (LiveNodes, Peers) and, if the live set grew, write the record again.
-// Other nodes' steps may come between any two.
+// them: take the lease and compute the demand of this heartbeat, read the
+// live leases, read their records, then apply them (LiveNodes, Peers) and
+// write the record, with the nodes just counted. Other nodes' steps may
+// come between any two.
 func (c *simCluster) beat(n *simNode) {
 	switch n.step {
 	case 0:
 		n.leased = true
 		n.at = c.now
 		n.demand = n.share.demand(n.at)
-		c.write(n)
 	case 1:
 		n.ls = nil
 		for _, m := range c.nodes {
@@ -139,21 +138,14 @@ func (c *simCluster) beat(n *simNode) {
 	case 3:
 		n.live(len(n.ls))
 		n.peers(n.recs, len(n.ls))
-		counts := map[string]time.Time{}
-		grew := false
+		n.counts = map[string]time.Time{}
 		for _, id := range n.ls {
-			counts[id] = c.records[id].Heartbeat // as read
-			if _, ok := n.counts[id]; !ok {
-				grew = true
-			}
+			n.counts[id] = time.Time{}
 		}
 		for _, r := range n.recs {
-			counts[r.ID] = r.Heartbeat
+			n.counts[r.ID] = r.Heartbeat
 		}
-		n.counts = counts
-		if grew {
-			c.write(n)
-		}
+		c.write(n)
 	}
 	n.step = (n.step + 1) % 4
 }
