@@ -77,7 +77,9 @@ func sumQuota(rs []benchResult) quotaRun {
 }
 
 // TestA11StoreQuota is MULTINODE.md §8 A11: three nodes share one external
-// key store's request quota (--custom-key-store-rps): with more offered to
+// key store's request quota (--custom-key-store-rps); the two started after
+// the first each held their quota until the running nodes counted them
+// (checkJoinHeld). With more offered to
 // every node than its share, in open loop (one kmsbench process per node,
 // Encrypt on a key of the store), the nodes together accept the quota —
 // within [0.9, 1.05] × quota after a 3 s warm-up — and answer
@@ -115,6 +117,7 @@ func TestA11StoreQuota(t *testing.T) {
 	for _, k := range nodes {
 		waitLog(t, k, 0, share3, 2*ttl)
 	}
+	checkJoinHeld(t, nodes)
 	file := nodes[0].Creds
 	akid, secret := creds(t, file)
 
@@ -241,4 +244,54 @@ func TestA11StoreQuota(t *testing.T) {
 		t.Errorf("the dead node's share came back after %s, want within %s (TTL + two heartbeats + 3 s)", took, bound)
 	}
 	check("2 nodes after the kill", benchAll(t, akid, secret, eps[:2], args(4*time.Second, dur2, 3*perNode/2, 3*perNode/2)), float64(3*perNode))
+}
+
+// checkJoinHeld checks that each node that joined running nodes — its
+// first "quota shared" line counts more than one node — held its quota
+// until they counted it (issue #16): its log says so first. A node that
+// started alone held nothing. It logs how long each joiner held, by the
+// log's timestamps.
+func checkJoinHeld(t *testing.T, nodes []*e2etest.KMSD) {
+	t.Helper()
+	const held, shared = `msg="custom key store quota held until every other node counts this one"`, `msg="custom key store quota shared"`
+	for i, k := range nodes {
+		l := k.Log()
+		h, s := strings.Index(l, held), strings.Index(l, shared)
+		if s < 0 {
+			t.Errorf("node-%d: no %s in its log", i, shared)
+			continue
+		}
+		alone := strings.HasPrefix(l[s+len(shared):], " nodes=1 ")
+		switch {
+		case alone && h >= 0:
+			t.Errorf("node-%d started alone but held its quota: %s", i, logLine(l, h))
+		case !alone && (h < 0 || h > s):
+			t.Errorf("node-%d joined running nodes but took its share without holding first: %s", i, logLine(l, s))
+		case !alone:
+			t.Logf("node-%d joined running nodes and held its quota for %s", i, logTime(l, s).Sub(logTime(l, h)).Round(time.Millisecond))
+		}
+	}
+}
+
+// logLine is the line of log l at byte i.
+func logLine(l string, i int) string {
+	start := strings.LastIndexByte(l[:i], '\n') + 1
+	end := strings.IndexByte(l[i:], '\n')
+	if end < 0 {
+		return l[start:]
+	}
+	return l[start : i+end]
+}
+
+// logTime is the time= of the line of log l at byte i (zero if it has
+// none).
+func logTime(l string, i int) time.Time {
+	f := strings.Fields(logLine(l, i))
+	for _, x := range f {
+		if v, ok := strings.CutPrefix(x, "time="); ok {
+			at, _ := time.Parse(time.RFC3339Nano, v)
+			return at
+		}
+	}
+	return time.Time{}
 }
