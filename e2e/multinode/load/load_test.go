@@ -1,6 +1,7 @@
 // Package load puts load on several kmsd nodes sharing one PostgreSQL
 // database (MULTINODE.md §5.3, §8): A11, the request quota of a custom
-// key store shared by the nodes (TestA11StoreQuota, in CI), and A10, the
+// key store shared by the nodes (TestA11StoreQuota, in CI; and
+// TestA11JoinUnderLoad, a node joining busy ones, issue #16), and A10, the
 // throughput of one node against three and what each operation costs
 // PostgreSQL (TestA10Throughput, a measurement run only with KMSD_A10=1).
 //
