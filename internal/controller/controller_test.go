@@ -311,11 +311,10 @@ func TestPeersSeeDemand(t *testing.T) {
 	sts := open(t, 3)
 	var mu sync.Mutex
 	seen := map[string]string{} // node -> "id=demand[counted] ..." of the records it saw, and the live count
-	published := map[string]map[time.Time]bool{}
+	published := map[string]map[time.Time]bool{"a": {}, "b": {}, "c": {}}
 	var bad []string
 	var stops []func()
 	for i, id := range []string{"a", "b", "c"} {
-		published[id] = map[time.Time]bool{}
 		c, err := New(Config{Leaser: sts[i], Store: sts[i], NodeID: id, TTL: 500 * time.Millisecond, Mode: Never,
 			Demand: func(at time.Time) map[string]float64 {
 				mu.Lock()
