@@ -500,14 +500,14 @@ type Node struct {
 	Version   string `json:"version,omitempty"`
 	DataLevel int    `json:"dataLevel,omitempty"`
 	// Counts names the nodes that held a live node lease at the node's
-	// last read of them (at this heartbeat, before the record was written),
-	// told to LiveNodes and Peers — what the quota shares it applies
-	// account for — each with the Heartbeat of its record then read (zero:
-	// none yet), whose StoreDemand they were split by. A node that has just joined waits
-	// until every other counts it before it takes a share, and a node
-	// claims no more demand than the others count it for (server's
-	// quotaShare). Absent from a node that has not read them yet, and
-	// from versions before it was published.
+	// last read of them (at this heartbeat, before the record was
+	// written), told to LiveNodes and Peers — what the quota shares it
+	// applies account for — each with the Heartbeat of its record then
+	// read (zero: none yet), whose StoreDemand they were split by. A node
+	// that has just joined waits until every other counts it before it
+	// takes a share, and a node claims no more demand than the others
+	// count it for (server's quotaShare). Absent from a node that has not
+	// read them yet, and from versions before it was published.
 	Counts map[string]time.Time `json:"counts,omitempty"`
 }
 
