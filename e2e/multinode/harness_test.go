@@ -646,3 +646,26 @@ func pgScan(t *testing.T, pg *pgServer, db, sql string, dst ...any) error {
 	defer conn.Close(context.Background())
 	return conn.QueryRow(ctx, sql).Scan(dst...)
 }
+
+// waitQuotaShared waits until every node's log since its last start says
+// it shares the custom key stores' quota: a node that joins others holds
+// it — answers ThrottlingException for the stores' cryptography — until
+// they all count it, about a heartbeat (issue #16).
+func (c *cluster) waitQuotaShared(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	for _, n := range c.nodes {
+		for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
+			b, _ := os.ReadFile(n.log)
+			l := string(b)
+			if i := strings.LastIndex(l, "==== start"); i >= 0 {
+				l = l[i:]
+			}
+			if strings.Contains(l, "custom key store quota shared") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: its log does not say it shares the custom key store quota after %s:\n%s", n.id, timeout, n.tail())
+			}
+		}
+	}
+}

@@ -156,6 +156,7 @@ func TestKeyStoreConnectByController(t *testing.T) {
 			return nil
 		}})
 	a, b, cn := c.nodes[0], c.nodes[1], c.nodes[2]
+	c.waitQuotaShared(t, 10*time.Second) // node-2's Encrypt below is its first
 	if h := c.controllerHolder(t); h != a.id {
 		t.Fatalf("controller is %q, want %s (the others run with --controller never)", h, a.id)
 	}

@@ -38,7 +38,7 @@ func newController(cfg Config, store storage.Store, addr string, share *quotaSha
 	live, peers := quotaCallbacks(cfg.StoreRPS, share, log)
 	return controller.New(controller.Config{Leaser: ls, Store: store, NodeID: id, Address: addr, TTL: cfg.LeaseTTL,
 		Mode: controller.Mode(cfg.Controller), Log: log, LiveNodes: live, CacheLag: lag, Demand: share.demand, Peers: peers,
-		FeedCursor: cursor, Version: release.Version(), DataLevel: cfg.dataLevel, Outdated: outdated})
+		Waiting: share.waiting, FeedCursor: cursor, Version: release.Version(), DataLevel: cfg.dataLevel, Outdated: outdated})
 }
 
 // quotaCallbacks are the controller's LiveNodes and Peers callbacks,
@@ -97,8 +97,9 @@ func liveNodes(ctx context.Context, ls storage.Leaser) ([]string, error) {
 //     (controller.Node.Counts, written at each heartbeat after it applied
 //     them), and the joiner, reading the records at its own heartbeats,
 //     takes its share from the first at which every other record counts
-//     it: one to two heartbeat intervals (--lease-ttl/5) after it took its
-//     node lease, during which it answers ThrottlingException for the
+//     it (it heartbeats four times as often while it waits): up to about
+//     one heartbeat interval (--lease-ttl/5) and a quarter after it took
+//     its node lease, during which it answers ThrottlingException for the
 //     stores (clients retry it).
 //   - A node claims for itself, in the split by demand, no more of a
 //     store than every other node counts it for: the others split by the
@@ -252,6 +253,14 @@ func (q *quotaShare) claim() map[string]float64 {
 		}
 	}
 	return out
+}
+
+// waiting reports whether the quota is held: the controller then looks
+// again at a quarter of its interval.
+func (q *quotaShare) waiting() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.held
 }
 
 // applied reports whether the quota is held, and whether that or the
