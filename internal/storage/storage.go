@@ -184,7 +184,8 @@ func PrefixEnd(prefix string) (end string, ok bool) {
 
 // Watcher is the optional change feed of a store whose database other
 // handles or processes write: it tells which keys changed, so that a cache
-// of them can be kept in step. Both drivers implement it.
+// of them can be kept in step. Both drivers implement it. Keys under
+// UnfedPrefix are not in it.
 type Watcher interface {
 	// Changes returns the keys written (put, created or deleted) by
 	// transactions that committed after the position from, in commit-safe
@@ -211,6 +212,15 @@ type Watcher interface {
 	// before it get Reset. A cursor of another generation is ignored.
 	Prune(ctx context.Context, upTo Cursor) error
 }
+
+// UnfedPrefix begins the keys a Watcher's change feed leaves out: a put,
+// create or delete of such a key is not among the keys Changes returns.
+// It is for records that no process caches — read from the database each
+// time they are wanted, and written often, such as the last use of each
+// KMS key — so that writing one costs no change record, and the feed's
+// readers and its pruning never handle them. In every other way they are
+// keys like any other: read, listed, written in transactions alike.
+const UnfedPrefix = "unfed/"
 
 // Cursor is a position in a Watcher's change feed. Its fields are opaque
 // to callers, comparable only through the Watcher that made them; the zero

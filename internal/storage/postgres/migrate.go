@@ -63,6 +63,23 @@ INSERT INTO kmsd_meta (name, value) VALUES
 	at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX kmsd_commits_at ON kmsd_commits (at);`,
+	// Version 3: keys under storage.UnfedPrefix ("unfed/") are left out
+	// of the change feed. The range test is by bytes (COLLATE "C"), as
+	// keys compare: '0' follows '/'.
+	`CREATE OR REPLACE FUNCTION kv_changes_record() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	k text;
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		k := OLD.key;
+	ELSE
+		k := NEW.key;
+	END IF;
+	IF NOT (k >= 'unfed/' COLLATE "C" AND k < 'unfed0' COLLATE "C") THEN
+		INSERT INTO kv_changes (key) VALUES (k);
+	END IF;
+	RETURN NULL;
+END $$;`,
 }
 
 // migrateLock is the key of the transaction-scoped advisory lock that

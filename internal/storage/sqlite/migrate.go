@@ -47,6 +47,18 @@ CREATE TABLE kmsd_meta (
 ) STRICT, WITHOUT ROWID;
 INSERT INTO kmsd_meta (name, value) VALUES ('generation', CAST(lower(hex(randomblob(16))) AS BLOB));
 INSERT INTO kmsd_meta (name, value) VALUES ('changes_pruned', CAST('0' AS BLOB));`,
+	// Version 3: keys under storage.UnfedPrefix ("unfed/") are left out
+	// of the change feed. The range test is by bytes, as keys compare:
+	// '0' follows '/'.
+	`DROP TRIGGER kv_changes_insert;
+DROP TRIGGER kv_changes_update;
+DROP TRIGGER kv_changes_delete;
+CREATE TRIGGER kv_changes_insert AFTER INSERT ON kv WHEN NOT (new.key >= 'unfed/' AND new.key < 'unfed0')
+	BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
+CREATE TRIGGER kv_changes_update AFTER UPDATE ON kv WHEN NOT (new.key >= 'unfed/' AND new.key < 'unfed0')
+	BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
+CREATE TRIGGER kv_changes_delete AFTER DELETE ON kv WHEN NOT (old.key >= 'unfed/' AND old.key < 'unfed0')
+	BEGIN INSERT INTO kv_changes (key) VALUES (old.key); END;`,
 }
 
 // applicationID marks a database file as kmsd's ("kmsd" in ASCII) in the

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,6 +42,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FeedAllChanges", func(t *testing.T) { testFeedAll(t, open) })
 	t.Run("FeedOutOfOrderCommits", func(t *testing.T) { testFeedOutOfOrder(t, open) })
 	t.Run("FeedPruneResets", func(t *testing.T) { testFeedPrune(t, open) })
+	t.Run("FeedLeavesOutUnfed", func(t *testing.T) { testFeedUnfed(t, open) })
 	t.Run("LeaseTakeoverAfterExpiry", func(t *testing.T) { testLeaseTakeover(t, open) })
 	t.Run("LeaseLive", func(t *testing.T) { testLeaseLive(t, open) })
 	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })
@@ -387,6 +389,41 @@ func testFeedPrune(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	if r, err := b.Changes(ctx, other, 0); err != nil || !r.Reset {
 		t.Errorf("Changes from another generation = %+v, %v; want a Reset", r, err)
 	}
+}
+
+// testFeedUnfed: writes of keys under storage.UnfedPrefix are not in the
+// feed, while keys beside the prefix ("unfed", "unfed0…") are; unfed keys
+// are otherwise ordinary keys, which the other handle reads and lists.
+func testFeedUnfed(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	c := start(t, b)
+	p := storage.UnfedPrefix
+	mustPut(t, a, p+"x", []byte("1"))
+	mustPut(t, a, p+"x", []byte("2"))
+	if err := a.Update(ctx, func(tx storage.Tx) error {
+		if err := tx.Create(ctx, p+"y", []byte("3")); err != nil {
+			return err
+		}
+		if err := tx.Put(ctx, "unfed", nil); err != nil {
+			return err
+		}
+		return tx.Delete(ctx, p+"x")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	end, _ := storage.PrefixEnd(p)
+	mustPut(t, a, end+"z", []byte("4"))
+	mustPut(t, a, "f/last", []byte("5"))
+	got, _ := waitKeys(t, b, c, "unfed", end+"z", "f/last")
+	for _, k := range got {
+		if strings.HasPrefix(k, p) {
+			t.Errorf("the feed carries %q, under %q", k, p)
+		}
+	}
+	wantValue(t, b, p+"y", []byte("3"))
+	wantNotFound(t, b, p+"x")
+	wantKeys(t, b, "unfed", "", 0, []string{"unfed", p + "y", end + "z"})
 }
 
 // waitKeys reads the feed from c until every key in want was delivered.
