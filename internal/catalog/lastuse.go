@@ -12,10 +12,17 @@ import (
 
 // LastUse is the last recorded successful use of one key, the answer of
 // GetKeyLastUsage. It is kept under its own prefix
-// ("lastuse/<account>/<region>/<key id>"), not in the key record: it
+// ("unfed/lastuse/<account>/<region>/<key id>"), not in the key record: it
 // changes far more often than the key, and is written in batches by a
 // tracker that may lag the key's own writes. Related multi-Region keys
 // share a key id but not a Region, so each has its own record.
+//
+// The prefix is storage.UnfedPrefix: nothing caches these records (the
+// tracker reads them from the store), so their writes are left out of the
+// change feed, which halves what a key's first recorded use writes. Older
+// kmsd versions kept them at "lastuse/<account>/<region>/<key id>", in the
+// feed; those are still read (the newer of the two records wins) and
+// deleted with the key, but no longer written.
 type LastUse struct {
 	Account   string    `json:"account"`
 	Region    string    `json:"region"`
@@ -27,6 +34,12 @@ type LastUse struct {
 }
 
 func lastUsePath(account, region, id string) string {
+	return storage.UnfedPrefix + "lastuse/" + account + "/" + region + "/" + id
+}
+
+// legacyLastUsePath is where kmsd versions before storage.UnfedPrefix kept
+// the record.
+func legacyLastUsePath(account, region, id string) string {
 	return "lastuse/" + account + "/" + region + "/" + id
 }
 
@@ -37,38 +50,59 @@ const trackingStartPath = "lastuse-start"
 // ErrNotFound if none is stored. Last-use records bypass the catalog's
 // cache: their writer (the tracker in package lastuse) keeps its own.
 func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*LastUse, error) {
-	b, err := c.store.Get(ctx, lastUsePath(account, region, id))
-	if errors.Is(err, storage.ErrNotFound) {
+	var newest *LastUse
+	for _, p := range []string{lastUsePath(account, region, id), legacyLastUsePath(account, region, id)} {
+		b, err := c.store.Get(ctx, p)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("catalog: get last use: %w", err)
+		}
+		u := new(LastUse)
+		if err := json.Unmarshal(b, u); err != nil {
+			return nil, fmt.Errorf("catalog: decode last use of %s: %w", id, err)
+		}
+		if newest == nil || u.Time.After(newest.Time) {
+			newest = u
+		}
+	}
+	if newest == nil {
 		return nil, ErrNotFound
 	}
-	if err != nil {
-		return nil, fmt.Errorf("catalog: get last use: %w", err)
-	}
-	u := new(LastUse)
-	if err := json.Unmarshal(b, u); err != nil {
-		return nil, fmt.Errorf("catalog: decode last use of %s: %w", id, err)
-	}
-	return u, nil
+	return newest, nil
 }
 
 // PutLastUses stores uses in one transaction. A stored use at least as
 // recent as the given one is kept, so that two nodes sharing a store, or
 // a flush racing a slower one, never move a key's last use back in time.
+//
+// A key's first use is the common case on a large store (most keys are
+// used now and then): its record is created with one statement, and only
+// a key that has a record is read and compared — on PostgreSQL one round
+// trip a new record instead of two.
 func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
 	err := c.store.Update(ctx, func(tx storage.Tx) error {
 		for i := range uses {
 			u := &uses[i]
 			path := lastUsePath(u.Account, u.Region, u.KeyID)
+			b, err := json.Marshal(u)
+			if err != nil {
+				return err
+			}
+			err = tx.Create(ctx, path, b)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, storage.ErrExists) {
+				return err
+			}
 			if b, err := tx.Get(ctx, path); err == nil {
 				var cur LastUse
 				if json.Unmarshal(b, &cur) == nil && !cur.Time.Before(u.Time) {
 					continue
 				}
 			} else if !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
-			b, err := json.Marshal(u)
-			if err != nil {
 				return err
 			}
 			if err := tx.Put(ctx, path, b); err != nil {
@@ -83,10 +117,17 @@ func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
 	return nil
 }
 
-// DeleteLastUse removes the last use of key id of account and region, as
-// the key itself is deleted; deleting an absent record is not an error.
+// DeleteLastUse removes the last use of key id of account and region (and
+// a record an older kmsd kept), as the key itself is deleted; deleting an
+// absent record is not an error.
 func (c *Catalog) DeleteLastUse(ctx context.Context, account, region, id string) error {
-	if err := c.store.Delete(ctx, lastUsePath(account, region, id)); err != nil {
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		if err := tx.Delete(ctx, lastUsePath(account, region, id)); err != nil {
+			return err
+		}
+		return tx.Delete(ctx, legacyLastUsePath(account, region, id))
+	})
+	if err != nil {
 		return fmt.Errorf("catalog: delete last use: %w", err)
 	}
 	return nil
