@@ -176,11 +176,23 @@ func (s *Store) Close() error {
 }
 
 // Get implements storage.Reader, reading the latest committed value.
+//
+// The read runs under ctx without its cancellation (a ctx already ended is
+// refused first): a point read on a reader connection takes microseconds
+// and never waits for the writer (WAL), while a cancellable context costs
+// every query two goroutines that watch it — database/sql's for the rows
+// and the driver's, which would interrupt the statement — a tenth of a
+// read on a large store, where the data plane reads each key it has not
+// cached. The wait for a free reader connection is not cancellable
+// either; it lasts as long as the reads ahead of it, microseconds each.
 func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	if s.closed.Load() {
 		return nil, errClosed
 	}
-	return ops{st: s.r}.get(ctx, key)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return ops{st: s.r}.get(context.WithoutCancel(ctx), key)
 }
 
 // List implements storage.Reader, reading one committed snapshot.
