@@ -16,7 +16,9 @@
 // processes may open one SQLite file. The change feed (storage.Watcher)
 // and leases (storage.Leaser) are implemented here too (watch.go,
 // lease.go), so that one node and many run the same code; with SQLite's
-// single writer fn runs exactly once per Update.
+// single writer fn runs exactly once per Update. As on PostgreSQL, the
+// triggers that fill kv_changes leave out keys under storage.UnfedPrefix
+// (schema version 3; MULTINODE.md §4.3 has every write recorded).
 package sqlite
 
 import (
