@@ -233,26 +233,7 @@ func TestBackupByController(t *testing.T) {
 	if d := time.Since(took); d > 10*time.Second {
 		t.Fatalf("the new controller took %v to take the backup a change had marked due", d)
 	}
-	raw, err := sb.Get(ctx, backupPath(*bk.BackupId))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var br backupRecord
-	if err := json.Unmarshal(raw, &br); err != nil {
-		t.Fatal(err)
-	}
-	plain, err := b.open(backupContentsPath(br.ID), br.Contents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c backupContents
-	if err := json.Unmarshal(plain, &c); err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, k := range c.Keys {
-		keys = append(keys, k.Label)
-	}
+	keys := backupKeys(t, b, sb, *bk.BackupId)
 	if !slices.Contains(keys, "made-on-a") {
 		t.Fatalf("the backup holds keys %v, want made-on-a among them", keys)
 	}

@@ -96,27 +96,7 @@ type sharedStore interface {
 // it gives a Reset (reload everything), never a skipped change. On both
 // drivers.
 func TestPruneHonoursLiveCursors(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		open func(t *testing.T) sharedStore
-	}{
-		{"sqlite", func(t *testing.T) sharedStore {
-			st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "kmsd.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			return st
-		}},
-		{"postgres", func(t *testing.T) sharedStore {
-			st, err := postgres.Open(t.Context(), pgtest.URL(t), postgres.Options{MaxConns: 8})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			return st
-		}},
-	} {
+	for _, d := range sharedDrivers {
 		t.Run(d.name, func(t *testing.T) { testPruneHonoursLiveCursors(t, d.open(t)) })
 	}
 }
@@ -260,27 +240,7 @@ func testPruneHonoursLiveCursors(t *testing.T, st sharedStore) {
 // everything), never a skipped change; a node that keeps up is not reset.
 // On both drivers.
 func TestPruneBoundsStuckNodes(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		open func(t *testing.T) sharedStore
-	}{
-		{"sqlite", func(t *testing.T) sharedStore {
-			st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "kmsd.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			return st
-		}},
-		{"postgres", func(t *testing.T) sharedStore {
-			st, err := postgres.Open(t.Context(), pgtest.URL(t), postgres.Options{MaxConns: 8})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			return st
-		}},
-	} {
+	for _, d := range sharedDrivers {
 		for _, stuck := range []string{"stuck cursor", "no cursor"} {
 			t.Run(d.name+"/"+stuck, func(t *testing.T) { testPruneBoundsStuckNodes(t, d.open(t), stuck == "no cursor") })
 		}
@@ -384,4 +344,28 @@ func testPruneBoundsStuckNodes(t *testing.T, st sharedStore, noCursor bool) {
 	if n, _, reset := drain(live); reset || n < 1 {
 		t.Fatalf("from the live node's cursor: reset %v, %d changes; want b/1 without a Reset", reset, n)
 	}
+}
+
+// sharedDrivers opens a fresh store of each driver for the feed-pruning
+// tests.
+var sharedDrivers = []struct {
+	name string
+	open func(t *testing.T) sharedStore
+}{
+	{"sqlite", func(t *testing.T) sharedStore {
+		st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "kmsd.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}},
+	{"postgres", func(t *testing.T) sharedStore {
+		st, err := postgres.Open(t.Context(), pgtest.URL(t), postgres.Options{MaxConns: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}},
 }
