@@ -524,6 +524,10 @@ func (c *Controller) heartbeat(ctx context.Context) {
 	held := false
 	for {
 		var err error
+		// mine: the node lease is held by another process of this node id
+		// — most often this node's own before a crash and restart, whose
+		// lease has not expired yet.
+		mine := false
 		if held {
 			l, err = c.cfg.Leaser.Renew(ctx, l, c.cfg.TTL)
 			held = err == nil
@@ -536,6 +540,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			l, ok, err = c.cfg.Leaser.TryAcquire(ctx, name, c.holder, c.cfg.TTL)
 			held = err == nil && ok
 			if err == nil && !ok {
+				mine = true
 				c.cfg.Log.Warn("node lease held by another process with this node id", "node", c.cfg.NodeID)
 			}
 		}
@@ -552,7 +557,14 @@ func (c *Controller) heartbeat(ctx context.Context) {
 		if c.cfg.Demand != nil {
 			demand = c.cfg.Demand(at)
 		}
-		if (c.cfg.LiveNodes != nil || c.cfg.Peers != nil) && held {
+		// The live nodes are told also while the lease is held under this
+		// node id by another process: the others count this id already, so
+		// a node restarted after a crash takes the place its old process
+		// had (its quota shares) at once, rather than holding its custom
+		// key stores' quota until the old lease expires. Two live
+		// processes with one node id (a misconfiguration, logged above)
+		// would share one node's part.
+		if (c.cfg.LiveNodes != nil || c.cfg.Peers != nil) && (held || mine) {
 			c.tell(ctx)
 		}
 		if err := c.writeNode(ctx, false, at, demand); err != nil && ctx.Err() == nil {

@@ -423,3 +423,50 @@ func TestServe(t *testing.T) {
 		t.Errorf("served spans %+v: want one on %s, then one on %s with a higher epoch", r.spans, l.c.NodeID(), other.c.NodeID())
 	}
 }
+
+// TestRestartedNodeToldAtOnce: a node restarted after a crash, whose old
+// process's node lease has not expired, is told the live nodes at its
+// first heartbeat (and the others count its id already), so it does not
+// hold its custom key stores' quota until the old lease expires.
+func TestRestartedNodeToldAtOnce(t *testing.T) {
+	sts := open(t, 3)
+	// The crashed process's node lease: live for longer than the test.
+	if _, ok, err := sts[0].TryAcquire(context.Background(), NodeLeasePrefix+"a", "a-before-the-crash", time.Minute); err != nil || !ok {
+		t.Fatalf("old lease: %v, %v", ok, err)
+	}
+	var mu sync.Mutex
+	told := map[string][]Node{}
+	run := func(st *sqlite.Store, id string) {
+		c, err := New(Config{Leaser: st, Store: st, NodeID: id, TTL: 500 * time.Millisecond, Mode: Never,
+			Peers: func(nodes []Node, live int) {
+				mu.Lock()
+				defer mu.Unlock()
+				told[id] = nodes
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); c.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	run(sts[1], "b")
+	run(sts[2], "a") // the restarted process
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		var bCountsA bool
+		for _, n := range told["a"] {
+			if n.ID == "b" {
+				_, bCountsA = n.Counts["a"]
+			}
+		}
+		mu.Unlock()
+		if bCountsA {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted node was not told a live node counting it within 5 s (old lease live for a minute): %v", told["a"])
+		}
+	}
+}
