@@ -18,8 +18,6 @@ import (
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
-	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
-	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
 
 // readCounter counts the records the catalog's reads return.
@@ -89,23 +87,7 @@ func TestStoreChecksReadIndex(t *testing.T) {
 	}
 
 	// The proxy, with external keys ext and ext2.
-	kf := filepath.Join(t.TempDir(), "keys.json")
-	pass := []byte("pass")
-	for _, id := range []string{"ext", "ext2"} {
-		if err := keyfile.CreateKey(kf, pass, keyfile.MinIterations, id, []string{"ENCRYPT", "DECRYPT"}, nil, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	km, err := keyfile.Open(kf, pass, keyfile.Options{PollInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { km.Close() })
-	h, err := xksserver.New(xksserver.Options{Stores: []xksserver.StoreConfig{{Manager: km, ManagerName: "file",
-		Policy: xksserver.Policy{Credentials: []xksserver.Credential{{AccessKeyID: xksAKID, Secret: xksSecret}}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := xksProxy(t, map[string][]byte{"ext": nil, "ext2": nil})
 	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
 	kst := st // the catalog's database, as in kmsd; its reads are not counted

@@ -25,8 +25,6 @@ import (
 	"github.com/kmsd/kmsd/internal/storage/postgres"
 	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
-	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
-	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
 
 // TestMain stops the private PostgreSQL server pgtest started, if any.
@@ -252,21 +250,7 @@ func TestCreateKeyChecksStoreInDatabase(t *testing.T) {
 // the proxy about the external key, after B's check of the store; B's
 // write of the key then finds the store DISCONNECTED.
 func TestCreateExternalKeyChecksStoreInDatabase(t *testing.T) {
-	kf := filepath.Join(t.TempDir(), "keys.json")
-	pass := []byte("pass")
-	if err := keyfile.CreateKey(kf, pass, keyfile.MinIterations, "ext", []string{"ENCRYPT", "DECRYPT"}, nil, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	km, err := keyfile.Open(kf, pass, keyfile.Options{PollInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { km.Close() })
-	proxy, err := xksserver.New(xksserver.Options{Stores: []xksserver.StoreConfig{{Manager: km, ManagerName: "file",
-		Policy: xksserver.Policy{Credentials: []xksserver.Credential{{AccessKeyID: xksAKID, Secret: xksSecret}}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	proxy := xksProxy(t, map[string][]byte{"ext": nil})
 	// asked runs (once) when the proxy is asked for a key's metadata,
 	// before it answers.
 	var asked atomic.Pointer[func()]

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,8 +15,6 @@ import (
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/xks"
-	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
-	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
 
 // TestDoubleEncryption proves spec §10.8 on the bytes: a ciphertext of a
@@ -33,21 +30,7 @@ func TestDoubleEncryption(t *testing.T) {
 	// The proxy: one external key "ext" with known material.
 	material := make([]byte, 32)
 	rand.Read(material)
-	kf := filepath.Join(t.TempDir(), "keys.json")
-	pass := []byte("pass")
-	if err := keyfile.CreateKey(kf, pass, keyfile.MinIterations, "ext", []string{"ENCRYPT", "DECRYPT"}, material, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	km, err := keyfile.Open(kf, pass, keyfile.Options{PollInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { km.Close() })
-	h, err := xksserver.New(xksserver.Options{Stores: []xksserver.StoreConfig{{Manager: km, ManagerName: "file",
-		Policy: xksserver.Policy{Credentials: []xksserver.Credential{{AccessKeyID: xksAKID, Secret: xksSecret}}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := xksProxy(t, map[string][]byte{"ext": material})
 	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
 

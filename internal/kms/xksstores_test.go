@@ -3,11 +3,16 @@ package kms
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/xks/keyman/keyfile"
+	"github.com/kmsd/kmsd/internal/xks/xksserver"
 )
 
 const (
@@ -16,6 +21,31 @@ const (
 	xksSvc    = "com.amazonaws.vpce.us-east-1.vpce-svc-0000000000000001"
 	xksSvcDNS = "com.amazonaws.vpce.us-east-1.vpce-svc-0000000000000002" // private DNS name xks.example.com
 )
+
+// xksProxy is the XKS proxy's handler over a key file holding the
+// external keys named in keys, each with its material (nil: random),
+// accepting the credential xksAKID/xksSecret.
+func xksProxy(t *testing.T, keys map[string][]byte) http.Handler {
+	t.Helper()
+	kf := filepath.Join(t.TempDir(), "keys.json")
+	pass := []byte("pass")
+	for id, material := range keys {
+		if err := keyfile.CreateKey(kf, pass, keyfile.MinIterations, id, []string{"ENCRYPT", "DECRYPT"}, material, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	km, err := keyfile.Open(kf, pass, keyfile.Options{PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { km.Close() })
+	h, err := xksserver.New(xksserver.Options{Stores: []xksserver.StoreConfig{{Manager: km, ManagerName: "file",
+		Policy: xksserver.Policy{Credentials: []xksserver.Credential{{AccessKeyID: xksAKID, Secret: xksSecret}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
 
 func newXKSFixture(t *testing.T) (*fixture, *keystore.Manager) {
 	t.Helper()
