@@ -3,7 +3,6 @@ package kms
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"os"
 	"path/filepath"
@@ -52,12 +51,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	root := make([]byte, 32)
-	rand.Read(root)
-	b, err := barrier.New(root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newBarrier(t)
 	clk := &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	cat := catalog.New(st, b)
 	svc := New(cat, WithClock(clk.now))

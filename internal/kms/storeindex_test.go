@@ -2,7 +2,6 @@ package kms
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/pem"
 	"fmt"
 	"net/http/httptest"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/keystore"
@@ -55,12 +53,7 @@ func TestStoreChecksReadIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	root := make([]byte, 32)
-	rand.Read(root)
-	b, err := barrier.New(root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newBarrier(t)
 	counter := &readCounter{Store: st}
 	cat := catalog.New(counter, b)
 	if err := cat.InitStoreIndex(ctx); err != nil { // as kmsd does at start

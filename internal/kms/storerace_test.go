@@ -106,7 +106,9 @@ func newStoreNodeXKS(t *testing.T, db, cdb storage.Store, b *barrier.Barrier, h 
 	return &storeNode{svc: svc, cat: cat, m: m}
 }
 
+// newBarrier is a barrier under a fresh random root key.
 func newBarrier(t *testing.T) *barrier.Barrier {
+	t.Helper()
 	root := make([]byte, 32)
 	rand.Read(root)
 	b, err := barrier.New(root)
