@@ -103,16 +103,7 @@ func TestPruneHonoursLiveCursors(t *testing.T) {
 
 func testPruneHonoursLiveCursors(t *testing.T, st sharedStore) {
 	ctx := t.Context()
-	publish := func(id string, c *storage.Cursor) {
-		t.Helper()
-		b, err := json.Marshal(controller.Node{ID: id, Heartbeat: time.Now().UTC(), FeedCursor: c})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Put(ctx, controller.NodePrefix+id, b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publish := func(id string, c *storage.Cursor) { publishCursor(t, st, id, c) }
 	lease := func(id string) storage.Lease {
 		t.Helper()
 		l, ok, err := st.TryAcquire(ctx, controller.NodeLeasePrefix+id, id, time.Minute)
@@ -249,16 +240,7 @@ func TestPruneBoundsStuckNodes(t *testing.T) {
 
 func testPruneBoundsStuckNodes(t *testing.T, st sharedStore, noCursor bool) {
 	ctx := t.Context()
-	publish := func(id string, c *storage.Cursor) {
-		t.Helper()
-		b, err := json.Marshal(controller.Node{ID: id, Heartbeat: time.Now().UTC(), FeedCursor: c})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Put(ctx, controller.NodePrefix+id, b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publish := func(id string, c *storage.Cursor) { publishCursor(t, st, id, c) }
 	for _, id := range []string{"stuck", "live"} {
 		if _, ok, err := st.TryAcquire(ctx, controller.NodeLeasePrefix+id, id, time.Minute); err != nil || !ok {
 			t.Fatalf("node lease %s: %v %v", id, ok, err)
@@ -368,4 +350,17 @@ var sharedDrivers = []struct {
 		t.Cleanup(func() { st.Close() })
 		return st
 	}},
+}
+
+// publishCursor writes node id's record with feed cursor c, as its
+// heartbeat does.
+func publishCursor(t *testing.T, st sharedStore, id string, c *storage.Cursor) {
+	t.Helper()
+	b, err := json.Marshal(controller.Node{ID: id, Heartbeat: time.Now().UTC(), FeedCursor: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(t.Context(), controller.NodePrefix+id, b); err != nil {
+		t.Fatal(err)
+	}
 }
