@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	"github.com/kmsd/kmsd/internal/storage"
@@ -107,4 +108,25 @@ func (x keyIndex) build(ctx context.Context, st storage.Store) error {
 		}
 		after = last
 	}
+}
+
+// drop deletes index entry p of the key named name if, read in the same
+// transaction, the key's record does not have it (it changed since the
+// entry was read, was deleted, or the entry was left by a store not
+// written by the catalog).
+func (x keyIndex) drop(ctx context.Context, st storage.Store, p, name string) error {
+	err := st.Update(ctx, func(tx storage.Tx) error {
+		k, err := getKey(ctx, tx, name)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if slices.Contains(x.paths(k), p) {
+			return nil
+		}
+		return tx.Delete(ctx, p)
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: drop a stale %s index entry: %w", x.name, err)
+	}
+	return nil
 }

@@ -161,7 +161,7 @@ func (c *Catalog) anyEntry(ctx context.Context, prefix string) (bool, error) {
 			if slices.Contains(storeIndexPaths(k), e.Key) {
 				return true, nil
 			}
-			if err := c.dropStoreEntry(ctx, e.Key, name); err != nil {
+			if err := c.storeIndex().drop(ctx, c.store, e.Key, name); err != nil {
 				return false, err
 			}
 		}
@@ -170,25 +170,6 @@ func (c *Catalog) anyEntry(ctx context.Context, prefix string) (bool, error) {
 		}
 		after = es[len(es)-1].Key
 	}
-}
-
-// dropStoreEntry deletes store index entry p of the key named name if,
-// read in the same transaction, the key's record does not have it.
-func (c *Catalog) dropStoreEntry(ctx context.Context, p, name string) error {
-	err := c.store.Update(ctx, func(tx storage.Tx) error {
-		k, err := getKey(ctx, tx, name)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		if slices.Contains(storeIndexPaths(k), p) {
-			return nil
-		}
-		return tx.Delete(ctx, p)
-	})
-	if err != nil {
-		return fmt.Errorf("catalog: drop a stale store index entry: %w", err)
-	}
-	return nil
 }
 
 // checkXksKeyFree returns ErrXksKeyInUse if external key k's XksKeyId is

@@ -127,7 +127,7 @@ func (c *Catalog) DueKeys(ctx context.Context, now time.Time, fn func(k *Key) er
 				// Changed since the index was read (then its entry is
 				// another, met later or next round), or an entry left
 				// by a store not written by the catalog.
-				if err := c.dropSweepEntry(ctx, e.Key, name); err != nil {
+				if err := c.sweepIndex().drop(ctx, c.store, e.Key, name); err != nil {
 					return err
 				}
 				continue
@@ -141,25 +141,6 @@ func (c *Catalog) DueKeys(ctx context.Context, now time.Time, fn func(k *Key) er
 		}
 		after = entries[len(entries)-1].Key
 	}
-}
-
-// dropSweepEntry deletes index entry p of the key named name if, read in
-// the same transaction, the key's record does not have it.
-func (c *Catalog) dropSweepEntry(ctx context.Context, p, name string) error {
-	err := c.store.Update(ctx, func(tx storage.Tx) error {
-		k, err := getKey(ctx, tx, name)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		if sweepPath(k) == p {
-			return nil
-		}
-		return tx.Delete(ctx, p)
-	})
-	if err != nil {
-		return fmt.Errorf("catalog: drop a stale sweep index entry: %w", err)
-	}
-	return nil
 }
 
 // InitSweepIndex marks a store that has no keys yet as indexed, so that
