@@ -59,6 +59,40 @@ CREATE TRIGGER kv_changes_update AFTER UPDATE ON kv WHEN NOT (new.key >= 'unfed/
 	BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
 CREATE TRIGGER kv_changes_delete AFTER DELETE ON kv WHEN NOT (old.key >= 'unfed/' AND old.key < 'unfed0')
 	BEGIN INSERT INTO kv_changes (key) VALUES (old.key); END;`,
+	// Version 4: values longer than 320 bytes (inlineMax when this
+	// version was written) live in kv_big, named by kv.big, so that kv's
+	// B-tree holds small rows only (see inlineMax). kv is rebuilt: a
+	// million keys take ~15 s, once, and the old table's pages stay in the
+	// file as free pages that later writes reuse. Triggers keep kv_big
+	// exact: a row of kv that stops naming a kv_big row (updated or
+	// deleted) deletes it. kv_changes and its triggers are as before.
+	`CREATE TABLE kv_big (
+	id    INTEGER PRIMARY KEY,
+	value BLOB NOT NULL
+) STRICT;
+CREATE TABLE kv_new (
+	key   TEXT PRIMARY KEY NOT NULL,
+	value BLOB,
+	big   INTEGER
+) STRICT, WITHOUT ROWID;
+INSERT INTO kv_big (id, value)
+	SELECT row_number() OVER (ORDER BY key), value FROM kv WHERE length(value) > 320;
+INSERT INTO kv_new (key, value, big)
+	SELECT key, NULL, row_number() OVER (ORDER BY key) FROM kv WHERE length(value) > 320;
+INSERT INTO kv_new (key, value, big)
+	SELECT key, value, NULL FROM kv WHERE length(value) <= 320;
+DROP TABLE kv;
+ALTER TABLE kv_new RENAME TO kv;
+CREATE TRIGGER kv_changes_insert AFTER INSERT ON kv WHEN NOT (new.key >= 'unfed/' AND new.key < 'unfed0')
+	BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
+CREATE TRIGGER kv_changes_update AFTER UPDATE ON kv WHEN NOT (new.key >= 'unfed/' AND new.key < 'unfed0')
+	BEGIN INSERT INTO kv_changes (key) VALUES (new.key); END;
+CREATE TRIGGER kv_changes_delete AFTER DELETE ON kv WHEN NOT (old.key >= 'unfed/' AND old.key < 'unfed0')
+	BEGIN INSERT INTO kv_changes (key) VALUES (old.key); END;
+CREATE TRIGGER kv_big_update AFTER UPDATE ON kv WHEN old.big IS NOT NULL AND old.big IS NOT new.big
+	BEGIN DELETE FROM kv_big WHERE id = old.big; END;
+CREATE TRIGGER kv_big_delete AFTER DELETE ON kv WHEN old.big IS NOT NULL
+	BEGIN DELETE FROM kv_big WHERE id = old.big; END;`,
 }
 
 // applicationID marks a database file as kmsd's ("kmsd" in ASCII) in the

@@ -18,18 +18,44 @@ type stmts struct {
 	put       *sql.Stmt // nil on the reader
 	create    *sql.Stmt // nil on the reader
 	del       *sql.Stmt // nil on the reader
+	putRef    *sql.Stmt // nil on the reader
+	createRef *sql.Stmt // nil on the reader
+	insBig    *sql.Stmt // nil on the reader
+	delBig    *sql.Stmt // nil on the reader
 }
+
+// inlineMax is the longest value written into kv's own row; a longer one
+// is written as a row of kv_big, which kv.big names (schema version 4).
+//
+// kv is WITHOUT ROWID, so its B-tree keeps whole rows in its interior
+// pages too. With key records (~0.8 KB) inline, a million keys made it ten
+// levels deep with ~70,000 interior pages, and a point read of a key not
+// read before pulled five or six pages from the OS. With long values out
+// of line kv's rows are small (key, a short value or a row id): its
+// interior pages and kv_big's (row ids only) are a few thousand in all,
+// and a point read of a long value reads two leaf pages, kv's and
+// kv_big's. Short values — index entries (empty), last-use records, most
+// control records — stay inline, so scans of them (ListKeys pages the key
+// index) read kv alone. kv_big's ids grow, so a new long value is
+// appended at its end. A value is found whichever way it was written (the
+// reads take kv.value, or else kv_big's), so inlineMax may change between
+// versions without a migration.
+const inlineMax = 320
 
 // Prefix scans are index ranges on the primary key, never LIKE: LIKE treats
 // % and _ as wildcards and folds ASCII case. The end bound comes from
 // storage.PrefixEnd.
 const (
-	sqlGet       = `SELECT value FROM kv WHERE key = ?`
-	sqlListFrom  = `SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?`
-	sqlListAfter = `SELECT key, value FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?`
-	sqlPut       = `INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`
-	sqlCreate    = `INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`
+	sqlGet       = `SELECT coalesce(kv.value, b.value) FROM kv LEFT JOIN kv_big b ON b.id = kv.big WHERE kv.key = ?`
+	sqlListFrom  = `SELECT kv.key, coalesce(kv.value, b.value) FROM kv LEFT JOIN kv_big b ON b.id = kv.big WHERE kv.key >= ? AND kv.key < ? ORDER BY kv.key LIMIT ?`
+	sqlListAfter = `SELECT kv.key, coalesce(kv.value, b.value) FROM kv LEFT JOIN kv_big b ON b.id = kv.big WHERE kv.key > ? AND kv.key < ? ORDER BY kv.key LIMIT ?`
+	sqlPut       = `INSERT INTO kv (key, value, big) VALUES (?, ?, NULL) ON CONFLICT (key) DO UPDATE SET value = excluded.value, big = NULL`
+	sqlCreate    = `INSERT INTO kv (key, value, big) VALUES (?, ?, NULL) ON CONFLICT (key) DO NOTHING`
 	sqlDelete    = `DELETE FROM kv WHERE key = ?`
+	sqlPutRef    = `INSERT INTO kv (key, value, big) VALUES (?, NULL, ?) ON CONFLICT (key) DO UPDATE SET value = NULL, big = excluded.big`
+	sqlCreateRef = `INSERT INTO kv (key, value, big) VALUES (?, NULL, ?) ON CONFLICT (key) DO NOTHING`
+	sqlInsBig    = `INSERT INTO kv_big (value) VALUES (?)`
+	sqlDelBig    = `DELETE FROM kv_big WHERE id = ?`
 )
 
 func prepare(ctx context.Context, db *sql.DB, write bool) (_ *stmts, err error) {
@@ -53,13 +79,17 @@ func prepare(ctx context.Context, db *sql.DB, write bool) (_ *stmts, err error) 
 		prep(&st.put, sqlPut)
 		prep(&st.create, sqlCreate)
 		prep(&st.del, sqlDelete)
+		prep(&st.putRef, sqlPutRef)
+		prep(&st.createRef, sqlCreateRef)
+		prep(&st.insBig, sqlInsBig)
+		prep(&st.delBig, sqlDelBig)
 	}
 	return st, err
 }
 
 func (st *stmts) close() error {
 	var errs []error
-	for _, s := range []*sql.Stmt{st.get, st.listFrom, st.listAfter, st.put, st.create, st.del} {
+	for _, s := range []*sql.Stmt{st.get, st.listFrom, st.listAfter, st.put, st.create, st.del, st.putRef, st.createRef, st.insBig, st.delBig} {
 		if s != nil {
 			errs = append(errs, s.Close())
 		}
@@ -150,17 +180,44 @@ func (o ops) put(ctx context.Context, key string, value []byte) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
+	if len(value) > inlineMax {
+		id, err := o.insertBig(ctx, value)
+		if err != nil {
+			return fmt.Errorf("sqlite: put: %w", err)
+		}
+		if _, err := o.stmt(ctx, o.st.putRef).ExecContext(ctx, key, id); err != nil {
+			return fmt.Errorf("sqlite: put: %w", err)
+		}
+		return nil
+	}
 	if _, err := o.stmt(ctx, o.st.put).ExecContext(ctx, key, blob(value)); err != nil {
 		return fmt.Errorf("sqlite: put: %w", err)
 	}
 	return nil
 }
 
+func (o ops) insertBig(ctx context.Context, value []byte) (int64, error) {
+	res, err := o.stmt(ctx, o.st.insBig).ExecContext(ctx, value)
+	if err != nil {
+		return 0, err
+	}
+	return res.LastInsertId()
+}
+
 func (o ops) create(ctx context.Context, key string, value []byte) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
-	res, err := o.stmt(ctx, o.st.create).ExecContext(ctx, key, blob(value))
+	var res sql.Result
+	var id int64
+	var err error
+	if len(value) > inlineMax {
+		if id, err = o.insertBig(ctx, value); err == nil {
+			res, err = o.stmt(ctx, o.st.createRef).ExecContext(ctx, key, id)
+		}
+	} else {
+		res, err = o.stmt(ctx, o.st.create).ExecContext(ctx, key, blob(value))
+	}
 	if err != nil {
 		return fmt.Errorf("sqlite: create: %w", err)
 	}
@@ -169,6 +226,11 @@ func (o ops) create(ctx context.Context, key string, value []byte) error {
 		return fmt.Errorf("sqlite: create: %w", err)
 	}
 	if n == 0 {
+		if id != 0 {
+			if _, err := o.stmt(ctx, o.st.delBig).ExecContext(ctx, id); err != nil {
+				return fmt.Errorf("sqlite: create: %w", err)
+			}
+		}
 		return storage.ErrExists
 	}
 	return nil

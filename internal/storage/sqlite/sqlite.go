@@ -18,7 +18,10 @@
 // lease.go), so that one node and many run the same code; with SQLite's
 // single writer fn runs exactly once per Update. As on PostgreSQL, the
 // triggers that fill kv_changes leave out keys under storage.UnfedPrefix
-// (schema version 3; MULTINODE.md §4.3 has every write recorded).
+// (schema version 3; MULTINODE.md §4.3 has every write recorded). Since
+// schema version 4 a value longer than inlineMax bytes is kept in a table
+// of its own, kv_big, so that the key space's B-tree stays shallow on a
+// large store (see inlineMax); the contract does not see the difference.
 package sqlite
 
 import (
@@ -210,6 +213,10 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 	if s.closed.Load() {
 		return errClosed
 	}
+	if len(value) > inlineMax {
+		// A row of kv and one of kv_big: one transaction.
+		return s.update(ctx, nil, func(tx storage.Tx) error { return tx.Put(ctx, key, value) })
+	}
 	return ops{st: s.w}.put(ctx, key, value)
 }
 
@@ -217,6 +224,9 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 	if s.closed.Load() {
 		return errClosed
+	}
+	if len(value) > inlineMax {
+		return s.update(ctx, nil, func(tx storage.Tx) error { return tx.Create(ctx, key, value) })
 	}
 	return ops{st: s.w}.create(ctx, key, value)
 }
