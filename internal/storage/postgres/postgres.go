@@ -142,6 +142,7 @@ var errClosed = errors.New("postgres: store is closed")
 // may share one database.
 type Store struct {
 	pool   *pgxpool.Pool
+	gets   *batchGets // Get's coalesced point reads (getbatch.go)
 	closed atomic.Bool
 
 	// resolveFor is how long a lost COMMIT's outcome is asked for.
@@ -255,12 +256,15 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, resolveFor: 10 * time.Second, log: log}, nil
+	return &Store{pool: pool, gets: newBatchGets(pool, o.StatementTimeout), resolveFor: 10 * time.Second, log: log}, nil
 }
 
 // Close closes the pool. It is safe to call more than once.
 func (s *Store) Close() error {
 	if s.closed.CompareAndSwap(false, true) {
+		if s.gets != nil {
+			s.gets.close()
+		}
 		s.pool.Close()
 	}
 	return nil
@@ -271,7 +275,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	if s.closed.Load() {
 		return nil, errClosed
 	}
-	return get(ctx, s.pool, key)
+	return s.gets.get(ctx, key)
 }
 
 // List implements storage.Reader, reading one snapshot.
