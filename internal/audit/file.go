@@ -20,15 +20,18 @@ const DefaultBackups = 10
 // write would take it past MaxSize it is renamed PATH.1 (older ones move to
 // PATH.2 …, the oldest beyond Backups is removed) and a new PATH begun.
 // Rotation happens only between records, since Logger writes whole lines
-// through a buffer that it flushes at line boundaries.
+// through a buffer that it flushes at line boundaries. Only a regular file
+// is rotated: a device or a pipe (/dev/null, a FIFO read by a log shipper)
+// is written to as it is, and never renamed.
 type File struct {
 	path    string
 	maxSize int64
 	backups int
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	mu      sync.Mutex
+	f       *os.File
+	size    int64
+	regular bool // f is a regular file, which rotates
 }
 
 // OpenFile opens (or creates) path for appending.
@@ -59,7 +62,7 @@ func (l *File) open() error {
 		f.Close()
 		return err
 	}
-	l.f, l.size = f, st.Size()
+	l.f, l.size, l.regular = f, st.Size(), st.Mode().IsRegular()
 	return nil
 }
 
@@ -69,7 +72,7 @@ func (l *File) open() error {
 func (l *File) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.size > 0 && l.size+int64(len(p)) > l.maxSize {
+	if l.regular && l.size > 0 && l.size+int64(len(p)) > l.maxSize {
 		if err := l.rotate(); err != nil {
 			return 0, err
 		}
