@@ -86,6 +86,50 @@ type Tx interface {
 	Delete(ctx context.Context, key string) error
 }
 
+// BatchCreator is the optional capability of a Tx to create many keys in
+// one step: on PostgreSQL one statement per batch instead of one round trip
+// per key. Both drivers' Update transactions offer it; call it through the
+// function CreateBatch, which falls back to Create for a Tx without it (a
+// wrapper that adds something to Create must offer it too, adding the same,
+// or hide it).
+type BatchCreator interface {
+	// CreateBatch is Create of every entry, in order, as one operation:
+	// each entry whose key is absent is stored; each whose key is present
+	// — before the batch, or at an earlier entry of the same batch — is
+	// left untouched and reported by exists[i] (len(exists) ==
+	// len(entries)), which is not an error. Every key is validated before
+	// anything is written: an invalid key fails the whole batch with
+	// ErrInvalidKey and writes nothing. Created keys enter the change feed
+	// as Create's do. On any other error some entries may have been
+	// written; the caller returns the error and Update drops them.
+	CreateBatch(ctx context.Context, entries []Entry) (exists []bool, err error)
+}
+
+// CreateBatch creates entries in tx with tx's BatchCreator, or with one
+// Create per entry when tx has none, and reports which keys existed (see
+// BatchCreator). The results are the same either way.
+func CreateBatch(ctx context.Context, tx Tx, entries []Entry) ([]bool, error) {
+	if bc, ok := tx.(BatchCreator); ok {
+		return bc.CreateBatch(ctx, entries)
+	}
+	for _, e := range entries {
+		if err := ValidateKey(e.Key); err != nil {
+			return nil, err
+		}
+	}
+	exists := make([]bool, len(entries))
+	for i, e := range entries {
+		err := tx.Create(ctx, e.Key, e.Value)
+		switch {
+		case errors.Is(err, ErrExists):
+			exists[i] = true
+		case err != nil:
+			return nil, err
+		}
+	}
+	return exists, nil
+}
+
 // Store is a database holding one key space.
 //
 // Each Tx method called on the Store itself runs as one durable transaction

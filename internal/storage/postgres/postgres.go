@@ -161,10 +161,11 @@ type Store struct {
 }
 
 var (
-	_ storage.Store   = (*Store)(nil)
-	_ storage.Watcher = (*Store)(nil)
-	_ storage.Leaser  = (*Store)(nil)
-	_ storage.Clock   = (*Store)(nil)
+	_ storage.BatchCreator = (*tx)(nil)
+	_ storage.Store        = (*Store)(nil)
+	_ storage.Watcher      = (*Store)(nil)
+	_ storage.Leaser       = (*Store)(nil)
+	_ storage.Clock        = (*Store)(nil)
 )
 
 // Open connects to the database named by url (a postgres:// URL or a
@@ -708,6 +709,99 @@ RETURNING pg_current_xact_id()::text`, key, bytea(value)).Scan(&xid)
 	}
 	t.xid = xid
 	return nil
+}
+
+// A CreateBatch statement carries at most batchRows entries and about
+// batchBytes of keys and values: PostgreSQL takes at most 1 GB in one
+// message or array, and every statement must end within
+// statement_timeout. A larger batch is sent in several statements.
+const (
+	batchRows  = 10000
+	batchBytes = 16 << 20
+)
+
+// sqlCreateBatch creates a chunk of entries in one statement and returns
+// the keys it created. The caller removes duplicate keys first, so that no
+// key is in a chunk twice.
+const sqlCreateBatch = `INSERT INTO kv (key, value) SELECT k, v FROM unnest($1::text[], $2::bytea[]) AS u(k, v)
+ON CONFLICT (key) DO NOTHING RETURNING key, pg_current_xact_id()::text`
+
+// CreateBatch implements storage.BatchCreator: one INSERT … SELECT FROM
+// unnest … ON CONFLICT DO NOTHING per chunk of entries, one round trip
+// where Create needs one per key.
+func (t *tx) CreateBatch(ctx context.Context, entries []storage.Entry) ([]bool, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	for _, e := range entries {
+		if err := storage.ValidateKey(e.Key); err != nil {
+			return nil, err
+		}
+	}
+	exists := make([]bool, len(entries))
+	seen := make(map[string]bool, len(entries))
+	var (
+		keys []string
+		vals [][]byte
+		at   []int // index in entries of keys[j]
+		size int
+	)
+	flush := func() error {
+		if len(keys) == 0 {
+			return nil
+		}
+		created, err := t.createChunk(ctx, keys, vals)
+		if err != nil {
+			return err
+		}
+		for j, k := range keys {
+			exists[at[j]] = !created[k]
+		}
+		keys, vals, at, size = keys[:0], vals[:0], at[:0], 0
+		return nil
+	}
+	for i, e := range entries {
+		if seen[e.Key] {
+			exists[i] = true // created (or found) at an earlier entry
+			continue
+		}
+		seen[e.Key] = true
+		keys, vals, at = append(keys, e.Key), append(vals, bytea(e.Value)), append(at, i)
+		size += len(e.Key) + len(e.Value)
+		if len(keys) >= batchRows || size >= batchBytes {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return exists, nil
+}
+
+// createChunk runs sqlCreateBatch and returns the set of keys created.
+func (t *tx) createChunk(ctx context.Context, keys []string, vals [][]byte) (map[string]bool, error) {
+	rows, err := t.tx.Query(ctx, sqlCreateBatch, keys, vals)
+	if err != nil {
+		return nil, t.note(fmt.Errorf("postgres: create batch: %w", err))
+	}
+	defer rows.Close()
+	created := make(map[string]bool, len(keys))
+	var key, xid string
+	for rows.Next() {
+		if err := rows.Scan(&key, &xid); err != nil {
+			return nil, t.note(fmt.Errorf("postgres: create batch: %w", err))
+		}
+		created[key] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, t.note(fmt.Errorf("postgres: create batch: %w", err))
+	}
+	if len(created) > 0 {
+		t.xid = xid
+	}
+	return created, nil
 }
 
 func (t *tx) Delete(ctx context.Context, key string) error {

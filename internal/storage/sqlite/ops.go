@@ -236,6 +236,33 @@ func (o ops) create(ctx context.Context, key string, value []byte) error {
 	return nil
 }
 
+// createBatch is create of each entry, with the statement prepared on the
+// transaction once for all of them; the keys are all validated first.
+func (o ops) createBatch(ctx context.Context, entries []storage.Entry) ([]bool, error) {
+	for _, e := range entries {
+		if err := storage.ValidateKey(e.Key); err != nil {
+			return nil, err
+		}
+	}
+	exists := make([]bool, len(entries))
+	if len(entries) == 0 {
+		return exists, nil
+	}
+	st := o.stmt(ctx, o.st.create)
+	for i, e := range entries {
+		res, err := st.ExecContext(ctx, e.Key, blob(e.Value))
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: create batch: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: create batch: %w", err)
+		}
+		exists[i] = n == 0
+	}
+	return exists, nil
+}
+
 func (o ops) delete(ctx context.Context, key string) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err

@@ -63,10 +63,11 @@ type Store struct {
 }
 
 var (
-	_ storage.Store   = (*Store)(nil)
-	_ storage.Watcher = (*Store)(nil)
-	_ storage.Leaser  = (*Store)(nil)
-	_ storage.Clock   = (*Store)(nil)
+	_ storage.BatchCreator = (*tx)(nil)
+	_ storage.Store        = (*Store)(nil)
+	_ storage.Watcher      = (*Store)(nil)
+	_ storage.Leaser       = (*Store)(nil)
+	_ storage.Clock        = (*Store)(nil)
 )
 
 // Open opens the database file at path, creating it with mode 0600 if it
@@ -321,6 +322,15 @@ func (t *tx) Create(ctx context.Context, key string, value []byte) error {
 		return errTxDone
 	}
 	return t.create(ctx, key, value)
+}
+
+// CreateBatch implements storage.BatchCreator: Create's statement, bound
+// to the transaction once, run for each entry.
+func (t *tx) CreateBatch(ctx context.Context, entries []storage.Entry) ([]bool, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	return t.createBatch(ctx, entries)
 }
 
 func (t *tx) Delete(ctx context.Context, key string) error {

@@ -30,13 +30,15 @@ import (
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
-// Run tests the contract of storage.Store. open must return a new, empty
-// store each time it is called.
+// Run tests the contract of storage.Store, and of storage.BatchCreator,
+// which the Tx of the store's Update must offer. open must return a new,
+// empty store each time it is called.
 func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("Get", func(t *testing.T) { testGet(t, open) })
 	t.Run("Put", func(t *testing.T) { testPut(t, open) })
 	t.Run("Create", func(t *testing.T) { testCreate(t, open) })
 	t.Run("Delete", func(t *testing.T) { testDelete(t, open) })
+	t.Run("CreateBatch", func(t *testing.T) { testCreateBatch(t, open) })
 	t.Run("Values", func(t *testing.T) { testValues(t, open) })
 	t.Run("ValuesNotShared", func(t *testing.T) { testValuesNotShared(t, open) })
 	t.Run("Keys", func(t *testing.T) { testKeys(t, open) })
