@@ -78,34 +78,38 @@ func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*Las
 // a flush racing a slower one, never move a key's last use back in time.
 //
 // A key's first use is the common case on a large store (most keys are
-// used now and then): its record is created with one statement, and only
-// a key that has a record is read and compared — on PostgreSQL one round
-// trip a new record instead of two.
+// used now and then): all records are created in one storage.CreateBatch
+// — on PostgreSQL one statement for the whole flush rather than one round
+// trip a use — and only the keys that already had a record are read,
+// compared and put, in the order of uses.
 func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
+	entries := make([]storage.Entry, len(uses))
+	for i := range uses {
+		u := &uses[i]
+		b, err := json.Marshal(u)
+		if err != nil {
+			return fmt.Errorf("catalog: put last uses: %w", err)
+		}
+		entries[i] = storage.Entry{Key: lastUsePath(u.Account, u.Region, u.KeyID), Value: b}
+	}
 	err := c.store.Update(ctx, func(tx storage.Tx) error {
-		for i := range uses {
-			u := &uses[i]
-			path := lastUsePath(u.Account, u.Region, u.KeyID)
-			b, err := json.Marshal(u)
-			if err != nil {
-				return err
-			}
-			err = tx.Create(ctx, path, b)
-			if err == nil {
+		exists, err := storage.CreateBatch(ctx, tx, entries)
+		if err != nil {
+			return err
+		}
+		for i, e := range entries {
+			if !exists[i] {
 				continue
 			}
-			if !errors.Is(err, storage.ErrExists) {
-				return err
-			}
-			if b, err := tx.Get(ctx, path); err == nil {
+			if b, err := tx.Get(ctx, e.Key); err == nil {
 				var cur LastUse
-				if json.Unmarshal(b, &cur) == nil && !cur.Time.Before(u.Time) {
+				if json.Unmarshal(b, &cur) == nil && !cur.Time.Before(uses[i].Time) {
 					continue
 				}
 			} else if !errors.Is(err, storage.ErrNotFound) {
 				return err
 			}
-			if err := tx.Put(ctx, path, b); err != nil {
+			if err := tx.Put(ctx, e.Key, e.Value); err != nil {
 				return err
 			}
 		}

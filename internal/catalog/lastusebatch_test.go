@@ -1,0 +1,215 @@
+package catalog
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
+	"github.com/kmsd/kmsd/internal/storage/sqlite"
+)
+
+// TestMain stops the private PostgreSQL server pgtest started, if it
+// started one (KMSD_TEST_DATABASE_URL unset outside CI).
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// lastUseDrivers open n catalogs on one new database of each driver, as n
+// nodes sharing it have.
+var lastUseDrivers = []struct {
+	name string
+	open func(t testing.TB, n int) []*Catalog
+}{
+	{"sqlite", func(t testing.TB, n int) []*Catalog {
+		path := filepath.Join(t.TempDir(), "kmsd.db")
+		return catalogsOn(t, n, func() (storage.Store, error) { return sqlite.Open(context.Background(), path) })
+	}},
+	{"postgres", func(t testing.TB, n int) []*Catalog {
+		url := pgtest.URL(t)
+		return catalogsOn(t, n, func() (storage.Store, error) {
+			return postgres.Open(context.Background(), url, postgres.Options{MaxConns: 4, MinConns: 1})
+		})
+	}},
+}
+
+func catalogsOn(t testing.TB, n int, open func() (storage.Store, error)) []*Catalog {
+	t.Helper()
+	root := make([]byte, 32)
+	rand.Read(root)
+	b, err := barrier.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs []*Catalog
+	for range n {
+		st, err := open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		cs = append(cs, New(st, b))
+	}
+	return cs
+}
+
+// TestPutLastUsesBatch: one flush mixing first uses, uses of keys whose
+// stored use is older (replaced) or newer or as recent (kept), a key used
+// twice in the flush, and a key with only an older kmsd's legacy record,
+// on both drivers; and the same flush made through a store whose Tx offers
+// no storage.BatchCreator gives the same records.
+func TestPutLastUsesBatch(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	const acct, region = "111122223333", "us-east-1"
+	use := func(id, op string, at time.Time) LastUse {
+		return LastUse{Account: acct, Region: region, KeyID: id, Operation: op, Time: at, EventID: "ev-" + op + id, RequestID: "req-" + op}
+	}
+	for _, d := range lastUseDrivers {
+		for _, batched := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/batch=%v", d.name, batched), func(t *testing.T) {
+				ctx := t.Context()
+				c := d.open(t, 1)[0]
+				if !batched {
+					c = New(plainStore{c.store}, c.barrier)
+				}
+				// Stored before the flush.
+				if err := c.PutLastUses(ctx, []LastUse{
+					use("older", "Encrypt", t0),
+					use("newer", "Sign", t0.Add(time.Hour)),
+					use("same", "Verify", t0),
+				}); err != nil {
+					t.Fatal(err)
+				}
+				legacy, _ := json.Marshal(use("legacy", "Decrypt", t0.Add(2*time.Hour)))
+				if err := c.store.Put(ctx, legacyLastUsePath(acct, region, "legacy"), legacy); err != nil {
+					t.Fatal(err)
+				}
+				flush := []LastUse{
+					use("new1", "Encrypt", t0),
+					use("older", "ReEncrypt", t0.Add(time.Minute)), // replaces
+					use("twice", "Encrypt", t0.Add(time.Minute)),   // first use, then
+					use("newer", "Encrypt", t0.Add(time.Minute)),   // kept: stored is newer
+					use("same", "Decrypt", t0),                     // kept: as recent
+					use("twice", "Sign", t0.Add(2*time.Minute)),    // a newer one in the same flush
+					use("legacy", "Encrypt", t0.Add(time.Minute)),  // the legacy record is newer
+					use("new2", "GenerateDataKey", t0.Add(time.Second)),
+					use("twice", "Verify", t0.Add(time.Second)), // and an older one: ignored
+				}
+				for i := range 300 {
+					flush = append(flush, use(fmt.Sprintf("bulk-%03d", i), "Encrypt", t0.Add(time.Duration(i)*time.Millisecond)))
+				}
+				if err := c.PutLastUses(ctx, flush); err != nil {
+					t.Fatal(err)
+				}
+				want := map[string]LastUse{
+					"new1":   use("new1", "Encrypt", t0),
+					"new2":   use("new2", "GenerateDataKey", t0.Add(time.Second)),
+					"older":  use("older", "ReEncrypt", t0.Add(time.Minute)),
+					"newer":  use("newer", "Sign", t0.Add(time.Hour)),
+					"same":   use("same", "Verify", t0),
+					"twice":  use("twice", "Sign", t0.Add(2*time.Minute)),
+					"legacy": use("legacy", "Decrypt", t0.Add(2*time.Hour)),
+				}
+				for i := range 300 {
+					id := fmt.Sprintf("bulk-%03d", i)
+					want[id] = use(id, "Encrypt", t0.Add(time.Duration(i)*time.Millisecond))
+				}
+				for id, w := range want {
+					got, err := c.LastUse(ctx, acct, region, id)
+					if err != nil || *got != w {
+						t.Errorf("%s: %+v, %v; want %+v", id, got, err, w)
+					}
+				}
+				// The legacy record is left as it was; the new one beside it
+				// holds the flushed use.
+				if b, err := c.store.Get(ctx, legacyLastUsePath(acct, region, "legacy")); err != nil || string(b) != string(legacy) {
+					t.Errorf("legacy record changed: %s, %v", b, err)
+				}
+				var cur LastUse
+				b, err := c.store.Get(ctx, lastUsePath(acct, region, "legacy"))
+				if err != nil || json.Unmarshal(b, &cur) != nil || cur.Operation != "Encrypt" {
+					t.Errorf("new record beside the legacy one: %s, %v", b, err)
+				}
+			})
+		}
+	}
+}
+
+// TestPutLastUsesConcurrent: nodes flushing overlapping batches at once
+// (first uses of the same keys among them) never move a key's last use
+// back: each key ends with the latest use any node flushed.
+func TestPutLastUsesConcurrent(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	const nodes, keys, rounds = 3, 200, 4
+	for _, d := range lastUseDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			cs := d.open(t, nodes)
+			at := func(n, r, k int) time.Time {
+				// Each node's uses of a key are at times the others' are
+				// not, interleaved differently for each key.
+				return t0.Add(time.Duration((r*nodes+(n+k)%nodes)*1000+k) * time.Millisecond)
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, nodes*rounds)
+			for n, c := range cs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					// Rounds in reverse: each node also flushes older uses
+					// after newer ones, as a slow flush racing a fast one.
+					for r := rounds - 1; r >= 0; r-- {
+						var uses []LastUse
+						for k := range keys {
+							uses = append(uses, LastUse{Account: "111122223333", Region: "us-east-1",
+								KeyID: fmt.Sprintf("k-%03d", k), Operation: fmt.Sprintf("n%d-r%d", n, r), Time: at(n, r, k)})
+						}
+						if err := c.PutLastUses(ctx, uses); err != nil {
+							errs <- err
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			for k := range keys {
+				var latest time.Time
+				for n := range nodes {
+					if a := at(n, rounds-1, k); a.After(latest) {
+						latest = a
+					}
+				}
+				got, err := cs[0].LastUse(ctx, "111122223333", "us-east-1", fmt.Sprintf("k-%03d", k))
+				if err != nil || !got.Time.Equal(latest) {
+					t.Fatalf("k-%03d: %+v, %v; want the use at %v", k, got, err, latest)
+				}
+			}
+		})
+	}
+}
+
+// plainStore hands out Txs without storage.BatchCreator, so that the
+// catalog takes storage.CreateBatch's fallback.
+type plainStore struct{ storage.Store }
+
+func (s plainStore) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	return s.Store.Update(ctx, func(tx storage.Tx) error {
+		if _, ok := tx.(storage.BatchCreator); !ok {
+			return errors.New("the driver's Tx does not offer storage.BatchCreator")
+		}
+		return fn(plainTx{tx})
+	})
+}
+
+type plainTx struct{ storage.Tx }
