@@ -470,3 +470,58 @@ func TestRestartedNodeToldAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestFenceBatch: a storage.CreateBatch in a fenced Update — as the
+// catalog's PutLastUses makes — runs in the fenced transaction on both
+// drivers: with the driver's own BatchCreator while the lease is held,
+// and refused (nothing created) once another holder took the lease.
+func TestFenceBatch(t *testing.T) {
+	for _, d := range drivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := context.Background()
+			sts := d.open(t, 2)
+			old, ok, err := sts[0].TryAcquire(ctx, LeaseName, "a", 300*time.Millisecond)
+			if err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			fa, fb := Fence(sts[0]), Fence(sts[1])
+			batch := func(f storage.Store, l storage.Lease, keys ...string) error {
+				var es []storage.Entry
+				for _, k := range keys {
+					es = append(es, storage.Entry{Key: k, Value: []byte(k)})
+				}
+				return f.Update(WithLease(ctx, l), func(tx storage.Tx) error {
+					if _, ok := tx.(storage.BatchCreator); !ok {
+						t.Errorf("the fenced Update's Tx (%T) does not offer storage.BatchCreator", tx)
+					}
+					_, err := storage.CreateBatch(ctx, tx, es)
+					return err
+				})
+			}
+			if err := batch(fa, old, "b/1", "unfed/b/1"); err != nil {
+				t.Fatalf("fenced batch while held: %v", err)
+			}
+			time.Sleep(400 * time.Millisecond) // "a" paused past its lease
+			cur, ok, err := sts[1].TryAcquire(ctx, LeaseName, "b", time.Minute)
+			if err != nil || !ok || cur.Epoch != old.Epoch+1 {
+				t.Fatalf("takeover: %+v %v %v", cur, ok, err)
+			}
+			if err := batch(fa, old, "b/2", "unfed/b/2", "b/1"); !errors.Is(err, storage.ErrFenced) {
+				t.Errorf("batch with the old lease: %v, want ErrFenced", err)
+			}
+			for _, k := range []string{"b/2", "unfed/b/2"} {
+				if _, err := sts[1].Get(ctx, k); !errors.Is(err, storage.ErrNotFound) {
+					t.Errorf("%s: %v, want absent after a refused batch", k, err)
+				}
+			}
+			if err := batch(fb, cur, "b/2", "b/3"); err != nil {
+				t.Errorf("batch with the current lease: %v", err)
+			}
+			for _, k := range []string{"b/1", "unfed/b/1", "b/2", "b/3"} {
+				if v, err := sts[0].Get(ctx, k); err != nil || string(v) != k {
+					t.Errorf("%s = %q, %v; want it created by an allowed batch", k, v, err)
+				}
+			}
+		})
+	}
+}
