@@ -324,8 +324,8 @@ func (t *tx) Create(ctx context.Context, key string, value []byte) error {
 	return t.create(ctx, key, value)
 }
 
-// CreateBatch implements storage.BatchCreator: Create's statement, bound
-// to the transaction once, run for each entry.
+// CreateBatch implements storage.BatchCreator with multi-row INSERTs
+// (ops.createBatch).
 func (t *tx) CreateBatch(ctx context.Context, entries []storage.Entry) ([]bool, error) {
 	if t.done.Load() {
 		return nil, errTxDone
