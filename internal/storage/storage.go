@@ -22,6 +22,10 @@
 // a reader starts from the zero Cursor and gets a Reset carrying the
 // position to continue from, and that TryAcquire by the current holder
 // renews its lease at the same epoch.
+//
+// One optional capability is a transaction's: BatchCreator, creating many
+// keys in one step (one statement on PostgreSQL), which the Tx of both
+// drivers' Updates offers and the function CreateBatch uses when it can.
 package storage
 
 import (
