@@ -45,6 +45,14 @@
 // found committed after the fact to survive a failover: found committed
 // on the primary is not yet on the standby.
 //
+// The Tx of Update offers storage.BatchCreator: CreateBatch sends one
+// INSERT … SELECT FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO
+// NOTHING RETURNING key per chunk of up to batchRows entries, where Create
+// is a round trip per key. For 8,000 new keys in one transaction it took
+// about a third of the time of 8,000 Creates and half that of a pgx
+// pipeline of 8,000 single-row INSERTs (which still has the server parse,
+// plan and run 8,000 statements).
+//
 // Get and List outside Update are single statements on the pool (each its
 // own snapshot). Put, Create and Delete on the Store are one-statement
 // Updates, so they get the same retry and commit resolution.
