@@ -300,3 +300,63 @@ func testFeedCreateBatch(t *testing.T, open func(t *testing.T) (a, b SharedStore
 		t.Errorf("feed after the batch = %v, want %v", got, want)
 	}
 }
+
+// testSharedCreateBatch: two handles batch-creating overlapping keys at
+// once create each key once: of the two batches that hold a key, exactly
+// one reports it created, and its value is that batch's.
+func testSharedCreateBatch(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	const n, rounds = 200, 5
+	for r := range rounds {
+		batchOf := func(who string, from int) []storage.Entry {
+			var es []storage.Entry
+			for i := from; i < from+n; i++ {
+				es = append(es, storage.Entry{Key: fmt.Sprintf("sc/%d/%04d", r, i), Value: []byte(who)})
+			}
+			return es
+		}
+		esA, esB := batchOf("a", 0), batchOf("b", n/2)
+		var existsA, existsB []bool
+		errs := make(chan error, 2)
+		run := func(s SharedStore, es []storage.Entry, exists *[]bool) {
+			errs <- s.Update(ctx, func(tx storage.Tx) error {
+				var err error
+				*exists, err = storage.CreateBatch(ctx, tx, es)
+				return err
+			})
+		}
+		go run(a, esA, &existsA)
+		go run(b, esB, &existsB)
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		created := map[string]string{}
+		for _, side := range []struct {
+			who    string
+			es     []storage.Entry
+			exists []bool
+		}{{"a", esA, existsA}, {"b", esB, existsB}} {
+			for i, e := range side.es {
+				if side.exists[i] {
+					continue
+				}
+				if prev, dup := created[e.Key]; dup {
+					t.Fatalf("round %d: %s created by both %s and %s", r, e.Key, prev, side.who)
+				}
+				created[e.Key] = side.who
+			}
+		}
+		es := mustList(t, a, fmt.Sprintf("sc/%d/", r), "", 0)
+		if len(es) != n+n/2 || len(created) != len(es) {
+			t.Fatalf("round %d: %d keys stored, %d reported created; want %d", r, len(es), len(created), n+n/2)
+		}
+		for _, e := range es {
+			if string(e.Value) != created[e.Key] {
+				t.Fatalf("round %d: %s holds %q, but %q reported creating it", r, e.Key, e.Value, created[e.Key])
+			}
+		}
+	}
+}

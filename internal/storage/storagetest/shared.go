@@ -44,6 +44,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FeedPruneResets", func(t *testing.T) { testFeedPrune(t, open) })
 	t.Run("FeedLeavesOutUnfed", func(t *testing.T) { testFeedUnfed(t, open) })
 	t.Run("FeedCreateBatch", func(t *testing.T) { testFeedCreateBatch(t, open) })
+	t.Run("CreateBatchConcurrent", func(t *testing.T) { testSharedCreateBatch(t, open) })
 	t.Run("LeaseTakeoverAfterExpiry", func(t *testing.T) { testLeaseTakeover(t, open) })
 	t.Run("LeaseLive", func(t *testing.T) { testLeaseLive(t, open) })
 	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })
