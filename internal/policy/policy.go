@@ -196,19 +196,35 @@ func (p *Policy) Principals() []PrincipalRef {
 
 // DefaultKeyPolicy is the key policy KMS attaches when CreateKey has none,
 // byte for byte as GetKeyPolicy returns it: the account's root may do
-// everything, which hands the decision to the account's IAM policies.
+// everything, which hands the decision to the account's IAM policies. It
+// depends on the account alone.
 func DefaultKeyPolicy(account string) string {
-	return `{
+	return defaultHead + account + defaultTail
+}
+
+// IsDefaultKeyPolicy says whether doc is, byte for byte,
+// DefaultKeyPolicy(account), without making that text.
+func IsDefaultKeyPolicy(doc, account string) bool {
+	return len(doc) == len(defaultHead)+len(account)+len(defaultTail) &&
+		doc[:len(defaultHead)] == defaultHead &&
+		doc[len(defaultHead):len(defaultHead)+len(account)] == account &&
+		doc[len(defaultHead)+len(account):] == defaultTail
+}
+
+// The default key policy around its account.
+const (
+	defaultHead = `{
   "Version" : "2012-10-17",
   "Id" : "key-default-1",
   "Statement" : [ {
     "Sid" : "Enable IAM User Permissions",
     "Effect" : "Allow",
     "Principal" : {
-      "AWS" : "arn:aws:iam::` + account + `:root"
+      "AWS" : "arn:aws:iam::`
+	defaultTail = `:root"
     },
     "Action" : "kms:*",
     "Resource" : "*"
   } ]
 }`
-}
+)

@@ -558,6 +558,37 @@ func TestDefaultKeyPolicy(t *testing.T) {
 	golden(t, "default_key_policy.golden", DefaultKeyPolicy("111122223333"))
 }
 
+// TestIsDefaultKeyPolicy: exactly DefaultKeyPolicy's text for the same
+// account is the default; any other byte, or another account, is not.
+func TestIsDefaultKeyPolicy(t *testing.T) {
+	const acct = "111122223333"
+	def := DefaultKeyPolicy(acct)
+	for _, tc := range []struct {
+		name, doc, account string
+		want               bool
+	}{
+		{"same account", def, acct, true},
+		{"other account's default", DefaultKeyPolicy("444455556666"), acct, false},
+		{"default of a shorter account", DefaultKeyPolicy("11112222333"), acct, false},
+		{"for another account", def, "444455556666", false},
+		{"empty account", DefaultKeyPolicy(""), "", true},
+		{"trailing newline", def + "\n", acct, false},
+		{"one byte changed", strings.Replace(def, "kms:*", "kms:+", 1), acct, false},
+		{"compact form", `{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}`, acct, false},
+		{"empty", "", acct, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := IsDefaultKeyPolicy(tc.doc, tc.account); got != tc.want {
+				t.Errorf("IsDefaultKeyPolicy = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	ok := false
+	if n := testing.AllocsPerRun(100, func() { ok = IsDefaultKeyPolicy(def, acct) }); n != 0 || !ok {
+		t.Errorf("IsDefaultKeyPolicy allocates %v times", n)
+	}
+}
+
 func TestPrincipals(t *testing.T) {
 	p := mustParse(t, `{"Version":"2012-10-17","Statement":[
 		{"Effect":"Allow","Principal":{"AWS":["111122223333","arn:aws:iam::111122223333:user/alice"]},"Action":"kms:*","Resource":"*"},
