@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
@@ -125,4 +126,37 @@ func BenchmarkScanKeys(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/float64(n), "cpu-ns/key")
+}
+
+// BenchmarkDecodeKey decodes one key record as a read that misses the
+// cache does (Catalog.Key): a record as CreateKey writes it, with the
+// default key policy left out, and the same record as kmsd before data
+// format level 2 wrote it, the policy inline:
+//
+//	go test -run - -bench DecodeKey -benchtime 2s -count 3 ./internal/catalog/
+func BenchmarkDecodeKey(b *testing.B) {
+	c := newCatalog(b)
+	k := realKey(b, c, "00000001-0000-4000-8000-000000000000")
+	elided, err := encodeKey(k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	inline, err := json.Marshal(k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		rec  []byte
+	}{{"elided", elided}, {"inline", inline}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := decodeKey(bc.rec, &c.policies); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(bc.rec)), "record-bytes")
+		})
+	}
 }

@@ -19,6 +19,9 @@ import (
 
 const testAccount = "111122223333"
 
+// testPolicy is testAccount's default key policy, as CreateKey gives it.
+var testPolicy = policy.DefaultKeyPolicy(testAccount)
+
 // realKey is a key record as CreateKey makes it: random AES-256 material
 // sealed by c's barrier, its KeyMaterialId, the account's default policy,
 // and a description naming it, so a read can tell one record from another.
@@ -33,7 +36,7 @@ func realKey(t testing.TB, c *Catalog, id string) *Key {
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	return &Key{ID: id, Account: testAccount, Region: "us-east-1", Created: now, Description: "key " + id,
 		KeyUsage: keys.EncryptDecrypt, KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled,
-		Policy: policy.DefaultKeyPolicy(testAccount), Current: 1,
+		Policy: testPolicy, Current: 1,
 		Versions: []Version{{Number: 1, Created: now, Sealed: sealed, MaterialID: c.MaterialID(id, material)}}}
 }
 

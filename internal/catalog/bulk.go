@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -18,7 +17,7 @@ import (
 func (c *Catalog) CreateKeys(ctx context.Context, ks []*Key) error {
 	bs := make([][]byte, len(ks))
 	for i, k := range ks {
-		b, err := json.Marshal(k)
+		b, err := encodeKey(k)
 		if err != nil {
 			return err
 		}
@@ -63,8 +62,8 @@ func (c *Catalog) ScanKeys(ctx context.Context, fn func(k *Key) error) error {
 			return fmt.Errorf("catalog: scan keys: %w", err)
 		}
 		for _, e := range entries {
-			k := new(Key)
-			if err := json.Unmarshal(e.Value, k); err != nil {
+			k, err := decodeKey(e.Value, &c.policies)
+			if err != nil {
 				return fmt.Errorf("catalog: decode key %s: %w", e.Key[len("key/"):], err)
 			}
 			if err := fn(k); err != nil {

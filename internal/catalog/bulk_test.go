@@ -18,7 +18,7 @@ func bulkKey(t *testing.T, c *Catalog, id string) *Key {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	return &Key{ID: id, Account: "111122223333", Region: "us-east-1", Created: now, KeyUsage: keys.EncryptDecrypt,
+	return &Key{ID: id, Account: testAccount, Region: "us-east-1", Created: now, KeyUsage: keys.EncryptDecrypt,
 		KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled, Policy: "{}", Current: 1,
 		Versions: []Version{{Number: 1, Created: now, Sealed: sealed}}}
 }

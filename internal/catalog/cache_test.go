@@ -54,7 +54,7 @@ func twoNodes(t *testing.T, maxStale time.Duration) (a, b node) {
 
 func sharedKey(t *testing.T, n node, id string) *Key {
 	t.Helper()
-	k := &Key{ID: id, Account: "111122223333", Region: "us-east-1", State: keys.Enabled, KeyUsage: "ENCRYPT_DECRYPT", KeySpec: "SYMMETRIC_DEFAULT", Origin: "AWS_KMS", Created: time.Now()}
+	k := &Key{ID: id, Account: testAccount, Policy: testPolicy, Region: "us-east-1", State: keys.Enabled, KeyUsage: "ENCRYPT_DECRYPT", KeySpec: "SYMMETRIC_DEFAULT", Origin: "AWS_KMS", Created: time.Now()}
 	if err := n.cat.CreateKey(t.Context(), k); err != nil {
 		t.Fatal(err)
 	}

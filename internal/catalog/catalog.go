@@ -36,6 +36,15 @@
 // store, and every external key under its store and XksKeyId
 // (storeindex.go), so that DeleteCustomKeyStore and CreateKey in an
 // external key store read one index entry rather than every key.
+//
+// A key record is the JSON of its Key without the policy text when that
+// is the default key policy of the key's account (record.go), as it is
+// for nearly every key: a symmetric key's record is then ~480 bytes
+// instead of ~810, and reading it puts back one shared copy of the text
+// per account, so every reader sees the policy it would have seen inline.
+// Records written before (the text inline) read as they did. An older
+// kmsd would read such a record as a key without a policy, hence data
+// format level 2 (package release).
 package catalog
 
 import (
@@ -128,7 +137,7 @@ type Key struct {
 	State                keys.State `json:"state"`
 	DeletionDate         *time.Time `json:"deletionDate,omitempty"`
 	PendingWindowInDays  int32      `json:"pendingWindow,omitempty"`
-	Policy               string     `json:"policy"`
+	Policy               string     `json:"policy,omitempty"` // omitted when the default (record.go)
 	Tags                 []Tag      `json:"tags,omitempty"`
 	RotationEnabled      bool       `json:"rotationEnabled,omitempty"`
 	RotationPeriodInDays int32      `json:"rotationPeriod,omitempty"`
@@ -282,7 +291,7 @@ func (c *Catalog) CreateKey(ctx context.Context, k *Key) error {
 // transactions commits second sees the other. check may run more than
 // once (storage.Store.Update) and must read only through tx.
 func (c *Catalog) CreateKeyIf(ctx context.Context, k *Key, check func(ctx context.Context, tx storage.Reader) error) error {
-	b, err := json.Marshal(k)
+	b, err := encodeKey(k)
 	if err != nil {
 		return err
 	}
@@ -350,11 +359,10 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("catalog: get key: %w", err)
 	}
-	k := new(Key)
-	if err := json.Unmarshal(b, k); err != nil {
+	k, err := decodeKey(b, &c.policies)
+	if err != nil {
 		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
 	}
-	k.Policy = c.policies.share(k.Policy)
 	c.fill(p, g, func() { c.putKey(id, k) })
 	return k, nil
 }
@@ -378,7 +386,8 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 		if err := fn(next); err != nil {
 			return callerError{err}
 		}
-		b, err := json.Marshal(next)
+		next.Policy = c.policies.share(next.Policy)
+		b, err := encodeKey(next)
 		if err != nil {
 			return err
 		}
@@ -406,8 +415,8 @@ func getKey(ctx context.Context, tx storage.Reader, id string) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := new(Key)
-	if err := json.Unmarshal(b, k); err != nil {
+	k, err := decodeKey(b, nil)
+	if err != nil {
 		return nil, fmt.Errorf("catalog: decode key %s: %w", id, err)
 	}
 	return k, nil
@@ -522,8 +531,8 @@ func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 			return fmt.Errorf("catalog: scan keys: %w", err)
 		}
 		for _, e := range entries {
-			k := new(Key)
-			if err := json.Unmarshal(e.Value, k); err != nil {
+			k, err := decodeKey(e.Value, &c.policies)
+			if err != nil {
 				return fmt.Errorf("catalog: decode %s: %w", e.Key, err)
 			}
 			if err := fn(k); err != nil {
@@ -739,13 +748,19 @@ func (c *Catalog) listAliases(ctx context.Context, account, region string) ([]*A
 	return out, nil
 }
 
+// clone is a deep copy of k, sharing its policy text (strings are
+// immutable).
 func clone(k *Key) (*Key, error) {
 	b, err := json.Marshal(k)
 	if err != nil {
 		return nil, err
 	}
 	n := new(Key)
-	return n, json.Unmarshal(b, n)
+	if err := json.Unmarshal(b, n); err != nil {
+		return nil, err
+	}
+	n.Policy = k.Policy
+	return n, nil
 }
 
 // OpenAnyMaterial opens the sealed material of one stored key, the first in
@@ -788,7 +803,7 @@ func (c *Catalog) CreateAll(ctx context.Context, ks []*Key, as []*Alias, gs []*G
 		}
 	}
 	for i, k := range ks {
-		if kb[i], err = json.Marshal(k); err != nil {
+		if kb[i], err = encodeKey(k); err != nil {
 			return err
 		}
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
-func newCatalog(t *testing.T) *Catalog {
+func newCatalog(t testing.TB) *Catalog {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "kmsd.db"))
 	if err != nil {
@@ -41,7 +41,7 @@ func TestMaterial(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
-	k := &Key{ID: "k1", Account: "111122223333", Region: "us-east-1", Created: now, KeyUsage: keys.SignVerify,
+	k := &Key{ID: "k1", Account: testAccount, Policy: testPolicy, Region: "us-east-1", Created: now, KeyUsage: keys.SignVerify,
 		KeySpec: "ECC_NIST_P256", Origin: "AWS_KMS", State: keys.Enabled, Current: 1,
 		Versions: []Version{{Number: 1, Created: now, Sealed: sealed, Public: []byte("spki")}}}
 	if err := c.CreateKey(ctx, k); err != nil {

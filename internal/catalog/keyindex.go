@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -83,8 +82,8 @@ func (x keyIndex) build(ctx context.Context, st storage.Store) error {
 			}
 			n = len(entries)
 			for _, e := range entries {
-				k := new(Key)
-				if err := json.Unmarshal(e.Value, k); err != nil {
+				k, err := decodeKey(e.Value, nil)
+				if err != nil {
 					return fmt.Errorf("decode %s: %w", e.Key, err)
 				}
 				for _, p := range x.paths(k) {

@@ -27,7 +27,7 @@ func TestVersionMaterialID(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
-	k := &Key{ID: "k1", Account: "111122223333", Region: "us-east-1", Created: now, KeyUsage: keys.EncryptDecrypt,
+	k := &Key{ID: "k1", Account: testAccount, Policy: testPolicy, Region: "us-east-1", Created: now, KeyUsage: keys.EncryptDecrypt,
 		KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled, Current: 2,
 		Versions: []Version{
 			{Number: 1, Created: now, Sealed: s1}, // written before kmsd stored ids

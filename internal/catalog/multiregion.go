@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"slices"
 	"time"
@@ -135,7 +134,8 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 			if deleted[k.Name()] {
 				continue
 			}
-			v, err := json.Marshal(k)
+			k.Policy = c.policies.share(k.Policy)
+			v, err := encodeKey(k)
 			if err != nil {
 				return err
 			}
@@ -147,7 +147,8 @@ func (c *Catalog) UpdateRelated(ctx context.Context, name string, fn func(ks []*
 			}
 		}
 		for _, k := range b.creates {
-			v, err := json.Marshal(k)
+			k.Policy = c.policies.share(k.Policy)
+			v, err := encodeKey(k)
 			if err != nil {
 				return err
 			}

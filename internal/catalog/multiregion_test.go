@@ -20,7 +20,7 @@ func TestUpdateRelated(t *testing.T) {
 	const id = "mrk-00112233445566778899aabbccddeeff"
 	now := time.Now().UTC()
 	mk := func(region string, replicas ...string) *Key {
-		return &Key{ID: id, Account: "111122223333", Region: region, Created: now, KeyUsage: keys.EncryptDecrypt,
+		return &Key{ID: id, Account: testAccount, Policy: testPolicy, Region: region, Created: now, KeyUsage: keys.EncryptDecrypt,
 			KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled, Current: 1,
 			PrimaryRegion: "us-east-1", ReplicaRegions: replicas}
 	}

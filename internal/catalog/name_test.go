@@ -26,7 +26,7 @@ func TestRelatedKeysByRegion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &Key{ID: id, Account: "111122223333", Region: region, Created: now, KeyUsage: keys.EncryptDecrypt,
+		return &Key{ID: id, Account: testAccount, Policy: testPolicy, Region: region, Created: now, KeyUsage: keys.EncryptDecrypt,
 			KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled, Current: 1,
 			Versions: []Version{{Number: 1, Created: now, Sealed: sealed}}}
 	}

@@ -21,7 +21,7 @@ func createSealed(t *testing.T, c *Catalog, id string, secret []byte) *Key {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
-	k := &Key{ID: id, Account: "111122223333", Region: "us-east-1", Created: now, KeyUsage: keys.SignVerify,
+	k := &Key{ID: id, Account: testAccount, Policy: testPolicy, Region: "us-east-1", Created: now, KeyUsage: keys.SignVerify,
 		KeySpec: "ECC_NIST_P256", Origin: "AWS_KMS", State: keys.Enabled, Current: 1,
 		Versions: []Version{{Number: 1, Created: now, Sealed: sealed, Public: []byte("spki of " + id)}}}
 	if err := c.CreateKey(context.Background(), k); err != nil {

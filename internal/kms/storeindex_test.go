@@ -14,6 +14,7 @@ import (
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/policy"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
@@ -72,7 +73,7 @@ func TestStoreChecksReadIndex(t *testing.T) {
 		for j := i; j < i+1000; j++ {
 			batch = append(batch, &catalog.Key{ID: fmt.Sprintf("%08d-4444-4000-8000-000000000000", j), Account: f.caller.Account,
 				Region: f.caller.Region, Created: clk.now(), KeyUsage: keys.EncryptDecrypt, KeySpec: keys.Symmetric,
-				Origin: "AWS_KMS", State: keys.Enabled, Current: 1})
+				Origin: "AWS_KMS", State: keys.Enabled, Policy: policy.DefaultKeyPolicy(f.caller.Account), Current: 1})
 		}
 		if err := cat.CreateKeys(ctx, batch); err != nil {
 			t.Fatal(err)

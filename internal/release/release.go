@@ -25,7 +25,14 @@ import (
 //	   (sched/…) and the custom key store index (storekey/…, xkskey/…)
 //	   that sweeps, DeleteCustomKeyStore and CreateKey in an external key
 //	   store read instead of every key record.
-const DataLevel = 1
+//	2  a key record whose key policy is, byte for byte, the default key
+//	   policy of its account is written without the policy member
+//	   (internal/catalog, record.go); reading puts the default back. An
+//	   older kmsd would read such a key as having no policy (allowing
+//	   nothing) and, updating it, write an empty policy member, which
+//	   level 2 reads as the default again. Records written inline by
+//	   older levels are read unchanged.
+const DataLevel = 2
 
 // version is set at build time with
 // -ldflags "-X github.com/kmsd/kmsd/internal/release.version=v1.2.3".

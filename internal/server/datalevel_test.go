@@ -109,9 +109,10 @@ func TestDataLevelStart(t *testing.T) {
 			base.DataDir = t.TempDir()
 			base.Listen = "127.0.0.1:0"
 
-			// A "newer" node (level 2) opens the database: the start-up
-			// steps of Run up to the raise.
-			t.Setenv(dataLevelEnv, "2")
+			// A newer node (this release's level + 1) opens the database:
+			// the start-up steps of Run up to the raise.
+			newer, older := release.DataLevel+1, release.DataLevel
+			t.Setenv(dataLevelEnv, fmt.Sprint(newer))
 			cfg := base
 			if err := cfg.Validate(); err != nil {
 				t.Fatal(err)
@@ -121,29 +122,30 @@ func TestDataLevelStart(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			if err := checkDataLevel(ctx, st, db, 2); err != nil {
+			if err := checkDataLevel(ctx, st, db, newer); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := openBarrier(ctx, cfg, st, db, log); err != nil {
 				t.Fatal(err)
 			}
-			if err := raiseDataLevel(ctx, st, db, 2, log); err != nil {
+			if err := raiseDataLevel(ctx, st, db, newer, log); err != nil {
 				t.Fatal(err)
 			}
-			if min, err := controller.MinLevel(ctx, st); err != nil || min != 2 {
-				t.Fatalf("minimum after a level-2 start = %d, %v", min, err)
+			if min, err := controller.MinLevel(ctx, st); err != nil || min != newer {
+				t.Fatalf("minimum after a level-%d start = %d, %v", newer, min, err)
 			}
 			head := feedHead(t, st)
 			before := dbState(t, st, head)
-			if err := raiseDataLevel(ctx, st, db, 2, log); err != nil {
+			if err := raiseDataLevel(ctx, st, db, newer, log); err != nil {
 				t.Fatal(err)
 			}
 			if after := dbState(t, st, head); after != before {
 				t.Errorf("a second start at the same level wrote:\n%s\n->\n%s", before, after)
 			}
 
-			// An "older" node (level 1) is refused by Run itself.
-			t.Setenv(dataLevelEnv, "1")
+			// A node of this release's level, older than the database, is
+			// refused by Run itself.
+			t.Setenv(dataLevelEnv, fmt.Sprint(older))
 			old := base
 			if d.name == "postgres" {
 				old.DataDir = t.TempDir() // a node of its own
@@ -151,9 +153,9 @@ func TestDataLevelStart(t *testing.T) {
 			filesBefore, _ := os.ReadDir(old.DataDir)
 			err = Run(ctx, old, io.Discard, log)
 			if !errors.Is(err, controller.ErrOutdated) {
-				t.Fatalf("Run at level 1 on a level-2 database: %v; want ErrOutdated", err)
+				t.Fatalf("Run at level %d on a level-%d database: %v; want ErrOutdated", older, newer, err)
 			}
-			for _, w := range []string{"data format level 2", "writes level 1", db.desc, "Upgrade this node"} {
+			for _, w := range []string{fmt.Sprintf("data format level %d", newer), fmt.Sprintf("writes level %d", older), db.desc, "Upgrade this node"} {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("refusal %q lacks %q", err, w)
 				}

@@ -15,6 +15,7 @@ import (
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/identity"
+	"github.com/kmsd/kmsd/internal/policy"
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
@@ -156,7 +157,7 @@ func TestOpenBarrierUpgrade(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			k := &catalog.Key{ID: "k1", Account: "111122223333", Region: "us-east-1", Versions: []catalog.Version{{Number: 1, Sealed: sealed}}, Current: 1}
+			k := &catalog.Key{ID: "k1", Account: "111122223333", Region: "us-east-1", Policy: policy.DefaultKeyPolicy("111122223333"), Versions: []catalog.Version{{Number: 1, Sealed: sealed}}, Current: 1}
 			if err := cat.CreateKey(ctx, k); err != nil {
 				t.Fatal(err)
 			}
