@@ -128,35 +128,42 @@ func BenchmarkScanKeys(b *testing.B) {
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/float64(n), "cpu-ns/key")
 }
 
-// BenchmarkDecodeKey decodes one key record as a read that misses the
-// cache does (Catalog.Key): a record as CreateKey writes it, with the
-// default key policy left out, and the same record as kmsd before data
-// format level 2 wrote it, the policy inline:
+// BenchmarkDecodeKey decodes key records as reads that miss the cache do
+// (Catalog.Key), cycling through 1,000 distinct records: as CreateKey
+// writes them, the default key policy left out ("elided"), and as kmsd
+// before data format level 2 wrote them, the policy inline ("inline"):
 //
 //	go test -run - -bench DecodeKey -benchtime 2s -count 3 ./internal/catalog/
 func BenchmarkDecodeKey(b *testing.B) {
 	c := newCatalog(b)
-	k := realKey(b, c, "00000001-0000-4000-8000-000000000000")
-	elided, err := encodeKey(k)
-	if err != nil {
-		b.Fatal(err)
-	}
-	inline, err := json.Marshal(k)
-	if err != nil {
-		b.Fatal(err)
+	const n = 1000
+	var elided, inline [][]byte
+	for i := range n {
+		k := realKey(b, c, fmt.Sprintf("%08d-0000-4000-8000-000000000000", i))
+		e, err := encodeKey(k)
+		if err != nil {
+			b.Fatal(err)
+		}
+		in, err := json.Marshal(k)
+		if err != nil {
+			b.Fatal(err)
+		}
+		elided, inline = append(elided, e), append(inline, in)
 	}
 	for _, bc := range []struct {
 		name string
-		rec  []byte
+		recs [][]byte
 	}{{"elided", elided}, {"inline", inline}} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
-				if _, err := decodeKey(bc.rec, &c.policies); err != nil {
+				if _, err := decodeKey(bc.recs[i%n], &c.policies); err != nil {
 					b.Fatal(err)
 				}
+				i++
 			}
-			b.ReportMetric(float64(len(bc.rec)), "record-bytes")
+			b.ReportMetric(float64(len(bc.recs[0])), "record-bytes")
 		})
 	}
 }

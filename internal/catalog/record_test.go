@@ -7,8 +7,12 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
+	jsonv2 "github.com/go-json-experiment/json"
+
+	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/policy"
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -306,5 +310,134 @@ func TestDecodeKeySharesDefault(t *testing.T) {
 	full := testing.AllocsPerRun(100, func() { decodeKey(inline, &c.policies) })
 	if elided >= full {
 		t.Errorf("decoding the elided record makes %v allocations, the inline one %v", elided, full)
+	}
+}
+
+// fullKey is a key record with every member set (checked by
+// allMembersSet), with texts that need escaping.
+func fullKey(t *testing.T, c *Catalog, account, pol, desc string) *Key {
+	t.Helper()
+	k := realKey(t, c, "mrk-00112233445566778899aabbccddeeff")
+	due := time.Date(2026, 3, 4, 5, 6, 7, 891_000_000, time.UTC)
+	local := time.Date(2026, 3, 4, 5, 6, 7, 0, time.FixedZone("", 2*3600))
+	k.Account, k.Policy, k.Description = account, pol, desc
+	k.CustomKeyStoreID, k.XksKeyID = "cks-1234567890abcdef0", "xks-"+desc
+	k.State = keys.PendingDeletion
+	k.DeletionDate, k.PendingWindowInDays = &due, 7
+	k.Tags = []Tag{{Key: "k2", Value: ""}, {Key: "k\"1", Value: desc}}
+	k.RotationEnabled, k.RotationPeriodInDays, k.NextRotation = true, 90, &local
+	k.Rotations = []Rotation{{Date: due, Type: "ON_DEMAND"}, {Date: local, Type: "AUTOMATIC"}}
+	k.Versions = append(k.Versions, Version{Number: 2, Created: local, Sealed: []byte{0, 1, 2, 255}, Public: []byte("pub"),
+		MaterialID: strings.Repeat("ab", 32), ImportState: "IMPORTED", ExpirationModel: "KEY_MATERIAL_EXPIRES",
+		ValidTo: &due, MaterialDescription: desc, Derived: true})
+	k.Current = 2
+	k.PrimaryRegion, k.ReplicaRegions = "us-east-1", []string{"eu-west-1", "ap-southeast-2"}
+	k.Pending = &Transition{Kind: TransitionPrimary, Due: due, Restore: keys.Enabled, PrimaryRegion: "eu-west-1"}
+	k.LocalKMS = true
+	return k
+}
+
+// allMembersSet fails the test if a field of v (a struct, through pointers
+// and the first element of slices) is its zero value, so that a member
+// added to Key later is covered by TestDecodeKeyLikeV1 once it is set in
+// fullKey.
+func allMembersSet(t *testing.T, path string, v reflect.Value) {
+	t.Helper()
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			t.Errorf("%s is nil", path)
+			return
+		}
+		allMembersSet(t, path, v.Elem())
+	case reflect.Struct:
+		if v.Type() == reflect.TypeFor[time.Time]() {
+			if v.Interface().(time.Time).IsZero() {
+				t.Errorf("%s is zero", path)
+			}
+			return
+		}
+		for i := range v.NumField() {
+			allMembersSet(t, path+"."+v.Type().Field(i).Name, v.Field(i))
+		}
+	case reflect.Slice:
+		if v.Len() == 0 {
+			t.Errorf("%s is empty", path)
+			return
+		}
+		if v.Type().Elem().Kind() != reflect.Uint8 {
+			allMembersSet(t, path+"[last]", v.Index(v.Len()-1))
+		}
+	default:
+		if v.IsZero() {
+			t.Errorf("%s is zero", path)
+		}
+	}
+}
+
+// TestDecodeKeyLikeV1: decodeKey (go-json-experiment/json) reads what
+// encodeKey writes exactly as encoding/json does — every member, texts
+// that need escaping, invalid UTF-8 (which encoding/json writes as
+// U+FFFD), times in other zones — and a record the stricter decoder
+// refuses (a duplicate member) is still read as encoding/json reads it.
+func TestDecodeKeyLikeV1(t *testing.T) {
+	c := newCatalog(t)
+	v1 := func(b []byte) *Key {
+		t.Helper()
+		k := new(Key)
+		if err := json.Unmarshal(b, k); err != nil {
+			t.Fatal(err)
+		}
+		if k.Policy == "" {
+			k.Policy = policy.DefaultKeyPolicy(k.Account)
+		}
+		return k
+	}
+	allMembersSet(t, "Key", reflect.ValueOf(fullKey(t, c, testAccount, customPolicy, "x")))
+	for _, tc := range []struct{ name, account, policy, desc string }{
+		{"default policy", testAccount, testPolicy, "plain"},
+		{"custom policy", testAccount, customPolicy, "plain"},
+		{"other account", "444455556666", policy.DefaultKeyPolicy("444455556666"), "plain"},
+		{"escapes", testAccount, testPolicy, "q\"b\\s/<>&\u2028\u2029\t\n\x01 é 鍵 🔑"},
+		{"invalid UTF-8", testAccount, testPolicy, "bad \xff\xfe end"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := fullKey(t, c, tc.account, tc.policy, tc.desc)
+			rec, err := encodeKey(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The fast decoder itself reads it, not the fallback.
+			if err := jsonv2.Unmarshal(rec, new(Key)); err != nil {
+				t.Fatalf("go-json-experiment/json refuses the record: %v", err)
+			}
+			got, err := decodeKey(rec, &c.policies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := v1(rec); !reflect.DeepEqual(got, want) {
+				t.Errorf("decodeKey:\n%+v\nencoding/json:\n%+v", got, want)
+			}
+			if got.Policy != tc.policy {
+				t.Errorf("policy %q, want %q", got.Policy, tc.policy)
+			}
+		})
+	}
+	// The stricter decoder refuses a duplicate member; the record is read
+	// as encoding/json reads it (the last one wins).
+	rec, err := encodeKey(fullKey(t, c, testAccount, testPolicy, "first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := append(rec[:len(rec)-1:len(rec)-1], `,"description":"second"}`...)
+	got, err := decodeKey(dup, &c.policies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := v1(dup); got.Description != "second" || !reflect.DeepEqual(got, want) {
+		t.Errorf("record with a duplicate member:\n%+v\nencoding/json:\n%+v", got, want)
+	}
+	if _, err := decodeKey([]byte(`{"id":`), &c.policies); err == nil {
+		t.Error("a truncated record decoded")
 	}
 }
