@@ -17,9 +17,9 @@ const policyTextLimit = 256
 // otherwise holds a copy of its own: with the default policy (269 bytes)
 // sharing it took a cached key from 2,154 to 1,866 bytes of heap
 // (TestCacheMemoryPerKey); a longer custom policy saves its whole size
-// per key. The default policy of each account is kept by account too, for
-// the records stored without it (record.go), and is the same copy that
-// records with the text inline share.
+// per key. The default policy of each account is also kept by account, for
+// the records stored without it (record.go); it is made through share, so
+// records holding the text inline (written by older kmsd) share it too.
 type policyTexts struct {
 	c        *lru.Cache[string, string]
 	defaults *lru.Cache[string, string] // account → its default policy, a text of c

@@ -8,6 +8,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/kmsapi"
 	"github.com/kmsd/kmsd/internal/policy"
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 // storedPolicy reads the stored record of the key id of region through
@@ -33,14 +34,28 @@ func storedPolicy(t *testing.T, f *fixture, region, id string) (string, bool) {
 	return s, true
 }
 
-// TestDefaultPolicyNotStored (issue #16): keys given the default key
-// policy — by CreateKey of every kind (symmetric, asymmetric, HMAC,
-// imported, multi-Region) and by ReplicateKey — are stored without its
-// text, and GetKeyPolicy and authorization answer as before, from the
-// cache and from a service that reads the records afresh. A custom policy
-// is stored inline; PutKeyPolicy back to the default text drops it again.
+// TestDefaultPolicyNotStored (issue #16): on both drivers, keys given the
+// default key policy — by CreateKey of every kind (symmetric, asymmetric,
+// HMAC, imported, multi-Region) and by ReplicateKey — are stored without
+// its text, and GetKeyPolicy and authorization answer as before, from the
+// cache and from a service on another handle of the database that reads
+// the records afresh. A custom policy is stored inline; PutKeyPolicy back
+// to the default text drops it again.
 func TestDefaultPolicyNotStored(t *testing.T) {
-	f := newMRFixture(t)
+	for _, d := range sharedDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			a, b := d.open(t)
+			f := newMRFixture(t)
+			f.db = a
+			f.cat = catalog.New(a, f.barrier)
+			f.svc = New(f.cat, WithClock(f.clock.now))
+			t.Cleanup(f.svc.Close)
+			testDefaultPolicyNotStored(t, f, b)
+		})
+	}
+}
+
+func testDefaultPolicyNotStored(t *testing.T, f *mrFixture, other storage.Store) {
 	ctx := context.Background()
 	def := policy.DefaultKeyPolicy(f.caller.Account)
 	type key struct{ name, region, id, policy string }
@@ -77,7 +92,7 @@ func TestDefaultPolicyNotStored(t *testing.T) {
 		t.Helper()
 		// A second service over the same database, nothing cached: its
 		// reads decode the stored records.
-		fresh := New(catalog.New(f.db, f.barrier), WithClock(f.clock.now))
+		fresh := New(catalog.New(other, f.barrier), WithClock(f.clock.now))
 		defer fresh.Close()
 		for _, k := range ks {
 			text, inline := storedPolicy(t, f.fixture, k.region, k.id)
