@@ -64,7 +64,9 @@ func benchStore(b *testing.B, n int) (*Catalog, []string) {
 // BenchmarkRandomKey reads random keys as Encrypt does (record and
 // AES-GCM instance) from 16 goroutines, on a store of 1,000 keys (all
 // cached after the first reads) and one of KMSD_BENCH_KEYS (default
-// 100,000), whose random reads mostly miss the cache:
+// 100,000), whose random reads mostly miss the cache; KMSD_BENCH_CACHE
+// sets the catalog's cache size (default DefaultCacheSize), so that a
+// smaller store's reads miss too:
 //
 //	KMSD_BENCH_DIR=/tmp/kb KMSD_BENCH_KEYS=1000000 go test -run - -bench RandomKey -benchtime 5s ./internal/catalog/
 func BenchmarkRandomKey(b *testing.B) {
@@ -78,6 +80,13 @@ func BenchmarkRandomKey(b *testing.B) {
 	for _, n := range []int{1000, large} {
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
 			c, ids := benchStore(b, n)
+			if s := os.Getenv("KMSD_BENCH_CACHE"); s != "" {
+				size, err := strconv.Atoi(s)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.SetCacheSize(size)
+			}
 			// Warm as the e2e test does: a second of reads.
 			for range min(n, 20000) {
 				readKey(b, c, ids[mrand.IntN(n)])
