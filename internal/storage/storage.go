@@ -23,9 +23,12 @@
 // position to continue from, and that TryAcquire by the current holder
 // renews its lease at the same epoch.
 //
-// One optional capability is a transaction's: BatchCreator, creating many
-// keys in one step (one statement on PostgreSQL), which the Tx of both
-// drivers' Updates offers and the function CreateBatch uses when it can.
+// Three optional capabilities are a transaction's, each doing in one step
+// (one statement per chunk on PostgreSQL) what the Tx does key by key:
+// BatchCreator (Create), BatchGetter (Get) and BatchPutter (Put). The Tx of
+// both drivers' Updates offers all three, and the functions CreateBatch,
+// GetBatch and PutBatch use them when they can, falling back to the
+// per-key methods with the same results.
 package storage
 
 import (
@@ -132,6 +135,88 @@ func CreateBatch(ctx context.Context, tx Tx, entries []Entry) ([]bool, error) {
 		}
 	}
 	return exists, nil
+}
+
+// BatchGetter is the optional capability of a Tx to read many keys in one
+// step: on PostgreSQL one statement per chunk of keys instead of one round
+// trip per key. Both drivers' Update transactions offer it; call it
+// through the function GetBatch, which falls back to Get for a Tx without
+// it.
+type BatchGetter interface {
+	// GetBatch is Get of every key as one operation: values[i]
+	// (len(values) == len(keys)) is the value stored at keys[i], or nil
+	// when the key is absent, which is not an error; a present empty
+	// value is empty and not nil. A key repeated in keys gets its value at
+	// each position, each a copy of its own. Every key is validated before
+	// anything is read: an invalid key fails the whole batch with
+	// ErrInvalidKey. The reads are the transaction's as Get's are: they see
+	// its own writes, and every key read — present or absent — counts as
+	// read for its serializability, so that a concurrent transaction that
+	// writes one of them cannot both commit with it unless one ran wholly
+	// after the other.
+	GetBatch(ctx context.Context, keys []string) (values [][]byte, err error)
+}
+
+// BatchPutter is the optional capability of a Tx to put many keys in one
+// step: on PostgreSQL one statement per chunk of entries instead of one
+// round trip per key. Both drivers' Update transactions offer it; call it
+// through the function PutBatch, which falls back to Put for a Tx without
+// it (a wrapper that adds something to Put must offer it too, adding the
+// same, or hide it).
+type BatchPutter interface {
+	// PutBatch is Put of every entry, in order, as one operation: each key
+	// ends up holding the value of its last entry in the batch. Every key
+	// is validated before anything is written: an invalid key fails the
+	// whole batch with ErrInvalidKey and writes nothing. Put keys enter the
+	// change feed as Put's do (once each at least; under UnfedPrefix not
+	// at all). On any other error some entries may have been written; the
+	// caller returns the error and Update drops them.
+	PutBatch(ctx context.Context, entries []Entry) error
+}
+
+// GetBatch reads keys in tx with tx's BatchGetter, or with one Get per key
+// when tx has none (see BatchGetter). The results are the same either way.
+func GetBatch(ctx context.Context, tx Tx, keys []string) ([][]byte, error) {
+	if bg, ok := tx.(BatchGetter); ok {
+		return bg.GetBatch(ctx, keys)
+	}
+	for _, k := range keys {
+		if err := ValidateKey(k); err != nil {
+			return nil, err
+		}
+	}
+	values := make([][]byte, len(keys))
+	for i, k := range keys {
+		v, err := tx.Get(ctx, k)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			return nil, err
+		default:
+			values[i] = v
+		}
+	}
+	return values, nil
+}
+
+// PutBatch puts entries in tx with tx's BatchPutter, or with one Put per
+// entry when tx has none (see BatchPutter). The results are the same
+// either way.
+func PutBatch(ctx context.Context, tx Tx, entries []Entry) error {
+	if bp, ok := tx.(BatchPutter); ok {
+		return bp.PutBatch(ctx, entries)
+	}
+	for _, e := range entries {
+		if err := ValidateKey(e.Key); err != nil {
+			return err
+		}
+	}
+	for _, e := range entries {
+		if err := tx.Put(ctx, e.Key, e.Value); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Store is a database holding one key space.

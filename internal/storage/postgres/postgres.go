@@ -170,6 +170,8 @@ type Store struct {
 
 var (
 	_ storage.BatchCreator = (*tx)(nil)
+	_ storage.BatchGetter  = (*tx)(nil)
+	_ storage.BatchPutter  = (*tx)(nil)
 	_ storage.Store        = (*Store)(nil)
 	_ storage.Watcher      = (*Store)(nil)
 	_ storage.Leaser       = (*Store)(nil)

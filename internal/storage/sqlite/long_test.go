@@ -237,3 +237,67 @@ func TestMigrateToLongValues(t *testing.T) {
 		t.Fatalf("kv_changes grew by %d for one fed and one unfed write, want 1", after-before)
 	}
 }
+
+// TestLongValuesBatch: PutBatch moves values across inlineMax in every
+// direction, a key repeated in a batch among them, and GetBatch reads them
+// back; the layout stays exact, and a rolled-back batch leaves nothing.
+func TestLongValuesBatch(t *testing.T) {
+	ctx := t.Context()
+	s := openAt(t, t.TempDir())
+	want := map[string][]byte{}
+	batch := func(es []storage.Entry, keep bool) {
+		t.Helper()
+		err := s.Update(ctx, func(tx storage.Tx) error {
+			if err := tx.(storage.BatchPutter).PutBatch(ctx, es); err != nil {
+				return err
+			}
+			keys := make([]string, len(es))
+			for i, e := range es {
+				keys[i] = e.Key
+			}
+			vs, err := tx.(storage.BatchGetter).GetBatch(ctx, keys)
+			if err != nil {
+				return err
+			}
+			last := map[string][]byte{}
+			for _, e := range es {
+				last[e.Key] = e.Value
+			}
+			for i, k := range keys {
+				if !bytes.Equal(vs[i], last[k]) {
+					return fmt.Errorf("GetBatch: %q = %d bytes, want %d", k, len(vs[i]), len(last[k]))
+				}
+			}
+			if !keep {
+				return errRollbackBatch
+			}
+			return nil
+		})
+		if keep && err != nil || !keep && !errors.Is(err, errRollbackBatch) {
+			t.Fatalf("batch of %d: %v", len(es), err)
+		}
+		if keep {
+			for _, e := range es {
+				want[e.Key] = e.Value
+			}
+		}
+	}
+	keys := []string{"at", "over", "empty", "big"}
+	for i, n := range []int{inlineMax, inlineMax + 1, 5000, 10, 0, 3000, inlineMax, 100_000} {
+		var es []storage.Entry
+		for j, k := range keys {
+			// Each key at a size of its own, and the first put twice with
+			// the other size.
+			m := []int{inlineMax, inlineMax + 1, 5000, 10, 0, 3000, inlineMax, 100_000}[(i+j)%8]
+			es = append(es, storage.Entry{Key: k, Value: value(fmt.Sprint(k, i), m)})
+		}
+		es = append([]storage.Entry{{Key: keys[0], Value: value("first", n)}}, es...)
+		es = append(es, storage.Entry{Key: "n" + fmt.Sprint(i), Value: value("n", n)})
+		batch(es, true)
+		layout(t, s, want)
+	}
+	batch([]storage.Entry{{Key: "at", Value: value("r", 4000)}, {Key: "big", Value: value("r", 3)}, {Key: "gone", Value: value("g", 900)}}, false)
+	layout(t, s, want)
+}
+
+var errRollbackBatch = errors.New("roll back")

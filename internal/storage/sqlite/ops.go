@@ -305,6 +305,50 @@ func (o ops) createBatch(ctx context.Context, entries []storage.Entry) ([]bool, 
 	return exists, nil
 }
 
+// getBatch reads keys one by one with the prepared point read, bound to
+// the transaction once: SQLite runs in this process, so a statement per
+// key costs no round trip, only the read itself. The keys are all
+// validated first.
+func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
+	for _, k := range keys {
+		if err := storage.ValidateKey(k); err != nil {
+			return nil, err
+		}
+	}
+	st := o.stmt(ctx, o.st.get)
+	values := make([][]byte, len(keys))
+	for i, k := range keys {
+		var v []byte
+		err := st.QueryRowContext(ctx, k).Scan(&v)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, fmt.Errorf("sqlite: get batch: %w", err)
+		default:
+			values[i] = blob(v) // an empty BLOB scans as nil
+		}
+	}
+	return values, nil
+}
+
+// putBatch puts entries one by one as put does, in order, so that the last
+// entry of a key wins and kv_big stays exact (put's statements and the
+// triggers of schema version 4 keep it so). The keys are all validated
+// first.
+func (o ops) putBatch(ctx context.Context, entries []storage.Entry) error {
+	for _, e := range entries {
+		if err := storage.ValidateKey(e.Key); err != nil {
+			return err
+		}
+	}
+	for _, e := range entries {
+		if err := o.put(ctx, e.Key, e.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // queryKeys runs st, which returns keys, and adds them to keys.
 func queryKeys(ctx context.Context, st *sql.Stmt, args []any, keys map[string]bool) error {
 	rows, err := st.QueryContext(ctx, args...)

@@ -64,6 +64,8 @@ type Store struct {
 
 var (
 	_ storage.BatchCreator = (*tx)(nil)
+	_ storage.BatchGetter  = (*tx)(nil)
+	_ storage.BatchPutter  = (*tx)(nil)
 	_ storage.Store        = (*Store)(nil)
 	_ storage.Watcher      = (*Store)(nil)
 	_ storage.Leaser       = (*Store)(nil)
@@ -331,6 +333,22 @@ func (t *tx) CreateBatch(ctx context.Context, entries []storage.Entry) ([]bool, 
 		return nil, errTxDone
 	}
 	return t.createBatch(ctx, entries)
+}
+
+// GetBatch implements storage.BatchGetter (ops.getBatch).
+func (t *tx) GetBatch(ctx context.Context, keys []string) ([][]byte, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	return t.getBatch(ctx, keys)
+}
+
+// PutBatch implements storage.BatchPutter (ops.putBatch).
+func (t *tx) PutBatch(ctx context.Context, entries []storage.Entry) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	return t.putBatch(ctx, entries)
 }
 
 func (t *tx) Delete(ctx context.Context, key string) error {

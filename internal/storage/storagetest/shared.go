@@ -45,6 +45,8 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FeedLeavesOutUnfed", func(t *testing.T) { testFeedUnfed(t, open) })
 	t.Run("FeedCreateBatch", func(t *testing.T) { testFeedCreateBatch(t, open) })
 	t.Run("CreateBatchConcurrent", func(t *testing.T) { testSharedCreateBatch(t, open) })
+	t.Run("FeedPutBatch", func(t *testing.T) { testFeedPutBatch(t, open) })
+	t.Run("GetPutBatchConcurrent", func(t *testing.T) { testSharedGetPutBatch(t, open) })
 	t.Run("LeaseTakeoverAfterExpiry", func(t *testing.T) { testLeaseTakeover(t, open) })
 	t.Run("LeaseLive", func(t *testing.T) { testLeaseLive(t, open) })
 	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })

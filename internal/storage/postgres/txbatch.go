@@ -1,0 +1,163 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// sqlGetBatch reads a chunk of keys in one statement. In Update's
+// serializable transaction the index scan takes SIRead locks on what it
+// read, the index pages of absent keys included (or, if PostgreSQL
+// chooses a sequential scan, on the whole table), so a concurrent
+// transaction writing one of the keys conflicts with this one as it would
+// with a Get of it: read-compare-put stays safe.
+const sqlGetBatch = `SELECT key, value FROM kv WHERE key = ANY($1::text[])`
+
+// sqlPutBatch puts a chunk of entries in one statement. The kv_changes
+// trigger fires per row, for an inserted row as for an updated one, so the
+// feed records each key as Put's statement makes it record one. One row
+// comes back, not one per key: the transaction's xid, which makes Update
+// write its commit marker as after any other write. The caller removes
+// duplicate keys first: ON CONFLICT DO UPDATE may not touch a row twice in
+// one statement.
+const sqlPutBatch = `WITH w AS (
+	INSERT INTO kv (key, value) SELECT k, v FROM unnest($1::text[], $2::bytea[]) AS u(k, v)
+	ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING 1
+) SELECT count(*), pg_current_xact_id()::text FROM w`
+
+// GetBatch implements storage.BatchGetter: one SELECT … WHERE key = ANY
+// per chunk of distinct keys (at most batchRows keys, about batchBytes of
+// them), one round trip where Get needs one per key.
+func (t *tx) GetBatch(ctx context.Context, keys []string) ([][]byte, error) {
+	if t.done.Load() {
+		return nil, errTxDone
+	}
+	for _, k := range keys {
+		if err := storage.ValidateKey(k); err != nil {
+			return nil, err
+		}
+	}
+	found := make(map[string][]byte, len(keys))
+	seen := make(map[string]bool, len(keys))
+	var chunk []string
+	size := 0
+	flush := func() error {
+		if len(chunk) == 0 {
+			return nil
+		}
+		rows, err := t.tx.Query(ctx, sqlGetBatch, chunk)
+		if err != nil {
+			return t.note(fmt.Errorf("postgres: get batch: %w", err))
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var k string
+			var v []byte
+			if err := rows.Scan(&k, &v); err != nil {
+				return t.note(fmt.Errorf("postgres: get batch: %w", err))
+			}
+			found[k] = bytea(v)
+		}
+		if err := rows.Err(); err != nil {
+			return t.note(fmt.Errorf("postgres: get batch: %w", err))
+		}
+		chunk, size = chunk[:0], 0
+		return nil
+	}
+	for _, k := range keys {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		chunk = append(chunk, k)
+		size += len(k)
+		if len(chunk) >= batchRows || size >= batchBytes {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	values := make([][]byte, len(keys))
+	given := make(map[string]bool, len(found))
+	for i, k := range keys {
+		v, ok := found[k]
+		if !ok {
+			continue
+		}
+		// Each position owns its value: a repeated key gets copies
+		// after the first.
+		if given[k] {
+			v = bytes.Clone(v)
+		}
+		given[k] = true
+		values[i] = v
+	}
+	return values, nil
+}
+
+// PutBatch implements storage.BatchPutter: one INSERT … SELECT FROM unnest
+// … ON CONFLICT DO UPDATE per chunk of distinct keys, chunked as
+// CreateBatch is, each key with the value of its last entry, in key order.
+func (t *tx) PutBatch(ctx context.Context, entries []storage.Entry) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	for _, e := range entries {
+		if err := storage.ValidateKey(e.Key); err != nil {
+			return err
+		}
+	}
+	last := make(map[string]int, len(entries)) // key → index of its last entry
+	for i, e := range entries {
+		last[e.Key] = i
+	}
+	// The rows are written, and locked, in key order: concurrent batches
+	// over the same keys then wait for each other instead of deadlocking
+	// (which PostgreSQL would detect only after deadlock_timeout, and the
+	// retry would cost the whole transaction).
+	order := make([]int, 0, len(last))
+	for _, i := range last {
+		order = append(order, i)
+	}
+	slices.SortFunc(order, func(i, j int) int { return strings.Compare(entries[i].Key, entries[j].Key) })
+	var (
+		keys []string
+		vals [][]byte
+		size int
+	)
+	flush := func() error {
+		if len(keys) == 0 {
+			return nil
+		}
+		var n int64
+		var xid string
+		if err := t.tx.QueryRow(ctx, sqlPutBatch, keys, vals).Scan(&n, &xid); err != nil {
+			return t.note(fmt.Errorf("postgres: put batch: %w", err))
+		}
+		if n != int64(len(keys)) {
+			return fmt.Errorf("postgres: put batch: %d rows written of %d", n, len(keys))
+		}
+		t.xid = xid
+		keys, vals, size = keys[:0], vals[:0], 0
+		return nil
+	}
+	for _, i := range order {
+		e := entries[i]
+		keys, vals = append(keys, e.Key), append(vals, bytea(e.Value))
+		size += len(e.Key) + len(e.Value)
+		if len(keys) >= batchRows || size >= batchBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
