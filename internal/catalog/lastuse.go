@@ -77,11 +77,15 @@ func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*Las
 // recent as the given one is kept, so that two nodes sharing a store, or
 // a flush racing a slower one, never move a key's last use back in time.
 //
-// A key's first use is the common case on a large store (most keys are
-// used now and then): all records are created in one storage.CreateBatch
-// — on PostgreSQL one statement for the whole flush rather than one round
-// trip a use — and only the keys that already had a record are read,
-// compared and put, in the order of uses.
+// A flush costs a fixed number of storage steps, whatever its size: all
+// records are created in one storage.CreateBatch (a key's first use, the
+// common case on a large store, where most keys are used now and then);
+// the records of the keys that already had one are read in one
+// storage.GetBatch, compared here, and the newer uses written in one
+// storage.PutBatch — on PostgreSQL one statement each per chunk, rather
+// than a round trip per use. The transaction is serializable, so a
+// concurrent flush from another node that writes a key read here makes
+// one of the two run again and compare against the other's record.
 func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
 	entries := make([]storage.Entry, len(uses))
 	for i := range uses {
@@ -97,23 +101,44 @@ func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
 		if err != nil {
 			return err
 		}
+		var at []int // indexes of the uses whose key had a record
+		var keys []string
 		for i, e := range entries {
-			if !exists[i] {
-				continue
-			}
-			if b, err := tx.Get(ctx, e.Key); err == nil {
-				var cur LastUse
-				if json.Unmarshal(b, &cur) == nil && !cur.Time.Before(uses[i].Time) {
-					continue
-				}
-			} else if !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
-			if err := tx.Put(ctx, e.Key, e.Value); err != nil {
-				return err
+			if exists[i] {
+				at, keys = append(at, i), append(keys, e.Key)
 			}
 		}
-		return nil
+		if len(at) == 0 {
+			return nil
+		}
+		stored, err := storage.GetBatch(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		// newest is the time each key's record holds once the puts
+		// before are done, so that a key used twice in one flush keeps
+		// the later use whatever the order. A record that does not
+		// decode is replaced.
+		newest := make(map[string]time.Time, len(at))
+		for j := range at {
+			if _, ok := newest[keys[j]]; ok || stored[j] == nil {
+				continue
+			}
+			var cur LastUse
+			if json.Unmarshal(stored[j], &cur) == nil {
+				newest[keys[j]] = cur.Time
+			}
+		}
+		var puts []storage.Entry
+		for _, i := range at {
+			k := entries[i].Key
+			if cur, ok := newest[k]; ok && !cur.Before(uses[i].Time) {
+				continue
+			}
+			newest[k] = uses[i].Time
+			puts = append(puts, entries[i])
+		}
+		return storage.PutBatch(ctx, tx, puts)
 	})
 	if err != nil {
 		return fmt.Errorf("catalog: put last uses: %w", err)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -67,10 +68,11 @@ func catalogsOn(t testing.TB, n int, open func() (storage.Store, error)) []*Cata
 }
 
 // TestPutLastUsesBatch: one flush mixing first uses, uses of keys whose
-// stored use is older (replaced) or newer or as recent (kept), a key used
-// twice in the flush, and a key with only an older kmsd's legacy record,
+// stored use is older (replaced) or newer or as recent (kept), keys used
+// twice in the flush (new, and with a record), and a key with only an older kmsd's legacy record,
 // on both drivers; and the same flush made through a store whose Tx offers
-// no storage.BatchCreator gives the same records.
+// no storage.BatchCreator, BatchGetter or BatchPutter gives the same
+// records.
 func TestPutLastUsesBatch(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	const acct, region = "111122223333", "us-east-1"
@@ -90,6 +92,7 @@ func TestPutLastUsesBatch(t *testing.T) {
 					use("older", "Encrypt", t0),
 					use("newer", "Sign", t0.Add(time.Hour)),
 					use("same", "Verify", t0),
+					use("dup", "Verify", t0),
 				}); err != nil {
 					t.Fatal(err)
 				}
@@ -107,6 +110,8 @@ func TestPutLastUsesBatch(t *testing.T) {
 					use("legacy", "Encrypt", t0.Add(time.Minute)),  // the legacy record is newer
 					use("new2", "GenerateDataKey", t0.Add(time.Second)),
 					use("twice", "Verify", t0.Add(time.Second)), // and an older one: ignored
+					use("dup", "Sign", t0.Add(2*time.Minute)),   // a stored key used twice: the
+					use("dup", "Encrypt", t0.Add(time.Minute)),  // later use wins, not the last
 				}
 				for i := range 300 {
 					flush = append(flush, use(fmt.Sprintf("bulk-%03d", i), "Encrypt", t0.Add(time.Duration(i)*time.Millisecond)))
@@ -121,6 +126,7 @@ func TestPutLastUsesBatch(t *testing.T) {
 					"newer":  use("newer", "Sign", t0.Add(time.Hour)),
 					"same":   use("same", "Verify", t0),
 					"twice":  use("twice", "Sign", t0.Add(2*time.Minute)),
+					"dup":    use("dup", "Sign", t0.Add(2*time.Minute)),
 					"legacy": use("legacy", "Decrypt", t0.Add(2*time.Hour)),
 				}
 				for i := range 300 {
@@ -204,14 +210,21 @@ func TestPutLastUsesConcurrent(t *testing.T) {
 	}
 }
 
-// plainStore hands out Txs without storage.BatchCreator, so that the
-// catalog takes storage.CreateBatch's fallback.
+// plainStore hands out Txs without storage.BatchCreator, BatchGetter or
+// BatchPutter, so that the catalog takes the fallbacks of
+// storage.CreateBatch, GetBatch and PutBatch.
 type plainStore struct{ storage.Store }
 
 func (s plainStore) Update(ctx context.Context, fn func(storage.Tx) error) error {
 	return s.Store.Update(ctx, func(tx storage.Tx) error {
 		if _, ok := tx.(storage.BatchCreator); !ok {
 			return errors.New("the driver's Tx does not offer storage.BatchCreator")
+		}
+		if _, ok := tx.(storage.BatchGetter); !ok {
+			return errors.New("the driver's Tx does not offer storage.BatchGetter")
+		}
+		if _, ok := tx.(storage.BatchPutter); !ok {
+			return errors.New("the driver's Tx does not offer storage.BatchPutter")
 		}
 		return fn(plainTx{tx})
 	})
@@ -223,7 +236,9 @@ type plainTx struct{ storage.Tx }
 // store of a million keys), with the driver's storage.BatchCreator
 // ("batch") and with one Create per use as before it ("perkey"); and
 // ("existing") a flush of 8,000 newer uses of keys that have a record
-// (after the first run), which are read, compared and put one by one. It
+// (after the first run), read with one storage.GetBatch, compared and put
+// with one storage.PutBatch, and ("existing-perkey") one by one as before
+// them. It
 // reports ns per record, the CPU time this process (kmsd's side) spent
 // per flush and, on PostgreSQL, the CPU time the server's
 // processes spent per flush (from /proc, when the server runs on this
@@ -233,8 +248,8 @@ type plainTx struct{ storage.Tx }
 func BenchmarkPutLastUses(b *testing.B) {
 	const n = 8000
 	for _, d := range lastUseDrivers {
-		for _, mode := range []string{"batch", "perkey", "existing"} {
-			batched := mode != "perkey"
+		for _, mode := range []string{"batch", "perkey", "existing", "existing-perkey"} {
+			batched := !strings.HasSuffix(mode, "perkey")
 			b.Run(d.name+"/"+mode, func(b *testing.B) {
 				ctx := context.Background()
 				c := d.open(b, 1)[0]
@@ -251,7 +266,7 @@ func BenchmarkPutLastUses(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
 					for j := range uses {
 						id, at := fmt.Sprintf("%08x-12ab-34cd-56ef-%012x", i, j), t0
-						if mode == "existing" {
+						if strings.HasPrefix(mode, "existing") {
 							// The same keys each time, each use newer.
 							id, at = fmt.Sprintf("00000000-12ab-34cd-56ef-%012x", j), t0.Add(time.Duration(i)*time.Second)
 						}
@@ -338,4 +353,94 @@ func serverCPU(b *testing.B) func() time.Duration {
 		}
 		return total
 	}
+}
+
+// TestPutLastUsesInterleaved: another node's flush of a newer use commits
+// between a flush's batch read of a key's record and its batch put — the
+// window in which a read-compare-put without the transaction's isolation
+// would move the key's last use back. The flush must notice (on
+// PostgreSQL the serializable transaction fails and runs again, on SQLite
+// the other flush waits for it) and the newer use stays, on both drivers.
+func TestPutLastUsesInterleaved(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	use := func(op string, at time.Time) []LastUse {
+		return []LastUse{{Account: "111122223333", Region: "us-east-1", KeyID: "k", Operation: op, Time: at}}
+	}
+	for _, d := range lastUseDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			cs := d.open(t, 2)
+			if err := cs[0].PutLastUses(ctx, use("Encrypt", t0)); err != nil {
+				t.Fatal(err)
+			}
+			var once sync.Once
+			other := make(chan error, 1)
+			hooked := &hookStore{Store: cs[0].store, afterGet: func() {
+				once.Do(func() {
+					go func() { other <- cs[1].PutLastUses(ctx, use("Sign", t0.Add(2*time.Minute))) }()
+					select {
+					case err := <-other:
+						other <- err // committed in the window
+					case <-time.After(time.Second): // waits for this flush (SQLite)
+					}
+				})
+			}}
+			if err := New(hooked, cs[0].barrier).PutLastUses(ctx, use("Decrypt", t0.Add(time.Minute))); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-other; err != nil {
+				t.Fatal(err)
+			}
+			if hooked.gets.Load() == 0 {
+				t.Fatal("the flush made no batch read")
+			}
+			got, err := cs[1].LastUse(ctx, "111122223333", "us-east-1", "k")
+			if err != nil || got.Operation != "Sign" {
+				t.Fatalf("last use %+v, %v; want the newer Sign the other node flushed", got, err)
+			}
+		})
+	}
+}
+
+// hookStore's transactions offer the driver's batch capabilities and call
+// afterGet after each batch read.
+type hookStore struct {
+	storage.Store
+	afterGet func()
+	gets     atomic.Int64
+}
+
+func (s *hookStore) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	return s.Store.Update(ctx, func(tx storage.Tx) error {
+		for _, ok := range []bool{
+			func() bool { _, ok := tx.(storage.BatchCreator); return ok }(),
+			func() bool { _, ok := tx.(storage.BatchGetter); return ok }(),
+			func() bool { _, ok := tx.(storage.BatchPutter); return ok }(),
+		} {
+			if !ok {
+				return fmt.Errorf("the driver's Tx (%T) lacks a batch capability", tx)
+			}
+		}
+		return fn(hookTx{tx, s})
+	})
+}
+
+type hookTx struct {
+	storage.Tx
+	s *hookStore
+}
+
+func (t hookTx) CreateBatch(ctx context.Context, es []storage.Entry) ([]bool, error) {
+	return t.Tx.(storage.BatchCreator).CreateBatch(ctx, es)
+}
+
+func (t hookTx) GetBatch(ctx context.Context, keys []string) ([][]byte, error) {
+	vs, err := t.Tx.(storage.BatchGetter).GetBatch(ctx, keys)
+	t.s.gets.Add(1)
+	t.s.afterGet()
+	return vs, err
+}
+
+func (t hookTx) PutBatch(ctx context.Context, es []storage.Entry) error {
+	return t.Tx.(storage.BatchPutter).PutBatch(ctx, es)
 }
