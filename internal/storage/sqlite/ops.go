@@ -331,9 +331,9 @@ func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
 	return values, nil
 }
 
-// putBatch puts entries one by one as put does, in order, so that the last
-// entry of a key wins and kv_big stays exact (put's statements and the
-// triggers of schema version 4 keep it so). The keys are all validated
+// putBatch puts entries one by one with put's statements, in order, so
+// that the last entry of a key wins and kv_big stays exact (put's
+// statements and the triggers of schema version 4 keep it so). The keys are all validated
 // first.
 func (o ops) putBatch(ctx context.Context, entries []storage.Entry) error {
 	for _, e := range entries {
@@ -341,9 +341,23 @@ func (o ops) putBatch(ctx context.Context, entries []storage.Entry) error {
 			return err
 		}
 	}
+	// The statements are bound to the transaction once, not per entry.
+	put, putRef, insBig := o.stmt(ctx, o.st.put), o.stmt(ctx, o.st.putRef), o.stmt(ctx, o.st.insBig)
 	for _, e := range entries {
-		if err := o.put(ctx, e.Key, e.Value); err != nil {
-			return err
+		var err error
+		if len(e.Value) > inlineMax {
+			var res sql.Result
+			if res, err = insBig.ExecContext(ctx, e.Value); err == nil {
+				var id int64
+				if id, err = res.LastInsertId(); err == nil {
+					_, err = putRef.ExecContext(ctx, e.Key, id)
+				}
+			}
+		} else {
+			_, err = put.ExecContext(ctx, e.Key, blob(e.Value))
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite: put batch: %w", err)
 		}
 	}
 	return nil
