@@ -471,10 +471,11 @@ func TestRestartedNodeToldAtOnce(t *testing.T) {
 	}
 }
 
-// TestFenceBatch: a storage.CreateBatch in a fenced Update — as the
-// catalog's PutLastUses makes — runs in the fenced transaction on both
-// drivers: with the driver's own BatchCreator while the lease is held,
-// and refused (nothing created) once another holder took the lease.
+// TestFenceBatch: a storage.CreateBatch, GetBatch and PutBatch in a
+// fenced Update — as the catalog's PutLastUses makes — run in the fenced
+// transaction on both drivers: with the driver's own BatchCreator,
+// BatchGetter and BatchPutter while the lease is held, and refused
+// (nothing created or put) once another holder took the lease.
 func TestFenceBatch(t *testing.T) {
 	for _, d := range drivers {
 		t.Run(d.name, func(t *testing.T) {
@@ -498,8 +499,32 @@ func TestFenceBatch(t *testing.T) {
 					return err
 				})
 			}
+			// putOver reads keys with GetBatch and puts each value with
+			// "+" appended with PutBatch, in one fenced Update.
+			putOver := func(f storage.Store, l storage.Lease, keys ...string) error {
+				return f.Update(WithLease(ctx, l), func(tx storage.Tx) error {
+					if _, ok := tx.(storage.BatchGetter); !ok {
+						t.Errorf("the fenced Update's Tx (%T) does not offer storage.BatchGetter", tx)
+					}
+					if _, ok := tx.(storage.BatchPutter); !ok {
+						t.Errorf("the fenced Update's Tx (%T) does not offer storage.BatchPutter", tx)
+					}
+					vs, err := storage.GetBatch(ctx, tx, keys)
+					if err != nil {
+						return err
+					}
+					es := make([]storage.Entry, len(keys))
+					for i, k := range keys {
+						es[i] = storage.Entry{Key: k, Value: append(vs[i], '+')}
+					}
+					return storage.PutBatch(ctx, tx, es)
+				})
+			}
 			if err := batch(fa, old, "b/1", "unfed/b/1"); err != nil {
 				t.Fatalf("fenced batch while held: %v", err)
+			}
+			if err := putOver(fa, old, "b/1", "unfed/b/1"); err != nil {
+				t.Fatalf("fenced batch put while held: %v", err)
 			}
 			time.Sleep(400 * time.Millisecond) // "a" paused past its lease
 			cur, ok, err := sts[1].TryAcquire(ctx, LeaseName, "b", time.Minute)
@@ -509,6 +534,17 @@ func TestFenceBatch(t *testing.T) {
 			if err := batch(fa, old, "b/2", "unfed/b/2", "b/1"); !errors.Is(err, storage.ErrFenced) {
 				t.Errorf("batch with the old lease: %v, want ErrFenced", err)
 			}
+			if err := putOver(fa, old, "b/1", "unfed/b/1", "b/4"); !errors.Is(err, storage.ErrFenced) {
+				t.Errorf("batch put with the old lease: %v, want ErrFenced", err)
+			}
+			for _, k := range []string{"b/1", "unfed/b/1"} {
+				if v, err := sts[1].Get(ctx, k); err != nil || string(v) != k+"+" {
+					t.Errorf("%s = %q, %v; want %q, untouched by a refused batch put", k, v, err, k+"+")
+				}
+			}
+			if _, err := sts[1].Get(ctx, "b/4"); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("b/4: %v, want absent after a refused batch put", err)
+			}
 			for _, k := range []string{"b/2", "unfed/b/2"} {
 				if _, err := sts[1].Get(ctx, k); !errors.Is(err, storage.ErrNotFound) {
 					t.Errorf("%s: %v, want absent after a refused batch", k, err)
@@ -517,9 +553,12 @@ func TestFenceBatch(t *testing.T) {
 			if err := batch(fb, cur, "b/2", "b/3"); err != nil {
 				t.Errorf("batch with the current lease: %v", err)
 			}
-			for _, k := range []string{"b/1", "unfed/b/1", "b/2", "b/3"} {
-				if v, err := sts[0].Get(ctx, k); err != nil || string(v) != k {
-					t.Errorf("%s = %q, %v; want it created by an allowed batch", k, v, err)
+			if err := putOver(fb, cur, "b/1", "b/3"); err != nil {
+				t.Errorf("batch put with the current lease: %v", err)
+			}
+			for k, want := range map[string]string{"b/1": "b/1++", "unfed/b/1": "unfed/b/1+", "b/2": "b/2", "b/3": "b/3+"} {
+				if v, err := sts[0].Get(ctx, k); err != nil || string(v) != want {
+					t.Errorf("%s = %q, %v; want %q, written by allowed batches", k, v, err, want)
 				}
 			}
 		})

@@ -29,8 +29,8 @@ func LeaseFrom(ctx context.Context) (storage.Lease, bool) {
 // The wrapper is only a storage.Store: hand it to the code whose writes
 // must be fenced (the catalog), and keep st for optional interfaces. The
 // Tx its Update hands fn is the driver's own, inside the fenced
-// transaction, so its optional capabilities (storage.BatchCreator) are
-// fenced with everything else fn writes.
+// transaction, so its optional capabilities (storage.BatchCreator,
+// BatchGetter, BatchPutter) are fenced with everything else fn writes.
 func Fence(st storage.Store) storage.Store {
 	ls, ok := st.(storage.Leaser)
 	if !ok {
