@@ -53,6 +53,18 @@
 // pipeline of 8,000 single-row INSERTs (which still has the server parse,
 // plan and run 8,000 statements).
 //
+// It offers storage.BatchGetter and storage.BatchPutter too (txbatch.go):
+// GetBatch is one SELECT … WHERE key = ANY($1) per chunk, inside the
+// serializable transaction, so it takes the same SIRead locks a Get of
+// each key would and a read-compare-put over it stays safe against
+// another node's; PutBatch is one INSERT … SELECT FROM unnest … ON
+// CONFLICT (key) DO UPDATE per chunk, each key once (its last entry) and
+// in key order, so that concurrent batches over the same keys queue on
+// their row locks rather than deadlock. Its rows fire the kv_changes
+// trigger as Put's do, and it returns the xid, so the commit marker is
+// written as for any write. A last-use flush of 8,000 keys that had a
+// record (read, compare, put) took 206 ms instead of 584 ms key by key.
+//
 // Get and List outside Update are single statements on the pool (each its
 // own snapshot). Put, Create and Delete on the Store are one-statement
 // Updates, so they get the same retry and commit resolution.

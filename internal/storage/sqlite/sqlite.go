@@ -22,6 +22,10 @@
 // schema version 4 a value longer than inlineMax bytes is kept in a table
 // of its own, kv_big, so that the key space's B-tree stays shallow on a
 // large store (see inlineMax); the contract does not see the difference.
+//
+// The Tx of Update offers storage.BatchCreator (multi-row INSERTs),
+// BatchGetter and BatchPutter; in-process, the last two run the point
+// read and put's statements once per key, bound to the transaction once.
 package sqlite
 
 import (

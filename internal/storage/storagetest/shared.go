@@ -29,7 +29,8 @@ type SharedStore interface {
 // two kmsd nodes sharing it have: serializable Updates across handles,
 // visibility of commits, writes of re-run transactions never kept twice, a
 // change feed that loses no change even when transactions commit out of
-// order, Reset after pruning, leases taken over only after expiry, and
+// order, Reset after pruning, batch reads and puts that lose no update
+// and feed every key they put, leases taken over only after expiry, and
 // fenced writes refused after a takeover.
 //
 // open must return two handles on one new, empty database. The counter

@@ -31,8 +31,8 @@ import (
 )
 
 // Run tests the contract of storage.Store, and of storage.BatchCreator,
-// which the Tx of the store's Update must offer. open must return a new,
-// empty store each time it is called.
+// BatchGetter and BatchPutter, which the Tx of the store's Update must
+// offer. open must return a new, empty store each time it is called.
 func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("Get", func(t *testing.T) { testGet(t, open) })
 	t.Run("Put", func(t *testing.T) { testPut(t, open) })
