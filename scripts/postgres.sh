@@ -19,6 +19,10 @@
 #   scripts/postgres.sh status DIR        exit 0 when the server of DIR runs
 #   scripts/postgres.sh url DIR           print the server's URL
 #
+# KMSD_PG_SHARED_BUFFERS sets the server's shared_buffers (default 64MB, a
+# test server's; the large-store measurement runs with one that holds its
+# million-key index, as a production server's would).
+#
 # The server listens on 127.0.0.1:PORT only (PORT default: a free one picked
 # here) and on a unix socket in DIR/sock, never on another address. Its
 # superuser is "kmsd" with a random password kept in DIR/password (mode
@@ -105,7 +109,7 @@ start)
   [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir/sock" "$dir/port"
   # fsync stays on: the tests prove durability across kill -9.
   as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c max_connections=200 -c shared_buffers=64MB" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c max_connections=200 -c shared_buffers=${KMSD_PG_SHARED_BUFFERS:-64MB}" \
     start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
   url
   ;;
@@ -138,7 +142,7 @@ standby)
   as_user env PGPASSFILE="$dir/pgpass" "$bin/pg_basebackup" -d "host=127.0.0.1 port=$pport user=kmsd application_name=s1" \
     -D "$dir/data" -R -X stream -c fast >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; exit 1; }
   as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c max_connections=200 -c shared_buffers=64MB" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/sock -c max_connections=200 -c shared_buffers=${KMSD_PG_SHARED_BUFFERS:-64MB}" \
     start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
   psql() { as_user env PGPASSFILE="$dir/pgpass" "$bin/psql" -X -q -t -A -h 127.0.0.1 -p "$pport" -U kmsd -d postgres "$@"; }
   psql -c "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (s1)'" -c "SELECT pg_reload_conf()" >/dev/null
