@@ -92,8 +92,9 @@
 // survives (a backend's crash) loses it with neither mark changing — and
 // under which Update's "committed durably" does not hold either.
 //
-// The trigger that fills kv_changes leaves out keys under
-// storage.UnfedPrefix (schema version 3), a departure from MULTINODE.md
+// The triggers that fill kv_changes leave out keys under
+// storage.UnfedPrefix (schema version 3; since version 4 by their WHEN
+// clauses, so such a write does not even call them), a departure from MULTINODE.md
 // §4.3, where it records every write to kv: such keys hold records no
 // node caches (the last use of each key), written often, so their writes
 // cost no change row and no node's feed reads them.
