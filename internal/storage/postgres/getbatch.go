@@ -171,24 +171,7 @@ func (b *batchGets) read(batch []*pointRead) {
 		keys[i] = r.key
 		left[r.key]++
 	}
-	rows, err := b.pool.Query(ctx, `SELECT key, value FROM kv WHERE key = ANY($1::text[])`, keys)
-	if err == nil {
-		for rows.Next() {
-			var k string
-			var v []byte
-			if err = rows.Scan(&k, &v); err != nil {
-				break
-			}
-			if v == nil {
-				v = []byte{}
-			}
-			found[k] = v
-		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
-		}
-	}
+	err := readKeys(ctx, b.pool, keys, found)
 	if err != nil {
 		if errors.Is(err, context.Canceled) && b.ctx.Err() != nil {
 			err = errClosed

@@ -10,7 +10,8 @@ import (
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
-// sqlGetBatch reads a chunk of keys in one statement. In Update's
+// sqlGetBatch reads a chunk of keys in one statement (GetBatch, and Get's
+// coalesced reads outside a transaction, getbatch.go). In Update's
 // serializable transaction the index scan takes SIRead locks on what it
 // read, the index pages of absent keys included (or, if PostgreSQL
 // chooses a sequential scan, on the whole table), so a concurrent
@@ -29,6 +30,25 @@ const sqlPutBatch = `WITH w AS (
 	INSERT INTO kv (key, value) SELECT k, v FROM unnest($1::text[], $2::bytea[]) AS u(k, v)
 	ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING 1
 ) SELECT count(*), pg_current_xact_id()::text FROM w`
+
+// readKeys runs sqlGetBatch for keys on q and adds what it finds to
+// found.
+func readKeys(ctx context.Context, q querier, keys []string, found map[string][]byte) error {
+	rows, err := q.Query(ctx, sqlGetBatch, keys)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		var v []byte
+		if err := rows.Scan(&k, &v); err != nil {
+			return err
+		}
+		found[k] = bytea(v)
+	}
+	return rows.Err()
+}
 
 // GetBatch implements storage.BatchGetter: one SELECT … WHERE key = ANY
 // per chunk of distinct keys (at most batchRows keys, about batchBytes of
@@ -50,20 +70,7 @@ func (t *tx) GetBatch(ctx context.Context, keys []string) ([][]byte, error) {
 		if len(chunk) == 0 {
 			return nil
 		}
-		rows, err := t.tx.Query(ctx, sqlGetBatch, chunk)
-		if err != nil {
-			return t.note(fmt.Errorf("postgres: get batch: %w", err))
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var k string
-			var v []byte
-			if err := rows.Scan(&k, &v); err != nil {
-				return t.note(fmt.Errorf("postgres: get batch: %w", err))
-			}
-			found[k] = bytea(v)
-		}
-		if err := rows.Err(); err != nil {
+		if err := readKeys(ctx, t.tx, chunk, found); err != nil {
 			return t.note(fmt.Errorf("postgres: get batch: %w", err))
 		}
 		chunk, size = chunk[:0], 0
