@@ -331,33 +331,20 @@ func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
 	return values, nil
 }
 
-// putBatch puts entries one by one with put's statements, in order, so
-// that the last entry of a key wins and kv_big stays exact (put's
-// statements and the triggers of schema version 4 keep it so). The keys are all validated
-// first.
+// putBatch puts entries one by one with put, in order, so that the last
+// entry of a key wins and kv_big stays exact (put's statements and the
+// triggers of schema version 4 keep it so); put's statements are bound to
+// the transaction once, not per entry. The keys are all validated first.
 func (o ops) putBatch(ctx context.Context, entries []storage.Entry) error {
 	for _, e := range entries {
 		if err := storage.ValidateKey(e.Key); err != nil {
 			return err
 		}
 	}
-	// The statements are bound to the transaction once, not per entry.
-	put, putRef, insBig := o.stmt(ctx, o.st.put), o.stmt(ctx, o.st.putRef), o.stmt(ctx, o.st.insBig)
+	bound := ops{st: &stmts{put: o.stmt(ctx, o.st.put), putRef: o.stmt(ctx, o.st.putRef), insBig: o.stmt(ctx, o.st.insBig)}}
 	for _, e := range entries {
-		var err error
-		if len(e.Value) > inlineMax {
-			var res sql.Result
-			if res, err = insBig.ExecContext(ctx, e.Value); err == nil {
-				var id int64
-				if id, err = res.LastInsertId(); err == nil {
-					_, err = putRef.ExecContext(ctx, e.Key, id)
-				}
-			}
-		} else {
-			_, err = put.ExecContext(ctx, e.Key, blob(e.Value))
-		}
-		if err != nil {
-			return fmt.Errorf("sqlite: put batch: %w", err)
+		if err := bound.put(ctx, e.Key, e.Value); err != nil {
+			return err
 		}
 	}
 	return nil
