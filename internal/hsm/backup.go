@@ -292,7 +292,7 @@ func (s *Service) flushBackup(ctx context.Context, id string) {
 		return
 	}
 	b := &backupRecord{ID: s.newID("backup-"), Account: r.Account, Region: r.Region, ClusterID: r.ID,
-		State: BackupCreateInProgress, Created: s.dbNow(ctx), HsmType: r.HsmType, Mode: r.Mode}
+		State: BackupCreateInProgress, Created: s.dbNow(), HsmType: r.HsmType, Mode: r.Mode}
 	if err := s.putBackup(ctx, b, true); err != nil {
 		s.log.Error("hsm: start backup", "cluster", id, "err", err)
 		return
@@ -309,7 +309,7 @@ func (s *Service) takeBackup(ctx context.Context, id string) bool {
 		return false
 	}
 	b := &backupRecord{ID: s.newID("backup-"), Account: r.Account, Region: r.Region, ClusterID: r.ID,
-		State: BackupCreateInProgress, Created: s.dbNow(ctx), HsmType: r.HsmType, Mode: r.Mode}
+		State: BackupCreateInProgress, Created: s.dbNow(), HsmType: r.HsmType, Mode: r.Mode}
 	if err := s.putBackup(ctx, b, true); err != nil {
 		s.log.Error("hsm: start backup", "cluster", id, "err", err)
 		// Tried again, as a failed snapshot or write is (finishBackup).
@@ -328,7 +328,7 @@ func (s *Service) takeBackup(ctx context.Context, id string) bool {
 // is due Config.BackupDelay from now. A marker left by a failed write is taken up
 // again by the steps loop.
 func (s *Service) backedUpThrough(ctx context.Context, id string, snap *record) {
-	now := s.dbNow(ctx)
+	now := s.dbNow()
 	_, err := s.update(ctx, id, func(r *record) error {
 		if r.BackupDue == nil {
 			return errSkip
@@ -348,7 +348,7 @@ func (s *Service) backedUpThrough(ctx context.Context, id string, snap *record) 
 
 // markDue marks a backup of cluster id due now, unless one is due already.
 func (s *Service) markDue(ctx context.Context, id string) {
-	now := s.dbNow(ctx)
+	now := s.dbNow()
 	_, err := s.update(ctx, id, func(r *record) error {
 		if !backedUp(r) || r.BackupDue != nil {
 			return errSkip
@@ -366,7 +366,7 @@ func (s *Service) markDue(ctx context.Context, id string) {
 // by a later try (not only by the next periodic backup), without trying
 // again at every turn of the steps loop.
 func (s *Service) backupFailed(ctx context.Context, id string) {
-	due := s.dbNow(ctx).Add(s.cfg.BackupDelay)
+	due := s.dbNow().Add(s.cfg.BackupDelay)
 	_, err := s.update(ctx, id, func(r *record) error {
 		if !backedUp(r) {
 			return errSkip
@@ -677,7 +677,7 @@ func (s *Service) periodicBackups(ctx context.Context) {
 		}
 	}
 	s.bkMu.Unlock()
-	now := s.dbNow(ctx)
+	now := s.dbNow()
 	s.mu.RLock()
 	var due []string
 	for _, r := range s.clusters {
@@ -696,7 +696,7 @@ func (s *Service) periodicBackups(ctx context.Context) {
 // they never expire or are the newest READY backup of a cluster that
 // still exists (as CloudHSM keeps it).
 func (s *Service) sweep(ctx context.Context) {
-	now := s.dbNow(ctx)
+	now := s.dbNow()
 	s.bkMu.Lock()
 	all := make([]*backupRecord, 0, len(s.backups))
 	newest := map[string]*backupRecord{}
@@ -854,7 +854,7 @@ func (s *Service) DeleteBackup(ctx context.Context, c Caller, in *hsmapi.DeleteB
 		if b.State != BackupReady {
 			return invalid("Backup %s is in state %s; only a READY backup can be deleted.", b.ID, b.State)
 		}
-		at := s.dbNow(ctx).Add(BackupDeletionWindow)
+		at := s.dbNow().Add(BackupDeletionWindow)
 		b.State, b.DeleteAt = BackupPendingDeletion, &at
 		return nil
 	})

@@ -89,7 +89,7 @@ func (s *Service) CreateCluster(ctx context.Context, c Caller, in *hsmapi.Create
 	r := &record{
 		ID: s.newID("cluster-"), Account: c.Account, Region: c.Region, Created: s.now().UTC(),
 		HsmType: *in.HsmType, Mode: mode, NetworkType: netType, RetentionDays: days,
-		State: ClusterCreateInProgress, Due: s.dbNow(ctx).Add(s.cfg.CreateDelay), Subnets: map[string]string{}, SubnetOrder: in.SubnetIds,
+		State: ClusterCreateInProgress, Due: s.dbNow().Add(s.cfg.CreateDelay), Subnets: map[string]string{}, SubnetOrder: in.SubnetIds,
 		VpcID: "vpc-" + hex.EncodeToString(vpc[:4]), SecurityGroup: s.newHex("sg-", 17), Tags: tags,
 	}
 	for i, sn := range in.SubnetIds {
@@ -246,7 +246,7 @@ func (s *Service) InitializeCluster(ctx context.Context, c Caller, in *hsmapi.In
 		}
 		r.ClusterCert, r.TrustAnchor = strings.TrimSpace(*in.SignedCert)+"\n", strings.TrimSpace(*in.TrustAnchor)+"\n"
 		r.State, r.StateMessage = ClusterInitializeInProgress, "Cluster is initializing. State will change to INITIALIZED upon completion."
-		r.Due = s.dbNow(ctx).Add(s.cfg.InitializeDelay)
+		r.Due = s.dbNow().Add(s.cfg.InitializeDelay)
 		return nil
 	})
 	if err != nil {
@@ -310,7 +310,7 @@ func (s *Service) CreateHsm(ctx context.Context, c Caller, in *hsmapi.CreateHsmR
 			return err
 		}
 		h = hsmRecord{ID: s.newID("hsm-"), AZ: az, SubnetID: subnet, EniID: s.newHex("eni-", 17), EniIP: ip,
-			State: HSMCreateInProgress, Created: s.now().UTC(), Due: s.dbNow(ctx).Add(s.cfg.CreateDelay)}
+			State: HSMCreateInProgress, Created: s.now().UTC(), Due: s.dbNow().Add(s.cfg.CreateDelay)}
 		r.HSMs = append(r.HSMs, h)
 		return nil
 	})
@@ -500,7 +500,7 @@ func (s *Service) DeleteHsm(ctx context.Context, c Caller, in *hsmapi.DeleteHsmR
 					return storeBusy(r.ID, storeID, state, h.ID)
 				}
 				h.State, h.StateMessage, hsmID = HSMDeleteInProgress, "", h.ID
-				h.Due = s.dbNow(ctx).Add(s.cfg.DeleteDelay)
+				h.Due = s.dbNow().Add(s.cfg.DeleteDelay)
 				return nil
 			}
 			name := ""
@@ -584,7 +584,7 @@ func (s *Service) DeleteCluster(ctx context.Context, c Caller, in *hsmapi.Delete
 				return invalid("Cluster %s still has HSMs; delete them before deleting the cluster.", r.ID)
 			}
 			r.State, r.StateMessage = ClusterDeleteInProgress, ""
-			r.Due = s.dbNow(ctx).Add(s.cfg.DeleteDelay)
+			r.Due = s.dbNow().Add(s.cfg.DeleteDelay)
 			return nil
 		})
 		return err

@@ -97,6 +97,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/dbclock"
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
@@ -194,10 +195,14 @@ type Config struct {
 	Failpoint func(name string)
 	Rand      io.Reader        // crypto/rand when nil
 	Now       func() time.Time // time.Now when nil
-	// DBClock, when set, is the database's clock, on which the times the
-	// controller schedules by are taken (clock.go): kmsd gives it the
-	// store's (storage.Clock), so that nodes whose clocks differ agree on
-	// when a step or backup is due.
+	// Clock, when set, is the database's clock as this node estimates it,
+	// on which the times the controller schedules by are taken (clock.go):
+	// kmsd gives the one it gives kms, made from the store's
+	// (storage.Clock), so that nodes whose clocks differ agree on when a
+	// step or backup is due. When nil, one is made from DBClock and Now.
+	Clock *dbclock.Clock
+	// DBClock is the database's clock when Clock is nil; with neither the
+	// controller schedules by Now.
 	DBClock storage.Clock
 	Logger  *slog.Logger
 }

@@ -193,7 +193,7 @@ func (s *Service) markBackup(prev, next *record, now time.Time) {
 // put stores a new record r (create), or overwrites it, and caches it.
 func (s *Service) put(ctx context.Context, r *record, create bool) error {
 	var prev *record
-	now := s.dbNow(ctx) // when a backup falls due: markBackup
+	now := s.dbNow() // when a backup falls due: markBackup
 	err := s.store.Update(ctx, func(tx storage.Tx) error {
 		prev = nil
 		if !create {
@@ -236,7 +236,7 @@ func (s *Service) put(ctx context.Context, r *record, create bool) error {
 func (s *Service) update(ctx context.Context, id string, fn func(r *record) error) (*record, error) {
 	defer s.lock(id)()
 	var prev, next *record
-	now := s.dbNow(ctx) // when a backup falls due: markBackup
+	now := s.dbNow() // when a backup falls due: markBackup
 	err := s.store.Update(ctx, func(tx storage.Tx) error {
 		cur, err := readRecord(ctx, tx, id)
 		if err != nil {
@@ -281,7 +281,7 @@ func (s *Service) act(ctx context.Context, id string, fn func(r *record) error) 
 		return nil, err
 	}
 	var prev, next *record
-	now := s.dbNow(ctx) // when a backup falls due: markBackup
+	now := s.dbNow() // when a backup falls due: markBackup
 	err = s.store.Update(ctx, func(tx storage.Tx) error {
 		cur, err := readRecord(ctx, tx, id)
 		if err != nil {

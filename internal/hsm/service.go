@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/dbclock"
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
@@ -24,7 +25,7 @@ type Service struct {
 	barrier *barrier.Barrier
 	log     *slog.Logger
 	now     func() time.Time
-	clock   *dbClock // the database's clock, for scheduling (clock.go)
+	clock   *dbclock.Clock // the database's clock, for scheduling (clock.go)
 	rand    io.Reader
 
 	ctx    context.Context // ends at Close; bounds background steps
@@ -84,7 +85,10 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.clock = &dbClock{local: s.now, db: cfg.DBClock}
+	s.clock = cfg.Clock
+	if s.clock == nil {
+		s.clock = dbclock.New(ctx, s.now, cfg.DBClock)
+	}
 	if s.rand == nil {
 		s.rand = rand.Reader
 	}

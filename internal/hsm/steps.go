@@ -60,7 +60,7 @@ func (s *Service) runSteps(ctx context.Context) time.Duration {
 		}
 		return stepTick
 	}
-	now := s.dbNow(ctx) // Due and BackupDue are on the database's clock
+	now := s.dbNow() // Due and BackupDue are on the database's clock
 	wait := stepTick
 	due := func(t time.Time) bool {
 		if d := t.Sub(now); d > 0 {
