@@ -378,7 +378,7 @@ func serve(args []string) error {
 		fs.StringVar(s.dst, s.flag, "", s.help+" ("+s.env+"; "+s.file+")")
 	}
 	faultInjection := fs.Bool("fault-injection", false, "tests only: allow KmsdAdmin.InjectConnectFault (kmsctl kmsd inject-connect-fault) and --fault-clock-offset (KMSD_FAULT_INJECTION=1)")
-	clockOffset := fs.String("fault-clock-offset", os.Getenv("KMSD_FAULT_CLOCK_OFFSET"), "tests only, with --fault-injection: run the clock of key rotation, deletion and expiry dates this far ahead of the system clock (a Go duration, e.g. 8784h to make keys with yearly rotation due) (KMSD_FAULT_CLOCK_OFFSET)")
+	clockOffset := fs.String("fault-clock-offset", os.Getenv("KMSD_FAULT_CLOCK_OFFSET"), "tests only, with --fault-injection: run the clock of key rotation, deletion and expiry dates this far ahead of the database's clock (a Go duration, e.g. 8784h to make keys with yearly rotation due) (KMSD_FAULT_CLOCK_OFFSET)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil

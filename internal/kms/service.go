@@ -3,6 +3,23 @@
 // package kmsapi. It decides the behaviour AWS KMS documents — key states,
 // the errors each state gives, aliases, rotation, deletion windows — over
 // the catalog. It knows nothing of HTTP or of any database.
+//
+// Time: every time the Service takes (WithClock) is on the clock kmsd gives
+// it, the database's as this node estimates it (package dbclock), not the
+// node's own. Deletion dates and the sweep that deletes keys when due,
+// rotation dates and the sweep that rotates, imported material's ValidTo
+// and its checks on use, import tokens' 24 hours, multi-Region transitions'
+// due times, creation dates and aws:CurrentTime are written by one node
+// and compared with "now" by another, so nodes whose clocks are minutes
+// apart (issue #16) would otherwise disagree: material expired on one node
+// and not on the other, a deletion run minutes early or late by the
+// controller, an import token from another node expired early, a record
+// "from the future". Two times stay on the node's clock, as they are not
+// the Service's: the SigV4 skew check (against the client's clock) and
+// the audit record's eventTime, which is also the time GetKeyLastUsage
+// gives for a use (RecordUse), so that it names the audit record exactly;
+// the TrackingStartDate is on the database's clock, as the creation dates
+// it is compared with are.
 package kms
 
 import (
@@ -87,7 +104,9 @@ type Service struct {
 // Option configures a Service.
 type Option func(*Service)
 
-// WithClock sets the clock (tests move time to expire deletion windows).
+// WithClock sets the clock of every time the Service takes (see the
+// package doc): kmsd gives the database's clock (package dbclock), tests
+// move time to expire deletion windows.
 func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
 
 // WithRand sets the source of randomness for key material, nonces and ids.

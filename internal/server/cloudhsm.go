@@ -149,7 +149,9 @@ func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barri
 		return nil, err
 	}
 	// Steps and backups fall due on the database's clock, which every
-	// node agrees on, not on the clock of the node that scheduled them.
+	// node agrees on, not on the clock of the node that scheduled them:
+	// the one the core's kms Service takes its times on (openCore).
+	hcfg.Clock = cfg.clock
 	if c, ok := store.(storage.Clock); ok {
 		hcfg.DBClock = c
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/dbclock"
 	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kms"
@@ -91,10 +92,24 @@ func (a *api) openCore(ctx context.Context) error {
 	if err := cat.InitStoreIndex(ctx); err != nil {
 		return err
 	}
-	opts := []kms.Option{kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay)}
-	if off := cfg.ClockOffset; off != 0 {
-		opts = append(opts, kms.WithClock(func() time.Time { return time.Now().Add(off) }))
+	// Every time kms and hsm take — deletion and rotation dates, material
+	// and import token expiry, HSM steps and backups — is on the
+	// database's clock, so that nodes whose clocks differ agree on them;
+	// one clock, measured here before the first request, serves both.
+	// SigV4's skew check and audit records stay on this node's clock.
+	// The fault clock offset moves it further, on every node alike.
+	var dbc storage.Clock
+	if c, ok := r.store.(storage.Clock); ok {
+		dbc = c
 	}
+	clk := dbclock.New(ctx, nil, dbc)
+	cfg.clock = clk
+	now := clk.Now
+	if off := cfg.ClockOffset; off != 0 {
+		now = func() time.Time { return clk.Now().Add(off) }
+	}
+	opts := []kms.Option{kms.WithLogger(r.log), kms.WithPairPool(kms.PairPool(cfg.PairPool)), kms.WithReplicaDelay(cfg.ReplicaDelay),
+		kms.WithClock(now)}
 	svc := kms.New(cat, opts...)
 	quota := keystore.NewQuota(cfg.StoreRPS, nil)
 	svc.SetStoreQuota(quota)

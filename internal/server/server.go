@@ -32,6 +32,20 @@
 // campaigning; every newer node raises it at start, not the controller;
 // and it is a record of the key space (controller.MinLevelRecord), not a
 // kmsd_meta row.
+//
+// Clocks (issue #16; MULTINODE.md assumes node clocks close enough): the
+// times one node writes and another compares with "now" — kms's deletion
+// and rotation dates, imported material and import token expiry,
+// multi-Region due times, creation dates, aws:CurrentTime; hsm's steps
+// and backups — are on the database's clock, estimated on each node by
+// one package dbclock Clock that openCore measures before the first
+// request and shares between the kms and hsm Services (re-measured in the
+// background every 10 s, the last offset kept while the database cannot be
+// asked). Nodes whose clocks are minutes apart then agree on them. The
+// SigV4 skew check (against the client's clock), audit records' eventTime
+// and leases' local deadlines stay on the node's clock. On SQLite the
+// database's clock is the machine's. --fault-clock-offset moves the kms
+// clock on top of the database's, on every node alike.
 package server
 
 import (
@@ -53,6 +67,7 @@ import (
 	"github.com/kmsd/kmsd/internal/catalog"
 	"github.com/kmsd/kmsd/internal/console"
 	"github.com/kmsd/kmsd/internal/controller"
+	"github.com/kmsd/kmsd/internal/dbclock"
 	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/hsm"
 	"github.com/kmsd/kmsd/internal/identity"
@@ -152,10 +167,10 @@ type Config struct {
 	ReplicaDelay    time.Duration
 	ReplicaDelaySet bool
 	// ClockOffset moves the clock of key life cycles (rotation and
-	// deletion dates, imported material expiry, last usage) this far from
-	// the system clock, so that tests can make automatic rotations due
-	// without waiting 90 days (--fault-clock-offset). Fault injection
-	// only: it needs KMSD_FAULT_INJECTION (--fault-injection).
+	// deletion dates, imported material expiry, usage tracking start)
+	// this far from the database's clock, so that tests can make automatic
+	// rotations due without waiting 90 days (--fault-clock-offset). Fault
+	// injection only: it needs KMSD_FAULT_INJECTION (--fault-injection).
 	ClockOffset time.Duration
 	// DatabaseURL, when set, is the PostgreSQL database (postgres:// URL
 	// or key=value string) kmsd keeps its state in instead of the SQLite
@@ -187,6 +202,9 @@ type Config struct {
 	// seedClusters are the seed file's HSM clusters, declared beside
 	// HSMConfig's.
 	seedClusters []hsm.Declaration
+	// clock is the database's clock as this node estimates it, shared by
+	// the core's kms and hsm Services (openCore).
+	clock *dbclock.Clock
 	// KeyStoreConnectors is how many custom key stores connect at once
 	// ("" for keystore.DefaultConnectors, one per two CPUs); Connectors is
 	// it parsed (0 for the default).
@@ -353,7 +371,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return err
 	}
 	if cfg.ClockOffset != 0 {
-		log.Warn("fault injection: the clock of key rotation, deletion and expiry dates runs off the system clock", "offset", cfg.ClockOffset)
+		log.Warn("fault injection: the clock of key rotation, deletion and expiry dates runs off the database's clock", "offset", cfg.ClockOffset)
 	}
 	seedFile, err := loadSeed(cfg)
 	if err != nil {
