@@ -150,3 +150,18 @@ func BenchmarkNow(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkNowSerial is one caller's cost of Now, beside time.Now's.
+func BenchmarkNowSerial(b *testing.B) {
+	c := New(b.Context(), nil, &fakeDB{})
+	b.Run("dbclock", func(b *testing.B) {
+		for b.Loop() {
+			c.Now()
+		}
+	})
+	b.Run("time.Now", func(b *testing.B) {
+		for b.Loop() {
+			time.Now().UTC()
+		}
+	})
+}
