@@ -32,7 +32,17 @@
 // controller lease up if it holds it and calls Config.Outdated (kmsd then
 // shuts down and exits non-zero). The term record of every new controller
 // term is written in a transaction that reads the minimum too, so a node
-// below it never begins a term, even between two heartbeats. Departure
+// below it never begins a term, even between two heartbeats.
+//
+// A node is Ready — it tries for the controller lease, and kmsd's server
+// writes and answers nothing before — once it holds its node lease, has
+// read the minimum after taking it without finding it above its level,
+// and no other node whose record shows a lower level (or no record yet)
+// holds a live node lease: an older node releases its lease only after it
+// stopped serving, or leaves it to expire (Abandon), and a frozen one's
+// expires a TTL after its last heartbeat, so no older node commits a write
+// once a newer one serves (awaitOlder says why). A node publishing no
+// level (from before the gate) is not waited for. Departure
 // from §7.3: the gate is a data format level (an integer bumped when
 // writes start keeping something older nodes would not), not a version
 // string; an outdated node does not merely stay out of the lease but
@@ -52,6 +62,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -159,6 +170,14 @@ type Controller struct {
 	// is found above this node's (markOutdated).
 	outdated     chan struct{}
 	outdatedOnce sync.Once
+	// ready is closed once this node may serve (Ready); waitingFor is
+	// what it waited for at the last look ([]string).
+	ready      chan struct{}
+	waitingFor atomic.Value
+	abandoned  atomic.Bool
+	// warnedOlder: the node logged that it waits for older nodes (only
+	// the heartbeat goroutine uses it).
+	warnedOlder bool
 	// counts is the live node set last told to LiveNodes and Peers
 	// (Node.Counts); only the heartbeat goroutine uses it.
 	counts map[string]time.Time
@@ -199,7 +218,8 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.DataLevel < 0 {
 		return nil, fmt.Errorf("data format level %d: want 0 or more", cfg.DataLevel)
 	}
-	c := &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now(), changed: make(chan struct{}), outdated: make(chan struct{})}
+	c := &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now(), changed: make(chan struct{}), outdated: make(chan struct{}),
+		ready: make(chan struct{})}
 	c.address.Store(cfg.Address)
 	return c, nil
 }
@@ -306,7 +326,12 @@ func (c *Controller) Run(ctx context.Context) {
 		c.heartbeat(hctx)
 	}()
 	if c.cfg.Mode == Auto {
-		c.campaign(ctx) // returns early once outdated: heartbeats go on
+		select {
+		case <-c.ready:
+			c.campaign(ctx) // returns early once outdated: heartbeats go on
+		case <-ctx.Done():
+		case <-c.outdated:
+		}
 	}
 	<-ctx.Done()
 	stop()
@@ -547,7 +572,11 @@ func (c *Controller) heartbeat(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("node lease", "err", err)
 		}
-		c.checkLevel(ctx)
+		levelOK := c.checkLevel(ctx)
+		if levelOK && (held || mine) && !c.Ready() {
+			// Both after the node lease was taken: see awaitOlder.
+			c.awaitOlder(ctx)
+		}
 		// The demand first (Demand applies it to this node's claim), then
 		// the live nodes told, then the record written: its Counts name
 		// what the shares applied now count, so that the others know it
@@ -571,7 +600,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			c.cfg.Log.Warn("node record", "err", err)
 		}
 		wait := c.interval()
-		if c.cfg.Waiting != nil && c.cfg.Waiting() {
+		if (c.cfg.Waiting != nil && c.cfg.Waiting()) || (!c.Ready() && !c.Outdated()) {
 			wait /= 4
 		}
 		select {
@@ -579,6 +608,11 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			// A clean stop says so, for status.
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
+			if c.abandoned.Load() {
+				// Requests may still be running: the lease is left to
+				// expire, which newer nodes wait for (awaitOlder).
+				return
+			}
 			if err := c.writeNode(rctx, true, time.Now().UTC(), nil); err != nil {
 				c.cfg.Log.Warn("node record", "err", err)
 			}
@@ -592,23 +626,146 @@ func (c *Controller) heartbeat(ctx context.Context) {
 }
 
 // checkLevel reads the database's minimum data format level and, when it
-// is above this node's, marks the node outdated. A failed read changes
-// nothing: the next heartbeat reads again.
-func (c *Controller) checkLevel(ctx context.Context) {
-	if c.cfg.DataLevel == 0 || c.Outdated() {
-		return
+// is above this node's, marks the node outdated. It reports whether the
+// node is not outdated as of this read (true without a read when the gate
+// is off). A failed read changes nothing: the next heartbeat reads again.
+func (c *Controller) checkLevel(ctx context.Context) bool {
+	if c.cfg.DataLevel == 0 {
+		return true
+	}
+	if c.Outdated() {
+		return false
 	}
 	min, err := MinLevel(ctx, c.cfg.Store)
 	if err != nil {
 		if ctx.Err() == nil {
 			c.cfg.Log.Warn("data format level", "err", err)
 		}
-		return
+		return false
 	}
 	if min > c.cfg.DataLevel {
 		c.markOutdated(min)
+		return false
+	}
+	return true
+}
+
+// awaitOlder makes the node ready (Ready) once no other node of a lower
+// data format level holds a live node lease, and logs which ones it waits
+// for when that changes. It runs at a heartbeat after this node took its
+// node lease and then read the minimum without finding it above its level.
+//
+// Why no older node commits a write once this one is ready: an older node
+// stops at the first heartbeat that reads the minimum this node's server
+// raised before starting it, and releases its node lease only once it has
+// stopped (its server finishes the requests in flight first), or lets it
+// expire (Abandon); a frozen one's lease expires TTL after it last renewed
+// it. An older node still starting took its node lease before it read the
+// minimum: if it read it before the raise, its lease was live before this
+// node looked (and it is waited for), else it stops without serving. A
+// node whose lease is live but whose record is not written yet (it writes
+// it in the heartbeat that took the lease) is waited for until it is; a
+// node publishing no level (DataLevel 0: a kmsd from before the version
+// gate, which never stops for it) is not waited for. Left open: an older
+// node restarted after a crash while its crashed process's node lease
+// still lives is Ready without a lease of its own ("mine"), so it is
+// waited for only until that lease expires, which may be up to a
+// heartbeat before it takes its own and finds itself outdated.
+func (c *Controller) awaitOlder(ctx context.Context) {
+	var older, starting []string
+	if c.cfg.DataLevel > 0 {
+		var err error
+		if older, starting, err = c.olderNodes(ctx); err != nil {
+			if ctx.Err() == nil {
+				c.cfg.Log.Warn("older nodes", "err", err)
+			}
+			return
+		}
+	}
+	prev, _ := c.waitingFor.Load().([]string)
+	all := append(older, starting...)
+	c.waitingFor.Store(all)
+	switch {
+	case len(all) == 0:
+		if c.warnedOlder {
+			c.cfg.Log.Info("every older node has stopped: this node serves", "node", c.cfg.NodeID, "level", c.cfg.DataLevel)
+		}
+		close(c.ready)
+	case slices.Equal(prev, all):
+	case len(older) > 0:
+		c.warnedOlder = true
+		c.cfg.Log.Warn(fmt.Sprintf("waiting for %d older nodes to stop: %s", len(older), strings.Join(older, ", ")),
+			"node", c.cfg.NodeID, "level", c.cfg.DataLevel, "starting", starting)
+	default:
+		c.cfg.Log.Debug("waiting for starting nodes to publish their data format level", "node", c.cfg.NodeID, "starting", starting)
 	}
 }
+
+// olderNodes names the nodes, other than this one, that hold a live node
+// lease: older, those whose record shows a data format level from 1 to
+// below this node's; starting, those that have no record yet.
+func (c *Controller) olderNodes(ctx context.Context) (older, starting []string, err error) {
+	ls, err := c.cfg.Leaser.Live(ctx, NodeLeasePrefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, l := range ls {
+		id := strings.TrimPrefix(l.Name, NodeLeasePrefix)
+		if id == c.cfg.NodeID {
+			continue
+		}
+		b, err := c.cfg.Store.Get(ctx, NodePrefix+id)
+		if errors.Is(err, storage.ErrNotFound) {
+			starting = append(starting, id+" (starting, level not known yet)")
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		var n Node
+		if err := json.Unmarshal(b, &n); err != nil {
+			return nil, nil, fmt.Errorf("node record %s: %w", id, err)
+		}
+		if n.DataLevel > 0 && n.DataLevel < c.cfg.DataLevel {
+			older = append(older, fmt.Sprintf("%s (version %s, level %d)", id, n.Version, n.DataLevel))
+		}
+	}
+	return older, starting, nil
+}
+
+// Ready says this node may serve: it holds its node lease (or another
+// process of its node id does), its data format level is not below the
+// database's minimum as read after it took the lease, and no node of a
+// lower level holds a live node lease any more (awaitOlder). It stays true
+// once it is. The controller lease is not tried for before; a server
+// should not answer requests before either (ReadyC).
+func (c *Controller) Ready() bool {
+	select {
+	case <-c.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// ReadyC is closed when Ready becomes true.
+func (c *Controller) ReadyC() <-chan struct{} { return c.ready }
+
+// WaitingFor names the older nodes this node waited for at its last look
+// (empty once Ready).
+func (c *Controller) WaitingFor() []string {
+	if c.Ready() {
+		return nil
+	}
+	s, _ := c.waitingFor.Load().([]string)
+	return s
+}
+
+// Abandon makes Run end without saying the node stopped: no Stopped node
+// record is written and the node lease is not released, but left to
+// expire, so that newer nodes wait for this one until then. A server calls
+// it when requests may still be running as it shuts down.
+func (c *Controller) Abandon() { c.abandoned.Store(true) }
 
 // markOutdated stops the campaign and the term in progress, once, and
 // tells Config.Outdated.

@@ -2,10 +2,13 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -81,12 +84,17 @@ func startLevel(t *testing.T, st shared, id string, level int, ttl time.Duration
 }
 
 // TestVersionGate (issue #16, MULTINODE §7.3): two nodes of data format
-// level 1 run, one of them the controller; a node of level 2 raises the
-// database's minimum. Within two heartbeats both old nodes are told
-// (Outdated, once), the old controller has given its lease up, and the
-// new node leads; no old node takes the lease afterwards, even when it is
-// free; the node records carry each node's version and level. On both
-// drivers.
+// level 1 run, one of them the controller; the database's minimum is
+// raised to 2 and a node of level 2 starts, as kmsd's server does it.
+// Within two heartbeats both old nodes are told (Outdated, once) and the
+// old controller has given its lease up. The new node is not ready and
+// takes no controller term while either old node holds its node lease
+// (the controller alone does not stop them: here they go on heartbeating),
+// and no old node takes the free lease either; once one old node stopped
+// cleanly and the other was frozen (no more heartbeats, its lease left to
+// expire), the new node is ready no later than a lease TTL after the
+// frozen one's last heartbeat, and leads. The node records carry each
+// node's version and level. On both drivers.
 func TestVersionGate(t *testing.T) {
 	for _, d := range drivers {
 		t.Run(d.name, func(t *testing.T) {
@@ -102,15 +110,11 @@ func TestVersionGate(t *testing.T) {
 			// (A slow renewal may hand the lease to the other old node;
 			// whichever leads is the one that must give it up.)
 
-			newer := startLevel(t, sts[2], "new", 2, ttl)
-			time.Sleep(3 * ttl / 5) // some heartbeats at level 1: nothing changes
-			if old[0].c.Outdated() || old[1].c.Outdated() || newer.c.IsController() {
-				t.Fatal("the old nodes changed before the level was raised")
-			}
 			if min, err := RaiseMinLevel(ctx, sts[2], 2); err != nil || min != 1 {
 				t.Fatalf("RaiseMinLevel(2) = %d, %v; want 1, nil", min, err)
 			}
 			raised := time.Now()
+			newer := startLevel(t, sts[2], "new", 2, ttl)
 			// An older node's raise is refused and writes nothing.
 			if min, err := RaiseMinLevel(ctx, sts[0], 1); !errors.Is(err, ErrOutdated) || min != 2 {
 				t.Fatalf("RaiseMinLevel(1) after 2 = %d, %v; want 2, ErrOutdated", min, err)
@@ -119,75 +123,98 @@ func TestVersionGate(t *testing.T) {
 				t.Fatalf("MinLevel = %d, %v; want 2", min, err)
 			}
 
-			for !newer.c.IsController() {
-				if old[0].c.IsController() && old[1].c.IsController() {
-					t.Fatal("two controllers at once")
-				}
-				if time.Since(raised) > 3*ttl {
-					t.Fatalf("the new node does not lead %s after the raise", 3*ttl)
+			// The old nodes are told and the old controller steps down.
+			for !(old[0].c.Outdated() && old[1].c.Outdated() && !first.c.IsController()) {
+				if time.Since(raised) > 2*ttl {
+					t.Fatalf("old nodes outdated %v/%v, old controller leads %v, %s after the raise",
+						old[0].c.Outdated(), old[1].c.Outdated(), first.c.IsController(), 2*ttl)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			l := newer.node
-			if took := time.Since(raised); took > 2*ttl {
-				t.Errorf("the new node led %s after the raise, want within 2 heartbeats and a retry", took)
-			}
-			if l.c.Epoch() <= epoch {
-				t.Errorf("new epoch %d, old %d", l.c.Epoch(), epoch)
-			}
 			for _, o := range old {
-				if !o.c.Outdated() || o.outdated.Load() != 2 || o.calls.Load() != 1 {
-					t.Errorf("%s: Outdated()=%v, told %d (%d calls); want true, 2, 1 call",
-						o.c.NodeID(), o.c.Outdated(), o.outdated.Load(), o.calls.Load())
+				if o.outdated.Load() != 2 || o.calls.Load() != 1 {
+					t.Errorf("%s: told %d (%d calls); want 2, 1 call", o.c.NodeID(), o.outdated.Load(), o.calls.Load())
 				}
 			}
-			if first.c.IsController() {
-				t.Error("the old controller still holds the lease")
-			}
-			if newer.c.Outdated() || newer.calls.Load() != 0 {
-				t.Error("the new node was told it is outdated")
-			}
 
-			// The lease free again: still no old node takes it.
-			newer.stop()
-			deadline := time.Now().Add(3 * ttl / 2)
-			for time.Now().Before(deadline) {
+			// While the old nodes hold their node leases nobody leads: not
+			// the new node (it waits), not an old one (outdated).
+			for until := time.Now().Add(3 * ttl / 2); time.Now().Before(until); time.Sleep(20 * time.Millisecond) {
+				if newer.c.Ready() || newer.c.IsController() {
+					t.Fatalf("the new node serves (ready %v, controller %v) while level-1 nodes hold their node leases",
+						newer.c.Ready(), newer.c.IsController())
+				}
 				for _, o := range old {
 					if o.c.IsController() {
 						t.Fatalf("%s (level 1) took the controller lease of a level-2 database", o.c.NodeID())
 					}
 				}
-				time.Sleep(20 * time.Millisecond)
 			}
+			if w := newer.c.WaitingFor(); len(w) != 2 {
+				t.Errorf("the new node waits for %q; want old-a and old-b", w)
+			}
+			if newer.c.Outdated() || newer.calls.Load() != 0 {
+				t.Error("the new node was told it is outdated")
+			}
+
+			// old-a stops cleanly: the new node still waits for old-b.
+			old[0].stop()
+			for w := newer.c.WaitingFor(); len(w) != 1 || !strings.HasPrefix(w[0], "old-b "); w = newer.c.WaitingFor() {
+				if newer.c.Ready() {
+					t.Fatal("the new node is ready while old-b holds its node lease")
+				}
+				if time.Since(raised) > 10*ttl {
+					t.Fatalf("the new node waits for %q after old-a stopped; want old-b only", w)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+
+			// old-b freezes: no more heartbeats, its lease is not released.
+			old[1].c.Abandon()
+			frozen := time.Now() // its last renewal was before this
+			old[1].stop()
+			for !newer.c.Ready() {
+				ls, err := sts[2].Live(ctx, NodeLeasePrefix+"old-b")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if newer.c.Ready() {
+					break
+				}
+				if len(ls) == 0 && time.Since(frozen) > ttl+ttl/2 {
+					t.Fatalf("the new node not ready %s after the last level-1 node froze, its lease expired", time.Since(frozen))
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			// Ready, checked before the read: the lease is gone by then.
+			if ls, err := sts[2].Live(ctx, NodeLeasePrefix+"old-b"); err != nil || len(ls) != 0 {
+				t.Fatalf("the new node is ready while old-b's node lease is live: %+v, %v", ls, err)
+			}
+			if took := time.Since(frozen); took > ttl+ttl/2 {
+				t.Errorf("the new node waited %s for a frozen node whose lease TTL is %s", took, ttl)
+			}
+			waitLeader(t, []*node{newer.node}, 2*ttl)
+			if newer.c.Epoch() <= epoch {
+				t.Errorf("new epoch %d, old %d", newer.c.Epoch(), epoch)
+			}
+
 			st, err := ReadStatus(ctx, sts[0], sts[0])
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Current != nil {
-				t.Errorf("controller %+v; want none", st.Current)
-			}
 			if st.MinDataLevel != 2 {
 				t.Errorf("status minDataLevel %d, want 2", st.MinDataLevel)
 			}
-			levels := map[string]string{}
+			got := map[string]string{}
 			for _, n := range st.Nodes {
-				levels[n.ID] = fmt.Sprintf("%s/%d", n.Version, n.DataLevel)
+				got[n.ID] = fmt.Sprintf("%s/%d stopped=%v live=%v", n.Version, n.DataLevel, n.Stopped, n.Live)
 			}
-			want := map[string]string{"old-a": "v-old-a/1", "old-b": "v-old-b/1", "new": "v-new/2"}
+			want := map[string]string{"old-a": "v-old-a/1 stopped=true live=false", "old-b": "v-old-b/1 stopped=false live=false",
+				"new": "v-new/2 stopped=false live=true"}
 			for id, w := range want {
-				if levels[id] != w {
-					t.Errorf("node %s record: version/level %q, want %q", id, levels[id], w)
+				if got[id] != w {
+					t.Errorf("node %s: %q, want %q", id, got[id], w)
 				}
-			}
-			// The old nodes still heartbeat (their server shuts them down).
-			live := 0
-			for _, n := range st.Nodes {
-				if n.Live {
-					live++
-				}
-			}
-			if live != 2 {
-				t.Errorf("%d live nodes, want the 2 old ones", live)
 			}
 		})
 	}
@@ -270,6 +297,56 @@ func TestRaiseMinLevelConcurrent(t *testing.T) {
 			}
 			if _, err := MinLevel(ctx, sts[0]); err == nil {
 				t.Error("MinLevel read a level from \"x\"")
+			}
+		})
+	}
+}
+
+// TestOlderNodes: a node of level 2 waits for the other nodes holding a
+// live node lease whose record shows level 1, or that have written no
+// record yet; not for one of its own level or above, not for one from
+// before the gate (no level published), not for itself, and not for a
+// node whose lease was released, even if its record says level 1. On
+// both drivers.
+func TestOlderNodes(t *testing.T) {
+	for _, d := range drivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			st := d.open(t, 1)[0]
+			records := map[string]int{"self": 2, "old": 1, "same": 2, "newer": 3, "pregate": 0, "gone": 1}
+			for id, level := range records {
+				b, err := json.Marshal(Node{ID: id, Version: "v-" + id, DataLevel: level})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := st.Put(ctx, NodePrefix+id, b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, id := range []string{"self", "old", "same", "newer", "pregate", "gone", "starting"} {
+				l, ok, err := st.TryAcquire(ctx, NodeLeasePrefix+id, id, time.Minute)
+				if err != nil || !ok {
+					t.Fatal(ok, err)
+				}
+				if id == "gone" {
+					if err := st.Release(ctx, l); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			c, err := New(Config{Leaser: st, Store: st, NodeID: "self", DataLevel: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			older, starting, err := c.olderNodes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := []string{"old (version v-old, level 1)"}; !slices.Equal(older, want) {
+				t.Errorf("older %q, want %q", older, want)
+			}
+			if want := []string{"starting (starting, level not known yet)"}; !slices.Equal(starting, want) {
+				t.Errorf("starting %q, want %q", starting, want)
 			}
 		})
 	}
