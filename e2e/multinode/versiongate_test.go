@@ -16,8 +16,9 @@ import (
 // TestVersionGatedUpgrade (issue #16, MULTINODE §7.3 min_node_version):
 // two nodes of data format level N serve; a node of level N+1 (the
 // test-only KMSD_FAULT_DATA_LEVEL) joins; both old nodes shut down on
-// their own within a heartbeat or two, exit 1 and say why, and the new
-// node leads and serves what they made; a node of level N started
+// their own within a heartbeat or two, exit 1 and say why; the new node
+// answers nothing before they stopped (released their node leases), then
+// leads and serves what they made; a node of level N started
 // afterwards refuses to start, names both levels, and writes nothing to
 // the database. --lease-ttl 3s: a heartbeat every 600ms.
 func TestVersionGatedUpgrade(t *testing.T) {
@@ -53,12 +54,24 @@ func TestVersionGatedUpgrade(t *testing.T) {
 	newer.Start(t)
 	joined := time.Now()
 	newer.WaitHealthy(t, 30*time.Second)
+	t.Logf("%s answers %.2fs after it was started", newer.id, time.Since(joined).Seconds())
+	// The new node answers only once the old ones are gone (their node
+	// leases released, after their in-flight requests).
+	for _, ns := range status(t, url).Nodes {
+		if ns.ID != newer.id && ns.Live {
+			t.Errorf("%s answers %.1fs after its start while old node %s holds its node lease",
+				newer.id, time.Since(joined).Seconds(), ns.ID)
+		}
+	}
+	if log := newer.tail(); !strings.Contains(log, "waiting for 2 older nodes to stop") {
+		t.Errorf("%s's log does not say it waits for the old nodes:\n%s", newer.id, log)
+	}
 	for _, o := range old {
 		code, ok := o.Exited(time.Until(joined.Add(2*heartbeat + 10*time.Second)))
 		if !ok {
 			t.Fatalf("%s still runs %.1fs after a level-%d node joined", o.id, time.Since(joined).Seconds(), n+1)
 		}
-		t.Logf("%s exited %d, %.1fs after the new node was started", o.id, code, time.Since(joined).Seconds())
+		t.Logf("%s exited %d, %.2fs after the new node was started", o.id, code, time.Since(joined).Seconds())
 		if code != 1 {
 			t.Errorf("%s exit code %d, want 1 (a supervisor must notice)", o.id, code)
 		}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/release"
@@ -73,4 +75,45 @@ func raiseDataLevel(ctx context.Context, st storage.Store, db database, level in
 			"database", db.desc, "from", min, "to", level)
 	}
 	return nil
+}
+
+// olderWait bounds how long a starting node waits for the older nodes to
+// stop (awaitOlder) on leases of ttl: an older node reads the raised
+// minimum within a heartbeat (ttl/5), finishes its requests within
+// shutdownTimeout and releases its node lease, or, if they do not finish,
+// leaves it to expire within ttl; a frozen one's lease expires within ttl
+// of its last renewal. The rest is margin for slow database round trips.
+func olderWait(ttl time.Duration) time.Duration { return 2*ttl + shutdownTimeout }
+
+// awaitOlder waits until ctl is ready (controller.Controller.Ready): no node
+// of a lower data format level holds a live node lease any more, so none
+// can still write a key without what this node's level keeps. It reports
+// whether to serve: false, with no error, when ctx ended first; an error
+// when this node is outdated itself meanwhile (outdated receives the
+// minimum), or when older nodes still hold their leases after
+// olderWait — the node then does not serve at all, and the older ones,
+// which read the raised minimum, stop or have their leases expire.
+func awaitOlder(ctx context.Context, ctl *controller.Controller, outdated <-chan int, cfg Config, db database) (bool, error) {
+	if ctl.Ready() {
+		return true, nil
+	}
+	wait := olderWait(cfg.LeaseTTL)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctl.ReadyC():
+		return true, nil
+	case <-ctx.Done():
+		return false, nil
+	case min := <-outdated:
+		return false, outdatedError(db, cfg.dataLevel, min)
+	case <-t.C:
+		older := ctl.WaitingFor()
+		if len(older) == 0 {
+			return false, fmt.Errorf("this node could not take its node lease on %s and read the data format level within %s (see the log)", db.desc, wait)
+		}
+		return false, fmt.Errorf("%d older nodes did not stop within %s of this node's start on %s (%s): "+
+			"this node serves nothing while an older one might still write; stop them, or start this node again once their node leases have expired",
+			len(older), wait, db.desc, strings.Join(older, ", "))
+	}
 }

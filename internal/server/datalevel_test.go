@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmsd/kmsd/internal/controller"
 	"github.com/kmsd/kmsd/internal/release"
@@ -180,4 +183,125 @@ func names(es []os.DirEntry) []string {
 		out = append(out, e.Name())
 	}
 	return out
+}
+
+// TestDataLevelServesAfterOlder (issue #16): a node of a higher data
+// format level started beside a running older node (here the older node's
+// controller, stopped by its Outdated callback once the test has seen
+// the newer one wait, as its server would stop) answers no connection
+// while the older node holds its node lease, and serves once the older
+// node has stopped. On both drivers.
+func TestDataLevelServesAfterOlder(t *testing.T) {
+	for _, d := range []struct {
+		name string
+		cfg  func(t *testing.T) Config
+	}{
+		{"sqlite", func(t *testing.T) Config { return Config{} }},
+		{"postgres", func(t *testing.T) Config {
+			return Config{DatabaseURL: pgtest.URL(t), RootKey: keyB64(7), DBMaxConns: 4, DBMinConns: 1}
+		}},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			t.Setenv("KMSD_FAULT_INJECTION", "1")
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			older, newer := release.DataLevel, release.DataLevel+1
+			cfg := d.cfg(t)
+			cfg.DataDir = t.TempDir()
+			cfg.Listen = freeAddr(t)
+			cfg.AuditLog = "off"
+			cfg.LeaseTTL = time.Second // heartbeats every 200 ms
+
+			// The older node: its level raised, its controller running.
+			t.Setenv(dataLevelEnv, fmt.Sprint(older))
+			ocfg := cfg
+			if err := ocfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			st, db, err := openStore(ctx, ocfg, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if _, err := openBarrier(ctx, ocfg, st, db, log); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := controller.RaiseMinLevel(ctx, st, older); err != nil {
+				t.Fatal(err)
+			}
+			outdated := make(chan int, 1)
+			old, err := controller.New(controller.Config{Leaser: st.(storage.Leaser), Store: st, NodeID: "old", TTL: cfg.LeaseTTL,
+				Version: "old", DataLevel: older, Outdated: func(min int) { outdated <- min }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			octx, stopOld := context.WithCancel(context.Background())
+			oldDone := make(chan struct{})
+			go func() { defer close(oldDone); old.Run(octx) }()
+			defer func() { stopOld(); <-oldDone }()
+			select {
+			case <-old.ReadyC():
+			case <-time.After(5 * time.Second):
+				t.Fatal("the older node is not ready")
+			}
+
+			// The newer node starts: it raises the level, and waits.
+			t.Setenv(dataLevelEnv, fmt.Sprint(newer))
+			ncfg := cfg
+			nctx, stopNew := context.WithCancel(context.Background())
+			runErr := make(chan error, 1)
+			go func() { runErr <- Run(nctx, ncfg, io.Discard, log) }()
+			ran := sync.OnceValue(func() error { return <-runErr })
+			defer func() {
+				stopNew()
+				if err := ran(); err != nil {
+					t.Errorf("the newer node's Run: %v", err)
+				}
+			}()
+			select {
+			case min := <-outdated:
+				if min != newer {
+					t.Fatalf("the older node was told level %d, want %d", min, newer)
+				}
+			case err := <-runErr:
+				runErr <- nil // for the deferred wait; the error is reported here
+				t.Fatalf("the newer node's Run ended before the older node was told it is outdated: %v", err)
+			case <-time.After(5 * time.Second):
+				t.Fatal("the older node was not told it is outdated")
+			}
+			// Several of the newer node's looks (every 50 ms): the older
+			// node still holds its lease, so nothing is served.
+			for until := time.Now().Add(time.Second); time.Now().Before(until); time.Sleep(20 * time.Millisecond) {
+				if c, err := net.DialTimeout("tcp", cfg.Listen, time.Second); err == nil {
+					c.Close()
+					t.Fatal("the newer node accepts connections while the older node holds its node lease")
+				}
+			}
+			stopOld()
+			<-oldDone
+			stopped := time.Now()
+			for {
+				c, err := net.DialTimeout("tcp", cfg.Listen, time.Second)
+				if err == nil {
+					c.Close()
+					break
+				}
+				if time.Since(stopped) > 5*time.Second {
+					t.Fatalf("the newer node does not serve %s after the older node stopped: %v", time.Since(stopped), err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// freeAddr picks a free loopback address for a server to listen on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

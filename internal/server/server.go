@@ -26,7 +26,16 @@
 // before any migration, beside the root key check — and a node above it
 // raises the minimum once its root key is proved. A running node that
 // finds the minimum raised at a heartbeat (controller.Config.Outdated)
-// shuts down like on SIGTERM and Run returns an error (exit status 1).
+// shuts down like on SIGTERM and Run returns an error (exit status 1),
+// and says it stopped (node record, node lease released) only after its
+// requests in flight finished — if they do not within the shutdown
+// timeout, it leaves its node lease to expire instead. A node does not
+// apply its seed file, listen or campaign for the controller lease until
+// every older node has stopped (controller.Controller.Ready: their node
+// leases released or expired), for at most olderWait (twice --lease-ttl
+// plus the shutdown timeout; then it exits 1 naming them): so once a newer
+// node serves, no older node still commits a write. Nodes from before the
+// gate publish no level and are not waited for.
 // Departures from §7.3, recorded in the controller package doc too: the
 // gate is a level, not a version; it stops the node serving, not only
 // campaigning; every newer node raises it at start, not the controller;
@@ -89,6 +98,10 @@ func (a *api) setVerifiers(lookup sigv4.SecretLookup) {
 	}
 	a.verifier, a.iamVerifier, a.stsVerifier = v("kms", awsjson.ContentType), v("iam", queryContentType), v("sts", queryContentType)
 }
+
+// shutdownTimeout is how long a stopping node waits for the requests in
+// flight.
+const shutdownTimeout = 10 * time.Second
 
 // DefaultListen is where kmsd listens unless told otherwise: loopback
 // only, on a fixed port.
@@ -479,6 +492,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		<-ctlDone
 	}()
 
+	// Version gate: neither the seed file's keys are written nor any
+	// request answered while an older node may still write (awaitOlder).
+	if serve, err := awaitOlder(ctx, ctl, outdated, cfg, db); err != nil || !serve {
+		return err
+	}
+
 	// The catalog, the KMS service, HSM clusters and key stores, with the
 	// seed file applied: what a reset replaces (reset.go). Deferred
 	// before the listener's shutdown, so it closes after every request
@@ -550,12 +569,17 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}
 	}
 	log.Info("shutting down")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if msrv != nil {
 		msrv.Shutdown(shutCtx)
 	}
 	if err := srv.Shutdown(shutCtx); err != nil {
+		// Requests still running may yet write: the node does not say it
+		// stopped (its node lease is left to expire, which newer nodes
+		// wait for), and their contexts are cancelled.
+		ctl.Abandon()
+		srv.Close()
 		return err
 	}
 	return stopErr
