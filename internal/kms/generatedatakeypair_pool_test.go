@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/kmsapi"
+	"github.com/kmsd/kmsd/internal/pairpool"
 )
 
 // TestGenerateDataKeyPairPool: RSA pairs come from the pool once it has
@@ -18,7 +19,7 @@ func TestGenerateDataKeyPairPool(t *testing.T) {
 		opts []Option
 		pool int
 	}{
-		{"pooled", []Option{WithPairPool(map[string]int{"RSA_2048": 2})}, 2},
+		{"pooled", []Option{WithPairPool(map[string]pairpool.Stock{"RSA_2048": {Size: 2}})}, 2},
 		{"no pool", []Option{WithPairPool(nil)}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,5 +66,41 @@ func TestGenerateDataKeyPairPool(t *testing.T) {
 			}
 			wg.Wait()
 		})
+	}
+}
+
+// TestGenerateDataKeyPairBatch: by default the first request of an EC
+// spec makes a batch and stocks all but its own pair, before it answers;
+// the next requests take from the stock, each a different pair; a pool
+// size of 0 turns batches off too.
+func TestGenerateDataKeyPairBatch(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	sym := f.createKey(t)
+	spec := "ECC_NIST_P256"
+	seen := map[string]bool{}
+	for i := range pairBatch[spec] + 1 {
+		c := *f.caller
+		c.Resources = nil
+		out, err := f.svc.GenerateDataKeyPair(ctx, &c, &kmsapi.GenerateDataKeyPairRequest{KeyId: &sym, KeyPairSpec: &spec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[string(out.PrivateKeyPlaintext)] {
+			t.Fatalf("request %d: a private key handed out twice", i)
+		}
+		seen[string(out.PrivateKeyPlaintext)] = true
+		// Request 0 made a batch; requests 1..batch-1 took its pairs;
+		// request batch found the stock empty and made the next.
+		want := pairBatch[spec] - 1 - i
+		if i == pairBatch[spec] {
+			want = pairBatch[spec] - 1
+		}
+		if n := f.svc.pairs.Len(spec); n != want {
+			t.Fatalf("after request %d: stock %d, want %d", i, n, want)
+		}
+	}
+	if m := PairPool(0); len(m) != 0 {
+		t.Fatalf("PairPool(0) = %v, want no pooled spec", m)
 	}
 }

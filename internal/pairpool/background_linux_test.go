@@ -25,7 +25,7 @@ func TestWorkersRunInBackground(t *testing.T) {
 		}
 		return []byte("private"), []byte("public"), nil
 	}
-	p := New(gen, nil, map[string]int{"RSA_2048": 4})
+	p := New(gen, nil, background(map[string]int{"RSA_2048": 4}))
 	p.Take("RSA_2048")
 	waitFor(t, "the stock to fill", func() bool { return p.Len("RSA_2048") == 4 })
 	if got, want := runtime.GOMAXPROCS(0), 2*before; got != want {

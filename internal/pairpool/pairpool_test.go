@@ -59,7 +59,7 @@ func TestTake(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &counter{}
-			p := New(c.gen, rand.Reader, tc.sizes)
+			p := New(c.gen, rand.Reader, background(tc.sizes))
 			defer p.Close()
 			if _, ok := p.Take(tc.spec); ok {
 				t.Fatal("the first Take found a pair: the pool filled before any demand")
@@ -92,7 +92,7 @@ func TestTake(t *testing.T) {
 // are filled.
 func TestDemandDriven(t *testing.T) {
 	c := &counter{}
-	p := New(c.gen, rand.Reader, map[string]int{"RSA_2048": 2, "RSA_4096": 2})
+	p := New(c.gen, rand.Reader, background(map[string]int{"RSA_2048": 2, "RSA_4096": 2}))
 	defer p.Close()
 	time.Sleep(20 * time.Millisecond)
 	if n := c.n.Load(); n != 0 {
@@ -109,7 +109,7 @@ func TestDemandDriven(t *testing.T) {
 // even while the filler is stuck generating.
 func TestFallbackWhenEmpty(t *testing.T) {
 	c := &counter{gate: make(chan struct{})}
-	p := New(c.gen, rand.Reader, map[string]int{"RSA_2048": 2})
+	p := New(c.gen, rand.Reader, background(map[string]int{"RSA_2048": 2}))
 	done := make(chan bool)
 	go func() {
 		_, ok := p.Take("RSA_2048")
@@ -137,7 +137,7 @@ func TestFallbackWhenEmpty(t *testing.T) {
 func TestGenerateErrorFallsBack(t *testing.T) {
 	c := &counter{}
 	c.fail.Store(true)
-	p := New(c.gen, rand.Reader, map[string]int{"RSA_2048": 2})
+	p := New(c.gen, rand.Reader, background(map[string]int{"RSA_2048": 2}))
 	defer p.Close()
 	if _, ok := p.Take("RSA_2048"); ok {
 		t.Fatal("pair from a failing generator")
@@ -151,7 +151,7 @@ func TestGenerateErrorFallsBack(t *testing.T) {
 // same pair, while the filler refills under them.
 func TestNoPairTwice(t *testing.T) {
 	c := &counter{}
-	p := New(c.gen, rand.Reader, map[string]int{"RSA_2048": 4})
+	p := New(c.gen, rand.Reader, background(map[string]int{"RSA_2048": 4}))
 	defer p.Close()
 	var (
 		mu   sync.Mutex
@@ -194,7 +194,7 @@ func TestNoPairTwice(t *testing.T) {
 func TestCloseStopsFillers(t *testing.T) {
 	before := runtime.NumGoroutine()
 	c := &counter{}
-	p := New(c.gen, rand.Reader, map[string]int{"RSA_2048": 2, "RSA_3072": 2, "RSA_4096": 2})
+	p := New(c.gen, rand.Reader, background(map[string]int{"RSA_2048": 2, "RSA_3072": 2, "RSA_4096": 2}))
 	for _, spec := range []string{"RSA_2048", "RSA_3072", "RSA_4096"} {
 		p.Take(spec)
 	}
@@ -231,7 +231,7 @@ func TestCloseStopsFillers(t *testing.T) {
 // TestRealPairs runs the pool with package material's generator: pooled
 // pairs are real, distinct pairs.
 func TestRealPairs(t *testing.T) {
-	p := New(material.GeneratePair, rand.Reader, map[string]int{"ECC_NIST_P256": 2})
+	p := New(material.GeneratePair, rand.Reader, background(map[string]int{"ECC_NIST_P256": 2}))
 	defer p.Close()
 	p.Take("ECC_NIST_P256")
 	waitFor(t, "the stock to fill", func() bool { return p.Len("ECC_NIST_P256") == 2 })
@@ -240,4 +240,13 @@ func TestRealPairs(t *testing.T) {
 	if len(a.Public) == 0 || string(a.Public) == string(b.Public) {
 		t.Fatalf("pooled pairs not distinct: %x %x", a.Public, b.Public)
 	}
+}
+
+// background is sizes as stocks filled in the background.
+func background(sizes map[string]int) map[string]Stock {
+	m := map[string]Stock{}
+	for spec, n := range sizes {
+		m[spec] = Stock{Size: n}
+	}
+	return m
 }

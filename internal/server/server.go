@@ -171,7 +171,8 @@ type Config struct {
 	XKSAllowedEndpoints string
 	// PairPoolSize is how many RSA data key pairs of each KeyPairSpec are
 	// kept pre-generated in memory for GenerateDataKeyPair ("" for
-	// kms.DefaultPairPoolSize, "0" for none); PairPool is it parsed.
+	// kms.DefaultPairPoolSize, "0" for none, which also stops the EC
+	// specs' batches, kms.PairPool); PairPool is it parsed.
 	PairPoolSize string
 	PairPool     int
 	// ReplicaDelay is how long a new multi-Region replica stays Creating
