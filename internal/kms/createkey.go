@@ -11,7 +11,6 @@ import (
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/keystore"
 	"github.com/kmsd/kmsd/internal/kmsapi"
-	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/policy"
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -205,7 +204,7 @@ func (s *Service) newMaterial(name, id, spec string, created time.Time) (catalog
 	if spec == keys.Symmetric {
 		priv, err = s.randomBytes(32)
 	} else {
-		priv, pub, err = material.Generate(spec, s.rand)
+		priv, pub, err = s.generate(spec, s.rand)
 	}
 	if err != nil {
 		return catalog.Version{}, internal(err)

@@ -29,7 +29,7 @@ const (
 
 // newTestAPI returns the KMS, IAM and STS handler of a kmsd in verify
 // mode, with one long-term access key (testAKID) for an administrator.
-func newTestAPI(t testing.TB) *api {
+func newTestAPI(t testing.TB, opts ...kms.Option) *api {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kmsd.db"))
@@ -53,7 +53,7 @@ func newTestAPI(t testing.TB) *api {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a := &api{svc: kms.New(catalog.New(store, b), kms.WithLogger(log)), account: testAccount, log: log, metrics: newMetrics(), ids: ids}
+	a := &api{svc: kms.New(catalog.New(store, b), append([]kms.Option{kms.WithLogger(log)}, opts...)...), account: testAccount, log: log, metrics: newMetrics(), ids: ids}
 	a.setVerifiers(ids)
 	return a
 }

@@ -4,12 +4,17 @@ package server
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	_ "embed"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +25,7 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/audit"
+	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/material"
 	"github.com/kmsd/kmsd/internal/sigv4"
 )
@@ -116,7 +122,7 @@ func BenchmarkServe(b *testing.B) {
 	}
 	for _, tc := range cases {
 		b.Run(tc.name+"/handler", func(b *testing.B) {
-			a := newTestAPI(b)
+			a := newTestAPI(b, kms.WithKeyGenerator(benchGenerate))
 			a.audit = audit.New(io.Discard, nil)
 			b.Cleanup(func() { a.audit.Close() })
 			var created struct{ KeyMetadata struct{ KeyId string } }
@@ -235,7 +241,7 @@ func signPrimitive(spec, alg string) func(b *testing.B) func() error {
 
 func parsedKey(b *testing.B, spec string) *material.Key {
 	b.Helper()
-	private, _, err := material.Generate(spec, rand.Reader)
+	private, _, err := benchGenerate(spec, rand.Reader)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -244,6 +250,36 @@ func parsedKey(b *testing.B, spec string) *material.Key {
 		b.Fatal(err)
 	}
 	return k
+}
+
+// benchRSAKey is a fixed RSA_2048 private key, PKCS #8 in PEM. It is
+// embedded rather than read, as scripts/servecost.sh runs the test binary
+// from the repository's root.
+//
+//go:embed testdata/rsa2048.pem
+var benchRSAKey []byte
+
+// benchGenerate is material.Generate, but for RSA_2048 it returns a copy
+// of one fixed key (benchRSAKey). An RSA key generation's cost is random
+// (the primes are found by trial), so a case that generated its RSA keys
+// would cost a different number of instructions in each run and
+// scripts/servecost.sh could not cancel its setup out.
+func benchGenerate(spec string, rand io.Reader) (private, public []byte, err error) {
+	if spec != "RSA_2048" {
+		return material.Generate(spec, rand)
+	}
+	block, _ := pem.Decode(benchRSAKey)
+	if block == nil {
+		return nil, nil, errors.New("testdata/rsa2048.pem: no PEM block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	if public, err = x509.MarshalPKIXPublicKey(k.(crypto.Signer).Public()); err != nil {
+		return nil, nil, err
+	}
+	return block.Bytes, public, nil
 }
 
 // benchCall serves one signed request that must succeed and decodes its
