@@ -65,7 +65,12 @@ if c=$(cache 2 Unified) && [ -n "$c" ]; then caches+=(--LL="$c"); fi
 run() {
 	GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 valgrind --tool=cachegrind --cache-sim=yes "${caches[@]}" \
 		--cachegrind-out-file="$work/$1.$3" "$work/server.test" -test.run '^$' \
-		-test.bench "$2" -test.benchtime "${3}x" >/dev/null 2>&1
+		-test.bench "$2" -test.benchtime "${3}x" >"$work/$1.$3.log" 2>&1 || {
+		# Without this the counts of two failed runs would pass for a cost.
+		echo "servecost.sh: $2 failed:" >&2
+		grep -v '^==' "$work/$1.$3.log" | tail -5 >&2
+		exit 1
+	}
 	sed -n 's/^summary: //p' "$work/$1.$3"
 }
 
