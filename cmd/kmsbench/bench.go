@@ -285,6 +285,11 @@ type result struct {
 	// ServerCPUus is server CPU (user+system) per successful or failed
 	// request, in µs; -1 when the server's pid is unknown.
 	ServerCPUus float64 `json:"server_cpu_us_per_req"`
+	// ServerSysUs is the system (kernel) part of ServerCPUus; -1 when the
+	// server's pid is unknown. Over loopback it includes waking the
+	// generator (see the package doc), which grows as the generator idles
+	// more, so ops of different speeds are compared by the user part.
+	ServerSysUs float64 `json:"server_sys_us_per_req"`
 	// ServerCPUPct and GenCPUPct are the CPU each side used during the run,
 	// in % of one core.
 	ServerCPUPct float64 `json:"server_cpu_pct"`
@@ -375,20 +380,28 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 		P99us:       us(percentile(all, 99)),
 		GenCPUPct:   100 * gen.Seconds() / wall.Seconds(),
 		ServerCPUus: -1,
+		ServerSysUs: -1,
 	}
 	if rc.serverPID > 0 {
-		res.ServerTicks = srv1.total() - srv0.total()
-		cpu := float64(res.ServerTicks) / float64(rc.clkTck) // seconds
-		res.ServerCPUPct = 100 * cpu / wall.Seconds()
-		if n > 0 {
-			res.ServerCPUus = cpu * 1e6 / float64(n)
-		}
+		res.setServerCPU(srv0, srv1, rc.clkTck, wall)
 	}
 	if sysErr == nil {
 		busy := 100 * float64(sys1-sys0) / float64(rc.clkTck) / wall.Seconds()
 		res.OtherCPUPct = max(0, busy-res.ServerCPUPct-res.GenCPUPct)
 	}
 	return res, nil
+}
+
+// setServerCPU fills r's server CPU fields from the server's times before
+// and after its r.Requests requests, which took wall.
+func (r *result) setServerCPU(before, after procTimes, clkTck int, wall time.Duration) {
+	r.ServerTicks = after.total() - before.total()
+	cpu := float64(r.ServerTicks) / float64(clkTck) // seconds
+	r.ServerCPUPct = 100 * cpu / wall.Seconds()
+	if r.Requests > 0 {
+		r.ServerCPUus = cpu * 1e6 / float64(r.Requests)
+		r.ServerSysUs = float64(after.stime-before.stime) / float64(clkTck) * 1e6 / float64(r.Requests)
+	}
 }
 
 // tally counts failed requests by kind (see result.ErrorTypes) and all

@@ -126,3 +126,45 @@ func TestParseSystemBusy(t *testing.T) {
 		})
 	}
 }
+
+func TestSetServerCPU(t *testing.T) {
+	tests := []struct {
+		name          string
+		requests      int64
+		before, after procTimes
+		wantCPU       float64 // µs a request, user+system
+		wantSys       float64 // µs a request, system
+		wantPct       float64
+	}{
+		{
+			// 4 s, 100 ticks a second: 300 + 60 ticks = 3.6 s of CPU.
+			name: "user and system", requests: 100000,
+			before: procTimes{utime: 1000, stime: 200}, after: procTimes{utime: 1300, stime: 260},
+			wantCPU: 36, wantSys: 6, wantPct: 90,
+		},
+		{
+			name: "no system time", requests: 50000,
+			before: procTimes{utime: 10, stime: 5}, after: procTimes{utime: 410, stime: 5},
+			wantCPU: 80, wantSys: 0, wantPct: 100,
+		},
+		{
+			// No request: the per-request figures stay unknown.
+			name: "no requests", requests: 0,
+			before: procTimes{}, after: procTimes{utime: 40, stime: 40},
+			wantCPU: -1, wantSys: -1, wantPct: 20,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := result{Requests: tt.requests, ServerCPUus: -1, ServerSysUs: -1}
+			r.setServerCPU(tt.before, tt.after, 100, 4*time.Second)
+			if r.ServerCPUus != tt.wantCPU || r.ServerSysUs != tt.wantSys || r.ServerCPUPct != tt.wantPct {
+				t.Errorf("server CPU %v µs/req, of it system %v, %v%%; want %v, %v, %v%%",
+					r.ServerCPUus, r.ServerSysUs, r.ServerCPUPct, tt.wantCPU, tt.wantSys, tt.wantPct)
+			}
+			if want := tt.after.total() - tt.before.total(); r.ServerTicks != want {
+				t.Errorf("ServerTicks = %d, want %d", r.ServerTicks, want)
+			}
+		})
+	}
+}
