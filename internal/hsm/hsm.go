@@ -84,8 +84,14 @@
 // meets the first: a token not found is looked for again after the module
 // is re-initialised (pkcs11.go, live/reinit), at most every reinitEvery,
 // and the controller finishing a dead node's CreateHsm finds that node's
-// token with Refresh and reuses it. The second stays a risk of SoftHSM2
-// itself: SoftHSM2 is a development HSM; a production deployment declares
+// token with Refresh and reuses it. One form of the second kmsd meets as
+// well: SoftHSM2 2.6.1 rewrites a token's token.object at every C_Login
+// (its flags) without holding its lock while it writes, and a
+// C_Initialize in another process at that moment leaves the token out
+// until the next one; a re-initialisation that misses a token the last
+// one listed is therefore repeated after a pause of a millisecond or more
+// (pkcs11.go, initLocked). The rest stays a risk of SoftHSM2 itself:
+// SoftHSM2 is a development HSM; a production deployment declares
 // clusters over a network HSM's module (--hsm-config). The per-process
 // login registry (who is logged in as kmsuser, USER_LOGGED_IN) is not yet
 // shared between nodes.

@@ -5,6 +5,7 @@ package hsm
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,14 +80,16 @@ func TestFindSlotCache(t *testing.T) {
 		}
 	})
 	t.Run("slots renumbered", func(t *testing.T) {
-		// A re-initialisation forgets the cache; a stale entry that
-		// survived it (a slot number now naming nothing) still finds the
-		// token.
+		// A re-initialisation replaces the cache with the slots it lists
+		// (initLocked); a stale entry that survived it (a slot number now
+		// naming nothing) still finds the token.
 		if err := m.Reload(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if len(m.slots) != 0 {
-			t.Fatalf("cache after a re-initialisation: %v", m.slots)
+		for l, c := range m.slots {
+			if ti, err := m.ctx.GetTokenInfo(c.slot); err != nil || strings.TrimRight(ti.Label, " \x00") != l || ti.SerialNumber != c.serial {
+				t.Fatalf("cache after a re-initialisation: %s at %+v, where the token is %q %q (%v)", l, c, ti.Label, ti.SerialNumber, err)
+			}
 		}
 		m.mu.Lock()
 		m.slots[a] = slotSeen{slot: 1<<31 - 7, serial: "x"}

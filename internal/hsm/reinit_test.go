@@ -1,0 +1,115 @@
+//go:build cgo
+
+package hsm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// reinitNow re-initialises m as a key operation or the probe does when
+// label's token is not found, whatever the rate limit.
+func reinitNow(m *module, label string) bool {
+	m.life.Lock()
+	defer m.life.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reinitLocked(label, 0)
+}
+
+// TestReinitRewrittenToken: a re-initialisation of the module that meets a
+// token's token.object as another process's rewrite leaves it for a moment
+// — empty; SoftHSM2 2.6.1 then lists no such token until the next
+// C_Initialize — initialises the library again, so the token is not lost
+// to key operations until reinitEvery has passed (issue #16). A token
+// really gone costs those extra initialisations once.
+func TestReinitRewrittenToken(t *testing.T) {
+	ctx := context.Background()
+	m := softhsmModule(t)
+	l := uniqueLabel("rewrite")
+	util(t, "--init-token", "--free", "--label", l, "--so-pin", "sopin1234", "--pin", "userpin0")
+	defer m.DeleteToken(ctx, l)
+	if err := m.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Login(ctx, l, "userpin0"); err != nil {
+		t.Fatal(err)
+	}
+	dir := tokenDir(t, l)
+	obj := filepath.Join(dir, "token.object")
+	content, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// C_Initialize, counted; while rewriting, the first one meets
+	// token.object empty.
+	inits, rewriting := 0, false
+	m.life.Lock()
+	orig := m.initialize
+	m.initialize = func() error {
+		inits++
+		if !rewriting || inits > 1 {
+			return orig()
+		}
+		if err := os.WriteFile(obj, nil, 0o600); err != nil {
+			return err
+		}
+		err := orig()
+		if werr := os.WriteFile(obj, content, 0o600); werr != nil {
+			t.Error(werr)
+		}
+		return err
+	}
+	m.life.Unlock()
+	t.Cleanup(func() {
+		m.life.Lock()
+		m.initialize = orig
+		m.life.Unlock()
+	})
+
+	rewriting = true
+	if !reinitNow(m, l) {
+		t.Fatalf("token %s not found after a re-initialisation that met its rewrite (%d initialisations)", l, inits)
+	}
+	if inits != 2 {
+		t.Errorf("%d initialisations, want 2 (the empty token.object made the first miss the token)", inits)
+	}
+	// A key operation finds it, logged in again, with no re-initialisation
+	// of its own (the rate limit would refuse one now).
+	if _, err := m.ListKeys(ctx, l); err != nil {
+		t.Fatalf("ListKeys after the re-initialisation: %v", err)
+	}
+
+	// Really gone: the re-initialisation that first misses it tries
+	// 1+len(initPauses) times; the next one does not expect it.
+	rewriting = false
+	away := filepath.Join(t.TempDir(), "away")
+	if err := os.Rename(dir, away); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []int{1 + len(initPauses), 1} {
+		inits = 0
+		if reinitNow(m, l) {
+			t.Fatalf("token %s found while its directory is away", l)
+		}
+		if inits != want {
+			t.Errorf("%d initialisations, want %d", inits, want)
+		}
+	}
+	if _, err := m.ListKeys(ctx, l); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("ListKeys while the token is away: %v, want ErrUnreachable", err)
+	}
+	if err := os.Rename(away, dir); err != nil {
+		t.Fatal(err)
+	}
+	if !reinitNow(m, l) {
+		t.Fatalf("token %s not found after it came back", l)
+	}
+	if _, err := m.ListKeys(ctx, l); err != nil {
+		t.Fatalf("ListKeys after the token came back: %v", err)
+	}
+}
