@@ -65,3 +65,33 @@ func BenchmarkLogin(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReinit is a re-initialisation of the module among benchTokens
+// tokens (Reload: C_Finalize, C_Initialize and, since initLocked, a scan
+// of the slots it lists), alone and followed by finding every token's
+// slot again, as each token's next operation does. It uses only Reload
+// and findSlot, so it runs unchanged on the code before initLocked.
+func BenchmarkReinit(b *testing.B) {
+	m := benchModule(b)
+	labels := withTokens(b, m, benchTokens)
+	ctx := context.Background()
+	b.Run("reload", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := m.Reload(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("reload+find-all", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := m.Reload(ctx); err != nil {
+				b.Fatal(err)
+			}
+			for _, l := range labels {
+				if _, err := lookup(m, l); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
