@@ -89,21 +89,26 @@ func feedHead(t *testing.T, st storage.Store) storage.Cursor {
 	return b.Next
 }
 
+// levelDrivers are the databases the data format level tests start a
+// node on: its own SQLite file, or a new database on the test's
+// PostgreSQL server.
+var levelDrivers = []struct {
+	name string
+	cfg  func(t *testing.T) Config
+}{
+	{"sqlite", func(t *testing.T) Config { return Config{} }},
+	{"postgres", func(t *testing.T) Config {
+		return Config{DatabaseURL: pgtest.URL(t), RootKey: keyB64(7), DBMaxConns: 4, DBMinConns: 1}
+	}},
+}
+
 // TestDataLevelStart (issue #16): on both drivers, a node starting on a
 // database raises its minimum data format level to its own; a node of a
 // lower level refuses to start, naming both levels, and writes nothing —
 // no record, no change, no lease, no node id — and an equal level raises
 // nothing.
 func TestDataLevelStart(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		cfg  func(t *testing.T) Config
-	}{
-		{"sqlite", func(t *testing.T) Config { return Config{} }},
-		{"postgres", func(t *testing.T) Config {
-			return Config{DatabaseURL: pgtest.URL(t), RootKey: keyB64(7), DBMaxConns: 4, DBMinConns: 1}
-		}},
-	} {
+	for _, d := range levelDrivers {
 		t.Run(d.name, func(t *testing.T) {
 			ctx := t.Context()
 			t.Setenv("KMSD_FAULT_INJECTION", "1")
@@ -192,15 +197,7 @@ func names(es []os.DirEntry) []string {
 // while the older node holds its node lease, and serves once the older
 // node has stopped. On both drivers.
 func TestDataLevelServesAfterOlder(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		cfg  func(t *testing.T) Config
-	}{
-		{"sqlite", func(t *testing.T) Config { return Config{} }},
-		{"postgres", func(t *testing.T) Config {
-			return Config{DatabaseURL: pgtest.URL(t), RootKey: keyB64(7), DBMaxConns: 4, DBMinConns: 1}
-		}},
-	} {
+	for _, d := range levelDrivers {
 		t.Run(d.name, func(t *testing.T) {
 			ctx := t.Context()
 			t.Setenv("KMSD_FAULT_INJECTION", "1")
