@@ -90,7 +90,9 @@
 // C_Initialize in another process at that moment leaves the token out
 // until the next one; a re-initialisation that misses a token the last
 // one listed is therefore repeated after a pause of a millisecond or more
-// (pkcs11.go, initLocked). The rest stays a risk of SoftHSM2 itself:
+// (pkcs11.go, initLocked), and a C_GetTokenInfo that fails
+// CKR_GENERAL_ERROR in that window is asked again a millisecond later, at
+// most twice (tokenInfo). The rest stays a risk of SoftHSM2 itself:
 // SoftHSM2 is a development HSM; a production deployment declares
 // clusters over a network HSM's module (--hsm-config). The per-process
 // login registry (who is logged in as kmsuser, USER_LOGGED_IN) is not yet

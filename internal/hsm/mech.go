@@ -367,7 +367,7 @@ func (m *module) fitPIN(label, pin string) string {
 	if err != nil {
 		return pin
 	}
-	ti, err := m.ctx.GetTokenInfo(slot)
+	ti, err := m.tokenInfo(slot)
 	if err != nil {
 		return pin
 	}
@@ -402,6 +402,6 @@ func (m *module) userLocked(label string) bool {
 	if err != nil {
 		return false
 	}
-	ti, err := m.ctx.GetTokenInfo(slot)
+	ti, err := m.tokenInfo(slot)
 	return err == nil && ti.Flags&p11.CKF_USER_PIN_LOCKED != 0
 }

@@ -42,6 +42,9 @@ type module struct {
 	// initialize is the library's C_Initialize (ctx.Initialize); tests
 	// wrap it to act between the library's finalisation and its scan.
 	initialize func() error
+	// getTokenInfo is the library's C_GetTokenInfo (ctx.GetTokenInfo);
+	// tests wrap it to act around one call (tokenInfo).
+	getTokenInfo func(slot uint) (p11.TokenInfo, error)
 
 	mu     sync.Mutex
 	tokens map[string]*token // by label, while found
@@ -132,7 +135,7 @@ func openTokens(path string) (tokens, error) {
 		return nil, fmt.Errorf("%w: C_Initialize of %s: %v", ErrUnavailable, path, err)
 	}
 	m := &module{path: path, ctx: ctx, refs: 1, now: time.Now,
-		initialize: func() error { return ctx.Initialize() }, known: map[string]bool{},
+		initialize: func() error { return ctx.Initialize() }, getTokenInfo: ctx.GetTokenInfo, known: map[string]bool{},
 		tokens: map[string]*token{}, pins: map[string]string{}, slots: map[string]slotSeen{}}
 	if info, err := ctx.GetInfo(); err == nil {
 		m.serial = serialModule(info)
@@ -164,6 +167,29 @@ func isCode(err error, code uint) bool {
 	var e p11.Error
 	return errors.As(err, &e) && uint(e) == code
 }
+
+// tokenInfo is C_GetTokenInfo of slot, asked again up to twice, a
+// millisecond apart, when SoftHSM2 answers CKR_GENERAL_ERROR. SoftHSM2
+// 2.6.1 rewrites a token's token.object on every C_Login in any process,
+// truncating and unlocking the file before it writes it (see initLocked),
+// and a C_GetTokenInfo that reads the file in that window fails
+// CKR_GENERAL_ERROR: 31 of 112,889 calls while another process logged in
+// every ~9 ms, each a key operation failed "no token labelled", "the
+// token went away" or CKR_GENERAL_ERROR. Asked again at once 13 of 18
+// answered, a millisecond later 18 of 18. C_GetTokenInfo changes nothing,
+// so asking again is always safe; other libraries' errors are returned
+// as they are. Callers may hold m.mu.
+func (m *module) tokenInfo(slot uint) (p11.TokenInfo, error) {
+	ti, err := m.getTokenInfo(slot)
+	for i := 0; i < tokenInfoRetries && isCode(err, p11.CKR_GENERAL_ERROR) && m.CachesPINs(); i++ {
+		time.Sleep(time.Millisecond)
+		ti, err = m.getTokenInfo(slot)
+	}
+	return ti, err
+}
+
+// tokenInfoRetries is how many times tokenInfo asks again.
+const tokenInfoRetries = 2
 
 // mapErr turns a PKCS#11 error into this package's sentinels, keeping the
 // PKCS#11 text as the cause.
@@ -227,7 +253,7 @@ type slotSeen struct {
 // label is taken, and only the very token found before.
 func (m *module) findSlot(label string) (uint, error) {
 	if c, ok := m.slots[label]; ok {
-		ti, err := m.ctx.GetTokenInfo(c.slot)
+		ti, err := m.tokenInfo(c.slot)
 		if err == nil && ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 &&
 			strings.TrimRight(ti.Label, " \x00") == label && ti.SerialNumber == c.serial {
 			m.known[label] = true
@@ -245,7 +271,7 @@ func (m *module) searchSlot(label string) (uint, error) {
 		return 0, mapErr(err)
 	}
 	for _, s := range slots {
-		ti, err := m.ctx.GetTokenInfo(s)
+		ti, err := m.tokenInfo(s)
 		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
@@ -312,7 +338,7 @@ func (m *module) dropLocked(label string) {
 // else a slot scan, shows it initialised. Callers hold m.mu.
 func (m *module) aliveLocked(label string) bool {
 	if t, ok := m.tokens[label]; ok {
-		ti, err := m.ctx.GetTokenInfo(t.slot)
+		ti, err := m.tokenInfo(t.slot)
 		if err == nil && ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 && strings.TrimRight(ti.Label, " \x00") == label {
 			return true
 		}
@@ -419,7 +445,7 @@ func (m *module) listedLocked() map[string]bool {
 		return listed
 	}
 	for _, s := range slots {
-		ti, err := m.ctx.GetTokenInfo(s)
+		ti, err := m.tokenInfo(s)
 		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
@@ -560,7 +586,7 @@ func (m *module) with1(ctx context.Context, label string, fn func(h p11.SessionH
 		if err != nil {
 			// A vanished token answers some calls as if it were empty
 			// (no such key): ask its slot whether it is still there.
-			if ti, e := m.ctx.GetTokenInfo(t.slot); e != nil || strings.TrimRight(ti.Label, " \x00") != label {
+			if ti, e := m.tokenInfo(t.slot); e != nil || strings.TrimRight(ti.Label, " \x00") != label {
 				m.ctx.CloseSession(h)
 				m.dropLocked(label)
 				m.mu.Unlock()
@@ -673,7 +699,7 @@ func (m *module) InitToken(ctx context.Context, label, soPIN string, free FreeSl
 		if len(free.Slots) > 0 && !slices.Contains(free.Slots, s) {
 			continue
 		}
-		ti, err := m.ctx.GetTokenInfo(s)
+		ti, err := m.tokenInfo(s)
 		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED != 0 {
 			continue
 		}
@@ -849,7 +875,7 @@ func (m *module) UserPINInitialized(ctx context.Context, label string) (bool, er
 	if err != nil {
 		return false, err
 	}
-	ti, err := m.ctx.GetTokenInfo(slot)
+	ti, err := m.tokenInfo(slot)
 	if err != nil {
 		return false, mapErr(err)
 	}
@@ -1219,7 +1245,7 @@ func (m *module) ListKeys(ctx context.Context, label string) ([]string, error) {
 func (m *module) check(h p11.SessionHandle) error {
 	si, err := m.ctx.GetSessionInfo(h)
 	if err == nil {
-		_, err = m.ctx.GetTokenInfo(si.SlotID)
+		_, err = m.tokenInfo(si.SlotID)
 	}
 	return err
 }

@@ -6,8 +6,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
+
+	p11 "github.com/miekg/pkcs11"
 )
 
 // reinitNow re-initialises m as a key operation or the probe does when
@@ -111,5 +114,116 @@ func TestReinitRewrittenToken(t *testing.T) {
 	}
 	if _, err := m.ListKeys(ctx, l); err != nil {
 		t.Fatalf("ListKeys after the token came back: %v", err)
+	}
+}
+
+// TestTokenInfoDuringRewrite: a key operation whose C_GetTokenInfo meets
+// the token's token.object as another process's C_Login leaves it for a
+// moment — empty; SoftHSM2 2.6.1 truncates and unlocks the file before it
+// writes it — does not fail: tokenInfo asks again a millisecond later,
+// when the file is whole (issue #16, several nodes on one token
+// directory). Its retries are bounded: a library that keeps failing is
+// answered with its error.
+func TestTokenInfoDuringRewrite(t *testing.T) {
+	ctx := context.Background()
+	m := softhsmModule(t)
+	l := uniqueLabel("rewrite")
+	util(t, "--init-token", "--free", "--label", l, "--so-pin", "sopin1234", "--pin", "userpin0")
+	defer m.DeleteToken(ctx, l)
+	if err := m.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Login(ctx, l, "userpin0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.ListKeys(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	obj := filepath.Join(tokenDir(t, l), "token.object")
+	before, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What another process's login writes: token.object of the next
+	// generation (SoftHSM2 re-reads the file when its generation moved).
+	// This process has not seen it: the file is put back as it was.
+	if out, err := exec.Command("pkcs11-tool", "--module", DefaultModule, "--token-label", l,
+		"--login", "--pin", "userpin0", "--list-objects").CombinedOutput(); err != nil {
+		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
+	}
+	content, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(obj, before, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The next `rewrites` C_GetTokenInfo calls each read token.object
+	// empty, as in the writer's window; the file is whole again after each,
+	// as the writer leaves it.
+	var rewrites, calls, failed int
+	m.mu.Lock()
+	orig := m.getTokenInfo
+	m.getTokenInfo = func(slot uint) (p11.TokenInfo, error) {
+		calls++
+		if rewrites == 0 {
+			return orig(slot)
+		}
+		rewrites--
+		if err := os.WriteFile(obj, nil, 0o600); err != nil {
+			t.Error(err)
+		}
+		ti, err := orig(slot)
+		if err != nil {
+			failed++
+		}
+		if werr := os.WriteFile(obj, content, 0o600); werr != nil {
+			t.Error(werr)
+		}
+		return ti, err
+	}
+	m.mu.Unlock()
+	t.Cleanup(func() {
+		m.mu.Lock()
+		m.getTokenInfo = orig
+		m.mu.Unlock()
+	})
+
+	m.mu.Lock()
+	rewrites, calls, failed = 1, 0, 0
+	m.mu.Unlock()
+	if _, err := m.ListKeys(ctx, l); err != nil {
+		t.Fatalf("ListKeys while another process rewrote token.object: %v", err)
+	}
+	m.mu.Lock()
+	if failed != 1 {
+		t.Errorf("%d C_GetTokenInfo calls failed on the empty token.object, want 1 (does SoftHSM2 still fail there? %d calls)", failed, calls)
+	}
+	m.mu.Unlock()
+
+	// A library that fails every time: asked 1+tokenInfoRetries times,
+	// then its error is returned.
+	m.mu.Lock()
+	slot, err := m.findSlot(l)
+	if err != nil {
+		m.mu.Unlock()
+		t.Fatal(err)
+	}
+	rewrites, calls, failed = 1+tokenInfoRetries, 0, 0
+	_, err = m.tokenInfo(slot)
+	n := calls
+	m.mu.Unlock()
+	if !isCode(err, p11.CKR_GENERAL_ERROR) || n != 1+tokenInfoRetries {
+		t.Fatalf("tokenInfo on a library that keeps failing: %v after %d calls, want CKR_GENERAL_ERROR after %d", err, n, 1+tokenInfoRetries)
+	}
+	// The next login anywhere writes the next generation, which this
+	// process reads again.
+	if out, err := exec.Command("pkcs11-tool", "--module", DefaultModule, "--token-label", l,
+		"--login", "--pin", "userpin0", "--list-objects").CombinedOutput(); err != nil {
+		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
+	}
+	if _, err := m.ListKeys(ctx, l); err != nil {
+		t.Fatalf("ListKeys after the next login: %v", err)
 	}
 }
