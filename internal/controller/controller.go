@@ -714,17 +714,13 @@ func (c *Controller) olderNodes(ctx context.Context) (older, starting []string, 
 		if id == c.cfg.NodeID {
 			continue
 		}
-		b, err := c.cfg.Store.Get(ctx, NodePrefix+id)
-		if errors.Is(err, storage.ErrNotFound) {
-			starting = append(starting, id+" (starting, level not known yet)")
-			continue
-		}
+		n, ok, err := readNode(ctx, c.cfg.Store, id)
 		if err != nil {
 			return nil, nil, err
 		}
-		var n Node
-		if err := json.Unmarshal(b, &n); err != nil {
-			return nil, nil, fmt.Errorf("node record %s: %w", id, err)
+		if !ok {
+			starting = append(starting, id+" (starting, level not known yet)")
+			continue
 		}
 		if n.DataLevel > 0 && n.DataLevel < c.cfg.DataLevel {
 			older = append(older, fmt.Sprintf("%s (version %s, level %d)", id, n.Version, n.DataLevel))
@@ -874,6 +870,22 @@ func (c *Controller) writeNode(ctx context.Context, stopped bool, at time.Time, 
 	return c.cfg.Store.Put(ctx, NodePrefix+c.cfg.NodeID, b)
 }
 
+// readNode reads node id's record; ok is false when it has none (a node
+// that took its node lease writes it in the same heartbeat).
+func readNode(ctx context.Context, r storage.Reader, id string) (n Node, ok bool, err error) {
+	b, err := r.Get(ctx, NodePrefix+id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return Node{}, false, nil
+	}
+	if err != nil {
+		return Node{}, false, err
+	}
+	if err := json.Unmarshal(b, &n); err != nil {
+		return Node{}, false, fmt.Errorf("node record %s: %w", id, err)
+	}
+	return n, true, nil
+}
+
 // ErrFeedFloorUnknown says a node holding a live node lease has published
 // no change-feed cursor yet (it is starting): the feed must not be pruned
 // until it has.
@@ -895,16 +907,12 @@ func FeedFloor(ctx context.Context, st storage.Store, ls storage.Leaser, gen str
 	}
 	for _, l := range leases {
 		id := strings.TrimPrefix(l.Name, NodeLeasePrefix)
-		b, err := st.Get(ctx, NodePrefix+id)
-		if errors.Is(err, storage.ErrNotFound) {
-			return storage.Cursor{}, false, fmt.Errorf("%w (node %s has no record)", ErrFeedFloorUnknown, id)
-		}
+		n, ok, err := readNode(ctx, st, id)
 		if err != nil {
 			return storage.Cursor{}, false, err
 		}
-		var n Node
-		if err := json.Unmarshal(b, &n); err != nil {
-			return storage.Cursor{}, false, fmt.Errorf("node record %s: %w", id, err)
+		if !ok {
+			return storage.Cursor{}, false, fmt.Errorf("%w (node %s has no record)", ErrFeedFloorUnknown, id)
 		}
 		switch {
 		case n.Stopped:
