@@ -266,22 +266,44 @@ func (m *module) findSlot(label string) (uint, error) {
 
 // searchSlot is findSlot's full search; it remembers what it finds.
 func (m *module) searchSlot(label string) (uint, error) {
-	slots, err := m.ctx.GetSlotList(true)
+	var slot uint
+	found := false
+	err := m.scanLocked(func(s uint, l string, ti p11.TokenInfo) bool {
+		if l != label {
+			return true
+		}
+		m.slots[label] = slotSeen{slot: s, serial: ti.SerialNumber}
+		m.known[label] = true
+		slot, found = s, true
+		return false
+	})
 	if err != nil {
 		return 0, mapErr(err)
+	}
+	if !found {
+		return 0, fmt.Errorf("%w: no token labelled %q", ErrUnreachable, label)
+	}
+	return slot, nil
+}
+
+// scanLocked calls fn with each initialised token the library lists, in
+// slot order, with its label, until fn returns false. A slot whose token
+// does not answer is passed over. Callers hold m.mu.
+func (m *module) scanLocked(fn func(slot uint, label string, ti p11.TokenInfo) bool) error {
+	slots, err := m.ctx.GetSlotList(true)
+	if err != nil {
+		return err
 	}
 	for _, s := range slots {
 		ti, err := m.tokenInfo(s)
 		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
-		if strings.TrimRight(ti.Label, " \x00") == label {
-			m.slots[label] = slotSeen{slot: s, serial: ti.SerialNumber}
-			m.known[label] = true
-			return s, nil
+		if !fn(s, strings.TrimRight(ti.Label, " \x00"), ti) {
+			return nil
 		}
 	}
-	return 0, fmt.Errorf("%w: no token labelled %q", ErrUnreachable, label)
+	return nil
 }
 
 // tokenLocked finds label's token (again, after a drop), restoring the
@@ -436,23 +458,18 @@ func (m *module) initLocked() error {
 var initPauses = []time.Duration{time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond}
 
 // listedLocked returns the labels of the initialised tokens the library
-// lists, and remembers each one's slot (findSlot's cache). Callers hold
-// m.mu.
+// lists, and remembers the slot of each (findSlot's cache): the first
+// slot with that label, the one searchSlot would find. Callers hold m.mu.
 func (m *module) listedLocked() map[string]bool {
 	listed := map[string]bool{}
-	slots, err := m.ctx.GetSlotList(true)
-	if err != nil {
-		return listed
-	}
-	for _, s := range slots {
-		ti, err := m.tokenInfo(s)
-		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
-			continue
+	// A listing that fails lists nothing: every known token is missed.
+	_ = m.scanLocked(func(s uint, l string, ti p11.TokenInfo) bool {
+		if !listed[l] {
+			listed[l] = true
+			m.slots[l] = slotSeen{slot: s, serial: ti.SerialNumber}
 		}
-		l := strings.TrimRight(ti.Label, " \x00")
-		listed[l] = true
-		m.slots[l] = slotSeen{slot: s, serial: ti.SerialNumber}
-	}
+		return true
+	})
 	return listed
 }
 
