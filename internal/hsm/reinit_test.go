@@ -23,6 +23,35 @@ func reinitNow(m *module, label string) bool {
 	return m.reinitLocked(label, 0)
 }
 
+// loggedInToken makes a SoftHSM2 token (user PIN userpin0), found by a
+// module of this process that is logged in to it; the token is deleted
+// when the test ends.
+func loggedInToken(t *testing.T) (*module, string) {
+	t.Helper()
+	ctx := context.Background()
+	m := softhsmModule(t)
+	l := uniqueLabel("rewrite")
+	util(t, "--init-token", "--free", "--label", l, "--so-pin", "sopin1234", "--pin", "userpin0")
+	t.Cleanup(func() { m.DeleteToken(ctx, l) })
+	if err := m.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Login(ctx, l, "userpin0"); err != nil {
+		t.Fatal(err)
+	}
+	return m, l
+}
+
+// loginElsewhere logs in to token l in another process (pkcs11-tool), which
+// makes SoftHSM2 rewrite the token's token.object.
+func loginElsewhere(t *testing.T, l string) {
+	t.Helper()
+	if out, err := exec.Command("pkcs11-tool", "--module", DefaultModule, "--token-label", l,
+		"--login", "--pin", "userpin0", "--list-objects").CombinedOutput(); err != nil {
+		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
+	}
+}
+
 // TestReinitRewrittenToken: a re-initialisation of the module that meets a
 // token's token.object as another process's rewrite leaves it for a moment
 // — empty; SoftHSM2 2.6.1 then lists no such token until the next
@@ -31,16 +60,7 @@ func reinitNow(m *module, label string) bool {
 // really gone costs those extra initialisations once.
 func TestReinitRewrittenToken(t *testing.T) {
 	ctx := context.Background()
-	m := softhsmModule(t)
-	l := uniqueLabel("rewrite")
-	util(t, "--init-token", "--free", "--label", l, "--so-pin", "sopin1234", "--pin", "userpin0")
-	defer m.DeleteToken(ctx, l)
-	if err := m.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Login(ctx, l, "userpin0"); err != nil {
-		t.Fatal(err)
-	}
+	m, l := loggedInToken(t)
 	dir := tokenDir(t, l)
 	obj := filepath.Join(dir, "token.object")
 	content, err := os.ReadFile(obj)
@@ -126,16 +146,7 @@ func TestReinitRewrittenToken(t *testing.T) {
 // answered with its error.
 func TestTokenInfoDuringRewrite(t *testing.T) {
 	ctx := context.Background()
-	m := softhsmModule(t)
-	l := uniqueLabel("rewrite")
-	util(t, "--init-token", "--free", "--label", l, "--so-pin", "sopin1234", "--pin", "userpin0")
-	defer m.DeleteToken(ctx, l)
-	if err := m.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Login(ctx, l, "userpin0"); err != nil {
-		t.Fatal(err)
-	}
+	m, l := loggedInToken(t)
 	if _, err := m.ListKeys(ctx, l); err != nil {
 		t.Fatal(err)
 	}
@@ -147,10 +158,7 @@ func TestTokenInfoDuringRewrite(t *testing.T) {
 	// What another process's login writes: token.object of the next
 	// generation (SoftHSM2 re-reads the file when its generation moved).
 	// This process has not seen it: the file is put back as it was.
-	if out, err := exec.Command("pkcs11-tool", "--module", DefaultModule, "--token-label", l,
-		"--login", "--pin", "userpin0", "--list-objects").CombinedOutput(); err != nil {
-		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
-	}
+	loginElsewhere(t, l)
 	content, err := os.ReadFile(obj)
 	if err != nil {
 		t.Fatal(err)
@@ -219,10 +227,7 @@ func TestTokenInfoDuringRewrite(t *testing.T) {
 	}
 	// The next login anywhere writes the next generation, which this
 	// process reads again.
-	if out, err := exec.Command("pkcs11-tool", "--module", DefaultModule, "--token-label", l,
-		"--login", "--pin", "userpin0", "--list-objects").CombinedOutput(); err != nil {
-		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
-	}
+	loginElsewhere(t, l)
 	if _, err := m.ListKeys(ctx, l); err != nil {
 		t.Fatalf("ListKeys after the next login: %v", err)
 	}
