@@ -152,9 +152,6 @@ func newHSMServer(ctx context.Context, cfg Config, store storage.Store, b *barri
 	// node agrees on, not on the clock of the node that scheduled them:
 	// the one the core's kms Service takes its times on (openCore).
 	hcfg.Clock = cfg.clock
-	if c, ok := store.(storage.Clock); ok {
-		hcfg.DBClock = c
-	}
 	// Writes of the probe and backup loops, controller duties, are
 	// fenced by its lease (controller.Fence); API requests' are not.
 	svc, err := hsm.New(ctx, controller.Fence(store), b, hcfg)
