@@ -134,6 +134,9 @@ func TestNowNeverWaits(t *testing.T) {
 		}()
 	}
 	wg.Wait() // every call returned with the database still hanging
+	// The measurement one of them started may not have reached the
+	// database yet.
+	waitFor(t, "the measurement reached the database", func() bool { return db.inFlight.Load() > 0 })
 	if db.inFlight.Load() != 1 || db.maxIn.Load() != 1 {
 		t.Fatalf("measurements in flight: %d now, %d at most; want 1", db.inFlight.Load(), db.maxIn.Load())
 	}
