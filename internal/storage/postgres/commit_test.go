@@ -56,6 +56,14 @@ func startProxy(t *testing.T, target string) *cutProxy {
 	return p
 }
 
+// isolate refuses every connection from now on and closes those open.
+func (p *cutProxy) isolate() {
+	p.mu.Lock()
+	p.dead.Store(true)
+	p.mu.Unlock()
+	p.closeAll()
+}
+
 func (p *cutProxy) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -71,7 +79,16 @@ func (p *cutProxy) serve(c net.Conn) {
 		c.Close()
 		return
 	}
+	// Registered under the lock that isolate takes, and refused once
+	// isolated: a connection accepted just before isolation (the pool
+	// keeping MinConns) must not slip past closeAll and answer resolve.
 	p.mu.Lock()
+	if p.dead.Load() {
+		p.mu.Unlock()
+		c.Close()
+		s.Close()
+		return
+	}
 	p.conns = append(p.conns, c, s)
 	p.mu.Unlock()
 	var cut atomic.Bool // set: the server's answers are dropped
@@ -104,8 +121,7 @@ func (p *cutProxy) serve(c net.Conn) {
 					time.Sleep(300 * time.Millisecond) // the server commits meanwhile
 				}
 				if mode == 3 {
-					p.dead.Store(true)
-					p.closeAll()
+					p.isolate()
 				}
 				c.Close()
 				s.Close()
