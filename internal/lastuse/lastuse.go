@@ -5,9 +5,16 @@
 // Decrypt and Sign: Tracker.Record updates an entry in memory under a
 // mutex and never touches storage. A background flusher writes the entries
 // changed since its last run, all in one storage transaction, every
-// Interval (one second), so a key's record is written at most once a
-// second however often the key is used. Close stops the flusher and
-// writes what is left, so a clean shutdown loses nothing.
+// Interval (one second), so a key's use is written at most once a second
+// however often the key is used. Close stops the flusher and writes what
+// is left, so a clean shutdown loses nothing.
+//
+// A flush appends to the store's last-use journal (at most a few hundred
+// rows, whatever its size) rather than writing each key's record, which
+// on a store of many keys dirtied a database page per use; every
+// MergeInterval the flusher also merges the journal into the records,
+// each key once and in key order (catalog.JournalLastUses and
+// MergeLastUses). Reads see both, so the merge changes no answer.
 //
 // A process that dies without Close (kill -9, power loss) loses the uses
 // of its last second at most: the stored record then names an earlier
@@ -23,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -34,10 +42,17 @@ import (
 // that a use stays in memory only.
 const Interval = time.Second
 
+// MergeInterval is how often the flusher merges the store's last-use
+// journal into the keys' records. Longer merges more uses of one key into
+// one write, and more keys into each page written; it also bounds the
+// journal a read of one key scans (a partition's rows of that long).
+const MergeInterval = 30 * time.Second
+
 // Store is where a Tracker keeps uses durably; *catalog.Catalog is one.
 type Store interface {
 	LastUse(ctx context.Context, account, region, id string) (*catalog.LastUse, error)
-	PutLastUses(ctx context.Context, uses []catalog.LastUse) error
+	JournalLastUses(ctx context.Context, uses []catalog.LastUse) error
+	MergeLastUses(ctx context.Context) (int, error)
 	DeleteLastUse(ctx context.Context, account, region, id string) error
 	TrackingStart(ctx context.Context, now time.Time) (time.Time, error)
 }
@@ -47,9 +62,10 @@ var _ Store = (*catalog.Catalog)(nil)
 // Tracker records the last use of keys. Its methods are safe for
 // concurrent use.
 type Tracker struct {
-	store    Store
-	log      *slog.Logger
-	interval time.Duration
+	store      Store
+	log        *slog.Logger
+	interval   time.Duration
+	mergeEvery time.Duration
 
 	mu      sync.Mutex
 	uses    map[string]*entry // by key ARN: the uses not yet stored
@@ -76,7 +92,7 @@ type entry struct {
 // process began to serve). The flusher starts with the first Record, so
 // a Tracker that never records runs nothing in the background.
 func New(store Store, log *slog.Logger, started time.Time) *Tracker {
-	return &Tracker{store: store, log: log, interval: Interval, uses: map[string]*entry{},
+	return &Tracker{store: store, log: log, interval: Interval, mergeEvery: MergeInterval, uses: map[string]*entry{},
 		started: started, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -107,11 +123,17 @@ func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, reques
 	t.mu.Unlock()
 }
 
-// run flushes every interval until Close.
+// run flushes every interval, and merges the journal every mergeEvery
+// (after a flush, in the same goroutine: a merge delays the next flush,
+// never overlaps it), until Close.
 func (t *Tracker) run() {
 	defer close(t.done)
 	tick := time.NewTicker(t.interval)
 	defer tick.Stop()
+	// The first merge comes at a random point of the first period, so
+	// that nodes started together do not merge the same partitions at
+	// the same moment.
+	nextMerge := time.Now().Add(time.Duration(rand.Int64N(int64(t.mergeEvery))))
 	for {
 		select {
 		case <-t.stop:
@@ -120,6 +142,15 @@ func (t *Tracker) run() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*t.interval)
 			if err := t.Flush(ctx); err != nil {
 				t.log.Error("key last use: flush failed; retrying", "err", err)
+			}
+			cancel()
+			if time.Now().Before(nextMerge) {
+				continue
+			}
+			nextMerge = time.Now().Add(t.mergeEvery)
+			ctx, cancel = context.WithTimeout(context.Background(), t.mergeEvery)
+			if _, err := t.store.MergeLastUses(ctx); err != nil {
+				t.log.Error("key last use: merging the journal failed; retrying later", "err", err)
 			}
 			cancel()
 		}
@@ -155,7 +186,7 @@ func (t *Tracker) Flush(ctx context.Context) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	err := t.store.PutLastUses(ctx, batch)
+	err := t.store.JournalLastUses(ctx, batch)
 	t.mu.Lock()
 	for _, e := range taken {
 		switch {

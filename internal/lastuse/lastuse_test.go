@@ -19,6 +19,7 @@ type fakeStore struct {
 	batches [][]catalog.LastUse
 	fail    error
 	start   time.Time
+	merges  int
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{uses: map[string]catalog.LastUse{}} }
@@ -35,7 +36,14 @@ func (s *fakeStore) LastUse(_ context.Context, account, region, id string) (*cat
 	return &u, nil
 }
 
-func (s *fakeStore) PutLastUses(_ context.Context, uses []catalog.LastUse) error {
+func (s *fakeStore) MergeLastUses(context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.merges++
+	return 0, nil
+}
+
+func (s *fakeStore) JournalLastUses(_ context.Context, uses []catalog.LastUse) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail != nil {
@@ -142,7 +150,7 @@ func TestLaterWins(t *testing.T) {
 		t.Fatalf("Get = %+v, %v; want req2", u, err)
 	}
 	// Another node stored a later use.
-	st.PutLastUses(ctx, []catalog.LastUse{{Account: accnt, Region: region, KeyID: idA, Operation: "Decrypt", Time: t0.Add(time.Minute), RequestID: "other"}})
+	st.JournalLastUses(ctx, []catalog.LastUse{{Account: accnt, Region: region, KeyID: idA, Operation: "Decrypt", Time: t0.Add(time.Minute), RequestID: "other"}})
 	if u, err = tr.Get(ctx, arnA); err != nil || u.RequestID != "other" {
 		t.Fatalf("Get = %+v, %v; want the stored, later use", u, err)
 	}
@@ -218,6 +226,32 @@ func TestFlusherAndClose(t *testing.T) {
 	}
 	if err := tr.Close(ctx); err != nil { // twice is harmless
 		t.Fatal(err)
+	}
+}
+
+// TestFlusherMerges: the flusher merges the journal every mergeEvery,
+// after a flush, and keeps merging while the tracker runs.
+func TestFlusherMerges(t *testing.T) {
+	ctx := context.Background()
+	st := newFakeStore()
+	tr := newTracker(st)
+	tr.interval, tr.mergeEvery = 5*time.Millisecond, 20*time.Millisecond
+	tr.Record([]string{arnA}, "Encrypt", t0, "ev1", "req1")
+	merges := func() int {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.merges
+	}
+	for deadline := time.Now().Add(5 * time.Second); merges() < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d merges in 5 s, want 3 at one each 20 ms", merges())
+		}
+	}
+	if err := tr.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st.writes() == 0 {
+		t.Error("no flush")
 	}
 }
 

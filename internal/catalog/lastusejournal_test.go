@@ -1,0 +1,292 @@
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// journalRows returns the journal's rows.
+func journalRows(t *testing.T, c *Catalog) []storage.Entry {
+	t.Helper()
+	rows, err := c.store.List(t.Context(), journalPrefix, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+// TestLastUseJournal: journaled uses are read before any merge (the later
+// of journal and record wins, per Region), one flush writes one row per
+// partition whatever its size, a merge writes each key's latest use into
+// its record and empties the journal, and deleting a key takes its uses
+// out of the journal too, so that no merge writes them back.
+func TestLastUseJournal(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	const acct = "111122223333"
+	use := func(region, id, op string, at time.Time) LastUse {
+		return LastUse{Account: acct, Region: region, KeyID: id, Operation: op, Time: at, EventID: "ev-" + op + id, RequestID: "req-" + op}
+	}
+	for _, d := range lastUseDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			c := d.open(t, 1)[0]
+			// A record newer than what the journal will hold, and one older.
+			if err := c.PutLastUses(ctx, []LastUse{
+				use("us-east-1", "rec-newer", "Sign", t0.Add(time.Hour)),
+				use("us-east-1", "rec-older", "Sign", t0),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]LastUse{} // by region/id
+			var flush1, flush2 []LastUse
+			for i := range 1000 {
+				id := fmt.Sprintf("%02x-k-%04d", i%256, i)
+				u := use("us-east-1", id, "Encrypt", t0.Add(time.Duration(i)*time.Millisecond))
+				flush1 = append(flush1, u)
+				want["us-east-1/"+id] = u
+			}
+			// One key id in two Regions (related multi-Region keys).
+			flush1 = append(flush1, use("eu-west-1", "01-k-0001", "Verify", t0.Add(time.Minute)))
+			want["eu-west-1/01-k-0001"] = use("eu-west-1", "01-k-0001", "Verify", t0.Add(time.Minute))
+			flush1 = append(flush1, use("us-east-1", "rec-newer", "Encrypt", t0.Add(time.Minute)),
+				use("us-east-1", "rec-older", "Encrypt", t0.Add(time.Minute)))
+			want["us-east-1/rec-newer"] = use("us-east-1", "rec-newer", "Sign", t0.Add(time.Hour))
+			want["us-east-1/rec-older"] = use("us-east-1", "rec-older", "Encrypt", t0.Add(time.Minute))
+			// A second flush: newer uses of some keys, an older one of another.
+			flush2 = append(flush2, use("us-east-1", "02-k-0002", "Decrypt", t0.Add(2*time.Minute)),
+				use("us-east-1", "03-k-0003", "Decrypt", t0.Add(-time.Minute)))
+			want["us-east-1/02-k-0002"] = use("us-east-1", "02-k-0002", "Decrypt", t0.Add(2*time.Minute))
+			for _, f := range [][]LastUse{flush1, flush2} {
+				if err := c.JournalLastUses(ctx, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rows := journalRows(t, c)
+			// At most one row per partition a flush's uses fall in: the
+			// first flush's ~1,000 uses fill at most every partition, the
+			// second's 2 uses at most 2.
+			if len(rows) > journalParts+2 {
+				t.Errorf("two flushes wrote %d journal rows, want at most %d", len(rows), journalParts+2)
+			}
+			if _, err := c.store.Get(ctx, lastUsePath(acct, "us-east-1", "00-k-0000")); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("a journaled use wrote its key's record: %v", err)
+			}
+			check := func(when string) {
+				t.Helper()
+				for k, w := range want {
+					region, id, _ := strings.Cut(k, "/")
+					got, err := c.LastUse(ctx, acct, region, id)
+					if err != nil || *got != w {
+						t.Fatalf("%s: %s: %+v, %v; want %+v", when, k, got, err, w)
+					}
+				}
+				if _, err := c.LastUse(ctx, acct, "eu-west-1", "02-k-0002"); !errors.Is(err, ErrNotFound) {
+					t.Errorf("%s: a key id's use in another Region answered: %v", when, err)
+				}
+			}
+			check("journaled")
+
+			n, err := c.MergeLastUses(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := 1000 + 3; n != want { // keys of the journal, each once
+				t.Errorf("merged %d uses, want %d", n, want)
+			}
+			if rows := journalRows(t, c); len(rows) != 0 {
+				t.Errorf("%d journal rows left after the merge", len(rows))
+			}
+			check("merged")
+			// A key's record leaves out what its path names.
+			if b, err := c.store.Get(ctx, lastUsePath(acct, "us-east-1", "02-k-0002")); err != nil ||
+				strings.Contains(string(b), `"account"`) || strings.Contains(string(b), `"region"`) || strings.Contains(string(b), `"keyId"`) || !strings.Contains(string(b), "Decrypt") {
+				t.Errorf("record of 02-k-0002: %s, %v; want its use without account, Region or key id", b, err)
+			}
+			if n, err := c.MergeLastUses(ctx); n != 0 || err != nil {
+				t.Errorf("a merge of an empty journal: %d, %v", n, err)
+			}
+
+			// Deleting a key whose uses are in the journal.
+			if err := c.JournalLastUses(ctx, []LastUse{use("us-east-1", "05-k-0005", "Sign", t0.Add(time.Hour)),
+				use("us-east-1", "06-k-0006", "Sign", t0.Add(time.Hour))}); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.DeleteLastUse(ctx, acct, "us-east-1", "05-k-0005"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.LastUse(ctx, acct, "us-east-1", "05-k-0005"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("deleted key: %v, want ErrNotFound", err)
+			}
+			for _, r := range journalRows(t, c) {
+				if strings.Contains(string(r.Value), "05-k-0005") {
+					t.Errorf("journal row %s still holds the deleted key: %s", r.Key, r.Value)
+				}
+			}
+			if _, err := c.MergeLastUses(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.LastUse(ctx, acct, "us-east-1", "05-k-0005"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("deleted key after a merge: %v, want ErrNotFound", err)
+			}
+			if got, err := c.LastUse(ctx, acct, "us-east-1", "06-k-0006"); err != nil || got.Operation != "Sign" {
+				t.Errorf("a key sharing the deleted key's journal row: %+v, %v", got, err)
+			}
+		})
+	}
+}
+
+// TestLastUseJournalConcurrent: nodes journaling overlapping flushes
+// (older after newer, as a slow flush racing a fast one) while two of
+// them merge over and over: every read meanwhile answers a use no older
+// than one it answered before, and once all is merged each key holds the
+// latest use any node journaled and the journal is empty.
+func TestLastUseJournalConcurrent(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	const nodes, keys, rounds = 3, 100, 6
+	const acct, region = "111122223333", "us-east-1"
+	for _, d := range lastUseDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			cs := d.open(t, nodes)
+			at := func(n, r, k int) time.Time {
+				return t0.Add(time.Duration((r*nodes+(n+k)%nodes)*1000+k) * time.Millisecond)
+			}
+			// Every key has a use before the merges start, so a read
+			// never has a reason to find none.
+			var first []LastUse
+			for k := range keys {
+				first = append(first, LastUse{Account: acct, Region: region, KeyID: fmt.Sprintf("k-%03d", k), Operation: "first", Time: t0.Add(-time.Hour)})
+			}
+			if err := cs[0].JournalLastUses(ctx, first); err != nil {
+				t.Fatal(err)
+			}
+			var wg, merging sync.WaitGroup
+			stop := make(chan struct{})
+			errs := make(chan error, 100)
+			for n, c := range cs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for r := rounds - 1; r >= 0; r-- {
+						var uses []LastUse
+						for k := range keys {
+							uses = append(uses, LastUse{Account: acct, Region: region,
+								KeyID: fmt.Sprintf("k-%03d", k), Operation: fmt.Sprintf("n%d-r%d", n, r), Time: at(n, r, k)})
+						}
+						if err := c.JournalLastUses(ctx, uses); err != nil {
+							errs <- err
+						}
+					}
+				}()
+			}
+			for _, c := range cs[1:] {
+				merging.Add(1)
+				go func() {
+					defer merging.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := c.MergeLastUses(ctx); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+			}
+			// A reader: a key's answer never goes back, nor disappears.
+			merging.Add(1)
+			go func() {
+				defer merging.Done()
+				seen := map[int]time.Time{}
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					k := i % 7 // a few keys, read often
+					got, err := cs[0].LastUse(ctx, acct, region, fmt.Sprintf("k-%03d", k))
+					if err != nil {
+						errs <- fmt.Errorf("read of k-%03d: %w", k, err)
+						return
+					}
+					if got.Time.Before(seen[k]) {
+						errs <- fmt.Errorf("k-%03d went back from %v to %v", k, seen[k], got.Time)
+						return
+					}
+					seen[k] = got.Time
+				}
+			}()
+			wg.Wait()
+			close(stop)
+			merging.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if _, err := cs[0].MergeLastUses(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if rows := journalRows(t, cs[0]); len(rows) != 0 {
+				t.Fatalf("%d journal rows left", len(rows))
+			}
+			for k := range keys {
+				var latest time.Time
+				for n := range nodes {
+					if a := at(n, rounds-1, k); a.After(latest) {
+						latest = a
+					}
+				}
+				got, err := cs[0].LastUse(ctx, acct, region, fmt.Sprintf("k-%03d", k))
+				if err != nil || !got.Time.Equal(latest) {
+					t.Fatalf("k-%03d: %+v, %v; want the use at %v", k, got, err, latest)
+				}
+			}
+		})
+	}
+}
+
+// TestJournalPartsAreRanges: a partition of the journal is a range of the
+// records' order — for the key ids kmsd makes (UUIDs; multi-Region keys'
+// "mrk-" and 32 hex digits, which sort after every UUID), the partitions
+// of the records in key order never go back within each kind — so that
+// one partition's merge writes pages of records no other partition's
+// does.
+func TestJournalPartsAreRanges(t *testing.T) {
+	var ids []string
+	for range 3000 {
+		ids = append(ids, uuid.NewString(), "mrk-"+strings.ReplaceAll(uuid.NewString(), "-", ""))
+	}
+	slices.SortFunc(ids, func(a, b string) int {
+		return strings.Compare(lastUsePath("111122223333", "us-east-1", a), lastUsePath("111122223333", "us-east-1", b))
+	})
+	seen := map[string]bool{}
+	last := map[bool]string{}
+	for _, id := range ids {
+		mrk := strings.HasPrefix(id, "mrk-")
+		p := journalPart(id)
+		if p < last[mrk] {
+			t.Fatalf("%s: partition %s after %s", id, p, last[mrk])
+		}
+		last[mrk] = p
+		seen[p] = true
+	}
+	if len(seen) != journalParts {
+		t.Errorf("6,000 random ids fell in %d partitions, want all %d", len(seen), journalParts)
+	}
+	if got := journalPart("not-hex"); got != "00" {
+		t.Errorf("journalPart(not-hex) = %q, want 00", got)
+	}
+}
