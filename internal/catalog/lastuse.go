@@ -181,9 +181,9 @@ func putLastUses(ctx context.Context, tx storage.Tx, uses []LastUse) error {
 // (journalParts of them, by the first digits of the key id) under journalPrefix, named
 // by time, holding that partition's uses of the flush. A flush then
 // writes at most journalParts rows whatever its size. Every so often the
-// journal is merged into the records (MergeLastUses): per partition, in
-// one transaction, its rows are read, each key's latest use kept, written
-// in key order through putLastUses, and the rows deleted. A key used many
+// journal is merged into the records (MergeLastUses): in key order, a
+// transaction at a time, rows are read, each key's latest use kept,
+// written in key order through putLastUses, and the rows deleted. A key used many
 // times between merges is written once, and the keys written by a merge
 // share pages. Nothing is lost or moved back: journal rows are durable
 // like the records, a merge is atomic, and putLastUses keeps the later
@@ -192,17 +192,18 @@ func putLastUses(ctx context.Context, tx storage.Tx, uses []LastUse) error {
 const (
 	journalPrefix = storage.UnfedPrefix + "lastusej/"
 	journalParts  = 256
-	// mergeRows is how many journal rows one merge transaction takes: at
-	// a second's flush each, a minute of one node's journal.
-	mergeRows = 64
+	// mergeRows is how many journal rows one merge transaction takes: on
+	// a quiet store the whole journal, on a busy one (a row per partition
+	// a second) about a second's uses.
+	mergeRows = 256
 )
 
 // journalPart is the partition of a key's uses: the first two hex digits
 // of its id (after "mrk-" for a multi-Region key). Partitions are ranges
 // of the records' own order (a key id follows the account and Region in
-// lastUsePath), so a partition's merge writes records of its own range:
-// the merges of all partitions write each page of records once, not once
-// per partition as a hash would. Key ids are random hex (UUIDs, and a
+// lastUsePath), so a merge, going through the journal in key order,
+// writes the records in their own order: each page of records once per
+// merge, not once per partition as with a hash. Key ids are random hex (UUIDs, and a
 // multi-Region key's 32 digits), so the partitions are even. An id that
 // does not start with two lower-case hex digits (none that kmsd makes)
 // falls in partition "00".
@@ -263,61 +264,65 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	return nil
 }
 
-// MergeLastUses merges the whole journal into the keys' records, one
-// transaction per partition and per mergeRows rows, and returns how many
-// uses it merged. Several nodes may merge at once: a row merged by one is
-// gone for the other, whose transaction runs again.
+// MergeLastUses merges the journal into the keys' records and returns
+// how many uses it merged. It goes once through the journal in key order
+// — partition by partition, so that the records it writes follow the
+// records' order — mergeRows rows a transaction; rows journaled behind it
+// meanwhile wait for the next merge, so a merge ends however busy the
+// store. Several nodes may merge at once: a row merged by one is gone for
+// the other, whose transaction runs again.
 func (c *Catalog) MergeLastUses(ctx context.Context) (int, error) {
-	merged := 0
-	for p := range journalParts {
-		pre := journalPartPrefix(fmt.Sprintf("%02x", p))
-		for {
-			// A read first, so that an empty partition (most of them on
-			// a quiet store) costs no write transaction.
-			rows, err := c.store.List(ctx, pre, "", 1)
-			if err != nil {
-				return merged, fmt.Errorf("catalog: merge last uses: %w", err)
-			}
-			if len(rows) == 0 {
-				break
-			}
-			var n, took int
-			err = c.store.Update(ctx, func(tx storage.Tx) error {
-				rows, err := tx.List(ctx, pre, "", mergeRows)
-				if err != nil {
-					return err
-				}
-				var uses []LastUse
-				for _, r := range rows {
-					// A row that does not decode is dropped: it holds
-					// nothing anything else depends on.
-					var us []LastUse
-					if json.Unmarshal(r.Value, &us) == nil {
-						uses = append(uses, us...)
-					}
-				}
-				uses = latestUses(uses)
-				if err := putLastUses(ctx, tx, uses); err != nil {
-					return err
-				}
-				for _, r := range rows {
-					if err := tx.Delete(ctx, r.Key); err != nil {
-						return err
-					}
-				}
-				n, took = len(uses), len(rows)
-				return nil
-			})
-			if err != nil {
-				return merged, fmt.Errorf("catalog: merge last uses: %w", err)
-			}
-			merged += n
-			if took < mergeRows {
-				break
-			}
+	merged, after := 0, ""
+	for {
+		// A read first, so that an empty journal (a quiet store) costs
+		// no write transaction.
+		rows, err := c.store.List(ctx, journalPrefix, after, 1)
+		if err != nil {
+			return merged, fmt.Errorf("catalog: merge last uses: %w", err)
 		}
+		if len(rows) == 0 {
+			return merged, nil
+		}
+		var n, took int
+		var last string
+		err = c.store.Update(ctx, func(tx storage.Tx) error {
+			rows, err := tx.List(ctx, journalPrefix, after, mergeRows)
+			if err != nil {
+				return err
+			}
+			var uses []LastUse
+			keys := make([]string, len(rows))
+			for i, r := range rows {
+				keys[i] = r.Key
+				// A row that does not decode is dropped: it holds
+				// nothing anything else depends on.
+				var us []LastUse
+				if json.Unmarshal(r.Value, &us) == nil {
+					uses = append(uses, us...)
+				}
+			}
+			uses = latestUses(uses)
+			if err := putLastUses(ctx, tx, uses); err != nil {
+				return err
+			}
+			if err := storage.DeleteBatch(ctx, tx, keys); err != nil {
+				return err
+			}
+			n, took = len(uses), len(rows)
+			if took > 0 {
+				last = rows[took-1].Key
+			}
+			return nil
+		})
+		if err != nil {
+			return merged, fmt.Errorf("catalog: merge last uses: %w", err)
+		}
+		merged += n
+		if took < mergeRows {
+			return merged, nil
+		}
+		after = last
 	}
-	return merged, nil
 }
 
 // latestUses keeps each key's latest use of uses, in key order, so that a

@@ -158,55 +158,70 @@ func TestPutLastUsesBatch(t *testing.T) {
 // (first uses of the same keys among them) never move a key's last use
 // back: each key ends with the latest use any node flushed.
 func TestPutLastUsesConcurrent(t *testing.T) {
-	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	const nodes, keys, rounds = 3, 200, 4
 	for _, d := range lastUseDrivers {
 		t.Run(d.name, func(t *testing.T) {
-			ctx := t.Context()
-			cs := d.open(t, nodes)
-			at := func(n, r, k int) time.Time {
-				// Each node's uses of a key are at times the others' are
-				// not, interleaved differently for each key.
-				return t0.Add(time.Duration((r*nodes+(n+k)%nodes)*1000+k) * time.Millisecond)
-			}
-			var wg sync.WaitGroup
-			errs := make(chan error, nodes*rounds)
-			for n, c := range cs {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					// Rounds in reverse: each node also flushes older uses
-					// after newer ones, as a slow flush racing a fast one.
-					for r := rounds - 1; r >= 0; r-- {
-						var uses []LastUse
-						for k := range keys {
-							uses = append(uses, LastUse{Account: "111122223333", Region: "us-east-1",
-								KeyID: fmt.Sprintf("k-%03d", k), Operation: fmt.Sprintf("n%d-r%d", n, r), Time: at(n, r, k)})
-						}
-						if err := c.PutLastUses(ctx, uses); err != nil {
-							errs <- err
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
+			cs := d.open(t, 3)
+			r := racingRounds{nodes: len(cs), keys: 200, rounds: 4}
+			if err := r.write(cs, (*Catalog).PutLastUses); err != nil {
 				t.Fatal(err)
 			}
-			for k := range keys {
-				var latest time.Time
-				for n := range nodes {
-					if a := at(n, rounds-1, k); a.After(latest) {
-						latest = a
-					}
+			r.check(t, cs[0])
+		})
+	}
+}
+
+// racingRounds is a workload of nodes writing uses of the same keys
+// ("k-000", …) at once, rounds of them, each node's round a batch.
+type racingRounds struct{ nodes, keys, rounds int }
+
+// at is node n's use of key k in round r: each node's uses of a key are
+// at times the others' are not, interleaved differently for each key.
+func (r racingRounds) at(n, round, k int) time.Time {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	return t0.Add(time.Duration((round*r.nodes+(n+k)%r.nodes)*1000+k) * time.Millisecond)
+}
+
+// write has every node of cs write its rounds through put, all nodes at
+// once, and returns the first error. Rounds go in reverse: each node also
+// writes older uses after newer ones, as a slow flush racing a fast one.
+func (r racingRounds) write(cs []*Catalog, put func(*Catalog, context.Context, []LastUse) error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, r.nodes*r.rounds)
+	for n, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := r.rounds - 1; round >= 0; round-- {
+				var uses []LastUse
+				for k := range r.keys {
+					uses = append(uses, LastUse{Account: "111122223333", Region: "us-east-1",
+						KeyID: fmt.Sprintf("k-%03d", k), Operation: fmt.Sprintf("n%d-r%d", n, round), Time: r.at(n, round, k)})
 				}
-				got, err := cs[0].LastUse(ctx, "111122223333", "us-east-1", fmt.Sprintf("k-%03d", k))
-				if err != nil || !got.Time.Equal(latest) {
-					t.Fatalf("k-%03d: %+v, %v; want the use at %v", k, got, err, latest)
+				if err := put(c, context.Background(), uses); err != nil {
+					errs <- err
 				}
 			}
-		})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// check asserts that c reads, for each key, the latest use any node wrote.
+func (r racingRounds) check(t *testing.T, c *Catalog) {
+	t.Helper()
+	for k := range r.keys {
+		var latest time.Time
+		for n := range r.nodes {
+			if a := r.at(n, r.rounds-1, k); a.After(latest) {
+				latest = a
+			}
+		}
+		got, err := c.LastUse(t.Context(), "111122223333", "us-east-1", fmt.Sprintf("k-%03d", k))
+		if err != nil || !got.Time.Equal(latest) {
+			t.Fatalf("k-%03d: %+v, %v; want the use at %v", k, got, err, latest)
+		}
 	}
 }
 

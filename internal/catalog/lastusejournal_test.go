@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -150,48 +151,29 @@ func TestLastUseJournal(t *testing.T) {
 // than one it answered before, and once all is merged each key holds the
 // latest use any node journaled and the journal is empty.
 func TestLastUseJournalConcurrent(t *testing.T) {
-	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	const nodes, keys, rounds = 3, 100, 6
 	const acct, region = "111122223333", "us-east-1"
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, d := range lastUseDrivers {
 		t.Run(d.name, func(t *testing.T) {
 			ctx := t.Context()
-			cs := d.open(t, nodes)
-			at := func(n, r, k int) time.Time {
-				return t0.Add(time.Duration((r*nodes+(n+k)%nodes)*1000+k) * time.Millisecond)
-			}
+			cs := d.open(t, 3)
+			r := racingRounds{nodes: len(cs), keys: 100, rounds: 6}
 			// Every key has a use before the merges start, so a read
 			// never has a reason to find none.
 			var first []LastUse
-			for k := range keys {
+			for k := range r.keys {
 				first = append(first, LastUse{Account: acct, Region: region, KeyID: fmt.Sprintf("k-%03d", k), Operation: "first", Time: t0.Add(-time.Hour)})
 			}
 			if err := cs[0].JournalLastUses(ctx, first); err != nil {
 				t.Fatal(err)
 			}
-			var wg, merging sync.WaitGroup
+			var background sync.WaitGroup
 			stop := make(chan struct{})
-			errs := make(chan error, 100)
-			for n, c := range cs {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for r := rounds - 1; r >= 0; r-- {
-						var uses []LastUse
-						for k := range keys {
-							uses = append(uses, LastUse{Account: acct, Region: region,
-								KeyID: fmt.Sprintf("k-%03d", k), Operation: fmt.Sprintf("n%d-r%d", n, r), Time: at(n, r, k)})
-						}
-						if err := c.JournalLastUses(ctx, uses); err != nil {
-							errs <- err
-						}
-					}
-				}()
-			}
+			errs := make(chan error, 3)
 			for _, c := range cs[1:] {
-				merging.Add(1)
+				background.Add(1)
 				go func() {
-					defer merging.Done()
+					defer background.Done()
 					for {
 						select {
 						case <-stop:
@@ -206,9 +188,9 @@ func TestLastUseJournalConcurrent(t *testing.T) {
 				}()
 			}
 			// A reader: a key's answer never goes back, nor disappears.
-			merging.Add(1)
+			background.Add(1)
 			go func() {
-				defer merging.Done()
+				defer background.Done()
 				seen := map[int]time.Time{}
 				for i := 0; ; i++ {
 					select {
@@ -229,10 +211,13 @@ func TestLastUseJournalConcurrent(t *testing.T) {
 					seen[k] = got.Time
 				}
 			}()
-			wg.Wait()
+			err := r.write(cs, (*Catalog).JournalLastUses)
 			close(stop)
-			merging.Wait()
+			background.Wait()
 			close(errs)
+			if err != nil {
+				t.Fatal(err)
+			}
 			for err := range errs {
 				t.Fatal(err)
 			}
@@ -242,18 +227,7 @@ func TestLastUseJournalConcurrent(t *testing.T) {
 			if rows := journalRows(t, cs[0]); len(rows) != 0 {
 				t.Fatalf("%d journal rows left", len(rows))
 			}
-			for k := range keys {
-				var latest time.Time
-				for n := range nodes {
-					if a := at(n, rounds-1, k); a.After(latest) {
-						latest = a
-					}
-				}
-				got, err := cs[0].LastUse(ctx, acct, region, fmt.Sprintf("k-%03d", k))
-				if err != nil || !got.Time.Equal(latest) {
-					t.Fatalf("k-%03d: %+v, %v; want the use at %v", k, got, err, latest)
-				}
-			}
+			r.check(t, cs[0])
 		})
 	}
 }
@@ -288,5 +262,55 @@ func TestJournalPartsAreRanges(t *testing.T) {
 	}
 	if got := journalPart("not-hex"); got != "00" {
 		t.Errorf("journalPart(not-hex) = %q, want 00", got)
+	}
+}
+
+// BenchmarkJournalHotKeys: 30 s of a small store's steady state — 30
+// flushes, each of one use of each of 1,000 keys — written into the
+// records flush by flush ("put", what the tracker did before the
+// journal) or journaled and merged once ("journal", what it does now).
+// The operations run one after another, so the time per op counts the
+// database server's work as well as the catalog's.
+//
+//	go test -run '^$' -bench JournalHotKeys -benchtime 5x ./internal/catalog/
+func BenchmarkJournalHotKeys(b *testing.B) {
+	const keys, flushes = 1000, 30
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, d := range lastUseDrivers {
+		for _, mode := range []string{"put", "journal"} {
+			b.Run(d.name+"/"+mode, func(b *testing.B) {
+				ctx := context.Background()
+				c := d.open(b, 1)[0]
+				ids := make([]string, keys)
+				for i := range ids {
+					ids[i] = uuid.NewString()
+				}
+				step := 0
+				for b.Loop() {
+					for range flushes {
+						step++
+						uses := make([]LastUse, keys)
+						for i, id := range ids {
+							uses[i] = LastUse{Account: "111122223333", Region: "us-east-1", KeyID: id, Operation: "Encrypt",
+								Time: t0.Add(time.Duration(step) * time.Second), EventID: uuid.NewString(), RequestID: uuid.NewString()}
+						}
+						var err error
+						if mode == "put" {
+							err = c.PutLastUses(ctx, uses)
+						} else {
+							err = c.JournalLastUses(ctx, uses)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					if mode == "journal" {
+						if _, err := c.MergeLastUses(ctx); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+			})
+		}
 	}
 }

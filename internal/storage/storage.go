@@ -25,7 +25,8 @@
 //
 // Three optional capabilities are a transaction's, each doing in one step
 // (one statement per chunk on PostgreSQL) what the Tx does key by key:
-// BatchCreator (Create), BatchGetter (Get) and BatchPutter (Put). The Tx of
+// BatchCreator (Create), BatchGetter (Get), BatchPutter (Put) and
+// BatchDeleter (Delete). The Tx of
 // both drivers' Updates offers all three, and the functions CreateBatch,
 // GetBatch and PutBatch use them when they can, falling back to the
 // per-key methods with the same results.
@@ -172,6 +173,43 @@ type BatchPutter interface {
 	// at all). On any other error some entries may have been written; the
 	// caller returns the error and Update drops them.
 	PutBatch(ctx context.Context, entries []Entry) error
+}
+
+// BatchDeleter is the optional capability of a Tx to delete many keys in
+// one step: on PostgreSQL one statement per chunk of keys instead of one
+// round trip per key. Both drivers' Update transactions offer it; call it
+// through the function DeleteBatch, which falls back to Delete for a Tx
+// without it (a wrapper that adds something to Delete must offer it too,
+// adding the same, or hide it).
+type BatchDeleter interface {
+	// DeleteBatch is Delete of every key as one operation: each key is
+	// absent afterwards; an absent or repeated key is not an error. Every
+	// key is validated before anything is deleted: an invalid key fails
+	// the whole batch with ErrInvalidKey and deletes nothing. Deleted keys
+	// enter the change feed as Delete's do (under UnfedPrefix not at all).
+	// On any other error some keys may have been deleted; the caller
+	// returns the error and Update restores them.
+	DeleteBatch(ctx context.Context, keys []string) error
+}
+
+// DeleteBatch deletes keys in tx with tx's BatchDeleter, or with one
+// Delete per key when tx has none (see BatchDeleter). The results are
+// the same either way.
+func DeleteBatch(ctx context.Context, tx Tx, keys []string) error {
+	if bd, ok := tx.(BatchDeleter); ok {
+		return bd.DeleteBatch(ctx, keys)
+	}
+	for _, k := range keys {
+		if err := ValidateKey(k); err != nil {
+			return err
+		}
+	}
+	for _, k := range keys {
+		if err := tx.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // GetBatch reads keys in tx with tx's BatchGetter, or with one Get per key

@@ -184,6 +184,7 @@ type Store struct {
 var (
 	_ storage.BatchCreator = (*tx)(nil)
 	_ storage.BatchGetter  = (*tx)(nil)
+	_ storage.BatchDeleter = (*tx)(nil)
 	_ storage.BatchPutter  = (*tx)(nil)
 	_ storage.Store        = (*Store)(nil)
 	_ storage.Watcher      = (*Store)(nil)

@@ -168,3 +168,46 @@ func (t *tx) PutBatch(ctx context.Context, entries []storage.Entry) error {
 	}
 	return flush()
 }
+
+// sqlDeleteBatch deletes a chunk of keys in one statement. The kv_changes
+// trigger fires per deleted row, as for Delete. The row that comes back
+// holds the count deleted and the transaction's xid, which makes Update
+// write its commit marker as after any other write (when a row was
+// deleted: a Delete of an absent key writes nothing).
+const sqlDeleteBatch = `WITH d AS (
+	DELETE FROM kv WHERE key = ANY($1::text[]) RETURNING 1
+) SELECT count(*), pg_current_xact_id()::text FROM d`
+
+// DeleteBatch implements storage.BatchDeleter: one DELETE … WHERE key =
+// ANY per chunk of distinct keys (at most batchRows, about batchBytes of
+// them), in key order, as PutBatch writes.
+func (t *tx) DeleteBatch(ctx context.Context, keys []string) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	for _, k := range keys {
+		if err := storage.ValidateKey(k); err != nil {
+			return err
+		}
+	}
+	distinct := slices.Clone(keys)
+	slices.Sort(distinct)
+	distinct = slices.Compact(distinct)
+	for len(distinct) > 0 {
+		n, size := 0, 0
+		for n < len(distinct) && n < batchRows && size < batchBytes {
+			size += len(distinct[n])
+			n++
+		}
+		var deleted int64
+		var xid string
+		if err := t.tx.QueryRow(ctx, sqlDeleteBatch, distinct[:n]).Scan(&deleted, &xid); err != nil {
+			return t.note(fmt.Errorf("postgres: delete batch: %w", err))
+		}
+		if deleted > 0 {
+			t.xid = xid
+		}
+		distinct = distinct[n:]
+	}
+	return nil
+}

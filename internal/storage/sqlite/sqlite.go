@@ -24,8 +24,8 @@
 // large store (see inlineMax); the contract does not see the difference.
 //
 // The Tx of Update offers storage.BatchCreator (multi-row INSERTs),
-// BatchGetter and BatchPutter; in-process, the last two run the point
-// read and put's statements once per key, bound to the transaction once.
+// BatchGetter, BatchPutter and BatchDeleter; in-process, the last three
+// run the point read's, put's and delete's statements once per key.
 package sqlite
 
 import (
@@ -70,6 +70,7 @@ var (
 	_ storage.BatchCreator = (*tx)(nil)
 	_ storage.BatchGetter  = (*tx)(nil)
 	_ storage.BatchPutter  = (*tx)(nil)
+	_ storage.BatchDeleter = (*tx)(nil)
 	_ storage.Store        = (*Store)(nil)
 	_ storage.Watcher      = (*Store)(nil)
 	_ storage.Leaser       = (*Store)(nil)
@@ -360,4 +361,23 @@ func (t *tx) Delete(ctx context.Context, key string) error {
 		return errTxDone
 	}
 	return t.delete(ctx, key)
+}
+
+// DeleteBatch implements storage.BatchDeleter: in-process, a statement
+// costs no round trip, so it is Delete of each key, all validated first.
+func (t *tx) DeleteBatch(ctx context.Context, keys []string) error {
+	if t.done.Load() {
+		return errTxDone
+	}
+	for _, k := range keys {
+		if err := storage.ValidateKey(k); err != nil {
+			return err
+		}
+	}
+	for _, k := range keys {
+		if err := t.delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }

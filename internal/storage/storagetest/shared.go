@@ -47,6 +47,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FeedCreateBatch", func(t *testing.T) { testFeedCreateBatch(t, open) })
 	t.Run("CreateBatchConcurrent", func(t *testing.T) { testSharedCreateBatch(t, open) })
 	t.Run("FeedPutBatch", func(t *testing.T) { testFeedPutBatch(t, open) })
+	t.Run("FeedDeleteBatch", func(t *testing.T) { testFeedDeleteBatch(t, open) })
 	t.Run("GetPutBatchConcurrent", func(t *testing.T) { testSharedGetPutBatch(t, open) })
 	t.Run("LeaseTakeoverAfterExpiry", func(t *testing.T) { testLeaseTakeover(t, open) })
 	t.Run("LeaseLive", func(t *testing.T) { testLeaseLive(t, open) })

@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("Delete", func(t *testing.T) { testDelete(t, open) })
 	t.Run("CreateBatch", func(t *testing.T) { testCreateBatch(t, open) })
 	t.Run("GetPutBatch", func(t *testing.T) { testGetPutBatch(t, open) })
+	t.Run("DeleteBatch", func(t *testing.T) { testDeleteBatch(t, open) })
 	t.Run("Values", func(t *testing.T) { testValues(t, open) })
 	t.Run("ValuesNotShared", func(t *testing.T) { testValuesNotShared(t, open) })
 	t.Run("Keys", func(t *testing.T) { testKeys(t, open) })
