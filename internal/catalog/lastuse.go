@@ -29,8 +29,8 @@ import (
 // deleted with the key, but no longer written.
 //
 // A key's own record leaves out the account, Region and key id, which its
-// path names (a page of records then holds half as many more); journal
-// rows, which hold many keys' uses, keep them.
+// path names (about 40 % more records then fit in a page); journal rows,
+// which hold many keys' uses, keep them.
 type LastUse struct {
 	Account   string    `json:"account,omitempty"`
 	Region    string    `json:"region,omitempty"`

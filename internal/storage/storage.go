@@ -199,10 +199,8 @@ func DeleteBatch(ctx context.Context, tx Tx, keys []string) error {
 	if bd, ok := tx.(BatchDeleter); ok {
 		return bd.DeleteBatch(ctx, keys)
 	}
-	for _, k := range keys {
-		if err := ValidateKey(k); err != nil {
-			return err
-		}
+	if err := ValidateKeys(keys); err != nil {
+		return err
 	}
 	for _, k := range keys {
 		if err := tx.Delete(ctx, k); err != nil {
@@ -218,10 +216,8 @@ func GetBatch(ctx context.Context, tx Tx, keys []string) ([][]byte, error) {
 	if bg, ok := tx.(BatchGetter); ok {
 		return bg.GetBatch(ctx, keys)
 	}
-	for _, k := range keys {
-		if err := ValidateKey(k); err != nil {
-			return nil, err
-		}
+	if err := ValidateKeys(keys); err != nil {
+		return nil, err
 	}
 	values := make([][]byte, len(keys))
 	for i, k := range keys {
@@ -301,6 +297,17 @@ func ValidateKey(key string) error {
 		return fmt.Errorf("%w: empty", ErrInvalidKey)
 	}
 	return validateBound("key", key)
+}
+
+// ValidateKeys validates every key of keys (see ValidateKey): a batch
+// operation checks them all before it changes anything.
+func ValidateKeys(keys []string) error {
+	for _, k := range keys {
+		if err := ValidateKey(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ValidateRange checks the prefix and after arguments of List, which follow

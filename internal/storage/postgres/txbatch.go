@@ -185,10 +185,8 @@ func (t *tx) DeleteBatch(ctx context.Context, keys []string) error {
 	if t.done.Load() {
 		return errTxDone
 	}
-	for _, k := range keys {
-		if err := storage.ValidateKey(k); err != nil {
-			return err
-		}
+	if err := storage.ValidateKeys(keys); err != nil {
+		return err
 	}
 	distinct := slices.Clone(keys)
 	slices.Sort(distinct)

@@ -15,24 +15,38 @@ import (
 // that storage.CreateBatch takes its fallback of one Create per entry.
 type plainTx struct{ storage.Tx }
 
-// testCreateBatch runs the CreateBatch cases twice: with the driver's own
-// storage.BatchCreator (which the Tx of every driver's Update offers) and
-// with storage.CreateBatch's fallback on the same store, which must give
-// the same results.
-func testCreateBatch(t *testing.T, open opener) {
-	modes := []struct {
-		name string
-		wrap func(t *testing.T, tx storage.Tx) storage.Tx
-	}{
+// batchMode is a way a batch case runs: wrap hands the case the Tx of
+// Update as it is, after checking that it offers the capability under
+// test ("native"), or with its optional capabilities hidden, so that the
+// storage function takes its fallback ("fallback").
+type batchMode struct {
+	name string
+	wrap func(t *testing.T, tx storage.Tx) storage.Tx
+}
+
+// batchModes returns the native and fallback modes; offers names the
+// capability under test and reports whether tx offers it.
+func batchModes(offers func(tx storage.Tx) (string, bool)) []batchMode {
+	return []batchMode{
 		{"native", func(t *testing.T, tx storage.Tx) storage.Tx {
-			if _, ok := tx.(storage.BatchCreator); !ok {
-				t.Fatalf("the Tx Update passes (%T) does not offer storage.BatchCreator", tx)
+			if name, ok := offers(tx); !ok {
+				t.Fatalf("the Tx Update passes (%T) does not offer %s", tx, name)
 			}
 			return tx
 		}},
 		{"fallback", func(_ *testing.T, tx storage.Tx) storage.Tx { return plainTx{tx} }},
 	}
-	for _, m := range modes {
+}
+
+// testCreateBatch runs the CreateBatch cases twice: with the driver's own
+// storage.BatchCreator (which the Tx of every driver's Update offers) and
+// with storage.CreateBatch's fallback on the same store, which must give
+// the same results.
+func testCreateBatch(t *testing.T, open opener) {
+	for _, m := range batchModes(func(tx storage.Tx) (string, bool) {
+		_, ok := tx.(storage.BatchCreator)
+		return "storage.BatchCreator", ok
+	}) {
 		t.Run(m.name, func(t *testing.T) {
 			s := open(t)
 			// batch runs CreateBatch of es in an Update of its own that

@@ -15,19 +15,10 @@ import (
 // with the fallback of storage.DeleteBatch on the same store, which must
 // give the same results.
 func testDeleteBatch(t *testing.T, open opener) {
-	modes := []struct {
-		name string
-		wrap func(t *testing.T, tx storage.Tx) storage.Tx
-	}{
-		{"native", func(t *testing.T, tx storage.Tx) storage.Tx {
-			if _, ok := tx.(storage.BatchDeleter); !ok {
-				t.Fatalf("the Tx Update passes (%T) does not offer storage.BatchDeleter", tx)
-			}
-			return tx
-		}},
-		{"fallback", func(_ *testing.T, tx storage.Tx) storage.Tx { return plainTx{tx} }},
-	}
-	for _, m := range modes {
+	for _, m := range batchModes(func(tx storage.Tx) (string, bool) {
+		_, ok := tx.(storage.BatchDeleter)
+		return "storage.BatchDeleter", ok
+	}) {
 		t.Run(m.name, func(t *testing.T) {
 			s := open(t)
 			ctx := t.Context()

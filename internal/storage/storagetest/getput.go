@@ -19,22 +19,13 @@ import (
 // storage.GetBatch and storage.PutBatch on the same store, which must give
 // the same results.
 func testGetPutBatch(t *testing.T, open opener) {
-	modes := []struct {
-		name string
-		wrap func(t *testing.T, tx storage.Tx) storage.Tx
-	}{
-		{"native", func(t *testing.T, tx storage.Tx) storage.Tx {
-			if _, ok := tx.(storage.BatchGetter); !ok {
-				t.Fatalf("the Tx Update passes (%T) does not offer storage.BatchGetter", tx)
-			}
-			if _, ok := tx.(storage.BatchPutter); !ok {
-				t.Fatalf("the Tx Update passes (%T) does not offer storage.BatchPutter", tx)
-			}
-			return tx
-		}},
-		{"fallback", func(_ *testing.T, tx storage.Tx) storage.Tx { return plainTx{tx} }},
-	}
-	for _, m := range modes {
+	for _, m := range batchModes(func(tx storage.Tx) (string, bool) {
+		if _, ok := tx.(storage.BatchGetter); !ok {
+			return "storage.BatchGetter", false
+		}
+		_, ok := tx.(storage.BatchPutter)
+		return "storage.BatchPutter", ok
+	}) {
 		t.Run(m.name, func(t *testing.T) {
 			s := open(t)
 			// get runs GetBatch of keys in an Update of its own.
