@@ -504,6 +504,17 @@ func pinStale(err error) bool {
 // re-initialises the library (at most every probeReinitEvery) and runs it
 // once more. A wrong PIN costs a re-initialisation; kmsd's failed-login
 // limit keeps those few.
+//
+// A token read without its user (ErrUserNotFound) after that is asked up
+// to loginRetries more times, each after a re-initialisation
+// probeReinitEvery later: the re-initialisation may itself have read
+// token.object while another process rewrote it — SoftHSM2 2.6.1
+// truncates the file before writing it on every C_Login and C_SetPIN in
+// any process — which reads as a token without a user PIN. Three nodes on
+// one token directory met this: one resumed its login while another
+// logged in and the controller rotated kmsuser's password, and its store
+// was left without a login. A token that really has no user costs those
+// re-initialisations.
 func (m *module) freshPINs(label string, fn func() error) error {
 	err := fn()
 	if !pinStale(err) || !strings.Contains(m.path, "softhsm") {
@@ -511,16 +522,28 @@ func (m *module) freshPINs(label string, fn func() error) error {
 		// tokens' state between processes itself (pkcsslotd).
 		return err
 	}
-	m.life.Lock()
-	m.mu.Lock()
-	again := m.reinitLocked(label, probeReinitEvery)
-	m.mu.Unlock()
-	m.life.Unlock()
-	if !again {
-		return err
+	for i := 0; ; i++ {
+		if i > 0 {
+			time.Sleep(probeReinitEvery)
+		}
+		m.life.Lock()
+		m.mu.Lock()
+		again := m.reinitLocked(label, probeReinitEvery)
+		m.mu.Unlock()
+		m.life.Unlock()
+		if !again {
+			return err
+		}
+		err = fn()
+		if !errors.Is(err, ErrUserNotFound) || i == loginRetries {
+			return err
+		}
 	}
-	return fn()
 }
+
+// loginRetries is how many more times freshPINs asks a token read
+// without its user.
+const loginRetries = 2
 
 // shared runs fn holding the library's life shared.
 func (m *module) shared(fn func() error) error {
