@@ -35,11 +35,16 @@ func TestLoginDuringRewrite(t *testing.T) {
 	}
 	// A real token without a user: refused, after 1+loginRetries
 	// re-initialisations at most.
-	inits := 0
-	m.life.Lock()
-	orig := m.initialize
-	m.initialize = func() error { inits++; return orig() }
-	m.life.Unlock()
+	inits, torn := 0, 0
+	var readAs func(b []byte, orig func() error) error
+	hookInitialize(t, m, func(orig func() error) error {
+		inits++
+		if torn > 0 {
+			torn--
+			return readAs(noUser, orig)
+		}
+		return orig()
+	})
 	if err := m.Login(ctx, l, "userpin0"); !errors.Is(err, ErrUserNotFound) {
 		t.Fatalf("Login to a token without a user = %v, want ErrUserNotFound", err)
 	}
@@ -57,7 +62,7 @@ func TestLoginDuringRewrite(t *testing.T) {
 	// This process's view is made stale (the token read without its
 	// user), and the first re-initialisation after it meets the file
 	// mid-rewrite in the same way; later ones read it whole.
-	readAs := func(b []byte) error {
+	readAs = func(b []byte, orig func() error) error {
 		if err := os.WriteFile(obj, b, 0o600); err != nil {
 			return err
 		}
@@ -67,30 +72,12 @@ func TestLoginDuringRewrite(t *testing.T) {
 		}
 		return err
 	}
-	m.life.Lock()
-	m.initialize = func() error { return readAs(noUser) }
-	m.life.Unlock()
+	torn = 1
 	if !reinitNow(m, l) {
 		t.Fatal("token not found")
 	}
 	time.Sleep(probeReinitEvery) // the login's own re-initialisation is not rate-limited away
-	torn := 1
-	inits = 0
-	m.life.Lock()
-	m.initialize = func() error {
-		inits++
-		if torn > 0 {
-			torn--
-			return readAs(noUser)
-		}
-		return orig()
-	}
-	m.life.Unlock()
-	t.Cleanup(func() {
-		m.life.Lock()
-		m.initialize = orig
-		m.life.Unlock()
-	})
+	torn, inits = 1, 0
 	if err := m.Login(ctx, l, "userpin0"); err != nil {
 		t.Fatalf("Login after a re-initialisation met the token mid-rewrite: %v (%d initialisations)", err, inits)
 	}

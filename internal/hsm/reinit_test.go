@@ -23,6 +23,21 @@ func reinitNow(m *module, label string) bool {
 	return m.reinitLocked(label, 0)
 }
 
+// hookInitialize makes m's C_Initialize call fn with the real one, until
+// the test ends (the module is shared by the tests of this process).
+func hookInitialize(t *testing.T, m *module, fn func(orig func() error) error) {
+	t.Helper()
+	m.life.Lock()
+	orig := m.initialize
+	m.initialize = func() error { return fn(orig) }
+	m.life.Unlock()
+	t.Cleanup(func() {
+		m.life.Lock()
+		m.initialize = orig
+		m.life.Unlock()
+	})
+}
+
 // loggedInToken makes a SoftHSM2 token (user PIN userpin0), found by a
 // module of this process that is logged in to it; the token is deleted
 // when the test ends.
@@ -71,9 +86,7 @@ func TestReinitRewrittenToken(t *testing.T) {
 	// C_Initialize, counted; while rewriting, the first one meets
 	// token.object empty.
 	inits, rewriting := 0, false
-	m.life.Lock()
-	orig := m.initialize
-	m.initialize = func() error {
+	hookInitialize(t, m, func(orig func() error) error {
 		inits++
 		if !rewriting || inits > 1 {
 			return orig()
@@ -86,12 +99,6 @@ func TestReinitRewrittenToken(t *testing.T) {
 			t.Error(werr)
 		}
 		return err
-	}
-	m.life.Unlock()
-	t.Cleanup(func() {
-		m.life.Lock()
-		m.initialize = orig
-		m.life.Unlock()
 	})
 
 	rewriting = true
