@@ -230,6 +230,13 @@ func (c *Client) call(ctx context.Context, op, suffix string, req any) ([]byte, 
 	if err != nil {
 		return nil, classifyTransport(op, callCtx, err)
 	}
+	if callCtx.Err() != nil {
+		// net/http returns a response that races the context's end rather than the
+		// cancellation. Such an answer may be the proxy's reaction to the closed
+		// connection (an empty 200), so a call whose caller gave up or whose budget
+		// ran out ends as canceled or timed out, whatever came back.
+		return nil, classifyTransport(op, callCtx, context.Cause(callCtx))
+	}
 	if len(data) > maxResponse {
 		return nil, invalid(op, resp.StatusCode, errors.New("response body too large"))
 	}

@@ -197,6 +197,35 @@ func TestBudgetAndCancel(t *testing.T) {
 	}
 }
 
+// lateAnswer is a transport that answers only once the request's context has
+// ended, with what a proxy that saw the connection close may send: an empty 200.
+// net/http returns such a response when it races the context's end (transport.go,
+// "Check for a response racing the context close"); here it always does.
+type lateAnswer struct{}
+
+func (lateAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	<-r.Context().Done()
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+}
+
+// TestAnswerAfterCancel: an answer that arrives after the caller gave up or the
+// budget ran out does not count as the proxy's answer (CI saw the race once in
+// TestBudgetAndCancel as "invalid-response (HTTP 200)").
+func TestAnswerAfterCancel(t *testing.T) {
+	c, _ := fake(t, answer(200, goodHealth), func(c *Config) { c.Timeout = time.Second })
+	c.httpc.Transport = lateAnswer{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if _, err := c.Health(ctx, Meta{}); KindOf(err) != KindCanceled || CryptoException(err) != ExcInternal {
+		t.Fatalf("caller gave up: err = %v", err)
+	}
+	c, _ = fake(t, answer(200, goodHealth), func(c *Config) { c.Timeout = 30 * time.Millisecond })
+	c.httpc.Transport = lateAnswer{}
+	if _, err := c.Health(context.Background(), Meta{}); KindOf(err) != KindTimeout || ConnectionErrorCode(err) != CodeTimedOut {
+		t.Fatalf("budget ran out: err = %v", err)
+	}
+}
+
 // TestTransportFailures: refused connections, untrusted certificates and the address
 // map, without a real proxy.
 func TestTransportFailures(t *testing.T) {
