@@ -212,11 +212,14 @@ type Manager struct {
 	// generation of each store this node is logged in to; rowIn the stores
 	// whose node row says it may be; following the stores with a login or
 	// logout of this node in progress; refused the Rev of the record whose
-	// password the backing refused to this node (not tried again).
-	local     map[string]int64
-	rowIn     map[string]bool
-	following map[string]bool
-	refused   map[string]int64
+	// password the backing refused to this node (not tried again);
+	// refusedTries how many logins in a row the backing refused for a
+	// reason a login may outlast (tried again, resume.go).
+	local        map[string]int64
+	rowIn        map[string]bool
+	following    map[string]bool
+	refused      map[string]int64
+	refusedTries map[string]int
 
 	// The controller's side: ctlCtx is the current term's context (nil:
 	// not the controller), running the stores with a controller step
@@ -266,7 +269,7 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	}
 	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{},
 		unreachableLogged: map[string]bool{}, connectors: make(chan struct{}, cfg.Connectors),
-		local: map[string]int64{}, rowIn: map[string]bool{}, following: map[string]bool{}, refused: map[string]int64{},
+		local: map[string]int64{}, rowIn: map[string]bool{}, following: map[string]bool{}, refused: map[string]int64{}, refusedTries: map[string]int{},
 		running: map[string]bool{}, ctlKick: make(chan struct{}, 1), nodeKick: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

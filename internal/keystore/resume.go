@@ -30,10 +30,41 @@ import (
 // back. A backing that answers but refuses (the password changed, the user
 // is locked out, the proxy rejects the credential or the URI path, its TLS
 // certificate is not trusted, …) fails the store with that code, as a
-// connect does.
+// connect does — on the controller. Another node leaves the store's state
+// to the controller and tries again by itself unless the refusal counts
+// towards kmsuser's lockout (retriesRefusal).
 
 // resumeRetry is Config.ResumeRetry's default.
 const resumeRetry = 5 * time.Second
+
+// refusedRetryMax bounds the wait between a node's logins that its backing
+// refused for a reason a login may outlast (retriesRefusal).
+const refusedRetryMax = time.Minute
+
+// retriesRefusal reports whether a node other than the controller tries
+// its login to st again after the backing refused it with code. The
+// controller is logged in with the same password, so the refusal says
+// something passing about this node's login — a SoftHSM2 token file read
+// while another process rewrote it looks like a token without kmsuser
+// (USER_NOT_FOUND), a human's session USER_LOGGED_IN. Only the refusals
+// that kmsuser's lockout counts are not repeated with the same password
+// (INVALID_CREDENTIALS, and USER_LOCKED_OUT, which the next wrong one
+// caused): the controller decides those. An external store's login is a
+// health check through its proxy, which locks nothing out.
+func retriesRefusal(st *Store, code string) bool {
+	return st.Type != TypeCloudHSM || (code != CodeInvalidCredentials && code != CodeUserLockedOut)
+}
+
+// refusedDelay is the wait before the next login of a node whose last n
+// logins in a row were refused: ResumeRetry doubled each time, up to
+// refusedRetryMax.
+func refusedDelay(every time.Duration, n int) time.Duration {
+	d := every
+	for i := 1; i < n && d < refusedRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, refusedRetryMax)
+}
 
 // unreachable reports whether code says the backing could not be reached
 // rather than that it refused the store.
@@ -57,8 +88,9 @@ func unreachable(st *Store, code string) bool {
 // disconnect committed meanwhile waits for its logout (nodes.go).
 // Unreachable, it tries again later; refused, the controller fails the
 // store with the code, another node leaves it to the controller and does
-// not try that record's password again (a wrong password counts towards
-// kmsuser's lockout).
+// not try that record's password again when the refusal counts towards
+// kmsuser's lockout (a wrong password), and otherwise tries again, less
+// and less often (retriesRefusal).
 func (m *Manager) followLogin(ctx context.Context, id string) {
 	again := false
 	defer func() {
@@ -78,6 +110,7 @@ func (m *Manager) followLogin(ctx context.Context, id string) {
 	gen, in := m.local[id]
 	m.mu.RUnlock()
 	if !ok || cur.State != Connected || (in && gen == cur.Gen) {
+		m.forgetRefusals(id)
 		return
 	}
 	b, ok := m.cfg.Backings[cur.Type]
@@ -132,14 +165,27 @@ func (m *Manager) followLogin(ctx context.Context, id string) {
 	default:
 		m.forgetResumed(id)
 		m.unmarkLoggedIn(cur)
-		m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err)
 		if !m.leading() {
 			// The controller decides the store's state.
 			m.mu.Lock()
-			m.refused[id] = cur.Rev
+			if !retriesRefusal(cur, c) {
+				delete(m.refusedTries, id)
+				m.refused[id] = cur.Rev
+				m.mu.Unlock()
+				m.log.Warn("keystore: resumed store refused by its backing; left to the controller", "store", id, "code", c, "err", err)
+				return
+			}
+			m.refusedTries[id]++
+			n := m.refusedTries[id]
 			m.mu.Unlock()
+			d := refusedDelay(m.cfg.ResumeRetry, n)
+			m.log.Warn("keystore: resumed store refused by its backing; trying again", "store", id, "code", c, "err", err,
+				"refusals", n, "in", d.String())
+			again = true
+			m.start(ctx, id, d, m.followLogin, nil)
 			return
 		}
+		m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err)
 		if m.set(ctx, id, func(st *Store) error {
 			if st.State != Connected {
 				return errSkip
@@ -172,6 +218,7 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 		return nil
 	})
 	m.forgetResumed(cur.ID)
+	m.forgetRefusals(cur.ID)
 	if err != nil {
 		m.logoutLocal(cur)
 		if !errors.Is(err, errSkip) {
@@ -190,5 +237,13 @@ func (m *Manager) loggedIn(ctx context.Context, b Backing, cur *Store, pw []byte
 func (m *Manager) forgetResumed(id string) {
 	m.mu.Lock()
 	delete(m.unreachableLogged, id)
+	m.mu.Unlock()
+}
+
+// forgetRefusals ends store id's run of refused logins (logged in, or the
+// store is no longer one this node logs in to).
+func (m *Manager) forgetRefusals(id string) {
+	m.mu.Lock()
+	delete(m.refusedTries, id)
 	m.mu.Unlock()
 }

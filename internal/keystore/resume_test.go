@@ -405,3 +405,92 @@ func TestResumeRefusedBeforeLeading(t *testing.T) {
 		t.Errorf("%d logins in all, want 2 (one refused before the node led, one after)", n)
 	}
 }
+
+// TestResumeRefusedRetried: a node that does not lead, whose resumed
+// login the backing refuses for a reason that kmsuser's lockout does not
+// count (here USER_NOT_FOUND, what SoftHSM2 answers for a token file read
+// while another process rewrites it), tries again by itself, less and less
+// often, and is logged in once the backing lets it — the store CONNECTED
+// throughout. Before, it left the store to the controller, which was
+// logged in and never changed the record, so this node answered its keys
+// with errors until the store was reconnected (CI, d870649).
+func TestResumeRefusedRetried(t *testing.T) {
+	t.Cleanup(func(d time.Duration) func() { return func() { followTick = d } }(followTick))
+	followTick = 20 * time.Millisecond
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	f := &fakeBacking{}
+	m := newManager(t, s, b, f)
+	st := create(t, m, "one", "cluster-aaaaaaaaaaa")
+	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, st.ID, Connected, "")
+	m.Close()
+
+	f.mu.Lock()
+	f.fail = &ConnectError{Code: CodeUserNotFound, Err: errors.New("token without its user")}
+	delete(f.connected, st.ID)
+	tries := len(f.secrets)
+	f.mu.Unlock()
+	logins := func() int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.secrets) - tries
+	}
+	never := func(ctx context.Context, fn func(ctx context.Context)) { <-ctx.Done() }
+	m, err := New(ctx, s, b, Config{Backings: map[string]Backing{TypeCloudHSM: f}, NodeID: "b", Serve: never,
+		ResumeRetry: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	eventually(t, "three refused logins", func() bool { return logins() >= 3 })
+	m.mu.RLock()
+	_, refused := m.refused[st.ID]
+	m.mu.RUnlock()
+	if refused {
+		t.Fatal("USER_NOT_FOUND left to the controller: this node would never log in again")
+	}
+	// Less and less often: 10, 20, 40, … ms apart, so 300 ms hold at most
+	// about five refusals, where a fixed 10 ms would make thirty.
+	n0 := logins()
+	time.Sleep(300 * time.Millisecond)
+	if n := logins() - n0; n > 6 {
+		t.Errorf("%d refused logins in 300 ms: not backing off", n)
+	}
+	f.mu.Lock()
+	f.fail = nil
+	f.mu.Unlock()
+	cur := state(t, m, st.ID)
+	eventually(t, "the login once the backing lets it", func() bool {
+		m.mu.RLock()
+		defer m.mu.RUnlock()
+		gen, in := m.local[st.ID]
+		return in && gen == cur.Gen && len(m.refusedTries) == 0
+	})
+	if got := state(t, m, st.ID); got.State != Connected || got.ErrorCode != "" {
+		t.Errorf("store %s %q, want CONNECTED throughout", got.State, got.ErrorCode)
+	}
+}
+
+func TestRefusedDelay(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want time.Duration
+	}{{1, 5 * time.Second}, {2, 10 * time.Second}, {4, 40 * time.Second}, {5, time.Minute}, {50, time.Minute}} {
+		if got := refusedDelay(5*time.Second, tc.n); got != tc.want {
+			t.Errorf("refusedDelay(5s, %d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		typ, code string
+		want      bool
+	}{{TypeCloudHSM, CodeInvalidCredentials, false}, {TypeCloudHSM, CodeUserLockedOut, false},
+		{TypeCloudHSM, CodeUserNotFound, true}, {TypeCloudHSM, CodeUserLoggedIn, true}, {TypeCloudHSM, CodeInternalError, true},
+		{TypeExternal, CodeInvalidCredentials, true}} {
+		if got := retriesRefusal(&Store{Type: tc.typ}, tc.code); got != tc.want {
+			t.Errorf("retriesRefusal(%s, %s) = %v, want %v", tc.typ, tc.code, got, tc.want)
+		}
+	}
+}
