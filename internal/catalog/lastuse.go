@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
+
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
@@ -77,7 +79,7 @@ func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*Las
 			return nil, fmt.Errorf("catalog: get last use: %w", err)
 		}
 		u := new(LastUse)
-		if err := json.Unmarshal(b, u); err != nil {
+		if err := jsonv2.Unmarshal(b, u); err != nil {
 			return nil, fmt.Errorf("catalog: decode last use of %s: %w", id, err)
 		}
 		u.Account, u.Region, u.KeyID = account, region, id // what the path names
@@ -106,15 +108,19 @@ func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
 }
 
 // putLastUses writes uses into their keys' records within tx, at a fixed
-// number of storage steps whatever their number: all records are created
-// in one storage.CreateBatch (a key's first use); the records of the keys
-// that already had one are read in one storage.GetBatch, compared here,
-// and the newer uses written in one storage.PutBatch — on PostgreSQL one
-// statement each per chunk, rather than a round trip per use. The
-// transaction is serializable, so a concurrent writer of a key read here
-// makes one of the two run again and compare against the other's record.
+// number of storage steps whatever their number: the keys' records are
+// read in one storage.GetBatch and compared here; the keys without one
+// get it in one storage.CreateBatch (a key's first use), and the newer
+// uses of the others are written in one storage.PutBatch — on PostgreSQL
+// one statement each per chunk, rather than a round trip per use. The
+// read comes first so that a key that has a record (a merge's usual case
+// on a store in use) costs a read and a write, not also a create that
+// finds it. The transaction is serializable, so a concurrent writer of a
+// key read here makes one of the two run again and compare against the
+// other's record.
 func putLastUses(ctx context.Context, tx storage.Tx, uses []LastUse) error {
 	entries := make([]storage.Entry, len(uses))
+	keys := make([]string, len(uses))
 	for i := range uses {
 		u := uses[i]
 		path := lastUsePath(u.Account, u.Region, u.KeyID)
@@ -124,48 +130,61 @@ func putLastUses(ctx context.Context, tx storage.Tx, uses []LastUse) error {
 			return err
 		}
 		entries[i] = storage.Entry{Key: path, Value: b}
-	}
-	exists, err := storage.CreateBatch(ctx, tx, entries)
-	if err != nil {
-		return err
-	}
-	var at []int // indexes of the uses whose key had a record
-	var keys []string
-	for i, e := range entries {
-		if exists[i] {
-			at, keys = append(at, i), append(keys, e.Key)
-		}
-	}
-	if len(at) == 0 {
-		return nil
+		keys[i] = path
 	}
 	stored, err := storage.GetBatch(ctx, tx, keys)
 	if err != nil {
 		return err
 	}
-	// newest is the time each key's record holds once the puts before
+	// newest is the time each key's record holds once the writes before
 	// are done, so that a key used twice in one batch keeps the later use
-	// whatever the order. A record that does not decode is replaced.
-	newest := make(map[string]time.Time, len(at))
-	for j := range at {
-		if _, ok := newest[keys[j]]; ok || stored[j] == nil {
+	// whatever the order; a key absent from it has no record, or one that
+	// does not decode, which is replaced.
+	newest := make(map[string]time.Time, len(uses))
+	had := make(map[string]bool, len(uses)) // keys with a record before this batch
+	for i, k := range keys {
+		if had[k] || stored[i] == nil {
 			continue
 		}
+		had[k] = true
 		var cur LastUse
-		if json.Unmarshal(stored[j], &cur) == nil {
-			newest[keys[j]] = cur.Time
+		if jsonv2.Unmarshal(stored[i], &cur) == nil {
+			newest[k] = cur.Time
 		}
 	}
-	var puts []storage.Entry
-	for _, i := range at {
-		k := entries[i].Key
+	var creates, puts []storage.Entry
+	last := make(map[string]int, len(uses)) // index in creates of a key created here
+	for i, e := range entries {
+		k := e.Key
 		if cur, ok := newest[k]; ok && !cur.Before(uses[i].Time) {
 			continue
 		}
 		newest[k] = uses[i].Time
-		puts = append(puts, entries[i])
+		switch j, ok := last[k]; {
+		case ok:
+			creates[j] = e // a later use of a key this batch creates
+		case had[k]:
+			puts = append(puts, e)
+		default:
+			last[k] = len(creates)
+			creates = append(creates, e)
+		}
 	}
-	return storage.PutBatch(ctx, tx, puts)
+	exists, err := storage.CreateBatch(ctx, tx, creates)
+	if err != nil {
+		return err
+	}
+	if err := storage.PutBatch(ctx, tx, puts); err != nil {
+		return err
+	}
+	for j, e := range exists {
+		if e {
+			// Within one serializable transaction the read saw every
+			// record the create can find.
+			return fmt.Errorf("catalog: last-use record %s found by the create but not by the read", creates[j].Key)
+		}
+	}
+	return nil
 }
 
 // The last-use journal.
@@ -297,7 +316,7 @@ func (c *Catalog) MergeLastUses(ctx context.Context) (int, error) {
 				// A row that does not decode is dropped: it holds
 				// nothing anything else depends on.
 				var us []LastUse
-				if json.Unmarshal(r.Value, &us) == nil {
+				if jsonv2.Unmarshal(r.Value, &us) == nil {
 					uses = append(uses, us...)
 				}
 			}
@@ -388,7 +407,7 @@ func scanJournal(ctx context.Context, r storage.Reader, account, region, id stri
 				continue
 			}
 			var us []LastUse
-			if json.Unmarshal(row.Value, &us) != nil {
+			if jsonv2.Unmarshal(row.Value, &us) != nil {
 				continue
 			}
 			if err := fn(row, us); err != nil {
