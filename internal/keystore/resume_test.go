@@ -6,6 +6,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kmsd/kmsd/internal/barrier"
+	"github.com/kmsd/kmsd/internal/storage"
 )
 
 func (f *fakeBacking) setFail(err error) {
@@ -344,30 +347,9 @@ func TestPendingPasswords(t *testing.T) {
 // state itself: FAILED with the backing's code. Without that the store
 // stayed CONNECTED for good (commit 1ade0d6).
 func TestResumeRefusedBeforeLeading(t *testing.T) {
-	t.Cleanup(func(d time.Duration) func() { return func() { followTick = d } }(followTick)) // after the managers' Close, which are cleanups too
-	followTick = 20 * time.Millisecond
-	ctx := context.Background()
-	s, b := open(t, t.TempDir())
-	f := &fakeBacking{}
-	m := newManager(t, s, b, f)
-	st := create(t, m, "one", "cluster-aaaaaaaaaaa")
-	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, m, st.ID, Connected, "")
-	m.Close()
-
 	// The password changed behind kmsd's back while it was stopped.
-	f.mu.Lock()
-	f.fail = &ConnectError{Code: CodeInvalidCredentials, Err: errors.New("wrong password")}
-	delete(f.connected, st.ID)
-	tries := len(f.secrets)
-	f.mu.Unlock()
-	logins := func() int {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return len(f.secrets) - tries
-	}
+	s, b, f, st, logins := refusedAfterRestart(t, &ConnectError{Code: CodeInvalidCredentials, Err: errors.New("wrong password")})
+	ctx := context.Background()
 	lead := make(chan struct{})
 	serve := func(ctx context.Context, fn func(ctx context.Context)) {
 		select {
@@ -415,29 +397,8 @@ func TestResumeRefusedBeforeLeading(t *testing.T) {
 // logged in and never changed the record, so this node answered its keys
 // with errors until the store was reconnected (CI, d870649).
 func TestResumeRefusedRetried(t *testing.T) {
-	t.Cleanup(func(d time.Duration) func() { return func() { followTick = d } }(followTick))
-	followTick = 20 * time.Millisecond
+	s, b, f, st, logins := refusedAfterRestart(t, &ConnectError{Code: CodeUserNotFound, Err: errors.New("token without its user")})
 	ctx := context.Background()
-	s, b := open(t, t.TempDir())
-	f := &fakeBacking{}
-	m := newManager(t, s, b, f)
-	st := create(t, m, "one", "cluster-aaaaaaaaaaa")
-	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, m, st.ID, Connected, "")
-	m.Close()
-
-	f.mu.Lock()
-	f.fail = &ConnectError{Code: CodeUserNotFound, Err: errors.New("token without its user")}
-	delete(f.connected, st.ID)
-	tries := len(f.secrets)
-	f.mu.Unlock()
-	logins := func() int {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return len(f.secrets) - tries
-	}
 	never := func(ctx context.Context, fn func(ctx context.Context)) { <-ctx.Done() }
 	m, err := New(ctx, s, b, Config{Backings: map[string]Backing{TypeCloudHSM: f}, NodeID: "b", Serve: never,
 		ResumeRetry: 10 * time.Millisecond})
@@ -492,5 +453,36 @@ func TestRefusedDelay(t *testing.T) {
 		if got := retriesRefusal(&Store{Type: tc.typ}, tc.code); got != tc.want {
 			t.Errorf("retriesRefusal(%s, %s) = %v, want %v", tc.typ, tc.code, got, tc.want)
 		}
+	}
+}
+
+// refusedAfterRestart connects a store through a first manager, closes it
+// and makes the backing refuse logins with fail from then on, as if the
+// node restarted into a refusal. It returns the store's database and
+// barrier for the next manager, the backing, the store, and a count of
+// the logins tried since.
+func refusedAfterRestart(t *testing.T, fail error) (storage.Store, *barrier.Barrier, *fakeBacking, *Store, func() int) {
+	t.Helper()
+	t.Cleanup(func(d time.Duration) func() { return func() { followTick = d } }(followTick)) // after the managers' Close, which are cleanups too
+	followTick = 20 * time.Millisecond
+	ctx := context.Background()
+	s, b := open(t, t.TempDir())
+	f := &fakeBacking{}
+	m := newManager(t, s, b, f)
+	st := create(t, m, "one", "cluster-aaaaaaaaaaa")
+	if err := m.Connect(ctx, st.Account, st.Region, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, st.ID, Connected, "")
+	m.Close()
+	f.mu.Lock()
+	f.fail = fail
+	delete(f.connected, st.ID)
+	tries := len(f.secrets)
+	f.mu.Unlock()
+	return s, b, f, st, func() int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.secrets) - tries
 	}
 }
