@@ -321,60 +321,71 @@ func BenchmarkJournalHotKeys(b *testing.B) {
 // BenchmarkMergeLarge: the merge of 30 one-second flushes of uses of keys
 // picked at random among many that already have a record — what a large
 // store's merge does every 30 s (e2e/scale: a million keys, ~7,000
-// distinct keys a second). Only the merges are timed; b.N merges, each of
-// KMSD_BENCH_MERGE_USES uses (default 30 × 2,000) over KMSD_BENCH_MERGE_KEYS
-// keys (default 300,000).
+// distinct keys a second) — and ("first") of as many first uses, of keys
+// without a record among them. Only the merges are timed; b.N merges, each
+// of KMSD_BENCH_MERGE_USES uses (default 30 × 2,000) over
+// KMSD_BENCH_MERGE_KEYS keys (default 300,000).
 func BenchmarkMergeLarge(b *testing.B) {
 	keys, perFlush := envInt(b, "KMSD_BENCH_MERGE_KEYS", 300000), envInt(b, "KMSD_BENCH_MERGE_USES", 60000)/30
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, d := range lastUseDrivers {
-		b.Run(d.name, func(b *testing.B) {
-			ctx := context.Background()
-			c := d.open(b, 1)[0]
-			ids := make([]string, keys)
-			for i := range ids {
-				ids[i] = uuid.NewString()
+		for _, first := range []bool{false, true} {
+			name := d.name
+			if first {
+				name += "/first"
 			}
-			use := func(id string, step int) LastUse {
-				return LastUse{Account: "111122223333", Region: "us-east-1", KeyID: id, Operation: "Encrypt",
-					Time: t0.Add(time.Duration(step) * time.Second), EventID: uuid.NewString(), RequestID: uuid.NewString()}
-			}
-			// Every key gets its record, through the journal as kmsd does.
-			for lo := 0; lo < keys; lo += 10000 {
-				var uses []LastUse
-				for _, id := range ids[lo:min(lo+10000, keys)] {
-					uses = append(uses, use(id, 0))
+			b.Run(name, func(b *testing.B) {
+				ctx := context.Background()
+				c := d.open(b, 1)[0]
+				ids := make([]string, keys)
+				for i := range ids {
+					ids[i] = uuid.NewString()
 				}
-				if err := c.JournalLastUses(ctx, uses); err != nil {
-					b.Fatal(err)
+				use := func(id string, step int) LastUse {
+					return LastUse{Account: "111122223333", Region: "us-east-1", KeyID: id, Operation: "Encrypt",
+						Time: t0.Add(time.Duration(step) * time.Second), EventID: uuid.NewString(), RequestID: uuid.NewString()}
 				}
-				if _, err := c.MergeLastUses(ctx); err != nil {
-					b.Fatal(err)
-				}
-			}
-			step, merged := 0, 0
-			b.ResetTimer()
-			for range b.N {
-				b.StopTimer()
-				for range 30 {
-					step++
-					uses := make([]LastUse, perFlush)
-					for i := range uses {
-						uses[i] = use(ids[mrand.IntN(keys)], step)
+				// Every key gets its record, through the journal as kmsd does.
+				for lo := 0; lo < keys; lo += 10000 {
+					var uses []LastUse
+					for _, id := range ids[lo:min(lo+10000, keys)] {
+						uses = append(uses, use(id, 0))
 					}
 					if err := c.JournalLastUses(ctx, uses); err != nil {
 						b.Fatal(err)
 					}
+					if _, err := c.MergeLastUses(ctx); err != nil {
+						b.Fatal(err)
+					}
 				}
-				b.StartTimer()
-				n, err := c.MergeLastUses(ctx)
-				if err != nil {
-					b.Fatal(err)
+				step, merged := 0, 0
+				b.ResetTimer()
+				for range b.N {
+					b.StopTimer()
+					for range 30 {
+						step++
+						uses := make([]LastUse, perFlush)
+						for i := range uses {
+							id := ids[mrand.IntN(keys)]
+							if first {
+								id = uuid.NewString()
+							}
+							uses[i] = use(id, step)
+						}
+						if err := c.JournalLastUses(ctx, uses); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.StartTimer()
+					n, err := c.MergeLastUses(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					merged += n
 				}
-				merged += n
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(merged), "ns/use")
-		})
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(merged), "ns/use")
+			})
+		}
 	}
 }
 

@@ -222,10 +222,12 @@ type Manager struct {
 	refusedTries map[string]int
 
 	// The controller's side: ctlCtx is the current term's context (nil:
-	// not the controller), running the stores with a controller step
-	// scheduled or in progress, ctlWG those steps.
+	// not the controller), led a channel closed when this node takes
+	// control (replaced when its term ends), running the stores with a
+	// controller step scheduled or in progress, ctlWG those steps.
 	ctlMu   sync.Mutex
 	ctlCtx  context.Context
+	led     chan struct{}
 	running map[string]bool
 	ctlWG   sync.WaitGroup
 
@@ -270,6 +272,7 @@ func New(ctx context.Context, store storage.Store, b *barrier.Barrier, cfg Confi
 	m := &Manager{cfg: cfg, store: store, barrier: b, log: cfg.Logger, stores: map[string]*Store{},
 		unreachableLogged: map[string]bool{}, connectors: make(chan struct{}, cfg.Connectors),
 		local: map[string]int64{}, rowIn: map[string]bool{}, following: map[string]bool{}, refused: map[string]int64{}, refusedTries: map[string]int{},
+		led:     make(chan struct{}),
 		running: map[string]bool{}, ctlKick: make(chan struct{}, 1), nodeKick: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

@@ -389,6 +389,7 @@ func (m *Manager) control(ctx context.Context) {
 func (m *Manager) takeControl(ctx context.Context) {
 	m.ctlMu.Lock()
 	m.ctlCtx = ctx
+	close(m.led)
 	m.ctlMu.Unlock()
 	m.scan(0)
 }
@@ -399,6 +400,7 @@ func (m *Manager) controlLoop(ctx context.Context) {
 	defer func() {
 		m.ctlMu.Lock()
 		m.ctlCtx = nil
+		m.led = make(chan struct{})
 		m.ctlMu.Unlock()
 		m.ctlWG.Wait()
 	}()
@@ -458,6 +460,23 @@ func (m *Manager) schedule(id string, d time.Duration, fn func(ctx context.Conte
 }
 
 // leading reports whether this node is the controller now.
+// waitOrLead waits d, or less if this node takes control meanwhile; false
+// if ctx ends first.
+func (m *Manager) waitOrLead(ctx context.Context, d time.Duration) bool {
+	m.ctlMu.Lock()
+	led := m.led
+	m.ctlMu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-led:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
 func (m *Manager) leading() bool {
 	m.ctlMu.Lock()
 	defer m.ctlMu.Unlock()

@@ -172,17 +172,24 @@ func (m *Manager) followLogin(ctx context.Context, id string) {
 				delete(m.refusedTries, id)
 				m.refused[id] = cur.Rev
 				m.mu.Unlock()
-				m.log.Warn("keystore: resumed store refused by its backing; left to the controller", "store", id, "code", c, "err", err)
+				m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err,
+					"next", "left to the controller")
 				return
 			}
 			m.refusedTries[id]++
 			n := m.refusedTries[id]
 			m.mu.Unlock()
 			d := refusedDelay(m.cfg.ResumeRetry, n)
-			m.log.Warn("keystore: resumed store refused by its backing; trying again", "store", id, "code", c, "err", err,
-				"refusals", n, "in", d.String())
+			m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err,
+				"next", "trying again", "refusals", n, "in", d.String())
+			// Sooner if this node becomes the controller, which decides
+			// the store's state at once.
 			again = true
-			m.start(ctx, id, d, m.followLogin, nil)
+			m.start(ctx, id, 0, func(ctx context.Context, id string) {
+				if m.waitOrLead(ctx, d) {
+					m.followLogin(ctx, id)
+				}
+			}, nil)
 			return
 		}
 		m.log.Warn("keystore: resumed store refused by its backing", "store", id, "code", c, "err", err)

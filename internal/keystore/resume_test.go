@@ -435,6 +435,41 @@ func TestResumeRefusedRetried(t *testing.T) {
 	}
 }
 
+// TestRefusedRetryLeads: a node waiting to try its refused login again
+// (here for an hour) that becomes the controller tries at once and
+// decides the store's state: FAILED with the backing's code, as it did
+// when refusals were not tried again (e2e/xks TestResumeRefusedBeforeLead).
+func TestRefusedRetryLeads(t *testing.T) {
+	s, b, f, st, logins := refusedAfterRestart(t, &ConnectError{Code: CodeUserLoggedIn, Err: errors.New("kmsuser is logged in")})
+	lead := make(chan struct{})
+	serve := func(ctx context.Context, fn func(ctx context.Context)) {
+		select {
+		case <-lead:
+			fn(ctx)
+		case <-ctx.Done():
+		}
+	}
+	m, err := New(context.Background(), s, b, Config{Backings: map[string]Backing{TypeCloudHSM: f}, NodeID: "b", Serve: serve,
+		ResumeRetry: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	eventually(t, "the resume's refused login", func() bool {
+		m.mu.RLock()
+		defer m.mu.RUnlock()
+		return m.refusedTries[st.ID] == 1
+	})
+	if got := state(t, m, st.ID); got.State != Connected {
+		t.Fatalf("decided without the lease: %s", got.State)
+	}
+	close(lead)
+	waitState(t, m, st.ID, Failed, CodeUserLoggedIn)
+	if n := logins(); n != 2 {
+		t.Errorf("%d logins in all, want 2 (one refused before the node led, one after)", n)
+	}
+}
+
 func TestRefusedDelay(t *testing.T) {
 	for _, tc := range []struct {
 		n    int
