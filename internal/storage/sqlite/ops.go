@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -24,6 +25,7 @@ type stmts struct {
 	insBig    *sql.Stmt // nil on the reader
 	delBig    *sql.Stmt // nil on the reader
 	createN   *sql.Stmt // nil on the reader: creates batchRows entries
+	getN      *sql.Stmt // nil on the reader: reads batchRows keys
 }
 
 // inlineMax is the longest value written into kv's own row; a longer one
@@ -71,6 +73,11 @@ var sqlCreateN = `INSERT INTO kv (key, value, big) VALUES ` +
 	strings.TrimSuffix(strings.Repeat("(?, ?, NULL), ", batchRows), ", ") +
 	` ON CONFLICT (key) DO NOTHING RETURNING key`
 
+// sqlGetN reads batchRows keys in one statement (GetBatch): a statement a
+// key cost a merge of last uses more than the B-tree it read.
+var sqlGetN = `SELECT kv.key, coalesce(kv.value, b.value) FROM kv LEFT JOIN kv_big b ON b.id = kv.big WHERE kv.key IN (` +
+	strings.TrimSuffix(strings.Repeat("?, ", batchRows), ", ") + `)`
+
 func prepare(ctx context.Context, db *sql.DB, write bool) (_ *stmts, err error) {
 	st := &stmts{}
 	defer func() {
@@ -97,13 +104,14 @@ func prepare(ctx context.Context, db *sql.DB, write bool) (_ *stmts, err error) 
 		prep(&st.insBig, sqlInsBig)
 		prep(&st.delBig, sqlDelBig)
 		prep(&st.createN, sqlCreateN)
+		prep(&st.getN, sqlGetN)
 	}
 	return st, err
 }
 
 func (st *stmts) close() error {
 	var errs []error
-	for _, s := range []*sql.Stmt{st.get, st.listFrom, st.listAfter, st.put, st.create, st.del, st.putRef, st.createRef, st.insBig, st.delBig, st.createN} {
+	for _, s := range []*sql.Stmt{st.get, st.listFrom, st.listAfter, st.put, st.create, st.del, st.putRef, st.createRef, st.insBig, st.delBig, st.createN, st.getN} {
 		if s != nil {
 			errs = append(errs, s.Close())
 		}
@@ -315,11 +323,34 @@ func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
 			return nil, err
 		}
 	}
-	st := o.stmt(ctx, o.st.get)
 	values := make([][]byte, len(keys))
-	for i, k := range keys {
+	rest := keys
+	if len(keys) >= batchRows && o.st.getN != nil {
+		many := o.stmt(ctx, o.st.getN)
+		args := make([]any, batchRows)
+		found := make(map[string][]byte, batchRows)
+		for at := 0; len(rest) >= batchRows; at, rest = at+batchRows, rest[batchRows:] {
+			for j, k := range rest[:batchRows] {
+				args[j] = k
+			}
+			clear(found)
+			if err := queryValues(ctx, many, args, found); err != nil {
+				return nil, fmt.Errorf("sqlite: get batch: %w", err)
+			}
+			for j, k := range rest[:batchRows] {
+				if v, ok := found[k]; ok {
+					// Each index owns its value: a key asked for
+					// twice gets a copy the second time.
+					values[at+j] = v
+					found[k] = bytes.Clone(v)
+				}
+			}
+		}
+	}
+	st := o.stmt(ctx, o.st.get)
+	for i := len(keys) - len(rest); i < len(keys); i++ {
 		var v []byte
-		err := st.QueryRowContext(ctx, k).Scan(&v)
+		err := st.QueryRowContext(ctx, keys[i]).Scan(&v)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
@@ -329,6 +360,24 @@ func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
 		}
 	}
 	return values, nil
+}
+
+// queryValues runs st with args and records each row's key and value.
+func queryValues(ctx context.Context, st *sql.Stmt, args []any, values map[string][]byte) error {
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		var v []byte
+		if err := rows.Scan(&k, &v); err != nil {
+			return err
+		}
+		values[k] = blob(v) // an empty BLOB scans as nil
+	}
+	return rows.Err()
 }
 
 // putBatch puts entries one by one with put, in order, so that the last

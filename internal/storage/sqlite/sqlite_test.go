@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -92,12 +93,21 @@ func TestQueryPlan(t *testing.T) {
 		{"get", sqlGet, "SEARCH kv USING PRIMARY KEY (key=?)"},
 		{"list from", sqlListFrom, "SEARCH kv USING PRIMARY KEY (key>? AND key<?)"},
 		{"list after", sqlListAfter, "SEARCH kv USING PRIMARY KEY (key>? AND key<?)"},
+		{"get many", sqlGetN, "SEARCH kv USING PRIMARY KEY (key=?)"},
 	}
 	// A long value is then one row id lookup in kv_big.
 	const big = "SEARCH b USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN"
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			args := []any{"a", "b", 10}[:strings.Count(tt.query, "?")]
+			args := []any{"a", "b", 10}
+			if n := strings.Count(tt.query, "?"); n <= len(args) {
+				args = args[:n]
+			} else {
+				args = make([]any, n)
+				for i := range args {
+					args[i] = strconv.Itoa(i)
+				}
+			}
 			rows, err := s.reader.QueryContext(t.Context(), "EXPLAIN QUERY PLAN "+tt.query, args...)
 			if err != nil {
 				t.Fatalf("EXPLAIN: %v", err)

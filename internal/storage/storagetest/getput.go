@@ -81,6 +81,47 @@ func testGetPutBatch(t *testing.T, open opener) {
 				}
 				wantValue(t, s, "ap/a", []byte("A"))
 			})
+			t.Run("AbsentAndPresentMany", func(t *testing.T) {
+				// Enough keys for a driver's multi-key statements (and a
+				// partial last chunk): present, empty, long and absent
+				// values, and repeats within a chunk and across chunks.
+				long := bytes.Repeat([]byte("L"), 4096)
+				var keys []string
+				want := map[string][]byte{}
+				for i := range 250 {
+					k := fmt.Sprintf("apm/%03d", i)
+					keys = append(keys, k)
+					switch i % 4 {
+					case 0:
+						want[k] = []byte(strconv.Itoa(i))
+					case 1:
+						want[k] = []byte{}
+					case 2:
+						want[k] = append(slices.Clone(long), byte(i))
+					}
+					if v, ok := want[k]; ok {
+						mustPut(t, s, k, v)
+					}
+				}
+				keys = slices.Insert(keys, 50, keys[0], keys[2], keys[3])
+				keys = slices.Insert(keys, 160, keys[0], keys[2])
+				got := get(t, keys)
+				for i, k := range keys {
+					w, ok := want[k]
+					if !bytes.Equal(got[i], w) || (got[i] == nil) == ok {
+						t.Fatalf("values[%d] (%s) = %.20q (nil %v), want %.20q (present %v)", i, k, got[i], got[i] == nil, w, ok)
+					}
+				}
+				// The first of each repeated key's values changed: the
+				// repeats (50, 51, 160, 161) must not see it.
+				got[0][0], got[2][0] = 'X', 'X'
+				for i, k := range keys[3:] {
+					if w := want[k]; !bytes.Equal(got[i+3], w) {
+						t.Fatalf("values[%d] (%s) changed with another index's: repeated keys share memory", i+3, k)
+					}
+				}
+				wantValue(t, s, keys[0], want[keys[0]])
+			})
 			t.Run("Duplicates", func(t *testing.T) {
 				mustPut(t, s, "du/old", []byte("old"))
 				put(t, []storage.Entry{
