@@ -70,22 +70,12 @@ func benchStore(b *testing.B, n int) (*Catalog, []string) {
 //
 //	KMSD_BENCH_DIR=/tmp/kb KMSD_BENCH_KEYS=1000000 go test -run - -bench RandomKey -benchtime 5s ./internal/catalog/
 func BenchmarkRandomKey(b *testing.B) {
-	large := 100_000
-	if s := os.Getenv("KMSD_BENCH_KEYS"); s != "" {
-		var err error
-		if large, err = strconv.Atoi(s); err != nil {
-			b.Fatal(err)
-		}
-	}
+	large := envInt(b, "KMSD_BENCH_KEYS", 100_000)
 	for _, n := range []int{1000, large} {
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
 			c, ids := benchStore(b, n)
-			if s := os.Getenv("KMSD_BENCH_CACHE"); s != "" {
-				size, err := strconv.Atoi(s)
-				if err != nil {
-					b.Fatal(err)
-				}
-				c.SetCacheSize(size)
+			if os.Getenv("KMSD_BENCH_CACHE") != "" {
+				c.SetCacheSize(envInt(b, "KMSD_BENCH_CACHE", 0))
 			}
 			// Warm as the e2e test does: a second of reads.
 			for range min(n, 20000) {
@@ -117,13 +107,7 @@ func cpuTime() int64 {
 // BenchmarkScanKeys is one ScanKeys of a store of KMSD_BENCH_KEYS keys
 // (default 100,000): what a sweep round read before the sweep index.
 func BenchmarkScanKeys(b *testing.B) {
-	n := 100_000
-	if s := os.Getenv("KMSD_BENCH_KEYS"); s != "" {
-		var err error
-		if n, err = strconv.Atoi(s); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := envInt(b, "KMSD_BENCH_KEYS", 100_000)
 	c, _ := benchStore(b, n)
 	cpu0 := cpuTime()
 	b.ResetTimer()
@@ -175,4 +159,18 @@ func BenchmarkDecodeKey(b *testing.B) {
 			b.ReportMetric(float64(len(bc.recs[0])), "record-bytes")
 		})
 	}
+}
+
+// envInt is the positive number in environment variable name, or def
+// when it is unset.
+func envInt(b *testing.B, name string, def int) int {
+	b.Helper()
+	if s := os.Getenv(name); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("%s=%q: want a positive number", name, s)
+		}
+		return n
+	}
+	return def
 }

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -387,15 +385,4 @@ func BenchmarkMergeLarge(b *testing.B) {
 			})
 		}
 	}
-}
-
-func envInt(b *testing.B, name string, def int) int {
-	if s := os.Getenv(name); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			b.Fatalf("%s=%q: want a positive number", name, s)
-		}
-		return n
-	}
-	return def
 }

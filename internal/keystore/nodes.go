@@ -459,7 +459,6 @@ func (m *Manager) schedule(id string, d time.Duration, fn func(ctx context.Conte
 	})
 }
 
-// leading reports whether this node is the controller now.
 // waitOrLead waits d, or less if this node takes control meanwhile; false
 // if ctx ends first.
 func (m *Manager) waitOrLead(ctx context.Context, d time.Duration) bool {
@@ -477,6 +476,7 @@ func (m *Manager) waitOrLead(ctx context.Context, d time.Duration) bool {
 	return true
 }
 
+// leading reports whether this node is the controller now.
 func (m *Manager) leading() bool {
 	m.ctlMu.Lock()
 	defer m.ctlMu.Unlock()

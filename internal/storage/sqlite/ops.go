@@ -318,10 +318,8 @@ func (o ops) createBatch(ctx context.Context, entries []storage.Entry) ([]bool, 
 // key costs no round trip, only the read itself. The keys are all
 // validated first.
 func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
-	for _, k := range keys {
-		if err := storage.ValidateKey(k); err != nil {
-			return nil, err
-		}
+	if err := storage.ValidateKeys(keys); err != nil {
+		return nil, err
 	}
 	values := make([][]byte, len(keys))
 	rest := keys
