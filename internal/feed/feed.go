@@ -87,11 +87,32 @@ func (f *Follower) Lag() time.Duration {
 // Run polls until ctx ends. Errors are logged and retried at the next
 // interval; meanwhile freshness ages, which is what makes the node stop
 // trusting its caches.
+//
+// A Watcher that is also a storage.Notifier makes a notice poll at once
+// (at most one poll every noticeGap for notices): a transaction that
+// committed while an older one was still open is below the feed's horizon
+// only once that one ends, so until the cursor has passed the noticed
+// transaction the follower looks again after 2, 4, 8 … ms, for at most
+// an interval, after which the regular polls are in charge again.
 func (f *Follower) Run(ctx context.Context) {
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
+	var notices <-chan uint64
+	if n, ok := f.w.(storage.Notifier); ok {
+		notices = n.Notices()
+	}
+	var (
+		want      uint64    // a noticed transaction not yet delivered (0: none)
+		wantSince time.Time // when it was noticed
+		again     time.Duration
+		lastPoll  time.Time
+	)
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	defer soon.Stop()
 	failing := false
 	for {
+		lastPoll = time.Now()
 		pctx, cancel := context.WithTimeout(ctx, pollTimeout)
 		err := f.Poll(pctx)
 		cancel()
@@ -107,13 +128,42 @@ func (f *Follower) Run(ctx context.Context) {
 			f.log.Info("change feed poll works again")
 			failing = false
 		}
+		if want != 0 && (f.cursor.XID > want || err != nil || time.Since(wantSince) > f.interval) {
+			want = 0
+		}
+		if want != 0 {
+			again = min(max(2*again, noticeRetry), f.interval)
+			soon.Reset(again)
+		}
+	wait:
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-soon.C:
+		case x := <-notices:
+			if f.cursor.XID > x {
+				goto wait // delivered already
+			}
+			if want == 0 {
+				wantSince, again = time.Now(), 0
+			}
+			want = max(want, x)
+			if d := noticeGap - time.Since(lastPoll); d > 0 {
+				time.Sleep(d)
+			}
 		}
+		soon.Stop()
 	}
 }
+
+// noticeGap is the least time between two polls made for notices, and
+// noticeRetry the first wait before looking again for a noticed
+// transaction that the poll did not deliver yet.
+const (
+	noticeGap   = 10 * time.Millisecond
+	noticeRetry = 2 * time.Millisecond
+)
 
 // Poll reads the feed until it has caught up, dispatching every change,
 // then publishes the freshness the last batch proved.

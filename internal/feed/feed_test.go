@@ -5,9 +5,11 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -127,4 +129,80 @@ func TestPollAfterPrune(t *testing.T) {
 	if r.resets != 2 || !slices.Equal(r.keys, []string{"key/c"}) {
 		t.Fatalf("after the Reset: %d resets, keys %v; want key/c only", r.resets, r.keys)
 	}
+}
+
+// noticeFeed is a Watcher and a storage.Notifier whose horizon the test
+// moves: every poll is caught up to it.
+type noticeFeed struct {
+	mu      sync.Mutex
+	horizon uint64
+	polls   int
+	notices chan uint64
+}
+
+func (n *noticeFeed) Changes(_ context.Context, from storage.Cursor, _ int) (storage.Batch, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.polls++
+	return storage.Batch{Next: storage.Cursor{Gen: "g", XID: n.horizon}, Reset: from.IsZero(), FreshAsOf: time.Now()}, nil
+}
+
+func (n *noticeFeed) Prune(context.Context, storage.Cursor) error { return nil }
+func (n *noticeFeed) Notices() <-chan uint64                      { return n.notices }
+
+func (n *noticeFeed) state() (polls int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.polls
+}
+
+func (n *noticeFeed) setHorizon(x uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.horizon = x
+}
+
+// TestRunOnNotice: with an hour between polls, a notice makes the follower
+// poll at once, and poll again shortly while the feed's horizon has not
+// passed the noticed transaction (an older transaction still open); once
+// it has, the polls stop. A notice of a transaction already delivered
+// makes no poll.
+func TestRunOnNotice(t *testing.T) {
+	w := &noticeFeed{horizon: 10, notices: make(chan uint64)}
+	f := New(w, time.Hour, nil, &recorder{})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 5s", what)
+			}
+		}
+	}
+	waitFor("the first poll", func() bool { return f.Cursor().XID == 10 })
+	if p := w.state(); p != 1 {
+		t.Fatalf("%d polls after start, want 1", p)
+	}
+
+	w.notices <- 12 // transaction 12 committed; 10 and 11 still open
+	waitFor("polls again while the horizon is behind the notice", func() bool { return w.state() >= 4 })
+	w.setHorizon(13)
+	waitFor("the cursor past the notice", func() bool { return f.Cursor().XID == 13 })
+	settled := w.state()
+	time.Sleep(300 * time.Millisecond)
+	if p := w.state(); p != settled {
+		t.Errorf("%d more polls after the noticed transaction was delivered, want none", p-settled)
+	}
+
+	w.notices <- 11 // below the cursor: delivered already
+	time.Sleep(100 * time.Millisecond)
+	if p := w.state(); p != settled {
+		t.Errorf("a notice of a delivered transaction made %d polls, want none", p-settled)
+	}
+	w.setHorizon(20)
+	w.notices <- 15
+	waitFor("a poll for a new notice", func() bool { return f.Cursor().XID == 20 })
 }

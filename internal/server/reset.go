@@ -174,6 +174,17 @@ func (a *api) openCore(ctx context.Context) error {
 			Name: "kmsd_cache_horizon_lag_seconds",
 			Help: "How far behind the database this node's caches may be: now minus the instant before which every committed change has been applied. Cryptographic operations read the database once it passes --cache-max-staleness.",
 		}, func() float64 { return min(follower.Lag(), 24*time.Hour).Seconds() }))
+		if l, ok := w.(interface{ Listening() bool }); ok && cfg.CacheNotify != "off" {
+			a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kmsd_cache_notify_listening",
+				Help: "1 while this node's connection listening for the other nodes' change notices (--cache-notify) is up, else 0 (the change feed is then read every --cache-poll-interval only).",
+			}, func() float64 {
+				if l.Listening() {
+					return 1
+				}
+				return 0
+			}))
+		}
 	}
 	if err := applySeedStores(ctx, r.seed, svc, a.hsm.svc, r.log); err != nil {
 		stopHSM()

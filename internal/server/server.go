@@ -233,9 +233,13 @@ type Config struct {
 	// cache may be when it serves a cryptographic operation from it; past
 	// it the node reads the database, and refuses when that fails (zero:
 	// DefaultCacheMaxStaleness). CachePollInterval is how often the change
-	// feed is read (zero: feed.DefaultInterval).
+	// feed is read (zero: feed.DefaultInterval). CacheNotify is "on" (the
+	// default) or "off": with a database URL, each node announces its
+	// commits with pg_notify and polls at once on the others' (an
+	// accelerator: the polls go on).
 	CacheMaxStaleness time.Duration
 	CachePollInterval time.Duration
+	CacheNotify       string
 	// CacheSize bounds how many keys (and as many grant lists and
 	// aliases) the catalog caches (zero: catalog.DefaultCacheSize).
 	CacheSize int
@@ -355,6 +359,13 @@ func (c *Config) Validate() error {
 	case "on", "off":
 	default:
 		return fmt.Errorf("--console %q: want on or off", c.Console)
+	}
+	switch c.CacheNotify {
+	case "":
+		c.CacheNotify = "on"
+	case "on", "off":
+	default:
+		return fmt.Errorf("--cache-notify %q: want on or off", c.CacheNotify)
 	}
 	if c.ConsoleIdleTimeout < 0 {
 		return fmt.Errorf("--console-idle-timeout %s: want a positive duration", c.ConsoleIdleTimeout)

@@ -49,6 +49,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (storage.Store
 		StatementTimeout: cfg.DBStatementTimeout,
 		Password:         cfg.DatabasePassword,
 		Log:              log,
+		Notify:           cfg.CacheNotify != "off",
 		Check: func(ctx context.Context, r storage.Reader) error {
 			if err := checkSharedRootKey(ctx, cfg, db, r); err != nil {
 				return err

@@ -234,6 +234,70 @@ func TestDisablePropagation(t *testing.T) {
 	}
 }
 
+// TestNoticePropagation: with change notices (--cache-notify, on by
+// default) a DisableKey through node A is honoured by node B within a
+// fraction of a second although B reads the change feed only every 30s,
+// and so is the EnableKey after it: B polls when A's commit is announced.
+func TestNoticePropagation(t *testing.T) {
+	metrics := e2etest.FreeAddr(t)
+	nodes := cluster(t, pgtest.URL(t), 2, func(i int) []string {
+		a := []string{"--cache-poll-interval", "30s", "--cache-max-staleness", "60s"}
+		if i == 1 {
+			a = append(a, "--metrics-listen", metrics)
+		}
+		return a
+	})
+	ca, cb := client(t, nodes[0].Creds, nodes[0]), client(t, nodes[0].Creds, nodes[1])
+	ctx := t.Context()
+	out, err := ca.CreateKey(ctx, &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(out.KeyMetadata.KeyId)
+	// B learns of the key through its first Encrypt (a read of the
+	// database), then caches it.
+	for deadline := time.Now().Add(10 * time.Second); encrypt(ctx, cb, id) != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the key made on A is not usable on B within 10s")
+		}
+	}
+	// until returns how long after start Encrypt on B first satisfied ok.
+	until := func(start time.Time, ok func(error) bool) time.Duration {
+		for time.Since(start) < 5*time.Second {
+			if ok(encrypt(ctx, cb, id)) {
+				return time.Since(start)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		t.Fatal("Encrypt on B did not change within 5s (the feed is polled every 30s)")
+		return 0
+	}
+	const trials = 20
+	var disables, enables []time.Duration
+	for range trials {
+		if _, err := ca.DisableKey(ctx, &kms.DisableKeyInput{KeyId: &id}); err != nil {
+			t.Fatal(err)
+		}
+		disables = append(disables, until(time.Now(), func(err error) bool { return code(err) == "DisabledException" }))
+		if _, err := ca.EnableKey(ctx, &kms.EnableKeyInput{KeyId: &id}); err != nil {
+			t.Fatal(err)
+		}
+		enables = append(enables, until(time.Now(), func(err error) bool { return err == nil }))
+	}
+	d50, d99, dmax := stats(disables)
+	e50, e99, emax := stats(enables)
+	t.Logf("with notices, the feed polled every 30s, %d trials: DisableKey on A -> DisabledException on B p50 %v, p99 %v, max %v; EnableKey -> Encrypt on B p50 %v, p99 %v, max %v",
+		trials, d50, d99, dmax, e50, e99, emax)
+	// Without a notice B would serve the disabled key for up to 30s; 2s
+	// leaves room for a loaded CI machine.
+	if dmax > 2*time.Second || emax > 2*time.Second {
+		t.Errorf("propagation max: disable %v, enable %v; want both within 2s", dmax, emax)
+	}
+	if l := scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_notify_listening"); l != 1 {
+		t.Errorf("kmsd_cache_notify_listening on B = %v, want 1", l)
+	}
+}
+
 // stats returns the p50, p99 and max of ds.
 func stats(ds []time.Duration) (p50, p99, mx time.Duration) {
 	s := slices.Clone(ds)

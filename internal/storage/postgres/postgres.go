@@ -70,11 +70,13 @@
 // Updates, so they get the same retry and commit resolution.
 //
 // The schema (migrate.go) is migrated by Open under a transaction-scoped
-// advisory lock; no session state is used anywhere (no session advisory
-// locks, no LISTEN), so the driver also works through a pooler in
-// transaction mode. The change feed (watch.go) reads kv_changes below the
-// xid horizon of finished transactions; leases (lease.go) expire by the
-// database's clock.
+// advisory lock; no session state is used by the pool (no session
+// advisory locks, no LISTEN), so the driver also works through a pooler in
+// transaction mode. The one exception, change notices (notify.go, with
+// Options.Notify), keeps a LISTEN on a connection of its own, outside the
+// pool, and only speeds up what polling does anyway. The change feed
+// (watch.go) reads kv_changes below the xid horizon of finished
+// transactions; leases (lease.go) expire by the database's clock.
 //
 // Change feed across failovers. A feed reader may have read a transaction
 // that is on the primary alone (a cancelled wait for the standbys, above)
@@ -107,7 +109,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,6 +146,10 @@ type Options struct {
 	// Log, if not nil, is told how each interrupted COMMIT was settled
 	// (transaction id and outcome; never data).
 	Log *slog.Logger
+	// Notify announces this Store's commits to the other Stores of the
+	// database and passes theirs on (storage.Notifier; notify.go), over
+	// one more connection. Not with ReadOnly.
+	Notify bool
 }
 
 // ErrNoSchema is returned by Open with ReadOnly for a database that holds
@@ -179,6 +187,9 @@ type Store struct {
 
 	// fencedRefused counts fenced writes refused (FencedRefused).
 	fencedRefused atomic.Int64
+
+	// notices is nil unless Options.Notify (notify.go).
+	notices *notices
 }
 
 var (
@@ -236,6 +247,7 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
 		noteWarning(c, n)
 	}
+	listenConfig := cfg.ConnConfig.Copy()
 	if !o.ReadOnly {
 		// A read-only store (kmsd status) writes nothing, barriers
 		// included: what it shows is not acknowledged to anyone.
@@ -281,12 +293,17 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, gets: newBatchGets(pool, o.StatementTimeout), resolveFor: 10 * time.Second, log: log}, nil
+	s := &Store{pool: pool, gets: newBatchGets(pool, o.StatementTimeout), resolveFor: 10 * time.Second, log: log}
+	if o.Notify && !o.ReadOnly {
+		s.startNotices(listenConfig)
+	}
+	return s, nil
 }
 
 // Close closes the pool. It is safe to call more than once.
 func (s *Store) Close() error {
 	if s.closed.CompareAndSwap(false, true) {
+		s.stopNotices()
 		if s.gets != nil {
 			s.gets.close()
 		}
@@ -433,6 +450,7 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		if token != "" {
 			s.pruneMarkers(ctx)
 		}
+		s.announce(t)
 		return nil
 	}
 	if t.xid == "" {
@@ -457,7 +475,11 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		// lose it: not acknowledged until proven.
 		err = errUnreplicated
 	}
-	return s.resolve(ctx, t.xid, token, err)
+	if err := s.resolve(ctx, t.xid, token, err); err != nil {
+		return err
+	}
+	s.announce(t)
+	return nil
 }
 
 // errUnreplicated is the cause of a resolution after a COMMIT that
@@ -671,6 +693,21 @@ type tx struct {
 	// saves a round trip per Update, and it is the one question that
 	// settles a COMMIT whose answer is lost.
 	xid string
+	// changed says a record in the feed (outside storage.UnfedPrefix)
+	// that existed before was replaced or deleted: what another node may
+	// have cached, so the commit is announced (notify.go). New records
+	// are not: nothing can have cached them (CreateKey's commits then
+	// cost no notice).
+	changed bool
+}
+
+// wrote records that transaction xid wrote keys, replacing or deleting
+// records that existed if changed.
+func (t *tx) wrote(xid string, changed bool, keys ...string) {
+	t.xid = xid
+	if changed && !t.changed {
+		t.changed = slices.ContainsFunc(keys, func(k string) bool { return !strings.HasPrefix(k, storage.UnfedPrefix) })
+	}
 }
 
 var errTxDone = errors.New("postgres: transaction used after its Update returned")
@@ -707,11 +744,16 @@ func (t *tx) Put(ctx context.Context, key string, value []byte) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
+	// An updated row's xmax is the updating transaction's id, a new
+	// row's is 0: replaced says the key had a record.
+	var xid string
+	var replaced bool
 	err := t.tx.QueryRow(ctx, `INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value
-RETURNING pg_current_xact_id()::text`, key, bytea(value)).Scan(&t.xid)
+RETURNING pg_current_xact_id()::text, xmax::text <> '0'`, key, bytea(value)).Scan(&xid, &replaced)
 	if err != nil {
 		return t.note(fmt.Errorf("postgres: put: %w", err))
 	}
+	t.wrote(xid, replaced, key)
 	return nil
 }
 
@@ -731,7 +773,7 @@ RETURNING pg_current_xact_id()::text`, key, bytea(value)).Scan(&xid)
 	case err != nil:
 		return t.note(fmt.Errorf("postgres: create: %w", err))
 	}
-	t.xid = xid
+	t.wrote(xid, false, key)
 	return nil
 }
 
@@ -823,7 +865,7 @@ func (t *tx) createChunk(ctx context.Context, keys []string, vals [][]byte) (map
 		return nil, t.note(fmt.Errorf("postgres: create batch: %w", err))
 	}
 	if len(created) > 0 {
-		t.xid = xid
+		t.wrote(xid, false, keys...)
 	}
 	return created, nil
 }
@@ -843,7 +885,7 @@ func (t *tx) Delete(ctx context.Context, key string) error {
 	case err != nil:
 		return t.note(fmt.Errorf("postgres: delete: %w", err))
 	default:
-		t.xid = xid
+		t.wrote(xid, true, key)
 	}
 	return nil
 }

@@ -44,6 +44,12 @@ func TestShared(t *testing.T) {
 		u := pgtest.URL(t)
 		return openURL(t, u), openURL(t, u)
 	})
+	t.Run("notices", func(t *testing.T) {
+		storagetest.RunShared(t, func(t *testing.T) (a, b storagetest.SharedStore) {
+			u := pgtest.URL(t)
+			return openNotify(t, u), openNotify(t, u)
+		})
+	})
 }
 
 // TestMigrate: nodes starting together on a new database migrate it once

@@ -28,8 +28,8 @@ const sqlGetBatch = `SELECT key, value FROM kv WHERE key = ANY($1::text[])`
 // one statement.
 const sqlPutBatch = `WITH w AS (
 	INSERT INTO kv (key, value) SELECT k, v FROM unnest($1::text[], $2::bytea[]) AS u(k, v)
-	ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING 1
-) SELECT count(*), pg_current_xact_id()::text FROM w`
+	ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING xmax::text <> '0' AS replaced
+) SELECT count(*), pg_current_xact_id()::text, coalesce(bool_or(replaced), false) FROM w`
 
 // readKeys runs sqlGetBatch for keys on q and adds what it finds to
 // found.
@@ -146,13 +146,14 @@ func (t *tx) PutBatch(ctx context.Context, entries []storage.Entry) error {
 		}
 		var n int64
 		var xid string
-		if err := t.tx.QueryRow(ctx, sqlPutBatch, keys, vals).Scan(&n, &xid); err != nil {
+		var replaced bool // some key had a record (Put's test)
+		if err := t.tx.QueryRow(ctx, sqlPutBatch, keys, vals).Scan(&n, &xid, &replaced); err != nil {
 			return t.note(fmt.Errorf("postgres: put batch: %w", err))
 		}
 		if n != int64(len(keys)) {
 			return fmt.Errorf("postgres: put batch: %d rows written of %d", n, len(keys))
 		}
-		t.xid = xid
+		t.wrote(xid, replaced, keys...)
 		keys, vals, size = keys[:0], vals[:0], 0
 		return nil
 	}
@@ -203,7 +204,7 @@ func (t *tx) DeleteBatch(ctx context.Context, keys []string) error {
 			return t.note(fmt.Errorf("postgres: delete batch: %w", err))
 		}
 		if deleted > 0 {
-			t.xid = xid
+			t.wrote(xid, true, distinct[:n]...)
 		}
 		distinct = distinct[n:]
 	}
