@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/kmsd/kmsd/internal/catalog"
+	"github.com/kmsd/kmsd/internal/memlimit"
 	"github.com/kmsd/kmsd/internal/server"
 )
 
@@ -37,7 +39,9 @@ Serves the AWS KMS API. Flags (environment variable; config file key):
 func main() {
 	// kmsd's live heap is small and its requests allocate briskly; a
 	// higher GC target trades a few MiB for CPU on every request. GOGC in
-	// the environment still wins.
+	// the environment still wins. serve also sets a memory limit from the
+	// cache size (package memlimit), so a full cache's heap does not grow
+	// fivefold.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
@@ -366,7 +370,7 @@ func serve(args []string) error {
 		{"cache-max-staleness", "KMSD_CACHE_MAX_STALENESS", "cache_max_staleness", "how far behind the database (as the change feed proves it) this node's cache of keys, aliases and grants may be when it serves a cryptographic operation; past it the node reads the database and refuses (KMSInternalException) if that fails (default 5s)", &cacheStale},
 		{"cache-poll-interval", "KMSD_CACHE_POLL_INTERVAL", "cache_poll_interval", "how often the change feed is read to evict what other nodes changed (default 200ms)", &cachePoll},
 		{"cache-notify", "KMSD_CACHE_NOTIFY", "cache_notify", "on or off: with --database-url, each node announces to the others its commits that change or delete records they may have cached (pg_notify, after the commit; one more connection than --db-max-conns listens), which then read the change feed at once instead of at their next poll — DisableKey is honoured everywhere within milliseconds; the polls go on, so nothing depends on it. Turn it off behind a pooler in transaction mode, which does not keep a LISTEN (default on)", &cfg.CacheNotify},
-		{"cache-size", "KMSD_CACHE_SIZE", "cache_size", "how many keys this node caches (their records, AES-GCM instances and decoded keys), and as many grant lists and aliases; the least recently used are evicted and read again from the database when next used. About 2 KiB of memory per cached symmetric key (default 100000)", &cacheSize},
+		{"cache-size", "KMSD_CACHE_SIZE", "cache_size", "how many keys this node caches (their records, AES-GCM instances and decoded keys), and as many grant lists and aliases; the least recently used are evicted and read again from the database when next used. About 2 KiB of heap per cached symmetric key; the process's soft memory limit is 128 MiB + 4 KiB per key of this (518 MiB at the default), or twice the live heap + 128 MiB if more, unless GOMEMLIMIT is set (default 100000)", &cacheSize},
 		{"xks-health-interval", "KMSD_XKS_HEALTH_INTERVAL", "xks_health_interval", "how often connected external key stores' proxies are health-checked (default 1m; 0 disables)", &cfg.XKSHealthInterval},
 	}
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
@@ -512,5 +516,12 @@ func serve(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// A soft memory limit from the cache size, so that GOGC=400 (main)
+	// does not let a full cache's heap grow fivefold.
+	cacheKeys := cfg.CacheSize
+	if cacheKeys == 0 {
+		cacheKeys = catalog.DefaultCacheSize
+	}
+	memlimit.Start(ctx, cacheKeys)
 	return server.Run(ctx, cfg, os.Stdout, log)
 }
