@@ -150,7 +150,7 @@ func a7Run(t *testing.T, pg *pgServer, fp string, ttl, pause time.Duration) {
 			return e
 		}})
 	n0, n1, n2 := c.nodes[0], c.nodes[1], c.nodes[2]
-	metric := func(i int, name string) float64 { return scrape(t, "http://"+metrics[i]+"/metrics", name) }
+	metric := func(i int, name string) float64 { return e2etest.Scrape(t, "http://"+metrics[i]+"/metrics", name) }
 	for deadline := time.Now().Add(10 * time.Second); c.controllerHolder(t) != n0.id; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("node-0, started first, is not the controller")

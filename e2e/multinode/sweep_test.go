@@ -3,12 +3,9 @@ package multinode
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,7 +146,7 @@ func TestA8SweepsExactlyOnce(t *testing.T) {
 
 	// The new controller starts two more sweep rounds, so at least one
 	// whole round runs after the last rotation and finds nothing due.
-	runs := func() float64 { return scrape(t, "http://"+metrics[next]+"/metrics", "kmsd_sweep_runs_total") }
+	runs := func() float64 { return e2etest.Scrape(t, "http://"+metrics[next]+"/metrics", "kmsd_sweep_runs_total") }
 	for r0, deadline := runs(), time.Now().Add(4*every); runs() < r0+2; time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s started %v sweep rounds in %v after the last rotation, want 2", next, runs()-r0, 4*every)
@@ -226,29 +223,4 @@ func (c *cluster) byID(t *testing.T, id string) *node {
 	}
 	t.Fatalf("no node %q", id)
 	return nil
-}
-
-// scrape reads one unlabelled sample from a Prometheus text page.
-func scrape(t *testing.T, url, name string) float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("%s: no %s", url, name)
-	return 0
 }

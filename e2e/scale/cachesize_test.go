@@ -122,7 +122,7 @@ func TestCacheSizeBound(t *testing.T) {
 	// The process's soft memory limit follows the cache size (package
 	// memlimit): at least 128 MiB + 4 KiB a key, and not the runtime's
 	// default of none.
-	limit := gauge(t, "http://"+metrics+"/metrics", "go_gc_gomemlimit_bytes")
+	limit := e2etest.Scrape(t, "http://"+metrics+"/metrics", "go_gc_gomemlimit_bytes")
 	if floor := float64(128<<20 + size*4<<10); limit < floor || limit > 1<<30 {
 		t.Errorf("go_gc_gomemlimit_bytes = %v with --cache-size %d, want from %v up to 1 GiB", limit, size, floor)
 	}
@@ -140,26 +140,4 @@ func TestCacheSizeBound(t *testing.T) {
 	if err != nil || string(d.Plaintext) != string(plaintext) || !strings.HasSuffix(aws.ToString(d.KeyId), ":key/"+s.ids[0]) {
 		t.Fatalf("Decrypt after the key was evicted: %v", err)
 	}
-}
-
-// gauge reads one unlabelled gauge from a Prometheus text page.
-func gauge(t *testing.T, url, name string) float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metric line %q: %v", sc.Text(), err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("%s: no %s", url, name)
-	return 0
 }

@@ -68,6 +68,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -268,12 +269,8 @@ func (c *Config) Validate() error {
 	if len(c.AccountID) != 12 || strings.Trim(c.AccountID, "0123456789") != "" {
 		return fmt.Errorf("--account-id %q: an account id is 12 digits", c.AccountID)
 	}
-	switch c.Auth {
-	case "":
-		c.Auth = "verify"
-	case "verify", "emulator":
-	default:
-		return fmt.Errorf("--auth %q: want verify or emulator", c.Auth)
+	if err := oneOf("--auth", &c.Auth, "verify", "emulator"); err != nil {
+		return err
 	}
 	if (c.AdminKeyID == "") != (c.AdminSecret == "") {
 		return errors.New("KMSD_ADMIN_ACCESS_KEY_ID and KMSD_ADMIN_SECRET_ACCESS_KEY go together")
@@ -287,12 +284,8 @@ func (c *Config) Validate() error {
 	if c.DBConnectTimeout < 0 || c.DBStatementTimeout < 0 {
 		return errors.New("--db-connect-timeout and --db-statement-timeout must not be negative")
 	}
-	switch c.AuditSync {
-	case "":
-		c.AuditSync = AuditSyncMutations
-	case AuditSyncMutations, AuditSyncAll, AuditSyncNone:
-	default:
-		return fmt.Errorf("--audit-sync %q: want mutations, all or none", c.AuditSync)
+	if err := oneOf("--audit-sync", &c.AuditSync, AuditSyncMutations, AuditSyncAll, AuditSyncNone); err != nil {
+		return err
 	}
 	if c.NodeID != "" && !validNodeID(c.NodeID) {
 		return fmt.Errorf("--node-id %q: want 1 to 64 letters, digits, '.', '_' or '-'", c.NodeID)
@@ -303,12 +296,8 @@ func (c *Config) Validate() error {
 	if c.LeaseTTL < time.Second || c.LeaseTTL > 10*time.Minute {
 		return fmt.Errorf("--lease-ttl %s: want a duration from 1s to 10m", c.LeaseTTL)
 	}
-	switch controller.Mode(c.Controller) {
-	case "":
-		c.Controller = string(controller.Auto)
-	case controller.Auto, controller.Never:
-	default:
-		return fmt.Errorf("--controller %q: want auto or never", c.Controller)
+	if err := oneOf("--controller", &c.Controller, string(controller.Auto), string(controller.Never)); err != nil {
+		return err
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
@@ -353,19 +342,11 @@ func (c *Config) Validate() error {
 		}
 		c.StoreRPS = n
 	}
-	switch c.Console {
-	case "":
-		c.Console = "on"
-	case "on", "off":
-	default:
-		return fmt.Errorf("--console %q: want on or off", c.Console)
+	if err := oneOf("--console", &c.Console, "on", "off"); err != nil {
+		return err
 	}
-	switch c.CacheNotify {
-	case "":
-		c.CacheNotify = "on"
-	case "on", "off":
-	default:
-		return fmt.Errorf("--cache-notify %q: want on or off", c.CacheNotify)
+	if err := oneOf("--cache-notify", &c.CacheNotify, "on", "off"); err != nil {
+		return err
 	}
 	if c.ConsoleIdleTimeout < 0 {
 		return fmt.Errorf("--console-idle-timeout %s: want a positive duration", c.ConsoleIdleTimeout)
@@ -780,4 +761,18 @@ func printBanner(out io.Writer, cfg Config, endpoint, profileFile string) {
 		// removed: the keys are in the store, the file is not here.
 		fmt.Fprintf(out, "administrator credentials: the access keys already in the store (no credentials file in %s)\n", cfg.DataDir)
 	}
+}
+
+// oneOf checks that *v, the setting of flag, is one of choices, and sets
+// it to the first (the default) when empty.
+func oneOf(flag string, v *string, choices ...string) error {
+	if *v == "" {
+		*v = choices[0]
+		return nil
+	}
+	if slices.Contains(choices, *v) {
+		return nil
+	}
+	want := strings.Join(choices[:len(choices)-1], ", ") + " or " + choices[len(choices)-1]
+	return fmt.Errorf("%s %q: want %s", flag, *v, want)
 }

@@ -20,9 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	neturl "net/url"
 	"os"
 	"slices"
@@ -144,6 +142,25 @@ func TestCreateThenUseElsewhere(t *testing.T) {
 	}
 }
 
+// twoNodesAndKey starts nodes A and B with the arguments args, B also
+// serving its metrics at metrics, and makes a key through A; it returns
+// clients of A and B and the key's id.
+func twoNodesAndKey(t *testing.T, metrics string, args ...string) (ca, cb *kms.Client, id string) {
+	t.Helper()
+	nodes := cluster(t, pgtest.URL(t), 2, func(i int) []string {
+		if i == 1 {
+			return append(slices.Clone(args), "--metrics-listen", metrics)
+		}
+		return args
+	})
+	ca, cb = client(t, nodes[0].Creds, nodes[0]), client(t, nodes[0].Creds, nodes[1])
+	out, err := ca.CreateKey(t.Context(), &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, cb, aws.ToString(out.KeyMetadata.KeyId)
+}
+
 // TestDisablePropagation measures, over many trials, how long after
 // DisableKey is acknowledged by node A the other node still encrypts: the
 // start of B's last successful Encrypt minus the acknowledgement (0 when
@@ -158,19 +175,8 @@ func TestDisablePropagation(t *testing.T) {
 		trials = n
 	}
 	metrics := e2etest.FreeAddr(t)
-	nodes := cluster(t, pgtest.URL(t), 2, func(i int) []string {
-		if i == 1 {
-			return []string{"--metrics-listen", metrics}
-		}
-		return nil
-	})
-	ca, cb := client(t, nodes[0].Creds, nodes[0]), client(t, nodes[0].Creds, nodes[1])
+	ca, cb, id := twoNodesAndKey(t, metrics)
 	ctx := t.Context()
-	out, err := ca.CreateKey(ctx, &kms.CreateKeyInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := aws.ToString(out.KeyMetadata.KeyId)
 	// until encrypts on B until ok says stop, returning the start of its
 	// last successful call and the time it stopped.
 	until := func(stop func(err error) bool) (lastOK time.Time, at time.Time) {
@@ -228,7 +234,7 @@ func TestDisablePropagation(t *testing.T) {
 		t.Errorf("disable propagation p99 %v (want <= 1s), max %v (want <= 2s)", p99, mx)
 	}
 	// B's freshness is published.
-	lag := scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_horizon_lag_seconds")
+	lag := e2etest.Scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_horizon_lag_seconds")
 	if lag < 0 || lag > 5 {
 		t.Errorf("kmsd_cache_horizon_lag_seconds on B = %v, want within [0, 5] (--cache-max-staleness)", lag)
 	}
@@ -240,20 +246,8 @@ func TestDisablePropagation(t *testing.T) {
 // and so is the EnableKey after it: B polls when A's commit is announced.
 func TestNoticePropagation(t *testing.T) {
 	metrics := e2etest.FreeAddr(t)
-	nodes := cluster(t, pgtest.URL(t), 2, func(i int) []string {
-		a := []string{"--cache-poll-interval", "30s", "--cache-max-staleness", "60s"}
-		if i == 1 {
-			a = append(a, "--metrics-listen", metrics)
-		}
-		return a
-	})
-	ca, cb := client(t, nodes[0].Creds, nodes[0]), client(t, nodes[0].Creds, nodes[1])
+	ca, cb, id := twoNodesAndKey(t, metrics, "--cache-poll-interval", "30s", "--cache-max-staleness", "60s")
 	ctx := t.Context()
-	out, err := ca.CreateKey(ctx, &kms.CreateKeyInput{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := aws.ToString(out.KeyMetadata.KeyId)
 	// B learns of the key through its first Encrypt (a read of the
 	// database), then caches it.
 	for deadline := time.Now().Add(10 * time.Second); encrypt(ctx, cb, id) != nil; time.Sleep(10 * time.Millisecond) {
@@ -293,7 +287,7 @@ func TestNoticePropagation(t *testing.T) {
 	if dmax > 2*time.Second || emax > 2*time.Second {
 		t.Errorf("propagation max: disable %v, enable %v; want both within 2s", dmax, emax)
 	}
-	if l := scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_notify_listening"); l != 1 {
+	if l := e2etest.Scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_notify_listening"); l != 1 {
 		t.Errorf("kmsd_cache_notify_listening on B = %v, want 1", l)
 	}
 }
@@ -304,31 +298,6 @@ func stats(ds []time.Duration) (p50, p99, mx time.Duration) {
 	slices.Sort(s)
 	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
 	return at(0.5), at(0.99), s[len(s)-1]
-}
-
-// scrape reads one unlabelled gauge from a Prometheus text page.
-func scrape(t *testing.T, url, name string) float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("%s: no %s in\n%s", url, name, b)
-	return 0
 }
 
 // TestConcurrentWrites: the same alias created through two nodes at once

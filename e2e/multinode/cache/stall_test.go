@@ -65,7 +65,9 @@ func TestHorizonStall(t *testing.T) {
 		}
 	}
 	early, late, live := ids[0], ids[1], ids[2]
-	lag := func() float64 { return scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_horizon_lag_seconds") }
+	lag := func() float64 {
+		return e2etest.Scrape(t, "http://"+metrics+"/metrics", "kmsd_cache_horizon_lag_seconds")
+	}
 	if l := lag(); l > 2 {
 		t.Fatalf("B's cache lag before the stall: %.1fs", l)
 	}
