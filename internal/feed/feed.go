@@ -89,10 +89,10 @@ func (f *Follower) Lag() time.Duration {
 // trusting its caches.
 //
 // A Watcher that is also a storage.Notifier makes a notice poll at once
-// (at most one poll every noticeGap for notices): a transaction that
+// (but no sooner than noticeGap after the last poll): a transaction that
 // committed while an older one was still open is below the feed's horizon
 // only once that one ends, so until the cursor has passed the noticed
-// transaction the follower looks again after 2, 4, 8 … ms, for at most
+// transaction the follower looks again after 10, 20, 40 … ms, for at most
 // an interval, after which the regular polls are in charge again.
 func (f *Follower) Run(ctx context.Context) {
 	t := time.NewTicker(f.interval)
@@ -141,6 +141,7 @@ func (f *Follower) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-soon.C:
+			gap(lastPoll)
 		case x := <-notices:
 			if f.cursor.XID > x {
 				goto wait // delivered already
@@ -149,21 +150,27 @@ func (f *Follower) Run(ctx context.Context) {
 				wantSince, again = time.Now(), 0
 			}
 			want = max(want, x)
-			if d := noticeGap - time.Since(lastPoll); d > 0 {
-				time.Sleep(d)
-			}
+			gap(lastPoll)
 		}
 		soon.Stop()
 	}
 }
 
-// noticeGap is the least time between two polls made for notices, and
+// noticeGap is the least time between a poll and the next one made for
+// a notice (at most 100 a second, however many nodes write), and
 // noticeRetry the first wait before looking again for a noticed
 // transaction that the poll did not deliver yet.
 const (
 	noticeGap   = 10 * time.Millisecond
-	noticeRetry = 2 * time.Millisecond
+	noticeRetry = noticeGap
 )
+
+// gap waits until noticeGap has passed since last.
+func gap(last time.Time) {
+	if d := noticeGap - time.Since(last); d > 0 {
+		time.Sleep(d)
+	}
+}
 
 // Poll reads the feed until it has caught up, dispatching every change,
 // then publishes the freshness the last batch proved.
