@@ -393,15 +393,17 @@ type Watcher interface {
 
 // Notifier is an optional capability of a Watcher whose database other
 // processes write: it says, as soon as another handle's transaction that
-// changed keys in the feed has committed, that Changes has something new,
+// replaced or deleted records in the feed has committed (what a reader
+// may have cached; a driver need not announce records only created),
+// that Changes has something new,
 // so that a reader need not wait for its next poll (MULTINODE.md §4.3,
 // "optional accelerator"). It is a hint and nothing more: a notice may be
 // lost (a broken connection, a pooler in the way), so readers poll anyway;
 // nothing is delivered through it but a position.
 type Notifier interface {
 	// Notices returns a channel that receives the transaction position
-	// (the Cursor.XID) of a committed transaction of another handle that
-	// changed keys in the feed: a reader has its changes once its cursor's
+	// (the Cursor.XID) of such a committed transaction of another handle:
+	// a reader has its changes once its cursor's
 	// XID is above it. Notices that arrive while one is waiting may be
 	// merged into the latest. The channel is the same at every call and is
 	// never closed.

@@ -22,8 +22,9 @@ import (
 // feed — what another node may have cached: a key disabled or
 // re-policied, a grant revoked, an alias moved — with pg_notify on
 // channel noticeChannel (a commit that only made new records, such as
-// CreateKey's, is not announced: nothing can have cached them), in a statement of its own sent
-// after the commit by a goroutine — never inside the writing transaction,
+// CreateKey's, is not announced: nothing can have cached them), in a
+// statement of its own sent after the commit by a goroutine — never
+// inside the writing transaction,
 // where NOTIFY takes a lock that serializes every such commit of the
 // database — and at most one every noticeGap: the commits in between are
 // announced together, by the latest transaction id. Sending costs the

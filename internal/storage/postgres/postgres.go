@@ -146,9 +146,10 @@ type Options struct {
 	// Log, if not nil, is told how each interrupted COMMIT was settled
 	// (transaction id and outcome; never data).
 	Log *slog.Logger
-	// Notify announces this Store's commits to the other Stores of the
-	// database and passes theirs on (storage.Notifier; notify.go), over
-	// one more connection. Not with ReadOnly.
+	// Notify announces this Store's commits that replaced or deleted
+	// records in the feed to the other Stores of the database and passes
+	// theirs on (storage.Notifier; notify.go), over one more connection.
+	// Not with ReadOnly.
 	Notify bool
 }
 
