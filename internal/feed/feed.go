@@ -135,22 +135,26 @@ func (f *Follower) Run(ctx context.Context) {
 			again = min(max(2*again, noticeRetry), f.interval)
 			soon.Reset(again)
 		}
-	wait:
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-soon.C:
-			gap(lastPoll)
-		case x := <-notices:
-			if f.cursor.XID > x {
-				goto wait // delivered already
+		for due := false; !due; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				due = true
+			case <-soon.C:
+				gap(lastPoll)
+				due = true
+			case x := <-notices:
+				if f.cursor.XID > x {
+					continue // delivered already
+				}
+				if want == 0 {
+					wantSince, again = time.Now(), 0
+				}
+				want = max(want, x)
+				gap(lastPoll)
+				due = true
 			}
-			if want == 0 {
-				wantSince, again = time.Now(), 0
-			}
-			want = max(want, x)
-			gap(lastPoll)
 		}
 		soon.Stop()
 	}
