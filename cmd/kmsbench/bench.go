@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -140,6 +141,54 @@ var encryptionContext = map[string]string{"purpose": "kmsbench", "tenant": "t-00
 type workload struct {
 	keyID  string
 	bodies map[string][]byte // op name -> JSON body
+	// keys, when not empty (-key-ids), are the keys the ops of randomOps
+	// name instead of keyID: each request one picked at random.
+	keys []string
+}
+
+// randomOps are the operations that take a random key of -key-ids: those
+// whose body names nothing bound to one key but its id.
+var randomOps = map[string]bool{"Encrypt": true, "GenerateDataKey": true, "DescribeKey": true}
+
+// payload is what one op sends: body as it is, or, when keys is not
+// empty, body with its KeyId replaced by a random one of keys for each
+// request (pre + key + post).
+type payload struct {
+	body      []byte
+	pre, post []byte
+	keys      []string
+}
+
+// payload is op's request body (see payload).
+func (wl *workload) payload(op string) (*payload, error) {
+	p := &payload{body: wl.bodies[op]}
+	if len(wl.keys) == 0 || !randomOps[op] {
+		return p, nil
+	}
+	field, err := json.Marshal(wl.keyID)
+	if err != nil {
+		return nil, err
+	}
+	field = append([]byte(`"KeyId":`), field...)
+	i := bytes.Index(p.body, field)
+	if i < 0 {
+		return nil, fmt.Errorf("%s: no %s in its body", op, field)
+	}
+	p.pre = p.body[:i+len(`"KeyId":"`)]
+	p.post = p.body[i+len(field)-1:]
+	p.keys = wl.keys
+	return p, nil
+}
+
+// next is the body of the next request, in buf when it is made per request.
+func (p *payload) next(buf *[]byte) []byte {
+	if len(p.keys) == 0 {
+		return p.body
+	}
+	b := append((*buf)[:0], p.pre...)
+	b = append(b, p.keys[mrand.IntN(len(p.keys))]...)
+	*buf = append(b, p.post...)
+	return *buf
 }
 
 // operation is one benchmarked request: its -ops flag name, the name it
@@ -152,6 +201,7 @@ var operations = []operation{
 	{"decrypt", "Decrypt", "Decrypt"},
 	{"generatedatakey", "GenerateDataKey", "GenerateDataKey"},
 	{"createkey", "CreateKey", "CreateKey"},
+	{"describekey", "DescribeKey", "DescribeKey"},
 	{"sign-ecc", "Sign-ECC", "Sign"},                // ECC_NIST_P256, ECDSA_SHA_256
 	{"sign-rsa", "Sign-RSA", "Sign"},                // RSA_2048, RSASSA_PSS_SHA_256
 	{"verify-ecc", "Verify-ECC", "Verify"},          // ECC_NIST_P256, ECDSA_SHA_256
@@ -213,6 +263,7 @@ func setup(ctx context.Context, c *client, keyID string, ops []string) (*workloa
 		"Decrypt":         mustJSON(map[string]any{"KeyId": id, "CiphertextBlob": enc.CiphertextBlob, "EncryptionContext": encryptionContext}),
 		"GenerateDataKey": mustJSON(map[string]any{"KeyId": id, "KeySpec": "AES_256", "EncryptionContext": encryptionContext}),
 		"CreateKey":       mustJSON(map[string]string{"Description": "kmsbench"}),
+		"DescribeKey":     mustJSON(map[string]string{"KeyId": id}),
 		"GDKP-RSA":        mustJSON(map[string]any{"KeyId": id, "KeyPairSpec": "RSA_2048", "EncryptionContext": encryptionContext}),
 		"GDKP-ECC":        mustJSON(map[string]any{"KeyId": id, "KeyPairSpec": "ECC_NIST_P256", "EncryptionContext": encryptionContext}),
 	}}
@@ -321,7 +372,11 @@ type runConfig struct {
 // run drives op at concurrency conc: a warm-up whose results are dropped,
 // then the measured phase, bounded by duration and maxRequests.
 func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc runConfig) (result, error) {
-	target, body := "TrentService."+opTarget(op), wl.bodies[op]
+	target := "TrentService." + opTarget(op)
+	body, err := wl.payload(op)
+	if err != nil {
+		return result{}, err
+	}
 	workers := make([]*worker, conc)
 	for i := range workers {
 		workers[i] = c.workerOn(i)
@@ -329,7 +384,7 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	var printed atomic.Int64
 	drive := phase
 	if rc.rate > 0 {
-		drive = func(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
+		drive = func(ctx context.Context, workers []*worker, target string, body *payload, d time.Duration, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
 			return paced(ctx, workers, target, body, d, rc.rate, max, lat, tl, printed, maxPrinted)
 		}
 	}
@@ -342,7 +397,6 @@ func run(ctx context.Context, c *client, wl *workload, op string, conc int, rc r
 	}
 
 	var srv0, srv1 procTimes
-	var err error
 	if rc.serverPID > 0 {
 		if srv0, err = readProcTimes(rc.serverPID); err != nil {
 			return result{}, fmt.Errorf("server cpu: %w", err)
@@ -441,7 +495,7 @@ func (t *tally) fail(status int, resp []byte, err error) bool {
 // phase runs the workers for d or until max requests in all, recording each
 // request's latency in lat[i] for worker i when lat is not nil. Every
 // request counts, failed ones too; it returns how many failed.
-func phase(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
+func phase(ctx context.Context, workers []*worker, target string, body *payload, d time.Duration, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
 	// Requests run under ctx, not under a context ending with the phase:
 	// cancelling one in flight would close its connection, and the next
 	// phase would then measure dials. The phase so ends when the last
@@ -457,10 +511,11 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 			if lat != nil {
 				l = make([]time.Duration, 0, 1<<14)
 			}
+			var buf []byte
 			for time.Now().Before(deadline) && issued.Add(1) <= max {
 				t0 := time.Now()
 				tl.sent.Add(1)
-				status, resp, err := w.call(ctx, target, body)
+				status, resp, err := w.call(ctx, target, body.next(&buf))
 				el := time.Since(t0)
 				if err != nil && ctx.Err() != nil {
 					break // the whole benchmark's time is up
@@ -496,7 +551,7 @@ func phase(ctx context.Context, workers []*worker, target string, body []byte, d
 // falls behind shows its queue in the percentiles instead of slowing the
 // generator down (no coordinated omission). With too few workers for the
 // rate, the queue builds up in kmsbench and shows the same way.
-func paced(ctx context.Context, workers []*worker, target string, body []byte, d time.Duration, rate float64, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
+func paced(ctx context.Context, workers []*worker, target string, body *payload, d time.Duration, rate float64, max int64, lat [][]time.Duration, tl *tally, printed *atomic.Int64, maxPrinted int) int64 {
 	n := min(max, int64(d.Seconds()*rate))
 	due := make(chan time.Time, n)
 	start := time.Now()
@@ -519,9 +574,10 @@ func paced(ctx context.Context, workers []*worker, target string, body []byte, d
 		go func() {
 			defer wg.Done()
 			var l []time.Duration
+			var buf []byte
 			for at := range due {
 				tl.sent.Add(1)
-				status, resp, err := w.call(ctx, target, body)
+				status, resp, err := w.call(ctx, target, body.next(&buf))
 				el := time.Since(at)
 				if err != nil && ctx.Err() != nil {
 					break

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"maps"
+	"strings"
 	"testing"
 )
 
@@ -38,5 +39,45 @@ func TestEndpoints(t *testing.T) {
 	}
 	if _, err := newClient("http://127.0.0.1:1,ftp://x", credentials{}, "fast", 1); err == nil {
 		t.Fatal("ftp://x accepted as an endpoint")
+	}
+}
+
+// TestRandomKeys: with -key-ids, Encrypt's, GenerateDataKey's and
+// DescribeKey's bodies name a random key of the list in each request, the
+// rest of the body unchanged, and every key of the list is used; Decrypt,
+// whose ciphertext is bound to one key, keeps its body.
+func TestRandomKeys(t *testing.T) {
+	const first = "11111111-1111-1111-1111-111111111111"
+	wl := &workload{keyID: first, bodies: map[string][]byte{
+		"Encrypt":     []byte(`{"EncryptionContext":{"purpose":"kmsbench"},"KeyId":"` + first + `","Plaintext":"AAEC"}`),
+		"DescribeKey": []byte(`{"KeyId":"` + first + `"}`),
+		"Decrypt":     []byte(`{"CiphertextBlob":"AQID","KeyId":"` + first + `"}`),
+	}, keys: []string{first, "22222222-2222-2222-2222-222222222222", "mrk-3333"}}
+	for _, op := range []string{"Encrypt", "DescribeKey"} {
+		p, err := wl.payload(op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		var buf []byte
+		for range 300 {
+			b := string(p.next(&buf))
+			for _, k := range wl.keys {
+				if b == strings.Replace(string(wl.bodies[op]), first, k, 1) {
+					seen[k] = true
+				}
+			}
+		}
+		if len(seen) != len(wl.keys) {
+			t.Errorf("%s: the bodies named %v of %v", op, seen, wl.keys)
+		}
+	}
+	p, err := wl.payload("Decrypt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf []byte
+	if got := string(p.next(&buf)); got != string(wl.bodies["Decrypt"]) {
+		t.Errorf("Decrypt body %s, want it unchanged", got)
 	}
 }

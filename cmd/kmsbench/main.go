@@ -14,6 +14,11 @@
 // comma-separated: a run's workers are spread evenly over them), with the
 // given access key; the server's CPU is then read from -server-pid.
 //
+// With -key-ids FILE (key ids, one a line, e.g. a store of a million keys
+// made by e2e/scale), Encrypt, GenerateDataKey and DescribeKey name a
+// random one of those keys in each request instead of one key: the cost
+// of keys kmsd has not cached, at a load that saturates it.
+//
 // With -pin (the default, on machines with two or more CPUs) the generator
 // runs on -gen-cpu alone and a spawned kmsd on -server-cpu alone, so the two
 // do not compete for a core: kmsbench re-execs itself under
@@ -79,6 +84,7 @@ type options struct {
 	retries                                       int
 	maxOther                                      float64
 	keyID                                         string // -key-id: an existing key instead of a new one
+	keyIDs                                        string // -key-ids: a file of existing keys, one picked per request
 	connectStore                                  string // -connect-store: measure connect latency (connect.go)
 	connectRounds                                 int
 	rate                                          float64  // -rate: open-loop requests a second
@@ -131,6 +137,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 0, "on a shared machine: repeat a run up to this many times while the rest of the machine used more than -max-other, keeping the quietest")
 	fs.Float64Var(&o.maxOther, "max-other", 10, "with -retries: the CPU (% of one core) other processes may use during a run")
 	fs.StringVar(&o.keyID, "key-id", "", "use this existing key (id, ARN or alias; e.g. a key in a CloudHSM key store) instead of creating one")
+	fs.StringVar(&o.keyIDs, "key-ids", "", "a file of existing key ids, one a line: Encrypt, GenerateDataKey and DescribeKey name a random one of them in each request (e.g. a store of a million keys; the first also serves as -key-id unless that is given)")
 	fs.StringVar(&o.connectStore, "connect-store", "", "instead of the operations: measure ConnectCustomKeyStore -> CONNECTED of this DISCONNECTED custom key store, -connect-rounds times")
 	fs.IntVar(&o.connectRounds, "connect-rounds", 10, "connects measured with -connect-store")
 	fs.Float64Var(&o.rate, "rate", 0, "open loop: start this many requests a second whatever the answers take (latency counts from when each was due); 0: closed loop, each worker sends as soon as it has its answer")
@@ -251,10 +258,20 @@ func run1(o *options) error {
 	if o.connectStore != "" {
 		return connectLatency(ctx, c, o.connectStore, o.connectRounds)
 	}
+	var ids []string
+	if o.keyIDs != "" {
+		if ids, err = readKeyIDs(o.keyIDs); err != nil {
+			return err
+		}
+		if o.keyID == "" {
+			o.keyID = ids[0]
+		}
+	}
 	wl, err := setup(ctx, c, o.keyID, o.ops)
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
+	wl.keys = ids
 	pinning := "not pinned"
 	switch {
 	case o.pin && o.endpoint == "":
@@ -291,6 +308,19 @@ func run1(o *options) error {
 		}
 	}
 	return nil
+}
+
+// readKeyIDs reads a -key-ids file: key ids, one a line.
+func readKeyIDs(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-key-ids: %w", err)
+	}
+	ids := strings.Fields(string(b))
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("-key-ids %s: no key ids", path)
+	}
+	return ids, nil
 }
 
 // quietest runs op at concurrency n, and again up to retries times while
