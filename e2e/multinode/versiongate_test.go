@@ -148,3 +148,81 @@ func TestVersionGatedUpgrade(t *testing.T) {
 		t.Errorf("Decrypt on the new node after the refusal: %v", err)
 	}
 }
+
+// TestPausedOldNodeMidRequest (issue #16, rolling upgrade: what fencing
+// every write by the node lease closes): a node of level N freezes
+// (SIGSTOP, at the catalog-update-key failpoint) inside DisableKey's
+// transaction, after the key's record is written and before COMMIT; a
+// node of level N+1 starts, waits for the frozen node's lease to expire
+// and serves; then the old node is thawed. Its DisableKey fails
+// (KMSInternalException: PostgreSQL refused the COMMIT, the node lease
+// having expired, or ended the session idle in its transaction), the key
+// stays enabled, and the old node stops (exit 1). Before the fence the
+// old node committed the write once thawed, after the newer node had
+// begun to serve. --lease-ttl 3s.
+func TestPausedOldNodeMidRequest(t *testing.T) {
+	const ttl = 3 * time.Second
+	n := release.DataLevel
+	pg := startPG(t)
+	c := newCluster(t, pg, clusterOpts{nodes: 2, unstarted: 1, extra: []string{"--lease-ttl", ttl.String()},
+		env: func(i int) []string {
+			e := []string{"KMSD_FAULT_INJECTION=1", fmt.Sprintf("KMSD_FAULT_DATA_LEVEL=%d", n+i)}
+			if i == 0 {
+				e = append(e, "KMSD_FAILPOINT=catalog-update-key:stop")
+			}
+			return e
+		}})
+	old, newer := c.nodes[0], c.nodes[1]
+	ctx := t.Context()
+	k, err := c.client(old).CreateKey(ctx, &kms.CreateKeyInput{Description: aws.String("disabled by a frozen node")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := k.KeyMetadata.KeyId
+	disabled := make(chan error, 1)
+	go func() {
+		_, err := c.client(old).DisableKey(ctx, &kms.DisableKeyInput{KeyId: id})
+		disabled <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !old.Stopped(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not freeze at catalog-update-key within 10 s:\n%s", old.id, old.tail())
+		}
+	}
+	frozen := time.Now()
+
+	newer.Start(t)
+	newer.WaitHealthy(t, 30*time.Second)
+	t.Logf("%s serves %.2fs after %s froze", newer.id, time.Since(frozen).Seconds(), old.id)
+	enabled := func(when string) {
+		t.Helper()
+		d, err := c.client(newer).DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: id})
+		if err != nil {
+			t.Fatalf("DescribeKey on %s %s: %v", newer.id, when, err)
+		}
+		if !d.KeyMetadata.Enabled || d.KeyMetadata.KeyState != "Enabled" {
+			t.Errorf("key %s %s: enabled %v, state %s; want the frozen node's DisableKey not committed",
+				when, *id, d.KeyMetadata.Enabled, d.KeyMetadata.KeyState)
+		}
+	}
+	enabled("while the old node is frozen")
+
+	old.Resume()
+	thawed := time.Now()
+	select {
+	case err := <-disabled:
+		if code := errCode(err); code != "KMSInternalException" {
+			t.Errorf("the thawed node's DisableKey: %v (code %q), want KMSInternalException", err, code)
+		}
+		t.Logf("the thawed node's DisableKey failed %.2fs after SIGCONT: %v", time.Since(thawed).Seconds(), err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the thawed node's DisableKey has no answer 30 s after SIGCONT")
+	}
+	enabled("after the old node was thawed")
+	if code, ok := old.Exited(20 * time.Second); !ok || code != 1 {
+		t.Errorf("%s: exited %v, code %d; want exit 1 (a newer kmsd joined)", old.id, ok, code)
+	}
+	if log := old.tail(); !strings.Contains(log, "fenced") && !strings.Contains(log, "idle-in-transaction") {
+		t.Errorf("%s's log does not say why its write was refused:\n%s", old.id, log)
+	}
+}

@@ -207,6 +207,9 @@ type Alias struct {
 type Catalog struct {
 	store   storage.Store
 	barrier *barrier.Barrier
+	// failpoint, if not nil, is called at the named points of fault
+	// injection tests (SetFailpoint).
+	failpoint func(name string)
 
 	mu sync.RWMutex
 	// The bounded caches (cache.go): read under mu.RLock (each has its
@@ -367,6 +370,12 @@ func (c *Catalog) Key(ctx context.Context, id string) (*Key, error) {
 	return k, nil
 }
 
+// SetFailpoint makes the catalog call fn at its fault injection points,
+// by name: "catalog-update-key", in UpdateKey's transaction after the
+// record is written, before COMMIT (a node frozen in the middle of a
+// write: e2e TestPausedOldNodeMidRequest). Call it before serving.
+func (c *Catalog) SetFailpoint(fn func(name string)) { c.failpoint = fn }
+
 // UpdateKey applies fn to a copy of the record of the key named id (Name),
 // read in the same transaction that stores the result durably. fn may run
 // more than once (storage.Store.Update) and must keep no state between
@@ -394,7 +403,13 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 		if err := indexRecord(ctx, tx, cur, next); err != nil {
 			return err
 		}
-		return tx.Put(ctx, p, b)
+		if err := tx.Put(ctx, p, b); err != nil {
+			return err
+		}
+		if c.failpoint != nil {
+			c.failpoint("catalog-update-key")
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, unwrapUpdate("update key", err)

@@ -41,8 +41,16 @@
 // holds a live node lease: an older node releases its lease only after it
 // stopped serving, or leaves it to expire (Abandon), and a frozen one's
 // expires a TTL after its last heartbeat, so no older node commits a write
-// once a newer one serves (awaitOlder says why). A node publishing no
-// level (from before the gate) is not waited for. Departure
+// once a newer one serves (awaitOlder says why). That rests on the node
+// lease fencing every write of the node: New hands its name to the
+// store's storage.WriteFencer, so a transaction that was in flight when
+// the node froze (a GC pause, SIGSTOP, a suspended VM) and outlived the
+// lease is refused at its COMMIT when the node resumes, and every write
+// after it too, until the node holds its lease again — which an outdated
+// node does not take again (heartbeat). Without it, such a node's
+// request could commit between its resumption and its next heartbeat.
+// A node publishing no level (from before the gate) is not waited for.
+// Departure
 // from §7.3: the gate is a data format level (an integer bumped when
 // writes start keeping something older nodes would not), not a version
 // string; an outdated node does not merely stay out of the lease but
@@ -175,6 +183,10 @@ type Controller struct {
 	ready      chan struct{}
 	waitingFor atomic.Value
 	abandoned  atomic.Bool
+	// fenced wakes the heartbeat at once when the store refused a write
+	// because the node lease had expired (New), so that the lease is
+	// taken again within a round trip rather than at the next beat.
+	fenced chan struct{}
 	// warnedOlder: the node logged that it waits for older nodes (only
 	// the heartbeat goroutine uses it).
 	warnedOlder bool
@@ -219,8 +231,20 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("data format level %d: want 0 or more", cfg.DataLevel)
 	}
 	c := &Controller{cfg: cfg, holder: cfg.NodeID, started: time.Now(), changed: make(chan struct{}), outdated: make(chan struct{}),
-		ready: make(chan struct{})}
+		ready: make(chan struct{}), fenced: make(chan struct{}, 1)}
 	c.address.Store(cfg.Address)
+	// Every write of this node is fenced by its node lease: once the
+	// lease has expired (the node paused longer than the ttl, while newer
+	// nodes may have stopped waiting for it: awaitOlder), a transaction
+	// can no longer commit.
+	if f, ok := cfg.Leaser.(storage.WriteFencer); ok {
+		f.FenceWrites(NodeLeasePrefix+cfg.NodeID, func() {
+			select {
+			case c.fenced <- struct{}{}:
+			default:
+			}
+		})
+	}
 	return c, nil
 }
 
@@ -546,7 +570,7 @@ type Node struct {
 func (c *Controller) heartbeat(ctx context.Context) {
 	name := NodeLeasePrefix + c.cfg.NodeID
 	var l storage.Lease
-	held := false
+	held, hadLease := false, false
 	for {
 		var err error
 		// mine: the node lease is held by another process of this node id
@@ -557,13 +581,17 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			l, err = c.cfg.Leaser.Renew(ctx, l, c.cfg.TTL)
 			held = err == nil
 		}
-		if !held && ctx.Err() == nil {
+		// An outdated node that lost its lease (paused past its expiry)
+		// does not take it again: its writes stay fenced by the expired
+		// lease (New) while it stops.
+		if !held && ctx.Err() == nil && (!hadLease || c.checkLevel(ctx)) {
 			// Lost (or never had): the node may have been paused. A node
 			// lease held by another process of the same id means a
 			// misconfiguration, which the log shows.
 			var ok bool
 			l, ok, err = c.cfg.Leaser.TryAcquire(ctx, name, c.holder, c.cfg.TTL)
 			held = err == nil && ok
+			hadLease = hadLease || held
 			if err == nil && !ok {
 				mine = true
 				c.cfg.Log.Warn("node lease held by another process with this node id", "node", c.cfg.NodeID)
@@ -621,6 +649,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			}
 			return
 		case <-time.After(wait):
+		case <-c.fenced:
 		}
 	}
 }

@@ -340,7 +340,7 @@ var (
 	descStepDowns = prometheus.NewDesc("kmsd_controller_step_downs_total",
 		"Times this node gave the controller lease up (renewal failed, deadline passed or shutdown).", []string{"node"}, nil)
 	descFencedRefused = prometheus.NewDesc("kmsd_fenced_writes_refused_total",
-		"Writes of this node fenced by the controller lease that the database refused: the lease was no longer held at their epoch (a controller paused or cut off past its lease).", []string{"node"}, nil)
+		"Writes of this node the database refused because a lease fencing them had ended: the controller lease no longer held at their epoch (a controller paused or cut off past its lease), or this node's node lease expired before they could commit (a node paused past --lease-ttl).", []string{"node"}, nil)
 )
 
 func (c controllerCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -39,7 +39,8 @@ func faultInjection() bool {
 // one of the key store controller's named points (keystore.Config.
 // Failpoint: keystore-connect-before-intent, keystore-connect-after-intent,
 // keystore-connect-after-setpin, keystore-connect-after-record,
-// keystore-disconnect-acks), what makes the process exit at once there,
+// keystore-disconnect-acks) or of the catalog's (catalog.SetFailpoint:
+// catalog-update-key), what makes the process exit at once there,
 // as if killed: no lease released, nothing flushed. With ":stop" after
 // the name (keystore-connect-after-intent:stop) the process instead
 // freezes itself there with SIGSTOP, the first time it gets there, and

@@ -83,9 +83,12 @@ func (a *api) openCore(ctx context.Context) error {
 	r.ctx = ctx
 	cfg := r.cfg
 	// The catalog's writes made by the controller's duties are fenced by
-	// its lease (controller.Fence); API requests' writes are not.
+	// its lease (controller.Fence); every write, API requests' too, is
+	// fenced by this node's node lease (the store's storage.WriteFencer,
+	// which the controller sets up).
 	cat := catalog.New(controller.Fence(r.store), r.barrier)
 	cat.SetCacheSize(cfg.CacheSize)
+	cat.SetFailpoint(failpoint(r.log))
 	if err := cat.InitSweepIndex(ctx); err != nil {
 		return err
 	}

@@ -34,8 +34,12 @@
 // every older node has stopped (controller.Controller.Ready: their node
 // leases released or expired), for at most olderWait (twice --lease-ttl
 // plus the shutdown timeout; then it exits 1 naming them): so once a newer
-// node serves, no older node still commits a write. Nodes from before the
-// gate publish no level and are not waited for.
+// node serves, no older node still commits a write — every node's writes
+// are fenced by its node lease (storage.WriteFencer, set up by the
+// controller), so an older node frozen mid-request past its lease cannot
+// commit that request when it thaws. Nodes from before the gate publish
+// no level and are not waited for; nodes from before the fence are not
+// fenced.
 // Departures from §7.3, recorded in the controller package doc too: the
 // gate is a level, not a version; it stops the node serving, not only
 // campaigning; every newer node raises it at start, not the controller;

@@ -21,7 +21,9 @@
 // that Watcher also has Prune (pruning is the feed owner's decision), that
 // a reader starts from the zero Cursor and gets a Reset carrying the
 // position to continue from, and that TryAcquire by the current holder
-// renews its lease at the same epoch.
+// renews its lease at the same epoch. A third, WriteFencer, fences every
+// write of a handle by a lease it holds (a node's node lease): a process
+// paused past that lease's expiry commits nothing when it resumes.
 //
 // Three optional capabilities are a transaction's, each doing in one step
 // (one statement per chunk on PostgreSQL) what the Tx does key by key:
@@ -57,7 +59,9 @@ var (
 	// another holder took it.
 	ErrLeaseLost = errors.New("storage: lease lost")
 	// ErrFenced is returned by Leaser.UpdateFenced when the lease it is
-	// fenced by is no longer held at that epoch; fn's writes are not kept.
+	// fenced by is no longer held at that epoch, and by writes of a
+	// handle whose WriteFencer lease expired before they could commit;
+	// fn's writes are not kept.
 	ErrFenced = errors.New("storage: fenced: lease no longer held")
 )
 
@@ -471,6 +475,28 @@ type Leaser interface {
 	// its epoch and unexpired; if not, fn does not run (or its writes are
 	// dropped) and the error wraps ErrFenced.
 	UpdateFenced(ctx context.Context, l Lease, fn func(tx Tx) error) error
+}
+
+// WriteFencer is the optional capability of fencing every write of a
+// store handle by a lease the handle holds: after FenceWrites(name), each
+// writing transaction (Update and the one-key writes, UpdateFenced too;
+// not the lease operations themselves) commits only while the database's
+// clock is before the expiry of the last holding of lease name that this
+// handle acquired or renewed (TryAcquire, Renew), and otherwise fails
+// wrapping ErrFenced, its writes dropped. A process paused longer than
+// the lease's ttl in the middle of a request (a GC pause, SIGSTOP, a
+// suspended VM) so cannot commit once others may have taken the lease as
+// expired. Until the handle first holds the lease its writes are not
+// fenced; a lease lost later (a failed Renew) or released keeps its
+// expiry, so the handle's writes stay fenced by it until it holds the
+// lease again. refused, if not nil, is called (without waiting for it)
+// for each write the fence refused, so that the holder may try for the
+// lease at once. Both drivers implement it: PostgreSQL checks inside
+// COMMIT, on the server (a deferred constraint trigger), so no pause of
+// the client can fall between the check and the commit; SQLite checks in
+// the process just before COMMIT, which leaves a window of one step.
+type WriteFencer interface {
+	FenceWrites(name string, refused func())
 }
 
 // Clock is the optional capability of telling the database's time: the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,7 @@ func (s *Store) TryAcquire(ctx context.Context, name, holder string, ttl time.Du
 	}
 	sent := time.Now()
 	var epoch int64
+	var expires time.Time
 	err := s.pool.QueryRow(ctx, `INSERT INTO kmsd_leases AS l (name, holder, epoch, expires_at)
 VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond')
 ON CONFLICT (name) DO UPDATE SET
@@ -31,13 +33,14 @@ ON CONFLICT (name) DO UPDATE SET
 	epoch = CASE WHEN l.holder = excluded.holder AND l.expires_at > clock_timestamp() THEN l.epoch ELSE l.epoch + 1 END,
 	expires_at = clock_timestamp() + $3 * interval '1 millisecond'
 WHERE l.expires_at <= clock_timestamp() OR l.holder = excluded.holder
-RETURNING epoch`, name, holder, ttl.Milliseconds()).Scan(&epoch)
+RETURNING epoch, expires_at`, name, holder, ttl.Milliseconds()).Scan(&epoch, &expires)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return storage.Lease{}, false, nil
 	case err != nil:
 		return storage.Lease{}, false, fmt.Errorf("postgres: acquire lease: %w", err)
 	}
+	s.fence.held(name, expires)
 	return storage.Lease{Name: name, Holder: holder, Epoch: epoch, Deadline: sent.Add(ttl)}, true, nil
 }
 
@@ -50,14 +53,17 @@ func (s *Store) Renew(ctx context.Context, l storage.Lease, ttl time.Duration) (
 		return storage.Lease{}, err
 	}
 	sent := time.Now()
-	tag, err := s.pool.Exec(ctx, `UPDATE kmsd_leases SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
-WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp()`, l.Name, l.Holder, l.Epoch, ttl.Milliseconds())
+	var expires time.Time
+	err := s.pool.QueryRow(ctx, `UPDATE kmsd_leases SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp() RETURNING expires_at`,
+		l.Name, l.Holder, l.Epoch, ttl.Milliseconds()).Scan(&expires)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return storage.Lease{}, storage.ErrLeaseLost
+	}
 	if err != nil {
 		return storage.Lease{}, fmt.Errorf("postgres: renew lease: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
-		return storage.Lease{}, storage.ErrLeaseLost
-	}
+	s.fence.held(l.Name, expires)
 	l.Deadline = sent.Add(ttl)
 	return l, nil
 }
@@ -137,7 +143,8 @@ WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp(
 }
 
 // FencedRefused counts the UpdateFenced calls refused because the lease
-// was no longer held at their epoch (a paused or cut-off former holder).
+// was no longer held at their epoch (a paused or cut-off former holder),
+// and the writes whose COMMIT the FenceWrites check refused.
 func (s *Store) FencedRefused() int64 { return s.fencedRefused.Load() }
 
 // checkLease validates the arguments common to the lease methods.
@@ -166,3 +173,42 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	}
 	return t, nil
 }
+
+// writeFence is the state of a handle's FenceWrites: the lease named and
+// the expiry (database time) of its last holding seen.
+type writeFence struct {
+	name    atomic.Pointer[string]
+	until   atomic.Pointer[time.Time] // nil: the lease not held yet, writes unfenced
+	refused func()                    // FenceWrites' callback, set before name
+}
+
+// held records that the handle acquired or renewed lease name until
+// expires: the fence moves forward only.
+func (f *writeFence) held(name string, expires time.Time) {
+	if n := f.name.Load(); n == nil || *n != name {
+		return
+	}
+	for {
+		cur := f.until.Load()
+		if cur != nil && !expires.After(*cur) || f.until.CompareAndSwap(cur, &expires) {
+			return
+		}
+	}
+}
+
+// FenceWrites implements storage.WriteFencer; call it once, before the
+// lease is first taken. A writing transaction's commit marker (once) also
+// carries the lease's last known expiry (kmsd_commits.fence, as
+// expires_at was read back: exact to the microsecond), and the deferred
+// constraint trigger kmsd_commit_fence (schema version 5) compares it
+// with clock_timestamp() inside COMMIT, on the server, raising
+// errFenceCode past it; the transaction is then rolled back. No pause of
+// this process between its last statement and COMMIT can slip a write
+// past the expiry.
+func (s *Store) FenceWrites(name string, refused func()) {
+	s.fence.refused = refused
+	s.fence.name.Store(&name)
+}
+
+// errFenceCode is the SQLSTATE kmsd_commit_fence raises.
+const errFenceCode = "KMF01"

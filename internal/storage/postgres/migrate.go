@@ -92,6 +92,26 @@ CREATE TRIGGER kv_changes_write AFTER INSERT OR UPDATE ON kv FOR EACH ROW
 CREATE TRIGGER kv_changes_delete AFTER DELETE ON kv FOR EACH ROW
 	WHEN (NOT (OLD.key >= 'unfed/' COLLATE "C" AND OLD.key < 'unfed0' COLLATE "C"))
 	EXECUTE FUNCTION kv_changes_record();`,
+	// Version 5: writes fenced by a node's lease (storage.WriteFencer).
+	// A writing transaction of a fenced handle writes the lease's expiry
+	// into its commit marker; this trigger, deferred to COMMIT, refuses
+	// the commit once the database's clock has reached it. Only markers
+	// inserted by the transaction that commits them are checked (at is
+	// its start, now()): rows restored from a dump, whose at is older,
+	// pass. Markers of kmsd versions before this one carry no fence.
+	`ALTER TABLE kmsd_commits ADD COLUMN fence timestamptz;
+CREATE FUNCTION kmsd_commit_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.fence <= clock_timestamp() THEN
+		RAISE EXCEPTION 'kmsd: the writing node''s lease expired at % before its transaction could commit', NEW.fence
+			USING ERRCODE = 'KMF01';
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER kmsd_commit_fence AFTER INSERT ON kmsd_commits
+	DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+	WHEN (NEW.fence IS NOT NULL AND NEW.at = now())
+	EXECUTE FUNCTION kmsd_commit_fence();`,
 }
 
 // migrateLock is the key of the transaction-scoped advisory lock that

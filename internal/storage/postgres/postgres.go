@@ -65,6 +65,15 @@
 // written as for any write. A last-use flush of 8,000 keys that had a
 // record (read, compare, put) took 206 ms instead of 584 ms key by key.
 //
+// Writes are fenced by the node's lease (storage.WriteFencer, schema
+// version 5): the commit marker also carries the lease's last known
+// expiry (RETURNING expires_at of the acquisition or renewal), and the
+// deferred constraint trigger kmsd_commit_fence refuses the COMMIT, on the
+// server, once clock_timestamp() has reached it (SQLSTATE KMF01, returned
+// as storage.ErrFenced). The check reads no table, so it adds no
+// serialization conflicts; it costs a PL/pgSQL call at each writing
+// COMMIT (BenchmarkPutFenced: within the noise of a one-key write).
+//
 // Get and List outside Update are single statements on the pool (each its
 // own snapshot). Put, Create and Delete on the Store are one-statement
 // Updates, so they get the same retry and commit resolution.
@@ -188,6 +197,7 @@ type Store struct {
 
 	// fencedRefused counts fenced writes refused (FencedRefused).
 	fencedRefused atomic.Int64
+	fence         writeFence // FenceWrites (lease.go)
 
 	// notices is nil unless Options.Notify (notify.go).
 	notices *notices
@@ -202,6 +212,7 @@ var (
 	_ storage.Watcher      = (*Store)(nil)
 	_ storage.Leaser       = (*Store)(nil)
 	_ storage.Clock        = (*Store)(nil)
+	_ storage.WriteFencer  = (*Store)(nil)
 )
 
 // Open connects to the database named by url (a postgres:// URL or a
@@ -438,7 +449,13 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 	var token string
 	if t.xid != "" {
 		token = uuid.NewString()
-		if _, err := ptx.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, token); err != nil {
+		var err error
+		if fence := s.fence.until.Load(); fence == nil {
+			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, token)
+		} else {
+			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token, fence) VALUES ($1, $2)`, token, *fence)
+		}
+		if err != nil {
 			return t.note(fmt.Errorf("postgres: commit marker: %w", err))
 		}
 	}
@@ -462,6 +479,13 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		return fmt.Errorf("postgres: commit: %w", err)
 	}
 	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == errFenceCode {
+		s.fencedRefused.Add(1)
+		if s.fence.refused != nil {
+			s.fence.refused()
+		}
+		return fmt.Errorf("%w: %s", storage.ErrFenced, pe.Message)
+	}
 	if errors.As(err, &pe) && severity(pe) == "ERROR" {
 		// The server answered with an error: the transaction was rolled
 		// back (40001 at commit is retryable), nothing was kept. A FATAL

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 	"github.com/kmsd/kmsd/internal/storage/storagetest"
@@ -191,5 +193,41 @@ func TestReadOnly(t *testing.T) {
 	}
 	if tables == 0 {
 		t.Fatal("no tables after a migrating Open")
+	}
+}
+
+// TestCommitFenceTrigger: kmsd_commit_fence (schema version 5) refuses,
+// at COMMIT, a marker inserted by the committing transaction whose fence
+// has passed (SQLSTATE KMF01); a fence still ahead, no fence (kmsd before
+// version 5) and a row restored from a dump (its at older than the
+// restoring transaction) commit.
+func TestCommitFenceTrigger(t *testing.T) {
+	s := openURL(t, pgtest.URL(t))
+	ctx := t.Context()
+	insert := func(sql string) error {
+		tx, err := s.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v (the check belongs to COMMIT)", sql, err)
+		}
+		return tx.Commit(ctx)
+	}
+	for _, c := range []struct {
+		sql     string
+		refused bool
+	}{
+		{`INSERT INTO kmsd_commits (token, fence) VALUES (gen_random_uuid(), clock_timestamp() - interval '1 ms')`, true},
+		{`INSERT INTO kmsd_commits (token, fence) VALUES (gen_random_uuid(), clock_timestamp() + interval '1 hour')`, false},
+		{`INSERT INTO kmsd_commits (token) VALUES (gen_random_uuid())`, false},
+		{`INSERT INTO kmsd_commits (token, at, fence) VALUES (gen_random_uuid(), now() - interval '1 hour', now() - interval '1 hour')`, false},
+	} {
+		err := insert(c.sql)
+		var pe *pgconn.PgError
+		if got := errors.As(err, &pe) && pe.Code == errFenceCode; got != c.refused || !c.refused && err != nil {
+			t.Errorf("%s: COMMIT = %v, want refused %v", c.sql, err, c.refused)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/storage"
@@ -24,6 +25,7 @@ func (s *Store) TryAcquire(ctx context.Context, name, holder string, ttl time.Du
 	}
 	sent := time.Now()
 	var l storage.Lease
+	var expires int64 // Unix ms, the database's clock
 	ok := false
 	err := s.update(ctx, func(tx *sql.Tx) error {
 		var cur storage.Lease
@@ -41,9 +43,10 @@ func (s *Store) TryAcquire(ctx context.Context, name, holder string, ttl time.Du
 		if live {
 			epoch = cur.Epoch // our own, renewed
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO kmsd_leases (name, holder, epoch, expires_at) VALUES (?, ?, ?, `+sqlNow+` + ?)
-ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, expires_at = excluded.expires_at`,
-			name, holder, epoch, ttl.Milliseconds()); err != nil {
+		if err := tx.QueryRowContext(ctx, `INSERT INTO kmsd_leases (name, holder, epoch, expires_at) VALUES (?, ?, ?, `+sqlNow+` + ?)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, expires_at = excluded.expires_at
+RETURNING expires_at`,
+			name, holder, epoch, ttl.Milliseconds()).Scan(&expires); err != nil {
 			return fmt.Errorf("sqlite: acquire lease: %w", err)
 		}
 		l = storage.Lease{Name: name, Holder: holder, Epoch: epoch, Deadline: sent.Add(ttl)}
@@ -52,6 +55,9 @@ ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoc
 	}, func(storage.Tx) error { return nil })
 	if err != nil {
 		return storage.Lease{}, false, err
+	}
+	if ok {
+		s.fence.held(name, expires)
 	}
 	return l, ok, nil
 }
@@ -65,22 +71,28 @@ func (s *Store) Renew(ctx context.Context, l storage.Lease, ttl time.Duration) (
 		return storage.Lease{}, err
 	}
 	sent := time.Now()
-	var n int64
+	var expires int64 // Unix ms, the database's clock
+	lost := false
 	err := s.update(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE kmsd_leases SET expires_at = `+sqlNow+` + ?
-WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > `+sqlNow, ttl.Milliseconds(), l.Name, l.Holder, l.Epoch)
+		err := tx.QueryRowContext(ctx, `UPDATE kmsd_leases SET expires_at = `+sqlNow+` + ?
+WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > `+sqlNow+` RETURNING expires_at`,
+			ttl.Milliseconds(), l.Name, l.Holder, l.Epoch).Scan(&expires)
+		if errors.Is(err, sql.ErrNoRows) {
+			lost = true
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("sqlite: renew lease: %w", err)
 		}
-		n, err = res.RowsAffected()
-		return err
+		return nil
 	}, func(storage.Tx) error { return nil })
 	if err != nil {
 		return storage.Lease{}, err
 	}
-	if n == 0 {
+	if lost {
 		return storage.Lease{}, storage.ErrLeaseLost
 	}
+	s.fence.held(l.Name, expires)
 	l.Deadline = sent.Add(ttl)
 	return l, nil
 }
@@ -143,26 +155,24 @@ func (s *Store) UpdateFenced(ctx context.Context, l storage.Lease, fn func(stora
 	if s.closed.Load() {
 		return errClosed
 	}
-	err := s.update(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
 		var one int
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM kmsd_leases WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > `+sqlNow,
 			l.Name, l.Holder, l.Epoch).Scan(&one)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
+			s.fencedRefused.Add(1)
 			return fmt.Errorf("%w: %s epoch %d", storage.ErrFenced, l.Name, l.Epoch)
 		case err != nil:
 			return fmt.Errorf("sqlite: fence: %w", err)
 		}
 		return nil
 	}, fn)
-	if errors.Is(err, storage.ErrFenced) {
-		s.fencedRefused.Add(1)
-	}
-	return err
 }
 
 // FencedRefused counts the UpdateFenced calls refused because the lease
-// was no longer held at their epoch.
+// was no longer held at their epoch, and the writes refused because the
+// FenceWrites lease had expired.
 func (s *Store) FencedRefused() int64 { return s.fencedRefused.Load() }
 
 // checkLease validates the arguments common to the lease methods.
@@ -187,4 +197,50 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("sqlite: now: %w", err)
 	}
 	return time.UnixMilli(ms), nil
+}
+
+// writeFence is the state of a handle's FenceWrites: the lease named and
+// the expiry (Unix ms, database time) of its last holding seen.
+type writeFence struct {
+	name    atomic.Pointer[string]
+	until   atomic.Int64 // 0: the lease not held yet, writes unfenced
+	refused func()       // FenceWrites' callback, set before name
+}
+
+// held records that the handle acquired or renewed lease name until
+// expires (Unix ms): the fence moves forward only.
+func (f *writeFence) held(name string, expires int64) {
+	if n := f.name.Load(); n == nil || *n != name {
+		return
+	}
+	for {
+		cur := f.until.Load()
+		if expires <= cur || f.until.CompareAndSwap(cur, expires) {
+			return
+		}
+	}
+}
+
+// FenceWrites implements storage.WriteFencer; call it once, before the
+// lease is first taken. SQLite's clock is the machine's, so the check
+// (checkFence, just before each COMMIT and before a one-statement write)
+// reads time.Now: a pause between the check and the COMMIT's step is not
+// covered.
+func (s *Store) FenceWrites(name string, refused func()) {
+	s.fence.refused = refused
+	s.fence.name.Store(&name)
+}
+
+// checkFence fails wrapping storage.ErrFenced once the FenceWrites lease
+// expired (at or after its last known expiry).
+func (s *Store) checkFence() error {
+	until := s.fence.until.Load()
+	if until != 0 && time.Now().UnixMilli() >= until {
+		s.fencedRefused.Add(1)
+		if s.fence.refused != nil {
+			s.fence.refused()
+		}
+		return fmt.Errorf("%w: %s expired at %s", storage.ErrFenced, *s.fence.name.Load(), time.UnixMilli(until).UTC().Format(time.RFC3339Nano))
+	}
+	return nil
 }

@@ -23,6 +23,9 @@
 // of its own, kv_big, so that the key space's B-tree stays shallow on a
 // large store (see inlineMax); the contract does not see the difference.
 //
+// Writes are fenced by a lease (storage.WriteFencer, lease.go), checked in
+// the process just before each COMMIT.
+//
 // The Tx of Update offers storage.BatchCreator (multi-row INSERTs),
 // BatchGetter, BatchPutter and BatchDeleter; in-process, the last three
 // run the point read's, put's and delete's statements once per key.
@@ -64,6 +67,7 @@ type Store struct {
 	closed atomic.Bool
 	// fencedRefused counts fenced writes refused (FencedRefused).
 	fencedRefused atomic.Int64
+	fence         writeFence // FenceWrites (lease.go)
 }
 
 var (
@@ -75,6 +79,7 @@ var (
 	_ storage.Watcher      = (*Store)(nil)
 	_ storage.Leaser       = (*Store)(nil)
 	_ storage.Clock        = (*Store)(nil)
+	_ storage.WriteFencer  = (*Store)(nil)
 )
 
 // Open opens the database file at path, creating it with mode 0600 if it
@@ -223,7 +228,10 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 	}
 	if len(value) > inlineMax {
 		// A row of kv and one of kv_big: one transaction.
-		return s.update(ctx, nil, func(tx storage.Tx) error { return tx.Put(ctx, key, value) })
+		return s.write(ctx, nil, func(tx storage.Tx) error { return tx.Put(ctx, key, value) })
+	}
+	if err := s.checkFence(); err != nil {
+		return err
 	}
 	return ops{st: s.w}.put(ctx, key, value)
 }
@@ -234,7 +242,10 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 		return errClosed
 	}
 	if len(value) > inlineMax {
-		return s.update(ctx, nil, func(tx storage.Tx) error { return tx.Create(ctx, key, value) })
+		return s.write(ctx, nil, func(tx storage.Tx) error { return tx.Create(ctx, key, value) })
+	}
+	if err := s.checkFence(); err != nil {
+		return err
 	}
 	return ops{st: s.w}.create(ctx, key, value)
 }
@@ -243,6 +254,9 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 func (s *Store) Delete(ctx context.Context, key string) error {
 	if s.closed.Load() {
 		return errClosed
+	}
+	if err := s.checkFence(); err != nil {
+		return err
 	}
 	return ops{st: s.w}.delete(ctx, key)
 }
@@ -253,7 +267,19 @@ func (s *Store) Update(ctx context.Context, fn func(storage.Tx) error) error {
 	if s.closed.Load() {
 		return errClosed
 	}
-	return s.update(ctx, nil, fn)
+	return s.write(ctx, nil, fn)
+}
+
+// write is update fenced by FenceWrites: the check comes after fn, just
+// before COMMIT. The lease operations use update itself, so that a handle
+// whose lease expired can take it again.
+func (s *Store) write(ctx context.Context, check func(*sql.Tx) error, fn func(storage.Tx) error) error {
+	return s.update(ctx, check, func(t storage.Tx) error {
+		if err := fn(t); err != nil {
+			return err
+		}
+		return s.checkFence()
+	})
 }
 
 // update is Update with check, if not nil, run first in the transaction.

@@ -31,7 +31,8 @@ type SharedStore interface {
 // change feed that loses no change even when transactions commit out of
 // order, Reset after pruning, batch reads and puts that lose no update
 // and feed every key they put, leases taken over only after expiry, and
-// fenced writes refused after a takeover.
+// fenced writes refused after a takeover, and a handle's writes fenced by
+// its own lease (storage.WriteFencer) once that lease has expired.
 //
 // open must return two handles on one new, empty database. The counter
 // test runs 2 handles × 8 goroutines × KMSD_STORAGE_ROUNDS increments each
@@ -54,6 +55,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FencedAfterTakeover", func(t *testing.T) { testFencedAfterTakeover(t, open) })
 	t.Run("FencedTakeoverDuringTx", func(t *testing.T) { testFencedDuringTx(t, open) })
 	t.Run("FencedRefusedCounted", func(t *testing.T) { testFencedRefusedCounted(t, open) })
+	t.Run("WriteFence", func(t *testing.T) { testWriteFence(t, open) })
 	t.Run("ClockShared", func(t *testing.T) { testClockShared(t, open) })
 }
 
@@ -656,4 +658,102 @@ func testFencedRefusedCounted(t *testing.T, open func(t *testing.T) (a, b Shared
 	if n := s.FencedRefused(); n != 2 {
 		t.Errorf("FencedRefused = %d, want 2", n)
 	}
+}
+
+// testWriteFence: a handle fenced by its node lease (storage.WriteFencer)
+// writes freely before it first holds the lease and while it holds it; a
+// transaction that outlives the lease — a node paused mid-request — is
+// refused at its commit with nothing kept, and so is every write after
+// the expiry, until the handle holds the lease again; a renewal moves
+// the fence forward, a lease of another name does not; the other handle
+// is not fenced by it; FenceWrites' callback hears of every refusal.
+func testWriteFence(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	f, ok := a.(storage.WriteFencer)
+	if !ok {
+		t.Fatalf("%T does not fence writes by a lease (storage.WriteFencer)", a)
+	}
+	refused, ok := a.(interface{ FencedRefused() int64 })
+	if !ok {
+		t.Fatalf("%T does not count refused fenced writes (FencedRefused)", a)
+	}
+	ctx := t.Context()
+	const name, ttl = "node/a", 300 * time.Millisecond
+	put := func(s storage.Store, v string) error { return s.Put(ctx, "fenced", []byte(v)) }
+	var told atomic.Int64
+	f.FenceWrites(name, func() { told.Add(1) })
+	if err := put(a, "before"); err != nil {
+		t.Fatalf("write before the lease was first held: %v", err)
+	}
+	l, ok, err := a.TryAcquire(ctx, name, "a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("TryAcquire: %v %v", ok, err)
+	}
+	if err := a.Update(ctx, func(tx storage.Tx) error { return tx.Put(ctx, "fenced", []byte("held")) }); err != nil {
+		t.Fatalf("Update while the lease is held: %v", err)
+	}
+	// Paused past the expiry between the write and the commit.
+	err = a.Update(ctx, func(tx storage.Tx) error {
+		if err := tx.Put(ctx, "fenced", []byte("paused")); err != nil {
+			return err
+		}
+		time.Sleep(ttl + 200*time.Millisecond)
+		return nil
+	})
+	if !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("a transaction that outlived the lease: %v, want ErrFenced", err)
+	}
+	wantValue(t, b, "fenced", []byte("held"))
+	for _, w := range []struct {
+		what string
+		fn   func() error
+	}{
+		{"Put", func() error { return put(a, "late") }},
+		{"Create", func() error { return a.Create(ctx, "fenced-new", []byte("late")) }},
+		{"Delete", func() error { return a.Delete(ctx, "fenced") }},
+		{"Update", func() error {
+			return a.Update(ctx, func(tx storage.Tx) error { return tx.Put(ctx, "fenced", []byte("late")) })
+		}},
+	} {
+		if err := w.fn(); !errors.Is(err, storage.ErrFenced) {
+			t.Errorf("%s after the lease expired: %v, want ErrFenced", w.what, err)
+		}
+	}
+	wantValue(t, b, "fenced", []byte("held"))
+	if _, err := b.Get(ctx, "fenced-new"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Get of the refused Create: %v, want ErrNotFound", err)
+	}
+	if n := refused.FencedRefused(); n != 5 {
+		t.Errorf("FencedRefused = %d, want 5", n)
+	}
+	if n := told.Load(); n != 5 {
+		t.Errorf("FenceWrites' callback told of %d refused writes, want 5", n)
+	}
+	if err := put(b, "other handle"); err != nil {
+		t.Fatalf("a write of the other handle: %v", err)
+	}
+	// Another lease held does not lift the fence.
+	if _, ok, err := a.TryAcquire(ctx, "other", "a", time.Minute); err != nil || !ok {
+		t.Fatalf("TryAcquire other: %v %v", ok, err)
+	}
+	if err := put(a, "late"); !errors.Is(err, storage.ErrFenced) {
+		t.Errorf("Put with another lease held: %v, want ErrFenced", err)
+	}
+	// Taken again (a new epoch): writes go through.
+	l2, ok, err := a.TryAcquire(ctx, name, "a", ttl)
+	if err != nil || !ok || l2.Epoch <= l.Epoch {
+		t.Fatalf("TryAcquire again: %v %v, epoch %d after %d", ok, err, l2.Epoch, l.Epoch)
+	}
+	if err := put(a, "again"); err != nil {
+		t.Fatalf("write once the lease is held again: %v", err)
+	}
+	// A renewal moves the fence forward.
+	if _, err := a.Renew(ctx, l2, time.Minute); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	time.Sleep(ttl + 100*time.Millisecond)
+	if err := put(a, "renewed"); err != nil {
+		t.Fatalf("write after the first ttl, the lease renewed: %v", err)
+	}
+	wantValue(t, b, "fenced", []byte("renewed"))
 }
