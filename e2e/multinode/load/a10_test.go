@@ -31,7 +31,11 @@ import (
 // (heartbeats, change-feed polls) is measured for 3 s before each cluster
 // is loaded and subtracted. Then the 3-node/1-node ratios and a projection
 // of the PostgreSQL cores 3,000 CreateKey/s need, with MULTINODE's budgets
-// marked met or not. The machine is shared: numbers are noisy, and CPU
+// marked met or not. KMSD_A10_NODE_ARGS gives the nodes more flags,
+// space-separated (e.g. "--cache-notify=off", to measure what change
+// notices cost); KMSD_A10_BIN runs another kmsd binary than the one the
+// test built (a build of another tree, for alternating rounds). The
+// machine is shared: numbers are noisy, and CPU
 // figures include whatever contention the run met.
 func TestA10Throughput(t *testing.T) {
 	if os.Getenv("KMSD_A10") != "1" {
@@ -45,6 +49,9 @@ func TestA10Throughput(t *testing.T) {
 			t.Fatalf("KMSD_A10_DURATION=%q: %v", v, err)
 		}
 	}
+	if bin := os.Getenv("KMSD_A10_BIN"); bin != "" {
+		kmsdBin = bin // startNodes' binary; this test runs alone (KMSD_A10)
+	}
 	pg := startPrivatePG(t)
 	type row struct {
 		nodes int
@@ -55,7 +62,7 @@ func TestA10Throughput(t *testing.T) {
 	var rows []row
 	for _, n := range []int{1, 3} {
 		db := pg.newDB(t)
-		nodes := startNodes(t, pg.url(db), n)
+		nodes := startNodes(t, pg.url(db), n, strings.Fields(os.Getenv("KMSD_A10_NODE_ARGS"))...)
 		akid, secret := creds(t, nodes[0].Creds)
 		var eps []string
 		var pids []int
