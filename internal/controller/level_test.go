@@ -375,6 +375,19 @@ func waitLease(t *testing.T, st shared, name string, live bool, within time.Dura
 	}
 }
 
+// startOld opens two handles on a new database, raises its minimum level
+// to 1 and starts on the first a level-1 node "old"; it returns once the
+// node holds its node lease, and that holding.
+func startOld(t *testing.T, open func(t *testing.T, n int) []shared, ttl time.Duration) ([]shared, *gated, storage.Lease) {
+	t.Helper()
+	sts := open(t, 2)
+	if _, err := RaiseMinLevel(t.Context(), sts[0], 1); err != nil {
+		t.Fatal(err)
+	}
+	old := startLevel(t, sts[0], "old", 1, ttl)
+	return sts, old, waitLease(t, sts[1], NodeLeasePrefix+"old", true, 2*ttl)
+}
+
 // TestPausedOldNodeFenced (issue #16, rolling upgrade): an older node
 // paused longer than its node lease's ttl — here its heartbeats stop and
 // its lease is left to expire — cannot commit once it resumes, whether
@@ -388,13 +401,8 @@ func TestPausedOldNodeFenced(t *testing.T) {
 	for _, d := range drivers {
 		t.Run(d.name, func(t *testing.T) {
 			const ttl = time.Second
-			sts := d.open(t, 2)
+			sts, old, _ := startOld(t, d.open, ttl)
 			ctx := t.Context()
-			if _, err := RaiseMinLevel(ctx, sts[0], 1); err != nil {
-				t.Fatal(err)
-			}
-			old := startLevel(t, sts[0], "old", 1, ttl)
-			waitLease(t, sts[1], NodeLeasePrefix+"old", true, 2*ttl)
 			if err := sts[0].Put(ctx, "k", []byte("held")); err != nil {
 				t.Fatalf("a write of the old node while it holds its lease: %v", err)
 			}
@@ -455,13 +463,8 @@ func TestOutdatedNodeKeepsLostLease(t *testing.T) {
 	for _, d := range drivers {
 		t.Run(d.name, func(t *testing.T) {
 			const ttl = time.Second
-			sts := d.open(t, 2)
+			sts, old, l := startOld(t, d.open, ttl)
 			ctx := t.Context()
-			if _, err := RaiseMinLevel(ctx, sts[0], 1); err != nil {
-				t.Fatal(err)
-			}
-			old := startLevel(t, sts[0], "old", 1, ttl)
-			l := waitLease(t, sts[1], NodeLeasePrefix+"old", true, 2*ttl)
 			if _, err := RaiseMinLevel(ctx, sts[1], 2); err != nil {
 				t.Fatal(err)
 			}
