@@ -239,6 +239,9 @@ func New(cfg Config) (*Controller, error) {
 	// can no longer commit.
 	if f, ok := cfg.Leaser.(storage.WriteFencer); ok {
 		f.FenceWrites(NodeLeasePrefix+cfg.NodeID, func() {
+			if c.Outdated() {
+				return // it does not take the lease again (heartbeat)
+			}
 			select {
 			case c.fenced <- struct{}{}:
 			default:
@@ -247,6 +250,10 @@ func New(cfg Config) (*Controller, error) {
 	}
 	return c, nil
 }
+
+// minBeatGap is the least time between two heartbeats woken early by
+// writes the expired node lease refused.
+const minBeatGap = 100 * time.Millisecond
 
 // ValidNodeID checks a node id: 1 to 64 of [A-Za-z0-9._-].
 func ValidNodeID(id string) error {
@@ -571,6 +578,7 @@ func (c *Controller) heartbeat(ctx context.Context) {
 	name := NodeLeasePrefix + c.cfg.NodeID
 	var l storage.Lease
 	held, hadLease := false, false
+	var lastEarly time.Time // the last beat woken by a refused write
 	for {
 		var err error
 		// mine: the node lease is held by another process of this node id
@@ -631,6 +639,19 @@ func (c *Controller) heartbeat(ctx context.Context) {
 		if (c.cfg.Waiting != nil && c.cfg.Waiting()) || (!c.Ready() && !c.Outdated()) {
 			wait /= 4
 		}
+		// A write refused by the expired node lease wakes the next beat
+		// early (New) — not one of this beat's own (its node record,
+		// refused as well), and at most every minBeatGap, so that a node
+		// that cannot take its lease again is not made to beat per
+		// refused request.
+		select {
+		case <-c.fenced:
+		default:
+		}
+		kick := c.fenced
+		if time.Since(lastEarly) < minBeatGap {
+			kick = nil
+		}
 		select {
 		case <-ctx.Done():
 			// A clean stop says so, for status.
@@ -649,7 +670,8 @@ func (c *Controller) heartbeat(ctx context.Context) {
 			}
 			return
 		case <-time.After(wait):
-		case <-c.fenced:
+		case <-kick:
+			lastEarly = time.Now()
 		}
 	}
 }

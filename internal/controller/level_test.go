@@ -490,3 +490,88 @@ func TestOutdatedNodeKeepsLostLease(t *testing.T) {
 		})
 	}
 }
+
+// frozenLeaser is a leaser whose node lease renewals, while frozen is
+// set, only pretend to renew: the heartbeat believes it holds the lease
+// while it expires in the database, as it would for a node whose process
+// froze between two beats.
+type frozenLeaser struct {
+	shared
+	frozen  atomic.Bool
+	renewed chan struct{} // a pretended renewal, while frozen
+}
+
+func (f *frozenLeaser) Renew(ctx context.Context, l storage.Lease, ttl time.Duration) (storage.Lease, error) {
+	if f.frozen.Load() && strings.HasPrefix(l.Name, NodeLeasePrefix) {
+		select {
+		case f.renewed <- struct{}{}:
+		default:
+		}
+		return l, nil
+	}
+	return f.shared.Renew(ctx, l, ttl)
+}
+
+func (f *frozenLeaser) FenceWrites(name string, refused func()) {
+	f.shared.(storage.WriteFencer).FenceWrites(name, refused)
+}
+
+// TestFencedWriteWakesHeartbeat: a node whose lease expired between two
+// heartbeats (frozenLeaser) has its writes refused, and the first refusal
+// (its own node record's, or a request's) wakes the heartbeat, which
+// takes the lease again long before its next beat (--lease-ttl/5 = 1 s
+// here): writes go through within 300 ms of the thaw. Its own refused
+// writes do not wake it, or it would beat in a loop.
+func TestFencedWriteWakesHeartbeat(t *testing.T) {
+	const ttl = 5 * time.Second
+	st := open(t, 1)[0]
+	fl := &frozenLeaser{shared: st, renewed: make(chan struct{}, 1)}
+	c, err := New(Config{Leaser: fl, Store: st, NodeID: "n", Address: "127.0.0.1:1", TTL: ttl,
+		Log: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitLease(t, st, NodeLeasePrefix+"n", true, 2*time.Second)
+	put := func() error { return st.Put(t.Context(), "k", []byte("v")) }
+	if err := put(); err != nil {
+		t.Fatalf("a write while the lease is held: %v", err)
+	}
+	fl.frozen.Store(true)
+	waitLease(t, st, NodeLeasePrefix+"n", false, 2*ttl)
+	// Thaw just after a pretended beat (not one from before the expiry):
+	// the next is a second away.
+	select {
+	case <-fl.renewed:
+	default:
+	}
+	<-fl.renewed
+	fl.frozen.Store(false)
+	thawed := time.Now()
+	for {
+		err := put()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, storage.ErrFenced) {
+			t.Fatalf("a write after the lease expired: %v", err)
+		}
+		if time.Since(thawed) > 300*time.Millisecond {
+			t.Fatalf("writes still refused %s after the thaw (the next beat is %s away)", time.Since(thawed), ttl/5)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Refused: this test's write or the heartbeat's own node record, whose
+	// refusal woke it.
+	// While the lease was expired the heartbeat beat about once a second
+	// (pretended renewals), its node record refused each time: a refusal
+	// of its own must not wake it again at once (that looped, hundreds
+	// of refusals).
+	if n := st.FencedRefused(); n == 0 || n > 20 {
+		t.Errorf("%d writes refused after the lease expired; want a few", n)
+	}
+	t.Logf("writes go through %s after the thaw; %d refused", time.Since(thawed).Round(time.Millisecond), st.FencedRefused())
+}
