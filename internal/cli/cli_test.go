@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	jmespath "github.com/jmespath-community/go-jmespath"
-
 	"github.com/kmsd/kmsd/internal/cli/model"
 )
 
@@ -189,6 +187,11 @@ func TestQuery(t *testing.T) {
 	if _, err := compileQuery("foo("); err == nil || !strings.Contains(err.Error(), "Bad value for --query foo(: Invalid jmespath expression: Incomplete expression:\n\"foo(\"\n     ^") {
 		t.Errorf("bad query error: %v", err)
 	}
+	// U+0080 after an identifier panics go-jmespath's lexer: an error,
+	// pointing at it, not a crash.
+	if _, err := compileQuery("ab\u0080"); err == nil || !strings.Contains(err.Error(), "Bad value for --query ab\u0080: Invalid jmespath expression: Invalid token:\n\"ab\u0080\"\n   ^") {
+		t.Errorf("query with U+0080: %v", err)
+	}
 	// Not JSON even as a string: an error, pointing into the expression as
 	// written.
 	if _, err := compileQuery("Keys[?KeyId==`a\"b`]"); err == nil {
@@ -288,12 +291,12 @@ func TestHelp(t *testing.T) {
 // the rewrite must leave it unchanged (a scan that lost track of quotes
 // would not); and no input makes it panic.
 func FuzzLegacyLiterals(f *testing.F) {
-	for _, s := range []string{"Keys[?KeyId==`a`]", "`\"x\"`", "'`'", "\"`\"", "`a\\`b`", "[`1`, 'it''s', \"q\\\"`\"]", "foo(`"} {
+	for _, s := range []string{"Keys[?KeyId==`a`]", "`\"x\"`", "'`'", "\"`\"", "`a\\`b`", "[`1`, 'it''s', \"q\\\"`\"]", "foo(`", "a\u0080"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, expr string) {
 		out := legacyLiterals(expr)
-		if _, err := jmespath.Compile(expr); err == nil && out != expr {
+		if _, err := compileJMESPath(expr); err == nil && out != expr {
 			t.Fatalf("legacyLiterals(%q) = %q; it compiles as it is", expr, out)
 		}
 	})

@@ -26,10 +26,10 @@ type query struct {
 
 func compileQuery(expr string) (*query, error) {
 	src := legacyLiterals(expr)
-	jp, err := jmespath.Compile(src)
+	jp, err := compileJMESPath(src)
 	if err != nil && src != expr {
 		// Report the error against the expression as written.
-		_, err = jmespath.Compile(expr)
+		_, err = compileJMESPath(expr)
 	}
 	if err != nil {
 		// Python jmespath's wording: the kind of error, the expression,
@@ -45,10 +45,31 @@ func compileQuery(expr string) (*query, error) {
 		return nil, &paramError{fmt.Sprintf("Bad value for --query %s: Invalid jmespath expression: %s:\n\"%s\"\n%s^", expr, kind, expr, strings.Repeat(" ", off+1))}
 	}
 	q := &query{expr: expr, jp: jp}
+	// Compiled above, so the lexer does not panic on src.
 	if ast, err := parsing.NewParser().Parse(src); err == nil {
 		q.collect(ast)
 	}
 	return q, nil
+}
+
+// compileJMESPath is jmespath.Compile with a panic of the library turned
+// into a syntax error. go-jmespath v1.1.1 (the latest) reads the rune
+// after an unquoted identifier's first character from a 128-bit table
+// with the test r > 128 where it means r >= 128, so an identifier followed
+// by U+0080 ("a\u0080") indexes past the table and panics: kmsctl --query
+// crashed with a stack trace where the aws CLI says the expression is
+// invalid (found by FuzzLegacyLiterals). The error points at that rune.
+func compileJMESPath(expr string) (jp jmespath.JMESPath, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			off := strings.IndexRune(expr, '\u0080')
+			if off < 0 {
+				off = len(expr)
+			}
+			jp, err = nil, parsing.SyntaxError{Expression: expr, Offset: off}
+		}
+	}()
+	return jmespath.Compile(expr)
 }
 
 // legacyLiterals rewrites the backtick literals of expr that are not JSON
