@@ -78,6 +78,11 @@ func start(t *testing.T, st *sqlite.Store, id string, ttl time.Duration, r *reco
 		t.Fatal(err)
 	}
 	c.Add("record", r.duty(id))
+	return runNode(t, c)
+}
+
+// runNode runs c until it is stopped or the test ends.
+func runNode(t *testing.T, c *Controller) *node {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{c: c, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -269,12 +274,7 @@ func TestLiveNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); c.Run(ctx) }()
-		stop := func() { cancel(); <-done }
-		t.Cleanup(stop)
-		stops = append(stops, stop)
+		stops = append(stops, runNode(t, c).stop)
 	}
 	wait := func(want map[string]int) {
 		t.Helper()
@@ -343,12 +343,7 @@ func TestPeersSeeDemand(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); c.Run(ctx) }()
-		stop := func() { cancel(); <-done }
-		t.Cleanup(stop)
-		stops = append(stops, stop)
+		stops = append(stops, runNode(t, c).stop)
 	}
 	wait := func(want map[string]string) {
 		t.Helper()
@@ -446,10 +441,7 @@ func TestRestartedNodeToldAtOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); c.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		runNode(t, c)
 	}
 	run(sts[1], "b")
 	run(sts[2], "a") // the restarted process

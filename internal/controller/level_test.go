@@ -73,13 +73,7 @@ func startLevel(t *testing.T, st shared, id string, level int, ttl time.Duration
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	g.node = &node{c: c, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(g.done)
-		c.Run(ctx)
-	}()
-	t.Cleanup(g.stop)
+	g.node = runNode(t, c)
 	return g
 }
 
@@ -531,10 +525,7 @@ func TestFencedWriteWakesHeartbeat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runNode(t, c)
 	waitLease(t, st, NodeLeasePrefix+"n", true, 2*time.Second)
 	put := func() error { return st.Put(t.Context(), "k", []byte("v")) }
 	if err := put(); err != nil {
