@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,7 +39,7 @@ RETURNING epoch, expires_at`, name, holder, ttl.Milliseconds()).Scan(&epoch, &ex
 	case err != nil:
 		return storage.Lease{}, false, fmt.Errorf("postgres: acquire lease: %w", err)
 	}
-	s.fence.held(name, expires)
+	s.fence.Held(name, expires)
 	return storage.Lease{Name: name, Holder: holder, Epoch: epoch, Deadline: sent.Add(ttl)}, true, nil
 }
 
@@ -63,7 +62,7 @@ WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp(
 	if err != nil {
 		return storage.Lease{}, fmt.Errorf("postgres: renew lease: %w", err)
 	}
-	s.fence.held(l.Name, expires)
+	s.fence.Held(l.Name, expires)
 	l.Deadline = sent.Add(ttl)
 	return l, nil
 }
@@ -174,28 +173,6 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	return t, nil
 }
 
-// writeFence is the state of a handle's FenceWrites: the lease named and
-// the expiry (database time) of its last holding seen.
-type writeFence struct {
-	name    atomic.Pointer[string]
-	until   atomic.Pointer[time.Time] // nil: the lease not held yet, writes unfenced
-	refused func()                    // FenceWrites' callback, set before name
-}
-
-// held records that the handle acquired or renewed lease name until
-// expires: the fence moves forward only.
-func (f *writeFence) held(name string, expires time.Time) {
-	if n := f.name.Load(); n == nil || *n != name {
-		return
-	}
-	for {
-		cur := f.until.Load()
-		if cur != nil && !expires.After(*cur) || f.until.CompareAndSwap(cur, &expires) {
-			return
-		}
-	}
-}
-
 // FenceWrites implements storage.WriteFencer; call it once, before the
 // lease is first taken. A writing transaction's commit marker (once) also
 // carries the lease's last known expiry (kmsd_commits.fence, as
@@ -205,10 +182,7 @@ func (f *writeFence) held(name string, expires time.Time) {
 // errFenceCode past it; the transaction is then rolled back. No pause of
 // this process between its last statement and COMMIT can slip a write
 // past the expiry.
-func (s *Store) FenceWrites(name string, refused func()) {
-	s.fence.refused = refused
-	s.fence.name.Store(&name)
-}
+func (s *Store) FenceWrites(name string, refused func()) { s.fence.Set(name, refused) }
 
 // errFenceCode is the SQLSTATE kmsd_commit_fence raises.
 const errFenceCode = "KMF01"

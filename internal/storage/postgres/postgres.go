@@ -197,7 +197,7 @@ type Store struct {
 
 	// fencedRefused counts fenced writes refused (FencedRefused).
 	fencedRefused atomic.Int64
-	fence         writeFence // FenceWrites (lease.go)
+	fence         storage.Fence // FenceWrites (lease.go)
 
 	// notices is nil unless Options.Notify (notify.go).
 	notices *notices
@@ -450,10 +450,10 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 	if t.xid != "" {
 		token = uuid.NewString()
 		var err error
-		if fence := s.fence.until.Load(); fence == nil {
+		if fence, ok := s.fence.Until(); !ok {
 			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, token)
 		} else {
-			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token, fence) VALUES ($1, $2)`, token, *fence)
+			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token, fence) VALUES ($1, $2)`, token, fence)
 		}
 		if err != nil {
 			return t.note(fmt.Errorf("postgres: commit marker: %w", err))
@@ -481,9 +481,7 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == errFenceCode {
 		s.fencedRefused.Add(1)
-		if s.fence.refused != nil {
-			s.fence.refused()
-		}
+		s.fence.Refused()
 		return fmt.Errorf("%w: %s", storage.ErrFenced, pe.Message)
 	}
 	if errors.As(err, &pe) && severity(pe) == "ERROR" {

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/storage"
@@ -57,7 +56,7 @@ RETURNING expires_at`,
 		return storage.Lease{}, false, err
 	}
 	if ok {
-		s.fence.held(name, expires)
+		s.fence.Held(name, time.UnixMilli(expires))
 	}
 	return l, ok, nil
 }
@@ -92,7 +91,7 @@ WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > `+sqlNow+` RETURNIN
 	if lost {
 		return storage.Lease{}, storage.ErrLeaseLost
 	}
-	s.fence.held(l.Name, expires)
+	s.fence.Held(l.Name, time.UnixMilli(expires))
 	l.Deadline = sent.Add(ttl)
 	return l, nil
 }
@@ -199,48 +198,20 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	return time.UnixMilli(ms), nil
 }
 
-// writeFence is the state of a handle's FenceWrites: the lease named and
-// the expiry (Unix ms, database time) of its last holding seen.
-type writeFence struct {
-	name    atomic.Pointer[string]
-	until   atomic.Int64 // 0: the lease not held yet, writes unfenced
-	refused func()       // FenceWrites' callback, set before name
-}
-
-// held records that the handle acquired or renewed lease name until
-// expires (Unix ms): the fence moves forward only.
-func (f *writeFence) held(name string, expires int64) {
-	if n := f.name.Load(); n == nil || *n != name {
-		return
-	}
-	for {
-		cur := f.until.Load()
-		if expires <= cur || f.until.CompareAndSwap(cur, expires) {
-			return
-		}
-	}
-}
-
 // FenceWrites implements storage.WriteFencer; call it once, before the
 // lease is first taken. SQLite's clock is the machine's, so the check
 // (checkFence, just before each COMMIT and before a one-statement write)
 // reads time.Now: a pause between the check and the COMMIT's step is not
 // covered.
-func (s *Store) FenceWrites(name string, refused func()) {
-	s.fence.refused = refused
-	s.fence.name.Store(&name)
-}
+func (s *Store) FenceWrites(name string, refused func()) { s.fence.Set(name, refused) }
 
 // checkFence fails wrapping storage.ErrFenced once the FenceWrites lease
 // expired (at or after its last known expiry).
 func (s *Store) checkFence() error {
-	until := s.fence.until.Load()
-	if until != 0 && time.Now().UnixMilli() >= until {
+	if until, ok := s.fence.Until(); ok && !time.Now().Before(until) {
 		s.fencedRefused.Add(1)
-		if s.fence.refused != nil {
-			s.fence.refused()
-		}
-		return fmt.Errorf("%w: %s expired at %s", storage.ErrFenced, *s.fence.name.Load(), time.UnixMilli(until).UTC().Format(time.RFC3339Nano))
+		s.fence.Refused()
+		return fmt.Errorf("%w: %s expired at %s", storage.ErrFenced, s.fence.Name(), until.UTC().Format(time.RFC3339Nano))
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ type Store struct {
 	closed atomic.Bool
 	// fencedRefused counts fenced writes refused (FencedRefused).
 	fencedRefused atomic.Int64
-	fence         writeFence // FenceWrites (lease.go)
+	fence         storage.Fence // FenceWrites (lease.go)
 }
 
 var (
