@@ -327,21 +327,29 @@ func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
 		many := o.stmt(ctx, o.st.getN)
 		args := make([]any, batchRows)
 		found := make(map[string][]byte, batchRows)
+		given := make(map[string]bool, batchRows)
 		for at := 0; len(rest) >= batchRows; at, rest = at+batchRows, rest[batchRows:] {
 			for j, k := range rest[:batchRows] {
 				args[j] = k
 			}
 			clear(found)
+			clear(given)
 			if err := queryValues(ctx, many, args, found); err != nil {
 				return nil, fmt.Errorf("sqlite: get batch: %w", err)
 			}
 			for j, k := range rest[:batchRows] {
-				if v, ok := found[k]; ok {
-					// Each index owns its value: a key asked for
-					// twice gets a copy the second time.
-					values[at+j] = v
-					found[k] = bytes.Clone(v)
+				v, ok := found[k]
+				if !ok {
+					continue
 				}
+				// Each index owns its value: a key asked for twice
+				// gets a copy the second time (made before the
+				// caller can change the first).
+				if given[k] {
+					v = bytes.Clone(v)
+				}
+				given[k] = true
+				values[at+j] = v
 			}
 		}
 	}
