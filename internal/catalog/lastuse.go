@@ -17,22 +17,23 @@ import (
 )
 
 // LastUse is the last recorded successful use of one key, the answer of
-// GetKeyLastUsage. It is kept under its own prefix
-// ("unfed/lastuse/<account>/<region>/<key id>"), not in the key record: it
-// changes far more often than the key, and is written in batches by a
-// tracker that may lag the key's own writes. Related multi-Region keys
-// share a key id but not a Region, so each has its own record.
+// GetKeyLastUsage. It is kept under its own prefix, not in the key
+// record: it changes far more often than the key, and is written in
+// batches by a tracker that may lag the key's own writes. Related
+// multi-Region keys share a key id but not a Region, so each has its own.
+//
+// Uses are journaled (JournalLastUses) and merged now and then
+// (MergeLastUses) into bucket records of many keys each
+// ("unfed/lastuseb/<account>/<region>/<first 3 hex digits of the key id>",
+// lastusebucket.go), both in a compact binary layout.
 //
 // The prefix is storage.UnfedPrefix: nothing caches these records (the
 // tracker reads them from the store), so their writes are left out of the
-// change feed, which halves what a key's first recorded use writes. Older
-// kmsd versions kept them at "lastuse/<account>/<region>/<key id>", in the
-// feed; those are still read (the newer of the two records wins) and
-// deleted with the key, but no longer written.
-//
-// A key's own record leaves out the account, Region and key id, which its
-// path names (about 40 % more records then fit in a page); journal rows,
-// which hold many keys' uses, keep them.
+// change feed. Older kmsd versions kept a record per key, JSON-encoded, at
+// "unfed/lastuse/<account>/<region>/<key id>" (data format level 2) or,
+// before that, at "lastuse/…" in the feed, and journal rows in JSON; all
+// are still read (the newest use wins) and deleted with the key, but no
+// longer written.
 type LastUse struct {
 	Account   string    `json:"account,omitempty"`
 	Region    string    `json:"region,omitempty"`
@@ -43,6 +44,7 @@ type LastUse struct {
 	RequestID string    `json:"requestId"` // the call's x-amzn-RequestId
 }
 
+// lastUsePath is where kmsd of data format level 2 kept a key's record.
 func lastUsePath(account, region, id string) string {
 	return storage.UnfedPrefix + "lastuse/" + account + "/" + region + "/" + id
 }
@@ -57,18 +59,37 @@ func legacyLastUsePath(account, region, id string) string {
 const trackingStartPath = "lastuse-start"
 
 // LastUse returns the stored last use of key id of account and region, or
-// ErrNotFound if none is stored: the latest of its record's, an older
-// kmsd's record's and the journal's. Last-use records bypass the
+// ErrNotFound if none is stored: the latest of the journal's, its
+// bucket's and older kmsd's per-key records'. Last-use records bypass the
 // catalog's cache: their writer (the tracker in package lastuse) keeps
 // its own.
 //
-// The journal is read before the records: a merge between the two reads
-// moves a use from the journal into a record, so it is seen in one or the
-// other; read the other way round it could be seen in neither.
+// The journal is read before the bucket: a merge between the two reads
+// moves a use from the journal into the bucket, so it is seen in one or
+// the other; read the other way round it could be seen in neither.
 func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*LastUse, error) {
 	newest, err := journaled(ctx, c.store, account, region, id)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: get last use: %w", err)
+	}
+	newer := func(u *LastUse) {
+		if newest == nil || u.Time.After(newest.Time) {
+			newest = u
+		}
+	}
+	b, err := c.store.Get(ctx, lastUseBucketPath(account, region, id))
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("catalog: get last use: %w", err)
+	default:
+		e, ok, err := findInBucket(b, id)
+		if err != nil {
+			return nil, fmt.Errorf("catalog: last use of %s: bucket %s: %w", id, bucketOf(id), err)
+		}
+		if ok {
+			newer(e.use(account, region))
+		}
 	}
 	for _, p := range []string{lastUsePath(account, region, id), legacyLastUsePath(account, region, id)} {
 		b, err := c.store.Get(ctx, p)
@@ -83,9 +104,7 @@ func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*Las
 			return nil, fmt.Errorf("catalog: decode last use of %s: %w", id, err)
 		}
 		u.Account, u.Region, u.KeyID = account, region, id // what the path names
-		if newest == nil || u.Time.After(newest.Time) {
-			newest = u
-		}
+		newer(u)
 	}
 	if newest == nil {
 		return nil, ErrNotFound
@@ -93,121 +112,126 @@ func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*Las
 	return newest, nil
 }
 
-// PutLastUses stores uses in the keys' own records, in one transaction.
-// A stored use at least as recent as the given one is kept, so that two
+// PutLastUses stores uses in their keys' buckets, in one transaction. A
+// stored use at least as recent as the given one is kept, so that two
 // nodes sharing a store, or a flush racing a slower one, never move a
 // key's last use back in time. The tracker does not call it on each
 // flush: it journals uses (JournalLastUses) and merges the journal into
-// the records now and then (MergeLastUses), which calls the same code.
+// the buckets now and then (MergeLastUses), which calls the same code.
 func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
-	err := c.store.Update(ctx, func(tx storage.Tx) error { return putLastUses(ctx, tx, uses) })
+	var buf []byte
+	for i := range uses {
+		buf = appendJournalUse(buf, &uses[i])
+	}
+	jus, err := decodeJournalUses(append([]byte{bucketFormat}, buf...))
+	if err != nil {
+		return fmt.Errorf("catalog: put last uses: %w", err)
+	}
+	err = c.store.Update(ctx, func(tx storage.Tx) error {
+		_, err := putLastUses(ctx, tx, jus)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("catalog: put last uses: %w", err)
 	}
 	return nil
 }
 
-// putLastUses writes uses into their keys' records within tx, at a fixed
-// number of storage steps whatever their number: the keys' records are
-// read in one storage.GetBatch and compared here; the keys without one
-// get it in one storage.CreateBatch (a key's first use), and the newer
-// uses of the others are written in one storage.PutBatch — on PostgreSQL
-// one statement each per chunk, rather than a round trip per use. The
-// read comes first so that a key that has a record (a merge's usual case
-// on a store in use) costs a read and a write, not also a create that
-// finds it. The transaction is serializable, so a concurrent writer of a
-// key read here makes one of the two run again and compare against the
-// other's record.
-func putLastUses(ctx context.Context, tx storage.Tx, uses []LastUse) error {
-	entries := make([]storage.Entry, len(uses))
-	keys := make([]string, len(uses))
-	for i := range uses {
-		u := uses[i]
-		path := lastUsePath(u.Account, u.Region, u.KeyID)
-		u.Account, u.Region, u.KeyID = "", "", "" // the path names them
-		b, err := json.Marshal(&u)
-		if err != nil {
-			return err
-		}
-		entries[i] = storage.Entry{Key: path, Value: b}
-		keys[i] = path
+// putLastUses writes uses into their keys' bucket records within tx, at
+// a fixed number of storage steps whatever their number: the buckets are
+// read in one storage.GetBatch, each key's latest use merged in here
+// (mergeBucket), and the buckets written in one storage.CreateBatch
+// (buckets new to the store) and one storage.PutBatch — on PostgreSQL
+// one statement each per chunk. A bucket none of whose keys gets a newer
+// use is not written. The transaction is serializable, so a concurrent
+// writer of a bucket read here makes one of the two run again and merge
+// into the other's record.
+func putLastUses(ctx context.Context, tx storage.Tx, uses []journalUse) (int, error) {
+	type bucketKey struct {
+		account, region string
+		bucket          [4]byte
 	}
-	stored, err := storage.GetBatch(ctx, tx, keys)
+	type bucket struct {
+		path    string
+		entries []entry
+	}
+	var buckets []bucket
+	at := map[bucketKey]int{}
+	for _, u := range uses {
+		k := bucketKey{account: u.account, region: u.region, bucket: bucketOfField(u.id)}
+		i, ok := at[k]
+		if !ok {
+			i = len(buckets)
+			at[k] = i
+			buckets = append(buckets, bucket{path: lastUseBucketPath(u.account, u.region, fieldString(u.id))})
+		}
+		buckets[i].entries = append(buckets[i].entries, u.entry)
+	}
+	slices.SortFunc(buckets, func(a, b bucket) int { return strings.Compare(a.path, b.path) })
+	paths := make([]string, len(buckets))
+	keys := 0
+	for i := range buckets {
+		paths[i] = buckets[i].path
+		buckets[i].entries = sortEntries(buckets[i].entries)
+		keys += len(buckets[i].entries)
+	}
+	stored, err := storage.GetBatch(ctx, tx, paths)
 	if err != nil {
-		return err
-	}
-	// newest is the time each key's record holds once the writes before
-	// are done, so that a key used twice in one batch keeps the later use
-	// whatever the order; a key absent from it has no record, or one that
-	// does not decode, which is replaced.
-	newest := make(map[string]time.Time, len(uses))
-	had := make(map[string]bool, len(uses)) // keys with a record before this batch
-	for i, k := range keys {
-		if had[k] || stored[i] == nil {
-			continue
-		}
-		had[k] = true
-		var cur LastUse
-		if jsonv2.Unmarshal(stored[i], &cur) == nil {
-			newest[k] = cur.Time
-		}
+		return 0, err
 	}
 	var creates, puts []storage.Entry
-	last := make(map[string]int, len(uses)) // index in creates of a key created here
-	for i, e := range entries {
-		k := e.Key
-		if cur, ok := newest[k]; ok && !cur.Before(uses[i].Time) {
+	for i, b := range buckets {
+		merged, changed := mergeBucket(stored[i], b.entries)
+		if !changed {
 			continue
 		}
-		newest[k] = uses[i].Time
-		switch j, ok := last[k]; {
-		case ok:
-			creates[j] = e // a later use of a key this batch creates
-		case had[k]:
-			puts = append(puts, e)
-		default:
-			last[k] = len(creates)
+		e := storage.Entry{Key: b.path, Value: merged}
+		if stored[i] == nil {
 			creates = append(creates, e)
+		} else {
+			puts = append(puts, e)
 		}
 	}
 	exists, err := storage.CreateBatch(ctx, tx, creates)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := storage.PutBatch(ctx, tx, puts); err != nil {
-		return err
+		return 0, err
 	}
 	for j, e := range exists {
 		if e {
 			// Within one serializable transaction the read saw every
 			// record the create can find.
-			return fmt.Errorf("catalog: last-use record %s found by the create but not by the read", creates[j].Key)
+			return 0, fmt.Errorf("catalog: last-use bucket %s found by the create but not by the read", creates[j].Key)
 		}
 	}
-	return nil
+	return keys, nil
 }
 
 // The last-use journal.
 //
-// A key's record sits at a place of its own in the store's key order, so
-// on a store of a million keys, where most uses in a second are of keys
-// not used for a while, writing each use into its record dirties a page
-// (a B-tree leaf) per use — and a database writes a dirtied page whole,
-// to its WAL and again at the checkpoint. That was the largest part of a
-// first Encrypt's cost on a large store.
+// A flush writing each use into its key's place in the store would, on a
+// store of a million keys where most uses in a second are of keys not
+// used for a while, dirty a database page per use — and a database
+// writes a dirtied page whole, to its WAL and again at the checkpoint.
 //
 // So a flush appends its uses to a journal instead: one row per partition
-// (journalParts of them, by the first digits of the key id) under journalPrefix, named
-// by time, holding that partition's uses of the flush. A flush then
-// writes at most journalParts rows whatever its size. Every so often the
-// journal is merged into the records (MergeLastUses): in key order, a
-// transaction at a time, rows are read, each key's latest use kept,
-// written in key order through putLastUses, and the rows deleted. A key used many
-// times between merges is written once, and the keys written by a merge
-// share pages. Nothing is lost or moved back: journal rows are durable
-// like the records, a merge is atomic, and putLastUses keeps the later
-// use. Reads (LastUse) consult the key's partition of the journal as well
-// as its record.
+// (journalParts of them, by the first digits of the key id) under
+// journalPrefix, named by time, holding that partition's uses of the
+// flush. A flush then writes at most journalParts rows whatever its size.
+// Every so often the journal is merged into the buckets (MergeLastUses):
+// in key order, a transaction at a time, rows are read, each key's latest
+// use kept, written through putLastUses, and the rows deleted. A key used
+// many times between merges is written once. Nothing is lost or moved
+// back: journal rows are durable like the buckets, a merge is atomic, and
+// putLastUses keeps the later use. Reads (LastUse) consult the key's
+// partition of the journal as well as its bucket.
+//
+// A row is bucketFormat followed by its uses, each the fields account and
+// Region and an entry (lastusebucket.go). Rows written by kmsd of data
+// format level 2 are a JSON array of LastUse; they are read and merged
+// alike.
 const (
 	journalPrefix = storage.UnfedPrefix + "lastusej/"
 	journalParts  = 256
@@ -219,13 +243,12 @@ const (
 
 // journalPart is the partition of a key's uses: the first two hex digits
 // of its id (after "mrk-" for a multi-Region key). Partitions are ranges
-// of the records' own order (a key id follows the account and Region in
-// lastUsePath), so a merge, going through the journal in key order,
-// writes the records in their own order: each page of records once per
-// merge, not once per partition as with a hash. Key ids are random hex (UUIDs, and a
-// multi-Region key's 32 digits), so the partitions are even. An id that
-// does not start with two lower-case hex digits (none that kmsd makes)
-// falls in partition "00".
+// of the buckets' own order (a bucket is the key id's first three
+// digits), so a merge, going through the journal in key order, writes the
+// buckets in their own order, each once per merge. Key ids are random
+// hex (UUIDs, and a multi-Region key's 32 digits), so the partitions are
+// even. An id that does not start with two lower-case hex digits (none
+// that kmsd makes) falls in partition "00".
 func journalPart(id string) string {
 	id = strings.TrimPrefix(id, "mrk-")
 	if len(id) >= 2 && isHex(id[0]) && isHex(id[1]) {
@@ -238,18 +261,89 @@ func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
 
 func journalPartPrefix(part string) string { return journalPrefix + part + "/" }
 
+// journalUse is one use in a journal row: its key's account and Region,
+// and its entry.
+type journalUse struct {
+	account, region string
+	entry
+}
+
+// appendJournalUse appends u as a journal row's use.
+func appendJournalUse(b []byte, u *LastUse) []byte {
+	b = appendField(b, u.Account)
+	b = appendField(b, u.Region)
+	return appendEntry(b, u)
+}
+
+// decodeJournalUses returns the uses of journal row v, binary or (data
+// format level 2) JSON.
+func decodeJournalUses(v []byte) ([]journalUse, error) {
+	return appendJournalUses(nil, v)
+}
+
+// appendJournalUses appends the uses of journal row v to us; if v does
+// not decode, it returns us unchanged and the error.
+func appendJournalUses(us []journalUse, v []byte) ([]journalUse, error) {
+	if len(v) > 0 && v[0] == '[' {
+		var ls []LastUse
+		if err := jsonv2.Unmarshal(v, &ls); err != nil {
+			return us, err
+		}
+		buf := []byte{bucketFormat}
+		for i := range ls {
+			buf = appendJournalUse(buf, &ls[i])
+		}
+		v = buf
+	}
+	if len(v) == 0 || v[0] != bucketFormat {
+		return us, errBadLastUse
+	}
+	n := len(us)
+	us = slices.Grow(us, len(v)/64)
+	// The account and Region of a row's uses are nearly always one
+	// account's and one Region's: their strings are made once.
+	var acct, region string
+	var acctF, regionF []byte
+	for b := v[1:]; len(b) > 0; {
+		var a, r []byte
+		var err error
+		if a, b, err = cutField(b); err != nil {
+			return us[:n], err
+		}
+		if r, b, err = cutField(b); err != nil {
+			return us[:n], err
+		}
+		var e entry
+		if e, b, err = cutEntry(b); err != nil {
+			return us[:n], err
+		}
+		if acctF == nil || !bytes.Equal(a, acctF) {
+			acct, acctF = fieldString(a), a
+		}
+		if regionF == nil || !bytes.Equal(r, regionF) {
+			region, regionF = fieldString(r), r
+		}
+		us = append(us, journalUse{account: acct, region: region, entry: e})
+	}
+	return us, nil
+}
+
 // JournalLastUses records uses durably in the journal, in one
 // transaction, writing one row per partition they fall in. Their keys'
-// records are brought up to date by a later MergeLastUses; LastUse
+// buckets are brought up to date by a later MergeLastUses; LastUse
 // answers from both meanwhile.
 func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	if len(uses) == 0 {
 		return nil
 	}
-	byPart := map[string][]LastUse{}
-	for _, u := range uses {
-		p := journalPart(u.KeyID)
-		byPart[p] = append(byPart[p], u)
+	byPart := map[string][]byte{}
+	for i := range uses {
+		p := journalPart(uses[i].KeyID)
+		row := byPart[p]
+		if row == nil {
+			row = []byte{bucketFormat}
+		}
+		byPart[p] = appendJournalUse(row, &uses[i])
 	}
 	// Named by the time of the flush and a random suffix: rows of one
 	// partition sort by time, and two nodes' rows never collide.
@@ -259,12 +353,8 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	}
 	name := fmt.Sprintf("%016x-%x", time.Now().UnixNano(), r)
 	entries := make([]storage.Entry, 0, len(byPart))
-	for p, us := range byPart {
-		b, err := json.Marshal(us)
-		if err != nil {
-			return fmt.Errorf("catalog: journal last uses: %w", err)
-		}
-		entries = append(entries, storage.Entry{Key: journalPartPrefix(p) + name, Value: b})
+	for p, row := range byPart {
+		entries = append(entries, storage.Entry{Key: journalPartPrefix(p) + name, Value: row})
 	}
 	slices.SortFunc(entries, func(a, b storage.Entry) int { return strings.Compare(a.Key, b.Key) })
 	err := c.store.Update(ctx, func(tx storage.Tx) error {
@@ -283,11 +373,11 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	return nil
 }
 
-// MergeLastUses merges the journal into the keys' records and returns
-// how many uses it merged. It goes once through the journal in key order
-// — partition by partition, so that the records it writes follow the
-// records' order — mergeRows rows a transaction; rows journaled behind it
-// meanwhile wait for the next merge, so a merge ends however busy the
+// MergeLastUses merges the journal into the keys' buckets and returns how
+// many keys' uses it merged. It goes once through the journal in key
+// order — partition by partition, so that the buckets it writes follow
+// their own order — mergeRows rows a transaction; rows journaled behind
+// it meanwhile wait for the next merge, so a merge ends however busy the
 // store. Several nodes may merge at once: a row merged by one is gone for
 // the other, whose transaction runs again.
 func (c *Catalog) MergeLastUses(ctx context.Context) (int, error) {
@@ -309,25 +399,21 @@ func (c *Catalog) MergeLastUses(ctx context.Context) (int, error) {
 			if err != nil {
 				return err
 			}
-			var uses []LastUse
+			var uses []journalUse
 			keys := make([]string, len(rows))
 			for i, r := range rows {
 				keys[i] = r.Key
 				// A row that does not decode is dropped: it holds
 				// nothing anything else depends on.
-				var us []LastUse
-				if jsonv2.Unmarshal(r.Value, &us) == nil {
-					uses = append(uses, us...)
-				}
+				uses, _ = appendJournalUses(uses, r.Value)
 			}
-			uses = latestUses(uses)
-			if err := putLastUses(ctx, tx, uses); err != nil {
+			if n, err = putLastUses(ctx, tx, uses); err != nil {
 				return err
 			}
 			if err := storage.DeleteBatch(ctx, tx, keys); err != nil {
 				return err
 			}
-			n, took = len(uses), len(rows)
+			took = len(rows)
 			if took > 0 {
 				last = rows[took-1].Key
 			}
@@ -344,42 +430,16 @@ func (c *Catalog) MergeLastUses(ctx context.Context) (int, error) {
 	}
 }
 
-// latestUses keeps each key's latest use of uses, in key order, so that a
-// merge writes a key once and the keys it writes in the store's order.
-func latestUses(uses []LastUse) []LastUse {
-	type keyed struct {
-		path string
-		u    *LastUse
-	}
-	ks := make([]keyed, len(uses))
-	for i := range uses {
-		u := &uses[i]
-		ks[i] = keyed{lastUsePath(u.Account, u.Region, u.KeyID), u}
-	}
-	slices.SortFunc(ks, func(a, b keyed) int {
-		if c := strings.Compare(a.path, b.path); c != 0 {
-			return c
-		}
-		return b.u.Time.Compare(a.u.Time) // latest first
-	})
-	out := make([]LastUse, 0, len(ks))
-	for i, k := range ks {
-		if i == 0 || k.path != ks[i-1].path {
-			out = append(out, *k.u)
-		}
-	}
-	return out
-}
-
 // journaled returns the latest use of key id of account and region in
 // the journal (nil if none), reading its partition within r.
 func journaled(ctx context.Context, r storage.Reader, account, region, id string) (*LastUse, error) {
 	var latest *LastUse
-	err := scanJournal(ctx, r, account, region, id, func(_ storage.Entry, us []LastUse) error {
+	err := scanJournal(ctx, r, id, func(_ storage.Entry, us []journalUse) error {
+		want := appendField(nil, id)
 		for i := range us {
-			if u := &us[i]; u.Account == account && u.Region == region && u.KeyID == id &&
-				(latest == nil || u.Time.After(latest.Time)) {
-				latest = u
+			if u := &us[i]; u.account == account && u.region == region && bytes.Equal(u.id, want) &&
+				(latest == nil || u.at > latest.Time.UnixNano()) {
+				latest = u.use(account, region)
 			}
 		}
 		return nil
@@ -389,9 +449,10 @@ func journaled(ctx context.Context, r storage.Reader, account, region, id string
 
 // scanJournal calls fn with each journal row of the partition of key id
 // that may hold a use of it, decoded.
-func scanJournal(ctx context.Context, r storage.Reader, account, region, id string, fn func(storage.Entry, []LastUse) error) error {
+func scanJournal(ctx context.Context, r storage.Reader, id string, fn func(storage.Entry, []journalUse) error) error {
 	pre := journalPartPrefix(journalPart(id))
-	needle, err := json.Marshal(id) // as the rows spell it, quotes included
+	field := appendField(nil, id)   // as binary rows hold it
+	quoted, err := json.Marshal(id) // as JSON rows spell it, quotes included
 	if err != nil {
 		return err
 	}
@@ -403,11 +464,15 @@ func scanJournal(ctx context.Context, r storage.Reader, account, region, id stri
 		}
 		for _, row := range rows {
 			// Most rows hold other keys only: skipped without decoding.
+			needle := field
+			if len(row.Value) > 0 && row.Value[0] == '[' {
+				needle = quoted
+			}
 			if !bytes.Contains(row.Value, needle) {
 				continue
 			}
-			var us []LastUse
-			if jsonv2.Unmarshal(row.Value, &us) != nil {
+			us, err := decodeJournalUses(row.Value)
+			if err != nil {
 				continue
 			}
 			if err := fn(row, us); err != nil {
@@ -421,10 +486,10 @@ func scanJournal(ctx context.Context, r storage.Reader, account, region, id stri
 	}
 }
 
-// DeleteLastUse removes the last use of key id of account and region (and
-// a record an older kmsd kept, and its uses in the journal, which a merge
-// would otherwise write back), as the key itself is deleted; deleting an
-// absent record is not an error.
+// DeleteLastUse removes the last use of key id of account and region (its
+// bucket entry, an older kmsd's records, and its uses in the journal,
+// which a merge would otherwise write back), as the key itself is
+// deleted; deleting an absent use is not an error.
 func (c *Catalog) DeleteLastUse(ctx context.Context, account, region, id string) error {
 	err := c.store.Update(ctx, func(tx storage.Tx) error {
 		if err := tx.Delete(ctx, lastUsePath(account, region, id)); err != nil {
@@ -433,27 +498,57 @@ func (c *Catalog) DeleteLastUse(ctx context.Context, account, region, id string)
 		if err := tx.Delete(ctx, legacyLastUsePath(account, region, id)); err != nil {
 			return err
 		}
-		return scanJournal(ctx, tx, account, region, id, func(row storage.Entry, us []LastUse) error {
-			rest := slices.DeleteFunc(us, func(u LastUse) bool {
-				return u.Account == account && u.Region == region && u.KeyID == id
-			})
+		if err := deleteFromBucket(ctx, tx, account, region, id); err != nil {
+			return err
+		}
+		want := appendField(nil, id)
+		return scanJournal(ctx, tx, id, func(row storage.Entry, us []journalUse) error {
+			out := []byte{bucketFormat}
+			kept := 0
+			for _, u := range us {
+				if u.account == account && u.region == region && bytes.Equal(u.id, want) {
+					continue
+				}
+				out = appendField(out, u.account)
+				out = appendField(out, u.region)
+				out = append(out, u.all...)
+				kept++
+			}
 			switch {
-			case len(rest) == len(us):
+			case kept == len(us):
 				return nil
-			case len(rest) == 0:
+			case kept == 0:
 				return tx.Delete(ctx, row.Key)
 			}
-			b, err := json.Marshal(rest)
-			if err != nil {
-				return err
-			}
-			return tx.Put(ctx, row.Key, b)
+			return tx.Put(ctx, row.Key, out)
 		})
 	})
 	if err != nil {
 		return fmt.Errorf("catalog: delete last use: %w", err)
 	}
 	return nil
+}
+
+// deleteFromBucket takes key id's entry out of its bucket record in tx,
+// deleting the record if it was the last; a bucket that does not decode
+// is deleted (the next merge into it would replace it anyway).
+func deleteFromBucket(ctx context.Context, tx storage.Tx, account, region, id string) error {
+	p := lastUseBucketPath(account, region, id)
+	b, err := tx.Get(ctx, p)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rest, found, err := withoutKey(b, id)
+	switch {
+	case err != nil, found && len(rest) == 1:
+		return tx.Delete(ctx, p)
+	case !found:
+		return nil
+	}
+	return tx.Put(ctx, p, rest)
 }
 
 // TrackingStart returns when kmsd began to track key usage: the time

@@ -75,8 +75,8 @@ func TestLastUseUnfedAndLegacy(t *testing.T) {
 	if err := c.PutLastUses(ctx, []LastUse{use("Encrypt", t0)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.store.Get(ctx, storage.UnfedPrefix+"lastuse/"+acct+"/"+region+"/"+id); err != nil {
-		t.Fatalf("the record is not under %q: %v", storage.UnfedPrefix, err)
+	if _, err := c.store.Get(ctx, storage.UnfedPrefix+"lastuseb/"+acct+"/"+region+"/"+id[:3]); err != nil {
+		t.Fatalf("the bucket is not under %q: %v", storage.UnfedPrefix, err)
 	}
 	if b, err = w.Changes(ctx, b.Next, 0); err != nil || len(b.Keys) != 0 {
 		t.Fatalf("a last-use write is in the change feed: %v, %v", b.Keys, err)

@@ -79,8 +79,8 @@ func TestLastUseJournal(t *testing.T) {
 			if len(rows) > journalParts+2 {
 				t.Errorf("two flushes wrote %d journal rows, want at most %d", len(rows), journalParts+2)
 			}
-			if _, err := c.store.Get(ctx, lastUsePath(acct, "us-east-1", "00-k-0000")); !errors.Is(err, storage.ErrNotFound) {
-				t.Errorf("a journaled use wrote its key's record: %v", err)
+			if u := bucketUse(t, c, acct, "us-east-1", "00-k-0000"); u != nil {
+				t.Errorf("a journaled use wrote its key's bucket: %+v", u)
 			}
 			check := func(when string) {
 				t.Helper()
@@ -108,10 +108,13 @@ func TestLastUseJournal(t *testing.T) {
 				t.Errorf("%d journal rows left after the merge", len(rows))
 			}
 			check("merged")
-			// A key's record leaves out what its path names.
-			if b, err := c.store.Get(ctx, lastUsePath(acct, "us-east-1", "02-k-0002")); err != nil ||
-				strings.Contains(string(b), `"account"`) || strings.Contains(string(b), `"region"`) || strings.Contains(string(b), `"keyId"`) || !strings.Contains(string(b), "Decrypt") {
-				t.Errorf("record of 02-k-0002: %s, %v; want its use without account, Region or key id", b, err)
+			// A bucket leaves out what its path names.
+			if b, err := c.store.Get(ctx, lastUseBucketPath(acct, "us-east-1", "02-k-0002")); err != nil ||
+				strings.Contains(string(b), acct) || strings.Contains(string(b), "us-east-1") || !strings.Contains(string(b), "Decrypt") {
+				t.Errorf("bucket of 02-k-0002: %q, %v; want its use without account or Region", b, err)
+			}
+			if u := bucketUse(t, c, acct, "us-east-1", "02-k-0002"); u == nil || *u != want["us-east-1/02-k-0002"] {
+				t.Errorf("bucket entry of 02-k-0002: %+v, want %+v", u, want["us-east-1/02-k-0002"])
 			}
 			if n, err := c.MergeLastUses(ctx); n != 0 || err != nil {
 				t.Errorf("a merge of an empty journal: %d, %v", n, err)
@@ -317,10 +320,10 @@ func BenchmarkJournalHotKeys(b *testing.B) {
 }
 
 // BenchmarkMergeLarge: the merge of 30 one-second flushes of uses of keys
-// picked at random among many that already have a record — what a large
-// store's merge does every 30 s (e2e/scale: a million keys, ~7,000
-// distinct keys a second) — and ("first") of as many first uses, of keys
-// without a record among them. Only the merges are timed; b.N merges, each
+// picked at random among many that already have a use stored — what a
+// large store's merge does (e2e/scale: a million keys, ~7,000 distinct
+// keys a second) — and ("first") of as many first uses, of keys without
+// one among them. Only the merges are timed; b.N merges, each
 // of KMSD_BENCH_MERGE_USES uses (default 30 × 2,000) over
 // KMSD_BENCH_MERGE_KEYS keys (default 300,000).
 func BenchmarkMergeLarge(b *testing.B) {

@@ -32,7 +32,13 @@ import (
 //	   nothing) and, updating it, write an empty policy member, which
 //	   level 2 reads as the default again. Records written inline by
 //	   older levels are read unchanged.
-const DataLevel = 2
+//	3  keys' last uses are journaled in binary rows and merged into
+//	   bucket records of many keys each (unfed/lastuseb/…; internal/catalog,
+//	   lastusebucket.go) instead of JSON rows and a record per key. An
+//	   older kmsd reads neither, so its GetKeyLastUsage would answer an
+//	   older use or none, and its merge would drop the binary rows.
+//	   Records and rows of level 2 are read, merged and deleted alike.
+const DataLevel = 3
 
 // version is set at build time with
 // -ldflags "-X github.com/kmsd/kmsd/internal/release.version=v1.2.3".

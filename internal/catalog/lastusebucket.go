@@ -1,0 +1,336 @@
+package catalog
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kmsd/kmsd/internal/storage"
+)
+
+// Last-use buckets.
+//
+// Merged uses are kept in bucket records, not one record per key: the
+// bucket of a key is the first three hex digits of its id (bucketOf), so
+// an account's keys of one Region fall in at most 4,096 buckets, and a
+// bucket record holds the latest use of each of its keys in a compact
+// binary layout (entries, below), in the order of their encoded key ids.
+// On a store of a million keys a bucket holds about 250 keys (~17 KB),
+// and a merge that brings 200,000 keys up to date rewrites the 4,096
+// buckets by copying bytes — no record per key read, decoded, encoded
+// and written, which cost a merge about 20 µs a key (BenchmarkMergeLarge)
+// and, on a million keys, where nearly every use is of a key not used
+// since the last merge, about that much per Encrypt.
+//
+// Per-key records (lastUsePath) written by kmsd before data format level
+// 3 are still read — the newest of bucket, record, older record and
+// journal wins — and deleted with their key, never written. A kmsd of a
+// lower level reads neither buckets nor binary journal rows, which is why
+// writing them raised the level (internal/release).
+const lastUseBucketPrefix = storage.UnfedPrefix + "lastuseb/"
+
+// bucketFormat is the first byte of a bucket record, and of a binary
+// journal row: its layout. (A JSON journal row starts with '['.)
+const bucketFormat = 1
+
+// bucketOf is the bucket of key id: its first three hex digits (after
+// "mrk-" for a multi-Region key); an id that does not start with three
+// lower-case hex digits (none that kmsd makes) goes in a bucket named by
+// its journal partition and "-".
+func bucketOf(id string) string {
+	id = strings.TrimPrefix(id, "mrk-")
+	if len(id) >= 3 && isHex(id[0]) && isHex(id[1]) && isHex(id[2]) {
+		return id[:3]
+	}
+	return journalPart(id) + "-"
+}
+
+// bucketOfField is bucketOf the key id field f holds, without making the
+// id's string for a UUID.
+func bucketOfField(f []byte) (b [4]byte) {
+	h, k := binary.Uvarint(f)
+	if h&1 == 1 {
+		const digits = "0123456789abcdef"
+		p := f[k:]
+		return [4]byte{digits[p[0]>>4], digits[p[0]&15], digits[p[1]>>4]}
+	}
+	copy(b[:], bucketOf(string(f[k:])))
+	return b
+}
+
+func lastUseBucketPath(account, region, id string) string {
+	return lastUseBucketPrefix + account + "/" + region + "/" + bucketOf(id)
+}
+
+// Fields and entries.
+//
+// A field is a string: uvarint(len<<1) and its bytes, or, for a UUID in
+// its canonical lower-case form (key ids, audit event ids, request ids),
+// uvarint(16<<1|1) and its 16 bytes. An entry is one key's use: the
+// fields key id and operation, the time as 8 bytes (Unix nanoseconds, big
+// endian), and the fields event id and request id. A bucket record is
+// bucketFormat and its entries back to back, ordered by the bytes of
+// their key id field, no id twice. Entries are compared and copied as
+// bytes; only a read that answers a use decodes one.
+
+var errBadLastUse = errors.New("catalog: last-use record does not decode")
+
+// appendField appends s as a field.
+func appendField(b []byte, s string) []byte {
+	if u, ok := parseUUID(s); ok {
+		b = binary.AppendUvarint(b, 16<<1|1)
+		return append(b, u[:]...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(s))<<1)
+	return append(b, s...)
+}
+
+// cutField splits the field at the start of b from the rest.
+func cutField(b []byte) (field, rest []byte, err error) {
+	h, k := binary.Uvarint(b)
+	if k <= 0 || h>>1 > uint64(len(b)-k) || h&1 == 1 && h>>1 != 16 {
+		return nil, nil, errBadLastUse
+	}
+	n := k + int(h>>1)
+	return b[:n:n], b[n:], nil
+}
+
+// fieldString is the string field f holds.
+func fieldString(f []byte) string {
+	h, k := binary.Uvarint(f)
+	if h&1 == 0 {
+		return string(f[k:])
+	}
+	var s [36]byte
+	p := f[k:]
+	hex.Encode(s[0:8], p[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], p[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], p[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], p[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], p[10:16])
+	return string(s[:])
+}
+
+// parseUUID returns the bytes of s if it is a UUID in canonical
+// lower-case form, which fieldString gives back exactly.
+func parseUUID(s string) (u [16]byte, ok bool) {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, false
+	}
+	j := 0
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i--
+			continue
+		}
+		hi, lo := s[i], s[i+1]
+		if !isHex(hi) || !isHex(lo) {
+			return u, false
+		}
+		u[j] = unhex(hi)<<4 | unhex(lo)
+		j++
+	}
+	return u, true
+}
+
+func unhex(c byte) byte {
+	if c <= '9' {
+		return c - '0'
+	}
+	return c - 'a' + 10
+}
+
+// appendEntry appends u (its key id, operation, time, event and request
+// ids) as an entry.
+func appendEntry(b []byte, u *LastUse) []byte {
+	b = appendField(b, u.KeyID)
+	b = appendField(b, u.Operation)
+	b = binary.BigEndian.AppendUint64(b, uint64(u.Time.UnixNano()))
+	b = appendField(b, u.EventID)
+	return appendField(b, u.RequestID)
+}
+
+// entry is one entry's parts, views of its bytes.
+type entry struct {
+	all, id, op, eventID, requestID []byte
+	at                              int64
+}
+
+// cutEntry splits the entry at the start of b from the rest.
+func cutEntry(b []byte) (e entry, rest []byte, err error) {
+	start := b
+	if e.id, b, err = cutField(b); err != nil {
+		return e, nil, err
+	}
+	if e.op, b, err = cutField(b); err != nil {
+		return e, nil, err
+	}
+	if len(b) < 8 {
+		return e, nil, errBadLastUse
+	}
+	e.at, b = int64(binary.BigEndian.Uint64(b)), b[8:]
+	if e.eventID, b, err = cutField(b); err != nil {
+		return e, nil, err
+	}
+	if e.requestID, b, err = cutField(b); err != nil {
+		return e, nil, err
+	}
+	n := len(start) - len(b)
+	e.all = start[:n:n]
+	return e, b, nil
+}
+
+func (e entry) use(account, region string) *LastUse {
+	return &LastUse{Account: account, Region: region, KeyID: fieldString(e.id), Operation: fieldString(e.op),
+		Time: time.Unix(0, e.at).UTC(), EventID: fieldString(e.eventID), RequestID: fieldString(e.requestID)}
+}
+
+// bucketEntries calls fn with each entry of bucket record b, in order,
+// and reports whether b decodes.
+func bucketEntries(b []byte, fn func(entry) bool) error {
+	if len(b) == 0 || b[0] != bucketFormat {
+		return errBadLastUse
+	}
+	b = b[1:]
+	var prev []byte
+	for len(b) > 0 {
+		e, rest, err := cutEntry(b)
+		if err != nil {
+			return err
+		}
+		if prev != nil && bytes.Compare(prev, e.id) >= 0 {
+			return errBadLastUse
+		}
+		if !fn(e) {
+			return nil
+		}
+		prev, b = e.id, rest
+	}
+	return nil
+}
+
+// findInBucket returns the entry of key id in bucket record b.
+func findInBucket(b []byte, id string) (e entry, found bool, err error) {
+	want := appendField(nil, id)
+	err = bucketEntries(b, func(x entry) bool {
+		switch c := bytes.Compare(x.id, want); {
+		case c == 0:
+			e, found = x, true
+			return false
+		case c > 0:
+			return false
+		}
+		return true
+	})
+	return e, found, err
+}
+
+// mergeBucket returns bucket record old (nil: none, or one that does not
+// decode, which is replaced) with uses (entries in key id order, no id
+// twice) applied: a key's later use is kept, an equal or older one
+// ignored, so that a merge never moves a key's last use back in time. It
+// reports whether anything changed; when not, the result is nil.
+func mergeBucket(old []byte, uses []entry) ([]byte, bool) {
+	if bucketEntries(old, func(entry) bool { return true }) != nil {
+		old = []byte{bucketFormat}
+	}
+	size := len(old)
+	for _, u := range uses {
+		size += len(u.all)
+	}
+	out := make([]byte, 1, size)
+	out[0] = bucketFormat
+	changed := false
+	// have walks old's entries, which decode (checked above).
+	rest := old[1:]
+	var have entry
+	next := func() bool {
+		if len(rest) == 0 {
+			return false
+		}
+		have, rest, _ = cutEntry(rest)
+		return true
+	}
+	ok := next()
+	j := 0
+	for ok || j < len(uses) {
+		c := 0
+		switch {
+		case j == len(uses):
+			c = -1
+		case !ok:
+			c = 1
+		default:
+			c = bytes.Compare(have.id, uses[j].id)
+		}
+		switch {
+		case c < 0:
+			out = append(out, have.all...)
+			ok = next()
+		case c > 0:
+			out = append(out, uses[j].all...)
+			changed = true
+			j++
+		case uses[j].at > have.at:
+			out = append(out, uses[j].all...)
+			changed = true
+			ok = next()
+			j++
+		default:
+			out = append(out, have.all...)
+			ok = next()
+			j++
+		}
+	}
+	if !changed {
+		return nil, false
+	}
+	return out, true
+}
+
+// withoutKey returns bucket record b without key id's entry, and whether
+// it had one.
+func withoutKey(b []byte, id string) ([]byte, bool, error) {
+	want := appendField(nil, id)
+	out := []byte{bucketFormat}
+	found := false
+	err := bucketEntries(b, func(e entry) bool {
+		if bytes.Equal(e.id, want) {
+			found = true
+		} else {
+			out = append(out, e.all...)
+		}
+		return true
+	})
+	return out, found, err
+}
+
+// sortEntries orders entries by key id, keeping of each id the latest
+// use (entries of one id and time: any one of them).
+func sortEntries(es []entry) []entry {
+	slices.SortFunc(es, func(a, b entry) int {
+		if c := bytes.Compare(a.id, b.id); c != 0 {
+			return c
+		}
+		return -cmpInt64(a.at, b.at) // latest first
+	})
+	return slices.CompactFunc(es, func(a, b entry) bool { return bytes.Equal(a.id, b.id) })
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
