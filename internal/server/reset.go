@@ -220,11 +220,19 @@ func (a *api) openCore(ctx context.Context) error {
 			follower.Run(sweepCtx)
 		}
 	}()
+	preloaded := make(chan struct{})
+	go func() {
+		defer close(preloaded)
+		if cfg.CachePreload == "on" {
+			preload(sweepCtx, cat, r.log)
+		}
+	}()
 	h := a.hsm
 	r.close = func(purge bool) (declared []string) {
 		stopSweep()
 		<-swept
 		<-followed
+		<-preloaded
 		if purge {
 			declared = h.svc.Purge(ctx)
 		}
@@ -358,4 +366,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(b)
+}
+
+// preload reads the keys into cat's cache (--cache-preload), logging how
+// many and how long it took.
+func preload(ctx context.Context, cat *catalog.Catalog, log *slog.Logger) {
+	start := time.Now()
+	n, err := cat.Preload(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return
+	case err != nil:
+		log.Error("cache preload failed; keys not cached yet are read when first used", "err", err, "keys", n)
+	default:
+		log.Info("cache preloaded", "keys", n, "took", time.Since(start).Round(time.Millisecond))
+	}
 }

@@ -248,6 +248,10 @@ type Config struct {
 	// CacheSize bounds how many keys (and as many grant lists and
 	// aliases) the catalog caches (zero: catalog.DefaultCacheSize).
 	CacheSize int
+	// CachePreload is "off" (the default) or "on": after start, read
+	// every key (up to CacheSize) into the cache in the background
+	// (catalog.Preload).
+	CachePreload string
 	// dataLevel is this node's data format level (datalevel.go), set by
 	// Validate.
 	dataLevel int
@@ -350,6 +354,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := oneOf("--cache-notify", &c.CacheNotify, "on", "off"); err != nil {
+		return err
+	}
+	if err := oneOf("--cache-preload", &c.CachePreload, "off", "on"); err != nil {
 		return err
 	}
 	if c.ConsoleIdleTimeout < 0 {
