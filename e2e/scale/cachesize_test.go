@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"net/http"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -139,5 +141,55 @@ func TestCacheSizeBound(t *testing.T) {
 	d, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: e.CiphertextBlob})
 	if err != nil || string(d.Plaintext) != string(plaintext) || !strings.HasSuffix(aws.ToString(d.KeyId), ":key/"+s.ids[0]) {
 		t.Fatalf("Decrypt after the key was evicted: %v", err)
+	}
+}
+
+// TestCachePreload: kmsd started with --cache-preload on and --cache-size
+// 3,000 on a store of 5,000 keys reads 3,000 of them into its cache in the
+// background, and no more (kmsd_cache_entries, the log line), and then
+// answers Encrypt for every key; a --cache-preload other than on or off
+// is refused before anything starts.
+func TestCachePreload(t *testing.T) {
+	const n, size = 5000, 3000
+	cmd := exec.Command(kmsdBin, "serve", "--listen", e2etest.FreeAddr(t), "--data-dir", t.TempDir(), "--cache-preload", "yes")
+	cmd.Env = env()
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), `--cache-preload "yes": want off or on`) {
+		t.Errorf("kmsd --cache-preload yes: %v, %q; want a refusal naming --cache-preload", err, out)
+	}
+	s := prepare(t, sqliteDriver, n, false)
+	metrics := e2etest.FreeAddr(t)
+	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Env: s.env,
+		Args: append([]string{"--cache-size", strconv.Itoa(size), "--cache-preload", "on", "--metrics-listen", metrics}, s.args...)})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		log, err := os.ReadFile(k.LogFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(log), `msg="cache preloaded" keys=3000 `) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no \"cache preloaded\" line with 3000 keys within 30 s:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := e2etest.Scrape(t, "http://"+metrics+"/metrics", `kmsd_cache_entries{cache="keys"}`); got != size {
+		t.Errorf("kmsd_cache_entries{cache=\"keys\"} = %v after the preload, want %d", got, size)
+	}
+	client := kms.New(kms.Options{
+		Region:       region,
+		BaseEndpoint: aws.String(k.Endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider(s.akid, s.secret, ""),
+		Retryer:      e2etest.ClosedConnRetryer(),
+	})
+	for _, id := range s.ids {
+		e, err := client.Encrypt(context.Background(), &kms.EncryptInput{KeyId: aws.String(id), Plaintext: []byte("preloaded")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := aws.ToString(e.KeyId); !strings.HasSuffix(got, ":key/"+id) {
+			t.Errorf("Encrypt with %s used %s", id, got)
+		}
 	}
 }

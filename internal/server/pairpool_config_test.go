@@ -41,7 +41,7 @@ func TestConfigChoices(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Auth != "verify" || cfg.AuditSync != AuditSyncMutations || cfg.Controller != "auto" || cfg.Console != "on" || cfg.CacheNotify != "on" {
+	if cfg.Auth != "verify" || cfg.AuditSync != AuditSyncMutations || cfg.Controller != "auto" || cfg.Console != "on" || cfg.CacheNotify != "on" || cfg.CachePreload != "off" {
 		t.Errorf("defaults: auth %q, audit-sync %q, controller %q, console %q, cache-notify %q", cfg.Auth, cfg.AuditSync, cfg.Controller, cfg.Console, cfg.CacheNotify)
 	}
 	for _, tc := range []struct {
@@ -53,6 +53,7 @@ func TestConfigChoices(t *testing.T) {
 		{func(c *Config) { c.Controller = "always" }, `--controller "always": want auto or never`},
 		{func(c *Config) { c.Console = "yes" }, `--console "yes": want on or off`},
 		{func(c *Config) { c.CacheNotify = "true" }, `--cache-notify "true": want on or off`},
+		{func(c *Config) { c.CachePreload = "yes" }, `--cache-preload "yes": want off or on`},
 	} {
 		cfg := Config{DataDir: t.TempDir()}
 		tc.set(&cfg)
