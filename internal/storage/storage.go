@@ -35,6 +35,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -235,6 +236,24 @@ func GetBatch(ctx context.Context, tx Tx, keys []string) ([][]byte, error) {
 		}
 	}
 	return values, nil
+}
+
+// OwnValues sets values[i] to found[keys[i]] for each key found, for a
+// BatchGetter that read each distinct key once: each position owns its
+// value, so a key repeated in keys gets a copy after its first. given
+// notes the keys handed out; the caller passes it empty.
+func OwnValues(values [][]byte, keys []string, found map[string][]byte, given map[string]bool) {
+	for i, k := range keys {
+		v, ok := found[k]
+		if !ok {
+			continue
+		}
+		if given[k] {
+			v = bytes.Clone(v)
+		}
+		given[k] = true
+		values[i] = v
+	}
 }
 
 // PutBatch puts entries in tx with tx's BatchPutter, or with one Put per

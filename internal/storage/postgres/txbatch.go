@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -93,20 +92,7 @@ func (t *tx) GetBatch(ctx context.Context, keys []string) ([][]byte, error) {
 		return nil, err
 	}
 	values := make([][]byte, len(keys))
-	given := make(map[string]bool, len(found))
-	for i, k := range keys {
-		v, ok := found[k]
-		if !ok {
-			continue
-		}
-		// Each position owns its value: a repeated key gets copies
-		// after the first.
-		if given[k] {
-			v = bytes.Clone(v)
-		}
-		given[k] = true
-		values[i] = v
-	}
+	storage.OwnValues(values, keys, found, make(map[string]bool, len(found)))
 	return values, nil
 }
 

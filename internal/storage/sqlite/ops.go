@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -337,20 +336,7 @@ func (o ops) getBatch(ctx context.Context, keys []string) ([][]byte, error) {
 			if err := queryValues(ctx, many, args, found); err != nil {
 				return nil, fmt.Errorf("sqlite: get batch: %w", err)
 			}
-			for j, k := range rest[:batchRows] {
-				v, ok := found[k]
-				if !ok {
-					continue
-				}
-				// Each index owns its value: a key asked for twice
-				// gets a copy the second time (made before the
-				// caller can change the first).
-				if given[k] {
-					v = bytes.Clone(v)
-				}
-				given[k] = true
-				values[at+j] = v
-			}
+			storage.OwnValues(values[at:at+batchRows], rest[:batchRows], found, given)
 		}
 	}
 	st := o.stmt(ctx, o.st.get)
