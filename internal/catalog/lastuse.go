@@ -119,11 +119,11 @@ func (c *Catalog) LastUse(ctx context.Context, account, region, id string) (*Las
 // flush: it journals uses (JournalLastUses) and merges the journal into
 // the buckets now and then (MergeLastUses), which calls the same code.
 func (c *Catalog) PutLastUses(ctx context.Context, uses []LastUse) error {
-	var buf []byte
+	row := []byte{bucketFormat}
 	for i := range uses {
-		buf = appendJournalUse(buf, &uses[i])
+		row = appendJournalUse(row, &uses[i])
 	}
-	jus, err := decodeJournalUses(append([]byte{bucketFormat}, buf...))
+	jus, err := decodeJournalUses(row)
 	if err != nil {
 		return fmt.Errorf("catalog: put last uses: %w", err)
 	}
@@ -434,8 +434,8 @@ func (c *Catalog) MergeLastUses(ctx context.Context) (int, error) {
 // the journal (nil if none), reading its partition within r.
 func journaled(ctx context.Context, r storage.Reader, account, region, id string) (*LastUse, error) {
 	var latest *LastUse
+	want := appendField(nil, id)
 	err := scanJournal(ctx, r, id, func(_ storage.Entry, us []journalUse) error {
-		want := appendField(nil, id)
 		for i := range us {
 			if u := &us[i]; u.account == account && u.region == region && bytes.Equal(u.id, want) &&
 				(latest == nil || u.at > latest.Time.UnixNano()) {

@@ -2,12 +2,14 @@ package catalog
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/kmsd/kmsd/internal/storage"
 )
@@ -105,47 +107,27 @@ func fieldString(f []byte) string {
 	if h&1 == 0 {
 		return string(f[k:])
 	}
-	var s [36]byte
-	p := f[k:]
-	hex.Encode(s[0:8], p[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], p[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], p[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], p[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:], p[10:16])
-	return string(s[:])
+	return uuid.UUID(f[k:]).String()
 }
 
 // parseUUID returns the bytes of s if it is a UUID in canonical
-// lower-case form, which fieldString gives back exactly.
-func parseUUID(s string) (u [16]byte, ok bool) {
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return u, false
+// lower-case form, which uuid.UUID.String (fieldString) gives back
+// exactly; uuid.Parse alone also takes upper case and other forms.
+func parseUUID(s string) (uuid.UUID, bool) {
+	if len(s) != 36 {
+		return uuid.UUID{}, false
 	}
-	j := 0
-	for i := 0; i < 36; i += 2 {
+	for i := range len(s) {
 		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i--
-			continue
+			if s[i] != '-' {
+				return uuid.UUID{}, false
+			}
+		} else if !isHex(s[i]) {
+			return uuid.UUID{}, false
 		}
-		hi, lo := s[i], s[i+1]
-		if !isHex(hi) || !isHex(lo) {
-			return u, false
-		}
-		u[j] = unhex(hi)<<4 | unhex(lo)
-		j++
 	}
-	return u, true
-}
-
-func unhex(c byte) byte {
-	if c <= '9' {
-		return c - '0'
-	}
-	return c - 'a' + 10
+	u, err := uuid.Parse(s)
+	return u, err == nil
 }
 
 // appendEntry appends u (its key id, operation, time, event and request
@@ -239,7 +221,7 @@ func findInBucket(b []byte, id string) (e entry, found bool, err error) {
 // ignored, so that a merge never moves a key's last use back in time. It
 // reports whether anything changed; when not, the result is nil.
 func mergeBucket(old []byte, uses []entry) ([]byte, bool) {
-	if bucketEntries(old, func(entry) bool { return true }) != nil {
+	if len(old) == 0 || old[0] != bucketFormat {
 		old = []byte{bucketFormat}
 	}
 	size := len(old)
@@ -249,14 +231,21 @@ func mergeBucket(old []byte, uses []entry) ([]byte, bool) {
 	out := make([]byte, 1, size)
 	out[0] = bucketFormat
 	changed := false
-	// have walks old's entries, which decode (checked above).
+	// have walks old's entries; one that does not decode, or comes out
+	// of order, makes the merge start again as if old were empty.
 	rest := old[1:]
-	var have entry
+	var have, prev entry
+	bad := false
 	next := func() bool {
 		if len(rest) == 0 {
 			return false
 		}
-		have, rest, _ = cutEntry(rest)
+		var err error
+		prev = have
+		if have, rest, err = cutEntry(rest); err != nil || prev.id != nil && bytes.Compare(prev.id, have.id) >= 0 {
+			bad = true
+			return false
+		}
 		return true
 	}
 	ok := next()
@@ -290,6 +279,9 @@ func mergeBucket(old []byte, uses []entry) ([]byte, bool) {
 			j++
 		}
 	}
+	if bad {
+		return mergeBucket(nil, uses)
+	}
 	if !changed {
 		return nil, false
 	}
@@ -320,17 +312,7 @@ func sortEntries(es []entry) []entry {
 		if c := bytes.Compare(a.id, b.id); c != 0 {
 			return c
 		}
-		return -cmpInt64(a.at, b.at) // latest first
+		return cmp.Compare(b.at, a.at) // latest first
 	})
 	return slices.CompactFunc(es, func(a, b entry) bool { return bytes.Equal(a.id, b.id) })
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"github.com/kmsd/kmsd/internal/keys"
 )
 
 // preloadPage is how many key records Preload reads a statement.
@@ -65,7 +67,7 @@ func (c *Catalog) Preload(ctx context.Context) (int, error) {
 		}
 		c.mu.Unlock()
 		for _, k := range installed {
-			if k.KeySpec == "SYMMETRIC_DEFAULT" && k.XksKeyID == "" && k.CustomKeyStoreID == "" {
+			if k.KeySpec == keys.Symmetric && k.XksKeyID == "" && k.CustomKeyStoreID == "" {
 				// Kept beside the record only if it is still the cached
 				// one (AEAD); an error leaves it to the first use.
 				_, _ = c.AEAD(k, k.Current)
