@@ -1,6 +1,7 @@
 package scale
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -275,13 +276,18 @@ func (n *node) stop() {
 
 // result is what one measurement of one store found.
 type result struct {
-	keys               int
-	ready, firstOK     time.Duration // cold start: process start → /readyz 200, → first DescribeKey answered
-	describe, encrypt  load
-	list1, listDeep    time.Duration // median ListKeys latency: first page, a page deep in the list
-	deepPage           int
-	rssReady, rssAfter int64 // VmRSS (bytes) once ready, and after the random-key loads
-	distinct           int   // distinct keys the loads touched
+	keys              int
+	ready, firstOK    time.Duration // cold start: process start → /readyz 200, → first DescribeKey answered
+	preloaded         time.Duration // with --cache-preload on (KMSD_SCALE_ARGS): process start → "cache preloaded"
+	describe, encrypt load
+	// One client at a time, measured with KMSD_SCALE_KEYS only: the
+	// latency of a request on its own, where the loads above are at
+	// conc and saturate kmsd's core.
+	describe1, encrypt1 load
+	list1, listDeep     time.Duration // median ListKeys latency: first page, a page deep in the list
+	deepPage            int
+	rssReady, rssAfter  int64 // VmRSS (bytes) once ready, and after the random-key loads
+	distinct            int   // distinct keys the loads touched
 }
 
 type load struct {
@@ -303,7 +309,13 @@ func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) resu
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.cmd = exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", s.dataDir, "--log-level", "warn", "--audit-log", filepath.Join(t.TempDir(), "audit.log")}, s.args...)...)
+	extra, preload := scaleArgs(t)
+	logLevel := "warn"
+	if preload {
+		logLevel = "info" // for the "cache preloaded" line
+	}
+	args := append([]string{"serve", "--listen", addr, "--data-dir", s.dataDir, "--log-level", logLevel, "--audit-log", filepath.Join(t.TempDir(), "audit.log")}, s.args...)
+	n.cmd = exec.Command(bin, append(args, extra...)...)
 	n.cmd.Env = s.env
 	n.cmd.Stdout, n.cmd.Stderr = logf, logf
 	start := time.Now()
@@ -359,6 +371,20 @@ func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) resu
 		time.Sleep(2 * time.Millisecond)
 	}
 	r.firstOK = time.Since(start)
+	if preload {
+		// Measured once the whole store is in the cache: a load that
+		// overlapped the preload would measure both.
+		for {
+			if b, _ := os.ReadFile(logFile); bytes.Contains(b, []byte(`msg="cache preloaded"`)) {
+				break
+			}
+			if time.Since(start) > 5*time.Minute {
+				t.Fatal("no \"cache preloaded\" line within 5 minutes of start")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		r.preloaded = time.Since(start)
+	}
 	r.rssReady = rss(t, n.cmd.Process.Pid)
 
 	touched := map[string]bool{}
@@ -373,19 +399,29 @@ func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) resu
 	// A warm-up, not measured, as kmsbench does: connections, the Go
 	// runtime, and the sweepers' first round, which kmsd starts beside
 	// the first requests (it reads the due keys only: see prepare).
-	run(t, n, warmup, func() error {
+	run(t, n, warmup, conc, func() error {
 		_, err := n.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(pick())})
 		return err
 	})
-	r.describe = run(t, n, dur, func() error {
+	r.describe = run(t, n, dur, conc, func() error {
 		_, err := n.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(pick())})
 		return err
 	})
 	plaintext := []byte("scale benchmark plaintext, 48 bytes long ......")
-	r.encrypt = run(t, n, dur, func() error {
+	r.encrypt = run(t, n, dur, conc, func() error {
 		_, err := n.client.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String(pick()), Plaintext: plaintext})
 		return err
 	})
+	if _, full := scaleKeys(t); full {
+		r.describe1 = run(t, n, dur, 1, func() error {
+			_, err := n.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(pick())})
+			return err
+		})
+		r.encrypt1 = run(t, n, dur, 1, func() error {
+			_, err := n.client.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String(pick()), Plaintext: plaintext})
+			return err
+		})
+	}
 	r.distinct = len(touched)
 	r.rssAfter = rss(t, n.cmd.Process.Pid)
 
@@ -434,8 +470,8 @@ func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) resu
 	return r
 }
 
-// run sends op from conc workers for dur and measures it.
-func run(t *testing.T, n *node, dur time.Duration, op func() error) load {
+// run sends op from c workers for dur and measures it.
+func run(t *testing.T, n *node, dur time.Duration, c int, op func() error) load {
 	t.Helper()
 	pid := n.cmd.Process.Pid
 	cpu0 := cpuTicks(t, pid)
@@ -445,7 +481,7 @@ func run(t *testing.T, n *node, dur time.Duration, op func() error) load {
 	var wg sync.WaitGroup
 	start := time.Now()
 	end := start.Add(dur)
-	for range conc {
+	for range c {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -539,7 +575,7 @@ func testScale(t *testing.T, d driver) {
 	}
 	// KMSD_SCALE_SECONDS measures each operation longer than the
 	// default: long enough to take in what runs in the background at
-	// intervals (the last-use journal's merge, every 30 s).
+	// intervals (the last-use journal's merge, every 2 minutes).
 	if s := os.Getenv("KMSD_SCALE_SECONDS"); s != "" {
 		sec, err := strconv.Atoi(s)
 		if err != nil || sec < 1 {
@@ -558,7 +594,7 @@ func testScale(t *testing.T, d driver) {
 	// Encrypt, which the small store answers from its cache, pays a
 	// storage read (~21 µs of CPU on SQLite: two leaf pages, kv's and
 	// kv_big's), a decode (~3 µs) and its share of the key's first
-	// last-use record (journaled, then merged by key range every 30 s;
+	// last-use record (journaled, then merged into buckets every 2 minutes;
 	// the 8 s default may end before the first merge, KMSD_SCALE_SECONDS
 	// measures longer); DescribeKey, a management read, reads the store
 	// on both. README, "Measuring a large store", has the figures. The margin catches what
@@ -633,12 +669,19 @@ func report(t *testing.T, name string, n int, rs, rl result) {
 	for _, r := range []result{rs, rl} {
 		t.Logf("%s %7d keys: ready %v, first DescribeKey %v; RSS ready %d MiB, after load %d MiB (%d distinct keys touched)",
 			name, r.keys, r.ready.Round(time.Millisecond), r.firstOK.Round(time.Millisecond), r.rssReady>>20, r.rssAfter>>20, r.distinct)
+		if r.preloaded > 0 {
+			t.Logf("%s %7d keys: cache preloaded %v after start", name, r.keys, r.preloaded.Round(time.Millisecond))
+		}
 		for _, x := range []struct {
 			op string
+			c  int
 			l  load
-		}{{"DescribeKey", r.describe}, {"Encrypt", r.encrypt}} {
+		}{{"DescribeKey", conc, r.describe}, {"Encrypt", conc, r.encrypt}, {"DescribeKey", 1, r.describe1}, {"Encrypt", 1, r.encrypt1}} {
+			if x.l.requests == 0 {
+				continue
+			}
 			t.Logf("%s %7d keys: %-11s c=%d: %6d req, %7.0f/s, p50 %v, p99 %v, server CPU %v/req",
-				name, r.keys, x.op, conc, x.l.requests, x.l.throughput, x.l.p50.Round(time.Microsecond), x.l.p99.Round(time.Microsecond), x.l.cpuPerReq.Round(time.Microsecond))
+				name, r.keys, x.op, x.c, x.l.requests, x.l.throughput, x.l.p50.Round(time.Microsecond), x.l.p99.Round(time.Microsecond), x.l.cpuPerReq.Round(time.Microsecond))
 		}
 		t.Logf("%s %7d keys: ListKeys page 1 %v, page %d %v (median of 25)", name, r.keys, r.list1.Round(time.Microsecond), r.deepPage, r.listDeep.Round(time.Microsecond))
 	}
@@ -648,4 +691,24 @@ func report(t *testing.T, name string, n int, rs, rl result) {
 		ratio(rl.describe.p50, rs.describe.p50), ratio(rl.describe.p99, rs.describe.p99), ratio(rl.describe.cpuPerReq, rs.describe.cpuPerReq),
 		ratio(rl.encrypt.p50, rs.encrypt.p50), ratio(rl.encrypt.p99, rs.encrypt.p99), ratio(rl.encrypt.cpuPerReq, rs.encrypt.cpuPerReq),
 		ratio(rl.listDeep, rl.list1), ratio(rs.listDeep, rs.list1))
+	if rl.describe1.requests > 0 && rs.describe1.requests > 0 {
+		t.Logf("%s ratios %d/%d keys, one client: DescribeKey p50 %.2f CPU %.2f; Encrypt p50 %.2f CPU %.2f",
+			name, n, smallKeys,
+			ratio(rl.describe1.p50, rs.describe1.p50), ratio(rl.describe1.cpuPerReq, rs.describe1.cpuPerReq),
+			ratio(rl.encrypt1.p50, rs.encrypt1.p50), ratio(rl.encrypt1.cpuPerReq, rs.encrypt1.cpuPerReq))
+	}
+}
+
+// scaleArgs is KMSD_SCALE_ARGS, more kmsd flags for the measured nodes
+// (space-separated; e.g. "--cache-size 1100000 --cache-preload on", the
+// million-key configuration of README's scale section), and whether they
+// turn the cache preload on.
+func scaleArgs(t *testing.T) (args []string, preload bool) {
+	args = strings.Fields(os.Getenv("KMSD_SCALE_ARGS"))
+	for i, a := range args {
+		if a == "--cache-preload=on" || (a == "--cache-preload" && i+1 < len(args) && args[i+1] == "on") {
+			preload = true
+		}
+	}
+	return args, preload
 }
