@@ -89,7 +89,7 @@ func (c *Catalog) CacheLen() (keys, grants, aliases int) {
 // putKey caches k as the record of the key named name, replacing (and
 // forgetting the decodings of) the one cached. c.mu is held.
 func (c *Catalog) putKey(name string, k *Key) {
-	if k != nil && !strings.HasPrefix(name, "mrk-") && k.ID == name {
+	if k != nil && k.ID == name { // never for a multi-Region key: its name carries the Region
 		name = k.ID // one copy of the id, the record's, not the caller's too
 	}
 	if old, ok := c.keys.Peek(name); ok && old != nil && old != k {
