@@ -96,25 +96,18 @@ func (c *Caller) principal() policy.Principal {
 }
 
 // request builds the policy request of a call with the global condition
-// keys kmsd knows. The principal's own keys are computed once per
-// principal and copied; the time keys once per second.
+// keys kmsd knows. The keys that follow from the principal alone, and
+// those of the environment (time, Region, transport), are shared maps
+// made once per principal and once per second (policy.Request.Shared):
+// a request copies none of them, and its own map holds only the keys of
+// the call.
 func (s *Service) request(c *Caller, action, resource string) *policy.Request {
 	p := c.principal()
-	r := &policy.Request{Principal: p, Action: action, Resource: resource, Context: make(map[string][]string, 16)}
-	for k, v := range principalKeys(&p) {
-		r.Context[k] = v
-	}
+	r := &policy.Request{Principal: p, Action: action, Resource: resource, Context: make(map[string][]string, 8),
+		Shared: []map[string][]string{principalKeys(&p), s.envKeys(c.Region, c.SecureTransport)}}
 	if c.SourceIP != "" {
 		r.Context[policy.KeySourceIP] = []string{c.SourceIP}
 	}
-	if c.SecureTransport {
-		r.Context[policy.KeySecureTransport] = trueValue
-	} else {
-		r.Context[policy.KeySecureTransport] = falseValue
-	}
-	r.Context[policy.KeyRequestedRegion] = []string{c.Region}
-	t := s.timeKeys()
-	r.Context[policy.KeyCurrentTime], r.Context[policy.KeyEpochTime] = t.current, t.epoch
 	return r
 }
 
@@ -145,23 +138,34 @@ func principalKeys(p *policy.Principal) map[string][]string {
 
 var principalKeyCache sync.Map
 
-type timeKeys struct {
-	sec            int64
-	current, epoch []string
+// envKeys are the condition keys of a second, a Region and a transport:
+// aws:CurrentTime, aws:EpochTime, aws:RequestedRegion and
+// aws:SecureTransport.
+type envKeys struct {
+	sec    int64
+	region string
+	secure bool
+	m      map[string][]string // shared: never modified
 }
 
-// timeKeys returns aws:CurrentTime and aws:EpochTime for now, formatted
-// once per second.
-func (s *Service) timeKeys() *timeKeys {
+// envKeys returns the condition keys of now for a call to region over a
+// transport that is secure or not, made once per second (for the last
+// Region and transport asked).
+func (s *Service) envKeys(region string, secure bool) map[string][]string {
 	now := s.now()
-	if t := s.lastTime.Load(); t != nil && t.sec == now.Unix() {
-		return t
+	if e := s.lastEnv.Load(); e != nil && e.sec == now.Unix() && e.region == region && e.secure == secure {
+		return e.m
 	}
 	r := policy.Request{}
 	r.SetTime(now)
-	t := &timeKeys{sec: now.Unix(), current: r.Context[policy.KeyCurrentTime], epoch: r.Context[policy.KeyEpochTime]}
-	s.lastTime.Store(t)
-	return t
+	r.Context[policy.KeyRequestedRegion] = []string{region}
+	if secure {
+		r.Context[policy.KeySecureTransport] = trueValue
+	} else {
+		r.Context[policy.KeySecureTransport] = falseValue
+	}
+	s.lastEnv.Store(&envKeys{sec: now.Unix(), region: region, secure: secure, m: r.Context})
+	return r.Context
 }
 
 func accessDenied(r *policy.Request, reason policy.Reason) error {

@@ -88,7 +88,7 @@ type Service struct {
 	quota    *keystore.Quota    // request quota per custom key store; nil: none
 
 	policies policyCache // parsed key policies, by policy text
-	lastTime atomic.Pointer[timeKeys]
+	lastEnv  atomic.Pointer[envKeys]
 
 	// generate makes CreateKey's asymmetric and HMAC material.
 	generate func(spec string, rand io.Reader) (private, public []byte, err error)

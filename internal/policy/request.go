@@ -220,6 +220,13 @@ type Request struct {
 	// Context maps condition keys to their values. Keys are matched
 	// case-insensitively; a key with no values counts as absent.
 	Context map[string][]string
+	// Shared holds condition keys that many requests have in common (a
+	// principal's, the time's), in maps that are never modified, so that
+	// a request need not copy them into Context. A key is looked up in
+	// Context, then in each Shared map in order: the first that holds
+	// the key (spelled the same) decides, even with no values, so Set
+	// with no values hides a shared key.
+	Shared []map[string][]string
 }
 
 // NewRequest starts a request and fills in the global condition keys that
@@ -291,9 +298,36 @@ func (r *Request) Set(key string, values ...string) {
 	}
 	if len(values) == 0 {
 		delete(r.Context, key)
+		if r.inShared(key, len(r.Shared)) {
+			r.Context[key] = nil // hides it: a key with no values is absent
+		}
 		return
 	}
 	r.Context[key] = values
+}
+
+// inShared reports whether one of the first n Shared maps holds key.
+func (r *Request) inShared(key string, n int) bool {
+	for _, m := range r.Shared[:n] {
+		if _, ok := m[key]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// get returns the values of key spelled exactly so: from Context, else
+// from the first Shared map that holds it.
+func (r *Request) get(key string) ([]string, bool) {
+	if v, ok := r.Context[key]; ok {
+		return v, true
+	}
+	for _, m := range r.Shared {
+		if v, ok := m[key]; ok {
+			return v, true
+		}
+	}
+	return nil, false
 }
 
 // SetBool sets a boolean condition key ("true" or "false").
@@ -328,24 +362,24 @@ func (r *Request) SetEncryptionContext(ec map[string]string) {
 
 // lookup returns the values of a condition key, matching its name without
 // regard to ASCII case. key is the name as the policy wrote it and lower
-// the same in lower case; the two direct map probes find every key set
-// through the constants above, and only a key that is absent (or spelled
-// with another case) costs a scan.
+// the same in lower case; the direct probes (of Context, then of each
+// Shared map) find every key set through the constants above, and only a
+// key that is absent (or spelled with another case) costs a scan.
 func (r *Request) lookup(key, lower string) ([]string, bool) {
-	if r == nil || r.Context == nil {
+	if r == nil {
 		return nil, false
 	}
-	if v, ok := r.Context[key]; ok {
+	if v, ok := r.get(key); ok {
 		return v, len(v) > 0
 	}
-	if v, ok := r.Context[lower]; ok {
+	if v, ok := r.get(lower); ok {
 		return v, len(v) > 0
 	}
 	var found []string
 	n := 0
-	for k, v := range r.Context {
+	add := func(k string, v []string) {
 		if len(v) == 0 || !equalFoldASCII(k, key) {
-			continue
+			return
 		}
 		if n == 0 {
 			found = v
@@ -354,6 +388,17 @@ func (r *Request) lookup(key, lower string) ([]string, bool) {
 			found = append(append([]string(nil), found...), v...)
 		}
 		n++
+	}
+	for k, v := range r.Context {
+		add(k, v)
+	}
+	for i, m := range r.Shared {
+		for k, v := range m {
+			// A key an earlier map holds is hidden by it.
+			if _, ok := r.Context[k]; !ok && !r.inShared(k, i) {
+				add(k, v)
+			}
+		}
 	}
 	return found, n > 0
 }
