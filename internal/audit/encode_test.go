@@ -104,3 +104,48 @@ func TestAppendRecordMatchesEncodingJSON(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 }
+
+// TestAppendUserIdentityMatchesEncodingJSON: the hand-written user
+// identity is what encoding/json writes, member for member and in the
+// same order, for every member set or empty.
+func TestAppendUserIdentityMatchesEncodingJSON(t *testing.T) {
+	full := UserIdentity{Type: "AssumedRole", PrincipalID: "AROAEXAMPLE:s", ARN: "arn:aws:sts::111122223333:assumed-role/R/s",
+		AccountID: "111122223333", AccessKeyID: "ASIAEXAMPLE", UserName: "u \"q\" \x01", InvokedBy: "kms.amazonaws.com",
+		SessionContext: &SessionContext{SourceIdentity: "alice"}}
+	full.SessionContext.SessionIssuer.Type = "Role"
+	full.SessionContext.SessionIssuer.PrincipalID = "AROAEXAMPLE"
+	full.SessionContext.SessionIssuer.ARN = "arn:aws:iam::111122223333:role/R"
+	full.SessionContext.SessionIssuer.AccountID = "111122223333"
+	full.SessionContext.SessionIssuer.UserName = "R"
+	full.SessionContext.Attributes.CreationDate = "2026-01-02T03:04:05Z"
+	full.SessionContext.Attributes.MFAAuthenticated = "false"
+	// Every subset of the members (the session context's as one).
+	for mask := 0; mask < 1<<8; mask++ {
+		u := full
+		sc := *full.SessionContext
+		u.SessionContext = &sc
+		drop := []func(){
+			func() { u.Type = "" }, func() { u.PrincipalID = "" }, func() { u.ARN = "" }, func() { u.AccountID = "" },
+			func() { u.AccessKeyID = "" }, func() { u.UserName = "" }, func() { u.InvokedBy = "" },
+			func() { u.SessionContext = nil },
+		}
+		for i, d := range drop {
+			if mask&(1<<i) != 0 {
+				d()
+			}
+		}
+		if mask&1 != 0 && u.SessionContext != nil {
+			sc.SourceIdentity, sc.Attributes.CreationDate = "", ""
+		}
+		if mask&2 != 0 && u.SessionContext != nil {
+			sc.SessionIssuer.UserName, sc.Attributes.MFAAuthenticated = "", ""
+		}
+		want, err := json.Marshal(&u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendUserIdentity(nil, &u); string(got) != string(want) {
+			t.Fatalf("mask %b:\ngot  %s\nwant %s", mask, got, want)
+		}
+	}
+}
