@@ -564,7 +564,6 @@ func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 // AEAD returns the AES-GCM instance of version v of k's material.
 func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 	name := k.Name()
-	aad := materialAAD(name, v)
 	c.mu.RLock()
 	a := findAEAD(c.aeads[name], v)
 	c.mu.RUnlock()
@@ -575,7 +574,7 @@ func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 	if ver == nil || ver.Sealed == nil {
 		return nil, ErrNotFound
 	}
-	material, err := c.barrier.Open(aad, ver.Sealed)
+	material, err := c.barrier.Open(materialAAD(name, v), ver.Sealed)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: open material of %s: %w", k.ID, err)
 	}

@@ -102,6 +102,12 @@ func (c *Catalog) SetParsedLimit(n int) {
 // forgetParsed drops the decoded keys of record k, which is being replaced
 // or deleted. c.mu is held.
 func (c *Catalog) forgetParsed(k *Key) {
+	if len(c.parsed) == 0 {
+		// No decoded key cached (none of an asymmetric or HMAC key in
+		// use): k, often an old record long out of the processor's
+		// caches, need not even be read.
+		return
+	}
 	for _, v := range k.Versions {
 		delete(c.parsed, parsedKey{id: k.Name(), v: v.Number})
 		delete(c.parsed, parsedKey{id: k.Name(), v: v.Number, public: true})
