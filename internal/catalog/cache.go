@@ -28,9 +28,9 @@ import (
 //   - Freshness. A read trusts the cache only while the horizon is younger
 //     than the bound, and never under WithFresh (control-plane reads).
 //
-// The caches are bounded (SetCacheSize): key records, grant lists and
-// aliases are each kept in a least-recently-used list of at most the
-// cache size. Eviction for room needs no generation: an evicted path is
+// The caches are bounded (SetCacheSize): key records (clock.go: the
+// second-chance approximation of least recently used), grant lists and
+// aliases (least-recently-used lists) of at most the cache size each. Eviction for room needs no generation: an evicted path is
 // read again, and a fill in flight for it still installs only if its
 // generation is unchanged. The generation table, which grows with every
 // path written or invalidated, is bounded too: past its limit it is

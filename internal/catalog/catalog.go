@@ -11,7 +11,8 @@
 // the hot paths (Encrypt, Decrypt, Sign, GenerateMac, …) touch no storage
 // and unseal nothing. The cache is bounded (SetCacheSize, kmsd's
 // --cache-size): at most that many key records, as many per-key grant
-// lists and as many aliases are kept, least recently used evicted first;
+// lists and as many aliases are kept, those least recently used evicted
+// first (for key records, by CLOCK's approximation of it: clock.go);
 // a key's AES-GCM instances and decoded keys go with its record. An
 // evicted record is simply read again (cache.go).
 //
@@ -212,10 +213,11 @@ type Catalog struct {
 	failpoint func(name string)
 
 	mu sync.RWMutex
-	// The bounded caches (cache.go): read under mu.RLock (each has its
-	// own lock for its recency list), changed only under mu.Lock, so that
-	// their eviction callbacks run with mu held.
-	keys    *lru.Cache[string, *Key]   // by key name (Name)
+	// The bounded caches (cache.go): read under mu.RLock (the lists each
+	// have their own lock for their recency, the key cache an atomic bit
+	// per entry), changed only under mu.Lock, so that their eviction
+	// callbacks run with mu held.
+	keys    *clockCache[*Key]          // by key name (Name); clock.go
 	aliases *lru.Cache[string, *Alias] // by aliasKey
 	// aeads holds the AES-GCM instances of the versions of cached keys
 	// only, by key name; a slice is replaced, never changed in place.
@@ -258,7 +260,7 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 		cacheSize:   DefaultCacheSize,
 		policies:    newPolicyTexts(),
 	}
-	c.keys = mustLRU(c.cacheSize, c.keyEvicted)
+	c.keys = newClockCache(c.cacheSize, c.keyEvicted)
 	c.aliases = mustLRU[string, *Alias](c.cacheSize, nil)
 	c.grants = mustLRU[string, []*Grant](c.cacheSize, nil)
 	return c
