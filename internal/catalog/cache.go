@@ -99,10 +99,9 @@ func (c *Catalog) putKey(name string, k *Key) {
 }
 
 // keyEvicted drops what goes with a key record leaving the cache, for
-// room or on eviction: its AES-GCM instances and decoded keys. c.mu is
-// held (every change of c.keys is made under it).
+// room or on eviction: its decoded keys (its AES-GCM instances go with its
+// entry). c.mu is held (every change of c.keys is made under it).
 func (c *Catalog) keyEvicted(name string, k *Key) {
-	delete(c.aeads, name)
 	if k != nil {
 		c.forgetParsed(k)
 	}
@@ -114,8 +113,22 @@ type versionAEAD struct {
 	a cipher.AEAD
 }
 
-func findAEAD(l []versionAEAD, v uint32) cipher.AEAD {
-	for _, e := range l {
+// aeadSet is the AES-GCM instances of a cached key's versions, kept with
+// its cache entry: the first inline (most keys have one version, and so no
+// object more per key), any other in more. A set is replaced, never
+// changed in place.
+type aeadSet struct {
+	v    uint32
+	a    cipher.AEAD
+	more []versionAEAD
+}
+
+// find is version v's instance, nil if the set has none.
+func (s aeadSet) find(v uint32) cipher.AEAD {
+	if s.a != nil && s.v == v {
+		return s.a
+	}
+	for _, e := range s.more {
 		if e.v == v {
 			return e.a
 		}
@@ -123,16 +136,20 @@ func findAEAD(l []versionAEAD, v uint32) cipher.AEAD {
 	return nil
 }
 
-// withAEAD is a copy of l with a as version v's instance: readers may
-// hold l.
-func withAEAD(l []versionAEAD, v uint32, a cipher.AEAD) []versionAEAD {
-	out := make([]versionAEAD, 0, len(l)+1)
-	for _, e := range l {
+// with is s with a as version v's instance.
+func (s aeadSet) with(v uint32, a cipher.AEAD) aeadSet {
+	if s.a == nil || s.v == v {
+		s.v, s.a = v, a
+		return s
+	}
+	more := make([]versionAEAD, 0, len(s.more)+1)
+	for _, e := range s.more {
 		if e.v != v {
-			out = append(out, e)
+			more = append(more, e)
 		}
 	}
-	return append(out, versionAEAD{v: v, a: a})
+	s.more = append(more, versionAEAD{v: v, a: a})
+	return s
 }
 
 // stamp is path's current generation.
@@ -225,8 +242,7 @@ func (c *Catalog) evictLocked(path string) {
 	switch {
 	case strings.HasPrefix(path, "key/"):
 		name := path[len("key/"):]
-		c.keys.Remove(name) // keyEvicted drops its instances and decodings
-		delete(c.aeads, name)
+		c.keys.Remove(name) // with its instances; keyEvicted drops its decodings
 	case strings.HasPrefix(path, "alias/"):
 		c.aliases.Remove(path)
 	case strings.HasPrefix(path, "grant/"):
@@ -244,7 +260,6 @@ func (c *Catalog) Reset(context.Context) error {
 func (c *Catalog) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	clear(c.aeads)
 	clear(c.parsed)
 	c.keys.Purge()
 	c.aliases.Purge()

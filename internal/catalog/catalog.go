@@ -217,13 +217,13 @@ type Catalog struct {
 	// have their own lock for their recency, the key cache an atomic bit
 	// per entry), changed only under mu.Lock, so that their eviction
 	// callbacks run with mu held.
-	keys    *clockCache[*Key]          // by key name (Name); clock.go
+	//
+	// keys holds the cached key records by key name (Name), each entry
+	// with the AES-GCM instances of the key's versions (clock.go).
+	keys    *clockCache[*Key, aeadSet]
 	aliases *lru.Cache[string, *Alias] // by aliasKey
-	// aeads holds the AES-GCM instances of the versions of cached keys
-	// only, by key name; a slice is replaced, never changed in place.
-	aeads  map[string][]versionAEAD
-	parsed map[parsedKey]parsedEntry
-	mids   sync.Map // sealed material → KeyMaterialId of versions stored without one (materialid.go)
+	parsed  map[parsedKey]parsedEntry
+	mids    sync.Map // sealed material → KeyMaterialId of versions stored without one (materialid.go)
 	// parsedLimit bounds len(parsed).
 	parsedLimit int
 	// grants is the per-key grant cache (grant.go), bounded like keys.
@@ -252,7 +252,6 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 	c := &Catalog{
 		store:   store,
 		barrier: b,
-		aeads:   map[string][]versionAEAD{},
 		parsed:  map[parsedKey]parsedEntry{},
 		gens:    genTable{m: map[string]uint64{}},
 
@@ -260,7 +259,7 @@ func New(store storage.Store, b *barrier.Barrier) *Catalog {
 		cacheSize:   DefaultCacheSize,
 		policies:    newPolicyTexts(),
 	}
-	c.keys = newClockCache(c.cacheSize, c.keyEvicted)
+	c.keys = newClockCache[*Key, aeadSet](c.cacheSize, c.keyEvicted)
 	c.aliases = mustLRU[string, *Alias](c.cacheSize, nil)
 	c.grants = mustLRU[string, []*Grant](c.cacheSize, nil)
 	return c
@@ -567,8 +566,9 @@ func (c *Catalog) AllKeys(ctx context.Context, fn func(k *Key) error) error {
 func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 	name := k.Name()
 	c.mu.RLock()
-	a := findAEAD(c.aeads[name], v)
+	_, set, _ := c.keys.Extra(name)
 	c.mu.RUnlock()
+	a := set.find(v)
 	if a != nil && fresh(a, k, v) {
 		return a, nil
 	}
@@ -600,8 +600,8 @@ func (c *Catalog) AEAD(k *Key, v uint32) (cipher.AEAD, error) {
 	// Kept only beside k's record in the cache, and dropped with it, so
 	// that the instances are bounded by the cache and a record read before
 	// a change cannot leave an instance behind once the change evicted it.
-	if cur, ok := c.keys.Peek(name); ok && cur == k {
-		c.aeads[name] = withAEAD(c.aeads[name], v, a)
+	if cur, set, ok := c.keys.Extra(name); ok && cur == k {
+		c.keys.SetExtra(name, set.with(v, a))
 	}
 	c.mu.Unlock()
 	return a, nil

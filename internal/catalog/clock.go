@@ -16,35 +16,40 @@ import "sync/atomic"
 // three pointers per cached key, and a hit only sets the entry's
 // reference bit (and only when it is clear).
 //
+// Each entry may carry extra data of type X (the key cache's AES-GCM
+// instances): kept when the entry's value is replaced, dropped with the
+// entry.
+//
 // Locking is the catalog's (cache.go): Get, Peek, Contains and Len may run
 // concurrently under c.mu.RLock (the reference bit is atomic); Add,
 // Remove, Resize and Purge run under c.mu.Lock, and so does evicted, which
 // each of them calls for every entry it drops — for room or not, as the
 // list did.
-type clockCache[V any] struct {
+type clockCache[V, X any] struct {
 	index   map[string]int32 // name → slot
-	slots   []clockSlot[V]
+	slots   []clockSlot[V, X]
 	free    []int32 // unused slots below len(slots)
 	hand    int     // the next slot the eviction sweep looks at
 	size    int
 	evicted func(string, V)
 }
 
-type clockSlot[V any] struct {
+type clockSlot[V, X any] struct {
 	name string
 	v    V
+	x    X
 	ref  atomic.Bool // used since the sweep last passed
 	used bool
 }
 
 // newClockCache is a cache of size entries (at least 1) calling evicted,
 // if not nil, for each entry it drops.
-func newClockCache[V any](size int, evicted func(string, V)) *clockCache[V] {
-	return &clockCache[V]{index: map[string]int32{}, size: max(size, 1), evicted: evicted}
+func newClockCache[V, X any](size int, evicted func(string, V)) *clockCache[V, X] {
+	return &clockCache[V, X]{index: map[string]int32{}, size: max(size, 1), evicted: evicted}
 }
 
 // Get returns the value cached for name and marks it used.
-func (c *clockCache[V]) Get(name string) (V, bool) {
+func (c *clockCache[V, X]) Get(name string) (V, bool) {
 	i, ok := c.index[name]
 	if !ok {
 		var zero V
@@ -58,7 +63,7 @@ func (c *clockCache[V]) Get(name string) (V, bool) {
 }
 
 // Peek returns the value cached for name without marking it used.
-func (c *clockCache[V]) Peek(name string) (V, bool) {
+func (c *clockCache[V, X]) Peek(name string) (V, bool) {
 	i, ok := c.index[name]
 	if !ok {
 		var zero V
@@ -67,18 +72,37 @@ func (c *clockCache[V]) Peek(name string) (V, bool) {
 	return c.slots[i].v, true
 }
 
+// Extra returns the value cached for name and the extra data it carries,
+// without marking it used.
+func (c *clockCache[V, X]) Extra(name string) (V, X, bool) {
+	i, ok := c.index[name]
+	if !ok {
+		var zv V
+		var zx X
+		return zv, zx, false
+	}
+	return c.slots[i].v, c.slots[i].x, true
+}
+
+// SetExtra sets the extra data of name's entry, if it is cached.
+func (c *clockCache[V, X]) SetExtra(name string, x X) {
+	if i, ok := c.index[name]; ok {
+		c.slots[i].x = x
+	}
+}
+
 // Contains reports whether name is cached.
-func (c *clockCache[V]) Contains(name string) bool {
+func (c *clockCache[V, X]) Contains(name string) bool {
 	_, ok := c.index[name]
 	return ok
 }
 
 // Len is the number of entries cached.
-func (c *clockCache[V]) Len() int { return len(c.index) }
+func (c *clockCache[V, X]) Len() int { return len(c.index) }
 
-// Add caches v for name, replacing (without calling evicted) what was
-// cached for it, and evicting an entry first if the cache is full.
-func (c *clockCache[V]) Add(name string, v V) {
+// Add caches v for name, replacing (without calling evicted, and keeping
+// its extra data) what was cached for it, and evicting an entry first if the cache is full.
+func (c *clockCache[V, X]) Add(name string, v V) {
 	if i, ok := c.index[name]; ok {
 		c.slots[i].v = v
 		c.slots[i].ref.Store(true)
@@ -91,7 +115,7 @@ func (c *clockCache[V]) Add(name string, v V) {
 	if n := len(c.free); n > 0 {
 		i, c.free = c.free[n-1], c.free[:n-1]
 	} else {
-		c.slots = append(c.slots, clockSlot[V]{})
+		c.slots = append(c.slots, clockSlot[V, X]{})
 		i = int32(len(c.slots) - 1)
 	}
 	s := &c.slots[i]
@@ -101,7 +125,7 @@ func (c *clockCache[V]) Add(name string, v V) {
 }
 
 // Remove drops what is cached for name, calling evicted for it.
-func (c *clockCache[V]) Remove(name string) {
+func (c *clockCache[V, X]) Remove(name string) {
 	if i, ok := c.index[name]; ok {
 		c.drop(i)
 	}
@@ -109,7 +133,7 @@ func (c *clockCache[V]) Remove(name string) {
 
 // Resize bounds the cache to size entries (at least 1), evicting at once
 // if it holds more.
-func (c *clockCache[V]) Resize(size int) {
+func (c *clockCache[V, X]) Resize(size int) {
 	c.size = max(size, 1)
 	for len(c.index) > c.size {
 		c.evictOne()
@@ -120,7 +144,7 @@ func (c *clockCache[V]) Resize(size int) {
 }
 
 // Purge drops every entry, calling evicted for each.
-func (c *clockCache[V]) Purge() {
+func (c *clockCache[V, X]) Purge() {
 	for i := range c.slots {
 		if c.slots[i].used {
 			c.drop(int32(i))
@@ -132,7 +156,7 @@ func (c *clockCache[V]) Purge() {
 // evictOne drops the first entry at or after the hand not used since the
 // hand last passed it, clearing the reference bits it passes: within two
 // turns of the slots at most.
-func (c *clockCache[V]) evictOne() {
+func (c *clockCache[V, X]) evictOne() {
 	for {
 		if c.hand >= len(c.slots) {
 			c.hand = 0
@@ -153,12 +177,13 @@ func (c *clockCache[V]) evictOne() {
 }
 
 // drop empties slot i, which is in use, and calls evicted for its entry.
-func (c *clockCache[V]) drop(i int32) {
+func (c *clockCache[V, X]) drop(i int32) {
 	s := &c.slots[i]
 	name, v := s.name, s.v
 	delete(c.index, name)
-	var zero V
-	s.name, s.v, s.used = "", zero, false
+	var zv V
+	var zx X
+	s.name, s.v, s.x, s.used = "", zv, zx, false
 	s.ref.Store(false)
 	c.free = append(c.free, i)
 	if c.evicted != nil {

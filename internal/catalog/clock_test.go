@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"fmt"
 	mrand "math/rand/v2"
 	"sync"
@@ -15,8 +17,8 @@ func TestClockBounded(t *testing.T) {
 	rng := mrand.New(mrand.NewPCG(1, 2))
 	model := map[string]int{}
 	var dropped []string
-	var c *clockCache[int]
-	c = newClockCache(8, func(name string, v int) {
+	var c *clockCache[int, string]
+	c = newClockCache[int, string](8, func(name string, v int) {
 		if model[name] != v {
 			t.Fatalf("evicted %s=%d, cached %d", name, v, model[name])
 		}
@@ -73,7 +75,7 @@ func TestClockBounded(t *testing.T) {
 // stay cached while cold ones come and go.
 func TestClockSecondChance(t *testing.T) {
 	var evicted []string
-	c := newClockCache(4, func(name string, _ int) { evicted = append(evicted, name) })
+	c := newClockCache[int, string](4, func(name string, _ int) { evicted = append(evicted, name) })
 	for i := range 4 {
 		c.Add(fmt.Sprintf("k%d", i), i)
 	}
@@ -101,7 +103,7 @@ func TestClockSecondChance(t *testing.T) {
 // catalog's read lock, while writers take turns (run with -race).
 func TestClockConcurrentGets(t *testing.T) {
 	var mu sync.RWMutex
-	c := newClockCache[int](64, nil)
+	c := newClockCache[int, string](64, nil)
 	for i := range 64 {
 		c.Add(fmt.Sprint(i), i)
 	}
@@ -128,5 +130,46 @@ func TestClockConcurrentGets(t *testing.T) {
 	wg.Wait()
 	if c.Len() > 64 {
 		t.Fatalf("Len %d above 64", c.Len())
+	}
+}
+
+// TestAEADSet: a key's AES-GCM instances by version, the first inline:
+// adding one replaces only the same version's, and a set is never changed
+// in place (a reader may hold it).
+func TestAEADSet(t *testing.T) {
+	gcm := func() cipher.AEAD {
+		b, err := aes.NewCipher(make([]byte, 32))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := cipher.NewGCM(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	var s aeadSet
+	if s.find(1) != nil {
+		t.Fatal("empty set finds version 1")
+	}
+	a1, a2, a3, b2 := gcm(), gcm(), gcm(), gcm()
+	s1 := s.with(1, a1)
+	s2 := s1.with(2, a2)
+	s3 := s2.with(3, a3)
+	s4 := s3.with(2, b2)
+	for _, c := range []struct {
+		s    aeadSet
+		v    uint32
+		want cipher.AEAD
+	}{
+		{s1, 1, a1}, {s1, 2, nil}, {s2, 1, a1}, {s2, 2, a2}, {s3, 3, a3}, {s3, 2, a2},
+		{s4, 1, a1}, {s4, 2, b2}, {s4, 3, a3}, {s4, 4, nil},
+	} {
+		if got := c.s.find(c.v); got != c.want {
+			t.Errorf("find(%d) in a set of %d+%d = %p, want %p", c.v, 1, len(c.s.more), got, c.want)
+		}
+	}
+	if s1.with(1, b2).find(1) != b2 || s1.find(1) != a1 {
+		t.Error("replacing the inline instance changed the set it was made from")
 	}
 }

@@ -61,7 +61,8 @@ func TestPreload(t *testing.T) {
 	c.mu.RLock()
 	got, _ := c.keys.Peek(ids[0])
 	_, stale := c.keys.Peek(changed)
-	withAEAD := findAEAD(c.aeads[ids[500]], 1) != nil
+	_, set, _ := c.keys.Extra(ids[500])
+	withAEAD := set.find(1) != nil
 	c.mu.RUnlock()
 	if got != first {
 		t.Error("the preload replaced a record a request had cached")
