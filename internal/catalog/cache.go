@@ -30,9 +30,10 @@ import (
 //
 // The caches are bounded (SetCacheSize): key records (clock.go: the
 // second-chance approximation of least recently used), grant lists and
-// aliases (least-recently-used lists) of at most the cache size each. Eviction for room needs no generation: an evicted path is
-// read again, and a fill in flight for it still installs only if its
-// generation is unchanged. The generation table, which grows with every
+// aliases (least-recently-used lists) of at most the cache size each.
+// Eviction for room needs no generation: an evicted path is read again,
+// and a fill in flight for it still installs only if its generation is
+// unchanged. The generation table, which grows with every
 // path written or invalidated, is bounded too: past its limit it is
 // emptied and its base raised above every generation given so far, so a
 // fill or write begun before that simply does not install (it is read
