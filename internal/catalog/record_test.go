@@ -308,7 +308,10 @@ func TestDecodeKeySharesDefault(t *testing.T) {
 	}
 	elided := testing.AllocsPerRun(100, func() { decodeKey(other, &c.policies) })
 	full := testing.AllocsPerRun(100, func() { decodeKey(inline, &c.policies) })
-	if elided >= full {
+	// Not under -race: there sync.Pool drops objects at random, and with
+	// them the decoder's pooled state, so counts move by whole allocations
+	// (CI once read 8 and 8).
+	if elided >= full && !raceEnabled {
 		t.Errorf("decoding the elided record makes %v allocations, the inline one %v", elided, full)
 	}
 }
