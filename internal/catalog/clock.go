@@ -13,18 +13,18 @@ import "sync/atomic"
 // at the head under the list's own lock, writing to three entries that a
 // random key's hit finds out of cache. Here the entries are one slice of
 // name and value, the index a map of name to slot: no object per entry,
-// three pointers per cached key, and a hit only sets the entry's
-// reference bit (and only when it is clear).
+// and a hit only sets the entry's reference bit (and only when it is
+// clear).
 //
 // Each entry may carry extra data of type X (the key cache's AES-GCM
 // instances): kept when the entry's value is replaced, dropped with the
 // entry.
 //
-// Locking is the catalog's (cache.go): Get, Peek, Contains and Len may run
-// concurrently under c.mu.RLock (the reference bit is atomic); Add,
-// Remove, Resize and Purge run under c.mu.Lock, and so does evicted, which
-// each of them calls for every entry it drops — for room or not, as the
-// list did.
+// Locking is the catalog's (cache.go): Get, Peek, Extra, Contains and Len
+// may run concurrently under c.mu.RLock (the reference bit is atomic);
+// Add, SetExtra, Remove, Resize and Purge run under c.mu.Lock, and so does
+// evicted, which each of them calls for every entry it drops — for room
+// or not, as the list did.
 type clockCache[V, X any] struct {
 	index   map[string]int32 // name → slot
 	slots   []clockSlot[V, X]
@@ -100,8 +100,9 @@ func (c *clockCache[V, X]) Contains(name string) bool {
 // Len is the number of entries cached.
 func (c *clockCache[V, X]) Len() int { return len(c.index) }
 
-// Add caches v for name, replacing (without calling evicted, and keeping
-// its extra data) what was cached for it, and evicting an entry first if the cache is full.
+// Add caches v for name, replacing what was cached for it (without
+// calling evicted, and keeping its extra data), or evicting an entry first
+// if the cache is full.
 func (c *clockCache[V, X]) Add(name string, v V) {
 	if i, ok := c.index[name]; ok {
 		c.slots[i].v = v
