@@ -37,6 +37,15 @@ var fastSeeds = []string{
 	"{\"Message\":\"aGVs\nbG8=\"}", "{\"Message\":\"aGVs\rbG8=\"}", "{\"Message\":\"aGVs\tbG8=\"}",
 	`{"Message":"aGVs\nbG8="}`, `{"Message":"aGVs\"","KeyId":"a"}`, `{"Message":"\u0041AAA"}`, `{"Message":"AAAA\\"}`,
 	`{"Message":"AAAA`, `{"Message":"AAAA"`, `{"Message":AAAA"}`,
+	// Encryption contexts: objects of strings, and what is left to
+	// encoding/json (numbers, nulls, escapes, nesting, duplicates).
+	`{"EncryptionContext":{}}`, `{"EncryptionContext":{ }}`, `{"EncryptionContext":{"a":"1","a":"2"}}`,
+	`{"EncryptionContext":{"A":"1","a":"2"}}`, `{"EncryptionContext":{"a":"1",}}`, `{"EncryptionContext":{"a":1}}`,
+	`{"EncryptionContext":null}`, `{"EncryptionContext":{"a":null}}`, `{"EncryptionContext":{"a":{"b":"c"}}}`,
+	`{"EncryptionContext":{"a":"x:y,z}"} , "KeyId":"k"}`, `{ "EncryptionContext" : { "a" : "b" , "c" : "" } }`,
+	`{"EncryptionContext":{"a\u0041":"b"}}`, `{"EncryptionContext":{"a":"b"},"EncryptionContext":{"c":"d"}}`,
+	`{"EncryptionContext":{"a":"b"}`, `{"EncryptionContext":{"a":"b"`, `{"EncryptionContext":{"a" "b"}}`,
+	`{"EncryptionContext":["a"]}`, `{"encryptioncontext":{"a":"b"}}`, `{"EncryptionContext":{"":""}}`,
 }
 
 // FuzzFastDecode: whatever fastDecode accepts, it decodes exactly as
@@ -81,6 +90,8 @@ func TestFastDecodeCommon(t *testing.T) {
 	for _, body := range []string{
 		`{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Message":"aGVsbG8=","Signature":"` + sig + `"}`,
 		`{ "KeyId" : "alias/x" ,` + "\n" + `"Message":"aGVsbG8=" }`,
+		`{"EncryptionContext":{"aws-crypto-public-key":"AxR4cm9tIHRoZSBTREs=","purpose":"test"},"KeyId":"k","Message":"AAEC"}`,
+		`{"EncryptionContext":{}}`,
 		`{}`,
 	} {
 		var v fastShape
@@ -88,11 +99,16 @@ func TestFastDecodeCommon(t *testing.T) {
 			t.Errorf("%s: not decoded on the fast path", body)
 		}
 	}
+	prefilled := fastShape{EncryptionContext: map[string]string{"kept": "1"}}
+	if fastDecode([]byte(`{"EncryptionContext":{"a":"b"}}`), &prefilled) {
+		t.Errorf("a map the caller left in place: decoded on the fast path (encoding/json adds to it)")
+	}
 	var u unmarshalerShape
 	if fastDecode([]byte(`{"KeyId":"a"}`), &u) {
 		t.Errorf("a shape with its own UnmarshalJSON: decoded on the fast path")
 	}
-	for _, body := range []string{`{"KeyId":"a","DryRun":true}`, `{"KeyId":"a","KeyId":"b"}`, `{"keyid":"a"}`, `{"KeyId":"\u0041"}`} {
+	for _, body := range []string{`{"KeyId":"a","DryRun":true}`, `{"KeyId":"a","KeyId":"b"}`, `{"keyid":"a"}`, `{"KeyId":"\u0041"}`,
+		`{"EncryptionContext":{"a":1}}`, `{"EncryptionContext":null}`} {
 		var v fastShape
 		if fastDecode([]byte(body), &v) {
 			t.Errorf("%s: decoded on the fast path", body)
@@ -100,32 +116,48 @@ func TestFastDecodeCommon(t *testing.T) {
 	}
 }
 
-// BenchmarkFastDecode compares Decode on a Verify body (all members
-// strings, the fast path) with json.Unmarshal of the same body.
+// BenchmarkFastDecode compares Decode (the fast path) with json.Unmarshal
+// on a Verify body (all members strings) and on an Encrypt body with an
+// encryption context.
 func BenchmarkFastDecode(b *testing.B) {
-	body := []byte(`{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Message":"` +
-		base64.StdEncoding.EncodeToString(make([]byte, 64)) + `","Signature":"` +
-		base64.StdEncoding.EncodeToString(make([]byte, 71)) + `","SigningAlgorithm":"ECDSA_SHA_256"}`)
 	type verify struct {
 		KeyId, SigningAlgorithm *string
 		Message, Signature      []byte
 	}
-	b.Run("Decode", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			var v verify
-			if err := Decode(body, &v); err != nil {
-				b.Fatal(err)
+	type encrypt struct {
+		KeyId             *string
+		Plaintext         []byte
+		EncryptionContext map[string]string
+	}
+	bodies := []struct {
+		name string
+		body []byte
+		v    func() any
+	}{
+		{"Verify", []byte(`{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Message":"` +
+			base64.StdEncoding.EncodeToString(make([]byte, 64)) + `","Signature":"` +
+			base64.StdEncoding.EncodeToString(make([]byte, 71)) + `","SigningAlgorithm":"ECDSA_SHA_256"}`),
+			func() any { return new(verify) }},
+		{"Encrypt", []byte(`{"EncryptionContext":{"purpose":"kmsbench","tenant":"t-42"},` +
+			`"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Plaintext":"aGVsbG8="}`),
+			func() any { return new(encrypt) }},
+	}
+	for _, c := range bodies {
+		b.Run(c.name+"/Decode", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := Decode(c.body, c.v()); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-	})
-	b.Run("json.Unmarshal", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			var v verify
-			if err := json.Unmarshal(body, &v); err != nil {
-				b.Fatal(err)
+		})
+		b.Run(c.name+"/json.Unmarshal", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := json.Unmarshal(c.body, c.v()); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-	})
+		})
+	}
 }
