@@ -214,7 +214,15 @@ func appendRecord(b []byte, r *Record) []byte {
 	b = str(b, "errorMessage", r.ErrorMessage, true)
 	b = anyValue(b, "requestParameters", r.RequestParameters, false)
 	b = anyValue(b, "responseElements", r.ResponseElements, false)
-	if r.Node != "" {
+	if r.Node != "" && len(r.AdditionalEventData) == 0 && plainNode(r.Node) {
+		// Every record of a node: what the map below gives, written
+		// without one (TestAdditionalEventDataNode).
+		b = append(b, `,"additionalEventData":{"kmsdNode":`...)
+		b = appendString(b, r.Node)
+		b = append(b, `,"kmsdSeq":`...)
+		b = strconv.AppendUint(b, r.Seq, 10)
+		b = append(b, '}')
+	} else if r.Node != "" {
 		// The record's own additional data, then the node and its
 		// sequence number; the map may be shared with another record
 		// (ReplicateKey's two), so it is copied rather than changed.
@@ -257,6 +265,17 @@ func appendRecord(b []byte, r *Record) []byte {
 }
 
 func isEmpty(v any) bool { return v == nil }
+
+// plainNode: appendString writes node as encoding/json does — printable
+// ASCII without the characters encoding/json escapes for HTML (<, >, &).
+func plainNode(node string) bool {
+	for i := 0; i < len(node); i++ {
+		if c := node[i]; c < 0x20 || c > 0x7e || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
 
 // appendUserIdentity appends u as encoding/json would, with the omissions
 // of its tags: it is in every record, and reflection was the largest cost

@@ -3,6 +3,7 @@ package audit
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -146,6 +147,30 @@ func TestAppendUserIdentityMatchesEncodingJSON(t *testing.T) {
 		}
 		if got := appendUserIdentity(nil, &u); string(got) != string(want) {
 			t.Fatalf("mask %b:\ngot  %s\nwant %s", mask, got, want)
+		}
+	}
+}
+
+// TestAdditionalEventDataNode: the node and sequence number written
+// directly are what encoding/json writes for the map they stand for,
+// byte for byte, and the map path still serves every other record.
+func TestAdditionalEventDataNode(t *testing.T) {
+	for _, node := range []string{"node-1", "9f8e7d6c-1234-4abc-8def-0123456789ab", "a<b>&c", "n\u0153ud", "tab\there", `q"uote\`} {
+		for _, extra := range []map[string]any{nil, {}, {"x": 1, "a": "<b>"}} {
+			r := &Record{EventName: "Encrypt", Node: node, Seq: 1<<63 + 5, AdditionalEventData: extra}
+			got := appendRecord(nil, r)
+			m := map[string]any{"kmsdNode": node, "kmsdSeq": r.Seq}
+			for k, v := range extra {
+				m[k] = v
+			}
+			data, err := json.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := `,"additionalEventData":` + string(data) + `,"requestID"`
+			if !strings.Contains(string(got), want) {
+				t.Errorf("node %q, data %v:\ngot  %s\nwant …%s…", node, extra, got, want)
+			}
 		}
 	}
 }
