@@ -101,14 +101,39 @@ func (c *Caller) principal() policy.Principal {
 // made once per principal and once per second (policy.Request.Shared):
 // a request copies none of them, and its own map holds only the keys of
 // the call.
+//
+// A caller that holds the request no longer once it has decided (as
+// authorizeKey, the path of every cryptographic operation) hands it back
+// with release, and a later call reuses it and its map.
 func (s *Service) request(c *Caller, action, resource string) *policy.Request {
 	p := c.principal()
-	r := &policy.Request{Principal: p, Action: action, Resource: resource, Context: make(map[string][]string, 8),
-		Shared: []map[string][]string{principalKeys(&p), s.envKeys(c.Region, c.SecureTransport)}}
+	r := requestPool.Get().(*policy.Request)
+	r.Principal, r.Action, r.Resource = p, action, resource
+	r.Shared = append(r.Shared, principalKeys(&p), s.envKeys(c.Region, c.SecureTransport))
 	if c.SourceIP != "" {
 		r.Context[policy.KeySourceIP] = []string{c.SourceIP}
 	}
 	return r
+}
+
+var requestPool = sync.Pool{New: func() any {
+	return &policy.Request{Context: make(map[string][]string, 8), Shared: make([]map[string][]string, 0, 2)}
+}}
+
+// pooledKeys bounds the condition keys of a request release keeps for
+// reuse: a map keeps the room it grew to, and a request with a large
+// encryption context would leave every later one a large map to scan.
+const pooledKeys = 16
+
+// release hands r, which no one uses any more, back to request.
+func release(r *policy.Request) {
+	if len(r.Context) > pooledKeys {
+		return
+	}
+	clear(r.Context)
+	clear(r.Shared[:cap(r.Shared)])
+	*r = policy.Request{Context: r.Context, Shared: r.Shared[:0]}
+	requestPool.Put(r)
 }
 
 var (
@@ -233,6 +258,7 @@ func (s *Service) authorizeKey(ctx context.Context, c *Caller, action string, k 
 		return nil
 	}
 	r := s.request(c, action, arn)
+	defer release(r)
 	kp := s.keyPolicy(k)
 	if err := s.setKeyConditions(ctx, r, k, readers{kp, c.Policies, c.SessionPolicies}); err != nil {
 		return err
