@@ -34,6 +34,7 @@ func fastDecode(body []byte, v any) bool {
 	type member struct {
 		f     *fastField
 		value []byte
+		m     map[string]string // a mapField's
 	}
 	var found [16]member
 	n := 0
@@ -61,18 +62,19 @@ func fastDecode(body []byte, v any) bool {
 				return false
 			}
 			var value []byte
+			var m map[string]string
 			switch f.kind {
 			case blobField:
 				value, j, ok = blobString(body, skipSpace(body, j+1))
 			case mapField:
-				value, j, ok = plainObject(body, skipSpace(body, j+1))
+				m, j, ok = plainObject(body, skipSpace(body, j+1))
 			default:
 				value, j, ok = plainString(body, skipSpace(body, j+1))
 			}
 			if !ok {
 				return false
 			}
-			found[n] = member{f, value}
+			found[n] = member{f, value, m}
 			n++
 			j = skipSpace(body, j)
 			if j == len(body) {
@@ -92,9 +94,14 @@ func fastDecode(body []byte, v any) bool {
 		return false
 	}
 	// Decode the blobs before storing anything, so that a bad one leaves v
-	// untouched for encoding/json to report.
+	// untouched for encoding/json to report; a map the caller left in
+	// place is left to encoding/json too, which would add to it.
+	s := rv.Elem()
 	var blobs [16][]byte
 	for k, m := range found[:n] {
+		if m.f.kind == mapField && !s.Field(m.f.index).IsNil() {
+			return false
+		}
 		if m.f.kind == blobField {
 			// As encoding/json does: a slice of DecodedLen, cut to length.
 			b := make([]byte, base64.StdEncoding.DecodedLen(len(m.value)))
@@ -105,20 +112,13 @@ func fastDecode(body []byte, v any) bool {
 			blobs[k] = b[:l]
 		}
 	}
-	s := rv.Elem()
-	for _, m := range found[:n] {
-		if m.f.kind == mapField && !s.Field(m.f.index).IsNil() {
-			// encoding/json would add to the map the caller left there.
-			return false
-		}
-	}
 	for k, m := range found[:n] {
 		f := s.Field(m.f.index)
 		switch m.f.kind {
 		case blobField:
 			f.SetBytes(blobs[k])
 		case mapField:
-			f.Set(reflect.ValueOf(objectMap(m.value)))
+			f.Set(reflect.ValueOf(m.m))
 		default:
 			str := string(m.value)
 			f.Set(reflect.ValueOf(&str))
@@ -248,22 +248,23 @@ const maxPlainPairs = 64
 
 // plainObject reads at body[i:] a JSON object whose members' names and
 // values are all strings plainString accepts (no escapes, no control
-// characters), at most maxPlainPairs of them, returning the object's
-// text and the offset after it.
-func plainObject(body []byte, i int) ([]byte, int, bool) {
+// characters), at most maxPlainPairs of them, returning its map (a later
+// member of the same name replacing an earlier one, as in encoding/json)
+// and the offset after it.
+func plainObject(body []byte, i int) (map[string]string, int, bool) {
 	if i >= len(body) || body[i] != '{' {
 		return nil, i, false
 	}
-	start := i
+	m := make(map[string]string)
 	i = skipSpace(body, i+1)
 	if i < len(body) && body[i] == '}' {
-		return body[start : i+1], i + 1, true
+		return m, i + 1, true
 	}
 	for n := 0; ; n++ {
 		if n == maxPlainPairs {
 			return nil, i, false
 		}
-		_, j, ok := plainString(body, i)
+		name, j, ok := plainString(body, i)
 		if !ok {
 			return nil, j, false
 		}
@@ -271,38 +272,24 @@ func plainObject(body []byte, i int) ([]byte, int, bool) {
 		if j == len(body) || body[j] != ':' {
 			return nil, j, false
 		}
-		if _, j, ok = plainString(body, skipSpace(body, j+1)); !ok {
+		var value []byte
+		if value, j, ok = plainString(body, skipSpace(body, j+1)); !ok {
 			return nil, j, false
 		}
+		m[string(name)] = string(value)
 		j = skipSpace(body, j)
 		if j == len(body) {
 			return nil, j, false
 		}
 		switch body[j] {
 		case '}':
-			return body[start : j+1], j + 1, true
+			return m, j + 1, true
 		case ',':
 			i = skipSpace(body, j+1)
 		default:
 			return nil, j, false
 		}
 	}
-}
-
-// objectMap is the map of an object plainObject accepted: a later member
-// of the same name replaces an earlier one, as in encoding/json.
-func objectMap(obj []byte) map[string]string {
-	m := make(map[string]string)
-	for i := skipSpace(obj, 1); obj[i] != '}'; {
-		name, j, _ := plainString(obj, i)
-		value, j, _ := plainString(obj, skipSpace(obj, skipSpace(obj, j)+1))
-		m[string(name)] = string(value)
-		if j = skipSpace(obj, j); obj[j] == ',' {
-			j = skipSpace(obj, j+1)
-		}
-		i = j
-	}
-	return m
 }
 
 // blobString reads the JSON string of a []byte member at body[i:] for
