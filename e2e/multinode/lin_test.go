@@ -415,8 +415,9 @@ const (
 //   - Anything else is unknown. kmsd does not tell a failure before commit
 //     from an unknown commit on the wire: every storage error, a refused
 //     BEGIN as much as storage.ErrCommitUnknown (internal/storage/postgres
-//     resolve), becomes KMSInternalException 500 (internal/kms/service.go
-//     internal, internal/server/handler.go wireError), and a 500 can even
+//     resolve), becomes KMSInternalException 500, or DependencyTimeoutException
+//     503 when it ran out of time (internal/kms/service.go internal,
+//     internal/server/handler.go wireError), and a 500 can even
 //     follow a commit (handler.go: an audit record whose sync failed after
 //     the change was made). A timeout, a reset or EOF after the request
 //     was written, and a node killed mid-call are unknown as well.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -258,10 +259,30 @@ func (a *api) wireError(op, reqID string, err error) *awsjson.Error {
 		return we
 	}
 	e := kms.Exception(err)
+	if e.Name == "KMSInternalException" && errors.Is(err, context.DeadlineExceeded) && throws(op, dependencyTimeout.Name) {
+		// A read or write that ran out of time: the database did not
+		// answer within its bound (a data-plane read past
+		// --cache-max-staleness waits at most a second). AWS answers a
+		// timeout so, and clients retry it.
+		a.log.Warn("dependency timeout", "op", op, "requestId", reqID, "err", err)
+		e = dependencyTimeout
+	}
 	if e.Name == "KMSInternalException" {
 		a.log.Error("internal error", "op", op, "requestId", reqID, "err", err)
 	}
 	return &awsjson.Error{Code: e.Name, Message: e.Message, Status: kmsapi.Status(e.Name)}
+}
+
+// dependencyTimeout is AWS's answer when the request timed out inside the
+// service (HTTP 503).
+var dependencyTimeout = kmsapi.NewException("DependencyTimeoutException",
+	"The system timed out while trying to fulfill the request. You can retry the request.")
+
+// throws says whether operation op may answer the exception named name
+// (it is in the operation's error list in the model).
+func throws(op, name string) bool {
+	o := kmsapi.Operations[op]
+	return o != nil && slices.Contains(o.Errors, name)
 }
 
 func (a *api) fail(w http.ResponseWriter, rec *audit.Record, op string, e *awsjson.Error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/kmsd/kmsd/internal/identity"
 	"github.com/kmsd/kmsd/internal/kms"
 	"github.com/kmsd/kmsd/internal/sigv4"
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -31,12 +32,25 @@ const (
 // mode, with one long-term access key (testAKID) for an administrator.
 func newTestAPI(t testing.TB, opts ...kms.Option) *api {
 	t.Helper()
+	a, _ := newTestAPIWrap(t, nil, opts...)
+	return a
+}
+
+// newTestAPIWrap is newTestAPI whose KMS service stores through
+// wrap(store) (identities use the store itself), and the service's
+// catalog.
+func newTestAPIWrap(t testing.TB, wrap func(storage.Store) storage.Store, opts ...kms.Option) (*api, *catalog.Catalog) {
+	t.Helper()
 	ctx := context.Background()
 	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "kmsd.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
+	var kstore storage.Store = store
+	if wrap != nil {
+		kstore = wrap(store)
+	}
 	b, err := barrier.New(bytes.Repeat([]byte{7}, 32))
 	if err != nil {
 		t.Fatal(err)
@@ -53,9 +67,10 @@ func newTestAPI(t testing.TB, opts ...kms.Option) *api {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a := &api{svc: kms.New(catalog.New(store, b), append([]kms.Option{kms.WithLogger(log)}, opts...)...), account: testAccount, log: log, metrics: newMetrics(), ids: ids}
+	cat := catalog.New(kstore, b)
+	a := &api{svc: kms.New(cat, append([]kms.Option{kms.WithLogger(log)}, opts...)...), account: testAccount, log: log, metrics: newMetrics(), ids: ids}
 	a.setVerifiers(ids)
-	return a
+	return a, cat
 }
 
 // call serves one KMS request signed by s (with token, if any) after edit,

@@ -117,7 +117,7 @@ func TestHorizonStall(t *testing.T) {
 			switch code(err) {
 			case "DisabledException":
 				return max(0, lastOK.Sub(acked))
-			case "KMSInternalException":
+			case "DependencyTimeoutException":
 				// A read-through that did not answer within its 1s
 				// bound (a loaded machine): refused, not served.
 				t.Logf("Encrypt on B during the stall: %v", err)
@@ -131,11 +131,11 @@ func TestHorizonStall(t *testing.T) {
 
 	// serves encrypts with id through B, up to three times: a
 	// read-through may exceed its 1s bound on a loaded machine
-	// (KMSInternalException) without B failing closed.
+	// (DependencyTimeoutException) without B failing closed.
 	serves := func(id string) error {
 		var err error
 		for range 3 {
-			if err = encrypt(ctx, cb, id); err == nil || code(err) != "KMSInternalException" {
+			if err = encrypt(ctx, cb, id); err == nil || code(err) != "DependencyTimeoutException" {
 				return err
 			}
 			t.Logf("Encrypt on B during the stall: %v", err)
