@@ -321,7 +321,7 @@ func xksStoreKey(t *testing.T, p *e2etest.Proxy, nodes []*e2etest.KMSD) (file, k
 // what the nodes let through (xks_proxy_requests_total, scraped every
 // 200 ms): over every window of at least 1 s from 2 s into the load on —
 // past the buckets full at its start — the rate is at most 1.15 × the quota
-// (the margin is the scrapes' timing on a loaded machine). The joiner
+// (each window timed so that a slow scrape cannot inflate it). The joiner
 // answers ThrottlingException until the others count it (its log says it
 // held), then accepts its share. This guards the aggregate end to end but
 // cannot tell the fix from the old code on a busy store: there the joiner
@@ -344,10 +344,12 @@ func TestA11JoinUnderLoad(t *testing.T) {
 	file, key := xksStoreKey(t, p, nodes)
 	akid, secret := creds(t, file)
 
-	// The proxy's count of Encrypts answered OK, every 200 ms.
+	// The proxy's count of Encrypts answered OK, every 200 ms: read at
+	// some instant between before and after (a scrape on a loaded machine
+	// may take a while).
 	type sample struct {
-		at time.Time
-		n  float64
+		before, after time.Time
+		n             float64
 	}
 	var (
 		mu      sync.Mutex
@@ -382,9 +384,10 @@ func TestA11JoinUnderLoad(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for tick := time.NewTicker(200 * time.Millisecond); ctx.Err() == nil; <-tick.C {
+			before := time.Now()
 			if n, err := scrape(); err == nil {
 				mu.Lock()
-				samples = append(samples, sample{time.Now(), n})
+				samples = append(samples, sample{before, time.Now(), n})
 				mu.Unlock()
 			}
 		}
@@ -466,19 +469,23 @@ func TestA11JoinUnderLoad(t *testing.T) {
 		t.Errorf("node-2: %d accepted, %d throttled; want both (it holds, then takes its share)", joinOK, joinThrottled)
 	}
 
-	// Every window of at least 1 s between samples, from 2 s in.
+	// Every window of at least 1 s between samples, from 2 s in. The
+	// counts were read at most b.after-a.before apart: the rate over
+	// that span is the least the nodes can have let through, so a
+	// scrape delayed by the machine cannot make a window look faster
+	// than it was.
 	mu.Lock()
 	defer mu.Unlock()
 	var worst float64
 	var worstAt time.Duration
 	for i, a := range samples {
-		if a.at.Before(start.Add(2 * time.Second)) {
+		if a.before.Before(start.Add(2 * time.Second)) {
 			continue
 		}
 		for _, b := range samples[i+1:] {
-			if d := b.at.Sub(a.at); d >= time.Second {
-				if r := (b.n - a.n) / d.Seconds(); r > worst {
-					worst, worstAt = r, a.at.Sub(start)
+			if b.before.Sub(a.after) >= time.Second {
+				if r := (b.n - a.n) / b.after.Sub(a.before).Seconds(); r > worst {
+					worst, worstAt = r, a.before.Sub(start)
 				}
 				break
 			}
