@@ -26,7 +26,9 @@ import (
 //     the feed cannot say what changed; then it publishes the feed's
 //     horizon, which SetFreshness handed to the catalog.
 //   - Freshness. A read trusts the cache only while the horizon is younger
-//     than the bound, and never under WithFresh (control-plane reads).
+//     than the bound. A control-plane read (WithFresh) trusts it only once
+//     the feed has proved it holds every change committed before the read
+//     began (SetReadBarrier), and otherwise reads the database.
 //
 // The caches are bounded (SetCacheSize): key records (clock.go: the
 // second-chance approximation of least recently used), grant lists and
@@ -286,10 +288,28 @@ func (c *Catalog) SetFreshness(asOf func() time.Time, maxStale time.Duration) {
 	c.freshness.Store(&freshness{asOf: asOf, maxStale: maxStale})
 }
 
+// readBarrier is what SetReadBarrier was given.
+type readBarrier struct {
+	freshAt func(ctx context.Context, t time.Time) bool
+}
+
+// SetReadBarrier lets control-plane reads (WithFresh) use the cache:
+// freshAt(ctx, t) must return true only if every change committed before
+// t has been passed to Invalidate or Reset (feed.Follower.FreshAt). A read
+// made with WithFresh at t for which it is true is served from the cache,
+// which then holds nothing older than the database had at t — the
+// linearizable read of MULTINODE.md §4.2 ("a cache entry proven fresh for
+// that key") — and otherwise from the database. Without it
+// control-plane reads always read the database. Call it before serving.
+func (c *Catalog) SetReadBarrier(freshAt func(ctx context.Context, t time.Time) bool) {
+	c.readBarrier.Store(&readBarrier{freshAt})
+}
+
 // cacheOK says whether a read for ctx may be served from the cache.
 func (c *Catalog) cacheOK(ctx context.Context) bool {
-	if ctx.Value(freshKey{}) != nil {
-		return false
+	if at, ok := ctx.Value(freshKey{}).(time.Time); ok {
+		b := c.readBarrier.Load()
+		return b != nil && b.freshAt(ctx, at)
 	}
 	f := c.freshness.Load()
 	return f == nil || time.Since(f.asOf()) <= f.maxStale
@@ -312,10 +332,14 @@ func readCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 type freshKey struct{}
 
 // WithFresh marks reads made with the returned context as control-plane
-// reads: the catalog reads them from the database (refreshing its cache),
-// so that a change acknowledged by any node is seen at once.
+// reads, begun now: the catalog answers them with what the database held
+// at least as late as now — from the database (refreshing its cache), or
+// from the cache once the change feed has proved it that fresh
+// (SetReadBarrier) — so that a change acknowledged by any node is seen at
+// once. Every read made with the context is measured against the same
+// instant, so one proof serves them all.
 func WithFresh(ctx context.Context) context.Context {
-	return context.WithValue(ctx, freshKey{}, true)
+	return context.WithValue(ctx, freshKey{}, time.Now())
 }
 
 // IsFresh says whether ctx was made by WithFresh.

@@ -1,17 +1,20 @@
 package catalog
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -224,4 +227,81 @@ func TestFillLosesToNewerWrite(t *testing.T) {
 	if c.keys.Contains("k1") {
 		t.Errorf("a fill begun before a Reset installed its record")
 	}
+}
+
+// countGets is a store that counts its reads of single records.
+type countGets struct {
+	storage.Store
+	gets atomic.Int64
+}
+
+func (s *countGets) Get(ctx context.Context, key string) ([]byte, error) {
+	s.gets.Add(1)
+	return s.Store.Get(ctx, key)
+}
+
+// TestFreshReadBarrier: with a read barrier (the change feed's
+// FreshAt), a control-plane read on node B is served from B's cache
+// while B's feed proves that nothing was committed since B last polled
+// it, and from the database as soon as anything was — so it sees node A's
+// change at once, as a read of the database would, and reads no record
+// again while the cached one is proven current. A barrier that cannot
+// prove the cache sends every read to the database.
+func TestFreshReadBarrier(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	root := make([]byte, 32)
+	rand.Read(root)
+	open := func(wrap func(storage.Store) storage.Store) (*Catalog, *sqlite.Store) {
+		st, err := sqlite.Open(ctx, filepath.Join(dir, "kmsd.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		bar, err := barrier.New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return New(wrap(st), bar), st
+	}
+	a, _ := open(func(s storage.Store) storage.Store { return s })
+	cg := &countGets{}
+	b, bst := open(func(s storage.Store) storage.Store { cg.Store = s; return cg })
+	f := feed.New(bst, time.Hour, nil, b) // polled by the test only
+	poll := func() {
+		t.Helper()
+		if err := f.Poll(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll()
+	b.SetFreshness(f.FreshAsOf, time.Hour)
+	b.SetReadBarrier(f.FreshAt)
+
+	state := func(when string, want keys.State, gets int64) {
+		t.Helper()
+		before := cg.gets.Load()
+		k, err := b.Key(WithFresh(ctx), "k1")
+		if err != nil || k.State != want {
+			t.Fatalf("B's fresh read %s: %v, %v; want state %s", when, k, err, want)
+		}
+		if n := cg.gets.Load() - before; n != gets {
+			t.Errorf("B's fresh read %s read the database %d times, want %d", when, n, gets)
+		}
+	}
+	sharedKey(t, node{cat: a}, "k1")
+	state("of a key A just made", keys.Enabled, 1)
+	poll() // brings the creation: B evicts the record it read
+	state("after B's feed caught up", keys.Enabled, 1)
+	state("again, nothing committed since", keys.Enabled, 0)
+	if _, err := a.UpdateKey(ctx, "k1", func(k *Key) error { k.State = keys.Disabled; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	state("after A disabled it, before B's feed has it", keys.Disabled, 1)
+	poll()
+	state("after B's feed caught up", keys.Disabled, 1)
+	state("again", keys.Disabled, 0)
+
+	b.SetReadBarrier(func(context.Context, time.Time) bool { return false })
+	state("when the feed cannot prove the cache", keys.Disabled, 1)
 }

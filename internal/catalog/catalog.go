@@ -22,11 +22,13 @@
 // needed for correctness; the cache is filled and updated only after a
 // commit, under per-record generations that keep an older record from
 // replacing a newer one; a change-feed follower evicts what other
-// processes changed (Invalidate, Reset). Reads made with WithFresh come
-// from the database (control plane); others come from the cache as long
-// as the feed is fresher than the bound given to SetFreshness, and from
-// the database past it (data plane, failing closed when the database
-// cannot answer).
+// processes changed (Invalidate, Reset). Reads made with WithFresh
+// (control plane) come from the cache once the feed, polled at their
+// request, has proved it holds every change committed before they began
+// (SetReadBarrier), and from the database otherwise; others come from the
+// cache as long as the feed is fresher than the bound given to
+// SetFreshness, and from the database past it (data plane, failing closed
+// when the database cannot answer).
 //
 // Every key a sweeper may act on is also listed, by due time, in a sweep
 // index written in the transaction that writes its record
@@ -235,6 +237,9 @@ type Catalog struct {
 	gens genTable
 	// freshness is the change feed's horizon and its bound (cache.go).
 	freshness atomic.Pointer[freshness]
+	// barrier proves the caches fresh for a control-plane read
+	// (SetReadBarrier, cache.go).
+	readBarrier atomic.Pointer[readBarrier]
 	// sweepIndexed: the store's key records are all in the sweep index
 	// (sweepindex.go).
 	sweepIndexed atomic.Bool

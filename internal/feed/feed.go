@@ -47,6 +47,7 @@ type Follower struct {
 	cursor storage.Cursor
 	pos    atomic.Pointer[storage.Cursor] // cursor, for Cursor
 	fresh  atomic.Pointer[time.Time]
+	kick   chan struct{} // FreshAt saw the head move: Run polls soon
 }
 
 // New returns a follower of w for subs, polling every interval (zero:
@@ -58,7 +59,7 @@ func New(w storage.Watcher, interval time.Duration, log *slog.Logger, subs ...Su
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &Follower{w: w, subs: subs, interval: interval, log: log}
+	f := &Follower{w: w, subs: subs, interval: interval, log: log, kick: make(chan struct{}, 1)}
 	f.fresh.Store(&time.Time{})
 	f.pos.Store(&storage.Cursor{})
 	return f
@@ -75,6 +76,54 @@ func (f *Follower) Cursor() storage.Cursor { return *f.pos.Load() }
 // zero time before the first successful poll.
 func (f *Follower) FreshAsOf() time.Time { return *f.fresh.Load() }
 
+// FreshAt says whether every change committed before t has been handed to
+// the subscribers: FreshAsOf is not before t, or the Watcher's head
+// (storage.Header), read now, is where the follower's cursor is — nothing
+// was committed since the changes it has handed over — in which case the
+// instant before that read becomes FreshAsOf. It never polls, and answers
+// false when neither proves it (a change committed since the last poll, a
+// Watcher without Header, an error): the caller then reads the database.
+// A head past the cursor makes Run poll soon (as a notice does), so that
+// the caches, and FreshAt, catch up before the next interval.
+//
+// A control-plane read begun at t (MULTINODE.md §4.2: "a cache entry
+// proven fresh for that key") may use the caches once FreshAt(t) is true.
+func (f *Follower) FreshAt(ctx context.Context, t time.Time) bool {
+	if !f.FreshAsOf().Before(t) {
+		return true
+	}
+	h, ok := f.w.(storage.Header)
+	if !ok {
+		return false
+	}
+	start := time.Now()
+	head, err := h.Head(ctx)
+	// The cursor is read after the head: it only moves once the
+	// subscribers have what it covers.
+	if err != nil {
+		return false
+	}
+	if head != f.Cursor() {
+		select {
+		case f.kick <- struct{}{}:
+		default: // asked already
+		}
+		return false
+	}
+	f.advance(start)
+	return true
+}
+
+// advance makes t FreshAsOf unless that is later already.
+func (f *Follower) advance(t time.Time) {
+	for {
+		cur := f.fresh.Load()
+		if !t.After(*cur) || f.fresh.CompareAndSwap(cur, &t) {
+			return
+		}
+	}
+}
+
 // Lag is how far behind now the node's caches may be.
 func (f *Follower) Lag() time.Duration {
 	t := f.FreshAsOf()
@@ -86,7 +135,8 @@ func (f *Follower) Lag() time.Duration {
 
 // Run polls until ctx ends. Errors are logged and retried at the next
 // interval; meanwhile freshness ages, which is what makes the node stop
-// trusting its caches.
+// trusting its caches. FreshAt's finding that the feed moved makes it
+// poll at once (but no sooner than noticeGap after the last poll).
 //
 // A Watcher that is also a storage.Notifier makes a notice poll at once
 // (but no sooner than noticeGap after the last poll): a transaction that
@@ -140,6 +190,9 @@ func (f *Follower) Run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				due = true
+			case <-f.kick:
+				gap(lastPoll)
 				due = true
 			case <-soon.C:
 				gap(lastPoll)
@@ -203,10 +256,7 @@ func (f *Follower) Poll(ctx context.Context) error {
 		f.pos.Store(&next)
 		if !b.FreshAsOf.IsZero() {
 			// Published only after every subscriber has the changes.
-			if b.FreshAsOf.After(f.FreshAsOf()) {
-				t := b.FreshAsOf
-				f.fresh.Store(&t)
-			}
+			f.advance(b.FreshAsOf)
 			return nil
 		}
 		if len(b.Keys) == 0 && !b.Reset {

@@ -206,3 +206,86 @@ func TestRunOnNotice(t *testing.T) {
 	w.notices <- 15
 	waitFor("a poll for a new notice", func() bool { return f.Cursor().XID == 20 })
 }
+
+// onlyWatcher hides every capability of a Watcher but the change feed.
+type onlyWatcher struct{ storage.Watcher }
+
+// TestFreshAt: a follower that has consumed the feed is proved fresh for
+// any instant by the SQLite store's head, without a poll, and FreshAsOf
+// moves up to the proof; once another handle commits a change the head
+// has moved past the cursor and nothing is proved until a poll hands the
+// change over — which Run, told by FreshAt, does at once rather than at
+// its interval. A Watcher without a head proves nothing past its polls.
+func TestFreshAt(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "kmsd.db")
+	st, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	other, err := sqlite.Open(ctx, path) // another process's handle
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	r := &recorder{}
+	f := New(st, time.Hour, nil, r)
+	if err := f.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	if !f.FreshAt(ctx, at) || f.FreshAsOf().Before(at) {
+		t.Fatalf("FreshAt(now) with nothing committed since the poll: false, or fresh as of %v before %v", f.FreshAsOf(), at)
+	}
+	if err := other.Put(ctx, "key/a", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if f.FreshAt(ctx, time.Now()) {
+		t.Fatal("FreshAt(now) true with a change committed and not handed over")
+	}
+	if err := f.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(r.keys, []string{"key/a"}) || !f.FreshAt(ctx, time.Now()) {
+		t.Fatalf("after the poll: keys %v, FreshAt(now) false", r.keys)
+	}
+	// A key outside the feed moves no head.
+	if err := other.Put(ctx, storage.UnfedPrefix+"x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if !f.FreshAt(ctx, time.Now()) {
+		t.Error("FreshAt(now) false after a write the feed leaves out")
+	}
+
+	// Run, whose interval is an hour, polls soon after FreshAt saw the
+	// head move.
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(rctx) }()
+	time.Sleep(50 * time.Millisecond) // Run's first poll
+	if err := other.Put(ctx, "key/b", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if f.FreshAt(ctx, time.Now()) {
+		t.Fatal("FreshAt(now) true with a change committed and not handed over")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !f.FreshAt(ctx, time.Now()); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not poll within 10 s of FreshAt seeing the head move")
+		}
+	}
+	stop()
+	<-done
+	if !slices.Equal(r.keys, []string{"key/a", "key/b"}) {
+		t.Errorf("keys handed over: %v, want [key/a key/b]", r.keys)
+	}
+
+	g := New(onlyWatcher{st}, time.Hour, nil, &recorder{})
+	if err := g.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g.FreshAt(ctx, time.Now()) {
+		t.Error("FreshAt(now) true without a head or a poll since")
+	}
+}

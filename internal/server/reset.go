@@ -172,6 +172,10 @@ func (a *api) openCore(ctx context.Context) error {
 			return fmt.Errorf("change feed: %w", err)
 		}
 		cat.SetFreshness(follower.FreshAsOf, cfg.CacheMaxStaleness)
+		// Control-plane reads of keys, aliases and grants: from the
+		// cache when the feed proves nothing was committed since it
+		// was last read (SQLite), else from the database.
+		cat.SetReadBarrier(follower.FreshAt)
 		a.follower.Store(follower)
 		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kmsd_cache_horizon_lag_seconds",

@@ -414,6 +414,18 @@ type Watcher interface {
 	Prune(ctx context.Context, upTo Cursor) error
 }
 
+// Header is an optional capability of a Watcher: where its feed ends now,
+// read without reading any change — the cheap proof that a reader which
+// has consumed the feed up to a cursor is not behind.
+type Header interface {
+	// Head returns a cursor h such that every transaction that committed
+	// before Head was called has all its changes at or before h. A reader
+	// that has consumed the feed up to a cursor equal to h (same
+	// generation and position) has been handed every change committed
+	// before the call. Any other h says nothing (the reader polls).
+	Head(ctx context.Context) (Cursor, error)
+}
+
 // Notifier is an optional capability of a Watcher whose database other
 // processes write: it says, as soon as another handle's transaction that
 // replaced or deleted records in the feed has committed (what a reader

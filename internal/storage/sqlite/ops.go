@@ -14,6 +14,7 @@ import (
 // the hot paths (Get above all) never parse SQL.
 type stmts struct {
 	get       *sql.Stmt
+	head      *sql.Stmt // the change feed's generation and last sequence number
 	listFrom  *sql.Stmt // prefix <= key < end
 	listAfter *sql.Stmt // after < key < end
 	put       *sql.Stmt // nil on the reader
@@ -59,6 +60,7 @@ const (
 	sqlCreateRef = `INSERT INTO kv (key, value, big) VALUES (?, NULL, ?) ON CONFLICT (key) DO NOTHING`
 	sqlInsBig    = `INSERT INTO kv_big (value) VALUES (?)`
 	sqlDelBig    = `DELETE FROM kv_big WHERE id = ?`
+	sqlHead      = `SELECT (SELECT value FROM kmsd_meta WHERE name = 'generation'), coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'kv_changes'), 0)`
 )
 
 // batchRows is how many entries one statement of createBatch creates:
@@ -92,6 +94,7 @@ func prepare(ctx context.Context, db *sql.DB, write bool) (_ *stmts, err error) 
 		}
 	}
 	prep(&st.get, sqlGet)
+	prep(&st.head, sqlHead)
 	prep(&st.listFrom, sqlListFrom)
 	prep(&st.listAfter, sqlListAfter)
 	if write {
@@ -110,7 +113,7 @@ func prepare(ctx context.Context, db *sql.DB, write bool) (_ *stmts, err error) 
 
 func (st *stmts) close() error {
 	var errs []error
-	for _, s := range []*sql.Stmt{st.get, st.listFrom, st.listAfter, st.put, st.create, st.del, st.putRef, st.createRef, st.insBig, st.delBig, st.createN, st.getN} {
+	for _, s := range []*sql.Stmt{st.get, st.head, st.listFrom, st.listAfter, st.put, st.create, st.del, st.putRef, st.createRef, st.insBig, st.delBig, st.createN, st.getN} {
 		if s != nil {
 			errs = append(errs, s.Close())
 		}

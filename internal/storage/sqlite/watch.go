@@ -68,6 +68,29 @@ func (s *Store) Changes(ctx context.Context, from storage.Cursor, limit int) (_ 
 	return b, nil
 }
 
+// Head implements storage.Header: the generation and the highest
+// sequence number ever given to a change, read in one statement (one
+// snapshot). With one writer at a time, sequence order is commit order,
+// so every transaction committed before the call has its changes at or
+// below that number — the cursor Changes ends at once it has delivered
+// them.
+func (s *Store) Head(ctx context.Context) (storage.Cursor, error) {
+	if s.closed.Load() {
+		return storage.Cursor{}, errClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.Cursor{}, err
+	}
+	// Without ctx's cancellation, as Get: a statement this short is
+	// not worth database/sql's watcher of the context.
+	var g []byte
+	var last int64
+	if err := s.r.head.QueryRowContext(context.WithoutCancel(ctx)).Scan(&g, &last); err != nil {
+		return storage.Cursor{}, fmt.Errorf("sqlite: head: %w", err)
+	}
+	return storage.Cursor{Gen: string(g), Seq: last}, nil
+}
+
 // feedState reads the generation and the pruning point.
 func feedState(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
