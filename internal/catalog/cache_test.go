@@ -30,11 +30,17 @@ type node struct {
 // two kmsd processes on one PostgreSQL database are, each following the
 // change feed and trusting its cache for at most maxStale.
 func twoNodes(t *testing.T, maxStale time.Duration) (a, b node) {
+	return twoNodesWrap(t, maxStale, func(s storage.Store) storage.Store { return s })
+}
+
+// twoNodesWrap is twoNodes whose second catalog stores through wrapB(its
+// handle) (its feed follows the handle itself).
+func twoNodesWrap(t *testing.T, maxStale time.Duration, wrapB func(storage.Store) storage.Store) (a, b node) {
 	t.Helper()
 	dir := t.TempDir()
 	root := make([]byte, 32)
 	rand.Read(root)
-	open := func() node {
+	open := func(wrap func(storage.Store) storage.Store) node {
 		st, err := sqlite.Open(t.Context(), filepath.Join(dir, "kmsd.db"))
 		if err != nil {
 			t.Fatal(err)
@@ -44,7 +50,7 @@ func twoNodes(t *testing.T, maxStale time.Duration) (a, b node) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := New(st, bar)
+		c := New(wrap(st), bar)
 		f := feed.New(st, time.Hour, nil, c)
 		if err := f.Poll(t.Context()); err != nil {
 			t.Fatal(err)
@@ -52,7 +58,7 @@ func twoNodes(t *testing.T, maxStale time.Duration) (a, b node) {
 		c.SetFreshness(f.FreshAsOf, maxStale)
 		return node{cat: c, feed: f, close: st.Close}
 	}
-	return open(), open()
+	return open(func(s storage.Store) storage.Store { return s }), open(wrapB)
 }
 
 func sharedKey(t *testing.T, n node, id string) *Key {
@@ -249,33 +255,15 @@ func (s *countGets) Get(ctx context.Context, key string) ([]byte, error) {
 // prove the cache sends every read to the database.
 func TestFreshReadBarrier(t *testing.T) {
 	ctx := t.Context()
-	dir := t.TempDir()
-	root := make([]byte, 32)
-	rand.Read(root)
-	open := func(wrap func(storage.Store) storage.Store) (*Catalog, *sqlite.Store) {
-		st, err := sqlite.Open(ctx, filepath.Join(dir, "kmsd.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		bar, err := barrier.New(root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return New(wrap(st), bar), st
-	}
-	a, _ := open(func(s storage.Store) storage.Store { return s })
 	cg := &countGets{}
-	b, bst := open(func(s storage.Store) storage.Store { cg.Store = s; return cg })
-	f := feed.New(bst, time.Hour, nil, b) // polled by the test only
+	a, nb := twoNodesWrap(t, time.Hour, func(s storage.Store) storage.Store { cg.Store = s; return cg })
+	b, f := nb.cat, nb.feed // f is polled by the test only
 	poll := func() {
 		t.Helper()
 		if err := f.Poll(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	poll()
-	b.SetFreshness(f.FreshAsOf, time.Hour)
 	b.SetReadBarrier(f.FreshAt)
 
 	state := func(when string, want keys.State, gets int64) {
@@ -289,12 +277,12 @@ func TestFreshReadBarrier(t *testing.T) {
 			t.Errorf("B's fresh read %s read the database %d times, want %d", when, n, gets)
 		}
 	}
-	sharedKey(t, node{cat: a}, "k1")
+	sharedKey(t, a, "k1")
 	state("of a key A just made", keys.Enabled, 1)
 	poll() // brings the creation: B evicts the record it read
 	state("after B's feed caught up", keys.Enabled, 1)
 	state("again, nothing committed since", keys.Enabled, 0)
-	if _, err := a.UpdateKey(ctx, "k1", func(k *Key) error { k.State = keys.Disabled; return nil }); err != nil {
+	if _, err := a.cat.UpdateKey(ctx, "k1", func(k *Key) error { k.State = keys.Disabled; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	state("after A disabled it, before B's feed has it", keys.Disabled, 1)
