@@ -84,7 +84,9 @@ func (f *Follower) FreshAsOf() time.Time { return *f.fresh.Load() }
 // false when neither proves it (a change committed since the last poll, a
 // Watcher without Header, an error): the caller then reads the database.
 // A head past the cursor makes Run poll soon (as a notice does), so that
-// the caches, and FreshAt, catch up before the next interval.
+// the caches, and FreshAt, catch up before the next interval; until that
+// poll begins FreshAt answers false without reading the head again, so
+// that under a stream of writes a read pays for the database alone.
 //
 // A control-plane read begun at t (MULTINODE.md §4.2: "a cache entry
 // proven fresh for that key") may use the caches once FreshAt(t) is true.
@@ -93,7 +95,9 @@ func (f *Follower) FreshAt(ctx context.Context, t time.Time) bool {
 		return true
 	}
 	h, ok := f.w.(storage.Header)
-	if !ok {
+	if !ok || len(f.kick) > 0 {
+		// No head, or one seen past the cursor with no poll begun
+		// since: reading it again would prove nothing.
 		return false
 	}
 	start := time.Now()
@@ -230,8 +234,13 @@ func gap(last time.Time) {
 }
 
 // Poll reads the feed until it has caught up, dispatching every change,
-// then publishes the freshness the last batch proved.
+// then publishes the freshness the last batch proved. It answers a poll
+// FreshAt asked for.
 func (f *Follower) Poll(ctx context.Context) error {
+	select {
+	case <-f.kick: // this poll answers it
+	default:
+	}
 	for {
 		b, err := f.w.Changes(ctx, f.cursor, batchLimit)
 		if err != nil {
