@@ -411,3 +411,58 @@ func seq(n int) string {
 	}
 	return fmt.Sprint(vs)
 }
+
+// TestRawBytesKept: list and queryValues keep the driver's slices of the
+// values they read (sql.RawBytes) without copying them, which is right
+// only while the driver gives each value a slice of its own. Values of
+// one length, some past a page (overflow), read by List and GetBatch
+// within a transaction and outside one, must each still be theirs after
+// every row is read and the rows closed.
+func TestRawBytesKept(t *testing.T) {
+	ctx := t.Context()
+	s := openAt(t, t.TempDir())
+	var keys []string
+	want := map[string][]byte{}
+	for i := range 40 {
+		k := fmt.Sprintf("raw/%02d", i)
+		v := []byte(strings.Repeat(string(rune('a'+i%26)), 100+(i%2)*5000))
+		v[0] = byte(i)
+		keys = append(keys, k)
+		want[k] = v
+		if err := s.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(how string, k string, got []byte) {
+		t.Helper()
+		if string(got) != string(want[k]) {
+			t.Errorf("%s %s: value changed after later rows were read (%d bytes, first %d)", how, k, len(got), got[0])
+		}
+	}
+	es, err := s.List(ctx, "raw/", "", 0)
+	if err != nil || len(es) != len(keys) {
+		t.Fatalf("List: %d entries, %v", len(es), err)
+	}
+	for _, e := range es {
+		check("List", e.Key, e.Value)
+	}
+	if err := s.Update(ctx, func(tx storage.Tx) error {
+		es, err := tx.List(ctx, "raw/", "", 0)
+		if err != nil {
+			return err
+		}
+		vs, err := storage.GetBatch(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			check("tx.List", e.Key, e.Value)
+		}
+		for i, v := range vs {
+			check("GetBatch", keys[i], v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
