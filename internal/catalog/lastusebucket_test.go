@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/kmsd/kmsd/internal/storage"
 )
 
@@ -226,4 +228,47 @@ func FuzzBucket(f *testing.F) {
 			t.Fatalf("merged a new key: %d entries (from %d), changed %v, %v", m, n, changed, err)
 		}
 	})
+}
+
+// FuzzParseUUID: parseUUID takes exactly the UUIDs in canonical
+// lower-case form, with the bytes uuid.Parse gives, so that a field
+// holding a UUID's bytes gives back the string it was made from, and any
+// other string is kept as it is.
+func FuzzParseUUID(f *testing.F) {
+	for _, s := range []string{
+		"1234abcd-12ab-34cd-56ef-1234567890ab", "1234ABCD-12ab-34cd-56ef-1234567890ab",
+		"1234abcd-12ab-34cd-56ef-1234567890a", "1234abcd-12ab-34cd-56ef-1234567890abc",
+		"1234abcd+12ab-34cd-56ef-1234567890ab", "1234abcd-12ab-34cd-56ef-1234567890ag",
+		"g234abcd-12ab-34cd-56ef-1234567890ab", "00000000-0000-0000-0000-000000000000",
+		"ffffffff-ffff-ffff-ffff-ffffffffffff", "{234abcd-12ab-34cd-56ef-1234567890ab}",
+		"urn:uuid:1234abcd-12ab-34cd-56ef-1234567890ab", "1234abcd12ab34cd56ef1234567890ab", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, ok := parseUUID(s)
+		want, err := uuid.Parse(s)
+		canonical := err == nil && want.String() == s
+		if ok != canonical || ok && u != want {
+			t.Fatalf("parseUUID(%q) = %v, %v; want %v, %v", s, u, ok, want, canonical)
+		}
+		if got := fieldString(appendField(nil, s)); got != s {
+			t.Fatalf("field of %q gives back %q", s, got)
+		}
+	})
+}
+
+// TestJournalPartIndex: a partition's number names the partition
+// journalPart gives, for every two-digit prefix and for ids that have
+// none.
+func TestJournalPartIndex(t *testing.T) {
+	ids := []string{"", "1", "k-001", "mrk-", "mrk-0", "AB12", "0A12", "mrk-ff00"}
+	for p := range journalParts {
+		ids = append(ids, journalPartName(p)+"34abcd-12ab-34cd-56ef-1234567890ab", "mrk-"+journalPartName(p)+"00")
+	}
+	for _, id := range ids {
+		if got, want := journalPartName(journalPartIndex(id)), journalPart(id); got != want {
+			t.Errorf("partition of %q: number %d names %q, want %q", id, journalPartIndex(id), got, want)
+		}
+	}
 }

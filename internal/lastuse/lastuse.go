@@ -53,6 +53,8 @@ const Interval = time.Second
 const MergeInterval = 2 * time.Minute
 
 // Store is where a Tracker keeps uses durably; *catalog.Catalog is one.
+// JournalLastUses must not keep its slice once it returns: the tracker
+// reuses it for the next flush.
 type Store interface {
 	LastUse(ctx context.Context, account, region, id string) (*catalog.LastUse, error)
 	JournalLastUses(ctx context.Context, uses []catalog.LastUse) error
@@ -74,14 +76,19 @@ type Tracker struct {
 	mu      sync.Mutex
 	uses    map[string]*entry // by key ARN: the uses not yet stored
 	dirty   []*entry          // entries changed since the last flush
+	free    []*entry          // entries stored and forgotten, for reuse
 	running bool              // the flusher has been started
 	closed  bool
 	started time.Time // when this Tracker was made
 	began   time.Time // cached TrackingStart; zero until known
 
 	flushMu sync.Mutex // one flush at a time; Delete waits for it
-	stop    chan struct{}
-	done    chan struct{}
+	// A flush's batch and the entries it took, kept for the next flush
+	// (under flushMu): on a large store a flush holds ~20,000 uses.
+	batch []catalog.LastUse
+	taken []*entry
+	stop  chan struct{}
+	done  chan struct{}
 }
 
 // entry is the last use of one key seen by this process.
@@ -109,7 +116,7 @@ func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, reques
 	for _, arn := range arns {
 		e := t.uses[arn]
 		if e == nil {
-			e = &entry{arn: arn}
+			e = t.newEntry(arn)
 			t.uses[arn] = e
 		} else if at.Before(e.at) {
 			continue // a concurrent call that finished later already recorded
@@ -125,6 +132,26 @@ func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, reques
 		go t.run()
 	}
 	t.mu.Unlock()
+}
+
+// maxFree bounds the entries kept for reuse: about the keys a busy second
+// uses on a large store, a few MB.
+const maxFree = 1 << 16
+
+// newEntry returns an entry for arn, reusing one that a flush stored and
+// forgot: on a store of a million keys nearly every use is of a key not
+// used since the last flush, and its entry was an allocation a use.
+// t.mu is held.
+func (t *Tracker) newEntry(arn string) *entry {
+	n := len(t.free)
+	if n == 0 {
+		return &entry{arn: arn}
+	}
+	e := t.free[n-1]
+	t.free[n-1] = nil
+	t.free = t.free[:n-1]
+	e.arn = arn
+	return e
 }
 
 // run flushes every interval, and merges the journal every mergeEvery
@@ -171,8 +198,12 @@ func (t *Tracker) Flush(ctx context.Context) error {
 		t.mu.Unlock()
 		return nil
 	}
-	batch := make([]catalog.LastUse, 0, len(t.dirty))
-	taken := make([]*entry, 0, len(t.dirty))
+	batch, taken := t.batch[:0], t.taken[:0]
+	defer func() {
+		clear(batch)
+		clear(taken)
+		t.batch, t.taken = batch[:0], taken[:0]
+	}()
 	for _, e := range t.dirty {
 		e.dirty = false
 		account, region, id, ok := split(e.arn)
@@ -204,9 +235,13 @@ func (t *Tracker) Flush(ctx context.Context) error {
 		default:
 			// Stored: Get reads it from the store, so memory holds only
 			// the keys used in the last interval, however many keys
-			// there are. A key in steady use costs one allocation per
-			// interval.
+			// there are. The entry is kept for reuse, so a key in steady
+			// use costs no allocation per interval.
 			delete(t.uses, e.arn)
+			if len(t.free) < maxFree {
+				*e = entry{}
+				t.free = append(t.free, e)
+			}
 		}
 	}
 	t.mu.Unlock()
@@ -315,13 +350,22 @@ func (t *Tracker) Close(ctx context.Context) error {
 // split takes a key ARN, arn:<partition>:kms:<region>:<account>:key/<id>,
 // apart.
 func split(arn string) (account, region, id string, ok bool) {
-	parts := strings.SplitN(arn, ":", 6)
-	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "kms" {
+	// By hand rather than strings.SplitN, which allocates: a flush splits
+	// every use's ARN.
+	rest, ok := strings.CutPrefix(arn, "arn:")
+	if !ok {
 		return "", "", "", false
 	}
-	id, ok = strings.CutPrefix(parts[5], "key/")
-	if !ok || id == "" || parts[3] == "" || parts[4] == "" {
+	var parts [4]string // partition, service, Region, account
+	for i := range parts {
+		var found bool
+		if parts[i], rest, found = strings.Cut(rest, ":"); !found {
+			return "", "", "", false
+		}
+	}
+	id, ok = strings.CutPrefix(rest, "key/")
+	if parts[1] != "kms" || !ok || id == "" || parts[2] == "" || parts[3] == "" {
 		return "", "", "", false
 	}
-	return parts[4], parts[3], id, true
+	return parts[3], parts[2], id, true
 }

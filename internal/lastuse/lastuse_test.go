@@ -5,9 +5,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/kmsd/kmsd/internal/catalog"
 )
@@ -287,6 +290,46 @@ func TestBegan(t *testing.T) {
 	}
 }
 
+// TestEntryReuse: an entry a flush stored and forgot serves another key
+// without carrying anything of the first, and the first key, used again,
+// gets an entry of its own.
+func TestEntryReuse(t *testing.T) {
+	ctx := context.Background()
+	st := newFakeStore()
+	tr := newTracker(st)
+	tr.running = true // flushed by the test only
+	tr.Record([]string{arnA}, "Encrypt", t0, "ev-a", "req-a")
+	if err := tr.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.free) != 1 || len(tr.uses) != 0 {
+		t.Fatalf("after a flush: %d entries free, %d in use; want 1, 0", len(tr.free), len(tr.uses))
+	}
+	tr.Record([]string{arnB}, "Decrypt", t0.Add(time.Second), "ev-b", "req-b")
+	tr.Record([]string{arnA}, "Sign", t0.Add(2*time.Second), "ev-a2", "req-a2")
+	if len(tr.free) != 0 {
+		t.Fatalf("%d entries free after two new keys; want 0", len(tr.free))
+	}
+	if err := tr.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for arn, want := range map[string]catalog.LastUse{
+		arnA: {Operation: "Sign", Time: t0.Add(2 * time.Second), EventID: "ev-a2", RequestID: "req-a2"},
+		arnB: {Operation: "Decrypt", Time: t0.Add(time.Second), EventID: "ev-b", RequestID: "req-b"},
+	} {
+		u, err := tr.Get(ctx, arn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Operation != want.Operation || !u.Time.Equal(want.Time) || u.EventID != want.EventID || u.RequestID != want.RequestID {
+			t.Errorf("%s: %+v, want %+v", arn, *u, want)
+		}
+	}
+	if got := st.batches[len(st.batches)-1]; len(got) != 2 {
+		t.Errorf("second flush wrote %d uses, want 2", len(got))
+	}
+}
+
 func TestSplit(t *testing.T) {
 	for _, c := range []struct {
 		name, arn           string
@@ -299,6 +342,11 @@ func TestSplit(t *testing.T) {
 		{"alias", "arn:aws:kms:us-east-1:111122223333:alias/x", "", "", "", false},
 		{"other service", "arn:aws:iam::111122223333:root", "", "", "", false},
 		{"garbage", "key/" + idA, "", "", "", false},
+		{"no Region", "arn:aws:kms::111122223333:key/" + idA, "", "", "", false},
+		{"no account", "arn:aws:kms:us-east-1::key/" + idA, "", "", "", false},
+		{"no id", "arn:aws:kms:us-east-1:111122223333:key/", "", "", "", false},
+		{"too few parts", "arn:aws:kms:us-east-1:key/" + idA, "", "", "", false},
+		{"colon in the resource", "arn:aws:kms:us-east-1:111122223333:key/a:b", accnt, region, "a:b", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			a, r, id, ok := split(c.arn)
@@ -307,6 +355,27 @@ func TestSplit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzSplit: split takes an ARN apart as strings.SplitN on its six
+// colon-separated parts does.
+func FuzzSplit(f *testing.F) {
+	for _, s := range []string{arnA, mrkEU, "arn:aws:kms:us-east-1:111122223333:alias/x", "arn:::::key/x", "arn:a:kms:r:a:key/:", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, arn string) {
+		var want [3]string
+		wantOK := false
+		if p := strings.SplitN(arn, ":", 6); len(p) == 6 && p[0] == "arn" && p[2] == "kms" && p[3] != "" && p[4] != "" {
+			if id, ok := strings.CutPrefix(p[5], "key/"); ok && id != "" {
+				want, wantOK = [3]string{p[4], p[3], id}, true
+			}
+		}
+		a, r, id, ok := split(arn)
+		if ok != wantOK || [3]string{a, r, id} != want {
+			t.Fatalf("split(%q) = %q %q %q %v; want %q %v", arn, a, r, id, ok, want, wantOK)
+		}
+	})
 }
 
 // BenchmarkRecord is the hot-path cost every tracked call pays, with 16
@@ -322,4 +391,38 @@ func BenchmarkRecord(b *testing.B) {
 			tr.Record(arns, "Encrypt", time.Now(), "ev", "req")
 		}
 	})
+}
+
+// discardStore is a Store whose journal writes cost nothing, so that a
+// benchmark times the tracker alone.
+type discardStore struct{ fakeStore }
+
+func (*discardStore) JournalLastUses(context.Context, []catalog.LastUse) error { return nil }
+
+// BenchmarkRecordDistinct is the tracker's own cost of a use of a key
+// not used since the last flush — nearly every use on a store of a
+// million keys under random load (e2e/scale): Record, then its share of
+// a Flush of 20,000 such uses (about a second of kmsbench Encrypt).
+func BenchmarkRecordDistinct(b *testing.B) {
+	const perFlush = 20000
+	tr := New(&discardStore{}, slog.New(slog.DiscardHandler), time.Now())
+	tr.running = true // flushed by the loop only: no flusher started
+	arns := make([][]string, perFlush)
+	events, requests := make([]string, perFlush), make([]string, perFlush)
+	for i := range arns {
+		arns[i] = []string{"arn:aws:kms:us-east-1:111122223333:key/" + uuid.NewString()}
+		events[i], requests[i] = uuid.NewString(), uuid.NewString()
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		tr.Record(arns[i], "Encrypt", time.Now(), events[i], requests[i])
+		if i++; i == perFlush {
+			i = 0
+			if err := tr.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }
