@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# scale-ab.sh: kmsd's CPU per request on several stores (or binaries) at
+# once, interleaved, so that a shared machine's slow minutes fall on every
+# configuration alike.
+#
+#   scripts/scale-ab.sh [-o OP] [-d DURATION] [-r ROUNDS] [-w WARMUP] NAME=KMSD@STORE...
+#
+# Each NAME=KMSD@STORE is a kmsd binary (or a script that execs one) and
+# a store made by e2e/scale (STORE/data, STORE/ids; two configurations
+# never share a store). Every kmsd starts at once on CPU 1 with its cache
+# preloaded (--cache-size 1100000 --cache-preload on); kmsbench runs on
+# CPU 0 with 16 connections, first WARMUP (default 20s) on each, then
+# DURATION (default 30s) on each in turn, ROUNDS (default 6) times, OP
+# (default encrypt) on a random key of STORE/ids. kmsbench needs to be
+# on PATH or in $KMSBENCH.
+#
+# It prints each window (kmsbench's requests and server CPU per request)
+# and, per configuration, the total: the process's CPU time from the end
+# of the warm-up to the end of the last window, idle periods included
+# (a merge of last uses that falls between its windows is its own cost),
+# over the requests of its windows, which run with no warm-up of their own.
+# The stores' kmsd processes are stopped at the end by their process ids.
+set -euo pipefail
+
+op=encrypt dur=30s rounds=6 warm=20s
+while getopts o:d:r:w: f; do
+	case $f in
+	o) op=$OPTARG ;;
+	d) dur=$OPTARG ;;
+	r) rounds=$OPTARG ;;
+	w) warm=$OPTARG ;;
+	*) sed -n '2,25p' "$0" >&2; exit 2 ;;
+	esac
+done
+shift $((OPTIND - 1))
+[ $# -ge 1 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
+bench=${KMSBENCH:-$(command -v kmsbench || true)}
+[ -x "$bench" ] || { echo "scale-ab: kmsbench not found (go build -o /tmp/kmsbench ./cmd/kmsbench; KMSBENCH=/tmp/kmsbench)" >&2; exit 2; }
+
+tmp=$(mktemp -d)
+declare -A pid port store
+names=()
+cleanup() {
+	for n in "${names[@]}"; do
+		[ -n "${pid[$n]:-}" ] && kill "${pid[$n]}" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+for spec in "$@"; do
+	n=${spec%%=*} rest=${spec#*=}
+	bin=${rest%%@*} st=${rest#*@}
+	[ -f "$st/data/credentials" ] && [ -f "$st/ids" ] || { echo "scale-ab: $st is not a store of e2e/scale" >&2; exit 2; }
+	names+=("$n")
+	store[$n]=$st
+	taskset -c 1 "$bin" serve --data-dir "$st/data" --listen 127.0.0.1:0 --cache-size 1100000 \
+		--cache-preload on --log-level info >"$tmp/$n.log" 2>&1 &
+	pid[$n]=$!
+done
+for n in "${names[@]}"; do
+	for _ in $(seq 1 1500); do
+		grep -q "cache preloaded" "$tmp/$n.log" && break
+		kill -0 "${pid[$n]}" 2>/dev/null || { cat "$tmp/$n.log" >&2; exit 1; }
+		sleep 0.2
+	done
+	grep -q "cache preloaded" "$tmp/$n.log" || { echo "scale-ab: $n did not preload" >&2; exit 1; }
+	port[$n]=$(sed -n 's|.*serving the AWS KMS API at http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$tmp/$n.log" | head -1)
+done
+
+run() { # NAME WARMUP DURATION: kmsbench's result line
+	local n=$1 st=${store[$1]}
+	taskset -c 0 "$bench" -pin=false -endpoint "http://127.0.0.1:${port[$n]}" \
+		-access-key "$(awk -F' = ' '/aws_access_key_id/{print $2}' "$st/data/credentials")" \
+		-secret-key "$(awk -F' = ' '/aws_secret_access_key/{print $2}' "$st/data/credentials")" \
+		-server-pid "${pid[$n]}" -key-ids "$st/ids" -ops "$op" -c 16 -warmup "$2" -duration "$3" 2>&1 |
+		awk '$2 == 16 && $3 ~ /^[0-9]+$/'
+}
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+declare -A cpu0 reqs
+for n in "${names[@]}"; do run "$n" 0 "$warm" >/dev/null; done
+for n in "${names[@]}"; do cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0; done
+for r in $(seq 1 "$rounds"); do
+	for n in "${names[@]}"; do
+		line=$(run "$n" 0 "$dur")
+		read -r _ _ q _ _ _ _ us sys _ <<<"$line"
+		reqs[$n]=$((reqs[$n] + q))
+		echo "round $r $n: $q requests, server $us µs/req ($sys system)"
+	done
+done
+tck=$(getconf CLK_TCK)
+for n in "${names[@]}"; do
+	c=$(($(cpu "${pid[$n]}") - cpu0[$n]))
+	awk -v n="$n" -v c="$c" -v r="${reqs[$n]}" -v t="$tck" \
+		'BEGIN { printf "total %s: %d requests, %.1f s of CPU, %.1f µs/req\n", n, r, c / t, c / t * 1e6 / r }'
+done
