@@ -341,6 +341,8 @@ func TestSplit(t *testing.T) {
 		{"China partition", "arn:aws-cn:kms:cn-north-1:111122223333:key/" + idA, accnt, "cn-north-1", idA, true},
 		{"alias", "arn:aws:kms:us-east-1:111122223333:alias/x", "", "", "", false},
 		{"other service", "arn:aws:iam::111122223333:root", "", "", "", false},
+		{"other service, key-shaped", "arn:aws:kmsx:us-east-1:111122223333:key/" + idA, "", "", "", false},
+		{"not an ARN", "arx:aws:kms:us-east-1:111122223333:key/" + idA, "", "", "", false},
 		{"garbage", "key/" + idA, "", "", "", false},
 		{"no Region", "arn:aws:kms::111122223333:key/" + idA, "", "", "", false},
 		{"no account", "arn:aws:kms:us-east-1::key/" + idA, "", "", "", false},
