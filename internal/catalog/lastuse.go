@@ -277,13 +277,7 @@ const (
 // hex (UUIDs, and a multi-Region key's 32 digits), so the partitions are
 // even. An id that does not start with two lower-case hex digits (none
 // that kmsd makes) falls in partition "00".
-func journalPart(id string) string {
-	id = strings.TrimPrefix(id, "mrk-")
-	if len(id) >= 2 && isHex(id[0]) && isHex(id[1]) {
-		return id[:2]
-	}
-	return "00"
-}
+func journalPart(id string) string { return journalPartNames[journalPartIndex(id)] }
 
 // journalPartIndex is the number of key id's partition (journalPart),
 // 0 to journalParts-1.
@@ -295,13 +289,16 @@ func journalPartIndex(id string) int {
 	return 0
 }
 
-// journalPartName is the name of partition number p, its two hex digits.
-func journalPartName(p int) string {
-	const digits = "0123456789abcdef"
-	return string([]byte{digits[p>>4], digits[p&15]})
-}
+// journalPartNames are the partitions' names by number: their two hex
+// digits.
+var journalPartNames = func() (n [journalParts]string) {
+	for p := range n {
+		n[p] = string([]byte{hexDigits[p>>4], hexDigits[p&15]})
+	}
+	return n
+}()
 
-func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
+func isHex(c byte) bool { return hexValue[c] < 16 }
 
 func journalPartPrefix(part string) string { return journalPrefix + part + "/" }
 
@@ -393,9 +390,11 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	spans := make([]encoded, len(uses))
 	var size [journalParts]int
 	bp := journalBufs.Get().(*[]byte)
-	defer journalBufs.Put(bp)
 	buf := (*bp)[:0]
-	defer func() { *bp = buf[:0] }()
+	defer func() {
+		*bp = buf[:0]
+		journalBufs.Put(bp)
+	}()
 	for i := range uses {
 		p := journalPartIndex(uses[i].KeyID)
 		start := len(buf)
@@ -428,7 +427,7 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	var entries []storage.Entry
 	for p, row := range rows {
 		if row != nil {
-			entries = append(entries, storage.Entry{Key: journalPartPrefix(journalPartName(p)) + name, Value: row})
+			entries = append(entries, storage.Entry{Key: journalPartPrefix(journalPartNames[p]) + name, Value: row})
 		}
 	}
 	err := c.store.Update(ctx, func(tx storage.Tx) error {

@@ -56,9 +56,8 @@ func bucketOf(id string) string {
 func bucketOfField(f []byte) (b [4]byte) {
 	h, k := binary.Uvarint(f)
 	if h&1 == 1 {
-		const digits = "0123456789abcdef"
 		p := f[k:]
-		return [4]byte{digits[p[0]>>4], digits[p[0]&15], digits[p[1]>>4]}
+		return [4]byte{hexDigits[p[0]>>4], hexDigits[p[0]&15], hexDigits[p[1]>>4]}
 	}
 	copy(b[:], bucketOf(string(f[k:])))
 	return b
@@ -134,6 +133,9 @@ func parseUUID(s string) (u uuid.UUID, ok bool) {
 // uuidDigits is where each byte's two hex digits start in a canonical
 // UUID.
 var uuidDigits = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// hexDigits are the lower-case hex digits by value.
+const hexDigits = "0123456789abcdef"
 
 // hexValue is the value of a lower-case hex digit, 0x80 for any other
 // byte.

@@ -258,17 +258,25 @@ func FuzzParseUUID(f *testing.F) {
 	})
 }
 
-// TestJournalPartIndex: a partition's number names the partition
-// journalPart gives, for every two-digit prefix and for ids that have
-// none.
+// TestJournalPartIndex: a key id's partition is named by the first two
+// hex digits of its id (after "mrk-"), or "00" for an id without them,
+// for every two-digit prefix; the partition names are in number order,
+// which is the journal rows' key order.
 func TestJournalPartIndex(t *testing.T) {
-	ids := []string{"", "1", "k-001", "mrk-", "mrk-0", "AB12", "0A12", "mrk-ff00"}
+	want := map[string]string{"": "00", "1": "00", "k-001": "00", "mrk-": "00", "mrk-0": "00",
+		"AB12": "00", "0A12": "00", "mrk-ff00": "ff"}
+	const digits = "0123456789abcdef"
 	for p := range journalParts {
-		ids = append(ids, journalPartName(p)+"34abcd-12ab-34cd-56ef-1234567890ab", "mrk-"+journalPartName(p)+"00")
+		name := string([]byte{digits[p/16], digits[p%16]})
+		want[name+"34abcd-12ab-34cd-56ef-1234567890ab"] = name
+		want["mrk-"+name+"00"] = name
+		if journalPartNames[p] != name {
+			t.Errorf("partition %d is named %q, want %q", p, journalPartNames[p], name)
+		}
 	}
-	for _, id := range ids {
-		if got, want := journalPartName(journalPartIndex(id)), journalPart(id); got != want {
-			t.Errorf("partition of %q: number %d names %q, want %q", id, journalPartIndex(id), got, want)
+	for id, name := range want {
+		if got := journalPart(id); got != name || journalPartNames[journalPartIndex(id)] != name {
+			t.Errorf("partition of %q: %q (number %d), want %q", id, got, journalPartIndex(id), name)
 		}
 	}
 }
