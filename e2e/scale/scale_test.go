@@ -25,6 +25,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/kmsd/kmsd/e2e/e2etest"
 	"github.com/kmsd/kmsd/internal/barrier"
@@ -141,6 +142,10 @@ type store struct {
 	akid, secret string   // the administrator's access key
 	gen          GenStats
 	scan         time.Duration // one ScanKeys of the whole store, in the test process
+	// pgCPU is the PostgreSQL server's CPU so far, in seconds
+	// (e2etest.PostgresCPU); nil on SQLite. Only the measured store's
+	// kmsd runs during a load, so the server's CPU then is that store's.
+	pgCPU func() float64
 }
 
 // prepare makes a store of n keys: kmsd starts once on it empty (root key,
@@ -175,6 +180,12 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 	}
 	var open func() (storage.Store, *barrier.Barrier)
 	s.env, s.args, open = d.fresh(t, s.dataDir)
+	if d.name == postgresDriver.name {
+		var err error
+		if s.pgCPU, err = e2etest.PostgresCPU(t.Context(), s.args[1]); err != nil {
+			t.Logf("postgres: the server's CPU is not measured: %v", err)
+		}
+	}
 	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Env: s.env, Args: s.args})
 	k.Stop()
 	s.akid, s.secret = readProfile(t, k.Creds)
@@ -187,6 +198,22 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 	}
 	s.ids, s.gen = ids, gs
 	s.sorted = slices.Sorted(slices.Values(ids))
+	if d.name == postgresDriver.name {
+		// As a server that has run a while would have: the bulk load's
+		// rows vacuumed and the planner's statistics made, rather than
+		// autovacuum doing both during a measurement, in PostgreSQL's CPU.
+		t0 := time.Now()
+		conn, err := pgx.Connect(t.Context(), s.args[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.Exec(t.Context(), "VACUUM (ANALYZE)")
+		conn.Close(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("postgres: VACUUM (ANALYZE) after the load: %v", time.Since(t0).Round(time.Millisecond))
+	}
 	if keep != "" && d.name == sqliteDriver.name {
 		// Written last: a run killed while generating leaves no ids, and
 		// the next one generates again.
@@ -257,6 +284,7 @@ type node struct {
 	endpoint string
 	done     chan struct{}
 	client   *kms.Client
+	pgCPU    func() float64 // the store's
 }
 
 func (n *node) stop() {
@@ -294,6 +322,7 @@ type load struct {
 	requests   int
 	p50, p99   time.Duration
 	cpuPerReq  time.Duration // server CPU (utime+stime) per request
+	pgPerReq   time.Duration // PostgreSQL's CPU per request (0 on SQLite)
 	throughput float64
 }
 
@@ -303,7 +332,7 @@ func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) resu
 	t.Helper()
 	r := result{keys: s.n}
 	addr := e2etest.FreeAddr(t)
-	n := &node{endpoint: "http://" + addr, done: make(chan struct{})}
+	n := &node{endpoint: "http://" + addr, done: make(chan struct{}), pgCPU: s.pgCPU}
 	logFile := filepath.Join(t.TempDir(), "kmsd.log")
 	logf, err := os.Create(logFile)
 	if err != nil {
@@ -475,6 +504,10 @@ func run(t *testing.T, n *node, dur time.Duration, c int, op func() error) load 
 	t.Helper()
 	pid := n.cmd.Process.Pid
 	cpu0 := cpuTicks(t, pid)
+	var pg0 float64
+	if n.pgCPU != nil {
+		pg0 = n.pgCPU()
+	}
 	var mu sync.Mutex
 	var lat []time.Duration
 	var firstErr error
@@ -507,12 +540,17 @@ func run(t *testing.T, n *node, dur time.Duration, c int, op func() error) load 
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu := cpuTicks(t, pid) - cpu0
+	var pg float64
+	if n.pgCPU != nil {
+		pg = n.pgCPU() - pg0
+	}
 	if firstErr != nil {
 		t.Fatal(firstErr)
 	}
 	l := load{requests: len(lat), p50: percentile(lat, 50), p99: percentile(lat, 99), throughput: float64(len(lat)) / elapsed.Seconds()}
 	if len(lat) > 0 {
 		l.cpuPerReq = time.Duration(float64(cpu) * float64(time.Second) / clkTck / float64(len(lat)))
+		l.pgPerReq = time.Duration(pg * float64(time.Second) / float64(len(lat)))
 	}
 	return l
 }
@@ -680,8 +718,12 @@ func report(t *testing.T, name string, n int, rs, rl result) {
 			if x.l.requests == 0 {
 				continue
 			}
-			t.Logf("%s %7d keys: %-11s c=%d: %6d req, %7.0f/s, p50 %v, p99 %v, server CPU %v/req",
-				name, r.keys, x.op, x.c, x.l.requests, x.l.throughput, x.l.p50.Round(time.Microsecond), x.l.p99.Round(time.Microsecond), x.l.cpuPerReq.Round(time.Microsecond))
+			pg := ""
+			if x.l.pgPerReq > 0 {
+				pg = fmt.Sprintf(", PostgreSQL CPU %v/req", x.l.pgPerReq.Round(time.Microsecond))
+			}
+			t.Logf("%s %7d keys: %-11s c=%d: %6d req, %7.0f/s, p50 %v, p99 %v, server CPU %v/req%s",
+				name, r.keys, x.op, x.c, x.l.requests, x.l.throughput, x.l.p50.Round(time.Microsecond), x.l.p99.Round(time.Microsecond), x.l.cpuPerReq.Round(time.Microsecond), pg)
 		}
 		t.Logf("%s %7d keys: ListKeys page 1 %v, page %d %v (median of 25)", name, r.keys, r.list1.Round(time.Microsecond), r.deepPage, r.listDeep.Round(time.Microsecond))
 	}
@@ -691,6 +733,11 @@ func report(t *testing.T, name string, n int, rs, rl result) {
 		ratio(rl.describe.p50, rs.describe.p50), ratio(rl.describe.p99, rs.describe.p99), ratio(rl.describe.cpuPerReq, rs.describe.cpuPerReq),
 		ratio(rl.encrypt.p50, rs.encrypt.p50), ratio(rl.encrypt.p99, rs.encrypt.p99), ratio(rl.encrypt.cpuPerReq, rs.encrypt.cpuPerReq),
 		ratio(rl.listDeep, rl.list1), ratio(rs.listDeep, rs.list1))
+	if rl.encrypt.pgPerReq > 0 && rs.encrypt.pgPerReq > 0 {
+		both := func(l load) time.Duration { return l.cpuPerReq + l.pgPerReq }
+		t.Logf("%s ratios %d/%d keys, CPU of kmsd and PostgreSQL together: DescribeKey %.2f; Encrypt %.2f",
+			name, n, smallKeys, ratio(both(rl.describe), both(rs.describe)), ratio(both(rl.encrypt), both(rs.encrypt)))
+	}
 	if rl.describe1.requests > 0 && rs.describe1.requests > 0 {
 		t.Logf("%s ratios %d/%d keys, one client: DescribeKey p50 %.2f CPU %.2f; Encrypt p50 %.2f CPU %.2f",
 			name, n, smallKeys,

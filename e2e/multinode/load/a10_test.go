@@ -1,7 +1,6 @@
 package load
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/url"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/kmsd/kmsd/e2e/e2etest"
 )
 
 // TestA10Throughput is MULTINODE.md §8 A10 as a measurement, not a CI
@@ -178,9 +179,8 @@ func loadavg() string {
 type privatePG struct {
 	dir  string
 	base *url.URL // the superuser's URL, database postgres
-	// postmaster is the server's main process, parent of every backend.
-	postmaster int
-	clkTck     float64
+	// cpu is the server's CPU so far, in seconds (e2etest.PostgresCPU).
+	cpu func() float64
 }
 
 func startPrivatePG(t *testing.T) *privatePG {
@@ -207,16 +207,9 @@ func startPrivatePG(t *testing.T) *privatePG {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &privatePG{dir: dir, base: u, clkTck: 100}
-	if b, err := exec.Command("getconf", "CLK_TCK").Output(); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
-			p.clkTck = float64(n)
-		}
-	}
-	var backend int
-	p.query(t, "postgres", "SELECT pg_backend_pid()", &backend)
-	if p.postmaster = procStat(backend).ppid; p.postmaster <= 1 {
-		t.Fatalf("no postmaster above backend %d", backend)
+	p := &privatePG{dir: dir, base: u}
+	if p.cpu, err = e2etest.PostgresCPU(t.Context(), p.url("postgres")); err != nil {
+		t.Fatal(err)
 	}
 	return p
 }
@@ -287,8 +280,8 @@ func (p *privatePG) sample(t *testing.T, db string, pids []int) stats {
 	s.commits, s.rollbacks = float64(commits), float64(rollbacks)
 	s.pgCPU = p.cpu()
 	for _, pid := range pids {
-		st := procStat(pid)
-		s.kmsdCPU += float64(st.utime+st.stime) / p.clkTck
+		st := e2etest.ReadProcStat(pid)
+		s.kmsdCPU += float64(st.Utime+st.Stime) / e2etest.ClockTicks()
 	}
 	s.at = time.Now()
 	return s
@@ -316,47 +309,4 @@ func (c cost) minus(o cost) cost {
 func (c cost) per(ops int64) cost {
 	n := float64(ops)
 	return cost{c.wall, c.xids / n, c.commits / n, c.rollbacks / n, c.wal / n, c.pgCPU * 1e6 / n, c.kmsdCPU * 1e6 / n}
-}
-
-// cpu is the CPU PostgreSQL has used, in seconds: the postmaster's own and
-// that of the children it reaped (exited backends), and every live child's.
-func (p *privatePG) cpu() float64 {
-	pm := procStat(p.postmaster)
-	ticks := pm.utime + pm.stime + pm.cutime + pm.cstime
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st := procStat(pid); st.ppid == p.postmaster {
-			ticks += st.utime + st.stime
-		}
-	}
-	return float64(ticks) / p.clkTck
-}
-
-// pstat is what procStat reads of /proc/PID/stat (proc(5)).
-type pstat struct {
-	ppid                         int
-	utime, stime, cutime, cstime uint64
-}
-
-// procStat reads /proc/pid/stat; the zero pstat when it cannot.
-func procStat(pid int) pstat {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return pstat{}
-	}
-	// Fields are counted after the command name, which may hold spaces.
-	end := bytes.LastIndexByte(b, ')')
-	if end < 0 {
-		return pstat{}
-	}
-	f := strings.Fields(string(b[end+1:]))
-	if len(f) < 15 {
-		return pstat{}
-	}
-	num := func(i int) uint64 { v, _ := strconv.ParseUint(f[i-3], 10, 64); return v }
-	return pstat{ppid: int(num(4)), utime: num(14), stime: num(15), cutime: num(16), cstime: num(17)}
 }
