@@ -503,7 +503,7 @@ func measure(t *testing.T, bin string, s *store, warmup, dur time.Duration) resu
 func run(t *testing.T, n *node, dur time.Duration, c int, op func() error) load {
 	t.Helper()
 	pid := n.cmd.Process.Pid
-	cpu0 := cpuTicks(t, pid)
+	cpu0 := cpuSeconds(t, pid)
 	var pg0 float64
 	if n.pgCPU != nil {
 		pg0 = n.pgCPU()
@@ -539,7 +539,7 @@ func run(t *testing.T, n *node, dur time.Duration, c int, op func() error) load 
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuTicks(t, pid) - cpu0
+	cpu := cpuSeconds(t, pid) - cpu0
 	var pg float64
 	if n.pgCPU != nil {
 		pg = n.pgCPU() - pg0
@@ -549,7 +549,7 @@ func run(t *testing.T, n *node, dur time.Duration, c int, op func() error) load 
 	}
 	l := load{requests: len(lat), p50: percentile(lat, 50), p99: percentile(lat, 99), throughput: float64(len(lat)) / elapsed.Seconds()}
 	if len(lat) > 0 {
-		l.cpuPerReq = time.Duration(float64(cpu) * float64(time.Second) / clkTck / float64(len(lat)))
+		l.cpuPerReq = time.Duration(cpu * float64(time.Second) / float64(len(lat)))
 		l.pgPerReq = time.Duration(pg * float64(time.Second) / float64(len(lat)))
 	}
 	return l
@@ -565,20 +565,13 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return s[max(i, 0)]
 }
 
-// clkTck is the unit of /proc/PID/stat's times (USER_HZ, 100 on Linux).
-const clkTck = 100
-
-// cpuTicks is utime+stime of process pid.
-func cpuTicks(t *testing.T, pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
+// cpuSeconds is the CPU (utime+stime) process pid has used, in seconds.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	st := e2etest.ReadProcStat(pid)
+	if st.PPID == 0 {
+		t.Fatalf("no /proc/%d/stat: kmsd is gone", pid)
 	}
-	// Fields after the command, which is in parentheses and may hold spaces.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + s
+	return float64(st.Utime+st.Stime) / e2etest.ClockTicks()
 }
 
 // rss is VmRSS of process pid, in bytes.
