@@ -15,6 +15,8 @@ import (
 	"github.com/kmsd/kmsd/internal/feed"
 	"github.com/kmsd/kmsd/internal/keys"
 	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -37,11 +39,17 @@ func twoNodes(t *testing.T, maxStale time.Duration) (a, b node) {
 // handle) (its feed follows the handle itself).
 func twoNodesWrap(t *testing.T, maxStale time.Duration, wrapB func(storage.Store) storage.Store) (a, b node) {
 	t.Helper()
-	dir := t.TempDir()
+	path := filepath.Join(t.TempDir(), "kmsd.db")
+	return twoNodesOn(t, func() (storage.Store, error) { return sqlite.Open(t.Context(), path) }, maxStale, wrapB)
+}
+
+// twoNodesOn is twoNodesWrap on the database open opens a handle on.
+func twoNodesOn(t *testing.T, openStore func() (storage.Store, error), maxStale time.Duration, wrapB func(storage.Store) storage.Store) (a, b node) {
+	t.Helper()
 	root := make([]byte, 32)
 	rand.Read(root)
 	open := func(wrap func(storage.Store) storage.Store) node {
-		st, err := sqlite.Open(t.Context(), filepath.Join(dir, "kmsd.db"))
+		st, err := openStore()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +59,7 @@ func twoNodesWrap(t *testing.T, maxStale time.Duration, wrapB func(storage.Store
 			t.Fatal(err)
 		}
 		c := New(wrap(st), bar)
-		f := feed.New(st, time.Hour, nil, c)
+		f := feed.New(st.(storage.Watcher), time.Hour, nil, c)
 		if err := f.Poll(t.Context()); err != nil {
 			t.Fatal(err)
 		}
@@ -252,11 +260,28 @@ func (s *countGets) Get(ctx context.Context, key string) ([]byte, error) {
 // it, and from the database as soon as anything was — so it sees node A's
 // change at once, as a read of the database would, and reads no record
 // again while the cached one is proven current. A barrier that cannot
-// prove the cache sends every read to the database.
+// prove the cache sends every read to the database. On both drivers.
 func TestFreshReadBarrier(t *testing.T) {
+	for _, d := range lastUseDrivers {
+		t.Run(d.name, func(t *testing.T) { testFreshReadBarrier(t, d.name) })
+	}
+}
+
+func testFreshReadBarrier(t *testing.T, driver string) {
 	ctx := t.Context()
+	var openStore func() (storage.Store, error)
+	switch driver {
+	case "sqlite":
+		path := filepath.Join(t.TempDir(), "kmsd.db")
+		openStore = func() (storage.Store, error) { return sqlite.Open(ctx, path) }
+	case "postgres":
+		url := pgtest.URL(t)
+		openStore = func() (storage.Store, error) {
+			return postgres.Open(ctx, url, postgres.Options{MaxConns: 4, MinConns: 1})
+		}
+	}
 	cg := &countGets{}
-	a, nb := twoNodesWrap(t, time.Hour, func(s storage.Store) storage.Store { cg.Store = s; return cg })
+	a, nb := twoNodesOn(t, openStore, time.Hour, func(s storage.Store) storage.Store { cg.Store = s; return cg })
 	b, f := nb.cat, nb.feed // f is polled by the test only
 	poll := func() {
 		t.Helper()

@@ -47,7 +47,7 @@ type Follower struct {
 	cursor storage.Cursor
 	pos    atomic.Pointer[storage.Cursor] // cursor, for Cursor
 	fresh  atomic.Pointer[time.Time]
-	kick   chan struct{} // FreshAt saw the head move: Run polls soon
+	kick   chan struct{} // FreshAt found the cursor behind: Run polls soon
 }
 
 // New returns a follower of w for subs, polling every interval (zero:
@@ -77,16 +77,17 @@ func (f *Follower) Cursor() storage.Cursor { return *f.pos.Load() }
 func (f *Follower) FreshAsOf() time.Time { return *f.fresh.Load() }
 
 // FreshAt says whether every change committed before t has been handed to
-// the subscribers: FreshAsOf is not before t, or the Watcher's head
-// (storage.Header), read now, is where the follower's cursor is — nothing
-// was committed since the changes it has handed over — in which case the
-// instant before that read becomes FreshAsOf. It never polls, and answers
-// false when neither proves it (a change committed since the last poll, a
-// Watcher without Header, an error): the caller then reads the database.
-// A head past the cursor makes Run poll soon (as a notice does), so that
-// the caches, and FreshAt, catch up before the next interval; until that
-// poll begins FreshAt answers false without reading the head again, so
-// that under a stream of writes a read pays for the database alone.
+// the subscribers: FreshAsOf is not before t, or the Watcher proves
+// (storage.Prover), when asked now, that the follower's cursor covers
+// every change committed so far — nothing was committed since the changes
+// it has handed over — in which case the instant before it was asked
+// becomes FreshAsOf. It never polls, and answers false when neither proves
+// it (a change committed since the last poll, a Watcher without Prover,
+// an error): the caller then reads the database. A failed proof makes Run
+// poll soon (as a notice does), so that the caches, and FreshAt, catch up
+// before the next interval; until that poll begins FreshAt answers false
+// without asking again, so that under a stream of writes a read pays for
+// the database alone.
 //
 // A control-plane read begun at t (MULTINODE.md §4.2: "a cache entry
 // proven fresh for that key") may use the caches once FreshAt(t) is true.
@@ -94,23 +95,23 @@ func (f *Follower) FreshAt(ctx context.Context, t time.Time) bool {
 	if !f.FreshAsOf().Before(t) {
 		return true
 	}
-	h, ok := f.w.(storage.Header)
+	p, ok := f.w.(storage.Prover)
 	if !ok || len(f.kick) > 0 {
-		// No head, or one seen past the cursor with no poll begun
-		// since: reading it again would prove nothing.
+		// No proof, or one failed since the last poll began: asking
+		// again would prove nothing.
 		return false
 	}
+	// The cursor is read before the proof: it only moves once the
+	// subscribers have what it covers, and what the proof shows for it
+	// holds for any later position.
+	c := f.Cursor()
 	start := time.Now()
-	head, err := h.Head(ctx)
-	// The cursor is read after the head: it only moves once the
-	// subscribers have what it covers.
-	if err != nil {
-		return false
-	}
-	if head != f.Cursor() {
-		select {
-		case f.kick <- struct{}{}:
-		default: // asked already
+	if ok, err := p.Covers(ctx, c); err != nil || !ok {
+		if err == nil {
+			select {
+			case f.kick <- struct{}{}:
+			default: // asked already
+			}
 		}
 		return false
 	}

@@ -3,6 +3,7 @@ package feed
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -10,8 +11,12 @@ import (
 	"time"
 
 	"github.com/kmsd/kmsd/internal/storage"
+	"github.com/kmsd/kmsd/internal/storage/postgres"
+	"github.com/kmsd/kmsd/internal/storage/postgres/pgtest"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 type recorder struct {
 	keys   []string
@@ -210,25 +215,53 @@ func TestRunOnNotice(t *testing.T) {
 // onlyWatcher hides every capability of a Watcher but the change feed.
 type onlyWatcher struct{ storage.Watcher }
 
+// freshAtDrivers open two handles on one new database of each driver, as
+// two nodes have.
+var freshAtDrivers = []struct {
+	name string
+	open func(t *testing.T) (st, other storage.Store)
+}{
+	{"sqlite", func(t *testing.T) (storage.Store, storage.Store) {
+		path := filepath.Join(t.TempDir(), "kmsd.db")
+		return openStore(t, func() (storage.Store, error) { return sqlite.Open(t.Context(), path) }),
+			openStore(t, func() (storage.Store, error) { return sqlite.Open(t.Context(), path) })
+	}},
+	{"postgres", func(t *testing.T) (storage.Store, storage.Store) {
+		url := pgtest.URL(t)
+		o := func() (storage.Store, error) {
+			return postgres.Open(t.Context(), url, postgres.Options{MaxConns: 4, MinConns: 1})
+		}
+		return openStore(t, o), openStore(t, o)
+	}},
+}
+
+func openStore(t *testing.T, open func() (storage.Store, error)) storage.Store {
+	t.Helper()
+	st, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // TestFreshAt: a follower that has consumed the feed is proved fresh for
-// any instant by the SQLite store's head, without a poll, and FreshAsOf
-// moves up to the proof; once another handle commits a change the head
-// has moved past the cursor and nothing is proved until a poll hands the
-// change over — which Run, told by FreshAt, does at once rather than at
-// its interval. A Watcher without a head proves nothing past its polls.
+// any instant by the store (storage.Prover), without a poll, and
+// FreshAsOf moves up to the proof; once another handle commits a change
+// nothing is proved until a poll hands the change over — which Run, told
+// by FreshAt, does at once rather than at its interval. A Watcher without
+// a proof proves nothing past its polls. On both drivers.
 func TestFreshAt(t *testing.T) {
+	for _, d := range freshAtDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			st, other := d.open(t)
+			testFreshAt(t, st.(storage.Watcher), other)
+		})
+	}
+}
+
+func testFreshAt(t *testing.T, st storage.Watcher, other storage.Store) {
 	ctx := t.Context()
-	path := filepath.Join(t.TempDir(), "kmsd.db")
-	st, err := sqlite.Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	other, err := sqlite.Open(ctx, path) // another process's handle
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
 	r := &recorder{}
 	f := New(st, time.Hour, nil, r)
 	if err := f.Poll(ctx); err != nil {

@@ -173,8 +173,8 @@ func (a *api) openCore(ctx context.Context) error {
 		}
 		cat.SetFreshness(follower.FreshAsOf, cfg.CacheMaxStaleness)
 		// Control-plane reads of keys, aliases and grants: from the
-		// cache when the feed proves nothing was committed since it
-		// was last read (SQLite), else from the database.
+		// cache when the store proves nothing was committed since the
+		// feed was last read (storage.Prover), else from the database.
 		cat.SetReadBarrier(follower.FreshAt)
 		a.follower.Store(follower)
 		a.mustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

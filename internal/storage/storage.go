@@ -414,16 +414,17 @@ type Watcher interface {
 	Prune(ctx context.Context, upTo Cursor) error
 }
 
-// Header is an optional capability of a Watcher: where its feed ends now,
-// read without reading any change — the cheap proof that a reader which
-// has consumed the feed up to a cursor is not behind.
-type Header interface {
-	// Head returns a cursor h such that every transaction that committed
-	// before Head was called has all its changes at or before h. A reader
-	// that has consumed the feed up to a cursor equal to h (same
-	// generation and position) has been handed every change committed
-	// before the call. Any other h says nothing (the reader polls).
-	Head(ctx context.Context) (Cursor, error)
+// Prover is an optional capability of a Watcher: the cheap proof that a
+// reader which has consumed the feed up to a cursor is not behind, read
+// without reading any change, at a cost that does not grow with the
+// database.
+type Prover interface {
+	// Covers reports whether every transaction that committed before
+	// Covers was called has all its changes at or before c (a cursor of
+	// this database's current generation that Changes returned): a reader
+	// that has consumed the feed up to c has then been handed every change
+	// committed before the call. False says nothing (the reader polls).
+	Covers(ctx context.Context, c Cursor) (bool, error)
 }
 
 // Notifier is an optional capability of a Watcher whose database other

@@ -166,22 +166,36 @@ func maxCursor(a, b storage.Cursor) storage.Cursor {
 func feedState(ctx context.Context, q querier) (gen string, pruned storage.Cursor, err error) {
 	var g, p []byte
 	var server *string
-	// pg_walfile_name's first 8 hex digits are the timeline WAL is
-	// written on now; pg_control_checkpoint's would lag until the first
-	// checkpoint after a promotion.
-	if err := q.QueryRow(ctx, `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8'),
+	if err := q.QueryRow(ctx, feedStateQuery).Scan(&g, &server, &p); err != nil {
+		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
+	}
+	return parseFeedState(g, server, p)
+}
+
+// feedStateQuery reads the generation's parts and the pruning point.
+const feedStateQuery = feedStateColumns + fromGeneration
+
+// feedStateColumns are feedStateQuery's columns. pg_walfile_name's first
+// 8 hex digits are the timeline WAL is written on now;
+// pg_control_checkpoint's would lag until the first checkpoint after a
+// promotion.
+const feedStateColumns = `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8'),
 	CASE WHEN NOT pg_is_in_recovery() THEN
 		(SELECT system_identifier FROM pg_control_system())::text
 		|| '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
-		|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END
-FROM kmsd_meta WHERE name = 'generation'`).Scan(&g, &server); err != nil {
-		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
-	}
+		|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END,
+	(SELECT value FROM kmsd_meta WHERE name = 'changes_pruned')`
+
+const fromGeneration = "\nFROM kmsd_meta WHERE name = 'generation'"
+
+// parseFeedState makes the generation and the pruning point of what
+// feedStateQuery read.
+func parseFeedState(g []byte, server *string, p []byte) (gen string, pruned storage.Cursor, err error) {
 	if server == nil {
 		return "", pruned, errInRecovery
 	}
-	if err := q.QueryRow(ctx, `SELECT value FROM kmsd_meta WHERE name = 'changes_pruned'`).Scan(&p); err != nil {
-		return "", pruned, fmt.Errorf("postgres: changes: pruning point: %w", err)
+	if p == nil {
+		return "", pruned, errors.New("postgres: changes: no pruning point")
 	}
 	x, sq, ok := strings.Cut(string(p), ":")
 	gen = string(g) + "/" + *server
@@ -194,6 +208,41 @@ FROM kmsd_meta WHERE name = 'generation'`).Scan(&g, &server); err != nil {
 	}
 	return gen, pruned, nil
 }
+
+// Covers implements storage.Prover with one statement, whose snapshot is
+// taken after the call began: the generation is c's, the feed is not
+// pruned past c, no change after c is visible, and c is not beyond every
+// transaction begun. A transaction that
+// committed before the call is visible to that snapshot; if its xid is
+// below c.XID it had ended when the poll that returned c took its
+// snapshot (c.XID is at most that snapshot's xmin, the feed's horizon), so
+// its changes were among those delivered up to c; if not, its changes are
+// after c, and the statement sees them. What it reads does not grow with
+// the number of keys: three rows of kmsd_meta and one probe of
+// kv_changes' primary key.
+func (s *Store) Covers(ctx context.Context, c storage.Cursor) (bool, error) {
+	if s.closed.Load() {
+		return false, errClosed
+	}
+	var g, p []byte
+	var server *string
+	var after, future bool
+	if err := s.pool.QueryRow(ctx, coversQuery, strconv.FormatUint(c.XID, 10), c.Seq).Scan(&g, &server, &p, &after, &future); err != nil {
+		return false, fmt.Errorf("postgres: covers: %w", err)
+	}
+	gen, pruned, err := parseFeedState(g, server, p)
+	if err != nil {
+		return false, err
+	}
+	return gen == c.Gen && !less(c, pruned) && !after && !future, nil
+}
+
+// coversQuery is feedStateQuery, whether a change after a cursor ($1, $2)
+// is visible, and whether the cursor is beyond every transaction begun (a
+// cursor from another history, as Changes resets).
+const coversQuery = feedStateColumns + `,
+	EXISTS (SELECT 1 FROM kv_changes WHERE (xid, seq) > ($1::text::xid8, $2)),
+	$1::text::xid8 > pg_snapshot_xmax(pg_current_snapshot())` + fromGeneration
 
 // errInRecovery is returned by Changes and Prune on a standby.
 var errInRecovery = errors.New("postgres: changes: the server is a standby in recovery; the change feed is read from the primary")

@@ -68,27 +68,27 @@ func (s *Store) Changes(ctx context.Context, from storage.Cursor, limit int) (_ 
 	return b, nil
 }
 
-// Head implements storage.Header: the generation and the highest
+// Covers implements storage.Prover: the generation and the highest
 // sequence number ever given to a change, read in one statement (one
-// snapshot). With one writer at a time, sequence order is commit order,
-// so every transaction committed before the call has its changes at or
-// below that number — the cursor Changes ends at once it has delivered
+// snapshot), are c's. With one writer at a time, sequence order is commit
+// order, so every transaction committed before the call has its changes at
+// or below that number — the cursor Changes ends at once it has delivered
 // them.
-func (s *Store) Head(ctx context.Context) (storage.Cursor, error) {
+func (s *Store) Covers(ctx context.Context, c storage.Cursor) (bool, error) {
 	if s.closed.Load() {
-		return storage.Cursor{}, errClosed
+		return false, errClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return storage.Cursor{}, err
+		return false, err
 	}
 	// Without ctx's cancellation, as Get: a statement this short is
 	// not worth database/sql's watcher of the context.
 	var g []byte
 	var last int64
 	if err := s.r.head.QueryRowContext(context.WithoutCancel(ctx)).Scan(&g, &last); err != nil {
-		return storage.Cursor{}, fmt.Errorf("sqlite: head: %w", err)
+		return false, fmt.Errorf("sqlite: head: %w", err)
 	}
-	return storage.Cursor{Gen: string(g), Seq: last}, nil
+	return string(g) == c.Gen && last == c.Seq && c.XID == 0, nil
 }
 
 // feedState reads the generation and the pruning point.

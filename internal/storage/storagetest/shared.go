@@ -45,6 +45,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	t.Run("FeedOutOfOrderCommits", func(t *testing.T) { testFeedOutOfOrder(t, open) })
 	t.Run("FeedPruneResets", func(t *testing.T) { testFeedPrune(t, open) })
 	t.Run("FeedLeavesOutUnfed", func(t *testing.T) { testFeedUnfed(t, open) })
+	t.Run("FeedCovers", func(t *testing.T) { testFeedCovers(t, open) })
 	t.Run("FeedCreateBatch", func(t *testing.T) { testFeedCreateBatch(t, open) })
 	t.Run("CreateBatchConcurrent", func(t *testing.T) { testSharedCreateBatch(t, open) })
 	t.Run("FeedPutBatch", func(t *testing.T) { testFeedPutBatch(t, open) })
@@ -432,6 +433,124 @@ func testFeedUnfed(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	wantValue(t, b, p+"y", []byte("3"))
 	wantNotFound(t, b, p+"x")
 	wantKeys(t, b, "unfed", "", 0, []string{"unfed", p + "y", end + "z"})
+}
+
+// testFeedCovers: a reader that has drained the feed is proved current
+// (storage.Prover, which both drivers implement) until the other handle
+// commits a change of a fed key, and again once it has read it; a write
+// of an unfed key and a transaction not yet committed leave the proof
+// standing; a transaction that committed while an older one was open is
+// not covered by a cursor the feed's horizon held back; a cursor the feed
+// was pruned past, one of another generation and one beyond the
+// database's history are never proved.
+func testFeedCovers(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
+	a, b := open(t)
+	ctx := t.Context()
+	p, ok := b.(storage.Prover)
+	if !ok {
+		t.Fatalf("%T does not implement storage.Prover", b)
+	}
+	covers := func(c storage.Cursor) bool {
+		t.Helper()
+		ok, err := p.Covers(ctx, c)
+		if err != nil {
+			t.Fatalf("Covers(%+v): %v", c, err)
+		}
+		return ok
+	}
+	// caughtUp reads the feed from c until Covers proves the cursor: a
+	// driver whose horizon trails its commits may need a poll more.
+	caughtUp := func(c storage.Cursor) storage.Cursor {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !covers(c); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("Covers(%+v) false 10 s after the last write, the feed drained", c)
+			}
+			_, c = drain(t, b, c)
+		}
+		return c
+	}
+	_, c := drain(t, b, start(t, b))
+	if !covers(c) {
+		t.Errorf("Covers(%+v) false after draining a feed nothing was written to", c)
+	}
+	mustPut(t, a, "cv/1", nil)
+	if covers(c) {
+		t.Errorf("Covers(%+v) true with cv/1 committed after it", c)
+	}
+	_, c = waitKeys(t, b, c, "cv/1")
+	c = caughtUp(c)
+	mustPut(t, a, storage.UnfedPrefix+"x", nil)
+	if !covers(c) {
+		t.Errorf("Covers(%+v) false after a write of an unfed key only", c)
+	}
+
+	// An open transaction, and one committed while it is open.
+	wrote, release := make(chan struct{}), make(chan struct{})
+	slowDone := make(chan error, 1)
+	go func() {
+		slowDone <- a.Update(ctx, func(tx storage.Tx) error {
+			if err := tx.Put(ctx, "cv/slow", nil); err != nil {
+				return err
+			}
+			close(wrote)
+			<-release
+			return nil
+		})
+	}()
+	<-wrote
+	if !covers(c) {
+		t.Errorf("Covers(%+v) false while the only later write is not committed", c)
+	}
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- b.Put(ctx, "cv/fast", nil) }()
+	select {
+	case err := <-fastDone:
+		// Concurrent writers: cv/fast committed while cv/slow's
+		// transaction is open, which holds the feed's horizon back.
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ks []string
+		ks, c = drain(t, b, c)
+		if covers(c) {
+			t.Errorf("Covers(%+v) true with cv/fast committed and %v delivered", c, ks)
+		}
+		close(release)
+	case <-time.After(500 * time.Millisecond):
+		close(release) // one writer at a time
+		if err := <-fastDone; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	if covers(c) {
+		t.Errorf("Covers(%+v) true with cv/slow and cv/fast committed after it", c)
+	}
+	_, c = waitKeys(t, b, c, "cv/slow", "cv/fast")
+	c = caughtUp(c)
+
+	// Pruned past, another generation, the future.
+	mustPut(t, a, "cv/2", nil)
+	_, c2 := waitKeys(t, b, c, "cv/2")
+	if err := a.Prune(ctx, c2); err != nil {
+		t.Fatal(err)
+	}
+	if covers(c) {
+		t.Errorf("Covers(%+v) true with the feed pruned up to %+v", c, c2)
+	}
+	c2 = caughtUp(c2)
+	other := c2
+	other.Gen += "-other"
+	if covers(other) {
+		t.Errorf("Covers(%+v) true for another generation", other)
+	}
+	future := storage.Cursor{Gen: c2.Gen, XID: c2.XID + 1<<40, Seq: c2.Seq + 1<<40}
+	if covers(future) {
+		t.Errorf("Covers(%+v) true for a cursor beyond the database's history", future)
+	}
 }
 
 // waitKeys reads the feed from c until every key in want was delivered.
