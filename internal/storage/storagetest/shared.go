@@ -299,46 +299,14 @@ func testFeedAll(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 // resumes from there must still get a's change once a commits.
 func testFeedOutOfOrder(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	a, b := open(t)
-	ctx := t.Context()
 	c := start(t, b)
-	wrote, release := make(chan struct{}), make(chan struct{})
-	slowDone := make(chan error, 1)
-	go func() {
-		slowDone <- a.Update(ctx, func(tx storage.Tx) error {
-			if err := tx.Put(ctx, "ooo/slow", []byte("s")); err != nil {
-				return err
-			}
-			close(wrote)
-			<-release
-			return nil
-		})
-	}()
-	<-wrote
-	fastDone := make(chan error, 1)
-	go func() { fastDone <- b.Put(ctx, "ooo/fast", []byte("f")) }()
 	var got []string
-	select {
-	case err := <-fastDone:
-		// A driver with concurrent writers: the later transaction is
-		// committed while the earlier is open. Read the feed now.
-		if err != nil {
-			t.Fatal(err)
-		}
+	outOfOrder(t, a, b, "ooo/slow", "ooo/fast", func() {
+		// Read the feed while the earlier transaction is still open.
 		var ks []string
 		ks, c = drain(t, b, c)
 		got = append(got, ks...)
-		close(release)
-	case <-time.After(500 * time.Millisecond):
-		// A single-writer driver: the later transaction waits for the
-		// earlier, so commits cannot be out of order.
-		close(release)
-		if err := <-fastDone; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := <-slowDone; err != nil {
-		t.Fatal(err)
-	}
+	}, nil)
 	deadline := time.Now().Add(10 * time.Second)
 	for !(slices.Contains(got, "ooo/slow") && slices.Contains(got, "ooo/fast")) {
 		if time.Now().After(deadline) {
@@ -486,46 +454,18 @@ func testFeedCovers(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	}
 
 	// An open transaction, and one committed while it is open.
-	wrote, release := make(chan struct{}), make(chan struct{})
-	slowDone := make(chan error, 1)
-	go func() {
-		slowDone <- a.Update(ctx, func(tx storage.Tx) error {
-			if err := tx.Put(ctx, "cv/slow", nil); err != nil {
-				return err
-			}
-			close(wrote)
-			<-release
-			return nil
-		})
-	}()
-	<-wrote
-	if !covers(c) {
-		t.Errorf("Covers(%+v) false while the only later write is not committed", c)
-	}
-	fastDone := make(chan error, 1)
-	go func() { fastDone <- b.Put(ctx, "cv/fast", nil) }()
-	select {
-	case err := <-fastDone:
-		// Concurrent writers: cv/fast committed while cv/slow's
-		// transaction is open, which holds the feed's horizon back.
-		if err != nil {
-			t.Fatal(err)
-		}
+	outOfOrder(t, a, b, "cv/slow", "cv/fast", func() {
+		// cv/slow's open transaction holds the feed's horizon back.
 		var ks []string
 		ks, c = drain(t, b, c)
 		if covers(c) {
 			t.Errorf("Covers(%+v) true with cv/fast committed and %v delivered", c, ks)
 		}
-		close(release)
-	case <-time.After(500 * time.Millisecond):
-		close(release) // one writer at a time
-		if err := <-fastDone; err != nil {
-			t.Fatal(err)
+	}, func() {
+		if !covers(c) {
+			t.Errorf("Covers(%+v) false while the only later write is not committed", c)
 		}
-	}
-	if err := <-slowDone; err != nil {
-		t.Fatal(err)
-	}
+	})
 	if covers(c) {
 		t.Errorf("Covers(%+v) true with cv/slow and cv/fast committed after it", c)
 	}
@@ -550,6 +490,54 @@ func testFeedCovers(t *testing.T, open func(t *testing.T) (a, b SharedStore)) {
 	future := storage.Cursor{Gen: c2.Gen, XID: c2.XID + 1<<40, Seq: c2.Seq + 1<<40}
 	if covers(future) {
 		t.Errorf("Covers(%+v) true for a cursor beyond the database's history", future)
+	}
+}
+
+// outOfOrder puts slow through a in a transaction it holds open (after
+// calling opened, if not nil) while b puts fast. A driver with concurrent
+// writers commits fast meanwhile: then between is called, slow's
+// transaction still open, before it is let commit. A single-writer driver
+// makes fast wait for slow (commits cannot be out of order there), and
+// between is not called. It returns once both have committed.
+func outOfOrder(t *testing.T, a, b SharedStore, slow, fast string, between, opened func()) {
+	t.Helper()
+	ctx := t.Context()
+	wrote, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	let := func() { once.Do(func() { close(release) }) }
+	defer let() // also when a check fails the test
+	slowDone := make(chan error, 1)
+	go func() {
+		slowDone <- a.Update(ctx, func(tx storage.Tx) error {
+			if err := tx.Put(ctx, slow, []byte("s")); err != nil {
+				return err
+			}
+			close(wrote)
+			<-release
+			return nil
+		})
+	}()
+	<-wrote
+	if opened != nil {
+		opened()
+	}
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- b.Put(ctx, fast, []byte("f")) }()
+	select {
+	case err := <-fastDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+		between()
+		let()
+	case <-time.After(500 * time.Millisecond):
+		let()
+		if err := <-fastDone; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
 	}
 }
 
