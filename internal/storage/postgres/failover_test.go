@@ -58,6 +58,9 @@ func TestFeedAfterPromotion(t *testing.T) {
 	if b, err := ro.Changes(ctx, c, 0); !errors.Is(err, errInRecovery) {
 		t.Errorf("Changes on the standby = %+v, %v; want errInRecovery", b, err)
 	}
+	if ok, err := ro.Covers(ctx, c); ok || !errors.Is(err, errInRecovery) {
+		t.Errorf("Covers on the standby = %v, %v; want errInRecovery", ok, err)
+	}
 	ro.Close()
 
 	// A write visible on the primary only: its COMMIT waits for the
@@ -125,6 +128,12 @@ func TestFeedAfterPromotion(t *testing.T) {
 		if i > 100 {
 			t.Fatalf("after %d writes the new xids (up to %d) have not passed the cursor %+v", i+1, last, c)
 		}
+	}
+
+	// No proof for the old cursor on the new history: it names the old
+	// timeline.
+	if ok, err := n.Covers(ctx, c); err != nil || ok {
+		t.Errorf("Covers(%+v) on the promoted standby = %v, %v; want false", c, ok, err)
 	}
 
 	// The watcher, now reading the new primary, resumes from its cursor.
@@ -251,6 +260,12 @@ func TestFeedAfterRestart(t *testing.T) {
 	}
 	if !b.Reset {
 		t.Fatalf("Changes from a cursor made before the restart = %+v, want a Reset", b)
+	}
+	if ok, err := s.Covers(ctx, c); err != nil || ok {
+		t.Errorf("Covers(%+v) after the restart = %v, %v; want false", c, ok, err)
+	}
+	if ok, err := s.Covers(ctx, b.Next); err != nil || !ok {
+		t.Errorf("Covers(%+v), the Reset's cursor, nothing written since = %v, %v; want true", b.Next, ok, err)
 	}
 	if err := s.Put(ctx, "b", nil); err != nil {
 		t.Fatal(err)

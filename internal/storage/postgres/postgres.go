@@ -190,6 +190,10 @@ type Store struct {
 	// lastPrune is when commit markers were last pruned (UnixNano).
 	lastPrune atomic.Int64
 
+	// idents holds, for each pooled connection (*pgx.Conn) Covers has
+	// used, the part of the generation that names its server's history
+	// (watch.go, connIdent); the pool's BeforeClose forgets it.
+	idents *sync.Map
 	// fresh remembers recent change-feed polls for FreshAsOf (watch.go).
 	freshMu sync.Mutex
 	polls   []poll
@@ -267,6 +271,8 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 			return connectBarrier(ctx, c, o.ConnectTimeout)
 		}
 	}
+	var idents sync.Map // Store.idents, filled by Covers
+	cfg.BeforeClose = func(c *pgx.Conn) { idents.Delete(c) }
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -305,7 +311,7 @@ func open(ctx context.Context, url string, o Options, migs []string) (*Store, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{pool: pool, gets: newBatchGets(pool, o.StatementTimeout), resolveFor: 10 * time.Second, log: log}
+	s := &Store{pool: pool, gets: newBatchGets(pool, o.StatementTimeout), resolveFor: 10 * time.Second, log: log, idents: &idents}
 	if o.Notify && !o.ReadOnly {
 		s.startNotices(listenConfig)
 	}

@@ -165,40 +165,43 @@ func maxCursor(a, b storage.Cursor) storage.Cursor {
 // feed.
 func feedState(ctx context.Context, q querier) (gen string, pruned storage.Cursor, err error) {
 	var g, p []byte
+	var db string
 	var server *string
-	if err := q.QueryRow(ctx, feedStateQuery).Scan(&g, &server, &p); err != nil {
+	if err := q.QueryRow(ctx, feedStateQuery).Scan(&g, &db, &server, &p); err != nil {
 		return "", pruned, fmt.Errorf("postgres: changes: generation: %w", err)
 	}
-	return parseFeedState(g, server, p)
-}
-
-// feedStateQuery reads the generation's parts and the pruning point.
-const feedStateQuery = feedStateColumns + fromGeneration
-
-// feedStateColumns are feedStateQuery's columns. pg_walfile_name's first
-// 8 hex digits are the timeline WAL is written on now;
-// pg_control_checkpoint's would lag until the first checkpoint after a
-// promotion.
-const feedStateColumns = `SELECT value || convert_to('/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text, 'UTF8'),
-	CASE WHEN NOT pg_is_in_recovery() THEN
-		(SELECT system_identifier FROM pg_control_system())::text
-		|| '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
-		|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END,
-	(SELECT value FROM kmsd_meta WHERE name = 'changes_pruned')`
-
-const fromGeneration = "\nFROM kmsd_meta WHERE name = 'generation'"
-
-// parseFeedState makes the generation and the pruning point of what
-// feedStateQuery read.
-func parseFeedState(g []byte, server *string, p []byte) (gen string, pruned storage.Cursor, err error) {
 	if server == nil {
 		return "", pruned, errInRecovery
 	}
+	return parseFeedState(g, db+"/"+*server, p)
+}
+
+// feedStateQuery reads the generation's parts and the pruning point.
+const feedStateQuery = `SELECT value, ` + identColumns + `,
+	(SELECT value FROM kmsd_meta WHERE name = 'changes_pruned')
+FROM kmsd_meta WHERE name = 'generation'`
+
+// identColumns are the parts of the generation that name the server's
+// history: the database's oid, and, unless the server is a standby in
+// recovery, its system identifier, timeline and postmaster's start time.
+// pg_walfile_name's first 8 hex digits are the timeline WAL is written on
+// now; pg_control_checkpoint's would lag until the first checkpoint after
+// a promotion.
+const identColumns = `'/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text,
+	CASE WHEN NOT pg_is_in_recovery() THEN
+		(SELECT system_identifier FROM pg_control_system())::text
+		|| '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+		|| '/' || extract(epoch FROM pg_postmaster_start_time())::text END`
+
+// parseFeedState makes the generation and the pruning point of what
+// feedStateQuery read: the generation row's value, the server's history
+// (identColumns, joined) and the pruning point.
+func parseFeedState(g []byte, ident string, p []byte) (gen string, pruned storage.Cursor, err error) {
 	if p == nil {
 		return "", pruned, errors.New("postgres: changes: no pruning point")
 	}
 	x, sq, ok := strings.Cut(string(p), ":")
-	gen = string(g) + "/" + *server
+	gen = string(g) + ident
 	pruned.Gen = gen
 	if pruned.XID, err = strconv.ParseUint(x, 10, 64); err == nil && ok {
 		pruned.Seq, err = strconv.ParseInt(sq, 10, 64)
@@ -210,44 +213,77 @@ func parseFeedState(g []byte, server *string, p []byte) (gen string, pruned stor
 }
 
 // Covers implements storage.Prover with one statement, whose snapshot is
-// taken after the call began: the generation is c's, the feed is not
-// pruned past c, no change after c is visible, and c is not beyond every
-// transaction begun. A transaction that
-// committed before the call is visible to that snapshot; if its xid is
-// below c.XID it had ended when the poll that returned c took its
-// snapshot (c.XID is at most that snapshot's xmin, the feed's horizon), so
-// its changes were among those delivered up to c; if not, its changes are
-// after c, and the statement sees them. What it reads does not grow with
-// the number of keys: three rows of kmsd_meta and one probe of
-// kv_changes' primary key.
+// taken after the call began: the generation is c's (its server part as
+// the connection remembers it, connIdent), the feed is not pruned past c,
+// no change after c is visible, and c is not beyond every transaction
+// begun. A transaction that committed before the call is visible to that
+// snapshot; if its xid is below c.XID it had ended when the poll that
+// returned c took its snapshot (c.XID is at most that snapshot's xmin,
+// the feed's horizon), so its changes were among those delivered up to c;
+// if not, its changes are after c, and the statement sees them. What it
+// reads does not grow with the number of keys: two rows of kmsd_meta and
+// one probe of kv_changes' primary key.
 func (s *Store) Covers(ctx context.Context, c storage.Cursor) (bool, error) {
 	if s.closed.Load() {
 		return false, errClosed
 	}
-	var g, p []byte
-	var server *string
-	var after, future bool
-	if err := s.pool.QueryRow(ctx, coversQuery, strconv.FormatUint(c.XID, 10), c.Seq).Scan(&g, &server, &p, &after, &future); err != nil {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
 		return false, fmt.Errorf("postgres: covers: %w", err)
 	}
-	gen, pruned, err := parseFeedState(g, server, p)
+	defer conn.Release()
+	ident, err := s.connIdent(ctx, conn.Conn())
+	if err != nil {
+		return false, err
+	}
+	var g, p []byte
+	var after, future bool
+	if err := conn.QueryRow(ctx, coversQuery, strconv.FormatUint(c.XID, 10), c.Seq).Scan(&g, &p, &after, &future); err != nil {
+		return false, fmt.Errorf("postgres: covers: %w", err)
+	}
+	gen, pruned, err := parseFeedState(g, ident, p)
 	if err != nil {
 		return false, err
 	}
 	return gen == c.Gen && !less(c, pruned) && !after && !future, nil
 }
 
-// coversQuery is feedStateQuery, whether a change after a cursor ($1, $2)
-// is visible, and whether the cursor is beyond every transaction begun (a
-// cursor from another history, as Changes resets). Not EXISTS: its
-// generic plan (a prepared statement's after five runs) expects a third
-// of kv_changes after any cursor and scans the table for the first,
-// finding none in all of it when the cursor is current (190 ms on a
-// million changes); the first row in the primary key's order is one
-// probe of the index.
-const coversQuery = feedStateColumns + `,
+// connIdent is the server's history as identColumns name it, read on c
+// the first time and remembered for as long as c lives: a connection
+// stays on one database of one server process, and a primary's timeline
+// does not change while its postmaster runs (only a standby's promotion
+// starts one). A standby in recovery has none, and is asked again next
+// time. Reading it (pg_control_system reads a file) was a third of each
+// Covers' cost.
+func (s *Store) connIdent(ctx context.Context, c *pgx.Conn) (string, error) {
+	if v, ok := s.idents.Load(c); ok {
+		return v.(string), nil
+	}
+	var db string
+	var server *string
+	if err := c.QueryRow(ctx, `SELECT `+identColumns).Scan(&db, &server); err != nil {
+		return "", fmt.Errorf("postgres: covers: generation: %w", err)
+	}
+	if server == nil {
+		return "", errInRecovery
+	}
+	ident := db + "/" + *server
+	s.idents.Store(c, ident)
+	return ident, nil
+}
+
+// coversQuery reads the generation row's value and the pruning point,
+// whether a change after a cursor ($1, $2) is visible, and whether the
+// cursor is beyond every transaction begun (a cursor from another
+// history, as Changes resets). Not EXISTS: its generic plan (a prepared
+// statement's after five runs) expects a third of kv_changes after any
+// cursor and scans the table for the first, finding none in all of it
+// when the cursor is current (190 ms on a million changes); the first row
+// in the primary key's order is one probe of the index.
+const coversQuery = `SELECT (SELECT value FROM kmsd_meta WHERE name = 'generation'),
+	(SELECT value FROM kmsd_meta WHERE name = 'changes_pruned'),
 	(SELECT true FROM kv_changes WHERE (xid, seq) > ($1::text::xid8, $2) ORDER BY xid, seq LIMIT 1) IS NOT NULL,
-	$1::text::xid8 > pg_snapshot_xmax(pg_current_snapshot())` + fromGeneration
+	$1::text::xid8 > pg_snapshot_xmax(pg_current_snapshot())`
 
 // errInRecovery is returned by Changes and Prune on a standby.
 var errInRecovery = errors.New("postgres: changes: the server is a standby in recovery; the change feed is read from the primary")
