@@ -11,6 +11,7 @@ package feed
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +49,11 @@ type Follower struct {
 	pos    atomic.Pointer[storage.Cursor] // cursor, for Cursor
 	fresh  atomic.Pointer[time.Time]
 	kick   chan struct{} // FreshAt found the cursor behind: Run polls soon
+
+	prover  storage.Prover // w's, or nil
+	proveMu sync.Mutex
+	proving *proof // under way, or nil
+	queued  *proof // to begin when proving ends, or nil
 }
 
 // New returns a follower of w for subs, polling every interval (zero:
@@ -60,6 +66,7 @@ func New(w storage.Watcher, interval time.Duration, log *slog.Logger, subs ...Su
 		log = slog.Default()
 	}
 	f := &Follower{w: w, subs: subs, interval: interval, log: log, kick: make(chan struct{}, 1)}
+	f.prover, _ = w.(storage.Prover)
 	f.fresh.Store(&time.Time{})
 	f.pos.Store(&storage.Cursor{})
 	return f
@@ -95,28 +102,80 @@ func (f *Follower) FreshAt(ctx context.Context, t time.Time) bool {
 	if !f.FreshAsOf().Before(t) {
 		return true
 	}
-	p, ok := f.w.(storage.Prover)
-	if !ok || len(f.kick) > 0 {
+	if f.prover == nil || len(f.kick) > 0 {
 		// No proof, or one failed since the last poll began: asking
 		// again would prove nothing.
 		return false
 	}
+	// One proof at a time: a read that comes while one is under way
+	// waits for the next, which begins when that one ends and answers
+	// every read that came meanwhile, so that under many concurrent
+	// reads the store is asked about once per proof's time rather than
+	// once per read. A proof begun after t proves t.
+	f.proveMu.Lock()
+	pr := f.queued
+	switch {
+	case f.proving == nil:
+		pr = &proof{done: make(chan struct{})}
+		f.proving = pr
+		f.proveMu.Unlock()
+		f.prove(pr)
+	case pr == nil:
+		pr = &proof{done: make(chan struct{})}
+		f.queued = pr
+		f.proveMu.Unlock()
+	default:
+		f.proveMu.Unlock()
+	}
+	select {
+	case <-pr.done:
+		return pr.ok
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// proof is one Covers call that FreshAt's callers share.
+type proof struct {
+	done chan struct{} // closed once ok is set
+	ok   bool
+}
+
+// proofTimeout bounds one proof, which no single request's context
+// bounds; a read whose proof fails goes to the database.
+const proofTimeout = time.Second
+
+// prove runs pr, then the proof queued meanwhile (in a goroutine of its
+// own, so that pr's caller is not kept waiting for it).
+func (f *Follower) prove(pr *proof) {
 	// The cursor is read before the proof: it only moves once the
 	// subscribers have what it covers, and what the proof shows for it
 	// holds for any later position.
 	c := f.Cursor()
 	start := time.Now()
-	if ok, err := p.Covers(ctx, c); err != nil || !ok {
-		if err == nil {
-			select {
-			case f.kick <- struct{}{}:
-			default: // asked already
-			}
-		}
-		return false
+	ok, err := false, error(nil)
+	if len(f.kick) == 0 { // else the proof before failed: no poll since
+		ctx, cancel := context.WithTimeout(context.Background(), proofTimeout)
+		ok, err = f.prover.Covers(ctx, c)
+		cancel()
 	}
-	f.advance(start)
-	return true
+	if ok && err == nil {
+		f.advance(start)
+		pr.ok = true
+	} else if err == nil {
+		select {
+		case f.kick <- struct{}{}:
+		default: // asked already
+		}
+	}
+	close(pr.done)
+	f.proveMu.Lock()
+	next := f.queued
+	f.queued, f.proving = nil, next
+	f.proveMu.Unlock()
+	if next != nil {
+		go f.prove(next)
+	}
 }
 
 // advance makes t FreshAsOf unless that is later already.

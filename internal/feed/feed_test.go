@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -320,5 +321,72 @@ func testFreshAt(t *testing.T, st storage.Watcher, other storage.Store) {
 	}
 	if g.FreshAt(ctx, time.Now()) {
 		t.Error("FreshAt(now) true without a head or a poll since")
+	}
+}
+
+// gatedProver runs the store's proof, then holds its answer until let
+// is closed (when gate is set), counting the proofs.
+type gatedProver struct {
+	storage.Watcher
+	p      storage.Prover
+	gate   atomic.Bool
+	proved chan struct{} // a proof's answer is ready and held
+	let    chan struct{}
+	calls  atomic.Int32
+}
+
+func (g *gatedProver) Covers(ctx context.Context, c storage.Cursor) (bool, error) {
+	g.calls.Add(1)
+	ok, err := g.p.Covers(ctx, c)
+	if g.gate.Load() {
+		g.proved <- struct{}{}
+		<-g.let
+	}
+	return ok, err
+}
+
+// TestFreshAtShared: concurrent reads share proofs — one under way, and
+// one for all that came while it was — and a read that came while a
+// proof was under way is not answered by it: a change committed after
+// that proof read the database, and before the read began, is found by
+// the next one. On both drivers.
+func TestFreshAtShared(t *testing.T) {
+	for _, d := range freshAtDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			st, other := d.open(t)
+			w := st.(storage.Watcher)
+			g := &gatedProver{Watcher: w, p: st.(storage.Prover), proved: make(chan struct{}), let: make(chan struct{})}
+			f := New(g, time.Hour, nil, &recorder{})
+			if err := f.Poll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			g.gate.Store(true)
+			first := make(chan bool)
+			go func() { first <- f.FreshAt(ctx, time.Now()) }()
+			<-g.proved // the first proof read the database: nothing after the cursor
+			if err := other.Put(ctx, "key/late", []byte("1")); err != nil {
+				t.Fatal(err)
+			}
+			const n = 16
+			later := make(chan bool, n)
+			for range n {
+				go func() { later <- f.FreshAt(ctx, time.Now()) }()
+			}
+			time.Sleep(100 * time.Millisecond) // the later reads queue behind the first proof
+			g.gate.Store(false)
+			close(g.let)
+			if !<-first {
+				t.Error("the first read: FreshAt false, want true (nothing was committed before its proof)")
+			}
+			for range n {
+				if <-later {
+					t.Error("a read begun after key/late committed: FreshAt true, want false")
+				}
+			}
+			if c := g.calls.Load(); c != 2 {
+				t.Errorf("%d proofs for 1 + %d reads, want 2 (one under way, one for the reads that came meanwhile)", c, n)
+			}
+		})
 	}
 }
