@@ -373,7 +373,7 @@ func TestFreshAtShared(t *testing.T) {
 			for range n {
 				go func() { later <- f.FreshAt(ctx, time.Now()) }()
 			}
-			time.Sleep(100 * time.Millisecond) // the later reads queue behind the first proof
+			time.Sleep(200 * time.Millisecond) // the later reads queue behind the first proof
 			g.gate.Store(false)
 			close(g.let)
 			if !<-first {
@@ -384,7 +384,9 @@ func TestFreshAtShared(t *testing.T) {
 					t.Error("a read begun after key/late committed: FreshAt true, want false")
 				}
 			}
-			if c := g.calls.Load(); c != 2 {
+			// 2: one under way, one for the reads that came meanwhile; 3
+			// if a read's goroutine ran only after the first proof ended.
+			if c := g.calls.Load(); c < 2 || c > 3 {
 				t.Errorf("%d proofs for 1 + %d reads, want 2 (one under way, one for the reads that came meanwhile)", c, n)
 			}
 		})
