@@ -153,7 +153,8 @@ func (f *Follower) prove(pr *proof) {
 	// holds for any later position.
 	c := f.Cursor()
 	start := time.Now()
-	ok, err := false, error(nil)
+	var ok bool
+	var err error
 	if len(f.kick) == 0 { // else the proof before failed: no poll since
 		ctx, cancel := context.WithTimeout(context.Background(), proofTimeout)
 		ok, err = f.prover.Covers(ctx, c)

@@ -320,7 +320,7 @@ func testFreshAt(t *testing.T, st storage.Watcher, other storage.Store) {
 		t.Fatal(err)
 	}
 	if g.FreshAt(ctx, time.Now()) {
-		t.Error("FreshAt(now) true without a head or a poll since")
+		t.Error("FreshAt(now) true without a proof or a poll since")
 	}
 }
 
