@@ -427,6 +427,73 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 	return next, nil
 }
 
+// UpdateKeys is UpdateKey for several keys in one storage transaction, so
+// that a sweep acting on many keys pays for one commit rather than one
+// each. fn is applied to a copy of each key's record as read in that
+// transaction; a key not found, or one for which fn returns ErrNoChange,
+// is left as it is and the others go on. Any other error from fn leaves
+// every record unchanged and is returned. Like UpdateKey it may run fn
+// more than once for a key, and returns the records it wrote, in the
+// order of ids.
+func (c *Catalog) UpdateKeys(ctx context.Context, ids []string, fn func(k *Key) error) ([]*Key, error) {
+	gens := make([]uint64, len(ids))
+	for i, id := range ids {
+		gens[i] = c.stamp(keyPath(id))
+	}
+	type write struct {
+		i         int
+		cur, next *Key
+	}
+	var ws []write
+	err := c.store.Update(ctx, func(tx storage.Tx) error {
+		ws = ws[:0]
+		for i, id := range ids {
+			cur, err := getKey(ctx, tx, id)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			next, err := clone(cur)
+			if err != nil {
+				return err
+			}
+			if err := fn(next); errors.Is(err, ErrNoChange) {
+				continue
+			} else if err != nil {
+				return callerError{err}
+			}
+			next.Policy = c.policies.share(next.Policy)
+			b, err := encodeKey(next)
+			if err != nil {
+				return err
+			}
+			if err := indexRecord(ctx, tx, cur, next); err != nil {
+				return err
+			}
+			if err := tx.Put(ctx, keyPath(id), b); err != nil {
+				return err
+			}
+			ws = append(ws, write{i, cur, next})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, unwrapUpdate("update keys", err)
+	}
+	out := make([]*Key, len(ws))
+	for j, w := range ws {
+		id := ids[w.i]
+		c.install(keyPath(id), gens[w.i], func() {
+			c.forgetParsed(w.cur)
+			c.putKey(id, w.next)
+		})
+		out[j] = w.next
+	}
+	return out, nil
+}
+
 // getKey reads and decodes the key named id in tx.
 func getKey(ctx context.Context, tx storage.Reader, id string) (*Key, error) {
 	b, err := tx.Get(ctx, keyPath(id))

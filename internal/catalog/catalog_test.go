@@ -5,12 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"maps"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/barrier"
 	"github.com/kmsd/kmsd/internal/keys"
+	"github.com/kmsd/kmsd/internal/storage"
 	"github.com/kmsd/kmsd/internal/storage/sqlite"
 )
 
@@ -66,5 +70,97 @@ func TestMaterial(t *testing.T) {
 	moved.ID = "k2"
 	if _, err := c.Material(&moved, 1); err == nil {
 		t.Error("material sealed for k1 opened as k2's")
+	}
+}
+
+// updateCounter counts a store's Update calls (transactions begun, not
+// runs of their functions).
+type updateCounter struct {
+	storage.Store
+	n atomic.Int64
+}
+
+func (s *updateCounter) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	s.n.Add(1)
+	return s.Store.Update(ctx, fn)
+}
+
+// TestUpdateKeys: UpdateKeys writes several keys in one transaction; a key
+// not found or whose fn returns ErrNoChange is left as it is and the
+// others go on; any other error from fn leaves every key as it was; what
+// it wrote is what the database and the cache then hold.
+func TestUpdateKeys(t *testing.T) {
+	base := newCatalog(t)
+	counted := &updateCounter{Store: base.store}
+	c := New(counted, base.barrier)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	for _, id := range []string{"k1", "k2", "k3", "k4"} {
+		k := &Key{ID: id, Account: testAccount, Policy: testPolicy, Region: "us-east-1", Created: now, KeyUsage: keys.EncryptDecrypt,
+			KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled, Current: 1, Description: "old"}
+		if err := c.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Key(ctx, id); err != nil { // cached before the update
+			t.Fatal(err)
+		}
+	}
+	describe := func(cat *Catalog) map[string]string {
+		t.Helper()
+		got := map[string]string{}
+		for _, id := range []string{"k1", "k2", "k3", "k4"} {
+			k, err := cat.Key(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[id] = k.Description
+		}
+		return got
+	}
+	before := counted.n.Load()
+	done, err := c.UpdateKeys(ctx, []string{"k1", "k2", "missing", "k3", "k4"}, func(k *Key) error {
+		if k.ID == "k2" {
+			return ErrNoChange
+		}
+		k.Description = "new " + k.ID
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, k := range done {
+		names = append(names, k.ID)
+	}
+	if !slices.Equal(names, []string{"k1", "k3", "k4"}) {
+		t.Errorf("UpdateKeys returned %v, want [k1 k3 k4]", names)
+	}
+	if n := counted.n.Load() - before; n != 1 {
+		t.Errorf("UpdateKeys of 5 keys began %d transactions, want 1", n)
+	}
+	want := map[string]string{"k1": "new k1", "k2": "old", "k3": "new k3", "k4": "new k4"}
+	if got := describe(c); !maps.Equal(got, want) {
+		t.Errorf("through the updating catalog's cache: %v, want %v", got, want)
+	}
+	if got := describe(New(base.store, base.barrier)); !maps.Equal(got, want) {
+		t.Errorf("read from the database: %v, want %v", got, want)
+	}
+
+	// An error from fn for one key leaves the keys before it unchanged too.
+	boom := errors.New("boom")
+	if _, err := c.UpdateKeys(ctx, []string{"k1", "k2", "k3"}, func(k *Key) error {
+		if k.ID == "k3" {
+			return boom
+		}
+		k.Description = "lost"
+		return nil
+	}); !errors.Is(err, boom) {
+		t.Fatalf("UpdateKeys with a failing fn: %v, want boom", err)
+	}
+	if got := describe(c); !maps.Equal(got, want) {
+		t.Errorf("after a failed UpdateKeys, cached: %v, want %v", got, want)
+	}
+	if got := describe(New(base.store, base.barrier)); !maps.Equal(got, want) {
+		t.Errorf("after a failed UpdateKeys, in the database: %v, want %v", got, want)
 	}
 }

@@ -75,6 +75,7 @@ func (b *Batch) Delete(name string) { b.deletes = append(b.deletes, name) }
 
 // ErrNoChange, returned by an UpdateRelated fn, means there is nothing to
 // write; UpdateRelated then returns the records unchanged and no error.
+// Returned by an UpdateKeys fn, it leaves that one key unchanged.
 var ErrNoChange = errors.New("catalog: no change")
 
 // UpdateRelated applies fn to copies of the record of the key named name

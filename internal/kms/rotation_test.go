@@ -263,3 +263,63 @@ func TestSweepRotationsRechecksDue(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepRotationsBatches: a sweep rotates single-Region keys
+// sweepBatch to a transaction. Across several batches, with keys disabled
+// after the scan among them, every key still due is rotated exactly once
+// and encrypts under its new material, and the others are left alone.
+func TestSweepRotationsBatches(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	n := 2*sweepBatch + 3
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = f.createKey(t)
+		if _, err := f.svc.EnableKeyRotation(ctx, f.caller, &kmsapi.EnableKeyRotationRequest{KeyId: &ids[i], RotationPeriodInDays: kmsapi.Int32(90)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clock.advance(91 * day)
+	round, err := f.svc.SweepRound(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disabled := map[string]bool{}
+	for i := 0; i < n; i += 10 {
+		if _, err := f.svc.DisableKey(ctx, f.caller, &kmsapi.DisableKeyRequest{KeyId: &ids[i]}); err != nil {
+			t.Fatal(err)
+		}
+		disabled[ids[i]] = true
+	}
+	got, err := f.svc.SweepRotations(round)
+	if err != nil || got != n-len(disabled) {
+		t.Fatalf("SweepRotations = %d, %v; want %d", got, err, n-len(disabled))
+	}
+	if got, err := f.svc.SweepRotations(round); err != nil || got != 0 {
+		t.Fatalf("the same round again: %d rotated, %v; want 0", got, err)
+	}
+	for _, id := range ids {
+		k, err := f.cat.Key(ctx, catalog.Name("us-east-1", id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 1
+		if disabled[id] {
+			want = 0
+		}
+		if len(k.Rotations) != want || int(k.Current) != want+1 {
+			t.Fatalf("%s: %d rotations, current version %d; want %d, %d", id, len(k.Rotations), k.Current, want, want+1)
+		}
+		if disabled[id] {
+			continue
+		}
+		enc, err := f.svc.Encrypt(ctx, f.caller, &kmsapi.EncryptRequest{KeyId: &id, Plaintext: []byte("after the sweep")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec, err := f.svc.Decrypt(ctx, f.caller, &kmsapi.DecryptRequest{CiphertextBlob: enc.CiphertextBlob})
+		if err != nil || string(dec.Plaintext) != "after the sweep" {
+			t.Fatalf("%s: Decrypt = %v, %v", id, dec, err)
+		}
+	}
+}
