@@ -427,6 +427,15 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 	return next, nil
 }
 
+// KeysPerUpdate is the most keys to give UpdateKeys at once. Each key
+// takes PostgreSQL's serializable read locks on about two pages of kv's
+// index (its record and an index entry of its own); past 32 pages of one
+// relation (the default max_pred_locks_per_relation) PostgreSQL trades
+// them for one lock on the whole index, and the transaction then conflicts
+// with every write to kv that overlaps it, not only those near its keys
+// (TestUpdateKeysPredicateLocks).
+const KeysPerUpdate = 12
+
 // UpdateKeys is UpdateKey for several keys in one storage transaction, so
 // that a sweep acting on many keys pays for one commit rather than one
 // each. fn is applied to a copy of each key's record as read in that
@@ -434,7 +443,7 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 // is left as it is and the others go on. Any other error from fn leaves
 // every record unchanged and is returned. Like UpdateKey it may run fn
 // more than once for a key, and returns the records it wrote, in the
-// order of ids.
+// order of ids. Give it at most KeysPerUpdate keys.
 func (c *Catalog) UpdateKeys(ctx context.Context, ids []string, fn func(k *Key) error) ([]*Key, error) {
 	gens := make([]uint64, len(ids))
 	for i, id := range ids {

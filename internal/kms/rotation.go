@@ -258,15 +258,6 @@ func (s *Service) ListKeyRotations(ctx context.Context, c *Caller, in *kmsapi.Li
 	return out, nil
 }
 
-// sweepBatch is how many single-Region keys a rotation sweep rotates in
-// one transaction (catalog.UpdateKeys): a commit, and on PostgreSQL a WAL
-// flush and a change-feed wake-up on every node, per 64 keys rather than
-// per key. Enough that 1,000 keys due at once rotate within a 6 s sweep
-// interval on a loaded 2-core machine (e2e TestA8SweepsExactlyOnce), few
-// enough that a transaction stays short (the records are read one by one)
-// and a conflict retries little.
-const sweepBatch = 64
-
 // errNotDue ends a sweep's update of a key whose rotation is no longer
 // due when the transaction reads it: nothing is written.
 var errNotDue = errors.New("kms: rotation no longer due")
@@ -285,8 +276,13 @@ func rotationDue(k *catalog.Key, now time.Time) bool {
 // rotation is due, and writes the new material and the next rotation date
 // together: a sweep cut off and run again (on this node or the next
 // controller) rotates every due key exactly once (MULTINODE.md §4.6).
-// Single-Region keys are rotated sweepBatch to a transaction, each
-// checked on its own; a multi-Region primary with its replicas in one.
+// Single-Region keys are rotated catalog.KeysPerUpdate to a transaction
+// (catalog.UpdateKeys), each checked on its own: a commit, and on
+// PostgreSQL a WAL flush and a change-feed wake-up on every node, per 12
+// keys rather than per key, so that 1,000 keys due at once rotate well
+// within 2 sweep intervals on a loaded machine (e2e
+// TestA8SweepsExactlyOnce). A multi-Region primary is rotated with its
+// replicas in a transaction of its own.
 func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	now := s.now().UTC().Truncate(time.Millisecond)
 	var due []string
@@ -317,8 +313,8 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	}
 	for _, id := range due {
 		if !strings.HasPrefix(id, "mrk-") {
-			// Single-Region keys, sweepBatch to a transaction.
-			if batch = append(batch, id); len(batch) == sweepBatch {
+			// Single-Region keys, catalog.KeysPerUpdate to a transaction.
+			if batch = append(batch, id); len(batch) == catalog.KeysPerUpdate {
 				if err := flush(); err != nil {
 					return n, err
 				}

@@ -265,13 +265,13 @@ func TestSweepRotationsRechecksDue(t *testing.T) {
 }
 
 // TestSweepRotationsBatches: a sweep rotates single-Region keys
-// sweepBatch to a transaction. Across several batches, with keys disabled
+// catalog.KeysPerUpdate to a transaction. Across several batches, with keys disabled
 // after the scan among them, every key still due is rotated exactly once
 // and encrypts under its new material, and the others are left alone.
 func TestSweepRotationsBatches(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	n := 2*sweepBatch + 3
+	n := 2*catalog.KeysPerUpdate + 3
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = f.createKey(t)
