@@ -433,7 +433,10 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 // relation (the default max_pred_locks_per_relation) PostgreSQL trades
 // them for one lock on the whole index, and the transaction then conflicts
 // with every write to kv that overlaps it, not only those near its keys
-// (TestUpdateKeysPredicateLocks).
+// (TestUpdateKeysPredicateLocks). With four goroutines updating other keys
+// meanwhile, batches of 64 ran 1.67–1.69 times each (serialization
+// failures, then retries) and batches of 12 1.02–1.04 times
+// (BenchmarkUpdateKeysContended).
 const KeysPerUpdate = 12
 
 // UpdateKeys is UpdateKey for several keys in one storage transaction, so

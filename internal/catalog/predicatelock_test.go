@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,5 +108,90 @@ func TestUpdateKeysPredicateLocks(t *testing.T) {
 	}
 	if _, rels := update(ids[KeysPerUpdate:]); len(rels) == 0 {
 		t.Errorf("UpdateKeys of 64 keys locked no relation whole: the probe does not see the transaction's locks")
+	}
+}
+
+// runCounter counts a store's transactions and the runs of their
+// functions: a run beyond the first is a retry (on PostgreSQL, after a
+// serialization failure).
+type runCounter struct {
+	storage.Store
+	updates, runs atomic.Int64
+}
+
+func (s *runCounter) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	s.updates.Add(1)
+	return s.Store.Update(ctx, func(tx storage.Tx) error { s.runs.Add(1); return fn(tx) })
+}
+
+// BenchmarkUpdateKeysContended: UpdateKeys batches of keys spread over
+// 20,000 stored keys on PostgreSQL (a rotation sweep's writes) while four
+// other goroutines update random keys one at a time (API writes). It
+// reports the batch's runs per transaction (1 = no retries) and the
+// retries of the other writers per 1,000 of their updates. Batches past
+// KeysPerUpdate hold read locks on the whole of kv's index and are the
+// ones retried:
+//
+//	go test -run '^$' -bench UpdateKeysContended -benchtime 200x ./internal/catalog/
+func BenchmarkUpdateKeysContended(b *testing.B) {
+	ctx := context.Background()
+	for _, batch := range []int{KeysPerUpdate, 64} {
+		b.Run(fmt.Sprintf("keys=%d", batch), func(b *testing.B) {
+			url := pgtest.URL(b)
+			var counters []*runCounter
+			cs := catalogsOn(b, 2, func() (storage.Store, error) {
+				st, err := postgres.Open(ctx, url, postgres.Options{MaxConns: 8, MinConns: 1})
+				rc := &runCounter{Store: st}
+				counters = append(counters, rc)
+				return rc, err
+			})
+			now := time.Now().UTC()
+			const stored = 20000
+			ids := make([]string, stored)
+			var all []*Key
+			for i := range stored {
+				ids[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", uint32(i*2654435761), i)
+				all = append(all, &Key{ID: ids[i], Account: testAccount, Policy: testPolicy, Region: "us-east-1", Created: now,
+					KeyUsage: keys.EncryptDecrypt, KeySpec: keys.Symmetric, Origin: "AWS_KMS", State: keys.Enabled, Current: 1})
+			}
+			if err := cs[0].CreateKeys(ctx, all); err != nil {
+				b.Fatal(err)
+			}
+			w0, r0 := counters[0].updates.Load(), counters[0].runs.Load()
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Go(func() {
+					for i := g; ; i += 4 {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := cs[0].UpdateKey(ctx, ids[(i*7919)%stored], func(k *Key) error { k.Description = "api"; return nil }); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			sweeper := cs[1]
+			u0, s0 := counters[1].updates.Load(), counters[1].runs.Load()
+			b.ResetTimer()
+			for i := range b.N {
+				at := (i * batch * 13) % (stored - batch)
+				if _, err := sweeper.UpdateKeys(ctx, ids[at:at+batch], func(k *Key) error { k.Current++; return nil }); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			close(stop)
+			wg.Wait()
+			u, s := counters[1].updates.Load()-u0, counters[1].runs.Load()-s0
+			w, r := counters[0].updates.Load()-w0, counters[0].runs.Load()-r0
+			b.ReportMetric(float64(s)/float64(u), "runs/batch")
+			b.ReportMetric(float64(r-w)*1000/float64(max(w, 1)), "writer-retries/1k")
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "µs/key")
+		})
 	}
 }
