@@ -401,15 +401,7 @@ func (c *Catalog) UpdateKey(ctx context.Context, id string, fn func(k *Key) erro
 		if err := fn(next); err != nil {
 			return callerError{err}
 		}
-		next.Policy = c.policies.share(next.Policy)
-		b, err := encodeKey(next)
-		if err != nil {
-			return err
-		}
-		if err := indexRecord(ctx, tx, cur, next); err != nil {
-			return err
-		}
-		if err := tx.Put(ctx, p, b); err != nil {
+		if err := c.putKeyIn(ctx, tx, id, cur, next); err != nil {
 			return err
 		}
 		if c.failpoint != nil {
@@ -476,15 +468,7 @@ func (c *Catalog) UpdateKeys(ctx context.Context, ids []string, fn func(k *Key) 
 			} else if err != nil {
 				return callerError{err}
 			}
-			next.Policy = c.policies.share(next.Policy)
-			b, err := encodeKey(next)
-			if err != nil {
-				return err
-			}
-			if err := indexRecord(ctx, tx, cur, next); err != nil {
-				return err
-			}
-			if err := tx.Put(ctx, keyPath(id), b); err != nil {
+			if err := c.putKeyIn(ctx, tx, id, cur, next); err != nil {
 				return err
 			}
 			ws = append(ws, write{i, cur, next})
@@ -504,6 +488,20 @@ func (c *Catalog) UpdateKeys(ctx context.Context, ids []string, fn func(k *Key) 
 		out[j] = w.next
 	}
 	return out, nil
+}
+
+// putKeyIn writes next as the record of the key named id, whose record in
+// tx is cur, with its index entries (UpdateKey, UpdateKeys).
+func (c *Catalog) putKeyIn(ctx context.Context, tx storage.Tx, id string, cur, next *Key) error {
+	next.Policy = c.policies.share(next.Policy)
+	b, err := encodeKey(next)
+	if err != nil {
+		return err
+	}
+	if err := indexRecord(ctx, tx, cur, next); err != nil {
+		return err
+	}
+	return tx.Put(ctx, keyPath(id), b)
 }
 
 // getKey reads and decodes the key named id in tx.
