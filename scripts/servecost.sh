@@ -67,9 +67,11 @@ if c=$(cache 2 Unified) && [ -n "$c" ]; then caches+=(--LL="$c"); fi
 # one core too): with more Ps, idle Ms spin looking for work each time a
 # request wakes the audit writer, and under valgrind, which runs one thread
 # at a time, how long they spin varies by tens of thousands of
-# instructions per request.
+# instructions per request. cpu.rdtscp=off: since Go 1.26 the runtime
+# reads the cycle counter with RDTSCP where the CPU has it, which
+# valgrind's x86 decoder does not know (SIGILL in runtime.cputicks).
 run() {
-	GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 valgrind --tool=cachegrind --cache-sim=yes "${caches[@]}" \
+	GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off valgrind --tool=cachegrind --cache-sim=yes "${caches[@]}" \
 		--cachegrind-out-file="$work/$1.$3" "$work/server.test" -test.run '^$' \
 		-test.bench "$2" -test.benchtime "${3}x" >"$work/$1.$3.log" 2>&1 || {
 		# Without this the counts of two failed runs would pass for a cost.
