@@ -3,7 +3,7 @@ package kms
 import (
 	"context"
 	"errors"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/kmsd/kmsd/internal/catalog"
@@ -285,10 +285,14 @@ func rotationDue(k *catalog.Key, now time.Time) bool {
 // replicas in a transaction of its own.
 func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 	now := s.now().UTC().Truncate(time.Millisecond)
-	var due []string
+	var single, multi []string // names of the due keys
 	err := s.sweepKeys(ctx, func(k *catalog.Key) error {
-		if rotationDue(k, now) {
-			due = append(due, k.Name())
+		switch {
+		case !rotationDue(k, now):
+		case k.MultiRegion():
+			multi = append(multi, k.Name())
+		default:
+			single = append(single, k.Name())
 		}
 		return nil
 	})
@@ -296,32 +300,20 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	n := 0
-	var batch []string
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
+	for batch := range slices.Chunk(single, catalog.KeysPerUpdate) {
 		done, err := s.cat.UpdateKeys(ctx, batch, func(k *catalog.Key) error {
 			if !rotationDue(k, now) {
 				return catalog.ErrNoChange
 			}
 			return s.rotate(k, "AUTOMATIC", now)
 		})
-		batch = batch[:0]
 		n += len(done)
-		return err
-	}
-	for _, id := range due {
-		if !strings.HasPrefix(id, "mrk-") {
-			// Single-Region keys, catalog.KeysPerUpdate to a transaction.
-			if batch = append(batch, id); len(batch) == catalog.KeysPerUpdate {
-				if err := flush(); err != nil {
-					return n, err
-				}
-			}
-			continue
+		if err != nil {
+			return n, err
 		}
-		// A multi-Region primary, with its replicas (updateShared).
+	}
+	// Multi-Region primaries, each with its replicas (updateShared).
+	for _, id := range multi {
 		_, err := s.updateShared(ctx, id, func(k *catalog.Key, _ []*catalog.Key) error {
 			if !rotationDue(k, now) {
 				return errNotDue
@@ -335,9 +327,6 @@ func (s *Service) SweepRotations(ctx context.Context) (int, error) {
 			return n, err
 		}
 		n++
-	}
-	if err := flush(); err != nil {
-		return n, err
 	}
 	return n, nil
 }
