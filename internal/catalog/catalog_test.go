@@ -73,16 +73,17 @@ func TestMaterial(t *testing.T) {
 	}
 }
 
-// updateCounter counts a store's Update calls (transactions begun, not
-// runs of their functions).
-type updateCounter struct {
+// runCounter counts a store's transactions and the runs of their
+// functions: a run beyond the first is a retry (on PostgreSQL, after a
+// serialization failure).
+type runCounter struct {
 	storage.Store
-	n atomic.Int64
+	updates, runs atomic.Int64
 }
 
-func (s *updateCounter) Update(ctx context.Context, fn func(storage.Tx) error) error {
-	s.n.Add(1)
-	return s.Store.Update(ctx, fn)
+func (s *runCounter) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	s.updates.Add(1)
+	return s.Store.Update(ctx, func(tx storage.Tx) error { s.runs.Add(1); return fn(tx) })
 }
 
 // TestUpdateKeys: UpdateKeys writes several keys in one transaction; a key
@@ -91,7 +92,7 @@ func (s *updateCounter) Update(ctx context.Context, fn func(storage.Tx) error) e
 // it wrote is what the database and the cache then hold.
 func TestUpdateKeys(t *testing.T) {
 	base := newCatalog(t)
-	counted := &updateCounter{Store: base.store}
+	counted := &runCounter{Store: base.store}
 	c := New(counted, base.barrier)
 	ctx := context.Background()
 	now := time.Now().UTC()
@@ -117,7 +118,7 @@ func TestUpdateKeys(t *testing.T) {
 		}
 		return got
 	}
-	before := counted.n.Load()
+	before := counted.updates.Load()
 	done, err := c.UpdateKeys(ctx, []string{"k1", "k2", "missing", "k3", "k4"}, func(k *Key) error {
 		if k.ID == "k2" {
 			return ErrNoChange
@@ -135,7 +136,7 @@ func TestUpdateKeys(t *testing.T) {
 	if !slices.Equal(names, []string{"k1", "k3", "k4"}) {
 		t.Errorf("UpdateKeys returned %v, want [k1 k3 k4]", names)
 	}
-	if n := counted.n.Load() - before; n != 1 {
+	if n := counted.updates.Load() - before; n != 1 {
 		t.Errorf("UpdateKeys of 5 keys began %d transactions, want 1", n)
 	}
 	want := map[string]string{"k1": "new k1", "k2": "old", "k3": "new k3", "k4": "new k4"}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,19 +108,6 @@ func TestUpdateKeysPredicateLocks(t *testing.T) {
 	if _, rels := update(ids[KeysPerUpdate:]); len(rels) == 0 {
 		t.Errorf("UpdateKeys of 64 keys locked no relation whole: the probe does not see the transaction's locks")
 	}
-}
-
-// runCounter counts a store's transactions and the runs of their
-// functions: a run beyond the first is a retry (on PostgreSQL, after a
-// serialization failure).
-type runCounter struct {
-	storage.Store
-	updates, runs atomic.Int64
-}
-
-func (s *runCounter) Update(ctx context.Context, fn func(storage.Tx) error) error {
-	s.updates.Add(1)
-	return s.Store.Update(ctx, func(tx storage.Tx) error { s.runs.Add(1); return fn(tx) })
 }
 
 // BenchmarkUpdateKeysContended: UpdateKeys batches of keys spread over
