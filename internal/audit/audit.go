@@ -29,6 +29,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -110,18 +111,30 @@ type Resource struct {
 }
 
 // Logger queues records and writes them as JSON lines to one writer.
+//
+// The queue is a slice under a mutex rather than a channel: a channel
+// send to a writer parked on it wakes the writer's goroutine, and often
+// an idle thread to run it, for every record: a futex wake-up and a park
+// on each request. In BenchmarkServe with two threads that was ~1.5 µs
+// of a 10 µs Encrypt, and ~13 µs of a Verify, whose writer had always
+// gone to sleep while the signature was checked. The writer is woken only
+// by a record that waits for its sync, by each wakeEvery-th record queued,
+// by its flushEvery tick and by Close.
 type Logger struct {
-	q      chan item
-	done   chan struct{}
-	w      io.Writer
-	bw     *bufio.Writer
-	onErr  func(error)
-	node   string
-	seq    uint64 // of the last record written; owned by run
-	closed sync.Once
-	mu     sync.Mutex // guards sends against Close
-	shut   bool
-	buf    []byte // the record being written; owned by run
+	mu      sync.Mutex // guards pending and shut
+	room    sync.Cond  // signalled when the writer takes pending, and on Close
+	pending []item
+	shut    bool
+	wake    chan struct{} // capacity 1: the writer has something to do now
+	done    chan struct{}
+	w       io.Writer
+	bw      *bufio.Writer
+	onErr   func(error)
+	node    string
+	seq     uint64 // of the last record written; owned by run
+	closed  sync.Once
+	buf     []byte       // the record being written; owned by run
+	rounds  atomic.Int64 // batches of records the writer has taken (tests)
 }
 
 // item is a queued record; ack, when not nil, receives the outcome of
@@ -152,6 +165,11 @@ var ErrClosed = errors.New("audit: logger closed")
 // requests wait rather than lose records.
 const QueueSize = 8192
 
+// wakeEvery is the number of queued records that wakes the writer before
+// its tick: under load the writer encodes a batch of records still warm
+// in the caches, rather than a tick's worth of them at once.
+const wakeEvery = 64
+
 // flushEvery bounds how long a record waits in memory before it is written.
 const flushEvery = 100 * time.Millisecond
 
@@ -163,8 +181,9 @@ func New(w io.Writer, onErr func(error)) *Logger {
 
 // NewWith starts a Logger writing to w with the options o.
 func NewWith(w io.Writer, o Options) *Logger {
-	l := &Logger{q: make(chan item, QueueSize), done: make(chan struct{}), w: w, bw: bufio.NewWriterSize(w, 64<<10),
+	l := &Logger{wake: make(chan struct{}, 1), done: make(chan struct{}), w: w, bw: bufio.NewWriterSize(w, 64<<10),
 		onErr: o.OnErr, node: o.Node, seq: o.LastSeq}
+	l.room.L = &l.mu
 	go l.run()
 	return l
 }
@@ -195,13 +214,28 @@ func (l *Logger) enqueue(it item) bool {
 		return false
 	}
 	l.mu.Lock()
+	for !l.shut && len(l.pending) >= QueueSize {
+		l.room.Wait()
+	}
 	if l.shut {
 		l.mu.Unlock()
 		return false
 	}
+	l.pending = append(l.pending, it)
+	n := len(l.pending)
 	l.mu.Unlock()
-	l.q <- it
+	if it.ack != nil || n%wakeEvery == 0 {
+		l.signal()
+	}
 	return true
+}
+
+// signal wakes the writer, or leaves it a wake-up if it is busy.
+func (l *Logger) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (l *Logger) run() {
@@ -210,41 +244,42 @@ func (l *Logger) run() {
 	// empty: under load the queue is empty after almost every record, and
 	// a write system call per request would sit on the hot path. A record
 	// that waits for its sync is the exception: it is flushed and synced
-	// at once, with every record queued behind it (group commit).
+	// at once, with every record queued before and behind it (group
+	// commit).
 	tick := time.NewTicker(flushEvery)
 	defer tick.Stop()
 	dirty := false
+	var batch []item
 	var acks []chan error
 	for {
+		ticked := false
 		select {
-		case it, ok := <-l.q:
-			if !ok {
-				l.flush()
-				return
+		case <-l.wake:
+		case <-tick.C:
+			ticked = true
+		}
+		l.mu.Lock()
+		batch, l.pending = l.pending, batch[:0]
+		shut := l.shut
+		l.room.Broadcast()
+		l.mu.Unlock()
+		var werr error
+		acks = acks[:0]
+		for _, it := range batch {
+			if err := l.write(it.r); err != nil && werr == nil {
+				werr = err
 			}
-			werr := l.write(it.r)
 			dirty = true
-			if it.ack == nil {
-				continue
+			if it.ack != nil {
+				acks = append(acks, it.ack)
 			}
-			acks = append(acks[:0], it.ack)
-		drain:
-			for {
-				select {
-				case more, ok := <-l.q:
-					if !ok {
-						break drain
-					}
-					if err := l.write(more.r); err != nil && werr == nil {
-						werr = err
-					}
-					if more.ack != nil {
-						acks = append(acks, more.ack)
-					}
-				default:
-					break drain
-				}
-			}
+		}
+		if len(batch) > 0 {
+			l.rounds.Add(1)
+		}
+		clear(batch) // the records are garbage now
+		switch {
+		case len(acks) > 0:
 			if err := l.sync(); werr == nil {
 				werr = err
 			}
@@ -252,11 +287,12 @@ func (l *Logger) run() {
 			for _, a := range acks {
 				a <- werr
 			}
-		case <-tick.C:
-			if dirty {
-				l.flush()
-				dirty = false
-			}
+		case (ticked || shut) && dirty:
+			l.flush()
+			dirty = false
+		}
+		if shut {
+			return
 		}
 	}
 }
@@ -311,8 +347,9 @@ func (l *Logger) Close() error {
 	l.closed.Do(func() {
 		l.mu.Lock()
 		l.shut = true
+		l.room.Broadcast()
 		l.mu.Unlock()
-		close(l.q)
+		l.signal()
 	})
 	<-l.done
 	if s, ok := l.w.(interface{ Sync() error }); ok {
