@@ -9,7 +9,9 @@
 // retryFor (at least minTries runs) with jittered backoff, which is why the
 // contract lets fn run more than once. Every write returns the
 // transaction's id (pg_current_xact_id), and a writing transaction
-// inserts a random commit marker just before COMMIT; if the connection
+// inserts a random commit marker just before COMMIT, in the same round
+// trip (one Query of both statements: a refused INSERT skips the COMMIT;
+// commitMarked); if the connection
 // breaks while COMMIT is in flight the driver waits on another connection
 // until that transaction is no longer in progress and then looks for its
 // marker: absent, fn runs again; found, the write is acknowledged once it
@@ -452,23 +454,24 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 		}
 		return err
 	}
-	var token string
-	if t.xid != "" {
-		token = uuid.NewString()
-		var err error
-		if fence, ok := s.fence.Until(); !ok {
-			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token) VALUES ($1)`, token)
-		} else {
-			_, err = ptx.Exec(ctx, `INSERT INTO kmsd_commits (token, fence) VALUES ($1, $2)`, token, fence)
-		}
-		if err != nil {
-			return t.note(fmt.Errorf("postgres: commit marker: %w", err))
-		}
-	}
 	t.done.Store(true)
 	pc := conn.Conn().PgConn()
 	warned := watchWarnings(pc)
-	err = ptx.Commit(ctx)
+	var token string
+	if t.xid == "" {
+		err = ptx.Commit(ctx)
+	} else {
+		token = uuid.NewString()
+		fence, fenced := s.fence.Until()
+		var ran int
+		ran, err = commitMarked(ctx, pc, token, fence, fenced)
+		var pe *pgconn.PgError
+		if ran == 0 && errors.As(err, &pe) {
+			// The server refused the marker and so never ran the COMMIT
+			// behind it: the transaction is aborted, and rolled back.
+			return t.note(fmt.Errorf("postgres: commit marker: %w", err))
+		}
+	}
 	committed = true // no rollback after a COMMIT was sent
 	if err == nil && !warned() {
 		if token != "" {
@@ -509,6 +512,25 @@ func (s *Store) once(ctx context.Context, check func(pgx.Tx) error, fn func(stor
 	}
 	s.announce(t)
 	return nil
+}
+
+// commitMarked inserts the commit marker token (with the fence, if
+// fenced) and commits, in one round trip: one simple-protocol Query of
+// two statements, where an error of the first skips the second. ran is
+// the number of the two that completed: 0 with a server error means the
+// COMMIT never ran; an error of the connection says nothing, and the
+// caller resolves it by the marker. The token is a UUID and the fence a
+// formatted time, so neither needs quoting beyond the literal's.
+func commitMarked(ctx context.Context, pc *pgconn.PgConn, token string, fence time.Time, fenced bool) (ran int, err error) {
+	var q string
+	if fenced {
+		q = "INSERT INTO kmsd_commits (token, fence) VALUES ('" + token + "', '" +
+			fence.UTC().Truncate(time.Microsecond).Format("2006-01-02 15:04:05.999999") + "+00'); COMMIT"
+	} else {
+		q = "INSERT INTO kmsd_commits (token) VALUES ('" + token + "'); COMMIT"
+	}
+	rs, err := pc.Exec(ctx, q).ReadAll()
+	return len(rs), err
 }
 
 // errUnreplicated is the cause of a resolution after a COMMIT that
