@@ -19,25 +19,33 @@ import (
 
 // TestA10Throughput is MULTINODE.md §8 A10 as a measurement, not a CI
 // assertion: it runs only with KMSD_A10=1. On one private PostgreSQL server
-// (scripts/postgres.sh) it runs one node, then three nodes (each on a new
-// database of the same server), and drives each with one kmsbench process
-// at the same client concurrency (KMSD_A10_CONC, default 24, spread evenly
-// over the nodes) for CreateKey and then Encrypt (KMSD_A10_DURATION each,
-// default 10s, after a 1 s warm-up). For every run it prints the aggregate
-// ops/s and latency, and per operation: PostgreSQL transactions that wrote
-// (transaction ids used), commits (pg_stat_database xact_commit, read-only
-// ones included) and rollbacks, WAL bytes (pg_current_wal_lsn), PostgreSQL
-// CPU (every server process, exited backends included, from /proc) and
-// kmsd CPU (the nodes' /proc/PID/stat). The nodes' background work
-// (heartbeats, change-feed polls) is measured for 3 s before each cluster
-// is loaded and subtracted. Then the 3-node/1-node ratios and a projection
-// of the PostgreSQL cores 3,000 CreateKey/s need, with MULTINODE's budgets
-// marked met or not. KMSD_A10_NODE_ARGS gives the nodes more flags,
-// space-separated (e.g. "--cache-notify=off", to measure what change
-// notices cost); KMSD_A10_BIN runs another kmsd binary than the one the
-// test built (a build of another tree, for alternating rounds). The
-// machine is shared: numbers are noisy, and CPU
-// figures include whatever contention the run met.
+// (scripts/postgres.sh) it starts a cluster of one node and one of three
+// (each on a new database of the same server), both running all along,
+// and drives them in turn with one kmsbench process at the same client
+// concurrency (KMSD_A10_CONC, default 24, spread evenly over the nodes):
+// CreateKey, then Encrypt (KMSD_A10_DURATION each, default 10s, after a 1 s
+// warm-up), for KMSD_A10_ROUNDS rounds (default 1; the cluster that goes
+// first alternates), so that the shared machine's slow minutes fall on
+// both clusters alike rather than deciding the ratio. For every window it
+// prints the aggregate ops/s and latency, and per operation: PostgreSQL
+// transactions that wrote (transaction ids used), commits
+// (pg_stat_database xact_commit, read-only ones included) and rollbacks,
+// WAL bytes (pg_current_wal_lsn), PostgreSQL CPU (every server process,
+// exited backends included, from /proc) and kmsd CPU (every node's
+// /proc/PID/stat). The nodes' background work (heartbeats, change-feed
+// polls), of both clusters idle, is measured for 3 s before the first
+// window and subtracted from each. Then, over all rounds, the
+// 3-node/1-node ratios (requests over seconds; and each round's) and a
+// projection of the PostgreSQL cores 3,000 CreateKey/s need, with
+// MULTINODE's budgets marked met or not. KMSD_A10_NODE_ARGS gives the
+// nodes more flags, space-separated (e.g. "--cache-notify=off", to
+// measure what change notices cost); KMSD_A10_DB_CONNS=N shares N
+// PostgreSQL connections among the nodes of each cluster (--db-max-conns
+// N/nodes, rounded up), so that one node and three offer the database the
+// same concurrency rather than 16 and 48 connections; KMSD_A10_BIN runs
+// another kmsd binary than the one the test built (a build of another
+// tree). The machine is shared: numbers are noisy, and CPU figures
+// include whatever contention the run met.
 func TestA10Throughput(t *testing.T) {
 	if os.Getenv("KMSD_A10") != "1" {
 		t.Skip("a measurement, not a CI check: run with KMSD_A10=1")
@@ -53,62 +61,131 @@ func TestA10Throughput(t *testing.T) {
 	if bin := os.Getenv("KMSD_A10_BIN"); bin != "" {
 		kmsdBin = bin // startNodes' binary; this test runs alone (KMSD_A10)
 	}
-	pg := startPrivatePG(t)
 	type row struct {
-		nodes int
-		op    string
-		r     benchResult
-		c     cost
+		round, nodes int
+		op           string
+		r            benchResult
+		c            cost // per operation
+		ops          int64
 	}
-	var rows []row
+	pg := startPrivatePG(t)
+	rounds := envInt(t, "KMSD_A10_ROUNDS", 1)
+	type cluster struct {
+		n            int
+		db           string
+		eps          string
+		akid, secret string
+	}
+	var clusters []cluster
+	var pids []int // of every node of both clusters
 	for _, n := range []int{1, 3} {
 		db := pg.newDB(t)
-		nodes := startNodes(t, pg.url(db), n, strings.Fields(os.Getenv("KMSD_A10_NODE_ARGS"))...)
-		akid, secret := creds(t, nodes[0].Creds)
+		args := strings.Fields(os.Getenv("KMSD_A10_NODE_ARGS"))
+		if total := envInt(t, "KMSD_A10_DB_CONNS", 0); total > 0 {
+			args = append(args, "--db-max-conns", fmt.Sprint((total+n-1)/n))
+		}
+		nodes := startNodes(t, pg.url(db), n, args...)
+		c := cluster{n: n, db: db}
+		c.akid, c.secret = creds(t, nodes[0].Creds)
 		var eps []string
-		var pids []int
 		for _, k := range nodes {
 			eps = append(eps, k.Endpoint)
 			pids = append(pids, k.Cmd.Process.Pid)
 		}
-		time.Sleep(2 * time.Second) // every node has heartbeaten and polled
-		idle0 := pg.sample(t, db, pids)
-		time.Sleep(3 * time.Second)
-		idle := pg.sample(t, db, pids).sub(idle0)
+		c.eps = strings.Join(eps, ",")
+		clusters = append(clusters, c)
+	}
+	// Both clusters run all along, and their windows alternate, so that
+	// the machine's slow minutes fall on both alike; the idle one's
+	// background (heartbeats, change-feed polls), measured here with the
+	// other's, is subtracted from every window.
+	time.Sleep(2 * time.Second) // every node has heartbeaten and polled
+	idle0 := pg.sample(t, clusters[0].db, pids)
+	time.Sleep(3 * time.Second)
+	idle := pg.sample(t, clusters[0].db, pids).sub(idle0)
+	var rows []row
+	for round := range rounds {
 		for _, op := range []string{"createkey", "encrypt"} {
-			s0 := pg.sample(t, db, pids)
-			rs, err := bench(t.Context(), t, akid, secret, strings.Join(eps, ","), "-ops", op, "-c", fmt.Sprint(conc),
-				"-warmup", "1s", "-duration", dur.String())
-			if err != nil {
-				t.Fatal(err)
+			order := clusters
+			if round%2 == 1 {
+				order = []cluster{clusters[1], clusters[0]}
 			}
-			// PostgreSQL reports a backend's commits up to 10 s after
-			// it goes idle (PGSTAT_IDLE_INTERVAL).
-			time.Sleep(11 * time.Second)
-			d := pg.sample(t, db, pids).sub(s0)
-			r := rs[0]
-			ops := r.Requests + r.WarmupRequests
-			if op == "createkey" {
-				ops++ // kmsbench's setup made one key
+			for _, c := range order {
+				s0 := pg.sample(t, c.db, pids)
+				rs, err := bench(t.Context(), t, c.akid, c.secret, c.eps, "-ops", op, "-c", fmt.Sprint(conc),
+					"-warmup", "1s", "-duration", dur.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				// PostgreSQL reports a backend's commits up to 10 s after
+				// it goes idle (PGSTAT_IDLE_INTERVAL).
+				time.Sleep(11 * time.Second)
+				d := pg.sample(t, c.db, pids).sub(s0)
+				r := rs[0]
+				ops := r.Requests + r.WarmupRequests
+				if op == "createkey" {
+					ops++ // kmsbench's setup made one key
+				}
+				rows = append(rows, row{round, c.n, r.Op, r, d.minus(idle.scale(d.wall.Seconds() / idle.wall.Seconds())).per(ops), ops})
+				if r.Errors > 0 {
+					t.Errorf("%d node(s) %s: %d errors: %v", c.n, r.Op, r.Errors, r.ErrorTypes)
+				}
 			}
-			rows = append(rows, row{n, r.Op, r, d.minus(idle.scale(d.wall.Seconds() / idle.wall.Seconds())).per(ops)})
-			if r.Errors > 0 {
-				t.Errorf("%d node(s) %s: %d errors: %v", n, r.Op, r.Errors, r.ErrorTypes)
-			}
-		}
-		for _, k := range nodes {
-			k.Stop()
 		}
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "A10 on %s, %d client connections (kmsbench), %s per run after a 1 s warm-up; shared machine, load average %s\n",
-		hostCPUs(), conc, dur, loadavg())
-	fmt.Fprintf(&b, "%-5s %-9s %8s %8s %8s %9s %9s %9s %10s %11s %11s\n", "nodes", "op", "ops/s", "p50 ms", "p99 ms",
-		"write tx", "commits", "rollbacks", "WAL B", "PG CPU µs", "kmsd CPU µs")
-	for _, x := range rows {
-		fmt.Fprintf(&b, "%-5d %-9s %8.0f %8.2f %8.2f %9.3f %9.3f %9.3f %10.0f %11.0f %11.0f\n", x.nodes, x.op, x.r.OpsPerSec,
+	fmt.Fprintf(&b, "A10 on %s, %d client connections (kmsbench), %d round(s) of %s windows after a 1 s warm-up, the clusters alternating; shared machine, load average %s\n",
+		hostCPUs(), conc, rounds, dur, loadavg())
+	header := func() {
+		fmt.Fprintf(&b, "%-5s %-5s %-9s %8s %8s %8s %9s %9s %9s %10s %11s %11s\n", "round", "nodes", "op", "ops/s", "p50 ms", "p99 ms",
+			"write tx", "commits", "rollbacks", "WAL B", "PG CPU µs", "kmsd CPU µs")
+	}
+	line := func(round string, x row) {
+		fmt.Fprintf(&b, "%-5s %-5d %-9s %8.0f %8.2f %8.2f %9.3f %9.3f %9.3f %10.0f %11.0f %11.0f\n", round, x.nodes, x.op, x.r.OpsPerSec,
 			x.r.P50us/1000, x.r.P99us/1000, x.c.xids, x.c.commits, x.c.rollbacks, x.c.wal, x.c.pgCPU, x.c.kmsdCPU)
+	}
+	header()
+	for _, x := range rows {
+		line(fmt.Sprint(x.round+1), x)
+	}
+	// total is the windows of op on nodes taken together: requests over
+	// seconds, costs weighted by each window's operations.
+	total := func(nodes int, op string) row {
+		var t row
+		var secs float64
+		var reqs int64
+		for _, x := range rows {
+			if x.nodes != nodes || x.op != op {
+				continue
+			}
+			t.nodes, t.op = nodes, op
+			reqs += x.r.Requests
+			secs += x.r.Seconds
+			w := float64(x.ops)
+			t.c.xids += x.c.xids * w
+			t.c.commits += x.c.commits * w
+			t.c.rollbacks += x.c.rollbacks * w
+			t.c.wal += x.c.wal * w
+			t.c.pgCPU += x.c.pgCPU * w
+			t.c.kmsdCPU += x.c.kmsdCPU * w
+			t.ops += x.ops
+		}
+		if t.ops == 0 {
+			return t
+		}
+		t.r.OpsPerSec = float64(reqs) / secs
+		t.c = t.c.scale(1 / float64(t.ops))
+		return t
+	}
+	if rounds > 1 {
+		b.WriteString("all rounds (latencies: see the rounds):\n")
+		header()
+		for _, n := range []int{1, 3} {
+			for _, op := range []string{"CreateKey", "Encrypt"} {
+				line("all", total(n, op))
+			}
+		}
 	}
 	b.WriteString("(per operation: transactions that wrote, commits incl. read-only, WAL bytes, CPU; nodes' idle background subtracted)\n")
 	verdict := func(ok bool) string {
@@ -117,23 +194,28 @@ func TestA10Throughput(t *testing.T) {
 		}
 		return "NOT met"
 	}
-	find := func(nodes int, op string) row {
-		for _, x := range rows {
-			if x.nodes == nodes && x.op == op {
-				return x
-			}
-		}
-		t.Fatalf("no run of %s on %d nodes", op, nodes)
-		return row{}
-	}
 	for _, op := range []string{"CreateKey", "Encrypt"} {
-		one, three := find(1, op), find(3, op)
+		one, three := total(1, op), total(3, op)
 		ratio := three.r.OpsPerSec / one.r.OpsPerSec
-		fmt.Fprintf(&b, "%s: 3 nodes / 1 node = %.0f / %.0f ops/s = %.2f× (A10a wants >= 0.8: %s)\n", op,
-			three.r.OpsPerSec, one.r.OpsPerSec, ratio, verdict(ratio >= 0.8))
+		var each []string
+		for round := range rounds {
+			var o, th float64
+			for _, x := range rows {
+				if x.round == round && x.op == op {
+					if x.nodes == 1 {
+						o = x.r.OpsPerSec
+					} else {
+						th = x.r.OpsPerSec
+					}
+				}
+			}
+			each = append(each, fmt.Sprintf("%.2f", th/o))
+		}
+		fmt.Fprintf(&b, "%s: 3 nodes / 1 node = %.0f / %.0f ops/s = %.2f× (A10a wants >= 0.8: %s); each round: %s\n", op,
+			three.r.OpsPerSec, one.r.OpsPerSec, ratio, verdict(ratio >= 0.8), strings.Join(each, " "))
 	}
 	for _, n := range []int{1, 3} {
-		ck := find(n, "CreateKey")
+		ck := total(n, "CreateKey")
 		fmt.Fprintf(&b, "CreateKey on %d node(s): %.3f writing transactions and %.3f commits per op (A10b wants 1: %s), %.0f WAL bytes per op (<= 8 KiB: %s); "+
 			"3k CreateKey/s needs %.1f PostgreSQL cores (%.0f µs of PostgreSQL CPU each) and %.1f kmsd cores\n",
 			n, ck.c.xids, ck.c.commits, verdict(ck.c.xids <= 1.05), ck.c.wal, verdict(ck.c.wal <= 8192),
