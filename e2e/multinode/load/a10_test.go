@@ -42,7 +42,10 @@ import (
 // measure what change notices cost); KMSD_A10_DB_CONNS=N shares N
 // PostgreSQL connections among the nodes of each cluster (--db-max-conns
 // N/nodes, rounded up), so that one node and three offer the database the
-// same concurrency rather than 16 and 48 connections; KMSD_A10_BIN runs
+// same concurrency rather than 16 and 48 connections;
+// KMSD_A10_SHARED_GOMAXPROCS=N runs each node of the three-node cluster
+// with GOMAXPROCS=N (nodes sharing the machine's cores, each told its
+// share; the one node keeps all of them); KMSD_A10_BIN runs
 // another kmsd binary than the one the test built (a build of another
 // tree). The machine is shared: numbers are noisy, and CPU figures
 // include whatever contention the run met.
@@ -84,7 +87,13 @@ func TestA10Throughput(t *testing.T) {
 		if total := envInt(t, "KMSD_A10_DB_CONNS", 0); total > 0 {
 			args = append(args, "--db-max-conns", fmt.Sprint((total+n-1)/n))
 		}
-		nodes := startNodes(t, pg.url(db), n, args...)
+		var extra []string
+		if n > 1 {
+			if v := os.Getenv("KMSD_A10_SHARED_GOMAXPROCS"); v != "" {
+				extra = append(extra, "GOMAXPROCS="+v)
+			}
+		}
+		nodes := startNodesEnv(t, pg.url(db), n, extra, args...)
 		c := cluster{n: n, db: db}
 		c.akid, c.secret = creds(t, nodes[0].Creds)
 		var eps []string

@@ -61,12 +61,17 @@ func env(extra ...string) []string { return e2etest.CleanEnv(extra...) }
 // startNodes starts n nodes on the database at url, one after another
 // (the first makes the administrator; the others load it), with args.
 func startNodes(t *testing.T, url string, n int, args ...string) []*e2etest.KMSD {
+	return startNodesEnv(t, url, n, nil, args...)
+}
+
+// startNodesEnv is startNodes with more environment for the nodes.
+func startNodesEnv(t *testing.T, url string, n int, extra []string, args ...string) []*e2etest.KMSD {
 	t.Helper()
 	var nodes []*e2etest.KMSD
 	for i := range n {
 		a := append([]string{"--node-id", fmt.Sprint("node-", i), "--log-level", "info"}, args...)
 		nodes = append(nodes, e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin,
-			Env: env("KMSD_ROOT_KEY="+rootKey, "KMSD_DATABASE_URL="+url), Args: a}))
+			Env: env(append([]string{"KMSD_ROOT_KEY=" + rootKey, "KMSD_DATABASE_URL=" + url}, extra...)...), Args: a}))
 	}
 	return nodes
 }
