@@ -158,22 +158,11 @@ func TestLostCommit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			direct := pgtest.URL(t)
-			u, err := url.Parse(direct)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := startProxy(t, u.Host)
-			u.Host = p.ln.Addr().String()
-			s, err := Open(t.Context(), u.String(), Options{MaxConns: 4, MinConns: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			direct, p, s := openProxied(t, Options{MaxConns: 4, MinConns: 1})
 			s.resolveFor = 2 * time.Second
 			p.mode.Store(tt.mode)
 			runs := 0
-			err = s.Update(t.Context(), func(tx storage.Tx) error {
+			err := s.Update(t.Context(), func(tx storage.Tx) error {
 				runs++
 				return increment(t, tx)
 			})
@@ -203,18 +192,7 @@ func TestLostCommit(t *testing.T) {
 // ~12 % more of kmsd's CPU), and the marker is still written: a lost
 // answer is settled by it (TestLostCommit).
 func TestWriteRoundTrips(t *testing.T) {
-	direct := pgtest.URL(t)
-	u, err := url.Parse(direct)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := startProxy(t, u.Host)
-	u.Host = p.ln.Addr().String()
-	s, err := Open(t.Context(), u.String(), Options{MaxConns: 1, MinConns: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	direct, p, s := openProxied(t, Options{MaxConns: 1, MinConns: 1})
 	// Warm: the pool's connection is open, its statements prepared, and
 	// the first pruning of old markers (at most one a minute, after a
 	// commit) is over.
@@ -239,6 +217,25 @@ func TestWriteRoundTrips(t *testing.T) {
 	if err := check.pool.QueryRow(t.Context(), `SELECT count(*) FROM kmsd_commits`).Scan(&n); err != nil || n < 3 {
 		t.Errorf("%d commit markers (%v), want one per writing Update (3)", n, err)
 	}
+}
+
+// openProxied opens a Store with o on a new test database through a
+// cutProxy, and returns the database's direct URL too.
+func openProxied(t *testing.T, o Options) (direct string, p *cutProxy, s *Store) {
+	t.Helper()
+	direct = pgtest.URL(t)
+	u, err := url.Parse(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p = startProxy(t, u.Host)
+	u.Host = p.ln.Addr().String()
+	s, err = Open(t.Context(), u.String(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return direct, p, s
 }
 
 func increment(t *testing.T, tx storage.Tx) error {
