@@ -3,11 +3,15 @@
 # once, interleaved, so that a shared machine's slow minutes fall on every
 # configuration alike.
 #
-#   scripts/scale-ab.sh [-o OP] [-d DURATION] [-r ROUNDS] [-w WARMUP] NAME=KMSD@STORE...
+#   scripts/scale-ab.sh [-o OP] [-d DURATION] [-r ROUNDS] [-w WARMUP] [-p PGDIR] NAME=KMSD@STORE...
 #
 # Each NAME=KMSD@STORE is a kmsd binary (or a script that execs one) and
 # a store made by e2e/scale (STORE/data, STORE/ids; two configurations
-# never share a store). Every kmsd starts at once on CPU 1 with its cache
+# never share a store). A PostgreSQL store kept by e2e/scale also has
+# STORE/args, kmsd's flags for its database and root key, which are
+# passed on. With -p PGDIR (a server of scripts/postgres.sh) each window
+# and total also gives that server's CPU per request (the postmaster and
+# its children; the idle configurations' background falls in it too). Every kmsd starts at once on CPU 1 with its cache
 # preloaded (--cache-size 1100000 --cache-preload on); kmsbench runs on
 # CPU 0 with 16 connections, first WARMUP (default 20s) on each, then
 # DURATION (default 30s) on each in turn, ROUNDS (default 6) times, OP
@@ -22,18 +26,19 @@
 # The stores' kmsd processes are stopped at the end by their process ids.
 set -euo pipefail
 
-op=encrypt dur=30s rounds=6 warm=20s
-while getopts o:d:r:w: f; do
+op=encrypt dur=30s rounds=6 warm=20s pgdir=
+while getopts o:d:r:w:p: f; do
 	case $f in
 	o) op=$OPTARG ;;
 	d) dur=$OPTARG ;;
 	r) rounds=$OPTARG ;;
 	w) warm=$OPTARG ;;
-	*) sed -n '2,25p' "$0" >&2; exit 2 ;;
+	p) pgdir=$OPTARG ;;
+	*) sed -n '2,30p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,30p' "$0" >&2; exit 2; }
 bench=${KMSBENCH:-$(command -v kmsbench || true)}
 [ -x "$bench" ] || { echo "scale-ab: kmsbench not found (go build -o /tmp/kmsbench ./cmd/kmsbench; KMSBENCH=/tmp/kmsbench)" >&2; exit 2; }
 
@@ -55,8 +60,10 @@ for spec in "$@"; do
 	[ -f "$st/data/credentials" ] && [ -f "$st/ids" ] || { echo "scale-ab: $st is not a store of e2e/scale" >&2; exit 2; }
 	names+=("$n")
 	store[$n]=$st
+	extra=()
+	if [ -f "$st/args" ]; then read -ra extra <"$st/args"; fi
 	taskset -c 1 "$bin" serve --data-dir "$st/data" --listen 127.0.0.1:0 --cache-size 1100000 \
-		--cache-preload on --log-level info >"$tmp/$n.log" 2>&1 &
+		--cache-preload on --log-level info "${extra[@]}" >"$tmp/$n.log" 2>&1 &
 	pid[$n]=$!
 done
 for n in "${names[@]}"; do
@@ -78,21 +85,40 @@ run() { # NAME WARMUP DURATION: kmsbench's result line
 		awk '$2 == 16 && $3 ~ /^[0-9]+$/'
 }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tck=$(getconf CLK_TCK)
+# pgcpu prints the PostgreSQL server's CPU so far in clock ticks (0
+# without -p): the postmaster's own and its waited-for children's, and
+# its live children's.
+pgcpu() {
+	[ -n "$pgdir" ] || { echo 0; return; }
+	local pm
+	pm=$(head -1 "$pgdir/data/postmaster.pid")
+	{
+		awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+		for c in $(pgrep -P "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+	} | awk '{ s += $1 } END { print s }'
+}
+pgper() { # TICKS REQUESTS: " PostgreSQL X µs/req", or nothing without -p
+	[ -n "$pgdir" ] && awk -v c="$1" -v r="$2" -v t="$tck" 'BEGIN { printf ", PostgreSQL %.1f µs/req", c / t * 1e6 / r }'
+	return 0
+}
 
-declare -A cpu0 reqs
+declare -A cpu0 reqs pgsum
 for n in "${names[@]}"; do run "$n" 0 "$warm" >/dev/null; done
-for n in "${names[@]}"; do cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0; done
+for n in "${names[@]}"; do cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0 pgsum[$n]=0; done
 for r in $(seq 1 "$rounds"); do
 	for n in "${names[@]}"; do
+		p0=$(pgcpu)
 		line=$(run "$n" 0 "$dur")
+		p=$(($(pgcpu) - p0))
 		read -r _ _ q _ _ _ _ us sys _ <<<"$line"
-		reqs[$n]=$((reqs[$n] + q))
-		echo "round $r $n: $q requests, server $us µs/req ($sys system)"
+		reqs[$n]=$((reqs[$n] + q)) pgsum[$n]=$((pgsum[$n] + p))
+		echo "round $r $n: $q requests, server $us µs/req ($sys system)$(pgper "$p" "$q")"
 	done
 done
-tck=$(getconf CLK_TCK)
 for n in "${names[@]}"; do
 	c=$(($(cpu "${pid[$n]}") - cpu0[$n]))
 	awk -v n="$n" -v c="$c" -v r="${reqs[$n]}" -v t="$tck" \
-		'BEGIN { printf "total %s: %d requests, %.1f s of CPU, %.1f µs/req\n", n, r, c / t, c / t * 1e6 / r }'
+		'BEGIN { printf "total %s: %d requests, %.1f s of CPU, %.1f µs/req", n, r, c / t, c / t * 1e6 / r }'
+	echo "$(pgper "${pgsum[$n]}" "${reqs[$n]}")"
 done

@@ -11,6 +11,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,7 +102,12 @@ var sqliteDriver = driver{name: "sqlite", fresh: func(t *testing.T, dataDir stri
 }}
 
 var postgresDriver = driver{name: "postgres", fresh: func(t *testing.T, dataDir string) ([]string, []string, func() (storage.Store, *barrier.Barrier)) {
-	url := pgtest.URL(t)
+	return postgresStore(t, pgtest.URL(t))
+}}
+
+// postgresStore is kmsd's environment and flags for the empty database at
+// url, with a new root key (in KMSD_ROOT_KEY), and how the test opens it.
+func postgresStore(t *testing.T, url string) ([]string, []string, func() (storage.Store, *barrier.Barrier)) {
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
 		t.Fatal(err)
@@ -118,7 +124,32 @@ var postgresDriver = driver{name: "postgres", fresh: func(t *testing.T, dataDir 
 		}
 		return st, b
 	}
-}}
+}
+
+// keptDatabase creates (again, if it exists) the database kmsd_scale_N on
+// the server of KMSD_TEST_DATABASE_URL and returns its URL. Unlike
+// pgtest.URL's, it outlives the test: KMSD_SCALE_DIR keeps a PostgreSQL
+// store in it.
+func keptDatabase(t *testing.T, n int) string {
+	base := os.Getenv(pgtest.EnvURL)
+	u, err := neturl.Parse(base)
+	if err != nil {
+		t.Fatalf("%s does not parse as a URL: %v", pgtest.EnvURL, err)
+	}
+	name := fmt.Sprintf("kmsd_scale_%d", n)
+	conn, err := pgx.Connect(t.Context(), base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	for _, q := range []string{"DROP DATABASE IF EXISTS " + name + " WITH (FORCE)", "CREATE DATABASE " + name} {
+		if _, err := conn.Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u.Path = "/" + name
+	return u.String()
+}
 
 // env is kmsd's environment: the host's without AWS_/KMSD_/PG settings,
 // plus extra.
@@ -152,16 +183,24 @@ type store struct {
 // administrator, schema), then the test writes the keys through the
 // catalog while no kmsd runs.
 //
-// With KMSD_SCALE_DIR set, a SQLite store is kept in that directory (one
-// subdirectory per size, its key ids beside it) and used again by later
-// runs instead of being generated anew: generating a million keys takes
-// minutes, measuring them seconds. A kept store also holds what earlier
-// runs wrote (last-use records of the keys they touched).
+// With KMSD_SCALE_DIR set, a store is kept in that directory (one
+// subdirectory per driver and size, its key ids beside it) and used again
+// by later runs instead of being generated anew: generating a million keys
+// takes minutes, measuring them seconds. A kept store also holds what
+// earlier runs wrote (last-use records of the keys they touched). A
+// PostgreSQL store is kept only on a server that outlives the test
+// (KMSD_TEST_DATABASE_URL), in its database kmsd_scale_N; the directory
+// then holds the root key and an args file of kmsd's flags for it.
 func prepare(t *testing.T, d driver, n int, full bool) *store {
 	t.Helper()
 	s := &store{n: n, dataDir: filepath.Join(t.TempDir(), "data")}
 	keep := os.Getenv("KMSD_SCALE_DIR")
-	if keep != "" && d.name == sqliteDriver.name {
+	if keep != "" && d.name == postgresDriver.name && os.Getenv(pgtest.EnvURL) == "" {
+		// The test's own server stops with the test: nothing to keep.
+		t.Logf("postgres: KMSD_SCALE_DIR keeps a PostgreSQL store only on the server of %s", pgtest.EnvURL)
+		keep = ""
+	}
+	if keep != "" {
 		s.dataDir = filepath.Join(keep, fmt.Sprintf("%s-%d", d.name, n), "data")
 		if b, err := os.ReadFile(filepath.Join(s.dataDir, "..", "ids")); err == nil {
 			s.ids = strings.Fields(string(b))
@@ -169,6 +208,16 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 				t.Fatalf("%s holds %d key ids, want %d: remove it", s.dataDir, len(s.ids), n)
 			}
 			s.env = env()
+			if d.name == postgresDriver.name {
+				a, err := os.ReadFile(filepath.Join(s.dataDir, "..", "args"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.args = strings.Fields(string(a))
+				if s.pgCPU, err = e2etest.PostgresCPU(t.Context(), s.args[1]); err != nil {
+					t.Logf("postgres: the server's CPU is not measured: %v", err)
+				}
+			}
 			s.akid, s.secret = readProfile(t, filepath.Join(s.dataDir, "credentials"))
 			s.sorted = slices.Sorted(slices.Values(s.ids))
 			t.Logf("%s: using the %d keys kept in %s", d.name, n, s.dataDir)
@@ -179,7 +228,11 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 		}
 	}
 	var open func() (storage.Store, *barrier.Barrier)
-	s.env, s.args, open = d.fresh(t, s.dataDir)
+	if keep != "" && d.name == postgresDriver.name {
+		s.env, s.args, open = postgresStore(t, keptDatabase(t, n))
+	} else {
+		s.env, s.args, open = d.fresh(t, s.dataDir)
+	}
 	if d.name == postgresDriver.name {
 		var err error
 		if s.pgCPU, err = e2etest.PostgresCPU(t.Context(), s.args[1]); err != nil {
@@ -214,7 +267,26 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 		}
 		t.Logf("postgres: VACUUM (ANALYZE) after the load: %v", time.Since(t0).Round(time.Millisecond))
 	}
-	if keep != "" && d.name == sqliteDriver.name {
+	if keep != "" && d.name == postgresDriver.name {
+		// How a later run (and scripts/scale-ab.sh, which passes a
+		// store's args file to kmsd) starts kmsd on the kept database:
+		// its URL, and the root key in a file beside it.
+		root := filepath.Join(s.dataDir, "..", "root.key")
+		var raw []byte
+		for _, kv := range s.env {
+			if v, ok := strings.CutPrefix(kv, "KMSD_ROOT_KEY="); ok {
+				raw, _ = base64.StdEncoding.DecodeString(v)
+			}
+		}
+		if err := barrier.WriteRootKeyFile(root, raw); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{s.args[0], s.args[1], "--root-key-file", root}
+		if err := os.WriteFile(filepath.Join(s.dataDir, "..", "args"), []byte(strings.Join(args, " ")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if keep != "" {
 		// Written last: a run killed while generating leaves no ids, and
 		// the next one generates again.
 		if err := os.WriteFile(filepath.Join(s.dataDir, "..", "ids"), []byte(strings.Join(ids, "\n")), 0o600); err != nil {
