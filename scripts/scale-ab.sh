@@ -11,12 +11,14 @@
 # STORE/args, kmsd's flags for its database and root key, which are
 # passed on. With -p PGDIR (a server of scripts/postgres.sh) each window
 # and total also gives that server's CPU per request (the postmaster and
-# its children; the idle configurations' background falls in it too). Every kmsd starts at once on CPU 1 with its cache
-# preloaded (--cache-size 1100000 --cache-preload on); kmsbench runs on
-# CPU 0 with 16 connections, first WARMUP (default 20s) on each, then
-# DURATION (default 30s) on each in turn, ROUNDS (default 6) times, OP
-# (default encrypt) on a random key of STORE/ids. kmsbench needs to be
-# on PATH or in $KMSBENCH.
+# its children; the idle configurations' background falls in it too).
+#
+# Every kmsd starts at once on CPU 1 with its cache preloaded
+# (--cache-size 1100000 --cache-preload on); kmsbench runs on CPU 0 with
+# 16 connections, first WARMUP (default 20s) on each, then DURATION
+# (default 30s) on each in turn, ROUNDS (default 6) times, OP (default
+# encrypt) on a random key of STORE/ids. kmsbench needs to be on PATH or
+# in $KMSBENCH.
 #
 # It prints each window (kmsbench's requests and server CPU per request)
 # and, per configuration, the total: the process's CPU time from the end
@@ -34,11 +36,11 @@ while getopts o:d:r:w:p: f; do
 	r) rounds=$OPTARG ;;
 	w) warm=$OPTARG ;;
 	p) pgdir=$OPTARG ;;
-	*) sed -n '2,30p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,32p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,30p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,32p' "$0" >&2; exit 2; }
 bench=${KMSBENCH:-$(command -v kmsbench || true)}
 [ -x "$bench" ] || { echo "scale-ab: kmsbench not found (go build -o /tmp/kmsbench ./cmd/kmsbench; KMSBENCH=/tmp/kmsbench)" >&2; exit 2; }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -102,16 +103,21 @@ var sqliteDriver = driver{name: "sqlite", fresh: func(t *testing.T, dataDir stri
 }}
 
 var postgresDriver = driver{name: "postgres", fresh: func(t *testing.T, dataDir string) ([]string, []string, func() (storage.Store, *barrier.Barrier)) {
-	return postgresStore(t, pgtest.URL(t))
+	return postgresStore(t, pgtest.URL(t), newRootKey(t))
 }}
 
-// postgresStore is kmsd's environment and flags for the empty database at
-// url, with a new root key (in KMSD_ROOT_KEY), and how the test opens it.
-func postgresStore(t *testing.T, url string) ([]string, []string, func() (storage.Store, *barrier.Barrier)) {
-	raw := make([]byte, 32)
+// newRootKey is a new random root key.
+func newRootKey(t *testing.T) []byte {
+	raw := make([]byte, barrier.KeySize)
 	if _, err := rand.Read(raw); err != nil {
 		t.Fatal(err)
 	}
+	return raw
+}
+
+// postgresStore is kmsd's environment and flags for the empty database at
+// url with the root key raw (in KMSD_ROOT_KEY), and how the test opens it.
+func postgresStore(t *testing.T, url string, raw []byte) ([]string, []string, func() (storage.Store, *barrier.Barrier)) {
 	root := base64.StdEncoding.EncodeToString(raw)
 	return env("KMSD_ROOT_KEY=" + root), []string{"--database-url", url}, func() (storage.Store, *barrier.Barrier) {
 		st, err := postgres.Open(context.Background(), url, postgres.Options{})
@@ -126,17 +132,23 @@ func postgresStore(t *testing.T, url string) ([]string, []string, func() (storag
 	}
 }
 
-// keptDatabase creates (again, if it exists) the database kmsd_scale_N on
-// the server of KMSD_TEST_DATABASE_URL and returns its URL. Unlike
-// pgtest.URL's, it outlives the test: KMSD_SCALE_DIR keeps a PostgreSQL
-// store in it.
-func keptDatabase(t *testing.T, n int) string {
+// keptDatabase creates (again, if it exists) the database of the store of
+// n keys kept in dir on the server of KMSD_TEST_DATABASE_URL, and returns
+// its URL. Unlike pgtest.URL's, it outlives the test: KMSD_SCALE_DIR keeps
+// a PostgreSQL store in it. Its name, kmsd_scale_N_H, carries a hash H of
+// dir, so that stores kept in two directories never share a database.
+func keptDatabase(t *testing.T, dir string, n int) string {
 	base := os.Getenv(pgtest.EnvURL)
 	u, err := neturl.Parse(base)
 	if err != nil {
 		t.Fatalf("%s does not parse as a URL: %v", pgtest.EnvURL, err)
 	}
-	name := fmt.Sprintf("kmsd_scale_%d", n)
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256([]byte(abs))
+	name := fmt.Sprintf("kmsd_scale_%d_%x", n, h[:4])
 	conn, err := pgx.Connect(t.Context(), base)
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +201,7 @@ type store struct {
 // takes minutes, measuring them seconds. A kept store also holds what
 // earlier runs wrote (last-use records of the keys they touched). A
 // PostgreSQL store is kept only on a server that outlives the test
-// (KMSD_TEST_DATABASE_URL), in its database kmsd_scale_N; the directory
+// (KMSD_TEST_DATABASE_URL), in a database of its own (keptDatabase); the directory
 // then holds the root key and an args file of kmsd's flags for it.
 func prepare(t *testing.T, d driver, n int, full bool) *store {
 	t.Helper()
@@ -214,9 +226,7 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 					t.Fatal(err)
 				}
 				s.args = strings.Fields(string(a))
-				if s.pgCPU, err = e2etest.PostgresCPU(t.Context(), s.args[1]); err != nil {
-					t.Logf("postgres: the server's CPU is not measured: %v", err)
-				}
+				s.watchPostgres(t)
 			}
 			s.akid, s.secret = readProfile(t, filepath.Join(s.dataDir, "credentials"))
 			s.sorted = slices.Sorted(slices.Values(s.ids))
@@ -228,16 +238,15 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 		}
 	}
 	var open func() (storage.Store, *barrier.Barrier)
+	var keptRoot []byte // the root key of a PostgreSQL store being kept
 	if keep != "" && d.name == postgresDriver.name {
-		s.env, s.args, open = postgresStore(t, keptDatabase(t, n))
+		keptRoot = newRootKey(t)
+		s.env, s.args, open = postgresStore(t, keptDatabase(t, filepath.Dir(s.dataDir), n), keptRoot)
 	} else {
 		s.env, s.args, open = d.fresh(t, s.dataDir)
 	}
 	if d.name == postgresDriver.name {
-		var err error
-		if s.pgCPU, err = e2etest.PostgresCPU(t.Context(), s.args[1]); err != nil {
-			t.Logf("postgres: the server's CPU is not measured: %v", err)
-		}
+		s.watchPostgres(t)
 	}
 	k := e2etest.StartKMSD(t, e2etest.KMSDConfig{Bin: kmsdBin, DataDir: s.dataDir, Env: s.env, Args: s.args})
 	k.Stop()
@@ -267,18 +276,12 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 		}
 		t.Logf("postgres: VACUUM (ANALYZE) after the load: %v", time.Since(t0).Round(time.Millisecond))
 	}
-	if keep != "" && d.name == postgresDriver.name {
+	if keptRoot != nil {
 		// How a later run (and scripts/scale-ab.sh, which passes a
 		// store's args file to kmsd) starts kmsd on the kept database:
 		// its URL, and the root key in a file beside it.
 		root := filepath.Join(s.dataDir, "..", "root.key")
-		var raw []byte
-		for _, kv := range s.env {
-			if v, ok := strings.CutPrefix(kv, "KMSD_ROOT_KEY="); ok {
-				raw, _ = base64.StdEncoding.DecodeString(v)
-			}
-		}
-		if err := barrier.WriteRootKeyFile(root, raw); err != nil {
+		if err := barrier.WriteRootKeyFile(root, keptRoot); err != nil {
 			t.Fatal(err)
 		}
 		args := []string{s.args[0], s.args[1], "--root-key-file", root}
@@ -327,6 +330,15 @@ func prepare(t *testing.T, d driver, n int, full bool) *store {
 	}
 	t.Logf("%s: the custom key store checks (store index: StoreHasKeys and XksKeyInUse): %v", d.name, time.Since(t0).Round(time.Microsecond))
 	return s
+}
+
+// watchPostgres sets s.pgCPU from the server of the store's database URL
+// (its args: --database-url URL …), or logs why it cannot.
+func (s *store) watchPostgres(t *testing.T) {
+	var err error
+	if s.pgCPU, err = e2etest.PostgresCPU(t.Context(), s.args[1]); err != nil {
+		t.Logf("postgres: the server's CPU is not measured: %v", err)
+	}
 }
 
 func readProfile(t *testing.T, path string) (akid, secret string) {
