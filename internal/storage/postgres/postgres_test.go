@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -103,6 +104,33 @@ func TestMigrate(t *testing.T) {
 			s2.Close()
 		}
 		t.Fatalf("Open of a newer schema = %v, want ErrSchemaTooNew", err)
+	}
+}
+
+// TestLargeValuesLZ4: a value too large for its row (a last-use journal
+// row or bucket on a large store) is compressed with lz4, not pglz, on a
+// server built with lz4 (Debian's is), and reads back whole.
+func TestLargeValuesLZ4(t *testing.T) {
+	s := openURL(t, pgtest.URL(t))
+	ctx := t.Context()
+	if _, err := s.pool.Exec(ctx, `SET default_toast_compression = lz4`); err != nil {
+		t.Fatalf("this PostgreSQL has no lz4 (%v); the test needs a server that has", err)
+	}
+	var method string
+	if err := s.pool.QueryRow(ctx, `SELECT attcompression::text FROM pg_attribute
+		WHERE attrelid = 'kv'::regclass AND attname = 'value'`).Scan(&method); err != nil || method != "l" {
+		t.Fatalf("kv.value's compression = %q, %v; want l (lz4)", method, err)
+	}
+	v := bytes.Repeat([]byte("unfed/lastusej/0/123456789012 us-east-1 Encrypt "), 400)
+	if err := s.Put(ctx, "unfed/test/large", v); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, "unfed/test/large"); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("Get of the large value: %d bytes, %v; want the %d put", len(got), err, len(v))
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(pg_column_compression(value), '') FROM kv
+		WHERE key = 'unfed/test/large'`).Scan(&method); err != nil || method != "lz4" {
+		t.Fatalf("the stored value's compression = %q, %v; want lz4", method, err)
 	}
 }
 
