@@ -52,7 +52,8 @@ func encodeKey(k *Key) ([]byte, error) {
 // which reads a record in a fraction of encoding/json's time and
 // allocations (BenchmarkDecodeKey): its decoder keeps the short strings it
 // made (account, Region, key spec, state, …) and gives them again rather
-// than allocating each. On the records encodeKey writes (encoding/json's
+// than allocating each — but not always the same copy, so shareFields
+// (intern.go) then makes those fields one copy for every record. On the records encodeKey writes (encoding/json's
 // output: exact member names, valid UTF-8, no duplicate members) the two
 // decode alike (TestDecodeKeyLikeV1); a record v2 refuses for being
 // stricter is decoded by encoding/json, so nothing v1 read is refused.
@@ -64,6 +65,7 @@ func decodeKey(b []byte, texts *policyTexts) (*Key, error) {
 			return nil, err
 		}
 	}
+	shareFields(k)
 	switch {
 	case k.Policy == "":
 		k.Policy = texts.defaultPolicy(k.Account)

@@ -266,6 +266,49 @@ func TestKeyWithoutPolicyRefused(t *testing.T) {
 // TestDecodeKeySharesDefault: records of one account stored without the
 // text share one copy of it; another account's default is its own, and
 // decoding makes no copy of the text.
+// TestDecodeKeySharesFields: records decoded among many others share one
+// copy of each field most keys hold equal (the decoder's own cache gave
+// hundreds), and an enumeration's value is the program's literal, which
+// the kms package's comparisons then match by address.
+func TestDecodeKeySharesFields(t *testing.T) {
+	c := newCatalog(t)
+	ids := makeKeys(t, c, 5000)
+	copies := map[string]map[*byte]bool{}
+	note := func(field, v string) {
+		if copies[field] == nil {
+			copies[field] = map[*byte]bool{}
+		}
+		copies[field][unsafe.StringData(v)] = true
+	}
+	var last *Key
+	for _, id := range ids {
+		b, err := c.store.Get(t.Context(), keyPath(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := decodeKey(b, &c.policies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		note("account", k.Account)
+		note("region", k.Region)
+		note("keyUsage", k.KeyUsage)
+		note("keySpec", k.KeySpec)
+		note("origin", k.Origin)
+		note("state", string(k.State))
+		last = k
+	}
+	for field, m := range copies {
+		if len(m) != 1 {
+			t.Errorf("%s: %d copies over %d records, want 1", field, len(m), len(ids))
+		}
+	}
+	if unsafe.StringData(last.KeySpec) != unsafe.StringData(keys.Symmetric) ||
+		unsafe.StringData(string(last.State)) != unsafe.StringData(string(keys.Enabled)) {
+		t.Errorf("key spec %q and state %q are not the program's literals", last.KeySpec, last.State)
+	}
+}
+
 func TestDecodeKeySharesDefault(t *testing.T) {
 	c := newCatalog(t)
 	k := realKey(t, c, "00000001-0000-4000-8000-000000000000")
