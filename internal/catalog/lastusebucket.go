@@ -7,6 +7,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -329,12 +330,77 @@ func withoutKey(b []byte, id string) ([]byte, bool, error) {
 
 // sortEntries orders entries by key id, keeping of each id the latest
 // use (entries of one id and time: any one of them).
+//
+// It sorts a compact key per entry — the id field's first 8 bytes as a
+// number, the time and the entry's index — and moves the entries once at
+// the end: a merge on a million keys sorts about a million uses, whose id
+// bytes lie scattered in the journal rows it read, and sorting the
+// 128-byte entries themselves by their bytes was 0.6 µs of each Encrypt's
+// CPU there (perf). Ids whose first 8 bytes tie are compared whole.
 func sortEntries(es []entry) []entry {
-	slices.SortFunc(es, func(a, b entry) int {
-		if c := bytes.Compare(a.id, b.id); c != 0 {
+	if len(es) < 2 {
+		return es
+	}
+	sb := sortBufs.Get().(*sortBuf)
+	defer func() {
+		clear(sb.tmp)
+		sb.keys, sb.tmp = sb.keys[:0], sb.tmp[:0]
+		sortBufs.Put(sb)
+	}()
+	keys := slices.Grow(sb.keys[:0], len(es))
+	for i := range es {
+		keys = append(keys, sortKey{prefix: idPrefix(es[i].id), at: es[i].at, i: int32(i)})
+	}
+	sb.keys = keys
+	slices.SortFunc(keys, func(a, b sortKey) int {
+		if a.prefix != b.prefix {
+			return cmp.Compare(a.prefix, b.prefix)
+		}
+		if c := bytes.Compare(es[a.i].id, es[b.i].id); c != 0 {
 			return c
 		}
 		return cmp.Compare(b.at, a.at) // latest first
 	})
-	return slices.CompactFunc(es, func(a, b entry) bool { return bytes.Equal(a.id, b.id) })
+	tmp := append(sb.tmp[:0], es...)
+	sb.tmp = tmp
+	n := 0
+	for j, k := range keys {
+		if j > 0 && k.prefix == keys[j-1].prefix && bytes.Equal(tmp[k.i].id, es[n-1].id) {
+			continue // an earlier use of the id just kept
+		}
+		es[n] = tmp[k.i]
+		n++
+	}
+	clear(es[n:])
+	return es[:n]
 }
+
+// sortKey is what sortEntries sorts: an entry's id prefix (idPrefix),
+// its time and its index.
+type sortKey struct {
+	prefix uint64
+	at     int64
+	i      int32
+}
+
+// idPrefix is the first 8 bytes of id field f, big endian, zero-padded
+// when shorter: two fields whose prefixes differ compare as their
+// prefixes do (a shorter field padded with zeros ties with, or sorts
+// before, any field it starts).
+func idPrefix(f []byte) uint64 {
+	if len(f) >= 8 {
+		return binary.BigEndian.Uint64(f)
+	}
+	var b [8]byte
+	copy(b[:], f)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// sortBuf is sortEntries' buffers, kept between calls: a merge sorts
+// thousands of buckets.
+type sortBuf struct {
+	keys []sortKey
+	tmp  []entry
+}
+
+var sortBufs = sync.Pool{New: func() any { return new(sortBuf) }}
