@@ -11,7 +11,12 @@
 # STORE/args, kmsd's flags for its database and root key, which are
 # passed on. With -p PGDIR (a server of scripts/postgres.sh) each window
 # and total also gives that server's CPU per request (the postmaster and
-# its children; the idle configurations' background falls in it too).
+# its children; the idle configurations' background falls in it too),
+# and each PostgreSQL store's total also the CPU of the server processes
+# working for its own database (its kmsd's connections, autovacuum) from
+# the end of the warm-up to the end, like kmsd's: a merge of last uses
+# that one configuration runs during another's window is charged to its
+# own database there, not to the window it fell in.
 #
 # Every kmsd starts at once on CPU 1 with its cache preloaded
 # (--cache-size 1100000 --cache-preload on); kmsbench runs on CPU 0 with
@@ -36,11 +41,11 @@ while getopts o:d:r:w:p: f; do
 	r) rounds=$OPTARG ;;
 	w) warm=$OPTARG ;;
 	p) pgdir=$OPTARG ;;
-	*) sed -n '2,32p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,37p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,32p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,37p' "$0" >&2; exit 2; }
 bench=${KMSBENCH:-$(command -v kmsbench || true)}
 [ -x "$bench" ] || { echo "scale-ab: kmsbench not found (go build -o /tmp/kmsbench ./cmd/kmsbench; KMSBENCH=/tmp/kmsbench)" >&2; exit 2; }
 
@@ -100,14 +105,31 @@ pgcpu() {
 		for c in $(pgrep -P "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
 	} | awk '{ s += $1 } END { print s }'
 }
+# dbcpu DB prints the CPU so far, in clock ticks, of the live server
+# processes working for database DB: its backends (kmsd's pooled
+# connections, which live as long as kmsd) and autovacuum workers.
+dbcpu() {
+	[ -n "$pgdir" ] && [ -n "$1" ] || { echo 0; return; }
+	local pm c s
+	pm=$(head -1 "$pgdir/data/postmaster.pid")
+	for c in $(pgrep -P "$pm"); do
+		case " $(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null) " in
+		*" $1 "*) awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true ;;
+		esac
+	done | awk '{ s += $1 } END { print s + 0 }'
+}
 pgper() { # TICKS REQUESTS: " PostgreSQL X µs/req", or nothing without -p
 	[ -n "$pgdir" ] && awk -v c="$1" -v r="$2" -v t="$tck" 'BEGIN { printf ", PostgreSQL %.1f µs/req", c / t * 1e6 / r }'
 	return 0
 }
 
-declare -A cpu0 reqs pgsum
+declare -A cpu0 reqs pgsum db db0
 for n in "${names[@]}"; do run "$n" 0 "$warm" >/dev/null; done
-for n in "${names[@]}"; do cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0 pgsum[$n]=0; done
+for n in "${names[@]}"; do
+	cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0 pgsum[$n]=0
+	db[$n]=$(sed -n 's|.*--database-url [^ ]*/\([^/?[:space:]]*\).*|\1|p' "${store[$n]}/args" 2>/dev/null || true)
+	db0[$n]=$(dbcpu "${db[$n]}")
+done
 for r in $(seq 1 "$rounds"); do
 	for n in "${names[@]}"; do
 		p0=$(pgcpu)
@@ -122,5 +144,10 @@ for n in "${names[@]}"; do
 	c=$(($(cpu "${pid[$n]}") - cpu0[$n]))
 	awk -v n="$n" -v c="$c" -v r="${reqs[$n]}" -v t="$tck" \
 		'BEGIN { printf "total %s: %d requests, %.1f s of CPU, %.1f µs/req", n, r, c / t, c / t * 1e6 / r }'
-	echo "$(pgper "${pgsum[$n]}" "${reqs[$n]}")"
+	printf '%s' "$(pgper "${pgsum[$n]}" "${reqs[$n]}")"
+	if [ -n "$pgdir" ] && [ -n "${db[$n]}" ]; then
+		awk -v c="$(($(dbcpu "${db[$n]}") - db0[$n]))" -v r="${reqs[$n]}" -v t="$tck" -v d="${db[$n]}" \
+			'BEGIN { printf "; its database %s, over the run: %.1f µs/req", d, c / t * 1e6 / r }'
+	fi
+	echo
 done
