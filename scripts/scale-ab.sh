@@ -110,7 +110,7 @@ pgcpu() {
 # connections, which live as long as kmsd) and autovacuum workers.
 dbcpu() {
 	[ -n "$pgdir" ] && [ -n "$1" ] || { echo 0; return; }
-	local pm c s
+	local pm c
 	pm=$(head -1 "$pgdir/data/postmaster.pid")
 	for c in $(pgrep -P "$pm"); do
 		case " $(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null) " in

@@ -69,7 +69,7 @@ func (p *policyTexts) defaultPolicy(account string) string {
 // of copies of each, and every Encrypt on a random key compared or hashed
 // six strings that were not in the CPU's caches (the key's account and
 // Region against the caller's, its state, usage, origin, and its spec
-// for the kms:KeySpec condition): about 0.8 µs a request (README, Scale).
+// for the kms:KeySpec condition): about 0.5 µs a request (README, Scale).
 // So decodeKey replaces each with one copy kept here, and the values of
 // the model's enumerations start as the program's own literals, which
 // compare equal to the literals the kms package tests them against by

@@ -53,10 +53,11 @@ func encodeKey(k *Key) ([]byte, error) {
 // allocations (BenchmarkDecodeKey): its decoder keeps the short strings it
 // made (account, Region, key spec, state, …) and gives them again rather
 // than allocating each — but not always the same copy, so shareFields
-// (intern.go) then makes those fields one copy for every record. On the records encodeKey writes (encoding/json's
-// output: exact member names, valid UTF-8, no duplicate members) the two
-// decode alike (TestDecodeKeyLikeV1); a record v2 refuses for being
-// stricter is decoded by encoding/json, so nothing v1 read is refused.
+// (intern.go) then makes those fields one copy for every record. On the
+// records encodeKey writes (encoding/json's output: exact member names,
+// valid UTF-8, no duplicate members) the two decode alike
+// (TestDecodeKeyLikeV1); a record v2 refuses for being stricter is decoded
+// by encoding/json, so nothing v1 read is refused.
 func decodeKey(b []byte, texts *policyTexts) (*Key, error) {
 	k := new(Key)
 	if err := jsonv2.Unmarshal(b, k); err != nil {

@@ -263,9 +263,6 @@ func TestKeyWithoutPolicyRefused(t *testing.T) {
 	}
 }
 
-// TestDecodeKeySharesDefault: records of one account stored without the
-// text share one copy of it; another account's default is its own, and
-// decoding makes no copy of the text.
 // TestDecodeKeySharesFields: records decoded among many others share one
 // copy of each field most keys hold equal (the decoder's own cache gave
 // hundreds), and an enumeration's value is the program's literal, which
@@ -309,6 +306,9 @@ func TestDecodeKeySharesFields(t *testing.T) {
 	}
 }
 
+// TestDecodeKeySharesDefault: records of one account stored without the
+// text share one copy of it; another account's default is its own, and
+// decoding makes no copy of the text.
 func TestDecodeKeySharesDefault(t *testing.T) {
 	c := newCatalog(t)
 	k := realKey(t, c, "00000001-0000-4000-8000-000000000000")
