@@ -12,7 +12,7 @@ import "sync/atomic"
 // object per cached key holding six pointers, and every hit relinked it
 // at the head under the list's own lock, writing to three entries that a
 // random key's hit finds out of cache. Here the entries are one slice of
-// name and value, the index a map of name to slot: no object per entry,
+// name and value, the index a map of name to slot (nameindex.go): no object per entry,
 // and a hit only sets the entry's reference bit (and only when it is
 // clear).
 //
@@ -26,7 +26,7 @@ import "sync/atomic"
 // evicted, which each of them calls for every entry it drops — for room
 // or not, as the list did.
 type clockCache[V, X any] struct {
-	index   map[string]int32 // name → slot
+	index   nameIndex // name → slot
 	slots   []clockSlot[V, X]
 	free    []int32 // unused slots below len(slots)
 	hand    int     // the next slot the eviction sweep looks at
@@ -45,12 +45,12 @@ type clockSlot[V, X any] struct {
 // newClockCache is a cache of size entries (at least 1) calling evicted,
 // if not nil, for each entry it drops.
 func newClockCache[V, X any](size int, evicted func(string, V)) *clockCache[V, X] {
-	return &clockCache[V, X]{index: map[string]int32{}, size: max(size, 1), evicted: evicted}
+	return &clockCache[V, X]{index: newNameIndex(), size: max(size, 1), evicted: evicted}
 }
 
 // Get returns the value cached for name and marks it used.
 func (c *clockCache[V, X]) Get(name string) (V, bool) {
-	i, ok := c.index[name]
+	i, ok := c.index.get(name)
 	if !ok {
 		var zero V
 		return zero, false
@@ -64,7 +64,7 @@ func (c *clockCache[V, X]) Get(name string) (V, bool) {
 
 // Peek returns the value cached for name without marking it used.
 func (c *clockCache[V, X]) Peek(name string) (V, bool) {
-	i, ok := c.index[name]
+	i, ok := c.index.get(name)
 	if !ok {
 		var zero V
 		return zero, false
@@ -75,7 +75,7 @@ func (c *clockCache[V, X]) Peek(name string) (V, bool) {
 // Extra returns the value cached for name and the extra data it carries,
 // without marking it used.
 func (c *clockCache[V, X]) Extra(name string) (V, X, bool) {
-	i, ok := c.index[name]
+	i, ok := c.index.get(name)
 	if !ok {
 		var zv V
 		var zx X
@@ -86,30 +86,30 @@ func (c *clockCache[V, X]) Extra(name string) (V, X, bool) {
 
 // SetExtra sets the extra data of name's entry, if it is cached.
 func (c *clockCache[V, X]) SetExtra(name string, x X) {
-	if i, ok := c.index[name]; ok {
+	if i, ok := c.index.get(name); ok {
 		c.slots[i].x = x
 	}
 }
 
 // Contains reports whether name is cached.
 func (c *clockCache[V, X]) Contains(name string) bool {
-	_, ok := c.index[name]
+	_, ok := c.index.get(name)
 	return ok
 }
 
 // Len is the number of entries cached.
-func (c *clockCache[V, X]) Len() int { return len(c.index) }
+func (c *clockCache[V, X]) Len() int { return c.index.len() }
 
 // Add caches v for name, replacing what was cached for it (without
 // calling evicted, and keeping its extra data), or evicting an entry first
 // if the cache is full.
 func (c *clockCache[V, X]) Add(name string, v V) {
-	if i, ok := c.index[name]; ok {
+	if i, ok := c.index.get(name); ok {
 		c.slots[i].v = v
 		c.slots[i].ref.Store(true)
 		return
 	}
-	for len(c.index) >= c.size {
+	for c.index.len() >= c.size {
 		c.evictOne()
 	}
 	var i int32
@@ -122,12 +122,12 @@ func (c *clockCache[V, X]) Add(name string, v V) {
 	s := &c.slots[i]
 	s.name, s.v, s.used = name, v, true
 	s.ref.Store(false)
-	c.index[name] = i
+	c.index.set(name, i)
 }
 
 // Remove drops what is cached for name, calling evicted for it.
 func (c *clockCache[V, X]) Remove(name string) {
-	if i, ok := c.index[name]; ok {
+	if i, ok := c.index.get(name); ok {
 		c.drop(i)
 	}
 }
@@ -136,10 +136,10 @@ func (c *clockCache[V, X]) Remove(name string) {
 // if it holds more.
 func (c *clockCache[V, X]) Resize(size int) {
 	c.size = max(size, 1)
-	for len(c.index) > c.size {
+	for c.index.len() > c.size {
 		c.evictOne()
 	}
-	if len(c.index) == 0 {
+	if c.index.len() == 0 {
 		c.slots, c.free, c.hand = nil, nil, 0
 	}
 }
@@ -181,7 +181,7 @@ func (c *clockCache[V, X]) evictOne() {
 func (c *clockCache[V, X]) drop(i int32) {
 	s := &c.slots[i]
 	name, v := s.name, s.v
-	delete(c.index, name)
+	c.index.delete(name)
 	var zv V
 	var zx X
 	s.name, s.v, s.x, s.used = "", zv, zx, false

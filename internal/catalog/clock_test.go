@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"fmt"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -12,9 +13,16 @@ import (
 // TestClockBounded: the cache never holds more than its size, every entry
 // it drops (for room, Remove, Resize, Purge) is handed to evicted exactly
 // once, and a replaced value is not; against a map model under random
-// operations.
+// operations. The names are of both kinds the index keeps (nameindex.go):
+// canonical key ids, and other strings — among them the same ids in upper
+// case, which are other names.
 func TestClockBounded(t *testing.T) {
 	rng := mrand.New(mrand.NewPCG(1, 2))
+	var names []string
+	for i := range 8 {
+		id := fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i*0xabcdef)
+		names = append(names, fmt.Sprintf("k%d", i), id, strings.ToUpper(id))
+	}
 	model := map[string]int{}
 	var dropped []string
 	var c *clockCache[int, string]
@@ -29,7 +37,7 @@ func TestClockBounded(t *testing.T) {
 		dropped = append(dropped, name)
 	})
 	for i := range 20000 {
-		name := fmt.Sprintf("k%d", rng.IntN(24))
+		name := names[rng.IntN(len(names))]
 		switch op := rng.IntN(100); {
 		case op < 50:
 			v, ok := c.Get(name)
