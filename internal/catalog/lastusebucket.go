@@ -37,7 +37,9 @@ import (
 const lastUseBucketPrefix = storage.UnfedPrefix + "lastuseb/"
 
 // bucketFormat is the first byte of a bucket record, and of a binary
-// journal row: its layout. (A JSON journal row starts with '['.)
+// journal row of data format level 3: its layout. (A journal row of level
+// 4 starts with journalFormat, lastuse.go; one of level 2, JSON, with
+// '['.)
 const bucketFormat = 1
 
 // bucketOf is the bucket of key id: its first three hex digits (after

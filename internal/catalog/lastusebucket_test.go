@@ -197,7 +197,8 @@ func TestBucketOf(t *testing.T) {
 	}
 }
 
-// FuzzBucket: no input panics the decoders; a bucket that decodes merges
+// FuzzBucket: no input panics the decoders; a journal row that decodes is
+// written back to the same uses; a bucket that decodes merges
 // with nothing to the same entries, and with a use of a new key to one
 // entry more, still in order.
 func FuzzBucket(f *testing.F) {
@@ -208,8 +209,23 @@ func FuzzBucket(f *testing.F) {
 		EventID: "1234abcd-12ab-34cd-56ef-1234567890ab", RequestID: "1234ABCD-12ab-34cd-56ef-1234567890ab"})...))
 	f.Add([]byte{bucketFormat, 200, 1})
 	f.Add([]byte("[{}]"))
+	f.Add(appendJournalRow(nil, 1, func(int) (string, string, []byte) { return "111122223333", "us-east-1", one[1:] }))
+	f.Add([]byte{journalFormat, 0, 0, 200, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = decodeJournalUses(b)
+		// A journal row that decodes is written back (as a delete does)
+		// to a row of the same uses.
+		if us, err := decodeJournalUses(b); err == nil {
+			row := appendJournalRow(nil, len(us), func(i int) (string, string, []byte) { return us[i].account, us[i].region, us[i].all })
+			back, err := decodeJournalUses(row)
+			if err != nil || len(back) != len(us) {
+				t.Fatalf("a row of %d uses written back: %d, %v", len(us), len(back), err)
+			}
+			for i := range us {
+				if back[i].account != us[i].account || back[i].region != us[i].region || !bytes.Equal(back[i].all, us[i].all) {
+					t.Fatalf("use %d written back: %+v, was %+v", i, back[i], us[i])
+				}
+			}
+		}
 		var n int
 		if bucketEntries(b, func(entry) bool { n++; return true }) != nil {
 			return

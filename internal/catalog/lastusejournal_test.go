@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -421,6 +422,98 @@ func BenchmarkJournalDistinct(b *testing.B) {
 				n += len(uses)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/use")
+		})
+	}
+}
+
+// TestJournalRowFormat: a flush's row names each account and Region once
+// per group of their uses (data format level 4), however the flush
+// interleaves them, and so is smaller than a row naming them with every
+// use; rows of level 3, each use with its own account and Region, are
+// still read, rewritten by a delete, and merged.
+func TestJournalRowFormat(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	accts := []string{"111122223333", "444455556666"}
+	regions := []string{"us-east-1", "eu-west-1"}
+	for _, d := range lastUseDrivers {
+		t.Run(d.name, func(t *testing.T) {
+			ctx := t.Context()
+			c := d.open(t, 1)[0]
+			var flush []LastUse
+			level3 := 1 // the size of the row as level 3 wrote it
+			for i := range 400 {
+				u := LastUse{Account: accts[i%2], Region: regions[i/2%2], KeyID: fmt.Sprintf("ab%06x-1111-4222-8333-%012x", i, i),
+					Operation: "Encrypt", Time: t0.Add(time.Duration(i) * time.Millisecond), EventID: uuid.NewString(), RequestID: uuid.NewString()}
+				flush = append(flush, u)
+				level3 += len(appendJournalUse(nil, &u))
+			}
+			if err := c.JournalLastUses(ctx, flush); err != nil {
+				t.Fatal(err)
+			}
+			rows := journalRows(t, c)
+			if len(rows) != 1 || rows[0].Value[0] != journalFormat {
+				t.Fatalf("a flush in one partition wrote %d rows (first byte %d)", len(rows), rows[0].Value[0])
+			}
+			row := rows[0].Value
+			for _, s := range append(accts, regions...) {
+				if n := bytes.Count(row, appendField(nil, s)); n != 2 { // once with each of the other kind
+					t.Errorf("%s appears %d times in the row, want 2", s, n)
+				}
+			}
+			if saved := level3 - len(row); saved < 400*(13+10)-4*30 {
+				t.Errorf("row of %d bytes, %d as level 3 wrote it", len(row), level3)
+			}
+			for _, u := range flush {
+				if got, err := c.LastUse(ctx, u.Account, u.Region, u.KeyID); err != nil || *got != u {
+					t.Fatalf("%s: %+v, %v; want %+v", u.KeyID, got, err, u)
+				}
+			}
+
+			// A row of level 3.
+			old := []LastUse{
+				{Account: accts[0], Region: regions[0], KeyID: "cd000000-1111-4222-8333-444444444444", Operation: "Sign",
+					Time: t0, EventID: uuid.NewString(), RequestID: uuid.NewString()},
+				{Account: accts[1], Region: regions[0], KeyID: "cd000001-1111-4222-8333-444444444444", Operation: "Verify",
+					Time: t0, EventID: uuid.NewString(), RequestID: uuid.NewString()},
+				{Account: accts[1], Region: regions[1], KeyID: "cd000002-1111-4222-8333-444444444444", Operation: "Decrypt",
+					Time: t0, EventID: uuid.NewString(), RequestID: uuid.NewString()},
+			}
+			b := []byte{bucketFormat}
+			for i := range old {
+				b = appendJournalUse(b, &old[i])
+			}
+			key := journalPartPrefix("cd") + "0000000000000001-000000000000"
+			if err := c.store.Put(ctx, key, b); err != nil {
+				t.Fatal(err)
+			}
+			for _, u := range old {
+				if got, err := c.LastUse(ctx, u.Account, u.Region, u.KeyID); err != nil || *got != u {
+					t.Errorf("a use in a level-3 row: %+v, %v; want %+v", got, err, u)
+				}
+			}
+			if err := c.DeleteLastUse(ctx, old[0].Account, old[0].Region, old[0].KeyID); err != nil {
+				t.Fatal(err)
+			}
+			b, err := c.store.Get(ctx, key)
+			if err != nil || b[0] != journalFormat {
+				t.Fatalf("the level-3 row after a delete: %v, %v", b, err)
+			}
+			us, err := decodeJournalUses(b)
+			if err != nil || len(us) != 2 || us[0].use(us[0].account, us[0].region).KeyID != old[1].KeyID ||
+				*us[1].use(us[1].account, us[1].region) != old[2] {
+				t.Fatalf("the level-3 row after a delete: %d uses, %v", len(us), err)
+			}
+			if n, err := c.MergeLastUses(ctx); n != 400+2 || err != nil {
+				t.Errorf("merge: %d, %v; want %d", n, err, 400+2)
+			}
+			for _, u := range append(flush, old[1:]...) {
+				if got := bucketUse(t, c, u.Account, u.Region, u.KeyID); got == nil || *got != u {
+					t.Fatalf("bucket entry of %s: %+v; want %+v", u.KeyID, got, u)
+				}
+			}
+			if _, err := c.LastUse(ctx, old[0].Account, old[0].Region, old[0].KeyID); !errors.Is(err, ErrNotFound) {
+				t.Errorf("the deleted key after the merge: %v", err)
+			}
 		})
 	}
 }

@@ -38,7 +38,12 @@ import (
 //	   older kmsd reads neither, so its GetKeyLastUsage would answer an
 //	   older use or none, and its merge would drop the binary rows.
 //	   Records and rows of level 2 are read, merged and deleted alike.
-const DataLevel = 3
+//	4  journal rows name the account and Region once for a group of uses
+//	   (internal/catalog, lastuse.go: journalFormat) instead of with
+//	   every use. A level-3 kmsd reads no such row, so its
+//	   GetKeyLastUsage would miss the uses in them and its merge would
+//	   drop them. Rows of level 3 are read, merged and rewritten alike.
+const DataLevel = 4
 
 // version is set at build time with
 // -ldflags "-X github.com/kmsd/kmsd/internal/release.version=v1.2.3".
