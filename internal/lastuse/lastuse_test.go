@@ -428,3 +428,65 @@ func BenchmarkRecordDistinct(b *testing.B) {
 		}
 	}
 }
+
+// blockingStore is a fakeStore whose JournalLastUses waits for release
+// once it has said (on entered) that a flush is writing.
+type blockingStore struct {
+	*fakeStore
+	entered, release chan struct{}
+}
+
+func (s *blockingStore) JournalLastUses(ctx context.Context, uses []catalog.LastUse) error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.fakeStore.JournalLastUses(ctx, uses)
+}
+
+// TestRecordDuringFlush: uses recorded while a flush writes go to the next
+// flush, Get meanwhile answers the newest of those being written and
+// those recorded since, and a failed flush leaves the later of its use
+// and a use recorded since to be written next.
+func TestRecordDuringFlush(t *testing.T) {
+	ctx := context.Background()
+	for _, fail := range []bool{false, true} {
+		st := &blockingStore{fakeStore: newFakeStore(), entered: make(chan struct{}), release: make(chan struct{})}
+		tr := New(st, slog.New(slog.DiscardHandler), t0)
+		tr.running = true // flushed by the test only
+		tr.Record([]string{arnA}, "Encrypt", t0.Add(2*time.Second), "ev-a2", "req-a2")
+		tr.Record([]string{arnB}, "Encrypt", t0, "ev-b1", "req-b1")
+		if fail {
+			st.setFail(errors.New("database down"))
+		}
+		flushed := make(chan error)
+		go func() { flushed <- tr.Flush(ctx) }()
+		<-st.entered
+		// While the flush writes: an older use of A (a slower call), a
+		// newer one of B.
+		tr.Record([]string{arnA}, "Decrypt", t0.Add(time.Second), "ev-a1", "req-a1")
+		tr.Record([]string{arnB}, "Sign", t0.Add(3*time.Second), "ev-b3", "req-b3")
+		for arn, want := range map[string]string{arnA: "req-a2", arnB: "req-b3"} {
+			if u, err := tr.Get(ctx, arn); err != nil || u.RequestID != want {
+				t.Fatalf("fail=%v: Get(%s) during the flush = %+v, %v; want %s", fail, arn, u, err, want)
+			}
+		}
+		close(st.release)
+		if err := <-flushed; (err != nil) != fail {
+			t.Fatalf("fail=%v: Flush = %v", fail, err)
+		}
+		st.setFail(nil)
+		st.release = make(chan struct{})
+		close(st.release)
+		go func() { <-st.entered }()
+		if err := tr.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for id, want := range map[string]string{idA: "req-a2", "0987dcba-09fe-87dc-65ba-ab0987654321": "req-b3"} {
+			if u, err := st.LastUse(ctx, accnt, region, id); err != nil || u.RequestID != want {
+				t.Errorf("fail=%v: stored use of %s = %+v, %v; want %s", fail, id, u, err, want)
+			}
+		}
+		if len(tr.uses) != 0 || tr.flushing != nil {
+			t.Errorf("fail=%v: after the flushes %d uses in memory, flushing %v", fail, len(tr.uses), tr.flushing)
+		}
+	}
+}
