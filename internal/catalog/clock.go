@@ -12,9 +12,9 @@ import "sync/atomic"
 // object per cached key holding six pointers, and every hit relinked it
 // at the head under the list's own lock, writing to three entries that a
 // random key's hit finds out of cache. Here the entries are one slice of
-// name and value, the index a map of name to slot (nameindex.go): no object per entry,
-// and a hit only sets the entry's reference bit (and only when it is
-// clear).
+// name and value, the index a map of name to slot (nameindex.go): no
+// object per entry, and a hit only sets the entry's reference bit (and
+// only when it is clear).
 //
 // Each entry may carry extra data of type X (the key cache's AES-GCM
 // instances): kept when the entry's value is replaced, dropped with the

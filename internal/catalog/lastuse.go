@@ -437,7 +437,7 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	// are built one after another in one buffer of about their size.
 	// (Rows grown use by use in a map of partitions cost a flush of
 	// 20,000 uses 8 MB of allocations: BenchmarkJournalDistinct.)
-	type encoded struct{ start, end int32 }
+	type encoded struct{ part, start, end int32 }
 	spans := make([]encoded, len(uses))
 	order := make([]int32, len(uses)) // use indexes by partition
 	var starts [journalParts + 1]int32
@@ -449,20 +449,20 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	}()
 	mixed := false // some use of another account or Region than the first's
 	for i := range uses {
-		starts[journalPartIndex(uses[i].KeyID)+1]++
+		p := journalPartIndex(uses[i].KeyID)
+		starts[p+1]++
 		start := len(buf)
 		buf = appendEntry(buf, &uses[i])
-		spans[i] = encoded{start: int32(start), end: int32(len(buf))}
+		spans[i] = encoded{part: int32(p), start: int32(start), end: int32(len(buf))}
 		mixed = mixed || uses[i].Account != uses[0].Account || uses[i].Region != uses[0].Region
 	}
 	for p := range journalParts {
 		starts[p+1] += starts[p]
 	}
 	next := starts
-	for i := range uses {
-		p := journalPartIndex(uses[i].KeyID)
-		order[next[p]] = int32(i)
-		next[p]++
+	for i, sp := range spans {
+		order[next[sp.part]] = int32(i)
+		next[sp.part]++
 	}
 	arena := make([]byte, 0, len(buf)+journalParts*64)
 	var rows [journalParts]struct{ start, end int }
