@@ -25,15 +25,29 @@ import (
 // outgoing connection, which then holds it when the process the test
 // starts — or restarts on the same address — binds it (seen as a
 // "address already in use" of a restarted node on a busy machine).
+//
+// The port is free when FreeAddr checks it, but nothing holds it until
+// the process the test starts binds it. So FreeAddr also reserves it for
+// the life of the test process: it never hands out a port twice, and it
+// holds a lock on the port's byte of a lock file that every test process
+// shares (reservePort), so that test binaries running side by side (go
+// test runs packages in parallel) do not pick the same port either — as
+// two did once, one node failing with "bind: address already in use".
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	lo, hi := freePortRange()
-	for range 200 {
-		addr := fmt.Sprintf("127.0.0.1:%d", lo+mrand.IntN(hi-lo+1))
+	for range 1000 {
+		port := lo + mrand.IntN(hi-lo+1)
+		if !reservePort(port) {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		if l, err := net.Listen("tcp", addr); err == nil {
 			l.Close()
 			return addr
 		}
+		// In use by a process outside the tests; kept reserved, so that
+		// it is not tried again.
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -41,6 +55,50 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ports holds the ports FreeAddr reserved in this process and the lock
+// file that reserves them across processes.
+var ports struct {
+	sync.Mutex
+	held map[int]bool
+	lock *os.File // nil: none could be opened or locked; reservations are then this process's only
+}
+
+// portLockFile is the file whose byte n every test process locks to
+// reserve port n (POSIX record locks: the kernel drops them when the
+// process exits, however it exits).
+var portLockFile = filepath.Join(os.TempDir(), "kmsd-e2e-ports.lock")
+
+// reservePort reserves port for this process, reporting false when this
+// or another test process already has.
+func reservePort(port int) bool {
+	ports.Lock()
+	defer ports.Unlock()
+	if ports.held[port] {
+		return false
+	}
+	if ports.held == nil {
+		ports.held = map[int]bool{}
+		// The file stays open for the life of the process: closing any
+		// descriptor of it would drop all of the process's locks on it.
+		if f, err := os.OpenFile(portLockFile, os.O_RDWR|os.O_CREATE, 0o666); err == nil {
+			ports.lock = f
+		}
+	}
+	if ports.lock != nil {
+		lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: int64(port), Len: 1}
+		switch err := syscall.FcntlFlock(ports.lock.Fd(), syscall.F_SETLK, &lk); {
+		case err == syscall.EAGAIN || err == syscall.EACCES:
+			return false // another test process holds it
+		case err != nil:
+			// A file system without record locks: go on without them.
+			ports.lock.Close()
+			ports.lock = nil
+		}
+	}
+	ports.held[port] = true
+	return true
 }
 
 // freePortRange is where FreeAddr picks ports: below the ephemeral range
