@@ -424,6 +424,42 @@ func appendJournalRow(b []byte, n int, use func(i int) (account, region string, 
 	return b
 }
 
+// EncodedUse is a use encoded for the journal (EncodeUse): its key's
+// account and Region, its journal partition and its entry's bytes.
+type EncodedUse struct {
+	Account, Region string
+	Part            int
+	Entry           []byte
+}
+
+// MaxEncodedUse bounds the bytes EncodeUse appends for a use of a key
+// whose ARN kmsd made, with its audit event and request ids: a key id of
+// a multi-Region key (36 bytes), the longest operation name (35), the
+// time and two UUIDs. A buffer of this size never grows.
+const MaxEncodedUse = 37 + 36 + 8 + 17 + 17
+
+// EncodeUse appends the journal entry of u (its key id, operation, time,
+// event and request ids) to b and returns it with the key id's journal
+// partition. The last-use tracker encodes a use when it records it, while
+// the request's strings are still in the processor's cache: on a store of
+// a million keys, where nearly every use of a second is of another key,
+// encoding them in the flush a second later read each one from memory.
+func EncodeUse(b []byte, u *LastUse) ([]byte, int) {
+	return appendEntry(b, u), journalPartIndex(u.KeyID)
+}
+
+// Use decodes e back into the use it encodes.
+func (e *EncodedUse) Use() (*LastUse, error) {
+	en, rest, err := cutEntry(e.Entry)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) != 0 || e.Part != journalPartIndex(fieldString(en.id)) {
+		return nil, errBadLastUse
+	}
+	return en.use(e.Account, e.Region), nil
+}
+
 // JournalLastUses records uses durably in the journal, in one
 // transaction, writing one row per partition they fall in. Their keys'
 // buckets are brought up to date by a later MergeLastUses; LastUse
@@ -432,39 +468,61 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 	if len(uses) == 0 {
 		return nil
 	}
-	// Each use's entry is encoded once, into one buffer, and then copied
-	// into its partition's row, grouped by account and Region; the rows
-	// are built one after another in one buffer of about their size.
-	// (Rows grown use by use in a map of partitions cost a flush of
-	// 20,000 uses 8 MB of allocations: BenchmarkJournalDistinct.)
-	type encoded struct{ part, start, end int32 }
-	spans := make([]encoded, len(uses))
-	order := make([]int32, len(uses)) // use indexes by partition
-	var starts [journalParts + 1]int32
 	bp := journalBufs.Get().(*[]byte)
 	buf := (*bp)[:0]
 	defer func() {
 		*bp = buf[:0]
 		journalBufs.Put(bp)
 	}()
+	type span struct{ part, start, end int }
+	spans := make([]span, len(uses))
+	for i := range uses {
+		start := len(buf)
+		var p int
+		buf, p = EncodeUse(buf, &uses[i])
+		spans[i] = span{p, start, len(buf)}
+	}
+	enc := make([]EncodedUse, len(uses))
+	for i, sp := range spans {
+		enc[i] = EncodedUse{Account: uses[i].Account, Region: uses[i].Region, Part: sp.part, Entry: buf[sp.start:sp.end:sp.end]}
+	}
+	return c.JournalEncoded(ctx, enc)
+}
+
+// JournalEncoded is JournalLastUses for uses already encoded
+// (EncodeUse). It does not keep uses or their bytes once it returns.
+func (c *Catalog) JournalEncoded(ctx context.Context, uses []EncodedUse) error {
+	if len(uses) == 0 {
+		return nil
+	}
+	// Each use's entry is copied into its partition's row, grouped by
+	// account and Region; the rows are built one after another in one
+	// buffer of about their size. (Rows grown use by use in a map of
+	// partitions cost a flush of 20,000 uses 8 MB of allocations:
+	// BenchmarkJournalDistinct.)
+	order := make([]int32, len(uses)) // use indexes by partition
+	var starts [journalParts + 1]int32
+	size := 0
 	mixed := false // some use of another account or Region than the first's
 	for i := range uses {
-		p := journalPartIndex(uses[i].KeyID)
-		starts[p+1]++
-		start := len(buf)
-		buf = appendEntry(buf, &uses[i])
-		spans[i] = encoded{part: int32(p), start: int32(start), end: int32(len(buf))}
-		mixed = mixed || uses[i].Account != uses[0].Account || uses[i].Region != uses[0].Region
+		u := &uses[i]
+		if u.Part < 0 || u.Part >= journalParts {
+			return fmt.Errorf("catalog: journal last uses: partition %d out of range", u.Part)
+		}
+		starts[u.Part+1]++
+		size += len(u.Entry)
+		mixed = mixed || u.Account != uses[0].Account || u.Region != uses[0].Region
 	}
 	for p := range journalParts {
 		starts[p+1] += starts[p]
 	}
 	next := starts
-	for i, sp := range spans {
-		order[next[sp.part]] = int32(i)
-		next[sp.part]++
+	for i := range uses {
+		p := uses[i].Part
+		order[next[p]] = int32(i)
+		next[p]++
 	}
-	arena := make([]byte, 0, len(buf)+journalParts*64)
+	arena := make([]byte, 0, size+journalParts*64)
 	var rows [journalParts]struct{ start, end int }
 	for p := range journalParts {
 		part := order[starts[p]:starts[p+1]]
@@ -478,8 +536,8 @@ func (c *Catalog) JournalLastUses(ctx context.Context, uses []LastUse) error {
 		}
 		rows[p].start = len(arena)
 		arena = appendJournalRow(arena, len(part), func(i int) (string, string, []byte) {
-			u, sp := &uses[part[i]], spans[part[i]]
-			return u.Account, u.Region, buf[sp.start:sp.end]
+			u := &uses[part[i]]
+			return u.Account, u.Region, u.Entry
 		})
 		rows[p].end = len(arena)
 	}
