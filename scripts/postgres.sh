@@ -8,13 +8,14 @@
 #                                         default, or smart or immediate)
 #   scripts/postgres.sh restart DIR [MODE] stop (MODE as for stop) and start
 #                                         again with the same options and port
-#   scripts/postgres.sh standby DIR PRIMARY_DIR
+#   scripts/postgres.sh standby DIR PRIMARY_DIR [PORT]
 #                                         make DIR a synchronous streaming
 #                                         standby of the server of PRIMARY_DIR
 #                                         (pg_basebackup -R, application_name
 #                                         s1, synchronous_standby_names
 #                                         'FIRST 1 (s1)' on the primary), start
-#                                         it on a free port, print its URL
+#                                         it on PORT (default: a free one),
+#                                         print its URL
 #   scripts/postgres.sh promote DIR       promote the standby of DIR
 #   scripts/postgres.sh status DIR        exit 0 when the server of DIR runs
 #   scripts/postgres.sh url DIR           print the server's URL
@@ -35,7 +36,7 @@ set -euo pipefail
 bin=/usr/lib/postgresql/15/bin
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,28p' "$0"; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,29p' "$0"; exit 2; }
 
 as_user() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u kmsdtest -- "$@"; else "$@"; fi
@@ -131,7 +132,7 @@ standby)
   dir=$(cd "$dir" && pwd)
   [ "$(id -u)" -ne 0 ] || chown kmsdtest "$dir"
   pport=$(cat "$primary/port")
-  port=$(free_port)
+  port=${4:-$(free_port)}
   (umask 077; cp "$primary/password" "$dir/password"
    printf '*:*:*:kmsd:%s\n' "$(cat "$primary/password")" > "$dir/pgpass")
   echo "$port" > "$dir/port"
@@ -163,6 +164,6 @@ url)
   url
   ;;
 *)
-  sed -n '2,28p' "$0"; exit 2
+  sed -n '2,29p' "$0"; exit 2
   ;;
 esac

@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -290,7 +291,11 @@ func startPrivatePG(t *testing.T) *privatePG {
 		}
 		os.RemoveAll(dir)
 	})
-	out, err := exec.Command(script, "start", dir).Output()
+	_, port, err := net.SplitHostPort(e2etest.FreeAddr(t)) // reserved, like the nodes' ports
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(script, "start", dir, port).Output()
 	if err != nil {
 		t.Fatalf("scripts/postgres.sh start: %v", err)
 	}
