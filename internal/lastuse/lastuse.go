@@ -140,12 +140,10 @@ func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, reques
 	t.mu.Lock()
 	for _, arn := range arns {
 		e := t.uses[arn]
-		if e == nil {
+		first := e == nil
+		if first {
 			e = t.newEntry(arn)
 			t.uses[arn] = e
-			e.op, e.at, e.eventID, e.requestID = op, at, eventID, requestID
-			t.encode(e)
-			continue
 		} else if at.Before(e.at) {
 			// A concurrent call that finished later already recorded. (One
 			// that a flush in progress took is not looked for: the store
@@ -154,6 +152,9 @@ func (t *Tracker) Record(arns []string, op string, at time.Time, eventID, reques
 		}
 		e.op, e.at, e.eventID, e.requestID = op, at, eventID, requestID
 		e.encoded = false
+		if first {
+			t.encode(e)
+		}
 	}
 	if !t.running && !t.closed {
 		t.running = true
