@@ -690,7 +690,8 @@ func testScale(t *testing.T, d driver) {
 	}
 	// KMSD_SCALE_SECONDS measures each operation longer than the
 	// default: long enough to take in what runs in the background at
-	// intervals (the last-use journal's merge, every 2 minutes).
+	// intervals (the last-use journal's merge, every 4 million uses
+	// journaled or 10 minutes, lastuse.MergeUses).
 	if s := os.Getenv("KMSD_SCALE_SECONDS"); s != "" {
 		sec, err := strconv.Atoi(s)
 		if err != nil || sec < 1 {
@@ -709,7 +710,8 @@ func testScale(t *testing.T, d driver) {
 	// Encrypt, which the small store answers from its cache, pays a
 	// storage read (~21 µs of CPU on SQLite: two leaf pages, kv's and
 	// kv_big's), a decode (~3 µs) and its share of the key's first
-	// last-use record (journaled, then merged into buckets every 2 minutes;
+	// last-use record (journaled, then merged into buckets every 4 million
+	// uses or 10 minutes;
 	// the 8 s default may end before the first merge, KMSD_SCALE_SECONDS
 	// measures longer); DescribeKey, a management read, reads the store
 	// on both. README, "Measuring a large store", has the figures. The margin catches what

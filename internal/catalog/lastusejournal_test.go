@@ -517,3 +517,42 @@ func TestJournalRowFormat(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkLastUseJournaled: LastUse (GetKeyLastUsage's read) of a random
+// key while the journal holds KMSD_BENCH_READ_USES uses (default 400,000)
+// of random keys, in flushes of 24,000 (a second of Encrypt on a million
+// keys): it scans the key's partition of the journal, the part a merge
+// bounds (lastuse.MergeUses).
+//
+//	KMSD_BENCH_READ_USES=4000000 go test -run '^$' -bench 'LastUseJournaled/sqlite' ./internal/catalog/
+func BenchmarkLastUseJournaled(b *testing.B) {
+	const perFlush = 24000
+	total := envInt(b, "KMSD_BENCH_READ_USES", 400000)
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, d := range lastUseDrivers {
+		b.Run(d.name, func(b *testing.B) {
+			ctx := context.Background()
+			c := d.open(b, 1)[0]
+			var ids []string
+			for done := 0; done < total; done += perFlush {
+				uses := make([]LastUse, min(perFlush, total-done))
+				for i := range uses {
+					uses[i] = LastUse{Account: "111122223333", Region: "us-east-1", KeyID: uuid.NewString(), Operation: "Encrypt",
+						Time: t0.Add(time.Duration(done) * time.Millisecond), EventID: uuid.NewString(), RequestID: uuid.NewString()}
+					if i%100 == 0 {
+						ids = append(ids, uses[i].KeyID)
+					}
+				}
+				if err := c.JournalLastUses(ctx, uses); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				u, err := c.LastUse(ctx, "111122223333", "us-east-1", ids[mrand.IntN(len(ids))])
+				if err != nil || u == nil {
+					b.Fatalf("LastUse: %v, %v", u, err)
+				}
+			}
+		})
+	}
+}

@@ -14,8 +14,8 @@
 // A flush appends to the store's last-use journal (at most a few hundred
 // rows, whatever its size) rather than writing each key's record, which
 // on a store of many keys dirtied a database page per use; every
-// MergeInterval the flusher also merges the journal into the keys'
-// bucket records, each key once (catalog.JournalEncoded and
+// MergeUses uses journaled, or MergeInterval at the latest, the flusher
+// also merges the journal into the keys' bucket records, each key once (catalog.JournalEncoded and
 // MergeLastUses). Reads see both, so the merge changes no answer.
 //
 // A process that dies without Close (kill -9, power loss) loses the uses
@@ -44,15 +44,27 @@ import (
 // that a use stays in memory only.
 const Interval = time.Second
 
-// MergeInterval is how often the flusher merges the store's last-use
-// journal into the keys' buckets. Longer merges more uses of one key into
-// one write: on a store of a million keys, where a merge rewrites nearly
-// every bucket whatever the number of uses, a merge's cost per use falls
-// with the interval (at 30 s, merges took about 5.7 µs of each Encrypt's
-// CPU there; README). It also bounds the journal a read of one key scans:
-// a partition's rows of that long, one a second per node (at 14,000 uses
-// a second, about 600 KB).
-const MergeInterval = 2 * time.Minute
+// MergeUses and MergeInterval say when the flusher merges the store's
+// last-use journal into the keys' buckets: once this node has journaled
+// MergeUses uses since its last merge, or MergeInterval after it,
+// whichever comes first. A merge of a large store costs about as much
+// however few uses it brings: on a million keys nearly every bucket holds
+// a key used since the last merge, so each is read and rewritten: on SQLite
+// (BenchmarkMergeLarge) 0.77 s for 120,000 uses, 1.85 s for 3 million, so
+// a fixed ~0.7 s and ~0.4 µs a use.
+// Merging by count charges that fixed part to MergeUses uses whatever the
+// load: a timer alone charged it to a busy minute's uses and to a quiet
+// minute's alike, so a large store at 1,000 requests a second paid ~6 µs
+// a request for merges every 2 minutes. The count also bounds the journal
+// by what a read of one key scans (MergeUses/256 uses of its partition,
+// ~1 MB: 2 ms on SQLite, BenchmarkLastUseJournaled) and by its size in
+// the database (~270 MB), however busy the node; the interval only
+// bounds how long a quiet store's uses wait there. Each node counts its
+// own uses, so n nodes keep at most n times that.
+const (
+	MergeUses     = 4_000_000
+	MergeInterval = 10 * time.Minute
+)
 
 // Store is where a Tracker keeps uses durably; *catalog.Catalog is one.
 // JournalEncoded must not keep its slice or the uses' bytes once it
@@ -74,6 +86,7 @@ type Tracker struct {
 	log        *slog.Logger
 	interval   time.Duration
 	mergeEvery time.Duration
+	mergeUses  int
 
 	mu sync.Mutex
 	// uses holds, by key ARN, the uses recorded since the last flush took
@@ -98,8 +111,11 @@ type Tracker struct {
 	// A flush's batch, kept for the next flush (under flushMu): on a
 	// large store a flush holds ~20,000 uses.
 	batch []catalog.EncodedUse
-	stop  chan struct{}
-	done  chan struct{}
+	// journaled counts the uses flushed since the last merge (under
+	// flushMu).
+	journaled int
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 // entry is the last use of one key seen by this process.
@@ -128,7 +144,7 @@ type entry struct {
 // process began to serve). The flusher starts with the first Record, so
 // a Tracker that never records runs nothing in the background.
 func New(store Store, log *slog.Logger, started time.Time) *Tracker {
-	return &Tracker{store: store, log: log, interval: Interval, mergeEvery: MergeInterval, uses: map[string]*entry{},
+	return &Tracker{store: store, log: log, interval: Interval, mergeEvery: MergeInterval, mergeUses: MergeUses, uses: map[string]*entry{},
 		started: started, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -203,17 +219,19 @@ func (t *Tracker) encode(e *entry) {
 	e.encoded = true
 }
 
-// run flushes every interval, and merges the journal every mergeEvery
-// (after a flush, in the same goroutine: a merge delays the next flush,
-// never overlaps it), until Close.
+// run flushes every interval, and merges the journal once mergeUses uses
+// have been flushed since the last merge or mergeEvery has passed (after
+// a flush, in the same goroutine: a merge delays the next flush, never
+// overlaps it), until Close.
 func (t *Tracker) run() {
 	defer close(t.done)
 	tick := time.NewTicker(t.interval)
 	defer tick.Stop()
-	// The first merge comes at a random point of the first period, so
-	// that nodes started together do not merge the same partitions at
-	// the same moment.
-	nextMerge := time.Now().Add(time.Duration(rand.Int64N(int64(t.mergeEvery))))
+	// The first merge comes at a random point of the second half of the
+	// first period, by time and by count, so that nodes started together
+	// do not merge the same partitions at the same moment.
+	nextMerge := time.Now().Add(t.mergeEvery/2 + time.Duration(rand.Int64N(int64(t.mergeEvery/2)+1)))
+	mergeAt := t.mergeUses/2 + rand.IntN(t.mergeUses/2+1)
 	for {
 		select {
 		case <-t.stop:
@@ -224,11 +242,18 @@ func (t *Tracker) run() {
 				t.log.Error("key last use: flush failed; retrying", "err", err)
 			}
 			cancel()
-			if time.Now().Before(nextMerge) {
+			t.flushMu.Lock()
+			due := t.journaled >= mergeAt
+			if due || !time.Now().Before(nextMerge) {
+				t.journaled = 0
+				due = true
+			}
+			t.flushMu.Unlock()
+			if !due {
 				continue
 			}
-			nextMerge = time.Now().Add(t.mergeEvery)
-			ctx, cancel = context.WithTimeout(context.Background(), t.mergeEvery)
+			nextMerge, mergeAt = time.Now().Add(t.mergeEvery), t.mergeUses
+			ctx, cancel = context.WithTimeout(context.Background(), MergeInterval)
 			if _, err := t.store.MergeLastUses(ctx); err != nil {
 				t.log.Error("key last use: merging the journal failed; retrying later", "err", err)
 			}
@@ -277,7 +302,9 @@ func (t *Tracker) Flush(ctx context.Context) error {
 	}
 	var err error
 	if len(batch) > 0 {
-		err = t.store.JournalEncoded(ctx, batch)
+		if err = t.store.JournalEncoded(ctx, batch); err == nil {
+			t.journaled += len(batch)
+		}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

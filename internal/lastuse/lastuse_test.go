@@ -3,6 +3,7 @@ package lastuse
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -90,6 +91,13 @@ func (s *fakeStore) TrackingStart(_ context.Context, now time.Time) (time.Time, 
 		s.start = now
 	}
 	return s.start, nil
+}
+
+// stored is how many keys have a use stored.
+func (s *fakeStore) stored() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.uses)
 }
 
 func (s *fakeStore) writes() int {
@@ -247,7 +255,8 @@ func TestFlusherAndClose(t *testing.T) {
 }
 
 // TestFlusherMerges: the flusher merges the journal every mergeEvery,
-// after a flush, and keeps merging while the tracker runs.
+// after a flush, and keeps merging while the tracker runs, however few
+// uses it journals.
 func TestFlusherMerges(t *testing.T) {
 	ctx := context.Background()
 	st := newFakeStore()
@@ -269,6 +278,65 @@ func TestFlusherMerges(t *testing.T) {
 	}
 	if st.writes() == 0 {
 		t.Error("no flush")
+	}
+}
+
+// TestFlusherMergesByCount: the flusher merges the journal once it has
+// journaled mergeUses uses since its last merge, long before mergeEvery,
+// and then not again until it has journaled as many more.
+func TestFlusherMergesByCount(t *testing.T) {
+	ctx := context.Background()
+	st := newFakeStore()
+	tr := newTracker(st)
+	// The first merge by time comes after half an hour at the earliest.
+	tr.interval, tr.mergeEvery, tr.mergeUses = 5*time.Millisecond, time.Hour, 4
+	merges := func() int {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.merges
+	}
+	arn := func(i int) string {
+		return fmt.Sprintf("arn:aws:kms:us-east-1:111122223333:key/%08x-0000-4000-8000-000000000000", i)
+	}
+	used := 0
+	waitFlushed := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); st.stored() < n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d uses stored in 5 s, want %d", st.stored(), n)
+			}
+		}
+	}
+	record := func(n int) {
+		var arns []string
+		for range n {
+			arns = append(arns, arn(used))
+			used++
+		}
+		tr.Record(arns, "Encrypt", t0, "ev", "req") // one flush takes them all
+	}
+	waitMerges := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); merges() < n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d merges after %d uses, want %d", merges(), used, n)
+			}
+		}
+	}
+	// The first period's count is random in its second half, 2 to 4.
+	record(4)
+	waitMerges(1)
+	// Then one every 4 uses.
+	record(3)
+	waitFlushed(used)
+	time.Sleep(50 * time.Millisecond)
+	if n := merges(); n != 1 {
+		t.Fatalf("%d merges after 3 more uses, want still 1", n)
+	}
+	record(1)
+	waitMerges(2)
+	if err := tr.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
