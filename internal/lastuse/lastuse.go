@@ -58,8 +58,11 @@ const Interval = time.Second
 // a request for merges every 2 minutes. The count also bounds the journal
 // by what a read of one key scans (MergeUses/256 uses of its partition,
 // ~1 MB: 2 ms on SQLite, BenchmarkLastUseJournaled) and by its size in
-// the database (~270 MB), however busy the node; the interval only
-// bounds how long a quiet store's uses wait there. Each node counts its
+// the database (~270 MB), however busy the node. A larger count would
+// not pay: a flush costs more the more the journal holds (~0.1 µs a use
+// per million journaled, BenchmarkJournalDistinct), and with a merge's
+// ~0.7 s/MergeUses a use the two balance near 4 million. The interval
+// only bounds how long a quiet store's uses wait there. Each node counts its
 // own uses, so n nodes keep at most n times that.
 const (
 	MergeUses     = 4_000_000
