@@ -29,7 +29,9 @@
 # and, per configuration, the total: the process's CPU time from the end
 # of the warm-up to the end of the last window, idle periods included
 # (a merge of last uses that falls between its windows is its own cost),
-# over the requests of its windows, which run with no warm-up of their own.
+# over the requests of its windows, which run with no warm-up of their own,
+# and how many merges of last uses the kmsd logged in that time (a kmsd
+# older than the count-triggered merge logs none).
 # The stores' kmsd processes are stopped at the end by their process ids.
 set -euo pipefail
 
@@ -41,11 +43,11 @@ while getopts o:d:r:w:p: f; do
 	r) rounds=$OPTARG ;;
 	w) warm=$OPTARG ;;
 	p) pgdir=$OPTARG ;;
-	*) sed -n '2,37p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,35p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,37p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,35p' "$0" >&2; exit 2; }
 bench=${KMSBENCH:-$(command -v kmsbench || true)}
 [ -x "$bench" ] || { echo "scale-ab: kmsbench not found (go build -o /tmp/kmsbench ./cmd/kmsbench; KMSBENCH=/tmp/kmsbench)" >&2; exit 2; }
 
@@ -123,10 +125,12 @@ pgper() { # TICKS REQUESTS: " PostgreSQL X µs/req", or nothing without -p
 	return 0
 }
 
-declare -A cpu0 reqs pgsum db db0
+# merges counts a kmsd's merges of its last-use journal so far (logged).
+merges() { grep -c 'merged the journal' "$tmp/$1.log" || true; }
+declare -A cpu0 reqs pgsum db db0 merge0
 for n in "${names[@]}"; do run "$n" 0 "$warm" >/dev/null; done
 for n in "${names[@]}"; do
-	cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0 pgsum[$n]=0
+	cpu0[$n]=$(cpu "${pid[$n]}") reqs[$n]=0 pgsum[$n]=0 merge0[$n]=$(merges "$n")
 	db[$n]=$(sed -n 's|.*--database-url [^ ]*/\([^/?[:space:]]*\).*|\1|p' "${store[$n]}/args" 2>/dev/null || true)
 	db0[$n]=$(dbcpu "${db[$n]}")
 done
@@ -149,5 +153,5 @@ for n in "${names[@]}"; do
 		awk -v c="$(($(dbcpu "${db[$n]}") - db0[$n]))" -v r="${reqs[$n]}" -v t="$tck" -v d="${db[$n]}" \
 			'BEGIN { printf "; its database %s, over the run: %.1f µs/req", d, c / t * 1e6 / r }'
 	fi
-	echo
+	echo "; $(($(merges "$n") - merge0[$n])) merges of last uses"
 done
