@@ -57,6 +57,18 @@ func FreeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// FreePort is the port of a FreeAddr, for a server that a script starts
+// (scripts/postgres.sh): reserved like the nodes' ports, so that no other
+// test's node picks it before the server binds it.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(FreeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
 // ports holds the ports FreeAddr reserved in this process and the lock
 // file that reserves them across processes.
 var ports struct {

@@ -118,7 +118,7 @@ func startPG(t *testing.T) *pgServer {
 		}
 		os.RemoveAll(dir)
 	})
-	out, err := exec.Command(script(), "start", dir, freePort(t)).Output()
+	out, err := exec.Command(script(), "start", dir, e2etest.FreePort(t)).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -131,17 +131,6 @@ func startPG(t *testing.T) *pgServer {
 		t.Fatal(err)
 	}
 	return &pgServer{dir: dir, base: u}
-}
-
-// freePort is a port of e2etest.FreeAddr, for a server that a script
-// starts: reserved like the nodes' ports, so that no other test's node
-// picks it before the server binds it.
-func freePort(t *testing.T) string {
-	_, port, err := net.SplitHostPort(e2etest.FreeAddr(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
 }
 
 // StartStandby makes a synchronous streaming standby of s
@@ -157,7 +146,7 @@ func (s *pgServer) StartStandby(t *testing.T) *pgServer {
 		exec.Command(script(), "stop", dir, "immediate").Run()
 		os.RemoveAll(dir)
 	})
-	out, err := exec.Command(script(), "standby", dir, s.dir, freePort(t)).Output()
+	out, err := exec.Command(script(), "standby", dir, s.dir, e2etest.FreePort(t)).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

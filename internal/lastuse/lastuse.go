@@ -15,8 +15,9 @@
 // rows, whatever its size) rather than writing each key's record, which
 // on a store of many keys dirtied a database page per use; every
 // MergeUses uses journaled, or MergeInterval at the latest, the flusher
-// also merges the journal into the keys' bucket records, each key once (catalog.JournalEncoded and
-// MergeLastUses). Reads see both, so the merge changes no answer.
+// also merges the journal into the keys' bucket records, each key once
+// (catalog.JournalEncoded and MergeLastUses). Reads see both, so the
+// merge changes no answer.
 //
 // A process that dies without Close (kill -9, power loss) loses the uses
 // of its last second at most: the stored record then names an earlier
@@ -47,23 +48,25 @@ const Interval = time.Second
 // MergeUses and MergeInterval say when the flusher merges the store's
 // last-use journal into the keys' buckets: once this node has journaled
 // MergeUses uses since its last merge, or MergeInterval after it,
-// whichever comes first. A merge of a large store costs about as much
-// however few uses it brings: on a million keys nearly every bucket holds
-// a key used since the last merge, so each is read and rewritten: on SQLite
-// (BenchmarkMergeLarge) 0.77 s for 120,000 uses, 1.85 s for 3 million, so
-// a fixed ~0.7 s and ~0.4 µs a use.
-// Merging by count charges that fixed part to MergeUses uses whatever the
-// load: a timer alone charged it to a busy minute's uses and to a quiet
-// minute's alike, so a large store at 1,000 requests a second paid ~6 µs
-// a request for merges every 2 minutes. The count also bounds the journal
-// by what a read of one key scans (MergeUses/256 uses of its partition,
-// ~1 MB: 2 ms on SQLite, BenchmarkLastUseJournaled) and by its size in
-// the database (~270 MB), however busy the node. A larger count would
-// not pay: a flush costs more the more the journal holds (~0.1 µs a use
-// per million journaled, BenchmarkJournalDistinct), and with a merge's
-// ~0.7 s/MergeUses a use the two balance near 4 million. The interval
-// only bounds how long a quiet store's uses wait there. Each node counts its
-// own uses, so n nodes keep at most n times that.
+// whichever comes first.
+//
+// A merge of a large store costs about as much however few uses it
+// brings: on a million keys nearly every bucket holds a key used since
+// the last merge, so each is read and rewritten. On SQLite
+// (BenchmarkMergeLarge) that is 0.77 s for 120,000 uses and 1.85 s for 3
+// million: a fixed ~0.7 s and ~0.4 µs a use. Merging by count charges the
+// fixed part to MergeUses uses whatever the load; a timer alone charged
+// it to a busy minute's uses and a quiet minute's alike, so a large store
+// at 1,000 requests a second paid ~6 µs a request for merges every 2
+// minutes. The count also bounds the journal, however busy the node: what
+// a read of one key scans (MergeUses/256 uses of its partition, ~1 MB:
+// 2 ms on SQLite, BenchmarkLastUseJournaled) and its size in the database
+// (~270 MB). A larger count would not pay: a flush costs more the more
+// the journal holds (~0.1 µs a use per million journaled,
+// BenchmarkJournalDistinct), and with a merge's ~0.7 s/MergeUses a use
+// the two balance near 4 million. The interval only bounds how long a
+// quiet store's uses wait in the journal. Each node counts its own uses,
+// so n nodes keep at most n times that.
 const (
 	MergeUses     = 4_000_000
 	MergeInterval = 10 * time.Minute
@@ -246,10 +249,9 @@ func (t *Tracker) run() {
 			}
 			cancel()
 			t.flushMu.Lock()
-			due := t.journaled >= mergeAt
-			if due || !time.Now().Before(nextMerge) {
+			due := t.journaled >= mergeAt || !time.Now().Before(nextMerge)
+			if due {
 				t.journaled = 0
-				due = true
 			}
 			t.flushMu.Unlock()
 			if !due {

@@ -3,7 +3,6 @@ package load
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -291,11 +290,7 @@ func startPrivatePG(t *testing.T) *privatePG {
 		}
 		os.RemoveAll(dir)
 	})
-	_, port, err := net.SplitHostPort(e2etest.FreeAddr(t)) // reserved, like the nodes' ports
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(script, "start", dir, port).Output()
+	out, err := exec.Command(script, "start", dir, e2etest.FreePort(t)).Output()
 	if err != nil {
 		t.Fatalf("scripts/postgres.sh start: %v", err)
 	}
