@@ -21,8 +21,11 @@
 # Every kmsd starts at once on CPU 1 with its cache preloaded
 # (--cache-size 1100000 --cache-preload on); kmsbench runs on CPU 0 with
 # 16 connections, first WARMUP (default 20s) on each, then DURATION
-# (default 30s) on each in turn, ROUNDS (default 6) times, OP (default
-# encrypt) on a random key of STORE/ids. kmsbench needs to be on PATH or
+# (default 30s) on each in turn, ROUNDS (default 6) times, every other
+# round in the reverse order (a window's place in its round moved a
+# configuration's figure by up to ~4 µs a request in an A/A run of one
+# binary on two copies of a store), OP (default encrypt) on a random key
+# of STORE/ids. kmsbench needs to be on PATH or
 # in $KMSBENCH.
 #
 # It prints each window (kmsbench's requests and server CPU per request)
@@ -43,11 +46,11 @@ while getopts o:d:r:w:p: f; do
 	r) rounds=$OPTARG ;;
 	w) warm=$OPTARG ;;
 	p) pgdir=$OPTARG ;;
-	*) sed -n '2,35p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,38p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,35p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,38p' "$0" >&2; exit 2; }
 bench=${KMSBENCH:-$(command -v kmsbench || true)}
 [ -x "$bench" ] || { echo "scale-ab: kmsbench not found (go build -o /tmp/kmsbench ./cmd/kmsbench; KMSBENCH=/tmp/kmsbench)" >&2; exit 2; }
 
@@ -135,7 +138,12 @@ for n in "${names[@]}"; do
 	db0[$n]=$(dbcpu "${db[$n]}")
 done
 for r in $(seq 1 "$rounds"); do
-	for n in "${names[@]}"; do
+	order=("${names[@]}")
+	if ((r % 2 == 0)); then # every other round backwards: A B, B A, A B, …
+		order=()
+		for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[$i]}"); done
+	fi
+	for n in "${order[@]}"; do
 		p0=$(pgcpu)
 		line=$(run "$n" 0 "$dur")
 		p=$(($(pgcpu) - p0))
