@@ -68,3 +68,21 @@ func AWSKMS(t testing.TB, creds, region, endpoint string, args ...string) map[st
 	}
 	return m
 }
+
+// RunCmd runs cmd, a CLI that reports failure by its exit code, and
+// returns that code, its stdout and its stderr; a command that cannot be
+// run at all fails t.
+func RunCmd(t testing.TB, cmd *exec.Cmd) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), out.String(), errb.String()
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", strings.Join(cmd.Args, " "), err)
+	}
+	return 0, out.String(), errb.String()
+}

@@ -13,7 +13,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,17 +58,7 @@ func (e *env) aws(args ...string) (int, string, string) {
 	e.t.Helper()
 	cmd := exec.Command(awsCLI, append([]string{"--endpoint-url", e.k.Endpoint, "--output", "json"}, args...)...)
 	cmd.Env = append(e.k.CLIEnv(region), "HOME="+e.dir, "AWS_MAX_ATTEMPTS=1")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), out.String(), errb.String()
-	}
-	if err != nil {
-		e.t.Fatalf("aws %s: %v", strings.Join(args, " "), err)
-	}
-	return 0, out.String(), errb.String()
+	return e2etest.RunCmd(e.t, cmd)
 }
 
 func (e *env) ok(args ...string) map[string]any {

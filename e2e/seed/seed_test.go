@@ -5,7 +5,6 @@
 package seed
 
 import (
-	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ecdsa"
@@ -20,7 +19,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,17 +81,7 @@ func (e *env) aws(args ...string) (int, string, string) {
 		// Fake credentials, as emulator users have, and no profile.
 		cmd.Env = append(withoutProfile(cmd.Env), "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test")
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), out.String(), errb.String()
-	}
-	if err != nil {
-		e.t.Fatalf("aws %s: %v", strings.Join(args, " "), err)
-	}
-	return 0, out.String(), errb.String()
+	return e2etest.RunCmd(e.t, cmd)
 }
 
 func (e *env) ok(args ...string) map[string]any {
