@@ -22,11 +22,11 @@
 # (--cache-size 1100000 --cache-preload on); kmsbench runs on CPU 0 with
 # 16 connections, first WARMUP (default 20s) on each, then DURATION
 # (default 30s) on each in turn, ROUNDS (default 6) times, every other
-# round in the reverse order (a window's place in its round moved a
-# configuration's figure by up to ~4 µs a request in an A/A run of one
-# binary on two copies of a store), OP (default encrypt) on a random key
-# of STORE/ids. kmsbench needs to be on PATH or
-# in $KMSBENCH.
+# round in the reverse order (in an A/A run of one binary on two copies
+# of a store, the second window of three rounds in six read 3.5–4.7 µs a
+# request above the first; alternating gives no configuration a fixed
+# place), OP (default encrypt) on a random key of STORE/ids. kmsbench
+# needs to be on PATH or in $KMSBENCH.
 #
 # It prints each window (kmsbench's requests and server CPU per request)
 # and, per configuration, the total: the process's CPU time from the end
